@@ -1,0 +1,1 @@
+//! The `Crm` trait and its adapters.

@@ -1,0 +1,1 @@
+//! Compiles mapping files against both sides' live schemas.

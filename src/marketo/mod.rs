@@ -1,0 +1,1 @@
+//! The Marketo REST and Bulk API client.

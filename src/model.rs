@@ -1,0 +1,349 @@
+//! The shared vocabulary: values, fields and object schemas as every room of the service sees them.
+//!
+//! Both remotes describe their objects in their own terms (Marketo's Describe, a SQL catalog, a
+//! CRM's metadata API). Each client converts what it reads into these types, so that `mapping` can
+//! compile mapping files against either side, and `store` can persist agreed values, without
+//! knowing which remote they came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One of the two systems the service keeps in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Adobe Marketo Engage.
+    Marketo,
+    /// The CRM behind the configured adapter.
+    Crm,
+}
+
+impl Side {
+    /// Returns the other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Marketo => Side::Crm,
+            Side::Crm => Side::Marketo,
+        }
+    }
+
+    /// Returns the lowercase name used in logs, metrics and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Marketo => "marketo",
+            Side::Crm => "crm",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The type of a field, reduced to what the sync needs to normalise and check values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FieldType {
+    /// Free text, with its maximum length in characters when the remote declares one.
+    Text { max_len: Option<u32> },
+    /// An email address (text that Marketo checks).
+    Email,
+    /// A phone number (text).
+    Phone,
+    /// A URL (text).
+    Url,
+    /// A whole number.
+    Integer,
+    /// A decimal number (also currency, percent and float fields).
+    Decimal,
+    /// true or false.
+    Boolean,
+    /// A calendar date without a time.
+    Date,
+    /// An instant, kept in UTC.
+    DateTime,
+    /// A single choice out of a list (Marketo picklists are plain strings).
+    Picklist { options: Vec<String> },
+    /// A reference to another record (a foreign key, a Marketo `reference` field).
+    Reference { object: Option<String> },
+    /// Anything else; the remote's own type name is kept for messages.
+    Other { name: String },
+}
+
+impl FieldType {
+    /// Returns true when values of this type are carried as text.
+    pub fn is_textual(&self) -> bool {
+        matches!(
+            self,
+            FieldType::Text { .. }
+                | FieldType::Email
+                | FieldType::Phone
+                | FieldType::Url
+                | FieldType::Picklist { .. }
+                | FieldType::Other { .. }
+        )
+    }
+
+    /// Returns the maximum length of a textual value, if the remote declares one.
+    pub fn max_len(&self) -> Option<u32> {
+        match self {
+            FieldType::Text { max_len } => *max_len,
+            _ => None,
+        }
+    }
+
+    /// Returns a short name for messages ("text(255)", "integer", ...).
+    pub fn describe(&self) -> String {
+        match self {
+            FieldType::Text { max_len: Some(n) } => format!("text({n})"),
+            FieldType::Text { max_len: None } => "text".to_owned(),
+            FieldType::Email => "email".to_owned(),
+            FieldType::Phone => "phone".to_owned(),
+            FieldType::Url => "url".to_owned(),
+            FieldType::Integer => "integer".to_owned(),
+            FieldType::Decimal => "decimal".to_owned(),
+            FieldType::Boolean => "boolean".to_owned(),
+            FieldType::Date => "date".to_owned(),
+            FieldType::DateTime => "datetime".to_owned(),
+            FieldType::Picklist { .. } => "picklist".to_owned(),
+            FieldType::Reference { .. } => "reference".to_owned(),
+            FieldType::Other { name } => name.clone(),
+        }
+    }
+}
+
+/// One field of an object as its remote describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldDef {
+    /// The API name (Marketo REST name, SQL column name, ...).
+    pub name: String,
+    /// The human label, when the remote has one.
+    pub label: Option<String>,
+    /// The field's type.
+    pub ty: FieldType,
+    /// The remote refuses writes to this field.
+    pub read_only: bool,
+    /// The remote requires a value on create.
+    pub required: bool,
+    /// Values are unique across the object (usable as a key).
+    pub unique: bool,
+    /// The field can be used to look records up (Marketo `searchableFields`, an indexed column).
+    pub searchable: bool,
+}
+
+impl FieldDef {
+    /// Returns a writable, optional, non-unique field of the given type.
+    pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
+        FieldDef {
+            name: name.into(),
+            label: None,
+            ty,
+            read_only: false,
+            required: false,
+            unique: false,
+            searchable: false,
+        }
+    }
+}
+
+/// The schema of one object on one side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSchema {
+    /// The side that described it.
+    pub side: Side,
+    /// The remote's name for the object ("lead", "company", "contacts", "car_c", ...).
+    pub object: String,
+    /// The field holding the remote's own id ("id", "marketoGUID", a primary key column).
+    pub id_field: Option<String>,
+    /// The fields the remote de-duplicates on (Marketo `dedupeFields`).
+    pub dedupe_fields: Vec<String>,
+    /// Every field, in the remote's order.
+    pub fields: Vec<FieldDef>,
+}
+
+impl ObjectSchema {
+    /// Returns the field with this exact name.
+    pub fn field(&self, name: &str) -> Option<&FieldDef> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Returns a stable SHA-256 (hex) of the schema, used to notice schema drift.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("schemas always serialise");
+        hex::encode(Sha256::digest(json))
+    }
+}
+
+/// A field value, raw as read from a remote or canonical after `mapping` normalised it.
+///
+/// Two values are equal when their canonical JSON forms are equal (see [`Value::to_json`]):
+/// the mapping gives each field one canonical type, so this is what "the same value" means
+/// for echo suppression and three-way diffs.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// No value (Marketo's `null` literal, SQL NULL, an empty Marketo field).
+    Null,
+    /// Text.
+    Text(String),
+    /// A whole number.
+    Int(i64),
+    /// A decimal number.
+    Decimal(Decimal),
+    /// A boolean.
+    Bool(bool),
+    /// A date.
+    Date(NaiveDate),
+    /// An instant in UTC.
+    DateTime(DateTime<Utc>),
+}
+
+impl Value {
+    /// Returns true for [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// Returns the canonical JSON form: null, a bool, an integer, or a string (decimals in
+    /// plain notation, dates as `YYYY-MM-DD`, instants as RFC 3339 UTC with whole seconds).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Decimal(d) => serde_json::Value::String(d.normalize().to_string()),
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Date(d) => serde_json::Value::String(d.format("%Y-%m-%d").to_string()),
+            Value::DateTime(t) => {
+                serde_json::Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            }
+        }
+    }
+
+    /// Returns the value read back from its canonical JSON form. Strings stay text; arrays and
+    /// objects are kept as their JSON text.
+    pub fn from_json(json: &serde_json::Value) -> Value {
+        match json {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => n
+                    .to_string()
+                    .parse::<Decimal>()
+                    .map(Value::Decimal)
+                    .unwrap_or_else(|_| Value::Text(n.to_string())),
+            },
+            serde_json::Value::String(s) => Value::Text(s.clone()),
+            other => Value::Text(other.to_string()),
+        }
+    }
+
+    /// Returns the value as text the way it would be written into a CSV cell (empty for null).
+    pub fn to_text(&self) -> String {
+        match self.to_json() {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl Eq for Value {}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = serde_json::Value::deserialize(deserializer)?;
+        Ok(Value::from_json(&json))
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Text(s)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+/// A record's fields by name. Ordered, so that serialisation and hashes are stable.
+pub type Fields = BTreeMap<String, Value>;
+
+/// Returns a stable SHA-256 (hex) of a set of fields, from their canonical JSON.
+pub fn fields_hash(fields: &Fields) -> String {
+    let json: BTreeMap<&str, serde_json::Value> =
+        fields.iter().map(|(k, v)| (k.as_str(), v.to_json())).collect();
+    let bytes = serde_json::to_vec(&json).expect("fields always serialise");
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_compare_by_canonical_form() {
+        let date = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        assert_eq!(Value::Date(date), Value::Text("2024-03-01".into()));
+        assert_ne!(Value::Int(1), Value::Text("1".into()));
+        assert_eq!(
+            Value::Decimal("12.50".parse().unwrap()),
+            Value::Decimal("12.5".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn fields_hash_ignores_insertion_order_but_not_values() {
+        let mut a = Fields::new();
+        a.insert("b".into(), Value::Int(2));
+        a.insert("a".into(), Value::Text("x".into()));
+        let mut b = Fields::new();
+        b.insert("a".into(), Value::Text("x".into()));
+        b.insert("b".into(), Value::Int(2));
+        assert_eq!(fields_hash(&a), fields_hash(&b));
+        b.insert("b".into(), Value::Int(3));
+        assert_ne!(fields_hash(&a), fields_hash(&b));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_the_canonical_form() {
+        let t = "2024-05-06T07:08:09Z".parse::<DateTime<Utc>>().unwrap();
+        let v = Value::DateTime(t);
+        let back: Value = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+}
