@@ -1,1 +1,3 @@
 //! The Marketo REST and Bulk API client.
+
+pub mod csv;

@@ -1,1 +1,3 @@
-//! The Marketo simulator.
+//! The Marketo simulator and the demo CRM seed.
+
+pub mod demo_crm;

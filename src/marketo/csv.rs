@@ -1,0 +1,1 @@
+//! Streaming readers and writers for Marketo bulk export and import files.
