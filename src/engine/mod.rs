@@ -1,1 +1,2 @@
 //! The sync cycle.
+pub mod reconcile;

@@ -1,0 +1,334 @@
+//! Three-way reconciliation of one record pair against the values both sides last agreed on.
+//!
+//! For every mapped field the engine knows three values: `base` (what both sides held after the
+//! last successful sync), the Marketo value and the CRM value (each absent when that side did not
+//! report the record this cycle, which means "unchanged"). A field that changed on one side flows
+//! to the other; a field that changed on both sides to different values is a conflict settled by
+//! the field's policy; a value equal to `base` is an echo of our own write and is dropped.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{Fields, Side, Value};
+
+/// How a conflict on one field is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The CRM's value wins.
+    CrmWins,
+    /// Marketo's value wins.
+    MarketoWins,
+    /// The side whose record changed last wins; ties go to the CRM.
+    NewestWins,
+}
+
+/// Which way a field may flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowDirection {
+    /// Both ways.
+    Both,
+    /// Marketo to the CRM only: CRM-side edits are not sent to Marketo.
+    ToCrm,
+    /// The CRM to Marketo only: Marketo-side edits are not sent to the CRM.
+    ToMarketo,
+}
+
+impl FlowDirection {
+    /// Returns true when a change made on `source` may be written to the other side.
+    pub fn allows_from(self, source: Side) -> bool {
+        match (self, source) {
+            (FlowDirection::Both, _) => true,
+            (FlowDirection::ToCrm, Side::Marketo) => true,
+            (FlowDirection::ToMarketo, Side::Crm) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The rule for one canonical field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRule {
+    /// The canonical field name.
+    pub name: String,
+    /// Which way it may flow.
+    pub direction: FlowDirection,
+    /// How a conflict on it is settled.
+    pub policy: ConflictPolicy,
+}
+
+/// One side's view of the record this cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct SideState<'a> {
+    /// The canonical values read this cycle.
+    pub fields: &'a Fields,
+    /// When that side last modified the record, if known.
+    pub modified_at: Option<DateTime<Utc>>,
+}
+
+/// A conflict: both sides changed a field to different values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldConflict {
+    /// The canonical field name.
+    pub field: String,
+    /// The last agreed value.
+    pub base: Value,
+    /// Marketo's value.
+    pub marketo: Value,
+    /// The CRM's value.
+    pub crm: Value,
+    /// The side whose value was kept.
+    pub winner: Side,
+    /// The policy that decided.
+    pub policy: ConflictPolicy,
+}
+
+/// What reconciling one pair decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Fields to write to Marketo (canonical names and values).
+    pub to_marketo: Fields,
+    /// Fields to write to the CRM.
+    pub to_crm: Fields,
+    /// The new agreed values once both writes succeed.
+    pub agreed: Fields,
+    /// Conflicts settled on the way.
+    pub conflicts: Vec<FieldConflict>,
+}
+
+impl Reconciled {
+    /// Returns true when nothing needs writing on either side.
+    pub fn is_noop(&self) -> bool {
+        self.to_marketo.is_empty() && self.to_crm.is_empty()
+    }
+}
+
+/// Returns the writes and the new agreed state for one linked pair.
+///
+/// `base` holds the last agreed values; a field missing from `base` counts as null. A side passed
+/// as `None` did not change this cycle. Fields not named in `rules` are ignored.
+pub fn reconcile(
+    rules: &[FieldRule],
+    base: &Fields,
+    marketo: Option<SideState<'_>>,
+    crm: Option<SideState<'_>>,
+) -> Reconciled {
+    let mut out = Reconciled {
+        agreed: base.clone(),
+        ..Reconciled::default()
+    };
+    for rule in rules {
+        let base_value = base.get(&rule.name).cloned().unwrap_or(Value::Null);
+        let m_value = marketo.and_then(|s| s.fields.get(&rule.name));
+        let c_value = crm.and_then(|s| s.fields.get(&rule.name));
+        let m_changed = m_value.filter(|v| **v != base_value);
+        let c_changed = c_value.filter(|v| **v != base_value);
+        match (m_changed, c_changed) {
+            (None, None) => {}
+            (Some(m), None) => {
+                flow(&mut out, rule, Side::Marketo, m);
+            }
+            (None, Some(c)) => {
+                flow(&mut out, rule, Side::Crm, c);
+            }
+            (Some(m), Some(c)) if m == c => {
+                // Both sides made the same edit: nothing to write, just agree on it.
+                out.agreed.insert(rule.name.clone(), m.clone());
+            }
+            (Some(m), Some(c)) => {
+                let winner = settle(rule, marketo, crm);
+                let (kept, lost_side_needs) = match winner {
+                    Side::Marketo => (m, Side::Crm),
+                    Side::Crm => (c, Side::Marketo),
+                };
+                out.conflicts.push(FieldConflict {
+                    field: rule.name.clone(),
+                    base: base_value.clone(),
+                    marketo: m.clone(),
+                    crm: c.clone(),
+                    winner,
+                    policy: rule.policy,
+                });
+                if rule.direction.allows_from(winner) {
+                    target_mut(&mut out, lost_side_needs).insert(rule.name.clone(), kept.clone());
+                    out.agreed.insert(rule.name.clone(), kept.clone());
+                } else {
+                    // The winner may not write to the other side: each side keeps its value
+                    // and the agreed state follows the side the field flows from.
+                    let source_value = match winner {
+                        Side::Marketo => c,
+                        Side::Crm => m,
+                    };
+                    out.agreed.insert(rule.name.clone(), source_value.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn flow(out: &mut Reconciled, rule: &FieldRule, source: Side, value: &Value) {
+    if rule.direction.allows_from(source) {
+        target_mut(out, source.other()).insert(rule.name.clone(), value.clone());
+        out.agreed.insert(rule.name.clone(), value.clone());
+    }
+    // A change that may not flow leaves `agreed` alone, so the field stays "changed" on that
+    // side and is written back the next time the other side changes it.
+}
+
+fn target_mut(out: &mut Reconciled, target: Side) -> &mut Fields {
+    match target {
+        Side::Marketo => &mut out.to_marketo,
+        Side::Crm => &mut out.to_crm,
+    }
+}
+
+fn settle(rule: &FieldRule, marketo: Option<SideState<'_>>, crm: Option<SideState<'_>>) -> Side {
+    match rule.policy {
+        ConflictPolicy::CrmWins => Side::Crm,
+        ConflictPolicy::MarketoWins => Side::Marketo,
+        ConflictPolicy::NewestWins => {
+            let m = marketo.and_then(|s| s.modified_at);
+            let c = crm.and_then(|s| s.modified_at);
+            match (m, c) {
+                (Some(m), Some(c)) if m > c => Side::Marketo,
+                (Some(_), None) => Side::Marketo,
+                _ => Side::Crm,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, direction: FlowDirection, policy: ConflictPolicy) -> FieldRule {
+        FieldRule {
+            name: name.to_owned(),
+            direction,
+            policy,
+        }
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+            .collect()
+    }
+
+    fn side(f: &Fields) -> Option<SideState<'_>> {
+        Some(SideState {
+            fields: f,
+            modified_at: None,
+        })
+    }
+
+    #[test]
+    fn a_change_on_one_side_flows_to_the_other() {
+        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let base = fields(&[("title", "CTO")]);
+        let m = fields(&[("title", "CEO")]);
+        let out = reconcile(&rules, &base, side(&m), None);
+        assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
+        assert!(out.to_marketo.is_empty());
+        assert_eq!(out.agreed, fields(&[("title", "CEO")]));
+        assert!(out.conflicts.is_empty());
+    }
+
+    #[test]
+    fn an_echo_of_our_own_write_is_dropped() {
+        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let base = fields(&[("title", "CEO")]);
+        let m = fields(&[("title", "CEO")]);
+        let c = fields(&[("title", "CEO")]);
+        let out = reconcile(&rules, &base, side(&m), side(&c));
+        assert!(out.is_noop());
+        assert_eq!(out.agreed, base);
+    }
+
+    #[test]
+    fn both_sides_changed_is_settled_by_policy_and_recorded() {
+        let base = fields(&[("title", "CTO")]);
+        let m = fields(&[("title", "CEO")]);
+        let c = fields(&[("title", "VP")]);
+        let crm_wins = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let out = reconcile(&crm_wins, &base, side(&m), side(&c));
+        assert_eq!(out.to_marketo, fields(&[("title", "VP")]));
+        assert!(out.to_crm.is_empty());
+        assert_eq!(out.conflicts.len(), 1);
+        assert_eq!(out.conflicts[0].winner, Side::Crm);
+        assert_eq!(out.conflicts[0].marketo, Value::Text("CEO".into()));
+        assert_eq!(out.conflicts[0].crm, Value::Text("VP".into()));
+
+        let marketo_wins = [rule(
+            "title",
+            FlowDirection::Both,
+            ConflictPolicy::MarketoWins,
+        )];
+        let out = reconcile(&marketo_wins, &base, side(&m), side(&c));
+        assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
+        assert_eq!(out.agreed, fields(&[("title", "CEO")]));
+    }
+
+    #[test]
+    fn newest_wins_compares_modification_times() {
+        let base = fields(&[("title", "CTO")]);
+        let m = fields(&[("title", "CEO")]);
+        let c = fields(&[("title", "VP")]);
+        let rules = [rule(
+            "title",
+            FlowDirection::Both,
+            ConflictPolicy::NewestWins,
+        )];
+        let early = "2026-01-01T00:00:00Z".parse().unwrap();
+        let late = "2026-01-02T00:00:00Z".parse().unwrap();
+        let out = reconcile(
+            &rules,
+            &base,
+            Some(SideState {
+                fields: &m,
+                modified_at: Some(late),
+            }),
+            Some(SideState {
+                fields: &c,
+                modified_at: Some(early),
+            }),
+        );
+        assert_eq!(out.conflicts[0].winner, Side::Marketo);
+        assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
+    }
+
+    #[test]
+    fn same_edit_on_both_sides_is_not_a_conflict() {
+        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let base = fields(&[("title", "CTO")]);
+        let m = fields(&[("title", "CEO")]);
+        let out = reconcile(&rules, &base, side(&m), side(&m));
+        assert!(out.is_noop());
+        assert!(out.conflicts.is_empty());
+        assert_eq!(out.agreed, m);
+    }
+
+    #[test]
+    fn one_way_fields_do_not_flow_backwards() {
+        let rules = [rule(
+            "score",
+            FlowDirection::ToCrm,
+            ConflictPolicy::MarketoWins,
+        )];
+        let base = fields(&[("score", "10")]);
+        let c = fields(&[("score", "99")]);
+        let out = reconcile(&rules, &base, None, side(&c));
+        assert!(out.is_noop());
+        assert_eq!(out.agreed, base);
+    }
+
+    #[test]
+    fn unmapped_fields_are_ignored_and_new_fields_start_from_null() {
+        let rules = [rule("email", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let base = Fields::new();
+        let c = fields(&[("email", "a@example.com"), ("secret", "x")]);
+        let out = reconcile(&rules, &base, None, side(&c));
+        assert_eq!(out.to_marketo, fields(&[("email", "a@example.com")]));
+    }
+}
