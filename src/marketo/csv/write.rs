@@ -147,6 +147,10 @@ impl<W: Write> ImportFileWriter<W> {
                 Some(value) => encode_cell(&mut self.buf, &value.to_text(), self.delimiter),
             }
         }
+        if self.buf.is_empty() {
+            // A lone empty cell would be a blank line, which readers skip.
+            self.buf.extend_from_slice(b"\"\"");
+        }
         self.buf.extend_from_slice(b"\r\n");
         let row_len = self.buf.len() as u64;
         if self.bytes + row_len >= self.limit {
@@ -315,6 +319,13 @@ mod tests {
                 .unwrap();
             assert!(matches!(err, CsvError::BadImportHeader { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn a_single_empty_cell_is_quoted_so_the_row_is_not_blank() {
+        let mut w = ImportFileWriter::new(Vec::new(), vec!["id".into()], FileFormat::Csv).unwrap();
+        w.write_row(&Fields::new()).unwrap();
+        assert_eq!(w.finish().unwrap(), b"id\r\n\"\"\r\n");
     }
 
     #[test]
