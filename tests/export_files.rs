@@ -416,11 +416,12 @@ fn cell() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn written_files_read_back_the_same(
+        format in prop_oneof![Just(FileFormat::Csv), Just(FileFormat::Tsv), Just(FileFormat::Ssv)],
         columns in 1usize..5,
         rows in prop::collection::vec(prop::collection::vec(cell(), 5), 0..20),
     ) {
         let names: Vec<String> = (0..columns).map(|i| format!("c{i}")).collect();
-        let mut writer = ImportFileWriter::new(Vec::new(), names.clone(), FileFormat::Csv).unwrap();
+        let mut writer = ImportFileWriter::new(Vec::new(), names.clone(), format).unwrap();
         let mut expected = Vec::new();
         for cells in &rows {
             let mut fields = Fields::new();
@@ -434,7 +435,7 @@ proptest! {
             expected.push(want);
         }
         let bytes = writer.finish().unwrap();
-        let got: Vec<Fields> = ExportReader::new(&bytes[..], FileFormat::Csv)
+        let got: Vec<Fields> = ExportReader::new(&bytes[..], format)
             .unwrap()
             .map(|r| r.map(|row| row.fields))
             .collect::<Result<_, _>>()
