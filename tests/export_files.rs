@@ -384,6 +384,10 @@ fn bare_quotes_anywhere() {
     assert_eq!(rows[1].fields["firstName"], text("O\"Brien"));
     assert_eq!(rows[1].fields["lastName"], text("say \"hi\""));
     assert_eq!(rows[2].fields["firstName"], text("plain\"quote"));
+    // Blanks between a closing quote and the delimiter are not part of the value.
+    assert_eq!(rows[3].fields["firstName"], text("spaced"));
+    assert_eq!(rows[3].fields["lastName"], text("x"));
+    assert_eq!(rows.len(), 4);
 }
 
 #[test]

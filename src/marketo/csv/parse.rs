@@ -49,6 +49,9 @@ enum State {
     Unquoted,
     Quoted,
     QuoteInQuoted,
+    /// After a quote inside a quoted field and one or more blanks (held in `blanks`): the
+    /// field closed with blanks before the delimiter, or the quote was a bare one.
+    BlanksAfterQuote,
 }
 
 /// Splits a byte stream into records.
@@ -189,6 +192,7 @@ impl<R: Read> RecordParser<R> {
         let mut fields: Vec<Vec<u8>> = Vec::new();
         let mut cur: Vec<u8> = Vec::new();
         let mut raw: Vec<u8> = Vec::new();
+        let mut blanks: Vec<u8> = Vec::new();
         let mut state = State::StartField;
         let mut start_line = self.line;
         let delim = self.delimiter;
@@ -293,11 +297,39 @@ impl<R: Read> RecordParser<R> {
                             line: start_line,
                             fields,
                         }));
+                    } else if b == b' ' || b == b'\t' {
+                        blanks.push(b);
+                        state = State::BlanksAfterQuote;
                     } else if b != b'\r' {
                         // A bare quote inside a quoted field: keep it, as embulk does.
                         cur.push(b'"');
                         cur.push(b);
                         state = State::Quoted;
+                    }
+                }
+                State::BlanksAfterQuote => {
+                    if b == delim {
+                        blanks.clear();
+                        fields.push(std::mem::take(&mut cur));
+                        state = State::StartField;
+                    } else if b == b'\n' {
+                        self.line += 1;
+                        fields.push(cur);
+                        return Ok(Parsed::Record(RawRecord {
+                            line: start_line,
+                            fields,
+                        }));
+                    } else if b == b' ' || b == b'\t' {
+                        blanks.push(b);
+                    } else if b != b'\r' {
+                        cur.push(b'"');
+                        cur.append(&mut blanks);
+                        if b == b'"' {
+                            state = State::QuoteInQuoted;
+                        } else {
+                            cur.push(b);
+                            state = State::Quoted;
+                        }
                     }
                 }
             }
@@ -355,6 +387,14 @@ mod tests {
         assert_eq!(
             records(b"\"first\"Name1\",x\n", b',', 100),
             vec![ok(1, &["first\"Name1", "x"])]
+        );
+    }
+
+    #[test]
+    fn blanks_after_a_closing_quote_are_dropped_but_kept_after_a_bare_one() {
+        assert_eq!(
+            records(b"\"abc\"  ,\"x\" \n\"a\" b\",\"c\" \"\"d\"\n", b',', 100),
+            vec![ok(1, &["abc", "x"]), ok(2, &["a\" b", "c\" \"d"])]
         );
     }
 
