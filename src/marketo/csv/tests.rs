@@ -183,3 +183,45 @@ fn an_io_error_ends_the_iteration_after_the_rows_read() {
     assert_eq!(io_errors, 1);
     assert!(reader.next().is_none());
 }
+
+#[test]
+fn blank_lines_and_a_lone_bom_are_an_empty_file() {
+    for input in [&b"\n\r\n\n"[..], &b"\xEF\xBB\xBF"[..], &b"\0\0"[..]] {
+        assert!(matches!(
+            ExportReader::new(input, FileFormat::Csv),
+            Err(CsvError::EmptyFile)
+        ));
+    }
+}
+
+#[test]
+fn an_over_long_record_is_a_row_error_with_the_limit() {
+    let input = b"a,b\n1,2\n333333333333,4\n5,6\n";
+    let options = ReaderOptions {
+        delimiter: b',',
+        max_record_bytes: 8,
+    };
+    let results: Vec<_> = ExportReader::with_options(&input[..], options)
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().as_row_error(),
+        Some(&RowError {
+            line: 3,
+            record: 2,
+            reason: RowErrorReason::TooLong { limit: 8 }
+        })
+    );
+    assert_eq!(results[2].as_ref().unwrap().fields["a"], Value::from("5"));
+}
+
+#[test]
+fn semicolon_separated_files() {
+    let rows: Vec<_> = ExportReader::new(&b"a;b\n\"x;y\";z\n"[..], FileFormat::Ssv)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(rows[0].fields["a"], Value::from("x;y"));
+    assert_eq!(rows[0].fields["b"], Value::from("z"));
+}
