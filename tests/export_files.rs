@@ -277,7 +277,7 @@ fn an_unbalanced_quote_loses_only_its_own_row() {
     );
     assert_eq!(
         errors[0].to_string(),
-        "line 3, record 2: quoted value never closed (unbalanced quote)"
+        "line 3, record 2: unbalanced quote: a quoted value opened on this line is not closed"
     );
     let ids: Vec<_> = rows
         .iter()
@@ -289,6 +289,32 @@ fn an_unbalanced_quote_loses_only_its_own_row() {
             (2, text("1"), text("first")),
             (4, text("3"), text("third")),
             (5, text("4"), text("fourth")),
+        ]
+    );
+}
+
+#[test]
+fn a_quote_closed_by_a_later_line_loses_only_its_own_row() {
+    let (rows, errors) = bad("stray_quote_closed_later.csv");
+    assert_eq!(
+        errors,
+        vec![RowError {
+            line: 3,
+            record: 2,
+            reason: RowErrorReason::UnterminatedQuote
+        }]
+    );
+    let names: Vec<_> = rows
+        .iter()
+        .map(|r| (r.line, r.fields["firstName"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (2, text("Ann")),
+            (4, text("Cy")),
+            (5, text("Dee")),
+            (6, text("Eve"))
         ]
     );
 }

@@ -115,9 +115,11 @@ pub enum RowErrorReason {
         /// Cells in the row.
         found: usize,
     },
-    /// A quoted value was still open at the end of the file; the lines after the row's first
-    /// line were read again as rows.
-    #[error("quoted value never closed (unbalanced quote)")]
+    /// A quote opened on the row's line is not closed there: either it was still open at the
+    /// end of the file, or it swallowed whole lines until a later quote closed it and the
+    /// result had the wrong number of columns. The lines after the row's first line were read
+    /// again as rows of their own.
+    #[error("unbalanced quote: a quoted value opened on this line is not closed")]
     UnterminatedQuote,
     /// The record is longer than the limit.
     #[error("record longer than {limit} bytes")]
@@ -409,9 +411,22 @@ impl<R: Read> ExportReader<R> {
             Parsed::Record(r) => r,
         };
         self.stats.records += 1;
-        if record.fields.len() != self.headers.len() {
+        let expected = self.headers.len();
+        let wrong_count = record.fields.len() != expected;
+        // A quote that swallowed whole lines shows as a multi-line record with the wrong
+        // number of columns or with a stray quote; give the swallowed lines back when they
+        // look like rows.
+        if (wrong_count || record.stray_quote)
+            && record.end_line > record.line
+            && self.parser.reread_tail(expected)
+        {
+            return Some(Err(
+                self.row_error(record.line, RowErrorReason::UnterminatedQuote)
+            ));
+        }
+        if wrong_count {
             let reason = RowErrorReason::WrongColumnCount {
-                expected: self.headers.len(),
+                expected,
                 found: record.fields.len(),
             };
             return Some(Err(self.row_error(record.line, reason)));

@@ -19,8 +19,12 @@ const BUF_SIZE: usize = 64 * 1024;
 pub(crate) struct RawRecord {
     /// The physical line (1-based) the record starts on.
     pub line: u64,
+    /// The physical line the record ends on (later than `line` for multi-line values).
+    pub end_line: u64,
     /// The field values, unescaped, still as bytes.
     pub fields: Vec<Vec<u8>>,
+    /// A quote was read that neither opened nor closed a quoted field.
+    pub stray_quote: bool,
 }
 
 /// Why a record could not be read at all.
@@ -72,6 +76,8 @@ pub(crate) struct RecordParser<R> {
     /// NUL bytes dropped.
     pub nul_bytes_removed: u64,
     src_eof: bool,
+    /// The raw bytes of the last record returned, kept for [`RecordParser::reread_tail`].
+    last_raw: Vec<u8>,
 }
 
 impl<R: Read> RecordParser<R> {
@@ -89,6 +95,7 @@ impl<R: Read> RecordParser<R> {
             bytes_read: 0,
             nul_bytes_removed: 0,
             src_eof: false,
+            last_raw: Vec::new(),
         };
         parser.skip_bom()?;
         Ok(parser)
@@ -186,6 +193,67 @@ impl<R: Read> RecordParser<R> {
         }
     }
 
+    fn finish_record(
+        &mut self,
+        start_line: u64,
+        fields: Vec<Vec<u8>>,
+        raw: Vec<u8>,
+        stray_quote: bool,
+    ) -> Parsed {
+        let newlines = raw.iter().filter(|&&b| b == b'\n').count() as u64;
+        let trailing = u64::from(raw.last() == Some(&b'\n'));
+        self.last_raw = raw;
+        Parsed::Record(RawRecord {
+            line: start_line,
+            end_line: start_line + newlines - trailing,
+            fields,
+            stray_quote,
+        })
+    }
+
+    /// Re-reads the lines after the first line of the last record returned, when that record
+    /// spanned several lines and they look like records of their own: at least one has
+    /// `expected` fields, and none that has would hold a stray quote (the others will be row
+    /// errors of their own). This undoes an unbalanced quote that swallowed whole rows
+    /// until a later quote happened to close it, without turning the inside of a genuine
+    /// multi-line value into rows. Returns true when the lines will be read again.
+    pub(crate) fn reread_tail(&mut self, expected: usize) -> bool {
+        let raw = std::mem::take(&mut self.last_raw);
+        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
+            return false;
+        };
+        let tail = &raw[nl + 1..];
+        if tail.iter().all(|b| b.is_ascii_whitespace()) {
+            return false;
+        }
+        let Ok(mut trial) = RecordParser::new(tail, self.delimiter, self.max_record_bytes) else {
+            return false;
+        };
+        let mut plausible_rows = 0;
+        loop {
+            match trial.next_record() {
+                Ok(Parsed::Record(r)) if r.fields.len() == expected => {
+                    if r.stray_quote {
+                        // It would be accepted, but it looks like the inside of a value.
+                        return false;
+                    }
+                    plausible_rows += 1;
+                }
+                // It would be a row error of its own: reported, never accepted.
+                Ok(Parsed::Record(_)) => {}
+                Ok(Parsed::Eof) => break,
+                _ => return false,
+            }
+        }
+        if plausible_rows == 0 {
+            return false;
+        }
+        let first_line = self.line - (raw.iter().filter(|&&b| b == b'\n').count() as u64);
+        self.push_back(tail);
+        self.line = first_line + 1;
+        true
+    }
+
     /// Returns the next record, a record that could not be read, or the end of the input.
     /// Blank lines are skipped.
     pub(crate) fn next_record(&mut self) -> io::Result<Parsed> {
@@ -193,6 +261,7 @@ impl<R: Read> RecordParser<R> {
         let mut cur: Vec<u8> = Vec::new();
         let mut raw: Vec<u8> = Vec::new();
         let mut blanks: Vec<u8> = Vec::new();
+        let mut stray_quote = false;
         let mut state = State::StartField;
         let mut start_line = self.line;
         let delim = self.delimiter;
@@ -210,10 +279,7 @@ impl<R: Read> RecordParser<R> {
                     return Ok(Parsed::Eof);
                 }
                 fields.push(cur);
-                return Ok(Parsed::Record(RawRecord {
-                    line: start_line,
-                    fields,
-                }));
+                return Ok(self.finish_record(start_line, fields, raw, stray_quote));
             };
             raw.push(b);
             if raw.len() > self.max_record_bytes {
@@ -249,10 +315,7 @@ impl<R: Read> RecordParser<R> {
                             continue;
                         }
                         fields.push(cur);
-                        return Ok(Parsed::Record(RawRecord {
-                            line: start_line,
-                            fields,
-                        }));
+                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
                     } else if b != b'\r' {
                         cur.push(b);
                         state = State::Unquoted;
@@ -265,11 +328,9 @@ impl<R: Read> RecordParser<R> {
                     } else if b == b'\n' {
                         self.line += 1;
                         fields.push(cur);
-                        return Ok(Parsed::Record(RawRecord {
-                            line: start_line,
-                            fields,
-                        }));
+                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
                     } else if b != b'\r' {
+                        stray_quote |= b == b'"';
                         cur.push(b);
                     }
                 }
@@ -293,10 +354,7 @@ impl<R: Read> RecordParser<R> {
                     } else if b == b'\n' {
                         self.line += 1;
                         fields.push(cur);
-                        return Ok(Parsed::Record(RawRecord {
-                            line: start_line,
-                            fields,
-                        }));
+                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
                     } else if b == b' ' || b == b'\t' {
                         blanks.push(b);
                         state = State::BlanksAfterQuote;
@@ -304,6 +362,7 @@ impl<R: Read> RecordParser<R> {
                         // A bare quote inside a quoted field: keep it, as embulk does.
                         cur.push(b'"');
                         cur.push(b);
+                        stray_quote = true;
                         state = State::Quoted;
                     }
                 }
@@ -315,15 +374,13 @@ impl<R: Read> RecordParser<R> {
                     } else if b == b'\n' {
                         self.line += 1;
                         fields.push(cur);
-                        return Ok(Parsed::Record(RawRecord {
-                            line: start_line,
-                            fields,
-                        }));
+                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
                     } else if b == b' ' || b == b'\t' {
                         blanks.push(b);
                     } else if b != b'\r' {
                         cur.push(b'"');
                         cur.append(&mut blanks);
+                        stray_quote = true;
                         if b == b'"' {
                             state = State::QuoteInQuoted;
                         } else {

@@ -225,3 +225,120 @@ fn semicolon_separated_files() {
     assert_eq!(rows[0].fields["a"], Value::from("x;y"));
     assert_eq!(rows[0].fields["b"], Value::from("z"));
 }
+
+#[test]
+fn a_stray_quote_closed_by_a_later_line_gives_back_the_rows_it_swallowed() {
+    let input = b"id,name\n1,one\n2,\"broken\n3,three\n4,\"four\",x\n5,five\n";
+    let results: Vec<_> = ExportReader::new(&input[..], FileFormat::Csv)
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 5);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().as_row_error(),
+        Some(&RowError {
+            line: 3,
+            record: 2,
+            reason: RowErrorReason::UnterminatedQuote
+        })
+    );
+    // Line 5 has a quoted value and a third column: still a wrong-column-count row of its own.
+    assert_eq!(
+        results[3].as_ref().unwrap_err().as_row_error(),
+        Some(&RowError {
+            line: 5,
+            record: 4,
+            reason: RowErrorReason::WrongColumnCount {
+                expected: 2,
+                found: 3
+            }
+        })
+    );
+    let kept: Vec<(u64, Value)> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| (r.line, r.fields["name"].clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (2, Value::from("one")),
+            (4, Value::from("three")),
+            (6, Value::from("five"))
+        ]
+    );
+}
+
+#[test]
+fn a_genuine_multi_line_value_with_a_column_too_many_is_one_error() {
+    // The second line of the value, read on its own, would be a 2-column "row" with a stray
+    // quote: it must not be turned into a row.
+    let input = b"id,name\n1,\"line one\nline two\",extra\n2,two\n";
+    let results: Vec<_> = ExportReader::new(&input[..], FileFormat::Csv)
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results[0].as_ref().unwrap_err().as_row_error(),
+        Some(&RowError {
+            line: 2,
+            record: 1,
+            reason: RowErrorReason::WrongColumnCount {
+                expected: 2,
+                found: 3
+            }
+        })
+    );
+    let row = results[1].as_ref().unwrap();
+    assert_eq!((row.line, row.record), (4, 2));
+    assert_eq!(row.fields["name"], Value::from("two"));
+}
+
+#[test]
+fn a_stray_quote_that_keeps_the_column_count_is_caught_too() {
+    let input = b"id,name\n1,one\n2,\"broken\n3,three\n4,\"four\"\n5,five\n";
+    let results: Vec<_> = ExportReader::new(&input[..], FileFormat::Csv)
+        .unwrap()
+        .collect();
+    let errors: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| e.as_row_error().unwrap().clone())
+        .collect();
+    assert_eq!(
+        errors,
+        vec![RowError {
+            line: 3,
+            record: 2,
+            reason: RowErrorReason::UnterminatedQuote
+        }]
+    );
+    let kept: Vec<Value> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| r.fields["name"].clone())
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            Value::from("one"),
+            Value::from("three"),
+            Value::from("four"),
+            Value::from("five")
+        ]
+    );
+}
+
+#[test]
+fn a_genuine_multi_line_value_with_a_bare_quote_is_kept() {
+    let input = b"id,note\n1,\"He said \"hi\nthen left\"\n2,two\n";
+    let rows: Vec<_> = ExportReader::new(&input[..], FileFormat::Csv)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0].fields["note"],
+        Value::from("He said \"hi\nthen left")
+    );
+    assert_eq!(rows[1].line, 4);
+}
