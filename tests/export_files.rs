@@ -473,3 +473,50 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+proptest! {
+    #[test]
+    fn any_bytes_read_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(reader) = ExportReader::new(&bytes[..], FileFormat::Csv) {
+            let width = reader.headers().len();
+            for item in reader {
+                match item {
+                    Ok(row) => prop_assert_eq!(row.fields.len(), width),
+                    Err(e) => prop_assert!(e.as_row_error().is_some(), "{}", e),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_bad_line_never_costs_a_good_row(
+        good in prop::collection::vec(("[0-9][a-z0-9]{0,5}", "[a-z0-9 ]{0,6}"), 1..12),
+        bad_line in "[a-z,\"\u{2028}]{0,12}",
+        at in any::<prop::sample::Index>(),
+    ) {
+        let at = at.index(good.len() + 1);
+        let mut file = String::from("id,name\n");
+        for (i, (id, name)) in good.iter().enumerate() {
+            if i == at {
+                file.push_str(&bad_line);
+                file.push('\n');
+            }
+            file.push_str(&format!("{id},{name}\n"));
+        }
+        if at == good.len() {
+            file.push_str(&bad_line);
+            file.push('\n');
+        }
+        let rows: Vec<ExportRow> = ExportReader::new(file.as_bytes(), FileFormat::Csv)
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect();
+        // Every good row is there, in order, whatever the bad line did.
+        let mut found = rows.iter().map(|r| (r.fields["id"].clone(), r.fields["name"].clone()));
+        for (id, name) in &good {
+            let want_name = if name.is_empty() || name == "null" { Value::Null } else { text(name) };
+            let want = (text(id), want_name);
+            prop_assert!(found.any(|got| got == want), "lost good row {:?} in {:?}", want, file);
+        }
+    }
+}
