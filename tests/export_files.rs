@@ -491,7 +491,7 @@ proptest! {
     #[test]
     fn one_bad_line_never_costs_a_good_row(
         good in prop::collection::vec(("[0-9][a-z0-9]{0,5}", "[a-z0-9 ]{0,6}"), 1..12),
-        bad_line in "[a-z,\"\u{2028}]{0,12}",
+        bad_line in "[a-z,\"\n\u{2028}]{0,12}",
         at in any::<prop::sample::Index>(),
     ) {
         let at = at.index(good.len() + 1);

@@ -213,8 +213,9 @@ impl<R: Read> RecordParser<R> {
 
     /// Re-reads the lines after the first line of the last record returned, when that record
     /// spanned several lines and they look like records of their own: at least one has
-    /// `expected` fields, and none that has would hold a stray quote (the others will be row
-    /// errors of their own). This undoes an unbalanced quote that swallowed whole rows
+    /// `expected` fields (or the last one opens a quoted value that goes on past them), and
+    /// none that has `expected` fields holds a stray quote (the others will be row errors of
+    /// their own). This undoes an unbalanced quote that swallowed whole rows
     /// until a later quote happened to close it, without turning the inside of a genuine
     /// multi-line value into rows. Returns true when the lines will be read again.
     pub(crate) fn reread_tail(&mut self, expected: usize) -> bool {
@@ -230,6 +231,7 @@ impl<R: Read> RecordParser<R> {
             return false;
         };
         let mut plausible_rows = 0;
+        let mut open_at_end = false;
         loop {
             match trial.next_record() {
                 Ok(Parsed::Record(r)) if r.fields.len() == expected => {
@@ -241,11 +243,19 @@ impl<R: Read> RecordParser<R> {
                 }
                 // It would be a row error of its own: reported, never accepted.
                 Ok(Parsed::Record(_)) => {}
+                // A quoted value opened in the tail goes on past it, in the rest of the input.
+                Ok(Parsed::Bad {
+                    kind: BadRecord::UnterminatedQuote,
+                    ..
+                }) => {
+                    open_at_end = true;
+                    break;
+                }
                 Ok(Parsed::Eof) => break,
                 _ => return false,
             }
         }
-        if plausible_rows == 0 {
+        if plausible_rows == 0 && !open_at_end {
             return false;
         }
         let first_line = self.line - (raw.iter().filter(|&&b| b == b'\n').count() as u64);

@@ -342,3 +342,26 @@ fn a_genuine_multi_line_value_with_a_bare_quote_is_kept() {
     );
     assert_eq!(rows[1].line, 4);
 }
+
+#[test]
+fn a_stray_quote_before_a_multi_line_value_gives_the_value_back() {
+    let input = b"id,name\n\"\"\"\n0,\"a\nb\"\n1,\"c\nd\"\n";
+    let results: Vec<_> = ExportReader::new(&input[..], FileFormat::Csv)
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results[0].as_ref().unwrap_err().as_row_error(),
+        Some(&RowError {
+            line: 2,
+            record: 1,
+            reason: RowErrorReason::UnterminatedQuote
+        })
+    );
+    let first = results[1].as_ref().unwrap();
+    assert_eq!((first.line, first.record), (3, 2));
+    assert_eq!(first.fields["name"], Value::from("a\nb"));
+    let second = results[2].as_ref().unwrap();
+    assert_eq!(second.line, 5);
+    assert_eq!(second.fields["name"], Value::from("c\nd"));
+}
