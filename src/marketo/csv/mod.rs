@@ -18,24 +18,28 @@
 //! [`CsvError::Row`] naming its line and record, and the reader goes on with the next row.
 //!
 //! [`ActivityReader`] and [`ProgramMemberReader`] read activity and program member exports into
-//! typed rows.
+//! typed rows. [`spawn_file_reader`] runs any of them on a downloaded file in `spawn_blocking`
+//! and hands the rows to async code in bounded batches, honouring a cancellation token.
 //!
 //! # Writing
 //!
 //! [`ImportFileWriter`] writes Bulk Import files (RFC 4180) and says when the next row would
 //! take the file past Marketo's 10 MB limit, so the caller can start a new file.
 
+mod blocking;
 mod parse;
 mod rows;
 mod value;
 mod write;
 
 use std::io::{self, Read};
+use std::path::PathBuf;
 
 use crate::model::{FieldType, Fields, ObjectSchema, Value};
 
 use parse::{BadRecord, Parsed, RecordParser};
 
+pub use blocking::{RowSource, spawn_file_reader};
 pub use rows::{ActivityReader, ActivityRow, ProgramMemberReader, ProgramMemberRow};
 pub use value::{parse_bool, parse_date, parse_datetime, parse_decimal, parse_int};
 pub use write::{DEFAULT_IMPORT_LIMIT_BYTES, ImportFileWriter, WriteOutcome};
@@ -197,6 +201,18 @@ pub enum CsvError {
         #[source]
         source: io::Error,
     },
+    /// The export file cannot be opened.
+    #[error("cannot open export file {}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading was cancelled.
+    #[error("reading export file cancelled")]
+    Cancelled,
     /// A row has a field that is not a column of the import file.
     #[error("import row has field {field:?}, which is not a column of the file")]
     UnknownColumn {
@@ -228,9 +244,12 @@ pub enum CsvError {
 
 impl CsvError {
     /// Returns true when trying again (re-reading the file, writing again) may succeed: only
-    /// I/O failures qualify; bad content stays bad.
+    /// I/O failures qualify; bad content stays bad, and a cancelled read was meant to stop.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CsvError::Read { .. } | CsvError::Write { .. })
+        matches!(
+            self,
+            CsvError::Read { .. } | CsvError::Write { .. } | CsvError::Open { .. }
+        )
     }
 
     /// Returns the row error when this is a per-row error (the reader continues after it).
