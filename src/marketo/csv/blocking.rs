@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ActivityReader, CsvError, ExportReader, ProgramMemberReader, ReadStats};
 
+/// The blocking task of [`spawn_file_reader`]: it returns the final counters or why reading
+/// stopped.
+pub type ReaderTask = JoinHandle<Result<ReadStats, CsvError>>;
+
 /// A reader of rows that counts what it read: [`ExportReader`], [`ActivityReader`],
 /// [`ProgramMemberReader`].
 pub trait RowSource: Iterator {
@@ -56,10 +60,7 @@ pub fn spawn_file_reader<S, F>(
     open: F,
     batch_rows: usize,
     cancel: CancellationToken,
-) -> (
-    mpsc::Receiver<Vec<S::Item>>,
-    JoinHandle<Result<ReadStats, CsvError>>,
-)
+) -> (mpsc::Receiver<Vec<S::Item>>, ReaderTask)
 where
     S: RowSource,
     S::Item: Send + 'static,

@@ -39,7 +39,7 @@ use crate::model::{FieldType, Fields, ObjectSchema, Value};
 
 use parse::{BadRecord, Parsed, RecordParser};
 
-pub use blocking::{RowSource, spawn_file_reader};
+pub use blocking::{ReaderTask, RowSource, spawn_file_reader};
 pub use rows::{ActivityReader, ActivityRow, ProgramMemberReader, ProgramMemberRow};
 pub use value::{parse_bool, parse_date, parse_datetime, parse_decimal, parse_int};
 pub use write::{DEFAULT_IMPORT_LIMIT_BYTES, ImportFileWriter, WriteOutcome};
