@@ -94,7 +94,15 @@ where
             // A dropped receiver only means nobody wants the rest.
             let _ = tx.blocking_send(batch);
         }
-        Ok(reader.stats())
+        let stats = reader.stats();
+        tracing::debug!(
+            rows = stats.rows,
+            errors = stats.errors,
+            bytes = stats.bytes_read,
+            nul_bytes = stats.nul_bytes_removed,
+            "export file read"
+        );
+        Ok(stats)
     });
     (rx, handle)
 }
