@@ -1,1 +1,0 @@
-//! Streaming readers and writers for Marketo bulk export and import files.
