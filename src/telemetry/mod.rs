@@ -1,5 +1,10 @@
 //! Logging set-up and typed events.
 
+pub mod events;
+pub mod metrics;
+
+pub use metrics::{install_metrics_recorder, run_upkeep as run_metrics_upkeep};
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -29,7 +34,11 @@ pub fn init(format: LogFormat) {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     // Already installed (tests, or a command that initialised logging itself).
