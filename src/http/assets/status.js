@@ -60,7 +60,10 @@
     if (ms === null || ms === undefined) return "running";
     return ms < 1000 ? ms + " ms" : fmtSeconds(ms / 1000);
   }
-  function fmtMB(bytes) { return (bytes / 1048576).toFixed(1) + " MB"; }
+  function fmtMB(bytes) {
+    var mb = bytes / 1048576;
+    return (mb >= 10 ? mb.toFixed(0) : mb.toFixed(1)) + " MB";
+  }
   function dirLabel(d) { return d === "marketo_to_crm" ? "Marketo → CRM" : d === "crm_to_marketo" ? "CRM → Marketo" : String(d); }
   function badge(text, cls) { return el("span", { "class": "badge " + (cls || text), text: text }); }
 
@@ -114,7 +117,7 @@
   function drawRecordsChart(points) {
     var box = byId("chart-records");
     clear(box);
-    var W = 560, H = 200, L = 48, R = 12, T = 12, B = 28;
+    var W = 560, H = 200, L = 48, R = 24, T = 12, B = 28;
     var s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", "aria-label": "Records synced over time", id: "svg-records" });
     var max = 1;
     points.forEach(function (p) { max = Math.max(max, p.marketo_to_crm, p.crm_to_marketo); });
@@ -142,15 +145,17 @@
     if (!n) emptyNote(s, W, H);
     box.appendChild(s);
     box.appendChild(el("div", { "class": "legend" }, [
-      el("span", { style: "--c:#2f6fde", text: "Marketo → CRM" }),
-      el("span", { style: "--c:#1f9d55", text: "CRM → Marketo" })
+      el("span", { "class": "m2c", text: "Marketo → CRM" }),
+      el("span", { "class": "c2m", text: "CRM → Marketo" })
     ]));
   }
 
+  // Returns a round axis maximum whose quarter ticks are whole numbers.
   function niceMax(v) {
-    var p = Math.pow(10, Math.floor(Math.log10(v)));
-    var m = [1, 2, 2.5, 5, 10].find(function (k) { return k * p >= v; });
-    return m * p;
+    var quarter = Math.max(1, v / 4);
+    var p = Math.pow(10, Math.floor(Math.log10(quarter)));
+    var m = [1, 2, 5, 10].find(function (k) { return k * p >= quarter; });
+    return 4 * m * p;
   }
   function axes(s, W, H, L, R, T, B, max) {
     for (var i = 0; i <= 4; i++) {
@@ -222,9 +227,9 @@
       var a = o.marketo_to_crm, b = o.crm_to_marketo;
       return el("tr", { "data-object": o.object }, [
         td(el("strong", { text: o.object })), td(fmtInt(o.linked), "num"),
-        td(fmtInt(a.created), "num"), td(fmtInt(a.updated), "num"), td(fmtInt(a.deleted), "num"), td(fmtInt(a.failed), "num"),
-        td(fmtInt(b.created), "num"), td(fmtInt(b.updated), "num"), td(fmtInt(b.deleted), "num"), td(fmtInt(b.failed), "num"),
-        td(fmtInt(a.conflicts + b.conflicts), "num"), td(fmtTime(o.last_success_at)), td(fmtSeconds(o.lag_seconds), "num")
+        td(fmtInt(a.created), "num sep"), td(fmtInt(a.updated), "num"), td(fmtInt(a.deleted), "num"), td(fmtInt(a.failed), "num"),
+        td(fmtInt(b.created), "num sep"), td(fmtInt(b.updated), "num"), td(fmtInt(b.deleted), "num"), td(fmtInt(b.failed), "num"),
+        td(fmtInt(a.conflicts + b.conflicts), "num sep"), td(fmtTime(o.last_success_at)), td(fmtSeconds(o.lag_seconds), "num")
       ]);
     }), 13, "no objects configured");
 
