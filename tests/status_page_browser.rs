@@ -108,7 +108,10 @@ fn without_scripts(dom: &str) -> String {
 }
 
 fn assert_contains(dom: &str, needle: &str) {
-    assert!(dom.contains(needle), "rendered page lacks `{needle}`:\n{dom}");
+    assert!(
+        dom.contains(needle),
+        "rendered page lacks `{needle}`:\n{dom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,8 +140,14 @@ async fn status_page_renders_the_report_in_a_browser() {
     assert_contains(&dom, "150 MB / 500 MB");
     // Open errors, with hostile text shown as text, not markup.
     assert_contains(&dom, r#"column "phone" is too long (max 20)"#);
-    assert_contains(&dom, "&lt;img src=x onerror=alert(1)&gt; Marketo says: field not updatable");
-    assert!(!dom.contains("<img"), "an error message was rendered as markup");
+    assert_contains(
+        &dom,
+        "&lt;img src=x onerror=alert(1)&gt; Marketo says: field not updatable",
+    );
+    assert!(
+        !dom.contains("<img"),
+        "an error message was rendered as markup"
+    );
     assert_contains(&dom, "crm_constraint");
     assert_contains(&dom, "newest 2 of 5");
     // Pause state.
@@ -148,7 +157,11 @@ async fn status_page_renders_the_report_in_a_browser() {
     // Charts drawn as inline SVG.
     let quota_chart = dom.find(r#"id="svg-quota""#).expect("quota chart svg");
     let records_chart = dom.find(r#"id="svg-records""#).expect("records chart svg");
-    assert_eq!(dom[quota_chart..].matches("<rect").count(), 3, "one bar per cycle");
+    assert_eq!(
+        dom[quota_chart..].matches("<rect").count(),
+        3,
+        "one bar per cycle"
+    );
     assert!(dom[records_chart..].contains("series-marketo_to_crm"));
     assert!(dom[records_chart..].contains("series-crm_to_marketo"));
     assert!(dom.matches("<svg").count() >= 2);
@@ -220,6 +233,10 @@ async fn status_page_screenshot_on_request() {
         .await
         .expect("chromium could not be started");
     server.stop().await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(Path::new(&target).is_file(), "no screenshot written");
 }
