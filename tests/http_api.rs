@@ -614,3 +614,84 @@ async fn the_secret_never_appears_in_responses_or_logs() {
         "an email leaked into the logs"
     );
 }
+
+/// A status source whose `status()` waits until released, to hold a request in flight.
+struct BlockingStatus {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl marketo_sync::http::StatusSource for BlockingStatus {
+    async fn status(&self) -> Result<StatusReport, marketo_sync::http::StatusError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Ok(sample_report())
+    }
+
+    async fn ready(&self) -> Readiness {
+        Readiness {
+            store_ok: true,
+            lease: LeaseState::Held,
+            last_cycle: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_in_flight_requests() {
+    let status = Arc::new(BlockingStatus {
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let server = spawn_server(
+        status.clone(),
+        Arc::new(OnDemandQueue::new(10)),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    let request = tokio::spawn(server.client.get(server.url("/api/status")).send());
+    status.entered.notified().await;
+    server.cancel.cancel();
+    tokio::task::yield_now().await;
+    assert!(
+        !server.task.is_finished(),
+        "server ended with a request in flight"
+    );
+    status.release.notify_one();
+    let response = request.await.expect("join").expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    server
+        .task
+        .await
+        .expect("server task panicked")
+        .expect("server failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_hangs_times_out() {
+    use tower::ServiceExt;
+    let status = Arc::new(BlockingStatus {
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let settings = HttpConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        webhook_secret: SecretString::from(SECRET),
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let app = marketo_sync::http::router(
+        &settings,
+        status,
+        Arc::new(OnDemandQueue::new(10)),
+        unused_metrics(),
+    )
+    .expect("router");
+    let request = axum::http::Request::get("/api/status")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    // The paused clock jumps to the timeout as soon as everything is idle.
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+}
