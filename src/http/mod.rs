@@ -1,1 +1,497 @@
 //! The HTTP side: webhooks, health, metrics and the status page.
+//!
+//! One axum listener serves:
+//!
+//! | route                   | what                                                          |
+//! |-------------------------|---------------------------------------------------------------|
+//! | `POST /webhooks/marketo`| on-demand sync of one lead ([`webhook`]), 202 at once         |
+//! | `GET /healthz`          | liveness: 200 `ok` while the process serves requests          |
+//! | `GET /readyz`           | readiness ([`Readiness::problems`] is the rule), 200 or 503   |
+//! | `GET /metrics`          | Prometheus text format                                        |
+//! | `GET /`                 | the status page for people (self-contained HTML, no network)  |
+//! | `GET /api/status`       | [`StatusReport`] as JSON (what the page draws)                |
+//! | `GET /api/errors`       | [`ErrorList`] as JSON, `?limit=N` (default 100, at most 1000) |
+//!
+//! [`HttpServer::build`] binds the listener (port 0 is fine in tests) and
+//! [`HttpServer::run_until_stopped`] serves until the cancellation token fires, then drains
+//! in-flight requests, each capped by [`REQUEST_TIMEOUT`]. Request logs carry the method, the
+//! route pattern, the status and a request id; never headers, query strings or bodies.
+
+mod page;
+pub mod queue;
+pub mod status;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use queue::OnDemandQueue;
+pub use status::{
+    CallsPoint, CycleOutcome, CycleSummary, Direction, ErrorList, LeaseState,
+    ObjectDirectionCounts, ObjectStatus, OpenError, PauseInfo, QuotaStatus, Readiness,
+    RecordCounts, RecordsPoint, StatusError, StatusReport, StatusSource,
+};
+pub use webhook::{EnqueueError, Enqueued, PayloadError, WebhookLead, WebhookSink};
+
+use crate::telemetry::events::{WebhookOutcome, WebhookReceived};
+
+/// The default cap on a webhook body: 64 KiB.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// The longest any request may take; graceful shutdown waits at most this long per request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default and the largest `limit` of `GET /api/errors`.
+const DEFAULT_ERRORS_LIMIT: usize = 100;
+const MAX_ERRORS_LIMIT: usize = 1000;
+
+/// Settings for the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
+    /// The address to listen on, e.g. `0.0.0.0:8080` (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The shared secret Marketo sends in the `X-Marketo-Sync-Secret` header. Must not be empty.
+    pub webhook_secret: SecretString,
+    /// The largest webhook body accepted, in bytes (default 64 KiB).
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+fn default_body_limit() -> usize {
+    DEFAULT_BODY_LIMIT
+}
+
+/// Errors of the HTTP side.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The settings cannot work (e.g. an empty webhook secret).
+    #[error("invalid http settings: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("http server failed")]
+    Serve {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HttpError {
+    /// Returns whether trying again may succeed (a port in use may be freed; a bad setting not).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HttpError::InvalidConfig { .. } => false,
+            HttpError::Bind { source, .. } => {
+                source.kind() == std::io::ErrorKind::AddrInUse
+                    || source.kind() == std::io::ErrorKind::AddrNotAvailable
+            }
+            HttpError::Serve { .. } => true,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+struct AppState {
+    /// SHA-256 of the webhook secret: comparing digests in constant time hides the length too.
+    secret_digest: Arc<[u8; 32]>,
+    status: Arc<dyn StatusSource>,
+    sink: Arc<dyn WebhookSink>,
+    metrics: PrometheusHandle,
+}
+
+/// The HTTP server, bound and ready to run.
+pub struct HttpServer {
+    listener: TcpListener,
+    router: Router,
+    local_addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Builds the routes and binds the listener on `settings.listen`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HttpError::InvalidConfig`] for an empty webhook secret or a zero body limit,
+    /// and [`HttpError::Bind`] when the address cannot be bound.
+    pub async fn build(
+        settings: HttpConfig,
+        status: Arc<dyn StatusSource>,
+        sink: Arc<dyn WebhookSink>,
+        metrics: PrometheusHandle,
+    ) -> Result<HttpServer, HttpError> {
+        let addr = settings.listen;
+        let router = router(&settings, status, sink, metrics)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        Ok(HttpServer {
+            listener,
+            router,
+            local_addr,
+        })
+    }
+
+    /// Returns the bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns the bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting and waits for in-flight requests
+    /// (each capped by [`REQUEST_TIMEOUT`]).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HttpError::Serve`] when the listener fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), HttpError> {
+        tracing::info!(addr = %self.local_addr, "http server listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|source| HttpError::Serve { source })?;
+        tracing::info!("http server stopped");
+        Ok(())
+    }
+}
+
+/// Returns the application's routes with their layers, for embedding in another server.
+///
+/// # Errors
+///
+/// Returns [`HttpError::InvalidConfig`] for an empty webhook secret or a zero body limit.
+pub fn router(
+    settings: &HttpConfig,
+    status: Arc<dyn StatusSource>,
+    sink: Arc<dyn WebhookSink>,
+    metrics: PrometheusHandle,
+) -> Result<Router, HttpError> {
+    let secret = settings.webhook_secret.expose_secret();
+    if secret.trim().is_empty() {
+        return Err(HttpError::InvalidConfig {
+            reason: "webhook_secret is empty",
+        });
+    }
+    if settings.body_limit == 0 {
+        return Err(HttpError::InvalidConfig {
+            reason: "body_limit is 0",
+        });
+    }
+    let state = AppState {
+        secret_digest: Arc::new(Sha256::digest(secret.as_bytes()).into()),
+        status,
+        sink,
+        metrics,
+    };
+
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // The route pattern, not the URI: no query strings, no ids from paths.
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "http_request",
+                    method = %request.method(),
+                    route = %route,
+                    request_id = %request_id,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+
+    Ok(Router::new()
+        .route(
+            "/webhooks/marketo",
+            post(marketo_webhook).layer(DefaultBodyLimit::max(settings.body_limit)),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/", get(page::status_page))
+        .route("/api/status", get(api_status))
+        .route("/api/errors", get(api_errors))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(layers))
+}
+
+/// A JSON error body: `{"error": message}`.
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let mut response =
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    no_store(&mut response);
+    response
+}
+
+fn no_store(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+fn secret_matches(provided: &[u8], expected_digest: &[u8; 32]) -> bool {
+    let digest: [u8; 32] = Sha256::digest(provided).into();
+    digest.ct_eq(expected_digest).into()
+}
+
+fn rejected(outcome: WebhookOutcome, status: StatusCode, message: &str) -> Response {
+    WebhookReceived {
+        outcome,
+        lead_id: None,
+    }
+    .emit();
+    json_error(status, message)
+}
+
+/// `POST /webhooks/marketo`: authenticates before reading the body, then validates and queues.
+async fn marketo_webhook(State(app): State<AppState>, request: Request) -> Response {
+    let authorized = request
+        .headers()
+        .get(webhook::SECRET_HEADER)
+        .is_some_and(|value| secret_matches(value.as_bytes(), &app.secret_digest));
+    if !authorized {
+        return rejected(
+            WebhookOutcome::Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Marketo-Sync-Secret header",
+        );
+    }
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return rejected(
+                WebhookOutcome::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than the webhook body limit",
+            );
+        }
+        Err(_) => {
+            return rejected(
+                WebhookOutcome::Invalid,
+                StatusCode::BAD_REQUEST,
+                "request body could not be read",
+            );
+        }
+    };
+    let lead = match webhook::parse_payload(&body, chrono::Utc::now()) {
+        Ok(lead) => lead,
+        Err(error) => {
+            return rejected(
+                WebhookOutcome::Invalid,
+                StatusCode::BAD_REQUEST,
+                &error.to_string(),
+            );
+        }
+    };
+    let lead_id = lead.lead_id;
+    let (outcome, status) = match app.sink.enqueue(lead).await {
+        Ok(Enqueued::New) => (WebhookOutcome::Queued, "queued"),
+        Ok(Enqueued::Duplicate) => (WebhookOutcome::Duplicate, "duplicate"),
+        Err(error) => {
+            WebhookReceived {
+                outcome: WebhookOutcome::Unavailable,
+                lead_id: Some(lead_id),
+            }
+            .emit();
+            tracing::warn!(error = %error, lead_id, "webhook lead not queued");
+            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return response;
+        }
+    };
+    WebhookReceived {
+        outcome,
+        lead_id: Some(lead_id),
+    }
+    .emit();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "status": status, "leadId": lead_id })),
+    )
+        .into_response();
+    no_store(&mut response);
+    response
+}
+
+/// `GET /healthz`: the process is up and serving.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 or 503 per [`Readiness::problems`], with the details as JSON.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let readiness = app.status.ready().await;
+    let problems = readiness.problems();
+    let ready = problems.is_empty();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "store_ok": readiness.store_ok,
+        "lease": readiness.lease,
+        "last_cycle": readiness.last_cycle,
+        "problems": problems,
+    });
+    let mut response = (code, axum::Json(body)).into_response();
+    no_store(&mut response);
+    response
+}
+
+/// `GET /metrics`: Prometheus text exposition format.
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/status`.
+async fn api_status(State(app): State<AppState>) -> Response {
+    match app.status.status().await {
+        Ok(report) => {
+            let mut response = axum::Json(report).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(error) => status_failed(&error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/errors?limit=N`.
+async fn api_errors(
+    State(app): State<AppState>,
+    query: Result<Query<ErrorsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "query parameter `limit` must be a non-negative integer",
+        );
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_ERRORS_LIMIT)
+        .min(MAX_ERRORS_LIMIT);
+    match app.status.open_errors(limit).await {
+        Ok(list) => {
+            let mut response = axum::Json(list).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(error) => status_failed(&error),
+    }
+}
+
+fn status_failed(error: &StatusError) -> Response {
+    // The detail goes to the log only; the response stays generic.
+    tracing::warn!(error = %error, "status report failed");
+    let code = if error.is_retryable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    json_error(code, "status is unavailable right now; see the service log")
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        let digest: [u8; 32] = Sha256::digest(b"s3cret-value").into();
+        assert!(secret_matches(b"s3cret-value", &digest));
+        assert!(!secret_matches(b"s3cret-valuf", &digest));
+        assert!(!secret_matches(b"", &digest));
+        assert!(!secret_matches(b"s3cret-value ", &digest));
+    }
+
+    #[test]
+    fn http_config_debug_hides_the_secret() {
+        let settings = HttpConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            webhook_secret: SecretString::from("hunter2-hunter2"),
+            body_limit: DEFAULT_BODY_LIMIT,
+        };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn retryable_classification() {
+        let in_use = HttpError::Bind {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert!(in_use.is_retryable());
+        assert!(!HttpError::InvalidConfig { reason: "x" }.is_retryable());
+    }
+}

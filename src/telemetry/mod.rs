@@ -1,5 +1,10 @@
 //! Logging set-up and typed events.
 
+pub mod events;
+pub mod metrics;
+
+pub use metrics::{install_metrics_recorder, run_upkeep as run_metrics_upkeep};
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

@@ -1,0 +1,697 @@
+//! The HTTP side end to end over a real socket: webhook, health, readiness, metrics, the JSON
+//! API, and that the webhook secret never leaks.
+
+#[path = "support/http_fakes.rs"]
+mod http_fakes;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use http_fakes::{FakeStatus, SECRET, TestServer, sample_report, spawn_server};
+use marketo_sync::http::{
+    CycleOutcome, DEFAULT_BODY_LIMIT, Direction, HttpConfig, HttpError, HttpServer, LeaseState,
+    OnDemandQueue, Readiness, StatusReport,
+};
+use marketo_sync::model::Side;
+use marketo_sync::telemetry::events::{
+    BulkBytesUsed, ConflictResolved, CycleCompleted, MarketoCallsUsed, MarketoQuota, PauseChanged,
+    PauseScope, RecordOutcome, RecordsSynced, SyncErrorRecorded, SyncLag, WebhookOutcome,
+    WebhookReceived,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const MARKETO_BODY: &str = r#"{"leadId": 1001234, "email": "ann.lee@example.com", "event": "data_value_changed", "deliveryId": "trig-55-1001234-2026-11-23T10:00:00Z"}"#;
+
+fn unused_metrics() -> PrometheusHandle {
+    marketo_sync::telemetry::metrics::build_recorder().handle()
+}
+
+struct Harness {
+    server: TestServer,
+    queue: Arc<OnDemandQueue>,
+    status: Arc<FakeStatus>,
+}
+
+async fn harness() -> Harness {
+    let queue = Arc::new(OnDemandQueue::new(100));
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let server = spawn_server(
+        status.clone(),
+        queue.clone(),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    Harness {
+        server,
+        queue,
+        status,
+    }
+}
+
+async fn post_webhook(
+    server: &TestServer,
+    secret: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let mut request = server
+        .client
+        .post(server.url("/webhooks/marketo"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(secret) = secret {
+        request = request.header("X-Marketo-Sync-Secret", secret);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
+    (status, json)
+}
+
+#[tokio::test]
+async fn webhook_accepts_a_marketo_shaped_payload_and_queues_the_lead() {
+    let h = harness().await;
+    let (status, body) = post_webhook(&h.server, Some(SECRET), MARKETO_BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body, json!({"status": "queued", "leadId": 1001234}));
+    let lead = h.queue.try_next().expect("lead queued");
+    assert_eq!(lead.lead_id, 1001234);
+    assert_eq!(lead.email.as_deref(), Some("ann.lee@example.com"));
+    assert_eq!(lead.event.as_deref(), Some("data_value_changed"));
+    assert_eq!(
+        lead.delivery_id.as_deref(),
+        Some("trig-55-1001234-2026-11-23T10:00:00Z")
+    );
+    assert!(h.queue.is_empty());
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_accepts_lead_id_as_a_string() {
+    let h = harness().await;
+    let (status, body) = post_webhook(&h.server, Some(SECRET), r#"{"leadId": "42"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["leadId"], 42);
+    assert_eq!(h.queue.try_next().map(|l| l.lead_id), Some(42));
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_collapses_duplicate_deliveries() {
+    let h = harness().await;
+    let (first, _) = post_webhook(&h.server, Some(SECRET), MARKETO_BODY).await;
+    let (second, body) = post_webhook(&h.server, Some(SECRET), MARKETO_BODY).await;
+    assert_eq!(first, StatusCode::ACCEPTED);
+    assert_eq!(second, StatusCode::ACCEPTED);
+    assert_eq!(body, json!({"status": "duplicate", "leadId": 1001234}));
+    assert_eq!(h.queue.len(), 1);
+    // The same delivery re-sent after the engine took the lead is still a duplicate.
+    assert!(h.queue.try_next().is_some());
+    let (third, body) = post_webhook(&h.server, Some(SECRET), MARKETO_BODY).await;
+    assert_eq!(third, StatusCode::ACCEPTED);
+    assert_eq!(body["status"], "duplicate");
+    assert!(h.queue.is_empty());
+    // Without a delivery id, the lead id collapses events while it waits.
+    for _ in 0..3 {
+        post_webhook(&h.server, Some(SECRET), r#"{"leadId": 9}"#).await;
+    }
+    assert_eq!(h.queue.len(), 1);
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_rejects_a_wrong_or_missing_secret() {
+    let h = harness().await;
+    let wrong = format!("{SECRET}x");
+    for secret in [Some(wrong.as_str()), Some(""), Some("whsec"), None] {
+        let (status, body) = post_webhook(&h.server, secret, MARKETO_BODY).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "secret {secret:?}");
+        let message = body["error"].as_str().expect("json error body");
+        assert!(message.contains("X-Marketo-Sync-Secret"), "{message}");
+        assert!(!message.contains(SECRET));
+    }
+    assert!(h.queue.is_empty());
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_rejects_an_oversized_body() {
+    let h = harness().await;
+    let padding = "x".repeat(DEFAULT_BODY_LIMIT);
+    let body = format!(r#"{{"leadId": 5, "pad": "{padding}"}}"#);
+    let (status, json) = post_webhook(&h.server, Some(SECRET), body.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .expect("json error")
+            .contains("limit")
+    );
+    // Also without a Content-Length (chunked), the limit holds.
+    let stream = futures::stream::iter(
+        body.into_bytes()
+            .chunks(8192)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, _) =
+        post_webhook(&h.server, Some(SECRET), reqwest::Body::wrap_stream(stream)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Just under the limit is fine.
+    let fits = format!(
+        r#"{{"leadId": 5, "pad": "{}"}}"#,
+        "x".repeat(DEFAULT_BODY_LIMIT - 100)
+    );
+    let (status, _) = post_webhook(&h.server, Some(SECRET), fits).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(h.queue.len(), 1);
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_rejects_malformed_json_and_a_missing_lead_id() {
+    let h = harness().await;
+    let cases = [
+        (r#"{"leadId": 12, "email": "#, "not valid JSON"),
+        ("leadId=12", "not valid JSON"),
+        (r#"[{"leadId": 12}]"#, "JSON object"),
+        (r#"{"email": "ann@example.com"}"#, "`leadId` is missing"),
+        (r#"{"leadId": null}"#, "`leadId` is missing"),
+        (r#"{"leadId": "abc"}"#, "`leadId` is invalid"),
+        (r#"{"leadId": 0}"#, "`leadId` is invalid"),
+    ];
+    for (body, expected) in cases {
+        let (status, json) = post_webhook(&h.server, Some(SECRET), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = json["error"].as_str().expect("json error body");
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    assert!(h.queue.is_empty());
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_reports_a_full_queue_as_unavailable() {
+    let queue = Arc::new(OnDemandQueue::new(1));
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let server = spawn_server(status, queue.clone(), unused_metrics(), DEFAULT_BODY_LIMIT).await;
+    let (first, _) = post_webhook(&server, Some(SECRET), r#"{"leadId": 1}"#).await;
+    let (second, body) = post_webhook(&server, Some(SECRET), r#"{"leadId": 2}"#).await;
+    assert_eq!(first, StatusCode::ACCEPTED);
+    assert_eq!(second, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().expect("error").contains("full"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_states() {
+    let h = harness().await;
+    let health = h
+        .server
+        .client
+        .get(h.server.url("/healthz"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.text().await.expect("body"), "ok");
+
+    let cases = [
+        (
+            true,
+            LeaseState::Held,
+            Some(CycleOutcome::Succeeded),
+            StatusCode::OK,
+            vec![],
+        ),
+        (true, LeaseState::Standby, None, StatusCode::OK, vec![]),
+        (
+            true,
+            LeaseState::Held,
+            Some(CycleOutcome::Failed),
+            StatusCode::OK,
+            vec![],
+        ),
+        (
+            false,
+            LeaseState::Held,
+            Some(CycleOutcome::Succeeded),
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec!["store unreachable"],
+        ),
+        (
+            true,
+            LeaseState::Lost,
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec!["sync lease lost"],
+        ),
+    ];
+    for (store_ok, lease, last_cycle, expected, problems) in cases {
+        h.status.set_readiness(Readiness {
+            store_ok,
+            lease,
+            last_cycle,
+        });
+        let response = h
+            .server
+            .client
+            .get(h.server.url("/readyz"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), expected, "{store_ok} {lease:?}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["ready"], expected == StatusCode::OK);
+        assert_eq!(body["store_ok"], store_ok);
+        assert_eq!(body["lease"], json!(lease));
+        assert_eq!(body["last_cycle"], json!(last_cycle));
+        assert_eq!(body["problems"], json!(problems));
+    }
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn api_status_and_errors_serve_the_report() {
+    let h = harness().await;
+    let response = h
+        .server
+        .client
+        .get(h.server.url("/api/status"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let report: StatusReport = response.json().await.expect("status json");
+    assert_eq!(report, sample_report());
+
+    let errors: Value = h
+        .server
+        .client
+        .get(h.server.url("/api/errors?limit=1"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(errors["total"], 5);
+    assert_eq!(errors["errors"].as_array().expect("array").len(), 1);
+    assert_eq!(errors["errors"][0]["id"], "err-17");
+    assert_eq!(
+        errors["errors"][0]["direction"],
+        json!(Direction::MarketoToCrm)
+    );
+
+    let bad = h
+        .server
+        .client
+        .get(h.server.url("/api/errors?limit=lots"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    h.status.fail_with("store down: connection refused");
+    let down = h
+        .server
+        .client
+        .get(h.server.url("/api/status"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = down.text().await.expect("body");
+    assert!(
+        text.contains("unavailable") && !text.contains("connection refused"),
+        "{text}"
+    );
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_get_a_json_404() {
+    let h = harness().await;
+    let response = h
+        .server
+        .client
+        .get(h.server.url("/nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(response.headers().contains_key("x-request-id"));
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_render_the_expected_names_after_events() {
+    let recorder = marketo_sync::telemetry::metrics::build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        marketo_sync::telemetry::events::describe_metrics();
+        CycleCompleted {
+            cycle_id: "cyc-1",
+            outcome: CycleOutcome::Succeeded,
+            duration: std::time::Duration::from_millis(2_500),
+            api_calls: 7,
+            ended_at: chrono::Utc::now(),
+        }
+        .emit();
+        RecordsSynced {
+            object: "lead",
+            direction: Direction::MarketoToCrm,
+            outcome: RecordOutcome::Created,
+            count: 3,
+        }
+        .emit();
+        RecordsSynced {
+            object: "lead",
+            direction: Direction::MarketoToCrm,
+            outcome: RecordOutcome::Created,
+            count: 2,
+        }
+        .emit();
+        ConflictResolved {
+            object: "company",
+            winner: Side::Crm,
+            fields: 2,
+        }
+        .emit();
+        SyncErrorRecorded {
+            object: "lead",
+            direction: Direction::CrmToMarketo,
+            code: "1003",
+            retryable: false,
+        }
+        .emit();
+        MarketoCallsUsed { count: 7 }.emit();
+        MarketoQuota {
+            used_today: 8_000,
+            daily_budget: 10_000,
+        }
+        .emit();
+        BulkBytesUsed {
+            bytes: 1_048_576,
+            used_today: 3_145_728,
+            budget: 524_288_000,
+        }
+        .emit();
+        SyncLag {
+            object: "lead",
+            lag: std::time::Duration::from_secs(90),
+        }
+        .emit();
+        WebhookReceived {
+            outcome: WebhookOutcome::Queued,
+            lead_id: Some(1001234),
+        }
+        .emit();
+        PauseChanged {
+            scope: PauseScope::RestCalls,
+            paused: true,
+            reason: "daily quota",
+            until: None,
+        }
+        .emit();
+    });
+
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let server = spawn_server(
+        status,
+        Arc::new(OnDemandQueue::new(10)),
+        handle,
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.expect("body");
+    let expected = [
+        r#"mksync_cycles_total{outcome="succeeded"} 1"#,
+        r#"mksync_cycle_duration_seconds_bucket{outcome="succeeded",le="5"} 1"#,
+        r#"mksync_cycle_duration_seconds_count{outcome="succeeded"} 1"#,
+        r#"mksync_records_total{object="lead",direction="marketo_to_crm",outcome="created"} 5"#,
+        r#"mksync_conflicts_total{object="company",winner="crm"} 1"#,
+        r#"mksync_sync_errors_total{object="lead",direction="crm_to_marketo",code="1003"} 1"#,
+        "mksync_marketo_calls_total 7",
+        "mksync_marketo_quota_used_calls 8000",
+        "mksync_marketo_quota_remaining_calls 2000",
+        "mksync_marketo_quota_budget_calls 10000",
+        "mksync_marketo_bulk_extract_bytes_total 1048576",
+        "mksync_marketo_bulk_quota_used_bytes 3145728",
+        "mksync_marketo_bulk_quota_budget_bytes 524288000",
+        r#"mksync_sync_lag_seconds{object="lead"} 90"#,
+        r#"mksync_webhook_requests_total{outcome="queued"} 1"#,
+        r#"mksync_paused{scope="rest_calls"} 1"#,
+        "# HELP mksync_records_total",
+        "# TYPE mksync_cycle_duration_seconds histogram",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    // Bounded labels only: the lead id never becomes a label.
+    assert!(!text.contains("1001234"), "{text}");
+    assert!(!text.contains("cyc-1"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn build_refuses_an_empty_secret_and_reports_a_busy_port() {
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let queue = Arc::new(OnDemandQueue::new(10));
+    let empty = HttpConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        webhook_secret: SecretString::from("  "),
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let error = HttpServer::build(empty, status.clone(), queue.clone(), unused_metrics())
+        .await
+        .err()
+        .expect("empty secret refused");
+    assert!(matches!(error, HttpError::InvalidConfig { .. }), "{error}");
+
+    let first = spawn_server(status.clone(), queue.clone(), unused_metrics(), 1024).await;
+    let busy = HttpConfig {
+        listen: first.addr,
+        webhook_secret: SecretString::from(SECRET),
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let error = HttpServer::build(busy, status, queue, unused_metrics())
+        .await
+        .err()
+        .expect("busy port refused");
+    assert!(matches!(error, HttpError::Bind { .. }), "{error}");
+    assert!(error.is_retryable());
+    assert!(error.to_string().contains(&first.addr.to_string()));
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let h = harness().await;
+    let addr = h.server.addr;
+    h.server.stop().await;
+    assert!(
+        reqwest::Client::new()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "server still answering after shutdown"
+    );
+}
+
+/// A writer that keeps every log line in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// current_thread: the server's tasks run on this thread, so the thread-local subscriber below
+// sees their log lines too.
+#[tokio::test(flavor = "current_thread")]
+async fn the_secret_never_appears_in_responses_or_logs() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let recorder = marketo_sync::telemetry::metrics::build_recorder();
+    let handle = recorder.handle();
+    let queue = Arc::new(OnDemandQueue::new(10));
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let server = spawn_server(status.clone(), queue, handle, 1024).await;
+
+    let mut seen = String::new();
+    // Every webhook answer, including the rejections.
+    let wrong = format!("{SECRET}-wrong");
+    for (secret, body) in [
+        (Some(SECRET), MARKETO_BODY.to_owned()),
+        (Some(SECRET), "{not json".to_owned()),
+        (Some(SECRET), "x".repeat(4096)),
+        (Some(wrong.as_str()), MARKETO_BODY.to_owned()),
+        (None, MARKETO_BODY.to_owned()),
+    ] {
+        let (_, json) = post_webhook(&server, secret, body).await;
+        seen.push_str(&json.to_string());
+    }
+    // Every page and API.
+    for path in [
+        "/",
+        "/api/status",
+        "/api/errors",
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/missing",
+    ] {
+        let response = server
+            .client
+            .get(server.url(path))
+            .header("X-Marketo-Sync-Secret", SECRET)
+            .send()
+            .await
+            .expect("get");
+        for (name, value) in response.headers() {
+            seen.push_str(name.as_str());
+            seen.push_str(value.to_str().unwrap_or(""));
+        }
+        seen.push_str(&response.text().await.expect("body"));
+    }
+    status.fail_with("store down");
+    let response = server
+        .client
+        .get(server.url("/api/status"))
+        .send()
+        .await
+        .expect("get");
+    seen.push_str(&response.text().await.expect("body"));
+    server.stop().await;
+
+    assert!(seen.contains("queued"), "the requests were answered");
+    assert!(!seen.contains(SECRET), "secret leaked into a response");
+    let logged = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf8");
+    assert!(
+        logged.contains("webhook received"),
+        "logs were captured: {logged}"
+    );
+    assert!(
+        logged.contains("webhook rejected"),
+        "logs were captured: {logged}"
+    );
+    assert!(!logged.contains(SECRET), "secret leaked into the logs");
+    assert!(
+        !logged.contains("ann.lee@example.com"),
+        "an email leaked into the logs"
+    );
+}
+
+/// A status source whose `status()` waits until released, to hold a request in flight.
+struct BlockingStatus {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl marketo_sync::http::StatusSource for BlockingStatus {
+    async fn status(&self) -> Result<StatusReport, marketo_sync::http::StatusError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Ok(sample_report())
+    }
+
+    async fn ready(&self) -> Readiness {
+        Readiness {
+            store_ok: true,
+            lease: LeaseState::Held,
+            last_cycle: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_in_flight_requests() {
+    let status = Arc::new(BlockingStatus {
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let server = spawn_server(
+        status.clone(),
+        Arc::new(OnDemandQueue::new(10)),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    let request = tokio::spawn(server.client.get(server.url("/api/status")).send());
+    status.entered.notified().await;
+    server.cancel.cancel();
+    tokio::task::yield_now().await;
+    assert!(
+        !server.task.is_finished(),
+        "server ended with a request in flight"
+    );
+    status.release.notify_one();
+    let response = request.await.expect("join").expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    server
+        .task
+        .await
+        .expect("server task panicked")
+        .expect("server failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_hangs_times_out() {
+    use tower::ServiceExt;
+    let status = Arc::new(BlockingStatus {
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let settings = HttpConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        webhook_secret: SecretString::from(SECRET),
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let app = marketo_sync::http::router(
+        &settings,
+        status,
+        Arc::new(OnDemandQueue::new(10)),
+        unused_metrics(),
+    )
+    .expect("router");
+    let request = axum::http::Request::get("/api/status")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    // The paused clock jumps to the timeout as soon as everything is idle.
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+}
