@@ -1165,3 +1165,73 @@ async fn lease_race_has_one_winner(h: &Harness) {
         h.clock.advance(ttl);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SQLite only
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fresh.db");
+    assert!(!path.exists());
+    let url = format!("sqlite://{}", path.display());
+    let store = marketo_sync::store::open(&url).await.expect("open");
+    assert!(path.exists(), "the file is created");
+    commit(store.as_ref(), big_step("wal", 3)).await;
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.expect("raw");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut raw)
+        .await
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+    // Opening again (migrations already applied) works and sees the data.
+    let again = marketo_sync::store::open(&url).await.expect("reopen");
+    assert_eq!(
+        again.links_page("wal", None, 10).await.expect("page").len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn sqlite_busy_is_a_retryable_error() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+    let store = open_with(
+        &url,
+        OpenOptions {
+            sqlite_busy_timeout: Duration::ZERO,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .expect("open");
+    // Another process (here: another connection) holds the write lock.
+    let mut other = sqlx::SqliteConnection::connect(&url).await.expect("raw");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    let error = store
+        .commit(big_step("busy", 5))
+        .await
+        .expect_err("the database is locked");
+    assert!(error.is_retryable(), "{error}");
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("unlock");
+    store
+        .commit(big_step("busy", 5))
+        .await
+        .expect("retry works");
+    assert_eq!(
+        store
+            .links_page("busy", None, 10)
+            .await
+            .expect("page")
+            .len(),
+        5
+    );
+}

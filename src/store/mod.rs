@@ -52,7 +52,7 @@ pub const LINK_ROWS_PER_STATEMENT: usize = 1000;
 /// Keys looked up per `IN (...)` statement by the batch reads.
 pub const KEYS_PER_LOOKUP: usize = 1000;
 
-/// How long a SQLite connection waits for another writer before it reports busy.
+/// How long a SQLite connection waits for another writer before it reports busy, by default.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error of the state store.
@@ -237,6 +237,9 @@ pub struct OpenOptions {
     pub clock: Arc<dyn Clock>,
     /// The maximum number of pooled connections (SQLite in-memory stores always use one).
     pub max_connections: u32,
+    /// How long a SQLite connection waits for another process's write lock before it reports
+    /// busy (a retryable error).
+    pub sqlite_busy_timeout: Duration,
     /// A hook run in the middle of every commit (tests only).
     pub commit_hook: Option<CommitHook>,
 }
@@ -246,6 +249,7 @@ impl Default for OpenOptions {
         OpenOptions {
             clock: Arc::new(SystemClock),
             max_connections: 8,
+            sqlite_busy_timeout: SQLITE_BUSY_TIMEOUT,
             commit_hook: None,
         }
     }
@@ -256,6 +260,7 @@ impl fmt::Debug for OpenOptions {
         f.debug_struct("OpenOptions")
             .field("clock", &self.clock)
             .field("max_connections", &self.max_connections)
+            .field("sqlite_busy_timeout", &self.sqlite_busy_timeout)
             .field("commit_hook", &self.commit_hook.is_some())
             .finish()
     }

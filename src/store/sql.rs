@@ -27,9 +27,9 @@ use uuid::Uuid;
 use super::{
     ApiUsage, BulkJob, Clock, CommitHook, Conflict, CycleCount, CycleOutcome, CycleRecord,
     Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
-    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, SQLITE_BUSY_TIMEOUT, SchemaRecord,
-    StateStore, StepCommit, StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark,
-    corrupt, parse_side, to_i64, to_u64, ttl_to_chrono,
+    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, SchemaRecord, StateStore, StepCommit,
+    StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt, parse_side,
+    to_i64, to_u64, ttl_to_chrono,
 };
 use crate::model::{Fields, Side, Value};
 
@@ -336,7 +336,7 @@ impl PgStore {
 /// The SQLite state store (the embedded default for one instance).
 ///
 /// SQLite has one writer at a time; writes of this process queue on a mutex, writes of other
-/// processes wait up to [`SQLITE_BUSY_TIMEOUT`].
+/// processes wait up to [`OpenOptions::sqlite_busy_timeout`].
 pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
@@ -367,7 +367,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .busy_timeout(options.sqlite_busy_timeout)
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let max = if in_memory {
