@@ -1235,3 +1235,70 @@ async fn sqlite_busy_is_a_retryable_error() {
         5
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_first_opens_all_succeed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("race.db").display());
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            marketo_sync::store::open(&url).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every replica opens the fresh file");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_store_works() {
+    let store = marketo_sync::store::open("sqlite::memory:")
+        .await
+        .expect("open");
+    commit(store.as_ref(), big_step("memory", 4)).await;
+    assert_eq!(
+        store
+            .links_page("memory", None, 10)
+            .await
+            .expect("page")
+            .len(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_first_opens_all_succeed() {
+    let admin_url = std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("mksync_store_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let _guard = PgDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let mut url = url::Url::parse(&admin_url).expect("PG_TEST_URL");
+    url.set_path(&name);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            marketo_sync::store::open(&url).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every replica opens the fresh database");
+    }
+}

@@ -1,7 +1,9 @@
--- The state store of marketo-sync (SQLite; timestamps are RFC 3339 UTC text, JSON is text). See DESIGN.md section 3.
+-- The state store of marketo-sync (SQLite; timestamps are RFC 3339 UTC text, JSON is text).
+-- See DESIGN.md section 3. Statements are idempotent (IF NOT EXISTS) because SQLite has no
+-- migration lock: two processes opening a fresh file at once may both run this script.
 
 -- One row per synced record pair, with the canonical values both sides last agreed on.
-CREATE TABLE links (
+CREATE TABLE IF NOT EXISTS links (
     object      TEXT        NOT NULL,
     marketo_key TEXT        NOT NULL,
     crm_key     TEXT        NOT NULL,
@@ -11,10 +13,10 @@ CREATE TABLE links (
     tombstone   TEXT        NULL,
     PRIMARY KEY (object, marketo_key)
 );
-CREATE INDEX links_by_crm_key ON links (object, crm_key);
+CREATE INDEX IF NOT EXISTS links_by_crm_key ON links (object, crm_key);
 
 -- The high watermark per (system, object, queue).
-CREATE TABLE watermarks (
+CREATE TABLE IF NOT EXISTS watermarks (
     system     TEXT        NOT NULL,
     object     TEXT        NOT NULL,
     queue      TEXT        NOT NULL,
@@ -25,7 +27,7 @@ CREATE TABLE watermarks (
 );
 
 -- Every bulk export or import job the service created, written before it is enqueued.
-CREATE TABLE bulk_jobs (
+CREATE TABLE IF NOT EXISTS bulk_jobs (
     direction    TEXT        NOT NULL CHECK (direction IN ('export', 'import')),
     id           TEXT        NOT NULL,
     kind         TEXT        NOT NULL,
@@ -40,17 +42,17 @@ CREATE TABLE bulk_jobs (
     updated_at   TEXT        NOT NULL,
     PRIMARY KEY (direction, id)
 );
-CREATE INDEX bulk_jobs_by_state ON bulk_jobs (state);
+CREATE INDEX IF NOT EXISTS bulk_jobs_by_state ON bulk_jobs (state);
 
 -- Marketo calls and bulk-extract bytes per Marketo day (America/Chicago).
-CREATE TABLE api_usage (
+CREATE TABLE IF NOT EXISTS api_usage (
     day        TEXT   NOT NULL PRIMARY KEY,
     calls      INTEGER NOT NULL,
     bulk_bytes INTEGER NOT NULL
 );
 
 -- The last Describe result per (side, object).
-CREATE TABLE schemas (
+CREATE TABLE IF NOT EXISTS schemas (
     side       TEXT        NOT NULL,
     object     TEXT        NOT NULL,
     hash       TEXT        NOT NULL,
@@ -60,7 +62,7 @@ CREATE TABLE schemas (
 );
 
 -- One row per cycle.
-CREATE TABLE cycles (
+CREATE TABLE IF NOT EXISTS cycles (
     id         BLOB        NOT NULL PRIMARY KEY,
     started_at TEXT        NOT NULL,
     ended_at   TEXT        NULL,
@@ -70,10 +72,10 @@ CREATE TABLE cycles (
     api_calls  INTEGER      NOT NULL,
     message    TEXT        NULL
 );
-CREATE INDEX cycles_by_start ON cycles (started_at);
+CREATE INDEX IF NOT EXISTS cycles_by_start ON cycles (started_at);
 
 -- Per-record failures; one row per (object, direction, record key).
-CREATE TABLE sync_errors (
+CREATE TABLE IF NOT EXISTS sync_errors (
     id            BLOB        NOT NULL PRIMARY KEY,
     object        TEXT        NOT NULL,
     direction     TEXT        NOT NULL,
@@ -89,10 +91,10 @@ CREATE TABLE sync_errors (
     status        TEXT        NOT NULL CHECK (status IN ('open', 'discarded', 'resolved')),
     UNIQUE (object, direction, record_key)
 );
-CREATE INDEX sync_errors_due ON sync_errors (status, next_retry_at);
+CREATE INDEX IF NOT EXISTS sync_errors_due ON sync_errors (status, next_retry_at);
 
 -- Every conflict, with both values and the base.
-CREATE TABLE conflicts (
+CREATE TABLE IF NOT EXISTS conflicts (
     id            INTEGER     PRIMARY KEY AUTOINCREMENT,
     object        TEXT        NOT NULL,
     marketo_key   TEXT        NOT NULL,
@@ -105,10 +107,10 @@ CREATE TABLE conflicts (
     policy        TEXT        NOT NULL,
     at            TEXT        NOT NULL
 );
-CREATE INDEX conflicts_by_at ON conflicts (at);
+CREATE INDEX IF NOT EXISTS conflicts_by_at ON conflicts (at);
 
 -- Which process runs which Marketo instance.
-CREATE TABLE leases (
+CREATE TABLE IF NOT EXISTS leases (
     instance    TEXT        NOT NULL PRIMARY KEY,
     holder      TEXT        NOT NULL,
     acquired_at TEXT        NOT NULL,

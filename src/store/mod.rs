@@ -293,6 +293,12 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Arc<dyn StateS
     }
 }
 
+/// Returns the Marketo day of an instant: its calendar date in America/Chicago, where Marketo's
+/// daily API and bulk-extract quotas turn (the key of [`ApiUsage`]).
+pub fn marketo_day(at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&chrono_tz::America::Chicago).date_naive()
+}
+
 /// Why a link is no longer live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -1095,6 +1101,17 @@ mod tests {
         assert!(text.contains("\"mysql\""), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!error.is_retryable());
+    }
+
+    #[test]
+    fn marketo_days_turn_at_midnight_in_chicago() {
+        let day = |s: &str| marketo_day(s.parse().expect("time")).to_string();
+        // Winter: CST is UTC-6.
+        assert_eq!(day("2026-01-15T05:59:59Z"), "2026-01-14");
+        assert_eq!(day("2026-01-15T06:00:00Z"), "2026-01-15");
+        // Summer: CDT is UTC-5.
+        assert_eq!(day("2026-07-01T04:59:59Z"), "2026-06-30");
+        assert_eq!(day("2026-07-01T05:00:00Z"), "2026-07-01");
     }
 
     #[test]

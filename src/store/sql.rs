@@ -33,6 +33,9 @@ use super::{
 };
 use crate::model::{Fields, Side, Value};
 
+/// How often SQLite migrations are attempted when concurrent openers race.
+const MIGRATION_ATTEMPTS: u32 = 3;
+
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -375,22 +378,44 @@ impl SqliteStore {
         } else {
             options.max_connections.max(1)
         };
-        let pool = SqlitePoolOptions::new()
+        let mut pool_options = SqlitePoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect)
-            .await
-            .map_err(|source| StoreError::Connect {
-                backend: "sqlite",
-                source,
-            })?;
-        sqlite_migrator()
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                backend: "sqlite",
-                source,
-            })?;
+            .acquire_timeout(Duration::from_secs(30));
+        if in_memory {
+            // An in-memory database lives as long as its one connection: never recycle it.
+            pool_options = pool_options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool =
+            pool_options
+                .connect_with(connect)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    backend: "sqlite",
+                    source,
+                })?;
+        // SQLite has no migration lock. When two processes migrate a fresh file at once, the
+        // loser fails to record the version the winner recorded; its next attempt finds the
+        // migration applied (the script itself is idempotent).
+        let migrator = sqlite_migrator();
+        let mut attempt = 1;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(source) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %source, "sqlite migration raced, retrying");
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        backend: "sqlite",
+                        source,
+                    });
+                }
+            }
+        }
         tracing::debug!(backend = "sqlite", "state store opened");
         Ok(SqliteStore {
             pool,
