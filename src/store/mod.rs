@@ -156,16 +156,16 @@ fn sqlx_error_is_retryable(error: &sqlx::Error) -> bool {
                 return false;
             };
             let code = code.as_ref();
-            // PostgreSQL SQLSTATEs: serialization failure, deadlock, connection exceptions,
-            // admin shutdown and friends, too many connections.
-            if matches!(
-                code,
-                "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
-            ) || code.starts_with("08")
-            {
-                return true;
+            // PostgreSQL SQLSTATEs are five characters: serialization failure, deadlock,
+            // connection exceptions, too many connections, admin shutdown and friends.
+            if code.len() == 5 {
+                return matches!(
+                    code,
+                    "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+                ) || code.starts_with("08");
             }
-            // SQLite result codes (possibly extended): the primary code is the low byte.
+            // SQLite result codes (possibly extended, at most four digits): the primary code is
+            // the low byte.
             match code.parse::<i32>() {
                 Ok(n) => matches!(n & 0xff, 5 | 6), // SQLITE_BUSY, SQLITE_LOCKED
                 Err(_) => false,
@@ -1112,6 +1112,69 @@ mod tests {
         // Summer: CDT is UTC-5.
         assert_eq!(day("2026-07-01T04:59:59Z"), "2026-06-30");
         assert_eq!(day("2026-07-01T05:00:00Z"), "2026-07-01");
+    }
+
+    #[derive(Debug)]
+    struct FakeDbError(&'static str);
+
+    impl fmt::Display for FakeDbError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "fake database error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for FakeDbError {}
+
+    impl sqlx::error::DatabaseError for FakeDbError {
+        fn message(&self) -> &str {
+            "fake"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn query_error(code: &'static str) -> StoreError {
+        StoreError::Query {
+            op: "commit",
+            source: sqlx::Error::Database(Box::new(FakeDbError(code))),
+        }
+    }
+
+    #[test]
+    fn retryable_errors_are_classified_by_code() {
+        // PostgreSQL: serialization failure, deadlock, connection failure, admin shutdown.
+        for code in ["40001", "40P01", "08006", "57P01"] {
+            assert!(query_error(code).is_retryable(), "{code}");
+        }
+        // SQLite: BUSY, LOCKED and the extended BUSY_SNAPSHOT (517).
+        for code in ["5", "6", "517"] {
+            assert!(query_error(code).is_retryable(), "{code}");
+        }
+        // Unique violation (PostgreSQL, SQLite), syntax error, SQLite constraint.
+        for code in ["23505", "2067", "42601", "19"] {
+            assert!(!query_error(code).is_retryable(), "{code}");
+        }
+        let pool = StoreError::Query {
+            op: "counts",
+            source: sqlx::Error::PoolTimedOut,
+        };
+        assert!(pool.is_retryable());
+        let corrupt = corrupt("link", "bad json");
+        assert!(!corrupt.is_retryable());
+        assert!(corrupt.to_string().contains("link"));
     }
 
     #[test]
