@@ -981,6 +981,19 @@ async fn concurrent_writers_lose_nothing(h: &Harness) {
 }
 
 async fn killed_process_mid_commit_leaves_nothing_half_written(h: &Harness) {
+    // The state before: one link (which the child's commit overwrites) and an older watermark.
+    let baseline = link(CRASH_OBJECT, "k00000", "c-before", "before@example.com");
+    let baseline_wm = watermark(Side::Marketo, CRASH_OBJECT, "default", 10);
+    commit(
+        h.store.as_ref(),
+        StepCommit {
+            links_upsert: vec![baseline.clone()],
+            watermarks: vec![baseline_wm.clone()],
+            ..StepCommit::default()
+        },
+    )
+    .await;
+
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
         .args([
@@ -1020,20 +1033,35 @@ async fn killed_process_mid_commit_leaves_nothing_half_written(h: &Harness) {
     );
     assert!(!status.success(), "the child was killed, not finished");
 
-    // Nothing of the killed transaction is visible, through the old pool or a fresh open.
-    assert_nothing_of(h.store.as_ref(), CRASH_OBJECT).await;
+    // Nothing of the killed transaction is visible, through the old pool or a fresh open: the
+    // state is exactly the state before.
     let fresh = h.reopen().await;
-    assert_nothing_of(fresh.as_ref(), CRASH_OBJECT).await;
+    for s in [h.store.as_ref(), fresh.as_ref()] {
+        let links = s.links_page(CRASH_OBJECT, None, 100).await.expect("page");
+        assert_eq!(links, vec![baseline.clone()]);
+        let wm = s
+            .watermark(Side::Marketo, CRASH_OBJECT, "default")
+            .await
+            .expect("watermark");
+        assert_eq!(wm, Some(baseline_wm.clone()));
+        let errors = s
+            .list_errors(&ErrorFilter {
+                object: Some(CRASH_OBJECT.to_owned()),
+                ..ErrorFilter::default()
+            })
+            .await
+            .expect("errors");
+        assert!(errors.is_empty());
+    }
     // And the same rows can be written now (no lock left behind).
     commit(fresh.as_ref(), big_step(CRASH_OBJECT, 20)).await;
-    assert_eq!(
-        h.store
-            .links_page(CRASH_OBJECT, None, 100)
-            .await
-            .expect("page")
-            .len(),
-        20
-    );
+    let links = h
+        .store
+        .links_page(CRASH_OBJECT, None, 100)
+        .await
+        .expect("page");
+    assert_eq!(links.len(), 20);
+    assert_eq!(links[0].crm_key, "ck00000");
 }
 
 /// Runs only as the child process of the killed-process test: it starts a commit, writes links
