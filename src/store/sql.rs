@@ -865,17 +865,27 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> Result<Vec<Link>, StoreError> {
                 self.tick();
-                let rows = sqlx::query(
-                    "SELECT object, marketo_key, crm_key, base, base_hash, agreed_at, tombstone \
-                     FROM links WHERE object = $1 AND ($2 IS NULL OR marketo_key > $2) \
-                     ORDER BY marketo_key LIMIT $3",
-                )
-                .bind(object)
-                .bind(after_marketo_key)
-                .bind(limit_i64(limit, 1000))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("links_page"))?;
+                // Two statements rather than `($2 IS NULL OR marketo_key > $2)`, so that a
+                // cached generic plan still walks the primary key index.
+                let query = match after_marketo_key {
+                    Some(after) => sqlx::query(
+                        "SELECT object, marketo_key, crm_key, base, base_hash, agreed_at, \
+                         tombstone FROM links WHERE object = $1 AND marketo_key > $2 \
+                         ORDER BY marketo_key LIMIT $3",
+                    )
+                    .bind(object)
+                    .bind(after),
+                    None => sqlx::query(
+                        "SELECT object, marketo_key, crm_key, base, base_hash, agreed_at, \
+                         tombstone FROM links WHERE object = $1 ORDER BY marketo_key LIMIT $2",
+                    )
+                    .bind(object),
+                };
+                let rows = query
+                    .bind(limit_i64(limit, 1000))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error("links_page"))?;
                 let mut links = Vec::with_capacity(rows.len());
                 for row in &rows {
                     links.push(Self::link_from_row(row)?);
