@@ -1,0 +1,1336 @@
+//! The PostgreSQL and SQLite implementations of [`StateStore`].
+//!
+//! Both backends run the same SQL text (PostgreSQL-style `$n` placeholders, which sqlx's SQLite
+//! driver accepts too, `INSERT ... ON CONFLICT ... DO UPDATE`, `RETURNING`), so one macro
+//! generates both implementations; only connecting, migrating and beginning a transaction differ.
+//! Dynamic SQL is built with `QueryBuilder`, which binds every value: only fixed fragments and
+//! placeholders ever go into the SQL text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, SqlSafeStr, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
+
+use super::{
+    ApiUsage, BulkJob, Clock, CommitHook, Conflict, CycleCount, CycleOutcome, CycleRecord,
+    Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
+    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, SchemaRecord, StateStore, StepCommit,
+    StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt, parse_side,
+    to_i64, to_u64, ttl_to_chrono,
+};
+use crate::model::{Fields, Side, Value};
+
+/// How often SQLite migrations are attempted when concurrent openers race.
+const MIGRATION_ATTEMPTS: u32 = 3;
+
+/// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+fn migrator(sql: &'static str) -> Migrator {
+    let mut migrator = Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )]);
+    migrator.set_locking(true);
+    migrator
+}
+
+fn pg_migrator() -> Migrator {
+    migrator(include_str!("../../migrations/postgres/0001_init.sql"))
+}
+
+fn sqlite_migrator() -> Migrator {
+    migrator(include_str!("../../migrations/sqlite/0001_init.sql"))
+}
+
+fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// A link ready to be bound: JSON serialised, deduplicated.
+struct LinkRow {
+    object: String,
+    marketo_key: String,
+    crm_key: String,
+    base: serde_json::Value,
+    base_hash: String,
+    agreed_at: DateTime<Utc>,
+    tombstone: Option<serde_json::Value>,
+}
+
+struct ErrorRow {
+    id: Uuid,
+    object: String,
+    direction: &'static str,
+    record_key: String,
+    other_key: Option<String>,
+    payload: serde_json::Value,
+    code: String,
+    message: String,
+    attempts: i64,
+    first_seen_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    next_retry_at: Option<DateTime<Utc>>,
+    status: &'static str,
+}
+
+struct ConflictRow {
+    object: String,
+    marketo_key: String,
+    crm_key: String,
+    field: String,
+    marketo_value: serde_json::Value,
+    crm_value: serde_json::Value,
+    base_value: Option<serde_json::Value>,
+    winner: &'static str,
+    policy: String,
+    at: DateTime<Utc>,
+}
+
+struct JobRow {
+    direction: &'static str,
+    id: String,
+    kind: String,
+    object: String,
+    window_start: Option<DateTime<Utc>>,
+    window_end: Option<DateTime<Utc>>,
+    state: &'static str,
+    bytes: i64,
+    file_path: Option<String>,
+    file_offset: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    fn new(job: &BulkJob) -> Result<Self, StoreError> {
+        Ok(JobRow {
+            direction: job.direction.as_str(),
+            id: job.id.clone(),
+            kind: job.kind.clone(),
+            object: job.object.clone(),
+            window_start: job.window_start,
+            window_end: job.window_end,
+            state: job.state.as_str(),
+            bytes: to_i64("bulk job bytes", job.bytes)?,
+            file_path: job.file_path.clone(),
+            file_offset: to_i64("bulk job file offset", job.file_offset)?,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+        })
+    }
+}
+
+/// A [`StepCommit`] checked, deduplicated, sorted (a stable lock order on PostgreSQL) and
+/// serialised before the transaction begins, so that bad input fails before anything is written.
+struct Prepared {
+    links_delete: BTreeMap<String, BTreeSet<String>>,
+    links: Vec<LinkRow>,
+    watermarks: Vec<Watermark>,
+    errors: Vec<ErrorRow>,
+    resolve: BTreeMap<(String, &'static str), BTreeSet<String>>,
+    conflicts: Vec<ConflictRow>,
+    jobs: Vec<JobRow>,
+}
+
+fn to_json<T: serde::Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(value).map_err(|e| StoreError::Invalid {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+impl Prepared {
+    fn new(commit: StepCommit) -> Result<Self, StoreError> {
+        let mut links_delete: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for key in commit.links_delete {
+            links_delete
+                .entry(key.object)
+                .or_default()
+                .insert(key.marketo_key);
+        }
+
+        let mut links_by_key: BTreeMap<(String, String), LinkRow> = BTreeMap::new();
+        for link in commit.links_upsert {
+            let row = LinkRow {
+                base: to_json("link base", &link.base)?,
+                tombstone: match &link.tombstone {
+                    Some(t) => Some(to_json("link tombstone", t)?),
+                    None => None,
+                },
+                object: link.object,
+                marketo_key: link.marketo_key,
+                crm_key: link.crm_key,
+                base_hash: link.base_hash,
+                agreed_at: link.agreed_at,
+            };
+            links_by_key.insert((row.object.clone(), row.marketo_key.clone()), row);
+        }
+
+        let mut watermarks_by_key: BTreeMap<(&'static str, String, String), Watermark> =
+            BTreeMap::new();
+        for wm in commit.watermarks {
+            let key = (wm.system.as_str(), wm.object.clone(), wm.queue.clone());
+            match watermarks_by_key.get(&key) {
+                Some(existing) if existing.at > wm.at => {}
+                _ => {
+                    watermarks_by_key.insert(key, wm);
+                }
+            }
+        }
+
+        let mut errors_by_key: BTreeMap<(String, &'static str, String), ErrorRow> = BTreeMap::new();
+        for e in commit.errors_upsert {
+            let row = ErrorRow {
+                id: e.id,
+                direction: e.direction.as_str(),
+                other_key: e.other_key,
+                payload: e.payload,
+                code: e.code,
+                message: e.message,
+                attempts: i64::from(e.attempts),
+                first_seen_at: e.first_seen_at,
+                last_seen_at: e.last_seen_at,
+                next_retry_at: e.next_retry_at,
+                status: e.status.as_str(),
+                object: e.object,
+                record_key: e.record_key,
+            };
+            errors_by_key.insert(
+                (row.object.clone(), row.direction, row.record_key.clone()),
+                row,
+            );
+        }
+
+        let mut resolve: BTreeMap<(String, &'static str), BTreeSet<String>> = BTreeMap::new();
+        for key in commit.errors_resolve {
+            resolve
+                .entry((key.object, key.direction.as_str()))
+                .or_default()
+                .insert(key.record_key);
+        }
+
+        let mut conflicts = Vec::with_capacity(commit.conflicts.len());
+        for c in commit.conflicts {
+            conflicts.push(ConflictRow {
+                marketo_value: c.marketo_value.to_json(),
+                crm_value: c.crm_value.to_json(),
+                base_value: c.base_value.as_ref().map(Value::to_json),
+                winner: c.winner.as_str(),
+                object: c.object,
+                marketo_key: c.marketo_key,
+                crm_key: c.crm_key,
+                field: c.field,
+                policy: c.policy,
+                at: c.at,
+            });
+        }
+
+        let mut jobs = Vec::with_capacity(commit.jobs.len());
+        for job in &commit.jobs {
+            jobs.push(JobRow::new(job)?);
+        }
+
+        Ok(Prepared {
+            links_delete,
+            links: links_by_key.into_values().collect(),
+            watermarks: watermarks_by_key.into_values().collect(),
+            errors: errors_by_key.into_values().collect(),
+            resolve,
+            conflicts,
+            jobs,
+        })
+    }
+}
+
+fn json_to_fields(value: serde_json::Value) -> Result<Fields, StoreError> {
+    serde_json::from_value(value).map_err(|e| corrupt("link base", e.to_string()))
+}
+
+fn limit_i64(limit: u32, default: u32) -> i64 {
+    i64::from(if limit == 0 { default } else { limit })
+}
+
+/// The PostgreSQL state store (production; several replicas may share it).
+pub struct PgStore {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    hook: Option<CommitHook>,
+    statements: AtomicU64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Returns the store at `url` (`postgres://...`), migrated.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BadUrl`], [`StoreError::Connect`] or [`StoreError::Migrate`].
+    pub async fn open(url: &str, options: OpenOptions) -> Result<Self, StoreError> {
+        let connect = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|source| {
+            StoreError::BadUrl {
+                backend: "postgres",
+                source,
+            }
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect)
+            .await
+            .map_err(|source| StoreError::Connect {
+                backend: "postgres",
+                source,
+            })?;
+        pg_migrator()
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                backend: "postgres",
+                source,
+            })?;
+        tracing::debug!(backend = "postgres", "state store opened");
+        Ok(PgStore {
+            pool,
+            clock: options.clock,
+            hook: options.commit_hook,
+            statements: AtomicU64::new(0),
+        })
+    }
+
+    /// Closes the pool (waits for connections in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        None
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+}
+
+/// The SQLite state store (the embedded default for one instance).
+///
+/// SQLite has one writer at a time; writes of this process queue on a mutex, writes of other
+/// processes wait up to [`OpenOptions::sqlite_busy_timeout`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+    hook: Option<CommitHook>,
+    statements: AtomicU64,
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Returns the store at `url` (`sqlite:path`, `sqlite://path`, `sqlite::memory:`), migrated.
+    /// The file is created when missing; the journal is WAL.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::BadUrl`], [`StoreError::Connect`] or [`StoreError::Migrate`].
+    pub async fn open(url: &str, options: OpenOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|source| StoreError::BadUrl {
+                backend: "sqlite",
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(options.sqlite_busy_timeout)
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let max = if in_memory {
+            1
+        } else {
+            options.max_connections.max(1)
+        };
+        let mut pool_options = SqlitePoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30));
+        if in_memory {
+            // An in-memory database lives as long as its one connection: never recycle it.
+            pool_options = pool_options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool =
+            pool_options
+                .connect_with(connect)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    backend: "sqlite",
+                    source,
+                })?;
+        // SQLite has no migration lock. When two processes migrate a fresh file at once, the
+        // loser fails to record the version the winner recorded; its next attempt finds the
+        // migration applied (the script itself is idempotent).
+        let migrator = sqlite_migrator();
+        let mut attempt = 1;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(source) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %source, "sqlite migration raced, retrying");
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        backend: "sqlite",
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::debug!(backend = "sqlite", "state store opened");
+        Ok(SqliteStore {
+            pool,
+            clock: options.clock,
+            hook: options.commit_hook,
+            statements: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Closes the pool (waits for connections in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        Some(self.write_lock.lock().await)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        // IMMEDIATE takes the write lock at BEGIN, so a transaction never fails half-way on a
+        // read-to-write lock upgrade.
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+const LINK_COLUMNS: &str = "object, marketo_key, crm_key, base, base_hash, agreed_at, tombstone";
+const WATERMARK_COLUMNS: &str = "system, object, queue, at, tie, cursor_state";
+const ERROR_COLUMNS: &str = "id, object, direction, record_key, other_key, payload, code, \
+                             message, attempts, first_seen_at, last_seen_at, next_retry_at, status";
+
+macro_rules! impl_store {
+    ($store:ident, $db:ty, $backend:literal) => {
+        impl $store {
+            fn tick(&self) {
+                self.statements.fetch_add(1, Ordering::Relaxed);
+            }
+
+            fn get<'r, T>(
+                what: &'static str,
+                row: &'r <$db as sqlx::Database>::Row,
+                column: &'static str,
+            ) -> Result<T, StoreError>
+            where
+                T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+            {
+                row.try_get::<T, _>(column)
+                    .map_err(|e| corrupt(what, format!("column {column}: {e}")))
+            }
+
+            fn link_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Link, StoreError> {
+                let base: Json<serde_json::Value> = Self::get("link", row, "base")?;
+                let tombstone: Option<Json<serde_json::Value>> =
+                    Self::get("link", row, "tombstone")?;
+                let tombstone = match tombstone {
+                    Some(Json(t)) => Some(
+                        serde_json::from_value::<Tombstone>(t)
+                            .map_err(|e| corrupt("link tombstone", e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                Ok(Link {
+                    object: Self::get("link", row, "object")?,
+                    marketo_key: Self::get("link", row, "marketo_key")?,
+                    crm_key: Self::get("link", row, "crm_key")?,
+                    base: json_to_fields(base.0)?,
+                    base_hash: Self::get("link", row, "base_hash")?,
+                    agreed_at: Self::get("link", row, "agreed_at")?,
+                    tombstone,
+                })
+            }
+
+            fn watermark_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<Watermark, StoreError> {
+                let system: String = Self::get("watermark", row, "system")?;
+                let cursor: Option<Json<serde_json::Value>> =
+                    Self::get("watermark", row, "cursor_state")?;
+                Ok(Watermark {
+                    system: parse_side("watermark", &system)?,
+                    object: Self::get("watermark", row, "object")?,
+                    queue: Self::get("watermark", row, "queue")?,
+                    at: Self::get("watermark", row, "at")?,
+                    tie: Self::get("watermark", row, "tie")?,
+                    cursor: cursor.map(|c| c.0),
+                })
+            }
+
+            fn job_from_row(row: &<$db as sqlx::Database>::Row) -> Result<BulkJob, StoreError> {
+                let direction: String = Self::get("bulk job", row, "direction")?;
+                let state: String = Self::get("bulk job", row, "state")?;
+                let bytes: i64 = Self::get("bulk job", row, "bytes")?;
+                let offset: i64 = Self::get("bulk job", row, "file_offset")?;
+                Ok(BulkJob {
+                    direction: JobDirection::parse(&direction)?,
+                    id: Self::get("bulk job", row, "id")?,
+                    kind: Self::get("bulk job", row, "kind")?,
+                    object: Self::get("bulk job", row, "object")?,
+                    window_start: Self::get("bulk job", row, "window_start")?,
+                    window_end: Self::get("bulk job", row, "window_end")?,
+                    state: JobState::parse(&state)?,
+                    bytes: to_u64(bytes),
+                    file_path: Self::get("bulk job", row, "file_path")?,
+                    file_offset: to_u64(offset),
+                    created_at: Self::get("bulk job", row, "created_at")?,
+                    updated_at: Self::get("bulk job", row, "updated_at")?,
+                })
+            }
+
+            fn error_from_row(row: &<$db as sqlx::Database>::Row) -> Result<SyncError, StoreError> {
+                let direction: String = Self::get("sync error", row, "direction")?;
+                let status: String = Self::get("sync error", row, "status")?;
+                let payload: Json<serde_json::Value> = Self::get("sync error", row, "payload")?;
+                let attempts: i64 = Self::get("sync error", row, "attempts")?;
+                Ok(SyncError {
+                    id: Self::get("sync error", row, "id")?,
+                    object: Self::get("sync error", row, "object")?,
+                    direction: Direction::parse(&direction)?,
+                    record_key: Self::get("sync error", row, "record_key")?,
+                    other_key: Self::get("sync error", row, "other_key")?,
+                    payload: payload.0,
+                    code: Self::get("sync error", row, "code")?,
+                    message: Self::get("sync error", row, "message")?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    first_seen_at: Self::get("sync error", row, "first_seen_at")?,
+                    last_seen_at: Self::get("sync error", row, "last_seen_at")?,
+                    next_retry_at: Self::get("sync error", row, "next_retry_at")?,
+                    status: ErrorStatus::parse(&status)?,
+                })
+            }
+
+            fn cycle_from_row(row: &<$db as sqlx::Database>::Row) -> Result<CycleRecord, StoreError> {
+                let outcome: String = Self::get("cycle", row, "outcome")?;
+                let steps: Json<Vec<StepTiming>> = Self::get("cycle", row, "steps")?;
+                let counts: Json<Vec<CycleCount>> = Self::get("cycle", row, "counts")?;
+                let api_calls: i64 = Self::get("cycle", row, "api_calls")?;
+                Ok(CycleRecord {
+                    id: Self::get("cycle", row, "id")?,
+                    started_at: Self::get("cycle", row, "started_at")?,
+                    ended_at: Self::get("cycle", row, "ended_at")?,
+                    outcome: CycleOutcome::parse(&outcome)?,
+                    steps: steps.0,
+                    counts: counts.0,
+                    api_calls: to_u64(api_calls),
+                    message: Self::get("cycle", row, "message")?,
+                })
+            }
+
+            fn conflict_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Conflict, StoreError> {
+                let winner: String = Self::get("conflict", row, "winner")?;
+                let marketo_value: Json<serde_json::Value> =
+                    Self::get("conflict", row, "marketo_value")?;
+                let crm_value: Json<serde_json::Value> = Self::get("conflict", row, "crm_value")?;
+                let base_value: Option<Json<serde_json::Value>> =
+                    Self::get("conflict", row, "base_value")?;
+                Ok(Conflict {
+                    id: Self::get("conflict", row, "id")?,
+                    object: Self::get("conflict", row, "object")?,
+                    marketo_key: Self::get("conflict", row, "marketo_key")?,
+                    crm_key: Self::get("conflict", row, "crm_key")?,
+                    field: Self::get("conflict", row, "field")?,
+                    marketo_value: Value::from_json(&marketo_value.0),
+                    crm_value: Value::from_json(&crm_value.0),
+                    base_value: base_value.map(|v| Value::from_json(&v.0)),
+                    winner: parse_side("conflict", &winner)?,
+                    policy: Self::get("conflict", row, "policy")?,
+                    at: Self::get("conflict", row, "at")?,
+                })
+            }
+
+            fn lease_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Lease, StoreError> {
+                Ok(Lease {
+                    instance: Self::get("lease", row, "instance")?,
+                    holder: Self::get("lease", row, "holder")?,
+                    acquired_at: Self::get("lease", row, "acquired_at")?,
+                    expires_at: Self::get("lease", row, "expires_at")?,
+                })
+            }
+
+            async fn write_prepared(
+                &self,
+                tx: &mut Transaction<'static, $db>,
+                p: &Prepared,
+            ) -> Result<(), StoreError> {
+                const OP: &str = "commit";
+                for (object, keys) in &p.links_delete {
+                    let keys: Vec<&String> = keys.iter().collect();
+                    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM links WHERE object = ");
+                        qb.push_bind(object.as_str());
+                        qb.push(" AND marketo_key IN (");
+                        let mut sep = qb.separated(", ");
+                        for key in chunk {
+                            sep.push_bind(key.as_str());
+                        }
+                        qb.push(")");
+                        self.tick();
+                        qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                    }
+                }
+
+                for chunk in p.links.chunks(LINK_ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO links (");
+                    qb.push(LINK_COLUMNS);
+                    qb.push(") ");
+                    qb.push_values(chunk, |mut b, l| {
+                        b.push_bind(l.object.as_str())
+                            .push_bind(l.marketo_key.as_str())
+                            .push_bind(l.crm_key.as_str())
+                            .push_bind(Json(&l.base))
+                            .push_bind(l.base_hash.as_str())
+                            .push_bind(l.agreed_at)
+                            .push_bind(l.tombstone.as_ref().map(Json));
+                    });
+                    qb.push(
+                        " ON CONFLICT (object, marketo_key) DO UPDATE SET \
+                         crm_key = excluded.crm_key, base = excluded.base, \
+                         base_hash = excluded.base_hash, agreed_at = excluded.agreed_at, \
+                         tombstone = excluded.tombstone",
+                    );
+                    self.tick();
+                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                }
+
+                if !p.watermarks.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO watermarks (");
+                    qb.push(WATERMARK_COLUMNS);
+                    qb.push(") ");
+                    qb.push_values(&p.watermarks, |mut b, w| {
+                        b.push_bind(w.system.as_str())
+                            .push_bind(w.object.as_str())
+                            .push_bind(w.queue.as_str())
+                            .push_bind(w.at)
+                            .push_bind(w.tie.as_deref())
+                            .push_bind(w.cursor.as_ref().map(Json));
+                    });
+                    qb.push(
+                        " ON CONFLICT (system, object, queue) DO UPDATE SET \
+                         at = excluded.at, tie = excluded.tie, cursor_state = excluded.cursor_state \
+                         WHERE excluded.at >= watermarks.at",
+                    );
+                    self.tick();
+                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                }
+
+                if let Some(hook) = &self.hook {
+                    hook().await?;
+                }
+
+                for chunk in p.errors.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO sync_errors (");
+                    qb.push(ERROR_COLUMNS);
+                    qb.push(") ");
+                    qb.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(e.object.as_str())
+                            .push_bind(e.direction)
+                            .push_bind(e.record_key.as_str())
+                            .push_bind(e.other_key.as_deref())
+                            .push_bind(Json(&e.payload))
+                            .push_bind(e.code.as_str())
+                            .push_bind(e.message.as_str())
+                            .push_bind(e.attempts)
+                            .push_bind(e.first_seen_at)
+                            .push_bind(e.last_seen_at)
+                            .push_bind(e.next_retry_at)
+                            .push_bind(e.status);
+                    });
+                    qb.push(
+                        " ON CONFLICT (object, direction, record_key) DO UPDATE SET \
+                         other_key = excluded.other_key, payload = excluded.payload, \
+                         code = excluded.code, message = excluded.message, \
+                         attempts = excluded.attempts, last_seen_at = excluded.last_seen_at, \
+                         next_retry_at = excluded.next_retry_at, status = excluded.status",
+                    );
+                    self.tick();
+                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                }
+
+                for ((object, direction), keys) in &p.resolve {
+                    let keys: Vec<&String> = keys.iter().collect();
+                    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "UPDATE sync_errors SET status = 'resolved', next_retry_at = NULL \
+                             WHERE status = 'open' AND object = ",
+                        );
+                        qb.push_bind(object.as_str());
+                        qb.push(" AND direction = ");
+                        qb.push_bind(*direction);
+                        qb.push(" AND record_key IN (");
+                        let mut sep = qb.separated(", ");
+                        for key in chunk {
+                            sep.push_bind(key.as_str());
+                        }
+                        qb.push(")");
+                        self.tick();
+                        qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                    }
+                }
+
+                for chunk in p.conflicts.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO conflicts (object, marketo_key, crm_key, field, \
+                         marketo_value, crm_value, base_value, winner, policy, at) ",
+                    );
+                    qb.push_values(chunk, |mut b, c| {
+                        b.push_bind(c.object.as_str())
+                            .push_bind(c.marketo_key.as_str())
+                            .push_bind(c.crm_key.as_str())
+                            .push_bind(c.field.as_str())
+                            .push_bind(Json(&c.marketo_value))
+                            .push_bind(Json(&c.crm_value))
+                            .push_bind(c.base_value.as_ref().map(Json))
+                            .push_bind(c.winner)
+                            .push_bind(c.policy.as_str())
+                            .push_bind(c.at);
+                    });
+                    self.tick();
+                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                }
+
+                for job in &p.jobs {
+                    self.upsert_job_in(&mut **tx, job).await?;
+                }
+                Ok(())
+            }
+
+            async fn upsert_job_in<'e, E>(&self, executor: E, job: &JobRow) -> Result<(), StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                self.tick();
+                sqlx::query(
+                    "INSERT INTO bulk_jobs (direction, id, kind, object, window_start, \
+                     window_end, state, bytes, file_path, file_offset, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (direction, id) DO UPDATE SET kind = excluded.kind, \
+                     object = excluded.object, window_start = excluded.window_start, \
+                     window_end = excluded.window_end, state = excluded.state, \
+                     bytes = excluded.bytes, file_path = excluded.file_path, \
+                     file_offset = excluded.file_offset, updated_at = excluded.updated_at",
+                )
+                .bind(job.direction)
+                .bind(job.id.as_str())
+                .bind(job.kind.as_str())
+                .bind(job.object.as_str())
+                .bind(job.window_start)
+                .bind(job.window_end)
+                .bind(job.state)
+                .bind(job.bytes)
+                .bind(job.file_path.as_deref())
+                .bind(job.file_offset)
+                .bind(job.created_at)
+                .bind(job.updated_at)
+                .execute(executor)
+                .await
+                .map_err(query_error("upsert_job"))?;
+                Ok(())
+            }
+
+            async fn links_by_keys(
+                &self,
+                op: &'static str,
+                key_column: &'static str,
+                object: &str,
+                keys: &[String],
+            ) -> Result<Vec<Link>, StoreError> {
+                let mut links = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push(LINK_COLUMNS);
+                    qb.push(" FROM links WHERE object = ");
+                    qb.push_bind(object);
+                    qb.push(" AND ");
+                    qb.push(key_column);
+                    qb.push(" IN (");
+                    let mut sep = qb.separated(", ");
+                    for key in chunk {
+                        sep.push_bind(key.as_str());
+                    }
+                    qb.push(")");
+                    self.tick();
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(query_error(op))?;
+                    for row in &rows {
+                        links.push(Self::link_from_row(row)?);
+                    }
+                }
+                Ok(links)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl StateStore for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            fn statements_executed(&self) -> u64 {
+                self.statements.load(Ordering::Relaxed)
+            }
+
+            async fn commit(&self, commit: StepCommit) -> Result<(), StoreError> {
+                if commit.is_empty() {
+                    return Ok(());
+                }
+                let prepared = Prepared::new(commit)?;
+                let _guard = self.write_guard().await;
+                self.tick();
+                let mut tx = self.begin().await.map_err(query_error("commit"))?;
+                // On an error the transaction is dropped, which rolls it back.
+                self.write_prepared(&mut tx, &prepared).await?;
+                self.tick();
+                tx.commit().await.map_err(query_error("commit"))?;
+                tracing::debug!(
+                    backend = $backend,
+                    links = prepared.links.len(),
+                    watermarks = prepared.watermarks.len(),
+                    errors = prepared.errors.len(),
+                    conflicts = prepared.conflicts.len(),
+                    "step committed"
+                );
+                Ok(())
+            }
+
+            async fn links_by_marketo_keys(
+                &self,
+                object: &str,
+                keys: &[String],
+            ) -> Result<Vec<Link>, StoreError> {
+                self.links_by_keys("links_by_marketo_keys", "marketo_key", object, keys)
+                    .await
+            }
+
+            async fn links_by_crm_keys(
+                &self,
+                object: &str,
+                keys: &[String],
+            ) -> Result<Vec<Link>, StoreError> {
+                self.links_by_keys("links_by_crm_keys", "crm_key", object, keys)
+                    .await
+            }
+
+            async fn links_page(
+                &self,
+                object: &str,
+                after_marketo_key: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<Link>, StoreError> {
+                self.tick();
+                // Two statements rather than `($2 IS NULL OR marketo_key > $2)`, so that a
+                // cached generic plan still walks the primary key index.
+                let query = match after_marketo_key {
+                    Some(after) => sqlx::query(
+                        "SELECT object, marketo_key, crm_key, base, base_hash, agreed_at, \
+                         tombstone FROM links WHERE object = $1 AND marketo_key > $2 \
+                         ORDER BY marketo_key LIMIT $3",
+                    )
+                    .bind(object)
+                    .bind(after),
+                    None => sqlx::query(
+                        "SELECT object, marketo_key, crm_key, base, base_hash, agreed_at, \
+                         tombstone FROM links WHERE object = $1 ORDER BY marketo_key LIMIT $2",
+                    )
+                    .bind(object),
+                };
+                let rows = query
+                    .bind(limit_i64(limit, 1000))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error("links_page"))?;
+                let mut links = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    links.push(Self::link_from_row(row)?);
+                }
+                Ok(links)
+            }
+
+            async fn watermark(
+                &self,
+                system: Side,
+                object: &str,
+                queue: &str,
+            ) -> Result<Option<Watermark>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT system, object, queue, at, tie, cursor_state FROM watermarks \
+                     WHERE system = $1 AND object = $2 AND queue = $3",
+                )
+                .bind(system.as_str())
+                .bind(object)
+                .bind(queue)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("watermark"))?;
+                row.as_ref().map(Self::watermark_from_row).transpose()
+            }
+
+            async fn watermarks(&self) -> Result<Vec<Watermark>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT system, object, queue, at, tie, cursor_state FROM watermarks \
+                     ORDER BY system, object, queue",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("watermarks"))?;
+                rows.iter().map(Self::watermark_from_row).collect()
+            }
+
+            async fn reset_watermark(&self, watermark: &Watermark) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                self.tick();
+                sqlx::query(
+                    "INSERT INTO watermarks (system, object, queue, at, tie, cursor_state) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (system, object, queue) DO UPDATE SET at = excluded.at, \
+                     tie = excluded.tie, cursor_state = excluded.cursor_state",
+                )
+                .bind(watermark.system.as_str())
+                .bind(watermark.object.as_str())
+                .bind(watermark.queue.as_str())
+                .bind(watermark.at)
+                .bind(watermark.tie.as_deref())
+                .bind(watermark.cursor.as_ref().map(Json))
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("reset_watermark"))?;
+                Ok(())
+            }
+
+            async fn upsert_job(&self, job: &BulkJob) -> Result<(), StoreError> {
+                let row = JobRow::new(job)?;
+                let _guard = self.write_guard().await;
+                self.upsert_job_in(&self.pool, &row).await
+            }
+
+            async fn job(
+                &self,
+                direction: JobDirection,
+                id: &str,
+            ) -> Result<Option<BulkJob>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT direction, id, kind, object, window_start, window_end, state, bytes, \
+                     file_path, file_offset, created_at, updated_at FROM bulk_jobs \
+                     WHERE direction = $1 AND id = $2",
+                )
+                .bind(direction.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("job"))?;
+                row.as_ref().map(Self::job_from_row).transpose()
+            }
+
+            async fn unfinished_jobs(
+                &self,
+                direction: JobDirection,
+            ) -> Result<Vec<BulkJob>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT direction, id, kind, object, window_start, window_end, state, bytes, \
+                     file_path, file_offset, created_at, updated_at FROM bulk_jobs \
+                     WHERE direction = $1 AND state NOT IN ('consumed', 'failed', 'cancelled') \
+                     ORDER BY created_at, id",
+                )
+                .bind(direction.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("unfinished_jobs"))?;
+                rows.iter().map(Self::job_from_row).collect()
+            }
+
+            async fn add_api_usage(
+                &self,
+                day: NaiveDate,
+                calls: u64,
+                bulk_bytes: u64,
+            ) -> Result<ApiUsage, StoreError> {
+                let calls = to_i64("api usage calls", calls)?;
+                let bulk_bytes = to_i64("api usage bulk bytes", bulk_bytes)?;
+                let _guard = self.write_guard().await;
+                self.tick();
+                let row = sqlx::query(
+                    "INSERT INTO api_usage (day, calls, bulk_bytes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (day) DO UPDATE SET calls = api_usage.calls + excluded.calls, \
+                     bulk_bytes = api_usage.bulk_bytes + excluded.bulk_bytes \
+                     RETURNING calls, bulk_bytes",
+                )
+                .bind(day)
+                .bind(calls)
+                .bind(bulk_bytes)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error("add_api_usage"))?;
+                let calls: i64 = Self::get("api usage", &row, "calls")?;
+                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
+                Ok(ApiUsage {
+                    day,
+                    calls: to_u64(calls),
+                    bulk_bytes: to_u64(bulk_bytes),
+                })
+            }
+
+            async fn api_usage(&self, day: NaiveDate) -> Result<ApiUsage, StoreError> {
+                self.tick();
+                let row = sqlx::query("SELECT calls, bulk_bytes FROM api_usage WHERE day = $1")
+                    .bind(day)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(query_error("api_usage"))?;
+                let Some(row) = row else {
+                    return Ok(ApiUsage {
+                        day,
+                        calls: 0,
+                        bulk_bytes: 0,
+                    });
+                };
+                let calls: i64 = Self::get("api usage", &row, "calls")?;
+                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
+                Ok(ApiUsage {
+                    day,
+                    calls: to_u64(calls),
+                    bulk_bytes: to_u64(bulk_bytes),
+                })
+            }
+
+            async fn put_schema(&self, schema: &SchemaRecord) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                self.tick();
+                sqlx::query(
+                    "INSERT INTO schemas (side, object, hash, schema, fetched_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (side, object) DO UPDATE SET \
+                     hash = excluded.hash, schema = excluded.schema, \
+                     fetched_at = excluded.fetched_at",
+                )
+                .bind(schema.side.as_str())
+                .bind(schema.object.as_str())
+                .bind(schema.hash.as_str())
+                .bind(Json(&schema.schema))
+                .bind(schema.fetched_at)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("put_schema"))?;
+                Ok(())
+            }
+
+            async fn schema(
+                &self,
+                side: Side,
+                object: &str,
+            ) -> Result<Option<SchemaRecord>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT side, object, hash, schema, fetched_at FROM schemas \
+                     WHERE side = $1 AND object = $2",
+                )
+                .bind(side.as_str())
+                .bind(object)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("schema"))?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let side: String = Self::get("schema", &row, "side")?;
+                let schema: Json<serde_json::Value> = Self::get("schema", &row, "schema")?;
+                Ok(Some(SchemaRecord {
+                    side: parse_side("schema", &side)?,
+                    object: Self::get("schema", &row, "object")?,
+                    hash: Self::get("schema", &row, "hash")?,
+                    schema: schema.0,
+                    fetched_at: Self::get("schema", &row, "fetched_at")?,
+                }))
+            }
+
+            async fn record_cycle(&self, cycle: &CycleRecord) -> Result<(), StoreError> {
+                let api_calls = to_i64("cycle api calls", cycle.api_calls)?;
+                let _guard = self.write_guard().await;
+                self.tick();
+                sqlx::query(
+                    "INSERT INTO cycles (id, started_at, ended_at, outcome, steps, counts, \
+                     api_calls, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, \
+                     ended_at = excluded.ended_at, outcome = excluded.outcome, \
+                     steps = excluded.steps, counts = excluded.counts, \
+                     api_calls = excluded.api_calls, message = excluded.message",
+                )
+                .bind(cycle.id)
+                .bind(cycle.started_at)
+                .bind(cycle.ended_at)
+                .bind(cycle.outcome.as_str())
+                .bind(Json(&cycle.steps))
+                .bind(Json(&cycle.counts))
+                .bind(api_calls)
+                .bind(cycle.message.as_deref())
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("record_cycle"))?;
+                Ok(())
+            }
+
+            async fn recent_cycles(&self, limit: u32) -> Result<Vec<CycleRecord>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT id, started_at, ended_at, outcome, steps, counts, api_calls, message \
+                     FROM cycles ORDER BY started_at DESC LIMIT $1",
+                )
+                .bind(limit_i64(limit, 20))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("recent_cycles"))?;
+                rows.iter().map(Self::cycle_from_row).collect()
+            }
+
+            async fn errors_due(
+                &self,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<SyncError>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT id, object, direction, record_key, other_key, payload, code, message, \
+                     attempts, first_seen_at, last_seen_at, next_retry_at, status \
+                     FROM sync_errors WHERE status = 'open' AND next_retry_at IS NOT NULL \
+                     AND next_retry_at <= $1 ORDER BY next_retry_at LIMIT $2",
+                )
+                .bind(now)
+                .bind(limit_i64(limit, 100))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("errors_due"))?;
+                rows.iter().map(Self::error_from_row).collect()
+            }
+
+            async fn list_errors(&self, filter: &ErrorFilter) -> Result<Vec<SyncError>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT id, object, direction, record_key, other_key, payload, code, message, \
+                     attempts, first_seen_at, last_seen_at, next_retry_at, status \
+                     FROM sync_errors WHERE ($1 IS NULL OR status = $1) \
+                     AND ($2 IS NULL OR object = $2) \
+                     ORDER BY last_seen_at DESC, record_key LIMIT $3",
+                )
+                .bind(filter.status.map(ErrorStatus::as_str))
+                .bind(filter.object.as_deref())
+                .bind(limit_i64(filter.limit, 100))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("list_errors"))?;
+                rows.iter().map(Self::error_from_row).collect()
+            }
+
+            async fn error(&self, id: Uuid) -> Result<Option<SyncError>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT id, object, direction, record_key, other_key, payload, code, message, \
+                     attempts, first_seen_at, last_seen_at, next_retry_at, status \
+                     FROM sync_errors WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("error"))?;
+                row.as_ref().map(Self::error_from_row).transpose()
+            }
+
+            async fn set_error_status(
+                &self,
+                id: Uuid,
+                status: ErrorStatus,
+                next_retry_at: Option<DateTime<Utc>>,
+            ) -> Result<bool, StoreError> {
+                let _guard = self.write_guard().await;
+                self.tick();
+                let done = sqlx::query(
+                    "UPDATE sync_errors SET status = $1, next_retry_at = $2 WHERE id = $3",
+                )
+                .bind(status.as_str())
+                .bind(next_retry_at)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("set_error_status"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn recent_conflicts(&self, limit: u32) -> Result<Vec<Conflict>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT id, object, marketo_key, crm_key, field, marketo_value, crm_value, \
+                     base_value, winner, policy, at FROM conflicts ORDER BY id DESC LIMIT $1",
+                )
+                .bind(limit_i64(limit, 100))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("recent_conflicts"))?;
+                rows.iter().map(Self::conflict_from_row).collect()
+            }
+
+            async fn counts(&self) -> Result<StoreCounts, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT \
+                     (SELECT COUNT(*) FROM links WHERE tombstone IS NULL) AS links, \
+                     (SELECT COUNT(*) FROM links WHERE tombstone IS NOT NULL) AS tombstones, \
+                     (SELECT COUNT(*) FROM sync_errors WHERE status = 'open') AS open_errors, \
+                     (SELECT COUNT(*) FROM sync_errors WHERE status = 'discarded') AS discarded, \
+                     (SELECT COUNT(*) FROM conflicts) AS conflicts, \
+                     (SELECT COUNT(*) FROM bulk_jobs \
+                        WHERE state NOT IN ('consumed', 'failed', 'cancelled')) AS jobs",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error("counts"))?;
+                let n = |column: &'static str| -> Result<u64, StoreError> {
+                    let v: i64 = Self::get("counts", &row, column)?;
+                    Ok(to_u64(v))
+                };
+                Ok(StoreCounts {
+                    links: n("links")?,
+                    tombstones: n("tombstones")?,
+                    open_errors: n("open_errors")?,
+                    discarded_errors: n("discarded")?,
+                    conflicts: n("conflicts")?,
+                    unfinished_jobs: n("jobs")?,
+                })
+            }
+
+            async fn try_acquire_lease(
+                &self,
+                instance: &str,
+                holder: &str,
+                ttl: Duration,
+            ) -> Result<bool, StoreError> {
+                let now = self.clock.now();
+                let expires = now + ttl_to_chrono(ttl);
+                let _guard = self.write_guard().await;
+                self.tick();
+                // The conditional upsert is atomic on both backends: a live lease of another
+                // holder is left alone (0 rows), a free, expired or own lease is taken (1 row).
+                let done = sqlx::query(
+                    "INSERT INTO leases (instance, holder, acquired_at, expires_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (instance) DO UPDATE SET \
+                     holder = excluded.holder, \
+                     acquired_at = CASE WHEN leases.holder = excluded.holder \
+                        AND leases.expires_at > excluded.acquired_at \
+                        THEN leases.acquired_at ELSE excluded.acquired_at END, \
+                     expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder \
+                        OR leases.expires_at <= excluded.acquired_at",
+                )
+                .bind(instance)
+                .bind(holder)
+                .bind(now)
+                .bind(expires)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("try_acquire_lease"))?;
+                let acquired = done.rows_affected() == 1;
+                tracing::debug!(backend = $backend, instance, holder, acquired, "lease attempt");
+                Ok(acquired)
+            }
+
+            async fn renew_lease(
+                &self,
+                instance: &str,
+                holder: &str,
+                ttl: Duration,
+            ) -> Result<bool, StoreError> {
+                let now = self.clock.now();
+                let expires = now + ttl_to_chrono(ttl);
+                let _guard = self.write_guard().await;
+                self.tick();
+                let done = sqlx::query(
+                    "UPDATE leases SET expires_at = $1 \
+                     WHERE instance = $2 AND holder = $3 AND expires_at > $4",
+                )
+                .bind(expires)
+                .bind(instance)
+                .bind(holder)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("renew_lease"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, instance: &str, holder: &str) -> Result<bool, StoreError> {
+                let _guard = self.write_guard().await;
+                self.tick();
+                let done = sqlx::query("DELETE FROM leases WHERE instance = $1 AND holder = $2")
+                    .bind(instance)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("release_lease"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn lease(&self, instance: &str) -> Result<Option<Lease>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT instance, holder, acquired_at, expires_at FROM leases \
+                     WHERE instance = $1",
+                )
+                .bind(instance)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("lease"))?;
+                row.as_ref().map(Self::lease_from_row).transpose()
+            }
+        }
+    };
+}
+
+impl_store!(PgStore, Postgres, "postgres");
+impl_store!(SqliteStore, Sqlite, "sqlite");
