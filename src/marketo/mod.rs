@@ -1,3 +1,126 @@
 //! The Marketo REST and Bulk API client.
+//!
+//! [`Client`] is cheap to clone; every clone shares one token cache and one limiter (a sliding
+//! 20 s window, a concurrency cap and the daily counters), so any number of tasks can use it
+//! without exceeding Marketo's limits. Each API family lives in its own file and adds methods
+//! to [`Client`].
 
+pub mod activities;
+pub mod auth;
+pub mod bulk_extract;
+pub mod bulk_import;
+pub mod companies;
+pub mod config;
 pub mod csv;
+pub mod custom_objects;
+pub mod describe;
+pub mod error;
+pub mod leads;
+pub mod limiter;
+pub mod lists;
+pub mod model;
+pub mod opportunities;
+pub mod programs;
+pub mod salespersons;
+pub mod transport;
+pub mod usage;
+
+#[cfg(test)]
+mod test_support;
+
+use std::sync::Arc;
+
+pub use config::{ClientConfig, RetryPolicy};
+pub use error::{Disposition, Error};
+pub use limiter::UsageSnapshot;
+pub use model::{DedupeBy, Envelope, Page, Record, RecordResult, RecordStatus, SyncAction};
+
+use auth::TokenCache;
+use limiter::Limiter;
+
+/// The Marketo client. Clones share one token cache and one limiter.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    http: reqwest::Client,
+    download_http: reqwest::Client,
+    auth: TokenCache,
+    limiter: Limiter,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Returns a client for one Marketo instance.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Config`] when a setting is out of range or the HTTP client cannot be
+    /// built.
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        config.validate()?;
+        let ua = concat!("marketo-sync/", env!("CARGO_PKG_VERSION"));
+        let http = reqwest::Client::builder()
+            .user_agent(ua)
+            .gzip(true)
+            .build()
+            .map_err(|e| Error::Config {
+                what: format!("cannot build the http client: {}", e.without_url()),
+            })?;
+        // Bulk endpoints do not support gzip, and Range offsets refer to the raw file.
+        let download_http = reqwest::Client::builder()
+            .user_agent(ua)
+            .no_gzip()
+            .build()
+            .map_err(|e| Error::Config {
+                what: format!("cannot build the download client: {}", e.without_url()),
+            })?;
+        let limiter = Limiter::new(
+            config.calls_per_20s,
+            config.max_concurrency,
+            config.daily_call_budget,
+            config.bulk_byte_budget(),
+        );
+        let auth = TokenCache::new(&config);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                http,
+                download_http,
+                auth,
+                limiter,
+            }),
+        })
+    }
+
+    /// Returns the client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Returns today's counted calls and bulk bytes (Marketo day, America/Chicago).
+    pub fn usage(&self) -> UsageSnapshot {
+        self.inner.limiter.snapshot()
+    }
+
+    /// Restores persisted counters; a snapshot of an earlier Marketo day is ignored, and
+    /// counters never go down.
+    pub fn restore_usage(&self, snapshot: UsageSnapshot) {
+        self.inner.limiter.restore(snapshot);
+    }
+
+    /// Adds bulk-extract bytes counted elsewhere (e.g. from the job list) to today's counter.
+    pub fn add_bulk_bytes(&self, bytes: u64) {
+        self.inner.limiter.add_bulk_bytes(bytes);
+    }
+}
