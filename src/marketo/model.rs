@@ -258,3 +258,44 @@ mod tests {
         assert!(match_results("/x", 3, m).is_err());
     }
 }
+
+/// Returns an instant parsed from any datetime format Marketo uses: `Z`, `+0000`, `-08:00`,
+/// the Asset API's `Z+0000`, and the legacy `YYYY-MM-DD hh:mm:ss` (UTC).
+pub fn parse_marketo_datetime(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let s = s.trim();
+    let s = s
+        .strip_suffix("Z+0000")
+        .map(|p| format!("{p}Z"))
+        .unwrap_or_else(|| s.to_owned());
+    if let Ok(t) = DateTime::parse_from_rfc3339(&s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
+        if let Ok(t) = DateTime::parse_from_str(&s, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&s, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod datetime_tests {
+    use super::parse_marketo_datetime as p;
+
+    #[test]
+    fn every_marketo_datetime_format_parses() {
+        let want: chrono::DateTime<chrono::Utc> = "2015-05-21T22:45:13Z".parse().unwrap();
+        assert_eq!(p("2015-05-21T22:45:13Z"), Some(want));
+        assert_eq!(p("2015-05-21T22:45:13Z+0000"), Some(want));
+        assert_eq!(p("2015-05-21T22:45:13+0000"), Some(want));
+        assert_eq!(p("2015-05-21T15:45:13-07:00"), Some(want));
+        assert_eq!(p("2015-05-21 22:45:13"), Some(want));
+        assert_eq!(p("yesterday"), None);
+    }
+}
