@@ -58,7 +58,7 @@ impl From<WireError> for ApiErrorItem {
     }
 }
 
-fn code_as_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn code_as_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(match Json::deserialize(d)? {
         Json::String(s) => s,
         Json::Null => String::new(),
