@@ -178,3 +178,112 @@ impl TokenCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use crate::marketo::Client;
+    use crate::marketo::test_support::*;
+
+    async fn identity_answers(server: &MockServer, answers: &[(&str, i64)]) {
+        for (i, (token, expires_in)) in answers.iter().enumerate() {
+            let m = Mock::given(method("POST"))
+                .and(path("/identity/oauth/token"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                    "access_token": token, "token_type": "bearer", "expires_in": expires_in, "scope": "s"})))
+                .with_priority(i as u8 + 1);
+            if i + 1 < answers.len() {
+                m.up_to_n_times(1).mount(server).await;
+            } else {
+                m.mount(server).await;
+            }
+        }
+    }
+
+    async fn mount_lead(server: &MockServer, token: &str) {
+        Mock::given(method("GET"))
+            .and(path("/rest/v1/lead/1.json"))
+            .and(header("Authorization", format!("Bearer {token}").as_str()))
+            .respond_with(ok(json!([{"id": 1}])))
+            .mount(server)
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_about_to_expire_is_treated_as_expired() {
+        let server = MockServer::start().await;
+        identity_answers(&server, &[("old:int", 0), ("new:int", 3600)]).await;
+        mount_lead(&server, "new:int").await;
+        let client = Client::new(config(&server)).unwrap();
+        let lead = client.get_lead(1, &[]).await.unwrap();
+        assert!(lead.is_some(), "the call used the fresh token");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_token_is_refreshed_before_it_expires() {
+        let server = MockServer::start().await;
+        identity_answers(&server, &[("first:int", 300), ("second:int", 3600)]).await;
+        mount_lead(&server, "first:int").await;
+        mount_lead(&server, "second:int").await;
+        let client = Client::new(config(&server)).unwrap();
+        client.get_lead(1, &[]).await.unwrap();
+        client.get_lead(1, &[]).await.unwrap();
+        // 300 s lifetime, 60 s margin: after 241 s the token is renewed.
+        tokio::time::advance(Duration::from_secs(241)).await;
+        client.get_lead(1, &[]).await.unwrap();
+        let used: Vec<String> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path() == "/rest/v1/lead/1.json")
+            .map(|r| {
+                r.headers
+                    .get("authorization")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            used,
+            ["Bearer first:int", "Bearer first:int", "Bearer second:int"]
+        );
+    }
+
+    #[test]
+    fn client_futures_are_send_and_errors_are_send_sync() {
+        fn is_send<T: Send>(_: &T) {}
+        fn is_send_sync<T: Send + Sync + 'static>() {}
+        is_send_sync::<crate::marketo::Error>();
+        is_send_sync::<Client>();
+        let server_uri = "http://127.0.0.1:1".parse().unwrap();
+        let client = Client::new(crate::marketo::ClientConfig::new(
+            server_uri,
+            "id",
+            secrecy::SecretString::from("x"),
+        ))
+        .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let req = crate::marketo::bulk_extract::ExportRequest::default();
+        let opts = crate::marketo::bulk_extract::ExportOptions::default();
+        let kind = crate::marketo::bulk_extract::ExportKind::Leads;
+        let dest = std::path::PathBuf::from("/nonexistent");
+        let f = client.run_export(&kind, &req, None, &dest, &opts, &cancel);
+        is_send(&f);
+        let input = Vec::new();
+        let g = client.sync_leads(
+            crate::marketo::SyncAction::CreateOrUpdate,
+            None,
+            None,
+            &input,
+        );
+        is_send(&g);
+    }
+}

@@ -67,6 +67,9 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// How long before expiry a cached access token is refreshed (default 60 s).
     pub token_refresh_margin: Duration,
+    /// Idle keep-alive connections are closed after this long (default 90 s; `None` keeps
+    /// them, which tests on a paused clock need).
+    pub pool_idle_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -86,6 +89,7 @@ impl ClientConfig {
             download_timeout: Some(Duration::from_secs(3600)),
             retry: RetryPolicy::default(),
             token_refresh_margin: Duration::from_secs(60),
+            pool_idle_timeout: Some(Duration::from_secs(90)),
         }
     }
 
@@ -149,6 +153,8 @@ impl fmt::Debug for ClientConfig {
             .field("request_timeout", &self.request_timeout)
             .field("download_timeout", &self.download_timeout)
             .field("retry", &self.retry)
+            .field("token_refresh_margin", &self.token_refresh_margin)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .finish()
     }
 }

@@ -72,6 +72,7 @@ impl Client {
         let ua = concat!("marketo-sync/", env!("CARGO_PKG_VERSION"));
         let http = reqwest::Client::builder()
             .user_agent(ua)
+            .pool_idle_timeout(config.pool_idle_timeout)
             .gzip(true)
             .build()
             .map_err(|e| Error::Config {
@@ -80,6 +81,7 @@ impl Client {
         // Bulk endpoints do not support gzip, and Range offsets refer to the raw file.
         let download_http = reqwest::Client::builder()
             .user_agent(ua)
+            .pool_idle_timeout(config.pool_idle_timeout)
             .no_gzip()
             .build()
             .map_err(|e| Error::Config {
@@ -117,6 +119,43 @@ impl Client {
     /// counters never go down.
     pub fn restore_usage(&self, snapshot: UsageSnapshot) {
         self.inner.limiter.restore(snapshot);
+    }
+
+    /// Sends a GET to any REST path (below the instance root) with the client's limiter,
+    /// token handling and retries, for endpoints without a typed method.
+    ///
+    /// Returns the envelope with its records as JSON.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn get_envelope(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<Envelope<serde_json::Value>, Error> {
+        let mut call = transport::Call::get(path);
+        call.query = query.to_vec();
+        self.call_json(&call).await
+    }
+
+    /// Sends a POST with a JSON body to any REST path, like [`Client::get_envelope`]. The call
+    /// is not re-sent after an ambiguous failure (timeout, 5xx), since it may have been applied.
+    ///
+    /// Returns the envelope with its records as JSON.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn post_envelope(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        body: serde_json::Value,
+    ) -> Result<Envelope<serde_json::Value>, Error> {
+        let mut call = transport::Call::post(path, body).not_idempotent();
+        call.query = query.to_vec();
+        self.call_json(&call).await
     }
 
     /// Adds bulk-extract bytes counted elsewhere (e.g. from the job list) to today's counter.

@@ -125,6 +125,11 @@ impl RecordResult {
         self.status == RecordStatus::Skipped
     }
 
+    /// Returns the numeric `id` (leads, companies, salespersons).
+    pub fn id_i64(&self) -> Option<i64> {
+        self.id.as_deref().and_then(|s| s.parse().ok())
+    }
+
     /// Returns the record's id: `marketoGUID` when present, else `id`.
     pub fn key(&self) -> Option<&str> {
         self.marketo_guid.as_deref().or(self.id.as_deref())

@@ -20,6 +20,7 @@ pub(crate) fn config(server: &MockServer) -> ClientConfig {
     );
     cfg.request_timeout = None;
     cfg.download_timeout = None;
+    cfg.pool_idle_timeout = None;
     cfg.retry = RetryPolicy {
         max_retries: 3,
         min_delay: std::time::Duration::from_millis(100),

@@ -163,7 +163,14 @@ impl Client {
         let _permit = self.inner.limiter.acquire().await?;
         let mut replayed = false;
         loop {
-            let token = self.inner.auth.token(&self.inner.http).await?;
+            let token = match self.inner.auth.token(&self.inner.http).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Nothing reached the REST API.
+                    self.inner.limiter.uncount();
+                    return Err(e);
+                }
+            };
             match self.send_once(call, &token).await {
                 Err(e) if e.disposition() == Disposition::ReAuth && !replayed => {
                     tracing::info!(endpoint = %call.path, code = e.code().unwrap_or(""), "access token rejected, re-authenticating");
