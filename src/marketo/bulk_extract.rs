@@ -21,6 +21,18 @@ use super::error::{Disposition, Error};
 use super::model::Page;
 use super::transport::Call;
 
+/// The standard columns of an activity export, in Marketo's default order.
+pub const ACTIVITY_FIELDS: [&str; 8] = [
+    "marketoGUID",
+    "leadId",
+    "activityDate",
+    "activityTypeId",
+    "campaignId",
+    "primaryAttributeValueId",
+    "primaryAttributeValue",
+    "attributes",
+];
+
 /// Longest date range of one export filter.
 pub const MAX_RANGE_DAYS: i64 = 31;
 
@@ -92,6 +104,12 @@ pub struct ExportFilter {
     /// Activity types (activities).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activity_type_ids: Option<Vec<i64>>,
+    /// Primary attribute value ids (activities; needs `activity_type_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_attribute_value_ids: Option<Vec<i64>>,
+    /// Primary attribute values (activities; needs `activity_type_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_attribute_values: Option<Vec<String>>,
     /// Program ids (program members).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub program_id: Option<i64>,
@@ -287,7 +305,12 @@ impl Client {
         if *kind == ExportKind::Leads && request.fields.is_empty() {
             return Err(Error::invalid(&ep, "lead exports need fields"));
         }
-        let body = serde_json::to_value(request).map_err(|e| Error::decode(&ep, e.to_string()))?;
+        let mut body =
+            serde_json::to_value(request).map_err(|e| Error::decode(&ep, e.to_string()))?;
+        if *kind == ExportKind::Activities && request.fields.is_empty() {
+            // The spec marks `fields` required for activities: send every standard column.
+            body["fields"] = serde_json::json!(ACTIVITY_FIELDS);
+        }
         // Creating twice only leaves an unused job behind.
         let env = self.call::<ExportJob>(&Call::post(&ep, body)).await?;
         single_job(&ep, env.records())
@@ -944,6 +967,34 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.disposition(), Disposition::PauseUntilDayTurns);
+    }
+
+    #[tokio::test]
+    async fn activity_exports_send_the_standard_fields_and_type_filter() {
+        let (server, client) = server_with_identity().await;
+        Mock::given(method("POST"))
+            .and(path("/bulk/v1/activities/export/create.json"))
+            .and(body_partial_json(json!({"fields": ACTIVITY_FIELDS,
+                "filter": {"activityTypeIds": [12, 13]}})))
+            .respond_with(ok(json!([{"exportId": "a-1", "status": "Created"}])))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut req = request();
+        req.fields.clear();
+        req.filter.activity_type_ids = Some(vec![12, 13]);
+        let job = client
+            .create_export(&ExportKind::Activities, &req)
+            .await
+            .unwrap();
+        assert_eq!(job.status, ExportStatus::Created);
+        req.filter.created_at = None;
+        assert!(
+            client
+                .create_export(&ExportKind::Activities, &req)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -359,6 +359,32 @@ impl Client {
         first(&ep, env.records())
     }
 
+    /// Reads the Describe of an object by the name used in [`ObjectSchema::object`]: `lead`
+    /// (Describe Lead2), `company`, `opportunity`, `opportunity_role`, `salesperson`, or a
+    /// custom object's API name.
+    ///
+    /// Returns its schema.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::InvalidInput`] for a name that cannot be a custom object, and any
+    /// call-level error.
+    pub async fn object_schema(&self, object: &str) -> Result<ObjectSchema, Error> {
+        let standard = [
+            StandardObject::Company,
+            StandardObject::Opportunity,
+            StandardObject::OpportunityRole,
+            StandardObject::SalesPerson,
+        ];
+        if object == "lead" {
+            return Ok(self.describe_lead2().await?.to_schema());
+        }
+        if let Some(s) = standard.into_iter().find(|s| s.name() == object) {
+            return Ok(self.describe_object(s).await?.to_schema(object));
+        }
+        Ok(self.describe_custom_object(object).await?.to_schema(object))
+    }
+
     /// Reads every activity type (`GET /rest/v1/activities/types.json`).
     ///
     /// Returns the types, custom ones included.

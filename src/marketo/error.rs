@@ -45,6 +45,21 @@ pub fn classify(code: &str, message: &str) -> Disposition {
     }
 }
 
+/// Returns the disposition of a record-level reason (`reasons[]` of a skipped record): a few
+/// codes clear up by themselves (1014 create failed, 1019 import in progress, 1022 object in
+/// use, transient 6xx/7xx), 1016 waits for the import queue, everything else fails the record.
+pub fn classify_reason(code: &str, message: &str) -> Disposition {
+    match code {
+        "1014" | "1019" | "1022" => Disposition::Retry,
+        "1016" => Disposition::BackOff,
+        c if c.len() == 3 => match classify(c, message) {
+            d @ (Disposition::Retry | Disposition::BackOff) => d,
+            _ => Disposition::FailRecord,
+        },
+        _ => Disposition::FailRecord,
+    }
+}
+
 fn classify_1029(message: &str) -> Disposition {
     let m = message.to_ascii_lowercase();
     if m.contains("already queued") {
@@ -415,6 +430,31 @@ mod tests {
         for (code, message, want) in table {
             assert_eq!(classify(code, message), *want, "code {code} ({message})");
         }
+    }
+
+    #[test]
+    fn record_reasons_fail_the_record_unless_they_clear_up() {
+        assert_eq!(
+            classify_reason("1005", "Lead already exists"),
+            Disposition::FailRecord
+        );
+        assert_eq!(
+            classify_reason("1003", "Invalid data"),
+            Disposition::FailRecord
+        );
+        assert_eq!(classify_reason("1022", "Object in use"), Disposition::Retry);
+        assert_eq!(
+            classify_reason("1016", "Too many imports"),
+            Disposition::BackOff
+        );
+        assert_eq!(
+            classify_reason("604", "Request timed out"),
+            Disposition::Retry
+        );
+        assert_eq!(
+            classify_reason("603", "Access denied"),
+            Disposition::FailRecord
+        );
     }
 
     #[test]

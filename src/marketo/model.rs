@@ -125,6 +125,18 @@ impl RecordResult {
         self.status == RecordStatus::Skipped
     }
 
+    /// Returns what to do about a skipped record (from its first reason), or `None` when the
+    /// record was processed.
+    pub fn failure_disposition(&self) -> Option<super::error::Disposition> {
+        if !self.is_skipped() {
+            return None;
+        }
+        Some(match self.reasons.first() {
+            Some(r) => super::error::classify_reason(&r.code, &r.message),
+            None => super::error::Disposition::FailRecord,
+        })
+    }
+
     /// Returns the numeric `id` (leads, companies, salespersons).
     pub fn id_i64(&self) -> Option<i64> {
         self.id.as_deref().and_then(|s| s.parse().ok())
@@ -252,6 +264,12 @@ mod tests {
         assert_eq!(m[1].key(), Some("abc"));
         assert!(m[2].is_skipped());
         assert_eq!(m[2].reasons[0].code, "1013");
+        assert_eq!(
+            m[2].failure_disposition(),
+            Some(crate::marketo::Disposition::FailRecord)
+        );
+        assert_eq!(m[0].failure_disposition(), None);
+        assert_eq!(m[0].id_i64(), Some(1232));
         // Leads carry no seq: position decides; custom activities say `errors`.
         let leads: Vec<RecordResult> = serde_json::from_str(
             r#"[{"id":50,"status":"created"},{"status":"skipped","errors":[{"code":"1005","message":"Lead already exists"}]}]"#,
