@@ -4,6 +4,28 @@
 //! 20 s window, a concurrency cap and the daily counters), so any number of tasks can use it
 //! without exceeding Marketo's limits. Each API family lives in its own file and adds methods
 //! to [`Client`].
+//!
+//! Every call goes through the same path ([`transport`]): the daily budget check, a concurrency
+//! permit, a slot in the 20 s window, a bearer token from the cache (refreshed 60 s before
+//! expiry), the envelope check, one re-authentication and replay on 601/602, and exponential
+//! back-off with jitter for transient codes (606 waits at least the 20 s window). GETs whose
+//! URL is too long, or that Marketo answers with HTTP 414, are re-sent as `POST ?_method=GET`.
+//! Failures come back as [`Error`], whose [`Error::disposition`] says what to do next.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), marketo_sync::marketo::Error> {
+//! use marketo_sync::marketo::{Client, ClientConfig, SyncAction};
+//! use secrecy::SecretString;
+//!
+//! let url = "https://123-ABC-456.mktorest.com".parse().expect("a valid url");
+//! let client = Client::new(ClientConfig::new(url, "client-id", SecretString::from("secret")))?;
+//! let schema = client.object_schema("lead").await?;
+//! let mut lead = marketo_sync::marketo::Record::new();
+//! lead.insert("email".into(), "ann@example.com".into());
+//! let results = client.sync_leads(SyncAction::CreateOrUpdate, Some("email"), None, &[lead]).await?;
+//! println!("{} fields, {:?}, {:?}", schema.fields.len(), results[0].status, client.usage());
+//! # Ok(()) }
+//! ```
 
 pub mod activities;
 pub mod auth;
