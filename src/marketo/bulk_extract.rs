@@ -402,6 +402,48 @@ impl Client {
         Ok(Page::from_envelope(self.call::<ExportJob>(&call).await?))
     }
 
+    /// Recomputes today's bulk-extract bytes from this user's Completed lead and activity jobs
+    /// (their `fileSize`, finished on the current Marketo day) and raises the bulk counter to
+    /// at least that. Other API users' exports are not visible.
+    ///
+    /// Returns the bytes found.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn refresh_bulk_usage(&self) -> Result<u64, Error> {
+        let today = self.inner.limiter.snapshot().day;
+        let mut total = 0u64;
+        for kind in [ExportKind::Leads, ExportKind::Activities] {
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .list_exports(&kind, &[ExportStatus::Completed], token.as_deref())
+                    .await?;
+                for job in &page.records {
+                    let finished_today = job
+                        .finished_at
+                        .as_deref()
+                        .and_then(super::model::parse_marketo_datetime)
+                        .is_some_and(|t| super::limiter::marketo_day(t) == today);
+                    if job.status == ExportStatus::Completed && finished_today {
+                        total += job.file_size.unwrap_or(0);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+        }
+        let snap = self.inner.limiter.snapshot();
+        self.inner.limiter.restore(super::limiter::UsageSnapshot {
+            bulk_bytes: total,
+            ..snap
+        });
+        Ok(total)
+    }
+
     /// Downloads a Completed job's file to `dest`, streaming to disk. A partial file already at
     /// `dest` (from a dropped connection or an earlier run) is resumed with an HTTP Range
     /// request. The result is checked against `fileSize` and the SHA-256 `fileChecksum`.
@@ -995,6 +1037,28 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn bulk_usage_is_recomputed_from_todays_completed_jobs() {
+        let (server, client) = server_with_identity().await;
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        Mock::given(method("GET"))
+            .and(path("/bulk/v1/leads/export.json"))
+            .and(wiremock::matchers::query_param("status", "completed"))
+            .respond_with(ok(json!([
+                {"exportId": "a", "status": "Completed", "finishedAt": now, "fileSize": 1000},
+                {"exportId": "b", "status": "Completed", "finishedAt": "2020-01-01T00:00:00Z", "fileSize": 5000}
+            ])))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/bulk/v1/activities/export.json"))
+            .respond_with(ok(json!([{"exportId": "c", "status": "Completed", "finishedAt": now, "fileSize": 24}])))
+            .mount(&server)
+            .await;
+        assert_eq!(client.refresh_bulk_usage().await.unwrap(), 1024);
+        assert_eq!(client.usage().bulk_bytes, 1024);
     }
 
     #[tokio::test]
