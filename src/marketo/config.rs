@@ -22,7 +22,8 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
     /// Longest exponential back-off delay.
     pub max_delay: Duration,
-    /// Least wait after a 606 (rate limit): Marketo's window is 20 s.
+    /// How long every task of the client holds off after a 606 (rate limit); Marketo's
+    /// window is 20 s.
     pub rate_limit_wait: Duration,
     /// Attempts at a bulk file download (each resumes where the last one stopped).
     pub download_attempts: u32,

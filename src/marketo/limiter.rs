@@ -187,12 +187,15 @@ impl Limiter {
         usage.bulk_bytes = usage.bulk_bytes.saturating_add(bytes);
     }
 
-    /// Marks the window as full for the next 20 s, after Marketo said 606.
-    pub(crate) fn saturate_window(&self) {
-        let now = Instant::now();
+    /// Marks the window as full for `wait` (Marketo said 606), so that no task of this client
+    /// calls again before then.
+    pub(crate) fn saturate_window(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        // An entry leaves the window 20 s after its timestamp.
+        let stamp = until.checked_sub(WINDOW).unwrap_or_else(Instant::now);
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
         window.clear();
-        window.extend(std::iter::repeat_n(now, self.calls_per_window));
+        window.extend(std::iter::repeat_n(stamp, self.calls_per_window));
     }
 
     async fn take_window_slot(&self) {
