@@ -440,7 +440,7 @@ mod tests {
 
     use serde_json::json;
     use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
-    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
     use crate::marketo::Disposition;
@@ -772,47 +772,53 @@ mod tests {
         assert!(err.to_string().contains("split"));
     }
 
-    /// Counts calls in flight at the mock server.
-    struct InFlight {
-        now: Arc<AtomicUsize>,
-        max: Arc<AtomicUsize>,
+    #[derive(Default)]
+    struct Counting {
+        now: AtomicUsize,
+        max: AtomicUsize,
+        arrivals: std::sync::Mutex<Vec<tokio::time::Instant>>,
     }
 
-    impl Respond for InFlight {
-        fn respond(&self, _: &Request) -> ResponseTemplate {
-            // wiremock answers after the delay; count the arrival, and release it on a thread
-            // timed like the delay (real time in the server's own runtime).
-            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.max.fetch_max(n, Ordering::SeqCst);
-            let now = self.now.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(30));
-                now.fetch_sub(1, Ordering::SeqCst);
-            });
-            ok(json!([{"id": 1}])).set_delay(std::time::Duration::from_millis(40))
+    /// A fake Marketo on the test's own (paused) runtime, so the server sees virtual time.
+    async fn spawn_counting_server(state: Arc<Counting>) -> String {
+        use axum::routing::{get, post};
+        async fn token() -> axum::Json<Json> {
+            axum::Json(
+                json!({"access_token": TOKEN, "token_type": "bearer", "expires_in": 3599, "scope": "s"}),
+            )
         }
+        async fn lead(
+            axum::extract::State(st): axum::extract::State<Arc<Counting>>,
+        ) -> axum::Json<Json> {
+            st.arrivals
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
+            let n = st.now.fetch_add(1, Ordering::SeqCst) + 1;
+            st.max.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            st.now.fetch_sub(1, Ordering::SeqCst);
+            axum::Json(json!({"requestId": "a#1", "success": true, "result": [{"id": 1}]}))
+        }
+        let app = axum::Router::new()
+            .route("/identity/oauth/token", post(token))
+            .route("/rest/v1/lead/1.json", get(lead))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
     }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_tasks_sharing_a_client_respect_window_and_concurrency() {
-        let server = MockServer::start().await;
-        mount_identity(&server, TOKEN).await;
-        let mut cfg = config(&server);
+        let state = Arc::new(Counting::default());
+        let uri = spawn_counting_server(state.clone()).await;
+        let mut cfg = config(&MockServer::start().await);
+        cfg.base_url = uri.parse().unwrap();
         cfg.calls_per_20s = 5;
         cfg.max_concurrency = 2;
         let client = Client::new(cfg).unwrap();
-        let now = Arc::new(AtomicUsize::new(0));
-        let max = Arc::new(AtomicUsize::new(0));
-        Mock::given(method("GET"))
-            .and(path("/rest/v1/lead/1.json"))
-            .respond_with(InFlight {
-                now: now.clone(),
-                max: max.clone(),
-            })
-            .expect(12)
-            .mount(&server)
-            .await;
-        let t0 = tokio::time::Instant::now();
         let tasks: Vec<_> = (0..12)
             .map(|_| {
                 let c = client.clone();
@@ -822,13 +828,22 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert!(
-            max.load(Ordering::SeqCst) <= 2,
-            "max in flight {}",
-            max.load(Ordering::SeqCst)
+        assert_eq!(
+            state.max.load(Ordering::SeqCst),
+            2,
+            "never more than 2 in flight, and the cap is used"
         );
-        // 12 calls at 5 per 20 s need two full windows.
-        assert!(tokio::time::Instant::now() - t0 >= Duration::from_secs(40));
+        let mut arrivals = state.arrivals.lock().unwrap().clone();
+        arrivals.sort();
+        assert_eq!(arrivals.len(), 12);
+        for (i, a) in arrivals.iter().enumerate() {
+            let in_window = arrivals[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*a) < Duration::from_secs(20))
+                .count();
+            assert!(in_window <= 5, "{in_window} calls within 20 s of call {i}");
+        }
+        assert!(arrivals[11].duration_since(arrivals[0]) >= Duration::from_secs(40));
         assert_eq!(client.usage().calls, 12);
     }
 }
