@@ -18,6 +18,6 @@ pub use compile::{
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
-pub use validate::{SuggestArgs, ValidateArgs, run_suggest, run_validate};
+pub use validate::{SuggestArgs, ValidateArgs, run_suggest, run_validate, validate_dir};
 
 pub use crate::config::{Direction, Policy, Transform};
