@@ -219,6 +219,13 @@ const CASES: &[Case] = &[
         Some(2),
         "did you mean `contacts`",
     ),
+    case(
+        "activity_direction",
+        "mappings/activities.toml",
+        "activities[0].fields[0].direction",
+        Some(10),
+        "activities flow to the CRM only",
+    ),
     Case {
         name: "missing_secret_file",
         with_secret: false,
@@ -297,6 +304,76 @@ fn validate_prints_every_problem_and_fails() {
     assert!(text.contains("marketo.max_concurrency"), "{text}");
     assert!(text.contains("fields[1].directon"), "{text}");
     assert!(text.contains("2 error(s)"), "{text}");
+}
+
+#[test]
+fn files_not_in_sync_objects_are_checked_as_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = fixtures().join("valid");
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::copy(case.join("default.toml"), dir.path().join("default.toml")).unwrap();
+    std::fs::copy(
+        case.join("mappings/leads.toml"),
+        dir.path().join("mappings/leads.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mappings/spare.toml"),
+        "marketo_object = \"x\"\ncrm_objet = \"y\"\n",
+    )
+    .unwrap();
+    let mut vars = HashMap::new();
+    vars.insert(
+        "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+        SECRET.to_owned(),
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars);
+    let all = marketo_sync::mapping::validate_dir(&source, None);
+    assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
+    let spare: Vec<_> = all
+        .iter()
+        .filter(|p| p.file.ends_with("spare.toml"))
+        .collect();
+    assert_eq!(spare.len(), 1, "{all:#?}");
+    assert_eq!(spare[0].key, "crm_objet");
+    assert!(spare[0].reason.contains("not in sync.objects"));
+}
+
+#[test]
+fn suggest_writes_a_mapping_file_that_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = marketo_sync::mapping::SuggestArgs {
+        config: dir.path().to_path_buf(),
+        schemas: fixtures().join("_schemas"),
+        marketo_object: "lead".into(),
+        crm_object: "contacts".into(),
+        name: Some("leads".into()),
+        output: None,
+    };
+    let mut out = Vec::new();
+    let path = marketo_sync::mapping::run_suggest(&args, &mut out).unwrap();
+    assert!(path.ends_with("mappings/leads.suggested.toml"), "{path}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let loaded =
+        marketo_sync::config::parse_mapping("leads", std::path::Path::new(&path), &text).unwrap();
+    assert!(
+        loaded
+            .file
+            .fields
+            .iter()
+            .any(|f| f.marketo.as_deref() == Some("email") && f.crm.as_deref() == Some("email"))
+    );
+    assert!(loaded.file.fields.iter().any(
+        |f| f.marketo.as_deref() == Some("company") && f.crm.as_deref() == Some("account_name")
+    ));
+    assert!(marketo_sync::config::check_mapping(&loaded).is_empty());
+
+    let missing = marketo_sync::mapping::SuggestArgs {
+        crm_object: "contact".into(),
+        ..args
+    };
+    let error = marketo_sync::mapping::run_suggest(&missing, &mut Vec::new()).unwrap_err();
+    assert!(error.contains("did you mean `contacts`"), "{error}");
 }
 
 #[test]

@@ -323,6 +323,27 @@ pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Ve
         }
     }
     problems.extend(check_across(&loaded));
+    // Files not listed in sync.objects are checked too, but only warned about: they are not synced.
+    let mut unlisted: Vec<&String> = available
+        .iter()
+        .filter(|name| !settings.sync.objects.contains(name))
+        .collect();
+    unlisted.sort();
+    for object in unlisted {
+        let path = mappings_dir.join(format!("{object}.toml"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut found = match parse_mapping(object, &path, &text) {
+            Ok(m) => check_mapping(&m),
+            Err(p) => vec![p],
+        };
+        for p in &mut found {
+            p.severity = super::problem::Severity::Warning;
+            p.reason = format!("{} (file not in sync.objects, so not synced)", p.reason);
+        }
+        problems.extend(found);
+    }
     (loaded, problems)
 }
 

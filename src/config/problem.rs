@@ -225,7 +225,8 @@ fn walk_value(
     }
 }
 
-/// Returns the line of the key at `path` (segments as in [`dotted`]), if it exists in `text`.
+/// Returns the line of the key at `path` (segments as in [`dotted`]); for a key that is missing,
+/// the line of its nearest existing parent.
 pub fn line_of_path(text: &str, path: &[Segment]) -> Option<usize> {
     let table = DeTable::parse(text).ok()?;
     let mut current: Option<&DeValue<'_>> = None;
@@ -239,7 +240,11 @@ pub fn line_of_path(text: &str, path: &[Segment]) -> Option<usize> {
                     (None, Some(DeValue::Table(t))) => t,
                     _ => return line,
                 };
-                let (key, value) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k)?;
+                // A missing key is placed on its parent's line.
+                let Some((key, value)) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k)
+                else {
+                    return line;
+                };
                 line = Some(line_of(text, key.span().start));
                 current = Some(value.get_ref());
                 root = None;
@@ -248,7 +253,9 @@ pub fn line_of_path(text: &str, path: &[Segment]) -> Option<usize> {
                 let Some(DeValue::Array(items)) = current else {
                     return line;
                 };
-                let item = items.get(*i)?;
+                let Some(item) = items.get(*i) else {
+                    return line;
+                };
                 line = Some(line_of(text, item.span().start));
                 current = Some(item.get_ref());
                 root = None;

@@ -363,18 +363,27 @@ pub fn render_toml(file: &MappingFile, marketo: &ObjectSchema, crm: &ObjectSchem
         .collect();
     if !rest_m.is_empty() || !rest_c.is_empty() {
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "# Not mapped in Marketo ({}): {}",
-            marketo.object,
-            rest_m.join(", ")
-        );
-        let _ = writeln!(
-            out,
-            "# Not mapped in the CRM ({}): {}",
-            crm.object,
-            rest_c.join(", ")
-        );
+        let _ = writeln!(out, "# Not mapped in Marketo ({}):", marketo.object);
+        comment_list(&mut out, &rest_m);
+        let _ = writeln!(out, "# Not mapped in the CRM ({}):", crm.object);
+        comment_list(&mut out, &rest_c);
     }
     out
+}
+
+/// Writes names as comment lines of at most about 96 characters.
+fn comment_list(out: &mut String, names: &[&str]) {
+    let mut line = String::from("#  ");
+    for name in names {
+        if line.len() + name.len() > 96 && line.len() > 3 {
+            let _ = writeln!(out, "{}", line.trim_end_matches(','));
+            line = String::from("#  ");
+        }
+        line.push(' ');
+        line.push_str(name);
+        line.push(',');
+    }
+    if line.len() > 3 {
+        let _ = writeln!(out, "{}", line.trim_end_matches(','));
+    }
 }
