@@ -220,6 +220,13 @@ const CASES: &[Case] = &[
         "did you mean `contacts`",
     ),
     case(
+        "secret_wrong_type",
+        "default.toml",
+        "marketo.client_secret",
+        Some(4),
+        "the value is not shown",
+    ),
+    case(
         "activity_direction",
         "mappings/activities.toml",
         "activities[0].fields[0].direction",

@@ -357,6 +357,27 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
     if f.crm_object.trim().is_empty() {
         out.push(m.problem(true, &key_path("crm_object"), "must not be empty"));
     }
+    let standard = [
+        "lead",
+        "company",
+        "opportunity",
+        "opportunityRole",
+        "salesPerson",
+        ACTIVITIES,
+    ];
+    let name = f.marketo_object.as_str();
+    if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
+        out.push(m.problem(
+            false,
+            &key_path("marketo_object"),
+            format!(
+                "`{name}` is neither a standard Marketo object ({}) nor a custom object API name \
+                 (those end in `_c`){}",
+                standard.join(", "),
+                did_you_mean(name, standard.iter().copied())
+            ),
+        ));
+    }
     if f.is_activities() {
         check_activities(m, &mut out);
         return out;

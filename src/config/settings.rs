@@ -392,7 +392,20 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
     for layer in &layers {
         match toml::from_str::<Settings>(&layer.text) {
             Ok(partial) => check_inline_secrets(layer, &partial, &mut problems),
-            Err(error) => problems.push(from_toml_error(&layer.name, &layer.text, &error)),
+            Err(error) => {
+                let mut problem = from_toml_error(&layer.name, &layer.text, &error);
+                // A secret of the wrong type would otherwise be echoed in the message.
+                let secret_keys = [
+                    "marketo.client_secret",
+                    "http.webhook_secret",
+                    "crm.url",
+                    "store.url",
+                ];
+                if secret_keys.contains(&problem.key.as_str()) {
+                    problem.reason = "must be text (the value is not shown)".to_owned();
+                }
+                problems.push(problem);
+            }
         }
     }
     let vars = source.vars();

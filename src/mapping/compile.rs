@@ -557,7 +557,7 @@ pub fn validate_against(
     problems
 }
 
-/// Returns the activity direction check helper for suggestions.
+/// Returns the direction a suggested pair can flow, from which sides are writable.
 pub(crate) fn default_direction(
     marketo: Option<&FieldDef>,
     crm: Option<&FieldDef>,
