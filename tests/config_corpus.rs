@@ -407,3 +407,39 @@ fn shipped_default_config_needs_only_the_environment() {
     let all = marketo_sync::mapping::validate_dir(&source, None);
     assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
 }
+
+#[test]
+fn every_bad_key_of_one_file_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[marketo]\nmunchkin_id = \"123-ABC-456\"\ncalls_per_20 = 50\nmax_concurrency = \"x\"\n\n[sync]\nobjects = [\"leads\"]\nintervl_secs = 5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mappings/leads.toml"),
+        "marketo_object = \"lead\"\ncrm_objct = \"contacts\"\n\n[[fields]]\nmarketo = \"email\"\ncrm = 5\n",
+    )
+    .unwrap();
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    let all = marketo_sync::mapping::validate_dir(&source, None);
+    let placed: Vec<(String, Option<usize>)> = all
+        .iter()
+        .map(|p| {
+            let file = p.file.rsplit('/').next().unwrap().to_owned();
+            (format!("{file} {}", p.key), p.line)
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        vec![
+            ("default.toml marketo.calls_per_20".to_owned(), Some(3)),
+            ("default.toml marketo.max_concurrency".to_owned(), Some(4)),
+            ("default.toml sync.intervl_secs".to_owned(), Some(8)),
+            ("leads.toml crm_objct".to_owned(), Some(2)),
+            ("leads.toml fields[0].crm".to_owned(), Some(6)),
+        ],
+        "{all:#?}"
+    );
+}

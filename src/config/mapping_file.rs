@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::problem::{Problem, Segment, did_you_mean, dotted, from_toml_error, line_of_path};
+use super::problem::{Problem, Segment, did_you_mean, dotted, line_of_path, parse_all};
 use super::settings::Settings;
 use crate::model::Value;
 
@@ -265,16 +265,16 @@ fn key_path(key: &str) -> Vec<Segment> {
 ///
 /// # Errors
 ///
-/// Returns the problem (file, key, line, reason) when the text is not a valid mapping file.
-pub fn parse_mapping(object: &str, path: &Path, text: &str) -> Result<LoadedMapping, Problem> {
-    match toml::from_str::<MappingFile>(text) {
-        Ok(file) => Ok(LoadedMapping {
+/// Returns every problem (file, key, line, reason) when the text is not a valid mapping file.
+pub fn parse_mapping(object: &str, path: &Path, text: &str) -> Result<LoadedMapping, Vec<Problem>> {
+    match parse_all::<MappingFile>(&path.display().to_string(), text) {
+        (Some(file), _) => Ok(LoadedMapping {
             object: object.to_owned(),
             path: path.to_path_buf(),
             text: text.to_owned(),
             file,
         }),
-        Err(error) => Err(from_toml_error(&path.display().to_string(), text, &error)),
+        (None, problems) => Err(problems),
     }
 }
 
@@ -319,7 +319,7 @@ pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Ve
                 problems.extend(check_mapping(&m));
                 loaded.push(m);
             }
-            Err(p) => problems.push(p),
+            Err(p) => problems.extend(p),
         }
     }
     problems.extend(check_across(&loaded));
@@ -336,7 +336,7 @@ pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Ve
         };
         let mut found = match parse_mapping(object, &path, &text) {
             Ok(m) => check_mapping(&m),
-            Err(p) => vec![p],
+            Err(p) => p,
         };
         for p in &mut found {
             p.severity = super::problem::Severity::Warning;

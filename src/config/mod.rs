@@ -18,7 +18,7 @@ pub use mapping_file::{
 };
 pub use problem::{
     Problem, Segment, Severity, closest, did_you_mean, dotted, from_toml_error, line_of,
-    line_of_path,
+    line_of_path, parse_all,
 };
 pub use settings::{
     BootstrapSettings, CrmSettings, DeletePolicy, ENV_PREFIX, HttpSettings, KNOWN_ADAPTERS,

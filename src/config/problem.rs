@@ -299,6 +299,11 @@ pub fn from_toml_error(file: &str, text: &str, error: &toml::de::Error) -> Probl
         )
     } else if let Some(rest) = message.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or_default();
+        // The span covers the table that lacks the key; name the key itself.
+        key = match path.last() {
+            Some(Segment::Index(_)) => format!("{}.{name}", dotted(&path)),
+            _ => name.to_owned(),
+        };
         format!("required key `{name}` is missing")
     } else if error.span().is_some() && path.is_empty() && is_syntax(&message) {
         format!("invalid TOML: {message}")
@@ -323,6 +328,102 @@ fn split_expected(rest: &str) -> (String, Vec<String>) {
         .map(|(_, s)| s.to_owned())
         .collect();
     (name, expected)
+}
+
+/// Returns the byte range of the `key = value` pair at `path` when it is a plain (not `[header]`)
+/// entry, so that it can be blanked out.
+fn entry_range(text: &str, path: &[Segment]) -> Option<Range<usize>> {
+    let table = DeTable::parse(text).ok()?;
+    let mut range = None;
+    let mut current: Option<&DeValue<'_>> = None;
+    let mut root = Some(table.get_ref());
+    for segment in path {
+        match segment {
+            Segment::Key(k) => {
+                let t = match (root, current) {
+                    (Some(t), _) => t,
+                    (None, Some(DeValue::Table(t))) => t,
+                    _ => return None,
+                };
+                let (key, value) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k)?;
+                range = Some(key.span().start..value.span().end);
+                current = Some(value.get_ref());
+                root = None;
+            }
+            Segment::Index(i) => {
+                let Some(DeValue::Array(items)) = current else {
+                    return None;
+                };
+                let item = items.get(*i)?;
+                range = Some(item.span());
+                current = Some(item.get_ref());
+                root = None;
+            }
+        }
+    }
+    let range = range?;
+    // Only `key = value` on its own line(s); a `[header]` or `[[array]]` table is left alone.
+    let line_start = text[..range.start].rfind('\n').map_or(0, |i| i + 1);
+    let before = text[line_start..range.start].trim();
+    let is_entry = before.is_empty()
+        && !text[line_start..].trim_start().starts_with('[')
+        && matches!(path.last(), Some(Segment::Key(_)));
+    is_entry.then_some(range)
+}
+
+/// Deserialises a TOML file, reporting every unknown key and wrongly typed value rather than
+/// only the first: each offending entry is blanked out and the file is read again. Returns the
+/// value when the file had no such problem.
+pub fn parse_all<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> (Option<T>, Vec<Problem>) {
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut current = text.to_owned();
+    let mut blanked_names: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let error = match toml::from_str::<T>(&current) {
+            Ok(value) => return (problems.is_empty().then_some(value), problems),
+            Err(error) => error,
+        };
+        let problem = from_toml_error(file, &current, &error);
+        // After blanking a wrongly typed required key, serde reports it as missing: that is
+        // the same problem again.
+        // Likewise a misspelt required key, blanked as unknown, is then reported missing.
+        let repeated = blanked_names
+            .iter()
+            .any(|name: &String| problem.reason == format!("required key `{name}` is missing"));
+        if repeated {
+            break;
+        }
+        let path = match error.span() {
+            Some(span) => path_at(&current, &span).0,
+            None => Vec::new(),
+        };
+        problems.push(problem);
+        let Some(range) = (!path.is_empty())
+            .then(|| entry_range(&current, &path))
+            .flatten()
+        else {
+            break;
+        };
+        if let Some(Segment::Key(name)) = path.last() {
+            blanked_names.push(name.clone());
+        }
+        if let Some(suggested) = problems
+            .last()
+            .and_then(|p| p.reason.split("did you mean `").nth(1))
+            .and_then(|rest| rest.split('`').next())
+        {
+            blanked_names.push(suggested.to_owned());
+        }
+        let blanked: String = current[range.clone()]
+            .chars()
+            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .collect();
+        current.replace_range(range, &blanked);
+    }
+    (None, problems)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
-use super::problem::{Problem, Segment, did_you_mean, from_toml_error, line_of_path};
+use super::problem::{Problem, Segment, did_you_mean, line_of_path, parse_all};
 
 /// The environment-variable prefix; keys are `MKSYNC__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "MKSYNC";
@@ -390,22 +390,22 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
     // Each file on its own first: this gives exact lines for syntax errors, unknown keys and
     // wrong types, and catches secrets written inline.
     for layer in &layers {
-        match toml::from_str::<Settings>(&layer.text) {
-            Ok(partial) => check_inline_secrets(layer, &partial, &mut problems),
-            Err(error) => {
-                let mut problem = from_toml_error(&layer.name, &layer.text, &error);
-                // A secret of the wrong type would otherwise be echoed in the message.
-                let secret_keys = [
-                    "marketo.client_secret",
-                    "http.webhook_secret",
-                    "crm.url",
-                    "store.url",
-                ];
-                if secret_keys.contains(&problem.key.as_str()) {
-                    problem.reason = "must be text (the value is not shown)".to_owned();
-                }
-                problems.push(problem);
+        let (partial, found) = parse_all::<Settings>(&layer.name, &layer.text);
+        if let Some(partial) = partial {
+            check_inline_secrets(layer, &partial, &mut problems);
+        }
+        for mut problem in found {
+            // A secret of the wrong type would otherwise be echoed in the message.
+            let secret_keys = [
+                "marketo.client_secret",
+                "http.webhook_secret",
+                "crm.url",
+                "store.url",
+            ];
+            if secret_keys.contains(&problem.key.as_str()) {
+                problem.reason = "must be text (the value is not shown)".to_owned();
             }
+            problems.push(problem);
         }
     }
     let vars = source.vars();
