@@ -443,3 +443,33 @@ fn every_bad_key_of_one_file_is_reported_at_once() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn compile_all_builds_plans_for_synced_objects() {
+    let mut vars = HashMap::new();
+    vars.insert(
+        "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+        SECRET.to_owned(),
+    );
+    let source = SettingsSource::new(fixtures().join("valid"), None).with_vars(vars);
+    let loaded = marketo_sync::config::load(&source).unwrap();
+    let (plans, problems) =
+        marketo_sync::mapping::compile_all(&loaded.settings, &loaded.mappings, &schemas());
+    assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+    let leads = &plans.objects["leads"];
+    assert_eq!(leads.marketo_crm_key, "crmContactId");
+    assert_eq!(leads.crm_marketo_id, "marketo_lead_id");
+    assert_eq!(leads.match_fields, vec!["email"]);
+
+    let (plans, problems) = marketo_sync::mapping::compile_all(
+        &loaded.settings,
+        &loaded.mappings,
+        &SchemaSet::default(),
+    );
+    assert!(plans.objects.is_empty());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.is_error() && p.key == "marketo_object")
+    );
+}

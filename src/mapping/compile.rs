@@ -569,3 +569,48 @@ pub(crate) fn default_direction(
         _ => None,
     }
 }
+
+/// Every plan of a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Plans {
+    /// One plan per synced object (by `sync.objects` name), activities excepted.
+    pub objects: BTreeMap<String, Plan>,
+    /// One plan per synced activity type id.
+    pub activities: BTreeMap<u32, Plan>,
+}
+
+/// Returns the plans of every mapping file listed in `sync.objects`, compiled against `schemas`,
+/// with every problem. An object whose schemas are missing or whose keys are broken gets no plan
+/// (and an error); a field with a problem is kept disabled.
+pub fn compile_all(
+    settings: &Settings,
+    mappings: &[LoadedMapping],
+    schemas: &SchemaSet,
+) -> (Plans, Vec<Problem>) {
+    let mut plans = Plans::default();
+    let mut problems = Vec::new();
+    for m in mappings {
+        if !settings.sync.objects.contains(&m.object) {
+            continue;
+        }
+        if m.file.is_activities() {
+            let (compiled, p) = compile_activities(m, schemas);
+            problems.extend(p);
+            plans.activities.extend(compiled);
+            continue;
+        }
+        let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);
+        let crm = schemas.get(Side::Crm, &m.file.crm_object);
+        match (marketo, crm) {
+            (Some(marketo), Some(crm)) => {
+                let (plan, p) = compile(m, marketo, crm);
+                problems.extend(p);
+                if let Some(plan) = plan {
+                    plans.objects.insert(m.object.clone(), plan);
+                }
+            }
+            _ => problems.extend(validate_against(settings, std::slice::from_ref(m), schemas)),
+        }
+    }
+    (plans, problems)
+}

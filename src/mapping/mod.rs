@@ -13,7 +13,8 @@ mod suggest;
 mod validate;
 
 pub use compile::{
-    COMPANY_FIELDS_ON_LEADS, SchemaSet, compile, compile_activities, validate_against,
+    COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, compile, compile_activities, compile_all,
+    validate_against,
 };
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
