@@ -1,1 +1,24 @@
-//! Compiles mapping files against both sides' live schemas.
+//! Compiles mapping files against both sides' live schemas into plans; canonical records,
+//! transforms, per-field diffs and hashes; mapping suggestions.
+//!
+//! A [`Plan`] is what the engine uses: [`Plan::to_canonical`] turns a raw record of either side
+//! into mapped, normalised fields under their canonical names; [`Plan::render`] turns canonical
+//! fields into a write for one side; [`Plan::diff`] compares canonical records with the agreed
+//! base; [`Plan::disable_field`] takes one field out when its schema drifts.
+
+mod compile;
+mod normalise;
+mod plan;
+mod suggest;
+mod validate;
+
+pub use compile::{
+    COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, compile, compile_activities, compile_all,
+    validate_against,
+};
+pub use normalise::{apply, apply_text, convert_for, normalise};
+pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
+pub use suggest::{render_toml, suggest};
+pub use validate::{SuggestArgs, ValidateArgs, run_suggest, run_validate, validate_dir};
+
+pub use crate::config::{Direction, Policy, Transform};

@@ -1,0 +1,626 @@
+//! Mapping files (`config/mappings/<object>.toml`): which Marketo object maps to which CRM
+//! object, the key fields, match fields, the conflict policy and the field list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::problem::{Problem, Segment, did_you_mean, dotted, line_of_path, parse_all};
+use super::settings::Settings;
+use crate::model::Value;
+
+/// How a conflict (a field changed on both sides since the last agreement) is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The CRM's value wins.
+    CrmWins,
+    /// Marketo's value wins.
+    MarketoWins,
+    /// The side whose record changed last wins.
+    #[default]
+    NewestWins,
+}
+
+/// Which way a field flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Both ways.
+    #[default]
+    Both,
+    /// Read from Marketo, written to the CRM only.
+    ToCrm,
+    /// Read from the CRM, written to Marketo only.
+    ToMarketo,
+}
+
+impl Direction {
+    /// Returns true when values are read from `side` for this field.
+    pub fn reads_from(self, side: crate::model::Side) -> bool {
+        use crate::model::Side;
+        matches!(
+            (self, side),
+            (Direction::Both, _)
+                | (Direction::ToCrm, Side::Marketo)
+                | (Direction::ToMarketo, Side::Crm)
+        )
+    }
+
+    /// Returns true when values are written to `side` for this field.
+    pub fn writes_to(self, side: crate::model::Side) -> bool {
+        self.reads_from(side.other())
+    }
+}
+
+/// One value transform step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// Strips leading and trailing whitespace.
+    Trim,
+    /// Lowercases.
+    Lowercase,
+    /// Uppercases.
+    Uppercase,
+    /// Collapses runs of whitespace into one space.
+    CollapseWhitespace,
+    /// `new lead` → `NewLead`.
+    PascalCase,
+    /// `new lead` → `newLead`.
+    CamelCase,
+    /// `NewLead` → `new_lead`.
+    SnakeCase,
+    /// `NewLead` → `new-lead`.
+    KebabCase,
+    /// `new lead` → `New Lead`.
+    TitleCase,
+}
+
+/// The key fields that link a record pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// The Marketo field holding the CRM key, used as `lookupField` (leads) or dedupe field.
+    pub marketo_crm_key: Option<String>,
+    /// The CRM field holding the Marketo id.
+    pub crm_marketo_id: Option<String>,
+}
+
+/// One mapped field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    /// The canonical name (default: the Marketo name, else the CRM name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The Marketo REST field name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketo: Option<String>,
+    /// The CRM field name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm: Option<String>,
+    /// Which way the field flows.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Steps applied to values read from either side (they define the canonical form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<Transform>,
+    /// Steps applied when writing to the CRM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crm_transform: Vec<Transform>,
+    /// Steps applied when writing to Marketo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marketo_transform: Vec<Transform>,
+    /// Picklist value map: canonical (Marketo) value → CRM value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+    /// The value used when the source has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// A constant written to the target (the source field is not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<Value>,
+    /// The conflict policy of this field (default: the file's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+}
+
+impl FieldMapping {
+    /// Returns the canonical name.
+    pub fn canonical_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.marketo.as_deref())
+            .or(self.crm.as_deref())
+            .unwrap_or("")
+    }
+
+    /// Returns the field name on a side.
+    pub fn side_name(&self, side: crate::model::Side) -> Option<&str> {
+        match side {
+            crate::model::Side::Marketo => self.marketo.as_deref(),
+            crate::model::Side::Crm => self.crm.as_deref(),
+        }
+    }
+}
+
+/// One activity type to sync (activities are read from Marketo and written to the CRM only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityMapping {
+    /// The Marketo activity type id.
+    pub type_id: u32,
+    /// The activity type's name, checked against Marketo's list when schemas are available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The CRM object these activities go to (default: the file's `crm_object`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_object: Option<String>,
+    /// Standard fields and attributes → CRM fields (`direction` must be `to_crm`).
+    #[serde(default)]
+    pub fields: Vec<FieldMapping>,
+}
+
+/// One mapping file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// The Marketo object: `lead`, `company`, `opportunity`, `opportunityRole`, `salesPerson`,
+    /// a custom object's API name, or `activities`.
+    pub marketo_object: String,
+    /// The CRM object (as the CRM adapter names it).
+    pub crm_object: String,
+    /// The default conflict policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// The key fields.
+    #[serde(default)]
+    pub keys: Keys,
+    /// Canonical names of the fields used to match new records (default `email` for leads).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_fields: Option<Vec<String>>,
+    /// The fields.
+    #[serde(default)]
+    pub fields: Vec<FieldMapping>,
+    /// Activity types (only in the `activities` file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activities: Vec<ActivityMapping>,
+}
+
+/// The Marketo name of the activities pseudo-object.
+pub const ACTIVITIES: &str = "activities";
+
+impl MappingFile {
+    /// Returns true for the activities file.
+    pub fn is_activities(&self) -> bool {
+        self.marketo_object == ACTIVITIES
+    }
+
+    /// Returns the match fields: explicit, else `email` for leads, else none.
+    pub fn effective_match_fields(&self) -> Vec<String> {
+        match &self.match_fields {
+            Some(m) => m.clone(),
+            None if self.marketo_object == "lead" => vec!["email".to_owned()],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A mapping file as loaded, with its text kept to place problems on lines.
+#[derive(Debug, Clone)]
+pub struct LoadedMapping {
+    /// The object name (`sync.objects` entry, the file stem).
+    pub object: String,
+    /// The file path.
+    pub path: PathBuf,
+    /// The file text.
+    pub text: String,
+    /// The parsed file.
+    pub file: MappingFile,
+}
+
+impl LoadedMapping {
+    /// Returns the file name for messages.
+    pub fn file_name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Returns the line of a key path such as `[Key("fields"), Index(2), Key("crm")]`.
+    pub fn line(&self, path: &[Segment]) -> Option<usize> {
+        line_of_path(&self.text, path)
+    }
+
+    /// Returns a problem placed at `path`.
+    pub fn problem(
+        &self,
+        severity_error: bool,
+        path: &[Segment],
+        reason: impl Into<String>,
+    ) -> Problem {
+        let p = if severity_error {
+            Problem::error(self.file_name(), dotted(path), reason)
+        } else {
+            Problem::warning(self.file_name(), dotted(path), reason)
+        };
+        p.at_line(self.line(path))
+    }
+}
+
+/// Returns a key path from a field index and key.
+pub fn field_path(index: usize, key: &str) -> Vec<Segment> {
+    let mut p = vec![Segment::Key("fields".into()), Segment::Index(index)];
+    if !key.is_empty() {
+        p.push(Segment::Key(key.into()));
+    }
+    p
+}
+
+fn key_path(key: &str) -> Vec<Segment> {
+    key.split('.').map(|s| Segment::Key(s.to_owned())).collect()
+}
+
+/// Parses one mapping file's text.
+///
+/// # Errors
+///
+/// Returns every problem (file, key, line, reason) when the text is not a valid mapping file.
+pub fn parse_mapping(object: &str, path: &Path, text: &str) -> Result<LoadedMapping, Vec<Problem>> {
+    match parse_all::<MappingFile>(&path.display().to_string(), text) {
+        (Some(file), _) => Ok(LoadedMapping {
+            object: object.to_owned(),
+            path: path.to_path_buf(),
+            text: text.to_owned(),
+            file,
+        }),
+        (None, problems) => Err(problems),
+    }
+}
+
+/// Reads the mapping file of every object in `sync.objects` from `<dir>/<sync.mappings_dir>`,
+/// checks each one on its own and across files, and returns those that parsed with every
+/// problem found.
+pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Vec<Problem>) {
+    let mappings_dir = dir.join(&settings.sync.mappings_dir);
+    let mut problems = Vec::new();
+    let mut loaded = Vec::new();
+    let available: Vec<String> = std::fs::read_dir(&mappings_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let p = e.path();
+                    (p.extension().is_some_and(|x| x == "toml"))
+                        .then(|| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                        .flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for object in &settings.sync.objects {
+        let path = mappings_dir.join(format!("{object}.toml"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(error) => {
+                problems.push(Problem::error(
+                    path.display().to_string(),
+                    "",
+                    format!(
+                        "cannot read the mapping file of `{object}` (listed in sync.objects): {error}{}",
+                        did_you_mean(object, available.iter().map(String::as_str))
+                    ),
+                ));
+                continue;
+            }
+        };
+        match parse_mapping(object, &path, &text) {
+            Ok(m) => {
+                problems.extend(check_mapping(&m));
+                loaded.push(m);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
+    problems.extend(check_across(&loaded));
+    // Files not listed in sync.objects are checked too, but only warned about: they are not synced.
+    let mut unlisted: Vec<&String> = available
+        .iter()
+        .filter(|name| !settings.sync.objects.contains(name))
+        .collect();
+    unlisted.sort();
+    for object in unlisted {
+        let path = mappings_dir.join(format!("{object}.toml"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut found = match parse_mapping(object, &path, &text) {
+            Ok(m) => check_mapping(&m),
+            Err(p) => p,
+        };
+        for p in &mut found {
+            p.severity = super::problem::Severity::Warning;
+            p.reason = format!("{} (file not in sync.objects, so not synced)", p.reason);
+        }
+        problems.extend(found);
+    }
+    (loaded, problems)
+}
+
+/// Returns the problems of one mapping file that need no schema.
+pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let f = &m.file;
+    if f.marketo_object.trim().is_empty() {
+        out.push(m.problem(true, &key_path("marketo_object"), "must not be empty"));
+    }
+    if f.crm_object.trim().is_empty() {
+        out.push(m.problem(true, &key_path("crm_object"), "must not be empty"));
+    }
+    let standard = [
+        "lead",
+        "company",
+        "opportunity",
+        "opportunityRole",
+        "salesPerson",
+        ACTIVITIES,
+    ];
+    let name = f.marketo_object.as_str();
+    if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
+        out.push(m.problem(
+            false,
+            &key_path("marketo_object"),
+            format!(
+                "`{name}` is neither a standard Marketo object ({}) nor a custom object API name \
+                 (those end in `_c`){}",
+                standard.join(", "),
+                did_you_mean(name, standard.iter().copied())
+            ),
+        ));
+    }
+    if f.is_activities() {
+        check_activities(m, &mut out);
+        return out;
+    }
+    if !f.activities.is_empty() {
+        out.push(m.problem(
+            true,
+            &key_path("activities"),
+            "activity types belong in a file with marketo_object = \"activities\"",
+        ));
+    }
+    if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
+        out.push(m.problem(
+            true,
+            &key_path("keys"),
+            "required key `keys.marketo_crm_key` is missing (the Marketo field that holds the CRM key)",
+        ));
+    }
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) {
+        out.push(m.problem(
+            true,
+            &key_path("keys"),
+            "required key `keys.crm_marketo_id` is missing (the CRM field that holds the Marketo id)",
+        ));
+    }
+    check_fields(m, &f.fields, &[], &mut out);
+    let names: BTreeSet<&str> = f.fields.iter().map(FieldMapping::canonical_name).collect();
+    for (i, wanted) in f.effective_match_fields().iter().enumerate() {
+        if !names.contains(wanted.as_str()) {
+            let path = if f.match_fields.is_some() {
+                vec![Segment::Key("match".into()), Segment::Index(i)]
+            } else {
+                key_path("match")
+            };
+            out.push(m.problem(
+                true,
+                &path,
+                format!(
+                    "match field `{wanted}` is not a mapped field{}",
+                    did_you_mean(wanted, names.iter().copied())
+                ),
+            ));
+        }
+    }
+    out
+}
+
+fn check_activities(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    let mut ids = BTreeSet::new();
+    for (i, a) in m.file.activities.iter().enumerate() {
+        let base = vec![Segment::Key("activities".into()), Segment::Index(i)];
+        if a.type_id == 0 {
+            let mut p = base.clone();
+            p.push(Segment::Key("type_id".into()));
+            out.push(m.problem(true, &p, "must be a Marketo activity type id (1 or more)"));
+        }
+        if !ids.insert(a.type_id) {
+            let mut p = base.clone();
+            p.push(Segment::Key("type_id".into()));
+            out.push(m.problem(
+                true,
+                &p,
+                format!("activity type {} is listed twice", a.type_id),
+            ));
+        }
+        if a.type_id == 37 {
+            let mut p = base.clone();
+            p.push(Segment::Key("type_id".into()));
+            out.push(m.problem(
+                true,
+                &p,
+                "Delete Lead (37) is not in activity exports; deletions follow `sync.lead_deletes`",
+            ));
+        }
+        for (j, field) in a.fields.iter().enumerate() {
+            if field.direction != Direction::ToCrm {
+                let mut p = base.clone();
+                p.extend([
+                    Segment::Key("fields".into()),
+                    Segment::Index(j),
+                    Segment::Key("direction".into()),
+                ]);
+                out.push(m.problem(
+                    true,
+                    &p,
+                    "activities flow to the CRM only: use direction = \"to_crm\"",
+                ));
+            }
+        }
+        check_fields(m, &a.fields, &base, out);
+    }
+    if m.file.activities.is_empty() {
+        out.push(m.problem(true, &key_path("activities"), "lists no activity type"));
+    }
+}
+
+fn check_fields(
+    m: &LoadedMapping,
+    fields: &[FieldMapping],
+    base: &[Segment],
+    out: &mut Vec<Problem>,
+) {
+    let path = |i: usize, key: &str| {
+        let mut p = base.to_vec();
+        p.extend(field_path(i, key));
+        p
+    };
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut marketo_targets: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut crm_targets: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, f) in fields.iter().enumerate() {
+        if f.marketo.is_none() && f.crm.is_none() {
+            out.push(m.problem(
+                true,
+                &path(i, ""),
+                "names neither a `marketo` nor a `crm` field",
+            ));
+            continue;
+        }
+        let has_source = |side| f.side_name(side).is_some() || f.constant.is_some();
+        use crate::model::Side;
+        match f.direction {
+            Direction::Both => {
+                if f.marketo.is_none() || f.crm.is_none() {
+                    let missing = if f.marketo.is_none() {
+                        "marketo"
+                    } else {
+                        "crm"
+                    };
+                    out.push(m.problem(true, &path(i, "direction"), format!(
+                        "direction `both` needs both `marketo` and `crm`; `{missing}` is missing")));
+                }
+                if f.constant.is_some() {
+                    out.push(m.problem(true, &path(i, "constant"),
+                        "a constant cannot flow both ways; set direction to `to_crm` or `to_marketo`"));
+                }
+            }
+            Direction::ToCrm => {
+                if f.crm.is_none() {
+                    out.push(m.problem(
+                        true,
+                        &path(i, "direction"),
+                        "direction `to_crm` needs a `crm` field",
+                    ));
+                } else if !has_source(Side::Marketo) {
+                    out.push(m.problem(
+                        true,
+                        &path(i, ""),
+                        "direction `to_crm` needs a `marketo` field or a `constant`",
+                    ));
+                }
+            }
+            Direction::ToMarketo => {
+                if f.marketo.is_none() {
+                    out.push(m.problem(
+                        true,
+                        &path(i, "direction"),
+                        "direction `to_marketo` needs a `marketo` field",
+                    ));
+                } else if !has_source(Side::Crm) {
+                    out.push(m.problem(
+                        true,
+                        &path(i, ""),
+                        "direction `to_marketo` needs a `crm` field or a `constant`",
+                    ));
+                }
+            }
+        }
+        let name = f.canonical_name();
+        if let Some(first) = names.insert(name, i) {
+            out.push(m.problem(
+                true,
+                &path(i, if f.name.is_some() { "name" } else { "marketo" }),
+                format!(
+                    "canonical name `{name}` is already used by {}",
+                    dotted(&path(first, ""))
+                ),
+            ));
+        }
+        if let Some(target) = f
+            .marketo
+            .as_deref()
+            .filter(|_| f.direction.writes_to(Side::Marketo))
+            && let Some(first) = marketo_targets.insert(target, i)
+        {
+            {
+                out.push(m.problem(
+                    true,
+                    &path(i, "marketo"),
+                    format!(
+                        "duplicate target: Marketo field `{target}` is already written by {}",
+                        dotted(&path(first, ""))
+                    ),
+                ));
+            }
+        }
+        if let Some(target) = f
+            .crm
+            .as_deref()
+            .filter(|_| f.direction.writes_to(Side::Crm))
+            && let Some(first) = crm_targets.insert(target, i)
+        {
+            {
+                out.push(m.problem(
+                    true,
+                    &path(i, "crm"),
+                    format!(
+                        "duplicate target: CRM field `{target}` is already written by {}",
+                        dotted(&path(first, ""))
+                    ),
+                ));
+            }
+        }
+        let mut reverse: BTreeMap<&str, &str> = BTreeMap::new();
+        for (from, to) in &f.values {
+            if let Some(other) = reverse.insert(to.as_str(), from.as_str()) {
+                out.push(m.problem(true, &path(i, "values"), format!(
+                    "values `{other}` and `{from}` both map to CRM value `{to}`, so CRM values cannot be read back")));
+            }
+        }
+    }
+}
+
+/// Returns the problems that span files: two files for the same Marketo object, or the same
+/// CRM object written from two files.
+pub fn check_across(mappings: &[LoadedMapping]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut marketo: BTreeMap<&str, &LoadedMapping> = BTreeMap::new();
+    for m in mappings {
+        if m.file.is_activities() {
+            continue;
+        }
+        if let Some(first) = marketo.insert(m.file.marketo_object.as_str(), m) {
+            out.push(m.problem(
+                true,
+                &key_path("marketo_object"),
+                format!(
+                    "Marketo object `{}` is already mapped in {}",
+                    m.file.marketo_object,
+                    first.file_name()
+                ),
+            ));
+        }
+    }
+    out
+}

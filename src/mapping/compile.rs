@@ -1,0 +1,616 @@
+//! Compiling mapping files against both sides' schemas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::plan::{Plan, PlanField};
+use crate::config::{
+    Direction, FieldMapping, LoadedMapping, Problem, Segment, Settings, did_you_mean, field_path,
+    parse_instant,
+};
+use crate::model::{FieldDef, FieldType, ObjectSchema, Side, Value};
+
+/// Lead fields that belong to the company: Sync Leads refuses them (1021) for leads linked to a
+/// company, so they are mapped in the companies file.
+pub const COMPANY_FIELDS_ON_LEADS: &[&str] = &[
+    "company",
+    "site",
+    "billingStreet",
+    "billingCity",
+    "billingState",
+    "billingCountry",
+    "billingPostalCode",
+    "website",
+    "mainPhone",
+    "annualRevenue",
+    "numberOfEmployees",
+    "industry",
+    "sicCode",
+];
+
+/// Both sides' schemas by object name.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaSet {
+    /// Marketo schemas by Marketo object name (`lead`, `company`, `car_c`, `activity:1`, ...).
+    pub marketo: BTreeMap<String, ObjectSchema>,
+    /// CRM schemas by CRM object name.
+    pub crm: BTreeMap<String, ObjectSchema>,
+}
+
+impl SchemaSet {
+    /// Adds a schema under its side and object name.
+    pub fn insert(&mut self, schema: ObjectSchema) {
+        let map = match schema.side {
+            Side::Marketo => &mut self.marketo,
+            Side::Crm => &mut self.crm,
+        };
+        map.insert(schema.object.clone(), schema);
+    }
+
+    /// Returns a side's schema of an object.
+    pub fn get(&self, side: Side, object: &str) -> Option<&ObjectSchema> {
+        match side {
+            Side::Marketo => self.marketo.get(object),
+            Side::Crm => self.crm.get(object),
+        }
+    }
+
+    /// Returns the schemas of every `*.json` file in `dir` (each an `ObjectSchema` or an array
+    /// of them), with a problem per unreadable file.
+    pub fn load_dir(dir: &Path) -> (SchemaSet, Vec<Problem>) {
+        let mut set = SchemaSet::default();
+        let mut problems = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(error) => {
+                problems.push(Problem::error(
+                    dir.display().to_string(),
+                    "",
+                    format!("cannot read the schema directory: {error}"),
+                ));
+                return (set, problems);
+            }
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = path.display().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(error) => {
+                    problems.push(Problem::error(name, "", format!("cannot read: {error}")));
+                    continue;
+                }
+            };
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            enum OneOrMany {
+                One(ObjectSchema),
+                Many(Vec<ObjectSchema>),
+            }
+            match serde_json::from_str::<OneOrMany>(&text) {
+                Ok(OneOrMany::One(s)) => set.insert(s),
+                Ok(OneOrMany::Many(v)) => v.into_iter().for_each(|s| set.insert(s)),
+                Err(error) => problems.push(
+                    Problem::error(
+                        name,
+                        "",
+                        format!("is not an ObjectSchema JSON file: {error}"),
+                    )
+                    .at_line(Some(error.line())),
+                ),
+            }
+        }
+        (set, problems)
+    }
+}
+
+fn side_label(side: Side) -> &'static str {
+    match side {
+        Side::Marketo => "Marketo",
+        Side::Crm => "CRM",
+    }
+}
+
+fn infer_type(value: &Value) -> FieldType {
+    match value {
+        Value::Int(_) => FieldType::Integer,
+        Value::Decimal(_) => FieldType::Decimal,
+        Value::Bool(_) => FieldType::Boolean,
+        Value::Date(_) => FieldType::Date,
+        Value::DateTime(_) => FieldType::DateTime,
+        Value::Text(s) if parse_instant(s).is_some() && s.len() > 10 => FieldType::DateTime,
+        _ => FieldType::Text { max_len: None },
+    }
+}
+
+/// Outcome of checking a write of `src` values into a `dst` field.
+enum Fit {
+    Ok,
+    Lossy(String),
+    No,
+}
+
+fn fits(src: &FieldType, dst: &FieldType) -> Fit {
+    use FieldType as T;
+    if dst.is_textual() || matches!(dst, T::Reference { .. }) {
+        return Fit::Ok;
+    }
+    match (src, dst) {
+        (T::Integer, T::Integer | T::Decimal) => Fit::Ok,
+        (T::Decimal, T::Decimal) => Fit::Ok,
+        (T::Decimal, T::Integer) => Fit::Lossy("fractions are refused".to_owned()),
+        (T::Boolean, T::Boolean) => Fit::Ok,
+        (T::Integer, T::Boolean) => Fit::Lossy("only 0 and 1 convert".to_owned()),
+        (T::Boolean, T::Integer) => Fit::Ok,
+        (T::Date, T::Date) | (T::DateTime, T::DateTime) | (T::Date, T::DateTime) => Fit::Ok,
+        (T::DateTime, T::Date) => Fit::Lossy("the time of day is dropped".to_owned()),
+        (T::Reference { .. }, T::Integer) => Fit::Lossy("only numeric ids convert".to_owned()),
+        (s, _) if s.is_textual() => Fit::Lossy(format!(
+            "text values must parse as {}; others are refused",
+            dst.describe()
+        )),
+        _ => Fit::No,
+    }
+}
+
+fn text_limit(ty: &FieldType) -> Option<u32> {
+    ty.max_len()
+}
+
+/// Returns the plan of one mapping file against both schemas, with every problem. The plan is
+/// `None` when the object cannot be synced at all (a key field missing); a field with a problem
+/// is kept but disabled, so the other fields still sync.
+pub fn compile(
+    m: &LoadedMapping,
+    marketo: &ObjectSchema,
+    crm: &ObjectSchema,
+) -> (Option<Plan>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let f = &m.file;
+    let mut fatal = false;
+
+    let key_marketo = f.keys.marketo_crm_key.clone().unwrap_or_default();
+    let key_crm = f.keys.crm_marketo_id.clone().unwrap_or_default();
+    for (side, schema, name, key) in [
+        (Side::Marketo, marketo, &key_marketo, "keys.marketo_crm_key"),
+        (Side::Crm, crm, &key_crm, "keys.crm_marketo_id"),
+    ] {
+        let path: Vec<Segment> = key.split('.').map(|s| Segment::Key(s.into())).collect();
+        if name.is_empty() {
+            problems.push(m.problem(true, &path, format!("required key `{key}` is missing")));
+            fatal = true;
+            continue;
+        }
+        match schema.field(name) {
+            None => {
+                problems.push(m.problem(true, &path, unknown(side, schema, name)));
+                fatal = true;
+            }
+            Some(def) if def.read_only => {
+                problems.push(m.problem(true, &path, format!(
+                    "{} field `{name}` on `{}` is read-only, but the sync writes the key into it",
+                    side_label(side), schema.object)));
+                fatal = true;
+            }
+            Some(_) => {}
+        }
+    }
+
+    let mut fields = Vec::new();
+    let mut written: BTreeMap<Side, BTreeSet<String>> = BTreeMap::new();
+    for (i, fm) in f.fields.iter().enumerate() {
+        let (field, field_problems) = compile_field(m, &[], i, fm, marketo, crm, f.policy);
+        problems.extend(field_problems);
+        for side in [Side::Marketo, Side::Crm] {
+            if field.disabled.is_none()
+                && field.direction.writes_to(side)
+                && let Some(n) = field_name(&field, side)
+            {
+                written.entry(side).or_default().insert(n.to_owned());
+            }
+        }
+        fields.push(field);
+    }
+
+    // Required fields nobody writes: creates on that side will be refused.
+    for (side, schema, key) in [
+        (Side::Marketo, marketo, &key_marketo),
+        (Side::Crm, crm, &key_crm),
+    ] {
+        let done = written.get(&side);
+        for def in &schema.fields {
+            let covered = done.is_some_and(|d| d.contains(&def.name))
+                || &def.name == key
+                || schema.id_field.as_deref() == Some(def.name.as_str())
+                || def.read_only;
+            if def.required && !covered {
+                problems.push(m.problem(false, &[Segment::Key("fields".into())], format!(
+                    "required {} field `{}` on `{}` is not mapped to it; creating records there will fail",
+                    side_label(side), def.name, schema.object)));
+            }
+        }
+    }
+
+    if fatal {
+        return (None, problems);
+    }
+    let plan = Plan {
+        object: m.object.clone(),
+        marketo_object: f.marketo_object.clone(),
+        crm_object: f.crm_object.clone(),
+        marketo_crm_key: key_marketo,
+        crm_marketo_id: key_crm,
+        match_fields: f.effective_match_fields(),
+        policy: f.policy,
+        fields,
+    };
+    (Some(plan), problems)
+}
+
+fn field_name(field: &PlanField, side: Side) -> Option<&str> {
+    match side {
+        Side::Marketo => field.marketo.as_deref(),
+        Side::Crm => field.crm.as_deref(),
+    }
+}
+
+fn unknown(side: Side, schema: &ObjectSchema, name: &str) -> String {
+    format!(
+        "unknown {} field `{name}` on `{}`{}",
+        side_label(side),
+        schema.object,
+        did_you_mean(name, schema.fields.iter().map(|d| d.name.as_str()))
+    )
+}
+
+fn fpath(base: &[Segment], i: usize, key: &str) -> Vec<Segment> {
+    let mut p = base.to_vec();
+    p.extend(field_path(i, key));
+    p
+}
+
+fn compile_field(
+    m: &LoadedMapping,
+    base: &[Segment],
+    i: usize,
+    fm: &FieldMapping,
+    marketo: &ObjectSchema,
+    crm: &ObjectSchema,
+    default_policy: crate::config::Policy,
+) -> (PlanField, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut disabled: Option<String> = None;
+    let mut defs: BTreeMap<Side, &FieldDef> = BTreeMap::new();
+    for (side, schema, key) in [(Side::Marketo, marketo, "marketo"), (Side::Crm, crm, "crm")] {
+        let Some(name) = fm.side_name(side) else {
+            continue;
+        };
+        match schema.field(name) {
+            None => {
+                let reason = unknown(side, schema, name);
+                disabled.get_or_insert(reason.clone());
+                problems.push(m.problem(true, &fpath(base, i, key), reason));
+            }
+            Some(def) => {
+                if def.read_only && fm.direction.writes_to(side) {
+                    let other = match side {
+                        Side::Marketo => "to_crm",
+                        Side::Crm => "to_marketo",
+                    };
+                    let reason = format!(
+                        "{} field `{name}` on `{}` is read-only and cannot be written; set direction = \"{other}\"",
+                        side_label(side),
+                        schema.object
+                    );
+                    disabled.get_or_insert(reason.clone());
+                    problems.push(m.problem(true, &fpath(base, i, key), reason));
+                }
+                defs.insert(side, def);
+            }
+        }
+    }
+
+    if marketo.object == "lead"
+        && let Some(name) = fm.marketo.as_deref()
+        && COMPANY_FIELDS_ON_LEADS.contains(&name)
+        && fm.direction.writes_to(Side::Marketo)
+    {
+        let reason = format!(
+            "`{name}` is a company field: Marketo refuses it on leads linked to a company (1021); \
+             map it in the companies mapping, or set direction = \"to_crm\""
+        );
+        disabled.get_or_insert(reason.clone());
+        problems.push(m.problem(true, &fpath(base, i, "marketo"), reason));
+    }
+
+    // Type and length checks, per write direction.
+    for target in [Side::Marketo, Side::Crm] {
+        if !fm.direction.writes_to(target) {
+            continue;
+        }
+        let Some(dst) = defs.get(&target) else {
+            continue;
+        };
+        let src_ty = match (&fm.constant, defs.get(&target.other())) {
+            (Some(c), _) => infer_type(c),
+            (None, _) if !fm.values.is_empty() => FieldType::Text { max_len: None },
+            (None, Some(src)) => src.ty.clone(),
+            (None, None) => continue,
+        };
+        let key = match target {
+            Side::Marketo => "marketo",
+            Side::Crm => "crm",
+        };
+        match fits(&src_ty, &dst.ty) {
+            Fit::Ok => {}
+            Fit::Lossy(why) => problems.push(m.problem(
+                false,
+                &fpath(base, i, key),
+                format!(
+                    "type mismatch: {} into {} field `{}` ({}): {why}",
+                    src_ty.describe(),
+                    side_label(target),
+                    dst.name,
+                    dst.ty.describe()
+                ),
+            )),
+            Fit::No => {
+                let reason = format!(
+                    "type mismatch: {} values cannot be written into {} field `{}` ({})",
+                    src_ty.describe(),
+                    side_label(target),
+                    dst.name,
+                    dst.ty.describe()
+                );
+                disabled.get_or_insert(reason.clone());
+                problems.push(m.problem(true, &fpath(base, i, key), reason));
+            }
+        }
+        if let Some(limit) = text_limit(&dst.ty)
+            && src_ty.is_textual()
+        {
+            let longer = match text_limit(&src_ty) {
+                Some(n) => n > limit,
+                None => matches!(src_ty, FieldType::Text { .. }),
+            };
+            if longer {
+                problems.push(m.problem(false, &fpath(base, i, key), format!(
+                    "length mismatch: {} field `{}` holds at most {limit} characters but the source is {}; longer values will be refused",
+                    side_label(target), dst.name, src_ty.describe())));
+            }
+        }
+        if let FieldType::Picklist { options } = &dst.ty
+            && target == Side::Crm
+            && !fm.values.is_empty()
+            && !options.is_empty()
+        {
+            for v in fm.values.values() {
+                if !options.contains(v) {
+                    problems.push(m.problem(
+                        false,
+                        &fpath(base, i, "values"),
+                        format!(
+                            "CRM value `{v}` is not an option of `{}`{}",
+                            dst.name,
+                            did_you_mean(v, options.iter().map(String::as_str))
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    let marketo_ty = defs.get(&Side::Marketo).map(|d| d.ty.clone());
+    let crm_ty = defs.get(&Side::Crm).map(|d| d.ty.clone());
+    let ty = if !fm.values.is_empty() {
+        FieldType::Text { max_len: None }
+    } else {
+        marketo_ty
+            .clone()
+            .or_else(|| crm_ty.clone())
+            .or_else(|| fm.constant.as_ref().map(infer_type))
+            .unwrap_or(FieldType::Text { max_len: None })
+    };
+    let field = PlanField {
+        name: fm.canonical_name().to_owned(),
+        marketo: fm.marketo.clone(),
+        crm: fm.crm.clone(),
+        direction: fm.direction,
+        ty,
+        marketo_ty,
+        crm_ty,
+        transform: fm.transform.clone(),
+        crm_transform: fm.crm_transform.clone(),
+        marketo_transform: fm.marketo_transform.clone(),
+        values: fm.values.clone(),
+        default: fm.default.clone(),
+        constant: fm.constant.clone(),
+        policy: fm.policy.unwrap_or(default_policy),
+        disabled,
+    };
+    (field, problems)
+}
+
+/// Returns the plans of the activity types in the activities file, one per type, compiled
+/// against the Marketo schema `activity:<type_id>` and the CRM object.
+pub fn compile_activities(
+    m: &LoadedMapping,
+    schemas: &SchemaSet,
+) -> (Vec<(u32, Plan)>, Vec<Problem>) {
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for (a_index, a) in m.file.activities.iter().enumerate() {
+        let base = vec![Segment::Key("activities".into()), Segment::Index(a_index)];
+        let object = format!("activity:{}", a.type_id);
+        let crm_object = a
+            .crm_object
+            .clone()
+            .unwrap_or_else(|| m.file.crm_object.clone());
+        let Some(marketo) = schemas.get(Side::Marketo, &object) else {
+            let mut p = base.clone();
+            p.push(Segment::Key("type_id".into()));
+            problems.push(m.problem(
+                true,
+                &p,
+                format!("Marketo has no activity type {}", a.type_id),
+            ));
+            continue;
+        };
+        let Some(crm) = schemas.get(Side::Crm, &crm_object) else {
+            problems.push(m.problem(
+                true,
+                &[Segment::Key("crm_object".into())],
+                format!(
+                    "the CRM has no object `{crm_object}`{}",
+                    did_you_mean(&crm_object, schemas.crm.keys().map(String::as_str))
+                ),
+            ));
+            continue;
+        };
+        let mut fields = Vec::new();
+        for (i, fm) in a.fields.iter().enumerate() {
+            let (field, fp) = compile_field(
+                m,
+                &base,
+                i,
+                fm,
+                marketo,
+                crm,
+                crate::config::Policy::MarketoWins,
+            );
+            problems.extend(fp);
+            fields.push(field);
+        }
+        plans.push((
+            a.type_id,
+            Plan {
+                object: object.clone(),
+                marketo_object: object,
+                crm_object,
+                marketo_crm_key: "marketoGUID".to_owned(),
+                crm_marketo_id: m.file.keys.crm_marketo_id.clone().unwrap_or_default(),
+                match_fields: Vec::new(),
+                policy: crate::config::Policy::MarketoWins,
+                fields,
+            },
+        ));
+    }
+    (plans, problems)
+}
+
+/// Returns every problem of settings and mappings against both sides' schemas (unknown objects
+/// and fields with suggestions, read-only targets, type and length mismatches, company fields on
+/// leads, unmapped required fields). The lead calls this with live schemas; `validate --schemas`
+/// calls it with snapshots.
+pub fn validate_against(
+    settings: &Settings,
+    mappings: &[LoadedMapping],
+    schemas: &SchemaSet,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for m in mappings {
+        if !settings.sync.objects.contains(&m.object) {
+            continue;
+        }
+        if m.file.is_activities() {
+            let (_, p) = compile_activities(m, schemas);
+            problems.extend(p);
+            continue;
+        }
+        let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);
+        let crm = schemas.get(Side::Crm, &m.file.crm_object);
+        if marketo.is_none() {
+            problems.push(m.problem(
+                true,
+                &[Segment::Key("marketo_object".into())],
+                format!(
+                    "Marketo has no object `{}`{}",
+                    m.file.marketo_object,
+                    did_you_mean(
+                        &m.file.marketo_object,
+                        schemas.marketo.keys().map(String::as_str)
+                    )
+                ),
+            ));
+        }
+        if crm.is_none() {
+            problems.push(m.problem(
+                true,
+                &[Segment::Key("crm_object".into())],
+                format!(
+                    "the CRM has no object `{}`{}",
+                    m.file.crm_object,
+                    did_you_mean(&m.file.crm_object, schemas.crm.keys().map(String::as_str))
+                ),
+            ));
+        }
+        if let (Some(marketo), Some(crm)) = (marketo, crm) {
+            let (_, p) = compile(m, marketo, crm);
+            problems.extend(p);
+        }
+    }
+    problems
+}
+
+/// Returns the direction a suggested pair can flow, from which sides are writable.
+pub(crate) fn default_direction(
+    marketo: Option<&FieldDef>,
+    crm: Option<&FieldDef>,
+) -> Option<Direction> {
+    match (marketo.map(|d| d.read_only), crm.map(|d| d.read_only)) {
+        (Some(false), Some(false)) => Some(Direction::Both),
+        (Some(true), Some(false)) => Some(Direction::ToCrm),
+        (Some(false), Some(true)) => Some(Direction::ToMarketo),
+        _ => None,
+    }
+}
+
+/// Every plan of a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Plans {
+    /// One plan per synced object (by `sync.objects` name), activities excepted.
+    pub objects: BTreeMap<String, Plan>,
+    /// One plan per synced activity type id.
+    pub activities: BTreeMap<u32, Plan>,
+}
+
+/// Returns the plans of every mapping file listed in `sync.objects`, compiled against `schemas`,
+/// with every problem. An object whose schemas are missing or whose keys are broken gets no plan
+/// (and an error); a field with a problem is kept disabled.
+pub fn compile_all(
+    settings: &Settings,
+    mappings: &[LoadedMapping],
+    schemas: &SchemaSet,
+) -> (Plans, Vec<Problem>) {
+    let mut plans = Plans::default();
+    let mut problems = Vec::new();
+    for m in mappings {
+        if !settings.sync.objects.contains(&m.object) {
+            continue;
+        }
+        if m.file.is_activities() {
+            let (compiled, p) = compile_activities(m, schemas);
+            problems.extend(p);
+            plans.activities.extend(compiled);
+            continue;
+        }
+        let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);
+        let crm = schemas.get(Side::Crm, &m.file.crm_object);
+        match (marketo, crm) {
+            (Some(marketo), Some(crm)) => {
+                let (plan, p) = compile(m, marketo, crm);
+                problems.extend(p);
+                if let Some(plan) = plan {
+                    plans.objects.insert(m.object.clone(), plan);
+                }
+            }
+            _ => problems.extend(validate_against(settings, std::slice::from_ref(m), schemas)),
+        }
+    }
+    (plans, problems)
+}

@@ -1,0 +1,297 @@
+//! The compiled plan of one object: mapped fields with both sides' names and types, and the
+//! canonical-record operations the engine calls.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::normalise::{apply, convert_for, normalise};
+use crate::config::{Direction, Policy, Transform};
+use crate::model::{FieldType, Fields, Side, Value, fields_hash};
+
+/// Errors of turning raw records into canonical ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// A raw value cannot be read as its field's type.
+    #[error("{object}: {side} field `{source_field}` (canonical `{field}`): value {reason}")]
+    InvalidValue {
+        /// The plan's object.
+        object: String,
+        /// The side the value came from.
+        side: Side,
+        /// The canonical field name.
+        field: String,
+        /// The field name on that side.
+        source_field: String,
+        /// Why it was refused (never the whole record).
+        reason: String,
+    },
+}
+
+impl MappingError {
+    /// Returns false: the same value fails the same way until someone fixes it.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// One field change between a base and a current record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// The canonical field name.
+    pub field: String,
+    /// The base value (null when the base did not have the field).
+    pub before: Value,
+    /// The current value.
+    pub after: Value,
+}
+
+/// One mapped field of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanField {
+    /// The canonical name.
+    pub name: String,
+    /// The Marketo field name.
+    pub marketo: Option<String>,
+    /// The CRM field name.
+    pub crm: Option<String>,
+    /// Which way it flows.
+    pub direction: Direction,
+    /// The canonical type (Marketo's type when mapped there, else the CRM's).
+    pub ty: FieldType,
+    /// The Marketo field type.
+    pub marketo_ty: Option<FieldType>,
+    /// The CRM field type.
+    pub crm_ty: Option<FieldType>,
+    /// Steps applied to values read from either side.
+    pub transform: Vec<Transform>,
+    /// Steps applied when writing to the CRM.
+    pub crm_transform: Vec<Transform>,
+    /// Steps applied when writing to Marketo.
+    pub marketo_transform: Vec<Transform>,
+    /// Canonical value → CRM value.
+    pub values: BTreeMap<String, String>,
+    /// Value used when the source has none.
+    pub default: Option<Value>,
+    /// Constant value.
+    pub constant: Option<Value>,
+    /// The effective conflict policy.
+    pub policy: Policy,
+    /// Why this field is disabled (schema drift, a compile error), if it is.
+    pub disabled: Option<String>,
+}
+
+impl PlanField {
+    fn side_name(&self, side: Side) -> Option<&str> {
+        match side {
+            Side::Marketo => self.marketo.as_deref(),
+            Side::Crm => self.crm.as_deref(),
+        }
+    }
+
+    fn side_ty(&self, side: Side) -> &FieldType {
+        let ty = match side {
+            Side::Marketo => self.marketo_ty.as_ref(),
+            Side::Crm => self.crm_ty.as_ref(),
+        };
+        ty.unwrap_or(&self.ty)
+    }
+
+    fn write_transform(&self, side: Side) -> &[Transform] {
+        match side {
+            Side::Marketo => &self.marketo_transform,
+            Side::Crm => &self.crm_transform,
+        }
+    }
+}
+
+/// The compiled mapping of one object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The object name (the `sync.objects` entry).
+    pub object: String,
+    /// The Marketo object.
+    pub marketo_object: String,
+    /// The CRM object.
+    pub crm_object: String,
+    /// The Marketo field holding the CRM key (the `lookupField`).
+    pub marketo_crm_key: String,
+    /// The CRM field holding the Marketo id.
+    pub crm_marketo_id: String,
+    /// Canonical names of the match fields for new records.
+    pub match_fields: Vec<String>,
+    /// The object's default conflict policy.
+    pub policy: Policy,
+    /// The fields, in file order.
+    pub fields: Vec<PlanField>,
+}
+
+impl Plan {
+    /// Returns the field with this canonical name.
+    pub fn field(&self, name: &str) -> Option<&PlanField> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Returns the enabled fields.
+    pub fn enabled_fields(&self) -> impl Iterator<Item = &PlanField> {
+        self.fields.iter().filter(|f| f.disabled.is_none())
+    }
+
+    /// Returns the source field names to request from a side (enabled fields read from it).
+    pub fn read_fields(&self, side: Side) -> Vec<String> {
+        self.enabled_fields()
+            .filter(|f| f.direction.reads_from(side) && f.constant.is_none())
+            .filter_map(|f| f.side_name(side).map(str::to_owned))
+            .collect()
+    }
+
+    /// Returns the canonical record of a raw record read from `side`: only mapped, enabled fields
+    /// that the field's direction reads from that side, normalised, with transforms, value maps,
+    /// defaults and constants applied. Fields absent from `raw` stay absent.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`MappingError::InvalidValue`] for the first value that cannot be read as its
+    /// field's type.
+    pub fn to_canonical(&self, side: Side, raw: &Fields) -> Result<Fields, MappingError> {
+        let mut out = Fields::new();
+        for f in self.enabled_fields() {
+            if !f.direction.reads_from(side) {
+                continue;
+            }
+            if let Some(constant) = &f.constant {
+                out.insert(f.name.clone(), constant.clone());
+                continue;
+            }
+            let Some(source) = f.side_name(side) else {
+                continue;
+            };
+            let Some(value) = raw.get(source) else {
+                continue;
+            };
+            let invalid = |reason: String| MappingError::InvalidValue {
+                object: self.object.clone(),
+                side,
+                field: f.name.clone(),
+                source_field: source.to_owned(),
+                reason,
+            };
+            let typed = normalise(f.side_ty(side), value).map_err(invalid)?;
+            let mapped = match (&typed, side) {
+                (Value::Text(t), Side::Crm) if !f.values.is_empty() => {
+                    match f.values.iter().find(|(_, crm)| *crm == t) {
+                        Some((canonical, _)) => Value::Text(canonical.clone()),
+                        None => typed.clone(),
+                    }
+                }
+                _ => typed,
+            };
+            let transformed = apply(&f.transform, &mapped);
+            let canonical = normalise(&f.ty, &transformed).map_err(invalid)?;
+            let canonical = match (&canonical, &f.default) {
+                (Value::Null, Some(default)) => default.clone(),
+                _ => canonical,
+            };
+            out.insert(f.name.clone(), canonical);
+        }
+        Ok(out)
+    }
+
+    /// Returns the record to write to `target`: target field names and types, only enabled fields
+    /// whose direction writes to that side and that `canonical` holds (constants always).
+    pub fn render(&self, target: Side, canonical: &Fields) -> Fields {
+        let mut out = Fields::new();
+        for f in self.enabled_fields() {
+            if !f.direction.writes_to(target) {
+                continue;
+            }
+            let Some(name) = f.side_name(target) else {
+                continue;
+            };
+            let value = match (&f.constant, canonical.get(&f.name)) {
+                (Some(constant), _) => constant.clone(),
+                (None, Some(v)) => v.clone(),
+                (None, None) => continue,
+            };
+            let mapped = match (&value, target) {
+                (Value::Text(t), Side::Crm) => match f.values.get(t) {
+                    Some(crm) => Value::Text(crm.clone()),
+                    None => value.clone(),
+                },
+                _ => value,
+            };
+            let transformed = apply(f.write_transform(target), &mapped);
+            out.insert(
+                name.to_owned(),
+                convert_for(f.side_ty(target), &transformed),
+            );
+        }
+        out
+    }
+
+    /// Returns the conflict policy of a canonical field (the object's default when the field has
+    /// none or is unknown).
+    pub fn policy_for(&self, field: &str) -> Policy {
+        self.field(field).map_or(self.policy, |f| f.policy)
+    }
+
+    /// Returns the fields of `current` whose value differs from `base` (a field missing from the
+    /// base counts as null), sorted by name. Fields missing from `current` are unknown, not
+    /// changed.
+    pub fn diff(&self, base: &Fields, current: &Fields) -> Vec<FieldChange> {
+        diff(base, current)
+    }
+
+    /// Returns a stable hash of the canonical record's mapped, enabled fields.
+    pub fn hash(&self, canonical: &Fields) -> String {
+        let kept: Fields = canonical
+            .iter()
+            .filter(|(k, _)| self.field(k).is_some_and(|f| f.disabled.is_none()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        fields_hash(&kept)
+    }
+
+    /// Returns a stable hash of the plan itself, to notice a changed mapping.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+
+    /// Disables one field (schema drift): it is no longer read, rendered or hashed. Returns false
+    /// when no field has that canonical name.
+    pub fn disable_field(&mut self, name: &str, reason: &str) -> bool {
+        match self.fields.iter_mut().find(|f| f.name == name) {
+            Some(f) => {
+                f.disabled = Some(reason.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns the disabled fields with their reasons.
+    pub fn disabled_fields(&self) -> Vec<(&str, &str)> {
+        self.fields
+            .iter()
+            .filter_map(|f| f.disabled.as_deref().map(|r| (f.name.as_str(), r)))
+            .collect()
+    }
+}
+
+/// Returns the fields of `current` whose value differs from `base`, sorted by name.
+pub fn diff(base: &Fields, current: &Fields) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    for (name, after) in current {
+        let before = base.get(name).cloned().unwrap_or(Value::Null);
+        if &before != after {
+            out.push(FieldChange {
+                field: name.clone(),
+                before,
+                after: after.clone(),
+            });
+        }
+    }
+    out
+}

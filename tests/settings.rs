@@ -1,0 +1,238 @@
+//! Layered settings with an injected environment; secrets never printed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use marketo_sync::config::{ConfigError, DeletePolicy, SettingsSource, load, load_settings};
+use secrecy::ExposeSecret;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const DEFAULT: &str = r#"
+[marketo]
+munchkin_id = "123-ABC-456"
+client_id = "client"
+calls_per_20s = 80
+
+[crm]
+adapter = "sql"
+url = "sqlite://crm.db"
+[crm.options.objects.contacts]
+table = "Contacts"
+modifiedColumn = "updatedAt"
+
+[sync]
+objects = ["leads"]
+"#;
+
+const LEADS: &str = r#"
+marketo_object = "lead"
+crm_object = "contacts"
+[keys]
+marketo_crm_key = "crmContactId"
+crm_marketo_id = "marketo_lead_id"
+[[fields]]
+marketo = "email"
+crm = "email"
+"#;
+
+fn config_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "default.toml", DEFAULT);
+    write(
+        dir.path(),
+        "production.toml",
+        "[marketo]\ncalls_per_20s = 60\n[sync]\nlead_deletes = \"delete\"\n",
+    );
+    write(dir.path(), "mappings/leads.toml", LEADS);
+    write(
+        dir.path(),
+        "mappings/companies.toml",
+        &LEADS.replace("\"lead\"", "\"company\""),
+    );
+    write(dir.path(), "secrets/webhook", "hook-secret-from-file\n");
+    dir
+}
+
+#[test]
+fn layers_apply_in_order_default_env_file_environment() {
+    let dir = config_dir();
+    let base = vars(&[("MKSYNC__MARKETO__CLIENT_SECRET", "env-secret")]);
+
+    let source = SettingsSource::new(dir.path(), None).with_vars(base.clone());
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(s.marketo.calls_per_20s, 80);
+    assert_eq!(s.sync.lead_deletes, DeletePolicy::Flag);
+    assert_eq!(s.sync.interval_secs, 300, "code default");
+    assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        s.store.url.expose_secret(),
+        "sqlite://state/marketo-sync.db"
+    );
+
+    let source = SettingsSource::new(dir.path(), Some("production")).with_vars(base.clone());
+    let s = load_settings(&source).0.unwrap();
+    assert_eq!(s.marketo.calls_per_20s, 60);
+    assert_eq!(s.sync.lead_deletes, DeletePolicy::Delete);
+
+    let mut env = base;
+    env.insert("MKSYNC__MARKETO__CALLS_PER_20S".into(), "40".into());
+    env.insert("MKSYNC__SYNC__OBJECTS".into(), "leads, companies".into());
+    env.insert("MKSYNC__MARKETO__CLIENT_ID".into(), "007".into());
+    env.insert("UNRELATED".into(), "x".into());
+    let source = SettingsSource::new(dir.path(), Some("production")).with_vars(env);
+    let s = load_settings(&source).0.unwrap();
+    assert_eq!(s.marketo.calls_per_20s, 40);
+    assert_eq!(s.sync.objects, vec!["leads", "companies"]);
+    assert_eq!(
+        s.marketo.client_id.as_deref(),
+        Some("007"),
+        "strings stay strings"
+    );
+    assert_eq!(
+        s.marketo.client_secret.as_ref().unwrap().expose_secret(),
+        "env-secret"
+    );
+    assert_eq!(
+        s.marketo.rest_base_url().unwrap(),
+        "https://123-ABC-456.mktorest.com"
+    );
+}
+
+#[test]
+fn adapter_options_pass_through_untouched() {
+    let dir = config_dir();
+    let source = SettingsSource::new(dir.path(), None)
+        .with_vars(vars(&[("MKSYNC__MARKETO__CLIENT_SECRET", "x")]));
+    let s = load_settings(&source).0.unwrap();
+    assert_eq!(s.crm.options["objects"]["contacts"]["table"], "Contacts");
+    assert_eq!(
+        s.crm.options["objects"]["contacts"]["modifiedColumn"],
+        "updatedAt"
+    );
+}
+
+#[test]
+fn secrets_come_from_files_and_never_show_in_debug() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "production.toml",
+        "[http]\nwebhook_secret_file = \"secrets/webhook\"\n",
+    );
+    let source = SettingsSource::new(dir.path(), Some("production")).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "client-secret-value"),
+        ("MKSYNC__CRM__URL", "postgres://sync:crm-password@db/crm"),
+        (
+            "MKSYNC__STORE__URL",
+            "postgres://state:store-password@db/state",
+        ),
+    ]));
+    let loaded = load(&source).unwrap();
+    let s = &loaded.settings;
+    assert_eq!(
+        s.http.webhook_secret.as_ref().unwrap().expose_secret(),
+        "hook-secret-from-file"
+    );
+    let debug = format!("{loaded:?}");
+    for secret in [
+        "client-secret-value",
+        "crm-password",
+        "store-password",
+        "hook-secret-from-file",
+    ] {
+        assert!(!debug.contains(secret), "{secret} leaked in Debug");
+    }
+    assert_eq!(loaded.mappings.len(), 1);
+}
+
+#[test]
+fn unknown_environment_variables_are_named_with_a_suggestion() {
+    let dir = config_dir();
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "x"),
+        ("MKSYNC__MARKETO__CALS_PER_20S", "50"),
+    ]));
+    let (settings, problems) = load_settings(&source);
+    assert!(settings.is_none());
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].file, "environment");
+    assert_eq!(problems[0].key, "MKSYNC__MARKETO__CALS_PER_20S");
+    assert!(
+        problems[0]
+            .reason
+            .contains("MKSYNC__MARKETO__CALLS_PER_20S")
+    );
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let dir = config_dir();
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "x"),
+        ("MKSYNC__MARKETO__MAX_CONCURRENCY", "lots"),
+    ]));
+    let (_, problems) = load_settings(&source);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key, "MKSYNC__MARKETO__MAX_CONCURRENCY");
+}
+
+#[test]
+fn load_reports_every_error_at_once() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "default.toml",
+        &DEFAULT.replace(
+            "calls_per_20s = 80",
+            "calls_per_20s = 0\nmax_concurrency = 50",
+        ),
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    let error = load(&source).unwrap_err();
+    let ConfigError::Invalid(problems) = &error;
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"marketo.calls_per_20s"), "{keys:?}");
+    assert!(keys.contains(&"marketo.max_concurrency"), "{keys:?}");
+    assert!(keys.contains(&"marketo.client_secret"), "{keys:?}");
+    assert!(!error.is_retryable());
+    assert!(error.to_string().contains("marketo.max_concurrency"));
+}
+
+#[test]
+fn watermarks_accept_dates_and_instants() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "production.toml",
+        "[sync]\nobjects = [\"leads\", \"companies\"]\n[bootstrap.low_watermarks]\nleads = 2015-01-01\ncompanies = \"2016-02-03T04:05:06+01:00\"\n",
+    );
+    let source = SettingsSource::new(dir.path(), Some("production"))
+        .with_vars(vars(&[("MKSYNC__MARKETO__CLIENT_SECRET", "x")]));
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(
+        s.bootstrap.low_watermark("leads").to_rfc3339(),
+        "2015-01-01T00:00:00+00:00"
+    );
+    assert_eq!(
+        s.bootstrap.low_watermark("companies").to_rfc3339(),
+        "2016-02-03T03:05:06+00:00"
+    );
+    assert_eq!(
+        s.bootstrap.low_watermark("other").to_rfc3339(),
+        "2007-01-01T00:00:00+00:00"
+    );
+}
