@@ -305,8 +305,10 @@ pub type Fields = BTreeMap<String, Value>;
 
 /// Returns a stable SHA-256 (hex) of a set of fields, from their canonical JSON.
 pub fn fields_hash(fields: &Fields) -> String {
-    let json: BTreeMap<&str, serde_json::Value> =
-        fields.iter().map(|(k, v)| (k.as_str(), v.to_json())).collect();
+    let json: BTreeMap<&str, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_json()))
+        .collect();
     let bytes = serde_json::to_vec(&json).expect("fields always serialise");
     hex::encode(Sha256::digest(bytes))
 }

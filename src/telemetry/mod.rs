@@ -29,7 +29,11 @@ pub fn init(format: LogFormat) {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     // Already installed (tests, or a command that initialised logging itself).
