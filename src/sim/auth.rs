@@ -49,12 +49,13 @@ impl AuthState {
     /// has expired.
     pub fn token(&mut self, now: DateTime<Utc>, rng: &mut ChaCha8Rng) -> (String, i64) {
         if let Some(token) = &self.current
-            && let Some(issued) = self.tokens.get(token) {
-                let left = (issued.expires_at - now).num_seconds();
-                if left > 0 {
-                    return (token.clone(), left);
-                }
+            && let Some(issued) = self.tokens.get(token)
+        {
+            let left = (issued.expires_at - now).num_seconds();
+            if left > 0 {
+                return (token.clone(), left);
             }
+        }
         let bytes: [u8; 16] = rng.random();
         let token = format!(
             "{}-{}-{}-{}-{}:sim",

@@ -904,12 +904,13 @@ fn run_import(job: &mut ImportJob, db: &mut Db, at: DateTime<Utc>) {
             [id] => {
                 let lead = db.lead(*id).map(std::borrow::Cow::into_owned);
                 if let Some(lead) = lead
-                    && !db.refused_company_fields(&lead, &typed).is_empty() {
-                        job.warnings.push((
-                            row.clone(),
-                            "Company fields ignored on a lead linked to a company".into(),
-                        ));
-                    }
+                    && !db.refused_company_fields(&lead, &typed).is_empty()
+                {
+                    job.warnings.push((
+                        row.clone(),
+                        "Company fields ignored on a lead linked to a company".into(),
+                    ));
+                }
                 db.update_lead(*id, &typed, at, "List import");
                 *id
             }

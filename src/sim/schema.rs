@@ -394,7 +394,12 @@ pub fn describe_object(kind: ObjKind, created: &str) -> Value {
 }
 
 /// An activity type: (id, name, primary attribute (name, type), attributes (name, type)).
-pub type ActivityType = (u32, &'static str, Option<(&'static str, &'static str)>, &'static [(&'static str, &'static str)]);
+pub type ActivityType = (
+    u32,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    &'static [(&'static str, &'static str)],
+);
 
 /// The activity types of the simulated instance.
 pub static ACTIVITY_TYPES: &[ActivityType] = &[

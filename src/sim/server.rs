@@ -313,13 +313,21 @@ fn envelope(request_id: String, reply: Reply) -> Response {
     let mut response = match truncate_at {
         Some(cut) => {
             let head = body.slice(..cut.min(body.len()));
-            let stream = futures::stream::iter(vec![
-                Ok::<Bytes, std::io::Error>(head),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "simulated truncated download",
-                )),
-            ]);
+            // The head goes out first; the break comes a moment later so that the client has
+            // received the headers and part of the body, as with a real cut connection.
+            let stream = futures::stream::unfold(Some(head), |state| async move {
+                match state {
+                    Some(head) => Some((Ok::<Bytes, std::io::Error>(head), None)),
+                    None => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "simulated truncated download",
+                        );
+                        Some((Err(error), None))
+                    }
+                }
+            });
             let mut response = Response::new(Body::from_stream(stream));
             if let Ok(len) = HeaderValue::from_str(&body.len().to_string()) {
                 response.headers_mut().insert("content-length", len);
@@ -489,24 +497,26 @@ async fn dispatch(
         return dropped();
     }
     if family == "identity"
-        && let Reply::Ok(value) = reply {
-            let mut response = Response::new(Body::from(value.to_string()));
-            let h = response.headers_mut();
-            h.insert(
-                "content-type",
-                HeaderValue::from_static("application/json;charset=UTF-8"),
-            );
-            h.insert("cache-control", HeaderValue::from_static("no-store"));
-            h.insert("pragma", HeaderValue::from_static("no-cache"));
-            return response;
-        }
+        && let Reply::Ok(value) = reply
+    {
+        let mut response = Response::new(Body::from(value.to_string()));
+        let h = response.headers_mut();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        h.insert("pragma", HeaderValue::from_static("no-cache"));
+        return response;
+    }
     if family == "admin"
-        && let Reply::Ok(value) = reply {
-            let mut response = Response::new(Body::from(value.to_string()));
-            response
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            return response;
-        }
+        && let Reply::Ok(value) = reply
+    {
+        let mut response = Response::new(Body::from(value.to_string()));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return response;
+    }
     envelope(request_id, reply)
 }

@@ -350,9 +350,10 @@ impl Db {
             return Value::Null;
         };
         if field.company
-            && let Some(company) = self.linked_company(lead) {
-                return company.values.get(name).cloned().unwrap_or(Value::Null);
-            }
+            && let Some(company) = self.linked_company(lead)
+        {
+            return company.values.get(name).cloned().unwrap_or(Value::Null);
+        }
         lead.values.get(&idx).cloned().unwrap_or(Value::Null)
     }
 
@@ -395,10 +396,11 @@ impl Db {
                 .unwrap_or_default();
             if let Some(id) = generator::id_hint(field, value)
                 && !self.leads.contains_key(&id)
-                    && let Some(lead) = self.lead(id)
-                        && matches(self, &lead) {
-                            out.insert(id);
-                        }
+                && let Some(lead) = self.lead(id)
+                && matches(self, &lead)
+            {
+                out.insert(id);
+            }
             return out.into_iter().collect();
         }
         let mut out = Vec::new();
@@ -418,9 +420,10 @@ impl Db {
             if let Some(key) = old
                 .and_then(|l| l.values.get(&idx))
                 .and_then(|v| norm(name, v))
-                && let Some(set) = self.index.get_mut(&(idx, key)) {
-                    set.remove(&id);
-                }
+                && let Some(set) = self.index.get_mut(&(idx, key))
+            {
+                set.remove(&id);
+            }
             if let Some(key) = new
                 .and_then(|l| l.values.get(&idx))
                 .and_then(|v| norm(name, v))
@@ -473,9 +476,11 @@ impl Db {
         let mut stored = BTreeMap::new();
         for (name, value) in values {
             if let Some((idx, field)) = lead_field(name)
-                && !field.read_only && !is_empty(value) {
-                    stored.insert(idx, value.clone());
-                }
+                && !field.read_only
+                && !is_empty(value)
+            {
+                stored.insert(idx, value.clone());
+            }
         }
         self.store_lead(Lead {
             id,
@@ -750,28 +755,29 @@ impl Db {
         }
         let id = self.objs_mut(kind).insert(kind, clean.clone(), now);
         if kind == ObjKind::Role
-            && let Some(lead_id) = clean.get("leadId").and_then(Value::as_i64) {
-                let opp_key = clean
-                    .get("externalOpportunityId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let opp = self
-                    .objs(ObjKind::Opportunity)
-                    .by_key
-                    .get(&opp_key)
-                    .copied();
-                let mut attrs = Map::new();
-                attrs.insert(
-                    "Is Primary".into(),
-                    clean.get("isPrimary").cloned().unwrap_or(json!(false)),
-                );
-                attrs.insert(
-                    "Role".into(),
-                    clean.get("role").cloned().unwrap_or(Value::Null),
-                );
-                self.log_activity(lead_id, now, 34, (opp, Some(opp_key)), attrs, None);
-            }
+            && let Some(lead_id) = clean.get("leadId").and_then(Value::as_i64)
+        {
+            let opp_key = clean
+                .get("externalOpportunityId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let opp = self
+                .objs(ObjKind::Opportunity)
+                .by_key
+                .get(&opp_key)
+                .copied();
+            let mut attrs = Map::new();
+            attrs.insert(
+                "Is Primary".into(),
+                clean.get("isPrimary").cloned().unwrap_or(json!(false)),
+            );
+            attrs.insert(
+                "Role".into(),
+                clean.get("role").cloned().unwrap_or(Value::Null),
+            );
+            self.log_activity(lead_id, now, 34, (opp, Some(opp_key)), attrs, None);
+        }
         (true, id)
     }
 

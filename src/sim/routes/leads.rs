@@ -33,13 +33,14 @@ pub fn describe2(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
 pub fn requested_fields(req: &Req) -> Result<Vec<String>, Reply> {
     let mut fields = req.q_list("fields");
     if fields.is_empty()
-        && let Some(list) = req.b("fields").and_then(Value::as_array) {
-            fields = list
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect();
-        }
+        && let Some(list) = req.b("fields").and_then(Value::as_array)
+    {
+        fields = list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+    }
     if fields.is_empty() {
         return Ok(DEFAULT_FIELDS.iter().map(|s| s.to_string()).collect());
     }

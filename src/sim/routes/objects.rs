@@ -264,13 +264,14 @@ pub fn query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     };
     let mut fields = req.q_list("fields");
     if fields.is_empty()
-        && let Some(list) = req.b("fields").and_then(Value::as_array) {
-            fields = list
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect();
-        }
+        && let Some(list) = req.b("fields").and_then(Value::as_array)
+    {
+        fields = list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+    }
     if fields.is_empty() {
         fields.push(schema.id_field.to_string());
         fields.extend(schema.dedupe.iter().map(|s| s.to_string()));
@@ -350,9 +351,10 @@ pub fn query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     for row in &wanted {
         if filter_fields == schema.dedupe {
             if let Some(id) = store.by_key.get(&row.join("\u{1f}"))
-                && !ids.contains(id) {
-                    ids.push(*id);
-                }
+                && !ids.contains(id)
+            {
+                ids.push(*id);
+            }
             continue;
         }
         for record in store.records.values() {
@@ -408,17 +410,18 @@ pub fn delete(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
                 let answer = ident(kind, ctx.st.db.objs(kind), seq, id, "deleted");
                 if let Some(record) = ctx.st.db.objs_mut(kind).remove(kind, id)
                     && kind == ObjKind::Role
-                        && let Some(lead_id) = record.values.get("leadId").and_then(Value::as_i64) {
-                            let opp = record.values.get("externalOpportunityId").map(text);
-                            let mut attrs = Map::new();
-                            attrs.insert(
-                                "Role".into(),
-                                record.values.get("role").cloned().unwrap_or(Value::Null),
-                            );
-                            ctx.st
-                                .db
-                                .log_activity(lead_id, ctx.now, 35, (None, opp), attrs, None);
-                        }
+                    && let Some(lead_id) = record.values.get("leadId").and_then(Value::as_i64)
+                {
+                    let opp = record.values.get("externalOpportunityId").map(text);
+                    let mut attrs = Map::new();
+                    attrs.insert(
+                        "Role".into(),
+                        record.values.get("role").cloned().unwrap_or(Value::Null),
+                    );
+                    ctx.st
+                        .db
+                        .log_activity(lead_id, ctx.now, 35, (None, opp), attrs, None);
+                }
                 results.push(answer);
             }
         }
