@@ -209,13 +209,8 @@ fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
         .map(|l| l.members.clone());
     let mut rows = Vec::new();
     let by_list = job.filter.list.is_some() || job.filter.list_name.is_some();
-    db.for_each_lead(|lead| {
+    db.for_each_lead_in(job.filter.created, job.filter.updated, |lead| {
         if by_list && !members.as_ref().is_some_and(|m| m.contains(&lead.id)) {
-            return;
-        }
-        if !in_range(lead.created_at, job.filter.created)
-            || !in_range(lead.updated_at, job.filter.updated)
-        {
             return;
         }
         rows.push(

@@ -66,7 +66,7 @@ const MAKES: &[(&str, &str)] = &[
 
 /// Returns how many companies are generated for `leads` leads.
 pub fn company_count(leads: usize) -> usize {
-    (leads / 10).max(3)
+    (leads / 50).clamp(3, 20_000)
 }
 
 /// Returns the generated dedupe key of company `k`.
@@ -85,7 +85,7 @@ fn rng_for(seed: u64, stream: u64, id: u64) -> ChaCha8Rng {
     rng
 }
 
-fn pick<'a>(rng: &mut ChaCha8Rng, items: &'a [&'a str]) -> &'a str {
+fn pick(rng: &mut ChaCha8Rng, items: &[&'static str]) -> &'static str {
     items[rng.random_range(0..items.len())]
 }
 
@@ -95,15 +95,36 @@ fn set(values: &mut BTreeMap<u16, Value>, name: &str, value: Value) {
     }
 }
 
-/// Returns generated lead `id` (1-based) for an instance of `leads` leads started at `start`.
-pub fn lead(seed: u64, start: DateTime<Utc>, leads: usize, id: i64) -> Lead {
-    let mut rng = rng_for(seed, 1, id as u64);
-    let first = pick(&mut rng, FIRST);
-    let last = pick(&mut rng, LAST);
-    let domain = pick(&mut rng, DOMAINS);
+type Head = (
+    &'static str,
+    &'static str,
+    &'static str,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// Draws the first values of a generated lead: names, domain, createdAt, updatedAt.
+fn lead_head(rng: &mut ChaCha8Rng, start: DateTime<Utc>) -> Head {
+    let first = pick(rng, FIRST);
+    let last = pick(rng, LAST);
+    let domain = pick(rng, DOMAINS);
     let created_at = start - ChronoDuration::seconds(rng.random_range(3600..730 * 86_400));
     let age = (start - created_at).num_seconds();
     let updated_at = created_at + ChronoDuration::seconds(rng.random_range(0..age));
+    (first, last, domain, created_at, updated_at)
+}
+
+/// Returns (createdAt, updatedAt) of generated lead `id` without building the whole lead.
+pub fn lead_times(seed: u64, start: DateTime<Utc>, id: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+    let mut rng = rng_for(seed, 1, id as u64);
+    let (_, _, _, created_at, updated_at) = lead_head(&mut rng, start);
+    (created_at, updated_at)
+}
+
+/// Returns generated lead `id` (1-based) for an instance of `leads` leads started at `start`.
+pub fn lead(seed: u64, start: DateTime<Utc>, leads: usize, id: i64) -> Lead {
+    let mut rng = rng_for(seed, 1, id as u64);
+    let (first, last, domain, created_at, updated_at) = lead_head(&mut rng, start);
     let mut values = BTreeMap::new();
     set(&mut values, "firstName", json!(first));
     set(&mut values, "lastName", json!(last));
@@ -268,7 +289,7 @@ pub fn opportunities(
     start: DateTime<Utc>,
     leads: usize,
 ) -> (Vec<GenRecord>, Vec<GenRecord>) {
-    let count = (leads / 25).max(3);
+    let count = (leads / 100).clamp(3, 10_000);
     let mut opps = Vec::with_capacity(count);
     let mut roles = Vec::with_capacity(count);
     for k in 1..=count {
@@ -333,7 +354,7 @@ pub fn cars(seed: u64, start: DateTime<Utc>, leads: usize) -> Vec<GenRecord> {
     if leads == 0 {
         return Vec::new();
     }
-    (1..=(leads / 50).max(3))
+    (1..=(leads / 200).clamp(3, 5_000))
         .map(|k| {
             let mut rng = rng_for(seed, 5, k as u64);
             let (make, model) = MAKES[rng.random_range(0..MAKES.len())];
@@ -373,5 +394,6 @@ mod tests {
             .to_string();
         assert_eq!(id_hint("email", &email), Some(42));
         assert!(a.created_at < start && a.updated_at >= a.created_at);
+        assert_eq!(lead_times(7, start, 42), (a.created_at, a.updated_at));
     }
 }

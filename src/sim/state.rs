@@ -330,6 +330,35 @@ impl Db {
         }
     }
 
+    /// Calls `f` on every live lead created (and updated) within the given inclusive spans, in
+    /// id order. Generated leads outside the spans are skipped without being built.
+    pub fn for_each_lead_in(
+        &self,
+        created: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        updated: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        mut f: impl FnMut(&Lead),
+    ) {
+        let inside = |at: DateTime<Utc>, span: Option<(DateTime<Utc>, DateTime<Utc>)>| {
+            span.is_none_or(|(a, b)| at >= a && at <= b)
+        };
+        for id in 1..=self.next_lead_id {
+            if !self.leads.contains_key(&id)
+                && id <= self.gen_count as i64
+                && !self.deleted.contains(&id)
+            {
+                let (c, u) = generator::lead_times(self.seed, self.start, id);
+                if !inside(c, created) || !inside(u, updated) {
+                    continue;
+                }
+            }
+            if let Some(lead) = self.lead(id) {
+                if inside(lead.created_at, created) && inside(lead.updated_at, updated) {
+                    f(&lead);
+                }
+            }
+        }
+    }
+
     /// Returns the company linked to a lead, if any.
     pub fn linked_company(&self, lead: &Lead) -> Option<&ObjRecord> {
         let (idx, _) = lead_field("externalCompanyId")?;
