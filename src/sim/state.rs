@@ -351,10 +351,11 @@ impl Db {
                     continue;
                 }
             }
-            if let Some(lead) = self.lead(id) {
-                if inside(lead.created_at, created) && inside(lead.updated_at, updated) {
-                    f(&lead);
-                }
+            if let Some(lead) = self.lead(id)
+                && inside(lead.created_at, created)
+                && inside(lead.updated_at, updated)
+            {
+                f(&lead);
             }
         }
     }
