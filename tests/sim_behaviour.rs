@@ -1005,3 +1005,136 @@ async fn unknown_routes_and_methods() {
         .unwrap();
     assert_eq!(resp.status(), 414);
 }
+
+#[tokio::test]
+async fn oversized_bodies_answer_413() {
+    let t = T::new(config()).await;
+    let big = "x".repeat(1024 * 1024 + 10);
+    let resp = t
+        .http
+        .post(t.url("/rest/v1/leads.json"))
+        .bearer_auth(&t.token)
+        .json(&json!({"input": [{"email": big}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test]
+async fn lead_changes_report_requested_fields_only() {
+    let t = T::new(config()).await;
+    let tok = t
+        .get("/rest/v1/activities/pagingtoken.json?sinceDatetime=2024-03-05T00:00:00Z")
+        .await;
+    let token = tok["nextPageToken"].as_str().unwrap().to_string();
+    t.sim
+        .update_lead(
+            9,
+            obj(json!({"firstName": "Changed", "title": "New title"})),
+        )
+        .unwrap();
+    let r = t
+        .get(&format!(
+            "/rest/v1/activities/leadchanges.json?fields=firstName&nextPageToken={token}"
+        ))
+        .await;
+    let items = r["result"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["leadId"], 9);
+    assert_eq!(items[0]["fields"][0]["name"], "firstName");
+    assert_eq!(items[0]["fields"][0]["id"], 21);
+    assert_eq!(items[0]["fields"][0]["newValue"], "Changed");
+    // Paging: one record per page.
+    let r = t
+        .get(&format!(
+            "/rest/v1/activities.json?activityTypeIds=13&batchSize=1&nextPageToken={token}"
+        ))
+        .await;
+    assert_eq!(r["result"].as_array().unwrap().len(), 1);
+    assert_eq!(r["moreResult"], true);
+    let next = r["nextPageToken"].as_str().unwrap();
+    let r2 = t
+        .get(&format!(
+            "/rest/v1/activities.json?activityTypeIds=13&batchSize=1&nextPageToken={next}"
+        ))
+        .await;
+    assert_ne!(r2["result"][0]["id"], r["result"][0]["id"]);
+    assert_eq!(
+        code(&t.get("/rest/v1/activities.json?activityTypeIds=13").await),
+        "1003"
+    );
+}
+
+#[tokio::test]
+async fn lists_programs_and_usage() {
+    let t = T::new(config()).await;
+    let add = t
+        .post(
+            "/rest/v1/lists/1002/leads.json",
+            json!({"input": [{"id": 4}, {"id": 999999}]}),
+        )
+        .await;
+    assert_eq!(add["result"][0]["status"], "added");
+    assert_eq!(add["result"][1]["reasons"][0]["code"], "1004");
+    let member = t
+        .get("/rest/v1/lists/1002/leads/ismember.json?id=4,5")
+        .await;
+    assert_eq!(member["result"][0]["status"], "memberof");
+    assert_eq!(member["result"][1]["status"], "notmemberof");
+    let removed: Value = t
+        .http
+        .delete(t.url("/rest/v1/lists/1002/leads.json?id=4"))
+        .bearer_auth(&t.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["result"][0]["status"], "removed");
+    let types: Vec<i64> = t
+        .sim
+        .activities()
+        .iter()
+        .map(|a| a["activityTypeId"].as_i64().unwrap())
+        .collect();
+    assert!(types.contains(&24) && types.contains(&25));
+    let programs = t.get("/rest/asset/v1/programs.json?maxReturn=200").await;
+    assert_eq!(programs["result"].as_array().unwrap().len(), 2);
+    assert!(
+        programs["result"][0]["createdAt"]
+            .as_str()
+            .unwrap()
+            .ends_with("Z+0000")
+    );
+    let none = t.get("/rest/asset/v1/programs.json?offset=10").await;
+    assert_eq!(
+        none["warnings"][0],
+        "No assets found for the given search criteria."
+    );
+    let members = t
+        .get("/rest/v1/programs/1107/members.json?filterType=leadId&filterValues=4,5")
+        .await;
+    assert_eq!(members["result"].as_array().unwrap().len(), 1);
+    let usage = t.get("/rest/v1/stats/usage.json").await;
+    assert_eq!(
+        usage["result"][0]["total"].as_u64().unwrap(),
+        t.sim.counters().calls_today - 1
+    );
+    let types = t.get("/rest/v1/activities/types.json").await;
+    let new_lead = types["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == 12)
+        .unwrap();
+    assert!(
+        new_lead.get("primaryAttribute").is_none(),
+        "New Lead has no primary attribute, as in reality"
+    );
+    let cos = t.get("/rest/v1/customobjects.json").await;
+    assert_eq!(cos["result"][0]["name"], "car_c");
+    let describe = t.get("/rest/v1/customobjects/car_c/describe.json").await;
+    assert_eq!(describe["result"][0]["idField"], "marketoGUID");
+}

@@ -431,3 +431,39 @@ pub async fn run_simulate(
     tracing::info!(addr = %local, leads = options.leads, "simulator started");
     serve_on(listener, config, cancel).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn simulate_rejects_bad_fault_profiles_before_binding() {
+        let options = SimulateOptions {
+            listen: "127.0.0.1:0".into(),
+            leads: 1,
+            seed: 1,
+            client_id: None,
+            client_secret: None,
+            export_delay: Duration::from_secs(1),
+            faults: "route=leads,kind=nope".into(),
+            updated_at_filter: false,
+        };
+        let error = run_simulate(options, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, SimError::Faults(_)), "{error}");
+        assert!(!error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn serve_on_stops_when_cancelled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let config = SimConfig {
+            leads: 5,
+            ..SimConfig::default()
+        };
+        serve_on(listener, config, cancel).await.unwrap();
+    }
+}
