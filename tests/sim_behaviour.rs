@@ -1138,3 +1138,85 @@ async fn lists_programs_and_usage() {
     let describe = t.get("/rest/v1/customobjects/car_c/describe.json").await;
     assert_eq!(describe["result"][0]["idField"], "marketoGUID");
 }
+
+#[tokio::test]
+async fn native_crm_sync_blocks_crm_object_writes_with_1018() {
+    let t = T::new(SimConfig {
+        native_crm_sync: true,
+        ..config()
+    })
+    .await;
+    let r = t
+        .post(
+            "/rest/v1/companies.json",
+            json!({"input": [{"externalCompanyId": "X1", "company": "X"}]}),
+        )
+        .await;
+    assert_eq!(code(&r), "1018");
+    assert_eq!(
+        code(
+            &t.get("/rest/v1/opportunities/roles.json?filterType=leadId&filterValues=1")
+                .await
+        ),
+        "1018"
+    );
+    let read = t
+        .get("/rest/v1/companies.json?filterType=externalCompanyId&filterValues=EC-000001")
+        .await;
+    assert_eq!(read["success"], true);
+    let car = t
+        .post(
+            "/rest/v1/customobjects/car_c.json",
+            json!({"input": [{"vin": "V1"}]}),
+        )
+        .await;
+    assert_eq!(car["success"], true);
+}
+
+#[tokio::test]
+async fn deleted_leads_are_pruned_after_14_days_and_changes_name_the_user() {
+    let t = T::new(config()).await;
+    let tok = t
+        .get("/rest/v1/activities/pagingtoken.json?sinceDatetime=2024-03-05T00:00:00Z")
+        .await;
+    let token = tok["nextPageToken"].as_str().unwrap().to_string();
+    assert!(t.sim.delete_lead(11));
+    t.post("/rest/v1/leads.json", json!({"action": "updateOnly", "lookupField": "id", "input": [{"id": 12, "title": "Via API"}]})).await;
+    t.sim
+        .update_lead(13, obj(json!({"title": "Via UI"})))
+        .unwrap();
+    let acts = t.sim.activities();
+    let user_of = |lead: i64| {
+        let a = acts
+            .iter()
+            .find(|a| a["activityTypeId"] == 13 && a["leadId"] == lead)
+            .unwrap();
+        a["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "Modifying User")
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(user_of(12), "api-user@sim.example.com");
+    assert_eq!(user_of(13), "marketer@sim.example.com");
+    let seen = t
+        .get(&format!(
+            "/rest/v1/activities/deletedleads.json?nextPageToken={token}"
+        ))
+        .await;
+    assert_eq!(seen["result"].as_array().unwrap().len(), 1);
+    t.sim.advance_clock(Duration::from_secs(15 * 86_400));
+    let mut t = t;
+    t.token = t.fetch_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pruned = t
+        .get(&format!(
+            "/rest/v1/activities/deletedleads.json?nextPageToken={token}"
+        ))
+        .await;
+    assert!(pruned.get("result").is_none(), "{pruned}");
+}

@@ -60,6 +60,9 @@ pub struct SimConfig {
     pub updated_at_filter: bool,
     /// Sim start instant (default: now, whole seconds).
     pub start: Option<DateTime<Utc>>,
+    /// Native CRM sync enabled: company, opportunity and sales person writes and every
+    /// opportunity role call answer 1018 "CRM Enabled".
+    pub native_crm_sync: bool,
 }
 
 impl Default for SimConfig {
@@ -76,6 +79,7 @@ impl Default for SimConfig {
             bulk_daily_bytes: 500 * 1024 * 1024,
             updated_at_filter: false,
             start: None,
+            native_crm_sync: false,
         }
     }
 }

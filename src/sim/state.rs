@@ -202,6 +202,20 @@ fn norm(field: &str, value: &Value) -> Option<String> {
     }
 }
 
+/// The API-only user every REST and bulk write is attributed to.
+pub const API_USER: &str = "api-user@sim.example.com";
+/// The Marketo user that admin-API and [`super::SimHandle`] edits are attributed to.
+pub const UI_USER: &str = "marketer@sim.example.com";
+
+/// Returns the `Source` attribute and the modifying user of a change made for `reason`.
+pub fn origin(reason: &str) -> (&'static str, &'static str) {
+    match reason {
+        "Manual edit" => ("Marketo UI", UI_USER),
+        "List import" => ("List import", API_USER),
+        _ => ("Web service API", API_USER),
+    }
+}
+
 /// Returns whether a value counts as empty (null or "").
 pub fn is_empty(value: &Value) -> bool {
     matches!(value, Value::Null) || value.as_str() == Some("")
@@ -591,7 +605,9 @@ impl Db {
             attrs.insert("New Value".into(), new.clone());
             attrs.insert("Old Value".into(), old.clone());
             attrs.insert("Reason".into(), json!(reason));
-            attrs.insert("Source".into(), json!("Web service API"));
+            let (source, user) = origin(reason);
+            attrs.insert("Source".into(), json!(source));
+            attrs.insert("Modifying User".into(), json!(user));
             self.log_activity(
                 id,
                 now,

@@ -7,6 +7,9 @@ use crate::sim::clock::{fmt_time, parse_time};
 use crate::sim::schema::{ACTIVITY_TYPES, activity_types};
 use crate::sim::state::Activity;
 
+/// Days Delete Lead records stay visible through Get Deleted Leads.
+pub const DELETED_RETENTION_DAYS: i64 = 14;
+
 /// `GET /rest/v1/activities/types.json`.
 pub fn types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
     Reply::result(activity_types())
@@ -173,9 +176,12 @@ pub fn lead_changes(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 }
 
 /// `GET /rest/v1/activities/deletedleads.json`.
+///
+/// Delete records older than 14 days are pruned, as Marketo may do.
 pub fn deleted_leads(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let horizon = ctx.now - chrono::Duration::days(DELETED_RETENTION_DAYS);
     page(ctx, req, |a| {
-        (a.type_id == 37).then(|| {
+        (a.type_id == 37 && a.date >= horizon).then(|| {
             let mut v = activity_json(a);
             v["attributes"] = json!([]);
             v

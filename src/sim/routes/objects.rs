@@ -33,6 +33,20 @@ fn kind_of(req: &Req) -> Result<ObjKind, Reply> {
     }
 }
 
+/// Returns 1018 when native CRM sync blocks this call.
+fn crm_blocked(ctx: &Ctx<'_>, kind: ObjKind, write: bool) -> Option<Reply> {
+    if !ctx.st.config.native_crm_sync {
+        return None;
+    }
+    let blocked = kind == ObjKind::Role || (write && kind != ObjKind::Car);
+    blocked.then(|| {
+        Reply::err(
+            "1018",
+            "CRM Enabled: the object is managed by the native CRM sync",
+        )
+    })
+}
+
 fn created_text(ctx: &Ctx<'_>) -> String {
     fmt_time(ctx.st.clock.start() - chrono::Duration::days(1000))
 }
@@ -149,6 +163,9 @@ pub fn sync_or_query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         Ok(kind) => kind,
         Err(reply) => return reply,
     };
+    if let Some(reply) = crm_blocked(ctx, kind, true) {
+        return reply;
+    }
     let action = req
         .b("action")
         .and_then(Value::as_str)
@@ -253,6 +270,9 @@ pub fn query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         Ok(kind) => kind,
         Err(reply) => return reply,
     };
+    if let Some(reply) = crm_blocked(ctx, kind, false) {
+        return reply;
+    }
     let schema = kind.schema();
     let filter = req.q("filterType").map(str::to_string).or_else(|| {
         req.b("filterType")
@@ -387,6 +407,9 @@ pub fn delete(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         Ok(kind) => kind,
         Err(reply) => return reply,
     };
+    if let Some(reply) = crm_blocked(ctx, kind, true) {
+        return reply;
+    }
     let delete_by = req
         .b("deleteBy")
         .and_then(Value::as_str)
