@@ -1220,3 +1220,12 @@ async fn deleted_leads_are_pruned_after_14_days_and_changes_name_the_user() {
         .await;
     assert!(pruned.get("result").is_none(), "{pruned}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn paused_tokio_time_drives_sim_time() {
+    let t = T::new(config()).await;
+    assert_eq!(t.get("/rest/v1/leads/describe.json").await["success"], true);
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    assert_eq!(code(&t.get("/rest/v1/leads/describe.json").await), "602");
+    assert_eq!(t.sim.now().to_rfc3339().get(..16), Some("2024-03-05T13:00"));
+}
