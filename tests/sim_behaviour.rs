@@ -1229,3 +1229,60 @@ async fn paused_tokio_time_drives_sim_time() {
     assert_eq!(code(&t.get("/rest/v1/leads/describe.json").await), "602");
     assert_eq!(t.sim.now().to_rfc3339().get(..16), Some("2024-03-05T13:00"));
 }
+
+#[tokio::test]
+async fn custom_object_export_follows_the_same_lifecycle() {
+    let t = T::new(SimConfig {
+        export_delay: Duration::from_secs(0),
+        ..config()
+    })
+    .await;
+    t.post(
+        "/rest/v1/customobjects/car_c.json",
+        json!({"input": [{"vin": "VIN-NEW", "make": "Fiat", "leadId": 5}]}),
+    )
+    .await;
+    let filter =
+        json!({"updatedAt": {"startAt": "2024-03-01T00:00:00Z", "endAt": "2024-03-06T00:00:00Z"}});
+    let r = t
+        .post(
+            "/bulk/v1/customobjects/car_c/export/create.json",
+            json!({"fields": ["vin", "make", "color"], "filter": filter}),
+        )
+        .await;
+    let id = r["result"][0]["exportId"].as_str().unwrap().to_string();
+    let q = t
+        .post(
+            &format!("/bulk/v1/customobjects/car_c/export/{id}/enqueue.json"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(q["result"][0]["status"], "Completed");
+    let file = t
+        .http
+        .get(t.url(&format!(
+            "/bulk/v1/customobjects/car_c/export/{id}/file.json"
+        )))
+        .bearer_auth(&t.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = file.lines();
+    assert_eq!(lines.next(), Some("vin,make,color"));
+    assert!(lines.any(|l| l == "VIN-NEW,Fiat,null"), "{file}");
+    // The same export id is not visible under the leads path.
+    let other = t
+        .get(&format!("/bulk/v1/leads/export/{id}/status.json"))
+        .await;
+    assert_eq!(code(&other), "1003");
+    let bad = t
+        .post(
+            "/bulk/v1/customobjects/boat_c/export/create.json",
+            json!({"fields": ["vin"], "filter": {}}),
+        )
+        .await;
+    assert_eq!(code(&bad), "1003");
+}

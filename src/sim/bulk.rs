@@ -1,4 +1,4 @@
-//! Bulk extract (leads, activities) and bulk import (leads, custom objects).
+//! Bulk extract (leads, activities, the custom object) and bulk import (leads, custom objects).
 //!
 //! Jobs move over sim time: Created -> (enqueue) Queued -> Processing (at most 2) -> Completed
 //! after `export_delay`; at most 10 jobs queued or processing. Files are built when a job
@@ -35,6 +35,30 @@ const ACTIVITY_COLUMNS: &[&str] = &[
     "primaryAttributeValue",
     "attributes",
 ];
+
+/// What an export job exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Leads.
+    Leads,
+    /// Activities.
+    Activities,
+    /// The custom object `car_c`.
+    CustomObject,
+}
+
+impl ExportKind {
+    /// Returns the kind served under a request's path.
+    pub fn of(req: &Req) -> ExportKind {
+        if req.path.starts_with("/bulk/v1/activities") {
+            ExportKind::Activities
+        } else if req.path.starts_with("/bulk/v1/customobjects") {
+            ExportKind::CustomObject
+        } else {
+            ExportKind::Leads
+        }
+    }
+}
 
 /// Export job status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +105,8 @@ struct Filter {
 pub struct ExportJob {
     /// Export id.
     pub id: String,
-    /// True for activities, false for leads.
-    pub activities: bool,
+    /// What the job exports.
+    pub kind: ExportKind,
     format: String,
     /// Status.
     pub status: JobStatus,
@@ -166,7 +190,34 @@ fn in_range(at: DateTime<Utc>, range: Option<(DateTime<Utc>, DateTime<Utc>)>) ->
 
 fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
     let delim = delimiter(&job.format).unwrap_or(b',');
-    if job.activities {
+    if job.kind == ExportKind::CustomObject {
+        let rows = db
+            .objs(ObjKind::Car)
+            .records
+            .values()
+            .filter(|r| {
+                in_range(r.created_at, job.filter.created)
+                    && in_range(r.updated_at, job.filter.updated)
+            })
+            .filter(|r| {
+                let lead = r.values.get("leadId").and_then(Value::as_i64);
+                job.filter.list.is_none_or(|l| {
+                    db.lists
+                        .get(&l)
+                        .is_some_and(|list| lead.is_some_and(|id| list.members.contains(&id)))
+                })
+            })
+            .map(|r| {
+                let values = Db::obj_json(ObjKind::Car, r, &job.fields);
+                job.fields
+                    .iter()
+                    .map(|f| cell(values.get(f).unwrap_or(&Value::Null)))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        return write_rows(delim, &job.headers, rows.into_iter());
+    }
+    if job.kind == ExportKind::Activities {
         let rows = db
             .activities
             .iter()
@@ -342,7 +393,7 @@ fn job_json(job: &ExportJob) -> Value {
     v
 }
 
-fn common_create(ctx: &mut Ctx<'_>, req: &Req, activities: bool) -> Result<ExportJob, Reply> {
+fn common_create(ctx: &mut Ctx<'_>, req: &Req, kind: ExportKind) -> Result<ExportJob, Reply> {
     let format = req
         .b("format")
         .and_then(Value::as_str)
@@ -374,7 +425,32 @@ fn common_create(ctx: &mut Ctx<'_>, req: &Req, activities: bool) -> Result<Expor
         created: range_of(filter, "createdAt")?,
         ..Filter::default()
     };
-    if activities {
+    if kind == ExportKind::CustomObject {
+        if req.p("apiName") != super::routes::objects::CUSTOM_OBJECT {
+            return Err(Reply::err(
+                "1003",
+                format!("Custom object '{}' not found", req.p("apiName")),
+            ));
+        }
+        parsed.updated = range_of(filter, "updatedAt")?;
+        parsed.list = filter.get("staticListId").and_then(Value::as_i64);
+        if parsed.created.is_none() && parsed.updated.is_none() && parsed.list.is_none() {
+            return Err(Reply::err(
+                "1003",
+                "filter must contain one of updatedAt, createdAt, staticListId",
+            ));
+        }
+        if fields.is_empty() {
+            return Err(Reply::err("1003", "fields cannot be blank"));
+        }
+        let schema = ObjKind::Car.schema();
+        if let Some(bad) = fields
+            .iter()
+            .find(|f| !schema.fields.iter().any(|s| s.0 == f.as_str()))
+        {
+            return Err(Reply::err("1003", format!("Invalid field '{bad}'")));
+        }
+    } else if kind == ExportKind::Activities {
         if parsed.created.is_none() {
             return Err(Reply::err("1003", "createdAt filter is required"));
         }
@@ -460,7 +536,7 @@ fn common_create(ctx: &mut Ctx<'_>, req: &Req, activities: bool) -> Result<Expor
     }
     Ok(ExportJob {
         id: new_job_id(ctx),
-        activities,
+        kind,
         format,
         status: JobStatus::Created,
         created_at: ctx.now,
@@ -485,8 +561,8 @@ fn quota_error(ctx: &Ctx<'_>) -> Reply {
     )
 }
 
-fn create(ctx: &mut Ctx<'_>, req: &Req, activities: bool) -> Reply {
-    match common_create(ctx, req, activities) {
+fn create(ctx: &mut Ctx<'_>, req: &Req, kind: ExportKind) -> Reply {
+    match common_create(ctx, req, kind) {
         Ok(job) => {
             let answer = job_json(&job);
             ctx.st.bulk.jobs.push(job);
@@ -498,26 +574,27 @@ fn create(ctx: &mut Ctx<'_>, req: &Req, activities: bool) -> Reply {
 
 /// `POST /bulk/v1/leads/export/create.json`.
 pub fn create_leads(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
-    create(ctx, req, false)
+    create(ctx, req, ExportKind::Leads)
+}
+
+/// `POST /bulk/v1/customobjects/{apiName}/export/create.json`.
+pub fn create_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    create(ctx, req, ExportKind::CustomObject)
 }
 
 /// `POST /bulk/v1/activities/export/create.json`.
 pub fn create_activities(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
-    create(ctx, req, true)
-}
-
-fn is_activities(req: &Req) -> bool {
-    req.path.starts_with("/bulk/v1/activities")
+    create(ctx, req, ExportKind::Activities)
 }
 
 fn job_index(ctx: &Ctx<'_>, req: &Req) -> Result<usize, Reply> {
     let id = req.p("exportId");
-    let activities = is_activities(req);
+    let kind = ExportKind::of(req);
     ctx.st
         .bulk
         .jobs
         .iter()
-        .position(|j| j.id == id && j.activities == activities)
+        .position(|j| j.id == id && j.kind == kind)
         .ok_or_else(|| Reply::err("1003", format!("Export id '{id}' not found")))
 }
 
@@ -532,13 +609,13 @@ pub fn list_jobs(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         (Ok(o), Ok(s)) => (o, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let activities = is_activities(req);
+    let kind = ExportKind::of(req);
     let items = ctx
         .st
         .bulk
         .jobs
         .iter()
-        .filter(|j| j.activities == activities)
+        .filter(|j| j.kind == kind)
         .filter(|j| wanted.is_empty() || wanted.contains(&j.status.as_str().to_ascii_lowercase()))
         .map(job_json)
         .collect();

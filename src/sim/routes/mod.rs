@@ -269,6 +269,12 @@ pub static ROUTES: &[Route] = &[
     r("POST", "/bulk/v1/activities/export/{exportId}/cancel.json", "bulk_export", &[], N, bulk::cancel),
     r("GET", "/bulk/v1/leads/export/{exportId}/file.json", "bulk_file", &[], N, bulk::file),
     r("GET", "/bulk/v1/activities/export/{exportId}/file.json", "bulk_file", &[], N, bulk::file),
+    r("POST", "/bulk/v1/customobjects/{apiName}/export/create.json", "bulk_export", &[], N, bulk::create_custom),
+    r("GET", "/bulk/v1/customobjects/{apiName}/export.json", "bulk_export", &[], N, bulk::list_jobs),
+    r("POST", "/bulk/v1/customobjects/{apiName}/export/{exportId}/enqueue.json", "bulk_export", &[], N, bulk::enqueue),
+    r("GET", "/bulk/v1/customobjects/{apiName}/export/{exportId}/status.json", "bulk_export", &[], N, bulk::status),
+    r("POST", "/bulk/v1/customobjects/{apiName}/export/{exportId}/cancel.json", "bulk_export", &[], N, bulk::cancel),
+    r("GET", "/bulk/v1/customobjects/{apiName}/export/{exportId}/file.json", "bulk_file", &[], N, bulk::file),
     // bulk import
     r("POST", "/bulk/v1/leads.json", "bulk_import", &["format"], M, bulk::import_leads),
     r("GET", "/bulk/v1/leads/batch/{batchId}.json", "bulk_import", &[], N, bulk::import_status),
