@@ -660,14 +660,16 @@ pub fn enqueue(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let job = &mut ctx.st.bulk.jobs[index];
     job.status = JobStatus::Queued;
     job.queued_at = Some(now);
-    let answer = job_json(job);
+    let id = job.id.clone();
     // A free slot starts the job at once.
     let config = ctx.st.config.clone();
     ctx.st
         .bulk
         .tick(now, &mut ctx.st.db, &mut ctx.st.limits, &config);
-    let _ = answer;
-    Reply::result(vec![job_json(&ctx.st.bulk.jobs[index])])
+    match ctx.st.bulk.jobs.iter().find(|j| j.id == id) {
+        Some(job) => Reply::result(vec![job_json(job)]),
+        None => Reply::err("1003", format!("Export id '{id}' not found")),
+    }
 }
 
 /// `GET .../export/{exportId}/status.json`.
