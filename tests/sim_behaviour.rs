@@ -1286,3 +1286,43 @@ async fn custom_object_export_follows_the_same_lifecycle() {
         .await;
     assert_eq!(code(&bad), "1003");
 }
+
+async fn outcomes(profile: &str) -> Vec<String> {
+    let t = T::new(config()).await;
+    t.sim.set_faults(profile.parse().unwrap());
+    let mut out = Vec::new();
+    for _ in 0..60 {
+        let sent = t
+            .http
+            .get(t.url("/rest/v1/leads/describe.json"))
+            .bearer_auth(&t.token)
+            .send()
+            .await;
+        let outcome = match sent {
+            Err(_) => "drop".to_string(),
+            Ok(resp) if resp.status() != 200 => resp.status().as_u16().to_string(),
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(v) if v["success"] == true => "ok".to_string(),
+                Ok(v) => code(&v).to_string(),
+                Err(_) => "drop".to_string(),
+            },
+        };
+        out.push(outcome);
+    }
+    out
+}
+
+#[tokio::test]
+async fn faults_are_seeded_and_mixed() {
+    let profile = "route=*,kind=throttle,rate=0.2;route=leads,kind=5xx,rate=0.1;route=leads,kind=drop,rate=0.1;route=companies,kind=timeout,rate=1";
+    let a = outcomes(profile).await;
+    let b = outcomes(profile).await;
+    assert_eq!(a, b, "the same seed gives the same faults");
+    for kind in ["ok", "606", "502", "drop"] {
+        assert!(a.iter().any(|o| o == kind), "no {kind} in {a:?}");
+    }
+    assert!(
+        !a.iter().any(|o| o == "604"),
+        "companies rules do not touch leads"
+    );
+}
