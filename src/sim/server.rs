@@ -491,6 +491,7 @@ async fn dispatch(
         if let Some(code) = &code {
             st.limits.record_error(now, code);
         }
+        tracing::debug!(method = %method, path = %path, status = http_status, code = code.as_deref().unwrap_or(""), counted, "sim call answered");
         if family != "admin" {
             let seq = st.seq + 1;
             st.record(LogEntry {
