@@ -35,6 +35,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MappingsCommand,
     },
+    /// Runs the Marketo simulator until Ctrl-C.
+    Simulate(SimulateArgs),
 }
 
 /// The `mappings` subcommands.
@@ -61,6 +63,35 @@ pub enum MappingsCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+}
+
+/// Arguments of `simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: String,
+    /// Number of generated leads.
+    #[arg(long, default_value_t = 1000)]
+    pub leads: usize,
+    /// Seed of the data generator and of the faults.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Client id to accept (generated when absent).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Client secret to accept (generated when absent).
+    #[arg(long, env = "MKSYNC_SIM_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// Sim seconds a bulk export spends processing.
+    #[arg(long, default_value_t = 120)]
+    pub export_delay: u64,
+    /// Fault profile: none, flaky, hostile, or rules like `route=leads,kind=5xx,rate=0.1`.
+    #[arg(long, default_value = "none")]
+    pub faults: String,
+    /// Accept the bulk lead export `updatedAt` filter (else 1035).
+    #[arg(long)]
+    pub updated_at_filter: bool,
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -125,6 +156,26 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             crate::mapping::run_suggest(&args, &mut std::io::stdout())
                 .map_err(|message| anyhow::anyhow!(message))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            let options = crate::sim::SimulateOptions {
+                listen: args.listen,
+                leads: args.leads,
+                seed: args.seed,
+                client_id: args.client_id,
+                client_secret: args.client_secret.map(secrecy::SecretString::from),
+                export_delay: std::time::Duration::from_secs(args.export_delay),
+                faults: args.faults,
+                updated_at_filter: args.updated_at_filter,
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            crate::sim::run_simulate(options, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,261 @@
+//! Activities: types, paging tokens, lead activities, lead changes, deleted leads, custom activities.
+
+use serde_json::{Map, Value, json};
+
+use super::{Ctx, Reply, Req, batch_size, input_objects};
+use crate::sim::clock::{fmt_time, parse_time};
+use crate::sim::schema::{ACTIVITY_TYPES, activity_types};
+use crate::sim::state::Activity;
+
+/// Days Delete Lead records stay visible through Get Deleted Leads.
+pub const DELETED_RETENTION_DAYS: i64 = 14;
+
+/// `GET /rest/v1/activities/types.json`.
+pub fn types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    Reply::result(activity_types())
+}
+
+fn token(date: &str, last_id: i64) -> String {
+    data_encoding::BASE32.encode(format!("{date},{last_id}").as_bytes())
+}
+
+fn token_position(req: &Req) -> Result<i64, Reply> {
+    let raw = req.q("nextPageToken").unwrap_or_default();
+    data_encoding::BASE32
+        .decode(raw.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.rsplit_once(',').and_then(|(_, id)| id.parse().ok()))
+        .ok_or_else(|| Reply::err("1003", "Invalid nextPageToken"))
+}
+
+/// `GET /rest/v1/activities/pagingtoken.json?sinceDatetime=`.
+pub fn paging_token(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let raw = req.q("sinceDatetime").unwrap_or_default();
+    let Some(since) = parse_time(raw) else {
+        return Reply::err("1003", format!("Invalid sinceDatetime '{raw}'"));
+    };
+    let before = ctx
+        .st
+        .db
+        .activities
+        .iter()
+        .take_while(|a| a.date < since)
+        .last()
+        .map_or(100_000, |a| a.id);
+    Reply::Ok(json!({"nextPageToken": token(&fmt_time(since), before)}))
+}
+
+/// Returns an activity as the REST API shows it.
+pub fn activity_json(a: &Activity) -> Value {
+    let attributes: Vec<Value> = a
+        .attributes
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    let mut v = json!({
+        "id": a.id, "marketoGUID": a.id.to_string(), "leadId": a.lead_id,
+        "activityDate": fmt_time(a.date), "activityTypeId": a.type_id,
+    });
+    if let Some(id) = a.primary_id {
+        v["primaryAttributeValueId"] = json!(id);
+    }
+    if let Some(value) = &a.primary_value {
+        v["primaryAttributeValue"] = json!(value);
+    }
+    v["attributes"] = Value::Array(attributes);
+    v
+}
+
+fn ids_param(req: &Req, name: &str) -> Result<Vec<i64>, Reply> {
+    let mut out = Vec::new();
+    for text in req.q_list(name) {
+        match text.parse() {
+            Ok(id) => out.push(id),
+            Err(_) => return Err(Reply::err("1003", format!("Invalid {name} value '{text}'"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Pages through the activity log after the token's position.
+fn page(ctx: &Ctx<'_>, req: &Req, keep: impl Fn(&Activity) -> Option<Value>) -> Reply {
+    let after = match token_position(req) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
+    let size = match batch_size(req) {
+        Ok(size) => size,
+        Err(reply) => return reply,
+    };
+    let lead_ids = match ids_param(req, "leadIds") {
+        Ok(ids) if ids.len() > 30 => {
+            return Reply::err("1003", "Too many leadIds, the maximum is 30");
+        }
+        Ok(ids) => ids,
+        Err(reply) => return reply,
+    };
+    let list = match req.q("listId").map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(id)) => match ctx.st.db.lists.get(&id) {
+            Some(list) => Some(list.members.clone()),
+            None => return Reply::err("1013", format!("List '{id}' not found")),
+        },
+        Some(Err(_)) => return Reply::err("1003", "Invalid listId"),
+    };
+    let start = ctx.st.db.activities.partition_point(|a| a.id <= after);
+    let mut items = Vec::new();
+    let mut last = after;
+    let mut last_date = fmt_time(ctx.now);
+    let mut more = false;
+    for a in &ctx.st.db.activities[start..] {
+        if items.len() >= size {
+            more = true;
+            break;
+        }
+        last = a.id;
+        last_date = fmt_time(a.date);
+        if !lead_ids.is_empty() && !lead_ids.contains(&a.lead_id) {
+            continue;
+        }
+        if list.as_ref().is_some_and(|m| !m.contains(&a.lead_id)) {
+            continue;
+        }
+        if let Some(v) = keep(a) {
+            items.push(v);
+        }
+    }
+    let mut out = json!({"nextPageToken": token(&last_date, last), "moreResult": more});
+    if !items.is_empty() {
+        out["result"] = Value::Array(items);
+    }
+    Reply::Ok(out)
+}
+
+/// `GET /rest/v1/activities.json`.
+pub fn list(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let types = match ids_param(req, "activityTypeIds") {
+        Ok(t) if t.len() > 10 => {
+            return Reply::err("1003", "Too many activityTypeIds, the maximum is 10");
+        }
+        Ok(t) => t,
+        Err(reply) => return reply,
+    };
+    page(ctx, req, |a| {
+        (a.type_id != 37 && types.contains(&(a.type_id as i64))).then(|| activity_json(a))
+    })
+}
+
+/// `GET /rest/v1/activities/leadchanges.json`.
+pub fn lead_changes(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let fields = req.q_list("fields");
+    page(ctx, req, |a| match (a.type_id, &a.change) {
+        (12, _) => {
+            let mut v = activity_json(a);
+            v["fields"] = json!([]);
+            Some(v)
+        }
+        (13, Some((id, name, old, new))) if fields.iter().any(|f| f == name) => {
+            let mut v = activity_json(a);
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("primaryAttributeValueId");
+                obj.remove("primaryAttributeValue");
+            }
+            v["fields"] = json!([{"id": id, "name": name, "newValue": new, "oldValue": old}]);
+            let attrs: Vec<Value> = a
+                .attributes
+                .iter()
+                .filter(|(k, _)| *k == "Reason" || *k == "Source")
+                .map(|(k, v)| json!({"name": k, "value": v}))
+                .collect();
+            v["attributes"] = Value::Array(attrs);
+            Some(v)
+        }
+        _ => None,
+    })
+}
+
+/// `GET /rest/v1/activities/deletedleads.json`.
+///
+/// Delete records older than 14 days are pruned, as Marketo may do.
+pub fn deleted_leads(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let horizon = ctx.now - chrono::Duration::days(DELETED_RETENTION_DAYS);
+    page(ctx, req, |a| {
+        (a.type_id == 37 && a.date >= horizon).then(|| {
+            let mut v = activity_json(a);
+            v["attributes"] = json!([]);
+            v
+        })
+    })
+}
+
+/// `POST /rest/v1/activities/external.json`.
+pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let inputs = input_objects(req);
+    if inputs.is_empty() {
+        return Reply::err("1003", "input cannot be blank");
+    }
+    if inputs.len() > 300 {
+        return Reply::err("1003", "Too many records in input, the maximum is 300");
+    }
+    let mut results = Vec::new();
+    for input in inputs {
+        let skip = |code: &str, message: String| json!({"status": "skipped", "errors": [{"code": code, "message": message}]});
+        let type_id = input
+            .get("activityTypeId")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if type_id < 100_000 || !ACTIVITY_TYPES.iter().any(|t| t.0 as i64 == type_id) {
+            results.push(skip("1003", format!("Invalid activityTypeId '{type_id}'")));
+            continue;
+        }
+        let lead_id = input.get("leadId").and_then(Value::as_i64).unwrap_or(0);
+        if ctx.st.db.lead(lead_id).is_none() {
+            results.push(skip("1004", "Lead not found".into()));
+            continue;
+        }
+        let Some(date) = input
+            .get("activityDate")
+            .and_then(Value::as_str)
+            .and_then(parse_time)
+        else {
+            results.push(skip("1003", "Invalid activityDate".into()));
+            continue;
+        };
+        let mut attrs = Map::new();
+        for attr in input
+            .get("attributes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = attr
+                .get("apiName")
+                .or_else(|| attr.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            attrs.insert(
+                name.to_string(),
+                attr.get("value").cloned().unwrap_or(Value::Null),
+            );
+        }
+        let primary = input
+            .get("primaryAttributeValue")
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        // Activities are kept in id order; a custom activity is logged at call time and carries
+        // its own activityDate.
+        let id = ctx.st.db.log_activity(
+            lead_id,
+            ctx.now,
+            type_id as u32,
+            (None, primary),
+            attrs,
+            None,
+        );
+        if let Some(last) = ctx.st.db.activities.last_mut() {
+            last.date = date;
+        }
+        results.push(json!({"id": id, "marketoGUID": id.to_string(), "status": "added"}));
+    }
+    Reply::result(results)
+}

@@ -1,0 +1,79 @@
+//! A small Swagger 2.0 reader: method, path template and required parameters per operation.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One operation of a Swagger 2.0 spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// Path template (with the spec's `basePath` prefix applied).
+    pub path: String,
+    /// `operationId`.
+    pub operation_id: String,
+    /// Required query parameter names.
+    pub required_query: BTreeSet<String>,
+    /// A required `in: body` parameter exists.
+    pub body_required: bool,
+    /// A required `in: formData` parameter exists.
+    pub form_required: bool,
+}
+
+/// Reads every operation of the Swagger 2.0 file at `path`.
+///
+/// # Panics
+///
+/// Panics when the file cannot be read or is not a Swagger 2.0 document (test support only).
+pub fn read_operations(path: &Path) -> Vec<Operation> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let doc: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    assert_eq!(
+        doc["swagger"],
+        "2.0",
+        "{} is not a Swagger 2.0 document",
+        path.display()
+    );
+    let base = doc["basePath"]
+        .as_str()
+        .unwrap_or("/")
+        .trim_end_matches('/');
+    let mut out = Vec::new();
+    for (template, item) in doc["paths"].as_object().into_iter().flatten() {
+        let shared: Vec<&Value> = item
+            .get("parameters")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let Some(op) = item.get(method) else { continue };
+            let mut params = shared.clone();
+            params.extend(
+                op.get("parameters")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten(),
+            );
+            let required = |kind: &str| {
+                params
+                    .iter()
+                    .filter(|p| p["in"] == kind && p["required"] == true)
+                    .filter_map(|p| p["name"].as_str().map(str::to_string))
+                    .collect::<BTreeSet<_>>()
+            };
+            out.push(Operation {
+                method: method.to_uppercase(),
+                path: format!("{base}{template}"),
+                operation_id: op["operationId"].as_str().unwrap_or_default().to_string(),
+                required_query: required("query"),
+                body_required: !required("body").is_empty(),
+                form_required: !required("formData").is_empty(),
+            });
+        }
+    }
+    out
+}
