@@ -8,41 +8,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::mapping::{Direction, Policy};
 use crate::model::{Fields, Side, Value};
-
-/// How a conflict on one field is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictPolicy {
-    /// The CRM's value wins.
-    CrmWins,
-    /// Marketo's value wins.
-    MarketoWins,
-    /// The side whose record changed last wins; ties go to the CRM.
-    NewestWins,
-}
-
-/// Which way a field may flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowDirection {
-    /// Both ways.
-    Both,
-    /// Marketo to the CRM only: CRM-side edits are not sent to Marketo.
-    ToCrm,
-    /// The CRM to Marketo only: Marketo-side edits are not sent to the CRM.
-    ToMarketo,
-}
-
-impl FlowDirection {
-    /// Returns true when a change made on `source` may be written to the other side.
-    pub fn allows_from(self, source: Side) -> bool {
-        match (self, source) {
-            (FlowDirection::Both, _) => true,
-            (FlowDirection::ToCrm, Side::Marketo) => true,
-            (FlowDirection::ToMarketo, Side::Crm) => true,
-            _ => false,
-        }
-    }
-}
 
 /// The rule for one canonical field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +17,9 @@ pub struct FieldRule {
     /// The canonical field name.
     pub name: String,
     /// Which way it may flow.
-    pub direction: FlowDirection,
+    pub direction: Direction,
     /// How a conflict on it is settled.
-    pub policy: ConflictPolicy,
+    pub policy: Policy,
 }
 
 /// One side's view of the record this cycle.
@@ -78,7 +45,7 @@ pub struct FieldConflict {
     /// The side whose value was kept.
     pub winner: Side,
     /// The policy that decided.
-    pub policy: ConflictPolicy,
+    pub policy: Policy,
 }
 
 /// What reconciling one pair decided.
@@ -147,7 +114,7 @@ pub fn reconcile(
                     winner,
                     policy: rule.policy,
                 });
-                if rule.direction.allows_from(winner) {
+                if rule.direction.reads_from(winner) {
                     target_mut(&mut out, lost_side_needs).insert(rule.name.clone(), kept.clone());
                     out.agreed.insert(rule.name.clone(), kept.clone());
                 } else {
@@ -166,7 +133,7 @@ pub fn reconcile(
 }
 
 fn flow(out: &mut Reconciled, rule: &FieldRule, source: Side, value: &Value) {
-    if rule.direction.allows_from(source) {
+    if rule.direction.reads_from(source) {
         target_mut(out, source.other()).insert(rule.name.clone(), value.clone());
         out.agreed.insert(rule.name.clone(), value.clone());
     }
@@ -183,9 +150,9 @@ fn target_mut(out: &mut Reconciled, target: Side) -> &mut Fields {
 
 fn settle(rule: &FieldRule, marketo: Option<SideState<'_>>, crm: Option<SideState<'_>>) -> Side {
     match rule.policy {
-        ConflictPolicy::CrmWins => Side::Crm,
-        ConflictPolicy::MarketoWins => Side::Marketo,
-        ConflictPolicy::NewestWins => {
+        Policy::CrmWins => Side::Crm,
+        Policy::MarketoWins => Side::Marketo,
+        Policy::NewestWins => {
             let m = marketo.and_then(|s| s.modified_at);
             let c = crm.and_then(|s| s.modified_at);
             match (m, c) {
@@ -201,7 +168,7 @@ fn settle(rule: &FieldRule, marketo: Option<SideState<'_>>, crm: Option<SideStat
 mod tests {
     use super::*;
 
-    fn rule(name: &str, direction: FlowDirection, policy: ConflictPolicy) -> FieldRule {
+    fn rule(name: &str, direction: Direction, policy: Policy) -> FieldRule {
         FieldRule {
             name: name.to_owned(),
             direction,
@@ -225,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_change_on_one_side_flows_to_the_other() {
-        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let rules = [rule("title", Direction::Both, Policy::CrmWins)];
         let base = fields(&[("title", "CTO")]);
         let m = fields(&[("title", "CEO")]);
         let out = reconcile(&rules, &base, side(&m), None);
@@ -237,7 +204,7 @@ mod tests {
 
     #[test]
     fn an_echo_of_our_own_write_is_dropped() {
-        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let rules = [rule("title", Direction::Both, Policy::CrmWins)];
         let base = fields(&[("title", "CEO")]);
         let m = fields(&[("title", "CEO")]);
         let c = fields(&[("title", "CEO")]);
@@ -251,7 +218,7 @@ mod tests {
         let base = fields(&[("title", "CTO")]);
         let m = fields(&[("title", "CEO")]);
         let c = fields(&[("title", "VP")]);
-        let crm_wins = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let crm_wins = [rule("title", Direction::Both, Policy::CrmWins)];
         let out = reconcile(&crm_wins, &base, side(&m), side(&c));
         assert_eq!(out.to_marketo, fields(&[("title", "VP")]));
         assert!(out.to_crm.is_empty());
@@ -262,8 +229,8 @@ mod tests {
 
         let marketo_wins = [rule(
             "title",
-            FlowDirection::Both,
-            ConflictPolicy::MarketoWins,
+            Direction::Both,
+            Policy::MarketoWins,
         )];
         let out = reconcile(&marketo_wins, &base, side(&m), side(&c));
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
@@ -277,8 +244,8 @@ mod tests {
         let c = fields(&[("title", "VP")]);
         let rules = [rule(
             "title",
-            FlowDirection::Both,
-            ConflictPolicy::NewestWins,
+            Direction::Both,
+            Policy::NewestWins,
         )];
         let early = "2026-01-01T00:00:00Z".parse().unwrap();
         let late = "2026-01-02T00:00:00Z".parse().unwrap();
@@ -300,7 +267,7 @@ mod tests {
 
     #[test]
     fn same_edit_on_both_sides_is_not_a_conflict() {
-        let rules = [rule("title", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let rules = [rule("title", Direction::Both, Policy::CrmWins)];
         let base = fields(&[("title", "CTO")]);
         let m = fields(&[("title", "CEO")]);
         let out = reconcile(&rules, &base, side(&m), side(&m));
@@ -313,8 +280,8 @@ mod tests {
     fn one_way_fields_do_not_flow_backwards() {
         let rules = [rule(
             "score",
-            FlowDirection::ToCrm,
-            ConflictPolicy::MarketoWins,
+            Direction::ToCrm,
+            Policy::MarketoWins,
         )];
         let base = fields(&[("score", "10")]);
         let c = fields(&[("score", "99")]);
@@ -325,7 +292,7 @@ mod tests {
 
     #[test]
     fn unmapped_fields_are_ignored_and_new_fields_start_from_null() {
-        let rules = [rule("email", FlowDirection::Both, ConflictPolicy::CrmWins)];
+        let rules = [rule("email", Direction::Both, Policy::CrmWins)];
         let base = Fields::new();
         let c = fields(&[("email", "a@example.com"), ("secret", "x")]);
         let out = reconcile(&rules, &base, None, side(&c));
