@@ -775,6 +775,83 @@ async fn demo_data_is_deterministic(engine: Engine) {
     env.cleanup().await;
 }
 
+async fn locked_database_fails_the_whole_batch(engine: Engine) {
+    // SQLite has no server connection to drop; the batch-level failure it does have is a
+    // database locked by another writer. The batch fails as a whole, retryably.
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let crm = env.adapter(false, 0).await;
+    let locker = env.user().await;
+    exec(&locker, "BEGIN IMMEDIATE").await;
+    let batch = vec![
+        fields(&[("marketo_id", "A".into()), ("email", "a@x.example".into())]),
+        fields(&[("marketo_id", "B".into()), ("email", "b@x.example".into())]),
+    ];
+    let err = crm
+        .upsert("contacts", "marketo_id", &batch)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    exec(&locker, "ROLLBACK").await;
+    assert!(
+        crm.find("contacts", "marketo_id", &["A".into(), "B".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ok = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    assert!(
+        ok.iter().all(|r| matches!(r, WriteResult::Created { .. })),
+        "{ok:?}"
+    );
+    env.cleanup().await;
+}
+
+async fn reads_through_a_view(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(4).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        "CREATE VIEW contacts_v AS SELECT c.id, c.email, c.updated_at, c.deleted, c.marketo_id, a.name AS account_name \
+         FROM contacts c LEFT JOIN accounts a ON a.id = c.account_id",
+    )
+    .await;
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["contacts"]["read_view"] = json!("contacts_v");
+    options["objects"]["contacts"]["columns"] = json!(["email", "account_name"]);
+    options["objects"]["contacts"]
+        .as_object_mut()
+        .unwrap()
+        .remove("merged_into_column");
+    let url = SecretString::from(env.url.clone());
+    let crm = registry::build("sql", &url, &options).await.unwrap();
+    let (changes, _) = drain(crm.as_ref(), "contacts", None, 3).await;
+    assert_eq!(ids(&changes).len(), 4);
+    match &changes[0].kind {
+        ChangeKind::Upserted { fields } => {
+            assert_eq!(
+                fields.keys().cloned().collect::<Vec<_>>(),
+                vec!["account_name".to_owned(), "email".to_owned()]
+            );
+            assert!(
+                matches!(fields["account_name"], Value::Text(_)),
+                "{fields:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The view must have the configured columns.
+    options["objects"]["contacts"]["merged_into_column"] = json!("merged_into");
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("`merged_into` does not exist in `contacts_v`"),
+        "{err}"
+    );
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -791,14 +868,15 @@ macro_rules! on_engines {
 on_engines!(sqlite, super::Engine::Sqlite;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic);
+    describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
+    reads_through_a_view);
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);

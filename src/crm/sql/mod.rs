@@ -1040,3 +1040,124 @@ impl Crm for SqlCrm {
 }
 
 mod write;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, ty: FieldType) -> Column {
+        Column {
+            name: name.into(),
+            type_name: String::new(),
+            cast: String::new(),
+            ty,
+            nullable: true,
+            has_default: false,
+            generated: false,
+            primary: false,
+            unique: false,
+            searchable: false,
+            precision: None,
+        }
+    }
+
+    #[test]
+    fn the_overlap_start_keeps_sqlite_text_shape() {
+        let five = Duration::from_secs(300);
+        assert_eq!(
+            overlap_start("2030-01-01 00:05:00.250", five, Dialect::Sqlite),
+            "2030-01-01 00:00:00.250"
+        );
+        assert_eq!(
+            overlap_start("2030-01-01T00:05:00Z", five, Dialect::Sqlite),
+            "2030-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            overlap_start("2030-01-01 00:05:00+00", five, Dialect::MySql),
+            "2030-01-01 00:00:00.000000"
+        );
+        assert_eq!(
+            overlap_start("not a time", five, Dialect::Postgres),
+            "not a time"
+        );
+    }
+
+    #[test]
+    fn soft_delete_rules_match_flags_and_timestamps() {
+        let flag = column("deleted", FieldType::Boolean);
+        let rule = SoftDelete {
+            column: "deleted".into(),
+            value: Some(serde_json::json!(true)),
+        };
+        assert!(is_soft_deleted(Some("1"), &flag, Some(&rule)));
+        assert!(is_soft_deleted(Some("true"), &flag, Some(&rule)));
+        assert!(!is_soft_deleted(Some("0"), &flag, Some(&rule)));
+        assert!(!is_soft_deleted(None, &flag, Some(&rule)));
+        let int_flag = column("is_deleted", FieldType::Integer);
+        assert!(is_soft_deleted(Some("1"), &int_flag, Some(&rule)));
+        let active = SoftDelete {
+            column: "active".into(),
+            value: Some(serde_json::json!(false)),
+        };
+        assert!(is_soft_deleted(Some("f"), &flag, Some(&active)));
+        let stamp = SoftDelete {
+            column: "deleted_at".into(),
+            value: None,
+        };
+        let at = column("deleted_at", FieldType::DateTime);
+        assert!(is_soft_deleted(
+            Some("2030-01-01 00:00:00"),
+            &at,
+            Some(&stamp)
+        ));
+        assert!(!is_soft_deleted(None, &at, Some(&stamp)));
+        assert!(!is_soft_deleted(Some("1"), &flag, None));
+    }
+
+    #[test]
+    fn echoes_match_only_the_written_version_and_stay_bounded() {
+        let mut echoes = Echoes::default();
+        echoes.remember("contacts", "1".into(), "t1".into());
+        assert!(echoes.is_echo("contacts", "1", "t1"));
+        assert!(
+            !echoes.is_echo("contacts", "1", "t2"),
+            "a later user change is not an echo"
+        );
+        assert!(!echoes.is_echo("leads", "1", "t1"));
+        echoes.remember("contacts", "1".into(), "t3".into());
+        assert!(echoes.is_echo("contacts", "1", "t3"));
+        assert_eq!(echoes.order.len(), 1);
+    }
+
+    #[test]
+    fn options_refuse_unknown_keys_and_zero_sizes() {
+        let base = serde_json::json!({ "objects": { "c": {
+            "table": "contacts", "primary_key": "id", "modified_column": "m", "marketo_id_column": "mk"
+        } } });
+        let opts = SqlOptions::from_json(&base).unwrap();
+        assert!(!opts.objects["c"].writable, "writes are off by default");
+        assert_eq!(opts.overlap_seconds, 300);
+        let mut bad = base.clone();
+        bad["objects"]["c"]["soft_delete"] = serde_json::json!({ "column": "d", "sql": "x" });
+        let err = SqlOptions::from_json(&bad).unwrap_err().to_string();
+        assert!(err.contains("sql"), "{err}");
+        let mut zero = base;
+        zero["max_batch_write"] = serde_json::json!(0);
+        assert!(SqlOptions::from_json(&zero).is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_damaged_ones_are_refused() {
+        let state = CursorState {
+            v: 1,
+            m: Some("x".into()),
+            pk: Some("2".into()),
+            log_seq: 7,
+            ..CursorState::default()
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        let back: CursorState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, state);
+        assert!(serde_json::from_value::<CursorState>(serde_json::json!({ "v": "one" })).is_err());
+    }
+}
