@@ -37,6 +37,11 @@ pub enum Command {
     },
     /// Runs the Marketo simulator until Ctrl-C.
     Simulate(SimulateArgs),
+    /// CRM adapter maintenance.
+    Crm {
+        #[command(subcommand)]
+        command: CrmCommand,
+    },
 }
 
 /// The `mappings` subcommands.
@@ -92,6 +97,23 @@ pub struct SimulateArgs {
     /// Accept the bulk lead export `updatedAt` filter (else 1035).
     #[arg(long)]
     pub updated_at_filter: bool,
+}
+
+/// The `crm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CrmCommand {
+    /// Installs the change-log table and triggers for the objects with `changelog = true`.
+    InstallChangelog {
+        /// The configuration directory (not read yet: pass --url and --options).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// The CRM database URL.
+        #[arg(long, env = "MKSYNC_CRM_URL", hide_env_values = true)]
+        url: Option<String>,
+        /// The SQL adapter options, as a JSON or TOML file.
+        #[arg(long)]
+        options: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -176,6 +198,26 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 on_signal.cancel();
             });
             crate::sim::run_simulate(options, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crm {
+            command:
+                CrmCommand::InstallChangelog {
+                    config,
+                    url,
+                    options,
+                },
+        } => {
+            let (Some(url), Some(options)) = (url, options) else {
+                anyhow::bail!(
+                    "crm install-changelog needs --url and --options (reading them from --config {} is not wired yet)",
+                    config.map(|c| c.display().to_string()).unwrap_or_default()
+                );
+            };
+            let options = crate::crm::sql::changelog::options_from_file(&options)?;
+            let url = secrecy::SecretString::from(url);
+            let objects = crate::crm::sql::changelog::install(&url, &options).await?;
+            println!("change log installed for: {}", objects.join(", "));
             Ok(ExitCode::SUCCESS)
         }
     }

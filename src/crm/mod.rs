@@ -1,1 +1,354 @@
 //! The `Crm` trait and its adapters.
+//!
+//! Every CRM adapter turns its remote into the same shape (see `crm-adapters.md`, "A
+//! CRM-agnostic core model"): it describes objects, reads changes since an opaque cursor
+//! (upserts and tombstones), upserts batches keyed by an external key with one result per record,
+//! deletes batches, and declares what it can do. Adapters are built by name in
+//! [`registry::build`].
+
+pub mod registry;
+pub mod sql;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Fields, ObjectSchema, Value};
+
+/// An opaque position in a CRM object's change feed, owned by the adapter that produced it.
+///
+/// The engine persists it atomically with the changes it applied and hands it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub serde_json::Value);
+
+/// How a record went away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum DeleteHow {
+    /// The row is gone.
+    Hard,
+    /// The row is still there but flagged deleted (or archived).
+    Soft,
+    /// The record was merged into another one, whose native id is `into`.
+    Merged {
+        /// The survivor's native id.
+        into: String,
+    },
+}
+
+/// A deleted record, as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// How it went away.
+    pub how: DeleteHow,
+    /// When it went away, as the CRM recorded it.
+    pub at: DateTime<Utc>,
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The record was created or updated; these are its current fields.
+    Upserted {
+        /// The record's current values of the configured fields.
+        fields: Fields,
+    },
+    /// The record was deleted.
+    Deleted(Tombstone),
+}
+
+/// One change read from a CRM object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The record's native id (primary key as text).
+    pub id: String,
+    /// The record's modification time as the CRM recorded it (UTC).
+    pub modified_at: DateTime<Utc>,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// One page of changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangePage {
+    /// The changes, oldest first. A change can repeat across pages and polls (overlap window);
+    /// consumers deduplicate by id and value.
+    pub changes: Vec<Change>,
+    /// The cursor to pass to the next call.
+    pub next: Cursor,
+    /// More changes are waiting now; call again at once with `next`.
+    pub more: bool,
+}
+
+/// A record read from a CRM object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrmRecord {
+    /// The record's native id (primary key as text).
+    pub id: String,
+    /// The record's modification time (UTC).
+    pub modified_at: DateTime<Utc>,
+    /// The configured fields.
+    pub fields: Fields,
+}
+
+/// The outcome of writing one record, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum WriteResult {
+    /// A new record was created with this native id.
+    Created {
+        /// The new record's native id.
+        id: String,
+    },
+    /// An existing record was updated.
+    Updated {
+        /// The record's native id.
+        id: String,
+    },
+    /// The record was deleted.
+    Deleted {
+        /// The record's native id.
+        id: String,
+    },
+    /// The CRM refused this record; the others in the batch are unaffected.
+    Failed {
+        /// A short machine-readable code (`unique_violation`, `unknown_field`, `not_found`, ...).
+        code: String,
+        /// What went wrong, without record values.
+        message: String,
+        /// Retrying the same record later may succeed.
+        retryable: bool,
+    },
+}
+
+/// Timestamp precision of a change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Whole seconds.
+    Seconds,
+    /// Milliseconds.
+    Millis,
+    /// Microseconds.
+    Micros,
+}
+
+/// How an adapter finds changed records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeFeed {
+    /// Keyset over (modified field, id), re-reading an overlap window on every poll.
+    ModifiedSince {
+        /// The modified-time field.
+        field: String,
+        /// The overlap window re-read on every poll.
+        overlap: Duration,
+    },
+    /// As `ModifiedSince`, plus a trigger-maintained change log that catches late commits.
+    ModifiedSinceAndTriggerLog {
+        /// The modified-time field.
+        field: String,
+        /// The overlap window re-read on every poll.
+        overlap: Duration,
+    },
+}
+
+/// How an adapter learns about deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteFeed {
+    /// Not at all: the engine must diff id sets to find deletes.
+    None,
+    /// Soft deletes only (a flag column read with the changes); hard deletes are missed.
+    SoftOnly,
+    /// Soft and hard deletes (a trigger-maintained change log).
+    Full,
+}
+
+/// How an adapter writes records keyed by an external id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsertMode {
+    /// A native upsert keyed by a unique field.
+    NativeByExternalId,
+    /// Writes are disabled for this object.
+    None,
+}
+
+/// What the engine may rely on for one object of one adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// How changes are found.
+    pub change_feed: ChangeFeed,
+    /// How deletes are found.
+    pub delete_feed: DeleteFeed,
+    /// How writes work.
+    pub upsert: UpsertMode,
+    /// The largest batch `upsert` and `delete` accept in one call.
+    pub max_batch_write: usize,
+    /// The precision of the modified-time field.
+    pub timestamp_precision: Precision,
+}
+
+/// Errors of the CRM adapters.
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    /// No adapter is registered under this name.
+    #[error("unknown crm adapter `{name}` (known adapters: {known})")]
+    UnknownAdapter {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+    /// The adapter options are invalid.
+    #[error("invalid crm adapter options: {message}")]
+    Config {
+        /// What is wrong and where.
+        message: String,
+    },
+    /// The object is not configured for this adapter.
+    #[error("crm object `{object}` is not configured")]
+    UnknownObject {
+        /// The object asked for.
+        object: String,
+    },
+    /// A name from the configuration does not exist in the CRM's catalog.
+    #[error("crm object `{object}`: {what} `{name}` does not exist{context}")]
+    UnknownName {
+        /// The configured object.
+        object: String,
+        /// "table", "view", "column", "change log table".
+        what: &'static str,
+        /// The missing name.
+        name: String,
+        /// Where it was looked for (" in table `x`"), or empty.
+        context: String,
+    },
+    /// The configuration asks for something the catalog does not allow.
+    #[error("crm object `{object}`: {message}")]
+    Schema {
+        /// The configured object.
+        object: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writes to the object are not enabled in the configuration.
+    #[error("crm object `{object}` is not writable (set `writable = true` to allow writes)")]
+    NotWritable {
+        /// The object.
+        object: String,
+    },
+    /// The cursor was not produced by this adapter or is damaged.
+    #[error("invalid crm cursor for `{object}`: {message}")]
+    BadCursor {
+        /// The object.
+        object: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The database or remote failed.
+    #[error("crm {operation} failed: {message}")]
+    Remote {
+        /// What the adapter was doing ("read changes of contacts", ...).
+        operation: String,
+        /// The remote's error message (never record values or secrets).
+        message: String,
+        /// Retrying the whole call later may succeed (connection lost, deadlock, timeout).
+        retryable: bool,
+    },
+}
+
+impl CrmError {
+    /// Returns true when retrying the same call later may succeed (connection reset or closed,
+    /// deadlock, serialization failure, pool timeout); false for configuration and schema errors.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CrmError::Remote {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// A CRM as the engine sees it: one adapter instance for one CRM.
+///
+/// Objects are named as in the adapter's configuration. Ids are the records' native ids as text.
+#[async_trait::async_trait]
+pub trait Crm: Send + Sync {
+    /// Returns the adapter's registered name ("sql", ...).
+    fn name(&self) -> &'static str;
+
+    /// Returns the object's schema as read from the CRM's catalog now.
+    ///
+    /// # Errors
+    /// Unknown object, a configured name missing from the catalog, or a remote failure.
+    async fn describe(&self, object: &str) -> Result<ObjectSchema, CrmError>;
+
+    /// Returns what the engine may rely on for this object.
+    ///
+    /// # Errors
+    /// Unknown object.
+    fn capabilities(&self, object: &str) -> Result<Capabilities, CrmError>;
+
+    /// Returns the changes after `cursor` (from the beginning when `None`), at most about
+    /// `limit` per feed, with the cursor for the next call.
+    ///
+    /// # Errors
+    /// Unknown object, a damaged cursor, or a remote failure (see [`CrmError::is_retryable`]).
+    async fn changes(
+        &self,
+        object: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage, CrmError>;
+
+    /// Returns the live (not deleted) records whose `field` equals one of `values`.
+    ///
+    /// # Errors
+    /// Unknown object or field, or a remote failure.
+    async fn find(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[Value],
+    ) -> Result<Vec<CrmRecord>, CrmError>;
+
+    /// Returns the live (not deleted) records with these native ids; missing ids are left out.
+    ///
+    /// # Errors
+    /// Unknown object or a remote failure.
+    async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError>;
+
+    /// Creates or updates each record keyed by `key_field`, and returns one result per record,
+    /// in input order. A record the CRM refuses gets [`WriteResult::Failed`]; the others are
+    /// written. A failure of the whole batch (connection lost, deadlock) writes nothing and
+    /// returns an error.
+    ///
+    /// # Errors
+    /// Unknown object, object not writable, key field not unique, or a batch-level failure.
+    async fn upsert(
+        &self,
+        object: &str,
+        key_field: &str,
+        batch: &[Fields],
+    ) -> Result<Vec<WriteResult>, CrmError>;
+
+    /// Deletes the records with these native ids (soft delete where the object has one), and
+    /// returns one result per id, in input order.
+    ///
+    /// # Errors
+    /// As [`Crm::upsert`].
+    async fn delete(&self, object: &str, ids: &[String]) -> Result<Vec<WriteResult>, CrmError>;
+
+    /// Checks that the CRM answers.
+    ///
+    /// # Errors
+    /// A remote failure.
+    async fn healthcheck(&self) -> Result<(), CrmError>;
+}

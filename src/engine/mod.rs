@@ -5,12 +5,14 @@
 //! and shutdown can be tested with a fake runner, and the engine can be tested one cycle at a
 //! time through [`Runner::run_one_cycle`].
 
+pub mod context;
 pub mod reconcile;
 pub mod summary;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use context::Context;
 pub use summary::{CycleSummary, ObjectCounts};
 
 /// Options of one cycle.

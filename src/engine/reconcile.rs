@@ -227,11 +227,7 @@ mod tests {
         assert_eq!(out.conflicts[0].marketo, Value::Text("CEO".into()));
         assert_eq!(out.conflicts[0].crm, Value::Text("VP".into()));
 
-        let marketo_wins = [rule(
-            "title",
-            Direction::Both,
-            Policy::MarketoWins,
-        )];
+        let marketo_wins = [rule("title", Direction::Both, Policy::MarketoWins)];
         let out = reconcile(&marketo_wins, &base, side(&m), side(&c));
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
         assert_eq!(out.agreed, fields(&[("title", "CEO")]));
@@ -242,11 +238,7 @@ mod tests {
         let base = fields(&[("title", "CTO")]);
         let m = fields(&[("title", "CEO")]);
         let c = fields(&[("title", "VP")]);
-        let rules = [rule(
-            "title",
-            Direction::Both,
-            Policy::NewestWins,
-        )];
+        let rules = [rule("title", Direction::Both, Policy::NewestWins)];
         let early = "2026-01-01T00:00:00Z".parse().unwrap();
         let late = "2026-01-02T00:00:00Z".parse().unwrap();
         let out = reconcile(
@@ -278,11 +270,7 @@ mod tests {
 
     #[test]
     fn one_way_fields_do_not_flow_backwards() {
-        let rules = [rule(
-            "score",
-            Direction::ToCrm,
-            Policy::MarketoWins,
-        )];
+        let rules = [rule("score", Direction::ToCrm, Policy::MarketoWins)];
         let base = fields(&[("score", "10")]);
         let c = fields(&[("score", "99")]);
         let out = reconcile(&rules, &base, None, side(&c));

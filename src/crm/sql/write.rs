@@ -1,0 +1,332 @@
+//! Writes: upserts and deletes, one transaction per batch, one result per record.
+
+use crate::crm::{CrmError, WriteResult};
+use crate::model::{Fields, Value};
+
+use super::ObjectInfo;
+use super::catalog::Column;
+use super::changelog::WRITER_TABLE;
+use super::dialect::{
+    Dialect, SqlPool, TextRow, classify, exec_text, fetch_text, on_pool, record_error,
+};
+
+type Sql = (String, Vec<Option<String>>);
+
+/// One record's statements.
+pub(super) struct Statement {
+    /// A lookup run first; an empty result means the record is new (SQLite upserts).
+    pre: Option<Sql>,
+    /// The write itself.
+    main: Sql,
+    /// Run instead of `main` when `pre` found the record (MariaDB: a plain UPDATE by key, as
+    /// `ON DUPLICATE KEY UPDATE` would also match other unique keys and overwrite another row).
+    update_instead: Option<Sql>,
+    /// The write returns `(pk, modified[, inserted])`.
+    main_returns: bool,
+    /// A lookup of `(pk, modified)` after the write.
+    post: Option<Sql>,
+    /// A delete of this id (else an upsert).
+    delete_id: Option<String>,
+}
+
+/// What a batch did.
+pub(super) struct Outcome {
+    /// One result per input, in order.
+    pub results: Vec<WriteResult>,
+    /// `(pk, modified)` of every row written, as the database stored them.
+    pub written: Vec<(String, String)>,
+}
+
+fn failed(code: &str, message: String) -> WriteResult {
+    WriteResult::Failed {
+        code: code.to_owned(),
+        message,
+        retryable: false,
+    }
+}
+
+/// Returns the statements that upsert one record keyed by `key`, or the record's failure.
+pub(super) fn plan_upsert(
+    d: Dialect,
+    info: &ObjectInfo,
+    key: &Column,
+    fields: &Fields,
+) -> Result<Statement, WriteResult> {
+    match fields.get(&key.name) {
+        None | Some(Value::Null) => {
+            return Err(failed(
+                "missing_key",
+                format!("key field `{}` has no value", key.name),
+            ));
+        }
+        Some(_) => {}
+    }
+    let mut columns: Vec<&Column> = Vec::new();
+    let mut params: Vec<Option<String>> = Vec::new();
+    for (name, value) in fields {
+        let Some(col) = info.table_columns.iter().find(|c| &c.name == name) else {
+            return Err(failed(
+                "unknown_field",
+                format!("`{}` has no column `{name}`", info.options.table),
+            ));
+        };
+        if col.generated {
+            return Err(failed(
+                "read_only_field",
+                format!("column `{name}` is computed by the database"),
+            ));
+        }
+        columns.push(col);
+        params.push(d.value_text(value, &col.ty));
+    }
+    let q = |c: &str| d.quote(c);
+    let table = q(&info.options.table);
+    let m = q(&info.modified.name);
+    let pk = q(&info.pk.name);
+    let keyq = q(&key.name);
+    let mut names: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
+    let mut values: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| d.param(i + 1, &c.cast))
+        .collect();
+    let sets_modified = columns.iter().any(|c| c.name == info.modified.name);
+    if !sets_modified {
+        names.push(m.clone());
+        values.push(d.now().to_owned());
+    }
+    let insert = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        values.join(", ")
+    );
+    let key_param = params[columns.iter().position(|c| c.name == key.name).unwrap_or(0)].clone();
+    Ok(match d {
+        Dialect::Postgres | Dialect::Sqlite => {
+            let sets: Vec<String> = names
+                .iter()
+                .map(|n| format!("{n} = excluded.{n}"))
+                .collect();
+            let returning = if d == Dialect::Postgres {
+                format!(
+                    "{}, {}, CAST((xmax = 0) AS TEXT)",
+                    d.as_text(&pk),
+                    d.as_text(&m)
+                )
+            } else {
+                format!("{}, {}", d.as_text(&pk), d.as_text(&m))
+            };
+            let main = format!(
+                "{insert} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {returning}",
+                sets.join(", ")
+            );
+            let pre = (d == Dialect::Sqlite).then(|| {
+                (
+                    format!("SELECT CAST(1 AS TEXT) FROM {table} WHERE {keyq} = ?"),
+                    vec![key_param.clone()],
+                )
+            });
+            Statement {
+                pre,
+                main: (main, params),
+                update_instead: None,
+                main_returns: true,
+                post: None,
+                delete_id: None,
+            }
+        }
+        Dialect::MySql => {
+            let sets: Vec<String> = names
+                .iter()
+                .zip(&values)
+                .map(|(n, v)| format!("{n} = {v}"))
+                .collect();
+            let update = format!("UPDATE {table} SET {} WHERE {keyq} = ?", sets.join(", "));
+            let mut update_params = params.clone();
+            update_params.push(key_param.clone());
+            let pre = format!("SELECT CAST(1 AS CHAR) FROM {table} WHERE {keyq} = ? FOR UPDATE");
+            let post = format!(
+                "SELECT {}, {} FROM {table} WHERE {keyq} = ?",
+                d.as_text(&pk),
+                d.as_text(&m)
+            );
+            Statement {
+                pre: Some((pre, vec![key_param.clone()])),
+                main: (insert, params),
+                update_instead: Some((update, update_params)),
+                main_returns: false,
+                post: Some((post, vec![key_param])),
+                delete_id: None,
+            }
+        }
+    })
+}
+
+/// Returns the statements that delete one record (soft where the object has a soft-delete
+/// column).
+pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement {
+    let q = |c: &str| d.quote(c);
+    let table = q(&info.options.table);
+    let pk = q(&info.pk.name);
+    let m = q(&info.modified.name);
+    let id_param = d.param(1, &info.pk.cast);
+    match (&info.options.soft_delete, &info.soft) {
+        (Some(rule), Some(col)) => {
+            let (set, params) = match &rule.value {
+                Some(v) => {
+                    let value = d.value_text(&Value::from_json(v), &col.ty);
+                    (
+                        format!("{} = {}", q(&col.name), d.param(1, &col.cast)),
+                        vec![value, Some(id.to_owned())],
+                    )
+                }
+                None => (
+                    format!("{} = {}", q(&col.name), d.now()),
+                    vec![Some(id.to_owned())],
+                ),
+            };
+            let id_param = d.param(params.len(), &info.pk.cast);
+            let main = format!(
+                "UPDATE {table} SET {set}, {m} = {} WHERE {pk} = {id_param}",
+                d.now()
+            );
+            let post = format!(
+                "SELECT {}, {} FROM {table} WHERE {pk} = {}",
+                d.as_text(&pk),
+                d.as_text(&m),
+                d.param(1, &info.pk.cast)
+            );
+            Statement {
+                pre: None,
+                main: (main, params),
+                update_instead: None,
+                main_returns: false,
+                post: Some((post, vec![Some(id.to_owned())])),
+                delete_id: Some(id.to_owned()),
+            }
+        }
+        _ => Statement {
+            pre: None,
+            main: (
+                format!("DELETE FROM {table} WHERE {pk} = {id_param}"),
+                vec![Some(id.to_owned())],
+            ),
+            update_instead: None,
+            main_returns: false,
+            post: None,
+            delete_id: Some(id.to_owned()),
+        },
+    }
+}
+
+/// What one statement returned.
+enum Ran {
+    Rows(Vec<TextRow>),
+    Affected(u64),
+}
+
+/// Runs a batch in one transaction, marked as the sync's own write.
+///
+/// # Errors
+/// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
+pub(super) async fn run(
+    pool: &SqlPool,
+    info: &ObjectInfo,
+    sqlite_writer_flag: bool,
+    plans: Vec<Result<Statement, WriteResult>>,
+) -> Result<Outcome, CrmError> {
+    let op = format!("write {}", info.name);
+    let dialect = pool.dialect();
+    let savepoints = dialect == Dialect::Postgres;
+    let err = |e: sqlx::Error| classify(&op, &e);
+    let mut results = Vec::with_capacity(plans.len());
+    let mut written = Vec::new();
+    on_pool!(pool, p => {
+        let mut tx = p.begin().await.map_err(err)?;
+        if sqlite_writer_flag {
+            let sql = format!("UPDATE {WRITER_TABLE} SET active = 1");
+            exec_text!(&mut *tx, sql, Vec::<Option<String>>::new()).map_err(err)?;
+        }
+        for plan in plans {
+            let st = match plan {
+                Ok(st) => st,
+                Err(result) => {
+                    results.push(result);
+                    continue;
+                }
+            };
+            if savepoints {
+                sqlx::raw_sql("SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+            }
+            let mut existed = None;
+            if let Some((sql, params)) = st.pre {
+                let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
+                existed = Some(!rows.is_empty());
+            }
+            let (sql, params) = match (existed, st.update_instead) {
+                (Some(true), Some(update)) => update,
+                _ => st.main,
+            };
+            let ran = if st.main_returns {
+                fetch_text!(&mut *tx, sql, params).map(Ran::Rows)
+            } else {
+                exec_text!(&mut *tx, sql, params).map(Ran::Affected)
+            };
+            let ran = match ran {
+                Ok(ran) => ran,
+                Err(e) => match record_error(&e) {
+                    Some((code, message)) => {
+                        if savepoints {
+                            sqlx::raw_sql("ROLLBACK TO SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+                        }
+                        results.push(WriteResult::Failed { code, message, retryable: false });
+                        continue;
+                    }
+                    None => return Err(err(e)),
+                },
+            };
+            if savepoints {
+                sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+            }
+            let mut returned: Option<TextRow> = None;
+            let created;
+            match ran {
+                Ran::Rows(rows) => {
+                    returned = rows.into_iter().next();
+                    created = match existed {
+                        Some(existed) => !existed,
+                        None => returned.as_ref().and_then(|r| r.get(2).cloned().flatten()).as_deref() == Some("true"),
+                    };
+                }
+                Ran::Affected(n) => {
+                    if st.delete_id.is_some() && n == 0 {
+                        results.push(failed("not_found", "no record has this id".to_owned()));
+                        continue;
+                    }
+                    created = st.delete_id.is_none() && existed.map_or(n == 1, |e| !e);
+                }
+            }
+            if let Some((sql, params)) = st.post {
+                let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
+                returned = rows.into_iter().next();
+            }
+            let pk = returned.as_ref().and_then(|r| r.first().cloned().flatten());
+            let modified = returned.as_ref().and_then(|r| r.get(1).cloned().flatten());
+            if let (Some(pk), Some(m)) = (pk.clone(), modified) {
+                written.push((pk, m));
+            }
+            results.push(match (st.delete_id, pk) {
+                (Some(id), _) => WriteResult::Deleted { id },
+                (None, Some(id)) if created => WriteResult::Created { id },
+                (None, Some(id)) => WriteResult::Updated { id },
+                (None, None) => failed("not_written", "the database returned no row for this record".to_owned()),
+            });
+        }
+        if sqlite_writer_flag {
+            let sql = format!("UPDATE {WRITER_TABLE} SET active = 0");
+            exec_text!(&mut *tx, sql, Vec::<Option<String>>::new()).map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+    });
+    Ok(Outcome { results, written })
+}

@@ -1,0 +1,882 @@
+//! The SQL adapter's behaviour suite, run against SQLite (a temporary file), PostgreSQL
+//! (`PG_TEST_URL`) and MariaDB (`MYSQL_TEST_URL`), each test in its own fresh database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marketo_sync::crm::sql::dialect::{Dialect, SqlPool};
+use marketo_sync::crm::sql::{SqlOptions, changelog};
+use marketo_sync::crm::{
+    Change, ChangeKind, Crm, CrmError, Cursor, DeleteHow, WriteResult, registry,
+};
+use marketo_sync::model::{Fields, Value};
+use marketo_sync::sim::demo_crm;
+use secrecy::SecretString;
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+struct Env {
+    engine: Engine,
+    url: String,
+    admin: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn with_database(base: &str, db: &str) -> String {
+    let mut url = url::Url::parse(base).expect("test url");
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+impl Env {
+    async fn new(engine: Engine) -> Env {
+        let name = format!("mks_crm_{}", uuid::Uuid::new_v4().simple());
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+                Env {
+                    engine,
+                    url,
+                    admin: None,
+                    _dir: Some(dir),
+                }
+            }
+            Engine::Postgres | Engine::MariaDb => {
+                let base = if engine == Engine::Postgres {
+                    std::env::var("PG_TEST_URL")
+                        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+                } else {
+                    std::env::var("MYSQL_TEST_URL")
+                        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+                };
+                let admin = SqlPool::connect(&base, 1, false).await.unwrap();
+                admin
+                    .execute_raw("create db", format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                admin.close().await;
+                Env {
+                    engine,
+                    url: with_database(&base, &name),
+                    admin: Some((base, name)),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Some((base, name)) = &self.admin {
+            let admin = SqlPool::connect(base, 1, false).await.unwrap();
+            let force = if self.engine == Engine::Postgres {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            admin
+                .execute_raw("drop db", format!("DROP DATABASE {name}{force}"))
+                .await
+                .unwrap();
+            admin.close().await;
+        }
+    }
+
+    /// A user session (unmarked: its writes are user changes). One connection, so that
+    /// `BEGIN` ... `COMMIT` stay on it.
+    async fn user(&self) -> SqlPool {
+        SqlPool::connect(&self.url, 1, false).await.unwrap()
+    }
+
+    async fn demo(&self, contacts: usize) {
+        demo_crm::install(&self.url, 42, contacts).await.unwrap();
+    }
+
+    async fn adapter(&self, changelog_on: bool, overlap: u64) -> Arc<dyn Crm> {
+        let mut options = demo_crm::adapter_options(true, changelog_on);
+        options["overlap_seconds"] = json!(overlap);
+        if changelog_on {
+            let parsed = SqlOptions::from_json(&options).unwrap();
+            changelog::install(&SecretString::from(self.url.clone()), &parsed)
+                .await
+                .unwrap();
+        }
+        registry::build("sql", &SecretString::from(self.url.clone()), &options)
+            .await
+            .unwrap()
+    }
+
+    fn ts(&self, second: u32) -> String {
+        format!("'2030-01-01 00:00:{second:02}.000'")
+    }
+
+    fn truth(&self, b: bool) -> &'static str {
+        match (self.engine, b) {
+            (Engine::Postgres, true) => "TRUE",
+            (Engine::Postgres, false) => "FALSE",
+            (_, true) => "1",
+            (_, false) => "0",
+        }
+    }
+}
+
+async fn exec(pool: &SqlPool, sql: &str) {
+    pool.execute_raw("test", sql.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Reads every page until `more` is false; returns the changes and the final cursor.
+async fn drain(
+    crm: &dyn Crm,
+    object: &str,
+    cursor: Option<Cursor>,
+    limit: usize,
+) -> (Vec<Change>, Cursor) {
+    let mut cursor = cursor;
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let page = crm.changes(object, cursor.as_ref(), limit).await.unwrap();
+        assert!(page.changes.len() <= 2 * limit);
+        all.extend(page.changes);
+        cursor = Some(page.next);
+        if !page.more {
+            return (all, cursor.unwrap());
+        }
+    }
+    panic!("the change feed never ended");
+}
+
+fn ids(changes: &[Change]) -> Vec<String> {
+    let mut ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+    ids.sort_by_key(|i| i.parse::<i64>().unwrap_or(i64::MAX));
+    ids.dedup();
+    ids
+}
+
+fn fields(pairs: &[(&str, Value)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn latest(changes: &[Change], id: &str) -> Change {
+    changes
+        .iter()
+        .rev()
+        .find(|c| c.id == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no change for {id}: {changes:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+async fn inserts_updates_and_soft_deletes(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(10).await;
+    let crm = env.adapter(false, 0).await;
+    let (first, cursor) = drain(crm.as_ref(), "contacts", None, 4).await;
+    assert_eq!(
+        ids(&first),
+        (1..=10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(
+        first
+            .iter()
+            .all(|c| matches!(c.kind, ChangeKind::Upserted { .. }))
+    );
+
+    let user = env.user().await;
+    exec(&user, &format!("INSERT INTO contacts (email, first_name, updated_at) VALUES ('new@x.example', 'Nina', {})", env.ts(1))).await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'Chief', updated_at = {} WHERE id = 3",
+            env.ts(2)
+        ),
+    )
+    .await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET deleted = {}, updated_at = {} WHERE id = 5",
+            env.truth(true),
+            env.ts(3)
+        ),
+    )
+    .await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET deleted = {}, merged_into = 2, updated_at = {} WHERE id = 6",
+            env.truth(true),
+            env.ts(4)
+        ),
+    )
+    .await;
+
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 2).await;
+    assert_eq!(ids(&changes), vec!["3", "5", "6", "11"]);
+    match latest(&changes, "11").kind {
+        ChangeKind::Upserted { fields } => {
+            assert_eq!(fields["email"], Value::from("new@x.example"));
+            assert_eq!(fields["deleted"], Value::Bool(false));
+        }
+        other => panic!("{other:?}"),
+    }
+    match latest(&changes, "3").kind {
+        ChangeKind::Upserted { fields } => assert_eq!(fields["title"], Value::from("Chief")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(latest(&changes, "5").kind, ChangeKind::Deleted(ref t) if t.how == DeleteHow::Soft)
+    );
+    assert!(
+        matches!(latest(&changes, "6").kind, ChangeKind::Deleted(ref t) if t.how == DeleteHow::Merged { into: "2".into() })
+    );
+    let at = "2030-01-01T00:00:02Z"
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    assert_eq!(latest(&changes, "3").modified_at, at);
+
+    // Nothing new: an empty page, and the cursor stays usable.
+    let (again, _) = drain(crm.as_ref(), "contacts", Some(cursor), 2).await;
+    assert!(again.is_empty(), "{again:?}");
+    // Soft-deleted records are not returned by get.
+    let got = crm
+        .get("contacts", &["5".into(), "4".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["4"]
+    );
+    env.cleanup().await;
+}
+
+async fn equal_timestamps(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(12).await;
+    let crm = env.adapter(false, 0).await;
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'Same', updated_at = {} WHERE id BETWEEN 2 AND 9",
+            env.ts(5)
+        ),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut cursor = Some(cursor);
+    let mut pages = 0;
+    loop {
+        let page = crm.changes("contacts", cursor.as_ref(), 3).await.unwrap();
+        assert!(page.changes.len() <= 3);
+        seen.extend(page.changes.iter().map(|c| c.id.clone()));
+        cursor = Some(page.next);
+        pages += 1;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        (2..=9).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each row exactly once, in (modified, id) order"
+    );
+    env.cleanup().await;
+}
+
+async fn hard_deletes_through_the_changelog(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(6).await;
+    let crm = env.adapter(true, 0).await;
+    let (first, cursor) = drain(crm.as_ref(), "contacts", None, 4).await;
+    assert_eq!(ids(&first).len(), 6);
+    let user = env.user().await;
+    exec(&user, "DELETE FROM contacts WHERE id = 4").await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET phone = '123', updated_at = {} WHERE id = 2",
+            env.ts(1)
+        ),
+    )
+    .await;
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 4).await;
+    assert_eq!(ids(&changes), vec!["2", "4"]);
+    match latest(&changes, "4").kind {
+        ChangeKind::Deleted(t) => assert_eq!(t.how, DeleteHow::Hard),
+        other => panic!("{other:?}"),
+    }
+    // The log of other objects does not leak into contacts.
+    exec(&user, "DELETE FROM leads WHERE id = 1").await;
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 4).await;
+    assert!(changes.is_empty(), "{changes:?}");
+    // Each object has its own cursor; a fresh leads feed sees the hard delete in the log.
+    let (lead_changes, _) = drain(crm.as_ref(), "leads", None, 4).await;
+    assert!(
+        lead_changes.iter().any(|c| c.id == "1"
+            && matches!(c.kind, ChangeKind::Deleted(ref t) if t.how == DeleteHow::Hard))
+    );
+    env.cleanup().await;
+}
+
+async fn out_of_order_commits(engine: Engine, changelog_on: bool) {
+    let env = Env::new(engine).await;
+    env.demo(5).await;
+    // Without the change log the overlap window catches the late commit; with it (and no
+    // overlap) the change log's gap tracking does.
+    let crm = env
+        .adapter(changelog_on, if changelog_on { 0 } else { 300 })
+        .await;
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let slow = env.user().await;
+    let fast = env.user().await;
+    exec(&slow, "BEGIN").await;
+    exec(
+        &slow,
+        &format!(
+            "UPDATE contacts SET title = 'slow', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    exec(&fast, "BEGIN").await;
+    exec(
+        &fast,
+        &format!(
+            "UPDATE contacts SET title = 'fast', updated_at = {} WHERE id = 2",
+            env.ts(2)
+        ),
+    )
+    .await;
+    exec(&fast, "COMMIT").await;
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    assert!(ids(&changes).contains(&"2".to_owned()));
+    // Uncommitted work is invisible (the overlap may re-read row 1 in its committed state).
+    let slow_seen = changes.iter().any(|c| c.id == "1" && matches!(&c.kind, ChangeKind::Upserted { fields } if fields["title"] == Value::from("slow")));
+    assert!(!slow_seen, "uncommitted work is invisible");
+    exec(&slow, "COMMIT").await;
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    match latest(&changes, "1").kind {
+        ChangeKind::Upserted { fields } => assert_eq!(fields["title"], Value::from("slow")),
+        other => panic!("{other:?}"),
+    }
+    env.cleanup().await;
+}
+
+async fn out_of_order_commits_overlap(engine: Engine) {
+    out_of_order_commits(engine, false).await;
+}
+
+async fn out_of_order_commits_changelog(engine: Engine) {
+    out_of_order_commits(engine, true).await;
+}
+
+async fn own_writes_are_not_read_back(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(5).await;
+    let crm = env.adapter(true, 300).await;
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET marketo_id = 'M1', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    assert!(ids(&changes).contains(&"1".to_owned()));
+
+    let batch = vec![
+        fields(&[
+            ("marketo_id", "M1".into()),
+            ("title", "Written by sync".into()),
+        ]),
+        fields(&[
+            ("marketo_id", "M2".into()),
+            ("email", "m2@x.example".into()),
+            ("first_name", "Mo".into()),
+        ]),
+    ];
+    let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    assert_eq!(results[0], WriteResult::Updated { id: "1".into() });
+    let WriteResult::Created { id: new_id } = &results[1] else {
+        panic!("{results:?}")
+    };
+    let deleted = crm
+        .delete("contacts", &["3".into(), "999".into()])
+        .await
+        .unwrap();
+    assert_eq!(deleted[0], WriteResult::Deleted { id: "3".into() });
+    assert!(matches!(&deleted[1], WriteResult::Failed { code, .. } if code == "not_found"));
+
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    for id in ["1", "3", new_id.as_str()] {
+        assert!(
+            !changes.iter().any(|c| c.id == id),
+            "own write {id} read back: {changes:?}"
+        );
+    }
+    let log = user
+        .fetch("count", "SELECT CAST(COUNT(*) AS CHAR(20)) AS n FROM marketo_sync_changelog WHERE pk IN ('3', 'x')".replace("'x'", &format!("'{new_id}'")), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        log[0][0].as_deref().map(str::trim),
+        Some("0"),
+        "the triggers skipped the adapter's writes"
+    );
+    let stored = crm
+        .find("contacts", "marketo_id", &["M1".into()])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].fields["title"], Value::from("Written by sync"));
+
+    // A user change after our write is read.
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'User again', updated_at = {} WHERE id = 1",
+            env.ts(9)
+        ),
+    )
+    .await;
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    match latest(&changes, "1").kind {
+        ChangeKind::Upserted { fields } => assert_eq!(fields["title"], Value::from("User again")),
+        other => panic!("{other:?}"),
+    }
+    env.cleanup().await;
+}
+
+async fn per_record_results(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(10).await;
+    let crm = env.adapter(false, 0).await;
+    let batch = vec![
+        fields(&[
+            ("marketo_id", "A1".into()),
+            ("external_id", "NEW-1".into()),
+            ("name", "New One".into()),
+        ]),
+        // external_id ACC-000001 already exists: unique violation for this record only.
+        fields(&[
+            ("marketo_id", "A2".into()),
+            ("external_id", "ACC-000001".into()),
+            ("name", "Dup".into()),
+        ]),
+        fields(&[("marketo_id", "A3".into()), ("no_such_column", "x".into())]),
+        fields(&[("name", "no key".into())]),
+        fields(&[
+            ("marketo_id", "A4".into()),
+            ("external_id", "NEW-4".into()),
+            ("annual_revenue", Value::Decimal("1234.50".parse().unwrap())),
+        ]),
+    ];
+    let results = crm.upsert("accounts", "marketo_id", &batch).await.unwrap();
+    assert_eq!(results.len(), 5);
+    assert!(
+        matches!(&results[0], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Failed { code, retryable: false, .. } if code == "unique_violation"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Failed { code, .. } if code == "unknown_field"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[3], WriteResult::Failed { code, .. } if code == "missing_key"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[4], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    let found = crm
+        .find(
+            "accounts",
+            "marketo_id",
+            &["A1".into(), "A2".into(), "A4".into()],
+        )
+        .await
+        .unwrap();
+    let mut keys: Vec<Value> = found
+        .iter()
+        .map(|r| r.fields["marketo_id"].clone())
+        .collect();
+    keys.sort_by_key(|v| v.to_text());
+    assert_eq!(keys, vec![Value::from("A1"), Value::from("A4")]);
+    let a4 = found
+        .iter()
+        .find(|r| r.fields["marketo_id"] == Value::from("A4"))
+        .unwrap();
+    assert_eq!(
+        a4.fields["annual_revenue"],
+        Value::Decimal("1234.5".parse().unwrap())
+    );
+    // Updating the same key again updates, and writing is refused on a read-only object.
+    let again = crm
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[fields(&[
+                ("marketo_id", "A1".into()),
+                ("industry", "Space".into()),
+            ])],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&again[0], WriteResult::Updated { .. }));
+    let ro = registry::build(
+        "sql",
+        &SecretString::from(env.url.clone()),
+        &demo_crm::adapter_options(false, false),
+    )
+    .await
+    .unwrap();
+    let err = ro.upsert("accounts", "marketo_id", &[]).await.unwrap_err();
+    assert!(matches!(err, CrmError::NotWritable { .. }) && !err.is_retryable());
+    env.cleanup().await;
+}
+
+async fn dropped_connection_mid_batch(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(5).await;
+    let crm = env.adapter(false, 0).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        "UPDATE contacts SET marketo_id = CONCAT('M', CAST(id AS CHAR(10)))"
+            .replace(
+                "CHAR(10)",
+                if engine == Engine::Postgres {
+                    "TEXT"
+                } else {
+                    "CHAR(10)"
+                },
+            )
+            .as_str(),
+    )
+    .await;
+    let locker = env.user().await;
+    exec(&locker, "BEGIN").await;
+    exec(&locker, "UPDATE contacts SET phone = 'locked' WHERE id = 3").await;
+
+    let batch = vec![
+        fields(&[
+            ("marketo_id", "NEW".into()),
+            ("email", "new@x.example".into()),
+        ]),
+        fields(&[("marketo_id", "M1".into()), ("title", "changed".into())]),
+        fields(&[("marketo_id", "M2".into()), ("title", "changed".into())]),
+        fields(&[("marketo_id", "M3".into()), ("title", "changed".into())]),
+    ];
+    let writer = crm.clone();
+    let task = tokio::spawn(async move { writer.upsert("contacts", "marketo_id", &batch).await });
+
+    // Wait (bounded) until the batch blocks on the locked row, then kill its connection.
+    let killer = env.user().await;
+    let find = if engine == Engine::Postgres {
+        "SELECT CAST(pid AS TEXT) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    } else {
+        "SELECT CAST(ID AS CHAR) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND COMMAND <> 'Sleep'"
+    };
+    let mut victim = None;
+    for _ in 0..500 {
+        let rows = killer.fetch("find", find.to_owned(), &[]).await.unwrap();
+        if let Some(id) = rows.first().and_then(|r| r[0].clone()) {
+            victim = Some(id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim: i64 = victim.expect("the batch never blocked").parse().unwrap();
+    if engine == Engine::Postgres {
+        exec(&killer, &format!("SELECT pg_terminate_backend({victim})")).await;
+    } else {
+        exec(&killer, &format!("KILL {victim}")).await;
+    }
+    let err = task.await.unwrap().expect_err("the batch must fail");
+    assert!(err.is_retryable(), "{err}");
+    exec(&locker, "ROLLBACK").await;
+
+    let rows = user
+        .fetch("check", "SELECT CAST(COUNT(*) AS CHAR(20)) AS n FROM contacts WHERE marketo_id = 'NEW' OR title = 'changed'".to_owned(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0][0].as_deref().map(str::trim),
+        Some("0"),
+        "no part of the batch was committed"
+    );
+    // The adapter recovers: the same batch goes through on retry.
+    let batch = vec![fields(&[
+        ("marketo_id", "M1".into()),
+        ("title", "changed".into()),
+    ])];
+    let ok = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    assert_eq!(ok[0], WriteResult::Updated { id: "1".into() });
+    env.cleanup().await;
+}
+
+async fn unknown_names_fail_before_any_query(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(2).await;
+    let url = SecretString::from(env.url.clone());
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["contacts"]["table"] = json!("contactz");
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(
+        matches!(&err, CrmError::UnknownName { what: "table", name, .. } if name == "contactz"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["leads"]["modified_column"] = json!("modified_at");
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("`modified_at` does not exist in `leads`"),
+        "{err}"
+    );
+
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["leads"]["columns"] = json!(["email", "emial"]);
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(err.to_string().contains("emial"), "{err}");
+
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["leads"]["tabel"] = json!("x");
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(
+        matches!(err, CrmError::Config { .. }) && err.to_string().contains("tabel"),
+        "{err}"
+    );
+
+    // The change log must be installed before it is used.
+    let err = registry::build("sql", &url, &demo_crm::adapter_options(false, true))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("install-changelog"), "{err}");
+
+    // A field name at call time is checked too.
+    let crm = registry::build("sql", &url, &demo_crm::adapter_options(false, false))
+        .await
+        .unwrap();
+    let err = crm
+        .find("contacts", "nope", &["x".into()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CrmError::UnknownName { .. }), "{err}");
+    let err = crm.changes("nope", None, 10).await.unwrap_err();
+    assert!(matches!(err, CrmError::UnknownObject { .. }), "{err}");
+    env.cleanup().await;
+}
+
+async fn describe_and_capabilities(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(8).await;
+    let crm = env.adapter(false, 0).await;
+    let schema = crm.describe("contacts").await.unwrap();
+    assert_eq!(schema.id_field.as_deref(), Some("id"));
+    assert_eq!(schema.dedupe_fields, vec!["marketo_id".to_owned()]);
+    let f = |n: &str| {
+        schema
+            .field(n)
+            .unwrap_or_else(|| panic!("no field {n}"))
+            .clone()
+    };
+    assert!(f("id").read_only && f("id").unique);
+    assert_eq!(
+        f("email").ty,
+        marketo_sync::model::FieldType::Text { max_len: Some(255) }
+    );
+    assert!(f("email").searchable && !f("email").unique);
+    assert_eq!(
+        f("do_not_email").ty,
+        marketo_sync::model::FieldType::Boolean
+    );
+    assert_eq!(f("updated_at").ty, marketo_sync::model::FieldType::DateTime);
+    assert!(f("marketo_id").unique && !f("marketo_id").read_only);
+    let opp = crm.describe("opportunities").await.unwrap();
+    assert_eq!(
+        opp.field("amount").unwrap().ty,
+        marketo_sync::model::FieldType::Decimal
+    );
+    assert_eq!(
+        opp.field("close_date").unwrap().ty,
+        marketo_sync::model::FieldType::Date
+    );
+    let caps = crm.capabilities("contacts").unwrap();
+    let want = if engine == Engine::Sqlite {
+        marketo_sync::crm::Precision::Millis
+    } else {
+        marketo_sync::crm::Precision::Micros
+    };
+    assert_eq!(caps.timestamp_precision, want);
+    assert_eq!(caps.delete_feed, marketo_sync::crm::DeleteFeed::SoftOnly);
+    assert_eq!(
+        caps.upsert,
+        marketo_sync::crm::UpsertMode::NativeByExternalId
+    );
+    crm.healthcheck().await.unwrap();
+    // Values come back typed.
+    let recs = crm.get("opportunities", &["1".into()]).await.unwrap();
+    let o = &recs[0].fields;
+    assert!(matches!(o["amount"], Value::Decimal(_)), "{o:?}");
+    assert!(matches!(o["is_closed"], Value::Bool(_)), "{o:?}");
+    assert!(matches!(o["close_date"], Value::Date(_)), "{o:?}");
+    assert!(matches!(o["account_id"], Value::Int(_)), "{o:?}");
+    let _: BTreeMap<_, _> = o.clone();
+    env.cleanup().await;
+}
+
+async fn demo_data_is_deterministic(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(20).await;
+    let crm = env.adapter(false, 0).await;
+    let first = crm.get("contacts", &["7".into()]).await.unwrap();
+    env.demo(20).await;
+    let second = crm.get("contacts", &["7".into()]).await.unwrap();
+    let strip = |mut f: Fields| {
+        f.remove("updated_at");
+        f
+    };
+    assert_eq!(
+        strip(first[0].fields.clone()),
+        strip(second[0].fields.clone())
+    );
+    assert_eq!(
+        Dialect::from_url(&env.url).unwrap() == Dialect::Sqlite,
+        engine == Engine::Sqlite
+    );
+    env.cleanup().await;
+}
+
+async fn locked_database_fails_the_whole_batch(engine: Engine) {
+    // SQLite has no server connection to drop; the batch-level failure it does have is a
+    // database locked by another writer. The batch fails as a whole, retryably.
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let crm = env.adapter(false, 0).await;
+    let locker = env.user().await;
+    exec(&locker, "BEGIN IMMEDIATE").await;
+    let batch = vec![
+        fields(&[("marketo_id", "A".into()), ("email", "a@x.example".into())]),
+        fields(&[("marketo_id", "B".into()), ("email", "b@x.example".into())]),
+    ];
+    let err = crm
+        .upsert("contacts", "marketo_id", &batch)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    exec(&locker, "ROLLBACK").await;
+    assert!(
+        crm.find("contacts", "marketo_id", &["A".into(), "B".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ok = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    assert!(
+        ok.iter().all(|r| matches!(r, WriteResult::Created { .. })),
+        "{ok:?}"
+    );
+    env.cleanup().await;
+}
+
+async fn reads_through_a_view(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(4).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        "CREATE VIEW contacts_v AS SELECT c.id, c.email, c.updated_at, c.deleted, c.marketo_id, a.name AS account_name \
+         FROM contacts c LEFT JOIN accounts a ON a.id = c.account_id",
+    )
+    .await;
+    let mut options = demo_crm::adapter_options(false, false);
+    options["objects"]["contacts"]["read_view"] = json!("contacts_v");
+    options["objects"]["contacts"]["columns"] = json!(["email", "account_name"]);
+    options["objects"]["contacts"]
+        .as_object_mut()
+        .unwrap()
+        .remove("merged_into_column");
+    let url = SecretString::from(env.url.clone());
+    let crm = registry::build("sql", &url, &options).await.unwrap();
+    let (changes, _) = drain(crm.as_ref(), "contacts", None, 3).await;
+    assert_eq!(ids(&changes).len(), 4);
+    match &changes[0].kind {
+        ChangeKind::Upserted { fields } => {
+            assert_eq!(
+                fields.keys().cloned().collect::<Vec<_>>(),
+                vec!["account_name".to_owned(), "email".to_owned()]
+            );
+            assert!(
+                matches!(fields["account_name"], Value::Text(_)),
+                "{fields:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The view must have the configured columns.
+    options["objects"]["contacts"]["merged_into_column"] = json!("merged_into");
+    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("`merged_into` does not exist in `contacts_v`"),
+        "{err}"
+    );
+    env.cleanup().await;
+}
+
+macro_rules! on_engines {
+    ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
+        mod $engine_mod {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($engine).await;
+                }
+            )*
+        }
+    };
+}
+
+on_engines!(sqlite, super::Engine::Sqlite;
+    inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
+    own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
+    describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
+    reads_through_a_view);
+on_engines!(postgres, super::Engine::Postgres;
+    inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
+    out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);
+on_engines!(mariadb, super::Engine::MariaDb;
+    inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
+    out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);
