@@ -12,6 +12,9 @@
 //! sessions are marked), and the keyset read skips rows whose modified time is the one the
 //! adapter itself just wrote.
 //!
+//! Rows whose modified time is NULL are not part of the change feed. The change log must be
+//! installed before the adapter connects (the SQLite writer flag is detected at connect time).
+//!
 //! Writes are off by default (`writable = true` per object). Each batch runs in one transaction:
 //! a record the database refuses (constraint or data error) gets a per-record failure and the
 //! rest are written; a batch-level failure (connection lost, deadlock) rolls everything back and
@@ -454,15 +457,26 @@ impl SqlCrm {
                 format!("WHERE {m} >= {}", d.param(1, &info.modified.cast))
             }
             (Some(m0), Some(pk0)) => {
-                params.extend([Some(m0.clone()), Some(m0.clone()), Some(pk0.clone())]);
-                format!(
-                    "WHERE ({m} > {} OR ({m} = {} AND {pk} > {}))",
-                    d.param(1, &info.modified.cast),
-                    d.param(2, &info.modified.cast),
-                    d.param(3, &info.pk.cast)
-                )
+                if d == Dialect::MySql {
+                    params.extend([Some(m0.clone()), Some(m0.clone()), Some(pk0.clone())]);
+                    format!(
+                        "WHERE ({m} > {} OR ({m} = {} AND {pk} > {}))",
+                        d.param(1, &info.modified.cast),
+                        d.param(2, &info.modified.cast),
+                        d.param(3, &info.pk.cast)
+                    )
+                } else {
+                    // A row-value comparison, so that an index on (modified, pk) serves it.
+                    params.extend([Some(m0.clone()), Some(pk0.clone())]);
+                    format!(
+                        "WHERE ({m}, {pk}) > ({}, {})",
+                        d.param(1, &info.modified.cast),
+                        d.param(2, &info.pk.cast)
+                    )
+                }
             }
-            _ => String::new(),
+            // Rows without a modified time are not part of the feed.
+            _ => format!("WHERE {m} IS NOT NULL"),
         };
         let sql = format!(
             "SELECT {} FROM {} {condition} ORDER BY {m}, {pk} LIMIT {}",
