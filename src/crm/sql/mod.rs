@@ -1008,6 +1008,16 @@ impl Crm for SqlCrm {
                 ),
             });
         }
+        if let Some(outcome) =
+            write::bulk_upsert(&self.pool, info, key, batch, self.sqlite_writer_flag).await?
+        {
+            if let Ok(mut echoes) = self.echoes.lock() {
+                for (pk, m) in &outcome.written {
+                    echoes.remember(object, pk.clone(), m.clone());
+                }
+            }
+            return Ok(outcome.results);
+        }
         let plans: Vec<Result<write::Statement, WriteResult>> = batch
             .iter()
             .map(|fields| write::plan_upsert(self.dialect(), info, key, fields))
