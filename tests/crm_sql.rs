@@ -322,12 +322,31 @@ async fn hard_deletes_through_the_changelog(engine: Engine) {
         ChangeKind::Deleted(t) => assert_eq!(t.how, DeleteHow::Hard),
         other => panic!("{other:?}"),
     }
+    // Pruning keeps recent rows and drops old ones.
+    let options = SqlOptions::from_json(&{
+        let mut o = demo_crm::adapter_options(true, true);
+        o["overlap_seconds"] = json!(0);
+        o
+    })
+    .unwrap();
+    let sql =
+        marketo_sync::crm::sql::SqlCrm::connect(&SecretString::from(env.url.clone()), options)
+            .await
+            .unwrap();
+    assert_eq!(
+        sql.prune_changelog(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     // The log of other objects does not leak into contacts.
     exec(&user, "DELETE FROM leads WHERE id = 1").await;
     let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 4).await;
     assert!(changes.is_empty(), "{changes:?}");
     // Each object has its own cursor; a fresh leads feed sees the hard delete in the log.
     let (lead_changes, _) = drain(crm.as_ref(), "leads", None, 4).await;
+    let pruned = sql.prune_changelog(Duration::ZERO).await.unwrap();
+    assert!(pruned >= 2, "the two older entries at least: {pruned}");
     assert!(
         lead_changes.iter().any(|c| c.id == "1"
             && matches!(c.kind, ChangeKind::Deleted(ref t) if t.how == DeleteHow::Hard))

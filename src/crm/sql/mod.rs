@@ -319,6 +319,43 @@ impl SqlCrm {
         self.pool.dialect()
     }
 
+    /// Deletes change-log rows older than `keep` (by the database's clock) and returns how
+    /// many went. Run it with `keep` well above the longest time between two polls: a cursor
+    /// that has not read a pruned row misses it.
+    ///
+    /// # Errors
+    /// A database failure (the log table missing included).
+    pub async fn prune_changelog(&self, keep: Duration) -> Result<u64, CrmError> {
+        let d = self.dialect();
+        let secs = keep.as_secs();
+        let (sql, param) = match d {
+            Dialect::Postgres => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < clock_timestamp() - CAST($1 AS interval)",
+                    changelog::LOG_TABLE
+                ),
+                format!("{secs} seconds"),
+            ),
+            Dialect::MySql => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < CURRENT_TIMESTAMP(6) - INTERVAL ? SECOND",
+                    changelog::LOG_TABLE
+                ),
+                secs.to_string(),
+            ),
+            Dialect::Sqlite => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+                    changelog::LOG_TABLE
+                ),
+                format!("-{secs} seconds"),
+            ),
+        };
+        self.pool
+            .execute("prune the change log", sql, &[Some(param)])
+            .await
+    }
+
     fn object(&self, object: &str) -> Result<&ObjectInfo, CrmError> {
         self.objects
             .get(object)
@@ -848,7 +885,6 @@ impl Crm for SqlCrm {
                 searchable: c.searchable || c.primary,
             })
             .collect();
-        let _ = &info.read_columns;
         Ok(ObjectSchema {
             side: Side::Crm,
             object: object.to_owned(),
