@@ -398,6 +398,49 @@ async fn out_of_order_commits(engine: Engine, changelog_on: bool) {
     env.cleanup().await;
 }
 
+async fn rolled_back_transactions_leave_no_stuck_gaps(engine: Engine) {
+    // A rolled-back write consumes a change-log sequence number that never appears. The cursor
+    // waits for it (it could be a slow commit) until `gap_timeout_seconds`, then gives up.
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let patient = env.adapter(true, 0).await;
+    let mut options = demo_crm::adapter_options(true, true);
+    options["overlap_seconds"] = json!(0);
+    options["gap_timeout_seconds"] = json!(0);
+    let impatient = registry::build("sql", &SecretString::from(env.url.clone()), &options)
+        .await
+        .unwrap();
+    let (_, c1) = drain(patient.as_ref(), "contacts", None, 100).await;
+    let (_, c2) = drain(impatient.as_ref(), "contacts", None, 100).await;
+    let user = env.user().await;
+    exec(&user, "BEGIN").await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'never', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    exec(&user, "ROLLBACK").await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'kept', updated_at = {} WHERE id = 2",
+            env.ts(2)
+        ),
+    )
+    .await;
+    let (a, c1) = drain(patient.as_ref(), "contacts", Some(c1), 100).await;
+    let (b, c2) = drain(impatient.as_ref(), "contacts", Some(c2), 100).await;
+    assert_eq!(ids(&a), vec!["2"]);
+    assert_eq!(ids(&b), vec!["2"]);
+    let gaps = |c: &Cursor| c.0["gaps"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(gaps(&c1), 1, "{c1:?}");
+    assert_eq!(gaps(&c2), 0, "{c2:?}");
+    env.cleanup().await;
+}
+
 async fn out_of_order_commits_overlap(engine: Engine) {
     out_of_order_commits(engine, false).await;
 }
@@ -985,10 +1028,12 @@ on_engines!(sqlite, super::Engine::Sqlite;
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);
