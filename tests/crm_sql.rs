@@ -322,12 +322,31 @@ async fn hard_deletes_through_the_changelog(engine: Engine) {
         ChangeKind::Deleted(t) => assert_eq!(t.how, DeleteHow::Hard),
         other => panic!("{other:?}"),
     }
+    // Pruning keeps recent rows and drops old ones.
+    let options = SqlOptions::from_json(&{
+        let mut o = demo_crm::adapter_options(true, true);
+        o["overlap_seconds"] = json!(0);
+        o
+    })
+    .unwrap();
+    let sql =
+        marketo_sync::crm::sql::SqlCrm::connect(&SecretString::from(env.url.clone()), options)
+            .await
+            .unwrap();
+    assert_eq!(
+        sql.prune_changelog(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     // The log of other objects does not leak into contacts.
     exec(&user, "DELETE FROM leads WHERE id = 1").await;
     let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 4).await;
     assert!(changes.is_empty(), "{changes:?}");
     // Each object has its own cursor; a fresh leads feed sees the hard delete in the log.
     let (lead_changes, _) = drain(crm.as_ref(), "leads", None, 4).await;
+    let pruned = sql.prune_changelog(Duration::ZERO).await.unwrap();
+    assert!(pruned >= 2, "the two older entries at least: {pruned}");
     assert!(
         lead_changes.iter().any(|c| c.id == "1"
             && matches!(c.kind, ChangeKind::Deleted(ref t) if t.how == DeleteHow::Hard))
@@ -376,6 +395,49 @@ async fn out_of_order_commits(engine: Engine, changelog_on: bool) {
         ChangeKind::Upserted { fields } => assert_eq!(fields["title"], Value::from("slow")),
         other => panic!("{other:?}"),
     }
+    env.cleanup().await;
+}
+
+async fn rolled_back_transactions_leave_no_stuck_gaps(engine: Engine) {
+    // A rolled-back write consumes a change-log sequence number that never appears. The cursor
+    // waits for it (it could be a slow commit) until `gap_timeout_seconds`, then gives up.
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let patient = env.adapter(true, 0).await;
+    let mut options = demo_crm::adapter_options(true, true);
+    options["overlap_seconds"] = json!(0);
+    options["gap_timeout_seconds"] = json!(0);
+    let impatient = registry::build("sql", &SecretString::from(env.url.clone()), &options)
+        .await
+        .unwrap();
+    let (_, c1) = drain(patient.as_ref(), "contacts", None, 100).await;
+    let (_, c2) = drain(impatient.as_ref(), "contacts", None, 100).await;
+    let user = env.user().await;
+    exec(&user, "BEGIN").await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'never', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    exec(&user, "ROLLBACK").await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'kept', updated_at = {} WHERE id = 2",
+            env.ts(2)
+        ),
+    )
+    .await;
+    let (a, c1) = drain(patient.as_ref(), "contacts", Some(c1), 100).await;
+    let (b, c2) = drain(impatient.as_ref(), "contacts", Some(c2), 100).await;
+    assert_eq!(ids(&a), vec!["2"]);
+    assert_eq!(ids(&b), vec!["2"]);
+    let gaps = |c: &Cursor| c.0["gaps"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(gaps(&c1), 1, "{c1:?}");
+    assert_eq!(gaps(&c2), 0, "{c2:?}");
     env.cleanup().await;
 }
 
@@ -556,6 +618,99 @@ async fn per_record_results(engine: Engine) {
     .unwrap();
     let err = ro.upsert("accounts", "marketo_id", &[]).await.unwrap_err();
     assert!(matches!(err, CrmError::NotWritable { .. }) && !err.is_retryable());
+    env.cleanup().await;
+}
+
+async fn homogeneous_batches(engine: Engine) {
+    // Batches whose records write the same columns go through one multi-row statement where
+    // the engine allows it; results, echo suppression and refusals behave the same.
+    let env = Env::new(engine).await;
+    env.demo(10).await;
+    let crm = env.adapter(true, 300).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET marketo_id = 'M1', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let row = |k: &str, t: &str| {
+        fields(&[
+            ("marketo_id", k.into()),
+            ("title", t.into()),
+            ("email", format!("{k}@x.example").as_str().into()),
+        ])
+    };
+    let results = crm
+        .upsert(
+            "contacts",
+            "marketo_id",
+            &[row("M1", "one"), row("M8", "eight"), row("M9", "nine")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0], WriteResult::Updated { id: "1".into() });
+    // (An upsert that hits the conflict may still consume a sequence value, so ids can skip.)
+    let new_ids: Vec<String> = results[1..]
+        .iter()
+        .map(|r| match r {
+            WriteResult::Created { id } => id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(new_ids[0] != new_ids[1] && new_ids.iter().all(|i| i.parse::<i64>().unwrap() > 10));
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    for id in ["1", new_ids[0].as_str(), new_ids[1].as_str()] {
+        assert!(
+            !changes.iter().any(|c| c.id == id),
+            "own write {id} read back: {changes:?}"
+        );
+    }
+    let stored = crm
+        .find("contacts", "marketo_id", &["M9".into()])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].fields["title"], Value::from("nine"));
+
+    let acc = |k: &str, ext: &str| fields(&[("marketo_id", k.into()), ("external_id", ext.into())]);
+    let results = crm
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[
+                acc("A1", "NEW-1"),
+                acc("A2", "ACC-000001"),
+                acc("A3", "NEW-3"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&results[0], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Failed { code, .. } if code == "unique_violation"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert_eq!(
+        crm.find(
+            "accounts",
+            "marketo_id",
+            &["A1".into(), "A2".into(), "A3".into()]
+        )
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
     env.cleanup().await;
 }
 
@@ -869,14 +1024,16 @@ on_engines!(sqlite, super::Engine::Sqlite;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
-    reads_through_a_view);
+    reads_through_a_view, homogeneous_batches);
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
+    rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);

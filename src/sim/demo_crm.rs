@@ -227,7 +227,7 @@ pub fn ddl(d: Dialect) -> Vec<String> {
                 d.quote(u)
             ));
         }
-        for i in t.index.iter().chain(&["updated_at"]) {
+        for i in t.index {
             out.push(format!(
                 "CREATE INDEX {} ON {} ({})",
                 d.quote(&format!("ix_{}_{i}", t.name)),
@@ -235,6 +235,14 @@ pub fn ddl(d: Dialect) -> Vec<String> {
                 d.quote(i)
             ));
         }
+        // The change feed reads by keyset over (updated_at, id).
+        out.push(format!(
+            "CREATE INDEX {} ON {} ({}, {})",
+            d.quote(&format!("ix_{}_changes", t.name)),
+            d.quote(t.name),
+            d.quote("updated_at"),
+            d.quote("id")
+        ));
     }
     out
 }

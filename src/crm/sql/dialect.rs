@@ -180,6 +180,20 @@ impl SqlPool {
         res.map_err(|e| classify(operation, &e))
     }
 
+    /// Executes a statement built only from checked identifiers and returns the rows affected.
+    ///
+    /// # Errors
+    /// The database error, classified.
+    pub async fn execute(
+        &self,
+        operation: &str,
+        sql: String,
+        params: &[Option<String>],
+    ) -> Result<u64, CrmError> {
+        let res = on_pool!(self, p => exec_text!(p, sql, params));
+        res.map_err(|e| classify(operation, &e))
+    }
+
     /// Executes DDL or several statements through the simple protocol.
     ///
     /// # Errors

@@ -12,6 +12,9 @@
 //! sessions are marked), and the keyset read skips rows whose modified time is the one the
 //! adapter itself just wrote.
 //!
+//! Rows whose modified time is NULL are not part of the change feed. The change log must be
+//! installed before the adapter connects (the SQLite writer flag is detected at connect time).
+//!
 //! Writes are off by default (`writable = true` per object). Each batch runs in one transaction:
 //! a record the database refuses (constraint or data error) gets a per-record failure and the
 //! rest are written; a batch-level failure (connection lost, deadlock) rolls everything back and
@@ -316,6 +319,43 @@ impl SqlCrm {
         self.pool.dialect()
     }
 
+    /// Deletes change-log rows older than `keep` (by the database's clock) and returns how
+    /// many went. Run it with `keep` well above the longest time between two polls: a cursor
+    /// that has not read a pruned row misses it.
+    ///
+    /// # Errors
+    /// A database failure (the log table missing included).
+    pub async fn prune_changelog(&self, keep: Duration) -> Result<u64, CrmError> {
+        let d = self.dialect();
+        let secs = keep.as_secs();
+        let (sql, param) = match d {
+            Dialect::Postgres => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < clock_timestamp() - CAST($1 AS interval)",
+                    changelog::LOG_TABLE
+                ),
+                format!("{secs} seconds"),
+            ),
+            Dialect::MySql => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < CURRENT_TIMESTAMP(6) - INTERVAL ? SECOND",
+                    changelog::LOG_TABLE
+                ),
+                secs.to_string(),
+            ),
+            Dialect::Sqlite => (
+                format!(
+                    "DELETE FROM {} WHERE changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+                    changelog::LOG_TABLE
+                ),
+                format!("-{secs} seconds"),
+            ),
+        };
+        self.pool
+            .execute("prune the change log", sql, &[Some(param)])
+            .await
+    }
+
     fn object(&self, object: &str) -> Result<&ObjectInfo, CrmError> {
         self.objects
             .get(object)
@@ -454,15 +494,26 @@ impl SqlCrm {
                 format!("WHERE {m} >= {}", d.param(1, &info.modified.cast))
             }
             (Some(m0), Some(pk0)) => {
-                params.extend([Some(m0.clone()), Some(m0.clone()), Some(pk0.clone())]);
-                format!(
-                    "WHERE ({m} > {} OR ({m} = {} AND {pk} > {}))",
-                    d.param(1, &info.modified.cast),
-                    d.param(2, &info.modified.cast),
-                    d.param(3, &info.pk.cast)
-                )
+                if d == Dialect::MySql {
+                    params.extend([Some(m0.clone()), Some(m0.clone()), Some(pk0.clone())]);
+                    format!(
+                        "WHERE ({m} > {} OR ({m} = {} AND {pk} > {}))",
+                        d.param(1, &info.modified.cast),
+                        d.param(2, &info.modified.cast),
+                        d.param(3, &info.pk.cast)
+                    )
+                } else {
+                    // A row-value comparison, so that an index on (modified, pk) serves it.
+                    params.extend([Some(m0.clone()), Some(pk0.clone())]);
+                    format!(
+                        "WHERE ({m}, {pk}) > ({}, {})",
+                        d.param(1, &info.modified.cast),
+                        d.param(2, &info.pk.cast)
+                    )
+                }
             }
-            _ => String::new(),
+            // Rows without a modified time are not part of the feed.
+            _ => format!("WHERE {m} IS NOT NULL"),
         };
         let sql = format!(
             "SELECT {} FROM {} {condition} ORDER BY {m}, {pk} LIMIT {}",
@@ -834,7 +885,6 @@ impl Crm for SqlCrm {
                 searchable: c.searchable || c.primary,
             })
             .collect();
-        let _ = &info.read_columns;
         Ok(ObjectSchema {
             side: Side::Crm,
             object: object.to_owned(),
@@ -993,6 +1043,16 @@ impl Crm for SqlCrm {
                     self.options.max_batch_write
                 ),
             });
+        }
+        if let Some(outcome) =
+            write::bulk_upsert(&self.pool, info, key, batch, self.sqlite_writer_flag).await?
+        {
+            if let Ok(mut echoes) = self.echoes.lock() {
+                for (pk, m) in &outcome.written {
+                    echoes.remember(object, pk.clone(), m.clone());
+                }
+            }
+            return Ok(outcome.results);
         }
         let plans: Vec<Result<write::Statement, WriteResult>> = batch
             .iter()

@@ -330,3 +330,179 @@ pub(super) async fn run(
     });
     Ok(Outcome { results, written })
 }
+
+/// Upserts a whole batch with one multi-row statement (PostgreSQL and SQLite), when every
+/// record writes the same columns, keys are distinct text and no record is refused. Returns
+/// `None`, having written nothing, when the batch does not qualify or the database refuses a
+/// record: the caller then writes record by record to get per-record results.
+///
+/// # Errors
+/// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
+pub(super) async fn bulk_upsert(
+    pool: &SqlPool,
+    info: &ObjectInfo,
+    key: &Column,
+    batch: &[Fields],
+    sqlite_writer_flag: bool,
+) -> Result<Option<Outcome>, CrmError> {
+    let d = pool.dialect();
+    let Some(first) = batch.first() else {
+        return Ok(None);
+    };
+    if d == Dialect::MySql || batch.len() < 2 || !key.ty.is_textual() {
+        return Ok(None);
+    }
+    let mut columns: Vec<&Column> = Vec::new();
+    for name in first.keys() {
+        match info.table_columns.iter().find(|c| &c.name == name) {
+            Some(c) if !c.generated => columns.push(c),
+            _ => return Ok(None),
+        }
+    }
+    if columns.len() * batch.len() > 30_000 {
+        return Ok(None);
+    }
+    let mut keys: Vec<String> = Vec::with_capacity(batch.len());
+    let mut params: Vec<Option<String>> = Vec::with_capacity(columns.len() * batch.len());
+    for record in batch {
+        if record.len() != columns.len() {
+            return Ok(None);
+        }
+        for c in &columns {
+            let Some(value) = record.get(&c.name) else {
+                return Ok(None);
+            };
+            params.push(d.value_text(value, &c.ty));
+        }
+        match record.get(&key.name).and_then(|v| d.value_text(v, &key.ty)) {
+            Some(k) => keys.push(k),
+            None => return Ok(None),
+        }
+    }
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != keys.len() {
+        return Ok(None);
+    }
+    let q = |c: &str| d.quote(c);
+    let table = q(&info.options.table);
+    let m = q(&info.modified.name);
+    let keyq = q(&key.name);
+    let mut names: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
+    let sets_modified = columns.iter().any(|c| c.name == info.modified.name);
+    if !sets_modified {
+        names.push(m.clone());
+    }
+    let mut n = 0;
+    let tuples: Vec<String> = batch
+        .iter()
+        .map(|_| {
+            let mut cells: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    n += 1;
+                    d.param(n, &c.cast)
+                })
+                .collect();
+            if !sets_modified {
+                cells.push(d.now().to_owned());
+            }
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    let sets: Vec<String> = names
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let inserted = if d == Dialect::Postgres {
+        ", CAST((xmax = 0) AS TEXT)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
+        names.join(", "),
+        tuples.join(", "),
+        sets.join(", "),
+        d.as_text(&keyq),
+        d.as_text(&q(&info.pk.name)),
+        d.as_text(&m),
+    );
+    let op = format!("write {}", info.name);
+    let err = |e: sqlx::Error| classify(&op, &e);
+    let key_list: Vec<String> = (1..=keys.len()).map(|i| d.param(i, &key.cast)).collect();
+    let existing_sql = format!(
+        "SELECT {} FROM {table} WHERE {keyq} IN ({})",
+        d.as_text(&keyq),
+        key_list.join(", ")
+    );
+    let key_params: Vec<Option<String>> = keys.iter().cloned().map(Some).collect();
+    let rows: Option<(Vec<TextRow>, Vec<TextRow>)> = on_pool!(pool, p => {
+        let mut tx = p.begin().await.map_err(err)?;
+        if sqlite_writer_flag {
+            let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
+            exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+        }
+        let existing = if d == Dialect::Sqlite {
+            fetch_text!(&mut *tx, existing_sql, key_params).map_err(err)?
+        } else {
+            Vec::new()
+        };
+        match fetch_text!(&mut *tx, sql, params) {
+            Ok(returned) => {
+                if sqlite_writer_flag {
+                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
+                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+                }
+                if returned.len() == keys.len() {
+                    tx.commit().await.map_err(err)?;
+                    Some((existing, returned))
+                } else {
+                    None
+                }
+            }
+            Err(e) if record_error(&e).is_some() => None,
+            Err(e) => return Err(err(e)),
+        }
+    });
+    let Some((existing, returned)) = rows else {
+        return Ok(None);
+    };
+    let existing: std::collections::HashSet<String> = existing
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    let by_key: std::collections::HashMap<String, TextRow> = returned
+        .into_iter()
+        .filter_map(|r| r.first().cloned().flatten().map(|k| (k, r)))
+        .collect();
+    let mut results = Vec::with_capacity(keys.len());
+    let mut written = Vec::with_capacity(keys.len());
+    for k in &keys {
+        let row = by_key.get(k);
+        let pk = row.and_then(|r| r.get(1).cloned().flatten());
+        let m = row.and_then(|r| r.get(2).cloned().flatten());
+        let created = match d {
+            Dialect::Postgres => {
+                row.and_then(|r| r.get(3).cloned().flatten()).as_deref() == Some("true")
+            }
+            _ => !existing.contains(k),
+        };
+        match (pk, m) {
+            (Some(pk), Some(m)) => {
+                written.push((pk.clone(), m));
+                results.push(if created {
+                    WriteResult::Created { id: pk }
+                } else {
+                    WriteResult::Updated { id: pk }
+                });
+            }
+            _ => results.push(failed(
+                "not_written",
+                "the database returned no row for this record".to_owned(),
+            )),
+        }
+    }
+    Ok(Some(Outcome { results, written }))
+}
