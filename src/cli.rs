@@ -104,9 +104,13 @@ pub struct SimulateArgs {
 pub enum CrmCommand {
     /// Installs the change-log table and triggers for the objects with `changelog = true`.
     InstallChangelog {
-        /// The configuration directory (not read yet: pass --url and --options).
+        /// The configuration directory whose `[crm]` settings name the database and objects
+        /// (default `config`); ignored when --url and --options are given.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// The environment name, selecting <env>.toml.
+        #[arg(long, env = "MKSYNC_ENV")]
+        env: Option<String>,
         /// The CRM database URL.
         #[arg(long, env = "MKSYNC_CRM_URL", hide_env_values = true)]
         url: Option<String>,
@@ -204,21 +208,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command:
                 CrmCommand::InstallChangelog {
                     config,
+                    env,
                     url,
                     options,
                 },
         } => {
-            let (Some(url), Some(options)) = (url, options) else {
-                anyhow::bail!(
-                    "crm install-changelog needs --url and --options (reading them from --config {} is not wired yet)",
-                    config.map(|c| c.display().to_string()).unwrap_or_default()
-                );
+            let (url, options) = match (url, options) {
+                (Some(url), Some(options)) => (
+                    secrecy::SecretString::from(url),
+                    crate::crm::sql::changelog::options_from_file(&options)?,
+                ),
+                (None, None) => {
+                    let dir = config.unwrap_or_else(|| PathBuf::from("config"));
+                    let source = crate::config::SettingsSource::new(dir, env.as_deref());
+                    let loaded = crate::config::load(&source).map_err(config_error)?;
+                    let crm = loaded.settings.crm;
+                    let Some(url) = crm.url else {
+                        anyhow::bail!("crm.url is not set (MKSYNC__CRM__URL or crm.url_file)");
+                    };
+                    (url, crate::crm::sql::SqlOptions::from_json(&crm.options)?)
+                }
+                _ => anyhow::bail!(
+                    "crm install-changelog takes --url and --options together, or neither (then both come from --config)"
+                ),
             };
-            let options = crate::crm::sql::changelog::options_from_file(&options)?;
-            let url = secrecy::SecretString::from(url);
             let objects = crate::crm::sql::changelog::install(&url, &options).await?;
             println!("change log installed for: {}", objects.join(", "));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Turns a configuration error into one message listing every problem.
+fn config_error(error: crate::config::ConfigError) -> anyhow::Error {
+    let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
 }
