@@ -47,6 +47,83 @@ impl fmt::Display for Side {
     }
 }
 
+/// The way a record travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From Marketo into the CRM.
+    MarketoToCrm,
+    /// From the CRM into Marketo.
+    CrmToMarketo,
+}
+
+impl Direction {
+    /// Returns the direction whose writes land on `target`.
+    pub fn towards(target: Side) -> Direction {
+        match target {
+            Side::Crm => Direction::MarketoToCrm,
+            Side::Marketo => Direction::CrmToMarketo,
+        }
+    }
+
+    /// Returns the side records are written to.
+    pub fn target(self) -> Side {
+        match self {
+            Direction::MarketoToCrm => Side::Crm,
+            Direction::CrmToMarketo => Side::Marketo,
+        }
+    }
+
+    /// Returns the label used in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::MarketoToCrm => "marketo_to_crm",
+            Direction::CrmToMarketo => "crm_to_marketo",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a sync cycle ended (or that it is still running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleOutcome {
+    /// Still running (only in status reports).
+    Running,
+    /// Every record was applied.
+    Succeeded,
+    /// The cycle finished but some records failed and were recorded as sync errors.
+    Partial,
+    /// The cycle stopped on an error; its watermarks were not advanced past the failure.
+    Failed,
+    /// Shutdown or a pause stopped the cycle before it finished.
+    Cancelled,
+}
+
+impl CycleOutcome {
+    /// Returns the label used in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleOutcome::Running => "running",
+            CycleOutcome::Succeeded => "succeeded",
+            CycleOutcome::Partial => "partial",
+            CycleOutcome::Failed => "failed",
+            CycleOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for CycleOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The type of a field, reduced to what the sync needs to normalise and check values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -41,6 +41,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::model::{CycleOutcome, Direction};
 use crate::model::{Fields, Side, Value};
 
 pub use sql::{PgStore, SqliteStore};
@@ -508,25 +509,7 @@ pub struct SchemaRecord {
     pub fetched_at: DateTime<Utc>,
 }
 
-/// Which way a record travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// From Marketo to the CRM.
-    MarketoToCrm,
-    /// From the CRM to Marketo.
-    CrmToMarketo,
-}
-
 impl Direction {
-    /// Returns the name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::MarketoToCrm => "marketo_to_crm",
-            Direction::CrmToMarketo => "crm_to_marketo",
-        }
-    }
-
     fn parse(s: &str) -> Result<Self, StoreError> {
         match s {
             "marketo_to_crm" => Ok(Direction::MarketoToCrm),
@@ -536,34 +519,7 @@ impl Direction {
     }
 }
 
-/// How a cycle ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CycleOutcome {
-    /// Still running (or the process died while it ran).
-    Running,
-    /// Everything was applied.
-    Succeeded,
-    /// Finished, with per-record errors.
-    Partial,
-    /// Stopped by an error.
-    Failed,
-    /// Stopped by shutdown.
-    Cancelled,
-}
-
 impl CycleOutcome {
-    /// Returns the name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CycleOutcome::Running => "running",
-            CycleOutcome::Succeeded => "succeeded",
-            CycleOutcome::Partial => "partial",
-            CycleOutcome::Failed => "failed",
-            CycleOutcome::Cancelled => "cancelled",
-        }
-    }
-
     fn parse(s: &str) -> Result<Self, StoreError> {
         Ok(match s {
             "running" => CycleOutcome::Running,
