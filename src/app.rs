@@ -203,7 +203,9 @@ impl Default for Live {
 pub(crate) type SharedLive = Arc<Mutex<Live>>;
 
 pub(crate) fn live_update<R>(live: &SharedLive, f: impl FnOnce(&mut Live) -> R) -> R {
-    let mut guard = live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = live
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut guard)
 }
 

@@ -296,7 +296,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let until = until.map(|u| ops::parse_until(&u)).transpose()?;
             let (_, store) = ops::open_store(&config.source()).await?;
-            let state = ops::pause(store.as_ref(), &ops::PauseArgs { reason, until }, now()).await?;
+            let state =
+                ops::pause(store.as_ref(), &ops::PauseArgs { reason, until }, now()).await?;
             match state.until {
                 Some(until) => println!("paused until {}: {}", until.to_rfc3339(), state.reason),
                 None => println!("paused until `marketo-sync resume`: {}", state.reason),

@@ -220,7 +220,8 @@ pub async fn errors_list(
         .await?;
     if args.json {
         for e in &errors {
-            serde_json::to_writer(&mut *out, &ListedError::from(e)).map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut *out, &ListedError::from(e))
+                .map_err(std::io::Error::from)?;
             writeln!(out)?;
         }
         return Ok(errors.len());

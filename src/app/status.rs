@@ -255,7 +255,10 @@ fn records_point(c: &CycleRecord) -> RecordsPoint {
 }
 
 /// Totals over the retained cycles per object, and the lag since its last successful cycle.
-fn object_statuses(cycles: &[CycleRecord], now: chrono::DateTime<chrono::Utc>) -> Vec<ObjectStatus> {
+fn object_statuses(
+    cycles: &[CycleRecord],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<ObjectStatus> {
     let mut objects: BTreeMap<String, ObjectStatus> = BTreeMap::new();
     for cycle in cycles {
         let success = matches!(

@@ -27,9 +27,9 @@ use uuid::Uuid;
 use super::{
     ApiUsage, BulkJob, Clock, CommitHook, Conflict, CycleCount, CycleOutcome, CycleRecord,
     Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
-    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, PauseState, SchemaRecord, StateStore, StepCommit,
-    StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt, parse_side,
-    to_i64, to_u64, ttl_to_chrono,
+    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, PauseState, SchemaRecord, StateStore,
+    StepCommit, StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt,
+    parse_side, to_i64, to_u64, ttl_to_chrono,
 };
 use crate::model::{Fields, Side, Value};
 
@@ -74,7 +74,11 @@ fn pg_migrator() -> Migrator {
 
 fn sqlite_migrator() -> Migrator {
     migrator([
-        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
         (
             2,
             "control",
