@@ -395,3 +395,72 @@ async fn the_binary_pauses_resumes_and_reports() {
         assert!(help.contains("--config"), "{command:?}: {help}");
     }
 }
+
+#[tokio::test]
+async fn pause_and_resume_work_on_postgres_too() {
+    let admin_url = std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("mksync_ops_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let mut url = url::Url::parse(&admin_url).expect("PG_TEST_URL");
+    url.set_path(&name);
+    let clock = Arc::new(ManualClock::new(t("2026-03-02T08:00:00Z")));
+    let options = marketo_sync::store::OpenOptions {
+        clock: clock.clone(),
+        ..marketo_sync::store::OpenOptions::default()
+    };
+    let store = marketo_sync::store::open_with(url.as_str(), options)
+        .await
+        .expect("open postgres");
+    assert_eq!(store.backend(), "postgres");
+
+    assert_eq!(store.pause_state().await.expect("read"), None);
+    ops::pause(
+        store.as_ref(),
+        &PauseArgs {
+            reason: Some("first".into()),
+            until: None,
+        },
+        clock.now_utc(),
+    )
+    .await
+    .expect("pause");
+    // A second pause replaces the first.
+    let until = t("2026-03-02T10:00:00Z");
+    ops::pause(
+        store.as_ref(),
+        &PauseArgs {
+            reason: Some("second".into()),
+            until: Some(until),
+        },
+        clock.now_utc(),
+    )
+    .await
+    .expect("pause again");
+    let state = store.pause_state().await.expect("read").expect("paused");
+    assert_eq!(state.reason, "second");
+    assert_eq!(state.until, Some(until));
+    assert_eq!(state.paused_at, t("2026-03-02T08:00:00Z"));
+    clock.set(until);
+    assert_eq!(
+        store.pause_state().await.expect("read"),
+        None,
+        "over at its end"
+    );
+    assert!(ops::resume(store.as_ref()).await.expect("resume"));
+    assert!(!ops::resume(store.as_ref()).await.expect("resume again"));
+
+    drop(store);
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+    admin.close().await;
+}
