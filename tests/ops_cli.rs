@@ -8,7 +8,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use marketo_sync::app::AppError;
 use marketo_sync::app::ops::{self, ErrorsListArgs, PauseArgs};
-use marketo_sync::store::{Direction, ErrorStatus, ManualClock, StateStore, StepCommit, SyncError};
+use marketo_sync::store::{
+    CycleCount, CycleOutcome, CycleRecord, Direction, ErrorStatus, ManualClock, StateStore,
+    StepCommit, SyncError,
+};
 use uuid::Uuid;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -262,6 +265,28 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         .await
         .expect("lease");
     store.pause("CRM upgrade", None).await.expect("pause");
+    let ended = Utc::now() - Duration::minutes(3);
+    let cycle = CycleRecord {
+        id: Uuid::new_v4(),
+        started_at: ended - Duration::seconds(90),
+        ended_at: Some(ended),
+        outcome: CycleOutcome::Partial,
+        steps: Vec::new(),
+        counts: vec![CycleCount {
+            object: "lead".into(),
+            direction: Some(Direction::MarketoToCrm),
+            read: 10,
+            created: 4,
+            updated: 3,
+            deleted: 0,
+            conflicts: 1,
+            skipped: 2,
+            failed: 1,
+        }],
+        api_calls: 17,
+        message: None,
+    };
+    store.record_cycle(&cycle).await.expect("cycle");
     let day = marketo_sync::store::marketo_day(Utc::now());
     store.add_api_usage(day, 1234, 5678).await.expect("usage");
     let clock: Arc<dyn marketo_sync::store::Clock> = Arc::new(marketo_sync::store::SystemClock);
@@ -280,6 +305,9 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         "bulk 5678 of",
         "open errors: 3",
         "rejected 101",
+        &format!("{} partial", cycle.id),
+        "calls 17 written 7 failed 1",
+        "lead last success",
     ] {
         assert!(
             printed.contains(expected),
@@ -292,6 +320,13 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
     assert_eq!(json["report"]["quota"]["calls_today"], 1234);
     assert_eq!(json["lease"]["holder"], "host-1-abc");
     assert_eq!(json["lease_live"], true);
+    let lead = &json["report"]["objects"][0];
+    assert_eq!(lead["object"], "lead");
+    assert_eq!(lead["marketo_to_crm"]["created"], 4);
+    let lag = lead["lag_seconds"].as_u64().expect("lag");
+    assert!((180..300).contains(&lag), "lag {lag}");
+    assert_eq!(json["report"]["calls_per_cycle"][0]["calls"], 17);
+    assert_eq!(json["report"]["records_over_time"][0]["marketo_to_crm"], 7);
 }
 
 const DEFAULT_TOML: &str = r#"
