@@ -189,12 +189,20 @@ async fn shutdown_mid_cycle_commits_exits_cleanly_and_the_next_start_runs_at_onc
     let mut p = parts(runner.clone(), store.clone(), clock.clone(), "first");
     p.shutdown_timeout = Duration::from_secs(5);
     let daemon = Daemon::build(p).await.expect("build");
+    let status = daemon.status_source();
     let token = CancellationToken::new();
     let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
 
     tokio::time::timeout(Duration::from_secs(10), runner.started(1))
         .await
         .expect("a cycle started");
+    let report = status.status().await.expect("status");
+    assert_eq!(report.lease, marketo_sync::http::LeaseState::Held);
+    assert_eq!(
+        report.recent_cycles.first().map(|c| c.outcome),
+        Some(marketo_sync::http::CycleOutcome::Running)
+    );
+    assert!(status.ready().await.is_ready());
     assert_eq!(
         store
             .lease(INSTANCE)
