@@ -417,3 +417,45 @@ async fn a_second_replica_takes_over_after_the_first_is_killed_never_running_two
     token_b.cancel();
     task_b.await.expect("join").expect("clean exit");
 }
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_lease_cancels_the_running_cycle_and_stops_cycles() {
+    let clock = TokioClock::new();
+    let store = ControlStore::new(clock.clone());
+    let runner = FakeRunner::new("a", vec![Step::BlockUntilCancelled], clock.clone());
+    let daemon = Daemon::build(parts(runner.clone(), store.clone(), clock, "a"))
+        .await
+        .expect("build");
+    let status = daemon.status_source();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
+    runner.started(1).await;
+
+    // Another replica took the lease (as after a long pause of this process).
+    assert!(store.release_lease(INSTANCE, "a").await.expect("release"));
+    assert!(
+        store
+            .try_acquire_lease(INSTANCE, "intruder", Duration::from_secs(3600))
+            .await
+            .expect("take")
+    );
+    runner.finished(1).await;
+    assert!(runner.committed_on_cancel.load(Ordering::SeqCst));
+    tokio::time::sleep(30 * MIN).await;
+    assert_eq!(runner.started_count(), 1, "no cycle without the lease");
+    assert_eq!(
+        status.ready().await.lease,
+        marketo_sync::http::LeaseState::Standby
+    );
+    token.cancel();
+    task.await.expect("join").expect("clean exit");
+    assert_eq!(
+        store
+            .lease(INSTANCE)
+            .await
+            .expect("lease")
+            .map(|l| l.holder),
+        Some("intruder".to_owned()),
+        "shutdown releases only its own lease"
+    );
+}
