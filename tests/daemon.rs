@@ -459,3 +459,34 @@ async fn losing_the_lease_cancels_the_running_cycle_and_stops_cycles() {
         "shutdown releases only its own lease"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_cycles_back_off_and_the_loop_goes_on() {
+    let clock = TokioClock::new();
+    let store = ControlStore::new(clock.clone());
+    let runner = FakeRunner::new(
+        "a",
+        vec![Step::Fail, Step::Fail, Step::Succeed(Duration::ZERO)],
+        clock.clone(),
+    );
+    let daemon = Daemon::build(parts(runner.clone(), store, clock, "a"))
+        .await
+        .expect("build");
+    let status = daemon.status_source();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
+    runner.finished(1).await;
+    assert_eq!(
+        status.ready().await.last_cycle,
+        Some(marketo_sync::http::CycleOutcome::Failed)
+    );
+    runner.started(4).await;
+    let spans = runner.spans();
+    let gap = |i: usize| spans[i + 1].start - spans[i].end.expect("ended");
+    assert!(close_to(gap(0), 5 * MIN), "{:?}", gap(0));
+    assert!(close_to(gap(1), 10 * MIN), "{:?}", gap(1));
+    // A success resets the backoff.
+    assert!(close_to(gap(2), 5 * MIN), "{:?}", gap(2));
+    token.cancel();
+    task.await.expect("join").expect("clean exit");
+}

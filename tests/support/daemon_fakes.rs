@@ -56,6 +56,8 @@ pub enum Step {
     BlockUntilCancelled,
     /// Never returns, not even when cancelled (a stuck engine).
     Hang,
+    /// Fails at once (a mapping that does not compile).
+    Fail,
 }
 
 /// One cycle as the fake saw it.
@@ -215,6 +217,7 @@ impl Runner for FakeRunner {
                 Err(EngineError::Cancelled)
             }
             Step::Hang => std::future::pending().await,
+            Step::Fail => Err(EngineError::Mapping("field email is missing".into())),
         };
         self.spans.lock().expect("lock")[index].end = Some(Instant::now());
         self.finished_tx.send_modify(|c| *c += 1);
