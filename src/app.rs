@@ -70,6 +70,9 @@ pub enum AppError {
     /// The HTTP listener could not start.
     #[error("http: {0}")]
     Http(#[from] crate::http::HttpError),
+    /// The status report could not be produced.
+    #[error(transparent)]
+    Status(#[from] crate::http::StatusError),
     /// The engine could not be built.
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
@@ -102,6 +105,7 @@ impl AppError {
             AppError::Config(e) => e.is_retryable(),
             AppError::Store(e) => e.is_retryable(),
             AppError::Http(e) => e.is_retryable(),
+            AppError::Status(e) => e.is_retryable(),
             AppError::Engine(e) => e.is_retryable(),
             AppError::EngineNotWired
             | AppError::InvalidArgument { .. }
@@ -902,8 +906,23 @@ pub async fn run_daemon(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     use secrecy::ExposeSecret;
+    let store = crate::store::open(loaded.settings.store.url.expose_secret()).await?;
+    run_daemon_on(loaded, store, runner, shutdown).await
+}
+
+/// Runs the daemon like [`run_daemon`] on a store that is already open (the one the engine
+/// was built with, so both share one pool).
+///
+/// # Errors
+///
+/// Returns [`AppError::Http`] when the listener cannot be bound.
+pub async fn run_daemon_on(
+    loaded: Loaded,
+    store: Arc<dyn StateStore>,
+    runner: Arc<dyn Runner>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let settings = &loaded.settings;
-    let store = crate::store::open(settings.store.url.expose_secret()).await?;
     let mut parts = DaemonParts::new(
         runner,
         store,

@@ -46,7 +46,7 @@ pub struct StatusFacts {
 ///
 /// # Errors
 ///
-/// [`AppError::Store`] when the store cannot be read.
+/// [`AppError::Status`] or [`AppError::Store`] when the store cannot be read.
 pub async fn status_facts(
     store: Arc<dyn StateStore>,
     instance: &str,
@@ -62,13 +62,7 @@ pub async fn status_facts(
         bulk_budget_bytes,
         clock,
     );
-    let report = source
-        .status()
-        .await
-        .map_err(|e| AppError::InvalidArgument {
-            what: "status",
-            reason: e.to_string(),
-        })?;
+    let report = source.status().await?;
     let lease = store.lease(instance).await?;
     let lease_live = lease.as_ref().is_some_and(|l| l.expires_at > now);
     Ok(StatusFacts {
