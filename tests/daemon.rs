@@ -345,7 +345,7 @@ async fn a_second_replica_takes_over_after_the_first_is_killed_never_running_two
         concurrent.clone(),
         max.clone(),
     );
-    let ttl = Duration::from_millis(900);
+    let ttl = Duration::from_secs(3);
     let replica = |runner: Arc<FakeRunner>, store: Arc<dyn StateStore>, holder: &str| {
         let mut p = parts(runner, store, clock.clone(), holder);
         p.interval = Duration::from_millis(10);
