@@ -42,6 +42,91 @@ pub enum Command {
         #[command(subcommand)]
         command: CrmCommand,
     },
+    /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
+    Run(ConfigArgs),
+    /// Prints the lease, pause state, recent cycles, today's quota and open errors.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists, retries or discards per-record sync errors.
+    Errors {
+        #[command(subcommand)]
+        command: ErrorsCommand,
+    },
+    /// Pauses all sync work (the running daemon stops starting cycles) until `resume`.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Why, shown by `status` and the status page.
+        #[arg(long)]
+        reason: Option<String>,
+        /// End the pause by itself at this time (RFC 3339, e.g. 2026-01-31T18:00:00Z).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Ends a pause.
+    Resume(ConfigArgs),
+}
+
+/// The config directory and environment of the commands that open the state store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// The config directory (default.toml, <env>.toml, mappings/).
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// The environment name, selecting <env>.toml.
+    #[arg(long, env = "MKSYNC_ENV")]
+    pub env: Option<String>,
+}
+
+impl ConfigArgs {
+    fn source(&self) -> crate::config::SettingsSource {
+        crate::config::SettingsSource::new(self.config.clone(), self.env.as_deref())
+    }
+}
+
+/// The `errors` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ErrorsCommand {
+    /// Lists sync errors, most recently seen first.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only errors with this status: open, discarded or resolved.
+        #[arg(long, default_value = "open")]
+        status: String,
+        /// Only errors of this object.
+        #[arg(long)]
+        object: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retries an error (or every open one) at the next cycle.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The error's id (from `errors list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Retry every open error.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Discards an error: it is not retried again.
+    Discard {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The error's id (from `errors list`).
+        id: String,
+    },
 }
 
 /// The `mappings` subcommands.
@@ -143,7 +228,95 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    use crate::app::ops;
+    let now = chrono::Utc::now;
     match command {
+        Command::Run(args) => {
+            let loaded = crate::config::load(&args.source())?;
+            let runner = crate::app::build_runner(&loaded).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::app::install_signal_handlers(shutdown.clone())?;
+            crate::app::run_daemon(loaded, runner, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let (settings, store) = ops::open_store(&config.source()).await?;
+            let facts = ops::status_facts(
+                store,
+                &crate::app::instance_id(&settings),
+                u64::from(settings.marketo.daily_call_budget),
+                u64::from(settings.marketo.bulk_mb_budget) * 1024 * 1024,
+                std::sync::Arc::new(crate::store::SystemClock),
+            )
+            .await?;
+            ops::write_status(&facts, json, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Errors { command } => match command {
+            ErrorsCommand::List {
+                config,
+                status,
+                object,
+                limit,
+                json,
+            } => {
+                let args = ops::ErrorsListArgs {
+                    status: Some(ops::parse_error_status(&status)?),
+                    object,
+                    limit,
+                    json,
+                };
+                let (_, store) = ops::open_store(&config.source()).await?;
+                ops::errors_list(store.as_ref(), &args, &mut std::io::stdout()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ErrorsCommand::Retry { config, id, all } => {
+                let id = id.map(|id| ops::parse_error_id(&id)).transpose()?;
+                let (_, store) = ops::open_store(&config.source()).await?;
+                match id {
+                    Some(id) if !all => {
+                        ops::errors_retry(store.as_ref(), id, now()).await?;
+                        println!("error {id} will be retried at the next cycle");
+                    }
+                    _ => {
+                        let n = ops::errors_retry_all(store.as_ref(), now()).await?;
+                        println!("{n} error(s) will be retried at the next cycle");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ErrorsCommand::Discard { config, id } => {
+                let id = ops::parse_error_id(&id)?;
+                let (_, store) = ops::open_store(&config.source()).await?;
+                ops::errors_discard(store.as_ref(), id).await?;
+                println!("error {id} discarded");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Pause {
+            config,
+            reason,
+            until,
+        } => {
+            let until = until.map(|u| ops::parse_until(&u)).transpose()?;
+            let (_, store) = ops::open_store(&config.source()).await?;
+            let state =
+                ops::pause(store.as_ref(), &ops::PauseArgs { reason, until }, now()).await?;
+            match state.until {
+                Some(until) => println!("paused until {}: {}", until.to_rfc3339(), state.reason),
+                None => println!("paused until `marketo-sync resume`: {}", state.reason),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume(config) => {
+            let (_, store) = ops::open_store(&config.source()).await?;
+            if ops::resume(store.as_ref()).await? {
+                println!("resumed");
+            } else {
+                println!("was not paused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate {
             config,
             schemas,

@@ -18,8 +18,10 @@
 //! - [`http`]: the webhook receiver, health, metrics and the status page.
 //! - [`sim`]: the Marketo simulator and the demo CRM seed, for tests, `demo` and `simulate`.
 //! - [`telemetry`]: logging set-up and typed events.
+//! - [`app`]: the daemon (lease, cycle loop, on-demand worker, shutdown) and operator commands.
 //! - [`cli`]: the command-line commands.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crm;

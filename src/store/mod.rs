@@ -716,6 +716,18 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An operator's pause of all sync work, kept in the store so that `marketo-sync pause` in one
+/// process pauses the daemon running in another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseState {
+    /// Why, for people.
+    pub reason: String,
+    /// When the pause ends by itself; `None` until `resume`.
+    pub until: Option<DateTime<Utc>>,
+    /// When it was set.
+    pub paused_at: DateTime<Utc>,
+}
+
 /// The writes of one step, committed in one transaction by [`StateStore::commit`].
 ///
 /// Applied in this order: link deletions, link upserts, watermarks, error upserts, error
@@ -1001,6 +1013,49 @@ pub trait StateStore: Send + Sync {
     ///
     /// [`StoreError::Query`].
     async fn release_lease(&self, instance: &str, holder: &str) -> Result<bool, StoreError>;
+
+    /// Pauses all sync work until `until` (or until [`StateStore::resume`] when `None`),
+    /// replacing any earlier pause, and returns the stored pause.
+    ///
+    /// The default refuses: stores that cannot persist a pause (test fakes) report
+    /// [`StoreError::Invalid`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    async fn pause(
+        &self,
+        reason: &str,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<PauseState, StoreError> {
+        let _ = (reason, until);
+        Err(StoreError::Invalid {
+            what: "pause",
+            reason: "this store cannot persist a pause".to_owned(),
+        })
+    }
+
+    /// Ends the pause. Returns true when there was one.
+    ///
+    /// The default reports no pause.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    async fn resume(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Returns the pause in force now (a pause whose `until` has passed is over), if any.
+    ///
+    /// The default reports none.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    async fn pause_state(&self) -> Result<Option<PauseState>, StoreError> {
+        Ok(None)
+    }
 
     /// Returns the lease of `instance`, expired or not.
     ///

@@ -27,9 +27,9 @@ use uuid::Uuid;
 use super::{
     ApiUsage, BulkJob, Clock, CommitHook, Conflict, CycleCount, CycleOutcome, CycleRecord,
     Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
-    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, SchemaRecord, StateStore, StepCommit,
-    StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt, parse_side,
-    to_i64, to_u64, ttl_to_chrono,
+    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, PauseState, SchemaRecord, StateStore,
+    StepCommit, StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt,
+    parse_side, to_i64, to_u64, ttl_to_chrono,
 };
 use crate::model::{Fields, Side, Value};
 
@@ -39,24 +39,52 @@ const MIGRATION_ATTEMPTS: u32 = 3;
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
-fn migrator(sql: &'static str) -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )]);
+fn migrator(scripts: [(i64, &'static str, &'static str); 2]) -> Migrator {
+    let migrations = scripts
+        .into_iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                version,
+                name.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
     migrator.set_locking(true);
     migrator
 }
 
 fn pg_migrator() -> Migrator {
-    migrator(include_str!("../../migrations/postgres/0001_init.sql"))
+    migrator([
+        (
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        (
+            2,
+            "control",
+            include_str!("../../migrations/postgres/0002_control.sql"),
+        ),
+    ])
 }
 
 fn sqlite_migrator() -> Migrator {
-    migrator(include_str!("../../migrations/sqlite/0001_init.sql"))
+    migrator([
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "control",
+            include_str!("../../migrations/sqlite/0002_control.sql"),
+        ),
+    ])
 }
 
 fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -1314,6 +1342,66 @@ macro_rules! impl_store {
                     .await
                     .map_err(query_error("release_lease"))?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn pause(
+                &self,
+                reason: &str,
+                until: Option<DateTime<Utc>>,
+            ) -> Result<PauseState, StoreError> {
+                let now = self.clock.now();
+                let _guard = self.write_guard().await;
+                self.tick();
+                sqlx::query(
+                    "INSERT INTO control_pause (id, reason, paused_until, paused_at) \
+                     VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
+                     reason = excluded.reason, paused_until = excluded.paused_until, \
+                     paused_at = excluded.paused_at",
+                )
+                .bind(reason)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("pause"))?;
+                Ok(PauseState {
+                    reason: reason.to_owned(),
+                    until,
+                    paused_at: now,
+                })
+            }
+
+            async fn resume(&self) -> Result<bool, StoreError> {
+                let _guard = self.write_guard().await;
+                self.tick();
+                let done = sqlx::query("DELETE FROM control_pause WHERE id = 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("resume"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn pause_state(&self) -> Result<Option<PauseState>, StoreError> {
+                self.tick();
+                let row = sqlx::query(
+                    "SELECT reason, paused_until, paused_at FROM control_pause WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("pause_state"))?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let state = PauseState {
+                    reason: Self::get("pause", &row, "reason")?,
+                    until: Self::get("pause", &row, "paused_until")?,
+                    paused_at: Self::get("pause", &row, "paused_at")?,
+                };
+                // A pause whose end has passed is over; the row stays until the next write.
+                if state.until.is_some_and(|until| until <= self.clock.now()) {
+                    return Ok(None);
+                }
+                Ok(Some(state))
             }
 
             async fn lease(&self, instance: &str) -> Result<Option<Lease>, StoreError> {
