@@ -470,7 +470,7 @@ async fn a_salesperson_deleted_in_the_crm_is_unlinked_from_its_leads_first() {
 #[tokio::test]
 async fn companies_flow_both_ways_and_the_crm_wins_a_conflict() {
     let env = Env::new().await;
-    env.exec("INSERT INTO accounts (id, name, industry, website) VALUES (3, 'Acme', 'Retail', 'acme.example')")
+    env.exec("INSERT INTO accounts (id, name, industry, website, marketo_id) VALUES (3, 'Acme', 'Retail', 'acme.example', '3')")
         .await;
     let s = env.step("companies", false).await;
     assert_eq!(s.objects["companies"][&Direction::CrmToMarketo].created, 1);

@@ -31,8 +31,6 @@ pub const OBJECT: &str = "companies";
 pub const DRIFT_QUEUE: &str = "drift";
 /// How often every linked company is read back from Marketo to catch Marketo-side edits.
 pub const DRIFT_INTERVAL: chrono::Duration = chrono::Duration::days(1);
-/// The CRM column the step writes Marketo-side edits by (the account's primary key).
-pub const CRM_ID_COLUMN: &str = "id";
 
 /// One pair to reconcile.
 struct Pair {
@@ -317,12 +315,54 @@ pub async fn run(
         .collect();
     commit.errors_upsert.extend(marketo_commit.errors_upsert);
     commit.errors_resolve.extend(marketo_commit.errors_resolve);
-    let crm_batch: Vec<(String, Fields)> = to_crm
-        .into_iter()
-        .filter(|(k, _)| !marketo_failed.contains(k))
-        .collect();
     let mut crm_ok: BTreeSet<String> = BTreeSet::new();
     let mut crm_failed: BTreeSet<String> = BTreeSet::new();
+    // CRM writes are keyed by the column holding the Marketo key (`keys.crm_marketo_id`): the
+    // adapter upserts by a unique column and refuses the generated primary key. A row that does
+    // not carry its Marketo key cannot be updated safely (an upsert would insert a new account).
+    let wanted: Vec<String> = to_crm
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| !marketo_failed.contains(k))
+        .collect();
+    let mut stamped: BTreeSet<String> = BTreeSet::new();
+    for chunk in wanted.chunks(200) {
+        for record in ctx.crm.get(&plan.crm_object, chunk).await? {
+            let carried = key_text(record.fields.get(&plan.crm_marketo_id));
+            if carried.is_some() && carried == agreed.get(&record.id).map(|(m, _)| m.clone()) {
+                stamped.insert(record.id);
+            }
+        }
+    }
+    let mut crm_batch: Vec<(String, Fields)> = Vec::new();
+    for (k, f) in to_crm {
+        if marketo_failed.contains(&k) {
+            continue;
+        }
+        if stamped.contains(&k) {
+            crm_batch.push((k, f));
+            continue;
+        }
+        summary.counts_mut(object, Direction::MarketoToCrm).failed += 1;
+        crm_failed.insert(k.clone());
+        let marketo_key = agreed.get(&k).map(|(m, _)| m.clone());
+        let message = format!(
+            "the crm record does not hold its marketo key in `{}`, so it cannot be updated by it",
+            plan.crm_marketo_id
+        );
+        commit.errors_upsert.push(sync_error(
+            ctx,
+            object,
+            Direction::MarketoToCrm,
+            &k,
+            marketo_key,
+            serde_json::Value::Object(super::to_record(&plan.render(Side::Crm, &f))),
+            "crm_key_missing",
+            &message,
+            false,
+            None,
+        ));
+    }
     for chunk in crm_batch.chunks(200) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -331,13 +371,14 @@ pub async fn run(
             .iter()
             .map(|(k, f)| {
                 let mut r = plan.render(Side::Crm, f);
-                r.insert(CRM_ID_COLUMN.to_owned(), crm_id_value(k));
+                let key = agreed.get(k).map_or_else(|| k.clone(), |(m, _)| m.clone());
+                r.insert(plan.crm_marketo_id.clone(), Value::Text(key));
                 r
             })
             .collect();
         let results = ctx
             .crm
-            .upsert(&plan.crm_object, CRM_ID_COLUMN, &batch)
+            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
             .await?;
         for ((k, _), (result, record)) in chunk.iter().zip(results.into_iter().zip(&batch)) {
             let counts = summary.counts_mut(object, Direction::MarketoToCrm);
@@ -390,12 +431,6 @@ pub async fn run(
         ctx.store.commit(commit).await?;
     }
     Ok(())
-}
-
-/// Returns the CRM id as the value to key the write by (an integer when it is one).
-fn crm_id_value(key: &str) -> Value {
-    key.parse::<i64>()
-        .map_or_else(|_| Value::Text(key.to_owned()), Value::Int)
 }
 
 /// Returns the Marketo companies with these `externalCompanyId`s: their raw mapped fields and
