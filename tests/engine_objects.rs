@@ -697,3 +697,64 @@ async fn a_dry_run_writes_nothing() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_role_whose_role_changes_replaces_the_old_marketo_role() {
+    let env = Env::new().await;
+    let lead = seed_opportunity(&env).await;
+    sync_all(&env).await;
+    env.exec(&format!(
+        "UPDATE opportunity_contact_roles SET role = 'Champion', updated_at = {} WHERE id = 31",
+        now_sql()
+    ))
+    .await;
+    let s = env.step("roles", false).await;
+    let c = s.objects["roles"][&Direction::CrmToMarketo];
+    assert_eq!((c.created, c.deleted), (1, 1), "{c:?}");
+    let roles = env
+        .get("roles", "externalOpportunityId", "21", &["leadId", "role"])
+        .await;
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0]["role"], json!("Champion"));
+    let links = env
+        .store
+        .links_by_crm_keys("roles", &["31".into()])
+        .await
+        .unwrap();
+    assert_eq!(links[0].marketo_key, format!("21|{lead}|Champion"));
+}
+
+#[tokio::test]
+async fn a_marketo_edit_of_an_account_without_its_marketo_key_is_refused_not_inserted() {
+    let env = Env::new().await;
+    env.exec("INSERT INTO accounts (id, name) VALUES (4, 'Globex')")
+        .await;
+    env.step("companies", false).await;
+    let mut edit = Map::new();
+    edit.insert("externalCompanyId".into(), json!("4"));
+    edit.insert("industry".into(), json!("Chemicals"));
+    env.sim.upsert_company(edit).unwrap();
+    env.clock.advance(Duration::from_secs(25 * 3600));
+    let s = env.step("companies", false).await;
+    assert_eq!(
+        s.objects["companies"][&Direction::MarketoToCrm].failed,
+        1,
+        "{s:?}"
+    );
+    let rows = env
+        .rows("SELECT CAST(COUNT(*) AS TEXT) FROM accounts")
+        .await;
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
+    let errors = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("companies".into()),
+            limit: 10,
+            ..ErrorFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].code, "crm_key_missing");
+    assert_eq!(errors[0].direction, Direction::MarketoToCrm);
+}

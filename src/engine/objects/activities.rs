@@ -305,3 +305,39 @@ async fn run_type(
     ctx.store.commit(commit).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_schemas_hold_standard_fields_and_attributes() {
+        let t: ActivityType = serde_json::from_value(json!({
+            "id": 1, "name": "Visit Webpage",
+            "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
+            "attributes": [{"name": "Webpage URL", "dataType": "string"}]
+        }))
+        .unwrap();
+        let s = activity_schema(&t);
+        assert_eq!(s.object, "activity:1");
+        assert_eq!(s.field("Webpage ID").unwrap().ty, FieldType::Integer);
+        assert!(s.field("Webpage URL").is_some());
+        assert!(s.field(CRM_CONTACT_FIELD).is_some());
+        assert_eq!(s.field("activityDate").unwrap().ty, FieldType::DateTime);
+    }
+
+    #[test]
+    fn raw_fields_carry_attributes_and_the_linked_contact() {
+        let a: Activity = serde_json::from_value(json!({
+            "id": 5, "marketoGUID": "g-5", "leadId": 9, "activityDate": "2030-01-01T00:00:00Z",
+            "activityTypeId": 1, "primaryAttributeValue": "home",
+            "attributes": [{"name": "Webpage URL", "value": "/home"}]
+        }))
+        .unwrap();
+        let raw = raw_fields(&a, Some("11"));
+        assert_eq!(raw["marketoGUID"], Value::Text("g-5".into()));
+        assert_eq!(raw["Webpage URL"], Value::Text("/home".into()));
+        assert_eq!(raw[CRM_CONTACT_FIELD], Value::Text("11".into()));
+        assert_eq!(raw_fields(&a, None)[CRM_CONTACT_FIELD], Value::Null);
+    }
+}

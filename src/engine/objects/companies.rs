@@ -190,6 +190,7 @@ pub async fn run(
                     record: key_record(&c),
                     base: c.clone(),
                     new: true,
+                    replaces: None,
                 });
                 agreed.insert(pair.crm_key.clone(), (marketo_key, c));
                 continue;
@@ -264,6 +265,7 @@ pub async fn run(
                 record: key_record(&r.to_marketo),
                 base: r.agreed.clone(),
                 new: false,
+                replaces: None,
             });
         }
         if !r.to_crm.is_empty() {

@@ -13,14 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::custom_objects::custom_plans;
-use super::roles::parse_role_key;
-use super::{DELETES_QUEUE, Family, gather_crm, links_by_crm, skip_reason, sync_error};
+use super::{
+    DELETES_QUEUE, Family, delete_key, due_errors, error_key, gather_crm, links_by_crm,
+    skip_reason, sync_error,
+};
 use crate::crm::ChangeKind;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{Record, RecordStatus, SyncAction};
 use crate::model::Side;
-use crate::store::{Direction, Link, StepCommit, Tombstone, TombstoneKind};
+use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
+
+/// The error-ledger key prefix of a refused delete (`delete:<crm id>`).
+pub const DELETE_PREFIX: &str = "delete:";
 
 /// Runs the CRM deletions of every enabled non-lead object, in the whitepaper's order.
 ///
@@ -54,23 +59,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Returns the Marketo dedupe record that deletes a linked record.
-fn delete_key(plan: &Plan, family: &Family, link: &Link) -> Option<Record> {
-    let mut r = Record::new();
-    match family {
-        Family::Roles => {
-            let (opp, lead, role) = parse_role_key(&link.marketo_key)?;
-            r.insert("externalOpportunityId".into(), json!(opp));
-            r.insert("leadId".into(), json!(lead));
-            r.insert("role".into(), json!(role));
-        }
-        _ => {
-            r.insert(plan.marketo_crm_key.clone(), json!(link.marketo_key));
-        }
-    }
-    Some(r)
-}
-
 async fn delete_object(
     ctx: &Context,
     plan: &Plan,
@@ -94,6 +82,17 @@ async fn delete_object(
             ChangeKind::Upserted { .. } => None,
         })
         .collect();
+    let mut deleted = deleted;
+    // Deletes Marketo refused earlier and now due for a retry.
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, object, direction).await? {
+        if let Some(id) = e.record_key.strip_prefix(DELETE_PREFIX) {
+            if !deleted.iter().any(|(d, _)| d == id) {
+                deleted.push((id.to_owned(), e.first_seen_at));
+            }
+            previous.insert(id.to_owned(), e);
+        }
+    }
     let ids: Vec<String> = deleted.iter().map(|(id, _)| id.clone()).collect();
     let links = links_by_crm(ctx, object, &ids).await?;
     let mut todo: Vec<(Link, chrono::DateTime<chrono::Utc>, Record)> = Vec::new();
@@ -103,7 +102,7 @@ async fn delete_object(
             summary.counts_mut(object, direction).skipped += 1;
             continue;
         };
-        match delete_key(plan, family, l) {
+        match delete_key(plan, family, &l.marketo_key) {
             Some(key) => todo.push((l.clone(), *at, key)),
             None => summary.counts_mut(object, direction).skipped += 1,
         }
@@ -140,6 +139,13 @@ async fn delete_object(
                     at: *at,
                 });
                 commit.links_upsert.push(t);
+                if previous.contains_key(&l.crm_key) {
+                    commit.errors_resolve.push(error_key(
+                        object,
+                        direction,
+                        &format!("{DELETE_PREFIX}{}", l.crm_key),
+                    ));
+                }
             } else {
                 counts.failed += 1;
                 let (code, message, retryable) = skip_reason(&r);
@@ -147,13 +153,13 @@ async fn delete_object(
                     ctx,
                     object,
                     direction,
-                    &format!("delete:{}", l.crm_key),
+                    &format!("{DELETE_PREFIX}{}", l.crm_key),
                     Some(l.marketo_key.clone()),
                     Json::Object(key.clone()),
                     &code,
                     &message,
                     retryable,
-                    None,
+                    previous.get(&l.crm_key),
                 ));
             }
         }

@@ -36,7 +36,7 @@ use crate::mapping::{Plan, Plans};
 use crate::marketo::{DedupeBy, Disposition, Record, RecordResult, RecordStatus, SyncAction};
 use crate::model::{Fields, ObjectSchema, Side, Value, fields_hash};
 use crate::store::{
-    Direction, ErrorFilter, ErrorKey, ErrorStatus, Link, StepCommit, SyncError, Watermark,
+    Direction, ErrorFilter, ErrorKey, ErrorStatus, Link, LinkKey, StepCommit, SyncError, Watermark,
 };
 
 /// The steps of this module in the order the cycle runs them (leads run between `companies` and
@@ -402,6 +402,9 @@ pub(crate) struct PlannedWrite {
     pub base: Fields,
     /// True when no live link existed.
     pub new: bool,
+    /// The Marketo key the link had before, when the record's dedupe fields changed (the old
+    /// Marketo record is deleted once the new one is written).
+    pub replaces: Option<String>,
 }
 
 /// What a CRM -> Marketo object needs besides its plan.
@@ -539,12 +542,16 @@ pub(crate) async fn push_step(
         for (k, v) in &key_fields {
             record.insert(k.clone(), v.to_json());
         }
+        let replaces = existing
+            .filter(|l| l.marketo_key != marketo_key)
+            .map(|l| l.marketo_key.clone());
         planned.push(PlannedWrite {
             crm_key: change.id.clone(),
             marketo_key,
             record,
             base,
             new: existing.is_none(),
+            replaces,
         });
     }
     if options.dry_run {
@@ -553,10 +560,15 @@ pub(crate) async fn push_step(
                 "object": object, "direction": direction.as_str(),
                 "action": if p.new { "create" } else { "update" },
                 "crm_key": p.crm_key, "marketo_key": p.marketo_key, "record": p.record,
+                "replaces": p.replaces,
             }));
         }
         return Ok(());
     }
+    let rekeyed: BTreeMap<String, String> = planned
+        .iter()
+        .filter_map(|p| p.replaces.clone().map(|old| (p.crm_key.clone(), old)))
+        .collect();
     apply_marketo(
         ctx,
         object,
@@ -568,10 +580,52 @@ pub(crate) async fn push_step(
         cancel,
     )
     .await?;
+    // A record whose dedupe fields changed (a role's role or lead, a car's vin) is a new Marketo
+    // record: delete the old one once the new one is written.
+    let replaced: Vec<String> = commit
+        .links_upsert
+        .iter()
+        .filter_map(|l| rekeyed.get(&l.crm_key).cloned())
+        .collect();
+    let old: Vec<Record> = replaced
+        .iter()
+        .filter_map(|old| delete_key(plan, &spec.family, old))
+        .collect();
+    commit
+        .links_delete
+        .extend(replaced.into_iter().map(|marketo_key| LinkKey {
+            object: object.to_owned(),
+            marketo_key,
+        }));
+    for batch in old.chunks(MARKETO_BATCH) {
+        let results = spec.family.delete(ctx, batch).await?;
+        let gone = results
+            .iter()
+            .filter(|r| r.status == RecordStatus::Deleted)
+            .count();
+        summary.counts_mut(object, direction).deleted += gone as u64;
+    }
     if !commit.is_empty() {
         ctx.store.commit(commit).await?;
     }
     Ok(())
+}
+
+/// Returns the Marketo dedupe record that deletes the record with this link key.
+pub(crate) fn delete_key(plan: &Plan, family: &Family, marketo_key: &str) -> Option<Record> {
+    let mut r = Record::new();
+    match family {
+        Family::Roles => {
+            let (opp, lead, role) = roles::parse_role_key(marketo_key)?;
+            r.insert("externalOpportunityId".into(), json!(opp));
+            r.insert("leadId".into(), json!(lead));
+            r.insert("role".into(), json!(role));
+        }
+        _ => {
+            r.insert(plan.marketo_crm_key.clone(), json!(marketo_key));
+        }
+    }
+    Some(r)
 }
 
 /// Returns the error-ledger key of a record.
@@ -694,5 +748,59 @@ pub(crate) fn raw_key(change: &Change, column: &str) -> Option<String> {
     match &change.kind {
         ChangeKind::Upserted { fields } => key_text(fields.get(column)),
         ChangeKind::Deleted(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::marketo::model::WireError;
+    use crate::model::{FieldDef, FieldType};
+
+    #[test]
+    fn dedupe_fields_become_writable_and_the_others_keep_their_flag() {
+        let mut key = FieldDef::new("externalCompanyId", FieldType::Text { max_len: None });
+        key.read_only = true;
+        let mut id = FieldDef::new("id", FieldType::Integer);
+        id.read_only = true;
+        let schema = ObjectSchema {
+            side: Side::Marketo,
+            object: "company".into(),
+            id_field: Some("id".into()),
+            dedupe_fields: vec!["externalCompanyId".into()],
+            fields: vec![key, id],
+        };
+        let s = writable_dedupe_fields(schema);
+        assert!(!s.field("externalCompanyId").unwrap().read_only);
+        assert!(s.field("id").unwrap().read_only);
+    }
+
+    fn skipped(code: &str) -> RecordResult {
+        RecordResult {
+            seq: Some(0),
+            status: RecordStatus::Skipped,
+            id: None,
+            marketo_guid: None,
+            reasons: vec![WireError {
+                code: code.into(),
+                message: "m".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn missing_parents_are_retried_and_bad_values_are_not() {
+        assert!(skip_reason(&skipped("1013")).2);
+        assert!(skip_reason(&skipped("1004")).2);
+        assert!(!skip_reason(&skipped("1006")).2);
+        assert_eq!(skip_reason(&skipped("1006")).0, "1006");
+    }
+
+    #[test]
+    fn key_text_treats_null_and_empty_as_absent() {
+        assert_eq!(key_text(Some(&Value::Int(12))), Some("12".into()));
+        assert_eq!(key_text(Some(&Value::Null)), None);
+        assert_eq!(key_text(Some(&Value::Text(String::new()))), None);
+        assert_eq!(key_text(None), None);
     }
 }
