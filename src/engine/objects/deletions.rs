@@ -74,7 +74,7 @@ async fn delete_object(
         watermarks: gathered.watermark.into_iter().collect(),
         ..StepCommit::default()
     };
-    let deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
+    let mut deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
         .changes
         .iter()
         .filter_map(|c| match &c.kind {
@@ -82,7 +82,10 @@ async fn delete_object(
             ChangeKind::Upserted { .. } => None,
         })
         .collect();
-    let mut deleted = deleted;
+    // A deleted record's pending create/update errors are moot now.
+    for (id, _) in &deleted {
+        commit.errors_resolve.push(error_key(object, direction, id));
+    }
     // Deletes Marketo refused earlier and now due for a retry.
     let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
     for e in due_errors(ctx, object, direction).await? {
