@@ -43,6 +43,10 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
+        Env::start(false).await
+    }
+
+    async fn start(native_crm_sync: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
         demo_crm::install(&crm_url, 1, 0).await.unwrap();
@@ -81,6 +85,7 @@ impl Env {
         let sim = Simulator::start(SimConfig {
             leads: 0,
             export_delay: Duration::ZERO,
+            native_crm_sync,
             ..SimConfig::default()
         })
         .await
@@ -757,4 +762,36 @@ async fn a_marketo_edit_of_an_account_without_its_marketo_key_is_refused_not_ins
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].code, "crm_key_missing");
     assert_eq!(errors[0].direction, Direction::MarketoToCrm);
+}
+
+#[tokio::test]
+async fn native_crm_sync_skips_the_crm_objects_with_a_warning_and_keeps_their_watermarks() {
+    let env = Env::start(true).await;
+    seed_opportunity(&env).await;
+    let s = env.step("all", false).await;
+    for object in ["salespersons", "companies", "opportunities", "roles"] {
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.starts_with(object) && w.contains("1018")),
+            "{object}: {:?}",
+            s.warnings
+        );
+        assert!(
+            env.store
+                .links_page(object, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let marks = env.store.watermarks().await.unwrap();
+    assert!(
+        marks
+            .iter()
+            .filter(|w| w.queue == objects::UPSERTS_QUEUE)
+            .all(|w| !["salespersons", "companies", "opportunities", "roles"]
+                .contains(&w.object.as_str())),
+        "{marks:?}"
+    );
 }

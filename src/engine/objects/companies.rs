@@ -55,6 +55,17 @@ pub async fn run(
     let Some(plan) = plans.objects.get(OBJECT) else {
         return Ok(());
     };
+    let result = run_plan(ctx, plan, summary, options, cancel).await;
+    super::skip_when_native_sync(result, OBJECT, summary)
+}
+
+async fn run_plan(
+    ctx: &Context,
+    plan: &Plan,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let object = plan.object.as_str();
     let now = ctx.clock.now();
     let mut gathered = gather_crm(ctx, object, &plan.crm_object, UPSERTS_QUEUE, cancel).await?;

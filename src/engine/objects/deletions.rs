@@ -54,7 +54,8 @@ pub async fn run(
         ordered.push((plan, Family::Custom(plan.marketo_object.clone())));
     }
     for (plan, family) in ordered {
-        delete_object(ctx, plan, &family, summary, options, cancel).await?;
+        let result = delete_object(ctx, plan, &family, summary, options, cancel).await;
+        super::skip_when_native_sync(result, &plan.object, summary)?;
     }
     Ok(())
 }

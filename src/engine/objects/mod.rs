@@ -94,6 +94,38 @@ pub async fn run_all(
     Ok(())
 }
 
+/// Returns `result`, except that Marketo's 1018 "CRM Enabled" (native CRM sync owns this
+/// object, so API writes are refused) becomes a warning: the step is skipped without committing,
+/// so it resumes from the same watermarks once native sync is turned off.
+///
+/// # Errors
+///
+/// Every other error of `result`.
+pub fn skip_when_native_sync(
+    result: Result<(), EngineError>,
+    object: &str,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    match result {
+        Err(EngineError::Marketo(e)) if e.code() == Some(NATIVE_SYNC_CODE) => {
+            warn!(
+                object,
+                "native crm sync owns this object in marketo; step skipped"
+            );
+            summary.warnings.push(format!(
+                "{object}: Marketo refuses API writes because native CRM sync is enabled (1018); \
+                 the object is not synced"
+            ));
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Marketo's code for "CRM Enabled": native CRM sync owns companies, opportunities, roles and
+/// salespersons.
+pub const NATIVE_SYNC_CODE: &str = "1018";
+
 /// Returns the Marketo schema with its dedupe fields writable.
 ///
 /// Marketo's Describe reports dedupe fields (`externalCompanyId`, `externalOpportunityId`,

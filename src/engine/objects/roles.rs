@@ -4,7 +4,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Family, KeysFn, PushSpec, key_text, push_step, raw_key};
+use super::{Family, KeysFn, PushSpec, key_text, push_step, raw_key, skip_when_native_sync};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plans;
 use crate::model::{Fields, Value};
@@ -80,7 +80,8 @@ pub async fn run(
         keys,
         contact_column: Some(CONTACT_COLUMN),
     };
-    push_step(ctx, plan, spec, summary, options, cancel).await
+    let result = push_step(ctx, plan, spec, summary, options, cancel).await;
+    skip_when_native_sync(result, OBJECT, summary)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Family, KeysFn, PushSpec, push_step};
+use super::{Family, KeysFn, PushSpec, push_step, skip_when_native_sync};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plans;
 use crate::model::{Fields, Value};
@@ -38,5 +38,6 @@ pub async fn run(
         keys,
         contact_column: None,
     };
-    push_step(ctx, plan, spec, summary, options, cancel).await
+    let result = push_step(ctx, plan, spec, summary, options, cancel).await;
+    skip_when_native_sync(result, OBJECT, summary)
 }
