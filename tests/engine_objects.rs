@@ -795,3 +795,70 @@ async fn native_crm_sync_skips_the_crm_objects_with_a_warning_and_keeps_their_wa
         "{marks:?}"
     );
 }
+
+#[tokio::test]
+async fn an_activity_the_crm_refused_is_retried_from_the_ledger() {
+    let env = Env::new().await;
+    // A row in the way: the table allows one activity per contact (a unique violation).
+    env.exec("CREATE UNIQUE INDEX ux_one_per_contact ON marketing_activities (contact_id)")
+        .await;
+    env.exec("INSERT INTO marketing_activities (marketo_guid, contact_id) VALUES ('other', '11')")
+        .await;
+    let lead = env.linked_lead(11, "new@example.com", json!({})).await;
+    let s = env.step("activities", false).await;
+    assert_eq!(
+        s.objects["activity:12"][&Direction::MarketoToCrm].failed,
+        1,
+        "{s:?}"
+    );
+    let errors = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("activity:12".into()),
+            limit: 10,
+            ..ErrorFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+
+    assert_eq!(errors[0].code, "unique_violation");
+    let again = env.step("activities", false).await;
+    assert_eq!(
+        again.objects["activity:12"][&Direction::MarketoToCrm].failed,
+        0
+    );
+
+    // The operator clears the way and asks for a retry.
+    env.exec("DELETE FROM marketing_activities WHERE marketo_guid = 'other'")
+        .await;
+    let now = env.clock.now_utc();
+    assert!(
+        env.store
+            .set_error_status(
+                errors[0].id,
+                marketo_sync::store::ErrorStatus::Open,
+                Some(now)
+            )
+            .await
+            .unwrap()
+    );
+    let s = env.step("activities", false).await;
+    assert_eq!(
+        s.objects["activity:12"][&Direction::MarketoToCrm].created,
+        1,
+        "{s:?}"
+    );
+    let sql = format!("SELECT kind FROM marketing_activities WHERE marketo_lead_id = {lead}");
+    assert_eq!(env.rows(&sql).await.len(), 1);
+    let open = env
+        .store
+        .list_errors(&ErrorFilter {
+            status: Some(marketo_sync::store::ErrorStatus::Open),
+            object: Some("activity:12".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+}

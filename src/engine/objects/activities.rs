@@ -15,14 +15,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{LEAD_LINK_OBJECT, link, sync_error};
+use super::{LEAD_LINK_OBJECT, due_errors, error_key, from_record, link, sync_error};
 use crate::crm::WriteResult;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::activities::{Activity, ActivityFilter};
 use crate::marketo::describe::{ActivityType, field_type};
 use crate::model::{FieldDef, FieldType, Fields, ObjectSchema, Side, Value};
-use crate::store::{Direction, StepCommit, Watermark};
+use crate::store::{Direction, StepCommit, SyncError, Watermark};
 
 /// The watermark object of every activity queue.
 pub const OBJECT: &str = "activities";
@@ -246,6 +246,19 @@ async fn run_type(
             }
         }
     }
+    // Rows the CRM refused earlier and now due for a retry: their payload is the rendered row.
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, link_object, direction).await? {
+        let fresh_again = rows.iter().any(|(g, _, _)| *g == e.record_key);
+        if let (false, Some(payload)) = (fresh_again, e.payload.as_object())
+            && !payload.is_empty()
+            && !seen.contains(&e.record_key)
+        {
+            let row = from_record(payload);
+            rows.push((e.record_key.clone(), row.clone(), row));
+        }
+        previous.insert(e.record_key.clone(), e);
+    }
     if options.dry_run {
         for (guid, _, row) in &rows {
             summary.plan.push(json!({
@@ -273,6 +286,11 @@ async fn run_type(
                     commit
                         .links_upsert
                         .push(link(link_object, guid, &id, canonical.clone(), now));
+                    if previous.contains_key(guid) {
+                        commit
+                            .errors_resolve
+                            .push(error_key(link_object, direction, guid));
+                    }
                 }
                 WriteResult::Deleted { .. } => {}
                 WriteResult::Failed {
@@ -291,7 +309,7 @@ async fn run_type(
                         &code,
                         &message,
                         retryable,
-                        None,
+                        previous.get(guid),
                     ));
                 }
             }
