@@ -318,7 +318,9 @@ pub(crate) async fn add_retries(
     gathered: &mut Gathered,
     previous: &mut BTreeMap<String, SyncError>,
 ) -> Result<(), EngineError> {
-    let mut all = ctx
+    let now = ctx.clock.now();
+    let mut due: BTreeSet<String> = BTreeSet::new();
+    let open = ctx
         .store
         .list_errors(&ErrorFilter {
             status: Some(ErrorStatus::Open),
@@ -326,13 +328,16 @@ pub(crate) async fn add_retries(
             limit: 1000,
         })
         .await?;
-    all.retain(|e| e.direction == Direction::CrmToMarketo);
-    let due: BTreeSet<String> = due_errors(ctx, object, Direction::CrmToMarketo)
-        .await?
-        .into_iter()
-        .map(|e| e.record_key)
-        .collect();
-    for e in all {
+    for e in open {
+        // Refused deletes are retried by the deletions step.
+        if e.direction != Direction::CrmToMarketo
+            || e.record_key.starts_with(deletions::DELETE_PREFIX)
+        {
+            continue;
+        }
+        if e.next_retry_at.is_some_and(|t| t <= now) {
+            due.insert(e.record_key.clone());
+        }
         previous.insert(e.record_key.clone(), e);
     }
     let have: BTreeSet<String> = gathered.changes.iter().map(|c| c.id.clone()).collect();
