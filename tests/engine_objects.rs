@@ -189,18 +189,11 @@ impl Env {
         let options = CycleOptions { dry_run };
         let cancel = CancellationToken::new();
         let (ctx, plans, s) = (&self.ctx, &self.plans, &mut summary);
-        let r = match name {
-            "salespersons" => objects::salespersons::run(ctx, plans, s, &options, &cancel).await,
-            "companies" => objects::companies::run(ctx, plans, s, &options, &cancel).await,
-            "opportunities" => objects::opportunities::run(ctx, plans, s, &options, &cancel).await,
-            "roles" => objects::roles::run(ctx, plans, s, &options, &cancel).await,
-            "deletions" => objects::deletions::run(ctx, plans, s, &options, &cancel).await,
-            "custom_objects" => {
-                objects::custom_objects::run(ctx, plans, s, &options, &cancel).await
-            }
-            "activities" => objects::activities::run(ctx, plans, s, &options, &cancel).await,
-            "all" => objects::run_all(ctx, plans, s, &options, &cancel).await,
-            other => panic!("no step {other}"),
+        let r = if name == "all" {
+            objects::run_all(ctx, plans, s, &options, &cancel).await
+        } else {
+            assert!(objects::ORDER.contains(&name), "no step {name}");
+            objects::run_step(name, ctx, plans, s, &options, &cancel).await
         };
         r.unwrap_or_else(|e| panic!("step {name}: {e}"));
         summary

@@ -64,6 +64,9 @@ const MARKETO_BATCH: usize = 300;
 /// How long a retryable record waits before the next attempt (doubled per attempt, capped).
 const RETRY_BASE: Duration = Duration::from_secs(5 * 60);
 
+/// The steps of [`ORDER`] that run before the leads step (the rest run after it).
+pub const BEFORE_LEADS: &[&str] = &["salespersons", "companies"];
+
 /// Runs every step of [`ORDER`], in that order.
 ///
 /// # Errors
@@ -77,21 +80,38 @@ pub async fn run_all(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     for step in ORDER {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        match *step {
-            "salespersons" => salespersons::run(ctx, plans, summary, options, cancel).await?,
-            "companies" => companies::run(ctx, plans, summary, options, cancel).await?,
-            "opportunities" => opportunities::run(ctx, plans, summary, options, cancel).await?,
-            "roles" => roles::run(ctx, plans, summary, options, cancel).await?,
-            "deletions" => deletions::run(ctx, plans, summary, options, cancel).await?,
-            "custom_objects" => custom_objects::run(ctx, plans, summary, options, cancel).await?,
-            "activities" => activities::run(ctx, plans, summary, options, cancel).await?,
-            _ => {}
-        }
+        run_step(step, ctx, plans, summary, options, cancel).await?;
     }
     Ok(())
+}
+
+/// Runs one step of [`ORDER`] by name (the orchestrator runs [`BEFORE_LEADS`], then leads, then
+/// the others). An unknown name does nothing.
+///
+/// # Errors
+///
+/// The step's error, or [`EngineError::Cancelled`] when `cancel` fired before it started.
+pub async fn run_step(
+    name: &str,
+    ctx: &Context,
+    plans: &Plans,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+    match name {
+        "salespersons" => salespersons::run(ctx, plans, summary, options, cancel).await,
+        "companies" => companies::run(ctx, plans, summary, options, cancel).await,
+        "opportunities" => opportunities::run(ctx, plans, summary, options, cancel).await,
+        "roles" => roles::run(ctx, plans, summary, options, cancel).await,
+        "deletions" => deletions::run(ctx, plans, summary, options, cancel).await,
+        "custom_objects" => custom_objects::run(ctx, plans, summary, options, cancel).await,
+        "activities" => activities::run(ctx, plans, summary, options, cancel).await,
+        _ => Ok(()),
+    }
 }
 
 /// Returns `result`, except that Marketo's 1018 "CRM Enabled" (native CRM sync owns this
