@@ -855,3 +855,54 @@ async fn an_activity_the_crm_refused_is_retried_from_the_ledger() {
         .unwrap();
     assert!(open.is_empty(), "{open:?}");
 }
+
+#[tokio::test]
+async fn a_cancelled_cycle_stops_before_writing() {
+    let env = Env::new().await;
+    seed_opportunity(&env).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let mut summary = CycleSummary::default();
+    let from = env.log_len();
+    let r = objects::run_all(
+        &env.ctx,
+        &env.plans,
+        &mut summary,
+        &CycleOptions::default(),
+        &cancel,
+    )
+    .await;
+    assert!(matches!(
+        r,
+        Err(marketo_sync::engine::EngineError::Cancelled)
+    ));
+    assert!(env.writes_since(from).is_empty());
+    assert!(env.store.watermarks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_car_of_a_contact_not_linked_yet_waits_in_the_ledger() {
+    let env = Env::new().await;
+    env.exec("INSERT INTO contacts (id, email) VALUES (12, 'later@example.com')")
+        .await;
+    env.exec("INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VIN42', 12, 'Fiat')")
+        .await;
+    let s = env.step("custom_objects", false).await;
+    assert_eq!(
+        s.objects["cars"][&Direction::CrmToMarketo].failed,
+        1,
+        "{s:?}"
+    );
+    let errors = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("cars".into()),
+            limit: 10,
+            ..ErrorFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors[0].code, "contact_not_linked");
+    assert!(errors[0].next_retry_at.is_some());
+    assert!(env.get("car_c", "vin", "VIN42", &["make"]).await.is_empty());
+}

@@ -487,9 +487,8 @@ pub(crate) type KeysFn = dyn Fn(
     + Sync;
 
 /// Runs a one-way CRM -> Marketo step: gather changes (and due retries), map, plan only changed
-/// records, write in batches of 300, commit.
-///
-/// `prepare` runs once on the gathered changes before mapping (lookups of related links).
+/// records, write in batches of 300, commit. Records whose dedupe fields changed replace their
+/// old Marketo record (written, then the old one deleted).
 ///
 /// # Errors
 ///
