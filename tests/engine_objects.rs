@@ -905,4 +905,36 @@ async fn a_car_of_a_contact_not_linked_yet_waits_in_the_ledger() {
     assert_eq!(errors[0].code, "contact_not_linked");
     assert!(errors[0].next_retry_at.is_some());
     assert!(env.get("car_c", "vin", "VIN42", &["make"]).await.is_empty());
+
+    // The contact gets its lead; the retry links the car to it.
+    let lead = env.sim.create_lead({
+        let mut m = Map::new();
+        m.insert("email".into(), json!("later@example.com"));
+        m
+    });
+    let base = Fields::new();
+    env.store
+        .commit(StepCommit {
+            links_upsert: vec![Link {
+                object: objects::LEAD_LINK_OBJECT.into(),
+                marketo_key: lead.to_string(),
+                crm_key: "12".into(),
+                base_hash: fields_hash(&base),
+                base,
+                agreed_at: env.clock.now_utc(),
+                tombstone: None,
+            }],
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    env.clock.advance(Duration::from_secs(3600));
+    let s = env.step("custom_objects", false).await;
+    assert_eq!(
+        s.objects["cars"][&Direction::CrmToMarketo].created,
+        1,
+        "{s:?}"
+    );
+    let cars = env.get("car_c", "vin", "VIN42", &["make", "leadId"]).await;
+    assert_eq!(cars[0]["leadId"], json!(lead));
 }
