@@ -6,6 +6,7 @@
 //! time through [`Runner::run_one_cycle`].
 
 pub mod context;
+pub mod objects;
 pub mod reconcile;
 pub mod summary;
 

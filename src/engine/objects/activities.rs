@@ -1,0 +1,361 @@
+//! Configured Marketo activity types -> a CRM table, one way.
+//!
+//! Each configured type (`[[activities]]` in the activities mapping, `Plans::activities`) has its
+//! own queue `activity:<type id>`: a Get Lead Activities paging token kept as the watermark's
+//! cursor. Activities are de-duplicated by `marketoGUID` twice: a copied activity has a link
+//! (object `activity:<type id>`, Marketo key = GUID) and is not written again, and the CRM write
+//! is an upsert keyed by the GUID column (`keys.crm_marketo_id`), so a re-read after a crash or
+//! an overlapping token inserts no duplicate row. The CRM row is linked to the CRM record of the
+//! lead through the synthetic source field [`CRM_CONTACT_FIELD`] (the CRM key of the lead's link).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{LEAD_LINK_OBJECT, due_errors, error_key, from_record, link, sync_error};
+use crate::crm::WriteResult;
+use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
+use crate::mapping::{Plan, Plans};
+use crate::marketo::activities::{Activity, ActivityFilter};
+use crate::marketo::describe::{ActivityType, field_type};
+use crate::model::{FieldDef, FieldType, Fields, ObjectSchema, Side, Value};
+use crate::store::{Direction, StepCommit, SyncError, Watermark};
+
+/// The watermark object of every activity queue.
+pub const OBJECT: &str = "activities";
+/// The synthetic source field holding the CRM key linked to the activity's lead (null when the
+/// lead is not linked).
+pub const CRM_CONTACT_FIELD: &str = "crmContactId";
+/// The standard source fields of every activity, with their types.
+pub const STANDARD_FIELDS: &[(&str, &str)] = &[
+    ("marketoGUID", "string"),
+    ("activityDate", "datetime"),
+    ("leadId", "integer"),
+    ("campaignId", "integer"),
+    ("primaryAttributeValueId", "integer"),
+    ("primaryAttributeValue", "string"),
+    (CRM_CONTACT_FIELD, "string"),
+];
+/// CRM rows written per call.
+const CRM_BATCH: usize = 200;
+
+/// Returns the queue name of an activity type.
+pub fn queue(type_id: u32) -> String {
+    format!("activity:{type_id}")
+}
+
+/// Returns the Marketo-side schema `activity:<id>` of an activity type, as the mapping compiler
+/// expects it: the standard fields ([`STANDARD_FIELDS`]) and the type's attributes by name, all
+/// read-only.
+pub fn activity_schema(t: &ActivityType) -> ObjectSchema {
+    let mut fields: Vec<FieldDef> = STANDARD_FIELDS
+        .iter()
+        .map(|(name, ty)| field((*name).to_owned(), field_type(ty, None)))
+        .collect();
+    for a in t.primary_attribute.iter().chain(&t.attributes) {
+        if fields.iter().any(|f| f.name == a.name) {
+            continue;
+        }
+        let ty = a
+            .data_type
+            .as_deref()
+            .map_or(FieldType::Text { max_len: None }, |d| field_type(d, None));
+        fields.push(field(a.name.clone(), ty));
+    }
+    ObjectSchema {
+        side: Side::Marketo,
+        object: format!("activity:{}", t.id),
+        id_field: Some("marketoGUID".into()),
+        dedupe_fields: vec!["marketoGUID".into()],
+        fields,
+    }
+}
+
+fn field(name: String, ty: FieldType) -> FieldDef {
+    let mut f = FieldDef::new(name, ty);
+    f.read_only = true;
+    f
+}
+
+/// Returns the raw source fields of one activity (see [`STANDARD_FIELDS`]).
+pub fn raw_fields(a: &Activity, crm_contact: Option<&str>) -> Fields {
+    let mut raw = Fields::new();
+    let opt_int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+    raw.insert(
+        "marketoGUID".into(),
+        a.key().map_or(Value::Null, Value::Text),
+    );
+    raw.insert("activityDate".into(), Value::DateTime(a.activity_date));
+    raw.insert("leadId".into(), Value::Int(a.lead_id));
+    raw.insert("campaignId".into(), opt_int(a.campaign_id));
+    raw.insert(
+        "primaryAttributeValueId".into(),
+        opt_int(a.primary_attribute_value_id),
+    );
+    raw.insert(
+        "primaryAttributeValue".into(),
+        a.primary_attribute_value
+            .clone()
+            .map_or(Value::Null, Value::Text),
+    );
+    raw.insert(
+        CRM_CONTACT_FIELD.into(),
+        crm_contact.map_or(Value::Null, |c| Value::Text(c.to_owned())),
+    );
+    for attr in &a.attributes {
+        raw.entry(attr.name.clone())
+            .or_insert_with(|| Value::from_json(&attr.value));
+    }
+    raw
+}
+
+/// Copies the new activities of every configured type to the CRM. Does nothing when no activity
+/// type is configured.
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
+pub async fn run(
+    ctx: &Context,
+    plans: &Plans,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    for (type_id, plan) in &plans.activities {
+        run_type(ctx, *type_id, plan, summary, options, cancel).await?;
+    }
+    Ok(())
+}
+
+async fn run_type(
+    ctx: &Context,
+    type_id: u32,
+    plan: &Plan,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let q = queue(type_id);
+    let link_object = plan.object.as_str();
+    let direction = Direction::MarketoToCrm;
+    let stored = ctx.store.watermark(Side::Marketo, OBJECT, &q).await?;
+    let since = ctx.settings.bootstrap.low_watermark(OBJECT);
+    let mut token = match stored
+        .as_ref()
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.as_str())
+    {
+        Some(t) => t.to_owned(),
+        None => ctx.marketo.paging_token(since).await?,
+    };
+    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
+    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[i64::from(type_id)], &ActivityFilter::default())
+            .await?;
+        let n = page.records.len();
+        for a in page.records {
+            high = high.max(a.activity_date);
+            if let Some(k) = a.key() {
+                activities.insert(k, a);
+            }
+        }
+        if let Some(t) = page.next_page_token {
+            token = t;
+        }
+        if !page.more_result || n == 0 {
+            break;
+        }
+    }
+    summary.counts_mut(link_object, direction).read += activities.len() as u64;
+    let mut commit = StepCommit {
+        watermarks: vec![Watermark {
+            system: Side::Marketo,
+            object: OBJECT.to_owned(),
+            queue: q.clone(),
+            at: high,
+            tie: None,
+            cursor: Some(json!(token)),
+        }],
+        ..StepCommit::default()
+    };
+
+    // Skip what was copied already.
+    let keys: Vec<String> = activities.keys().cloned().collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx.store.links_by_marketo_keys(link_object, chunk).await? {
+            seen.insert(l.marketo_key);
+        }
+    }
+    let fresh: Vec<&Activity> = activities
+        .iter()
+        .filter(|(k, _)| !seen.contains(*k))
+        .map(|(_, a)| a)
+        .collect();
+    summary.counts_mut(link_object, direction).skipped += (activities.len() - fresh.len()) as u64;
+
+    // The CRM keys of the activities' leads.
+    let lead_keys: Vec<String> = fresh.iter().map(|a| a.lead_id.to_string()).collect();
+    let mut contacts: BTreeMap<String, String> = BTreeMap::new();
+    for chunk in lead_keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx
+            .store
+            .links_by_marketo_keys(LEAD_LINK_OBJECT, chunk)
+            .await?
+        {
+            if l.tombstone.is_none() {
+                contacts.insert(l.marketo_key, l.crm_key);
+            }
+        }
+    }
+
+    let mut rows: Vec<(String, Fields, Fields)> = Vec::new();
+    for a in fresh {
+        let guid = a.key().unwrap_or_default();
+        let raw = raw_fields(a, contacts.get(&a.lead_id.to_string()).map(String::as_str));
+        match plan.to_canonical(Side::Marketo, &raw) {
+            Ok(canonical) => {
+                let mut row = plan.render(Side::Crm, &canonical);
+                row.insert(plan.crm_marketo_id.clone(), Value::Text(guid.clone()));
+                rows.push((guid, canonical, row));
+            }
+            Err(e) => {
+                summary.counts_mut(link_object, direction).failed += 1;
+                commit.errors_upsert.push(sync_error(
+                    ctx,
+                    link_object,
+                    direction,
+                    &guid,
+                    None,
+                    json!({}),
+                    "invalid_value",
+                    &e.to_string(),
+                    false,
+                    None,
+                ));
+            }
+        }
+    }
+    // Rows the CRM refused earlier and now due for a retry: their payload is the rendered row.
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, link_object, direction).await? {
+        let fresh_again = rows.iter().any(|(g, _, _)| *g == e.record_key);
+        if let (false, Some(payload)) = (fresh_again, e.payload.as_object())
+            && !payload.is_empty()
+            && !seen.contains(&e.record_key)
+        {
+            let row = from_record(payload);
+            rows.push((e.record_key.clone(), row.clone(), row));
+        }
+        previous.insert(e.record_key.clone(), e);
+    }
+    if options.dry_run {
+        for (guid, _, row) in &rows {
+            summary.plan.push(json!({
+                "object": link_object, "direction": direction.as_str(), "action": "create",
+                "marketo_key": guid, "record": super::to_record(row),
+            }));
+        }
+        return Ok(());
+    }
+    let now = ctx.clock.now();
+    for chunk in rows.chunks(CRM_BATCH) {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let batch: Vec<Fields> = chunk.iter().map(|(_, _, r)| r.clone()).collect();
+        let results = ctx
+            .crm
+            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
+            .await?;
+        for ((guid, canonical, row), result) in chunk.iter().zip(results) {
+            let counts = summary.counts_mut(link_object, direction);
+            match result {
+                WriteResult::Created { id } | WriteResult::Updated { id } => {
+                    counts.created += 1;
+                    commit
+                        .links_upsert
+                        .push(link(link_object, guid, &id, canonical.clone(), now));
+                    if previous.contains_key(guid) {
+                        commit
+                            .errors_resolve
+                            .push(error_key(link_object, direction, guid));
+                    }
+                }
+                WriteResult::Deleted { .. } => {}
+                WriteResult::Failed {
+                    code,
+                    message,
+                    retryable,
+                } => {
+                    counts.failed += 1;
+                    commit.errors_upsert.push(sync_error(
+                        ctx,
+                        link_object,
+                        direction,
+                        guid,
+                        None,
+                        serde_json::Value::Object(super::to_record(row)),
+                        &code,
+                        &message,
+                        retryable,
+                        previous.get(guid),
+                    ));
+                }
+            }
+        }
+    }
+    info!(
+        activity_type = type_id,
+        records = rows.len(),
+        "activities copied"
+    );
+    ctx.store.commit(commit).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_schemas_hold_standard_fields_and_attributes() {
+        let t: ActivityType = serde_json::from_value(json!({
+            "id": 1, "name": "Visit Webpage",
+            "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
+            "attributes": [{"name": "Webpage URL", "dataType": "string"}]
+        }))
+        .unwrap();
+        let s = activity_schema(&t);
+        assert_eq!(s.object, "activity:1");
+        assert_eq!(s.field("Webpage ID").unwrap().ty, FieldType::Integer);
+        assert!(s.field("Webpage URL").is_some());
+        assert!(s.field(CRM_CONTACT_FIELD).is_some());
+        assert_eq!(s.field("activityDate").unwrap().ty, FieldType::DateTime);
+    }
+
+    #[test]
+    fn raw_fields_carry_attributes_and_the_linked_contact() {
+        let a: Activity = serde_json::from_value(json!({
+            "id": 5, "marketoGUID": "g-5", "leadId": 9, "activityDate": "2030-01-01T00:00:00Z",
+            "activityTypeId": 1, "primaryAttributeValue": "home",
+            "attributes": [{"name": "Webpage URL", "value": "/home"}]
+        }))
+        .unwrap();
+        let raw = raw_fields(&a, Some("11"));
+        assert_eq!(raw["marketoGUID"], Value::Text("g-5".into()));
+        assert_eq!(raw["Webpage URL"], Value::Text("/home".into()));
+        assert_eq!(raw[CRM_CONTACT_FIELD], Value::Text("11".into()));
+        assert_eq!(raw_fields(&a, None)[CRM_CONTACT_FIELD], Value::Null);
+    }
+}

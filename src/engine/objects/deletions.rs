@@ -1,0 +1,241 @@
+//! CRM deletions -> Marketo deletes, in the whitepaper's order: roles, then opportunities, then
+//! companies, then salespersons (leads owned by a salesperson are unlinked from it first: their
+//! `externalSalesPersonId` is set to null), then custom objects.
+//!
+//! Each object's change feed is read with its own cursor (queue [`DELETES_QUEUE`]), so the
+//! create/update steps never swallow a tombstone. A deleted record is deleted in Marketo by its
+//! dedupe fields and its link is tombstoned; a record Marketo no longer has counts as deleted.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::custom_objects::custom_plans;
+use super::{
+    DELETES_QUEUE, Family, delete_key, due_errors, error_key, gather_crm, links_by_crm,
+    skip_reason, sync_error,
+};
+use crate::crm::ChangeKind;
+use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
+use crate::mapping::{Plan, Plans};
+use crate::marketo::{Record, RecordStatus, SyncAction};
+use crate::model::Side;
+use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
+
+/// The error-ledger key prefix of a refused delete (`delete:<crm id>`).
+pub const DELETE_PREFIX: &str = "delete:";
+
+/// Runs the CRM deletions of every enabled non-lead object, in the whitepaper's order.
+///
+/// # Errors
+///
+/// A whole-call failure of the CRM, Marketo or the store, or cancellation.
+pub async fn run(
+    ctx: &Context,
+    plans: &Plans,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let mut ordered: Vec<(&Plan, Family)> = Vec::new();
+    for (name, family) in [
+        (super::roles::OBJECT, Family::Roles),
+        (super::opportunities::OBJECT, Family::Opportunities),
+        (super::companies::OBJECT, Family::Companies),
+        (super::salespersons::OBJECT, Family::SalesPersons),
+    ] {
+        if let Some(plan) = plans.objects.get(name) {
+            ordered.push((plan, family));
+        }
+    }
+    for plan in custom_plans(plans) {
+        ordered.push((plan, Family::Custom(plan.marketo_object.clone())));
+    }
+    for (plan, family) in ordered {
+        let result = delete_object(ctx, plan, &family, summary, options, cancel).await;
+        super::skip_when_native_sync(result, &plan.object, summary)?;
+    }
+    Ok(())
+}
+
+async fn delete_object(
+    ctx: &Context,
+    plan: &Plan,
+    family: &Family,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let object = plan.object.as_str();
+    let direction = Direction::CrmToMarketo;
+    let gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
+    let mut commit = StepCommit {
+        watermarks: gathered.watermark.into_iter().collect(),
+        ..StepCommit::default()
+    };
+    let mut deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
+        .changes
+        .iter()
+        .filter_map(|c| match &c.kind {
+            ChangeKind::Deleted(t) => Some((c.id.clone(), t.at)),
+            ChangeKind::Upserted { .. } => None,
+        })
+        .collect();
+    // A deleted record's pending create/update errors are moot now.
+    for (id, _) in &deleted {
+        commit.errors_resolve.push(error_key(object, direction, id));
+    }
+    // Deletes Marketo refused earlier and now due for a retry.
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, object, direction).await? {
+        if let Some(id) = e.record_key.strip_prefix(DELETE_PREFIX) {
+            if !deleted.iter().any(|(d, _)| d == id) {
+                deleted.push((id.to_owned(), e.first_seen_at));
+            }
+            previous.insert(id.to_owned(), e);
+        }
+    }
+    let ids: Vec<String> = deleted.iter().map(|(id, _)| id.clone()).collect();
+    let links = links_by_crm(ctx, object, &ids).await?;
+    let mut todo: Vec<(Link, chrono::DateTime<chrono::Utc>, Record)> = Vec::new();
+    for (id, at) in &deleted {
+        let Some(l) = links.get(id).filter(|l| l.tombstone.is_none()) else {
+            // Never synced, or already deleted: nothing to do in Marketo.
+            summary.counts_mut(object, direction).skipped += 1;
+            continue;
+        };
+        match delete_key(plan, family, &l.marketo_key) {
+            Some(key) => todo.push((l.clone(), *at, key)),
+            None => summary.counts_mut(object, direction).skipped += 1,
+        }
+    }
+    if options.dry_run {
+        for (l, _, key) in &todo {
+            summary.plan.push(json!({
+                "object": object, "direction": direction.as_str(), "action": "delete",
+                "crm_key": l.crm_key, "marketo_key": l.marketo_key, "record": key,
+            }));
+        }
+        return Ok(());
+    }
+    if *family == Family::SalesPersons && !todo.is_empty() {
+        let ids: Vec<String> = todo.iter().map(|(l, _, _)| l.marketo_key.clone()).collect();
+        unlink_leads(ctx, &ids, summary, cancel).await?;
+    }
+    for batch in todo.chunks(300) {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let input: Vec<Record> = batch.iter().map(|(_, _, k)| k.clone()).collect();
+        let results = family.delete(ctx, &input).await?;
+        for ((l, at, key), r) in batch.iter().zip(results) {
+            let gone = r.status == RecordStatus::Deleted
+                || r.reasons.first().is_some_and(|x| x.code == "1013");
+            let counts = summary.counts_mut(object, direction);
+            if gone {
+                counts.deleted += 1;
+                let mut t = l.clone();
+                t.tombstone = Some(Tombstone {
+                    kind: TombstoneKind::Deleted,
+                    side: Side::Crm,
+                    at: *at,
+                });
+                commit.links_upsert.push(t);
+                if previous.contains_key(&l.crm_key) {
+                    commit.errors_resolve.push(error_key(
+                        object,
+                        direction,
+                        &format!("{DELETE_PREFIX}{}", l.crm_key),
+                    ));
+                }
+            } else {
+                counts.failed += 1;
+                let (code, message, retryable) = skip_reason(&r);
+                commit.errors_upsert.push(sync_error(
+                    ctx,
+                    object,
+                    direction,
+                    &format!("{DELETE_PREFIX}{}", l.crm_key),
+                    Some(l.marketo_key.clone()),
+                    Json::Object(key.clone()),
+                    &code,
+                    &message,
+                    retryable,
+                    previous.get(&l.crm_key),
+                ));
+            }
+        }
+    }
+    if !commit.is_empty() {
+        ctx.store.commit(commit).await?;
+    }
+    info!(object, records = deleted.len(), "crm deletions applied");
+    Ok(())
+}
+
+/// Sets `externalSalesPersonId` to null on every Marketo lead owned by one of these
+/// salespersons, so that deleting them leaves no lead pointing at a missing owner.
+///
+/// # Errors
+///
+/// A whole-call Marketo failure, or cancellation.
+async fn unlink_leads(
+    ctx: &Context,
+    salespersons: &[String],
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let fields = vec!["id".to_owned(), "externalSalesPersonId".to_owned()];
+    let mut lead_ids: BTreeMap<i64, ()> = BTreeMap::new();
+    for chunk in salespersons.chunks(300) {
+        let mut token: Option<String> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let page = ctx
+                .marketo
+                .get_leads("externalSalesPersonId", chunk, &fields, token.as_deref())
+                .await?;
+            for r in &page.records {
+                if let Some(id) = r.get("id").and_then(Json::as_i64) {
+                    lead_ids.insert(id, ());
+                }
+            }
+            match page.next_page_token {
+                Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+    }
+    let input: Vec<Record> = lead_ids
+        .keys()
+        .map(|id| {
+            let mut r = Record::new();
+            r.insert("id".into(), json!(id));
+            r.insert("externalSalesPersonId".into(), Json::Null);
+            r
+        })
+        .collect();
+    for batch in input.chunks(300) {
+        let results = ctx
+            .marketo
+            .sync_leads(SyncAction::UpdateOnly, Some("id"), None, batch)
+            .await?;
+        let failed = results.iter().filter(|r| r.is_skipped()).count();
+        summary.counts_mut("leads", Direction::CrmToMarketo).updated +=
+            (results.len() - failed) as u64;
+        if failed > 0 {
+            summary.warnings.push(format!(
+                "{failed} leads could not be unlinked from a deleted salesperson"
+            ));
+        }
+    }
+    info!(
+        leads = input.len(),
+        "leads unlinked from deleted salespersons"
+    );
+    Ok(())
+}

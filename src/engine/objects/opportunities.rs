@@ -1,0 +1,44 @@
+//! CRM opportunities -> Marketo opportunities, by `externalOpportunityId` = the CRM opportunity
+//! id. The attribution-critical fields (amount, isClosed, isWon, closeDate, externalCreatedDate,
+//! externalCompanyId, externalSalesPersonId) come from the mapping file.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Family, KeysFn, PushSpec, push_step, skip_when_native_sync};
+use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
+use crate::mapping::Plans;
+use crate::model::{Fields, Value};
+
+/// The `sync.objects` name of this step's mapping.
+pub const OBJECT: &str = "opportunities";
+
+/// Syncs created and updated CRM opportunities to Marketo (createOrUpdate, dedupeBy
+/// dedupeFields on `externalOpportunityId`). Does nothing when the object is not enabled.
+///
+/// # Errors
+///
+/// A whole-call failure of the CRM, Marketo or the store, or cancellation.
+pub async fn run(
+    ctx: &Context,
+    plans: &Plans,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let Some(plan) = plans.objects.get(OBJECT) else {
+        return Ok(());
+    };
+    let key_field = plan.marketo_crm_key.clone();
+    let keys: &KeysFn = &move |change, _raw, _canonical, _leads| {
+        let mut k = Fields::new();
+        k.insert(key_field.clone(), Value::Text(change.id.clone()));
+        Ok((change.id.clone(), k))
+    };
+    let spec = PushSpec {
+        family: Family::Opportunities,
+        keys,
+        contact_column: None,
+    };
+    let result = push_step(ctx, plan, spec, summary, options, cancel).await;
+    skip_when_native_sync(result, OBJECT, summary)
+}
