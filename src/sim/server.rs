@@ -388,6 +388,30 @@ fn redact_query(raw: &str) -> String {
         .finish()
 }
 
+/// Returns `path` with `.` and `..` segments resolved (RFC 3986 section 5.2.4), as Marketo's
+/// front end does: node-marketo-rest reaches bulk routes as `/rest/../bulk/v1/...`.
+fn remove_dot_segments(path: &str) -> String {
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        if i == last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
 async fn dispatch(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -395,9 +419,9 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().to_string();
     let raw_query = uri.query().unwrap_or_default().to_string();
-    let uri_len = path.len() + raw_query.len() + 1;
+    let uri_len = uri.path().len() + raw_query.len() + 1;
+    let path = remove_dot_segments(uri.path());
     let found = routes::find(method.as_str(), &path);
     let family = found.as_ref().map(|(r, _)| r.family).unwrap_or_default();
     let limit = if family == "bulk_import" {
@@ -429,16 +453,18 @@ async fn dispatch(
     let mut query: Vec<(String, String)> = url::form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
-    let method_get = method == Method::POST
-        && query
-            .iter()
-            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"));
     let mut json_body = None;
     if content_type.starts_with("application/x-www-form-urlencoded") {
         query.extend(url::form_urlencoded::parse(&body).into_owned());
     } else if !content_type.starts_with("multipart/") && !body.is_empty() {
         json_body = serde_json::from_slice::<Value>(&body).ok();
     }
+    // Marketo honours `_method=GET` in the query string or in the form body (widely used clients
+    // such as marketorestpython send it in the body).
+    let method_get = method == Method::POST
+        && query
+            .iter()
+            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"));
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -552,5 +578,23 @@ mod tests {
         );
         assert!(!q.contains("s3cr3t") && !q.contains("t0k"));
         assert!(q.contains("client_id=a"));
+    }
+
+    #[test]
+    fn dot_segments_resolve_like_a_front_end() {
+        assert_eq!(
+            remove_dot_segments("/rest/../bulk/v1/leads/export/create.json"),
+            "/bulk/v1/leads/export/create.json"
+        );
+        assert_eq!(
+            remove_dot_segments("/rest/./v1/leads.json"),
+            "/rest/v1/leads.json"
+        );
+        assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
+        assert_eq!(remove_dot_segments("/../../x"), "/x");
+        assert_eq!(
+            remove_dot_segments("/rest/v1/leads.json"),
+            "/rest/v1/leads.json"
+        );
     }
 }
