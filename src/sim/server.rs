@@ -58,6 +58,9 @@ pub struct LogEntry {
     pub counted: bool,
     /// The fault injected, if any.
     pub fault: Option<String>,
+    /// Top-level field names of a JSON object body (empty for other bodies).
+    #[serde(default)]
+    pub body_fields: Vec<String>,
 }
 
 /// The whole mutable state of a simulator.
@@ -459,6 +462,11 @@ async fn dispatch(
     } else if !content_type.starts_with("multipart/") && !body.is_empty() {
         json_body = serde_json::from_slice::<Value>(&body).ok();
     }
+    let body_fields: Vec<String> = json_body
+        .as_ref()
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     // Marketo honours `_method=GET` in the query string or in the form body (widely used clients
     // such as marketorestpython send it in the body).
     let method_get = method == Method::POST
@@ -531,6 +539,7 @@ async fn dispatch(
                 code,
                 counted,
                 fault: fault.map(|f| f.as_str().to_string()),
+                body_fields,
             });
         }
         let request_id = st.request_id(now);

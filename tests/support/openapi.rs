@@ -22,6 +22,8 @@ pub struct Operation {
     pub body_required: bool,
     /// A required `in: formData` parameter exists.
     pub form_required: bool,
+    /// The `required` fields of the body schema (resolved through `definitions`).
+    pub body_fields_required: BTreeSet<String>,
 }
 
 /// Reads every operation of the Swagger 2.0 file at `path`.
@@ -79,6 +81,20 @@ pub fn read_operations(path: &Path) -> Vec<Operation> {
                     .collect(),
                 body_required: !required("body").is_empty(),
                 form_required: !required("formData").is_empty(),
+                body_fields_required: params
+                    .iter()
+                    .filter(|p| p["in"] == "body")
+                    .filter_map(|p| {
+                        let schema = &p["schema"];
+                        let schema = match schema["$ref"].as_str() {
+                            Some(r) => &doc["definitions"][r.trim_start_matches("#/definitions/")],
+                            None => schema,
+                        };
+                        schema["required"].as_array().cloned()
+                    })
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
             });
         }
     }
