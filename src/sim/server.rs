@@ -425,7 +425,21 @@ async fn dispatch(
     let raw_query = uri.query().unwrap_or_default().to_string();
     let uri_len = uri.path().len() + raw_query.len() + 1;
     let path = remove_dot_segments(uri.path());
-    let found = routes::find(method.as_str(), &path);
+    // `POST ?_method=GET` (in the query string or in a form body) runs the path's GET operation.
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let says_get = |bytes: &[u8]| {
+        url::form_urlencoded::parse(bytes)
+            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"))
+    };
+    let tunnelled =
+        method == Method::POST && (says_get(raw_query.as_bytes()) || (is_form && says_get(&body)));
+    let found = match tunnelled {
+        true => routes::find("GET", &path).or_else(|_| routes::find(method.as_str(), &path)),
+        false => routes::find(method.as_str(), &path),
+    };
     let family = found.as_ref().map(|(r, _)| r.family).unwrap_or_default();
     let limit = if family == "bulk_import" {
         MAX_IMPORT_BODY
@@ -469,10 +483,7 @@ async fn dispatch(
         .unwrap_or_default();
     // Marketo honours `_method=GET` in the query string or in the form body (widely used clients
     // such as marketorestpython send it in the body).
-    let method_get = method == Method::POST
-        && query
-            .iter()
-            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"));
+    let method_get = tunnelled;
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -70,6 +70,14 @@ def main():
     )
     assert sorted(r["id"] for r in by_ids) == sorted(ids), by_ids
 
+    # Static list membership through the client's tunnelled GETs.
+    added = mc.execute(method="add_leads_to_list", listId=1002, id=ids[:2])
+    assert [r["status"] for r in added] == ["added", "added"], added
+    member = mc.execute(method="member_of_list", listId=1002, id=[ids[0], ids[2]])
+    assert [r["status"] for r in member] == ["memberof", "notmemberof"], member
+    in_list = mc.execute(method="get_multiple_leads_by_list_id", listId=1002, fields=["id"], batchSize=1)
+    assert sorted(r["id"] for r in in_list) == sorted(ids[:2]), in_list
+
     # Lead export to completion.
     start = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() - 86400))
     end = time.strftime("%Y-%m-%dT23:59:59Z", time.gmtime(time.time() + 86400))
