@@ -1382,6 +1382,8 @@ async fn tunnelled_gets_run_the_get_operation_wherever_method_get_is_sent() {
     // The legacy `/rest/v1/list/{id}/leads.json` path (spec getLeadsByListIdUsingGET).
     let legacy = t.get("/rest/v1/list/1001/leads.json?fields=email").await;
     assert_eq!(legacy["result"], members["result"]);
+    let partitions = t.get("/rest/v1/leads/partitions.json").await;
+    assert_eq!(partitions["result"][0]["name"], "Default", "{partitions}");
     // `/rest/../bulk/...` (node-marketo-rest) resolves like a front end would.
     let jobs = t.get("/rest/../bulk/v1/leads/export.json").await;
     assert_eq!(jobs["success"], true, "{jobs}");

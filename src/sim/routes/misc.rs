@@ -157,6 +157,14 @@ pub fn members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     paged(items, offset, size)
 }
 
+/// `GET /rest/v1/leads/partitions.json`: the one partition of a subscription without lead
+/// partitioning.
+pub fn partitions(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    Reply::result(vec![
+        json!({"id": 1, "name": "Default", "description": "Initial system lead partition"}),
+    ])
+}
+
 /// Program statuses in progression order (the simulated channels share one progression).
 const PROGRESSION: &[&str] = &[
     "Not in Program",

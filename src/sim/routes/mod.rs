@@ -210,6 +210,7 @@ pub static ROUTES: &[Route] = &[
     r("POST", "/rest/v1/leads.json", "leads", &[], J, leads::sync_or_query),
     r("GET", "/rest/v1/leads.json", "leads", &["filterType", "filterValues"], N, leads::query),
     r("GET", "/rest/v1/lead/{leadId}.json", "leads", &[], N, leads::get_by_id),
+    r("GET", "/rest/v1/leads/partitions.json", "leads", &[], N, misc::partitions),
     r("POST", "/rest/v1/leads/delete.json", "leads", &[], N, leads::delete),
     r("POST", "/rest/v1/leads/{leadId}/merge.json", "leads", &[], N, leads::merge),
     // non-lead objects
