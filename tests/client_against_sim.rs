@@ -493,3 +493,92 @@ async fn the_daily_quota_stops_calls_with_607() {
         "607 must not be retried the same day"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn call_and_record_errors_are_final_and_never_retried() {
+    let sim = sim(SimConfig::default()).await;
+    let client = client_for(&sim);
+    // 1011: a lead filter type Marketo does not support fails the call at once.
+    let err = client
+        .get_leads("noSuchField", &["x".to_string()], &[], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("1011"), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(codes(&sim), ["1011"], "1011 must not be retried");
+    // 1003: an invalid program member filter type.
+    let err = client
+        .get_program_members(1107, "nope", &["x".to_string()], None, &[], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("1003"), "{err:?}");
+    assert_eq!(err.disposition(), Disposition::FailCall);
+    assert_eq!(codes(&sim), ["1011", "1003"], "1003 must not be retried");
+    // 1013: a list that does not exist.
+    let err = client.list_members(424_242, &[], None).await.unwrap_err();
+    assert_eq!(err.code(), Some("1013"), "{err:?}");
+    assert!(!err.is_retryable());
+    // 1004 on one record of a batch: the others are written, the call succeeds.
+    let input: Vec<Record> = [
+        json!({"email": "nobody-here@example.com", "firstName": "X"}),
+        json!({"email": "rec-ok@example.com", "firstName": "Y"}),
+    ]
+    .iter()
+    .map(|v| v.as_object().unwrap().clone())
+    .collect();
+    let results = client
+        .sync_leads(SyncAction::UpdateOnly, Some("email"), None, &input[..1])
+        .await
+        .unwrap();
+    assert_eq!(results[0].reasons[0].code, "1004", "{results:?}");
+    let results = client
+        .sync_leads(SyncAction::CreateOrUpdate, Some("email"), None, &input[1..])
+        .await
+        .unwrap();
+    assert!(results[0].id.is_some(), "{results:?}");
+    // 601: a token the client never obtained is not a thing it can send; a wrong secret is
+    // reported by Identity without retrying.
+    let bad = {
+        let (id, _) = sim.credentials();
+        let mut config = ClientConfig::new(
+            sim.base_url().parse().unwrap(),
+            id,
+            secrecy::SecretString::from("wrong"),
+        );
+        config.pool_idle_timeout = None;
+        config.request_timeout = None;
+        Client::new(config).unwrap()
+    };
+    let err = bad.describe_lead().await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(
+        !format!("{err:?} {err}").contains("wrong"),
+        "secret leaked: {err}"
+    );
+    let identity = sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.family == "identity" && e.http_status == 401)
+        .count();
+    assert_eq!(identity, 1, "a bad secret must not be retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bulk_export_byte_quota_answers_1029_and_pauses_until_the_day_turns() {
+    let sim = sim(SimConfig {
+        export_delay: Duration::from_secs(60),
+        bulk_daily_bytes: 100,
+        ..SimConfig::default()
+    })
+    .await;
+    let client = client_for(&sim);
+    // The first export uses up the 100 bytes.
+    completed_export(&sim, &client).await;
+    let err = client
+        .create_export(&ExportKind::Leads, &lead_request(&sim))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("1029"), "{err:?}");
+    assert_eq!(err.disposition(), Disposition::PauseUntilDayTurns);
+    assert_eq!(codes(&sim).iter().filter(|c| *c == "1029").count(), 1);
+}
