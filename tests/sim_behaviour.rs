@@ -1382,6 +1382,10 @@ async fn tunnelled_gets_run_the_get_operation_wherever_method_get_is_sent() {
     // The legacy `/rest/v1/list/{id}/leads.json` path (spec getLeadsByListIdUsingGET).
     let legacy = t.get("/rest/v1/list/1001/leads.json?fields=email").await;
     assert_eq!(legacy["result"], members["result"]);
+    let custom = t.get("/rest/v1/activities/external/types.json").await;
+    assert_eq!(custom["result"][0]["id"], 100001, "{custom}");
+    assert_eq!(custom["result"][0]["apiName"], "watchedDemo_c", "{custom}");
+    assert_eq!(custom["result"].as_array().unwrap().len(), 1, "{custom}");
     let partitions = t.get("/rest/v1/leads/partitions.json").await;
     assert_eq!(partitions["result"][0]["name"], "Default", "{partitions}");
     // `/rest/../bulk/...` (node-marketo-rest) resolves like a front end would.

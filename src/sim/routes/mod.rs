@@ -237,6 +237,7 @@ pub static ROUTES: &[Route] = &[
     r("POST", "/rest/v1/customobjects/{customObjectName}/delete.json", "customobjects", &[], N, objects::delete),
     // activities
     r("GET", "/rest/v1/activities/types.json", "activities", &[], N, activities::types),
+    r("GET", "/rest/v1/activities/external/types.json", "activities", &[], N, activities::external_types),
     r("GET", "/rest/v1/activities/pagingtoken.json", "activities", &["sinceDatetime"], N, activities::paging_token),
     r("GET", "/rest/v1/activities.json", "activities", &["nextPageToken", "activityTypeIds"], N, activities::list),
     r("GET", "/rest/v1/activities/leadchanges.json", "activities", &["nextPageToken", "fields"], N, activities::lead_changes),
