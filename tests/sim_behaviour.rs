@@ -1431,6 +1431,17 @@ async fn program_member_status_progresses_and_skips_with_1037() {
             .any(|a| a["activityTypeId"] == 104 && a["leadId"] == 5),
         "no Change Status in Progression activity"
     );
+    let legacy = t
+        .get("/rest/v1/leads/programs/1107.json?fields=id,email&batchSize=300")
+        .await;
+    let lead4 = legacy["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == 4)
+        .unwrap_or_else(|| panic!("{legacy}"));
+    assert_eq!(lead4["membership"]["progressionStatus"], "Registered");
+    assert!(lead4["email"].is_string(), "{lead4}");
     let r = t
         .post(
             "/rest/v1/programs/9999/members/status.json",

@@ -312,6 +312,47 @@ pub fn list_members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     paged(items, offset, size)
 }
 
+/// `GET /rest/v1/leads/programs/{programId}.json` (legacy Get Leads by Program): the member
+/// leads with a `membership` object.
+pub fn leads_by_program(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let Some(program) = req
+        .p("programId")
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| ctx.st.db.programs.get(&id))
+    else {
+        return Reply::err(
+            "1013",
+            format!("Program '{}' not found", req.p("programId")),
+        );
+    };
+    let fields = match requested_fields(req) {
+        Ok(fields) => fields,
+        Err(reply) => return reply,
+    };
+    let (offset, size) = match (offset_from(req), batch_size(req)) {
+        (Ok(o), Ok(s)) => (o, s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let db = &ctx.st.db;
+    let items: Vec<Value> = program
+        .members
+        .iter()
+        .filter_map(|(id, member)| Some((db.lead(*id)?, member)))
+        .map(|(lead, (status, success, date))| {
+            let mut v = db.lead_json(&lead, &fields);
+            v["membership"] = json!({
+                "progressionStatus": status,
+                "acquiredBy": true,
+                "reachedSuccess": success,
+                "membershipDate": fmt_time(*date),
+            });
+            v
+        })
+        .collect();
+    paged(items, offset, size)
+}
+
 fn membership_ids(req: &Req) -> Vec<i64> {
     let mut ids: Vec<i64> = req
         .q_list("id")

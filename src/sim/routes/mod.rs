@@ -253,6 +253,7 @@ pub static ROUTES: &[Route] = &[
     r("GET", "/rest/v1/lists/{listId}.json", "lists", &[], N, misc::list_by_id),
     r("GET", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_members),
     r("GET", "/rest/v1/list/{listId}/leads.json", "lists", &[], N, misc::list_members),
+    r("GET", "/rest/v1/leads/programs/{programId}.json", "programs", &[], N, misc::leads_by_program),
     r("POST", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_add),
     r("DELETE", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_remove),
     r("GET", "/rest/v1/lists/{listId}/leads/ismember.json", "lists", &[], N, misc::list_is_member),
