@@ -179,9 +179,10 @@ pub struct SimulateArgs {
     /// Fault profile: none, flaky, hostile, or rules like `route=leads,kind=5xx,rate=0.1`.
     #[arg(long, default_value = "none")]
     pub faults: String,
-    /// Accept the bulk lead export `updatedAt` filter (else 1035).
+    /// Reject the bulk lead export `updatedAt` filter with 1035, like a subscription without it
+    /// (by default the filter is supported).
     #[arg(long)]
-    pub updated_at_filter: bool,
+    pub no_updated_at_filter: bool,
 }
 
 /// The `crm` subcommands.
@@ -366,7 +367,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 client_secret: args.client_secret.map(secrecy::SecretString::from),
                 export_delay: std::time::Duration::from_secs(args.export_delay),
                 faults: args.faults,
-                updated_at_filter: args.updated_at_filter,
+                updated_at_filter: !args.no_updated_at_filter,
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();

@@ -613,7 +613,11 @@ async fn lead_export_lifecycle_file_and_ranges() {
 
 #[tokio::test]
 async fn export_filters_and_1035_switch() {
-    let t = T::new(config()).await;
+    let t = T::new(SimConfig {
+        updated_at_filter: false,
+        ..config()
+    })
+    .await;
     assert_eq!(
         code(&create_export(&t, json!({"fields": ["id"]})).await),
         "1003"
@@ -630,11 +634,9 @@ async fn export_filters_and_1035_switch() {
         code(&create_export(&t, json!({"fields": ["id"], "filter": upd.clone()})).await),
         "1035"
     );
-    let t2 = T::new(SimConfig {
-        updated_at_filter: true,
-        ..config()
-    })
-    .await;
+    // The default, like a normal subscription, supports the filter.
+    assert!(SimConfig::default().updated_at_filter);
+    let t2 = T::new(config()).await;
     assert_eq!(
         create_export(&t2, json!({"fields": ["id"], "filter": upd})).await["result"][0]["status"],
         "Created"
@@ -1325,4 +1327,126 @@ async fn faults_are_seeded_and_mixed() {
         !a.iter().any(|o| o == "604"),
         "companies rules do not touch leads"
     );
+}
+
+#[tokio::test]
+async fn tunnelled_gets_run_the_get_operation_wherever_method_get_is_sent() {
+    let t = T::new(config()).await;
+    let form = |path: &str, body: &'static str| {
+        t.http
+            .post(t.url(path))
+            .bearer_auth(&t.token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    // `_method=GET` in the form body (as marketorestpython sends it) queries, never syncs.
+    let before = t.sim.leads().len();
+    let found: Value = form(
+        "/rest/v1/leads.json",
+        "_method=GET&filterType=id&filterValues=3,6&fields=id",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(found["result"].as_array().unwrap().len(), 2, "{found}");
+    assert_eq!(t.sim.leads().len(), before);
+    // A tunnelled GET on the list members path reads members; it does not add leads.
+    let members: Value = form("/rest/v1/lists/1001/leads.json?_method=GET", "fields=email")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        members["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("status").is_none()),
+        "{members}"
+    );
+    assert!(!members["result"].as_array().unwrap().is_empty());
+    // Is-member with a JSON body through `POST ?_method=GET`.
+    let check = t
+        .post(
+            "/rest/v1/lists/1001/leads/ismember.json?_method=GET",
+            json!({"input": [{"id": 3}, {"id": 4}]}),
+        )
+        .await;
+    assert_eq!(check["result"][0]["status"], "memberof", "{check}");
+    assert_eq!(check["result"][1]["status"], "notmemberof", "{check}");
+    // The legacy `/rest/v1/list/{id}/leads.json` path (spec getLeadsByListIdUsingGET).
+    let legacy = t.get("/rest/v1/list/1001/leads.json?fields=email").await;
+    assert_eq!(legacy["result"], members["result"]);
+    let custom = t.get("/rest/v1/activities/external/types.json").await;
+    assert_eq!(custom["result"][0]["id"], 100001, "{custom}");
+    assert_eq!(custom["result"][0]["apiName"], "watchedDemo_c", "{custom}");
+    assert_eq!(custom["result"].as_array().unwrap().len(), 1, "{custom}");
+    let partitions = t.get("/rest/v1/leads/partitions.json").await;
+    assert_eq!(partitions["result"][0]["name"], "Default", "{partitions}");
+    // `/rest/../bulk/...` (node-marketo-rest) resolves like a front end would.
+    let jobs = t.get("/rest/../bulk/v1/leads/export.json").await;
+    assert_eq!(jobs["success"], true, "{jobs}");
+}
+
+#[tokio::test]
+async fn program_member_status_progresses_and_skips_with_1037() {
+    let t = T::new(config()).await;
+    let set = |status: &str, ids: Value| {
+        t.post(
+            "/rest/v1/programs/1107/members/status.json",
+            json!({"statusName": status, "input": ids}),
+        )
+    };
+    let r = set(
+        "Registered",
+        json!([{"leadId": 4}, {"leadId": 5}, {"leadId": 999_999}]),
+    )
+    .await;
+    assert_eq!(r["result"][0]["status"], "updated", "{r}");
+    assert_eq!(r["result"][1]["status"], "updated", "{r}");
+    assert_eq!(r["result"][2]["reasons"][0]["code"], "1004", "{r}");
+    let r = set("Member", json!([{"leadId": 4}])).await;
+    assert_eq!(r["result"][0]["reasons"][0]["code"], "1037", "{r}");
+    let r = set("No Such Status", json!([{"leadId": 4}])).await;
+    assert_eq!(r["result"][0]["reasons"][0]["code"], "1025", "{r}");
+    let members = t
+        .get("/rest/v1/programs/1107/members.json?filterType=leadId&filterValues=4,5")
+        .await;
+    let statuses: Vec<&str> = members["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["statusName"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Registered", "Registered"], "{members}");
+    assert!(
+        t.sim
+            .activities()
+            .iter()
+            .any(|a| a["activityTypeId"] == 104 && a["leadId"] == 5),
+        "no Change Status in Progression activity"
+    );
+    let legacy = t
+        .get("/rest/v1/leads/programs/1107.json?fields=id,email&batchSize=300")
+        .await;
+    let lead4 = legacy["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == 4)
+        .unwrap_or_else(|| panic!("{legacy}"));
+    assert_eq!(lead4["membership"]["progressionStatus"], "Registered");
+    assert!(lead4["email"].is_string(), "{lead4}");
+    let r = t
+        .post(
+            "/rest/v1/programs/9999/members/status.json",
+            json!({"statusName": "Registered", "input": [{"leadId": 4}]}),
+        )
+        .await;
+    assert_eq!(code(&r), "1013", "{r}");
 }

@@ -3,6 +3,7 @@
 //! only, named exceptions.
 
 #[path = "support/openapi.rs"]
+#[allow(dead_code)]
 mod openapi;
 
 use std::collections::BTreeSet;

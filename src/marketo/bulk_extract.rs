@@ -499,6 +499,8 @@ impl Client {
                         }
                     }
                 }
+                // The caller decides when to look again (run_export re-reads the status).
+                Err(e @ Error::ExportFileMissing { .. }) => return Err(e),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(export_id = %job.export_id, error = %e, attempt, "export download failed, resuming");
                     last_err = Some(e);
@@ -711,7 +713,24 @@ impl Client {
                 bytes: 0,
             });
         }
-        let bytes = self.download_export(kind, &job, dest, cancel).await?;
+        // A job may report Completed while its file still answers 404 for a while
+        // (marketo-api.md section 4): wait a poll interval, re-read the status and try again.
+        let attempts = self.inner.config.retry.download_attempts.max(1);
+        let mut missing = 0;
+        let bytes = loop {
+            match self.download_export(kind, &job, dest, cancel).await {
+                Err(Error::ExportFileMissing { .. }) if missing + 1 < attempts => {
+                    missing += 1;
+                    tracing::warn!(export_id = %id, attempt = missing, "completed export file answered 404, waiting");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(cancelled(&id)),
+                        _ = tokio::time::sleep(options.poll_interval) => {}
+                    }
+                    job = self.export_status(kind, &id).await?;
+                }
+                other => break other?,
+            }
+        };
         tracing::info!(export_id = %id, bytes, records = job.number_of_records.unwrap_or(0), "export downloaded");
         Ok(ExportOutcome {
             job,

@@ -128,6 +128,12 @@ pub struct ObjectMetadata {
     /// The description.
     #[serde(default)]
     pub description: Option<String>,
+    /// Created (custom objects).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Updated (custom objects).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     /// The id field (`id` or `marketoGUID`).
     #[serde(default)]
     pub id_field: Option<String>,

@@ -266,7 +266,6 @@ impl Error {
             | Error::UnsupportedFilter { .. }
             | Error::Decode { .. }
             | Error::JobFailed { .. }
-            | Error::ExportFileMissing { .. }
             | Error::ChecksumMismatch { .. }
             | Error::Io { .. }
             | Error::Cancelled { .. } => Disposition::FailCall,
@@ -277,7 +276,10 @@ impl Error {
                     Disposition::FailCall
                 }
             }
-            Error::Transport { .. } | Error::IncompleteDownload { .. } => Disposition::Retry,
+            // A Completed job's file may answer 404 for a while; the job stays valid for 7 days.
+            Error::Transport { .. }
+            | Error::IncompleteDownload { .. }
+            | Error::ExportFileMissing { .. } => Disposition::Retry,
             Error::HttpStatus { status, .. } => match *status {
                 429 => Disposition::BackOff,
                 500..=599 => Disposition::Retry,

@@ -36,6 +36,29 @@ const ACTIVITY_COLUMNS: &[&str] = &[
     "attributes",
 ];
 
+/// The columns of a program member export (as in a genuine file).
+pub const PROGRAM_MEMBER_COLUMNS: &[&str] = &[
+    "leadId",
+    "programId",
+    "program",
+    "statusName",
+    "reachedSuccess",
+    "reachedSuccessDate",
+    "acquiredBy",
+    "membershipDate",
+    "createdAt",
+    "updatedAt",
+    "statusReason",
+    "isExhausted",
+    "nurtureCadence",
+    "trackName",
+    "webinarUrl",
+    "registrationCode",
+    "registrationLikelihood",
+    "attendanceLikelihood",
+    "waitlistPriority",
+];
+
 /// What an export job exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportKind {
@@ -45,6 +68,8 @@ pub enum ExportKind {
     Activities,
     /// The custom object `car_c`.
     CustomObject,
+    /// Program members.
+    ProgramMembers,
 }
 
 impl ExportKind {
@@ -54,6 +79,8 @@ impl ExportKind {
             ExportKind::Activities
         } else if req.path.starts_with("/bulk/v1/customobjects") {
             ExportKind::CustomObject
+        } else if req.path.starts_with("/bulk/v1/program/members") {
+            ExportKind::ProgramMembers
         } else {
             ExportKind::Leads
         }
@@ -98,6 +125,7 @@ struct Filter {
     list: Option<i64>,
     list_name: Option<String>,
     type_ids: Vec<u32>,
+    programs: Vec<i64>,
 }
 
 /// One export job.
@@ -190,6 +218,39 @@ fn in_range(at: DateTime<Utc>, range: Option<(DateTime<Utc>, DateTime<Utc>)>) ->
 
 fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
     let delim = delimiter(&job.format).unwrap_or(b',');
+    if job.kind == ExportKind::ProgramMembers {
+        let mut rows = Vec::new();
+        for program in job
+            .filter
+            .programs
+            .iter()
+            .filter_map(|id| db.programs.get(id))
+        {
+            for (lead_id, (status, success, date)) in &program.members {
+                if !in_range(*date, job.filter.updated) || db.lead(*lead_id).is_none() {
+                    continue;
+                }
+                let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+                rows.push(
+                    job.fields
+                        .iter()
+                        .map(|f| match f.as_str() {
+                            "leadId" => lead_id.to_string(),
+                            "programId" => program.id.to_string(),
+                            "program" => program.name.clone(),
+                            "statusName" => status.clone(),
+                            "reachedSuccess" => flag(*success),
+                            "acquiredBy" => flag(true),
+                            "isExhausted" => flag(false),
+                            "membershipDate" | "createdAt" | "updatedAt" => fmt_time(*date),
+                            _ => "null".to_string(),
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        return write_rows(delim, &job.headers, rows.into_iter());
+    }
     if job.kind == ExportKind::CustomObject {
         let rows = db
             .objs(ObjKind::Car)
@@ -425,7 +486,36 @@ fn common_create(ctx: &mut Ctx<'_>, req: &Req, kind: ExportKind) -> Result<Expor
         created: range_of(filter, "createdAt")?,
         ..Filter::default()
     };
-    if kind == ExportKind::CustomObject {
+    if kind == ExportKind::ProgramMembers {
+        parsed.updated = range_of(filter, "updatedAt")?;
+        parsed.programs = filter
+            .get("programIds")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default();
+        if let Some(id) = filter.get("programId").and_then(Value::as_i64) {
+            parsed.programs.push(id);
+        }
+        if parsed.programs.is_empty() {
+            return Err(Reply::err("1003", "programId cannot be blank"));
+        }
+        if let Some(bad) = parsed
+            .programs
+            .iter()
+            .find(|id| !ctx.st.db.programs.contains_key(id))
+        {
+            return Err(Reply::err("1003", format!("Program '{bad}' not found")));
+        }
+        if fields.is_empty() {
+            return Err(Reply::err("1003", "fields cannot be blank"));
+        }
+        if let Some(bad) = fields
+            .iter()
+            .find(|f| !PROGRAM_MEMBER_COLUMNS.contains(&f.as_str()))
+        {
+            return Err(Reply::err("1003", format!("Invalid field '{bad}'")));
+        }
+    } else if kind == ExportKind::CustomObject {
         if req.p("apiName") != super::routes::objects::CUSTOM_OBJECT {
             return Err(Reply::err(
                 "1003",
@@ -580,6 +670,11 @@ pub fn create_leads(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 /// `POST /bulk/v1/customobjects/{apiName}/export/create.json`.
 pub fn create_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     create(ctx, req, ExportKind::CustomObject)
+}
+
+/// `POST /bulk/v1/program/members/export/create.json`.
+pub fn create_program_members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    create(ctx, req, ExportKind::ProgramMembers)
 }
 
 /// `POST /bulk/v1/activities/export/create.json`.

@@ -56,7 +56,8 @@ pub struct SimConfig {
     pub daily_quota: u64,
     /// Daily bulk export bytes (1029 above it).
     pub bulk_daily_bytes: u64,
-    /// Whether bulk lead export accepts the `updatedAt` filter (false answers 1035).
+    /// Whether bulk lead export accepts the `updatedAt` filter (default true, as on a normal
+    /// subscription; false answers 1035).
     pub updated_at_filter: bool,
     /// Sim start instant (default: now, whole seconds).
     pub start: Option<DateTime<Utc>>,
@@ -77,7 +78,7 @@ impl Default for SimConfig {
             faults: FaultProfile::none(),
             daily_quota: 50_000,
             bulk_daily_bytes: 500 * 1024 * 1024,
-            updated_at_filter: false,
+            updated_at_filter: true,
             start: None,
             native_crm_sync: false,
         }

@@ -58,6 +58,9 @@ pub struct LogEntry {
     pub counted: bool,
     /// The fault injected, if any.
     pub fault: Option<String>,
+    /// Top-level field names of a JSON object body (empty for other bodies).
+    #[serde(default)]
+    pub body_fields: Vec<String>,
 }
 
 /// The whole mutable state of a simulator.
@@ -388,6 +391,30 @@ fn redact_query(raw: &str) -> String {
         .finish()
 }
 
+/// Returns `path` with `.` and `..` segments resolved (RFC 3986 section 5.2.4), as Marketo's
+/// front end does: node-marketo-rest reaches bulk routes as `/rest/../bulk/v1/...`.
+fn remove_dot_segments(path: &str) -> String {
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        if i == last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
 async fn dispatch(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -395,10 +422,24 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().to_string();
     let raw_query = uri.query().unwrap_or_default().to_string();
-    let uri_len = path.len() + raw_query.len() + 1;
-    let found = routes::find(method.as_str(), &path);
+    let uri_len = uri.path().len() + raw_query.len() + 1;
+    let path = remove_dot_segments(uri.path());
+    // `POST ?_method=GET` (in the query string or in a form body) runs the path's GET operation.
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let says_get = |bytes: &[u8]| {
+        url::form_urlencoded::parse(bytes)
+            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"))
+    };
+    let tunnelled =
+        method == Method::POST && (says_get(raw_query.as_bytes()) || (is_form && says_get(&body)));
+    let found = match tunnelled {
+        true => routes::find("GET", &path).or_else(|_| routes::find(method.as_str(), &path)),
+        false => routes::find(method.as_str(), &path),
+    };
     let family = found.as_ref().map(|(r, _)| r.family).unwrap_or_default();
     let limit = if family == "bulk_import" {
         MAX_IMPORT_BODY
@@ -429,16 +470,20 @@ async fn dispatch(
     let mut query: Vec<(String, String)> = url::form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
-    let method_get = method == Method::POST
-        && query
-            .iter()
-            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"));
     let mut json_body = None;
     if content_type.starts_with("application/x-www-form-urlencoded") {
         query.extend(url::form_urlencoded::parse(&body).into_owned());
     } else if !content_type.starts_with("multipart/") && !body.is_empty() {
         json_body = serde_json::from_slice::<Value>(&body).ok();
     }
+    let body_fields: Vec<String> = json_body
+        .as_ref()
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    // Marketo honours `_method=GET` in the query string or in the form body (widely used clients
+    // such as marketorestpython send it in the body).
+    let method_get = tunnelled;
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -505,6 +550,7 @@ async fn dispatch(
                 code,
                 counted,
                 fault: fault.map(|f| f.as_str().to_string()),
+                body_fields,
             });
         }
         let request_id = st.request_id(now);
@@ -552,5 +598,23 @@ mod tests {
         );
         assert!(!q.contains("s3cr3t") && !q.contains("t0k"));
         assert!(q.contains("client_id=a"));
+    }
+
+    #[test]
+    fn dot_segments_resolve_like_a_front_end() {
+        assert_eq!(
+            remove_dot_segments("/rest/../bulk/v1/leads/export/create.json"),
+            "/bulk/v1/leads/export/create.json"
+        );
+        assert_eq!(
+            remove_dot_segments("/rest/./v1/leads.json"),
+            "/rest/v1/leads.json"
+        );
+        assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
+        assert_eq!(remove_dot_segments("/../../x"), "/x");
+        assert_eq!(
+            remove_dot_segments("/rest/v1/leads.json"),
+            "/rest/v1/leads.json"
+        );
     }
 }

@@ -16,10 +16,14 @@ pub struct Operation {
     pub operation_id: String,
     /// Required query parameter names.
     pub required_query: BTreeSet<String>,
+    /// Every declared query parameter name.
+    pub query: BTreeSet<String>,
     /// A required `in: body` parameter exists.
     pub body_required: bool,
     /// A required `in: formData` parameter exists.
     pub form_required: bool,
+    /// The `required` fields of the body schema (resolved through `definitions`).
+    pub body_fields_required: BTreeSet<String>,
 }
 
 /// Reads every operation of the Swagger 2.0 file at `path`.
@@ -70,10 +74,56 @@ pub fn read_operations(path: &Path) -> Vec<Operation> {
                 path: format!("{base}{template}"),
                 operation_id: op["operationId"].as_str().unwrap_or_default().to_string(),
                 required_query: required("query"),
+                query: params
+                    .iter()
+                    .filter(|p| p["in"] == "query")
+                    .filter_map(|p| p["name"].as_str().map(str::to_string))
+                    .collect(),
                 body_required: !required("body").is_empty(),
                 form_required: !required("formData").is_empty(),
+                body_fields_required: params
+                    .iter()
+                    .filter(|p| p["in"] == "body")
+                    .filter_map(|p| {
+                        let schema = &p["schema"];
+                        let schema = match schema["$ref"].as_str() {
+                            Some(r) => &doc["definitions"][r.trim_start_matches("#/definitions/")],
+                            None => schema,
+                        };
+                        schema["required"].as_array().cloned()
+                    })
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
             });
         }
     }
     out
+}
+
+/// Returns whether `path` matches the spec path `template` (each `{name}` stands for one
+/// non-empty segment part), and how many segments matched literally.
+pub fn match_template(template: &str, path: &str) -> Option<usize> {
+    let t: Vec<&str> = template.split('/').collect();
+    let p: Vec<&str> = path.split('/').collect();
+    if t.len() != p.len() {
+        return None;
+    }
+    let mut literal = 0;
+    for (ts, ps) in t.iter().zip(&p) {
+        match (ts.find('{'), ts.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                let (prefix, suffix) = (&ts[..open], &ts[close + 1..]);
+                if ps.len() <= prefix.len() + suffix.len()
+                    || !ps.starts_with(prefix)
+                    || !ps.ends_with(suffix)
+                {
+                    return None;
+                }
+            }
+            _ if ts == ps => literal += 1,
+            _ => return None,
+        }
+    }
+    Some(literal)
 }

@@ -15,6 +15,37 @@ pub fn types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
     Reply::result(activity_types())
 }
 
+/// `GET /rest/v1/activities/external/types.json`: the custom activity types (ids from 100000),
+/// with their API names and approval status.
+pub fn external_types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    let custom = activity_types()
+        .into_iter()
+        .filter(|t| t["id"].as_i64().is_some_and(|id| id >= 100_000))
+        .map(|mut t| {
+            let name = t["name"].as_str().unwrap_or_default().to_string();
+            let mut api: String = name
+                .split_whitespace()
+                .enumerate()
+                .map(|(i, w)| {
+                    let mut c = w.chars();
+                    match (i, c.next()) {
+                        (0, Some(f)) => f.to_lowercase().chain(c).collect::<String>(),
+                        (_, Some(f)) => f.to_uppercase().chain(c).collect::<String>(),
+                        _ => String::new(),
+                    }
+                })
+                .collect();
+            api.push_str("_c");
+            t["apiName"] = api.into();
+            t["status"] = "approved".into();
+            t["triggerName"] = format!("{name} is done").into();
+            t["filterName"] = format!("{name} was done").into();
+            t
+        })
+        .collect();
+    Reply::result(custom)
+}
+
 fn token(date: &str, last_id: i64) -> String {
     data_encoding::BASE32.encode(format!("{date},{last_id}").as_bytes())
 }

@@ -157,6 +157,102 @@ pub fn members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     paged(items, offset, size)
 }
 
+/// `GET /rest/v1/leads/partitions.json`: the one partition of a subscription without lead
+/// partitioning.
+pub fn partitions(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    Reply::result(vec![
+        json!({"id": 1, "name": "Default", "description": "Initial system lead partition"}),
+    ])
+}
+
+/// Program statuses in progression order (the simulated channels share one progression).
+const PROGRESSION: &[&str] = &[
+    "Not in Program",
+    "Invited",
+    "Member",
+    "Registered",
+    "Attended",
+    "Influenced",
+];
+
+/// `POST /rest/v1/programs/{programId}/members/status.json`: sets the program status of up to
+/// 300 leads; a lead already at or past the status is skipped with 1037, an unknown status
+/// with 1025, a missing lead with 1004. Logs Change Status in Progression (104).
+pub fn members_status(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let Some(program_id) = req
+        .p("programId")
+        .parse::<i64>()
+        .ok()
+        .filter(|id| ctx.st.db.programs.contains_key(id))
+    else {
+        return Reply::err(
+            "1013",
+            format!("Program '{}' not found", req.p("programId")),
+        );
+    };
+    let Some(status) = req.b("statusName").and_then(Value::as_str) else {
+        return Reply::err("1003", "statusName cannot be blank");
+    };
+    let inputs = input_objects(req);
+    if inputs.is_empty() {
+        return Reply::err("1003", "input cannot be blank");
+    }
+    if inputs.len() > 300 {
+        return Reply::err("1003", "Too many inputs, the maximum is 300");
+    }
+    let rank = PROGRESSION.iter().position(|p| *p == status);
+    let now = ctx.now;
+    let mut results = Vec::new();
+    for (seq, input) in inputs.iter().enumerate() {
+        let lead_id = input.get("leadId").and_then(Value::as_i64);
+        let skip = |code: &str, message: &str| {
+            json!({"seq": seq, "leadId": lead_id, "status": "skipped",
+                "reasons": [{"code": code, "message": message}]})
+        };
+        let Some(lead_id) = lead_id.filter(|id| ctx.st.db.lead(*id).is_some()) else {
+            results.push(skip("1004", "Lead not found"));
+            continue;
+        };
+        let Some(rank) = rank else {
+            results.push(skip("1025", "Program status not found"));
+            continue;
+        };
+        let Some(program) = ctx.st.db.programs.get_mut(&program_id) else {
+            break;
+        };
+        let old = program.members.get(&lead_id).map(|m| m.0.clone());
+        let old_rank = old
+            .as_deref()
+            .and_then(|o| PROGRESSION.iter().position(|p| *p == o))
+            .unwrap_or(0);
+        if old.is_some() && old_rank >= rank {
+            results.push(skip("1037", "Lead already in or past this program status"));
+            continue;
+        }
+        let date = program.members.get(&lead_id).map_or(now, |m| m.2);
+        program
+            .members
+            .insert(lead_id, (status.to_string(), rank >= 4, date));
+        let name = program.name.clone();
+        let mut attrs = serde_json::Map::new();
+        attrs.insert(
+            "Old Status".into(),
+            json!(old.unwrap_or_else(|| PROGRESSION[0].to_string())),
+        );
+        attrs.insert("New Status".into(), json!(status));
+        ctx.st.db.log_activity(
+            lead_id,
+            now,
+            104,
+            (Some(program_id), Some(name)),
+            attrs,
+            None,
+        );
+        results.push(json!({"seq": seq, "leadId": lead_id, "status": "updated"}));
+    }
+    Reply::result(results)
+}
+
 fn list_json(l: &crate::sim::state::StaticList) -> Value {
     json!({"id": l.id, "name": l.name, "workspaceName": "Default", "createdAt": fmt_time(l.created_at), "updatedAt": fmt_time(l.created_at)})
 }
@@ -216,6 +312,47 @@ pub fn list_members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     paged(items, offset, size)
 }
 
+/// `GET /rest/v1/leads/programs/{programId}.json` (legacy Get Leads by Program): the member
+/// leads with a `membership` object.
+pub fn leads_by_program(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let Some(program) = req
+        .p("programId")
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| ctx.st.db.programs.get(&id))
+    else {
+        return Reply::err(
+            "1013",
+            format!("Program '{}' not found", req.p("programId")),
+        );
+    };
+    let fields = match requested_fields(req) {
+        Ok(fields) => fields,
+        Err(reply) => return reply,
+    };
+    let (offset, size) = match (offset_from(req), batch_size(req)) {
+        (Ok(o), Ok(s)) => (o, s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let db = &ctx.st.db;
+    let items: Vec<Value> = program
+        .members
+        .iter()
+        .filter_map(|(id, member)| Some((db.lead(*id)?, member)))
+        .map(|(lead, (status, success, date))| {
+            let mut v = db.lead_json(&lead, &fields);
+            v["membership"] = json!({
+                "progressionStatus": status,
+                "acquiredBy": true,
+                "reachedSuccess": success,
+                "membershipDate": fmt_time(*date),
+            });
+            v
+        })
+        .collect();
+    paged(items, offset, size)
+}
+
 fn membership_ids(req: &Req) -> Vec<i64> {
     let mut ids: Vec<i64> = req
         .q_list("id")
@@ -227,6 +364,10 @@ fn membership_ids(req: &Req) -> Vec<i64> {
             ids.push(id);
         }
     }
+    // The same ids in the query and in the body (as the spec's DELETE requires both) name each
+    // lead once.
+    let mut seen = std::collections::BTreeSet::new();
+    ids.retain(|id| seen.insert(*id));
     ids
 }
 
@@ -343,14 +484,26 @@ pub fn usage_last7(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
 
 /// `GET /rest/v1/stats/errors.json` (today's error codes).
 pub fn errors(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
-    let day = quota_day(ctx.now);
-    let codes = ctx.st.limits.errors.get(&day).cloned().unwrap_or_default();
-    let total: u64 = codes.values().sum();
-    let errors: Vec<Value> = codes
-        .iter()
-        .map(|(code, count)| json!({"errorCode": code, "count": count}))
-        .collect();
-    Reply::result(vec![
-        json!({"date": day.to_string(), "total": total, "errors": errors}),
-    ])
+    Reply::result(error_days(ctx, 1))
+}
+
+/// `GET /rest/v1/stats/errors/last7days.json` (error codes of today and the 6 days before).
+pub fn errors_last7(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    Reply::result(error_days(ctx, 7))
+}
+
+fn error_days(ctx: &Ctx<'_>, days: i64) -> Vec<Value> {
+    let today = quota_day(ctx.now);
+    (0..days)
+        .map(|back| {
+            let day = today - chrono::Duration::days(back);
+            let codes = ctx.st.limits.errors.get(&day).cloned().unwrap_or_default();
+            let total: u64 = codes.values().sum();
+            let errors: Vec<Value> = codes
+                .iter()
+                .map(|(code, count)| json!({"errorCode": code, "count": count}))
+                .collect();
+            json!({"date": day.to_string(), "total": total, "errors": errors})
+        })
+        .collect()
 }
