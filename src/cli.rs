@@ -23,12 +23,16 @@ pub enum Command {
         /// The config directory (default.toml, <env>.toml, mappings/).
         #[arg(long, default_value = "config")]
         config: PathBuf,
-        /// A directory of ObjectSchema JSON snapshots to check the mappings against offline.
+        /// A directory of ObjectSchema JSON snapshots to check the mappings against (default:
+        /// the live Marketo and CRM schemas, read with the configured credentials).
         #[arg(long)]
         schemas: Option<PathBuf>,
         /// The environment name, selecting <env>.toml.
         #[arg(long, env = "MKSYNC_ENV")]
         env: Option<String>,
+        /// Check settings and mappings without reading any schema.
+        #[arg(long, conflicts_with = "schemas")]
+        offline: bool,
     },
     /// Mapping-file tools.
     Mappings {
@@ -137,9 +141,13 @@ pub enum MappingsCommand {
         /// The config directory; the proposal goes to <config>/mappings/<name>.suggested.toml.
         #[arg(long, default_value = "config")]
         config: PathBuf,
-        /// A directory of ObjectSchema JSON snapshots holding both objects.
+        /// A directory of ObjectSchema JSON snapshots holding both objects (default: read both
+        /// live with the settings of --config).
         #[arg(long)]
-        schemas: PathBuf,
+        schemas: Option<PathBuf>,
+        /// The environment name, selecting <env>.toml.
+        #[arg(long, env = "MKSYNC_ENV")]
+        env: Option<String>,
         /// The Marketo object (lead, company, opportunity, ...).
         #[arg(long)]
         marketo_object: String,
@@ -322,13 +330,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             schemas,
             env,
+            offline,
         } => {
             let args = crate::mapping::ValidateArgs {
                 config,
                 schemas,
                 env,
+                offline,
             };
-            let ok = crate::mapping::run_validate(&args, &mut std::io::stdout())?;
+            let ok = crate::mapping::run_validate(&args, &mut std::io::stdout()).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -340,6 +350,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 MappingsCommand::Suggest {
                     config,
                     schemas,
+                    env,
                     marketo_object,
                     crm_object,
                     name,
@@ -349,12 +360,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let args = crate::mapping::SuggestArgs {
                 config,
                 schemas,
+                env,
                 marketo_object,
                 crm_object,
                 name,
                 output,
             };
             crate::mapping::run_suggest(&args, &mut std::io::stdout())
+                .await
                 .map_err(|message| anyhow::anyhow!(message))?;
             Ok(ExitCode::SUCCESS)
         }

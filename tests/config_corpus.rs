@@ -278,8 +278,8 @@ fn the_valid_case_has_warnings_only() {
     );
 }
 
-#[test]
-fn validate_prints_every_problem_and_fails() {
+#[tokio::test]
+async fn validate_prints_every_problem_and_fails() {
     // Two problems in two files at once: both must be printed.
     let dir = tempfile::tempdir().unwrap();
     let case = fixtures().join("unknown_key_mapping");
@@ -303,9 +303,10 @@ fn validate_prints_every_problem_and_fails() {
         config: dir.path().to_path_buf(),
         schemas: None,
         env: None,
+        offline: true,
     };
     let mut out = Vec::new();
-    let ok = run_validate(&args, &mut out).unwrap();
+    let ok = run_validate(&args, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(!ok);
     assert!(text.contains("marketo.max_concurrency"), "{text}");
@@ -346,19 +347,22 @@ fn files_not_in_sync_objects_are_checked_as_warnings() {
     assert!(spare[0].reason.contains("not in sync.objects"));
 }
 
-#[test]
-fn suggest_writes_a_mapping_file_that_validates() {
+#[tokio::test]
+async fn suggest_writes_a_mapping_file_that_validates() {
     let dir = tempfile::tempdir().unwrap();
     let args = marketo_sync::mapping::SuggestArgs {
         config: dir.path().to_path_buf(),
-        schemas: fixtures().join("_schemas"),
+        schemas: Some(fixtures().join("_schemas")),
+        env: None,
         marketo_object: "lead".into(),
         crm_object: "contacts".into(),
         name: Some("leads".into()),
         output: None,
     };
     let mut out = Vec::new();
-    let path = marketo_sync::mapping::run_suggest(&args, &mut out).unwrap();
+    let path = marketo_sync::mapping::run_suggest(&args, &mut out)
+        .await
+        .unwrap();
     assert!(path.ends_with("mappings/leads.suggested.toml"), "{path}");
     let text = std::fs::read_to_string(&path).unwrap();
     let loaded =
@@ -379,7 +383,9 @@ fn suggest_writes_a_mapping_file_that_validates() {
         crm_object: "contact".into(),
         ..args
     };
-    let error = marketo_sync::mapping::run_suggest(&missing, &mut Vec::new()).unwrap_err();
+    let error = marketo_sync::mapping::run_suggest(&missing, &mut Vec::new())
+        .await
+        .unwrap_err();
     assert!(error.contains("did you mean `contacts`"), "{error}");
 }
 

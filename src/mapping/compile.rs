@@ -191,7 +191,7 @@ pub fn compile(
                 problems.push(m.problem(true, &path, unknown(side, schema, name)));
                 fatal = true;
             }
-            Some(def) if def.read_only => {
+            Some(def) if !is_writable(side, schema, def) => {
                 problems.push(m.problem(true, &path, format!(
                     "{} field `{name}` on `{}` is read-only, but the sync writes the key into it",
                     side_label(side), schema.object)));
@@ -297,7 +297,7 @@ fn compile_field(
                 problems.push(m.problem(true, &fpath(base, i, key), reason));
             }
             Some(def) => {
-                if def.read_only && fm.direction.writes_to(side) {
+                if !is_writable(side, schema, def) && fm.direction.writes_to(side) {
                     let other = match side {
                         Side::Marketo => "to_crm",
                         Side::Crm => "to_marketo",
@@ -557,6 +557,21 @@ pub fn validate_against(
     problems
 }
 
+/// Returns true when the sync can write `def` on `side`.
+///
+/// Marketo's Describe reports the dedupe fields of companies, opportunities, roles,
+/// salespersons and custom objects (`externalCompanyId`, `vin`, ...) as not updateable because
+/// they cannot change once a record exists; they are still written on every `createOrUpdate`
+/// with `dedupeBy=dedupeFields` (they are the key), so they count as writable. Leads are written
+/// by `lookupField` and activities are never written, so neither is exempt.
+pub(crate) fn is_writable(side: Side, schema: &ObjectSchema, def: &FieldDef) -> bool {
+    !def.read_only
+        || (side == Side::Marketo
+            && schema.object != "lead"
+            && !schema.object.starts_with("activity:")
+            && schema.dedupe_fields.contains(&def.name))
+}
+
 /// Returns the direction a suggested pair can flow, from which sides are writable.
 pub(crate) fn default_direction(
     marketo: Option<&FieldDef>,
@@ -613,4 +628,85 @@ pub fn compile_all(
         }
     }
     (plans, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ro(name: &str) -> FieldDef {
+        let mut f = FieldDef::new(name, FieldType::Text { max_len: None });
+        f.read_only = true;
+        f
+    }
+
+    fn schemas(object: &str) -> (ObjectSchema, ObjectSchema) {
+        let marketo = ObjectSchema {
+            side: Side::Marketo,
+            object: object.into(),
+            id_field: Some("id".into()),
+            dedupe_fields: vec!["externalCompanyId".into()],
+            fields: vec![
+                ro("externalCompanyId"),
+                ro("id"),
+                ro("updatedAt"),
+                FieldDef::new("company", FieldType::Text { max_len: None }),
+            ],
+        };
+        let crm = ObjectSchema {
+            side: Side::Crm,
+            object: "accounts".into(),
+            id_field: Some("id".into()),
+            dedupe_fields: vec![],
+            fields: vec![
+                FieldDef::new("id", FieldType::Text { max_len: None }),
+                FieldDef::new("marketo_id", FieldType::Text { max_len: None }),
+                FieldDef::new("name", FieldType::Text { max_len: None }),
+            ],
+        };
+        (marketo, crm)
+    }
+
+    const COMPANIES: &str = r#"
+marketo_object = "company"
+crm_object = "accounts"
+[keys]
+marketo_crm_key = "externalCompanyId"
+crm_marketo_id = "marketo_id"
+[[fields]]
+marketo = "company"
+crm = "name"
+"#;
+
+    #[test]
+    fn read_only_dedupe_fields_are_accepted_as_the_key() {
+        let m = crate::config::parse_mapping("companies", Path::new("c.toml"), COMPANIES).unwrap();
+        let (marketo, crm) = schemas("company");
+        let (plan, problems) = compile(&m, &marketo, &crm);
+        assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+        assert!(plan.is_some());
+    }
+
+    #[test]
+    fn other_read_only_fields_are_still_refused() {
+        // A read-only field that is not a dedupe field cannot be the key.
+        let text = COMPANIES.replace("\"externalCompanyId\"", "\"updatedAt\"");
+        let m = crate::config::parse_mapping("companies", Path::new("c.toml"), &text).unwrap();
+        let (marketo, crm) = schemas("company");
+        let (plan, problems) = compile(&m, &marketo, &crm);
+        assert!(plan.is_none());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "keys.marketo_crm_key" && p.reason.contains("read-only")),
+            "{problems:#?}"
+        );
+        // Leads are written by lookupField: a read-only lead field is never exempt.
+        let (mut lead, crm) = schemas("lead");
+        lead.dedupe_fields = vec!["externalCompanyId".into()];
+        let text = COMPANIES.replace("\"company\"\ncrm_object", "\"lead\"\ncrm_object");
+        let m = crate::config::parse_mapping("leads", Path::new("l.toml"), &text).unwrap();
+        let (plan, _) = compile(&m, &lead, &crm);
+        assert!(plan.is_none());
+    }
 }

@@ -7,6 +7,7 @@
 //! base; [`Plan::disable_field`] takes one field out when its schema drifts.
 
 mod compile;
+pub mod live;
 mod normalise;
 mod plan;
 mod suggest;
@@ -19,6 +20,9 @@ pub use compile::{
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
-pub use validate::{SuggestArgs, ValidateArgs, run_suggest, run_validate, validate_dir};
+pub use validate::{
+    SuggestArgs, ValidateArgs, run_suggest, run_suggest_with, run_validate, run_validate_with,
+    validate_dir,
+};
 
 pub use crate::config::{Direction, Policy, Transform};
