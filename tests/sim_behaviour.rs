@@ -474,6 +474,36 @@ async fn company_fields_are_read_through_and_refused_on_linked_leads() {
 }
 
 #[tokio::test]
+async fn opportunities_describe_accept_and_return_external_created_date() {
+    let t = T::new(config()).await;
+    let d = t.get("/rest/v1/opportunities/describe.json").await;
+    let field = d["result"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "externalCreatedDate")
+        .cloned()
+        .unwrap_or_else(|| panic!("no externalCreatedDate in {d}"));
+    assert_eq!(field["dataType"], "datetime");
+    assert_eq!(field["updateable"], true);
+    let r = t
+        .post(
+            "/rest/v1/opportunities.json",
+            json!({"input": [{"externalOpportunityId": "OPC", "name": "Dated",
+                "externalCreatedDate": "2024-03-01T10:00:00Z"}]}),
+        )
+        .await;
+    assert_eq!(r["result"][0]["status"], "created", "{r}");
+    let q = t
+        .get("/rest/v1/opportunities.json?filterType=externalOpportunityId&filterValues=OPC&fields=externalCreatedDate,name")
+        .await;
+    assert_eq!(
+        q["result"][0]["externalCreatedDate"], "2024-03-01T10:00:00Z",
+        "{q}"
+    );
+}
+
+#[tokio::test]
 async fn roles_use_compound_keys_and_log_add_to_opportunity() {
     let t = T::new(config()).await;
     let r = t

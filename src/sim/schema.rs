@@ -277,6 +277,12 @@ static OPPORTUNITY: ObjSchema = ObjSchema {
         ("isClosed", "Is Closed", "boolean", true),
         ("isWon", "Is Won", "boolean", true),
         ("closeDate", "Close Date", "date", true),
+        (
+            "externalCreatedDate",
+            "External Created Date",
+            "datetime",
+            true,
+        ),
         ("externalCompanyId", "External Company Id", "string", true),
         (
             "externalSalesPersonId",
