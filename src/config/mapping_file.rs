@@ -167,7 +167,7 @@ pub struct ActivityMapping {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
-    /// The Marketo object: `lead`, `company`, `opportunity`, `opportunityRole`, `salesPerson`,
+    /// The Marketo object: `lead`, `company`, `opportunity`, `opportunity_role`, `salesperson` (the names of [`crate::marketo::describe::StandardObject::name`]),
     /// a custom object's API name, or `activities`.
     pub marketo_object: String,
     /// The CRM object (as the CRM adapter names it).
@@ -361,8 +361,8 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         "lead",
         "company",
         "opportunity",
-        "opportunityRole",
-        "salesPerson",
+        "opportunity_role",
+        "salesperson",
         ACTIVITIES,
     ];
     let name = f.marketo_object.as_str();

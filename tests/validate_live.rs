@@ -1,0 +1,306 @@
+//! `validate` and `mappings suggest` against the live simulator and a demo CRM on SQLite.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use marketo_sync::config::SettingsSource;
+use marketo_sync::crm::sql::dialect::SqlPool;
+use marketo_sync::mapping::{SuggestArgs, ValidateArgs, run_suggest_with, run_validate_with};
+use marketo_sync::sim::demo_crm;
+use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
+use secrecy::SecretString;
+
+fn shipped() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The `[crm.options]` of the demo CRM, as TOML: what `marketo-sync demo` passes in code
+/// (`demo_crm::adapter_options`), plus the activities table the operator creates.
+fn demo_crm_options() -> String {
+    let mut text = String::new();
+    for name in demo_crm::OBJECTS
+        .iter()
+        .copied()
+        .chain(["marketing_activities"])
+    {
+        text.push_str(&format!(
+            "\n[crm.options.objects.{name}]\ntable = \"{name}\"\nprimary_key = \"id\"\n\
+             modified_column = \"updated_at\"\nsoft_delete = {{ column = \"deleted\", value = true }}\n\
+             marketo_id_column = \"marketo_id\"\nwritable = true\n"
+        ));
+        if name == "contacts" {
+            text.push_str("merged_into_column = \"merged_into\"\n");
+        }
+    }
+    text
+}
+
+struct Env {
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// Starts the simulator with the demo client, installs the demo CRM, and writes a copy of the
+    /// shipped config pointing at both.
+    async fn new() -> Env {
+        let secret = std::fs::read_to_string(shipped().join("demo-secrets/marketo_client_secret"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let sim = Simulator::start(SimConfig {
+            leads: 5,
+            client_id: "demo-client".into(),
+            client_secret: SecretString::from(secret),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        demo_crm::install(&crm_url, 1, 10).await.unwrap();
+        let db = SqlPool::connect(&crm_url, 1, false).await.unwrap();
+        // The demo CRM has no activities table (config/mappings/activities.toml: create one).
+        db.execute_raw(
+            "activities table",
+            "CREATE TABLE marketing_activities (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             marketo_guid VARCHAR(64), kind VARCHAR(40), occurred_at DATETIME, \
+             marketo_lead_id INTEGER, contact_id VARCHAR(64), detail VARCHAR(255), \
+             marketo_id VARCHAR(64), \
+             updated_at DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')), \
+             deleted BOOLEAN NOT NULL DEFAULT 0); \
+             CREATE UNIQUE INDEX ux_ma_guid ON marketing_activities (marketo_guid); \
+             CREATE UNIQUE INDEX ux_ma_mid ON marketing_activities (marketo_id)"
+                .to_owned(),
+        )
+        .await
+        .unwrap();
+        db.close().await;
+
+        let config = dir.path().join("config");
+        copy_dir(&shipped(), &config);
+        let demo = config.join("demo.toml");
+        let mut text = std::fs::read_to_string(&demo).unwrap();
+        text.push_str(&demo_crm_options());
+        std::fs::write(&demo, text).unwrap();
+
+        let mut vars = HashMap::new();
+        vars.insert("MKSYNC__MARKETO__BASE_URL".to_owned(), sim.base_url());
+        vars.insert("MKSYNC__CRM__URL".to_owned(), crm_url);
+        vars.insert(
+            "MKSYNC__STORE__URL".to_owned(),
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        );
+        Env { sim, dir, vars }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn source(&self) -> SettingsSource {
+        SettingsSource::new(self.config(), Some("demo")).with_vars(self.vars.clone())
+    }
+
+    async fn validate(&self) -> (bool, String) {
+        self.validate_with(self.source()).await
+    }
+
+    async fn validate_with(&self, source: SettingsSource) -> (bool, String) {
+        let args = ValidateArgs {
+            config: self.config(),
+            schemas: None,
+            env: Some("demo".into()),
+            offline: false,
+        };
+        let mut out = Vec::new();
+        let ok = run_validate_with(&source, &args, &mut out).await.unwrap();
+        (ok, String::from_utf8(out).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_demo_config_validates_against_the_simulator() {
+    let env = Env::new().await;
+    let (ok, text) = env.validate().await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("is valid against live Marketo and CRM schemas"),
+        "{text}"
+    );
+    assert!(!text.contains("error:"), "{text}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_field_the_simulator_lacks_is_placed_with_a_suggestion() {
+    let env = Env::new().await;
+    let path = env.config().join("mappings/companies.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // `billingCity` -> `billingCitty`: unknown in Marketo, one letter from a real field.
+    let broken = text.replacen("marketo = \"billingCity\"", "marketo = \"billingCitty\"", 1);
+    assert_ne!(broken, text);
+    std::fs::write(&path, &broken).unwrap();
+    let line = broken
+        .lines()
+        .position(|l| l.contains("billingCitty"))
+        .unwrap()
+        + 1;
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.contains("billingCitty"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        problem.starts_with("error: ") && problem.contains("companies.toml"),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&format!("companies.toml:{line}: fields[")),
+        "{problem}"
+    );
+    assert!(problem.contains("].marketo"), "{problem}");
+    assert!(problem.contains("did you mean `billingCity`"), "{problem}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_one_clear_problem() {
+    let env = Env::new().await;
+    let vars = env.vars.clone();
+    // The env var would clash with the secret file of demo.toml, so the file is rewritten.
+    std::fs::write(
+        env.config().join("demo-secrets/marketo_client_secret"),
+        "not-the-secret\n",
+    )
+    .unwrap();
+    let (ok, out) = env
+        .validate_with(SettingsSource::new(env.config(), Some("demo")).with_vars(vars))
+        .await;
+    assert!(!ok, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains("marketo.client_secret"), "{out}");
+    assert!(errors[0].contains("demo-client"), "{out}");
+    assert!(!out.contains("not-the-secret"), "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_marketo_names_the_base_url() {
+    let env = Env::new().await;
+    let mut vars = env.vars.clone();
+    // The discard port: nothing listens there, the connection is refused at once.
+    vars.insert(
+        "MKSYNC__MARKETO__BASE_URL".into(),
+        "http://127.0.0.1:9".into(),
+    );
+    let (ok, out) = env
+        .validate_with(SettingsSource::new(env.config(), Some("demo")).with_vars(vars))
+        .await;
+    assert!(!ok, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains("marketo.base_url"), "{out}");
+    assert!(errors[0].contains("cannot reach Marketo"), "{out}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn suggest_against_the_simulator_writes_a_mapping_that_validates() {
+    let env = Env::new().await;
+    let args = SuggestArgs {
+        config: env.config(),
+        schemas: None,
+        env: Some("demo".into()),
+        marketo_object: "lead".into(),
+        crm_object: "contacts".into(),
+        name: Some("leads".into()),
+        output: None,
+    };
+    let mut out = Vec::new();
+    let path = run_suggest_with(&env.source(), &args, &mut out)
+        .await
+        .unwrap();
+    assert!(path.ends_with("mappings/leads.suggested.toml"), "{path}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let loaded = marketo_sync::config::parse_mapping("leads", Path::new(&path), &text).unwrap();
+    let pairs: Vec<(Option<&str>, Option<&str>)> = loaded
+        .file
+        .fields
+        .iter()
+        .map(|f| (f.marketo.as_deref(), f.crm.as_deref()))
+        .collect();
+    assert!(pairs.contains(&(Some("email"), Some("email"))), "{pairs:?}");
+    assert!(
+        pairs.contains(&(Some("firstName"), Some("first_name"))),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&(Some("lastName"), Some("last_name"))),
+        "{pairs:?}"
+    );
+
+    // It compiles against the same live schemas ...
+    let settings = marketo_sync::config::load(&env.source()).unwrap().settings;
+    let (schemas, problems) =
+        marketo_sync::mapping::live::fetch_schemas(&settings, std::slice::from_ref(&loaded)).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    let (plan, problems) = marketo_sync::mapping::compile(
+        &loaded,
+        schemas
+            .get(marketo_sync::model::Side::Marketo, "lead")
+            .unwrap(),
+        schemas
+            .get(marketo_sync::model::Side::Crm, "contacts")
+            .unwrap(),
+    );
+    assert!(plan.is_some(), "{problems:#?}");
+    assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+
+    // ... and `validate` passes with it in place of the shipped leads mapping.
+    std::fs::rename(&path, env.config().join("mappings/leads.toml")).unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(ok, "{out}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_reads_no_schema() {
+    let env = Env::new().await;
+    let mut vars = env.vars.clone();
+    vars.insert(
+        "MKSYNC__MARKETO__BASE_URL".into(),
+        "http://127.0.0.1:9".into(),
+    );
+    let args = ValidateArgs {
+        config: env.config(),
+        schemas: None,
+        env: Some("demo".into()),
+        offline: true,
+    };
+    let mut out = Vec::new();
+    let source = SettingsSource::new(env.config(), Some("demo")).with_vars(vars);
+    let ok = run_validate_with(&source, &args, &mut out).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("is valid offline"), "{out}");
+    env.sim.shutdown().await;
+}
