@@ -390,3 +390,29 @@ async fn on_demand_sync_writes_one_lead_to_the_crm() {
     assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_mapped_field_removed_in_marketo_disables_only_that_field() {
+    let app = TestApp::start().await;
+    let lead = app.marketo_create(json!({
+        "email": "drift@example.com", "firstName": "Drift", "title": "Before"
+    }));
+    app.settle(4).await;
+    let cid = app.crm_by_email("drift@example.com").await[0].id.clone();
+    app.sim.hide_lead_field("title");
+    app.marketo_update(lead, json!({"title": "After", "firstName": "Still"}));
+    let s = app.run_cycle().await;
+    assert!(
+        s.warnings.iter().any(|w| w.contains("title")),
+        "a warning names the field: {:?}",
+        s.warnings
+    );
+    let c = app.crm_contact(&cid).await.unwrap();
+    assert_eq!(text(&c.fields, "first_name").as_deref(), Some("Still"));
+    assert_eq!(text(&c.fields, "title").as_deref(), Some("Before"));
+    // The rest keeps syncing both ways.
+    app.crm_update_contact(&cid, "last_name", "Synced").await;
+    app.run_cycle().await;
+    assert_eq!(app.marketo_lead(lead).unwrap()["lastName"], json!("Synced"));
+    app.cleanup().await;
+}
