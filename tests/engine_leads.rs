@@ -416,3 +416,62 @@ async fn a_mapped_field_removed_in_marketo_disables_only_that_field() {
     assert_eq!(app.marketo_lead(lead).unwrap()["lastName"], json!("Synced"));
     app.cleanup().await;
 }
+
+async fn a_large_change_set_syncs(updated_at_filter: bool) -> TestApp {
+    let mut o = Options::default();
+    o.sim.updated_at_filter = updated_at_filter;
+    o.tunables.bulk_extract_threshold = 5;
+    o.tunables.export_poll = std::time::Duration::from_millis(50);
+    let app = TestApp::with(o).await;
+    // The bulk path and the activity path both need a first watermark.
+    app.run_cycle().await;
+    // More than one page of activities (300) with more changed leads than the threshold.
+    for i in 0..320 {
+        app.marketo_create(json!({"email": format!("bulk{i}@example.com"), "firstName": "B"}));
+    }
+    app.sim.advance_clock(std::time::Duration::from_secs(2));
+    let s = app.run_cycle().await;
+    assert_eq!(
+        s.warnings.iter().any(|w| w.contains("1035")),
+        !updated_at_filter,
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(
+        s.objects["leads"][&Direction::MarketoToCrm].created,
+        320,
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(app.crm_count().await, 320);
+    let quiet = app.settle(4).await;
+    assert_eq!(written(&quiet), 0);
+    assert_eq!(app.sim.counters().leads, 320);
+    app
+}
+
+#[tokio::test]
+async fn a_large_change_set_is_read_by_bulk_extract() {
+    let app = a_large_change_set_syncs(true).await;
+    let jobs = app
+        .store
+        .unfinished_jobs(marketo_sync::store::JobDirection::Export)
+        .await
+        .unwrap();
+    assert!(jobs.is_empty(), "the export job was consumed: {jobs:?}");
+    let log = app.sim.request_log();
+    assert!(
+        log.iter()
+            .any(|e| format!("{e:?}").contains("leads/export/create")),
+        "a bulk lead export ran"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_instance_without_the_updated_at_filter_still_syncs() {
+    let app = a_large_change_set_syncs(false).await;
+    let cycles = app.store.recent_cycles(10).await.unwrap();
+    assert!(cycles.iter().all(|c| c.message.is_none()), "{cycles:?}");
+    app.cleanup().await;
+}

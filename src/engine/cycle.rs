@@ -27,6 +27,8 @@ pub struct Tunables {
     pub bulk_import_threshold: usize,
     /// Changes read from the CRM per call.
     pub crm_page: usize,
+    /// Time between status polls of a bulk export.
+    pub export_poll: std::time::Duration,
 }
 
 impl Default for Tunables {
@@ -35,6 +37,7 @@ impl Default for Tunables {
             bulk_extract_threshold: 1_200,
             bulk_import_threshold: 3_000,
             crm_page: 1_000,
+            export_poll: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::cycle::Tunables;
 use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
@@ -19,12 +19,16 @@ use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
 use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
 use crate::mapping::{COMPANY_FIELDS_ON_LEADS, Plan};
+use crate::marketo::bulk_extract::{
+    DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
+};
+use crate::marketo::csv::{ExportReader, FileFormat, spawn_file_reader};
 use crate::marketo::model::parse_marketo_datetime;
 use crate::marketo::{DedupeBy, Record, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
-    Conflict, Direction, ErrorKey, ErrorStatus, Link, StepCommit, SyncError, Tombstone,
-    TombstoneKind, Watermark,
+    BulkJob, Conflict, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StepCommit,
+    SyncError, Tombstone, TombstoneKind, Watermark,
 };
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
@@ -72,6 +76,7 @@ struct MarketoChanges {
     merges: Vec<(i64, Vec<i64>)>,
     token: Option<String>,
     last_at: Option<DateTime<Utc>>,
+    bulk: bool,
 }
 
 fn text_of(v: Option<&serde_json::Value>) -> Option<String> {
@@ -119,22 +124,30 @@ fn lead_read_fields(plan: &Plan) -> Vec<String> {
 }
 
 fn m_lead(plan: &Plan, raw: &Record) -> Option<Result<MLead, String>> {
-    let id = raw.get("id").and_then(|v| v.as_i64())?;
     let fields: Fields = raw
         .iter()
         .map(|(k, v)| (k.clone(), Value::from_json(v)))
         .collect();
+    m_lead_fields(plan, &fields)
+}
+
+fn m_lead_fields(plan: &Plan, fields: &Fields) -> Option<Result<MLead, String>> {
+    let id = match fields.get("id")? {
+        Value::Int(i) => *i,
+        other => other.to_text().trim().parse().ok()?,
+    };
     Some(
-        plan.to_canonical(Side::Marketo, &fields)
+        plan.to_canonical(Side::Marketo, fields)
             .map(|canon| MLead {
                 id,
                 canon,
-                at: raw
-                    .get("updatedAt")
-                    .and_then(|v| v.as_str())
-                    .and_then(parse_marketo_datetime),
-                crm_key: text_of(raw.get(&plan.marketo_crm_key)),
-                external_company_id: text_of(raw.get("externalCompanyId")),
+                at: match fields.get("updatedAt") {
+                    Some(Value::DateTime(t)) => Some(*t),
+                    Some(v) => parse_marketo_datetime(&v.to_text()),
+                    None => None,
+                },
+                crm_key: value_text(fields.get(&plan.marketo_crm_key)),
+                external_company_id: value_text(fields.get("externalCompanyId")),
             })
             .map_err(|e| e.to_string()),
     )
@@ -155,6 +168,7 @@ fn c_rec(plan: &Plan, id: &str, at: DateTime<Utc>, fields: &Fields) -> Result<CR
 async fn gather_activities(
     ctx: &Context,
     wm: Option<&Watermark>,
+    bulk_threshold: Option<usize>,
     cancel: &CancellationToken,
 ) -> Result<MarketoChanges, EngineError> {
     let mut out = MarketoChanges::default();
@@ -207,6 +221,36 @@ async fn gather_activities(
             token = next;
         }
         if !page.more_result {
+            break;
+        }
+        if bulk_threshold.is_some_and(|t| out.changed.len() >= t) {
+            // A large change set: the leads come from a bulk extract; only the merges are
+            // still read here, paging the token to the end.
+            out.bulk = true;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let page = ctx
+                    .marketo
+                    .get_activities(&token, &[MERGE_LEADS], &Default::default())
+                    .await?;
+                for a in &page.records {
+                    let losers: Vec<i64> = merge_ids(a.attribute("Merge IDs"))
+                        .into_iter()
+                        .filter(|l| *l != a.lead_id)
+                        .collect();
+                    if !losers.is_empty() {
+                        out.merges.push((a.lead_id, losers));
+                    }
+                }
+                if let Some(next) = page.next_page_token {
+                    token = next;
+                }
+                if !page.more_result {
+                    break;
+                }
+            }
             break;
         }
     }
@@ -449,12 +493,65 @@ pub async fn run(
     let crm_wm = store
         .watermark(Side::Crm, &plan.crm_object, "default")
         .await?;
-    let mut changes = gather_activities(ctx, act_wm.as_ref(), cancel).await?;
-    if changes.changed.len() > tunables.bulk_extract_threshold {
-        debug!(
-            leads = changes.changed.len(),
-            "large change set read through get leads by id (bulk lead extract not wired)"
-        );
+    let resumed = store
+        .unfinished_jobs(JobDirection::Export)
+        .await?
+        .into_iter()
+        .find(|j| j.kind == "leads" && j.object == LINK_OBJECT);
+    let bulk_allowed = !step.dry_run;
+    let threshold = bulk_allowed.then_some(tunables.bulk_extract_threshold);
+    let mut changes = gather_activities(ctx, act_wm.as_ref(), threshold, cancel).await?;
+    let mut bulk_leads: Option<Vec<MLead>> = None;
+    if changes.bulk || resumed.is_some() {
+        let since = act_wm.as_ref().map_or_else(
+            || {
+                ctx.settings
+                    .bootstrap
+                    .low_watermarks
+                    .get("leads")
+                    .copied()
+                    .unwrap_or(now - chrono::Duration::days(1))
+            },
+            |w| w.at,
+        ) - chrono::Duration::from_std(ctx.settings.sync.overlap())
+            .unwrap_or_else(|_| chrono::Duration::minutes(5));
+        let until = changes.last_at.map_or(now, |l| l.max(now));
+        match bulk_extract(
+            ctx,
+            tunables,
+            plan,
+            (since, until),
+            resumed,
+            summary,
+            cancel,
+        )
+        .await
+        {
+            Ok(leads) => bulk_leads = Some(leads),
+            Err(EngineError::Marketo(crate::marketo::Error::UnsupportedFilter { .. })) => {
+                summary.warnings.push(
+                    "this instance has no updatedAt filter on bulk lead export (1035): \
+                     changed leads are read by id instead"
+                        .to_owned(),
+                );
+                // Read the rest of the activity queue for the lead ids.
+                let rest = Watermark {
+                    system: Side::Marketo,
+                    object: LINK_OBJECT.to_owned(),
+                    queue: QUEUE_ACTIVITIES.to_owned(),
+                    at: now,
+                    tie: None,
+                    cursor: act_wm.as_ref().and_then(|w| w.cursor.clone()),
+                };
+                let stored = act_wm.as_ref().map(|_| &rest);
+                let all = gather_activities(ctx, stored, None, cancel).await?;
+                changes.changed.extend(all.changed);
+                changes.merges = all.merges;
+                changes.token = all.token;
+                changes.last_at = all.last_at.or(changes.last_at);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let (deleted, del_token) = gather_deleted(ctx, del_wm.as_ref(), cancel).await?;
 
@@ -536,7 +633,19 @@ pub async fn run(
         .copied()
         .filter(|id| !deleted.contains(id) && !merged_losers.contains(id))
         .collect();
-    let leads = fetch_leads(ctx, plan, &ids, summary).await?;
+    let leads = match bulk_leads {
+        Some(mut leads) => {
+            // Leads changed after the export's end are in the activity ids only.
+            let seen: BTreeSet<i64> = leads.iter().map(|l| l.id).collect();
+            let missing: Vec<i64> = ids.iter().copied().filter(|i| !seen.contains(i)).collect();
+            if missing.len() <= crate::marketo::leads::MAX_BATCH * 2 {
+                leads.extend(fetch_leads(ctx, plan, &missing, summary).await?);
+            }
+            leads.retain(|l| !deleted.contains(&l.id) && !merged_losers.contains(&l.id));
+            leads
+        }
+        None => fetch_leads(ctx, plan, &ids, summary).await?,
+    };
     summary.counts_mut(&object, Direction::MarketoToCrm).read += leads.len() as u64;
     summary.counts_mut(&object, Direction::CrmToMarketo).read += cs.len() as u64;
 
@@ -1534,4 +1643,140 @@ async fn apply_crm_deletes(
         summary.counts_mut(&object, Direction::CrmToMarketo).deleted += to_delete.len() as u64;
     }
     Ok(())
+}
+
+/// Runs Bulk Lead Extracts with the `updatedAt` filter over `[since, until]` in windows of at
+/// most 31 days, resuming an unfinished job, and streams each file into lead records.
+async fn bulk_extract(
+    ctx: &Context,
+    tunables: &Tunables,
+    plan: &Plan,
+    (since, until): (DateTime<Utc>, DateTime<Utc>),
+    resumed: Option<BulkJob>,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<Vec<MLead>, EngineError> {
+    let mut out = Vec::new();
+    let mut start = resumed
+        .as_ref()
+        .and_then(|j| j.window_start)
+        .unwrap_or(since);
+    let mut resumed = resumed;
+    let fields = lead_read_fields(plan);
+    let dir = std::env::temp_dir();
+    while start < until {
+        let end = (start + chrono::Duration::days(31) - chrono::Duration::seconds(1)).min(until);
+        let request = ExportRequest {
+            fields: fields.clone(),
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                updated_at: Some(DateRange {
+                    start_at: start,
+                    end_at: end,
+                }),
+                ..ExportFilter::default()
+            },
+        };
+        let now = ctx.clock.now();
+        let job = match resumed.take() {
+            Some(job) => job,
+            None => {
+                let created = ctx
+                    .marketo
+                    .create_export(&ExportKind::Leads, &request)
+                    .await?;
+                let job = BulkJob {
+                    direction: JobDirection::Export,
+                    id: created.export_id.clone(),
+                    kind: "leads".into(),
+                    object: LINK_OBJECT.into(),
+                    window_start: Some(start),
+                    window_end: Some(end),
+                    state: JobState::Created,
+                    bytes: 0,
+                    file_path: None,
+                    file_offset: 0,
+                    created_at: now,
+                    updated_at: now,
+                };
+                // Persisted before it is enqueued, so a restart resumes it.
+                ctx.store.upsert_job(&job).await?;
+                job
+            }
+        };
+        let dest = dir.join(format!("marketo-sync-leads-{}.csv", job.id));
+        let options = ExportOptions {
+            poll_interval: tunables.export_poll,
+            ..ExportOptions::default()
+        };
+        let outcome = ctx
+            .marketo
+            .run_export(
+                &ExportKind::Leads,
+                &request,
+                Some(&job.id),
+                &dest,
+                &options,
+                cancel,
+            )
+            .await?;
+        summary.bulk_bytes += outcome.bytes;
+        if let Some(path) = outcome.path.clone() {
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                |f| ExportReader::new(f, FileFormat::Csv),
+                500,
+                cancel.clone(),
+            );
+            while let Some(batch) = rx.recv().await {
+                for row in batch {
+                    match row {
+                        Ok(row) => match m_lead_fields(plan, &row.fields) {
+                            Some(Ok(l)) => out.push(l),
+                            Some(Err(e)) => {
+                                summary.warnings.push(format!("exported lead skipped: {e}"));
+                            }
+                            None => {}
+                        },
+                        Err(e) => summary.warnings.push(format!("export row skipped: {e}")),
+                    }
+                }
+            }
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
+                        what: format!("export file {} unreadable: {e}", job.id),
+                    }));
+                }
+                Err(e) => {
+                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
+                        what: format!("export reader failed: {e}"),
+                    }));
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        ctx.store
+            .upsert_job(&BulkJob {
+                state: JobState::Consumed,
+                bytes: outcome.bytes,
+                updated_at: ctx.clock.now(),
+                ..job
+            })
+            .await?;
+        start = end + chrono::Duration::seconds(1);
+    }
+    // The newest read of a lead wins.
+    out.sort_by_key(|l| (l.id, l.at));
+    out.dedup_by(|b, a| {
+        if a.id == b.id {
+            *a = b.clone();
+            true
+        } else {
+            false
+        }
+    });
+    Ok(out)
 }

@@ -249,6 +249,7 @@ impl TestApp {
 
     /// Runs one cycle.
     pub async fn try_cycle(&self) -> Result<CycleSummary, EngineError> {
+        self.sync_clock();
         self.engine
             .run_one_cycle(&CycleOptions::default(), &CancellationToken::new())
             .await
@@ -256,10 +257,20 @@ impl TestApp {
 
     /// Runs one dry-run cycle.
     pub async fn dry_cycle(&self) -> CycleSummary {
+        self.sync_clock();
         self.engine
             .run_one_cycle(&CycleOptions { dry_run: true }, &CancellationToken::new())
             .await
             .expect("dry cycle")
+    }
+
+    /// Moves the engine's clock up to the simulator's (never back).
+    pub fn sync_clock(&self) {
+        use marketo_sync::store::Clock;
+        let sim = self.sim.now();
+        if sim > self.clock.now() {
+            self.clock.set(sim);
+        }
     }
 
     /// Runs cycles until one writes nothing (at most `max`), returning the quiet one.
