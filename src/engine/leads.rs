@@ -528,11 +528,21 @@ pub async fn run(
         .await
         {
             Ok(leads) => bulk_leads = Some(leads),
-            Err(EngineError::Marketo(crate::marketo::Error::UnsupportedFilter { .. })) => {
+            Err(EngineError::Marketo(e))
+                if matches!(e, crate::marketo::Error::UnsupportedFilter { .. })
+                    || e.disposition() == crate::marketo::Disposition::PauseUntilDayTurns =>
+            {
                 summary.warnings.push(
-                    "this instance has no updatedAt filter on bulk lead export (1035): \
-                     changed leads are read by id instead"
-                        .to_owned(),
+                    if matches!(e, crate::marketo::Error::UnsupportedFilter { .. }) {
+                        "this instance has no updatedAt filter on bulk lead export (1035): \
+                         changed leads are read by id instead"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "bulk export paused until the Marketo day turns ({e}): \
+                             changed leads are read by id instead"
+                        )
+                    },
                 );
                 // Read the rest of the activity queue for the lead ids.
                 let rest = Watermark {

@@ -21,8 +21,20 @@ pub async fn run_once(
     dry_run: bool,
     cancel: &CancellationToken,
 ) -> Result<CycleSummary, EngineError> {
-    let loaded =
-        load(&SettingsSource::new(dir, env)).map_err(|e| EngineError::Config(e.to_string()))?;
+    run_once_with(&SettingsSource::new(dir, env), dry_run, cancel).await
+}
+
+/// As [`run_once`], with an explicit settings source (environment variables given in code).
+///
+/// # Errors
+///
+/// As [`run_once`].
+pub async fn run_once_with(
+    source: &SettingsSource,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<CycleSummary, EngineError> {
+    let loaded = load(source).map_err(|e| EngineError::Config(e.to_string()))?;
     let ctx = Context::from_settings(&loaded).await?;
     let engine = Engine::new(ctx);
     let mut summary = engine
