@@ -475,3 +475,23 @@ async fn an_instance_without_the_updated_at_filter_still_syncs() {
     assert!(cycles.iter().all(|c| c.message.is_none()), "{cycles:?}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_merge_in_the_crm_merges_the_marketo_leads() {
+    let app = TestApp::start().await;
+    let a = app.marketo_create(json!({"email": "keep@example.com", "firstName": "A"}));
+    let b = app.marketo_create(json!({"email": "gone@example.com", "firstName": "B"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("keep@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("gone@example.com").await[0].id.clone();
+    // The CRM merges contact B into contact A.
+    app.crm_update_contact(&cb, "merged_into", &ca).await;
+    app.crm_delete_contact(&cb).await;
+    app.run_cycle().await;
+    assert!(app.marketo_lead(b).is_none(), "the loser lead was merged away");
+    assert!(app.marketo_lead(a).is_some());
+    app.settle(3).await;
+    assert_eq!(app.crm_count().await, 1, "no contact re-created for the merged lead");
+    assert_eq!(app.sim.counters().leads, 1);
+    app.cleanup().await;
+}
