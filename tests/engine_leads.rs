@@ -488,10 +488,60 @@ async fn a_merge_in_the_crm_merges_the_marketo_leads() {
     app.crm_update_contact(&cb, "merged_into", &ca).await;
     app.crm_delete_contact(&cb).await;
     app.run_cycle().await;
-    assert!(app.marketo_lead(b).is_none(), "the loser lead was merged away");
+    assert!(
+        app.marketo_lead(b).is_none(),
+        "the loser lead was merged away"
+    );
     assert!(app.marketo_lead(a).is_some());
     app.settle(3).await;
-    assert_eq!(app.crm_count().await, 1, "no contact re-created for the merged lead");
+    assert_eq!(
+        app.crm_count().await,
+        1,
+        "no contact re-created for the merged lead"
+    );
     assert_eq!(app.sim.counters().leads, 1);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn many_new_crm_records_go_to_marketo_by_bulk_import() {
+    let mut o = Options::default();
+    o.tunables.bulk_import_threshold = 5;
+    o.tunables.export_poll = std::time::Duration::from_millis(50);
+    let app = TestApp::with(o).await;
+    app.run_cycle().await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            app.crm_insert_contact(&format!("imp{i}@example.com"), "Imp", &format!("N{i}"))
+                .await,
+        );
+    }
+    let s = app.run_cycle().await;
+    assert_eq!(
+        s.objects["leads"][&Direction::CrmToMarketo].created,
+        8,
+        "{:?}",
+        s
+    );
+    assert!(
+        app.sim
+            .request_log()
+            .iter()
+            .any(|e| format!("{e:?}").contains("/bulk/v1/leads.json")),
+        "a bulk import ran"
+    );
+    for (i, cid) in ids.iter().enumerate() {
+        let m = app.marketo_by_email(&format!("imp{i}@example.com"));
+        assert_eq!(m.len(), 1);
+        assert_eq!(app.marketo_lead(m[0]).unwrap()["crmContactId"], json!(cid));
+        let c = app.crm_contact(cid).await.unwrap();
+        assert_eq!(
+            text(&c.fields, "marketo_id").as_deref(),
+            Some(m[0].to_string().as_str())
+        );
+    }
+    assert_eq!(written(&app.settle(3).await), 0);
+    assert_eq!(app.sim.counters().leads, 8);
     app.cleanup().await;
 }

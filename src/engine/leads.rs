@@ -373,6 +373,9 @@ struct Step<'a> {
     dry_run: bool,
     plan_out: Vec<serde_json::Value>,
     due: HashMap<ErrorKey, SyncError>,
+    bulk_import_threshold: usize,
+    poll: std::time::Duration,
+    cancel: CancellationToken,
 }
 
 impl Step<'_> {
@@ -481,6 +484,9 @@ pub async fn run(
         dry_run: options.dry_run,
         plan_out: Vec::new(),
         due,
+        bulk_import_threshold: tunables.bulk_import_threshold,
+        poll: tunables.export_poll,
+        cancel: cancel.clone(),
     };
 
     // Gather: Marketo activities, deleted leads, CRM changes.
@@ -728,6 +734,9 @@ pub async fn sync_one(
         dry_run: false,
         plan_out: Vec::new(),
         due: HashMap::new(),
+        bulk_import_threshold: usize::MAX,
+        poll: std::time::Duration::from_secs(5),
+        cancel: cancel.clone(),
     };
     let ms = BTreeMap::from([(lead.id, lead)]);
     sync_pairs(&mut step, ms, BTreeMap::new(), &mut summary, cancel).await?;
@@ -1273,6 +1282,12 @@ async fn apply_marketo(
             }
         }
     }
+    let creates = writes.iter().filter(|w| w.create).count();
+    let bulk_creates = creates > step.bulk_import_threshold;
+    if bulk_creates {
+        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create).collect();
+        bulk_import_creates(step, pairs, &batch, summary).await?;
+    }
     for (create, action, lookup) in [
         (
             true,
@@ -1281,6 +1296,9 @@ async fn apply_marketo(
         ),
         (false, SyncAction::UpdateOnly, "id"),
     ] {
+        if create && bulk_creates {
+            continue;
+        }
         let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
         for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
             let input: Vec<Record> = chunk.iter().map(|w| w.record.clone()).collect();
@@ -1789,4 +1807,162 @@ async fn bulk_extract(
         }
     });
     Ok(out)
+}
+
+/// Creates many leads through Bulk Import (CSV files below 10 MB, `lookupField` = the CRM-key
+/// field), reads the failures file into the error ledger and the new ids back by CRM key.
+async fn bulk_import_creates(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    batch: &[&MWrite],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    use crate::marketo::bulk_import::{
+        ImportFormat, ImportStatus, ImportTarget, LeadImportOptions,
+    };
+    use crate::marketo::csv::{ImportFileWriter, WriteOutcome};
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let key_field = plan.marketo_crm_key.clone();
+    let mut columns: BTreeSet<String> = BTreeSet::new();
+    for w in batch {
+        columns.extend(w.record.keys().cloned());
+    }
+    let columns: Vec<String> = columns.into_iter().collect();
+    let dir = std::env::temp_dir();
+    let csv_err = |e: crate::marketo::csv::CsvError| {
+        EngineError::Marketo(crate::marketo::Error::Config {
+            what: format!("cannot write the import file: {e}"),
+        })
+    };
+    // Write the files, each below 10 MB.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let path = dir.join(format!("marketo-sync-import-{}.csv", uuid::Uuid::new_v4()));
+        let file = std::fs::File::create(&path).map_err(|e| {
+            EngineError::Marketo(crate::marketo::Error::Config {
+                what: format!("cannot create {}: {e}", path.display()),
+            })
+        })?;
+        let mut writer = ImportFileWriter::new(
+            std::io::BufWriter::new(file),
+            columns.clone(),
+            FileFormat::Csv,
+        )
+        .map_err(csv_err)?;
+        let first = i;
+        while i < batch.len() {
+            let fields: Fields = batch[i]
+                .record
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                .collect();
+            match writer.write_row(&fields).map_err(csv_err)? {
+                WriteOutcome::Written => i += 1,
+                WriteOutcome::Full if i > first => break,
+                WriteOutcome::Full => i += 1,
+            }
+        }
+        writer.finish().map_err(csv_err)?;
+        files.push(path);
+    }
+    let mut failed_keys: BTreeMap<String, String> = BTreeMap::new();
+    for path in &files {
+        let job = ctx
+            .marketo
+            .import_file(
+                &ImportTarget::Leads,
+                path,
+                ImportFormat::Csv,
+                &LeadImportOptions {
+                    lookup_field: Some(key_field.clone()),
+                    ..LeadImportOptions::default()
+                },
+            )
+            .await?;
+        let done = ctx
+            .marketo
+            .wait_for_import(&ImportTarget::Leads, job.batch_id, step.poll, &step.cancel)
+            .await?;
+        if done.status == ImportStatus::Failed {
+            return Err(EngineError::Marketo(crate::marketo::Error::JobFailed {
+                kind: "import",
+                job_id: done.batch_id.to_string(),
+                status: "Failed".into(),
+                message: done.message.unwrap_or_default(),
+            }));
+        }
+        if done.num_of_rows_failed.unwrap_or(0) > 0 {
+            let report = path.with_extension("failures.csv");
+            if ctx
+                .marketo
+                .import_failures(&ImportTarget::Leads, done.batch_id, &report)
+                .await?
+            {
+                read_failures(&report, &key_field, &mut failed_keys);
+                let _ = std::fs::remove_file(&report);
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // The new ids, by CRM key.
+    let keys: Vec<String> = batch
+        .iter()
+        .filter_map(|w| text_of(w.record.get(&key_field)))
+        .filter(|k| !failed_keys.contains_key(k))
+        .collect();
+    let found = find_leads(ctx, plan, &key_field, &keys).await?;
+    let ids: HashMap<String, i64> = found
+        .into_iter()
+        .filter_map(|m| Some((m.crm_key?, m.id)))
+        .collect();
+    for w in batch {
+        let key = text_of(w.record.get(&key_field)).unwrap_or_default();
+        let p = &mut pairs[w.pair];
+        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+        match (failed_keys.get(&key), ids.get(&key)) {
+            (None, Some(id)) => {
+                counts.created += 1;
+                p.m_id = Some(*id);
+            }
+            (reason, _) => {
+                counts.failed += 1;
+                p.failed = true;
+                let message = reason
+                    .cloned()
+                    .unwrap_or_else(|| "not found after import".into());
+                step.error(
+                    Direction::CrmToMarketo,
+                    key,
+                    None,
+                    serde_json::Value::Object(w.record.clone()),
+                    "import".into(),
+                    message,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a bulk import failures file: the key column and `Import Failure Reason`.
+fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<String, String>) {
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
+    let Ok(reader) = ExportReader::new(file, FileFormat::Csv) else {
+        return;
+    };
+    for row in reader.flatten() {
+        let key = value_text(row.fields.get(key_field)).unwrap_or_default();
+        let reason = row
+            .fields
+            .iter()
+            .find(|(k, _)| k.to_lowercase().contains("failure"))
+            .and_then(|(_, v)| value_text(Some(v)))
+            .unwrap_or_else(|| "import failed".into());
+        out.insert(key, reason);
+    }
 }
