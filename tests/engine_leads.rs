@@ -545,3 +545,42 @@ async fn many_new_crm_records_go_to_marketo_by_bulk_import() {
     assert_eq!(app.sim.counters().leads, 8);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_rejected_record_goes_to_the_error_ledger_without_holding_back_the_rest() {
+    let app = TestApp::with(opts(CrmKind::Postgres, StoreKind::Sqlite)).await;
+    app.run_cycle().await;
+    // The CRM refuses this first name.
+    app.user
+        .execute_raw(
+            "constraint",
+            "ALTER TABLE contacts ADD CONSTRAINT no_rejects CHECK (first_name <> 'Reject')".into(),
+        )
+        .await
+        .unwrap();
+    let bad = app.marketo_create(json!({"email": "bad@example.com", "firstName": "Reject"}));
+    app.marketo_create(json!({"email": "fine@example.com", "firstName": "Fine"}));
+    let s = app.run_cycle().await;
+    let c = s.objects["leads"][&Direction::MarketoToCrm];
+    assert_eq!((c.created, c.failed), (1, 1), "{s:?}");
+    assert_eq!(app.crm_by_email("fine@example.com").await.len(), 1);
+    let errors = app.store.list_errors(&Default::default()).await.unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].record_key, bad.to_string());
+    assert!(errors[0].next_retry_at.is_some());
+    assert_eq!(errors[0].attempts, 1);
+    // Fixed in Marketo: the next cycle writes it and resolves the error.
+    app.marketo_update(bad, json!({"firstName": "Short"}));
+    app.run_cycle().await;
+    assert_eq!(app.crm_by_email("bad@example.com").await.len(), 1);
+    let open = app
+        .store
+        .list_errors(&marketo_sync::store::ErrorFilter {
+            status: Some(marketo_sync::store::ErrorStatus::Open),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+    app.cleanup().await;
+}

@@ -373,6 +373,7 @@ struct Step<'a> {
     dry_run: bool,
     plan_out: Vec<serde_json::Value>,
     due: HashMap<ErrorKey, SyncError>,
+    open: std::collections::HashSet<ErrorKey>,
     bulk_import_threshold: usize,
     poll: std::time::Duration,
     cancel: CancellationToken,
@@ -477,6 +478,7 @@ pub async fn run(
             )
         })
         .collect();
+    let open = open_errors(ctx).await?;
     let mut step = Step {
         ctx,
         plan,
@@ -484,6 +486,7 @@ pub async fn run(
         dry_run: options.dry_run,
         plan_out: Vec::new(),
         due,
+        open,
         bulk_import_threshold: tunables.bulk_import_threshold,
         poll: tunables.export_poll,
         cancel: cancel.clone(),
@@ -734,6 +737,7 @@ pub async fn sync_one(
         dry_run: false,
         plan_out: Vec::new(),
         due: HashMap::new(),
+        open: open_errors(ctx).await?,
         bulk_import_threshold: usize::MAX,
         poll: std::time::Duration::from_secs(5),
         cancel: cancel.clone(),
@@ -1031,7 +1035,7 @@ async fn sync_pairs(
                 direction,
                 record_key: key,
             };
-            if step.due.contains_key(&k) {
+            if step.open.contains(&k) {
                 step.commit.errors_resolve.push(k);
             }
         }
@@ -1965,4 +1969,24 @@ fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<Str
             .unwrap_or_else(|| "import failed".into());
         out.insert(key, reason);
     }
+}
+
+/// Returns the keys of the open lead errors (resolved when their record goes through).
+async fn open_errors(ctx: &Context) -> Result<std::collections::HashSet<ErrorKey>, EngineError> {
+    let errors = ctx
+        .store
+        .list_errors(&crate::store::ErrorFilter {
+            status: Some(ErrorStatus::Open),
+            object: Some(LINK_OBJECT.to_owned()),
+            limit: 100_000,
+        })
+        .await?;
+    Ok(errors
+        .into_iter()
+        .map(|e| ErrorKey {
+            object: e.object,
+            direction: e.direction,
+            record_key: e.record_key,
+        })
+        .collect())
 }
