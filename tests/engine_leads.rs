@@ -584,3 +584,58 @@ async fn a_rejected_record_goes_to_the_error_ledger_without_holding_back_the_res
     assert!(open.is_empty(), "{open:?}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_unfinished_export_is_resumed_after_a_restart_not_created_again() {
+    use marketo_sync::engine::CycleOptions;
+    use marketo_sync::store::JobDirection;
+    let mut o = Options::default();
+    o.sim.updated_at_filter = true;
+    o.sim.export_delay = std::time::Duration::from_secs(120);
+    o.tunables.bulk_extract_threshold = 5;
+    o.tunables.export_poll = std::time::Duration::from_millis(20);
+    let app = TestApp::with(o).await;
+    app.run_cycle().await;
+    for i in 0..310 {
+        app.marketo_create(json!({"email": format!("r{i}@example.com")}));
+    }
+    app.sync_clock();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = CycleOptions::default();
+    // "Kill" the cycle once the export job is persisted and waiting in Marketo.
+    let result = {
+        let cycle = app.engine.run_one_cycle(&options, &cancel);
+        tokio::pin!(cycle);
+        loop {
+            tokio::select! {
+                r = &mut cycle => break r,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                    if !app.store.unfinished_jobs(JobDirection::Export).await.unwrap().is_empty() {
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+    };
+    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+    assert!(app.crm_by_email("r0@example.com").await.is_empty());
+    // The job finishes in Marketo meanwhile; the next cycle picks it up.
+    app.sim.advance_clock(std::time::Duration::from_secs(300));
+    let s = app.run_cycle().await;
+    assert_eq!(s.objects["leads"][&Direction::MarketoToCrm].created, 310);
+    let creates = app
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| format!("{e:?}").contains("leads/export/create"))
+        .count();
+    assert_eq!(creates, 1, "the export was resumed, not created again");
+    assert!(
+        app.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.cleanup().await;
+}

@@ -382,7 +382,14 @@ impl Runner for Engine {
         let result = self
             .cycle_body(options, cancel, &mut summary, &mut steps)
             .await
-            .map_err(|e| as_pause(e, self.ctx.clock.now()));
+            .map_err(|e| match e {
+                EngineError::Marketo(crate::marketo::Error::Cancelled { .. })
+                    if cancel.is_cancelled() =>
+                {
+                    EngineError::Cancelled
+                }
+                e => as_pause(e, self.ctx.clock.now()),
+            });
         let calls = self.persist_usage(&before).await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot persist the api usage");
             0

@@ -524,7 +524,8 @@ pub async fn run(
             |w| w.at,
         ) - chrono::Duration::from_std(ctx.settings.sync.overlap())
             .unwrap_or_else(|_| chrono::Duration::minutes(5));
-        let until = changes.last_at.map_or(now, |l| l.max(now));
+        // Marketo times are whole seconds: the window ends after the current second.
+        let until = changes.last_at.map_or(now, |l| l.max(now)) + chrono::Duration::seconds(1);
         match bulk_extract(
             ctx,
             tunables,
