@@ -639,3 +639,40 @@ async fn an_unfinished_export_is_resumed_after_a_restart_not_created_again() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads() {
+    let app = TestApp::with(Options {
+        objects: vec!["leads".into(), "activities".into(), "companies".into()],
+        ..Options::default()
+    })
+    .await;
+    app.marketo_create(json!({"email": "a@example.com"}));
+    let s = app.run_cycle().await;
+    assert_eq!(s.objects["leads"][&Direction::MarketoToCrm].created, 1);
+    app.run_cycle().await;
+    let types_calls = app
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| format!("{e:?}").contains("activities/types.json"))
+        .count();
+    assert_eq!(types_calls, 1, "activity types are cached for a day");
+    let stored = app
+        .store
+        .schema(Side::Marketo, "activity_types")
+        .await
+        .unwrap()
+        .expect("activity types stored");
+    assert!(stored.schema.as_array().is_some_and(|a| !a.is_empty()));
+    app.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    app.run_cycle().await;
+    let types_calls = app
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| format!("{e:?}").contains("activities/types.json"))
+        .count();
+    assert_eq!(types_calls, 2, "read again after a day");
+    app.cleanup().await;
+}

@@ -136,9 +136,24 @@ impl Engine {
         let objects = &ctx.settings.sync.objects;
         let mut crm_objects = Vec::new();
         let mut marketo_objects = Vec::new();
+        let mut lead_crm = None;
+        let mut activities = false;
         for m in ctx.mappings.iter() {
-            if !objects.contains(&m.object) || m.file.is_activities() {
+            if !objects.contains(&m.object) {
                 continue;
+            }
+            if m.file.is_activities() {
+                activities = true;
+                crm_objects.push(m.file.crm_object.clone());
+                for a in &m.file.activities {
+                    if let Some(o) = &a.crm_object {
+                        crm_objects.push(o.clone());
+                    }
+                }
+                continue;
+            }
+            if m.file.marketo_object == "lead" {
+                lead_crm = Some(m.file.crm_object.clone());
             }
             crm_objects.push(m.file.crm_object.clone());
             marketo_objects.push(m.file.marketo_object.clone());
@@ -192,9 +207,28 @@ impl Engine {
             set.insert(schema);
         }
         for object in &crm_objects {
-            let schema = ctx.crm.describe(object).await?;
-            self.store_schema(summary, &schema).await?;
-            set.insert(schema);
+            match ctx.crm.describe(object).await {
+                Ok(schema) => {
+                    self.store_schema(summary, &schema).await?;
+                    set.insert(schema);
+                }
+                Err(e) if lead_crm.as_deref() == Some(object.as_str()) => return Err(e.into()),
+                Err(e) => summary
+                    .warnings
+                    .push(format!("describe of crm `{object}` failed: {e}")),
+            }
+        }
+        if activities {
+            match self.activity_schemas(now).await {
+                Ok(list) => {
+                    for schema in list {
+                        set.insert(schema);
+                    }
+                }
+                Err(e) => summary
+                    .warnings
+                    .push(format!("activity types could not be read: {e}")),
+            }
         }
         let (plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
         for p in problems {
@@ -205,6 +239,37 @@ impl Engine {
             *cached = Some(plans.clone());
         }
         Ok(plans)
+    }
+
+    /// Returns the activity types as schemas `activity:<id>`, read from Marketo once a day
+    /// (the fetch time is kept in the store's schema record `activity_types`).
+    async fn activity_schemas(&self, now: DateTime<Utc>) -> Result<Vec<ObjectSchema>, EngineError> {
+        const KEY: &str = "activity_types";
+        if let Some(stored) = self.ctx.store.schema(Side::Marketo, KEY).await?
+            && now - stored.fetched_at < chrono::Duration::hours(24)
+            && let Ok(list) = serde_json::from_value::<Vec<ObjectSchema>>(stored.schema.clone())
+        {
+            return Ok(list);
+        }
+        let types = self.ctx.marketo.activity_types().await?;
+        let list: Vec<ObjectSchema> = types.iter().map(activity_schema).collect();
+        let json = serde_json::to_value(&list).unwrap_or_default();
+        let hash = crate::model::fields_hash(
+            &[(KEY.to_owned(), crate::model::Value::Text(json.to_string()))]
+                .into_iter()
+                .collect(),
+        );
+        self.ctx
+            .store
+            .put_schema(&SchemaRecord {
+                side: Side::Marketo,
+                object: KEY.into(),
+                hash,
+                schema: json,
+                fetched_at: now,
+            })
+            .await?;
+        Ok(list)
     }
 
     async fn store_schema(
@@ -439,5 +504,39 @@ impl Runner for Engine {
             .map_err(|e| as_pause(e, self.ctx.clock.now()));
         self.persist_usage(&before).await?;
         result
+    }
+}
+
+/// Returns the schema of one activity type: the standard activity fields plus its attributes.
+fn activity_schema(t: &crate::marketo::describe::ActivityType) -> ObjectSchema {
+    use crate::marketo::describe::field_type;
+    use crate::model::{FieldDef, FieldType};
+    let mut fields = vec![
+        FieldDef::new("marketoGUID", FieldType::Text { max_len: None }),
+        FieldDef::new("leadId", FieldType::Integer),
+        FieldDef::new("activityDate", FieldType::DateTime),
+        FieldDef::new("activityTypeId", FieldType::Integer),
+        FieldDef::new("campaignId", FieldType::Integer),
+        FieldDef::new("primaryAttributeValueId", FieldType::Integer),
+        FieldDef::new("primaryAttributeValue", FieldType::Text { max_len: None }),
+    ];
+    for a in t.primary_attribute.iter().chain(&t.attributes) {
+        if fields.iter().any(|f| f.name == a.name) {
+            continue;
+        }
+        fields.push(FieldDef::new(
+            a.name.clone(),
+            field_type(a.data_type.as_deref().unwrap_or("string"), None),
+        ));
+    }
+    for f in &mut fields {
+        f.read_only = true;
+    }
+    ObjectSchema {
+        side: Side::Marketo,
+        object: format!("activity:{}", t.id),
+        id_field: Some("marketoGUID".into()),
+        dedupe_fields: vec!["marketoGUID".into()],
+        fields,
     }
 }

@@ -373,7 +373,7 @@ struct Step<'a> {
     dry_run: bool,
     plan_out: Vec<serde_json::Value>,
     due: HashMap<ErrorKey, SyncError>,
-    open: std::collections::HashSet<ErrorKey>,
+    open: HashMap<ErrorKey, u32>,
     bulk_import_threshold: usize,
     poll: std::time::Duration,
     cancel: CancellationToken,
@@ -399,7 +399,13 @@ impl Step<'_> {
             direction,
             record_key: record_key.clone(),
         };
-        let attempts = self.due.get(&key).map_or(0, |e| e.attempts) + 1;
+        let attempts = self
+            .due
+            .get(&key)
+            .map(|e| e.attempts)
+            .or_else(|| self.open.get(&key).copied())
+            .unwrap_or(0)
+            + 1;
         let backoff = chrono::Duration::seconds(60 * (1_i64 << attempts.min(10)));
         let backoff = backoff.min(chrono::Duration::hours(24));
         self.commit.errors_upsert.push(SyncError {
@@ -1036,7 +1042,7 @@ async fn sync_pairs(
                 direction,
                 record_key: key,
             };
-            if step.open.contains(&k) {
+            if step.open.contains_key(&k) {
                 step.commit.errors_resolve.push(k);
             }
         }
@@ -1973,7 +1979,7 @@ fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<Str
 }
 
 /// Returns the keys of the open lead errors (resolved when their record goes through).
-async fn open_errors(ctx: &Context) -> Result<std::collections::HashSet<ErrorKey>, EngineError> {
+async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, u32>, EngineError> {
     let errors = ctx
         .store
         .list_errors(&crate::store::ErrorFilter {
@@ -1984,10 +1990,15 @@ async fn open_errors(ctx: &Context) -> Result<std::collections::HashSet<ErrorKey
         .await?;
     Ok(errors
         .into_iter()
-        .map(|e| ErrorKey {
-            object: e.object,
-            direction: e.direction,
-            record_key: e.record_key,
+        .map(|e| {
+            (
+                ErrorKey {
+                    object: e.object,
+                    direction: e.direction,
+                    record_key: e.record_key,
+                },
+                e.attempts,
+            )
         })
         .collect())
 }
