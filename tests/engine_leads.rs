@@ -273,8 +273,7 @@ async fn deletions_are_ignored_when_the_policy_says_so() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
+async fn killed_cycle(crm: CrmKind, store: StoreKind) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let kill = Arc::new(AtomicBool::new(false));
@@ -293,7 +292,7 @@ async fn a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
     });
     let app = TestApp::with(Options {
         commit_hook: Some(hook),
-        ..Options::default()
+        ..opts(crm, store)
     })
     .await;
     app.run_cycle().await;
@@ -316,6 +315,21 @@ async fn a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
     let m = app.marketo_by_email("k2@example.com")[0];
     assert_eq!(app.marketo_lead(m).unwrap()["crmContactId"], json!(cid));
     app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
+    killed_cycle(CrmKind::Sqlite, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
+    killed_cycle(CrmKind::Postgres, StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
+    killed_cycle(CrmKind::MariaDb, StoreKind::Postgres).await;
 }
 
 #[tokio::test]
