@@ -37,6 +37,8 @@ pub enum Command {
     },
     /// Runs the Marketo simulator until Ctrl-C.
     Simulate(SimulateArgs),
+    /// Loads both sides for the first time, resumably, within the daily bulk budget.
+    Bootstrap(BootstrapArgs),
     /// CRM adapter maintenance.
     Crm {
         #[command(subcommand)]
@@ -97,6 +99,26 @@ pub struct SimulateArgs {
     /// Accept the bulk lead export `updatedAt` filter (else 1035).
     #[arg(long)]
     pub updated_at_filter: bool,
+}
+
+/// Arguments of `bootstrap`.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// The config directory (default.toml, <env>.toml, mappings/).
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// The environment name, selecting <env>.toml.
+    #[arg(long, env = "MKSYNC_ENV")]
+    pub env: Option<String>,
+    /// Only these objects (repeatable); every object in sync.objects when absent.
+    #[arg(long = "object")]
+    pub objects: Vec<String>,
+    /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// List the windows and the estimated exports without creating any.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The `crm` subcommands.
@@ -200,6 +222,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             crate::sim::run_simulate(options, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bootstrap(args) => run_bootstrap(args).await,
         Command::Crm {
             command:
                 CrmCommand::InstallChangelog {
@@ -221,4 +244,100 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::bootstrap;
+    let source = crate::config::SettingsSource::new(&args.config, args.env.as_deref());
+    let loaded = crate::config::load(&source)?;
+    let since = match &args.since {
+        Some(text) => Some(crate::config::parse_instant(text).ok_or_else(|| {
+            anyhow::anyhow!("--since `{text}` is not a date or an RFC 3339 instant")
+        })?),
+        None => None,
+    };
+    let ctx = bootstrap_context(&loaded, &args.config).await?;
+    let options = bootstrap::BootstrapOptions {
+        objects: args.objects,
+        since,
+        dry_run: args.dry_run,
+        ..bootstrap::BootstrapOptions::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let progress = bootstrap::IndicatifProgress::new();
+    let report = bootstrap::bootstrap(&ctx, &options, &progress, &cancel).await?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(until) = report.paused_until {
+        eprintln!("bootstrap paused by the daily bulk budget; run it again after {until}");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the engine context from loaded settings.
+// TODO(bootstrap): replace with `Context::from_settings(&Loaded)` once it is merged.
+async fn bootstrap_context(
+    loaded: &crate::config::Loaded,
+    dir: &std::path::Path,
+) -> anyhow::Result<crate::engine::Context> {
+    use anyhow::Context as _;
+    use secrecy::{ExposeSecret, SecretString};
+    let read = |file: &std::path::Path| -> anyhow::Result<SecretString> {
+        let path = if file.is_absolute() {
+            file.to_path_buf()
+        } else {
+            dir.join(file)
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+        Ok(SecretString::from(text.trim().to_owned()))
+    };
+    let s = &loaded.settings;
+    let m = &s.marketo;
+    let base = m
+        .rest_base_url()
+        .ok_or_else(|| anyhow::anyhow!("marketo.base_url or marketo.munchkin_id is required"))?;
+    let secret = match (&m.client_secret, &m.client_secret_file) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(file)) => read(file)?,
+        (None, None) => anyhow::bail!("the Marketo client secret is not set"),
+    };
+    let mut config = crate::marketo::ClientConfig::new(
+        url::Url::parse(&base).context("marketo base url")?,
+        m.client_id.clone().unwrap_or_default(),
+        secret,
+    );
+    config.calls_per_20s = m.calls_per_20s;
+    config.max_concurrency = m.max_concurrency as usize;
+    config.daily_call_budget = u64::from(m.daily_call_budget);
+    config.bulk_mb_budget = u64::from(m.bulk_mb_budget);
+    config.request_timeout = Some(m.request_timeout());
+    let marketo = crate::marketo::Client::new(config)?;
+    let crm_url = match (&s.crm.url, &s.crm.url_file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(file)) => read(file)?,
+        (None, None) => anyhow::bail!("the CRM url is not set"),
+    };
+    let crm = crate::crm::registry::build(&s.crm.adapter, &crm_url, &s.crm.options).await?;
+    let store_url = match &s.store.url_file {
+        Some(file) => read(file)?,
+        None => s.store.url.clone(),
+    };
+    let store = crate::store::open(store_url.expose_secret()).await?;
+    Ok(crate::engine::Context {
+        settings: std::sync::Arc::new(s.clone()),
+        mappings: std::sync::Arc::new(loaded.mappings.clone()),
+        marketo,
+        crm,
+        store,
+        clock: std::sync::Arc::new(crate::store::SystemClock),
+    })
 }
