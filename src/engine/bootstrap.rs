@@ -178,10 +178,9 @@ impl Default for IndicatifProgress {
 impl Progress for IndicatifProgress {
     fn phase(&self, name: &str, windows: u64) {
         let bar = self.multi.add(ProgressBar::new(windows));
-        let style = ProgressStyle::with_template(
-            "{prefix:>22} [{bar:30}] {pos}/{len} windows {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} windows {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(name.to_owned());
         info!(phase = name, windows, "bootstrap phase");
@@ -244,11 +243,14 @@ pub enum ProgressEvent {
     },
 }
 
+/// A callback run after each window: (phase, windows applied so far).
+pub type WindowHook = Box<dyn Fn(&str, u64) + Send + Sync>;
+
 /// A progress receiver that records every event, and can run a hook on each window (tests).
 #[derive(Default)]
 pub struct RecordingProgress {
     events: Mutex<Vec<ProgressEvent>>,
-    on_window: Option<Box<dyn Fn(&str, u64) + Send + Sync>>,
+    on_window: Option<WindowHook>,
 }
 
 impl RecordingProgress {
@@ -268,7 +270,10 @@ impl RecordingProgress {
 
     /// Returns the events so far.
     pub fn events(&self) -> Vec<ProgressEvent> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -339,7 +344,10 @@ pub fn retention_warning(low: DateTime<Utc>, now: DateTime<Utc>) -> Option<Strin
 
 /// Why a window stopped early.
 enum Stop {
-    Paused { until: DateTime<Utc>, reason: String },
+    Paused {
+        until: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 struct Run<'a> {
@@ -417,9 +425,7 @@ pub async fn bootstrap(
                 _ => "not bootstrapped yet by this version (the continuous sync picks it up)",
             };
             if object != "companies" {
-                report
-                    .warnings
-                    .push(format!("object `{object}`: {note}"));
+                report.warnings.push(format!("object `{object}`: {note}"));
             }
         }
     }
@@ -439,7 +445,7 @@ pub async fn bootstrap(
         if options.dry_run {
             None
         } else {
-            Some(plans(ctx, wanted("companies")).await?)
+            Some(plans(ctx, wanted("companies"), &mut report.warnings).await?)
         }
     } else {
         None
@@ -461,9 +467,7 @@ pub async fn bootstrap(
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
             .await
-            .map_err(|e| {
-                EngineError::Marketo(crate::marketo::Error::io(&run.work_dir, e))
-            })?;
+            .map_err(|e| EngineError::Marketo(crate::marketo::Error::io(&run.work_dir, e)))?;
     }
 
     let mut paused = None;
@@ -477,11 +481,11 @@ pub async fn bootstrap(
         };
         let all = windows(from, now);
         phase.windows_total = all.len() as u64;
-        let done_until = ctx
+        let stored = ctx
             .store
             .watermark(Side::Marketo, &spec.object, &queue(spec.name))
-            .await?
-            .map(|w| w.at);
+            .await?;
+        let done_until = stored.as_ref().map(|w| w.at);
         let todo: Vec<Window> = all
             .iter()
             .copied()
@@ -499,7 +503,13 @@ pub async fn bootstrap(
             report.phases.push(phase);
             continue;
         }
-        let mut last_bytes = 0u64;
+        // The next window is estimated from the last one, also across runs.
+        let mut last_bytes = stored
+            .as_ref()
+            .and_then(|w| w.cursor.as_ref())
+            .and_then(|c| c.get("last_window_bytes"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
         for window in todo {
             if cancel.is_cancelled() {
                 report.phases.push(phase);
@@ -563,7 +573,11 @@ struct LeadPlans {
     lead_schema: crate::model::ObjectSchema,
 }
 
-async fn plans(ctx: &Context, companies: bool) -> Result<LeadPlans, EngineError> {
+async fn plans(
+    ctx: &Context,
+    companies: bool,
+    warnings: &mut Vec<String>,
+) -> Result<LeadPlans, EngineError> {
     let mut schemas = SchemaSet::default();
     let lead_schema = ctx.marketo.object_schema("lead").await?;
     schemas.insert(lead_schema.clone());
@@ -589,7 +603,19 @@ async fn plans(ctx: &Context, companies: bool) -> Result<LeadPlans, EngineError>
         )));
     };
     let company = if companies {
-        compiled.objects.get("companies").cloned()
+        let plan = compiled.objects.get("companies").cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error())
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "companies are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
     } else {
         None
     };
@@ -784,7 +810,7 @@ impl Run<'_> {
                     queue: queue(spec.name),
                     at: window.end + ChronoDuration::seconds(1),
                     tie: None,
-                    cursor: None,
+                    cursor: Some(serde_json::json!({ "last_window_bytes": job.bytes })),
                 }],
                 jobs: vec![job],
                 ..StepCommit::default()
