@@ -68,6 +68,26 @@ marketo = "industry"
 crm = "industry"
 "#;
 
+const OPPORTUNITIES_TOML: &str = r#"
+marketo_object = "opportunity"
+crm_object = "opportunities"
+match = []
+
+# The simulator's opportunity schema has few writable text fields; the bootstrap keys
+# opportunities by externalOpportunityId whatever this field is.
+[keys]
+marketo_crm_key = "externalSalesPersonId"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "name"
+crm = "name"
+
+[[fields]]
+marketo = "stage"
+crm = "stage"
+"#;
+
 const LEADS: usize = 300;
 
 fn start() -> DateTime<Utc> {
@@ -134,12 +154,16 @@ impl Env {
                 .low_watermarks
                 .insert(object.into(), self.low);
         }
-        let mappings: Vec<LoadedMapping> = [("leads", LEADS_TOML), ("companies", COMPANIES_TOML)]
-            .into_iter()
-            .map(|(object, text)| {
-                parse_mapping(object, Path::new(&format!("{object}.toml")), text).unwrap()
-            })
-            .collect();
+        let mappings: Vec<LoadedMapping> = [
+            ("leads", LEADS_TOML),
+            ("companies", COMPANIES_TOML),
+            ("opportunities", OPPORTUNITIES_TOML),
+        ]
+        .into_iter()
+        .map(|(object, text)| {
+            parse_mapping(object, Path::new(&format!("{object}.toml")), text).unwrap()
+        })
+        .collect();
         Context {
             settings: Arc::new(settings),
             mappings: Arc::new(mappings),
@@ -692,5 +716,68 @@ async fn a_dry_run_lists_the_windows_and_creates_no_export() {
             .is_empty()
     );
     assert!(contacts(&ctx.crm, &[1, 2, 3]).await.is_empty());
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunities_named_by_add_to_opportunity_activities_reach_the_crm() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["opportunities".into()];
+    let ctx = env.ctx().await;
+    // Two roles added through the API leave Add to Opportunity (34) activities.
+    let roles: Vec<marketo_sync::marketo::Record> = [("OP-000001", 5), ("OP-000002", 9)]
+        .iter()
+        .map(|(key, lead)| {
+            serde_json::json!({"externalOpportunityId": key, "leadId": lead, "role": "Champion", "isPrimary": true})
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    ctx.marketo
+        .sync_opportunity_roles(
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &roles,
+        )
+        .await
+        .unwrap();
+    env.clock.set(start() + ChronoDuration::hours(1));
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let phase = &report.phases[0];
+    assert_eq!(
+        phase.name,
+        marketo_sync::engine::bootstrap::PHASE_OPPORTUNITIES
+    );
+    assert_eq!(phase.rows, 2, "{report:?}");
+    let links = ctx
+        .store
+        .links_page("opportunities", None, 100)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = links.iter().map(|l| l.marketo_key.as_str()).collect();
+    assert_eq!(keys, vec!["OP-000001", "OP-000002"]);
+    let rows = ctx
+        .crm
+        .find(
+            "opportunities",
+            "marketo_id",
+            &[Value::Text("OP-000001".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].fields.get("name").map(Value::to_text).as_deref(),
+        Some("Deal 1")
+    );
     env.sim.shutdown().await;
 }

@@ -26,9 +26,10 @@ use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
 use crate::mapping::{Plan, SchemaSet};
 use crate::marketo::bulk_extract::{
-    DateRange, ExportFilter, ExportKind, ExportOptions, ExportOutcome, ExportRequest,
+    ACTIVITY_FIELDS, DateRange, ExportFilter, ExportKind, ExportOptions, ExportOutcome,
+    ExportRequest,
 };
-use crate::marketo::csv::{ExportReader, ExportRow, FileFormat, spawn_file_reader};
+use crate::marketo::csv::{ActivityReader, ExportReader, ExportRow, FileFormat, spawn_file_reader};
 use crate::marketo::limiter::next_day_turn;
 use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value};
@@ -49,6 +50,8 @@ pub const WINDOW_DAYS: i64 = 31;
 pub const PHASE_NEW_LEADS: &str = "new_lead_activities";
 /// The phase of leads (and the companies named on them).
 pub const PHASE_LEADS: &str = "leads";
+/// The phase of opportunities and roles from Add to Opportunity activities.
+pub const PHASE_OPPORTUNITIES: &str = "opportunities_from_activities";
 
 /// Options of one bootstrap run.
 #[derive(Debug, Clone, Default)]
@@ -416,18 +419,11 @@ pub async fn bootstrap(
         warn!(warning = %w, "bootstrap reaches past activity retention");
         report.warnings.push(w);
     }
-    for object in ["companies", "opportunities", "roles", "salespersons"] {
-        if wanted(object) {
-            let note = match object {
-                "companies" => {
-                    "companies are written from the company fields of the leads in each lead window"
-                }
-                _ => "not bootstrapped yet by this version (the continuous sync picks it up)",
-            };
-            if object != "companies" {
-                report.warnings.push(format!("object `{object}`: {note}"));
-            }
-        }
+    if wanted("salespersons") {
+        report.warnings.push(
+            "object `salespersons`: not bootstrapped yet by this version (the continuous sync picks it up)"
+                .to_owned(),
+        );
     }
 
     let mut phases = Vec::new();
@@ -446,6 +442,32 @@ pub async fn bootstrap(
             None
         } else {
             Some(plans(ctx, wanted("companies"), &mut report.warnings).await?)
+        }
+    } else {
+        None
+    };
+    let opp_plans = if wanted("opportunities") || wanted("roles") {
+        phases.push(PhaseSpec {
+            name: PHASE_OPPORTUNITIES,
+            object: if wanted("opportunities") {
+                "opportunities".into()
+            } else {
+                "roles".into()
+            },
+            kind: ExportKind::Activities,
+        });
+        if options.dry_run {
+            None
+        } else {
+            Some(
+                opportunity_plans(
+                    ctx,
+                    wanted("opportunities"),
+                    wanted("roles"),
+                    &mut report.warnings,
+                )
+                .await?,
+            )
         }
     } else {
         None
@@ -522,6 +544,13 @@ pub async fn bootstrap(
             }
             let result = match spec.name {
                 PHASE_NEW_LEADS => run.new_lead_window(spec, window, &mut phase).await,
+                PHASE_OPPORTUNITIES => {
+                    let plans = opp_plans.as_ref().ok_or_else(|| {
+                        EngineError::Mapping("the opportunity mappings did not compile".into())
+                    })?;
+                    run.opportunity_window(spec, window, plans, &mut phase)
+                        .await
+                }
                 _ => {
                     let plans = lead_plan.as_ref().ok_or_else(|| {
                         EngineError::Mapping("the lead mapping did not compile".into())
@@ -623,6 +652,58 @@ async fn plans(
         lead,
         company,
         lead_schema,
+    })
+}
+
+struct OppPlans {
+    opportunity: Option<Plan>,
+    role: Option<Plan>,
+}
+
+async fn opportunity_plans(
+    ctx: &Context,
+    opportunities: bool,
+    roles: bool,
+    warnings: &mut Vec<String>,
+) -> Result<OppPlans, EngineError> {
+    let mut schemas = SchemaSet::default();
+    let mut wanted = Vec::new();
+    if opportunities {
+        schemas.insert(ctx.marketo.object_schema("opportunity").await?);
+        wanted.push("opportunities");
+    }
+    if roles {
+        schemas.insert(ctx.marketo.object_schema("opportunityRole").await?);
+        wanted.push("roles");
+    }
+    for m in ctx.mappings.iter() {
+        if wanted.contains(&m.object.as_str()) && !m.file.is_activities() {
+            schemas.insert(ctx.crm.describe(&m.file.crm_object).await?);
+        }
+    }
+    let (compiled, problems) = crate::mapping::compile_all(&ctx.settings, &ctx.mappings, &schemas);
+    let mut get = |object: &str| {
+        let plan = compiled.objects.get(object).cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error() && p.to_string().contains(&format!("{object}.toml")))
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "{object} are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
+    };
+    Ok(OppPlans {
+        opportunity: if opportunities {
+            get("opportunities")
+        } else {
+            None
+        },
+        role: if roles { get("roles") } else { None },
     })
 }
 
@@ -945,7 +1026,7 @@ impl Run<'_> {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
             if let Some(company) = &plans.company {
-                self.apply_companies(company, companies, phase).await?;
+                self.apply_mapped(company, companies, phase).await?;
             }
         }
         let bytes = outcome.bytes;
@@ -1060,9 +1141,162 @@ impl Run<'_> {
         Ok(())
     }
 
+    async fn opportunity_window(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        plans: &OppPlans,
+        phase: &mut PhaseReport,
+    ) -> Result<u64, WindowError> {
+        let request = ExportRequest {
+            fields: ACTIVITY_FIELDS.map(String::from).to_vec(),
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                created_at: Some(DateRange {
+                    start_at: window.start,
+                    end_at: window.end,
+                }),
+                activity_type_ids: Some(vec![ADD_TO_OPPORTUNITY]),
+                ..ExportFilter::default()
+            },
+        };
+        let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        if let Some(path) = &outcome.path {
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                |f| ActivityReader::new(f, FileFormat::Csv),
+                BATCH_ROWS,
+                self.cancel.clone(),
+            );
+            while let Some(batch) = rx.recv().await {
+                let mut keys = BTreeSet::new();
+                let mut roles: BTreeMap<String, Fields> = BTreeMap::new();
+                for row in batch {
+                    let row = match row {
+                        Ok(row) => row,
+                        Err(e) => {
+                            warn!(error = %e, "activity row rejected");
+                            phase.rejected += 1;
+                            continue;
+                        }
+                    };
+                    phase.rows += 1;
+                    let key = row
+                        .attributes
+                        .get("Oppty ID")
+                        .and_then(|v| match v {
+                            serde_json::Value::String(s) => Some(s.clone()),
+                            serde_json::Value::Null => None,
+                            other => Some(other.to_string()),
+                        })
+                        .or_else(|| row.primary_attribute_value.clone());
+                    let Some(key) = key.filter(|k| !k.is_empty()) else {
+                        phase.rejected += 1;
+                        continue;
+                    };
+                    keys.insert(key.clone());
+                    let role = row
+                        .attributes
+                        .get("Role")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut raw = Fields::new();
+                    raw.insert("externalOpportunityId".into(), Value::Text(key.clone()));
+                    raw.insert("leadId".into(), Value::Int(row.lead_id));
+                    raw.insert("role".into(), Value::Text(role.clone()));
+                    if let Some(p) = row.attributes.get("Is Primary") {
+                        raw.insert("isPrimary".into(), Value::from_json(p));
+                    }
+                    roles.insert(format!("{key}:{}:{role}", row.lead_id), raw);
+                }
+                if let Some(plan) = &plans.opportunity {
+                    self.apply_opportunities(plan, keys, phase).await?;
+                }
+                if let Some(plan) = &plans.role {
+                    self.apply_keyed(plan, roles, phase, Side::Marketo).await?;
+                }
+            }
+            join_reader(task).await?;
+            if self.cancel.is_cancelled() {
+                return Err(WindowError::Engine(EngineError::Cancelled));
+            }
+        }
+        let bytes = outcome.bytes;
+        self.finish_window(spec, window, job, outcome.path).await?;
+        Ok(bytes)
+    }
+
+    /// Reads the opportunities named by Add to Opportunity activities from Marketo and upserts
+    /// them into the CRM keyed by externalOpportunityId.
+    async fn apply_opportunities(
+        &mut self,
+        plan: &Plan,
+        keys: BTreeSet<String>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut fields = plan.read_fields(Side::Marketo);
+        if !fields.iter().any(|f| f == "externalOpportunityId") {
+            fields.push("externalOpportunityId".into());
+        }
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut found: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_opportunities("externalOpportunityId", chunk, &fields, token.as_deref())
+                    .await?;
+                for record in &page.records {
+                    let raw: Fields = record
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect();
+                    if let Some(key) = text(&raw, "externalOpportunityId") {
+                        found.insert(key, raw);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
+        }
+        Ok(())
+    }
+
+    /// Maps raw Marketo records keyed by their Marketo key, upserts them into the CRM keyed by
+    /// the plan's Marketo-id column and commits their links. A CRM error for the whole batch is
+    /// counted as failed records, not fatal (best effort).
+    async fn apply_keyed(
+        &mut self,
+        plan: &Plan,
+        raw: BTreeMap<String, Fields>,
+        phase: &mut PhaseReport,
+        side: Side,
+    ) -> Result<(), EngineError> {
+        let mut mapped = BTreeMap::new();
+        for (key, fields) in raw {
+            match plan.to_canonical(side, &fields) {
+                Ok(c) => {
+                    mapped.insert(key, c);
+                }
+                Err(e) => {
+                    warn!(object = %plan.object, key = %key, error = %e, "record cannot be mapped");
+                    phase.rejected += 1;
+                }
+            }
+        }
+        self.apply_mapped(plan, mapped, phase).await
+    }
+
     /// Upserts the companies named on a window's leads into the CRM, keyed by the Marketo key
     /// (externalCompanyId, or the company name when a lead has none), and commits their links.
-    async fn apply_companies(
+    async fn apply_mapped(
         &mut self,
         plan: &Plan,
         companies: BTreeMap<String, Fields>,
@@ -1078,11 +1312,20 @@ impl Run<'_> {
                     r
                 })
                 .collect();
-            let results = self
+            let results = match self
                 .ctx
                 .crm
                 .upsert(&plan.crm_object, &plan.crm_marketo_id, &records)
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if !e.is_retryable() => {
+                    warn!(object = %plan.object, error = %e, "crm refused a batch");
+                    phase.failed += records.len() as u64;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let now = self.ctx.clock.now();
             let mut links = Vec::new();
             for ((key, canonical), result) in chunk.iter().zip(results) {
