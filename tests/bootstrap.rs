@@ -88,6 +88,26 @@ marketo = "stage"
 crm = "stage"
 "#;
 
+const SALESPERSONS_TOML: &str = r#"
+marketo_object = "salesPerson"
+crm_object = "users"
+match = ["email"]
+
+# externalSalesPersonId is read-only in the simulator's schema; the bootstrap keys salespersons
+# by it whatever this field is.
+[keys]
+marketo_crm_key = "phone"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "email"
+crm = "email"
+
+[[fields]]
+marketo = "lastName"
+crm = "last_name"
+"#;
+
 const LEADS: usize = 300;
 
 fn start() -> DateTime<Utc> {
@@ -158,6 +178,7 @@ impl Env {
             ("leads", LEADS_TOML),
             ("companies", COMPANIES_TOML),
             ("opportunities", OPPORTUNITIES_TOML),
+            ("salespersons", SALESPERSONS_TOML),
         ]
         .into_iter()
         .map(|(object, text)| {
@@ -780,4 +801,75 @@ async fn opportunities_named_by_add_to_opportunity_activities_reach_the_crm() {
         Some("Deal 1")
     );
     env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salespersons_named_on_leads_become_crm_users() {
+    let mut env = Env::new(100, SimConfig::default()).await;
+    env.objects = vec!["leads".into(), "salespersons".into()];
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let named: BTreeSet<String> = env
+        .leads_in_range()
+        .keys()
+        .filter_map(|id| {
+            env.sim.lead(*id).unwrap()["externalSalesPersonId"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!named.is_empty());
+    let links = ctx
+        .store
+        .links_page("salespersons", None, 1000)
+        .await
+        .unwrap();
+    let linked: BTreeSet<String> = links.iter().map(|l| l.marketo_key.clone()).collect();
+    assert_eq!(linked, named);
+    let values: Vec<Value> = named.iter().cloned().map(Value::Text).collect();
+    let users = ctx.crm.find("users", "marketo_id", &values).await.unwrap();
+    assert_eq!(users.len(), named.len());
+    assert!(
+        users
+            .iter()
+            .all(|u| u.fields.get("email").is_some_and(|e| !e.is_null()))
+    );
+    env.sim.shutdown().await;
+}
+
+#[test]
+fn the_cli_parses_the_bootstrap_command() {
+    use clap::Parser;
+    let cli = marketo_sync::cli::Cli::try_parse_from([
+        "marketo-sync",
+        "bootstrap",
+        "--config",
+        "cfg",
+        "--object",
+        "leads",
+        "--object",
+        "companies",
+        "--since",
+        "2024-01-01",
+        "--dry-run",
+    ])
+    .unwrap();
+    match cli.command {
+        marketo_sync::cli::Command::Bootstrap(args) => {
+            assert_eq!(args.objects, vec!["leads", "companies"]);
+            assert_eq!(args.since.as_deref(), Some("2024-01-01"));
+            assert!(args.dry_run);
+            assert_eq!(args.config, std::path::PathBuf::from("cfg"));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
 }

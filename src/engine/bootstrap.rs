@@ -419,9 +419,9 @@ pub async fn bootstrap(
         warn!(warning = %w, "bootstrap reaches past activity retention");
         report.warnings.push(w);
     }
-    if wanted("salespersons") {
+    if wanted("salespersons") && !wanted("leads") {
         report.warnings.push(
-            "object `salespersons`: not bootstrapped yet by this version (the continuous sync picks it up)"
+            "object `salespersons`: bootstrapped from the leads' externalSalesPersonId, so only together with `leads`"
                 .to_owned(),
         );
     }
@@ -441,7 +441,15 @@ pub async fn bootstrap(
         if options.dry_run {
             None
         } else {
-            Some(plans(ctx, wanted("companies"), &mut report.warnings).await?)
+            Some(
+                plans(
+                    ctx,
+                    wanted("companies"),
+                    wanted("salespersons"),
+                    &mut report.warnings,
+                )
+                .await?,
+            )
         }
     } else {
         None
@@ -599,22 +607,29 @@ pub fn queue(phase: &str) -> String {
 struct LeadPlans {
     lead: Plan,
     company: Option<Plan>,
+    salesperson: Option<Plan>,
     lead_schema: crate::model::ObjectSchema,
 }
 
 async fn plans(
     ctx: &Context,
     companies: bool,
+    salespersons: bool,
     warnings: &mut Vec<String>,
 ) -> Result<LeadPlans, EngineError> {
     let mut schemas = SchemaSet::default();
     let lead_schema = ctx.marketo.object_schema("lead").await?;
     schemas.insert(lead_schema.clone());
     if companies {
-        schemas.insert(ctx.marketo.object_schema("company").await?);
+        schemas.insert(marketo_schema(ctx, "companies", "company").await?);
+    }
+    if salespersons {
+        schemas.insert(marketo_schema(ctx, "salespersons", "salesperson").await?);
     }
     for m in ctx.mappings.iter() {
-        let needed = m.object == "leads" || (companies && m.object == "companies");
+        let needed = m.object == "leads"
+            || (companies && m.object == "companies")
+            || (salespersons && m.object == "salespersons");
         if needed && !m.file.is_activities() {
             schemas.insert(ctx.crm.describe(&m.file.crm_object).await?);
         }
@@ -648,11 +663,43 @@ async fn plans(
     } else {
         None
     };
+    let salesperson = if salespersons {
+        let plan = compiled.objects.get("salespersons").cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error() && p.to_string().contains("salespersons.toml"))
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "salespersons are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
+    } else {
+        None
+    };
     Ok(LeadPlans {
         lead,
         company,
+        salesperson,
         lead_schema,
     })
+}
+
+/// Returns the Marketo schema of a standard object under the name its mapping file uses
+/// (`salesPerson` and `salesperson`, `opportunityRole` and `opportunity_role` are the same).
+async fn marketo_schema(
+    ctx: &Context,
+    object: &str,
+    standard: &str,
+) -> Result<crate::model::ObjectSchema, EngineError> {
+    let mut schema = ctx.marketo.object_schema(standard).await?;
+    if let Some(m) = ctx.mappings.iter().find(|m| m.object == object) {
+        schema.object = m.file.marketo_object.clone();
+    }
+    Ok(schema)
 }
 
 struct OppPlans {
@@ -669,11 +716,11 @@ async fn opportunity_plans(
     let mut schemas = SchemaSet::default();
     let mut wanted = Vec::new();
     if opportunities {
-        schemas.insert(ctx.marketo.object_schema("opportunity").await?);
+        schemas.insert(marketo_schema(ctx, "opportunities", "opportunity").await?);
         wanted.push("opportunities");
     }
     if roles {
-        schemas.insert(ctx.marketo.object_schema("opportunityRole").await?);
+        schemas.insert(marketo_schema(ctx, "roles", "opportunity_role").await?);
         wanted.push("roles");
     }
     for m in ctx.mappings.iter() {
@@ -978,6 +1025,9 @@ impl Run<'_> {
             }
             add("externalCompanyId".into());
         }
+        if plans.salesperson.is_some() {
+            add("externalSalesPersonId".into());
+        }
         let request = ExportRequest {
             fields,
             format: Some("CSV".into()),
@@ -1000,6 +1050,7 @@ impl Run<'_> {
                 self.cancel.clone(),
             );
             let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut sales: BTreeSet<String> = BTreeSet::new();
             while let Some(batch) = rx.recv().await {
                 if self.cancel.is_cancelled() {
                     break;
@@ -1019,6 +1070,12 @@ impl Run<'_> {
                 if let Some(company) = &plans.company {
                     collect_companies(company, &rows, &mut companies, phase);
                 }
+                if plans.salesperson.is_some() {
+                    sales.extend(
+                        rows.iter()
+                            .filter_map(|r| text(&r.fields, "externalSalesPersonId")),
+                    );
+                }
                 self.apply_leads(plan, rows, phase).await?;
             }
             join_reader(task).await?;
@@ -1027,6 +1084,9 @@ impl Run<'_> {
             }
             if let Some(company) = &plans.company {
                 self.apply_mapped(company, companies, phase).await?;
+            }
+            if let Some(plan) = &plans.salesperson {
+                self.apply_salespersons(plan, sales, phase).await?;
             }
         }
         let bytes = outcome.bytes;
@@ -1256,6 +1316,47 @@ impl Run<'_> {
                         .map(|(k, v)| (k.clone(), Value::from_json(v)))
                         .collect();
                     if let Some(key) = text(&raw, "externalOpportunityId") {
+                        found.insert(key, raw);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the salespersons named on a window's leads from Marketo and upserts them into the
+    /// CRM keyed by externalSalesPersonId.
+    async fn apply_salespersons(
+        &mut self,
+        plan: &Plan,
+        keys: BTreeSet<String>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut fields = plan.read_fields(Side::Marketo);
+        if !fields.iter().any(|f| f == "externalSalesPersonId") {
+            fields.push("externalSalesPersonId".into());
+        }
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut found: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_salespersons("externalSalesPersonId", chunk, &fields, token.as_deref())
+                    .await?;
+                for record in &page.records {
+                    let raw: Fields = record
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect();
+                    if let Some(key) = text(&raw, "externalSalesPersonId") {
                         found.insert(key, raw);
                     }
                 }
