@@ -555,15 +555,17 @@ async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
     let env = Env::new(150, SimConfig::default()).await;
     let mut options = env.options();
     options.bulk_budget_bytes = Some(total * 6 / 10);
+    let first = RecordingProgress::new();
     let report = bootstrap(
         &env.ctx().await,
         &options,
-        &RecordingProgress::new(),
+        &first,
         &CancellationToken::new(),
     )
     .await
     .unwrap();
     assert!(!report.complete);
+    let mut applied: Vec<ProgressEvent> = first.events();
     let until = report.paused_until.expect("paused");
     let expected = marketo_sync::marketo::limiter::next_day_turn(env.clock.now());
     assert_eq!(until, expected);
@@ -600,14 +602,11 @@ async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
         env.sim
             .advance_clock((next - env.sim.now()).to_std().unwrap());
         let ctx = env.ctx().await;
-        let run = bootstrap(
-            &ctx,
-            &options,
-            &RecordingProgress::new(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let progress = RecordingProgress::new();
+        let run = bootstrap(&ctx, &options, &progress, &CancellationToken::new())
+            .await
+            .unwrap();
+        applied.extend(progress.events());
         days += 1;
         assert!(run.bulk_bytes <= budget, "{run:?}");
         match run.paused_until {
@@ -621,9 +620,18 @@ async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
             }
         }
     };
+    // Over the days, each phase's windows cover the low watermark to the last run's now without
+    // gaps or overlaps (later runs add the time that passed), one export per window.
+    let final_now = env.clock.now();
+    let mut windows = 0;
+    for phase in [PHASE_NEW_LEADS, PHASE_LEADS] {
+        let w = windows_of(&applied, phase);
+        assert_covering(&w, env.low, final_now);
+        windows += w.len();
+    }
     assert_eq!(
         env.export_creates("leads") + env.export_creates("activities"),
-        10,
+        windows,
         "every window exported exactly once over the days"
     );
     check_all_leads_linked(&env, &ctx).await;
@@ -872,4 +880,57 @@ fn the_cli_parses_the_bootstrap_command() {
         }
         other => panic!("parsed as {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_marketo_no_longer_knows_is_replaced_by_a_new_export() {
+    let mut env = Env::new(20, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = env.ctx().await;
+    let window = marketo_sync::engine::bootstrap::windows(env.low, env.clock.now())[0];
+    let now = env.clock.now();
+    // A job of an earlier run, older than Marketo's retention: the id is unknown now.
+    ctx.store
+        .upsert_job(&marketo_sync::store::BulkJob {
+            direction: JobDirection::Export,
+            id: "00000000-dead-beef-0000-000000000000".into(),
+            kind: "activities".into(),
+            object: queue(PHASE_NEW_LEADS),
+            window_start: Some(window.start),
+            window_end: Some(window.end),
+            state: marketo_sync::store::JobState::Queued,
+            bytes: 0,
+            file_path: None,
+            file_offset: 0,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let phase = &report.phases[0];
+    assert_eq!((phase.exports_resumed, phase.exports_created), (1, 1));
+    let old = ctx
+        .store
+        .job(JobDirection::Export, "00000000-dead-beef-0000-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.state, marketo_sync::store::JobState::Failed);
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    env.sim.shutdown().await;
 }

@@ -43,6 +43,8 @@ pub const ADD_TO_OPPORTUNITY: i64 = 34;
 pub const ACTIVITY_RETENTION_DAYS: i64 = 90;
 /// Rows per CRM write and per Marketo write-back (Marketo's REST batch limit).
 pub const BATCH_ROWS: usize = 300;
+/// Export jobs tried per window before the window fails.
+pub const MAX_EXPORT_ATTEMPTS: u32 = 3;
 /// Longest export window.
 pub const WINDOW_DAYS: i64 = 31;
 
@@ -515,13 +517,10 @@ pub async fn bootstrap(
             .store
             .watermark(Side::Marketo, &spec.object, &queue(spec.name))
             .await?;
-        let done_until = stored.as_ref().map(|w| w.at);
-        let todo: Vec<Window> = all
-            .iter()
-            .copied()
-            .filter(|w| done_until.is_none_or(|d| w.start >= d))
-            .collect();
-        phase.windows_skipped = phase.windows_total - todo.len() as u64;
+        // Resume right after the last finished window (a later run only adds the time since).
+        let resume = stored.as_ref().map_or(from, |w| w.at.max(from));
+        let todo = windows(resume, now);
+        phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
         progress.phase(spec.name, todo.len() as u64);
         if options.dry_run {
             report.estimated_exports += todo.len() as u64;
@@ -550,6 +549,7 @@ pub async fn bootstrap(
                 paused = Some(stop);
                 break;
             }
+            let rows_before = phase.rows;
             let result = match spec.name {
                 PHASE_NEW_LEADS => run.new_lead_window(spec, window, &mut phase).await,
                 PHASE_OPPORTUNITIES => {
@@ -571,7 +571,13 @@ pub async fn bootstrap(
                     last_bytes = bytes;
                     phase.windows_done += 1;
                     phase.bytes += bytes;
-                    progress.window(spec.name, window.start, window.end, phase.rows, bytes);
+                    progress.window(
+                        spec.name,
+                        window.start,
+                        window.end,
+                        phase.rows - rows_before,
+                        bytes,
+                    );
                 }
                 Err(WindowError::Stop(stop)) => {
                     paused = Some(stop);
@@ -815,6 +821,17 @@ impl Run<'_> {
         request: &ExportRequest,
         phase: &mut PhaseReport,
     ) -> Result<(ExportOutcome, BulkJob), WindowError> {
+        self.export_attempt(spec, window, request, phase, 1).await
+    }
+
+    async fn export_attempt(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        request: &ExportRequest,
+        phase: &mut PhaseReport,
+        attempt: u32,
+    ) -> Result<(ExportOutcome, BulkJob), WindowError> {
         let object = queue(spec.name);
         let kind_name = match spec.kind {
             ExportKind::Activities => "activities",
@@ -832,6 +849,7 @@ impl Run<'_> {
                     && j.window_start == Some(window.start)
                     && j.window_end == Some(window.end)
             });
+        let resumed = existing.is_some();
         let mut job = match existing {
             Some(job) => {
                 phase.exports_resumed += 1;
@@ -889,14 +907,22 @@ impl Run<'_> {
             .await
         {
             Ok(o) => o,
-            Err(crate::marketo::Error::JobFailed { .. })
-            | Err(crate::marketo::Error::ExportFileMissing { .. }) => {
-                // The job cannot be used any more: mark it and pay for a new one.
+            Err(e)
+                if attempt < MAX_EXPORT_ATTEMPTS
+                    && (matches!(
+                        e,
+                        crate::marketo::Error::JobFailed { .. }
+                            | crate::marketo::Error::ExportFileMissing { .. }
+                    ) || (resumed && e.disposition() == Disposition::FailCall)) =>
+            {
+                // The job cannot be used any more (failed, its file gone, or unknown to Marketo
+                // after its 7-day retention): mark it and pay for a new one.
                 job.state = JobState::Failed;
                 job.updated_at = self.ctx.clock.now();
                 self.ctx.store.upsert_job(&job).await?;
-                warn!(export_id = %job.id, "export job failed or vanished; creating a new one");
-                return Box::pin(self.export(spec, window, request, phase)).await;
+                warn!(export_id = %job.id, error = %e, "export job unusable; creating a new one");
+                return Box::pin(self.export_attempt(spec, window, request, phase, attempt + 1))
+                    .await;
             }
             Err(crate::marketo::Error::Cancelled { .. }) if self.cancel.is_cancelled() => {
                 return Err(WindowError::Engine(EngineError::Cancelled));
