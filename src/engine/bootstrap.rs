@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -402,7 +402,9 @@ pub async fn bootstrap(
             ));
         }
     }
+    // Marketo's filters take whole seconds.
     let now = ctx.clock.now();
+    let now = now.with_nanosecond(0).unwrap_or(now);
     let low = |object: &str| {
         options
             .since
