@@ -1,14 +1,28 @@
 //! `marketo-sync bootstrap`: the first full load, separate from continuous sync and resumable.
 //!
-//! The phases follow the whitepaper's bootstrap order: New Lead activities (lead ids and created
-//! dates), leads (with the companies named on them), then the rest. Each phase walks export
-//! windows of at most 31 days (end = start + 31 d - 1 s) from the object's low watermark (never
-//! before 2007-01-01) to now. Every export job is written to the store before it is enqueued,
-//! and a window's progress (watermark queue `bootstrap:<phase>`) is committed only after the
-//! window is fully applied, so a restarted bootstrap skips finished windows and re-attaches to an
-//! unfinished job instead of paying for a new export. Before each export the day's bulk bytes
-//! are compared with the budget; when the next window would not fit, or Marketo answers the
-//! daily export quota (1029), the bootstrap stops cleanly and says when it can resume.
+//! The phases follow the whitepaper's bootstrap order:
+//!
+//! 1. `new_lead_activities`: Bulk Activity Extract of New Lead (12) activities (lead ids and
+//!    created dates; counted in the report).
+//! 2. `leads`: Bulk Lead Extract by `createdAt` with the mapped fields, `id` and the CRM-key
+//!    field, streamed in batches of 300, mapped with the lead plan, upserted into the CRM keyed by
+//!    its Marketo-id column (re-runs do not duplicate), the CRM key written back to Marketo
+//!    (`updateOnly` by `id`) and a link per lead committed per batch. The companies named on the
+//!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
+//!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
+//!    into the CRM users, when those objects are synced.
+//! 3. `opportunities_from_activities`: Bulk Activity Extract of Add to Opportunity (34)
+//!    activities; the opportunities they name are read from Marketo and upserted into the CRM,
+//!    and the roles they carry are written best effort.
+//!
+//! Each phase walks export windows of at most 31 days (end = start + 31 d - 1 s) from the
+//! object's low watermark (never before 2007-01-01) to now. Every export job is written to the
+//! store before it is enqueued, and a window's progress (watermark queue `bootstrap:<phase>`) is
+//! committed only after the window is fully applied, so a restarted bootstrap resumes after the
+//! last finished window and re-attaches to an unfinished job instead of paying for a new export.
+//! Before each export the day's bulk bytes are compared with the budget; when the next window
+//! would not fit, or Marketo answers the daily export quota (1029), the bootstrap stops cleanly
+//! and says when it can resume (the next Marketo day turn).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
