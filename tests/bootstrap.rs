@@ -668,6 +668,35 @@ async fn marketo_s_daily_export_quota_pauses_the_run() {
         phase.windows_done, 1,
         "the first export ran, the second was refused"
     );
+    assert_eq!(env.export_creates("activities"), 1);
+    // After Marketo's day turns, the next run goes on with the second window.
+    let until = report.paused_until.unwrap();
+    let next = until + ChronoDuration::minutes(1);
+    env.clock.set(next);
+    env.sim
+        .advance_clock((next - env.sim.now()).to_std().unwrap());
+    let progress = RecordingProgress::new();
+    let again = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let phase = &again.phases[0];
+    assert_eq!(
+        (phase.windows_skipped, phase.windows_done),
+        (1, 1),
+        "{again:?}"
+    );
+    let first_windows = windows_of(&progress.events(), PHASE_NEW_LEADS);
+    assert_eq!(
+        first_windows[0].start,
+        env.low + ChronoDuration::days(31),
+        "continues right after the finished window"
+    );
+    assert_eq!(env.export_creates("activities"), 2);
     env.sim.shutdown().await;
 }
 
