@@ -1570,6 +1570,49 @@ mod tests {
         assert!(windows(to, from).is_empty());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn windows_always_tile_the_range(start in 0i64..2_000_000_000, len in 0i64..200_000_000) {
+            let from = DateTime::from_timestamp(start, 0).unwrap();
+            let to = from + ChronoDuration::seconds(len);
+            let w = windows(from, to);
+            proptest::prop_assert_eq!(w[0].start, from);
+            proptest::prop_assert_eq!(w.last().unwrap().end, to);
+            for x in &w {
+                proptest::prop_assert!(x.start <= x.end);
+                proptest::prop_assert!(x.end - x.start <= ChronoDuration::days(31) - ChronoDuration::seconds(1));
+            }
+            for pair in w.windows(2) {
+                proptest::prop_assert_eq!(pair[1].start, pair[0].end + ChronoDuration::seconds(1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_recorder_keeps_events_in_order_and_runs_its_hook() {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let hook_seen = seen.clone();
+        let p = RecordingProgress::with_window_hook(move |phase, n| {
+            hook_seen.lock().unwrap().push((phase.to_owned(), n));
+        });
+        let (a, b) = (t("2024-01-01T00:00:00Z"), t("2024-01-31T23:59:59Z"));
+        p.phase("leads", 2);
+        p.window("leads", a, b, 10, 100);
+        p.window("leads", a, b, 5, 50);
+        p.finish(&BootstrapReport::default());
+        assert_eq!(p.events().len(), 4);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("leads".to_owned(), 1), ("leads".to_owned(), 2)]
+        );
+        // The indicatif display draws nothing when stderr is not a terminal and never panics.
+        let bars = IndicatifProgress::new();
+        bars.phase("leads", 2);
+        bars.window("leads", a, b, 10, 100);
+        bars.window("unknown", a, b, 1, 1);
+        bars.finish(&BootstrapReport::default());
+    }
+
     #[test]
     fn the_retention_warning_only_fires_past_90_days() {
         let now = t("2024-06-01T00:00:00Z");
