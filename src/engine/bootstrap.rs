@@ -950,13 +950,17 @@ impl Run<'_> {
                 });
             }
         };
+        // A job an earlier run already completed was counted then.
+        let counted = job.state == JobState::Completed;
         job.state = JobState::Completed;
         job.bytes = outcome.bytes;
         job.updated_at = self.ctx.clock.now();
         self.ctx.store.upsert_job(&job).await?;
-        let day = marketo_day(self.ctx.clock.now());
-        self.ctx.store.add_api_usage(day, 0, outcome.bytes).await?;
-        self.run_bytes += outcome.bytes;
+        if !counted {
+            let day = marketo_day(self.ctx.clock.now());
+            self.ctx.store.add_api_usage(day, 0, outcome.bytes).await?;
+            self.run_bytes += outcome.bytes;
+        }
         Ok((outcome, job))
     }
 
