@@ -963,3 +963,67 @@ async fn a_stored_job_marketo_no_longer_knows_is_replaced_by_a_new_export() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_matching_an_unlinked_crm_contact_is_held_not_duplicated() {
+    let mut env = Env::new(100, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let in_range = env.leads_in_range();
+    let (lead_id, email) = in_range
+        .iter()
+        .find(|(_, e)| !e.is_empty())
+        .map(|(i, e)| (*i, e.clone()))
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO contacts (email, first_name, updated_at, deleted) VALUES (?, 'Existing', CURRENT_TIMESTAMP, 0)",
+    )
+    .bind(&email)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let same = ctx
+        .crm
+        .find("contacts", "email", &[Value::Text(email.clone())])
+        .await
+        .unwrap();
+    assert_eq!(same.len(), 1, "no duplicate: {same:?}");
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads.held, 1);
+    assert_eq!(leads.created as usize, in_range.len() - 1);
+    let errors = ctx
+        .store
+        .list_errors(&marketo_sync::store::ErrorFilter {
+            status: None,
+            object: Some("leads".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].record_key, lead_id.to_string());
+    assert_eq!(errors[0].other_key.as_deref(), Some(same[0].id.as_str()));
+    assert_eq!(errors[0].code, "bootstrap_match");
+    let links = ctx
+        .store
+        .links_by_marketo_keys("leads", &[lead_id.to_string()])
+        .await
+        .unwrap();
+    assert!(links.is_empty());
+    env.sim.shutdown().await;
+}

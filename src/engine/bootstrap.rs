@@ -6,7 +6,9 @@
 //!    created dates; counted in the report).
 //! 2. `leads`: Bulk Lead Extract by `createdAt` with the mapped fields, `id` and the CRM-key
 //!    field, streamed in batches of 300, mapped with the lead plan, upserted into the CRM keyed by
-//!    its Marketo-id column (re-runs do not duplicate), the CRM key written back to Marketo
+//!    its Marketo-id column (re-runs do not duplicate; a lead whose first match field names a CRM
+//!    record without a Marketo id is held in the error ledger with code `bootstrap_match`
+//!    instead of being created), the CRM key written back to Marketo
 //!    (`updateOnly` by `id`) and a link per lead committed per batch. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
@@ -47,7 +49,10 @@ use crate::marketo::csv::{ActivityReader, ExportReader, ExportRow, FileFormat, s
 use crate::marketo::limiter::next_day_turn;
 use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value};
-use crate::store::{BulkJob, JobDirection, JobState, Link, StepCommit, Watermark, marketo_day};
+use crate::store::{
+    BulkJob, ErrorStatus, JobDirection, JobState, Link, StepCommit, SyncError, Watermark,
+    marketo_day,
+};
 
 /// The New Lead activity type.
 pub const NEW_LEAD: i64 = 12;
@@ -126,6 +131,9 @@ pub struct PhaseReport {
     pub failed: u64,
     /// CRM keys written back to Marketo.
     pub written_back: u64,
+    /// Leads not created because a CRM record without a Marketo id matches them (kept in the
+    /// error ledger for identity resolution).
+    pub held: u64,
     /// Links committed.
     pub links: u64,
     /// Distinct leads seen (New Lead activities).
@@ -1175,6 +1183,58 @@ impl Run<'_> {
         if crm_rows.is_empty() {
             return Ok(());
         }
+        // A lead whose match value already names a CRM record not linked to Marketo is not
+        // created (that would duplicate it): it goes to the error ledger for identity
+        // resolution.
+        let held = self.unlinked_matches(plan, &ids, &crm_rows).await?;
+        let mut errors = Vec::new();
+        if !held.is_empty() {
+            let now = self.ctx.clock.now();
+            let mut keep = Vec::new();
+            let rows = ids.into_iter().zip(canon).zip(crm_rows).zip(known_keys);
+            for (i, (((id, canonical), record), known)) in rows.enumerate() {
+                match held.get(&i) {
+                    Some((field, crm_id)) => {
+                        phase.held += 1;
+                        errors.push(SyncError {
+                            id: uuid::Uuid::new_v4(),
+                            object: plan.object.clone(),
+                            direction: crate::store::Direction::MarketoToCrm,
+                            record_key: id.clone(),
+                            other_key: Some(crm_id.clone()),
+                            payload: serde_json::to_value(&canonical).unwrap_or_default(),
+                            code: "bootstrap_match".into(),
+                            message: format!(
+                                "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
+                            ),
+                            attempts: 1,
+                            first_seen_at: now,
+                            last_seen_at: now,
+                            next_retry_at: Some(now),
+                            status: ErrorStatus::Open,
+                        });
+                    }
+                    None => keep.push((id, canonical, record, known)),
+                }
+            }
+            (ids, canon, crm_rows, known_keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, c, r, k) in keep {
+                ids.push(id);
+                canon.push(c);
+                crm_rows.push(r);
+                known_keys.push(k);
+            }
+            self.ctx
+                .store
+                .commit(StepCommit {
+                    errors_upsert: errors,
+                    ..StepCommit::default()
+                })
+                .await?;
+            if crm_rows.is_empty() {
+                return Ok(());
+            }
+        }
         let results = self
             .ctx
             .crm
@@ -1439,6 +1499,62 @@ impl Run<'_> {
             }
         }
         self.apply_mapped(plan, mapped, phase).await
+    }
+
+    /// Returns, by batch position, the leads not yet in the CRM (no record holds their Marketo
+    /// id) whose first match field names a CRM record without a Marketo id, with the field and
+    /// that record's id.
+    async fn unlinked_matches(
+        &self,
+        plan: &Plan,
+        ids: &[String],
+        crm_rows: &[Fields],
+    ) -> Result<BTreeMap<usize, (String, String)>, EngineError> {
+        let mut out = BTreeMap::new();
+        let Some(field) = plan
+            .match_fields
+            .first()
+            .and_then(|m| plan.field(m))
+            .and_then(|f| f.crm.clone())
+        else {
+            return Ok(out);
+        };
+        let keys: Vec<Value> = ids.iter().cloned().map(Value::Text).collect();
+        let present: BTreeSet<String> = self
+            .ctx
+            .crm
+            .find(&plan.crm_object, &plan.crm_marketo_id, &keys)
+            .await?
+            .iter()
+            .filter_map(|r| text(&r.fields, &plan.crm_marketo_id))
+            .collect();
+        let mut wanted: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut values = Vec::new();
+        for (i, (id, row)) in ids.iter().zip(crm_rows).enumerate() {
+            if present.contains(id) {
+                continue;
+            }
+            if let (Some(v), Some(raw)) = (text(row, &field), row.get(&field)) {
+                wanted.entry(v.to_lowercase()).or_default().push(i);
+                values.push(raw.clone());
+            }
+        }
+        if values.is_empty() {
+            return Ok(out);
+        }
+        for record in self.ctx.crm.find(&plan.crm_object, &field, &values).await? {
+            if text(&record.fields, &plan.crm_marketo_id).is_some() {
+                continue;
+            }
+            let Some(v) = text(&record.fields, &field) else {
+                continue;
+            };
+            for i in wanted.get(&v.to_lowercase()).into_iter().flatten() {
+                out.entry(*i)
+                    .or_insert_with(|| (field.clone(), record.id.clone()));
+            }
+        }
+        Ok(out)
     }
 
     /// Upserts the companies named on a window's leads into the CRM, keyed by the Marketo key
