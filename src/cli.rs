@@ -37,6 +37,8 @@ pub enum Command {
     },
     /// Runs the Marketo simulator until Ctrl-C.
     Simulate(SimulateArgs),
+    /// Loads both sides for the first time, resumably, within the daily bulk budget.
+    Bootstrap(BootstrapArgs),
     /// CRM adapter maintenance.
     Crm {
         #[command(subcommand)]
@@ -198,6 +200,26 @@ pub struct SimulateArgs {
     /// (by default the filter is supported).
     #[arg(long)]
     pub no_updated_at_filter: bool,
+}
+
+/// Arguments of `bootstrap`.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// The config directory (default.toml, <env>.toml, mappings/).
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// The environment name, selecting <env>.toml.
+    #[arg(long, env = "MKSYNC_ENV")]
+    pub env: Option<String>,
+    /// Only these objects (repeatable); every object in sync.objects when absent.
+    #[arg(long = "object")]
+    pub objects: Vec<String>,
+    /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// List the windows and the estimated exports without creating any.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The `crm` subcommands.
@@ -417,6 +439,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Bootstrap(args) => run_bootstrap(args).await,
         Command::Crm {
             command:
                 CrmCommand::InstallChangelog {
@@ -456,4 +479,40 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn config_error(error: crate::config::ConfigError) -> anyhow::Error {
     let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
     anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::bootstrap;
+    let source = crate::config::SettingsSource::new(&args.config, args.env.as_deref());
+    let loaded = crate::config::load(&source)?;
+    let since = match &args.since {
+        Some(text) => Some(crate::config::parse_instant(text).ok_or_else(|| {
+            anyhow::anyhow!("--since `{text}` is not a date or an RFC 3339 instant")
+        })?),
+        None => None,
+    };
+    let ctx = crate::engine::Context::from_settings(&loaded).await?;
+    let options = bootstrap::BootstrapOptions {
+        objects: args.objects,
+        since,
+        dry_run: args.dry_run,
+        ..bootstrap::BootstrapOptions::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let progress = bootstrap::IndicatifProgress::new();
+    let report = bootstrap::bootstrap(&ctx, &options, &progress, &cancel).await?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(until) = report.paused_until {
+        eprintln!("bootstrap paused by the daily bulk budget; run it again after {until}");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 //! and shutdown can be tested with a fake runner, and the engine can be tested one cycle at a
 //! time through [`Runner::run_one_cycle`].
 
+pub mod bootstrap;
 pub mod context;
 pub mod cycle;
 pub mod leads;
