@@ -42,6 +42,21 @@ pub enum Command {
         #[command(subcommand)]
         command: CrmCommand,
     },
+    /// Runs the sync: `--once` runs one cycle and prints its summary as JSON.
+    Sync {
+        /// Run one cycle and exit.
+        #[arg(long)]
+        once: bool,
+        /// The config directory.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// The environment layer (`config/<env>.toml`).
+        #[arg(long, env = "MKSYNC_ENV")]
+        env: Option<String>,
+        /// Plan without writing anything; print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
     /// Prints the lease, pause state, recent cycles, today's quota and open errors.
@@ -376,6 +391,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             });
             crate::sim::run_simulate(options, cancel).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            once,
+            config,
+            env,
+            dry_run,
+        } => {
+            if !once {
+                anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
+            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let summary =
+                crate::engine::once::run_once(&config, env.as_deref(), dry_run, &cancel).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(if summary.failed() > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Crm {
             command:

@@ -6,6 +6,9 @@
 //! time through [`Runner::run_one_cycle`].
 
 pub mod context;
+pub mod cycle;
+pub mod leads;
+pub mod once;
 pub mod reconcile;
 pub mod summary;
 
@@ -13,6 +16,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use context::Context;
+pub use cycle::{Engine, Tunables};
 pub use summary::{CycleSummary, ObjectCounts};
 
 /// Options of one cycle.
@@ -76,6 +80,9 @@ pub enum EngineError {
     /// The state store failed.
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A setting is missing or invalid.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The mappings do not compile against the live schemas.
     #[error("mapping: {0}")]
     Mapping(String),
@@ -99,7 +106,7 @@ impl EngineError {
             EngineError::Marketo(e) => e.is_retryable(),
             EngineError::Crm(e) => e.is_retryable(),
             EngineError::Store(e) => e.is_retryable(),
-            EngineError::Mapping(_) => false,
+            EngineError::Mapping(_) | EngineError::Config(_) => false,
             EngineError::Paused { .. } => true,
             EngineError::Cancelled => true,
         }
