@@ -248,10 +248,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let loaded = crate::config::load(&args.source())?;
-            let runner = crate::app::build_runner(&loaded).await?;
+            let (runner, store) = crate::app::build_engine(&loaded).await?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::app::install_signal_handlers(shutdown.clone())?;
-            crate::app::run_daemon(loaded, runner, shutdown).await?;
+            crate::app::run_daemon_on(loaded, store, runner, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
