@@ -16,6 +16,7 @@
 //! engine abandons it at a safe point and commits what is done), waits at most
 //! [`DaemonParts::shutdown_timeout`] for the tasks, releases the lease and returns.
 
+pub mod demo;
 pub mod ops;
 pub mod status;
 
@@ -104,8 +105,7 @@ impl AppError {
             AppError::Http(e) => e.is_retryable(),
             AppError::Status(e) => e.is_retryable(),
             AppError::Engine(e) => e.is_retryable(),
-            AppError::InvalidArgument { .. }
-            | AppError::NoSuchError { .. } => false,
+            AppError::InvalidArgument { .. } | AppError::NoSuchError { .. } => false,
             AppError::Output(_) => true,
         }
     }
