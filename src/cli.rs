@@ -61,6 +61,9 @@ pub enum Command {
     },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
+    /// Runs everything embedded (Marketo simulator, SQLite demo CRM, SQLite state, status page)
+    /// and edits both sides between cycles so that records visibly flow both ways.
+    Demo(DemoArgs),
     /// Prints the lease, pause state, recent cycles, today's quota and open errors.
     Status {
         #[command(flatten)]
@@ -87,6 +90,29 @@ pub enum Command {
     },
     /// Ends a pause.
     Resume(ConfigArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// The config directory whose demo.toml and mapping files are used.
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// Where the status page listens (default: the http.listen setting, 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Stop after this many cycles (default: run until Ctrl-C).
+    #[arg(long)]
+    pub cycles: Option<u32>,
+    /// Keep the SQLite files here (default: a temporary directory removed at exit).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between cycles.
+    #[arg(long, default_value_t = 10)]
+    pub interval: u64,
+    /// Seed of the sample data.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 /// The config directory and environment of the commands that open the state store.
@@ -259,7 +285,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render_error(&error));
             ExitCode::FAILURE
         }
     }
@@ -271,10 +297,27 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let loaded = crate::config::load(&args.source())?;
-            let runner = crate::app::build_runner(&loaded).await?;
+            let (runner, store) = crate::app::build_engine(&loaded).await?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::app::install_signal_handlers(shutdown.clone())?;
-            crate::app::run_daemon(loaded, runner, shutdown).await?;
+            crate::app::run_daemon_on(loaded, store, runner, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let options = crate::app::demo::DemoOptions {
+                config: args.config,
+                listen: args.listen,
+                cycles: args.cycles,
+                state_dir: args.state_dir,
+                seed: args.seed,
+                interval: std::time::Duration::from_secs(args.interval.max(1)),
+                ..crate::app::demo::DemoOptions::default()
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::app::install_signal_handlers(shutdown.clone())?;
+            let out: std::sync::Arc<std::sync::Mutex<dyn std::io::Write + Send>> =
+                std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+            crate::app::demo::run_demo(options, out, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
@@ -515,4 +558,18 @@ async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the error with its causes, leaving out a cause whose text the message already holds
+/// (most of our errors quote their cause), so each fact is printed once.
+fn render_error(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
