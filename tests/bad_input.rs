@@ -333,3 +333,468 @@ fn carriage_return_only_line_ends_are_not_read_as_one_row() {
         ]
     );
 }
+
+// ---- (b) malformed Marketo API responses --------------------------------------------------
+
+mod api {
+    use std::time::Duration;
+
+    use marketo_sync::marketo::bulk_extract::{
+        ExportJob, ExportKind, ExportOptions, ExportRequest, ExportStatus,
+    };
+    use marketo_sync::marketo::transport::MAX_RESPONSE_BYTES;
+    use marketo_sync::marketo::{
+        Client, ClientConfig, Disposition, Error, Record, RetryPolicy, SyncAction,
+    };
+    use secrecy::SecretString;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const SECRET: &str = "TOP-SECRET-bad-input-client-secret";
+    const LEAD: &str = "/rest/v1/lead/5.json";
+    const LEADS: &str = "/rest/v1/leads.json";
+
+    async fn server() -> (MockServer, Client) {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/identity/oauth/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "access_token": "tok-1:ab", "token_type": "bearer", "expires_in": 3599,
+                "scope": "api@x.com"
+            })))
+            .mount(&server)
+            .await;
+        let mut cfg = ClientConfig::new(
+            server.uri().parse().expect("url"),
+            "bad-input",
+            SecretString::from(SECRET),
+        );
+        cfg.request_timeout = None;
+        cfg.download_timeout = None;
+        cfg.pool_idle_timeout = None;
+        cfg.retry = RetryPolicy {
+            max_retries: 2,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            rate_limit_wait: Duration::from_millis(50),
+            download_attempts: 2,
+        };
+        let client = Client::new(cfg).expect("client");
+        (server, client)
+    }
+
+    async fn answer(server: &MockServer, verb: &str, at: &str, response: ResponseTemplate) {
+        Mock::given(method(verb))
+            .and(path(at))
+            .respond_with(response)
+            .mount(server)
+            .await;
+    }
+
+    fn raw(status: u16, body: &str, mime: &str) -> ResponseTemplate {
+        ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), mime)
+    }
+
+    /// Checks the common promises: the error names the endpoint and the problem, never the
+    /// secret, and is not retried when retrying cannot help.
+    fn assert_clear(error: &Error, endpoint: &str, needle: &str) {
+        let message = error.to_string();
+        assert!(message.contains(endpoint), "no endpoint in: {message}");
+        assert!(message.contains(needle), "{needle:?} not in: {message}");
+        assert!(!message.contains(SECRET), "secret in: {message}");
+        assert!(
+            message.len() < 2_000,
+            "message too long: {} bytes",
+            message.len()
+        );
+    }
+
+    async fn calls_to(server: &MockServer, at: &str) -> usize {
+        server
+            .received_requests()
+            .await
+            .expect("recording")
+            .iter()
+            .filter(|r| r.url.path() == at)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn non_json_with_http_200_is_a_decode_error() {
+        let (server, client) = server().await;
+        answer(&server, "GET", LEAD, raw(200, "OK", "text/plain")).await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+        assert_eq!(error.disposition(), Disposition::FailCall);
+        assert_clear(&error, LEAD, "expected value");
+        assert_eq!(
+            calls_to(&server, LEAD).await,
+            1,
+            "a decode error is not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_html_error_page_is_named_with_its_start() {
+        let (server, client) = server().await;
+        let page = format!(
+            "<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head><body>{}</body></html>",
+            "maintenance ".repeat(500)
+        );
+        answer(&server, "GET", LEAD, raw(200, &page, "text/html")).await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+        assert_clear(&error, LEAD, "<!DOCTYPE html>");
+
+        // The same page with HTTP 503 is a retryable status, retried a bounded number of times.
+        let (server, client) = self::server().await;
+        answer(&server, "GET", LEAD, raw(503, &page, "text/html")).await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert!(
+            matches!(error, Error::HttpStatus { status: 503, .. }),
+            "{error:?}"
+        );
+        assert!(error.is_retryable());
+        assert_clear(&error, LEAD, "HTTP 503");
+        assert_eq!(
+            calls_to(&server, LEAD).await,
+            3,
+            "first call and two retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_and_empty_json_are_decode_errors() {
+        for body in [
+            r#"{"requestId":"a#1","success":true,"result":[{"id":5,"email":"a@exa"#,
+            "",
+            "   ",
+            r#"{"requestId":"a#1","success":true,"result":[{"id":5}]}}"#,
+        ] {
+            let (server, client) = server().await;
+            answer(&server, "GET", LEAD, raw(200, body, "application/json")).await;
+            let error = client.get_lead(5, &[]).await.unwrap_err();
+            assert!(matches!(error, Error::Decode { .. }), "{body:?}: {error:?}");
+            assert_clear(&error, LEAD, "cannot decode marketo response");
+        }
+    }
+
+    #[tokio::test]
+    async fn success_without_result_fails_where_results_are_owed() {
+        let (server, client) = server().await;
+        let envelope = json!({"requestId": "a#1", "success": true});
+        answer(
+            &server,
+            "POST",
+            LEADS,
+            ResponseTemplate::new(200).set_body_json(envelope.clone()),
+        )
+        .await;
+        let mut lead = Record::new();
+        lead.insert("email".into(), json!("ann@example.com"));
+        let error = client
+            .sync_leads(SyncAction::CreateOrUpdate, Some("email"), None, &[lead])
+            .await
+            .unwrap_err();
+        assert_clear(&error, LEADS, "0 results for 1 inputs");
+
+        let status = "/bulk/v1/leads/export/job-1/status.json";
+        answer(
+            &server,
+            "GET",
+            status,
+            ResponseTemplate::new(200).set_body_json(envelope),
+        )
+        .await;
+        let error = client
+            .export_status(&ExportKind::Leads, "job-1")
+            .await
+            .unwrap_err();
+        assert_clear(&error, status, "no job in the answer");
+
+        // `success: false` with no `errors` says so instead of passing for an empty answer.
+        answer(
+            &server,
+            "GET",
+            LEAD,
+            ResponseTemplate::new(200).set_body_json(json!({"requestId": "a#2", "success": false})),
+        )
+        .await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert_clear(&error, LEAD, "success is false but no error is given");
+    }
+
+    #[tokio::test]
+    async fn result_of_the_wrong_type_names_what_was_found() {
+        let cases = [
+            (
+                json!({"success": true, "result": {"id": 1}}),
+                "invalid type: map",
+            ),
+            (
+                json!({"success": true, "result": "none"}),
+                "invalid type: string",
+            ),
+            (json!({"success": true, "result": [1, 2]}), "result[0]"),
+            (
+                json!({"success": true, "result": [{"status": 7}]}),
+                "result[0]",
+            ),
+            (
+                json!({"success": true, "errors": "oops"}),
+                "invalid type: string",
+            ),
+        ];
+        for (body, needle) in cases {
+            let (server, client) = server().await;
+            answer(
+                &server,
+                "POST",
+                LEADS,
+                ResponseTemplate::new(200).set_body_json(body.clone()),
+            )
+            .await;
+            let mut lead = Record::new();
+            lead.insert("email".into(), json!("ann@example.com"));
+            let error = client
+                .sync_leads(SyncAction::CreateOrUpdate, Some("email"), None, &[lead])
+                .await
+                .unwrap_err();
+            assert!(matches!(error, Error::Decode { .. }), "{body}: {error:?}");
+            assert_clear(&error, LEADS, needle);
+        }
+    }
+
+    #[tokio::test]
+    async fn numeric_error_codes_are_read_as_codes() {
+        let (server, client) = server().await;
+        answer(
+            &server,
+            "GET",
+            LEAD,
+            ResponseTemplate::new(200).set_body_json(json!({
+                "requestId": "a#1", "success": false,
+                "errors": [{"code": 1003, "message": "Invalid fields: bogus"}]
+            })),
+        )
+        .await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert_eq!(error.code(), Some("1003"));
+        assert_eq!(error.disposition(), Disposition::FailCall);
+        assert_clear(&error, LEAD, "marketo error 1003");
+        assert_clear(&error, LEAD, "Invalid fields: bogus");
+        assert_eq!(calls_to(&server, LEAD).await, 1);
+
+        // A numeric transient code is retried like its quoted form.
+        let (server, client) = self::server().await;
+        answer(
+            &server,
+            "GET",
+            LEAD,
+            ResponseTemplate::new(200).set_body_json(json!({
+                "success": false, "errors": [{"code": 604, "message": "Request timed out"}]
+            })),
+        )
+        .await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert_eq!(error.code(), Some("604"));
+        assert_eq!(calls_to(&server, LEAD).await, 3);
+    }
+
+    #[tokio::test]
+    async fn unknown_envelope_members_are_ignored_and_nothing_is_lost() {
+        let (server, client) = server().await;
+        answer(
+            &server,
+            "GET",
+            LEAD,
+            ResponseTemplate::new(200).set_body_json(json!({
+                "requestId": "a#1", "success": true, "futureMember": {"x": [1, 2]},
+                "result": [{"id": 5, "email": "ann@example.com", "brandNewField": "kept"}],
+                "warnings": ["something", {"code": "1", "message": "also"}], "moreResult": false
+            })),
+        )
+        .await;
+        let lead = client
+            .get_lead(5, &[])
+            .await
+            .expect("read")
+            .expect("a lead");
+        assert_eq!(lead["email"], json!("ann@example.com"));
+        assert_eq!(lead["brandNewField"], json!("kept"));
+    }
+
+    #[tokio::test]
+    async fn a_response_over_the_size_limit_is_refused() {
+        // A valid answer of several megabytes (300 leads with long text) still reads whole.
+        let (server, client) = server().await;
+        let note = "n".repeat(20_000);
+        let leads: Vec<_> = (0..300)
+            .map(|i| json!({"id": i, "email": format!("l{i}@example.com"), "notes": note}))
+            .collect();
+        let path_leads = "/rest/v1/leads.json";
+        answer(
+            &server,
+            "GET",
+            path_leads,
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "result": leads})),
+        )
+        .await;
+        let page = client
+            .get_leads("id", &["1".to_owned()], &[], None)
+            .await
+            .expect("a 6 MB answer reads");
+        assert_eq!(page.records.len(), 300);
+
+        // One byte over the limit is refused before it fills memory.
+        let (server, client) = self::server().await;
+        let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
+        answer(
+            &server,
+            "GET",
+            LEAD,
+            ResponseTemplate::new(200).set_body_raw(huge, "application/json"),
+        )
+        .await;
+        let error = client.get_lead(5, &[]).await.unwrap_err();
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+        assert_clear(&error, LEAD, "larger than");
+        assert_eq!(calls_to(&server, LEAD).await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_export_state_is_reported_by_name_and_never_downloaded() {
+        let (server, client) = server().await;
+        let status = "/bulk/v1/leads/export/job-9/status.json";
+        answer(
+            &server,
+            "GET",
+            status,
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "result": [
+                {"exportId": "job-9", "status": "Exploded", "format": "CSV"}
+            ]})),
+        )
+        .await;
+        let job = client
+            .export_status(&ExportKind::Leads, "job-9")
+            .await
+            .expect("status reads");
+        assert_eq!(job.status, ExportStatus::Other("Exploded".into()));
+
+        let dir = tempfile::tempdir().expect("dir");
+        let options = ExportOptions {
+            poll_interval: Duration::from_secs(60),
+            max_wait: Some(Duration::from_secs(300)),
+        };
+        let error = client
+            .run_export(
+                &ExportKind::Leads,
+                &ExportRequest::default(),
+                Some("job-9"),
+                &dir.path().join("f.csv"),
+                &options,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("job-9") && message.contains("Exploded"),
+            "{message}"
+        );
+        assert_eq!(
+            calls_to(&server, "/bulk/v1/leads/export/job-9/file.json").await,
+            0
+        );
+        // A status that is not even a string is a decode error naming the endpoint.
+        answer(
+            &server,
+            "GET",
+            "/bulk/v1/leads/export/job-8/status.json",
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "result": [
+                {"exportId": "job-8", "status": 3}
+            ]})),
+        )
+        .await;
+        let error = client
+            .export_status(&ExportKind::Leads, "job-8")
+            .await
+            .unwrap_err();
+        assert_clear(
+            &error,
+            "/bulk/v1/leads/export/job-8/status.json",
+            "result[0]",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_file_checksum_is_refused_and_the_file_kept() {
+        let (server, client) = server().await;
+        let file = "id,email\n1,a@example.com\n";
+        let endpoint = "/bulk/v1/leads/export/job-3/file.json";
+        answer(&server, "GET", endpoint, raw(200, file, "text/csv")).await;
+        let dir = tempfile::tempdir().expect("dir");
+        for checksum in ["sha256:xyz", "sha256:", "crc32:1234abcd", "sha256: ", "🙂"] {
+            let job: ExportJob = serde_json::from_value(json!({
+                "exportId": "job-3", "status": "Completed", "format": "CSV",
+                "numberOfRecords": 1, "fileSize": file.len(), "fileChecksum": checksum
+            }))
+            .expect("job");
+            let dest = dir.path().join("f.csv");
+            let error = client
+                .download_export(&ExportKind::Leads, &job, &dest, &CancellationToken::new())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, Error::Decode { .. }),
+                "{checksum}: {error:?}"
+            );
+            assert_clear(&error, endpoint, "cannot be verified");
+            assert_eq!(std::fs::read_to_string(&dest).expect("kept"), file);
+            std::fs::remove_file(&dest).expect("clean");
+        }
+        // A well-formed checksum that does not match is a mismatch, and the file goes.
+        let job: ExportJob = serde_json::from_value(json!({
+            "exportId": "job-3", "status": "Completed", "fileSize": file.len(),
+            "fileChecksum": format!("sha256:{}", "0".repeat(64))
+        }))
+        .expect("job");
+        let dest = dir.path().join("g.csv");
+        let error = client
+            .download_export(&ExportKind::Leads, &job, &dest, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::ChecksumMismatch { .. }), "{error:?}");
+        assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn a_json_envelope_where_a_file_was_expected_is_named() {
+        let (server, client) = server().await;
+        let endpoint = "/bulk/v1/leads/export/job-4/file.json";
+        answer(
+            &server,
+            "GET",
+            endpoint,
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "result": []})),
+        )
+        .await;
+        let job: ExportJob = serde_json::from_value(json!({
+            "exportId": "job-4", "status": "Completed", "fileSize": 10
+        }))
+        .expect("job");
+        let dir = tempfile::tempdir().expect("dir");
+        let error = client
+            .download_export(
+                &ExportKind::Leads,
+                &job,
+                &dir.path().join("f.csv"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert_clear(&error, endpoint, "expected a file, got a JSON envelope");
+    }
+}
