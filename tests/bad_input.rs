@@ -798,3 +798,272 @@ mod api {
         assert_clear(&error, endpoint, "expected a file, got a JSON envelope");
     }
 }
+
+// ---- (c) hostile webhook bodies -----------------------------------------------------------
+
+mod webhook {
+    use std::sync::Arc;
+
+    use super::http_fakes::{FakeStatus, SECRET, TestServer, sample_report, spawn_server};
+    use marketo_sync::http::{DEFAULT_BODY_LIMIT, OnDemandQueue};
+    use reqwest::StatusCode;
+    use serde_json::Value;
+
+    async fn harness() -> (TestServer, Arc<OnDemandQueue>) {
+        let queue = Arc::new(OnDemandQueue::new(100));
+        let status = Arc::new(FakeStatus::new(sample_report()));
+        let metrics = marketo_sync::telemetry::metrics::build_recorder().handle();
+        let server = spawn_server(status, queue.clone(), metrics, DEFAULT_BODY_LIMIT).await;
+        (server, queue)
+    }
+
+    async fn post(
+        server: &TestServer,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        let response = server
+            .client
+            .post(server.url("/webhooks/marketo"))
+            .header("content-type", content_type)
+            .header("X-Marketo-Sync-Secret", SECRET)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let json: Value = response.json().await.expect("a JSON answer, always");
+        let message = json["error"]
+            .as_str()
+            .or(json["status"].as_str())
+            .expect("error or status")
+            .to_owned();
+        (status, message)
+    }
+
+    /// Each hostile body gets a 4xx naming the problem, nothing is queued, and a valid webhook
+    /// right after is still accepted.
+    async fn refused(cases: Vec<(&str, Vec<u8>, StatusCode, &str)>) {
+        let (server, queue) = harness().await;
+        for (name, body, status, needle) in cases {
+            let (got, message) = post(&server, "application/json", body).await;
+            assert_eq!(got, status, "{name}: {message}");
+            assert!(
+                message.contains(needle),
+                "{name}: {needle:?} not in {message:?}"
+            );
+            assert!(!message.contains(SECRET));
+            assert!(queue.is_empty(), "{name} was queued");
+        }
+        let (got, message) = post(&server, "application/json", r#"{"leadId": 77}"#).await;
+        assert_eq!((got, message.as_str()), (StatusCode::ACCEPTED, "queued"));
+        assert_eq!(queue.len(), 1);
+        server.stop().await;
+    }
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn structurally_hostile_bodies_are_refused() {
+        let deep = format!(
+            r#"{{"leadId": 1, "x": {}1{}}}"#,
+            "[".repeat(20_000),
+            "]".repeat(20_000)
+        );
+        let ten_mb = format!(
+            r#"{{"leadId": 1, "pad": "{}"}}"#,
+            "x".repeat(10 * 1024 * 1024)
+        );
+        refused(vec![
+            (
+                "empty body",
+                vec![],
+                StatusCode::BAD_REQUEST,
+                "unexpected end of input",
+            ),
+            (
+                "whitespace only",
+                b("  \n "),
+                StatusCode::BAD_REQUEST,
+                "not valid JSON",
+            ),
+            (
+                "deep nesting",
+                b(&deep),
+                StatusCode::BAD_REQUEST,
+                "nested too deeply",
+            ),
+            (
+                "10 MB body",
+                b(&ten_mb),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "limit",
+            ),
+            (
+                "invalid UTF-8 in a string",
+                b"{\"leadId\": 1, \"email\": \"a\xff\xfe@example.com\"}".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "not valid JSON",
+            ),
+            (
+                "invalid UTF-8 in a key",
+                b"{\"lead\xc0Id\": 1}".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "not valid JSON",
+            ),
+            (
+                "a byte order mark",
+                b"\xEF\xBB\xBF{\"leadId\": 1}".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "not valid JSON",
+            ),
+            (
+                "two documents",
+                b(r#"{"leadId": 1}{"leadId": 2}"#),
+                StatusCode::BAD_REQUEST,
+                "not valid JSON",
+            ),
+            (
+                "duplicate leadId",
+                b(r#"{"leadId": 1, "leadId": 2}"#),
+                StatusCode::BAD_REQUEST,
+                "`leadId` appears more than once",
+            ),
+            (
+                "duplicate leadId through an escape",
+                b(r#"{"leadId": 1, "lead\u0049d": 1}"#),
+                StatusCode::BAD_REQUEST,
+                "`leadId` appears more than once",
+            ),
+            (
+                "duplicate email",
+                b(r#"{"leadId": 1, "email": "a@x.com", "email": "b@x.com"}"#),
+                StatusCode::BAD_REQUEST,
+                "`email` appears more than once",
+            ),
+            (
+                "a JSON array",
+                b(r#"[{"leadId": 1}]"#),
+                StatusCode::BAD_REQUEST,
+                "JSON object",
+            ),
+            (
+                "a JSON string",
+                b(r#""leadId""#),
+                StatusCode::BAD_REQUEST,
+                "JSON object",
+            ),
+        ])
+        .await;
+    }
+
+    #[tokio::test]
+    async fn lead_ids_that_are_not_positive_integers_are_refused() {
+        let mut cases = Vec::new();
+        for body in [
+            r#"{"leadId": 12.5}"#,
+            r#"{"leadId": 12.0}"#,
+            r#"{"leadId": 1e3}"#,
+            r#"{"leadId": -5}"#,
+            r#"{"leadId": "-5"}"#,
+            r#"{"leadId": 9223372036854775808}"#,
+            r#"{"leadId": 99999999999999999999999999}"#,
+            r#"{"leadId": "99999999999999999999999999"}"#,
+            r#"{"leadId": "12.0"}"#,
+            r#"{"leadId": "0x1F"}"#,
+            r#"{"leadId": "١٢"}"#,
+            r#"{"leadId": "１２"}"#,
+            r#"{"leadId": "12\u200b"}"#,
+            r#"{"leadId": "\u202e21"}"#,
+            r#"{"leadId": "12\u0000"}"#,
+        ] {
+            cases.push((
+                body,
+                b(body),
+                StatusCode::BAD_REQUEST,
+                "`leadId` is invalid",
+            ));
+        }
+        for body in [
+            r#"{"leadId": [12]}"#,
+            r#"{"leadId": {"id": 12}}"#,
+            r#"{"leadId": true}"#,
+        ] {
+            cases.push((
+                body,
+                b(body),
+                StatusCode::BAD_REQUEST,
+                "number or a numeric string",
+            ));
+        }
+        for body in [
+            r#"{"leadİd": 12}"#,
+            r#"{"leadid": 12}"#,
+            r#"{"leadId\u0000": 12}"#,
+            r#"{"leadId": ""}"#,
+            r#"{"leadId": "   "}"#,
+        ] {
+            cases.push((
+                body,
+                b(body),
+                StatusCode::BAD_REQUEST,
+                "`leadId` is missing",
+            ));
+        }
+        let long_email = format!(r#"{{"leadId": 1, "email": "{}@x.com"}}"#, "a".repeat(300));
+        cases.push((
+            "long email",
+            b(&long_email),
+            StatusCode::BAD_REQUEST,
+            "`email` is invalid",
+        ));
+        cases.push((
+            "object deliveryId",
+            b(r#"{"leadId": 1, "deliveryId": {"a": 1}}"#),
+            StatusCode::BAD_REQUEST,
+            "`deliveryId` is invalid",
+        ));
+        refused(cases).await;
+    }
+
+    #[tokio::test]
+    async fn the_body_decides_not_the_content_type() {
+        // Marketo sends whatever Content-Type the webhook's custom headers say (often none or
+        // form encoding), so the receiver judges the body: a form-encoded or XML body is a 400
+        // whatever its label, and a JSON body is accepted under any label.
+        let (server, queue) = harness().await;
+        for (content_type, body) in [
+            (
+                "application/x-www-form-urlencoded",
+                "leadId=12&email=a%40x.com",
+            ),
+            ("application/xml", "<lead><leadId>12</leadId></lead>"),
+            ("text/plain", "leadId: 12"),
+            (
+                "multipart/form-data; boundary=x",
+                "--x\r\nContent-Disposition: form-data; name=\"leadId\"\r\n\r\n12\r\n--x--",
+            ),
+        ] {
+            let (status, message) = post(&server, content_type, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}: {message}");
+            assert!(
+                message.contains("not valid JSON"),
+                "{content_type}: {message}"
+            );
+        }
+        assert!(queue.is_empty());
+        let (status, _) = post(&server, "text/plain", r#"{"leadId": 12}"#).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let (status, _) = post(
+            &server,
+            "application/x-www-form-urlencoded",
+            r#"{"leadId": 13}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(queue.len(), 2);
+        server.stop().await;
+    }
+}
