@@ -354,6 +354,14 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Returns the CPU time this thread has run, in seconds (/proc/thread-self/schedstat), so the
+/// figure means something on a shared machine where wall time includes waiting for a core.
+fn thread_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
 /// Returns the base (last agreed canonical values) the store would hold for this row: equal to
 /// the export for 90% of rows, with an older first name, score and status for 10%.
 fn base_for(record: u64, canonical: &Fields) -> Fields {
@@ -396,6 +404,7 @@ fn run(rows: u64) {
     let mut crm_edit = Fields::new();
     crm_edit.insert("firstName".into(), Value::from("Edited in CRM"));
     let mut c = Counters::default();
+    let cpu_before = thread_cpu_secs();
     let started = Instant::now();
     let file = BufReader::with_capacity(1 << 16, File::open(&path).expect("open export"));
     let reader = ExportReader::new(file, FileFormat::Csv)
@@ -440,6 +449,7 @@ fn run(rows: u64) {
         c.conflicts += out.conflicts.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = cpu_before.and_then(|b| Some(thread_cpu_secs()? - b));
 
     assert_eq!(c.rows, rows, "every generated row must parse");
     assert_eq!(c.row_errors, 0, "no generated row may be rejected");
@@ -460,6 +470,15 @@ fn run(rows: u64) {
         c.field_writes,
         c.conflicts
     );
+    match cpu_secs {
+        Some(cpu) => println!(
+            "parse_map_diff: {rows} rows: {cpu:.2} s on the cpu ({:.0}% of wall time), \
+             {:.0} rows per cpu-second",
+            100.0 * cpu / secs,
+            rows as f64 / cpu
+        ),
+        None => println!("parse_map_diff: cpu time not available (no /proc/thread-self/schedstat)"),
+    }
     match (rss_before, peak_rss_kb()) {
         (Some(before), Some(after)) => println!(
             "parse_map_diff: {rows} rows: peak RSS {after} kB ({:.1} MB; before parsing {before} kB)",

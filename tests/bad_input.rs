@@ -8,7 +8,6 @@
 #[path = "support/http_fakes.rs"]
 mod http_fakes;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -1065,5 +1064,136 @@ mod webhook {
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(queue.len(), 2);
         server.stop().await;
+    }
+}
+
+// ---- (d) broken configuration -------------------------------------------------------------
+
+mod config {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use marketo_sync::config::{Problem, SettingsSource};
+    use marketo_sync::mapping::SchemaSet;
+
+    const SECRET: &str = "s3cret-never-printed";
+
+    fn case_dir(case: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/bad_input/config")
+            .join(case)
+    }
+
+    pub(super) fn problems(case: &str) -> Vec<Problem> {
+        let (schemas, schema_problems) = SchemaSet::load_dir(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/_schemas"),
+        );
+        assert!(schema_problems.is_empty(), "{schema_problems:?}");
+        let vars = HashMap::from([(
+            "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+            SECRET.to_owned(),
+        )]);
+        let source = SettingsSource::new(case_dir(case), None).with_vars(vars);
+        marketo_sync::mapping::validate_dir(&source, Some(&schemas))
+    }
+
+    /// Returns the errors of a case, checking that no problem prints the secret.
+    fn errors(case: &str) -> Vec<Problem> {
+        let all = problems(case);
+        for p in &all {
+            assert!(!p.to_string().contains(SECRET), "{case}: secret printed");
+        }
+        all.into_iter().filter(Problem::is_error).collect()
+    }
+
+    /// Asserts exactly one error, in `file` (relative to the case), containing `needle`.
+    fn one_error(case: &str, file: &str, needle: &str) -> Problem {
+        let errors = errors(case);
+        assert_eq!(errors.len(), 1, "{case}: {errors:#?}");
+        let e = errors.into_iter().next().expect("one");
+        assert!(
+            e.file.ends_with(&format!("{case}/{file}")),
+            "{case}: wrong file {}",
+            e.file
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains(needle),
+            "{case}: {needle:?} not in {message}"
+        );
+        assert!(
+            message.len() < 1_000,
+            "{case}: message of {} bytes",
+            message.len()
+        );
+        e
+    }
+
+    #[test]
+    fn a_mapping_file_with_invalid_utf8_is_one_clear_error() {
+        one_error("mapping_invalid_utf8", "mappings/leads.toml", "valid UTF-8");
+    }
+
+    #[test]
+    fn a_settings_file_with_invalid_utf8_is_one_clear_error() {
+        one_error("settings_invalid_utf8", "default.toml", "valid UTF-8");
+    }
+
+    #[test]
+    fn a_mapping_path_that_is_a_directory_is_one_clear_error() {
+        one_error(
+            "mapping_is_directory",
+            "mappings/leads.toml",
+            "cannot read the mapping file of `leads`",
+        );
+    }
+
+    #[test]
+    fn an_empty_mapping_file_names_the_first_missing_key() {
+        let e = one_error(
+            "mapping_empty",
+            "mappings/leads.toml",
+            "`marketo_object` is missing",
+        );
+        assert_eq!(e.key, "marketo_object");
+    }
+
+    #[test]
+    fn a_utf8_bom_in_a_mapping_file_is_accepted() {
+        assert_eq!(errors("mapping_bom"), Vec::<Problem>::new());
+    }
+
+    #[test]
+    fn a_1mb_mapping_file_with_an_oversized_default_is_one_clear_error() {
+        let size = std::fs::metadata(case_dir("mapping_1mb").join("mappings/leads.toml"))
+            .expect("fixture")
+            .len();
+        assert!(size > 1024 * 1024, "{size}");
+        let e = one_error(
+            "mapping_1mb",
+            "mappings/leads.toml",
+            "the default is 1048576 characters long but Marketo field `lastName` holds at most 255",
+        );
+        assert_eq!(e.key, "fields[2].default");
+    }
+
+    #[test]
+    fn a_field_writing_into_the_link_key_is_one_clear_error() {
+        let e = one_error(
+            "mapping_key_as_field",
+            "mappings/leads.toml",
+            "Marketo field `crmContactId` is the link key (keys.marketo_crm_key)",
+        );
+        assert_eq!(e.key, "fields[2].marketo");
+    }
+
+    #[test]
+    fn two_fields_writing_one_crm_field_is_one_clear_error() {
+        let e = one_error(
+            "mapping_same_field_twice_crm",
+            "mappings/leads.toml",
+            "CRM field `first_name` is already written by fields[1]",
+        );
+        assert_eq!(e.key, "fields[2].crm");
     }
 }
