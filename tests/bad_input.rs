@@ -1084,7 +1084,7 @@ mod config {
             .join(case)
     }
 
-    pub(super) fn problems(case: &str) -> Vec<Problem> {
+    fn problems(case: &str) -> Vec<Problem> {
         let (schemas, schema_problems) = SchemaSet::load_dir(
             &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/_schemas"),
         );
@@ -1185,6 +1185,16 @@ mod config {
             "Marketo field `crmContactId` is the link key (keys.marketo_crm_key)",
         );
         assert_eq!(e.key, "fields[2].marketo");
+    }
+
+    #[test]
+    fn two_fields_under_one_canonical_name_is_one_clear_error() {
+        let e = one_error(
+            "mapping_duplicate_name",
+            "mappings/leads.toml",
+            "canonical name `first` is already used by fields[1]",
+        );
+        assert_eq!(e.key, "fields[2].name");
     }
 
     #[test]
