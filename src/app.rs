@@ -16,6 +16,7 @@
 //! engine abandons it at a safe point and commits what is done), waits at most
 //! [`DaemonParts::shutdown_timeout`] for the tasks, releases the lease and returns.
 
+pub mod demo;
 pub mod ops;
 pub mod status;
 
@@ -76,9 +77,6 @@ pub enum AppError {
     /// The engine could not be built.
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
-    /// The sync engine is not wired into this binary yet.
-    #[error("the engine is not wired yet: `run` cannot sync until it is")]
-    EngineNotWired,
     /// A command-line argument is wrong.
     #[error("invalid argument {what}: {reason}")]
     InvalidArgument {
@@ -107,9 +105,7 @@ impl AppError {
             AppError::Http(e) => e.is_retryable(),
             AppError::Status(e) => e.is_retryable(),
             AppError::Engine(e) => e.is_retryable(),
-            AppError::EngineNotWired
-            | AppError::InvalidArgument { .. }
-            | AppError::NoSuchError { .. } => false,
+            AppError::InvalidArgument { .. } | AppError::NoSuchError { .. } => false,
             AppError::Output(_) => true,
         }
     }
@@ -883,15 +879,20 @@ pub fn http_config(settings: &crate::config::Settings) -> HttpConfig {
     }
 }
 
-/// Returns the engine for `marketo-sync run`.
+/// Builds the engine for `marketo-sync run` and `demo` from loaded settings, and returns it with
+/// the store it opened, so the daemon shares the engine's pool.
 ///
 /// # Errors
 ///
-/// Returns [`AppError::EngineNotWired`] until the engine is merged: the lead replaces this body
-/// with the engine's constructor.
-pub async fn build_runner(loaded: &Loaded) -> Result<Arc<dyn Runner>, AppError> {
-    let _ = loaded;
-    Err(AppError::EngineNotWired)
+/// Returns [`AppError::Engine`] when the Marketo client, the CRM adapter or the store cannot be
+/// built from the settings.
+pub async fn build_engine(
+    loaded: &Loaded,
+) -> Result<(Arc<dyn Runner>, Arc<dyn StateStore>), AppError> {
+    let context = crate::engine::Context::from_settings(loaded).await?;
+    let store = context.store.clone();
+    let engine: Arc<dyn Runner> = Arc::new(crate::engine::Engine::new(context));
+    Ok((engine, store))
 }
 
 /// Runs the daemon from loaded settings with `runner` until `shutdown` fires (see [`Daemon`]).

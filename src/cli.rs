@@ -41,13 +41,33 @@ pub enum Command {
     },
     /// Runs the Marketo simulator until Ctrl-C.
     Simulate(SimulateArgs),
+    /// Loads both sides for the first time, resumably, within the daily bulk budget.
+    Bootstrap(BootstrapArgs),
     /// CRM adapter maintenance.
     Crm {
         #[command(subcommand)]
         command: CrmCommand,
     },
+    /// Runs the sync: `--once` runs one cycle and prints its summary as JSON.
+    Sync {
+        /// Run one cycle and exit.
+        #[arg(long)]
+        once: bool,
+        /// The config directory.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// The environment layer (`config/<env>.toml`).
+        #[arg(long, env = "MKSYNC_ENV")]
+        env: Option<String>,
+        /// Plan without writing anything; print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
+    /// Runs everything embedded (Marketo simulator, SQLite demo CRM, SQLite state, status page)
+    /// and edits both sides between cycles so that records visibly flow both ways.
+    Demo(DemoArgs),
     /// Prints the lease, pause state, recent cycles, today's quota and open errors.
     Status {
         #[command(flatten)]
@@ -74,6 +94,29 @@ pub enum Command {
     },
     /// Ends a pause.
     Resume(ConfigArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// The config directory whose demo.toml and mapping files are used.
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// Where the status page listens (default: the http.listen setting, 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Stop after this many cycles (default: run until Ctrl-C).
+    #[arg(long)]
+    pub cycles: Option<u32>,
+    /// Keep the SQLite files here (default: a temporary directory removed at exit).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between cycles.
+    #[arg(long, default_value_t = 10)]
+    pub interval: u64,
+    /// Seed of the sample data.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 /// The config directory and environment of the commands that open the state store.
@@ -193,6 +236,26 @@ pub struct SimulateArgs {
     pub no_updated_at_filter: bool,
 }
 
+/// Arguments of `bootstrap`.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// The config directory (default.toml, <env>.toml, mappings/).
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// The environment name, selecting <env>.toml.
+    #[arg(long, env = "MKSYNC_ENV")]
+    pub env: Option<String>,
+    /// Only these objects (repeatable); every object in sync.objects when absent.
+    #[arg(long = "object")]
+    pub objects: Vec<String>,
+    /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// List the windows and the estimated exports without creating any.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// The `crm` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CrmCommand {
@@ -230,7 +293,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render_error(&error));
             ExitCode::FAILURE
         }
     }
@@ -242,10 +305,27 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let loaded = crate::config::load(&args.source())?;
-            let runner = crate::app::build_runner(&loaded).await?;
+            let (runner, store) = crate::app::build_engine(&loaded).await?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::app::install_signal_handlers(shutdown.clone())?;
-            crate::app::run_daemon(loaded, runner, shutdown).await?;
+            crate::app::run_daemon_on(loaded, store, runner, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let options = crate::app::demo::DemoOptions {
+                config: args.config,
+                listen: args.listen,
+                cycles: args.cycles,
+                state_dir: args.state_dir,
+                seed: args.seed,
+                interval: std::time::Duration::from_secs(args.interval.max(1)),
+                ..crate::app::demo::DemoOptions::default()
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::app::install_signal_handlers(shutdown.clone())?;
+            let out: std::sync::Arc<std::sync::Mutex<dyn std::io::Write + Send>> =
+                std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+            crate::app::demo::run_demo(options, out, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
@@ -391,6 +471,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             crate::sim::run_simulate(options, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sync {
+            once,
+            config,
+            env,
+            dry_run,
+        } => {
+            if !once {
+                anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
+            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let summary =
+                crate::engine::once::run_once(&config, env.as_deref(), dry_run, &cancel).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(if summary.failed() > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Bootstrap(args) => run_bootstrap(args).await,
         Command::Crm {
             command:
                 CrmCommand::InstallChangelog {
@@ -430,4 +535,54 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn config_error(error: crate::config::ConfigError) -> anyhow::Error {
     let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
     anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    use crate::engine::bootstrap;
+    let source = crate::config::SettingsSource::new(&args.config, args.env.as_deref());
+    let loaded = crate::config::load(&source)?;
+    let since = match &args.since {
+        Some(text) => Some(crate::config::parse_instant(text).ok_or_else(|| {
+            anyhow::anyhow!("--since `{text}` is not a date or an RFC 3339 instant")
+        })?),
+        None => None,
+    };
+    let ctx = crate::engine::Context::from_settings(&loaded).await?;
+    let options = bootstrap::BootstrapOptions {
+        objects: args.objects,
+        since,
+        dry_run: args.dry_run,
+        ..bootstrap::BootstrapOptions::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let progress = bootstrap::IndicatifProgress::new();
+    let report = bootstrap::bootstrap(&ctx, &options, &progress, &cancel).await?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(until) = report.paused_until {
+        eprintln!("bootstrap paused by the daily bulk budget; run it again after {until}");
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the error with its causes, leaving out a cause whose text the message already holds
+/// (most of our errors quote their cause), so each fact is printed once.
+fn render_error(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::config::{LoadedMapping, Settings};
+use secrecy::ExposeSecret;
+
+use super::EngineError;
+use crate::config::{LoadedMapping, MarketoSettings, Settings};
 use crate::crm::Crm;
-use crate::marketo::Client;
+use crate::marketo::{Client, ClientConfig};
 use crate::store::{Clock, StateStore};
 
 /// The parts a cycle works with. Cheap to clone.
@@ -22,4 +25,85 @@ pub struct Context {
     pub store: Arc<dyn StateStore>,
     /// The clock used for agreement times, retries and quota days.
     pub clock: Arc<dyn Clock>,
+}
+
+impl Context {
+    /// Returns a context from its parts (tests, the daemon when it builds the parts itself).
+    pub fn new(
+        settings: Settings,
+        mappings: Vec<LoadedMapping>,
+        marketo: Client,
+        crm: Arc<dyn Crm>,
+        store: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Context {
+        Context {
+            settings: Arc::new(settings),
+            mappings: Arc::new(mappings),
+            marketo,
+            crm,
+            store,
+            clock,
+        }
+    }
+
+    /// Returns a context built from loaded settings: the Marketo client (base URL or munchkin
+    /// id, client id and secret, limits), the CRM adapter through the registry and the store
+    /// (migrated), with the system clock.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError::Config`] when a required setting is missing or invalid, and the
+    /// CRM's or the store's error when either cannot be reached.
+    pub async fn from_settings(loaded: &crate::config::Loaded) -> Result<Context, EngineError> {
+        let settings = &loaded.settings;
+        let marketo = marketo_client(&settings.marketo)?;
+        let crm_url = settings.crm.url.clone().ok_or_else(|| {
+            EngineError::Config("crm.url is not set (MKSYNC__CRM__URL or crm.url_file)".into())
+        })?;
+        let crm =
+            crate::crm::registry::build(&settings.crm.adapter, &crm_url, &settings.crm.options)
+                .await?;
+        let store = crate::store::open(settings.store.url.expose_secret()).await?;
+        Ok(Context::new(
+            settings.clone(),
+            loaded.mappings.clone(),
+            marketo,
+            crm,
+            store,
+            Arc::new(crate::store::SystemClock),
+        ))
+    }
+}
+
+/// Returns the Marketo client configured by the `[marketo]` settings.
+///
+/// # Errors
+///
+/// Returns [`EngineError::Config`] when the instance, the client id or the secret is missing or
+/// the base URL does not parse, and [`EngineError::Marketo`] for an out-of-range limit.
+pub fn marketo_client(m: &MarketoSettings) -> Result<Client, EngineError> {
+    let base = m.rest_base_url().ok_or_else(|| {
+        EngineError::Config("marketo.base_url or marketo.munchkin_id is required".into())
+    })?;
+    let url: url::Url = base
+        .parse()
+        .map_err(|e| EngineError::Config(format!("marketo.base_url is not a valid url: {e}")))?;
+    let client_id = m
+        .client_id
+        .clone()
+        .ok_or_else(|| EngineError::Config("marketo.client_id is required".into()))?;
+    let secret = m.client_secret.clone().ok_or_else(|| {
+        EngineError::Config(
+            "the marketo client secret is required (MKSYNC__MARKETO__CLIENT_SECRET or marketo.client_secret_file)"
+                .into(),
+        )
+    })?;
+    let mut config = ClientConfig::new(url, client_id, secret);
+    config.calls_per_20s = m.calls_per_20s;
+    config.max_concurrency = m.max_concurrency as usize;
+    config.daily_call_budget = u64::from(m.daily_call_budget);
+    config.bulk_mb_budget = u64::from(m.bulk_mb_budget);
+    config.request_timeout = Some(m.request_timeout());
+    Ok(Client::new(config)?)
 }

@@ -5,8 +5,12 @@
 //! and shutdown can be tested with a fake runner, and the engine can be tested one cycle at a
 //! time through [`Runner::run_one_cycle`].
 
+pub mod bootstrap;
 pub mod context;
+pub mod cycle;
+pub mod leads;
 pub mod objects;
+pub mod once;
 pub mod reconcile;
 pub mod summary;
 
@@ -14,6 +18,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use context::Context;
+pub use cycle::{Engine, Tunables};
 pub use summary::{CycleSummary, ObjectCounts};
 
 /// Options of one cycle.
@@ -77,6 +82,9 @@ pub enum EngineError {
     /// The state store failed.
     #[error("state store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A setting is missing or invalid.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The mappings do not compile against the live schemas.
     #[error("mapping: {0}")]
     Mapping(String),
@@ -100,7 +108,7 @@ impl EngineError {
             EngineError::Marketo(e) => e.is_retryable(),
             EngineError::Crm(e) => e.is_retryable(),
             EngineError::Store(e) => e.is_retryable(),
-            EngineError::Mapping(_) => false,
+            EngineError::Mapping(_) | EngineError::Config(_) => false,
             EngineError::Paused { .. } => true,
             EngineError::Cancelled => true,
         }

@@ -120,6 +120,12 @@ pub enum PayloadError {
         /// The field.
         field: &'static str,
     },
+    /// A field the receiver reads appears more than once, so which value counts is ambiguous.
+    #[error("field `{field}` appears more than once")]
+    Duplicate {
+        /// The field.
+        field: &'static str,
+    },
     /// A field has the wrong type or value.
     #[error("field `{field}` is invalid: {reason}")]
     Invalid {
@@ -141,13 +147,18 @@ pub enum PayloadError {
 ///
 /// Returns [`PayloadError`] naming the first problem found.
 pub fn parse_payload(body: &[u8], received_at: DateTime<Utc>) -> Result<WebhookLead, PayloadError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|error| PayloadError::Malformed {
-            detail: describe_json_error(&error),
-        })?;
-    let serde_json::Value::Object(map) = value else {
+    let top: TopLevel = serde_json::from_slice(body).map_err(|error| PayloadError::Malformed {
+        detail: describe_json_error(&error),
+    })?;
+    let Some(map) = top.object else {
         return Err(PayloadError::NotAnObject);
     };
+    if let Some(field) = READ_FIELDS
+        .into_iter()
+        .find(|f| top.duplicates.iter().any(|d| d == f))
+    {
+        return Err(PayloadError::Duplicate { field });
+    }
     let lead_id = match map.get("leadId") {
         None | Some(serde_json::Value::Null) => {
             return Err(PayloadError::Missing { field: "leadId" });
@@ -188,6 +199,88 @@ pub fn parse_payload(body: &[u8], received_at: DateTime<Utc>) -> Result<WebhookL
     })
 }
 
+/// The members [`parse_payload`] reads; a duplicate of one of them is refused.
+const READ_FIELDS: [&str; 4] = ["leadId", "email", "event", "deliveryId"];
+
+/// A webhook body's top-level value: its members when it is an object (the first value of a
+/// repeated key kept), and the names that appeared more than once (after JSON unescaping, so
+/// `"lead\u0049d"` counts as `leadId`).
+struct TopLevel {
+    object: Option<serde_json::Map<String, serde_json::Value>>,
+    duplicates: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl TopLevelVisitor {
+    fn other<E>() -> Result<TopLevel, E> {
+        Ok(TopLevel {
+            object: None,
+            duplicates: Vec::new(),
+        })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<TopLevel, A::Error> {
+        let mut object = serde_json::Map::new();
+        let mut duplicates = Vec::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value: serde_json::Value = access.next_value()?;
+            if object.contains_key(&key) {
+                duplicates.push(key);
+            } else {
+                object.insert(key, value);
+            }
+        }
+        Ok(TopLevel {
+            object: Some(object),
+            duplicates,
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Self::other()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+        Self::other()
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+        Self::other()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+        Self::other()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+        Self::other()
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+        Self::other()
+    }
+
+    fn visit_unit<E>(self) -> Result<TopLevel, E> {
+        Self::other()
+    }
+}
+
 fn optional_string(
     map: &serde_json::Map<String, serde_json::Value>,
     field: &'static str,
@@ -220,6 +313,13 @@ fn optional_string(
 /// Describes where JSON parsing failed without quoting the body.
 fn describe_json_error(error: &serde_json::Error) -> String {
     use serde_json::error::Category;
+    if error.to_string().starts_with("recursion limit exceeded") {
+        return format!(
+            "nested too deeply at line {} column {}",
+            error.line(),
+            error.column()
+        );
+    }
     let what = match error.classify() {
         Category::Eof => "unexpected end of input",
         Category::Syntax => "syntax error",
@@ -300,6 +400,46 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_repeated_field_that_is_read_is_refused() {
+        for body in [
+            r#"{"leadId": 1, "leadId": 2}"#,
+            r#"{"leadId": 1, "lead\u0049d": 2}"#,
+        ] {
+            assert_eq!(
+                parse(body),
+                Err(PayloadError::Duplicate { field: "leadId" }),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            parse(r#"{"leadId": 1, "email": "a@x.com", "email": "b@x.com"}"#),
+            Err(PayloadError::Duplicate { field: "email" })
+        );
+        // A repeated member the receiver does not read is harmless.
+        let lead = parse(r#"{"leadId": 3, "campaignId": 1, "campaignId": 2}"#).expect("valid");
+        assert_eq!(lead.lead_id, 3);
+        // Non-objects are still refused as such.
+        for body in ["[1]", "1", "\"x\"", "null", "true"] {
+            assert_eq!(parse(body), Err(PayloadError::NotAnObject), "{body}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_as_too_deep() {
+        let body = format!(
+            r#"{{"leadId": 1, "x": {}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        match parse(&body) {
+            Err(PayloadError::Malformed { detail }) => {
+                assert!(detail.starts_with("nested too deeply"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -204,8 +204,32 @@ pub fn compile(
     let mut fields = Vec::new();
     let mut written: BTreeMap<Side, BTreeSet<String>> = BTreeMap::new();
     for (i, fm) in f.fields.iter().enumerate() {
-        let (field, field_problems) = compile_field(m, &[], i, fm, marketo, crm, f.policy);
+        let (mut field, field_problems) = compile_field(m, &[], i, fm, marketo, crm, f.policy);
         problems.extend(field_problems);
+        // The key fields hold the link itself and are written by the sync; a field mapping
+        // that writes into one would overwrite the link with data.
+        for (side, key, key_path) in [
+            (Side::Marketo, &key_marketo, "keys.marketo_crm_key"),
+            (Side::Crm, &key_crm, "keys.crm_marketo_id"),
+        ] {
+            if !key.is_empty()
+                && field.direction.writes_to(side)
+                && field_name(&field, side) == Some(key.as_str())
+            {
+                let reason = format!(
+                    "{} field `{key}` is the link key ({key_path}) and is written by the sync itself; \
+                     remove this field or set a direction that does not write it",
+                    side_label(side)
+                );
+                field.disabled.get_or_insert(reason.clone());
+                let which = match side {
+                    Side::Marketo => "marketo",
+                    Side::Crm => "crm",
+                };
+                problems.push(m.problem(true, &fpath(&[], i, which), reason));
+                break;
+            }
+        }
         for side in [Side::Marketo, Side::Crm] {
             if field.disabled.is_none()
                 && field.direction.writes_to(side)
@@ -329,6 +353,7 @@ fn compile_field(
     }
 
     // Type and length checks, per write direction.
+    let mut value_too_long = false;
     for target in [Side::Marketo, Side::Crm] {
         if !fm.direction.writes_to(target) {
             continue;
@@ -382,6 +407,22 @@ fn compile_field(
                 problems.push(m.problem(false, &fpath(base, i, key), format!(
                     "length mismatch: {} field `{}` holds at most {limit} characters but the source is {}; longer values will be refused",
                     side_label(target), dst.name, src_ty.describe())));
+            }
+        }
+        // A default or constant longer than the target holds would be refused on every write.
+        for (what, value) in [("default", &fm.default), ("constant", &fm.constant)] {
+            if let (Some(limit), Some(Value::Text(t))) = (text_limit(&dst.ty), value) {
+                let chars = t.chars().count();
+                if chars > limit as usize && !value_too_long {
+                    value_too_long = true;
+                    let reason = format!(
+                        "the {what} is {chars} characters long but {} field `{}` holds at most {limit}",
+                        side_label(target),
+                        dst.name
+                    );
+                    disabled.get_or_insert(reason.clone());
+                    problems.push(m.problem(true, &fpath(base, i, what), reason));
+                }
             }
         }
         if let FieldType::Picklist { options } = &dst.ty

@@ -531,6 +531,18 @@ impl Client {
                 .strip_prefix("sha256:")
                 .unwrap_or(sum)
                 .to_ascii_lowercase();
+            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+                // Not a checksum this client can verify: the file is kept (it may well be
+                // right), but it is not handed on unverified.
+                return Err(Error::decode(
+                    &ep,
+                    format!(
+                        "fileChecksum {:?} of export {} is not sha256:<64 hex digits>; the file cannot be verified",
+                        sum.chars().take(80).collect::<String>(),
+                        job.export_id
+                    ),
+                ));
+            }
             let got = sha256_file(dest).await?;
             if got != want {
                 let _ = tokio::fs::remove_file(dest).await;
@@ -970,6 +982,33 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
         assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_checksum_is_a_decode_error_and_keeps_the_file() {
+        let (server, client) = server_with_identity().await;
+        Mock::given(method("GET"))
+            .and(path("/bulk/v1/leads/export/job-1/file.json"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(FILE.to_vec(), "text/csv"))
+            .mount(&server)
+            .await;
+        let mut job: ExportJob = serde_json::from_value(job("Completed", true)).unwrap();
+        job.file_checksum = Some("md5:0cc175b9c0f1b6a831c399e269772661".into());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.csv");
+        let err = client
+            .download_export(&ExportKind::Leads, &job, &dest, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        assert!(
+            message.contains("/bulk/v1/leads/export/job-1/file.json"),
+            "{message}"
+        );
+        assert!(message.contains("md5:0cc1"), "{message}");
+        assert!(message.contains("not sha256"), "{message}");
+        assert_eq!(std::fs::read(&dest).unwrap(), FILE);
     }
 
     #[tokio::test]

@@ -20,6 +20,10 @@ use super::model::Envelope;
 /// URLs longer than this are sent as `POST ?_method=GET` right away (Marketo's limit is 8 KB).
 pub(crate) const MAX_GET_URL: usize = 7_000;
 
+/// The largest REST response body read, in bytes. Marketo's biggest answers (300 records of
+/// every field) stay far below it; a larger body is refused instead of filling memory.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Codes Marketo does not count against the daily quota.
 const UNCOUNTED: &[&str] = &["601", "602", "604", "605", "608", "611"];
 
@@ -288,10 +292,7 @@ impl Client {
         resp: reqwest::Response,
     ) -> Result<Envelope<Json>, Error> {
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::transport(endpoint, e))?;
+        let bytes = read_body(endpoint, resp, MAX_RESPONSE_BYTES).await?;
         if !status.is_success() {
             return Err(Error::HttpStatus {
                 endpoint: endpoint.to_owned(),
@@ -355,7 +356,7 @@ impl Client {
                 .is_some_and(|v| v.contains("json"));
             if resp.status().is_success() && is_json {
                 // A file is CSV/TSV; a JSON body is an envelope, usually an error.
-                let bytes = resp.bytes().await.map_err(|e| Error::transport(path, e))?;
+                let bytes = read_body(path, resp, MAX_RESPONSE_BYTES).await?;
                 let env: Envelope<Json> = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::decode(path, e.to_string()))?;
                 match self.check_envelope(path, env) {
@@ -392,6 +393,40 @@ async fn multipart_form(spec: &MultipartSpec) -> Result<(reqwest::multipart::For
             .mime_str(spec.mime)
             .map_err(|e| Error::invalid("multipart", e.without_url().to_string()))?;
     Ok((reqwest::multipart::Form::new().part("file", part), len))
+}
+
+/// Returns a response body of at most `limit` bytes.
+///
+/// # Errors
+///
+/// Returns [`Error::Decode`] when the body is larger (by its `Content-Length` or as it
+/// arrives), and [`Error::Transport`] when reading fails.
+pub(crate) async fn read_body(
+    endpoint: &str,
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || {
+        Error::decode(
+            endpoint,
+            format!("response body is larger than {limit} bytes; refused"),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::transport(endpoint, e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Returns the start of a body for error messages (never more than 300 characters).

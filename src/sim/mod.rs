@@ -233,6 +233,15 @@ impl SimHandle {
         self.shared.lock().clock.advance(by);
     }
 
+    /// Removes a lead field from Describe Lead and Describe Lead2 (an admin deleting a field:
+    /// schema drift). The field's data stays.
+    pub fn hide_lead_field(&self, name: &str) {
+        self.shared
+            .lock()
+            .hidden_lead_fields
+            .insert(name.to_owned());
+    }
+
     /// Creates a lead as a Marketo user (New Lead activity) and returns its id.
     pub fn create_lead(&self, values: Map<String, Value>) -> i64 {
         admin::op_create_lead(&mut self.shared.lock(), &values)

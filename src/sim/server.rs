@@ -83,6 +83,8 @@ pub struct SimState {
     pub rng: ChaCha8Rng,
     /// The request log (most recent last, bounded).
     pub log: VecDeque<LogEntry>,
+    /// Lead fields an admin removed from Describe Lead (schema drift in tests).
+    pub hidden_lead_fields: std::collections::BTreeSet<String>,
     seq: u64,
 }
 
@@ -103,6 +105,7 @@ impl SimState {
             faults: config.faults.clone(),
             rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(0x5151)),
             log: VecDeque::new(),
+            hidden_lead_fields: std::collections::BTreeSet::new(),
             seq: 0,
             config,
         }

@@ -70,7 +70,8 @@ pub(super) fn plan_upsert(
                 format!("`{}` has no column `{name}`", info.options.table),
             ));
         };
-        if col.generated {
+        // The key may be the generated primary key: it only selects the row to update.
+        if col.generated && col.name != key.name {
             return Err(failed(
                 "read_only_field",
                 format!("column `{name}` is computed by the database"),

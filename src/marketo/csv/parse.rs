@@ -4,7 +4,9 @@
 //! NUL bytes and carriage returns are dropped wherever they appear, a UTF-8 BOM is skipped, a
 //! quote inside a quoted field that is not doubled and not followed by a delimiter or a line end
 //! is kept as a literal quote (as embulk-input-marketo does), and quoted values may span lines.
-//! Only `\n` ends a record; U+2028 and U+2029 are ordinary bytes here.
+//! `\n` ends a record, and so does a lone `\r` (one not followed by `\n`) outside a quoted value,
+//! so that a file with old Mac line ends is not read as one line; U+2028 and U+2029 are ordinary
+//! bytes here.
 //!
 //! Memory is bounded by `max_record_bytes`: one record (plus a copy of its raw bytes, kept to
 //! recover from an unterminated quote) is held at a time.
@@ -78,6 +80,8 @@ pub(crate) struct RecordParser<R> {
     src_eof: bool,
     /// The raw bytes of the last record returned, kept for [`RecordParser::reread_tail`].
     last_raw: Vec<u8>,
+    /// A byte read ahead by [`RecordParser::lone_cr`], returned before anything else.
+    peeked: Option<u8>,
 }
 
 impl<R: Read> RecordParser<R> {
@@ -96,6 +100,7 @@ impl<R: Read> RecordParser<R> {
             nul_bytes_removed: 0,
             src_eof: false,
             last_raw: Vec::new(),
+            peeked: None,
         };
         parser.skip_bom()?;
         Ok(parser)
@@ -127,6 +132,8 @@ impl<R: Read> RecordParser<R> {
             return;
         }
         let mut queued = bytes.to_vec();
+        // A byte read ahead comes after the bytes pushed back.
+        queued.extend(self.peeked.take());
         queued.extend_from_slice(&self.pushback[self.pb_pos..]);
         self.pushback = queued;
         self.pb_pos = 0;
@@ -134,6 +141,9 @@ impl<R: Read> RecordParser<R> {
 
     /// Returns the next byte that is not NUL, or None at the end of the input.
     fn next_byte(&mut self) -> io::Result<Option<u8>> {
+        if let Some(b) = self.peeked.take() {
+            return Ok(Some(b));
+        }
         loop {
             if self.pb_pos < self.pushback.len() {
                 let b = self.pushback[self.pb_pos];
@@ -173,10 +183,18 @@ impl<R: Read> RecordParser<R> {
         }
     }
 
+    /// Returns true when the `\r` just read is not followed by `\n` (a lone CR, which ends a
+    /// line); the byte after it is read ahead and kept for the next [`RecordParser::next_byte`].
+    fn lone_cr(&mut self) -> io::Result<bool> {
+        let next = self.next_byte()?;
+        self.peeked = next;
+        Ok(next != Some(b'\n'))
+    }
+
     /// Skips the rest of the current physical line.
     fn skip_line(&mut self) -> io::Result<()> {
         while let Some(b) = self.next_byte()? {
-            if b == b'\n' {
+            if b == b'\n' || (b == b'\r' && self.lone_cr()?) {
                 self.line += 1;
                 return Ok(());
             }
@@ -276,7 +294,7 @@ impl<R: Read> RecordParser<R> {
         let mut start_line = self.line;
         let delim = self.delimiter;
         loop {
-            let Some(b) = self.next_byte()? else {
+            let Some(mut b) = self.next_byte()? else {
                 // End of input.
                 if state == State::Quoted {
                     self.rewind_after_first_line(start_line, &raw);
@@ -291,6 +309,9 @@ impl<R: Read> RecordParser<R> {
                 fields.push(cur);
                 return Ok(self.finish_record(start_line, fields, raw, stray_quote));
             };
+            if b == b'\r' && state != State::Quoted && self.lone_cr()? {
+                b = b'\n';
+            }
             raw.push(b);
             if raw.len() > self.max_record_bytes {
                 if state == State::Quoted && raw.contains(&b'\n') {
@@ -470,6 +491,19 @@ mod tests {
         assert_eq!(
             records(b"\xEF\xBB\xBFa\0b,c\r\n\r\n\n\"x\ry\",z\r\n", b',', 100),
             vec![ok(1, &["ab", "c"]), ok(4, &["xy", "z"])]
+        );
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_outside_quotes_only() {
+        assert_eq!(
+            records(b"a,b\r1,\"x\ry\"\r\r2,z\r\n3,w", b',', 100),
+            vec![
+                ok(1, &["a", "b"]),
+                ok(2, &["1", "xy"]),
+                ok(4, &["2", "z"]),
+                ok(5, &["3", "w"])
+            ]
         );
     }
 

@@ -16,13 +16,30 @@ const DEFAULT_FIELDS: &[&str] = &[
 ];
 
 /// `GET /rest/v1/leads/describe.json`.
-pub fn describe(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
-    Reply::result(describe_lead())
+pub fn describe(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    let hidden = &ctx.st.hidden_lead_fields;
+    Reply::result(
+        describe_lead()
+            .into_iter()
+            .filter(|f| {
+                !f["rest"]["name"]
+                    .as_str()
+                    .is_some_and(|n| hidden.contains(n))
+            })
+            .collect(),
+    )
 }
 
 /// `GET /rest/v1/leads/describe2.json`.
-pub fn describe2(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
-    Reply::result(describe_lead2())
+pub fn describe2(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    let hidden = &ctx.st.hidden_lead_fields;
+    let mut result = describe_lead2();
+    for r in &mut result {
+        if let Some(fields) = r["fields"].as_array_mut() {
+            fields.retain(|f| !f["name"].as_str().is_some_and(|n| hidden.contains(n)));
+        }
+    }
+    Reply::result(result)
 }
 
 /// Returns the requested `fields` (default set when absent).

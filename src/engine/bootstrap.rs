@@ -1,0 +1,1743 @@
+//! `marketo-sync bootstrap`: the first full load, separate from continuous sync and resumable.
+//!
+//! The phases follow the whitepaper's bootstrap order:
+//!
+//! 1. `new_lead_activities`: Bulk Activity Extract of New Lead (12) activities (lead ids and
+//!    created dates; counted in the report).
+//! 2. `leads`: Bulk Lead Extract by `createdAt` with the mapped fields, `id` and the CRM-key
+//!    field, streamed in batches of 300, mapped with the lead plan, upserted into the CRM keyed by
+//!    its Marketo-id column (re-runs do not duplicate; a lead whose first match field names a CRM
+//!    record without a Marketo id is held in the error ledger with code `bootstrap_match`
+//!    instead of being created), the CRM key written back to Marketo
+//!    (`updateOnly` by `id`) and a link per lead committed per batch. The companies named on the
+//!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
+//!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
+//!    into the CRM users, when those objects are synced.
+//! 3. `opportunities_from_activities`: Bulk Activity Extract of Add to Opportunity (34)
+//!    activities; the opportunities they name are read from Marketo and upserted into the CRM,
+//!    and the roles they carry are written best effort.
+//!
+//! Each phase walks export windows of at most 31 days (end = start + 31 d - 1 s) from the
+//! object's low watermark (never before 2007-01-01) to now. Every export job is written to the
+//! store before it is enqueued, and a window's progress (watermark queue `bootstrap:<phase>`) is
+//! committed only after the window is fully applied, so a restarted bootstrap resumes after the
+//! last finished window and re-attaches to an unfinished job instead of paying for a new export.
+//! Before each export the day's bulk bytes are compared with the budget; when the next window
+//! would not fit, or Marketo answers the daily export quota (1029), the bootstrap stops cleanly
+//! and says when it can resume (the next Marketo day turn).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Context, EngineError};
+use crate::config::earliest_watermark;
+use crate::crm::WriteResult;
+use crate::mapping::{Plan, SchemaSet};
+use crate::marketo::bulk_extract::{
+    ACTIVITY_FIELDS, DateRange, ExportFilter, ExportKind, ExportOptions, ExportOutcome,
+    ExportRequest,
+};
+use crate::marketo::csv::{ActivityReader, ExportReader, ExportRow, FileFormat, spawn_file_reader};
+use crate::marketo::limiter::next_day_turn;
+use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
+use crate::model::{Fields, Side, Value};
+use crate::store::{
+    BulkJob, ErrorStatus, JobDirection, JobState, Link, StepCommit, SyncError, Watermark,
+    marketo_day,
+};
+
+/// The New Lead activity type.
+pub const NEW_LEAD: i64 = 12;
+/// The Add to Opportunity activity type.
+pub const ADD_TO_OPPORTUNITY: i64 = 34;
+/// Days after which Marketo prunes most activity types.
+pub const ACTIVITY_RETENTION_DAYS: i64 = 90;
+/// Rows per CRM write and per Marketo write-back (Marketo's REST batch limit).
+pub const BATCH_ROWS: usize = 300;
+/// Export jobs tried per window before the window fails.
+pub const MAX_EXPORT_ATTEMPTS: u32 = 3;
+/// Longest export window.
+pub const WINDOW_DAYS: i64 = 31;
+
+/// The phase of New Lead activities.
+pub const PHASE_NEW_LEADS: &str = "new_lead_activities";
+/// The phase of leads (and the companies named on them).
+pub const PHASE_LEADS: &str = "leads";
+/// The phase of opportunities and roles from Add to Opportunity activities.
+pub const PHASE_OPPORTUNITIES: &str = "opportunities_from_activities";
+
+/// Options of one bootstrap run.
+#[derive(Debug, Clone, Default)]
+pub struct BootstrapOptions {
+    /// Only these objects (`sync.objects` names); all enabled objects when empty.
+    pub objects: Vec<String>,
+    /// Start here instead of each object's configured low watermark (never before 2007-01-01).
+    pub since: Option<DateTime<Utc>>,
+    /// List the windows and the estimated exports without creating any.
+    pub dry_run: bool,
+    /// Where export files are downloaded (default: the system temp dir + `marketo-sync-bootstrap`).
+    pub work_dir: Option<PathBuf>,
+    /// The daily bulk budget in bytes (default: `marketo.bulk_mb_budget` MiB).
+    pub bulk_budget_bytes: Option<u64>,
+    /// How the export jobs are polled (default: [`ExportOptions::default`]).
+    pub export: Option<ExportOptions>,
+}
+
+/// One export window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    /// The first instant.
+    pub start: DateTime<Utc>,
+    /// The last instant (inclusive).
+    pub end: DateTime<Utc>,
+}
+
+/// What one phase did (or, on a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseReport {
+    /// The phase name.
+    pub name: String,
+    /// The object whose low watermark it starts from.
+    pub object: String,
+    /// Where the phase starts.
+    pub low_watermark: Option<DateTime<Utc>>,
+    /// Windows from the low watermark to now.
+    pub windows_total: u64,
+    /// Windows finished by earlier runs and skipped.
+    pub windows_skipped: u64,
+    /// Windows finished by this run.
+    pub windows_done: u64,
+    /// Export jobs created by this run.
+    pub exports_created: u64,
+    /// Unfinished export jobs of earlier runs re-attached.
+    pub exports_resumed: u64,
+    /// Rows read from the export files.
+    pub rows: u64,
+    /// Rows that could not be read or mapped.
+    pub rejected: u64,
+    /// Records created in the CRM.
+    pub created: u64,
+    /// Records updated in the CRM.
+    pub updated: u64,
+    /// Records the CRM refused.
+    pub failed: u64,
+    /// CRM keys written back to Marketo.
+    pub written_back: u64,
+    /// Leads not created because a CRM record without a Marketo id matches them (kept in the
+    /// error ledger for identity resolution).
+    pub held: u64,
+    /// Links committed.
+    pub links: u64,
+    /// Distinct leads seen (New Lead activities).
+    pub distinct_leads: u64,
+    /// Export bytes downloaded.
+    pub bytes: u64,
+    /// The windows still to run (dry run only).
+    pub planned: Vec<Window>,
+}
+
+/// The outcome of a bootstrap run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BootstrapReport {
+    /// True when nothing was created or written (dry run).
+    pub dry_run: bool,
+    /// True when every phase reached now.
+    pub complete: bool,
+    /// The phases, in order.
+    pub phases: Vec<PhaseReport>,
+    /// When the run stopped for the daily bulk budget: when it can resume (the Marketo day turn).
+    pub paused_until: Option<DateTime<Utc>>,
+    /// Why it stopped early.
+    pub pause_reason: Option<String>,
+    /// Warnings for the operator (activity retention, skipped phases).
+    pub warnings: Vec<String>,
+    /// Export bytes downloaded by this run.
+    pub bulk_bytes: u64,
+    /// Estimated export jobs still to run (dry run).
+    pub estimated_exports: u64,
+}
+
+/// Receives progress of a bootstrap.
+pub trait Progress: Send + Sync {
+    /// A phase starts, with its number of windows still to run.
+    fn phase(&self, name: &str, windows: u64);
+    /// A window of a phase was applied.
+    fn window(&self, phase: &str, start: DateTime<Utc>, end: DateTime<Utc>, rows: u64, bytes: u64);
+    /// The run ended (completely or not).
+    fn finish(&self, report: &BootstrapReport);
+}
+
+/// Progress bars on stderr when it is a terminal (hidden otherwise), and a log line per window.
+pub struct IndicatifProgress {
+    multi: MultiProgress,
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
+}
+
+impl IndicatifProgress {
+    /// Returns a progress display drawing to stderr when it is a terminal.
+    pub fn new() -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        IndicatifProgress {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Default for IndicatifProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for IndicatifProgress {
+    fn phase(&self, name: &str, windows: u64) {
+        let bar = self.multi.add(ProgressBar::new(windows));
+        let style =
+            ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} windows {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(name.to_owned());
+        info!(phase = name, windows, "bootstrap phase");
+        self.bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), bar);
+    }
+
+    fn window(&self, phase: &str, start: DateTime<Utc>, end: DateTime<Utc>, rows: u64, bytes: u64) {
+        info!(phase, %start, %end, rows, bytes, "bootstrap window applied");
+        if let Some(bar) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(phase)
+        {
+            bar.inc(1);
+            bar.set_message(format!("to {}", end.format("%Y-%m-%d")));
+        }
+    }
+
+    fn finish(&self, report: &BootstrapReport) {
+        for bar in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            bar.finish();
+        }
+        info!(
+            complete = report.complete,
+            bulk_bytes = report.bulk_bytes,
+            "bootstrap finished"
+        );
+    }
+}
+
+/// One recorded progress event (see [`RecordingProgress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressEvent {
+    /// [`Progress::phase`].
+    Phase {
+        /// The phase.
+        name: String,
+        /// Its windows.
+        windows: u64,
+    },
+    /// [`Progress::window`].
+    Window {
+        /// The phase.
+        phase: String,
+        /// The window.
+        window: Window,
+        /// Rows read.
+        rows: u64,
+        /// Bytes downloaded.
+        bytes: u64,
+    },
+    /// [`Progress::finish`].
+    Finish {
+        /// Whether the run completed.
+        complete: bool,
+    },
+}
+
+/// A callback run after each window: (phase, windows applied so far).
+pub type WindowHook = Box<dyn Fn(&str, u64) + Send + Sync>;
+
+/// A progress receiver that records every event, and can run a hook on each window (tests).
+#[derive(Default)]
+pub struct RecordingProgress {
+    events: Mutex<Vec<ProgressEvent>>,
+    on_window: Option<WindowHook>,
+}
+
+impl RecordingProgress {
+    /// Returns an empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns a recorder that calls `hook(phase, windows applied so far in any phase)` after
+    /// each window (e.g. to cancel the run).
+    pub fn with_window_hook(hook: impl Fn(&str, u64) + Send + Sync + 'static) -> Self {
+        RecordingProgress {
+            events: Mutex::new(Vec::new()),
+            on_window: Some(Box::new(hook)),
+        }
+    }
+
+    /// Returns the events so far.
+    pub fn events(&self) -> Vec<ProgressEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Progress for RecordingProgress {
+    fn phase(&self, name: &str, windows: u64) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ProgressEvent::Phase {
+                name: name.to_owned(),
+                windows,
+            });
+    }
+
+    fn window(&self, phase: &str, start: DateTime<Utc>, end: DateTime<Utc>, rows: u64, bytes: u64) {
+        let n = {
+            let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            events.push(ProgressEvent::Window {
+                phase: phase.to_owned(),
+                window: Window { start, end },
+                rows,
+                bytes,
+            });
+            events
+                .iter()
+                .filter(|e| matches!(e, ProgressEvent::Window { .. }))
+                .count() as u64
+        };
+        if let Some(hook) = &self.on_window {
+            hook(phase, n);
+        }
+    }
+
+    fn finish(&self, report: &BootstrapReport) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ProgressEvent::Finish {
+                complete: report.complete,
+            });
+    }
+}
+
+/// Returns the windows of at most 31 days (end = start + 31 d - 1 s) that cover `from..=to`
+/// without gaps or overlaps; none when `from` is after `to`.
+pub fn windows(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Window> {
+    let mut out = Vec::new();
+    let mut start = from;
+    while start <= to {
+        let end = (start + ChronoDuration::days(WINDOW_DAYS) - ChronoDuration::seconds(1)).min(to);
+        out.push(Window { start, end });
+        start = end + ChronoDuration::seconds(1);
+    }
+    out
+}
+
+/// Returns the retention warning when `low` is more than 90 days before `now`, else `None`.
+pub fn retention_warning(low: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    let cutoff = now - ChronoDuration::days(ACTIVITY_RETENTION_DAYS);
+    (low < cutoff).then(|| {
+        format!(
+            "the low watermark {} reaches more than {ACTIVITY_RETENTION_DAYS} days back: Marketo prunes most activity types after {ACTIVITY_RETENTION_DAYS} days, so activity-derived data (opportunities and roles from Add to Opportunity) may be incomplete before {}",
+            low.format("%Y-%m-%d"),
+            cutoff.format("%Y-%m-%d")
+        )
+    })
+}
+
+/// Why a window stopped early.
+enum Stop {
+    Paused {
+        until: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+struct Run<'a> {
+    ctx: &'a Context,
+    cancel: &'a CancellationToken,
+    budget: u64,
+    work_dir: PathBuf,
+    export: ExportOptions,
+    run_bytes: u64,
+}
+
+struct PhaseSpec {
+    name: &'static str,
+    object: String,
+    kind: ExportKind,
+}
+
+/// Runs the bootstrap: every enabled phase in the whitepaper's order, window by window, resuming
+/// where an earlier run stopped.
+///
+/// Returns the report; `complete` is false and `paused_until` set when the daily bulk budget
+/// stopped it (run it again after that time).
+///
+/// # Errors
+///
+/// Returns [`EngineError::Mapping`] when the lead mapping does not compile against the live
+/// schemas, [`EngineError::Cancelled`] when `cancel` fires (finished windows stay committed),
+/// and Marketo, CRM or store errors that stop a whole window.
+pub async fn bootstrap(
+    ctx: &Context,
+    options: &BootstrapOptions,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<BootstrapReport, EngineError> {
+    let mut report = BootstrapReport {
+        dry_run: options.dry_run,
+        ..BootstrapReport::default()
+    };
+    let wanted = |object: &str| {
+        ctx.settings.sync.objects.iter().any(|o| o == object)
+            && (options.objects.is_empty() || options.objects.iter().any(|o| o == object))
+    };
+    for object in &options.objects {
+        if !ctx.settings.sync.objects.contains(object) {
+            report.warnings.push(format!(
+                "object `{object}` is not in sync.objects; nothing to bootstrap for it"
+            ));
+        }
+    }
+    // Marketo's filters take whole seconds.
+    let now = ctx.clock.now();
+    let now = now.with_nanosecond(0).unwrap_or(now);
+    let low = |object: &str| {
+        options
+            .since
+            .unwrap_or_else(|| ctx.settings.bootstrap.low_watermark(object))
+            .max(earliest_watermark())
+    };
+
+    // Activity retention: only matters when activity-derived phases run.
+    let activity_objects = ["activities", "opportunities", "roles"];
+    if let Some(w) = activity_objects
+        .iter()
+        .filter(|o| wanted(o))
+        .filter_map(|o| retention_warning(low(o), now))
+        .next()
+    {
+        warn!(warning = %w, "bootstrap reaches past activity retention");
+        report.warnings.push(w);
+    }
+    if wanted("salespersons") && !wanted("leads") {
+        report.warnings.push(
+            "object `salespersons`: bootstrapped from the leads' externalSalesPersonId, so only together with `leads`"
+                .to_owned(),
+        );
+    }
+
+    let mut phases = Vec::new();
+    let lead_plan = if wanted("leads") {
+        phases.push(PhaseSpec {
+            name: PHASE_NEW_LEADS,
+            object: "leads".into(),
+            kind: ExportKind::Activities,
+        });
+        phases.push(PhaseSpec {
+            name: PHASE_LEADS,
+            object: "leads".into(),
+            kind: ExportKind::Leads,
+        });
+        if options.dry_run {
+            None
+        } else {
+            Some(
+                plans(
+                    ctx,
+                    wanted("companies"),
+                    wanted("salespersons"),
+                    &mut report.warnings,
+                )
+                .await?,
+            )
+        }
+    } else {
+        None
+    };
+    let opp_plans = if wanted("opportunities") || wanted("roles") {
+        phases.push(PhaseSpec {
+            name: PHASE_OPPORTUNITIES,
+            object: if wanted("opportunities") {
+                "opportunities".into()
+            } else {
+                "roles".into()
+            },
+            kind: ExportKind::Activities,
+        });
+        if options.dry_run {
+            None
+        } else {
+            Some(
+                opportunity_plans(
+                    ctx,
+                    wanted("opportunities"),
+                    wanted("roles"),
+                    &mut report.warnings,
+                )
+                .await?,
+            )
+        }
+    } else {
+        None
+    };
+
+    let mut run = Run {
+        ctx,
+        cancel,
+        budget: options.bulk_budget_bytes.unwrap_or_else(|| {
+            u64::from(ctx.settings.marketo.bulk_mb_budget).saturating_mul(1024 * 1024)
+        }),
+        work_dir: options
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("marketo-sync-bootstrap")),
+        export: options.export.clone().unwrap_or_default(),
+        run_bytes: 0,
+    };
+    if !options.dry_run {
+        tokio::fs::create_dir_all(&run.work_dir)
+            .await
+            .map_err(|e| EngineError::Marketo(crate::marketo::Error::io(&run.work_dir, e)))?;
+    }
+
+    let mut paused = None;
+    for spec in &phases {
+        let from = low(&spec.object);
+        let mut phase = PhaseReport {
+            name: spec.name.to_owned(),
+            object: spec.object.clone(),
+            low_watermark: Some(from),
+            ..PhaseReport::default()
+        };
+        let all = windows(from, now);
+        phase.windows_total = all.len() as u64;
+        let stored = ctx
+            .store
+            .watermark(Side::Marketo, &spec.object, &queue(spec.name))
+            .await?;
+        // Resume right after the last finished window (a later run only adds the time since).
+        let resume = stored.as_ref().map_or(from, |w| w.at.max(from));
+        let todo = windows(resume, now);
+        phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
+        progress.phase(spec.name, todo.len() as u64);
+        if options.dry_run {
+            report.estimated_exports += todo.len() as u64;
+            phase.planned = todo;
+            report.phases.push(phase);
+            continue;
+        }
+        if paused.is_some() {
+            report.phases.push(phase);
+            continue;
+        }
+        // The next window is estimated from the last one, also across runs.
+        let mut last_bytes = stored
+            .as_ref()
+            .and_then(|w| w.cursor.as_ref())
+            .and_then(|c| c.get("last_window_bytes"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        for window in todo {
+            if cancel.is_cancelled() {
+                report.phases.push(phase);
+                progress.finish(&report);
+                return Err(EngineError::Cancelled);
+            }
+            if let Some(stop) = run.check_budget(last_bytes).await? {
+                paused = Some(stop);
+                break;
+            }
+            let rows_before = phase.rows;
+            let result = match spec.name {
+                PHASE_NEW_LEADS => run.new_lead_window(spec, window, &mut phase).await,
+                PHASE_OPPORTUNITIES => {
+                    let plans = opp_plans.as_ref().ok_or_else(|| {
+                        EngineError::Mapping("the opportunity mappings did not compile".into())
+                    })?;
+                    run.opportunity_window(spec, window, plans, &mut phase)
+                        .await
+                }
+                _ => {
+                    let plans = lead_plan.as_ref().ok_or_else(|| {
+                        EngineError::Mapping("the lead mapping did not compile".into())
+                    })?;
+                    run.lead_window(spec, window, plans, &mut phase).await
+                }
+            };
+            match result {
+                Ok(bytes) => {
+                    last_bytes = bytes;
+                    phase.windows_done += 1;
+                    phase.bytes += bytes;
+                    progress.window(
+                        spec.name,
+                        window.start,
+                        window.end,
+                        phase.rows - rows_before,
+                        bytes,
+                    );
+                }
+                Err(WindowError::Stop(stop)) => {
+                    paused = Some(stop);
+                    break;
+                }
+                Err(WindowError::Engine(e)) => {
+                    report.phases.push(phase);
+                    progress.finish(&report);
+                    return Err(e);
+                }
+            }
+        }
+        report.phases.push(phase);
+    }
+    report.bulk_bytes = run.run_bytes;
+    match paused {
+        Some(Stop::Paused { until, reason }) => {
+            warn!(%until, reason = %reason, "bootstrap paused by the daily bulk budget");
+            report.paused_until = Some(until);
+            report.pause_reason = Some(reason);
+        }
+        None => report.complete = !options.dry_run,
+    }
+    progress.finish(&report);
+    Ok(report)
+}
+
+/// Returns the watermark queue of a phase.
+pub fn queue(phase: &str) -> String {
+    format!("bootstrap:{phase}")
+}
+
+struct LeadPlans {
+    lead: Plan,
+    company: Option<Plan>,
+    salesperson: Option<Plan>,
+    lead_schema: crate::model::ObjectSchema,
+}
+
+async fn plans(
+    ctx: &Context,
+    companies: bool,
+    salespersons: bool,
+    warnings: &mut Vec<String>,
+) -> Result<LeadPlans, EngineError> {
+    let mut schemas = SchemaSet::default();
+    let lead_schema = ctx.marketo.object_schema("lead").await?;
+    schemas.insert(lead_schema.clone());
+    if companies {
+        schemas.insert(marketo_schema(ctx, "companies", "company").await?);
+    }
+    if salespersons {
+        schemas.insert(marketo_schema(ctx, "salespersons", "salesperson").await?);
+    }
+    for m in ctx.mappings.iter() {
+        let needed = m.object == "leads"
+            || (companies && m.object == "companies")
+            || (salespersons && m.object == "salespersons");
+        if needed && !m.file.is_activities() {
+            schemas.insert(ctx.crm.describe(&m.file.crm_object).await?);
+        }
+    }
+    let (compiled, problems) = crate::mapping::compile_all(&ctx.settings, &ctx.mappings, &schemas);
+    let Some(lead) = compiled.objects.get("leads").cloned() else {
+        let text: Vec<String> = problems
+            .iter()
+            .filter(|p| p.is_error())
+            .map(ToString::to_string)
+            .collect();
+        return Err(EngineError::Mapping(format!(
+            "the lead mapping does not compile: {}",
+            text.join("; ")
+        )));
+    };
+    let company = if companies {
+        let plan = compiled.objects.get("companies").cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error())
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "companies are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
+    } else {
+        None
+    };
+    let salesperson = if salespersons {
+        let plan = compiled.objects.get("salespersons").cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error() && p.to_string().contains("salespersons.toml"))
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "salespersons are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
+    } else {
+        None
+    };
+    Ok(LeadPlans {
+        lead,
+        company,
+        salesperson,
+        lead_schema,
+    })
+}
+
+/// Returns the Marketo schema of a standard object under the name its mapping file uses
+/// (`salesPerson` and `salesperson`, `opportunityRole` and `opportunity_role` are the same).
+async fn marketo_schema(
+    ctx: &Context,
+    object: &str,
+    standard: &str,
+) -> Result<crate::model::ObjectSchema, EngineError> {
+    let mut schema = ctx.marketo.object_schema(standard).await?;
+    if let Some(m) = ctx.mappings.iter().find(|m| m.object == object) {
+        schema.object = m.file.marketo_object.clone();
+    }
+    Ok(schema)
+}
+
+struct OppPlans {
+    opportunity: Option<Plan>,
+    role: Option<Plan>,
+}
+
+async fn opportunity_plans(
+    ctx: &Context,
+    opportunities: bool,
+    roles: bool,
+    warnings: &mut Vec<String>,
+) -> Result<OppPlans, EngineError> {
+    let mut schemas = SchemaSet::default();
+    let mut wanted = Vec::new();
+    if opportunities {
+        schemas.insert(marketo_schema(ctx, "opportunities", "opportunity").await?);
+        wanted.push("opportunities");
+    }
+    if roles {
+        schemas.insert(marketo_schema(ctx, "roles", "opportunity_role").await?);
+        wanted.push("roles");
+    }
+    for m in ctx.mappings.iter() {
+        if wanted.contains(&m.object.as_str()) && !m.file.is_activities() {
+            schemas.insert(ctx.crm.describe(&m.file.crm_object).await?);
+        }
+    }
+    let (compiled, problems) = crate::mapping::compile_all(&ctx.settings, &ctx.mappings, &schemas);
+    let mut get = |object: &str| {
+        let plan = compiled.objects.get(object).cloned();
+        if plan.is_none() {
+            let text: Vec<String> = problems
+                .iter()
+                .filter(|p| p.is_error() && p.to_string().contains(&format!("{object}.toml")))
+                .map(ToString::to_string)
+                .collect();
+            warnings.push(format!(
+                "{object} are skipped: their mapping does not compile: {}",
+                text.join("; ")
+            ));
+        }
+        plan
+    };
+    Ok(OppPlans {
+        opportunity: if opportunities {
+            get("opportunities")
+        } else {
+            None
+        },
+        role: if roles { get("roles") } else { None },
+    })
+}
+
+enum WindowError {
+    Stop(Stop),
+    Engine(EngineError),
+}
+
+impl<E: Into<EngineError>> From<E> for WindowError {
+    fn from(e: E) -> Self {
+        WindowError::Engine(e.into())
+    }
+}
+
+fn pause_of(e: &crate::marketo::Error, now: DateTime<Utc>) -> Option<Stop> {
+    (e.disposition() == Disposition::PauseUntilDayTurns).then(|| Stop::Paused {
+        until: next_day_turn(now),
+        reason: format!("the daily bulk export quota is spent: {e}"),
+    })
+}
+
+fn text(fields: &Fields, name: &str) -> Option<String> {
+    match fields.get(name)? {
+        Value::Null => None,
+        Value::Text(t) if t.is_empty() => None,
+        Value::Text(t) => Some(t.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        other => Some(other.to_text()),
+    }
+}
+
+impl Run<'_> {
+    /// Returns the pause when today's bulk bytes plus the estimate of the next window do not fit.
+    async fn check_budget(&self, estimate: u64) -> Result<Option<Stop>, EngineError> {
+        let now = self.ctx.clock.now();
+        let day = marketo_day(now);
+        let stored = self.ctx.store.api_usage(day).await?.bulk_bytes;
+        let client = self.ctx.marketo.usage();
+        let live = if client.day == day {
+            client.bulk_bytes
+        } else {
+            0
+        };
+        let used = stored.max(live);
+        if used >= self.budget || used.saturating_add(estimate) > self.budget {
+            return Ok(Some(Stop::Paused {
+                until: next_day_turn(now),
+                reason: format!(
+                    "the daily bulk budget would be exceeded: {used} bytes used today, next window estimated at {estimate} bytes, budget {} bytes",
+                    self.budget
+                ),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Runs (or resumes) the export of one window and returns its outcome and stored job.
+    async fn export(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        request: &ExportRequest,
+        phase: &mut PhaseReport,
+    ) -> Result<(ExportOutcome, BulkJob), WindowError> {
+        self.export_attempt(spec, window, request, phase, 1).await
+    }
+
+    async fn export_attempt(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        request: &ExportRequest,
+        phase: &mut PhaseReport,
+        attempt: u32,
+    ) -> Result<(ExportOutcome, BulkJob), WindowError> {
+        let object = queue(spec.name);
+        let kind_name = match spec.kind {
+            ExportKind::Activities => "activities",
+            _ => "leads",
+        };
+        let existing = self
+            .ctx
+            .store
+            .unfinished_jobs(JobDirection::Export)
+            .await?
+            .into_iter()
+            .find(|j| {
+                j.object == object
+                    && j.kind == kind_name
+                    && j.window_start == Some(window.start)
+                    && j.window_end == Some(window.end)
+            });
+        let resumed = existing.is_some();
+        let mut job = match existing {
+            Some(job) => {
+                phase.exports_resumed += 1;
+                info!(export_id = %job.id, phase = spec.name, "re-attaching to an unfinished export");
+                job
+            }
+            None => {
+                let created = match self.ctx.marketo.create_export(&spec.kind, request).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        return Err(match pause_of(&e, self.ctx.clock.now()) {
+                            Some(stop) => WindowError::Stop(stop),
+                            None => WindowError::Engine(e.into()),
+                        });
+                    }
+                };
+                phase.exports_created += 1;
+                let now = self.ctx.clock.now();
+                let path = self.work_dir.join(format!("{}.csv", created.export_id));
+                let job = BulkJob {
+                    direction: JobDirection::Export,
+                    id: created.export_id.clone(),
+                    kind: kind_name.to_owned(),
+                    object: object.clone(),
+                    window_start: Some(window.start),
+                    window_end: Some(window.end),
+                    state: JobState::Created,
+                    bytes: 0,
+                    file_path: Some(path.display().to_string()),
+                    file_offset: 0,
+                    created_at: now,
+                    updated_at: now,
+                };
+                // Persisted before it is enqueued, so a restart resumes it.
+                self.ctx.store.upsert_job(&job).await?;
+                job
+            }
+        };
+        let dest = job
+            .file_path
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.work_dir.join(format!("{}.csv", job.id)));
+        let outcome = match self
+            .ctx
+            .marketo
+            .run_export(
+                &spec.kind,
+                request,
+                Some(&job.id),
+                &dest,
+                &self.export,
+                self.cancel,
+            )
+            .await
+        {
+            Ok(o) => o,
+            Err(e)
+                if attempt < MAX_EXPORT_ATTEMPTS
+                    && (matches!(
+                        e,
+                        crate::marketo::Error::JobFailed { .. }
+                            | crate::marketo::Error::ExportFileMissing { .. }
+                    ) || (resumed && e.disposition() == Disposition::FailCall)) =>
+            {
+                // The job cannot be used any more (failed, its file gone, or unknown to Marketo
+                // after its 7-day retention): mark it and pay for a new one.
+                job.state = JobState::Failed;
+                job.updated_at = self.ctx.clock.now();
+                self.ctx.store.upsert_job(&job).await?;
+                warn!(export_id = %job.id, error = %e, "export job unusable; creating a new one");
+                return Box::pin(self.export_attempt(spec, window, request, phase, attempt + 1))
+                    .await;
+            }
+            Err(crate::marketo::Error::Cancelled { .. }) if self.cancel.is_cancelled() => {
+                return Err(WindowError::Engine(EngineError::Cancelled));
+            }
+            Err(e) => {
+                return Err(match pause_of(&e, self.ctx.clock.now()) {
+                    Some(stop) => WindowError::Stop(stop),
+                    None => WindowError::Engine(e.into()),
+                });
+            }
+        };
+        // A job an earlier run already completed was counted then.
+        let counted = job.state == JobState::Completed;
+        job.state = JobState::Completed;
+        job.bytes = outcome.bytes;
+        job.updated_at = self.ctx.clock.now();
+        self.ctx.store.upsert_job(&job).await?;
+        if !counted {
+            let day = marketo_day(self.ctx.clock.now());
+            self.ctx.store.add_api_usage(day, 0, outcome.bytes).await?;
+            self.run_bytes += outcome.bytes;
+        }
+        Ok((outcome, job))
+    }
+
+    /// Commits a window as done: its job consumed and the phase watermark after its end.
+    async fn finish_window(
+        &self,
+        spec: &PhaseSpec,
+        window: Window,
+        mut job: BulkJob,
+        path: Option<PathBuf>,
+    ) -> Result<(), EngineError> {
+        job.state = JobState::Consumed;
+        job.updated_at = self.ctx.clock.now();
+        job.file_offset = job.bytes;
+        self.ctx
+            .store
+            .commit(StepCommit {
+                watermarks: vec![Watermark {
+                    system: Side::Marketo,
+                    object: spec.object.clone(),
+                    queue: queue(spec.name),
+                    at: window.end + ChronoDuration::seconds(1),
+                    tie: None,
+                    cursor: Some(serde_json::json!({ "last_window_bytes": job.bytes })),
+                }],
+                jobs: vec![job],
+                ..StepCommit::default()
+            })
+            .await?;
+        if let Some(path) = path {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        Ok(())
+    }
+
+    async fn new_lead_window(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        phase: &mut PhaseReport,
+    ) -> Result<u64, WindowError> {
+        let request = ExportRequest {
+            fields: ["marketoGUID", "leadId", "activityDate", "activityTypeId"]
+                .map(String::from)
+                .to_vec(),
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                created_at: Some(DateRange {
+                    start_at: window.start,
+                    end_at: window.end,
+                }),
+                activity_type_ids: Some(vec![NEW_LEAD]),
+                ..ExportFilter::default()
+            },
+        };
+        let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        if let Some(path) = &outcome.path {
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                |f| ExportReader::new(f, FileFormat::Csv),
+                BATCH_ROWS * 4,
+                self.cancel.clone(),
+            );
+            let mut leads = BTreeSet::new();
+            while let Some(batch) = rx.recv().await {
+                for row in batch {
+                    match row {
+                        Ok(row) => {
+                            phase.rows += 1;
+                            if let Some(id) = text(&row.fields, "leadId") {
+                                leads.insert(id);
+                            }
+                        }
+                        Err(_) => phase.rejected += 1,
+                    }
+                }
+            }
+            join_reader(task).await?;
+            phase.distinct_leads += leads.len() as u64;
+        }
+        let bytes = outcome.bytes;
+        self.finish_window(spec, window, job, outcome.path).await?;
+        Ok(bytes)
+    }
+
+    async fn lead_window(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        plans: &LeadPlans,
+        phase: &mut PhaseReport,
+    ) -> Result<u64, WindowError> {
+        let plan = &plans.lead;
+        let mut fields: Vec<String> = vec!["id".into()];
+        let mut add = |f: String| {
+            if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
+                fields.push(f);
+            }
+        };
+        for f in plan.read_fields(Side::Marketo) {
+            add(f);
+        }
+        add(plan.marketo_crm_key.clone());
+        if let Some(company) = &plans.company {
+            for f in company.read_fields(Side::Marketo) {
+                add(f);
+            }
+            add("externalCompanyId".into());
+        }
+        if plans.salesperson.is_some() {
+            add("externalSalesPersonId".into());
+        }
+        let request = ExportRequest {
+            fields,
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                created_at: Some(DateRange {
+                    start_at: window.start,
+                    end_at: window.end,
+                }),
+                ..ExportFilter::default()
+            },
+        };
+        let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        if let Some(path) = &outcome.path {
+            let schema = plans.lead_schema.clone();
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                move |f| Ok(ExportReader::new(f, FileFormat::Csv)?.typed(&schema)),
+                BATCH_ROWS,
+                self.cancel.clone(),
+            );
+            let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut sales: BTreeSet<String> = BTreeSet::new();
+            while let Some(batch) = rx.recv().await {
+                if self.cancel.is_cancelled() {
+                    break;
+                }
+                let rows: Vec<ExportRow> = batch
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(row) => Some(row),
+                        Err(e) => {
+                            warn!(error = %e, "export row rejected");
+                            phase.rejected += 1;
+                            None
+                        }
+                    })
+                    .collect();
+                phase.rows += rows.len() as u64;
+                if let Some(company) = &plans.company {
+                    collect_companies(company, &rows, &mut companies, phase);
+                }
+                if plans.salesperson.is_some() {
+                    sales.extend(
+                        rows.iter()
+                            .filter_map(|r| text(&r.fields, "externalSalesPersonId")),
+                    );
+                }
+                self.apply_leads(plan, rows, phase).await?;
+            }
+            join_reader(task).await?;
+            if self.cancel.is_cancelled() {
+                return Err(WindowError::Engine(EngineError::Cancelled));
+            }
+            if let Some(company) = &plans.company {
+                self.apply_mapped(company, companies, phase).await?;
+            }
+            if let Some(plan) = &plans.salesperson {
+                self.apply_salespersons(plan, sales, phase).await?;
+            }
+        }
+        let bytes = outcome.bytes;
+        self.finish_window(spec, window, job, outcome.path).await?;
+        Ok(bytes)
+    }
+
+    /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
+    /// the CRM keys back to Marketo and commits the links.
+    async fn apply_leads(
+        &mut self,
+        plan: &Plan,
+        rows: Vec<ExportRow>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let mut ids = Vec::new();
+        let mut canon = Vec::new();
+        let mut crm_rows = Vec::new();
+        let mut known_keys = Vec::new();
+        for row in rows {
+            let Some(id) = text(&row.fields, "id") else {
+                phase.rejected += 1;
+                continue;
+            };
+            let canonical = match plan.to_canonical(Side::Marketo, &row.fields) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(lead = %id, error = %e, "lead cannot be mapped");
+                    phase.rejected += 1;
+                    continue;
+                }
+            };
+            let mut record = plan.render(Side::Crm, &canonical);
+            record.insert(plan.crm_marketo_id.clone(), Value::Text(id.clone()));
+            known_keys.push(text(&row.fields, &plan.marketo_crm_key));
+            ids.push(id);
+            canon.push(canonical);
+            crm_rows.push(record);
+        }
+        if crm_rows.is_empty() {
+            return Ok(());
+        }
+        // A lead whose match value already names a CRM record not linked to Marketo is not
+        // created (that would duplicate it): it goes to the error ledger for identity
+        // resolution.
+        let held = self.unlinked_matches(plan, &ids, &crm_rows).await?;
+        let mut errors = Vec::new();
+        if !held.is_empty() {
+            let now = self.ctx.clock.now();
+            let mut keep = Vec::new();
+            let rows = ids.into_iter().zip(canon).zip(crm_rows).zip(known_keys);
+            for (i, (((id, canonical), record), known)) in rows.enumerate() {
+                match held.get(&i) {
+                    Some((field, crm_id)) => {
+                        phase.held += 1;
+                        errors.push(SyncError {
+                            id: uuid::Uuid::new_v4(),
+                            object: plan.object.clone(),
+                            direction: crate::store::Direction::MarketoToCrm,
+                            record_key: id.clone(),
+                            other_key: Some(crm_id.clone()),
+                            payload: serde_json::to_value(&canonical).unwrap_or_default(),
+                            code: "bootstrap_match".into(),
+                            message: format!(
+                                "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
+                            ),
+                            attempts: 1,
+                            first_seen_at: now,
+                            last_seen_at: now,
+                            next_retry_at: Some(now),
+                            status: ErrorStatus::Open,
+                        });
+                    }
+                    None => keep.push((id, canonical, record, known)),
+                }
+            }
+            (ids, canon, crm_rows, known_keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, c, r, k) in keep {
+                ids.push(id);
+                canon.push(c);
+                crm_rows.push(r);
+                known_keys.push(k);
+            }
+            self.ctx
+                .store
+                .commit(StepCommit {
+                    errors_upsert: errors,
+                    ..StepCommit::default()
+                })
+                .await?;
+            if crm_rows.is_empty() {
+                return Ok(());
+            }
+        }
+        let results = self
+            .ctx
+            .crm
+            .upsert(&plan.crm_object, &plan.crm_marketo_id, &crm_rows)
+            .await?;
+        let now = self.ctx.clock.now();
+        let mut links = Vec::new();
+        let mut write_back: Vec<Record> = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            let (Some(id), Some(canonical)) = (ids.get(i), canon.get(i)) else {
+                break;
+            };
+            let crm_id = match result {
+                WriteResult::Created { id } => {
+                    phase.created += 1;
+                    id
+                }
+                WriteResult::Updated { id } => {
+                    phase.updated += 1;
+                    id
+                }
+                WriteResult::Deleted { .. } => continue,
+                WriteResult::Failed { code, message, .. } => {
+                    warn!(lead = %id, code = %code, message = %message, "crm refused a lead");
+                    phase.failed += 1;
+                    continue;
+                }
+            };
+            if known_keys.get(i).cloned().flatten().as_deref() != Some(crm_id.as_str()) {
+                let mut r = Record::new();
+                if let Ok(n) = id.parse::<i64>() {
+                    r.insert("id".into(), serde_json::json!(n));
+                } else {
+                    r.insert("id".into(), serde_json::json!(id));
+                }
+                r.insert(plan.marketo_crm_key.clone(), serde_json::json!(crm_id));
+                write_back.push(r);
+            }
+            links.push(Link {
+                object: plan.object.clone(),
+                marketo_key: id.clone(),
+                crm_key: crm_id,
+                base: canonical.clone(),
+                base_hash: plan.hash(canonical),
+                agreed_at: now,
+                tombstone: None,
+            });
+        }
+        for chunk in write_back.chunks(BATCH_ROWS) {
+            let results = self
+                .ctx
+                .marketo
+                .sync_leads(SyncAction::UpdateOnly, Some("id"), None, chunk)
+                .await?;
+            for r in results {
+                match r.status {
+                    RecordStatus::Updated | RecordStatus::Created => phase.written_back += 1,
+                    _ => warn!(lead = ?r.id, "marketo skipped the crm key write-back"),
+                }
+            }
+        }
+        phase.links += links.len() as u64;
+        self.ctx
+            .store
+            .commit(StepCommit {
+                links_upsert: links,
+                ..StepCommit::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn opportunity_window(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        plans: &OppPlans,
+        phase: &mut PhaseReport,
+    ) -> Result<u64, WindowError> {
+        let request = ExportRequest {
+            fields: ACTIVITY_FIELDS.map(String::from).to_vec(),
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                created_at: Some(DateRange {
+                    start_at: window.start,
+                    end_at: window.end,
+                }),
+                activity_type_ids: Some(vec![ADD_TO_OPPORTUNITY]),
+                ..ExportFilter::default()
+            },
+        };
+        let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        if let Some(path) = &outcome.path {
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                |f| ActivityReader::new(f, FileFormat::Csv),
+                BATCH_ROWS,
+                self.cancel.clone(),
+            );
+            while let Some(batch) = rx.recv().await {
+                let mut keys = BTreeSet::new();
+                let mut roles: BTreeMap<String, Fields> = BTreeMap::new();
+                for row in batch {
+                    let row = match row {
+                        Ok(row) => row,
+                        Err(e) => {
+                            warn!(error = %e, "activity row rejected");
+                            phase.rejected += 1;
+                            continue;
+                        }
+                    };
+                    phase.rows += 1;
+                    let key = row
+                        .attributes
+                        .get("Oppty ID")
+                        .and_then(|v| match v {
+                            serde_json::Value::String(s) => Some(s.clone()),
+                            serde_json::Value::Null => None,
+                            other => Some(other.to_string()),
+                        })
+                        .or_else(|| row.primary_attribute_value.clone());
+                    let Some(key) = key.filter(|k| !k.is_empty()) else {
+                        phase.rejected += 1;
+                        continue;
+                    };
+                    keys.insert(key.clone());
+                    let role = row
+                        .attributes
+                        .get("Role")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut raw = Fields::new();
+                    raw.insert("externalOpportunityId".into(), Value::Text(key.clone()));
+                    raw.insert("leadId".into(), Value::Int(row.lead_id));
+                    raw.insert("role".into(), Value::Text(role.clone()));
+                    if let Some(p) = row.attributes.get("Is Primary") {
+                        raw.insert("isPrimary".into(), Value::from_json(p));
+                    }
+                    roles.insert(format!("{key}:{}:{role}", row.lead_id), raw);
+                }
+                if let Some(plan) = &plans.opportunity {
+                    self.apply_opportunities(plan, keys, phase).await?;
+                }
+                if let Some(plan) = &plans.role {
+                    self.apply_keyed(plan, roles, phase, Side::Marketo).await?;
+                }
+            }
+            join_reader(task).await?;
+            if self.cancel.is_cancelled() {
+                return Err(WindowError::Engine(EngineError::Cancelled));
+            }
+        }
+        let bytes = outcome.bytes;
+        self.finish_window(spec, window, job, outcome.path).await?;
+        Ok(bytes)
+    }
+
+    /// Reads the opportunities named by Add to Opportunity activities from Marketo and upserts
+    /// them into the CRM keyed by externalOpportunityId.
+    async fn apply_opportunities(
+        &mut self,
+        plan: &Plan,
+        keys: BTreeSet<String>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut fields = plan.read_fields(Side::Marketo);
+        if !fields.iter().any(|f| f == "externalOpportunityId") {
+            fields.push("externalOpportunityId".into());
+        }
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut found: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_opportunities("externalOpportunityId", chunk, &fields, token.as_deref())
+                    .await?;
+                for record in &page.records {
+                    let raw: Fields = record
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect();
+                    if let Some(key) = text(&raw, "externalOpportunityId") {
+                        found.insert(key, raw);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the salespersons named on a window's leads from Marketo and upserts them into the
+    /// CRM keyed by externalSalesPersonId.
+    async fn apply_salespersons(
+        &mut self,
+        plan: &Plan,
+        keys: BTreeSet<String>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut fields = plan.read_fields(Side::Marketo);
+        if !fields.iter().any(|f| f == "externalSalesPersonId") {
+            fields.push("externalSalesPersonId".into());
+        }
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut found: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_salespersons("externalSalesPersonId", chunk, &fields, token.as_deref())
+                    .await?;
+                for record in &page.records {
+                    let raw: Fields = record
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect();
+                    if let Some(key) = text(&raw, "externalSalesPersonId") {
+                        found.insert(key, raw);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
+        }
+        Ok(())
+    }
+
+    /// Maps raw Marketo records keyed by their Marketo key, upserts them into the CRM keyed by
+    /// the plan's Marketo-id column and commits their links. A CRM error for the whole batch is
+    /// counted as failed records, not fatal (best effort).
+    async fn apply_keyed(
+        &mut self,
+        plan: &Plan,
+        raw: BTreeMap<String, Fields>,
+        phase: &mut PhaseReport,
+        side: Side,
+    ) -> Result<(), EngineError> {
+        let mut mapped = BTreeMap::new();
+        for (key, fields) in raw {
+            match plan.to_canonical(side, &fields) {
+                Ok(c) => {
+                    mapped.insert(key, c);
+                }
+                Err(e) => {
+                    warn!(object = %plan.object, key = %key, error = %e, "record cannot be mapped");
+                    phase.rejected += 1;
+                }
+            }
+        }
+        self.apply_mapped(plan, mapped, phase).await
+    }
+
+    /// Returns, by batch position, the leads not yet in the CRM (no record holds their Marketo
+    /// id) whose first match field names a CRM record without a Marketo id, with the field and
+    /// that record's id.
+    async fn unlinked_matches(
+        &self,
+        plan: &Plan,
+        ids: &[String],
+        crm_rows: &[Fields],
+    ) -> Result<BTreeMap<usize, (String, String)>, EngineError> {
+        let mut out = BTreeMap::new();
+        let Some(field) = plan
+            .match_fields
+            .first()
+            .and_then(|m| plan.field(m))
+            .and_then(|f| f.crm.clone())
+        else {
+            return Ok(out);
+        };
+        let keys: Vec<Value> = ids.iter().cloned().map(Value::Text).collect();
+        let present: BTreeSet<String> = self
+            .ctx
+            .crm
+            .find(&plan.crm_object, &plan.crm_marketo_id, &keys)
+            .await?
+            .iter()
+            .filter_map(|r| text(&r.fields, &plan.crm_marketo_id))
+            .collect();
+        let mut wanted: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut values = Vec::new();
+        for (i, (id, row)) in ids.iter().zip(crm_rows).enumerate() {
+            if present.contains(id) {
+                continue;
+            }
+            if let (Some(v), Some(raw)) = (text(row, &field), row.get(&field)) {
+                wanted.entry(v.to_lowercase()).or_default().push(i);
+                values.push(raw.clone());
+            }
+        }
+        if values.is_empty() {
+            return Ok(out);
+        }
+        for record in self.ctx.crm.find(&plan.crm_object, &field, &values).await? {
+            if text(&record.fields, &plan.crm_marketo_id).is_some() {
+                continue;
+            }
+            let Some(v) = text(&record.fields, &field) else {
+                continue;
+            };
+            for i in wanted.get(&v.to_lowercase()).into_iter().flatten() {
+                out.entry(*i)
+                    .or_insert_with(|| (field.clone(), record.id.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Upserts the companies named on a window's leads into the CRM, keyed by the Marketo key
+    /// (externalCompanyId, or the company name when a lead has none), and commits their links.
+    async fn apply_mapped(
+        &mut self,
+        plan: &Plan,
+        companies: BTreeMap<String, Fields>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let all: Vec<(String, Fields)> = companies.into_iter().collect();
+        for chunk in all.chunks(BATCH_ROWS) {
+            let records: Vec<Fields> = chunk
+                .iter()
+                .map(|(key, canonical)| {
+                    let mut r = plan.render(Side::Crm, canonical);
+                    r.insert(plan.crm_marketo_id.clone(), Value::Text(key.clone()));
+                    r
+                })
+                .collect();
+            let results = match self
+                .ctx
+                .crm
+                .upsert(&plan.crm_object, &plan.crm_marketo_id, &records)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if !e.is_retryable() => {
+                    warn!(object = %plan.object, error = %e, "crm refused a batch");
+                    phase.failed += records.len() as u64;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let now = self.ctx.clock.now();
+            let mut links = Vec::new();
+            for ((key, canonical), result) in chunk.iter().zip(results) {
+                let crm_id = match result {
+                    WriteResult::Created { id } | WriteResult::Updated { id } => id,
+                    WriteResult::Deleted { .. } => continue,
+                    WriteResult::Failed { code, message, .. } => {
+                        warn!(company = %key, code = %code, message = %message, "crm refused a company");
+                        phase.failed += 1;
+                        continue;
+                    }
+                };
+                links.push(Link {
+                    object: plan.object.clone(),
+                    marketo_key: key.clone(),
+                    crm_key: crm_id,
+                    base: canonical.clone(),
+                    base_hash: plan.hash(canonical),
+                    agreed_at: now,
+                    tombstone: None,
+                });
+            }
+            phase.links += links.len() as u64;
+            self.ctx
+                .store
+                .commit(StepCommit {
+                    links_upsert: links,
+                    ..StepCommit::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn collect_companies(
+    plan: &Plan,
+    rows: &[ExportRow],
+    out: &mut BTreeMap<String, Fields>,
+    phase: &mut PhaseReport,
+) {
+    for row in rows {
+        let key = text(&row.fields, "externalCompanyId").or_else(|| text(&row.fields, "company"));
+        let Some(key) = key else { continue };
+        if out.contains_key(&key) {
+            continue;
+        }
+        match plan.to_canonical(Side::Marketo, &row.fields) {
+            Ok(c) if !c.is_empty() => {
+                out.insert(key, c);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(company = %key, error = %e, "company cannot be mapped");
+                phase.rejected += 1;
+            }
+        }
+    }
+}
+
+async fn join_reader(task: crate::marketo::csv::ReaderTask) -> Result<(), WindowError> {
+    match task.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(crate::marketo::csv::CsvError::Cancelled)) => {
+            Err(WindowError::Engine(EngineError::Cancelled))
+        }
+        Ok(Err(e)) => Err(WindowError::Engine(EngineError::Mapping(format!(
+            "the export file cannot be read: {e}"
+        )))),
+        Err(e) => Err(WindowError::Engine(EngineError::Mapping(format!(
+            "the export reader stopped: {e}"
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_cover_the_range_without_gaps_and_stay_within_31_days() {
+        let from = t("2024-01-01T00:00:00Z");
+        let to = t("2024-04-15T12:00:00Z");
+        let w = windows(from, to);
+        assert_eq!(w.len(), 4);
+        assert_eq!(w[0].start, from);
+        assert_eq!(w[0].end, t("2024-01-31T23:59:59Z"));
+        for pair in w.windows(2) {
+            assert_eq!(pair[1].start, pair[0].end + ChronoDuration::seconds(1));
+        }
+        for x in &w {
+            assert!(x.end - x.start < ChronoDuration::days(31));
+        }
+        assert_eq!(w.last().unwrap().end, to);
+        assert!(windows(to, from).is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn windows_always_tile_the_range(start in 0i64..2_000_000_000, len in 0i64..200_000_000) {
+            let from = DateTime::from_timestamp(start, 0).unwrap();
+            let to = from + ChronoDuration::seconds(len);
+            let w = windows(from, to);
+            proptest::prop_assert_eq!(w[0].start, from);
+            proptest::prop_assert_eq!(w.last().unwrap().end, to);
+            for x in &w {
+                proptest::prop_assert!(x.start <= x.end);
+                proptest::prop_assert!(x.end - x.start <= ChronoDuration::days(31) - ChronoDuration::seconds(1));
+            }
+            for pair in w.windows(2) {
+                proptest::prop_assert_eq!(pair[1].start, pair[0].end + ChronoDuration::seconds(1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_recorder_keeps_events_in_order_and_runs_its_hook() {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let hook_seen = seen.clone();
+        let p = RecordingProgress::with_window_hook(move |phase, n| {
+            hook_seen.lock().unwrap().push((phase.to_owned(), n));
+        });
+        let (a, b) = (t("2024-01-01T00:00:00Z"), t("2024-01-31T23:59:59Z"));
+        p.phase("leads", 2);
+        p.window("leads", a, b, 10, 100);
+        p.window("leads", a, b, 5, 50);
+        p.finish(&BootstrapReport::default());
+        assert_eq!(p.events().len(), 4);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("leads".to_owned(), 1), ("leads".to_owned(), 2)]
+        );
+        // The indicatif display draws nothing when stderr is not a terminal and never panics.
+        let bars = IndicatifProgress::new();
+        bars.phase("leads", 2);
+        bars.window("leads", a, b, 10, 100);
+        bars.window("unknown", a, b, 1, 1);
+        bars.finish(&BootstrapReport::default());
+    }
+
+    #[test]
+    fn the_retention_warning_only_fires_past_90_days() {
+        let now = t("2024-06-01T00:00:00Z");
+        assert!(retention_warning(t("2024-04-01T00:00:00Z"), now).is_none());
+        let w = retention_warning(t("2024-01-01T00:00:00Z"), now).unwrap();
+        assert!(w.contains("90 days") && w.contains("2024-01-01"), "{w}");
+    }
+}

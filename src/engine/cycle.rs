@@ -1,0 +1,545 @@
+//! The [`Engine`]: one cycle (schema, gather, reconcile, apply, commit), the quota governor and
+//! the on-demand sync of one lead.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner};
+use super::{leads, objects};
+use crate::mapping::{Plans, SchemaSet, compile_all};
+use crate::marketo::describe::StandardObject;
+use crate::marketo::{Disposition, UsageSnapshot};
+use crate::model::{ObjectSchema, Side};
+use crate::store::{CycleCount, CycleOutcome, CycleRecord, SchemaRecord, StepTiming, marketo_day};
+
+/// Tunable thresholds of a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunables {
+    /// Changed leads above which the Marketo gather uses a Bulk Lead Extract instead of Get Leads
+    /// by id.
+    pub bulk_extract_threshold: usize,
+    /// Records above which writes to Marketo go through Bulk Import instead of REST batches.
+    pub bulk_import_threshold: usize,
+    /// Changes read from the CRM per call.
+    pub crm_page: usize,
+    /// Time between status polls of a bulk export.
+    pub export_poll: std::time::Duration,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            bulk_extract_threshold: 1_200,
+            bulk_import_threshold: 3_000,
+            crm_page: 1_000,
+            export_poll: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// The sync engine: runs cycles and on-demand syncs against one [`Context`].
+pub struct Engine {
+    ctx: Context,
+    tunables: Tunables,
+    plans: Mutex<Option<Plans>>,
+}
+
+impl Engine {
+    /// Returns an engine with the default thresholds.
+    pub fn new(ctx: Context) -> Engine {
+        Engine::with_tunables(ctx, Tunables::default())
+    }
+
+    /// Returns an engine with explicit thresholds.
+    pub fn with_tunables(ctx: Context, tunables: Tunables) -> Engine {
+        Engine {
+            ctx,
+            tunables,
+            plans: Mutex::new(None),
+        }
+    }
+
+    /// Returns the engine's context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Returns the thresholds.
+    pub fn tunables(&self) -> &Tunables {
+        &self.tunables
+    }
+
+    /// Returns `Err(Paused)` when today's Marketo calls reached the daily budget.
+    async fn check_quota(&self) -> Result<(), EngineError> {
+        let now = self.ctx.clock.now();
+        let used = self.ctx.store.api_usage(marketo_day(now)).await?;
+        let budget = u64::from(self.ctx.settings.marketo.daily_call_budget);
+        if budget > 0 && used.calls >= budget {
+            return Err(EngineError::Paused {
+                reason: format!(
+                    "daily Marketo call budget spent ({} of {budget} calls)",
+                    used.calls
+                ),
+                until: Some(crate::marketo::limiter::next_day_turn(now)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads the persisted usage of today into the client (counters never go down).
+    async fn restore_usage(&self) -> Result<(), EngineError> {
+        let snapshot = self.ctx.marketo.usage();
+        let stored = self.ctx.store.api_usage(snapshot.day).await?;
+        self.ctx.marketo.restore_usage(UsageSnapshot {
+            day: snapshot.day,
+            calls: stored.calls,
+            bulk_bytes: stored.bulk_bytes,
+        });
+        Ok(())
+    }
+
+    /// Adds the calls made since `before` to the store's usage of today.
+    async fn persist_usage(&self, before: &UsageSnapshot) -> Result<u64, EngineError> {
+        let after = self.ctx.marketo.usage();
+        let (calls, bytes) = if after.day == before.day {
+            (
+                after.calls.saturating_sub(before.calls),
+                after.bulk_bytes.saturating_sub(before.bulk_bytes),
+            )
+        } else {
+            (after.calls, after.bulk_bytes)
+        };
+        if calls > 0 || bytes > 0 {
+            self.ctx
+                .store
+                .add_api_usage(marketo_day(self.ctx.clock.now()), calls, bytes)
+                .await?;
+        }
+        Ok(calls)
+    }
+
+    /// Describes every synced object on both sides, stores the schemas and compiles the plans.
+    /// A field that vanished or became read-only is disabled with a warning.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when Describe Lead or the CRM's describe fails for the whole call.
+    pub async fn refresh_schemas(&self, summary: &mut CycleSummary) -> Result<Plans, EngineError> {
+        let ctx = &self.ctx;
+        let mut set = SchemaSet::default();
+        let now = ctx.clock.now();
+        let objects = &ctx.settings.sync.objects;
+        let mut crm_objects = Vec::new();
+        let mut marketo_objects = Vec::new();
+        let mut lead_crm = None;
+        let mut activities = false;
+        for m in ctx.mappings.iter() {
+            if !objects.contains(&m.object) {
+                continue;
+            }
+            if m.file.is_activities() {
+                activities = true;
+                crm_objects.push(m.file.crm_object.clone());
+                for a in &m.file.activities {
+                    if let Some(o) = &a.crm_object {
+                        crm_objects.push(o.clone());
+                    }
+                }
+                continue;
+            }
+            if m.file.marketo_object == "lead" {
+                lead_crm = Some(m.file.crm_object.clone());
+            }
+            crm_objects.push(m.file.crm_object.clone());
+            marketo_objects.push(m.file.marketo_object.clone());
+        }
+        crm_objects.sort();
+        crm_objects.dedup();
+        marketo_objects.sort();
+        marketo_objects.dedup();
+        for object in &marketo_objects {
+            let daily = matches!(
+                object.as_str(),
+                "opportunityRole" | "opportunity_role" | "salesPerson" | "salesperson"
+            );
+            if daily
+                && let Some(stored) = ctx.store.schema(Side::Marketo, object).await?
+                && now - stored.fetched_at < chrono::Duration::hours(24)
+                && let Ok(schema) = serde_json::from_value::<ObjectSchema>(stored.schema.clone())
+            {
+                set.insert(schema);
+                continue;
+            }
+            let fetched = match object.as_str() {
+                "lead" => ctx.marketo.describe_lead2().await.map(|d| d.to_schema()),
+                "company" => describe_std(ctx, StandardObject::Company, object).await,
+                "opportunity" => describe_std(ctx, StandardObject::Opportunity, object).await,
+                "opportunityRole" | "opportunity_role" => {
+                    describe_std(ctx, StandardObject::OpportunityRole, object).await
+                }
+                "salesPerson" | "salesperson" => {
+                    describe_std(ctx, StandardObject::SalesPerson, object).await
+                }
+                custom => ctx
+                    .marketo
+                    .describe_custom_object(custom)
+                    .await
+                    .map(|m| m.to_schema(custom)),
+            };
+            let schema = match fetched {
+                Ok(s) => s,
+                Err(e) if object == "lead" => return Err(e.into()),
+                Err(e) => {
+                    summary
+                        .warnings
+                        .push(format!("describe of marketo `{object}` failed: {e}"));
+                    continue;
+                }
+            };
+            let mut schema = schema;
+            schema.object = object.clone();
+            self.store_schema(summary, &schema).await?;
+            if object != "lead" {
+                // Dedupe fields are the key Marketo creates records by, though Describe marks
+                // them not updateable.
+                schema = objects::writable_dedupe_fields(schema);
+            }
+            set.insert(schema);
+        }
+        for object in &crm_objects {
+            match ctx.crm.describe(object).await {
+                Ok(schema) => {
+                    self.store_schema(summary, &schema).await?;
+                    set.insert(schema);
+                }
+                Err(e) if lead_crm.as_deref() == Some(object.as_str()) => return Err(e.into()),
+                Err(e) => summary
+                    .warnings
+                    .push(format!("describe of crm `{object}` failed: {e}")),
+            }
+        }
+        if activities {
+            match self.activity_schemas(now).await {
+                Ok(list) => {
+                    for schema in list {
+                        set.insert(schema);
+                    }
+                }
+                Err(e) => summary
+                    .warnings
+                    .push(format!("activity types could not be read: {e}")),
+            }
+        }
+        let (plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
+        for p in problems {
+            warn!(problem = %p, "mapping problem against the live schema");
+            summary.warnings.push(p.to_string());
+        }
+        if let Ok(mut cached) = self.plans.lock() {
+            *cached = Some(plans.clone());
+        }
+        Ok(plans)
+    }
+
+    /// Returns the activity types as schemas `activity:<id>`, read from Marketo once a day
+    /// (the fetch time is kept in the store's schema record `activity_types`).
+    async fn activity_schemas(&self, now: DateTime<Utc>) -> Result<Vec<ObjectSchema>, EngineError> {
+        const KEY: &str = "activity_types";
+        if let Some(stored) = self.ctx.store.schema(Side::Marketo, KEY).await?
+            && now - stored.fetched_at < chrono::Duration::hours(24)
+            && let Ok(list) = serde_json::from_value::<Vec<ObjectSchema>>(stored.schema.clone())
+        {
+            return Ok(list);
+        }
+        let types = self.ctx.marketo.activity_types().await?;
+        let list: Vec<ObjectSchema> = types
+            .iter()
+            .map(super::objects::activities::activity_schema)
+            .collect();
+        let json = serde_json::to_value(&list).unwrap_or_default();
+        let hash = crate::model::fields_hash(
+            &[(KEY.to_owned(), crate::model::Value::Text(json.to_string()))]
+                .into_iter()
+                .collect(),
+        );
+        self.ctx
+            .store
+            .put_schema(&SchemaRecord {
+                side: Side::Marketo,
+                object: KEY.into(),
+                hash,
+                schema: json,
+                fetched_at: now,
+            })
+            .await?;
+        Ok(list)
+    }
+
+    async fn store_schema(
+        &self,
+        summary: &mut CycleSummary,
+        schema: &ObjectSchema,
+    ) -> Result<(), EngineError> {
+        let hash = schema.hash();
+        let previous = self.ctx.store.schema(schema.side, &schema.object).await?;
+        if let Some(prev) = &previous
+            && prev.hash != hash
+        {
+            summary.warnings.push(format!(
+                "{} schema of `{}` changed since the last cycle",
+                schema.side.as_str(),
+                schema.object
+            ));
+        }
+        if previous.as_ref().is_none_or(|p| p.hash != hash) || previous.is_none() {
+            self.ctx
+                .store
+                .put_schema(&SchemaRecord {
+                    side: schema.side,
+                    object: schema.object.clone(),
+                    hash,
+                    schema: serde_json::to_value(schema).unwrap_or_default(),
+                    fetched_at: self.ctx.clock.now(),
+                })
+                .await?;
+        } else if let Some(prev) = previous {
+            // Unchanged: refresh only the fetch time, so daily objects know when they were read.
+            self.ctx
+                .store
+                .put_schema(&SchemaRecord {
+                    fetched_at: self.ctx.clock.now(),
+                    ..prev
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn cycle_body(
+        &self,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+        summary: &mut CycleSummary,
+        steps: &mut Vec<StepTiming>,
+    ) -> Result<(), EngineError> {
+        let t = Timer::start(&self.ctx, "schema");
+        let plans = self.refresh_schemas(summary).await?;
+        steps.push(t.stop());
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        for step in objects::BEFORE_LEADS {
+            self.object_step(step, &plans, summary, steps, options, cancel)
+                .await?;
+        }
+        let t = Timer::start(&self.ctx, "leads");
+        if let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") {
+            leads::run(&self.ctx, &self.tunables, plan, summary, options, cancel).await?;
+        }
+        steps.push(t.stop());
+        for step in objects::ORDER {
+            if objects::BEFORE_LEADS.contains(step) {
+                continue;
+            }
+            self.object_step(step, &plans, summary, steps, options, cancel)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one of the other objects' steps. A step that fails as a whole is reported as a
+    /// warning and the cycle goes on with the next one (its watermarks stay where they were);
+    /// a cancellation or a quota pause stops the cycle.
+    async fn object_step(
+        &self,
+        step: &'static str,
+        plans: &Plans,
+        summary: &mut CycleSummary,
+        steps: &mut Vec<StepTiming>,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let t = Timer::start(&self.ctx, step);
+        let result = objects::run_step(step, &self.ctx, plans, summary, options, cancel).await;
+        steps.push(t.stop());
+        match result {
+            Ok(()) => Ok(()),
+            Err(error @ (EngineError::Cancelled | EngineError::Paused { .. })) => Err(error),
+            Err(error) => {
+                warn!(step, error = %error, "object step failed; the cycle goes on");
+                summary
+                    .warnings
+                    .push(format!("step `{step}` failed: {error}"));
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn describe_std(
+    ctx: &Context,
+    object: StandardObject,
+    name: &str,
+) -> Result<ObjectSchema, crate::marketo::Error> {
+    ctx.marketo
+        .describe_object(object)
+        .await
+        .map(|m| m.to_schema(name))
+}
+
+struct Timer {
+    step: &'static str,
+    at: DateTime<Utc>,
+    started: Instant,
+}
+
+impl Timer {
+    fn start(ctx: &Context, step: &'static str) -> Timer {
+        Timer {
+            step,
+            at: ctx.clock.now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn stop(self) -> StepTiming {
+        StepTiming {
+            step: self.step.to_owned(),
+            started_at: self.at,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+fn counts_of(summary: &CycleSummary) -> Vec<CycleCount> {
+    let mut out = Vec::new();
+    for (object, dirs) in &summary.objects {
+        for (dir, c) in dirs {
+            out.push(CycleCount {
+                object: object.clone(),
+                direction: Some(*dir),
+                read: c.read,
+                created: c.created,
+                updated: c.updated,
+                deleted: c.deleted,
+                conflicts: c.conflicts,
+                skipped: c.skipped,
+                failed: c.failed,
+            });
+        }
+    }
+    out
+}
+
+/// Returns the pause a Marketo error asks for, if it is a daily-quota error.
+fn as_pause(error: EngineError, now: DateTime<Utc>) -> EngineError {
+    match &error {
+        EngineError::Marketo(e) if e.disposition() == Disposition::PauseUntilDayTurns => {
+            EngineError::Paused {
+                reason: format!("marketo daily quota: {e}"),
+                until: Some(crate::marketo::limiter::next_day_turn(now)),
+            }
+        }
+        _ => error,
+    }
+}
+
+#[async_trait]
+impl Runner for Engine {
+    async fn run_one_cycle(
+        &self,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<CycleSummary, EngineError> {
+        self.check_quota().await?;
+        self.restore_usage().await?;
+        let before = self.ctx.marketo.usage();
+        let started = self.ctx.clock.now();
+        let id = uuid::Uuid::new_v4();
+        let mut summary = CycleSummary {
+            id: Some(id),
+            started_at: Some(started),
+            dry_run: options.dry_run,
+            ..CycleSummary::default()
+        };
+        let mut record = CycleRecord {
+            id,
+            started_at: started,
+            ended_at: None,
+            outcome: CycleOutcome::Running,
+            steps: Vec::new(),
+            counts: Vec::new(),
+            api_calls: 0,
+            message: None,
+        };
+        if !options.dry_run {
+            self.ctx.store.record_cycle(&record).await?;
+        }
+        let mut steps = Vec::new();
+        let result = self
+            .cycle_body(options, cancel, &mut summary, &mut steps)
+            .await
+            .map_err(|e| match e {
+                EngineError::Marketo(crate::marketo::Error::Cancelled { .. })
+                    if cancel.is_cancelled() =>
+                {
+                    EngineError::Cancelled
+                }
+                e => as_pause(e, self.ctx.clock.now()),
+            });
+        let calls = self.persist_usage(&before).await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot persist the api usage");
+            0
+        });
+        summary.marketo_calls = calls;
+        summary.ended_at = Some(self.ctx.clock.now());
+        record.ended_at = summary.ended_at;
+        record.steps = steps;
+        record.counts = counts_of(&summary);
+        record.api_calls = calls;
+        record.outcome = match &result {
+            Ok(()) if summary.failed() > 0 => CycleOutcome::Partial,
+            Ok(()) => CycleOutcome::Succeeded,
+            Err(EngineError::Cancelled) => CycleOutcome::Cancelled,
+            Err(_) => CycleOutcome::Failed,
+        };
+        record.message = result.as_ref().err().map(|e| e.to_string());
+        if !options.dry_run
+            && let Err(e) = self.ctx.store.record_cycle(&record).await
+        {
+            warn!(error = %e, "cannot record the cycle");
+        }
+        info!(cycle = %id, calls, outcome = record.outcome.as_str(), "cycle finished");
+        result.map(|()| summary)
+    }
+
+    async fn sync_lead_now(
+        &self,
+        lead_id: i64,
+        cancel: &CancellationToken,
+    ) -> Result<OnDemandOutcome, EngineError> {
+        self.check_quota().await?;
+        let before = self.ctx.marketo.usage();
+        let cached = self.plans.lock().ok().and_then(|p| p.clone());
+        let plans = match cached {
+            Some(p) => p,
+            None => {
+                let mut scratch = CycleSummary::default();
+                self.refresh_schemas(&mut scratch).await?
+            }
+        };
+        let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") else {
+            return Ok(OnDemandOutcome::NotSynced);
+        };
+        let result = leads::sync_one(&self.ctx, plan, lead_id, cancel)
+            .await
+            .map_err(|e| as_pause(e, self.ctx.clock.now()));
+        self.persist_usage(&before).await?;
+        result
+    }
+}

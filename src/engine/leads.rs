@@ -1,0 +1,2004 @@
+//! Leads both ways: Marketo leads <-> the CRM object of the lead mapping.
+//!
+//! Gather reads Marketo's New Lead / Change Data Value / Merge Leads activities from a persisted
+//! paging token and fetches the changed leads by id (300 a call), deleted leads from their own
+//! token, and the CRM's changes from its cursor. Identity links pairs by store link, then by
+//! the keys each side holds of the other, then by the match fields; reconcile is three-way
+//! against the link's base; apply writes Marketo first, then the CRM; one commit per step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::cycle::Tunables;
+use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
+use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
+use crate::config::DeletePolicy;
+use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
+use crate::mapping::{COMPANY_FIELDS_ON_LEADS, Plan};
+use crate::marketo::bulk_extract::{
+    DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
+};
+use crate::marketo::csv::{ExportReader, FileFormat, spawn_file_reader};
+use crate::marketo::model::parse_marketo_datetime;
+use crate::marketo::{DedupeBy, Record, SyncAction};
+use crate::model::{Fields, Side, Value, fields_hash};
+use crate::store::{
+    BulkJob, Conflict, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StepCommit,
+    SyncError, Tombstone, TombstoneKind, Watermark,
+};
+
+/// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
+pub const LEAD_ACTIVITY_TYPES: [i64; 3] = [12, 13, 32];
+const NEW_LEAD: i64 = 12;
+const CHANGE_DATA_VALUE: i64 = 13;
+const MERGE_LEADS: i64 = 32;
+const QUEUE_ACTIVITIES: &str = "activities";
+const QUEUE_DELETED: &str = "deleted";
+const LINK_OBJECT: &str = "lead";
+
+/// A Marketo lead as read this cycle.
+#[derive(Debug, Clone)]
+struct MLead {
+    id: i64,
+    canon: Fields,
+    at: Option<DateTime<Utc>>,
+    crm_key: Option<String>,
+    external_company_id: Option<String>,
+}
+
+/// A CRM record as read this cycle.
+#[derive(Debug, Clone)]
+struct CRec {
+    id: String,
+    canon: Fields,
+    at: DateTime<Utc>,
+    marketo_key: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Pair {
+    m_id: Option<i64>,
+    c_id: Option<String>,
+    link: Option<Link>,
+    m: Option<MLead>,
+    c: Option<CRec>,
+    failed: bool,
+}
+
+/// What the Marketo gather found.
+#[derive(Debug, Default)]
+struct MarketoChanges {
+    changed: BTreeSet<i64>,
+    merges: Vec<(i64, Vec<i64>)>,
+    token: Option<String>,
+    last_at: Option<DateTime<Utc>>,
+    bulk: bool,
+}
+
+fn text_of(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if s.trim().is_empty() => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn value_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        other => {
+            let t = other.to_text();
+            (!t.trim().is_empty()).then_some(t)
+        }
+    }
+}
+
+fn rules(plan: &Plan) -> Vec<FieldRule> {
+    plan.enabled_fields()
+        .map(|f| FieldRule {
+            name: f.name.clone(),
+            direction: f.direction,
+            policy: f.policy,
+        })
+        .collect()
+}
+
+fn lead_read_fields(plan: &Plan) -> Vec<String> {
+    let mut fields = plan.read_fields(Side::Marketo);
+    for extra in [
+        "id",
+        "updatedAt",
+        "externalCompanyId",
+        plan.marketo_crm_key.as_str(),
+    ] {
+        if !fields.iter().any(|f| f == extra) {
+            fields.push(extra.to_owned());
+        }
+    }
+    fields
+}
+
+fn m_lead(plan: &Plan, raw: &Record) -> Option<Result<MLead, String>> {
+    let fields: Fields = raw
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+        .collect();
+    m_lead_fields(plan, &fields)
+}
+
+fn m_lead_fields(plan: &Plan, fields: &Fields) -> Option<Result<MLead, String>> {
+    let id = match fields.get("id")? {
+        Value::Int(i) => *i,
+        other => other.to_text().trim().parse().ok()?,
+    };
+    Some(
+        plan.to_canonical(Side::Marketo, fields)
+            .map(|canon| MLead {
+                id,
+                canon,
+                at: match fields.get("updatedAt") {
+                    Some(Value::DateTime(t)) => Some(*t),
+                    Some(v) => parse_marketo_datetime(&v.to_text()),
+                    None => None,
+                },
+                crm_key: value_text(fields.get(&plan.marketo_crm_key)),
+                external_company_id: value_text(fields.get("externalCompanyId")),
+            })
+            .map_err(|e| e.to_string()),
+    )
+}
+
+fn c_rec(plan: &Plan, id: &str, at: DateTime<Utc>, fields: &Fields) -> Result<CRec, String> {
+    plan.to_canonical(Side::Crm, fields)
+        .map(|canon| CRec {
+            id: id.to_owned(),
+            canon,
+            at,
+            marketo_key: value_text(fields.get(&plan.crm_marketo_id)),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Reads the activity queue from the persisted token: changed lead ids and merges.
+async fn gather_activities(
+    ctx: &Context,
+    wm: Option<&Watermark>,
+    bulk_threshold: Option<usize>,
+    cancel: &CancellationToken,
+) -> Result<MarketoChanges, EngineError> {
+    let mut out = MarketoChanges::default();
+    let stored = wm
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.get("token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    let mut token = match stored {
+        Some(t) => t,
+        None => {
+            let overlap = chrono::Duration::from_std(ctx.settings.sync.overlap())
+                .unwrap_or_else(|_| chrono::Duration::minutes(5));
+            let since = match ctx.settings.bootstrap.low_watermarks.get("leads") {
+                Some(low) => *low,
+                None => ctx.clock.now() - overlap,
+            };
+            ctx.marketo.paging_token(since).await?
+        }
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &LEAD_ACTIVITY_TYPES, &Default::default())
+            .await?;
+        for a in &page.records {
+            out.last_at = Some(
+                out.last_at
+                    .map_or(a.activity_date, |l| l.max(a.activity_date)),
+            );
+            match a.activity_type_id {
+                NEW_LEAD | CHANGE_DATA_VALUE => {
+                    out.changed.insert(a.lead_id);
+                }
+                MERGE_LEADS => {
+                    let losers = merge_ids(a.attribute("Merge IDs"));
+                    let losers: Vec<i64> = losers.into_iter().filter(|l| *l != a.lead_id).collect();
+                    if !losers.is_empty() {
+                        out.merges.push((a.lead_id, losers));
+                    }
+                    out.changed.insert(a.lead_id);
+                }
+                _ => {}
+            }
+        }
+        if let Some(next) = page.next_page_token {
+            token = next;
+        }
+        if !page.more_result {
+            break;
+        }
+        if bulk_threshold.is_some_and(|t| out.changed.len() >= t) {
+            // A large change set: the leads come from a bulk extract; only the merges are
+            // still read here, paging the token to the end.
+            out.bulk = true;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let page = ctx
+                    .marketo
+                    .get_activities(&token, &[MERGE_LEADS], &Default::default())
+                    .await?;
+                for a in &page.records {
+                    let losers: Vec<i64> = merge_ids(a.attribute("Merge IDs"))
+                        .into_iter()
+                        .filter(|l| *l != a.lead_id)
+                        .collect();
+                    if !losers.is_empty() {
+                        out.merges.push((a.lead_id, losers));
+                    }
+                }
+                if let Some(next) = page.next_page_token {
+                    token = next;
+                }
+                if !page.more_result {
+                    break;
+                }
+            }
+            break;
+        }
+    }
+    out.token = Some(token);
+    Ok(out)
+}
+
+fn merge_ids(v: Option<&serde_json::Value>) -> Vec<i64> {
+    match v {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| {
+                i.as_i64()
+                    .or_else(|| i.as_str().and_then(|s| s.trim().parse().ok()))
+            })
+            .collect(),
+        Some(serde_json::Value::String(s)) => {
+            s.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+        }
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn gather_deleted(
+    ctx: &Context,
+    wm: Option<&Watermark>,
+    cancel: &CancellationToken,
+) -> Result<(BTreeSet<i64>, String), EngineError> {
+    let stored = wm
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.get("token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    let mut token = match stored {
+        Some(t) => t,
+        None => {
+            let overlap = chrono::Duration::from_std(ctx.settings.sync.overlap())
+                .unwrap_or_else(|_| chrono::Duration::minutes(5));
+            let since = match ctx.settings.bootstrap.low_watermarks.get("leads") {
+                Some(low) => *low,
+                None => ctx.clock.now() - overlap,
+            };
+            ctx.marketo.paging_token(since).await?
+        }
+    };
+    let mut ids = BTreeSet::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx.marketo.get_deleted_leads(&token).await?;
+        for a in &page.records {
+            ids.insert(a.primary_attribute_value_id.unwrap_or(a.lead_id));
+        }
+        if let Some(next) = page.next_page_token {
+            token = next;
+        }
+        if !page.more_result {
+            break;
+        }
+    }
+    Ok((ids, token))
+}
+
+/// Reads leads by id, 300 a call.
+async fn fetch_leads(
+    ctx: &Context,
+    plan: &Plan,
+    ids: &[i64],
+    summary: &mut CycleSummary,
+) -> Result<Vec<MLead>, EngineError> {
+    let fields = lead_read_fields(plan);
+    let mut out = Vec::new();
+    for chunk in ids.chunks(crate::marketo::leads::MAX_BATCH) {
+        let values: Vec<String> = chunk.iter().map(i64::to_string).collect();
+        let mut token: Option<String> = None;
+        loop {
+            let page = ctx
+                .marketo
+                .get_leads("id", &values, &fields, token.as_deref())
+                .await?;
+            for raw in &page.records {
+                match m_lead(plan, raw) {
+                    Some(Ok(l)) => out.push(l),
+                    Some(Err(e)) => summary.warnings.push(format!("marketo lead skipped: {e}")),
+                    None => {}
+                }
+            }
+            match (page.more_result, page.next_page_token) {
+                (true, Some(t)) => token = Some(t),
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads leads whose `filter` field equals one of `values`, 300 values a call.
+async fn find_leads(
+    ctx: &Context,
+    plan: &Plan,
+    filter: &str,
+    values: &[String],
+) -> Result<Vec<MLead>, EngineError> {
+    let fields = lead_read_fields(plan);
+    let mut out = Vec::new();
+    for chunk in values.chunks(crate::marketo::leads::MAX_BATCH) {
+        let page = ctx.marketo.get_leads(filter, chunk, &fields, None).await?;
+        out.extend(page.records.iter().filter_map(|r| m_lead(plan, r)?.ok()));
+    }
+    Ok(out)
+}
+
+/// The step's accumulated store writes and the counters of one run.
+struct Step<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    commit: StepCommit,
+    dry_run: bool,
+    plan_out: Vec<serde_json::Value>,
+    due: HashMap<ErrorKey, SyncError>,
+    open: HashMap<ErrorKey, u32>,
+    bulk_import_threshold: usize,
+    poll: std::time::Duration,
+    cancel: CancellationToken,
+}
+
+impl Step<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.ctx.clock.now()
+    }
+
+    fn error(
+        &mut self,
+        direction: Direction,
+        record_key: String,
+        other_key: Option<String>,
+        payload: serde_json::Value,
+        code: String,
+        message: String,
+    ) {
+        let now = self.now();
+        let key = ErrorKey {
+            object: LINK_OBJECT.to_owned(),
+            direction,
+            record_key: record_key.clone(),
+        };
+        let attempts = self
+            .due
+            .get(&key)
+            .map(|e| e.attempts)
+            .or_else(|| self.open.get(&key).copied())
+            .unwrap_or(0)
+            + 1;
+        let backoff = chrono::Duration::seconds(60 * (1_i64 << attempts.min(10)));
+        let backoff = backoff.min(chrono::Duration::hours(24));
+        self.commit.errors_upsert.push(SyncError {
+            id: uuid::Uuid::new_v4(),
+            object: LINK_OBJECT.to_owned(),
+            direction,
+            record_key,
+            other_key,
+            payload,
+            code,
+            message,
+            attempts,
+            first_seen_at: now,
+            last_seen_at: now,
+            next_retry_at: Some(now + backoff),
+            status: ErrorStatus::Open,
+        });
+    }
+
+    fn link(&mut self, m_id: i64, c_id: &str, base: Fields) {
+        let hash = fields_hash(&base);
+        self.commit.links_upsert.push(Link {
+            object: LINK_OBJECT.to_owned(),
+            marketo_key: m_id.to_string(),
+            crm_key: c_id.to_owned(),
+            base,
+            base_hash: hash,
+            agreed_at: self.now(),
+            tombstone: None,
+        });
+    }
+
+    fn tombstone(&mut self, link: &Link, kind: TombstoneKind, side: Side) {
+        let mut l = link.clone();
+        l.tombstone = Some(Tombstone {
+            kind,
+            side,
+            at: self.now(),
+        });
+        self.commit.links_upsert.push(l);
+    }
+}
+
+fn object_name(plan: &Plan) -> String {
+    plan.object.clone()
+}
+
+/// Runs the lead step of a cycle.
+///
+/// # Errors
+///
+/// Returns an error when a whole call fails (Marketo, the CRM or the store), or on cancel.
+pub async fn run(
+    ctx: &Context,
+    tunables: &Tunables,
+    plan: &Plan,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let store = &ctx.store;
+    let now = ctx.clock.now();
+    let due: HashMap<ErrorKey, SyncError> = store
+        .errors_due(now, 1_000)
+        .await?
+        .into_iter()
+        .filter(|e| e.object == LINK_OBJECT)
+        .map(|e| {
+            (
+                ErrorKey {
+                    object: e.object.clone(),
+                    direction: e.direction,
+                    record_key: e.record_key.clone(),
+                },
+                e,
+            )
+        })
+        .collect();
+    let open = open_errors(ctx).await?;
+    let mut step = Step {
+        ctx,
+        plan,
+        commit: StepCommit::default(),
+        dry_run: options.dry_run,
+        plan_out: Vec::new(),
+        due,
+        open,
+        bulk_import_threshold: tunables.bulk_import_threshold,
+        poll: tunables.export_poll,
+        cancel: cancel.clone(),
+    };
+
+    // Gather: Marketo activities, deleted leads, CRM changes.
+    let act_wm = store
+        .watermark(Side::Marketo, LINK_OBJECT, QUEUE_ACTIVITIES)
+        .await?;
+    let del_wm = store
+        .watermark(Side::Marketo, LINK_OBJECT, QUEUE_DELETED)
+        .await?;
+    let crm_wm = store
+        .watermark(Side::Crm, &plan.crm_object, "default")
+        .await?;
+    let resumed = store
+        .unfinished_jobs(JobDirection::Export)
+        .await?
+        .into_iter()
+        .find(|j| j.kind == "leads" && j.object == LINK_OBJECT);
+    let bulk_allowed = !step.dry_run;
+    let threshold = bulk_allowed.then_some(tunables.bulk_extract_threshold);
+    let mut changes = gather_activities(ctx, act_wm.as_ref(), threshold, cancel).await?;
+    let mut bulk_leads: Option<Vec<MLead>> = None;
+    if changes.bulk || resumed.is_some() {
+        let since = act_wm.as_ref().map_or_else(
+            || {
+                ctx.settings
+                    .bootstrap
+                    .low_watermarks
+                    .get("leads")
+                    .copied()
+                    .unwrap_or(now - chrono::Duration::days(1))
+            },
+            |w| w.at,
+        ) - chrono::Duration::from_std(ctx.settings.sync.overlap())
+            .unwrap_or_else(|_| chrono::Duration::minutes(5));
+        // Marketo times are whole seconds: the window ends after the current second.
+        let until = changes.last_at.map_or(now, |l| l.max(now)) + chrono::Duration::seconds(1);
+        match bulk_extract(
+            ctx,
+            tunables,
+            plan,
+            (since, until),
+            resumed,
+            summary,
+            cancel,
+        )
+        .await
+        {
+            Ok(leads) => bulk_leads = Some(leads),
+            Err(EngineError::Marketo(e))
+                if matches!(e, crate::marketo::Error::UnsupportedFilter { .. })
+                    || e.disposition() == crate::marketo::Disposition::PauseUntilDayTurns =>
+            {
+                summary.warnings.push(
+                    if matches!(e, crate::marketo::Error::UnsupportedFilter { .. }) {
+                        "this instance has no updatedAt filter on bulk lead export (1035): \
+                         changed leads are read by id instead"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "bulk export paused until the Marketo day turns ({e}): \
+                             changed leads are read by id instead"
+                        )
+                    },
+                );
+                // Read the rest of the activity queue for the lead ids.
+                let rest = Watermark {
+                    system: Side::Marketo,
+                    object: LINK_OBJECT.to_owned(),
+                    queue: QUEUE_ACTIVITIES.to_owned(),
+                    at: now,
+                    tie: None,
+                    cursor: act_wm.as_ref().and_then(|w| w.cursor.clone()),
+                };
+                let stored = act_wm.as_ref().map(|_| &rest);
+                let all = gather_activities(ctx, stored, None, cancel).await?;
+                changes.changed.extend(all.changed);
+                changes.merges = all.merges;
+                changes.token = all.token;
+                changes.last_at = all.last_at.or(changes.last_at);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (deleted, del_token) = gather_deleted(ctx, del_wm.as_ref(), cancel).await?;
+
+    let mut crm_cursor: Option<Cursor> = crm_wm.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
+    let mut cs: BTreeMap<String, CRec> = BTreeMap::new();
+    let mut crm_tombstones: Vec<(String, DeleteHow)> = Vec::new();
+    let mut crm_last = crm_wm.as_ref().map(|w| w.at);
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .crm
+            .changes(&plan.crm_object, crm_cursor.as_ref(), tunables.crm_page)
+            .await?;
+        for ch in page.changes {
+            crm_last = Some(crm_last.map_or(ch.modified_at, |l| l.max(ch.modified_at)));
+            match ch.kind {
+                ChangeKind::Upserted { fields } => {
+                    match c_rec(plan, &ch.id, ch.modified_at, &fields) {
+                        Ok(r) => {
+                            cs.insert(ch.id.clone(), r);
+                        }
+                        Err(e) => summary.warnings.push(format!("crm record skipped: {e}")),
+                    }
+                }
+                ChangeKind::Deleted(t) => {
+                    cs.remove(&ch.id);
+                    crm_tombstones.push((ch.id, t.how));
+                }
+            }
+        }
+        let more = page.more;
+        crm_cursor = Some(page.next);
+        if !more {
+            break;
+        }
+    }
+
+    // Records due for a retry are read again.
+    for key in step.due.keys() {
+        match key.direction {
+            Direction::MarketoToCrm => {
+                if let Ok(id) = key.record_key.parse::<i64>() {
+                    changes.changed.insert(id);
+                }
+            }
+            Direction::CrmToMarketo => {
+                if !cs.contains_key(&key.record_key) {
+                    for r in ctx
+                        .crm
+                        .get(&plan.crm_object, std::slice::from_ref(&key.record_key))
+                        .await?
+                    {
+                        if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
+                            cs.insert(r.id.clone(), c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let object = object_name(plan);
+    // Merges first, so that the winners' links are in place before pairing.
+    let merged_losers: BTreeSet<i64> = changes.merges.iter().flat_map(|(_, l)| l.clone()).collect();
+    apply_merges(&mut step, &changes.merges, summary).await?;
+    if !step.commit.is_empty() && !step.dry_run {
+        store.commit(std::mem::take(&mut step.commit)).await?;
+    }
+    // Marketo deletions.
+    apply_marketo_deletes(&mut step, &deleted, &merged_losers, summary).await?;
+    // CRM deletions.
+    apply_crm_deletes(&mut step, &crm_tombstones, summary).await?;
+
+    let ids: Vec<i64> = changes
+        .changed
+        .iter()
+        .copied()
+        .filter(|id| !deleted.contains(id) && !merged_losers.contains(id))
+        .collect();
+    let leads = match bulk_leads {
+        Some(mut leads) => {
+            // Leads changed after the export's end are in the activity ids only.
+            let seen: BTreeSet<i64> = leads.iter().map(|l| l.id).collect();
+            let missing: Vec<i64> = ids.iter().copied().filter(|i| !seen.contains(i)).collect();
+            if missing.len() <= crate::marketo::leads::MAX_BATCH * 2 {
+                leads.extend(fetch_leads(ctx, plan, &missing, summary).await?);
+            }
+            leads.retain(|l| !deleted.contains(&l.id) && !merged_losers.contains(&l.id));
+            leads
+        }
+        None => fetch_leads(ctx, plan, &ids, summary).await?,
+    };
+    summary.counts_mut(&object, Direction::MarketoToCrm).read += leads.len() as u64;
+    summary.counts_mut(&object, Direction::CrmToMarketo).read += cs.len() as u64;
+
+    let ms: BTreeMap<i64, MLead> = leads.into_iter().map(|l| (l.id, l)).collect();
+    sync_pairs(&mut step, ms, cs, summary, cancel).await?;
+
+    // Watermarks move with the step's commit.
+    let at = ctx.clock.now();
+    step.commit.watermarks.push(Watermark {
+        system: Side::Marketo,
+        object: LINK_OBJECT.to_owned(),
+        queue: QUEUE_ACTIVITIES.to_owned(),
+        at: changes
+            .last_at
+            .unwrap_or(at)
+            .max(act_wm.as_ref().map_or(at, |w| w.at)),
+        tie: None,
+        cursor: changes.token.map(|t| json!({ "token": t })),
+    });
+    step.commit.watermarks.push(Watermark {
+        system: Side::Marketo,
+        object: LINK_OBJECT.to_owned(),
+        queue: QUEUE_DELETED.to_owned(),
+        at: del_wm.as_ref().map_or(at, |w| w.at.max(at)),
+        tie: None,
+        cursor: Some(json!({ "token": del_token })),
+    });
+    step.commit.watermarks.push(Watermark {
+        system: Side::Crm,
+        object: plan.crm_object.clone(),
+        queue: "default".to_owned(),
+        at: crm_last.unwrap_or(at),
+        tie: None,
+        cursor: crm_cursor.map(|c| c.0),
+    });
+    if step.dry_run {
+        summary.plan.append(&mut step.plan_out);
+    } else {
+        store.commit(step.commit).await?;
+    }
+    info!(object = %object, "lead step committed");
+    Ok(())
+}
+
+/// Syncs one lead to the CRM now (webhooks).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn sync_one(
+    ctx: &Context,
+    plan: &Plan,
+    lead_id: i64,
+    cancel: &CancellationToken,
+) -> Result<OnDemandOutcome, EngineError> {
+    let fields = lead_read_fields(plan);
+    let Some(raw) = ctx.marketo.get_lead(lead_id, &fields).await? else {
+        return Ok(OnDemandOutcome::NotFound);
+    };
+    let mut summary = CycleSummary::default();
+    let lead = match m_lead(plan, &raw) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return Err(EngineError::Mapping(e)),
+        None => return Ok(OnDemandOutcome::NotFound),
+    };
+    let mut step = Step {
+        ctx,
+        plan,
+        commit: StepCommit::default(),
+        dry_run: false,
+        plan_out: Vec::new(),
+        due: HashMap::new(),
+        open: open_errors(ctx).await?,
+        bulk_import_threshold: usize::MAX,
+        poll: std::time::Duration::from_secs(5),
+        cancel: cancel.clone(),
+    };
+    let ms = BTreeMap::from([(lead.id, lead)]);
+    sync_pairs(&mut step, ms, BTreeMap::new(), &mut summary, cancel).await?;
+    ctx.store.commit(step.commit).await?;
+    let c = summary
+        .objects
+        .get(&plan.object)
+        .and_then(|d| d.get(&Direction::MarketoToCrm))
+        .copied()
+        .unwrap_or_default();
+    Ok(if c.created + c.updated > 0 {
+        OnDemandOutcome::Synced
+    } else {
+        OnDemandOutcome::Unchanged
+    })
+}
+
+fn live(links: Vec<Link>) -> Vec<Link> {
+    links
+        .into_iter()
+        .filter(|l| l.tombstone.is_none())
+        .collect()
+}
+
+/// Pairs, matches, reconciles and writes; the step's commit collects the results.
+async fn sync_pairs(
+    step: &mut Step<'_>,
+    ms: BTreeMap<i64, MLead>,
+    cs: BTreeMap<String, CRec>,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let m_keys: Vec<String> = ms.keys().map(i64::to_string).collect();
+    let c_keys: Vec<String> = cs.keys().cloned().collect();
+    let mut links = live(
+        ctx.store
+            .links_by_marketo_keys(LINK_OBJECT, &m_keys)
+            .await?,
+    );
+    links.extend(live(
+        ctx.store.links_by_crm_keys(LINK_OBJECT, &c_keys).await?,
+    ));
+    // Keys the records hold of the other side.
+    let held_crm: Vec<String> = ms.values().filter_map(|m| m.crm_key.clone()).collect();
+    let held_m: Vec<String> = cs.values().filter_map(|c| c.marketo_key.clone()).collect();
+    links.extend(live(
+        ctx.store.links_by_crm_keys(LINK_OBJECT, &held_crm).await?,
+    ));
+    links.extend(live(
+        ctx.store
+            .links_by_marketo_keys(LINK_OBJECT, &held_m)
+            .await?,
+    ));
+
+    let mut pairs: Vec<Pair> = Vec::new();
+    let mut by_m: HashMap<i64, usize> = HashMap::new();
+    let mut by_c: HashMap<String, usize> = HashMap::new();
+    for l in links {
+        let Ok(m_id) = l.marketo_key.parse::<i64>() else {
+            continue;
+        };
+        if by_m.contains_key(&m_id) || by_c.contains_key(&l.crm_key) {
+            continue;
+        }
+        by_m.insert(m_id, pairs.len());
+        by_c.insert(l.crm_key.clone(), pairs.len());
+        pairs.push(Pair {
+            m_id: Some(m_id),
+            c_id: Some(l.crm_key.clone()),
+            link: Some(l),
+            ..Pair::default()
+        });
+    }
+    for (id, m) in ms {
+        if let Some(&i) = by_m.get(&id) {
+            pairs[i].m = Some(m);
+            continue;
+        }
+        if let Some(key) = m.crm_key.clone()
+            && let Some(&i) = by_c.get(&key)
+            && pairs[i].m_id.is_none()
+        {
+            pairs[i].m_id = Some(id);
+            pairs[i].m = Some(m);
+            by_m.insert(id, i);
+            continue;
+        }
+        let c_id = m.crm_key.clone().filter(|k| !by_c.contains_key(k));
+        let i = pairs.len();
+        by_m.insert(id, i);
+        if let Some(k) = &c_id {
+            by_c.insert(k.clone(), i);
+        }
+        pairs.push(Pair {
+            m_id: Some(id),
+            c_id,
+            m: Some(m),
+            ..Pair::default()
+        });
+    }
+    for (id, c) in cs {
+        if let Some(&i) = by_c.get(&id) {
+            pairs[i].c = Some(c);
+            continue;
+        }
+        if let Some(mk) = c.marketo_key.as_deref().and_then(|k| k.parse::<i64>().ok()) {
+            if let Some(&i) = by_m.get(&mk) {
+                if pairs[i].c_id.is_none() {
+                    pairs[i].c_id = Some(id.clone());
+                    pairs[i].c = Some(c);
+                    by_c.insert(id, i);
+                    continue;
+                }
+            } else {
+                let i = pairs.len();
+                by_m.insert(mk, i);
+                by_c.insert(id.clone(), i);
+                pairs.push(Pair {
+                    m_id: Some(mk),
+                    c_id: Some(id),
+                    c: Some(c),
+                    ..Pair::default()
+                });
+                continue;
+            }
+        }
+        let i = pairs.len();
+        by_c.insert(id.clone(), i);
+        pairs.push(Pair {
+            c_id: Some(id),
+            c: Some(c),
+            ..Pair::default()
+        });
+    }
+
+    // Unlinked pairs: read the other side's record where its key is known.
+    let need_c: Vec<String> = pairs
+        .iter()
+        .filter(|p| p.link.is_none() && p.c.is_none())
+        .filter_map(|p| p.c_id.clone())
+        .collect();
+    if !need_c.is_empty() {
+        let found = ctx.crm.get(&plan.crm_object, &need_c).await?;
+        for r in found {
+            if let (Some(&i), Ok(c)) = (
+                by_c.get(&r.id),
+                c_rec(plan, &r.id, r.modified_at, &r.fields),
+            ) {
+                pairs[i].c = Some(c);
+            }
+        }
+        for p in pairs
+            .iter_mut()
+            .filter(|p| p.link.is_none() && p.c.is_none())
+        {
+            // A key pointing at nothing: match or create instead.
+            p.c_id = None;
+        }
+    }
+    let need_m: Vec<i64> = pairs
+        .iter()
+        .filter(|p| p.link.is_none() && p.m.is_none())
+        .filter_map(|p| p.m_id)
+        .collect();
+    if !need_m.is_empty() {
+        let found = fetch_leads(ctx, plan, &need_m, summary).await?;
+        for m in found {
+            if let Some(&i) = by_m.get(&m.id) {
+                pairs[i].m = Some(m);
+            }
+        }
+        for p in pairs
+            .iter_mut()
+            .filter(|p| p.link.is_none() && p.m.is_none())
+        {
+            p.m_id = None;
+        }
+    }
+
+    match_pairs(step, &mut pairs).await?;
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+
+    // Reconcile.
+    let rules = rules(plan);
+    let mut decided: Vec<(usize, Reconciled)> = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        if p.m.is_none() && p.c.is_none() {
+            continue;
+        }
+        let empty = Fields::new();
+        let base = p.link.as_ref().map_or(&empty, |l| &l.base);
+        let r = reconcile(
+            &rules,
+            base,
+            p.m.as_ref().map(|m| SideState {
+                fields: &m.canon,
+                modified_at: m.at,
+            }),
+            p.c.as_ref().map(|c| SideState {
+                fields: &c.canon,
+                modified_at: Some(c.at),
+            }),
+        );
+        decided.push((i, r));
+    }
+
+    // Apply to Marketo.
+    apply_marketo(step, &mut pairs, &decided, summary).await?;
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+    // Apply to the CRM.
+    let created = apply_crm(step, &mut pairs, &decided, summary).await?;
+    // The new CRM ids go back into Marketo's CRM-key field.
+    if !created.is_empty() && !step.dry_run {
+        let input: Vec<Record> = created
+            .iter()
+            .filter_map(|i| {
+                let p = &pairs[*i];
+                let mut r = Record::new();
+                r.insert("id".into(), json!(p.m_id?));
+                r.insert(plan.marketo_crm_key.clone(), json!(p.c_id.clone()?));
+                Some(r)
+            })
+            .collect();
+        for chunk in input.chunks(crate::marketo::leads::MAX_BATCH) {
+            let results = ctx
+                .marketo
+                .sync_leads(SyncAction::UpdateOnly, Some("id"), None, chunk)
+                .await?;
+            for (rec, res) in chunk.iter().zip(results) {
+                if res.is_skipped() {
+                    let reason = res.reasons.first();
+                    step.error(
+                        Direction::CrmToMarketo,
+                        text_of(rec.get(&plan.marketo_crm_key)).unwrap_or_default(),
+                        text_of(rec.get("id")),
+                        serde_json::Value::Object(rec.clone()),
+                        reason.map(|r| r.code.clone()).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+
+    // Links, conflicts, resolved errors.
+    let now = ctx.clock.now();
+    for (i, r) in &decided {
+        let p = &pairs[*i];
+        if p.failed {
+            continue;
+        }
+        let (Some(m_id), Some(c_id)) = (p.m_id, p.c_id.clone()) else {
+            continue;
+        };
+        for c in &r.conflicts {
+            summary
+                .counts_mut(&object, direction_to(c.winner.other()))
+                .conflicts += 1;
+            step.commit.conflicts.push(Conflict {
+                id: 0,
+                object: LINK_OBJECT.to_owned(),
+                marketo_key: m_id.to_string(),
+                crm_key: c_id.clone(),
+                field: c.field.clone(),
+                marketo_value: c.marketo.clone(),
+                crm_value: c.crm.clone(),
+                base_value: (!c.base.is_null()).then(|| c.base.clone()),
+                winner: c.winner,
+                policy: policy_name(c.policy).to_owned(),
+                at: now,
+            });
+        }
+        let unchanged = p.link.as_ref().is_some_and(|l| {
+            l.base == r.agreed && l.marketo_key == m_id.to_string() && l.crm_key == c_id
+        });
+        if !unchanged {
+            step.link(m_id, &c_id, r.agreed.clone());
+        }
+        for (direction, key) in [
+            (Direction::MarketoToCrm, m_id.to_string()),
+            (Direction::CrmToMarketo, c_id.clone()),
+        ] {
+            let k = ErrorKey {
+                object: LINK_OBJECT.to_owned(),
+                direction,
+                record_key: key,
+            };
+            if step.open.contains_key(&k) {
+                step.commit.errors_resolve.push(k);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn direction_to(target: Side) -> Direction {
+    match target {
+        Side::Crm => Direction::MarketoToCrm,
+        Side::Marketo => Direction::CrmToMarketo,
+    }
+}
+
+fn policy_name(p: crate::mapping::Policy) -> &'static str {
+    match p {
+        crate::mapping::Policy::CrmWins => "crm_wins",
+        crate::mapping::Policy::MarketoWins => "marketo_wins",
+        crate::mapping::Policy::NewestWins => "newest_wins",
+    }
+}
+
+fn match_key(plan: &Plan, canon: &Fields) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &plan.match_fields {
+        out.push(value_text(canon.get(f))?.to_lowercase());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Matches one-sided, unlinked pairs: with each other first, then against the other system.
+async fn match_pairs(step: &mut Step<'_>, pairs: &mut Vec<Pair>) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let Some(first) = plan.match_fields.first().cloned() else {
+        return Ok(());
+    };
+    // Same-cycle matches: a new Marketo lead and a new CRM record with the same match values.
+    let mut c_only: HashMap<Vec<String>, usize> = HashMap::new();
+    for (i, p) in pairs.iter().enumerate() {
+        if p.link.is_none()
+            && p.m_id.is_none()
+            && let Some(c) = &p.c
+            && let Some(k) = match_key(plan, &c.canon)
+        {
+            c_only.entry(k).or_insert(i);
+        }
+    }
+    for i in 0..pairs.len() {
+        if pairs[i].link.is_some() || pairs[i].c_id.is_some() {
+            continue;
+        }
+        let Some(k) = pairs[i].m.as_ref().and_then(|m| match_key(plan, &m.canon)) else {
+            continue;
+        };
+        if let Some(j) = c_only.remove(&k) {
+            let other = std::mem::take(&mut pairs[j]);
+            pairs[i].c_id = other.c_id;
+            pairs[i].c = other.c;
+        }
+    }
+    pairs.retain(|p| p.m.is_some() || p.c.is_some() || p.link.is_some());
+
+    // Marketo-only: look for the CRM record.
+    let Some(crm_field) = plan.field(&first).and_then(|f| f.crm.clone()) else {
+        return Ok(());
+    };
+    let Some(m_field) = plan.field(&first).and_then(|f| f.marketo.clone()) else {
+        return Ok(());
+    };
+    let wanted: Vec<Value> = pairs
+        .iter()
+        .filter(|p| p.link.is_none() && p.c_id.is_none())
+        .filter_map(|p| p.m.as_ref())
+        .filter_map(|m| m.canon.get(&first).filter(|v| !v.is_null()).cloned())
+        .collect();
+    if !wanted.is_empty() {
+        let mut found = Vec::new();
+        for chunk in wanted.chunks(300) {
+            found.extend(ctx.crm.find(&plan.crm_object, &crm_field, chunk).await?);
+        }
+        let keys: Vec<String> = found.iter().map(|r| r.id.clone()).collect();
+        let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &keys).await?)
+            .into_iter()
+            .map(|l| l.crm_key)
+            .collect();
+        let mut by_key: HashMap<Vec<String>, CRec> = HashMap::new();
+        for r in found {
+            if taken.contains(&r.id) {
+                continue;
+            }
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
+                && let Some(k) = match_key(plan, &c.canon)
+            {
+                by_key.entry(k).or_insert(c);
+            }
+        }
+        for p in pairs
+            .iter_mut()
+            .filter(|p| p.link.is_none() && p.c_id.is_none())
+        {
+            if let Some(k) = p.m.as_ref().and_then(|m| match_key(plan, &m.canon))
+                && let Some(c) = by_key.remove(&k)
+            {
+                p.c_id = Some(c.id.clone());
+                p.c = Some(c);
+            }
+        }
+    }
+
+    // CRM-only: look for the Marketo lead.
+    let wanted: Vec<String> = pairs
+        .iter()
+        .filter(|p| p.link.is_none() && p.m_id.is_none())
+        .filter_map(|p| p.c.as_ref())
+        .filter_map(|c| value_text(c.canon.get(&first)))
+        .collect();
+    if !wanted.is_empty() {
+        let found = find_leads(ctx, plan, &m_field, &wanted).await?;
+        let keys: Vec<String> = found.iter().map(|m| m.id.to_string()).collect();
+        let taken: BTreeSet<String> =
+            live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?)
+                .into_iter()
+                .map(|l| l.marketo_key)
+                .collect();
+        let mut by_key: HashMap<Vec<String>, MLead> = HashMap::new();
+        for m in found {
+            if taken.contains(&m.id.to_string()) {
+                continue;
+            }
+            if let Some(k) = match_key(plan, &m.canon) {
+                // The oldest lead (lowest id) wins among duplicates.
+                by_key.entry(k).or_insert(m);
+            }
+        }
+        for p in pairs
+            .iter_mut()
+            .filter(|p| p.link.is_none() && p.m_id.is_none())
+        {
+            if let Some(k) = p.c.as_ref().and_then(|c| match_key(plan, &c.canon))
+                && let Some(m) = by_key.remove(&k)
+            {
+                p.m_id = Some(m.id);
+                p.m = Some(m);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_record(fields: &Fields) -> Record {
+    fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect()
+}
+
+struct MWrite {
+    pair: usize,
+    record: Record,
+    create: bool,
+    company: Option<Record>,
+}
+
+async fn apply_marketo(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    decided: &[(usize, Reconciled)],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let mut writes: Vec<MWrite> = Vec::new();
+    for (i, r) in decided {
+        let p = &pairs[*i];
+        let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
+        let needs_key = match (&p.c_id, &p.m) {
+            (Some(c), Some(m)) => m.crm_key.as_deref() != Some(c.as_str()),
+            (Some(_), None) => p.link.is_none(),
+            _ => false,
+        };
+        match (p.m_id, &p.c_id) {
+            (None, Some(c_id)) => {
+                record.insert(plan.marketo_crm_key.clone(), json!(c_id));
+                writes.push(MWrite {
+                    pair: *i,
+                    record,
+                    create: true,
+                    company: None,
+                });
+            }
+            (Some(m_id), _) if !record.is_empty() || needs_key => {
+                if needs_key && let Some(c_id) = &p.c_id {
+                    record.insert(plan.marketo_crm_key.clone(), json!(c_id));
+                }
+                let mut company = None;
+                if let Some(ext) = p.m.as_ref().and_then(|m| m.external_company_id.clone()) {
+                    let mut c = Record::new();
+                    for f in COMPANY_FIELDS_ON_LEADS {
+                        if let Some(v) = record.remove(*f) {
+                            c.insert((*f).to_owned(), v);
+                        }
+                    }
+                    if !c.is_empty() {
+                        c.insert("externalCompanyId".into(), json!(ext));
+                        company = Some(c);
+                    }
+                }
+                record.insert("id".into(), json!(m_id));
+                writes.push(MWrite {
+                    pair: *i,
+                    record,
+                    create: false,
+                    company,
+                });
+            }
+            _ => {}
+        }
+    }
+    if step.dry_run {
+        for w in &writes {
+            step.plan_out.push(json!({
+                "target": "marketo",
+                "object": object,
+                "action": if w.create { "create" } else { "update" },
+                "record": w.record,
+                "company": w.company,
+            }));
+        }
+        return Ok(());
+    }
+    // Company-type fields of linked leads go to their company.
+    let companies: Vec<Record> = writes.iter().filter_map(|w| w.company.clone()).collect();
+    for chunk in companies.chunks(crate::marketo::leads::MAX_BATCH) {
+        let results = ctx
+            .marketo
+            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, chunk)
+            .await?;
+        for (rec, res) in chunk.iter().zip(results) {
+            if res.is_skipped() {
+                let reason = res.reasons.first();
+                summary.warnings.push(format!(
+                    "company {} refused the lead's company fields: {}",
+                    text_of(rec.get("externalCompanyId")).unwrap_or_default(),
+                    reason.map(|r| r.message.clone()).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let creates = writes.iter().filter(|w| w.create).count();
+    let bulk_creates = creates > step.bulk_import_threshold;
+    if bulk_creates {
+        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create).collect();
+        bulk_import_creates(step, pairs, &batch, summary).await?;
+    }
+    for (create, action, lookup) in [
+        (
+            true,
+            SyncAction::CreateOrUpdate,
+            plan.marketo_crm_key.as_str(),
+        ),
+        (false, SyncAction::UpdateOnly, "id"),
+    ] {
+        if create && bulk_creates {
+            continue;
+        }
+        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
+        for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
+            let input: Vec<Record> = chunk.iter().map(|w| w.record.clone()).collect();
+            let results = ctx
+                .marketo
+                .sync_leads(action, Some(lookup), None, &input)
+                .await?;
+            for (w, res) in chunk.iter().zip(results) {
+                let p = &mut pairs[w.pair];
+                let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+                if res.is_skipped() {
+                    counts.failed += 1;
+                    p.failed = true;
+                    let reason = res.reasons.first();
+                    let key = p
+                        .c_id
+                        .clone()
+                        .or_else(|| p.m_id.map(|m| m.to_string()))
+                        .unwrap_or_default();
+                    step.error(
+                        Direction::CrmToMarketo,
+                        key,
+                        p.m_id.map(|m| m.to_string()),
+                        serde_json::Value::Object(w.record.clone()),
+                        reason.map(|r| r.code.clone()).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                    );
+                    continue;
+                }
+                if w.create {
+                    counts.created += 1;
+                    p.m_id = res.id_i64();
+                    if p.m_id.is_none() {
+                        p.failed = true;
+                    }
+                } else {
+                    counts.updated += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_crm(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    decided: &[(usize, Reconciled)],
+    summary: &mut CycleSummary,
+) -> Result<Vec<usize>, EngineError> {
+    let mut created_pairs = Vec::new();
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let pk = ctx
+        .crm
+        .describe(&plan.crm_object)
+        .await
+        .ok()
+        .and_then(|s| s.id_field)
+        .unwrap_or_else(|| "id".to_owned());
+    let max = ctx
+        .crm
+        .capabilities(&plan.crm_object)
+        .map(|c| c.max_batch_write)
+        .unwrap_or(500)
+        .max(1);
+    let mut creates: Vec<(usize, Fields)> = Vec::new();
+    let mut updates: Vec<(usize, Fields)> = Vec::new();
+    for (i, r) in decided {
+        let p = &pairs[*i];
+        if p.failed {
+            continue;
+        }
+        let Some(m_id) = p.m_id else { continue };
+        let mut record = plan.render(Side::Crm, &r.to_crm);
+        let needs_key = match &p.c {
+            Some(c) => c.marketo_key.as_deref() != Some(m_id.to_string().as_str()),
+            None => p.link.is_none(),
+        };
+        match &p.c_id {
+            None => {
+                record.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
+                creates.push((*i, record));
+            }
+            Some(c_id) if !record.is_empty() || needs_key => {
+                if needs_key {
+                    record.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
+                }
+                record.insert(pk.clone(), Value::Text(c_id.clone()));
+                updates.push((*i, record));
+            }
+            Some(_) => {
+                summary.counts_mut(&object, Direction::MarketoToCrm).skipped += 1;
+            }
+        }
+    }
+    if step.dry_run {
+        for (create, list) in [(true, &creates), (false, &updates)] {
+            for (_, f) in list.iter() {
+                let rec: serde_json::Map<String, serde_json::Value> =
+                    f.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                step.plan_out.push(json!({
+                    "target": "crm",
+                    "object": plan.crm_object,
+                    "action": if create { "create" } else { "update" },
+                    "record": rec,
+                }));
+            }
+        }
+        return Ok(created_pairs);
+    }
+    for (create, list, key) in [
+        (true, creates, plan.crm_marketo_id.clone()),
+        (false, updates, pk.clone()),
+    ] {
+        for chunk in list.chunks(max) {
+            let batch: Vec<Fields> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            let results = ctx.crm.upsert(&plan.crm_object, &key, &batch).await?;
+            for ((i, f), res) in chunk.iter().zip(results) {
+                let p = &mut pairs[*i];
+                let counts = summary.counts_mut(&object, Direction::MarketoToCrm);
+                match res {
+                    WriteResult::Created { id } | WriteResult::Updated { id }
+                        if create || p.c_id.is_none() =>
+                    {
+                        counts.created += u64::from(create);
+                        counts.updated += u64::from(!create);
+                        p.c_id = Some(id);
+                        created_pairs.push(*i);
+                    }
+                    WriteResult::Created { .. } | WriteResult::Updated { .. } => {
+                        counts.updated += 1;
+                    }
+                    WriteResult::Deleted { .. } => {}
+                    WriteResult::Failed { code, message, .. } => {
+                        counts.failed += 1;
+                        p.failed = true;
+                        let payload: serde_json::Map<String, serde_json::Value> =
+                            f.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                        step.error(
+                            Direction::MarketoToCrm,
+                            p.m_id.map(|m| m.to_string()).unwrap_or_default(),
+                            p.c_id.clone(),
+                            serde_json::Value::Object(payload),
+                            code,
+                            message,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(created_pairs)
+}
+
+/// Re-points the CRM records linked to merged-away leads to the winners.
+async fn apply_merges(
+    step: &mut Step<'_>,
+    merges: &[(i64, Vec<i64>)],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let pk = "id";
+    for (winner, losers) in merges {
+        let winner_link = live(
+            ctx.store
+                .links_by_marketo_keys(LINK_OBJECT, &[winner.to_string()])
+                .await?,
+        )
+        .into_iter()
+        .next();
+        let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
+        let loser_links = live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
+        let mut repointed = winner_link.is_some();
+        for l in loser_links {
+            let into = TombstoneKind::Merged {
+                into: winner.to_string(),
+            };
+            if !repointed {
+                // The winner takes over the loser's CRM record.
+                let mut rec = Fields::new();
+                rec.insert(pk.to_owned(), Value::Text(l.crm_key.clone()));
+                rec.insert(plan.crm_marketo_id.clone(), Value::Text(winner.to_string()));
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "crm", "action": "repoint", "crm_key": l.crm_key,
+                        "winner": winner,
+                    }));
+                } else {
+                    // Free the loser's key first: the Marketo-id column is unique.
+                    let res = ctx.crm.upsert(&plan.crm_object, pk, &[rec]).await?;
+                    if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                        step.error(
+                            Direction::MarketoToCrm,
+                            winner.to_string(),
+                            Some(l.crm_key.clone()),
+                            json!({ "merge": { "winner": winner, "loser": l.marketo_key } }),
+                            code.clone(),
+                            message.clone(),
+                        );
+                        continue;
+                    }
+                }
+                step.tombstone(&l, into, Side::Marketo);
+                step.link(*winner, &l.crm_key, l.base.clone());
+                summary.counts_mut(&object, Direction::MarketoToCrm).updated += 1;
+                repointed = true;
+                continue;
+            }
+            // The winner already has its own CRM record: apply the merge policy to the loser's.
+            apply_policy(step, &l, ctx.settings.sync.lead_merges, summary).await?;
+            step.tombstone(&l, into, Side::Marketo);
+        }
+    }
+    Ok(())
+}
+
+async fn apply_policy(
+    step: &mut Step<'_>,
+    link: &Link,
+    policy: DeletePolicy,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    match policy {
+        DeletePolicy::Ignore => {}
+        DeletePolicy::Delete => {
+            if step.dry_run {
+                step.plan_out.push(json!({
+                    "target": "crm", "action": "delete", "crm_key": link.crm_key,
+                }));
+            } else {
+                ctx.crm
+                    .delete(&plan.crm_object, std::slice::from_ref(&link.crm_key))
+                    .await?;
+            }
+            summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
+        }
+        DeletePolicy::Flag => {
+            let flag = plan
+                .enabled_fields()
+                .find(|f| f.name == "deletedInMarketo" && f.crm.is_some())
+                .and_then(|f| f.crm.clone());
+            if let Some(column) = flag {
+                let mut rec = Fields::new();
+                rec.insert("id".into(), Value::Text(link.crm_key.clone()));
+                rec.insert(column, Value::Bool(true));
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
+                    }));
+                } else {
+                    ctx.crm.upsert(&plan.crm_object, "id", &[rec]).await?;
+                }
+                summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_marketo_deletes(
+    step: &mut Step<'_>,
+    deleted: &BTreeSet<i64>,
+    merged: &BTreeSet<i64>,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let keys: Vec<String> = deleted
+        .iter()
+        .filter(|id| !merged.contains(id))
+        .map(i64::to_string)
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let links = live(
+        step.ctx
+            .store
+            .links_by_marketo_keys(LINK_OBJECT, &keys)
+            .await?,
+    );
+    let policy = step.ctx.settings.sync.lead_deletes;
+    for l in links {
+        apply_policy(step, &l, policy, summary).await?;
+        step.tombstone(&l, TombstoneKind::Deleted, Side::Marketo);
+    }
+    Ok(())
+}
+
+async fn apply_crm_deletes(
+    step: &mut Step<'_>,
+    tombstones: &[(String, DeleteHow)],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    if tombstones.is_empty() {
+        return Ok(());
+    }
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let keys: Vec<String> = tombstones.iter().map(|(k, _)| k.clone()).collect();
+    let links: HashMap<String, Link> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &keys).await?)
+        .into_iter()
+        .map(|l| (l.crm_key.clone(), l))
+        .collect();
+    let mut to_delete: Vec<i64> = Vec::new();
+    for (key, how) in tombstones {
+        let Some(l) = links.get(key) else { continue };
+        match how {
+            DeleteHow::Merged { into } => {
+                // A CRM merge: merge the Marketo leads too, or re-point the survivor.
+                let survivor = live(
+                    ctx.store
+                        .links_by_crm_keys(LINK_OBJECT, std::slice::from_ref(into))
+                        .await?,
+                )
+                .into_iter()
+                .next();
+                let loser_id: Option<i64> = l.marketo_key.parse().ok();
+                match (survivor, loser_id) {
+                    (Some(s), Some(loser)) => {
+                        let Ok(winner) = s.marketo_key.parse::<i64>() else {
+                            continue;
+                        };
+                        if winner != loser {
+                            if step.dry_run {
+                                step.plan_out.push(json!({
+                                    "target": "marketo", "action": "merge",
+                                    "winner": winner, "loser": loser,
+                                }));
+                            } else {
+                                ctx.marketo.merge_leads(winner, &[loser], false).await?;
+                            }
+                        }
+                        step.tombstone(l, TombstoneKind::Merged { into: into.clone() }, Side::Crm);
+                        summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
+                    }
+                    (None, Some(lead)) => {
+                        step.tombstone(l, TombstoneKind::Merged { into: into.clone() }, Side::Crm);
+                        step.link(lead, into, l.base.clone());
+                    }
+                    _ => {}
+                }
+            }
+            DeleteHow::Hard | DeleteHow::Soft => {
+                if ctx.settings.sync.lead_deletes == DeletePolicy::Delete
+                    && let Ok(id) = l.marketo_key.parse::<i64>()
+                {
+                    to_delete.push(id);
+                }
+                step.tombstone(l, TombstoneKind::Deleted, Side::Crm);
+            }
+        }
+    }
+    if !to_delete.is_empty() {
+        if step.dry_run {
+            step.plan_out.push(json!({
+                "target": "marketo", "action": "delete", "ids": to_delete,
+            }));
+        } else {
+            for chunk in to_delete.chunks(crate::marketo::leads::MAX_BATCH) {
+                ctx.marketo.delete_leads(chunk).await?;
+            }
+        }
+        summary.counts_mut(&object, Direction::CrmToMarketo).deleted += to_delete.len() as u64;
+    }
+    Ok(())
+}
+
+/// Runs Bulk Lead Extracts with the `updatedAt` filter over `[since, until]` in windows of at
+/// most 31 days, resuming an unfinished job, and streams each file into lead records.
+async fn bulk_extract(
+    ctx: &Context,
+    tunables: &Tunables,
+    plan: &Plan,
+    (since, until): (DateTime<Utc>, DateTime<Utc>),
+    resumed: Option<BulkJob>,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<Vec<MLead>, EngineError> {
+    let mut out = Vec::new();
+    let mut start = resumed
+        .as_ref()
+        .and_then(|j| j.window_start)
+        .unwrap_or(since);
+    let mut resumed = resumed;
+    let fields = lead_read_fields(plan);
+    let dir = std::env::temp_dir();
+    while start < until {
+        let end = (start + chrono::Duration::days(31) - chrono::Duration::seconds(1)).min(until);
+        let request = ExportRequest {
+            fields: fields.clone(),
+            format: Some("CSV".into()),
+            column_header_names: None,
+            filter: ExportFilter {
+                updated_at: Some(DateRange {
+                    start_at: start,
+                    end_at: end,
+                }),
+                ..ExportFilter::default()
+            },
+        };
+        let now = ctx.clock.now();
+        let job = match resumed.take() {
+            Some(job) => job,
+            None => {
+                let created = ctx
+                    .marketo
+                    .create_export(&ExportKind::Leads, &request)
+                    .await?;
+                let job = BulkJob {
+                    direction: JobDirection::Export,
+                    id: created.export_id.clone(),
+                    kind: "leads".into(),
+                    object: LINK_OBJECT.into(),
+                    window_start: Some(start),
+                    window_end: Some(end),
+                    state: JobState::Created,
+                    bytes: 0,
+                    file_path: None,
+                    file_offset: 0,
+                    created_at: now,
+                    updated_at: now,
+                };
+                // Persisted before it is enqueued, so a restart resumes it.
+                ctx.store.upsert_job(&job).await?;
+                job
+            }
+        };
+        let dest = dir.join(format!("marketo-sync-leads-{}.csv", job.id));
+        let options = ExportOptions {
+            poll_interval: tunables.export_poll,
+            ..ExportOptions::default()
+        };
+        let outcome = ctx
+            .marketo
+            .run_export(
+                &ExportKind::Leads,
+                &request,
+                Some(&job.id),
+                &dest,
+                &options,
+                cancel,
+            )
+            .await?;
+        summary.bulk_bytes += outcome.bytes;
+        if let Some(path) = outcome.path.clone() {
+            let (mut rx, task) = spawn_file_reader(
+                path.clone(),
+                |f| ExportReader::new(f, FileFormat::Csv),
+                500,
+                cancel.clone(),
+            );
+            while let Some(batch) = rx.recv().await {
+                for row in batch {
+                    match row {
+                        Ok(row) => match m_lead_fields(plan, &row.fields) {
+                            Some(Ok(l)) => out.push(l),
+                            Some(Err(e)) => {
+                                summary.warnings.push(format!("exported lead skipped: {e}"));
+                            }
+                            None => {}
+                        },
+                        Err(e) => summary.warnings.push(format!("export row skipped: {e}")),
+                    }
+                }
+            }
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
+                        what: format!("export file {} unreadable: {e}", job.id),
+                    }));
+                }
+                Err(e) => {
+                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
+                        what: format!("export reader failed: {e}"),
+                    }));
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        ctx.store
+            .upsert_job(&BulkJob {
+                state: JobState::Consumed,
+                bytes: outcome.bytes,
+                updated_at: ctx.clock.now(),
+                ..job
+            })
+            .await?;
+        start = end + chrono::Duration::seconds(1);
+    }
+    // The newest read of a lead wins.
+    out.sort_by_key(|l| (l.id, l.at));
+    out.dedup_by(|b, a| {
+        if a.id == b.id {
+            *a = b.clone();
+            true
+        } else {
+            false
+        }
+    });
+    Ok(out)
+}
+
+/// Creates many leads through Bulk Import (CSV files below 10 MB, `lookupField` = the CRM-key
+/// field), reads the failures file into the error ledger and the new ids back by CRM key.
+async fn bulk_import_creates(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    batch: &[&MWrite],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    use crate::marketo::bulk_import::{
+        ImportFormat, ImportStatus, ImportTarget, LeadImportOptions,
+    };
+    use crate::marketo::csv::{ImportFileWriter, WriteOutcome};
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let key_field = plan.marketo_crm_key.clone();
+    let mut columns: BTreeSet<String> = BTreeSet::new();
+    for w in batch {
+        columns.extend(w.record.keys().cloned());
+    }
+    let columns: Vec<String> = columns.into_iter().collect();
+    let dir = std::env::temp_dir();
+    let csv_err = |e: crate::marketo::csv::CsvError| {
+        EngineError::Marketo(crate::marketo::Error::Config {
+            what: format!("cannot write the import file: {e}"),
+        })
+    };
+    // Write the files, each below 10 MB.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let path = dir.join(format!("marketo-sync-import-{}.csv", uuid::Uuid::new_v4()));
+        let file = std::fs::File::create(&path).map_err(|e| {
+            EngineError::Marketo(crate::marketo::Error::Config {
+                what: format!("cannot create {}: {e}", path.display()),
+            })
+        })?;
+        let mut writer = ImportFileWriter::new(
+            std::io::BufWriter::new(file),
+            columns.clone(),
+            FileFormat::Csv,
+        )
+        .map_err(csv_err)?;
+        let first = i;
+        while i < batch.len() {
+            let fields: Fields = batch[i]
+                .record
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                .collect();
+            match writer.write_row(&fields).map_err(csv_err)? {
+                WriteOutcome::Written => i += 1,
+                WriteOutcome::Full if i > first => break,
+                WriteOutcome::Full => i += 1,
+            }
+        }
+        writer.finish().map_err(csv_err)?;
+        files.push(path);
+    }
+    let mut failed_keys: BTreeMap<String, String> = BTreeMap::new();
+    for path in &files {
+        let job = ctx
+            .marketo
+            .import_file(
+                &ImportTarget::Leads,
+                path,
+                ImportFormat::Csv,
+                &LeadImportOptions {
+                    lookup_field: Some(key_field.clone()),
+                    ..LeadImportOptions::default()
+                },
+            )
+            .await?;
+        let done = ctx
+            .marketo
+            .wait_for_import(&ImportTarget::Leads, job.batch_id, step.poll, &step.cancel)
+            .await?;
+        if done.status == ImportStatus::Failed {
+            return Err(EngineError::Marketo(crate::marketo::Error::JobFailed {
+                kind: "import",
+                job_id: done.batch_id.to_string(),
+                status: "Failed".into(),
+                message: done.message.unwrap_or_default(),
+            }));
+        }
+        if done.num_of_rows_failed.unwrap_or(0) > 0 {
+            let report = path.with_extension("failures.csv");
+            if ctx
+                .marketo
+                .import_failures(&ImportTarget::Leads, done.batch_id, &report)
+                .await?
+            {
+                read_failures(&report, &key_field, &mut failed_keys);
+                let _ = std::fs::remove_file(&report);
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // The new ids, by CRM key.
+    let keys: Vec<String> = batch
+        .iter()
+        .filter_map(|w| text_of(w.record.get(&key_field)))
+        .filter(|k| !failed_keys.contains_key(k))
+        .collect();
+    let found = find_leads(ctx, plan, &key_field, &keys).await?;
+    let ids: HashMap<String, i64> = found
+        .into_iter()
+        .filter_map(|m| Some((m.crm_key?, m.id)))
+        .collect();
+    for w in batch {
+        let key = text_of(w.record.get(&key_field)).unwrap_or_default();
+        let p = &mut pairs[w.pair];
+        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+        match (failed_keys.get(&key), ids.get(&key)) {
+            (None, Some(id)) => {
+                counts.created += 1;
+                p.m_id = Some(*id);
+            }
+            (reason, _) => {
+                counts.failed += 1;
+                p.failed = true;
+                let message = reason
+                    .cloned()
+                    .unwrap_or_else(|| "not found after import".into());
+                step.error(
+                    Direction::CrmToMarketo,
+                    key,
+                    None,
+                    serde_json::Value::Object(w.record.clone()),
+                    "import".into(),
+                    message,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a bulk import failures file: the key column and `Import Failure Reason`.
+fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<String, String>) {
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
+    let Ok(reader) = ExportReader::new(file, FileFormat::Csv) else {
+        return;
+    };
+    for row in reader.flatten() {
+        let key = value_text(row.fields.get(key_field)).unwrap_or_default();
+        let reason = row
+            .fields
+            .iter()
+            .find(|(k, _)| k.to_lowercase().contains("failure"))
+            .and_then(|(_, v)| value_text(Some(v)))
+            .unwrap_or_else(|| "import failed".into());
+        out.insert(key, reason);
+    }
+}
+
+/// Returns the keys of the open lead errors (resolved when their record goes through).
+async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, u32>, EngineError> {
+    let errors = ctx
+        .store
+        .list_errors(&crate::store::ErrorFilter {
+            status: Some(ErrorStatus::Open),
+            object: Some(LINK_OBJECT.to_owned()),
+            limit: 100_000,
+        })
+        .await?;
+    Ok(errors
+        .into_iter()
+        .map(|e| {
+            (
+                ErrorKey {
+                    object: e.object,
+                    direction: e.direction,
+                    record_key: e.record_key,
+                },
+                e.attempts,
+            )
+        })
+        .collect())
+}

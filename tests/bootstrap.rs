@@ -1,0 +1,1029 @@
+//! `marketo-sync bootstrap` against the in-process simulator, the demo CRM on a SQLite file and
+//! a SQLite store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use marketo_sync::config::{LoadedMapping, Settings, parse_mapping};
+use marketo_sync::crm::{Crm, registry};
+use marketo_sync::engine::bootstrap::{
+    BootstrapOptions, BootstrapReport, PHASE_LEADS, PHASE_NEW_LEADS, ProgressEvent,
+    RecordingProgress, Window, bootstrap, queue,
+};
+use marketo_sync::engine::{Context, EngineError};
+use marketo_sync::marketo::{Client, ClientConfig};
+use marketo_sync::model::{Side, Value};
+use marketo_sync::sim::{SimConfig, SimHandle, Simulator, demo_crm};
+use marketo_sync::store::{self, Clock, JobDirection, ManualClock};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+const LEADS_TOML: &str = r#"
+marketo_object = "lead"
+crm_object = "contacts"
+match = ["email"]
+
+[keys]
+marketo_crm_key = "crmContactId"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "email"
+crm = "email"
+transform = ["trim", "lowercase"]
+
+[[fields]]
+marketo = "firstName"
+crm = "first_name"
+
+[[fields]]
+marketo = "lastName"
+crm = "last_name"
+
+[[fields]]
+marketo = "title"
+crm = "title"
+"#;
+
+const COMPANIES_TOML: &str = r#"
+marketo_object = "company"
+crm_object = "accounts"
+match = ["company"]
+
+# The simulator's company schema marks externalCompanyId read-only; the bootstrap keys companies
+# by externalCompanyId (or the name) whatever this field is.
+[keys]
+marketo_crm_key = "sicCode"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "company"
+crm = "name"
+
+[[fields]]
+marketo = "industry"
+crm = "industry"
+"#;
+
+const OPPORTUNITIES_TOML: &str = r#"
+marketo_object = "opportunity"
+crm_object = "opportunities"
+match = []
+
+# The simulator's opportunity schema has few writable text fields; the bootstrap keys
+# opportunities by externalOpportunityId whatever this field is.
+[keys]
+marketo_crm_key = "externalSalesPersonId"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "name"
+crm = "name"
+
+[[fields]]
+marketo = "stage"
+crm = "stage"
+"#;
+
+const SALESPERSONS_TOML: &str = r#"
+marketo_object = "salesPerson"
+crm_object = "users"
+match = ["email"]
+
+# externalSalesPersonId is read-only in the simulator's schema; the bootstrap keys salespersons
+# by it whatever this field is.
+[keys]
+marketo_crm_key = "phone"
+crm_marketo_id = "marketo_id"
+
+[[fields]]
+marketo = "email"
+crm = "email"
+
+[[fields]]
+marketo = "lastName"
+crm = "last_name"
+"#;
+
+const LEADS: usize = 300;
+
+fn start() -> DateTime<Utc> {
+    "2025-06-15T12:00:00Z".parse().unwrap()
+}
+
+/// Everything one test works with; `ctx()` builds a fresh context (a "new process") on the same
+/// simulator, CRM and store.
+struct Env {
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    crm_url: String,
+    store_url: String,
+    clock: ManualClock,
+    low: DateTime<Utc>,
+    objects: Vec<String>,
+}
+
+impl Env {
+    async fn new(low_days: i64, sim: SimConfig) -> Env {
+        let sim = Simulator::start(SimConfig {
+            seed: 7,
+            leads: LEADS,
+            export_delay: Duration::ZERO,
+            start: Some(start()),
+            ..sim
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        demo_crm::install(&crm_url, 42, 0).await.unwrap();
+        let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
+        Env {
+            sim,
+            crm_url,
+            store_url,
+            clock: ManualClock::new(start()),
+            low: start() - ChronoDuration::days(low_days),
+            objects: vec!["leads".into(), "companies".into()],
+            dir,
+        }
+    }
+
+    async fn ctx(&self) -> Context {
+        let (id, secret) = self.sim.credentials();
+        let mut config = ClientConfig::new(self.sim.base_url().parse().unwrap(), id, secret);
+        config.calls_per_20s = 100;
+        config.max_concurrency = 5;
+        let marketo = Client::new(config).unwrap();
+        let crm = registry::build(
+            "sql",
+            &SecretString::from(self.crm_url.clone()),
+            &demo_crm::adapter_options(true, false),
+        )
+        .await
+        .unwrap();
+        let store = store::open(&self.store_url).await.unwrap();
+        let mut settings = Settings::default();
+        settings.sync.objects = self.objects.clone();
+        for object in ["leads", "companies", "activities", "opportunities"] {
+            settings
+                .bootstrap
+                .low_watermarks
+                .insert(object.into(), self.low);
+        }
+        let mappings: Vec<LoadedMapping> = [
+            ("leads", LEADS_TOML),
+            ("companies", COMPANIES_TOML),
+            ("opportunities", OPPORTUNITIES_TOML),
+            ("salespersons", SALESPERSONS_TOML),
+        ]
+        .into_iter()
+        .map(|(object, text)| {
+            parse_mapping(object, Path::new(&format!("{object}.toml")), text).unwrap()
+        })
+        .collect();
+        Context {
+            settings: Arc::new(settings),
+            mappings: Arc::new(mappings),
+            marketo,
+            crm,
+            store,
+            clock: Arc::new(self.clock.clone()),
+        }
+    }
+
+    fn options(&self) -> BootstrapOptions {
+        BootstrapOptions {
+            work_dir: Some(self.dir.path().join("exports")),
+            ..BootstrapOptions::default()
+        }
+    }
+
+    /// Leads the simulator holds that were created inside the bootstrap range.
+    fn leads_in_range(&self) -> BTreeMap<i64, String> {
+        self.sim
+            .leads()
+            .into_iter()
+            .filter(|l| {
+                let created: DateTime<Utc> = l["createdAt"].as_str().unwrap().parse().unwrap();
+                created >= self.low
+            })
+            .map(|l| {
+                (
+                    l["id"].as_i64().unwrap(),
+                    l["email"].as_str().unwrap_or_default().to_lowercase(),
+                )
+            })
+            .collect()
+    }
+
+    /// The createdAt filters of every lead export create call, in order (from the request log
+    /// the simulator keeps: the bodies are not logged, so the stored jobs give the windows).
+    fn export_creates(&self, kind: &str) -> usize {
+        self.sim
+            .request_log()
+            .iter()
+            .filter(|e| e.path == format!("/bulk/v1/{kind}/export/create.json"))
+            .filter(|e| e.code.is_none() && e.http_status == 200)
+            .count()
+    }
+}
+
+async fn contacts(crm: &Arc<dyn Crm>, ids: &[i64]) -> Vec<(String, String)> {
+    let values: Vec<Value> = ids.iter().map(|i| Value::Text(i.to_string())).collect();
+    let mut out = Vec::new();
+    for chunk in values.chunks(200) {
+        for r in crm.find("contacts", "marketo_id", chunk).await.unwrap() {
+            let mid = r.fields.get("marketo_id").map(Value::to_text).unwrap();
+            out.push((r.id, mid));
+        }
+    }
+    out
+}
+
+fn windows_of(events: &[ProgressEvent], phase: &str) -> Vec<Window> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::Window {
+                phase: p, window, ..
+            } if p == phase => Some(*window),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_covering(windows: &[Window], from: DateTime<Utc>, to: DateTime<Utc>) {
+    assert!(!windows.is_empty());
+    assert_eq!(windows[0].start, from);
+    assert_eq!(windows.last().unwrap().end, to);
+    for w in windows {
+        assert!(w.end >= w.start);
+        assert!(
+            w.end - w.start <= ChronoDuration::days(31) - ChronoDuration::seconds(1),
+            "{w:?} is longer than 31 days"
+        );
+    }
+    for pair in windows.windows(2) {
+        assert_eq!(
+            pair[1].start,
+            pair[0].end + ChronoDuration::seconds(1),
+            "gap or overlap between {pair:?}"
+        );
+    }
+}
+
+async fn check_all_leads_linked(env: &Env, ctx: &Context) {
+    let expected = env.leads_in_range();
+    assert!(expected.len() > 20, "the range should hold many leads");
+    let ids: Vec<i64> = expected.keys().copied().collect();
+    let rows = contacts(&ctx.crm, &ids).await;
+    assert_eq!(rows.len(), expected.len(), "every lead once in the CRM");
+    let distinct: BTreeSet<&String> = rows.iter().map(|(_, m)| m).collect();
+    assert_eq!(distinct.len(), rows.len(), "no lead twice");
+    let keys: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let links = ctx
+        .store
+        .links_by_marketo_keys("leads", &keys)
+        .await
+        .unwrap();
+    assert_eq!(links.len(), expected.len(), "a link per lead");
+    let by_crm: BTreeMap<&str, &str> = rows
+        .iter()
+        .map(|(crm, m)| (m.as_str(), crm.as_str()))
+        .collect();
+    for link in &links {
+        assert_eq!(
+            by_crm.get(link.marketo_key.as_str()),
+            Some(&link.crm_key.as_str())
+        );
+        let lead = env.sim.lead(link.marketo_key.parse().unwrap()).unwrap();
+        assert_eq!(
+            lead["crmContactId"].as_str(),
+            Some(link.crm_key.as_str()),
+            "the CRM key is written back to Marketo"
+        );
+        assert_eq!(
+            link.base.get("email").map(Value::to_text),
+            Some(expected[&link.marketo_key.parse::<i64>().unwrap()].clone())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_leads_arrive_once_linked_in_31_day_windows_without_gaps() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let progress = RecordingProgress::new();
+    let report = bootstrap(&ctx, &env.options(), &progress, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(report.paused_until.is_none());
+    check_all_leads_linked(&env, &ctx).await;
+
+    let events = progress.events();
+    let now = env.clock.now();
+    for phase in [PHASE_NEW_LEADS, PHASE_LEADS] {
+        assert_covering(&windows_of(&events, phase), env.low, now);
+    }
+    // 150 days: 5 windows per phase, one export each.
+    let leads_phase = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads_phase.windows_total, 5);
+    assert_eq!(leads_phase.exports_created, 5);
+    assert_eq!(env.export_creates("leads"), 5);
+    assert_eq!(env.export_creates("activities"), 5);
+    assert_eq!(leads_phase.created as usize, env.leads_in_range().len());
+    // Companies named on the leads became CRM accounts with links.
+    let company_links = ctx.store.links_page("companies", None, 1000).await.unwrap();
+    assert!(!company_links.is_empty(), "companies from leads");
+    // Every job ended consumed; nothing is left to resume.
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let wm = ctx
+        .store
+        .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(wm.at, now + ChronoDuration::seconds(1));
+
+    // A second run finds nothing to do and creates nothing.
+    let again = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(again.complete);
+    assert_eq!(env.export_creates("leads"), 5);
+    assert!(again.phases.iter().all(|p| p.windows_done == 0));
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bootstrap_resumes_without_re_exporting_or_duplicating() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    // Cancel after the second leads window (after all 5 New Lead windows).
+    let progress = RecordingProgress::with_window_hook(move |phase, _| {
+        if phase == PHASE_LEADS {
+            stop.cancel();
+        }
+    });
+    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    assert_eq!(windows_of(&progress.events(), PHASE_LEADS).len(), 1);
+    assert_eq!(env.export_creates("leads"), 1);
+    assert_eq!(env.export_creates("activities"), 5);
+
+    let ctx = env.ctx().await;
+    let progress = RecordingProgress::new();
+    let report = bootstrap(&ctx, &env.options(), &progress, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads_phase = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads_phase.windows_skipped, 1);
+    assert_eq!(leads_phase.windows_done, 4);
+    // Only the 4 missing lead windows were exported; no activity window was exported again.
+    assert_eq!(env.export_creates("leads"), 5);
+    assert_eq!(env.export_creates("activities"), 5);
+    assert!(windows_of(&progress.events(), PHASE_NEW_LEADS).is_empty());
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_re_attaches_to_an_export_job_left_unfinished() {
+    let env = Env::new(100, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    // A first run that died right after creating and storing the first lead job: simulate it
+    // by running the New Lead phase only, then creating and storing the job by hand.
+    let mut only_activities = env.options();
+    only_activities.objects = vec!["leads".into()];
+    let first = bootstrap(
+        &ctx,
+        &only_activities,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete);
+    let created_before = env.export_creates("leads");
+    // Forget the lead phase's progress, but keep a stored, unfinished job for its first window.
+    let windows = marketo_sync::engine::bootstrap::windows(env.low, env.clock.now());
+    let mut wm = ctx
+        .store
+        .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
+        .await
+        .unwrap()
+        .unwrap();
+    wm.at = env.low;
+    ctx.store.reset_watermark(&wm).await.unwrap();
+    let request = marketo_sync::marketo::bulk_extract::ExportRequest {
+        fields: vec![
+            "id".into(),
+            "email".into(),
+            "firstName".into(),
+            "lastName".into(),
+            "title".into(),
+            "crmContactId".into(),
+            "company".into(),
+            "industry".into(),
+            "externalCompanyId".into(),
+        ],
+        format: Some("CSV".into()),
+        column_header_names: None,
+        filter: marketo_sync::marketo::bulk_extract::ExportFilter {
+            created_at: Some(marketo_sync::marketo::bulk_extract::DateRange {
+                start_at: windows[0].start,
+                end_at: windows[0].end,
+            }),
+            ..Default::default()
+        },
+    };
+    let job = ctx
+        .marketo
+        .create_export(
+            &marketo_sync::marketo::bulk_extract::ExportKind::Leads,
+            &request,
+        )
+        .await
+        .unwrap();
+    let now = env.clock.now();
+    ctx.store
+        .upsert_job(&marketo_sync::store::BulkJob {
+            direction: JobDirection::Export,
+            id: job.export_id.clone(),
+            kind: "leads".into(),
+            object: queue(PHASE_LEADS),
+            window_start: Some(windows[0].start),
+            window_end: Some(windows[0].end),
+            state: marketo_sync::store::JobState::Created,
+            bytes: 0,
+            file_path: Some(
+                env.dir
+                    .path()
+                    .join("exports")
+                    .join("left.csv")
+                    .display()
+                    .to_string(),
+            ),
+            file_offset: 0,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    let creates = env.export_creates("leads");
+    assert_eq!(creates, created_before + 1);
+    let report = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads_phase = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads_phase.exports_resumed, 1);
+    assert_eq!(
+        env.export_creates("leads"),
+        creates + windows.len() - 1,
+        "the stored job is used, not paid for again"
+    );
+    let stored = ctx
+        .store
+        .job(JobDirection::Export, &job.export_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, marketo_sync::store::JobState::Consumed);
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
+async fn full_run_bytes() -> (BootstrapReport, u64) {
+    let env = Env::new(150, SimConfig::default()).await;
+    let report = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let bytes = report.bulk_bytes;
+    env.sim.shutdown().await;
+    (report, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
+    let (_, total) = full_run_bytes().await;
+    assert!(total > 0);
+    let env = Env::new(150, SimConfig::default()).await;
+    let mut options = env.options();
+    options.bulk_budget_bytes = Some(total * 6 / 10);
+    let first = RecordingProgress::new();
+    let report = bootstrap(
+        &env.ctx().await,
+        &options,
+        &first,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(!report.complete);
+    let mut applied: Vec<ProgressEvent> = first.events();
+    let until = report.paused_until.expect("paused");
+    let expected = marketo_sync::marketo::limiter::next_day_turn(env.clock.now());
+    assert_eq!(until, expected);
+    assert!(report.pause_reason.as_deref().unwrap().contains("budget"));
+    assert!(report.bulk_bytes <= total * 6 / 10);
+    let first_creates = env.export_creates("leads") + env.export_creates("activities");
+    assert!(
+        first_creates < 10,
+        "stopped before the end: {first_creates}"
+    );
+
+    // Still the same Marketo day: a re-run stops again at once without exporting.
+    let again = bootstrap(
+        &env.ctx().await,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(again.paused_until.is_some());
+    assert_eq!(
+        env.export_creates("leads") + env.export_creates("activities"),
+        first_creates
+    );
+
+    // After each day turn it goes on where it stopped, never past the budget in one day.
+    let budget = total * 6 / 10;
+    let mut until = until;
+    let mut days = 1;
+    let ctx = loop {
+        let next = until + ChronoDuration::minutes(1);
+        env.clock.set(next);
+        env.sim
+            .advance_clock((next - env.sim.now()).to_std().unwrap());
+        let ctx = env.ctx().await;
+        let progress = RecordingProgress::new();
+        let run = bootstrap(&ctx, &options, &progress, &CancellationToken::new())
+            .await
+            .unwrap();
+        applied.extend(progress.events());
+        days += 1;
+        assert!(run.bulk_bytes <= budget, "{run:?}");
+        match run.paused_until {
+            None => {
+                assert!(run.complete);
+                break ctx;
+            }
+            Some(t) => {
+                assert!(days < 4, "{run:?}");
+                until = t;
+            }
+        }
+    };
+    // Over the days, each phase's windows cover the low watermark to the last run's now without
+    // gaps or overlaps (later runs add the time that passed), one export per window.
+    let final_now = env.clock.now();
+    let mut windows = 0;
+    for phase in [PHASE_NEW_LEADS, PHASE_LEADS] {
+        let w = windows_of(&applied, phase);
+        assert_covering(&w, env.low, final_now);
+        windows += w.len();
+    }
+    assert_eq!(
+        env.export_creates("leads") + env.export_creates("activities"),
+        windows,
+        "every window exported exactly once over the days"
+    );
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketo_s_daily_export_quota_pauses_the_run() {
+    // Marketo refuses new exports once 1 byte was exported today (1029 export daily quota).
+    let env = Env::new(
+        60,
+        SimConfig {
+            bulk_daily_bytes: 1,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let report = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(!report.complete);
+    assert!(report.paused_until.is_some());
+    assert!(
+        report.pause_reason.as_deref().unwrap().contains("quota"),
+        "{report:?}"
+    );
+    let phase = &report.phases[0];
+    assert_eq!(
+        phase.windows_done, 1,
+        "the first export ran, the second was refused"
+    );
+    assert_eq!(env.export_creates("activities"), 1);
+    // After Marketo's day turns, the next run goes on with the second window.
+    let until = report.paused_until.unwrap();
+    let next = until + ChronoDuration::minutes(1);
+    env.clock.set(next);
+    env.sim
+        .advance_clock((next - env.sim.now()).to_std().unwrap());
+    let progress = RecordingProgress::new();
+    let again = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let phase = &again.phases[0];
+    assert_eq!(
+        (phase.windows_skipped, phase.windows_done),
+        (1, 1),
+        "{again:?}"
+    );
+    let first_windows = windows_of(&progress.events(), PHASE_NEW_LEADS);
+    assert_eq!(
+        first_windows[0].start,
+        env.low + ChronoDuration::days(31),
+        "continues right after the finished window"
+    );
+    assert_eq!(env.export_creates("activities"), 2);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_low_watermark_warns_about_activity_retention() {
+    let mut env = Env::new(200, SimConfig::default()).await;
+    env.objects.push("opportunities".into());
+    let mut options = env.options();
+    options.dry_run = true;
+    let report = bootstrap(
+        &env.ctx().await,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains("90 days")),
+        "{:?}",
+        report.warnings
+    );
+    // A recent low watermark does not warn.
+    let env2 = Env::new(60, SimConfig::default()).await;
+    let mut env2 = env2;
+    env2.objects.push("opportunities".into());
+    let report = bootstrap(
+        &env2.ctx().await,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !report.warnings.iter().any(|w| w.contains("90 days")),
+        "{:?}",
+        report.warnings
+    );
+    env.sim.shutdown().await;
+    env2.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lists_the_windows_and_creates_no_export() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let mut options = env.options();
+    options.dry_run = true;
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.dry_run && !report.complete);
+    assert_eq!(report.estimated_exports, 10);
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_covering(&leads.planned, env.low, env.clock.now());
+    assert_eq!(
+        env.export_creates("leads") + env.export_creates("activities"),
+        0
+    );
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(contacts(&ctx.crm, &[1, 2, 3]).await.is_empty());
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunities_named_by_add_to_opportunity_activities_reach_the_crm() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["opportunities".into()];
+    let ctx = env.ctx().await;
+    // Two roles added through the API leave Add to Opportunity (34) activities.
+    let roles: Vec<marketo_sync::marketo::Record> = [("OP-000001", 5), ("OP-000002", 9)]
+        .iter()
+        .map(|(key, lead)| {
+            serde_json::json!({"externalOpportunityId": key, "leadId": lead, "role": "Champion", "isPrimary": true})
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    ctx.marketo
+        .sync_opportunity_roles(
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &roles,
+        )
+        .await
+        .unwrap();
+    env.clock.set(start() + ChronoDuration::hours(1));
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let phase = &report.phases[0];
+    assert_eq!(
+        phase.name,
+        marketo_sync::engine::bootstrap::PHASE_OPPORTUNITIES
+    );
+    assert_eq!(phase.rows, 2, "{report:?}");
+    let links = ctx
+        .store
+        .links_page("opportunities", None, 100)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = links.iter().map(|l| l.marketo_key.as_str()).collect();
+    assert_eq!(keys, vec!["OP-000001", "OP-000002"]);
+    let rows = ctx
+        .crm
+        .find(
+            "opportunities",
+            "marketo_id",
+            &[Value::Text("OP-000001".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].fields.get("name").map(Value::to_text).as_deref(),
+        Some("Deal 1")
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salespersons_named_on_leads_become_crm_users() {
+    let mut env = Env::new(100, SimConfig::default()).await;
+    env.objects = vec!["leads".into(), "salespersons".into()];
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let named: BTreeSet<String> = env
+        .leads_in_range()
+        .keys()
+        .filter_map(|id| {
+            env.sim.lead(*id).unwrap()["externalSalesPersonId"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!named.is_empty());
+    let links = ctx
+        .store
+        .links_page("salespersons", None, 1000)
+        .await
+        .unwrap();
+    let linked: BTreeSet<String> = links.iter().map(|l| l.marketo_key.clone()).collect();
+    assert_eq!(linked, named);
+    let values: Vec<Value> = named.iter().cloned().map(Value::Text).collect();
+    let users = ctx.crm.find("users", "marketo_id", &values).await.unwrap();
+    assert_eq!(users.len(), named.len());
+    assert!(
+        users
+            .iter()
+            .all(|u| u.fields.get("email").is_some_and(|e| !e.is_null()))
+    );
+    env.sim.shutdown().await;
+}
+
+#[test]
+fn the_cli_parses_the_bootstrap_command() {
+    use clap::Parser;
+    let cli = marketo_sync::cli::Cli::try_parse_from([
+        "marketo-sync",
+        "bootstrap",
+        "--config",
+        "cfg",
+        "--object",
+        "leads",
+        "--object",
+        "companies",
+        "--since",
+        "2024-01-01",
+        "--dry-run",
+    ])
+    .unwrap();
+    match cli.command {
+        marketo_sync::cli::Command::Bootstrap(args) => {
+            assert_eq!(args.objects, vec!["leads", "companies"]);
+            assert_eq!(args.since.as_deref(), Some("2024-01-01"));
+            assert!(args.dry_run);
+            assert_eq!(args.config, std::path::PathBuf::from("cfg"));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_marketo_no_longer_knows_is_replaced_by_a_new_export() {
+    let mut env = Env::new(20, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = env.ctx().await;
+    let window = marketo_sync::engine::bootstrap::windows(env.low, env.clock.now())[0];
+    let now = env.clock.now();
+    // A job of an earlier run, older than Marketo's retention: the id is unknown now.
+    ctx.store
+        .upsert_job(&marketo_sync::store::BulkJob {
+            direction: JobDirection::Export,
+            id: "00000000-dead-beef-0000-000000000000".into(),
+            kind: "activities".into(),
+            object: queue(PHASE_NEW_LEADS),
+            window_start: Some(window.start),
+            window_end: Some(window.end),
+            state: marketo_sync::store::JobState::Queued,
+            bytes: 0,
+            file_path: None,
+            file_offset: 0,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let phase = &report.phases[0];
+    assert_eq!((phase.exports_resumed, phase.exports_created), (1, 1));
+    let old = ctx
+        .store
+        .job(JobDirection::Export, "00000000-dead-beef-0000-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.state, marketo_sync::store::JobState::Failed);
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_matching_an_unlinked_crm_contact_is_held_not_duplicated() {
+    let mut env = Env::new(100, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let in_range = env.leads_in_range();
+    let (lead_id, email) = in_range
+        .iter()
+        .find(|(_, e)| !e.is_empty())
+        .map(|(i, e)| (*i, e.clone()))
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO contacts (email, first_name, updated_at, deleted) VALUES (?, 'Existing', CURRENT_TIMESTAMP, 0)",
+    )
+    .bind(&email)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let same = ctx
+        .crm
+        .find("contacts", "email", &[Value::Text(email.clone())])
+        .await
+        .unwrap();
+    assert_eq!(same.len(), 1, "no duplicate: {same:?}");
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads.held, 1);
+    assert_eq!(leads.created as usize, in_range.len() - 1);
+    let errors = ctx
+        .store
+        .list_errors(&marketo_sync::store::ErrorFilter {
+            status: None,
+            object: Some("leads".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].record_key, lead_id.to_string());
+    assert_eq!(errors[0].other_key.as_deref(), Some(same[0].id.as_str()));
+    assert_eq!(errors[0].code, "bootstrap_match");
+    let links = ctx
+        .store
+        .links_by_marketo_keys("leads", &[lead_id.to_string()])
+        .await
+        .unwrap();
+    assert!(links.is_empty());
+    env.sim.shutdown().await;
+}
