@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use marketo_sync::config::SettingsSource;
-use marketo_sync::crm::sql::dialect::SqlPool;
 use marketo_sync::mapping::{SuggestArgs, ValidateArgs, run_suggest_with, run_validate_with};
 use marketo_sync::sim::demo_crm;
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
@@ -27,27 +26,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The `[crm.options]` of the demo CRM, as TOML: what `marketo-sync demo` passes in code
-/// (`demo_crm::adapter_options`), plus the activities table the operator creates.
-fn demo_crm_options() -> String {
-    let mut text = String::new();
-    for name in demo_crm::OBJECTS
-        .iter()
-        .copied()
-        .chain(["marketing_activities"])
-    {
-        text.push_str(&format!(
-            "\n[crm.options.objects.{name}]\ntable = \"{name}\"\nprimary_key = \"id\"\n\
-             modified_column = \"updated_at\"\nsoft_delete = {{ column = \"deleted\", value = true }}\n\
-             marketo_id_column = \"marketo_id\"\nwritable = true\n"
-        ));
-        if name == "contacts" {
-            text.push_str("merged_into_column = \"merged_into\"\n");
-        }
-    }
-    text
-}
-
 struct Env {
     sim: SimHandle,
     dir: tempfile::TempDir,
@@ -56,7 +34,7 @@ struct Env {
 
 impl Env {
     /// Starts the simulator with the demo client, installs the demo CRM, and writes a copy of the
-    /// shipped config pointing at both.
+    /// shipped config (demo.toml carries the demo CRM's adapter options) pointing at both.
     async fn new() -> Env {
         let secret = std::fs::read_to_string(shipped().join("demo-secrets/marketo_client_secret"))
             .unwrap()
@@ -73,30 +51,8 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
         demo_crm::install(&crm_url, 1, 10).await.unwrap();
-        let db = SqlPool::connect(&crm_url, 1, false).await.unwrap();
-        // The demo CRM has no activities table (config/mappings/activities.toml: create one).
-        db.execute_raw(
-            "activities table",
-            "CREATE TABLE marketing_activities (id INTEGER PRIMARY KEY AUTOINCREMENT, \
-             marketo_guid VARCHAR(64), kind VARCHAR(40), occurred_at DATETIME, \
-             marketo_lead_id INTEGER, contact_id VARCHAR(64), detail VARCHAR(255), \
-             marketo_id VARCHAR(64), \
-             updated_at DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')), \
-             deleted BOOLEAN NOT NULL DEFAULT 0); \
-             CREATE UNIQUE INDEX ux_ma_guid ON marketing_activities (marketo_guid); \
-             CREATE UNIQUE INDEX ux_ma_mid ON marketing_activities (marketo_id)"
-                .to_owned(),
-        )
-        .await
-        .unwrap();
-        db.close().await;
-
         let config = dir.path().join("config");
         copy_dir(&shipped(), &config);
-        let demo = config.join("demo.toml");
-        let mut text = std::fs::read_to_string(&demo).unwrap();
-        text.push_str(&demo_crm_options());
-        std::fs::write(&demo, text).unwrap();
 
         let mut vars = HashMap::new();
         vars.insert("MKSYNC__MARKETO__BASE_URL".to_owned(), sim.base_url());

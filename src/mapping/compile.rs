@@ -212,7 +212,14 @@ pub fn compile(
             (Side::Marketo, &key_marketo, "keys.marketo_crm_key"),
             (Side::Crm, &key_crm, "keys.crm_marketo_id"),
         ] {
+            // A custom object's natural dedupe key (`vin` of `car_c`) is the exception: the
+            // custom-object step takes the key's value from this very field (it holds data, not
+            // the CRM id), so the field is what writes the key.
+            let natural_key = side == Side::Marketo
+                && marketo.object.ends_with("_c")
+                && marketo.dedupe_fields.iter().any(|d| d == key);
             if !key.is_empty()
+                && !natural_key
                 && field.direction.writes_to(side)
                 && field_name(&field, side) == Some(key.as_str())
             {
@@ -726,6 +733,35 @@ crm = "name"
         let (plan, problems) = compile(&m, &marketo, &crm);
         assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
         assert!(plan.is_some());
+    }
+
+    #[test]
+    fn a_custom_objects_natural_dedupe_key_may_be_mapped_but_a_company_key_may_not() {
+        let (mut car, crm) = schemas("car_c");
+        car.dedupe_fields = vec!["vin".into()];
+        car.fields.push(ro("vin"));
+        let mut crm = crm;
+        crm.fields
+            .push(FieldDef::new("vin", FieldType::Text { max_len: None }));
+        let text = "marketo_object = \"car_c\"\ncrm_object = \"accounts\"\n[keys]\n\
+                    marketo_crm_key = \"vin\"\ncrm_marketo_id = \"marketo_id\"\n\
+                    [[fields]]\nmarketo = \"vin\"\ncrm = \"vin\"\ndirection = \"to_marketo\"\n";
+        let m = crate::config::parse_mapping("cars", Path::new("cars.toml"), text).unwrap();
+        let (plan, problems) = compile(&m, &car, &crm);
+        assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+        assert!(plan.unwrap().field("vin").unwrap().disabled.is_none());
+
+        let text = COMPANIES.replace(
+            "marketo = \"company\"\ncrm = \"name\"",
+            "marketo = \"externalCompanyId\"\ncrm = \"name\"",
+        );
+        let m = crate::config::parse_mapping("companies", Path::new("c.toml"), &text).unwrap();
+        let (marketo, crm) = schemas("company");
+        let (_, problems) = compile(&m, &marketo, &crm);
+        assert!(
+            problems.iter().any(|p| p.reason.contains("link key")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

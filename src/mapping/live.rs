@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::compile::SchemaSet;
 use crate::config::{LoadedMapping, MarketoSettings, Problem, Settings};
-use crate::marketo::{Client, ClientConfig};
+use crate::marketo::Client;
 
 /// The file name problems about settings carry.
 const SETTINGS: &str = "settings";
@@ -72,47 +72,26 @@ pub async fn fetch_named(settings: &Settings, named: &NamedObjects) -> (SchemaSe
     (set, problems)
 }
 
-/// Returns the Marketo client configured by `[marketo]`, or the problem naming the setting.
-///
-/// This mirrors `crate::engine::context::marketo_client` of the engine branch; once that is
-/// merged, this should call it instead.
+/// Returns the Marketo client configured by `[marketo]` (the engine's
+/// [`crate::engine::context::marketo_client`]), or the problem naming the setting.
 fn client(m: &MarketoSettings) -> Result<Client, Problem> {
-    let base = m.rest_base_url().ok_or_else(|| {
+    crate::engine::context::marketo_client(m).map_err(|e| {
+        let text = e.to_string();
+        let key = if text.contains("client_id") {
+            "marketo.client_id"
+        } else if text.contains("secret") {
+            "marketo.client_secret"
+        } else if text.contains("base_url") || text.contains("munchkin") {
+            "marketo.base_url"
+        } else {
+            "marketo"
+        };
         Problem::error(
             SETTINGS,
-            "marketo.base_url",
-            "marketo.base_url or marketo.munchkin_id is required to read Marketo's schemas (or run with --offline)",
+            key,
+            format!("{text}; it is needed to read Marketo's schemas (or run with --offline)"),
         )
-    })?;
-    let url: url::Url = base.parse().map_err(|e| {
-        Problem::error(
-            SETTINGS,
-            "marketo.base_url",
-            format!("`{base}` is not a valid URL: {e}"),
-        )
-    })?;
-    let client_id = m.client_id.clone().ok_or_else(|| {
-        Problem::error(
-            SETTINGS,
-            "marketo.client_id",
-            "marketo.client_id is required to read Marketo's schemas (or run with --offline)",
-        )
-    })?;
-    let secret = m.client_secret.clone().ok_or_else(|| {
-        Problem::error(
-            SETTINGS,
-            "marketo.client_secret",
-            "the Marketo client secret is required to read Marketo's schemas: set MKSYNC__MARKETO__CLIENT_SECRET or marketo.client_secret_file (or run with --offline)",
-        )
-    })?;
-    let mut config = ClientConfig::new(url, client_id, secret);
-    config.calls_per_20s = m.calls_per_20s;
-    config.max_concurrency = m.max_concurrency as usize;
-    config.daily_call_budget = u64::from(m.daily_call_budget);
-    config.bulk_mb_budget = u64::from(m.bulk_mb_budget);
-    config.request_timeout = Some(m.request_timeout());
-    Client::new(config)
-        .map_err(|e| Problem::error(SETTINGS, "marketo", format!("cannot build the client: {e}")))
+    })
 }
 
 /// Returns the problem for a Marketo error that ends all reading (credentials, network), or
