@@ -1007,6 +1007,89 @@ async fn reads_through_a_view(engine: Engine) {
     env.cleanup().await;
 }
 
+/// `upsert` keyed by the primary key updates existing rows only (their Marketo id may still be
+/// empty); a missing id fails that record and inserts nothing.
+async fn update_by_primary_key(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(100).await;
+    let crm = env.adapter(false, 0).await;
+    let user = env.user().await;
+    exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
+    let live = user
+        .fetch(
+            "ids",
+            format!(
+                "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
+                env.truth(false)
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (a, b) = (
+        live[0][0].clone().unwrap().trim().to_owned(),
+        live[1][0].clone().unwrap().trim().to_owned(),
+    );
+    let count = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap();
+    let n_before = count(
+        user.fetch(
+            "count",
+            "SELECT CAST(COUNT(*) AS CHAR(20)) FROM accounts".to_owned(),
+            &[],
+        )
+        .await
+        .unwrap(),
+    );
+    let batch = vec![
+        fields(&[("id", a.as_str().into()), ("industry", "Space".into())]),
+        fields(&[("id", "999999".into()), ("industry", "Nowhere".into())]),
+        fields(&[
+            ("id", b.as_str().into()),
+            ("marketo_id", "M-2".into()),
+            ("name", "Renamed".into()),
+        ]),
+        fields(&[("industry", "no key".into())]),
+    ];
+    let results = crm.upsert("accounts", "id", &batch).await.unwrap();
+    assert_eq!(results.len(), 4, "{results:?}");
+    assert!(
+        matches!(&results[0], WriteResult::Updated { id } if *id == a),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Failed { code, retryable: false, .. } if code == "not_found"),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Updated { id } if *id == b),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[3], WriteResult::Failed { code, .. } if code == "missing_key"),
+        "{results:?}"
+    );
+    let after = crm.get("accounts", &[a.clone(), b.clone()]).await.unwrap();
+    let one = after.iter().find(|r| r.id == a).unwrap();
+    let two = after.iter().find(|r| r.id == b).unwrap();
+    assert_eq!(one.fields["industry"], Value::from("Space"));
+    assert_eq!(one.fields["marketo_id"], Value::Null);
+    assert_eq!(two.fields["name"], Value::from("Renamed"));
+    assert_eq!(two.fields["marketo_id"], Value::from("M-2"));
+    // Nothing was inserted for the missing id.
+    let n_after = count(
+        user.fetch(
+            "count",
+            "SELECT CAST(COUNT(*) AS CHAR(20)) FROM accounts".to_owned(),
+            &[],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(n_before, n_after);
+    user.close().await;
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -1024,16 +1107,16 @@ on_engines!(sqlite, super::Engine::Sqlite;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
-    reads_through_a_view, homogeneous_batches);
+    reads_through_a_view, homogeneous_batches, update_by_primary_key);
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key);

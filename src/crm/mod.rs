@@ -326,7 +326,9 @@ pub trait Crm: Send + Sync {
     async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError>;
 
     /// Creates or updates each record keyed by `key_field`, and returns one result per record,
-    /// in input order. A record the CRM refuses gets [`WriteResult::Failed`]; the others are
+    /// in input order. When `key_field` is the object's primary key the write is update-only: an
+    /// existing row is updated (its Marketo-id column may still be empty) and a missing one gets
+    /// [`WriteResult::Failed`] with code `not_found`; nothing is inserted. A record the CRM refuses gets [`WriteResult::Failed`]; the others are
     /// written. A failure of the whole batch (connection lost, deadlock) writes nothing and
     /// returns an error.
     ///

@@ -1044,6 +1044,20 @@ impl Crm for SqlCrm {
                 ),
             });
         }
+        // Keyed by the primary key: update-only, a missing row is a per-record failure.
+        if key.name == info.pk.name {
+            let plans: Vec<Result<write::Statement, WriteResult>> = batch
+                .iter()
+                .map(|fields| write::plan_update_by_pk(self.dialect(), info, fields))
+                .collect();
+            let outcome = write::run(&self.pool, info, self.sqlite_writer_flag, plans).await?;
+            if let Ok(mut echoes) = self.echoes.lock() {
+                for (pk, m) in &outcome.written {
+                    echoes.remember(object, pk.clone(), m.clone());
+                }
+            }
+            return Ok(outcome.results);
+        }
         if let Some(outcome) =
             write::bulk_upsert(&self.pool, info, key, batch, self.sqlite_writer_flag).await?
         {

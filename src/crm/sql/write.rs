@@ -27,6 +27,9 @@ pub(super) struct Statement {
     post: Option<Sql>,
     /// A delete of this id (else an upsert).
     delete_id: Option<String>,
+    /// An update of an existing row only: when `pre` finds no row, the record fails with
+    /// `not_found` and nothing runs.
+    update_only: bool,
 }
 
 /// What a batch did.
@@ -134,6 +137,7 @@ pub(super) fn plan_upsert(
                 main_returns: true,
                 post: None,
                 delete_id: None,
+                update_only: false,
             }
         }
         Dialect::MySql => {
@@ -158,8 +162,94 @@ pub(super) fn plan_upsert(
                 main_returns: false,
                 post: Some((post, vec![key_param])),
                 delete_id: None,
+                update_only: false,
             }
         }
+    })
+}
+
+/// Returns the statements that update one existing record by its primary key (never an
+/// insert), or the record's failure. Used when `upsert` is keyed by the primary key: the row
+/// exists in the CRM but may not carry its Marketo id yet.
+pub(super) fn plan_update_by_pk(
+    d: Dialect,
+    info: &ObjectInfo,
+    fields: &Fields,
+) -> Result<Statement, WriteResult> {
+    let pk_name = &info.pk.name;
+    let id = match fields.get(pk_name) {
+        None | Some(Value::Null) => {
+            return Err(failed(
+                "missing_key",
+                format!("key field `{pk_name}` has no value"),
+            ));
+        }
+        Some(v) => d.value_text(v, &info.pk.ty),
+    };
+    let mut sets = Vec::new();
+    let mut params: Vec<Option<String>> = Vec::new();
+    let mut sets_modified = false;
+    for (name, value) in fields {
+        if name == pk_name {
+            continue;
+        }
+        let Some(col) = info.table_columns.iter().find(|c| &c.name == name) else {
+            return Err(failed(
+                "unknown_field",
+                format!("`{}` has no column `{name}`", info.options.table),
+            ));
+        };
+        if col.generated {
+            return Err(failed(
+                "read_only_field",
+                format!("column `{name}` is computed by the database"),
+            ));
+        }
+        params.push(d.value_text(value, &col.ty));
+        sets.push(format!(
+            "{} = {}",
+            d.quote(name),
+            d.param(params.len(), &col.cast)
+        ));
+        sets_modified |= col.name == info.modified.name;
+    }
+    let q = |c: &str| d.quote(c);
+    let table = q(&info.options.table);
+    let pk = q(pk_name);
+    let m = q(&info.modified.name);
+    if !sets_modified {
+        sets.push(format!("{m} = {}", d.now()));
+    }
+    params.push(id.clone());
+    let main = format!(
+        "UPDATE {table} SET {} WHERE {pk} = {}",
+        sets.join(", "),
+        d.param(params.len(), &info.pk.cast)
+    );
+    let lock = if d == Dialect::MySql {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let pre = format!(
+        "SELECT {} FROM {table} WHERE {pk} = {}{lock}",
+        d.as_text(&pk),
+        d.param(1, &info.pk.cast)
+    );
+    let post = format!(
+        "SELECT {}, {} FROM {table} WHERE {pk} = {}",
+        d.as_text(&pk),
+        d.as_text(&m),
+        d.param(1, &info.pk.cast)
+    );
+    Ok(Statement {
+        pre: Some((pre, vec![id.clone()])),
+        main: (main, params),
+        update_instead: None,
+        main_returns: false,
+        post: Some((post, vec![id])),
+        delete_id: None,
+        update_only: true,
     })
 }
 
@@ -204,6 +294,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
                 main_returns: false,
                 post: Some((post, vec![Some(id.to_owned())])),
                 delete_id: Some(id.to_owned()),
+                update_only: false,
             }
         }
         _ => Statement {
@@ -216,6 +307,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
             main_returns: false,
             post: None,
             delete_id: Some(id.to_owned()),
+            update_only: false,
         },
     }
 }
@@ -263,6 +355,13 @@ pub(super) async fn run(
             if let Some((sql, params)) = st.pre {
                 let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
                 existed = Some(!rows.is_empty());
+            }
+            if st.update_only && existed == Some(false) {
+                if savepoints {
+                    sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+                }
+                results.push(failed("not_found", format!("no record has this {}", info.pk.name)));
+                continue;
             }
             let (sql, params) = match (existed, st.update_instead) {
                 (Some(true), Some(update)) => update,
