@@ -74,8 +74,11 @@ pub async fn fetch_named(settings: &Settings, named: &NamedObjects) -> (SchemaSe
 
 /// Returns the Marketo client configured by `[marketo]` (the engine's
 /// [`crate::engine::context::marketo_client`]), or the problem naming the setting.
+///
+/// A one-shot check retries a failed call once (the daemon's client retries for ~20 s), so an
+/// unreachable host is reported at once.
 fn client(m: &MarketoSettings) -> Result<Client, Problem> {
-    crate::engine::context::marketo_client(m).map_err(|e| {
+    let client = crate::engine::context::marketo_client(m).map_err(|e| {
         let text = e.to_string();
         let key = if text.contains("client_id") {
             "marketo.client_id"
@@ -91,7 +94,11 @@ fn client(m: &MarketoSettings) -> Result<Client, Problem> {
             key,
             format!("{text}; it is needed to read Marketo's schemas (or run with --offline)"),
         )
-    })
+    })?;
+    let mut config = client.config().clone();
+    config.retry.max_retries = config.retry.max_retries.min(1);
+    Client::new(config)
+        .map_err(|e| Problem::error(SETTINGS, "marketo", format!("cannot build the client: {e}")))
 }
 
 /// Returns the problem for a Marketo error that ends all reading (credentials, network), or
