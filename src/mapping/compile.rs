@@ -212,7 +212,13 @@ pub fn compile(
             (Side::Marketo, &key_marketo, "keys.marketo_crm_key"),
             (Side::Crm, &key_crm, "keys.crm_marketo_id"),
         ] {
+            // A natural key (a custom object keyed by one of its dedupe fields, e.g. a VIN) is
+            // supplied by the mapped value itself, so mapping it is how the key gets written.
+            let natural_key = side == Side::Marketo
+                && f.marketo_object != "lead"
+                && marketo.dedupe_fields.iter().any(|d| d == key);
             if !key.is_empty()
+                && !natural_key
                 && field.direction.writes_to(side)
                 && field_name(&field, side) == Some(key.as_str())
             {
