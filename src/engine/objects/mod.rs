@@ -56,7 +56,7 @@ pub const UPSERTS_QUEUE: &str = "upserts";
 /// The watermark queue of the deletions step on a CRM object's change feed.
 pub const DELETES_QUEUE: &str = "deletes";
 /// The object name whose links map Marketo lead ids to CRM contact ids (the leads mapping).
-pub const LEAD_LINK_OBJECT: &str = "leads";
+pub const LEAD_LINK_OBJECT: &str = super::leads::LINK_OBJECT;
 /// Changes read per call of the CRM change feed.
 const CRM_PAGE: usize = 500;
 /// Records per Marketo write call.
