@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use marketo_sync::config::{Settings, Severity, parse_mapping};
 use marketo_sync::crm::sql::dialect::SqlPool;
 use marketo_sync::crm::{Crm, registry};
-use marketo_sync::engine::objects::{self, activities, writable_dedupe_fields};
+use marketo_sync::engine::objects::{self, activities};
 use marketo_sync::engine::{Context, CycleOptions, CycleSummary};
 use marketo_sync::mapping::{Plans, SchemaSet, compile_all};
 use marketo_sync::marketo::{Client, ClientConfig};
@@ -126,7 +126,7 @@ impl Env {
                 continue;
             }
             let s = marketo.object_schema(&m.file.marketo_object).await.unwrap();
-            schemas.insert(writable_dedupe_fields(s));
+            schemas.insert(s);
             schemas.insert(crm.describe(&m.file.crm_object).await.unwrap());
         }
         for t in marketo.activity_types().await.unwrap() {

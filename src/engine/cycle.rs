@@ -204,11 +204,6 @@ impl Engine {
             let mut schema = schema;
             schema.object = object.clone();
             self.store_schema(summary, &schema).await?;
-            if object != "lead" {
-                // Dedupe fields are the key Marketo creates records by, though Describe marks
-                // them not updateable.
-                schema = objects::writable_dedupe_fields(schema);
-            }
             set.insert(schema);
         }
         for object in &crm_objects {

@@ -34,7 +34,7 @@ use crate::crm::{Change, ChangeKind, Cursor};
 use crate::engine::Context;
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{DedupeBy, Disposition, Record, RecordResult, RecordStatus, SyncAction};
-use crate::model::{Fields, ObjectSchema, Side, Value, fields_hash};
+use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
     Direction, ErrorFilter, ErrorKey, ErrorStatus, Link, LinkKey, StepCommit, SyncError, Watermark,
 };
@@ -145,23 +145,6 @@ pub fn skip_when_native_sync(
 /// Marketo's code for "CRM Enabled": native CRM sync owns companies, opportunities, roles and
 /// salespersons.
 pub const NATIVE_SYNC_CODE: &str = "1018";
-
-/// Returns the Marketo schema with its dedupe fields writable.
-///
-/// Marketo's Describe reports dedupe fields (`externalCompanyId`, `externalOpportunityId`,
-/// `vin`, ...) as not updateable because they cannot change once a record exists, but they are
-/// written on every create and upsert (they are the key). The mapping compiler refuses a
-/// read-only key field, so the engine passes Marketo schemas of non-lead objects through this
-/// before compiling.
-pub fn writable_dedupe_fields(mut schema: ObjectSchema) -> ObjectSchema {
-    let dedupe = schema.dedupe_fields.clone();
-    for f in &mut schema.fields {
-        if dedupe.contains(&f.name) {
-            f.read_only = false;
-        }
-    }
-    schema
-}
 
 /// The Marketo family a step writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -811,25 +794,6 @@ pub(crate) fn raw_key(change: &Change, column: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::marketo::model::WireError;
-    use crate::model::{FieldDef, FieldType};
-
-    #[test]
-    fn dedupe_fields_become_writable_and_the_others_keep_their_flag() {
-        let mut key = FieldDef::new("externalCompanyId", FieldType::Text { max_len: None });
-        key.read_only = true;
-        let mut id = FieldDef::new("id", FieldType::Integer);
-        id.read_only = true;
-        let schema = ObjectSchema {
-            side: Side::Marketo,
-            object: "company".into(),
-            id_field: Some("id".into()),
-            dedupe_fields: vec!["externalCompanyId".into()],
-            fields: vec![key, id],
-        };
-        let s = writable_dedupe_fields(schema);
-        assert!(!s.field("externalCompanyId").unwrap().read_only);
-        assert!(s.field("id").unwrap().read_only);
-    }
 
     fn skipped(code: &str) -> RecordResult {
         RecordResult {
