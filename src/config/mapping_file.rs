@@ -86,6 +86,10 @@ pub struct Keys {
     pub marketo_crm_key: Option<String>,
     /// The CRM field holding the Marketo id.
     pub crm_marketo_id: Option<String>,
+    /// The boolean CRM column the `flag` deletion policy sets on a record whose Marketo lead was
+    /// deleted or merged away (lead mappings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_deleted_flag: Option<String>,
 }
 
 /// One mapped field.

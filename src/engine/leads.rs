@@ -18,7 +18,7 @@ use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
 use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
-use crate::mapping::{COMPANY_FIELDS_ON_LEADS, Plan};
+use crate::mapping::Plan;
 use crate::marketo::bulk_extract::{
     DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
 };
@@ -1217,6 +1217,28 @@ async fn apply_marketo(
     let plan = step.plan;
     let object = object_name(plan);
     let mut writes: Vec<MWrite> = Vec::new();
+    let routed = plan.company_routed_fields();
+    // Leads not read this cycle whose company-type fields change: read their externalCompanyId.
+    let mut company_of: HashMap<i64, Option<String>> = HashMap::new();
+    if !routed.is_empty() {
+        let unread: Vec<i64> = decided
+            .iter()
+            .filter_map(|(i, r)| {
+                let p = &pairs[*i];
+                let touches = routed.iter().any(|f| {
+                    plan.enabled_fields().any(|pf| {
+                        pf.marketo.as_deref() == Some(*f) && r.to_marketo.contains_key(&pf.name)
+                    })
+                });
+                (touches && p.m.is_none()).then_some(p.m_id).flatten()
+            })
+            .collect();
+        if !unread.is_empty() {
+            for m in fetch_leads(ctx, plan, &unread, summary).await? {
+                company_of.insert(m.id, m.external_company_id);
+            }
+        }
+    }
     for (i, r) in decided {
         let p = &pairs[*i];
         let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
@@ -1240,9 +1262,13 @@ async fn apply_marketo(
                     record.insert(plan.marketo_crm_key.clone(), json!(c_id));
                 }
                 let mut company = None;
-                if let Some(ext) = p.m.as_ref().and_then(|m| m.external_company_id.clone()) {
+                let ext = match &p.m {
+                    Some(m) => m.external_company_id.clone(),
+                    None => company_of.get(&m_id).cloned().flatten(),
+                };
+                if let Some(ext) = ext {
                     let mut c = Record::new();
-                    for f in COMPANY_FIELDS_ON_LEADS {
+                    for f in &routed {
                         if let Some(v) = record.remove(*f) {
                             c.insert((*f).to_owned(), v);
                         }
@@ -1275,21 +1301,48 @@ async fn apply_marketo(
         }
         return Ok(());
     }
-    // Company-type fields of linked leads go to their company.
-    let companies: Vec<Record> = writes.iter().filter_map(|w| w.company.clone()).collect();
-    for chunk in companies.chunks(crate::marketo::leads::MAX_BATCH) {
+    // Company-type fields of linked leads go to their company (Sync Leads refuses them, 1021).
+    let with_company: Vec<(usize, Record)> = writes
+        .iter()
+        .filter_map(|w| w.company.clone().map(|c| (w.pair, c)))
+        .collect();
+    for chunk in with_company.chunks(crate::marketo::leads::MAX_BATCH) {
+        let input: Vec<Record> = chunk.iter().map(|(_, c)| c.clone()).collect();
         let results = ctx
             .marketo
-            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, chunk)
+            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, &input)
             .await?;
-        for (rec, res) in chunk.iter().zip(results) {
+        for ((pair, rec), res) in chunk.iter().zip(results) {
             if res.is_skipped() {
+                // The base does not move, so the change is tried again on later cycles.
                 let reason = res.reasons.first();
-                summary.warnings.push(format!(
-                    "company {} refused the lead's company fields: {}",
-                    text_of(rec.get("externalCompanyId")).unwrap_or_default(),
-                    reason.map(|r| r.message.clone()).unwrap_or_default()
-                ));
+                let p = &mut pairs[*pair];
+                p.failed = true;
+                let key = p
+                    .c_id
+                    .clone()
+                    .or_else(|| p.m_id.map(|m| m.to_string()))
+                    .unwrap_or_default();
+                let other = p.m_id.map(|m| m.to_string());
+                summary.counts_mut(&object, Direction::CrmToMarketo).failed += 1;
+                step.error(
+                    Direction::CrmToMarketo,
+                    key,
+                    other,
+                    json!({ "company": rec }),
+                    reason.map(|r| r.code.clone()).unwrap_or_default(),
+                    format!(
+                        "company {} refused the lead's company fields: {}",
+                        text_of(rec.get("externalCompanyId")).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default()
+                    ),
+                );
+            } else if writes
+                .iter()
+                .any(|w| w.pair == *pair && !w.create && w.record.len() == 1)
+            {
+                // Nothing else changed on the lead: the company write was the update.
+                summary.counts_mut(&object, Direction::CrmToMarketo).updated += 1;
             }
         }
     }
@@ -1310,7 +1363,12 @@ async fn apply_marketo(
         if create && bulk_creates {
             continue;
         }
-        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
+        // An update left with only the id carried company fields only: nothing to send.
+        let batch: Vec<&MWrite> = writes
+            .iter()
+            .filter(|w| w.create == create && (create || w.record.len() > 1))
+            .filter(|w| !pairs[w.pair].failed)
+            .collect();
         for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
             let input: Vec<Record> = chunk.iter().map(|w| w.record.clone()).collect();
             let results = ctx
@@ -1554,26 +1612,50 @@ async fn apply_policy(
             summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
         }
         DeletePolicy::Flag => {
-            let flag = plan
-                .enabled_fields()
-                .find(|f| f.name == "deletedInMarketo" && f.crm.is_some())
-                .and_then(|f| f.crm.clone());
-            if let Some(column) = flag {
-                let mut rec = Fields::new();
-                rec.insert("id".into(), Value::Text(link.crm_key.clone()));
-                rec.insert(column, Value::Bool(true));
-                if step.dry_run {
-                    step.plan_out.push(json!({
-                        "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
-                    }));
-                } else {
-                    ctx.crm.upsert(&plan.crm_object, "id", &[rec]).await?;
+            let Some(column) = plan.crm_deleted_flag.clone() else {
+                summary.warnings.push(format!(
+                    "lead {} left Marketo but `keys.crm_deleted_flag` is not set: CRM record {} \
+                     was not flagged",
+                    link.marketo_key, link.crm_key
+                ));
+                return Ok(());
+            };
+            let pk = crm_pk(ctx, plan).await;
+            let mut rec = Fields::new();
+            rec.insert(pk.clone(), Value::Text(link.crm_key.clone()));
+            rec.insert(column, Value::Bool(true));
+            if step.dry_run {
+                step.plan_out.push(json!({
+                    "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
+                }));
+            } else {
+                let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                    step.error(
+                        Direction::MarketoToCrm,
+                        link.marketo_key.clone(),
+                        Some(link.crm_key.clone()),
+                        json!({ "flag_deleted": link.crm_key }),
+                        code.clone(),
+                        message.clone(),
+                    );
+                    return Ok(());
                 }
-                summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
             }
+            summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
         }
     }
     Ok(())
+}
+
+/// Returns the CRM object's primary-key field (`id` when the CRM does not say).
+async fn crm_pk(ctx: &Context, plan: &Plan) -> String {
+    ctx.crm
+        .describe(&plan.crm_object)
+        .await
+        .ok()
+        .and_then(|s| s.id_field)
+        .unwrap_or_else(|| "id".to_owned())
 }
 
 async fn apply_marketo_deletes(

@@ -231,6 +231,7 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         keys: Keys {
             marketo_crm_key,
             crm_marketo_id,
+            crm_deleted_flag: None,
         },
         match_fields,
         fields,
