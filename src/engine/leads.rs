@@ -38,6 +38,7 @@ const CHANGE_DATA_VALUE: i64 = 13;
 const MERGE_LEADS: i64 = 32;
 const QUEUE_ACTIVITIES: &str = "activities";
 const QUEUE_DELETED: &str = "deleted";
+const QUEUE_CONVERSIONS: &str = "conversions";
 const LINK_OBJECT: &str = "lead";
 
 /// A Marketo lead as read this cycle.
@@ -580,6 +581,9 @@ pub async fn run(
         }
     }
     let (deleted, del_token) = gather_deleted(ctx, del_wm.as_ref(), cancel).await?;
+    // CRM lead conversions first: the contacts they touch are then read as changed below.
+    let (conversions_wm, converted_contacts) =
+        apply_conversions(&mut step, tunables, summary, cancel).await?;
 
     let mut crm_cursor: Option<Cursor> = crm_wm.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
     let mut cs: BTreeMap<String, CRec> = BTreeMap::new();
@@ -614,6 +618,20 @@ pub async fn run(
         crm_cursor = Some(page.next);
         if !more {
             break;
+        }
+    }
+
+    // Contacts that took over a converted lead are paired this cycle (the change feed may show
+    // their new Marketo id only later).
+    let missing: Vec<String> = converted_contacts
+        .into_iter()
+        .filter(|c| !cs.contains_key(c))
+        .collect();
+    if !missing.is_empty() {
+        for r in ctx.crm.get(&plan.crm_object, &missing).await? {
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
+                cs.insert(r.id.clone(), c);
+            }
         }
     }
 
@@ -707,6 +725,7 @@ pub async fn run(
         tie: None,
         cursor: crm_cursor.map(|c| c.0),
     });
+    step.commit.watermarks.extend(conversions_wm);
     if step.dry_run {
         summary.plan.append(&mut step.plan_out);
     } else {
@@ -931,6 +950,7 @@ async fn sync_pairs(
     }
 
     match_pairs(step, &mut pairs).await?;
+    hold_crm_leads(step, &mut pairs, summary).await?;
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
@@ -1646,6 +1666,264 @@ async fn apply_policy(
         }
     }
     Ok(())
+}
+
+/// Drops the Marketo-only pairs whose lead is linked to an unconverted CRM lead
+/// (`keys.crm_lead_object`): such a lead gets a contact only by conversion.
+async fn hold_crm_leads(
+    step: &mut Step<'_>,
+    pairs: &mut Vec<Pair>,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let Some(conv) = &plan.conversion else {
+        return Ok(());
+    };
+    let lone = |p: &Pair| p.link.is_none() && p.c_id.is_none() && p.c.is_none();
+    let ids: Vec<Value> = pairs
+        .iter()
+        .filter(|p| lone(p))
+        .filter_map(|p| p.m_id)
+        .map(|i| Value::Text(i.to_string()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut held: BTreeSet<i64> = BTreeSet::new();
+    for chunk in ids.chunks(300) {
+        for r in ctx
+            .crm
+            .find(&conv.crm_lead_object, &plan.crm_marketo_id, chunk)
+            .await?
+        {
+            if value_text(r.fields.get(&conv.converted_field)).is_none()
+                && let Some(m) = value_text(r.fields.get(&plan.crm_marketo_id))
+                && let Ok(m) = m.trim().parse::<i64>()
+            {
+                held.insert(m);
+            }
+        }
+    }
+    let before = pairs.len();
+    pairs.retain(|p| !(lone(p) && p.m_id.is_some_and(|m| held.contains(&m))));
+    summary
+        .counts_mut(&object_name(plan), Direction::MarketoToCrm)
+        .skipped += (before - pairs.len()) as u64;
+    Ok(())
+}
+
+/// Follows the conversions of CRM leads (`keys.crm_lead_object`) linked to a Marketo lead (by
+/// their Marketo-id column) since the last cycle, read from their own CRM cursor:
+///
+/// - converted to a contact without a Marketo lead (new or existing account): the contact gets
+///   the Marketo id, the Marketo lead gets the contact id in its CRM-key field and the contact's
+///   account as `externalCompanyId` (the companies step, which runs first, has synced a new
+///   account as a company); the pairing below then links the two.
+/// - converted into a contact that has its own Marketo lead: the two Marketo leads are merged
+///   (Merge Leads, winner = the contact's lead) and a link of the converted lead is tombstoned as
+///   merged.
+///
+/// Returns the cursor watermark to commit with the step and the contacts that took over a
+/// Marketo lead.
+async fn apply_conversions(
+    step: &mut Step<'_>,
+    tunables: &Tunables,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(Option<Watermark>, Vec<String>), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let mut moved = Vec::new();
+    let Some(conv) = plan.conversion.clone() else {
+        return Ok((None, moved));
+    };
+    let object = object_name(plan);
+    let wm = ctx
+        .store
+        .watermark(Side::Crm, &conv.crm_lead_object, QUEUE_CONVERSIONS)
+        .await?;
+    let mut cursor: Option<Cursor> = wm.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
+    let mut last = wm.as_ref().map(|w| w.at);
+    // (CRM lead id, Marketo lead id, contact id), the last state of each CRM lead.
+    let mut converted: Vec<(String, i64, String)> = Vec::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .crm
+            .changes(&conv.crm_lead_object, cursor.as_ref(), tunables.crm_page)
+            .await?;
+        for ch in page.changes {
+            last = Some(last.map_or(ch.modified_at, |l| l.max(ch.modified_at)));
+            converted.retain(|(id, _, _)| id != &ch.id);
+            if let ChangeKind::Upserted { fields } = ch.kind
+                && let Some(m_id) = value_text(fields.get(&plan.crm_marketo_id))
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                && let Some(contact) = value_text(fields.get(&conv.converted_field))
+            {
+                converted.push((ch.id, m_id, contact));
+            }
+        }
+        let more = page.more;
+        cursor = Some(page.next);
+        if !more {
+            break;
+        }
+    }
+    let mark = Watermark {
+        system: Side::Crm,
+        object: conv.crm_lead_object.clone(),
+        queue: QUEUE_CONVERSIONS.to_owned(),
+        at: last.unwrap_or_else(|| step.now()),
+        tie: None,
+        cursor: cursor.map(|c| c.0),
+    };
+    if converted.is_empty() {
+        return Ok((Some(mark), moved));
+    }
+    let contact_ids: Vec<String> = converted.iter().map(|c| c.2.clone()).collect();
+    let contacts: HashMap<String, Fields> = ctx
+        .crm
+        .get(&plan.crm_object, &contact_ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.fields))
+        .collect();
+    let pk = crm_pk(ctx, plan).await;
+    for (lead_key, m_id, c_id) in converted {
+        let Some(contact) = contacts.get(&c_id) else {
+            summary.warnings.push(format!(
+                "crm lead {lead_key} was converted to contact {c_id}, which cannot be read: \
+                 the conversion is not followed"
+            ));
+            continue;
+        };
+        let all_links = ctx
+            .store
+            .links_by_marketo_keys(LINK_OBJECT, &[m_id.to_string()])
+            .await?;
+        let owner = value_text(contact.get(&plan.crm_marketo_id))
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        // Already followed (the CRM feed re-reads its overlap window): nothing to do.
+        let merged_away = all_links.iter().any(
+            |l| matches!(&l.tombstone, Some(t) if matches!(t.kind, TombstoneKind::Merged { .. })),
+        );
+        let lead_links = live(all_links);
+        let moved_already = owner == Some(m_id) && lead_links.iter().any(|l| l.crm_key == c_id);
+        if merged_away || moved_already {
+            continue;
+        }
+        match owner {
+            Some(winner) if winner != m_id => {
+                // Into an existing contact with its own Marketo lead: merge the two leads.
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "marketo", "action": "merge", "winner": winner,
+                        "loser": m_id, "conversion": lead_key,
+                    }));
+                    continue;
+                }
+                if let Err(e) = ctx.marketo.merge_leads(winner, &[m_id], false).await {
+                    if e.is_retryable() {
+                        return Err(e.into());
+                    }
+                    step.error(
+                        Direction::CrmToMarketo,
+                        lead_key.clone(),
+                        Some(m_id.to_string()),
+                        json!({ "conversion": { "winner": winner, "loser": m_id, "contact": c_id } }),
+                        e.code().unwrap_or("merge_failed").to_owned(),
+                        format!("merging converted lead {m_id} into {winner}: {e}"),
+                    );
+                    continue;
+                }
+                // The converted lead's link (or a new one to the contact, as the record of the
+                // conversion) is tombstoned as merged.
+                let loser_link = lead_links.first().cloned().unwrap_or_else(|| Link {
+                    object: LINK_OBJECT.to_owned(),
+                    marketo_key: m_id.to_string(),
+                    crm_key: c_id.clone(),
+                    base: Fields::new(),
+                    base_hash: fields_hash(&Fields::new()),
+                    agreed_at: step.now(),
+                    tombstone: None,
+                });
+                step.tombstone(
+                    &loser_link,
+                    TombstoneKind::Merged {
+                        into: winner.to_string(),
+                    },
+                    Side::Crm,
+                );
+                info!(crm_lead = %lead_key, winner, loser = m_id, "converted lead merged");
+                summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
+            }
+            _ => {
+                // To a contact without a Marketo lead: the Marketo lead moves to it.
+                let account = conv
+                    .company_ref
+                    .as_ref()
+                    .and_then(|f| value_text(contact.get(f)));
+                let mut lead = Record::new();
+                lead.insert("id".into(), json!(m_id));
+                lead.insert(plan.marketo_crm_key.clone(), json!(c_id));
+                if let Some(a) = &account {
+                    lead.insert("externalCompanyId".into(), json!(a));
+                }
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "both", "action": "convert", "crm_lead": lead_key,
+                        "contact": c_id, "marketo": lead,
+                    }));
+                    continue;
+                }
+                if owner.is_none() {
+                    let mut rec = Fields::new();
+                    rec.insert(pk.clone(), Value::Text(c_id.clone()));
+                    rec.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
+                    let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                    if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                        step.error(
+                            Direction::MarketoToCrm,
+                            m_id.to_string(),
+                            Some(c_id.clone()),
+                            json!({ "conversion": { "crm_lead": lead_key, "contact": c_id } }),
+                            code.clone(),
+                            message.clone(),
+                        );
+                        continue;
+                    }
+                }
+                let res = ctx
+                    .marketo
+                    .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &[lead.clone()])
+                    .await?;
+                if let Some(r) = res.first().filter(|r| r.is_skipped()) {
+                    let reason = r.reasons.first();
+                    step.error(
+                        Direction::CrmToMarketo,
+                        c_id.clone(),
+                        Some(m_id.to_string()),
+                        serde_json::Value::Object(lead),
+                        reason.map(|r| r.code.clone()).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                    );
+                    continue;
+                }
+                // A link of the Marketo lead to another CRM record moves to the contact.
+                for l in lead_links.iter().filter(|l| l.crm_key != c_id) {
+                    step.tombstone(l, TombstoneKind::Merged { into: c_id.clone() }, Side::Crm);
+                    step.link(m_id, &c_id, l.base.clone());
+                }
+                info!(crm_lead = %lead_key, contact = %c_id, lead = m_id, "converted lead moved to its contact");
+                summary.counts_mut(&object, Direction::CrmToMarketo).updated += 1;
+                moved.push(c_id);
+            }
+        }
+    }
+    Ok((Some(mark), moved))
 }
 
 /// Returns the CRM object's primary-key field (`id` when the CRM does not say).

@@ -286,6 +286,44 @@ pub fn compile(
         }
     }
 
+    // Lead conversion: both keys together; the company reference must be a CRM field.
+    let keys_path = |k: &str| [Segment::Key("keys".into()), Segment::Key(k.into())];
+    let mut conversion = None;
+    match (
+        f.keys.crm_lead_object.clone().filter(|c| !c.is_empty()),
+        f.keys.crm_lead_converted.clone().filter(|c| !c.is_empty()),
+    ) {
+        (Some(object), Some(field)) => {
+            let mut company_ref = f.keys.crm_company_ref.clone().filter(|c| !c.is_empty());
+            if let Some(column) = company_ref.clone()
+                && crm.field(&column).is_none()
+            {
+                problems.push(m.problem(
+                    true,
+                    &keys_path("crm_company_ref"),
+                    unknown(Side::Crm, crm, &column),
+                ));
+                company_ref = None;
+            }
+            conversion = Some(crate::mapping::Conversion {
+                crm_lead_object: object,
+                converted_field: field,
+                company_ref,
+            });
+        }
+        (None, None) => {}
+        (Some(_), None) => problems.push(m.problem(
+            true,
+            &keys_path("crm_lead_object"),
+            "`keys.crm_lead_object` needs `keys.crm_lead_converted` (the column naming the contact a lead was converted to); conversions are not followed".to_owned(),
+        )),
+        (None, Some(_)) => problems.push(m.problem(
+            true,
+            &keys_path("crm_lead_converted"),
+            "`keys.crm_lead_converted` needs `keys.crm_lead_object` (the CRM object of unconverted leads); conversions are not followed".to_owned(),
+        )),
+    }
+
     if fatal {
         return (None, problems);
     }
@@ -296,6 +334,7 @@ pub fn compile(
         marketo_crm_key: key_marketo,
         crm_marketo_id: key_crm,
         crm_deleted_flag,
+        conversion,
         match_fields: f.effective_match_fields(),
         policy: f.policy,
         fields,
@@ -572,6 +611,7 @@ pub fn compile_activities(
                 marketo_crm_key: "marketoGUID".to_owned(),
                 crm_marketo_id: m.file.keys.crm_marketo_id.clone().unwrap_or_default(),
                 crm_deleted_flag: None,
+                conversion: None,
                 match_fields: Vec::new(),
                 policy: crate::config::Policy::MarketoWins,
                 fields,

@@ -17,7 +17,7 @@ pub use compile::{
     validate_against,
 };
 pub use normalise::{apply, apply_text, convert_for, normalise};
-pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
+pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
 pub use validate::{SuggestArgs, ValidateArgs, run_suggest, run_validate, validate_dir};
 

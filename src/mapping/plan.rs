@@ -109,6 +109,17 @@ impl PlanField {
     }
 }
 
+/// Where the CRM keeps unconverted leads and how a conversion shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conversion {
+    /// The CRM object of unconverted leads (`leads`).
+    pub crm_lead_object: String,
+    /// Its column naming the contact a lead was converted to (`converted_contact_id`).
+    pub converted_field: String,
+    /// The contact column holding the CRM account id (= Marketo `externalCompanyId`).
+    pub company_ref: Option<String>,
+}
+
 /// The compiled mapping of one object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
@@ -124,6 +135,8 @@ pub struct Plan {
     pub crm_marketo_id: String,
     /// The boolean CRM column the `flag` deletion policy sets (`keys.crm_deleted_flag`).
     pub crm_deleted_flag: Option<String>,
+    /// Lead conversion in the CRM (`keys.crm_lead_object`, lead mappings only).
+    pub conversion: Option<Conversion>,
     /// Canonical names of the match fields for new records.
     pub match_fields: Vec<String>,
     /// The object's default conflict policy.
