@@ -1224,6 +1224,10 @@ impl Run<'_> {
                     {
                         info!(lead = %id, crm = %crm_id, "existing crm record adopts the lead");
                         phase.adopted += 1;
+                        // The lead's empty fields do not blank the record's values.
+                        if let Some(row) = crm_rows.get_mut(i) {
+                            row.retain(|_, v| !v.is_null());
+                        }
                     }
                     other => {
                         warn!(lead = %id, crm = %crm_id, result = ?other, "crm record cannot adopt the lead");

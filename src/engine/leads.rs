@@ -5,6 +5,19 @@
 //! token, and the CRM's changes from its cursor. Identity links pairs by store link, then by
 //! the keys each side holds of the other, then by the match fields; reconcile is three-way
 //! against the link's base; apply writes Marketo first, then the CRM; one commit per step.
+//!
+//! Company-type fields of a lead mapping (`PlanField::routed_to_company`) of a lead linked to a
+//! company (`externalCompanyId`) are written to that company with Sync Companies, since Sync
+//! Leads refuses them (1021); leads without a company get them through Sync Leads.
+//!
+//! Lead conversion (`keys.crm_lead_object`, e.g. the CRM's `leads`): the step reads that object's
+//! changes from its own cursor (queue `conversions`) before the CRM changes of the mapping's
+//! object. A CRM lead holding a Marketo lead id that got a converted-contact id moves the Marketo
+//! lead to that contact (Marketo id into the contact, contact id and the contact's account as
+//! `externalCompanyId` into the lead; the pairing then links them), or, when the contact already
+//! has its own Marketo lead, merges the two leads (winner = the contact's) and tombstones the
+//! converted lead's link as merged. A Marketo lead held by an unconverted CRM lead gets no
+//! contact of its own. CRM leads themselves are not synced field by field.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
