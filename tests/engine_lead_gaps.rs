@@ -339,3 +339,29 @@ async fn a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_le
     assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;
 }
+
+fn missing_lead_object(m: &mut LoadedMapping) {
+    if m.object == "leads" {
+        m.file.keys.crm_lead_object = Some("no_such_leads".into());
+    }
+}
+
+#[tokio::test]
+async fn a_missing_crm_lead_object_is_a_warning_and_leads_still_sync() {
+    let app = TestApp::with(Options {
+        edit_mapping: Some(missing_lead_object),
+        ..Options::default()
+    })
+    .await;
+    app.marketo_create(json!({"email": "still@example.com", "firstName": "Still"}));
+    let s = app.run_cycle().await;
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("lead conversions are not followed") && w.contains("no_such_leads")),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(app.crm_by_email("still@example.com").await.len(), 1);
+    app.cleanup().await;
+}

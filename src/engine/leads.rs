@@ -1705,11 +1705,22 @@ async fn hold_crm_leads(
     }
     let mut held: BTreeSet<i64> = BTreeSet::new();
     for chunk in ids.chunks(300) {
-        for r in ctx
+        let found = match ctx
             .crm
             .find(&conv.crm_lead_object, &plan.crm_marketo_id, chunk)
-            .await?
+            .await
         {
+            Ok(f) => f,
+            Err(e) if !e.is_retryable() => {
+                summary.warnings.push(format!(
+                    "leads held by CRM leads are not checked: reading `{}` failed: {e}",
+                    conv.crm_lead_object
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for r in found {
             if value_text(r.fields.get(&conv.converted_field)).is_none()
                 && let Some(m) = value_text(r.fields.get(&plan.crm_marketo_id))
                 && let Ok(m) = m.trim().parse::<i64>()
@@ -1764,10 +1775,22 @@ async fn apply_conversions(
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let page = ctx
+        let page = match ctx
             .crm
             .changes(&conv.crm_lead_object, cursor.as_ref(), tunables.crm_page)
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if !e.is_retryable() => {
+                // A CRM without that object (or column) must not stop the lead sync.
+                summary.warnings.push(format!(
+                    "lead conversions are not followed: reading `{}` failed: {e}",
+                    conv.crm_lead_object
+                ));
+                return Ok((None, moved));
+            }
+            Err(e) => return Err(e.into()),
+        };
         for ch in page.changes {
             last = Some(last.map_or(ch.modified_at, |l| l.max(ch.modified_at)));
             converted.retain(|(id, _, _)| id != &ch.id);
