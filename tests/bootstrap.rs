@@ -965,7 +965,7 @@ async fn a_stored_job_marketo_no_longer_knows_is_replaced_by_a_new_export() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lead_matching_an_unlinked_crm_contact_is_held_not_duplicated() {
+async fn a_lead_matching_an_unlinked_crm_contact_is_adopted_not_duplicated() {
     let mut env = Env::new(100, SimConfig::default()).await;
     env.objects = vec!["leads".into()];
     let in_range = env.leads_in_range();
@@ -1004,8 +1004,27 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_held_not_duplicated() {
         .iter()
         .find(|p| p.name == PHASE_LEADS)
         .unwrap();
-    assert_eq!(leads.held, 1);
+    assert_eq!(leads.held, 0);
+    assert_eq!(leads.adopted, 1);
     assert_eq!(leads.created as usize, in_range.len() - 1);
+    // The existing contact adopted the lead: it holds the Marketo id and the lead's values.
+    let contact = &same[0];
+    assert_eq!(
+        contact.fields.get("marketo_id").map(Value::to_text),
+        Some(lead_id.to_string())
+    );
+    assert_ne!(
+        contact
+            .fields
+            .get("first_name")
+            .map(Value::to_text)
+            .as_deref(),
+        Some("Existing"),
+        "the lead's values were written"
+    );
+    // Marketo holds the CRM key, and the pair is linked.
+    let lead = env.sim.lead(lead_id).unwrap();
+    assert_eq!(lead["crmContactId"], serde_json::json!(contact.id));
     let errors = ctx
         .store
         .list_errors(&marketo_sync::store::ErrorFilter {
@@ -1015,15 +1034,13 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_held_not_duplicated() {
         })
         .await
         .unwrap();
-    assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].record_key, lead_id.to_string());
-    assert_eq!(errors[0].other_key.as_deref(), Some(same[0].id.as_str()));
-    assert_eq!(errors[0].code, "bootstrap_match");
+    assert!(errors.is_empty(), "{errors:?}");
     let links = ctx
         .store
         .links_by_marketo_keys("leads", &[lead_id.to_string()])
         .await
         .unwrap();
-    assert!(links.is_empty());
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].crm_key, contact.id);
     env.sim.shutdown().await;
 }

@@ -199,13 +199,6 @@ const CASES: &[Case] = &[
         "`updatedAt` on `lead` is read-only",
     ),
     case(
-        "company_field_on_lead",
-        "mappings/leads.toml",
-        "fields[2].marketo",
-        Some(18),
-        "company field",
-    ),
-    case(
         "type_mismatch",
         "mappings/leads.toml",
         "fields[2].crm",
@@ -266,6 +259,30 @@ fn every_broken_case_gives_one_clear_error() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_company_field_on_a_lead_is_routed_with_a_warning_not_an_error() {
+    let all = problems("company_field_on_lead", true);
+    assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
+    assert!(
+        all.iter().any(|p| p.key == "fields[2].marketo"
+            && p.line == Some(18)
+            && p.reason.contains("company field")
+            && p.reason.contains("written to that company")),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn the_flag_policy_without_a_flag_column_is_reported() {
+    let all = problems("valid", true);
+    assert!(
+        all.iter().any(|p| !p.is_error()
+            && p.file.ends_with("leads.toml")
+            && p.reason.contains("`keys.crm_deleted_flag` is not set")),
+        "{all:#?}"
+    );
 }
 
 #[test]

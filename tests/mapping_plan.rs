@@ -405,17 +405,35 @@ fn compile_reports_type_and_length_mismatches() {
 }
 
 #[test]
-fn compile_reports_company_fields_on_leads() {
+fn compile_routes_company_fields_on_leads_to_the_company_with_a_warning() {
     let text =
         format!("{MAPPING}\n[[fields]]\nmarketo = \"annualRevenue\"\ncrm = \"annual_revenue\"\n");
-    let errors = compile_errors(&text);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert!(errors[0].contains("company field"));
+    assert!(compile_errors(&text).is_empty());
+    let (plan, problems) = compile(&loaded(&text), &marketo_lead(), &crm_contacts());
+    let plan = plan.expect("plan");
+    let field = plan.field("annualRevenue").expect("field");
+    assert!(field.disabled.is_none(), "{field:?}");
+    assert!(field.routed_to_company);
+    assert_eq!(plan.company_routed_fields(), vec!["annualRevenue"]);
+    assert!(
+        problems
+            .iter()
+            .any(|p| !p.is_error() && p.reason.contains("written to that company")),
+        "{problems:#?}"
+    );
+    // One way to the CRM, nothing is written to Marketo: nothing to route.
     let one_way = text.replace(
         "crm = \"annual_revenue\"",
         "crm = \"annual_revenue\"\ndirection = \"to_crm\"",
     );
-    assert!(compile_errors(&one_way).is_empty());
+    let (plan, _) = compile(&loaded(&one_way), &marketo_lead(), &crm_contacts());
+    assert!(
+        !plan
+            .unwrap()
+            .field("annualRevenue")
+            .unwrap()
+            .routed_to_company
+    );
 }
 
 #[test]
@@ -520,4 +538,35 @@ proptest! {
         let sorted = changes.windows(2).all(|w| w[0].field < w[1].field);
         prop_assert!(sorted);
     }
+}
+
+#[test]
+fn compile_checks_the_deletion_flag_column() {
+    let with_flag = |column: &str| {
+        MAPPING.replace(
+            "crm_marketo_id = \"marketo_lead_id\"",
+            &format!("crm_marketo_id = \"marketo_lead_id\"\ncrm_deleted_flag = \"{column}\""),
+        )
+    };
+    let errors = compile_errors(&with_flag("first_name"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("keys.crm_deleted_flag") && errors[0].contains("boolean column"),
+        "{errors:?}"
+    );
+    let errors = compile_errors(&with_flag("deleted_flag"));
+    assert!(
+        errors[0].contains("unknown CRM field `deleted_flag`"),
+        "{errors:?}"
+    );
+    let (plan, _) = compile(
+        &loaded(&with_flag("first_name")),
+        &marketo_lead(),
+        &crm_contacts(),
+    );
+    assert_eq!(
+        plan.unwrap().crm_deleted_flag,
+        None,
+        "a bad flag column is not used"
+    );
 }

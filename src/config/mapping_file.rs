@@ -86,6 +86,22 @@ pub struct Keys {
     pub marketo_crm_key: Option<String>,
     /// The CRM field holding the Marketo id.
     pub crm_marketo_id: Option<String>,
+    /// The boolean CRM column the `flag` deletion policy sets on a record whose Marketo lead was
+    /// deleted or merged away (lead mappings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_deleted_flag: Option<String>,
+    /// The CRM object of unconverted leads (lead mappings whose CRM object is contacts): its
+    /// records linked to a Marketo lead (by their `crm_marketo_id` column) are watched for
+    /// conversion, and a Marketo lead linked to one gets no contact of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_lead_object: Option<String>,
+    /// The column of `crm_lead_object` naming the contact a lead was converted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_lead_converted: Option<String>,
+    /// The column of the mapping's CRM object holding the CRM account id, which is the
+    /// Marketo company's `externalCompanyId` (a converted lead is linked to that company).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_company_ref: Option<String>,
 }
 
 /// One mapped field.

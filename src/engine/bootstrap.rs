@@ -7,8 +7,10 @@
 //! 2. `leads`: Bulk Lead Extract by `createdAt` with the mapped fields, `id` and the CRM-key
 //!    field, streamed in batches of 300, mapped with the lead plan, upserted into the CRM keyed by
 //!    its Marketo-id column (re-runs do not duplicate; a lead whose first match field names a CRM
-//!    record without a Marketo id is held in the error ledger with code `bootstrap_match`
-//!    instead of being created), the CRM key written back to Marketo
+//!    record without a Marketo id is adopted by that record instead of being created: the
+//!    record gets the Marketo id and the lead's values; a second lead matching the same record,
+//!    or one the CRM refuses, is held in the error ledger with code `bootstrap_match`), the CRM
+//!    key written back to Marketo
 //!    (`updateOnly` by `id`) and a link per lead committed per batch. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
@@ -131,9 +133,12 @@ pub struct PhaseReport {
     pub failed: u64,
     /// CRM keys written back to Marketo.
     pub written_back: u64,
-    /// Leads not created because a CRM record without a Marketo id matches them (kept in the
-    /// error ledger for identity resolution).
+    /// Leads not created because a CRM record without a Marketo id matches them and could not
+    /// adopt them (kept in the error ledger for identity resolution).
     pub held: u64,
+    /// Leads adopted by an existing CRM record without a Marketo id that matches them (the
+    /// record gets the Marketo id and the lead's values, Marketo gets the CRM key).
+    pub adopted: u64,
     /// Links committed.
     pub links: u64,
     /// Distinct leads seen (New Lead activities).
@@ -1184,9 +1189,53 @@ impl Run<'_> {
             return Ok(());
         }
         // A lead whose match value already names a CRM record not linked to Marketo is not
-        // created (that would duplicate it): it goes to the error ledger for identity
+        // created (that would duplicate it): the record adopts it. Its Marketo-id column is
+        // written first (an upsert keyed by the CRM primary key, which only updates that row),
+        // so the upsert below keyed by the Marketo id updates it with the lead's values, and
+        // the CRM key goes back to Marketo and the link is committed like any other lead's. Only
+        // the first lead matching a record adopts it; a lead whose adoption the CRM refuses, or
+        // a second lead with the same match value, goes to the error ledger for identity
         // resolution.
-        let held = self.unlinked_matches(plan, &ids, &crm_rows).await?;
+        let matches = self.unlinked_matches(plan, &ids, &crm_rows).await?;
+        let mut held: BTreeMap<usize, (String, String)> = BTreeMap::new();
+        if !matches.is_empty() {
+            let pk = self
+                .ctx
+                .crm
+                .describe(&plan.crm_object)
+                .await
+                .ok()
+                .and_then(|s| s.id_field)
+                .unwrap_or_else(|| "id".to_owned());
+            let mut adopted: BTreeSet<String> = BTreeSet::new();
+            for (i, (field, crm_id)) in matches {
+                let Some(id) = ids.get(i) else { continue };
+                if !adopted.insert(crm_id.clone()) {
+                    held.insert(i, (field, crm_id));
+                    continue;
+                }
+                let mut rec = Fields::new();
+                rec.insert(pk.clone(), Value::Text(crm_id.clone()));
+                rec.insert(plan.crm_marketo_id.clone(), Value::Text(id.clone()));
+                let res = self.ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                match res.first() {
+                    Some(WriteResult::Updated { id: got } | WriteResult::Created { id: got })
+                        if *got == crm_id =>
+                    {
+                        info!(lead = %id, crm = %crm_id, "existing crm record adopts the lead");
+                        phase.adopted += 1;
+                        // The lead's empty fields do not blank the record's values.
+                        if let Some(row) = crm_rows.get_mut(i) {
+                            row.retain(|_, v| !v.is_null());
+                        }
+                    }
+                    other => {
+                        warn!(lead = %id, crm = %crm_id, result = ?other, "crm record cannot adopt the lead");
+                        held.insert(i, (field, crm_id));
+                    }
+                }
+            }
+        }
         let mut errors = Vec::new();
         if !held.is_empty() {
             let now = self.ctx.clock.now();

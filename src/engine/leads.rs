@@ -5,6 +5,19 @@
 //! token, and the CRM's changes from its cursor. Identity links pairs by store link, then by
 //! the keys each side holds of the other, then by the match fields; reconcile is three-way
 //! against the link's base; apply writes Marketo first, then the CRM; one commit per step.
+//!
+//! Company-type fields of a lead mapping (`PlanField::routed_to_company`) of a lead linked to a
+//! company (`externalCompanyId`) are written to that company with Sync Companies, since Sync
+//! Leads refuses them (1021); leads without a company get them through Sync Leads.
+//!
+//! Lead conversion (`keys.crm_lead_object`, e.g. the CRM's `leads`): the step reads that object's
+//! changes from its own cursor (queue `conversions`) before the CRM changes of the mapping's
+//! object. A CRM lead holding a Marketo lead id that got a converted-contact id moves the Marketo
+//! lead to that contact (Marketo id into the contact, contact id and the contact's account as
+//! `externalCompanyId` into the lead; the pairing then links them), or, when the contact already
+//! has its own Marketo lead, merges the two leads (winner = the contact's) and tombstones the
+//! converted lead's link as merged. A Marketo lead held by an unconverted CRM lead gets no
+//! contact of its own. CRM leads themselves are not synced field by field.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,7 +31,7 @@ use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
 use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
-use crate::mapping::{COMPANY_FIELDS_ON_LEADS, Plan};
+use crate::mapping::Plan;
 use crate::marketo::bulk_extract::{
     DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
 };
@@ -38,6 +51,7 @@ const CHANGE_DATA_VALUE: i64 = 13;
 const MERGE_LEADS: i64 = 32;
 const QUEUE_ACTIVITIES: &str = "activities";
 const QUEUE_DELETED: &str = "deleted";
+const QUEUE_CONVERSIONS: &str = "conversions";
 /// The store object name of lead links (the `sync.objects` name of the lead mapping).
 pub const LINK_OBJECT: &str = "leads";
 
@@ -581,6 +595,9 @@ pub async fn run(
         }
     }
     let (deleted, del_token) = gather_deleted(ctx, del_wm.as_ref(), cancel).await?;
+    // CRM lead conversions first: the contacts they touch are then read as changed below.
+    let (conversions_wm, converted_contacts) =
+        apply_conversions(&mut step, tunables, summary, cancel).await?;
 
     let mut crm_cursor: Option<Cursor> = crm_wm.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
     let mut cs: BTreeMap<String, CRec> = BTreeMap::new();
@@ -615,6 +632,20 @@ pub async fn run(
         crm_cursor = Some(page.next);
         if !more {
             break;
+        }
+    }
+
+    // Contacts that took over a converted lead are paired this cycle (the change feed may show
+    // their new Marketo id only later).
+    let missing: Vec<String> = converted_contacts
+        .into_iter()
+        .filter(|c| !cs.contains_key(c))
+        .collect();
+    if !missing.is_empty() {
+        for r in ctx.crm.get(&plan.crm_object, &missing).await? {
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
+                cs.insert(r.id.clone(), c);
+            }
         }
     }
 
@@ -708,6 +739,7 @@ pub async fn run(
         tie: None,
         cursor: crm_cursor.map(|c| c.0),
     });
+    step.commit.watermarks.extend(conversions_wm);
     if step.dry_run {
         summary.plan.append(&mut step.plan_out);
     } else {
@@ -932,6 +964,7 @@ async fn sync_pairs(
     }
 
     match_pairs(step, &mut pairs).await?;
+    hold_crm_leads(step, &mut pairs, summary).await?;
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
@@ -1218,6 +1251,28 @@ async fn apply_marketo(
     let plan = step.plan;
     let object = object_name(plan);
     let mut writes: Vec<MWrite> = Vec::new();
+    let routed = plan.company_routed_fields();
+    // Leads not read this cycle whose company-type fields change: read their externalCompanyId.
+    let mut company_of: HashMap<i64, Option<String>> = HashMap::new();
+    if !routed.is_empty() {
+        let unread: Vec<i64> = decided
+            .iter()
+            .filter_map(|(i, r)| {
+                let p = &pairs[*i];
+                let touches = routed.iter().any(|f| {
+                    plan.enabled_fields().any(|pf| {
+                        pf.marketo.as_deref() == Some(*f) && r.to_marketo.contains_key(&pf.name)
+                    })
+                });
+                (touches && p.m.is_none()).then_some(p.m_id).flatten()
+            })
+            .collect();
+        if !unread.is_empty() {
+            for m in fetch_leads(ctx, plan, &unread, summary).await? {
+                company_of.insert(m.id, m.external_company_id);
+            }
+        }
+    }
     for (i, r) in decided {
         let p = &pairs[*i];
         let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
@@ -1241,9 +1296,13 @@ async fn apply_marketo(
                     record.insert(plan.marketo_crm_key.clone(), json!(c_id));
                 }
                 let mut company = None;
-                if let Some(ext) = p.m.as_ref().and_then(|m| m.external_company_id.clone()) {
+                let ext = match &p.m {
+                    Some(m) => m.external_company_id.clone(),
+                    None => company_of.get(&m_id).cloned().flatten(),
+                };
+                if let Some(ext) = ext {
                     let mut c = Record::new();
-                    for f in COMPANY_FIELDS_ON_LEADS {
+                    for f in &routed {
                         if let Some(v) = record.remove(*f) {
                             c.insert((*f).to_owned(), v);
                         }
@@ -1276,21 +1335,48 @@ async fn apply_marketo(
         }
         return Ok(());
     }
-    // Company-type fields of linked leads go to their company.
-    let companies: Vec<Record> = writes.iter().filter_map(|w| w.company.clone()).collect();
-    for chunk in companies.chunks(crate::marketo::leads::MAX_BATCH) {
+    // Company-type fields of linked leads go to their company (Sync Leads refuses them, 1021).
+    let with_company: Vec<(usize, Record)> = writes
+        .iter()
+        .filter_map(|w| w.company.clone().map(|c| (w.pair, c)))
+        .collect();
+    for chunk in with_company.chunks(crate::marketo::leads::MAX_BATCH) {
+        let input: Vec<Record> = chunk.iter().map(|(_, c)| c.clone()).collect();
         let results = ctx
             .marketo
-            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, chunk)
+            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, &input)
             .await?;
-        for (rec, res) in chunk.iter().zip(results) {
+        for ((pair, rec), res) in chunk.iter().zip(results) {
             if res.is_skipped() {
+                // The base does not move, so the change is tried again on later cycles.
                 let reason = res.reasons.first();
-                summary.warnings.push(format!(
-                    "company {} refused the lead's company fields: {}",
-                    text_of(rec.get("externalCompanyId")).unwrap_or_default(),
-                    reason.map(|r| r.message.clone()).unwrap_or_default()
-                ));
+                let p = &mut pairs[*pair];
+                p.failed = true;
+                let key = p
+                    .c_id
+                    .clone()
+                    .or_else(|| p.m_id.map(|m| m.to_string()))
+                    .unwrap_or_default();
+                let other = p.m_id.map(|m| m.to_string());
+                summary.counts_mut(&object, Direction::CrmToMarketo).failed += 1;
+                step.error(
+                    Direction::CrmToMarketo,
+                    key,
+                    other,
+                    json!({ "company": rec }),
+                    reason.map(|r| r.code.clone()).unwrap_or_default(),
+                    format!(
+                        "company {} refused the lead's company fields: {}",
+                        text_of(rec.get("externalCompanyId")).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default()
+                    ),
+                );
+            } else if writes
+                .iter()
+                .any(|w| w.pair == *pair && !w.create && w.record.len() == 1)
+            {
+                // Nothing else changed on the lead: the company write was the update.
+                summary.counts_mut(&object, Direction::CrmToMarketo).updated += 1;
             }
         }
     }
@@ -1311,7 +1397,12 @@ async fn apply_marketo(
         if create && bulk_creates {
             continue;
         }
-        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
+        // An update left with only the id carried company fields only: nothing to send.
+        let batch: Vec<&MWrite> = writes
+            .iter()
+            .filter(|w| w.create == create && (create || w.record.len() > 1))
+            .filter(|w| !pairs[w.pair].failed)
+            .collect();
         for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
             let input: Vec<Record> = chunk.iter().map(|w| w.record.clone()).collect();
             let results = ctx
@@ -1555,26 +1646,331 @@ async fn apply_policy(
             summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
         }
         DeletePolicy::Flag => {
-            let flag = plan
-                .enabled_fields()
-                .find(|f| f.name == "deletedInMarketo" && f.crm.is_some())
-                .and_then(|f| f.crm.clone());
-            if let Some(column) = flag {
-                let mut rec = Fields::new();
-                rec.insert("id".into(), Value::Text(link.crm_key.clone()));
-                rec.insert(column, Value::Bool(true));
-                if step.dry_run {
-                    step.plan_out.push(json!({
-                        "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
-                    }));
-                } else {
-                    ctx.crm.upsert(&plan.crm_object, "id", &[rec]).await?;
+            let Some(column) = plan.crm_deleted_flag.clone() else {
+                summary.warnings.push(format!(
+                    "lead {} left Marketo but `keys.crm_deleted_flag` is not set: CRM record {} \
+                     was not flagged",
+                    link.marketo_key, link.crm_key
+                ));
+                return Ok(());
+            };
+            let pk = crm_pk(ctx, plan).await;
+            let mut rec = Fields::new();
+            rec.insert(pk.clone(), Value::Text(link.crm_key.clone()));
+            rec.insert(column, Value::Bool(true));
+            if step.dry_run {
+                step.plan_out.push(json!({
+                    "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
+                }));
+            } else {
+                let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                    step.error(
+                        Direction::MarketoToCrm,
+                        link.marketo_key.clone(),
+                        Some(link.crm_key.clone()),
+                        json!({ "flag_deleted": link.crm_key }),
+                        code.clone(),
+                        message.clone(),
+                    );
+                    return Ok(());
                 }
-                summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
             }
+            summary.counts_mut(&object, Direction::MarketoToCrm).deleted += 1;
         }
     }
     Ok(())
+}
+
+/// Drops the Marketo-only pairs whose lead is linked to an unconverted CRM lead
+/// (`keys.crm_lead_object`): such a lead gets a contact only by conversion.
+async fn hold_crm_leads(
+    step: &mut Step<'_>,
+    pairs: &mut Vec<Pair>,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let Some(conv) = &plan.conversion else {
+        return Ok(());
+    };
+    let lone = |p: &Pair| p.link.is_none() && p.c_id.is_none() && p.c.is_none();
+    let ids: Vec<Value> = pairs
+        .iter()
+        .filter(|p| lone(p))
+        .filter_map(|p| p.m_id)
+        .map(|i| Value::Text(i.to_string()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut held: BTreeSet<i64> = BTreeSet::new();
+    for chunk in ids.chunks(300) {
+        let found = match ctx
+            .crm
+            .find(&conv.crm_lead_object, &plan.crm_marketo_id, chunk)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) if !e.is_retryable() => {
+                summary.warnings.push(format!(
+                    "leads held by CRM leads are not checked: reading `{}` failed: {e}",
+                    conv.crm_lead_object
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for r in found {
+            if value_text(r.fields.get(&conv.converted_field)).is_none()
+                && let Some(m) = value_text(r.fields.get(&plan.crm_marketo_id))
+                && let Ok(m) = m.trim().parse::<i64>()
+            {
+                held.insert(m);
+            }
+        }
+    }
+    let before = pairs.len();
+    pairs.retain(|p| !(lone(p) && p.m_id.is_some_and(|m| held.contains(&m))));
+    summary
+        .counts_mut(&object_name(plan), Direction::MarketoToCrm)
+        .skipped += (before - pairs.len()) as u64;
+    Ok(())
+}
+
+/// Follows the conversions of CRM leads (`keys.crm_lead_object`) linked to a Marketo lead (by
+/// their Marketo-id column) since the last cycle, read from their own CRM cursor:
+///
+/// - converted to a contact without a Marketo lead (new or existing account): the contact gets
+///   the Marketo id, the Marketo lead gets the contact id in its CRM-key field and the contact's
+///   account as `externalCompanyId` (the companies step, which runs first, has synced a new
+///   account as a company); the pairing below then links the two.
+/// - converted into a contact that has its own Marketo lead: the two Marketo leads are merged
+///   (Merge Leads, winner = the contact's lead) and a link of the converted lead is tombstoned as
+///   merged.
+///
+/// Returns the cursor watermark to commit with the step and the contacts that took over a
+/// Marketo lead.
+async fn apply_conversions(
+    step: &mut Step<'_>,
+    tunables: &Tunables,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(Option<Watermark>, Vec<String>), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let mut moved = Vec::new();
+    let Some(conv) = plan.conversion.clone() else {
+        return Ok((None, moved));
+    };
+    let object = object_name(plan);
+    let wm = ctx
+        .store
+        .watermark(Side::Crm, &conv.crm_lead_object, QUEUE_CONVERSIONS)
+        .await?;
+    let mut cursor: Option<Cursor> = wm.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
+    let mut last = wm.as_ref().map(|w| w.at);
+    // (CRM lead id, Marketo lead id, contact id), the last state of each CRM lead.
+    let mut converted: Vec<(String, i64, String)> = Vec::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = match ctx
+            .crm
+            .changes(&conv.crm_lead_object, cursor.as_ref(), tunables.crm_page)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if !e.is_retryable() => {
+                // A CRM without that object (or column) must not stop the lead sync.
+                summary.warnings.push(format!(
+                    "lead conversions are not followed: reading `{}` failed: {e}",
+                    conv.crm_lead_object
+                ));
+                return Ok((None, moved));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for ch in page.changes {
+            last = Some(last.map_or(ch.modified_at, |l| l.max(ch.modified_at)));
+            converted.retain(|(id, _, _)| id != &ch.id);
+            if let ChangeKind::Upserted { fields } = ch.kind
+                && let Some(m_id) = value_text(fields.get(&plan.crm_marketo_id))
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                && let Some(contact) = value_text(fields.get(&conv.converted_field))
+            {
+                converted.push((ch.id, m_id, contact));
+            }
+        }
+        let more = page.more;
+        cursor = Some(page.next);
+        if !more {
+            break;
+        }
+    }
+    let mark = Watermark {
+        system: Side::Crm,
+        object: conv.crm_lead_object.clone(),
+        queue: QUEUE_CONVERSIONS.to_owned(),
+        at: last.unwrap_or_else(|| step.now()),
+        tie: None,
+        cursor: cursor.map(|c| c.0),
+    };
+    if converted.is_empty() {
+        return Ok((Some(mark), moved));
+    }
+    let contact_ids: Vec<String> = converted.iter().map(|c| c.2.clone()).collect();
+    let contacts: HashMap<String, Fields> = ctx
+        .crm
+        .get(&plan.crm_object, &contact_ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.fields))
+        .collect();
+    let pk = crm_pk(ctx, plan).await;
+    for (lead_key, m_id, c_id) in converted {
+        let Some(contact) = contacts.get(&c_id) else {
+            summary.warnings.push(format!(
+                "crm lead {lead_key} was converted to contact {c_id}, which cannot be read: \
+                 the conversion is not followed"
+            ));
+            continue;
+        };
+        let all_links = ctx
+            .store
+            .links_by_marketo_keys(LINK_OBJECT, &[m_id.to_string()])
+            .await?;
+        let owner = value_text(contact.get(&plan.crm_marketo_id))
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        // Already followed (the CRM feed re-reads its overlap window): nothing to do.
+        let merged_away = all_links.iter().any(
+            |l| matches!(&l.tombstone, Some(t) if matches!(t.kind, TombstoneKind::Merged { .. })),
+        );
+        let lead_links = live(all_links);
+        let moved_already = owner == Some(m_id) && lead_links.iter().any(|l| l.crm_key == c_id);
+        if merged_away || moved_already {
+            continue;
+        }
+        match owner {
+            Some(winner) if winner != m_id => {
+                // Into an existing contact with its own Marketo lead: merge the two leads.
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "marketo", "action": "merge", "winner": winner,
+                        "loser": m_id, "conversion": lead_key,
+                    }));
+                    continue;
+                }
+                if let Err(e) = ctx.marketo.merge_leads(winner, &[m_id], false).await {
+                    if e.is_retryable() {
+                        return Err(e.into());
+                    }
+                    step.error(
+                        Direction::CrmToMarketo,
+                        lead_key.clone(),
+                        Some(m_id.to_string()),
+                        json!({ "conversion": { "winner": winner, "loser": m_id, "contact": c_id } }),
+                        e.code().unwrap_or("merge_failed").to_owned(),
+                        format!("merging converted lead {m_id} into {winner}: {e}"),
+                    );
+                    continue;
+                }
+                // The converted lead's link (or a new one to the contact, as the record of the
+                // conversion) is tombstoned as merged.
+                let loser_link = lead_links.first().cloned().unwrap_or_else(|| Link {
+                    object: LINK_OBJECT.to_owned(),
+                    marketo_key: m_id.to_string(),
+                    crm_key: c_id.clone(),
+                    base: Fields::new(),
+                    base_hash: fields_hash(&Fields::new()),
+                    agreed_at: step.now(),
+                    tombstone: None,
+                });
+                step.tombstone(
+                    &loser_link,
+                    TombstoneKind::Merged {
+                        into: winner.to_string(),
+                    },
+                    Side::Crm,
+                );
+                info!(crm_lead = %lead_key, winner, loser = m_id, "converted lead merged");
+                summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
+            }
+            _ => {
+                // To a contact without a Marketo lead: the Marketo lead moves to it.
+                let account = conv
+                    .company_ref
+                    .as_ref()
+                    .and_then(|f| value_text(contact.get(f)));
+                let mut lead = Record::new();
+                lead.insert("id".into(), json!(m_id));
+                lead.insert(plan.marketo_crm_key.clone(), json!(c_id));
+                if let Some(a) = &account {
+                    lead.insert("externalCompanyId".into(), json!(a));
+                }
+                if step.dry_run {
+                    step.plan_out.push(json!({
+                        "target": "both", "action": "convert", "crm_lead": lead_key,
+                        "contact": c_id, "marketo": lead,
+                    }));
+                    continue;
+                }
+                if owner.is_none() {
+                    let mut rec = Fields::new();
+                    rec.insert(pk.clone(), Value::Text(c_id.clone()));
+                    rec.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
+                    let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                    if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                        step.error(
+                            Direction::MarketoToCrm,
+                            m_id.to_string(),
+                            Some(c_id.clone()),
+                            json!({ "conversion": { "crm_lead": lead_key, "contact": c_id } }),
+                            code.clone(),
+                            message.clone(),
+                        );
+                        continue;
+                    }
+                }
+                let res = ctx
+                    .marketo
+                    .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &[lead.clone()])
+                    .await?;
+                if let Some(r) = res.first().filter(|r| r.is_skipped()) {
+                    let reason = r.reasons.first();
+                    step.error(
+                        Direction::CrmToMarketo,
+                        c_id.clone(),
+                        Some(m_id.to_string()),
+                        serde_json::Value::Object(lead),
+                        reason.map(|r| r.code.clone()).unwrap_or_default(),
+                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                    );
+                    continue;
+                }
+                // A link of the Marketo lead to another CRM record moves to the contact.
+                for l in lead_links.iter().filter(|l| l.crm_key != c_id) {
+                    step.tombstone(l, TombstoneKind::Merged { into: c_id.clone() }, Side::Crm);
+                    step.link(m_id, &c_id, l.base.clone());
+                }
+                info!(crm_lead = %lead_key, contact = %c_id, lead = m_id, "converted lead moved to its contact");
+                summary.counts_mut(&object, Direction::CrmToMarketo).updated += 1;
+                moved.push(c_id);
+            }
+        }
+    }
+    Ok((Some(mark), moved))
+}
+
+/// Returns the CRM object's primary-key field (`id` when the CRM does not say).
+async fn crm_pk(ctx: &Context, plan: &Plan) -> String {
+    ctx.crm
+        .describe(&plan.crm_object)
+        .await
+        .ok()
+        .and_then(|s| s.id_field)
+        .unwrap_or_else(|| "id".to_owned())
 }
 
 async fn apply_marketo_deletes(

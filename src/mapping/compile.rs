@@ -11,7 +11,7 @@ use crate::config::{
 use crate::model::{FieldDef, FieldType, ObjectSchema, Side, Value};
 
 /// Lead fields that belong to the company: Sync Leads refuses them (1021) for leads linked to a
-/// company, so they are mapped in the companies file.
+/// company, so a lead mapping's field among them is routed to the lead's company.
 pub const COMPANY_FIELDS_ON_LEADS: &[&str] = &[
     "company",
     "site",
@@ -266,6 +266,70 @@ pub fn compile(
         }
     }
 
+    // The flag column of the `flag` deletion policy: a writable boolean CRM column.
+    let mut crm_deleted_flag = f.keys.crm_deleted_flag.clone().filter(|c| !c.is_empty());
+    if let Some(column) = crm_deleted_flag.clone() {
+        let path = [
+            Segment::Key("keys".into()),
+            Segment::Key("crm_deleted_flag".into()),
+        ];
+        let reason = match crm.field(&column) {
+            None => Some(unknown(Side::Crm, crm, &column)),
+            Some(def) if def.read_only => Some(format!(
+                "CRM field `{column}` on `{}` is read-only, but the flag deletion policy writes it",
+                crm.object
+            )),
+            Some(def) if !matches!(def.ty, FieldType::Boolean) => Some(format!(
+                "CRM field `{column}` on `{}` is {}, but the deletion flag must be a boolean column",
+                crm.object,
+                def.ty.describe()
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            problems.push(m.problem(true, &path, reason));
+            crm_deleted_flag = None;
+        }
+    }
+
+    // Lead conversion: both keys together; the company reference must be a CRM field.
+    let keys_path = |k: &str| [Segment::Key("keys".into()), Segment::Key(k.into())];
+    let mut conversion = None;
+    match (
+        f.keys.crm_lead_object.clone().filter(|c| !c.is_empty()),
+        f.keys.crm_lead_converted.clone().filter(|c| !c.is_empty()),
+    ) {
+        (Some(object), Some(field)) => {
+            let mut company_ref = f.keys.crm_company_ref.clone().filter(|c| !c.is_empty());
+            if let Some(column) = company_ref.clone()
+                && crm.field(&column).is_none()
+            {
+                problems.push(m.problem(
+                    true,
+                    &keys_path("crm_company_ref"),
+                    unknown(Side::Crm, crm, &column),
+                ));
+                company_ref = None;
+            }
+            conversion = Some(crate::mapping::Conversion {
+                crm_lead_object: object,
+                converted_field: field,
+                company_ref,
+            });
+        }
+        (None, None) => {}
+        (Some(_), None) => problems.push(m.problem(
+            true,
+            &keys_path("crm_lead_object"),
+            "`keys.crm_lead_object` needs `keys.crm_lead_converted` (the column naming the contact a lead was converted to); conversions are not followed".to_owned(),
+        )),
+        (None, Some(_)) => problems.push(m.problem(
+            true,
+            &keys_path("crm_lead_converted"),
+            "`keys.crm_lead_converted` needs `keys.crm_lead_object` (the CRM object of unconverted leads); conversions are not followed".to_owned(),
+        )),
+    }
+
     if fatal {
         return (None, problems);
     }
@@ -275,6 +339,8 @@ pub fn compile(
         crm_object: f.crm_object.clone(),
         marketo_crm_key: key_marketo,
         crm_marketo_id: key_crm,
+        crm_deleted_flag,
+        conversion,
         match_fields: f.effective_match_fields(),
         policy: f.policy,
         fields,
@@ -345,17 +411,25 @@ fn compile_field(
         }
     }
 
-    if marketo.object == "lead"
-        && let Some(name) = fm.marketo.as_deref()
-        && COMPANY_FIELDS_ON_LEADS.contains(&name)
-        && fm.direction.writes_to(Side::Marketo)
-    {
-        let reason = format!(
-            "`{name}` is a company field: Marketo refuses it on leads linked to a company (1021); \
-             map it in the companies mapping, or set direction = \"to_crm\""
-        );
-        disabled.get_or_insert(reason.clone());
-        problems.push(m.problem(true, &fpath(base, i, "marketo"), reason));
+    // A company-type field of a lead: Marketo refuses it through Sync Leads on a lead linked to
+    // a company (1021), so the engine writes it to the lead's company instead (by
+    // externalCompanyId) and through Sync Leads only for leads without a company.
+    let routed_to_company = marketo.object == "lead"
+        && fm
+            .marketo
+            .as_deref()
+            .is_some_and(|n| COMPANY_FIELDS_ON_LEADS.contains(&n))
+        && fm.direction.writes_to(Side::Marketo);
+    if routed_to_company && let Some(name) = fm.marketo.as_deref() {
+        problems.push(m.problem(
+            false,
+            &fpath(base, i, "marketo"),
+            format!(
+                "`{name}` is a company field: for a lead linked to a company (externalCompanyId) \
+                 it is written to that company, which changes it for every lead of the company; \
+                 leads without a company get it through Sync Leads"
+            ),
+        ));
     }
 
     // Type and length checks, per write direction.
@@ -479,6 +553,7 @@ fn compile_field(
         constant: fm.constant.clone(),
         policy: fm.policy.unwrap_or(default_policy),
         disabled,
+        routed_to_company,
     };
     (field, problems)
 }
@@ -541,6 +616,8 @@ pub fn compile_activities(
                 crm_object,
                 marketo_crm_key: "marketoGUID".to_owned(),
                 crm_marketo_id: m.file.keys.crm_marketo_id.clone().unwrap_or_default(),
+                crm_deleted_flag: None,
+                conversion: None,
                 match_fields: Vec::new(),
                 policy: crate::config::Policy::MarketoWins,
                 fields,
@@ -548,6 +625,42 @@ pub fn compile_activities(
         ));
     }
     (plans, problems)
+}
+
+/// Returns the problem of a lead mapping without `keys.crm_deleted_flag` when `sync.lead_deletes`
+/// or `sync.lead_merges` is `flag`: the policy then has no column to set.
+fn flag_policy_problem(settings: &Settings, m: &LoadedMapping) -> Option<Problem> {
+    use crate::config::DeletePolicy;
+    if m.file.marketo_object != "lead"
+        || m.file
+            .keys
+            .crm_deleted_flag
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+    {
+        return None;
+    }
+    let which: Vec<&str> = [
+        ("sync.lead_deletes", settings.sync.lead_deletes),
+        ("sync.lead_merges", settings.sync.lead_merges),
+    ]
+    .into_iter()
+    .filter(|(_, p)| *p == DeletePolicy::Flag)
+    .map(|(n, _)| n)
+    .collect();
+    if which.is_empty() {
+        return None;
+    }
+    Some(m.problem(
+        false,
+        &[Segment::Key("keys".into())],
+        format!(
+            "{} is \"flag\" but `keys.crm_deleted_flag` is not set: records of deleted or \
+             merged-away leads are not flagged in the CRM; set it to a boolean CRM column \
+             (e.g. crm_deleted_flag = \"deleted_in_marketo\"), or choose \"ignore\" or \"delete\"",
+            which.join(" and ")
+        ),
+    ))
 }
 
 /// Returns every problem of settings and mappings against both sides' schemas (unknown objects
@@ -569,6 +682,7 @@ pub fn validate_against(
             problems.extend(p);
             continue;
         }
+        problems.extend(flag_policy_problem(settings, m));
         let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);
         let crm = schemas.get(Side::Crm, &m.file.crm_object);
         if marketo.is_none() {
@@ -667,6 +781,7 @@ pub fn compile_all(
             (Some(marketo), Some(crm)) => {
                 let (plan, p) = compile(m, marketo, crm);
                 problems.extend(p);
+                problems.extend(flag_policy_problem(settings, m));
                 if let Some(plan) = plan {
                     plans.objects.insert(m.object.clone(), plan);
                 }

@@ -18,7 +18,7 @@ pub use compile::{
     validate_against,
 };
 pub use normalise::{apply, apply_text, convert_for, normalise};
-pub use plan::{FieldChange, MappingError, Plan, PlanField, diff};
+pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
 pub use validate::{
     SuggestArgs, ValidateArgs, run_suggest, run_suggest_with, run_validate, run_validate_with,

@@ -80,6 +80,9 @@ pub struct PlanField {
     pub policy: Policy,
     /// Why this field is disabled (schema drift, a compile error), if it is.
     pub disabled: Option<String>,
+    /// A company-type field of a lead mapping: written to the lead's company (by
+    /// `externalCompanyId`) when the lead is linked to one, through Sync Leads otherwise.
+    pub routed_to_company: bool,
 }
 
 impl PlanField {
@@ -106,6 +109,17 @@ impl PlanField {
     }
 }
 
+/// Where the CRM keeps unconverted leads and how a conversion shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conversion {
+    /// The CRM object of unconverted leads (`leads`).
+    pub crm_lead_object: String,
+    /// Its column naming the contact a lead was converted to (`converted_contact_id`).
+    pub converted_field: String,
+    /// The contact column holding the CRM account id (= Marketo `externalCompanyId`).
+    pub company_ref: Option<String>,
+}
+
 /// The compiled mapping of one object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
@@ -119,6 +133,10 @@ pub struct Plan {
     pub marketo_crm_key: String,
     /// The CRM field holding the Marketo id.
     pub crm_marketo_id: String,
+    /// The boolean CRM column the `flag` deletion policy sets (`keys.crm_deleted_flag`).
+    pub crm_deleted_flag: Option<String>,
+    /// Lead conversion in the CRM (`keys.crm_lead_object`, lead mappings only).
+    pub conversion: Option<Conversion>,
     /// Canonical names of the match fields for new records.
     pub match_fields: Vec<String>,
     /// The object's default conflict policy.
@@ -131,6 +149,14 @@ impl Plan {
     /// Returns the field with this canonical name.
     pub fn field(&self, name: &str) -> Option<&PlanField> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Returns the Marketo names of the enabled fields routed to the lead's company.
+    pub fn company_routed_fields(&self) -> Vec<&str> {
+        self.enabled_fields()
+            .filter(|f| f.routed_to_company)
+            .filter_map(|f| f.marketo.as_deref())
+            .collect()
     }
 
     /// Returns the enabled fields.

@@ -231,6 +231,10 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         keys: Keys {
             marketo_crm_key,
             crm_marketo_id,
+            crm_deleted_flag: None,
+            crm_lead_object: None,
+            crm_lead_converted: None,
+            crm_company_ref: None,
         },
         match_fields,
         fields,

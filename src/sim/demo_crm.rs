@@ -97,6 +97,8 @@ const TABLES: &[Table] = &[
             ("lead_source", Ty::Str(40)),
             ("do_not_email", Ty::Bool),
             ("merged_into", Ty::Ref),
+            ("company", Ty::Str(255)),
+            ("deleted_in_marketo", Ty::Bool),
         ],
         unique: &[],
         index: &["email"],
