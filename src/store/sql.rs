@@ -482,6 +482,19 @@ macro_rules! impl_store {
                 self.statements.fetch_add(1, Ordering::Relaxed);
             }
 
+            /// Appends ` IN (?, ?, ...)` with one bound parameter per key.
+            fn push_in_list<'k>(
+                qb: &mut QueryBuilder<$db>,
+                keys: impl IntoIterator<Item = &'k str>,
+            ) {
+                qb.push(" IN (");
+                let mut sep = qb.separated(", ");
+                for key in keys {
+                    sep.push_bind(key);
+                }
+                qb.push(")");
+            }
+
             fn get<'r, T>(
                 what: &'static str,
                 row: &'r <$db as sqlx::Database>::Row,
@@ -634,12 +647,8 @@ macro_rules! impl_store {
                     for chunk in keys.chunks(KEYS_PER_LOOKUP) {
                         let mut qb = QueryBuilder::<$db>::new("DELETE FROM links WHERE object = ");
                         qb.push_bind(object.as_str());
-                        qb.push(" AND marketo_key IN (");
-                        let mut sep = qb.separated(", ");
-                        for key in chunk {
-                            sep.push_bind(key.as_str());
-                        }
-                        qb.push(")");
+                        qb.push(" AND marketo_key");
+                        Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
@@ -733,12 +742,8 @@ macro_rules! impl_store {
                         qb.push_bind(object.as_str());
                         qb.push(" AND direction = ");
                         qb.push_bind(*direction);
-                        qb.push(" AND record_key IN (");
-                        let mut sep = qb.separated(", ");
-                        for key in chunk {
-                            sep.push_bind(key.as_str());
-                        }
-                        qb.push(")");
+                        qb.push(" AND record_key");
+                        Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
@@ -819,12 +824,7 @@ macro_rules! impl_store {
                     qb.push_bind(object);
                     qb.push(" AND ");
                     qb.push(key_column);
-                    qb.push(" IN (");
-                    let mut sep = qb.separated(", ");
-                    for key in chunk {
-                        sep.push_bind(key.as_str());
-                    }
-                    qb.push(")");
+                    Self::push_in_list(&mut qb, chunk.iter().map(String::as_str));
                     self.tick();
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(query_error(op))?;
                     for row in &rows {
