@@ -428,12 +428,10 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let upload = server
-            .received_requests()
+        let upload = requests_to(&server, "/bulk/v1/leads.json")
             .await
-            .unwrap()
             .into_iter()
-            .find(|r| r.url.path() == "/bulk/v1/leads.json")
+            .next()
             .unwrap();
         let ct = upload
             .headers
