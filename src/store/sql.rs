@@ -627,6 +627,19 @@ macro_rules! impl_store {
                 })
             }
 
+            fn usage_from_row(
+                day: NaiveDate,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<ApiUsage, StoreError> {
+                let calls: i64 = Self::get("api usage", row, "calls")?;
+                let bulk_bytes: i64 = Self::get("api usage", row, "bulk_bytes")?;
+                Ok(ApiUsage {
+                    day,
+                    calls: to_u64(calls),
+                    bulk_bytes: to_u64(bulk_bytes),
+                })
+            }
+
             fn lease_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Lease, StoreError> {
                 Ok(Lease {
                     instance: Self::get("lease", row, "instance")?,
@@ -914,11 +927,7 @@ macro_rules! impl_store {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(query_error("links_page"))?;
-                let mut links = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    links.push(Self::link_from_row(row)?);
-                }
-                Ok(links)
+                rows.iter().map(Self::link_from_row).collect()
             }
 
             async fn watermark(
@@ -1039,13 +1048,7 @@ macro_rules! impl_store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(query_error("add_api_usage"))?;
-                let calls: i64 = Self::get("api usage", &row, "calls")?;
-                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
-                Ok(ApiUsage {
-                    day,
-                    calls: to_u64(calls),
-                    bulk_bytes: to_u64(bulk_bytes),
-                })
+                Self::usage_from_row(day, &row)
             }
 
             async fn api_usage(&self, day: NaiveDate) -> Result<ApiUsage, StoreError> {
@@ -1062,13 +1065,7 @@ macro_rules! impl_store {
                         bulk_bytes: 0,
                     });
                 };
-                let calls: i64 = Self::get("api usage", &row, "calls")?;
-                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
-                Ok(ApiUsage {
-                    day,
-                    calls: to_u64(calls),
-                    bulk_bytes: to_u64(bulk_bytes),
-                })
+                Self::usage_from_row(day, &row)
             }
 
             async fn put_schema(&self, schema: &SchemaRecord) -> Result<(), StoreError> {
