@@ -313,7 +313,7 @@ impl Client {
         }
         // Creating twice only leaves an unused job behind.
         let env = self.call::<ExportJob>(&Call::post(&ep, body)).await?;
-        single_job(&ep, env.records())
+        env.one(&ep, NO_JOB)
     }
 
     /// Queues a Created job (`POST /bulk/v1/<kind>/export/{id}/enqueue.json`); 1029 "Job
@@ -754,7 +754,7 @@ impl Client {
     /// Sends a call about one export job and returns the job it answers with.
     async fn job_call(&self, endpoint: &str, call: Call) -> Result<ExportJob, Error> {
         let env = self.call::<ExportJob>(&call).await?;
-        single_job(endpoint, env.records())
+        env.one(endpoint, NO_JOB)
     }
 }
 
@@ -767,11 +767,8 @@ fn job_endpoint(kind: &ExportKind, export_id: &str, action: &str) -> Result<Stri
     ))
 }
 
-fn single_job(endpoint: &str, jobs: Vec<ExportJob>) -> Result<ExportJob, Error> {
-    jobs.into_iter()
-        .next()
-        .ok_or_else(|| Error::decode(endpoint, "no job in the answer"))
-}
+/// The detail of [`Error::Decode`] when a job call answers with no job.
+const NO_JOB: &str = "no job in the answer";
 
 fn id_segment(id: &str) -> Result<&str, Error> {
     path_segment(id)
