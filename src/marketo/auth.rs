@@ -236,12 +236,9 @@ mod tests {
         // 300 s lifetime, 60 s margin: after 241 s the token is renewed.
         tokio::time::advance(Duration::from_secs(241)).await;
         client.get_lead(1, &[]).await.unwrap();
-        let used: Vec<String> = server
-            .received_requests()
+        let used: Vec<String> = requests_to(&server, "/rest/v1/lead/1.json")
             .await
-            .unwrap()
             .iter()
-            .filter(|r| r.url.path() == "/rest/v1/lead/1.json")
             .map(|r| {
                 r.headers
                     .get("authorization")

@@ -313,7 +313,7 @@ impl Client {
         }
         // Creating twice only leaves an unused job behind.
         let env = self.call::<ExportJob>(&Call::post(&ep, body)).await?;
-        single_job(&ep, env.records())
+        env.one(&ep, NO_JOB)
     }
 
     /// Queues a Created job (`POST /bulk/v1/<kind>/export/{id}/enqueue.json`); 1029 "Job
@@ -331,9 +331,9 @@ impl Client {
         kind: &ExportKind,
         export_id: &str,
     ) -> Result<ExportJob, Error> {
-        let ep = format!("{}/{}/enqueue.json", kind.base()?, id_segment(export_id)?);
-        match self.call::<ExportJob>(&Call::post_empty(&ep)).await {
-            Ok(env) => single_job(&ep, env.records()),
+        let ep = job_endpoint(kind, export_id, "enqueue")?;
+        match self.job_call(&ep, Call::post_empty(&ep)).await {
+            Ok(job) => Ok(job),
             Err(e) if e.disposition() == Disposition::AlreadyDone => {
                 tracing::info!(export_id, "export job already queued");
                 self.export_status(kind, export_id).await
@@ -354,9 +354,8 @@ impl Client {
         kind: &ExportKind,
         export_id: &str,
     ) -> Result<ExportJob, Error> {
-        let ep = format!("{}/{}/status.json", kind.base()?, id_segment(export_id)?);
-        let env = self.call::<ExportJob>(&Call::get(&ep)).await?;
-        single_job(&ep, env.records())
+        let ep = job_endpoint(kind, export_id, "status")?;
+        self.job_call(&ep, Call::get(&ep)).await
     }
 
     /// Cancels a job (`POST /bulk/v1/<kind>/export/{id}/cancel.json`).
@@ -371,9 +370,8 @@ impl Client {
         kind: &ExportKind,
         export_id: &str,
     ) -> Result<ExportJob, Error> {
-        let ep = format!("{}/{}/cancel.json", kind.base()?, id_segment(export_id)?);
-        let env = self.call::<ExportJob>(&Call::post_empty(&ep)).await?;
-        single_job(&ep, env.records())
+        let ep = job_endpoint(kind, export_id, "cancel")?;
+        self.job_call(&ep, Call::post_empty(&ep)).await
     }
 
     /// Lists this user's jobs of the past 7 days (`GET /bulk/v1/<kind>/export.json`), optionally
@@ -462,7 +460,7 @@ impl Client {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<u64, Error> {
-        let ep = format!("{}/{}/file.json", kind.base()?, id_segment(&job.export_id)?);
+        let ep = job_endpoint(kind, &job.export_id, "file")?;
         let expected = job.file_size;
         let attempts = self.inner.config.retry.download_attempts.max(1);
         let mut last_err = None;
@@ -752,11 +750,25 @@ impl Client {
     }
 }
 
-fn single_job(endpoint: &str, jobs: Vec<ExportJob>) -> Result<ExportJob, Error> {
-    jobs.into_iter()
-        .next()
-        .ok_or_else(|| Error::decode(endpoint, "no job in the answer"))
+impl Client {
+    /// Sends a call about one export job and returns the job it answers with.
+    async fn job_call(&self, endpoint: &str, call: Call) -> Result<ExportJob, Error> {
+        let env = self.call::<ExportJob>(&call).await?;
+        env.one(endpoint, NO_JOB)
+    }
 }
+
+/// Returns `<kind base>/{id}/{action}.json` for one export job.
+fn job_endpoint(kind: &ExportKind, export_id: &str, action: &str) -> Result<String, Error> {
+    Ok(format!(
+        "{}/{}/{action}.json",
+        kind.base()?,
+        id_segment(export_id)?
+    ))
+}
+
+/// The detail of [`Error::Decode`] when a job call answers with no job.
+const NO_JOB: &str = "no job in the answer";
 
 fn id_segment(id: &str) -> Result<&str, Error> {
     path_segment(id)

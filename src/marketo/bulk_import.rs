@@ -222,10 +222,7 @@ impl Client {
             mime: format.mime(),
         });
         let env = self.call::<ImportJob>(&call).await?;
-        env.records()
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::decode(&ep, "no batch in the answer"))
+        env.one(&ep, "no batch in the answer")
     }
 
     /// Reads an import batch's status.
@@ -242,10 +239,7 @@ impl Client {
     ) -> Result<ImportJob, Error> {
         let ep = status_path(target, batch_id)?;
         let env = self.call::<ImportJob>(&Call::get(&ep)).await?;
-        env.records()
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::decode(&ep, "no batch in the answer"))
+        env.one(&ep, "no batch in the answer")
     }
 
     /// Polls an import batch until it is Complete or Failed.
@@ -428,12 +422,10 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let upload = server
-            .received_requests()
+        let upload = requests_to(&server, "/bulk/v1/leads.json")
             .await
-            .unwrap()
             .into_iter()
-            .find(|r| r.url.path() == "/bulk/v1/leads.json")
+            .next()
             .unwrap();
         let ct = upload
             .headers

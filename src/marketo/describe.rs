@@ -286,12 +286,8 @@ impl ObjectMetadata {
     }
 }
 
-fn first<T>(endpoint: &str, items: Vec<T>) -> Result<T, Error> {
-    items
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::decode(endpoint, "describe returned no result"))
-}
+/// The detail of [`Error::Decode`] when a Describe answers with no result.
+pub(crate) const NO_DESCRIBE: &str = "describe returned no result";
 
 impl Client {
     /// Reads Describe Lead2 (`GET /rest/v1/leads/describe2.json`).
@@ -304,7 +300,7 @@ impl Client {
     pub async fn describe_lead2(&self) -> Result<LeadDescribe2, Error> {
         const EP: &str = "/rest/v1/leads/describe2.json";
         let env = self.call::<LeadDescribe2>(&Call::get(EP)).await?;
-        first(EP, env.records())
+        env.one(EP, NO_DESCRIBE)
     }
 
     /// Reads Describe Lead (`GET /rest/v1/leads/describe.json`).
@@ -331,7 +327,7 @@ impl Client {
     pub async fn describe_object(&self, object: StandardObject) -> Result<ObjectMetadata, Error> {
         let ep = format!("/rest/v1/{}/describe.json", object.rest_path());
         let env = self.call::<ObjectMetadata>(&Call::get(&ep)).await?;
-        first(&ep, env.records())
+        env.one(&ep, NO_DESCRIBE)
     }
 
     /// Lists custom object types (`GET /rest/v1/customobjects.json`), all when `names` is empty.
@@ -362,7 +358,7 @@ impl Client {
             path_segment(api_name)?
         );
         let env = self.call::<ObjectMetadata>(&Call::get(&ep)).await?;
-        first(&ep, env.records())
+        env.one(&ep, NO_DESCRIBE)
     }
 
     /// Reads the Describe of an object by the name used in [`ObjectSchema::object`]: `lead`

@@ -96,7 +96,7 @@ impl Client {
     pub async fn get_lead(&self, id: i64, fields: &[String]) -> Result<Option<Record>, Error> {
         let call = Call::get(format!("/rest/v1/lead/{id}.json")).q_list("fields", fields);
         let env = self.call::<Record>(&call).await?;
-        Ok(env.records().into_iter().next())
+        Ok(env.first())
     }
 
     /// Deletes up to 300 leads by id (`POST /rest/v1/leads/delete.json`).

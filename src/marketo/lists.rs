@@ -74,12 +74,7 @@ impl Client {
     /// Returns any call-level error.
     pub async fn get_list(&self, list_id: i64) -> Result<Option<StaticList>, Error> {
         let call = Call::get(format!("/rest/v1/lists/{list_id}.json"));
-        Ok(self
-            .call::<StaticList>(&call)
-            .await?
-            .records()
-            .into_iter()
-            .next())
+        Ok(self.call::<StaticList>(&call).await?.first())
     }
 
     /// Reads one page of a list's members (`GET /rest/v1/lists/{id}/leads.json`).

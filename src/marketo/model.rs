@@ -3,7 +3,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value as Json};
 
-use super::error::ApiErrorItem;
+use super::error::{ApiErrorItem, Error};
 
 /// A Marketo record as JSON, keyed by REST API field names.
 pub type Record = Map<String, Json>;
@@ -35,6 +35,16 @@ impl<T> Envelope<T> {
     /// Returns the records (empty when absent).
     pub fn records(self) -> Vec<T> {
         self.result.unwrap_or_default()
+    }
+
+    /// Returns the first record, if any.
+    pub(crate) fn first(self) -> Option<T> {
+        self.records().into_iter().next()
+    }
+
+    /// Returns the first record, or [`Error::Decode`] for `endpoint` saying `missing`.
+    pub(crate) fn one(self, endpoint: &str, missing: &str) -> Result<T, Error> {
+        self.first().ok_or_else(|| Error::decode(endpoint, missing))
     }
 }
 

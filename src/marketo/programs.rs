@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::Client;
-use super::describe::ObjectMetadata;
+use super::describe::{NO_DESCRIBE, ObjectMetadata};
 use super::error::Error;
 use super::leads::{MAX_BATCH, check_batch};
 use super::model::{Page, Record, RecordResult, match_results};
@@ -105,12 +105,7 @@ impl Client {
     /// Returns any call-level error.
     pub async fn get_program(&self, id: i64) -> Result<Option<Program>, Error> {
         let call = Call::get(format!("/rest/asset/v1/program/{id}.json"));
-        Ok(self
-            .call::<Program>(&call)
-            .await?
-            .records()
-            .into_iter()
-            .next())
+        Ok(self.call::<Program>(&call).await?.first())
     }
 
     /// Describes program members (`GET /rest/v1/programs/members/describe.json`).
@@ -124,10 +119,7 @@ impl Client {
         const EP: &str = "/rest/v1/programs/members/describe.json";
         self.call::<ObjectMetadata>(&Call::get(EP))
             .await?
-            .records()
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::decode(EP, "describe returned no result"))
+            .one(EP, NO_DESCRIBE)
     }
 
     /// Reads one page of a program's members (`GET /rest/v1/programs/{id}/members.json`) by

@@ -48,6 +48,17 @@ pub(crate) async fn mount_identity(server: &MockServer, token: &str) {
         .await;
 }
 
+/// Returns the requests the server received for `path`, in arrival order.
+pub(crate) async fn requests_to(server: &MockServer, path: &str) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path() == path)
+        .collect()
+}
+
 pub(crate) fn ok(result: Json) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
         "requestId": "e42b#14272d07d78", "success": true, "result": result

@@ -595,13 +595,7 @@ mod tests {
         assert_eq!(err.disposition(), Disposition::ReAuth);
         assert_eq!(err.code(), Some("601"));
         assert!(!err.is_retryable());
-        let identity = server
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.url.path() == "/identity/oauth/token")
-            .count();
+        let identity = requests_to(&server, "/identity/oauth/token").await.len();
         assert_eq!(identity, 2, "one initial token and one re-authentication");
     }
 
@@ -663,13 +657,7 @@ mod tests {
         let waited = tokio::time::Instant::now() - t0;
         assert!(waited >= Duration::from_secs(20), "waited {waited:?}");
         assert!(waited < Duration::from_secs(25), "waited {waited:?}");
-        let calls = server
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.url.path() == "/rest/v1/lead/3.json")
-            .count();
+        let calls = requests_to(&server, "/rest/v1/lead/3.json").await.len();
         assert_eq!(calls, 2);
     }
 

@@ -482,6 +482,19 @@ macro_rules! impl_store {
                 self.statements.fetch_add(1, Ordering::Relaxed);
             }
 
+            /// Appends ` IN (?, ?, ...)` with one bound parameter per key.
+            fn push_in_list<'k>(
+                qb: &mut QueryBuilder<$db>,
+                keys: impl IntoIterator<Item = &'k str>,
+            ) {
+                qb.push(" IN (");
+                let mut sep = qb.separated(", ");
+                for key in keys {
+                    sep.push_bind(key);
+                }
+                qb.push(")");
+            }
+
             fn get<'r, T>(
                 what: &'static str,
                 row: &'r <$db as sqlx::Database>::Row,
@@ -614,6 +627,19 @@ macro_rules! impl_store {
                 })
             }
 
+            fn usage_from_row(
+                day: NaiveDate,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<ApiUsage, StoreError> {
+                let calls: i64 = Self::get("api usage", row, "calls")?;
+                let bulk_bytes: i64 = Self::get("api usage", row, "bulk_bytes")?;
+                Ok(ApiUsage {
+                    day,
+                    calls: to_u64(calls),
+                    bulk_bytes: to_u64(bulk_bytes),
+                })
+            }
+
             fn lease_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Lease, StoreError> {
                 Ok(Lease {
                     instance: Self::get("lease", row, "instance")?,
@@ -634,12 +660,8 @@ macro_rules! impl_store {
                     for chunk in keys.chunks(KEYS_PER_LOOKUP) {
                         let mut qb = QueryBuilder::<$db>::new("DELETE FROM links WHERE object = ");
                         qb.push_bind(object.as_str());
-                        qb.push(" AND marketo_key IN (");
-                        let mut sep = qb.separated(", ");
-                        for key in chunk {
-                            sep.push_bind(key.as_str());
-                        }
-                        qb.push(")");
+                        qb.push(" AND marketo_key");
+                        Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
@@ -733,12 +755,8 @@ macro_rules! impl_store {
                         qb.push_bind(object.as_str());
                         qb.push(" AND direction = ");
                         qb.push_bind(*direction);
-                        qb.push(" AND record_key IN (");
-                        let mut sep = qb.separated(", ");
-                        for key in chunk {
-                            sep.push_bind(key.as_str());
-                        }
-                        qb.push(")");
+                        qb.push(" AND record_key");
+                        Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
@@ -819,12 +837,7 @@ macro_rules! impl_store {
                     qb.push_bind(object);
                     qb.push(" AND ");
                     qb.push(key_column);
-                    qb.push(" IN (");
-                    let mut sep = qb.separated(", ");
-                    for key in chunk {
-                        sep.push_bind(key.as_str());
-                    }
-                    qb.push(")");
+                    Self::push_in_list(&mut qb, chunk.iter().map(String::as_str));
                     self.tick();
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(query_error(op))?;
                     for row in &rows {
@@ -914,11 +927,7 @@ macro_rules! impl_store {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(query_error("links_page"))?;
-                let mut links = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    links.push(Self::link_from_row(row)?);
-                }
-                Ok(links)
+                rows.iter().map(Self::link_from_row).collect()
             }
 
             async fn watermark(
@@ -1039,13 +1048,7 @@ macro_rules! impl_store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(query_error("add_api_usage"))?;
-                let calls: i64 = Self::get("api usage", &row, "calls")?;
-                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
-                Ok(ApiUsage {
-                    day,
-                    calls: to_u64(calls),
-                    bulk_bytes: to_u64(bulk_bytes),
-                })
+                Self::usage_from_row(day, &row)
             }
 
             async fn api_usage(&self, day: NaiveDate) -> Result<ApiUsage, StoreError> {
@@ -1062,13 +1065,7 @@ macro_rules! impl_store {
                         bulk_bytes: 0,
                     });
                 };
-                let calls: i64 = Self::get("api usage", &row, "calls")?;
-                let bulk_bytes: i64 = Self::get("api usage", &row, "bulk_bytes")?;
-                Ok(ApiUsage {
-                    day,
-                    calls: to_u64(calls),
-                    bulk_bytes: to_u64(bulk_bytes),
-                })
+                Self::usage_from_row(day, &row)
             }
 
             async fn put_schema(&self, schema: &SchemaRecord) -> Result<(), StoreError> {
