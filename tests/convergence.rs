@@ -1,0 +1,56 @@
+//! The convergence harness on a modest number of seeds: random edits on both sides, faults in
+//! the simulator and the CRM, killed cycles and restarts; afterwards both sides must agree.
+
+use std::path::Path;
+
+use marketo_sync::sim::converge::{ConvergeOptions, run_schedule};
+
+fn options(steps: usize) -> ConvergeOptions {
+    ConvergeOptions {
+        config_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        steps,
+    }
+}
+
+async fn converges(seed: u64) {
+    let report = run_schedule(seed, &options(40)).await.expect("schedule runs");
+    assert!(
+        report.ok,
+        "seed {seed} did not converge ({} faults, {} kills, {} cycles):\n{}",
+        report.faults,
+        report.kills,
+        report.cycles,
+        report.violations.join("\n")
+    );
+    assert!(report.cycles > 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_1_converges() {
+    converges(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_2_converges() {
+    converges(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_3_converges() {
+    converges(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_4_converges() {
+    converges(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_plays_the_same_schedule() {
+    let a = run_schedule(11, &options(12)).await.expect("schedule runs");
+    let b = run_schedule(11, &options(12)).await.expect("schedule runs");
+    assert_eq!(
+        (a.steps, a.faults, a.kills > 0, a.ok),
+        (b.steps, b.faults, b.kills > 0, b.ok)
+    );
+}
