@@ -415,13 +415,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 config_dir: config,
                 steps,
             };
-            let ok = crate::sim::converge::run_many(
-                first_seed,
-                seeds,
-                &options,
-                &mut std::io::stdout(),
-            )
-            .await?;
+            let ok =
+                crate::sim::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())
+                    .await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

@@ -13,7 +13,9 @@ fn options(steps: usize) -> ConvergeOptions {
 }
 
 async fn converges(seed: u64) {
-    let report = run_schedule(seed, &options(40)).await.expect("schedule runs");
+    let report = run_schedule(seed, &options(40))
+        .await
+        .expect("schedule runs");
     assert!(
         report.ok,
         "seed {seed} did not converge ({} faults, {} kills, {} cycles):\n{}",

@@ -108,6 +108,10 @@ pub struct ConvergenceReport {
     pub kills: usize,
     /// Cycles run (including failed and killed ones and the quiet ones).
     pub cycles: usize,
+    /// Cycles that ended in an error (faults, kills, pauses), all survived by later cycles.
+    pub failed_cycles: usize,
+    /// Linked lead and contact pairs alive at the end.
+    pub records: usize,
     /// Conflicts recorded by the engine.
     pub conflicts: usize,
     /// True when no invariant was violated.
@@ -148,7 +152,9 @@ struct Rig {
 
 fn client_for(sim: &SimHandle) -> Result<Client, String> {
     let mut cfg = ClientConfig::new(
-        sim.base_url().parse().map_err(|e| format!("sim url: {e}"))?,
+        sim.base_url()
+            .parse()
+            .map_err(|e| format!("sim url: {e}"))?,
         sim.credentials().0,
         sim.credentials().1,
     );
@@ -355,7 +361,11 @@ impl Rig {
     }
 
     async fn live_contacts(&self) -> Result<Vec<Vec<Option<String>>>, ConvergeError> {
-        let cols = EDITABLE.iter().map(|(_, c)| *c).collect::<Vec<_>>().join(", ");
+        let cols = EDITABLE
+            .iter()
+            .map(|(_, c)| *c)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.user
             .fetch(
                 "read contacts",
@@ -381,6 +391,7 @@ fn quote(text: &str) -> String {
 
 #[derive(Default)]
 struct Tally {
+    failed: usize,
     faults: usize,
     kills: usize,
     cycles: usize,
@@ -415,7 +426,11 @@ pub async fn run_schedule(
         let leads = rig.sim.leads();
         let contacts = rig.live_contacts().await?;
         let word = |rng: &mut ChaCha8Rng| {
-            format!("{}{}", WORDS[rng.random_range(0..WORDS.len())], rng.random_range(0..100))
+            format!(
+                "{}{}",
+                WORDS[rng.random_range(0..WORDS.len())],
+                rng.random_range(0..100)
+            )
         };
         match roll {
             // Marketo: create a lead.
@@ -614,7 +629,9 @@ pub async fn run_schedule(
                     .await
                     .is_ok();
                 tally.cycles += 1;
-                let _ = rig.cycle(None).await;
+                if rig.cycle(None).await.is_err() {
+                    tally.failed += 1;
+                }
                 if locked {
                     let _ = rig.locker.execute_raw("unlock", "ROLLBACK".into()).await;
                 }
@@ -625,7 +642,9 @@ pub async fn run_schedule(
                     .store(rng.random_range(1..4), Ordering::SeqCst);
                 rig.killed.store(false, Ordering::SeqCst);
                 tally.cycles += 1;
-                let _ = rig.cycle(None).await;
+                if rig.cycle(None).await.is_err() {
+                    tally.failed += 1;
+                }
                 rig.abort_commits.store(0, Ordering::SeqCst);
                 if rig.killed.load(Ordering::SeqCst) {
                     tally.kills += 1;
@@ -636,15 +655,22 @@ pub async fn run_schedule(
             87..=89 => {
                 let after = rng.random_range(1..12);
                 tally.cycles += 1;
-                if let Err(EngineError::Cancelled) = rig.cycle(Some(after)).await {
-                    tally.kills += 1;
+                match rig.cycle(Some(after)).await {
+                    Err(EngineError::Cancelled) => {
+                        tally.kills += 1;
+                        tally.failed += 1;
+                    }
+                    Err(_) => tally.failed += 1,
+                    Ok(_) => {}
                 }
                 rig.restart()?;
             }
             // A cycle, after which the simulator faults are cleared.
             _ => {
                 tally.cycles += 1;
-                let _ = rig.cycle(None).await;
+                if rig.cycle(None).await.is_err() {
+                    tally.failed += 1;
+                }
                 rig.sim.set_faults(FaultProfile::none());
             }
         }
@@ -665,6 +691,7 @@ pub async fn run_schedule(
             }
             Ok(_) => quiet = 0,
             Err(e) => {
+                tally.failed += 1;
                 quiet = 0;
                 cycle_errors.push(format!("a quiet-period cycle failed: {e}"));
             }
@@ -672,9 +699,8 @@ pub async fn run_schedule(
     }
     let mut violations = Vec::new();
     if quiet < 2 {
-        violations.push(
-            "no two consecutive quiet cycles after the schedule (at most 10 run)".to_owned(),
-        );
+        violations
+            .push("no two consecutive quiet cycles after the schedule (at most 10 run)".to_owned());
         violations.extend(cycle_errors.iter().rev().take(3).cloned());
     } else {
         violations.extend(
@@ -684,7 +710,7 @@ pub async fn run_schedule(
                 .cloned(),
         );
     }
-    let conflicts = check_invariants(&rig, &mut violations).await?;
+    let (conflicts, records) = check_invariants(&rig, &mut violations).await?;
     rig.user.close().await;
     rig.locker.close().await;
     rig.sim.shutdown().await;
@@ -694,6 +720,8 @@ pub async fn run_schedule(
         faults: tally.faults,
         kills: tally.kills,
         cycles: tally.cycles,
+        failed_cycles: tally.failed,
+        records,
         conflicts,
         ok: violations.is_empty(),
         violations,
@@ -742,7 +770,8 @@ fn policy_name(p: Policy) -> &'static str {
     }
 }
 
-/// Checks the invariants after the quiet period and returns the number of recorded conflicts.
+/// Checks the invariants after the quiet period and returns the number of recorded conflicts
+/// and of linked pairs.
 ///
 /// - no two live leads, and no two live contacts, share an email (canonical form);
 /// - every live lead is linked to exactly one live contact with its email and vice versa, and
@@ -752,7 +781,7 @@ fn policy_name(p: Policy) -> &'static str {
 async fn check_invariants(
     rig: &Rig,
     violations: &mut Vec<String>,
-) -> Result<usize, ConvergeError> {
+) -> Result<(usize, usize), ConvergeError> {
     use std::collections::BTreeMap;
     let mapping = &rig.mappings[0].file;
     let email_steps = mapping
@@ -852,14 +881,14 @@ async fn check_invariants(
             ));
         }
     }
-    let conflicts = rig
-        .store
-        .recent_conflicts(10_000)
-        .await
-        .map_err(|source| ConvergeError::Store {
-            seed: rig.seed,
-            source,
-        })?;
+    let conflicts =
+        rig.store
+            .recent_conflicts(10_000)
+            .await
+            .map_err(|source| ConvergeError::Store {
+                seed: rig.seed,
+                source,
+            })?;
     for c in &conflicts {
         let field = mapping.fields.iter().find(|f| {
             f.name.as_deref() == Some(c.field.as_str()) || f.marketo.as_deref() == Some(&c.field)
@@ -878,7 +907,11 @@ async fn check_invariants(
             ));
         }
     }
-    Ok(conflicts.len())
+    let records = by_email
+        .keys()
+        .filter(|e| c_by_email.contains_key(*e))
+        .count();
+    Ok((conflicts.len(), records))
 }
 
 /// Runs `seeds` schedules from `first_seed`, writing one line per seed and a final line
@@ -904,11 +937,13 @@ pub async fn run_many(
         };
         writeln!(
             out,
-            "seed {seed}: {} steps, {} faults, {} kills, {} cycles, {} conflicts: {}",
+            "seed {seed}: {} steps, {} faults, {} kills, {} cycles ({} failed), {} records, {} conflicts: {}",
             r.steps,
             r.faults,
             r.kills,
             r.cycles,
+            r.failed_cycles,
+            r.records,
             r.conflicts,
             if r.ok { "converged" } else { "FAILED" }
         )
@@ -930,4 +965,71 @@ pub async fn run_many(
         what: format!("cannot write the report: {e}"),
     })?;
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checks_catch_unsynced_duplicated_and_disagreeing_records() {
+        let rig = Rig::start(5, &config_dir()).await.unwrap();
+        let mut values = Map::new();
+        values.insert("email".into(), json!("only@example.com"));
+        rig.sim.create_lead(values);
+        for email in ["twice@example.com", "TWICE@example.com "] {
+            rig.sql(
+                "insert",
+                format!("INSERT INTO contacts (email, first_name, updated_at) VALUES ('{email}', 'A', {NOW})"),
+            )
+            .await
+            .unwrap();
+        }
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        let all = violations.join("\n");
+        assert!(
+            all.contains("lead 1 (only@example.com) has no live CRM contact"),
+            "{all}"
+        );
+        assert!(
+            all.contains("2 live CRM contacts share the email \"twice@example.com\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("CRM contact 1 (twice@example.com) has no live Marketo lead"),
+            "{all}"
+        );
+
+        // Synced, then one side edited without a cycle: a disagreement.
+        let mut rig = rig;
+        rig.sql(
+            "dedupe",
+            "UPDATE contacts SET deleted = 1 WHERE id = 2".into(),
+        )
+        .await
+        .unwrap();
+        rig.cycle(None).await.unwrap();
+        rig.cycle(None).await.unwrap();
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+        rig.sql(
+            "edit",
+            format!("UPDATE contacts SET title = 'Boss', updated_at = {NOW} WHERE id = 1"),
+        )
+        .await
+        .unwrap();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("disagree on title") && v.contains("\"Boss\"")),
+            "{violations:?}"
+        );
+    }
 }
