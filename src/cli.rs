@@ -105,6 +105,12 @@ pub enum Command {
         /// The config directory whose mappings/leads.toml is used.
         #[arg(long, default_value = "config")]
         config: PathBuf,
+        /// Inject no faults (to tell a fault-related failure from another).
+        #[arg(long)]
+        no_faults: bool,
+        /// Kill no cycles.
+        #[arg(long)]
+        no_kills: bool,
     },
 }
 
@@ -410,10 +416,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             first_seed,
             steps,
             config,
+            no_faults,
+            no_kills,
         } => {
             let options = crate::sim::converge::ConvergeOptions {
                 config_dir: config,
                 steps,
+                faults: !no_faults,
+                kills: !no_kills,
             };
             let ok =
                 crate::sim::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())

@@ -9,6 +9,8 @@ fn options(steps: usize) -> ConvergeOptions {
     ConvergeOptions {
         config_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
         steps,
+        faults: true,
+        kills: true,
     }
 }
 

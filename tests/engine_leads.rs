@@ -491,6 +491,34 @@ async fn an_instance_without_the_updated_at_filter_still_syncs() {
 }
 
 #[tokio::test]
+async fn a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync() {
+    // Found by the convergence harness (seed 20, no faults): the CRM merges contact B into A
+    // while Marketo deletes lead A; merging lead B into the gone lead A answered 1004 and every
+    // later cycle failed on it.
+    let app = TestApp::start().await;
+    let a = app.marketo_create(json!({"email": "win@example.com", "firstName": "A"}));
+    let b = app.marketo_create(json!({"email": "lose@example.com", "firstName": "B"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("win@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("lose@example.com").await[0].id.clone();
+    app.crm_update_contact(&cb, "merged_into", &ca).await;
+    app.crm_delete_contact(&cb).await;
+    assert!(app.sim.delete_lead(a));
+    app.try_cycle()
+        .await
+        .expect("the cycle survives the gone winner");
+    assert_eq!(written(&app.settle(4).await), 0);
+    // Both pairs are gone on both sides (deletes follow the delete policy).
+    assert!(
+        app.marketo_lead(b).is_none(),
+        "the loser's lead follows its contact"
+    );
+    assert_eq!(app.crm_count().await, 0);
+    assert_eq!(app.sim.counters().leads, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_merge_in_the_crm_merges_the_marketo_leads() {
     let app = TestApp::start().await;
     let a = app.marketo_create(json!({"email": "keep@example.com", "firstName": "A"}));

@@ -1604,6 +1604,9 @@ async fn apply_marketo_deletes(
     Ok(())
 }
 
+/// Marketo's "Lead not found" error code.
+const LEAD_NOT_FOUND: &str = "1004";
+
 async fn apply_crm_deletes(
     step: &mut Step<'_>,
     tombstones: &[(String, DeleteHow)],
@@ -1646,7 +1649,24 @@ async fn apply_crm_deletes(
                                     "winner": winner, "loser": loser,
                                 }));
                             } else {
-                                ctx.marketo.merge_leads(winner, &[loser], false).await?;
+                                match ctx.marketo.merge_leads(winner, &[loser], false).await {
+                                    Ok(()) => {}
+                                    // One of the two leads is already gone in Marketo (deleted
+                                    // or merged away since the last cycle): there is nothing to
+                                    // merge, and the loser's lead, if it still exists, follows
+                                    // the delete policy like its contact did.
+                                    Err(e) if e.code() == Some(LEAD_NOT_FOUND) => {
+                                        tracing::warn!(
+                                            winner,
+                                            loser,
+                                            "a lead of a crm merge is gone in marketo; merge skipped"
+                                        );
+                                        if ctx.settings.sync.lead_deletes == DeletePolicy::Delete {
+                                            to_delete.push(loser);
+                                        }
+                                    }
+                                    Err(e) => return Err(e.into()),
+                                }
                             }
                         }
                         step.tombstone(l, TombstoneKind::Merged { into: into.clone() }, Side::Crm);

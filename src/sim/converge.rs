@@ -93,6 +93,10 @@ pub struct ConvergeOptions {
     pub config_dir: PathBuf,
     /// Steps per schedule.
     pub steps: usize,
+    /// Inject faults (simulator faults, expired tokens, spent quotas, CRM locks).
+    pub faults: bool,
+    /// Kill cycles and restart the engine.
+    pub kills: bool,
 }
 
 /// What one schedule did and whether both sides agreed afterwards.
@@ -118,6 +122,8 @@ pub struct ConvergenceReport {
     pub ok: bool,
     /// Each violated invariant, one sentence each.
     pub violations: Vec<String>,
+    /// The steps played, one line each (to reproduce a failure).
+    pub trace: Vec<String>,
 }
 
 const EDITABLE: &[(&str, &str)] = &[
@@ -421,8 +427,19 @@ pub async fn run_schedule(
         }
     };
     let mut cycle_errors: Vec<String> = Vec::new();
-    for _ in 0..options.steps {
-        let roll = rng.random_range(0..100u32);
+    let mut trace: Vec<String> = Vec::new();
+    for step in 0..options.steps {
+        let mut roll = rng.random_range(0..100u32);
+        if (!options.faults && (68..=82).contains(&roll))
+            || (!options.kills && (83..=89).contains(&roll))
+        {
+            roll = 99;
+        }
+        let (n_leads, n_contacts) = (rig.sim.counters().leads, rig.live_contacts().await?.len());
+        trace.push(format!(
+            "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
+            step_name(roll)
+        ));
         let leads = rig.sim.leads();
         let contacts = rig.live_contacts().await?;
         let word = |rng: &mut ChaCha8Rng| {
@@ -725,7 +742,30 @@ pub async fn run_schedule(
         conflicts,
         ok: violations.is_empty(),
         violations,
+        trace,
     })
+}
+
+fn step_name(roll: u32) -> &'static str {
+    match roll {
+        0..=11 => "marketo create",
+        12..=22 => "crm insert",
+        23..=32 => "marketo edit",
+        33..=42 => "crm edit",
+        43..=50 => "conflicting edits",
+        51..=54 => "marketo delete",
+        55..=58 => "crm delete",
+        59..=61 => "marketo merge",
+        62..=63 => "crm merge",
+        64..=67 => "conversion",
+        68..=75 => "simulator faults",
+        76..=78 => "expired tokens",
+        79..=80 => "daily quota spent",
+        81..=82 => "crm locked",
+        83..=86 => "kill at commit",
+        87..=89 => "kill by cancel",
+        _ => "cycle",
+    }
 }
 
 /// Returns the records written (created, updated, deleted) in a summary.
@@ -950,6 +990,11 @@ pub async fn run_many(
         .map_err(w)?;
         for v in &r.violations {
             writeln!(out, "  violation: {v}").map_err(w)?;
+        }
+        if !r.ok && std::env::var_os("MKSYNC_CONVERGE_TRACE").is_some() {
+            for line in &r.trace {
+                writeln!(out, "  {line}").map_err(w)?;
+            }
         }
         faults += r.faults;
         kills += r.kills;
