@@ -58,3 +58,18 @@ async fn the_same_seed_plays_the_same_schedule() {
         (b.steps, b.faults, b.kills > 0, b.ok)
     );
 }
+
+/// Seeds that do not converge yet. Every failure seen involves a CRM merge (a contact merged
+/// into another, `merged_into` + soft delete) meeting other changes to the same records before
+/// the next cycle: after the quiet period a Marketo lead stays linked (no tombstone) to a CRM
+/// contact that no longer holds its email, or both sides end with two records of one email.
+/// Reproduce one with `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --seeds 1 --first-seed 14`
+/// (the trace lists the steps); `--no-faults --no-kills` fails on other seeds (1, 3, 8, 9, 12, 13,
+/// 14, 18, 20, 24, 25), so faults and kills are not the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known engine bug: CRM merges combined with other edits before a cycle leave a link to a merged-away contact or duplicates"]
+async fn known_failing_seeds_converge() {
+    for seed in [8, 14, 15, 20, 22] {
+        converges(seed).await;
+    }
+}

@@ -866,8 +866,22 @@ async fn check_invariants(
         let lead = ls[0];
         let lead_id = lead["id"].as_i64().unwrap_or_default().to_string();
         let Some(cs) = c_by_email.get(email) else {
+            let link = rig
+                .store
+                .links_by_marketo_keys("lead", std::slice::from_ref(&lead_id))
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().next());
+            let link = match link {
+                Some(l) => format!(
+                    "linked to contact {} (tombstone {:?})",
+                    l.crm_key,
+                    l.tombstone.map(|t| (t.kind, t.side))
+                ),
+                None => "never linked".to_owned(),
+            };
             violations.push(format!(
-                "Marketo lead {lead_id} ({email}) has no live CRM contact"
+                "Marketo lead {lead_id} ({email}) has no live CRM contact; {link}"
             ));
             continue;
         };
