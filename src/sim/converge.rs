@@ -262,7 +262,7 @@ impl Rig {
             )));
         }
         let engine = Self::engine(&sim, &settings, &mappings, &crm, &store, &clock)
-            .map_err(|what| setup(what))?;
+            .map_err(setup)?;
         Ok(Rig {
             seed,
             sim,
