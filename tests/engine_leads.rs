@@ -718,3 +718,50 @@ async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads(
     assert_eq!(types_calls, 2, "read again after a day");
     app.cleanup().await;
 }
+
+/// Found by the convergence harness (seed 1 without faults): the loser's lead was re-pointed to
+/// the unlinked survivor, and the new lead with the survivor's email was linked to it as well.
+#[tokio::test]
+async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once() {
+    let app = TestApp::start().await;
+    let a = app.marketo_create(json!({"email": "x@example.com", "firstName": "X"}));
+    app.settle(4).await;
+    let cx = app.crm_by_email("x@example.com").await[0].id.clone();
+    // Before the next cycle: a lead and a contact with one email (a conversion), and the CRM
+    // merges the old contact into the new one.
+    let b = app.marketo_create(json!({"email": "s@example.com", "firstName": "S"}));
+    let cs = app
+        .crm_insert_contact("s@example.com", "S", "Survivor")
+        .await;
+    app.crm_update_contact(&cx, "merged_into", &cs).await;
+    app.crm_delete_contact(&cx).await;
+    app.settle(6).await;
+    let leads: Vec<i64> = [a, b]
+        .into_iter()
+        .filter(|id| app.marketo_lead(*id).is_some())
+        .collect();
+    let survivor = app
+        .crm_contact(&cs)
+        .await
+        .expect("the survivor contact lives");
+    let linked: Vec<i64> = leads
+        .iter()
+        .copied()
+        .filter(|id| app.marketo_lead(*id).unwrap()["crmContactId"] == json!(cs))
+        .collect();
+    assert_eq!(
+        linked.len(),
+        1,
+        "one lead per contact: {leads:?} {linked:?}"
+    );
+    assert_eq!(
+        text(&survivor.fields, "marketo_id").as_deref(),
+        Some(linked[0].to_string().as_str())
+    );
+    assert_eq!(
+        app.crm_count().await,
+        app.sim.counters().leads,
+        "no orphans"
+    );
+    app.cleanup().await;
+}

@@ -261,8 +261,8 @@ impl Rig {
                 config_dir.join("mappings").display()
             )));
         }
-        let engine = Self::engine(&sim, &settings, &mappings, &crm, &store, &clock)
-            .map_err(setup)?;
+        let engine =
+            Self::engine(&sim, &settings, &mappings, &crm, &store, &clock).map_err(setup)?;
         Ok(Rig {
             seed,
             sim,
