@@ -873,11 +873,26 @@ async fn check_invariants(
                 .ok()
                 .and_then(|l| l.into_iter().next());
             let link = match link {
-                Some(l) => format!(
-                    "linked to contact {} (tombstone {:?})",
-                    l.crm_key,
-                    l.tombstone.map(|t| (t.kind, t.side))
-                ),
+                Some(l) => {
+                    let row = match l.crm_key.parse::<i64>() {
+                        Ok(id) => rig
+                            .user
+                            .fetch(
+                                "read contact",
+                                format!("SELECT email, CAST(deleted AS TEXT), CAST(merged_into AS TEXT), marketo_id FROM contacts WHERE id = {id}"),
+                                &[],
+                            )
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_iter().next()),
+                        Err(_) => None,
+                    };
+                    format!(
+                        "linked to contact {} (tombstone {:?}; contact email, deleted, merged_into, marketo_id: {row:?})",
+                        l.crm_key,
+                        l.tombstone.map(|t| (t.kind, t.side))
+                    )
+                }
                 None => "never linked".to_owned(),
             };
             violations.push(format!(
