@@ -61,10 +61,9 @@ async fn the_same_seed_plays_the_same_schedule() {
 
 /// Seeds that do not converge yet (an open engine bug, not fixed before the deadline). Two
 /// failures are seen after the quiet period:
-/// - a Marketo lead stays linked, with no tombstone, to a CRM contact that was soft-deleted
-///   (`deleted` set, `merged_into` empty) by the CRM user: the delete never reached Marketo
-///   (seeds 8, 14, 20, 22; e.g. seed 14: the delete at step 37 is followed by conflicting edits
-///   of other records and a Marketo create before the next cycle);
+/// - a Marketo lead stays linked, with no tombstone (and no other lead linked to the same
+///   contact), to a CRM contact the CRM user soft-deleted (seeds 8, 22) or merged into another
+///   (seeds 14, 20): the delete or merge never reached Marketo or the link;
 /// - both sides end with two records of one email after merges on either side (seed 15).
 ///
 /// Reproduce with `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --seeds 1 --first-seed 14`,
