@@ -53,10 +53,19 @@ async fn seed_4_converges() {
 async fn the_same_seed_plays_the_same_schedule() {
     let a = run_schedule(11, &options(12)).await.expect("schedule runs");
     let b = run_schedule(11, &options(12)).await.expect("schedule runs");
-    assert_eq!(
-        (a.steps, a.faults, a.kills > 0, a.ok),
-        (b.steps, b.faults, b.kills > 0, b.ok)
-    );
+    // The steps and faults are drawn from the seed alone (the kill count can vary: a cancelled
+    // cycle may finish before its cancel point).
+    let names = |r: &marketo_sync::sim::converge::ConvergenceReport| -> Vec<String> {
+        r.trace
+            .iter()
+            .map(|l| l.split(" (").next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!((a.steps, a.faults), (b.steps, b.faults));
+    assert_eq!(names(&a), names(&b));
+    assert_eq!(names(&a).len(), 12);
+    let c = run_schedule(12, &options(12)).await.expect("schedule runs");
+    assert_ne!(names(&a), names(&c), "another seed plays another schedule");
 }
 
 /// Seeds that do not converge yet (an open engine bug, not fixed before the deadline). Two
@@ -71,7 +80,7 @@ async fn the_same_seed_plays_the_same_schedule() {
 /// `--no-faults --no-kills` seeds 1, 3, 8, 9, 12, 13, 14, 18, 20, 24 and 25 fail the same ways,
 /// so faults and kills are not the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known engine bug: a CRM soft delete is sometimes not propagated (the link stays live), and merges can leave two records of one email"]
+#[ignore = "known engine bug: a CRM soft delete or merge is sometimes not applied (the link stays live), and merges can leave two records of one email"]
 async fn known_failing_seeds_converge() {
     for seed in [8, 14, 15, 20, 22] {
         converges(seed).await;
