@@ -765,3 +765,24 @@ async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_recor
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact() {
+    let app = TestApp::with(Options {
+        lead_merges: marketo_sync::config::DeletePolicy::Delete,
+        ..Options::default()
+    })
+    .await;
+    let w = app.marketo_create(json!({"email": "w@example.com", "firstName": "W"}));
+    let l = app.marketo_create(json!({"email": "l@example.com", "firstName": "L"}));
+    app.settle(4).await;
+    let cw = app.crm_by_email("w@example.com").await[0].id.clone();
+    app.sim.merge_leads(w, &[l]).unwrap();
+    app.settle(4).await;
+    assert!(app.marketo_lead(l).is_none());
+    assert_eq!(app.marketo_lead(w).unwrap()["crmContactId"], json!(cw));
+    assert!(app.crm_contact(&cw).await.is_some(), "the winner's contact stays");
+    assert!(app.crm_by_email("l@example.com").await.is_empty());
+    assert_eq!(app.crm_count().await, 1);
+    app.cleanup().await;
+}
