@@ -94,6 +94,28 @@ pub enum Command {
     },
     /// Ends a pause.
     Resume(ConfigArgs),
+    /// Runs seeded random schedules of edits, faults and kills against the simulator and a
+    /// SQLite demo CRM, and checks that both sides converge after each.
+    Converge {
+        /// How many schedules (seeds) to run.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Steps per schedule.
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// The config directory whose mappings/leads.toml is used.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Inject no faults (to tell a fault-related failure from another).
+        #[arg(long)]
+        no_faults: bool,
+        /// Kill no cycles.
+        #[arg(long)]
+        no_kills: bool,
+    },
 }
 
 /// Arguments of `demo`.
@@ -396,6 +418,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => println!("paused until `marketo-sync resume`: {}", state.reason),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Converge {
+            seeds,
+            first_seed,
+            steps,
+            config,
+            no_faults,
+            no_kills,
+        } => {
+            let options = crate::sim::converge::ConvergeOptions {
+                config_dir: config,
+                steps,
+                faults: !no_faults,
+                kills: !no_kills,
+            };
+            let ok =
+                crate::sim::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())
+                    .await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Resume(config) => {
             let (_, store) = ops::open_store(&config.source()).await?;

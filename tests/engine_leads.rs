@@ -491,6 +491,34 @@ async fn an_instance_without_the_updated_at_filter_still_syncs() {
 }
 
 #[tokio::test]
+async fn a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync() {
+    // Found by the convergence harness (seed 20, no faults): the CRM merges contact B into A
+    // while Marketo deletes lead A; merging lead B into the gone lead A answered 1004 and every
+    // later cycle failed on it.
+    let app = TestApp::start().await;
+    let a = app.marketo_create(json!({"email": "win@example.com", "firstName": "A"}));
+    let b = app.marketo_create(json!({"email": "lose@example.com", "firstName": "B"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("win@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("lose@example.com").await[0].id.clone();
+    app.crm_update_contact(&cb, "merged_into", &ca).await;
+    app.crm_delete_contact(&cb).await;
+    assert!(app.sim.delete_lead(a));
+    app.try_cycle()
+        .await
+        .expect("the cycle survives the gone winner");
+    assert_eq!(written(&app.settle(4).await), 0);
+    // Both pairs are gone on both sides (deletes follow the delete policy).
+    assert!(
+        app.marketo_lead(b).is_none(),
+        "the loser's lead follows its contact"
+    );
+    assert_eq!(app.crm_count().await, 0);
+    assert_eq!(app.sim.counters().leads, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_merge_in_the_crm_merges_the_marketo_leads() {
     let app = TestApp::start().await;
     let a = app.marketo_create(json!({"email": "keep@example.com", "firstName": "A"}));
@@ -688,5 +716,73 @@ async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads(
         .filter(|e| format!("{e:?}").contains("activities/types.json"))
         .count();
     assert_eq!(types_calls, 2, "read again after a day");
+    app.cleanup().await;
+}
+
+/// Found by the convergence harness (seed 1 without faults): the loser's lead was re-pointed to
+/// the unlinked survivor, and the new lead with the survivor's email was linked to it as well.
+#[tokio::test]
+async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once() {
+    let app = TestApp::start().await;
+    let a = app.marketo_create(json!({"email": "x@example.com", "firstName": "X"}));
+    app.settle(4).await;
+    let cx = app.crm_by_email("x@example.com").await[0].id.clone();
+    // Before the next cycle: a lead and a contact with one email (a conversion), and the CRM
+    // merges the old contact into the new one.
+    let b = app.marketo_create(json!({"email": "s@example.com", "firstName": "S"}));
+    let cs = app
+        .crm_insert_contact("s@example.com", "S", "Survivor")
+        .await;
+    app.crm_update_contact(&cx, "merged_into", &cs).await;
+    app.crm_delete_contact(&cx).await;
+    app.settle(6).await;
+    let leads: Vec<i64> = [a, b]
+        .into_iter()
+        .filter(|id| app.marketo_lead(*id).is_some())
+        .collect();
+    let survivor = app
+        .crm_contact(&cs)
+        .await
+        .expect("the survivor contact lives");
+    let linked: Vec<i64> = leads
+        .iter()
+        .copied()
+        .filter(|id| app.marketo_lead(*id).unwrap()["crmContactId"] == json!(cs))
+        .collect();
+    assert_eq!(
+        linked.len(),
+        1,
+        "one lead per contact: {leads:?} {linked:?}"
+    );
+    assert_eq!(
+        text(&survivor.fields, "marketo_id").as_deref(),
+        Some(linked[0].to_string().as_str())
+    );
+    assert_eq!(
+        app.crm_count().await,
+        app.sim.counters().leads,
+        "no orphans"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact() {
+    let app = TestApp::with(Options {
+        lead_merges: marketo_sync::config::DeletePolicy::Delete,
+        ..Options::default()
+    })
+    .await;
+    let w = app.marketo_create(json!({"email": "w@example.com", "firstName": "W"}));
+    let l = app.marketo_create(json!({"email": "l@example.com", "firstName": "L"}));
+    app.settle(4).await;
+    let cw = app.crm_by_email("w@example.com").await[0].id.clone();
+    app.sim.merge_leads(w, &[l]).unwrap();
+    app.settle(4).await;
+    assert!(app.marketo_lead(l).is_none());
+    assert_eq!(app.marketo_lead(w).unwrap()["crmContactId"], json!(cw));
+    assert!(app.crm_contact(&cw).await.is_some(), "the winner's contact stays");
+    assert!(app.crm_by_email("l@example.com").await.is_empty());
+    assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;
 }

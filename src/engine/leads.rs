@@ -2001,6 +2001,58 @@ async fn apply_marketo_deletes(
     Ok(())
 }
 
+/// Returns the unlinked live Marketo lead (other than `loser`, lowest id) whose match values equal
+/// those of the CRM record `survivor`, if there is one.
+async fn lead_matching_survivor(
+    step: &Step<'_>,
+    survivor: &str,
+    loser: i64,
+) -> Result<Option<i64>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(first) = plan.match_fields.first() else {
+        return Ok(None);
+    };
+    let Some(m_field) = plan.field(first).and_then(|f| f.marketo.clone()) else {
+        return Ok(None);
+    };
+    let Some(record) = ctx
+        .crm
+        .get(&plan.crm_object, &[survivor.to_owned()])
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let Ok(c) = c_rec(plan, &record.id, record.modified_at, &record.fields) else {
+        return Ok(None);
+    };
+    let (Some(key), Some(value)) = (match_key(plan, &c.canon), value_text(c.canon.get(first)))
+    else {
+        return Ok(None);
+    };
+    let mut found: Vec<MLead> = find_leads(ctx, plan, &m_field, &[value])
+        .await?
+        .into_iter()
+        .filter(|m| m.id != loser && match_key(plan, &m.canon).as_ref() == Some(&key))
+        .collect();
+    found.sort_by_key(|m| m.id);
+    for m in found {
+        let linked = live(
+            ctx.store
+                .links_by_marketo_keys(LINK_OBJECT, &[m.id.to_string()])
+                .await?,
+        );
+        if linked.is_empty() {
+            return Ok(Some(m.id));
+        }
+    }
+    Ok(None)
+}
+
+/// Marketo's "Lead not found" error code.
+const LEAD_NOT_FOUND: &str = "1004";
+
 async fn apply_crm_deletes(
     step: &mut Step<'_>,
     tombstones: &[(String, DeleteHow)],
@@ -2043,15 +2095,63 @@ async fn apply_crm_deletes(
                                     "winner": winner, "loser": loser,
                                 }));
                             } else {
-                                ctx.marketo.merge_leads(winner, &[loser], false).await?;
+                                match ctx.marketo.merge_leads(winner, &[loser], false).await {
+                                    Ok(()) => {}
+                                    // One of the two leads is already gone in Marketo (deleted
+                                    // or merged away since the last cycle): there is nothing to
+                                    // merge, and the loser's lead, if it still exists, follows
+                                    // the delete policy like its contact did.
+                                    Err(e) if e.code() == Some(LEAD_NOT_FOUND) => {
+                                        tracing::warn!(
+                                            winner,
+                                            loser,
+                                            "a lead of a crm merge is gone in marketo; merge skipped"
+                                        );
+                                        if ctx.settings.sync.lead_deletes == DeletePolicy::Delete {
+                                            to_delete.push(loser);
+                                        }
+                                    }
+                                    Err(e) => return Err(e.into()),
+                                }
                             }
                         }
                         step.tombstone(l, TombstoneKind::Merged { into: into.clone() }, Side::Crm);
                         summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
                     }
                     (None, Some(lead)) => {
-                        step.tombstone(l, TombstoneKind::Merged { into: into.clone() }, Side::Crm);
-                        step.link(lead, into, l.base.clone());
+                        match lead_matching_survivor(step, into, lead).await? {
+                            // The unlinked survivor's match values belong to another unlinked
+                            // Marketo lead: merge the loser's lead into it, so that the pairing
+                            // below links that lead and the survivor, once.
+                            Some(winner) => {
+                                if step.dry_run {
+                                    step.plan_out.push(json!({
+                                        "target": "marketo", "action": "merge",
+                                        "winner": winner, "loser": lead,
+                                    }));
+                                } else {
+                                    match ctx.marketo.merge_leads(winner, &[lead], false).await {
+                                        Ok(()) => {}
+                                        Err(e) if e.code() == Some(LEAD_NOT_FOUND) => {}
+                                        Err(e) => return Err(e.into()),
+                                    }
+                                }
+                                step.tombstone(
+                                    l,
+                                    TombstoneKind::Merged { into: into.clone() },
+                                    Side::Crm,
+                                );
+                                summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
+                            }
+                            None => {
+                                step.tombstone(
+                                    l,
+                                    TombstoneKind::Merged { into: into.clone() },
+                                    Side::Crm,
+                                );
+                                step.link(lead, into, l.base.clone());
+                            }
+                        }
                     }
                     _ => {}
                 }
