@@ -781,7 +781,10 @@ async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact() {
     app.settle(4).await;
     assert!(app.marketo_lead(l).is_none());
     assert_eq!(app.marketo_lead(w).unwrap()["crmContactId"], json!(cw));
-    assert!(app.crm_contact(&cw).await.is_some(), "the winner's contact stays");
+    assert!(
+        app.crm_contact(&cw).await.is_some(),
+        "the winner's contact stays"
+    );
     assert!(app.crm_by_email("l@example.com").await.is_empty());
     assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;

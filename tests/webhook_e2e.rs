@@ -1,0 +1,114 @@
+//! A Marketo webhook reaches the CRM through the running daemon and the real engine, outside the
+//! polling cycle.
+
+#[path = "support/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::TestApp;
+use marketo_sync::app::{Daemon, DaemonParts};
+use marketo_sync::engine::{Engine, Runner};
+use marketo_sync::http::HttpConfig;
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Waits for `done` to hold, checking every 50 ms, for at most 20 s of real time (the daemon
+/// and the simulator run on real sockets).
+async fn wait_for<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
+    let app = TestApp::start().await;
+    let runner: Arc<dyn Runner> = Arc::new(Engine::new(app.engine.context().clone()));
+    let secret = "webhook-e2e-secret";
+    let mut parts = DaemonParts::new(
+        runner,
+        app.store.clone(),
+        HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            webhook_secret: SecretString::from(secret),
+            body_limit: marketo_sync::http::DEFAULT_BODY_LIMIT,
+        },
+        "webhook-e2e",
+        "holder-1",
+    );
+    // One cycle at start, then none for an hour: only the webhook can carry the new lead.
+    parts.interval = Duration::from_secs(3600);
+    let daemon = Daemon::build(parts).await.expect("daemon");
+    let port = daemon.port();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
+
+    let store = app.store.clone();
+    wait_for("the first cycle", || {
+        let store = store.clone();
+        async move {
+            store
+                .recent_cycles(5)
+                .await
+                .map(|c| c.iter().any(|c| c.ended_at.is_some()))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+
+    let lead = app.marketo_create(json!({"email": "hook@example.com", "firstName": "Hook"}));
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhooks/marketo");
+    let body = json!({"leadId": lead.to_string(), "email": "hook@example.com", "event": "test"});
+
+    let refused = http
+        .post(&url)
+        .header("x-marketo-sync-secret", "wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let accepted = http
+        .post(&url)
+        .header("x-marketo-sync-secret", secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+
+    wait_for("the lead in the CRM", || async {
+        app.crm_by_email("hook@example.com").await.len() == 1
+    })
+    .await;
+    let contact = &app.crm_by_email("hook@example.com").await[0];
+    assert_eq!(
+        harness::text(&contact.fields, "first_name").as_deref(),
+        Some("Hook")
+    );
+    assert_eq!(
+        harness::text(&contact.fields, "marketo_id").as_deref(),
+        Some(lead.to_string().as_str())
+    );
+    // Still exactly one cycle: the webhook path did the work.
+    let cycles = app.store.recent_cycles(10).await.unwrap();
+    assert_eq!(cycles.len(), 1, "{cycles:?}");
+
+    shutdown.cancel();
+    running.await.unwrap().expect("clean shutdown");
+    app.cleanup().await;
+}
