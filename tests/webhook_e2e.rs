@@ -2,7 +2,6 @@
 //! polling cycle.
 
 #[path = "support/harness.rs"]
-#[allow(dead_code)]
 mod harness;
 
 use std::sync::Arc;
