@@ -1,6 +1,7 @@
 //! The [`Engine`]: one cycle (schema, gather, reconcile, apply, commit), the quota governor and
 //! the on-demand sync of one lead.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -47,6 +48,9 @@ pub struct Engine {
     ctx: Context,
     tunables: Tunables,
     plans: Mutex<Option<Plans>>,
+    /// The mapping problems logged last cycle, so an unchanged problem is logged once, not
+    /// every five minutes (the summary and the status page still carry it every cycle).
+    logged_problems: Mutex<BTreeSet<String>>,
 }
 
 impl Engine {
@@ -61,6 +65,7 @@ impl Engine {
             ctx,
             tunables,
             plans: Mutex::new(None),
+            logged_problems: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -231,10 +236,14 @@ impl Engine {
             }
         }
         let (plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
-        for p in problems {
-            warn!(problem = %p, "mapping problem against the live schema");
-            summary.warnings.push(p.to_string());
+        let current: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
+        if let Ok(mut logged) = self.logged_problems.lock() {
+            for problem in current.difference(&logged) {
+                warn!(problem = %problem, "mapping problem against the live schema");
+            }
+            *logged = current.clone();
         }
+        summary.warnings.extend(current);
         if let Ok(mut cached) = self.plans.lock() {
             *cached = Some(plans.clone());
         }
