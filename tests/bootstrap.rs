@@ -313,6 +313,40 @@ async fn check_all_leads_linked(env: &Env, ctx: &Context) {
     }
 }
 
+/// A window holds more leads than the CRM adapter takes in one write: the bootstrap splits its
+/// writes instead of failing the window ("batch of 300 records is larger than max_batch_write").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_larger_than_the_crm_batch_limit_are_written_in_several_batches() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let mut ctx = env.ctx().await;
+    let mut options = demo_crm::adapter_options(true, false);
+    options["max_batch_write"] = serde_json::json!(5);
+    ctx.crm = registry::build("sql", &SecretString::from(env.crm_url.clone()), &options)
+        .await
+        .unwrap();
+    assert_eq!(ctx.crm.capabilities("contacts").unwrap().max_batch_write, 5);
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert!(
+        leads.rows > 5,
+        "a window must exceed the batch limit: {leads:?}"
+    );
+    assert_eq!(leads.failed, 0, "{leads:?}");
+    check_all_leads_linked(&env, &ctx).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_leads_arrive_once_linked_in_31_day_windows_without_gaps() {
     let env = Env::new(150, SimConfig::default()).await;

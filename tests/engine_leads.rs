@@ -589,6 +589,72 @@ async fn many_new_crm_records_go_to_marketo_by_bulk_import() {
 }
 
 #[tokio::test]
+async fn many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import() {
+    let mut o = Options::default();
+    o.tunables.bulk_import_threshold = 5;
+    o.tunables.export_poll = std::time::Duration::from_millis(50);
+    let app = TestApp::with(o).await;
+    app.run_cycle().await;
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        ids.push(
+            app.crm_insert_contact(&format!("upd{i}@example.com"), "Upd", &format!("N{i}"))
+                .await,
+        );
+    }
+    app.settle(3).await;
+    let imports_before = app
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.path == "/bulk/v1/leads.json")
+        .count();
+    // Eight contacts get a new title: one group writing the same fields, above the threshold
+    // of 5. The ninth is not edited and must stay as it was.
+    for cid in &ids[..8] {
+        app.crm_update_contact(cid, "title", &format!("Title {cid}"))
+            .await;
+    }
+    app.sim.advance_clock(std::time::Duration::from_secs(300));
+    let s = app.run_cycle().await;
+    assert_eq!(
+        s.objects["leads"][&Direction::CrmToMarketo].updated,
+        8,
+        "{s:?}"
+    );
+    let imports: Vec<_> = app
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.path == "/bulk/v1/leads.json")
+        .collect();
+    assert_eq!(imports.len(), imports_before + 1, "one bulk import ran");
+    assert!(
+        imports.last().unwrap().query.contains("lookupField=id"),
+        "{:?}",
+        imports.last()
+    );
+    for (i, cid) in ids.iter().enumerate() {
+        let m = app.marketo_by_email(&format!("upd{i}@example.com"));
+        assert_eq!(m.len(), 1);
+        let lead = app.marketo_lead(m[0]).unwrap();
+        let want = if i < 8 {
+            json!(format!("Title {cid}"))
+        } else {
+            json!(null)
+        };
+        assert_eq!(lead["title"], want, "lead {i}");
+        assert_eq!(
+            lead["lastName"],
+            json!(format!("N{i}")),
+            "untouched field of {i}"
+        );
+    }
+    assert_eq!(written(&app.settle(3).await), 0, "no echo comes back");
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_rejected_record_goes_to_the_error_ledger_without_holding_back_the_rest() {
     let app = TestApp::with(opts(CrmKind::Postgres, StoreKind::Sqlite)).await;
     app.run_cycle().await;

@@ -818,6 +818,28 @@ fn text(fields: &Fields, name: &str) -> Option<String> {
 }
 
 impl Run<'_> {
+    /// Upserts `rows` into the CRM in batches no larger than the adapter's `max_batch_write`
+    /// (a window's batch of [`BATCH_ROWS`] can be larger), returning one result per row in order.
+    async fn crm_upsert(
+        &self,
+        object: &str,
+        key_field: &str,
+        rows: &[Fields],
+    ) -> Result<Vec<WriteResult>, crate::crm::CrmError> {
+        let max = self
+            .ctx
+            .crm
+            .capabilities(object)
+            .map(|c| c.max_batch_write)
+            .unwrap_or(BATCH_ROWS)
+            .max(1);
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(max) {
+            out.extend(self.ctx.crm.upsert(object, key_field, chunk).await?);
+        }
+        Ok(out)
+    }
+
     /// Returns the pause when today's bulk bytes plus the estimate of the next window do not fit.
     async fn check_budget(&self, estimate: u64) -> Result<Option<Stop>, EngineError> {
         let now = self.ctx.clock.now();
@@ -1285,9 +1307,7 @@ impl Run<'_> {
             }
         }
         let results = self
-            .ctx
-            .crm
-            .upsert(&plan.crm_object, &plan.crm_marketo_id, &crm_rows)
+            .crm_upsert(&plan.crm_object, &plan.crm_marketo_id, &crm_rows)
             .await?;
         let now = self.ctx.clock.now();
         let mut links = Vec::new();
@@ -1625,9 +1645,7 @@ impl Run<'_> {
                 })
                 .collect();
             let results = match self
-                .ctx
-                .crm
-                .upsert(&plan.crm_object, &plan.crm_marketo_id, &records)
+                .crm_upsert(&plan.crm_object, &plan.crm_marketo_id, &records)
                 .await
             {
                 Ok(r) => r,

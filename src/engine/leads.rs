@@ -1386,6 +1386,10 @@ async fn apply_marketo(
         let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create).collect();
         bulk_import_creates(step, pairs, &batch, summary).await?;
     }
+    let (update_groups, bulk_updated) = bulk_update_groups(&writes, step.bulk_import_threshold);
+    for group in &update_groups {
+        bulk_import_updates(step, pairs, group, summary).await?;
+    }
     for (create, action, lookup) in [
         (
             true,
@@ -1401,6 +1405,7 @@ async fn apply_marketo(
         let batch: Vec<&MWrite> = writes
             .iter()
             .filter(|w| w.create == create && (create || w.record.len() > 1))
+            .filter(|w| create || !bulk_updated.contains(&w.pair))
             .filter(|w| !pairs[w.pair].failed)
             .collect();
         for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
@@ -2319,20 +2324,19 @@ async fn bulk_extract(
 
 /// Creates many leads through Bulk Import (CSV files below 10 MB, `lookupField` = the CRM-key
 /// field), reads the failures file into the error ledger and the new ids back by CRM key.
-async fn bulk_import_creates(
-    step: &mut Step<'_>,
-    pairs: &mut [Pair],
+/// Writes `batch` to import files (each below 10 MB), imports them with `lookup` as the lookup
+/// field and returns the rows Marketo refused, by their `lookup` value, with the reason.
+async fn bulk_import_rows(
+    step: &Step<'_>,
     batch: &[&MWrite],
-    summary: &mut CycleSummary,
-) -> Result<(), EngineError> {
+    lookup: &str,
+) -> Result<BTreeMap<String, String>, EngineError> {
     use crate::marketo::bulk_import::{
         ImportFormat, ImportStatus, ImportTarget, LeadImportOptions,
     };
     use crate::marketo::csv::{ImportFileWriter, WriteOutcome};
     let ctx = step.ctx;
-    let plan = step.plan;
-    let object = object_name(plan);
-    let key_field = plan.marketo_crm_key.clone();
+    let key_field = lookup.to_owned();
     let mut columns: BTreeSet<String> = BTreeSet::new();
     for w in batch {
         columns.extend(w.record.keys().cloned());
@@ -2415,6 +2419,20 @@ async fn bulk_import_creates(
         }
         let _ = std::fs::remove_file(path);
     }
+    Ok(failed_keys)
+}
+
+async fn bulk_import_creates(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    batch: &[&MWrite],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let plan = step.plan;
+    let object = object_name(plan);
+    let key_field = plan.marketo_crm_key.clone();
+    let failed_keys = bulk_import_rows(step, batch, &key_field).await?;
     // The new ids, by CRM key.
     let keys: Vec<String> = batch
         .iter()
@@ -2453,6 +2471,65 @@ async fn bulk_import_creates(
         }
     }
     Ok(())
+}
+
+/// Updates existing leads through Bulk Import with `id` as the lookup field, and counts each row
+/// updated or failed (a refused row goes to the error ledger).
+async fn bulk_import_updates(
+    step: &mut Step<'_>,
+    pairs: &mut [Pair],
+    batch: &[&MWrite],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let object = object_name(step.plan);
+    let failed = bulk_import_rows(step, batch, "id").await?;
+    for w in batch {
+        let key = text_of(w.record.get("id")).unwrap_or_default();
+        let p = &mut pairs[w.pair];
+        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+        match failed.get(&key) {
+            None => counts.updated += 1,
+            Some(reason) => {
+                counts.failed += 1;
+                p.failed = true;
+                let record_key = p.c_id.clone().unwrap_or_else(|| key.clone());
+                step.error(
+                    Direction::CrmToMarketo,
+                    record_key,
+                    Some(key),
+                    serde_json::Value::Object(w.record.clone()),
+                    "import".into(),
+                    reason.clone(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Returns the updates that go through Bulk Import: when more than `threshold` leads are
+/// updated, the groups of more than `threshold` updates that write the same fields with no null
+/// (an import file cannot clear a field, and a blank cell must not touch a field the update does
+/// not write). Returns the groups' pair indexes too.
+fn bulk_update_groups(writes: &[MWrite], threshold: usize) -> (Vec<Vec<&MWrite>>, BTreeSet<usize>) {
+    let updates = writes.iter().filter(|w| !w.create).count();
+    if updates <= threshold {
+        return (Vec::new(), BTreeSet::new());
+    }
+    let mut by_columns: BTreeMap<Vec<&str>, Vec<&MWrite>> = BTreeMap::new();
+    for w in writes.iter().filter(|w| !w.create) {
+        if w.record.values().any(serde_json::Value::is_null) || !w.record.contains_key("id") {
+            continue;
+        }
+        let columns: Vec<&str> = w.record.keys().map(String::as_str).collect();
+        by_columns.entry(columns).or_default().push(w);
+    }
+    let groups: Vec<Vec<&MWrite>> = by_columns
+        .into_values()
+        .filter(|g| g.len() > threshold)
+        .collect();
+    let pairs = groups.iter().flatten().map(|w| w.pair).collect();
+    (groups, pairs)
 }
 
 /// Reads a bulk import failures file: the key column and `Import Failure Reason`.

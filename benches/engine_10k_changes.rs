@@ -1,0 +1,243 @@
+//! Marketo API calls and wall time of one cycle carrying thousands of changed leads both ways
+//! (issue 7: 10,000 changed leads in at most 20 counted calls).
+//!
+//! Sets up the Marketo simulator with `N` generated leads (queue delays zero), the demo CRM on
+//! SQLite (no contacts) and a SQLite store, bootstraps every lead into the CRM (so `N` linked
+//! pairs exist) and runs one quiet cycle. Then it edits `title` on `M` leads in Marketo and
+//! `phone` on `C` other (or, when `M + C > N`, overlapping) contacts in the CRM, moves both
+//! clocks 5 minutes and runs ONE cycle: it prints the counted calls by route family and by route,
+//! the wall time, the cycle's counts, and checks a sample of pairs on both sides.
+//!
+//! `cargo bench --bench engine_10k_changes [-- N M C]` (default 10000 5000 5000).
+
+#[path = "../tests/support/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use harness::{Options, TestApp, text, written};
+use marketo_sync::engine::Tunables;
+use marketo_sync::engine::bootstrap::{BootstrapOptions, RecordingProgress, bootstrap};
+use marketo_sync::marketo::bulk_extract::ExportOptions;
+use marketo_sync::model::Value;
+use marketo_sync::sim::SimConfig;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const TARGET: u64 = 20;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(10_000);
+    let m = args.get(1).copied().unwrap_or(n / 2);
+    let c = args.get(2).copied().unwrap_or(n - m);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(n, m, c));
+}
+
+async fn run(n: usize, m: usize, c: usize) {
+    assert!(m <= n && c <= n, "edits cannot exceed the {n} leads");
+    let app = TestApp::with(Options {
+        sim: SimConfig {
+            leads: n,
+            export_delay: Duration::ZERO,
+            import_delay: Duration::ZERO,
+            daily_quota: 10_000_000,
+            bulk_daily_bytes: 50 * 1024 * 1024 * 1024,
+            ..SimConfig::default()
+        },
+        daily_call_budget: 0,
+        tunables: Tunables {
+            export_poll: Duration::from_millis(20),
+            ..Tunables::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    println!(
+        "tunables: bulk_extract_threshold {}, bulk_import_threshold {}, crm_page {}",
+        app.engine.tunables().bulk_extract_threshold,
+        app.engine.tunables().bulk_import_threshold,
+        app.engine.tunables().crm_page
+    );
+
+    // N linked pairs: bootstrap every generated lead into the empty CRM.
+    let dir = tempfile::tempdir().expect("temp dir");
+    app.sync_clock();
+    let t = Instant::now();
+    let report = bootstrap(
+        app.engine.context(),
+        &BootstrapOptions {
+            // Generated leads are created within 730 days of the simulator start.
+            since: Some(app.sim.now() - chrono::Duration::days(731)),
+            work_dir: Some(dir.path().to_path_buf()),
+            bulk_budget_bytes: Some(u64::MAX / 4),
+            export: Some(ExportOptions {
+                poll_interval: Duration::from_millis(20),
+                max_wait: None,
+            }),
+            ..BootstrapOptions::default()
+        },
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("bootstrap");
+    assert!(report.complete, "bootstrap incomplete: {report:?}");
+    let contacts = app.crm_count().await;
+    println!(
+        "bootstrap: {contacts} contacts in the crm in {:.1?}",
+        t.elapsed()
+    );
+    assert_eq!(contacts, n, "bootstrap did not link every lead");
+
+    // One quiet cycle after the bootstrap, so the measured cycle carries only the edits.
+    app.sim.advance_clock(Duration::from_secs(300));
+    let quiet = app.run_cycle().await;
+    println!(
+        "cycle after bootstrap: {} written, {} calls",
+        written(&quiet),
+        quiet.marketo_calls
+    );
+
+    // The edits: title on the first M leads in Marketo, phone on the last C contacts in the CRM.
+    let mut ids: Vec<i64> = app
+        .sim
+        .leads()
+        .iter()
+        .filter_map(|l| l["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    let marketo_edited = &ids[..m];
+    let crm_edited = &ids[n - c..];
+    for id in marketo_edited {
+        app.marketo_update(*id, json!({ "title": format!("Marketo edit {id}") }));
+    }
+    // Rows are edited by marketo_id range (one statement), as a CRM user's mass update would.
+    let first_crm = crm_edited.first().copied().unwrap_or(i64::MAX);
+    app.user
+        .execute_raw(
+            "crm edit",
+            format!(
+                "UPDATE contacts SET phone = '+1 555 ' || marketo_id, \
+                 updated_at = strftime('%Y-%m-%d %H:%M:%f','now') \
+                 WHERE CAST(marketo_id AS INTEGER) >= {first_crm}"
+            ),
+        )
+        .await
+        .expect("crm edit");
+    println!(
+        "edited: {m} leads in marketo (title), {c} contacts in the crm (phone); overlap {}",
+        (m + c).saturating_sub(n)
+    );
+
+    app.sim.advance_clock(Duration::from_secs(300));
+    let start_seq = app.sim.request_log().last().map_or(0, |e| e.seq);
+    let t = Instant::now();
+    let summary = app.run_cycle().await;
+    let wall = t.elapsed();
+    let log: Vec<_> = app
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.seq > start_seq)
+        .collect();
+    let counted: Vec<_> = log.iter().filter(|e| e.counted).collect();
+    let mut by_family: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_path: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &counted {
+        *by_family.entry(e.family.clone()).or_default() += 1;
+        *by_path
+            .entry(format!("{} {}", e.method, e.path))
+            .or_default() += 1;
+    }
+    let calls = counted.len() as u64;
+    println!("one cycle: {wall:.2?} wall");
+    for (object, dirs) in &summary.objects {
+        for (dir, c) in dirs {
+            println!(
+                "  {object} {dir:?}: read {} created {} updated {} conflicts {} skipped {} failed {}",
+                c.read, c.created, c.updated, c.conflicts, c.skipped, c.failed
+            );
+        }
+    }
+    for w in &summary.warnings {
+        if !w.contains("length mismatch") {
+            println!("  warning: {w}");
+        }
+    }
+    println!(
+        "counted calls: {calls} (engine's own count {}; {} logged in all) target <= {TARGET}: {}",
+        summary.marketo_calls,
+        log.len(),
+        if calls <= TARGET { "met" } else { "missed" }
+    );
+    println!("by route family:");
+    for (family, k) in &by_family {
+        println!("  {family:<20} {k:>5}");
+    }
+    println!("by route:");
+    for (path, k) in &by_path {
+        println!("  {path:<60} {k:>5}");
+    }
+    let bulk_extract = by_path.keys().any(|p| p.contains("/bulk/v1/leads/export"));
+    let bulk_import = by_path.keys().any(|p| p.contains("/bulk/v1/leads.json"));
+    println!("bulk lead extract used: {bulk_extract}; bulk lead import used: {bulk_import}");
+
+    // Both sides agree: a sample of every 50th pair.
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for id in ids.iter().step_by(50) {
+        let lead = app.marketo_lead(*id).expect("lead");
+        let found = app
+            .crm
+            .find("contacts", "marketo_id", &[Value::Text(id.to_string())])
+            .await
+            .expect("crm find");
+        let Some(contact) = found.first() else {
+            wrong.push(format!("lead {id}: no contact"));
+            continue;
+        };
+        let m_title = lead["title"].as_str().map(str::to_owned);
+        let m_phone = lead["phone"].as_str().map(str::to_owned);
+        let c_title = text(&contact.fields, "title");
+        let c_phone = text(&contact.fields, "phone");
+        if m_title != c_title || m_phone != c_phone {
+            wrong.push(format!(
+                "lead {id}: marketo ({m_title:?}, {m_phone:?}) crm ({c_title:?}, {c_phone:?})"
+            ));
+        }
+        if marketo_edited.contains(id) && c_title != Some(format!("Marketo edit {id}")) {
+            wrong.push(format!(
+                "lead {id}: marketo edit not in the crm ({c_title:?})"
+            ));
+        }
+        if crm_edited.contains(id) && m_phone != Some(format!("+1 555 {id}")) {
+            wrong.push(format!("lead {id}: crm edit not in marketo ({m_phone:?})"));
+        }
+        checked += 1;
+    }
+    println!(
+        "sample check: {checked} pairs, {} disagree{}",
+        wrong.len(),
+        if wrong.is_empty() { "" } else { ":" }
+    );
+    for w in wrong.iter().take(10) {
+        println!("  {w}");
+    }
+    let after = app.run_cycle().await;
+    println!(
+        "next cycle: {} written, {} calls (echoes must be dropped)",
+        written(&after),
+        after.marketo_calls
+    );
+    app.cleanup().await;
+}
