@@ -230,6 +230,8 @@ struct Ctx {
     pause_poll: Duration,
     clock: Arc<dyn Clock>,
     live: SharedLive,
+    daily_call_budget: u64,
+    bulk_budget_bytes: u64,
 }
 
 impl Daemon {
@@ -275,6 +277,8 @@ impl Daemon {
             pause_poll: parts.pause_poll.max(Duration::from_millis(1)),
             clock: parts.clock,
             live,
+            daily_call_budget: parts.daily_call_budget,
+            bulk_budget_bytes: parts.bulk_budget_bytes,
         });
         Ok(Daemon {
             ctx,
@@ -684,6 +688,7 @@ async fn run_cycle(
     let wait = match result {
         Ok(summary) => {
             *failures = 0;
+            emit_cycle_metrics(ctx, &summary, outcome, elapsed).await;
             tracing::info!(
                 outcome = %outcome,
                 duration_ms = millis(elapsed),
@@ -740,6 +745,76 @@ async fn run_cycle(
         return None;
     }
     Some(wait)
+}
+
+/// Emits the metrics of a finished cycle: its outcome and duration, records by object,
+/// direction and outcome, Marketo calls, today's quota and bulk bytes from the store,
+/// and the lag of every object the cycle synced (zero: it just succeeded).
+async fn emit_cycle_metrics(
+    ctx: &Ctx,
+    summary: &crate::engine::CycleSummary,
+    outcome: CycleOutcome,
+    elapsed: Duration,
+) {
+    use crate::telemetry::events::{
+        BulkBytesUsed, MarketoCallsUsed, MarketoQuota, RecordOutcome, RecordsSynced, SyncLag,
+    };
+    let id = summary.id.map(|u| u.to_string()).unwrap_or_default();
+    CycleCompleted {
+        cycle_id: &id,
+        outcome,
+        duration: elapsed,
+        api_calls: summary.marketo_calls,
+        ended_at: ctx.clock.now(),
+    }
+    .emit();
+    for (object, directions) in &summary.objects {
+        for (direction, counts) in directions {
+            for (outcome, count) in [
+                (RecordOutcome::Read, counts.read),
+                (RecordOutcome::Created, counts.created),
+                (RecordOutcome::Updated, counts.updated),
+                (RecordOutcome::Deleted, counts.deleted),
+                (RecordOutcome::Skipped, counts.skipped),
+                (RecordOutcome::Failed, counts.failed),
+            ] {
+                if count > 0 {
+                    RecordsSynced {
+                        object,
+                        direction: *direction,
+                        outcome,
+                        count,
+                    }
+                    .emit();
+                }
+            }
+        }
+        if outcome == CycleOutcome::Succeeded {
+            SyncLag {
+                object,
+                lag: Duration::ZERO,
+            }
+            .emit();
+        }
+    }
+    MarketoCallsUsed {
+        count: summary.marketo_calls,
+    }
+    .emit();
+    let day = crate::store::marketo_day(ctx.clock.now());
+    if let Ok(usage) = ctx.store.api_usage(day).await {
+        MarketoQuota {
+            used_today: usage.calls,
+            daily_budget: ctx.daily_call_budget,
+        }
+        .emit();
+        BulkBytesUsed {
+            bytes: summary.bulk_bytes,
+            used_today: usage.bulk_bytes,
+            budget: ctx.bulk_budget_bytes,
+        }
+        .emit();
+    }
 }
 
 /// Returns the wait after `failures` consecutive failed cycles: the interval, doubled for each

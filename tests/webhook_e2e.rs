@@ -34,6 +34,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
     let app = TestApp::start().await;
+    // Something for the first cycle to carry, so that it has records to count.
+    app.crm_insert_contact("first@example.com", "First", "Cycle")
+        .await;
     let runner: Arc<dyn Runner> = Arc::new(Engine::new(app.engine.context().clone()));
     let secret = "webhook-e2e-secret";
     let mut parts = DaemonParts::new(
@@ -67,8 +70,30 @@ async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
     })
     .await;
 
-    let lead = app.marketo_create(json!({"email": "hook@example.com", "firstName": "Hook"}));
     let http = reqwest::Client::new();
+    // The cycle's figures reach /metrics: cycles, records by object and direction, Marketo
+    // calls, today's quota and the lag of the synced objects.
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "mksync_cycles_total{outcome=\"succeeded\"}",
+        "mksync_cycle_duration_seconds",
+        "mksync_records_total{object=\"leads\"",
+        "mksync_marketo_calls_total",
+        "mksync_marketo_quota_used_calls",
+        "mksync_marketo_quota_remaining_calls",
+        "mksync_sync_lag_seconds{object=\"leads\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    let lead = app.marketo_create(json!({"email": "hook@example.com", "firstName": "Hook"}));
     let url = format!("http://127.0.0.1:{port}/webhooks/marketo");
     let body = json!({"leadId": lead.to_string(), "email": "hook@example.com", "event": "test"});
 

@@ -40,8 +40,8 @@ use crate::marketo::model::parse_marketo_datetime;
 use crate::marketo::{DedupeBy, Record, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
-    BulkJob, Conflict, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StepCommit,
-    SyncError, Tombstone, TombstoneKind, Watermark,
+    BulkJob, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StepCommit, SyncError,
+    Tombstone, TombstoneKind, Watermark,
 };
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
@@ -1047,19 +1047,9 @@ async fn sync_pairs(
             summary
                 .counts_mut(&object, direction_to(c.winner.other()))
                 .conflicts += 1;
-            step.commit.conflicts.push(Conflict {
-                id: 0,
-                object: LINK_OBJECT.to_owned(),
-                marketo_key: m_id.to_string(),
-                crm_key: c_id.clone(),
-                field: c.field.clone(),
-                marketo_value: c.marketo.clone(),
-                crm_value: c.crm.clone(),
-                base_value: (!c.base.is_null()).then(|| c.base.clone()),
-                winner: c.winner,
-                policy: policy_name(c.policy).to_owned(),
-                at: now,
-            });
+            step.commit
+                .conflicts
+                .push(c.record(LINK_OBJECT, &m_id.to_string(), &c_id, now));
         }
         let unchanged = p.link.as_ref().is_some_and(|l| {
             l.base == r.agreed && l.marketo_key == m_id.to_string() && l.crm_key == c_id
@@ -1088,14 +1078,6 @@ fn direction_to(target: Side) -> Direction {
     match target {
         Side::Crm => Direction::MarketoToCrm,
         Side::Marketo => Direction::CrmToMarketo,
-    }
-}
-
-fn policy_name(p: crate::mapping::Policy) -> &'static str {
-    match p {
-        crate::mapping::Policy::CrmWins => "crm_wins",
-        crate::mapping::Policy::MarketoWins => "marketo_wins",
-        crate::mapping::Policy::NewestWins => "newest_wins",
     }
 }
 

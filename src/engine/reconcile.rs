@@ -48,6 +48,47 @@ pub struct FieldConflict {
     pub policy: Policy,
 }
 
+impl FieldConflict {
+    /// Returns the store record of this conflict (both values, the base, the winner and the
+    /// policy that decided), and counts it in the conflict metric.
+    pub fn record(
+        &self,
+        object: &str,
+        marketo_key: &str,
+        crm_key: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> crate::store::Conflict {
+        crate::telemetry::events::ConflictResolved {
+            object,
+            winner: self.winner,
+            fields: 1,
+        }
+        .emit();
+        crate::store::Conflict {
+            id: 0,
+            object: object.to_owned(),
+            marketo_key: marketo_key.to_owned(),
+            crm_key: crm_key.to_owned(),
+            field: self.field.clone(),
+            marketo_value: self.marketo.clone(),
+            crm_value: self.crm.clone(),
+            base_value: (!self.base.is_null()).then(|| self.base.clone()),
+            winner: self.winner,
+            policy: policy_name(self.policy).to_owned(),
+            at,
+        }
+    }
+}
+
+/// Returns the policy's name as the mapping files spell it.
+pub fn policy_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::CrmWins => "crm_wins",
+        Policy::MarketoWins => "marketo_wins",
+        Policy::NewestWins => "newest_wins",
+    }
+}
+
 /// What reconciling one pair decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciled {

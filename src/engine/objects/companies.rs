@@ -23,7 +23,7 @@ use crate::engine::reconcile::{FieldRule, SideState, reconcile};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::model::{Fields, Side, Value};
-use crate::store::{Conflict, Direction, Link, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, Link, StepCommit, SyncError, Watermark};
 
 /// The `sync.objects` name of this step's mapping.
 pub const OBJECT: &str = "companies";
@@ -233,22 +233,9 @@ async fn run_plan(
                 Side::Marketo => Direction::MarketoToCrm,
             };
             summary.counts_mut(object, direction).conflicts += 1;
-            commit.conflicts.push(Conflict {
-                id: 0,
-                object: object.to_owned(),
-                marketo_key: marketo_key.clone(),
-                crm_key: pair.crm_key.clone(),
-                field: c.field.clone(),
-                marketo_value: c.marketo.clone(),
-                crm_value: c.crm.clone(),
-                base_value: link.base.get(&c.field).cloned(),
-                winner: c.winner,
-                policy: serde_json::to_value(c.policy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                at: now,
-            });
+            commit
+                .conflicts
+                .push(c.record(object, &marketo_key, &pair.crm_key, now));
         }
         if r.is_noop() {
             if r.agreed != link.base {
