@@ -1167,7 +1167,8 @@ impl Run<'_> {
                 self.apply_mapped(company, companies, phase).await?;
             }
             if let Some(plan) = &plans.salesperson {
-                self.apply_salespersons(plan, sales, phase).await?;
+                self.apply_named(plan, Named::Salespersons, sales, phase)
+                    .await?;
             }
         }
         let bytes = outcome.bytes;
@@ -1447,7 +1448,8 @@ impl Run<'_> {
                     roles.insert(format!("{key}:{}:{role}", row.lead_id), raw);
                 }
                 if let Some(plan) = &plans.opportunity {
-                    self.apply_opportunities(plan, keys, phase).await?;
+                    self.apply_named(plan, Named::Opportunities, keys, phase)
+                        .await?;
                 }
                 if let Some(plan) = &plans.role {
                     self.apply_keyed(plan, roles, phase, Side::Marketo).await?;
@@ -1463,75 +1465,45 @@ impl Run<'_> {
         Ok(bytes)
     }
 
-    /// Reads the opportunities named by Add to Opportunity activities from Marketo and upserts
-    /// them into the CRM keyed by externalOpportunityId.
-    async fn apply_opportunities(
+    /// Reads the Marketo records named by `keys` (opportunities named by Add to Opportunity
+    /// activities, salespersons named on a window's leads) and upserts them into the CRM keyed
+    /// by the object's external key.
+    async fn apply_named(
         &mut self,
         plan: &Plan,
+        object: Named,
         keys: BTreeSet<String>,
         phase: &mut PhaseReport,
     ) -> Result<(), EngineError> {
+        let key_field = object.key_field();
         let keys: Vec<String> = keys.into_iter().collect();
         let mut fields = plan.read_fields(Side::Marketo);
-        if !fields.iter().any(|f| f == "externalOpportunityId") {
-            fields.push("externalOpportunityId".into());
+        if !fields.iter().any(|f| f == key_field) {
+            fields.push(key_field.into());
         }
         for chunk in keys.chunks(BATCH_ROWS) {
             let mut found: BTreeMap<String, Fields> = BTreeMap::new();
             let mut token: Option<String> = None;
             loop {
-                let page = self
-                    .ctx
-                    .marketo
-                    .get_opportunities("externalOpportunityId", chunk, &fields, token.as_deref())
-                    .await?;
-                for record in &page.records {
-                    let raw: Fields = record
-                        .iter()
-                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
-                        .collect();
-                    if let Some(key) = text(&raw, "externalOpportunityId") {
-                        found.insert(key, raw);
+                let marketo = &self.ctx.marketo;
+                let page = match object {
+                    Named::Opportunities => {
+                        marketo
+                            .get_opportunities(key_field, chunk, &fields, token.as_deref())
+                            .await?
                     }
-                }
-                match page.next_page_token {
-                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
-                    _ => break,
-                }
-            }
-            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
-        }
-        Ok(())
-    }
-
-    /// Reads the salespersons named on a window's leads from Marketo and upserts them into the
-    /// CRM keyed by externalSalesPersonId.
-    async fn apply_salespersons(
-        &mut self,
-        plan: &Plan,
-        keys: BTreeSet<String>,
-        phase: &mut PhaseReport,
-    ) -> Result<(), EngineError> {
-        let keys: Vec<String> = keys.into_iter().collect();
-        let mut fields = plan.read_fields(Side::Marketo);
-        if !fields.iter().any(|f| f == "externalSalesPersonId") {
-            fields.push("externalSalesPersonId".into());
-        }
-        for chunk in keys.chunks(BATCH_ROWS) {
-            let mut found: BTreeMap<String, Fields> = BTreeMap::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .ctx
-                    .marketo
-                    .get_salespersons("externalSalesPersonId", chunk, &fields, token.as_deref())
-                    .await?;
+                    Named::Salespersons => {
+                        marketo
+                            .get_salespersons(key_field, chunk, &fields, token.as_deref())
+                            .await?
+                    }
+                };
                 for record in &page.records {
                     let raw: Fields = record
                         .iter()
                         .map(|(k, v)| (k.clone(), Value::from_json(v)))
                         .collect();
-                    if let Some(key) = text(&raw, "externalSalesPersonId") {
+                    if let Some(key) = text(&raw, key_field) {
                         found.insert(key, raw);
                     }
                 }
@@ -1728,6 +1700,24 @@ async fn join_reader(task: crate::marketo::csv::ReaderTask) -> Result<(), Window
         Err(e) => Err(WindowError::Engine(EngineError::Mapping(format!(
             "the export reader stopped: {e}"
         )))),
+    }
+}
+
+/// The Marketo objects bootstrap reads by the keys other records name.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    /// Opportunities, by externalOpportunityId.
+    Opportunities,
+    /// Salespersons, by externalSalesPersonId.
+    Salespersons,
+}
+
+impl Named {
+    fn key_field(self) -> &'static str {
+        match self {
+            Named::Opportunities => "externalOpportunityId",
+            Named::Salespersons => "externalSalesPersonId",
+        }
     }
 }
 
