@@ -33,8 +33,8 @@ use super::{
 };
 use crate::model::{Fields, Side, Value};
 
-/// How often SQLite migrations are attempted when concurrent openers race.
-const MIGRATION_ATTEMPTS: u32 = 3;
+/// How often opening and migrating a SQLite file are attempted when concurrent openers race.
+const MIGRATION_ATTEMPTS: u32 = 5;
 
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -416,14 +416,27 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let pool =
-            pool_options
-                .connect_with(connect)
-                .await
-                .map_err(|source| StoreError::Connect {
-                    backend: "sqlite",
-                    source,
-                })?;
+        // Opening a fresh file switches it to WAL, which needs a moment of exclusive access:
+        // a replica opening the same fresh file at that moment is told "database is locked"
+        // without waiting on the busy timeout. That is retried like the migration race below.
+        let mut open_attempt: u32 = 1;
+        let pool = loop {
+            match pool_options.clone().connect_with(connect.clone()).await {
+                Ok(pool) => break pool,
+                Err(source) => {
+                    let error = StoreError::Connect {
+                        backend: "sqlite",
+                        source,
+                    };
+                    if open_attempt >= MIGRATION_ATTEMPTS || !error.is_retryable() {
+                        return Err(error);
+                    }
+                    tracing::debug!(open_attempt, error = %error, "sqlite open raced, retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(open_attempt))).await;
+                    open_attempt += 1;
+                }
+            }
+        };
         // SQLite has no migration lock. When two processes migrate a fresh file at once, the
         // loser fails to record the version the winner recorded; its next attempt finds the
         // migration applied (the script itself is idempotent).
