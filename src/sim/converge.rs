@@ -441,6 +441,7 @@ pub async fn run_schedule(
             "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
             step_name(roll)
         ));
+        let mut detail = String::new();
         let leads = rig.sim.leads();
         let contacts = rig.live_contacts().await?;
         let word = |rng: &mut ChaCha8Rng| {
@@ -458,12 +459,13 @@ pub async fn run_schedule(
                 values.insert("email".into(), json!(email));
                 values.insert("firstName".into(), json!(word(&mut rng)));
                 values.insert("lastName".into(), json!(word(&mut rng)));
-                rig.sim.create_lead(values);
+                detail = format!("lead {} {email:?}", rig.sim.create_lead(values));
             }
             // CRM: insert a contact.
             12..=22 => {
                 let email = fresh_email(&mut rng);
                 let (f, l) = (word(&mut rng), word(&mut rng));
+                detail = format!("{email:?}");
                 rig.sql(
                     "insert contact",
                     format!(
@@ -486,6 +488,7 @@ pub async fn run_schedule(
                     values.insert(field.into(), json!(word(&mut rng)));
                 }
                 if let Some(id) = lead["id"].as_i64() {
+                    detail = format!("lead {id} {values:?}");
                     let _ = rig.sim.update_lead(id, values);
                 }
             }
@@ -494,6 +497,7 @@ pub async fn run_schedule(
                 let c = &contacts[rng.random_range(0..contacts.len())];
                 let id = c[0].clone().unwrap_or_default();
                 let (_, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
+                detail = format!("contact {id} {column}");
                 rig.sql(
                     "update contact",
                     format!(
@@ -518,6 +522,7 @@ pub async fn run_schedule(
                 let (field, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
                 let mut values = Map::new();
                 values.insert(field.into(), json!(word(&mut rng)));
+                detail = format!("lead {mid} / contact {id} {field}");
                 let _ = rig.sim.update_lead(mid, values);
                 rig.sql(
                     "conflicting update",
@@ -531,6 +536,7 @@ pub async fn run_schedule(
             // Marketo: delete a lead.
             51..=54 if !leads.is_empty() => {
                 if let Some(id) = leads[rng.random_range(0..leads.len())]["id"].as_i64() {
+                    detail = format!("lead {id}");
                     rig.sim.delete_lead(id);
                 }
             }
@@ -539,6 +545,7 @@ pub async fn run_schedule(
                 let id = contacts[rng.random_range(0..contacts.len())][0]
                     .clone()
                     .unwrap_or_default();
+                detail = format!("contact {id}");
                 rig.sql(
                     "delete contact",
                     format!("UPDATE contacts SET deleted = 1, updated_at = {NOW} WHERE id = {id}"),
@@ -550,6 +557,7 @@ pub async fn run_schedule(
                 let a = rng.random_range(0..leads.len());
                 let b = (a + 1 + rng.random_range(0..leads.len() - 1)) % leads.len();
                 if let (Some(w), Some(l)) = (leads[a]["id"].as_i64(), leads[b]["id"].as_i64()) {
+                    detail = format!("loser lead {l} into winner {w}");
                     let _ = rig.sim.merge_leads(w, &[l]);
                 }
             }
@@ -561,6 +569,7 @@ pub async fn run_schedule(
                     contacts[a][0].clone().unwrap_or_default(),
                     contacts[b][0].clone().unwrap_or_default(),
                 );
+                detail = format!("loser contact {l} into winner {w}");
                 rig.sql(
                     "merge contacts",
                     format!(
@@ -576,7 +585,7 @@ pub async fn run_schedule(
                 let mut values = Map::new();
                 values.insert("email".into(), json!(email.trim().to_lowercase()));
                 values.insert("firstName".into(), json!(word(&mut rng)));
-                rig.sim.create_lead(values);
+                detail = format!("lead {} {email:?}", rig.sim.create_lead(values));
                 let last = word(&mut rng);
                 rig.sql(
                     "convert lead",
@@ -691,6 +700,12 @@ pub async fn run_schedule(
                 }
                 rig.sim.set_faults(FaultProfile::none());
             }
+        }
+        if !detail.is_empty()
+            && let Some(line) = trace.last_mut()
+        {
+            line.push_str(": ");
+            line.push_str(&detail);
         }
     }
 
@@ -870,7 +885,10 @@ async fn check_invariants(
         let Some(cs) = c_by_email.get(email) else {
             let link = rig
                 .store
-                .links_by_marketo_keys("lead", std::slice::from_ref(&lead_id))
+                .links_by_marketo_keys(
+                    crate::engine::leads::LINK_OBJECT,
+                    std::slice::from_ref(&lead_id),
+                )
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().next());
@@ -958,7 +976,7 @@ async fn check_invariants(
     loop {
         let page = rig
             .store
-            .links_page("lead", after.as_deref(), 500)
+            .links_page(crate::engine::leads::LINK_OBJECT, after.as_deref(), 500)
             .await
             .map_err(|source| ConvergeError::Store {
                 seed: rig.seed,
