@@ -1,0 +1,227 @@
+//! Identity under merges, deletions and crashes: the cases the convergence harness found
+//! (`marketo-sync converge`), each replayed on its own against the simulator and the SQLite demo
+//! CRM. Every test ends with both sides holding one record per person, linked both ways.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use harness::{Options, TestApp, text, written};
+use marketo_sync::config::DeletePolicy;
+use serde_json::json;
+
+fn deleting() -> Options {
+    Options {
+        lead_deletes: DeletePolicy::Delete,
+        lead_merges: DeletePolicy::Delete,
+        ..Options::default()
+    }
+}
+
+/// Asserts that `lead` and the CRM record with `email` point at each other.
+async fn assert_linked(app: &TestApp, lead: i64, email: &str) {
+    let contacts = app.crm_by_email(email).await;
+    assert_eq!(
+        contacts.len(),
+        1,
+        "one live contact has {email}: {contacts:?}"
+    );
+    assert_eq!(
+        text(&contacts[0].fields, "marketo_id").as_deref(),
+        Some(lead.to_string().as_str()),
+        "the contact with {email} points at lead {lead}"
+    );
+    let m = app.marketo_lead(lead).expect("the lead is alive");
+    assert_eq!(m["crmContactId"], json!(contacts[0].id), "lead {lead}: {m}");
+}
+
+#[tokio::test]
+async fn a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing() {
+    // Seed 14: Marketo merged away a lead whose contact the CRM edited in the same interval.
+    // The contact followed the merge policy (deleted), and its edit, read before that, must not
+    // come back as a new lead.
+    let app = TestApp::with(deleting()).await;
+    let winner = app.marketo_create(json!({"email": "keep@example.com", "firstName": "W"}));
+    let loser = app.marketo_create(json!({"email": "lose@example.com", "firstName": "L"}));
+    app.settle(4).await;
+    let c_loser = app.crm_by_email("lose@example.com").await[0].id.clone();
+    app.sim.merge_leads(winner, &[loser]).unwrap();
+    app.crm_update_contact(&c_loser, "phone", "555-0100").await;
+    let s = app.run_cycle().await;
+    let created: u64 = s.objects["leads"].values().map(|c| c.created).sum();
+    assert_eq!(created, 0, "{s:?}");
+    assert_eq!(written(&app.settle(4).await), 0);
+    assert!(
+        app.crm_contact(&c_loser).await.is_none(),
+        "merge policy delete"
+    );
+    assert!(app.marketo_by_email("lose@example.com").is_empty());
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(app.crm_count().await, 1);
+    assert_linked(&app, winner, "keep@example.com").await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record() {
+    // Seeds 15 and 24: the winner of a Marketo merge is new to the sync, and the CRM already
+    // has its own record for it (typed with other case and spaces). The winner is linked to
+    // that record; the loser's contact follows the merge policy instead of taking the winner
+    // over, so neither side ends with two records for one email.
+    let app = TestApp::with(deleting()).await;
+    let loser = app.marketo_create(json!({"email": "one@example.com", "firstName": "One"}));
+    app.settle(4).await;
+    let c_loser = app.crm_by_email("one@example.com").await[0].id.clone();
+    let c_own = app
+        .crm_insert_contact(" Two@Example.COM ", "Two", "Crm")
+        .await;
+    let winner = app.marketo_create(json!({"email": "two@example.com", "firstName": "Two"}));
+    app.sim.merge_leads(winner, &[loser]).unwrap();
+    app.settle(6).await;
+    assert!(
+        app.crm_contact(&c_loser).await.is_none(),
+        "merge policy delete"
+    );
+    assert_eq!(
+        app.sim.counters().leads,
+        1,
+        "no lead created for the CRM record"
+    );
+    assert_eq!(app.crm_count().await, 1);
+    let c = app
+        .crm_contact(&c_own)
+        .await
+        .expect("the winner's own record");
+    assert_eq!(
+        text(&c.fields, "marketo_id").as_deref(),
+        Some(winner.to_string().as_str())
+    );
+    assert_eq!(
+        app.marketo_lead(winner).unwrap()["crmContactId"],
+        json!(c_own)
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead() {
+    // Seed 8: Marketo merged lead A away (its contact deleted by the merge policy) while the
+    // CRM merged contact B into A's contact. The survivor is gone, so B's lead follows the
+    // delete policy rather than being linked to a deleted contact.
+    let app = TestApp::with(deleting()).await;
+    let keep = app.marketo_create(json!({"email": "keep@example.com"}));
+    let a = app.marketo_create(json!({"email": "a@example.com"}));
+    let b = app.marketo_create(json!({"email": "b@example.com"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("a@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("b@example.com").await[0].id.clone();
+    app.sim.merge_leads(keep, &[a]).unwrap();
+    app.crm_update_contact(&cb, "merged_into", &ca).await;
+    app.crm_delete_contact(&cb).await;
+    app.try_cycle().await.expect("cycle");
+    assert_eq!(written(&app.settle(4).await), 0);
+    assert!(
+        app.marketo_lead(b).is_none(),
+        "the loser's lead follows its contact"
+    );
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(app.crm_count().await, 1);
+    assert_linked(&app, keep, "keep@example.com").await;
+    let live_links = app
+        .store
+        .links_by_marketo_keys("leads", &[b.to_string()])
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.tombstone.is_none())
+        .count();
+    assert_eq!(live_links, 0, "no live link to a deleted contact");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead() {
+    // Seed 12: the CRM merged a synced contact into one the sync had not seen yet. The survivor
+    // takes over the lead; the loser's row still held the lead's id in the unique Marketo-id
+    // column, which is freed first, so the survivor can carry it.
+    let app = TestApp::with(deleting()).await;
+    let lead = app.marketo_create(json!({"email": "old@example.com", "firstName": "Old"}));
+    app.settle(4).await;
+    let c_old = app.crm_by_email("old@example.com").await[0].id.clone();
+    let c_new = app
+        .crm_insert_contact("new@example.com", "New", "Person")
+        .await;
+    app.crm_update_contact(&c_old, "merged_into", &c_new).await;
+    app.crm_delete_contact(&c_old).await;
+    app.settle(4).await;
+    assert_eq!(
+        written(&app.settle(3).await),
+        0,
+        "quiet: nothing keeps failing"
+    );
+    assert_eq!(
+        app.sim.counters().leads,
+        1,
+        "no lead created for the survivor"
+    );
+    assert_eq!(app.crm_count().await, 1);
+    let m = app.marketo_lead(lead).unwrap();
+    assert_eq!(
+        m["email"],
+        json!("new@example.com"),
+        "the survivor's values win: {m}"
+    );
+    assert_linked(&app, lead, "new@example.com").await;
+    let errors = app
+        .store
+        .list_errors(&marketo_sync::store::ErrorFilter::default())
+        .await
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_change_written_over_by_a_cycle_that_then_died_is_read_again() {
+    // Seed 87: a cycle created the lead for a new contact and wrote its id into the contact,
+    // then died before its commit. The adapter hid that write from its change feed as the
+    // sync's own; with the lead then gone from Marketo, the contact's own insert was lost.
+    let kill = Arc::new(AtomicBool::new(false));
+    let k = kill.clone();
+    let hook: marketo_sync::store::CommitHook = Arc::new(move || {
+        let k = k.clone();
+        Box::pin(async move {
+            if k.load(Ordering::SeqCst) {
+                Err(marketo_sync::store::StoreError::Aborted {
+                    reason: "killed".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let app = TestApp::with(Options {
+        commit_hook: Some(hook),
+        ..deleting()
+    })
+    .await;
+    app.run_cycle().await;
+    let cid = app
+        .crm_insert_contact("kept@example.com", "Kept", "Safe")
+        .await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let first = app.marketo_by_email("kept@example.com");
+    assert_eq!(first.len(), 1, "the dead cycle created the lead");
+    // The lead the dead cycle created is deleted in Marketo before the sync records it.
+    assert!(app.sim.delete_lead(first[0]));
+    app.settle(5).await;
+    let leads = app.marketo_by_email("kept@example.com");
+    assert_eq!(leads.len(), 1, "the contact is in Marketo again");
+    assert_linked(&app, leads[0], "kept@example.com").await;
+    assert_eq!(app.crm_contact(&cid).await.map(|c| c.id), Some(cid));
+    app.cleanup().await;
+}
