@@ -225,3 +225,37 @@ async fn a_change_written_over_by_a_cycle_that_then_died_is_read_again() {
     assert_eq!(app.crm_contact(&cid).await.map(|c| c.id), Some(cid));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record() {
+    // Seed 253: two synced leads were merged, one after the other, into a lead new to the sync.
+    // The first merge hands the winner the first loser's contact; the second must see that
+    // (it is not in the store yet) and apply the merge policy to the second loser's contact,
+    // rather than try to hand the winner a second contact.
+    let app = TestApp::with(deleting()).await;
+    let a = app.marketo_create(json!({"email": "a@example.com", "firstName": "A"}));
+    let b = app.marketo_create(json!({"email": "b@example.com", "firstName": "B"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("a@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("b@example.com").await[0].id.clone();
+    let winner = app.marketo_create(json!({"email": "w@example.com", "firstName": "W"}));
+    app.sim.merge_leads(winner, &[a]).unwrap();
+    app.sim.merge_leads(winner, &[b]).unwrap();
+    let s = app.run_cycle().await;
+    assert_eq!(s.failed(), 0, "{s:?}");
+    assert_eq!(written(&app.settle(4).await), 0);
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(
+        app.crm_count().await,
+        1,
+        "one loser's contact went by the merge policy"
+    );
+    assert!(app.crm_contact(&cb).await.is_none());
+    assert_linked(&app, winner, "w@example.com").await;
+    assert_eq!(
+        app.crm_contact(&ca).await.unwrap().id,
+        ca,
+        "the first loser's contact stays"
+    );
+    app.cleanup().await;
+}

@@ -1455,6 +1455,7 @@ async fn apply_marketo(
             }
         }
     }
+    let mut gone: Vec<Link> = Vec::new();
     let creates = writes.iter().filter(|w| w.create).count();
     let bulk_creates = creates > step.bulk_import_threshold;
     if bulk_creates {
@@ -1492,6 +1493,17 @@ async fn apply_marketo(
             for (w, res) in chunk.iter().zip(results) {
                 let p = &mut pairs[w.pair];
                 let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+                if res.is_skipped()
+                    && !w.create
+                    && res.reasons.iter().any(|r| r.code == LEAD_NOT_FOUND)
+                    && let Some(link) = &p.link
+                {
+                    // The linked lead is gone from Marketo without a deletion or merge this
+                    // sync has seen: it is treated as deleted there.
+                    p.failed = true;
+                    gone.push(link.clone());
+                    continue;
+                }
                 if res.is_skipped() {
                     counts.failed += 1;
                     p.failed = true;
@@ -1522,6 +1534,16 @@ async fn apply_marketo(
                 }
             }
         }
+    }
+    let policy = ctx.settings.sync.lead_deletes;
+    for link in gone {
+        tracing::warn!(
+            lead = %link.marketo_key,
+            crm = %link.crm_key,
+            "a linked lead is gone from marketo; its crm record follows the delete policy"
+        );
+        apply_policy(step, &link, policy, summary).await?;
+        step.tombstone(&link, TombstoneKind::Deleted, Side::Marketo);
     }
     Ok(())
 }
@@ -1674,6 +1696,8 @@ async fn apply_merges(
     let plan = step.plan;
     let object = object_name(plan);
     let pk = "id";
+    // Winners given a CRM record by an earlier merge of this cycle (not in the store yet).
+    let mut given: BTreeSet<i64> = BTreeSet::new();
     for (winner, losers) in merges {
         let winner_link = live(
             ctx.store
@@ -1688,6 +1712,7 @@ async fn apply_merges(
         // paired) keeps that record: pairing links the two below, and the loser's record
         // follows the merge policy instead of taking the winner over.
         let mut repointed = winner_link.is_some()
+            || given.contains(winner)
             || (!loser_links.is_empty() && unlinked_partner(step, *winner, summary).await?);
         for l in loser_links {
             let into = TombstoneKind::Merged {
@@ -1721,6 +1746,7 @@ async fn apply_merges(
                 step.tombstone(&l, into, Side::Marketo);
                 step.link(*winner, &l.crm_key, l.base.clone());
                 summary.counts_mut(&object, Direction::MarketoToCrm).updated += 1;
+                given.insert(*winner);
                 repointed = true;
                 continue;
             }
