@@ -182,6 +182,7 @@ impl Env {
             ("companies", COMPANIES_TOML),
             ("opportunities", OPPORTUNITIES_TOML),
             ("salespersons", SALESPERSONS_TOML),
+            ("roles", include_str!("../config/mappings/roles.toml")),
         ]
         .into_iter()
         .map(|(object, text)| {
@@ -1218,4 +1219,76 @@ async fn crm_opportunities_and_roles_reach_marketo_after_their_opportunity_and_l
         .unwrap();
     assert_eq!(again.records.len(), 2);
     app.cleanup().await;
+}
+
+/// The shipped roles mapping only writes to Marketo. Bootstrap copies Marketo into the CRM, so
+/// it leaves roles to the regular cycle and says so, instead of writing rows that hold nothing
+/// but a key (an empty role, no opportunity, no contact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_mapped_only_to_marketo_are_not_bootstrapped_into_empty_crm_rows() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["opportunities".into(), "roles".into()];
+    let ctx = env.ctx().await;
+    let roles: Vec<marketo_sync::marketo::Record> = [("OP-000001", 5)]
+        .iter()
+        .map(|(key, lead)| {
+            serde_json::json!({"externalOpportunityId": key, "leadId": lead, "role": "Champion", "isPrimary": true})
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    ctx.marketo
+        .sync_opportunity_roles(
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &roles,
+        )
+        .await
+        .unwrap();
+    env.clock.set(start() + ChronoDuration::hours(1));
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("roles are not bootstrapped")),
+        "{:?}",
+        report.warnings
+    );
+    let pool = marketo_sync::crm::sql::dialect::SqlPool::connect(&env.crm_url, 1, false)
+        .await
+        .unwrap();
+    let rows = pool
+        .fetch(
+            "count roles",
+            "SELECT CAST(COUNT(*) AS TEXT) FROM opportunity_contact_roles".into(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0"), "no empty role rows");
+    let links = ctx.store.links_page("roles", None, 10).await.unwrap();
+    assert!(links.is_empty(), "{links:?}");
+    // The opportunity itself still arrives.
+    let opportunity = ctx
+        .crm
+        .find(
+            "opportunities",
+            "marketo_id",
+            &[Value::Text("OP-000001".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opportunity.len(), 1);
+    pool.close().await;
+    env.sim.shutdown().await;
 }
