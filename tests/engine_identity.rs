@@ -183,11 +183,7 @@ async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_change_written_over_by_a_cycle_that_then_died_is_read_again() {
-    // Seed 87: a cycle created the lead for a new contact and wrote its id into the contact,
-    // then died before its commit. The adapter hid that write from its change feed as the
-    // sync's own; with the lead then gone from Marketo, the contact's own insert was lost.
+fn killable() -> (Arc<AtomicBool>, Options) {
     let kill = Arc::new(AtomicBool::new(false));
     let k = kill.clone();
     let hook: marketo_sync::store::CommitHook = Arc::new(move || {
@@ -202,27 +198,88 @@ async fn a_change_written_over_by_a_cycle_that_then_died_is_read_again() {
             }
         })
     });
-    let app = TestApp::with(Options {
-        commit_hook: Some(hook),
-        ..deleting()
-    })
-    .await;
+    (
+        kill,
+        Options {
+            commit_hook: Some(hook),
+            ..deleting()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along() {
+    // Seed 87: a cycle created the lead for a new contact and wrote the lead's id into the
+    // contact, then died before its commit, so the store never linked them. Marketo then
+    // deleted that lead. The contact holds the lead's id: the link is rebuilt from it and the
+    // contact follows the delete policy, rather than being sent to Marketo again.
+    let (kill, options) = killable();
+    let app = TestApp::with(options).await;
     app.run_cycle().await;
     let cid = app
-        .crm_insert_contact("kept@example.com", "Kept", "Safe")
+        .crm_insert_contact("gone@example.com", "Gone", "Soon")
         .await;
     kill.store(true, Ordering::SeqCst);
     assert!(app.try_cycle().await.is_err(), "the commit dies");
     kill.store(false, Ordering::SeqCst);
-    let first = app.marketo_by_email("kept@example.com");
+    let first = app.marketo_by_email("gone@example.com");
     assert_eq!(first.len(), 1, "the dead cycle created the lead");
-    // The lead the dead cycle created is deleted in Marketo before the sync records it.
     assert!(app.sim.delete_lead(first[0]));
     app.settle(5).await;
-    let leads = app.marketo_by_email("kept@example.com");
-    assert_eq!(leads.len(), 1, "the contact is in Marketo again");
-    assert_linked(&app, leads[0], "kept@example.com").await;
-    assert_eq!(app.crm_contact(&cid).await.map(|c| c.id), Some(cid));
+    assert_eq!(written(&app.settle(3).await), 0);
+    assert!(
+        app.marketo_by_email("gone@example.com").is_empty(),
+        "not sent again"
+    );
+    assert!(app.crm_contact(&cid).await.is_none(), "delete policy");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy() {
+    // The same, with the unrecorded lead merged into another synced lead instead.
+    let (kill, options) = killable();
+    let app = TestApp::with(options).await;
+    let keep = app.marketo_create(json!({"email": "keep@example.com", "firstName": "K"}));
+    app.settle(4).await;
+    let cid = app
+        .crm_insert_contact("merged@example.com", "M", "Erged")
+        .await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let loser = app.marketo_by_email("merged@example.com")[0];
+    app.sim.merge_leads(keep, &[loser]).unwrap();
+    app.settle(5).await;
+    assert_eq!(written(&app.settle(3).await), 0);
+    assert!(app.marketo_by_email("merged@example.com").is_empty());
+    assert!(app.crm_contact(&cid).await.is_none(), "merge policy delete");
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(app.crm_count().await, 1);
+    assert_linked(&app, keep, "keep@example.com").await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_crm_writes_of_a_cycle_that_died_are_read_again() {
+    // The CRM adapter leaves its own writes out of its change feed. A cycle that dies before
+    // its commit did not record them, and each may have overwritten a user's change: the next
+    // cycle must read them again.
+    let (kill, options) = killable();
+    let app = TestApp::with(options).await;
+    app.run_cycle().await;
+    app.crm_insert_contact("again@example.com", "Read", "Again")
+        .await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let s = app.run_cycle().await;
+    assert_eq!(
+        s.objects["leads"][&marketo_sync::model::Direction::CrmToMarketo].read,
+        1,
+        "the contact the dead cycle wrote its lead id into is read again: {s:?}"
+    );
+    assert_eq!(app.marketo_by_email("again@example.com").len(), 1);
     app.cleanup().await;
 }
 

@@ -1011,7 +1011,15 @@ async fn sync_pairs(
                 by_c.get(&r.id),
                 c_rec(plan, &r.id, r.modified_at, &r.fields),
             ) {
-                pairs[i].c = Some(c);
+                // A lead's CRM key that the record does not return (it names another lead, as
+                // a merge winner inheriting the loser's key does) is no claim.
+                let claims_other = matches!(
+                    (&c.marketo_key, pairs[i].m_id),
+                    (Some(k), Some(m)) if *k != m.to_string()
+                );
+                if !claims_other {
+                    pairs[i].c = Some(c);
+                }
             }
         }
         for p in pairs
@@ -1238,9 +1246,10 @@ async fn match_pairs(step: &mut Step<'_>, pairs: &mut Vec<Pair>) -> Result<(), E
             .into_iter()
             .map(|l| l.crm_key)
             .collect();
+        let paired: BTreeSet<String> = pairs.iter().filter_map(|p| p.c_id.clone()).collect();
         let mut by_key: HashMap<Vec<String>, CRec> = HashMap::new();
         for r in found {
-            if taken.contains(&r.id) {
+            if taken.contains(&r.id) || paired.contains(&r.id) {
                 continue;
             }
             if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
@@ -1277,9 +1286,10 @@ async fn match_pairs(step: &mut Step<'_>, pairs: &mut Vec<Pair>) -> Result<(), E
                 .into_iter()
                 .map(|l| l.marketo_key)
                 .collect();
+        let paired: BTreeSet<i64> = pairs.iter().filter_map(|p| p.m_id).collect();
         let mut by_key: HashMap<Vec<String>, MLead> = HashMap::new();
         for m in found {
-            if taken.contains(&m.id.to_string()) {
+            if taken.contains(&m.id.to_string()) || paired.contains(&m.id) {
                 continue;
             }
             if let Some(k) = match_key(plan, &m.canon) {
@@ -1707,13 +1717,15 @@ async fn apply_merges(
         .into_iter()
         .next();
         let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
-        let loser_links = live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
+        let mut loser_links = live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
+        loser_links.extend(recovered_links(step, losers).await?);
         // An unlinked winner with a CRM record of its own (one that matches it, not yet
         // paired) keeps that record: pairing links the two below, and the loser's record
         // follows the merge policy instead of taking the winner over.
         let mut repointed = winner_link.is_some()
             || given.contains(winner)
-            || (!loser_links.is_empty() && unlinked_partner(step, *winner, summary).await?);
+            || (!loser_links.is_empty()
+                && unlinked_partner(step, *winner, &loser_links, summary).await?);
         for l in loser_links {
             let into = TombstoneKind::Merged {
                 into: winner.to_string(),
@@ -1758,11 +1770,65 @@ async fn apply_merges(
     Ok(())
 }
 
+/// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
+/// holds one of these lead ids in its Marketo-id column was written by a cycle that died before
+/// its commit (the CRM write comes first). Records the store links elsewhere are left alone.
+async fn recovered_links(step: &Step<'_>, leads: &[i64]) -> Result<Vec<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    if leads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = leads.iter().map(i64::to_string).collect();
+    let known: BTreeSet<String> = ctx
+        .store
+        .links_by_marketo_keys(LINK_OBJECT, &keys)
+        .await?
+        .into_iter()
+        .map(|l| l.marketo_key)
+        .collect();
+    let unknown: Vec<Value> = keys
+        .iter()
+        .filter(|k| !known.contains(*k))
+        .map(|k| Value::Text(k.clone()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = ctx
+        .crm
+        .find(&plan.crm_object, &plan.crm_marketo_id, &unknown)
+        .await?;
+    let row_keys: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &row_keys).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    let now = step.now();
+    Ok(rows
+        .into_iter()
+        .filter(|r| !taken.contains(&r.id))
+        .filter_map(|r| {
+            let lead = value_text(r.fields.get(&plan.crm_marketo_id))?;
+            let base = Fields::new();
+            Some(Link {
+                object: LINK_OBJECT.to_owned(),
+                marketo_key: lead,
+                crm_key: r.id,
+                base_hash: fields_hash(&base),
+                base,
+                agreed_at: now,
+                tombstone: None,
+            })
+        })
+        .collect())
+}
+
 /// Returns whether an unlinked live CRM record matches the Marketo lead `id` (by its CRM-key
 /// field or its match values).
 async fn unlinked_partner(
     step: &Step<'_>,
     id: i64,
+    losers: &[Link],
     summary: &mut CycleSummary,
 ) -> Result<bool, EngineError> {
     let (ctx, plan) = (step.ctx, step.plan);
@@ -1800,6 +1866,8 @@ async fn unlinked_partner(
             }
         }
     }
+    // The losers' own records (the merged lead may carry a loser's CRM key) do not count.
+    candidates.retain(|c| !losers.iter().any(|l| l.crm_key == c.id));
     if candidates.is_empty() {
         return Ok(false);
     }
@@ -2176,12 +2244,18 @@ async fn apply_marketo_deletes(
     if keys.is_empty() {
         return Ok(());
     }
-    let links = live(
+    let mut links = live(
         step.ctx
             .store
             .links_by_marketo_keys(LINK_OBJECT, &keys)
             .await?,
     );
+    let ids: Vec<i64> = deleted
+        .iter()
+        .filter(|id| !merged.contains(id))
+        .copied()
+        .collect();
+    links.extend(recovered_links(step, &ids).await?);
     let policy = step.ctx.settings.sync.lead_deletes;
     for l in links {
         apply_policy(step, &l, policy, summary).await?;
