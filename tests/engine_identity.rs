@@ -8,12 +8,17 @@ mod harness;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use harness::{Options, TestApp, text, written};
+use harness::{CrmKind, Options, StoreKind, TestApp, text, written};
 use marketo_sync::config::DeletePolicy;
 use serde_json::json;
 
-fn deleting() -> Options {
+/// Where a scenario runs: the CRM database and the state store.
+type On = (CrmKind, StoreKind);
+
+fn deleting(on: On) -> Options {
     Options {
+        crm: on.0,
+        store: on.1,
         lead_deletes: DeletePolicy::Delete,
         lead_merges: DeletePolicy::Delete,
         ..Options::default()
@@ -37,12 +42,11 @@ async fn assert_linked(app: &TestApp, lead: i64, email: &str) {
     assert_eq!(m["crmContactId"], json!(contacts[0].id), "lead {lead}: {m}");
 }
 
-#[tokio::test]
-async fn a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing() {
+async fn a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing(on: On) {
     // Seed 14: Marketo merged away a lead whose contact the CRM edited in the same interval.
     // The contact followed the merge policy (deleted), and its edit, read before that, must not
     // come back as a new lead.
-    let app = TestApp::with(deleting()).await;
+    let app = TestApp::with(deleting(on)).await;
     let winner = app.marketo_create(json!({"email": "keep@example.com", "firstName": "W"}));
     let loser = app.marketo_create(json!({"email": "lose@example.com", "firstName": "L"}));
     app.settle(4).await;
@@ -64,13 +68,12 @@ async fn a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_n
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record() {
+async fn a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record(on: On) {
     // Seeds 15 and 24: the winner of a Marketo merge is new to the sync, and the CRM already
     // has its own record for it (typed with other case and spaces). The winner is linked to
     // that record; the loser's contact follows the merge policy instead of taking the winner
     // over, so neither side ends with two records for one email.
-    let app = TestApp::with(deleting()).await;
+    let app = TestApp::with(deleting(on)).await;
     let loser = app.marketo_create(json!({"email": "one@example.com", "firstName": "One"}));
     app.settle(4).await;
     let c_loser = app.crm_by_email("one@example.com").await[0].id.clone();
@@ -105,12 +108,11 @@ async fn a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead() {
+async fn a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead(on: On) {
     // Seed 8: Marketo merged lead A away (its contact deleted by the merge policy) while the
     // CRM merged contact B into A's contact. The survivor is gone, so B's lead follows the
     // delete policy rather than being linked to a deleted contact.
-    let app = TestApp::with(deleting()).await;
+    let app = TestApp::with(deleting(on)).await;
     let keep = app.marketo_create(json!({"email": "keep@example.com"}));
     let a = app.marketo_create(json!({"email": "a@example.com"}));
     let b = app.marketo_create(json!({"email": "b@example.com"}));
@@ -141,12 +143,11 @@ async fn a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_l
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead() {
+async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead(on: On) {
     // Seed 12: the CRM merged a synced contact into one the sync had not seen yet. The survivor
     // takes over the lead; the loser's row still held the lead's id in the unique Marketo-id
     // column, which is freed first, so the survivor can carry it.
-    let app = TestApp::with(deleting()).await;
+    let app = TestApp::with(deleting(on)).await;
     let lead = app.marketo_create(json!({"email": "old@example.com", "firstName": "Old"}));
     app.settle(4).await;
     let c_old = app.crm_by_email("old@example.com").await[0].id.clone();
@@ -183,7 +184,7 @@ async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead() {
     app.cleanup().await;
 }
 
-fn killable() -> (Arc<AtomicBool>, Options) {
+fn killable(on: On) -> (Arc<AtomicBool>, Options) {
     let kill = Arc::new(AtomicBool::new(false));
     let k = kill.clone();
     let hook: marketo_sync::store::CommitHook = Arc::new(move || {
@@ -202,18 +203,17 @@ fn killable() -> (Arc<AtomicBool>, Options) {
         kill,
         Options {
             commit_hook: Some(hook),
-            ..deleting()
+            ..deleting(on)
         },
     )
 }
 
-#[tokio::test]
-async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along() {
+async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along(on: On) {
     // Seed 87: a cycle created the lead for a new contact and wrote the lead's id into the
     // contact, then died before its commit, so the store never linked them. Marketo then
     // deleted that lead. The contact holds the lead's id: the link is rebuilt from it and the
     // contact follows the delete policy, rather than being sent to Marketo again.
-    let (kill, options) = killable();
+    let (kill, options) = killable(on);
     let app = TestApp::with(options).await;
     app.run_cycle().await;
     let cid = app
@@ -235,10 +235,9 @@ async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy() {
+async fn a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy(on: On) {
     // The same, with the unrecorded lead merged into another synced lead instead.
-    let (kill, options) = killable();
+    let (kill, options) = killable(on);
     let app = TestApp::with(options).await;
     let keep = app.marketo_create(json!({"email": "keep@example.com", "firstName": "K"}));
     app.settle(4).await;
@@ -260,12 +259,11 @@ async fn a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_me
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn the_crm_writes_of_a_cycle_that_died_are_read_again() {
+async fn the_crm_writes_of_a_cycle_that_died_are_read_again(on: On) {
     // The CRM adapter leaves its own writes out of its change feed. A cycle that dies before
     // its commit did not record them, and each may have overwritten a user's change: the next
     // cycle must read them again.
-    let (kill, options) = killable();
+    let (kill, options) = killable(on);
     let app = TestApp::with(options).await;
     app.run_cycle().await;
     app.crm_insert_contact("again@example.com", "Read", "Again")
@@ -283,13 +281,12 @@ async fn the_crm_writes_of_a_cycle_that_died_are_read_again() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record() {
+async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record(on: On) {
     // Seed 253: two synced leads were merged, one after the other, into a lead new to the sync.
     // The first merge hands the winner the first loser's contact; the second must see that
     // (it is not in the store yet) and apply the merge policy to the second loser's contact,
     // rather than try to hand the winner a second contact.
-    let app = TestApp::with(deleting()).await;
+    let app = TestApp::with(deleting(on)).await;
     let a = app.marketo_create(json!({"email": "a@example.com", "firstName": "A"}));
     let b = app.marketo_create(json!({"email": "b@example.com", "firstName": "B"}));
     app.settle(4).await;
@@ -316,3 +313,22 @@ async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record() {
     );
     app.cleanup().await;
 }
+
+macro_rules! on {
+    ($module:ident, $on:expr; $($name:ident),* $(,)?) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($on).await;
+                }
+            )*
+        }
+    };
+}
+
+on!(sqlite, (CrmKind::Sqlite, StoreKind::Sqlite);
+    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record);
+on!(postgres, (CrmKind::Postgres, StoreKind::Postgres);
+    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record);
