@@ -281,6 +281,41 @@ async fn the_crm_writes_of_a_cycle_that_died_are_read_again(on: On) {
     app.cleanup().await;
 }
 
+async fn a_crm_merge_into_a_contact_whose_lead_a_dead_cycle_created_merges_the_leads(on: On) {
+    // Seed 2011 (100 steps): a cycle created the lead for a new contact N and died before its
+    // commit; the CRM then merged contact A into N. N holds its lead's id, so the survivor's
+    // lead is known and A's lead is merged into it in Marketo, even though N's lead no longer
+    // matches N by email (it was edited in Marketo meanwhile).
+    let (kill, options) = killable(on);
+    let app = TestApp::with(options).await;
+    let a = app.marketo_create(json!({"email": "a@example.com", "firstName": "A"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("a@example.com").await[0].id.clone();
+    let cn = app.crm_insert_contact("n@example.com", "N", "New").await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let n = app.marketo_by_email("n@example.com")[0];
+    app.marketo_update(n, json!({"email": "renamed@example.com"}));
+    app.crm_update_contact(&ca, "merged_into", &cn).await;
+    app.crm_delete_contact(&ca).await;
+    app.settle(6).await;
+    assert_eq!(written(&app.settle(3).await), 0);
+    assert!(
+        app.marketo_lead(a).is_none(),
+        "A's lead was merged into N's"
+    );
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(app.crm_count().await, 1);
+    let c = app.crm_contact(&cn).await.expect("the survivor");
+    assert_eq!(
+        text(&c.fields, "marketo_id").as_deref(),
+        Some(n.to_string().as_str())
+    );
+    assert_eq!(app.marketo_lead(n).unwrap()["crmContactId"], json!(cn));
+    app.cleanup().await;
+}
+
 async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record(on: On) {
     // Seed 253: two synced leads were merged, one after the other, into a lead new to the sync.
     // The first merge hands the winner the first loser's contact; the second must see that
@@ -329,6 +364,8 @@ macro_rules! on {
 }
 
 on!(sqlite, (CrmKind::Sqlite, StoreKind::Sqlite);
-    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record);
+    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record,
+    a_crm_merge_into_a_contact_whose_lead_a_dead_cycle_created_merges_the_leads);
 on!(postgres, (CrmKind::Postgres, StoreKind::Postgres);
-    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record);
+    a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record,
+    a_crm_merge_into_a_contact_whose_lead_a_dead_cycle_created_merges_the_leads);

@@ -1823,6 +1823,30 @@ async fn recovered_links(step: &Step<'_>, leads: &[i64]) -> Result<Vec<Link>, En
         .collect())
 }
 
+/// Returns the link of the CRM record `key` rebuilt from its Marketo-id column, when the store
+/// has never linked that lead (see [`recovered_links`]).
+async fn survivor_link_from_crm(step: &Step<'_>, key: &str) -> Result<Option<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(record) = ctx
+        .crm
+        .get(&plan.crm_object, &[key.to_owned()])
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let Some(lead) =
+        value_text(record.fields.get(&plan.crm_marketo_id)).and_then(|m| m.parse::<i64>().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(recovered_links(step, &[lead])
+        .await?
+        .into_iter()
+        .find(|l| l.crm_key == key))
+}
+
 /// Returns whether an unlinked live CRM record matches the Marketo lead `id` (by its CRM-key
 /// field or its match values).
 async fn unlinked_partner(
@@ -2348,13 +2372,16 @@ async fn apply_crm_deletes(
         match how {
             DeleteHow::Merged { into } => {
                 // A CRM merge: merge the Marketo leads too, or re-point the survivor.
-                let survivor = live(
+                let mut survivor = live(
                     ctx.store
                         .links_by_crm_keys(LINK_OBJECT, std::slice::from_ref(into))
                         .await?,
                 )
                 .into_iter()
                 .next();
+                if survivor.is_none() {
+                    survivor = survivor_link_from_crm(step, into).await?;
+                }
                 let loser_id: Option<i64> = l.marketo_key.parse().ok();
                 match (survivor, loser_id) {
                     (Some(s), Some(loser)) => {
