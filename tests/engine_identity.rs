@@ -185,20 +185,7 @@ async fn a_crm_merge_into_a_new_contact_hands_it_the_losers_lead(on: On) {
 }
 
 fn killable(on: On) -> (Arc<AtomicBool>, Options) {
-    let kill = Arc::new(AtomicBool::new(false));
-    let k = kill.clone();
-    let hook: marketo_sync::store::CommitHook = Arc::new(move || {
-        let k = k.clone();
-        Box::pin(async move {
-            if k.load(Ordering::SeqCst) {
-                Err(marketo_sync::store::StoreError::Aborted {
-                    reason: "killed".into(),
-                })
-            } else {
-                Ok(())
-            }
-        })
-    });
+    let (kill, hook) = harness::kill_switch();
     (
         kill,
         Options {

@@ -286,22 +286,8 @@ async fn deletions_are_ignored_when_the_policy_says_so(store: StoreKind) {
 }
 
 async fn killed_cycle(crm: CrmKind, store: StoreKind) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let kill = Arc::new(AtomicBool::new(false));
-    let k = kill.clone();
-    let hook: marketo_sync::store::CommitHook = Arc::new(move || {
-        let k = k.clone();
-        Box::pin(async move {
-            if k.load(Ordering::SeqCst) {
-                Err(marketo_sync::store::StoreError::Aborted {
-                    reason: "killed".into(),
-                })
-            } else {
-                Ok(())
-            }
-        })
-    });
+    use std::sync::atomic::Ordering;
+    let (kill, hook) = harness::kill_switch();
     let app = TestApp::with(Options {
         commit_hook: Some(hook),
         ..opts(crm, store)

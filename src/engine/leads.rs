@@ -637,17 +637,7 @@ pub async fn run(
 
     // Contacts that took over a converted lead are paired this cycle (the change feed may show
     // their new Marketo id only later).
-    let missing: Vec<String> = converted_contacts
-        .into_iter()
-        .filter(|c| !cs.contains_key(c))
-        .collect();
-    if !missing.is_empty() {
-        for r in ctx.crm.get(&plan.crm_object, &missing).await? {
-            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
-                cs.insert(r.id.clone(), c);
-            }
-        }
-    }
+    read_crm_into(ctx, plan, converted_contacts, &mut cs).await?;
 
     // Records due for a retry are read again.
     for key in step.due.keys() {
@@ -689,17 +679,7 @@ pub async fn run(
         store.commit(std::mem::take(&mut step.commit)).await?;
     }
     // A merge survivor that took over the loser's lead is reconciled with it now.
-    let unread: Vec<String> = repointed
-        .into_iter()
-        .filter(|c| !cs.contains_key(c))
-        .collect();
-    if !unread.is_empty() {
-        for r in ctx.crm.get(&plan.crm_object, &unread).await? {
-            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
-                cs.insert(r.id.clone(), c);
-            }
-        }
-    }
+    read_crm_into(ctx, plan, repointed, &mut cs).await?;
 
     let ids: Vec<i64> = changes
         .changed
@@ -762,6 +742,25 @@ pub async fn run(
         store.commit(step.commit).await?;
     }
     info!(object = %object, "lead step committed");
+    Ok(())
+}
+
+/// Reads the CRM records `keys` that `cs` does not hold yet into it.
+async fn read_crm_into(
+    ctx: &Context,
+    plan: &Plan,
+    keys: Vec<String>,
+    cs: &mut BTreeMap<String, CRec>,
+) -> Result<(), EngineError> {
+    let unread: Vec<String> = keys.into_iter().filter(|c| !cs.contains_key(c)).collect();
+    if unread.is_empty() {
+        return Ok(());
+    }
+    for r in ctx.crm.get(&plan.crm_object, &unread).await? {
+        if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
+            cs.insert(r.id.clone(), c);
+        }
+    }
     Ok(())
 }
 

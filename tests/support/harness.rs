@@ -441,3 +441,28 @@ fn as_map(v: serde_json::Value) -> Map<String, serde_json::Value> {
 pub fn obj(v: serde_json::Value) -> serde_json::Value {
     json!(v)
 }
+
+/// A commit hook that aborts every store commit while the returned flag is set (a process
+/// killed between writing both sides and recording it), and the flag.
+#[allow(dead_code)]
+pub fn kill_switch() -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    marketo_sync::store::CommitHook,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let kill = Arc::new(AtomicBool::new(false));
+    let k = kill.clone();
+    let hook: marketo_sync::store::CommitHook = Arc::new(move || {
+        let k = k.clone();
+        Box::pin(async move {
+            if k.load(Ordering::SeqCst) {
+                Err(marketo_sync::store::StoreError::Aborted {
+                    reason: "killed".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    });
+    (kill, hook)
+}

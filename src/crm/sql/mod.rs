@@ -462,15 +462,7 @@ impl SqlCrm {
             })
             .collect();
         let rows = self.fetch_where(info, &column, &params, folded).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.deleted.is_none())
-            .map(|r| CrmRecord {
-                id: r.id,
-                modified_at: r.modified_at,
-                fields: r.fields,
-            })
-            .collect())
+        Ok(live_records(rows))
     }
 
     async fn fetch_by(
@@ -791,6 +783,18 @@ fn overlap_start(high: &str, overlap: Duration, d: Dialect) -> String {
     text
 }
 
+/// Returns the rows that are not deleted, as records.
+fn live_records(rows: Vec<ReadRow>) -> Vec<CrmRecord> {
+    rows.into_iter()
+        .filter(|r| r.deleted.is_none())
+        .map(|r| CrmRecord {
+            id: r.id,
+            modified_at: r.modified_at,
+            fields: r.fields,
+        })
+        .collect()
+}
+
 pub(super) fn is_soft_deleted(
     raw: Option<&str>,
     column: &Column,
@@ -1064,15 +1068,7 @@ impl Crm for SqlCrm {
         let info = self.object(object)?;
         let params: Vec<Option<String>> = ids.iter().map(|i| Some(i.clone())).collect();
         let rows = self.fetch_by(info, &info.pk, &params).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.deleted.is_none())
-            .map(|r| CrmRecord {
-                id: r.id,
-                modified_at: r.modified_at,
-                fields: r.fields,
-            })
-            .collect())
+        Ok(live_records(rows))
     }
 
     async fn upsert(

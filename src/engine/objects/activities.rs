@@ -15,8 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{LEAD_LINK_OBJECT, due_errors, error_key, from_record, link, sync_error};
-use crate::crm::WriteResult;
+use super::{LEAD_LINK_OBJECT, due_errors, from_record, sync_error};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::activities::{Activity, ActivityFilter};
@@ -39,8 +38,6 @@ pub const STANDARD_FIELDS: &[(&str, &str)] = &[
     ("primaryAttributeValue", "string"),
     (CRM_CONTACT_FIELD, "string"),
 ];
-/// CRM rows written per call.
-const CRM_BATCH: usize = 200;
 
 /// Returns the queue name of an activity type.
 pub fn queue(type_id: u32) -> String {
@@ -268,53 +265,12 @@ async fn run_type(
         }
         return Ok(());
     }
-    let now = ctx.clock.now();
-    for chunk in rows.chunks(CRM_BATCH) {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let batch: Vec<Fields> = chunk.iter().map(|(_, _, r)| r.clone()).collect();
-        let results = ctx
-            .crm
-            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
-            .await?;
-        for ((guid, canonical, row), result) in chunk.iter().zip(results) {
-            let counts = summary.counts_mut(link_object, direction);
-            match result {
-                WriteResult::Created { id } | WriteResult::Updated { id } => {
-                    counts.created += 1;
-                    commit
-                        .links_upsert
-                        .push(link(link_object, guid, &id, canonical.clone(), now));
-                    if previous.contains_key(guid) {
-                        commit
-                            .errors_resolve
-                            .push(error_key(link_object, direction, guid));
-                    }
-                }
-                WriteResult::Deleted { .. } => {}
-                WriteResult::Failed {
-                    code,
-                    message,
-                    retryable,
-                } => {
-                    counts.failed += 1;
-                    commit.errors_upsert.push(sync_error(
-                        ctx,
-                        link_object,
-                        direction,
-                        guid,
-                        None,
-                        serde_json::Value::Object(super::to_record(row)),
-                        &code,
-                        &message,
-                        retryable,
-                        previous.get(guid),
-                    ));
-                }
-            }
-        }
-    }
+    let target = super::RowTarget {
+        object: link_object,
+        direction,
+        previous: &previous,
+    };
+    super::create_linked_rows(ctx, plan, &target, &rows, &mut commit, summary, cancel).await?;
     info!(
         activity_type = type_id,
         records = rows.len(),

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::{CycleOptions, CycleSummary, EngineError};
-use crate::crm::{Change, ChangeKind, Cursor};
+use crate::crm::{Change, ChangeKind, Cursor, WriteResult};
 use crate::engine::Context;
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{DedupeBy, Disposition, Record, RecordResult, RecordStatus, SyncAction};
@@ -413,6 +413,85 @@ pub(crate) fn link(
         tombstone: None,
     }
 }
+
+/// One CRM row to create for a Marketo record: `(marketo key, agreed canonical values, row)`.
+pub(crate) type NewRow = (String, Fields, Fields);
+
+/// The object, direction and ledger context of [`create_linked_rows`].
+pub(crate) struct RowTarget<'a> {
+    /// The store object of the links and ledger entries.
+    pub object: &'a str,
+    /// The direction counted and recorded.
+    pub direction: Direction,
+    /// Open ledger entries by record key (resolved when the row is written).
+    pub previous: &'a BTreeMap<String, SyncError>,
+}
+
+/// Creates (or, keyed by the Marketo-id column, finds and updates) CRM rows in batches of
+/// `CRM_ROW_BATCH`, linking each written row to its Marketo key and recording each refused one
+/// in the error ledger.
+pub(crate) async fn create_linked_rows(
+    ctx: &Context,
+    plan: &Plan,
+    target: &RowTarget<'_>,
+    rows: &[NewRow],
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let now = ctx.clock.now();
+    let (object, direction, previous) = (target.object, target.direction, target.previous);
+    for chunk in rows.chunks(CRM_ROW_BATCH) {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let batch: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
+        let results = ctx
+            .crm
+            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
+            .await?;
+        for ((key, base, row), result) in chunk.iter().zip(results) {
+            let counts = summary.counts_mut(object, direction);
+            match result {
+                WriteResult::Created { id } | WriteResult::Updated { id } => {
+                    counts.created += 1;
+                    commit
+                        .links_upsert
+                        .push(link(object, key, &id, base.clone(), now));
+                    if previous.contains_key(key) {
+                        commit
+                            .errors_resolve
+                            .push(error_key(object, direction, key));
+                    }
+                }
+                WriteResult::Deleted { .. } => {}
+                WriteResult::Failed {
+                    code,
+                    message,
+                    retryable,
+                } => {
+                    counts.failed += 1;
+                    commit.errors_upsert.push(sync_error(
+                        ctx,
+                        object,
+                        direction,
+                        key,
+                        None,
+                        Json::Object(to_record(row)),
+                        &code,
+                        &message,
+                        retryable,
+                        previous.get(key),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CRM rows per write batch of [`create_linked_rows`].
+pub(crate) const CRM_ROW_BATCH: usize = 200;
 
 /// Returns (code, message, retryable) of a skipped Marketo record.
 pub(crate) fn skip_reason(result: &RecordResult) -> (String, String, bool) {

@@ -56,8 +56,6 @@ pub const CACHE_PREFIX: &str = "added_activity:";
 const CACHE_TTL: chrono::Duration = chrono::Duration::hours(24);
 /// Values per Get Custom Objects call (Marketo takes up to 300; this keeps URLs short).
 const QUERY_BATCH: usize = 100;
-/// CRM rows read or written per call.
-const CRM_BATCH: usize = 200;
 
 /// The activity type found for a custom object (cached in the store for a day).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,7 +398,7 @@ pub async fn run(
         .filter_map(|p| p.linked.as_ref().map(|(c, _)| c.clone()))
         .collect();
     let mut rows: BTreeMap<String, (Fields, DateTime<Utc>)> = BTreeMap::new();
-    for chunk in crm_keys.chunks(CRM_BATCH) {
+    for chunk in crm_keys.chunks(super::super::CRM_ROW_BATCH) {
         for r in ctx.crm.get(&plan.crm_object, chunk).await? {
             rows.insert(r.id, (r.fields, r.modified_at));
         }
@@ -534,54 +532,15 @@ pub async fn run(
     }
 
     // 6. Apply: new CRM rows, then updates of linked rows (CRM, then Marketo).
-    for chunk in creates.chunks(CRM_BATCH) {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let batch: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
-        let results = ctx
-            .crm
-            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
-            .await?;
-        for ((key, base, row), result) in chunk.iter().zip(results) {
-            let counts = summary.counts_mut(object, direction);
-            match result {
-                WriteResult::Created { id } | WriteResult::Updated { id } => {
-                    counts.created += 1;
-                    commit
-                        .links_upsert
-                        .push(link(object, key, &id, base.clone(), now));
-                    if previous.contains_key(key) {
-                        commit
-                            .errors_resolve
-                            .push(error_key(object, direction, key));
-                    }
-                }
-                WriteResult::Deleted { .. } => {}
-                WriteResult::Failed {
-                    code,
-                    message,
-                    retryable,
-                } => {
-                    counts.failed += 1;
-                    commit.errors_upsert.push(sync_error(
-                        ctx,
-                        object,
-                        direction,
-                        key,
-                        None,
-                        serde_json::Value::Object(to_record(row)),
-                        &code,
-                        &message,
-                        retryable,
-                        previous.get(key),
-                    ));
-                }
-            }
-        }
-    }
+    let target = super::super::RowTarget {
+        object,
+        direction,
+        previous: &previous,
+    };
+    super::super::create_linked_rows(ctx, plan, &target, &creates, &mut commit, summary, cancel)
+        .await?;
     let mut failed: BTreeSet<String> = BTreeSet::new();
-    for chunk in crm_updates.chunks(CRM_BATCH) {
+    for chunk in crm_updates.chunks(super::super::CRM_ROW_BATCH) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
@@ -715,7 +674,7 @@ async fn match_unlinked(
         return Ok(());
     }
     let mut found: Vec<(String, String)> = Vec::new();
-    for chunk in values.chunks(CRM_BATCH) {
+    for chunk in values.chunks(super::super::CRM_ROW_BATCH) {
         for r in ctx.crm.find(&plan.crm_object, &crm_field, chunk).await? {
             let canonical = plan.to_canonical(Side::Crm, &r.fields).unwrap_or_default();
             if let Some(text) = key_text(canonical.get(&name)) {
