@@ -1,6 +1,9 @@
 //! `marketo-sync bootstrap` against the in-process simulator, the demo CRM on a SQLite file and
 //! a SQLite store.
 
+#[path = "support/harness.rs"]
+mod harness;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -179,6 +182,7 @@ impl Env {
             ("companies", COMPANIES_TOML),
             ("opportunities", OPPORTUNITIES_TOML),
             ("salespersons", SALESPERSONS_TOML),
+            ("roles", include_str!("../config/mappings/roles.toml")),
         ]
         .into_iter()
         .map(|(object, text)| {
@@ -1076,5 +1080,215 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_adopted_not_duplicated() {
         .unwrap();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].crm_key, contact.id);
+    env.sim.shutdown().await;
+}
+
+/// The CRM side of a first load: a CRM that already holds a salesperson, an account, contacts,
+/// an opportunity and its contact roles, and a Marketo that holds none of them. The first cycle
+/// brings them all across in the whitepaper's order, each role after its opportunity and its
+/// lead (Marketo refuses a role whose opportunity or lead does not exist yet), with the fields
+/// attribution reads from a role: the role itself and isPrimary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_opportunities_and_roles_reach_marketo_after_their_opportunity_and_lead() {
+    use harness::{Options, TestApp};
+    use marketo_sync::store::Direction;
+
+    let app = TestApp::with(Options {
+        objects: [
+            "salespersons",
+            "companies",
+            "leads",
+            "opportunities",
+            "roles",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    })
+    .await;
+    for sql in [
+        "INSERT INTO users (id, email, first_name, last_name) VALUES (101, 'owner@example.com', 'Olga', 'Owner')",
+        "INSERT INTO accounts (id, name, industry) VALUES (201, 'Acme', 'Retail')",
+        "INSERT INTO contacts (id, email, first_name, last_name, account_id) VALUES (301, 'decider@example.com', 'Dee', 'Cider', 201)",
+        "INSERT INTO contacts (id, email, first_name, last_name, account_id) VALUES (302, 'helper@example.com', 'Hel', 'Per', 201)",
+        "INSERT INTO opportunities (id, name, account_id, amount, stage, is_closed, is_won, close_date, created_at, owner_id) \
+         VALUES (401, 'Big deal', 201, 5000.50, 'Won', 1, 1, '2030-03-01', '2030-01-15 10:00:00', 101)",
+        "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role, is_primary) VALUES (501, 401, 301, 'Decision Maker', 1)",
+        "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role, is_primary) VALUES (502, 401, 302, 'Influencer', 0)",
+    ] {
+        app.user.execute_raw("seed", sql.to_owned()).await.unwrap();
+    }
+
+    let s = app.run_cycle().await;
+    let counts = |object: &str| s.objects[object][&Direction::CrmToMarketo];
+    let failed: u64 = s
+        .objects
+        .values()
+        .flat_map(|d| d.values())
+        .map(|c| c.failed)
+        .sum();
+    assert_eq!(failed, 0, "{s:?}");
+    assert_eq!(counts("leads").created, 2, "{s:?}");
+    assert_eq!(counts("opportunities").created, 1, "{s:?}");
+    assert_eq!(
+        counts("roles").created,
+        2,
+        "every role on the first cycle: {s:?}"
+    );
+    let errors = app
+        .store
+        .list_errors(&marketo_sync::store::ErrorFilter::default())
+        .await
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // The order of the writes: every role write after the opportunity's and the leads'.
+    let log = app.sim.request_log();
+    let writes = |path: &str| -> Vec<usize> {
+        log.iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.method == "POST" && e.path == path && !e.query.contains("_method=GET")
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let leads = writes("/rest/v1/leads.json");
+    let opportunities = writes("/rest/v1/opportunities.json");
+    let roles = writes("/rest/v1/opportunities/roles.json");
+    assert!(!leads.is_empty() && !opportunities.is_empty() && !roles.is_empty());
+    let first_role = roles[0];
+    assert!(leads.iter().all(|i| *i < first_role), "{leads:?} {roles:?}");
+    assert!(
+        opportunities.iter().all(|i| *i < first_role),
+        "{opportunities:?} {roles:?}"
+    );
+
+    // The roles in Marketo: on the leads of their contacts, with role and isPrimary.
+    let decider = app.marketo_by_email("decider@example.com");
+    let helper = app.marketo_by_email("helper@example.com");
+    assert_eq!((decider.len(), helper.len()), (1, 1));
+    let marketo = &app.engine.context().marketo;
+    let fields: Vec<String> = ["leadId", "role", "isPrimary"].map(String::from).to_vec();
+    let page = marketo
+        .get_opportunity_roles("externalOpportunityId", &["401".to_owned()], &fields, None)
+        .await
+        .unwrap();
+    let mut found: Vec<(i64, String, bool)> = page
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r["leadId"].as_i64().unwrap(),
+                r["role"].as_str().unwrap().to_owned(),
+                r["isPrimary"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        (decider[0], "Decision Maker".to_owned(), true),
+        (helper[0], "Influencer".to_owned(), false),
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+    let opp = marketo
+        .get_opportunities(
+            "externalOpportunityId",
+            &["401".to_owned()],
+            &["externalCompanyId", "externalSalesPersonId", "isWon"].map(String::from),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(opp.records.len(), 1);
+    assert_eq!(
+        opp.records[0]["externalCompanyId"],
+        serde_json::json!("201")
+    );
+    assert_eq!(
+        opp.records[0]["externalSalesPersonId"],
+        serde_json::json!("101")
+    );
+
+    // Nothing more to do, and nothing doubled.
+    app.settle(3).await;
+    let again = marketo
+        .get_opportunity_roles("externalOpportunityId", &["401".to_owned()], &fields, None)
+        .await
+        .unwrap();
+    assert_eq!(again.records.len(), 2);
+    app.cleanup().await;
+}
+
+/// The shipped roles mapping only writes to Marketo. Bootstrap copies Marketo into the CRM, so
+/// it leaves roles to the regular cycle and says so, instead of writing rows that hold nothing
+/// but a key (an empty role, no opportunity, no contact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_mapped_only_to_marketo_are_not_bootstrapped_into_empty_crm_rows() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["opportunities".into(), "roles".into()];
+    let ctx = env.ctx().await;
+    let roles: Vec<marketo_sync::marketo::Record> = [("OP-000001", 5)]
+        .iter()
+        .map(|(key, lead)| {
+            serde_json::json!({"externalOpportunityId": key, "leadId": lead, "role": "Champion", "isPrimary": true})
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    ctx.marketo
+        .sync_opportunity_roles(
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &roles,
+        )
+        .await
+        .unwrap();
+    env.clock.set(start() + ChronoDuration::hours(1));
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("roles are not bootstrapped")),
+        "{:?}",
+        report.warnings
+    );
+    let pool = marketo_sync::crm::sql::dialect::SqlPool::connect(&env.crm_url, 1, false)
+        .await
+        .unwrap();
+    let rows = pool
+        .fetch(
+            "count roles",
+            "SELECT CAST(COUNT(*) AS TEXT) FROM opportunity_contact_roles".into(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0"), "no empty role rows");
+    let links = ctx.store.links_page("roles", None, 10).await.unwrap();
+    assert!(links.is_empty(), "{links:?}");
+    // The opportunity itself still arrives.
+    let opportunity = ctx
+        .crm
+        .find(
+            "opportunities",
+            "marketo_id",
+            &[Value::Text("OP-000001".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opportunity.len(), 1);
+    pool.close().await;
     env.sim.shutdown().await;
 }

@@ -1090,6 +1090,127 @@ async fn update_by_primary_key(engine: Engine) {
     env.cleanup().await;
 }
 
+/// Identity lookups fold case and white space; a key held by a soft-deleted row is refused,
+/// not written into the dead row (one record at a time and in a uniform batch); and writes the
+/// adapter forgot are read back.
+async fn identity_lookups_and_dead_keys(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let crm = env.adapter(false, 300).await;
+    // The adapter's own write is left out of the feed until it is told to forget it (before
+    // the user writes below, whose 2030 stamps would move the cursor past it).
+    let (_, before) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let written = crm
+        .upsert(
+            "contacts",
+            "marketo_id",
+            &[fields(&[
+                ("marketo_id", "M20".into()),
+                ("title", "Sync".into()),
+            ])],
+        )
+        .await
+        .unwrap();
+    let WriteResult::Created { id: own } = &written[0] else {
+        panic!("{written:?}")
+    };
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(before.clone()), 100).await;
+    assert!(
+        !ids(&changes).contains(own),
+        "own write hidden: {changes:?}"
+    );
+    crm.forget_own_writes();
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(before), 100).await;
+    assert!(
+        ids(&changes).contains(own),
+        "a forgotten own write is read again: {changes:?}"
+    );
+
+    let user = env.user().await;
+    exec(
+        &user,
+        &format!(
+            "INSERT INTO contacts (email, first_name, updated_at) VALUES (' Ada.Lovelace@Example.COM ', 'Ada', {})",
+            env.ts(1)
+        ),
+    )
+    .await;
+    let wanted = [Value::from("ada.lovelace@example.com")];
+    let exact = crm.find("contacts", "email", &wanted).await.unwrap();
+    assert!(exact.is_empty(), "find is exact: {exact:?}");
+    let folded = crm.find_folded("contacts", "email", &wanted).await.unwrap();
+    assert_eq!(folded.len(), 1, "{folded:?}");
+    assert_eq!(folded[0].fields["first_name"], Value::from("Ada"));
+    let ada = folded[0].id.clone();
+
+    // Ada gets a Marketo id, then is deleted in the CRM.
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET marketo_id = 'M9', deleted = {}, updated_at = {} WHERE id = {ada}",
+            env.truth(true),
+            env.ts(2)
+        ),
+    )
+    .await;
+    assert!(
+        crm.find_folded("contacts", "email", &wanted)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a deleted row is not found"
+    );
+    let one = crm
+        .upsert(
+            "contacts",
+            "marketo_id",
+            &[fields(&[
+                ("marketo_id", "M9".into()),
+                ("first_name", "Zombie".into()),
+            ])],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&one[0], WriteResult::Failed { code, retryable: false, .. } if code == "deleted"),
+        "{one:?}"
+    );
+    let batch = crm
+        .upsert(
+            "contacts",
+            "marketo_id",
+            &[
+                fields(&[("marketo_id", "M9".into()), ("first_name", "Zombie".into())]),
+                fields(&[("marketo_id", "M10".into()), ("first_name", "New".into())]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&batch[0], WriteResult::Failed { code, .. } if code == "deleted"),
+        "{batch:?}"
+    );
+    let WriteResult::Created { .. } = &batch[1] else {
+        panic!("the live record of the batch is still written: {batch:?}")
+    };
+    let rows = user
+        .fetch(
+            "read ada",
+            format!("SELECT first_name FROM contacts WHERE id = {ada}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("Ada"),
+        "the dead row is untouched"
+    );
+
+    user.close().await;
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -1107,16 +1228,19 @@ on_engines!(sqlite, super::Engine::Sqlite;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
-    reads_through_a_view, homogeneous_batches, update_by_primary_key);
+    reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    identity_lookups_and_dead_keys);
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    identity_lookups_and_dead_keys);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
-    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key);
+    describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    identity_lookups_and_dead_keys);

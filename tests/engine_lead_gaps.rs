@@ -1,11 +1,13 @@
 //! End-to-end tests of the lead sync's company routing, deletion flag and lead conversion: the
-//! simulator, the demo CRM on SQLite, a SQLite store and the engine.
+//! simulator, the demo CRM (SQLite; the conversion flows also on PostgreSQL and MariaDB), a state
+//! store and the engine.
 
 #[path = "support/harness.rs"]
 mod harness;
 
-use harness::{Options, TestApp, text};
+use harness::{CrmKind, Options, StoreKind, TestApp, text};
 use marketo_sync::config::{DeletePolicy, FieldMapping, LoadedMapping};
+use marketo_sync::crm::sql::dialect::Dialect;
 use marketo_sync::model::Value;
 use marketo_sync::store::Direction;
 use serde_json::json;
@@ -148,7 +150,14 @@ async fn the_flag_policy_sets_the_configured_crm_column() {
     app.cleanup().await;
 }
 
-const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f','now')";
+/// The CRM database's current time, as SQL.
+fn now(app: &TestApp) -> &'static str {
+    match app.user.dialect() {
+        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f','now')",
+        Dialect::Postgres => "CURRENT_TIMESTAMP",
+        Dialect::MySql => "CURRENT_TIMESTAMP(6)",
+    }
+}
 
 async fn exec(app: &TestApp, sql: String) {
     app.user.execute_raw("test", sql).await.expect("sql");
@@ -166,7 +175,10 @@ async fn find_one(app: &TestApp, object: &str, field: &str, value: &str) -> Stri
 async fn insert_account(app: &TestApp, name: &str) -> String {
     exec(
         app,
-        format!("INSERT INTO accounts (name, updated_at) VALUES ('{name}', {NOW})"),
+        format!(
+            "INSERT INTO accounts (name, updated_at) VALUES ('{name}', {})",
+            now(app)
+        ),
     )
     .await;
     find_one(app, "accounts", "name", name).await
@@ -178,7 +190,8 @@ async fn insert_crm_lead(app: &TestApp, email: &str, marketo_id: i64) -> String 
         app,
         format!(
             "INSERT INTO leads (email, first_name, last_name, marketo_id, updated_at) \
-             VALUES ('{email}', 'Lee', 'Dee', '{marketo_id}', {NOW})"
+             VALUES ('{email}', 'Lee', 'Dee', '{marketo_id}', {})",
+            now(app)
         ),
     )
     .await;
@@ -189,7 +202,8 @@ async fn convert(app: &TestApp, lead: &str, contact: &str) {
     exec(
         app,
         format!(
-            "UPDATE leads SET converted_contact_id = {contact}, updated_at = {NOW} WHERE id = {lead}"
+            "UPDATE leads SET converted_contact_id = {contact}, updated_at = {} WHERE id = {lead}",
+            now(app)
         ),
     )
     .await;
@@ -205,10 +219,18 @@ async fn live_link(app: &TestApp, marketo_id: i64) -> Option<String> {
         .map(|l| l.crm_key)
 }
 
-fn with_companies() -> Options {
+fn on(crm: CrmKind, store: StoreKind) -> Options {
+    Options {
+        crm,
+        store,
+        ..Options::default()
+    }
+}
+
+fn with_companies(crm: CrmKind, store: StoreKind) -> Options {
     Options {
         objects: vec!["companies".into(), "leads".into()],
-        ..Options::default()
+        ..on(crm, store)
     }
 }
 
@@ -225,9 +247,8 @@ async fn marketo_lead_with_crm_lead(app: &TestApp, email: &str) -> (i64, String)
     (m, l)
 }
 
-#[tokio::test]
-async fn a_lead_converted_to_a_contact_in_a_new_account_moves_with_its_new_company() {
-    let app = TestApp::with(with_companies()).await;
+async fn converted_to_a_contact_in_a_new_account(crm: CrmKind, store: StoreKind) {
+    let app = TestApp::with(with_companies(crm, store)).await;
     let (m, l) = marketo_lead_with_crm_lead(&app, "conv-a@example.com").await;
 
     let acct = insert_account(&app, "NewCo").await;
@@ -261,9 +282,8 @@ async fn a_lead_converted_to_a_contact_in_a_new_account_moves_with_its_new_compa
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_lead_converted_to_a_contact_in_an_existing_account_joins_the_company() {
-    let app = TestApp::with(with_companies()).await;
+async fn converted_to_a_contact_in_an_existing_account(crm: CrmKind, store: StoreKind) {
+    let app = TestApp::with(with_companies(crm, store)).await;
     let acct = insert_account(&app, "OldCo").await;
     let (m, l) = marketo_lead_with_crm_lead(&app, "conv-b@example.com").await;
     assert_eq!(
@@ -292,9 +312,8 @@ async fn a_lead_converted_to_a_contact_in_an_existing_account_joins_the_company(
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_lead() {
-    let app = TestApp::start().await;
+async fn converted_into_an_existing_contact(crm: CrmKind, store: StoreKind) {
+    let app = TestApp::with(on(crm, store)).await;
     let c = app
         .crm_insert_contact("known@example.com", "Known", "Person")
         .await;
@@ -338,6 +357,51 @@ async fn a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_le
     app.settle(4).await;
     assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lead_converted_to_a_contact_in_a_new_account_moves_with_its_new_company() {
+    converted_to_a_contact_in_a_new_account(CrmKind::Sqlite, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_lead_converted_to_a_contact_in_a_new_account_moves_with_its_new_company() {
+    converted_to_a_contact_in_a_new_account(CrmKind::Postgres, StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_a_lead_converted_to_a_contact_in_a_new_account_moves_with_its_new_company() {
+    converted_to_a_contact_in_a_new_account(CrmKind::MariaDb, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_lead_converted_to_a_contact_in_an_existing_account_joins_the_company() {
+    converted_to_a_contact_in_an_existing_account(CrmKind::Sqlite, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_lead_converted_to_a_contact_in_an_existing_account_joins_the_company() {
+    converted_to_a_contact_in_an_existing_account(CrmKind::Postgres, StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_a_lead_converted_to_a_contact_in_an_existing_account_joins_the_company() {
+    converted_to_a_contact_in_an_existing_account(CrmKind::MariaDb, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_lead() {
+    converted_into_an_existing_contact(CrmKind::Sqlite, StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_lead() {
+    converted_into_an_existing_contact(CrmKind::Postgres, StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_a_lead_converted_into_an_existing_contact_is_merged_into_its_marketo_lead() {
+    converted_into_an_existing_contact(CrmKind::MariaDb, StoreKind::Sqlite).await;
 }
 
 fn missing_lead_object(m: &mut LoadedMapping) {

@@ -140,9 +140,12 @@ async fn mariadb_an_edit_propagates_and_does_not_come_back() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded() {
-    let app = TestApp::start().await;
+async fn the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let lead = app.marketo_create(json!({"email": "bo@example.com", "leadSource": "Web"}));
     app.run_cycle().await;
     let cid = app.crm_by_email("bo@example.com").await[0].id.clone();
@@ -170,9 +173,12 @@ async fn the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded()
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated() {
-    let app = TestApp::start().await;
+async fn a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     app.run_cycle().await;
     let lead = app.marketo_create(json!({"email": "dup@example.com", "firstName": "Ken"}));
     // Both appear in the same cycle: linked, not both created.
@@ -196,9 +202,12 @@ async fn a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated() 
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_merge_in_marketo_repoints_the_crm_record() {
-    let app = TestApp::start().await;
+async fn a_merge_in_marketo_repoints_the_crm_record(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let loser = app.marketo_create(json!({"email": "m1@example.com", "firstName": "Loser"}));
     app.settle(4).await;
     let cid = app.crm_by_email("m1@example.com").await[0].id.clone();
@@ -226,9 +235,12 @@ async fn a_merge_in_marketo_repoints_the_crm_record() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn deletions_follow_their_policy_both_ways() {
-    let app = TestApp::start().await;
+async fn deletions_follow_their_policy_both_ways(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let a = app.marketo_create(json!({"email": "del1@example.com"}));
     let b = app.marketo_create(json!({"email": "del2@example.com"}));
     app.settle(4).await;
@@ -257,10 +269,10 @@ async fn deletions_follow_their_policy_both_ways() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn deletions_are_ignored_when_the_policy_says_so() {
+async fn deletions_are_ignored_when_the_policy_says_so(store: StoreKind) {
     let app = TestApp::with(Options {
         lead_deletes: marketo_sync::config::DeletePolicy::Ignore,
+        store,
         ..Options::default()
     })
     .await;
@@ -332,10 +344,10 @@ async fn mariadb_a_killed_cycle_reruns_without_duplicates_or_lost_changes() {
     killed_cycle(CrmKind::MariaDb, StoreKind::Postgres).await;
 }
 
-#[tokio::test]
-async fn a_spent_daily_quota_pauses_until_the_day_turns() {
+async fn a_spent_daily_quota_pauses_until_the_day_turns(store: StoreKind) {
     let app = TestApp::with(Options {
         daily_call_budget: 100,
+        store,
         ..Options::default()
     })
     .await;
@@ -359,9 +371,12 @@ async fn a_spent_daily_quota_pauses_until_the_day_turns() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn an_idle_cycle_costs_few_calls() {
-    let app = TestApp::start().await;
+async fn an_idle_cycle_costs_few_calls(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     app.marketo_create(json!({"email": "idle@example.com"}));
     app.settle(4).await;
     let before = app.marketo_calls();
@@ -372,9 +387,12 @@ async fn an_idle_cycle_costs_few_calls() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_dry_run_plans_without_writing() {
-    let app = TestApp::start().await;
+async fn a_dry_run_plans_without_writing(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     app.marketo_create(json!({"email": "dry@example.com"}));
     let s = app.dry_cycle().await;
     assert!(s.dry_run);
@@ -387,9 +405,12 @@ async fn a_dry_run_plans_without_writing() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn on_demand_sync_writes_one_lead_to_the_crm() {
-    let app = TestApp::start().await;
+async fn on_demand_sync_writes_one_lead_to_the_crm(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     app.run_cycle().await;
     let lead = app.marketo_create(json!({"email": "now@example.com", "firstName": "Now"}));
     let out = app
@@ -405,9 +426,12 @@ async fn on_demand_sync_writes_one_lead_to_the_crm() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_mapped_field_removed_in_marketo_disables_only_that_field() {
-    let app = TestApp::start().await;
+async fn a_mapped_field_removed_in_marketo_disables_only_that_field(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let lead = app.marketo_create(json!({
         "email": "drift@example.com", "firstName": "Drift", "title": "Before"
     }));
@@ -490,12 +514,17 @@ async fn an_instance_without_the_updated_at_filter_still_syncs() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync() {
+async fn a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync(
+    store: StoreKind,
+) {
     // Found by the convergence harness (seed 20, no faults): the CRM merges contact B into A
     // while Marketo deletes lead A; merging lead B into the gone lead A answered 1004 and every
     // later cycle failed on it.
-    let app = TestApp::start().await;
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let a = app.marketo_create(json!({"email": "win@example.com", "firstName": "A"}));
     let b = app.marketo_create(json!({"email": "lose@example.com", "firstName": "B"}));
     app.settle(4).await;
@@ -518,9 +547,12 @@ async fn a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_th
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_merge_in_the_crm_merges_the_marketo_leads() {
-    let app = TestApp::start().await;
+async fn a_merge_in_the_crm_merges_the_marketo_leads(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let a = app.marketo_create(json!({"email": "keep@example.com", "firstName": "A"}));
     let b = app.marketo_create(json!({"email": "gone@example.com", "firstName": "B"}));
     app.settle(4).await;
@@ -545,9 +577,11 @@ async fn a_merge_in_the_crm_merges_the_marketo_leads() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn many_new_crm_records_go_to_marketo_by_bulk_import() {
-    let mut o = Options::default();
+async fn many_new_crm_records_go_to_marketo_by_bulk_import(store: StoreKind) {
+    let mut o = Options {
+        store,
+        ..Options::default()
+    };
     o.tunables.bulk_import_threshold = 5;
     o.tunables.export_poll = std::time::Duration::from_millis(50);
     let app = TestApp::with(o).await;
@@ -588,9 +622,11 @@ async fn many_new_crm_records_go_to_marketo_by_bulk_import() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import() {
-    let mut o = Options::default();
+async fn many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import(store: StoreKind) {
+    let mut o = Options {
+        store,
+        ..Options::default()
+    };
     o.tunables.bulk_import_threshold = 5;
     o.tunables.export_poll = std::time::Duration::from_millis(50);
     let app = TestApp::with(o).await;
@@ -693,11 +729,13 @@ async fn a_rejected_record_goes_to_the_error_ledger_without_holding_back_the_res
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn an_unfinished_export_is_resumed_after_a_restart_not_created_again() {
+async fn an_unfinished_export_is_resumed_after_a_restart_not_created_again(store: StoreKind) {
     use marketo_sync::engine::CycleOptions;
     use marketo_sync::store::JobDirection;
-    let mut o = Options::default();
+    let mut o = Options {
+        store,
+        ..Options::default()
+    };
     o.sim.updated_at_filter = true;
     o.sim.export_delay = std::time::Duration::from_secs(120);
     o.tunables.bulk_extract_threshold = 5;
@@ -748,10 +786,10 @@ async fn an_unfinished_export_is_resumed_after_a_restart_not_created_again() {
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads() {
+async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads(store: StoreKind) {
     let app = TestApp::with(Options {
         objects: vec!["leads".into(), "activities".into(), "companies".into()],
+        store,
         ..Options::default()
     })
     .await;
@@ -787,9 +825,14 @@ async fn activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads(
 
 /// Found by the convergence harness (seed 1 without faults): the loser's lead was re-pointed to
 /// the unlinked survivor, and the new lead with the survivor's email was linked to it as well.
-#[tokio::test]
-async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once() {
-    let app = TestApp::start().await;
+async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once(
+    store: StoreKind,
+) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let a = app.marketo_create(json!({"email": "x@example.com", "firstName": "X"}));
     app.settle(4).await;
     let cx = app.crm_by_email("x@example.com").await[0].id.clone();
@@ -832,10 +875,10 @@ async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_recor
     app.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact() {
+async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact(store: StoreKind) {
     let app = TestApp::with(Options {
         lead_merges: marketo_sync::config::DeletePolicy::Delete,
+        store,
         ..Options::default()
     })
     .await;
@@ -855,3 +898,22 @@ async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact() {
     assert_eq!(app.crm_count().await, 1);
     app.cleanup().await;
 }
+
+macro_rules! on_stores {
+    ($module:ident, $store:expr; $($name:ident),* $(,)?) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_stores!(sqlite_store, StoreKind::Sqlite;
+    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact);
+on_stores!(postgres_store, StoreKind::Postgres;
+    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact);

@@ -938,3 +938,229 @@ async fn a_car_of_a_contact_not_linked_yet_waits_in_the_ledger() {
     let cars = env.get("car_c", "vin", "VIN42", &["make", "leadId"]).await;
     assert_eq!(cars[0]["leadId"], json!(lead));
 }
+
+/// Adds a car to a lead in Marketo through the API (as another integration or a Marketo user's
+/// import would).
+async fn add_marketo_car(env: &Env, car: Json) {
+    let input = vec![car.as_object().unwrap().clone()];
+    let r = env
+        .ctx
+        .marketo
+        .sync_custom_objects(
+            "car_c",
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &input,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert!(!r[0].is_skipped(), "{r:?}");
+}
+
+async fn vehicle_rows(env: &Env, vin: &str) -> Vec<Vec<Option<String>>> {
+    env.rows(&format!(
+        "SELECT CAST(id AS TEXT), CAST(contact_id AS TEXT), make, model, \
+         CAST(model_year AS TEXT), marketo_id, CAST(updated_at AS TEXT) \
+         FROM vehicles WHERE vin = '{vin}' AND deleted = 0"
+    ))
+    .await
+}
+
+fn car_counts(s: &CycleSummary, direction: Direction) -> marketo_sync::engine::ObjectCounts {
+    s.objects
+        .get("cars")
+        .and_then(|d| d.get(&direction))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_car_added_in_marketo_arrives_once_and_a_crm_car_does_not_come_back() {
+    let env = Env::new().await;
+    let lead = env.linked_lead(11, "driver@example.com", json!({})).await;
+
+    // Marketo -> CRM: a car added to the lead in Marketo logs "Add to Car"; the step copies it.
+    add_marketo_car(
+        &env,
+        json!({"vin": "MKT00000000000001", "leadId": lead, "make": "Volvo", "model": "XC40", "year": 2022}),
+    )
+    .await;
+    let added: Vec<Json> = env
+        .sim
+        .activities()
+        .into_iter()
+        .filter(|a| a["activityTypeId"] == json!(7001))
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(added[0]["leadId"], json!(lead));
+    let guid = env
+        .get("car_c", "vin", "MKT00000000000001", &["marketoGUID"])
+        .await[0]["marketoGUID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let from = env.log_len();
+    let s = env.step("custom_objects", false).await;
+    let pulled = car_counts(&s, Direction::MarketoToCrm);
+    assert_eq!((pulled.read, pulled.created), (1, 1), "{s:?}");
+    assert!(
+        env.writes_since(from).is_empty(),
+        "nothing was written to Marketo: {:?}",
+        env.writes_since(from)
+    );
+    let rows = vehicle_rows(&env, "MKT00000000000001").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][1].as_deref(), Some("11"), "the lead's contact");
+    assert_eq!(rows[0][2].as_deref(), Some("Volvo"));
+    assert_eq!(rows[0][3].as_deref(), Some("XC40"));
+    assert_eq!(rows[0][4].as_deref(), Some("2022"));
+    assert_eq!(rows[0][5].as_deref(), Some(guid.as_str()), "marketo_id");
+    let links = env
+        .store
+        .links_by_marketo_keys("cars", &["MKT00000000000001".into()])
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(Some(links[0].crm_key.clone()), rows[0][0]);
+
+    // The new CRM row is in the CRM's change feed now: it is our own write, nothing goes back,
+    // and re-reading the activity (a crash before the commit) creates no second row.
+    env.clock.advance(Duration::from_secs(60));
+    let from = env.log_len();
+    let s = env.step("custom_objects", false).await;
+    assert!(
+        env.writes_since(from).is_empty(),
+        "{:?}",
+        env.writes_since(from)
+    );
+    for d in [Direction::CrmToMarketo, Direction::MarketoToCrm] {
+        let c = car_counts(&s, d);
+        assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
+    }
+    assert_eq!(vehicle_rows(&env, "MKT00000000000001").await, rows);
+
+    // CRM -> Marketo: a car created in the CRM arrives in Marketo; Marketo logs "Add to Car" for
+    // it, which the same step reads and recognises as its own write.
+    env.exec("INSERT INTO vehicles (id, vin, contact_id, make, model, model_year) VALUES (42, 'crm00000000000042', 11, 'Fiat', 'Panda', 2019)")
+        .await;
+    let before = vehicle_rows(&env, "crm00000000000042").await;
+    let s = env.step("custom_objects", false).await;
+    assert_eq!(car_counts(&s, Direction::CrmToMarketo).created, 1, "{s:?}");
+    let cars = env
+        .get(
+            "car_c",
+            "vin",
+            "CRM00000000000042",
+            &["make", "leadId", "year"],
+        )
+        .await;
+    assert_eq!(cars.len(), 1, "{cars:?}");
+    assert_eq!(cars[0]["leadId"], json!(lead));
+    assert_eq!(cars[0]["year"], json!(2019));
+    let added = env
+        .sim
+        .activities()
+        .into_iter()
+        .filter(|a| a["activityTypeId"] == json!(7001))
+        .count();
+    assert_eq!(added, 2, "the CRM car's arrival was logged in Marketo");
+    let pulled = car_counts(&s, Direction::MarketoToCrm);
+    assert_eq!(
+        (pulled.read, pulled.skipped, pulled.created, pulled.updated),
+        (2, 2, 0, 0),
+        "both of the lead's cars were read back and found agreed: {s:?}"
+    );
+    assert_eq!(
+        vehicle_rows(&env, "crm00000000000042").await,
+        before,
+        "the CRM row was not rewritten"
+    );
+    assert!(vehicle_rows(&env, "CRM00000000000042").await.is_empty());
+
+    // And nothing moves on the next run.
+    env.clock.advance(Duration::from_secs(60));
+    let from = env.log_len();
+    let s = env.step("custom_objects", false).await;
+    assert!(
+        env.writes_since(from).is_empty(),
+        "{:?}",
+        env.writes_since(from)
+    );
+    for d in [Direction::CrmToMarketo, Direction::MarketoToCrm] {
+        let c = car_counts(&s, d);
+        assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
+    }
+    let total = env
+        .rows("SELECT CAST(id AS TEXT) FROM vehicles WHERE deleted = 0")
+        .await;
+    assert_eq!(total.len(), 2, "{total:?}");
+}
+
+#[tokio::test]
+async fn a_marketo_car_of_a_lead_without_a_contact_waits_and_arrives_once_linked() {
+    let env = Env::new().await;
+    let lead = env.sim.create_lead({
+        let mut m = Map::new();
+        m.insert("email".into(), json!("unlinked@example.com"));
+        m
+    });
+    add_marketo_car(
+        &env,
+        json!({"vin": "MKT00000000000009", "leadId": lead, "make": "Kia"}),
+    )
+    .await;
+    let s = env.step("custom_objects", false).await;
+    assert_eq!(car_counts(&s, Direction::MarketoToCrm).failed, 1, "{s:?}");
+    let errors = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("cars".into()),
+            limit: 10,
+            ..ErrorFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, "lead_not_linked");
+    assert_eq!(errors[0].direction, Direction::MarketoToCrm);
+    assert!(vehicle_rows(&env, "MKT00000000000009").await.is_empty());
+
+    // The lead gets its contact; the retry (no new activity) brings the car across.
+    env.exec("INSERT INTO contacts (id, email) VALUES (13, 'unlinked@example.com')")
+        .await;
+    let base = Fields::new();
+    env.store
+        .commit(StepCommit {
+            links_upsert: vec![Link {
+                object: objects::LEAD_LINK_OBJECT.into(),
+                marketo_key: lead.to_string(),
+                crm_key: "13".into(),
+                base_hash: fields_hash(&base),
+                base,
+                agreed_at: env.clock.now_utc(),
+                tombstone: None,
+            }],
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    env.clock.advance(Duration::from_secs(3600));
+    let s = env.step("custom_objects", false).await;
+    assert_eq!(car_counts(&s, Direction::MarketoToCrm).created, 1, "{s:?}");
+    let rows = vehicle_rows(&env, "MKT00000000000009").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][1].as_deref(), Some("13"));
+    assert_eq!(rows[0][2].as_deref(), Some("Kia"));
+    let open = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("cars".into()),
+            status: Some(marketo_sync::store::ErrorStatus::Open),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+}

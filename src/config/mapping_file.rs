@@ -203,6 +203,12 @@ pub struct MappingFile {
     /// Activity types (only in the `activities` file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub activities: Vec<ActivityMapping>,
+    /// Custom objects only: the name of the Marketo activity type logged when a record is added
+    /// to a person, through which records added in Marketo are found and copied to the CRM
+    /// (when a field flows to the CRM). Default: "Add to <display name>" or "Added to <display
+    /// name>", looked up in Marketo's activity types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_activity: Option<String>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -404,6 +410,23 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
             &key_path("activities"),
             "activity types belong in a file with marketo_object = \"activities\"",
         ));
+    }
+    if let Some(added) = &f.added_activity {
+        if standard.contains(&name) {
+            out.push(m.problem(
+                true,
+                &key_path("added_activity"),
+                format!(
+                    "only custom objects have an added activity; `{name}` is a standard object"
+                ),
+            ));
+        } else if added.trim().is_empty() {
+            out.push(m.problem(
+                true,
+                &key_path("added_activity"),
+                "must name a Marketo activity type (e.g. \"Add to Car\"), or be left out",
+            ));
+        }
     }
     if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
         out.push(m.problem(
@@ -639,4 +662,33 @@ pub fn check_across(mappings: &[LoadedMapping]) -> Vec<Problem> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Vec<String> {
+        let m = parse_mapping("x", Path::new("x.toml"), text).unwrap();
+        check_mapping(&m).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn added_activity_is_for_custom_objects_and_names_a_type() {
+        let keys = "[keys]\nmarketo_crm_key = \"vin\"\ncrm_marketo_id = \"marketo_id\"\n";
+        let custom = format!(
+            "marketo_object = \"car_c\"\ncrm_object = \"vehicles\"\nadded_activity = \"Add to Car\"\n{keys}"
+        );
+        assert!(check(&custom).is_empty(), "{:?}", check(&custom));
+        let blank = custom.replace("\"Add to Car\"", "\" \"");
+        assert!(check(&blank).iter().any(|p| p.contains("added_activity")));
+        let standard = custom.replace("car_c", "company");
+        let problems = check(&standard);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("added_activity") && p.contains("standard object")),
+            "{problems:?}"
+        );
+    }
 }

@@ -319,6 +319,32 @@ pub trait Crm: Send + Sync {
         values: &[Value],
     ) -> Result<Vec<CrmRecord>, CrmError>;
 
+    /// Forgets the writes this adapter made itself, so that the change feed reports them again.
+    ///
+    /// An adapter that leaves its own writes out of the feed (echo suppression) must report them
+    /// again once the caller says the step that made them was not recorded (it failed, was
+    /// cancelled or was killed before its commit): the feed's copy of such a record is then the
+    /// only remaining trace of the user's change that it overwrote. The default does nothing
+    /// (for adapters whose feed never hides a write).
+    fn forget_own_writes(&self) {}
+
+    /// Like [`Crm::find`], but a text field matches ignoring letter case and surrounding white
+    /// space (as people type emails: ` Ada@Example.com` is `ada@example.com`); other fields
+    /// match exactly. Identity matching uses it, so that a record typed differently on the two
+    /// sides is linked rather than duplicated. The default is [`Crm::find`], for CRMs whose
+    /// lookups fold case already.
+    ///
+    /// # Errors
+    /// As [`Crm::find`].
+    async fn find_folded(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[Value],
+    ) -> Result<Vec<CrmRecord>, CrmError> {
+        self.find(object, field, values).await
+    }
+
     /// Returns the live (not deleted) records with these native ids; missing ids are left out.
     ///
     /// # Errors

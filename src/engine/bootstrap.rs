@@ -779,14 +779,31 @@ async fn opportunity_plans(
         }
         plan
     };
-    Ok(OppPlans {
+    // Bootstrap copies Marketo into the CRM: an object none of whose fields flow that way (the
+    // shipped roles mapping is CRM -> Marketo only) is left to the regular cycle, which writes
+    // it to Marketo; copying its bare keys would create empty CRM rows.
+    let mut skipped = Vec::new();
+    let mut inbound = |object: &str| {
+        let plan = get(object)?;
+        if plan.read_fields(Side::Marketo).is_empty() {
+            skipped.push(format!(
+                "{object} are not bootstrapped: no field of their mapping flows to the CRM \
+                 (the regular cycle writes them to Marketo)"
+            ));
+            return None;
+        }
+        Some(plan)
+    };
+    let plans = OppPlans {
         opportunity: if opportunities {
-            get("opportunities")
+            inbound("opportunities")
         } else {
             None
         },
-        role: if roles { get("roles") } else { None },
-    })
+        role: if roles { inbound("roles") } else { None },
+    };
+    warnings.append(&mut skipped);
+    Ok(plans)
 }
 
 enum WindowError {

@@ -375,6 +375,8 @@ impl Engine {
             Ok(()) => Ok(()),
             Err(error @ (EngineError::Cancelled | EngineError::Paused { .. })) => Err(error),
             Err(error) => {
+                // Its CRM writes were not recorded: the next read must see them.
+                self.ctx.crm.forget_own_writes();
                 warn!(step, error = %error, "object step failed; the cycle goes on");
                 summary
                     .warnings
@@ -496,6 +498,11 @@ impl Runner for Engine {
                 }
                 e => as_pause(e, self.ctx.clock.now()),
             });
+        if result.is_err() {
+            // The CRM writes of the unfinished step were not recorded: the next read must see
+            // them (they may hide the user's own change they overwrote).
+            self.ctx.crm.forget_own_writes();
+        }
         let calls = self.persist_usage(&before).await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot persist the api usage");
             0

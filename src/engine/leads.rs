@@ -683,7 +683,23 @@ pub async fn run(
     // Marketo deletions.
     apply_marketo_deletes(&mut step, &deleted, &merged_losers, summary).await?;
     // CRM deletions.
-    apply_crm_deletes(&mut step, &crm_tombstones, summary).await?;
+    let repointed = apply_crm_deletes(&mut step, &crm_tombstones, summary).await?;
+    // Both sides are written: the tombstones are recorded before pairing reads the links.
+    if !step.commit.is_empty() && !step.dry_run {
+        store.commit(std::mem::take(&mut step.commit)).await?;
+    }
+    // A merge survivor that took over the loser's lead is reconciled with it now.
+    let unread: Vec<String> = repointed
+        .into_iter()
+        .filter(|c| !cs.contains_key(c))
+        .collect();
+    if !unread.is_empty() {
+        for r in ctx.crm.get(&plan.crm_object, &unread).await? {
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields) {
+                cs.insert(r.id.clone(), c);
+            }
+        }
+    }
 
     let ids: Vec<i64> = changes
         .changed
@@ -798,6 +814,55 @@ pub async fn sync_one(
     })
 }
 
+/// Returns the Marketo ids and CRM keys (from these links) of records whose partner left its
+/// side under a delete or merge policy other than `ignore`, and that have no live link since.
+fn retired(
+    m_links: &[Link],
+    c_links: &[Link],
+    sync: &crate::config::SyncSettings,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let settled = |l: &Link, side: Side| {
+        let Some(t) = &l.tombstone else { return false };
+        if t.side != side {
+            return false;
+        }
+        match (side, &t.kind) {
+            // Marketo deleted or merged the lead; the CRM record followed the policy.
+            (Side::Marketo, TombstoneKind::Deleted) => sync.lead_deletes != DeletePolicy::Ignore,
+            (Side::Marketo, TombstoneKind::Merged { .. }) => {
+                sync.lead_merges != DeletePolicy::Ignore
+            }
+            // The CRM deleted the record; the lead followed the policy.
+            (Side::Crm, TombstoneKind::Deleted) => sync.lead_deletes == DeletePolicy::Delete,
+            // The CRM merged the record; the lead was merged into the survivor's.
+            (Side::Crm, TombstoneKind::Merged { .. }) => true,
+        }
+    };
+    let live_m: BTreeSet<&str> = m_links
+        .iter()
+        .chain(c_links)
+        .filter(|l| l.tombstone.is_none())
+        .map(|l| l.marketo_key.as_str())
+        .collect();
+    let live_c: BTreeSet<&str> = m_links
+        .iter()
+        .chain(c_links)
+        .filter(|l| l.tombstone.is_none())
+        .map(|l| l.crm_key.as_str())
+        .collect();
+    let m = m_links
+        .iter()
+        .filter(|l| settled(l, Side::Crm) && !live_m.contains(l.marketo_key.as_str()))
+        .map(|l| l.marketo_key.clone())
+        .collect();
+    let c = c_links
+        .iter()
+        .filter(|l| settled(l, Side::Marketo) && !live_c.contains(l.crm_key.as_str()))
+        .map(|l| l.crm_key.clone())
+        .collect();
+    (m, c)
+}
+
 fn live(links: Vec<Link>) -> Vec<Link> {
     links
         .into_iter()
@@ -816,16 +881,30 @@ async fn sync_pairs(
     let ctx = step.ctx;
     let plan = step.plan;
     let object = object_name(plan);
+    let (mut ms, mut cs) = (ms, cs);
     let m_keys: Vec<String> = ms.keys().map(i64::to_string).collect();
     let c_keys: Vec<String> = cs.keys().cloned().collect();
-    let mut links = live(
-        ctx.store
-            .links_by_marketo_keys(LINK_OBJECT, &m_keys)
-            .await?,
-    );
-    links.extend(live(
-        ctx.store.links_by_crm_keys(LINK_OBJECT, &c_keys).await?,
-    ));
+    let m_links = ctx
+        .store
+        .links_by_marketo_keys(LINK_OBJECT, &m_keys)
+        .await?;
+    let c_links = ctx.store.links_by_crm_keys(LINK_OBJECT, &c_keys).await?;
+    // A record whose partner was deleted or merged away on the other side, with a policy that
+    // deleted or flagged it, is settled: what was read of it is older than that, so it must not
+    // come back as a new record on the other side.
+    let settings = &ctx.settings.sync;
+    let (retired_m, retired_c) = retired(&m_links, &c_links, settings);
+    ms.retain(|id, _| !retired_m.contains(&id.to_string()));
+    cs.retain(|id, _| !retired_c.contains(id));
+    if !retired_m.is_empty() || !retired_c.is_empty() {
+        tracing::debug!(
+            ?retired_m,
+            ?retired_c,
+            "records settled by a deletion left out"
+        );
+    }
+    let mut links = live(m_links);
+    links.extend(live(c_links));
     // Keys the records hold of the other side.
     let held_crm: Vec<String> = ms.values().filter_map(|m| m.crm_key.clone()).collect();
     let held_m: Vec<String> = cs.values().filter_map(|c| c.marketo_key.clone()).collect();
@@ -932,7 +1011,15 @@ async fn sync_pairs(
                 by_c.get(&r.id),
                 c_rec(plan, &r.id, r.modified_at, &r.fields),
             ) {
-                pairs[i].c = Some(c);
+                // A lead's CRM key that the record does not return (it names another lead, as
+                // a merge winner inheriting the loser's key does) is no claim.
+                let claims_other = matches!(
+                    (&c.marketo_key, pairs[i].m_id),
+                    (Some(k), Some(m)) if *k != m.to_string()
+                );
+                if !claims_other {
+                    pairs[i].c = Some(c);
+                }
             }
         }
         for p in pairs
@@ -965,6 +1052,16 @@ async fn sync_pairs(
 
     match_pairs(step, &mut pairs).await?;
     hold_crm_leads(step, &mut pairs, summary).await?;
+    for p in &pairs {
+        tracing::debug!(
+            lead = ?p.m_id,
+            crm = ?p.c_id,
+            linked = p.link.is_some(),
+            lead_read = p.m.is_some(),
+            crm_read = p.c.is_some(),
+            "lead pair"
+        );
+    }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
@@ -1138,16 +1235,21 @@ async fn match_pairs(step: &mut Step<'_>, pairs: &mut Vec<Pair>) -> Result<(), E
     if !wanted.is_empty() {
         let mut found = Vec::new();
         for chunk in wanted.chunks(300) {
-            found.extend(ctx.crm.find(&plan.crm_object, &crm_field, chunk).await?);
+            found.extend(
+                ctx.crm
+                    .find_folded(&plan.crm_object, &crm_field, chunk)
+                    .await?,
+            );
         }
         let keys: Vec<String> = found.iter().map(|r| r.id.clone()).collect();
         let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &keys).await?)
             .into_iter()
             .map(|l| l.crm_key)
             .collect();
+        let paired: BTreeSet<String> = pairs.iter().filter_map(|p| p.c_id.clone()).collect();
         let mut by_key: HashMap<Vec<String>, CRec> = HashMap::new();
         for r in found {
-            if taken.contains(&r.id) {
+            if taken.contains(&r.id) || paired.contains(&r.id) {
                 continue;
             }
             if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
@@ -1184,9 +1286,10 @@ async fn match_pairs(step: &mut Step<'_>, pairs: &mut Vec<Pair>) -> Result<(), E
                 .into_iter()
                 .map(|l| l.marketo_key)
                 .collect();
+        let paired: BTreeSet<i64> = pairs.iter().filter_map(|p| p.m_id).collect();
         let mut by_key: HashMap<Vec<String>, MLead> = HashMap::new();
         for m in found {
-            if taken.contains(&m.id.to_string()) {
+            if taken.contains(&m.id.to_string()) || paired.contains(&m.id) {
                 continue;
             }
             if let Some(k) = match_key(plan, &m.canon) {
@@ -1362,6 +1465,7 @@ async fn apply_marketo(
             }
         }
     }
+    let mut gone: Vec<Link> = Vec::new();
     let creates = writes.iter().filter(|w| w.create).count();
     let bulk_creates = creates > step.bulk_import_threshold;
     if bulk_creates {
@@ -1399,6 +1503,17 @@ async fn apply_marketo(
             for (w, res) in chunk.iter().zip(results) {
                 let p = &mut pairs[w.pair];
                 let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+                if res.is_skipped()
+                    && !w.create
+                    && res.reasons.iter().any(|r| r.code == LEAD_NOT_FOUND)
+                    && let Some(link) = &p.link
+                {
+                    // The linked lead is gone from Marketo without a deletion or merge this
+                    // sync has seen: it is treated as deleted there.
+                    p.failed = true;
+                    gone.push(link.clone());
+                    continue;
+                }
                 if res.is_skipped() {
                     counts.failed += 1;
                     p.failed = true;
@@ -1430,6 +1545,16 @@ async fn apply_marketo(
             }
         }
     }
+    let policy = ctx.settings.sync.lead_deletes;
+    for link in gone {
+        tracing::warn!(
+            lead = %link.marketo_key,
+            crm = %link.crm_key,
+            "a linked lead is gone from marketo; its crm record follows the delete policy"
+        );
+        apply_policy(step, &link, policy, summary).await?;
+        step.tombstone(&link, TombstoneKind::Deleted, Side::Marketo);
+    }
     Ok(())
 }
 
@@ -1458,6 +1583,7 @@ async fn apply_crm(
         .max(1);
     let mut creates: Vec<(usize, Fields)> = Vec::new();
     let mut updates: Vec<(usize, Fields)> = Vec::new();
+    let mut orphans: Vec<i64> = Vec::new();
     for (i, r) in decided {
         let p = &pairs[*i];
         if p.failed {
@@ -1524,6 +1650,15 @@ async fn apply_crm(
                         counts.updated += 1;
                     }
                     WriteResult::Deleted { .. } => {}
+                    // The CRM record holding this lead's id was deleted there (the link to it
+                    // was lost, say by a crash before the commit): the lead follows the CRM
+                    // delete policy instead of being written into a dead record.
+                    WriteResult::Failed { code, .. } if create && code == CRM_DELETED => {
+                        p.failed = true;
+                        if let Some(m_id) = p.m_id {
+                            orphans.push(m_id);
+                        }
+                    }
                     WriteResult::Failed { code, message, .. } => {
                         counts.failed += 1;
                         p.failed = true;
@@ -1542,6 +1677,22 @@ async fn apply_crm(
             }
         }
     }
+    if !orphans.is_empty() {
+        if ctx.settings.sync.lead_deletes == DeletePolicy::Delete {
+            for chunk in orphans.chunks(crate::marketo::leads::MAX_BATCH) {
+                ctx.marketo.delete_leads(chunk).await?;
+            }
+            summary.counts_mut(&object, Direction::CrmToMarketo).deleted += orphans.len() as u64;
+        } else {
+            summary.counts_mut(&object, Direction::MarketoToCrm).skipped += orphans.len() as u64;
+            summary.warnings.push(format!(
+                "{} lead(s) belong to CRM records deleted there (lead ids {:?}); left in Marketo \
+                 by `sync.lead_deletes`",
+                orphans.len(),
+                orphans
+            ));
+        }
+    }
     Ok(created_pairs)
 }
 
@@ -1555,6 +1706,8 @@ async fn apply_merges(
     let plan = step.plan;
     let object = object_name(plan);
     let pk = "id";
+    // Winners given a CRM record by an earlier merge of this cycle (not in the store yet).
+    let mut given: BTreeSet<i64> = BTreeSet::new();
     for (winner, losers) in merges {
         let winner_link = live(
             ctx.store
@@ -1564,8 +1717,15 @@ async fn apply_merges(
         .into_iter()
         .next();
         let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
-        let loser_links = live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
-        let mut repointed = winner_link.is_some();
+        let mut loser_links = live(ctx.store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
+        loser_links.extend(recovered_links(step, losers).await?);
+        // An unlinked winner with a CRM record of its own (one that matches it, not yet
+        // paired) keeps that record: pairing links the two below, and the loser's record
+        // follows the merge policy instead of taking the winner over.
+        let mut repointed = winner_link.is_some()
+            || given.contains(winner)
+            || (!loser_links.is_empty()
+                && unlinked_partner(step, *winner, &loser_links, summary).await?);
         for l in loser_links {
             let into = TombstoneKind::Merged {
                 into: winner.to_string(),
@@ -1598,6 +1758,7 @@ async fn apply_merges(
                 step.tombstone(&l, into, Side::Marketo);
                 step.link(*winner, &l.crm_key, l.base.clone());
                 summary.counts_mut(&object, Direction::MarketoToCrm).updated += 1;
+                given.insert(*winner);
                 repointed = true;
                 continue;
             }
@@ -1607,6 +1768,115 @@ async fn apply_merges(
         }
     }
     Ok(())
+}
+
+/// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
+/// holds one of these lead ids in its Marketo-id column was written by a cycle that died before
+/// its commit (the CRM write comes first). Records the store links elsewhere are left alone.
+async fn recovered_links(step: &Step<'_>, leads: &[i64]) -> Result<Vec<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    if leads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = leads.iter().map(i64::to_string).collect();
+    let known: BTreeSet<String> = ctx
+        .store
+        .links_by_marketo_keys(LINK_OBJECT, &keys)
+        .await?
+        .into_iter()
+        .map(|l| l.marketo_key)
+        .collect();
+    let unknown: Vec<Value> = keys
+        .iter()
+        .filter(|k| !known.contains(*k))
+        .map(|k| Value::Text(k.clone()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = ctx
+        .crm
+        .find(&plan.crm_object, &plan.crm_marketo_id, &unknown)
+        .await?;
+    let row_keys: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &row_keys).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    let now = step.now();
+    Ok(rows
+        .into_iter()
+        .filter(|r| !taken.contains(&r.id))
+        .filter_map(|r| {
+            let lead = value_text(r.fields.get(&plan.crm_marketo_id))?;
+            let base = Fields::new();
+            Some(Link {
+                object: LINK_OBJECT.to_owned(),
+                marketo_key: lead,
+                crm_key: r.id,
+                base_hash: fields_hash(&base),
+                base,
+                agreed_at: now,
+                tombstone: None,
+            })
+        })
+        .collect())
+}
+
+/// Returns whether an unlinked live CRM record matches the Marketo lead `id` (by its CRM-key
+/// field or its match values).
+async fn unlinked_partner(
+    step: &Step<'_>,
+    id: i64,
+    losers: &[Link],
+    summary: &mut CycleSummary,
+) -> Result<bool, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(lead) = fetch_leads(ctx, plan, &[id], summary)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(false);
+    };
+    let mut candidates: Vec<CRec> = Vec::new();
+    if let Some(key) = &lead.crm_key {
+        for r in ctx
+            .crm
+            .get(&plan.crm_object, std::slice::from_ref(key))
+            .await?
+        {
+            candidates.extend(c_rec(plan, &r.id, r.modified_at, &r.fields).ok());
+        }
+    }
+    let wanted = match_key(plan, &lead.canon);
+    if let (Some(first), Some(_)) = (plan.match_fields.first(), &wanted)
+        && let Some(crm_field) = plan.field(first).and_then(|f| f.crm.clone())
+        && let Some(value) = lead.canon.get(first).filter(|v| !v.is_null())
+    {
+        for r in ctx
+            .crm
+            .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
+            .await?
+        {
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
+                && match_key(plan, &c.canon) == wanted
+            {
+                candidates.push(c);
+            }
+        }
+    }
+    // The losers' own records (the merged lead may carry a loser's CRM key) do not count.
+    candidates.retain(|c| !losers.iter().any(|l| l.crm_key == c.id));
+    if candidates.is_empty() {
+        return Ok(false);
+    }
+    let keys: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+    let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &keys).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    Ok(keys.iter().any(|k| !taken.contains(k)))
 }
 
 async fn apply_policy(
@@ -1974,12 +2244,18 @@ async fn apply_marketo_deletes(
     if keys.is_empty() {
         return Ok(());
     }
-    let links = live(
+    let mut links = live(
         step.ctx
             .store
             .links_by_marketo_keys(LINK_OBJECT, &keys)
             .await?,
     );
+    let ids: Vec<i64> = deleted
+        .iter()
+        .filter(|id| !merged.contains(id))
+        .copied()
+        .collect();
+    links.extend(recovered_links(step, &ids).await?);
     let policy = step.ctx.settings.sync.lead_deletes;
     for l in links {
         apply_policy(step, &l, policy, summary).await?;
@@ -2037,16 +2313,22 @@ async fn lead_matching_survivor(
     Ok(None)
 }
 
+/// The CRM adapter's code for a write refused because its key belongs to a deleted record.
+const CRM_DELETED: &str = "deleted";
+
 /// Marketo's "Lead not found" error code.
 const LEAD_NOT_FOUND: &str = "1004";
 
+/// Applies CRM deletions and merges to Marketo; returns the CRM keys of merge survivors that
+/// took over their loser's lead (to be reconciled with it this cycle).
 async fn apply_crm_deletes(
     step: &mut Step<'_>,
     tombstones: &[(String, DeleteHow)],
     summary: &mut CycleSummary,
-) -> Result<(), EngineError> {
+) -> Result<Vec<String>, EngineError> {
+    let mut repointed = Vec::new();
     if tombstones.is_empty() {
-        return Ok(());
+        return Ok(repointed);
     }
     let ctx = step.ctx;
     let plan = step.plan;
@@ -2058,7 +2340,11 @@ async fn apply_crm_deletes(
         .collect();
     let mut to_delete: Vec<i64> = Vec::new();
     for (key, how) in tombstones {
-        let Some(l) = links.get(key) else { continue };
+        let Some(l) = links.get(key) else {
+            tracing::debug!(crm = %key, ?how, "crm deletion of an unlinked record");
+            continue;
+        };
+        tracing::debug!(crm = %key, lead = %l.marketo_key, ?how, "crm deletion");
         match how {
             DeleteHow::Merged { into } => {
                 // A CRM merge: merge the Marketo leads too, or re-point the survivor.
@@ -2106,6 +2392,21 @@ async fn apply_crm_deletes(
                         summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
                     }
                     (None, Some(lead)) => {
+                        let survivor_alive = !ctx
+                            .crm
+                            .get(&plan.crm_object, std::slice::from_ref(into))
+                            .await?
+                            .is_empty();
+                        if !survivor_alive {
+                            // The survivor is gone too (deleted since, or by this cycle because
+                            // its own lead left Marketo): the loser's lead follows the delete
+                            // policy, as for a plain delete.
+                            if ctx.settings.sync.lead_deletes == DeletePolicy::Delete {
+                                to_delete.push(lead);
+                            }
+                            step.tombstone(l, TombstoneKind::Deleted, Side::Crm);
+                            continue;
+                        }
                         match lead_matching_survivor(step, into, lead).await? {
                             // The unlinked survivor's match values belong to another unlinked
                             // Marketo lead: merge the loser's lead into it, so that the pairing
@@ -2131,12 +2432,36 @@ async fn apply_crm_deletes(
                                 summary.counts_mut(&object, Direction::CrmToMarketo).deleted += 1;
                             }
                             None => {
+                                // The survivor takes over the loser's lead. The loser still
+                                // holds the lead's id, and the Marketo-id column is unique:
+                                // free it first.
+                                if !step.dry_run {
+                                    let pk = crm_pk(ctx, plan).await;
+                                    let mut rec = Fields::new();
+                                    rec.insert(pk.clone(), Value::Text(l.crm_key.clone()));
+                                    rec.insert(plan.crm_marketo_id.clone(), Value::Null);
+                                    let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
+                                    if let Some(WriteResult::Failed { code, message, .. }) =
+                                        res.first()
+                                    {
+                                        step.error(
+                                            Direction::CrmToMarketo,
+                                            l.crm_key.clone(),
+                                            Some(l.marketo_key.clone()),
+                                            json!({ "merge": { "survivor": into, "lead": lead } }),
+                                            code.clone(),
+                                            message.clone(),
+                                        );
+                                        continue;
+                                    }
+                                }
                                 step.tombstone(
                                     l,
                                     TombstoneKind::Merged { into: into.clone() },
                                     Side::Crm,
                                 );
                                 step.link(lead, into, l.base.clone());
+                                repointed.push(into.clone());
                             }
                         }
                     }
@@ -2165,7 +2490,7 @@ async fn apply_crm_deletes(
         }
         summary.counts_mut(&object, Direction::CrmToMarketo).deleted += to_delete.len() as u64;
     }
-    Ok(())
+    Ok(repointed)
 }
 
 /// Runs Bulk Lead Extracts with the `updatedAt` filter over `[since, until]` in windows of at

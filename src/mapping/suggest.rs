@@ -239,6 +239,7 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         match_fields,
         fields,
         activities: Vec::new(),
+        added_activity: None,
     }
 }
 

@@ -237,6 +237,16 @@ pub fn ddl(d: Dialect) -> Vec<String> {
                 d.quote(i)
             ));
         }
+        // Identity matching looks emails up ignoring case and spaces (MariaDB's collation
+        // ignores case already, and it has no expression indexes).
+        if t.columns.iter().any(|(n, _)| *n == "email") && d != Dialect::MySql {
+            out.push(format!(
+                "CREATE INDEX {} ON {} (LOWER(TRIM({})))",
+                d.quote(&format!("ix_{}_email_folded", t.name)),
+                d.quote(t.name),
+                d.quote("email")
+            ));
+        }
         // The change feed reads by keyset over (updated_at, id).
         out.push(format!(
             "CREATE INDEX {} ON {} ({}, {})",

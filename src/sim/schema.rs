@@ -399,6 +399,16 @@ pub fn describe_object(kind: ObjKind, created: &str) -> Value {
     v
 }
 
+/// The activity type logged when a `car_c` record is added to a lead ("Add to Car").
+///
+/// Marketo creates one such type per custom object, named after the object's display name; its id
+/// is instance-specific (the engine resolves it by name), and Marketo logs it when a record is
+/// added to a person, not when a record changes ("An activity log entry is not created when a
+/// custom object record is changed", Marketo's "Trigger Off Custom Object Changes"). The
+/// primary attribute and attribute names here are the simulator's; the real ones are
+/// unconfirmed.
+pub const CAR_ADDED_ACTIVITY: u32 = 7001;
+
 /// An activity type: (id, name, primary attribute (name, type), attributes (name, type)).
 pub type ActivityType = (
     u32,
@@ -482,6 +492,12 @@ pub static ACTIVITY_TYPES: &[ActivityType] = &[
         "Change Status in Progression",
         Some(("Program ID", "integer")),
         &[("New Status", "string"), ("Old Status", "string")],
+    ),
+    (
+        CAR_ADDED_ACTIVITY,
+        "Add to Car",
+        Some(("VIN", "string")),
+        &[("Marketo GUID", "string")],
     ),
     (
         100001,

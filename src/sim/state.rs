@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::clock::fmt_time;
 use super::generator;
-use super::schema::{LEAD_FIELDS, ObjKind, lead_field, lead_field_at};
+use super::schema::{CAR_ADDED_ACTIVITY, LEAD_FIELDS, ObjKind, lead_field, lead_field_at};
 
 /// A lead. Values are keyed by the index of the field in [`LEAD_FIELDS`]; `id`, `createdAt`
 /// and `updatedAt` live in the struct.
@@ -757,7 +757,9 @@ impl Db {
     }
 
     /// Writes (creates or updates) a non-lead record from the API; role creation logs
-    /// Add to Opportunity (34). Returns (created?, id).
+    /// Add to Opportunity (34), and a car added to a lead (created with a `leadId`, or moved to
+    /// another lead) logs Add to Car ([`CAR_ADDED_ACTIVITY`]); other car updates log nothing, as
+    /// in Marketo. Returns (created?, id).
     pub fn put_object(
         &mut self,
         kind: ObjKind,
@@ -785,7 +787,9 @@ impl Db {
             .collect();
         if let Some(id) = existing {
             let store = self.objs_mut(kind);
+            let mut moved_to = None;
             if let Some(record) = store.records.get_mut(&id) {
+                let before = record.values.get("leadId").and_then(Value::as_i64);
                 let mut changed = false;
                 for (k, v) in clean {
                     if record.values.get(&k) != Some(&v) {
@@ -796,10 +800,24 @@ impl Db {
                 if changed {
                     record.updated_at = now;
                 }
+                let after = record.values.get("leadId").and_then(Value::as_i64);
+                if after != before {
+                    moved_to = after;
+                }
+            }
+            if kind == ObjKind::Car
+                && let Some(lead_id) = moved_to
+            {
+                self.log_car_added(id, lead_id, now);
             }
             return (false, id);
         }
         let id = self.objs_mut(kind).insert(kind, clean.clone(), now);
+        if kind == ObjKind::Car
+            && let Some(lead_id) = clean.get("leadId").and_then(Value::as_i64)
+        {
+            self.log_car_added(id, lead_id, now);
+        }
         if kind == ObjKind::Role
             && let Some(lead_id) = clean.get("leadId").and_then(Value::as_i64)
         {
@@ -825,6 +843,23 @@ impl Db {
             self.log_activity(lead_id, now, 34, (opp, Some(opp_key)), attrs, None);
         }
         (true, id)
+    }
+
+    /// Logs Add to Car for car `id` on lead `lead_id` (when that lead exists).
+    fn log_car_added(&mut self, id: i64, lead_id: i64, now: DateTime<Utc>) {
+        if self.lead(lead_id).is_none() {
+            return;
+        }
+        let Some(record) = self.objs(ObjKind::Car).records.get(&id) else {
+            return;
+        };
+        let vin = record
+            .values
+            .get("vin")
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+        let mut attrs = Map::new();
+        attrs.insert("Marketo GUID".into(), json!(record.guid));
+        self.log_activity(lead_id, now, CAR_ADDED_ACTIVITY, (None, vin), attrs, None);
     }
 
     /// Returns the field names of the lead schema (for "all fields" exports).
@@ -854,6 +889,36 @@ mod tests {
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].primary_id, Some(21));
         assert_eq!(db.update_lead(5, &input, now, "test"), Some(0));
+    }
+
+    #[test]
+    fn a_car_logs_add_to_car_when_added_to_a_lead_not_when_edited() {
+        let (mut db, now) = db();
+        let added = |db: &Db| {
+            db.activities
+                .iter()
+                .filter(|a| a.type_id == CAR_ADDED_ACTIVITY)
+                .map(|a| (a.lead_id, a.primary_value.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut car = Map::new();
+        car.insert("vin".into(), json!("V1"));
+        car.insert("leadId".into(), json!(2));
+        let (created, id) = db.put_object(ObjKind::Car, None, &car, now);
+        assert!(created);
+        assert_eq!(added(&db), vec![(2, Some("V1".to_owned()))]);
+        let guid = db.objs(ObjKind::Car).records[&id].guid.clone();
+        assert_eq!(
+            db.activities.last().unwrap().attributes["Marketo GUID"],
+            json!(guid)
+        );
+        let mut edit = Map::new();
+        edit.insert("make".into(), json!("Saab"));
+        db.put_object(ObjKind::Car, Some(id), &edit, now);
+        assert_eq!(added(&db).len(), 1, "an edit logs nothing");
+        edit.insert("leadId".into(), json!(3));
+        db.put_object(ObjKind::Car, Some(id), &edit, now);
+        assert_eq!(added(&db).last(), Some(&(3, Some("V1".to_owned()))));
     }
 
     #[test]

@@ -418,14 +418,87 @@ impl SqlCrm {
     }
 
     /// Returns rows by one column's values (live and soft-deleted).
+    /// Reads the live records whose `field` is one of `values`; `folded` compares text ignoring
+    /// case and surrounding white space.
+    async fn find_by(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[Value],
+        folded: bool,
+    ) -> Result<Vec<CrmRecord>, CrmError> {
+        let info = self.object(object)?;
+        let column = find_column(
+            &info.read_columns,
+            object,
+            field,
+            info.read_source(),
+            "column",
+        )?
+        .clone();
+        let cast = info
+            .table_columns
+            .iter()
+            .find(|c| c.name == column.name)
+            .map(|c| c.cast.clone())
+            .unwrap_or_default();
+        let column = Column { cast, ..column };
+        let folded = folded
+            && matches!(
+                column.ty,
+                FieldType::Text { .. } | FieldType::Email | FieldType::Phone | FieldType::Url
+            );
+        let d = self.dialect();
+        let params: Vec<Option<String>> = values
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                let text = d.value_text(v, &column.ty);
+                if folded {
+                    text.map(|t| t.trim().to_lowercase())
+                } else {
+                    text
+                }
+            })
+            .collect();
+        let rows = self.fetch_where(info, &column, &params, folded).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.deleted.is_none())
+            .map(|r| CrmRecord {
+                id: r.id,
+                modified_at: r.modified_at,
+                fields: r.fields,
+            })
+            .collect())
+    }
+
     async fn fetch_by(
         &self,
         info: &ObjectInfo,
         column: &Column,
         values: &[Option<String>],
     ) -> Result<Vec<ReadRow>, CrmError> {
+        self.fetch_where(info, column, values, false).await
+    }
+
+    /// Reads the rows whose `column` is one of `values` (already lowercased and trimmed when
+    /// `folded`, which compares `LOWER(TRIM(column))`: no plain index serves it, so it is kept
+    /// for identity matching of the few records a cycle changes).
+    async fn fetch_where(
+        &self,
+        info: &ObjectInfo,
+        column: &Column,
+        values: &[Option<String>],
+        folded: bool,
+    ) -> Result<Vec<ReadRow>, CrmError> {
         let d = self.dialect();
         let mut out = Vec::new();
+        let target = if folded {
+            format!("LOWER(TRIM({}))", d.quote(&column.name))
+        } else {
+            d.quote(&column.name)
+        };
         for chunk in values.chunks(500) {
             if chunk.is_empty() {
                 continue;
@@ -434,10 +507,9 @@ impl SqlCrm {
                 .map(|n| d.param(n, &column.cast))
                 .collect();
             let sql = format!(
-                "SELECT {} FROM {} WHERE {} IN ({})",
+                "SELECT {} FROM {} WHERE {target} IN ({})",
                 info.select_list(d),
                 d.quote(info.read_source()),
-                d.quote(&column.name),
                 params.join(", ")
             );
             let rows = self
@@ -719,7 +791,11 @@ fn overlap_start(high: &str, overlap: Duration, d: Dialect) -> String {
     text
 }
 
-fn is_soft_deleted(raw: Option<&str>, column: &Column, rule: Option<&SoftDelete>) -> bool {
+pub(super) fn is_soft_deleted(
+    raw: Option<&str>,
+    column: &Column,
+    rule: Option<&SoftDelete>,
+) -> bool {
     let Some(rule) = rule else { return false };
     match &rule.value {
         None => raw.is_some(),
@@ -960,44 +1036,28 @@ impl Crm for SqlCrm {
         })
     }
 
+    fn forget_own_writes(&self) {
+        if let Ok(mut echoes) = self.echoes.lock() {
+            *echoes = Echoes::default();
+        }
+    }
+
     async fn find(
         &self,
         object: &str,
         field: &str,
         values: &[Value],
     ) -> Result<Vec<CrmRecord>, CrmError> {
-        let info = self.object(object)?;
-        let column = find_column(
-            &info.read_columns,
-            object,
-            field,
-            info.read_source(),
-            "column",
-        )?
-        .clone();
-        let cast = info
-            .table_columns
-            .iter()
-            .find(|c| c.name == column.name)
-            .map(|c| c.cast.clone())
-            .unwrap_or_default();
-        let column = Column { cast, ..column };
-        let d = self.dialect();
-        let params: Vec<Option<String>> = values
-            .iter()
-            .filter(|v| !v.is_null())
-            .map(|v| d.value_text(v, &column.ty))
-            .collect();
-        let rows = self.fetch_by(info, &column, &params).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.deleted.is_none())
-            .map(|r| CrmRecord {
-                id: r.id,
-                modified_at: r.modified_at,
-                fields: r.fields,
-            })
-            .collect())
+        self.find_by(object, field, values, false).await
+    }
+
+    async fn find_folded(
+        &self,
+        object: &str,
+        field: &str,
+        values: &[Value],
+    ) -> Result<Vec<CrmRecord>, CrmError> {
+        self.find_by(object, field, values, true).await
     }
 
     async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError> {

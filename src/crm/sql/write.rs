@@ -3,12 +3,12 @@
 use crate::crm::{CrmError, WriteResult};
 use crate::model::{Fields, Value};
 
-use super::ObjectInfo;
 use super::catalog::Column;
 use super::changelog::WRITER_TABLE;
 use super::dialect::{
     Dialect, SqlPool, TextRow, classify, exec_text, fetch_text, on_pool, record_error,
 };
+use super::{ObjectInfo, is_soft_deleted};
 
 type Sql = (String, Vec<Option<String>>);
 
@@ -30,6 +30,9 @@ pub(super) struct Statement {
     /// An update of an existing row only: when `pre` finds no row, the record fails with
     /// `not_found` and nothing runs.
     update_only: bool,
+    /// `pre` returns the row's soft-delete column: a soft-deleted row is not written, and the
+    /// record fails with `deleted` (its key belongs to a record the CRM deleted).
+    refuse_deleted: bool,
 }
 
 /// What a batch did.
@@ -105,6 +108,13 @@ pub(super) fn plan_upsert(
         values.join(", ")
     );
     let key_param = params[columns.iter().position(|c| c.name == key.name).unwrap_or(0)].clone();
+    // The existence probe reads the soft-delete column where there is one, so that a key held
+    // by a deleted row is refused rather than written into the dead row.
+    let probe = match &info.soft {
+        Some(col) => d.as_text(&q(&col.name)),
+        None => d.as_text("1"),
+    };
+    let refuse_deleted = info.soft.is_some();
     Ok(match d {
         Dialect::Postgres | Dialect::Sqlite => {
             let sets: Vec<String> = names
@@ -124,9 +134,12 @@ pub(super) fn plan_upsert(
                 "{insert} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {returning}",
                 sets.join(", ")
             );
-            let pre = (d == Dialect::Sqlite).then(|| {
+            let pre = (d == Dialect::Sqlite || refuse_deleted).then(|| {
                 (
-                    format!("SELECT CAST(1 AS TEXT) FROM {table} WHERE {keyq} = ?"),
+                    format!(
+                        "SELECT {probe} FROM {table} WHERE {keyq} = {}",
+                        d.param(1, &key.cast)
+                    ),
                     vec![key_param.clone()],
                 )
             });
@@ -138,6 +151,7 @@ pub(super) fn plan_upsert(
                 post: None,
                 delete_id: None,
                 update_only: false,
+                refuse_deleted,
             }
         }
         Dialect::MySql => {
@@ -149,7 +163,7 @@ pub(super) fn plan_upsert(
             let update = format!("UPDATE {table} SET {} WHERE {keyq} = ?", sets.join(", "));
             let mut update_params = params.clone();
             update_params.push(key_param.clone());
-            let pre = format!("SELECT CAST(1 AS CHAR) FROM {table} WHERE {keyq} = ? FOR UPDATE");
+            let pre = format!("SELECT {probe} FROM {table} WHERE {keyq} = ? FOR UPDATE");
             let post = format!(
                 "SELECT {}, {} FROM {table} WHERE {keyq} = ?",
                 d.as_text(&pk),
@@ -163,6 +177,7 @@ pub(super) fn plan_upsert(
                 post: Some((post, vec![key_param])),
                 delete_id: None,
                 update_only: false,
+                refuse_deleted,
             }
         }
     })
@@ -250,6 +265,7 @@ pub(super) fn plan_update_by_pk(
         post: Some((post, vec![id])),
         delete_id: None,
         update_only: true,
+        refuse_deleted: false,
     })
 }
 
@@ -295,6 +311,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
                 post: Some((post, vec![Some(id.to_owned())])),
                 delete_id: Some(id.to_owned()),
                 update_only: false,
+                refuse_deleted: false,
             }
         }
         _ => Statement {
@@ -308,6 +325,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
             post: None,
             delete_id: Some(id.to_owned()),
             update_only: false,
+            refuse_deleted: false,
         },
     }
 }
@@ -352,9 +370,21 @@ pub(super) async fn run(
                 sqlx::raw_sql("SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
             }
             let mut existed = None;
+            let mut dead = false;
             if let Some((sql, params)) = st.pre {
                 let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
                 existed = Some(!rows.is_empty());
+                if st.refuse_deleted && let (Some(row), Some(col)) = (rows.first(), &info.soft) {
+                    let raw = row.first().cloned().flatten();
+                    dead = is_soft_deleted(raw.as_deref(), col, info.options.soft_delete.as_ref());
+                }
+            }
+            if dead {
+                if savepoints {
+                    sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+                }
+                results.push(failed("deleted", "the record holding this key is deleted in the CRM".to_owned()));
+                continue;
             }
             if st.update_only && existed == Some(false) {
                 if savepoints {
@@ -532,11 +562,23 @@ pub(super) async fn bulk_upsert(
     let op = format!("write {}", info.name);
     let err = |e: sqlx::Error| classify(&op, &e);
     let key_list: Vec<String> = (1..=keys.len()).map(|i| d.param(i, &key.cast)).collect();
+    let soft_probe = match &info.soft {
+        Some(col) => format!(", {}", d.as_text(&q(&col.name))),
+        None => String::new(),
+    };
     let existing_sql = format!(
-        "SELECT {} FROM {table} WHERE {keyq} IN ({})",
+        "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({})",
         d.as_text(&keyq),
         key_list.join(", ")
     );
+    let is_dead = |row: &TextRow| match &info.soft {
+        Some(col) => is_soft_deleted(
+            row.get(1).cloned().flatten().as_deref(),
+            col,
+            info.options.soft_delete.as_ref(),
+        ),
+        None => false,
+    };
     let key_params: Vec<Option<String>> = keys.iter().cloned().map(Some).collect();
     let rows: Option<(Vec<TextRow>, Vec<TextRow>)> = on_pool!(pool, p => {
         let mut tx = p.begin().await.map_err(err)?;
@@ -544,11 +586,15 @@ pub(super) async fn bulk_upsert(
             let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
             exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
         }
-        let existing = if d == Dialect::Sqlite {
+        let existing = if d == Dialect::Sqlite || info.soft.is_some() {
             fetch_text!(&mut *tx, existing_sql, key_params).map_err(err)?
         } else {
             Vec::new()
         };
+        // A key held by a deleted row: record by record, so that it alone is refused.
+        if existing.iter().any(is_dead) {
+            return Ok(None);
+        }
         match fetch_text!(&mut *tx, sql, params) {
             Ok(returned) => {
                 if sqlite_writer_flag {

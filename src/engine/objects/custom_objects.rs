@@ -1,9 +1,15 @@
-//! The demo CRM's custom table -> the Marketo custom object, by the object's dedupe field(s)
-//! (the mapping's `keys.marketo_crm_key`, `vin` for `car_c`), linked to the Marketo lead of the
-//! record's CRM contact (`leadId`).
+//! Custom objects, both ways.
 //!
-//! One way only: the simulator emits no "Added to <object>" activities, so Marketo-side custom
-//! object records are not copied to the CRM.
+//! CRM -> Marketo: the CRM table's created and updated rows are written to the Marketo custom
+//! object by its dedupe field (the mapping's `keys.marketo_crm_key`, `vin` for `car_c`), linked to
+//! the Marketo lead of the row's CRM contact ([`LEAD_FIELD`]).
+//!
+//! Marketo -> CRM (when a mapped field flows to the CRM): records added in Marketo are found
+//! through the custom object's "added" activity and copied to the CRM table; see
+//! [`from_marketo`]. Both directions key a record pair by the key field's value, so each
+//! direction sees the other's writes as agreed values and nothing comes back.
+
+pub mod from_marketo;
 
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +20,8 @@ use crate::model::{Fields, Value};
 
 /// The raw CRM column of a custom record holding its contact id.
 pub const CONTACT_COLUMN: &str = "contact_id";
+/// The custom object field linking a record to its Marketo lead.
+pub const LEAD_FIELD: &str = "leadId";
 
 /// The standard objects: every other plan is a custom object.
 const STANDARD: &[&str] = &[
@@ -34,9 +42,18 @@ pub fn custom_plans(plans: &Plans) -> Vec<&Plan> {
         .collect()
 }
 
+/// Returns the canonical name of the field mapped to the plan's Marketo key field, if mapped.
+pub fn marketo_key_field(plan: &Plan) -> Option<String> {
+    plan.fields
+        .iter()
+        .find(|f| f.marketo.as_deref() == Some(plan.marketo_crm_key.as_str()))
+        .map(|f| f.name.clone())
+}
+
 /// Syncs created and updated CRM records of every enabled custom object to Marketo
 /// (createOrUpdate, dedupeBy dedupeFields), with `leadId` set from the linked contact when the
-/// CRM row has one (a contact not linked yet waits in the error ledger, retryable).
+/// CRM row has one (a contact not linked yet waits in the error ledger, retryable); then copies
+/// the records added in Marketo to the CRM ([`from_marketo::run`]).
 ///
 /// # Errors
 ///
@@ -50,11 +67,7 @@ pub async fn run(
 ) -> Result<(), EngineError> {
     for plan in custom_plans(plans) {
         let key_name = plan.marketo_crm_key.clone();
-        let canonical_key = plan
-            .fields
-            .iter()
-            .find(|f| f.marketo.as_deref() == Some(key_name.as_str()))
-            .map(|f| f.name.clone());
+        let canonical_key = marketo_key_field(plan);
         let keys: &KeysFn = &move |change, _raw, canonical, leads| {
             let key = match &canonical_key {
                 Some(name) => key_text(canonical.get(name)),
@@ -77,7 +90,7 @@ pub async fn run(
                         true,
                     )
                 })?;
-                k.insert("leadId".into(), Value::Int(lead));
+                k.insert(LEAD_FIELD.into(), Value::Int(lead));
             }
             Ok((key, k))
         };
@@ -87,6 +100,7 @@ pub async fn run(
             contact_column: Some(CONTACT_COLUMN),
         };
         push_step(ctx, plan, spec, summary, options, cancel).await?;
+        from_marketo::run(ctx, plan, summary, options, cancel).await?;
     }
     Ok(())
 }
