@@ -95,7 +95,7 @@ pub enum Command {
     /// Ends a pause.
     Resume(ConfigArgs),
     /// Runs seeded random schedules of edits, faults and kills against the simulator and a
-    /// SQLite demo CRM, and checks that both sides converge after each.
+    /// demo CRM (SQLite or PostgreSQL), and checks that both sides converge after each.
     Converge {
         /// How many schedules (seeds) to run.
         #[arg(long, default_value_t = 10)]
@@ -115,7 +115,41 @@ pub enum Command {
         /// Kill no cycles.
         #[arg(long)]
         no_kills: bool,
+        /// Where the engine runs: `process` runs every cycle as a child `marketo-sync sync
+        /// --once` and kills it with SIGKILL; `in-process` is faster and moves the engine's clock.
+        #[arg(long, value_enum, default_value_t = ConvergeEngine::InProcess)]
+        engine: ConvergeEngine,
+        /// The demo CRM's database: `sqlite` (a file; the fault is a held write lock) or
+        /// `postgres` (a scratch database on --postgres-url; the fault is terminated connections).
+        #[arg(long, value_enum, default_value_t = ConvergeCrm::Sqlite)]
+        crm: ConvergeCrm,
+        /// The PostgreSQL server for `--crm postgres` (a user that may create databases).
+        #[arg(
+            long,
+            env = "PG_TEST_URL",
+            hide_env_values = true,
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
     },
+}
+
+/// Where `converge` runs the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvergeEngine {
+    /// In the harness's process.
+    InProcess,
+    /// As a child process per cycle, killed with SIGKILL.
+    Process,
+}
+
+/// The database of `converge`'s demo CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvergeCrm {
+    /// A SQLite file.
+    Sqlite,
+    /// A scratch PostgreSQL database.
+    Postgres,
 }
 
 /// Arguments of `demo`.
@@ -426,12 +460,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             no_faults,
             no_kills,
+            engine,
+            crm,
+            postgres_url,
         } => {
-            let options = crate::sim::converge::ConvergeOptions {
-                config_dir: config,
+            use crate::sim::converge::{ConvergeOptions, CrmKind, EngineMode};
+            let engine = match engine {
+                ConvergeEngine::InProcess => EngineMode::InProcess,
+                ConvergeEngine::Process => EngineMode::Process {
+                    binary: std::env::current_exe()?,
+                },
+            };
+            let crm = match crm {
+                ConvergeCrm::Sqlite => CrmKind::Sqlite,
+                ConvergeCrm::Postgres => CrmKind::Postgres {
+                    server_url: secrecy::SecretString::from(postgres_url),
+                },
+            };
+            let options = ConvergeOptions {
                 steps,
                 faults: !no_faults,
                 kills: !no_kills,
+                engine,
+                crm,
+                ..ConvergeOptions::new(config)
             };
             let ok =
                 crate::sim::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())

@@ -212,6 +212,36 @@ fn load_reports_every_error_at_once() {
 }
 
 #[test]
+fn retry_delays_come_from_the_settings_and_are_checked() {
+    let dir = config_dir();
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "s"),
+        ("MKSYNC__MARKETO__RETRY_MIN_DELAY_MS", "2"),
+        ("MKSYNC__MARKETO__RETRY_MAX_DELAY_MS", "7"),
+        ("MKSYNC__MARKETO__RATE_LIMIT_WAIT_MS", "9"),
+    ]));
+    let (settings, problems) = load_settings(&source);
+    let policy = settings
+        .unwrap_or_else(|| panic!("{problems:?}"))
+        .marketo
+        .retry_policy();
+    assert_eq!(policy.min_delay, std::time::Duration::from_millis(2));
+    assert_eq!(policy.max_delay, std::time::Duration::from_millis(7));
+    assert_eq!(policy.rate_limit_wait, std::time::Duration::from_millis(9));
+
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__RETRY_MIN_DELAY_MS", "8"),
+        ("MKSYNC__MARKETO__RETRY_MAX_DELAY_MS", "7"),
+        ("MKSYNC__MARKETO__RATE_LIMIT_WAIT_MS", "0"),
+    ]));
+    let (settings, problems) = load_settings(&source);
+    assert!(settings.is_none());
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"marketo.retry_min_delay_ms"), "{keys:?}");
+    assert!(keys.contains(&"marketo.rate_limit_wait_ms"), "{keys:?}");
+}
+
+#[test]
 fn watermarks_accept_dates_and_instants() {
     let dir = config_dir();
     write(

@@ -189,6 +189,25 @@ async fn daily_quota_answers_607_until_chicago_midnight() {
     assert_eq!(t.get("/rest/v1/leads/describe.json").await["success"], true);
 }
 
+#[tokio::test]
+async fn a_spent_daily_quota_answers_607_until_the_day_turns() {
+    let t = T::new(config()).await;
+    assert_eq!(t.get("/rest/v1/leads/describe.json").await["success"], true);
+    t.sim.spend_daily_quota();
+    assert_eq!(t.sim.counters().calls_today, 50_000);
+    assert_eq!(code(&t.get("/rest/v1/leads/describe.json").await), "607");
+    // 12:00Z is 06:00 in Chicago: one hour short of the turn it still refuses.
+    let mut t = t;
+    for (hours, answer) in [(17, "607"), (1, "")] {
+        t.sim.advance_clock(Duration::from_secs(hours * 3600));
+        t.token = t.fetch_token().await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(code(&t.get("/rest/v1/leads/describe.json").await), answer);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_ten_in_flight_answers_615() {
     let t = T::new(config()).await;

@@ -69,6 +69,14 @@ pub struct MarketoSettings {
     pub request_timeout_secs: u64,
     /// Timeout of connecting to Marketo, in seconds.
     pub connect_timeout_secs: u64,
+    /// First back-off before retrying a failed call (5xx, 604, 608, 611, dropped connection),
+    /// in milliseconds; it doubles on each retry.
+    pub retry_min_delay_ms: u64,
+    /// Longest back-off between retries of a call, in milliseconds.
+    pub retry_max_delay_ms: u64,
+    /// How long every call holds off after a 606 (rate limit), in milliseconds; Marketo's window
+    /// is 20 seconds. Lower it only against a simulator.
+    pub rate_limit_wait_ms: u64,
 }
 
 impl Default for MarketoSettings {
@@ -85,6 +93,9 @@ impl Default for MarketoSettings {
             bulk_mb_budget: 500,
             request_timeout_secs: 30,
             connect_timeout_secs: 10,
+            retry_min_delay_ms: 1_000,
+            retry_max_delay_ms: 60_000,
+            rate_limit_wait_ms: 20_000,
         }
     }
 }
@@ -112,6 +123,17 @@ impl MarketoSettings {
     /// Returns the connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Returns the retry policy: the configured back-off and 606 wait, the client's defaults
+    /// otherwise.
+    pub fn retry_policy(&self) -> crate::marketo::RetryPolicy {
+        crate::marketo::RetryPolicy {
+            min_delay: Duration::from_millis(self.retry_min_delay_ms),
+            max_delay: Duration::from_millis(self.retry_max_delay_ms),
+            rate_limit_wait: Duration::from_millis(self.rate_limit_wait_ms),
+            ..crate::marketo::RetryPolicy::default()
+        }
     }
 }
 
@@ -531,6 +553,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "bulk_mb_budget",
             "request_timeout_secs",
             "connect_timeout_secs",
+            "retry_min_delay_ms",
+            "retry_max_delay_ms",
+            "rate_limit_wait_ms",
         ],
     ),
     ("crm", &["adapter", "url", "url_file", "options"]),
@@ -724,6 +749,25 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
             problems,
             place,
             "marketo.connect_timeout_secs",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if m.retry_min_delay_ms == 0 || m.retry_min_delay_ms > m.retry_max_delay_ms {
+        push(
+            problems,
+            place,
+            "marketo.retry_min_delay_ms",
+            format!(
+                "must be at least 1 and at most retry_max_delay_ms ({}), got {}",
+                m.retry_max_delay_ms, m.retry_min_delay_ms
+            ),
+        );
+    }
+    if m.rate_limit_wait_ms == 0 {
+        push(
+            problems,
+            place,
+            "marketo.rate_limit_wait_ms",
             "must be at least 1".to_owned(),
         );
     }

@@ -1,10 +1,12 @@
 //! The convergence harness: seeded random schedules of edits on both sides, with faults injected
-//! in the simulator and the CRM and cycles killed at random points, after which both sides must
-//! agree.
+//! in the simulator and the CRM and the engine killed at random points, after which both sides
+//! must agree.
 //!
-//! One schedule ([`run_schedule`]) starts a simulator, a SQLite demo CRM and a SQLite state store
-//! in a temporary directory, then plays `steps` random steps drawn from a ChaCha8 generator seeded
-//! with the schedule's seed:
+//! One schedule ([`run_schedule`]) starts a simulator, a demo CRM (SQLite in the temporary
+//! directory, or a scratch PostgreSQL database) and a SQLite state store, writes a config
+//! directory for them (`default.toml` and the `mappings/leads.toml` of
+//! [`ConvergeOptions::config_dir`]; the client secret and the CRM URL go in the environment),
+//! then plays `steps` random steps drawn from a ChaCha8 generator seeded with the schedule's seed:
 //!
 //! - Marketo user edits through [`SimHandle`]: create a lead, edit a mapped field, delete a lead,
 //!   merge two leads;
@@ -13,38 +15,87 @@
 //!   (`merged_into` + soft delete), and a conversion (a CRM lead row converted into a contact
 //!   whose email Marketo already holds);
 //! - conflicting edits: the same mapped field edited on both sides between two cycles;
-//! - faults: a simulator fault profile (throttling, 5xx, time-outs, truncated and 404 bulk
-//!   downloads, dropped connections), expired tokens, a spent daily quota followed by the clock
-//!   moving past the Marketo day turn, and the CRM database locked by another connection during
-//!   a cycle (writes fail as they do when the connection is lost);
-//! - kills: a cycle whose state commit is aborted, or whose cancellation token fires after a
-//!   random number of simulator requests; both followed by a restart (a new [`Engine`] with a new
-//!   Marketo client on the same store and CRM);
+//! - faults: a simulator fault profile (throttling, 5xx, time-outs, 608, dropped connections,
+//!   truncated and 404 bulk downloads), expired tokens, the simulator's daily quota spent (a real
+//!   607, see below), and the CRM database failing during a cycle: on SQLite another connection
+//!   holds the write lock; on PostgreSQL the harness terminates the adapter's connections
+//!   (`pg_terminate_backend`) from a random number of Marketo requests into the cycle on;
+//! - kills, then a restart on the same store and CRM (see the engine modes);
 //! - cycles.
 //!
 //! Then faults are cleared and quiet cycles run until two in a row write nothing (at most 10),
-//! and the invariants are checked (see `check_invariants`). The number of kills can differ by
-//! one or two between runs of one seed: a cancelled cycle may finish before its cancel point. The engine is also rebuilt before
-//! its client's 100-calls-per-20-s window would make the run wait in real time; that restart is
-//! not counted as a kill.
+//! and the invariants are checked (see `check_invariants`).
+//!
+//! # Engine modes
+//!
+//! [`EngineMode::Process`] runs every cycle as `marketo-sync sync --once --config DIR`, a child
+//! process of the harness with the written config directory. A kill is a SIGKILL of that child:
+//! either once the simulator has logged a seeded number of requests since the child started, or
+//! once the CRM's contacts show the child's first write (the child is then somewhere between
+//! writing the CRM and committing the store). The harness polls those counters; nothing waits
+//! for a time. The next cycle is a new process: the restart. `sync --once` rather than `run`,
+//! because the daemon's store lease outlives a killed holder by its time to live (60 s of real
+//! time) and its interval and back-off are real time too; the cycle code is the same. As every
+//! cycle is a fresh process, the CRM adapter never remembers its own writes, so each cycle
+//! re-reads the previous one's CRM writes (as after any restart).
+//!
+//! [`EngineMode::InProcess`] runs the engine in this process on the same config (faster, and
+//! its clock can be moved), one engine across cycles like the daemon's. Its kills are a cycle
+//! whose N-th store commit is aborted (a process killed between writing both sides and
+//! recording it) or whose cancellation token fires after a seeded number of simulator requests;
+//! both followed by a restart: a new [`Engine`], Marketo client and CRM adapter on the same store
+//! and CRM. The engine is also restarted before its client's 100-calls-per-20-s window would make
+//! the run wait in real time; that restart is not counted as a kill. The number of cancel kills
+//! can differ between runs of one seed: a cancelled cycle may finish before its cancel point.
+//!
+//! # Clocks
+//!
+//! The harness moves the simulator's clock 30 s forward before every cycle (the interval
+//! between cycles; it also keeps the simulator's own 100-per-20-s window from throttling a run
+//! that plays many cycles a second), so sim time runs ahead of real time, never behind it.
+//! Marketo is read through paging tokens, which do not depend on the engine's clock. The CRM's
+//! timestamps follow the engine's clock, as on a deployment whose engine host and database
+//! agree on the time (the engine falls back to its own clock for the CRM watermark when a cycle
+//! reads no CRM change, so an engine clock far ahead of the database's would lose CRM edits):
+//!
+//! - In process mode the engine's clock is the real clock (a child cannot share the harness's
+//!   [`ManualClock`]), and CRM edits are stamped by the database. A per-record error's retry,
+//!   due minutes later, does not come due during a run (a schedule that needed one would fail
+//!   and show it). The engine's side of a quota pause (the daemon waiting until the day turns)
+//!   is not exercised: the paused child exits, the harness moves the simulator past its day
+//!   turn, and the next child is the resumption.
+//! - In in-process mode the engine's clock is a [`ManualClock`] that follows the simulator's
+//!   (never behind it), and the CRM user's edits are stamped with it. Retries come due as sim
+//!   time passes, and a quota pause ends when the harness moves both clocks past the Marketo day
+//!   turn.
+//!
+//! The daily quota fault spends the simulator's quota for the current sim day
+//! ([`SimHandle::spend_daily_quota`]): the cycle's first counted call answers 607, the engine
+//! stops with [`EngineError::Paused`] until the next Marketo day turn (in process mode the
+//! child's exit message says so), the harness moves the clocks past the turn, and the next cycle
+//! must not be paused.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value as Json, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DeletePolicy, LoadedMapping, Policy, Settings, load_mappings};
-use crate::crm::sql::dialect::SqlPool;
+use crate::config::{LoadedMapping, Policy, SettingsSource};
+use crate::crm::sql::dialect::{Dialect, SqlPool};
 use crate::crm::{Crm, registry};
 use crate::engine::{Context, CycleOptions, CycleSummary, Engine, EngineError, Runner, Tunables};
-use crate::marketo::{Client, ClientConfig};
+use crate::marketo::limiter::next_day_turn;
 use crate::model::{Side, Value};
 use crate::sim::{FaultKind, FaultProfile, FaultRule, SimConfig, SimHandle, Simulator, demo_crm};
 use crate::store::{self, Clock, CommitHook, ManualClock, OpenOptions, StateStore, StoreError};
@@ -52,7 +103,7 @@ use crate::store::{self, Clock, CommitHook, ManualClock, OpenOptions, StateStore
 /// A failure to set up or run a schedule (not a violated invariant: those are in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
-    /// A part could not be started (simulator, CRM, store, mappings, client).
+    /// A part could not be started (simulator, CRM, store, config, engine process).
     #[error("cannot set up seed {seed}: {what}")]
     Setup {
         /// The seed.
@@ -87,6 +138,43 @@ impl ConvergeError {
     }
 }
 
+/// Where the engine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineMode {
+    /// In the harness's process, on a clock that follows the simulator's; kills are aborted
+    /// commits and cancelled cycles.
+    InProcess,
+    /// Each cycle is `<binary> sync --once --config DIR`, a child process SIGKILLed at random
+    /// points; the engine runs on the real clock.
+    Process {
+        /// The `marketo-sync` binary.
+        binary: PathBuf,
+    },
+}
+
+/// The demo CRM's database.
+#[derive(Debug, Clone)]
+pub enum CrmKind {
+    /// A SQLite file in the schedule's temporary directory; the fault is a held write lock.
+    Sqlite,
+    /// A scratch database created (and dropped afterwards) on a PostgreSQL server; the fault is
+    /// `pg_terminate_backend` of the adapter's connections during a cycle.
+    Postgres {
+        /// A URL of the server with the right to create databases (its path names the database
+        /// to connect to for that).
+        server_url: SecretString,
+    },
+}
+
+impl CrmKind {
+    fn name(&self) -> &'static str {
+        match self {
+            CrmKind::Sqlite => "sqlite",
+            CrmKind::Postgres { .. } => "postgres",
+        }
+    }
+}
+
 /// How to run schedules.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
@@ -94,10 +182,28 @@ pub struct ConvergeOptions {
     pub config_dir: PathBuf,
     /// Steps per schedule.
     pub steps: usize,
-    /// Inject faults (simulator faults, expired tokens, spent quotas, CRM locks).
+    /// Inject faults (simulator faults, expired tokens, spent quotas, CRM failures).
     pub faults: bool,
-    /// Kill cycles and restart the engine.
+    /// Kill the engine and restart it.
     pub kills: bool,
+    /// Where the engine runs.
+    pub engine: EngineMode,
+    /// The demo CRM's database.
+    pub crm: CrmKind,
+}
+
+impl ConvergeOptions {
+    /// Returns options with 40 steps, faults and kills, the engine in process and a SQLite CRM.
+    pub fn new(config_dir: impl Into<PathBuf>) -> ConvergeOptions {
+        ConvergeOptions {
+            config_dir: config_dir.into(),
+            steps: 40,
+            faults: true,
+            kills: true,
+            engine: EngineMode::InProcess,
+            crm: CrmKind::Sqlite,
+        }
+    }
 }
 
 /// What one schedule did and whether both sides agreed afterwards.
@@ -107,10 +213,14 @@ pub struct ConvergenceReport {
     pub seed: u64,
     /// Steps played.
     pub steps: usize,
-    /// Faults injected (simulator profiles, expired tokens, spent quotas, CRM locks).
+    /// Faults injected (all kinds).
     pub faults: usize,
-    /// Cycles killed (commit aborted or cancelled mid-way) and restarted.
+    /// Faults injected per kind.
+    pub faults_by_kind: BTreeMap<String, usize>,
+    /// Kills that landed (a cycle killed before it finished), each followed by a restart.
     pub kills: usize,
+    /// Kills per kind.
+    pub kills_by_kind: BTreeMap<String, usize>,
     /// Cycles run (including failed and killed ones and the quiet ones).
     pub cycles: usize,
     /// Cycles that ended in an error (faults, kills, pauses), all survived by later cycles.
@@ -139,45 +249,193 @@ const WORDS: &[&str] = &[
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Radia", "Dennis", "Open", "Working",
     "Web", "Partner", "CTO", "Buyer",
 ];
+/// Sim time between two cycles.
+const TICK: Duration = Duration::from_secs(30);
+/// How often a running cycle's kill or fault point is checked.
+const POLL: Duration = Duration::from_millis(1);
 
-struct Rig {
-    seed: u64,
-    sim: SimHandle,
+/// What to do to a cycle while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Nothing,
+    /// In process: cancel the cycle once the simulator logged this many more requests.
+    CancelAfter(u64),
+    /// Child: SIGKILL it once the simulator logged this many more requests.
+    KillAfterRequests(u64),
+    /// Child: SIGKILL it once the CRM's contacts show a write.
+    KillAfterCrmWrite,
+    /// PostgreSQL: terminate the CRM connections from this many more simulator requests on
+    /// until the cycle ends.
+    DropCrmAfter(u64),
+}
+
+/// How a cycle ended.
+#[derive(Debug)]
+enum Ran {
+    Done {
+        written: u64,
+        failed: u64,
+    },
+    Paused {
+        until: Option<DateTime<Utc>>,
+        message: String,
+    },
+    Cancelled,
+    Killed,
+    Failed(String),
+}
+
+impl Ran {
+    fn is_ok(&self) -> bool {
+        matches!(self, Ran::Done { .. })
+    }
+}
+
+impl fmt::Display for Ran {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ran::Done { written, failed } => {
+                write!(f, "finished ({written} written, {failed} failed)")
+            }
+            Ran::Paused { message, .. } => write!(f, "paused: {message}"),
+            Ran::Cancelled => f.write_str("cancelled"),
+            Ran::Killed => f.write_str("killed"),
+            Ran::Failed(message) => write!(f, "failed: {message}"),
+        }
+    }
+}
+
+/// A cycle's end and whether its watch acted (cancelled, killed, or terminated a connection).
+struct Cycle {
+    ran: Ran,
+    fired: bool,
+}
+
+/// The engine of in-process mode.
+struct InProcess {
+    loaded: crate::config::Loaded,
     crm: Arc<dyn Crm>,
-    user: SqlPool,
-    locker: SqlPool,
-    store: Arc<dyn StateStore>,
     clock: Arc<ManualClock>,
-    settings: Settings,
-    mappings: Vec<LoadedMapping>,
     engine: Engine,
     engine_calls_at: u64,
     abort_commits: Arc<AtomicU32>,
     killed: Arc<AtomicBool>,
-    _dir: tempfile::TempDir,
 }
 
-fn client_for(sim: &SimHandle) -> Result<Client, String> {
-    let mut cfg = ClientConfig::new(
-        sim.base_url()
-            .parse()
-            .map_err(|e| format!("sim url: {e}"))?,
-        sim.credentials().0,
-        sim.credentials().1,
-    );
-    cfg.calls_per_20s = 100;
-    cfg.max_concurrency = 10;
-    cfg.daily_call_budget = 1_000_000;
-    cfg.retry.min_delay = Duration::from_millis(1);
-    cfg.retry.max_delay = Duration::from_millis(5);
-    cfg.retry.rate_limit_wait = Duration::from_millis(5);
-    Client::new(cfg).map_err(|e| format!("client: {e}"))
+/// The engine of process mode: how to start a cycle.
+struct ChildEngine {
+    binary: PathBuf,
+    config_dir: PathBuf,
+    env: HashMap<String, String>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+enum Driver {
+    InProcess(Box<InProcess>),
+    Process(ChildEngine),
+}
+
+struct Rig {
+    seed: u64,
+    sim: SimHandle,
+    dialect: Dialect,
+    user: SqlPool,
+    /// SQLite: holds the write lock; PostgreSQL: terminates the other connections.
+    locker: SqlPool,
+    store: Arc<dyn StateStore>,
+    mappings: Vec<LoadedMapping>,
+    driver: Driver,
+    /// The PostgreSQL server and scratch database to drop at the end.
+    scratch: Option<(SecretString, String)>,
+    dir: tempfile::TempDir,
+}
+
+/// Returns `base` with its path replaced by `/db`.
+fn with_database(base: &str, db: &str) -> Result<String, String> {
+    let mut url =
+        url::Url::parse(base).map_err(|_| "the postgres url does not parse".to_owned())?;
+    url.set_path(&format!("/{db}"));
+    Ok(url.to_string())
+}
+
+/// Returns the settings file of a schedule: the simulator, the CRM options and the store, with
+/// the client's retries shortened to milliseconds (the simulator's faults would otherwise cost
+/// seconds each).
+fn settings_toml(
+    sim: &SimHandle,
+    crm_options: &Json,
+    store_url: &str,
+    low_watermark: DateTime<Utc>,
+) -> Result<String, String> {
+    let doc = json!({
+        "marketo": {
+            "base_url": sim.base_url(),
+            "client_id": sim.credentials().0,
+            "calls_per_20s": 100,
+            "max_concurrency": 10,
+            "daily_call_budget": 10_000,
+            "retry_min_delay_ms": 1,
+            "retry_max_delay_ms": 5,
+            "rate_limit_wait_ms": 5,
+        },
+        "crm": { "adapter": "sql", "options": crm_options },
+        "store": { "url": store_url },
+        "sync": {
+            "objects": ["leads"],
+            "lead_deletes": "delete",
+            "lead_merges": "delete",
+            "mappings_dir": "mappings",
+        },
+        "bootstrap": { "low_watermarks": { "leads": low_watermark.to_rfc3339() } },
+    });
+    let value = toml::Value::try_from(doc).map_err(|e| format!("settings: {e}"))?;
+    toml::to_string(&value).map_err(|e| format!("settings: {e}"))
 }
 
 impl Rig {
-    async fn start(seed: u64, config_dir: &Path) -> Result<Rig, ConvergeError> {
+    async fn start(seed: u64, options: &ConvergeOptions) -> Result<Rig, ConvergeError> {
         let setup = |what: String| ConvergeError::Setup { seed, what };
         let dir = tempfile::tempdir().map_err(|e| setup(format!("temp dir: {e}")))?;
+        let (crm_url, scratch) = match &options.crm {
+            CrmKind::Sqlite => (
+                format!("sqlite://{}", dir.path().join("crm.db").display()),
+                None,
+            ),
+            CrmKind::Postgres { server_url } => {
+                let server = server_url.expose_secret();
+                let name = format!("mks_conv_{}", uuid::Uuid::new_v4().simple());
+                let admin = SqlPool::connect(server, 1, false)
+                    .await
+                    .map_err(|e| setup(format!("postgres server: {e}")))?;
+                let created = admin
+                    .execute_raw("create the scratch crm", format!("CREATE DATABASE {name}"))
+                    .await;
+                admin.close().await;
+                created.map_err(|e| setup(format!("scratch database: {e}")))?;
+                (
+                    with_database(server, &name).map_err(setup)?,
+                    Some((server_url.clone(), name)),
+                )
+            }
+        };
+        let rig = Self::start_on(seed, options, dir, crm_url, scratch.clone()).await;
+        if rig.is_err()
+            && let Some((server, name)) = &scratch
+        {
+            drop_database(server, name).await;
+        }
+        rig
+    }
+
+    async fn start_on(
+        seed: u64,
+        options: &ConvergeOptions,
+        dir: tempfile::TempDir,
+        crm_url: String,
+        scratch: Option<(SecretString, String)>,
+    ) -> Result<Rig, ConvergeError> {
+        let setup = |what: String| ConvergeError::Setup { seed, what };
         let sim = Simulator::start(SimConfig {
             seed,
             leads: 0,
@@ -187,171 +445,418 @@ impl Rig {
         })
         .await
         .map_err(|e| setup(format!("simulator: {e}")))?;
-        let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
         demo_crm::install(&crm_url, seed, 0)
             .await
             .map_err(|e| setup(format!("demo crm: {e}")))?;
-        let crm_options = demo_crm::adapter_options(true, false);
-        let crm = registry::build("sql", &SecretString::from(crm_url.clone()), &crm_options)
-            .await
-            .map_err(|e| setup(format!("crm adapter: {e}")))?;
         let user = SqlPool::connect(&crm_url, 1, false)
             .await
             .map_err(|e| setup(format!("crm user pool: {e}")))?;
         let locker = SqlPool::connect(&crm_url, 1, false)
             .await
-            .map_err(|e| setup(format!("crm lock pool: {e}")))?;
-        let clock = Arc::new(ManualClock::new(sim.now().max(Utc::now())));
-        let abort_commits = Arc::new(AtomicU32::new(0));
-        let killed = Arc::new(AtomicBool::new(false));
-        let (a, k) = (abort_commits.clone(), killed.clone());
-        // Aborts the N-th commit from now (a process killed between writing both sides and
-        // recording it).
-        let hook: CommitHook = Arc::new(move || {
-            let (a, k) = (a.clone(), k.clone());
-            Box::pin(async move {
-                let left = a.load(Ordering::SeqCst);
-                if left == 0 {
-                    return Ok(());
-                }
-                a.store(left - 1, Ordering::SeqCst);
-                if left == 1 {
-                    k.store(true, Ordering::SeqCst);
-                    return Err(StoreError::Aborted {
-                        reason: "killed by the convergence harness".into(),
-                    });
-                }
-                Ok(())
-            })
-        });
-        let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
-        let store = store::open_with(
-            &store_url,
-            OpenOptions {
-                clock: clock.clone(),
-                commit_hook: Some(hook),
-                ..OpenOptions::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(format!("store: {e}")))?;
+            .map_err(|e| setup(format!("crm fault pool: {e}")))?;
 
-        let mut settings = Settings::default();
-        settings.marketo.base_url = Some(sim.base_url());
-        settings.marketo.client_id = Some(sim.credentials().0);
-        settings.marketo.client_secret = Some(sim.credentials().1);
-        settings.marketo.daily_call_budget = 10_000;
-        settings.marketo.calls_per_20s = 100;
-        settings.marketo.max_concurrency = 10;
-        settings.crm.url = Some(SecretString::from(crm_url));
-        settings.crm.options = crm_options;
-        settings.sync.objects = vec!["leads".into()];
-        settings.sync.lead_deletes = DeletePolicy::Delete;
-        settings.sync.lead_merges = DeletePolicy::Delete;
-        settings
-            .bootstrap
-            .low_watermarks
-            .insert("leads".into(), sim.now() - chrono::Duration::minutes(1));
-        let (mappings, problems) = load_mappings(config_dir, &settings);
-        if let Some(p) = problems.iter().find(|p| p.is_error()) {
-            return Err(setup(format!("mappings: {p}")));
+        // The config directory both modes run on.
+        let config_dir = dir.path().join("config");
+        let mappings_dir = config_dir.join("mappings");
+        std::fs::create_dir_all(&mappings_dir).map_err(|e| setup(format!("config dir: {e}")))?;
+        let mapping = options.config_dir.join("mappings").join("leads.toml");
+        std::fs::copy(&mapping, mappings_dir.join("leads.toml"))
+            .map_err(|e| setup(format!("no lead mapping at {}: {e}", mapping.display())))?;
+        let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let low = sim.now() - chrono::Duration::minutes(1);
+        let text = settings_toml(
+            &sim,
+            &demo_crm::adapter_options(true, false),
+            &store_url,
+            low,
+        )
+        .map_err(setup)?;
+        std::fs::write(config_dir.join("default.toml"), text)
+            .map_err(|e| setup(format!("settings file: {e}")))?;
+        let env: HashMap<String, String> = [
+            (
+                "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+                sim.credentials().1.expose_secret().to_owned(),
+            ),
+            ("MKSYNC__CRM__URL".to_owned(), crm_url.clone()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ]
+        .into();
+        let loaded =
+            crate::config::load(&SettingsSource::new(&config_dir, None).with_vars(env.clone()))
+                .map_err(|e| setup(format!("the written config does not load: {e}")))?;
+        if loaded.mappings.is_empty() {
+            return Err(setup(format!("no lead mapping in {}", mapping.display())));
         }
-        if mappings.is_empty() {
-            return Err(setup(format!(
-                "no lead mapping under {}",
-                config_dir.join("mappings").display()
-            )));
-        }
-        let engine =
-            Self::engine(&sim, &settings, &mappings, &crm, &store, &clock).map_err(setup)?;
+        let mappings = loaded.mappings.clone();
+
+        let (store, driver) = match &options.engine {
+            EngineMode::InProcess => {
+                let clock = Arc::new(ManualClock::new(sim.now().max(Utc::now())));
+                let abort_commits = Arc::new(AtomicU32::new(0));
+                let killed = Arc::new(AtomicBool::new(false));
+                let store = store::open_with(
+                    &store_url,
+                    OpenOptions {
+                        clock: clock.clone(),
+                        commit_hook: Some(abort_hook(abort_commits.clone(), killed.clone())),
+                        ..OpenOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| setup(format!("store: {e}")))?;
+                let crm = crm_adapter(&loaded).await.map_err(setup)?;
+                let engine = in_process_engine(&loaded, &crm, &store, &clock).map_err(setup)?;
+                let driver = Driver::InProcess(Box::new(InProcess {
+                    loaded,
+                    crm,
+                    clock,
+                    engine,
+                    engine_calls_at: 0,
+                    abort_commits,
+                    killed,
+                }));
+                (store, driver)
+            }
+            EngineMode::Process { binary } => {
+                // Only read by the checks; the child opens the same file.
+                let store = store::open(&store_url)
+                    .await
+                    .map_err(|e| setup(format!("store: {e}")))?;
+                let driver = Driver::Process(ChildEngine {
+                    binary: binary.clone(),
+                    config_dir,
+                    env,
+                    out: dir.path().join("cycle.out"),
+                    err: dir.path().join("cycle.err"),
+                });
+                (store, driver)
+            }
+        };
         Ok(Rig {
             seed,
             sim,
-            crm,
+            dialect: user.dialect(),
             user,
             locker,
             store,
-            clock,
-            settings,
             mappings,
-            engine,
-            engine_calls_at: 0,
-            abort_commits,
-            killed,
-            _dir: dir,
+            driver,
+            scratch,
+            dir,
         })
     }
 
-    fn engine(
-        sim: &SimHandle,
-        settings: &Settings,
-        mappings: &[LoadedMapping],
-        crm: &Arc<dyn Crm>,
-        store: &Arc<dyn StateStore>,
-        clock: &Arc<ManualClock>,
-    ) -> Result<Engine, String> {
-        let ctx = Context::new(
-            settings.clone(),
-            mappings.to_vec(),
-            client_for(sim)?,
-            crm.clone(),
-            store.clone(),
-            clock.clone(),
-        );
-        Ok(Engine::with_tunables(ctx, Tunables::default()))
-    }
-
-    /// Replaces the engine (a process restart on the same store and CRM).
-    fn restart(&mut self) -> Result<(), ConvergeError> {
-        self.engine = Self::engine(
-            &self.sim,
-            &self.settings,
-            &self.mappings,
-            &self.crm,
-            &self.store,
-            &self.clock,
-        )
-        .map_err(|what| ConvergeError::Setup {
+    fn setup_error(&self, what: String) -> ConvergeError {
+        ConvergeError::Setup {
             seed: self.seed,
             what,
-        })?;
-        self.engine_calls_at = self.sim.counters().calls_logged;
+        }
+    }
+
+    /// Closes the pools, stops the simulator and drops the scratch database.
+    async fn finish(self) {
+        self.user.close().await;
+        self.locker.close().await;
+        drop(self.driver);
+        drop(self.store);
+        self.sim.shutdown().await;
+        if let Some((server, name)) = &self.scratch {
+            drop_database(server, name).await;
+        }
+        drop(self.dir);
+    }
+
+    /// Replaces the in-process engine and CRM adapter (a process restart on the same store and
+    /// CRM: the adapter's memory of its own writes is lost, as it would be).
+    async fn restart(&mut self) -> Result<(), ConvergeError> {
+        let calls = self.sim.counters().calls_logged;
+        let seed = self.seed;
+        if let Driver::InProcess(p) = &mut self.driver {
+            p.crm = crm_adapter(&p.loaded)
+                .await
+                .map_err(|what| ConvergeError::Setup { seed, what })?;
+            p.engine = in_process_engine(&p.loaded, &p.crm, &self.store, &p.clock)
+                .map_err(|what| ConvergeError::Setup { seed, what })?;
+            p.engine_calls_at = calls;
+        }
         Ok(())
     }
 
-    /// Moves both clocks forward by a cycle interval, the engine's never behind the simulator's.
+    /// Moves the simulator's clock forward by a cycle interval; in process the engine's clock
+    /// follows (never behind the simulator's).
     fn tick(&self) {
-        self.sim.advance_clock(Duration::from_secs(30));
-        let sim = self.sim.now();
-        if sim > self.clock.now() {
-            self.clock.set(sim);
+        self.sim.advance_clock(TICK);
+        if let Driver::InProcess(p) = &self.driver {
+            let sim = self.sim.now();
+            if sim > p.clock.now() {
+                p.clock.set(sim);
+            }
         }
     }
 
-    /// Runs one cycle; `cancel_after` cancels it once the simulator has logged that many more
-    /// requests.
-    async fn cycle(&mut self, cancel_after: Option<u64>) -> Result<CycleSummary, EngineError> {
-        if self.sim.counters().calls_logged - self.engine_calls_at > 60 {
+    /// Moves the clocks past the Marketo day turn after `until` (the engine's pause end, when
+    /// known) and the simulator's.
+    fn turn_day(&self, until: Option<DateTime<Utc>>) {
+        let now = self.sim.now();
+        let turn = next_day_turn(now);
+        let by = (turn - now).to_std().unwrap_or_default() + Duration::from_secs(5);
+        self.sim.advance_clock(by);
+        if let Driver::InProcess(p) = &self.driver {
+            let target = until.unwrap_or(turn).max(self.sim.now()) + chrono::Duration::seconds(5);
+            if target > p.clock.now() {
+                p.clock.set(target);
+            }
+        }
+    }
+
+    /// Returns the backend id of the user pool's connection (PostgreSQL), spared by the
+    /// connection fault.
+    async fn user_backend(&self) -> String {
+        if self.dialect != Dialect::Postgres {
+            return "0".into();
+        }
+        self.user
+            .fetch(
+                "backend id",
+                "SELECT CAST(pg_backend_pid() AS TEXT)".into(),
+                &[],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .and_then(|r| r.into_iter().next().flatten())
+            .unwrap_or_else(|| "0".into())
+    }
+
+    /// Returns a fingerprint of the contacts table that changes with any write.
+    async fn crm_mark(&self) -> Option<Vec<Option<String>>> {
+        let d = self.dialect;
+        let sql = format!(
+            "SELECT {}, {}, {} FROM contacts",
+            d.as_text("COUNT(*)"),
+            d.as_text("MAX(updated_at)"),
+            d.as_text("COUNT(marketo_id)")
+        );
+        self.user
+            .fetch("contacts fingerprint", sql, &[])
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+    }
+
+    /// Runs one cycle (after a tick), doing what `watch` says while it runs.
+    async fn cycle(&mut self, watch: Watch) -> Result<Cycle, ConvergeError> {
+        if let Driver::InProcess(p) = &self.driver
+            && self.sim.counters().calls_logged - p.engine_calls_at > 60
+        {
             // Keeps the client's 20-second window from making the run wait in real time.
-            let _ = self.restart();
+            self.restart().await?;
         }
         self.tick();
-        let cancel = CancellationToken::new();
-        let options = CycleOptions::default();
-        let Some(after) = cancel_after else {
-            return self.engine.run_one_cycle(&options, &cancel).await;
+        let spare = match watch {
+            Watch::DropCrmAfter(_) => self.user_backend().await,
+            _ => "0".to_owned(),
+        };
+        let mark = match watch {
+            Watch::KillAfterCrmWrite => self.crm_mark().await,
+            _ => None,
         };
         let start = self.sim.counters().calls_logged;
-        let cycle = self.engine.run_one_cycle(&options, &cancel);
-        tokio::pin!(cycle);
-        loop {
-            tokio::select! {
-                r = &mut cycle => break r,
-                () = tokio::time::sleep(Duration::from_millis(1)) => {
-                    if self.sim.counters().calls_logged >= start + after {
-                        cancel.cancel();
+        match &self.driver {
+            Driver::InProcess(p) => Ok(self.cycle_in_process(p, watch, start, &spare).await),
+            Driver::Process(c) => self.cycle_in_child(c, watch, start, &spare, mark).await,
+        }
+    }
+
+    async fn cycle_in_process(
+        &self,
+        p: &InProcess,
+        watch: Watch,
+        start: u64,
+        spare: &str,
+    ) -> Cycle {
+        let cancel = CancellationToken::new();
+        let options = CycleOptions::default();
+        let mut fired = false;
+        let result = {
+            let cycle = p.engine.run_one_cycle(&options, &cancel);
+            tokio::pin!(cycle);
+            loop {
+                tokio::select! {
+                    r = &mut cycle => break r,
+                    () = tokio::time::sleep(POLL) => {
+                        let calls = self.sim.counters().calls_logged;
+                        match watch {
+                            Watch::CancelAfter(n) if calls >= start + n => {
+                                cancel.cancel();
+                                fired = true;
+                            }
+                            Watch::DropCrmAfter(n) if calls >= start + n => {
+                                fired |= self.drop_crm_connections(spare).await > 0;
+                            }
+                            _ => {}
+                        }
                     }
                 }
+            }
+        };
+        let ran = match result {
+            Ok(s) => Ran::Done {
+                written: written(&s),
+                failed: s.failed(),
+            },
+            Err(EngineError::Paused { until, reason }) => Ran::Paused {
+                until,
+                message: reason,
+            },
+            Err(EngineError::Cancelled) => Ran::Cancelled,
+            Err(e) => Ran::Failed(e.to_string()),
+        };
+        Cycle { ran, fired }
+    }
+
+    async fn cycle_in_child(
+        &self,
+        c: &ChildEngine,
+        watch: Watch,
+        start: u64,
+        spare: &str,
+        mark: Option<Vec<Option<String>>>,
+    ) -> Result<Cycle, ConvergeError> {
+        let file = |path: &Path| {
+            std::fs::File::create(path)
+                .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))
+        };
+        let mut child = tokio::process::Command::new(&c.binary)
+            .arg("sync")
+            .arg("--once")
+            .arg("--config")
+            .arg(&c.config_dir)
+            .env_clear()
+            .envs(&c.env)
+            .stdin(Stdio::null())
+            .stdout(file(&c.out)?)
+            .stderr(file(&c.err)?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                self.setup_error(format!(
+                    "cannot start the engine process {}: {e}",
+                    c.binary.display()
+                ))
+            })?;
+        let mut fired = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(self.setup_error(format!("waiting for the engine: {e}"))),
+            }
+            tokio::time::sleep(POLL).await;
+            // A kill acts once; dropping connections goes on until the cycle ends.
+            if fired && !matches!(watch, Watch::DropCrmAfter(_)) {
+                continue;
+            }
+            let calls = self.sim.counters().calls_logged;
+            match watch {
+                Watch::KillAfterRequests(n) if calls >= start + n => {
+                    let _ = child.start_kill();
+                    fired = true;
+                }
+                Watch::KillAfterCrmWrite if self.crm_mark().await != mark => {
+                    let _ = child.start_kill();
+                    fired = true;
+                }
+                Watch::DropCrmAfter(n) if calls >= start + n => {
+                    fired |= self.drop_crm_connections(spare).await > 0;
+                }
+                _ => {}
+            }
+        };
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let ran = match (status.code(), status.signal()) {
+            (_, Some(9)) if fired => Ran::Killed,
+            (Some(0 | 2), _) => match serde_json::from_str::<Json>(&read(&c.out)) {
+                Ok(summary) => {
+                    let (written, failed) = counts_in(&summary);
+                    Ran::Done { written, failed }
+                }
+                Err(e) => Ran::Failed(format!("the summary does not parse: {e}")),
+            },
+            (code, signal) => {
+                let err = read(&c.err);
+                let message = err
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("error: "))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| {
+                        format!("exit code {code:?}, signal {signal:?}, no error message")
+                    });
+                if message.starts_with("paused until") {
+                    Ran::Paused {
+                        until: None,
+                        message,
+                    }
+                } else {
+                    Ran::Failed(message)
+                }
+            }
+        };
+        Ok(Cycle { ran, fired })
+    }
+
+    /// Terminates every connection to the CRM database but the harness's own; returns how many.
+    async fn drop_crm_connections(&self, spare: &str) -> usize {
+        let sql = format!(
+            "SELECT CAST(pg_terminate_backend(pid) AS TEXT) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> {}",
+            spare.parse::<i64>().unwrap_or(0)
+        );
+        match self
+            .locker
+            .fetch("terminate crm connections", sql, &[])
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter(|r| matches!(r.first().and_then(|v| v.as_deref()), Some("true")))
+                .count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Aborts the n-th store commit from now (in process).
+    fn arm_commit_abort(&self, n: u32) {
+        if let Driver::InProcess(p) = &self.driver {
+            p.abort_commits.store(n, Ordering::SeqCst);
+            p.killed.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Stops aborting commits; returns whether one was aborted since [`Rig::arm_commit_abort`].
+    fn disarm_commit_abort(&self) -> bool {
+        match &self.driver {
+            Driver::InProcess(p) => {
+                p.abort_commits.store(0, Ordering::SeqCst);
+                p.killed.swap(false, Ordering::SeqCst)
+            }
+            Driver::Process(_) => false,
+        }
+    }
+
+    /// Returns the SQL for "now" in a CRM user's edit. CRM timestamps follow the engine's clock,
+    /// as on a deployment where the engine's host and the database agree on the time: the
+    /// database's clock in process mode; in process, the engine's manual clock moved a second
+    /// forward (the user's edit comes after the last cycle started).
+    fn crm_now(&self) -> String {
+        match &self.driver {
+            Driver::Process(_) => self.dialect.now().to_owned(),
+            Driver::InProcess(p) => {
+                let at = p.clock.now() + chrono::Duration::seconds(1);
+                p.clock.set(at);
+                format!("'{}'", self.dialect.datetime_text(&at))
             }
         }
     }
@@ -377,7 +882,7 @@ impl Rig {
             .fetch(
                 "read contacts",
                 format!(
-                    "SELECT CAST(id AS TEXT), email, marketo_id, CAST(do_not_email AS TEXT), {cols} FROM contacts WHERE deleted = 0 ORDER BY id"
+                    "SELECT CAST(id AS TEXT), email, marketo_id, CAST(do_not_email AS TEXT), {cols} FROM contacts WHERE deleted = FALSE ORDER BY id"
                 ),
                 &[],
             )
@@ -390,31 +895,140 @@ impl Rig {
     }
 }
 
-const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f','now')";
+/// Returns the commit hook that aborts the N-th commit from now (N in `left`; a process killed
+/// between writing both sides and recording it), setting `killed` when it does.
+fn abort_hook(left: Arc<AtomicU32>, killed: Arc<AtomicBool>) -> CommitHook {
+    Arc::new(move || {
+        let (a, k) = (left.clone(), killed.clone());
+        Box::pin(async move {
+            let left = a.load(Ordering::SeqCst);
+            if left == 0 {
+                return Ok(());
+            }
+            a.store(left - 1, Ordering::SeqCst);
+            if left == 1 {
+                k.store(true, Ordering::SeqCst);
+                return Err(StoreError::Aborted {
+                    reason: "killed by the convergence harness".into(),
+                });
+            }
+            Ok(())
+        })
+    })
+}
+
+async fn crm_adapter(loaded: &crate::config::Loaded) -> Result<Arc<dyn Crm>, String> {
+    let url = loaded.settings.crm.url.clone().ok_or("no crm url")?;
+    registry::build(
+        &loaded.settings.crm.adapter,
+        &url,
+        &loaded.settings.crm.options,
+    )
+    .await
+    .map_err(|e| format!("crm adapter: {e}"))
+}
+
+fn in_process_engine(
+    loaded: &crate::config::Loaded,
+    crm: &Arc<dyn Crm>,
+    store: &Arc<dyn StateStore>,
+    clock: &Arc<ManualClock>,
+) -> Result<Engine, String> {
+    let client = crate::engine::context::marketo_client(&loaded.settings.marketo)
+        .map_err(|e| format!("marketo client: {e}"))?;
+    let ctx = Context::new(
+        loaded.settings.clone(),
+        loaded.mappings.clone(),
+        client,
+        crm.clone(),
+        store.clone(),
+        clock.clone(),
+    );
+    Ok(Engine::with_tunables(ctx, Tunables::default()))
+}
+
+async fn drop_database(server: &SecretString, name: &str) {
+    if let Ok(admin) = SqlPool::connect(server.expose_secret(), 1, false).await {
+        let _ = admin
+            .execute_raw(
+                "drop the scratch crm",
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await;
+        admin.close().await;
+    }
+}
+
+/// Returns the records written and failed in a summary printed by `sync --once`.
+fn counts_in(summary: &Json) -> (u64, u64) {
+    let (mut written, mut failed) = (0, 0);
+    for directions in summary["objects"]
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+    {
+        for c in directions.as_object().into_iter().flat_map(|d| d.values()) {
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            written += n("created") + n("updated") + n("deleted");
+            failed += n("failed");
+        }
+    }
+    (written, failed)
+}
 
 fn quote(text: &str) -> String {
     text.replace('\'', "''")
 }
 
+/// Counts of what a schedule did.
 #[derive(Default)]
 struct Tally {
     failed: usize,
-    faults: usize,
-    kills: usize,
     cycles: usize,
+    faults: BTreeMap<String, usize>,
+    kills: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn fault(&mut self, kind: impl Into<String>) {
+        *self.faults.entry(kind.into()).or_default() += 1;
+    }
+
+    fn kill(&mut self, kind: &str) {
+        *self.kills.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a cycle and whether it failed.
+    fn cycle(&mut self, c: &Cycle) {
+        self.cycles += 1;
+        if !c.ran.is_ok() {
+            self.failed += 1;
+        }
+    }
 }
 
 /// Runs one seeded schedule and returns its report.
 ///
 /// # Errors
 ///
-/// Returns [`ConvergeError`] when the set-up fails or a user edit on the CRM cannot be made;
-/// sync failures are not errors (they are faults the schedule survives or violations).
+/// Returns [`ConvergeError`] when the set-up fails, a user edit on the CRM cannot be made or
+/// the engine process cannot be started; sync failures are not errors (they are faults the
+/// schedule survives, or violations).
 pub async fn run_schedule(
     seed: u64,
     options: &ConvergeOptions,
 ) -> Result<ConvergenceReport, ConvergeError> {
-    let mut rig = Rig::start(seed, &options.config_dir).await?;
+    let mut rig = Rig::start(seed, options).await?;
+    let report = play(&mut rig, seed, options).await;
+    rig.finish().await;
+    report
+}
+
+async fn play(
+    rig: &mut Rig,
+    seed: u64,
+    options: &ConvergeOptions,
+) -> Result<ConvergenceReport, ConvergeError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tally = Tally::default();
     let mut next_email = 0u32;
@@ -427,6 +1041,7 @@ pub async fn run_schedule(
             format!("u{next_email}.s{seed}@example.com")
         }
     };
+    let in_child = matches!(options.engine, EngineMode::Process { .. });
     let mut cycle_errors: Vec<String> = Vec::new();
     let mut trace: Vec<String> = Vec::new();
     for step in 0..options.steps {
@@ -439,9 +1054,10 @@ pub async fn run_schedule(
         let (n_leads, n_contacts) = (rig.sim.counters().leads, rig.live_contacts().await?.len());
         trace.push(format!(
             "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
-            step_name(roll)
+            step_name(roll, in_child, &options.crm)
         ));
         let mut detail = String::new();
+        let now = rig.crm_now();
         let leads = rig.sim.leads();
         let contacts = rig.live_contacts().await?;
         let word = |rng: &mut ChaCha8Rng| {
@@ -469,7 +1085,7 @@ pub async fn run_schedule(
                 rig.sql(
                     "insert contact",
                     format!(
-                        "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES ('{}', '{}', '{}', {NOW})",
+                        "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES ('{}', '{}', '{}', {now})",
                         quote(&email),
                         quote(&f),
                         quote(&l)
@@ -501,7 +1117,7 @@ pub async fn run_schedule(
                 rig.sql(
                     "update contact",
                     format!(
-                        "UPDATE contacts SET {column} = '{}', updated_at = {NOW} WHERE id = {id}",
+                        "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
                         quote(&word(&mut rng))
                     ),
                 )
@@ -527,7 +1143,7 @@ pub async fn run_schedule(
                 rig.sql(
                     "conflicting update",
                     format!(
-                        "UPDATE contacts SET {column} = '{}', updated_at = {NOW} WHERE id = {id}",
+                        "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
                         quote(&word(&mut rng))
                     ),
                 )
@@ -548,7 +1164,9 @@ pub async fn run_schedule(
                 detail = format!("contact {id}");
                 rig.sql(
                     "delete contact",
-                    format!("UPDATE contacts SET deleted = 1, updated_at = {NOW} WHERE id = {id}"),
+                    format!(
+                        "UPDATE contacts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
                 )
                 .await?;
             }
@@ -573,7 +1191,7 @@ pub async fn run_schedule(
                 rig.sql(
                     "merge contacts",
                     format!(
-                        "UPDATE contacts SET merged_into = {w}, deleted = 1, updated_at = {NOW} WHERE id = {l}"
+                        "UPDATE contacts SET merged_into = {w}, deleted = TRUE, updated_at = {now} WHERE id = {l}"
                     ),
                 )
                 .await?;
@@ -590,8 +1208,8 @@ pub async fn run_schedule(
                 rig.sql(
                     "convert lead",
                     format!(
-                        "INSERT INTO leads (email, last_name, updated_at) VALUES ('{e}', '{l}', {NOW}); \
-                         INSERT INTO contacts (email, last_name, updated_at) VALUES ('{e}', '{l}', {NOW}); \
+                        "INSERT INTO leads (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
+                         INSERT INTO contacts (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
                          UPDATE leads SET converted_contact_id = (SELECT MAX(id) FROM contacts) WHERE id = (SELECT MAX(id) FROM leads)",
                         e = quote(&email),
                         l = quote(&last)
@@ -611,122 +1229,146 @@ pub async fn run_schedule(
                     ("bulk_file", FaultKind::File404),
                 ];
                 let (route, kind) = kinds[rng.random_range(0..kinds.len())];
+                let rate = rng.random_range(0.05..0.3);
+                detail = format!("{} at {rate:.2}", kind.as_str());
                 rig.sim.set_faults(FaultProfile {
                     rules: vec![FaultRule {
                         route: route.into(),
                         kind,
-                        rate: rng.random_range(0.05..0.3),
+                        rate,
                         delay_ms: 0,
                     }],
                 });
-                tally.faults += 1;
+                tally.fault(format!("simulator {}", kind.as_str()));
             }
             // Expired tokens.
             76..=78 => {
                 rig.sim.expire_tokens();
-                tally.faults += 1;
+                tally.fault("expired tokens");
             }
-            // The daily quota spent: the cycle pauses, then the day turns.
+            // The simulator's daily quota spent: a 607 pauses the cycle; after the day turns
+            // the next cycle runs.
             79..=80 => {
-                let day = store::marketo_day(rig.clock.now());
-                let budget = u64::from(rig.settings.marketo.daily_call_budget);
-                let _ = rig.store.add_api_usage(day, budget, 0).await;
-                tally.faults += 1;
-                tally.cycles += 1;
-                match rig.cycle(None).await {
-                    Err(EngineError::Paused {
-                        until: Some(until), ..
-                    }) => {
-                        let by = (until - rig.sim.now()).num_seconds().max(0) as u64 + 5;
-                        rig.sim.advance_clock(Duration::from_secs(by));
-                        rig.clock.set(until + chrono::Duration::seconds(5));
+                rig.sim.spend_daily_quota();
+                tally.fault("daily quota (607)");
+                let c = rig.cycle(Watch::Nothing).await?;
+                tally.cycle(&c);
+                match c.ran {
+                    Ran::Paused { until, message } => {
+                        detail = format!("paused: {message}");
+                        rig.turn_day(until);
+                        let next = rig.cycle(Watch::Nothing).await?;
+                        tally.cycle(&next);
+                        if let Ran::Paused { message, .. } = &next.ran {
+                            cycle_errors.push(format!(
+                                "a spent daily quota: still paused after the day turned: {message}"
+                            ));
+                        }
                     }
                     other => cycle_errors.push(format!(
-                        "a spent daily quota did not pause the cycle: {:?}",
-                        other.map(|s| s.objects.len())
+                        "a spent daily quota did not pause the cycle, which {other}"
                     )),
                 }
             }
-            // The CRM database locked by another connection during a cycle.
-            81..=82 => {
-                tally.faults += 1;
-                let locked = rig
-                    .locker
-                    .execute_raw("lock", "BEGIN IMMEDIATE".into())
-                    .await
-                    .is_ok();
-                tally.cycles += 1;
-                if rig.cycle(None).await.is_err() {
-                    tally.failed += 1;
+            // The CRM database failing during a cycle.
+            81..=82 => match options.crm {
+                CrmKind::Sqlite => {
+                    tally.fault("crm write-locked");
+                    let locked = rig
+                        .locker
+                        .execute_raw("lock", "BEGIN IMMEDIATE".into())
+                        .await
+                        .is_ok();
+                    let c = rig.cycle(Watch::Nothing).await?;
+                    tally.cycle(&c);
+                    if locked {
+                        let _ = rig.locker.execute_raw("unlock", "ROLLBACK".into()).await;
+                    }
                 }
-                if locked {
-                    let _ = rig.locker.execute_raw("unlock", "ROLLBACK".into()).await;
+                CrmKind::Postgres { .. } => {
+                    tally.fault("crm connections terminated");
+                    let after = rng.random_range(0..10);
+                    let c = rig.cycle(Watch::DropCrmAfter(after)).await?;
+                    detail = format!("from request {after} on: {}", c.ran);
+                    if !c.fired {
+                        detail.push_str(" (no connection was open)");
+                    }
+                    tally.cycle(&c);
+                }
+            },
+            // A kill, then a restart (the next cycle is a new process): a child SIGKILLed
+            // after some simulator requests.
+            83..=86 if in_child => {
+                let after = rng.random_range(1..16);
+                let c = rig.cycle(Watch::KillAfterRequests(after)).await?;
+                tally.cycle(&c);
+                detail = format!("after {after} requests: {}", c.ran);
+                if matches!(c.ran, Ran::Killed) {
+                    tally.kill("SIGKILL after Marketo requests");
                 }
             }
-            // A kill: the n-th commit of the cycle aborted, then a restart.
+            // A kill, then a restart: the n-th commit of the cycle aborted.
             83..=86 => {
-                rig.abort_commits
-                    .store(rng.random_range(1..4), Ordering::SeqCst);
-                rig.killed.store(false, Ordering::SeqCst);
-                tally.cycles += 1;
-                if rig.cycle(None).await.is_err() {
-                    tally.failed += 1;
+                rig.arm_commit_abort(rng.random_range(1..4));
+                let c = rig.cycle(Watch::Nothing).await?;
+                tally.cycle(&c);
+                if rig.disarm_commit_abort() {
+                    tally.kill("commit aborted");
                 }
-                rig.abort_commits.store(0, Ordering::SeqCst);
-                if rig.killed.load(Ordering::SeqCst) {
-                    tally.kills += 1;
-                }
-                rig.restart()?;
+                rig.restart().await?;
             }
-            // A kill: the cycle cancelled after some simulator requests, then a restart.
+            // A kill, then a restart: a child SIGKILLed once it wrote the CRM.
+            87..=89 if in_child => {
+                let c = rig.cycle(Watch::KillAfterCrmWrite).await?;
+                tally.cycle(&c);
+                detail = c.ran.to_string();
+                if matches!(c.ran, Ran::Killed) {
+                    tally.kill("SIGKILL after a CRM write");
+                }
+            }
+            // A kill, then a restart: the cycle cancelled after some simulator requests.
             87..=89 => {
                 let after = rng.random_range(1..12);
-                tally.cycles += 1;
-                match rig.cycle(Some(after)).await {
-                    Err(EngineError::Cancelled) => {
-                        tally.kills += 1;
-                        tally.failed += 1;
-                    }
-                    Err(_) => tally.failed += 1,
-                    Ok(_) => {}
+                let c = rig.cycle(Watch::CancelAfter(after)).await?;
+                tally.cycle(&c);
+                if matches!(c.ran, Ran::Cancelled) {
+                    tally.kill("cycle cancelled");
                 }
-                rig.restart()?;
+                rig.restart().await?;
             }
             // A cycle, after which the simulator faults are cleared.
             _ => {
-                tally.cycles += 1;
-                if rig.cycle(None).await.is_err() {
-                    tally.failed += 1;
-                }
+                let c = rig.cycle(Watch::Nothing).await?;
+                tally.cycle(&c);
+                detail = c.ran.to_string();
                 rig.sim.set_faults(FaultProfile::none());
             }
         }
-        if !detail.is_empty()
-            && let Some(line) = trace.last_mut()
-        {
-            line.push_str(": ");
-            line.push_str(&detail);
-        }
+        continue_trace(&mut trace, &detail);
     }
 
     // The quiet period.
     rig.sim.set_faults(FaultProfile::none());
-    rig.abort_commits.store(0, Ordering::SeqCst);
+    rig.disarm_commit_abort();
     let mut quiet = 0;
-    for _ in 0..10 {
-        tally.cycles += 1;
-        match rig.cycle(None).await {
-            Ok(s) if written(&s) == 0 && s.failed() == 0 => {
+    for round in 0..10 {
+        let c = rig.cycle(Watch::Nothing).await?;
+        tally.cycle(&c);
+        trace.push(format!("quiet cycle {round}: {}", c.ran));
+        match c.ran {
+            Ran::Done {
+                written: 0,
+                failed: 0,
+            } => {
                 quiet += 1;
                 if quiet == 2 {
                     break;
                 }
             }
-            Ok(_) => quiet = 0,
-            Err(e) => {
-                tally.failed += 1;
+            Ran::Done { .. } => quiet = 0,
+            other => {
                 quiet = 0;
-                cycle_errors.push(format!("a quiet-period cycle failed: {e}"));
+                cycle_errors.push(format!("a quiet-period cycle {other}"));
             }
         }
     }
@@ -743,15 +1385,14 @@ pub async fn run_schedule(
                 .cloned(),
         );
     }
-    let (conflicts, records) = check_invariants(&rig, &mut violations).await?;
-    rig.user.close().await;
-    rig.locker.close().await;
-    rig.sim.shutdown().await;
+    let (conflicts, records) = check_invariants(rig, &mut violations).await?;
     Ok(ConvergenceReport {
         seed,
         steps: options.steps,
-        faults: tally.faults,
-        kills: tally.kills,
+        faults: tally.faults.values().sum(),
+        faults_by_kind: tally.faults,
+        kills: tally.kills.values().sum(),
+        kills_by_kind: tally.kills,
         cycles: tally.cycles,
         failed_cycles: tally.failed,
         records,
@@ -762,7 +1403,17 @@ pub async fn run_schedule(
     })
 }
 
-fn step_name(roll: u32) -> &'static str {
+/// Appends a step's detail to its trace line.
+fn continue_trace(trace: &mut [String], detail: &str) {
+    if !detail.is_empty()
+        && let Some(line) = trace.last_mut()
+    {
+        line.push_str(": ");
+        line.push_str(detail);
+    }
+}
+
+fn step_name(roll: u32, in_child: bool, crm: &CrmKind) -> &'static str {
     match roll {
         0..=11 => "marketo create",
         12..=22 => "crm insert",
@@ -777,8 +1428,13 @@ fn step_name(roll: u32) -> &'static str {
         68..=75 => "simulator faults",
         76..=78 => "expired tokens",
         79..=80 => "daily quota spent",
-        81..=82 => "crm locked",
+        81..=82 => match crm {
+            CrmKind::Sqlite => "crm locked",
+            CrmKind::Postgres { .. } => "crm connections dropped",
+        },
+        83..=86 if in_child => "kill the process mid-Marketo",
         83..=86 => "kill at commit",
+        87..=89 if in_child => "kill the process after a crm write",
         87..=89 => "kill by cancel",
         _ => "cycle",
     }
@@ -1030,9 +1686,9 @@ async fn check_invariants(
     Ok((conflicts.len(), records))
 }
 
-/// Runs `seeds` schedules from `first_seed`, writing one line per seed and a final line
-/// ("N schedules, F faults, K kills survived, V violations") to `out`. Returns true when every
-/// schedule converged.
+/// Runs `seeds` schedules from `first_seed`, writing one line per seed (with its violations)
+/// and a summary to `out`: the schedules run and converged, the faults and kills survived by
+/// kind, and the violations. Returns true when every schedule converged.
 ///
 /// # Errors
 ///
@@ -1044,7 +1700,9 @@ pub async fn run_many(
     options: &ConvergeOptions,
     out: &mut dyn std::io::Write,
 ) -> Result<bool, ConvergeError> {
-    let (mut faults, mut kills, mut violations, mut ok) = (0, 0, 0, true);
+    let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kills: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut violations, mut converged, mut cycles) = (0, 0, 0);
     for seed in first_seed..first_seed.saturating_add(seeds) {
         let r = run_schedule(seed, options).await?;
         let w = |e: std::io::Error| ConvergeError::Setup {
@@ -1067,45 +1725,70 @@ pub async fn run_many(
         for v in &r.violations {
             writeln!(out, "  violation: {v}").map_err(w)?;
         }
-        if !r.ok && std::env::var_os("MKSYNC_CONVERGE_TRACE").is_some() {
+        let trace = std::env::var("MKSYNC_CONVERGE_TRACE").ok();
+        if (!r.ok && trace.is_some()) || trace.as_deref() == Some("all") {
             for line in &r.trace {
                 writeln!(out, "  {line}").map_err(w)?;
             }
         }
-        faults += r.faults;
-        kills += r.kills;
+        for (kind, n) in r.faults_by_kind {
+            *faults.entry(kind).or_default() += n;
+        }
+        for (kind, n) in r.kills_by_kind {
+            *kills.entry(kind).or_default() += n;
+        }
         violations += r.violations.len();
-        ok &= r.ok;
+        cycles += r.cycles;
+        converged += usize::from(r.ok);
     }
-    writeln!(
-        out,
-        "{seeds} schedules, {faults} faults, {kills} kills survived, {violations} violations"
-    )
-    .map_err(|e| ConvergeError::Setup {
+    let by_kind = |m: &BTreeMap<String, usize>| {
+        let total: usize = m.values().sum();
+        let parts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        if parts.is_empty() {
+            total.to_string()
+        } else {
+            format!("{total} ({})", parts.join(", "))
+        }
+    };
+    let engine = match &options.engine {
+        EngineMode::InProcess => "engine in process",
+        EngineMode::Process { .. } => "engine as a child process",
+    };
+    let text = format!(
+        "{seeds} schedules ({engine}, {} crm), {cycles} cycles: {converged} converged\n\
+         faults survived: {}\n\
+         kills survived: {}\n\
+         violations: {violations}",
+        options.crm.name(),
+        by_kind(&faults),
+        by_kind(&kills),
+    );
+    writeln!(out, "{text}").map_err(|e| ConvergeError::Setup {
         seed: first_seed,
         what: format!("cannot write the report: {e}"),
     })?;
-    Ok(ok)
+    Ok(converged as u64 == seeds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    fn options() -> ConvergeOptions {
+        ConvergeOptions::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checks_catch_unsynced_duplicated_and_disagreeing_records() {
-        let rig = Rig::start(5, &config_dir()).await.unwrap();
+        let mut rig = Rig::start(5, &options()).await.unwrap();
+        let now = rig.crm_now();
         let mut values = Map::new();
         values.insert("email".into(), json!("only@example.com"));
         rig.sim.create_lead(values);
         for email in ["twice@example.com", "TWICE@example.com "] {
             rig.sql(
                 "insert",
-                format!("INSERT INTO contacts (email, first_name, updated_at) VALUES ('{email}', 'A', {NOW})"),
+                format!("INSERT INTO contacts (email, first_name, updated_at) VALUES ('{email}', 'A', {now})"),
             )
             .await
             .unwrap();
@@ -1127,21 +1810,22 @@ mod tests {
         );
 
         // Synced, then one side edited without a cycle: a disagreement.
-        let mut rig = rig;
         rig.sql(
             "dedupe",
-            "UPDATE contacts SET deleted = 1 WHERE id = 2".into(),
+            "UPDATE contacts SET deleted = TRUE WHERE id = 2".into(),
         )
         .await
         .unwrap();
-        rig.cycle(None).await.unwrap();
-        rig.cycle(None).await.unwrap();
+        for _ in 0..2 {
+            let c = rig.cycle(Watch::Nothing).await.unwrap();
+            assert!(c.ran.is_ok(), "{}", c.ran);
+        }
         let mut violations = Vec::new();
         check_invariants(&rig, &mut violations).await.unwrap();
         assert!(violations.is_empty(), "{violations:?}");
         rig.sql(
             "edit",
-            format!("UPDATE contacts SET title = 'Boss', updated_at = {NOW} WHERE id = 1"),
+            format!("UPDATE contacts SET title = 'Boss', updated_at = {now} WHERE id = 1"),
         )
         .await
         .unwrap();
@@ -1152,5 +1836,71 @@ mod tests {
                 .any(|v| v.contains("disagree on title") && v.contains("\"Boss\"")),
             "{violations:?}"
         );
+        rig.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spent_simulator_quota_pauses_the_engine_until_the_day_turns() {
+        let mut rig = Rig::start(6, &options()).await.unwrap();
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(c.ran.is_ok(), "{}", c.ran);
+        rig.sim.spend_daily_quota();
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        let Ran::Paused { until, message } = c.ran else {
+            panic!("not paused: {}", c.ran);
+        };
+        assert!(message.contains("607"), "{message}");
+        let until = until.expect("a pause until the day turns");
+        let Driver::InProcess(p) = &rig.driver else {
+            unreachable!("in process");
+        };
+        assert_eq!(until, next_day_turn(p.clock.now()));
+        // Still the same Marketo day: still paused.
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(matches!(c.ran, Ran::Paused { .. }), "{}", c.ran);
+        rig.turn_day(Some(until));
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(c.ran.is_ok(), "{}", c.ran);
+        rig.finish().await;
+    }
+
+    #[test]
+    fn the_written_settings_load_with_the_short_retries() {
+        let doc = json!({"objects": {"contacts": {"table": "contacts"}}});
+        let start = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sim = rt
+            .block_on(Simulator::start(SimConfig {
+                leads: 0,
+                ..SimConfig::default()
+            }))
+            .unwrap();
+        let text = settings_toml(&sim, &doc, "sqlite:///tmp/x.db", start).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), text).unwrap();
+        let vars: HashMap<String, String> = [
+            ("MKSYNC__MARKETO__CLIENT_SECRET".to_owned(), "s".to_owned()),
+            (
+                "MKSYNC__CRM__URL".to_owned(),
+                "sqlite:///tmp/crm.db".to_owned(),
+            ),
+        ]
+        .into();
+        let (settings, problems) =
+            crate::config::load_settings(&SettingsSource::new(dir.path(), None).with_vars(vars));
+        let settings = settings.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(settings.marketo.base_url, Some(sim.base_url()));
+        assert_eq!(
+            settings.marketo.retry_policy().rate_limit_wait,
+            Duration::from_millis(5)
+        );
+        assert_eq!(settings.sync.objects, vec!["leads".to_owned()]);
+        assert_eq!(settings.bootstrap.low_watermarks["leads"], start);
+        assert_eq!(settings.crm.options, doc);
     }
 }

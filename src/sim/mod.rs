@@ -360,6 +360,16 @@ impl SimHandle {
         self.shared.lock().faults = faults;
     }
 
+    /// Spends the rest of today's daily call quota (the quota day of sim time): every counted
+    /// call answers 607 "Daily quota reached" until sim time passes midnight America/Chicago.
+    pub fn spend_daily_quota(&self) {
+        let mut st = self.shared.lock();
+        let now = st.now();
+        let quota = st.config.daily_quota;
+        let used = st.limits.daily.entry(clock::quota_day(now)).or_default();
+        *used = (*used).max(quota);
+    }
+
     /// Expires every issued token now.
     pub fn expire_tokens(&self) {
         let mut st = self.shared.lock();
