@@ -105,6 +105,7 @@ pub fn marketo_client(m: &MarketoSettings) -> Result<Client, EngineError> {
     config.daily_call_budget = u64::from(m.daily_call_budget);
     config.bulk_mb_budget = u64::from(m.bulk_mb_budget);
     config.request_timeout = Some(m.request_timeout());
+    config.connect_timeout = Some(m.connect_timeout());
     config.retry = m.retry_policy();
     Ok(Client::new(config)?)
 }

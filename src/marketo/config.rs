@@ -64,6 +64,8 @@ pub struct ClientConfig {
     pub request_timeout: Option<Duration>,
     /// Timeout of one bulk file download attempt; `None` disables it.
     pub download_timeout: Option<Duration>,
+    /// Timeout of opening a connection (TCP and TLS); `None` disables it.
+    pub connect_timeout: Option<Duration>,
     /// Retry and back-off settings.
     pub retry: RetryPolicy,
     /// How long before expiry a cached access token is refreshed (default 60 s).
@@ -88,6 +90,7 @@ impl ClientConfig {
             bulk_mb_budget: 400,
             request_timeout: Some(Duration::from_secs(300)),
             download_timeout: Some(Duration::from_secs(3600)),
+            connect_timeout: Some(Duration::from_secs(10)),
             retry: RetryPolicy::default(),
             token_refresh_margin: Duration::from_secs(60),
             pool_idle_timeout: Some(Duration::from_secs(90)),

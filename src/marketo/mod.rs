@@ -92,23 +92,25 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
         config.validate()?;
         let ua = concat!("marketo-sync/", env!("CARGO_PKG_VERSION"));
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .user_agent(ua)
             .pool_idle_timeout(config.pool_idle_timeout)
-            .gzip(true)
-            .build()
-            .map_err(|e| Error::Config {
-                what: format!("cannot build the http client: {}", e.without_url()),
-            })?;
+            .gzip(true);
+        let mut download = reqwest::Client::builder()
+            .user_agent(ua)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .no_gzip();
+        if let Some(t) = config.connect_timeout {
+            http = http.connect_timeout(t);
+            download = download.connect_timeout(t);
+        }
+        let http = http.build().map_err(|e| Error::Config {
+            what: format!("cannot build the http client: {}", e.without_url()),
+        })?;
         // Bulk endpoints do not support gzip, and Range offsets refer to the raw file.
-        let download_http = reqwest::Client::builder()
-            .user_agent(ua)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .no_gzip()
-            .build()
-            .map_err(|e| Error::Config {
-                what: format!("cannot build the download client: {}", e.without_url()),
-            })?;
+        let download_http = download.build().map_err(|e| Error::Config {
+            what: format!("cannot build the download client: {}", e.without_url()),
+        })?;
         let limiter = Limiter::new(
             config.calls_per_20s,
             config.max_concurrency,
