@@ -283,6 +283,15 @@ pub struct SimulateArgs {
     /// Sim seconds a bulk export spends processing.
     #[arg(long, default_value_t = 120)]
     pub export_delay: u64,
+    /// Sim seconds a bulk import spends queued before it runs.
+    #[arg(long, default_value_t = 10)]
+    pub import_delay: u64,
+    /// Counted calls a day before 607.
+    #[arg(long, default_value_t = 50_000)]
+    pub daily_quota: u64,
+    /// Bulk export MiB a day before 1029.
+    #[arg(long, default_value_t = 500)]
+    pub bulk_daily_mb: u64,
     /// Fault profile: none, flaky, hostile, or rules like `route=leads,kind=5xx,rate=0.1`.
     #[arg(long, default_value = "none")]
     pub faults: String,
@@ -556,6 +565,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 client_id: args.client_id,
                 client_secret: args.client_secret.map(secrecy::SecretString::from),
                 export_delay: std::time::Duration::from_secs(args.export_delay),
+                import_delay: std::time::Duration::from_secs(args.import_delay),
+                daily_quota: args.daily_quota,
+                bulk_daily_bytes: args.bulk_daily_mb.saturating_mul(1024 * 1024),
                 faults: args.faults,
                 updated_at_filter: !args.no_updated_at_filter,
             };

@@ -455,6 +455,210 @@ async fn an_interrupted_bootstrap_resumes_without_re_exporting_or_duplicating() 
     env.sim.shutdown().await;
 }
 
+impl Env {
+    /// Successful calls to `method path`, from the simulator's request log.
+    fn calls(&self, method: &str, path: &str) -> usize {
+        self.sim
+            .request_log()
+            .iter()
+            .filter(|e| e.method == method && e.path == path)
+            .filter(|e| e.code.is_none() && e.http_status == 200)
+            .count()
+    }
+
+    /// Options that write every window's CRM keys back by Bulk Import, polling every 20 ms.
+    fn import_options(&self) -> BootstrapOptions {
+        BootstrapOptions {
+            write_back_import_threshold: Some(0),
+            export: Some(marketo_sync::marketo::bulk_extract::ExportOptions {
+                poll_interval: Duration::from_millis(20),
+                max_wait: None,
+            }),
+            ..self.options()
+        }
+    }
+}
+
+const IMPORT: &str = "/bulk/v1/leads.json";
+const REST_LEADS: &str = "/rest/v1/leads.json";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_keys_go_back_by_bulk_import_above_the_threshold_and_by_rest_below_it() {
+    // Above the threshold (0): one import per window with leads, no REST lead writes.
+    let env = Env::new(
+        150,
+        SimConfig {
+            import_delay: Duration::ZERO,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.import_options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert!(leads.write_back_imports >= 4, "{leads:?}");
+    assert_eq!(env.calls("POST", IMPORT) as u64, leads.write_back_imports);
+    assert_eq!(env.calls("POST", REST_LEADS), 0);
+    assert_eq!(leads.written_back, leads.created, "{leads:?}");
+    assert_eq!(leads.write_back_failed, 0);
+    check_all_leads_linked(&env, &ctx).await;
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Import)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every import batch ends consumed with its window"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.dir.path().join("exports"))
+        .unwrap()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no export or write-back file is left: {left:?}"
+    );
+    env.sim.shutdown().await;
+
+    // Below the threshold (the default, 3,000 a window): REST, no import.
+    let env = Env::new(150, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let report = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads.write_back_imports, 0);
+    assert_eq!(env.calls("POST", IMPORT), 0);
+    assert!(env.calls("POST", REST_LEADS) >= 4);
+    assert_eq!(leads.written_back, leads.created, "{leads:?}");
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
+    // Imports stay queued for an hour of sim time: the first run stops while it waits for the
+    // first window's write-back import.
+    let env = Env::new(
+        150,
+        SimConfig {
+            import_delay: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let first_ctx = env.ctx().await;
+    let cancel = CancellationToken::new();
+    let options = env.import_options();
+    let run = {
+        let cancel = cancel.clone();
+        async move { bootstrap(&first_ctx, &options, &RecordingProgress::new(), &cancel).await }
+    };
+    let watcher = async {
+        let ctx = env.ctx().await;
+        loop {
+            let imports = ctx
+                .store
+                .unfinished_jobs(JobDirection::Import)
+                .await
+                .unwrap();
+            if !imports.is_empty() {
+                cancel.cancel();
+                return imports;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (result, pending) = tokio::join!(run, watcher);
+    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(env.calls("POST", IMPORT), 1);
+    let exports_before = env.export_creates("leads");
+    assert_eq!(exports_before, 1, "stopped in the first lead window");
+    let batch = pending[0].id.clone();
+    let spooled = pending[0].file_path.clone().unwrap();
+    assert!(
+        Path::new(&spooled).exists(),
+        "the import's file stays until it is done"
+    );
+
+    // The import finishes while nothing runs; the next run re-attaches to it instead of
+    // importing the window's keys again or re-exporting the window, and writes the other
+    // windows' keys by REST.
+    env.sim.advance_clock(Duration::from_secs(7200));
+    let ctx = env.ctx().await;
+    let options = BootstrapOptions {
+        write_back_import_threshold: Some(usize::MAX),
+        ..env.import_options()
+    };
+    let report = bootstrap(
+        &ctx,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert_eq!(leads.write_back_imports_resumed, 1, "{leads:?}");
+    assert_eq!(leads.write_back_imports, 0, "{leads:?}");
+    assert_eq!(leads.windows_done, 5);
+    assert_eq!(env.calls("POST", IMPORT), 1, "the keys were imported once");
+    assert_eq!(
+        env.calls("POST", REST_LEADS),
+        4,
+        "windows 2 to 5 by REST (one call each); window 1's keys were not sent again"
+    );
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the first window's export ends consumed"
+    );
+    assert_eq!(
+        env.export_creates("leads"),
+        5,
+        "the first window was not exported again"
+    );
+    let stored = ctx
+        .store
+        .job(JobDirection::Import, &batch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, marketo_sync::store::JobState::Consumed);
+    assert!(!Path::new(&spooled).exists());
+    check_all_leads_linked(&env, &ctx).await;
+    env.sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_re_attaches_to_an_export_job_left_unfinished() {
     let env = Env::new(100, SimConfig::default()).await;

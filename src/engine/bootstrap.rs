@@ -9,9 +9,14 @@
 //!    its Marketo-id column (re-runs do not duplicate; a lead whose first match field names a CRM
 //!    record without a Marketo id is adopted by that record instead of being created: the
 //!    record gets the Marketo id and the lead's values; a second lead matching the same record,
-//!    or one the CRM refuses, is held in the error ledger with code `bootstrap_match`), the CRM
-//!    key written back to Marketo
-//!    (`updateOnly` by `id`) and a link per lead committed per batch. The companies named on the
+//!    or one the CRM refuses, is held in the error ledger with code `bootstrap_match`) and a
+//!    link per lead committed per batch. The CRM keys Marketo does not hold yet are spooled to
+//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory)
+//!    and written back once the window is applied: by REST (`updateOnly` by `id`, 300 a call)
+//!    up to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
+//!    above it. Each import batch is stored (direction import, the window's bounds) when
+//!    Marketo accepts it and marked consumed with the window, so a restart during the import
+//!    re-attaches to it without applying the window again. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
 //!    into the CRM users, when those objects are synced.
@@ -39,6 +44,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::write_back::{Spool, SpoolReader};
 use super::{Context, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
@@ -89,8 +95,13 @@ pub struct BootstrapOptions {
     pub work_dir: Option<PathBuf>,
     /// The daily bulk budget in bytes (default: `marketo.bulk_mb_budget` MiB).
     pub bulk_budget_bytes: Option<u64>,
-    /// How the export jobs are polled (default: [`ExportOptions::default`]).
+    /// How the export jobs are polled (default: [`ExportOptions::default`]); write-back import
+    /// batches are polled at the same interval.
     pub export: Option<ExportOptions>,
+    /// CRM keys of one window above which they are written back to Marketo by Bulk Import
+    /// (`lookupField=id`) instead of REST batches of 300 (default: the cycle's
+    /// `bulk_import_threshold`, 3,000).
+    pub write_back_import_threshold: Option<usize>,
 }
 
 /// One export window.
@@ -133,6 +144,13 @@ pub struct PhaseReport {
     pub failed: u64,
     /// CRM keys written back to Marketo.
     pub written_back: u64,
+    /// CRM keys Marketo refused to write back (logged; the link is committed all the same, and
+    /// the next cycle that touches the lead writes the key again).
+    pub write_back_failed: u64,
+    /// Bulk Import batches created to write CRM keys back (windows above the threshold).
+    pub write_back_imports: u64,
+    /// Write-back import batches of earlier runs re-attached.
+    pub write_back_imports_resumed: u64,
     /// Leads not created because a CRM record without a Marketo id matches them and could not
     /// adopt them (kept in the error ledger for identity resolution).
     pub held: u64,
@@ -389,6 +407,7 @@ struct Run<'a> {
     work_dir: PathBuf,
     export: ExportOptions,
     run_bytes: u64,
+    write_back_threshold: usize,
 }
 
 struct PhaseSpec {
@@ -524,6 +543,9 @@ pub async fn bootstrap(
             .unwrap_or_else(|| std::env::temp_dir().join("marketo-sync-bootstrap")),
         export: options.export.clone().unwrap_or_default(),
         run_bytes: 0,
+        write_back_threshold: options
+            .write_back_import_threshold
+            .unwrap_or_else(|| super::Tunables::default().bulk_import_threshold),
     };
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
@@ -1016,17 +1038,25 @@ impl Run<'_> {
         Ok((outcome, job))
     }
 
-    /// Commits a window as done: its job consumed and the phase watermark after its end.
+    /// Commits a window as done: its export job and write-back imports consumed and the phase
+    /// watermark after its end, in one commit.
     async fn finish_window(
         &self,
         spec: &PhaseSpec,
         window: Window,
-        mut job: BulkJob,
+        job: Option<BulkJob>,
         path: Option<PathBuf>,
+        imports: Vec<BulkJob>,
     ) -> Result<(), EngineError> {
-        job.state = JobState::Consumed;
-        job.updated_at = self.ctx.clock.now();
-        job.file_offset = job.bytes;
+        let now = self.ctx.clock.now();
+        let bytes = job.as_ref().map_or(0, |j| j.bytes);
+        let mut jobs = Vec::new();
+        for mut j in job.into_iter().chain(imports) {
+            j.state = JobState::Consumed;
+            j.updated_at = now;
+            j.file_offset = j.bytes;
+            jobs.push(j);
+        }
         self.ctx
             .store
             .commit(StepCommit {
@@ -1036,9 +1066,9 @@ impl Run<'_> {
                     queue: queue(spec.name),
                     at: window.end + ChronoDuration::seconds(1),
                     tie: None,
-                    cursor: Some(serde_json::json!({ "last_window_bytes": job.bytes })),
+                    cursor: Some(serde_json::json!({ "last_window_bytes": bytes })),
                 }],
-                jobs: vec![job],
+                jobs,
                 ..StepCommit::default()
             })
             .await?;
@@ -1095,7 +1125,8 @@ impl Run<'_> {
             phase.distinct_leads += leads.len() as u64;
         }
         let bytes = outcome.bytes;
-        self.finish_window(spec, window, job, outcome.path).await?;
+        self.finish_window(spec, window, Some(job), outcome.path, Vec::new())
+            .await?;
         Ok(bytes)
     }
 
@@ -1107,6 +1138,31 @@ impl Run<'_> {
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
         let plan = &plans.lead;
+        // An earlier run applied this window to the CRM and stopped while it was writing the CRM
+        // keys back by Bulk Import: finish those imports, not the whole window again.
+        let imports = self.window_jobs(JobDirection::Import, spec, window).await?;
+        if !imports.is_empty() {
+            let export = self
+                .window_jobs(JobDirection::Export, spec, window)
+                .await?
+                .into_iter()
+                .next();
+            let files = export
+                .as_ref()
+                .map(|j| Spool::existing(&self.work_dir, &write_back_stem(&j.id)))
+                .unwrap_or_default();
+            let imports = self
+                .import_write_back(spec, window, files, imports, phase)
+                .await?;
+            let bytes = export.as_ref().map_or(0, |j| j.bytes);
+            let path = export
+                .as_ref()
+                .and_then(|j| j.file_path.as_ref())
+                .map(PathBuf::from);
+            self.finish_window(spec, window, export, path, imports)
+                .await?;
+            return Ok(bytes);
+        }
         let mut fields: Vec<String> = vec!["id".into()];
         let mut add = |f: String| {
             if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
@@ -1139,6 +1195,12 @@ impl Run<'_> {
             },
         };
         let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        // The CRM keys to write back go to files on disk, not memory.
+        let mut spool = Spool::create(
+            &self.work_dir,
+            &write_back_stem(&job.id),
+            &plan.marketo_crm_key,
+        );
         if let Some(path) = &outcome.path {
             let schema = plans.lead_schema.clone();
             let (mut rx, task) = spawn_file_reader(
@@ -1174,7 +1236,7 @@ impl Run<'_> {
                             .filter_map(|r| text(&r.fields, "externalSalesPersonId")),
                     );
                 }
-                self.apply_leads(plan, rows, phase).await?;
+                self.apply_leads(plan, rows, phase, &mut spool).await?;
             }
             join_reader(task).await?;
             if self.cancel.is_cancelled() {
@@ -1188,9 +1250,248 @@ impl Run<'_> {
                     .await?;
             }
         }
+        let imports = self
+            .write_back(spec, window, plan, &job, spool, phase)
+            .await?;
         let bytes = outcome.bytes;
-        self.finish_window(spec, window, job, outcome.path).await?;
+        self.finish_window(spec, window, Some(job), outcome.path, imports)
+            .await?;
         Ok(bytes)
+    }
+
+    /// Returns this phase's unfinished jobs of `direction` for exactly this window.
+    async fn window_jobs(
+        &self,
+        direction: JobDirection,
+        spec: &PhaseSpec,
+        window: Window,
+    ) -> Result<Vec<BulkJob>, EngineError> {
+        let object = queue(spec.name);
+        Ok(self
+            .ctx
+            .store
+            .unfinished_jobs(direction)
+            .await?
+            .into_iter()
+            .filter(|j| {
+                j.object == object
+                    && j.kind == "leads"
+                    && j.window_start == Some(window.start)
+                    && j.window_end == Some(window.end)
+            })
+            .collect())
+    }
+
+    /// Writes a window's spooled CRM keys back to Marketo: by REST, 300 a call, up to the
+    /// threshold; by Bulk Import (`lookupField=id`) above it. Returns the import batches, to be
+    /// marked consumed with the window.
+    async fn write_back(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        plan: &Plan,
+        export: &BulkJob,
+        spool: Spool,
+        phase: &mut PhaseReport,
+    ) -> Result<Vec<BulkJob>, EngineError> {
+        let rows = spool.rows();
+        let files = spool.finish()?;
+        if rows == 0 {
+            for f in &files {
+                let _ = std::fs::remove_file(&f.path);
+            }
+            return Ok(Vec::new());
+        }
+        if rows <= self.write_back_threshold as u64 {
+            for f in &files {
+                self.rest_write_back(plan, &f.path, phase).await?;
+                let _ = std::fs::remove_file(&f.path);
+            }
+            return Ok(Vec::new());
+        }
+        info!(export_id = %export.id, rows, files = files.len(), "writing the crm keys back by bulk import");
+        let paths = files.into_iter().map(|f| f.path).collect();
+        self.import_write_back(spec, window, paths, Vec::new(), phase)
+            .await
+    }
+
+    /// Sends the CRM keys of a spool file to Marketo by REST (`updateOnly` by `id`), 300 a call.
+    async fn rest_write_back(
+        &self,
+        plan: &Plan,
+        path: &std::path::Path,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let mut reader = SpoolReader::open(path)?;
+        loop {
+            let batch = reader.next_batch(BATCH_ROWS)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let records: Vec<Record> = batch
+                .into_iter()
+                .map(|(id, key)| {
+                    let mut r = Record::new();
+                    match id.parse::<i64>() {
+                        Ok(n) => r.insert("id".into(), serde_json::json!(n)),
+                        Err(_) => r.insert("id".into(), serde_json::json!(id)),
+                    };
+                    r.insert(plan.marketo_crm_key.clone(), serde_json::json!(key));
+                    r
+                })
+                .collect();
+            let results = self
+                .ctx
+                .marketo
+                .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &records)
+                .await?;
+            for r in results {
+                match r.status {
+                    RecordStatus::Updated | RecordStatus::Created => phase.written_back += 1,
+                    _ => {
+                        phase.write_back_failed += 1;
+                        warn!(lead = ?r.id, reasons = ?r.reasons, "marketo skipped the crm key write-back");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Imports write-back files (`id,<crm key>`, `lookupField=id`) and waits for them: first
+    /// re-attaches to the `recorded` batches of an earlier run, then imports each file no batch
+    /// names. Each batch is stored (direction import, this window) as soon as Marketo returns
+    /// its id, so a restart re-attaches to it instead of importing the file again; a file is
+    /// deleted when its batch is complete. Returns the batches, completed.
+    async fn import_write_back(
+        &mut self,
+        spec: &PhaseSpec,
+        window: Window,
+        files: Vec<PathBuf>,
+        recorded: Vec<BulkJob>,
+        phase: &mut PhaseReport,
+    ) -> Result<Vec<BulkJob>, EngineError> {
+        use crate::marketo::bulk_import::{ImportFormat, ImportTarget, LeadImportOptions};
+        let mut done = Vec::new();
+        for job in recorded {
+            phase.write_back_imports_resumed += 1;
+            info!(batch_id = %job.id, "re-attaching to a write-back import");
+            done.push(self.wait_write_back(job, phase).await?);
+        }
+        for path in files {
+            let named = done
+                .iter()
+                .any(|j| j.file_path.as_deref() == Some(&*path.to_string_lossy()));
+            if named {
+                continue;
+            }
+            let created = self
+                .ctx
+                .marketo
+                .import_file(
+                    &ImportTarget::Leads,
+                    &path,
+                    ImportFormat::Csv,
+                    &LeadImportOptions {
+                        lookup_field: Some("id".into()),
+                        ..LeadImportOptions::default()
+                    },
+                )
+                .await?;
+            phase.write_back_imports += 1;
+            let now = self.ctx.clock.now();
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let job = BulkJob {
+                direction: JobDirection::Import,
+                id: created.batch_id.to_string(),
+                kind: "leads".into(),
+                object: queue(spec.name),
+                window_start: Some(window.start),
+                window_end: Some(window.end),
+                state: JobState::Queued,
+                bytes,
+                file_path: Some(path.display().to_string()),
+                file_offset: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            self.ctx.store.upsert_job(&job).await?;
+            done.push(self.wait_write_back(job, phase).await?);
+        }
+        Ok(done)
+    }
+
+    /// Waits for one write-back import batch, counts its rows, logs the rows Marketo refused,
+    /// stores it completed and deletes its file.
+    async fn wait_write_back(
+        &mut self,
+        mut job: BulkJob,
+        phase: &mut PhaseReport,
+    ) -> Result<BulkJob, EngineError> {
+        use crate::marketo::bulk_import::{ImportStatus, ImportTarget};
+        if job.state == JobState::Completed {
+            return Ok(job);
+        }
+        let batch_id: i64 = job.id.parse().map_err(|_| {
+            EngineError::Marketo(crate::marketo::Error::JobFailed {
+                kind: "import",
+                job_id: job.id.clone(),
+                status: "unknown".into(),
+                message: "the stored batch id is not a number".into(),
+            })
+        })?;
+        let status = match self
+            .ctx
+            .marketo
+            .wait_for_import(
+                &ImportTarget::Leads,
+                batch_id,
+                self.export.poll_interval,
+                self.cancel,
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(crate::marketo::Error::Cancelled { .. }) if self.cancel.is_cancelled() => {
+                return Err(EngineError::Cancelled);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file = job.file_path.as_ref().map(PathBuf::from);
+        if status.status == ImportStatus::Failed {
+            job.state = JobState::Failed;
+            job.updated_at = self.ctx.clock.now();
+            self.ctx.store.upsert_job(&job).await?;
+            return Err(EngineError::Marketo(crate::marketo::Error::JobFailed {
+                kind: "import",
+                job_id: job.id.clone(),
+                status: "Failed".into(),
+                message: status.message.unwrap_or_default(),
+            }));
+        }
+        phase.written_back += status.num_of_leads_processed.unwrap_or(0);
+        let failed = status.num_of_rows_failed.unwrap_or(0);
+        if failed > 0 {
+            phase.write_back_failed += failed;
+            let report = self
+                .work_dir
+                .join(format!("import-{batch_id}.failures.csv"));
+            if self
+                .ctx
+                .marketo
+                .import_failures(&ImportTarget::Leads, batch_id, &report)
+                .await?
+            {
+                log_import_failures(&report, batch_id);
+                let _ = std::fs::remove_file(&report);
+            }
+        }
+        job.state = JobState::Completed;
+        job.updated_at = self.ctx.clock.now();
+        self.ctx.store.upsert_job(&job).await?;
+        if let Some(file) = file {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(job)
     }
 
     /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
@@ -1200,6 +1501,7 @@ impl Run<'_> {
         plan: &Plan,
         rows: Vec<ExportRow>,
         phase: &mut PhaseReport,
+        spool: &mut Spool,
     ) -> Result<(), EngineError> {
         let mut ids = Vec::new();
         let mut canon = Vec::new();
@@ -1329,7 +1631,6 @@ impl Run<'_> {
             .await?;
         let now = self.ctx.clock.now();
         let mut links = Vec::new();
-        let mut write_back: Vec<Record> = Vec::new();
         for (i, result) in results.into_iter().enumerate() {
             let (Some(id), Some(canonical)) = (ids.get(i), canon.get(i)) else {
                 break;
@@ -1351,14 +1652,7 @@ impl Run<'_> {
                 }
             };
             if known_keys.get(i).cloned().flatten().as_deref() != Some(crm_id.as_str()) {
-                let mut r = Record::new();
-                if let Ok(n) = id.parse::<i64>() {
-                    r.insert("id".into(), serde_json::json!(n));
-                } else {
-                    r.insert("id".into(), serde_json::json!(id));
-                }
-                r.insert(plan.marketo_crm_key.clone(), serde_json::json!(crm_id));
-                write_back.push(r);
+                spool.push(id, &crm_id)?;
             }
             links.push(Link {
                 object: plan.object.clone(),
@@ -1369,19 +1663,6 @@ impl Run<'_> {
                 agreed_at: now,
                 tombstone: None,
             });
-        }
-        for chunk in write_back.chunks(BATCH_ROWS) {
-            let results = self
-                .ctx
-                .marketo
-                .sync_leads(SyncAction::UpdateOnly, Some("id"), None, chunk)
-                .await?;
-            for r in results {
-                match r.status {
-                    RecordStatus::Updated | RecordStatus::Created => phase.written_back += 1,
-                    _ => warn!(lead = ?r.id, "marketo skipped the crm key write-back"),
-                }
-            }
         }
         phase.links += links.len() as u64;
         self.ctx
@@ -1478,7 +1759,8 @@ impl Run<'_> {
             }
         }
         let bytes = outcome.bytes;
-        self.finish_window(spec, window, job, outcome.path).await?;
+        self.finish_window(spec, window, Some(job), outcome.path, Vec::new())
+            .await?;
         Ok(bytes)
     }
 
@@ -1677,6 +1959,29 @@ impl Run<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Returns the file name stem of the write-back spool of the lead window exported by `export_id`.
+fn write_back_stem(export_id: &str) -> String {
+    format!("{export_id}.writeback")
+}
+
+/// Logs the rows of an import failures file (the first few, then a count).
+fn log_import_failures(path: &std::path::Path, batch_id: i64) {
+    let Ok(mut reader) = csv::ReaderBuilder::new().from_path(path) else {
+        return;
+    };
+    let mut n = 0u64;
+    for record in reader.records().flatten() {
+        n += 1;
+        if n <= 10 {
+            let row: Vec<&str> = record.iter().collect();
+            warn!(batch_id, row = ?row, "marketo refused a crm key write-back");
+        }
+    }
+    if n > 10 {
+        warn!(batch_id, refused = n, "marketo refused crm key write-backs");
     }
 }
 

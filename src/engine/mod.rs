@@ -13,6 +13,7 @@ pub mod objects;
 pub mod once;
 pub mod reconcile;
 pub mod summary;
+mod write_back;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;

@@ -194,22 +194,34 @@ fn cell(value: &Value) -> String {
     }
 }
 
-fn write_rows(
-    delim: u8,
-    header: &[String],
-    rows: impl Iterator<Item = Vec<String>>,
-) -> (bytes::Bytes, u64) {
-    let mut writer = csv::WriterBuilder::new()
-        .delimiter(delim)
-        .from_writer(Vec::new());
-    let _ = writer.write_record(header);
-    let mut count = 0;
-    for row in rows {
-        let _ = writer.write_record(&row);
-        count += 1;
+/// Writes an export file row by row (no copy of the rows is held besides the file itself).
+struct FileBuilder {
+    writer: csv::Writer<Vec<u8>>,
+    count: u64,
+}
+
+impl FileBuilder {
+    fn new(delim: u8, header: &[String]) -> Self {
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(delim)
+            .from_writer(Vec::new());
+        let _ = writer.write_record(header);
+        FileBuilder { writer, count: 0 }
     }
-    let data = writer.into_inner().unwrap_or_default();
-    (bytes::Bytes::from(data), count)
+
+    fn row<I, T>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let _ = self.writer.write_record(cells);
+        self.count += 1;
+    }
+
+    fn finish(self) -> (bytes::Bytes, u64) {
+        let data = self.writer.into_inner().unwrap_or_default();
+        (bytes::Bytes::from(data), self.count)
+    }
 }
 
 fn in_range(at: DateTime<Utc>, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> bool {
@@ -218,8 +230,8 @@ fn in_range(at: DateTime<Utc>, range: Option<(DateTime<Utc>, DateTime<Utc>)>) ->
 
 fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
     let delim = delimiter(&job.format).unwrap_or(b',');
+    let mut out = FileBuilder::new(delim, &job.headers);
     if job.kind == ExportKind::ProgramMembers {
-        let mut rows = Vec::new();
         for program in job
             .filter
             .programs
@@ -231,28 +243,23 @@ fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
                     continue;
                 }
                 let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-                rows.push(
-                    job.fields
-                        .iter()
-                        .map(|f| match f.as_str() {
-                            "leadId" => lead_id.to_string(),
-                            "programId" => program.id.to_string(),
-                            "program" => program.name.clone(),
-                            "statusName" => status.clone(),
-                            "reachedSuccess" => flag(*success),
-                            "acquiredBy" => flag(true),
-                            "isExhausted" => flag(false),
-                            "membershipDate" | "createdAt" | "updatedAt" => fmt_time(*date),
-                            _ => "null".to_string(),
-                        })
-                        .collect::<Vec<_>>(),
-                );
+                out.row(job.fields.iter().map(|f| match f.as_str() {
+                    "leadId" => lead_id.to_string(),
+                    "programId" => program.id.to_string(),
+                    "program" => program.name.clone(),
+                    "statusName" => status.clone(),
+                    "reachedSuccess" => flag(*success),
+                    "acquiredBy" => flag(true),
+                    "isExhausted" => flag(false),
+                    "membershipDate" | "createdAt" | "updatedAt" => fmt_time(*date),
+                    _ => "null".to_string(),
+                }));
             }
         }
-        return write_rows(delim, &job.headers, rows.into_iter());
+        return out.finish();
     }
     if job.kind == ExportKind::CustomObject {
-        let rows = db
+        let records = db
             .objs(ObjKind::Car)
             .records
             .values()
@@ -267,72 +274,63 @@ fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
                         .get(&l)
                         .is_some_and(|list| lead.is_some_and(|id| list.members.contains(&id)))
                 })
-            })
-            .map(|r| {
-                let values = Db::obj_json(ObjKind::Car, r, &job.fields);
+            });
+        for r in records {
+            let values = Db::obj_json(ObjKind::Car, r, &job.fields);
+            out.row(
                 job.fields
                     .iter()
-                    .map(|f| cell(values.get(f).unwrap_or(&Value::Null)))
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>();
-        return write_rows(delim, &job.headers, rows.into_iter());
+                    .map(|f| cell(values.get(f).unwrap_or(&Value::Null))),
+            );
+        }
+        return out.finish();
     }
     if job.kind == ExportKind::Activities {
-        let rows = db
+        let activities = db
             .activities
             .iter()
             .filter(|a| a.type_id != 37)
             .filter(|a| in_range(a.date, job.filter.created))
-            .filter(|a| job.filter.type_ids.is_empty() || job.filter.type_ids.contains(&a.type_id))
-            .map(|a| {
-                job.fields
-                    .iter()
-                    .map(|f| match f.as_str() {
-                        "marketoGUID" => a.id.to_string(),
-                        "leadId" => a.lead_id.to_string(),
-                        "activityDate" => fmt_time(a.date),
-                        "activityTypeId" => a.type_id.to_string(),
-                        "campaignId" => "null".to_string(),
-                        "primaryAttributeValueId" => {
-                            a.primary_id.map_or("null".into(), |v| v.to_string())
-                        }
-                        "primaryAttributeValue" => {
-                            a.primary_value.clone().unwrap_or_else(|| "null".into())
-                        }
-                        "attributes" if a.attributes.is_empty() => "null".to_string(),
-                        "attributes" => Value::Object(a.attributes.clone()).to_string(),
-                        "actionResult" => "succeeded".to_string(),
-                        _ => "null".to_string(),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>();
-        return write_rows(delim, &job.headers, rows.into_iter());
+            .filter(|a| job.filter.type_ids.is_empty() || job.filter.type_ids.contains(&a.type_id));
+        for a in activities {
+            out.row(job.fields.iter().map(|f| match f.as_str() {
+                "marketoGUID" => a.id.to_string(),
+                "leadId" => a.lead_id.to_string(),
+                "activityDate" => fmt_time(a.date),
+                "activityTypeId" => a.type_id.to_string(),
+                "campaignId" => "null".to_string(),
+                "primaryAttributeValueId" => a.primary_id.map_or("null".into(), |v| v.to_string()),
+                "primaryAttributeValue" => a.primary_value.clone().unwrap_or_else(|| "null".into()),
+                "attributes" => {
+                    let attributes = a.attributes();
+                    if attributes.is_empty() {
+                        "null".to_string()
+                    } else {
+                        Value::Object(attributes.into_owned()).to_string()
+                    }
+                }
+                "actionResult" => "succeeded".to_string(),
+                _ => "null".to_string(),
+            }));
+        }
+        return out.finish();
     }
-    let members = job
+    let list = job
         .filter
         .list
         .or_else(|| {
             let name = job.filter.list_name.as_deref()?;
             db.lists.values().find(|l| l.name == name).map(|l| l.id)
         })
-        .and_then(|id| db.lists.get(&id))
-        .map(|l| l.members.clone());
-    let mut rows = Vec::new();
+        .and_then(|id| db.lists.get(&id));
     let by_list = job.filter.list.is_some() || job.filter.list_name.is_some();
     db.for_each_lead_in(job.filter.created, job.filter.updated, |lead| {
-        if by_list && !members.as_ref().is_some_and(|m| m.contains(&lead.id)) {
+        if by_list && !list.is_some_and(|l| l.members.contains(&lead.id)) {
             return;
         }
-        rows.push(
-            job.fields
-                .iter()
-                .map(|f| cell(&db.lead_value(lead, f)))
-                .collect::<Vec<_>>(),
-        );
+        out.row(job.fields.iter().map(|f| cell(&db.lead_value(lead, f))));
     });
-    write_rows(delim, &job.headers, rows.into_iter())
+    out.finish()
 }
 
 impl BulkState {
@@ -385,6 +383,8 @@ impl BulkState {
         for job in &mut self.imports {
             if job.status == "Queued" && job.created_at + import_delay <= now {
                 run_import(job, db, job.created_at + import_delay);
+                // The rows it needs later (failures, warnings) are kept apart; the file is not.
+                job.file = bytes::Bytes::new();
             }
         }
         let horizon = now - ChronoDuration::days(7);
@@ -1194,13 +1194,14 @@ fn rows_file(ctx: &Ctx<'_>, req: &Req, failures: bool) -> Reply {
         }
         .to_string(),
     );
-    let data = rows.iter().map(|(row, reason)| {
+    let mut out = FileBuilder::new(job.delimiter, &header);
+    for (row, reason) in rows {
         let mut row = row.clone();
         row.resize(job.header.len(), String::new());
         row.push(reason.clone());
-        row
-    });
-    let (body, _) = write_rows(job.delimiter, &header, data);
+        out.row(row);
+    }
+    let (body, _) = out.finish();
     Reply::Http {
         status: 200,
         headers: vec![("content-type".into(), "text/csv".into())],

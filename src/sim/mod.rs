@@ -399,6 +399,12 @@ pub struct SimulateOptions {
     pub client_secret: Option<SecretString>,
     /// Export delay.
     pub export_delay: Duration,
+    /// Import delay.
+    pub import_delay: Duration,
+    /// Daily call quota.
+    pub daily_quota: u64,
+    /// Daily bulk export bytes.
+    pub bulk_daily_bytes: u64,
     /// Fault profile name or spec.
     pub faults: String,
     /// Accept the bulk `updatedAt` filter.
@@ -449,6 +455,9 @@ pub async fn run_simulate(
         client_id,
         client_secret,
         export_delay: options.export_delay,
+        import_delay: options.import_delay,
+        daily_quota: options.daily_quota,
+        bulk_daily_bytes: options.bulk_daily_bytes,
         faults,
         updated_at_filter: options.updated_at_filter,
         ..SimConfig::default()
@@ -470,6 +479,9 @@ mod tests {
             client_id: None,
             client_secret: None,
             export_delay: Duration::from_secs(1),
+            import_delay: Duration::from_secs(1),
+            daily_quota: 1,
+            bulk_daily_bytes: 1,
             faults: "route=leads,kind=nope".into(),
             updated_at_filter: false,
         };

@@ -55,10 +55,34 @@ pub struct Activity {
     pub primary_id: Option<i64>,
     /// Primary attribute value.
     pub primary_value: Option<String>,
-    /// Secondary attributes, keyed by display name.
+    /// Secondary attributes, keyed by display name (empty for a Change Data Value: see
+    /// [`Activity::attributes`]).
     pub attributes: Map<String, Value>,
     /// For Change Data Value: (field id, field name, old, new).
     pub change: Option<(u32, &'static str, Value, Value)>,
+    /// For Change Data Value: the reason of the change.
+    pub reason: Option<Box<str>>,
+}
+
+impl Activity {
+    /// Returns the secondary attributes. A Change Data Value's (New Value, Old Value, Reason,
+    /// Source, Modifying User) are built from its change and reason when read rather than
+    /// stored: a bulk write of a million leads logs a million of them.
+    pub fn attributes(&self) -> Cow<'_, Map<String, Value>> {
+        match (&self.change, &self.reason) {
+            (Some((_, _, old, new)), Some(reason)) if self.attributes.is_empty() => {
+                let (source, user) = origin(reason);
+                let mut attrs = Map::new();
+                attrs.insert("New Value".into(), new.clone());
+                attrs.insert("Old Value".into(), old.clone());
+                attrs.insert("Reason".into(), json!(reason));
+                attrs.insert("Source".into(), json!(source));
+                attrs.insert("Modifying User".into(), json!(user));
+                Cow::Owned(attrs)
+            }
+            _ => Cow::Borrowed(&self.attributes),
+        }
+    }
 }
 
 /// A static list.
@@ -170,13 +194,62 @@ pub enum LeadWrite {
     Skipped(&'static str, String),
 }
 
+/// What changed on a generated lead, kept instead of the whole lead (a generated lead is built
+/// again from the seed on every read, so a million leads cost nothing until written): its update
+/// time and the fields whose values differ from the generated ones (`None`: cleared). A lead
+/// whose CRM key was written back costs about a hundred bytes here, not a few kilobytes.
+#[derive(Debug, Clone, PartialEq)]
+struct LeadPatch {
+    updated_at: DateTime<Utc>,
+    values: Vec<(u16, Option<Value>)>,
+}
+
+impl LeadPatch {
+    /// Returns what turns `base` into `lead`.
+    fn diff(base: &Lead, lead: &Lead) -> LeadPatch {
+        let mut values = Vec::new();
+        for (idx, value) in &lead.values {
+            if base.values.get(idx) != Some(value) {
+                values.push((*idx, Some(value.clone())));
+            }
+        }
+        for idx in base.values.keys() {
+            if !lead.values.contains_key(idx) {
+                values.push((*idx, None));
+            }
+        }
+        values.shrink_to_fit();
+        LeadPatch {
+            updated_at: lead.updated_at,
+            values,
+        }
+    }
+
+    fn apply(&self, lead: &mut Lead) {
+        lead.updated_at = self.updated_at;
+        for (idx, value) in &self.values {
+            match value {
+                Some(v) => {
+                    lead.values.insert(*idx, v.clone());
+                }
+                None => {
+                    lead.values.remove(idx);
+                }
+            }
+        }
+    }
+}
+
 /// All data of the simulated instance.
 #[derive(Debug)]
 pub struct Db {
     seed: u64,
     start: DateTime<Utc>,
     gen_count: usize,
+    /// Leads created through the API or a user (ids above the generated ones).
     leads: HashMap<i64, Lead>,
+    /// Changes to generated leads.
+    patches: HashMap<i64, LeadPatch>,
     deleted: HashSet<i64>,
     next_lead_id: i64,
     index: HashMap<(u16, String), BTreeSet<i64>>,
@@ -229,6 +302,7 @@ impl Db {
             start,
             gen_count: leads,
             leads: HashMap::new(),
+            patches: HashMap::new(),
             deleted: HashSet::new(),
             next_lead_id: leads as i64,
             index: HashMap::new(),
@@ -324,15 +398,23 @@ impl Db {
         if let Some(lead) = self.leads.get(&id) {
             return Some(Cow::Borrowed(lead));
         }
-        if id < 1 || id > self.gen_count as i64 || self.deleted.contains(&id) {
+        if !self.is_generated(id) || self.deleted.contains(&id) {
             return None;
         }
-        Some(Cow::Owned(generator::lead(
-            self.seed,
-            self.start,
-            self.gen_count,
-            id,
-        )))
+        let mut lead = self.generated(id);
+        if let Some(patch) = self.patches.get(&id) {
+            patch.apply(&mut lead);
+        }
+        Some(Cow::Owned(lead))
+    }
+
+    fn is_generated(&self, id: i64) -> bool {
+        id >= 1 && id <= self.gen_count as i64
+    }
+
+    /// Returns generated lead `id` as the generator made it (whatever changed since).
+    fn generated(&self, id: i64) -> Lead {
+        generator::lead(self.seed, self.start, self.gen_count, id)
     }
 
     /// Calls `f` on every live lead in id order.
@@ -357,6 +439,7 @@ impl Db {
         };
         for id in 1..=self.next_lead_id {
             if !self.leads.contains_key(&id)
+                && !self.patches.contains_key(&id)
                 && id <= self.gen_count as i64
                 && !self.deleted.contains(&id)
             {
@@ -456,11 +539,16 @@ impl Db {
         out
     }
 
-    fn reindex(&mut self, id: i64, old: Option<&Lead>, new: Option<&Lead>) {
+    /// Moves lead `id` in the index from `old`'s values to `new`'s. A value equal to the
+    /// generated lead's (`base`) is not indexed: [`generator::id_hint`] finds it.
+    fn reindex(&mut self, id: i64, old: Option<&Lead>, new: Option<&Lead>, base: Option<&Lead>) {
         for name in INDEXED {
             let Some((idx, _)) = lead_field(name) else {
                 continue;
             };
+            let generated = base
+                .and_then(|l| l.values.get(&idx))
+                .and_then(|v| norm(name, v));
             if let Some(key) = old
                 .and_then(|l| l.values.get(&idx))
                 .and_then(|v| norm(name, v))
@@ -471,6 +559,7 @@ impl Db {
             if let Some(key) = new
                 .and_then(|l| l.values.get(&idx))
                 .and_then(|v| norm(name, v))
+                .filter(|k| generated.as_ref() != Some(k))
             {
                 self.index.entry((idx, key)).or_default().insert(id);
             }
@@ -479,7 +568,18 @@ impl Db {
 
     fn store_lead(&mut self, lead: Lead) {
         let old = self.lead(lead.id).map(Cow::into_owned);
-        self.reindex(lead.id, old.as_ref(), Some(&lead));
+        if self.is_generated(lead.id) {
+            let base = self.generated(lead.id);
+            self.reindex(lead.id, old.as_ref(), Some(&lead), Some(&base));
+            let patch = LeadPatch::diff(&base, &lead);
+            if patch.values.is_empty() && patch.updated_at == base.updated_at {
+                self.patches.remove(&lead.id);
+            } else {
+                self.patches.insert(lead.id, patch);
+            }
+            return;
+        }
+        self.reindex(lead.id, old.as_ref(), Some(&lead), None);
         self.leads.insert(lead.id, lead);
     }
 
@@ -503,6 +603,32 @@ impl Db {
             primary_value: primary.1,
             attributes,
             change,
+            reason: None,
+        });
+        id
+    }
+
+    /// Appends a Change Data Value (13) of `field` and returns its id.
+    fn log_change(
+        &mut self,
+        lead_id: i64,
+        date: DateTime<Utc>,
+        idx: u16,
+        (old, new): (Value, Value),
+        reason: &str,
+    ) -> i64 {
+        let field = lead_field_at(idx);
+        let id = self.activities.last().map_or(100_000, |a| a.id) + 1;
+        self.activities.push(Activity {
+            id,
+            lead_id,
+            date,
+            type_id: 13,
+            primary_id: Some(field.id as i64),
+            primary_value: Some(field.display.to_string()),
+            attributes: Map::new(),
+            change: Some((field.id, field.name, old, new)),
+            reason: Some(reason.into()),
         });
         id
     }
@@ -600,22 +726,7 @@ impl Db {
         self.store_lead(lead);
         let count = changes.len();
         for (idx, old, new) in changes {
-            let field = lead_field_at(idx);
-            let mut attrs = Map::new();
-            attrs.insert("New Value".into(), new.clone());
-            attrs.insert("Old Value".into(), old.clone());
-            attrs.insert("Reason".into(), json!(reason));
-            let (source, user) = origin(reason);
-            attrs.insert("Source".into(), json!(source));
-            attrs.insert("Modifying User".into(), json!(user));
-            self.log_activity(
-                id,
-                now,
-                13,
-                (Some(field.id as i64), Some(field.display.to_string())),
-                attrs,
-                Some((field.id, field.name, old, new)),
-            );
+            self.log_change(id, now, idx, (old, new), reason);
         }
         Some(count)
     }
@@ -644,8 +755,9 @@ impl Db {
     }
 
     fn remove_lead(&mut self, lead: &Lead) {
-        self.reindex(lead.id, Some(lead), None);
+        self.reindex(lead.id, Some(lead), None, None);
         self.leads.remove(&lead.id);
+        self.patches.remove(&lead.id);
         self.deleted.insert(lead.id);
         for list in self.lists.values_mut() {
             list.members.remove(&lead.id);
@@ -888,6 +1000,26 @@ mod tests {
         let changes: Vec<_> = db.activities.iter().filter(|a| a.type_id == 13).collect();
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].primary_id, Some(21));
+        // The attributes are built from the change and its reason, in Marketo's order.
+        let attrs = changes[0].attributes();
+        let names: Vec<&str> = attrs.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "New Value",
+                "Old Value",
+                "Reason",
+                "Source",
+                "Modifying User"
+            ]
+        );
+        assert_eq!(attrs["New Value"], json!("Zed"));
+        assert_eq!(attrs["Reason"], json!("test"));
+        assert_eq!(attrs["Source"], json!("Web service API"));
+        assert_eq!(attrs["Modifying User"], json!(API_USER));
+        assert!(changes[0].attributes.is_empty(), "not stored");
+        let (_, _, old, _) = changes[0].change.clone().unwrap();
+        assert_eq!(attrs["Old Value"], old);
         assert_eq!(db.update_lead(5, &input, now, "test"), Some(0));
     }
 
@@ -935,5 +1067,47 @@ mod tests {
         db.update_lead(7, &input, now, "test");
         assert!(db.find_leads("email", &email).is_empty());
         assert_eq!(db.find_leads("email", "NEW@x.example"), vec![7]);
+    }
+
+    #[test]
+    fn a_written_generated_lead_keeps_only_its_changes_and_stays_findable() {
+        let (mut db, now) = db();
+        let before = db.lead(9).unwrap().into_owned();
+        let email = db.lead_value(&before, "email").as_str().unwrap().to_owned();
+        let later = now + chrono::Duration::hours(1);
+        let mut input = Map::new();
+        input.insert("crmContactId".into(), json!("4711"));
+        input.insert("title".into(), json!(""));
+        assert_eq!(db.update_lead(9, &input, later, "test"), Some(2));
+        // Only what changed is stored: the key set, the title cleared, the update time.
+        let patch = db.patches.get(&9).unwrap();
+        assert_eq!(patch.updated_at, later);
+        assert_eq!(patch.values.len(), 2, "{patch:?}");
+        assert!(db.leads.is_empty(), "a generated lead is not copied whole");
+        let after = db.lead(9).unwrap().into_owned();
+        assert_eq!(after.updated_at, later);
+        assert_eq!(db.lead_value(&after, "crmContactId"), json!("4711"));
+        assert_eq!(db.lead_value(&after, "title"), Value::Null);
+        assert_eq!(db.lead_value(&after, "email"), json!(email));
+        assert_eq!(after.created_at, before.created_at);
+        // Found by the new key (indexed) and by its unchanged generated email (by the hint).
+        assert_eq!(db.find_leads("crmContactId", "4711"), vec![9]);
+        assert_eq!(db.find_leads("email", &email), vec![9]);
+        let mut updated = 0;
+        db.for_each_lead_in(None, Some((later, later)), |l| {
+            assert_eq!(l.id, 9);
+            updated += 1;
+        });
+        assert_eq!(
+            updated, 1,
+            "the export by updatedAt sees the new update time"
+        );
+        assert_eq!(db.lead_count(), 50);
+        // Deleted: gone, and its patch with it.
+        assert!(db.delete_lead(9, later));
+        assert!(db.lead(9).is_none());
+        assert!(!db.patches.contains_key(&9));
+        assert!(db.find_leads("crmContactId", "4711").is_empty());
+        assert_eq!(db.lead_count(), 49);
     }
 }

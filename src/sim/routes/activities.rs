@@ -80,7 +80,7 @@ pub fn paging_token(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 /// Returns an activity as the REST API shows it.
 pub fn activity_json(a: &Activity) -> Value {
     let attributes: Vec<Value> = a
-        .attributes
+        .attributes()
         .iter()
         .map(|(k, v)| json!({"name": k, "value": v}))
         .collect();
@@ -194,7 +194,7 @@ pub fn lead_changes(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             }
             v["fields"] = json!([{"id": id, "name": name, "newValue": new, "oldValue": old}]);
             let attrs: Vec<Value> = a
-                .attributes
+                .attributes()
                 .iter()
                 .filter(|(k, _)| *k == "Reason" || *k == "Source")
                 .map(|(k, v)| json!({"name": k, "value": v}))
