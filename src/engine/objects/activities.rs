@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -18,10 +17,10 @@ use tracing::info;
 use super::{LEAD_LINK_OBJECT, due_errors, from_record, sync_error};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
-use crate::marketo::activities::{Activity, ActivityFilter};
+use crate::marketo::activities::Activity;
 use crate::marketo::describe::{ActivityType, field_type};
 use crate::model::{FieldDef, FieldType, Fields, ObjectSchema, Side, Value};
-use crate::store::{Direction, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, StepCommit, SyncError};
 
 /// The watermark object of every activity queue.
 pub const OBJECT: &str = "activities";
@@ -139,50 +138,11 @@ async fn run_type(
     let q = queue(type_id);
     let link_object = plan.object.as_str();
     let direction = Direction::MarketoToCrm;
-    let stored = ctx.store.watermark(Side::Marketo, OBJECT, &q).await?;
-    let since = ctx.settings.bootstrap.low_watermark(OBJECT);
-    let mut token = match stored
-        .as_ref()
-        .and_then(|w| w.cursor.as_ref())
-        .and_then(|c| c.as_str())
-    {
-        Some(t) => t.to_owned(),
-        None => ctx.marketo.paging_token(since).await?,
-    };
-    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
-    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
-    loop {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let page = ctx
-            .marketo
-            .get_activities(&token, &[i64::from(type_id)], &ActivityFilter::default())
-            .await?;
-        let n = page.records.len();
-        for a in page.records {
-            high = high.max(a.activity_date);
-            if let Some(k) = a.key() {
-                activities.insert(k, a);
-            }
-        }
-        if let Some(t) = page.next_page_token {
-            token = t;
-        }
-        if !page.more_result || n == 0 {
-            break;
-        }
-    }
+    let (activities, watermark) =
+        super::read_activity_queue(ctx, OBJECT, &q, i64::from(type_id), cancel).await?;
     summary.counts_mut(link_object, direction).read += activities.len() as u64;
     let mut commit = StepCommit {
-        watermarks: vec![Watermark {
-            system: Side::Marketo,
-            object: OBJECT.to_owned(),
-            queue: q.clone(),
-            at: high,
-            tie: None,
-            cursor: Some(json!(token)),
-        }],
+        watermarks: vec![watermark],
         ..StepCommit::default()
     };
 

@@ -33,6 +33,7 @@ use super::{CycleOptions, CycleSummary, EngineError};
 use crate::crm::{Change, ChangeKind, Cursor, WriteResult};
 use crate::engine::Context;
 use crate::mapping::{Plan, Plans};
+use crate::marketo::activities::{Activity, ActivityFilter};
 use crate::marketo::{DedupeBy, Disposition, Record, RecordResult, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
@@ -412,6 +413,62 @@ pub(crate) fn link(
         agreed_at: at,
         tombstone: None,
     }
+}
+
+/// Reads one activity queue (activities of `type_id`) from its stored paging token (or from the
+/// object's low watermark the first time) to the end, keyed by `marketoGUID` so that a re-read
+/// page adds nothing twice. Returns the activities and the queue's next watermark, which the
+/// caller commits with what it wrote.
+pub(crate) async fn read_activity_queue(
+    ctx: &Context,
+    object: &str,
+    queue: &str,
+    type_id: i64,
+    cancel: &CancellationToken,
+) -> Result<(BTreeMap<String, Activity>, Watermark), EngineError> {
+    let stored = ctx.store.watermark(Side::Marketo, object, queue).await?;
+    let since = ctx.settings.bootstrap.low_watermark(object);
+    let mut token = match stored
+        .as_ref()
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.as_str())
+    {
+        Some(t) => t.to_owned(),
+        None => ctx.marketo.paging_token(since).await?,
+    };
+    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
+    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[type_id], &ActivityFilter::default())
+            .await?;
+        let n = page.records.len();
+        for a in page.records {
+            high = high.max(a.activity_date);
+            if let Some(k) = a.key() {
+                activities.insert(k, a);
+            }
+        }
+        if let Some(t) = page.next_page_token {
+            token = t;
+        }
+        if !page.more_result || n == 0 {
+            break;
+        }
+    }
+    let watermark = Watermark {
+        system: Side::Marketo,
+        object: object.to_owned(),
+        queue: queue.to_owned(),
+        at: high,
+        tie: None,
+        cursor: Some(json!(token)),
+    };
+    Ok((activities, watermark))
 }
 
 /// One CRM row to create for a Marketo record: `(marketo key, agreed canonical values, row)`.

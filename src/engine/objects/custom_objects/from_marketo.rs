@@ -46,9 +46,8 @@ use crate::crm::WriteResult;
 use crate::engine::reconcile::{FieldRule, SideState, reconcile};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plan;
-use crate::marketo::activities::{Activity, ActivityFilter};
 use crate::model::{Fields, Side, Value, fields_hash};
-use crate::store::{Direction, SchemaRecord, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, SchemaRecord, StepCommit, SyncError};
 
 /// The prefix of the store schema record caching a custom object's added activity type.
 pub const CACHE_PREFIX: &str = "added_activity:";
@@ -207,49 +206,10 @@ pub async fn run(
 
     // 1. The new activities, from the stored paging token.
     let queue = format!("activity:{type_id}");
-    let stored = ctx.store.watermark(Side::Marketo, object, &queue).await?;
-    let since = ctx.settings.bootstrap.low_watermark(object);
-    let mut token = match stored
-        .as_ref()
-        .and_then(|w| w.cursor.as_ref())
-        .and_then(|c| c.as_str())
-    {
-        Some(t) => t.to_owned(),
-        None => ctx.marketo.paging_token(since).await?,
-    };
-    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
-    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
-    loop {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let page = ctx
-            .marketo
-            .get_activities(&token, &[type_id], &ActivityFilter::default())
-            .await?;
-        let n = page.records.len();
-        for a in page.records {
-            high = high.max(a.activity_date);
-            if let Some(k) = a.key() {
-                activities.insert(k, a);
-            }
-        }
-        if let Some(t) = page.next_page_token {
-            token = t;
-        }
-        if !page.more_result || n == 0 {
-            break;
-        }
-    }
+    let (activities, watermark) =
+        super::super::read_activity_queue(ctx, object, &queue, type_id, cancel).await?;
     let mut commit = StepCommit {
-        watermarks: vec![Watermark {
-            system: Side::Marketo,
-            object: object.to_owned(),
-            queue,
-            at: high,
-            tie: None,
-            cursor: Some(json!(token)),
-        }],
+        watermarks: vec![watermark],
         ..StepCommit::default()
     };
 
