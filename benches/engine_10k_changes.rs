@@ -13,7 +13,6 @@
 #[path = "../tests/support/harness.rs"]
 mod harness;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use harness::{Options, TestApp, text, written};
@@ -140,26 +139,12 @@ async fn run(n: usize, m: usize, c: usize) {
     );
 
     app.sim.advance_clock(Duration::from_secs(300));
-    let start_seq = app.sim.request_log().last().map_or(0, |e| e.seq);
+    let start_seq = app.log_mark();
     let t = Instant::now();
     let summary = app.run_cycle().await;
     let wall = t.elapsed();
-    let log: Vec<_> = app
-        .sim
-        .request_log()
-        .into_iter()
-        .filter(|e| e.seq > start_seq)
-        .collect();
-    let counted: Vec<_> = log.iter().filter(|e| e.counted).collect();
-    let mut by_family: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_path: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &counted {
-        *by_family.entry(e.family.clone()).or_default() += 1;
-        *by_path
-            .entry(format!("{} {}", e.method, e.path))
-            .or_default() += 1;
-    }
-    let calls = counted.len() as u64;
+    let tally = app.calls_since(start_seq);
+    let (calls, by_family, by_path) = (tally.counted, tally.by_family, tally.by_path);
     println!("one cycle: {wall:.2?} wall");
     for (object, dirs) in &summary.objects {
         for (dir, c) in dirs {
@@ -177,7 +162,7 @@ async fn run(n: usize, m: usize, c: usize) {
     println!(
         "counted calls: {calls} (engine's own count {}; {} logged in all) target <= {TARGET}: {}",
         summary.marketo_calls,
-        log.len(),
+        tally.logged,
         if calls <= TARGET { "met" } else { "missed" }
     );
     println!("by route family:");

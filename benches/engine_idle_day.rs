@@ -12,7 +12,6 @@
 #[path = "../tests/support/harness.rs"]
 mod harness;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use harness::{Options, TestApp, written};
@@ -69,7 +68,7 @@ async fn run(cycles: u64) {
         assert!(settle < 20, "no quiet cycle after 20 cycles");
         app.sim.advance_clock(Duration::from_secs(300));
     }
-    let start_seq = app.sim.request_log().last().map_or(0, |e| e.seq);
+    let start_seq = app.log_mark();
     println!("converged after {settle} cycle(s); starting {cycles} idle cycles");
 
     // The bench runs a day of cycles in minutes of real time, while the demo CRM stamps rows with
@@ -92,27 +91,13 @@ async fn run(cycles: u64) {
     }
     let elapsed = started.elapsed();
 
-    let log: Vec<_> = app
-        .sim
-        .request_log()
-        .into_iter()
-        .filter(|e| e.seq > start_seq)
-        .collect();
-    let counted: Vec<_> = log.iter().filter(|e| e.counted).collect();
-    let mut by_family: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_path: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &counted {
-        *by_family.entry(e.family.clone()).or_default() += 1;
-        *by_path
-            .entry(format!("{} {}", e.method, e.path))
-            .or_default() += 1;
-    }
-    let calls = counted.len() as u64;
+    let tally = app.calls_since(start_seq);
+    let (calls, by_family, by_path) = (tally.counted, tally.by_family, tally.by_path);
     let per_cycle = calls as f64 / cycles as f64;
     let per_day = per_cycle * 288.0;
     println!("idle cycles:                {cycles} (5 minutes apart, {elapsed:.1?} wall)");
     println!("records written while idle: {written_idle}");
-    println!("calls logged (all):         {}", log.len());
+    println!("calls logged (all):         {}", tally.logged);
     println!("counted calls:              {calls} (engine's own count: {engine_calls})");
     println!("counted calls per cycle:    {per_cycle:.2}");
     println!(

@@ -466,3 +466,46 @@ pub fn kill_switch() -> (
     });
     (kill, hook)
 }
+
+/// The simulator requests logged after a sequence number: how many in all, and the counted ones
+/// (those Marketo's limits count) by route family and by `METHOD path`.
+#[allow(dead_code)]
+pub struct CallTally {
+    pub logged: usize,
+    pub counted: u64,
+    pub by_family: std::collections::BTreeMap<String, u64>,
+    pub by_path: std::collections::BTreeMap<String, u64>,
+}
+
+#[allow(dead_code)]
+impl TestApp {
+    /// The last sequence number of the simulator's request log (0 when empty).
+    pub fn log_mark(&self) -> u64 {
+        self.sim.request_log().last().map_or(0, |e| e.seq)
+    }
+
+    /// Tallies the simulator requests logged after `mark` (see [`TestApp::log_mark`]).
+    pub fn calls_since(&self, mark: u64) -> CallTally {
+        let log: Vec<_> = self
+            .sim
+            .request_log()
+            .into_iter()
+            .filter(|e| e.seq > mark)
+            .collect();
+        let mut tally = CallTally {
+            logged: log.len(),
+            counted: 0,
+            by_family: std::collections::BTreeMap::new(),
+            by_path: std::collections::BTreeMap::new(),
+        };
+        for e in log.iter().filter(|e| e.counted) {
+            tally.counted += 1;
+            *tally.by_family.entry(e.family.clone()).or_default() += 1;
+            *tally
+                .by_path
+                .entry(format!("{} {}", e.method, e.path))
+                .or_default() += 1;
+        }
+        tally
+    }
+}

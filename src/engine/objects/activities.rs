@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{LEAD_LINK_OBJECT, due_errors, from_record, sync_error};
+use super::{LEAD_LINK_OBJECT, due_errors, from_record};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::activities::Activity;
@@ -187,19 +187,16 @@ async fn run_type(
                 rows.push((guid, canonical, row));
             }
             Err(e) => {
-                summary.counts_mut(link_object, direction).failed += 1;
-                commit.errors_upsert.push(sync_error(
+                super::record_invalid_value(
                     ctx,
+                    &mut commit,
+                    summary,
                     link_object,
                     direction,
                     &guid,
+                    &e,
                     None,
-                    json!({}),
-                    "invalid_value",
-                    &e.to_string(),
-                    false,
-                    None,
-                ));
+                );
             }
         }
     }

@@ -396,6 +396,34 @@ pub(crate) fn sync_error(
     }
 }
 
+/// Counts a record whose values the mapping cannot read as failed and puts it in the error
+/// ledger (`invalid_value`, not retried: the record must change first).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_invalid_value(
+    ctx: &Context,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    object: &str,
+    direction: Direction,
+    key: &str,
+    error: &dyn std::fmt::Display,
+    previous: Option<&SyncError>,
+) {
+    summary.counts_mut(object, direction).failed += 1;
+    commit.errors_upsert.push(sync_error(
+        ctx,
+        object,
+        direction,
+        key,
+        None,
+        json!({}),
+        "invalid_value",
+        &error.to_string(),
+        false,
+        previous,
+    ));
+}
+
 /// Returns a link for a pair that agrees on `base` now.
 pub(crate) fn link(
     object: &str,
@@ -652,19 +680,16 @@ pub(crate) async fn push_step(
         let canonical = match plan.to_canonical(Side::Crm, fields) {
             Ok(c) => c,
             Err(e) => {
-                summary.counts_mut(object, direction).failed += 1;
-                commit.errors_upsert.push(sync_error(
+                record_invalid_value(
                     ctx,
+                    &mut commit,
+                    summary,
                     object,
                     direction,
                     &change.id,
-                    None,
-                    json!({}),
-                    "invalid_value",
-                    &e.to_string(),
-                    false,
+                    &e,
                     previous.get(&change.id),
-                ));
+                );
                 continue;
             }
         };

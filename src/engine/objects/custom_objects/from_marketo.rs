@@ -296,19 +296,16 @@ pub async fn run(
         let canonical = match plan.to_canonical(Side::Marketo, &record.raw) {
             Ok(c) => c,
             Err(e) => {
-                summary.counts_mut(object, direction).failed += 1;
-                commit.errors_upsert.push(sync_error(
+                super::super::record_invalid_value(
                     ctx,
+                    &mut commit,
+                    summary,
                     object,
                     direction,
                     &key,
-                    None,
-                    json!({}),
-                    "invalid_value",
-                    &e.to_string(),
-                    false,
+                    &e,
                     previous.get(&key),
-                ));
+                );
                 continue;
             }
         };
