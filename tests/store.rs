@@ -11,10 +11,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::FutureExt;
 use marketo_sync::model::{Fields, Side, Value, fields_hash};
 use marketo_sync::store::{
-    BulkJob, Conflict, CycleCount, CycleOutcome, CycleRecord, Direction, ErrorFilter, ErrorKey,
-    ErrorStatus, JobDirection, JobState, Link, LinkKey, ManualClock, OpenOptions, SchemaRecord,
-    StateStore, StepCommit, StepTiming, StoreError, SyncError, Tombstone, TombstoneKind, Watermark,
-    open_with,
+    BulkJob, Conflict, ConflictFilter, CycleCount, CycleOutcome, CycleRecord, Direction,
+    ErrorFilter, ErrorKey, ErrorStatus, JobDirection, JobState, Link, LinkKey, ManualClock,
+    OpenOptions, SchemaRecord, StateStore, StepCommit, StepTiming, StoreError, SyncError,
+    Tombstone, TombstoneKind, Watermark, open_with,
 };
 use uuid::Uuid;
 
@@ -755,6 +755,52 @@ async fn conflicts_keep_both_values(h: &Harness) {
         assert_eq!(c.policy, "crm_wins");
         assert!(c.id > 0);
     }
+
+    let mut later = conflict("name", None);
+    later.object = "company".into();
+    later.winner = Side::Marketo;
+    later.policy = "marketo_wins".into();
+    later.at = at(9);
+    commit(
+        s,
+        StepCommit {
+            conflicts: vec![later],
+            ..StepCommit::default()
+        },
+    )
+    .await;
+    let list =
+        |filter: ConflictFilter| async move { s.list_conflicts(&filter).await.expect("list") };
+    let fields = |got: Vec<Conflict>| got.into_iter().map(|c| c.field).collect::<Vec<_>>();
+    assert_eq!(
+        fields(list(ConflictFilter::default()).await),
+        ["name", "score", "title"]
+    );
+    let by_object = ConflictFilter {
+        object: Some("lead".into()),
+        ..ConflictFilter::default()
+    };
+    assert_eq!(fields(list(by_object).await), ["score", "title"]);
+    let by_field = ConflictFilter {
+        field: Some("title".into()),
+        ..ConflictFilter::default()
+    };
+    assert_eq!(fields(list(by_field).await), ["title"]);
+    let by_winner = ConflictFilter {
+        winner: Some(Side::Marketo),
+        ..ConflictFilter::default()
+    };
+    assert_eq!(fields(list(by_winner).await), ["name"]);
+    let since = ConflictFilter {
+        since: Some(at(6)),
+        ..ConflictFilter::default()
+    };
+    assert_eq!(fields(list(since).await), ["name"]);
+    let limited = ConflictFilter {
+        limit: 1,
+        ..ConflictFilter::default()
+    };
+    assert_eq!(fields(list(limited).await), ["name"]);
 }
 
 async fn counts_reflect_the_state(h: &Harness) {

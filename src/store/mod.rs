@@ -676,6 +676,21 @@ pub struct ErrorFilter {
     pub limit: u32,
 }
 
+/// Which conflicts [`StateStore::list_conflicts`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictFilter {
+    /// Only this object.
+    pub object: Option<String>,
+    /// Only this field (canonical name).
+    pub field: Option<String>,
+    /// Only conflicts this side won.
+    pub winner: Option<Side>,
+    /// Only conflicts settled at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many (newest first); 0 means 100.
+    pub limit: u32,
+}
+
 /// A field changed on both sides since `base`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
@@ -972,7 +987,20 @@ pub trait StateStore: Send + Sync {
     /// # Errors
     ///
     /// [`StoreError::Query`] or [`StoreError::Corrupt`].
-    async fn recent_conflicts(&self, limit: u32) -> Result<Vec<Conflict>, StoreError>;
+    async fn recent_conflicts(&self, limit: u32) -> Result<Vec<Conflict>, StoreError> {
+        self.list_conflicts(&ConflictFilter {
+            limit,
+            ..ConflictFilter::default()
+        })
+        .await
+    }
+
+    /// Returns the conflicts that pass `filter`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    async fn list_conflicts(&self, filter: &ConflictFilter) -> Result<Vec<Conflict>, StoreError>;
 
     /// Returns the counts shown by status.
     ///

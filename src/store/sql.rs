@@ -25,8 +25,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use super::{
-    ApiUsage, BulkJob, Clock, CommitHook, Conflict, CycleCount, CycleOutcome, CycleRecord,
-    Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
+    ApiUsage, BulkJob, Clock, CommitHook, Conflict, ConflictFilter, CycleCount, CycleOutcome,
+    CycleRecord, Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
     LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, PauseState, SchemaRecord, StateStore,
     StepCommit, StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt,
     parse_side, to_i64, to_u64, ttl_to_chrono,
@@ -1241,16 +1241,26 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn recent_conflicts(&self, limit: u32) -> Result<Vec<Conflict>, StoreError> {
+            async fn list_conflicts(
+                &self,
+                filter: &ConflictFilter,
+            ) -> Result<Vec<Conflict>, StoreError> {
                 self.tick();
                 let rows = sqlx::query(
                     "SELECT id, object, marketo_key, crm_key, field, marketo_value, crm_value, \
-                     base_value, winner, policy, at FROM conflicts ORDER BY id DESC LIMIT $1",
+                     base_value, winner, policy, at FROM conflicts \
+                     WHERE ($1 IS NULL OR object = $1) AND ($2 IS NULL OR field = $2) \
+                     AND ($3 IS NULL OR winner = $3) AND ($4 IS NULL OR at >= $4) \
+                     ORDER BY id DESC LIMIT $5",
                 )
-                .bind(limit_i64(limit, 100))
+                .bind(filter.object.as_deref())
+                .bind(filter.field.as_deref())
+                .bind(filter.winner.map(Side::as_str))
+                .bind(filter.since)
+                .bind(limit_i64(filter.limit, 100))
                 .fetch_all(&self.pool)
                 .await
-                .map_err(query_error("recent_conflicts"))?;
+                .map_err(query_error("list_conflicts"))?;
                 rows.iter().map(Self::conflict_from_row).collect()
             }
 

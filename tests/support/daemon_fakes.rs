@@ -14,9 +14,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use marketo_sync::engine::{CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner};
 use marketo_sync::model::Side;
 use marketo_sync::store::{
-    ApiUsage, BulkJob, Clock, Conflict, CycleRecord, ErrorFilter, ErrorStatus, JobDirection, Lease,
-    Link, PauseState, SchemaRecord, StateStore, StepCommit, StoreCounts, StoreError, SyncError,
-    Watermark,
+    ApiUsage, BulkJob, Clock, Conflict, ConflictFilter, CycleRecord, ErrorFilter, ErrorStatus,
+    JobDirection, Lease, Link, PauseState, SchemaRecord, StateStore, StepCommit, StoreCounts,
+    StoreError, SyncError, Watermark,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -336,7 +336,7 @@ impl StateStore for ControlStore {
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
-    async fn recent_conflicts(&self, _: u32) -> Result<Vec<Conflict>, StoreError> {
+    async fn list_conflicts(&self, _: &ConflictFilter) -> Result<Vec<Conflict>, StoreError> {
         Ok(Vec::new())
     }
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
