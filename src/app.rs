@@ -951,6 +951,7 @@ pub fn http_config(settings: &crate::config::Settings) -> HttpConfig {
         listen: settings.http.listen,
         webhook_secret: secret,
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        auth_token: settings.http.auth_token.clone(),
     }
 }
 

@@ -28,6 +28,7 @@ fn http(secret: &str) -> HttpConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         webhook_secret: SecretString::from(secret.to_owned()),
         body_limit: marketo_sync::http::DEFAULT_BODY_LIMIT,
+        auth_token: None,
     }
 }
 

@@ -480,6 +480,7 @@ async fn build_refuses_an_empty_secret_and_reports_a_busy_port() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         webhook_secret: SecretString::from("  "),
         body_limit: DEFAULT_BODY_LIMIT,
+        auth_token: None,
     };
     let error = HttpServer::build(empty, status.clone(), queue.clone(), unused_metrics())
         .await
@@ -492,6 +493,7 @@ async fn build_refuses_an_empty_secret_and_reports_a_busy_port() {
         listen: first.addr,
         webhook_secret: SecretString::from(SECRET),
         body_limit: DEFAULT_BODY_LIMIT,
+        auth_token: None,
     };
     let error = HttpServer::build(busy, status, queue, unused_metrics())
         .await
@@ -680,6 +682,7 @@ async fn a_request_that_hangs_times_out() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         webhook_secret: SecretString::from(SECRET),
         body_limit: DEFAULT_BODY_LIMIT,
+        auth_token: None,
     };
     let app = marketo_sync::http::router(
         &settings,

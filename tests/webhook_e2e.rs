@@ -46,6 +46,7 @@ async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
             listen: "127.0.0.1:0".parse().unwrap(),
             webhook_secret: SecretString::from(secret),
             body_limit: marketo_sync::http::DEFAULT_BODY_LIMIT,
+            auth_token: None,
         },
         "webhook-e2e",
         "holder-1",

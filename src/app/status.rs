@@ -1,20 +1,23 @@
 //! [`StoreStatus`]: the [`StatusSource`] behind the status page, `/api/status` and `/readyz`,
 //! read from the state store and the daemon's live state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
 
 use super::{Live, SharedLive, live_update};
 use crate::http::{
-    CallsPoint, CycleOutcome, CycleSummary, Direction, ErrorList, LeaseState,
-    ObjectDirectionCounts, ObjectStatus, OpenError, PauseInfo, QuotaStatus, Readiness,
+    Backlog, BurnPoint, CallsPoint, ConflictList, ConflictQuery, ConflictView, CycleOutcome,
+    CycleSummary, CycleTotals, Direction, ErrorAction, ErrorList, HourlyRecords, LeaseState,
+    ObjectDirectionCounts, ObjectStatus, OpenError, PauseInfo, QuotaBurn, QuotaStatus, Readiness,
     RecordCounts, RecordsPoint, StatusError, StatusReport, StatusSource,
 };
+use crate::model::Side;
 use crate::store::{
-    self, Clock, CycleCount, CycleRecord, ErrorFilter, ErrorStatus, StateStore, StoreError,
-    SyncError,
+    self, Clock, Conflict, ConflictFilter, CycleCount, CycleRecord, ErrorFilter, ErrorStatus,
+    LedgerSummary, LinkCount, StateStore, StoreError, StoreTotals, SyncError,
 };
 
 /// How many recent cycles the report shows.
@@ -22,6 +25,15 @@ const RECENT_CYCLES: u32 = 50;
 
 /// How many open errors the report carries.
 const REPORT_ERRORS: u32 = 100;
+
+/// How many conflicts the report carries (the conflicts API serves the rest).
+const REPORT_CONFLICTS: u32 = 20;
+
+/// How many failed cycles the report lists.
+const REPORT_FAILED_CYCLES: usize = 10;
+
+/// The most cycles read for the hourly chart and today's quota burn.
+const CHART_CYCLES: u32 = 5_000;
 
 /// The status of one daemon, read from the store and the daemon's live state.
 pub struct StoreStatus {
@@ -116,9 +128,16 @@ impl StoreStatus {
                     duration_ms: None,
                     api_calls: 0,
                     counts: Vec::new(),
+                    message: None,
                 },
             );
         }
+        let failed_cycles: Vec<CycleSummary> = recent_cycles
+            .iter()
+            .filter(|c| c.outcome == CycleOutcome::Failed)
+            .take(REPORT_FAILED_CYCLES)
+            .cloned()
+            .collect();
         let usage = self.store.api_usage(store::marketo_day(now)).await?;
         let quota = QuotaStatus {
             calls_today: usage.calls,
@@ -137,12 +156,25 @@ impl StoreStatus {
             })
             .await?;
         let open_errors: Vec<OpenError> = errors.iter().map(open_error).collect();
+        let totals = self.store.totals().await?;
+        let ledger = self.store.ledger_summary().await?;
+        let links = self.store.link_counts().await?;
+        let (day_start, day_end) = marketo_day_bounds(now);
+        let chart_since = (now - Duration::hours(24)).min(day_start);
+        let chart_cycles = self.store.cycles_since(chart_since, CHART_CYCLES).await?;
+        let conflicts = self
+            .store
+            .list_conflicts(&ConflictFilter {
+                limit: REPORT_CONFLICTS,
+                ..ConflictFilter::default()
+            })
+            .await?;
         Ok(StatusReport {
             instance: self.instance.clone(),
             generated_at: now,
             paused,
             lease,
-            objects: object_statuses(&cycles, now),
+            objects: object_statuses(&totals, &ledger, &links, &chart_cycles, now),
             calls_per_cycle: cycles
                 .iter()
                 .rev()
@@ -157,7 +189,169 @@ impl StoreStatus {
             quota,
             open_errors_total: counts.open_errors.max(open_errors.len() as u64),
             open_errors,
+            failed_cycles,
+            cycle_totals: cycle_totals(&totals),
+            records_per_hour: records_per_hour(&chart_cycles, now),
+            quota_burn: quota_burn(
+                &chart_cycles,
+                day_start,
+                day_end,
+                now,
+                usage.calls,
+                self.daily_budget,
+            ),
+            recent_conflicts: conflicts.iter().map(conflict_view).collect(),
+            conflicts_total: counts.conflicts,
         })
+    }
+}
+
+/// Returns when the Marketo day of `now` began and when it ends (midnight America/Chicago).
+pub fn marketo_day_bounds(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = store::marketo_day(now);
+    let midnight = |date: chrono::NaiveDate| {
+        let local = date.and_time(chrono::NaiveTime::MIN);
+        chrono_tz::America::Chicago
+            .from_local_datetime(&local)
+            .earliest()
+            .map_or_else(|| now, |t| t.with_timezone(&Utc))
+    };
+    let start = midnight(day);
+    let end = day.succ_opt().map_or(start + Duration::hours(24), midnight);
+    (start, end)
+}
+
+fn seconds_since(now: DateTime<Utc>, then: DateTime<Utc>) -> u64 {
+    u64::try_from((now - then).num_seconds()).unwrap_or(0)
+}
+
+fn cycle_totals(totals: &StoreTotals) -> CycleTotals {
+    let mut out = CycleTotals::default();
+    for t in &totals.outcomes {
+        match t.outcome {
+            store::CycleOutcome::Succeeded => out.succeeded += t.cycles,
+            store::CycleOutcome::Partial => out.partial += t.cycles,
+            store::CycleOutcome::Failed => out.failed += t.cycles,
+            store::CycleOutcome::Cancelled => out.cancelled += t.cycles,
+            store::CycleOutcome::Running => out.running += t.cycles,
+        }
+        out.api_calls += t.api_calls;
+    }
+    out
+}
+
+/// Records written per hour and object by the cycles that started in the last 24 hours.
+fn records_per_hour(cycles: &[CycleRecord], now: DateTime<Utc>) -> Vec<HourlyRecords> {
+    let since = now - Duration::hours(24);
+    let mut buckets: BTreeMap<(DateTime<Utc>, String), (u64, u64)> = BTreeMap::new();
+    for cycle in cycles.iter().filter(|c| c.started_at >= since) {
+        let hour = hour_of(cycle.started_at);
+        for count in &cycle.counts {
+            let written = record_counts(count).written();
+            let entry = buckets
+                .entry((hour, count.object.clone()))
+                .or_insert((0, 0));
+            match count.direction {
+                Some(store::Direction::MarketoToCrm) => entry.0 += written,
+                Some(store::Direction::CrmToMarketo) => entry.1 += written,
+                None => {}
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|((hour, object), (m2c, c2m))| HourlyRecords {
+            hour,
+            object,
+            marketo_to_crm: m2c,
+            crm_to_marketo: c2m,
+        })
+        .collect()
+}
+
+fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.with_nanosecond(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_minute(0))
+        .unwrap_or(at)
+}
+
+/// Today's cumulative calls per cycle and the projection to the day's end at today's rate.
+fn quota_burn(
+    cycles: &[CycleRecord],
+    day_start: DateTime<Utc>,
+    day_end: DateTime<Utc>,
+    now: DateTime<Utc>,
+    used: u64,
+    budget: u64,
+) -> QuotaBurn {
+    let mut today: Vec<(DateTime<Utc>, u64)> = cycles
+        .iter()
+        .filter_map(|c| c.ended_at.map(|end| (end, c.api_calls)))
+        .filter(|(end, _)| *end >= day_start && *end <= now)
+        .collect();
+    today.sort();
+    let mut points = vec![BurnPoint {
+        at: day_start,
+        calls: 0,
+    }];
+    let mut sum = 0;
+    for (at, calls) in today {
+        sum += calls;
+        points.push(BurnPoint { at, calls: sum });
+    }
+    // The store's count includes calls outside cycles (webhooks, commands): end on it.
+    if used >= sum {
+        points.push(BurnPoint {
+            at: now,
+            calls: used,
+        });
+    }
+    let elapsed = (now - day_start).num_seconds();
+    let left = (day_end - now).num_seconds().max(0);
+    let projected = if elapsed >= 60 {
+        let rate = used as f64 / elapsed as f64;
+        used + (rate * left as f64).round() as u64
+    } else {
+        used
+    };
+    QuotaBurn {
+        day_start: Some(day_start),
+        day_end: Some(day_end),
+        budget,
+        used,
+        points,
+        projected,
+        projected_over_budget: projected > budget,
+    }
+}
+
+fn conflict_view(c: &Conflict) -> ConflictView {
+    ConflictView {
+        id: c.id,
+        object: c.object.clone(),
+        marketo_key: c.marketo_key.clone(),
+        crm_key: c.crm_key.clone(),
+        field: c.field.clone(),
+        marketo_value: c.marketo_value.to_json(),
+        crm_value: c.crm_value.to_json(),
+        base_value: c
+            .base_value
+            .as_ref()
+            .map_or(serde_json::Value::Null, |v| v.to_json()),
+        winner: c.winner.as_str().to_owned(),
+        policy: c.policy.clone(),
+        at: c.at,
+    }
+}
+
+fn parse_winner(text: &str) -> Result<Side, StatusError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "marketo" => Ok(Side::Marketo),
+        "crm" => Ok(Side::Crm),
+        other => Err(StatusError::Invalid {
+            reason: format!("winner must be `marketo` or `crm`, not {other:?}"),
+        }),
     }
 }
 
@@ -234,6 +428,7 @@ fn cycle_summary(c: &CycleRecord) -> CycleSummary {
                 })
             })
             .collect(),
+        message: c.message.clone(),
     }
 }
 
@@ -254,44 +449,94 @@ fn records_point(c: &CycleRecord) -> RecordsPoint {
     point
 }
 
-/// Totals over the retained cycles per object, and the lag since its last successful cycle.
+/// Per object: links, totals kept in the store, the ledger's backlog and the lag (see
+/// [`ObjectStatus`] for the definitions).
 fn object_statuses(
-    cycles: &[CycleRecord],
-    now: chrono::DateTime<chrono::Utc>,
+    totals: &StoreTotals,
+    ledger: &[LedgerSummary],
+    links: &[LinkCount],
+    recent: &[CycleRecord],
+    now: DateTime<Utc>,
 ) -> Vec<ObjectStatus> {
-    let mut objects: BTreeMap<String, ObjectStatus> = BTreeMap::new();
-    for cycle in cycles {
-        let success = matches!(
-            cycle.outcome,
-            store::CycleOutcome::Succeeded | store::CycleOutcome::Partial
-        );
-        for count in &cycle.counts {
-            let entry = objects
-                .entry(count.object.clone())
-                .or_insert_with(|| ObjectStatus {
-                    object: count.object.clone(),
-                    linked: 0,
-                    marketo_to_crm: RecordCounts::default(),
-                    crm_to_marketo: RecordCounts::default(),
-                    last_success_at: None,
-                    lag_seconds: None,
-                });
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    names.extend(totals.objects.iter().map(|c| c.object.as_str()));
+    names.extend(totals.last_success.iter().map(|s| s.object.as_str()));
+    names.extend(ledger.iter().map(|l| l.object.as_str()));
+    names.extend(links.iter().map(|l| l.object.as_str()));
+    let hour_ago = now - Duration::hours(1);
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let mut status = ObjectStatus {
+            object: name.to_owned(),
+            linked: 0,
+            tombstoned: 0,
+            marketo_to_crm: RecordCounts::default(),
+            crm_to_marketo: RecordCounts::default(),
+            last_success_at: None,
+            last_success_started_at: None,
+            lag_seconds: None,
+            backlog_marketo_to_crm: Backlog::default(),
+            backlog_crm_to_marketo: Backlog::default(),
+            records_last_hour: 0,
+        };
+        if let Some(l) = links.iter().find(|l| l.object == name) {
+            status.linked = l.live;
+            status.tombstoned = l.tombstoned;
+        }
+        for count in totals.objects.iter().filter(|c| c.object == name) {
             let counts = record_counts(count);
             match count.direction {
-                Some(store::Direction::MarketoToCrm) => add(&mut entry.marketo_to_crm, &counts),
-                Some(store::Direction::CrmToMarketo) => add(&mut entry.crm_to_marketo, &counts),
+                Some(store::Direction::MarketoToCrm) => add(&mut status.marketo_to_crm, &counts),
+                Some(store::Direction::CrmToMarketo) => add(&mut status.crm_to_marketo, &counts),
                 None => {}
             }
-            if success
-                && let Some(end) = cycle.ended_at
-                && entry.last_success_at.is_none_or(|t| t < end)
-            {
-                entry.last_success_at = Some(end);
-                entry.lag_seconds = u64::try_from((now - end).num_seconds()).ok();
-            }
         }
+        let success = totals.last_success.iter().find(|s| s.object == name);
+        status.last_success_at = success.map(|s| s.ended_at);
+        status.last_success_started_at = success.map(|s| s.started_at);
+        for (direction, backlog) in [
+            (
+                store::Direction::MarketoToCrm,
+                &mut status.backlog_marketo_to_crm,
+            ),
+            (
+                store::Direction::CrmToMarketo,
+                &mut status.backlog_crm_to_marketo,
+            ),
+        ] {
+            if let Some(l) = ledger
+                .iter()
+                .find(|l| l.object == name && l.direction == direction)
+            {
+                backlog.pending = l.scheduled;
+                backlog.waiting_for_operator = l.waiting;
+                backlog.oldest_pending_at = l.oldest_scheduled_at;
+                backlog.oldest_waiting_at = l.oldest_waiting_at;
+            }
+            backlog.lag_seconds = success.map(|s| {
+                let oldest = backlog
+                    .oldest_pending_at
+                    .map_or(s.started_at, |p| p.min(s.started_at));
+                seconds_since(now, oldest)
+            });
+        }
+        status.lag_seconds = match (
+            status.backlog_marketo_to_crm.lag_seconds,
+            status.backlog_crm_to_marketo.lag_seconds,
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        status.records_last_hour = recent
+            .iter()
+            .filter(|c| c.started_at >= hour_ago)
+            .flat_map(|c| c.counts.iter())
+            .filter(|c| c.object == name && c.direction.is_some())
+            .map(|c| record_counts(c).written())
+            .sum();
+        out.push(status);
     }
-    objects.into_values().collect()
+    out
 }
 
 fn open_error(e: &SyncError) -> OpenError {
@@ -304,6 +549,8 @@ fn open_error(e: &SyncError) -> OpenError {
         message: e.message.clone(),
         attempts: e.attempts,
         next_retry_at: e.next_retry_at,
+        first_seen_at: Some(e.first_seen_at),
+        status: e.status.as_str().to_owned(),
     }
 }
 
@@ -329,6 +576,52 @@ impl StatusSource for StoreStatus {
             total: counts.open_errors.max(errors.len() as u64),
             errors: errors.iter().map(open_error).collect(),
         })
+    }
+
+    async fn conflicts(&self, query: &ConflictQuery) -> Result<ConflictList, StatusError> {
+        let winner = query.winner.as_deref().map(parse_winner).transpose()?;
+        let filter = ConflictFilter {
+            object: query.object.clone(),
+            field: query.field.clone(),
+            winner,
+            since: query.since,
+            limit: u32::try_from(query.limit_or_default()).unwrap_or(u32::MAX),
+        };
+        let conflicts = self
+            .store
+            .list_conflicts(&filter)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(ConflictList {
+            conflicts: conflicts.iter().map(conflict_view).collect(),
+        })
+    }
+
+    async fn error_action(&self, id: &str, action: ErrorAction) -> Result<OpenError, StatusError> {
+        let uuid = uuid::Uuid::parse_str(id.trim()).map_err(|_| StatusError::Invalid {
+            reason: format!("{id:?} is not an error id (a UUID)"),
+        })?;
+        let (status, next_retry_at) = match action {
+            ErrorAction::Retry => (ErrorStatus::Open, Some(self.clock.now())),
+            ErrorAction::Discard => (ErrorStatus::Discarded, None),
+        };
+        let changed = self
+            .store
+            .set_error_status(uuid, status, next_retry_at)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let entry = if changed {
+            self.store.error(uuid).await.map_err(|e| unavailable(&e))?
+        } else {
+            None
+        };
+        let Some(entry) = entry else {
+            return Err(StatusError::NotFound {
+                what: format!("sync error {uuid}"),
+            });
+        };
+        tracing::info!(error_id = %uuid, action = action.as_str(), "operator changed a sync error");
+        Ok(open_error(&entry))
     }
 
     async fn ready(&self) -> Readiness {

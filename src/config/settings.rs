@@ -252,6 +252,13 @@ pub struct HttpSettings {
     pub webhook_secret_file: Option<PathBuf>,
     /// The header that carries the webhook secret.
     pub webhook_header: String,
+    /// The token the status page, the JSON API and `/metrics` require (`Authorization: Bearer
+    /// <token>`, or HTTP Basic auth with the token as the password): only from
+    /// `MKSYNC__HTTP__AUTH_TOKEN` or `auth_token_file`. Without one they are open to anyone who
+    /// can reach the listener (`/healthz` and `/readyz` always are).
+    pub auth_token: Option<SecretString>,
+    /// A file holding the access token.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
@@ -261,6 +268,8 @@ impl Default for HttpSettings {
             webhook_secret: None,
             webhook_secret_file: None,
             webhook_header: "x-marketo-sync-secret".to_owned(),
+            auth_token: None,
+            auth_token_file: None,
         }
     }
 }
@@ -421,6 +430,7 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
             let secret_keys = [
                 "marketo.client_secret",
                 "http.webhook_secret",
+                "http.auth_token",
                 "crm.url",
                 "store.url",
             ];
@@ -578,6 +588,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "webhook_secret",
             "webhook_secret_file",
             "webhook_header",
+            "auth_token",
+            "auth_token_file",
         ],
     ),
     ("bootstrap", &["low_watermarks"]),
@@ -676,6 +688,13 @@ fn check_inline_secrets(layer: &Layer, partial: &Settings, problems: &mut Vec<Pr
             "http.webhook_secret",
             "MKSYNC__HTTP__WEBHOOK_SECRET",
             "http.webhook_secret_file",
+        );
+    }
+    if partial.http.auth_token.is_some() {
+        inline(
+            "http.auth_token",
+            "MKSYNC__HTTP__AUTH_TOKEN",
+            "http.auth_token_file",
         );
     }
     if partial.crm.url.as_ref().is_some_and(url_has_password) {
@@ -1013,6 +1032,12 @@ fn resolve_secret_files(
         &s.http.webhook_secret_file,
         "http.webhook_secret",
         "http.webhook_secret_file",
+    );
+    resolve(
+        &mut s.http.auth_token,
+        &s.http.auth_token_file,
+        "http.auth_token",
+        "http.auth_token_file",
     );
     resolve(&mut s.crm.url, &s.crm.url_file, "crm.url", "crm.url_file");
     let mut store = None;

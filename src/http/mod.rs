@@ -11,6 +11,15 @@
 //! | `GET /`                 | the status page for people (self-contained HTML, no network)  |
 //! | `GET /api/status`       | [`StatusReport`] as JSON (what the page draws)                |
 //! | `GET /api/errors`       | [`ErrorList`] as JSON, `?limit=N` (default 100, at most 1000) |
+//! | `POST /api/errors/{id}/retry` | retry one open ledger entry at the next cycle           |
+//! | `POST /api/errors/{id}/discard` | discard one ledger entry                              |
+//! | `GET /api/conflicts`    | [`ConflictList`], `?object=&field=&winner=&since=&limit=`     |
+//!
+//! With [`HttpConfig::auth_token`] set, every route but `/healthz`, `/readyz` and the webhook
+//! (which checks its own shared secret) needs `Authorization: Bearer <token>` or HTTP Basic
+//! auth with the token as the password (any user name; browsers prompt for it). Tokens are
+//! compared in constant time and never logged. The `POST` routes also refuse requests whose
+//! `Origin` is another site, so a page elsewhere cannot make a signed-in browser press them.
 //!
 //! [`HttpServer::build`] binds the listener (port 0 is fine in tests) and
 //! [`HttpServer::run_until_stopped`] serves until the cancellation token fires, then drains
@@ -28,8 +37,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -46,8 +57,9 @@ use tower_http::trace::TraceLayer;
 
 pub use queue::OnDemandQueue;
 pub use status::{
-    CallsPoint, CycleOutcome, CycleSummary, Direction, ErrorList, LeaseState,
-    ObjectDirectionCounts, ObjectStatus, OpenError, PauseInfo, QuotaStatus, Readiness,
+    Backlog, BurnPoint, CallsPoint, ConflictList, ConflictQuery, ConflictView, CycleOutcome,
+    CycleSummary, CycleTotals, Direction, ErrorAction, ErrorList, HourlyRecords, LeaseState,
+    ObjectDirectionCounts, ObjectStatus, OpenError, PauseInfo, QuotaBurn, QuotaStatus, Readiness,
     RecordCounts, RecordsPoint, StatusError, StatusReport, StatusSource,
 };
 pub use webhook::{EnqueueError, Enqueued, PayloadError, WebhookLead, WebhookSink};
@@ -74,6 +86,10 @@ pub struct HttpConfig {
     /// The largest webhook body accepted, in bytes (default 64 KiB).
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// The token the status page, the JSON API and `/metrics` require (bearer, or the password
+    /// of HTTP Basic auth); `None` leaves them open. Must not be empty when set.
+    #[serde(default)]
+    pub auth_token: Option<SecretString>,
 }
 
 fn default_body_limit() -> usize {
@@ -126,6 +142,8 @@ impl HttpError {
 struct AppState {
     /// SHA-256 of the webhook secret: comparing digests in constant time hides the length too.
     secret_digest: Arc<[u8; 32]>,
+    /// SHA-256 of the access token, when one is required.
+    auth_digest: Option<Arc<[u8; 32]>>,
     status: Arc<dyn StatusSource>,
     sink: Arc<dyn WebhookSink>,
     metrics: PrometheusHandle,
@@ -159,6 +177,13 @@ impl HttpServer {
         let local_addr = listener
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
+        if settings.auth_token.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "the status page, the JSON API and /metrics are served without authentication \
+                 on a non-loopback address; set http.auth_token (MKSYNC__HTTP__AUTH_TOKEN)"
+            );
+        }
         Ok(HttpServer {
             listener,
             router,
@@ -215,8 +240,20 @@ pub fn router(
             reason: "body_limit is 0",
         });
     }
+    let auth_digest = match &settings.auth_token {
+        Some(token) if token.expose_secret().trim().is_empty() => {
+            return Err(HttpError::InvalidConfig {
+                reason: "auth_token is empty",
+            });
+        }
+        Some(token) => Some(Arc::new(
+            Sha256::digest(token.expose_secret().as_bytes()).into(),
+        )),
+        None => None,
+    };
     let state = AppState {
         secret_digest: Arc::new(Sha256::digest(secret.as_bytes()).into()),
+        auth_digest,
         status,
         sink,
         metrics,
@@ -250,6 +287,16 @@ pub fn router(
             REQUEST_TIMEOUT,
         ));
 
+    // Everything for people and scrapers; behind the token when one is set.
+    let protected = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/", get(page::status_page))
+        .route("/api/status", get(api_status))
+        .route("/api/errors", get(api_errors))
+        .route("/api/errors/{id}/retry", post(api_error_retry))
+        .route("/api/errors/{id}/discard", post(api_error_discard))
+        .route("/api/conflicts", get(api_conflicts))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Ok(Router::new()
         .route(
             "/webhooks/marketo",
@@ -257,13 +304,79 @@ pub fn router(
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/", get(page::status_page))
-        .route("/api/status", get(api_status))
-        .route("/api/errors", get(api_errors))
+        .merge(protected)
         .fallback(not_found)
         .with_state(state)
         .layer(layers))
+}
+
+/// Returns whether the request carries the token: `Authorization: Bearer <token>`, or Basic
+/// auth whose password is the token (the user name is ignored).
+fn authorized(headers: &axum::http::HeaderMap, digest: &[u8; 32]) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return secret_matches(rest.as_bytes(), digest);
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = data_encoding::BASE64.decode(rest.as_bytes()) else {
+            return false;
+        };
+        let password = match decoded.iter().position(|b| *b == b':') {
+            Some(i) => &decoded[i + 1..],
+            None => return false,
+        };
+        return secret_matches(password, digest);
+    }
+    false
+}
+
+/// Requires the access token when one is configured (see the module docs).
+async fn require_auth(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(digest) = &app.auth_digest else {
+        return next.run(request).await;
+    };
+    if authorized(request.headers(), digest) {
+        return next.run(request).await;
+    }
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        "authentication required: send `Authorization: Bearer <token>` or HTTP Basic auth \
+         with the token as the password",
+    );
+    let headers = response.headers_mut();
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"marketo-sync\", charset=\"UTF-8\""),
+    );
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"marketo-sync\""),
+    );
+    response
+}
+
+/// Returns false for a request sent by a page of another origin (the `Origin` header names
+/// another host than the one the request was sent to). Clients that send no `Origin` (curl,
+/// scripts) pass.
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
 /// A JSON error body: `{"error": message}`.
@@ -447,7 +560,86 @@ async fn api_errors(
     }
 }
 
+/// `POST /api/errors/{id}/retry`.
+async fn api_error_retry(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    error_action(&app, &headers, &id, ErrorAction::Retry).await
+}
+
+/// `POST /api/errors/{id}/discard`.
+async fn api_error_discard(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    error_action(&app, &headers, &id, ErrorAction::Discard).await
+}
+
+async fn error_action(
+    app: &AppState,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+    action: ErrorAction,
+) -> Response {
+    if !same_origin(headers) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests may not change sync errors",
+        );
+    }
+    match app.status.error_action(id, action).await {
+        Ok(entry) => {
+            let body = serde_json::json!({ "action": action, "error": entry });
+            let mut response = axum::Json(body).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(error) => status_failed(&error),
+    }
+}
+
+/// `GET /api/conflicts?object=&field=&winner=&since=&limit=`.
+async fn api_conflicts(
+    State(app): State<AppState>,
+    query: Result<Query<ConflictQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "bad query: {} (object, field: text; winner: marketo or crm; since: an \
+                     RFC 3339 time such as 2026-11-23T10:00:00Z; limit: 1 to 1000)",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    match app.status.conflicts(&query).await {
+        Ok(list) => {
+            let mut response = axum::Json(list).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(error) => status_failed(&error),
+    }
+}
+
 fn status_failed(error: &StatusError) -> Response {
+    match error {
+        // These name only what the client sent.
+        StatusError::NotFound { .. } => {
+            return json_error(StatusCode::NOT_FOUND, &error.to_string());
+        }
+        StatusError::Invalid { .. } => {
+            return json_error(StatusCode::BAD_REQUEST, &error.to_string());
+        }
+        StatusError::Unavailable { .. } | StatusError::Internal { .. } => {}
+    }
     // The detail goes to the log only; the response stays generic.
     tracing::warn!(error = %error, "status report failed");
     let code = if error.is_retryable() {
@@ -481,8 +673,51 @@ mod tests {
             listen: "127.0.0.1:0".parse().expect("addr"),
             webhook_secret: SecretString::from("hunter2-hunter2"),
             body_limit: DEFAULT_BODY_LIMIT,
+            auth_token: Some(SecretString::from("tok-hunter3")),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
+        assert!(!format!("{settings:?}").contains("hunter3"));
+    }
+
+    #[test]
+    fn bearer_and_basic_auth_are_checked_against_the_token() {
+        let digest: [u8; 32] = Sha256::digest(b"tok-123").into();
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(value).expect("value"),
+            );
+            authorized(&headers, &digest)
+        };
+        assert!(with("Bearer tok-123"));
+        assert!(with("bearer  tok-123"));
+        assert!(!with("Bearer tok-1234"));
+        assert!(!with("Bearer "));
+        let basic = |pair: &str| format!("Basic {}", data_encoding::BASE64.encode(pair.as_bytes()));
+        assert!(with(&basic("ops:tok-123")));
+        assert!(with(&basic(":tok-123")));
+        assert!(!with(&basic("tok-123")));
+        assert!(!with(&basic("ops:tok-12")));
+        assert!(!with("Basic !!!"));
+        assert!(!with("Token tok-123"));
+        assert!(!authorized(&axum::http::HeaderMap::new(), &digest));
+    }
+
+    #[test]
+    fn cross_origin_posts_are_told_apart() {
+        let headers = |origin: Option<&str>| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).expect("origin"));
+            }
+            h
+        };
+        assert!(same_origin(&headers(None)));
+        assert!(same_origin(&headers(Some("http://127.0.0.1:8080"))));
+        assert!(!same_origin(&headers(Some("http://evil.example"))));
+        assert!(!same_origin(&headers(Some("null"))));
     }
 
     #[test]

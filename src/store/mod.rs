@@ -796,6 +796,70 @@ pub struct StoreCounts {
     pub unfinished_jobs: u64,
 }
 
+/// How many cycles ended one way, and the Marketo calls they used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeTotals {
+    /// How they ended (`Running` for cycles not finished yet).
+    pub outcome: CycleOutcome,
+    /// How many cycles.
+    pub cycles: u64,
+    /// Marketo REST calls they used.
+    pub api_calls: u64,
+}
+
+/// The last successful (succeeded or partial) cycle that covered an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSuccess {
+    /// The object.
+    pub object: String,
+    /// When that cycle started: every change made before this instant has been read.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: DateTime<Utc>,
+}
+
+/// Everything [`StateStore::totals`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreTotals {
+    /// Record totals per object and direction (`direction` is `None` for counts that have
+    /// none), ordered by object then direction. Kept by [`StateStore::record_cycle`] in the
+    /// cycle's own transaction, so they cover every cycle since the store was created.
+    pub objects: Vec<CycleCount>,
+    /// Cycle totals per outcome.
+    pub outcomes: Vec<OutcomeTotals>,
+    /// The last successful cycle per object.
+    pub last_success: Vec<ObjectSuccess>,
+}
+
+/// The open ledger (open sync errors) of one object in one direction, summarised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSummary {
+    /// The object.
+    pub object: String,
+    /// Which way the records were going.
+    pub direction: Direction,
+    /// Open entries with an automatic retry scheduled (deferred: waiting for a parent record
+    /// or for a retry after a failure the engine expects to clear).
+    pub scheduled: u64,
+    /// Open entries without an automatic retry: they wait for an operator.
+    pub waiting: u64,
+    /// When the oldest scheduled entry first failed.
+    pub oldest_scheduled_at: Option<DateTime<Utc>>,
+    /// When the oldest entry waiting for an operator first failed.
+    pub oldest_waiting_at: Option<DateTime<Utc>>,
+}
+
+/// Live and tombstoned links of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCount {
+    /// The object.
+    pub object: String,
+    /// Linked pairs (no tombstone).
+    pub live: u64,
+    /// Pairs deleted or merged away.
+    pub tombstoned: u64,
+}
+
 /// The persistent state of the service. Object-safe; share it as `Arc<dyn StateStore>`.
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync {
@@ -931,10 +995,66 @@ pub trait StateStore: Send + Sync {
 
     /// Inserts or replaces a cycle (call it at the start and again at the end).
     ///
+    /// In the same transaction it adds the difference between the new and the stored version
+    /// of the cycle to the totals ([`StateStore::totals`]), so recording a cycle again never
+    /// counts it twice, and a succeeded or partial cycle that ended becomes the last success of
+    /// every object it has counts for.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Query`] or [`StoreError::Invalid`].
     async fn record_cycle(&self, cycle: &CycleRecord) -> Result<(), StoreError>;
+
+    /// Returns the cycles that started at or after `since`, newest first, at most `limit`.
+    ///
+    /// The default filters [`StateStore::recent_cycles`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    async fn cycles_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CycleRecord>, StoreError> {
+        let mut cycles = self.recent_cycles(limit).await?;
+        cycles.retain(|c| c.started_at >= since);
+        Ok(cycles)
+    }
+
+    /// Returns the totals kept by [`StateStore::record_cycle`]: records per object and
+    /// direction, cycles per outcome, and the last successful cycle per object.
+    ///
+    /// The default reports none (stores without totals, such as test fakes).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    async fn totals(&self) -> Result<StoreTotals, StoreError> {
+        Ok(StoreTotals::default())
+    }
+
+    /// Returns the open ledger per object and direction (see [`LedgerSummary`]).
+    ///
+    /// The default reports an empty ledger.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`] or [`StoreError::Corrupt`].
+    async fn ledger_summary(&self) -> Result<Vec<LedgerSummary>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Returns the live and tombstoned links per object, ordered by object.
+    ///
+    /// The default reports none.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    async fn link_counts(&self) -> Result<Vec<LinkCount>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Returns the `limit` most recent cycles, newest first.
     ///

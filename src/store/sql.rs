@@ -27,9 +27,10 @@ use uuid::Uuid;
 use super::{
     ApiUsage, BulkJob, Clock, CommitHook, Conflict, ConflictFilter, CycleCount, CycleOutcome,
     CycleRecord, Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
-    LINK_ROWS_PER_STATEMENT, Lease, Link, OpenOptions, PauseState, SchemaRecord, StateStore,
-    StepCommit, StepTiming, StoreCounts, StoreError, SyncError, Tombstone, Watermark, corrupt,
-    parse_side, to_i64, to_u64, ttl_to_chrono,
+    LINK_ROWS_PER_STATEMENT, Lease, LedgerSummary, Link, LinkCount, ObjectSuccess, OpenOptions,
+    OutcomeTotals, PauseState, SchemaRecord, StateStore, StepCommit, StepTiming, StoreCounts,
+    StoreError, StoreTotals, SyncError, Tombstone, Watermark, corrupt, parse_side, to_i64, to_u64,
+    ttl_to_chrono,
 };
 use crate::model::{Fields, Side, Value};
 
@@ -39,7 +40,7 @@ const MIGRATION_ATTEMPTS: u32 = 5;
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
-fn migrator(scripts: [(i64, &'static str, &'static str); 2]) -> Migrator {
+fn migrator(scripts: [(i64, &'static str, &'static str); 3]) -> Migrator {
     let migrations = scripts
         .into_iter()
         .map(|(version, name, sql)| {
@@ -69,6 +70,11 @@ fn pg_migrator() -> Migrator {
             "control",
             include_str!("../../migrations/postgres/0002_control.sql"),
         ),
+        (
+            3,
+            "totals",
+            include_str!("../../migrations/postgres/0003_totals.sql"),
+        ),
     ])
 }
 
@@ -83,6 +89,11 @@ fn sqlite_migrator() -> Migrator {
             2,
             "control",
             include_str!("../../migrations/sqlite/0002_control.sql"),
+        ),
+        (
+            3,
+            "totals",
+            include_str!("../../migrations/sqlite/0003_totals.sql"),
         ),
     ])
 }
@@ -288,6 +299,49 @@ impl Prepared {
             jobs,
         })
     }
+}
+
+/// The counts of a cycle as signed totals per (object, direction), for the totals' deltas.
+type CountDeltas = BTreeMap<(String, &'static str), [i64; 7]>;
+
+/// The direction stored in `sync_totals` for counts without one.
+const NO_DIRECTION: &str = "none";
+
+fn direction_key(direction: Option<Direction>) -> &'static str {
+    direction.map_or(NO_DIRECTION, Direction::as_str)
+}
+
+/// Adds `sign` times the counts to `deltas`.
+fn add_counts(
+    deltas: &mut CountDeltas,
+    counts: &[CycleCount],
+    sign: i64,
+) -> Result<(), StoreError> {
+    for c in counts {
+        let values = [
+            c.read,
+            c.created,
+            c.updated,
+            c.deleted,
+            c.conflicts,
+            c.skipped,
+            c.failed,
+        ];
+        let entry = deltas
+            .entry((c.object.clone(), direction_key(c.direction)))
+            .or_insert([0; 7]);
+        for (total, value) in entry.iter_mut().zip(values) {
+            *total += sign * to_i64("cycle count", value)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_count_direction(s: &str) -> Result<Option<Direction>, StoreError> {
+    if s == NO_DIRECTION {
+        return Ok(None);
+    }
+    Direction::parse(s).map(Some)
 }
 
 fn json_to_fields(value: serde_json::Value) -> Result<Fields, StoreError> {
@@ -1131,8 +1185,34 @@ macro_rules! impl_store {
             }
 
             async fn record_cycle(&self, cycle: &CycleRecord) -> Result<(), StoreError> {
+                const OP: &str = "record_cycle";
                 let api_calls = to_i64("cycle api calls", cycle.api_calls)?;
+                let mut deltas = CountDeltas::new();
+                add_counts(&mut deltas, &cycle.counts, 1)?;
+                let mut outcomes: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
+                outcomes.insert(cycle.outcome.as_str(), (1, api_calls));
                 let _guard = self.write_guard().await;
+                self.tick();
+                let mut tx = self.begin().await.map_err(query_error(OP))?;
+                // The stored version (the same cycle recorded at its start, or again): its
+                // share of the totals is taken out before the new one is added.
+                self.tick();
+                let old = sqlx::query("SELECT outcome, counts, api_calls FROM cycles WHERE id = $1")
+                    .bind(cycle.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_error(OP))?;
+                if let Some(row) = old {
+                    let outcome: String = Self::get("cycle", &row, "outcome")?;
+                    let counts: Json<Vec<CycleCount>> = Self::get("cycle", &row, "counts")?;
+                    let calls: i64 = Self::get("cycle", &row, "api_calls")?;
+                    add_counts(&mut deltas, &counts.0, -1)?;
+                    let entry = outcomes
+                        .entry(CycleOutcome::parse(&outcome)?.as_str())
+                        .or_insert((0, 0));
+                    entry.0 -= 1;
+                    entry.1 -= calls;
+                }
                 self.tick();
                 sqlx::query(
                     "INSERT INTO cycles (id, started_at, ended_at, outcome, steps, counts, \
@@ -1150,10 +1230,228 @@ macro_rules! impl_store {
                 .bind(Json(&cycle.counts))
                 .bind(api_calls)
                 .bind(cycle.message.as_deref())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
-                .map_err(query_error("record_cycle"))?;
+                .map_err(query_error(OP))?;
+                for ((object, direction), d) in &deltas {
+                    if d.iter().all(|v| *v == 0) {
+                        continue;
+                    }
+                    self.tick();
+                    sqlx::query(
+                        "INSERT INTO sync_totals (object, direction, read, created, updated, \
+                         deleted, conflicts, skipped, failed) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (object, direction) DO UPDATE SET \
+                         read = sync_totals.read + excluded.read, \
+                         created = sync_totals.created + excluded.created, \
+                         updated = sync_totals.updated + excluded.updated, \
+                         deleted = sync_totals.deleted + excluded.deleted, \
+                         conflicts = sync_totals.conflicts + excluded.conflicts, \
+                         skipped = sync_totals.skipped + excluded.skipped, \
+                         failed = sync_totals.failed + excluded.failed",
+                    )
+                    .bind(object.as_str())
+                    .bind(*direction)
+                    .bind(d[0])
+                    .bind(d[1])
+                    .bind(d[2])
+                    .bind(d[3])
+                    .bind(d[4])
+                    .bind(d[5])
+                    .bind(d[6])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error(OP))?;
+                }
+                for (outcome, (cycles, calls)) in &outcomes {
+                    if *cycles == 0 && *calls == 0 {
+                        continue;
+                    }
+                    self.tick();
+                    sqlx::query(
+                        "INSERT INTO cycle_totals (outcome, cycles, api_calls) VALUES ($1, $2, $3) \
+                         ON CONFLICT (outcome) DO UPDATE SET \
+                         cycles = cycle_totals.cycles + excluded.cycles, \
+                         api_calls = cycle_totals.api_calls + excluded.api_calls",
+                    )
+                    .bind(*outcome)
+                    .bind(*cycles)
+                    .bind(*calls)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error(OP))?;
+                }
+                let succeeded = matches!(
+                    cycle.outcome,
+                    CycleOutcome::Succeeded | CycleOutcome::Partial
+                );
+                if let (true, Some(ended_at)) = (succeeded, cycle.ended_at) {
+                    let objects: BTreeSet<&str> =
+                        cycle.counts.iter().map(|c| c.object.as_str()).collect();
+                    for object in objects {
+                        self.tick();
+                        sqlx::query(
+                            "INSERT INTO object_success (object, started_at, ended_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT (object) DO UPDATE SET \
+                             started_at = excluded.started_at, ended_at = excluded.ended_at \
+                             WHERE excluded.started_at >= object_success.started_at",
+                        )
+                        .bind(object)
+                        .bind(cycle.started_at)
+                        .bind(ended_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_error(OP))?;
+                    }
+                }
+                self.tick();
+                tx.commit().await.map_err(query_error(OP))?;
                 Ok(())
+            }
+
+            async fn cycles_since(
+                &self,
+                since: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<CycleRecord>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT id, started_at, ended_at, outcome, steps, counts, api_calls, message \
+                     FROM cycles WHERE started_at >= $1 ORDER BY started_at DESC LIMIT $2",
+                )
+                .bind(since)
+                .bind(limit_i64(limit, 1000))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("cycles_since"))?;
+                rows.iter().map(Self::cycle_from_row).collect()
+            }
+
+            async fn totals(&self) -> Result<StoreTotals, StoreError> {
+                const OP: &str = "totals";
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT object, direction, read, created, updated, deleted, conflicts, \
+                     skipped, failed FROM sync_totals ORDER BY object, direction",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(OP))?;
+                let mut objects = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let n = |column: &'static str| -> Result<u64, StoreError> {
+                        let v: i64 = Self::get("totals", row, column)?;
+                        Ok(to_u64(v))
+                    };
+                    let direction: String = Self::get("totals", row, "direction")?;
+                    objects.push(CycleCount {
+                        object: Self::get("totals", row, "object")?,
+                        direction: parse_count_direction(&direction)?,
+                        read: n("read")?,
+                        created: n("created")?,
+                        updated: n("updated")?,
+                        deleted: n("deleted")?,
+                        conflicts: n("conflicts")?,
+                        skipped: n("skipped")?,
+                        failed: n("failed")?,
+                    });
+                }
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT outcome, cycles, api_calls FROM cycle_totals ORDER BY outcome",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(OP))?;
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let outcome: String = Self::get("totals", row, "outcome")?;
+                    let cycles: i64 = Self::get("totals", row, "cycles")?;
+                    let calls: i64 = Self::get("totals", row, "api_calls")?;
+                    outcomes.push(OutcomeTotals {
+                        outcome: CycleOutcome::parse(&outcome)?,
+                        cycles: to_u64(cycles),
+                        api_calls: to_u64(calls),
+                    });
+                }
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT object, started_at, ended_at FROM object_success ORDER BY object",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(OP))?;
+                let mut last_success = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    last_success.push(ObjectSuccess {
+                        object: Self::get("totals", row, "object")?,
+                        started_at: Self::get("totals", row, "started_at")?,
+                        ended_at: Self::get("totals", row, "ended_at")?,
+                    });
+                }
+                Ok(StoreTotals {
+                    objects,
+                    outcomes,
+                    last_success,
+                })
+            }
+
+            async fn ledger_summary(&self) -> Result<Vec<LedgerSummary>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT object, direction, \
+                     SUM(CASE WHEN next_retry_at IS NOT NULL THEN 1 ELSE 0 END) AS scheduled, \
+                     SUM(CASE WHEN next_retry_at IS NULL THEN 1 ELSE 0 END) AS waiting, \
+                     MIN(CASE WHEN next_retry_at IS NOT NULL THEN first_seen_at END) \
+                        AS oldest_scheduled_at, \
+                     MIN(CASE WHEN next_retry_at IS NULL THEN first_seen_at END) \
+                        AS oldest_waiting_at \
+                     FROM sync_errors WHERE status = 'open' \
+                     GROUP BY object, direction ORDER BY object, direction",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("ledger_summary"))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let direction: String = Self::get("ledger", row, "direction")?;
+                    let scheduled: i64 = Self::get("ledger", row, "scheduled")?;
+                    let waiting: i64 = Self::get("ledger", row, "waiting")?;
+                    out.push(LedgerSummary {
+                        object: Self::get("ledger", row, "object")?,
+                        direction: Direction::parse(&direction)?,
+                        scheduled: to_u64(scheduled),
+                        waiting: to_u64(waiting),
+                        oldest_scheduled_at: Self::get("ledger", row, "oldest_scheduled_at")?,
+                        oldest_waiting_at: Self::get("ledger", row, "oldest_waiting_at")?,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn link_counts(&self) -> Result<Vec<LinkCount>, StoreError> {
+                self.tick();
+                let rows = sqlx::query(
+                    "SELECT object, \
+                     SUM(CASE WHEN tombstone IS NULL THEN 1 ELSE 0 END) AS live, \
+                     SUM(CASE WHEN tombstone IS NOT NULL THEN 1 ELSE 0 END) AS tombstoned \
+                     FROM links GROUP BY object ORDER BY object",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("link_counts"))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let live: i64 = Self::get("link counts", row, "live")?;
+                    let tombstoned: i64 = Self::get("link counts", row, "tombstoned")?;
+                    out.push(LinkCount {
+                        object: Self::get("link counts", row, "object")?,
+                        live: to_u64(live),
+                        tombstoned: to_u64(tombstoned),
+                    });
+                }
+                Ok(out)
             }
 
             async fn recent_cycles(&self, limit: u32) -> Result<Vec<CycleRecord>, StoreError> {
