@@ -698,3 +698,623 @@ async fn a_request_that_hangs_times_out() {
     let response = app.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Auth, operator actions, conflicts and totals
+
+use chrono::{DateTime, TimeZone, Utc};
+use http_fakes::{TOKEN, spawn_server_with};
+use marketo_sync::app::StoreStatus;
+use marketo_sync::http::StatusSource;
+use marketo_sync::model::Value as FieldValue;
+use marketo_sync::store::{
+    Conflict, CycleCount, CycleRecord, ErrorStatus, Link, ManualClock, OpenOptions, StateStore,
+    StepCommit, SyncError,
+};
+
+const PROTECTED_GETS: [&str; 6] = [
+    "/",
+    "/api/status",
+    "/api/errors",
+    "/api/conflicts",
+    "/api/conflicts?object=lead",
+    "/metrics",
+];
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes())
+    )
+}
+
+async fn auth_harness() -> Harness {
+    let queue = Arc::new(OnDemandQueue::new(100));
+    let status = Arc::new(FakeStatus::new(sample_report()));
+    let server = spawn_server_with(
+        status.clone(),
+        queue.clone(),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+        Some(TOKEN),
+    )
+    .await;
+    Harness {
+        server,
+        queue,
+        status,
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_everything_but_health_and_the_webhook_needs_it() {
+    let h = auth_harness().await;
+    let c = &h.server.client;
+    for path in PROTECTED_GETS {
+        let response = c.get(h.server.url(path)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let challenges: Vec<String> = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect();
+        assert!(
+            challenges.iter().any(|c| c.starts_with("Basic realm=")),
+            "{path}: {challenges:?}"
+        );
+        let body = response.text().await.expect("body");
+        assert!(body.contains("authentication required"), "{body}");
+        assert!(!body.contains(TOKEN));
+
+        for wrong in [
+            format!("Bearer {TOKEN}x"),
+            "Bearer ".to_owned(),
+            basic("ops", "nope"),
+            format!("Token {TOKEN}"),
+        ] {
+            let response = c
+                .get(h.server.url(path))
+                .header("authorization", wrong.as_str())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {wrong}"
+            );
+        }
+        for good in [format!("Bearer {TOKEN}"), basic("ops", TOKEN)] {
+            let response = c
+                .get(h.server.url(path))
+                .header("authorization", good.as_str())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let body = response.text().await.expect("body");
+            assert!(!body.contains(TOKEN), "{path} echoes the token");
+        }
+    }
+    // The actions are protected too, and nothing happens without the token.
+    let response = c
+        .post(h.server.url("/api/errors/err-17/retry"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(h.status.actions.lock().expect("lock").is_empty());
+    // Health, readiness and the webhook (its own secret) stay reachable without the token.
+    for path in ["/healthz", "/readyz"] {
+        let response = c.get(h.server.url(path)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let (status, body) = post_webhook(&h.server, Some(SECRET), MARKETO_BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(h.queue.len(), 1);
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_is_open() {
+    let h = harness().await;
+    for path in PROTECTED_GETS {
+        let response = h
+            .server
+            .client
+            .get(h.server.url(path))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_token_is_refused_at_build() {
+    let settings = HttpConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        webhook_secret: SecretString::from(SECRET),
+        body_limit: DEFAULT_BODY_LIMIT,
+        auth_token: Some(SecretString::from("  ")),
+    };
+    let error = HttpServer::build(
+        settings,
+        Arc::new(FakeStatus::new(sample_report())),
+        Arc::new(OnDemandQueue::new(1)),
+        unused_metrics(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(error.to_string().contains("auth_token is empty"), "{error}");
+}
+
+async fn post_json(server: &TestServer, path: &str, origin: Option<&str>) -> (StatusCode, Value) {
+    let mut request = server.client.post(server.url(path));
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status();
+    (status, response.json().await.expect("json body"))
+}
+
+#[tokio::test]
+async fn retry_and_discard_change_the_open_ledger() {
+    let h = harness().await;
+    let (status, body) = post_json(&h.server, "/api/errors/err-18/retry", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["action"], "retry");
+    assert_eq!(body["error"]["id"], "err-18");
+    assert_eq!(body["error"]["next_retry_at"], "2026-11-23T10:12:00Z");
+
+    // The page's own origin may act; another site may not.
+    let own = format!("http://{}", h.server.addr);
+    let (status, body) = post_json(
+        &h.server,
+        "/api/errors/err-17/discard",
+        Some("http://evil.example"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post_json(&h.server, "/api/errors/err-17/discard", Some(&own)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["error"]["status"], "discarded");
+
+    let (status, body) = post_json(&h.server, "/api/errors/err-99/retry", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().expect("message").contains("err-99"));
+    let response = h
+        .server
+        .client
+        .get(h.server.url("/api/errors/err-18/retry"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let report: Value = h
+        .server
+        .client
+        .get(h.server.url("/api/status"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["open_errors_total"], 4);
+    let ids: Vec<&str> = report["open_errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, vec!["err-18"]);
+    assert_eq!(
+        *h.status.actions.lock().expect("lock"),
+        vec![
+            ("err-18".to_owned(), marketo_sync::http::ErrorAction::Retry),
+            (
+                "err-17".to_owned(),
+                marketo_sync::http::ErrorAction::Discard
+            ),
+        ]
+    );
+    h.server.stop().await;
+}
+
+// --- A real store behind the API -------------------------------------------------------------
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("time")
+}
+
+fn ago(minutes: i64) -> DateTime<Utc> {
+    now() - chrono::Duration::minutes(minutes)
+}
+
+fn lead_count(direction: marketo_sync::store::Direction, created: u64) -> CycleCount {
+    CycleCount {
+        object: "lead".into(),
+        direction: Some(direction),
+        read: created,
+        created,
+        ..CycleCount::default()
+    }
+}
+
+fn record(
+    started: DateTime<Utc>,
+    outcome: marketo_sync::store::CycleOutcome,
+    counts: Vec<CycleCount>,
+    message: Option<&str>,
+) -> CycleRecord {
+    CycleRecord {
+        id: uuid::Uuid::new_v4(),
+        started_at: started,
+        ended_at: Some(started + chrono::Duration::seconds(30)),
+        outcome,
+        steps: Vec::new(),
+        counts,
+        api_calls: 10,
+        message: message.map(str::to_owned),
+    }
+}
+
+fn ledger_entry(
+    object: &str,
+    direction: marketo_sync::store::Direction,
+    key: &str,
+    first_seen: DateTime<Utc>,
+    retry: Option<DateTime<Utc>>,
+) -> SyncError {
+    SyncError {
+        id: uuid::Uuid::new_v4(),
+        object: object.into(),
+        direction,
+        record_key: key.into(),
+        other_key: None,
+        payload: json!({ "email": "private@example.com" }),
+        code: "1003".into(),
+        message: format!("Marketo rejected {key}: field not updatable"),
+        attempts: 2,
+        first_seen_at: first_seen,
+        last_seen_at: first_seen,
+        next_retry_at: retry,
+        status: ErrorStatus::Open,
+    }
+}
+
+fn linked(object: &str, key: &str, tombstoned: bool) -> Link {
+    Link {
+        object: object.into(),
+        marketo_key: key.into(),
+        crm_key: format!("c-{key}"),
+        base: Default::default(),
+        base_hash: String::new(),
+        agreed_at: ago(600),
+        tombstone: tombstoned.then(|| marketo_sync::store::Tombstone {
+            kind: marketo_sync::store::TombstoneKind::Deleted,
+            side: Side::Crm,
+            at: ago(60),
+        }),
+    }
+}
+
+fn settled(object: &str, field: &str, winner: Side, at: DateTime<Utc>) -> Conflict {
+    Conflict {
+        id: 0,
+        object: object.into(),
+        marketo_key: "1001".into(),
+        crm_key: "C-1001".into(),
+        field: field.into(),
+        marketo_value: FieldValue::from("from-marketo"),
+        crm_value: FieldValue::from("from-crm"),
+        base_value: Some(FieldValue::from("before")),
+        winner,
+        policy: "newest_wins".into(),
+        at,
+    }
+}
+
+struct StoreSetup {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn StateStore>,
+    status: Arc<StoreStatus>,
+    waiting_id: uuid::Uuid,
+    pending_id: uuid::Uuid,
+}
+
+/// A SQLite store with a known history, behind the real status source, at `now()`.
+async fn store_setup() -> StoreSetup {
+    use marketo_sync::store::{CycleOutcome as Out, Direction as Dir};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let clock = ManualClock::new(now());
+    let store = marketo_sync::store::open_with(
+        &url,
+        OpenOptions {
+            clock: Arc::new(clock.clone()),
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .expect("store");
+    // 55 old cycles, more than the 50 the report lists: the totals must still count them.
+    for i in 0..55 {
+        let c = record(
+            ago(3 * 24 * 60 + i),
+            Out::Succeeded,
+            vec![lead_count(Dir::MarketoToCrm, 1)],
+            None,
+        );
+        store.record_cycle(&c).await.expect("old cycle");
+    }
+    let succeeded = record(
+        ago(120),
+        Out::Succeeded,
+        vec![lead_count(Dir::MarketoToCrm, 5)],
+        None,
+    );
+    let failed = record(
+        ago(60),
+        Out::Failed,
+        vec![],
+        Some("CRM unreachable: connection refused"),
+    );
+    let partial = record(
+        ago(30),
+        Out::Partial,
+        vec![
+            lead_count(Dir::MarketoToCrm, 1),
+            CycleCount {
+                object: "company".into(),
+                direction: Some(Dir::CrmToMarketo),
+                updated: 3,
+                ..CycleCount::default()
+            },
+        ],
+        None,
+    );
+    for c in [&succeeded, &failed, &partial] {
+        store.record_cycle(c).await.expect("cycle");
+    }
+    let pending = ledger_entry("lead", Dir::MarketoToCrm, "101", ago(180), Some(ago(-5)));
+    let waiting = ledger_entry("lead", Dir::MarketoToCrm, "102", ago(14_400), None);
+    let company = ledger_entry("company", Dir::CrmToMarketo, "C-7", ago(10), Some(ago(-5)));
+    let (pending_id, waiting_id) = (pending.id, waiting.id);
+    store
+        .commit(StepCommit {
+            errors_upsert: vec![pending, waiting, company],
+            links_upsert: vec![
+                linked("lead", "1", false),
+                linked("lead", "2", false),
+                linked("lead", "3", false),
+                linked("lead", "4", true),
+                linked("company", "X", false),
+            ],
+            conflicts: vec![
+                settled("lead", "email", Side::Marketo, ago(300)),
+                settled("lead", "phone", Side::Crm, ago(200)),
+                settled("company", "name", Side::Crm, ago(100)),
+            ],
+            ..StepCommit::default()
+        })
+        .await
+        .expect("commit");
+    let day = marketo_sync::store::marketo_day(now());
+    store.add_api_usage(day, 600, 0).await.expect("usage");
+    let status = Arc::new(StoreStatus::detached(
+        Arc::clone(&store),
+        "123-ABC-456",
+        2_000,
+        500 << 20,
+        Arc::new(clock),
+    ));
+    StoreSetup {
+        _dir: dir,
+        store,
+        status,
+        waiting_id,
+        pending_id,
+    }
+}
+
+async fn get_json(server: &TestServer, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = server.client.get(server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn the_report_over_a_real_store_has_totals_backlog_lag_and_failures() {
+    let setup = store_setup().await;
+    let server = spawn_server_with(
+        setup.status.clone(),
+        Arc::new(OnDemandQueue::new(1)),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+        Some(TOKEN),
+    )
+    .await;
+    let (status, r) = get_json(&server, "/api/status", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    // Totals come from the store, beyond the 50 listed cycles.
+    assert_eq!(r["recent_cycles"].as_array().expect("cycles").len(), 50);
+    assert_eq!(r["cycle_totals"]["succeeded"], 56);
+    assert_eq!(r["cycle_totals"]["partial"], 1);
+    assert_eq!(r["cycle_totals"]["failed"], 1);
+    assert_eq!(r["cycle_totals"]["api_calls"], 580);
+    let objects = r["objects"].as_array().expect("objects");
+    let names: Vec<&str> = objects
+        .iter()
+        .map(|o| o["object"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, vec!["company", "lead"]);
+    let (company, lead) = (&objects[0], &objects[1]);
+    assert_eq!(lead["marketo_to_crm"]["created"], 61);
+    assert_eq!(company["crm_to_marketo"]["updated"], 3);
+    // Linked counts are the store's live links.
+    assert_eq!(lead["linked"], 3);
+    assert_eq!(lead["tombstoned"], 1);
+    assert_eq!(company["linked"], 1);
+    // Backlog and lag: the pending entry (3 h old) is older than the last success (30 min).
+    let m2c = &lead["backlog_marketo_to_crm"];
+    assert_eq!(m2c["pending"], 1);
+    assert_eq!(m2c["waiting_for_operator"], 1);
+    assert_eq!(m2c["lag_seconds"], 3 * 3600);
+    assert_eq!(lead["backlog_crm_to_marketo"]["lag_seconds"], 30 * 60);
+    assert_eq!(lead["lag_seconds"], 3 * 3600);
+    // The company's pending entry (10 min) is newer than its last success: lag is 30 min.
+    assert_eq!(company["lag_seconds"], 30 * 60);
+    assert_eq!(company["backlog_crm_to_marketo"]["pending"], 1);
+    assert_eq!(lead["records_last_hour"], 1);
+    assert_eq!(company["records_last_hour"], 3);
+    // The failed cycle and its reason.
+    let failed = r["failed_cycles"].as_array().expect("failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["message"], "CRM unreachable: connection refused");
+    assert_eq!(r["open_errors_total"], 3);
+    // Quota burn: 600 calls in the first 6 h of the Marketo day (midnight Chicago is 06:00Z).
+    let burn = &r["quota_burn"];
+    assert_eq!(burn["day_start"], "2026-11-23T06:00:00Z");
+    assert_eq!(burn["day_end"], "2026-11-24T06:00:00Z");
+    assert_eq!(burn["used"], 600);
+    assert_eq!(burn["projected"], 2_400);
+    assert_eq!(burn["projected_over_budget"], true);
+    // Records per hour: the partial cycle's hour, per object.
+    let hourly = r["records_per_hour"].as_array().expect("hourly");
+    assert!(
+        hourly
+            .iter()
+            .any(|h| h["object"] == "company" && h["crm_to_marketo"] == 3),
+        "{hourly:?}"
+    );
+    assert_eq!(r["conflicts_total"], 3);
+    assert_eq!(r["recent_conflicts"][0]["field"], "name");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn conflicts_are_filtered_by_object_field_winner_and_since() {
+    let setup = store_setup().await;
+    let server = spawn_server(
+        setup.status.clone(),
+        Arc::new(OnDemandQueue::new(1)),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    let fields = |v: &Value| -> Vec<String> {
+        v["conflicts"]
+            .as_array()
+            .expect("conflicts")
+            .iter()
+            .map(|c| c["field"].as_str().expect("field").to_owned())
+            .collect()
+    };
+    let cases: [(&str, &[&str]); 7] = [
+        ("/api/conflicts", &["name", "phone", "email"]),
+        ("/api/conflicts?object=lead", &["phone", "email"]),
+        ("/api/conflicts?winner=crm", &["name", "phone"]),
+        ("/api/conflicts?object=lead&winner=marketo", &["email"]),
+        ("/api/conflicts?field=phone", &["phone"]),
+        (
+            "/api/conflicts?since=2026-11-23T08:00:00Z",
+            &["name", "phone"],
+        ),
+        ("/api/conflicts?limit=1", &["name"]),
+    ];
+    for (path, expected) in cases {
+        let (status, body) = get_json(&server, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(fields(&body), expected, "{path}");
+    }
+    let (_, body) = get_json(&server, "/api/conflicts?field=phone", None).await;
+    let c = &body["conflicts"][0];
+    assert_eq!(c["marketo_value"], "from-marketo");
+    assert_eq!(c["crm_value"], "from-crm");
+    assert_eq!(c["base_value"], "before");
+    assert_eq!(c["winner"], "crm");
+    assert_eq!(c["policy"], "newest_wins");
+    assert_eq!(c["at"], "2026-11-23T08:40:00Z");
+    for bad in [
+        "/api/conflicts?winner=nobody",
+        "/api/conflicts?since=yesterday",
+        "/api/conflicts?limit=-1",
+    ] {
+        let (status, body) = get_json(&server, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"].is_string());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retry_and_discard_write_the_store() {
+    let setup = store_setup().await;
+    let server = spawn_server(
+        setup.status.clone(),
+        Arc::new(OnDemandQueue::new(1)),
+        unused_metrics(),
+        DEFAULT_BODY_LIMIT,
+    )
+    .await;
+    let (status, body) = post_json(
+        &server,
+        &format!("/api/errors/{}/retry", setup.waiting_id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = setup
+        .store
+        .error(setup.waiting_id)
+        .await
+        .expect("read")
+        .expect("entry");
+    assert_eq!(stored.status, ErrorStatus::Open);
+    assert_eq!(stored.next_retry_at, Some(now()));
+
+    let (status, body) = post_json(
+        &server,
+        &format!("/api/errors/{}/discard", setup.pending_id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["error"]["status"], "discarded");
+    let stored = setup
+        .store
+        .error(setup.pending_id)
+        .await
+        .expect("read")
+        .expect("entry");
+    assert_eq!(stored.status, ErrorStatus::Discarded);
+    let list = setup.status.open_errors(10).await.expect("list");
+    assert_eq!(list.total, 2);
+
+    let unknown = uuid::Uuid::new_v4();
+    let (status, _) = post_json(&server, &format!("/api/errors/{unknown}/retry"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = post_json(&server, "/api/errors/not-a-uuid/discard", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("message")
+            .contains("not-a-uuid")
+    );
+    server.stop().await;
+}

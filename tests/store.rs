@@ -12,9 +12,9 @@ use futures::FutureExt;
 use marketo_sync::model::{Fields, Side, Value, fields_hash};
 use marketo_sync::store::{
     BulkJob, Conflict, ConflictFilter, CycleCount, CycleOutcome, CycleRecord, Direction,
-    ErrorFilter, ErrorKey, ErrorStatus, JobDirection, JobState, Link, LinkKey, ManualClock,
-    OpenOptions, SchemaRecord, StateStore, StepCommit, StepTiming, StoreError, SyncError,
-    Tombstone, TombstoneKind, Watermark, open_with,
+    ErrorFilter, ErrorKey, ErrorStatus, JobDirection, JobState, LedgerSummary, Link, LinkCount,
+    LinkKey, ManualClock, ObjectSuccess, OpenOptions, OutcomeTotals, SchemaRecord, StateStore,
+    StepCommit, StepTiming, StoreError, SyncError, Tombstone, TombstoneKind, Watermark, open_with,
 };
 use uuid::Uuid;
 
@@ -178,6 +178,11 @@ conformance!(
     killed_process_mid_commit_leaves_nothing_half_written,
     lease_is_exclusive_and_taken_over_after_expiry,
     lease_race_has_one_winner,
+    totals_are_kept_by_record_cycle,
+    totals_survive_beyond_the_retained_history,
+    ledger_summary_splits_scheduled_from_waiting,
+    link_counts_per_object,
+    cycles_since_filters_by_start,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1375,4 +1380,271 @@ async fn postgres_concurrent_first_opens_all_succeed() {
             .expect("task")
             .expect("every replica opens the fresh database");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Totals, ledger summary and link counts (the status page)
+
+fn count(object: &str, direction: Option<Direction>, n: u64) -> CycleCount {
+    CycleCount {
+        object: object.into(),
+        direction,
+        read: 10 * n,
+        created: n,
+        updated: 2 * n,
+        deleted: 0,
+        conflicts: n,
+        skipped: 3 * n,
+        failed: n,
+    }
+}
+
+fn cycle(
+    start_secs: i64,
+    outcome: CycleOutcome,
+    counts: Vec<CycleCount>,
+    calls: u64,
+) -> CycleRecord {
+    CycleRecord {
+        id: Uuid::new_v4(),
+        started_at: at(start_secs),
+        ended_at: (outcome != CycleOutcome::Running).then(|| at(start_secs + 30)),
+        outcome,
+        steps: vec![],
+        counts,
+        api_calls: calls,
+        message: (outcome == CycleOutcome::Failed).then(|| "CRM unreachable".to_owned()),
+    }
+}
+
+fn outcome_totals(cycles: u64, calls: u64, outcome: CycleOutcome) -> OutcomeTotals {
+    OutcomeTotals {
+        outcome,
+        cycles,
+        api_calls: calls,
+    }
+}
+
+async fn totals_are_kept_by_record_cycle(h: &Harness) {
+    let s = h.store.as_ref();
+    assert_eq!(s.totals().await.expect("empty"), Default::default());
+    // Recorded at its start, then again at its end, then once more: counted once.
+    let mut first = cycle(0, CycleOutcome::Running, vec![], 0);
+    s.record_cycle(&first).await.expect("start");
+    first.outcome = CycleOutcome::Succeeded;
+    first.ended_at = Some(at(30));
+    first.api_calls = 12;
+    first.counts = vec![
+        count("lead", Some(Direction::MarketoToCrm), 1),
+        count("lead", Some(Direction::CrmToMarketo), 2),
+    ];
+    s.record_cycle(&first).await.expect("end");
+    s.record_cycle(&first).await.expect("again");
+    let failed = cycle(
+        300,
+        CycleOutcome::Failed,
+        vec![count("company", None, 5)],
+        4,
+    );
+    s.record_cycle(&failed).await.expect("failed");
+    let partial = cycle(
+        600,
+        CycleOutcome::Partial,
+        vec![count("lead", Some(Direction::MarketoToCrm), 3)],
+        8,
+    );
+    s.record_cycle(&partial).await.expect("partial");
+    let running = cycle(900, CycleOutcome::Running, vec![], 0);
+    s.record_cycle(&running).await.expect("running");
+
+    let totals = s.totals().await.expect("totals");
+    let lead_m2c = count("lead", Some(Direction::MarketoToCrm), 4);
+    assert_eq!(
+        totals.objects,
+        vec![
+            count("company", None, 5),
+            // Directions in name order: crm_to_marketo before marketo_to_crm.
+            count("lead", Some(Direction::CrmToMarketo), 2),
+            lead_m2c,
+        ]
+    );
+    assert_eq!(
+        totals.outcomes,
+        vec![
+            outcome_totals(1, 4, CycleOutcome::Failed),
+            outcome_totals(1, 8, CycleOutcome::Partial),
+            outcome_totals(1, 0, CycleOutcome::Running),
+            outcome_totals(1, 12, CycleOutcome::Succeeded),
+        ]
+    );
+    // The failed cycle is nobody's last success; the partial one is the lead's.
+    assert_eq!(
+        totals.last_success,
+        vec![ObjectSuccess {
+            object: "lead".into(),
+            started_at: at(600),
+            ended_at: at(630),
+        }]
+    );
+
+    // A late re-record of an older success does not move the last success back.
+    s.record_cycle(&first).await.expect("re-record");
+    let again = s.totals().await.expect("totals");
+    assert_eq!(again.last_success[0].started_at, at(600));
+    assert_eq!(again.objects, totals.objects);
+
+    // Another process sees the same totals.
+    let other = h.reopen().await;
+    assert_eq!(other.totals().await.expect("totals"), again);
+}
+
+async fn totals_survive_beyond_the_retained_history(h: &Harness) {
+    let s = h.store.as_ref();
+    for i in 0..60 {
+        let c = cycle(
+            i * 60,
+            CycleOutcome::Succeeded,
+            vec![count("lead", Some(Direction::MarketoToCrm), 1)],
+            2,
+        );
+        s.record_cycle(&c).await.expect("cycle");
+    }
+    assert_eq!(s.recent_cycles(50).await.expect("recent").len(), 50);
+    let totals = s.totals().await.expect("totals");
+    assert_eq!(
+        totals.objects,
+        vec![count("lead", Some(Direction::MarketoToCrm), 60)]
+    );
+    assert_eq!(
+        totals.outcomes,
+        vec![outcome_totals(60, 120, CycleOutcome::Succeeded)]
+    );
+}
+
+async fn ledger_summary_splits_scheduled_from_waiting(h: &Harness) {
+    let s = h.store.as_ref();
+    assert!(s.ledger_summary().await.expect("empty").is_empty());
+    let mut old_scheduled = sync_error("lead", "k1", 1, Some(100));
+    old_scheduled.first_seen_at = at(-3600);
+    let scheduled = sync_error("lead", "k2", 1, Some(200));
+    let mut waiting = sync_error("lead", "k3", 5, None);
+    waiting.first_seen_at = at(-7200);
+    let mut other_direction = sync_error("lead", "k4", 1, Some(50));
+    other_direction.direction = Direction::MarketoToCrm;
+    let resolved = sync_error("company", "k5", 1, Some(50));
+    let discarded = sync_error("company", "k6", 1, None);
+    commit(
+        s,
+        StepCommit {
+            errors_upsert: vec![
+                old_scheduled,
+                scheduled,
+                waiting,
+                other_direction.clone(),
+                resolved.clone(),
+                discarded.clone(),
+            ],
+            ..StepCommit::default()
+        },
+    )
+    .await;
+    commit(
+        s,
+        StepCommit {
+            errors_resolve: vec![ErrorKey {
+                object: "company".into(),
+                direction: resolved.direction,
+                record_key: "k5".into(),
+            }],
+            ..StepCommit::default()
+        },
+    )
+    .await;
+    assert!(
+        s.set_error_status(discarded.id, ErrorStatus::Discarded, None)
+            .await
+            .expect("discard")
+    );
+    let summary = s.ledger_summary().await.expect("summary");
+    assert_eq!(
+        summary,
+        vec![
+            LedgerSummary {
+                object: "lead".into(),
+                direction: Direction::CrmToMarketo,
+                scheduled: 2,
+                waiting: 1,
+                oldest_scheduled_at: Some(at(-3600)),
+                oldest_waiting_at: Some(at(-7200)),
+            },
+            LedgerSummary {
+                object: "lead".into(),
+                direction: Direction::MarketoToCrm,
+                scheduled: 1,
+                waiting: 0,
+                oldest_scheduled_at: Some(at(0)),
+                oldest_waiting_at: None,
+            },
+        ]
+    );
+}
+
+async fn link_counts_per_object(h: &Harness) {
+    let s = h.store.as_ref();
+    assert!(s.link_counts().await.expect("empty").is_empty());
+    let mut gone = link("lead", "3", "c3", "c@example.com");
+    gone.tombstone = Some(Tombstone {
+        kind: TombstoneKind::Deleted,
+        side: Side::Crm,
+        at: at(20),
+    });
+    commit(
+        s,
+        StepCommit {
+            links_upsert: vec![
+                link("lead", "1", "c1", "a@example.com"),
+                link("lead", "2", "c2", "b@example.com"),
+                gone,
+                link("company", "X", "cx", "x@example.com"),
+            ],
+            ..StepCommit::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        s.link_counts().await.expect("counts"),
+        vec![
+            LinkCount {
+                object: "company".into(),
+                live: 1,
+                tombstoned: 0,
+            },
+            LinkCount {
+                object: "lead".into(),
+                live: 2,
+                tombstoned: 1,
+            },
+        ]
+    );
+}
+
+async fn cycles_since_filters_by_start(h: &Harness) {
+    let s = h.store.as_ref();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let c = cycle(i * 3600, CycleOutcome::Succeeded, vec![], 1);
+        s.record_cycle(&c).await.expect("cycle");
+        ids.push(c.id);
+    }
+    let since: Vec<Uuid> = s
+        .cycles_since(at(2 * 3600), 100)
+        .await
+        .expect("since")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(since, vec![ids[4], ids[3], ids[2]]);
+    let limited = s.cycles_since(at(0), 2).await.expect("limited");
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, ids[4]);
 }

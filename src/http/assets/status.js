@@ -66,6 +66,14 @@
   }
   function dirLabel(d) { return d === "marketo_to_crm" ? "Marketo → CRM" : d === "crm_to_marketo" ? "CRM → Marketo" : String(d); }
   function badge(text, cls) { return el("span", { "class": "badge " + (cls || text), text: text }); }
+  var PALETTE = ["#2f6fde", "#1f9d55", "#d97706", "#7c3aed", "#c62828", "#0891b2"];
+  function jsonText(v) { return v === null || v === undefined ? "–" : typeof v === "string" ? v : JSON.stringify(v); }
+  function backlogText(b) {
+    if (!b) return "–";
+    var t = fmtInt(b.pending) + " pending";
+    if (b.waiting_for_operator) t += " · " + fmtInt(b.waiting_for_operator) + " need an operator";
+    return t;
+  }
 
   function setBar(id, used, budget) {
     var bar = byId(id);
@@ -150,6 +158,108 @@
     ]));
   }
 
+  // Cumulative calls today against the budget, with a dashed projection to the day's end.
+  function drawBurnChart(b) {
+    var box = byId("chart-burn");
+    clear(box);
+    var W = 560, H = 200, L = 56, R = 12, T = 12, B = 28;
+    var s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", "aria-label": "Quota burn today", id: "svg-burn" });
+    var start = b && b.day_start ? new Date(b.day_start).getTime() : NaN;
+    var end = b && b.day_end ? new Date(b.day_end).getTime() : NaN;
+    if (!b || isNaN(start) || isNaN(end) || end <= start) {
+      axes(s, W, H, L, R, T, B, 4);
+      emptyNote(s, W, H);
+      box.appendChild(s);
+      return;
+    }
+    var max = niceMax(Math.max(1, b.budget, b.projected, b.used));
+    axes(s, W, H, L, R, T, B, max);
+    function x(t) { return L + (W - L - R) * (t - start) / (end - start); }
+    function y(v) { return H - B - (H - T - B) * v / max; }
+    if (b.budget > 0) {
+      s.appendChild(svg("line", { x1: L, x2: W - R, y1: y(b.budget).toFixed(1), y2: y(b.budget).toFixed(1), stroke: "#c62828", "stroke-width": 1.5, "class": "budget-line" },
+        svg("title", { text: "daily budget: " + fmtInt(b.budget) + " calls" })));
+    }
+    var pts = b.points || [];
+    var d = pts.map(function (p, i) { return (i ? "L" : "M") + x(new Date(p.at).getTime()).toFixed(1) + " " + y(p.calls).toFixed(1); }).join(" ");
+    if (d) s.appendChild(svg("path", { d: d, fill: "none", stroke: "#2f6fde", "stroke-width": 2, "class": "burn-line" }));
+    var last = pts.length ? pts[pts.length - 1] : null;
+    if (last) {
+      s.appendChild(svg("line", { x1: x(new Date(last.at).getTime()).toFixed(1), y1: y(last.calls).toFixed(1), x2: x(end).toFixed(1), y2: y(b.projected).toFixed(1),
+        stroke: "#d97706", "stroke-width": 2, "stroke-dasharray": "5 4", "class": "projection-line" },
+        svg("title", { text: "projected at the day's end: " + fmtInt(b.projected) + " calls" })));
+    }
+    var hours = (end - start) / 3600000;
+    var labels = [];
+    for (var h = 0; h <= hours; h += 6) labels.push(h);
+    labels.forEach(function (h) {
+      s.appendChild(svg("text", { x: x(start + h * 3600000).toFixed(1), y: H - B + 16, "text-anchor": "middle", text: fmtShortTime(new Date(start + h * 3600000).toISOString()) }));
+    });
+    box.appendChild(s);
+    box.appendChild(el("div", { "class": "legend" }, [
+      el("span", { "class": "m2c", text: "used" }),
+      el("span", { "class": "budget", text: "budget" }),
+      el("span", { "class": "projection", text: "projection to the Marketo day's end (midnight America/Chicago)" })
+    ]));
+  }
+
+  // One horizontal bar per object: its lag.
+  function drawLagChart(objects) {
+    var box = byId("chart-lag");
+    clear(box);
+    var rows = objects.length || 1;
+    var W = 560, L = 110, R = 70, T = 8, ROW = 26, H = T * 2 + rows * ROW;
+    var s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", "aria-label": "Lag per object", id: "svg-lag" });
+    var max = 60;
+    objects.forEach(function (o) { if (o.lag_seconds) max = Math.max(max, o.lag_seconds); });
+    objects.forEach(function (o, i) {
+      var yy = T + i * ROW;
+      s.appendChild(svg("text", { x: L - 8, y: yy + ROW / 2 + 4, "text-anchor": "end", text: o.object }));
+      var v = o.lag_seconds;
+      var w = v === null || v === undefined ? 0 : (W - L - R) * v / max;
+      s.appendChild(svg("rect", { x: L, y: yy + 4, width: Math.max(w, 0.5).toFixed(1), height: ROW - 8, rx: 2, fill: v > 3600 ? "#c62828" : v > 900 ? "#d97706" : "#1f9d55", "data-lag": o.object },
+        svg("title", { text: o.object + ": " + (v === null || v === undefined ? "never synced" : fmtSeconds(v)) })));
+      s.appendChild(svg("text", { x: (L + w + 6).toFixed(1), y: yy + ROW / 2 + 4, text: v === null || v === undefined ? "never synced" : fmtSeconds(v) }));
+    });
+    if (!objects.length) emptyNote(s, W, H);
+    box.appendChild(s);
+  }
+
+  // Records written per hour, one line per object (both directions together).
+  function drawHourlyChart(rows) {
+    var box = byId("chart-hourly");
+    clear(box);
+    var W = 560, H = 200, L = 48, R = 16, T = 12, B = 28;
+    var s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", "aria-label": "Records per hour per object", id: "svg-hourly" });
+    var hours = [], objects = [], values = {};
+    rows.forEach(function (r) {
+      if (hours.indexOf(r.hour) < 0) hours.push(r.hour);
+      if (objects.indexOf(r.object) < 0) objects.push(r.object);
+      values[r.object + "|" + r.hour] = (r.marketo_to_crm || 0) + (r.crm_to_marketo || 0);
+    });
+    hours.sort();
+    var max = 1;
+    Object.keys(values).forEach(function (k) { max = Math.max(max, values[k]); });
+    max = niceMax(max);
+    axes(s, W, H, L, R, T, B, max);
+    var n = hours.length;
+    var slot = (W - L - R) / Math.max(n, 1);
+    var bw = Math.max(2, Math.min(18, slot * 0.8 / Math.max(objects.length, 1)));
+    objects.forEach(function (o, oi) {
+      hours.forEach(function (h, hi) {
+        var v = values[o + "|" + h] || 0;
+        var bh = (H - T - B) * v / max;
+        var x = L + hi * slot + (slot - bw * objects.length) / 2 + oi * bw;
+        s.appendChild(svg("rect", { x: x.toFixed(1), y: (H - B - bh).toFixed(1), width: bw.toFixed(1), height: Math.max(bh, 0.5).toFixed(1), fill: PALETTE[oi % PALETTE.length], "class": "hourly-" + o },
+          svg("title", { text: o + " " + fmtShortTime(h) + ": " + fmtInt(v) + " records" })));
+      });
+    });
+    labelsX(s, hours.map(function (h) { return fmtShortTime(h); }), L, slot, H - B + 16);
+    if (!n) emptyNote(s, W, H);
+    box.appendChild(s);
+    box.appendChild(el("div", { "class": "legend" }, objects.map(function (o, i) { return el("span", { "class": "o" + (i % PALETTE.length), text: o }); })));
+  }
+
   // Returns a round axis maximum whose quarter ticks are whole numbers.
   function niceMax(v) {
     var quarter = Math.max(1, v / 4);
@@ -208,18 +318,46 @@
     setBar("quota-bulk-bar", q.bulk_bytes_today, q.bulk_budget_bytes);
     byId("quota-bulk-note").textContent = fmtMB(Math.max(0, q.bulk_budget_bytes - q.bulk_bytes_today)) + " remaining";
 
+    var burn = r.quota_burn;
+    var proj = byId("quota-projection");
+    if (burn && burn.day_end) {
+      proj.textContent = "projected " + fmtInt(burn.projected) + " by the Marketo day's end (" + fmtTime(burn.day_end) + ")" +
+        (burn.projected_over_budget ? " — over budget" : "");
+      proj.className = burn.projected_over_budget ? "reason" : "muted";
+    } else {
+      proj.textContent = "";
+    }
+
     var last = r.recent_cycles.find(function (c) { return c.outcome !== "running"; });
     var lastBox = byId("last-cycle");
     clear(lastBox);
+    var reasonBox = byId("last-cycle-reason");
+    reasonBox.textContent = "";
     if (last) {
       append(lastBox, badge(last.outcome));
       byId("last-cycle-note").textContent = last.id + " · ended " + fmtTime(last.ended_at) + " · " + fmtMs(last.duration_ms);
+      if (last.message) reasonBox.textContent = last.message;
     } else {
       lastBox.textContent = "none yet";
       byId("last-cycle-note").textContent = "";
     }
+    var failedBanner = byId("failed-banner");
+    clear(failedBanner);
+    if (last && last.outcome === "failed") {
+      failedBanner.hidden = false;
+      append(failedBanner, [el("strong", { text: "Last cycle failed: " }), last.message || "no reason was recorded", " (" + fmtTime(last.ended_at) + ")"]);
+    } else {
+      failedBanner.hidden = true;
+    }
     byId("errors-total").textContent = fmtInt(r.open_errors_total);
+    var ct = r.cycle_totals || {};
+    byId("cycle-totals").textContent = fmtInt((ct.succeeded || 0) + (ct.partial || 0) + (ct.failed || 0) + (ct.cancelled || 0));
+    byId("cycle-totals-note").textContent = fmtInt(ct.succeeded) + " succeeded · " + fmtInt(ct.partial) + " partial · " +
+      fmtInt(ct.failed) + " failed · " + fmtInt(ct.cancelled) + " cancelled · " + fmtInt(ct.api_calls) + " API calls";
 
+    drawBurnChart(burn);
+    drawLagChart(r.objects);
+    drawHourlyChart(r.records_per_hour || []);
     drawQuotaChart(r.calls_per_cycle);
     drawRecordsChart(r.records_over_time);
 
@@ -227,11 +365,20 @@
       var a = o.marketo_to_crm, b = o.crm_to_marketo;
       return el("tr", { "data-object": o.object }, [
         td(el("strong", { text: o.object })), td(fmtInt(o.linked), "num"),
+        td(backlogText(o.backlog_marketo_to_crm), "num"), td(backlogText(o.backlog_crm_to_marketo), "num"),
+        td(o.lag_seconds === null || o.lag_seconds === undefined ? "never synced" : fmtSeconds(o.lag_seconds), "num"),
+        td(fmtInt(o.records_last_hour), "num"),
         td(fmtInt(a.created), "num sep"), td(fmtInt(a.updated), "num"), td(fmtInt(a.deleted), "num"), td(fmtInt(a.failed), "num"),
         td(fmtInt(b.created), "num sep"), td(fmtInt(b.updated), "num"), td(fmtInt(b.deleted), "num"), td(fmtInt(b.failed), "num"),
-        td(fmtInt(a.conflicts + b.conflicts), "num sep"), td(fmtTime(o.last_success_at)), td(fmtSeconds(o.lag_seconds), "num")
+        td(fmtInt(a.conflicts + b.conflicts), "num sep"), td(fmtTime(o.last_success_at))
       ]);
-    }), 13, "no objects configured");
+    }), 16, "no objects synced yet");
+
+    fillTable("failed", (r.failed_cycles || []).map(function (c) {
+      return el("tr", { "data-failed-cycle": c.id }, [
+        td(fmtTime(c.started_at)), td(el("code", { text: c.id })), td(c.message || "no reason was recorded", "wrap")
+      ]);
+    }), 3, "no failed cycles");
 
     fillTable("cycles", r.recent_cycles.map(function (c) {
       var t = sumCounts(c.counts);
@@ -241,18 +388,91 @@
         td(el("code", { text: c.id })), td(fmtTime(c.started_at)), td(fmtMs(c.duration_ms), "num"), td(badge(c.outcome)),
         td(fmtInt(c.api_calls), "num"), td(fmtInt(t.read), "num"), td(fmtInt(t.created), "num"), td(fmtInt(t.updated), "num"),
         td(fmtInt(t.deleted), "num"), td(fmtInt(t.conflicts), "num"), td(fmtInt(t.skipped), "num"), td(fmtInt(t.failed), "num"),
-        td(Object.keys(objects).join(", "))
+        td(Object.keys(objects).join(", ")), td(c.message || "", "wrap")
       ]);
-    }), 13, "no cycles yet");
+    }), 14, "no cycles yet");
 
     byId("errors-shown").textContent = r.open_errors.length < r.open_errors_total
       ? "(newest " + r.open_errors.length + " of " + fmtInt(r.open_errors_total) + ")" : "";
     fillTable("errors", r.open_errors.map(function (e) {
+      var retry = el("button", { type: "button", "data-action": "retry", "data-id": e.id, text: "Retry" });
+      var discard = el("button", { type: "button", "class": "danger", "data-action": "discard", "data-id": e.id, text: "Discard" });
       return el("tr", { "data-error": e.id }, [
         td(e.object), td(dirLabel(e.direction)), td(el("code", { text: e.key })), td(el("code", { text: e.code })),
-        td(e.message, "wrap"), td(fmtInt(e.attempts), "num"), td(e.next_retry_at ? fmtTime(e.next_retry_at) : "waits for an operator")
+        td(e.message, "wrap"), td(fmtInt(e.attempts), "num"), td(fmtTime(e.first_seen_at)),
+        td(e.next_retry_at ? fmtTime(e.next_retry_at) : "waits for an operator"), td([retry, discard])
       ]);
-    }), 7, "no open errors");
+    }), 9, "no open errors");
+  }
+
+  function renderConflicts(list, total, filtered) {
+    byId("conflicts-shown").textContent = filtered
+      ? "(" + fmtInt(list.length) + " matching)"
+      : (list.length < total ? "(newest " + list.length + " of " + fmtInt(total) + ")" : "");
+    fillTable("conflicts", list.map(function (c) {
+      var mk = c.winner === "marketo", cr = c.winner === "crm";
+      return el("tr", { "data-conflict": String(c.id) }, [
+        td(fmtTime(c.at)), td(c.object), td([el("code", { text: c.marketo_key }), " / ", el("code", { text: c.crm_key })]),
+        td(el("code", { text: c.field })),
+        td(jsonText(c.marketo_value), "value" + (mk ? " winner" : "")), td(jsonText(c.crm_value), "value" + (cr ? " winner" : "")),
+        td(jsonText(c.base_value), "value"), td(mk ? "Marketo" : cr ? "CRM" : c.winner), td(el("code", { text: c.policy }))
+      ]);
+    }), 9, filtered ? "no conflicts match the filter" : "no conflicts yet");
+  }
+
+  function conflictQuery() {
+    var params = [];
+    function add(name, value) { if (value) params.push(name + "=" + encodeURIComponent(value)); }
+    add("object", byId("cf-object").value.trim());
+    add("field", byId("cf-field").value.trim());
+    add("winner", byId("cf-winner").value);
+    var since = byId("cf-since").value;
+    if (since) {
+      var d = new Date(since + (since.length === 16 ? ":00" : "") + "Z");
+      if (!isNaN(d.getTime())) add("since", d.toISOString());
+    }
+    return params.join("&");
+  }
+
+  var lastReport = null;
+  function refreshConflicts() {
+    var q = conflictQuery();
+    if (!q) {
+      if (lastReport) renderConflicts(lastReport.recent_conflicts || [], lastReport.conflicts_total || 0, false);
+      return Promise.resolve();
+    }
+    return fetch("api/conflicts?" + q, { cache: "no-store", headers: { "Accept": "application/json" } })
+      .then(function (res) {
+        if (!res.ok) return res.json().then(function (b) { throw new Error(b.error || ("HTTP " + res.status)); });
+        return res.json();
+      })
+      .then(function (list) { renderConflicts(list.conflicts, list.conflicts.length, true); })
+      .catch(function (err) { byId("conflicts-shown").textContent = "(" + err.message + ")"; });
+  }
+
+  function act(action, id) {
+    var note = byId("action-note");
+    note.textContent = (action === "retry" ? "Retrying " : "Discarding ") + id + "…";
+    return fetch("api/errors/" + encodeURIComponent(id) + "/" + action, { method: "POST", cache: "no-store", headers: { "Accept": "application/json" } })
+      .then(function (res) {
+        return res.json().then(function (body) {
+          if (!res.ok) throw new Error(body.error || ("HTTP " + res.status));
+          return body;
+        });
+      })
+      .then(function () {
+        note.textContent = action === "retry" ? "Error " + id + " will be retried at the next cycle." : "Error " + id + " was discarded.";
+        refresh();
+      })
+      .catch(function (err) { note.textContent = "Could not " + action + " " + id + ": " + err.message; });
+  }
+
+  // Records the page's own width against the viewport (a phone-width check for tests and people).
+  function measure() {
+    var doc = document.documentElement;
+    document.body.setAttribute("data-page-width", String(Math.max(doc.scrollWidth, document.body.scrollWidth)));
+    document.body.setAttribute("data-viewport-width", String(window.innerWidth));
+    document.body.setAttribute("data-overflow", Math.max(doc.scrollWidth, document.body.scrollWidth) > window.innerWidth ? "true" : "false");
   }
 
   function refresh() {
@@ -263,8 +483,12 @@
       })
       .then(function (report) {
         byId("load-error").hidden = true;
+        lastReport = report;
         render(report);
-        document.body.setAttribute("data-loaded", "true");
+        return refreshConflicts().then(function () {
+          measure();
+          document.body.setAttribute("data-loaded", "true");
+        });
       })
       .catch(function (err) {
         var box = byId("load-error");
@@ -272,6 +496,37 @@
         box.textContent = "Could not load the status: " + err.message + ". Retrying…";
       });
   }
+
+  byId("errors").addEventListener("click", function (ev) {
+    var target = ev.target;
+    if (!target || !target.getAttribute) return;
+    var action = target.getAttribute("data-action");
+    var id = target.getAttribute("data-id");
+    if (!action || !id) return;
+    if (action === "discard" && !window.confirm("Discard error " + id + "? The record will not be retried.")) return;
+    act(action, id);
+  });
+  byId("cf-apply").addEventListener("click", function () { refreshConflicts(); });
+  byId("cf-clear").addEventListener("click", function () {
+    ["cf-object", "cf-field", "cf-winner", "cf-since"].forEach(function (id) { byId(id).value = ""; });
+    refreshConflicts();
+  });
+  ["cf-object", "cf-field"].forEach(function (id) {
+    byId(id).addEventListener("keydown", function (ev) { if (ev.key === "Enter") refreshConflicts(); });
+  });
+
+  // Filters and actions can also come from the address: #object=lead&winner=crm.
+  (function applyHash() {
+    var hash = window.location.hash.replace(/^#/, "");
+    if (!hash) return;
+    hash.split("&").forEach(function (pair) {
+      var kv = pair.split("=");
+      var value = decodeURIComponent(kv[1] || "");
+      if (kv[0] === "object") byId("cf-object").value = value;
+      if (kv[0] === "field") byId("cf-field").value = value;
+      if (kv[0] === "winner") byId("cf-winner").value = value;
+    });
+  })();
 
   refresh();
   setInterval(refresh, REFRESH_MS);
