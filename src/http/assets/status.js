@@ -32,6 +32,11 @@
     });
   }
   function byId(id) { return document.getElementById(id); }
+  // An absolute URL next to the page, without credentials from the address bar (fetch refuses
+  // URLs with a user name or password, which a page opened as http://user:token@host/ has).
+  function api(path) {
+    return window.location.origin + window.location.pathname.replace(/[^\/]*$/, "") + path;
+  }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
 
   function fmtInt(n) { return (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US"); }
@@ -441,7 +446,7 @@
       if (lastReport) renderConflicts(lastReport.recent_conflicts || [], lastReport.conflicts_total || 0, false);
       return Promise.resolve();
     }
-    return fetch("api/conflicts?" + q, { cache: "no-store", headers: { "Accept": "application/json" } })
+    return fetch(api("api/conflicts?" + q), { cache: "no-store", headers: { "Accept": "application/json" } })
       .then(function (res) {
         if (!res.ok) return res.json().then(function (b) { throw new Error(b.error || ("HTTP " + res.status)); });
         return res.json();
@@ -453,7 +458,7 @@
   function act(action, id) {
     var note = byId("action-note");
     note.textContent = (action === "retry" ? "Retrying " : "Discarding ") + id + "…";
-    return fetch("api/errors/" + encodeURIComponent(id) + "/" + action, { method: "POST", cache: "no-store", headers: { "Accept": "application/json" } })
+    return fetch(api("api/errors/" + encodeURIComponent(id) + "/" + action), { method: "POST", cache: "no-store", headers: { "Accept": "application/json" } })
       .then(function (res) {
         return res.json().then(function (body) {
           if (!res.ok) throw new Error(body.error || ("HTTP " + res.status));
@@ -476,7 +481,7 @@
   }
 
   function refresh() {
-    fetch("api/status", { cache: "no-store", headers: { "Accept": "application/json" } })
+    fetch(api("api/status"), { cache: "no-store", headers: { "Accept": "application/json" } })
       .then(function (res) {
         if (!res.ok) throw new Error("status request failed with HTTP " + res.status);
         return res.json();
