@@ -14,7 +14,7 @@ use crate::config::{LoadedMapping, MarketoSettings, Problem, Settings};
 use crate::marketo::Client;
 
 /// The file name problems about settings carry.
-const SETTINGS: &str = "settings";
+pub(crate) const SETTINGS: &str = "settings";
 
 /// The objects the mappings of `sync.objects` name on each side.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
