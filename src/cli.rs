@@ -18,7 +18,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Checks settings and mapping files and prints every problem with file, key and line.
+    /// Checks settings, mapping files, both sides' schemas and the state store in one pass, and
+    /// prints every problem (errors first) with file, line, column and a caret. Exits 1 when
+    /// there is an error (or a warning, with --deny-warnings).
     Validate {
         /// The config directory (default.toml, <env>.toml, mappings/).
         #[arg(long, default_value = "config")]
@@ -30,9 +32,15 @@ pub enum Command {
         /// The environment name, selecting <env>.toml.
         #[arg(long, env = "MKSYNC_ENV")]
         env: Option<String>,
-        /// Check settings and mappings without reading any schema.
+        /// Check settings and mappings without reading any schema or opening the state store.
         #[arg(long, conflicts_with = "schemas")]
         offline: bool,
+        /// Print the problems as a JSON array (severity, file, line, column, key, message, help).
+        #[arg(long)]
+        json: bool,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Mapping-file tools.
     Mappings {
@@ -517,12 +525,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             schemas,
             env,
             offline,
+            json,
+            deny_warnings,
         } => {
             let args = crate::mapping::ValidateArgs {
                 config,
                 schemas,
                 env,
                 offline,
+                json,
+                deny_warnings,
+                color: crate::config::stdout_color(),
             };
             let ok = crate::mapping::run_validate(&args, &mut std::io::stdout()).await?;
             Ok(if ok {
@@ -640,10 +653,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Turns a configuration error into one message listing every problem.
+/// Turns a configuration error into one message listing every problem as the diagnostics
+/// `validate` prints (coloured on a terminal unless `NO_COLOR` is set).
 fn config_error(error: crate::config::ConfigError) -> anyhow::Error {
-    let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
-    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    anyhow::anyhow!(
+        "invalid configuration ({} problem(s)); `marketo-sync validate` checks everything in one pass:\n{}",
+        error.problems().len(),
+        error.render(crate::config::stderr_color())
+    )
 }
 
 async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {

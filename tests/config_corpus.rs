@@ -321,6 +321,7 @@ async fn validate_prints_every_problem_and_fails() {
         schemas: None,
         env: None,
         offline: true,
+        ..ValidateArgs::default()
     };
     let mut out = Vec::new();
     let ok = run_validate(&args, &mut out).await.unwrap();
@@ -460,6 +461,11 @@ fn every_bad_key_of_one_file_is_reported_at_once() {
             ("default.toml marketo.calls_per_20".to_owned(), Some(3)),
             ("default.toml marketo.max_concurrency".to_owned(), Some(4)),
             ("default.toml sync.intervl_secs".to_owned(), Some(8)),
+            // The unknown keys do not stop the other checks: the missing settings are
+            // reported in the same pass (placed on their table, `[marketo]`, when it exists).
+            ("default.toml marketo.client_id".to_owned(), Some(1)),
+            ("default.toml marketo.client_secret".to_owned(), Some(1)),
+            ("default.toml crm.url".to_owned(), None),
             ("leads.toml crm_objct".to_owned(), Some(2)),
             ("leads.toml fields[0].crm".to_owned(), Some(6)),
         ],
@@ -495,4 +501,259 @@ fn compile_all_builds_plans_for_synced_objects() {
             .iter()
             .any(|p| p.is_error() && p.key == "marketo_object")
     );
+}
+
+/// A config dir with an unknown settings key, no Marketo secret, and a mapping whose CRM field
+/// does not exist: three problems of three kinds that used to take three runs to see.
+fn three_problems() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = fixtures().join("valid");
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    let settings = std::fs::read_to_string(valid.join("default.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        settings.replace(
+            "client_id = \"client\"",
+            "client_id = \"client\"\ncalls_per_20 = 50",
+        ),
+    )
+    .unwrap();
+    let leads = std::fs::read_to_string(valid.join("mappings/leads.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/leads.toml"),
+        leads.replace("crm = \"first_name\"", "crm = \"frst_name\""),
+    )
+    .unwrap();
+    dir
+}
+
+async fn validate_json(dir: &std::path::Path, deny_warnings: bool) -> (bool, serde_json::Value) {
+    let args = ValidateArgs {
+        config: dir.to_path_buf(),
+        schemas: Some(fixtures().join("_schemas")),
+        json: true,
+        deny_warnings,
+        ..ValidateArgs::default()
+    };
+    let source = SettingsSource::new(dir, None).with_vars(HashMap::new());
+    let mut out = Vec::new();
+    let ok = marketo_sync::mapping::run_validate_with(&source, &args, &mut out)
+        .await
+        .unwrap();
+    (ok, serde_json::from_slice(&out).unwrap())
+}
+
+#[tokio::test]
+async fn one_pass_reports_an_unknown_key_a_missing_secret_and_a_bad_mapping() {
+    let dir = three_problems();
+    let (ok, json) = validate_json(dir.path(), false).await;
+    assert!(!ok);
+    let errors: Vec<(String, String, Option<u64>)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["severity"] == "error")
+        .map(|p| {
+            let file = p["file"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            (
+                file,
+                p["key"].as_str().unwrap().to_owned(),
+                p["line"].as_u64(),
+            )
+        })
+        .collect();
+    let leads = std::fs::read_to_string(dir.path().join("mappings/leads.toml")).unwrap();
+    let frst = leads.lines().position(|l| l.contains("frst_name")).unwrap() + 1;
+    let settings = std::fs::read_to_string(dir.path().join("default.toml")).unwrap();
+    let unknown = settings
+        .lines()
+        .position(|l| l.contains("calls_per_20 "))
+        .unwrap()
+        + 1;
+    assert!(
+        errors.contains(&(
+            "default.toml".into(),
+            "marketo.calls_per_20".into(),
+            Some(unknown as u64)
+        )),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(f, k, _)| f == "default.toml" && k == "marketo.client_secret"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors.contains(&(
+            "leads.toml".into(),
+            "fields[1].crm".into(),
+            Some(frst as u64)
+        )),
+        "{errors:#?}"
+    );
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+#[tokio::test]
+async fn json_output_has_one_object_per_problem_errors_first() {
+    let dir = three_problems();
+    let (_, json) = validate_json(dir.path(), false).await;
+    let problems = json.as_array().unwrap();
+    assert!(problems.len() > 3, "warnings too: {json:#}");
+    let mut seen_warning = false;
+    for p in problems {
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "severity", "file", "line", "column", "key", "message", "help"
+            ],
+            "{p:#}"
+        );
+        match p["severity"].as_str().unwrap() {
+            "error" => assert!(!seen_warning, "an error after a warning: {json:#}"),
+            "warning" => seen_warning = true,
+            other => panic!("severity {other}"),
+        }
+    }
+    let unknown = problems
+        .iter()
+        .find(|p| p["key"] == "marketo.calls_per_20")
+        .unwrap();
+    assert_eq!(unknown["column"], 1);
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `calls_per_20s`")
+    );
+    assert!(
+        unknown["help"]
+            .as_str()
+            .unwrap()
+            .contains("valid keys here")
+    );
+}
+
+#[tokio::test]
+async fn deny_warnings_fails_on_warnings_only() {
+    // The valid case has warnings (an unmapped required field) but no error.
+    let dir = tempfile::tempdir().unwrap();
+    let valid = fixtures().join("valid");
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::copy(valid.join("default.toml"), dir.path().join("default.toml")).unwrap();
+    std::fs::copy(
+        valid.join("mappings/leads.toml"),
+        dir.path().join("mappings/leads.toml"),
+    )
+    .unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "x\n").unwrap();
+    let settings = std::fs::read_to_string(dir.path().join("default.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        settings.replace(
+            "client_id = \"client\"",
+            "client_id = \"client\"\nclient_secret_file = \"secret\"",
+        ),
+    )
+    .unwrap();
+    let (ok, json) = validate_json(dir.path(), false).await;
+    assert!(ok, "{json:#}");
+    assert!(
+        json.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["severity"] == "warning")
+    );
+    let (ok, _) = validate_json(dir.path(), true).await;
+    assert!(!ok);
+
+    // The command line: 0, then 1 with --deny-warnings, and 2 for a usage error.
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+            .arg("validate")
+            .arg("--config")
+            .arg(dir.path())
+            .arg("--schemas")
+            .arg(fixtures().join("_schemas"))
+            .args(extra)
+            .env_remove("MKSYNC_ENV")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let plain = run(&[]);
+    assert_eq!(plain.status.code(), Some(0), "{plain:?}");
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(stdout.contains("warning: "), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "no colour when piped: {stdout}");
+    assert_eq!(run(&["--deny-warnings"]).status.code(), Some(1));
+    assert_eq!(run(&["--no-such-flag"]).status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn diagnostics_show_file_line_column_and_a_caret() {
+    let dir = three_problems();
+    let args = ValidateArgs {
+        config: dir.path().to_path_buf(),
+        schemas: Some(fixtures().join("_schemas")),
+        ..ValidateArgs::default()
+    };
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    let mut out = Vec::new();
+    marketo_sync::mapping::run_validate_with(&source, &args, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let settings = std::fs::read_to_string(dir.path().join("default.toml")).unwrap();
+    let unknown = settings
+        .lines()
+        .position(|l| l.contains("calls_per_20 "))
+        .unwrap()
+        + 1;
+    assert!(
+        text.contains(&format!("default.toml:{unknown}:1")),
+        "{text}"
+    );
+    assert!(text.contains("calls_per_20 = 50"), "{text}");
+    assert!(text.contains("^^^^^^^^^^^^"), "{text}");
+    // Errors come before warnings.
+    let last_error = text.rfind("\nerror: ").unwrap_or(0);
+    let first_warning = text.find("warning: ").unwrap();
+    assert!(last_error < first_warning, "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
+}
+
+#[tokio::test]
+async fn the_shipped_configs_validate_offline_with_no_warning() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let args = ValidateArgs {
+        config: config.clone(),
+        offline: true,
+        ..ValidateArgs::default()
+    };
+    // The demo environment as shipped, and the production default with its credentials.
+    let demo = SettingsSource::new(&config, Some("demo")).with_vars(HashMap::new());
+    let problems = marketo_sync::mapping::collect_problems(&demo, &args).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    let vars: HashMap<String, String> = [
+        ("MKSYNC__MARKETO__MUNCHKIN_ID", "123-ABC-456"),
+        ("MKSYNC__MARKETO__CLIENT_ID", "client"),
+        ("MKSYNC__MARKETO__CLIENT_SECRET", SECRET),
+        ("MKSYNC__CRM__URL", "postgres://sync:pw@db/crm"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let default = SettingsSource::new(&config, None).with_vars(vars);
+    let problems = marketo_sync::mapping::collect_problems(&default, &args).await;
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -396,11 +396,23 @@ fn compile_reports_type_and_length_mismatches() {
         .filter(|p| !p.is_error())
         .map(|p| p.reason.clone())
         .collect();
+    // Declared lengths are not compared (Marketo declares 255 for nearly every string: the
+    // warning fired on every shipped mapping); a default that can never fit is an error.
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("length mismatch") && w.contains("first_name")),
+        !warnings.iter().any(|w| w.contains("length mismatch")),
         "{warnings:#?}"
+    );
+    let long = format!(
+        "{MAPPING}\n[[fields]]\nmarketo = \"rating\"\ncrm = \"rating\"\ndefault = \"{}\"\n",
+        "x".repeat(60)
+    );
+    let errors = compile_errors(&long);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("the default is 60 characters long")
+                && e.contains("holds at most 50")),
+        "{errors:#?}"
     );
 }
 
@@ -569,4 +581,125 @@ fn compile_checks_the_deletion_flag_column() {
         None,
         "a bad flag column is not used"
     );
+}
+
+/// The demo CRM's contacts as `mappings suggest` saw them: a BOOLEAN `deleted_in_marketo` listed
+/// before the real `marketo_id` column.
+fn crm_contacts_with_flag() -> ObjectSchema {
+    let mut crm = crm_contacts();
+    crm.fields.retain(|d| d.name != "marketo_lead_id");
+    crm.fields
+        .insert(1, def("deleted_in_marketo", FieldType::Boolean));
+    crm.fields.push(def("marketo_id", FieldType::Integer));
+    crm
+}
+
+#[test]
+fn a_boolean_column_is_refused_as_the_marketo_id_key() {
+    let text = MAPPING.replace("\"marketo_lead_id\"", "\"deleted_in_marketo\"");
+    let (plan, problems) = compile(&loaded(&text), &marketo_lead(), &crm_contacts_with_flag());
+    assert!(plan.is_none(), "the object cannot be synced with that key");
+    let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "keys.crm_marketo_id");
+    assert!(
+        errors[0].reason.contains("`deleted_in_marketo`")
+            && errors[0].reason.contains("boolean")
+            && errors[0].reason.contains("cannot hold the integer ids"),
+        "{errors:#?}"
+    );
+    // The line of the key, with the caret on `crm_marketo_id = "deleted_in_marketo"`.
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("crm_marketo_id"))
+        .unwrap()
+        + 1;
+    assert_eq!((errors[0].line, errors[0].column), (Some(line), Some(1)));
+}
+
+#[test]
+fn key_columns_must_be_long_enough_for_the_ids() {
+    // A Marketo-side key of text(5) cannot hold the CRM's integer ids (up to 11 characters).
+    let mut marketo = marketo_lead();
+    for d in &mut marketo.fields {
+        if d.name == "crmContactId" {
+            d.ty = text(5);
+        }
+    }
+    let (plan, problems) = compile(&loaded(MAPPING), &marketo, &crm_contacts());
+    assert!(plan.is_none());
+    assert!(
+        problems.iter().any(|p| p.is_error()
+            && p.key == "keys.marketo_crm_key"
+            && p.reason.contains("at most 5 characters")),
+        "{problems:#?}"
+    );
+    // A text CRM column holds an integer Marketo id when it is long enough; a date never does.
+    let mut crm = crm_contacts();
+    for d in &mut crm.fields {
+        if d.name == "marketo_lead_id" {
+            d.ty = text(20);
+        }
+    }
+    let (plan, problems) = compile(&loaded(MAPPING), &marketo_lead(), &crm);
+    assert!(plan.is_some(), "{problems:#?}");
+    for d in &mut crm.fields {
+        if d.name == "marketo_lead_id" {
+            d.ty = FieldType::Date;
+        }
+    }
+    let (plan, _) = compile(&loaded(MAPPING), &marketo_lead(), &crm);
+    assert!(plan.is_none());
+}
+
+#[test]
+fn suggest_never_proposes_a_key_column_that_cannot_hold_the_id() {
+    let file = suggest(&marketo_lead(), &crm_contacts_with_flag());
+    assert_eq!(file.keys.crm_marketo_id.as_deref(), Some("marketo_id"));
+    // With only the boolean column, nothing is proposed (the operator must add a column).
+    let mut crm = crm_contacts_with_flag();
+    crm.fields.retain(|d| d.name != "marketo_id");
+    let file = suggest(&marketo_lead(), &crm);
+    assert_eq!(file.keys.crm_marketo_id, None);
+    // The proposal always compiles without a key error when a fitting column exists.
+    let text = render_toml(
+        &suggest(&marketo_lead(), &crm_contacts_with_flag()),
+        &marketo_lead(),
+        &crm_contacts_with_flag(),
+    );
+    let (_, problems) = compile(&loaded(&text), &marketo_lead(), &crm_contacts_with_flag());
+    assert!(
+        !problems.iter().any(|p| p.key.starts_with("keys.")),
+        "{problems:#?}"
+    );
+}
+
+proptest! {
+    /// Whatever the CRM's columns, a proposed Marketo-id key can hold an integer lead id.
+    #[test]
+    fn a_suggested_key_always_holds_the_id(kinds in proptest::collection::vec(0u8..6, 1..6)) {
+        let types = [
+            FieldType::Boolean,
+            FieldType::Date,
+            FieldType::Integer,
+            FieldType::Text { max_len: Some(4) },
+            FieldType::Text { max_len: None },
+            FieldType::DateTime,
+        ];
+        let mut crm = crm_contacts();
+        crm.fields.retain(|d| d.name != "marketo_lead_id");
+        for (i, k) in kinds.iter().enumerate() {
+            crm.fields.push(def(&format!("marketo_col_{i}"), types[usize::from(*k)].clone()));
+        }
+        let file = suggest(&marketo_lead(), &crm);
+        if let Some(key) = file.keys.crm_marketo_id {
+            let ty = &crm.field(&key).unwrap().ty;
+            prop_assert!(
+                matches!(ty, FieldType::Integer | FieldType::Text { max_len: None }),
+                "{key}: {ty:?}"
+            );
+        } else {
+            prop_assert!(kinds.iter().all(|k| ![2u8, 4].contains(k)));
+        }
+    }
 }

@@ -266,3 +266,133 @@ fn watermarks_accept_dates_and_instants() {
         "2007-01-01T00:00:00+00:00"
     );
 }
+
+#[test]
+fn an_unknown_key_does_not_hide_the_other_problems() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "default.toml",
+        &DEFAULT.replace(
+            "calls_per_20s = 80",
+            "calls_per_20 = 80\n  max_concurrency = 50",
+        ),
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    let (settings, problems) = marketo_sync::config::check_settings(&source);
+    assert!(settings.is_some(), "the rest of the settings is still read");
+    let placed: Vec<(&str, Option<usize>, Option<usize>)> = problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.line, p.column))
+        .collect();
+    // The unknown key, the value out of range (indented: column 3) and the missing secret.
+    assert!(
+        placed.contains(&("marketo.calls_per_20", Some(5), Some(1))),
+        "{placed:?}"
+    );
+    assert!(
+        placed.contains(&("marketo.max_concurrency", Some(6), Some(3))),
+        "{placed:?}"
+    );
+    assert!(
+        placed.iter().any(|(k, _, _)| *k == "marketo.client_secret"),
+        "{placed:?}"
+    );
+    // The strict loader refuses the same settings, with every problem.
+    let error = load(&source).unwrap_err();
+    assert_eq!(error.problems().len(), problems.len());
+}
+
+#[test]
+fn config_errors_render_as_diagnostics_with_a_caret() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "default.toml",
+        &DEFAULT.replace("calls_per_20s = 80", "calls_per_20s = 500"),
+    );
+    let source = SettingsSource::new(dir.path(), None)
+        .with_vars(vars(&[("MKSYNC__MARKETO__CLIENT_SECRET", "never-shown")]));
+    let error = load(&source).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("error: marketo.calls_per_20s: must be between 1 and 100"),
+        "{text}"
+    );
+    assert!(text.contains("default.toml:5:1"), "{text}");
+    assert!(text.contains("calls_per_20s = 500"), "{text}");
+    assert!(text.contains("^^^^^^^^^^^^^^^^^^^"), "{text}");
+    assert!(!text.contains("never-shown"), "{text}");
+}
+
+#[test]
+fn an_inline_secret_is_never_shown_in_the_snippet() {
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "default.toml",
+        &DEFAULT.replace(
+            "client_id = \"client\"",
+            "client_id = \"client\"\nclient_secret = \"inline-s3cret\"",
+        ),
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    let error = load(&source).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("must not be written inline"), "{text}");
+    assert!(text.contains("client_secret = "), "{text}");
+    assert!(!text.contains("inline-s3cret"), "{text}");
+}
+
+#[test]
+fn the_store_loader_needs_no_marketo_or_crm_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    // No client id, no secret, no CRM URL: only a store.
+    write(
+        dir.path(),
+        "default.toml",
+        "[marketo]\nmunchkin_id = \"123-ABC-456\"\n\n[store]\nurl = \"sqlite://state.db\"\n\n[sync]\nobjects = [\"leads\"]\n",
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
+    assert!(
+        load(&source).is_err(),
+        "the full loader wants the credentials"
+    );
+    let settings = marketo_sync::config::load_for_store(&source).unwrap();
+    assert_eq!(settings.store.url.expose_secret(), "sqlite://state.db");
+
+    // A broken store setting is still refused, and named.
+    write(dir.path(), "default.toml", "[store]\nurl = \"mysql://x\"\n");
+    let error = marketo_sync::config::load_for_store(&source).unwrap_err();
+    let keys: Vec<&str> = error.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["store.url"], "{error}");
+}
+
+#[test]
+fn status_reads_the_store_without_marketo_or_crm_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state.db");
+    write(
+        dir.path(),
+        "default.toml",
+        &format!(
+            "[marketo]\nmunchkin_id = \"123-ABC-456\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[sync]\nobjects = [\"leads\"]\n",
+            store.display()
+        ),
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_marketo-sync"));
+    command
+        .args(["status", "--config"])
+        .arg(dir.path())
+        .env_remove("MKSYNC_ENV")
+        .env("NO_COLOR", "1");
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("MKSYNC__")) {
+        command.env_remove(name);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lease"), "{stdout}");
+    assert!(!stderr.contains("client_secret"), "{stderr}");
+}

@@ -76,12 +76,25 @@ impl Env {
         self.validate_with(self.source()).await
     }
 
+    async fn validate_json(&self, source: SettingsSource) -> (bool, serde_json::Value) {
+        let args = ValidateArgs {
+            config: self.config(),
+            env: Some("demo".into()),
+            json: true,
+            ..ValidateArgs::default()
+        };
+        let mut out = Vec::new();
+        let ok = run_validate_with(&source, &args, &mut out).await.unwrap();
+        (ok, serde_json::from_slice(&out).unwrap())
+    }
+
     async fn validate_with(&self, source: SettingsSource) -> (bool, String) {
         let args = ValidateArgs {
             config: self.config(),
             schemas: None,
             env: Some("demo".into()),
             offline: false,
+            ..ValidateArgs::default()
         };
         let mut out = Vec::new();
         let ok = run_validate_with(&source, &args, &mut out).await.unwrap();
@@ -95,10 +108,15 @@ async fn the_shipped_demo_config_validates_against_the_simulator() {
     let (ok, text) = env.validate().await;
     assert!(ok, "{text}");
     assert!(
-        text.contains("is valid against live Marketo and CRM schemas"),
+        text.contains("is valid against live Marketo and CRM schemas and the state store"),
         "{text}"
     );
-    assert!(!text.contains("error:"), "{text}");
+    // No warning either: the shipped demo config is clean against the live schemas.
+    assert!(text.contains("(0 warning(s))"), "{text}");
+    assert!(
+        !text.contains("error:") && !text.contains("warning:"),
+        "{text}"
+    );
     env.sim.shutdown().await;
 }
 
@@ -118,21 +136,32 @@ async fn a_field_the_simulator_lacks_is_placed_with_a_suggestion() {
         + 1;
     let (ok, out) = env.validate().await;
     assert!(!ok, "{out}");
-    let problem = out
-        .lines()
-        .find(|l| l.contains("billingCitty"))
-        .unwrap_or_else(|| panic!("{out}"));
+    // The title names the key and the reason; the location line names file, line and column.
     assert!(
-        problem.starts_with("error: ") && problem.contains("companies.toml"),
-        "{problem}"
+        out.contains("error: fields[") && out.contains("did you mean `billingCity`"),
+        "{out}"
     );
-    assert!(
-        problem.contains(&format!("companies.toml:{line}: fields[")),
-        "{problem}"
-    );
-    assert!(problem.contains("].marketo"), "{problem}");
-    assert!(problem.contains("did you mean `billingCity`"), "{problem}");
+    assert!(out.contains(&format!("companies.toml:{line}:")), "{out}");
     assert!(out.contains("1 error(s)"), "{out}");
+    let (_, json) = env.validate_json(env.source()).await;
+    let problem = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["message"].as_str().unwrap().contains("billingCitty"))
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(problem["severity"], "error");
+    assert!(
+        problem["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("companies.toml")
+    );
+    assert_eq!(problem["line"], line);
+    assert!(
+        problem["key"].as_str().unwrap().ends_with("].marketo"),
+        "{problem}"
+    );
     env.sim.shutdown().await;
 }
 
@@ -251,6 +280,7 @@ async fn offline_reads_no_schema() {
         schemas: None,
         env: Some("demo".into()),
         offline: true,
+        ..ValidateArgs::default()
     };
     let mut out = Vec::new();
     let source = SettingsSource::new(env.config(), Some("demo")).with_vars(vars);
@@ -258,5 +288,70 @@ async fn offline_reads_no_schema() {
     let out = String::from_utf8(out).unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("is valid offline"), "{out}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_migrated_by_a_newer_build_is_a_problem_not_a_crash() {
+    let env = Env::new().await;
+    let path = env.dir.path().join("newer.db");
+    let url = format!("sqlite://{}", path.display());
+    // A store this build migrated, then moved on by an imaginary newer build.
+    drop(marketo_sync::store::open(&url).await.unwrap());
+    {
+        use sqlx::ConnectOptions;
+        use std::str::FromStr;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99, 'future', TRUE, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let mut vars = env.vars.clone();
+    vars.insert("MKSYNC__STORE__URL".into(), url);
+    let source = SettingsSource::new(env.config(), Some("demo")).with_vars(vars);
+    let (ok, json) = env.validate_json(source).await;
+    assert!(!ok);
+    let errors: Vec<&serde_json::Value> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["severity"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{json:#}");
+    assert_eq!(errors[0]["key"], "store.url");
+    assert_eq!(errors[0]["file"], "environment (MKSYNC__STORE__URL)");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("migrated to version 99"), "{message}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_named_without_its_password() {
+    let env = Env::new().await;
+    let mut vars = env.vars.clone();
+    // Nothing listens on port 9 (discard): refused at once.
+    vars.insert(
+        "MKSYNC__STORE__URL".into(),
+        "postgres://sync:hunter2@127.0.0.1:9/state".into(),
+    );
+    let source = SettingsSource::new(env.config(), Some("demo")).with_vars(vars);
+    let (ok, out) = env.validate_with(source).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "store.url: cannot open the PostgreSQL state store: cannot connect to 127.0.0.1:9"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
     env.sim.shutdown().await;
 }

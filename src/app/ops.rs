@@ -26,9 +26,10 @@ pub async fn open_store(
     source: &SettingsSource,
 ) -> Result<(Settings, Arc<dyn StateStore>), AppError> {
     use secrecy::ExposeSecret;
-    let loaded = crate::config::load(source)?;
-    let store = crate::store::open(loaded.settings.store.url.expose_secret()).await?;
-    Ok((loaded.settings, store))
+    // Only what the store needs: no Marketo or CRM credentials.
+    let settings = crate::config::load_for_store(source)?;
+    let store = crate::store::open(settings.store.url.expose_secret()).await?;
+    Ok((settings, store))
 }
 
 /// The facts `marketo-sync status` prints.

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::problem::{Problem, Segment, did_you_mean, dotted, line_of_path, parse_all};
+use super::problem::{
+    Problem, Segment, did_you_mean, dotted, line_of_path, parse_all, parse_lenient, span_of_path,
+};
 use super::settings::Settings;
 use crate::model::Value;
 
@@ -266,7 +268,7 @@ impl LoadedMapping {
         } else {
             Problem::warning(self.file_name(), dotted(path), reason)
         };
-        p.at_line(self.line(path))
+        p.at(&self.text, span_of_path(&self.text, path))
     }
 }
 
@@ -298,6 +300,24 @@ pub fn parse_mapping(object: &str, path: &Path, text: &str) -> Result<LoadedMapp
         }),
         (None, problems) => Err(problems),
     }
+}
+
+/// Parses one mapping file's text leniently: every unknown key and wrongly typed value is
+/// reported, and the rest of the file is returned when it is still readable without them (so
+/// that its other checks still run).
+pub fn parse_mapping_lenient(
+    object: &str,
+    path: &Path,
+    text: &str,
+) -> (Option<LoadedMapping>, Vec<Problem>) {
+    let parsed = parse_lenient::<MappingFile>(&path.display().to_string(), text);
+    let loaded = parsed.value.map(|file| LoadedMapping {
+        object: object.to_owned(),
+        path: path.to_path_buf(),
+        text: text.to_owned(),
+        file,
+    });
+    (loaded, parsed.problems)
 }
 
 /// Reads the mapping file of every object in `sync.objects` from `<dir>/<sync.mappings_dir>`,
@@ -336,12 +356,11 @@ pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Ve
                 continue;
             }
         };
-        match parse_mapping(object, &path, &text) {
-            Ok(m) => {
-                problems.extend(check_mapping(&m));
-                loaded.push(m);
-            }
-            Err(p) => problems.extend(p),
+        let (m, parse_problems) = parse_mapping_lenient(object, &path, &text);
+        problems.extend(parse_problems);
+        if let Some(m) = m {
+            problems.extend(check_mapping(&m));
+            loaded.push(m);
         }
     }
     problems.extend(check_across(&loaded));
@@ -356,10 +375,10 @@ pub fn load_mappings(dir: &Path, settings: &Settings) -> (Vec<LoadedMapping>, Ve
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let mut found = match parse_mapping(object, &path, &text) {
-            Ok(m) => check_mapping(&m),
-            Err(p) => p,
-        };
+        let (m, mut found) = parse_mapping_lenient(object, &path, &text);
+        if let Some(m) = m {
+            found.extend(check_mapping(&m));
+        }
         for p in &mut found {
             p.severity = super::problem::Severity::Warning;
             p.reason = format!("{} (file not in sync.objects, so not synced)", p.reason);

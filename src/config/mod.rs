@@ -8,6 +8,7 @@
 
 mod mapping_file;
 mod problem;
+mod render;
 mod settings;
 
 use std::path::Path;
@@ -15,22 +16,25 @@ use std::path::Path;
 pub use mapping_file::{
     ACTIVITIES, ActivityMapping, Direction, FieldMapping, Keys, LoadedMapping, MappingFile, Policy,
     Transform, check_across, check_mapping, field_path, load_mappings, parse_mapping,
+    parse_mapping_lenient,
 };
 pub use problem::{
-    Problem, Segment, Severity, closest, did_you_mean, dotted, from_toml_error, line_of,
-    line_of_path, parse_all,
+    Lenient, Problem, Segment, Severity, closest, column_of, did_you_mean, dotted, from_toml_error,
+    line_of, line_of_path, parse_all, parse_lenient, span_of_path,
 };
+pub use render::{render_problems, stderr_color, stdout_color};
 pub use settings::{
     BootstrapSettings, CrmSettings, DeletePolicy, ENV_PREFIX, HttpSettings, KNOWN_ADAPTERS,
-    MarketoSettings, Settings, SettingsSource, StoreSettings, SyncSettings, earliest_watermark,
-    load_settings, parse_instant,
+    MarketoSettings, Settings, SettingsSource, StoreSettings, SyncSettings, check_settings,
+    earliest_watermark, load_for_store, load_settings, parse_instant,
 };
 
 /// Errors of loading settings and mapping files.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// One or more problems; each names its file, key and reason.
-    #[error("invalid configuration ({} problem(s)):\n{}", .0.len(), render(.0))]
+    /// One or more problems; each names its file, key and reason. Displayed as the same
+    /// diagnostics `validate` prints (plain, errors first).
+    #[error("invalid configuration ({} problem(s)):\n{}", .0.len(), render(.0, false))]
     Invalid(Vec<Problem>),
 }
 
@@ -48,12 +52,18 @@ impl ConfigError {
     }
 }
 
-fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+impl ConfigError {
+    /// Returns the problems rendered as diagnostics (errors before warnings), coloured when
+    /// `color` is true.
+    pub fn render(&self, color: bool) -> String {
+        render(self.problems(), color)
+    }
+}
+
+fn render(problems: &[Problem], color: bool) -> String {
+    let mut sorted = problems.to_vec();
+    sorted.sort_by_key(|p| p.severity);
+    render_problems(&sorted, color).trim_end().to_owned()
 }
 
 /// Settings and mapping files, loaded and checked together.
@@ -90,11 +100,13 @@ pub fn load(source: &SettingsSource) -> Result<Loaded, ConfigError> {
 }
 
 /// Returns every problem of a config directory that can be found without a network: settings,
-/// mapping syntax and keys, duplicates, secrets written inline, cross-file consistency.
+/// mapping syntax and keys, duplicates, secrets written inline, cross-file consistency. The
+/// settings are returned as far as they could be read, even when they have errors, so that the
+/// checks that depend on them still run.
 pub fn check_offline(
     source: &SettingsSource,
 ) -> (Option<Settings>, Vec<LoadedMapping>, Vec<Problem>) {
-    let (settings, mut problems) = load_settings(source);
+    let (settings, mut problems) = check_settings(source);
     match settings {
         Some(s) => {
             let (mappings, more) = load_mappings(&source.dir, &s);

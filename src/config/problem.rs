@@ -29,8 +29,15 @@ pub struct Problem {
     pub key: String,
     /// The 1-based line, when the format allows it.
     pub line: Option<usize>,
+    /// The 1-based column (in characters) of the offending text, when known.
+    pub column: Option<usize>,
     /// What is wrong, in one sentence.
     pub reason: String,
+    /// How to fix it, when there is more to say than the reason.
+    pub help: Option<String>,
+    /// The byte range of the offending text in the file, for the caret.
+    #[serde(skip)]
+    pub span: Option<Range<usize>>,
 }
 
 impl Problem {
@@ -45,7 +52,10 @@ impl Problem {
             file: file.into(),
             key: key.into(),
             line: None,
+            column: None,
             reason: reason.into(),
+            help: None,
+            span: None,
         }
     }
 
@@ -69,6 +79,30 @@ impl Problem {
         self
     }
 
+    /// Returns the problem placed on `span`, a byte range of the file's `text`: line, column and
+    /// the range to underline.
+    pub fn at_span(mut self, text: &str, span: Range<usize>) -> Self {
+        let start = span.start.min(text.len());
+        self.line = Some(line_of(text, start));
+        self.column = Some(column_of(text, start));
+        self.span = Some(start..span.end.clamp(start, text.len()));
+        self
+    }
+
+    /// Returns the problem placed on `span` when there is one.
+    pub fn at(self, text: &str, span: Option<Range<usize>>) -> Self {
+        match span {
+            Some(span) => self.at_span(text, span),
+            None => self,
+        }
+    }
+
+    /// Returns the problem with a help line.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
     /// Returns true for error-level problems.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
@@ -84,6 +118,9 @@ impl fmt::Display for Problem {
         write!(f, "{level}: {}", self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         if !self.key.is_empty() {
             write!(f, ": {}", self.key)?;
@@ -100,6 +137,16 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| **b == b'\n')
         .count()
         + 1
+}
+
+/// Returns the 1-based column, in characters, of a byte offset in `text`.
+pub fn column_of(text: &str, offset: usize) -> usize {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let line_start = text[..end].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..end].chars().count() + 1
 }
 
 /// Returns the candidate closest to `name`, if it is close enough to be a likely typo.
@@ -228,41 +275,54 @@ fn walk_value(
 /// Returns the line of the key at `path` (segments as in [`dotted`]); for a key that is missing,
 /// the line of its nearest existing parent.
 pub fn line_of_path(text: &str, path: &[Segment]) -> Option<usize> {
+    span_of_path(text, path).map(|span| line_of(text, span.start))
+}
+
+/// Returns the byte range of the entry at `path`: `key = value` for a plain value, the key for
+/// a table, the item for an array item. For a key that is missing, the range of its nearest
+/// existing parent.
+pub fn span_of_path(text: &str, path: &[Segment]) -> Option<Range<usize>> {
     let table = DeTable::parse(text).ok()?;
     let mut current: Option<&DeValue<'_>> = None;
     let mut root = Some(table.get_ref());
-    let mut line = None;
+    let mut span = None;
     for segment in path {
         match segment {
             Segment::Key(k) => {
                 let t = match (root, current) {
                     (Some(t), _) => t,
                     (None, Some(DeValue::Table(t))) => t,
-                    _ => return line,
+                    _ => return span,
                 };
-                // A missing key is placed on its parent's line.
+                // A missing key is placed on its parent.
                 let Some((key, value)) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k)
                 else {
-                    return line;
+                    return span;
                 };
-                line = Some(line_of(text, key.span().start));
+                let key_span = key.span();
+                let value_span = value.span();
+                span = Some(match value.get_ref() {
+                    DeValue::Table(_) | DeValue::Array(_) => key_span,
+                    _ if value_span.start >= key_span.start => key_span.start..value_span.end,
+                    _ => key_span,
+                });
                 current = Some(value.get_ref());
                 root = None;
             }
             Segment::Index(i) => {
                 let Some(DeValue::Array(items)) = current else {
-                    return line;
+                    return span;
                 };
                 let Some(item) = items.get(*i) else {
-                    return line;
+                    return span;
                 };
-                line = Some(line_of(text, item.span().start));
+                span = Some(item.span());
                 current = Some(item.get_ref());
                 root = None;
             }
         }
     }
-    line
+    span
 }
 
 /// Turns a TOML deserialisation error into a problem naming the file, key and line, with a
@@ -274,6 +334,7 @@ pub fn from_toml_error(file: &str, text: &str, error: &toml::de::Error) -> Probl
         None => (Vec::new(), None),
     };
     let mut key = dotted(&path);
+    let mut help = None;
     let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
         let (name, expected) = split_expected(rest);
         // For unknown keys the span is the key itself, which the walk reports as the path; the
@@ -281,14 +342,12 @@ pub fn from_toml_error(file: &str, text: &str, error: &toml::de::Error) -> Probl
         if key.is_empty() {
             key = name.clone();
         }
+        if !expected.is_empty() {
+            help = Some(format!("valid keys here: {}", expected.join(", ")));
+        }
         format!(
-            "unknown key `{name}`{}{}",
+            "unknown key `{name}`{}",
             did_you_mean(&name, expected.iter().map(String::as_str)),
-            if expected.is_empty() {
-                String::new()
-            } else {
-                format!(" (valid keys: {})", expected.join(", "))
-            }
         )
     } else if let Some(rest) = message.strip_prefix("unknown variant `") {
         let (name, expected) = split_expected(rest);
@@ -310,7 +369,15 @@ pub fn from_toml_error(file: &str, text: &str, error: &toml::de::Error) -> Probl
     } else {
         message
     };
-    Problem::error(file, key, reason).at_line(line)
+    let mut problem = Problem::error(file, key, reason);
+    problem.help = help;
+    match (error.span(), line) {
+        // The parser's span is the offending text itself.
+        (Some(span), Some(l)) if line_of(text, span.start) == l => problem.at_span(text, span),
+        // A span covering a whole table (a missing key): place it on the table's key.
+        (_, Some(l)) => problem.at(text, span_of_path(text, &path)).at_line(Some(l)),
+        (_, None) => problem,
+    }
 }
 
 fn is_syntax(message: &str) -> bool {
@@ -378,12 +445,39 @@ pub fn parse_all<T: serde::de::DeserializeOwned>(
     file: &str,
     text: &str,
 ) -> (Option<T>, Vec<Problem>) {
+    let parsed = parse_lenient::<T>(file, text);
+    let value = parsed.value.filter(|_| parsed.problems.is_empty());
+    (value, parsed.problems)
+}
+
+/// A TOML file read by [`parse_lenient`].
+#[derive(Debug)]
+pub struct Lenient<T> {
+    /// The value read once every offending entry was blanked out; `None` when the file could not
+    /// be read even so (a syntax error, a required key missing).
+    pub value: Option<T>,
+    /// The text with every offending entry blanked out (same byte offsets as the original), when
+    /// `value` is `Some`.
+    pub cleaned: Option<String>,
+    /// Every unknown key and wrongly typed value.
+    pub problems: Vec<Problem>,
+}
+
+/// Like [`parse_all`], but also returns what remains readable once the offending entries are
+/// blanked out, so that the checks that do not depend on them still run.
+pub fn parse_lenient<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Lenient<T> {
     let mut problems: Vec<Problem> = Vec::new();
     let mut current = text.to_owned();
     let mut blanked_names: Vec<String> = Vec::new();
     for _ in 0..64 {
         let error = match toml::from_str::<T>(&current) {
-            Ok(value) => return (problems.is_empty().then_some(value), problems),
+            Ok(value) => {
+                return Lenient {
+                    value: Some(value),
+                    cleaned: Some(current),
+                    problems,
+                };
+            }
             Err(error) => error,
         };
         let problem = from_toml_error(file, &current, &error);
@@ -417,13 +511,21 @@ pub fn parse_all<T: serde::de::DeserializeOwned>(
         {
             blanked_names.push(suggested.to_owned());
         }
+        // One space per byte, so that later spans still match the original text.
         let blanked: String = current[range.clone()]
             .chars()
-            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .flat_map(|c| {
+                let n = if c == '\n' { 0 } else { c.len_utf8() };
+                std::iter::repeat_n(' ', n).chain((c == '\n').then_some('\n'))
+            })
             .collect();
         current.replace_range(range, &blanked);
     }
-    (None, problems)
+    Lenient {
+        value: None,
+        cleaned: None,
+        problems,
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
-use super::problem::{Problem, Segment, did_you_mean, line_of_path, parse_all};
+use super::problem::{Problem, Segment, did_you_mean, parse_lenient, span_of_path};
+use std::ops::Range;
 
 /// The environment-variable prefix; keys are `MKSYNC__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "MKSYNC";
@@ -384,24 +385,56 @@ impl SettingsSource {
 struct Layer {
     name: String,
     text: String,
+    /// The text with unknown keys and wrongly typed values blanked out.
+    cleaned: String,
 }
 
 /// Returns the settings and every problem found in them (warnings included). Settings are `None`
 /// when any error was found.
 pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>) {
+    let (settings, problems) = check_settings(source);
+    if problems.iter().any(Problem::is_error) {
+        (None, problems)
+    } else {
+        (settings, problems)
+    }
+}
+
+/// The settings keys that hold secrets: a problem about one never shows its value.
+pub(crate) const SECRET_KEYS: &[&str] = &[
+    "marketo.client_secret",
+    "http.webhook_secret",
+    "http.auth_token",
+    "crm.url",
+    "store.url",
+];
+
+/// Returns every problem of the settings and, unless the files could not be read at all (a
+/// missing file, a syntax error, a required key missing), the settings as far as they could be
+/// read: unknown keys and wrongly typed values are reported and left out (defaults apply), and the
+/// remaining checks still run, so that one pass shows every problem.
+pub fn check_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut layers = Vec::new();
+    let mut unreadable = false;
     let default_path = source.dir.join("default.toml");
     match std::fs::read_to_string(&default_path) {
         Ok(text) => layers.push(Layer {
             name: display(&default_path),
             text,
+            cleaned: String::new(),
         }),
-        Err(error) => problems.push(Problem::error(
-            display(&default_path),
-            "",
-            format!("cannot read the default settings file: {error}"),
-        )),
+        Err(error) => {
+            unreadable = true;
+            problems.push(
+                Problem::error(
+                    display(&default_path),
+                    "",
+                    format!("cannot read the default settings file: {error}"),
+                )
+                .with_help("pass the config directory with --config DIR"),
+            );
+        }
     }
     if let Some(env) = &source.env {
         let path = source.dir.join(format!("{env}.toml"));
@@ -409,53 +442,55 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
             Ok(text) => layers.push(Layer {
                 name: display(&path),
                 text,
+                cleaned: String::new(),
             }),
-            Err(error) => problems.push(Problem::error(
-                display(&path),
-                "",
-                format!("cannot read the settings file of environment `{env}`: {error}"),
-            )),
+            Err(error) => {
+                unreadable = true;
+                problems.push(Problem::error(
+                    display(&path),
+                    "",
+                    format!("cannot read the settings file of environment `{env}`: {error}"),
+                ));
+            }
         }
     }
 
     // Each file on its own first: this gives exact lines for syntax errors, unknown keys and
-    // wrong types, and catches secrets written inline.
-    for layer in &layers {
-        let (partial, found) = parse_all::<Settings>(&layer.name, &layer.text);
-        if let Some(partial) = partial {
-            check_inline_secrets(layer, &partial, &mut problems);
+    // wrong types, and catches secrets written inline. The offending entries are blanked out of
+    // the text that is then merged, so the other checks still run.
+    for layer in &mut layers {
+        let parsed = parse_lenient::<Settings>(&layer.name, &layer.text);
+        match (parsed.value, parsed.cleaned) {
+            (Some(partial), Some(cleaned)) => {
+                check_inline_secrets(layer, &partial, &mut problems);
+                layer.cleaned = cleaned;
+            }
+            _ => unreadable = true,
         }
-        for mut problem in found {
+        for mut problem in parsed.problems {
             // A secret of the wrong type would otherwise be echoed in the message.
-            let secret_keys = [
-                "marketo.client_secret",
-                "http.webhook_secret",
-                "http.auth_token",
-                "crm.url",
-                "store.url",
-            ];
-            if secret_keys.contains(&problem.key.as_str()) {
+            if SECRET_KEYS.contains(&problem.key.as_str()) {
                 problem.reason = "must be text (the value is not shown)".to_owned();
             }
             problems.push(problem);
         }
     }
     let vars = source.vars();
-    check_env_keys(&vars, &mut problems);
-    if problems.iter().any(Problem::is_error) {
+    let bad_vars = check_env_keys(&vars, &mut problems);
+    if unreadable {
         return (None, problems);
     }
 
     let mut builder = config::Config::builder();
     for layer in &layers {
         builder = builder.add_source(config::File::from_str(
-            &layer.text,
+            &layer.cleaned,
             config::FileFormat::Toml,
         ));
     }
     let env_vars: HashMap<String, String> = vars
         .iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")) && !bad_vars.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // Values stay strings (no `try_parsing`): it would turn a secret like `007` or `1e5` into a
@@ -508,7 +543,7 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
         }
     };
 
-    let place = |key: &str| -> (String, Option<usize>) {
+    let place = |key: &str| -> (String, Option<(&str, Range<usize>)>) {
         let env_name = format!(
             "{ENV_PREFIX}__{}",
             key.replace('.', "__").to_ascii_uppercase()
@@ -518,8 +553,8 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
         }
         let path: Vec<Segment> = key.split('.').map(|s| Segment::Key(s.to_owned())).collect();
         for layer in layers.iter().rev() {
-            if let Some(line) = line_of_path(&layer.text, &path) {
-                return (layer.name.clone(), Some(line));
+            if let Some(span) = span_of_path(&layer.text, &path) {
+                return (layer.name.clone(), Some((layer.text.as_str(), span)));
             }
         }
         match layers.first() {
@@ -529,10 +564,27 @@ pub fn load_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem>
     };
     check_semantics(&settings, &place, &mut problems);
     resolve_secret_files(&mut settings, &source.dir, &place, &mut problems);
-    if problems.iter().any(Problem::is_error) {
-        (None, problems)
-    } else {
-        (Some(settings), problems)
+    (Some(settings), problems)
+}
+
+/// Returns the settings for the commands that only read and write the state store (`status`,
+/// `errors`, `conflicts`, `pause`, `resume`): the files must be readable and the `[store]`
+/// settings valid, but the Marketo and CRM credentials are not needed and not checked.
+///
+/// # Errors
+///
+/// [`super::ConfigError::Invalid`] with the problems that keep the store from being opened.
+pub fn load_for_store(source: &SettingsSource) -> Result<Settings, super::ConfigError> {
+    let (settings, problems) = check_settings(source);
+    let store_problems: Vec<Problem> = problems
+        .iter()
+        .filter(|p| p.is_error())
+        .filter(|p| settings.is_none() || p.key.starts_with("store.") || p.key.contains("STORE__"))
+        .cloned()
+        .collect();
+    match settings {
+        Some(settings) if store_problems.is_empty() => Ok(settings),
+        _ => Err(super::ConfigError::Invalid(store_problems)),
     }
 }
 
@@ -596,7 +648,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
 ];
 
 /// Unknown `MKSYNC__*` variables are reported with the closest valid name.
-fn check_env_keys(vars: &HashMap<String, String>, problems: &mut Vec<Problem>) {
+fn check_env_keys(vars: &HashMap<String, String>, problems: &mut Vec<Problem>) -> Vec<String> {
+    let mut bad = Vec::new();
     let prefix = format!("{ENV_PREFIX}__");
     let mut names: Vec<&String> = vars.keys().filter(|k| k.starts_with(&prefix)).collect();
     names.sort();
@@ -609,6 +662,7 @@ fn check_env_keys(vars: &HashMap<String, String>, problems: &mut Vec<Problem>) {
                 .iter()
                 .map(|(s, _)| format!("{prefix}{}", s.to_ascii_uppercase()))
                 .collect();
+            bad.push(name.clone());
             problems.push(Problem::error(
                 "environment",
                 name.clone(),
@@ -627,6 +681,7 @@ fn check_env_keys(vars: &HashMap<String, String>, problems: &mut Vec<Problem>) {
             continue;
         }
         if !keys.contains(&key) || parts.len() != 2 {
+            bad.push(name.clone());
             let valid: Vec<String> = keys
                 .iter()
                 .map(|k| {
@@ -647,6 +702,7 @@ fn check_env_keys(vars: &HashMap<String, String>, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    bad
 }
 
 fn url_has_password(url: &SecretString) -> bool {
@@ -673,7 +729,7 @@ fn check_inline_secrets(layer: &Layer, partial: &Settings, problems: &mut Vec<Pr
                      `{file_key}` (a file holding the secret) instead"
                 ),
             )
-            .at_line(line_of_path(&layer.text, &path)),
+            .at(&layer.text, span_of_path(&layer.text, &path)),
         );
     };
     if partial.marketo.client_secret.is_some() {
@@ -705,11 +761,16 @@ fn check_inline_secrets(layer: &Layer, partial: &Settings, problems: &mut Vec<Pr
     }
 }
 
-type Place<'a> = dyn Fn(&str) -> (String, Option<usize>) + 'a;
+/// Returns the file that sets a key, with the file's text and the key's span when it is a file.
+type Place<'a> = dyn Fn(&str) -> (String, Option<(&'a str, Range<usize>)>) + 'a;
 
 fn push(problems: &mut Vec<Problem>, place: &Place<'_>, key: &str, reason: String) {
-    let (file, line) = place(key);
-    problems.push(Problem::error(file, key, reason).at_line(line));
+    let (file, at) = place(key);
+    let problem = Problem::error(file, key, reason);
+    problems.push(match at {
+        Some((text, span)) => problem.at_span(text, span),
+        None => problem,
+    });
 }
 
 fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>) {

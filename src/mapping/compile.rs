@@ -162,6 +162,67 @@ fn text_limit(ty: &FieldType) -> Option<u32> {
     ty.max_len()
 }
 
+/// Characters of the longest Marketo id written as text: a 32-bit lead id has at most 10 digits,
+/// a `marketoGUID` 36 characters.
+const INT_ID_CHARS: u32 = 11;
+const GUID_CHARS: u32 = 36;
+
+/// Returns the type of the ids of `schema`'s records: its id field's type, else an integer for
+/// an `id` field and text for anything else (`marketoGUID`).
+pub(crate) fn id_type(schema: &ObjectSchema) -> FieldType {
+    let id = schema.id_field.as_deref().unwrap_or("id");
+    if id == "marketoGUID" {
+        // A UUID, whatever length Describe declares for the field (255).
+        return FieldType::Text {
+            max_len: Some(GUID_CHARS),
+        };
+    }
+    match schema.field(id) {
+        Some(def) => def.ty.clone(),
+        None if id == "id" => FieldType::Integer,
+        None => FieldType::Text {
+            max_len: Some(GUID_CHARS),
+        },
+    }
+}
+
+/// Returns why a key field of type `holder` cannot hold ids of type `id`, or `None` when it can.
+///
+/// Integer ids need an integer, decimal or long-enough text field; text ids (a `marketoGUID`, a
+/// CRM's string primary key) need a text field at least as long. Booleans, dates, picklists,
+/// emails, phones and URLs never hold an id.
+pub(crate) fn key_type_problem(holder: &FieldType, id: &FieldType) -> Option<String> {
+    use FieldType as T;
+    let plain_text = matches!(holder, T::Text { .. } | T::Other { .. });
+    match id {
+        T::Integer | T::Decimal | T::Reference { .. } => match holder {
+            T::Integer | T::Decimal => None,
+            T::Text { max_len: Some(n) } if *n < INT_ID_CHARS => Some(format!(
+                "it holds at most {n} characters, and the ids are integers of up to {INT_ID_CHARS} digits"
+            )),
+            _ if plain_text => None,
+            other => Some(format!(
+                "it is {}, which cannot hold the integer ids",
+                other.describe()
+            )),
+        },
+        _ => {
+            let need = id.max_len().unwrap_or(GUID_CHARS);
+            match holder {
+                T::Text { max_len: Some(n) } if *n < need => Some(format!(
+                    "it holds at most {n} characters, and the ids are text of up to {need} characters"
+                )),
+                _ if plain_text => None,
+                other => Some(format!(
+                    "it is {}, which cannot hold the text ids ({})",
+                    other.describe(),
+                    id.describe()
+                )),
+            }
+        }
+    }
+}
+
 /// Returns the plan of one mapping file against both schemas, with every problem. The plan is
 /// `None` when the object cannot be synced at all (a key field missing); a field with a problem
 /// is kept but disabled, so the other fields still sync.
@@ -197,7 +258,29 @@ pub fn compile(
                     side_label(side), schema.object)));
                 fatal = true;
             }
-            Some(_) => {}
+            Some(def) => {
+                // The field holds the other side's record id: its type must be able to.
+                let (other, holds) = match side {
+                    Side::Marketo => (crm, "the CRM record's id"),
+                    Side::Crm => (marketo, "the Marketo record's id"),
+                };
+                let natural_key = side == Side::Marketo
+                    && f.marketo_object != "lead"
+                    && schema.dedupe_fields.iter().any(|d| d == name);
+                if !natural_key && let Some(why) = key_type_problem(&def.ty, &id_type(other)) {
+                    problems.push(m.problem(
+                        true,
+                        &path,
+                        format!(
+                            "{} field `{name}` on `{}` cannot be the key: the sync writes {holds} \
+                         into it, but {why}; the first sync would corrupt it",
+                            side_label(side),
+                            schema.object
+                        ),
+                    ));
+                    fatal = true;
+                }
+            }
         }
     }
 
@@ -476,19 +559,11 @@ fn compile_field(
                 problems.push(m.problem(true, &fpath(base, i, key), reason));
             }
         }
-        if let Some(limit) = text_limit(&dst.ty)
-            && src_ty.is_textual()
-        {
-            let longer = match text_limit(&src_ty) {
-                Some(n) => n > limit,
-                None => matches!(src_ty, FieldType::Text { .. }),
-            };
-            if longer {
-                problems.push(m.problem(false, &fpath(base, i, key), format!(
-                    "length mismatch: {} field `{}` holds at most {limit} characters but the source is {}; longer values will be refused",
-                    side_label(target), dst.name, src_ty.describe())));
-            }
-        }
+        // No warning compares the two sides' declared lengths: Marketo declares 255 for nearly
+        // every string, so it fired on most text fields of every shipped mapping and buried
+        // the real problems, and nothing in a mapping file could silence it. A value that does
+        // not fit is refused by the receiving side when it is written; a default or constant
+        // that can never fit is an error below.
         // A default or constant longer than the target holds would be refused on every write.
         for (what, value) in [("default", &fm.default), ("constant", &fm.constant)] {
             if let (Some(limit), Some(Value::Text(t))) = (text_limit(&dst.ty), value) {

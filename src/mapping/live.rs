@@ -14,7 +14,7 @@ use crate::config::{LoadedMapping, MarketoSettings, Problem, Settings};
 use crate::marketo::Client;
 
 /// The file name problems about settings carry.
-const SETTINGS: &str = "settings";
+pub(crate) const SETTINGS: &str = "settings";
 
 /// The objects the mappings of `sync.objects` name on each side.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub async fn fetch_named(settings: &Settings, named: &NamedObjects) -> (SchemaSe
 ///
 /// A one-shot check retries a failed call once (the daemon's client retries for ~20 s), so an
 /// unreachable host is reported at once.
-fn client(m: &MarketoSettings) -> Result<Client, Problem> {
+fn client(m: &MarketoSettings) -> Result<Client, Box<Problem>> {
     let client = crate::engine::context::marketo_client(m).map_err(|e| {
         let text = e.to_string();
         let key = if text.contains("client_id") {
@@ -89,16 +89,21 @@ fn client(m: &MarketoSettings) -> Result<Client, Problem> {
         } else {
             "marketo"
         };
-        Problem::error(
+        Box::new(Problem::error(
             SETTINGS,
             key,
             format!("{text}; it is needed to read Marketo's schemas (or run with --offline)"),
-        )
+        ))
     })?;
     let mut config = client.config().clone();
     config.retry.max_retries = config.retry.max_retries.min(1);
-    Client::new(config)
-        .map_err(|e| Problem::error(SETTINGS, "marketo", format!("cannot build the client: {e}")))
+    Client::new(config).map_err(|e| {
+        Box::new(Problem::error(
+            SETTINGS,
+            "marketo",
+            format!("cannot build the client: {e}"),
+        ))
+    })
 }
 
 /// Returns the problem for a Marketo error that ends all reading (credentials, network), or
@@ -166,7 +171,7 @@ async fn fetch_marketo(
     let client = match client(m) {
         Ok(c) => c,
         Err(p) => {
-            problems.push(p);
+            problems.push(*p);
             return;
         }
     };

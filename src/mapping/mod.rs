@@ -21,8 +21,8 @@ pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
 pub use validate::{
-    SuggestArgs, ValidateArgs, run_suggest, run_suggest_with, run_validate, run_validate_with,
-    validate_dir,
+    JsonProblem, SuggestArgs, ValidateArgs, check_store, collect_problems, run_suggest,
+    run_suggest_with, run_validate, run_validate_with, validate_dir,
 };
 
 pub use crate::config::{Direction, Policy, Transform};

@@ -160,83 +160,41 @@ pub fn apply(steps: &[Transform], value: &Value) -> Value {
 }
 
 fn apply_one(step: Transform, s: &str) -> String {
+    use heck::{ToKebabCase, ToLowerCamelCase, ToSnakeCase, ToTitleCase, ToUpperCamelCase};
     match step {
         Transform::Trim => s.trim().to_owned(),
         Transform::Lowercase => s.to_lowercase(),
         Transform::Uppercase => s.to_uppercase(),
         Transform::CollapseWhitespace => s.split_whitespace().collect::<Vec<_>>().join(" "),
-        Transform::PascalCase => words(s).iter().map(|w| capitalise(w)).collect(),
-        Transform::CamelCase => {
-            let mut out = String::new();
-            for (i, w) in words(s).iter().enumerate() {
-                if i == 0 {
-                    out.push_str(&w.to_lowercase());
-                } else {
-                    out.push_str(&capitalise(w));
-                }
-            }
-            out
-        }
-        Transform::SnakeCase => lower_words(s).join("_"),
-        Transform::KebabCase => lower_words(s).join("-"),
-        Transform::TitleCase => words(s)
-            .iter()
-            .map(|w| capitalise(w))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Transform::PascalCase => split_digit_capital(s).to_upper_camel_case(),
+        Transform::CamelCase => split_digit_capital(s).to_lower_camel_case(),
+        Transform::SnakeCase => split_digit_capital(s).to_snake_case(),
+        Transform::KebabCase => split_digit_capital(s).to_kebab_case(),
+        Transform::TitleCase => split_digit_capital(s).to_title_case(),
     }
 }
 
-fn lower_words(s: &str) -> Vec<String> {
-    words(s).iter().map(|w| w.to_lowercase()).collect()
-}
-
-fn capitalise(word: &str) -> String {
-    let lower = word.to_lowercase();
-    let mut chars = lower.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// Splits text into words at separators (space, `_`, `-`, other punctuation), at lower-case or
-/// digit to upper-case changes, and before the last capital of an acronym (`HTTPServer` is
-/// `HTTP` + `Server`). Conversions are idempotent for words of two or more characters.
-fn words(s: &str) -> Vec<String> {
+/// Returns the text with a space between a digit and a following capital (`A1B2` → `A1 B2`).
+///
+/// heck splits words at separators, at lower-to-upper case changes and before the last capital
+/// of an acronym (`HTTPServer` is `HTTP` + `Server`), but not after a digit, so `PascalCase` of
+/// `a1_b2` (`A1B2`) would not turn back into `a1_b2`; with this split it does.
+fn split_digit_capital(s: &str) -> std::borrow::Cow<'_, str> {
     let chars: Vec<char> = s.chars().collect();
-    let mut out = Vec::new();
-    let mut current = String::new();
+    if !chars
+        .windows(2)
+        .any(|w| w[0].is_numeric() && w[1].is_uppercase())
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 4);
     for (i, &c) in chars.iter().enumerate() {
-        if !c.is_alphanumeric() {
-            if !current.is_empty() {
-                out.push(std::mem::take(&mut current));
-            }
-            continue;
+        if i > 0 && chars[i - 1].is_numeric() && c.is_uppercase() {
+            out.push(' ');
         }
-        let prev = if current.is_empty() {
-            None
-        } else {
-            i.checked_sub(1).map(|j| chars[j])
-        };
-        let next = chars.get(i + 1).copied();
-        let boundary = match prev {
-            Some(p) if c.is_uppercase() => {
-                p.is_lowercase()
-                    || p.is_numeric()
-                    || (p.is_uppercase() && next.is_some_and(char::is_lowercase))
-            }
-            _ => false,
-        };
-        if boundary {
-            out.push(std::mem::take(&mut current));
-        }
-        current.push(c);
+        out.push(c);
     }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

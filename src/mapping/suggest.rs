@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::compile::{COMPANY_FIELDS_ON_LEADS, default_direction};
+use super::compile::{COMPANY_FIELDS_ON_LEADS, default_direction, id_type, key_type_problem};
 use crate::config::{Direction, FieldMapping, Keys, MappingFile, Policy};
 use crate::model::{FieldDef, ObjectSchema};
 
@@ -137,10 +137,21 @@ fn score(m: &FieldDef, c: &FieldDef) -> Option<f64> {
 /// Returns a proposed mapping file from a Marketo schema and a CRM schema.
 pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
     let is_lead = marketo.object == "lead";
+    // A key field holds the other side's id, so only a field whose type can hold it is
+    // proposed (never, say, a boolean `deleted_in_marketo`): names with "marketo" and "id"
+    // first, then any name with "marketo".
+    let marketo_id = id_type(marketo);
+    let crm_id = id_type(crm);
     let crm_marketo_id = crm
         .fields
         .iter()
-        .find(|d| norm(&d.name).contains("marketo") && !d.read_only)
+        .filter(|d| {
+            norm(&d.name).contains("marketo")
+                && !d.read_only
+                && crm.id_field.as_deref() != Some(d.name.as_str())
+                && key_type_problem(&d.ty, &marketo_id).is_none()
+        })
+        .min_by_key(|d| !norm(&d.name).contains("id"))
         .map(|d| d.name.clone());
     let marketo_crm_key = if is_lead {
         marketo
@@ -148,7 +159,10 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
             .iter()
             .find(|d| {
                 let n = norm(&d.name);
-                n.contains("crm") && n.contains("id") && !d.read_only
+                n.contains("crm")
+                    && n.contains("id")
+                    && !d.read_only
+                    && key_type_problem(&d.ty, &crm_id).is_none()
             })
             .map(|d| d.name.clone())
     } else {
@@ -156,7 +170,10 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
             marketo
                 .fields
                 .iter()
-                .find(|d| norm(&d.name).starts_with("external"))
+                .find(|d| {
+                    norm(&d.name).starts_with("external")
+                        && key_type_problem(&d.ty, &crm_id).is_none()
+                })
                 .map(|d| d.name.clone())
         })
     };

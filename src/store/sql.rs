@@ -98,6 +98,10 @@ fn sqlite_migrator() -> Migrator {
     ])
 }
 
+fn latest(migrator: &Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
@@ -367,6 +371,12 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// Returns the newest migration version this build knows (`validate` refuses a store
+    /// migrated further by a newer build).
+    pub fn latest_migration() -> i64 {
+        latest(&pg_migrator())
+    }
+
     /// Returns the store at `url` (`postgres://...`), migrated.
     ///
     /// # Errors
@@ -437,6 +447,11 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Returns the newest migration version this build knows, as [`PgStore::latest_migration`].
+    pub fn latest_migration() -> i64 {
+        latest(&sqlite_migrator())
+    }
+
     /// Returns the store at `url` (`sqlite:path`, `sqlite://path`, `sqlite::memory:`), migrated.
     /// The file is created when missing; the journal is WAL.
     ///
