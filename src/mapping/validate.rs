@@ -92,16 +92,20 @@ fn schema_checks(
     schemas: &SchemaSet,
     found: &[Problem],
 ) -> Vec<Problem> {
+    validate_against(settings, &without_broken(mappings, found), schemas)
+}
+
+/// Returns the mappings whose file has no error of its own in `found`.
+fn without_broken(mappings: Vec<LoadedMapping>, found: &[Problem]) -> Vec<LoadedMapping> {
     let broken: BTreeSet<&str> = found
         .iter()
         .filter(|p| p.is_error())
         .map(|p| p.file.as_str())
         .collect();
-    let clean: Vec<_> = mappings
+    mappings
         .into_iter()
         .filter(|m| !broken.contains(m.file_name().as_str()))
-        .collect();
-    validate_against(settings, &clean, schemas)
+        .collect()
 }
 
 /// Runs `validate`: prints every problem to `out` and returns true when the configuration
@@ -131,7 +135,16 @@ pub async fn collect_problems(source: &SettingsSource, args: &ValidateArgs) -> V
             None if args.offline => None,
             None => {
                 let (set, p) = super::live::fetch_schemas(settings, &mappings).await;
+                let failed =
+                    |prefix: &str| p.iter().any(|p| p.is_error() && p.key.starts_with(prefix));
                 let reachable = !p.iter().any(Problem::is_error);
+                // One side unreadable (a missing secret, an unreachable host): the other side's
+                // checks still run.
+                let one_side = match (failed("marketo"), failed("crm")) {
+                    (true, false) => Some(Side::Crm),
+                    (false, true) => Some(Side::Marketo),
+                    _ => None,
+                };
                 // A setting already reported (a missing secret, no base URL) is not reported
                 // again as "cannot read the schemas".
                 let known: BTreeSet<String> = problems
@@ -144,6 +157,12 @@ pub async fn collect_problems(source: &SettingsSource, args: &ValidateArgs) -> V
                         .filter(|p| !known.contains(&p.key))
                         .map(|p| place_setting(source, p)),
                 );
+                if let (Some(side), false) = (one_side, reachable) {
+                    let clean = without_broken(mappings.clone(), &problems);
+                    problems.extend(super::compile::validate_one_side(
+                        settings, &clean, &set, side,
+                    ));
+                }
                 // Unreachable: the schema checks would only repeat "no such object".
                 reachable.then_some(set)
             }
