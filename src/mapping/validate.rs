@@ -84,15 +84,60 @@ pub fn validate_dir(source: &SettingsSource, schemas: Option<&SchemaSet>) -> Vec
     problems
 }
 
-/// Returns the problems of the mappings against `schemas`. Mapping files with an error of their
-/// own are left out: their schema checks would only repeat it.
+/// Returns the problems of the mappings against `schemas`. A mapping file with an error of its
+/// own is still checked, but nothing is reported under the entry that error is about (the same
+/// field, the keys): those checks would only repeat it or follow from it. An error about the
+/// whole file (its objects, its match fields) leaves the file out.
 fn schema_checks(
     settings: &Settings,
     mappings: Vec<LoadedMapping>,
     schemas: &SchemaSet,
     found: &[Problem],
 ) -> Vec<Problem> {
-    validate_against(settings, &without_broken(mappings, found), schemas)
+    let mut tainted: HashMap<&str, Vec<String>> = HashMap::new();
+    for p in found.iter().filter(|p| p.is_error()) {
+        tainted
+            .entry(p.file.as_str())
+            .or_default()
+            .push(entry_of(&p.key));
+    }
+    let checked: Vec<LoadedMapping> = mappings
+        .into_iter()
+        .filter(|m| {
+            tainted
+                .get(m.file_name().as_str())
+                .is_none_or(|entries| entries.iter().all(|e| !e.is_empty()))
+        })
+        .collect();
+    validate_against(settings, &checked, schemas)
+        .into_iter()
+        .filter(|p| {
+            tainted.get(p.file.as_str()).is_none_or(|entries| {
+                entries.iter().all(|e| {
+                    p.key != *e
+                        && !p.key.starts_with(&format!("{e}."))
+                        && !p.key.starts_with(&format!("{e}["))
+                })
+            })
+        })
+        .collect()
+}
+
+/// Returns the entry a mapping-file key belongs to: `fields[2]` for `fields[2].crm`,
+/// `activities[0]` for `activities[0].fields[1].direction`, `keys` for `keys.crm_marketo_id`;
+/// empty for a key about the whole file.
+fn entry_of(key: &str) -> String {
+    for list in ["fields[", "activities["] {
+        if let Some(rest) = key.strip_prefix(list)
+            && let Some(end) = rest.find(']')
+        {
+            return format!("{list}{}", &rest[..=end]);
+        }
+    }
+    if key == "keys" || key.starts_with("keys.") {
+        return "keys".to_owned();
+    }
+    String::new()
 }
 
 /// Returns the mappings whose file has no error of its own in `found`.
