@@ -164,7 +164,7 @@ fn text_limit(ty: &FieldType) -> Option<u32> {
 
 /// Characters of the longest Marketo id written as text: a 32-bit lead id has at most 10 digits,
 /// a `marketoGUID` 36 characters.
-const INT_ID_CHARS: u32 = 11;
+const INT_ID_CHARS: u32 = 10;
 const GUID_CHARS: u32 = 36;
 
 /// Returns the type of the ids of `schema`'s records: its id field's type, else an integer for
