@@ -757,3 +757,42 @@ async fn the_shipped_configs_validate_offline_with_no_warning() {
     let problems = marketo_sync::mapping::collect_problems(&default, &args).await;
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn a_broken_field_does_not_hide_the_schema_checks_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = fixtures().join("valid");
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::copy(valid.join("default.toml"), dir.path().join("default.toml")).unwrap();
+    let leads = std::fs::read_to_string(valid.join("mappings/leads.toml")).unwrap();
+    // fields[0] has an unknown key; fields[1] names a CRM column that does not exist.
+    let broken = leads
+        .replacen(
+            "crm = \"email\"",
+            "crm = \"email\"\ndirecton = \"to_crm\"",
+            1,
+        )
+        .replace("crm = \"first_name\"", "crm = \"frst_name\"");
+    std::fs::write(dir.path().join("mappings/leads.toml"), &broken).unwrap();
+    let mut vars = HashMap::new();
+    vars.insert(
+        "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+        SECRET.to_owned(),
+    );
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars);
+    let all = marketo_sync::mapping::validate_dir(&source, Some(&schemas()));
+    let errors: Vec<(&str, Option<usize>)> = all
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| (p.key.as_str(), p.line))
+        .collect();
+    let line = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(
+        errors,
+        [
+            ("fields[0].directon", Some(line("directon"))),
+            ("fields[1].crm", Some(line("frst_name"))),
+        ],
+        "{all:#?}"
+    );
+}

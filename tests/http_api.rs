@@ -1318,3 +1318,140 @@ async fn retry_and_discard_write_the_store() {
     );
     server.stop().await;
 }
+
+// current_thread: the server's tasks log on this thread, where the subscriber below is set.
+#[tokio::test(flavor = "current_thread")]
+async fn the_token_never_appears_in_logs_and_an_open_public_listener_is_warned_about() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // With a token, on loopback: no warning; requests with right and wrong tokens log nothing
+    // of either.
+    let h = auth_harness().await;
+    for auth in [
+        format!("Bearer {TOKEN}"),
+        format!("Bearer {TOKEN}-wrong"),
+        basic("ops", TOKEN),
+    ] {
+        let response = h
+            .server
+            .client
+            .get(h.server.url("/api/status"))
+            .header("authorization", auth.as_str())
+            .send()
+            .await
+            .expect("sent");
+        let body = response.text().await.expect("body");
+        assert!(!body.contains(TOKEN));
+    }
+    h.server.stop().await;
+    let logged = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf8");
+    assert!(
+        logged.contains("http_request"),
+        "logs were captured: {logged}"
+    );
+    assert!(!logged.contains(TOKEN), "the token was logged");
+    assert!(!logged.contains("without authentication"), "{logged}");
+
+    // Without a token on every interface: a warning naming the setting.
+    let settings = HttpConfig {
+        listen: "0.0.0.0:0".parse().expect("addr"),
+        webhook_secret: SecretString::from(SECRET),
+        body_limit: DEFAULT_BODY_LIMIT,
+        auth_token: None,
+    };
+    let server = HttpServer::build(
+        settings,
+        Arc::new(FakeStatus::new(sample_report())),
+        Arc::new(OnDemandQueue::new(1)),
+        unused_metrics(),
+    )
+    .await
+    .expect("builds");
+    drop(server);
+    let logged = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf8");
+    let warning = logged
+        .lines()
+        .find(|l| l.contains("without authentication"))
+        .expect("a warning about the open listener");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("http.auth_token"), "{warning}");
+}
+
+#[test]
+fn the_token_setting_comes_from_the_environment_or_a_file_never_inline() {
+    use marketo_sync::config::{SettingsSource, load, load_settings};
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, text).expect("write");
+    };
+    write(
+        "default.toml",
+        "[marketo]\nmunchkin_id = \"123-ABC-456\"\nclient_id = \"client\"\n\
+         [crm]\nadapter = \"sql\"\nurl = \"sqlite://crm.db\"\n\
+         [crm.options.objects.contacts]\ntable = \"Contacts\"\nmodifiedColumn = \"updatedAt\"\n\
+         [sync]\nobjects = [\"leads\"]\n",
+    );
+    write(
+        "mappings/leads.toml",
+        "marketo_object = \"lead\"\ncrm_object = \"contacts\"\n[keys]\n\
+         marketo_crm_key = \"crmContactId\"\ncrm_marketo_id = \"marketo_lead_id\"\n\
+         [[fields]]\nmarketo = \"email\"\ncrm = \"email\"\n",
+    );
+    let env = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let secret = ("MKSYNC__MARKETO__CLIENT_SECRET", "x");
+
+    // From the environment, into the listener's settings.
+    let source = SettingsSource::new(dir.path(), None)
+        .with_vars(env(&[secret, ("MKSYNC__HTTP__AUTH_TOKEN", TOKEN)]));
+    let loaded = load(&source).expect("loads");
+    let http = marketo_sync::app::http_config(&loaded.settings);
+    assert_eq!(
+        http.auth_token.as_ref().map(|t| t.expose_secret()),
+        Some(TOKEN)
+    );
+    assert!(!format!("{loaded:?}{http:?}").contains(TOKEN));
+
+    // From a file.
+    write("secrets/token", &format!("{TOKEN}\n"));
+    let source = SettingsSource::new(dir.path(), None).with_vars(env(&[
+        secret,
+        ("MKSYNC__HTTP__AUTH_TOKEN_FILE", "secrets/token"),
+    ]));
+    let loaded = load(&source).expect("loads");
+    assert_eq!(
+        loaded
+            .settings
+            .http
+            .auth_token
+            .as_ref()
+            .map(|t| t.expose_secret()),
+        Some(TOKEN)
+    );
+
+    // Inline in TOML: refused, naming the variable and without echoing the value.
+    write(
+        "production.toml",
+        &format!("[http]\nauth_token = \"{TOKEN}\"\n"),
+    );
+    let source = SettingsSource::new(dir.path(), Some("production")).with_vars(env(&[secret]));
+    let (settings, problems) = load_settings(&source);
+    assert!(settings.is_none());
+    let text = format!("{problems:?}");
+    assert!(text.contains("MKSYNC__HTTP__AUTH_TOKEN"), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+}

@@ -185,6 +185,169 @@ conformance!(
     cycles_since_filters_by_start,
 );
 
+/// A store created before migration 3 (totals) gets totals from the cycles it already has.
+async fn migration_3_fills_totals_from_existing_cycles(url: &str, clock: &ManualClock) {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let postgres = url.starts_with("postgres");
+    let scripts: [(i64, &str, &str); 2] = if postgres {
+        [
+            (
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "control",
+                include_str!("../migrations/postgres/0002_control.sql"),
+            ),
+        ]
+    } else {
+        [
+            (
+                1,
+                "init",
+                include_str!("../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "control",
+                include_str!("../migrations/sqlite/0002_control.sql"),
+            ),
+        ]
+    };
+    let migrator = Migrator::with_migrations(
+        scripts
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    let old = cycle(
+        0,
+        CycleOutcome::Succeeded,
+        vec![
+            count("lead", Some(Direction::MarketoToCrm), 2),
+            count("lead", None, 1),
+        ],
+        7,
+    );
+    let failed = cycle(600, CycleOutcome::Failed, vec![], 3);
+    let insert = "INSERT INTO cycles (id, started_at, ended_at, outcome, steps, counts, api_calls, \
+                  message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    if postgres {
+        let pool = sqlx::PgPool::connect(url).await.expect("connect");
+        migrator.run(&pool).await.expect("migrations 1 and 2");
+        for c in [&old, &failed] {
+            sqlx::query(insert)
+                .bind(c.id)
+                .bind(c.started_at)
+                .bind(c.ended_at)
+                .bind(c.outcome.as_str())
+                .bind(sqlx::types::Json(&c.steps))
+                .bind(sqlx::types::Json(&c.counts))
+                .bind(c.api_calls as i64)
+                .bind(c.message.as_deref())
+                .execute(&pool)
+                .await
+                .expect("old cycle");
+        }
+        pool.close().await;
+    } else {
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .expect("url")
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("connect");
+        migrator.run(&pool).await.expect("migrations 1 and 2");
+        for c in [&old, &failed] {
+            sqlx::query(insert)
+                .bind(c.id)
+                .bind(c.started_at)
+                .bind(c.ended_at)
+                .bind(c.outcome.as_str())
+                .bind(sqlx::types::Json(&c.steps))
+                .bind(sqlx::types::Json(&c.counts))
+                .bind(c.api_calls as i64)
+                .bind(c.message.as_deref())
+                .execute(&pool)
+                .await
+                .expect("old cycle");
+        }
+        pool.close().await;
+    }
+    let store = open_with(url, options(clock)).await.expect("migrates to 3");
+    let totals = store.totals().await.expect("totals");
+    assert_eq!(
+        totals.objects,
+        // Directions in name order: marketo_to_crm before none.
+        vec![
+            count("lead", Some(Direction::MarketoToCrm), 2),
+            count("lead", None, 1),
+        ]
+    );
+    assert_eq!(
+        totals.outcomes,
+        vec![
+            outcome_totals(1, 3, CycleOutcome::Failed),
+            outcome_totals(1, 7, CycleOutcome::Succeeded),
+        ]
+    );
+    assert_eq!(
+        totals.last_success,
+        vec![ObjectSuccess {
+            object: "lead".into(),
+            started_at: at(0),
+            ended_at: at(30),
+        }]
+    );
+    // Recording an old cycle again after the migration does not count it twice.
+    store.record_cycle(&old).await.expect("again");
+    assert_eq!(
+        store.totals().await.expect("totals").objects,
+        totals.objects
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migration_3_fills_totals_from_existing_cycles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    migration_3_fills_totals_from_existing_cycles(&url, &ManualClock::new(t0())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migration_3_fills_totals_from_existing_cycles() {
+    let admin_url = std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("mksync_store_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let _guard = PgDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let mut url = url::Url::parse(&admin_url).expect("PG_TEST_URL");
+    url.set_path(&name);
+    migration_3_fills_totals_from_existing_cycles(url.as_str(), &ManualClock::new(t0())).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Builders
 

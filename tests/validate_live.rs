@@ -355,3 +355,63 @@ async fn an_unreachable_store_is_named_without_its_password() {
     assert!(out.contains("1 error(s)"), "{out}");
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_live_pass_shows_settings_and_crm_problems_even_without_the_marketo_secret() {
+    let env = Env::new().await;
+    let demo = env.config().join("demo.toml");
+    let text = std::fs::read_to_string(&demo).unwrap();
+    let broken = text
+        .replace(
+            "client_secret_file = \"demo-secrets/marketo_client_secret\"\n",
+            "",
+        )
+        .replace("calls_per_20s = 100", "calls_per_20 = 100");
+    assert_ne!(broken, text);
+    std::fs::write(&demo, broken).unwrap();
+    let leads = env.config().join("mappings/leads.toml");
+    let text = std::fs::read_to_string(&leads).unwrap();
+    let broken = text
+        .replace("crm = \"first_name\"", "crm = \"frist_name\"")
+        .replace(
+            "crm_marketo_id = \"marketo_id\"",
+            "crm_marketo_id = \"deleted_in_marketo\"",
+        );
+    std::fs::write(&leads, &broken).unwrap();
+
+    let (ok, json) = env.validate_json(env.source()).await;
+    assert!(!ok);
+    let errors: Vec<(String, String)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["severity"] == "error")
+        .map(|p| {
+            let file = p["file"].as_str().unwrap().rsplit('/').next().unwrap();
+            (file.to_owned(), p["key"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let has = |file: &str, key: &str| errors.iter().any(|(f, k)| f == file && k == key);
+    assert!(has("demo.toml", "marketo.calls_per_20"), "{json:#}");
+    assert!(has("demo.toml", "marketo.client_secret"), "{json:#}");
+    // Marketo cannot be read without the secret, but the CRM side is still checked.
+    assert!(has("leads.toml", "keys.crm_marketo_id"), "{json:#}");
+    assert!(
+        errors
+            .iter()
+            .any(|(f, k)| f == "leads.toml" && k.starts_with("fields[") && k.ends_with("].crm")),
+        "{json:#}"
+    );
+    let key = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "keys.crm_marketo_id")
+        .unwrap();
+    assert!(
+        key["message"].as_str().unwrap().contains("boolean"),
+        "{key:#}"
+    );
+    assert_eq!(errors.len(), 4, "{json:#}");
+    env.sim.shutdown().await;
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 
 use super::{Live, SharedLive, live_update};
 use crate::http::{
@@ -159,7 +159,7 @@ impl StoreStatus {
         let totals = self.store.totals().await?;
         let ledger = self.store.ledger_summary().await?;
         let links = self.store.link_counts().await?;
-        let (day_start, day_end) = marketo_day_bounds(now);
+        let (day_start, day_end) = store::marketo_day_bounds(now);
         let chart_since = (now - Duration::hours(24)).min(day_start);
         let chart_cycles = self.store.cycles_since(chart_since, CHART_CYCLES).await?;
         let conflicts = self
@@ -204,21 +204,6 @@ impl StoreStatus {
             conflicts_total: counts.conflicts,
         })
     }
-}
-
-/// Returns when the Marketo day of `now` began and when it ends (midnight America/Chicago).
-pub fn marketo_day_bounds(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let day = store::marketo_day(now);
-    let midnight = |date: chrono::NaiveDate| {
-        let local = date.and_time(chrono::NaiveTime::MIN);
-        chrono_tz::America::Chicago
-            .from_local_datetime(&local)
-            .earliest()
-            .map_or_else(|| now, |t| t.with_timezone(&Utc))
-    };
-    let start = midnight(day);
-    let end = day.succ_opt().map_or(start + Duration::hours(24), midnight);
-    (start, end)
 }
 
 fn seconds_since(now: DateTime<Utc>, then: DateTime<Utc>) -> u64 {
@@ -647,5 +632,53 @@ impl StatusSource for StoreStatus {
             lease,
             last_cycle,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().expect("time")
+    }
+
+    #[test]
+    fn quota_burn_projects_todays_rate_to_the_day_end() {
+        let (start, end) = store::marketo_day_bounds(t("2026-11-23T12:00:00Z"));
+        let cycle = |ended: &str, calls: u64| CycleRecord {
+            id: uuid::Uuid::new_v4(),
+            started_at: t(ended) - Duration::seconds(30),
+            ended_at: Some(t(ended)),
+            outcome: store::CycleOutcome::Succeeded,
+            steps: Vec::new(),
+            counts: Vec::new(),
+            api_calls: calls,
+            message: None,
+        };
+        // One cycle yesterday (not counted), two today.
+        let cycles = vec![
+            cycle("2026-11-23T05:00:00Z", 999),
+            cycle("2026-11-23T08:00:00Z", 100),
+            cycle("2026-11-23T11:00:00Z", 200),
+        ];
+        let burn = quota_burn(&cycles, start, end, t("2026-11-23T12:00:00Z"), 600, 2_000);
+        let points: Vec<u64> = burn.points.iter().map(|p| p.calls).collect();
+        assert_eq!(points, vec![0, 100, 300, 600]);
+        // 600 calls in 6 hours, 18 hours left at the same rate.
+        assert_eq!(burn.projected, 2_400);
+        assert!(burn.projected_over_budget);
+        // Right after midnight there is no rate yet.
+        let early = quota_burn(&[], start, end, start + Duration::seconds(10), 5, 2_000);
+        assert_eq!(early.projected, 5);
+        assert!(!early.projected_over_budget);
+    }
+
+    #[test]
+    fn hours_are_truncated() {
+        assert_eq!(
+            hour_of(t("2026-11-23T10:59:59.999Z")),
+            t("2026-11-23T10:00:00Z")
+        );
     }
 }

@@ -81,22 +81,19 @@ pub struct Loaded {
 ///
 /// # Errors
 ///
-/// Returns [`ConfigError::Invalid`] with every error-level problem (settings and mappings).
+/// Returns [`ConfigError::Invalid`] with every problem found (settings and mappings, warnings
+/// included) when any of them is an error.
 pub fn load(source: &SettingsSource) -> Result<Loaded, ConfigError> {
-    let (settings, mut problems) = load_settings(source);
-    let Some(settings) = settings else {
-        return Err(ConfigError::Invalid(problems));
-    };
-    let (mappings, more) = load_mappings(&source.dir, &settings);
-    problems.extend(more);
-    if problems.iter().any(Problem::is_error) {
-        return Err(ConfigError::Invalid(problems));
+    // The same checks as `validate --offline`, so a refused start lists every problem at once.
+    let (settings, mappings, problems) = check_offline(source);
+    match settings {
+        Some(settings) if !problems.iter().any(Problem::is_error) => Ok(Loaded {
+            settings,
+            mappings,
+            warnings: problems,
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
     }
-    Ok(Loaded {
-        settings,
-        mappings,
-        warnings: problems,
-    })
 }
 
 /// Returns every problem of a config directory that can be found without a network: settings,

@@ -549,6 +549,48 @@ mod tests {
     }
 
     #[test]
+    fn lenient_parsing_keeps_the_rest_and_the_offsets() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct T {
+            #[serde(default)]
+            a: u32,
+            b: String,
+        }
+        // A multi-byte value is blanked byte for byte, so the next problem's span still points
+        // at its text in the original file.
+        let text = "a = \"h\u{e9}llo\u{2603}\"\nb = \"ok\"\nzz = 1\n";
+        let parsed = parse_lenient::<T>("t.toml", text);
+        let value = parsed.value.expect("readable without the bad entries");
+        assert_eq!((value.a, value.b.as_str()), (0, "ok"));
+        let placed: Vec<(&str, Option<usize>, Option<usize>)> = parsed
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.line, p.column))
+            .collect();
+        assert_eq!(placed, [("a", Some(1), Some(5)), ("zz", Some(3), Some(1))]);
+        let zz = parsed.problems[1].span.clone().unwrap();
+        assert_eq!(&text[zz], "zz");
+        assert_eq!(parsed.cleaned.unwrap().len(), text.len());
+    }
+
+    #[test]
+    fn spans_cover_the_entry_and_columns_count_characters() {
+        let text = "[marketo]\n  calls_per_20s = 500 # comment\n";
+        let path = [
+            Segment::Key("marketo".into()),
+            Segment::Key("calls_per_20s".into()),
+        ];
+        let span = span_of_path(text, &path).unwrap();
+        assert_eq!(&text[span.clone()], "calls_per_20s = 500");
+        assert_eq!(column_of(text, span.start), 3);
+        assert_eq!(column_of("\u{e9}\u{e9}x", 4), 3);
+        // A missing key is placed on its parent.
+        let missing = [Segment::Key("marketo".into()), Segment::Key("nope".into())];
+        assert_eq!(&text[span_of_path(text, &missing).unwrap()], "marketo");
+    }
+
+    #[test]
     fn path_lookup_finds_array_items() {
         let text = "x = 1\n[[fields]]\nmarketo = \"a\"\n[[fields]]\nmarketo = \"b\"\ncrm = \"c\"\n";
         let path = [

@@ -45,7 +45,8 @@ pub fn render_problems(problems: &[Problem], color: bool) -> String {
                 .map(|t| redact(&t))
         });
         out.push_str(&render_one(&renderer, problem, text.as_deref()));
-        out.push('\n');
+        // A blank line after each, as compilers do, so each problem stands on its own.
+        out.push_str("\n\n");
     }
     out
 }

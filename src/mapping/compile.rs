@@ -164,7 +164,7 @@ fn text_limit(ty: &FieldType) -> Option<u32> {
 
 /// Characters of the longest Marketo id written as text: a 32-bit lead id has at most 10 digits,
 /// a `marketoGUID` 36 characters.
-const INT_ID_CHARS: u32 = 11;
+const INT_ID_CHARS: u32 = 10;
 const GUID_CHARS: u32 = 36;
 
 /// Returns the type of the ids of `schema`'s records: its id field's type, else an integer for
@@ -788,6 +788,115 @@ pub fn validate_against(
         if let (Some(marketo), Some(crm)) = (marketo, crm) {
             let (_, p) = compile(m, marketo, crm);
             problems.extend(p);
+        }
+    }
+    problems
+}
+
+/// Returns the problems of the mappings against one side's schemas only, for when the other
+/// side could not be read (a missing secret, an unreachable host): unknown objects and fields,
+/// read-only targets, and key fields that are missing, read-only or cannot hold the id. The
+/// checks that need both sides (types, required fields) wait until both can be read.
+pub fn validate_one_side(
+    settings: &Settings,
+    mappings: &[LoadedMapping],
+    schemas: &SchemaSet,
+    side: Side,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let (key_path, side_key) = match side {
+        Side::Marketo => ("keys.marketo_crm_key", "marketo"),
+        Side::Crm => ("keys.crm_marketo_id", "crm"),
+    };
+    for m in mappings {
+        let f = &m.file;
+        if !settings.sync.objects.contains(&m.object) || f.is_activities() {
+            continue;
+        }
+        let object = match side {
+            Side::Marketo => &f.marketo_object,
+            Side::Crm => &f.crm_object,
+        };
+        let Some(schema) = schemas.get(side, object) else {
+            let known = match side {
+                Side::Marketo => &schemas.marketo,
+                Side::Crm => &schemas.crm,
+            };
+            problems.push(m.problem(
+                true,
+                &[Segment::Key(format!("{side_key}_object"))],
+                format!(
+                    "{} has no object `{object}`{}",
+                    match side {
+                        Side::Marketo => "Marketo",
+                        Side::Crm => "the CRM",
+                    },
+                    did_you_mean(object, known.keys().map(String::as_str))
+                ),
+            ));
+            continue;
+        };
+        let key = match side {
+            Side::Marketo => f.keys.marketo_crm_key.as_deref(),
+            Side::Crm => f.keys.crm_marketo_id.as_deref(),
+        }
+        .filter(|k| !k.is_empty());
+        if let Some(name) = key {
+            let path: Vec<Segment> = key_path
+                .split('.')
+                .map(|s| Segment::Key(s.into()))
+                .collect();
+            match schema.field(name) {
+                None => problems.push(m.problem(true, &path, unknown(side, schema, name))),
+                Some(def) if !is_writable(side, schema, def) => {
+                    problems.push(m.problem(true, &path, format!(
+                        "{} field `{name}` on `{}` is read-only, but the sync writes the key into it",
+                        side_label(side), schema.object)));
+                }
+                Some(def) if side == Side::Crm => {
+                    // The Marketo id: an integer for leads, companies and salespersons, a
+                    // marketoGUID for the others.
+                    let id = if matches!(
+                        f.marketo_object.as_str(),
+                        "lead" | "company" | "salesperson"
+                    ) {
+                        FieldType::Integer
+                    } else {
+                        FieldType::Text {
+                            max_len: Some(GUID_CHARS),
+                        }
+                    };
+                    if let Some(why) = key_type_problem(&def.ty, &id) {
+                        problems.push(m.problem(true, &path, format!(
+                            "CRM field `{name}` on `{}` cannot be the key: the sync writes the \
+                             Marketo record's id into it, but {why}; the first sync would corrupt it",
+                            schema.object)));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (i, fm) in f.fields.iter().enumerate() {
+            let Some(name) = fm.side_name(side) else {
+                continue;
+            };
+            match schema.field(name) {
+                None => problems.push(m.problem(
+                    true,
+                    &fpath(&[], i, side_key),
+                    unknown(side, schema, name),
+                )),
+                Some(def) if !is_writable(side, schema, def) && fm.direction.writes_to(side) => {
+                    let other = match side {
+                        Side::Marketo => "to_crm",
+                        Side::Crm => "to_marketo",
+                    };
+                    problems.push(m.problem(true, &fpath(&[], i, side_key), format!(
+                        "{} field `{name}` on `{}` is read-only and cannot be written; set direction = \"{other}\"",
+                        side_label(side), schema.object)));
+                }
+                Some(_) => {}
+            }
         }
     }
     problems

@@ -84,24 +84,73 @@ pub fn validate_dir(source: &SettingsSource, schemas: Option<&SchemaSet>) -> Vec
     problems
 }
 
-/// Returns the problems of the mappings against `schemas`. Mapping files with an error of their
-/// own are left out: their schema checks would only repeat it.
+/// Returns the problems of the mappings against `schemas`. A mapping file with an error of its
+/// own is still checked, but nothing is reported under the entry that error is about (the same
+/// field, the keys): those checks would only repeat it or follow from it. An error about the
+/// whole file (its objects, its match fields) leaves the file out.
 fn schema_checks(
     settings: &Settings,
     mappings: Vec<LoadedMapping>,
     schemas: &SchemaSet,
     found: &[Problem],
 ) -> Vec<Problem> {
+    let mut tainted: HashMap<&str, Vec<String>> = HashMap::new();
+    for p in found.iter().filter(|p| p.is_error()) {
+        tainted
+            .entry(p.file.as_str())
+            .or_default()
+            .push(entry_of(&p.key));
+    }
+    let checked: Vec<LoadedMapping> = mappings
+        .into_iter()
+        .filter(|m| {
+            tainted
+                .get(m.file_name().as_str())
+                .is_none_or(|entries| entries.iter().all(|e| !e.is_empty()))
+        })
+        .collect();
+    validate_against(settings, &checked, schemas)
+        .into_iter()
+        .filter(|p| {
+            tainted.get(p.file.as_str()).is_none_or(|entries| {
+                entries.iter().all(|e| {
+                    p.key != *e
+                        && !p.key.starts_with(&format!("{e}."))
+                        && !p.key.starts_with(&format!("{e}["))
+                })
+            })
+        })
+        .collect()
+}
+
+/// Returns the entry a mapping-file key belongs to: `fields[2]` for `fields[2].crm`,
+/// `activities[0]` for `activities[0].fields[1].direction`, `keys` for `keys.crm_marketo_id`;
+/// empty for a key about the whole file.
+fn entry_of(key: &str) -> String {
+    for list in ["fields[", "activities["] {
+        if let Some(rest) = key.strip_prefix(list)
+            && let Some(end) = rest.find(']')
+        {
+            return format!("{list}{}", &rest[..=end]);
+        }
+    }
+    if key == "keys" || key.starts_with("keys.") {
+        return "keys".to_owned();
+    }
+    String::new()
+}
+
+/// Returns the mappings whose file has no error of its own in `found`.
+fn without_broken(mappings: Vec<LoadedMapping>, found: &[Problem]) -> Vec<LoadedMapping> {
     let broken: BTreeSet<&str> = found
         .iter()
         .filter(|p| p.is_error())
         .map(|p| p.file.as_str())
         .collect();
-    let clean: Vec<_> = mappings
+    mappings
         .into_iter()
         .filter(|m| !broken.contains(m.file_name().as_str()))
-        .collect();
-    validate_against(settings, &clean, schemas)
+        .collect()
 }
 
 /// Runs `validate`: prints every problem to `out` and returns true when the configuration
@@ -131,7 +180,16 @@ pub async fn collect_problems(source: &SettingsSource, args: &ValidateArgs) -> V
             None if args.offline => None,
             None => {
                 let (set, p) = super::live::fetch_schemas(settings, &mappings).await;
+                let failed =
+                    |prefix: &str| p.iter().any(|p| p.is_error() && p.key.starts_with(prefix));
                 let reachable = !p.iter().any(Problem::is_error);
+                // One side unreadable (a missing secret, an unreachable host): the other side's
+                // checks still run.
+                let one_side = match (failed("marketo"), failed("crm")) {
+                    (true, false) => Some(Side::Crm),
+                    (false, true) => Some(Side::Marketo),
+                    _ => None,
+                };
                 // A setting already reported (a missing secret, no base URL) is not reported
                 // again as "cannot read the schemas".
                 let known: BTreeSet<String> = problems
@@ -144,6 +202,12 @@ pub async fn collect_problems(source: &SettingsSource, args: &ValidateArgs) -> V
                         .filter(|p| !known.contains(&p.key))
                         .map(|p| place_setting(source, p)),
                 );
+                if let (Some(side), false) = (one_side, reachable) {
+                    let clean = without_broken(mappings.clone(), &problems);
+                    problems.extend(super::compile::validate_one_side(
+                        settings, &clean, &set, side,
+                    ));
+                }
                 // Unreachable: the schema checks would only repeat "no such object".
                 reachable.then_some(set)
             }

@@ -300,6 +300,25 @@ pub fn marketo_day(at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&chrono_tz::America::Chicago).date_naive()
 }
 
+/// Returns when the Marketo day of `at` began and when it ends: midnight America/Chicago, when
+/// the daily quotas reset (a day is 23 or 25 hours long when daylight saving time turns).
+pub fn marketo_day_bounds(at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    use chrono::TimeZone;
+    let midnight = |date: NaiveDate| {
+        chrono_tz::America::Chicago
+            .from_local_datetime(&date.and_time(chrono::NaiveTime::MIN))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let day = marketo_day(at);
+    let start = midnight(day).unwrap_or(at);
+    let end = day
+        .succ_opt()
+        .and_then(midnight)
+        .unwrap_or(start + chrono::Duration::hours(24));
+    (start, end)
+}
+
 /// Why a link is no longer live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -1271,6 +1290,42 @@ mod tests {
         // Summer: CDT is UTC-5.
         assert_eq!(day("2026-07-01T04:59:59Z"), "2026-06-30");
         assert_eq!(day("2026-07-01T05:00:00Z"), "2026-07-01");
+    }
+
+    #[test]
+    fn marketo_day_bounds_follow_chicago_midnight_and_dst() {
+        let t = |s: &str| -> DateTime<Utc> { s.parse().expect("time") };
+        let bounds = |s: &str| {
+            let (start, end) = marketo_day_bounds(t(s));
+            (start.to_rfc3339(), end.to_rfc3339())
+        };
+        assert_eq!(
+            bounds("2026-11-23T12:00:00Z"),
+            (
+                "2026-11-23T06:00:00+00:00".into(),
+                "2026-11-24T06:00:00+00:00".into()
+            )
+        );
+        // Before 06:00Z in winter it is still the previous Marketo day.
+        assert_eq!(
+            bounds("2026-11-23T05:59:59Z").0,
+            "2026-11-22T06:00:00+00:00"
+        );
+        // 2026-03-08 springs forward (23 hours), 2026-11-01 falls back (25 hours).
+        assert_eq!(
+            bounds("2026-03-08T12:00:00Z"),
+            (
+                "2026-03-08T06:00:00+00:00".into(),
+                "2026-03-09T05:00:00+00:00".into()
+            )
+        );
+        assert_eq!(
+            bounds("2026-11-01T12:00:00Z"),
+            (
+                "2026-11-01T05:00:00+00:00".into(),
+                "2026-11-02T06:00:00+00:00".into()
+            )
+        );
     }
 
     #[derive(Debug)]

@@ -33,7 +33,7 @@
   }
   function byId(id) { return document.getElementById(id); }
   // An absolute URL next to the page, without credentials from the address bar (fetch refuses
-  // URLs with a user name or password, which a page opened as http://user:token@host/ has).
+  // URLs with a user name or password, which the address of a page opened with them keeps).
   function api(path) {
     return window.location.origin + window.location.pathname.replace(/[^\/]*$/, "") + path;
   }
