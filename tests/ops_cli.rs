@@ -69,17 +69,33 @@ async fn errors_list_filters_and_prints_text_or_json_without_payloads() {
     let ids = seed(store.as_ref()).await;
 
     let mut out = Vec::new();
-    let n = ops::errors_list(store.as_ref(), &ErrorsListArgs::default(), &mut out)
-        .await
-        .expect("list");
+    let n = ops::errors_list(
+        store.as_ref(),
+        &ErrorsListArgs::default(),
+        &plain(),
+        &mut out,
+    )
+    .await
+    .expect("list");
     let listed = text(out);
     assert_eq!(n, 3);
     for id in &ids {
         assert!(listed.contains(&id.to_string()), "{listed}");
     }
-    // Newest first.
-    let first = listed.lines().next().expect("a line");
+    // A header, then newest first.
+    let mut lines = listed.lines();
+    let header = lines.next().expect("a header");
+    assert!(
+        header.contains("ID") && header.contains("NEXT RETRY"),
+        "{listed}"
+    );
+    let first = lines.next().expect("a line");
     assert!(first.contains("C-7"), "{listed}");
+    assert!(first.contains("Marketo → CRM"), "{listed}");
+    assert!(
+        !listed.contains('\u{1b}'),
+        "no colour in plain output: {listed}"
+    );
     assert!(!listed.contains("private@example.com"), "payloads stay out");
 
     let mut out = Vec::new();
@@ -90,15 +106,17 @@ async fn errors_list_filters_and_prints_text_or_json_without_payloads() {
         ..ErrorsListArgs::default()
     };
     assert_eq!(
-        ops::errors_list(store.as_ref(), &args, &mut out)
+        ops::errors_list(store.as_ref(), &args, &plain(), &mut out)
             .await
             .expect("list"),
         1
     );
-    let line: serde_json::Value = serde_json::from_slice(&out).expect("json line");
-    assert_eq!(line["record_key"], "102");
-    assert_eq!(line["status"], "open");
-    assert!(line.get("payload").is_none());
+    let list: serde_json::Value = serde_json::from_slice(&out).expect("one JSON document");
+    let list = list.as_array().expect("a JSON array");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["record_key"], "102");
+    assert_eq!(list[0]["status"], "open");
+    assert!(list[0].get("payload").is_none());
 
     let mut out = Vec::new();
     let args = ErrorsListArgs {
@@ -106,12 +124,28 @@ async fn errors_list_filters_and_prints_text_or_json_without_payloads() {
         ..ErrorsListArgs::default()
     };
     assert_eq!(
-        ops::errors_list(store.as_ref(), &args, &mut out)
+        ops::errors_list(store.as_ref(), &args, &plain(), &mut out)
             .await
             .expect("list"),
         0
     );
-    assert!(text(out).contains("no sync errors"));
+    assert!(text(out).contains("no discarded sync errors"));
+
+    // JSON is always one valid document: `[]` when nothing matches.
+    let mut out = Vec::new();
+    let args = ErrorsListArgs {
+        status: Some(ErrorStatus::Resolved),
+        json: true,
+        ..ErrorsListArgs::default()
+    };
+    ops::errors_list(store.as_ref(), &args, &plain(), &mut out)
+        .await
+        .expect("list");
+    assert_eq!(text(out).trim(), "[]");
+}
+
+fn plain() -> ops::Render {
+    ops::Render::plain(Utc::now())
 }
 
 #[tokio::test]
@@ -268,7 +302,7 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
     let ended = Utc::now() - Duration::minutes(3);
     let cycle = CycleRecord {
         id: Uuid::new_v4(),
-        started_at: ended - Duration::seconds(90),
+        started_at: ended - Duration::seconds(60),
         ended_at: Some(ended),
         outcome: CycleOutcome::Partial,
         steps: Vec::new(),
@@ -295,38 +329,97 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         .await
         .expect("facts");
     let mut out = Vec::new();
-    ops::write_status(&facts, false, &mut out).expect("write");
+    let render = ops::Render::plain(facts.report.generated_at);
+    ops::write_status_with(&facts, false, &render, &mut out).expect("write");
     let printed = text(out);
     for expected in [
-        "instance: 123-ABC-456",
-        "lease: held by host-1-abc",
-        "paused: yes, CRM upgrade",
-        "1234 of 10000 calls used, 8766 left",
-        "bulk 5678 of",
-        "open errors: 3",
+        "123-ABC-456",
+        "held by host-1-abc",
+        "yes, by an operator: CRM upgrade (until `marketo-sync resume`",
+        // Human units: thousands, percent, bytes in KiB/MiB; not raw byte counts.
+        "1,234 of 10,000 (12%), 8,766 left",
+        "5.54 KiB of 500.00 MiB (0%)",
         "rejected 101",
-        &format!("{} partial", cycle.id),
-        "calls 17 written 7 failed 1",
-        "lead last success",
+        // Short cycle ids and relative times, not UUIDs and nanosecond RFC 3339.
+        &format!(" {} ", &cycle.id.to_string()[..8]),
+        "partial",
+        "4 minutes ago",
+        "3 minutes ago",
     ] {
         assert!(
             printed.contains(expected),
             "missing {expected:?} in:\n{printed}"
         );
     }
+    assert!(!printed.contains(&cycle.id.to_string()), "{printed}");
+    assert!(
+        !printed.contains("5678"),
+        "bytes are shown in KiB: {printed}"
+    );
+    let cycles_header = printed
+        .lines()
+        .find(|l| l.contains("OUTCOME"))
+        .expect("a cycles table");
+    for column in ["CYCLE", "STARTED", "TOOK", "CALLS", "WRITTEN", "FAILED"] {
+        assert!(cycles_header.contains(column), "{cycles_header}");
+    }
+    let row = printed
+        .lines()
+        .find(|l| l.contains("partial"))
+        .expect("the cycle's row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.ends_with(&["17", "7", "1"]),
+        "calls, written, failed: {row}"
+    );
+
     let mut out = Vec::new();
-    ops::write_status(&facts, true, &mut out).expect("write");
+    ops::write_status_with(&facts, true, &render, &mut out).expect("write");
     let json: serde_json::Value = serde_json::from_slice(&out).expect("json");
-    assert_eq!(json["report"]["quota"]["calls_today"], 1234);
+    // JSON carries the exact values, in the same words as the text.
+    assert_eq!(json["instance"], "123-ABC-456");
+    assert_eq!(json["quota"]["calls_today"], 1234);
+    assert_eq!(json["quota"]["bulk_bytes_today"], 5678);
+    assert_eq!(json["lease"]["state"], "held");
     assert_eq!(json["lease"]["holder"], "host-1-abc");
-    assert_eq!(json["lease_live"], true);
-    let lead = &json["report"]["objects"][0];
+    assert_eq!(json["paused"]["kind"], "operator");
+    assert_eq!(json["paused"]["reason"], "CRM upgrade");
+    assert_eq!(json["recent_cycles"][0]["id"], cycle.id.to_string());
+    let lead = &json["objects"][0];
     assert_eq!(lead["object"], "lead");
     assert_eq!(lead["marketo_to_crm"]["created"], 4);
     let lag = lead["lag_seconds"].as_u64().expect("lag");
     assert!((180..300).contains(&lag), "lag {lag}");
-    assert_eq!(json["report"]["calls_per_cycle"][0]["calls"], 17);
-    assert_eq!(json["report"]["records_over_time"][0]["marketo_to_crm"], 7);
+
+    // A lease that expired is "free" in both.
+    store.resume().await.expect("resume");
+    let facts = ops::status_facts(
+        store.clone(),
+        "no-such-instance",
+        10_000,
+        500 << 20,
+        Arc::new(marketo_sync::store::SystemClock),
+    )
+    .await
+    .expect("facts");
+    let mut out = Vec::new();
+    ops::write_status_with(&facts, false, &render, &mut out).expect("write");
+    let printed = text(out);
+    assert!(
+        printed.contains("free (no process runs cycles)"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.split_whitespace().eq(["paused", "no"])),
+        "{printed}"
+    );
+    let mut out = Vec::new();
+    ops::write_status_with(&facts, true, &render, &mut out).expect("write");
+    let json: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(json["lease"]["state"], "free");
+    assert_eq!(json["paused"], serde_json::Value::Null);
 }
 
 const DEFAULT_TOML: &str = r#"
