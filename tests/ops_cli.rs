@@ -8,9 +8,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use marketo_sync::app::AppError;
 use marketo_sync::app::ops::{self, ErrorsListArgs, PauseArgs};
+use marketo_sync::model::{Side, Value};
 use marketo_sync::store::{
-    CycleCount, CycleOutcome, CycleRecord, Direction, ErrorStatus, ManualClock, StateStore,
-    StepCommit, SyncError,
+    Conflict, ConflictFilter, CycleCount, CycleOutcome, CycleRecord, Direction, ErrorStatus,
+    ManualClock, PauseKind, StateStore, StepCommit, SyncError,
 };
 use uuid::Uuid;
 
@@ -454,21 +455,49 @@ fn write(dir: &Path, name: &str, body: &str) {
     std::fs::write(path, body).expect("write");
 }
 
-fn cli(config: &Path, store_url: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+/// A finished run of the binary.
+struct Ran {
+    code: Option<i32>,
+    out: String,
+    err: String,
+}
+
+fn binary(config: &Path, store_url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_marketo-sync"));
+    command
         .args(args)
         .arg("--config")
         .arg(config)
         .env("MKSYNC__MARKETO__CLIENT_SECRET", "cli-client-secret")
         .env("MKSYNC__STORE__URL", store_url)
         .env_remove("MKSYNC_ENV")
-        .output()
-        .expect("run the binary");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("CLICOLOR");
+    command
+}
+
+fn run(mut command: Command) -> Ran {
+    let output = command.output().expect("run the binary");
+    Ran {
+        code: output.status.code(),
+        out: String::from_utf8_lossy(&output.stdout).into_owned(),
+        err: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn cli(config: &Path, store_url: &str, args: &[&str]) -> (bool, String, String) {
+    let ran = run(binary(config, store_url, args));
+    (ran.code == Some(0), ran.out, ran.err)
+}
+
+/// A config directory (no CRM or Marketo reachable) and its SQLite store.
+fn config_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "default.toml", DEFAULT_TOML);
+    write(dir.path(), "mappings/leads.toml", LEADS_TOML);
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    (dir, url)
 }
 
 #[tokio::test]
@@ -486,15 +515,21 @@ async fn the_binary_pauses_resumes_and_reports() {
     );
     let (ok, out, err) = cli(dir.path(), &url, &["status"]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("paused: yes, CRM upgrade"), "{out}");
-    assert!(out.contains("lease: free"), "{out}");
+    assert!(out.contains("yes, by an operator: CRM upgrade"), "{out}");
+    assert!(out.contains("free (no process runs cycles)"), "{out}");
     assert!(!out.contains("cli-client-secret") && !err.contains("cli-client-secret"));
     let (ok, out, _) = cli(dir.path(), &url, &["resume"]);
     assert!(ok);
-    assert!(out.contains("resumed"), "{out}");
+    assert!(
+        out.contains("resumed: ended the pause (CRM upgrade)"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(dir.path(), &url, &["resume"]);
+    assert!(ok);
+    assert!(out.contains("was not paused"), "{out}");
     let (ok, out, _) = cli(dir.path(), &url, &["errors", "list"]);
     assert!(ok);
-    assert!(out.contains("no sync errors"), "{out}");
+    assert!(out.contains("no open sync errors"), "{out}");
     let (ok, _, err) = cli(dir.path(), &url, &["errors", "discard", "not-an-id"]);
     assert!(!ok);
     assert!(err.contains("not a sync error id"), "{err}");
@@ -510,6 +545,7 @@ async fn the_binary_pauses_resumes_and_reports() {
         vec!["errors", "discard", "--help"],
         vec!["pause", "--help"],
         vec!["resume", "--help"],
+        vec!["conflicts", "list", "--help"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
             .args(&command)
@@ -588,4 +624,442 @@ async fn pause_and_resume_work_on_postgres_too() {
         .await
         .expect("drop database");
     admin.close().await;
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_and_json_lists_are_always_one_document() {
+    let (dir, url) = config_dir();
+    for (args, expected) in [
+        (
+            vec!["errors", "list", "--status", "bogus"],
+            "open, discarded, resolved",
+        ),
+        (vec!["errors", "list", "--limit", "0"], "--limit"),
+        (
+            vec!["errors", "discard", "not-an-id"],
+            "not a sync error id",
+        ),
+        (vec!["errors", "retry", "12"], "not a sync error id"),
+        (
+            vec!["conflicts", "list", "--winner", "nobody"],
+            "marketo, crm",
+        ),
+        (vec!["conflicts", "list", "--since", "last tuesday"], "24h"),
+        (vec!["pause", "--until", "soon"], "RFC 3339"),
+        (
+            vec!["pause", "--until", "2001-01-01T00:00:00Z"],
+            "not in the future",
+        ),
+        (
+            vec!["status", "--color", "sometimes"],
+            "auto, always, never",
+        ),
+    ] {
+        let ran = run(binary(dir.path(), &url, &args));
+        assert_eq!(ran.code, Some(2), "{args:?}: {}{}", ran.out, ran.err);
+        assert!(ran.err.contains(expected), "{args:?}: {}", ran.err);
+    }
+    for args in [
+        vec!["errors", "list", "--json"],
+        vec!["errors", "list", "--json", "--status", "resolved"],
+        vec!["conflicts", "list", "--json"],
+        vec![
+            "conflicts",
+            "list",
+            "--json",
+            "--winner",
+            "crm",
+            "--since",
+            "24h",
+        ],
+    ] {
+        let ran = run(binary(dir.path(), &url, &args));
+        assert_eq!(ran.code, Some(0), "{args:?}: {}", ran.err);
+        let json: serde_json::Value = serde_json::from_str(&ran.out).expect("valid JSON");
+        assert_eq!(json, serde_json::json!([]), "{args:?}");
+    }
+    let ran = run(binary(dir.path(), &url, &["conflicts", "list"]));
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    assert_eq!(ran.out.trim(), "no conflicts");
+}
+
+fn conflict(field: &str, winner: Side, at: &str) -> Conflict {
+    Conflict {
+        id: 0,
+        object: "leads".into(),
+        marketo_key: "4711".into(),
+        crm_key: "C-9".into(),
+        field: field.into(),
+        marketo_value: Value::from("marketo@example.com"),
+        crm_value: Value::from("crm@example.com"),
+        base_value: Some(Value::from("before@example.com")),
+        winner,
+        policy: "newest_wins".into(),
+        at: t(at),
+    }
+}
+
+#[tokio::test]
+async fn conflicts_list_shows_both_values_the_winner_and_filters() {
+    let (dir, url) = config_dir();
+    let store = marketo_sync::store::open(&url).await.expect("store");
+    store
+        .commit(StepCommit {
+            conflicts: vec![
+                conflict("email", Side::Crm, "2026-03-01T10:00:00Z"),
+                conflict("phone", Side::Marketo, "2026-03-02T10:00:00Z"),
+            ],
+            ..StepCommit::default()
+        })
+        .await
+        .expect("commit");
+    let now = t("2026-03-02T12:00:00Z");
+    let mut out = Vec::new();
+    let n = ops::conflicts_list(
+        store.as_ref(),
+        &ConflictFilter::default(),
+        false,
+        &ops::Render::plain(now),
+        &mut out,
+    )
+    .await
+    .expect("list");
+    assert_eq!(n, 2);
+    let printed = text(out);
+    let mut lines = printed.lines();
+    let header = lines.next().expect("header");
+    for column in [
+        "WHEN", "FIELD", "BEFORE", "MARKETO", "CRM", "WINNER", "POLICY",
+    ] {
+        assert!(header.contains(column), "{printed}");
+    }
+    let newest = lines.next().expect("a row");
+    assert!(
+        newest.contains("2 hours ago") && newest.contains("phone"),
+        "{printed}"
+    );
+    for value in [
+        "before@example.com",
+        "marketo@example.com",
+        "crm@example.com",
+        "newest_wins",
+    ] {
+        assert!(newest.contains(value), "{value}: {printed}");
+    }
+
+    // The binary: filters and exact JSON values.
+    let ran = run(binary(
+        dir.path(),
+        &url,
+        &[
+            "conflicts",
+            "list",
+            "--json",
+            "--winner",
+            "crm",
+            "--field",
+            "email",
+        ],
+    ));
+    assert_eq!(ran.code, Some(0), "{}", ran.err);
+    let json: serde_json::Value = serde_json::from_str(&ran.out).expect("json");
+    let list = json.as_array().expect("array");
+    assert_eq!(list.len(), 1, "{json}");
+    assert_eq!(list[0]["field"], "email");
+    assert_eq!(list[0]["winner"], "crm");
+    assert_eq!(list[0]["marketo_value"], "marketo@example.com");
+    assert_eq!(list[0]["crm_value"], "crm@example.com");
+    assert_eq!(list[0]["base_value"], "before@example.com");
+    assert_eq!(list[0]["at"], "2026-03-01T10:00:00Z");
+    let ran = run(binary(
+        dir.path(),
+        &url,
+        &[
+            "conflicts",
+            "list",
+            "--json",
+            "--since",
+            "2026-03-02",
+            "--limit",
+            "5",
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_str(&ran.out).expect("json");
+    assert_eq!(json.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(json[0]["field"], "phone");
+    // An age counts back from now: both are older than a day.
+    let ran = run(binary(
+        dir.path(),
+        &url,
+        &["conflicts", "list", "--since", "24h"],
+    ));
+    assert_eq!(ran.out.trim(), "no conflicts", "{}", ran.err);
+    let since = ops::parse_since("24h", now).expect("age");
+    assert_eq!(since, t("2026-03-01T12:00:00Z"));
+    assert_eq!(
+        ops::parse_since("2026-03-01T10:00:00+01:00", now).expect("rfc3339"),
+        t("2026-03-01T09:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn colour_follows_no_color_clicolor_force_and_the_flag() {
+    let (dir, url) = config_dir();
+    let colours = |envs: &[(&str, &str)], extra: &[&str]| -> bool {
+        let mut args = vec!["status"];
+        args.extend_from_slice(extra);
+        let mut command = binary(dir.path(), &url, &args);
+        command.envs(envs.iter().copied());
+        let ran = run(command);
+        assert_eq!(ran.code, Some(0), "{}", ran.err);
+        ran.out.contains('\u{1b}')
+    };
+    // Standard output is a pipe here: no colour by default.
+    assert!(!colours(&[], &[]));
+    assert!(colours(&[("CLICOLOR_FORCE", "1")], &[]));
+    assert!(!colours(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")], &[]));
+    assert!(colours(&[("NO_COLOR", "1")], &["--color", "always"]));
+    assert!(!colours(&[("CLICOLOR_FORCE", "1")], &["--color", "never"]));
+}
+
+#[tokio::test]
+async fn piping_into_a_reader_that_stops_early_exits_quietly() {
+    let (dir, url) = config_dir();
+    let store = marketo_sync::store::open(&url).await.expect("store");
+    // Far more output than a pipe buffers (64 KiB), so the writer meets the closed pipe.
+    let errors: Vec<SyncError> = (0..3000)
+        .map(|i| {
+            let mut e = error("lead", &format!("{i:05}"), "2026-03-01T10:00:00Z");
+            e.message =
+                format!("rejected record {i:05} with a long enough explanation to fill lines");
+            e
+        })
+        .collect();
+    store
+        .commit(StepCommit {
+            errors_upsert: errors,
+            ..StepCommit::default()
+        })
+        .await
+        .expect("commit");
+    for args in [
+        vec!["errors", "list", "--limit", "5000"],
+        vec!["errors", "list", "--limit", "5000", "--json"],
+    ] {
+        let mut child = binary(dir.path(), &url, &args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("read a line");
+        assert!(!first.is_empty());
+        drop(reader); // like `head -1`: the reader goes away
+        let output = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.to_lowercase().contains("broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sync_once_and_bootstrap_refuse_while_paused_or_leased() {
+    let (dir, url) = config_dir();
+    let store = marketo_sync::store::open(&url).await.expect("store");
+    store.pause("CRM upgrade", None).await.expect("pause");
+    for args in [vec!["sync", "--once"], vec!["bootstrap"]] {
+        let ran = run(binary(dir.path(), &url, &args));
+        assert_eq!(ran.code, Some(3), "{args:?}: {}{}", ran.out, ran.err);
+        assert!(
+            ran.err
+                .contains("refused: sync is paused by an operator: CRM upgrade"),
+            "{}",
+            ran.err
+        );
+        assert!(
+            ran.err.contains("marketo-sync resume") && ran.err.contains("--force"),
+            "{}",
+            ran.err
+        );
+    }
+    store.resume().await.expect("resume");
+    // A daemon holds the lease: refused, even with --force.
+    assert!(
+        store
+            .try_acquire_lease(
+                "123-ABC-456",
+                "daemon-host-1",
+                std::time::Duration::from_secs(600)
+            )
+            .await
+            .expect("lease")
+    );
+    for args in [
+        vec!["sync", "--once"],
+        vec!["sync", "--once", "--force"],
+        vec!["bootstrap", "--force"],
+    ] {
+        let ran = run(binary(dir.path(), &url, &args));
+        assert_eq!(ran.code, Some(3), "{args:?}: {}{}", ran.out, ran.err);
+        assert!(
+            ran.err
+                .contains("holds the sync lease of 123-ABC-456: daemon-host-1"),
+            "{}",
+            ran.err
+        );
+        assert!(
+            ran.err.contains("--force does not override the lease"),
+            "{}",
+            ran.err
+        );
+    }
+    let lease = store
+        .lease("123-ABC-456")
+        .await
+        .expect("read")
+        .expect("lease");
+    assert_eq!(
+        lease.holder, "daemon-host-1",
+        "the refused runs left the lease alone"
+    );
+}
+
+#[tokio::test]
+async fn a_claimed_run_holds_the_lease_until_released() {
+    let (_dir, url) = config_dir();
+    let store = marketo_sync::store::open(&url).await.expect("store");
+    let ttl = std::time::Duration::from_secs(60);
+    let request = ops::RunRequest {
+        kind: ops::RunKind::SyncOnce,
+        dry_run: false,
+        force: false,
+    };
+    let mut notes = Vec::new();
+    let claim = ops::claim_run_on(store.clone(), "i-1", "once-1", request, ttl, &mut notes)
+        .await
+        .expect("claim");
+    assert_eq!(claim.holder(), Some("once-1"));
+    assert!(
+        !store
+            .try_acquire_lease("i-1", "daemon", ttl)
+            .await
+            .expect("try"),
+        "a daemon starting meanwhile waits"
+    );
+    let second = ops::claim_run_on(store.clone(), "i-1", "once-2", request, ttl, &mut notes)
+        .await
+        .expect_err("a second run is refused");
+    assert!(matches!(second, AppError::Refused { .. }), "{second}");
+    assert!(claim.release().await.expect("release"));
+    assert!(
+        store
+            .try_acquire_lease("i-1", "daemon", ttl)
+            .await
+            .expect("try")
+    );
+
+    // A dry run takes no lease and runs while leased and paused, saying so.
+    store.pause("maintenance", None).await.expect("pause");
+    let dry = ops::RunRequest {
+        dry_run: true,
+        ..request
+    };
+    let claim = ops::claim_run_on(store.clone(), "i-1", "once-3", dry, ttl, &mut notes)
+        .await
+        .expect("a dry run runs");
+    assert_eq!(claim.holder(), None);
+    let said = text(notes);
+    assert!(
+        said.contains("sync is paused by an operator: maintenance"),
+        "{said}"
+    );
+    assert!(
+        said.contains("daemon holds the sync lease of i-1"),
+        "{said}"
+    );
+    assert!(said.contains("a dry run writes nothing"), "{said}");
+    // --force overrides the pause (not the lease: the daemon still holds it).
+    let forced = ops::RunRequest {
+        force: true,
+        ..request
+    };
+    let refused = ops::claim_run_on(store.clone(), "i-1", "once-4", forced, ttl, &mut Vec::new())
+        .await
+        .expect_err("leased");
+    assert!(
+        refused.to_string().contains("holds the sync lease"),
+        "{refused}"
+    );
+    store.release_lease("i-1", "daemon").await.expect("release");
+    let mut notes = Vec::new();
+    let claim = ops::claim_run_on(store.clone(), "i-1", "once-4", forced, ttl, &mut notes)
+        .await
+        .expect("forced past the pause");
+    assert!(text(notes).contains("running anyway (--force)"));
+    claim.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn the_quota_pause_is_stored_shown_resumable_and_yields_to_an_operator() {
+    let (dir, url) = config_dir();
+    let store = marketo_sync::store::open(&url).await.expect("store");
+    let until = Utc::now() + Duration::hours(6);
+    let stored = store
+        .pause_for_quota("Marketo daily API quota reached (607)", until)
+        .await
+        .expect("pause")
+        .expect("stored");
+    assert_eq!(stored.kind, PauseKind::Quota);
+    let (ok, out, err) = cli(dir.path(), &url, &["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("yes, by Marketo's daily quota: Marketo daily API quota reached (607)"),
+        "{out}"
+    );
+    assert!(out.contains("in 6 hours"), "{out}");
+    let (ok, out, _) = cli(dir.path(), &url, &["status", "--json"]);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["paused"]["kind"], "quota");
+    let ran = run(binary(dir.path(), &url, &["sync", "--once"]));
+    assert_eq!(ran.code, Some(3), "{}", ran.err);
+    assert!(
+        ran.err.contains("paused by Marketo's daily quota"),
+        "{}",
+        ran.err
+    );
+    let (ok, out, _) = cli(dir.path(), &url, &["resume"]);
+    assert!(ok);
+    assert!(
+        out.contains("resumed: ended the Marketo quota pause"),
+        "{out}"
+    );
+    assert_eq!(store.pause_state().await.expect("read"), None);
+
+    // An operator's pause outranks a quota pause; a quota pause gives way to an operator's.
+    store.pause("maintenance", None).await.expect("pause");
+    assert_eq!(
+        store.pause_for_quota("607", until).await.expect("quota"),
+        None
+    );
+    let kept = store.pause_state().await.expect("read").expect("paused");
+    assert_eq!(
+        (kept.kind, kept.reason.as_str()),
+        (PauseKind::Operator, "maintenance")
+    );
+    store.resume().await.expect("resume");
+    store
+        .pause_for_quota("607", until)
+        .await
+        .expect("quota")
+        .expect("stored");
+    store.pause("maintenance", None).await.expect("pause");
+    let kept = store.pause_state().await.expect("read").expect("paused");
+    assert_eq!(kept.kind, PauseKind::Operator);
 }

@@ -333,7 +333,7 @@ pub async fn status_facts(
 pub fn describe_pause(pause: &PauseState, now: DateTime<Utc>) -> String {
     let who = match pause.kind {
         PauseKind::Operator => "by an operator",
-        PauseKind::Quota => "Marketo daily quota",
+        PauseKind::Quota => "by Marketo's daily quota",
     };
     let until = match pause.until {
         Some(until) => format!("until {} ({})", short_time(until), relative(until, now)),
