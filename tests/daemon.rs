@@ -519,13 +519,29 @@ async fn the_quota_pause_is_stored_and_a_restarted_daemon_honours_it() {
     let token = CancellationToken::new();
     let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
     tokio::time::sleep(MIN).await;
-    assert_eq!(second.started_count(), 0, "no cycle while the quota pause lasts");
-    let shown = status.status().await.expect("status").paused.expect("paused");
+    assert_eq!(
+        second.started_count(),
+        0,
+        "no cycle while the quota pause lasts"
+    );
+    let shown = status
+        .status()
+        .await
+        .expect("status")
+        .paused
+        .expect("paused");
     assert!(shown.reason.contains("607"), "{}", shown.reason);
     second.started(1).await;
     let waited = Instant::now() - paused_at;
-    assert!(close_to(waited, 10 * MIN), "started {waited:?} after the pause began");
-    assert_eq!(store.pause_state().await.expect("read"), None, "over at its end");
+    assert!(
+        close_to(waited, 10 * MIN),
+        "started {waited:?} after the pause began"
+    );
+    assert_eq!(
+        store.pause_state().await.expect("read"),
+        None,
+        "over at its end"
+    );
     token.cancel();
     task.await.expect("join").expect("clean exit");
 }

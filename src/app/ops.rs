@@ -201,7 +201,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -336,7 +336,7 @@ pub fn describe_pause(pause: &PauseState, now: DateTime<Utc>) -> String {
         PauseKind::Quota => "by Marketo's daily quota",
     };
     let until = match pause.until {
-        Some(until) => format!("until {} ({})", short_time(until), relative(until, now)),
+        Some(until) => format!("until {}, {}", short_time(until), relative(until, now)),
         None => "until `marketo-sync resume`".to_owned(),
     };
     format!(
