@@ -476,8 +476,13 @@ pub fn main(cli: Cli) -> ExitCode {
 
 /// The exit code of a failed command: 2 for a usage error (as clap exits for the arguments it
 /// rejects), 3 when the command was refused for now (paused, or another process holds the
-/// lease), 1 for anything else.
+/// lease) or stopped by Marketo's daily quota, 1 for anything else.
 fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if let Some(crate::engine::EngineError::Paused { .. }) =
+        error.downcast_ref::<crate::engine::EngineError>()
+    {
+        return ExitCode::from(3);
+    }
     match error.downcast_ref::<crate::app::AppError>() {
         Some(crate::app::AppError::InvalidArgument { .. }) => ExitCode::from(2),
         Some(crate::app::AppError::Refused { .. }) => ExitCode::from(3),

@@ -1063,3 +1063,108 @@ async fn the_quota_pause_is_stored_shown_resumable_and_yields_to_an_operator() {
     let kept = store.pause_state().await.expect("read").expect("paused");
     assert_eq!(kept.kind, PauseKind::Operator);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_forced_through_a_pause_writes_and_gives_the_lease_back() {
+    use marketo_sync::sim::{SimConfig, Simulator, demo_crm};
+    let sim = Simulator::start(SimConfig {
+        leads: 3,
+        client_id: "demo-client".into(),
+        client_secret: secrecy::SecretString::from("demo-client-secret"),
+        export_delay: std::time::Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
+    demo_crm::install(&crm_url, 3, 4).await.expect("crm");
+    let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = marketo_sync::store::open(&store_url).await.expect("store");
+    store.pause("maintenance", None).await.expect("pause");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let base_url = sim.base_url();
+    let once = move |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_marketo-sync"));
+        command
+            .args(["sync", "--once", "--env", "demo"])
+            .args(extra)
+            .arg("--config")
+            .arg(&config)
+            .env("MKSYNC__MARKETO__BASE_URL", &base_url)
+            .env("MKSYNC__CRM__URL", &crm_url)
+            .env("MKSYNC__STORE__URL", &store_url)
+            .env_remove("MKSYNC_ENV");
+        command
+    };
+    let in_thread = |command: Command| async move {
+        tokio::task::spawn_blocking(move || run(command))
+            .await
+            .expect("join")
+    };
+    let leads_before = sim.counters().leads;
+
+    let ran = in_thread(once(&[])).await;
+    assert_eq!(ran.code, Some(3), "{}", ran.err);
+    assert_eq!(
+        sim.counters().leads,
+        leads_before,
+        "refused: nothing written"
+    );
+
+    let ran = in_thread(once(&["--dry-run"])).await;
+    assert_ne!(
+        ran.code,
+        Some(3),
+        "a dry run runs while paused: {}",
+        ran.err
+    );
+    assert!(ran.err.contains("a dry run writes nothing"), "{}", ran.err);
+    assert_eq!(
+        sim.counters().leads,
+        leads_before,
+        "the dry run wrote nothing"
+    );
+
+    let ran = in_thread(once(&["--force"])).await;
+    assert!(ran.err.contains("running anyway (--force)"), "{}", ran.err);
+    assert!(matches!(ran.code, Some(0 | 2)), "{}{}", ran.out, ran.err);
+    let summary: serde_json::Value = serde_json::from_str(&ran.out).expect("summary JSON");
+    assert!(summary["objects"]["leads"].is_object(), "{summary}");
+    assert!(
+        sim.counters().leads > leads_before,
+        "the forced run wrote to Marketo"
+    );
+
+    // The run held the lease of the instance and gave it back at its end.
+    let url = url::Url::parse(&sim.base_url()).expect("url");
+    let instance = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().expect("port")
+    );
+    assert_eq!(store.lease(&instance).await.expect("read"), None);
+    assert!(
+        store.pause_state().await.expect("read").is_some(),
+        "--force leaves the pause"
+    );
+    // ... the same lease a daemon takes: while one holds it, even --force is refused.
+    let ttl = std::time::Duration::from_secs(600);
+    assert!(
+        store
+            .try_acquire_lease(&instance, "daemon-1", ttl)
+            .await
+            .expect("take")
+    );
+    let leads = sim.counters().leads;
+    let ran = in_thread(once(&["--force"])).await;
+    assert_eq!(ran.code, Some(3), "{}", ran.err);
+    assert!(
+        ran.err
+            .contains(&format!("holds the sync lease of {instance}: daemon-1")),
+        "{}",
+        ran.err
+    );
+    assert_eq!(sim.counters().leads, leads);
+    sim.shutdown().await;
+}
