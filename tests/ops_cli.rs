@@ -617,6 +617,39 @@ async fn pause_and_resume_work_on_postgres_too() {
     assert!(ops::resume(store.as_ref()).await.expect("resume"));
     assert!(!ops::resume(store.as_ref()).await.expect("resume again"));
 
+    // The quota pause: stored with its kind, never over an operator's pause in force, but over
+    // one that has ended.
+    let day_turn = t("2026-03-03T06:00:00Z");
+    let quota = store
+        .pause_for_quota("607", day_turn)
+        .await
+        .expect("quota")
+        .expect("stored");
+    assert_eq!(quota.kind, PauseKind::Quota);
+    let read = store.pause_state().await.expect("read").expect("paused");
+    assert_eq!((read.kind, read.until), (PauseKind::Quota, Some(day_turn)));
+    store.pause("maintenance", None).await.expect("pause");
+    assert_eq!(
+        store.pause_for_quota("607", day_turn).await.expect("quota"),
+        None
+    );
+    assert_eq!(
+        store.pause_state().await.expect("read").map(|p| p.kind),
+        Some(PauseKind::Operator)
+    );
+    store
+        .pause("short", Some(t("2026-03-02T11:00:00Z")))
+        .await
+        .expect("pause");
+    clock.set(t("2026-03-02T12:00:00Z"));
+    let replaced = store.pause_for_quota("607", day_turn).await.expect("quota");
+    assert_eq!(
+        replaced.map(|p| p.kind),
+        Some(PauseKind::Quota),
+        "an ended pause gives way"
+    );
+    assert!(ops::resume(store.as_ref()).await.expect("resume"));
+
     drop(store);
     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     sqlx::query(sqlx::AssertSqlSafe(sql))

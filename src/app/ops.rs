@@ -129,13 +129,16 @@ fn cell(text: impl ToString, tone: Option<Tone>, render: &Render) -> Cell {
 fn table(render: &Render, header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_style(presets::NOTHING);
-    if render.terminal {
+    // Fit a terminal's width by wrapping long cells, unless it reports a useless width (a pty
+    // without a size says 0); pipes and files get whole lines.
+    if render.terminal && table.width().is_some_and(|w| w >= 40) {
         table.set_content_arrangement(ContentArrangement::Dynamic);
     } else {
         table.force_no_tty();
     }
     if render.color {
         table.enforce_styling();
+        table.style_text_only();
     }
     if !header.is_empty() {
         let cells: Vec<Cell> = header
