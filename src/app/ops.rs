@@ -1283,3 +1283,75 @@ async fn keep_lease(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().expect("time")
+    }
+
+    #[test]
+    fn people_read_numbers_times_and_ids() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234), "1,234");
+        assert_eq!(thousands(10_000_000), "10,000,000");
+        assert_eq!(percent(1_234, 10_000), "12%");
+        assert_eq!(percent(5, 0), "-");
+        let now = t("2026-03-02T12:00:00Z");
+        assert_eq!(relative(t("2026-03-02T11:57:00Z"), now), "3 minutes ago");
+        assert_eq!(relative(t("2026-03-02T17:00:00Z"), now), "in 5 hours");
+        assert_eq!(relative(t("2026-03-02T11:59:58Z"), now), "just now");
+        assert_eq!(short_time(now), "2026-03-02 12:00 UTC");
+        assert_eq!(short_duration(Duration::from_millis(400)), "0.4 s");
+        assert_eq!(short_duration(Duration::from_secs(125)), "2 min 05 s");
+        assert_eq!(short_duration(Duration::from_secs(3720)), "1 h 02 min");
+        assert_eq!(short_id("9e6c37fb-1111-2222-3333-444455556666"), "9e6c37fb");
+        assert_eq!(short_id("running"), "running");
+        assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip("abc", 4), "abc");
+    }
+
+    #[test]
+    fn since_and_until_take_dates_instants_and_ages() {
+        let now = t("2026-03-02T12:00:00Z");
+        assert_eq!(
+            parse_since("24h", now).expect("h"),
+            t("2026-03-01T12:00:00Z")
+        );
+        assert_eq!(
+            parse_since("30m", now).expect("m"),
+            t("2026-03-02T11:30:00Z")
+        );
+        assert_eq!(
+            parse_since("7d", now).expect("d"),
+            t("2026-02-23T12:00:00Z")
+        );
+        assert_eq!(
+            parse_since("2 weeks", now).expect("w"),
+            t("2026-02-16T12:00:00Z")
+        );
+        assert_eq!(
+            parse_since("2026-03-01", now).expect("date"),
+            t("2026-03-01T00:00:00Z")
+        );
+        let bad = parse_since("yesterday", now).expect_err("words");
+        assert!(bad.to_string().contains("--since"), "{bad}");
+        assert!(parse_since("12x", now).is_err());
+        assert_eq!(
+            parse_until_at("2h", now).expect("h"),
+            t("2026-03-02T14:00:00Z")
+        );
+        assert!(parse_until_at("soon", now).is_err());
+    }
+
+    #[test]
+    fn colour_is_off_in_plain_rendering_and_never_choice() {
+        let now = t("2026-03-02T12:00:00Z");
+        assert!(!Render::plain(now).color);
+        assert!(!Render::for_stdout(ColorChoice::Never, now).color);
+        assert!(Render::for_stdout(ColorChoice::Always, now).color);
+    }
+}
