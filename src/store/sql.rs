@@ -70,9 +70,9 @@ fn pg_migrator() -> Migrator {
             include_str!("../../migrations/postgres/0002_control.sql"),
         ),
         (
-            3,
+            4,
             "pause_kind",
-            include_str!("../../migrations/postgres/0003_pause_kind.sql"),
+            include_str!("../../migrations/postgres/0004_pause_kind.sql"),
         ),
     ])
 }
@@ -90,9 +90,9 @@ fn sqlite_migrator() -> Migrator {
             include_str!("../../migrations/sqlite/0002_control.sql"),
         ),
         (
-            3,
+            4,
             "pause_kind",
-            include_str!("../../migrations/sqlite/0003_pause_kind.sql"),
+            include_str!("../../migrations/sqlite/0004_pause_kind.sql"),
         ),
     ])
 }
