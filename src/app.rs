@@ -35,12 +35,13 @@ use crate::engine::{CycleOptions, EngineError, Runner};
 use crate::http::{
     CycleOutcome, HttpConfig, HttpServer, LeaseState, OnDemandQueue, PauseInfo, StatusSource,
 };
-use crate::store::{Clock, StateStore, SystemClock};
+use crate::store::{Clock, PauseKind, StateStore, SystemClock};
 use crate::telemetry::events::{CycleCompleted, PauseChanged, PauseScope};
 
 pub use ops::{
-    ErrorsListArgs, PauseArgs, StatusFacts, errors_discard, errors_list, errors_retry,
-    errors_retry_all, pause, resume, status_facts,
+    ErrorsListArgs, PauseArgs, RunClaim, RunKind, RunRequest, StatusFacts, claim_run,
+    conflicts_list, errors_discard, errors_list, errors_retry, errors_retry_all, pause, resume,
+    status_facts,
 };
 pub use status::StoreStatus;
 
@@ -85,6 +86,13 @@ pub enum AppError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `sync --once` or `bootstrap` may not run now (paused, or another process holds the
+    /// lease); the message says why and what to do.
+    #[error("{reason}")]
+    Refused {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// No sync error has this id.
     #[error("no sync error with id {id}")]
     NoSuchError {
@@ -106,6 +114,7 @@ impl AppError {
             AppError::Status(e) => e.is_retryable(),
             AppError::Engine(e) => e.is_retryable(),
             AppError::InvalidArgument { .. } | AppError::NoSuchError { .. } => false,
+            AppError::Refused { .. } => true,
             AppError::Output(_) => true,
         }
     }
@@ -181,8 +190,12 @@ impl DaemonParts {
 pub(crate) struct Live {
     pub(crate) lease: LeaseState,
     pub(crate) store_ok: bool,
+    /// A quota pause the store could not persist (kept in memory as a fallback).
     pub(crate) engine_pause: Option<PauseInfo>,
+    /// The pause read from the store (an operator's, or a persisted quota pause).
     pub(crate) operator_pause: Option<PauseInfo>,
+    /// Who set `operator_pause`.
+    pub(crate) stored_pause_kind: Option<PauseKind>,
     pub(crate) running_since: Option<DateTime<Utc>>,
     pub(crate) last_outcome: Option<CycleOutcome>,
 }
@@ -194,6 +207,7 @@ impl Default for Live {
             store_ok: true,
             engine_pause: None,
             operator_pause: None,
+            stored_pause_kind: None,
             running_since: None,
             last_outcome: None,
         }
@@ -539,7 +553,16 @@ enum Gate {
     Wait(Duration),
 }
 
-/// Checks the operator's pause (in the store) and the engine's pause (in memory).
+/// Returns the metrics scope of a stored pause.
+fn pause_scope(kind: PauseKind) -> PauseScope {
+    match kind {
+        PauseKind::Operator => PauseScope::All,
+        PauseKind::Quota => PauseScope::RestCalls,
+    }
+}
+
+/// Checks the pause in the store (an operator's, or a persisted quota pause) and the engine's
+/// pause kept in memory when the store could not persist it.
 async fn pause_gate(ctx: &Ctx) -> Gate {
     let now = ctx.clock.now();
     match ctx.store.pause_state().await {
@@ -548,15 +571,27 @@ async fn pause_gate(ctx: &Ctx) -> Gate {
                 reason: pause.reason.clone(),
                 until: pause.until,
             };
-            let changed = live_update(&ctx.live, |l| {
-                let changed = l.operator_pause.as_ref() != Some(&info);
+            let (changed, replaced) = live_update(&ctx.live, |l| {
+                let changed = l.operator_pause.as_ref() != Some(&info)
+                    || l.stored_pause_kind != Some(pause.kind);
+                let replaced = l.stored_pause_kind.filter(|k| *k != pause.kind);
                 l.operator_pause = Some(info);
+                l.stored_pause_kind = Some(pause.kind);
                 l.store_ok = true;
-                changed
+                (changed, replaced)
             });
+            if let Some(kind) = replaced {
+                PauseChanged {
+                    scope: pause_scope(kind),
+                    paused: false,
+                    reason: "replaced by another pause",
+                    until: None,
+                }
+                .emit();
+            }
             if changed {
                 PauseChanged {
-                    scope: PauseScope::All,
+                    scope: pause_scope(pause.kind),
                     paused: true,
                     reason: &pause.reason,
                     until: pause.until,
@@ -574,11 +609,12 @@ async fn pause_gate(ctx: &Ctx) -> Gate {
         Ok(None) => {
             let was = live_update(&ctx.live, |l| {
                 l.store_ok = true;
-                l.operator_pause.take()
+                l.operator_pause = None;
+                l.stored_pause_kind.take()
             });
-            if was.is_some() {
+            if let Some(kind) = was {
                 PauseChanged {
-                    scope: PauseScope::All,
+                    scope: pause_scope(kind),
                     paused: false,
                     reason: "resumed",
                     until: None,
@@ -702,16 +738,18 @@ async fn run_cycle(
             ctx.interval
         }
         Err(EngineError::Paused { reason, until }) => {
-            PauseChanged {
-                scope: PauseScope::RestCalls,
-                paused: true,
-                reason: &reason,
-                until,
+            if !persist_quota_pause(ctx, &reason, until).await {
+                PauseChanged {
+                    scope: PauseScope::RestCalls,
+                    paused: true,
+                    reason: &reason,
+                    until,
+                }
+                .emit();
+                live_update(&ctx.live, |l| {
+                    l.engine_pause = Some(PauseInfo { reason, until });
+                });
             }
-            .emit();
-            live_update(&ctx.live, |l| {
-                l.engine_pause = Some(PauseInfo { reason, until });
-            });
             // With an end the gate waits until then; without one, retry after the interval.
             if until.is_some() {
                 Duration::ZERO
@@ -745,6 +783,30 @@ async fn run_cycle(
         return None;
     }
     Some(wait)
+}
+
+/// Stores the engine's quota pause, so that `status` shows it, `resume` ends it and a restarted
+/// daemon honours it until the Marketo day turns. Returns false when it must be kept in memory
+/// instead (no end, or the store cannot keep it); true when stored or when an operator's pause
+/// in force outranks it (the gate then waits for that one).
+async fn persist_quota_pause(ctx: &Ctx, reason: &str, until: Option<DateTime<Utc>>) -> bool {
+    let Some(until) = until else {
+        return false;
+    };
+    match ctx.store.pause_for_quota(reason, until).await {
+        Ok(stored) => {
+            tracing::info!(
+                until = %until,
+                stored = stored.is_some(),
+                "quota pause recorded in the store"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot store the quota pause: keeping it in memory");
+            false
+        }
+    }
 }
 
 /// Emits the metrics of a finished cycle: its outcome and duration, records by object,

@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Colour text output: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = crate::app::ops::ColorChoice::Auto)]
+    pub color: crate::app::ops::ColorChoice,
 }
 
 /// The commands.
@@ -57,6 +60,9 @@ pub enum Command {
         command: CrmCommand,
     },
     /// Runs the sync: `--once` runs one cycle and prints its summary as JSON.
+    ///
+    /// Refused while sync is paused (unless --force) or while another process (a daemon) holds
+    /// the sync lease; the run holds the lease itself, so a daemon starting meanwhile waits.
     Sync {
         /// Run one cycle and exit.
         #[arg(long)]
@@ -70,6 +76,9 @@ pub enum Command {
         /// Plan without writing anything; print the plan.
         #[arg(long)]
         dry_run: bool,
+        /// Run even while sync is paused (never while another process holds the lease).
+        #[arg(long)]
+        force: bool,
     },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
@@ -89,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ErrorsCommand,
     },
+    /// Lists conflicts: fields changed on both sides, both values, the winner and the policy.
+    Conflicts {
+        #[command(subcommand)]
+        command: ConflictsCommand,
+    },
     /// Pauses all sync work (the running daemon stops starting cycles) until `resume`.
     Pause {
         #[command(flatten)]
@@ -96,11 +110,13 @@ pub enum Command {
         /// Why, shown by `status` and the status page.
         #[arg(long)]
         reason: Option<String>,
-        /// End the pause by itself at this time (RFC 3339, e.g. 2026-01-31T18:00:00Z).
-        #[arg(long)]
-        until: Option<String>,
+        /// End the pause by itself at this time (RFC 3339, e.g. 2026-01-31T18:00:00Z) or after
+        /// this long (2h, 30m).
+        #[arg(long, value_parser = until_arg)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
     },
-    /// Ends a pause.
+    /// Ends a pause: an operator's, or the quota pause the daemon records when Marketo's daily
+    /// quota runs out.
     Resume(ConfigArgs),
     /// Runs seeded random schedules of edits, faults and kills against the simulator and a
     /// demo CRM (SQLite or PostgreSQL), and checks that both sides converge after each.
@@ -207,16 +223,16 @@ pub enum ErrorsCommand {
     List {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Only errors with this status: open, discarded or resolved.
-        #[arg(long, default_value = "open")]
-        status: String,
+        /// Only errors with this status.
+        #[arg(long, value_enum, default_value_t = ErrorStatusArg::Open)]
+        status: ErrorStatusArg,
         /// Only errors of this object.
         #[arg(long)]
         object: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
-        /// Print one JSON object per line.
+        /// Print one JSON array (`[]` when there are none) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -225,8 +241,8 @@ pub enum ErrorsCommand {
         #[command(flatten)]
         config: ConfigArgs,
         /// The error's id (from `errors list`).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
+        #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = error_id_arg)]
+        id: Option<uuid::Uuid>,
         /// Retry every open error.
         #[arg(long)]
         all: bool,
@@ -236,8 +252,94 @@ pub enum ErrorsCommand {
         #[command(flatten)]
         config: ConfigArgs,
         /// The error's id (from `errors list`).
-        id: String,
+        #[arg(value_parser = error_id_arg)]
+        id: uuid::Uuid,
     },
+}
+
+/// An error status, as `errors list --status` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ErrorStatusArg {
+    /// Not settled: retried at its next retry time.
+    Open,
+    /// Given up by an operator.
+    Discarded,
+    /// Fixed by a later sync.
+    Resolved,
+}
+
+impl From<ErrorStatusArg> for crate::store::ErrorStatus {
+    fn from(arg: ErrorStatusArg) -> Self {
+        match arg {
+            ErrorStatusArg::Open => crate::store::ErrorStatus::Open,
+            ErrorStatusArg::Discarded => crate::store::ErrorStatus::Discarded,
+            ErrorStatusArg::Resolved => crate::store::ErrorStatus::Resolved,
+        }
+    }
+}
+
+/// The side that won a conflict, as `conflicts list --winner` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WinnerArg {
+    /// Marketo's value was kept.
+    Marketo,
+    /// The CRM's value was kept.
+    Crm,
+}
+
+impl From<WinnerArg> for crate::model::Side {
+    fn from(arg: WinnerArg) -> Self {
+        match arg {
+            WinnerArg::Marketo => crate::model::Side::Marketo,
+            WinnerArg::Crm => crate::model::Side::Crm,
+        }
+    }
+}
+
+/// The `conflicts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCommand {
+    /// Lists conflicts, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only conflicts of this object (e.g. leads).
+        #[arg(long)]
+        object: Option<String>,
+        /// Only conflicts on this field (its canonical name in the mapping).
+        #[arg(long)]
+        field: Option<String>,
+        /// Only conflicts this side won.
+        #[arg(long, value_enum)]
+        winner: Option<WinnerArg>,
+        /// Only conflicts settled since then: a date (2026-03-01), an RFC 3339 instant, or an
+        /// age (24h, 30m, 7d).
+        #[arg(long, value_parser = since_arg)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Print one JSON array (`[]` when there are none) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn error_id_arg(text: &str) -> Result<uuid::Uuid, String> {
+    crate::app::ops::parse_error_id(text).map_err(|e| e.to_string())
+}
+
+fn since_arg(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    crate::app::ops::parse_since(text, chrono::Utc::now()).map_err(|e| e.to_string())
+}
+
+fn until_arg(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let now = chrono::Utc::now();
+    let until = crate::app::ops::parse_until_at(text, now).map_err(|e| e.to_string())?;
+    if until <= now {
+        return Err(format!("{} is not in the future", until.to_rfc3339()));
+    }
+    Ok(until)
 }
 
 /// The `mappings` subcommands.
@@ -327,6 +429,9 @@ pub struct BootstrapArgs {
     /// List the windows and the estimated exports without creating any.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run even while sync is paused (never while another process holds the lease).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The `crm` subcommands.
@@ -363,16 +468,58 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command, cli.color));
+    // Give spawned tasks (the lease keeper of a one-off run) no chance to outlive the command.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
+        // `marketo-sync errors list | head`: the reader has all it wants; stop quietly.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", render_error(&error));
-            ExitCode::FAILURE
+            exit_code(&error)
         }
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// The exit code of a failed command: 2 for a usage error (as clap exits for the arguments it
+/// rejects), 3 when the command was refused for now (paused, or another process holds the
+/// lease) or stopped by Marketo's daily quota, 1 for anything else.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if let Some(crate::engine::EngineError::Paused { .. }) =
+        error.downcast_ref::<crate::engine::EngineError>()
+    {
+        return ExitCode::from(3);
+    }
+    match error.downcast_ref::<crate::app::AppError>() {
+        Some(crate::app::AppError::InvalidArgument { .. }) => ExitCode::from(2),
+        Some(crate::app::AppError::Refused { .. }) => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Returns whether writing to standard output failed because the reader went away.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes one line to standard output, returning an error (not panicking like `println!`)
+/// when the reader has gone.
+fn say(line: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+async fn dispatch(
+    command: Command,
+    color: crate::app::ops::ColorChoice,
+) -> anyhow::Result<ExitCode> {
     use crate::app::ops;
     let now = chrono::Utc::now;
     match command {
@@ -411,7 +558,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 std::sync::Arc::new(crate::store::SystemClock),
             )
             .await?;
-            ops::write_status(&facts, json, &mut std::io::stdout())?;
+            let render = ops::Render::for_stdout(color, now());
+            let mut out = std::io::stdout().lock();
+            ops::write_status_with(&facts, json, &render, &mut out)?;
+            std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Errors { command } => match command {
@@ -423,50 +573,86 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 json,
             } => {
                 let args = ops::ErrorsListArgs {
-                    status: Some(ops::parse_error_status(&status)?),
+                    status: Some(status.into()),
                     object,
                     limit,
                     json,
                 };
                 let (_, store) = ops::open_store(&config.source()).await?;
-                ops::errors_list(store.as_ref(), &args, &mut std::io::stdout()).await?;
+                let render = ops::Render::for_stdout(color, now());
+                let mut out = std::io::stdout().lock();
+                ops::errors_list(store.as_ref(), &args, &render, &mut out).await?;
+                std::io::Write::flush(&mut out)?;
                 Ok(ExitCode::SUCCESS)
             }
             ErrorsCommand::Retry { config, id, all } => {
-                let id = id.map(|id| ops::parse_error_id(&id)).transpose()?;
                 let (_, store) = ops::open_store(&config.source()).await?;
                 match id {
                     Some(id) if !all => {
                         ops::errors_retry(store.as_ref(), id, now()).await?;
-                        println!("error {id} will be retried at the next cycle");
+                        say(format_args!("error {id} will be retried at the next cycle"))?;
                     }
                     _ => {
                         let n = ops::errors_retry_all(store.as_ref(), now()).await?;
-                        println!("{n} error(s) will be retried at the next cycle");
+                        say(format_args!(
+                            "{n} error(s) will be retried at the next cycle"
+                        ))?;
                     }
                 }
                 Ok(ExitCode::SUCCESS)
             }
             ErrorsCommand::Discard { config, id } => {
-                let id = ops::parse_error_id(&id)?;
                 let (_, store) = ops::open_store(&config.source()).await?;
                 ops::errors_discard(store.as_ref(), id).await?;
-                println!("error {id} discarded");
+                say(format_args!("error {id} discarded"))?;
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Conflicts {
+            command:
+                ConflictsCommand::List {
+                    config,
+                    object,
+                    field,
+                    winner,
+                    since,
+                    limit,
+                    json,
+                },
+        } => {
+            let filter = crate::store::ConflictFilter {
+                object,
+                field,
+                winner: winner.map(Into::into),
+                since,
+                limit,
+            };
+            let (_, store) = ops::open_store(&config.source()).await?;
+            let render = ops::Render::for_stdout(color, now());
+            let mut out = std::io::stdout().lock();
+            ops::conflicts_list(store.as_ref(), &filter, json, &render, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pause {
             config,
             reason,
             until,
         } => {
-            let until = until.map(|u| ops::parse_until(&u)).transpose()?;
             let (_, store) = ops::open_store(&config.source()).await?;
             let state =
                 ops::pause(store.as_ref(), &ops::PauseArgs { reason, until }, now()).await?;
             match state.until {
-                Some(until) => println!("paused until {}: {}", until.to_rfc3339(), state.reason),
-                None => println!("paused until `marketo-sync resume`: {}", state.reason),
+                Some(until) => say(format_args!(
+                    "paused until {} ({}): {}",
+                    ops::short_time(until),
+                    ops::relative(until, now()),
+                    state.reason
+                ))?,
+                None => say(format_args!(
+                    "paused until `marketo-sync resume`: {}",
+                    state.reason
+                ))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -513,10 +699,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Resume(config) => {
             let (_, store) = ops::open_store(&config.source()).await?;
-            if ops::resume(store.as_ref()).await? {
-                println!("resumed");
-            } else {
-                println!("was not paused");
+            match ops::resume_pause(store.as_ref()).await? {
+                Some(pause) if pause.kind == crate::store::PauseKind::Quota => say(format_args!(
+                    "resumed: ended the Marketo quota pause ({}); if today's quota is still \
+                     spent, the next cycle pauses again until the Marketo day turns",
+                    pause.reason
+                ))?,
+                Some(pause) => say(format_args!("resumed: ended the pause ({})", pause.reason))?,
+                None => say("was not paused")?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -598,11 +788,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             env,
             dry_run,
+            force,
         } => {
             if !once {
                 anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
             }
-            let cancel = tokio_util::sync::CancellationToken::new();
+            let claim = ops::claim_run(
+                &crate::config::SettingsSource::new(&config, env.as_deref()),
+                ops::RunRequest {
+                    kind: ops::RunKind::SyncOnce,
+                    dry_run,
+                    force,
+                },
+                &mut std::io::stderr(),
+            )
+            .await?;
+            let cancel = claim.token();
             let on_signal = cancel.clone();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;
@@ -617,7 +818,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Bootstrap(args) => run_bootstrap(args).await,
+        Command::Bootstrap(args) => {
+            let _claim = ops::claim_run(
+                &crate::config::SettingsSource::new(&args.config, args.env.as_deref()),
+                ops::RunRequest {
+                    kind: ops::RunKind::Bootstrap,
+                    dry_run: args.dry_run,
+                    force: args.force,
+                },
+                &mut std::io::stderr(),
+            )
+            .await?;
+            run_bootstrap(args).await
+        }
         Command::Crm {
             command:
                 CrmCommand::InstallChangelog {

@@ -491,3 +491,106 @@ async fn failed_cycles_back_off_and_the_loop_goes_on() {
     token.cancel();
     task.await.expect("join").expect("clean exit");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_quota_pause_is_stored_and_a_restarted_daemon_honours_it() {
+    let clock = TokioClock::new();
+    let store = ControlStore::new(clock.clone());
+    let first = FakeRunner::new("a", vec![Step::PauseFor(10 * MIN)], clock.clone());
+    let daemon = Daemon::build(parts(first.clone(), store.clone(), clock.clone(), "a"))
+        .await
+        .expect("build");
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
+    first.finished(1).await;
+    let paused_at = Instant::now();
+    tokio::time::sleep(MIN).await;
+    let pause = store.pause_state().await.expect("read").expect("stored");
+    assert_eq!(pause.kind, marketo_sync::store::PauseKind::Quota);
+    assert!(pause.reason.contains("607"), "{}", pause.reason);
+    token.cancel();
+    task.await.expect("join").expect("clean exit");
+
+    // A new process (same store): it waits for the stored pause's end, not just its interval.
+    let second = FakeRunner::new("b", vec![Step::Succeed(Duration::ZERO)], clock.clone());
+    let daemon = Daemon::build(parts(second.clone(), store.clone(), clock, "b"))
+        .await
+        .expect("build");
+    let status = daemon.status_source();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
+    tokio::time::sleep(MIN).await;
+    assert_eq!(
+        second.started_count(),
+        0,
+        "no cycle while the quota pause lasts"
+    );
+    let shown = status
+        .status()
+        .await
+        .expect("status")
+        .paused
+        .expect("paused");
+    assert!(shown.reason.contains("607"), "{}", shown.reason);
+    second.started(1).await;
+    let waited = Instant::now() - paused_at;
+    assert!(
+        close_to(waited, 10 * MIN),
+        "started {waited:?} after the pause began"
+    );
+    assert_eq!(
+        store.pause_state().await.expect("read"),
+        None,
+        "over at its end"
+    );
+    token.cancel();
+    task.await.expect("join").expect("clean exit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_ends_a_quota_pause_at_once() {
+    let clock = TokioClock::new();
+    let store = ControlStore::new(clock.clone());
+    let runner = FakeRunner::new(
+        "a",
+        vec![Step::PauseFor(600 * MIN), Step::Succeed(Duration::ZERO)],
+        clock.clone(),
+    );
+    let daemon = Daemon::build(parts(runner.clone(), store.clone(), clock, "a"))
+        .await
+        .expect("build");
+    let token = CancellationToken::new();
+    let task = tokio::spawn(daemon.run_until_stopped(token.clone()));
+    runner.finished(1).await;
+    tokio::time::sleep(30 * MIN).await;
+    assert_eq!(runner.started_count(), 1);
+    let ended = marketo_sync::app::ops::resume_pause(store.as_ref())
+        .await
+        .expect("resume")
+        .expect("there was a pause");
+    assert_eq!(ended.kind, marketo_sync::store::PauseKind::Quota);
+    let resumed_at = Instant::now();
+    runner.started(2).await;
+    assert!(
+        Instant::now() - resumed_at <= marketo_sync::app::DEFAULT_PAUSE_POLL,
+        "the cycle restarts within one pause poll"
+    );
+    token.cancel();
+    task.await.expect("join").expect("clean exit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_pause_does_not_replace_an_operators_pause() {
+    let clock = TokioClock::new();
+    let store = ControlStore::new(clock.clone());
+    store.pause("maintenance", None).await.expect("pause");
+    assert_eq!(
+        store
+            .pause_for_quota("607", clock.now() + chrono::Duration::hours(1))
+            .await
+            .expect("quota"),
+        None
+    );
+    let kept = store.pause_state().await.expect("read").expect("paused");
+    assert_eq!(kept.reason, "maintenance");
+}

@@ -750,16 +750,57 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
-/// An operator's pause of all sync work, kept in the store so that `marketo-sync pause` in one
-/// process pauses the daemon running in another.
+/// A pause of all sync work, kept in the store so that `marketo-sync pause` in one process
+/// pauses the daemon running in another, and a restarted daemon honours a quota pause.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseState {
+    /// Who paused: an operator, or the engine when Marketo's daily quota ran out.
+    #[serde(default)]
+    pub kind: PauseKind,
     /// Why, for people.
     pub reason: String,
     /// When the pause ends by itself; `None` until `resume`.
     pub until: Option<DateTime<Utc>>,
     /// When it was set.
     pub paused_at: DateTime<Utc>,
+}
+
+/// Who set a [`PauseState`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseKind {
+    /// `marketo-sync pause` (or the API): until `resume` or its `until`.
+    #[default]
+    Operator,
+    /// The engine, after Marketo's daily quota ran out (607, or the configured daily budget):
+    /// until the Marketo day turns (midnight America/Chicago), or `resume`.
+    Quota,
+}
+
+impl PauseKind {
+    /// Returns the stored name (`operator`, `quota`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseKind::Operator => "operator",
+            PauseKind::Quota => "quota",
+        }
+    }
+
+    /// Parses a stored name.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] for an unknown name.
+    pub fn parse(text: &str) -> Result<PauseKind, StoreError> {
+        match text {
+            "operator" => Ok(PauseKind::Operator),
+            "quota" => Ok(PauseKind::Quota),
+            other => Err(corrupt(
+                "pause kind",
+                format!("unknown pause kind {other:?}"),
+            )),
+        }
+    }
 }
 
 /// The writes of one step, committed in one transaction by [`StateStore::commit`].
@@ -1202,7 +1243,28 @@ pub trait StateStore: Send + Sync {
         })
     }
 
-    /// Ends the pause. Returns true when there was one.
+    /// Records a quota pause (Marketo's daily quota ran out) until `until`, unless an
+    /// operator's pause is in force (it is left alone: it outranks the quota pause). Returns the
+    /// stored pause, or `None` when an operator's pause was kept.
+    ///
+    /// The default refuses like [`StateStore::pause`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Query`].
+    async fn pause_for_quota(
+        &self,
+        reason: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<PauseState>, StoreError> {
+        let _ = (reason, until);
+        Err(StoreError::Invalid {
+            what: "pause",
+            reason: "this store cannot persist a pause".to_owned(),
+        })
+    }
+
+    /// Ends the pause (of either kind). Returns true when there was one.
     ///
     /// The default reports no pause.
     ///

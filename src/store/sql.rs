@@ -28,9 +28,9 @@ use super::{
     ApiUsage, BulkJob, Clock, CommitHook, Conflict, ConflictFilter, CycleCount, CycleOutcome,
     CycleRecord, Direction, ErrorFilter, ErrorStatus, JobDirection, JobState, KEYS_PER_LOOKUP,
     LINK_ROWS_PER_STATEMENT, Lease, LedgerSummary, Link, LinkCount, ObjectSuccess, OpenOptions,
-    OutcomeTotals, PauseState, SchemaRecord, StateStore, StepCommit, StepTiming, StoreCounts,
-    StoreError, StoreTotals, SyncError, Tombstone, Watermark, corrupt, parse_side, to_i64, to_u64,
-    ttl_to_chrono,
+    OutcomeTotals, PauseKind, PauseState, SchemaRecord, StateStore, StepCommit, StepTiming,
+    StoreCounts, StoreError, StoreTotals, SyncError, Tombstone, Watermark, corrupt, parse_side,
+    to_i64, to_u64, ttl_to_chrono,
 };
 use crate::model::{Fields, Side, Value};
 
@@ -40,7 +40,7 @@ const MIGRATION_ATTEMPTS: u32 = 5;
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
-fn migrator(scripts: [(i64, &'static str, &'static str); 3]) -> Migrator {
+fn migrator(scripts: [(i64, &'static str, &'static str); 4]) -> Migrator {
     let migrations = scripts
         .into_iter()
         .map(|(version, name, sql)| {
@@ -75,6 +75,11 @@ fn pg_migrator() -> Migrator {
             "totals",
             include_str!("../../migrations/postgres/0003_totals.sql"),
         ),
+        (
+            4,
+            "pause_kind",
+            include_str!("../../migrations/postgres/0004_pause_kind.sql"),
+        ),
     ])
 }
 
@@ -94,6 +99,11 @@ fn sqlite_migrator() -> Migrator {
             3,
             "totals",
             include_str!("../../migrations/sqlite/0003_totals.sql"),
+        ),
+        (
+            4,
+            "pause_kind",
+            include_str!("../../migrations/sqlite/0004_pause_kind.sql"),
         ),
     ])
 }
@@ -1686,10 +1696,10 @@ macro_rules! impl_store {
                 let _guard = self.write_guard().await;
                 self.tick();
                 sqlx::query(
-                    "INSERT INTO control_pause (id, reason, paused_until, paused_at) \
-                     VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
+                    "INSERT INTO control_pause (id, reason, paused_until, paused_at, kind) \
+                     VALUES (1, $1, $2, $3, 'operator') ON CONFLICT (id) DO UPDATE SET \
                      reason = excluded.reason, paused_until = excluded.paused_until, \
-                     paused_at = excluded.paused_at",
+                     paused_at = excluded.paused_at, kind = excluded.kind",
                 )
                 .bind(reason)
                 .bind(until)
@@ -1698,10 +1708,46 @@ macro_rules! impl_store {
                 .await
                 .map_err(query_error("pause"))?;
                 Ok(PauseState {
+                    kind: PauseKind::Operator,
                     reason: reason.to_owned(),
                     until,
                     paused_at: now,
                 })
+            }
+
+            async fn pause_for_quota(
+                &self,
+                reason: &str,
+                until: DateTime<Utc>,
+            ) -> Result<Option<PauseState>, StoreError> {
+                let now = self.clock.now();
+                let _guard = self.write_guard().await;
+                self.tick();
+                // Atomic on both backends: an operator's pause in force is left alone (0 rows);
+                // no pause, a quota pause, or an operator's pause that has ended is replaced.
+                let done = sqlx::query(
+                    "INSERT INTO control_pause (id, reason, paused_until, paused_at, kind) \
+                     VALUES (1, $1, $2, $3, 'quota') ON CONFLICT (id) DO UPDATE SET \
+                     reason = excluded.reason, paused_until = excluded.paused_until, \
+                     paused_at = excluded.paused_at, kind = excluded.kind \
+                     WHERE control_pause.kind = 'quota' \
+                        OR control_pause.paused_until <= excluded.paused_at",
+                )
+                .bind(reason)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("pause_for_quota"))?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(PauseState {
+                    kind: PauseKind::Quota,
+                    reason: reason.to_owned(),
+                    until: Some(until),
+                    paused_at: now,
+                }))
             }
 
             async fn resume(&self) -> Result<bool, StoreError> {
@@ -1717,7 +1763,7 @@ macro_rules! impl_store {
             async fn pause_state(&self) -> Result<Option<PauseState>, StoreError> {
                 self.tick();
                 let row = sqlx::query(
-                    "SELECT reason, paused_until, paused_at FROM control_pause WHERE id = 1",
+                    "SELECT reason, paused_until, paused_at, kind FROM control_pause WHERE id = 1",
                 )
                 .fetch_optional(&self.pool)
                 .await
@@ -1725,7 +1771,9 @@ macro_rules! impl_store {
                 let Some(row) = row else {
                     return Ok(None);
                 };
+                let kind: String = Self::get("pause", &row, "kind")?;
                 let state = PauseState {
+                    kind: PauseKind::parse(&kind)?,
                     reason: Self::get("pause", &row, "reason")?,
                     until: Self::get("pause", &row, "paused_until")?,
                     paused_at: Self::get("pause", &row, "paused_at")?,

@@ -15,8 +15,8 @@ use marketo_sync::engine::{CycleOptions, CycleSummary, EngineError, OnDemandOutc
 use marketo_sync::model::Side;
 use marketo_sync::store::{
     ApiUsage, BulkJob, Clock, Conflict, ConflictFilter, CycleRecord, ErrorFilter, ErrorStatus,
-    JobDirection, Lease, Link, PauseState, SchemaRecord, StateStore, StepCommit, StoreCounts,
-    StoreError, SyncError, Watermark,
+    JobDirection, Lease, Link, PauseKind, PauseState, SchemaRecord, StateStore, StepCommit,
+    StoreCounts, StoreError, SyncError, Watermark,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -397,12 +397,35 @@ impl StateStore for ControlStore {
         until: Option<DateTime<Utc>>,
     ) -> Result<PauseState, StoreError> {
         let state = PauseState {
+            kind: PauseKind::Operator,
             reason: reason.to_owned(),
             until,
             paused_at: self.clock.now(),
         };
         *self.pause.lock().expect("lock") = Some(state.clone());
         Ok(state)
+    }
+    async fn pause_for_quota(
+        &self,
+        reason: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<PauseState>, StoreError> {
+        let now = self.clock.now();
+        let mut pause = self.pause.lock().expect("lock");
+        if let Some(p) = pause.as_ref()
+            && p.kind == PauseKind::Operator
+            && p.until.is_none_or(|u| u > now)
+        {
+            return Ok(None);
+        }
+        let state = PauseState {
+            kind: PauseKind::Quota,
+            reason: reason.to_owned(),
+            until: Some(until),
+            paused_at: now,
+        };
+        *pause = Some(state.clone());
+        Ok(Some(state))
     }
     async fn resume(&self) -> Result<bool, StoreError> {
         Ok(self.pause.lock().expect("lock").take().is_some())
