@@ -168,7 +168,13 @@ pub async fn run_demo(
         Some(dir) => dir.clone(),
         None => {
             embedded = tempfile::tempdir()?;
-            write_embedded_config(embedded.path())?;
+            write_embedded_config(embedded.path()).map_err(|error| AppError::InvalidArgument {
+                what: "--config",
+                reason: format!(
+                    "cannot write the built-in config to {}: {error}",
+                    embedded.path().display()
+                ),
+            })?;
             embedded.path().to_path_buf()
         }
     };
