@@ -387,7 +387,11 @@ pub fn main(cli: Cli) -> ExitCode {
     if let Command::Demo(args) = &cli.command
         && let Err(error) = crate::telemetry::init_demo(&args.logs())
     {
-        eprintln!("error: cannot open the log file: {error}");
+        let file = args.log_file.as_deref().unwrap_or(std::path::Path::new(""));
+        eprintln!(
+            "error: cannot open the log file {}: {error}",
+            file.display()
+        );
         return ExitCode::FAILURE;
     }
     crate::telemetry::init(crate::telemetry::default_format());
