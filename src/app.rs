@@ -17,6 +17,7 @@
 //! [`DaemonParts::shutdown_timeout`] for the tasks, releases the lease and returns.
 
 pub mod demo;
+pub mod health;
 pub mod ops;
 pub mod status;
 

@@ -85,6 +85,9 @@ pub enum Command {
     /// Runs everything embedded (Marketo simulator, SQLite demo CRM, SQLite state, status page)
     /// and edits both sides between cycles so that records visibly flow both ways.
     Demo(DemoArgs),
+    /// Asks a running daemon's /healthz (or /readyz with --ready); exits 0 when it answers 2xx,
+    /// 1 otherwise. For container health checks: no curl needed.
+    Health(HealthArgs),
     /// Prints the lease, pause state, recent cycles, today's quota and open errors.
     Status {
         #[command(flatten)]
@@ -179,9 +182,10 @@ pub enum ConvergeCrm {
 /// Arguments of `demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// The config directory whose demo.toml and mapping files are used.
-    #[arg(long, default_value = "config")]
-    pub config: PathBuf,
+    /// A config directory whose default.toml, demo.toml and mapping files are used instead of
+    /// the copy built into the binary.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Where the status page listens (default: the http.listen setting, 127.0.0.1:8080).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
@@ -197,6 +201,40 @@ pub struct DemoArgs {
     /// Seed of the sample data.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Append the logs (JSON lines) to this file. By default the demo prints only its own
+    /// narration and errors.
+    #[arg(long, conflicts_with = "verbose")]
+    pub log_file: Option<PathBuf>,
+    /// Print the logs on standard error (also when RUST_LOG is set).
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+impl DemoArgs {
+    /// Where the demo's logs go.
+    fn logs(&self) -> crate::telemetry::DemoLogs {
+        use crate::telemetry::DemoLogs;
+        match &self.log_file {
+            Some(path) => DemoLogs::File(path.clone()),
+            None if self.verbose || std::env::var_os("RUST_LOG").is_some() => DemoLogs::Stderr,
+            None => DemoLogs::Quiet,
+        }
+    }
+}
+
+/// Arguments of `health`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// The daemon's base URL (default: from MKSYNC__HTTP__LISTEN, else http://127.0.0.1:8080;
+    /// 0.0.0.0 is asked on 127.0.0.1). A URL with a path is asked as is.
+    #[arg(long, env = "MKSYNC_HEALTH_URL")]
+    pub url: Option<String>,
+    /// Ask /readyz (ready to sync) instead of /healthz (alive).
+    #[arg(long)]
+    pub ready: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 /// The config directory and environment of the commands that open the state store.
@@ -457,6 +495,18 @@ pub enum CrmCommand {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    // The demo's logs go to a file or stay quiet, away from its narration; installed first, so
+    // the `init` below leaves it in place.
+    if let Command::Demo(args) = &cli.command
+        && let Err(error) = crate::telemetry::init_demo(&args.logs())
+    {
+        let file = args.log_file.as_deref().unwrap_or(std::path::Path::new(""));
+        eprintln!(
+            "error: cannot open the log file {}: {error}",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
     crate::telemetry::init(crate::telemetry::default_format());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -533,6 +583,7 @@ async fn dispatch(
         }
         Command::Demo(args) => {
             let options = crate::app::demo::DemoOptions {
+                logs: args.logs(),
                 config: args.config,
                 listen: args.listen,
                 cycles: args.cycles,
@@ -546,6 +597,19 @@ async fn dispatch(
             let out: std::sync::Arc<std::sync::Mutex<dyn std::io::Write + Send>> =
                 std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
             crate::app::demo::run_demo(options, out, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health(args) => {
+            use crate::app::health;
+            let options = health::HealthOptions {
+                url: args.url.unwrap_or_else(|| {
+                    health::default_url(std::env::var("MKSYNC__HTTP__LISTEN").ok().as_deref())
+                }),
+                ready: args.ready,
+                timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+            };
+            let healthy = health::check(&options).await?;
+            println!("ok: {} {} {}", healthy.url, healthy.status, healthy.body);
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {

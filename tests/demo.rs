@@ -1,6 +1,11 @@
 //! `marketo-sync demo` as a person runs it: records flow both ways and it stops by itself.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marketo_sync::app::demo::{DemoOptions, run_demo, write_embedded_config};
+use tokio_util::sync::CancellationToken;
 
 fn written(line: &str, direction: &str) -> u64 {
     // "cycle 2 succeeded: 3 records written Marketo -> CRM, 2 CRM -> Marketo, 12 Marketo calls"
@@ -98,4 +103,178 @@ fn live_contacts(path: &std::path::Path) -> Vec<(String, String)> {
             .map(|(e, t)| (e.unwrap_or_default(), t.unwrap_or_default()))
             .collect()
     })
+}
+
+/// Returns the lines of `stdout` that look like JSON log lines.
+fn json_lines(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{') || l.contains("\"level\":"))
+        .collect()
+}
+
+#[test]
+fn the_demo_runs_from_any_directory_with_its_built_in_config_and_no_log_lines_on_stdout() {
+    // A working directory with no config/ in it, as after `cargo install` or in the container.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let state = elsewhere.path().join("not/yet/there");
+    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+        .args([
+            "demo",
+            "--cycles",
+            "2",
+            "--interval",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env_remove("RUST_LOG")
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("config:         built in (--config DIR to use your own)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("logs:           errors only"), "{stdout}");
+    assert!(stdout.contains("demo stopped after 2 cycles"), "{stdout}");
+    assert_eq!(json_lines(&stdout), Vec::<&str>::new(), "{stdout}");
+    // Quiet by default: no info lines on standard error either.
+    assert!(!stderr.contains("INFO"), "{stderr}");
+    assert!(state.join("demo-state.db").is_file());
+    assert!(!elsewhere.path().join("config").exists());
+}
+
+#[test]
+fn with_log_file_the_logs_go_to_the_file_and_the_banner_says_where() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("logs/demo.log");
+    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+        .args([
+            "demo",
+            "--cycles",
+            "1",
+            "--interval",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--log-file")
+        .arg(&log)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("RUST_LOG")
+        .current_dir(dir.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("logs:           {} (JSON lines)", log.display())),
+        "{stdout}"
+    );
+    assert_eq!(json_lines(&stdout), Vec::<&str>::new(), "{stdout}");
+    assert!(!stderr.contains("\"level\""), "{stderr}");
+    let logged = std::fs::read_to_string(&log).expect("the log file exists");
+    let lines: Vec<&str> = logged.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(value.get("level").is_some(), "{line}");
+    }
+    // The webhook secret the banner prints is never logged.
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("webhook secret: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the secret is printed");
+    assert!(!logged.contains(secret));
+}
+
+#[test]
+fn a_bad_config_dir_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+        .args(["demo", "--cycles", "1", "--config", "no-such-config"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run the demo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-config/default.toml"), "{stderr}");
+}
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_narrating_past_fifty_cycles() {
+    let state = tempfile::tempdir().expect("temp dir");
+    // The built-in config with leads only: Marketo's 100 calls per 20 s (which the client keeps
+    // to) then allow more cycles per second than with every object.
+    let config = tempfile::tempdir().expect("temp dir");
+    write_embedded_config(config.path()).expect("write config");
+    let demo_toml = config.path().join("demo.toml");
+    let text = std::fs::read_to_string(&demo_toml).expect("read demo.toml");
+    let mut replaced = 0;
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("objects =") {
+                replaced += 1;
+                "objects = [\"leads\"]".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 1, "demo.toml has one sync.objects line");
+    std::fs::write(&demo_toml, text.join("\n")).expect("write demo.toml");
+    let captured = Captured::default();
+    let out: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(captured.clone()));
+    let options = DemoOptions {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        config: Some(config.path().to_path_buf()),
+        cycles: Some(51),
+        state_dir: Some(state.path().to_path_buf()),
+        leads: 5,
+        contacts: 5,
+        // A fast cycle clock: a 20 ms pause between cycles.
+        interval: Duration::from_millis(20),
+        ..DemoOptions::default()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(300),
+        run_demo(options, out, CancellationToken::new()),
+    )
+    .await
+    .expect("51 cycles within 5 minutes")
+    .expect("the demo runs");
+    assert_eq!(report.cycles, 51);
+    let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let numbers: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("cycle "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(numbers, (1..=51).collect::<Vec<u32>>(), "{text}");
+    assert!(text.contains("demo stopped after 51 cycles"), "{text}");
+    assert!(report.edits > 0);
 }

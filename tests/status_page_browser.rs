@@ -1,11 +1,13 @@
 //! The status page rendered by headless Chromium: the page's JavaScript fetches `/api/status`
 //! and draws the tables and SVG charts; the test reads the resulting DOM.
 //!
-//! Needs Chromium (`apt-get install -y chromium`). Without it the test fails, unless
-//! `MKSYNC_SKIP_BROWSER_TESTS=1` is set.
+//! Needs Chromium (`scripts/test` installs it). Without it the tests are skipped with a notice,
+//! or fail when `CI` or `MKSYNC_REQUIRE_ALL=1` is set; `MKSYNC_SKIP_BROWSER_TESTS=1` skips them.
 
 #[path = "support/http_fakes.rs"]
 mod http_fakes;
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,32 +21,10 @@ use marketo_sync::http::{CycleOutcome, DEFAULT_BODY_LIMIT, OnDemandQueue, Status
 /// The window size of the DOM dumps.
 const DESKTOP: &str = "--window-size=1280,1500";
 
-/// Returns the Chromium binary, or `None` when the test should be skipped.
-///
-/// Panics (fails the test) when Chromium is missing and skipping was not asked for.
+/// Returns the Chromium binary, or `None` when the test should be skipped (see
+/// `support/prereq.rs`).
 fn chromium() -> Option<PathBuf> {
-    if std::env::var("MKSYNC_SKIP_BROWSER_TESTS").as_deref() == Ok("1") {
-        eprintln!("MKSYNC_SKIP_BROWSER_TESTS=1: skipping the headless-Chromium test");
-        return None;
-    }
-    let fixed = Path::new("/usr/bin/chromium");
-    if fixed.is_file() {
-        return Some(fixed.to_path_buf());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser"] {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    panic!(
-        "Chromium is needed for the status page test but was not found (looked for \
-         /usr/bin/chromium, chromium and chromium-browser on PATH). Install it with \
-         `apt-get install -y chromium`, or set MKSYNC_SKIP_BROWSER_TESTS=1 to skip this test."
-    );
+    prereq::chromium("status page in headless Chromium")
 }
 
 /// Loads `url` in headless Chromium, lets the page's scripts run, and returns the DOM.

@@ -2,9 +2,12 @@
 //!
 //! Each script under `tests/third_party/` authenticates, describes leads, syncs leads, pages
 //! through leads by filter, runs a lead export and an activity export to completion and reads
-//! the files, then prints `RESULT ok ...`. The clients are installed by `.ci/run`
-//! (`install_third_party_clients`); set `MKSYNC_SKIP_THIRD_PARTY=1` to skip them on a machine
-//! without Python or Node.
+//! the files, then prints `RESULT ok ...`. The clients are installed by `scripts/test`; without
+//! them the tests are skipped with a notice, or fail when `CI` or `MKSYNC_REQUIRE_ALL=1` is set.
+//! `MKSYNC_SKIP_THIRD_PARTY=1` skips them.
+
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -71,21 +74,6 @@ fn third_party_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/third_party")
 }
 
-fn skip_requested() -> bool {
-    std::env::var("MKSYNC_SKIP_THIRD_PARTY").is_ok_and(|v| v == "1")
-}
-
-/// Returns whether `program args` runs and exits 0.
-fn succeeds(program: &str, args: &[&str], dir: &Path) -> bool {
-    Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Runs a client script against a fresh simulator and returns its `RESULT` line.
 fn run_script(program: &str, script: &str) -> String {
     let sim = Simulate::start();
@@ -130,39 +118,26 @@ fn check_result(client: &str, line: &str) {
 
 #[test]
 fn marketorestpython_works_unmodified_against_simulate() {
-    if skip_requested() {
-        eprintln!("MKSYNC_SKIP_THIRD_PARTY=1: skipping marketorestpython");
+    if !prereq::third_party(
+        "marketorestpython",
+        "python3 with the marketorestpython package",
+        prereq::has_python_client,
+    ) {
         return;
     }
-    assert!(
-        succeeds(
-            "python3",
-            &["-c", "import marketorestpython.client"],
-            &third_party_dir()
-        ),
-        "python3 with the marketorestpython package is needed: run `pip install marketorestpython` \
-         (.ci/run does), or set MKSYNC_SKIP_THIRD_PARTY=1 to skip this test"
-    );
     let line = run_script("python3", "marketorestpython_client.py");
     check_result("marketorestpython", &line);
 }
 
 #[test]
 fn node_marketo_rest_works_unmodified_against_simulate() {
-    if skip_requested() {
-        eprintln!("MKSYNC_SKIP_THIRD_PARTY=1: skipping node-marketo-rest");
+    if !prereq::third_party(
+        "node-marketo-rest",
+        "node with node-marketo-rest in tests/third_party/node_modules",
+        prereq::has_node_client,
+    ) {
         return;
     }
-    assert!(
-        succeeds(
-            "node",
-            &["-e", "require.resolve('node-marketo-rest')"],
-            &third_party_dir()
-        ),
-        "node with node-marketo-rest in tests/third_party/node_modules is needed: run \
-         `npm install --prefix tests/third_party` (.ci/run does), or set \
-         MKSYNC_SKIP_THIRD_PARTY=1 to skip this test"
-    );
     let line = run_script("node", "node_marketo_rest_client.js");
     check_result("node-marketo-rest", &line);
     assert!(counts(&line)["pages"] >= 3, "node-marketo-rest: {line}");

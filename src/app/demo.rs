@@ -5,10 +5,15 @@
 //! cycles it plays a marketer and a salesperson: it edits a lead in Marketo and a contact in the
 //! CRM, and creates a new record on each side, so that a person watching the status page (or the
 //! log) sees records flow both ways.
+//!
+//! The default settings and mapping files are embedded in the binary ([`EMBEDDED_CONFIG`]), so
+//! the demo runs from any directory and inside the container; `--config DIR` reads a directory
+//! instead.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,13 +24,76 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use crate::config::{Loaded, SettingsSource};
 use crate::sim::{SimConfig, SimHandle, Simulator};
-use crate::store::StateStore;
+use crate::store::{CycleRecord, StateStore, StoreError};
+use crate::telemetry::DemoLogs;
+
+/// The settings and mapping files the demo runs with when no `--config` is given: the
+/// repository's `config/` directory (default.toml, demo.toml, mappings/*.toml and the demo's
+/// not-secret demo-secrets/), as (path relative to the config directory, contents).
+pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
+    ("default.toml", include_str!("../../config/default.toml")),
+    ("demo.toml", include_str!("../../config/demo.toml")),
+    (
+        "mappings/activities.toml",
+        include_str!("../../config/mappings/activities.toml"),
+    ),
+    (
+        "mappings/cars.toml",
+        include_str!("../../config/mappings/cars.toml"),
+    ),
+    (
+        "mappings/companies.toml",
+        include_str!("../../config/mappings/companies.toml"),
+    ),
+    (
+        "mappings/leads.toml",
+        include_str!("../../config/mappings/leads.toml"),
+    ),
+    (
+        "mappings/opportunities.toml",
+        include_str!("../../config/mappings/opportunities.toml"),
+    ),
+    (
+        "mappings/roles.toml",
+        include_str!("../../config/mappings/roles.toml"),
+    ),
+    (
+        "mappings/salespersons.toml",
+        include_str!("../../config/mappings/salespersons.toml"),
+    ),
+    (
+        "demo-secrets/marketo_client_secret",
+        include_str!("../../config/demo-secrets/marketo_client_secret"),
+    ),
+    (
+        "demo-secrets/webhook_secret",
+        include_str!("../../config/demo-secrets/webhook_secret"),
+    ),
+];
+
+/// Writes [`EMBEDDED_CONFIG`] under `dir` (created when missing), so that it loads like a
+/// config directory.
+///
+/// # Errors
+///
+/// Returns the I/O error of a directory or file that cannot be written.
+pub fn write_embedded_config(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in EMBEDDED_CONFIG {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)?;
+    }
+    Ok(())
+}
 
 /// Options of `marketo-sync demo`.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// The config directory; its `demo.toml` layer and mapping files are used.
-    pub config: PathBuf,
+    /// The config directory whose `demo.toml` layer and mapping files are used (default: the
+    /// copy embedded in the binary, [`EMBEDDED_CONFIG`]).
+    pub config: Option<PathBuf>,
     /// Where the status page listens (default: the `http.listen` setting, 127.0.0.1:8080).
     pub listen: Option<SocketAddr>,
     /// Stop after this many completed cycles (default: run until Ctrl-C).
@@ -40,12 +108,15 @@ pub struct DemoOptions {
     pub contacts: usize,
     /// Pause between cycles.
     pub interval: Duration,
+    /// Where the logs go (shown in the banner; the subscriber is installed by the caller with
+    /// [`crate::telemetry::init_demo`]).
+    pub logs: DemoLogs,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
-            config: PathBuf::from("config"),
+            config: None,
             listen: None,
             cycles: None,
             state_dir: None,
@@ -53,6 +124,7 @@ impl Default for DemoOptions {
             leads: 40,
             contacts: 30,
             interval: Duration::from_secs(10),
+            logs: DemoLogs::Quiet,
         }
     }
 }
@@ -86,9 +158,27 @@ pub async fn run_demo(
             temp.path().to_path_buf()
         }
     };
-    std::fs::create_dir_all(&state_dir)?;
+    std::fs::create_dir_all(&state_dir).map_err(|error| AppError::InvalidArgument {
+        what: "--state-dir",
+        reason: format!("cannot create {}: {error}", state_dir.display()),
+    })?;
 
-    let mut loaded = crate::config::load(&SettingsSource::new(&options.config, Some("demo")))?;
+    let embedded;
+    let config_dir = match &options.config {
+        Some(dir) => dir.clone(),
+        None => {
+            embedded = tempfile::tempdir()?;
+            write_embedded_config(embedded.path()).map_err(|error| AppError::InvalidArgument {
+                what: "--config",
+                reason: format!(
+                    "cannot write the built-in config to {}: {error}",
+                    embedded.path().display()
+                ),
+            })?;
+            embedded.path().to_path_buf()
+        }
+    };
+    let mut loaded = crate::config::load(&SettingsSource::new(&config_dir, Some("demo")))?;
     let client_id = loaded
         .settings
         .marketo
@@ -131,16 +221,34 @@ pub async fn run_demo(
         &webhook_secret,
         &options,
     );
-    let listen = loaded.settings.http.listen;
     let (runner, store) = super::build_engine(&loaded).await?;
+    let settings = &loaded.settings;
+    let mut parts = super::DaemonParts::new(
+        runner,
+        store.clone(),
+        super::http_config(settings),
+        super::instance_id(settings),
+        super::holder_id(),
+    );
+    // The demo's own interval, which may be shorter than the settings' whole seconds.
+    parts.interval = options.interval;
+    parts.daily_call_budget = u64::from(settings.marketo.daily_call_budget);
+    parts.bulk_budget_bytes = u64::from(settings.marketo.bulk_mb_budget) * 1024 * 1024;
+    let daemon = super::Daemon::build(parts).await?;
+    let listen = SocketAddr::new(settings.http.listen.ip(), daemon.port());
 
     say(
         &out,
         &format!(
-            "marketo-sync demo\n  status page:    http://{listen}/\n  webhook:        POST http://{listen}/webhooks/marketo\n  webhook secret: {webhook_secret} (header {})\n  simulator:      {}\n  state:          {}\n  stop with Ctrl-C{}",
-            loaded.settings.http.webhook_header,
+            "marketo-sync demo\n  status page:    http://{listen}/\n  webhook:        POST http://{listen}/webhooks/marketo\n  webhook secret: {webhook_secret} (header {})\n  simulator:      {}\n  config:         {}\n  state:          {}\n  logs:           {}\n  stop with Ctrl-C{}",
+            settings.http.webhook_header,
             sim.base_url(),
+            options.config.as_ref().map_or_else(
+                || "built in (--config DIR to use your own)".to_owned(),
+                |dir| dir.display().to_string()
+            ),
             state_dir.display(),
+            describe_logs(&options.logs),
             options
                 .cycles
                 .map(|n| format!(" (or after {n} cycles)"))
@@ -149,12 +257,7 @@ pub async fn run_demo(
     );
 
     let daemon_token = shutdown.child_token();
-    let daemon = tokio::spawn(super::run_daemon_on(
-        loaded,
-        store.clone(),
-        runner,
-        daemon_token.clone(),
-    ));
+    let daemon = tokio::spawn(daemon.run_until_stopped(daemon_token.clone()));
     let report = play(&options, &sim, &crm_url, store, &out, &daemon_token).await;
     daemon_token.cancel();
     match daemon.await {
@@ -221,29 +324,33 @@ async fn play(
             return report;
         }
     };
-    let mut seen_cycles = 0usize;
-    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut watcher = CycleWatcher::default();
+    // Poll about twice per interval, at most every 500 ms.
+    let period =
+        (options.interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut poll = tokio::time::interval(period);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = poll.tick() => {}
         }
-        let finished = match store.recent_cycles(50).await {
-            Ok(cycles) => cycles
-                .into_iter()
-                .filter(|c| c.ended_at.is_some())
-                .collect::<Vec<_>>(),
-            Err(_) => continue,
+        let Ok(finished) = watcher.poll(store.as_ref()).await else {
+            continue;
         };
-        if finished.len() <= seen_cycles {
+        if finished.is_empty() {
             continue;
         }
-        seen_cycles = finished.len();
-        report.cycles = u32::try_from(seen_cycles).unwrap_or(u32::MAX);
-        if let Some(last) = finished.first() {
-            say(out, &describe_cycle(report.cycles, last));
+        let mut enough = false;
+        for (n, cycle) in &finished {
+            say(out, &describe_cycle(*n, cycle));
+            report.cycles = *n;
+            if options.cycles.is_some_and(|limit| *n >= limit) {
+                enough = true;
+                break;
+            }
         }
-        if options.cycles.is_some_and(|n| report.cycles >= n) {
+        if enough {
             break;
         }
         report.edits += edit_both_sides(sim, &crm, &store, report.cycles, out).await;
@@ -252,7 +359,64 @@ async fn play(
     report
 }
 
-fn describe_cycle(n: u32, cycle: &crate::store::CycleRecord) -> String {
+/// Numbers the cycles that finish, however many there are: it remembers the ids of the finished
+/// cycles it last saw among the most recent ones, never a count of them (which would stop at the
+/// page size).
+#[derive(Debug, Default)]
+pub struct CycleWatcher {
+    seen: HashSet<uuid::Uuid>,
+    narrated: u32,
+}
+
+impl CycleWatcher {
+    /// How many recent cycles each poll reads: more than can finish between two polls.
+    const WINDOW: u32 = 50;
+
+    /// Returns the cycles that finished since the last call, oldest first, each with its number
+    /// (1 for the first cycle this watcher saw finish).
+    ///
+    /// # Errors
+    ///
+    /// Returns the store's error; the next call catches up.
+    pub async fn poll(
+        &mut self,
+        store: &dyn StateStore,
+    ) -> Result<Vec<(u32, CycleRecord)>, StoreError> {
+        let recent = store.recent_cycles(Self::WINDOW).await?;
+        let mut finished: Vec<CycleRecord> = recent
+            .into_iter()
+            .filter(|c| c.ended_at.is_some())
+            .collect();
+        finished.sort_by_key(|c| (c.started_at, c.ended_at));
+        let mut new = Vec::new();
+        let mut seen = HashSet::with_capacity(finished.len());
+        for cycle in finished {
+            seen.insert(cycle.id);
+            if !self.seen.contains(&cycle.id) {
+                self.narrated = self.narrated.saturating_add(1);
+                new.push((self.narrated, cycle));
+            }
+        }
+        // Only ids that can come back in the next window are kept.
+        self.seen = seen;
+        Ok(new)
+    }
+
+    /// How many finished cycles it has numbered.
+    pub fn count(&self) -> u32 {
+        self.narrated
+    }
+}
+
+fn describe_logs(logs: &DemoLogs) -> String {
+    match logs {
+        DemoLogs::File(path) => format!("{} (JSON lines)", path.display()),
+        DemoLogs::Stderr => "standard error".to_owned(),
+        DemoLogs::Quiet => "errors only (--log-file PATH or --verbose for more)".to_owned(),
+    }
+}
+
+fn describe_cycle(n: u32, cycle: &CycleRecord) -> String {
     let mut to_crm = 0;
     let mut to_marketo = 0;
     for count in &cycle.counts {
@@ -263,11 +427,17 @@ fn describe_cycle(n: u32, cycle: &crate::store::CycleRecord) -> String {
             None => {}
         }
     }
-    format!(
+    let mut line = format!(
         "cycle {n} {}: {to_crm} records written Marketo -> CRM, {to_marketo} CRM -> Marketo, {} Marketo calls",
         cycle.outcome.as_str(),
         cycle.api_calls
-    )
+    );
+    if let Some(message) = &cycle.message {
+        line.push_str(" (");
+        line.push_str(message);
+        line.push(')');
+    }
+    line
 }
 
 /// Makes one round of edits as people would: returns how many it made.
@@ -364,5 +534,133 @@ fn say(out: &Arc<Mutex<dyn Write + Send>>, line: &str) {
         // The demo's narration is best effort: a closed stdout must not stop the sync.
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/prereq.rs"]
+mod prereq;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CycleOutcome;
+
+    /// The first test of `cargo test` (the library's tests run first, in name order): it says,
+    /// in one line at the top, what the suite needs that is missing here and which command sets
+    /// it up. It never fails; the tests that need a missing prerequisite skip or fail themselves.
+    #[test]
+    fn a_notice_of_missing_test_prerequisites() {
+        if let Some(line) = super::prereq::notice() {
+            super::prereq::announce(&line);
+        }
+    }
+
+    #[test]
+    fn every_config_file_the_demo_needs_is_embedded_as_it_is_on_disk() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut on_disk = Vec::new();
+        for sub in ["mappings", "demo-secrets"] {
+            for entry in std::fs::read_dir(config.join(sub)).expect("read config dir") {
+                let name = entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                if sub == "demo-secrets" || name.ends_with(".toml") {
+                    on_disk.push(format!("{sub}/{name}"));
+                }
+            }
+        }
+        on_disk.extend(["default.toml".to_owned(), "demo.toml".to_owned()]);
+        on_disk.sort();
+        let mut embedded: Vec<String> = EMBEDDED_CONFIG
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "add new config files to EMBEDDED_CONFIG");
+        for (name, text) in EMBEDDED_CONFIG {
+            let disk = std::fs::read_to_string(config.join(name)).expect("read");
+            assert_eq!(*text, disk, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_embedded_demo_config_loads_from_a_fresh_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_embedded_config(&dir.path().join("nested/config")).expect("write");
+        let source = SettingsSource::new(dir.path().join("nested/config"), Some("demo"))
+            .with_vars(std::collections::HashMap::new());
+        let loaded = crate::config::load(&source).expect("the embedded demo config loads");
+        assert!(loaded.mappings.iter().any(|m| m.object == "leads"));
+        assert_eq!(
+            loaded.settings.marketo.client_id.as_deref(),
+            Some("demo-client")
+        );
+    }
+
+    fn cycle(start: i64) -> CycleRecord {
+        let t0 = chrono::DateTime::<chrono::Utc>::from_timestamp(1_780_000_000, 0).expect("t0");
+        CycleRecord {
+            id: uuid::Uuid::new_v4(),
+            started_at: t0 + chrono::Duration::seconds(start),
+            ended_at: Some(
+                t0 + chrono::Duration::seconds(start) + chrono::Duration::milliseconds(500),
+            ),
+            outcome: CycleOutcome::Succeeded,
+            steps: Vec::new(),
+            counts: Vec::new(),
+            api_calls: 3,
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watcher_numbers_cycles_well_past_fifty_one_or_many_at_a_time() {
+        let store = crate::store::open("sqlite::memory:").await.expect("store");
+        let mut watcher = CycleWatcher::default();
+        assert!(watcher.poll(store.as_ref()).await.expect("poll").is_empty());
+        let mut numbers = Vec::new();
+        let mut next = 0i64;
+        // One cycle per poll for 60 cycles, then batches of 1 to 7 between polls.
+        for round in 0..90 {
+            let batch = if round < 60 { 1 } else { 1 + round % 7 };
+            for _ in 0..batch {
+                store.record_cycle(&cycle(next)).await.expect("record");
+                next += 1;
+            }
+            let new = watcher.poll(store.as_ref()).await.expect("poll");
+            assert_eq!(new.len(), batch as usize, "round {round}");
+            numbers.extend(new.into_iter().map(|(n, _)| n));
+            // Polling again with nothing new narrates nothing.
+            assert!(watcher.poll(store.as_ref()).await.expect("poll").is_empty());
+        }
+        let expected: Vec<u32> = (1..=u32::try_from(next).expect("count")).collect();
+        assert_eq!(numbers, expected);
+        assert_eq!(watcher.count(), u32::try_from(next).expect("count"));
+        assert!(watcher.count() > 100);
+    }
+
+    #[tokio::test]
+    async fn a_running_cycle_is_narrated_once_it_ends() {
+        let store = crate::store::open("sqlite::memory:").await.expect("store");
+        let mut watcher = CycleWatcher::default();
+        let mut running = cycle(0);
+        running.ended_at = None;
+        running.outcome = CycleOutcome::Running;
+        store.record_cycle(&running).await.expect("record");
+        assert!(watcher.poll(store.as_ref()).await.expect("poll").is_empty());
+        let mut done = running.clone();
+        done.ended_at = Some(running.started_at + chrono::Duration::seconds(1));
+        done.outcome = CycleOutcome::Failed;
+        done.message = Some("crm unreachable".to_owned());
+        store.record_cycle(&done).await.expect("record");
+        let new = watcher.poll(store.as_ref()).await.expect("poll");
+        assert_eq!(new.len(), 1);
+        assert_eq!(
+            describe_cycle(new[0].0, &new[0].1),
+            "cycle 1 failed: 0 records written Marketo -> CRM, 0 CRM -> Marketo, 3 Marketo calls (crm unreachable)"
+        );
     }
 }

@@ -563,6 +563,12 @@ fn generate(
 /// # Errors
 /// A connection or SQL failure.
 pub async fn install(url: &str, seed: u64, contacts: usize) -> Result<DemoSummary, CrmError> {
+    if url.starts_with("sqlite:") {
+        // A SQLite demo CRM (demo.toml's `sqlite://state/demo-crm.db`) starts in a fresh folder.
+        crate::store::create_sqlite_parent_dir(url).map_err(|error| CrmError::Config {
+            message: format!("the demo crm: {error}"),
+        })?;
+    }
     let pool = SqlPool::connect(url, 1, false).await?;
     let d = pool.dialect();
     for sql in ddl(d) {

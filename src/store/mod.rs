@@ -287,11 +287,60 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Arc<dyn StateS
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "postgres" | "postgresql" => Ok(Arc::new(PgStore::open(url, options).await?)),
-        "sqlite" => Ok(Arc::new(SqliteStore::open(url, options).await?)),
+        "sqlite" => {
+            let file = create_sqlite_parent_dir(url)?;
+            match SqliteStore::open(url, options).await {
+                Ok(store) => Ok(Arc::new(store)),
+                // "unable to open database file" names no file: name it (a SQLite path holds
+                // no password). A retryable error (busy, locked) keeps its kind.
+                Err(StoreError::Connect { source, .. })
+                    if file.is_some() && !sqlx_error_is_retryable(&source) =>
+                {
+                    Err(StoreError::Invalid {
+                        what: "sqlite state store file",
+                        reason: format!(
+                            "cannot open {}: {source}",
+                            file.unwrap_or_default().display()
+                        ),
+                    })
+                }
+                Err(error) => Err(error),
+            }
+        }
         other => Err(StoreError::UnsupportedUrl {
             scheme: other.chars().take(32).collect(),
         }),
     }
+}
+
+/// Returns the file of a `sqlite:` URL (`None` for an in-memory database), after creating its
+/// parent directories when they are missing, so that a first start with the default
+/// `sqlite://state/marketo-sync.db` works.
+///
+/// # Errors
+///
+/// [`StoreError::BadUrl`] for a URL SQLite cannot parse, [`StoreError::Invalid`] naming the
+/// directory when it cannot be created.
+pub fn create_sqlite_parent_dir(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    use std::str::FromStr;
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let connect =
+        sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|source| StoreError::BadUrl {
+            backend: "sqlite",
+            source,
+        })?;
+    let file = connect.get_filename().to_path_buf();
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        std::fs::create_dir_all(parent).map_err(|error| StoreError::Invalid {
+            what: "sqlite state store directory",
+            reason: format!("cannot create {}: {error}", parent.display()),
+        })?;
+    }
+    Ok(Some(file))
 }
 
 /// Returns the Marketo day of an instant: its calendar date in America/Chicago, where Marketo's

@@ -54,3 +54,65 @@ pub fn default_format() -> LogFormat {
         LogFormat::Json
     }
 }
+
+/// Where `marketo-sync demo` sends its logs, so that they do not interleave with its narration
+/// on standard output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemoLogs {
+    /// JSON lines appended to this file (filtered by `RUST_LOG`, default `info`).
+    File(std::path::PathBuf),
+    /// Human-readable lines on standard error (filtered by `RUST_LOG`, default `info`).
+    Stderr,
+    /// Errors only, on standard error.
+    Quiet,
+}
+
+/// Installs the global tracing subscriber of `marketo-sync demo`. Call it before [`init`]
+/// (which then leaves it in place).
+///
+/// # Errors
+///
+/// Returns the I/O error when the log file cannot be created or opened for appending.
+pub fn init_demo(logs: &DemoLogs) -> std::io::Result<()> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry();
+    let result = match logs {
+        DemoLogs::File(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            registry
+                .with(filter())
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_writer(std::sync::Mutex::new(file)),
+                )
+                .try_init()
+        }
+        DemoLogs::Stderr => registry
+            .with(filter())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        DemoLogs::Quiet => registry
+            .with(EnvFilter::new("error"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    // Already installed (a test that initialised logging itself).
+    drop(result);
+    Ok(())
+}
