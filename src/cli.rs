@@ -48,7 +48,8 @@ pub enum Command {
         #[command(subcommand)]
         command: CrmCommand,
     },
-    /// Runs the sync: `--once` runs one cycle and prints its summary as JSON.
+    /// Runs the sync: `--once` runs one cycle and prints its summary (`--dry-run`: the planned
+    /// writes, each field before and after, without writing anything).
     Sync {
         /// Run one cycle and exit.
         #[arg(long)]
@@ -59,9 +60,13 @@ pub enum Command {
         /// The environment layer (`config/<env>.toml`).
         #[arg(long, env = "MKSYNC_ENV")]
         env: Option<String>,
-        /// Plan without writing anything; print the plan.
+        /// Plan without writing anything to Marketo, the CRM or the state store; print the
+        /// planned writes with each field's value before and after.
         #[arg(long)]
         dry_run: bool,
+        /// Print the summary (and the plan) as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
@@ -585,6 +590,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             env,
             dry_run,
+            json,
         } => {
             if !once {
                 anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
@@ -597,7 +603,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             });
             let summary =
                 crate::engine::once::run_once(&config, env.as_deref(), dry_run, &cancel).await?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render_text());
+            }
+            // Records waiting for their parent are not failures: a healthy dry run exits 0.
             Ok(if summary.failed() > 0 {
                 ExitCode::from(2)
             } else {
