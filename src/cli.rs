@@ -321,9 +321,13 @@ pub struct BootstrapArgs {
     /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
     #[arg(long)]
     pub since: Option<String>,
-    /// List the windows and the estimated exports without creating any.
+    /// Create no export and write nothing; print an estimate of the exports, megabytes,
+    /// Marketo calls and time, with its assumptions.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The `crm` subcommands.
@@ -682,10 +686,14 @@ async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     });
     let progress = bootstrap::IndicatifProgress::new();
     let report = bootstrap::bootstrap(&ctx, &options, &progress, &cancel).await?;
-    for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+    if args.json {
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(until) = report.paused_until {
         eprintln!("bootstrap paused by the daily bulk budget; run it again after {until}");
         return Ok(ExitCode::from(3));

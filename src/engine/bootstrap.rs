@@ -34,12 +34,12 @@
 //! and says when it can resume (the next Marketo day turn).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressStyle};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -186,6 +186,65 @@ pub struct BootstrapReport {
     pub bulk_bytes: u64,
     /// Estimated export jobs still to run (dry run).
     pub estimated_exports: u64,
+    /// The estimate of exports, megabytes, Marketo calls and time (dry run).
+    pub estimate: Option<super::estimate::Estimate>,
+}
+
+impl BootstrapReport {
+    /// Returns the report as text for a terminal: the estimate on a dry run, else a table of
+    /// the phases; then the warnings and the pause.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        if let Some(estimate) = &self.estimate {
+            let _ = write!(out, "{}", estimate.render_text());
+        } else {
+            let mut t = comfy_table::Table::new();
+            t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
+                .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+                .set_header(vec![
+                    "Phase", "Windows", "Rows", "Created", "Updated", "Failed", "Links", "Size",
+                ]);
+            for p in &self.phases {
+                t.add_row(vec![
+                    p.name.clone(),
+                    format!(
+                        "{}/{}",
+                        p.windows_done + p.windows_skipped,
+                        p.windows_total
+                    ),
+                    p.rows.to_string(),
+                    p.created.to_string(),
+                    p.updated.to_string(),
+                    p.failed.to_string(),
+                    p.links.to_string(),
+                    HumanBytes(p.bytes).to_string(),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+            let _ = writeln!(
+                out,
+                "{}: {} of bulk exports downloaded by this run.",
+                if self.complete {
+                    "Bootstrap complete"
+                } else {
+                    "Bootstrap not complete"
+                },
+                HumanBytes(self.bulk_bytes)
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        if let (Some(until), Some(reason)) = (self.paused_until, &self.pause_reason) {
+            let _ = writeln!(
+                out,
+                "Paused until {} ({reason}); run it again then: it resumes where it stopped.",
+                until.to_rfc3339()
+            );
+        }
+        out
+    }
 }
 
 /// Receives progress of a bootstrap.
@@ -198,22 +257,26 @@ pub trait Progress: Send + Sync {
     fn finish(&self, report: &BootstrapReport);
 }
 
-/// Progress bars on stderr when it is a terminal (hidden otherwise), and a log line per window.
+/// A progress bar per phase, drawn by the `tracing-indicatif` layer that
+/// [`crate::telemetry::init`] installs on a terminal (log lines print above the bars, so they do
+/// not scroll the bars away), with the windows done, the elapsed time, the ETA, the bytes and
+/// rows so far and their rates; plus a log line per window. Without that layer (JSON logs, not a
+/// terminal) only the log lines remain.
 pub struct IndicatifProgress {
-    multi: MultiProgress,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
+    bars: Mutex<BTreeMap<String, PhaseBar>>,
+}
+
+struct PhaseBar {
+    span: tracing::Span,
+    started: std::time::Instant,
+    rows: u64,
+    bytes: u64,
 }
 
 impl IndicatifProgress {
-    /// Returns a progress display drawing to stderr when it is a terminal.
+    /// Returns a progress display (bars appear where the tracing-indicatif layer is installed).
     pub fn new() -> Self {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
         IndicatifProgress {
-            multi: MultiProgress::with_draw_target(target),
             bars: Mutex::new(BTreeMap::new()),
         }
     }
@@ -225,19 +288,50 @@ impl Default for IndicatifProgress {
     }
 }
 
+/// Returns the message of a phase's bar: bytes and rows so far, with their rates, and the end of
+/// the last window applied.
+pub fn progress_message(
+    rows: u64,
+    bytes: u64,
+    elapsed: std::time::Duration,
+    last_end: DateTime<Utc>,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    format!(
+        "{} ({}/s) · {rows} rows ({:.0}/s) · up to {}",
+        HumanBytes(bytes),
+        HumanBytes((bytes as f64 / secs) as u64),
+        rows as f64 / secs,
+        last_end.format("%Y-%m-%d")
+    )
+}
+
 impl Progress for IndicatifProgress {
     fn phase(&self, name: &str, windows: u64) {
-        let bar = self.multi.add(ProgressBar::new(windows));
-        let style =
-            ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} windows {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_prefix(name.to_owned());
+        let span = tracing::info_span!(
+            "bootstrap",
+            phase = name,
+            indicatif.pb_show = tracing::field::Empty
+        );
+        let style = ProgressStyle::with_template(
+            "{span_fields:>28} [{bar:30}] {pos}/{len} windows · {elapsed} · ETA {eta} · {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        span.pb_set_style(&style);
+        span.pb_set_length(windows);
+        span.pb_set_message("exporting the first window");
+        span.pb_start();
         info!(phase = name, windows, "bootstrap phase");
-        self.bars
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), bar);
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            name.to_owned(),
+            PhaseBar {
+                span,
+                started: std::time::Instant::now(),
+                rows: 0,
+                bytes: 0,
+            },
+        );
     }
 
     fn window(&self, phase: &str, start: DateTime<Utc>, end: DateTime<Utc>, rows: u64, bytes: u64) {
@@ -246,17 +340,23 @@ impl Progress for IndicatifProgress {
             .bars
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(phase)
+            .get_mut(phase)
         {
-            bar.inc(1);
-            bar.set_message(format!("to {}", end.format("%Y-%m-%d")));
+            bar.rows += rows;
+            bar.bytes += bytes;
+            bar.span.pb_inc(1);
+            bar.span.pb_set_message(&progress_message(
+                bar.rows,
+                bar.bytes,
+                bar.started.elapsed(),
+                end,
+            ));
         }
     }
 
     fn finish(&self, report: &BootstrapReport) {
-        for bar in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            bar.finish();
-        }
+        // Closing the spans removes their bars.
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).clear();
         info!(
             complete = report.complete,
             bulk_bytes = report.bulk_bytes,
@@ -488,19 +588,17 @@ pub async fn bootstrap(
             object: "leads".into(),
             kind: ExportKind::Leads,
         });
-        if options.dry_run {
-            None
-        } else {
-            Some(
-                plans(
-                    ctx,
-                    wanted("companies"),
-                    wanted("salespersons"),
-                    &mut report.warnings,
-                )
-                .await?,
+        // A dry run compiles the plans too: the estimate samples the leads with the export's
+        // fields.
+        Some(
+            plans(
+                ctx,
+                wanted("companies"),
+                wanted("salespersons"),
+                &mut report.warnings,
             )
-        }
+            .await?,
+        )
     } else {
         None
     };
@@ -554,6 +652,8 @@ pub async fn bootstrap(
     }
 
     let mut paused = None;
+    let mut to_estimate: Vec<(String, u64, super::estimate::PhaseRows)> = Vec::new();
+    let mut leads_from: Option<DateTime<Utc>> = None;
     for spec in &phases {
         let from = low(&spec.object);
         let mut phase = PhaseReport {
@@ -575,6 +675,16 @@ pub async fn bootstrap(
         progress.phase(spec.name, todo.len() as u64);
         if options.dry_run {
             report.estimated_exports += todo.len() as u64;
+            use super::estimate::PhaseRows;
+            let rows = match spec.name {
+                PHASE_LEADS => PhaseRows::Leads,
+                PHASE_NEW_LEADS => PhaseRows::NewLeadActivities,
+                _ => PhaseRows::Unknown,
+            };
+            if spec.name == PHASE_LEADS {
+                leads_from = Some(resume);
+            }
+            to_estimate.push((spec.name.to_owned(), todo.len() as u64, rows));
             phase.planned = todo;
             report.phases.push(phase);
             continue;
@@ -644,6 +754,22 @@ pub async fn bootstrap(
         report.phases.push(phase);
     }
     report.bulk_bytes = run.run_bytes;
+    if options.dry_run {
+        let sample = match (&lead_plan, leads_from) {
+            (Some(plans), Some(from)) => {
+                super::estimate::sample_leads(&ctx.marketo, &lead_export_fields(plans), from)
+                    .await?
+            }
+            _ => super::estimate::LeadSample::default(),
+        };
+        let assume = super::estimate::Assumptions {
+            export_processing: super::estimate::EXPORT_PROCESSING,
+            poll_interval: run.export.poll_interval,
+            calls_per_20s: ctx.settings.marketo.calls_per_20s,
+            bulk_budget_bytes: run.budget,
+        };
+        report.estimate = Some(super::estimate::estimate(&to_estimate, &sample, &assume));
+    }
     match paused {
         Some(Stop::Paused { until, reason }) => {
             warn!(%until, reason = %reason, "bootstrap paused by the daily bulk budget");
@@ -659,6 +785,32 @@ pub async fn bootstrap(
 /// Returns the watermark queue of a phase.
 pub fn queue(phase: &str) -> String {
     format!("bootstrap:{phase}")
+}
+
+/// Returns the fields of a lead export: `id`, the mapped fields, the CRM-key field, and the
+/// company and salesperson fields when those objects are synced (those the schema holds).
+fn lead_export_fields(plans: &LeadPlans) -> Vec<String> {
+    let plan = &plans.lead;
+    let mut fields: Vec<String> = vec!["id".into()];
+    let mut add = |f: String| {
+        if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
+            fields.push(f);
+        }
+    };
+    for f in plan.read_fields(Side::Marketo) {
+        add(f);
+    }
+    add(plan.marketo_crm_key.clone());
+    if let Some(company) = &plans.company {
+        for f in company.read_fields(Side::Marketo) {
+            add(f);
+        }
+        add("externalCompanyId".into());
+    }
+    if plans.salesperson.is_some() {
+        add("externalSalesPersonId".into());
+    }
+    fields
 }
 
 struct LeadPlans {
@@ -1163,27 +1315,8 @@ impl Run<'_> {
                 .await?;
             return Ok(bytes);
         }
-        let mut fields: Vec<String> = vec!["id".into()];
-        let mut add = |f: String| {
-            if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
-                fields.push(f);
-            }
-        };
-        for f in plan.read_fields(Side::Marketo) {
-            add(f);
-        }
-        add(plan.marketo_crm_key.clone());
-        if let Some(company) = &plans.company {
-            for f in company.read_fields(Side::Marketo) {
-                add(f);
-            }
-            add("externalCompanyId".into());
-        }
-        if plans.salesperson.is_some() {
-            add("externalSalesPersonId".into());
-        }
         let request = ExportRequest {
-            fields,
+            fields: lead_export_fields(plans),
             format: Some("CSV".into()),
             column_header_names: None,
             filter: ExportFilter {

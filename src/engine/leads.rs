@@ -1681,8 +1681,8 @@ async fn apply_crm(
                 }
                 if create {
                     change = change.note(format!(
-                        "the new {} id is then written to the lead's {}",
-                        plan.crm_object, plan.marketo_crm_key
+                        "then the new CRM id goes into the lead's {}",
+                        plan.marketo_crm_key
                     ));
                 }
                 step.plan_out.push(change);

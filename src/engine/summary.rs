@@ -366,6 +366,9 @@ pub fn plan_table(plan: &[PlannedChange]) -> comfy_table::Table {
         let source = side_of(change.direction, false).as_str();
         let target = side_of(change.direction, true).as_str();
         let record = match (&change.source_key, &change.target_key) {
+            (Some(s), _) if change.action == PlannedAction::WaitsForParent => {
+                format!("{source} {s}")
+            }
             (Some(s), Some(t)) => format!("{source} {s} → {target} {t}"),
             (Some(s), None) => format!("{source} {s} → new"),
             (None, Some(t)) => format!("{target} {t}"),
