@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use marketo_sync::config::{LoadedMapping, Settings, parse_mapping};
 use marketo_sync::crm::{Crm, registry};
 use marketo_sync::engine::bootstrap::{
-    BootstrapOptions, BootstrapReport, PHASE_LEADS, PHASE_NEW_LEADS, ProgressEvent,
+    BootstrapOptions, BootstrapReport, PHASE_LEADS, PHASE_NEW_LEADS, PhaseProgress, ProgressEvent,
     RecordingProgress, Window, bootstrap, progress_message, queue,
 };
 use marketo_sync::engine::{Context, EngineError};
@@ -1512,7 +1512,10 @@ async fn a_dry_run_estimates_exports_megabytes_calls_and_time_from_a_lead_sample
     )
     .await
     .unwrap();
-    let e = report.estimate.clone().expect("a dry run carries an estimate");
+    let e = report
+        .estimate
+        .clone()
+        .expect("a dry run carries an estimate");
     // The sim holds 300 leads: two Get Leads calls find the highest id (one block full, the
     // next empty), and the full block is the whole sample.
     let lead_calls = env.sim.request_log()[before..]
@@ -1534,10 +1537,20 @@ async fn a_dry_run_estimates_exports_megabytes_calls_and_time_from_a_lead_sample
         e.marketo_calls,
         e.phases.iter().map(|p| p.calls).sum::<u64>() + e.sample_calls
     );
-    assert_eq!(e.seconds, e.exports * 300 + (e.marketo_calls * 20).div_ceil(100));
+    let rate = u64::from(ctx.settings.marketo.calls_per_20s);
+    assert_eq!(
+        e.seconds,
+        e.exports * 300 + (e.marketo_calls * 20).div_ceil(rate)
+    );
     assert_eq!(e.marketo_days, 1);
     let text = report.render_text();
-    for needle in ["Exports", "MB", "100 per 20 s", "bulk budget", "Assumptions"] {
+    for needle in [
+        "Exports",
+        "MB",
+        "Marketo's limit is 100 per 20 s",
+        "bulk budget",
+        "Assumptions",
+    ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
     assert_eq!(
@@ -1593,16 +1606,23 @@ async fn the_progress_reporter_receives_the_rows_and_bytes_of_every_window() {
             .fold((0, 0), |(r, b), (rows, bytes)| (r + rows, b + bytes));
         assert_eq!((rows, bytes), (phase.rows, phase.bytes), "{}", phase.name);
     }
-    let leads = report.phases.iter().find(|p| p.name == PHASE_LEADS).unwrap();
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
     assert!(leads.rows > 0 && leads.bytes > 0, "{leads:?}");
     // The bar's message shows the bytes and rows with their rates.
-    let text = progress_message(
-        leads.rows,
-        leads.bytes,
-        Duration::from_secs(2),
-        env.clock.now(),
-    );
+    let text = progress_message(&PhaseProgress {
+        done: 2,
+        total: 4,
+        rows: leads.rows,
+        bytes: leads.bytes,
+        elapsed: Duration::from_secs(20),
+        last_end: env.clock.now(),
+    });
     assert!(text.contains(&format!("{} rows", leads.rows)), "{text}");
     assert!(text.contains("/s"), "{text}");
+    assert!(text.contains("ETA 20 seconds"), "{text}");
     env.sim.shutdown().await;
 }

@@ -39,10 +39,10 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use indicatif::{HumanBytes, ProgressStyle};
-use tracing_indicatif::span_ext::IndicatifSpanExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::write_back::{Spool, SpoolReader};
 use super::{Context, EngineError};
@@ -208,11 +208,7 @@ impl BootstrapReport {
             for p in &self.phases {
                 t.add_row(vec![
                     p.name.clone(),
-                    format!(
-                        "{}/{}",
-                        p.windows_done + p.windows_skipped,
-                        p.windows_total
-                    ),
+                    format!("{}/{}", p.windows_done + p.windows_skipped, p.windows_total),
                     p.rows.to_string(),
                     p.created.to_string(),
                     p.updated.to_string(),
@@ -269,6 +265,8 @@ pub struct IndicatifProgress {
 struct PhaseBar {
     span: tracing::Span,
     started: std::time::Instant,
+    done: u64,
+    total: u64,
     rows: u64,
     bytes: u64,
 }
@@ -288,21 +286,43 @@ impl Default for IndicatifProgress {
     }
 }
 
-/// Returns the message of a phase's bar: bytes and rows so far, with their rates, and the end of
-/// the last window applied.
-pub fn progress_message(
-    rows: u64,
-    bytes: u64,
-    elapsed: std::time::Duration,
-    last_end: DateTime<Utc>,
-) -> String {
-    let secs = elapsed.as_secs_f64().max(0.001);
+/// What a phase's bar shows besides its windows.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseProgress {
+    /// Windows applied by this run.
+    pub done: u64,
+    /// Windows this run has to apply.
+    pub total: u64,
+    /// Rows read so far.
+    pub rows: u64,
+    /// Export bytes downloaded so far.
+    pub bytes: u64,
+    /// Time since the phase started.
+    pub elapsed: std::time::Duration,
+    /// The end of the last window applied.
+    pub last_end: DateTime<Utc>,
+}
+
+/// Returns the message of a phase's bar: the ETA (from the time per window so far), bytes and
+/// rows so far with their rates, and how far the windows reached.
+pub fn progress_message(p: &PhaseProgress) -> String {
+    let secs = p.elapsed.as_secs_f64().max(0.001);
+    let eta = if p.done == 0 {
+        "ETA after the first window".to_owned()
+    } else {
+        let left = secs / p.done as f64 * p.total.saturating_sub(p.done) as f64;
+        format!(
+            "ETA {}",
+            indicatif::HumanDuration(std::time::Duration::from_secs_f64(left))
+        )
+    };
     format!(
-        "{} ({}/s) · {rows} rows ({:.0}/s) · up to {}",
-        HumanBytes(bytes),
-        HumanBytes((bytes as f64 / secs) as u64),
-        rows as f64 / secs,
-        last_end.format("%Y-%m-%d")
+        "{eta} · {} ({}/s) · {} rows ({:.0}/s) · up to {}",
+        HumanBytes(p.bytes),
+        HumanBytes((p.bytes as f64 / secs) as u64),
+        p.rows,
+        p.rows as f64 / secs,
+        p.last_end.format("%Y-%m-%d")
     )
 }
 
@@ -314,20 +334,22 @@ impl Progress for IndicatifProgress {
             indicatif.pb_show = tracing::field::Empty
         );
         let style = ProgressStyle::with_template(
-            "{span_fields:>28} [{bar:30}] {pos}/{len} windows · {elapsed} · ETA {eta} · {wide_msg}",
+            "{span_fields} [{bar:25}] {pos}/{len} windows · {elapsed}\n    {wide_msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         span.pb_set_style(&style);
         span.pb_set_length(windows);
-        span.pb_set_message("exporting the first window");
         span.pb_start();
+        span.pb_set_message("ETA after the first window · exporting");
         info!(phase = name, windows, "bootstrap phase");
         self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(
             name.to_owned(),
             PhaseBar {
                 span,
                 started: std::time::Instant::now(),
+                done: 0,
+                total: windows,
                 rows: 0,
                 bytes: 0,
             },
@@ -342,15 +364,18 @@ impl Progress for IndicatifProgress {
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(phase)
         {
+            bar.done += 1;
             bar.rows += rows;
             bar.bytes += bytes;
             bar.span.pb_inc(1);
-            bar.span.pb_set_message(&progress_message(
-                bar.rows,
-                bar.bytes,
-                bar.started.elapsed(),
-                end,
-            ));
+            bar.span.pb_set_message(&progress_message(&PhaseProgress {
+                done: bar.done,
+                total: bar.total,
+                rows: bar.rows,
+                bytes: bar.bytes,
+                elapsed: bar.started.elapsed(),
+                last_end: end,
+            }));
         }
     }
 

@@ -194,7 +194,11 @@ pub async fn sample_leads(
             break start;
         }
         full = Some(start);
-        start = if start == 1 { 1 + BLOCK } else { 1 + (start - 1) * 2 };
+        start = if start == 1 {
+            1 + BLOCK
+        } else {
+            1 + (start - 1) * 2
+        };
     };
     let Some(mut lo) = full else {
         return Ok(LeadSample {
@@ -211,7 +215,13 @@ pub async fn sample_leads(
             lo = mid;
         }
     }
-    let highest_id = s.block(lo).await?.iter().filter_map(id_of).max().unwrap_or(lo);
+    let highest_id = s
+        .block(lo)
+        .await?
+        .iter()
+        .filter_map(id_of)
+        .max()
+        .unwrap_or(lo);
     // The sample: blocks spread evenly over 1..=highest_id.
     let total_blocks = (highest_id + BLOCK - 1) / BLOCK;
     let starts: Vec<i64> = if total_blocks <= SAMPLE_BLOCKS {
@@ -363,7 +373,8 @@ impl Estimate {
             t.add_row(vec![
                 p.name.clone(),
                 p.exports.to_string(),
-                p.rows.map_or_else(|| "not counted".to_owned(), |r| r.to_string()),
+                p.rows
+                    .map_or_else(|| "not counted".to_owned(), |r| r.to_string()),
                 mb(p.bytes),
                 p.calls.to_string(),
             ]);
@@ -414,9 +425,17 @@ mod tests {
         };
         let e = estimate(
             &[
-                ("new_lead_activities".into(), 2, PhaseRows::NewLeadActivities),
+                (
+                    "new_lead_activities".into(),
+                    2,
+                    PhaseRows::NewLeadActivities,
+                ),
                 ("leads".into(), 2, PhaseRows::Leads),
-                ("opportunities_from_activities".into(), 2, PhaseRows::Unknown),
+                (
+                    "opportunities_from_activities".into(),
+                    2,
+                    PhaseRows::Unknown,
+                ),
             ],
             &sample,
             &assume,
