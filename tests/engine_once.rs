@@ -304,6 +304,20 @@ async fn the_binary_dry_run_prints_a_table_or_json_and_exits_0() {
         v["objects"]["leads"]["marketo_to_crm"]["created"].as_u64(),
         Some(creates)
     );
-    assert!(plan[0]["changes"][0]["after"].is_string() || plan[0]["changes"].is_array());
+    let create = plan
+        .iter()
+        .find(|p| p["action"] == "create" && p["object"] == "leads")
+        .unwrap();
+    let email = create["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["field"] == "email")
+        .unwrap();
+    assert!(email["after"].is_string(), "{email}");
+    assert!(
+        email.get("before").is_none(),
+        "a new record has no value before: {email}"
+    );
     sim.shutdown().await;
 }

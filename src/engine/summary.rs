@@ -95,7 +95,9 @@ impl PlannedAction {
 pub struct FieldChange {
     /// The field's name on the target side.
     pub field: String,
-    /// The value before the write; `None` for a new record (no value yet).
+    /// The value before the write; `None` (left out of the JSON) for a new record, which has
+    /// no value yet; JSON `null` for an empty value.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<Json>,
     /// The value written.
     pub after: Json,
