@@ -382,6 +382,13 @@ impl Progress for IndicatifProgress {
     fn finish(&self, report: &BootstrapReport) {
         // Closing the spans removes their bars.
         self.bars.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if report.dry_run {
+            info!(
+                exports = report.estimated_exports,
+                "bootstrap dry run finished; nothing exported or written"
+            );
+            return;
+        }
         info!(
             complete = report.complete,
             bulk_bytes = report.bulk_bytes,
@@ -697,8 +704,12 @@ pub async fn bootstrap(
         let resume = stored.as_ref().map_or(from, |w| w.at.max(from));
         let todo = windows(resume, now);
         phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
-        progress.phase(spec.name, todo.len() as u64);
         if options.dry_run {
+            info!(
+                phase = spec.name,
+                windows = todo.len(),
+                "bootstrap dry run: windows to export"
+            );
             report.estimated_exports += todo.len() as u64;
             use super::estimate::PhaseRows;
             let rows = match spec.name {
@@ -714,6 +725,7 @@ pub async fn bootstrap(
             report.phases.push(phase);
             continue;
         }
+        progress.phase(spec.name, todo.len() as u64);
         if paused.is_some() {
             report.phases.push(phase);
             continue;
