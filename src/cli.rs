@@ -59,7 +59,8 @@ pub enum Command {
         #[command(subcommand)]
         command: CrmCommand,
     },
-    /// Runs the sync: `--once` runs one cycle and prints its summary as JSON.
+    /// Runs the sync: `--once` runs one cycle and prints its summary (`--dry-run`: the planned
+    /// writes, each field before and after, without writing anything).
     ///
     /// Refused while sync is paused (unless --force) or while another process (a daemon) holds
     /// the sync lease; the run holds the lease itself, so a daemon starting meanwhile waits.
@@ -73,12 +74,16 @@ pub enum Command {
         /// The environment layer (`config/<env>.toml`).
         #[arg(long, env = "MKSYNC_ENV")]
         env: Option<String>,
-        /// Plan without writing anything; print the plan.
+        /// Plan without writing anything to Marketo, the CRM or the state store; print the
+        /// planned writes with each field's value before and after.
         #[arg(long)]
         dry_run: bool,
         /// Run even while sync is paused (never while another process holds the lease).
         #[arg(long)]
         force: bool,
+        /// Print the summary (and the plan) as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
@@ -464,12 +469,16 @@ pub struct BootstrapArgs {
     /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
     #[arg(long)]
     pub since: Option<String>,
-    /// List the windows and the estimated exports without creating any.
+    /// Create no export and write nothing; print an estimate of the exports, megabytes,
+    /// Marketo calls and time, with its assumptions.
     #[arg(long)]
     pub dry_run: bool,
     /// Run even while sync is paused (never while another process holds the lease).
     #[arg(long)]
     pub force: bool,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The `crm` subcommands.
@@ -853,6 +862,7 @@ async fn dispatch(
             env,
             dry_run,
             force,
+            json,
         } => {
             if !once {
                 anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
@@ -875,7 +885,12 @@ async fn dispatch(
             });
             let summary =
                 crate::engine::once::run_once(&config, env.as_deref(), dry_run, &cancel).await?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render_text());
+            }
+            // Records waiting for their parent are not failures: a healthy dry run exits 0.
             Ok(if summary.failed() > 0 {
                 ExitCode::from(2)
             } else {
@@ -965,10 +980,14 @@ async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     });
     let progress = bootstrap::IndicatifProgress::new();
     let report = bootstrap::bootstrap(&ctx, &options, &progress, &cancel).await?;
-    for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+    if args.json {
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(until) = report.paused_until {
         eprintln!("bootstrap paused by the daily bulk budget; run it again after {until}");
         return Ok(ExitCode::from(3));

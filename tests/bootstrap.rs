@@ -13,8 +13,8 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use marketo_sync::config::{LoadedMapping, Settings, parse_mapping};
 use marketo_sync::crm::{Crm, registry};
 use marketo_sync::engine::bootstrap::{
-    BootstrapOptions, BootstrapReport, PHASE_LEADS, PHASE_NEW_LEADS, ProgressEvent,
-    RecordingProgress, Window, bootstrap, queue,
+    BootstrapOptions, BootstrapReport, PHASE_LEADS, PHASE_NEW_LEADS, PhaseProgress, ProgressEvent,
+    RecordingProgress, Window, bootstrap, progress_message, queue,
 };
 use marketo_sync::engine::{Context, EngineError};
 use marketo_sync::marketo::{Client, ClientConfig};
@@ -1494,5 +1494,135 @@ async fn roles_mapped_only_to_marketo_are_not_bootstrapped_into_empty_crm_rows()
         .unwrap();
     assert_eq!(opportunity.len(), 1);
     pool.close().await;
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_estimates_exports_megabytes_calls_and_time_from_a_lead_sample() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let mut options = env.options();
+    options.dry_run = true;
+    let ctx = env.ctx().await;
+    let before = env.sim.request_log().len();
+    let report = bootstrap(
+        &ctx,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let e = report
+        .estimate
+        .clone()
+        .expect("a dry run carries an estimate");
+    // The sim holds 300 leads: two Get Leads calls find the highest id (one block full, the
+    // next empty), and the full block is the whole sample.
+    let lead_calls = env.sim.request_log()[before..]
+        .iter()
+        .filter(|l| l.path == "/rest/v1/leads.json")
+        .count() as u64;
+    assert_eq!(e.sample_calls, lead_calls);
+    assert_eq!(e.sample_calls, 2);
+    assert_eq!(e.highest_lead_id, LEADS as i64);
+    assert_eq!(e.sampled_leads, LEADS as u64);
+    assert_eq!(e.leads, env.leads_in_range().len() as u64);
+    assert_eq!(e.exports, report.estimated_exports);
+    assert_eq!(e.exports, 10);
+    // 5 min per export polled every 60 s: 9 calls each; write-back 300 leads a call.
+    let leads = e.phases.iter().find(|p| p.name == PHASE_LEADS).unwrap();
+    assert_eq!(leads.rows, Some(e.leads));
+    assert_eq!(leads.calls, leads.exports * 9 + e.leads.div_ceil(300));
+    assert_eq!(
+        e.marketo_calls,
+        e.phases.iter().map(|p| p.calls).sum::<u64>() + e.sample_calls
+    );
+    let rate = u64::from(ctx.settings.marketo.calls_per_20s);
+    assert_eq!(
+        e.seconds,
+        e.exports * 300 + (e.marketo_calls * 20).div_ceil(rate)
+    );
+    assert_eq!(e.marketo_days, 1);
+    let text = report.render_text();
+    for needle in [
+        "Exports",
+        "MB",
+        "Marketo's limit is 100 per 20 s",
+        "bulk budget",
+        "Assumptions",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert_eq!(
+        env.export_creates("leads") + env.export_creates("activities"),
+        0,
+        "the estimate creates no export"
+    );
+
+    // The real run's lead exports weigh what the sample said, within 15%.
+    let real = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let real_leads = real.phases.iter().find(|p| p.name == PHASE_LEADS).unwrap();
+    assert_eq!(real_leads.rows, e.leads);
+    let (est, got) = (leads.bytes as f64, real_leads.bytes as f64);
+    assert!(
+        (est - got).abs() <= got * 0.15,
+        "estimated {est} bytes, the exports held {got}"
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_reporter_receives_the_rows_and_bytes_of_every_window() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let progress = RecordingProgress::new();
+    let report = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let events = progress.events();
+    for phase in &report.phases {
+        let (rows, bytes) = events
+            .iter()
+            .filter_map(|e| match e {
+                ProgressEvent::Window {
+                    phase: p,
+                    rows,
+                    bytes,
+                    ..
+                } if *p == phase.name => Some((*rows, *bytes)),
+                _ => None,
+            })
+            .fold((0, 0), |(r, b), (rows, bytes)| (r + rows, b + bytes));
+        assert_eq!((rows, bytes), (phase.rows, phase.bytes), "{}", phase.name);
+    }
+    let leads = report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap();
+    assert!(leads.rows > 0 && leads.bytes > 0, "{leads:?}");
+    // The bar's message shows the bytes and rows with their rates.
+    let text = progress_message(&PhaseProgress {
+        done: 2,
+        total: 4,
+        rows: leads.rows,
+        bytes: leads.bytes,
+        elapsed: Duration::from_secs(20),
+        last_end: env.clock.now(),
+    });
+    assert!(text.contains(&format!("{} rows", leads.rows)), "{text}");
+    assert!(text.contains("/s"), "{text}");
+    assert!(text.contains("ETA 20 seconds"), "{text}");
     env.sim.shutdown().await;
 }

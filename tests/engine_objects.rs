@@ -678,8 +678,12 @@ async fn a_dry_run_writes_nothing() {
     let s = env.step("all", true).await;
     assert!(env.writes_since(from).is_empty());
     assert!(s.plan.len() >= 3, "{:?}", s.plan);
-    assert!(s.plan.iter().any(|p| p["object"] == json!("opportunities")
-        && p["record"]["externalOpportunityId"] == json!("21")));
+    assert!(s.plan.iter().any(|p| {
+        p.object == "opportunities"
+            && p.changes
+                .iter()
+                .any(|c| c.field == "externalOpportunityId" && c.after == json!("21"))
+    }));
     assert!(env.store.watermarks().await.unwrap().is_empty());
     assert!(
         env.store

@@ -34,15 +34,15 @@
 //! and says when it can resume (the next Marketo day turn).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::write_back::{Spool, SpoolReader};
 use super::{Context, EngineError};
@@ -186,6 +186,61 @@ pub struct BootstrapReport {
     pub bulk_bytes: u64,
     /// Estimated export jobs still to run (dry run).
     pub estimated_exports: u64,
+    /// The estimate of exports, megabytes, Marketo calls and time (dry run).
+    pub estimate: Option<super::estimate::Estimate>,
+}
+
+impl BootstrapReport {
+    /// Returns the report as text for a terminal: the estimate on a dry run, else a table of
+    /// the phases; then the warnings and the pause.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        if let Some(estimate) = &self.estimate {
+            let _ = write!(out, "{}", estimate.render_text());
+        } else {
+            let mut t = comfy_table::Table::new();
+            t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
+                .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+                .set_header(vec![
+                    "Phase", "Windows", "Rows", "Created", "Updated", "Failed", "Links", "Size",
+                ]);
+            for p in &self.phases {
+                t.add_row(vec![
+                    p.name.clone(),
+                    format!("{}/{}", p.windows_done + p.windows_skipped, p.windows_total),
+                    p.rows.to_string(),
+                    p.created.to_string(),
+                    p.updated.to_string(),
+                    p.failed.to_string(),
+                    p.links.to_string(),
+                    HumanBytes(p.bytes).to_string(),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+            let _ = writeln!(
+                out,
+                "{}: {} of bulk exports downloaded by this run.",
+                if self.complete {
+                    "Bootstrap complete"
+                } else {
+                    "Bootstrap not complete"
+                },
+                HumanBytes(self.bulk_bytes)
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        if let (Some(until), Some(reason)) = (self.paused_until, &self.pause_reason) {
+            let _ = writeln!(
+                out,
+                "Paused until {} ({reason}); run it again then: it resumes where it stopped.",
+                until.to_rfc3339()
+            );
+        }
+        out
+    }
 }
 
 /// Receives progress of a bootstrap.
@@ -198,22 +253,28 @@ pub trait Progress: Send + Sync {
     fn finish(&self, report: &BootstrapReport);
 }
 
-/// Progress bars on stderr when it is a terminal (hidden otherwise), and a log line per window.
+/// A progress bar per phase, drawn by the `tracing-indicatif` layer that
+/// [`crate::telemetry::init`] installs on a terminal (log lines print above the bars, so they do
+/// not scroll the bars away), with the windows done, the elapsed time, the ETA, the bytes and
+/// rows so far and their rates; plus a log line per window. Without that layer (JSON logs, not a
+/// terminal) only the log lines remain.
 pub struct IndicatifProgress {
-    multi: MultiProgress,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
+    bars: Mutex<BTreeMap<String, PhaseBar>>,
+}
+
+struct PhaseBar {
+    span: tracing::Span,
+    started: std::time::Instant,
+    done: u64,
+    total: u64,
+    rows: u64,
+    bytes: u64,
 }
 
 impl IndicatifProgress {
-    /// Returns a progress display drawing to stderr when it is a terminal.
+    /// Returns a progress display (bars appear where the tracing-indicatif layer is installed).
     pub fn new() -> Self {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
         IndicatifProgress {
-            multi: MultiProgress::with_draw_target(target),
             bars: Mutex::new(BTreeMap::new()),
         }
     }
@@ -225,19 +286,74 @@ impl Default for IndicatifProgress {
     }
 }
 
+/// What a phase's bar shows besides its windows.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseProgress {
+    /// Windows applied by this run.
+    pub done: u64,
+    /// Windows this run has to apply.
+    pub total: u64,
+    /// Rows read so far.
+    pub rows: u64,
+    /// Export bytes downloaded so far.
+    pub bytes: u64,
+    /// Time since the phase started.
+    pub elapsed: std::time::Duration,
+    /// The end of the last window applied.
+    pub last_end: DateTime<Utc>,
+}
+
+/// Returns the message of a phase's bar: the ETA (from the time per window so far), bytes and
+/// rows so far with their rates, and how far the windows reached.
+pub fn progress_message(p: &PhaseProgress) -> String {
+    let secs = p.elapsed.as_secs_f64().max(0.001);
+    let eta = if p.done == 0 {
+        "ETA after the first window".to_owned()
+    } else {
+        let left = secs / p.done as f64 * p.total.saturating_sub(p.done) as f64;
+        format!(
+            "ETA {}",
+            indicatif::HumanDuration(std::time::Duration::from_secs_f64(left))
+        )
+    };
+    format!(
+        "{eta} · {} ({}/s) · {} rows ({:.0}/s) · up to {}",
+        HumanBytes(p.bytes),
+        HumanBytes((p.bytes as f64 / secs) as u64),
+        p.rows,
+        p.rows as f64 / secs,
+        p.last_end.format("%Y-%m-%d")
+    )
+}
+
 impl Progress for IndicatifProgress {
     fn phase(&self, name: &str, windows: u64) {
-        let bar = self.multi.add(ProgressBar::new(windows));
-        let style =
-            ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} windows {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_prefix(name.to_owned());
+        let span = tracing::info_span!(
+            "bootstrap",
+            phase = name,
+            indicatif.pb_show = tracing::field::Empty
+        );
+        let style = ProgressStyle::with_template(
+            "{span_fields} [{bar:25}] {pos}/{len} windows · {elapsed}\n    {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        span.pb_set_style(&style);
+        span.pb_set_length(windows);
+        span.pb_start();
+        span.pb_set_message("ETA after the first window · exporting");
         info!(phase = name, windows, "bootstrap phase");
-        self.bars
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), bar);
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            name.to_owned(),
+            PhaseBar {
+                span,
+                started: std::time::Instant::now(),
+                done: 0,
+                total: windows,
+                rows: 0,
+                bytes: 0,
+            },
+        );
     }
 
     fn window(&self, phase: &str, start: DateTime<Utc>, end: DateTime<Utc>, rows: u64, bytes: u64) {
@@ -246,16 +362,32 @@ impl Progress for IndicatifProgress {
             .bars
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(phase)
+            .get_mut(phase)
         {
-            bar.inc(1);
-            bar.set_message(format!("to {}", end.format("%Y-%m-%d")));
+            bar.done += 1;
+            bar.rows += rows;
+            bar.bytes += bytes;
+            bar.span.pb_inc(1);
+            bar.span.pb_set_message(&progress_message(&PhaseProgress {
+                done: bar.done,
+                total: bar.total,
+                rows: bar.rows,
+                bytes: bar.bytes,
+                elapsed: bar.started.elapsed(),
+                last_end: end,
+            }));
         }
     }
 
     fn finish(&self, report: &BootstrapReport) {
-        for bar in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            bar.finish();
+        // Closing the spans removes their bars.
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if report.dry_run {
+            info!(
+                exports = report.estimated_exports,
+                "bootstrap dry run finished; nothing exported or written"
+            );
+            return;
         }
         info!(
             complete = report.complete,
@@ -488,19 +620,17 @@ pub async fn bootstrap(
             object: "leads".into(),
             kind: ExportKind::Leads,
         });
-        if options.dry_run {
-            None
-        } else {
-            Some(
-                plans(
-                    ctx,
-                    wanted("companies"),
-                    wanted("salespersons"),
-                    &mut report.warnings,
-                )
-                .await?,
+        // A dry run compiles the plans too: the estimate samples the leads with the export's
+        // fields.
+        Some(
+            plans(
+                ctx,
+                wanted("companies"),
+                wanted("salespersons"),
+                &mut report.warnings,
             )
-        }
+            .await?,
+        )
     } else {
         None
     };
@@ -554,6 +684,8 @@ pub async fn bootstrap(
     }
 
     let mut paused = None;
+    let mut to_estimate: Vec<(String, u64, super::estimate::PhaseRows)> = Vec::new();
+    let mut leads_from: Option<DateTime<Utc>> = None;
     for spec in &phases {
         let from = low(&spec.object);
         let mut phase = PhaseReport {
@@ -572,13 +704,28 @@ pub async fn bootstrap(
         let resume = stored.as_ref().map_or(from, |w| w.at.max(from));
         let todo = windows(resume, now);
         phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
-        progress.phase(spec.name, todo.len() as u64);
         if options.dry_run {
+            info!(
+                phase = spec.name,
+                windows = todo.len(),
+                "bootstrap dry run: windows to export"
+            );
             report.estimated_exports += todo.len() as u64;
+            use super::estimate::PhaseRows;
+            let rows = match spec.name {
+                PHASE_LEADS => PhaseRows::Leads,
+                PHASE_NEW_LEADS => PhaseRows::NewLeadActivities,
+                _ => PhaseRows::Unknown,
+            };
+            if spec.name == PHASE_LEADS {
+                leads_from = Some(resume);
+            }
+            to_estimate.push((spec.name.to_owned(), todo.len() as u64, rows));
             phase.planned = todo;
             report.phases.push(phase);
             continue;
         }
+        progress.phase(spec.name, todo.len() as u64);
         if paused.is_some() {
             report.phases.push(phase);
             continue;
@@ -644,6 +791,22 @@ pub async fn bootstrap(
         report.phases.push(phase);
     }
     report.bulk_bytes = run.run_bytes;
+    if options.dry_run {
+        let sample = match (&lead_plan, leads_from) {
+            (Some(plans), Some(from)) => {
+                super::estimate::sample_leads(&ctx.marketo, &lead_export_fields(plans), from)
+                    .await?
+            }
+            _ => super::estimate::LeadSample::default(),
+        };
+        let assume = super::estimate::Assumptions {
+            export_processing: super::estimate::EXPORT_PROCESSING,
+            poll_interval: run.export.poll_interval,
+            calls_per_20s: ctx.settings.marketo.calls_per_20s,
+            bulk_budget_bytes: run.budget,
+        };
+        report.estimate = Some(super::estimate::estimate(&to_estimate, &sample, &assume));
+    }
     match paused {
         Some(Stop::Paused { until, reason }) => {
             warn!(%until, reason = %reason, "bootstrap paused by the daily bulk budget");
@@ -659,6 +822,32 @@ pub async fn bootstrap(
 /// Returns the watermark queue of a phase.
 pub fn queue(phase: &str) -> String {
     format!("bootstrap:{phase}")
+}
+
+/// Returns the fields of a lead export: `id`, the mapped fields, the CRM-key field, and the
+/// company and salesperson fields when those objects are synced (those the schema holds).
+fn lead_export_fields(plans: &LeadPlans) -> Vec<String> {
+    let plan = &plans.lead;
+    let mut fields: Vec<String> = vec!["id".into()];
+    let mut add = |f: String| {
+        if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
+            fields.push(f);
+        }
+    };
+    for f in plan.read_fields(Side::Marketo) {
+        add(f);
+    }
+    add(plan.marketo_crm_key.clone());
+    if let Some(company) = &plans.company {
+        for f in company.read_fields(Side::Marketo) {
+            add(f);
+        }
+        add("externalCompanyId".into());
+    }
+    if plans.salesperson.is_some() {
+        add("externalSalesPersonId".into());
+    }
+    fields
 }
 
 struct LeadPlans {
@@ -1163,27 +1352,8 @@ impl Run<'_> {
                 .await?;
             return Ok(bytes);
         }
-        let mut fields: Vec<String> = vec!["id".into()];
-        let mut add = |f: String| {
-            if !fields.contains(&f) && plans.lead_schema.field(&f).is_some() {
-                fields.push(f);
-            }
-        };
-        for f in plan.read_fields(Side::Marketo) {
-            add(f);
-        }
-        add(plan.marketo_crm_key.clone());
-        if let Some(company) = &plans.company {
-            for f in company.read_fields(Side::Marketo) {
-                add(f);
-            }
-            add("externalCompanyId".into());
-        }
-        if plans.salesperson.is_some() {
-            add("externalSalesPersonId".into());
-        }
         let request = ExportRequest {
-            fields,
+            fields: lead_export_fields(plans),
             format: Some("CSV".into()),
             column_header_names: None,
             filter: ExportFilter {

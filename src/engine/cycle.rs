@@ -224,7 +224,7 @@ impl Engine {
             }
         }
         if activities {
-            match self.activity_schemas(now).await {
+            match self.activity_schemas(now, summary.dry_run).await {
                 Ok(list) => {
                     for schema in list {
                         set.insert(schema);
@@ -252,7 +252,11 @@ impl Engine {
 
     /// Returns the activity types as schemas `activity:<id>`, read from Marketo once a day
     /// (the fetch time is kept in the store's schema record `activity_types`).
-    async fn activity_schemas(&self, now: DateTime<Utc>) -> Result<Vec<ObjectSchema>, EngineError> {
+    async fn activity_schemas(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Vec<ObjectSchema>, EngineError> {
         const KEY: &str = "activity_types";
         if let Some(stored) = self.ctx.store.schema(Side::Marketo, KEY).await?
             && now - stored.fetched_at < chrono::Duration::hours(24)
@@ -265,6 +269,9 @@ impl Engine {
             .iter()
             .map(super::objects::activities::activity_schema)
             .collect();
+        if dry_run {
+            return Ok(list);
+        }
         let json = serde_json::to_value(&list).unwrap_or_default();
         let hash = crate::model::fields_hash(
             &[(KEY.to_owned(), crate::model::Value::Text(json.to_string()))]
@@ -299,6 +306,10 @@ impl Engine {
                 schema.side.as_str(),
                 schema.object
             ));
+        }
+        if summary.dry_run {
+            // A dry run writes nothing to the store, the schemas included.
+            return Ok(());
         }
         if previous.as_ref().is_none_or(|p| p.hash != hash) || previous.is_none() {
             self.ctx
@@ -508,6 +519,10 @@ impl Runner for Engine {
             0
         });
         summary.marketo_calls = calls;
+        if options.dry_run {
+            // The counts of a dry run are those of its planned writes.
+            summary.count_plan();
+        }
         summary.ended_at = Some(self.ctx.clock.now());
         record.ended_at = summary.ended_at;
         record.steps = steps;
@@ -525,7 +540,11 @@ impl Runner for Engine {
         {
             warn!(error = %e, "cannot record the cycle");
         }
-        info!(cycle = %id, calls, outcome = record.outcome.as_str(), "cycle finished");
+        if options.dry_run {
+            info!(cycle = %id, calls, planned = summary.plan.len(), "dry run finished; nothing written");
+        } else {
+            info!(cycle = %id, calls, outcome = record.outcome.as_str(), "cycle finished");
+        }
         result.map(|()| summary)
     }
 

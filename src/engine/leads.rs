@@ -28,6 +28,7 @@ use tracing::info;
 
 use super::cycle::Tunables;
 use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
+use super::summary::{PlannedAction, PlannedChange, json_fields};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
 use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
@@ -386,7 +387,7 @@ struct Step<'a> {
     plan: &'a Plan,
     commit: StepCommit,
     dry_run: bool,
-    plan_out: Vec<serde_json::Value>,
+    plan_out: Vec<PlannedChange>,
     due: HashMap<ErrorKey, SyncError>,
     open: HashMap<ErrorKey, u32>,
     bulk_import_threshold: usize,
@@ -738,10 +739,11 @@ pub async fn run(
     step.commit.watermarks.extend(conversions_wm);
     if step.dry_run {
         summary.plan.append(&mut step.plan_out);
+        info!(object = %object, "lead step planned (dry run: nothing written or committed)");
     } else {
         store.commit(step.commit).await?;
+        info!(object = %object, "lead step committed");
     }
-    info!(object = %object, "lead step committed");
     Ok(())
 }
 
@@ -1409,13 +1411,49 @@ async fn apply_marketo(
     }
     if step.dry_run {
         for w in &writes {
-            step.plan_out.push(json!({
-                "target": "marketo",
-                "object": object,
-                "action": if w.create { "create" } else { "update" },
-                "record": w.record,
-                "company": w.company,
-            }));
+            let p = &pairs[w.pair];
+            // The lead's values now: as read this cycle, else the link's agreed base (a lead
+            // not read this cycle has not changed since).
+            let before =
+                p.m.as_ref()
+                    .map(|m| (&m.canon, m.crm_key.clone()))
+                    .or_else(|| p.link.as_ref().map(|l| (&l.base, Some(l.crm_key.clone()))))
+                    .map(|(canon, crm_key)| {
+                        let mut b = super::objects::to_record(&plan.render(Side::Marketo, canon));
+                        b.insert(plan.marketo_crm_key.clone(), json!(crm_key));
+                        b
+                    });
+            let mut after = w.record.clone();
+            if let Some(company) = &w.company {
+                for (k, v) in company {
+                    if k != "externalCompanyId" {
+                        after.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            let action = if w.create {
+                PlannedAction::Create
+            } else {
+                PlannedAction::Update
+            };
+            let mut change = PlannedChange::new(&object, Direction::CrmToMarketo, action).fields(
+                &after,
+                before.as_ref(),
+                &["id"],
+            );
+            if let Some(c) = &p.c_id {
+                change = change.source(c.clone());
+            }
+            if let (Some(m), false) = (p.m_id, w.create) {
+                change = change.target(m.to_string());
+            }
+            if let Some(company) = &w.company {
+                change = change.note(format!(
+                    "company fields go to company {}",
+                    text_of(company.get("externalCompanyId")).unwrap_or_default()
+                ));
+            }
+            step.plan_out.push(change);
         }
         return Ok(());
     }
@@ -1613,15 +1651,41 @@ async fn apply_crm(
     }
     if step.dry_run {
         for (create, list) in [(true, &creates), (false, &updates)] {
-            for (_, f) in list.iter() {
-                let rec: serde_json::Map<String, serde_json::Value> =
-                    f.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-                step.plan_out.push(json!({
-                    "target": "crm",
-                    "object": plan.crm_object,
-                    "action": if create { "create" } else { "update" },
-                    "record": rec,
-                }));
+            for (i, f) in list.iter() {
+                let p = &pairs[*i];
+                let before =
+                    p.c.as_ref()
+                        .map(|c| (&c.canon, c.marketo_key.clone()))
+                        .or_else(|| {
+                            p.link
+                                .as_ref()
+                                .map(|l| (&l.base, Some(l.marketo_key.clone())))
+                        })
+                        .map(|(canon, m_key)| {
+                            let mut b = json_fields(&plan.render(Side::Crm, canon));
+                            b.insert(plan.crm_marketo_id.clone(), json!(m_key));
+                            b
+                        });
+                let action = if create {
+                    PlannedAction::Create
+                } else {
+                    PlannedAction::Update
+                };
+                let mut change = PlannedChange::new(&object, Direction::MarketoToCrm, action)
+                    .fields(&json_fields(f), before.as_ref(), &[pk.as_str()]);
+                if let Some(m) = p.m_id {
+                    change = change.source(m.to_string());
+                }
+                if let (Some(c), false) = (&p.c_id, create) {
+                    change = change.target(c.clone());
+                }
+                if create {
+                    change = change.note(format!(
+                        "then the new CRM id goes into the lead's {}",
+                        plan.marketo_crm_key
+                    ));
+                }
+                step.plan_out.push(change);
             }
         }
         return Ok(created_pairs);
@@ -1735,10 +1799,23 @@ async fn apply_merges(
                 rec.insert(pk.to_owned(), Value::Text(l.crm_key.clone()));
                 rec.insert(plan.crm_marketo_id.clone(), Value::Text(winner.to_string()));
                 if step.dry_run {
-                    step.plan_out.push(json!({
-                        "target": "crm", "action": "repoint", "crm_key": l.crm_key,
-                        "winner": winner,
-                    }));
+                    step.plan_out.push(
+                        PlannedChange::new(&object, Direction::MarketoToCrm, PlannedAction::Repoint)
+                            .source(winner.to_string())
+                            .target(l.crm_key.clone())
+                            .fields(
+                                &json_fields(&rec),
+                                Some(&serde_json::Map::from_iter([(
+                                    plan.crm_marketo_id.clone(),
+                                    json!(l.marketo_key),
+                                )])),
+                                &[pk],
+                            )
+                            .note(format!(
+                                "lead {} was merged into lead {winner}, which takes over its CRM record",
+                                l.marketo_key
+                            )),
+                    );
                 } else {
                     // Free the loser's key first: the Marketo-id column is unique.
                     let res = ctx.crm.upsert(&plan.crm_object, pk, &[rec]).await?;
@@ -1915,9 +1992,12 @@ async fn apply_policy(
         DeletePolicy::Ignore => {}
         DeletePolicy::Delete => {
             if step.dry_run {
-                step.plan_out.push(json!({
-                    "target": "crm", "action": "delete", "crm_key": link.crm_key,
-                }));
+                step.plan_out.push(
+                    PlannedChange::new(&object, Direction::MarketoToCrm, PlannedAction::Delete)
+                        .source(link.marketo_key.clone())
+                        .target(link.crm_key.clone())
+                        .note("the lead left Marketo (sync.lead_deletes = \"delete\")"),
+                );
             } else {
                 ctx.crm
                     .delete(&plan.crm_object, std::slice::from_ref(&link.crm_key))
@@ -1939,9 +2019,17 @@ async fn apply_policy(
             rec.insert(pk.clone(), Value::Text(link.crm_key.clone()));
             rec.insert(column, Value::Bool(true));
             if step.dry_run {
-                step.plan_out.push(json!({
-                    "target": "crm", "action": "flag_deleted", "crm_key": link.crm_key,
-                }));
+                step.plan_out.push(
+                    PlannedChange::new(
+                        &object,
+                        Direction::MarketoToCrm,
+                        PlannedAction::FlagDeleted,
+                    )
+                    .source(link.marketo_key.clone())
+                    .target(link.crm_key.clone())
+                    .fields(&json_fields(&rec), None, &[pk.as_str()])
+                    .note("the lead left Marketo (sync.lead_deletes = \"flag\")"),
+                );
             } else {
                 let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
                 if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
@@ -2136,10 +2224,14 @@ async fn apply_conversions(
             Some(winner) if winner != m_id => {
                 // Into an existing contact with its own Marketo lead: merge the two leads.
                 if step.dry_run {
-                    step.plan_out.push(json!({
-                        "target": "marketo", "action": "merge", "winner": winner,
-                        "loser": m_id, "conversion": lead_key,
-                    }));
+                    step.plan_out.push(
+                        PlannedChange::new(&object, Direction::CrmToMarketo, PlannedAction::Merge)
+                            .source(lead_key.clone())
+                            .target(m_id.to_string())
+                            .note(format!(
+                                "CRM lead {lead_key} was converted into contact {c_id}: lead {m_id} is merged into lead {winner}"
+                            )),
+                    );
                     continue;
                 }
                 if let Err(e) = ctx.marketo.merge_leads(winner, &[m_id], false).await {
@@ -2190,10 +2282,26 @@ async fn apply_conversions(
                     lead.insert("externalCompanyId".into(), json!(a));
                 }
                 if step.dry_run {
-                    step.plan_out.push(json!({
-                        "target": "both", "action": "convert", "crm_lead": lead_key,
-                        "contact": c_id, "marketo": lead,
-                    }));
+                    step.plan_out.push(
+                        PlannedChange::new(
+                            &object,
+                            Direction::CrmToMarketo,
+                            PlannedAction::Convert,
+                        )
+                        .source(c_id.clone())
+                        .target(m_id.to_string())
+                        .fields(
+                            &lead,
+                            Some(&serde_json::Map::from_iter([(
+                                plan.marketo_crm_key.clone(),
+                                json!(lead_key),
+                            )])),
+                            &["id"],
+                        )
+                        .note(format!(
+                            "CRM lead {lead_key} was converted into contact {c_id}"
+                        )),
+                    );
                     continue;
                 }
                 if owner.is_none() {
@@ -2389,10 +2497,18 @@ async fn apply_crm_deletes(
                         };
                         if winner != loser {
                             if step.dry_run {
-                                step.plan_out.push(json!({
-                                    "target": "marketo", "action": "merge",
-                                    "winner": winner, "loser": loser,
-                                }));
+                                step.plan_out.push(
+                                    PlannedChange::new(
+                                        &object,
+                                        Direction::CrmToMarketo,
+                                        PlannedAction::Merge,
+                                    )
+                                    .source(key.clone())
+                                    .target(loser.to_string())
+                                    .note(format!(
+                                        "CRM record {key} was merged into {into}: lead {loser} is merged into lead {winner}"
+                                    )),
+                                );
                             } else {
                                 match ctx.marketo.merge_leads(winner, &[loser], false).await {
                                     Ok(()) => {}
@@ -2439,10 +2555,18 @@ async fn apply_crm_deletes(
                             // below links that lead and the survivor, once.
                             Some(winner) => {
                                 if step.dry_run {
-                                    step.plan_out.push(json!({
-                                        "target": "marketo", "action": "merge",
-                                        "winner": winner, "loser": lead,
-                                    }));
+                                    step.plan_out.push(
+                                        PlannedChange::new(
+                                            &object,
+                                            Direction::CrmToMarketo,
+                                            PlannedAction::Merge,
+                                        )
+                                        .source(key.clone())
+                                        .target(lead.to_string())
+                                        .note(format!(
+                                            "CRM record {key} was merged into {into}: lead {lead} is merged into lead {winner}"
+                                        )),
+                                    );
                                 } else {
                                     match ctx.marketo.merge_leads(winner, &[lead], false).await {
                                         Ok(()) => {}
@@ -2506,9 +2630,13 @@ async fn apply_crm_deletes(
     }
     if !to_delete.is_empty() {
         if step.dry_run {
-            step.plan_out.push(json!({
-                "target": "marketo", "action": "delete", "ids": to_delete,
-            }));
+            for id in &to_delete {
+                step.plan_out.push(
+                    PlannedChange::new(&object, Direction::CrmToMarketo, PlannedAction::Delete)
+                        .target(id.to_string())
+                        .note("its CRM record was deleted (sync.lead_deletes = \"delete\")"),
+                );
+            }
         } else {
             for chunk in to_delete.chunks(crate::marketo::leads::MAX_BATCH) {
                 ctx.marketo.delete_leads(chunk).await?;

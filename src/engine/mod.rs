@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod context;
 pub mod cycle;
+pub mod estimate;
 pub mod leads;
 pub mod objects;
 pub mod once;

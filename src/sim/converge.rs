@@ -731,6 +731,7 @@ impl Rig {
         let mut child = tokio::process::Command::new(&c.binary)
             .arg("sync")
             .arg("--once")
+            .arg("--json")
             .arg("--config")
             .arg(&c.config_dir)
             .env_clear()

@@ -5,7 +5,11 @@ pub mod metrics;
 
 pub use metrics::{install_metrics_recorder, run_upkeep as run_metrics_upkeep};
 
+use tracing_indicatif::IndicatifLayer;
+use tracing_indicatif::filter::{IndicatifFilter, hide_indicatif_span_fields};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -18,7 +22,9 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global tracing subscriber, filtered by `RUST_LOG` (default `info`).
+/// Installs the global tracing subscriber, filtered by `RUST_LOG` (default `info`). In the
+/// pretty (terminal) format it also installs the `tracing-indicatif` layer that draws the
+/// progress bars of spans with an `indicatif.pb_show` field (bootstrap), log lines above them.
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber in place.
 pub fn init(format: LogFormat) {
@@ -33,13 +39,21 @@ pub fn init(format: LogFormat) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+        LogFormat::Pretty => {
+            // Progress bars (bootstrap) are drawn by tracing-indicatif for the spans that ask
+            // for one (`indicatif.pb_show`); log lines go through its writer, so they print
+            // above the bars instead of scrolling them away.
+            let bars = IndicatifLayer::new()
+                .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .compact()
+                        .with_writer(bars.get_stderr_writer()),
+                )
+                .with(bars.with_filter(IndicatifFilter::new(false)))
+                .try_init()
+        }
     };
     // Already installed (tests, or a command that initialised logging itself).
     drop(result);

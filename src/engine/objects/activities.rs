@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{LEAD_LINK_OBJECT, due_errors, from_record};
+use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::activities::Activity;
@@ -215,10 +215,11 @@ async fn run_type(
     }
     if options.dry_run {
         for (guid, _, row) in &rows {
-            summary.plan.push(json!({
-                "object": link_object, "direction": direction.as_str(), "action": "create",
-                "marketo_key": guid, "record": super::to_record(row),
-            }));
+            summary.planned(
+                PlannedChange::new(link_object, direction, PlannedAction::Create)
+                    .source(guid.clone())
+                    .fields(&super::to_record(row), None, &[]),
+            );
         }
         return Ok(());
     }
@@ -240,6 +241,7 @@ async fn run_type(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn activity_schemas_hold_standard_fields_and_attributes() {

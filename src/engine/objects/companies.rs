@@ -20,6 +20,7 @@ use super::{
 };
 use crate::crm::{ChangeKind, WriteResult};
 use crate::engine::reconcile::{FieldRule, SideState, reconcile};
+use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::model::{Fields, Side, Value};
@@ -154,6 +155,7 @@ async fn run_plan(
         .collect();
     let mut to_marketo: Vec<PlannedWrite> = Vec::new();
     let mut to_crm: Vec<(String, Fields)> = Vec::new();
+    let mut dry: Vec<PlannedChange> = Vec::new();
     let mut agreed: BTreeMap<String, (String, Fields)> = BTreeMap::new();
     for pair in pairs.values() {
         let crm_canonical = match &pair.crm {
@@ -195,12 +197,18 @@ async fn run_plan(
                 let Some((c, _)) = crm_canonical else {
                     continue;
                 };
+                if options.dry_run {
+                    dry.push(
+                        PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Create)
+                            .source(pair.crm_key.clone())
+                            .fields(&key_record(&c), None, &[]),
+                    );
+                }
                 to_marketo.push(PlannedWrite {
                     crm_key: pair.crm_key.clone(),
                     marketo_key: marketo_key.clone(),
                     record: key_record(&c),
                     base: c.clone(),
-                    new: true,
                     replaces: None,
                 });
                 agreed.insert(pair.crm_key.clone(), (marketo_key, c));
@@ -256,13 +264,43 @@ async fn run_plan(
             }
             continue;
         }
+        if options.dry_run {
+            let key = plan.marketo_crm_key.as_str();
+            if !r.to_marketo.is_empty() {
+                dry.push(
+                    PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Update)
+                        .source(pair.crm_key.clone())
+                        .target(marketo_key.clone())
+                        .fields(
+                            &key_record(&r.to_marketo),
+                            Some(&json_fields(&m_side.0)),
+                            &[key],
+                        ),
+                );
+            }
+            if !r.to_crm.is_empty() {
+                let before = match &pair.crm {
+                    Some((raw, _)) => json_fields(raw),
+                    None => json_fields(&plan.render(Side::Crm, &link.base)),
+                };
+                dry.push(
+                    PlannedChange::new(object, Direction::MarketoToCrm, PlannedAction::Update)
+                        .source(marketo_key.clone())
+                        .target(pair.crm_key.clone())
+                        .fields(
+                            &json_fields(&plan.render(Side::Crm, &r.to_crm)),
+                            Some(&before),
+                            &[],
+                        ),
+                );
+            }
+        }
         if !r.to_marketo.is_empty() {
             to_marketo.push(PlannedWrite {
                 crm_key: pair.crm_key.clone(),
                 marketo_key: marketo_key.clone(),
                 record: key_record(&r.to_marketo),
                 base: r.agreed.clone(),
-                new: false,
                 replaces: None,
             });
         }
@@ -273,19 +311,8 @@ async fn run_plan(
     }
 
     if options.dry_run {
-        for p in &to_marketo {
-            summary.plan.push(json!({
-                "object": object, "direction": Direction::CrmToMarketo.as_str(),
-                "action": if p.new { "create" } else { "update" },
-                "crm_key": p.crm_key, "marketo_key": p.marketo_key, "record": p.record,
-            }));
-        }
-        for (crm_key, fields) in &to_crm {
-            summary.plan.push(json!({
-                "object": object, "direction": Direction::MarketoToCrm.as_str(),
-                "action": "update", "crm_key": crm_key,
-                "record": super::to_record(&plan.render(Side::Crm, fields)),
-            }));
+        for change in dry {
+            summary.planned(change);
         }
         return Ok(());
     }

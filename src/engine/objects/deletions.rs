@@ -18,6 +18,7 @@ use super::{
     skip_reason, sync_error,
 };
 use crate::crm::ChangeKind;
+use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{Record, RecordStatus, SyncAction};
@@ -112,11 +113,13 @@ async fn delete_object(
         }
     }
     if options.dry_run {
-        for (l, _, key) in &todo {
-            summary.plan.push(json!({
-                "object": object, "direction": direction.as_str(), "action": "delete",
-                "crm_key": l.crm_key, "marketo_key": l.marketo_key, "record": key,
-            }));
+        for (l, _, _) in &todo {
+            summary.planned(
+                PlannedChange::new(object, direction, PlannedAction::Delete)
+                    .source(l.crm_key.clone())
+                    .target(l.marketo_key.clone())
+                    .note("deleted in the CRM"),
+            );
         }
         return Ok(());
     }

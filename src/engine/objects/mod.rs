@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::summary::{PlannedAction, PlannedChange};
 use super::{CycleOptions, CycleSummary, EngineError};
 use crate::crm::{Change, ChangeKind, Cursor, WriteResult};
 use crate::engine::Context;
@@ -578,6 +579,12 @@ pub(crate) async fn create_linked_rows(
 /// CRM rows per write batch of [`create_linked_rows`].
 pub(crate) const CRM_ROW_BATCH: usize = 200;
 
+/// Returns true for a refusal whose cause is a parent record not linked yet (`contact_not_linked`,
+/// `lead_not_linked`): the record waits for its parent.
+pub(crate) fn waits_for_parent(code: &str) -> bool {
+    code.ends_with("_not_linked")
+}
+
 /// Returns (code, message, retryable) of a skipped Marketo record.
 pub(crate) fn skip_reason(result: &RecordResult) -> (String, String, bool) {
     let (code, message) = result
@@ -604,8 +611,6 @@ pub(crate) struct PlannedWrite {
     pub record: Record,
     /// The agreed values once written.
     pub base: Fields,
-    /// True when no live link existed.
-    pub new: bool,
     /// The Marketo key the link had before, when the record's dedupe fields changed (the old
     /// Marketo record is deleted once the new one is written).
     pub replaces: Option<String>,
@@ -695,6 +700,16 @@ pub(crate) async fn push_step(
         };
         let (marketo_key, key_fields) = match (spec.keys)(change, fields, &canonical, &leads) {
             Ok(k) => k,
+            Err((code, message, _)) if options.dry_run && waits_for_parent(&code) => {
+                // Its parent's write is planned by this dry run, not made: it would be written
+                // by the cycle after the parent's. Not a failure.
+                summary.planned(
+                    PlannedChange::new(object, direction, PlannedAction::WaitsForParent)
+                        .source(change.id.clone())
+                        .note(message),
+                );
+                continue;
+            }
             Err((code, message, retryable)) => {
                 summary.counts_mut(object, direction).failed += 1;
                 commit.errors_upsert.push(sync_error(
@@ -745,24 +760,41 @@ pub(crate) async fn push_step(
         let replaces = existing
             .filter(|l| l.marketo_key != marketo_key)
             .map(|l| l.marketo_key.clone());
+        if options.dry_run {
+            // The linked record's values on the Marketo side are the link's agreed base.
+            let before = existing
+                .filter(|l| l.marketo_key == marketo_key)
+                .map(|l| to_record(&plan.render(Side::Marketo, &l.base)));
+            let new = existing.is_none() || replaces.is_some();
+            let action = if new {
+                PlannedAction::Create
+            } else {
+                PlannedAction::Update
+            };
+            let key_names: Vec<&str> = key_fields.keys().map(String::as_str).collect();
+            let mut change_plan = PlannedChange::new(object, direction, action)
+                .source(change.id.clone())
+                .fields(&record, before.as_ref(), &key_names);
+            if !new {
+                change_plan = change_plan.target(marketo_key.clone());
+            }
+            if let Some(old) = &replaces {
+                change_plan = change_plan.note(format!(
+                    "replaces Marketo record {old} (its dedupe fields changed); the old one is deleted"
+                ));
+            }
+            summary.planned(change_plan);
+            continue;
+        }
         planned.push(PlannedWrite {
             crm_key: change.id.clone(),
             marketo_key,
             record,
             base,
-            new: existing.is_none(),
             replaces,
         });
     }
     if options.dry_run {
-        for p in &planned {
-            summary.plan.push(json!({
-                "object": object, "direction": direction.as_str(),
-                "action": if p.new { "create" } else { "update" },
-                "crm_key": p.crm_key, "marketo_key": p.marketo_key, "record": p.record,
-                "replaces": p.replaces,
-            }));
-        }
         return Ok(());
     }
     let rekeyed: BTreeMap<String, String> = planned

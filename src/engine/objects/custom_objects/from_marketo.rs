@@ -44,6 +44,7 @@ use super::super::{
 use super::{CONTACT_COLUMN, LEAD_FIELD, marketo_key_field};
 use crate::crm::WriteResult;
 use crate::engine::reconcile::{FieldRule, SideState, reconcile};
+use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plan;
 use crate::model::{Fields, Side, Value, fields_hash};
@@ -312,6 +313,14 @@ pub async fn run(
         let contact = match (has_contact, record.lead) {
             (true, Some(lead)) => match contacts.get(&lead) {
                 Some(c) => Some(c.clone()),
+                None if options.dry_run => {
+                    summary.planned(
+                        PlannedChange::new(object, direction, PlannedAction::WaitsForParent)
+                            .source(key.clone())
+                            .note(format!("lead {lead} has no CRM contact yet")),
+                    );
+                    continue;
+                }
                 None => {
                     summary.counts_mut(object, direction).failed += 1;
                     commit.errors_upsert.push(sync_error(
@@ -458,7 +467,6 @@ pub async fn run(
                 marketo_key: pair.key.clone(),
                 record,
                 base: new_base.clone(),
-                new: false,
                 replaces: None,
             });
         }
@@ -467,23 +475,37 @@ pub async fn run(
 
     if options.dry_run {
         for (key, _, row) in &creates {
-            summary.plan.push(json!({
-                "object": object, "direction": direction.as_str(), "action": "create",
-                "marketo_key": key, "record": to_record(row),
-            }));
+            summary.planned(
+                PlannedChange::new(object, direction, PlannedAction::Create)
+                    .source(key.clone())
+                    .fields(&to_record(row), None, &[]),
+            );
         }
         for (key, crm_key, row) in &crm_updates {
-            summary.plan.push(json!({
-                "object": object, "direction": direction.as_str(), "action": "update",
-                "marketo_key": key, "crm_key": crm_key, "record": to_record(row),
-            }));
+            let before = rows.get(crm_key).map(|(raw, _)| to_record(raw));
+            summary.planned(
+                PlannedChange::new(object, direction, PlannedAction::Update)
+                    .source(key.clone())
+                    .target(crm_key.clone())
+                    .fields(&to_record(row), before.as_ref(), &[pk.as_str()]),
+            );
         }
         for p in &to_marketo {
-            summary.plan.push(json!({
-                "object": object, "direction": Direction::CrmToMarketo.as_str(),
-                "action": "update", "crm_key": p.crm_key, "marketo_key": p.marketo_key,
-                "record": p.record,
-            }));
+            let before = pairs
+                .iter()
+                .find(|pair| pair.key == p.marketo_key)
+                .map(|pair| to_record(&pair.record.raw));
+            let keys: Vec<&str> = p.record.keys().map(String::as_str).collect();
+            let keys: Vec<&str> = keys
+                .into_iter()
+                .filter(|k| *k == plan.marketo_crm_key || *k == LEAD_FIELD)
+                .collect();
+            summary.planned(
+                PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Update)
+                    .source(p.crm_key.clone())
+                    .target(p.marketo_key.clone())
+                    .fields(&p.record, before.as_ref(), &keys),
+            );
         }
         return Ok(());
     }
