@@ -167,7 +167,7 @@
   function drawBurnChart(b) {
     var box = byId("chart-burn");
     clear(box);
-    var W = 560, H = 200, L = 56, R = 12, T = 12, B = 28;
+    var W = 560, H = 200, L = 56, R = 24, T = 12, B = 28;
     var s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", "aria-label": "Quota burn today", id: "svg-burn" });
     var start = b && b.day_start ? new Date(b.day_start).getTime() : NaN;
     var end = b && b.day_end ? new Date(b.day_end).getTime() : NaN;
