@@ -527,10 +527,7 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, cli.color));
-    // Give spawned tasks (the lease keeper of a one-off run) no chance to outlive the command.
-    runtime.shutdown_background();
-    match result {
+    match runtime.block_on(dispatch(cli.command, cli.color)) {
         Ok(code) => code,
         // `marketo-sync errors list | head`: the reader has all it wants; stop quietly.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
@@ -868,13 +865,9 @@ async fn dispatch(
                 anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
             }
             let claim = ops::claim_run(
-                &crate::config::SettingsSource::new(&config, env.as_deref()),
-                ops::RunRequest {
-                    kind: ops::RunKind::SyncOnce,
-                    dry_run,
-                    force,
-                },
-                &mut std::io::stderr(),
+                &config,
+                env.as_deref(),
+                ops::RunRequest::sync_once(dry_run, force),
             )
             .await?;
             let cancel = claim.token();
@@ -899,13 +892,9 @@ async fn dispatch(
         }
         Command::Bootstrap(args) => {
             let _claim = ops::claim_run(
-                &crate::config::SettingsSource::new(&args.config, args.env.as_deref()),
-                ops::RunRequest {
-                    kind: ops::RunKind::Bootstrap,
-                    dry_run: args.dry_run,
-                    force: args.force,
-                },
-                &mut std::io::stderr(),
+                &args.config,
+                args.env.as_deref(),
+                ops::RunRequest::bootstrap(args.dry_run, args.force),
             )
             .await?;
             run_bootstrap(args).await

@@ -1041,6 +1041,26 @@ pub struct RunRequest {
     pub force: bool,
 }
 
+impl RunRequest {
+    /// Returns the request of `sync --once`.
+    pub fn sync_once(dry_run: bool, force: bool) -> RunRequest {
+        RunRequest {
+            kind: RunKind::SyncOnce,
+            dry_run,
+            force,
+        }
+    }
+
+    /// Returns the request of `bootstrap`.
+    pub fn bootstrap(dry_run: bool, force: bool) -> RunRequest {
+        RunRequest {
+            kind: RunKind::Bootstrap,
+            dry_run,
+            force,
+        }
+    }
+}
+
 /// The right to run one `sync --once` or `bootstrap`: the instance's sync lease, held (and
 /// renewed in the background) until [`RunClaim::release`] or drop, so a daemon starting
 /// meanwhile waits in standby. A dry run's claim holds no lease.
@@ -1130,24 +1150,24 @@ impl Drop for RunClaim {
 /// Refuses ([`AppError::Refused`]) while sync is paused (unless `force`) and while another
 /// process holds the lease (always: two writers on one instance would race). A dry run is
 /// never refused: it writes nothing, so it runs and says why it otherwise would not. Notes go
-/// to `notes` (standard error on the command line).
+/// to standard error. `config` and `env` are the command's `--config` and `--env`.
 ///
 /// # Errors
 ///
 /// [`AppError::Refused`], [`AppError::Config`] or [`AppError::Store`].
 pub async fn claim_run(
-    source: &SettingsSource,
+    config: &std::path::Path,
+    env: Option<&str>,
     request: RunRequest,
-    notes: &mut dyn Write,
 ) -> Result<RunClaim, AppError> {
-    let (settings, store) = open_store(source).await?;
+    let (settings, store) = open_store(&SettingsSource::new(config, env)).await?;
     claim_run_on(
         store,
         &super::instance_id(&settings),
         &super::holder_id(),
         request,
         super::DEFAULT_LEASE_TTL,
-        notes,
+        &mut std::io::stderr(),
     )
     .await
 }
