@@ -26,11 +26,13 @@ use crate::store::{
     StateStore, SyncError,
 };
 
-/// Loads the settings of a config directory and opens (and migrates) their state store.
+/// Loads the settings of a config directory and opens (and migrates) their state store. Only
+/// what the store needs is checked ([`crate::config::load_for_store`]): the operator commands
+/// run without the Marketo and CRM credentials.
 ///
 /// # Errors
 ///
-/// [`AppError::Config`] for invalid settings, [`AppError::Store`] when the store cannot be
+/// [`AppError::Config`] for invalid store settings, [`AppError::Store`] when the store cannot be
 /// opened.
 pub async fn open_store(
     source: &SettingsSource,

@@ -189,11 +189,13 @@ pub(crate) fn id_type(schema: &ObjectSchema) -> FieldType {
 /// Returns why a key field of type `holder` cannot hold ids of type `id`, or `None` when it can.
 ///
 /// Integer ids need an integer, decimal or long-enough text field; text ids (a `marketoGUID`, a
-/// CRM's string primary key) need a text field at least as long. Booleans, dates, picklists,
-/// emails, phones and URLs never hold an id.
+/// CRM's string primary key) need a text field at least as long. Booleans, dates, date-times,
+/// picklists and emails never hold an id.
 pub(crate) fn key_type_problem(holder: &FieldType, id: &FieldType) -> Option<String> {
     use FieldType as T;
-    let plain_text = matches!(holder, T::Text { .. } | T::Other { .. });
+    // Phone and URL fields are free-form text on both sides; an email field is checked as an
+    // address, a picklist holds only its options.
+    let plain_text = matches!(holder, T::Text { .. } | T::Other { .. } | T::Phone | T::Url);
     match id {
         T::Integer | T::Decimal | T::Reference { .. } => match holder {
             T::Integer | T::Decimal => None,
