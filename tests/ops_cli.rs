@@ -321,6 +321,17 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         api_calls: 17,
         message: None,
     };
+    let failed = CycleRecord {
+        id: Uuid::new_v4(),
+        started_at: ended - Duration::seconds(600),
+        ended_at: Some(ended - Duration::seconds(590)),
+        outcome: CycleOutcome::Failed,
+        steps: Vec::new(),
+        counts: Vec::new(),
+        api_calls: 2,
+        message: Some("CRM unreachable: connection refused".into()),
+    };
+    store.record_cycle(&failed).await.expect("failed cycle");
     store.record_cycle(&cycle).await.expect("cycle");
     let day = marketo_sync::store::marketo_day(Utc::now());
     store.add_api_usage(day, 1234, 5678).await.expect("usage");
@@ -353,6 +364,19 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         );
     }
     assert!(!printed.contains(&cycle.id.to_string()), "{printed}");
+    // A failed cycle says why, in the text as in the JSON.
+    let reason = printed
+        .lines()
+        .find(|l| l.contains("CRM unreachable: connection refused"))
+        .expect("the failed cycle's reason");
+    assert!(reason.contains(&failed.id.to_string()[..8]), "{reason}");
+    let objects_header = printed
+        .lines()
+        .find(|l| l.contains("LINKED"))
+        .expect("an objects table");
+    for column in ["PENDING M→C", "PENDING C→M", "NEEDS OPERATOR", "LAST HOUR", "LAG"] {
+        assert!(objects_header.contains(column), "{objects_header}");
+    }
     assert!(
         !printed.contains("5678"),
         "bytes are shown in KiB: {printed}"
@@ -401,8 +425,14 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         "lag {lag}, oldest change {oldest}"
     );
     assert_eq!(lead["backlog_marketo_to_crm"]["pending"], 2);
-    assert_eq!(json["calls_per_cycle"][0]["calls"], 17);
-    assert_eq!(json["records_over_time"][0]["marketo_to_crm"], 7);
+    // The charts' series run oldest first: the failed cycle, then the partial one.
+    assert_eq!(json["calls_per_cycle"][0]["calls"], 2);
+    assert_eq!(json["calls_per_cycle"][1]["calls"], 17);
+    assert_eq!(json["records_over_time"][1]["marketo_to_crm"], 7);
+    assert_eq!(
+        json["failed_cycles"][0]["message"],
+        "CRM unreachable: connection refused"
+    );
 
     // A lease that expired is "free" in both.
     store.resume().await.expect("resume");

@@ -503,13 +503,49 @@ pub fn write_status_with(
         }
         write_table(out, &cycles)?;
     }
+    if !r.failed_cycles.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "failed cycles (newest first)")?;
+        let mut failed = table(render, &["CYCLE", "STARTED", "REASON"]);
+        for c in r.failed_cycles.iter().take(5) {
+            failed.add_row(vec![
+                cell(short_id(&c.id), Some(Tone::Bad), render),
+                cell(relative(c.started_at, now), None, render),
+                cell(
+                    clip(c.message.as_deref().unwrap_or("(no reason recorded)"), 160),
+                    None,
+                    render,
+                ),
+            ]);
+        }
+        write_table(out, &failed)?;
+    }
     if !r.objects.is_empty() {
         writeln!(out)?;
         writeln!(out, "objects")?;
-        let mut objects = table(render, &["OBJECT", "LAST SUCCESS", "LAG"]);
+        let mut objects = table(
+            render,
+            &[
+                "OBJECT",
+                "LINKED",
+                "PENDING M→C",
+                "PENDING C→M",
+                "NEEDS OPERATOR",
+                "LAST HOUR",
+                "LAST SUCCESS",
+                "LAG",
+            ],
+        );
         for o in &r.objects {
+            let (m, c) = (&o.backlog_marketo_to_crm, &o.backlog_crm_to_marketo);
+            let waiting = m.waiting_for_operator + c.waiting_for_operator;
             objects.add_row(vec![
                 cell(&o.object, None, render),
+                cell(thousands(o.linked), None, render),
+                cell(thousands(m.pending), None, render),
+                cell(thousands(c.pending), None, render),
+                cell(thousands(waiting), (waiting > 0).then_some(Tone::Bad), render),
+                cell(thousands(o.records_last_hour), None, render),
                 cell(relative_or_dash(o.last_success_at, now), None, render),
                 cell(
                     o.lag_seconds.map_or_else(
