@@ -876,28 +876,52 @@ async fn dispatch(
                 let _ = tokio::signal::ctrl_c().await;
                 on_signal.cancel();
             });
-            let summary =
-                crate::engine::once::run_once(&config, env.as_deref(), dry_run, &cancel).await?;
+            let summary = match crate::engine::once::run_once(
+                &config,
+                env.as_deref(),
+                dry_run,
+                &cancel,
+            )
+            .await
+            {
+                Ok(summary) => summary,
+                Err(crate::engine::EngineError::Paused {
+                    reason,
+                    until: Some(until),
+                }) if !dry_run => {
+                    // Marketo's daily quota ran out: keep the pause in the store, as the
+                    // daemon does, so `status` shows it and the daemon honours it.
+                    let source = crate::config::SettingsSource::new(&config, env.as_deref());
+                    ops::record_quota_pause(&source, &reason, until).await?;
+                    return Err(crate::engine::EngineError::Paused {
+                        reason,
+                        until: Some(until),
+                    }
+                    .into());
+                }
+                Err(error) => return Err(error.into()),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print!("{}", summary.render_text());
             }
             // Records waiting for their parent are not failures: a healthy dry run exits 0.
+            // Records refused one by one are in the error ledger; 4 tells a script to look.
             Ok(if summary.failed() > 0 {
-                ExitCode::from(2)
+                ExitCode::from(4)
             } else {
                 ExitCode::SUCCESS
             })
         }
         Command::Bootstrap(args) => {
-            let _claim = ops::claim_run(
+            let claim = ops::claim_run(
                 &args.config,
                 args.env.as_deref(),
                 ops::RunRequest::bootstrap(args.dry_run, args.force),
             )
             .await?;
-            run_bootstrap(args).await
+            run_bootstrap(args, claim.token()).await
         }
         Command::Crm {
             command:
@@ -944,7 +968,12 @@ fn config_error(error: crate::config::ConfigError) -> anyhow::Error {
     )
 }
 
-async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bootstrap`; `cancel` stops it at a safe point (Ctrl-C, or the lease lost to another
+/// process).
+async fn run_bootstrap(
+    args: BootstrapArgs,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
     use crate::engine::bootstrap;
     let source = crate::config::SettingsSource::new(&args.config, args.env.as_deref());
     let loaded = crate::config::load(&source)?;
@@ -961,7 +990,6 @@ async fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         ..bootstrap::BootstrapOptions::default()
     };
-    let cancel = tokio_util::sync::CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

@@ -374,7 +374,13 @@ async fn status_prints_lease_pause_cycles_quota_and_errors() {
         .lines()
         .find(|l| l.contains("LINKED"))
         .expect("an objects table");
-    for column in ["PENDING M→C", "PENDING C→M", "NEEDS OPERATOR", "LAST HOUR", "LAG"] {
+    for column in [
+        "PENDING M→C",
+        "PENDING C→M",
+        "NEEDS OPERATOR",
+        "LAST HOUR",
+        "LAG",
+    ] {
         assert!(objects_header.contains(column), "{objects_header}");
     }
     assert!(
@@ -1201,9 +1207,9 @@ async fn sync_once_forced_through_a_pause_writes_and_gives_the_lease_back() {
         "the dry run wrote nothing"
     );
 
-    let ran = in_thread(once(&["--force"])).await;
+    let ran = in_thread(once(&["--force", "--json"])).await;
     assert!(ran.err.contains("running anyway (--force)"), "{}", ran.err);
-    assert!(matches!(ran.code, Some(0 | 2)), "{}{}", ran.out, ran.err);
+    assert!(matches!(ran.code, Some(0 | 4)), "{}{}", ran.out, ran.err);
     let summary: serde_json::Value = serde_json::from_str(&ran.out).expect("summary JSON");
     assert!(summary["objects"]["leads"].is_object(), "{summary}");
     assert!(
@@ -1241,5 +1247,25 @@ async fn sync_once_forced_through_a_pause_writes_and_gives_the_lease_back() {
         ran.err
     );
     assert_eq!(sim.counters().leads, leads);
+
+    // Marketo's daily quota runs out during a run: it exits 3 and the pause is stored, so
+    // `status` shows it and a daemon waits for the Marketo day to turn.
+    assert!(
+        store
+            .release_lease(&instance, "daemon-1")
+            .await
+            .expect("release")
+    );
+    assert!(store.resume().await.expect("resume"));
+    sim.spend_daily_quota();
+    let ran = in_thread(once(&[])).await;
+    assert_eq!(ran.code, Some(3), "{}{}", ran.out, ran.err);
+    let pause = store
+        .pause_state()
+        .await
+        .expect("read")
+        .expect("the quota pause is stored");
+    assert_eq!(pause.kind, marketo_sync::store::PauseKind::Quota);
+    assert!(pause.until.is_some_and(|u| u > Utc::now()), "{pause:?}");
     sim.shutdown().await;
 }

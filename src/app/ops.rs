@@ -544,7 +544,11 @@ pub fn write_status_with(
                 cell(thousands(o.linked), None, render),
                 cell(thousands(m.pending), None, render),
                 cell(thousands(c.pending), None, render),
-                cell(thousands(waiting), (waiting > 0).then_some(Tone::Bad), render),
+                cell(
+                    thousands(waiting),
+                    (waiting > 0).then_some(Tone::Bad),
+                    render,
+                ),
                 cell(thousands(o.records_last_hour), None, render),
                 cell(relative_or_dash(o.last_success_at, now), None, render),
                 cell(
@@ -1341,6 +1345,22 @@ async fn keep_lease(
             }
         }
     }
+}
+
+/// Stores a quota pause (Marketo's daily quota ran out) until `until`, as the daemon does after
+/// a cycle stopped by it, so `status` shows it, `resume` ends it and a daemon honours it. An
+/// operator's pause in force is kept (it outranks the quota pause).
+///
+/// # Errors
+///
+/// [`AppError::Config`] or [`AppError::Store`] when the store cannot be opened or written.
+pub async fn record_quota_pause(
+    source: &SettingsSource,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> Result<Option<PauseState>, AppError> {
+    let (_, store) = open_store(source).await?;
+    Ok(store.pause_for_quota(reason, until).await?)
 }
 
 #[cfg(test)]
