@@ -597,7 +597,23 @@ impl Rig {
 
     /// Moves the clocks past the Marketo day turn after `until` (the engine's pause end, when
     /// known) and the simulator's.
-    fn turn_day(&self, until: Option<DateTime<Utc>>) {
+    ///
+    /// A `sync --once` child stopped by the quota stores a quota pause until the real Marketo
+    /// day turn; the harness ends it here, standing in for that wait as it does for the clocks.
+    async fn turn_day(&self, until: Option<DateTime<Utc>>) -> Result<(), ConvergeError> {
+        if matches!(self.driver, Driver::Process(_)) {
+            let stored = self
+                .store
+                .pause_state()
+                .await
+                .map_err(|e| self.setup_error(format!("reading the pause: {e}")))?;
+            if stored.is_some_and(|p| p.kind == store::PauseKind::Quota) {
+                self.store
+                    .resume()
+                    .await
+                    .map_err(|e| self.setup_error(format!("ending the quota pause: {e}")))?;
+            }
+        }
         let now = self.sim.now();
         let turn = next_day_turn(now);
         let by = (turn - now).to_std().unwrap_or_default() + Duration::from_secs(5);
@@ -608,6 +624,7 @@ impl Rig {
                 p.clock.set(target);
             }
         }
+        Ok(())
     }
 
     /// Returns the backend id of the user pool's connection (PostgreSQL), spared by the
@@ -716,6 +733,31 @@ impl Rig {
         Cycle { ran, fired }
     }
 
+    /// Ends the sync lease a SIGKILLed `sync --once` left behind. A real restart waits for the
+    /// lease's time to live (60 s of real time); the harness stands in for that wait, as it moves
+    /// the simulator's clock for the interval between cycles.
+    async fn expire_dead_lease(&self) -> Result<(), ConvergeError> {
+        let url = url::Url::parse(&self.sim.base_url())
+            .map_err(|e| self.setup_error(format!("the simulator's url: {e}")))?;
+        let instance = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => return Ok(()),
+        };
+        let lease = self
+            .store
+            .lease(&instance)
+            .await
+            .map_err(|e| self.setup_error(format!("reading the lease: {e}")))?;
+        if let Some(lease) = lease {
+            self.store
+                .release_lease(&instance, &lease.holder)
+                .await
+                .map_err(|e| self.setup_error(format!("ending the dead lease: {e}")))?;
+        }
+        Ok(())
+    }
+
     async fn cycle_in_child(
         &self,
         c: &ChildEngine,
@@ -776,9 +818,13 @@ impl Rig {
             }
         };
         let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        if status.signal() == Some(9) {
+            self.expire_dead_lease().await?;
+        }
         let ran = match (status.code(), status.signal()) {
             (_, Some(9)) if fired => Ran::Killed,
-            (Some(0 | 2), _) => match serde_json::from_str::<Json>(&read(&c.out)) {
+            // 0: done; 4: done with records refused one by one (in the error ledger).
+            (Some(0 | 4), _) => match serde_json::from_str::<Json>(&read(&c.out)) {
                 Ok(summary) => {
                     let (written, failed) = counts_in(&summary);
                     Ran::Done { written, failed }
@@ -1257,7 +1303,7 @@ async fn play(
                 match c.ran {
                     Ran::Paused { until, message } => {
                         detail = format!("paused: {message}");
-                        rig.turn_day(until);
+                        rig.turn_day(until).await?;
                         let next = rig.cycle(Watch::Nothing).await?;
                         tally.cycle(&next);
                         if let Ran::Paused { message, .. } = &next.ran {
@@ -1859,7 +1905,7 @@ mod tests {
         // Still the same Marketo day: still paused.
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(matches!(c.ran, Ran::Paused { .. }), "{}", c.ran);
-        rig.turn_day(Some(until));
+        rig.turn_day(Some(until)).await.expect("turn the day");
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
         rig.finish().await;
