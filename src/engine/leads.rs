@@ -2497,18 +2497,8 @@ async fn apply_crm_deletes(
                         };
                         if winner != loser {
                             if step.dry_run {
-                                step.plan_out.push(
-                                    PlannedChange::new(
-                                        &object,
-                                        Direction::CrmToMarketo,
-                                        PlannedAction::Merge,
-                                    )
-                                    .source(key.clone())
-                                    .target(loser.to_string())
-                                    .note(format!(
-                                        "CRM record {key} was merged into {into}: lead {loser} is merged into lead {winner}"
-                                    )),
-                                );
+                                step.plan_out
+                                    .push(planned_crm_merge(&object, &key, &into, loser, winner));
                             } else {
                                 match ctx.marketo.merge_leads(winner, &[loser], false).await {
                                     Ok(()) => {}
@@ -2555,18 +2545,9 @@ async fn apply_crm_deletes(
                             // below links that lead and the survivor, once.
                             Some(winner) => {
                                 if step.dry_run {
-                                    step.plan_out.push(
-                                        PlannedChange::new(
-                                            &object,
-                                            Direction::CrmToMarketo,
-                                            PlannedAction::Merge,
-                                        )
-                                        .source(key.clone())
-                                        .target(lead.to_string())
-                                        .note(format!(
-                                            "CRM record {key} was merged into {into}: lead {lead} is merged into lead {winner}"
-                                        )),
-                                    );
+                                    step.plan_out.push(planned_crm_merge(
+                                        &object, &key, &into, lead, winner,
+                                    ));
                                 } else {
                                     match ctx.marketo.merge_leads(winner, &[lead], false).await {
                                         Ok(()) => {}
@@ -3036,4 +3017,20 @@ async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, u32>, EngineErro
             )
         })
         .collect())
+}
+
+/// The dry run's entry for a CRM merge carried to Marketo: `loser`'s lead merged into `winner`'s.
+fn planned_crm_merge(
+    object: &str,
+    key: &str,
+    into: &str,
+    loser: i64,
+    winner: i64,
+) -> PlannedChange {
+    PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Merge)
+        .source(key.to_owned())
+        .target(loser.to_string())
+        .note(format!(
+            "CRM record {key} was merged into {into}: lead {loser} is merged into lead {winner}"
+        ))
 }
