@@ -502,6 +502,24 @@ pub enum CrmCommand {
     },
 }
 
+impl Command {
+    /// Returns true for the commands that print a report and exit (their logs default to errors
+    /// only; `RUST_LOG` shows more).
+    fn is_report(&self) -> bool {
+        matches!(
+            self,
+            Command::Validate { .. }
+                | Command::Mappings { .. }
+                | Command::Status { .. }
+                | Command::Errors { .. }
+                | Command::Conflicts { .. }
+                | Command::Pause { .. }
+                | Command::Resume(_)
+                | Command::Health(_)
+        )
+    }
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     // The demo's logs go to a file or stay quiet, away from its narration; installed first, so
@@ -516,7 +534,12 @@ pub fn main(cli: Cli) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    crate::telemetry::init(crate::telemetry::default_format());
+    let level = if cli.command.is_report() {
+        "error"
+    } else {
+        "info"
+    };
+    crate::telemetry::init_at(crate::telemetry::default_format(), level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -795,7 +818,7 @@ async fn dispatch(
                 offline,
                 json,
                 deny_warnings,
-                color: crate::config::stdout_color(),
+                color: ops::Render::for_stdout(color, now()).color,
             };
             let ok = crate::mapping::run_validate(&args, &mut std::io::stdout()).await?;
             Ok(if ok {

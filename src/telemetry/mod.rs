@@ -28,7 +28,14 @@ pub enum LogFormat {
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber in place.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_at(format, "info");
+}
+
+/// Installs the subscriber as [`init`] does, with `default` as the level filter when
+/// `RUST_LOG` is not set: the report commands (`validate`, `status`, ...) log only errors by
+/// default, so that their output is not interleaved with the client's retry warnings.
+pub fn init_at(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
