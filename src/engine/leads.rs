@@ -2498,7 +2498,7 @@ async fn apply_crm_deletes(
                         if winner != loser {
                             if step.dry_run {
                                 step.plan_out
-                                    .push(planned_crm_merge(&object, &key, &into, loser, winner));
+                                    .push(planned_crm_merge(&object, key, into, loser, winner));
                             } else {
                                 match ctx.marketo.merge_leads(winner, &[loser], false).await {
                                     Ok(()) => {}
@@ -2545,9 +2545,8 @@ async fn apply_crm_deletes(
                             // below links that lead and the survivor, once.
                             Some(winner) => {
                                 if step.dry_run {
-                                    step.plan_out.push(planned_crm_merge(
-                                        &object, &key, &into, lead, winner,
-                                    ));
+                                    step.plan_out
+                                        .push(planned_crm_merge(&object, key, into, lead, winner));
                                 } else {
                                     match ctx.marketo.merge_leads(winner, &[lead], false).await {
                                         Ok(()) => {}
