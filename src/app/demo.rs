@@ -548,12 +548,26 @@ mod tests {
 
     /// The first test of `cargo test` (the library's tests run first, in name order): it says,
     /// in one line at the top, what the suite needs that is missing here and which command sets
-    /// it up. It never fails; the tests that need a missing prerequisite skip or fail themselves.
+    /// it up. Under `scripts/test` and CI (`MKSYNC_REQUIRE_ALL` or `CI`) a missing prerequisite
+    /// fails it; otherwise the tests that need one skip with a notice of their own.
     #[test]
     fn a_notice_of_missing_test_prerequisites() {
-        if let Some(line) = super::prereq::notice() {
-            super::prereq::announce(&line);
+        let missing = super::prereq::missing_prerequisites();
+        match super::prereq::notice() {
+            Some(line) => {
+                super::prereq::announce(&line);
+                assert!(line.contains(super::prereq::FIX), "{line}");
+                for what in &missing {
+                    assert!(line.contains(what.as_str()), "{what} not named in: {line}");
+                }
+            }
+            None => assert!(missing.is_empty(), "{missing:?}"),
         }
+        assert!(
+            !super::prereq::require_all() || missing.is_empty(),
+            "required but missing: {missing:?}; run {}",
+            super::prereq::FIX
+        );
     }
 
     #[test]
