@@ -760,7 +760,7 @@ async fn dispatch(
             crm,
             postgres_url,
         } => {
-            use crate::sim::converge::{ConvergeOptions, CrmKind, EngineMode};
+            use crate::converge::{ConvergeOptions, CrmKind, EngineMode};
             let engine = match engine {
                 ConvergeEngine::InProcess => EngineMode::InProcess,
                 ConvergeEngine::Process => EngineMode::Process {
@@ -781,9 +781,8 @@ async fn dispatch(
                 crm,
                 ..ConvergeOptions::new(config)
             };
-            let ok =
-                crate::sim::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())
-                    .await?;
+            let ok = crate::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())
+                .await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

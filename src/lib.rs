@@ -17,6 +17,8 @@
 //! - [`store`]: the `StateStore` trait with PostgreSQL and SQLite implementations.
 //! - [`http`]: the webhook receiver, health, metrics and the status page.
 //! - [`sim`]: the Marketo simulator and the demo CRM seed, for tests, `demo` and `simulate`.
+//! - [`converge`]: the convergence harness; it drives the simulator, the engine and the store
+//!   from above (nothing in [`sim`] imports the engine).
 //! - [`telemetry`]: logging set-up and typed events.
 //! - [`app`]: the daemon (lease, cycle loop, on-demand worker, shutdown) and operator commands.
 //! - [`cli`]: the command-line commands.
@@ -24,6 +26,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod converge;
 pub mod crm;
 pub mod engine;
 pub mod http;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use marketo_sync::sim::converge::{
+use marketo_sync::converge::{
     ConvergeOptions, ConvergenceReport, CrmKind, EngineMode, run_schedule,
 };
 use secrecy::SecretString;

@@ -126,6 +126,39 @@ impl MarketoSettings {
         Duration::from_secs(self.connect_timeout_secs)
     }
 
+    /// Returns the Marketo client's configuration: base URL (or munchkin id), client id and
+    /// secret, limits, time-outs and retries.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the setting when the instance, the client id or the secret is missing
+    /// or the base URL does not parse.
+    pub fn client_config(&self) -> Result<crate::marketo::ClientConfig, String> {
+        let base = self
+            .rest_base_url()
+            .ok_or_else(|| "marketo.base_url or marketo.munchkin_id is required".to_owned())?;
+        let url: url::Url = base
+            .parse()
+            .map_err(|e| format!("marketo.base_url is not a valid url: {e}"))?;
+        let client_id = self
+            .client_id
+            .clone()
+            .ok_or_else(|| "marketo.client_id is required".to_owned())?;
+        let secret = self.client_secret.clone().ok_or_else(|| {
+            "the marketo client secret is required (MKSYNC__MARKETO__CLIENT_SECRET or marketo.client_secret_file)"
+                .to_owned()
+        })?;
+        let mut config = crate::marketo::ClientConfig::new(url, client_id, secret);
+        config.calls_per_20s = self.calls_per_20s;
+        config.max_concurrency = self.max_concurrency as usize;
+        config.daily_call_budget = u64::from(self.daily_call_budget);
+        config.bulk_mb_budget = u64::from(self.bulk_mb_budget);
+        config.request_timeout = Some(self.request_timeout());
+        config.connect_timeout = Some(self.connect_timeout());
+        config.retry = self.retry_policy();
+        Ok(config)
+    }
+
     /// Returns the retry policy: the configured back-off and 606 wait, the client's defaults
     /// otherwise.
     pub fn retry_policy(&self) -> crate::marketo::RetryPolicy {

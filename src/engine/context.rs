@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use super::EngineError;
 use crate::config::{LoadedMapping, MarketoSettings, Settings};
 use crate::crm::Crm;
-use crate::marketo::{Client, ClientConfig};
+use crate::marketo::Client;
 use crate::store::{Clock, StateStore};
 
 /// The parts a cycle works with. Cheap to clone.
@@ -83,29 +83,6 @@ impl Context {
 /// Returns [`EngineError::Config`] when the instance, the client id or the secret is missing or
 /// the base URL does not parse, and [`EngineError::Marketo`] for an out-of-range limit.
 pub fn marketo_client(m: &MarketoSettings) -> Result<Client, EngineError> {
-    let base = m.rest_base_url().ok_or_else(|| {
-        EngineError::Config("marketo.base_url or marketo.munchkin_id is required".into())
-    })?;
-    let url: url::Url = base
-        .parse()
-        .map_err(|e| EngineError::Config(format!("marketo.base_url is not a valid url: {e}")))?;
-    let client_id = m
-        .client_id
-        .clone()
-        .ok_or_else(|| EngineError::Config("marketo.client_id is required".into()))?;
-    let secret = m.client_secret.clone().ok_or_else(|| {
-        EngineError::Config(
-            "the marketo client secret is required (MKSYNC__MARKETO__CLIENT_SECRET or marketo.client_secret_file)"
-                .into(),
-        )
-    })?;
-    let mut config = ClientConfig::new(url, client_id, secret);
-    config.calls_per_20s = m.calls_per_20s;
-    config.max_concurrency = m.max_concurrency as usize;
-    config.daily_call_budget = u64::from(m.daily_call_budget);
-    config.bulk_mb_budget = u64::from(m.bulk_mb_budget);
-    config.request_timeout = Some(m.request_timeout());
-    config.connect_timeout = Some(m.connect_timeout());
-    config.retry = m.retry_policy();
+    let config = m.client_config().map_err(EngineError::Config)?;
     Ok(Client::new(config)?)
 }

@@ -72,14 +72,13 @@ pub async fn fetch_named(settings: &Settings, named: &NamedObjects) -> (SchemaSe
     (set, problems)
 }
 
-/// Returns the Marketo client configured by `[marketo]` (the engine's
-/// [`crate::engine::context::marketo_client`]), or the problem naming the setting.
+/// Returns the Marketo client configured by `[marketo]` ([`MarketoSettings::client_config`]), or
+/// the problem naming the setting.
 ///
 /// A one-shot check retries a failed call once (the daemon's client retries for ~20 s), so an
 /// unreachable host is reported at once.
 fn client(m: &MarketoSettings) -> Result<Client, Box<Problem>> {
-    let client = crate::engine::context::marketo_client(m).map_err(|e| {
-        let text = e.to_string();
+    let mut config = m.client_config().map_err(|text| {
         let key = if text.contains("client_id") {
             "marketo.client_id"
         } else if text.contains("secret") {
@@ -95,7 +94,6 @@ fn client(m: &MarketoSettings) -> Result<Client, Box<Problem>> {
             format!("{text}; it is needed to read Marketo's schemas (or run with --offline)"),
         ))
     })?;
-    let mut config = client.config().clone();
     config.retry.max_retries = config.retry.max_retries.min(1);
     Client::new(config).map_err(|e| {
         Box::new(Problem::error(
@@ -197,7 +195,7 @@ async fn fetch_marketo(
                 .iter()
                 .filter(|t| named.activity_types.contains(&t.id))
             {
-                set.insert(crate::engine::objects::activities::activity_schema(t));
+                set.insert(super::activities::activity_schema(t));
             }
         }
         Err(e) => problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {

@@ -6,6 +6,7 @@
 //! fields into a write for one side; [`Plan::diff`] compares canonical records with the agreed
 //! base; [`Plan::disable_field`] takes one field out when its schema drifts.
 
+pub mod activities;
 mod compile;
 pub mod live;
 mod normalise;

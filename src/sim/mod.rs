@@ -13,7 +13,6 @@ pub mod admin;
 pub mod auth;
 pub mod bulk;
 pub mod clock;
-pub mod converge;
 pub mod demo_crm;
 pub mod faults;
 pub mod generator;
