@@ -85,7 +85,7 @@ impl Render {
         let color = match choice {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => auto_color(terminal),
+            ColorChoice::Auto => crate::config::auto_color(terminal),
         };
         Render {
             color,
@@ -93,18 +93,6 @@ impl Render {
             now,
         }
     }
-}
-
-/// Returns whether `auto` colours: `NO_COLOR` wins, then `CLICOLOR_FORCE`, then a terminal
-/// whose `TERM` supports colour and `CLICOLOR` is not `0`.
-fn auto_color(terminal: bool) -> bool {
-    if anstyle_query::no_color() {
-        return false;
-    }
-    if anstyle_query::clicolor_force() {
-        return true;
-    }
-    terminal && anstyle_query::clicolor() != Some(false) && anstyle_query::term_supports_color()
 }
 
 /// A colour with a meaning.

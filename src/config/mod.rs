@@ -22,7 +22,7 @@ pub use problem::{
     Lenient, Problem, Segment, Severity, closest, column_of, did_you_mean, dotted, from_toml_error,
     line_of, line_of_path, parse_all, parse_lenient, span_of_path,
 };
-pub use render::{render_problems, stderr_color, stdout_color};
+pub use render::{auto_color, render_problems, stderr_color};
 pub use settings::{
     BootstrapSettings, CrmSettings, DeletePolicy, ENV_PREFIX, HttpSettings, KNOWN_ADAPTERS,
     MarketoSettings, Settings, SettingsSource, StoreSettings, SyncSettings, check_settings,

@@ -11,15 +11,22 @@ use annotate_snippets::{AnnotationKind, Group, Level, Origin, Renderer, Snippet}
 
 use super::problem::{Problem, Severity};
 
-/// Returns true when output to standard output may be coloured: it is a terminal and `NO_COLOR`
-/// is not set (<https://no-color.org>).
-pub fn stdout_color() -> bool {
-    color_allowed(std::env::var_os("NO_COLOR").as_deref()) && std::io::stdout().is_terminal()
+/// Returns true when output to standard error may be coloured, by [`auto_color`].
+pub fn stderr_color() -> bool {
+    auto_color(std::io::stderr().is_terminal())
 }
 
-/// Returns true when output to standard error may be coloured, as [`stdout_color`].
-pub fn stderr_color() -> bool {
-    color_allowed(std::env::var_os("NO_COLOR").as_deref()) && std::io::stderr().is_terminal()
+/// The one colour policy of every command's output: never with `NO_COLOR` (<https://no-color.org>),
+/// always with `CLICOLOR_FORCE`, otherwise on a terminal that supports colour unless
+/// `CLICOLOR=0`.
+pub fn auto_color(terminal: bool) -> bool {
+    if !color_allowed(std::env::var_os("NO_COLOR").as_deref()) {
+        return false;
+    }
+    if anstyle_query::clicolor_force() {
+        return true;
+    }
+    terminal && anstyle_query::clicolor() != Some(false) && anstyle_query::term_supports_color()
 }
 
 fn color_allowed(no_color: Option<&std::ffi::OsStr>) -> bool {
