@@ -203,9 +203,13 @@ async fn run(n: usize) {
     let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
     demo_crm::install(&crm_url, 7, 0).await.expect("demo crm");
     let crm_options = demo_crm::adapter_options(true, false);
-    let crm = registry::build("sql", &SecretString::from(crm_url.clone()), &crm_options)
-        .await
-        .expect("crm adapter");
+    let crm = registry::build(
+        "sql",
+        Some(&SecretString::from(crm_url.clone())),
+        &crm_options,
+    )
+    .await
+    .expect("crm adapter");
     let sim_now = sim.now().await;
     let clock = Arc::new(ManualClock::new(sim_now));
     let store_url = format!("sqlite://{}", dir.path().join("state.db").display());

@@ -49,7 +49,7 @@ async fn bench(engine: &str, rows: usize) -> Result<(f64, f64), Box<dyn std::err
     let mut options = demo_crm::adapter_options(true, false);
     options["overlap_seconds"] = serde_json::json!(0);
     options["max_batch_write"] = serde_json::json!(BATCH);
-    let crm = registry::build("sql", &SecretString::from(url.clone()), &options).await?;
+    let crm = registry::build("sql", Some(&SecretString::from(url.clone())), &options).await?;
 
     // Read every contact as a change.
     let started = Instant::now();

@@ -163,7 +163,7 @@ impl Env {
         let marketo = Client::new(config).unwrap();
         let crm = registry::build(
             "sql",
-            &SecretString::from(self.crm_url.clone()),
+            Some(&SecretString::from(self.crm_url.clone())),
             &demo_crm::adapter_options(true, false),
         )
         .await
@@ -325,9 +325,13 @@ async fn windows_larger_than_the_crm_batch_limit_are_written_in_several_batches(
     let mut ctx = env.ctx().await;
     let mut options = demo_crm::adapter_options(true, false);
     options["max_batch_write"] = serde_json::json!(5);
-    ctx.crm = registry::build("sql", &SecretString::from(env.crm_url.clone()), &options)
-        .await
-        .unwrap();
+    ctx.crm = registry::build(
+        "sql",
+        Some(&SecretString::from(env.crm_url.clone())),
+        &options,
+    )
+    .await
+    .unwrap();
     assert_eq!(ctx.crm.capabilities("contacts").unwrap().max_batch_write, 5);
     let report = bootstrap(
         &ctx,

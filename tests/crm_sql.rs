@@ -108,7 +108,7 @@ impl Env {
                 .await
                 .unwrap();
         }
-        registry::build("sql", &SecretString::from(self.url.clone()), &options)
+        registry::build("sql", Some(&SecretString::from(self.url.clone())), &options)
             .await
             .unwrap()
     }
@@ -407,7 +407,7 @@ async fn rolled_back_transactions_leave_no_stuck_gaps(engine: Engine) {
     let mut options = demo_crm::adapter_options(true, true);
     options["overlap_seconds"] = json!(0);
     options["gap_timeout_seconds"] = json!(0);
-    let impatient = registry::build("sql", &SecretString::from(env.url.clone()), &options)
+    let impatient = registry::build("sql", Some(&SecretString::from(env.url.clone())), &options)
         .await
         .unwrap();
     let (_, c1) = drain(patient.as_ref(), "contacts", None, 100).await;
@@ -611,7 +611,7 @@ async fn per_record_results(engine: Engine) {
     assert!(matches!(&again[0], WriteResult::Updated { .. }));
     let ro = registry::build(
         "sql",
-        &SecretString::from(env.url.clone()),
+        Some(&SecretString::from(env.url.clone())),
         &demo_crm::adapter_options(false, false),
     )
     .await
@@ -800,7 +800,10 @@ async fn unknown_names_fail_before_any_query(engine: Engine) {
     let url = SecretString::from(env.url.clone());
     let mut options = demo_crm::adapter_options(false, false);
     options["objects"]["contacts"]["table"] = json!("contactz");
-    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    let err = registry::build("sql", Some(&url), &options)
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(&err, CrmError::UnknownName { what: "table", name, .. } if name == "contactz"),
         "{err}"
@@ -809,7 +812,10 @@ async fn unknown_names_fail_before_any_query(engine: Engine) {
 
     let mut options = demo_crm::adapter_options(false, false);
     options["objects"]["leads"]["modified_column"] = json!("modified_at");
-    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    let err = registry::build("sql", Some(&url), &options)
+        .await
+        .err()
+        .unwrap();
     assert!(
         err.to_string()
             .contains("`modified_at` does not exist in `leads`"),
@@ -818,26 +824,32 @@ async fn unknown_names_fail_before_any_query(engine: Engine) {
 
     let mut options = demo_crm::adapter_options(false, false);
     options["objects"]["leads"]["columns"] = json!(["email", "emial"]);
-    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    let err = registry::build("sql", Some(&url), &options)
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("emial"), "{err}");
 
     let mut options = demo_crm::adapter_options(false, false);
     options["objects"]["leads"]["tabel"] = json!("x");
-    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    let err = registry::build("sql", Some(&url), &options)
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(err, CrmError::Config { .. }) && err.to_string().contains("tabel"),
         "{err}"
     );
 
     // The change log must be installed before it is used.
-    let err = registry::build("sql", &url, &demo_crm::adapter_options(false, true))
+    let err = registry::build("sql", Some(&url), &demo_crm::adapter_options(false, true))
         .await
         .err()
         .unwrap();
     assert!(err.to_string().contains("install-changelog"), "{err}");
 
     // A field name at call time is checked too.
-    let crm = registry::build("sql", &url, &demo_crm::adapter_options(false, false))
+    let crm = registry::build("sql", Some(&url), &demo_crm::adapter_options(false, false))
         .await
         .unwrap();
     let err = crm
@@ -980,7 +992,7 @@ async fn reads_through_a_view(engine: Engine) {
         .unwrap()
         .remove("merged_into_column");
     let url = SecretString::from(env.url.clone());
-    let crm = registry::build("sql", &url, &options).await.unwrap();
+    let crm = registry::build("sql", Some(&url), &options).await.unwrap();
     let (changes, _) = drain(crm.as_ref(), "contacts", None, 3).await;
     assert_eq!(ids(&changes).len(), 4);
     match &changes[0].kind {
@@ -998,7 +1010,10 @@ async fn reads_through_a_view(engine: Engine) {
     }
     // The view must have the configured columns.
     options["objects"]["contacts"]["merged_into_column"] = json!("merged_into");
-    let err = registry::build("sql", &url, &options).await.err().unwrap();
+    let err = registry::build("sql", Some(&url), &options)
+        .await
+        .err()
+        .unwrap();
     assert!(
         err.to_string()
             .contains("`merged_into` does not exist in `contacts_v`"),

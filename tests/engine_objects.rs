@@ -78,9 +78,10 @@ impl Env {
             "soft_delete": { "column": "deleted", "value": true },
             "marketo_id_column": "marketo_id", "writable": true, "changelog": false,
         });
-        let crm: Arc<dyn Crm> = registry::build("sql", &SecretString::from(crm_url), &options)
-            .await
-            .unwrap();
+        let crm: Arc<dyn Crm> =
+            registry::build("sql", Some(&SecretString::from(crm_url)), &options)
+                .await
+                .unwrap();
 
         let sim = Simulator::start(SimConfig {
             leads: 0,

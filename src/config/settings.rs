@@ -23,9 +23,6 @@ pub fn earliest_watermark() -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-/// The CRM adapters this build knows.
-pub const KNOWN_ADAPTERS: &[&str] = &["sql"];
-
 /// All settings, mirroring the TOML tables.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -175,9 +172,9 @@ impl MarketoSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CrmSettings {
-    /// Which adapter (`sql`).
+    /// Which adapter: a name registered in `crm::registry::ADAPTERS` (today `sql`).
     pub adapter: String,
-    /// Connection URL. A URL with a password is a secret: give it in `MKSYNC__CRM__URL` or
+    /// Connection URL, required by adapters reached by URL (`sql`). A URL with a password is a secret: give it in `MKSYNC__CRM__URL` or
     /// `url_file`, never inline.
     pub url: Option<SecretString>,
     /// A file holding the connection URL.
@@ -942,27 +939,37 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
                 .to_owned(),
         );
     }
-    if !KNOWN_ADAPTERS.contains(&s.crm.adapter.as_str()) {
-        push(
-            problems,
-            place,
-            "crm.adapter",
-            format!(
-                "unknown CRM adapter `{}`{} (known: {})",
-                s.crm.adapter,
-                did_you_mean(&s.crm.adapter, KNOWN_ADAPTERS.iter().copied()),
-                KNOWN_ADAPTERS.join(", ")
-            ),
-        );
-    }
-    if s.crm.url.is_none() && s.crm.url_file.is_none() {
-        push(
-            problems,
-            place,
-            "crm.url",
-            "is required: set MKSYNC__CRM__URL, `crm.url_file` or (without a password) `crm.url`"
-                .to_owned(),
-        );
+    match crate::crm::registry::find(&s.crm.adapter) {
+        Err(_) => {
+            let known = crate::crm::registry::ADAPTERS.iter().map(|a| a.name);
+            push(
+                problems,
+                place,
+                "crm.adapter",
+                format!(
+                    "unknown CRM adapter `{}`{} (known: {})",
+                    s.crm.adapter,
+                    did_you_mean(&s.crm.adapter, known),
+                    crate::crm::registry::known()
+                ),
+            );
+        }
+        Ok(adapter) => {
+            if adapter.connection == crate::crm::registry::Connection::Url
+                && s.crm.url.is_none()
+                && s.crm.url_file.is_none()
+            {
+                push(
+                    problems,
+                    place,
+                    "crm.url",
+                    format!(
+                        "is required by the `{}` adapter: set MKSYNC__CRM__URL, `crm.url_file` or (without a password) `crm.url`",
+                        adapter.name
+                    ),
+                );
+            }
+        }
     }
     if !s.crm.options.is_object() {
         push(problems, place, "crm.options", "must be a table".to_owned());

@@ -965,10 +965,9 @@ fn abort_hook(left: Arc<AtomicU32>, killed: Arc<AtomicBool>) -> CommitHook {
 }
 
 async fn crm_adapter(loaded: &crate::config::Loaded) -> Result<Arc<dyn Crm>, String> {
-    let url = loaded.settings.crm.url.clone().ok_or("no crm url")?;
     registry::build(
         &loaded.settings.crm.adapter,
-        &url,
+        loaded.settings.crm.url.as_ref(),
         &loaded.settings.crm.options,
     )
     .await

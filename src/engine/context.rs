@@ -58,12 +58,12 @@ impl Context {
     pub async fn from_settings(loaded: &crate::config::Loaded) -> Result<Context, EngineError> {
         let settings = &loaded.settings;
         let marketo = marketo_client(&settings.marketo)?;
-        let crm_url = settings.crm.url.clone().ok_or_else(|| {
-            EngineError::Config("crm.url is not set (MKSYNC__CRM__URL or crm.url_file)".into())
-        })?;
-        let crm =
-            crate::crm::registry::build(&settings.crm.adapter, &crm_url, &settings.crm.options)
-                .await?;
+        let crm = crate::crm::registry::build(
+            &settings.crm.adapter,
+            settings.crm.url.as_ref(),
+            &settings.crm.options,
+        )
+        .await?;
         let store = crate::store::open(settings.store.url.expose_secret()).await?;
         Ok(Context::new(
             settings.clone(),

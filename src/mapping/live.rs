@@ -218,15 +218,17 @@ async fn fetch_crm(
         return;
     }
     let c = &settings.crm;
-    let Some(url) = &c.url else {
+    let needs_url = crate::crm::registry::find(&c.adapter)
+        .is_ok_and(|a| a.connection == crate::crm::registry::Connection::Url);
+    if needs_url && c.url.is_none() {
         problems.push(Problem::error(
             SETTINGS,
             "crm.url",
             "crm.url is required to read the CRM's schemas: set MKSYNC__CRM__URL or crm.url_file (or run with --offline)",
         ));
         return;
-    };
-    let crm = match crate::crm::registry::build(&c.adapter, url, &c.options).await {
+    }
+    let crm = match crate::crm::registry::build(&c.adapter, c.url.as_ref(), &c.options).await {
         Ok(crm) => crm,
         Err(e) => {
             let key = match &e {
@@ -238,15 +240,20 @@ async fn fetch_crm(
                 _ => "crm.url",
             };
             // The error never holds the URL; only its scheme is shown.
-            let scheme = url.expose_secret().split(':').next().unwrap_or_default();
+            let scheme = c
+                .url
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        " ({})",
+                        u.expose_secret().split(':').next().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
             problems.push(Problem::error(
                 SETTINGS,
                 key,
-                format!(
-                    "cannot open the `{}` CRM ({scheme}): {}",
-                    c.adapter,
-                    short(&e)
-                ),
+                format!("cannot open the `{}` CRM{scheme}: {}", c.adapter, short(&e)),
             ));
             return;
         }

@@ -157,9 +157,13 @@ impl TestApp {
         };
         demo_crm::install(&crm_url, 7, 0).await.expect("demo crm");
         let crm_options = demo_crm::adapter_options(true, false);
-        let crm = registry::build("sql", &SecretString::from(crm_url.clone()), &crm_options)
-            .await
-            .expect("crm adapter");
+        let crm = registry::build(
+            "sql",
+            Some(&SecretString::from(crm_url.clone())),
+            &crm_options,
+        )
+        .await
+        .expect("crm adapter");
         let user = SqlPool::connect(&crm_url, 1, false)
             .await
             .expect("user pool");
