@@ -18,8 +18,10 @@
 
 pub mod demo;
 pub mod health;
+pub mod live;
 pub mod ops;
 pub mod status;
+pub mod validate;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +47,10 @@ pub use ops::{
     status_facts,
 };
 pub use status::StoreStatus;
+pub use validate::{
+    JsonProblem, SuggestArgs, ValidateArgs, check_store, collect_problems, run_suggest,
+    run_suggest_with, run_validate, run_validate_with, validate_dir,
+};
 
 /// The default lease time to live: a dead holder is replaced within this long.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);

@@ -810,7 +810,7 @@ async fn dispatch(
             json,
             deny_warnings,
         } => {
-            let args = crate::mapping::ValidateArgs {
+            let args = crate::app::ValidateArgs {
                 config,
                 schemas,
                 env,
@@ -819,7 +819,7 @@ async fn dispatch(
                 deny_warnings,
                 color: ops::Render::for_stdout(color, now()).color,
             };
-            let ok = crate::mapping::run_validate(&args, &mut std::io::stdout()).await?;
+            let ok = crate::app::run_validate(&args, &mut std::io::stdout()).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -838,7 +838,7 @@ async fn dispatch(
                     output,
                 },
         } => {
-            let args = crate::mapping::SuggestArgs {
+            let args = crate::app::SuggestArgs {
                 config,
                 schemas,
                 env,
@@ -847,7 +847,7 @@ async fn dispatch(
                 name,
                 output,
             };
-            crate::mapping::run_suggest(&args, &mut std::io::stdout())
+            crate::app::run_suggest(&args, &mut std::io::stdout())
                 .await
                 .map_err(|message| anyhow::anyhow!(message))?;
             Ok(ExitCode::SUCCESS)

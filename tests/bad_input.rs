@@ -1094,7 +1094,7 @@ mod config {
             SECRET.to_owned(),
         )]);
         let source = SettingsSource::new(case_dir(case), None).with_vars(vars);
-        marketo_sync::mapping::validate_dir(&source, Some(&schemas))
+        marketo_sync::app::validate_dir(&source, Some(&schemas))
     }
 
     /// Returns the errors of a case, checking that no problem prints the secret.

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use marketo_sync::app::{ValidateArgs, run_validate};
 use marketo_sync::config::{Problem, SettingsSource};
-use marketo_sync::mapping::{SchemaSet, ValidateArgs, run_validate};
+use marketo_sync::mapping::SchemaSet;
 
 const SECRET: &str = "s3cret-never-printed";
 
@@ -28,7 +29,7 @@ fn problems(case: &str, with_secret: bool) -> Vec<Problem> {
         );
     }
     let source = SettingsSource::new(fixtures().join(case), None).with_vars(vars);
-    marketo_sync::mapping::validate_dir(&source, Some(&schemas()))
+    marketo_sync::app::validate_dir(&source, Some(&schemas()))
 }
 
 struct Case {
@@ -354,7 +355,7 @@ fn files_not_in_sync_objects_are_checked_as_warnings() {
         SECRET.to_owned(),
     );
     let source = SettingsSource::new(dir.path(), None).with_vars(vars);
-    let all = marketo_sync::mapping::validate_dir(&source, None);
+    let all = marketo_sync::app::validate_dir(&source, None);
     assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
     let spare: Vec<_> = all
         .iter()
@@ -368,7 +369,7 @@ fn files_not_in_sync_objects_are_checked_as_warnings() {
 #[tokio::test]
 async fn suggest_writes_a_mapping_file_that_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let args = marketo_sync::mapping::SuggestArgs {
+    let args = marketo_sync::app::SuggestArgs {
         config: dir.path().to_path_buf(),
         schemas: Some(fixtures().join("_schemas")),
         env: None,
@@ -378,7 +379,7 @@ async fn suggest_writes_a_mapping_file_that_validates() {
         output: None,
     };
     let mut out = Vec::new();
-    let path = marketo_sync::mapping::run_suggest(&args, &mut out)
+    let path = marketo_sync::app::run_suggest(&args, &mut out)
         .await
         .unwrap();
     assert!(path.ends_with("mappings/leads.suggested.toml"), "{path}");
@@ -397,11 +398,11 @@ async fn suggest_writes_a_mapping_file_that_validates() {
     ));
     assert!(marketo_sync::config::check_mapping(&loaded).is_empty());
 
-    let missing = marketo_sync::mapping::SuggestArgs {
+    let missing = marketo_sync::app::SuggestArgs {
         crm_object: "contact".into(),
         ..args
     };
-    let error = marketo_sync::mapping::run_suggest(&missing, &mut Vec::new())
+    let error = marketo_sync::app::run_suggest(&missing, &mut Vec::new())
         .await
         .unwrap_err();
     assert!(error.contains("did you mean `contacts`"), "{error}");
@@ -411,7 +412,7 @@ async fn suggest_writes_a_mapping_file_that_validates() {
 fn shipped_demo_config_is_valid() {
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
     let source = SettingsSource::new(&config, Some("demo")).with_vars(HashMap::new());
-    let all = marketo_sync::mapping::validate_dir(&source, None);
+    let all = marketo_sync::app::validate_dir(&source, None);
     assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
 }
 
@@ -428,7 +429,7 @@ fn shipped_default_config_needs_only_the_environment() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let source = SettingsSource::new(&config, None).with_vars(vars);
-    let all = marketo_sync::mapping::validate_dir(&source, None);
+    let all = marketo_sync::app::validate_dir(&source, None);
     assert!(all.iter().all(|p| !p.is_error()), "{all:#?}");
 }
 
@@ -447,7 +448,7 @@ fn every_bad_key_of_one_file_is_reported_at_once() {
     )
     .unwrap();
     let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
-    let all = marketo_sync::mapping::validate_dir(&source, None);
+    let all = marketo_sync::app::validate_dir(&source, None);
     let placed: Vec<(String, Option<usize>)> = all
         .iter()
         .map(|p| {
@@ -537,7 +538,7 @@ async fn validate_json(dir: &std::path::Path, deny_warnings: bool) -> (bool, ser
     };
     let source = SettingsSource::new(dir, None).with_vars(HashMap::new());
     let mut out = Vec::new();
-    let ok = marketo_sync::mapping::run_validate_with(&source, &args, &mut out)
+    let ok = marketo_sync::app::run_validate_with(&source, &args, &mut out)
         .await
         .unwrap();
     (ok, serde_json::from_slice(&out).unwrap())
@@ -709,7 +710,7 @@ async fn diagnostics_show_file_line_column_and_a_caret() {
     };
     let source = SettingsSource::new(dir.path(), None).with_vars(HashMap::new());
     let mut out = Vec::new();
-    marketo_sync::mapping::run_validate_with(&source, &args, &mut out)
+    marketo_sync::app::run_validate_with(&source, &args, &mut out)
         .await
         .unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -742,7 +743,7 @@ async fn the_shipped_configs_validate_offline_with_no_warning() {
     };
     // The demo environment as shipped, and the production default with its credentials.
     let demo = SettingsSource::new(&config, Some("demo")).with_vars(HashMap::new());
-    let problems = marketo_sync::mapping::collect_problems(&demo, &args).await;
+    let problems = marketo_sync::app::collect_problems(&demo, &args).await;
     assert!(problems.is_empty(), "{problems:#?}");
     let vars: HashMap<String, String> = [
         ("MKSYNC__MARKETO__MUNCHKIN_ID", "123-ABC-456"),
@@ -754,7 +755,7 @@ async fn the_shipped_configs_validate_offline_with_no_warning() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let default = SettingsSource::new(&config, None).with_vars(vars);
-    let problems = marketo_sync::mapping::collect_problems(&default, &args).await;
+    let problems = marketo_sync::app::collect_problems(&default, &args).await;
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
@@ -780,7 +781,7 @@ fn a_broken_field_does_not_hide_the_schema_checks_of_the_others() {
         SECRET.to_owned(),
     );
     let source = SettingsSource::new(dir.path(), None).with_vars(vars);
-    let all = marketo_sync::mapping::validate_dir(&source, Some(&schemas()));
+    let all = marketo_sync::app::validate_dir(&source, Some(&schemas()));
     let errors: Vec<(&str, Option<usize>)> = all
         .iter()
         .filter(|p| p.is_error())

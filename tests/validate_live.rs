@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use marketo_sync::app::{SuggestArgs, ValidateArgs, run_suggest_with, run_validate_with};
 use marketo_sync::config::SettingsSource;
-use marketo_sync::mapping::{SuggestArgs, ValidateArgs, run_suggest_with, run_validate_with};
 use marketo_sync::sim::demo_crm;
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
 use secrecy::SecretString;
@@ -246,7 +246,7 @@ async fn suggest_against_the_simulator_writes_a_mapping_that_validates() {
     // It compiles against the same live schemas ...
     let settings = marketo_sync::config::load(&env.source()).unwrap().settings;
     let (schemas, problems) =
-        marketo_sync::mapping::live::fetch_schemas(&settings, std::slice::from_ref(&loaded)).await;
+        marketo_sync::app::live::fetch_schemas(&settings, std::slice::from_ref(&loaded)).await;
     assert!(problems.is_empty(), "{problems:?}");
     let (plan, problems) = marketo_sync::mapping::compile(
         &loaded,

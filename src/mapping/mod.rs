@@ -1,5 +1,6 @@
 //! Compiles mapping files against both sides' live schemas into plans; canonical records,
-//! transforms, per-field diffs and hashes; mapping suggestions.
+//! transforms, per-field diffs and hashes; mapping suggestions. The `validate` and `mappings
+//! suggest` commands, which read the live schemas, are in `app::validate` and `app::live`.
 //!
 //! A [`Plan`] is what the engine uses: [`Plan::to_canonical`] turns a raw record of either side
 //! into mapped, normalised fields under their canonical names; [`Plan::render`] turns canonical
@@ -8,11 +9,9 @@
 
 pub mod activities;
 mod compile;
-pub mod live;
 mod normalise;
 mod plan;
 mod suggest;
-mod validate;
 
 pub use compile::{
     COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, compile, compile_activities, compile_all,
@@ -21,9 +20,5 @@ pub use compile::{
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};
-pub use validate::{
-    JsonProblem, SuggestArgs, ValidateArgs, check_store, collect_problems, run_suggest,
-    run_suggest_with, run_validate, run_validate_with, validate_dir,
-};
 
 pub use crate::config::{Direction, Policy, Transform};

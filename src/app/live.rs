@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use secrecy::ExposeSecret;
 use tracing::debug;
 
-use super::compile::SchemaSet;
 use crate::config::{LoadedMapping, MarketoSettings, Problem, Settings};
+use crate::mapping::SchemaSet;
 use crate::marketo::Client;
 
 /// The file name problems about settings carry.
@@ -195,7 +195,7 @@ async fn fetch_marketo(
                 .iter()
                 .filter(|t| named.activity_types.contains(&t.id))
             {
-                set.insert(super::activities::activity_schema(t));
+                set.insert(crate::mapping::activities::activity_schema(t));
             }
         }
         Err(e) => problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {

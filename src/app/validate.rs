@@ -13,12 +13,11 @@ use std::path::PathBuf;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use super::compile::{SchemaSet, validate_against};
-use super::suggest::{render_toml, suggest};
 use crate::config::{
     ENV_PREFIX, LoadedMapping, Problem, Segment, Settings, SettingsSource, Severity, check_offline,
     render_problems, span_of_path,
 };
+use crate::mapping::{SchemaSet, render_toml, suggest, validate_against};
 use crate::model::Side;
 
 /// Arguments of `validate`.
@@ -204,7 +203,7 @@ pub async fn collect_problems(source: &SettingsSource, args: &ValidateArgs) -> V
                 );
                 if let (Some(side), false) = (one_side, reachable) {
                     let clean = without_broken(mappings.clone(), &problems);
-                    problems.extend(super::compile::validate_one_side(
+                    problems.extend(crate::mapping::validate_one_side(
                         settings, &clean, &set, side,
                     ));
                 }
