@@ -1318,11 +1318,20 @@ async fn a_trigger_refuses_one_row_of_a_batch(engine: Engine) {
         contact("M6", "six@x.example"),
     ];
     mixed[2].insert("title".into(), "CTO".into());
-    for (batch, keys) in [(homogeneous, ["M1", "M2", "M3"]), (mixed, ["M4", "M5", "M6"])] {
+    for (batch, keys) in [
+        (homogeneous, ["M1", "M2", "M3"]),
+        (mixed, ["M4", "M5", "M6"]),
+    ] {
         let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
         assert_eq!(results.len(), 3);
-        assert!(matches!(&results[0], WriteResult::Created { .. }), "{results:?}");
-        assert!(matches!(&results[2], WriteResult::Created { .. }), "{results:?}");
+        assert!(
+            matches!(&results[0], WriteResult::Created { .. }),
+            "{results:?}"
+        );
+        assert!(
+            matches!(&results[2], WriteResult::Created { .. }),
+            "{results:?}"
+        );
         let r = refusal_at(&results, 1);
         assert_eq!(r.reason, RefusalReason::Trigger, "{r:?}");
         assert_eq!(r.code(), "trigger");
@@ -1344,13 +1353,22 @@ async fn a_trigger_refuses_one_row_of_a_batch(engine: Engine) {
         .upsert(
             "contacts",
             "marketo_id",
-            &[contact("M1", "one@blocked.example"), contact("M3", "three@y.example")],
+            &[
+                contact("M1", "one@blocked.example"),
+                contact("M3", "three@y.example"),
+            ],
         )
         .await
         .unwrap();
     assert_eq!(refusal_at(&results, 0).reason, RefusalReason::Trigger);
-    assert!(matches!(&results[1], WriteResult::Updated { .. }), "{results:?}");
-    let stored = crm.find("contacts", "marketo_id", &["M1".into()]).await.unwrap();
+    assert!(
+        matches!(&results[1], WriteResult::Updated { .. }),
+        "{results:?}"
+    );
+    let stored = crm
+        .find("contacts", "marketo_id", &["M1".into()])
+        .await
+        .unwrap();
     assert_eq!(stored[0].fields["email"], Value::from("one@x.example"));
     env.cleanup().await;
 }
@@ -1366,9 +1384,14 @@ async fn a_check_constraint_refuses_one_row(engine: Engine) {
     .await;
     user.close().await;
     let crm = env.adapter(false, 0).await;
-    let acc = |k: &str, score: i64| fields(&[("marketo_id", k.into()), ("score", Value::Int(score))]);
+    let acc =
+        |k: &str, score: i64| fields(&[("marketo_id", k.into()), ("score", Value::Int(score))]);
     let results = crm
-        .upsert("accounts", "marketo_id", &[acc("A1", 1), acc("A2", -5), acc("A3", 3)])
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[acc("A1", 1), acc("A2", -5), acc("A3", 3)],
+        )
         .await
         .unwrap();
     let r = refusal_at(&results, 1);
@@ -1380,8 +1403,14 @@ async fn a_check_constraint_refuses_one_row(engine: Engine) {
         Engine::Sqlite => "275",
     };
     assert_eq!(r.remote_code.as_deref(), Some(want_code), "{r:?}");
-    assert!(matches!(&results[0], WriteResult::Created { .. }), "{results:?}");
-    assert!(matches!(&results[2], WriteResult::Created { .. }), "{results:?}");
+    assert!(
+        matches!(&results[0], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Created { .. }),
+        "{results:?}"
+    );
     assert_eq!(
         marketo_ids(crm.as_ref(), "accounts", &["A1", "A2", "A3"]).await,
         vec!["A1".to_owned(), "A3".to_owned()]
@@ -1396,7 +1425,11 @@ async fn stored_code(env: &Env, key: &str) -> Option<String> {
             "test",
             format!(
                 "SELECT CAST(code AS {}) FROM accounts WHERE marketo_id = '{key}'",
-                if env.engine == Engine::MariaDb { "CHAR" } else { "TEXT" }
+                if env.engine == Engine::MariaDb {
+                    "CHAR"
+                } else {
+                    "TEXT"
+                }
             ),
             &[],
         )
@@ -1418,7 +1451,11 @@ async fn a_too_long_value_is_refused_not_truncated(engine: Engine) {
         .upsert(
             "accounts",
             "marketo_id",
-            &[acc("A1", "ABCDEFGHIJ"), acc("A2", "ABC"), acc("A3", "äöüäöüäö")],
+            &[
+                acc("A1", "ABCDEFGHIJ"),
+                acc("A2", "ABC"),
+                acc("A3", "äöüäöüäö"),
+            ],
         )
         .await
         .unwrap();
@@ -1432,14 +1469,27 @@ async fn a_too_long_value_is_refused_not_truncated(engine: Engine) {
         }
     );
     assert_eq!(r.code(), "too_long");
-    assert!(!r.message.contains("ABCDEFGH"), "the value is never echoed: {r:?}");
-    assert!(r.message.contains("code") && r.message.contains('8'), "{r:?}");
-    assert!(matches!(&results[1], WriteResult::Created { .. }), "{results:?}");
+    assert!(
+        !r.message.contains("ABCDEFGH"),
+        "the value is never echoed: {r:?}"
+    );
+    assert!(
+        r.message.contains("code") && r.message.contains('8'),
+        "{r:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Created { .. }),
+        "{results:?}"
+    );
     assert!(
         matches!(&results[2], WriteResult::Created { .. }),
         "eight characters fit, whatever their bytes: {results:?}"
     );
-    assert_eq!(stored_code(&env, "A1").await, None, "nothing written for A1");
+    assert_eq!(
+        stored_code(&env, "A1").await,
+        None,
+        "nothing written for A1"
+    );
     assert_eq!(
         marketo_ids(crm.as_ref(), "accounts", &["A1"]).await,
         Vec::<String>::new()
@@ -1452,10 +1502,19 @@ async fn a_too_long_value_is_refused_not_truncated(engine: Engine) {
         .await
         .unwrap();
     assert!(
-        matches!(refusal_at(&results, 0).reason, RefusalReason::TooLong { actual_chars: 9, .. }),
+        matches!(
+            refusal_at(&results, 0).reason,
+            RefusalReason::TooLong {
+                actual_chars: 9,
+                ..
+            }
+        ),
         "{results:?}"
     );
-    assert!(matches!(&results[1], WriteResult::Updated { .. }), "{results:?}");
+    assert!(
+        matches!(&results[1], WriteResult::Updated { .. }),
+        "{results:?}"
+    );
     assert_eq!(stored_code(&env, "A2").await.as_deref(), Some("ABC"));
     assert_eq!(stored_code(&env, "A3").await.as_deref(), Some("12345678"));
     env.cleanup().await;
@@ -1491,11 +1550,20 @@ async fn numbers_that_do_not_fit_are_refused_not_rounded(engine: Engine) {
         );
         assert_eq!(r.code(), "out_of_range");
     }
-    assert!(matches!(&results[1], WriteResult::Created { .. }), "{results:?}");
-    assert!(matches!(&results[5], WriteResult::Created { .. }), "{results:?}");
+    assert!(
+        matches!(&results[1], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[5], WriteResult::Created { .. }),
+        "{results:?}"
+    );
     if engine == Engine::Sqlite {
         // SQLite keeps every INTEGER in 64 bits: three billion fits.
-        assert!(matches!(&results[4], WriteResult::Created { .. }), "{results:?}");
+        assert!(
+            matches!(&results[4], WriteResult::Created { .. }),
+            "{results:?}"
+        );
     } else {
         assert!(
             matches!(&refusal_at(&results, 4).reason, RefusalReason::OutOfRange { field, .. } if field == "employees"),
@@ -1503,7 +1571,11 @@ async fn numbers_that_do_not_fit_are_refused_not_rounded(engine: Engine) {
         );
     }
     let found = crm
-        .find("accounts", "marketo_id", &["A1".into(), "A2".into(), "A6".into()])
+        .find(
+            "accounts",
+            "marketo_id",
+            &["A1".into(), "A2".into(), "A6".into()],
+        )
         .await
         .unwrap();
     assert_eq!(found.len(), 2, "{found:?}");
@@ -1561,7 +1633,10 @@ async fn a_trigger_that_rolls_back_the_transaction_loses_no_other_row(engine: En
             .upsert(
                 "contacts",
                 "marketo_id",
-                &[contact("M1", "uno@x.example"), contact("M8", "eight@x.example")],
+                &[
+                    contact("M1", "uno@x.example"),
+                    contact("M8", "eight@x.example"),
+                ],
             )
             .await
             .unwrap();

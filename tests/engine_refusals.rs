@@ -113,8 +113,7 @@ async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
             }))
         })
         .collect();
-    let blocked =
-        app.marketo_create(json!({"email": "eve@blocked.example", "firstName": "Eve"}));
+    let blocked = app.marketo_create(json!({"email": "eve@blocked.example", "firstName": "Eve"}));
 
     let s = app
         .try_cycle()
@@ -125,10 +124,7 @@ async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
     for (i, id) in ok.iter().enumerate() {
         let found = app.crm_by_email(&format!("person{i}@example.com")).await;
         assert_eq!(found.len(), 1, "lead {id} arrived");
-        assert_eq!(
-            text(&found[0].fields, "marketo_id"),
-            Some(id.to_string())
-        );
+        assert_eq!(text(&found[0].fields, "marketo_id"), Some(id.to_string()));
     }
     assert!(app.crm_by_email("eve@blocked.example").await.is_empty());
     let errors = open_errors(&app, "leads").await;
@@ -190,7 +186,10 @@ async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
         errors[0].message.contains("title") && errors[0].message.contains("128"),
         "{errors:?}"
     );
-    assert!(!errors[0].message.contains(&long[..20]), "no value in the message");
+    assert!(
+        !errors[0].message.contains(&long[..20]),
+        "no value in the message"
+    );
 
     // Nothing is written back to Marketo: the long title stays there, over further cycles.
     for _ in 0..2 {
@@ -212,7 +211,7 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         ..opts(crm)
     })
     .await;
-    for (id, name) in [(3, "Acme"), (4, "Globex"), (5, "Initech")] {
+    for (id, name) in [(9003, "Acme"), (9004, "Globex"), (9005, "Initech")] {
         exec(
             &app,
             &format!("INSERT INTO accounts (id, name, industry, marketo_id) VALUES ({id}, '{name}', 'Retail', '{id}')"),
@@ -220,8 +219,11 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         .await;
     }
     app.run_cycle().await;
-    for id in ["3", "4", "5"] {
-        assert!(app.sim.company(id).is_some(), "company {id} reached Marketo");
+    for id in ["9003", "9004", "9005"] {
+        assert!(
+            app.sim.company(id).is_some(),
+            "company {id} reached Marketo"
+        );
     }
     install_refusing_trigger(&app, crm, "accounts", "industry").await;
 
@@ -231,11 +233,11 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         m.insert(field.into(), value);
         app.sim.upsert_company(m).unwrap();
     };
-    edit("3", "industry", json!("Blocked"));
+    edit("9003", "industry", json!("Blocked"));
     // billing_city is VARCHAR(100).
     let long_city = "C".repeat(150);
-    edit("4", "billingCity", json!(long_city));
-    edit("5", "industry", json!("Energy"));
+    edit("9004", "billingCity", json!(long_city));
+    edit("9005", "industry", json!("Energy"));
     app.clock.advance(Duration::from_secs(25 * 3600));
     let s = app.try_cycle().await.expect("the cycle succeeds");
     assert_eq!(
@@ -247,14 +249,22 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         .user
         .fetch(
             "read",
-            "SELECT industry, billing_city FROM accounts ORDER BY id".to_owned(),
+            "SELECT industry, billing_city FROM accounts WHERE id >= 9003 ORDER BY id".to_owned(),
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(rows[0][0].as_deref(), Some("Retail"), "refused by the trigger");
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("Retail"),
+        "refused by the trigger"
+    );
     assert_eq!(rows[1][1], None, "refused as too long, never truncated");
-    assert_eq!(rows[2][0].as_deref(), Some("Energy"), "the other edit arrived");
+    assert_eq!(
+        rows[2][0].as_deref(),
+        Some("Energy"),
+        "the other edit arrived"
+    );
     let mut errors = open_errors(&app, "companies").await;
     errors.sort_by(|a, b| a.code.cmp(&b.code));
     assert_eq!(errors.len(), 2, "{errors:?}");
@@ -269,8 +279,14 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
     // Nothing shortened or refused flows back to Marketo, and later cycles succeed.
     app.clock.advance(Duration::from_secs(3600));
     app.try_cycle().await.expect("later cycles succeed");
-    assert_eq!(app.sim.company("4").unwrap()["billingCity"], json!(long_city));
-    assert_eq!(app.sim.company("3").unwrap()["industry"], json!("Blocked"));
+    assert_eq!(
+        app.sim.company("9004").unwrap()["billingCity"],
+        json!(long_city)
+    );
+    assert_eq!(
+        app.sim.company("9003").unwrap()["industry"],
+        json!("Blocked")
+    );
     assert_eq!(open_errors(&app, "companies").await.len(), 2);
     app.cleanup().await;
 }

@@ -224,7 +224,10 @@ impl std::fmt::Display for RefusalReason {
                 "`{field}` is {actual_chars} characters long, more than its limit of {max_chars}"
             ),
             RefusalReason::OutOfRange { field, column_type } => {
-                write!(f, "the value of `{field}` does not fit its type {column_type}")
+                write!(
+                    f,
+                    "the value of `{field}` does not fit its type {column_type}"
+                )
             }
             RefusalReason::NotNull => f.write_str("a required field is empty"),
             RefusalReason::Unique => f.write_str("another record holds this unique value"),

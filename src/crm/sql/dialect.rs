@@ -452,20 +452,16 @@ pub fn record_error(error: &sqlx::Error) -> Option<Refusal> {
         return None;
     };
     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-    let (reason, remote_code) =
-        match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-            Some(my) => (
-                mysql_reason(my.number(), &code)?,
-                Some(my.number().to_string()),
-            ),
-            None if db
-                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-                .is_some() =>
-            {
-                (sqlite_reason(code.parse().unwrap_or(0))?, Some(code))
-            }
-            None => (postgres_reason(&code)?, Some(code)),
-        };
+    let (reason, remote_code) = match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        Some(my) => (
+            mysql_reason(my.number(), &code)?,
+            Some(my.number().to_string()),
+        ),
+        None if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+            (sqlite_reason(code.parse().unwrap_or(0))?, Some(code))
+        }
+        None => (postgres_reason(&code)?, Some(code)),
+    };
     Some(Refusal {
         reason,
         remote_code,
@@ -541,7 +537,10 @@ mod tests {
             "timestamp with time zone"
         );
         assert_eq!(unconstrained("character(10)"), "text");
-        assert_eq!(unconstrained("character varying(8)[]"), "character varying[]");
+        assert_eq!(
+            unconstrained("character varying(8)[]"),
+            "character varying[]"
+        );
     }
 
     #[test]
