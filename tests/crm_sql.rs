@@ -8,7 +8,8 @@ use std::time::Duration;
 use marketo_sync::crm::sql::dialect::{Dialect, SqlPool};
 use marketo_sync::crm::sql::{SqlOptions, changelog};
 use marketo_sync::crm::{
-    Change, ChangeKind, Crm, CrmError, Cursor, DeleteHow, WriteResult, registry,
+    Change, ChangeKind, Crm, CrmError, Cursor, DeleteHow, Refusal, RefusalReason, WriteResult,
+    registry,
 };
 use marketo_sync::model::{Fields, Value};
 use marketo_sync::sim::demo_crm;
@@ -487,7 +488,7 @@ async fn own_writes_are_not_read_back(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(deleted[0], WriteResult::Deleted { id: "3".into() });
-    assert!(matches!(&deleted[1], WriteResult::Failed { code, .. } if code == "not_found"));
+    assert!(matches!(&deleted[1], WriteResult::Refused(r) if r.code() == "not_found"));
 
     let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
     for id in ["1", "3", new_id.as_str()] {
@@ -559,15 +560,15 @@ async fn per_record_results(engine: Engine) {
         "{results:?}"
     );
     assert!(
-        matches!(&results[1], WriteResult::Failed { code, retryable: false, .. } if code == "unique_violation"),
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "unique_violation" && !r.retryable),
         "{results:?}"
     );
     assert!(
-        matches!(&results[2], WriteResult::Failed { code, .. } if code == "unknown_field"),
+        matches!(&results[2], WriteResult::Refused(r) if r.code() == "unknown_field"),
         "{results:?}"
     );
     assert!(
-        matches!(&results[3], WriteResult::Failed { code, .. } if code == "missing_key"),
+        matches!(&results[3], WriteResult::Refused(r) if r.code() == "missing_key"),
         "{results:?}"
     );
     assert!(
@@ -693,7 +694,7 @@ async fn homogeneous_batches(engine: Engine) {
         "{results:?}"
     );
     assert!(
-        matches!(&results[1], WriteResult::Failed { code, .. } if code == "unique_violation"),
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "unique_violation"),
         "{results:?}"
     );
     assert!(
@@ -1072,7 +1073,7 @@ async fn update_by_primary_key(engine: Engine) {
         "{results:?}"
     );
     assert!(
-        matches!(&results[1], WriteResult::Failed { code, retryable: false, .. } if code == "not_found"),
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "not_found" && !r.retryable),
         "{results:?}"
     );
     assert!(
@@ -1080,7 +1081,7 @@ async fn update_by_primary_key(engine: Engine) {
         "{results:?}"
     );
     assert!(
-        matches!(&results[3], WriteResult::Failed { code, .. } if code == "missing_key"),
+        matches!(&results[3], WriteResult::Refused(r) if r.code() == "missing_key"),
         "{results:?}"
     );
     let after = crm.get("accounts", &[a.clone(), b.clone()]).await.unwrap();
@@ -1187,7 +1188,7 @@ async fn identity_lookups_and_dead_keys(engine: Engine) {
         .await
         .unwrap();
     assert!(
-        matches!(&one[0], WriteResult::Failed { code, retryable: false, .. } if code == "deleted"),
+        matches!(&one[0], WriteResult::Refused(r) if r.code() == "deleted" && !r.retryable),
         "{one:?}"
     );
     let batch = crm
@@ -1202,7 +1203,7 @@ async fn identity_lookups_and_dead_keys(engine: Engine) {
         .await
         .unwrap();
     assert!(
-        matches!(&batch[0], WriteResult::Failed { code, .. } if code == "deleted"),
+        matches!(&batch[0], WriteResult::Refused(r) if r.code() == "deleted"),
         "{batch:?}"
     );
     let WriteResult::Created { .. } = &batch[1] else {
@@ -1226,6 +1227,443 @@ async fn identity_lookups_and_dead_keys(engine: Engine) {
     env.cleanup().await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Refusals: one record's failure, never the batch's; nothing shortened or rounded
+// ---------------------------------------------------------------------------------------------
+
+/// Returns the refusal at `i`, or panics with the results.
+fn refusal_at(results: &[WriteResult], i: usize) -> Refusal {
+    match &results[i] {
+        WriteResult::Refused(r) => r.clone(),
+        _ => panic!("record {i} was not refused: {results:?}"),
+    }
+}
+
+/// Installs a trigger on `contacts` that refuses any insert or update whose email ends in
+/// `@blocked.example`, with the message `blocked domain`. `how` is SQLite's RAISE action.
+async fn install_refusing_trigger(env: &Env, how: &str) {
+    let user = env.user().await;
+    match env.engine {
+        Engine::Postgres => {
+            exec(
+                &user,
+                "CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.email LIKE '%@blocked.example' THEN \
+                 RAISE EXCEPTION 'blocked domain'; END IF; RETURN NEW; END $$",
+            )
+            .await;
+            exec(
+                &user,
+                "CREATE TRIGGER refuse_blocked BEFORE INSERT OR UPDATE ON contacts \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_blocked()",
+            )
+            .await;
+        }
+        Engine::MariaDb => {
+            for event in ["INSERT", "UPDATE"] {
+                exec(
+                    &user,
+                    &format!(
+                        "CREATE TRIGGER refuse_blocked_{event} BEFORE {event} ON contacts \
+                         FOR EACH ROW BEGIN IF NEW.email LIKE '%@blocked.example' THEN \
+                         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'blocked domain'; END IF; END"
+                    ),
+                )
+                .await;
+            }
+        }
+        Engine::Sqlite => {
+            for event in ["INSERT", "UPDATE"] {
+                exec(
+                    &user,
+                    &format!(
+                        "CREATE TRIGGER refuse_blocked_{event} BEFORE {event} ON contacts \
+                         WHEN NEW.email LIKE '%@blocked.example' \
+                         BEGIN SELECT RAISE({how}, 'blocked domain'); END"
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    user.close().await;
+}
+
+fn contact(key: &str, email: &str) -> Fields {
+    fields(&[
+        ("marketo_id", key.into()),
+        ("email", email.into()),
+        ("first_name", "Ada".into()),
+    ])
+}
+
+async fn marketo_ids(crm: &dyn Crm, object: &str, keys: &[&str]) -> Vec<String> {
+    let values: Vec<Value> = keys.iter().map(|k| Value::from(*k)).collect();
+    let mut found: Vec<String> = crm
+        .find(object, "marketo_id", &values)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.fields["marketo_id"].to_text())
+        .collect();
+    found.sort();
+    found
+}
+
+async fn a_trigger_refuses_one_row_of_a_batch(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    install_refusing_trigger(&env, "ABORT").await;
+    let crm = env.adapter(false, 0).await;
+    let want_code = match engine {
+        Engine::Postgres => "P0001",
+        Engine::MariaDb => "1644",
+        Engine::Sqlite => "1811",
+    };
+    // Same columns (the multi-row statement, then its fallback) and mixed columns (record by
+    // record): either way the refused record alone fails.
+    let homogeneous = vec![
+        contact("M1", "one@x.example"),
+        contact("M2", "two@blocked.example"),
+        contact("M3", "three@x.example"),
+    ];
+    let mut mixed = vec![
+        contact("M4", "four@x.example"),
+        contact("M5", "five@blocked.example"),
+        contact("M6", "six@x.example"),
+    ];
+    mixed[2].insert("title".into(), "CTO".into());
+    for (batch, keys) in [
+        (homogeneous, ["M1", "M2", "M3"]),
+        (mixed, ["M4", "M5", "M6"]),
+    ] {
+        let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+        assert_eq!(results.len(), 3);
+        assert!(
+            matches!(&results[0], WriteResult::Created { .. }),
+            "{results:?}"
+        );
+        assert!(
+            matches!(&results[2], WriteResult::Created { .. }),
+            "{results:?}"
+        );
+        let r = refusal_at(&results, 1);
+        assert_eq!(r.reason, RefusalReason::Trigger, "{r:?}");
+        assert_eq!(r.code(), "trigger");
+        assert_eq!(r.remote_code.as_deref(), Some(want_code), "{r:?}");
+        assert!(r.message.contains("blocked domain"), "{r:?}");
+        assert!(!r.retryable);
+        assert!(
+            r.ledger_message().contains(want_code) && r.ledger_message().contains("blocked domain"),
+            "{}",
+            r.ledger_message()
+        );
+        assert_eq!(
+            marketo_ids(crm.as_ref(), "contacts", &keys).await,
+            vec![keys[0].to_owned(), keys[2].to_owned()]
+        );
+    }
+    // An update the trigger refuses leaves the row as it was, and the next batch is fine.
+    let results = crm
+        .upsert(
+            "contacts",
+            "marketo_id",
+            &[
+                contact("M1", "one@blocked.example"),
+                contact("M3", "three@y.example"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refusal_at(&results, 0).reason, RefusalReason::Trigger);
+    assert!(
+        matches!(&results[1], WriteResult::Updated { .. }),
+        "{results:?}"
+    );
+    let stored = crm
+        .find("contacts", "marketo_id", &["M1".into()])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].fields["email"], Value::from("one@x.example"));
+    env.cleanup().await;
+}
+
+async fn a_check_constraint_refuses_one_row(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        "ALTER TABLE accounts ADD COLUMN score INTEGER CHECK (score >= 0)",
+    )
+    .await;
+    user.close().await;
+    let crm = env.adapter(false, 0).await;
+    let acc =
+        |k: &str, score: i64| fields(&[("marketo_id", k.into()), ("score", Value::Int(score))]);
+    let results = crm
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[acc("A1", 1), acc("A2", -5), acc("A3", 3)],
+        )
+        .await
+        .unwrap();
+    let r = refusal_at(&results, 1);
+    assert_eq!(r.reason, RefusalReason::Check, "{r:?}");
+    assert_eq!(r.code(), "check_violation");
+    let want_code = match engine {
+        Engine::Postgres => "23514",
+        Engine::MariaDb => "4025",
+        Engine::Sqlite => "275",
+    };
+    assert_eq!(r.remote_code.as_deref(), Some(want_code), "{r:?}");
+    assert!(
+        matches!(&results[0], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert_eq!(
+        marketo_ids(crm.as_ref(), "accounts", &["A1", "A2", "A3"]).await,
+        vec!["A1".to_owned(), "A3".to_owned()]
+    );
+    env.cleanup().await;
+}
+
+async fn stored_code(env: &Env, key: &str) -> Option<String> {
+    let user = env.user().await;
+    let rows = user
+        .fetch(
+            "test",
+            format!(
+                "SELECT CAST(code AS {}) FROM accounts WHERE marketo_id = '{key}'",
+                if env.engine == Engine::MariaDb {
+                    "CHAR"
+                } else {
+                    "TEXT"
+                }
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    user.close().await;
+    rows.first().cloned().and_then(|r| r[0].clone())
+}
+
+async fn a_too_long_value_is_refused_not_truncated(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let user = env.user().await;
+    exec(&user, "ALTER TABLE accounts ADD COLUMN code VARCHAR(8)").await;
+    user.close().await;
+    let crm = env.adapter(false, 0).await;
+    let acc = |k: &str, code: &str| fields(&[("marketo_id", k.into()), ("code", code.into())]);
+    let results = crm
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[
+                acc("A1", "ABCDEFGHIJ"),
+                acc("A2", "ABC"),
+                acc("A3", "äöüäöüäö"),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = refusal_at(&results, 0);
+    assert_eq!(
+        r.reason,
+        RefusalReason::TooLong {
+            field: "code".into(),
+            max_chars: 8,
+            actual_chars: 10
+        }
+    );
+    assert_eq!(r.code(), "too_long");
+    assert!(
+        !r.message.contains("ABCDEFGH"),
+        "the value is never echoed: {r:?}"
+    );
+    assert!(
+        r.message.contains("code") && r.message.contains('8'),
+        "{r:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], WriteResult::Created { .. }),
+        "eight characters fit, whatever their bytes: {results:?}"
+    );
+    assert_eq!(
+        stored_code(&env, "A1").await,
+        None,
+        "nothing written for A1"
+    );
+    assert_eq!(
+        marketo_ids(crm.as_ref(), "accounts", &["A1"]).await,
+        Vec::<String>::new()
+    );
+    // An update with a too-long value leaves the stored value whole; record by record too.
+    let mut upd = acc("A2", "ABCDEFGHI");
+    upd.insert("industry".into(), "Space".into());
+    let results = crm
+        .upsert("accounts", "marketo_id", &[upd, acc("A3", "12345678")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refusal_at(&results, 0).reason,
+            RefusalReason::TooLong {
+                actual_chars: 9,
+                ..
+            }
+        ),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Updated { .. }),
+        "{results:?}"
+    );
+    assert_eq!(stored_code(&env, "A2").await.as_deref(), Some("ABC"));
+    assert_eq!(stored_code(&env, "A3").await.as_deref(), Some("12345678"));
+    env.cleanup().await;
+}
+
+async fn numbers_that_do_not_fit_are_refused_not_rounded(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    let crm = env.adapter(false, 0).await;
+    let dec = |s: &str| Value::Decimal(s.parse().unwrap());
+    let acc = |k: &str, field: &str, v: Value| fields(&[("marketo_id", k.into()), (field, v)]);
+    // annual_revenue is DECIMAL(15,2); employees INTEGER.
+    let results = crm
+        .upsert(
+            "accounts",
+            "marketo_id",
+            &[
+                acc("A1", "annual_revenue", dec("12.345")),
+                acc("A2", "annual_revenue", dec("12.5")),
+                acc("A3", "annual_revenue", dec("12345678901234.5")),
+                acc("A4", "employees", dec("1.5")),
+                acc("A5", "employees", Value::Int(3_000_000_000)),
+                acc("A6", "annual_revenue", dec("99999999999.99")),
+            ],
+        )
+        .await
+        .unwrap();
+    for i in [0, 2, 3] {
+        let r = refusal_at(&results, i);
+        assert!(
+            matches!(&r.reason, RefusalReason::OutOfRange { .. }),
+            "{i}: {r:?}"
+        );
+        assert_eq!(r.code(), "out_of_range");
+    }
+    assert!(
+        matches!(&results[1], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[5], WriteResult::Created { .. }),
+        "{results:?}"
+    );
+    if engine == Engine::Sqlite {
+        // SQLite keeps every INTEGER in 64 bits: three billion fits.
+        assert!(
+            matches!(&results[4], WriteResult::Created { .. }),
+            "{results:?}"
+        );
+    } else {
+        assert!(
+            matches!(&refusal_at(&results, 4).reason, RefusalReason::OutOfRange { field, .. } if field == "employees"),
+            "{results:?}"
+        );
+    }
+    let found = crm
+        .find(
+            "accounts",
+            "marketo_id",
+            &["A1".into(), "A2".into(), "A6".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    let a2 = found
+        .iter()
+        .find(|r| r.fields["marketo_id"] == Value::from("A2"))
+        .unwrap();
+    assert_eq!(a2.fields["annual_revenue"], dec("12.5"));
+    env.cleanup().await;
+}
+
+async fn a_trigger_that_rolls_back_the_transaction_loses_no_other_row(engine: Engine) {
+    // SQLite's RAISE(ROLLBACK, ...) ends the whole transaction, not only the statement.
+    let env = Env::new(engine).await;
+    env.demo(3).await;
+    install_refusing_trigger(&env, "ROLLBACK").await;
+    let crm = env.adapter(false, 0).await;
+    let mut mixed = vec![
+        contact("M4", "four@x.example"),
+        contact("M5", "five@blocked.example"),
+        contact("M6", "six@x.example"),
+        contact("M7", "seven@blocked.example"),
+    ];
+    mixed[2].insert("title".into(), "CTO".into());
+    let homogeneous = vec![
+        contact("M1", "one@x.example"),
+        contact("M2", "two@blocked.example"),
+        contact("M3", "three@x.example"),
+    ];
+    for batch in [homogeneous, mixed] {
+        let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+        for (i, (r, rec)) in results.iter().zip(&batch).enumerate() {
+            let blocked = rec["email"].to_text().ends_with("@blocked.example");
+            if blocked {
+                let refusal = refusal_at(&results, i);
+                assert_eq!(refusal.reason, RefusalReason::Trigger);
+                assert_eq!(refusal.remote_code.as_deref(), Some("1811"));
+            } else {
+                assert!(matches!(r, WriteResult::Created { .. }), "{results:?}");
+            }
+        }
+    }
+    assert_eq!(
+        marketo_ids(
+            crm.as_ref(),
+            "contacts",
+            &["M1", "M2", "M3", "M4", "M5", "M6", "M7"]
+        )
+        .await,
+        vec!["M1", "M3", "M4", "M6"]
+    );
+    // The adapter's connections are still sound: plain writes and reads go on.
+    for _ in 0..3 {
+        let ok = crm
+            .upsert(
+                "contacts",
+                "marketo_id",
+                &[
+                    contact("M1", "uno@x.example"),
+                    contact("M8", "eight@x.example"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(
+            ok.iter()
+                .all(|r| matches!(r, WriteResult::Created { .. } | WriteResult::Updated { .. })),
+            "{ok:?}"
+        );
+    }
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -1244,18 +1682,25 @@ on_engines!(sqlite, super::Engine::Sqlite;
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
     reads_through_a_view, homogeneous_batches, update_by_primary_key,
-    identity_lookups_and_dead_keys);
+    identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
+    a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
+    numbers_that_do_not_fit_are_refused_not_rounded,
+    a_trigger_that_rolls_back_the_transaction_loses_no_other_row);
 on_engines!(postgres, super::Engine::Postgres;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
-    identity_lookups_and_dead_keys);
+    identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
+    a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
+    numbers_that_do_not_fit_are_refused_not_rounded);
 on_engines!(mariadb, super::Engine::MariaDb;
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
-    identity_lookups_and_dead_keys);
+    identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
+    a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
+    numbers_that_do_not_fit_are_refused_not_rounded);

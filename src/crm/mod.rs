@@ -95,6 +95,10 @@ pub struct CrmRecord {
 }
 
 /// The outcome of writing one record, in input order.
+///
+/// `Created`, `Updated` and `Deleted` mean the record is in the CRM as written (committed when
+/// the call returned). [`WriteResult::Refused`] means the CRM did not take this one record and
+/// nothing of it was written; the other records of the batch are unaffected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum WriteResult {
@@ -113,15 +117,174 @@ pub enum WriteResult {
         /// The record's native id.
         id: String,
     },
-    /// The CRM refused this record; the others in the batch are unaffected.
-    Failed {
-        /// A short machine-readable code (`unique_violation`, `unknown_field`, `not_found`, ...).
-        code: String,
-        /// What went wrong, without record values.
-        message: String,
-        /// Retrying the same record later may succeed.
-        retryable: bool,
+    /// The CRM refused this record, and nothing of it was written; the others in the batch are
+    /// unaffected.
+    Refused(Refusal),
+}
+
+impl WriteResult {
+    /// Returns the refusal, if the CRM refused the record.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            WriteResult::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Why a CRM refused one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// An update-only write (or a delete) found no record with this id.
+    NotFound,
+    /// The record holding this key is deleted in the CRM (its key belongs to a dead record).
+    Deleted,
+    /// The record has no value for its key field.
+    MissingKey,
+    /// The record names a field the CRM object does not have.
+    UnknownField {
+        /// The field.
+        field: String,
     },
+    /// The record writes a field the CRM computes itself.
+    ReadOnlyField {
+        /// The field.
+        field: String,
+    },
+    /// A text value is longer than its field allows (never shortened).
+    TooLong {
+        /// The field.
+        field: String,
+        /// The field's limit, in characters.
+        max_chars: u32,
+        /// The value's length, in characters.
+        actual_chars: u32,
+    },
+    /// A number does not fit its field (too many digits or decimal places, out of range):
+    /// never rounded.
+    OutOfRange {
+        /// The field.
+        field: String,
+        /// The field's type as the CRM declares it (`numeric(10,2)`, `smallint`, ...).
+        column_type: String,
+    },
+    /// A required field is empty.
+    NotNull,
+    /// Another record already holds this unique value.
+    Unique,
+    /// A reference to a record that does not exist (or a record still referenced).
+    ForeignKey,
+    /// A check constraint refused the values.
+    Check,
+    /// A trigger or rule of the CRM refused the record (SQL `RAISE`, `SIGNAL`).
+    Trigger,
+    /// The CRM does not accept the value (bad format, wrong type).
+    InvalidValue,
+    /// The CRM reported no outcome for the record.
+    NotWritten,
+}
+
+impl RefusalReason {
+    /// Returns the stable snake_case code kept in the error ledger (`trigger`, `too_long`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RefusalReason::NotFound => "not_found",
+            RefusalReason::Deleted => "deleted",
+            RefusalReason::MissingKey => "missing_key",
+            RefusalReason::UnknownField { .. } => "unknown_field",
+            RefusalReason::ReadOnlyField { .. } => "read_only_field",
+            RefusalReason::TooLong { .. } => "too_long",
+            RefusalReason::OutOfRange { .. } => "out_of_range",
+            RefusalReason::NotNull => "not_null_violation",
+            RefusalReason::Unique => "unique_violation",
+            RefusalReason::ForeignKey => "foreign_key_violation",
+            RefusalReason::Check => "check_violation",
+            RefusalReason::Trigger => "trigger",
+            RefusalReason::InvalidValue => "invalid_value",
+            RefusalReason::NotWritten => "not_written",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefusalReason::NotFound => f.write_str("no such record"),
+            RefusalReason::Deleted => f.write_str("the record holding this key is deleted"),
+            RefusalReason::MissingKey => f.write_str("the key field has no value"),
+            RefusalReason::UnknownField { field } => write!(f, "unknown field `{field}`"),
+            RefusalReason::ReadOnlyField { field } => write!(f, "field `{field}` is read-only"),
+            RefusalReason::TooLong {
+                field,
+                max_chars,
+                actual_chars,
+            } => write!(
+                f,
+                "`{field}` is {actual_chars} characters long, more than its limit of {max_chars}"
+            ),
+            RefusalReason::OutOfRange { field, column_type } => {
+                write!(
+                    f,
+                    "the value of `{field}` does not fit its type {column_type}"
+                )
+            }
+            RefusalReason::NotNull => f.write_str("a required field is empty"),
+            RefusalReason::Unique => f.write_str("another record holds this unique value"),
+            RefusalReason::ForeignKey => f.write_str("a referenced record is missing"),
+            RefusalReason::Check => f.write_str("a check constraint refused the values"),
+            RefusalReason::Trigger => f.write_str("a trigger refused the record"),
+            RefusalReason::InvalidValue => f.write_str("a value is not valid for its field"),
+            RefusalReason::NotWritten => f.write_str("the crm reported no outcome"),
+        }
+    }
+}
+
+/// One record refused by the CRM: why, the remote's own code and message, and whether trying the
+/// same record again later may succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Why, as the sync classifies it.
+    pub reason: RefusalReason,
+    /// The remote's own code (SQLSTATE, MySQL error number, SQLite extended code, ...), when the
+    /// remote refused the record rather than the adapter.
+    pub remote_code: Option<String>,
+    /// What went wrong, in the remote's words where it said something; never record values.
+    pub message: String,
+    /// Retrying the same record later may succeed (without a change to it).
+    pub retryable: bool,
+}
+
+impl Refusal {
+    /// Returns a refusal made by the adapter itself (no remote code), not retryable.
+    pub fn new(reason: RefusalReason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            remote_code: None,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// Returns the stable code kept in the error ledger (see [`RefusalReason::code`]).
+    pub fn code(&self) -> &'static str {
+        self.reason.code()
+    }
+
+    /// Returns the message kept in the error ledger: the remote's code and message
+    /// ("refused by the CRM (P0001): no gmail here"), or the adapter's message.
+    pub fn ledger_message(&self) -> String {
+        match &self.remote_code {
+            Some(code) => format!("refused by the CRM ({code}): {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.ledger_message())
+    }
 }
 
 /// Timestamp precision of a change feed.
@@ -352,14 +515,32 @@ pub trait Crm: Send + Sync {
     async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError>;
 
     /// Creates or updates each record keyed by `key_field`, and returns one result per record,
-    /// in input order. When `key_field` is the object's primary key the write is update-only: an
-    /// existing row is updated (its Marketo-id column may still be empty) and a missing one gets
-    /// [`WriteResult::Failed`] with code `not_found`; nothing is inserted. A record the CRM refuses gets [`WriteResult::Failed`]; the others are
-    /// written. A failure of the whole batch (connection lost, deadlock) writes nothing and
-    /// returns an error.
+    /// in input order.
+    ///
+    /// When `key_field` is the object's primary key the write is update-only: an existing row is
+    /// updated (its Marketo-id column may still be empty) and a missing one is refused with
+    /// [`RefusalReason::NotFound`]; nothing is inserted.
+    ///
+    /// Outcomes, per record:
+    /// - [`WriteResult::Created`] / [`WriteResult::Updated`]: the record is stored exactly as
+    ///   given. No value is ever shortened, rounded or coerced to fit: a value that does not fit
+    ///   its field is refused ([`RefusalReason::TooLong`], [`RefusalReason::OutOfRange`]).
+    /// - [`WriteResult::Refused`]: nothing of this record was written. The reason is typed; a
+    ///   refusal by the remote (constraint, trigger, invalid value) carries the remote's own code
+    ///   and message. `NotFound` (update-only, no such row) and `Deleted` (the key belongs to a
+    ///   record deleted in the CRM) are refusals the engine acts on; the others go to the error
+    ///   ledger.
+    ///
+    /// Delivery guarantee: when the call returns `Ok`, every record reported written is
+    /// committed and every refused one left untouched, whatever the other records did (a refusal
+    /// that ends the remote's transaction, such as SQLite's `RAISE(ROLLBACK)`, is handled by
+    /// writing the others again). When it returns `Err`, the batch failed as a whole (connection
+    /// lost, deadlock, lock time-out): nothing was committed, and the same batch may be sent
+    /// again. Writes are keyed, so sending a batch again is idempotent.
     ///
     /// # Errors
-    /// Unknown object, object not writable, key field not unique, or a batch-level failure.
+    /// Unknown object, object not writable, key field not unique, or a batch-level failure
+    /// (see [`CrmError::is_retryable`]).
     async fn upsert(
         &self,
         object: &str,
@@ -368,7 +549,9 @@ pub trait Crm: Send + Sync {
     ) -> Result<Vec<WriteResult>, CrmError>;
 
     /// Deletes the records with these native ids (soft delete where the object has one), and
-    /// returns one result per id, in input order.
+    /// returns one result per id, in input order: [`WriteResult::Deleted`], or
+    /// [`WriteResult::Refused`] (`NotFound` for an id with no record, or the remote's refusal,
+    /// such as a foreign key or a trigger). The delivery guarantee is that of [`Crm::upsert`].
     ///
     /// # Errors
     /// As [`Crm::upsert`].

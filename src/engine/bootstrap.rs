@@ -1815,8 +1815,8 @@ impl Run<'_> {
                     id
                 }
                 WriteResult::Deleted { .. } => continue,
-                WriteResult::Failed { code, message, .. } => {
-                    warn!(lead = %id, code = %code, message = %message, "crm refused a lead");
+                WriteResult::Refused(refusal) => {
+                    warn!(lead = %id, code = %refusal.code(), message = %refusal.ledger_message(), "crm refused a lead");
                     phase.failed += 1;
                     continue;
                 }
@@ -2103,8 +2103,8 @@ impl Run<'_> {
                 let crm_id = match result {
                     WriteResult::Created { id } | WriteResult::Updated { id } => id,
                     WriteResult::Deleted { .. } => continue,
-                    WriteResult::Failed { code, message, .. } => {
-                        warn!(company = %key, code = %code, message = %message, "crm refused a company");
+                    WriteResult::Refused(refusal) => {
+                        warn!(company = %key, code = %refusal.code(), message = %refusal.ledger_message(), "crm refused a company");
                         phase.failed += 1;
                         continue;
                     }

@@ -31,7 +31,7 @@ use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use super::summary::{PlannedAction, PlannedChange, json_fields};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
-use crate::crm::{ChangeKind, Cursor, DeleteHow, WriteResult};
+use crate::crm::{ChangeKind, Cursor, DeleteHow, Refusal, RefusalReason, WriteResult};
 use crate::mapping::Plan;
 use crate::marketo::bulk_extract::{
     DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
@@ -1716,13 +1716,16 @@ async fn apply_crm(
                     // The CRM record holding this lead's id was deleted there (the link to it
                     // was lost, say by a crash before the commit): the lead follows the CRM
                     // delete policy instead of being written into a dead record.
-                    WriteResult::Failed { code, .. } if create && code == CRM_DELETED => {
+                    WriteResult::Refused(Refusal {
+                        reason: RefusalReason::Deleted,
+                        ..
+                    }) if create => {
                         p.failed = true;
                         if let Some(m_id) = p.m_id {
                             orphans.push(m_id);
                         }
                     }
-                    WriteResult::Failed { code, message, .. } => {
+                    WriteResult::Refused(refusal) => {
                         counts.failed += 1;
                         p.failed = true;
                         let payload: serde_json::Map<String, serde_json::Value> =
@@ -1732,8 +1735,8 @@ async fn apply_crm(
                             p.m_id.map(|m| m.to_string()).unwrap_or_default(),
                             p.c_id.clone(),
                             serde_json::Value::Object(payload),
-                            code,
-                            message,
+                            refusal.code().to_owned(),
+                            refusal.ledger_message(),
                         );
                     }
                 }
@@ -1819,14 +1822,14 @@ async fn apply_merges(
                 } else {
                     // Free the loser's key first: the Marketo-id column is unique.
                     let res = ctx.crm.upsert(&plan.crm_object, pk, &[rec]).await?;
-                    if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                    if let Some(refusal) = res.first().and_then(WriteResult::refusal) {
                         step.error(
                             Direction::MarketoToCrm,
                             winner.to_string(),
                             Some(l.crm_key.clone()),
                             json!({ "merge": { "winner": winner, "loser": l.marketo_key } }),
-                            code.clone(),
-                            message.clone(),
+                            refusal.code().to_owned(),
+                            refusal.ledger_message(),
                         );
                         continue;
                     }
@@ -2032,14 +2035,14 @@ async fn apply_policy(
                 );
             } else {
                 let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
-                if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                if let Some(refusal) = res.first().and_then(WriteResult::refusal) {
                     step.error(
                         Direction::MarketoToCrm,
                         link.marketo_key.clone(),
                         Some(link.crm_key.clone()),
                         json!({ "flag_deleted": link.crm_key }),
-                        code.clone(),
-                        message.clone(),
+                        refusal.code().to_owned(),
+                        refusal.ledger_message(),
                     );
                     return Ok(());
                 }
@@ -2309,14 +2312,14 @@ async fn apply_conversions(
                     rec.insert(pk.clone(), Value::Text(c_id.clone()));
                     rec.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
                     let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
-                    if let Some(WriteResult::Failed { code, message, .. }) = res.first() {
+                    if let Some(refusal) = res.first().and_then(WriteResult::refusal) {
                         step.error(
                             Direction::MarketoToCrm,
                             m_id.to_string(),
                             Some(c_id.clone()),
                             json!({ "conversion": { "crm_lead": lead_key, "contact": c_id } }),
-                            code.clone(),
-                            message.clone(),
+                            refusal.code().to_owned(),
+                            refusal.ledger_message(),
                         );
                         continue;
                     }
@@ -2444,9 +2447,6 @@ async fn lead_matching_survivor(
     Ok(None)
 }
 
-/// The CRM adapter's code for a write refused because its key belongs to a deleted record.
-const CRM_DELETED: &str = "deleted";
-
 /// Marketo's "Lead not found" error code.
 const LEAD_NOT_FOUND: &str = "1004";
 
@@ -2571,16 +2571,16 @@ async fn apply_crm_deletes(
                                     rec.insert(pk.clone(), Value::Text(l.crm_key.clone()));
                                     rec.insert(plan.crm_marketo_id.clone(), Value::Null);
                                     let res = ctx.crm.upsert(&plan.crm_object, &pk, &[rec]).await?;
-                                    if let Some(WriteResult::Failed { code, message, .. }) =
-                                        res.first()
+                                    if let Some(refusal) =
+                                        res.first().and_then(WriteResult::refusal)
                                     {
                                         step.error(
                                             Direction::CrmToMarketo,
                                             l.crm_key.clone(),
                                             Some(l.marketo_key.clone()),
                                             json!({ "merge": { "survivor": into, "lead": lead } }),
-                                            code.clone(),
-                                            message.clone(),
+                                            refusal.code().to_owned(),
+                                            refusal.ledger_message(),
                                         );
                                         continue;
                                     }

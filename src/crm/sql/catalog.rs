@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::crm::CrmError;
+use crate::crm::{CrmError, RefusalReason};
 use crate::model::FieldType;
 
 use super::dialect::{Dialect, SqlPool};
@@ -32,6 +32,182 @@ pub struct Column {
     pub searchable: bool,
     /// Fractional-second digits of a timestamp column.
     pub precision: Option<u32>,
+}
+
+impl Column {
+    /// Returns the column's declared type with its modifiers (`numeric(10,2)`,
+    /// `character varying(128)`, `decimal(15,2)`, `VARCHAR(8)`).
+    pub fn declared_type(&self) -> &str {
+        if self.cast.is_empty() {
+            &self.type_name
+        } else {
+            &self.cast
+        }
+    }
+
+    /// Returns what the column can hold, as far as the adapter checks before writing.
+    pub fn limit(&self, d: Dialect) -> Limit {
+        if let Some(n) = self.ty.max_len() {
+            return Limit::Chars(n);
+        }
+        let declared = self.declared_type().to_ascii_lowercase();
+        match self.ty {
+            FieldType::Decimal => {
+                let exact = ["numeric", "decimal", "dec", "fixed"]
+                    .iter()
+                    .any(|t| declared.starts_with(t));
+                match (exact, modifiers(&declared).as_slice()) {
+                    (true, [p]) => Limit::Numeric {
+                        precision: *p,
+                        scale: 0,
+                    },
+                    (true, [p, s, ..]) => Limit::Numeric {
+                        precision: *p,
+                        scale: *s,
+                    },
+                    _ => Limit::None,
+                }
+            }
+            FieldType::Integer => {
+                let bits: u32 = match d {
+                    // SQLite stores every integer in 64 bits, whatever the declared type.
+                    Dialect::Sqlite => 64,
+                    Dialect::Postgres => match self.type_name.as_str() {
+                        "int2" => 16,
+                        "int4" => 32,
+                        _ => 64,
+                    },
+                    Dialect::MySql => {
+                        let base = declared.split(['(', ' ']).next().unwrap_or_default();
+                        match base {
+                            "tinyint" => 8,
+                            "smallint" => 16,
+                            "mediumint" => 24,
+                            "int" | "integer" => 32,
+                            _ => 64,
+                        }
+                    }
+                };
+                if declared.contains("unsigned") {
+                    Limit::Integer {
+                        min: 0,
+                        max: (1i128 << bits) - 1,
+                    }
+                } else {
+                    Limit::Integer {
+                        min: -(1i128 << (bits - 1)),
+                        max: (1i128 << (bits - 1)) - 1,
+                    }
+                }
+            }
+            _ => Limit::None,
+        }
+    }
+
+    /// Checks that a value in the text form written to this column fits it without being
+    /// shortened, rounded or coerced; returns the reason it does not. Text that does not parse
+    /// as the column's type is left to the database to refuse.
+    pub fn check_fits(&self, d: Dialect, text: &str) -> Result<(), RefusalReason> {
+        let out_of_range = || RefusalReason::OutOfRange {
+            field: self.name.clone(),
+            column_type: self.declared_type().to_owned(),
+        };
+        match self.limit(d) {
+            Limit::None => Ok(()),
+            Limit::Chars(max) => {
+                let actual = text.chars().count();
+                if actual > max as usize {
+                    Err(RefusalReason::TooLong {
+                        field: self.name.clone(),
+                        max_chars: max,
+                        actual_chars: u32::try_from(actual).unwrap_or(u32::MAX),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+            Limit::Numeric { precision, scale } => {
+                let Some(d) = parse_decimal(text) else {
+                    return Ok(());
+                };
+                let d = d.normalize();
+                let int_digits = {
+                    let whole = d.trunc().abs();
+                    if whole.is_zero() {
+                        0
+                    } else {
+                        whole.to_string().len() as u32
+                    }
+                };
+                if d.scale() > scale || int_digits > precision.saturating_sub(scale) {
+                    Err(out_of_range())
+                } else {
+                    Ok(())
+                }
+            }
+            Limit::Integer { min, max } => {
+                let t = text.trim();
+                if let Ok(n) = t.parse::<i128>() {
+                    return if n < min || n > max {
+                        Err(out_of_range())
+                    } else {
+                        Ok(())
+                    };
+                }
+                match parse_decimal(t) {
+                    Some(d) if !d.fract().is_zero() => Err(out_of_range()),
+                    Some(d) => match d.trunc().to_string().parse::<i128>() {
+                        Ok(n) if n < min || n > max => Err(out_of_range()),
+                        _ => Ok(()),
+                    },
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// What a column can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Nothing the adapter checks.
+    None,
+    /// Text of at most this many characters.
+    Chars(u32),
+    /// An exact number with at most `precision` digits, `scale` of them after the point.
+    Numeric {
+        /// Total digits.
+        precision: u32,
+        /// Digits after the point.
+        scale: u32,
+    },
+    /// A whole number in this range.
+    Integer {
+        /// The smallest value.
+        min: i128,
+        /// The largest value.
+        max: i128,
+    },
+}
+
+fn parse_decimal(text: &str) -> Option<rust_decimal::Decimal> {
+    use std::str::FromStr;
+    let t = text.trim();
+    rust_decimal::Decimal::from_str(t)
+        .or_else(|_| rust_decimal::Decimal::from_scientific(t))
+        .ok()
+}
+
+/// Returns the numbers between the first parentheses of a type (`numeric(10,2)` -> [10, 2]).
+fn modifiers(declared: &str) -> Vec<u32> {
+    let Some((_, rest)) = declared.split_once('(') else {
+        return Vec::new();
+    };
+    let inner = rest.split(')').next().unwrap_or_default();
+    inner
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
 }
 
 /// Returns the columns of a table or view in catalog order (empty when it does not exist).

@@ -14,7 +14,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use crate::crm::CrmError;
+use crate::crm::{CrmError, Refusal, RefusalReason};
 use crate::model::{FieldType, Value};
 
 /// The SQL engine behind a URL.
@@ -127,17 +127,25 @@ impl SqlPool {
                 let opts = MySqlConnectOptions::from_str(&url).map_err(|_| CrmError::Config {
                     message: "the crm url is not a valid mysql url".into(),
                 })?;
-                let mut pool = MySqlPoolOptions::new().max_connections(max_connections);
-                if mark_writer {
-                    pool = pool.after_connect(|conn, _| {
+                // Strict mode on every table: a value that does not fit is an error, never
+                // silently truncated or coerced (MariaDB's non-strict modes do both).
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(max_connections)
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            sqlx::raw_sql("SET @marketo_sync_writer = 1")
-                                .execute(conn)
-                                .await?;
+                            sqlx::raw_sql(
+                                "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')",
+                            )
+                            .execute(&mut *conn)
+                            .await?;
+                            if mark_writer {
+                                sqlx::raw_sql("SET @marketo_sync_writer = 1")
+                                    .execute(conn)
+                                    .await?;
+                            }
                             Ok(())
                         })
                     });
-                }
                 SqlPool::My(pool.connect_with(opts).await.map_err(conn_err)?)
             }
             Dialect::Sqlite => {
@@ -250,10 +258,15 @@ impl Dialect {
     }
 
     /// Returns the `n`th (1-based) placeholder, cast to `cast` on PostgreSQL.
+    ///
+    /// The cast is to the type without its modifiers (`character varying`, not
+    /// `character varying(128)`; `numeric`, not `numeric(10,2)`): PostgreSQL shortens text and
+    /// rounds numbers on an explicit cast, while storing the value into the column raises an
+    /// error where it does not fit.
     pub fn param(self, n: usize, cast: &str) -> String {
         match self {
             Dialect::Postgres if cast.is_empty() => format!("${n}"),
-            Dialect::Postgres => format!("CAST(${n} AS {cast})"),
+            Dialect::Postgres => format!("CAST(${n} AS {})", unconstrained(cast)),
             _ => "?".to_owned(),
         }
     }
@@ -304,6 +317,26 @@ impl Dialect {
             Dialect::MySql => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
             Dialect::Sqlite => t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
         }
+    }
+}
+
+/// Returns a PostgreSQL type name without its modifiers: `character varying(128)` ->
+/// `character varying`, `numeric(10,2)` -> `numeric`, `timestamp(3) with time zone` ->
+/// `timestamp with time zone`. Blank-padded `character(n)` becomes `text` (plain `character`
+/// would mean `character(1)`), and `bit(n)` becomes `bit varying`.
+pub fn unconstrained(cast: &str) -> String {
+    let Some(open) = cast.find('(') else {
+        return cast.to_owned();
+    };
+    let Some(close) = cast[open..].find(')').map(|i| open + i) else {
+        return cast.to_owned();
+    };
+    let base = cast[..open].trim_end();
+    let rest = &cast[close + 1..];
+    match base {
+        "character" | "char" | "bpchar" => format!("text{rest}"),
+        "bit" => format!("bit varying{rest}"),
+        _ => format!("{base}{rest}"),
     }
 }
 
@@ -406,42 +439,82 @@ pub fn classify(operation: &str, error: &sqlx::Error) -> CrmError {
     }
 }
 
-/// Returns a short code and retryability for an error that concerns one record only
-/// (constraint and data errors), or `None` when the error concerns the whole batch.
-pub fn record_error(error: &sqlx::Error) -> Option<(String, String)> {
+/// Returns the refusal of one record for an error that concerns that record only, or `None`
+/// when the error concerns the whole batch.
+///
+/// Per record: constraints (not null, unique, foreign key, check), data errors (PostgreSQL
+/// class 22, MySQL 1264/1265/1292/1366/1406/3819/4025 and kin, SQLite 18/19/20) and refusals by
+/// a trigger (PostgreSQL class P0 and 09/27, MySQL `SIGNAL` = SQLSTATE 45000 / errno 1644,
+/// SQLite `RAISE(...)` = extended code 1811). Batch-level: connection loss, deadlocks,
+/// serialization failures, lock time-outs, busy databases, unknown names and everything else.
+pub fn record_error(error: &sqlx::Error) -> Option<Refusal> {
     let sqlx::Error::Database(db) = error else {
         return None;
     };
-    use sqlx::error::ErrorKind;
-    let code = match db.kind() {
-        ErrorKind::UniqueViolation => "unique_violation",
-        ErrorKind::ForeignKeyViolation => "foreign_key_violation",
-        ErrorKind::NotNullViolation => "not_null_violation",
-        ErrorKind::CheckViolation => "check_violation",
-        _ => {
-            let sqlstate = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let number = db
-                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(|e| e.number());
-            let data = match number {
-                Some(n) => matches!(
-                    n,
-                    1048 | 1062 | 1264 | 1292 | 1366 | 1406 | 1452 | 1451 | 3819 | 4025 | 1265
-                ),
-                None => {
-                    sqlstate.starts_with("22")
-                        || sqlstate.starts_with("23")
-                        || sqlstate == "19"
-                        || sqlstate == "20"
-                }
-            };
-            if !data {
-                return None;
-            }
-            "invalid_value"
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let (reason, remote_code) = match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        Some(my) => (
+            mysql_reason(my.number(), &code)?,
+            Some(my.number().to_string()),
+        ),
+        None if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+            (sqlite_reason(code.parse().unwrap_or(0))?, Some(code))
         }
+        None => (postgres_reason(&code)?, Some(code)),
     };
-    Some((code.to_owned(), db.message().to_owned()))
+    Some(Refusal {
+        reason,
+        remote_code,
+        message: db.message().to_owned(),
+        retryable: false,
+    })
+}
+
+fn postgres_reason(sqlstate: &str) -> Option<RefusalReason> {
+    Some(match sqlstate {
+        "23505" => RefusalReason::Unique,
+        "23503" | "23001" => RefusalReason::ForeignKey,
+        "23502" => RefusalReason::NotNull,
+        "23514" | "23P01" => RefusalReason::Check,
+        s if s.starts_with("P0") || s.starts_with("09") || s.starts_with("27") => {
+            RefusalReason::Trigger
+        }
+        s if s.starts_with("22") || s.starts_with("23") => RefusalReason::InvalidValue,
+        _ => return None,
+    })
+}
+
+fn mysql_reason(number: u16, sqlstate: &str) -> Option<RefusalReason> {
+    Some(match number {
+        1062 | 1586 => RefusalReason::Unique,
+        1451 | 1452 | 1216 | 1217 => RefusalReason::ForeignKey,
+        1048 | 1364 => RefusalReason::NotNull,
+        3819 | 4025 => RefusalReason::Check,
+        1644 => RefusalReason::Trigger,
+        1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1690 | 1916 | 3756 => {
+            RefusalReason::InvalidValue
+        }
+        // A `SIGNAL` with its own error number keeps its SQLSTATE (class 45 is "unhandled
+        // user-defined exception").
+        _ if sqlstate.starts_with("45") => RefusalReason::Trigger,
+        _ => return None,
+    })
+}
+
+fn sqlite_reason(extended: i64) -> Option<RefusalReason> {
+    Some(match extended {
+        // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY, _ROWID
+        2067 | 1555 | 2579 => RefusalReason::Unique,
+        787 => RefusalReason::ForeignKey,
+        1299 => RefusalReason::NotNull,
+        275 => RefusalReason::Check,
+        // SQLITE_CONSTRAINT_TRIGGER: RAISE(ABORT | FAIL | ROLLBACK, ...)
+        1811 => RefusalReason::Trigger,
+        // SQLITE_CONSTRAINT_DATATYPE (strict tables), other constraints, SQLITE_TOOBIG,
+        // SQLITE_MISMATCH
+        c if c & 0xff == 19 || c & 0xff == 18 || c & 0xff == 20 => RefusalReason::InvalidValue,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -454,6 +527,20 @@ mod tests {
         assert_eq!(Dialect::MySql.quote("a`b"), "`a``b`");
         assert_eq!(Dialect::Postgres.param(2, "bigint"), "CAST($2 AS bigint)");
         assert_eq!(Dialect::Sqlite.param(2, "bigint"), "?");
+        assert_eq!(
+            Dialect::Postgres.param(1, "character varying(128)"),
+            "CAST($1 AS character varying)"
+        );
+        assert_eq!(unconstrained("numeric(10,2)"), "numeric");
+        assert_eq!(
+            unconstrained("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
+        assert_eq!(unconstrained("character(10)"), "text");
+        assert_eq!(
+            unconstrained("character varying(8)[]"),
+            "character varying[]"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Writes: upserts and deletes, one transaction per batch, one result per record.
 
-use crate::crm::{CrmError, WriteResult};
+use crate::crm::{CrmError, Refusal, RefusalReason, WriteResult};
 use crate::model::{Fields, Value};
 
 use super::catalog::Column;
@@ -13,6 +13,7 @@ use super::{ObjectInfo, is_soft_deleted};
 type Sql = (String, Vec<Option<String>>);
 
 /// One record's statements.
+#[derive(Clone)]
 pub(super) struct Statement {
     /// A lookup run first; an empty result means the record is new (SQLite upserts).
     pre: Option<Sql>,
@@ -43,12 +44,31 @@ pub(super) struct Outcome {
     pub written: Vec<(String, String)>,
 }
 
-fn failed(code: &str, message: String) -> WriteResult {
-    WriteResult::Failed {
-        code: code.to_owned(),
-        message,
-        retryable: false,
+fn refused(reason: RefusalReason, message: String) -> WriteResult {
+    WriteResult::Refused(Refusal::new(reason, message))
+}
+
+/// Returns the text form of `value` for `col`, or the record's refusal when the value does not
+/// fit the column (never shortened, rounded or coerced).
+fn fitted(d: Dialect, col: &Column, value: &Value) -> Result<Option<String>, WriteResult> {
+    let text = d.value_text(value, &col.ty);
+    if let Some(t) = &text
+        && let Err(reason) = col.check_fits(d, t)
+    {
+        let message = match &reason {
+            RefusalReason::TooLong {
+                field,
+                max_chars,
+                actual_chars,
+            } => format!(
+                "the value of `{field}` is {actual_chars} characters long; column `{field}` ({}) takes at most {max_chars}",
+                col.declared_type()
+            ),
+            other => other.to_string(),
+        };
+        return Err(refused(reason, message));
     }
+    Ok(text)
 }
 
 /// Returns the statements that upsert one record keyed by `key`, or the record's failure.
@@ -60,8 +80,8 @@ pub(super) fn plan_upsert(
 ) -> Result<Statement, WriteResult> {
     match fields.get(&key.name) {
         None | Some(Value::Null) => {
-            return Err(failed(
-                "missing_key",
+            return Err(refused(
+                RefusalReason::MissingKey,
                 format!("key field `{}` has no value", key.name),
             ));
         }
@@ -71,20 +91,24 @@ pub(super) fn plan_upsert(
     let mut params: Vec<Option<String>> = Vec::new();
     for (name, value) in fields {
         let Some(col) = info.table_columns.iter().find(|c| &c.name == name) else {
-            return Err(failed(
-                "unknown_field",
+            return Err(refused(
+                RefusalReason::UnknownField {
+                    field: name.clone(),
+                },
                 format!("`{}` has no column `{name}`", info.options.table),
             ));
         };
         // The key may be the generated primary key: it only selects the row to update.
         if col.generated && col.name != key.name {
-            return Err(failed(
-                "read_only_field",
+            return Err(refused(
+                RefusalReason::ReadOnlyField {
+                    field: name.clone(),
+                },
                 format!("column `{name}` is computed by the database"),
             ));
         }
         columns.push(col);
-        params.push(d.value_text(value, &col.ty));
+        params.push(fitted(d, col, value)?);
     }
     let q = |c: &str| d.quote(c);
     let table = q(&info.options.table);
@@ -194,8 +218,8 @@ pub(super) fn plan_update_by_pk(
     let pk_name = &info.pk.name;
     let id = match fields.get(pk_name) {
         None | Some(Value::Null) => {
-            return Err(failed(
-                "missing_key",
+            return Err(refused(
+                RefusalReason::MissingKey,
                 format!("key field `{pk_name}` has no value"),
             ));
         }
@@ -209,18 +233,22 @@ pub(super) fn plan_update_by_pk(
             continue;
         }
         let Some(col) = info.table_columns.iter().find(|c| &c.name == name) else {
-            return Err(failed(
-                "unknown_field",
+            return Err(refused(
+                RefusalReason::UnknownField {
+                    field: name.clone(),
+                },
                 format!("`{}` has no column `{name}`", info.options.table),
             ));
         };
         if col.generated {
-            return Err(failed(
-                "read_only_field",
+            return Err(refused(
+                RefusalReason::ReadOnlyField {
+                    field: name.clone(),
+                },
                 format!("column `{name}` is computed by the database"),
             ));
         }
-        params.push(d.value_text(value, &col.ty));
+        params.push(fitted(d, col, value)?);
         sets.push(format!(
             "{} = {}",
             d.quote(name),
@@ -336,7 +364,31 @@ enum Ran {
     Affected(u64),
 }
 
-/// Runs a batch in one transaction, marked as the sync's own write.
+/// How one attempt at a batch ended.
+enum Attempt {
+    /// Committed.
+    Done(Outcome),
+    /// The record at this index was refused in a way that ended the whole transaction (SQLite's
+    /// `RAISE(ROLLBACK, ...)`): nothing was committed.
+    Lost { index: usize, refusal: Refusal },
+}
+
+/// On SQLite, checks whether the database ended the transaction behind the connection's back
+/// (`RAISE(ROLLBACK)`, and some I/O errors roll back on their own), and if so opens a new empty
+/// one, so that the caller's transaction handle can be rolled back or dropped cleanly. Returns
+/// true when the transaction was lost. Inside a live transaction `BEGIN` fails harmlessly.
+macro_rules! reopen_if_lost {
+    ($tx:expr, $dialect:expr) => {
+        $dialect == Dialect::Sqlite && sqlx::raw_sql("BEGIN").execute(&mut *$tx).await.is_ok()
+    };
+}
+
+/// Runs a batch in one transaction, marked as the sync's own write, with one result per plan.
+///
+/// A record refused by the database is rolled back to its own savepoint (PostgreSQL, SQLite;
+/// MariaDB rolls back the failed statement itself) and the others are written. A refusal that
+/// ends the whole transaction (SQLite's `RAISE(ROLLBACK, ...)`) is detected: the batch is written
+/// again without that record, so that the others still land and it alone is refused.
 ///
 /// # Errors
 /// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
@@ -346,9 +398,31 @@ pub(super) async fn run(
     sqlite_writer_flag: bool,
     plans: Vec<Result<Statement, WriteResult>>,
 ) -> Result<Outcome, CrmError> {
+    let mut plans = plans;
+    for _ in 0..=plans.len() {
+        match run_once(pool, info, sqlite_writer_flag, &plans).await? {
+            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Lost { index, refusal } => {
+                plans[index] = Err(WriteResult::Refused(refusal));
+            }
+        }
+    }
+    Err(CrmError::Remote {
+        operation: format!("write {}", info.name),
+        message: "the database ended the transaction on every attempt".to_owned(),
+        retryable: false,
+    })
+}
+
+async fn run_once(
+    pool: &SqlPool,
+    info: &ObjectInfo,
+    sqlite_writer_flag: bool,
+    plans: &[Result<Statement, WriteResult>],
+) -> Result<Attempt, CrmError> {
     let op = format!("write {}", info.name);
     let dialect = pool.dialect();
-    let savepoints = dialect == Dialect::Postgres;
+    let savepoints = dialect != Dialect::MySql;
     let err = |e: sqlx::Error| classify(&op, &e);
     let mut results = Vec::with_capacity(plans.len());
     let mut written = Vec::new();
@@ -358,11 +432,11 @@ pub(super) async fn run(
             let sql = format!("UPDATE {WRITER_TABLE} SET active = 1");
             exec_text!(&mut *tx, sql, Vec::<Option<String>>::new()).map_err(err)?;
         }
-        for plan in plans {
+        for (index, plan) in plans.iter().enumerate() {
             let st = match plan {
-                Ok(st) => st,
+                Ok(st) => st.clone(),
                 Err(result) => {
-                    results.push(result);
+                    results.push(result.clone());
                     continue;
                 }
             };
@@ -372,7 +446,13 @@ pub(super) async fn run(
             let mut existed = None;
             let mut dead = false;
             if let Some((sql, params)) = st.pre {
-                let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
+                let rows = match fetch_text!(&mut *tx, sql, params) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = reopen_if_lost!(tx, dialect);
+                        return Err(err(e));
+                    }
+                };
                 existed = Some(!rows.is_empty());
                 if st.refuse_deleted && let (Some(row), Some(col)) = (rows.first(), &info.soft) {
                     let raw = row.first().cloned().flatten();
@@ -383,14 +463,14 @@ pub(super) async fn run(
                 if savepoints {
                     sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
                 }
-                results.push(failed("deleted", "the record holding this key is deleted in the CRM".to_owned()));
+                results.push(refused(RefusalReason::Deleted, "the record holding this key is deleted in the CRM".to_owned()));
                 continue;
             }
             if st.update_only && existed == Some(false) {
                 if savepoints {
                     sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
                 }
-                results.push(failed("not_found", format!("no record has this {}", info.pk.name)));
+                results.push(refused(RefusalReason::NotFound, format!("no record has this {}", info.pk.name)));
                 continue;
             }
             let (sql, params) = match (existed, st.update_instead) {
@@ -404,16 +484,27 @@ pub(super) async fn run(
             };
             let ran = match ran {
                 Ok(ran) => ran,
-                Err(e) => match record_error(&e) {
-                    Some((code, message)) => {
-                        if savepoints {
-                            sqlx::raw_sql("ROLLBACK TO SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
-                        }
-                        results.push(WriteResult::Failed { code, message, retryable: false });
-                        continue;
+                Err(e) => {
+                    if reopen_if_lost!(tx, dialect) {
+                        // The refusal ended the transaction: everything before it is gone.
+                        tx.rollback().await.map_err(err)?;
+                        return match record_error(&e) {
+                            Some(refusal) => Ok(Attempt::Lost { index, refusal }),
+                            None => Err(err(e)),
+                        };
                     }
-                    None => return Err(err(e)),
-                },
+                    match record_error(&e) {
+                        Some(refusal) => {
+                            if savepoints {
+                                sqlx::raw_sql("ROLLBACK TO SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+                                sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
+                            }
+                            results.push(WriteResult::Refused(refusal));
+                            continue;
+                        }
+                        None => return Err(err(e)),
+                    }
+                }
             };
             if savepoints {
                 sqlx::raw_sql("RELEASE SAVEPOINT marketo_sync_record").execute(&mut *tx).await.map_err(err)?;
@@ -430,7 +521,7 @@ pub(super) async fn run(
                 }
                 Ran::Affected(n) => {
                     if st.delete_id.is_some() && n == 0 {
-                        results.push(failed("not_found", "no record has this id".to_owned()));
+                        results.push(refused(RefusalReason::NotFound, "no record has this id".to_owned()));
                         continue;
                     }
                     created = st.delete_id.is_none() && existed.map_or(n == 1, |e| !e);
@@ -449,16 +540,18 @@ pub(super) async fn run(
                 (Some(id), _) => WriteResult::Deleted { id },
                 (None, Some(id)) if created => WriteResult::Created { id },
                 (None, Some(id)) => WriteResult::Updated { id },
-                (None, None) => failed("not_written", "the database returned no row for this record".to_owned()),
+                (None, None) => refused(RefusalReason::NotWritten, "the database returned no row for this record".to_owned()),
             });
         }
         if sqlite_writer_flag {
             let sql = format!("UPDATE {WRITER_TABLE} SET active = 0");
             exec_text!(&mut *tx, sql, Vec::<Option<String>>::new()).map_err(err)?;
         }
-        tx.commit().await.map_err(err)?;
+        if let Err(e) = tx.commit().await {
+            return Err(err(e));
+        }
     });
-    Ok(Outcome { results, written })
+    Ok(Attempt::Done(Outcome { results, written }))
 }
 
 /// Upserts a whole batch with one multi-row statement (PostgreSQL and SQLite), when every
@@ -502,7 +595,11 @@ pub(super) async fn bulk_upsert(
             let Some(value) = record.get(&c.name) else {
                 return Ok(None);
             };
-            params.push(d.value_text(value, &c.ty));
+            // A value that does not fit: record by record, so that it alone is refused.
+            match fitted(d, c, value) {
+                Ok(text) => params.push(text),
+                Err(_) => return Ok(None),
+            }
         }
         match record.get(&key.name).and_then(|v| d.value_text(v, &key.ty)) {
             Some(k) => keys.push(k),
@@ -608,8 +705,16 @@ pub(super) async fn bulk_upsert(
                     None
                 }
             }
-            Err(e) if record_error(&e).is_some() => None,
-            Err(e) => return Err(err(e)),
+            // A refused record: nothing is written here, and the caller writes record by record
+            // (a refusal that ended the transaction leaves a new empty one to roll back).
+            Err(e) if record_error(&e).is_some() => {
+                let _ = reopen_if_lost!(tx, d);
+                None
+            }
+            Err(e) => {
+                let _ = reopen_if_lost!(tx, d);
+                return Err(err(e));
+            }
         }
     });
     let Some((existing, returned)) = rows else {
@@ -644,8 +749,8 @@ pub(super) async fn bulk_upsert(
                     WriteResult::Updated { id: pk }
                 });
             }
-            _ => results.push(failed(
-                "not_written",
+            _ => results.push(refused(
+                RefusalReason::NotWritten,
                 "the database returned no row for this record".to_owned(),
             )),
         }

@@ -415,11 +415,7 @@ async fn run_plan(
                     crm_ok.insert(k.clone());
                 }
                 WriteResult::Deleted { .. } => {}
-                WriteResult::Failed {
-                    code,
-                    message,
-                    retryable,
-                } => {
+                WriteResult::Refused(refusal) => {
                     counts.failed += 1;
                     crm_failed.insert(k.clone());
                     commit.errors_upsert.push(sync_error(
@@ -429,9 +425,9 @@ async fn run_plan(
                         k,
                         agreed.get(k).map(|(m, _)| m.clone()),
                         serde_json::Value::Object(super::to_record(record)),
-                        &code,
-                        &message,
-                        retryable,
+                        refusal.code(),
+                        &refusal.ledger_message(),
+                        refusal.retryable,
                         None,
                     ));
                 }

@@ -551,11 +551,7 @@ pub(crate) async fn create_linked_rows(
                     }
                 }
                 WriteResult::Deleted { .. } => {}
-                WriteResult::Failed {
-                    code,
-                    message,
-                    retryable,
-                } => {
+                WriteResult::Refused(refusal) => {
                     counts.failed += 1;
                     commit.errors_upsert.push(sync_error(
                         ctx,
@@ -564,9 +560,9 @@ pub(crate) async fn create_linked_rows(
                         key,
                         None,
                         Json::Object(to_record(row)),
-                        &code,
-                        &message,
-                        retryable,
+                        refusal.code(),
+                        &refusal.ledger_message(),
+                        refusal.retryable,
                         previous.get(key),
                     ));
                 }

@@ -530,11 +530,7 @@ pub async fn run(
             match result {
                 WriteResult::Created { .. } | WriteResult::Updated { .. } => counts.updated += 1,
                 WriteResult::Deleted { .. } => {}
-                WriteResult::Failed {
-                    code,
-                    message,
-                    retryable,
-                } => {
+                WriteResult::Refused(refusal) => {
                     counts.failed += 1;
                     failed.insert(key.clone());
                     commit.errors_upsert.push(sync_error(
@@ -544,9 +540,9 @@ pub async fn run(
                         key,
                         Some(crm_key.clone()),
                         serde_json::Value::Object(to_record(row)),
-                        &code,
-                        &message,
-                        retryable,
+                        refusal.code(),
+                        &refusal.ledger_message(),
+                        refusal.retryable,
                         previous.get(key),
                     ));
                 }
