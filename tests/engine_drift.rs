@@ -74,10 +74,18 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
     let app = TestApp::with(opts(crm)).await;
     let d = app.user.dialect();
     let (lead, cid_a, cid_b, lead_b) = two_linked(&app, if rename { "ren" } else { "drop" }).await;
-    assert_eq!(gauge("title").unwrap_or(0.0), 0.0, "title syncs before the drift");
+    assert_eq!(
+        gauge("title").unwrap_or(0.0),
+        0.0,
+        "title syncs before the drift"
+    );
 
     if rename {
-        exec(&app, "ALTER TABLE contacts RENAME COLUMN title TO job_title").await;
+        exec(
+            &app,
+            "ALTER TABLE contacts RENAME COLUMN title TO job_title",
+        )
+        .await;
     } else {
         exec(&app, "ALTER TABLE contacts DROP COLUMN title").await;
     }
@@ -94,12 +102,23 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
         "one warning names the field: {:?}",
         s.warnings
     );
-    assert!(naming(&s, "`title`")[0].contains("contacts"), "{:?}", s.warnings);
-    assert_eq!(gauge("title"), Some(1.0), "the gauge shows the disabled field");
+    assert!(
+        naming(&s, "`title`")[0].contains("contacts"),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(
+        gauge("title"),
+        Some(1.0),
+        "the gauge shows the disabled field"
+    );
     // Other fields of the same lead, other leads, both directions.
     let c = app.crm_contact(&cid_a).await.expect("contact a");
     assert_eq!(text(&c.fields, "first_name").as_deref(), Some("Still"));
-    assert!(!c.fields.contains_key("title"), "the adapter reads the new columns");
+    assert!(
+        !c.fields.contains_key("title"),
+        "the adapter reads the new columns"
+    );
     assert_eq!(
         app.marketo_lead(lead_b).unwrap()["lastName"],
         json!("Synced"),
@@ -123,11 +142,18 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
     let s = app.try_cycle().await.expect("second cycle");
     assert_eq!(naming(&s, "`title`").len(), 1, "{:?}", s.warnings);
     assert_eq!(gauge("title"), Some(1.0));
-    assert_eq!(app.marketo_lead(lead_b).unwrap()["firstName"], json!("Again"));
+    assert_eq!(
+        app.marketo_lead(lead_b).unwrap()["firstName"],
+        json!("Again")
+    );
 
     // The column comes back (same type): the field syncs again, both ways.
     if rename {
-        exec(&app, "ALTER TABLE contacts RENAME COLUMN job_title TO title").await;
+        exec(
+            &app,
+            "ALTER TABLE contacts RENAME COLUMN job_title TO title",
+        )
+        .await;
     } else {
         exec(
             &app,
@@ -137,14 +163,20 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
     }
     app.sim.advance_clock(std::time::Duration::from_secs(2));
     app.marketo_update(lead, json!({"title": "Back"}));
-    let s = app.try_cycle().await.expect("cycle after the column is back");
+    let s = app
+        .try_cycle()
+        .await
+        .expect("cycle after the column is back");
     assert!(naming(&s, "`title`").is_empty(), "{:?}", s.warnings);
     assert_eq!(gauge("title"), Some(0.0), "the gauge is cleared");
     let c = app.crm_contact(&cid_a).await.unwrap();
     assert_eq!(text(&c.fields, "title").as_deref(), Some("Back"));
     app.crm_update_contact(&cid_b, "title", "Crm Title").await;
     app.run_cycle().await;
-    assert_eq!(app.marketo_lead(lead_b).unwrap()["title"], json!("Crm Title"));
+    assert_eq!(
+        app.marketo_lead(lead_b).unwrap()["title"],
+        json!("Crm Title")
+    );
     app.cleanup().await;
 }
 
@@ -183,8 +215,15 @@ async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind
     );
     let c = app.crm_contact(&cid_a).await.unwrap();
     assert_eq!(text(&c.fields, "first_name").as_deref(), Some("Typed"));
-    assert_eq!(text(&c.fields, "title"), None, "nothing written to the retyped column");
-    assert_eq!(app.marketo_lead(lead_b).unwrap()["lastName"], json!("Still"));
+    assert_eq!(
+        text(&c.fields, "title"),
+        None,
+        "nothing written to the retyped column"
+    );
+    assert_eq!(
+        app.marketo_lead(lead_b).unwrap()["lastName"],
+        json!("Still")
+    );
     // Still disabled on the next cycle (the type it synced with is remembered).
     let s = app.try_cycle().await.expect("second cycle");
     assert_eq!(naming(&s, "`title`").len(), 1, "{:?}", s.warnings);
@@ -232,7 +271,10 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
         .expect("the cycle goes on without the lead step");
     let failed = naming(&s, "step `leads` failed");
     assert_eq!(failed.len(), 1, "{:?}", s.warnings);
-    assert!(failed[0].contains("updated_at"), "names the column: {failed:?}");
+    assert!(
+        failed[0].contains("updated_at"),
+        "names the column: {failed:?}"
+    );
     let cast = if app.user.dialect() == Dialect::MySql {
         "CHAR"
     } else {
@@ -272,13 +314,14 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
     )
     .await;
     let s = app.try_cycle().await.expect("leads sync again");
-    assert!(naming(&s, "step `leads` failed").is_empty(), "{:?}", s.warnings);
+    assert!(
+        naming(&s, "step `leads` failed").is_empty(),
+        "{:?}",
+        s.warnings
+    );
     let found = app.crm_by_email("held@example.com").await;
     assert_eq!(found.len(), 1);
-    assert_eq!(
-        text(&found[0].fields, "marketo_id"),
-        Some(lead.to_string())
-    );
+    assert_eq!(text(&found[0].fields, "marketo_id"), Some(lead.to_string()));
     app.cleanup().await;
 }
 

@@ -49,18 +49,32 @@ async fn stable(app: &TestApp, email: &str, marketo: usize, crm: usize, held: us
         assert_eq!(app.marketo_by_email(email).len(), marketo, "round {round}");
         assert_eq!(app.crm_by_email(email).await.len(), crm, "round {round}");
         let errors = open_errors(app).await;
-        assert_eq!(about(&errors, email).len(), held, "round {round}: {errors:?}");
+        assert_eq!(
+            about(&errors, email).len(),
+            held,
+            "round {round}: {errors:?}"
+        );
     }
 }
 
 /// Asserts that the one ledger entry of `record_key` names every id and the email.
-fn names_all(errors: &[SyncError], direction: Direction, record_key: &str, ids: &[String], email: &str) {
+fn names_all(
+    errors: &[SyncError],
+    direction: Direction,
+    record_key: &str,
+    ids: &[String],
+    email: &str,
+) {
     let e = errors
         .iter()
         .find(|e| e.direction == direction && e.record_key == record_key)
         .unwrap_or_else(|| panic!("no ledger entry for {record_key}: {errors:?}"));
     for id in ids {
-        assert!(e.message.contains(id.as_str()), "{id} named in {:?}", e.message);
+        assert!(
+            e.message.contains(id.as_str()),
+            "{id} named in {:?}",
+            e.message
+        );
     }
     assert_eq!(e.payload["match_key"], json!([email]), "{:?}", e.payload);
 }
@@ -71,15 +85,29 @@ async fn two_crm_contacts_one_email(crm: CrmKind) {
     let c1 = app.crm_insert_contact(email, "One", "C").await;
     let c2 = app.crm_insert_contact(email, "Two", "C").await;
     let s = app.run_cycle().await;
-    assert_eq!(s.objects["leads"][&Direction::CrmToMarketo].created, 1, "{s:?}");
+    assert_eq!(
+        s.objects["leads"][&Direction::CrmToMarketo].created,
+        1,
+        "{s:?}"
+    );
     let leads = app.marketo_by_email(email);
     assert_eq!(leads.len(), 1, "one Marketo lead, not two");
     let lead = app.marketo_lead(leads[0]).unwrap();
-    assert_eq!(lead["crmContactId"], json!(c1), "the oldest contact is synced");
+    assert_eq!(
+        lead["crmContactId"],
+        json!(c1),
+        "the oldest contact is synced"
+    );
     assert_eq!(lead["firstName"], json!("One"));
     let errors = open_errors(&app).await;
     assert_eq!(about(&errors, email).len(), 1, "{errors:?}");
-    names_all(&errors, Direction::CrmToMarketo, &c2, &[c1.clone(), c2.clone()], email);
+    names_all(
+        &errors,
+        Direction::CrmToMarketo,
+        &c2,
+        &[c1.clone(), c2.clone()],
+        email,
+    );
     assert_eq!(errors[0].code, "duplicate");
     stable(&app, email, 1, 2, 1).await;
     // The held contact is still unlinked: no Marketo id was written into it.
@@ -94,7 +122,11 @@ async fn two_marketo_leads_one_email(crm: CrmKind) {
     let m1 = app.marketo_create(json!({"email": email, "firstName": "One"}));
     let m2 = app.marketo_create(json!({"email": email, "firstName": "Two"}));
     let s = app.run_cycle().await;
-    assert_eq!(s.objects["leads"][&Direction::MarketoToCrm].created, 1, "{s:?}");
+    assert_eq!(
+        s.objects["leads"][&Direction::MarketoToCrm].created,
+        1,
+        "{s:?}"
+    );
     let contacts = app.crm_by_email(email).await;
     assert_eq!(contacts.len(), 1, "one CRM contact, not two");
     assert_eq!(
@@ -152,9 +184,13 @@ async fn a_new_duplicate_of_a_linked_pair(crm: CrmKind) {
     );
     stable(&app, email, 2, 2, 2).await;
     // The linked pair keeps syncing.
-    app.crm_update_contact(&c1, "last_name", "StillSynced").await;
+    app.crm_update_contact(&c1, "last_name", "StillSynced")
+        .await;
     app.run_cycle().await;
-    assert_eq!(app.marketo_lead(lead).unwrap()["lastName"], json!("StillSynced"));
+    assert_eq!(
+        app.marketo_lead(lead).unwrap()["lastName"],
+        json!("StillSynced")
+    );
     app.cleanup().await;
 }
 
@@ -165,8 +201,16 @@ async fn one_record_matching_two_on_the_other_side(crm: CrmKind) {
     let m2 = app.marketo_create(json!({"email": email, "firstName": "M2"}));
     let c = app.crm_insert_contact(email, "C", "Only").await;
     let s = app.run_cycle().await;
-    assert_eq!(s.objects["leads"][&Direction::MarketoToCrm].created, 0, "{s:?}");
-    assert_eq!(s.objects["leads"][&Direction::CrmToMarketo].created, 0, "{s:?}");
+    assert_eq!(
+        s.objects["leads"][&Direction::MarketoToCrm].created,
+        0,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.objects["leads"][&Direction::CrmToMarketo].created,
+        0,
+        "{s:?}"
+    );
     let errors = open_errors(&app).await;
     let all = [m1.to_string(), m2.to_string(), c.clone()];
     assert_eq!(about(&errors, email).len(), 3, "{errors:?}");
@@ -177,7 +221,10 @@ async fn one_record_matching_two_on_the_other_side(crm: CrmKind) {
     ] {
         names_all(&errors, direction, &key, &all, email);
     }
-    assert!(errors.iter().all(|e| e.code == "ambiguous_match"), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.code == "ambiguous_match"),
+        "{errors:?}"
+    );
     stable(&app, email, 2, 1, 3).await;
 
     // The operator edits one lead's email: the other lead and the contact pair up.
@@ -188,7 +235,10 @@ async fn one_record_matching_two_on_the_other_side(crm: CrmKind) {
     app.run_cycle().await;
     let contacts = app.crm_by_email(email).await;
     assert_eq!(contacts.len(), 1);
-    assert_eq!(text(&contacts[0].fields, "marketo_id"), Some(m1.to_string()));
+    assert_eq!(
+        text(&contacts[0].fields, "marketo_id"),
+        Some(m1.to_string())
+    );
     assert_eq!(app.crm_by_email("resolved@example.com").await.len(), 1);
     app.cleanup().await;
 }

@@ -17,8 +17,8 @@ use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
 use crate::marketo::describe::StandardObject;
 use crate::marketo::{Disposition, UsageSnapshot};
 use crate::model::{FieldType, ObjectSchema, Side};
-use crate::telemetry::events::FieldAvailability;
 use crate::store::{CycleCount, CycleOutcome, CycleRecord, SchemaRecord, StepTiming, marketo_day};
+use crate::telemetry::events::FieldAvailability;
 
 /// Tunable thresholds of a cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1217,9 +1217,12 @@ async fn match_pairs(
     let lone_c = |p: &Pair| p.link.is_none() && p.m_id.is_none() && p.c.is_some();
     let mut groups: BTreeMap<Vec<String>, KeyGroup> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
-        if lone_m(p) && let Some(k) = p.m.as_ref().and_then(|m| match_key(plan, &m.canon)) {
+        if lone_m(p)
+            && let Some(k) = p.m.as_ref().and_then(|m| match_key(plan, &m.canon))
+        {
             groups.entry(k).or_default().m_pairs.push(i);
-        } else if lone_c(p) && let Some(k) = p.c.as_ref().and_then(|c| match_key(plan, &c.canon))
+        } else if lone_c(p)
+            && let Some(k) = p.c.as_ref().and_then(|c| match_key(plan, &c.canon))
         {
             groups.entry(k).or_default().c_pairs.push(i);
         }

@@ -406,7 +406,12 @@ impl SqlCrm {
         let retyped: Vec<&str> = configured
             .mapped
             .iter()
-            .filter(|c| fresh.mapped.iter().any(|f| f.name == c.name && f.ty != c.ty))
+            .filter(|c| {
+                fresh
+                    .mapped
+                    .iter()
+                    .any(|f| f.name == c.name && f.ty != c.ty)
+            })
             .map(|c| c.name.as_str())
             .collect();
         tracing::info!(object = %object, gone = ?gone, retyped = ?retyped, "crm columns changed; the adapter uses the new catalog");
