@@ -1,7 +1,7 @@
 //! The [`Engine`]: one cycle (schema, gather, reconcile, apply, commit), the quota governor and
 //! the on-demand sync of one lead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -12,11 +12,13 @@ use tracing::{info, warn};
 
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner};
 use super::{leads, objects};
-use crate::mapping::{Plans, SchemaSet, compile_all};
+use crate::crm::CrmError;
+use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
 use crate::marketo::describe::StandardObject;
 use crate::marketo::{Disposition, UsageSnapshot};
-use crate::model::{ObjectSchema, Side};
+use crate::model::{FieldType, ObjectSchema, Side};
 use crate::store::{CycleCount, CycleOutcome, CycleRecord, SchemaRecord, StepTiming, marketo_day};
+use crate::telemetry::events::FieldAvailability;
 
 /// Tunable thresholds of a cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,13 @@ pub struct Engine {
     /// The mapping problems logged last cycle, so an unchanged problem is logged once, not
     /// every five minutes (the summary and the status page still carry it every cycle).
     logged_problems: Mutex<BTreeSet<String>>,
+    /// Per (mapping object, field): the CRM column type the field last synced with, so that a
+    /// column retyped while running (text to integer, ...) into a type the mapping cannot carry
+    /// disables the field until the column has that type again.
+    crm_types: Mutex<HashMap<(String, String), FieldType>>,
+    /// Per (mapping object, field): whether it was disabled at the last schema refresh, so that
+    /// a field switching off or on is reported (log line and gauge) once, when it switches.
+    field_states: Mutex<HashMap<(String, String), bool>>,
 }
 
 impl Engine {
@@ -66,6 +75,8 @@ impl Engine {
             tunables,
             plans: Mutex::new(None),
             logged_problems: Mutex::new(BTreeSet::new()),
+            crm_types: Mutex::new(HashMap::new()),
+            field_states: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,11 +140,16 @@ impl Engine {
     }
 
     /// Describes every synced object on both sides, stores the schemas and compiles the plans.
-    /// A field that vanished or became read-only is disabled with a warning.
+    /// A field that vanished, became read-only or whose CRM column was retyped into a type the
+    /// mapping cannot carry is disabled with a warning (logged once, in every summary) and the
+    /// `mksync_disabled_fields` gauge; it syncs again when the column is back as it was. A CRM
+    /// object whose structural column (primary key, modified time, Marketo id) is gone gets no
+    /// plan: its step fails with a warning naming the column, and the other objects sync.
     ///
     /// # Errors
     ///
-    /// Returns an error when Describe Lead or the CRM's describe fails for the whole call.
+    /// Returns an error when Describe Lead fails, or the CRM's describe of the lead object fails
+    /// for another reason than its catalog (the database unreachable).
     pub async fn refresh_schemas(&self, summary: &mut CycleSummary) -> Result<Plans, EngineError> {
         let ctx = &self.ctx;
         let mut set = SchemaSet::default();
@@ -217,7 +233,18 @@ impl Engine {
                     self.store_schema(summary, &schema).await?;
                     set.insert(schema);
                 }
-                Err(e) if lead_crm.as_deref() == Some(object.as_str()) => return Err(e.into()),
+                Err(e)
+                    if lead_crm.as_deref() == Some(object.as_str())
+                        && !matches!(e, CrmError::UnknownName { .. } | CrmError::Schema { .. }) =>
+                {
+                    return Err(e.into());
+                }
+                Err(e) if lead_crm.as_deref() == Some(object.as_str()) => {
+                    // The lead step cannot run without its structural columns; the other
+                    // objects can.
+                    warn!(error = %e, "the lead step cannot run: crm schema");
+                    summary.warnings.push(format!("step `leads` failed: {e}"));
+                }
                 Err(e) => summary
                     .warnings
                     .push(format!("describe of crm `{object}` failed: {e}")),
@@ -235,8 +262,15 @@ impl Engine {
                     .push(format!("activity types could not be read: {e}")),
             }
         }
-        let (plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
-        let current: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
+        let (mut plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
+        let mut current: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
+        for (column, reason) in self.disable_retyped(&mut plans) {
+            // The field is off: its type-mismatch warning would only repeat the reason.
+            let label = format!("CRM field `{column}` (");
+            current.retain(|w| !(w.contains("type mismatch") && w.contains(&label)));
+            current.insert(reason);
+        }
+        self.publish_field_states(&plans);
         if let Ok(mut logged) = self.logged_problems.lock() {
             for problem in current.difference(&logged) {
                 warn!(problem = %problem, "mapping problem against the live schema");
@@ -248,6 +282,80 @@ impl Engine {
             *cached = Some(plans.clone());
         }
         Ok(plans)
+    }
+
+    /// Disables the fields whose CRM column changed type since they last synced into one the
+    /// mapping cannot carry, and returns each one's CRM column and warning. A field whose new
+    /// type still carries every value takes it as its new type.
+    fn disable_retyped(&self, plans: &mut Plans) -> Vec<(String, String)> {
+        let mut warnings = Vec::new();
+        let Ok(mut known) = self.crm_types.lock() else {
+            return warnings;
+        };
+        for plan in plans.objects.values_mut() {
+            let mut disable = Vec::new();
+            for f in plan.enabled_fields() {
+                let (Some(column), Some(now)) = (f.crm.as_deref(), f.crm_ty.as_ref()) else {
+                    continue;
+                };
+                let key = (plan.object.clone(), f.name.clone());
+                let Some(before) = known.get(&key) else {
+                    known.insert(key, now.clone());
+                    continue;
+                };
+                if before == now {
+                    continue;
+                }
+                if carried(f, before) && !carried(f, now) {
+                    disable.push((
+                        f.name.clone(),
+                        column.to_owned(),
+                        format!(
+                            "CRM column `{column}` of `{}` changed type from {} to {} while running, \
+                             which the mapping cannot carry: field `{}` of `{}` is disabled until \
+                             the column is {} again",
+                            plan.crm_object,
+                            before.describe(),
+                            now.describe(),
+                            f.name,
+                            plan.object,
+                            before.describe()
+                        ),
+                    ));
+                } else {
+                    known.insert(key, now.clone());
+                }
+            }
+            for (field, column, reason) in disable {
+                plan.disable_field(&field, &reason);
+                warnings.push((column, reason));
+            }
+        }
+        warnings
+    }
+
+    /// Reports each field that switched off or on since the last refresh (one log line and the
+    /// `mksync_disabled_fields` gauge), never again while it stays so.
+    fn publish_field_states(&self, plans: &Plans) {
+        let Ok(mut seen) = self.field_states.lock() else {
+            return;
+        };
+        for plan in plans.objects.values() {
+            for f in &plan.fields {
+                let disabled = f.disabled.is_some();
+                let key = (plan.object.clone(), f.name.clone());
+                let before = seen.insert(key, disabled);
+                if before == Some(disabled) || (before.is_none() && !disabled) {
+                    continue;
+                }
+                FieldAvailability {
+                    object: &plan.object,
+                    field: &f.name,
+                    disabled: f.disabled.as_deref(),
+                }
+                .emit();
+            }
+        }
     }
 
     /// Returns the activity types as schemas `activity:<id>`, read from Marketo once a day
@@ -396,6 +504,17 @@ impl Engine {
             }
         }
     }
+}
+
+/// Returns true when the field's values travel between its Marketo type and the CRM type `crm`
+/// unchanged in every direction it syncs.
+fn carried(f: &PlanField, crm: &FieldType) -> bool {
+    let Some(marketo) = f.marketo_ty.as_ref() else {
+        return true;
+    };
+    let into_crm = !f.direction.writes_to(Side::Crm) || carries(marketo, crm);
+    let from_crm = !f.direction.reads_from(Side::Crm) || carries(crm, marketo);
+    into_crm && from_crm
 }
 
 async fn describe_std(

@@ -158,6 +158,12 @@ fn fits(src: &FieldType, dst: &FieldType) -> Fit {
     }
 }
 
+/// Returns true when every value of type `src` is written into a `dst` field as it is (no value
+/// refused, none changed): what a field needs to keep syncing after its column was retyped.
+pub fn carries(src: &FieldType, dst: &FieldType) -> bool {
+    matches!(fits(src, dst), Fit::Ok)
+}
+
 fn text_limit(ty: &FieldType) -> Option<u32> {
     ty.max_len()
 }

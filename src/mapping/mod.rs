@@ -14,7 +14,7 @@ mod plan;
 mod suggest;
 
 pub use compile::{
-    COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, compile, compile_activities, compile_all,
+    COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, carries, compile, compile_activities, compile_all,
     validate_against, validate_one_side,
 };
 pub use normalise::{apply, apply_text, convert_for, normalise};

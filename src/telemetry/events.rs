@@ -128,6 +128,37 @@ impl RecordsSynced<'_> {
     }
 }
 
+/// A mapped field stopped or resumed syncing (a CRM column dropped, renamed or retyped while
+/// running, a Marketo field gone, or back again).
+#[derive(Debug, Clone)]
+pub struct FieldAvailability<'a> {
+    /// The mapping's object (`leads`, `companies`, ...).
+    pub object: &'a str,
+    /// The field's canonical name (from the mapping file, bounded).
+    pub field: &'a str,
+    /// Why it is disabled; `None` when it syncs again.
+    pub disabled: Option<&'a str>,
+}
+
+impl FieldAvailability<'_> {
+    /// Logs the change and sets `mksync_disabled_fields{object, field}` to 1 or 0. The warning
+    /// naming the problem is the engine's mapping-problem line; this line records the switch.
+    pub fn emit(&self) {
+        match self.disabled {
+            Some(reason) => {
+                info!(object = %self.object, field = %self.field, reason = %reason, "mapped field disabled");
+            }
+            None => info!(object = %self.object, field = %self.field, "mapped field enabled again"),
+        }
+        metrics::gauge!(
+            m::DISABLED_FIELDS,
+            "object" => self.object.to_owned(),
+            "field" => self.field.to_owned()
+        )
+        .set(if self.disabled.is_some() { 1.0 } else { 0.0 });
+    }
+}
+
 /// Both sides changed the same field since the last agreement and a rule picked a winner.
 #[derive(Debug, Clone)]
 pub struct ConflictResolved<'a> {
@@ -477,5 +508,10 @@ pub fn describe_metrics() {
         m::PAUSED,
         Unit::Count,
         "1 while a kind of work is paused, by scope."
+    );
+    describe_gauge!(
+        m::DISABLED_FIELDS,
+        Unit::Count,
+        "1 while a mapped field is disabled (schema drift, a mapping problem), by object and field."
     );
 }

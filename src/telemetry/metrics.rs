@@ -46,6 +46,9 @@ pub const WEBHOOK_REQUESTS_TOTAL: &str = "mksync_webhook_requests_total";
 pub const WEBHOOK_QUEUE_DEPTH: &str = "mksync_webhook_queue_depth";
 /// Gauge: 1 while a kind of work is paused, 0 otherwise, labelled `scope`.
 pub const PAUSED: &str = "mksync_paused";
+/// Gauge: 1 while a mapped field is disabled (schema drift or a mapping problem), 0 once it
+/// syncs again, labelled `object` (the mapping's object) and `field` (its canonical name).
+pub const DISABLED_FIELDS: &str = "mksync_disabled_fields";
 
 /// How often [`run_upkeep`] drains histogram data.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);

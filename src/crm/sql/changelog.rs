@@ -18,7 +18,7 @@ use tracing::info;
 use crate::crm::CrmError;
 
 use super::dialect::{Dialect, SqlPool};
-use super::{SqlOptions, check_object};
+use super::{Check, SqlOptions, check_object};
 
 /// The change-log table.
 pub const LOG_TABLE: &str = "marketo_sync_changelog";
@@ -75,7 +75,7 @@ pub async fn install(url: &SecretString, options: &SqlOptions) -> Result<Vec<Str
     }
     let mut installed = Vec::new();
     for (name, object) in options.objects.iter().filter(|(_, o)| o.changelog) {
-        let info = check_object(&pool, name, object).await?;
+        let info = check_object(&pool, name, object, Check::Strict).await?;
         let table = d.quote(&info.options.table);
         let obj = d.literal(name);
         let trigger_base = format!("marketo_sync_{}", sanitize(&info.options.table));

@@ -25,7 +25,7 @@ pub mod changelog;
 pub mod dialect;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -145,7 +145,7 @@ impl SqlOptions {
 }
 
 /// One object, checked against the catalog.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct ObjectInfo {
     name: String,
     options: ObjectOptions,
@@ -233,7 +233,10 @@ const MAX_GAPS: usize = 10_000;
 pub struct SqlCrm {
     pool: SqlPool,
     options: SqlOptions,
-    objects: HashMap<String, ObjectInfo>,
+    /// The objects' column facts: checked at connect, replaced whenever [`Crm::describe`] sees
+    /// the catalog changed (a mapped column dropped, renamed or retyped while running), so that
+    /// reads and writes never name a column that is gone.
+    objects: RwLock<HashMap<String, Arc<ObjectInfo>>>,
     /// The modified value of each row the adapter last wrote, keyed by (object, pk).
     echoes: Mutex<Echoes>,
     /// SQLite only: the change-log writer flag table exists.
@@ -283,7 +286,7 @@ impl std::fmt::Debug for SqlCrm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlCrm")
             .field("dialect", &self.pool.dialect())
-            .field("objects", &self.objects.keys().collect::<Vec<_>>())
+            .field("objects", &self.options.objects.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -299,8 +302,8 @@ impl SqlCrm {
         let pool = SqlPool::connect(url.expose_secret(), options.max_connections, true).await?;
         let mut objects = HashMap::new();
         for (name, object) in &options.objects {
-            let info = check_object(&pool, name, object).await?;
-            objects.insert(name.clone(), info);
+            let info = check_object(&pool, name, object, Check::Strict).await?;
+            objects.insert(name.clone(), Arc::new(info));
         }
         let wants_log = options.objects.values().any(|o| o.changelog);
         if wants_log && !catalog::exists(&pool, changelog::LOG_TABLE).await? {
@@ -321,7 +324,7 @@ impl SqlCrm {
         Ok(SqlCrm {
             pool,
             options,
-            objects,
+            objects: RwLock::new(objects),
             echoes: Mutex::new(Echoes::default()),
             sqlite_writer_flag,
         })
@@ -369,12 +372,56 @@ impl SqlCrm {
             .await
     }
 
-    fn object(&self, object: &str) -> Result<&ObjectInfo, CrmError> {
-        self.objects
+    /// Returns the current column facts of `object`.
+    fn object(&self, object: &str) -> Result<Arc<ObjectInfo>, CrmError> {
+        let objects = self
+            .objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        objects
             .get(object)
+            .cloned()
             .ok_or_else(|| CrmError::UnknownObject {
                 object: object.to_owned(),
             })
+    }
+
+    /// Re-reads `object`'s columns from the catalog and, when they changed, replaces the cached
+    /// facts that reads, writes and the change log use. A configured mapped column that is gone
+    /// is left out (the mapping compiler disables its field); a structural column (primary key,
+    /// modified time, Marketo id, soft-delete flag) that is gone is an error naming it, and the
+    /// cached facts stay as they were.
+    async fn refresh(&self, object: &str) -> Result<Arc<ObjectInfo>, CrmError> {
+        let configured = self.object(object)?;
+        let fresh = check_object(&self.pool, object, &configured.options, Check::Lenient).await?;
+        if fresh == *configured {
+            return Ok(configured);
+        }
+        let gone: Vec<&str> = configured
+            .mapped
+            .iter()
+            .filter(|c| !fresh.mapped.iter().any(|f| f.name == c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        let retyped: Vec<&str> = configured
+            .mapped
+            .iter()
+            .filter(|c| {
+                fresh
+                    .mapped
+                    .iter()
+                    .any(|f| f.name == c.name && f.ty != c.ty)
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        tracing::info!(object = %object, gone = ?gone, retyped = ?retyped, "crm columns changed; the adapter uses the new catalog");
+        let fresh = Arc::new(fresh);
+        let mut objects = self
+            .objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        objects.insert(object.to_owned(), fresh.clone());
+        Ok(fresh)
     }
 
     fn overlap(&self) -> Duration {
@@ -474,7 +521,7 @@ impl SqlCrm {
                 }
             })
             .collect();
-        let rows = self.fetch_where(info, &column, &params, folded).await?;
+        let rows = self.fetch_where(&info, &column, &params, folded).await?;
         Ok(live_records(rows))
     }
 
@@ -743,7 +790,7 @@ impl SqlCrm {
         Ok((changes, more))
     }
 
-    fn writable(&self, object: &str) -> Result<&ObjectInfo, CrmError> {
+    fn writable(&self, object: &str) -> Result<Arc<ObjectInfo>, CrmError> {
         let info = self.object(object)?;
         if !info.options.writable {
             return Err(CrmError::NotWritable {
@@ -855,10 +902,20 @@ fn find_column<'a>(
         })
 }
 
+/// How [`check_object`] treats a configured mapped column missing from the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// An error: at connect time a missing name is a configuration mistake.
+    Strict,
+    /// Left out: while running, a dropped column disables only its field.
+    Lenient,
+}
+
 async fn check_object(
     pool: &SqlPool,
     name: &str,
     o: &ObjectOptions,
+    check: Check,
 ) -> Result<ObjectInfo, CrmError> {
     let table_columns = catalog::columns(pool, &o.table).await?;
     if table_columns.is_empty() {
@@ -919,10 +976,17 @@ async fn check_object(
         None => None,
     };
     let mapped = match &o.columns {
-        Some(names) => names
-            .iter()
-            .map(|n| find_column(&read_columns, name, n, source, "column").cloned())
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(names) => {
+            let mut mapped = Vec::new();
+            for n in names {
+                match find_column(&read_columns, name, n, source, "column") {
+                    Ok(c) => mapped.push(c.clone()),
+                    Err(_) if check == Check::Lenient => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            mapped
+        }
         None => read_columns.clone(),
     };
     if o.writable {
@@ -963,8 +1027,7 @@ impl Crm for SqlCrm {
     }
 
     async fn describe(&self, object: &str) -> Result<ObjectSchema, CrmError> {
-        let configured = self.object(object)?;
-        let info = check_object(&self.pool, object, &configured.options).await?;
+        let info = self.refresh(object).await?;
         let fields = info
             .table_columns
             .iter()
@@ -1027,9 +1090,9 @@ impl Crm for SqlCrm {
         let info = self.object(object)?;
         let limit = limit.max(1);
         let mut state = self.parse_cursor(object, cursor)?;
-        let (mut changes, mut more) = self.keyset_page(info, &mut state, limit).await?;
+        let (mut changes, mut more) = self.keyset_page(&info, &mut state, limit).await?;
         if info.options.changelog {
-            let (log_changes, log_more) = self.log_page(info, &mut state, limit).await?;
+            let (log_changes, log_more) = self.log_page(&info, &mut state, limit).await?;
             let seen: HashSet<String> = changes.iter().map(|c| c.id.clone()).collect();
             changes.extend(log_changes.into_iter().filter(|c| !seen.contains(&c.id)));
             more |= log_more;
@@ -1080,7 +1143,7 @@ impl Crm for SqlCrm {
     async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError> {
         let info = self.object(object)?;
         let params: Vec<Option<String>> = ids.iter().map(|i| Some(i.clone())).collect();
-        let rows = self.fetch_by(info, &info.pk, &params).await?;
+        let rows = self.fetch_by(&info, &info.pk, &params).await?;
         Ok(live_records(rows))
     }
 
@@ -1117,9 +1180,9 @@ impl Crm for SqlCrm {
         if key.name == info.pk.name {
             let plans: Vec<Result<write::Statement, WriteResult>> = batch
                 .iter()
-                .map(|fields| write::plan_update_by_pk(self.dialect(), info, fields))
+                .map(|fields| write::plan_update_by_pk(self.dialect(), &info, fields))
                 .collect();
-            let outcome = write::run(&self.pool, info, self.sqlite_writer_flag, plans).await?;
+            let outcome = write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?;
             if let Ok(mut echoes) = self.echoes.lock() {
                 for (pk, m) in &outcome.written {
                     echoes.remember(object, pk.clone(), m.clone());
@@ -1128,7 +1191,7 @@ impl Crm for SqlCrm {
             return Ok(outcome.results);
         }
         if let Some(outcome) =
-            write::bulk_upsert(&self.pool, info, key, batch, self.sqlite_writer_flag).await?
+            write::bulk_upsert(&self.pool, &info, key, batch, self.sqlite_writer_flag).await?
         {
             if let Ok(mut echoes) = self.echoes.lock() {
                 for (pk, m) in &outcome.written {
@@ -1139,9 +1202,9 @@ impl Crm for SqlCrm {
         }
         let plans: Vec<Result<write::Statement, WriteResult>> = batch
             .iter()
-            .map(|fields| write::plan_upsert(self.dialect(), info, key, fields))
+            .map(|fields| write::plan_upsert(self.dialect(), &info, key, fields))
             .collect();
-        let outcome = write::run(&self.pool, info, self.sqlite_writer_flag, plans).await?;
+        let outcome = write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?;
         if let Ok(mut echoes) = self.echoes.lock() {
             for (pk, m) in &outcome.written {
                 echoes.remember(object, pk.clone(), m.clone());
@@ -1163,9 +1226,9 @@ impl Crm for SqlCrm {
         }
         let plans = ids
             .iter()
-            .map(|id| Ok(write::plan_delete(self.dialect(), info, id)))
+            .map(|id| Ok(write::plan_delete(self.dialect(), &info, id)))
             .collect();
-        let outcome = write::run(&self.pool, info, self.sqlite_writer_flag, plans).await?;
+        let outcome = write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?;
         if let Ok(mut echoes) = self.echoes.lock() {
             for (pk, m) in &outcome.written {
                 echoes.remember(object, pk.clone(), m.clone());
