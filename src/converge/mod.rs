@@ -365,6 +365,8 @@ struct Rig {
     locker: SqlPool,
     store: Arc<dyn StateStore>,
     mappings: Vec<LoadedMapping>,
+    /// The non-lead Marketo records the simulator generated before the schedule (object, key).
+    generated: std::collections::BTreeSet<(&'static str, String)>,
     driver: Driver,
     /// The PostgreSQL server and scratch database to drop at the end.
     scratch: Option<(SecretString, String)>,
@@ -570,6 +572,7 @@ impl Rig {
                 (store, driver)
             }
         };
+        let generated = objects::generated(&sim);
         Ok(Rig {
             seed,
             sim,
@@ -578,6 +581,7 @@ impl Rig {
             locker,
             store,
             mappings,
+            generated,
             driver,
             scratch,
             dir,
@@ -1466,11 +1470,24 @@ async fn play(
         let c = rig.cycle(Watch::Nothing).await?;
         tally.cycle(&c);
         trace.push(format!("quiet cycle {round}: {}", c.ran));
+        let orphans = match c.ran {
+            Ran::Done {
+                written: 0,
+                failed,
+            } if failed > 0 => rig.only_orphans_fail().await?,
+            _ => false,
+        };
         match c.ran {
             Ran::Done {
                 written: 0,
                 failed: 0,
             } => {
+                quiet += 1;
+                if quiet == 2 {
+                    break;
+                }
+            }
+            Ran::Done { written: 0, .. } if orphans => {
                 quiet += 1;
                 if quiet == 2 {
                     break;
@@ -1488,6 +1505,26 @@ async fn play(
         violations
             .push("no two consecutive quiet cycles after the schedule (at most 10 run)".to_owned());
         violations.extend(cycle_errors.iter().rev().take(3).cloned());
+        let open = rig
+            .store
+            .list_errors(&store::ErrorFilter {
+                status: Some(store::ErrorStatus::Open),
+                limit: 5,
+                ..store::ErrorFilter::default()
+            })
+            .await
+            .unwrap_or_default();
+        for e in open {
+            violations.push(format!(
+                "open in the error ledger: {} {} {} ({}): {} {}",
+                e.object,
+                e.direction.as_str(),
+                e.record_key,
+                e.other_key.unwrap_or_default(),
+                e.code,
+                e.message
+            ));
+        }
     } else {
         violations.extend(
             cycle_errors

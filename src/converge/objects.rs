@@ -1,7 +1,11 @@
-//! The non-lead objects of a schedule: CRM user edits of accounts, users, opportunities,
-//! opportunity roles and vehicles (the demo CRM's tables for companies, salespersons,
-//! opportunities, roles and the custom object `car_c`), Marketo user edits of synced companies,
-//! and the checks that both sides agree on them afterwards.
+//! The non-lead objects of a schedule: CRM user edits (inserts, field edits, soft deletes) of
+//! accounts, users, opportunities, opportunity roles and vehicles (the demo CRM's tables for
+//! companies, salespersons, opportunities, roles and the custom object `car_c`), and the checks
+//! that both sides agree on them afterwards.
+//!
+//! Marketo-side edits of these objects are not played: Marketo has no change feed for
+//! companies, opportunities, roles or salespersons (the demo mappings make the CRM their master:
+//! `crm_wins`, `to_marketo`), so an edit there is only overwritten by the next CRM change.
 //!
 //! The edits are drawn from a generator of their own, seeded from the schedule's seed, so a
 //! seed's lead steps are the same with and without objects (`ConvergeOptions::leads_only`).
@@ -13,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Map, Value as Json, json};
+use serde_json::Value as Json;
 
 use super::{ConvergeError, Rig, WORDS, canonical, from_json, quote};
 use crate::model::Value;
@@ -118,7 +122,7 @@ impl Rig {
         let or_null = |id: Option<String>| id.unwrap_or_else(|| "NULL".to_owned());
         let seed = self.seed;
         let (what, sql) = match roll {
-            0..=14 => {
+            0..=18 => {
                 let name = format!("{} {serial} S{seed}", word(rng));
                 let users = self.live_ids("users").await?;
                 (
@@ -133,7 +137,7 @@ impl Rig {
                     ),
                 )
             }
-            15..=24 => {
+            19..=30 => {
                 let Some(id) = pick(rng, &self.live_ids("accounts").await?) else {
                     return Ok(String::new());
                 };
@@ -146,7 +150,7 @@ impl Rig {
                     ),
                 )
             }
-            25..=29 => {
+            31..=37 => {
                 let Some(id) = pick(rng, &self.live_ids("accounts").await?) else {
                     return Ok(String::new());
                 };
@@ -154,26 +158,6 @@ impl Rig {
                     format!("crm delete account {id}"),
                     format!("UPDATE accounts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"),
                 )
-            }
-            30..=37 => {
-                // Marketo: edit a company the sync created (it has an externalCompanyId).
-                let companies: Vec<Json> = self
-                    .sim
-                    .objects(ObjKind::Company)
-                    .into_iter()
-                    .filter(|c| c["externalCompanyId"].is_string())
-                    .collect();
-                if companies.is_empty() {
-                    return Ok(String::new());
-                }
-                let c = &companies[rng.random_range(0..companies.len())];
-                let key = c["externalCompanyId"].as_str().unwrap_or_default().to_owned();
-                let field = ["industry", "billingCity", "billingCountry"][rng.random_range(0..3)];
-                let mut values = Map::new();
-                values.insert("externalCompanyId".into(), json!(key));
-                values.insert(field.into(), json!(word(rng)));
-                let _ = self.sim.upsert_company(values);
-                return Ok(format!("marketo edit company {key} {field}"));
             }
             38..=47 => {
                 let email = format!("rep{serial}.s{seed}@example.com");
@@ -323,6 +307,59 @@ impl Rig {
         Ok(what)
     }
 
+    /// Returns true when every open error-ledger entry is a role or vehicle whose contact has no
+    /// live lead (deleted or merged away on either side): such a row waits in the ledger, and is
+    /// counted failed by every cycle, until its contact has a lead, which no cycle can give it.
+    pub(super) async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
+        let open = self
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                status: Some(crate::store::ErrorStatus::Open),
+                limit: 10_000,
+                ..crate::store::ErrorFilter::default()
+            })
+            .await
+            .map_err(|source| ConvergeError::Store {
+                seed: self.seed,
+                source,
+            })?;
+        if open.is_empty() {
+            return Ok(false);
+        }
+        let linked: BTreeSet<String> = self
+            .all_links(crate::engine::leads::LINK_OBJECT)
+            .await?
+            .into_iter()
+            .filter(|l| l.tombstone.is_none())
+            .map(|l| l.crm_key)
+            .collect();
+        for e in &open {
+            let table = match e.object.as_str() {
+                "roles" => "opportunity_contact_roles",
+                "cars" => "vehicles",
+                _ => return Ok(false),
+            };
+            let Ok(id) = e.record_key.parse::<i64>() else {
+                return Ok(false);
+            };
+            let contact = self
+                .user
+                .fetch(
+                    "the row's contact",
+                    format!("SELECT CAST(contact_id AS TEXT) FROM {table} WHERE id = {id}"),
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .and_then(|r| r.into_iter().next().flatten());
+            if contact.is_some_and(|c| linked.contains(&c)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Returns every link of `object` in the store.
     async fn all_links(&self, object: &str) -> Result<Vec<Link>, ConvergeError> {
         let mut out = Vec::new();
@@ -352,8 +389,9 @@ impl Rig {
     /// - a Marketo record whose CRM row is deleted is deleted too;
     /// - every Marketo record is linked (only the sync creates them here).
     ///
-    /// A role is only required on Marketo while its contact has a live lead link (a role needs
-    /// the lead); a row refused by Marketo for a reason the sync cannot fix (open in the error
+    /// A role or vehicle is only required on Marketo while its contact has a live lead link (it
+    /// needs the lead); a record Marketo held before the schedule started (the simulator's
+    /// generated data) is not required to have a partner; a row refused by Marketo for a reason the sync cannot fix (open in the error
     /// ledger) is reported with the ledger's message.
     pub(super) async fn check_objects(
         &self,
@@ -392,7 +430,7 @@ impl Rig {
                 .iter()
                 .map(|(_, _, c)| self.dialect.as_text(c))
                 .collect();
-            let extra = if object.name == "roles" {
+            let extra = if matches!(object.name, "roles" | "cars") {
                 ", CAST(contact_id AS TEXT)"
             } else {
                 ""
@@ -416,23 +454,7 @@ impl Rig {
                 .iter()
                 .filter_map(|r| Some((r.first()?.clone()?, r)))
                 .collect();
-            let dedupe = object.kind.schema().dedupe;
-            let marketo: BTreeMap<String, Json> = self
-                .sim
-                .objects(object.kind)
-                .into_iter()
-                .filter_map(|r| {
-                    let parts: Option<Vec<String>> = dedupe
-                        .iter()
-                        .map(|f| match &r[*f] {
-                            Json::String(s) => Some(s.clone()),
-                            Json::Null => None,
-                            other => Some(other.to_string()),
-                        })
-                        .collect();
-                    Some((parts?.join("|"), r))
-                })
-                .collect();
+            let marketo = marketo_records(&self.sim, object.kind);
             let links = self.all_links(object.name).await?;
             let mut live_by_crm: BTreeMap<&str, Vec<&Link>> = BTreeMap::new();
             let mut live_marketo: BTreeSet<&str> = BTreeSet::new();
@@ -451,7 +473,7 @@ impl Rig {
                     .unwrap_or_default()
             };
             for (id, row) in &live_rows {
-                if object.name == "roles" {
+                if matches!(object.name, "roles" | "cars") {
                     let contact = row.last().cloned().flatten().unwrap_or_default();
                     if !linked_contacts.contains(&contact) {
                         continue;
@@ -513,8 +535,9 @@ impl Rig {
                     ));
                 }
             }
-            for (key, _) in &marketo {
-                if !live_marketo.contains(key.as_str()) {
+            for key in marketo.keys() {
+                let generated = self.generated.contains(&(object.name, key.clone()));
+                if !live_marketo.contains(key.as_str()) && !generated {
                     let dead = links
                         .iter()
                         .find(|l| &l.marketo_key == key)
@@ -536,8 +559,46 @@ impl Rig {
     }
 }
 
-/// Returns a number's text in one form ("1200.00" and "1200" alike), other text unchanged.
+/// Returns the simulator's records of `kind` by their link key (the dedupe fields joined by
+/// `|`, as the engine's role keys are).
+pub(super) fn marketo_records(sim: &crate::sim::SimHandle, kind: ObjKind) -> BTreeMap<String, Json> {
+    let dedupe = kind.schema().dedupe;
+    sim.objects(kind)
+        .into_iter()
+        .filter_map(|r| {
+            let parts: Option<Vec<String>> = dedupe
+                .iter()
+                .map(|f| match &r[*f] {
+                    Json::String(s) => Some(s.clone()),
+                    Json::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .collect();
+            Some((parts?.join("|"), r))
+        })
+        .collect()
+}
+
+/// Returns the keys of the records the simulator holds before a schedule starts (its generated
+/// data), by object.
+pub(super) fn generated(sim: &crate::sim::SimHandle) -> BTreeSet<(&'static str, String)> {
+    let mut out = BTreeSet::new();
+    for o in OBJECTS {
+        for key in marketo_records(sim, o.kind).into_keys() {
+            out.insert((o.name, key));
+        }
+    }
+    out
+}
+
+/// Returns a number's or boolean's text in one form ("1200.00" and "1200" alike, "false" and
+/// "0" alike), other text unchanged.
 fn same_number(text: String) -> String {
+    let text = match text.as_str() {
+        "true" => "1".to_owned(),
+        "false" => "0".to_owned(),
+        _ => text,
+    };
     match text.parse::<f64>() {
         Ok(n) if text.chars().any(|c| c.is_ascii_digit()) => format!("{n}"),
         _ => text,
