@@ -308,8 +308,9 @@ impl Rig {
     }
 
     /// Returns true when every open error-ledger entry is a role or vehicle whose contact has no
-    /// live lead (deleted or merged away on either side): such a row waits in the ledger, and is
-    /// counted failed by every cycle, until its contact has a lead, which no cycle can give it.
+    /// live lead (deleted or merged away on either side), or a role whose opportunity the CRM
+    /// user deleted: such a row waits in the ledger, and is counted failed by every cycle, until
+    /// its parent exists, which no cycle can give it.
     pub(super) async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
         let open = self
             .store
@@ -342,18 +343,27 @@ impl Rig {
             let Ok(id) = e.record_key.parse::<i64>() else {
                 return Ok(false);
             };
-            let contact = self
+            let parent = if table == "vehicles" {
+                "NULL"
+            } else {
+                "(SELECT CAST(o.id AS TEXT) FROM opportunities o WHERE o.id = t.opportunity_id AND o.deleted = FALSE)"
+            };
+            let row = self
                 .user
                 .fetch(
                     "the row's contact",
-                    format!("SELECT CAST(contact_id AS TEXT) FROM {table} WHERE id = {id}"),
+                    format!(
+                        "SELECT CAST(t.contact_id AS TEXT), {parent} FROM {table} t WHERE t.id = {id}"
+                    ),
                     &[],
                 )
                 .await
                 .ok()
                 .and_then(|r| r.into_iter().next())
-                .and_then(|r| r.into_iter().next().flatten());
-            if contact.is_some_and(|c| linked.contains(&c)) {
+                .unwrap_or_default();
+            let contact = row.first().cloned().flatten();
+            let parent_gone = table != "vehicles" && row.get(1).cloned().flatten().is_none();
+            if contact.is_some_and(|c| linked.contains(&c)) && !parent_gone {
                 return Ok(false);
             }
         }
@@ -361,7 +371,7 @@ impl Rig {
     }
 
     /// Returns every link of `object` in the store.
-    async fn all_links(&self, object: &str) -> Result<Vec<Link>, ConvergeError> {
+    pub(super) async fn all_links(&self, object: &str) -> Result<Vec<Link>, ConvergeError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -390,7 +400,7 @@ impl Rig {
     /// - every Marketo record is linked (only the sync creates them here).
     ///
     /// A role or vehicle is only required on Marketo while its contact has a live lead link (it
-    /// needs the lead); a record Marketo held before the schedule started (the simulator's
+    /// needs the lead), and a role only while its opportunity is live; a record Marketo held before the schedule started (the simulator's
     /// generated data) is not required to have a partner; a row refused by Marketo for a reason the sync cannot fix (open in the error
     /// ledger) is reported with the ledger's message.
     pub(super) async fn check_objects(
@@ -430,10 +440,15 @@ impl Rig {
                 .iter()
                 .map(|(_, _, c)| self.dialect.as_text(c))
                 .collect();
-            let extra = if matches!(object.name, "roles" | "cars") {
-                ", CAST(contact_id AS TEXT)"
+            let extra = match object.name {
+                "roles" => ", CAST(opportunity_id AS TEXT), CAST(contact_id AS TEXT)",
+                "cars" => ", CAST(contact_id AS TEXT)",
+                _ => "",
+            };
+            let live_opportunities: BTreeSet<String> = if object.name == "roles" {
+                self.live_ids("opportunities").await?.into_iter().collect()
             } else {
-                ""
+                BTreeSet::new()
             };
             let sql = format!(
                 "SELECT CAST(id AS TEXT){}{}{extra} FROM {} WHERE deleted = FALSE ORDER BY id",
@@ -476,6 +491,16 @@ impl Rig {
                 if matches!(object.name, "roles" | "cars") {
                     let contact = row.last().cloned().flatten().unwrap_or_default();
                     if !linked_contacts.contains(&contact) {
+                        continue;
+                    }
+                }
+                if object.name == "roles" {
+                    let opportunity = row
+                        .get(row.len().saturating_sub(2))
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default();
+                    if !live_opportunities.contains(&opportunity) {
                         continue;
                     }
                 }
