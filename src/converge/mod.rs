@@ -339,6 +339,7 @@ struct InProcess {
     abort_commits: Arc<AtomicU32>,
     killed: Arc<AtomicBool>,
     /// Store commits attempted (the commit hook runs once in each non-empty commit).
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
     commits: Arc<AtomicU32>,
 }
 
@@ -1154,8 +1155,8 @@ async fn play(
         }
         if full && merge_rng.random_bool(0.06) {
             let email = fresh_email(&mut merge_rng);
-            let what = merge_into_new_contact(rig, &mut merge_rng, &email, options, &mut tally)
-                .await?;
+            let what =
+                merge_into_new_contact(rig, &mut merge_rng, &email, options, &mut tally).await?;
             trace.push(format!("extra before step {step}: {what}"));
         }
         if full && object_rng.random_bool(0.4) {
@@ -1471,10 +1472,7 @@ async fn play(
         tally.cycle(&c);
         trace.push(format!("quiet cycle {round}: {}", c.ran));
         let orphans = match c.ran {
-            Ran::Done {
-                written: 0,
-                failed,
-            } if failed > 0 => rig.only_orphans_fail().await?,
+            Ran::Done { written: 0, failed } if failed > 0 => rig.only_orphans_fail().await?,
             _ => false,
         };
         match c.ran {
@@ -1591,9 +1589,8 @@ async fn merge_into_new_contact(
         .and_then(|r| r.into_iter().next())
         .and_then(|r| r.into_iter().next().flatten())
         .unwrap_or_default();
-    let mut what = format!(
-        "crm merge of contact {loser} into the new contact {survivor} {email:?}"
-    );
+    let mut what =
+        format!("crm merge of contact {loser} into the new contact {survivor} {email:?}");
     if rng.random_bool(0.5) {
         let mut values = Map::new();
         values.insert("email".into(), json!(email.trim().to_lowercase()));
@@ -2088,13 +2085,20 @@ mod tests {
     }
 
     /// The store's links of every object, watermarks and ledger.
-    async fn store_state(rig: &Rig) -> (Vec<crate::store::Link>, Vec<crate::store::Watermark>, usize) {
-        let mut links = rig.all_links(crate::engine::leads::LINK_OBJECT).await.unwrap();
+    async fn store_state(
+        rig: &Rig,
+    ) -> (Vec<crate::store::Link>, Vec<crate::store::Watermark>, usize) {
+        let mut links = rig
+            .all_links(crate::engine::leads::LINK_OBJECT)
+            .await
+            .unwrap();
         for o in objects::OBJECTS {
             links.extend(rig.all_links(o.name).await.unwrap());
         }
         let mut watermarks = rig.store.watermarks().await.unwrap();
-        watermarks.sort_by(|a, b| (a.system.as_str(), &a.object, &a.queue).cmp(&(b.system.as_str(), &b.object, &b.queue)));
+        watermarks.sort_by(|a, b| {
+            (a.system.as_str(), &a.object, &a.queue).cmp(&(b.system.as_str(), &b.object, &b.queue))
+        });
         let errors = rig
             .store
             .list_errors(&crate::store::ErrorFilter {
@@ -2169,18 +2173,41 @@ mod tests {
         rig.arm_commit_abort(1);
         let at = commits(&rig);
         let c = rig.cycle(Watch::Nothing).await.unwrap();
-        assert!(rig.disarm_commit_abort(), "no commit was aborted: {}", c.ran);
-        assert!(matches!(&c.ran, Ran::Failed(m) if m.contains("killed")), "{}", c.ran);
-        assert_eq!(commits(&rig) - at, 1, "the killed cycle went on after its commit");
-        assert_eq!(store_state(&rig).await, synced, "the killed step left a half state");
+        assert!(
+            rig.disarm_commit_abort(),
+            "no commit was aborted: {}",
+            c.ran
+        );
+        assert!(
+            matches!(&c.ran, Ran::Failed(m) if m.contains("killed")),
+            "{}",
+            c.ran
+        );
+        assert_eq!(
+            commits(&rig) - at,
+            1,
+            "the killed cycle went on after its commit"
+        );
+        assert_eq!(
+            store_state(&rig).await,
+            synced,
+            "the killed step left a half state"
+        );
 
         rig.restart().await.unwrap();
         let at = commits(&rig);
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
-        assert_eq!(commits(&rig) - at, 1, "one cycle of leads, one store commit");
+        assert_eq!(
+            commits(&rig) - at,
+            1,
+            "one cycle of leads, one store commit"
+        );
         let after = store_state(&rig).await;
-        assert_ne!(after.0, synced.0, "the re-run recorded the merges and deletes");
+        assert_ne!(
+            after.0, synced.0,
+            "the re-run recorded the merges and deletes"
+        );
         for _ in 0..3 {
             rig.cycle(Watch::Nothing).await.unwrap();
         }

@@ -141,7 +141,8 @@ impl Rig {
                 let Some(id) = pick(rng, &self.live_ids("accounts").await?) else {
                     return Ok(String::new());
                 };
-                let column = ["industry", "billing_city", "billing_country"][rng.random_range(0..3)];
+                let column =
+                    ["industry", "billing_city", "billing_country"][rng.random_range(0..3)];
                 (
                     format!("crm edit account {id} {column}"),
                     format!(
@@ -156,7 +157,9 @@ impl Rig {
                 };
                 (
                     format!("crm delete account {id}"),
-                    format!("UPDATE accounts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"),
+                    format!(
+                        "UPDATE accounts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
                 )
             }
             38..=47 => {
@@ -299,7 +302,9 @@ impl Rig {
                 };
                 (
                     format!("crm delete vehicle {id}"),
-                    format!("UPDATE vehicles SET deleted = TRUE, updated_at = {now} WHERE id = {id}"),
+                    format!(
+                        "UPDATE vehicles SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
                 )
             }
         };
@@ -586,7 +591,10 @@ impl Rig {
 
 /// Returns the simulator's records of `kind` by their link key (the dedupe fields joined by
 /// `|`, as the engine's role keys are).
-pub(super) fn marketo_records(sim: &crate::sim::SimHandle, kind: ObjKind) -> BTreeMap<String, Json> {
+pub(super) fn marketo_records(
+    sim: &crate::sim::SimHandle,
+    kind: ObjKind,
+) -> BTreeMap<String, Json> {
     let dedupe = kind.schema().dedupe;
     sim.objects(kind)
         .into_iter()

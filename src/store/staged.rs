@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     ApiUsage, BulkJob, Conflict, ConflictFilter, CycleRecord, ErrorFilter, ErrorStatus,
-    JobDirection, LedgerSummary, Lease, Link, LinkCount, PauseState, SchemaRecord, StateStore,
+    JobDirection, Lease, LedgerSummary, Link, LinkCount, PauseState, SchemaRecord, StateStore,
     StepCommit, StoreCounts, StoreError, StoreTotals, SyncError, Watermark,
 };
 use crate::model::Side;

@@ -112,7 +112,7 @@ async fn delete_object(
                 family,
                 Family::Companies | Family::Opportunities | Family::SalesPersons
             );
-            if links.get(id).is_none()
+            if !links.contains_key(id)
                 && keyed_by_id
                 && let Some(key) = delete_key(plan, family, id)
             {
