@@ -1906,6 +1906,19 @@ async fn check_invariants(
                 source,
             })?;
     for c in &conflicts {
+        // Each object's conflicts are settled by its own mapping's policies.
+        let Some(mapping) = rig
+            .mappings
+            .iter()
+            .find(|m| m.object == c.object)
+            .map(|m| &m.file)
+        else {
+            violations.push(format!(
+                "a conflict on {} of {} {} names no synced object",
+                c.field, c.object, c.marketo_key
+            ));
+            continue;
+        };
         let field = mapping.fields.iter().find(|f| {
             f.name.as_deref() == Some(c.field.as_str()) || f.marketo.as_deref() == Some(&c.field)
         });
@@ -1918,8 +1931,8 @@ async fn check_invariants(
         };
         if c.policy != expected || !winner_ok {
             violations.push(format!(
-                "conflict on {} of lead {} was settled by {} for {:?}, but its policy is {expected}",
-                c.field, c.marketo_key, c.policy, c.winner
+                "conflict on {} of {} {} was settled by {} for {:?}, but its policy is {expected}",
+                c.field, c.object, c.marketo_key, c.policy, c.winner
             ));
         }
     }
