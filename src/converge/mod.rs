@@ -59,9 +59,9 @@
 //! reads no CRM change, so an engine clock far ahead of the database's would lose CRM edits):
 //!
 //! - In process mode the engine's clock is the real clock (a child cannot share the harness's
-//!   [`ManualClock`]), and CRM edits are stamped by the database. A per-record error's retry,
-//!   due minutes later, does not come due during a run (a schedule that needed one would fail
-//!   and show it). The engine's side of a quota pause (the daemon waiting until the day turns)
+//!   [`ManualClock`]), and CRM edits are stamped by the database. A per-record error's retry
+//!   comes due minutes later in real time; before each quiet-period cycle the harness makes the
+//!   open error-ledger entries due now (as `errors retry` does), standing in for that wait. The engine's side of a quota pause (the daemon waiting until the day turns)
 //!   is not exercised: the paused child exits, the harness moves the simulator past its day
 //!   turn, and the next child is the resumption.
 //! - In in-process mode the engine's clock is a [`ManualClock`] that follows the simulator's
@@ -664,6 +664,39 @@ impl Rig {
             let target = until.unwrap_or(turn).max(self.sim.now()) + chrono::Duration::seconds(5);
             if target > p.clock.now() {
                 p.clock.set(target);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every open error-ledger entry due now (as `errors retry` does), in process mode:
+    /// the child's clock is the real one, where a retry comes due minutes later; the harness
+    /// stands in for that wait, as it does for leases and quota pauses. In process the manual
+    /// clock brings retries due.
+    async fn retry_now(&self) -> Result<(), ConvergeError> {
+        if !matches!(self.driver, Driver::Process(_)) {
+            return Ok(());
+        }
+        let store_error = |source| ConvergeError::Store {
+            seed: self.seed,
+            source,
+        };
+        let open = self
+            .store
+            .list_errors(&store::ErrorFilter {
+                status: Some(store::ErrorStatus::Open),
+                limit: 10_000,
+                ..store::ErrorFilter::default()
+            })
+            .await
+            .map_err(store_error)?;
+        let now = Utc::now();
+        for e in open {
+            if e.next_retry_at.is_some_and(|at| at > now) {
+                self.store
+                    .set_error_status(e.id, store::ErrorStatus::Open, Some(now))
+                    .await
+                    .map_err(store_error)?;
             }
         }
         Ok(())
@@ -1468,6 +1501,7 @@ async fn play(
     rig.disarm_commit_abort();
     let mut quiet = 0;
     for round in 0..10 {
+        rig.retry_now().await?;
         let c = rig.cycle(Watch::Nothing).await?;
         tally.cycle(&c);
         trace.push(format!("quiet cycle {round}: {}", c.ran));

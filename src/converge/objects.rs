@@ -332,14 +332,28 @@ impl Rig {
         if open.is_empty() {
             return Ok(false);
         }
-        let linked: BTreeSet<String> = self
+        let lead_links: Vec<Link> = self
             .all_links(crate::engine::leads::LINK_OBJECT)
             .await?
             .into_iter()
             .filter(|l| l.tombstone.is_none())
-            .map(|l| l.crm_key)
             .collect();
+        let linked: BTreeSet<String> = lead_links.iter().map(|l| l.crm_key.clone()).collect();
+        let linked_leads: BTreeSet<String> =
+            lead_links.iter().map(|l| l.marketo_key.clone()).collect();
+        let cars = marketo_records(&self.sim, ObjKind::Car);
         for e in &open {
+            // A car added in Marketo to a lead that has no contact cannot reach the CRM.
+            if e.object == "cars" && e.direction == crate::store::Direction::MarketoToCrm {
+                let lead = cars
+                    .get(&e.record_key)
+                    .map(|c| json_text(&c["leadId"]))
+                    .unwrap_or_default();
+                if linked_leads.contains(&lead) {
+                    return Ok(false);
+                }
+                continue;
+            }
             let table = match e.object.as_str() {
                 "roles" => "opportunity_contact_roles",
                 "cars" => "vehicles",
@@ -405,7 +419,8 @@ impl Rig {
     /// - every Marketo record is linked (only the sync creates them here).
     ///
     /// A role or vehicle is only required on Marketo while its contact has a live lead link (it
-    /// needs the lead), and a role only while its opportunity is live; a record Marketo held before the schedule started (the simulator's
+    /// needs the lead), and a role only while its opportunity is live; a Marketo role or car of
+    /// a lead with no live link needs no CRM partner; a record Marketo held before the schedule started (the simulator's
     /// generated data) is not required to have a partner; a row refused by Marketo for a reason the sync cannot fix (open in the error
     /// ledger) is reported with the ledger's message.
     pub(super) async fn check_objects(
@@ -429,6 +444,11 @@ impl Rig {
             .iter()
             .filter(|l| l.tombstone.is_none())
             .map(|l| l.crm_key.clone())
+            .collect();
+        let linked_leads: BTreeSet<String> = lead_links
+            .iter()
+            .filter(|l| l.tombstone.is_none())
+            .map(|l| l.marketo_key.clone())
             .collect();
         for object in OBJECTS {
             let Some(mapping) = self.mappings.iter().find(|m| m.object == object.name) else {
@@ -565,9 +585,12 @@ impl Rig {
                     ));
                 }
             }
-            for key in marketo.keys() {
+            for (key, record) in &marketo {
                 let generated = self.generated.contains(&(object.name, key.clone()));
-                if !live_marketo.contains(key.as_str()) && !generated {
+                // A role or car of a lead with no live link has no CRM record to belong to.
+                let orphan = matches!(object.name, "roles" | "cars")
+                    && !linked_leads.contains(&json_text(&record["leadId"]));
+                if !live_marketo.contains(key.as_str()) && !generated && !orphan {
                     let dead = links
                         .iter()
                         .find(|l| &l.marketo_key == key)
@@ -622,6 +645,14 @@ pub(super) fn generated(sim: &crate::sim::SimHandle) -> BTreeSet<(&'static str, 
         }
     }
     out
+}
+
+/// Returns a JSON string's text, or another value's JSON text (a number's digits).
+fn json_text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Returns a number's or boolean's text in one form ("1200.00" and "1200" alike, "false" and
