@@ -138,9 +138,14 @@ pub enum Command {
         /// Steps per schedule.
         #[arg(long, default_value_t = 40)]
         steps: usize,
-        /// The config directory whose mappings/leads.toml is used.
+        /// The config directory whose mappings are used (leads.toml, and companies, opportunities,
+        /// roles, salespersons and cars .toml unless --leads-only).
         #[arg(long, default_value = "config")]
         config: PathBuf,
+        /// Sync and edit leads only, with the lead steps of the schedules before the other
+        /// objects were added (to replay a seed found then).
+        #[arg(long)]
+        leads_only: bool,
         /// Inject no faults (to tell a fault-related failure from another).
         #[arg(long)]
         no_faults: bool,
@@ -754,13 +759,14 @@ async fn dispatch(
             first_seed,
             steps,
             config,
+            leads_only,
             no_faults,
             no_kills,
             engine,
             crm,
             postgres_url,
         } => {
-            use crate::converge::{ConvergeOptions, CrmKind, EngineMode};
+            use crate::converge::{ConvergeOptions, CrmKind, EngineMode, Schedule};
             let engine = match engine {
                 ConvergeEngine::InProcess => EngineMode::InProcess,
                 ConvergeEngine::Process => EngineMode::Process {
@@ -779,6 +785,11 @@ async fn dispatch(
                 kills: !no_kills,
                 engine,
                 crm,
+                schedule: if leads_only {
+                    Schedule::LeadsOnly
+                } else {
+                    Schedule::Full
+                },
                 ..ConvergeOptions::new(config)
             };
             let ok = crate::converge::run_many(first_seed, seeds, &options, &mut std::io::stdout())

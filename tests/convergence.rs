@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use marketo_sync::converge::{
-    ConvergeOptions, ConvergenceReport, CrmKind, EngineMode, run_schedule,
+    ConvergeOptions, ConvergenceReport, CrmKind, EngineMode, Schedule, run_schedule,
 };
 use secrecy::SecretString;
 
@@ -20,6 +20,14 @@ fn options(steps: usize) -> ConvergeOptions {
     ConvergeOptions {
         steps,
         ..ConvergeOptions::new(config_dir())
+    }
+}
+
+/// The lead schedules as drawn before the other objects were added (seeds found then).
+fn leads_only(options: ConvergeOptions) -> ConvergeOptions {
+    ConvergeOptions {
+        schedule: Schedule::LeadsOnly,
+        ..options
     }
 }
 
@@ -185,15 +193,68 @@ async fn the_same_seed_plays_the_same_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_that_found_engine_bugs_converge() {
     for seed in [8, 14, 22] {
-        converges(seed, &options(40)).await;
+        converges(seed, &leads_only(options(40))).await;
     }
     let clean = ConvergeOptions {
         faults: false,
         kills: false,
-        ..options(40)
+        ..leads_only(options(40))
     };
     for seed in [12, 24] {
         let report = converges(seed, &in_child(clean.clone())).await;
         assert_eq!((report.faults, report.kills), (0, 0), "{report:?}");
     }
+}
+
+/// A seed that found a half-committed lead step (the lead step committed up to three times: after
+/// the merges, after the deletions, at its end): CRM merges, a Marketo merge into a new lead, and
+/// a kill at a commit after the first left a contact's CRM edit never reaching its lead. It
+/// converges since the lead step commits once. Leads only, 80 steps, as found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_step_killed_between_its_commits_no_longer_loses_an_edit() {
+    let report = converges(21002, &leads_only(options(80))).await;
+    assert!(
+        report.kills_by_kind.contains_key("commit aborted"),
+        "{:?}",
+        report.kills_by_kind
+    );
+}
+
+/// The full schedule plays CRM merges into contacts never synced followed by a kill at the
+/// store commit, and edits every synced object (companies, opportunities, roles, salespersons,
+/// the custom object `car_c`); all of them converge and are checked on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_schedules_exercise_every_object_and_merges_into_new_contacts() {
+    let mut reports = Vec::new();
+    // Seeds that failed as the harness grew: 20001, an account deleted in the CRM after a kill
+    // at commit had created its company in Marketo unlinked (the company stayed: fixed in
+    // objects/deletions.rs); 20018, a role of an opportunity the CRM user deleted (it waits in
+    // the ledger with Marketo's 1013, which is no violation); 30017, a company conflict, checked
+    // against the company mapping's policy rather than the lead mapping's.
+    for seed in [20001, 20018, 30017] {
+        reports.push(converges(seed, &options(60)).await);
+    }
+    let trace: Vec<&String> = reports.iter().flat_map(|r| &r.trace).collect();
+    for edit in [
+        "crm insert account",
+        "crm edit account",
+        "crm delete account",
+        "crm insert user",
+        "crm insert opportunity",
+        "crm delete opportunity",
+        "crm insert role",
+        "crm insert vehicle",
+        "crm merge of contact",
+    ] {
+        assert!(
+            trace.iter().any(|l| l.contains(edit)),
+            "no schedule played {edit:?}"
+        );
+    }
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("crm merge of contact") && l.ends_with("(aborted)")),
+        "no merge into a new contact was killed at its commit"
+    );
 }

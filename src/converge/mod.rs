@@ -59,9 +59,9 @@
 //! reads no CRM change, so an engine clock far ahead of the database's would lose CRM edits):
 //!
 //! - In process mode the engine's clock is the real clock (a child cannot share the harness's
-//!   [`ManualClock`]), and CRM edits are stamped by the database. A per-record error's retry,
-//!   due minutes later, does not come due during a run (a schedule that needed one would fail
-//!   and show it). The engine's side of a quota pause (the daemon waiting until the day turns)
+//!   [`ManualClock`]), and CRM edits are stamped by the database. A per-record error's retry
+//!   comes due minutes later in real time; before each quiet-period cycle the harness makes the
+//!   open error-ledger entries due now (as `errors retry` does), standing in for that wait. The engine's side of a quota pause (the daemon waiting until the day turns)
 //!   is not exercised: the paused child exits, the harness moves the simulator past its day
 //!   turn, and the next child is the resumption.
 //! - In in-process mode the engine's clock is a [`ManualClock`] that follows the simulator's
@@ -90,6 +90,8 @@ use rand_chacha::ChaCha8Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value as Json, json};
 use tokio_util::sync::CancellationToken;
+
+mod objects;
 
 use crate::config::{LoadedMapping, Policy, SettingsSource};
 use crate::crm::sql::dialect::{Dialect, SqlPool};
@@ -175,6 +177,18 @@ impl CrmKind {
     }
 }
 
+/// What a schedule's steps touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Leads and contacts only, with the steps drawn exactly as before the objects were added
+    /// (the regression seeds found before replay their schedules).
+    LeadsOnly,
+    /// The lead steps, plus CRM merges into a contact never synced followed by a kill at the
+    /// store commit, plus edits of every synced object (companies, opportunities, roles,
+    /// salespersons, the custom object `car_c`), each drawn from generators of their own.
+    Full,
+}
+
 /// How to run schedules.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
@@ -190,6 +204,8 @@ pub struct ConvergeOptions {
     pub engine: EngineMode,
     /// The demo CRM's database.
     pub crm: CrmKind,
+    /// What the steps touch.
+    pub schedule: Schedule,
 }
 
 impl ConvergeOptions {
@@ -202,6 +218,7 @@ impl ConvergeOptions {
             kills: true,
             engine: EngineMode::InProcess,
             crm: CrmKind::Sqlite,
+            schedule: Schedule::Full,
         }
     }
 }
@@ -225,7 +242,8 @@ pub struct ConvergenceReport {
     pub cycles: usize,
     /// Cycles that ended in an error (faults, kills, pauses), all survived by later cycles.
     pub failed_cycles: usize,
-    /// Linked lead and contact pairs alive at the end.
+    /// Linked pairs alive at the end (leads and contacts, and with [`Schedule::Full`] every
+    /// other synced object).
     pub records: usize,
     /// Conflicts recorded by the engine.
     pub conflicts: usize,
@@ -320,6 +338,9 @@ struct InProcess {
     engine_calls_at: u64,
     abort_commits: Arc<AtomicU32>,
     killed: Arc<AtomicBool>,
+    /// Store commits attempted (the commit hook runs once in each non-empty commit).
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
+    commits: Arc<AtomicU32>,
 }
 
 /// The engine of process mode: how to start a cycle.
@@ -345,6 +366,8 @@ struct Rig {
     locker: SqlPool,
     store: Arc<dyn StateStore>,
     mappings: Vec<LoadedMapping>,
+    /// The non-lead Marketo records the simulator generated before the schedule (object, key).
+    generated: std::collections::BTreeSet<(&'static str, String)>,
     driver: Driver,
     /// The PostgreSQL server and scratch database to drop at the end.
     scratch: Option<(SecretString, String)>,
@@ -367,6 +390,7 @@ fn settings_toml(
     crm_options: &Json,
     store_url: &str,
     low_watermark: DateTime<Utc>,
+    objects: &[&str],
 ) -> Result<String, String> {
     let doc = json!({
         "marketo": {
@@ -382,7 +406,7 @@ fn settings_toml(
         "crm": { "adapter": "sql", "options": crm_options },
         "store": { "url": store_url },
         "sync": {
-            "objects": ["leads"],
+            "objects": objects,
             "lead_deletes": "delete",
             "lead_merges": "delete",
             "mappings_dir": "mappings",
@@ -462,6 +486,15 @@ impl Rig {
         let mapping = options.config_dir.join("mappings").join("leads.toml");
         std::fs::copy(&mapping, mappings_dir.join("leads.toml"))
             .map_err(|e| setup(format!("no lead mapping at {}: {e}", mapping.display())))?;
+        let mut synced = vec!["leads"];
+        if options.schedule == Schedule::Full {
+            for (file, object) in objects::MAPPING_FILES.iter().zip(objects::OBJECTS) {
+                let from = options.config_dir.join("mappings").join(file);
+                std::fs::copy(&from, mappings_dir.join(file))
+                    .map_err(|e| setup(format!("no mapping at {}: {e}", from.display())))?;
+                synced.push(object.name);
+            }
+        }
         let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
         let low = sim.now() - chrono::Duration::minutes(1);
         let text = settings_toml(
@@ -469,6 +502,7 @@ impl Rig {
             &demo_crm::adapter_options(true, false),
             &store_url,
             low,
+            &synced,
         )
         .map_err(setup)?;
         std::fs::write(config_dir.join("default.toml"), text)
@@ -495,11 +529,16 @@ impl Rig {
                 let clock = Arc::new(ManualClock::new(sim.now().max(Utc::now())));
                 let abort_commits = Arc::new(AtomicU32::new(0));
                 let killed = Arc::new(AtomicBool::new(false));
+                let commits = Arc::new(AtomicU32::new(0));
                 let store = store::open_with(
                     &store_url,
                     OpenOptions {
                         clock: clock.clone(),
-                        commit_hook: Some(abort_hook(abort_commits.clone(), killed.clone())),
+                        commit_hook: Some(abort_hook(
+                            abort_commits.clone(),
+                            killed.clone(),
+                            commits.clone(),
+                        )),
                         ..OpenOptions::default()
                     },
                 )
@@ -515,6 +554,7 @@ impl Rig {
                     engine_calls_at: 0,
                     abort_commits,
                     killed,
+                    commits,
                 }));
                 (store, driver)
             }
@@ -533,6 +573,7 @@ impl Rig {
                 (store, driver)
             }
         };
+        let generated = objects::generated(&sim);
         Ok(Rig {
             seed,
             sim,
@@ -541,6 +582,7 @@ impl Rig {
             locker,
             store,
             mappings,
+            generated,
             driver,
             scratch,
             dir,
@@ -622,6 +664,39 @@ impl Rig {
             let target = until.unwrap_or(turn).max(self.sim.now()) + chrono::Duration::seconds(5);
             if target > p.clock.now() {
                 p.clock.set(target);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every open error-ledger entry due now (as `errors retry` does), in process mode:
+    /// the child's clock is the real one, where a retry comes due minutes later; the harness
+    /// stands in for that wait, as it does for leases and quota pauses. In process the manual
+    /// clock brings retries due.
+    async fn retry_now(&self) -> Result<(), ConvergeError> {
+        if !matches!(self.driver, Driver::Process(_)) {
+            return Ok(());
+        }
+        let store_error = |source| ConvergeError::Store {
+            seed: self.seed,
+            source,
+        };
+        let open = self
+            .store
+            .list_errors(&store::ErrorFilter {
+                status: Some(store::ErrorStatus::Open),
+                limit: 10_000,
+                ..store::ErrorFilter::default()
+            })
+            .await
+            .map_err(store_error)?;
+        let now = Utc::now();
+        for e in open {
+            if e.next_retry_at.is_some_and(|at| at > now) {
+                self.store
+                    .set_error_status(e.id, store::ErrorStatus::Open, Some(now))
+                    .await
+                    .map_err(store_error)?;
             }
         }
         Ok(())
@@ -943,10 +1018,17 @@ impl Rig {
 }
 
 /// Returns the commit hook that aborts the N-th commit from now (N in `left`; a process killed
-/// between writing both sides and recording it), setting `killed` when it does.
-fn abort_hook(left: Arc<AtomicU32>, killed: Arc<AtomicBool>) -> CommitHook {
+/// between writing both sides and recording it), setting `killed` when it does, and counts
+/// every commit in `commits`. The hook runs inside the commit's transaction, after its first
+/// statements, so an aborted commit is a kill right after the first store write.
+fn abort_hook(
+    left: Arc<AtomicU32>,
+    killed: Arc<AtomicBool>,
+    commits: Arc<AtomicU32>,
+) -> CommitHook {
     Arc::new(move || {
         let (a, k) = (left.clone(), killed.clone());
+        commits.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let left = a.load(Ordering::SeqCst);
             if left == 0 {
@@ -1090,12 +1172,32 @@ async fn play(
     let in_child = matches!(options.engine, EngineMode::Process { .. });
     let mut cycle_errors: Vec<String> = Vec::new();
     let mut trace: Vec<String> = Vec::new();
+    // The full schedule's extra steps come from generators of their own, so that the lead
+    // steps drawn from `rng` are the same in both schedules.
+    let full = options.schedule == Schedule::Full;
+    let mut merge_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_7267_655f_6b69);
+    let mut object_rng = objects::object_rng(seed);
+    let mut serial = 0u32;
     for step in 0..options.steps {
         let mut roll = rng.random_range(0..100u32);
         if (!options.faults && (68..=82).contains(&roll))
             || (!options.kills && (83..=89).contains(&roll))
         {
             roll = 99;
+        }
+        if full && merge_rng.random_bool(0.06) {
+            let email = fresh_email(&mut merge_rng);
+            let what =
+                merge_into_new_contact(rig, &mut merge_rng, &email, options, &mut tally).await?;
+            trace.push(format!("extra before step {step}: {what}"));
+        }
+        if full && object_rng.random_bool(0.4) {
+            serial += 1;
+            let now = rig.crm_now();
+            let what = rig.object_edit(&mut object_rng, serial, &now).await?;
+            if !what.is_empty() {
+                trace.push(format!("object edit before step {step}: {what}"));
+            }
         }
         let (n_leads, n_contacts) = (rig.sim.counters().leads, rig.live_contacts().await?.len());
         trace.push(format!(
@@ -1398,14 +1500,25 @@ async fn play(
     rig.disarm_commit_abort();
     let mut quiet = 0;
     for round in 0..10 {
+        rig.retry_now().await?;
         let c = rig.cycle(Watch::Nothing).await?;
         tally.cycle(&c);
         trace.push(format!("quiet cycle {round}: {}", c.ran));
+        let orphans = match c.ran {
+            Ran::Done { written: 0, failed } if failed > 0 => rig.only_orphans_fail().await?,
+            _ => false,
+        };
         match c.ran {
             Ran::Done {
                 written: 0,
                 failed: 0,
             } => {
+                quiet += 1;
+                if quiet == 2 {
+                    break;
+                }
+            }
+            Ran::Done { written: 0, .. } if orphans => {
                 quiet += 1;
                 if quiet == 2 {
                     break;
@@ -1423,6 +1536,26 @@ async fn play(
         violations
             .push("no two consecutive quiet cycles after the schedule (at most 10 run)".to_owned());
         violations.extend(cycle_errors.iter().rev().take(3).cloned());
+        let open = rig
+            .store
+            .list_errors(&store::ErrorFilter {
+                status: Some(store::ErrorStatus::Open),
+                limit: 5,
+                ..store::ErrorFilter::default()
+            })
+            .await
+            .unwrap_or_default();
+        for e in open {
+            violations.push(format!(
+                "open in the error ledger: {} {} {} ({}): {} {}",
+                e.object,
+                e.direction.as_str(),
+                e.record_key,
+                e.other_key.unwrap_or_default(),
+                e.code,
+                e.message
+            ));
+        }
     } else {
         violations.extend(
             cycle_errors
@@ -1447,6 +1580,96 @@ async fn play(
         violations,
         trace,
     })
+}
+
+/// Plays a CRM merge into a contact that was never synced: a new contact (and, half of the
+/// time, a new Marketo lead of its email), a linked contact merged into it, then a cycle killed
+/// at its first store commit (in process) or once it wrote the CRM (a child process), and a
+/// restart. Returns the trace line.
+async fn merge_into_new_contact(
+    rig: &mut Rig,
+    rng: &mut ChaCha8Rng,
+    email: &str,
+    options: &ConvergeOptions,
+    tally: &mut Tally,
+) -> Result<String, ConvergeError> {
+    let contacts = rig.live_contacts().await?;
+    let linked: Vec<&Vec<Option<String>>> = contacts.iter().filter(|c| c[2].is_some()).collect();
+    if linked.is_empty() {
+        return Ok("crm merge into a new contact: no linked contact".to_owned());
+    }
+    let loser = linked[rng.random_range(0..linked.len())][0]
+        .clone()
+        .unwrap_or_default();
+    let now = rig.crm_now();
+    rig.sql(
+        "insert the survivor",
+        format!(
+            "INSERT INTO contacts (email, first_name, updated_at) VALUES ('{}', 'Survivor', {now})",
+            quote(email)
+        ),
+    )
+    .await?;
+    let survivor = rig
+        .user
+        .fetch(
+            "the survivor's id",
+            "SELECT CAST(MAX(id) AS TEXT) FROM contacts".into(),
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_default();
+    let mut what =
+        format!("crm merge of contact {loser} into the new contact {survivor} {email:?}");
+    if rng.random_bool(0.5) {
+        let mut values = Map::new();
+        values.insert("email".into(), json!(email.trim().to_lowercase()));
+        let lead = rig.sim.create_lead(values);
+        what.push_str(&format!(" (and a new Marketo lead {lead} of its email)"));
+    }
+    rig.sql(
+        "merge into the survivor",
+        format!(
+            "UPDATE contacts SET merged_into = {survivor}, deleted = TRUE, updated_at = {now} WHERE id = {loser}"
+        ),
+    )
+    .await?;
+    if !options.kills {
+        let c = rig.cycle(Watch::Nothing).await?;
+        tally.cycle(&c);
+        return Ok(format!("{what}, then a cycle: {}", c.ran));
+    }
+    match options.engine {
+        EngineMode::Process { .. } => {
+            let c = rig.cycle(Watch::KillAfterCrmWrite).await?;
+            tally.cycle(&c);
+            if matches!(c.ran, Ran::Killed) {
+                tally.kill("SIGKILL after a CRM write");
+            }
+            Ok(format!(
+                "{what}, then kill the process after a crm write: {}",
+                c.ran
+            ))
+        }
+        EngineMode::InProcess => {
+            rig.arm_commit_abort(1);
+            let c = rig.cycle(Watch::Nothing).await?;
+            tally.cycle(&c);
+            let killed = rig.disarm_commit_abort();
+            if killed {
+                tally.kill("commit aborted");
+            }
+            rig.restart().await?;
+            Ok(format!(
+                "{what}, then a kill at the first commit: {}{}",
+                c.ran,
+                if killed { " (aborted)" } else { "" }
+            ))
+        }
+    }
 }
 
 /// Appends a step's detail to its trace line.
@@ -1542,7 +1765,15 @@ async fn check_invariants(
     violations: &mut Vec<String>,
 ) -> Result<(usize, usize), ConvergeError> {
     use std::collections::BTreeMap;
-    let mapping = &rig.mappings[0].file;
+    let Some(mapping) = rig
+        .mappings
+        .iter()
+        .find(|m| m.object == crate::engine::leads::LINK_OBJECT)
+        .map(|m| &m.file)
+    else {
+        violations.push("no lead mapping".to_owned());
+        return Ok((0, 0));
+    };
     let email_steps = mapping
         .fields
         .iter()
@@ -1708,6 +1939,19 @@ async fn check_invariants(
                 source,
             })?;
     for c in &conflicts {
+        // Each object's conflicts are settled by its own mapping's policies.
+        let Some(mapping) = rig
+            .mappings
+            .iter()
+            .find(|m| m.object == c.object)
+            .map(|m| &m.file)
+        else {
+            violations.push(format!(
+                "a conflict on {} of {} {} names no synced object",
+                c.field, c.object, c.marketo_key
+            ));
+            continue;
+        };
         let field = mapping.fields.iter().find(|f| {
             f.name.as_deref() == Some(c.field.as_str()) || f.marketo.as_deref() == Some(&c.field)
         });
@@ -1720,8 +1964,8 @@ async fn check_invariants(
         };
         if c.policy != expected || !winner_ok {
             violations.push(format!(
-                "conflict on {} of lead {} was settled by {} for {:?}, but its policy is {expected}",
-                c.field, c.marketo_key, c.policy, c.winner
+                "conflict on {} of {} {} was settled by {} for {:?}, but its policy is {expected}",
+                c.field, c.object, c.marketo_key, c.policy, c.winner
             ));
         }
     }
@@ -1729,7 +1973,8 @@ async fn check_invariants(
         .keys()
         .filter(|e| c_by_email.contains_key(*e))
         .count();
-    Ok((conflicts.len(), records))
+    let objects = rig.check_objects(violations).await?;
+    Ok((conflicts.len(), records + objects))
 }
 
 /// Runs `seeds` schedules from `first_seed`, writing one line per seed (with its violations)
@@ -1885,6 +2130,139 @@ mod tests {
         rig.finish().await;
     }
 
+    /// The store's links of every object, watermarks and ledger.
+    async fn store_state(
+        rig: &Rig,
+    ) -> (Vec<crate::store::Link>, Vec<crate::store::Watermark>, usize) {
+        let mut links = rig
+            .all_links(crate::engine::leads::LINK_OBJECT)
+            .await
+            .unwrap();
+        for o in objects::OBJECTS {
+            links.extend(rig.all_links(o.name).await.unwrap());
+        }
+        let mut watermarks = rig.store.watermarks().await.unwrap();
+        watermarks.sort_by(|a, b| {
+            (a.system.as_str(), &a.object, &a.queue).cmp(&(b.system.as_str(), &b.object, &b.queue))
+        });
+        let errors = rig
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                limit: 10_000,
+                ..crate::store::ErrorFilter::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        (links, watermarks, errors)
+    }
+
+    fn commits(rig: &Rig) -> u32 {
+        let Driver::InProcess(p) = &rig.driver else {
+            unreachable!("in process");
+        };
+        p.commits.load(Ordering::SeqCst)
+    }
+
+    /// DESIGN section 4: one store commit per step. A lead step with every stage at work (a
+    /// Marketo merge, a CRM merge into a contact never synced, a Marketo delete, new records on
+    /// both sides) commits once; killed right after that commit's first store write, it leaves
+    /// links, watermarks and ledger exactly as they were, and the restarted engine converges.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lead_step_commits_once_and_a_kill_at_its_commit_leaves_no_half_state() {
+        let options = ConvergeOptions {
+            schedule: Schedule::LeadsOnly,
+            ..options()
+        };
+        let mut rig = Rig::start(7, &options).await.unwrap();
+        let lead = |rig: &Rig, email: &str| {
+            let mut values = Map::new();
+            values.insert("email".into(), json!(email));
+            rig.sim.create_lead(values)
+        };
+        let (a, b, gone) = (
+            lead(&rig, "a@example.com"),
+            lead(&rig, "b@example.com"),
+            lead(&rig, "gone@example.com"),
+        );
+        let now = rig.crm_now();
+        for email in ["c@example.com", "d@example.com"] {
+            rig.sql(
+                "insert",
+                format!("INSERT INTO contacts (email, first_name, updated_at) VALUES ('{email}', 'A', {now})"),
+            )
+            .await
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let c = rig.cycle(Watch::Nothing).await.unwrap();
+            assert!(c.ran.is_ok(), "{}", c.ran);
+        }
+        let synced = store_state(&rig).await;
+        assert_eq!(synced.0.len(), 5, "{:?}", synced.0);
+
+        rig.sim.merge_leads(a, &[b]).unwrap();
+        rig.sim.delete_lead(gone);
+        lead(&rig, "new@example.com");
+        let now = rig.crm_now();
+        rig.sql(
+            "edits",
+            format!(
+                "INSERT INTO contacts (email, first_name, updated_at) VALUES ('never@example.com', 'N', {now}); \
+                 UPDATE contacts SET merged_into = (SELECT MAX(id) FROM contacts), deleted = TRUE, updated_at = {now} \
+                 WHERE email = 'c@example.com'"
+            ),
+        )
+        .await
+        .unwrap();
+
+        rig.arm_commit_abort(1);
+        let at = commits(&rig);
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(
+            rig.disarm_commit_abort(),
+            "no commit was aborted: {}",
+            c.ran
+        );
+        assert!(
+            matches!(&c.ran, Ran::Failed(m) if m.contains("killed")),
+            "{}",
+            c.ran
+        );
+        assert_eq!(
+            commits(&rig) - at,
+            1,
+            "the killed cycle went on after its commit"
+        );
+        assert_eq!(
+            store_state(&rig).await,
+            synced,
+            "the killed step left a half state"
+        );
+
+        rig.restart().await.unwrap();
+        let at = commits(&rig);
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(c.ran.is_ok(), "{}", c.ran);
+        assert_eq!(
+            commits(&rig) - at,
+            1,
+            "one cycle of leads, one store commit"
+        );
+        let after = store_state(&rig).await;
+        assert_ne!(
+            after.0, synced.0,
+            "the re-run recorded the merges and deletes"
+        );
+        for _ in 0..3 {
+            rig.cycle(Watch::Nothing).await.unwrap();
+        }
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+        rig.finish().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spent_simulator_quota_pauses_the_engine_until_the_day_turns() {
         let mut rig = Rig::start(6, &options()).await.unwrap();
@@ -1926,7 +2304,7 @@ mod tests {
                 ..SimConfig::default()
             }))
             .unwrap();
-        let text = settings_toml(&sim, &doc, "sqlite:///tmp/x.db", start).unwrap();
+        let text = settings_toml(&sim, &doc, "sqlite:///tmp/x.db", start, &["leads"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), text).unwrap();
         let vars: HashMap<String, String> = [

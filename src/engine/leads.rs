@@ -20,6 +20,7 @@
 //! contact of its own. CRM leads themselves are not synced field by field.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -41,8 +42,8 @@ use crate::marketo::model::parse_marketo_datetime;
 use crate::marketo::{DedupeBy, Record, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
-    BulkJob, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StepCommit, SyncError,
-    Tombstone, TombstoneKind, Watermark,
+    BulkJob, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StagedStore,
+    StepCommit, SyncError, Tombstone, TombstoneKind, Watermark,
 };
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
@@ -475,13 +476,28 @@ fn object_name(plan: &Plan) -> String {
 ///
 /// Returns an error when a whole call fails (Marketo, the CRM or the store), or on cancel.
 pub async fn run(
-    ctx: &Context,
+    outer: &Context,
     tunables: &Tunables,
     plan: &Plan,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    // One store commit per step (DESIGN section 4, Commit). The stages below (conversions,
+    // merges, deletions, pairing) stage their store writes; the staged store's link reads see
+    // them, so pairing never re-matches what a merge of this step linked; and the step's end
+    // commits links, ledger, conflicts and watermarks in one transaction. No stage needs a
+    // commit of its own for crash safety: every remote write of a stage is an idempotent
+    // upsert, merge or delete that a re-run finds done (a merge or delete of a lead already
+    // gone answers 1004, handled as done), and the CRM Marketo-id column a killed step wrote
+    // is read back by `recovered_links` / `survivor_link_from_crm`. A step killed anywhere
+    // before the commit therefore leaves the store as it found it and re-runs from the old
+    // watermarks.
+    let staged = Arc::new(StagedStore::new(outer.store.clone()));
+    let ctx = &Context {
+        store: staged.clone(),
+        ..outer.clone()
+    };
     let store = &ctx.store;
     let now = ctx.clock.now();
     let due: HashMap<ErrorKey, SyncError> = store
@@ -668,16 +684,16 @@ pub async fn run(
     // Merges first, so that the winners' links are in place before pairing.
     let merged_losers: BTreeSet<i64> = changes.merges.iter().flat_map(|(_, l)| l.clone()).collect();
     apply_merges(&mut step, &changes.merges, summary).await?;
-    if !step.commit.is_empty() && !step.dry_run {
-        store.commit(std::mem::take(&mut step.commit)).await?;
+    if !step.dry_run {
+        staged.stage(std::mem::take(&mut step.commit));
     }
     // Marketo deletions.
     apply_marketo_deletes(&mut step, &deleted, &merged_losers, summary).await?;
     // CRM deletions.
     let repointed = apply_crm_deletes(&mut step, &crm_tombstones, summary).await?;
-    // Both sides are written: the tombstones are recorded before pairing reads the links.
-    if !step.commit.is_empty() && !step.dry_run {
-        store.commit(std::mem::take(&mut step.commit)).await?;
+    // Both sides are written: the tombstones are staged before pairing reads the links.
+    if !step.dry_run {
+        staged.stage(std::mem::take(&mut step.commit));
     }
     // A merge survivor that took over the loser's lead is reconciled with it now.
     read_crm_into(ctx, plan, repointed, &mut cs).await?;
@@ -741,7 +757,7 @@ pub async fn run(
         summary.plan.append(&mut step.plan_out);
         info!(object = %object, "lead step planned (dry run: nothing written or committed)");
     } else {
-        store.commit(step.commit).await?;
+        staged.commit_staged(step.commit).await?;
         info!(object = %object, "lead step committed");
     }
     Ok(())

@@ -334,6 +334,17 @@ impl SimHandle {
         )))
     }
 
+    /// Returns every live record of a non-lead object, all fields, by id.
+    pub fn objects(&self, kind: schema::ObjKind) -> Vec<Value> {
+        let st = self.shared.lock();
+        st.db
+            .objs(kind)
+            .records
+            .values()
+            .map(|r| Value::Object(state::Db::obj_json(kind, r, &[])))
+            .collect()
+    }
+
     /// Returns the activities (all types, including Delete Lead) as REST activity JSON.
     pub fn activities(&self) -> Vec<Value> {
         let st = self.shared.lock();

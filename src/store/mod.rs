@@ -31,6 +31,7 @@
 //! handful of round trips ([`LINK_ROWS_PER_STATEMENT`] rows per statement).
 
 mod sql;
+mod staged;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ pub use crate::model::{CycleOutcome, Direction};
 use crate::model::{Fields, Side, Value};
 
 pub use sql::{PgStore, SqliteStore};
+pub use staged::StagedStore;
 
 /// Rows of links written per multi-row statement (9 binds each, far below both backends' limits:
 /// 65,535 binds on PostgreSQL, 32,766 on SQLite).

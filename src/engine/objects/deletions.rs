@@ -103,8 +103,33 @@ async fn delete_object(
     let mut todo: Vec<(Link, chrono::DateTime<chrono::Utc>, Record)> = Vec::new();
     for (id, at) in &deleted {
         let Some(l) = links.get(id).filter(|l| l.tombstone.is_none()) else {
-            // Never synced, or already deleted: nothing to do in Marketo.
-            summary.counts_mut(object, direction).skipped += 1;
+            // Already deleted: nothing to do in Marketo. Never linked: a cycle killed between
+            // its Marketo write and its store commit may have created the record all the same,
+            // under the key its CRM id gives it (companies, opportunities, salespersons); it is
+            // deleted by that key ("not found" when it never existed). Found by the convergence
+            // harness (a CRM delete after a kill at commit left a live Marketo company).
+            let keyed_by_id = matches!(
+                family,
+                Family::Companies | Family::Opportunities | Family::SalesPersons
+            );
+            if !links.contains_key(id)
+                && keyed_by_id
+                && let Some(key) = delete_key(plan, family, id)
+            {
+                let base = crate::model::Fields::new();
+                let unlinked = Link {
+                    object: object.to_owned(),
+                    marketo_key: id.clone(),
+                    crm_key: id.clone(),
+                    base_hash: crate::model::fields_hash(&base),
+                    base,
+                    agreed_at: *at,
+                    tombstone: None,
+                };
+                todo.push((unlinked, *at, key));
+            } else {
+                summary.counts_mut(object, direction).skipped += 1;
+            }
             continue;
         };
         match delete_key(plan, family, &l.marketo_key) {

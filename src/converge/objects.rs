@@ -1,0 +1,670 @@
+//! The non-lead objects of a schedule: CRM user edits (inserts, field edits, soft deletes) of
+//! accounts, users, opportunities, opportunity roles and vehicles (the demo CRM's tables for
+//! companies, salespersons, opportunities, roles and the custom object `car_c`), and the checks
+//! that both sides agree on them afterwards.
+//!
+//! Marketo-side edits of these objects are not played: Marketo has no change feed for
+//! companies, opportunities, roles or salespersons (the demo mappings make the CRM their master:
+//! `crm_wins`, `to_marketo`), so an edit there is only overwritten by the next CRM change.
+//!
+//! The edits are drawn from a generator of their own, seeded from the schedule's seed, so a
+//! seed's lead steps are the same with and without objects (`ConvergeOptions::leads_only`).
+//!
+//! Activities are not exercised: the demo CRM has no table for them, so the demo mappings do
+//! not sync them (`config/demo.toml`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value as Json;
+
+use super::{ConvergeError, Rig, WORDS, canonical, from_json, quote};
+use crate::model::Value;
+use crate::sim::schema::ObjKind;
+use crate::store::Link;
+
+/// One synced non-lead object of the demo mappings.
+pub(super) struct Object {
+    /// The `sync.objects` name (the store's link object).
+    pub name: &'static str,
+    /// The demo CRM table.
+    pub table: &'static str,
+    /// The simulator's kind.
+    pub kind: ObjKind,
+}
+
+/// The synced non-lead objects, in the order of the demo config.
+pub(super) const OBJECTS: &[Object] = &[
+    Object {
+        name: "companies",
+        table: "accounts",
+        kind: ObjKind::Company,
+    },
+    Object {
+        name: "opportunities",
+        table: "opportunities",
+        kind: ObjKind::Opportunity,
+    },
+    Object {
+        name: "roles",
+        table: "opportunity_contact_roles",
+        kind: ObjKind::Role,
+    },
+    Object {
+        name: "salespersons",
+        table: "users",
+        kind: ObjKind::SalesPerson,
+    },
+    Object {
+        name: "cars",
+        table: "vehicles",
+        kind: ObjKind::Car,
+    },
+];
+
+/// The mapping files a schedule with objects copies (besides `leads.toml`).
+pub(super) const MAPPING_FILES: &[&str] = &[
+    "companies.toml",
+    "opportunities.toml",
+    "roles.toml",
+    "salespersons.toml",
+    "cars.toml",
+];
+
+/// Returns the generator of a schedule's object edits.
+pub(super) fn object_rng(seed: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    ChaCha8Rng::seed_from_u64(seed ^ 0x6f62_6a65_6374_7321)
+}
+
+fn word(rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "{}{}",
+        WORDS[rng.random_range(0..WORDS.len())],
+        rng.random_range(0..100)
+    )
+}
+
+impl Rig {
+    /// Returns the ids of the live rows of `table`.
+    async fn live_ids(&self, table: &str) -> Result<Vec<String>, ConvergeError> {
+        let rows = self
+            .user
+            .fetch(
+                "read ids",
+                format!("SELECT CAST(id AS TEXT) FROM {table} WHERE deleted = FALSE ORDER BY id"),
+                &[],
+            )
+            .await
+            .map_err(|source| ConvergeError::CrmUser {
+                seed: self.seed,
+                operation: format!("read {table}"),
+                source,
+            })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
+    /// Plays one user edit of a non-lead object (drawn from `rng`) and returns what it did.
+    pub(super) async fn object_edit(
+        &self,
+        rng: &mut ChaCha8Rng,
+        serial: u32,
+        now: &str,
+    ) -> Result<String, ConvergeError> {
+        let roll = rng.random_range(0..100u32);
+        let pick = |rng: &mut ChaCha8Rng, ids: &[String]| -> Option<String> {
+            (!ids.is_empty()).then(|| ids[rng.random_range(0..ids.len())].clone())
+        };
+        let or_null = |id: Option<String>| id.unwrap_or_else(|| "NULL".to_owned());
+        let seed = self.seed;
+        let (what, sql) = match roll {
+            0..=18 => {
+                let name = format!("{} {serial} S{seed}", word(rng));
+                let users = self.live_ids("users").await?;
+                (
+                    format!("crm insert account {name:?}"),
+                    format!(
+                        "INSERT INTO accounts (name, industry, billing_city, website, owner_id, updated_at) \
+                         VALUES ('{}', '{}', '{}', 'https://a{serial}.s{seed}.example.com', {}, {now})",
+                        quote(&name),
+                        quote(&word(rng)),
+                        quote(&word(rng)),
+                        or_null(pick(rng, &users))
+                    ),
+                )
+            }
+            19..=30 => {
+                let Some(id) = pick(rng, &self.live_ids("accounts").await?) else {
+                    return Ok(String::new());
+                };
+                let column =
+                    ["industry", "billing_city", "billing_country"][rng.random_range(0..3)];
+                (
+                    format!("crm edit account {id} {column}"),
+                    format!(
+                        "UPDATE accounts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
+                        quote(&word(rng))
+                    ),
+                )
+            }
+            31..=37 => {
+                let Some(id) = pick(rng, &self.live_ids("accounts").await?) else {
+                    return Ok(String::new());
+                };
+                (
+                    format!("crm delete account {id}"),
+                    format!(
+                        "UPDATE accounts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
+                )
+            }
+            38..=47 => {
+                let email = format!("rep{serial}.s{seed}@example.com");
+                (
+                    format!("crm insert user {email:?}"),
+                    format!(
+                        "INSERT INTO users (email, first_name, last_name, title, updated_at) \
+                         VALUES ('{email}', '{}', '{}', '{}', {now})",
+                        quote(&word(rng)),
+                        quote(&word(rng)),
+                        quote(&word(rng))
+                    ),
+                )
+            }
+            48..=53 => {
+                let Some(id) = pick(rng, &self.live_ids("users").await?) else {
+                    return Ok(String::new());
+                };
+                let column = ["first_name", "last_name", "title", "phone"][rng.random_range(0..4)];
+                (
+                    format!("crm edit user {id} {column}"),
+                    format!(
+                        "UPDATE users SET {column} = '{}', updated_at = {now} WHERE id = {id}",
+                        quote(&word(rng))
+                    ),
+                )
+            }
+            54..=57 => {
+                let Some(id) = pick(rng, &self.live_ids("users").await?) else {
+                    return Ok(String::new());
+                };
+                (
+                    format!("crm delete user {id}"),
+                    format!("UPDATE users SET deleted = TRUE, updated_at = {now} WHERE id = {id}"),
+                )
+            }
+            58..=67 => {
+                let accounts = self.live_ids("accounts").await?;
+                let users = self.live_ids("users").await?;
+                let name = format!("{} deal {serial}", word(rng));
+                let stage = ["Prospecting", "Qualification", "Closed Won"][rng.random_range(0..3)];
+                (
+                    format!("crm insert opportunity {name:?}"),
+                    format!(
+                        "INSERT INTO opportunities (name, account_id, owner_id, amount, stage, updated_at) \
+                         VALUES ('{}', {}, {}, {}, '{stage}', {now})",
+                        quote(&name),
+                        or_null(pick(rng, &accounts)),
+                        or_null(pick(rng, &users)),
+                        rng.random_range(1..500) * 100
+                    ),
+                )
+            }
+            68..=73 => {
+                let Some(id) = pick(rng, &self.live_ids("opportunities").await?) else {
+                    return Ok(String::new());
+                };
+                let (column, value) = match rng.random_range(0..3) {
+                    0 => ("name", format!("'{}'", quote(&word(rng)))),
+                    1 => ("stage", format!("'{}'", quote(&word(rng)))),
+                    _ => ("amount", (rng.random_range(1..500) * 100).to_string()),
+                };
+                (
+                    format!("crm edit opportunity {id} {column}"),
+                    format!(
+                        "UPDATE opportunities SET {column} = {value}, updated_at = {now} WHERE id = {id}"
+                    ),
+                )
+            }
+            74..=77 => {
+                let Some(id) = pick(rng, &self.live_ids("opportunities").await?) else {
+                    return Ok(String::new());
+                };
+                (
+                    format!("crm delete opportunity {id}"),
+                    format!(
+                        "UPDATE opportunities SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
+                )
+            }
+            78..=83 => {
+                let (Some(opp), Some(contact)) = (
+                    pick(rng, &self.live_ids("opportunities").await?),
+                    pick(rng, &self.live_ids("contacts").await?),
+                ) else {
+                    return Ok(String::new());
+                };
+                let role = ["Decision Maker", "Influencer", "Evaluator"][rng.random_range(0..3)];
+                (
+                    format!("crm insert role {role:?} of contact {contact} on opportunity {opp}"),
+                    format!(
+                        "INSERT INTO opportunity_contact_roles (opportunity_id, contact_id, role, updated_at) \
+                         VALUES ({opp}, {contact}, '{role}', {now})"
+                    ),
+                )
+            }
+            84..=86 => {
+                let Some(id) = pick(rng, &self.live_ids("opportunity_contact_roles").await?) else {
+                    return Ok(String::new());
+                };
+                (
+                    format!("crm delete role {id}"),
+                    format!(
+                        "UPDATE opportunity_contact_roles SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
+                )
+            }
+            87..=92 => {
+                let vin = format!("V{serial:0>6}S{:0>9}", seed % 1_000_000_000);
+                let contacts = self.live_ids("contacts").await?;
+                (
+                    format!("crm insert vehicle {vin}"),
+                    format!(
+                        "INSERT INTO vehicles (vin, contact_id, make, model, model_year, updated_at) \
+                         VALUES ('{vin}', {}, '{}', '{}', {}, {now})",
+                        or_null(pick(rng, &contacts)),
+                        quote(&word(rng)),
+                        quote(&word(rng)),
+                        rng.random_range(1990..2027)
+                    ),
+                )
+            }
+            93..=96 => {
+                let Some(id) = pick(rng, &self.live_ids("vehicles").await?) else {
+                    return Ok(String::new());
+                };
+                let column = ["make", "model"][rng.random_range(0..2)];
+                (
+                    format!("crm edit vehicle {id} {column}"),
+                    format!(
+                        "UPDATE vehicles SET {column} = '{}', updated_at = {now} WHERE id = {id}",
+                        quote(&word(rng))
+                    ),
+                )
+            }
+            _ => {
+                let Some(id) = pick(rng, &self.live_ids("vehicles").await?) else {
+                    return Ok(String::new());
+                };
+                (
+                    format!("crm delete vehicle {id}"),
+                    format!(
+                        "UPDATE vehicles SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
+                    ),
+                )
+            }
+        };
+        self.sql(&what, sql).await?;
+        Ok(what)
+    }
+
+    /// Returns true when every open error-ledger entry is a role or vehicle whose contact has no
+    /// live lead (deleted or merged away on either side), or a role whose opportunity the CRM
+    /// user deleted: such a row waits in the ledger, and is counted failed by every cycle, until
+    /// its parent exists, which no cycle can give it.
+    pub(super) async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
+        let open = self
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                status: Some(crate::store::ErrorStatus::Open),
+                limit: 10_000,
+                ..crate::store::ErrorFilter::default()
+            })
+            .await
+            .map_err(|source| ConvergeError::Store {
+                seed: self.seed,
+                source,
+            })?;
+        if open.is_empty() {
+            return Ok(false);
+        }
+        let lead_links: Vec<Link> = self
+            .all_links(crate::engine::leads::LINK_OBJECT)
+            .await?
+            .into_iter()
+            .filter(|l| l.tombstone.is_none())
+            .collect();
+        let linked: BTreeSet<String> = lead_links.iter().map(|l| l.crm_key.clone()).collect();
+        let linked_leads: BTreeSet<String> =
+            lead_links.iter().map(|l| l.marketo_key.clone()).collect();
+        let cars = marketo_records(&self.sim, ObjKind::Car);
+        for e in &open {
+            // A car added in Marketo to a lead that has no contact cannot reach the CRM.
+            if e.object == "cars" && e.direction == crate::store::Direction::MarketoToCrm {
+                let lead = cars
+                    .get(&e.record_key)
+                    .map(|c| json_text(&c["leadId"]))
+                    .unwrap_or_default();
+                if linked_leads.contains(&lead) {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let table = match e.object.as_str() {
+                "roles" => "opportunity_contact_roles",
+                "cars" => "vehicles",
+                _ => return Ok(false),
+            };
+            let Ok(id) = e.record_key.parse::<i64>() else {
+                return Ok(false);
+            };
+            let parent = if table == "vehicles" {
+                "NULL"
+            } else {
+                "(SELECT CAST(o.id AS TEXT) FROM opportunities o WHERE o.id = t.opportunity_id AND o.deleted = FALSE)"
+            };
+            let row = self
+                .user
+                .fetch(
+                    "the row's contact",
+                    format!(
+                        "SELECT CAST(t.contact_id AS TEXT), {parent} FROM {table} t WHERE t.id = {id}"
+                    ),
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .unwrap_or_default();
+            let contact = row.first().cloned().flatten();
+            let parent_gone = table != "vehicles" && row.get(1).cloned().flatten().is_none();
+            if contact.is_some_and(|c| linked.contains(&c)) && !parent_gone {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Returns every link of `object` in the store.
+    pub(super) async fn all_links(&self, object: &str) -> Result<Vec<Link>, ConvergeError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .links_page(object, after.as_deref(), 500)
+                .await
+                .map_err(|source| ConvergeError::Store {
+                    seed: self.seed,
+                    source,
+                })?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.marketo_key.clone());
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// Checks that every synced non-lead object agrees on both sides:
+    ///
+    /// - every live CRM row has exactly one live link, and the linked Marketo record exists
+    ///   and agrees on every mapped field that is not a reference (compared in the mapping's
+    ///   canonical form);
+    /// - every live link points at a live CRM row and an existing Marketo record;
+    /// - a Marketo record whose CRM row is deleted is deleted too;
+    /// - every Marketo record is linked (only the sync creates them here).
+    ///
+    /// A role or vehicle is only required on Marketo while its contact has a live lead link (it
+    /// needs the lead), and a role only while its opportunity is live; a Marketo role or car of
+    /// a lead with no live link needs no CRM partner; a record Marketo held before the schedule started (the simulator's
+    /// generated data) is not required to have a partner; a row refused by Marketo for a reason the sync cannot fix (open in the error
+    /// ledger) is reported with the ledger's message.
+    pub(super) async fn check_objects(
+        &self,
+        violations: &mut Vec<String>,
+    ) -> Result<usize, ConvergeError> {
+        let mut records = 0;
+        let open = self
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                limit: 10_000,
+                ..crate::store::ErrorFilter::default()
+            })
+            .await
+            .map_err(|source| ConvergeError::Store {
+                seed: self.seed,
+                source,
+            })?;
+        let lead_links = self.all_links(crate::engine::leads::LINK_OBJECT).await?;
+        let linked_contacts: BTreeSet<String> = lead_links
+            .iter()
+            .filter(|l| l.tombstone.is_none())
+            .map(|l| l.crm_key.clone())
+            .collect();
+        let linked_leads: BTreeSet<String> = lead_links
+            .iter()
+            .filter(|l| l.tombstone.is_none())
+            .map(|l| l.marketo_key.clone())
+            .collect();
+        for object in OBJECTS {
+            let Some(mapping) = self.mappings.iter().find(|m| m.object == object.name) else {
+                continue;
+            };
+            let file = &mapping.file;
+            let fields: Vec<(&crate::config::FieldMapping, &str, &str)> = file
+                .fields
+                .iter()
+                .filter_map(|f| Some((f, f.marketo.as_deref()?, f.crm.as_deref()?)))
+                .filter(|(_, m, c)| !c.ends_with("_id") && !m.starts_with("external"))
+                .collect();
+            let columns: Vec<String> = fields
+                .iter()
+                .map(|(_, _, c)| self.dialect.as_text(c))
+                .collect();
+            let extra = match object.name {
+                "roles" => ", CAST(opportunity_id AS TEXT), CAST(contact_id AS TEXT)",
+                "cars" => ", CAST(contact_id AS TEXT)",
+                _ => "",
+            };
+            let live_opportunities: BTreeSet<String> = if object.name == "roles" {
+                self.live_ids("opportunities").await?.into_iter().collect()
+            } else {
+                BTreeSet::new()
+            };
+            let sql = format!(
+                "SELECT CAST(id AS TEXT){}{}{extra} FROM {} WHERE deleted = FALSE ORDER BY id",
+                if columns.is_empty() { "" } else { ", " },
+                columns.join(", "),
+                object.table
+            );
+            let rows = self
+                .user
+                .fetch("read rows", sql, &[])
+                .await
+                .map_err(|source| ConvergeError::CrmUser {
+                    seed: self.seed,
+                    operation: format!("read {}", object.table),
+                    source,
+                })?;
+            let live_rows: BTreeMap<String, &Vec<Option<String>>> = rows
+                .iter()
+                .filter_map(|r| Some((r.first()?.clone()?, r)))
+                .collect();
+            let marketo = marketo_records(&self.sim, object.kind);
+            let links = self.all_links(object.name).await?;
+            let mut live_by_crm: BTreeMap<&str, Vec<&Link>> = BTreeMap::new();
+            let mut live_marketo: BTreeSet<&str> = BTreeSet::new();
+            for l in links.iter().filter(|l| l.tombstone.is_none()) {
+                live_by_crm.entry(&l.crm_key).or_default().push(l);
+                live_marketo.insert(&l.marketo_key);
+            }
+            let ledger = |key: &str| {
+                open.iter()
+                    .find(|e| {
+                        e.object == object.name
+                            && e.status == crate::store::ErrorStatus::Open
+                            && (e.record_key == key || e.other_key.as_deref() == Some(key))
+                    })
+                    .map(|e| format!("; in the error ledger: {} {}", e.code, e.message))
+                    .unwrap_or_default()
+            };
+            for (id, row) in &live_rows {
+                if matches!(object.name, "roles" | "cars") {
+                    let contact = row.last().cloned().flatten().unwrap_or_default();
+                    if !linked_contacts.contains(&contact) {
+                        continue;
+                    }
+                }
+                if object.name == "roles" {
+                    let opportunity = row
+                        .get(row.len().saturating_sub(2))
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default();
+                    if !live_opportunities.contains(&opportunity) {
+                        continue;
+                    }
+                }
+                let links = live_by_crm.get(id.as_str()).cloned().unwrap_or_default();
+                let [link] = links.as_slice() else {
+                    violations.push(format!(
+                        "{} row {id} has {} live links{}",
+                        object.table,
+                        links.len(),
+                        ledger(id)
+                    ));
+                    continue;
+                };
+                let Some(record) = marketo.get(&link.marketo_key) else {
+                    violations.push(format!(
+                        "{} row {id} is linked to Marketo {} {}, which does not exist{}",
+                        object.table,
+                        object.kind.schema().name,
+                        link.marketo_key,
+                        ledger(id)
+                    ));
+                    continue;
+                };
+                records += 1;
+                for (i, (f, m, c)) in fields.iter().enumerate() {
+                    let crm = row
+                        .get(1 + i)
+                        .cloned()
+                        .flatten()
+                        .map(Value::Text)
+                        .unwrap_or(Value::Null);
+                    let (a, b) = (
+                        same_number(canonical(&f.transform, from_json(&record[*m]))),
+                        same_number(canonical(&f.transform, crm)),
+                    );
+                    // A field with a default is written as the default when the CRM has none.
+                    if a != b && !(b.is_empty() && f.default.is_some()) {
+                        violations.push(format!(
+                            "{} row {id} and Marketo {} {} disagree on {m}: Marketo {a:?}, CRM {b:?} ({c})",
+                            object.table,
+                            object.kind.schema().name,
+                            link.marketo_key
+                        ));
+                    }
+                }
+            }
+            for (crm_key, ls) in &live_by_crm {
+                if !live_rows.contains_key(*crm_key) {
+                    violations.push(format!(
+                        "{} row {crm_key} is deleted, but {} live link(s) remain: {}",
+                        object.table,
+                        ls.len(),
+                        ls.iter()
+                            .map(|l| l.marketo_key.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            for (key, record) in &marketo {
+                let generated = self.generated.contains(&(object.name, key.clone()));
+                // A role or car of a lead with no live link has no CRM record to belong to.
+                let orphan = matches!(object.name, "roles" | "cars")
+                    && !linked_leads.contains(&json_text(&record["leadId"]));
+                if !live_marketo.contains(key.as_str()) && !generated && !orphan {
+                    let dead = links
+                        .iter()
+                        .find(|l| &l.marketo_key == key)
+                        .map(|l| {
+                            format!(
+                                " (its link to {} row {} is tombstoned)",
+                                object.table, l.crm_key
+                            )
+                        })
+                        .unwrap_or_default();
+                    violations.push(format!(
+                        "Marketo {} {key} has no live CRM partner{dead}",
+                        object.kind.schema().name
+                    ));
+                }
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Returns the simulator's records of `kind` by their link key (the dedupe fields joined by
+/// `|`, as the engine's role keys are).
+pub(super) fn marketo_records(
+    sim: &crate::sim::SimHandle,
+    kind: ObjKind,
+) -> BTreeMap<String, Json> {
+    let dedupe = kind.schema().dedupe;
+    sim.objects(kind)
+        .into_iter()
+        .filter_map(|r| {
+            let parts: Option<Vec<String>> = dedupe
+                .iter()
+                .map(|f| match &r[*f] {
+                    Json::String(s) => Some(s.clone()),
+                    Json::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .collect();
+            Some((parts?.join("|"), r))
+        })
+        .collect()
+}
+
+/// Returns the keys of the records the simulator holds before a schedule starts (its generated
+/// data), by object.
+pub(super) fn generated(sim: &crate::sim::SimHandle) -> BTreeSet<(&'static str, String)> {
+    let mut out = BTreeSet::new();
+    for o in OBJECTS {
+        for key in marketo_records(sim, o.kind).into_keys() {
+            out.insert((o.name, key));
+        }
+    }
+    out
+}
+
+/// Returns a JSON string's text, or another value's JSON text (a number's digits).
+fn json_text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Returns a number's or boolean's text in one form ("1200.00" and "1200" alike, "false" and
+/// "0" alike), other text unchanged.
+fn same_number(text: String) -> String {
+    let text = match text.as_str() {
+        "true" => "1".to_owned(),
+        "false" => "0".to_owned(),
+        _ => text,
+    };
+    match text.parse::<f64>() {
+        Ok(n) if text.chars().any(|c| c.is_ascii_digit()) => format!("{n}"),
+        _ => text,
+    }
+}
