@@ -1399,6 +1399,29 @@ async fn apply_marketo(
             _ => {}
         }
     }
+    // A lead refused before and unchanged since waits for its retry (or an operator).
+    let now = step.now();
+    let mut sendable = Vec::with_capacity(writes.len());
+    for w in writes {
+        let p = &mut pairs[w.pair];
+        let key = ErrorKey {
+            object: LINK_OBJECT.to_owned(),
+            direction: Direction::CrmToMarketo,
+            record_key: p
+                .c_id
+                .clone()
+                .or_else(|| p.m_id.map(|m| m.to_string()))
+                .unwrap_or_default(),
+        };
+        let payload = serde_json::Value::Object(w.record.clone());
+        if ledger::waits(step.open.get(&key), &payload, now) {
+            p.failed = true;
+            summary.counts_mut(&object, Direction::CrmToMarketo).skipped += 1;
+            continue;
+        }
+        sendable.push(w);
+    }
+    let writes = sendable;
     if step.dry_run {
         for w in &writes {
             let p = &pairs[w.pair];

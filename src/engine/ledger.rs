@@ -154,6 +154,18 @@ pub struct Subject<'a> {
     pub payload: Json,
 }
 
+/// Returns true when a record must wait instead of being sent now: it has an open ledger entry
+/// (`previous`) that is not due at `now` (not retryable, or its retry still ahead) and holds the
+/// same `payload` as the one to send, so the record has not changed since it was refused. A
+/// changed record, a due retry and an operator's retry (due now) are sent.
+pub fn waits(previous: Option<&SyncError>, payload: &Json, now: DateTime<Utc>) -> bool {
+    previous.is_some_and(|p| {
+        p.status == ErrorStatus::Open
+            && !p.next_retry_at.is_some_and(|t| t <= now)
+            && p.payload == *payload
+    })
+}
+
 /// Returns the open ledger entry for `subject` failing with `failure` at `now`: a new one, or
 /// `previous` (the open entry of the same key) with its id and `first_seen_at` kept and one more
 /// attempt counted. `next_retry_at` is set by `policy` for a retryable failure only.
@@ -292,6 +304,54 @@ mod tests {
         assert_eq!(again.attempts, 2);
         assert_eq!(again.id, e.id);
         assert_eq!(again.code, "invalid_value");
+    }
+
+    #[test]
+    fn an_unchanged_record_waits_until_its_entry_is_due() {
+        let p = RetryPolicy::default();
+        let payload = json!({"company": "Acme"});
+        let retryable = entry(&p, t0(), subject(), Failure::new("busy", "m", true), None);
+        assert!(waits(Some(&retryable), &payload, t0()));
+        assert!(waits(
+            Some(&retryable),
+            &payload,
+            t0() + chrono::Duration::minutes(4)
+        ));
+        assert!(!waits(
+            Some(&retryable),
+            &payload,
+            t0() + chrono::Duration::minutes(5)
+        ));
+        // A changed record is sent at once.
+        assert!(!waits(
+            Some(&retryable),
+            &json!({"company": "Acme Inc"}),
+            t0()
+        ));
+        let stuck = entry(
+            &p,
+            t0(),
+            subject(),
+            Failure::new("invalid", "m", false),
+            None,
+        );
+        assert!(waits(
+            Some(&stuck),
+            &payload,
+            t0() + chrono::Duration::days(30)
+        ));
+        // An operator's retry makes it due now.
+        let retried = SyncError {
+            next_retry_at: Some(t0()),
+            ..stuck.clone()
+        };
+        assert!(!waits(Some(&retried), &payload, t0()));
+        let discarded = SyncError {
+            status: ErrorStatus::Discarded,
+            ..stuck
+        };
+        assert!(!waits(Some(&discarded), &payload, t0()));
+        assert!(!waits(None, &payload, t0()));
     }
 
     #[test]

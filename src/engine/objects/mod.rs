@@ -760,6 +760,15 @@ pub(crate) async fn push_step(
         for (k, v) in &key_fields {
             record.insert(k.clone(), v.to_json());
         }
+        // Refused before and unchanged since: it waits for its retry (or an operator).
+        if ledger::waits(
+            previous.get(&change.id),
+            &Json::Object(record.clone()),
+            ctx.clock.now(),
+        ) {
+            summary.counts_mut(object, direction).skipped += 1;
+            continue;
+        }
         let replaces = existing
             .filter(|l| l.marketo_key != marketo_key)
             .map(|l| l.marketo_key.clone());
@@ -908,7 +917,21 @@ pub(crate) async fn apply_marketo(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let direction = Direction::CrmToMarketo;
-    for batch in planned.chunks(MARKETO_BATCH) {
+    // A record refused before and unchanged since waits for its retry (or an operator).
+    let now = ctx.clock.now();
+    let mut sendable = Vec::with_capacity(planned.len());
+    for p in planned {
+        if ledger::waits(
+            previous.get(&p.crm_key),
+            &Json::Object(p.record.clone()),
+            now,
+        ) {
+            summary.counts_mut(object, direction).skipped += 1;
+            continue;
+        }
+        sendable.push(p);
+    }
+    for batch in sendable.chunks(MARKETO_BATCH) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
