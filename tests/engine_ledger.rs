@@ -212,6 +212,24 @@ async fn a_refusal_that_is_not_retryable_waits_for_a_change_or_an_operator() {
     let first = entry(&app, "companies", "4").await;
     assert_eq!((first.attempts, first.next_retry_at), (1, None));
 
+    // A dry run agrees: the waiting record is not planned, and its counts are the plan's.
+    let dry = app.dry_cycle().await;
+    assert!(
+        !dry.plan
+            .iter()
+            .any(|c| c.object == "companies" && c.source_key.as_deref() == Some("4")),
+        "{:?}",
+        dry.plan
+    );
+    let counted: u64 = dry
+        .objects
+        .values()
+        .flat_map(|d| d.values())
+        .map(|c| c.created + c.updated + c.deleted + c.waiting)
+        .sum();
+    assert_eq!(counted, dry.plan.len() as u64, "{:?}", dry.objects);
+    assert_eq!(dry.failed(), 0, "{:?}", dry.objects);
+
     // Days later, nothing has changed: the record is not sent again.
     advance(&app, Duration::from_secs(2 * 24 * 3600));
     let (s, _) = cycle(&app).await;
