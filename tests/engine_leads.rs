@@ -697,7 +697,8 @@ async fn a_rejected_record_goes_to_the_error_ledger_without_holding_back_the_res
     let errors = app.store.list_errors(&Default::default()).await.unwrap();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].record_key, bad.to_string());
-    assert!(errors[0].next_retry_at.is_some());
+    // The CRM says a constraint refusal is not retryable: it waits for the record to change.
+    assert_eq!(errors[0].next_retry_at, None);
     assert_eq!(errors[0].attempts, 1);
     // Fixed in Marketo: the next cycle writes it and resolves the error.
     app.marketo_update(bad, json!({"firstName": "Short"}));

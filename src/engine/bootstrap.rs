@@ -10,11 +10,13 @@
 //!    record without a Marketo id is adopted by that record instead of being created: the
 //!    record gets the Marketo id and the lead's values; a second lead matching the same record,
 //!    or one the CRM refuses, is held in the error ledger with code `bootstrap_match`) and a
-//!    link per lead committed per batch. The CRM keys Marketo does not hold yet are spooled to
+//!    link per lead committed per batch; a lead the CRM refuses is one entry in the error
+//!    ledger with the CRM's code and message ([`super::ledger`], the continuous sync's one retry
+//!    policy). The CRM keys Marketo does not hold yet are spooled to
 //!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory)
 //!    and written back once the window is applied: by REST (`updateOnly` by `id`, 300 a call)
 //!    up to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
-//!    above it. Each import batch is stored (direction import, the window's bounds) when
+//!    above it; a key Marketo refuses to write back is one ledger entry. Each import batch is stored (direction import, the window's bounds) when
 //!    Marketo accepts it and marked consumed with the window, so a restart during the import
 //!    re-attaches to it without applying the window again. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
@@ -44,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use super::ledger::{self, Failure, RetryPolicy, Subject};
 use super::write_back::{Spool, SpoolReader};
 use super::{Context, EngineError};
 use crate::config::earliest_watermark;
@@ -58,8 +61,7 @@ use crate::marketo::limiter::next_day_turn;
 use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value};
 use crate::store::{
-    BulkJob, ErrorStatus, JobDirection, JobState, Link, StepCommit, SyncError, Watermark,
-    marketo_day,
+    BulkJob, Direction, JobDirection, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
 };
 
 /// The New Lead activity type.
@@ -1341,7 +1343,7 @@ impl Run<'_> {
                 .map(|j| Spool::existing(&self.work_dir, &write_back_stem(&j.id)))
                 .unwrap_or_default();
             let imports = self
-                .import_write_back(spec, window, files, imports, phase)
+                .import_write_back(plan, spec, window, files, imports, phase)
                 .await?;
             let bytes = export.as_ref().map_or(0, |j| j.bytes);
             let path = export
@@ -1481,7 +1483,7 @@ impl Run<'_> {
         }
         info!(export_id = %export.id, rows, files = files.len(), "writing the crm keys back by bulk import");
         let paths = files.into_iter().map(|f| f.path).collect();
-        self.import_write_back(spec, window, paths, Vec::new(), phase)
+        self.import_write_back(plan, spec, window, paths, Vec::new(), phase)
             .await
     }
 
@@ -1515,14 +1517,35 @@ impl Run<'_> {
                 .marketo
                 .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &records)
                 .await?;
-            for r in results {
+            let now = self.ctx.clock.now();
+            let mut errors = Vec::new();
+            for (record, r) in records.iter().zip(results) {
                 match r.status {
                     RecordStatus::Updated | RecordStatus::Created => phase.written_back += 1,
                     _ => {
                         phase.write_back_failed += 1;
                         warn!(lead = ?r.id, reasons = ?r.reasons, "marketo skipped the crm key write-back");
+                        let failure = Failure::of_marketo_result(&r).unwrap_or_else(|| {
+                            Failure::new("skipped", "marketo did not write the crm key", true)
+                        });
+                        errors.push(write_back_error(
+                            plan,
+                            now,
+                            record.get(&plan.marketo_crm_key).map(json_text),
+                            record.get("id").map(json_text),
+                            failure,
+                        ));
                     }
                 }
+            }
+            if !errors.is_empty() {
+                self.ctx
+                    .store
+                    .commit(StepCommit {
+                        errors_upsert: errors,
+                        ..StepCommit::default()
+                    })
+                    .await?;
             }
         }
     }
@@ -1534,6 +1557,7 @@ impl Run<'_> {
     /// deleted when its batch is complete. Returns the batches, completed.
     async fn import_write_back(
         &mut self,
+        plan: &Plan,
         spec: &PhaseSpec,
         window: Window,
         files: Vec<PathBuf>,
@@ -1545,7 +1569,7 @@ impl Run<'_> {
         for job in recorded {
             phase.write_back_imports_resumed += 1;
             info!(batch_id = %job.id, "re-attaching to a write-back import");
-            done.push(self.wait_write_back(job, phase).await?);
+            done.push(self.wait_write_back(plan, job, phase).await?);
         }
         for path in files {
             let named = done
@@ -1585,7 +1609,7 @@ impl Run<'_> {
                 updated_at: now,
             };
             self.ctx.store.upsert_job(&job).await?;
-            done.push(self.wait_write_back(job, phase).await?);
+            done.push(self.wait_write_back(plan, job, phase).await?);
         }
         Ok(done)
     }
@@ -1594,6 +1618,7 @@ impl Run<'_> {
     /// stores it completed and deletes its file.
     async fn wait_write_back(
         &mut self,
+        plan: &Plan,
         mut job: BulkJob,
         phase: &mut PhaseReport,
     ) -> Result<BulkJob, EngineError> {
@@ -1652,7 +1677,17 @@ impl Run<'_> {
                 .await?
             {
                 log_import_failures(&report, batch_id);
+                let errors = import_failure_errors(plan, &report, self.ctx.clock.now());
                 let _ = std::fs::remove_file(&report);
+                if !errors.is_empty() {
+                    self.ctx
+                        .store
+                        .commit(StepCommit {
+                            errors_upsert: errors,
+                            ..StepCommit::default()
+                        })
+                        .await?;
+                }
             }
         }
         job.state = JobState::Completed;
@@ -1757,23 +1792,27 @@ impl Run<'_> {
                 match held.get(&i) {
                     Some((field, crm_id)) => {
                         phase.held += 1;
-                        errors.push(SyncError {
-                            id: uuid::Uuid::new_v4(),
-                            object: plan.object.clone(),
-                            direction: crate::store::Direction::MarketoToCrm,
-                            record_key: id.clone(),
-                            other_key: Some(crm_id.clone()),
-                            payload: serde_json::to_value(&canonical).unwrap_or_default(),
-                            code: "bootstrap_match".into(),
-                            message: format!(
-                                "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
+                        // Retryable: the continuous sync pairs it once identity resolution (or
+                        // an operator) links the two records.
+                        errors.push(ledger::entry(
+                            &RetryPolicy::default(),
+                            now,
+                            Subject {
+                                object: &plan.object,
+                                direction: Direction::MarketoToCrm,
+                                record_key: &id,
+                                other_key: Some(crm_id.clone()),
+                                payload: serde_json::to_value(&canonical).unwrap_or_default(),
+                            },
+                            Failure::new(
+                                "bootstrap_match",
+                                format!(
+                                    "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
+                                ),
+                                true,
                             ),
-                            attempts: 1,
-                            first_seen_at: now,
-                            last_seen_at: now,
-                            next_retry_at: Some(now),
-                            status: ErrorStatus::Open,
-                        });
+                            None,
+                        ));
                     }
                     None => keep.push((id, canonical, record, known)),
                 }
@@ -1801,10 +1840,27 @@ impl Run<'_> {
             .await?;
         let now = self.ctx.clock.now();
         let mut links = Vec::new();
+        let mut errors = Vec::new();
         for (i, result) in results.into_iter().enumerate() {
             let (Some(id), Some(canonical)) = (ids.get(i), canon.get(i)) else {
                 break;
             };
+            // One refused lead is one ledger entry; the others are linked.
+            if let Some(failure) = Failure::of_crm_result(&result) {
+                errors.push(ledger::entry(
+                    &RetryPolicy::default(),
+                    now,
+                    Subject {
+                        object: &plan.object,
+                        direction: Direction::MarketoToCrm,
+                        record_key: id,
+                        other_key: None,
+                        payload: crm_payload(crm_rows.get(i)),
+                    },
+                    failure,
+                    None,
+                ));
+            }
             let crm_id = match result {
                 WriteResult::Created { id } => {
                     phase.created += 1;
@@ -1839,6 +1895,7 @@ impl Run<'_> {
             .store
             .commit(StepCommit {
                 links_upsert: links,
+                errors_upsert: errors,
                 ..StepCommit::default()
             })
             .await?;
@@ -2099,7 +2156,24 @@ impl Run<'_> {
             };
             let now = self.ctx.clock.now();
             let mut links = Vec::new();
-            for ((key, canonical), result) in chunk.iter().zip(results) {
+            let mut errors = Vec::new();
+            for (((key, canonical), result), record) in chunk.iter().zip(results).zip(&records) {
+                // One refused company is one ledger entry; the others are linked.
+                if let Some(failure) = Failure::of_crm_result(&result) {
+                    errors.push(ledger::entry(
+                        &RetryPolicy::default(),
+                        now,
+                        Subject {
+                            object: &plan.object,
+                            direction: Direction::MarketoToCrm,
+                            record_key: key,
+                            other_key: None,
+                            payload: crm_payload(Some(record)),
+                        },
+                        failure,
+                        None,
+                    ));
+                }
                 let crm_id = match result {
                     WriteResult::Created { id } | WriteResult::Updated { id } => id,
                     WriteResult::Deleted { .. } => continue,
@@ -2124,12 +2198,93 @@ impl Run<'_> {
                 .store
                 .commit(StepCommit {
                     links_upsert: links,
+                    errors_upsert: errors,
                     ..StepCommit::default()
                 })
                 .await?;
         }
         Ok(())
     }
+}
+
+/// Returns the ledger entry of a CRM key Marketo refused to write back to a lead: keyed by the
+/// CRM record (direction CRM -> Marketo), retried by the one policy when the refusal may clear.
+fn write_back_error(
+    plan: &Plan,
+    now: DateTime<Utc>,
+    crm_key: Option<String>,
+    lead_id: Option<String>,
+    failure: Failure,
+) -> SyncError {
+    let crm_key = crm_key.unwrap_or_default();
+    let mut payload = serde_json::Map::new();
+    payload.insert(plan.marketo_crm_key.clone(), serde_json::json!(crm_key));
+    if let Some(id) = &lead_id {
+        payload.insert("id".into(), serde_json::json!(id));
+    }
+    ledger::entry(
+        &RetryPolicy::default(),
+        now,
+        Subject {
+            object: &plan.object,
+            direction: Direction::CrmToMarketo,
+            record_key: &crm_key,
+            other_key: lead_id,
+            payload: serde_json::Value::Object(payload),
+        },
+        failure,
+        None,
+    )
+}
+
+/// Returns one ledger entry per row of a write-back import's failures file (`id`, the CRM-key
+/// column, and Marketo's failure reason): not retried, as the lead step treats import refusals.
+fn import_failure_errors(
+    plan: &Plan,
+    path: &std::path::Path,
+    now: DateTime<Utc>,
+) -> Vec<SyncError> {
+    let Ok(mut reader) = csv::ReaderBuilder::new().from_path(path) else {
+        return Vec::new();
+    };
+    let Ok(headers) = reader.headers().cloned() else {
+        return Vec::new();
+    };
+    let column = |want: &dyn Fn(&str) -> bool| headers.iter().position(want);
+    let id_col = column(&|h| h == "id");
+    let key_col = column(&|h| h == plan.marketo_crm_key);
+    let reason_col = column(&|h| h.to_lowercase().contains("failure"));
+    let mut out = Vec::new();
+    for record in reader.records().flatten() {
+        let cell = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::to_owned);
+        let message = cell(reason_col).unwrap_or_else(|| "import failed".into());
+        out.push(write_back_error(
+            plan,
+            now,
+            cell(key_col),
+            cell(id_col),
+            Failure::new("import", message, false),
+        ));
+    }
+    out
+}
+
+/// Returns a JSON value as key text (a string as is, anything else as JSON).
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Returns a CRM row as the JSON payload of a ledger entry.
+fn crm_payload(row: Option<&Fields>) -> serde_json::Value {
+    serde_json::Value::Object(
+        row.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect(),
+    )
 }
 
 /// Returns the file name stem of the write-back spool of the lead window exported by `export_id`.

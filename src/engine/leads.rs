@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::cycle::Tunables;
+use super::ledger::{self, Failure, RetryPolicy, Subject};
 use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use super::summary::{PlannedAction, PlannedChange, json_fields};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
@@ -39,7 +40,7 @@ use crate::marketo::bulk_extract::{
 };
 use crate::marketo::csv::{ExportReader, FileFormat, spawn_file_reader};
 use crate::marketo::model::parse_marketo_datetime;
-use crate::marketo::{DedupeBy, Record, SyncAction};
+use crate::marketo::{DedupeBy, Record, RefusalKind, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
     BulkJob, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StagedStore,
@@ -390,7 +391,7 @@ struct Step<'a> {
     dry_run: bool,
     plan_out: Vec<PlannedChange>,
     due: HashMap<ErrorKey, SyncError>,
-    open: HashMap<ErrorKey, u32>,
+    open: HashMap<ErrorKey, SyncError>,
     bulk_import_threshold: usize,
     poll: std::time::Duration,
     cancel: CancellationToken,
@@ -401,45 +402,36 @@ impl Step<'_> {
         self.ctx.clock.now()
     }
 
+    /// Records one refused lead in the ledger through [`ledger::entry`]: the open entry of the
+    /// same key keeps its id and first sighting, and only a retryable failure is scheduled.
     fn error(
         &mut self,
         direction: Direction,
         record_key: String,
         other_key: Option<String>,
         payload: serde_json::Value,
-        code: String,
-        message: String,
+        failure: Failure,
     ) {
-        let now = self.now();
         let key = ErrorKey {
             object: LINK_OBJECT.to_owned(),
             direction,
             record_key: record_key.clone(),
         };
-        let attempts = self
-            .due
-            .get(&key)
-            .map(|e| e.attempts)
-            .or_else(|| self.open.get(&key).copied())
-            .unwrap_or(0)
-            + 1;
-        let backoff = chrono::Duration::seconds(60 * (1_i64 << attempts.min(10)));
-        let backoff = backoff.min(chrono::Duration::hours(24));
-        self.commit.errors_upsert.push(SyncError {
-            id: uuid::Uuid::new_v4(),
-            object: LINK_OBJECT.to_owned(),
-            direction,
-            record_key,
-            other_key,
-            payload,
-            code,
-            message,
-            attempts,
-            first_seen_at: now,
-            last_seen_at: now,
-            next_retry_at: Some(now + backoff),
-            status: ErrorStatus::Open,
-        });
+        let previous = self.due.get(&key).or_else(|| self.open.get(&key));
+        let entry = ledger::entry(
+            &RetryPolicy::default(),
+            self.now(),
+            Subject {
+                object: LINK_OBJECT,
+                direction,
+                record_key: &record_key,
+                other_key,
+                payload,
+            },
+            failure,
+            previous,
+        );
+        self.commit.errors_upsert.push(entry);
     }
 
     fn link(&mut self, m_id: i64, c_id: &str, base: Fields) {
@@ -1132,15 +1124,13 @@ async fn sync_pairs(
                 .sync_leads(SyncAction::UpdateOnly, Some("id"), None, chunk)
                 .await?;
             for (rec, res) in chunk.iter().zip(results) {
-                if res.is_skipped() {
-                    let reason = res.reasons.first();
+                if let Some(failure) = Failure::of_marketo_result(&res) {
                     step.error(
                         Direction::CrmToMarketo,
                         text_of(rec.get(&plan.marketo_crm_key)).unwrap_or_default(),
                         text_of(rec.get("id")),
                         serde_json::Value::Object(rec.clone()),
-                        reason.map(|r| r.code.clone()).unwrap_or_default(),
-                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                        failure,
                     );
                 }
             }
@@ -1408,8 +1398,7 @@ async fn match_pairs(
                         record_key,
                         None,
                         ids.clone(),
-                        code.to_owned(),
-                        message.clone(),
+                        Failure::new(code, message.clone(), false),
                     );
                 }
             }
@@ -1677,6 +1666,29 @@ async fn apply_marketo(
             _ => {}
         }
     }
+    // A lead refused before and unchanged since waits for its retry (or an operator).
+    let now = step.now();
+    let mut sendable = Vec::with_capacity(writes.len());
+    for w in writes {
+        let p = &mut pairs[w.pair];
+        let key = ErrorKey {
+            object: LINK_OBJECT.to_owned(),
+            direction: Direction::CrmToMarketo,
+            record_key: p
+                .c_id
+                .clone()
+                .or_else(|| p.m_id.map(|m| m.to_string()))
+                .unwrap_or_default(),
+        };
+        let payload = serde_json::Value::Object(w.record.clone());
+        if ledger::waits(step.open.get(&key), &payload, now) {
+            p.failed = true;
+            summary.counts_mut(&object, Direction::CrmToMarketo).skipped += 1;
+            continue;
+        }
+        sendable.push(w);
+    }
+    let writes = sendable;
     if step.dry_run {
         for w in &writes {
             let p = &pairs[w.pair];
@@ -1737,9 +1749,8 @@ async fn apply_marketo(
             .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, &input)
             .await?;
         for ((pair, rec), res) in chunk.iter().zip(results) {
-            if res.is_skipped() {
+            if let Some(refusal) = res.refusal() {
                 // The base does not move, so the change is tried again on later cycles.
-                let reason = res.reasons.first();
                 let p = &mut pairs[*pair];
                 p.failed = true;
                 let key = p
@@ -1749,17 +1760,18 @@ async fn apply_marketo(
                     .unwrap_or_default();
                 let other = p.m_id.map(|m| m.to_string());
                 summary.counts_mut(&object, Direction::CrmToMarketo).failed += 1;
+                let message = format!(
+                    "company {} refused the lead's company fields: {}",
+                    text_of(rec.get("externalCompanyId")).unwrap_or_default(),
+                    refusal.message
+                );
+                let retryable = refusal.retryable();
                 step.error(
                     Direction::CrmToMarketo,
                     key,
                     other,
                     json!({ "company": rec }),
-                    reason.map(|r| r.code.clone()).unwrap_or_default(),
-                    format!(
-                        "company {} refused the lead's company fields: {}",
-                        text_of(rec.get("externalCompanyId")).unwrap_or_default(),
-                        reason.map(|r| r.message.clone()).unwrap_or_default()
-                    ),
+                    Failure::new(refusal.code, message, retryable),
                 );
             } else if writes
                 .iter()
@@ -1808,9 +1820,8 @@ async fn apply_marketo(
             for (w, res) in chunk.iter().zip(results) {
                 let p = &mut pairs[w.pair];
                 let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
-                if res.is_skipped()
-                    && !w.create
-                    && res.reasons.iter().any(|r| r.code == LEAD_NOT_FOUND)
+                if !w.create
+                    && res.refused_as(RefusalKind::NotFound)
                     && let Some(link) = &p.link
                 {
                     // The linked lead is gone from Marketo without a deletion or merge this
@@ -1819,10 +1830,9 @@ async fn apply_marketo(
                     gone.push(link.clone());
                     continue;
                 }
-                if res.is_skipped() {
+                if let Some(failure) = Failure::of_marketo_result(&res) {
                     counts.failed += 1;
                     p.failed = true;
-                    let reason = res.reasons.first();
                     let key = p
                         .c_id
                         .clone()
@@ -1833,8 +1843,7 @@ async fn apply_marketo(
                         key,
                         p.m_id.map(|m| m.to_string()),
                         serde_json::Value::Object(w.record.clone()),
-                        reason.map(|r| r.code.clone()).unwrap_or_default(),
-                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                        failure,
                     );
                     continue;
                 }
@@ -2003,8 +2012,7 @@ async fn apply_crm(
                             p.m_id.map(|m| m.to_string()).unwrap_or_default(),
                             p.c_id.clone(),
                             serde_json::Value::Object(payload),
-                            refusal.code().to_owned(),
-                            refusal.ledger_message(),
+                            Failure::from(&refusal),
                         );
                     }
                 }
@@ -2096,8 +2104,7 @@ async fn apply_merges(
                             winner.to_string(),
                             Some(l.crm_key.clone()),
                             json!({ "merge": { "winner": winner, "loser": l.marketo_key } }),
-                            refusal.code().to_owned(),
-                            refusal.ledger_message(),
+                            Failure::from(refusal),
                         );
                         continue;
                     }
@@ -2309,8 +2316,7 @@ async fn apply_policy(
                         link.marketo_key.clone(),
                         Some(link.crm_key.clone()),
                         json!({ "flag_deleted": link.crm_key }),
-                        refusal.code().to_owned(),
-                        refusal.ledger_message(),
+                        Failure::from(refusal),
                     );
                     return Ok(());
                 }
@@ -2509,13 +2515,19 @@ async fn apply_conversions(
                     if e.is_retryable() {
                         return Err(e.into());
                     }
+                    // A refused merge (a 1xxx refusal) waits for the records to change or for an
+                    // operator; a lead not found may appear once Marketo catches up.
+                    let retryable = e.refusal_kind().is_some_and(RefusalKind::retryable);
                     step.error(
                         Direction::CrmToMarketo,
                         lead_key.clone(),
                         Some(m_id.to_string()),
                         json!({ "conversion": { "winner": winner, "loser": m_id, "contact": c_id } }),
-                        e.code().unwrap_or("merge_failed").to_owned(),
-                        format!("merging converted lead {m_id} into {winner}: {e}"),
+                        Failure::new(
+                            e.code().unwrap_or("merge_failed"),
+                            format!("merging converted lead {m_id} into {winner}: {e}"),
+                            retryable,
+                        ),
                     );
                     continue;
                 }
@@ -2586,8 +2598,7 @@ async fn apply_conversions(
                             m_id.to_string(),
                             Some(c_id.clone()),
                             json!({ "conversion": { "crm_lead": lead_key, "contact": c_id } }),
-                            refusal.code().to_owned(),
-                            refusal.ledger_message(),
+                            Failure::from(refusal),
                         );
                         continue;
                     }
@@ -2596,15 +2607,13 @@ async fn apply_conversions(
                     .marketo
                     .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &[lead.clone()])
                     .await?;
-                if let Some(r) = res.first().filter(|r| r.is_skipped()) {
-                    let reason = r.reasons.first();
+                if let Some(failure) = res.first().and_then(Failure::of_marketo_result) {
                     step.error(
                         Direction::CrmToMarketo,
                         c_id.clone(),
                         Some(m_id.to_string()),
                         serde_json::Value::Object(lead),
-                        reason.map(|r| r.code.clone()).unwrap_or_default(),
-                        reason.map(|r| r.message.clone()).unwrap_or_default(),
+                        failure,
                     );
                     continue;
                 }
@@ -2715,9 +2724,6 @@ async fn lead_matching_survivor(
     Ok(None)
 }
 
-/// Marketo's "Lead not found" error code.
-const LEAD_NOT_FOUND: &str = "1004";
-
 /// Applies CRM deletions and merges to Marketo; returns the CRM keys of merge survivors that
 /// took over their loser's lead (to be reconciled with it this cycle).
 async fn apply_crm_deletes(
@@ -2774,7 +2780,7 @@ async fn apply_crm_deletes(
                                     // or merged away since the last cycle): there is nothing to
                                     // merge, and the loser's lead, if it still exists, follows
                                     // the delete policy like its contact did.
-                                    Err(e) if e.code() == Some(LEAD_NOT_FOUND) => {
+                                    Err(e) if e.refusal_kind() == Some(RefusalKind::NotFound) => {
                                         tracing::warn!(
                                             winner,
                                             loser,
@@ -2818,7 +2824,8 @@ async fn apply_crm_deletes(
                                 } else {
                                     match ctx.marketo.merge_leads(winner, &[lead], false).await {
                                         Ok(()) => {}
-                                        Err(e) if e.code() == Some(LEAD_NOT_FOUND) => {}
+                                        Err(e)
+                                            if e.refusal_kind() == Some(RefusalKind::NotFound) => {}
                                         Err(e) => return Err(e.into()),
                                     }
                                 }
@@ -2847,8 +2854,7 @@ async fn apply_crm_deletes(
                                             l.crm_key.clone(),
                                             Some(l.marketo_key.clone()),
                                             json!({ "merge": { "survivor": into, "lead": lead } }),
-                                            refusal.code().to_owned(),
-                                            refusal.ledger_message(),
+                                            Failure::from(refusal),
                                         );
                                         continue;
                                     }
@@ -3165,16 +3171,18 @@ async fn bulk_import_creates(
             (reason, _) => {
                 counts.failed += 1;
                 p.failed = true;
-                let message = reason
-                    .cloned()
-                    .unwrap_or_else(|| "not found after import".into());
+                // A row the import refused waits for the record to change; one missing after
+                // the import may be Marketo catching up, and is retried by the policy.
+                let failure = match reason {
+                    Some(reason) => Failure::new("import", reason.clone(), false),
+                    None => Failure::new("import", "not found after import", true),
+                };
                 step.error(
                     Direction::CrmToMarketo,
                     key,
                     None,
                     serde_json::Value::Object(w.record.clone()),
-                    "import".into(),
-                    message,
+                    failure,
                 );
             }
         }
@@ -3207,8 +3215,7 @@ async fn bulk_import_updates(
                     record_key,
                     Some(key),
                     serde_json::Value::Object(w.record.clone()),
-                    "import".into(),
-                    reason.clone(),
+                    Failure::new("import", reason.clone(), false),
                 );
             }
         }
@@ -3261,8 +3268,9 @@ fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<Str
     }
 }
 
-/// Returns the keys of the open lead errors (resolved when their record goes through).
-async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, u32>, EngineError> {
+/// Returns the open lead errors by key (resolved when their record goes through, and the
+/// previous entry when the record fails again).
+async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, SyncError>, EngineError> {
     let errors = ctx
         .store
         .list_errors(&crate::store::ErrorFilter {
@@ -3276,11 +3284,11 @@ async fn open_errors(ctx: &Context) -> Result<HashMap<ErrorKey, u32>, EngineErro
         .map(|e| {
             (
                 ErrorKey {
-                    object: e.object,
+                    object: e.object.clone(),
                     direction: e.direction,
-                    record_key: e.record_key,
+                    record_key: e.record_key.clone(),
                 },
-                e.attempts,
+                e,
             )
         })
         .collect())

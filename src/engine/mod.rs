@@ -10,6 +10,7 @@ pub mod context;
 pub mod cycle;
 pub mod estimate;
 pub mod leads;
+pub mod ledger;
 pub mod objects;
 pub mod once;
 pub mod reconcile;

@@ -72,6 +72,117 @@ fn classify_1029(message: &str) -> Disposition {
     }
 }
 
+/// What a record-level Marketo refusal means, from its 1xxx code (a skipped record's `reasons`,
+/// or the same code as a call-level error). The engine acts on these kinds and never on the
+/// codes themselves: the wire codes stay in this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    /// 1001 invalid value or type mismatch (a value too long for its field, say), 1002 a
+    /// required value missing, 1003 invalid data: the record must change before it can pass.
+    InvalidValue,
+    /// 1004 lead not found, 1013 object not found, 1015 lead not in list. On a delete the record
+    /// is gone already; on an update the record left Marketo; on a create it is a record this one
+    /// references (a role's opportunity or lead) that does not exist yet.
+    NotFound,
+    /// 1005 lead already exists, 1017 object already exists (create only).
+    AlreadyExists,
+    /// 1006 field not found, 1011 field not usable as a lookup field.
+    FieldNotFound,
+    /// 1007 several leads match the lookup, 1036 the same key twice in one input.
+    Duplicate,
+    /// 1008, 1009, 1010: the lead partition refuses the write.
+    Partition,
+    /// 1018 "CRM Enabled": Marketo's native CRM sync owns this object and refuses API writes.
+    NativeSyncOwned,
+    /// 1021: company fields cannot be written through Sync Leads.
+    CompanyFieldOnLead,
+    /// 1022: the object is in use (a delete refused for now).
+    InUse,
+    /// 1014, 1016, 1019 and transient 6xx/7xx codes: it clears up by itself.
+    Transient,
+    /// 1020 and the daily quota: it passes when the Marketo day turns.
+    Quota,
+    /// 1076 to 1080: Marketo refused a merge.
+    MergeRefused,
+    /// Any other code.
+    Other,
+}
+
+impl RefusalKind {
+    /// Returns the kind of a record-level code (`message` only breaks ties for 6xx/7xx codes).
+    pub fn of(code: &str, message: &str) -> RefusalKind {
+        match code {
+            "1001" | "1002" | "1003" => RefusalKind::InvalidValue,
+            "1004" | "1013" | "1015" => RefusalKind::NotFound,
+            "1005" | "1017" => RefusalKind::AlreadyExists,
+            "1006" | "1011" => RefusalKind::FieldNotFound,
+            "1007" | "1036" => RefusalKind::Duplicate,
+            "1008" | "1009" | "1010" => RefusalKind::Partition,
+            "1018" => RefusalKind::NativeSyncOwned,
+            "1021" => RefusalKind::CompanyFieldOnLead,
+            "1022" => RefusalKind::InUse,
+            "1014" | "1016" | "1019" => RefusalKind::Transient,
+            "1020" => RefusalKind::Quota,
+            "1076" | "1077" | "1078" | "1079" | "1080" => RefusalKind::MergeRefused,
+            c if c.len() == 3 => match classify(c, message) {
+                Disposition::Retry | Disposition::BackOff | Disposition::ReAuth => {
+                    RefusalKind::Transient
+                }
+                Disposition::PauseUntilDayTurns => RefusalKind::Quota,
+                _ => RefusalKind::Other,
+            },
+            _ => RefusalKind::Other,
+        }
+    }
+
+    /// Returns true when sending the same record again later, unchanged, may succeed: the
+    /// transient kinds, a quota, an object in use, and a record that references one not written
+    /// yet (`NotFound`). Every other kind waits for the record to change or for an operator.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            RefusalKind::Transient
+                | RefusalKind::Quota
+                | RefusalKind::InUse
+                | RefusalKind::NotFound
+        )
+    }
+}
+
+/// Marketo's refusal of one record: its kind, and Marketo's own code and message for the
+/// error ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRefusal {
+    /// What the refusal means.
+    pub kind: RefusalKind,
+    /// Marketo's code, as sent (kept for the operator).
+    pub code: String,
+    /// Marketo's message.
+    pub message: String,
+}
+
+impl RecordRefusal {
+    /// Returns the refusal of one `{code, message}` reason.
+    pub fn new(code: &str, message: &str) -> RecordRefusal {
+        RecordRefusal {
+            kind: RefusalKind::of(code, message),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// Returns true when sending the same record again later may succeed.
+    pub fn retryable(&self) -> bool {
+        self.kind.retryable()
+    }
+}
+
+impl fmt::Display for RecordRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
 /// One `{code, message}` pair from a Marketo envelope or a record's `reasons`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiErrorItem {
@@ -310,6 +421,17 @@ impl Error {
         }
     }
 
+    /// Returns the kind of a record-level refusal carried as a call-level error (a 1xxx code
+    /// such as 1004 on a merge or 1018 on a write), or `None` for any other error.
+    pub fn refusal_kind(&self) -> Option<RefusalKind> {
+        match self {
+            Error::Api { code, message, .. } if code.len() == 4 && code.starts_with('1') => {
+                Some(RefusalKind::of(code, message))
+            }
+            _ => None,
+        }
+    }
+
     /// Returns the error for one envelope error, with its own variant where callers need one.
     pub(crate) fn from_api(endpoint: &str, code: &str, message: &str) -> Error {
         if code == "1035" {
@@ -457,6 +579,57 @@ mod tests {
             classify_reason("603", "Access denied"),
             Disposition::FailRecord
         );
+    }
+
+    #[test]
+    fn every_documented_record_code_has_its_kind() {
+        use RefusalKind::*;
+        let table: &[(&str, RefusalKind, bool)] = &[
+            ("1001", InvalidValue, false),
+            ("1002", InvalidValue, false),
+            ("1003", InvalidValue, false),
+            ("1004", NotFound, true),
+            ("1005", AlreadyExists, false),
+            ("1006", FieldNotFound, false),
+            ("1007", Duplicate, false),
+            ("1008", Partition, false),
+            ("1009", Partition, false),
+            ("1010", Partition, false),
+            ("1011", FieldNotFound, false),
+            ("1013", NotFound, true),
+            ("1014", Transient, true),
+            ("1015", NotFound, true),
+            ("1016", Transient, true),
+            ("1017", AlreadyExists, false),
+            ("1018", NativeSyncOwned, false),
+            ("1019", Transient, true),
+            ("1020", Quota, true),
+            ("1021", CompanyFieldOnLead, false),
+            ("1022", InUse, true),
+            ("1036", Duplicate, false),
+            ("1076", MergeRefused, false),
+            ("1080", MergeRefused, false),
+            ("1099", Other, false),
+            ("604", Transient, true),
+            ("607", Quota, true),
+            ("603", Other, false),
+        ];
+        for (code, kind, retryable) in table {
+            let r = RecordRefusal::new(code, "m");
+            assert_eq!(r.kind, *kind, "code {code}");
+            assert_eq!(r.retryable(), *retryable, "code {code}");
+            assert_eq!(r.code, *code);
+        }
+    }
+
+    #[test]
+    fn call_level_record_codes_have_a_refusal_kind() {
+        let e = Error::from_api("/rest/v1/leads/1/merge.json", "1004", "Lead not found");
+        assert_eq!(e.refusal_kind(), Some(RefusalKind::NotFound));
+        let e = Error::from_api("/rest/v1/companies.json", "1018", "CRM Enabled");
+        assert_eq!(e.refusal_kind(), Some(RefusalKind::NativeSyncOwned));
+        assert_eq!(Error::from_api("/x", "606", "rate").refusal_kind(), None);
+        assert_eq!(Error::from_api("/x", "1035", "filter").refusal_kind(), None);
     }
 
     #[test]

@@ -53,7 +53,7 @@ mod test_support;
 use std::sync::Arc;
 
 pub use config::{ClientConfig, RetryPolicy};
-pub use error::{Disposition, Error};
+pub use error::{Disposition, Error, RecordRefusal, RefusalKind};
 pub use limiter::UsageSnapshot;
 pub use model::{DedupeBy, Envelope, Page, Record, RecordResult, RecordStatus, SyncAction};
 

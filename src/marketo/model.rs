@@ -147,6 +147,32 @@ impl RecordResult {
         })
     }
 
+    /// Returns Marketo's refusal of a skipped record (from its first reason; a reason-less skip
+    /// is [`RefusalKind::Other`](super::error::RefusalKind::Other) with code `skipped`), or
+    /// `None` when the record was processed.
+    pub fn refusal(&self) -> Option<super::error::RecordRefusal> {
+        if !self.is_skipped() {
+            return None;
+        }
+        Some(match self.reasons.first() {
+            Some(r) => super::error::RecordRefusal::new(&r.code, &r.message),
+            None => super::error::RecordRefusal {
+                kind: super::error::RefusalKind::Other,
+                code: "skipped".to_owned(),
+                message: "skipped without a reason".to_owned(),
+            },
+        })
+    }
+
+    /// Returns true when the record was skipped and one of its reasons is of `kind`.
+    pub fn refused_as(&self, kind: super::error::RefusalKind) -> bool {
+        self.is_skipped()
+            && self
+                .reasons
+                .iter()
+                .any(|r| super::error::RefusalKind::of(&r.code, &r.message) == kind)
+    }
+
     /// Returns the numeric `id` (leads, companies, salespersons).
     pub fn id_i64(&self) -> Option<i64> {
         self.id.as_deref().and_then(|s| s.parse().ok())
@@ -279,6 +305,15 @@ mod tests {
             Some(crate::marketo::Disposition::FailRecord)
         );
         assert_eq!(m[0].failure_disposition(), None);
+        let refusal = m[2].refusal().unwrap();
+        assert_eq!(refusal.kind, crate::marketo::RefusalKind::NotFound);
+        assert_eq!(
+            (refusal.code.as_str(), refusal.message.as_str()),
+            ("1013", "Record not found")
+        );
+        assert!(m[2].refused_as(crate::marketo::RefusalKind::NotFound));
+        assert!(!m[2].refused_as(crate::marketo::RefusalKind::InvalidValue));
+        assert_eq!(m[0].refusal(), None);
         assert_eq!(m[0].id_i64(), Some(1232));
         // Leads carry no seq: position decides; custom activities say `errors`.
         let leads: Vec<RecordResult> = serde_json::from_str(

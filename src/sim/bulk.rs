@@ -1030,10 +1030,13 @@ fn run_import(job: &mut ImportJob, db: &mut Db, at: DateTime<Utc>) {
                     .is_some_and(|s| matches!(s, "true" | "false" | "1" | "0")),
                 _ => true,
             };
-            (!ok).then(|| n.clone())
+            if !ok {
+                return Some(format!("Invalid value for field '{n}'"));
+            }
+            // Too long for its field: refused, never shortened.
+            crate::sim::schema::too_long(n, f.data_type, v)
         }) {
-            job.failures
-                .push((row, format!("Invalid value for field '{bad}'")));
+            job.failures.push((row, bad));
             continue;
         }
         let lookup_value = values

@@ -242,6 +242,27 @@ impl SimHandle {
             .insert(name.to_owned());
     }
 
+    /// Makes Sync writes (Sync Leads and the Sync endpoints of every other object) skip any input
+    /// record whose `field` holds `value`, with `code` and `message` as its reason, until
+    /// [`SimHandle::clear_record_refusals`]. Models the record-level refusals the simulator does
+    /// not produce by itself (1022 object in use, 1014, partitions, validation rules).
+    pub fn refuse_records(&self, field: &str, value: &str, code: &str, message: &str) {
+        self.shared
+            .lock()
+            .record_refusals
+            .push(server::RecordRefusalRule {
+                field: field.to_owned(),
+                value: value.to_owned(),
+                code: code.to_owned(),
+                message: message.to_owned(),
+            });
+    }
+
+    /// Removes every rule of [`SimHandle::refuse_records`].
+    pub fn clear_record_refusals(&self) {
+        self.shared.lock().record_refusals.clear();
+    }
+
     /// Creates a lead as a Marketo user (New Lead activity) and returns its id.
     pub fn create_lead(&self, values: Map<String, Value>) -> i64 {
         admin::op_create_lead(&mut self.shared.lock(), &values)

@@ -135,6 +135,59 @@ fn length(data_type: &str) -> Option<u32> {
     }
 }
 
+/// Returns why Marketo refuses `value` for a field of `data_type` (a record-level 1001 "Invalid
+/// value"), or `None` when it fits: a value of the wrong type, or text longer than the field's
+/// length (255 characters for string, email, phone and url fields; 65,535 for text). Marketo
+/// never shortens a value. Empty values (null, "") always fit.
+pub fn value_problem(name: &str, data_type: &str, value: &Value) -> Option<String> {
+    if crate::sim::state::is_empty(value) {
+        return None;
+    }
+    let ok = match data_type {
+        "integer" => {
+            value.as_i64().is_some()
+                || value
+                    .as_str()
+                    .is_some_and(|s| s.trim().parse::<i64>().is_ok())
+        }
+        "currency" | "float" => {
+            value.as_f64().is_some()
+                || value
+                    .as_str()
+                    .is_some_and(|s| s.trim().parse::<f64>().is_ok())
+        }
+        "boolean" => {
+            value.is_boolean()
+                || value
+                    .as_str()
+                    .is_some_and(|s| matches!(s, "true" | "false" | "1" | "0"))
+        }
+        "email" => value
+            .as_str()
+            .is_some_and(|s| s.is_ascii() && s.contains('@')),
+        "datetime" | "date" => value
+            .as_str()
+            .is_some_and(|s| crate::sim::clock::parse_time(s).is_some()),
+        _ => value.is_string() || value.is_number() || value.is_boolean(),
+    };
+    if !ok {
+        return Some(format!("Invalid value for field '{name}'"));
+    }
+    too_long(name, data_type, value)
+}
+
+/// Returns why a value is longer than its field allows (see [`value_problem`]), or `None`.
+pub fn too_long(name: &str, data_type: &str, value: &Value) -> Option<String> {
+    let max = length(data_type)?;
+    let chars = match value {
+        Value::String(s) => s.chars().count(),
+        other => other.to_string().chars().count(),
+    };
+    (chars > max as usize).then(|| {
+        format!("Invalid value for field '{name}': {chars} characters, the maximum is {max}")
+    })
+}
+
 /// Returns Describe Lead's `result`.
 pub fn describe_lead() -> Vec<Value> {
     LEAD_FIELDS

@@ -85,10 +85,40 @@ pub struct SimState {
     pub log: VecDeque<LogEntry>,
     /// Lead fields an admin removed from Describe Lead (schema drift in tests).
     pub hidden_lead_fields: std::collections::BTreeSet<String>,
+    /// Record-level refusals set up by tests (see [`RecordRefusalRule`]).
+    pub record_refusals: Vec<RecordRefusalRule>,
     seq: u64,
 }
 
+/// A record-level refusal the simulator applies to Sync writes (leads and every other object):
+/// an input whose `field` holds `value` is skipped with `code` and `message`, as Marketo skips a
+/// record for reasons the simulator does not model itself (1022 object in use, 1014, a partition
+/// or a validation rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRefusalRule {
+    /// The REST field name.
+    pub field: String,
+    /// The value (compared as text).
+    pub value: String,
+    /// The 1xxx code of the reason.
+    pub code: String,
+    /// The reason's message.
+    pub message: String,
+}
+
 impl SimState {
+    /// Returns the reason (code, message) a refusal rule gives an input record, if one matches.
+    pub fn refusal_for(
+        &self,
+        input: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<(String, String)> {
+        self.record_refusals.iter().find_map(|r| {
+            let v = input.get(&r.field)?;
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            (text == r.value).then(|| (r.code.clone(), r.message.clone()))
+        })
+    }
+
     /// Returns a fresh state for `config`.
     pub fn new(config: SimConfig) -> Self {
         let start = config.start.unwrap_or_else(|| {
@@ -106,6 +136,7 @@ impl SimState {
             rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(0x5151)),
             log: VecDeque::new(),
             hidden_lead_fields: std::collections::BTreeSet::new(),
+            record_refusals: Vec::new(),
             seq: 0,
             config,
         }

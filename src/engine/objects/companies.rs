@@ -19,10 +19,12 @@ use super::{
     gather_crm, key_text, link, links_by_crm, sync_error,
 };
 use crate::crm::{ChangeKind, WriteResult};
+use crate::engine::ledger;
 use crate::engine::reconcile::{FieldRule, SideState, reconcile};
 use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
+use crate::marketo::Record;
 use crate::model::{Fields, Side, Value};
 use crate::store::{Direction, Link, StepCommit, SyncError, Watermark};
 
@@ -189,6 +191,14 @@ async fn run_plan(
             r.insert(plan.marketo_crm_key.clone(), json!(marketo_key));
             r
         };
+        // Refused before and unchanged since: it waits for its retry (or an operator).
+        let waits_in_ledger = |record: &Record| {
+            ledger::waits(
+                previous.get(&pair.crm_key),
+                &serde_json::Value::Object(record.clone()),
+                now,
+            )
+        };
         let m_side = marketo.get(&marketo_key);
         let (link, m_side) = match (&pair.link, m_side) {
             (Some(l), Some(m)) => (l, m),
@@ -197,6 +207,10 @@ async fn run_plan(
                 let Some((c, _)) = crm_canonical else {
                     continue;
                 };
+                if waits_in_ledger(&key_record(&c)) {
+                    summary.counts_mut(object, Direction::CrmToMarketo).skipped += 1;
+                    continue;
+                }
                 if options.dry_run {
                     dry.push(
                         PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Create)
@@ -262,6 +276,11 @@ async fn run_plan(
                 };
                 summary.counts_mut(object, d).skipped += 1;
             }
+            continue;
+        }
+        // The pair waits while its refused Marketo write is unchanged and not due.
+        if !r.to_marketo.is_empty() && waits_in_ledger(&key_record(&r.to_marketo)) {
+            summary.counts_mut(object, Direction::CrmToMarketo).skipped += 1;
             continue;
         }
         if options.dry_run {

@@ -14,14 +14,15 @@ use tracing::info;
 
 use super::custom_objects::custom_plans;
 use super::{
-    DELETES_QUEUE, Family, delete_key, due_errors, error_key, gather_crm, links_by_crm,
-    skip_reason, sync_error,
+    DELETES_QUEUE, Family, delete_key, due_errors, error_key, gather_crm, ledger_entry,
+    links_by_crm, skip_reason,
 };
 use crate::crm::ChangeKind;
+use crate::engine::ledger::Subject;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
-use crate::marketo::{Record, RecordStatus, SyncAction};
+use crate::marketo::{Record, RecordStatus, RefusalKind, SyncAction};
 use crate::model::Side;
 use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
 
@@ -159,8 +160,8 @@ async fn delete_object(
         let input: Vec<Record> = batch.iter().map(|(_, _, k)| k.clone()).collect();
         let results = family.delete(ctx, &input).await?;
         for ((l, at, key), r) in batch.iter().zip(results) {
-            let gone = r.status == RecordStatus::Deleted
-                || r.reasons.first().is_some_and(|x| x.code == "1013");
+            // A record Marketo does not have (any more) is deleted already.
+            let gone = r.status == RecordStatus::Deleted || r.refused_as(RefusalKind::NotFound);
             let counts = summary.counts_mut(object, direction);
             if gone {
                 counts.deleted += 1;
@@ -180,17 +181,16 @@ async fn delete_object(
                 }
             } else {
                 counts.failed += 1;
-                let (code, message, retryable) = skip_reason(&r);
-                commit.errors_upsert.push(sync_error(
+                commit.errors_upsert.push(ledger_entry(
                     ctx,
-                    object,
-                    direction,
-                    &format!("{DELETE_PREFIX}{}", l.crm_key),
-                    Some(l.marketo_key.clone()),
-                    Json::Object(key.clone()),
-                    &code,
-                    &message,
-                    retryable,
+                    Subject {
+                        object,
+                        direction,
+                        record_key: &format!("{DELETE_PREFIX}{}", l.crm_key),
+                        other_key: Some(l.marketo_key.clone()),
+                        payload: Json::Object(key.clone()),
+                    },
+                    skip_reason(&r),
                     previous.get(&l.crm_key),
                 ));
             }

@@ -21,21 +21,20 @@ pub mod roles;
 pub mod salespersons;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use uuid::Uuid;
 
+use super::ledger::{self, Failure, RetryPolicy, Subject};
 use super::summary::{PlannedAction, PlannedChange};
 use super::{CycleOptions, CycleSummary, EngineError};
 use crate::crm::{Change, ChangeKind, Cursor, WriteResult};
 use crate::engine::Context;
 use crate::mapping::{Plan, Plans};
 use crate::marketo::activities::{Activity, ActivityFilter};
-use crate::marketo::{DedupeBy, Disposition, Record, RecordResult, RecordStatus, SyncAction};
+use crate::marketo::{DedupeBy, Record, RecordResult, RecordStatus, RefusalKind, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
     Direction, ErrorFilter, ErrorKey, ErrorStatus, Link, LinkKey, StepCommit, SyncError, Watermark,
@@ -63,8 +62,6 @@ pub const LEAD_LINK_OBJECT: &str = super::leads::LINK_OBJECT;
 const CRM_PAGE: usize = 500;
 /// Records per Marketo write call.
 const MARKETO_BATCH: usize = 300;
-/// How long a retryable record waits before the next attempt (doubled per attempt, capped).
-const RETRY_BASE: Duration = Duration::from_secs(5 * 60);
 
 /// The steps of [`ORDER`] that run before the leads step (the rest run after it).
 pub const BEFORE_LEADS: &[&str] = &["salespersons", "companies"];
@@ -116,7 +113,8 @@ pub async fn run_step(
     }
 }
 
-/// Returns `result`, except that Marketo's 1018 "CRM Enabled" (native CRM sync owns this
+/// Returns `result`, except that Marketo's "CRM Enabled" refusal
+/// ([`RefusalKind::NativeSyncOwned`]: native CRM sync owns this
 /// object, so API writes are refused) becomes a warning: the step is skipped without committing,
 /// so it resumes from the same watermarks once native sync is turned off.
 ///
@@ -129,7 +127,7 @@ pub fn skip_when_native_sync(
     summary: &mut CycleSummary,
 ) -> Result<(), EngineError> {
     match result {
-        Err(EngineError::Marketo(e)) if e.code() == Some(NATIVE_SYNC_CODE) => {
+        Err(EngineError::Marketo(e)) if e.refusal_kind() == Some(RefusalKind::NativeSyncOwned) => {
             warn!(
                 object,
                 "native crm sync owns this object in marketo; step skipped"
@@ -143,10 +141,6 @@ pub fn skip_when_native_sync(
         other => other,
     }
 }
-
-/// Marketo's code for "CRM Enabled": native CRM sync owns companies, opportunities, roles and
-/// salespersons.
-pub const NATIVE_SYNC_CODE: &str = "1018";
 
 /// The Marketo family a step writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +356,8 @@ pub(crate) async fn add_retries(
     Ok(())
 }
 
-/// Returns a ledger entry for a record that could not be written.
+/// Returns a ledger entry for a record that could not be written (the CRM's or the engine's
+/// code, message and retry class), through [`ledger::entry`] and the one [`RetryPolicy`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sync_error(
     ctx: &Context,
@@ -376,25 +371,35 @@ pub(crate) fn sync_error(
     retryable: bool,
     previous: Option<&SyncError>,
 ) -> SyncError {
-    let now = ctx.clock.now();
-    let attempts = previous.map_or(0, |p| p.attempts) + 1;
-    let wait = RETRY_BASE.saturating_mul(1 << attempts.min(6).saturating_sub(1));
-    SyncError {
-        id: previous.map_or_else(Uuid::new_v4, |p| p.id),
-        object: object.to_owned(),
-        direction,
-        record_key: record_key.to_owned(),
-        other_key,
-        payload,
-        code: code.to_owned(),
-        message: message.to_owned(),
-        attempts,
-        first_seen_at: previous.map_or(now, |p| p.first_seen_at),
-        last_seen_at: now,
-        next_retry_at: retryable
-            .then(|| now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1))),
-        status: ErrorStatus::Open,
-    }
+    ledger_entry(
+        ctx,
+        Subject {
+            object,
+            direction,
+            record_key,
+            other_key,
+            payload,
+        },
+        Failure::new(code, message, retryable),
+        previous,
+    )
+}
+
+/// Returns the ledger entry of `subject` failing with `failure` now, by the one
+/// [`RetryPolicy`].
+pub(crate) fn ledger_entry(
+    ctx: &Context,
+    subject: Subject<'_>,
+    failure: Failure,
+    previous: Option<&SyncError>,
+) -> SyncError {
+    ledger::entry(
+        &RetryPolicy::default(),
+        ctx.clock.now(),
+        subject,
+        failure,
+        previous,
+    )
 }
 
 /// Counts a record whose values the mapping cannot read as failed and puts it in the error
@@ -411,16 +416,16 @@ pub(crate) fn record_invalid_value(
     previous: Option<&SyncError>,
 ) {
     summary.counts_mut(object, direction).failed += 1;
-    commit.errors_upsert.push(sync_error(
+    commit.errors_upsert.push(ledger_entry(
         ctx,
-        object,
-        direction,
-        key,
-        None,
-        json!({}),
-        "invalid_value",
-        &error.to_string(),
-        false,
+        Subject {
+            object,
+            direction,
+            record_key: key,
+            other_key: None,
+            payload: json!({}),
+        },
+        Failure::invalid_value(error),
         previous,
     ));
 }
@@ -581,19 +586,17 @@ pub(crate) fn waits_for_parent(code: &str) -> bool {
     code.ends_with("_not_linked")
 }
 
-/// Returns (code, message, retryable) of a skipped Marketo record.
-pub(crate) fn skip_reason(result: &RecordResult) -> (String, String, bool) {
-    let (code, message) = result
-        .reasons
-        .first()
-        .map(|r| (r.code.clone(), r.message.clone()))
-        .unwrap_or_else(|| ("skipped".to_owned(), "skipped without a reason".to_owned()));
-    let retryable = matches!(
-        result.failure_disposition(),
-        Some(Disposition::Retry | Disposition::BackOff | Disposition::PauseUntilDayTurns)
-    ) || code == "1013"
-        || code == "1004";
-    (code, message, retryable)
+/// Returns the ledger failure of a record Marketo did not process: Marketo's code and message,
+/// retryable as its [`RefusalKind`] says (a record referencing one not written yet is retried; an
+/// invalid value waits for the record to change).
+pub(crate) fn skip_reason(result: &RecordResult) -> Failure {
+    Failure::of_marketo_result(result).unwrap_or_else(|| {
+        Failure::new(
+            "unexpected_status",
+            format!("marketo answered status {:?}", result.status),
+            true,
+        )
+    })
 }
 
 /// One record planned for a CRM -> Marketo write.
@@ -753,6 +756,15 @@ pub(crate) async fn push_step(
         for (k, v) in &key_fields {
             record.insert(k.clone(), v.to_json());
         }
+        // Refused before and unchanged since: it waits for its retry (or an operator).
+        if ledger::waits(
+            previous.get(&change.id),
+            &Json::Object(record.clone()),
+            ctx.clock.now(),
+        ) {
+            summary.counts_mut(object, direction).skipped += 1;
+            continue;
+        }
         let replaces = existing
             .filter(|l| l.marketo_key != marketo_key)
             .map(|l| l.marketo_key.clone());
@@ -901,7 +913,21 @@ pub(crate) async fn apply_marketo(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let direction = Direction::CrmToMarketo;
-    for batch in planned.chunks(MARKETO_BATCH) {
+    // A record refused before and unchanged since waits for its retry (or an operator).
+    let now = ctx.clock.now();
+    let mut sendable = Vec::with_capacity(planned.len());
+    for p in planned {
+        if ledger::waits(
+            previous.get(&p.crm_key),
+            &Json::Object(p.record.clone()),
+            now,
+        ) {
+            summary.counts_mut(object, direction).skipped += 1;
+            continue;
+        }
+        sendable.push(p);
+    }
+    for batch in sendable.chunks(MARKETO_BATCH) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
@@ -932,18 +958,18 @@ pub(crate) async fn apply_marketo(
                 }
                 _ => {
                     counts.failed += 1;
-                    let (code, message, retryable) = skip_reason(&r);
-                    warn!(object, crm_key = %p.crm_key, code = %code, "marketo refused a record");
-                    commit.errors_upsert.push(sync_error(
+                    let failure = skip_reason(&r);
+                    warn!(object, crm_key = %p.crm_key, code = %failure.code, "marketo refused a record");
+                    commit.errors_upsert.push(ledger_entry(
                         ctx,
-                        object,
-                        direction,
-                        &p.crm_key,
-                        Some(p.marketo_key.clone()),
-                        Json::Object(p.record.clone()),
-                        &code,
-                        &message,
-                        retryable,
+                        Subject {
+                            object,
+                            direction,
+                            record_key: &p.crm_key,
+                            other_key: Some(p.marketo_key.clone()),
+                            payload: Json::Object(p.record.clone()),
+                        },
+                        failure,
                         previous.get(&p.crm_key),
                     ));
                 }
@@ -984,14 +1010,15 @@ mod tests {
     use super::*;
     use crate::marketo::model::WireError;
 
-    fn skipped(code: &str) -> RecordResult {
+    /// A record Marketo skipped with this (numeric) reason code.
+    fn skipped(code: u16) -> RecordResult {
         RecordResult {
             seq: Some(0),
             status: RecordStatus::Skipped,
             id: None,
             marketo_guid: None,
             reasons: vec![WireError {
-                code: code.into(),
+                code: code.to_string(),
                 message: "m".into(),
             }],
         }
@@ -999,10 +1026,11 @@ mod tests {
 
     #[test]
     fn missing_parents_are_retried_and_bad_values_are_not() {
-        assert!(skip_reason(&skipped("1013")).2);
-        assert!(skip_reason(&skipped("1004")).2);
-        assert!(!skip_reason(&skipped("1006")).2);
-        assert_eq!(skip_reason(&skipped("1006")).0, "1006");
+        assert!(skip_reason(&skipped(1013)).retryable);
+        assert!(skip_reason(&skipped(1004)).retryable);
+        assert!(!skip_reason(&skipped(1006)).retryable);
+        assert!(!skip_reason(&skipped(1001)).retryable);
+        assert_eq!(skip_reason(&skipped(1006)).code, 1006.to_string());
     }
 
     #[test]

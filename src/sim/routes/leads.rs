@@ -75,37 +75,7 @@ fn skipped(code: &str, message: String) -> Value {
 
 fn check_value(name: &str, value: &Value) -> Option<String> {
     let (_, field) = lead_field(name)?;
-    if is_empty(value) {
-        return None;
-    }
-    let ok = match field.data_type {
-        "integer" => {
-            value.as_i64().is_some()
-                || value
-                    .as_str()
-                    .is_some_and(|s| s.trim().parse::<i64>().is_ok())
-        }
-        "currency" | "float" => {
-            value.as_f64().is_some()
-                || value
-                    .as_str()
-                    .is_some_and(|s| s.trim().parse::<f64>().is_ok())
-        }
-        "boolean" => {
-            value.is_boolean()
-                || value
-                    .as_str()
-                    .is_some_and(|s| matches!(s, "true" | "false" | "1" | "0"))
-        }
-        "email" => value
-            .as_str()
-            .is_some_and(|s| s.is_ascii() && s.contains('@')),
-        "datetime" | "date" => value
-            .as_str()
-            .is_some_and(|s| crate::sim::clock::parse_time(s).is_some()),
-        _ => value.is_string() || value.is_number() || value.is_boolean(),
-    };
-    (!ok).then(|| format!("Invalid value for field '{name}'"))
+    crate::sim::schema::value_problem(name, field.data_type, value)
 }
 
 /// Applies one Sync Leads record.
@@ -126,6 +96,7 @@ fn sync_one(
             return LeadWrite::Skipped("1001", message);
         }
     }
+
     let searchable = lead_field(lookup).is_some_and(|(_, f)| f.searchable);
     if !searchable {
         return LeadWrite::Skipped("1011", format!("Field '{lookup}' not supported for lookup"));
@@ -207,6 +178,10 @@ pub fn sync_or_query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let inputs = input_objects(req);
     let mut results = Vec::with_capacity(inputs.len());
     for input in &inputs {
+        if let Some((code, message)) = ctx.st.refusal_for(input) {
+            results.push(skipped(&code, message));
+            continue;
+        }
         results.push(match sync_one(ctx, action, lookup, input) {
             LeadWrite::Created(id) => json!({"id": id, "status": "created"}),
             LeadWrite::Updated(id) => json!({"id": id, "status": "updated"}),

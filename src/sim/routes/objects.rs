@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Ctx, Reply, Req, batch_size, input_objects, offset_from, paged};
 use crate::sim::clock::fmt_time;
-use crate::sim::schema::{ObjKind, describe_object};
+use crate::sim::schema::{ObjKind, describe_object, value_problem};
 use crate::sim::state::{Db, ObjStore};
 
 /// The custom object type the simulator knows.
@@ -195,6 +195,18 @@ pub fn sync_or_query(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     for (seq, input) in input_objects(req).into_iter().enumerate() {
         if let Some(bad) = input.keys().find(|k| !field_known(kind, k)) {
             results.push(skip(seq, "1006", format!("Field '{bad}' not found")));
+            continue;
+        }
+        // A value of the wrong type or too long for its field is refused, never shortened.
+        if let Some(message) = input.iter().find_map(|(name, value)| {
+            let (_, _, data_type, _) = kind.schema().fields.iter().find(|f| f.0 == name)?;
+            value_problem(name, data_type, value)
+        }) {
+            results.push(skip(seq, "1001", message));
+            continue;
+        }
+        if let Some((code, message)) = ctx.st.refusal_for(&input) {
+            results.push(skip(seq, &code, message));
             continue;
         }
         let existing = match find_by(&ctx.st.db, kind, by_id, &input) {

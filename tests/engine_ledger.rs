@@ -1,0 +1,356 @@
+//! The one error ledger and its one retry policy, end to end: the Marketo simulator, the demo CRM
+//! on SQLite, a SQLite state store and the engine, one cycle at a time on a manual clock.
+//!
+//! - A record Marketo refuses (a skipped record with a 1xxx reason) is ONE open ledger entry with
+//!   Marketo's code and message, for leads, companies, opportunities, roles and custom objects;
+//!   the cycle succeeds and the other records arrive.
+//! - A retryable refusal is retried when due, on the same schedule for every object (5 minutes,
+//!   then doubled); one that is not retryable has no `next_retry_at` and waits for the record to
+//!   change or for an operator.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Options, TestApp};
+use marketo_sync::engine::CycleSummary;
+use marketo_sync::store::{Clock, CycleOutcome, Direction, ErrorFilter, ErrorStatus, SyncError};
+
+/// Every synced object with a CRM -> Marketo path, as named in the store.
+const OBJECTS: &[&str] = &["leads", "companies", "opportunities", "roles", "cars"];
+
+async fn app(objects: &[&str]) -> TestApp {
+    TestApp::with(Options {
+        objects: objects.iter().map(|o| (*o).to_owned()).collect(),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn exec(app: &TestApp, sql: &str) {
+    app.user
+        .execute_raw("seed", sql.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Returns the open ledger entries of `object`.
+async fn open_errors(app: &TestApp, object: &str) -> Vec<SyncError> {
+    app.store
+        .list_errors(&ErrorFilter {
+            status: Some(ErrorStatus::Open),
+            object: Some(object.to_owned()),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+}
+
+/// Returns the one open ledger entry of `object` with this record key.
+async fn entry(app: &TestApp, object: &str, key: &str) -> SyncError {
+    let all = open_errors(app, object).await;
+    let mine: Vec<&SyncError> = all.iter().filter(|e| e.record_key == key).collect();
+    assert_eq!(mine.len(), 1, "{object} {key}: {all:?}");
+    mine[0].clone()
+}
+
+/// Returns true when `object`'s CRM record `key` is linked to a Marketo record (it was written).
+async fn linked(app: &TestApp, object: &str, key: &str) -> bool {
+    app.store
+        .links_by_crm_keys(object, &[key.to_owned()])
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.tombstone.is_none())
+}
+
+/// Runs one cycle, which must not fail as a whole, and returns its summary and outcome.
+async fn cycle(app: &TestApp) -> (CycleSummary, CycleOutcome) {
+    let s = app.try_cycle().await.expect("the cycle succeeds");
+    let outcome = app.store.recent_cycles(1).await.unwrap()[0].outcome;
+    (s, outcome)
+}
+
+/// Moves the engine's clock forward.
+fn advance(app: &TestApp, by: Duration) {
+    app.clock
+        .set(app.clock.now() + chrono::Duration::from_std(by).unwrap());
+}
+
+/// One account, contact, opportunity, role and vehicle that Marketo accepts (CRM ids 3, 11, 21,
+/// 31 and 41).
+async fn seed_good(app: &TestApp) {
+    exec(
+        app,
+        "INSERT INTO accounts (id, name, industry) VALUES (3, 'Acme', 'Retail')",
+    )
+    .await;
+    exec(
+        app,
+        "INSERT INTO contacts (id, email, first_name, last_name, title) \
+         VALUES (11, 'buyer@example.com', 'Bea', 'Buyer', 'CEO')",
+    )
+    .await;
+    exec(
+        app,
+        "INSERT INTO opportunities (id, name, account_id, amount, stage) \
+         VALUES (21, 'Big deal', 3, 5000, 'Won')",
+    )
+    .await;
+    exec(
+        app,
+        "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role, is_primary) \
+         VALUES (31, 21, 11, 'Decision Maker', 1)",
+    )
+    .await;
+    exec(
+        app,
+        "INSERT INTO vehicles (id, vin, contact_id, make, model, model_year) \
+         VALUES (41, 'VIN41', 11, 'Honda', 'Accord', 2003)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_marketo_refused_record_of_each_object_is_one_open_entry_and_the_others_arrive() {
+    let app = app(OBJECTS).await;
+    seed_good(&app).await;
+    // One record of each object carries a value longer than its Marketo string field (255):
+    // Marketo refuses it (1001), it is never shortened.
+    let long = "x".repeat(300);
+    exec(
+        &app,
+        &format!("INSERT INTO accounts (id, name) VALUES (4, '{long}')"),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO contacts (id, email, first_name, last_name, title) \
+             VALUES (12, 'long@example.com', 'Lo', 'Ng', '{long}')"
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!("INSERT INTO opportunities (id, name, account_id) VALUES (22, '{long}', 3)"),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role) \
+             VALUES (32, 21, 11, '{long}')"
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VIN42', 11, '{long}')"
+        ),
+    )
+    .await;
+
+    let (s, outcome) = cycle(&app).await;
+    // Per-record refusals do not fail the cycle: it ends partial (succeeded, with refusals).
+    assert_eq!(outcome, CycleOutcome::Partial, "{s:?}");
+    let refused = [
+        ("leads", "12", "11"),
+        ("companies", "4", "3"),
+        ("opportunities", "22", "21"),
+        ("roles", "32", "31"),
+        ("cars", "42", "41"),
+    ];
+    for (object, bad, good) in refused {
+        let e = entry(&app, object, bad).await;
+        assert_eq!(e.direction, Direction::CrmToMarketo, "{object}");
+        assert_eq!(e.code, "1001", "{object}: Marketo's own code: {e:?}");
+        assert!(
+            e.message.contains("Invalid value"),
+            "{object}: Marketo's message: {e:?}"
+        );
+        assert_eq!(e.attempts, 1, "{object}");
+        assert_eq!(
+            e.next_retry_at, None,
+            "{object}: an invalid value is not retried"
+        );
+        assert_eq!(
+            open_errors(&app, object).await.len(),
+            1,
+            "{object}: one entry for the one refused record"
+        );
+        assert_eq!(
+            s.objects[object][&Direction::CrmToMarketo].failed,
+            1,
+            "{object}: {s:?}"
+        );
+        assert!(linked(&app, object, good).await, "{object} {good} arrived");
+        assert!(
+            !linked(&app, object, bad).await,
+            "{object} {bad} was refused"
+        );
+    }
+    // Nothing was shortened on the way: the refused company is not in Marketo at all.
+    assert!(app.sim.company("4").is_none());
+    assert!(app.sim.company("3").is_some());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_refusal_that_is_not_retryable_waits_for_a_change_or_an_operator() {
+    let app = app(&["leads", "companies", "cars"]).await;
+    seed_good(&app).await;
+    let long = "y".repeat(256);
+    exec(
+        &app,
+        &format!("INSERT INTO accounts (id, name) VALUES (4, '{long}')"),
+    )
+    .await;
+    cycle(&app).await;
+    let first = entry(&app, "companies", "4").await;
+    assert_eq!((first.attempts, first.next_retry_at), (1, None));
+
+    // A dry run agrees: the waiting record is not planned, and its counts are the plan's.
+    let dry = app.dry_cycle().await;
+    assert!(
+        !dry.plan
+            .iter()
+            .any(|c| c.object == "companies" && c.source_key.as_deref() == Some("4")),
+        "{:?}",
+        dry.plan
+    );
+    let counted: u64 = dry
+        .objects
+        .values()
+        .flat_map(|d| d.values())
+        .map(|c| c.created + c.updated + c.deleted + c.waiting)
+        .sum();
+    assert_eq!(counted, dry.plan.len() as u64, "{:?}", dry.objects);
+    assert_eq!(dry.failed(), 0, "{:?}", dry.objects);
+
+    // Days later, nothing has changed: the record is not sent again.
+    advance(&app, Duration::from_secs(2 * 24 * 3600));
+    let (s, _) = cycle(&app).await;
+    let still = entry(&app, "companies", "4").await;
+    assert_eq!(still.attempts, 1, "not retried by itself: {s:?}");
+    assert_eq!(still.next_retry_at, None);
+
+    // An operator retries it: it is due now, is sent on the next cycle, fails again, and waits
+    // again (same entry, one more attempt, no schedule).
+    let now = app.clock.now();
+    assert!(
+        app.store
+            .set_error_status(still.id, ErrorStatus::Open, Some(now))
+            .await
+            .unwrap()
+    );
+    cycle(&app).await;
+    let again = entry(&app, "companies", "4").await;
+    assert_eq!(again.id, first.id, "the entry keeps its id");
+    assert_eq!(again.first_seen_at, first.first_seen_at);
+    assert_eq!(again.attempts, 2, "{again:?}");
+    assert_eq!(again.next_retry_at, None);
+
+    // The record changes in the CRM: it is sent, written, and the entry resolved.
+    exec(&app, "UPDATE accounts SET name = 'Short name', updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = 4").await;
+    cycle(&app).await;
+    assert!(linked(&app, "companies", "4").await);
+    assert!(open_errors(&app, "companies").await.is_empty());
+    assert!(app.sim.company("4").is_some());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retryable_refusal_follows_one_schedule_for_a_lead_a_company_and_a_custom_object() {
+    let app = app(&["leads", "companies", "cars"]).await;
+    seed_good(&app).await;
+    exec(
+        &app,
+        "INSERT INTO accounts (id, name) VALUES (4, 'Busy Co')",
+    )
+    .await;
+    exec(
+        &app,
+        "INSERT INTO contacts (id, email, first_name, last_name) \
+         VALUES (12, 'busy@example.com', 'Bu', 'Sy')",
+    )
+    .await;
+    exec(
+        &app,
+        "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VINBUSY', 11, 'Fiat')",
+    )
+    .await;
+    // Marketo skips these three records with a reason that clears up by itself (1014, "Failed
+    // to create Object"): retryable.
+    for (field, value) in [
+        ("email", "busy@example.com"),
+        ("company", "Busy Co"),
+        ("vin", "VINBUSY"),
+    ] {
+        app.sim
+            .refuse_records(field, value, "1014", "Failed to create Object");
+    }
+    let cases = [("leads", "12"), ("companies", "4"), ("cars", "42")];
+
+    let (s, outcome) = cycle(&app).await;
+    assert_eq!(outcome, CycleOutcome::Partial, "{s:?}");
+    let t1 = app.clock.now();
+    for (object, key) in cases {
+        let e = entry(&app, object, key).await;
+        assert_eq!(
+            (e.code.as_str(), e.attempts),
+            ("1014", 1),
+            "{object}: {e:?}"
+        );
+        assert_eq!(
+            e.next_retry_at,
+            Some(e.last_seen_at + chrono::Duration::minutes(5)),
+            "{object}: first retry after 5 minutes"
+        );
+        assert!(e.last_seen_at <= t1);
+    }
+    assert!(linked(&app, "leads", "11").await && linked(&app, "cars", "41").await);
+
+    // Not due yet: nothing is retried.
+    advance(&app, Duration::from_secs(60));
+    cycle(&app).await;
+    for (object, key) in cases {
+        assert_eq!(
+            entry(&app, object, key).await.attempts,
+            1,
+            "{object} not due yet"
+        );
+    }
+
+    // Due: each is retried, refused again, and waits twice as long.
+    advance(&app, Duration::from_secs(5 * 60));
+    cycle(&app).await;
+    for (object, key) in cases {
+        let e = entry(&app, object, key).await;
+        assert_eq!(e.attempts, 2, "{object} retried when due: {e:?}");
+        assert_eq!(
+            e.next_retry_at,
+            Some(e.last_seen_at + chrono::Duration::minutes(10)),
+            "{object}: second retry after 10 minutes"
+        );
+    }
+
+    // Marketo accepts them now; once due, each is written and its entry resolved.
+    app.sim.clear_record_refusals();
+    advance(&app, Duration::from_secs(10 * 60));
+    let (s, outcome) = cycle(&app).await;
+    assert_eq!(outcome, CycleOutcome::Succeeded, "{s:?}");
+    for (object, key) in cases {
+        assert!(
+            linked(&app, object, key).await,
+            "{object} {key} written on retry"
+        );
+        assert!(
+            open_errors(&app, object).await.is_empty(),
+            "{object} resolved"
+        );
+    }
+    app.cleanup().await;
+}
