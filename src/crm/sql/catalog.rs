@@ -496,3 +496,70 @@ fn sqlite_type(upper: &str) -> FieldType {
 pub async fn exists(pool: &SqlPool, table: &str) -> Result<bool, CrmError> {
     Ok(!columns(pool, table).await?.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(type_name: &str, cast: &str, ty: FieldType) -> Column {
+        Column {
+            name: "c".into(),
+            type_name: type_name.into(),
+            cast: cast.into(),
+            ty,
+            nullable: true,
+            has_default: false,
+            generated: false,
+            primary: false,
+            unique: false,
+            searchable: false,
+            precision: None,
+        }
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_refused_with_the_limit() {
+        let text = col(
+            "varchar",
+            "character varying(8)",
+            FieldType::Text { max_len: Some(8) },
+        );
+        assert_eq!(text.check_fits(Dialect::Postgres, "äöüäöüäö"), Ok(()));
+        assert_eq!(
+            text.check_fits(Dialect::Postgres, "123456789"),
+            Err(RefusalReason::TooLong {
+                field: "c".into(),
+                max_chars: 8,
+                actual_chars: 9
+            })
+        );
+        let money = col("decimal(10,2)", "", FieldType::Decimal);
+        assert_eq!(
+            money.limit(Dialect::MySql),
+            Limit::Numeric {
+                precision: 10,
+                scale: 2
+            }
+        );
+        assert!(money.check_fits(Dialect::MySql, "12345678.90").is_ok());
+        assert!(
+            money.check_fits(Dialect::MySql, "12.500").is_ok(),
+            "trailing zeros"
+        );
+        assert!(money.check_fits(Dialect::MySql, "1.234").is_err());
+        assert!(money.check_fits(Dialect::MySql, "123456789").is_err());
+        let small = col("smallint(6) unsigned", "", FieldType::Integer);
+        assert!(small.check_fits(Dialect::MySql, "65535").is_ok());
+        assert!(small.check_fits(Dialect::MySql, "65536").is_err());
+        assert!(small.check_fits(Dialect::MySql, "-1").is_err());
+        let int4 = col("int4", "integer", FieldType::Integer);
+        assert!(int4.check_fits(Dialect::Postgres, "2147483647").is_ok());
+        assert!(int4.check_fits(Dialect::Postgres, "2147483648").is_err());
+        assert!(int4.check_fits(Dialect::Postgres, "1.5").is_err());
+        assert!(int4.check_fits(Dialect::Postgres, "2.0").is_ok());
+        let lite = col("INTEGER", "", FieldType::Integer);
+        assert!(lite.check_fits(Dialect::Sqlite, "3000000000").is_ok());
+        let float = col("float8", "double precision", FieldType::Decimal);
+        assert_eq!(float.limit(Dialect::Postgres), Limit::None);
+    }
+}
