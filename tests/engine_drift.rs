@@ -322,6 +322,30 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
     let found = app.crm_by_email("held@example.com").await;
     assert_eq!(found.len(), 1);
     assert_eq!(text(&found[0].fields, "marketo_id"), Some(lead.to_string()));
+
+    // The other way round: the accounts' modified column goes; leads keep syncing.
+    exec(
+        &app,
+        "ALTER TABLE accounts RENAME COLUMN updated_at TO changed_on",
+    )
+    .await;
+    app.marketo_create(json!({"email": "later@example.com", "firstName": "Later"}));
+    let s = app
+        .try_cycle()
+        .await
+        .expect("the cycle goes on without companies");
+    let failed = naming(&s, "step `companies` cannot run");
+    assert_eq!(failed.len(), 1, "{:?}", s.warnings);
+    assert!(
+        failed[0].contains("updated_at"),
+        "names the column: {failed:?}"
+    );
+    assert!(
+        naming(&s, "step `leads` failed").is_empty(),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(app.crm_by_email("later@example.com").await.len(), 1);
     app.cleanup().await;
 }
 

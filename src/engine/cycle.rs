@@ -245,9 +245,23 @@ impl Engine {
                     warn!(error = %e, "the lead step cannot run: crm schema");
                     summary.warnings.push(format!("step `leads` failed: {e}"));
                 }
-                Err(e) => summary
-                    .warnings
-                    .push(format!("describe of crm `{object}` failed: {e}")),
+                Err(e) => {
+                    // Name the steps that cannot run without it (their plans are missing).
+                    let steps: Vec<String> = ctx
+                        .mappings
+                        .iter()
+                        .filter(|m| objects.contains(&m.object) && m.file.crm_object == *object)
+                        .map(|m| format!("`{}`", m.object))
+                        .collect();
+                    let steps = if steps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (step {} cannot run)", steps.join(", "))
+                    };
+                    summary
+                        .warnings
+                        .push(format!("describe of crm `{object}` failed{steps}: {e}"));
+                }
             }
         }
         if activities {
