@@ -158,7 +158,7 @@ pub struct Subject<'a> {
 pub fn waits(previous: Option<&SyncError>, payload: &Json, now: DateTime<Utc>) -> bool {
     previous.is_some_and(|p| {
         p.status == ErrorStatus::Open
-            && !p.next_retry_at.is_some_and(|t| t <= now)
+            && p.next_retry_at.is_none_or(|t| t > now)
             && p.payload == *payload
     })
 }

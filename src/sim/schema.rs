@@ -577,3 +577,28 @@ pub fn activity_types() -> Vec<Value> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_of_the_wrong_type_or_too_long_are_refused_never_shortened() {
+        assert_eq!(value_problem("company", "string", &json!("Acme")), None);
+        assert_eq!(
+            value_problem("company", "string", &json!("x".repeat(255))),
+            None
+        );
+        let long = value_problem("company", "string", &json!("x".repeat(256))).unwrap();
+        assert!(
+            long.contains("256 characters, the maximum is 255"),
+            "{long}"
+        );
+        assert!(value_problem("notes", "text", &json!("x".repeat(256))).is_none());
+        assert!(value_problem("year", "integer", &json!("abc")).is_some());
+        assert!(value_problem("year", "integer", &json!("2003")).is_none());
+        assert!(value_problem("email", "email", &json!("no-at-sign")).is_some());
+        assert!(value_problem("company", "string", &Value::Null).is_none());
+        assert!(value_problem("company", "string", &json!("")).is_none());
+    }
+}
