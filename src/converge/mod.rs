@@ -1921,6 +1921,26 @@ async fn check_invariants(
             crm_keys.entry(l.crm_key).or_default().push(l.marketo_key);
         }
     }
+    // Every live link pairs a live lead and a live contact (a live lead linked to a soft-deleted
+    // contact loses the contact's partner: the reported class of seed 30127).
+    let live_leads: std::collections::BTreeSet<String> = leads
+        .iter()
+        .filter_map(|l| l["id"].as_i64())
+        .map(|id| id.to_string())
+        .collect();
+    let live_contacts: std::collections::BTreeSet<String> =
+        contacts.iter().filter_map(|c| c[0].clone()).collect();
+    for (crm_key, leads) in &crm_keys {
+        for lead in leads {
+            if !live_contacts.contains(crm_key) || !live_leads.contains(lead) {
+                violations.push(format!(
+                    "the live link of lead {lead} ({}) and contact {crm_key} ({}) names a deleted record",
+                    if live_leads.contains(lead) { "live" } else { "gone" },
+                    if live_contacts.contains(crm_key) { "live" } else { "deleted" },
+                ));
+            }
+        }
+    }
     for (crm_key, leads) in &crm_keys {
         if leads.len() > 1 {
             violations.push(format!(

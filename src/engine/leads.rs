@@ -2073,6 +2073,21 @@ async fn apply_merges(
                 into: winner.to_string(),
             };
             if !repointed {
+                // The loser's CRM record was deleted or merged away in the CRM since the last
+                // commit (its deletion is applied after the merges): the winner does not take a
+                // dead record over; pairing finds the winner's live partner, if any. Found by
+                // the convergence harness (seed 30127: a CRM merge into a contact never synced,
+                // killed at commit, then a Marketo merge of that lead left the winner linked to
+                // the soft-deleted contact).
+                let alive = !ctx
+                    .crm
+                    .get(&plan.crm_object, std::slice::from_ref(&l.crm_key))
+                    .await?
+                    .is_empty();
+                if !alive {
+                    step.tombstone(&l, into, Side::Marketo);
+                    continue;
+                }
                 // The winner takes over the loser's CRM record.
                 let mut rec = Fields::new();
                 rec.insert(pk.to_owned(), Value::Text(l.crm_key.clone()));
