@@ -373,3 +373,76 @@ impl StateStore for StagedStore {
         self.inner.lease(instance).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Fields;
+
+    fn link(marketo: &str, crm: &str) -> Link {
+        Link {
+            object: "leads".into(),
+            marketo_key: marketo.into(),
+            crm_key: crm.into(),
+            base: Fields::new(),
+            base_hash: String::new(),
+            agreed_at: Utc::now(),
+            tombstone: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn staged_links_are_read_over_the_stored_ones_and_written_in_one_commit() {
+        let inner = crate::store::open("sqlite::memory:").await.expect("store");
+        inner
+            .commit(StepCommit {
+                links_upsert: vec![link("1", "a")],
+                ..StepCommit::default()
+            })
+            .await
+            .expect("seed");
+        let staged = StagedStore::new(inner.clone());
+        // A stage repoints lead 1 from record a to record b.
+        staged.stage(StepCommit {
+            links_upsert: vec![link("1", "b"), link("2", "c")],
+            ..StepCommit::default()
+        });
+        let keys = |ls: Vec<Link>| -> Vec<(String, String)> {
+            let mut out: Vec<_> = ls.into_iter().map(|l| (l.marketo_key, l.crm_key)).collect();
+            out.sort();
+            out
+        };
+        let by_crm = staged
+            .links_by_crm_keys("leads", &["a".into(), "b".into()])
+            .await
+            .expect("read");
+        assert_eq!(keys(by_crm), vec![("1".into(), "b".into())]);
+        let by_marketo = staged
+            .links_by_marketo_keys("leads", &["1".into(), "2".into()])
+            .await
+            .expect("read");
+        assert_eq!(
+            keys(by_marketo),
+            vec![("1".into(), "b".into()), ("2".into(), "c".into())]
+        );
+        // Nothing reached the store yet; then all of it in one commit.
+        let stored = inner
+            .links_by_marketo_keys("leads", &["1".into(), "2".into()])
+            .await
+            .expect("read");
+        assert_eq!(keys(stored), vec![("1".into(), "a".into())]);
+        staged
+            .commit_staged(StepCommit::default())
+            .await
+            .expect("commit");
+        assert!(staged.is_empty());
+        let stored = inner
+            .links_by_marketo_keys("leads", &["1".into(), "2".into()])
+            .await
+            .expect("read");
+        assert_eq!(
+            keys(stored),
+            vec![("1".into(), "b".into()), ("2".into(), "c".into())]
+        );
+    }
+}
