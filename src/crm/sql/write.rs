@@ -690,6 +690,7 @@ pub(super) async fn bulk_upsert(
         };
         // A key held by a deleted row: record by record, so that it alone is refused.
         if existing.iter().any(is_dead) {
+            tx.rollback().await.map_err(err)?;
             return Ok(None);
         }
         match fetch_text!(&mut *tx, sql, params) {
@@ -702,17 +703,23 @@ pub(super) async fn bulk_upsert(
                     tx.commit().await.map_err(err)?;
                     Some((existing, returned))
                 } else {
+                    tx.rollback().await.map_err(err)?;
                     None
                 }
             }
             // A refused record: nothing is written here, and the caller writes record by record
             // (a refusal that ended the transaction leaves a new empty one to roll back).
+            // The rollback is explicit: a transaction merely dropped is rolled back only when
+            // its connection is next used, and until then it holds SQLite's write lock against
+            // the record-by-record retry on another connection ("database is locked").
             Err(e) if record_error(&e).is_some() => {
                 let _ = reopen_if_lost!(tx, d);
+                tx.rollback().await.map_err(err)?;
                 None
             }
             Err(e) => {
                 let _ = reopen_if_lost!(tx, d);
+                let _ = tx.rollback().await;
                 return Err(err(e));
             }
         }
