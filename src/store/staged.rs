@@ -114,6 +114,27 @@ impl StagedStore {
             .collect();
         (links, deleted)
     }
+
+    /// Returns the stored links read for `keys` with the staged ones laid over them: a stored
+    /// link whose Marketo key is staged is replaced by the staged version (which may point at
+    /// another CRM record) or dropped when staged for deletion, and the staged links whose
+    /// `key_of` is among `keys` are added.
+    fn overlay(
+        &self,
+        object: &str,
+        stored: Vec<Link>,
+        keys: &[String],
+        key_of: fn(&Link) -> &String,
+    ) -> Vec<Link> {
+        let (staged, deleted) = self.staged_links(object);
+        let mut out: Vec<Link> = stored
+            .into_iter()
+            .filter(|l| !staged.contains_key(&l.marketo_key) && !deleted.contains(&l.marketo_key))
+            .collect();
+        let wanted: BTreeSet<&String> = keys.iter().collect();
+        out.extend(staged.into_values().filter(|l| wanted.contains(key_of(l))));
+        out
+    }
 }
 
 #[async_trait::async_trait]
@@ -138,21 +159,8 @@ impl StateStore for StagedStore {
         object: &str,
         keys: &[String],
     ) -> Result<Vec<Link>, StoreError> {
-        let (staged, deleted) = self.staged_links(object);
-        let mut out: Vec<Link> = self
-            .inner
-            .links_by_marketo_keys(object, keys)
-            .await?
-            .into_iter()
-            .filter(|l| !staged.contains_key(&l.marketo_key) && !deleted.contains(&l.marketo_key))
-            .collect();
-        let wanted: BTreeSet<&String> = keys.iter().collect();
-        out.extend(
-            staged
-                .into_values()
-                .filter(|l| wanted.contains(&l.marketo_key)),
-        );
-        Ok(out)
+        let stored = self.inner.links_by_marketo_keys(object, keys).await?;
+        Ok(self.overlay(object, stored, keys, |l| &l.marketo_key))
     }
 
     async fn links_by_crm_keys(
@@ -160,19 +168,8 @@ impl StateStore for StagedStore {
         object: &str,
         keys: &[String],
     ) -> Result<Vec<Link>, StoreError> {
-        let (staged, deleted) = self.staged_links(object);
-        // A stored link whose Marketo key is staged is replaced by the staged version, which
-        // may point at another CRM record.
-        let mut out: Vec<Link> = self
-            .inner
-            .links_by_crm_keys(object, keys)
-            .await?
-            .into_iter()
-            .filter(|l| !staged.contains_key(&l.marketo_key) && !deleted.contains(&l.marketo_key))
-            .collect();
-        let wanted: BTreeSet<&String> = keys.iter().collect();
-        out.extend(staged.into_values().filter(|l| wanted.contains(&l.crm_key)));
-        Ok(out)
+        let stored = self.inner.links_by_crm_keys(object, keys).await?;
+        Ok(self.overlay(object, stored, keys, |l| &l.crm_key))
     }
 
     async fn links_page(
