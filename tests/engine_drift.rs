@@ -6,7 +6,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
-use harness::{CrmKind, Options, StoreKind, TestApp, text};
+use harness::{CrmKind, Options, TestApp, text};
 use marketo_sync::crm::sql::dialect::Dialect;
 use marketo_sync::engine::CycleSummary;
 use marketo_sync::store::Direction;
@@ -14,21 +14,6 @@ use serde_json::json;
 
 /// The gauge is process-wide: the tests of this file run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn opts(crm: CrmKind) -> Options {
-    Options {
-        crm,
-        store: StoreKind::Sqlite,
-        ..Options::default()
-    }
-}
-
-async fn exec(app: &TestApp, sql: &str) {
-    app.user
-        .execute_raw("drift test", sql.to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Returns the warnings of a summary that name `needle`.
 fn naming<'a>(s: &'a CycleSummary, needle: &str) -> Vec<&'a String> {
@@ -71,7 +56,7 @@ async fn two_linked(app: &TestApp, tag: &str) -> (i64, String, String, i64) {
 /// then brings the column back and checks that `title` syncs again.
 async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let d = app.user.dialect();
     let (lead, cid_a, cid_b, lead_b) = two_linked(&app, if rename { "ren" } else { "drop" }).await;
     assert_eq!(
@@ -81,13 +66,10 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
     );
 
     if rename {
-        exec(
-            &app,
-            "ALTER TABLE contacts RENAME COLUMN title TO job_title",
-        )
-        .await;
+        app.crm_exec("ALTER TABLE contacts RENAME COLUMN title TO job_title")
+            .await;
     } else {
-        exec(&app, "ALTER TABLE contacts DROP COLUMN title").await;
+        app.crm_exec("ALTER TABLE contacts DROP COLUMN title").await;
     }
     app.marketo_update(lead, json!({"title": "After", "firstName": "Still"}));
     app.crm_update_contact(&cid_b, "last_name", "Synced").await;
@@ -149,16 +131,13 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
 
     // The column comes back (same type): the field syncs again, both ways.
     if rename {
-        exec(
-            &app,
-            "ALTER TABLE contacts RENAME COLUMN job_title TO title",
-        )
-        .await;
+        app.crm_exec("ALTER TABLE contacts RENAME COLUMN job_title TO title")
+            .await;
     } else {
-        exec(
-            &app,
-            &format!("ALTER TABLE contacts ADD COLUMN title {}", column_type(d)),
-        )
+        app.crm_exec(&format!(
+            "ALTER TABLE contacts ADD COLUMN title {}",
+            column_type(d)
+        ))
         .await;
     }
     app.sim.advance_clock(std::time::Duration::from_secs(2));
@@ -184,7 +163,7 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
 /// back, it syncs again.
 async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind) {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let (lead, cid_a, cid_b, lead_b) = two_linked(&app, "retype").await;
     let (to_int, back) = match app.user.dialect() {
         Dialect::Postgres => (
@@ -196,8 +175,8 @@ async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind
             "ALTER TABLE contacts MODIFY COLUMN title VARCHAR(128) NULL",
         ),
     };
-    exec(&app, "UPDATE contacts SET title = NULL").await;
-    exec(&app, to_int).await;
+    app.crm_exec("UPDATE contacts SET title = NULL").await;
+    app.crm_exec(to_int).await;
     app.marketo_update(lead, json!({"title": "Not a number", "firstName": "Typed"}));
     app.crm_update_contact(&cid_b, "last_name", "Still").await;
     let s = app.try_cycle().await.expect("the cycle after the retype");
@@ -228,7 +207,7 @@ async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind
     let s = app.try_cycle().await.expect("second cycle");
     assert_eq!(naming(&s, "`title`").len(), 1, "{:?}", s.warnings);
 
-    exec(&app, back).await;
+    app.crm_exec(back).await;
     app.sim.advance_clock(std::time::Duration::from_secs(2));
     app.marketo_update(lead, json!({"title": "Text Again"}));
     let s = app.try_cycle().await.expect("cycle after the retype back");
@@ -245,24 +224,20 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
     let _serial = SERIAL.lock().await;
     let app = TestApp::with(Options {
         objects: vec!["companies".into(), "leads".into()],
-        ..opts(crm)
+        ..Options::on(crm)
     })
     .await;
     app.settle(4).await;
-    exec(
-        &app,
-        "ALTER TABLE contacts RENAME COLUMN updated_at TO changed_on",
-    )
-    .await;
+    app.crm_exec("ALTER TABLE contacts RENAME COLUMN updated_at TO changed_on")
+        .await;
     let now = match app.user.dialect() {
         Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f','now')",
         Dialect::Postgres => "CURRENT_TIMESTAMP",
         Dialect::MySql => "CURRENT_TIMESTAMP(6)",
     };
-    exec(
-        &app,
-        &format!("INSERT INTO accounts (name, updated_at) VALUES ('DriftCo', {now})"),
-    )
+    app.crm_exec(&format!(
+        "INSERT INTO accounts (name, updated_at) VALUES ('DriftCo', {now})"
+    ))
     .await;
     let lead = app.marketo_create(json!({"email": "held@example.com", "firstName": "Held"}));
     let s = app
@@ -308,11 +283,8 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
         .unwrap();
     assert!(held.is_empty(), "the lead step wrote nothing: {held:?}");
 
-    exec(
-        &app,
-        "ALTER TABLE contacts RENAME COLUMN changed_on TO updated_at",
-    )
-    .await;
+    app.crm_exec("ALTER TABLE contacts RENAME COLUMN changed_on TO updated_at")
+        .await;
     let s = app.try_cycle().await.expect("leads sync again");
     assert!(
         naming(&s, "step `leads` failed").is_empty(),
@@ -324,11 +296,8 @@ async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
     assert_eq!(text(&found[0].fields, "marketo_id"), Some(lead.to_string()));
 
     // The other way round: the accounts' modified column goes; leads keep syncing.
-    exec(
-        &app,
-        "ALTER TABLE accounts RENAME COLUMN updated_at TO changed_on",
-    )
-    .await;
+    app.crm_exec("ALTER TABLE accounts RENAME COLUMN updated_at TO changed_on")
+        .await;
     app.marketo_create(json!({"email": "later@example.com", "firstName": "Later"}));
     let s = app
         .try_cycle()

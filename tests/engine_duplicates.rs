@@ -7,28 +7,9 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{CrmKind, Options, StoreKind, TestApp, text};
-use marketo_sync::store::{Direction, ErrorFilter, ErrorStatus, SyncError};
+use harness::{CrmKind, Options, TestApp, text};
+use marketo_sync::store::{Direction, SyncError};
 use serde_json::json;
-
-fn opts(crm: CrmKind) -> Options {
-    Options {
-        crm,
-        store: StoreKind::Sqlite,
-        ..Options::default()
-    }
-}
-
-async fn open_errors(app: &TestApp) -> Vec<SyncError> {
-    app.store
-        .list_errors(&ErrorFilter {
-            status: Some(ErrorStatus::Open),
-            object: Some("leads".into()),
-            limit: 1_000,
-        })
-        .await
-        .expect("errors")
-}
 
 fn about<'a>(errors: &'a [SyncError], email: &str) -> Vec<&'a SyncError> {
     errors
@@ -48,7 +29,7 @@ async fn stable(app: &TestApp, email: &str, marketo: usize, crm: usize, held: us
         app.run_cycle().await;
         assert_eq!(app.marketo_by_email(email).len(), marketo, "round {round}");
         assert_eq!(app.crm_by_email(email).await.len(), crm, "round {round}");
-        let errors = open_errors(app).await;
+        let errors = app.open_errors("leads").await;
         assert_eq!(
             about(&errors, email).len(),
             held,
@@ -80,7 +61,7 @@ fn names_all(
 }
 
 async fn two_crm_contacts_one_email(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let email = "twin-c@example.com";
     let c1 = app.crm_insert_contact(email, "One", "C").await;
     let c2 = app.crm_insert_contact(email, "Two", "C").await;
@@ -99,7 +80,7 @@ async fn two_crm_contacts_one_email(crm: CrmKind) {
         "the oldest contact is synced"
     );
     assert_eq!(lead["firstName"], json!("One"));
-    let errors = open_errors(&app).await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(about(&errors, email).len(), 1, "{errors:?}");
     names_all(
         &errors,
@@ -117,7 +98,7 @@ async fn two_crm_contacts_one_email(crm: CrmKind) {
 }
 
 async fn two_marketo_leads_one_email(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let email = "twin-m@example.com";
     let m1 = app.marketo_create(json!({"email": email, "firstName": "One"}));
     let m2 = app.marketo_create(json!({"email": email, "firstName": "Two"}));
@@ -134,7 +115,7 @@ async fn two_marketo_leads_one_email(crm: CrmKind) {
         Some(m1.to_string()),
         "the oldest lead is synced"
     );
-    let errors = open_errors(&app).await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(about(&errors, email).len(), 1, "{errors:?}");
     names_all(
         &errors,
@@ -149,7 +130,7 @@ async fn two_marketo_leads_one_email(crm: CrmKind) {
 }
 
 async fn a_new_duplicate_of_a_linked_pair(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let email = "linked@example.com";
     let c1 = app.crm_insert_contact(email, "Linked", "Pair").await;
     app.settle(4).await;
@@ -159,7 +140,7 @@ async fn a_new_duplicate_of_a_linked_pair(crm: CrmKind) {
     let c2 = app.crm_insert_contact(email, "Second", "Contact").await;
     app.run_cycle().await;
     assert_eq!(app.marketo_by_email(email), vec![lead], "no second lead");
-    let errors = open_errors(&app).await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(about(&errors, email).len(), 1, "{errors:?}");
     names_all(
         &errors,
@@ -173,7 +154,7 @@ async fn a_new_duplicate_of_a_linked_pair(crm: CrmKind) {
     let m2 = app.marketo_create(json!({"email": email, "firstName": "Second"}));
     app.run_cycle().await;
     assert_eq!(app.crm_by_email(email).await.len(), 2, "no third contact");
-    let errors = open_errors(&app).await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(about(&errors, email).len(), 2, "{errors:?}");
     names_all(
         &errors,
@@ -195,7 +176,7 @@ async fn a_new_duplicate_of_a_linked_pair(crm: CrmKind) {
 }
 
 async fn one_record_matching_two_on_the_other_side(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let email = "ambiguous@example.com";
     let m1 = app.marketo_create(json!({"email": email, "firstName": "M1"}));
     let m2 = app.marketo_create(json!({"email": email, "firstName": "M2"}));
@@ -211,7 +192,7 @@ async fn one_record_matching_two_on_the_other_side(crm: CrmKind) {
         0,
         "{s:?}"
     );
-    let errors = open_errors(&app).await;
+    let errors = app.open_errors("leads").await;
     let all = [m1.to_string(), m2.to_string(), c.clone()];
     assert_eq!(about(&errors, email).len(), 3, "{errors:?}");
     for (direction, key) in [

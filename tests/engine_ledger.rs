@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use harness::{Options, TestApp};
 use marketo_sync::engine::CycleSummary;
-use marketo_sync::store::{Clock, CycleOutcome, Direction, ErrorFilter, ErrorStatus, SyncError};
+use marketo_sync::store::{Clock, CycleOutcome, Direction, ErrorStatus, SyncError};
 
 /// Every synced object with a CRM -> Marketo path, as named in the store.
 const OBJECTS: &[&str] = &["leads", "companies", "opportunities", "roles", "cars"];
@@ -28,28 +28,9 @@ async fn app(objects: &[&str]) -> TestApp {
     .await
 }
 
-async fn exec(app: &TestApp, sql: &str) {
-    app.user
-        .execute_raw("seed", sql.to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// Returns the open ledger entries of `object`.
-async fn open_errors(app: &TestApp, object: &str) -> Vec<SyncError> {
-    app.store
-        .list_errors(&ErrorFilter {
-            status: Some(ErrorStatus::Open),
-            object: Some(object.to_owned()),
-            limit: 100,
-        })
-        .await
-        .unwrap()
-}
-
 /// Returns the one open ledger entry of `object` with this record key.
 async fn entry(app: &TestApp, object: &str, key: &str) -> SyncError {
-    let all = open_errors(app, object).await;
+    let all = app.open_errors(object).await;
     let mine: Vec<&SyncError> = all.iter().filter(|e| e.record_key == key).collect();
     assert_eq!(mine.len(), 1, "{object} {key}: {all:?}");
     mine[0].clone()
@@ -81,31 +62,24 @@ fn advance(app: &TestApp, by: Duration) {
 /// One account, contact, opportunity, role and vehicle that Marketo accepts (CRM ids 3, 11, 21,
 /// 31 and 41).
 async fn seed_good(app: &TestApp) {
-    exec(
-        app,
-        "INSERT INTO accounts (id, name, industry) VALUES (3, 'Acme', 'Retail')",
-    )
-    .await;
-    exec(
-        app,
+    app.crm_exec("INSERT INTO accounts (id, name, industry) VALUES (3, 'Acme', 'Retail')")
+        .await;
+    app.crm_exec(
         "INSERT INTO contacts (id, email, first_name, last_name, title) \
          VALUES (11, 'buyer@example.com', 'Bea', 'Buyer', 'CEO')",
     )
     .await;
-    exec(
-        app,
+    app.crm_exec(
         "INSERT INTO opportunities (id, name, account_id, amount, stage) \
          VALUES (21, 'Big deal', 3, 5000, 'Won')",
     )
     .await;
-    exec(
-        app,
+    app.crm_exec(
         "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role, is_primary) \
          VALUES (31, 21, 11, 'Decision Maker', 1)",
     )
     .await;
-    exec(
-        app,
+    app.crm_exec(
         "INSERT INTO vehicles (id, vin, contact_id, make, model, model_year) \
          VALUES (41, 'VIN41', 11, 'Honda', 'Accord', 2003)",
     )
@@ -119,38 +93,27 @@ async fn a_marketo_refused_record_of_each_object_is_one_open_entry_and_the_other
     // One record of each object carries a value longer than its Marketo string field (255):
     // Marketo refuses it (1001), it is never shortened.
     let long = "x".repeat(300);
-    exec(
-        &app,
-        &format!("INSERT INTO accounts (id, name) VALUES (4, '{long}')"),
-    )
+    app.crm_exec(&format!(
+        "INSERT INTO accounts (id, name) VALUES (4, '{long}')"
+    ))
     .await;
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO contacts (id, email, first_name, last_name, title) \
+    app.crm_exec(&format!(
+        "INSERT INTO contacts (id, email, first_name, last_name, title) \
              VALUES (12, 'long@example.com', 'Lo', 'Ng', '{long}')"
-        ),
-    )
+    ))
     .await;
-    exec(
-        &app,
-        &format!("INSERT INTO opportunities (id, name, account_id) VALUES (22, '{long}', 3)"),
-    )
+    app.crm_exec(&format!(
+        "INSERT INTO opportunities (id, name, account_id) VALUES (22, '{long}', 3)"
+    ))
     .await;
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role) \
+    app.crm_exec(&format!(
+        "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role) \
              VALUES (32, 21, 11, '{long}')"
-        ),
-    )
+    ))
     .await;
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VIN42', 11, '{long}')"
-        ),
-    )
+    app.crm_exec(&format!(
+        "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VIN42', 11, '{long}')"
+    ))
     .await;
 
     let (s, outcome) = cycle(&app).await;
@@ -177,7 +140,7 @@ async fn a_marketo_refused_record_of_each_object_is_one_open_entry_and_the_other
             "{object}: an invalid value is not retried"
         );
         assert_eq!(
-            open_errors(&app, object).await.len(),
+            app.open_errors(object).await.len(),
             1,
             "{object}: one entry for the one refused record"
         );
@@ -203,10 +166,9 @@ async fn a_refusal_that_is_not_retryable_waits_for_a_change_or_an_operator() {
     let app = app(&["leads", "companies", "cars"]).await;
     seed_good(&app).await;
     let long = "y".repeat(256);
-    exec(
-        &app,
-        &format!("INSERT INTO accounts (id, name) VALUES (4, '{long}')"),
-    )
+    app.crm_exec(&format!(
+        "INSERT INTO accounts (id, name) VALUES (4, '{long}')"
+    ))
     .await;
     cycle(&app).await;
     let first = entry(&app, "companies", "4").await;
@@ -254,10 +216,10 @@ async fn a_refusal_that_is_not_retryable_waits_for_a_change_or_an_operator() {
     assert_eq!(again.next_retry_at, None);
 
     // The record changes in the CRM: it is sent, written, and the entry resolved.
-    exec(&app, "UPDATE accounts SET name = 'Short name', updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = 4").await;
+    app.crm_exec("UPDATE accounts SET name = 'Short name', updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = 4").await;
     cycle(&app).await;
     assert!(linked(&app, "companies", "4").await);
-    assert!(open_errors(&app, "companies").await.is_empty());
+    assert!(app.open_errors("companies").await.is_empty());
     assert!(app.sim.company("4").is_some());
     app.cleanup().await;
 }
@@ -266,19 +228,14 @@ async fn a_refusal_that_is_not_retryable_waits_for_a_change_or_an_operator() {
 async fn a_retryable_refusal_follows_one_schedule_for_a_lead_a_company_and_a_custom_object() {
     let app = app(&["leads", "companies", "cars"]).await;
     seed_good(&app).await;
-    exec(
-        &app,
-        "INSERT INTO accounts (id, name) VALUES (4, 'Busy Co')",
-    )
-    .await;
-    exec(
-        &app,
+    app.crm_exec("INSERT INTO accounts (id, name) VALUES (4, 'Busy Co')")
+        .await;
+    app.crm_exec(
         "INSERT INTO contacts (id, email, first_name, last_name) \
          VALUES (12, 'busy@example.com', 'Bu', 'Sy')",
     )
     .await;
-    exec(
-        &app,
+    app.crm_exec(
         "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (42, 'VINBUSY', 11, 'Fiat')",
     )
     .await;
@@ -348,7 +305,7 @@ async fn a_retryable_refusal_follows_one_schedule_for_a_lead_a_company_and_a_cus
             "{object} {key} written on retry"
         );
         assert!(
-            open_errors(&app, object).await.is_empty(),
+            app.open_errors(object).await.is_empty(),
             "{object} resolved"
         );
     }

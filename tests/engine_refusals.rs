@@ -8,24 +8,9 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{CrmKind, Options, StoreKind, TestApp, text};
-use marketo_sync::store::{Direction, ErrorFilter, ErrorStatus, SyncError};
+use harness::{CrmKind, Options, TestApp, text};
+use marketo_sync::store::Direction;
 use serde_json::{Map, json};
-
-fn opts(crm: CrmKind) -> Options {
-    Options {
-        crm,
-        store: StoreKind::Sqlite,
-        ..Options::default()
-    }
-}
-
-async fn exec(app: &TestApp, sql: &str) {
-    app.user
-        .execute_raw("test", sql.to_owned())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Installs a trigger on `table` refusing any insert or update whose `column` ends in
 /// `@blocked.example` (or equals `Blocked`), with the message `blocked by policy`.
@@ -35,49 +20,37 @@ async fn install_refusing_trigger(app: &TestApp, crm: CrmKind, table: &str, colu
     };
     match crm {
         CrmKind::Postgres => {
-            exec(
-                app,
-                &format!(
-                    "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+            app.crm_exec(&format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ \
                      BEGIN IF {} THEN RAISE EXCEPTION 'blocked by policy'; END IF; \
                      RETURN NEW; END $$",
-                    cond("NEW")
-                ),
-            )
+                cond("NEW")
+            ))
             .await;
-            exec(
-                app,
-                &format!(
-                    "CREATE TRIGGER refuse_{table} BEFORE INSERT OR UPDATE ON {table} \
+            app.crm_exec(&format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT OR UPDATE ON {table} \
                      FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
-                ),
-            )
+            ))
             .await;
         }
         CrmKind::MariaDb => {
             for event in ["INSERT", "UPDATE"] {
-                exec(
-                    app,
-                    &format!(
-                        "CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} \
+                app.crm_exec(&format!(
+                    "CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} \
                          FOR EACH ROW BEGIN IF {} THEN SIGNAL SQLSTATE '45000' \
                          SET MESSAGE_TEXT = 'blocked by policy'; END IF; END",
-                        cond("NEW")
-                    ),
-                )
+                    cond("NEW")
+                ))
                 .await;
             }
         }
         CrmKind::Sqlite => {
             for event in ["INSERT", "UPDATE"] {
-                exec(
-                    app,
-                    &format!(
-                        "CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} \
+                app.crm_exec(&format!(
+                    "CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} \
                          WHEN {} BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
-                        cond("NEW")
-                    ),
-                )
+                    cond("NEW")
+                ))
                 .await;
             }
         }
@@ -92,19 +65,8 @@ fn remote_code(crm: CrmKind) -> &'static str {
     }
 }
 
-async fn open_errors(app: &TestApp, object: &str) -> Vec<SyncError> {
-    app.store
-        .list_errors(&ErrorFilter {
-            status: Some(ErrorStatus::Open),
-            object: Some(object.into()),
-            limit: 100,
-        })
-        .await
-        .unwrap()
-}
-
 async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     install_refusing_trigger(&app, crm, "contacts", "email").await;
     let ok: Vec<i64> = (0..4)
         .map(|i| {
@@ -127,7 +89,7 @@ async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
         assert_eq!(text(&found[0].fields, "marketo_id"), Some(id.to_string()));
     }
     assert!(app.crm_by_email("eve@blocked.example").await.is_empty());
-    let errors = open_errors(&app, "leads").await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];
     assert_eq!(e.record_key, blocked.to_string());
@@ -143,7 +105,7 @@ async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
         app.clock.advance(Duration::from_secs(3600));
         app.try_cycle().await.expect("later cycles succeed");
     }
-    let errors = open_errors(&app, "leads").await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].record_key, blocked.to_string());
     assert_eq!(app.crm_count().await, 4);
@@ -151,7 +113,7 @@ async fn a_lead_refused_by_a_crm_trigger_is_one_ledger_entry(crm: CrmKind) {
 }
 
 async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
-    let app = TestApp::with(opts(crm)).await;
+    let app = TestApp::with(Options::on(crm)).await;
     let lead = app.marketo_create(
         json!({"email": "long@example.com", "firstName": "Lola", "title": "Engineer"}),
     );
@@ -178,7 +140,7 @@ async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
     );
     let sam = app.crm_by_email("short@example.com").await;
     assert_eq!(text(&sam[0].fields, "title").as_deref(), Some("Manager"));
-    let errors = open_errors(&app, "leads").await;
+    let errors = app.open_errors("leads").await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].record_key, lead.to_string());
     assert_eq!(errors[0].code, "too_long");
@@ -199,7 +161,7 @@ async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
     assert_eq!(app.marketo_lead(lead).unwrap()["title"], json!(long));
     let c = app.crm_contact(&cid).await.unwrap();
     assert_eq!(text(&c.fields, "title").as_deref(), Some("Engineer"));
-    assert_eq!(open_errors(&app, "leads").await.len(), 1);
+    assert_eq!(app.open_errors("leads").await.len(), 1);
     app.cleanup().await;
 }
 
@@ -208,13 +170,11 @@ async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
 async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
     let app = TestApp::with(Options {
         objects: vec!["leads".into(), "companies".into()],
-        ..opts(crm)
+        ..Options::on(crm)
     })
     .await;
     for (id, name) in [(9003, "Acme"), (9004, "Globex"), (9005, "Initech")] {
-        exec(
-            &app,
-            &format!("INSERT INTO accounts (id, name, industry, marketo_id) VALUES ({id}, '{name}', 'Retail', '{id}')"),
+        app.crm_exec(&format!("INSERT INTO accounts (id, name, industry, marketo_id) VALUES ({id}, '{name}', 'Retail', '{id}')"),
         )
         .await;
     }
@@ -265,7 +225,7 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         Some("Energy"),
         "the other edit arrived"
     );
-    let mut errors = open_errors(&app, "companies").await;
+    let mut errors = app.open_errors("companies").await;
     errors.sort_by(|a, b| a.code.cmp(&b.code));
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert_eq!(errors[0].code, "too_long");
@@ -287,7 +247,7 @@ async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
         app.sim.company("9003").unwrap()["industry"],
         json!("Blocked")
     );
-    assert_eq!(open_errors(&app, "companies").await.len(), 2);
+    assert_eq!(app.open_errors("companies").await.len(), 2);
     app.cleanup().await;
 }
 

@@ -57,6 +57,16 @@ pub struct Options {
     pub objects: Vec<String>,
 }
 
+impl Options {
+    /// The defaults with this CRM (SQLite state store).
+    pub fn on(crm: CrmKind) -> Options {
+        Options {
+            crm,
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -405,6 +415,26 @@ impl TestApp {
             .and_then(|r| r.first().cloned().flatten())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Runs one statement on the CRM as a user (DDL, triggers, seed rows); panics naming it.
+    pub async fn crm_exec(&self, sql: &str) {
+        self.user
+            .execute_raw("test", sql.to_owned())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Returns the open error-ledger entries of `object`.
+    pub async fn open_errors(&self, object: &str) -> Vec<store::SyncError> {
+        self.store
+            .list_errors(&store::ErrorFilter {
+                status: Some(store::ErrorStatus::Open),
+                object: Some(object.to_owned()),
+                limit: 1_000,
+            })
+            .await
+            .expect("open ledger entries")
     }
 
     /// Stops the simulator and drops the fresh databases.
