@@ -1048,6 +1048,21 @@ fn text(fields: &Fields, name: &str) -> Option<String> {
 }
 
 impl Run<'_> {
+    /// Stores ledger entries on their own (nothing when there are none).
+    async fn commit_errors(&self, errors: Vec<SyncError>) -> Result<(), EngineError> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .store
+            .commit(StepCommit {
+                errors_upsert: errors,
+                ..StepCommit::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Upserts `rows` into the CRM in batches no larger than the adapter's `max_batch_write`
     /// (a window's batch of [`BATCH_ROWS`] can be larger), returning one result per row in order.
     async fn crm_upsert(
@@ -1538,15 +1553,7 @@ impl Run<'_> {
                     }
                 }
             }
-            if !errors.is_empty() {
-                self.ctx
-                    .store
-                    .commit(StepCommit {
-                        errors_upsert: errors,
-                        ..StepCommit::default()
-                    })
-                    .await?;
-            }
+            self.commit_errors(errors).await?;
         }
     }
 
@@ -1679,15 +1686,7 @@ impl Run<'_> {
                 log_import_failures(&report, batch_id);
                 let errors = import_failure_errors(plan, &report, self.ctx.clock.now());
                 let _ = std::fs::remove_file(&report);
-                if !errors.is_empty() {
-                    self.ctx
-                        .store
-                        .commit(StepCommit {
-                            errors_upsert: errors,
-                            ..StepCommit::default()
-                        })
-                        .await?;
-                }
+                self.commit_errors(errors).await?;
             }
         }
         job.state = JobState::Completed;
@@ -1824,13 +1823,7 @@ impl Run<'_> {
                 crm_rows.push(r);
                 known_keys.push(k);
             }
-            self.ctx
-                .store
-                .commit(StepCommit {
-                    errors_upsert: errors,
-                    ..StepCommit::default()
-                })
-                .await?;
+            self.commit_errors(errors).await?;
             if crm_rows.is_empty() {
                 return Ok(());
             }
