@@ -21,6 +21,14 @@ fn naming<'a>(s: &'a CycleSummary, needle: &str) -> Vec<&'a String> {
 }
 
 /// Returns the value of `mksync_disabled_fields{object="leads",field}` on /metrics, if any.
+/// Takes the file's lock and installs the metrics recorder before the test's first cycle: a
+/// gauge set while no recorder is installed is lost, whichever test of the file runs first.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().await;
+    marketo_sync::telemetry::install_metrics_recorder();
+    guard
+}
+
 fn gauge(field: &str) -> Option<f64> {
     let text = marketo_sync::telemetry::install_metrics_recorder().render();
     text.lines()
@@ -55,7 +63,7 @@ async fn two_linked(app: &TestApp, tag: &str) -> (i64, String, String, i64) {
 /// Drops (or renames away) `title` while running, checks that everything else syncs both ways,
 /// then brings the column back and checks that `title` syncs again.
 async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let app = TestApp::with(Options::on(crm)).await;
     let d = app.user.dialect();
     let (lead, cid_a, cid_b, lead_b) = two_linked(&app, if rename { "ren" } else { "drop" }).await;
@@ -162,7 +170,7 @@ async fn a_mapped_column_goes_away_and_comes_back(crm: CrmKind, rename: bool) {
 /// Retypes `title` (text to integer) while running: disabled like a dropped column; retyped
 /// back, it syncs again.
 async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind) {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let app = TestApp::with(Options::on(crm)).await;
     let (lead, cid_a, cid_b, lead_b) = two_linked(&app, "retype").await;
     let (to_int, back) = match app.user.dialect() {
@@ -221,7 +229,7 @@ async fn a_mapped_column_retyped_into_what_the_mapping_cannot_carry(crm: CrmKind
 /// The modified-time column of contacts goes away: the lead step fails with a warning naming
 /// it, companies keep syncing, and leads sync again once it is back.
 async fn a_structural_column_gone_fails_only_its_step(crm: CrmKind) {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let app = TestApp::with(Options {
         objects: vec!["companies".into(), "leads".into()],
         ..Options::on(crm)
