@@ -6,6 +6,7 @@
 //! deletes batches, and declares what it can do. Adapters are built by name in
 //! [`registry::build`].
 
+pub mod hubspot;
 pub mod registry;
 pub mod sql;
 

@@ -58,13 +58,30 @@ fn build_sql(url: Option<SecretString>, options: serde_json::Value) -> Built {
     })
 }
 
+fn build_hubspot(url: Option<SecretString>, options: serde_json::Value) -> Built {
+    Box::pin(async move {
+        let options = super::hubspot::HubSpotOptions::from_json(&options)?;
+        let crm = super::hubspot::HubSpotCrm::connect(url.as_ref(), options).await?;
+        let crm: Arc<dyn Crm> = Arc::new(crm);
+        Ok(crm)
+    })
+}
+
 /// Every adapter this build knows.
-pub const ADAPTERS: &[Registration] = &[Registration {
-    name: "sql",
-    summary: "a SQL database (PostgreSQL, MySQL/MariaDB, SQLite) opened directly",
-    connection: Connection::Url,
-    build: build_sql,
-}];
+pub const ADAPTERS: &[Registration] = &[
+    Registration {
+        name: "sql",
+        summary: "a SQL database (PostgreSQL, MySQL/MariaDB, SQLite) opened directly",
+        connection: Connection::Url,
+        build: build_sql,
+    },
+    Registration {
+        name: "hubspot",
+        summary: "HubSpot's CRM over its REST API, with a private-app access token",
+        connection: Connection::Own,
+        build: build_hubspot,
+    },
+];
 
 /// Returns the names of the registered adapters, comma-separated, for messages.
 #[must_use]
