@@ -28,7 +28,7 @@ const DEFAULT_RATE_WAIT: Duration = Duration::from_secs(10);
 
 /// Errors of the HubSpot transport.
 #[derive(Debug, thiserror::Error)]
-pub enum HubSpotError {
+pub(crate) enum HubSpotError {
     /// HubSpot answered with an error status.
     #[error("hubspot answered {status} to {operation}: {}", describe(.error))]
     Api {
@@ -105,7 +105,9 @@ impl HubSpotError {
     /// 429).
     pub(crate) fn refused(&self) -> Option<(u16, &StandardError)> {
         match self {
-            HubSpotError::Api { status, error, .. } if *status >= 400 && *status < 500 && *status != 429 => {
+            HubSpotError::Api { status, error, .. }
+                if *status >= 400 && *status < 500 && *status != 429 =>
+            {
                 Some((*status, error))
             }
             _ => None,
@@ -151,7 +153,10 @@ impl Window {
         let mut starts = self.starts.lock().await;
         loop {
             let now = Instant::now();
-            while starts.front().is_some_and(|t| now.duration_since(*t) >= self.span) {
+            while starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.span)
+            {
                 starts.pop_front();
             }
             if starts.len() < self.max {
@@ -380,8 +385,7 @@ impl Client {
         self.limiter
             .acquire(request.search, &request.operation)
             .await?;
-        self.sent
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut url = self.settings.base_url.clone();
         {
             let base = url.path().trim_end_matches('/').to_owned();
@@ -433,12 +437,11 @@ impl Client {
             });
         }
         let raw: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let error: StandardError = serde_json::from_value(raw.clone()).unwrap_or_else(|_| {
-            StandardError {
+        let error: StandardError =
+            serde_json::from_value(raw.clone()).unwrap_or_else(|_| StandardError {
                 message: Some(String::from_utf8_lossy(&bytes).chars().take(300).collect()),
                 ..StandardError::default()
-            }
-        });
+            });
         let daily = status == StatusCode::TOO_MANY_REQUESTS
             && raw.get("policyName").and_then(|p| p.as_str()) == Some("DAILY");
         let retry_after = if status == StatusCode::TOO_MANY_REQUESTS {
@@ -476,8 +479,10 @@ pub(crate) fn rate_wait(headers: &HeaderMap) -> Duration {
         return Duration::from_secs_f64(secs.min(3600.0));
     }
     let remaining = number("x-hubspot-ratelimit-remaining");
-    if let (Some(ms), Some(0.0) | None) = (number("x-hubspot-ratelimit-interval-milliseconds"), remaining)
-    {
+    if let (Some(ms), Some(0.0) | None) = (
+        number("x-hubspot-ratelimit-interval-milliseconds"),
+        remaining,
+    ) {
         return Duration::from_secs_f64((ms / 1000.0).min(3600.0));
     }
     DEFAULT_RATE_WAIT
@@ -497,7 +502,10 @@ mod tests {
 
     #[test]
     fn a_429_waits_as_long_as_hubspot_says() {
-        assert_eq!(rate_wait(&headers(&[("retry-after", "3")])), Duration::from_secs(3));
+        assert_eq!(
+            rate_wait(&headers(&[("retry-after", "3")])),
+            Duration::from_secs(3)
+        );
         assert_eq!(
             rate_wait(&headers(&[
                 ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
@@ -506,7 +514,10 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(
-            rate_wait(&headers(&[("x-hubspot-ratelimit-interval-milliseconds", "2000")])),
+            rate_wait(&headers(&[(
+                "x-hubspot-ratelimit-interval-milliseconds",
+                "2000"
+            )])),
             Duration::from_secs(2)
         );
         assert_eq!(rate_wait(&HeaderMap::new()), DEFAULT_RATE_WAIT);

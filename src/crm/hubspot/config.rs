@@ -291,7 +291,10 @@ impl HubSpotOptions {
     pub fn read_token(&self) -> Result<SecretString, CrmError> {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                config(format!("token_file `{}` cannot be read: {e}", path.display()))
+                config(format!(
+                    "token_file `{}` cannot be read: {e}",
+                    path.display()
+                ))
             })?;
             let token = text.trim();
             if token.is_empty() {
@@ -364,7 +367,8 @@ mod tests {
         assert!(HubSpotOptions::from_json(&cap).is_err());
 
         let mut owners = base();
-        owners["objects"]["owners"] = serde_json::json!({ "object_type": "owners", "writable": true });
+        owners["objects"]["owners"] =
+            serde_json::json!({ "object_type": "owners", "writable": true });
         let err = HubSpotOptions::from_json(&owners).unwrap_err().to_string();
         assert!(err.contains("objects.owners"), "{err}");
     }

@@ -84,10 +84,11 @@ fn parse_cursor(object: &str, cursor: Option<&Cursor>) -> Result<FeedState, CrmE
             ..FeedState::default()
         });
     };
-    let state: FeedState = serde_json::from_value(c.0.clone()).map_err(|e| CrmError::BadCursor {
-        object: object.to_owned(),
-        message: e.to_string(),
-    })?;
+    let state: FeedState =
+        serde_json::from_value(c.0.clone()).map_err(|e| CrmError::BadCursor {
+            object: object.to_owned(),
+            message: e.to_string(),
+        })?;
     if state.v != 1 {
         return Err(CrmError::BadCursor {
             object: object.to_owned(),
@@ -118,7 +119,18 @@ pub(super) async fn changes(
     if let Some(window) = state.window.take() {
         let (mut page, next) = match &kind {
             Kind::Owners => owners_page(crm, window).await?,
-            _ => search_page(crm, name, o, &kind, window, limit, crm.options.search_result_cap).await?,
+            _ => {
+                search_page(
+                    crm,
+                    name,
+                    o,
+                    &kind,
+                    window,
+                    limit,
+                    crm.options.search_result_cap,
+                )
+                .await?
+            }
         };
         for c in &page {
             let at = c.modified_at.timestamp_millis();
@@ -152,12 +164,14 @@ pub(super) async fn changes(
         });
     }
     let more = state.window.is_some() || state.archived.is_some();
-    changes.sort_by(|a, b| a.modified_at.cmp(&b.modified_at));
+    changes.sort_by_key(|a| a.modified_at);
     tracing::debug!(object = %name, changes = changes.len(), more, "hubspot changes read");
-    let next = Cursor(serde_json::to_value(&state).map_err(|e| CrmError::BadCursor {
-        object: name.to_owned(),
-        message: e.to_string(),
-    })?);
+    let next = Cursor(
+        serde_json::to_value(&state).map_err(|e| CrmError::BadCursor {
+            object: name.to_owned(),
+            message: e.to_string(),
+        })?,
+    );
     Ok(ChangePage {
         changes,
         next,
@@ -370,9 +384,12 @@ async fn owners_page(
     crm: &HubSpotCrm,
     window: SearchWindow,
 ) -> Result<(Vec<Change>, Option<SearchWindow>), CrmError> {
-    let mut request = Request::get("/crm/v3/owners".to_owned(), "read changes of owners".to_owned())
-        .q("limit", 100)
-        .q("archived", false);
+    let mut request = Request::get(
+        "/crm/v3/owners".to_owned(),
+        "read changes of owners".to_owned(),
+    )
+    .q("limit", 100)
+    .q("archived", false);
     if let Some(a) = &window.after {
         request = request.q("after", a);
     }
@@ -554,27 +571,83 @@ mod tests {
             ..SearchWindow::default()
         };
         // 200 read of a cap of 1,000: keep paging.
-        let next = next_window(&w, Some("200".into()), 200, Some((1_500, "9".into())), 200, 1_000).unwrap();
+        let next = next_window(
+            &w,
+            Some("200".into()),
+            200,
+            Some((1_500, "9".into())),
+            200,
+            1_000,
+        )
+        .unwrap();
         assert_eq!(next.after.as_deref(), Some("200"));
         assert_eq!(next.read, 200);
         // The next page would pass the cap: a new query from the last instant read.
-        let at_cap = SearchWindow { read: 800, after: Some("800".into()), ..w.clone() };
-        let next = next_window(&at_cap, Some("1000".into()), 200, Some((2_000, "7".into())), 200, 1_000).unwrap();
-        assert_eq!(next, SearchWindow { from: 2_000, ..SearchWindow::default() });
+        let at_cap = SearchWindow {
+            read: 800,
+            after: Some("800".into()),
+            ..w.clone()
+        };
+        let next = next_window(
+            &at_cap,
+            Some("1000".into()),
+            200,
+            Some((2_000, "7".into())),
+            200,
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(
+            next,
+            SearchWindow {
+                from: 2_000,
+                ..SearchWindow::default()
+            }
+        );
         // The whole capped window is one instant: read it by id, then strictly after it.
-        let next = next_window(&at_cap, Some("1000".into()), 200, Some((1_000, "7".into())), 200, 1_000).unwrap();
+        let next = next_window(
+            &at_cap,
+            Some("1000".into()),
+            200,
+            Some((1_000, "7".into())),
+            200,
+            1_000,
+        )
+        .unwrap();
         assert_eq!(next.tie.as_deref(), Some(""));
-        let tie = next_window(&next, Some("x".into()), 200, Some((1_000, "42".into())), 200, 1_000).unwrap();
+        let tie = next_window(
+            &next,
+            Some("x".into()),
+            200,
+            Some((1_000, "42".into())),
+            200,
+            1_000,
+        )
+        .unwrap();
         assert_eq!(tie.tie.as_deref(), Some("42"));
         let done = next_window(&tie, None, 10, Some((1_000, "52".into())), 200, 1_000).unwrap();
-        assert_eq!(done, SearchWindow { from: 1_000, strict: true, ..SearchWindow::default() });
+        assert_eq!(
+            done,
+            SearchWindow {
+                from: 1_000,
+                strict: true,
+                ..SearchWindow::default()
+            }
+        );
         // No next page: the query is done.
-        assert_eq!(next_window(&w, None, 3, Some((1_200, "1".into())), 200, 1_000), None);
+        assert_eq!(
+            next_window(&w, None, 3, Some((1_200, "1".into())), 200, 1_000),
+            None
+        );
     }
 
     #[test]
     fn search_bodies_filter_sort_and_page_as_hubspot_expects() {
-        let w = SearchWindow { from: 5, after: Some("200".into()), ..SearchWindow::default() };
+        let w = SearchWindow {
+            from: 5,
+            after: Some("200".into()),
+            ..SearchWindow::default()
+        };
         let body = search_body("lastmodifieddate", &w, &["email".into()], 100);
         assert_eq!(
             body,
@@ -584,7 +657,11 @@ mod tests {
                 "properties": ["email"], "limit": 100, "after": "200"
             })
         );
-        let tie = SearchWindow { from: 5, tie: Some("9".into()), ..SearchWindow::default() };
+        let tie = SearchWindow {
+            from: 5,
+            tie: Some("9".into()),
+            ..SearchWindow::default()
+        };
         let body = search_body("hs_lastmodifieddate", &tie, &[], 100);
         assert_eq!(body["filterGroups"][0]["filters"][1]["operator"], "GT");
         assert_eq!(body["sorts"][0]["propertyName"], "hs_object_id");
@@ -603,15 +680,24 @@ mod tests {
         assert_eq!(changes[1].id, "8");
         assert_eq!(
             changes[0].kind,
-            ChangeKind::Deleted(Tombstone { how: DeleteHow::Merged { into: "10".into() }, at })
+            ChangeKind::Deleted(Tombstone {
+                how: DeleteHow::Merged { into: "10".into() },
+                at
+            })
         );
     }
 
     #[test]
     fn association_ids_round_trip_and_cursors_are_checked() {
-        assert_eq!(split_association_id(&association_id("5", "7", 3)), Some(("5".into(), "7".into(), 3)));
+        assert_eq!(
+            split_association_id(&association_id("5", "7", 3)),
+            Some(("5".into(), "7".into(), 3))
+        );
         assert_eq!(split_association_id("5:7"), None);
         let bad = Cursor(serde_json::json!({ "v": 9 }));
-        assert!(matches!(parse_cursor("contacts", Some(&bad)), Err(CrmError::BadCursor { .. })));
+        assert!(matches!(
+            parse_cursor("contacts", Some(&bad)),
+            Err(CrmError::BadCursor { .. })
+        ));
     }
 }

@@ -353,7 +353,11 @@ impl HubSpotCrm {
         let mut wanted: Vec<String> = Vec::new();
         for v in values.iter().filter(|v| !v.is_null()) {
             // HubSpot's IN operator takes string values in lowercase.
-            let text = if textual { fold(&v.to_text()) } else { v.to_text() };
+            let text = if textual {
+                fold(&v.to_text())
+            } else {
+                v.to_text()
+            };
             if !text.is_empty() && !wanted.contains(&text) {
                 wanted.push(text);
             }
@@ -648,8 +652,8 @@ impl Crm for HubSpotCrm {
     }
 
     async fn healthcheck(&self) -> Result<(), CrmError> {
-        let request = Request::get("/crm/v3/owners".to_owned(), "healthcheck".to_owned())
-            .q("limit", 1);
+        let request =
+            Request::get("/crm/v3/owners".to_owned(), "healthcheck".to_owned()).q("limit", 1);
         self.client.send_json(&request).await?;
         Ok(())
     }
@@ -679,7 +683,8 @@ impl HubSpotCrm {
                     let t = v.to_text();
                     if folded { t.trim().to_lowercase() } else { t }
                 };
-                let wanted: Vec<String> = values.iter().filter(|v| !v.is_null()).map(fold).collect();
+                let wanted: Vec<String> =
+                    values.iter().filter(|v| !v.is_null()).map(fold).collect();
                 let mut out: Vec<CrmRecord> = self
                     .owners(false)
                     .await?
@@ -697,10 +702,7 @@ impl HubSpotCrm {
                 merge_sort(&mut out);
                 Ok(out)
             }
-            Kind::Associations {
-                ref from_field,
-                ..
-            } => {
+            Kind::Associations { ref from_field, .. } => {
                 if field != from_field.as_str() {
                     return Err(CrmError::UnknownName {
                         object: object.to_owned(),

@@ -263,6 +263,9 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(a.to[0].to_id(), "7");
-        assert_eq!(a.to[0].association_types[1].label.as_deref(), Some("Decision Maker"));
+        assert_eq!(
+            a.to[0].association_types[1].label.as_deref(),
+            Some("Decision Maker")
+        );
     }
 }

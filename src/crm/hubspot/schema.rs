@@ -55,8 +55,7 @@ pub(crate) fn field_def(p: &Property) -> FieldDef {
     };
     let read_only = p.calculated
         || p.name == ID_PROPERTY
-        || p
-            .modification_metadata
+        || p.modification_metadata
             .as_ref()
             .is_some_and(|m| m.read_only_value);
     FieldDef {
@@ -91,7 +90,11 @@ pub(crate) fn parse_value(raw: Option<&str>, ty: &FieldType) -> Value {
     }
     let text = || Value::Text(raw.to_owned());
     match ty {
-        FieldType::Integer => raw.trim().parse().map(Value::Int).unwrap_or_else(|_| text()),
+        FieldType::Integer => raw
+            .trim()
+            .parse()
+            .map(Value::Int)
+            .unwrap_or_else(|_| text()),
         FieldType::Decimal => match raw.trim().parse::<Decimal>() {
             Ok(d) => Value::Decimal(d),
             Err(_) => text(),
@@ -155,7 +158,7 @@ pub(crate) fn render_value(value: &Value, field: &FieldDef) -> Result<String, Re
             _ => invalid(),
         },
         FieldType::Picklist { options } => {
-            if options.is_empty() || options.iter().any(|o| *o == text) {
+            if options.is_empty() || options.contains(&text) {
                 Ok(text)
             } else {
                 invalid()
@@ -186,24 +189,41 @@ mod tests {
 
     #[test]
     fn property_types_map_to_field_types() {
-        let email = prop(serde_json::json!({"name": "email", "type": "string", "fieldType": "text"}));
+        let email =
+            prop(serde_json::json!({"name": "email", "type": "string", "fieldType": "text"}));
         assert_eq!(email.ty, FieldType::Email);
-        let stage = prop(serde_json::json!({"name": "dealstage", "type": "enumeration",
-            "fieldType": "select", "options": [{"label": "Won", "value": "closedwon"}]}));
-        assert_eq!(stage.ty, FieldType::Picklist { options: vec!["closedwon".into()] });
-        let id = prop(serde_json::json!({"name": "hs_object_id", "type": "number", "fieldType": "number",
-            "modificationMetadata": {"readOnlyValue": true, "archivable": false, "readOnlyDefinition": true}}));
+        let stage = prop(
+            serde_json::json!({"name": "dealstage", "type": "enumeration",
+            "fieldType": "select", "options": [{"label": "Won", "value": "closedwon"}]}),
+        );
+        assert_eq!(
+            stage.ty,
+            FieldType::Picklist {
+                options: vec!["closedwon".into()]
+            }
+        );
+        let id = prop(
+            serde_json::json!({"name": "hs_object_id", "type": "number", "fieldType": "number",
+            "modificationMetadata": {"readOnlyValue": true, "archivable": false, "readOnlyDefinition": true}}),
+        );
         assert!(id.read_only && id.unique && id.ty == FieldType::Integer);
-        let mk = prop(serde_json::json!({"name": "marketo_id", "type": "string", "fieldType": "text",
-            "hasUniqueValue": true}));
+        let mk = prop(
+            serde_json::json!({"name": "marketo_id", "type": "string", "fieldType": "text",
+            "hasUniqueValue": true}),
+        );
         assert!(mk.unique && !mk.read_only);
-        let calc = prop(serde_json::json!({"name": "days_to_close", "type": "number", "calculated": true}));
+        let calc = prop(
+            serde_json::json!({"name": "days_to_close", "type": "number", "calculated": true}),
+        );
         assert!(calc.read_only);
     }
 
     #[test]
     fn values_are_read_in_their_type_and_never_shortened_on_write() {
-        assert_eq!(parse_value(Some("12.50"), &FieldType::Decimal), Value::Decimal("12.5".parse().unwrap()));
+        assert_eq!(
+            parse_value(Some("12.50"), &FieldType::Decimal),
+            Value::Decimal("12.5".parse().unwrap())
+        );
         assert_eq!(parse_value(Some(""), &FieldType::Decimal), Value::Null);
         let t = parse_value(Some("2026-03-01T10:00:00.123Z"), &FieldType::DateTime);
         assert_eq!(t, Value::DateTime("2026-03-01T10:00:00Z".parse().unwrap()));
@@ -215,16 +235,35 @@ mod tests {
         assert_eq!(render_value(&Value::from("abcde"), &text).unwrap(), "abcde");
         assert_eq!(
             render_value(&Value::from("abcdef"), &text).unwrap_err(),
-            RefusalReason::TooLong { field: "bio".into(), max_chars: 5, actual_chars: 6 }
+            RefusalReason::TooLong {
+                field: "bio".into(),
+                max_chars: 5,
+                actual_chars: 6
+            }
         );
-        let stage = FieldDef::new("dealstage", FieldType::Picklist { options: vec!["won".into()] });
-        assert_eq!(render_value(&Value::from("lost"), &stage).unwrap_err(), RefusalReason::InvalidValue);
+        let stage = FieldDef::new(
+            "dealstage",
+            FieldType::Picklist {
+                options: vec!["won".into()],
+            },
+        );
+        assert_eq!(
+            render_value(&Value::from("lost"), &stage).unwrap_err(),
+            RefusalReason::InvalidValue
+        );
         let amount = FieldDef::new("amount", FieldType::Decimal);
-        assert_eq!(render_value(&Value::from("12x"), &amount).unwrap_err(), RefusalReason::InvalidValue);
+        assert_eq!(
+            render_value(&Value::from("12x"), &amount).unwrap_err(),
+            RefusalReason::InvalidValue
+        );
         assert_eq!(render_value(&Value::Null, &amount).unwrap(), "");
         let when = FieldDef::new("closedate", FieldType::DateTime);
         assert_eq!(
-            render_value(&Value::DateTime("2026-03-01T10:00:00Z".parse().unwrap()), &when).unwrap(),
+            render_value(
+                &Value::DateTime("2026-03-01T10:00:00Z".parse().unwrap()),
+                &when
+            )
+            .unwrap(),
             "2026-03-01T10:00:00.000Z"
         );
     }

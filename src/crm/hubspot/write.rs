@@ -19,9 +19,9 @@ use super::model::{BatchResponse, PublicObject, StandardError};
 use super::schema::{self, ID_PROPERTY};
 use super::{HubSpotCrm, MAX_BATCH};
 use crate::crm::{CrmError, Refusal, RefusalReason, WriteResult};
-use crate::model::{FieldDef, Fields};
 #[cfg(test)]
 use crate::model::Value;
+use crate::model::{FieldDef, Fields};
 
 /// The longest remote message kept in a refusal, in characters.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -67,8 +67,8 @@ pub(super) async fn upsert(
         Mode::Update
     } else {
         let key = props.iter().find(|f| f.name == key_field);
-        let usable = key.is_some_and(|f| f.unique)
-            || (key_field == "email" && o.object_type == "contacts");
+        let usable =
+            key.is_some_and(|f| f.unique) || (key_field == "email" && o.object_type == "contacts");
         if !usable {
             return Err(CrmError::Schema {
                 object: name.to_owned(),
@@ -164,10 +164,9 @@ fn prepare(
             }
             Err(reason) => {
                 let message = match &reason {
-                    RefusalReason::InvalidValue => format!(
-                        "the value of `{name}` is not a valid {}",
-                        def.ty.describe()
-                    ),
+                    RefusalReason::InvalidValue => {
+                        format!("the value of `{name}` is not a valid {}", def.ty.describe())
+                    }
                     other => other.to_string(),
                 };
                 return Err(Refusal::new(reason, message));
@@ -205,7 +204,10 @@ impl WriteCtx<'_> {
                         return Err(e.into());
                     };
                     if records.len() == 1 {
-                        return Ok(vec![(records[0].index, WriteResult::Refused(refusal(status, error)))]);
+                        return Ok(vec![(
+                            records[0].index,
+                            WriteResult::Refused(refusal(status, error)),
+                        )]);
                     }
                     let mut left = records;
                     let right = left.split_off(left.len() / 2);
@@ -232,7 +234,10 @@ impl WriteCtx<'_> {
         })
     }
 
-    async fn call(&self, records: &[Prepared]) -> Result<BatchResponse<PublicObject>, HubSpotError> {
+    async fn call(
+        &self,
+        records: &[Prepared],
+    ) -> Result<BatchResponse<PublicObject>, HubSpotError> {
         let (path, inputs): (&str, Vec<serde_json::Value>) = match self.mode {
             Mode::Upsert => (
                 "upsert",
@@ -303,7 +308,9 @@ impl WriteCtx<'_> {
                 .filter_map(|id| by_key.get(&norm(id)).copied())
                 .collect();
             if named.is_empty() {
-                let open: Vec<usize> = (0..records.len()).filter(|p| outcome[*p].is_none()).collect();
+                let open: Vec<usize> = (0..records.len())
+                    .filter(|p| outcome[*p].is_none())
+                    .collect();
                 if open.len() == 1 {
                     named = open;
                 }
@@ -387,7 +394,10 @@ fn validation_detail(error: &StandardError) -> Option<(String, Option<String>)> 
     let list: Vec<serde_json::Value> = serde_json::from_str(&message[start..]).ok()?;
     let first = list.first()?;
     let code = first.get("error")?.as_str()?.to_owned();
-    let name = first.get("name").and_then(|n| n.as_str()).map(str::to_owned);
+    let name = first
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
     Some((code, name))
 }
 
@@ -403,7 +413,10 @@ pub(super) async fn archive(
     writable(name, o)?;
     if ids.len() > MAX_BATCH {
         return Err(CrmError::Config {
-            message: format!("batch of {} ids is larger than HubSpot's {MAX_BATCH}", ids.len()),
+            message: format!(
+                "batch of {} ids is larger than HubSpot's {MAX_BATCH}",
+                ids.len()
+            ),
         });
     }
     let live = crm.read_by_ids(name, o, ids).await?;
@@ -457,7 +470,10 @@ fn archive_split<'a>(
                     return Err(e.into());
                 };
                 if ids.len() == 1 {
-                    return Ok(vec![(ids[0].0, WriteResult::Refused(refusal(status, error)))]);
+                    return Ok(vec![(
+                        ids[0].0,
+                        WriteResult::Refused(refusal(status, error)),
+                    )]);
                 }
                 let mut left = ids;
                 let right = left.split_off(left.len() / 2);
@@ -483,8 +499,16 @@ mod tests {
         }))
         .unwrap();
         let r = refusal(207, &e);
-        assert_eq!(r.reason, RefusalReason::UnknownField { field: "colour".into() });
-        assert_eq!(r.remote_code.as_deref(), Some("VALIDATION_ERROR/PROPERTY_DOESNT_EXIST"));
+        assert_eq!(
+            r.reason,
+            RefusalReason::UnknownField {
+                field: "colour".into()
+            }
+        );
+        assert_eq!(
+            r.remote_code.as_deref(),
+            Some("VALIDATION_ERROR/PROPERTY_DOESNT_EXIST")
+        );
         let e = StandardError {
             category: Some("OBJECT_NOT_FOUND".into()),
             ..StandardError::default()
@@ -507,14 +531,27 @@ mod tests {
     #[test]
     fn records_are_checked_before_they_are_sent() {
         let props = vec![
-            FieldDef { unique: true, ..FieldDef::new("marketo_id", FieldType::Text { max_len: Some(65_536) }) },
+            FieldDef {
+                unique: true,
+                ..FieldDef::new(
+                    "marketo_id",
+                    FieldType::Text {
+                        max_len: Some(65_536),
+                    },
+                )
+            },
             FieldDef::new("firstname", FieldType::Text { max_len: Some(3) }),
-            FieldDef { read_only: true, ..FieldDef::new("createdate", FieldType::DateTime) },
+            FieldDef {
+                read_only: true,
+                ..FieldDef::new("createdate", FieldType::DateTime)
+            },
         ];
         let mut f = Fields::new();
         f.insert("firstname".into(), Value::from("Ada"));
         assert_eq!(
-            prepare(0, &f, "marketo_id", Mode::Upsert, &props).unwrap_err().reason,
+            prepare(0, &f, "marketo_id", Mode::Upsert, &props)
+                .unwrap_err()
+                .reason,
             RefusalReason::MissingKey
         );
         f.insert("marketo_id".into(), Value::Int(42));
@@ -523,19 +560,29 @@ mod tests {
         assert_eq!(p.properties["firstname"], "Ada");
         f.insert("firstname".into(), Value::from("Adaline"));
         assert!(matches!(
-            prepare(0, &f, "marketo_id", Mode::Upsert, &props).unwrap_err().reason,
-            RefusalReason::TooLong { max_chars: 3, actual_chars: 7, .. }
+            prepare(0, &f, "marketo_id", Mode::Upsert, &props)
+                .unwrap_err()
+                .reason,
+            RefusalReason::TooLong {
+                max_chars: 3,
+                actual_chars: 7,
+                ..
+            }
         ));
         f.insert("firstname".into(), Value::from("Ada"));
         f.insert("createdate".into(), Value::Null);
         assert!(matches!(
-            prepare(0, &f, "marketo_id", Mode::Upsert, &props).unwrap_err().reason,
+            prepare(0, &f, "marketo_id", Mode::Upsert, &props)
+                .unwrap_err()
+                .reason,
             RefusalReason::ReadOnlyField { .. }
         ));
         f.remove("createdate");
         f.insert("colour".into(), Value::from("red"));
         assert!(matches!(
-            prepare(0, &f, "marketo_id", Mode::Upsert, &props).unwrap_err().reason,
+            prepare(0, &f, "marketo_id", Mode::Upsert, &props)
+                .unwrap_err()
+                .reason,
             RefusalReason::UnknownField { .. }
         ));
     }
