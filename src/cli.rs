@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Runs the Marketo simulator until Ctrl-C.
     Simulate(SimulateArgs),
+    /// Runs the HubSpot simulator until Ctrl-C.
+    SimulateHubspot(SimulateHubspotArgs),
     /// Loads both sides for the first time, resumably, within the daily bulk budget.
     Bootstrap(BootstrapArgs),
     /// CRM adapter maintenance.
@@ -457,6 +459,29 @@ pub struct SimulateArgs {
     /// (by default the filter is supported).
     #[arg(long)]
     pub no_updated_at_filter: bool,
+}
+
+/// Arguments of `simulate-hubspot`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateHubspotArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: String,
+    /// Private-app access token to accept (generated when absent).
+    #[arg(long, env = "MKSYNC_SIM_HUBSPOT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seed of the data generator and of the faults.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of generated contacts (companies a quarter, deals a fifth of them).
+    #[arg(long, default_value_t = 100)]
+    pub contacts: usize,
+    /// Account tier of the rate limits: starter, professional, enterprise or api-add-on.
+    #[arg(long, default_value = "professional")]
+    pub tier: String,
+    /// Fault profile: none, flaky, hostile, or rules like `route=batch,kind=5xx,rate=0.1`.
+    #[arg(long, default_value = "none")]
+    pub faults: String,
 }
 
 /// Arguments of `bootstrap`.
@@ -884,6 +909,27 @@ async fn dispatch(
                 on_signal.cancel();
             });
             crate::sim::run_simulate(options, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SimulateHubspot(args) => {
+            let options = crate::sim::hubspot::SimulateHubSpotOptions {
+                listen: args.listen,
+                token: args.token.map(secrecy::SecretString::from),
+                seed: args.seed,
+                contacts: args.contacts,
+                tier: args
+                    .tier
+                    .parse()
+                    .map_err(|message: String| anyhow::anyhow!(message))?,
+                faults: args.faults,
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            crate::sim::hubspot::run_simulate_hubspot(options, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync {

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod demo_crm;
 pub mod faults;
 pub mod generator;
+pub mod hubspot;
 pub mod limits;
 pub mod routes;
 pub mod schema;
