@@ -67,7 +67,7 @@ const KNOWN_PAIRS: &[(&str, &[&str])] = &[
         "country",
         &["country", "primaryaddresscountry", "addresscountry"],
     ),
-    ("website", &["website", "url", "web"]),
+    ("website", &["website", "url", "web", "domain"]),
     ("industry", &["industry"]),
     ("annualRevenue", &["annualrevenue", "revenue"]),
     (
@@ -77,15 +77,16 @@ const KNOWN_PAIRS: &[(&str, &[&str])] = &[
             "employees",
             "employeecount",
             "headcount",
+            "numemployees",
         ],
     ),
     ("leadSource", &["leadsource", "source"]),
-    ("leadStatus", &["leadstatus", "status"]),
+    ("leadStatus", &["leadstatus", "status", "hsleadstatus"]),
     ("description", &["description", "notes"]),
-    ("billingCity", &["billingcity", "billingaddresscity"]),
+    ("billingCity", &["billingcity", "billingaddresscity", "city"]),
     (
         "billingCountry",
-        &["billingcountry", "billingaddresscountry"],
+        &["billingcountry", "billingaddresscountry", "country"],
     ),
     ("billingStreet", &["billingstreet", "billingaddressstreet"]),
     ("billingState", &["billingstate", "billingaddressstate"]),
@@ -100,6 +101,7 @@ const KNOWN_PAIRS: &[(&str, &[&str])] = &[
         &["closedate", "dateclosed", "expectedclosedate"],
     ),
     ("stage", &["stage", "salesstage", "dealstage"]),
+    ("externalSalesPersonId", &["ownerid", "hubspotownerid"]),
     ("name", &["name", "title", "dealname"]),
 ];
 

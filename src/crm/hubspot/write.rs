@@ -216,7 +216,8 @@ impl WriteCtx<'_> {
                     return Ok(out);
                 }
             };
-            let (mut out, silent) = self.match_answer(&records, &answer);
+            let ids = self.keys_of_unlabelled(&records, &answer).await?;
+            let (mut out, silent) = self.match_answer(&records, &answer, &ids);
             if !silent.is_empty() {
                 if resend {
                     for record in silent {
@@ -268,12 +269,58 @@ impl WriteCtx<'_> {
         self.crm.client.send(&request).await
     }
 
-    /// Maps HubSpot's answer back to the records; returns the outcomes and the records HubSpot
-    /// said nothing about.
+    /// Returns the key of each upsert result that does not carry its key property, by reading
+    /// the records back by that property (one `batch/read` with `idProperty`), so that results
+    /// are never matched to records by position.
+    async fn keys_of_unlabelled(
+        &self,
+        records: &[Prepared],
+        answer: &BatchResponse<PublicObject>,
+    ) -> Result<HashMap<String, String>, CrmError> {
+        let unlabelled = self.mode == Mode::Upsert
+            && answer.results.iter().any(|o| {
+                o.properties
+                    .get(self.key_field)
+                    .cloned()
+                    .flatten()
+                    .is_none()
+            });
+        if !unlabelled {
+            return Ok(HashMap::new());
+        }
+        let inputs: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| serde_json::json!({ "id": r.key }))
+            .collect();
+        let request = Request::post(
+            format!("/crm/v3/objects/{}/batch/read", self.object_type),
+            serde_json::json!({
+                "idProperty": self.key_field, "properties": [self.key_field], "inputs": inputs
+            }),
+            format!("read back {} by {}", self.name, self.key_field),
+        );
+        let read: BatchResponse<PublicObject> = match self.crm.client.send(&request).await {
+            Ok(r) => r,
+            Err(e) if e.refused().is_some() => return Ok(HashMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(read
+            .results
+            .into_iter()
+            .filter_map(|o| {
+                let key = o.properties.get(self.key_field).cloned().flatten()?;
+                Some((o.id, key))
+            })
+            .collect())
+    }
+
+    /// Maps HubSpot's answer back to the records (by key, or by the result's id through
+    /// `keys_by_id`); returns the outcomes and the records HubSpot said nothing about.
     fn match_answer(
         &self,
         records: &[Prepared],
         answer: &BatchResponse<PublicObject>,
+        keys_by_id: &HashMap<String, String>,
     ) -> (Vec<(usize, WriteResult)>, Vec<Prepared>) {
         let norm = |s: &str| s.trim().to_lowercase();
         let mut by_key: HashMap<String, usize> = HashMap::new();
@@ -284,7 +331,12 @@ impl WriteCtx<'_> {
         for object in &answer.results {
             let key = match self.mode {
                 Mode::Update => Some(object.id.clone()),
-                Mode::Upsert => object.properties.get(self.key_field).cloned().flatten(),
+                Mode::Upsert => object
+                    .properties
+                    .get(self.key_field)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| keys_by_id.get(&object.id).cloned()),
             };
             let pos = match key.and_then(|k| by_key.get(&norm(&k)).copied()) {
                 Some(p) => Some(p),
