@@ -411,3 +411,64 @@ fn comment_list(out: &mut String, names: &[&str]) {
         let _ = writeln!(out, "{}", line.trim_end_matches(','));
     }
 }
+
+#[cfg(test)]
+mod hubspot_names {
+    use super::*;
+    use crate::model::{FieldType, Side};
+
+    fn schema(side: Side, object: &str, names: &[&str]) -> ObjectSchema {
+        ObjectSchema {
+            side,
+            object: object.to_owned(),
+            id_field: None,
+            dedupe_fields: Vec::new(),
+            fields: names
+                .iter()
+                .map(|n| FieldDef::new(*n, FieldType::Text { max_len: None }))
+                .collect(),
+        }
+    }
+
+    fn pairs(file: &MappingFile) -> Vec<(String, String)> {
+        file.fields
+            .iter()
+            .map(|f| (f.marketo.clone().unwrap(), f.crm.clone().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn marketo_and_hubspot_property_names_are_paired() {
+        let lead = schema(
+            Side::Marketo,
+            "lead",
+            &["email", "firstName", "title", "leadStatus", "numberOfEmployees"],
+        );
+        let contact = schema(
+            Side::Crm,
+            "contacts",
+            &["numemployees", "hs_lead_status", "jobtitle", "firstname", "email"],
+        );
+        let got = pairs(&suggest(&lead, &contact));
+        for want in [
+            ("email", "email"),
+            ("firstName", "firstname"),
+            ("title", "jobtitle"),
+            ("leadStatus", "hs_lead_status"),
+            ("numberOfEmployees", "numemployees"),
+        ] {
+            assert!(got.contains(&(want.0.into(), want.1.into())), "{want:?} in {got:?}");
+        }
+        let company = schema(Side::Marketo, "company", &["company", "website", "billingCity"]);
+        let hs_company = schema(Side::Crm, "companies", &["city", "domain", "name"]);
+        let got = pairs(&suggest(&company, &hs_company));
+        assert_eq!(
+            got,
+            vec![
+                ("company".into(), "name".into()),
+                ("website".into(), "domain".into()),
+                ("billingCity".into(), "city".into()),
+            ]
+        );
+    }
+}
