@@ -450,3 +450,48 @@ async fn the_token_never_appears_in_errors_or_debug_output() {
     let debug = format!("{crm:?}");
     assert!(!debug.contains(sim.token().expose_secret()), "{debug}");
 }
+
+#[test]
+fn the_example_config_loads_offline_with_valid_adapter_options() {
+    use marketo_sync::config::{SettingsSource, load};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/hubspot");
+    let vars = std::collections::HashMap::from([(
+        "MKSYNC__MARKETO__CLIENT_SECRET".to_owned(),
+        "example-secret".to_owned(),
+    )]);
+    let loaded =
+        load(&SettingsSource::new(&dir, None).with_vars(vars)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.settings.crm.adapter, "hubspot");
+    assert_eq!(loaded.mappings.len(), 5);
+    let options = HubSpotOptions::from_json(&loaded.settings.crm.options).unwrap();
+    assert!(options.objects["contacts"].writable);
+    assert_eq!(options.objects["deal_contacts"].object_type, "associations");
+}
+
+#[tokio::test]
+async fn more_changes_than_hubspots_10k_search_cap_are_all_read() {
+    let sim = sim(10_150).await;
+    add_marketo_id(&sim, "contacts");
+    let crm = adapter(
+        &sim,
+        json!({ "requests_per_10s": 1000, "search_per_second": 1000 }),
+    )
+    .await;
+    sim.set_limits(RateLimits {
+        per_ten_seconds: 100_000,
+        search_per_second: 100_000,
+        daily: 10_000_000,
+        ..RateLimits::default()
+    });
+    let (changes, _) = drain(&crm, "contacts", None, 200).await;
+    let read: BTreeSet<u64> = changes.iter().map(|c| c.id.parse().unwrap()).collect();
+    assert_eq!(
+        read.len(),
+        10_150,
+        "every contact is read past the 10,000-result cap"
+    );
+    assert!(
+        sim.request_log().iter().all(|e| e.status < 400),
+        "no query paged past the cap"
+    );
+}
