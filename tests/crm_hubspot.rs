@@ -462,7 +462,7 @@ fn the_example_config_loads_offline_with_valid_adapter_options() {
     let loaded =
         load(&SettingsSource::new(&dir, None).with_vars(vars)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.settings.crm.adapter, "hubspot");
-    assert_eq!(loaded.mappings.len(), 5);
+    assert_eq!(loaded.mappings.len(), 3);
     let options = HubSpotOptions::from_json(&loaded.settings.crm.options).unwrap();
     assert!(options.objects["contacts"].writable);
     assert_eq!(options.objects["deal_contacts"].object_type, "associations");

@@ -83,7 +83,10 @@ const KNOWN_PAIRS: &[(&str, &[&str])] = &[
     ("leadSource", &["leadsource", "source"]),
     ("leadStatus", &["leadstatus", "status", "hsleadstatus"]),
     ("description", &["description", "notes"]),
-    ("billingCity", &["billingcity", "billingaddresscity", "city"]),
+    (
+        "billingCity",
+        &["billingcity", "billingaddresscity", "city"],
+    ),
     (
         "billingCountry",
         &["billingcountry", "billingaddresscountry", "country"],
@@ -442,12 +445,24 @@ mod hubspot_names {
         let lead = schema(
             Side::Marketo,
             "lead",
-            &["email", "firstName", "title", "leadStatus", "numberOfEmployees"],
+            &[
+                "email",
+                "firstName",
+                "title",
+                "leadStatus",
+                "numberOfEmployees",
+            ],
         );
         let contact = schema(
             Side::Crm,
             "contacts",
-            &["numemployees", "hs_lead_status", "jobtitle", "firstname", "email"],
+            &[
+                "numemployees",
+                "hs_lead_status",
+                "jobtitle",
+                "firstname",
+                "email",
+            ],
         );
         let got = pairs(&suggest(&lead, &contact));
         for want in [
@@ -457,9 +472,16 @@ mod hubspot_names {
             ("leadStatus", "hs_lead_status"),
             ("numberOfEmployees", "numemployees"),
         ] {
-            assert!(got.contains(&(want.0.into(), want.1.into())), "{want:?} in {got:?}");
+            assert!(
+                got.contains(&(want.0.into(), want.1.into())),
+                "{want:?} in {got:?}"
+            );
         }
-        let company = schema(Side::Marketo, "company", &["company", "website", "billingCity"]);
+        let company = schema(
+            Side::Marketo,
+            "company",
+            &["company", "website", "billingCity"],
+        );
         let hs_company = schema(Side::Crm, "companies", &["city", "domain", "name"]);
         let got = pairs(&suggest(&company, &hs_company));
         assert_eq!(
