@@ -60,6 +60,9 @@ pub struct HubSpotConfig {
     pub faults: FaultProfile,
     /// Sim start instant (default: now, whole seconds).
     pub start: Option<DateTime<Utc>>,
+    /// Sim time moves only when advanced (tests that compare timestamps); otherwise it follows
+    /// tokio time.
+    pub manual_clock: bool,
 }
 
 impl Default for HubSpotConfig {
@@ -73,6 +76,7 @@ impl Default for HubSpotConfig {
             limits: RateLimits::default(),
             faults: FaultProfile::none(),
             start: None,
+            manual_clock: false,
         }
     }
 }

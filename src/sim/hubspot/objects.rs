@@ -93,7 +93,7 @@ fn limit_of(req: &Req, default: usize, max: usize) -> Result<usize, ApiError> {
     match req.q("limit") {
         None => Ok(default),
         Some(text) => match text.parse::<usize>() {
-            Ok(n) if n >= 1 && n <= max => Ok(n),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::validation(format!(
                 "limit must be a number from 1 to {max}, got {text}"
             ))),

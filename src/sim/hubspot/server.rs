@@ -21,6 +21,38 @@ use super::limits::{Refusal, Usage};
 use super::model::{ApiError, Portal};
 use super::{admin, assoc, meta, objects};
 use crate::sim::clock::SimClock;
+
+/// The simulator's clock: flowing (sim time follows tokio time, as the Marketo simulator's does)
+/// or manual (sim time moves only when a test or the admin API advances it).
+#[derive(Debug, Clone)]
+pub enum HsClock {
+    /// Follows tokio time plus advances.
+    Flowing(SimClock),
+    /// Moves only by advances.
+    Manual(DateTime<Utc>),
+}
+
+impl HsClock {
+    /// Returns current sim time.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            HsClock::Flowing(clock) => clock.now(),
+            HsClock::Manual(at) => *at,
+        }
+    }
+
+    /// Moves sim time forward by `by`.
+    pub fn advance(&mut self, by: std::time::Duration) {
+        match self {
+            HsClock::Flowing(clock) => clock.advance(by),
+            HsClock::Manual(at) => {
+                if let Ok(by) = chrono::Duration::from_std(by) {
+                    *at += by;
+                }
+            }
+        }
+    }
+}
 use crate::sim::faults::{FaultKind, FaultProfile};
 
 const LOG_CAPACITY: usize = 100_000;
@@ -325,7 +357,7 @@ pub struct HsState {
     /// Configuration it started with.
     pub config: HubSpotConfig,
     /// The clock.
-    pub clock: SimClock,
+    pub clock: HsClock,
     /// The data.
     pub portal: Portal,
     /// Limit counters.
@@ -348,7 +380,11 @@ impl HsState {
         });
         let portal = super::generator::generate(&config, start);
         Self {
-            clock: SimClock::new(start),
+            clock: if config.manual_clock {
+                HsClock::Manual(start)
+            } else {
+                HsClock::Flowing(SimClock::new(start))
+            },
             portal,
             usage: Usage::default(),
             faults: config.faults.clone(),
@@ -616,7 +652,7 @@ async fn dispatch(
         // only when the 10-second window refused it.
         let with_headers = family != "admin"
             && family != "search"
-            && family != ""
+            && !family.is_empty()
             && status != 401
             && (counted || matches!(reply, Reply::Limited(Refusal::TenSecondly | Refusal::Daily)));
         let limits = st.config.limits.clone();
