@@ -762,12 +762,12 @@ async fn associations_carry_labels_both_ways() {
     assert!(
         assoc
             .iter()
-            .any(|a| a["id"] == contact.to_string() && a["type"] == "champion")
+            .any(|a| a["id"] == contact.to_string().as_str() && a["type"] == "champion")
     );
     assert!(
         assoc
             .iter()
-            .any(|a| a["id"] == other.to_string() && a["type"] == "deal_to_contact")
+            .any(|a| a["id"] == other.to_string().as_str() && a["type"] == "deal_to_contact")
     );
     // Removing the label only keeps the association; archiving the pair removes it.
     let unlabel = hs

@@ -100,7 +100,7 @@ pub enum HubSpotSimError {
     Faults(#[from] FaultSpecError),
     /// The simulated portal refused an admin operation (unknown type, missing record, bad value).
     #[error("the simulated portal refused: {} ({})", .0.message, .0.category)]
-    Refused(ApiError),
+    Refused(Box<ApiError>),
 }
 
 impl HubSpotSimError {
@@ -112,7 +112,7 @@ impl HubSpotSimError {
 
 impl From<ApiError> for HubSpotSimError {
     fn from(error: ApiError) -> Self {
-        HubSpotSimError::Refused(error)
+        HubSpotSimError::Refused(Box::new(error))
     }
 }
 

@@ -159,7 +159,7 @@ impl Reply {
 
     fn category(&self) -> Option<String> {
         match self {
-            Reply::Error(e) => Some(e.category.clone()),
+            Reply::Error(e) => Some(e.category.to_string()),
             Reply::Limited(_) => Some("RATE_LIMIT".into()),
             _ => None,
         }
