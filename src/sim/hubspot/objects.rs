@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::model::{ApiError, ObjectType, Portal};
 use super::search::Query;
-use super::server::{Ctx, Reply, Req};
+use super::server::{Ctx, Reply, Req, flag};
 
 /// Largest batch.
 pub const MAX_BATCH: usize = 100;
@@ -120,7 +120,7 @@ pub fn list(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
                 .into();
         }
     };
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let names = req.q_list("properties");
     let history = req.q_list("propertiesWithHistory");
     let assoc = req.q_list("associations");
@@ -194,7 +194,7 @@ pub fn get(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         object,
         req.p("objectId"),
         req.q("idProperty"),
-        req.flag("archived"),
+        flag(req, "archived"),
     ) {
         Ok(id) => id,
         Err(e) => return e.into(),
@@ -461,7 +461,7 @@ pub fn batch_read(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         })
         .unwrap_or_default();
     let id_property = req.b("idProperty").and_then(Value::as_str);
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let mut seen = BTreeSet::new();
     let mut results = Vec::new();
     let mut missing = Vec::new();

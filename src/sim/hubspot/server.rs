@@ -59,58 +59,13 @@ const LOG_CAPACITY: usize = 100_000;
 /// Largest request body (HTTP 413 above).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// A parsed request as handlers see it.
-#[derive(Debug, Default)]
-pub struct Req {
-    /// HTTP method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// Path parameters by template name.
-    pub params: HashMap<String, String>,
-    /// Query parameters.
-    pub query: Vec<(String, String)>,
-    /// The JSON body, when there is one.
-    pub body: Option<Value>,
-}
+/// A parsed request as handlers see it: the Marketo simulator's request type (`method`, `path`,
+/// `params`, `query`, `body` are used here).
+pub use crate::sim::routes::Req;
 
-impl Req {
-    /// Returns the first non-empty value of query parameter `name`.
-    pub fn q(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Returns every value of `name`, in repeated and comma-separated forms.
-    pub fn q_list(&self, name: &str) -> Vec<String> {
-        self.query
-            .iter()
-            .filter(|(k, _)| k == name)
-            .flat_map(|(_, v)| v.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    }
-
-    /// Returns whether boolean query parameter `name` is `true`.
-    pub fn flag(&self, name: &str) -> bool {
-        self.q(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    }
-
-    /// Returns path parameter `name`.
-    pub fn p(&self, name: &str) -> &str {
-        self.params
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    /// Returns the body member `name`.
-    pub fn b(&self, name: &str) -> Option<&Value> {
-        self.body.as_ref().and_then(|b| b.get(name))
-    }
+/// Returns whether boolean query parameter `name` is `true`.
+pub fn flag(req: &Req, name: &str) -> bool {
+    req.q(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// A handler's answer.
@@ -642,6 +597,7 @@ async fn dispatch(
                     params,
                     query,
                     body: json_body,
+                    ..Req::default()
                 };
                 st.process(route, &req, bearer.as_deref(), body_error)
             }
