@@ -12,7 +12,7 @@ use marketo_sync::sim::hubspot::server::{ROUTES, find};
 use marketo_sync::sim::hubspot::{HubSpotConfig, HubSpotHandle, HubSpotSim, RateLimits};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 struct Hs {
     sim: HubSpotHandle,
@@ -27,17 +27,26 @@ struct Answer {
 }
 
 impl Hs {
+    /// A portal with `contacts` generated contacts and limits no test reaches.
     async fn start(contacts: usize) -> Self {
         Self::with(HubSpotConfig {
             contacts,
+            limits: RateLimits {
+                per_ten_seconds: 1_000_000,
+                daily: 10_000_000,
+                search_per_second: 1_000_000,
+                ..RateLimits::default()
+            },
             ..HubSpotConfig::default()
         })
         .await
     }
 
+    /// A portal with a manual clock starting 2024-06-03T09:00:00Z.
     async fn with(config: HubSpotConfig) -> Self {
         let config = HubSpotConfig {
             start: parse_ts("2024-06-03T09:00:00Z"),
+            manual_clock: true,
             ..config
         };
         let sim = HubSpotSim::start(config).await.unwrap();
@@ -753,12 +762,12 @@ async fn associations_carry_labels_both_ways() {
     assert!(
         assoc
             .iter()
-            .any(|a| a["id"] == contact.to_string() && a["type"] == "champion")
+            .any(|a| a["id"] == contact.to_string().as_str() && a["type"] == "champion")
     );
     assert!(
         assoc
             .iter()
-            .any(|a| a["id"] == other.to_string() && a["type"] == "deal_to_contact")
+            .any(|a| a["id"] == other.to_string().as_str() && a["type"] == "deal_to_contact")
     );
     // Removing the label only keeps the association; archiving the pair removes it.
     let unlabel = hs
@@ -1429,5 +1438,4 @@ async fn listed_operations_answer_with_their_documented_statuses() {
     assert_eq!(schema.body["name"], "cars");
     let unknown = hs.get("/crm/v3/nothing/here").await;
     assert_eq!(unknown.status, 404);
-    let _ = Map::<String, Value>::new();
 }

@@ -278,16 +278,18 @@ fn batch_inputs(req: &Req) -> Result<Vec<Value>, ApiError> {
     Ok(list)
 }
 
+/// Returns the object types a batch call names and its inputs.
+fn batch_call(portal: &Portal, req: &Req) -> Result<(usize, usize, Vec<Value>), ApiError> {
+    let (from_ty, to_ty) = types_of(portal, req, "fromObjectType", "toObjectType")?;
+    Ok((from_ty, to_ty, batch_inputs(req)?))
+}
+
 /// `POST /crm/v4/associations/{fromObjectType}/{toObjectType}/batch/create`.
 pub fn batch_create(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = fmt_ts(ctx.now);
     let portal = &mut ctx.st.portal;
-    let (from_ty, to_ty) = match types_of(portal, req, "fromObjectType", "toObjectType") {
-        Ok(t) => t,
-        Err(e) => return e.into(),
-    };
-    let list = match batch_inputs(req) {
-        Ok(l) => l,
+    let (from_ty, to_ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut results = Vec::new();
@@ -327,12 +329,8 @@ pub fn batch_create(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn batch_default(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = fmt_ts(ctx.now);
     let portal = &mut ctx.st.portal;
-    let (from_ty, to_ty) = match types_of(portal, req, "fromObjectType", "toObjectType") {
-        Ok(t) => t,
-        Err(e) => return e.into(),
-    };
-    let list = match batch_inputs(req) {
-        Ok(l) => l,
+    let (from_ty, to_ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut results = Vec::new();
@@ -358,12 +356,8 @@ pub fn batch_default(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn batch_read(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = fmt_ts(ctx.now);
     let portal = &ctx.st.portal;
-    let (from_ty, to_ty) = match types_of(portal, req, "fromObjectType", "toObjectType") {
-        Ok(t) => t,
-        Err(e) => return e.into(),
-    };
-    let list = match batch_inputs(req) {
-        Ok(l) => l,
+    let (from_ty, to_ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut results = Vec::new();
@@ -409,12 +403,8 @@ pub fn batch_read(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 /// association of each pair; 204.
 pub fn batch_archive(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let portal = &mut ctx.st.portal;
-    let (from_ty, to_ty) = match types_of(portal, req, "fromObjectType", "toObjectType") {
-        Ok(t) => t,
-        Err(e) => return e.into(),
-    };
-    let list = match batch_inputs(req) {
-        Ok(l) => l,
+    let (from_ty, to_ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     for input in &list {
@@ -439,12 +429,8 @@ pub fn batch_archive(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 /// the named types only (the unlabeled default removes them all); 204.
 pub fn batch_archive_labels(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let portal = &mut ctx.st.portal;
-    let (from_ty, to_ty) = match types_of(portal, req, "fromObjectType", "toObjectType") {
-        Ok(t) => t,
-        Err(e) => return e.into(),
-    };
-    let list = match batch_inputs(req) {
-        Ok(l) => l,
+    let (from_ty, to_ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     for input in &list {

@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 
 use super::model::{ApiError, PropOption, PropType, PropertyDef, fmt_ts};
-use super::server::{Ctx, Reply, Req};
+use super::server::{Ctx, Reply, Req, flag};
 
 fn type_of(ctx: &Ctx<'_>, req: &Req) -> Result<usize, ApiError> {
     ctx.st.portal.type_or_err(req.p("objectType"))
@@ -25,7 +25,7 @@ pub fn properties(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         Ok(ty) => ty,
         Err(e) => return e.into(),
     };
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let results: Vec<Value> = ctx.st.portal.types[ty]
         .properties
         .values()
@@ -53,7 +53,7 @@ pub fn property(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let object = &ctx.st.portal.types[ty];
     let name = req.p("propertyName");
     match object.properties.get(name) {
-        Some(def) if def.archived == req.flag("archived") => Reply::ok(def.json()),
+        Some(def) if def.archived == flag(req, "archived") => Reply::ok(def.json()),
         _ => property_not_found(name, &object.type_id).into(),
     }
 }
@@ -281,7 +281,7 @@ pub fn owners(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         Some(Ok(n)) => n,
         Some(Err(_)) => return ApiError::validation("after must be a paging cursor").into(),
     };
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let email = req.q("email");
     let mut matching = ctx.st.portal.owners.iter().filter(|o| {
         o.id >= after
@@ -300,7 +300,7 @@ pub fn owners(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn owner(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let key = req.p("ownerId");
     let by_user = req.q("idProperty") == Some("userId");
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let found = ctx.st.portal.owners.iter().find(|o| {
         let id = if by_user { o.user_id } else { o.id };
         id.to_string() == key && o.archived == archived

@@ -60,6 +60,9 @@ pub struct HubSpotConfig {
     pub faults: FaultProfile,
     /// Sim start instant (default: now, whole seconds).
     pub start: Option<DateTime<Utc>>,
+    /// Sim time moves only when advanced (tests that compare timestamps); otherwise it follows
+    /// tokio time.
+    pub manual_clock: bool,
 }
 
 impl Default for HubSpotConfig {
@@ -73,6 +76,7 @@ impl Default for HubSpotConfig {
             limits: RateLimits::default(),
             faults: FaultProfile::none(),
             start: None,
+            manual_clock: false,
         }
     }
 }
@@ -96,7 +100,7 @@ pub enum HubSpotSimError {
     Faults(#[from] FaultSpecError),
     /// The simulated portal refused an admin operation (unknown type, missing record, bad value).
     #[error("the simulated portal refused: {} ({})", .0.message, .0.category)]
-    Refused(ApiError),
+    Refused(Box<ApiError>),
 }
 
 impl HubSpotSimError {
@@ -108,7 +112,7 @@ impl HubSpotSimError {
 
 impl From<ApiError> for HubSpotSimError {
     fn from(error: ApiError) -> Self {
-        HubSpotSimError::Refused(error)
+        HubSpotSimError::Refused(Box::new(error))
     }
 }
 

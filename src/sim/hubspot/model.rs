@@ -422,7 +422,7 @@ pub struct ApiError {
     /// HTTP status (of a whole-call error) or of this item.
     pub status: u16,
     /// `category` (`VALIDATION_ERROR`, `OBJECT_NOT_FOUND`, `CONFLICT`, ...).
-    pub category: String,
+    pub category: &'static str,
     /// `subCategory`, if any.
     pub sub_category: Option<String>,
     /// `message`.
@@ -435,10 +435,10 @@ pub struct ApiError {
 
 impl ApiError {
     /// Returns an error with no context.
-    pub fn new(status: u16, category: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, category: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            category: category.to_string(),
+            category,
             sub_category: None,
             message: message.into(),
             context: BTreeMap::new(),

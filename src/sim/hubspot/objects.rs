@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::model::{ApiError, ObjectType, Portal};
 use super::search::Query;
-use super::server::{Ctx, Reply, Req};
+use super::server::{Ctx, Reply, Req, flag};
 
 /// Largest batch.
 pub const MAX_BATCH: usize = 100;
@@ -93,7 +93,7 @@ fn limit_of(req: &Req, default: usize, max: usize) -> Result<usize, ApiError> {
     match req.q("limit") {
         None => Ok(default),
         Some(text) => match text.parse::<usize>() {
-            Ok(n) if n >= 1 && n <= max => Ok(n),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::validation(format!(
                 "limit must be a number from 1 to {max}, got {text}"
             ))),
@@ -120,7 +120,7 @@ pub fn list(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
                 .into();
         }
     };
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let names = req.q_list("properties");
     let history = req.q_list("propertiesWithHistory");
     let assoc = req.q_list("associations");
@@ -194,7 +194,7 @@ pub fn get(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         object,
         req.p("objectId"),
         req.q("idProperty"),
-        req.flag("archived"),
+        flag(req, "archived"),
     ) {
         Ok(id) => id,
         Err(e) => return e.into(),
@@ -385,6 +385,25 @@ fn inputs(req: &Req) -> Result<Vec<Value>, ApiError> {
     Ok(list.clone())
 }
 
+/// Returns the object type a batch call names and its inputs.
+fn batch_call(portal: &Portal, req: &Req) -> Result<(usize, Vec<Value>), ApiError> {
+    Ok((portal.type_or_err(req.p("objectType"))?, inputs(req)?))
+}
+
+/// Returns the JSON of a written record: its default properties, the input's
+/// `objectWriteTraceId`, and for an upsert whether it was `new`.
+fn written(object: &ObjectType, id: u64, input: &Value, new: Option<bool>) -> Option<Value> {
+    let rec = object.records.get(&id)?;
+    let mut json = object.record_json(rec, &[], &[]);
+    if let Some(new) = new {
+        json["new"] = json!(new);
+    }
+    if let Some(trace) = input.get("objectWriteTraceId") {
+        json["objectWriteTraceId"] = trace.clone();
+    }
+    Some(json)
+}
+
 /// Renders a batch answer: `ok_status` when every input succeeded, else 207 with `errors`.
 fn batch_reply(ok_status: u16, results: Vec<Value>, errors: Vec<Value>, now: &str) -> Reply {
     let mut out = json!({
@@ -418,12 +437,8 @@ fn item_error(mut error: ApiError, input: &Value, id: Option<&str>) -> Value {
 pub fn batch_read(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = super::model::fmt_ts(ctx.now);
     let portal = &ctx.st.portal;
-    let ty = match portal.type_or_err(req.p("objectType")) {
-        Ok(ty) => ty,
-        Err(e) => return e.into(),
-    };
-    let list = match inputs(req) {
-        Ok(l) => l,
+    let (ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let object = &portal.types[ty];
@@ -446,7 +461,7 @@ pub fn batch_read(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         })
         .unwrap_or_default();
     let id_property = req.b("idProperty").and_then(Value::as_str);
-    let archived = req.flag("archived");
+    let archived = flag(req, "archived");
     let mut seen = BTreeSet::new();
     let mut results = Vec::new();
     let mut missing = Vec::new();
@@ -490,12 +505,8 @@ pub fn batch_create(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = ctx.now;
     let stamp = super::model::fmt_ts(now);
     let portal = &mut ctx.st.portal;
-    let ty = match portal.type_or_err(req.p("objectType")) {
-        Ok(ty) => ty,
-        Err(e) => return e.into(),
-    };
-    let list = match inputs(req) {
-        Ok(l) => l,
+    let (ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut results = Vec::new();
@@ -506,14 +517,7 @@ pub fn batch_create(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             .and_then(|id| apply_create_associations(portal, ty, id, input).map(|()| id));
         match created {
             Ok(id) => {
-                let object = &portal.types[ty];
-                if let Some(rec) = object.records.get(&id) {
-                    let mut json = object.record_json(rec, &[], &[]);
-                    if let Some(trace) = input.get("objectWriteTraceId") {
-                        json["objectWriteTraceId"] = trace.clone();
-                    }
-                    results.push(json);
-                }
+                results.extend(written(&portal.types[ty], id, input, None));
             }
             Err(e) => errors.push(item_error(e, input, None)),
         }
@@ -540,12 +544,8 @@ pub fn batch_update(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = ctx.now;
     let stamp = super::model::fmt_ts(now);
     let portal = &mut ctx.st.portal;
-    let ty = match portal.type_or_err(req.p("objectType")) {
-        Ok(ty) => ty,
-        Err(e) => return e.into(),
-    };
-    let list = match inputs(req) {
-        Ok(l) => l,
+    let (ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut keys = Vec::new();
@@ -566,14 +566,7 @@ pub fn batch_update(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             .and_then(|id| portal.update(ty, id, &props_of(input), now));
         match updated {
             Ok((id, _)) => {
-                let object = &portal.types[ty];
-                if let Some(rec) = object.records.get(&id) {
-                    let mut json = object.record_json(rec, &[], &[]);
-                    if let Some(trace) = input.get("objectWriteTraceId") {
-                        json["objectWriteTraceId"] = trace.clone();
-                    }
-                    results.push(json);
-                }
+                results.extend(written(&portal.types[ty], id, input, None));
             }
             Err(e) => errors.push(item_error(e, input, Some(key))),
         }
@@ -588,12 +581,8 @@ pub fn batch_upsert(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = ctx.now;
     let stamp = super::model::fmt_ts(now);
     let portal = &mut ctx.st.portal;
-    let ty = match portal.type_or_err(req.p("objectType")) {
-        Ok(ty) => ty,
-        Err(e) => return e.into(),
-    };
-    let list = match inputs(req) {
-        Ok(l) => l,
+    let (ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     let mut keys = Vec::new();
@@ -639,15 +628,7 @@ pub fn batch_upsert(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         };
         match outcome {
             Ok((id, new)) => {
-                let object = &portal.types[ty];
-                if let Some(rec) = object.records.get(&id) {
-                    let mut json = object.record_json(rec, &[], &[]);
-                    json["new"] = json!(new);
-                    if let Some(trace) = input.get("objectWriteTraceId") {
-                        json["objectWriteTraceId"] = trace.clone();
-                    }
-                    results.push(json);
-                }
+                results.extend(written(&portal.types[ty], id, input, Some(new)));
             }
             Err(e) => errors.push(item_error(e, input, Some(&key))),
         }
@@ -659,12 +640,8 @@ pub fn batch_upsert(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn batch_archive(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let now = ctx.now;
     let portal = &mut ctx.st.portal;
-    let ty = match portal.type_or_err(req.p("objectType")) {
-        Ok(ty) => ty,
-        Err(e) => return e.into(),
-    };
-    let list = match inputs(req) {
-        Ok(l) => l,
+    let (ty, list) = match batch_call(portal, req) {
+        Ok(call) => call,
         Err(e) => return e.into(),
     };
     for input in &list {

@@ -21,64 +21,51 @@ use super::limits::{Refusal, Usage};
 use super::model::{ApiError, Portal};
 use super::{admin, assoc, meta, objects};
 use crate::sim::clock::SimClock;
+
+/// The simulator's clock: flowing (sim time follows tokio time, as the Marketo simulator's does)
+/// or manual (sim time moves only when a test or the admin API advances it).
+#[derive(Debug, Clone)]
+pub enum HsClock {
+    /// Follows tokio time plus advances.
+    Flowing(SimClock),
+    /// Moves only by advances.
+    Manual(DateTime<Utc>),
+}
+
+impl HsClock {
+    /// Returns current sim time.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            HsClock::Flowing(clock) => clock.now(),
+            HsClock::Manual(at) => *at,
+        }
+    }
+
+    /// Moves sim time forward by `by`.
+    pub fn advance(&mut self, by: std::time::Duration) {
+        match self {
+            HsClock::Flowing(clock) => clock.advance(by),
+            HsClock::Manual(at) => {
+                if let Ok(by) = chrono::Duration::from_std(by) {
+                    *at += by;
+                }
+            }
+        }
+    }
+}
 use crate::sim::faults::{FaultKind, FaultProfile};
 
 const LOG_CAPACITY: usize = 100_000;
 /// Largest request body (HTTP 413 above).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// A parsed request as handlers see it.
-#[derive(Debug, Default)]
-pub struct Req {
-    /// HTTP method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// Path parameters by template name.
-    pub params: HashMap<String, String>,
-    /// Query parameters.
-    pub query: Vec<(String, String)>,
-    /// The JSON body, when there is one.
-    pub body: Option<Value>,
-}
+/// A parsed request as handlers see it: the Marketo simulator's request type (`method`, `path`,
+/// `params`, `query`, `body` are used here).
+pub use crate::sim::routes::Req;
 
-impl Req {
-    /// Returns the first non-empty value of query parameter `name`.
-    pub fn q(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Returns every value of `name`, in repeated and comma-separated forms.
-    pub fn q_list(&self, name: &str) -> Vec<String> {
-        self.query
-            .iter()
-            .filter(|(k, _)| k == name)
-            .flat_map(|(_, v)| v.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    }
-
-    /// Returns whether boolean query parameter `name` is `true`.
-    pub fn flag(&self, name: &str) -> bool {
-        self.q(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    }
-
-    /// Returns path parameter `name`.
-    pub fn p(&self, name: &str) -> &str {
-        self.params
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    /// Returns the body member `name`.
-    pub fn b(&self, name: &str) -> Option<&Value> {
-        self.body.as_ref().and_then(|b| b.get(name))
-    }
+/// Returns whether boolean query parameter `name` is `true`.
+pub fn flag(req: &Req, name: &str) -> bool {
+    req.q(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// A handler's answer.
@@ -127,7 +114,7 @@ impl Reply {
 
     fn category(&self) -> Option<String> {
         match self {
-            Reply::Error(e) => Some(e.category.clone()),
+            Reply::Error(e) => Some(e.category.to_string()),
             Reply::Limited(_) => Some("RATE_LIMIT".into()),
             _ => None,
         }
@@ -325,7 +312,7 @@ pub struct HsState {
     /// Configuration it started with.
     pub config: HubSpotConfig,
     /// The clock.
-    pub clock: SimClock,
+    pub clock: HsClock,
     /// The data.
     pub portal: Portal,
     /// Limit counters.
@@ -348,7 +335,11 @@ impl HsState {
         });
         let portal = super::generator::generate(&config, start);
         Self {
-            clock: SimClock::new(start),
+            clock: if config.manual_clock {
+                HsClock::Manual(start)
+            } else {
+                HsClock::Flowing(SimClock::new(start))
+            },
             portal,
             usage: Usage::default(),
             faults: config.faults.clone(),
@@ -606,6 +597,7 @@ async fn dispatch(
                     params,
                     query,
                     body: json_body,
+                    ..Req::default()
                 };
                 st.process(route, &req, bearer.as_deref(), body_error)
             }
@@ -616,7 +608,7 @@ async fn dispatch(
         // only when the 10-second window refused it.
         let with_headers = family != "admin"
             && family != "search"
-            && family != ""
+            && !family.is_empty()
             && status != 401
             && (counted || matches!(reply, Reply::Limited(Refusal::TenSecondly | Refusal::Daily)));
         let limits = st.config.limits.clone();
