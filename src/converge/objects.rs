@@ -401,7 +401,10 @@ impl Rig {
             return String::new();
         };
         let page = rng.random_range(1..50);
-        let url = format!("https://www.example.com/{}/{serial}", word(rng).to_lowercase());
+        let url = format!(
+            "https://www.example.com/{}/{serial}",
+            word(rng).to_lowercase()
+        );
         match self.sim.visit_webpage(lead, page, &url) {
             Some(id) => format!("marketo visit of lead {lead} to {url} (activity {id})"),
             None => String::new(),
@@ -487,8 +490,7 @@ impl Rig {
             let moved = copied_lead
                 .parse::<i64>()
                 .is_ok_and(|id| self.sim.lead(id).is_none());
-            if (copied_lead != lead && !moved) || (type_id == 1 && detail != url)
-            {
+            if (copied_lead != lead && !moved) || (type_id == 1 && detail != url) {
                 violations.push(format!(
                     "activity {guid} (type {type_id}, lead {lead}, url {url:?}) reached the CRM as {row:?}"
                 ));
