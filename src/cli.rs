@@ -148,6 +148,10 @@ pub enum Command {
         /// objects were added (to replay a seed found then).
         #[arg(long)]
         leads_only: bool,
+        /// Play the full schedule without activities, as drawn before they were added (to
+        /// replay a seed found then).
+        #[arg(long, conflicts_with = "leads_only")]
+        no_activities: bool,
         /// Inject no faults (to tell a fault-related failure from another).
         #[arg(long)]
         no_faults: bool,
@@ -785,6 +789,7 @@ async fn dispatch(
             steps,
             config,
             leads_only,
+            no_activities,
             no_faults,
             no_kills,
             engine,
@@ -810,10 +815,10 @@ async fn dispatch(
                 kills: !no_kills,
                 engine,
                 crm,
-                schedule: if leads_only {
-                    Schedule::LeadsOnly
-                } else {
-                    Schedule::Full
+                schedule: match (leads_only, no_activities) {
+                    (true, _) => Schedule::LeadsOnly,
+                    (false, true) => Schedule::NoActivities,
+                    (false, false) => Schedule::Full,
                 },
                 ..ConvergeOptions::new(config)
             };

@@ -31,6 +31,14 @@ fn leads_only(options: ConvergeOptions) -> ConvergeOptions {
     }
 }
 
+/// The full schedule as drawn before activities were added (seeds found then).
+fn no_activities(options: ConvergeOptions) -> ConvergeOptions {
+    ConvergeOptions {
+        schedule: Schedule::NoActivities,
+        ..options
+    }
+}
+
 fn in_child(options: ConvergeOptions) -> ConvergeOptions {
     ConvergeOptions {
         engine: EngineMode::Process {
@@ -232,7 +240,7 @@ async fn full_schedules_exercise_every_object_and_merges_into_new_contacts() {
     // the ledger with Marketo's 1013, which is no violation); 30017, a company conflict, checked
     // against the company mapping's policy rather than the lead mapping's.
     for seed in [20001, 20018, 30017] {
-        reports.push(converges(seed, &options(60)).await);
+        reports.push(converges(seed, &no_activities(options(60))).await);
     }
     let trace: Vec<&String> = reports.iter().flat_map(|r| &r.trace).collect();
     for edit in [
@@ -266,7 +274,7 @@ async fn full_schedules_exercise_every_object_and_merges_into_new_contacts() {
 /// Marketo merge before that CRM merge, and the winner took over the merged-away contact 8.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_merge_into_a_never_synced_contact_killed_at_commit_converges() {
-    let report = converges(30127, &options(60)).await;
+    let report = converges(30127, &no_activities(options(60))).await;
     assert!(
         report.trace.iter().any(
             |l| l.contains("crm merge of contact 8 into the new contact 14")
@@ -284,39 +292,47 @@ async fn a_crm_merge_into_a_never_synced_contact_killed_at_commit_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open engine bug: a merge winner's inherited value against a CRM edit (seed 41014)"]
 async fn open_a_merge_winners_inherited_title_against_a_crm_edit_on_postgres() {
-    converges(41014, &on_postgres(options(60))).await;
+    converges(41014, &on_postgres(no_activities(options(60)))).await;
 }
 
-/// Open (not fixed): seed 31591 (full schedule, in process, SQLite) still ends with the reported
-/// class, a live Marketo lead (8) linked to a soft-deleted contact (9, merged into 12) whose
-/// Marketo-id column was cleared: the CRM merge of contact 9 into the never-synced contact 12
-/// was played with a kill at the cycle's first commit (an object step's), and the cycle's lead
-/// step then failed on a Marketo 502 after it had freed contact 9's Marketo id in the CRM. The
-/// later cycles never re-read contact 9's deletion (the engine's debug log shows no `crm
-/// deletion` of 9 again), so lead 8 stays linked. Likely cause, in the harness rather than the
-/// engine: in process, the harness stamps CRM user edits with the engine's manual clock (which
-/// runs ahead of real time by 30 s a cycle and by the day turns), while the SQL adapter stamps
-/// its own writes with the database's clock (`write.rs`, `d.now()`), so the failed step's write
-/// moved the user's merged row behind the CRM cursor. With one database clock for both, as in
-/// production, the row would be re-read. Not confirmed. Reproduce: `marketo-sync converge
-/// --seeds 1 --first-seed 31591 --steps 60` with `MKSYNC_CONVERGE_TRACE=1`.
+/// Seeds of the scale runs that left a live Marketo lead linked to a soft-deleted (merged-away)
+/// contact, in process only (31591, 31406, 31711, 31967), a schedule that never quieted (31987)
+/// and two live leads of one email (41109). One cause, in the SQL adapter: a CRM user's edit
+/// stamped by a clock ahead of the database's (in process, the engine's manual clock) was moved
+/// behind the change cursor by the adapter's own later write, stamped `now` by the database, in
+/// a step that then failed before its commit; the user's change was never read again. A write
+/// now never moves a row's modified time backwards. All failed before the fix on these very
+/// schedules (the full schedule without activities, as found).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open engine bug: a lead left linked to a merged-away contact (seed 31591)"]
-async fn open_a_failed_lead_step_after_freeing_a_merged_contacts_key() {
-    converges(31591, &options(60)).await;
-}
-
-/// Open (not fixed), found by the final scale runs (60 steps, full schedule), each a class to fix:
-/// a lead linked to a merged-away contact whose Marketo id was cleared, in process only (31406,
-/// 31711, 31967, like 31591 above); a lead's Marketo id refused by the CRM's unique Marketo-id
-/// column, in the ledger for good (31218 in process; 51164 as a child process); a schedule that
-/// never quiets (31987). The child-process seed 51112 (two live leads of one email, one contact
-/// linked to both) is the duplicates class of issue 11 (part of another change).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open engine bugs found by the scale runs; see the doc comment"]
-async fn open_seeds_of_the_scale_runs() {
-    for seed in [31406, 31711, 31967, 31218, 31987] {
-        converges(seed, &options(60)).await;
+async fn a_crm_row_stamped_ahead_of_the_database_clock_is_not_lost_by_a_failed_step() {
+    for seed in [31591, 31406, 31711, 31967, 31987, 41109] {
+        converges(seed, &no_activities(options(60))).await;
     }
-    converges(51164, &in_child(options(60))).await;
+}
+
+/// The full schedule plays web page visits and the New Lead activities of created leads, and
+/// every one reaches the CRM's activity table exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_schedules_copy_every_activity_exactly_once() {
+    let mut visits = 0;
+    for seed in [31591, 31406] {
+        let report = converges(seed, &options(60)).await;
+        visits += report
+            .trace
+            .iter()
+            .filter(|l| l.contains("marketo visit of lead"))
+            .count();
+    }
+    assert!(visits > 0, "no schedule visited a web page");
+}
+
+/// Open (not fixed), found by the final scale runs (60 steps, full schedule without activities):
+/// a lead's Marketo id refused by the CRM's unique Marketo-id column, in the ledger for good
+/// (31218 in process: `leads marketo_to_crm 3 (4): unique_violation ... contacts.marketo_id`,
+/// another contact row still holds lead 3's id). Not investigated further for lack of time.
+/// Reproduce: `marketo-sync converge --no-activities --seeds 1 --first-seed 31218 --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open engine bug: a lead id refused by the unique Marketo-id column (seed 31218)"]
+async fn open_seeds_of_the_scale_runs() {
+    converges(31218, &no_activities(options(60))).await;
 }

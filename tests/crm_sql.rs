@@ -529,6 +529,43 @@ async fn own_writes_are_not_read_back(engine: Engine) {
     env.cleanup().await;
 }
 
+/// A writer whose clock runs ahead of the database's stamps a row; the adapter's own write of
+/// that row, in a step that then fails (its writes forgotten), keeps the row where the change
+/// feed reads it: the modified time never moves backwards behind the cursor.
+async fn a_write_never_moves_a_row_behind_the_cursor(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(5).await;
+    let crm = env.adapter(false, 300).await;
+    let user = env.user().await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'Ahead', updated_at = {} WHERE id = 1",
+            env.ts(1)
+        ),
+    )
+    .await;
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'User', updated_at = {} WHERE id = 2",
+            env.ts(5)
+        ),
+    )
+    .await;
+    let batch = vec![fields(&[("id", "2".into()), ("marketo_id", "M2".into())])];
+    let results = crm.upsert("contacts", "id", &batch).await.unwrap();
+    assert_eq!(results[0], WriteResult::Updated { id: "2".into() });
+    crm.forget_own_writes();
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    match latest(&changes, "2").kind {
+        ChangeKind::Upserted { fields } => assert_eq!(fields["title"], Value::from("User")),
+        other => panic!("{other:?}"),
+    }
+    env.cleanup().await;
+}
+
 async fn per_record_results(engine: Engine) {
     let env = Env::new(engine).await;
     env.demo(10).await;
@@ -1678,6 +1715,7 @@ macro_rules! on_engines {
 }
 
 on_engines!(sqlite, super::Engine::Sqlite;
+    a_write_never_moves_a_row_behind_the_cursor,
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
@@ -1687,6 +1725,7 @@ on_engines!(sqlite, super::Engine::Sqlite;
     numbers_that_do_not_fit_are_refused_not_rounded,
     a_trigger_that_rolls_back_the_transaction_loses_no_other_row);
 on_engines!(postgres, super::Engine::Postgres;
+    a_write_never_moves_a_row_behind_the_cursor,
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,
@@ -1696,6 +1735,7 @@ on_engines!(postgres, super::Engine::Postgres;
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded);
 on_engines!(mariadb, super::Engine::MariaDb;
+    a_write_never_moves_a_row_behind_the_cursor,
     inserts_updates_and_soft_deletes, equal_timestamps, hard_deletes_through_the_changelog,
     out_of_order_commits_overlap, out_of_order_commits_changelog, own_writes_are_not_read_back,
     rolled_back_transactions_leave_no_stuck_gaps,

@@ -185,8 +185,12 @@ pub enum Schedule {
     LeadsOnly,
     /// The lead steps, plus CRM merges into a contact never synced followed by a kill at the
     /// store commit, plus edits of every synced object (companies, opportunities, roles,
-    /// salespersons, the custom object `car_c`), each drawn from generators of their own.
+    /// salespersons, the custom object `car_c`) and web page visits (activities, with the New
+    /// Lead activities of created leads), each drawn from generators of their own.
     Full,
+    /// [`Schedule::Full`] without activities, as drawn before they were added (the regression
+    /// seeds found then replay their schedules: the activity step's calls move the kills).
+    NoActivities,
 }
 
 /// How to run schedules.
@@ -413,6 +417,10 @@ fn settings_toml(
         },
         "bootstrap": { "low_watermarks": { "leads": low_watermark.to_rfc3339() } },
     });
+    let mut doc = doc;
+    if objects.contains(&"activities") {
+        doc["bootstrap"]["low_watermarks"]["activities"] = json!(low_watermark.to_rfc3339());
+    }
     let value = toml::Value::try_from(doc).map_err(|e| format!("settings: {e}"))?;
     toml::to_string(&value).map_err(|e| format!("settings: {e}"))
 }
@@ -487,24 +495,32 @@ impl Rig {
         std::fs::copy(&mapping, mappings_dir.join("leads.toml"))
             .map_err(|e| setup(format!("no lead mapping at {}: {e}", mapping.display())))?;
         let mut synced = vec!["leads"];
-        if options.schedule == Schedule::Full {
-            for (file, object) in objects::MAPPING_FILES.iter().zip(objects::OBJECTS) {
+        let mut crm_options = demo_crm::adapter_options(true, false);
+        if options.schedule != Schedule::LeadsOnly {
+            let with_activities = options.schedule == Schedule::Full;
+            let files = objects::MAPPING_FILES
+                .iter()
+                .zip(objects::OBJECTS.iter().map(|o| o.name))
+                .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")));
+            for (file, object) in files {
                 let from = options.config_dir.join("mappings").join(file);
                 std::fs::copy(&from, mappings_dir.join(file))
                     .map_err(|e| setup(format!("no mapping at {}: {e}", from.display())))?;
-                synced.push(object.name);
+                synced.push(object);
+            }
+            // The demo CRM has no table for the activities mapping.
+            if with_activities {
+                for sql in objects::activity_ddl(user.dialect()) {
+                    user.execute_raw("create the activities table", sql)
+                        .await
+                        .map_err(|e| setup(format!("activities table: {e}")))?;
+                }
+                objects::add_activity_options(&mut crm_options);
             }
         }
         let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
         let low = sim.now() - chrono::Duration::minutes(1);
-        let text = settings_toml(
-            &sim,
-            &demo_crm::adapter_options(true, false),
-            &store_url,
-            low,
-            &synced,
-        )
-        .map_err(setup)?;
+        let text = settings_toml(&sim, &crm_options, &store_url, low, &synced).map_err(setup)?;
         std::fs::write(config_dir.join("default.toml"), text)
             .map_err(|e| setup(format!("settings file: {e}")))?;
         let env: HashMap<String, String> = [
@@ -1174,9 +1190,10 @@ async fn play(
     let mut trace: Vec<String> = Vec::new();
     // The full schedule's extra steps come from generators of their own, so that the lead
     // steps drawn from `rng` are the same in both schedules.
-    let full = options.schedule == Schedule::Full;
+    let full = options.schedule != Schedule::LeadsOnly;
     let mut merge_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_7267_655f_6b69);
     let mut object_rng = objects::object_rng(seed);
+    let mut activity_rng = objects::activity_rng(seed);
     let mut serial = 0u32;
     for step in 0..options.steps {
         let mut roll = rng.random_range(0..100u32);
@@ -1197,6 +1214,12 @@ async fn play(
             let what = rig.object_edit(&mut object_rng, serial, &now).await?;
             if !what.is_empty() {
                 trace.push(format!("object edit before step {step}: {what}"));
+            }
+        }
+        if options.schedule == Schedule::Full && activity_rng.random_bool(0.2) {
+            let what = rig.visit_webpage(&mut activity_rng, serial + step as u32);
+            if !what.is_empty() {
+                trace.push(format!("activity before step {step}: {what}"));
             }
         }
         let (n_leads, n_contacts) = (rig.sim.counters().leads, rig.live_contacts().await?.len());
@@ -1994,7 +2017,8 @@ async fn check_invariants(
         .filter(|e| c_by_email.contains_key(*e))
         .count();
     let objects = rig.check_objects(violations).await?;
-    Ok((conflicts.len(), records + objects))
+    let activities = rig.check_activities(violations).await?;
+    Ok((conflicts.len(), records + objects + activities))
 }
 
 /// Runs `seeds` schedules from `first_seed`, writing one line per seed (with its violations)

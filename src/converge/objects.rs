@@ -10,8 +10,11 @@
 //! The edits are drawn from a generator of their own, seeded from the schedule's seed, so a
 //! seed's lead steps are the same with and without objects (`ConvergeOptions::leads_only`).
 //!
-//! Activities are not exercised: the demo CRM has no table for them, so the demo mappings do
-//! not sync them (`config/demo.toml`).
+//! Activities flow one way, Marketo to the CRM: the schedule creates the CRM table of the demo
+//! activities mapping (`marketing_activities`, which the demo CRM lacks), Marketo logs a New Lead
+//! (12) activity for every lead created and the schedule adds web page visits (1) of live leads;
+//! afterwards every activity of a configured type must be in the CRM exactly once, with its lead
+//! and page.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +74,63 @@ pub(super) const MAPPING_FILES: &[&str] = &[
     "salespersons.toml",
     "cars.toml",
 ];
+
+/// The activities mapping file and its CRM table (created by the harness).
+pub(super) const ACTIVITY_MAPPING: &str = "activities.toml";
+const ACTIVITY_TABLE: &str = "marketing_activities";
+
+/// Returns the statements that create the CRM table of the activities mapping.
+pub(super) fn activity_ddl(d: crate::crm::sql::dialect::Dialect) -> Vec<String> {
+    use crate::crm::sql::dialect::Dialect;
+    let (id, ts, boolean) = match d {
+        Dialect::Postgres => (
+            "BIGSERIAL PRIMARY KEY",
+            "TIMESTAMPTZ",
+            "BOOLEAN NOT NULL DEFAULT FALSE",
+        ),
+        Dialect::MySql => (
+            "BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "DATETIME(6)",
+            "BOOLEAN NOT NULL DEFAULT FALSE",
+        ),
+        Dialect::Sqlite => (
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "DATETIME",
+            "BOOLEAN NOT NULL DEFAULT 0",
+        ),
+    };
+    vec![
+        format!(
+            "CREATE TABLE {ACTIVITY_TABLE} (id {id}, marketo_guid VARCHAR(64), kind VARCHAR(40), \
+             occurred_at {ts}, marketo_lead_id BIGINT, contact_id VARCHAR(64), \
+             detail VARCHAR(255), marketo_id VARCHAR(64), updated_at {ts} NOT NULL DEFAULT {}, \
+             deleted {boolean})",
+            match d {
+                Dialect::Sqlite => "(strftime('%Y-%m-%d %H:%M:%f','now'))",
+                Dialect::MySql => "CURRENT_TIMESTAMP(6)",
+                Dialect::Postgres => "CURRENT_TIMESTAMP",
+            }
+        ),
+        format!("CREATE UNIQUE INDEX ux_ma_guid ON {ACTIVITY_TABLE} (marketo_guid)"),
+        format!("CREATE UNIQUE INDEX ux_ma_mid ON {ACTIVITY_TABLE} (marketo_id)"),
+    ]
+}
+
+/// Adds the activities table to the SQL adapter's options.
+pub(super) fn add_activity_options(options: &mut Json) {
+    options["objects"][ACTIVITY_TABLE] = serde_json::json!({
+        "table": ACTIVITY_TABLE, "primary_key": "id", "modified_column": "updated_at",
+        "soft_delete": { "column": "deleted", "value": true },
+        "marketo_id_column": "marketo_id", "writable": true, "changelog": false,
+    });
+}
+
+/// Returns the generator of a schedule's web page visits (its own, so that adding them changed
+/// no other draw of a seed).
+pub(super) fn activity_rng(seed: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    ChaCha8Rng::seed_from_u64(seed ^ 0x6163_7469_7669_7479)
+}
 
 /// Returns the generator of a schedule's object edits.
 pub(super) fn object_rng(seed: u64) -> ChaCha8Rng {
@@ -329,6 +389,121 @@ impl Rig {
         };
         self.sql(&what, sql).await?;
         Ok(what)
+    }
+
+    /// Logs a web page visit of a live Marketo lead drawn from `rng`; returns what it did.
+    pub(super) fn visit_webpage(&self, rng: &mut ChaCha8Rng, serial: u32) -> String {
+        let leads = self.sim.leads();
+        if leads.is_empty() {
+            return String::new();
+        }
+        let Some(lead) = leads[rng.random_range(0..leads.len())]["id"].as_i64() else {
+            return String::new();
+        };
+        let page = rng.random_range(1..50);
+        let url = format!(
+            "https://www.example.com/{}/{serial}",
+            word(rng).to_lowercase()
+        );
+        match self.sim.visit_webpage(lead, page, &url) {
+            Some(id) => format!("marketo visit of lead {lead} to {url} (activity {id})"),
+            None => String::new(),
+        }
+    }
+
+    /// Checks that every Marketo activity of a type the activities mapping names reached the
+    /// CRM exactly once (one row with its `marketoGUID`, and one link), with its lead, and for
+    /// a web page visit its URL; and that the CRM holds no activity row Marketo never logged.
+    /// Returns the number of activities checked.
+    pub(super) async fn check_activities(
+        &self,
+        violations: &mut Vec<String>,
+    ) -> Result<usize, ConvergeError> {
+        let Some(mapping) = self.mappings.iter().find(|m| m.file.is_activities()) else {
+            return Ok(0);
+        };
+        let types: BTreeSet<i64> = mapping
+            .file
+            .activities
+            .iter()
+            .map(|a| i64::from(a.type_id))
+            .collect();
+        let rows = self
+            .user
+            .fetch(
+                "read activities",
+                format!(
+                    "SELECT marketo_guid, CAST(marketo_lead_id AS TEXT), detail, kind \
+                     FROM {ACTIVITY_TABLE} WHERE deleted = FALSE"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|source| ConvergeError::CrmUser {
+                seed: self.seed,
+                operation: format!("read {ACTIVITY_TABLE}"),
+                source,
+            })?;
+        let mut crm: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
+        for r in rows {
+            let guid = r.first().cloned().flatten().unwrap_or_default();
+            crm.entry(guid).or_default().push(r);
+        }
+        let mut checked = 0;
+        let mut logged = BTreeSet::new();
+        for a in self.sim.activities() {
+            let type_id = a["activityTypeId"].as_i64().unwrap_or_default();
+            if !types.contains(&type_id) {
+                continue;
+            }
+            let guid = json_text(&a["marketoGUID"]);
+            logged.insert(guid.clone());
+            let lead = json_text(&a["leadId"]);
+            let copies = crm.get(&guid).map_or(0, Vec::len);
+            let links = self
+                .store
+                .links_by_marketo_keys(&format!("activity:{type_id}"), std::slice::from_ref(&guid))
+                .await
+                .map_err(|source| ConvergeError::Store {
+                    seed: self.seed,
+                    source,
+                })?
+                .len();
+            if (copies, links) != (1, 1) {
+                violations.push(format!(
+                    "activity {guid} (type {type_id}, lead {lead}) is in the CRM {copies} times, \
+                     with {links} links"
+                ));
+                continue;
+            }
+            let row = &crm[&guid][0];
+            checked += 1;
+            let url = a["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == "Webpage URL")
+                .map(|x| json_text(&x["value"]));
+            let detail = row.get(2).cloned().flatten();
+            // Marketo moves a merged lead's activities to the winner; the copy keeps the loser.
+            let copied_lead = row.get(1).cloned().flatten().unwrap_or_default();
+            let moved = copied_lead
+                .parse::<i64>()
+                .is_ok_and(|id| self.sim.lead(id).is_none());
+            if (copied_lead != lead && !moved) || (type_id == 1 && detail != url) {
+                violations.push(format!(
+                    "activity {guid} (type {type_id}, lead {lead}, url {url:?}) reached the CRM as {row:?}"
+                ));
+            }
+        }
+        for guid in crm.keys() {
+            if !logged.contains(guid) {
+                violations.push(format!(
+                    "{ACTIVITY_TABLE} row {guid:?} names no Marketo activity of a synced type"
+                ));
+            }
+        }
+        Ok(checked)
     }
 
     /// Returns true when every open error-ledger entry is a role or vehicle whose contact has no

@@ -282,6 +282,25 @@ impl SimHandle {
         })
     }
 
+    /// Logs a web page visit of a lead (Visit Webpage, type 1, as Munchkin tracking does) and
+    /// returns the activity's id, or `None` when the lead does not exist.
+    pub fn visit_webpage(&self, lead_id: i64, page_id: i64, url: &str) -> Option<i64> {
+        let mut st = self.shared.lock();
+        st.db.lead(lead_id)?;
+        let now = st.now();
+        let mut attrs = Map::new();
+        attrs.insert("Client IP Address".into(), Value::from("192.0.2.1"));
+        attrs.insert("Webpage URL".into(), Value::from(url));
+        Some(st.db.log_activity(
+            lead_id,
+            now,
+            1,
+            (Some(page_id), Some(url.to_owned())),
+            attrs,
+            None,
+        ))
+    }
+
     /// Deletes a lead (Delete Lead activity). Returns false when it did not exist.
     pub fn delete_lead(&self, id: i64) -> bool {
         let mut st = self.shared.lock();

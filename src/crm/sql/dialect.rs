@@ -288,6 +288,27 @@ impl Dialect {
         }
     }
 
+    /// Returns the expression for "now, or `current` when that is later" written into the
+    /// modified column of a row being updated (`current` is the column as the statement reads
+    /// it: the row's value before the update, or the existing row in `ON CONFLICT DO UPDATE`).
+    ///
+    /// A write never moves a row's modified time backwards: another writer whose clock runs
+    /// ahead of the database's may have stamped it, and a row moved behind the change cursor
+    /// would never be read again, losing that writer's change when the step that wrote it fails
+    /// before its commit (found by the convergence harness, seed 31591).
+    pub fn now_not_before(self, current: &str) -> String {
+        let now = self.now();
+        match self {
+            // GREATEST skips NULLs on PostgreSQL, but not on MySQL.
+            Dialect::Postgres => format!("GREATEST({now}, {current})"),
+            Dialect::MySql => format!("GREATEST({now}, COALESCE({current}, {now}))"),
+            // Times are text in SQLite: compared as instants, whatever their text shape.
+            Dialect::Sqlite => format!(
+                "CASE WHEN julianday({current}) > julianday({now}) THEN {current} ELSE {now} END"
+            ),
+        }
+    }
+
     /// Returns a value in the text form this dialect converts into a column of type `ty`.
     pub fn value_text(self, value: &Value, ty: &FieldType) -> Option<String> {
         match value {

@@ -143,7 +143,10 @@ pub(super) fn plan_upsert(
         Dialect::Postgres | Dialect::Sqlite => {
             let sets: Vec<String> = names
                 .iter()
-                .map(|n| format!("{n} = excluded.{n}"))
+                .map(|n| match (sets_modified, *n == m) {
+                    (false, true) => format!("{n} = {}", d.now_not_before(&format!("{table}.{n}"))),
+                    _ => format!("{n} = excluded.{n}"),
+                })
                 .collect();
             let returning = if d == Dialect::Postgres {
                 format!(
@@ -182,7 +185,10 @@ pub(super) fn plan_upsert(
             let sets: Vec<String> = names
                 .iter()
                 .zip(&values)
-                .map(|(n, v)| format!("{n} = {v}"))
+                .map(|(n, v)| match (sets_modified, *n == m) {
+                    (false, true) => format!("{n} = {}", d.now_not_before(n)),
+                    _ => format!("{n} = {v}"),
+                })
                 .collect();
             let update = format!("UPDATE {table} SET {} WHERE {keyq} = ?", sets.join(", "));
             let mut update_params = params.clone();
@@ -261,7 +267,7 @@ pub(super) fn plan_update_by_pk(
     let pk = q(pk_name);
     let m = q(&info.modified.name);
     if !sets_modified {
-        sets.push(format!("{m} = {}", d.now()));
+        sets.push(format!("{m} = {}", d.now_not_before(&m)));
     }
     params.push(id.clone());
     let main = format!(
@@ -323,7 +329,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
             let id_param = d.param(params.len(), &info.pk.cast);
             let main = format!(
                 "UPDATE {table} SET {set}, {m} = {} WHERE {pk} = {id_param}",
-                d.now()
+                d.now_not_before(&m)
             );
             let post = format!(
                 "SELECT {}, {} FROM {table} WHERE {pk} = {}",
@@ -640,7 +646,10 @@ pub(super) async fn bulk_upsert(
         .collect();
     let sets: Vec<String> = names
         .iter()
-        .map(|c| format!("{c} = excluded.{c}"))
+        .map(|c| match (sets_modified, *c == m) {
+            (false, true) => format!("{c} = {}", d.now_not_before(&format!("{table}.{c}"))),
+            _ => format!("{c} = excluded.{c}"),
+        })
         .collect();
     let inserted = if d == Dialect::Postgres {
         ", CAST((xmax = 0) AS TEXT)"
