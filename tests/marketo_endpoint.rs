@@ -78,6 +78,16 @@ impl JobJournal for MemoryJournal {
     }
 }
 
+/// Creates a lead in the simulator, linked to a company when given.
+fn seed_lead(sim: &SimHandle, email: &str, company: Option<&str>) -> i64 {
+    let mut v = serde_json::Map::new();
+    v.insert("email".into(), json!(email));
+    if let Some(c) = company {
+        v.insert("externalCompanyId".into(), json!(c));
+    }
+    sim.create_lead(v)
+}
+
 fn lead(pairs: &[(&str, serde_json::Value)]) -> LeadWrite {
     let mut record = Record::new();
     for (k, v) in pairs {
@@ -156,11 +166,7 @@ async fn rows_of_an_import_failures_file_are_refusals_in_input_order() {
     let ep = endpoint(&sim, 2);
     let cancel = CancellationToken::new();
     let ids: Vec<i64> = (0..4)
-        .map(|i| {
-            let mut v = serde_json::Map::new();
-            v.insert("email".into(), json!(format!("u{i}@example.com")));
-            sim.create_lead(v)
-        })
+        .map(|i| seed_lead(&sim, &format!("u{i}@example.com"), None))
         .collect();
     let missing = ids.iter().max().unwrap() + 10_000;
     let mut writes: Vec<LeadWrite> = ids
@@ -200,9 +206,7 @@ async fn rest_refusals_are_typed_and_in_input_order() {
     let sim = sim().await;
     let ep = endpoint(&sim, 100);
     let cancel = CancellationToken::new();
-    let mut v = serde_json::Map::new();
-    v.insert("email".into(), json!("kept@example.com"));
-    let id = sim.create_lead(v);
+    let id = seed_lead(&sim, "kept@example.com", None);
     let writes = vec![
         lead(&[("id", json!(id + 100_000)), ("firstName", json!("A"))]),
         lead(&[("id", json!(id)), ("firstName", json!("B"))]),
@@ -226,13 +230,8 @@ async fn company_fields_of_a_linked_lead_go_to_its_company() {
     c.insert("externalCompanyId".into(), json!("ACME-1"));
     c.insert("company".into(), json!("Acme"));
     sim.upsert_company(c).unwrap();
-    let mut v = serde_json::Map::new();
-    v.insert("email".into(), json!("linked@example.com"));
-    v.insert("externalCompanyId".into(), json!("ACME-1"));
-    let linked = sim.create_lead(v);
-    let mut v = serde_json::Map::new();
-    v.insert("email".into(), json!("alone@example.com"));
-    let alone = sim.create_lead(v);
+    let linked = seed_lead(&sim, "linked@example.com", Some("ACME-1"));
+    let alone = seed_lead(&sim, "alone@example.com", None);
 
     let mut writes = vec![
         lead(&[
@@ -270,9 +269,7 @@ async fn a_refused_company_write_refuses_its_lead() {
     let sim = sim().await;
     let ep = endpoint(&sim, 100);
     let cancel = CancellationToken::new();
-    let mut v = serde_json::Map::new();
-    v.insert("email".into(), json!("ghost@example.com"));
-    let id = sim.create_lead(v);
+    let id = seed_lead(&sim, "ghost@example.com", None);
     let mut writes = vec![lead(&[
         ("id", json!(id)),
         ("industry", json!("Retail")),
