@@ -52,11 +52,10 @@ use super::{Context, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
 use crate::mapping::{Plan, SchemaSet};
-use crate::marketo::bulk_extract::{
-    ACTIVITY_FIELDS, DateRange, ExportFilter, ExportKind, ExportOptions, ExportOutcome,
-    ExportRequest,
+use crate::marketo::endpoint::{
+    ACTIVITY_FIELDS, EndpointError, EndpointSettings, ExportOptions, ExportRow, ExportSubject,
+    ExportedWindow, MarketoEndpoint, RowStream,
 };
-use crate::marketo::csv::{ActivityReader, ExportReader, ExportRow, FileFormat, spawn_file_reader};
 use crate::marketo::limiter::next_day_turn;
 use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value};
@@ -547,7 +546,6 @@ struct Run<'a> {
 struct PhaseSpec {
     name: &'static str,
     object: String,
-    kind: ExportKind,
 }
 
 /// Runs the bootstrap: every enabled phase in the whitepaper's order, window by window, resuming
@@ -615,12 +613,10 @@ pub async fn bootstrap(
         phases.push(PhaseSpec {
             name: PHASE_NEW_LEADS,
             object: "leads".into(),
-            kind: ExportKind::Activities,
         });
         phases.push(PhaseSpec {
             name: PHASE_LEADS,
             object: "leads".into(),
-            kind: ExportKind::Leads,
         });
         // A dry run compiles the plans too: the estimate samples the leads with the export's
         // fields.
@@ -644,7 +640,6 @@ pub async fn bootstrap(
             } else {
                 "roles".into()
             },
-            kind: ExportKind::Activities,
         });
         if options.dry_run {
             None
@@ -1109,139 +1104,64 @@ impl Run<'_> {
         Ok(None)
     }
 
-    /// Runs (or resumes) the export of one window and returns its outcome and stored job.
+    /// Runs (or resumes) the export of one window through the endpoint, counts its bytes into
+    /// the day's usage (once per job), and returns it.
     async fn export(
         &mut self,
         spec: &PhaseSpec,
         window: Window,
-        request: &ExportRequest,
+        subject: &ExportSubject,
         phase: &mut PhaseReport,
-    ) -> Result<(ExportOutcome, BulkJob), WindowError> {
-        self.export_attempt(spec, window, request, phase, 1).await
-    }
-
-    async fn export_attempt(
-        &mut self,
-        spec: &PhaseSpec,
-        window: Window,
-        request: &ExportRequest,
-        phase: &mut PhaseReport,
-        attempt: u32,
-    ) -> Result<(ExportOutcome, BulkJob), WindowError> {
-        let object = queue(spec.name);
-        let kind_name = match spec.kind {
-            ExportKind::Activities => "activities",
-            _ => "leads",
-        };
-        let existing = self
-            .ctx
-            .store
-            .unfinished_jobs(JobDirection::Export)
-            .await?
-            .into_iter()
-            .find(|j| {
-                j.object == object
-                    && j.kind == kind_name
-                    && j.window_start == Some(window.start)
-                    && j.window_end == Some(window.end)
-            });
-        let resumed = existing.is_some();
-        let mut job = match existing {
-            Some(job) => {
-                phase.exports_resumed += 1;
-                info!(export_id = %job.id, phase = spec.name, "re-attaching to an unfinished export");
-                job
-            }
-            None => {
-                let created = match self.ctx.marketo.create_export(&spec.kind, request).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        return Err(match pause_of(&e, self.ctx.clock.now()) {
-                            Some(stop) => WindowError::Stop(stop),
-                            None => WindowError::Engine(e.into()),
-                        });
-                    }
-                };
-                phase.exports_created += 1;
-                let now = self.ctx.clock.now();
-                let path = self.work_dir.join(format!("{}.csv", created.export_id));
-                let job = BulkJob {
-                    direction: JobDirection::Export,
-                    id: created.export_id.clone(),
-                    kind: kind_name.to_owned(),
-                    object: object.clone(),
-                    window_start: Some(window.start),
-                    window_end: Some(window.end),
-                    state: JobState::Created,
-                    bytes: 0,
-                    file_path: Some(path.display().to_string()),
-                    file_offset: 0,
-                    created_at: now,
-                    updated_at: now,
-                };
-                // Persisted before it is enqueued, so a restart resumes it.
-                self.ctx.store.upsert_job(&job).await?;
-                job
-            }
-        };
-        let dest = job
-            .file_path
-            .as_ref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.work_dir.join(format!("{}.csv", job.id)));
-        let outcome = match self
-            .ctx
-            .marketo
-            .run_export(
-                &spec.kind,
-                request,
-                Some(&job.id),
-                &dest,
-                &self.export,
+    ) -> Result<ExportedWindow, WindowError> {
+        let endpoint = self.ctx.endpoint(EndpointSettings {
+            poll: self.export.poll_interval,
+            export_max_wait: self.export.max_wait,
+            work_dir: self.work_dir.clone(),
+            ..EndpointSettings::default()
+        });
+        let exported = match endpoint
+            .export_window(
+                subject,
+                (window.start, window.end),
+                &queue(spec.name),
+                MAX_EXPORT_ATTEMPTS,
+                &self.ctx.journal(),
                 self.cancel,
             )
             .await
         {
-            Ok(o) => o,
-            Err(e)
-                if attempt < MAX_EXPORT_ATTEMPTS
-                    && (matches!(
-                        e,
-                        crate::marketo::Error::JobFailed { .. }
-                            | crate::marketo::Error::ExportFileMissing { .. }
-                    ) || (resumed && e.disposition() == Disposition::FailCall)) =>
-            {
-                // The job cannot be used any more (failed, its file gone, or unknown to Marketo
-                // after its 7-day retention): mark it and pay for a new one.
-                job.state = JobState::Failed;
-                job.updated_at = self.ctx.clock.now();
-                self.ctx.store.upsert_job(&job).await?;
-                warn!(export_id = %job.id, error = %e, "export job unusable; creating a new one");
-                return Box::pin(self.export_attempt(spec, window, request, phase, attempt + 1))
-                    .await;
-            }
-            Err(crate::marketo::Error::Cancelled { .. }) if self.cancel.is_cancelled() => {
-                return Err(WindowError::Engine(EngineError::Cancelled));
-            }
-            Err(e) => {
+            Ok(e) => e,
+            Err(EndpointError::Marketo(e)) => {
                 return Err(match pause_of(&e, self.ctx.clock.now()) {
                     Some(stop) => WindowError::Stop(stop),
                     None => WindowError::Engine(e.into()),
                 });
             }
+            Err(e) => return Err(WindowError::Engine(e.into())),
         };
+        phase.exports_created += exported.created;
+        phase.exports_resumed += exported.resumed;
         // A job an earlier run already completed was counted then.
-        let counted = job.state == JobState::Completed;
-        job.state = JobState::Completed;
-        job.bytes = outcome.bytes;
-        job.updated_at = self.ctx.clock.now();
-        self.ctx.store.upsert_job(&job).await?;
-        if !counted {
+        if !exported.completed_before {
             let day = marketo_day(self.ctx.clock.now());
-            self.ctx.store.add_api_usage(day, 0, outcome.bytes).await?;
-            self.run_bytes += outcome.bytes;
+            self.ctx.store.add_api_usage(day, 0, exported.bytes).await?;
+            self.run_bytes += exported.bytes;
         }
-        Ok((outcome, job))
+        Ok(exported)
+    }
+
+    /// Commits an exported window as done (see [`Run::finish_window`]) and returns its bytes.
+    async fn finish_exported(
+        &self,
+        spec: &PhaseSpec,
+        window: Window,
+        exported: ExportedWindow,
+        imports: Vec<BulkJob>,
+    ) -> Result<u64, WindowError> {
+        let job = self.ctx.journal().bulk_job(&exported.job);
+        self.finish_window(spec, window, Some(job), exported.path, imports)
+            .await?;
+        Ok(exported.bytes)
     }
 
     /// Commits a window as done: its export job and write-back imports consumed and the phase
@@ -1290,31 +1210,16 @@ impl Run<'_> {
         window: Window,
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
-        let request = ExportRequest {
+        let subject = ExportSubject::Activities {
+            type_ids: vec![NEW_LEAD],
             fields: ["marketoGUID", "leadId", "activityDate", "activityTypeId"]
                 .map(String::from)
                 .to_vec(),
-            format: Some("CSV".into()),
-            column_header_names: None,
-            filter: ExportFilter {
-                created_at: Some(DateRange {
-                    start_at: window.start,
-                    end_at: window.end,
-                }),
-                activity_type_ids: Some(vec![NEW_LEAD]),
-                ..ExportFilter::default()
-            },
         };
-        let (outcome, job) = self.export(spec, window, &request, phase).await?;
-        if let Some(path) = &outcome.path {
-            let (mut rx, task) = spawn_file_reader(
-                path.clone(),
-                |f| ExportReader::new(f, FileFormat::Csv),
-                BATCH_ROWS * 4,
-                self.cancel.clone(),
-            );
+        let exported = self.export(spec, window, &subject, phase).await?;
+        if let Some(mut rows) = exported.rows(None, BATCH_ROWS * 4, self.cancel) {
             let mut leads = BTreeSet::new();
-            while let Some(batch) = rx.recv().await {
+            while let Some(batch) = rows.next_batch().await {
                 for row in batch {
                     match row {
                         Ok(row) => {
@@ -1327,13 +1232,11 @@ impl Run<'_> {
                     }
                 }
             }
-            join_reader(task).await?;
+            join_reader(rows).await?;
             phase.distinct_leads += leads.len() as u64;
         }
-        let bytes = outcome.bytes;
-        self.finish_window(spec, window, Some(job), outcome.path, Vec::new())
-            .await?;
-        Ok(bytes)
+        self.finish_exported(spec, window, exported, Vec::new())
+            .await
     }
 
     async fn lead_window(
@@ -1369,36 +1272,22 @@ impl Run<'_> {
                 .await?;
             return Ok(bytes);
         }
-        let request = ExportRequest {
+        let subject = ExportSubject::CreatedLeads {
             fields: lead_export_fields(plans),
-            format: Some("CSV".into()),
-            column_header_names: None,
-            filter: ExportFilter {
-                created_at: Some(DateRange {
-                    start_at: window.start,
-                    end_at: window.end,
-                }),
-                ..ExportFilter::default()
-            },
         };
-        let (outcome, job) = self.export(spec, window, &request, phase).await?;
+        let exported = self.export(spec, window, &subject, phase).await?;
+        let job = self.ctx.journal().bulk_job(&exported.job);
         // The CRM keys to write back go to files on disk, not memory.
         let mut spool = Spool::create(
             &self.work_dir,
             &write_back_stem(&job.id),
             &plan.marketo_crm_key,
         );
-        if let Some(path) = &outcome.path {
-            let schema = plans.lead_schema.clone();
-            let (mut rx, task) = spawn_file_reader(
-                path.clone(),
-                move |f| Ok(ExportReader::new(f, FileFormat::Csv)?.typed(&schema)),
-                BATCH_ROWS,
-                self.cancel.clone(),
-            );
+        let schema = plans.lead_schema.clone();
+        if let Some(mut rx) = exported.rows(Some(schema), BATCH_ROWS, self.cancel) {
             let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
             let mut sales: BTreeSet<String> = BTreeSet::new();
-            while let Some(batch) = rx.recv().await {
+            while let Some(batch) = rx.next_batch().await {
                 if self.cancel.is_cancelled() {
                     break;
                 }
@@ -1425,7 +1314,7 @@ impl Run<'_> {
                 }
                 self.apply_leads(plan, rows, phase, &mut spool).await?;
             }
-            join_reader(task).await?;
+            join_reader(rx).await?;
             if self.cancel.is_cancelled() {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
@@ -1440,10 +1329,7 @@ impl Run<'_> {
         let imports = self
             .write_back(spec, window, plan, &job, spool, phase)
             .await?;
-        let bytes = outcome.bytes;
-        self.finish_window(spec, window, Some(job), outcome.path, imports)
-            .await?;
-        Ok(bytes)
+        self.finish_exported(spec, window, exported, imports).await
     }
 
     /// Returns this phase's unfinished jobs of `direction` for exactly this window.
@@ -1902,28 +1788,13 @@ impl Run<'_> {
         plans: &OppPlans,
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
-        let request = ExportRequest {
+        let subject = ExportSubject::Activities {
+            type_ids: vec![ADD_TO_OPPORTUNITY],
             fields: ACTIVITY_FIELDS.map(String::from).to_vec(),
-            format: Some("CSV".into()),
-            column_header_names: None,
-            filter: ExportFilter {
-                created_at: Some(DateRange {
-                    start_at: window.start,
-                    end_at: window.end,
-                }),
-                activity_type_ids: Some(vec![ADD_TO_OPPORTUNITY]),
-                ..ExportFilter::default()
-            },
         };
-        let (outcome, job) = self.export(spec, window, &request, phase).await?;
-        if let Some(path) = &outcome.path {
-            let (mut rx, task) = spawn_file_reader(
-                path.clone(),
-                |f| ActivityReader::new(f, FileFormat::Csv),
-                BATCH_ROWS,
-                self.cancel.clone(),
-            );
-            while let Some(batch) = rx.recv().await {
+        let exported = self.export(spec, window, &subject, phase).await?;
+        if let Some(mut rx) = exported.activities(BATCH_ROWS, self.cancel) {
+            while let Some(batch) = rx.next_batch().await {
                 let mut keys = BTreeSet::new();
                 let mut roles: BTreeMap<String, Fields> = BTreeMap::new();
                 for row in batch {
@@ -1973,15 +1844,13 @@ impl Run<'_> {
                     self.apply_keyed(plan, roles, phase, Side::Marketo).await?;
                 }
             }
-            join_reader(task).await?;
+            join_reader(rx).await?;
             if self.cancel.is_cancelled() {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
         }
-        let bytes = outcome.bytes;
-        self.finish_window(spec, window, Some(job), outcome.path, Vec::new())
-            .await?;
-        Ok(bytes)
+        self.finish_exported(spec, window, exported, Vec::new())
+            .await
     }
 
     /// Reads the Marketo records named by `keys` (opportunities named by Add to Opportunity
@@ -2328,18 +2197,12 @@ fn collect_companies(
     }
 }
 
-async fn join_reader(task: crate::marketo::csv::ReaderTask) -> Result<(), WindowError> {
-    match task.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(crate::marketo::csv::CsvError::Cancelled)) => {
-            Err(WindowError::Engine(EngineError::Cancelled))
-        }
-        Ok(Err(e)) => Err(WindowError::Engine(EngineError::Mapping(format!(
-            "the export file cannot be read: {e}"
-        )))),
-        Err(e) => Err(WindowError::Engine(EngineError::Mapping(format!(
-            "the export reader stopped: {e}"
-        )))),
+async fn join_reader<T>(rows: RowStream<T>) -> Result<(), WindowError> {
+    match rows.finish().await {
+        Ok(()) => Ok(()),
+        Err(EndpointError::Cancelled) => Err(WindowError::Engine(EngineError::Cancelled)),
+        Err(EndpointError::File { what }) => Err(WindowError::Engine(EngineError::Mapping(what))),
+        Err(e) => Err(WindowError::Engine(e.into())),
     }
 }
 

@@ -35,16 +35,15 @@ use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
 use crate::crm::{ChangeKind, Cursor, DeleteHow, Refusal, RefusalReason, WriteResult};
 use crate::mapping::Plan;
-use crate::marketo::bulk_extract::{
-    DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest,
+use crate::marketo::endpoint::{
+    CompanyLink, EndpointSettings, LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, WriteMode,
 };
-use crate::marketo::csv::{ExportReader, FileFormat, spawn_file_reader};
 use crate::marketo::model::parse_marketo_datetime;
-use crate::marketo::{DedupeBy, Record, RefusalKind, SyncAction};
+use crate::marketo::{Record, RefusalKind, SyncAction};
 use crate::model::{Fields, Side, Value, fields_hash};
 use crate::store::{
-    BulkJob, Direction, ErrorKey, ErrorStatus, JobDirection, JobState, Link, StagedStore,
-    StepCommit, SyncError, Tombstone, TombstoneKind, Watermark,
+    Direction, ErrorKey, ErrorStatus, JobDirection, Link, StagedStore, StepCommit, SyncError,
+    Tombstone, TombstoneKind, Watermark,
 };
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
@@ -536,12 +535,12 @@ pub async fn run(
         .unfinished_jobs(JobDirection::Export)
         .await?
         .into_iter()
-        .find(|j| j.kind == "leads" && j.object == LINK_OBJECT);
+        .any(|j| j.kind == "leads" && j.object == LINK_OBJECT);
     let bulk_allowed = !step.dry_run;
     let threshold = bulk_allowed.then_some(tunables.bulk_extract_threshold);
     let mut changes = gather_activities(ctx, act_wm.as_ref(), threshold, cancel).await?;
     let mut bulk_leads: Option<Vec<MLead>> = None;
-    if changes.bulk || resumed.is_some() {
+    if changes.bulk || resumed {
         let since = act_wm.as_ref().map_or_else(
             || {
                 ctx.settings
@@ -556,17 +555,7 @@ pub async fn run(
             .unwrap_or_else(|_| chrono::Duration::minutes(5));
         // Marketo times are whole seconds: the window ends after the current second.
         let until = changes.last_at.map_or(now, |l| l.max(now)) + chrono::Duration::seconds(1);
-        match bulk_extract(
-            ctx,
-            tunables,
-            plan,
-            (since, until),
-            resumed,
-            summary,
-            cancel,
-        )
-        .await
-        {
+        match bulk_extract(ctx, tunables, plan, (since, until), summary, cancel).await {
             Ok(leads) => bulk_leads = Some(leads),
             Err(EngineError::Marketo(e))
                 if matches!(e, crate::marketo::Error::UnsupportedFilter { .. })
@@ -1579,9 +1568,8 @@ fn to_record(fields: &Fields) -> Record {
 
 struct MWrite {
     pair: usize,
-    record: Record,
     create: bool,
-    company: Option<Record>,
+    lead: LeadWrite,
 }
 
 async fn apply_marketo(
@@ -1594,28 +1582,6 @@ async fn apply_marketo(
     let plan = step.plan;
     let object = object_name(plan);
     let mut writes: Vec<MWrite> = Vec::new();
-    let routed = plan.company_routed_fields();
-    // Leads not read this cycle whose company-type fields change: read their externalCompanyId.
-    let mut company_of: HashMap<i64, Option<String>> = HashMap::new();
-    if !routed.is_empty() {
-        let unread: Vec<i64> = decided
-            .iter()
-            .filter_map(|(i, r)| {
-                let p = &pairs[*i];
-                let touches = routed.iter().any(|f| {
-                    plan.enabled_fields().any(|pf| {
-                        pf.marketo.as_deref() == Some(*f) && r.to_marketo.contains_key(&pf.name)
-                    })
-                });
-                (touches && p.m.is_none()).then_some(p.m_id).flatten()
-            })
-            .collect();
-        if !unread.is_empty() {
-            for m in fetch_leads(ctx, plan, &unread, summary).await? {
-                company_of.insert(m.id, m.external_company_id);
-            }
-        }
-    }
     for (i, r) in decided {
         let p = &pairs[*i];
         let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
@@ -1629,38 +1595,27 @@ async fn apply_marketo(
                 record.insert(plan.marketo_crm_key.clone(), json!(c_id));
                 writes.push(MWrite {
                     pair: *i,
-                    record,
                     create: true,
-                    company: None,
+                    lead: LeadWrite {
+                        record,
+                        company: CompanyLink::Known(None),
+                    },
                 });
             }
             (Some(m_id), _) if !record.is_empty() || needs_key => {
                 if needs_key && let Some(c_id) = &p.c_id {
                     record.insert(plan.marketo_crm_key.clone(), json!(c_id));
                 }
-                let mut company = None;
-                let ext = match &p.m {
-                    Some(m) => m.external_company_id.clone(),
-                    None => company_of.get(&m_id).cloned().flatten(),
-                };
-                if let Some(ext) = ext {
-                    let mut c = Record::new();
-                    for f in &routed {
-                        if let Some(v) = record.remove(*f) {
-                            c.insert((*f).to_owned(), v);
-                        }
-                    }
-                    if !c.is_empty() {
-                        c.insert("externalCompanyId".into(), json!(ext));
-                        company = Some(c);
-                    }
-                }
                 record.insert("id".into(), json!(m_id));
+                // Company-type fields of a lead linked to a company go to the company.
+                let company = match &p.m {
+                    Some(m) => CompanyLink::Known(m.external_company_id.clone()),
+                    None => CompanyLink::Unknown,
+                };
                 writes.push(MWrite {
                     pair: *i,
-                    record,
                     create: false,
-                    company,
+                    lead: LeadWrite { record, company },
                 });
             }
             _ => {}
@@ -1680,7 +1635,7 @@ async fn apply_marketo(
                 .or_else(|| p.m_id.map(|m| m.to_string()))
                 .unwrap_or_default(),
         };
-        let payload = serde_json::Value::Object(w.record.clone());
+        let payload = serde_json::Value::Object(w.lead.record.clone());
         if ledger::waits(step.open.get(&key), &payload, now) {
             p.failed = true;
             summary.counts_mut(&object, Direction::CrmToMarketo).skipped += 1;
@@ -1689,8 +1644,15 @@ async fn apply_marketo(
         sendable.push(w);
     }
     let writes = sendable;
+    let endpoint = ctx.endpoint(EndpointSettings {
+        bulk_import_threshold: step.bulk_import_threshold,
+        poll: step.poll,
+        ..EndpointSettings::default()
+    });
     if step.dry_run {
-        for w in &writes {
+        let leads: Vec<LeadWrite> = writes.iter().map(|w| w.lead.clone()).collect();
+        let previews = endpoint.preview_leads(&leads).await?;
+        for (w, preview) in writes.iter().zip(previews) {
             let p = &pairs[w.pair];
             // The lead's values now: as read this cycle, else the link's agreed base (a lead
             // not read this cycle has not changed since).
@@ -1703,21 +1665,13 @@ async fn apply_marketo(
                         b.insert(plan.marketo_crm_key.clone(), json!(crm_key));
                         b
                     });
-            let mut after = w.record.clone();
-            if let Some(company) = &w.company {
-                for (k, v) in company {
-                    if k != "externalCompanyId" {
-                        after.insert(k.clone(), v.clone());
-                    }
-                }
-            }
             let action = if w.create {
                 PlannedAction::Create
             } else {
                 PlannedAction::Update
             };
             let mut change = PlannedChange::new(&object, Direction::CrmToMarketo, action).fields(
-                &after,
+                &w.lead.record,
                 before.as_ref(),
                 &["id"],
             );
@@ -1727,136 +1681,74 @@ async fn apply_marketo(
             if let (Some(m), false) = (p.m_id, w.create) {
                 change = change.target(m.to_string());
             }
-            if let Some(company) = &w.company {
-                change = change.note(format!(
-                    "company fields go to company {}",
-                    text_of(company.get("externalCompanyId")).unwrap_or_default()
-                ));
+            if let Some((company, _)) = &preview.company {
+                change = change.note(format!("company fields go to company {company}"));
             }
             step.plan_out.push(change);
         }
         return Ok(());
     }
-    // Company-type fields of linked leads go to their company (Sync Leads refuses them, 1021).
-    let with_company: Vec<(usize, Record)> = writes
-        .iter()
-        .filter_map(|w| w.company.clone().map(|c| (w.pair, c)))
-        .collect();
-    for chunk in with_company.chunks(crate::marketo::leads::MAX_BATCH) {
-        let input: Vec<Record> = chunk.iter().map(|(_, c)| c.clone()).collect();
-        let results = ctx
-            .marketo
-            .sync_companies(SyncAction::UpdateOnly, DedupeBy::DedupeFields, &input)
-            .await?;
-        for ((pair, rec), res) in chunk.iter().zip(results) {
-            if let Some(refusal) = res.refusal() {
-                // The base does not move, so the change is tried again on later cycles.
-                let p = &mut pairs[*pair];
-                p.failed = true;
-                let key = p
-                    .c_id
-                    .clone()
-                    .or_else(|| p.m_id.map(|m| m.to_string()))
-                    .unwrap_or_default();
-                let other = p.m_id.map(|m| m.to_string());
-                summary.counts_mut(&object, Direction::CrmToMarketo).failed += 1;
-                let message = format!(
-                    "company {} refused the lead's company fields: {}",
-                    text_of(rec.get("externalCompanyId")).unwrap_or_default(),
-                    refusal.message
-                );
-                let retryable = refusal.retryable();
-                step.error(
-                    Direction::CrmToMarketo,
-                    key,
-                    other,
-                    json!({ "company": rec }),
-                    Failure::new(refusal.code, message, retryable),
-                );
-            } else if writes
-                .iter()
-                .any(|w| w.pair == *pair && !w.create && w.record.len() == 1)
-            {
-                // Nothing else changed on the lead: the company write was the update.
-                summary.counts_mut(&object, Direction::CrmToMarketo).updated += 1;
-            }
-        }
-    }
     let mut gone: Vec<Link> = Vec::new();
-    let creates = writes.iter().filter(|w| w.create).count();
-    let bulk_creates = creates > step.bulk_import_threshold;
-    if bulk_creates {
-        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create).collect();
-        bulk_import_creates(step, pairs, &batch, summary).await?;
-    }
-    let (update_groups, bulk_updated) = bulk_update_groups(&writes, step.bulk_import_threshold);
-    for group in &update_groups {
-        bulk_import_updates(step, pairs, group, summary).await?;
-    }
-    for (create, action, lookup) in [
+    for (create, mode, key) in [
         (
             true,
-            SyncAction::CreateOrUpdate,
-            plan.marketo_crm_key.as_str(),
+            WriteMode::Upsert,
+            LeadKey::Field(plan.marketo_crm_key.clone()),
         ),
-        (false, SyncAction::UpdateOnly, "id"),
+        (false, WriteMode::UpdateOnly, LeadKey::Id),
     ] {
-        if create && bulk_creates {
+        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
+        if batch.is_empty() {
             continue;
         }
-        // An update left with only the id carried company fields only: nothing to send.
-        let batch: Vec<&MWrite> = writes
-            .iter()
-            .filter(|w| w.create == create && (create || w.record.len() > 1))
-            .filter(|w| create || !bulk_updated.contains(&w.pair))
-            .filter(|w| !pairs[w.pair].failed)
-            .collect();
-        for chunk in batch.chunks(crate::marketo::leads::MAX_BATCH) {
-            let input: Vec<Record> = chunk.iter().map(|w| w.record.clone()).collect();
-            let results = ctx
-                .marketo
-                .sync_leads(action, Some(lookup), None, &input)
-                .await?;
-            for (w, res) in chunk.iter().zip(results) {
-                let p = &mut pairs[w.pair];
-                let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
-                if !w.create
-                    && res.refused_as(RefusalKind::NotFound)
-                    && let Some(link) = &p.link
-                {
-                    // The linked lead is gone from Marketo without a deletion or merge this
-                    // sync has seen: it is treated as deleted there.
-                    p.failed = true;
-                    gone.push(link.clone());
-                    continue;
-                }
-                if let Some(failure) = Failure::of_marketo_result(&res) {
-                    counts.failed += 1;
-                    p.failed = true;
-                    let key = p
-                        .c_id
-                        .clone()
-                        .or_else(|| p.m_id.map(|m| m.to_string()))
-                        .unwrap_or_default();
-                    step.error(
-                        Direction::CrmToMarketo,
-                        key,
-                        p.m_id.map(|m| m.to_string()),
-                        serde_json::Value::Object(w.record.clone()),
-                        failure,
-                    );
-                    continue;
-                }
-                if w.create {
+        let leads: Vec<LeadWrite> = batch.iter().map(|w| w.lead.clone()).collect();
+        let outcomes = endpoint
+            .write_leads(&leads, mode, &key, &step.cancel)
+            .await?;
+        for (w, outcome) in batch.iter().zip(outcomes) {
+            let p = &mut pairs[w.pair];
+            let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
+            let refusal = match outcome {
+                LeadOutcome::Created { id } => {
                     counts.created += 1;
-                    p.m_id = res.id_i64();
-                    if p.m_id.is_none() {
-                        p.failed = true;
-                    }
-                } else {
-                    counts.updated += 1;
+                    p.m_id = Some(id);
+                    continue;
                 }
+                LeadOutcome::Updated { .. } => {
+                    counts.updated += 1;
+                    continue;
+                }
+                LeadOutcome::Refused(r) => r,
+            };
+            p.failed = true;
+            if !create
+                && refusal.kind == RefusalKind::NotFound
+                && refusal.company.is_none()
+                && let Some(link) = &p.link
+            {
+                // The linked lead is gone from Marketo without a deletion or merge this
+                // sync has seen: it is treated as deleted there.
+                gone.push(link.clone());
+                continue;
             }
+            counts.failed += 1;
+            let key = p
+                .c_id
+                .clone()
+                .or_else(|| p.m_id.map(|m| m.to_string()))
+                .unwrap_or_default();
+            // The base does not move, so the change is tried again on later cycles.
+            let payload = match &refusal.company {
+                Some(company) => json!({ "company": company }),
+                None => serde_json::Value::Object(w.lead.record.clone()),
+            };
+            step.error(
+                Direction::CrmToMarketo,
+                key,
+                p.m_id.map(|m| m.to_string()),
+                payload,
+                Failure::new(refusal.code, refusal.message, refusal.retryable),
+            );
         }
     }
     let policy = ctx.settings.sync.lead_deletes;
@@ -2916,129 +2808,42 @@ async fn apply_crm_deletes(
     Ok(repointed)
 }
 
-/// Runs Bulk Lead Extracts with the `updatedAt` filter over `[since, until]` in windows of at
-/// most 31 days, resuming an unfinished job, and streams each file into lead records.
+/// Reads the leads updated in `[since, until]` through the endpoint's bulk export (windows of
+/// at most 31 days, resuming an unfinished job), streaming each file into lead records.
 async fn bulk_extract(
     ctx: &Context,
     tunables: &Tunables,
     plan: &Plan,
-    (since, until): (DateTime<Utc>, DateTime<Utc>),
-    resumed: Option<BulkJob>,
+    range: (DateTime<Utc>, DateTime<Utc>),
     summary: &mut CycleSummary,
     cancel: &CancellationToken,
 ) -> Result<Vec<MLead>, EngineError> {
+    let endpoint = ctx.endpoint(EndpointSettings {
+        poll: tunables.export_poll,
+        ..EndpointSettings::default()
+    });
     let mut out = Vec::new();
-    let mut start = resumed
-        .as_ref()
-        .and_then(|j| j.window_start)
-        .unwrap_or(since);
-    let mut resumed = resumed;
-    let fields = lead_read_fields(plan);
-    let dir = std::env::temp_dir();
-    while start < until {
-        let end = (start + chrono::Duration::days(31) - chrono::Duration::seconds(1)).min(until);
-        let request = ExportRequest {
-            fields: fields.clone(),
-            format: Some("CSV".into()),
-            column_header_names: None,
-            filter: ExportFilter {
-                updated_at: Some(DateRange {
-                    start_at: start,
-                    end_at: end,
-                }),
-                ..ExportFilter::default()
-            },
-        };
-        let now = ctx.clock.now();
-        let job = match resumed.take() {
-            Some(job) => job,
-            None => {
-                let created = ctx
-                    .marketo
-                    .create_export(&ExportKind::Leads, &request)
-                    .await?;
-                let job = BulkJob {
-                    direction: JobDirection::Export,
-                    id: created.export_id.clone(),
-                    kind: "leads".into(),
-                    object: LINK_OBJECT.into(),
-                    window_start: Some(start),
-                    window_end: Some(end),
-                    state: JobState::Created,
-                    bytes: 0,
-                    file_path: None,
-                    file_offset: 0,
-                    created_at: now,
-                    updated_at: now,
-                };
-                // Persisted before it is enqueued, so a restart resumes it.
-                ctx.store.upsert_job(&job).await?;
-                job
-            }
-        };
-        let dest = dir.join(format!("marketo-sync-leads-{}.csv", job.id));
-        let options = ExportOptions {
-            poll_interval: tunables.export_poll,
-            ..ExportOptions::default()
-        };
-        let outcome = ctx
-            .marketo
-            .run_export(
-                &ExportKind::Leads,
-                &request,
-                Some(&job.id),
-                &dest,
-                &options,
-                cancel,
-            )
-            .await?;
-        summary.bulk_bytes += outcome.bytes;
-        if let Some(path) = outcome.path.clone() {
-            let (mut rx, task) = spawn_file_reader(
-                path.clone(),
-                |f| ExportReader::new(f, FileFormat::Csv),
-                500,
-                cancel.clone(),
-            );
-            while let Some(batch) = rx.recv().await {
-                for row in batch {
-                    match row {
-                        Ok(row) => match m_lead_fields(plan, &row.fields) {
-                            Some(Ok(l)) => out.push(l),
-                            Some(Err(e)) => {
-                                summary.warnings.push(format!("exported lead skipped: {e}"));
-                            }
-                            None => {}
-                        },
-                        Err(e) => summary.warnings.push(format!("export row skipped: {e}")),
-                    }
-                }
-            }
-            match task.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
-                        what: format!("export file {} unreadable: {e}", job.id),
-                    }));
-                }
-                Err(e) => {
-                    return Err(EngineError::Marketo(crate::marketo::Error::Config {
-                        what: format!("export reader failed: {e}"),
-                    }));
-                }
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-        ctx.store
-            .upsert_job(&BulkJob {
-                state: JobState::Consumed,
-                bytes: outcome.bytes,
-                updated_at: ctx.clock.now(),
-                ..job
-            })
-            .await?;
-        start = end + chrono::Duration::seconds(1);
-    }
+    let mut warnings = Vec::new();
+    let mut sink = |row: Result<Fields, String>| match row {
+        Ok(fields) => match m_lead_fields(plan, &fields) {
+            Some(Ok(l)) => out.push(l),
+            Some(Err(e)) => warnings.push(format!("exported lead skipped: {e}")),
+            None => {}
+        },
+        Err(e) => warnings.push(format!("export row skipped: {e}")),
+    };
+    let bytes = endpoint
+        .export_changed_leads(
+            &lead_read_fields(plan),
+            range,
+            LINK_OBJECT,
+            &ctx.journal(),
+            &mut sink,
+            cancel,
+        )
+        .await?;
+    summary.bulk_bytes += bytes;
+    summary.warnings.append(&mut warnings);
     // The newest read of a lead wins.
     out.sort_by_key(|l| (l.id, l.at));
     out.dedup_by(|b, a| {
@@ -3050,237 +2855,6 @@ async fn bulk_extract(
         }
     });
     Ok(out)
-}
-
-/// Creates many leads through Bulk Import (CSV files below 10 MB, `lookupField` = the CRM-key
-/// field), reads the failures file into the error ledger and the new ids back by CRM key.
-/// Writes `batch` to import files (each below 10 MB), imports them with `lookup` as the lookup
-/// field and returns the rows Marketo refused, by their `lookup` value, with the reason.
-async fn bulk_import_rows(
-    step: &Step<'_>,
-    batch: &[&MWrite],
-    lookup: &str,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    use crate::marketo::bulk_import::{
-        ImportFormat, ImportStatus, ImportTarget, LeadImportOptions,
-    };
-    use crate::marketo::csv::{ImportFileWriter, WriteOutcome};
-    let ctx = step.ctx;
-    let key_field = lookup.to_owned();
-    let mut columns: BTreeSet<String> = BTreeSet::new();
-    for w in batch {
-        columns.extend(w.record.keys().cloned());
-    }
-    let columns: Vec<String> = columns.into_iter().collect();
-    let dir = std::env::temp_dir();
-    let csv_err = |e: crate::marketo::csv::CsvError| {
-        EngineError::Marketo(crate::marketo::Error::Config {
-            what: format!("cannot write the import file: {e}"),
-        })
-    };
-    // Write the files, each below 10 MB.
-    let mut files: Vec<std::path::PathBuf> = Vec::new();
-    let mut i = 0;
-    while i < batch.len() {
-        let path = dir.join(format!("marketo-sync-import-{}.csv", uuid::Uuid::new_v4()));
-        let file = std::fs::File::create(&path).map_err(|e| {
-            EngineError::Marketo(crate::marketo::Error::Config {
-                what: format!("cannot create {}: {e}", path.display()),
-            })
-        })?;
-        let mut writer = ImportFileWriter::new(
-            std::io::BufWriter::new(file),
-            columns.clone(),
-            FileFormat::Csv,
-        )
-        .map_err(csv_err)?;
-        let first = i;
-        while i < batch.len() {
-            let fields: Fields = batch[i]
-                .record
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from_json(v)))
-                .collect();
-            match writer.write_row(&fields).map_err(csv_err)? {
-                WriteOutcome::Written => i += 1,
-                WriteOutcome::Full if i > first => break,
-                WriteOutcome::Full => i += 1,
-            }
-        }
-        writer.finish().map_err(csv_err)?;
-        files.push(path);
-    }
-    let mut failed_keys: BTreeMap<String, String> = BTreeMap::new();
-    for path in &files {
-        let job = ctx
-            .marketo
-            .import_file(
-                &ImportTarget::Leads,
-                path,
-                ImportFormat::Csv,
-                &LeadImportOptions {
-                    lookup_field: Some(key_field.clone()),
-                    ..LeadImportOptions::default()
-                },
-            )
-            .await?;
-        let done = ctx
-            .marketo
-            .wait_for_import(&ImportTarget::Leads, job.batch_id, step.poll, &step.cancel)
-            .await?;
-        if done.status == ImportStatus::Failed {
-            return Err(EngineError::Marketo(crate::marketo::Error::JobFailed {
-                kind: "import",
-                job_id: done.batch_id.to_string(),
-                status: "Failed".into(),
-                message: done.message.unwrap_or_default(),
-            }));
-        }
-        if done.num_of_rows_failed.unwrap_or(0) > 0 {
-            let report = path.with_extension("failures.csv");
-            if ctx
-                .marketo
-                .import_failures(&ImportTarget::Leads, done.batch_id, &report)
-                .await?
-            {
-                read_failures(&report, &key_field, &mut failed_keys);
-                let _ = std::fs::remove_file(&report);
-            }
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(failed_keys)
-}
-
-async fn bulk_import_creates(
-    step: &mut Step<'_>,
-    pairs: &mut [Pair],
-    batch: &[&MWrite],
-    summary: &mut CycleSummary,
-) -> Result<(), EngineError> {
-    let ctx = step.ctx;
-    let plan = step.plan;
-    let object = object_name(plan);
-    let key_field = plan.marketo_crm_key.clone();
-    let failed_keys = bulk_import_rows(step, batch, &key_field).await?;
-    // The new ids, by CRM key.
-    let keys: Vec<String> = batch
-        .iter()
-        .filter_map(|w| text_of(w.record.get(&key_field)))
-        .filter(|k| !failed_keys.contains_key(k))
-        .collect();
-    let found = find_leads(ctx, plan, &key_field, &keys).await?;
-    let ids: HashMap<String, i64> = found
-        .into_iter()
-        .filter_map(|m| Some((m.crm_key?, m.id)))
-        .collect();
-    for w in batch {
-        let key = text_of(w.record.get(&key_field)).unwrap_or_default();
-        let p = &mut pairs[w.pair];
-        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
-        match (failed_keys.get(&key), ids.get(&key)) {
-            (None, Some(id)) => {
-                counts.created += 1;
-                p.m_id = Some(*id);
-            }
-            (reason, _) => {
-                counts.failed += 1;
-                p.failed = true;
-                // A row the import refused waits for the record to change; one missing after
-                // the import may be Marketo catching up, and is retried by the policy.
-                let failure = match reason {
-                    Some(reason) => Failure::new("import", reason.clone(), false),
-                    None => Failure::new("import", "not found after import", true),
-                };
-                step.error(
-                    Direction::CrmToMarketo,
-                    key,
-                    None,
-                    serde_json::Value::Object(w.record.clone()),
-                    failure,
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Updates existing leads through Bulk Import with `id` as the lookup field, and counts each row
-/// updated or failed (a refused row goes to the error ledger).
-async fn bulk_import_updates(
-    step: &mut Step<'_>,
-    pairs: &mut [Pair],
-    batch: &[&MWrite],
-    summary: &mut CycleSummary,
-) -> Result<(), EngineError> {
-    let object = object_name(step.plan);
-    let failed = bulk_import_rows(step, batch, "id").await?;
-    for w in batch {
-        let key = text_of(w.record.get("id")).unwrap_or_default();
-        let p = &mut pairs[w.pair];
-        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
-        match failed.get(&key) {
-            None => counts.updated += 1,
-            Some(reason) => {
-                counts.failed += 1;
-                p.failed = true;
-                let record_key = p.c_id.clone().unwrap_or_else(|| key.clone());
-                step.error(
-                    Direction::CrmToMarketo,
-                    record_key,
-                    Some(key),
-                    serde_json::Value::Object(w.record.clone()),
-                    Failure::new("import", reason.clone(), false),
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Returns the updates that go through Bulk Import: when more than `threshold` leads are
-/// updated, the groups of more than `threshold` updates that write the same fields with no null
-/// (an import file cannot clear a field, and a blank cell must not touch a field the update does
-/// not write). Returns the groups' pair indexes too.
-fn bulk_update_groups(writes: &[MWrite], threshold: usize) -> (Vec<Vec<&MWrite>>, BTreeSet<usize>) {
-    let updates = writes.iter().filter(|w| !w.create).count();
-    if updates <= threshold {
-        return (Vec::new(), BTreeSet::new());
-    }
-    let mut by_columns: BTreeMap<Vec<&str>, Vec<&MWrite>> = BTreeMap::new();
-    for w in writes.iter().filter(|w| !w.create) {
-        if w.record.values().any(serde_json::Value::is_null) || !w.record.contains_key("id") {
-            continue;
-        }
-        let columns: Vec<&str> = w.record.keys().map(String::as_str).collect();
-        by_columns.entry(columns).or_default().push(w);
-    }
-    let groups: Vec<Vec<&MWrite>> = by_columns
-        .into_values()
-        .filter(|g| g.len() > threshold)
-        .collect();
-    let pairs = groups.iter().flatten().map(|w| w.pair).collect();
-    (groups, pairs)
-}
-
-/// Reads a bulk import failures file: the key column and `Import Failure Reason`.
-fn read_failures(path: &std::path::Path, key_field: &str, out: &mut BTreeMap<String, String>) {
-    let Ok(file) = std::fs::File::open(path) else {
-        return;
-    };
-    let Ok(reader) = ExportReader::new(file, FileFormat::Csv) else {
-        return;
-    };
-    for row in reader.flatten() {
-        let key = value_text(row.fields.get(key_field)).unwrap_or_default();
-        let reason = row
-            .fields
-            .iter()
-            .find(|(k, _)| k.to_lowercase().contains("failure"))
-            .and_then(|(_, v)| value_text(Some(v)))
-            .unwrap_or_else(|| "import failed".into());
-        out.insert(key, reason);
-    }
 }
 
 /// Returns the open lead errors by key (resolved when their record goes through, and the

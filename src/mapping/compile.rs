@@ -10,23 +10,7 @@ use crate::config::{
 };
 use crate::model::{FieldDef, FieldType, ObjectSchema, Side, Value};
 
-/// Lead fields that belong to the company: Sync Leads refuses them (1021) for leads linked to a
-/// company, so a lead mapping's field among them is routed to the lead's company.
-pub const COMPANY_FIELDS_ON_LEADS: &[&str] = &[
-    "company",
-    "site",
-    "billingStreet",
-    "billingCity",
-    "billingState",
-    "billingCountry",
-    "billingPostalCode",
-    "website",
-    "mainPhone",
-    "annualRevenue",
-    "numberOfEmployees",
-    "industry",
-    "sicCode",
-];
+pub use crate::marketo::endpoint::COMPANY_FIELDS_ON_LEADS;
 
 /// Both sides' schemas by object name.
 #[derive(Debug, Clone, Default)]

@@ -36,6 +36,7 @@ pub mod config;
 pub mod csv;
 pub mod custom_objects;
 pub mod describe;
+pub mod endpoint;
 pub mod error;
 pub mod leads;
 pub mod limiter;
