@@ -37,6 +37,7 @@ pub mod csv;
 pub mod custom_objects;
 pub mod describe;
 pub mod error;
+pub mod families;
 pub mod leads;
 pub mod limiter;
 pub mod lists;

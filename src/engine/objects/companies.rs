@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Family, PlannedWrite, UPSERTS_QUEUE, add_retries, apply_marketo, error_key, from_record,
+    ObjectFamily, PlannedWrite, UPSERTS_QUEUE, add_retries, apply_marketo, error_key, from_record,
     gather_crm, key_text, link, links_by_crm, sync_error,
 };
 use crate::crm::{ChangeKind, WriteResult};
@@ -224,6 +224,8 @@ async fn run_plan(
                     record: key_record(&c),
                     base: c.clone(),
                     replaces: None,
+                    before: None,
+                    key_names: Vec::new(),
                 });
                 agreed.insert(pair.crm_key.clone(), (marketo_key, c));
                 continue;
@@ -321,6 +323,8 @@ async fn run_plan(
                 record: key_record(&r.to_marketo),
                 base: r.agreed.clone(),
                 replaces: None,
+                before: None,
+                key_names: Vec::new(),
             });
         }
         if !r.to_crm.is_empty() {
@@ -341,7 +345,7 @@ async fn run_plan(
     apply_marketo(
         ctx,
         object,
-        &Family::Companies,
+        &ObjectFamily::Companies,
         to_marketo,
         &previous,
         &mut marketo_commit,
