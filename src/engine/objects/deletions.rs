@@ -24,7 +24,7 @@ use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{Record, RecordStatus, RefusalKind, SyncAction};
 use crate::model::Side;
-use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
+use crate::store::{Direction, Link, SyncError, Tombstone, TombstoneKind};
 
 /// The error-ledger key prefix of a refused delete (`delete:<crm id>`).
 pub const DELETE_PREFIX: &str = "delete:";
@@ -72,11 +72,8 @@ async fn delete_object(
 ) -> Result<(), EngineError> {
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
-    let gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
-    let mut commit = StepCommit {
-        watermarks: gathered.watermark.into_iter().collect(),
-        ..StepCommit::default()
-    };
+    let mut gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
+    let mut commit = crate::engine::pipeline::commit::start(&mut gathered);
     let mut deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
         .changes
         .iter()

@@ -89,6 +89,16 @@ pub(crate) async fn gather_crm(
     Ok(Gathered { changes, watermark })
 }
 
+/// Returns the open ledger entries of `object` (both directions).
+async fn open_errors(ctx: &Context, object: &str) -> Result<Vec<SyncError>, EngineError> {
+    let filter = ErrorFilter {
+        status: Some(ErrorStatus::Open),
+        object: Some(object.to_owned()),
+        limit: 1000,
+    };
+    Ok(ctx.store.list_errors(&filter).await?)
+}
+
 /// Returns the open errors of `object` in `direction` that are due for a retry now.
 ///
 /// # Errors
@@ -100,15 +110,8 @@ pub(crate) async fn due_errors(
     direction: Direction,
 ) -> Result<Vec<SyncError>, EngineError> {
     let now = ctx.clock.now();
-    let errors = ctx
-        .store
-        .list_errors(&ErrorFilter {
-            status: Some(ErrorStatus::Open),
-            object: Some(object.to_owned()),
-            limit: 1000,
-        })
-        .await?;
-    Ok(errors
+    Ok(open_errors(ctx, object)
+        .await?
         .into_iter()
         .filter(|e| e.direction == direction)
         .filter(|e| e.next_retry_at.is_some_and(|t| t <= now))
@@ -129,15 +132,7 @@ pub(crate) async fn add_retries(
 ) -> Result<(), EngineError> {
     let now = ctx.clock.now();
     let mut due: BTreeSet<String> = BTreeSet::new();
-    let open = ctx
-        .store
-        .list_errors(&ErrorFilter {
-            status: Some(ErrorStatus::Open),
-            object: Some(object.to_owned()),
-            limit: 1000,
-        })
-        .await?;
-    for e in open {
+    for e in open_errors(ctx, object).await? {
         // Refused deletes are retried by the deletions step.
         if e.direction != Direction::CrmToMarketo
             || e.record_key.starts_with(deletions::DELETE_PREFIX)
