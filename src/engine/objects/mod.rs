@@ -33,9 +33,7 @@ pub(crate) use crate::engine::pipeline::commit::{
     error_key, ledger_entry, link, record_invalid_value, sync_error,
 };
 pub use crate::engine::pipeline::gather::{DELETES_QUEUE, UPSERTS_QUEUE};
-pub(crate) use crate::engine::pipeline::gather::{
-    add_retries, due_errors, gather_crm, read_activity_queue,
-};
+pub(crate) use crate::engine::pipeline::gather::{due_errors, gather_crm, read_activity_queue};
 pub(crate) use crate::engine::pipeline::pair::{links_by_crm, raw_key};
 pub(crate) use crate::engine::pipeline::spec::{KeyHook, KeysFn, ObjectSpec};
 pub(crate) use crate::engine::pipeline::write::{
