@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::leads;
+use super::objects::{self, OnFailure};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner};
-use super::{leads, objects};
 use crate::crm::CrmError;
 use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
 use crate::marketo::describe::StandardObject;
@@ -470,42 +471,44 @@ impl Engine {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        for step in objects::BEFORE_LEADS {
-            self.object_step(step, &plans, summary, steps, options, cancel)
-                .await?;
-        }
-        let t = Timer::start(&self.ctx, "leads");
-        if let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") {
-            leads::run(&self.ctx, &self.tunables, plan, summary, options, cancel).await?;
-        }
-        steps.push(t.stop());
-        for step in objects::ORDER {
-            if objects::BEFORE_LEADS.contains(step) {
-                continue;
-            }
-            self.object_step(step, &plans, summary, steps, options, cancel)
+        for registered in objects::STEPS {
+            self.run_registered(registered, &plans, summary, steps, options, cancel)
                 .await?;
         }
         Ok(())
     }
 
-    /// Runs one of the other objects' steps. A step that fails as a whole is reported as a
-    /// warning and the cycle goes on with the next one (its watermarks stay where they were);
-    /// a cancellation or a quota pause stops the cycle.
-    async fn object_step(
+    /// Runs one registered step. A step that fails as a whole is, unless it is registered as
+    /// [`OnFailure::FailCycle`], reported as a warning and the cycle goes on with the next one
+    /// (its watermarks stay where they were); a cancellation or a quota pause stops the cycle.
+    async fn run_registered(
         &self,
-        step: &'static str,
+        registered: &'static objects::Step,
         plans: &Plans,
         summary: &mut CycleSummary,
         steps: &mut Vec<StepTiming>,
         options: &CycleOptions,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let step = registered.name;
         let t = Timer::start(&self.ctx, step);
-        let result = objects::run_step(step, &self.ctx, plans, summary, options, cancel).await;
-        steps.push(t.stop());
+        let input = objects::StepInput {
+            ctx: &self.ctx,
+            tunables: &self.tunables,
+            plans,
+            options,
+            cancel,
+        };
+        let result = (registered.run)(input, summary).await;
+        if result.is_ok() || registered.on_failure == OnFailure::Warn {
+            steps.push(t.stop());
+        }
         match result {
             Ok(()) => Ok(()),
+            Err(error) if registered.on_failure == OnFailure::FailCycle => Err(error),
             Err(error @ (EngineError::Cancelled | EngineError::Paused { .. })) => Err(error),
             Err(error) => {
                 // Its CRM writes were not recorded: the next read must see them.

@@ -13,6 +13,7 @@ pub mod leads;
 pub mod ledger;
 pub mod objects;
 pub mod once;
+pub mod pipeline;
 pub mod reconcile;
 pub mod summary;
 mod write_back;

@@ -38,6 +38,7 @@ pub mod custom_objects;
 pub mod describe;
 pub mod endpoint;
 pub mod error;
+pub mod families;
 pub mod leads;
 pub mod limiter;
 pub mod lists;

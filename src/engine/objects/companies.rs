@@ -15,18 +15,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Family, PlannedWrite, UPSERTS_QUEUE, add_retries, apply_marketo, error_key, from_record,
-    gather_crm, key_text, link, links_by_crm, sync_error,
+    ObjectFamily, PlannedWrite, apply_marketo, error_key, from_record, key_text, link,
+    links_by_crm, sync_error,
 };
 use crate::crm::{ChangeKind, WriteResult};
 use crate::engine::ledger;
+use crate::engine::pipeline::{self, gather::crm_with_retries};
 use crate::engine::reconcile::{FieldRule, SideState, reconcile};
 use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::Record;
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, Link, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, Link, StepCommit, Watermark};
 
 /// The `sync.objects` name of this step's mapping.
 pub const OBJECT: &str = "companies";
@@ -71,13 +72,8 @@ async fn run_plan(
 ) -> Result<(), EngineError> {
     let object = plan.object.as_str();
     let now = ctx.clock.now();
-    let mut gathered = gather_crm(ctx, object, &plan.crm_object, UPSERTS_QUEUE, cancel).await?;
-    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
-    add_retries(ctx, object, &plan.crm_object, &mut gathered, &mut previous).await?;
-    let mut commit = StepCommit {
-        watermarks: gathered.watermark.take().into_iter().collect(),
-        ..StepCommit::default()
-    };
+    let (mut gathered, previous) = crm_with_retries(ctx, plan, cancel).await?;
+    let mut commit = pipeline::commit::start(&mut gathered);
 
     // The pairs: every CRM upsert, plus every linked company on a drift day.
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
@@ -102,40 +98,7 @@ async fn run_plan(
             p.link = Some(l);
         }
     }
-    let drift = ctx
-        .store
-        .watermark(Side::Marketo, object, DRIFT_QUEUE)
-        .await?;
-    let drift_due = drift.is_none_or(|w| now - w.at >= DRIFT_INTERVAL);
-    if drift_due {
-        let mut after: Option<String> = None;
-        loop {
-            let page = ctx.store.links_page(object, after.as_deref(), 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.marketo_key.clone());
-            for l in page {
-                if l.tombstone.is_some() || pairs.contains_key(&l.crm_key) {
-                    continue;
-                }
-                pairs.insert(
-                    l.crm_key.clone(),
-                    Pair {
-                        crm_key: l.crm_key.clone(),
-                        crm: None,
-                        link: Some(l),
-                    },
-                );
-            }
-        }
-        commit.watermarks.push(Watermark {
-            system: Side::Marketo,
-            object: object.to_owned(),
-            queue: DRIFT_QUEUE.to_owned(),
-            at: now,
-            tie: None,
-            cursor: None,
-        });
-    }
+    add_drift_pairs(ctx, object, now, &mut pairs, &mut commit).await?;
 
     // Read the linked ones from Marketo.
     let wanted: Vec<String> = pairs
@@ -224,6 +187,8 @@ async fn run_plan(
                     record: key_record(&c),
                     base: c.clone(),
                     replaces: None,
+                    before: None,
+                    key_names: Vec::new(),
                 });
                 agreed.insert(pair.crm_key.clone(), (marketo_key, c));
                 continue;
@@ -321,6 +286,8 @@ async fn run_plan(
                 record: key_record(&r.to_marketo),
                 base: r.agreed.clone(),
                 replaces: None,
+                before: None,
+                key_names: Vec::new(),
             });
         }
         if !r.to_crm.is_empty() {
@@ -341,7 +308,7 @@ async fn run_plan(
     apply_marketo(
         ctx,
         object,
-        &Family::Companies,
+        &ObjectFamily::Companies,
         to_marketo,
         &previous,
         &mut marketo_commit,
@@ -469,9 +436,57 @@ async fn run_plan(
         }
     }
     info!(object, "companies step applied");
-    if !commit.is_empty() {
-        ctx.store.commit(commit).await?;
+    pipeline::commit::finish(ctx, commit).await
+}
+
+/// The company drift hook: once every [`DRIFT_INTERVAL`], every linked company not gathered
+/// from the CRM is paired too, so that its Marketo-side edits are read and reconciled; the
+/// [`DRIFT_QUEUE`] watermark remembering the read goes into the step's commit.
+///
+/// # Errors
+///
+/// A store failure.
+async fn add_drift_pairs(
+    ctx: &Context,
+    object: &str,
+    now: DateTime<Utc>,
+    pairs: &mut BTreeMap<String, Pair>,
+    commit: &mut StepCommit,
+) -> Result<(), EngineError> {
+    let drift = ctx
+        .store
+        .watermark(Side::Marketo, object, DRIFT_QUEUE)
+        .await?;
+    if drift.is_some_and(|w| now - w.at < DRIFT_INTERVAL) {
+        return Ok(());
     }
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx.store.links_page(object, after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.marketo_key.clone());
+        for l in page {
+            if l.tombstone.is_some() || pairs.contains_key(&l.crm_key) {
+                continue;
+            }
+            pairs.insert(
+                l.crm_key.clone(),
+                Pair {
+                    crm_key: l.crm_key.clone(),
+                    crm: None,
+                    link: Some(l),
+                },
+            );
+        }
+    }
+    commit.watermarks.push(Watermark {
+        system: Side::Marketo,
+        object: object.to_owned(),
+        queue: DRIFT_QUEUE.to_owned(),
+        at: now,
+        tie: None,
+        cursor: None,
+    });
     Ok(())
 }
 

@@ -13,7 +13,8 @@ pub mod from_marketo;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Family, KeysFn, PushSpec, key_text, push_step, raw_key};
+use super::{KeyHook, KeysFn, ObjectFamily, ObjectSpec, key_text, raw_key, run_push};
+use crate::engine::ledger::Failure;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::model::{Fields, Value};
@@ -74,8 +75,8 @@ pub async fn run(
                 None => Some(change.id.clone()),
             }
             .ok_or_else(|| {
-                (
-                    "missing_key".to_owned(),
+                Failure::new(
+                    "missing_key",
                     format!("record {} has no value for {key_name}", change.id),
                     false,
                 )
@@ -84,8 +85,8 @@ pub async fn run(
             k.insert(key_name.clone(), Value::Text(key.clone()));
             if let Some(contact) = raw_key(change, CONTACT_COLUMN) {
                 let lead = *leads.get(&contact).ok_or_else(|| {
-                    (
-                        "contact_not_linked".to_owned(),
+                    Failure::new(
+                        "contact_not_linked",
                         format!("contact {contact} has no Marketo lead yet"),
                         true,
                     )
@@ -94,12 +95,12 @@ pub async fn run(
             }
             Ok((key, k))
         };
-        let spec = PushSpec {
-            family: Family::Custom(plan.marketo_object.clone()),
-            keys,
+        let spec = ObjectSpec {
+            family: ObjectFamily::Custom(plan.marketo_object.clone()),
+            keys: KeyHook::Custom(keys),
             contact_column: Some(CONTACT_COLUMN),
         };
-        push_step(ctx, plan, spec, summary, options, cancel).await?;
+        run_push(ctx, plan, &spec, summary, options, cancel).await?;
         from_marketo::run(ctx, plan, summary, options, cancel).await?;
     }
     Ok(())

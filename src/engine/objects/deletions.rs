@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::custom_objects::custom_plans;
 use super::{
-    DELETES_QUEUE, Family, delete_key, due_errors, error_key, gather_crm, ledger_entry,
+    DELETES_QUEUE, ObjectFamily, delete_key, due_errors, error_key, gather_crm, ledger_entry,
     links_by_crm, skip_reason,
 };
 use crate::crm::ChangeKind;
@@ -24,7 +24,7 @@ use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{Record, RecordStatus, RefusalKind, SyncAction};
 use crate::model::Side;
-use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
+use crate::store::{Direction, Link, SyncError, Tombstone, TombstoneKind};
 
 /// The error-ledger key prefix of a refused delete (`delete:<crm id>`).
 pub const DELETE_PREFIX: &str = "delete:";
@@ -41,19 +41,19 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut ordered: Vec<(&Plan, Family)> = Vec::new();
+    let mut ordered: Vec<(&Plan, ObjectFamily)> = Vec::new();
     for (name, family) in [
-        (super::roles::OBJECT, Family::Roles),
-        (super::opportunities::OBJECT, Family::Opportunities),
-        (super::companies::OBJECT, Family::Companies),
-        (super::salespersons::OBJECT, Family::SalesPersons),
+        (super::roles::OBJECT, ObjectFamily::Roles),
+        (super::opportunities::OBJECT, ObjectFamily::Opportunities),
+        (super::companies::OBJECT, ObjectFamily::Companies),
+        (super::salespersons::OBJECT, ObjectFamily::SalesPersons),
     ] {
         if let Some(plan) = plans.objects.get(name) {
             ordered.push((plan, family));
         }
     }
     for plan in custom_plans(plans) {
-        ordered.push((plan, Family::Custom(plan.marketo_object.clone())));
+        ordered.push((plan, ObjectFamily::Custom(plan.marketo_object.clone())));
     }
     for (plan, family) in ordered {
         let result = delete_object(ctx, plan, &family, summary, options, cancel).await;
@@ -65,18 +65,15 @@ pub async fn run(
 async fn delete_object(
     ctx: &Context,
     plan: &Plan,
-    family: &Family,
+    family: &ObjectFamily,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
-    let gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
-    let mut commit = StepCommit {
-        watermarks: gathered.watermark.into_iter().collect(),
-        ..StepCommit::default()
-    };
+    let mut gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
+    let mut commit = crate::engine::pipeline::commit::start(&mut gathered);
     let mut deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
         .changes
         .iter()
@@ -111,7 +108,7 @@ async fn delete_object(
             // harness (a CRM delete after a kill at commit left a live Marketo company).
             let keyed_by_id = matches!(
                 family,
-                Family::Companies | Family::Opportunities | Family::SalesPersons
+                ObjectFamily::Companies | ObjectFamily::Opportunities | ObjectFamily::SalesPersons
             );
             if !links.contains_key(id)
                 && keyed_by_id
@@ -149,7 +146,7 @@ async fn delete_object(
         }
         return Ok(());
     }
-    if *family == Family::SalesPersons && !todo.is_empty() {
+    if *family == ObjectFamily::SalesPersons && !todo.is_empty() {
         let ids: Vec<String> = todo.iter().map(|(l, _, _)| l.marketo_key.clone()).collect();
         unlink_leads(ctx, &ids, summary, cancel).await?;
     }
@@ -158,7 +155,7 @@ async fn delete_object(
             return Err(EngineError::Cancelled);
         }
         let input: Vec<Record> = batch.iter().map(|(_, _, k)| k.clone()).collect();
-        let results = family.delete(ctx, &input).await?;
+        let results = family.delete(&ctx.marketo, &input).await?;
         for ((l, at, key), r) in batch.iter().zip(results) {
             // A record Marketo does not have (any more) is deleted already.
             let gone = r.status == RecordStatus::Deleted || r.refused_as(RefusalKind::NotFound);

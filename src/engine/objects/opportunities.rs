@@ -4,10 +4,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Family, KeysFn, PushSpec, push_step, skip_when_native_sync};
+use super::{KeyHook, ObjectFamily, ObjectSpec, run_push, skip_when_native_sync};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plans;
-use crate::model::{Fields, Value};
 
 /// The `sync.objects` name of this step's mapping.
 pub const OBJECT: &str = "opportunities";
@@ -28,17 +27,11 @@ pub async fn run(
     let Some(plan) = plans.objects.get(OBJECT) else {
         return Ok(());
     };
-    let key_field = plan.marketo_crm_key.clone();
-    let keys: &KeysFn = &move |change, _raw, _canonical, _leads| {
-        let mut k = Fields::new();
-        k.insert(key_field.clone(), Value::Text(change.id.clone()));
-        Ok((change.id.clone(), k))
-    };
-    let spec = PushSpec {
-        family: Family::Opportunities,
-        keys,
+    let spec = ObjectSpec {
+        family: ObjectFamily::Opportunities,
+        keys: KeyHook::CrmId,
         contact_column: None,
     };
-    let result = push_step(ctx, plan, spec, summary, options, cancel).await;
+    let result = run_push(ctx, plan, &spec, summary, options, cancel).await;
     skip_when_native_sync(result, OBJECT, summary)
 }

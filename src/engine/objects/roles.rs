@@ -4,7 +4,10 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Family, KeysFn, PushSpec, key_text, push_step, raw_key, skip_when_native_sync};
+use super::{
+    KeyHook, KeysFn, ObjectFamily, ObjectSpec, key_text, raw_key, run_push, skip_when_native_sync,
+};
+use crate::engine::ledger::Failure;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plans;
 use crate::model::{Fields, Value};
@@ -48,22 +51,22 @@ pub async fn run(
     };
     let keys: &KeysFn = &|change, _raw, canonical, leads| {
         let opp = raw_key(change, OPPORTUNITY_COLUMN).ok_or_else(|| {
-            (
-                "missing_opportunity".to_owned(),
+            Failure::new(
+                "missing_opportunity",
                 format!("role {} has no {OPPORTUNITY_COLUMN}", change.id),
                 false,
             )
         })?;
         let contact = raw_key(change, CONTACT_COLUMN).ok_or_else(|| {
-            (
-                "missing_contact".to_owned(),
+            Failure::new(
+                "missing_contact",
                 format!("role {} has no {CONTACT_COLUMN}", change.id),
                 false,
             )
         })?;
         let lead = *leads.get(&contact).ok_or_else(|| {
-            (
-                "contact_not_linked".to_owned(),
+            Failure::new(
+                "contact_not_linked",
                 format!("contact {contact} has no Marketo lead yet"),
                 true,
             )
@@ -75,12 +78,12 @@ pub async fn run(
         k.insert("role".into(), Value::Text(role.clone()));
         Ok((role_key(&opp, lead, &role), k))
     };
-    let spec = PushSpec {
-        family: Family::Roles,
-        keys,
+    let spec = ObjectSpec {
+        family: ObjectFamily::Roles,
+        keys: KeyHook::Custom(keys),
         contact_column: Some(CONTACT_COLUMN),
     };
-    let result = push_step(ctx, plan, spec, summary, options, cancel).await;
+    let result = run_push(ctx, plan, &spec, summary, options, cancel).await;
     skip_when_native_sync(result, OBJECT, summary)
 }
 

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::super::{
-    Family, LEAD_LINK_OBJECT, PlannedWrite, apply_marketo, due_errors, error_key, from_record,
-    key_text, link, sync_error, to_record,
+    LEAD_LINK_OBJECT, ObjectFamily, PlannedWrite, apply_marketo, due_errors, error_key,
+    from_record, key_text, link, sync_error, to_record,
 };
 use super::{CONTACT_COLUMN, LEAD_FIELD, marketo_key_field};
 use crate::crm::WriteResult;
@@ -468,6 +468,8 @@ pub async fn run(
                 record,
                 base: new_base.clone(),
                 replaces: None,
+                before: None,
+                key_names: Vec::new(),
             });
         }
         agreed.insert(pair.key.clone(), (crm_key.clone(), new_base));
@@ -557,7 +559,7 @@ pub async fn run(
     apply_marketo(
         ctx,
         object,
-        &Family::Custom(plan.marketo_object.clone()),
+        &ObjectFamily::Custom(plan.marketo_object.clone()),
         to_marketo,
         &BTreeMap::new(),
         &mut marketo_commit,

@@ -1,0 +1,112 @@
+//! The one list of cycle steps, in the whitepaper's order (DESIGN section 4, Apply).
+//!
+//! The cycle, `sync --once` and the tests iterate [`STEPS`]; nothing else names a step by a
+//! string. Adding an object on an existing Marketo family is its spec file plus one line here.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{activities, companies, custom_objects, deletions, opportunities, roles, salespersons};
+use crate::engine::Context;
+use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
+use crate::mapping::Plans;
+
+/// What every step receives.
+#[derive(Clone, Copy)]
+pub struct StepInput<'a> {
+    /// The engine's context (clients, store, settings, clock).
+    pub ctx: &'a Context,
+    /// The cycle's thresholds.
+    pub tunables: &'a Tunables,
+    /// The compiled plans of this cycle.
+    pub plans: &'a Plans,
+    /// The cycle's options (dry run).
+    pub options: &'a CycleOptions,
+    /// Stops the step between pages and batches.
+    pub cancel: &'a CancellationToken,
+}
+
+/// The future of one running step.
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send + 'a>>;
+
+/// The body of a step.
+pub type StepFn = for<'a> fn(StepInput<'a>, &'a mut CycleSummary) -> StepFuture<'a>;
+
+/// What a failure of the whole step (not of one record) does to the cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The cycle fails (the leads step: without leads nothing else is worth syncing).
+    FailCycle,
+    /// The failure becomes a warning and the cycle goes on with the next step; the step's
+    /// watermarks stay where they were.
+    Warn,
+}
+
+/// One registered step.
+pub struct Step {
+    /// The step's name (timings, warnings, `sync.objects` for single-object steps).
+    pub name: &'static str,
+    /// Runs the step.
+    pub run: StepFn,
+    /// What a whole-step failure does.
+    pub on_failure: OnFailure,
+}
+
+/// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`].
+macro_rules! object_step {
+    ($name:expr, $run:path) => {{
+        fn run<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFuture<'a> {
+            Box::pin($run(
+                input.ctx,
+                input.plans,
+                summary,
+                input.options,
+                input.cancel,
+            ))
+        }
+        Step {
+            name: $name,
+            run,
+            on_failure: OnFailure::Warn,
+        }
+    }};
+}
+
+/// Every step of a cycle, in the order it runs.
+pub const STEPS: &[Step] = &[
+    object_step!(salespersons::OBJECT, salespersons::run),
+    object_step!(companies::OBJECT, companies::run),
+    Step {
+        name: leads::LINK_OBJECT,
+        run: run_leads,
+        on_failure: OnFailure::FailCycle,
+    },
+    object_step!(opportunities::OBJECT, opportunities::run),
+    object_step!(roles::OBJECT, roles::run),
+    object_step!("deletions", deletions::run),
+    object_step!("custom_objects", custom_objects::run),
+    object_step!(activities::OBJECT, activities::run),
+];
+
+/// Returns the registered step named `name`.
+pub fn step(name: &str) -> Option<&'static Step> {
+    STEPS.iter().find(|s| s.name == name)
+}
+
+/// The leads step: [`leads::run`] with the plan whose Marketo object is the lead.
+fn run_leads<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFuture<'a> {
+    Box::pin(async move {
+        let Some(plan) = input
+            .plans
+            .objects
+            .values()
+            .find(|p| p.marketo_object == "lead")
+        else {
+            return Ok(());
+        };
+        let (ctx, options, cancel) = (input.ctx, input.options, input.cancel);
+        leads::run(ctx, input.tunables, plan, summary, options, cancel).await
+    })
+}

@@ -1,0 +1,246 @@
+//! The gather stage: a CRM object's change feed from its stored cursor, the records of due
+//! ledger retries, and the Marketo activity queues (read through one paging token each).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::crm::{Change, ChangeKind, Cursor};
+use crate::engine::objects::deletions;
+use crate::engine::{Context, EngineError};
+use crate::mapping::Plan;
+use crate::marketo::activities::{Activity, ActivityFilter};
+use crate::model::Side;
+use crate::store::{Direction, ErrorFilter, ErrorStatus, SyncError, Watermark};
+
+/// The watermark queue of the create/update steps on a CRM object's change feed.
+pub const UPSERTS_QUEUE: &str = "upserts";
+/// The watermark queue of the deletions step on a CRM object's change feed.
+pub const DELETES_QUEUE: &str = "deletes";
+
+/// Changes read per call of the CRM change feed.
+const CRM_PAGE: usize = 500;
+
+/// The CRM changes read for one step, and the watermark that commits them.
+pub(crate) struct Gathered {
+    /// The last change per record id, oldest first.
+    pub changes: Vec<Change>,
+    /// The watermark to commit once the step's writes are applied (none when nothing was read).
+    pub watermark: Option<Watermark>,
+}
+
+/// Returns the changes of a CRM object after the stored cursor of `queue`.
+///
+/// # Errors
+///
+/// A CRM or store failure.
+pub(crate) async fn gather_crm(
+    ctx: &Context,
+    object: &str,
+    crm_object: &str,
+    queue: &str,
+    cancel: &CancellationToken,
+) -> Result<Gathered, EngineError> {
+    let stored = ctx.store.watermark(Side::Crm, object, queue).await?;
+    let mut cursor: Option<Cursor> = stored.as_ref().and_then(|w| w.cursor.clone()).map(Cursor);
+    let mut latest: BTreeMap<String, Change> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut high = stored.as_ref().map(|w| w.at);
+    let mut read_any = false;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .crm
+            .changes(crm_object, cursor.as_ref(), CRM_PAGE)
+            .await?;
+        for change in page.changes {
+            read_any = true;
+            high = Some(high.map_or(change.modified_at, |h| h.max(change.modified_at)));
+            if !latest.contains_key(&change.id) {
+                order.push(change.id.clone());
+            }
+            latest.insert(change.id.clone(), change);
+        }
+        let moved = cursor.as_ref() != Some(&page.next);
+        cursor = Some(page.next);
+        if !page.more || !moved {
+            break;
+        }
+    }
+    let changes = order
+        .into_iter()
+        .filter_map(|id| latest.remove(&id))
+        .collect();
+    let watermark = match (read_any, cursor, high) {
+        (true, Some(c), Some(at)) => Some(Watermark {
+            system: Side::Crm,
+            object: object.to_owned(),
+            queue: queue.to_owned(),
+            at,
+            tie: None,
+            cursor: Some(c.0),
+        }),
+        _ => None,
+    };
+    Ok(Gathered { changes, watermark })
+}
+
+/// Returns the open ledger entries of `object` (both directions).
+async fn open_errors(ctx: &Context, object: &str) -> Result<Vec<SyncError>, EngineError> {
+    let filter = ErrorFilter {
+        status: Some(ErrorStatus::Open),
+        object: Some(object.to_owned()),
+        limit: 1000,
+    };
+    Ok(ctx.store.list_errors(&filter).await?)
+}
+
+/// Returns the open errors of `object` in `direction` that are due for a retry now.
+///
+/// # Errors
+///
+/// A store failure.
+pub(crate) async fn due_errors(
+    ctx: &Context,
+    object: &str,
+    direction: Direction,
+) -> Result<Vec<SyncError>, EngineError> {
+    let now = ctx.clock.now();
+    Ok(open_errors(ctx, object)
+        .await?
+        .into_iter()
+        .filter(|e| e.direction == direction)
+        .filter(|e| e.next_retry_at.is_some_and(|t| t <= now))
+        .collect())
+}
+
+/// Adds the CRM records of due retryable errors to `gathered` (when not already there).
+///
+/// # Errors
+///
+/// A CRM or store failure.
+pub(crate) async fn add_retries(
+    ctx: &Context,
+    object: &str,
+    crm_object: &str,
+    gathered: &mut Gathered,
+    previous: &mut BTreeMap<String, SyncError>,
+) -> Result<(), EngineError> {
+    let now = ctx.clock.now();
+    let mut due: BTreeSet<String> = BTreeSet::new();
+    for e in open_errors(ctx, object).await? {
+        // Refused deletes are retried by the deletions step.
+        if e.direction != Direction::CrmToMarketo
+            || e.record_key.starts_with(deletions::DELETE_PREFIX)
+        {
+            continue;
+        }
+        if e.next_retry_at.is_some_and(|t| t <= now) {
+            due.insert(e.record_key.clone());
+        }
+        previous.insert(e.record_key.clone(), e);
+    }
+    let have: BTreeSet<String> = gathered.changes.iter().map(|c| c.id.clone()).collect();
+    let ids: Vec<String> = due.into_iter().filter(|k| !have.contains(k)).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for record in ctx.crm.get(crm_object, &ids).await? {
+        gathered.changes.push(Change {
+            id: record.id,
+            modified_at: record.modified_at,
+            kind: ChangeKind::Upserted {
+                fields: record.fields,
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Reads one activity queue (activities of `type_id`) from its stored paging token (or from the
+/// object's low watermark the first time) to the end, keyed by `marketoGUID` so that a re-read
+/// page adds nothing twice. Returns the activities and the queue's next watermark, which the
+/// caller commits with what it wrote.
+pub(crate) async fn read_activity_queue(
+    ctx: &Context,
+    object: &str,
+    queue: &str,
+    type_id: i64,
+    cancel: &CancellationToken,
+) -> Result<(BTreeMap<String, Activity>, Watermark), EngineError> {
+    let stored = ctx.store.watermark(Side::Marketo, object, queue).await?;
+    let since = ctx.settings.bootstrap.low_watermark(object);
+    let mut token = match stored
+        .as_ref()
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.as_str())
+    {
+        Some(t) => t.to_owned(),
+        None => ctx.marketo.paging_token(since).await?,
+    };
+    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
+    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[type_id], &ActivityFilter::default())
+            .await?;
+        let n = page.records.len();
+        for a in page.records {
+            high = high.max(a.activity_date);
+            if let Some(k) = a.key() {
+                activities.insert(k, a);
+            }
+        }
+        if let Some(t) = page.next_page_token {
+            token = t;
+        }
+        if !page.more_result || n == 0 {
+            break;
+        }
+    }
+    let watermark = Watermark {
+        system: Side::Marketo,
+        object: object.to_owned(),
+        queue: queue.to_owned(),
+        at: high,
+        tie: None,
+        cursor: Some(json!(token)),
+    };
+    Ok((activities, watermark))
+}
+
+impl Gathered {
+    /// Returns the created and updated records (tombstones are the deletions step's).
+    pub(crate) fn upserts(&self) -> Vec<&Change> {
+        self.changes
+            .iter()
+            .filter(|c| matches!(c.kind, ChangeKind::Upserted { .. }))
+            .collect()
+    }
+}
+
+/// Returns the changes of `plan`'s CRM object on the create/update queue, with the records of
+/// its due ledger retries added, and its open ledger entries by record key.
+///
+/// # Errors
+///
+/// A CRM or store failure, or cancellation.
+pub(crate) async fn crm_with_retries(
+    ctx: &Context,
+    plan: &Plan,
+    cancel: &CancellationToken,
+) -> Result<(Gathered, BTreeMap<String, SyncError>), EngineError> {
+    let (object, crm_object) = (plan.object.as_str(), plan.crm_object.as_str());
+    let mut gathered = gather_crm(ctx, object, crm_object, UPSERTS_QUEUE, cancel).await?;
+    let mut previous = BTreeMap::new();
+    add_retries(ctx, object, crm_object, &mut gathered, &mut previous).await?;
+    Ok((gathered, previous))
+}

@@ -1,0 +1,185 @@
+//! The pair stage: each gathered record is mapped to canonical values (the canonical stage),
+//! given its key on the other side by the spec's key hook, and paired with its link; a linked
+//! record whose agreed values did not change needs no write.
+
+use std::collections::BTreeMap;
+
+use super::spec::ObjectSpec;
+use super::write::{PlannedWrite, waits_for_parent};
+use super::{key_text, to_record};
+use crate::crm::{Change, ChangeKind};
+use crate::engine::ledger::Failure;
+use crate::engine::objects::LEAD_LINK_OBJECT;
+use crate::engine::{Context, EngineError};
+use crate::mapping::Plan;
+use crate::model::{Fields, Side};
+use crate::store::Link;
+
+/// What the pair stage decided for one gathered record.
+#[derive(Debug)]
+pub(crate) enum Pairing {
+    /// The record cannot be written (a value the mapping cannot read, a missing key): its
+    /// failure goes to the ledger.
+    Refused {
+        /// The record's key on its side.
+        key: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// The record's parent is not linked yet (`*_not_linked`).
+    WaitsForParent {
+        /// The record's key on its side.
+        key: String,
+        /// The parent's refusal, retryable.
+        failure: Failure,
+    },
+    /// The link's agreed values equal the record: nothing to write.
+    Unchanged {
+        /// The record's key on its side.
+        key: String,
+    },
+    /// The record is written (on a dry run, planned).
+    Write(PlannedWrite),
+}
+
+/// Returns the links of `object` by CRM key.
+///
+/// # Errors
+///
+/// A store failure.
+pub(crate) async fn links_by_crm(
+    ctx: &Context,
+    object: &str,
+    keys: &[String],
+) -> Result<BTreeMap<String, Link>, EngineError> {
+    let mut out = BTreeMap::new();
+    for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx.store.links_by_crm_keys(object, chunk).await? {
+            out.insert(l.crm_key.clone(), l);
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the Marketo lead id linked to a CRM contact id, from the leads' links.
+///
+/// # Errors
+///
+/// A store failure.
+pub(crate) async fn lead_ids_by_contact(
+    ctx: &Context,
+    contact_ids: &[String],
+) -> Result<BTreeMap<String, i64>, EngineError> {
+    let links = links_by_crm(ctx, LEAD_LINK_OBJECT, contact_ids).await?;
+    Ok(links
+        .into_iter()
+        .filter(|(_, l)| l.tombstone.is_none())
+        .filter_map(|(k, l)| l.marketo_key.parse::<i64>().ok().map(|id| (k, id)))
+        .collect())
+}
+
+/// Returns the raw CRM field of a change as key text.
+pub(crate) fn raw_key(change: &Change, column: &str) -> Option<String> {
+    match &change.kind {
+        ChangeKind::Upserted { fields } => key_text(fields.get(column)),
+        ChangeKind::Deleted(_) => None,
+    }
+}
+
+/// Pairs every created or updated CRM record with its link and decides what to write.
+///
+/// # Errors
+///
+/// A store failure.
+pub(crate) async fn pair_push(
+    ctx: &Context,
+    plan: &Plan,
+    spec: &ObjectSpec<'_>,
+    upserts: &[&Change],
+) -> Result<Vec<Pairing>, EngineError> {
+    let ids: Vec<String> = upserts.iter().map(|c| c.id.clone()).collect();
+    let links = links_by_crm(ctx, &plan.object, &ids).await?;
+    let leads = match spec.contact_column {
+        Some(column) => {
+            let contacts: Vec<String> = upserts.iter().filter_map(|c| raw_key(c, column)).collect();
+            lead_ids_by_contact(ctx, &contacts).await?
+        }
+        None => BTreeMap::new(),
+    };
+    let mut out = Vec::with_capacity(upserts.len());
+    for change in upserts {
+        if let ChangeKind::Upserted { fields } = &change.kind {
+            out.push(pair_one(
+                plan,
+                spec,
+                change,
+                fields,
+                links.get(&change.id),
+                &leads,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Pairs one CRM record: canonical values, its Marketo key, and what changed since its link.
+fn pair_one(
+    plan: &Plan,
+    spec: &ObjectSpec<'_>,
+    change: &Change,
+    raw: &Fields,
+    link: Option<&Link>,
+    leads: &BTreeMap<String, i64>,
+) -> Pairing {
+    let key = change.id.clone();
+    let canonical = match plan.to_canonical(Side::Crm, raw) {
+        Ok(c) => c,
+        Err(e) => {
+            let failure = Failure::invalid_value(&e);
+            return Pairing::Refused { key, failure };
+        }
+    };
+    let (marketo_key, key_fields) = match spec.keys.keys(plan, change, raw, &canonical, leads) {
+        Ok(k) => k,
+        Err(failure) if waits_for_parent(&failure.code) => {
+            return Pairing::WaitsForParent { key, failure };
+        }
+        Err(failure) => return Pairing::Refused { key, failure },
+    };
+    let mut base = canonical.clone();
+    for (k, v) in &key_fields {
+        base.insert(format!("key:{k}"), v.clone());
+    }
+    let existing = link.filter(|l| l.tombstone.is_none());
+    if existing.is_some_and(|l| l.base == base && l.marketo_key == marketo_key) {
+        return Pairing::Unchanged { key };
+    }
+    let linked = existing.filter(|l| l.marketo_key == marketo_key);
+    // Only changed fields are written to a linked record; a new one gets every field.
+    let to_send: Fields = match linked {
+        Some(l) => canonical
+            .iter()
+            .filter(|(k, v)| l.base.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        None => canonical,
+    };
+    let mut record = to_record(&plan.render(Side::Marketo, &to_send));
+    for (k, v) in &key_fields {
+        record.insert(k.clone(), v.to_json());
+    }
+    let replaces = existing
+        .filter(|l| l.marketo_key != marketo_key)
+        .map(|l| l.marketo_key.clone());
+    // The linked record's values on the Marketo side are the link's agreed base.
+    let before = linked.map(|l| to_record(&plan.render(Side::Marketo, &l.base)));
+    Pairing::Write(PlannedWrite {
+        crm_key: key,
+        marketo_key,
+        record,
+        base,
+        replaces,
+        before,
+        key_names: key_fields.into_keys().collect(),
+    })
+}
