@@ -100,11 +100,7 @@ fn client_methods() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        // `families.rs` dispatches a typed object family to the client methods below (it sends
-        // no request of its own), so its `upsert`/`delete` are covered by theirs.
-        if path.extension().is_none_or(|e| e != "rs")
-            || path.file_name().is_some_and(|n| n == "families.rs")
-        {
+        if path.extension().is_none_or(|e| e != "rs") {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();

@@ -38,7 +38,6 @@ pub mod custom_objects;
 pub mod describe;
 pub mod endpoint;
 pub mod error;
-pub mod families;
 pub mod leads;
 pub mod limiter;
 pub mod lists;

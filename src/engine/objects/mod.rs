@@ -41,7 +41,7 @@ pub(crate) use crate::engine::pipeline::write::{
     skip_reason,
 };
 pub(crate) use crate::engine::pipeline::{from_record, key_text, run_push, to_record};
-pub(crate) use crate::marketo::families::ObjectFamily;
+pub(crate) use crate::marketo::endpoint::families::ObjectFamily;
 
 pub use registry::{OnFailure, STEPS, Step, StepInput, step};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::crm::Change;
 use crate::engine::ledger::Failure;
 use crate::mapping::Plan;
-use crate::marketo::families::ObjectFamily;
+use crate::marketo::endpoint::families::ObjectFamily;
 use crate::model::{Fields, Value};
 
 /// Builds the Marketo key of one CRM change: (change, raw CRM fields, canonical fields, lead ids

@@ -20,7 +20,7 @@ use crate::engine::objects::roles;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleSummary, EngineError};
 use crate::mapping::Plan;
-use crate::marketo::families::ObjectFamily;
+use crate::marketo::endpoint::families::ObjectFamily;
 use crate::marketo::{Record, RecordResult, RecordStatus};
 use crate::model::Fields;
 use crate::store::{Direction, LinkKey, StepCommit, SyncError};

@@ -20,6 +20,7 @@
 //! [`RestBulkEndpoint`] against it.
 
 mod export;
+pub mod families;
 mod writes;
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! the wire details of a write (which endpoint, `action`, `dedupeBy`), so that the engine names
 //! a family and hands it records, never an endpoint or a wire parameter.
 
-use super::{Client, DedupeBy, Error, Record, RecordResult, SyncAction};
+use crate::marketo::{Client, DedupeBy, Error, Record, RecordResult, SyncAction};
 
 /// A Marketo object family written and deleted by its dedupe fields.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
