@@ -24,6 +24,30 @@ use crate::model::{Fields, ObjectSchema, Value};
 #[serde(transparent)]
 pub struct Cursor(pub serde_json::Value);
 
+impl Cursor {
+    /// Returns the adapter's content of this cursor, refusing a damaged cursor or one written
+    /// by another version of the content (`version_of` reads the version the content carries).
+    ///
+    /// # Errors
+    /// [`CrmError::BadCursor`] naming `object`.
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        object: &str,
+        version: u32,
+        version_of: impl Fn(&T) -> u32,
+    ) -> Result<T, CrmError> {
+        let bad = |message: String| CrmError::BadCursor {
+            object: object.to_owned(),
+            message,
+        };
+        let state: T = serde_json::from_value(self.0.clone()).map_err(|e| bad(e.to_string()))?;
+        match version_of(&state) {
+            v if v == version => Ok(state),
+            v => Err(bad(format!("unknown version {v}"))),
+        }
+    }
+}
+
 /// How a record went away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "how", rename_all = "snake_case")]

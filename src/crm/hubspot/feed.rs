@@ -78,24 +78,13 @@ pub(crate) struct ArchivedListing {
 }
 
 fn parse_cursor(object: &str, cursor: Option<&Cursor>) -> Result<FeedState, CrmError> {
-    let Some(c) = cursor else {
-        return Ok(FeedState {
+    match cursor {
+        None => Ok(FeedState {
             v: 1,
             ..FeedState::default()
-        });
-    };
-    let state: FeedState =
-        serde_json::from_value(c.0.clone()).map_err(|e| CrmError::BadCursor {
-            object: object.to_owned(),
-            message: e.to_string(),
-        })?;
-    if state.v != 1 {
-        return Err(CrmError::BadCursor {
-            object: object.to_owned(),
-            message: format!("unknown version {}", state.v),
-        });
+        }),
+        Some(c) => c.decode(object, 1, |s: &FeedState| s.v),
     }
-    Ok(state)
 }
 
 /// Returns one page of changes of `object`.
@@ -308,15 +297,7 @@ async fn search_page(
     let mut changes = Vec::new();
     let mut modified_by_from = BTreeMap::new();
     for object in &answer.results {
-        let at = object
-            .properties
-            .get(modified)
-            .cloned()
-            .flatten()
-            .as_deref()
-            .and_then(schema::parse_instant)
-            .or_else(|| object.updated_at.as_deref().and_then(schema::parse_instant))
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let at = schema::modified_at(object, modified);
         last = Some((at.timestamp_millis(), object.id.clone()));
         match &props {
             Some(props) => {

@@ -251,15 +251,7 @@ impl HubSpotCrm {
     /// Returns a HubSpot object as a record with the properties read.
     fn to_record(o: &ObjectOptions, props: &[FieldDef], object: &PublicObject) -> CrmRecord {
         let modified = schema::modified_property(&o.object_type);
-        let modified_at = object
-            .properties
-            .get(modified)
-            .cloned()
-            .flatten()
-            .as_deref()
-            .and_then(schema::parse_instant)
-            .or_else(|| object.updated_at.as_deref().and_then(schema::parse_instant))
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let modified_at = schema::modified_at(object, modified);
         let mut fields = Fields::new();
         for (name, raw) in &object.properties {
             if name == MERGED_PROPERTY {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 
-use super::model::Property;
+use super::model::{Property, PublicObject};
 use crate::crm::RefusalReason;
 use crate::model::{FieldDef, FieldType, Value};
 
@@ -22,6 +22,18 @@ pub fn modified_property(object_type: &str) -> &'static str {
     } else {
         "hs_lastmodifieddate"
     }
+}
+
+/// Returns when a record was last modified: its modified-time property (`modified`), else its
+/// `updatedAt`, else the epoch (read first by the next poll).
+pub(crate) fn modified_at(object: &PublicObject, modified: &str) -> DateTime<Utc> {
+    object
+        .properties
+        .get(modified)
+        .and_then(Option::as_deref)
+        .and_then(parse_instant)
+        .or_else(|| object.updated_at.as_deref().and_then(parse_instant))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
 /// Returns the field definition of one HubSpot property.

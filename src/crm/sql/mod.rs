@@ -581,20 +581,7 @@ impl SqlCrm {
                 v: 1,
                 ..CursorState::default()
             }),
-            Some(c) => {
-                let state: CursorState =
-                    serde_json::from_value(c.0.clone()).map_err(|e| CrmError::BadCursor {
-                        object: object.to_owned(),
-                        message: e.to_string(),
-                    })?;
-                if state.v != 1 {
-                    return Err(CrmError::BadCursor {
-                        object: object.to_owned(),
-                        message: format!("unknown version {}", state.v),
-                    });
-                }
-                Ok(state)
-            }
+            Some(c) => c.decode(object, 1, |s: &CursorState| s.v),
         }
     }
 
