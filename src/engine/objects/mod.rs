@@ -62,7 +62,7 @@ pub async fn run_all(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     for registered in STEPS {
-        if registered.on_failure == OnFailure::FailCycle {
+        if registered.name == LEAD_LINK_OBJECT {
             continue;
         }
         run_step(registered.name, ctx, plans, summary, options, cancel).await?;
