@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use marketo_sync::config::parse_mapping;
-use marketo_sync::engine::reconcile::{FieldRule, SideState, reconcile};
+use marketo_sync::engine::reconcile::{self, FieldRule, SideState, reconcile};
 use marketo_sync::mapping::{Plan, compile};
 use marketo_sync::marketo::csv::{ExportReader, FileFormat};
 use marketo_sync::model::{FieldDef, FieldType, Fields, ObjectSchema, Side, Value};
@@ -386,14 +386,7 @@ struct Counters {
 
 fn run(rows: u64) {
     let plan = lead_plan();
-    let rules: Vec<FieldRule> = plan
-        .enabled_fields()
-        .map(|f| FieldRule {
-            name: f.name.clone(),
-            direction: f.direction,
-            policy: f.policy,
-        })
-        .collect();
+    let rules: Vec<FieldRule> = reconcile::rules(&plan);
     let schema = marketo_lead();
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("lead_export.csv");

@@ -165,6 +165,68 @@ async fn a_too_long_title_is_refused_and_nothing_comes_back(crm: CrmKind) {
     app.cleanup().await;
 }
 
+/// Opts the leads' `title` into shortening (`shorten = true`).
+fn shorten_title(m: &mut marketo_sync::config::LoadedMapping) {
+    if m.object == "leads" {
+        let title = m
+            .file
+            .fields
+            .iter_mut()
+            .find(|f| f.crm.as_deref() == Some("title"));
+        title.expect("the demo lead mapping maps title").shorten = true;
+    }
+}
+
+/// With `shorten = true`, a 200-character Marketo title is cut to the CRM column's 128 and no
+/// ledger entry is made; the cut value never flows back over Marketo's long one, while a later
+/// CRM edit of the field still does.
+async fn a_title_opted_into_shortening_is_cut_and_never_flows_back(crm: CrmKind) {
+    let app = TestApp::with(Options {
+        edit_mapping: Some(shorten_title),
+        ..Options::on(crm)
+    })
+    .await;
+    let lead = app.marketo_create(json!({"email": "long@example.com", "firstName": "Lola"}));
+    app.run_cycle().await;
+    let cid = app.crm_by_email("long@example.com").await[0].id.clone();
+    app.settle(4).await;
+
+    let long: String = "Chief ".repeat(30) + "Ünïcode Officer";
+    assert!(long.chars().count() > 128);
+    app.marketo_update(lead, json!({"title": long}));
+    let s = app.try_cycle().await.expect("the cycle succeeds");
+    assert_eq!(
+        s.objects["leads"][&Direction::MarketoToCrm].failed,
+        0,
+        "{s:?}"
+    );
+    let cut: String = long.chars().take(128).collect();
+    let c = app.crm_contact(&cid).await.unwrap();
+    assert_eq!(text(&c.fields, "title").as_deref(), Some(cut.as_str()));
+    assert!(app.open_errors("leads").await.is_empty());
+
+    // The CRM's cut value is the sync's own write: Marketo keeps the long title for good, also
+    // when the CRM row changes for another reason and is read whole.
+    app.crm_update_contact(&cid, "first_name", "Lolita").await;
+    for _ in 0..3 {
+        app.clock.advance(Duration::from_secs(3600));
+        app.try_cycle().await.expect("later cycles succeed");
+    }
+    let marketo = app.marketo_lead(lead).unwrap();
+    assert_eq!(marketo["firstName"], json!("Lolita"));
+    assert_eq!(marketo["title"], json!(long));
+    let c = app.crm_contact(&cid).await.unwrap();
+    assert_eq!(text(&c.fields, "title").as_deref(), Some(cut.as_str()));
+    assert!(app.open_errors("leads").await.is_empty());
+
+    // A real CRM edit still flows to Marketo.
+    app.crm_update_contact(&cid, "title", "CFO").await;
+    app.clock.advance(Duration::from_secs(3600));
+    app.try_cycle().await.expect("the cycle succeeds");
+    assert_eq!(app.marketo_lead(lead).unwrap()["title"], json!("CFO"));
+    app.cleanup().await;
+}
+
 /// Companies, Marketo -> CRM: edits made in Marketo to linked accounts, one refused by a trigger
 /// and one too long for its column; the third arrives.
 async fn company_edits_refused_by_the_crm_are_ledger_entries(crm: CrmKind) {
@@ -283,5 +345,6 @@ macro_rules! on_crms {
 on_crms!(
     a_lead_refused_by_a_crm_trigger_is_one_ledger_entry,
     a_too_long_title_is_refused_and_nothing_comes_back,
+    a_title_opted_into_shortening_is_cut_and_never_flows_back,
     company_edits_refused_by_the_crm_are_ledger_entries,
 );

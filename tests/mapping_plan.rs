@@ -703,3 +703,65 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shorten_cuts_to_the_target_length_and_knows_its_own_echo() {
+    let long = Value::Text("é".repeat(150));
+    let canonical = fields(&[("firstName", long.clone())]);
+    let refused = plan();
+    assert_eq!(
+        refused.render(Side::Crm, &canonical)["first_name"],
+        long,
+        "without `shorten` a long value is written whole (and refused by the CRM)"
+    );
+    assert_eq!(
+        refused
+            .field("firstName")
+            .unwrap()
+            .shortened_echo(Side::Crm, &long),
+        None
+    );
+
+    let text = MAPPING.replace(
+        "crm = \"first_name\"\n",
+        "crm = \"first_name\"\nshorten = true\n",
+    );
+    let (plan, problems) = compile(&loaded(&text), &marketo_lead(), &crm_contacts());
+    assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+    let plan = plan.unwrap();
+    let cut = Value::Text("é".repeat(100));
+    assert_eq!(
+        plan.render(Side::Crm, &canonical)["first_name"],
+        cut,
+        "100 characters, not bytes"
+    );
+    assert_eq!(
+        plan.render(Side::Marketo, &canonical)["firstName"],
+        long,
+        "255 fit"
+    );
+    let field = plan.field("firstName").unwrap();
+    assert_eq!(field.shortened_echo(Side::Crm, &long), Some(cut));
+    assert_eq!(field.shortened_echo(Side::Marketo, &long), None);
+    let short = Value::Text("Ann".into());
+    assert_eq!(
+        field.shortened_echo(Side::Crm, &short),
+        None,
+        "nothing to cut"
+    );
+}
+
+#[test]
+fn shorten_on_a_field_without_a_declared_length_is_a_warning() {
+    let text = format!(
+        "{MAPPING}\n[[fields]]\nmarketo = \"title\"\ncrm = \"job_title\"\ndirection = \"to_crm\"\nshorten = true\n"
+    );
+    let (plan, problems) = compile(&loaded(&text), &marketo_lead(), &crm_contacts());
+    assert!(plan.is_some());
+    let warning = problems
+        .iter()
+        .find(|p| p.reason.contains("`shorten = true` has no effect"))
+        .unwrap_or_else(|| panic!("{problems:#?}"));
+    assert!(!warning.is_error());
+    assert!(warning.key.ends_with("shorten"), "{}", warning.key);
+}

@@ -143,6 +143,11 @@ pub struct FieldMapping {
     /// The conflict policy of this field (default: the file's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
+    /// Opts into shortening: a text value longer than the receiving field's declared length is
+    /// cut to that length instead of being refused to the error ledger. The cut value read back
+    /// from that side is not a change, so it never flows back over the long one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shorten: bool,
 }
 
 impl FieldMapping {

@@ -29,7 +29,7 @@ use tracing::info;
 
 use super::cycle::Tunables;
 use super::ledger::{self, Failure, RetryPolicy, Subject};
-use super::reconcile::{FieldRule, Reconciled, SideState, reconcile};
+use super::reconcile::{self, Reconciled, SideState, reconcile};
 use super::summary::{PlannedAction, PlannedChange, json_fields};
 use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::config::DeletePolicy;
@@ -113,16 +113,6 @@ fn value_text(v: Option<&Value>) -> Option<String> {
             (!t.trim().is_empty()).then_some(t)
         }
     }
-}
-
-fn rules(plan: &Plan) -> Vec<FieldRule> {
-    plan.enabled_fields()
-        .map(|f| FieldRule {
-            name: f.name.clone(),
-            direction: f.direction,
-            policy: f.policy,
-        })
-        .collect()
 }
 
 fn lead_read_fields(plan: &Plan) -> Vec<String> {
@@ -1065,7 +1055,7 @@ async fn sync_pairs(
     }
 
     // Reconcile.
-    let rules = rules(plan);
+    let rules = reconcile::rules(plan);
     let mut decided: Vec<(usize, Reconciled)> = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
         if p.m.is_none() && p.c.is_none() {

@@ -8,11 +8,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::mapping::{Direction, Policy};
+use crate::mapping::{Direction, Plan, PlanField, Policy};
 use crate::model::{Fields, Side, Value};
 
 /// The rule for one canonical field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FieldRule {
     /// The canonical field name.
     pub name: String,
@@ -20,6 +20,41 @@ pub struct FieldRule {
     pub direction: Direction,
     /// How a conflict on it is settled.
     pub policy: Policy,
+    /// The mapped field, when it opts into shortening (`shorten = true`): a side that holds the
+    /// shortened form of the agreed value has not changed it, so the cut value never flows back
+    /// over the long one.
+    pub shortened: Option<Box<PlanField>>,
+}
+
+impl FieldRule {
+    /// Returns the rule of one mapped field.
+    pub fn of(field: &PlanField) -> FieldRule {
+        FieldRule {
+            name: field.name.clone(),
+            direction: field.direction,
+            policy: field.policy,
+            shortened: field.shorten.then(|| Box::new(field.clone())),
+        }
+    }
+
+    /// Returns `value` when `side` changed the field since `base`: it differs from the agreed
+    /// value and is not the shortened form that the sync itself wrote there.
+    fn changed<'v>(&self, side: Side, value: Option<&'v Value>, base: &Value) -> Option<&'v Value> {
+        value.filter(|v| {
+            *v != base
+                && self
+                    .shortened
+                    .as_ref()
+                    .and_then(|f| f.shortened_echo(side, base))
+                    .as_ref()
+                    != Some(*v)
+        })
+    }
+}
+
+/// Returns the rules of a plan's enabled fields.
+pub fn rules(plan: &Plan) -> Vec<FieldRule> {
+    plan.enabled_fields().map(FieldRule::of).collect()
 }
 
 /// One side's view of the record this cycle.
@@ -127,8 +162,8 @@ pub fn reconcile(
         let base_value = base.get(&rule.name).cloned().unwrap_or(Value::Null);
         let m_value = marketo.and_then(|s| s.fields.get(&rule.name));
         let c_value = crm.and_then(|s| s.fields.get(&rule.name));
-        let m_changed = m_value.filter(|v| **v != base_value);
-        let c_changed = c_value.filter(|v| **v != base_value);
+        let m_changed = rule.changed(Side::Marketo, m_value, &base_value);
+        let c_changed = rule.changed(Side::Crm, c_value, &base_value);
         match (m_changed, c_changed) {
             (None, None) => {}
             (Some(m), None) => {
@@ -214,6 +249,7 @@ mod tests {
             name: name.to_owned(),
             direction,
             policy,
+            shortened: None,
         }
     }
 

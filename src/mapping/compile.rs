@@ -593,6 +593,24 @@ fn compile_field(
         }
     }
 
+    let limited = [Side::Marketo, Side::Crm].into_iter().any(|target| {
+        fm.direction.writes_to(target)
+            && defs
+                .get(&target)
+                .is_some_and(|d| text_limit(&d.ty).is_some())
+    });
+    if fm.shorten && !limited {
+        problems.push(
+            m.problem(
+                false,
+                &fpath(base, i, "shorten"),
+                "`shorten = true` has no effect here: no field this mapping writes is text with a \
+             declared length"
+                    .to_owned(),
+            ),
+        );
+    }
+
     let marketo_ty = defs.get(&Side::Marketo).map(|d| d.ty.clone());
     let crm_ty = defs.get(&Side::Crm).map(|d| d.ty.clone());
     let ty = if !fm.values.is_empty() {
@@ -621,6 +639,7 @@ fn compile_field(
         policy: fm.policy.unwrap_or(default_policy),
         disabled,
         routed_to_company,
+        shorten: fm.shorten,
     };
     (field, problems)
 }

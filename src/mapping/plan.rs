@@ -83,6 +83,9 @@ pub struct PlanField {
     /// A company-type field of a lead mapping: written to the lead's company (by
     /// `externalCompanyId`) when the lead is linked to one, through Sync Leads otherwise.
     pub routed_to_company: bool,
+    /// Text longer than the receiving field's declared length is cut to fit (`shorten = true`)
+    /// instead of refused.
+    pub shorten: bool,
 }
 
 impl PlanField {
@@ -106,6 +109,66 @@ impl PlanField {
             Side::Marketo => &self.marketo_transform,
             Side::Crm => &self.crm_transform,
         }
+    }
+
+    /// Returns the canonical value of `value` read from `side`: normalised to that side's type,
+    /// value-mapped (CRM), transformed, normalised to the canonical type, defaulted.
+    ///
+    /// # Errors
+    ///
+    /// Why the value cannot be read as its type (never the value itself).
+    fn read(&self, side: Side, value: &Value) -> Result<Value, String> {
+        let typed = normalise(self.side_ty(side), value)?;
+        let mapped = match (&typed, side) {
+            (Value::Text(t), Side::Crm) if !self.values.is_empty() => {
+                match self.values.iter().find(|(_, crm)| *crm == t) {
+                    Some((canonical, _)) => Value::Text(canonical.clone()),
+                    None => typed.clone(),
+                }
+            }
+            _ => typed,
+        };
+        let canonical = normalise(&self.ty, &apply(&self.transform, &mapped))?;
+        Ok(match (&canonical, &self.default) {
+            (Value::Null, Some(default)) => default.clone(),
+            _ => canonical,
+        })
+    }
+
+    /// Returns the value written to `target` for the canonical `value`: value-mapped (CRM),
+    /// with the side's write transforms, converted to the side's type; never shortened.
+    fn write(&self, target: Side, value: &Value) -> Value {
+        let mapped = match (value, target) {
+            (Value::Text(t), Side::Crm) => match self.values.get(t) {
+                Some(crm) => Value::Text(crm.clone()),
+                None => value.clone(),
+            },
+            _ => value.clone(),
+        };
+        convert_for(
+            self.side_ty(target),
+            &apply(self.write_transform(target), &mapped),
+        )
+    }
+
+    /// Returns `written` cut to `target`'s declared length when the field opts into shortening
+    /// and the text is longer, else `None`. Counts characters, as the length limits do.
+    fn shortened(&self, target: Side, written: &Value) -> Option<Value> {
+        let limit = usize::try_from(self.side_ty(target).max_len()?).ok()?;
+        match written {
+            Value::Text(t) if self.shorten && t.chars().count() > limit => {
+                Some(Value::Text(t.chars().take(limit).collect()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Returns the canonical value `side` holds once the canonical `value` was written to it
+    /// shortened and read back, or `None` when writing it there shortens nothing. A side that
+    /// reads exactly this holds the agreed value as far as it can: it is no change of its own.
+    pub fn shortened_echo(&self, side: Side, value: &Value) -> Option<Value> {
+        let cut = self.shortened(side, &self.write(side, value))?;
+        self.read(side, &cut).ok()
     }
 }
 
@@ -196,36 +259,23 @@ impl Plan {
             let Some(value) = raw.get(source) else {
                 continue;
             };
-            let invalid = |reason: String| MappingError::InvalidValue {
-                object: self.object.clone(),
-                side,
-                field: f.name.clone(),
-                source_field: source.to_owned(),
-                reason,
-            };
-            let typed = normalise(f.side_ty(side), value).map_err(invalid)?;
-            let mapped = match (&typed, side) {
-                (Value::Text(t), Side::Crm) if !f.values.is_empty() => {
-                    match f.values.iter().find(|(_, crm)| *crm == t) {
-                        Some((canonical, _)) => Value::Text(canonical.clone()),
-                        None => typed.clone(),
-                    }
-                }
-                _ => typed,
-            };
-            let transformed = apply(&f.transform, &mapped);
-            let canonical = normalise(&f.ty, &transformed).map_err(invalid)?;
-            let canonical = match (&canonical, &f.default) {
-                (Value::Null, Some(default)) => default.clone(),
-                _ => canonical,
-            };
+            let canonical = f
+                .read(side, value)
+                .map_err(|reason| MappingError::InvalidValue {
+                    object: self.object.clone(),
+                    side,
+                    field: f.name.clone(),
+                    source_field: source.to_owned(),
+                    reason,
+                })?;
             out.insert(f.name.clone(), canonical);
         }
         Ok(out)
     }
 
     /// Returns the record to write to `target`: target field names and types, only enabled fields
-    /// whose direction writes to that side and that `canonical` holds (constants always).
+    /// whose direction writes to that side and that `canonical` holds (constants always). A
+    /// field with `shorten = true` is cut to the target's declared length.
     pub fn render(&self, target: Side, canonical: &Fields) -> Fields {
         let mut out = Fields::new();
         for f in self.enabled_fields() {
@@ -240,18 +290,9 @@ impl Plan {
                 (None, Some(v)) => v.clone(),
                 (None, None) => continue,
             };
-            let mapped = match (&value, target) {
-                (Value::Text(t), Side::Crm) => match f.values.get(t) {
-                    Some(crm) => Value::Text(crm.clone()),
-                    None => value.clone(),
-                },
-                _ => value,
-            };
-            let transformed = apply(f.write_transform(target), &mapped);
-            out.insert(
-                name.to_owned(),
-                convert_for(f.side_ty(target), &transformed),
-            );
+            let written = f.write(target, &value);
+            let written = f.shortened(target, &written).unwrap_or(written);
+            out.insert(name.to_owned(), written);
         }
         out
     }

@@ -112,11 +112,7 @@ async fn run_plan(
     let rules: Vec<FieldRule> = plan
         .enabled_fields()
         .filter(|f| f.constant.is_none())
-        .map(|f| FieldRule {
-            name: f.name.clone(),
-            direction: f.direction,
-            policy: f.policy,
-        })
+        .map(FieldRule::of)
         .collect();
     let mut to_marketo: Vec<PlannedWrite> = Vec::new();
     let mut to_crm: Vec<(String, Fields)> = Vec::new();

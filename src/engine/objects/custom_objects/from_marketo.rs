@@ -374,11 +374,7 @@ pub async fn run(
     let rules: Vec<FieldRule> = plan
         .enabled_fields()
         .filter(|f| f.constant.is_none())
-        .map(|f| FieldRule {
-            name: f.name.clone(),
-            direction: f.direction,
-            policy: f.policy,
-        })
+        .map(FieldRule::of)
         .collect();
     let now = ctx.clock.now();
     let mut creates: Vec<(String, Fields, Fields)> = Vec::new();
