@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::Duration as ChronoDuration;
 use marketo_sync::marketo::endpoint::{
     CompanyLink, EndpointSettings, ExportSubject, JobEntry, JobJournal, JobStage, JournalError,
-    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteMode,
+    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob, WriteMode,
 };
 use marketo_sync::marketo::{Client, ClientConfig, Record, RefusalKind};
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
@@ -398,4 +398,83 @@ async fn changed_lead_exports_are_journalled_before_enqueue_and_consumed_after()
     let (s1, _) = jobs[1].window.unwrap();
     assert!(e0 - s0 <= ChronoDuration::days(31));
     assert_eq!(s1, e0 + ChronoDuration::seconds(1));
+}
+
+/// Writes the keys `K-<i>` of `ids` back through a spool, by REST or import per `rest_threshold`.
+async fn write_back(
+    ep: &RestBulkEndpoint,
+    ids: &[i64],
+    rest_threshold: usize,
+    journal: &MemoryJournal,
+) -> marketo_sync::marketo::endpoint::WriteBackReport {
+    let now = chrono::Utc::now();
+    let job = WriteBackJob {
+        object: "bootstrap:leads",
+        window: (now - ChronoDuration::days(1), now),
+        key_field: "crmContactId",
+        stem: "77.writeback",
+        rest_threshold,
+    };
+    let mut spool = ep.key_spool(job.stem, job.key_field);
+    for (i, id) in ids.iter().enumerate() {
+        spool.push(&id.to_string(), &format!("K-{i}")).unwrap();
+    }
+    ep.write_back_keys(&job, spool, journal, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_write_backs_go_by_rest_or_journalled_import_and_name_refused_keys() {
+    let sim = sim().await;
+    let ep = endpoint(&sim, 3_000);
+    let mut ids: Vec<i64> = (0..4)
+        .map(|i| seed_lead(&sim, &format!("w{i}@example.com"), None))
+        .collect();
+    let missing = ids.iter().max().unwrap() + 10_000;
+    ids.insert(1, missing);
+
+    // Up to the threshold: REST, one call for five keys.
+    let journal = MemoryJournal::default();
+    let report = write_back(&ep, &ids, 10, &journal).await;
+    assert_eq!(calls(&sim, "/rest/v1/leads.json"), 1);
+    assert_eq!(calls(&sim, "/bulk/v1/leads.json"), 0);
+    assert_eq!(
+        (report.written, report.failed, report.imports),
+        (4, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.refused.len(), 1);
+    assert_eq!(report.refused[0].lead_id, Some(missing.to_string()));
+    assert_eq!(report.refused[0].crm_key.as_deref(), Some("K-1"));
+    assert_eq!(report.refused[0].refusal.kind, RefusalKind::NotFound);
+    assert_eq!(sim.lead(ids[0]).unwrap()["crmContactId"], json!("K-0"));
+    assert_eq!(sim.lead(ids[4]).unwrap()["crmContactId"], json!("K-4"));
+    assert!(
+        journal.jobs.lock().unwrap().is_empty(),
+        "REST journals nothing"
+    );
+
+    // Above it: one import batch, journalled with its window and completed; the failures file's
+    // row names the lead and its key.
+    let report = write_back(&ep, &ids, 2, &journal).await;
+    assert_eq!(calls(&sim, "/bulk/v1/leads.json"), 1);
+    assert_eq!(
+        (report.written, report.failed, report.imports),
+        (4, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].lead_id, Some(missing.to_string()));
+    assert_eq!(report.refused[0].crm_key.as_deref(), Some("K-1"));
+    assert_eq!(report.refused[0].refusal.code, "import");
+    let jobs = journal.jobs.lock().unwrap().clone();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].import && jobs[0].window.is_some());
+    assert_eq!(jobs[0].stage, JobStage::Completed);
+    assert_eq!(report.batches, jobs);
+    assert!(
+        !jobs[0].file.as_ref().unwrap().exists(),
+        "the imported file is deleted"
+    );
 }

@@ -47,17 +47,17 @@ use tracing::{info, warn};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::ledger::{self, Failure, RetryPolicy, Subject};
-use super::write_back::{Spool, SpoolReader};
 use super::{Context, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
 use crate::mapping::{Plan, SchemaSet};
+use crate::marketo::Disposition;
 use crate::marketo::endpoint::{
     ACTIVITY_FIELDS, EndpointError, EndpointSettings, ExportOptions, ExportRow, ExportSubject,
-    ExportedWindow, MarketoEndpoint, RowStream,
+    ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, WriteBackJob,
+    WriteBackReport,
 };
 use crate::marketo::limiter::next_day_turn;
-use crate::marketo::{Disposition, Record, RecordStatus, SyncAction};
 use crate::model::{Fields, Side, Value};
 use crate::store::{
     BulkJob, Direction, JobDirection, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
@@ -1113,13 +1113,8 @@ impl Run<'_> {
         subject: &ExportSubject,
         phase: &mut PhaseReport,
     ) -> Result<ExportedWindow, WindowError> {
-        let endpoint = self.ctx.endpoint(EndpointSettings {
-            poll: self.export.poll_interval,
-            export_max_wait: self.export.max_wait,
-            work_dir: self.work_dir.clone(),
-            ..EndpointSettings::default()
-        });
-        let exported = match endpoint
+        let exported = match self
+            .endpoint()
             .export_window(
                 subject,
                 (window.start, window.end),
@@ -1249,20 +1244,24 @@ impl Run<'_> {
         let plan = &plans.lead;
         // An earlier run applied this window to the CRM and stopped while it was writing the CRM
         // keys back by Bulk Import: finish those imports, not the whole window again.
-        let imports = self.window_jobs(JobDirection::Import, spec, window).await?;
-        if !imports.is_empty() {
-            let export = self
-                .window_jobs(JobDirection::Export, spec, window)
-                .await?
-                .into_iter()
-                .next();
-            let files = export
-                .as_ref()
-                .map(|j| Spool::existing(&self.work_dir, &write_back_stem(&j.id)))
-                .unwrap_or_default();
-            let imports = self
-                .import_write_back(plan, spec, window, files, imports, phase)
-                .await?;
+        let export = self
+            .window_jobs(JobDirection::Export, spec, window)
+            .await?
+            .into_iter()
+            .next();
+        let stem = export
+            .as_ref()
+            .map(|j| write_back_stem(&j.id))
+            .unwrap_or_default();
+        let object = queue(spec.name);
+        let job = self.write_back_job(&object, window, plan, &stem);
+        let resumed = self
+            .endpoint()
+            .resume_write_back(&job, &self.ctx.journal(), self.cancel)
+            .await
+            .map_err(EngineError::from)?;
+        if let Some(report) = resumed {
+            let imports = self.settle_write_back(plan, report, phase).await?;
             let bytes = export.as_ref().map_or(0, |j| j.bytes);
             let path = export
                 .as_ref()
@@ -1276,13 +1275,10 @@ impl Run<'_> {
             fields: lead_export_fields(plans),
         };
         let exported = self.export(spec, window, &subject, phase).await?;
-        let job = self.ctx.journal().bulk_job(&exported.job);
         // The CRM keys to write back go to files on disk, not memory.
-        let mut spool = Spool::create(
-            &self.work_dir,
-            &write_back_stem(&job.id),
-            &plan.marketo_crm_key,
-        );
+        let stem = write_back_stem(&exported.job.id);
+        let endpoint = self.endpoint();
+        let mut spool = endpoint.key_spool(&stem, &plan.marketo_crm_key);
         let schema = plans.lead_schema.clone();
         if let Some(mut rx) = exported.rows(Some(schema), BATCH_ROWS, self.cancel) {
             let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
@@ -1326,9 +1322,12 @@ impl Run<'_> {
                     .await?;
             }
         }
-        let imports = self
-            .write_back(spec, window, plan, &job, spool, phase)
-            .await?;
+        let job = self.write_back_job(&object, window, plan, &stem);
+        let report = endpoint
+            .write_back_keys(&job, spool, &self.ctx.journal(), self.cancel)
+            .await
+            .map_err(EngineError::from)?;
+        let imports = self.settle_write_back(plan, report, phase).await?;
         self.finish_exported(spec, window, exported, imports).await
     }
 
@@ -1355,233 +1354,54 @@ impl Run<'_> {
             .collect())
     }
 
-    /// Writes a window's spooled CRM keys back to Marketo: by REST, 300 a call, up to the
-    /// threshold; by Bulk Import (`lookupField=id`) above it. Returns the import batches, to be
-    /// marked consumed with the window.
-    async fn write_back(
-        &mut self,
-        spec: &PhaseSpec,
-        window: Window,
-        plan: &Plan,
-        export: &BulkJob,
-        spool: Spool,
-        phase: &mut PhaseReport,
-    ) -> Result<Vec<BulkJob>, EngineError> {
-        let rows = spool.rows();
-        let files = spool.finish()?;
-        if rows == 0 {
-            for f in &files {
-                let _ = std::fs::remove_file(&f.path);
-            }
-            return Ok(Vec::new());
-        }
-        if rows <= self.write_back_threshold as u64 {
-            for f in &files {
-                self.rest_write_back(plan, &f.path, phase).await?;
-                let _ = std::fs::remove_file(&f.path);
-            }
-            return Ok(Vec::new());
-        }
-        info!(export_id = %export.id, rows, files = files.len(), "writing the crm keys back by bulk import");
-        let paths = files.into_iter().map(|f| f.path).collect();
-        self.import_write_back(plan, spec, window, paths, Vec::new(), phase)
-            .await
+    /// Returns the endpoint as bootstrap configures it (its poll interval, waits, work directory).
+    fn endpoint(&self) -> impl MarketoEndpoint + use<> {
+        self.ctx.endpoint(EndpointSettings {
+            poll: self.export.poll_interval,
+            export_max_wait: self.export.max_wait,
+            work_dir: self.work_dir.clone(),
+            ..EndpointSettings::default()
+        })
     }
 
-    /// Sends the CRM keys of a spool file to Marketo by REST (`updateOnly` by `id`), 300 a call.
-    async fn rest_write_back(
+    /// Returns the write-back of one lead window, named for the endpoint.
+    fn write_back_job<'a>(
+        &self,
+        object: &'a str,
+        window: Window,
+        plan: &'a Plan,
+        stem: &'a str,
+    ) -> WriteBackJob<'a> {
+        WriteBackJob {
+            object,
+            window: (window.start, window.end),
+            key_field: &plan.marketo_crm_key,
+            stem,
+            rest_threshold: self.write_back_threshold,
+        }
+    }
+
+    /// Counts a write-back into the phase, puts each refused key into the error ledger, and
+    /// returns its import batches (to be marked consumed with the window) as stored jobs.
+    async fn settle_write_back(
         &self,
         plan: &Plan,
-        path: &std::path::Path,
-        phase: &mut PhaseReport,
-    ) -> Result<(), EngineError> {
-        let mut reader = SpoolReader::open(path)?;
-        loop {
-            let batch = reader.next_batch(BATCH_ROWS)?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let records: Vec<Record> = batch
-                .into_iter()
-                .map(|(id, key)| {
-                    let mut r = Record::new();
-                    match id.parse::<i64>() {
-                        Ok(n) => r.insert("id".into(), serde_json::json!(n)),
-                        Err(_) => r.insert("id".into(), serde_json::json!(id)),
-                    };
-                    r.insert(plan.marketo_crm_key.clone(), serde_json::json!(key));
-                    r
-                })
-                .collect();
-            let results = self
-                .ctx
-                .marketo
-                .sync_leads(SyncAction::UpdateOnly, Some("id"), None, &records)
-                .await?;
-            let now = self.ctx.clock.now();
-            let mut errors = Vec::new();
-            for (record, r) in records.iter().zip(results) {
-                match r.status {
-                    RecordStatus::Updated | RecordStatus::Created => phase.written_back += 1,
-                    _ => {
-                        phase.write_back_failed += 1;
-                        warn!(lead = ?r.id, reasons = ?r.reasons, "marketo skipped the crm key write-back");
-                        let failure = Failure::of_marketo_result(&r).unwrap_or_else(|| {
-                            Failure::new("skipped", "marketo did not write the crm key", true)
-                        });
-                        errors.push(write_back_error(
-                            plan,
-                            now,
-                            record.get(&plan.marketo_crm_key).map(json_text),
-                            record.get("id").map(json_text),
-                            failure,
-                        ));
-                    }
-                }
-            }
-            self.commit_errors(errors).await?;
-        }
-    }
-
-    /// Imports write-back files (`id,<crm key>`, `lookupField=id`) and waits for them: first
-    /// re-attaches to the `recorded` batches of an earlier run, then imports each file no batch
-    /// names. Each batch is stored (direction import, this window) as soon as Marketo returns
-    /// its id, so a restart re-attaches to it instead of importing the file again; a file is
-    /// deleted when its batch is complete. Returns the batches, completed.
-    async fn import_write_back(
-        &mut self,
-        plan: &Plan,
-        spec: &PhaseSpec,
-        window: Window,
-        files: Vec<PathBuf>,
-        recorded: Vec<BulkJob>,
+        report: WriteBackReport,
         phase: &mut PhaseReport,
     ) -> Result<Vec<BulkJob>, EngineError> {
-        use crate::marketo::bulk_import::{ImportFormat, ImportTarget, LeadImportOptions};
-        let mut done = Vec::new();
-        for job in recorded {
-            phase.write_back_imports_resumed += 1;
-            info!(batch_id = %job.id, "re-attaching to a write-back import");
-            done.push(self.wait_write_back(plan, job, phase).await?);
-        }
-        for path in files {
-            let named = done
-                .iter()
-                .any(|j| j.file_path.as_deref() == Some(&*path.to_string_lossy()));
-            if named {
-                continue;
-            }
-            let created = self
-                .ctx
-                .marketo
-                .import_file(
-                    &ImportTarget::Leads,
-                    &path,
-                    ImportFormat::Csv,
-                    &LeadImportOptions {
-                        lookup_field: Some("id".into()),
-                        ..LeadImportOptions::default()
-                    },
-                )
-                .await?;
-            phase.write_back_imports += 1;
-            let now = self.ctx.clock.now();
-            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let job = BulkJob {
-                direction: JobDirection::Import,
-                id: created.batch_id.to_string(),
-                kind: "leads".into(),
-                object: queue(spec.name),
-                window_start: Some(window.start),
-                window_end: Some(window.end),
-                state: JobState::Queued,
-                bytes,
-                file_path: Some(path.display().to_string()),
-                file_offset: 0,
-                created_at: now,
-                updated_at: now,
-            };
-            self.ctx.store.upsert_job(&job).await?;
-            done.push(self.wait_write_back(plan, job, phase).await?);
-        }
-        Ok(done)
-    }
-
-    /// Waits for one write-back import batch, counts its rows, logs the rows Marketo refused,
-    /// stores it completed and deletes its file.
-    async fn wait_write_back(
-        &mut self,
-        plan: &Plan,
-        mut job: BulkJob,
-        phase: &mut PhaseReport,
-    ) -> Result<BulkJob, EngineError> {
-        use crate::marketo::bulk_import::{ImportStatus, ImportTarget};
-        if job.state == JobState::Completed {
-            return Ok(job);
-        }
-        let batch_id: i64 = job.id.parse().map_err(|_| {
-            EngineError::Marketo(crate::marketo::Error::JobFailed {
-                kind: "import",
-                job_id: job.id.clone(),
-                status: "unknown".into(),
-                message: "the stored batch id is not a number".into(),
-            })
-        })?;
-        let status = match self
-            .ctx
-            .marketo
-            .wait_for_import(
-                &ImportTarget::Leads,
-                batch_id,
-                self.export.poll_interval,
-                self.cancel,
-            )
-            .await
-        {
-            Ok(s) => s,
-            Err(crate::marketo::Error::Cancelled { .. }) if self.cancel.is_cancelled() => {
-                return Err(EngineError::Cancelled);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let file = job.file_path.as_ref().map(PathBuf::from);
-        if status.status == ImportStatus::Failed {
-            job.state = JobState::Failed;
-            job.updated_at = self.ctx.clock.now();
-            self.ctx.store.upsert_job(&job).await?;
-            return Err(EngineError::Marketo(crate::marketo::Error::JobFailed {
-                kind: "import",
-                job_id: job.id.clone(),
-                status: "Failed".into(),
-                message: status.message.unwrap_or_default(),
-            }));
-        }
-        phase.written_back += status.num_of_leads_processed.unwrap_or(0);
-        let failed = status.num_of_rows_failed.unwrap_or(0);
-        if failed > 0 {
-            phase.write_back_failed += failed;
-            let report = self
-                .work_dir
-                .join(format!("import-{batch_id}.failures.csv"));
-            if self
-                .ctx
-                .marketo
-                .import_failures(&ImportTarget::Leads, batch_id, &report)
-                .await?
-            {
-                log_import_failures(&report, batch_id);
-                let errors = import_failure_errors(plan, &report, self.ctx.clock.now());
-                let _ = std::fs::remove_file(&report);
-                self.commit_errors(errors).await?;
-            }
-        }
-        job.state = JobState::Completed;
-        job.updated_at = self.ctx.clock.now();
-        self.ctx.store.upsert_job(&job).await?;
-        if let Some(file) = file {
-            let _ = std::fs::remove_file(file);
-        }
-        Ok(job)
+        phase.written_back += report.written;
+        phase.write_back_failed += report.failed;
+        phase.write_back_imports += report.imports;
+        phase.write_back_imports_resumed += report.imports_resumed;
+        let now = self.ctx.clock.now();
+        let errors = report
+            .refused
+            .into_iter()
+            .map(|r| write_back_error(plan, now, r))
+            .collect();
+        self.commit_errors(errors).await?;
+        let journal = self.ctx.journal();
+        Ok(report.batches.iter().map(|b| journal.bulk_job(b)).collect())
     }
 
     /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
@@ -1591,7 +1411,7 @@ impl Run<'_> {
         plan: &Plan,
         rows: Vec<ExportRow>,
         phase: &mut PhaseReport,
-        spool: &mut Spool,
+        spool: &mut KeySpool,
     ) -> Result<(), EngineError> {
         let mut ids = Vec::new();
         let mut canon = Vec::new();
@@ -2071,19 +1891,14 @@ impl Run<'_> {
 
 /// Returns the ledger entry of a CRM key Marketo refused to write back to a lead: keyed by the
 /// CRM record (direction CRM -> Marketo), retried by the one policy when the refusal may clear.
-fn write_back_error(
-    plan: &Plan,
-    now: DateTime<Utc>,
-    crm_key: Option<String>,
-    lead_id: Option<String>,
-    failure: Failure,
-) -> SyncError {
-    let crm_key = crm_key.unwrap_or_default();
+fn write_back_error(plan: &Plan, now: DateTime<Utc>, refused: KeyRefusal) -> SyncError {
+    let crm_key = refused.crm_key.unwrap_or_default();
     let mut payload = serde_json::Map::new();
     payload.insert(plan.marketo_crm_key.clone(), serde_json::json!(crm_key));
-    if let Some(id) = &lead_id {
+    if let Some(id) = &refused.lead_id {
         payload.insert("id".into(), serde_json::json!(id));
     }
+    let r = refused.refusal;
     ledger::entry(
         &RetryPolicy::default(),
         now,
@@ -2091,52 +1906,12 @@ fn write_back_error(
             object: &plan.object,
             direction: Direction::CrmToMarketo,
             record_key: &crm_key,
-            other_key: lead_id,
+            other_key: refused.lead_id,
             payload: serde_json::Value::Object(payload),
         },
-        failure,
+        Failure::new(r.code, r.message, r.retryable),
         None,
     )
-}
-
-/// Returns one ledger entry per row of a write-back import's failures file (`id`, the CRM-key
-/// column, and Marketo's failure reason): not retried, as the lead step treats import refusals.
-fn import_failure_errors(
-    plan: &Plan,
-    path: &std::path::Path,
-    now: DateTime<Utc>,
-) -> Vec<SyncError> {
-    let Ok(mut reader) = csv::ReaderBuilder::new().from_path(path) else {
-        return Vec::new();
-    };
-    let Ok(headers) = reader.headers().cloned() else {
-        return Vec::new();
-    };
-    let column = |want: &dyn Fn(&str) -> bool| headers.iter().position(want);
-    let id_col = column(&|h| h == "id");
-    let key_col = column(&|h| h == plan.marketo_crm_key);
-    let reason_col = column(&|h| h.to_lowercase().contains("failure"));
-    let mut out = Vec::new();
-    for record in reader.records().flatten() {
-        let cell = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::to_owned);
-        let message = cell(reason_col).unwrap_or_else(|| "import failed".into());
-        out.push(write_back_error(
-            plan,
-            now,
-            cell(key_col),
-            cell(id_col),
-            Failure::new("import", message, false),
-        ));
-    }
-    out
-}
-
-/// Returns a JSON value as key text (a string as is, anything else as JSON).
-fn json_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Returns a CRM row as the JSON payload of a ledger entry.
@@ -2152,24 +1927,6 @@ fn crm_payload(row: Option<&Fields>) -> serde_json::Value {
 /// Returns the file name stem of the write-back spool of the lead window exported by `export_id`.
 fn write_back_stem(export_id: &str) -> String {
     format!("{export_id}.writeback")
-}
-
-/// Logs the rows of an import failures file (the first few, then a count).
-fn log_import_failures(path: &std::path::Path, batch_id: i64) {
-    let Ok(mut reader) = csv::ReaderBuilder::new().from_path(path) else {
-        return;
-    };
-    let mut n = 0u64;
-    for record in reader.records().flatten() {
-        n += 1;
-        if n <= 10 {
-            let row: Vec<&str> = record.iter().collect();
-            warn!(batch_id, row = ?row, "marketo refused a crm key write-back");
-        }
-    }
-    if n > 10 {
-        warn!(batch_id, refused = n, "marketo refused crm key write-backs");
-    }
 }
 
 fn collect_companies(

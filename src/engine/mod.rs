@@ -16,7 +16,6 @@ pub mod once;
 pub mod pipeline;
 pub mod reconcile;
 pub mod summary;
-mod write_back;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;

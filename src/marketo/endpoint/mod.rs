@@ -21,6 +21,7 @@
 
 mod export;
 pub mod families;
+mod write_back;
 mod writes;
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ use crate::model::Fields;
 
 pub use crate::marketo::bulk_extract::{ACTIVITY_FIELDS, ExportOptions};
 pub use export::{ActivityRow, ExportRow, ExportSubject, ExportedWindow, RowStream};
+pub use write_back::{KeyRefusal, KeySpool, WriteBackJob, WriteBackReport};
 
 /// Lead fields that belong to the company: Sync Leads refuses them (1021) for a lead linked to a
 /// company, so they are written to that company (by `externalCompanyId`) instead.
@@ -356,6 +358,38 @@ pub trait MarketoEndpoint: Send + Sync {
         journal: &dyn JobJournal,
         cancel: &CancellationToken,
     ) -> Result<ExportedWindow, EndpointError>;
+
+    /// Returns an empty spool for a window's CRM keys (files on disk named by `stem`), after
+    /// removing what an earlier run of the same window left.
+    fn key_spool(&self, stem: &str, key_field: &str) -> KeySpool;
+
+    /// Writes the spooled CRM keys into their leads' key field: by REST (`updateOnly` by `id`)
+    /// up to the job's threshold, by Bulk Import (`lookupField=id`) above it, each batch
+    /// journalled with its window. Refused keys are in the report.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EndpointError`] when a call, a batch or a file fails as a whole.
+    async fn write_back_keys(
+        &self,
+        job: &WriteBackJob<'_>,
+        spool: KeySpool,
+        journal: &dyn JobJournal,
+        cancel: &CancellationToken,
+    ) -> Result<WriteBackReport, EndpointError>;
+
+    /// Finishes a write-back an earlier run left importing (its journalled batches, then the
+    /// spool files no batch names); `None` when no batch of the window is journalled.
+    ///
+    /// # Errors
+    ///
+    /// As [`MarketoEndpoint::write_back_keys`].
+    async fn resume_write_back(
+        &self,
+        job: &WriteBackJob<'_>,
+        journal: &dyn JobJournal,
+        cancel: &CancellationToken,
+    ) -> Result<Option<WriteBackReport>, EndpointError>;
 }
 
 /// The endpoint over the REST and Bulk APIs of one [`Client`].
@@ -422,5 +456,28 @@ impl MarketoEndpoint for RestBulkEndpoint {
     ) -> Result<ExportedWindow, EndpointError> {
         self.window(subject, window, object, max_attempts, journal, cancel)
             .await
+    }
+
+    fn key_spool(&self, stem: &str, key_field: &str) -> KeySpool {
+        self.spool(stem, key_field)
+    }
+
+    async fn write_back_keys(
+        &self,
+        job: &WriteBackJob<'_>,
+        spool: KeySpool,
+        journal: &dyn JobJournal,
+        cancel: &CancellationToken,
+    ) -> Result<WriteBackReport, EndpointError> {
+        self.write_back(job, spool, journal, cancel).await
+    }
+
+    async fn resume_write_back(
+        &self,
+        job: &WriteBackJob<'_>,
+        journal: &dyn JobJournal,
+        cancel: &CancellationToken,
+    ) -> Result<Option<WriteBackReport>, EndpointError> {
+        self.resume(job, journal, cancel).await
     }
 }

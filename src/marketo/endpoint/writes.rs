@@ -475,6 +475,14 @@ fn update_groups(split: &[Split], send: &[usize], threshold: usize) -> Vec<Vec<u
 
 /// Reads a bulk import failures file: the key column and `Import Failure Reason`.
 pub(super) fn read_failures(path: &Path, key_field: &str) -> Vec<(String, String)> {
+    read_failure_rows(path)
+        .into_iter()
+        .map(|(row, reason)| (text(row.get(key_field)).unwrap_or_default(), reason))
+        .collect()
+}
+
+/// Reads a bulk import failures file: each row's columns and its `Import Failure Reason`.
+pub(super) fn read_failure_rows(path: &Path) -> Vec<(Fields, String)> {
     let Ok(file) = std::fs::File::open(path) else {
         return Vec::new();
     };
@@ -483,20 +491,23 @@ pub(super) fn read_failures(path: &Path, key_field: &str) -> Vec<(String, String
     };
     let mut out = Vec::new();
     for row in reader.flatten() {
-        let text = |v: Option<&Value>| match v {
-            None | Some(Value::Null) => None,
-            Some(other) => Some(other.to_text()).filter(|t| !t.trim().is_empty()),
-        };
-        let key = text(row.fields.get(key_field)).unwrap_or_default();
         let reason = row
             .fields
             .iter()
             .find(|(k, _)| k.to_lowercase().contains("failure"))
             .and_then(|(_, v)| text(Some(v)))
             .unwrap_or_else(|| "import failed".into());
-        out.push((key, reason));
+        out.push((row.fields, reason));
     }
     out
+}
+
+/// Returns a value as text (`None` for null or blank).
+pub(super) fn text(v: Option<&Value>) -> Option<String> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(other) => Some(other.to_text()).filter(|t| !t.trim().is_empty()),
+    }
 }
 
 #[cfg(test)]
