@@ -1,0 +1,291 @@
+//! Marketo lead merges (Merge Leads activities): the CRM record linked to a merged-away lead is
+//! re-pointed to the winner, or, when the winner already has a CRM record, follows the merge
+//! policy. Also the links rebuilt from the CRM's Marketo-id column for leads a killed cycle
+//! wrote but never committed.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use super::LINK_OBJECT;
+use super::deletes::apply_policy;
+use super::gather::fetch_leads;
+use super::records::{CRec, c_rec, live, match_key, value_text};
+use super::step::Step;
+use crate::crm::WriteResult;
+use crate::engine::ledger::Failure;
+use crate::engine::pipeline::commit::link;
+use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
+use crate::engine::{CycleSummary, EngineError};
+use crate::model::{Fields, Side, Value};
+use crate::store::{Direction, Link, TombstoneKind};
+
+/// Re-points the CRM records linked to merged-away leads to the winners.
+pub(super) async fn apply_merges(
+    step: &mut Step<'_>,
+    merges: &[(i64, Vec<i64>)],
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    // Winners given a CRM record by an earlier merge of this cycle (not in the store yet).
+    let mut given: BTreeSet<i64> = BTreeSet::new();
+    for (winner, losers) in merges {
+        apply_merge(step, *winner, losers, &mut given, summary).await?;
+    }
+    Ok(())
+}
+
+/// Applies one merge of `losers` into `winner`.
+async fn apply_merge(
+    step: &mut Step<'_>,
+    winner: i64,
+    losers: &[i64],
+    given: &mut BTreeSet<i64>,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let ctx = step.ctx;
+    let store = &ctx.store;
+    let winner_link = live(
+        store
+            .links_by_marketo_keys(LINK_OBJECT, &[winner.to_string()])
+            .await?,
+    )
+    .into_iter()
+    .next();
+    let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
+    let mut loser_links = live(store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
+    loser_links.extend(recovered_links(step, losers).await?);
+    // An unlinked winner with a CRM record of its own (one that matches it, not yet
+    // paired) keeps that record: pairing links the two below, and the loser's record
+    // follows the merge policy instead of taking the winner over.
+    let mut repointed = winner_link.is_some()
+        || given.contains(&winner)
+        || (!loser_links.is_empty()
+            && unlinked_partner(step, winner, &loser_links, summary).await?);
+    for l in loser_links {
+        let into = TombstoneKind::Merged {
+            into: winner.to_string(),
+        };
+        if !repointed {
+            if take_over(step, winner, &l, summary).await? {
+                given.insert(winner);
+                repointed = true;
+            }
+            continue;
+        }
+        // The winner already has its own CRM record: apply the merge policy to the loser's.
+        let policy = step.ctx.settings.sync.lead_merges;
+        apply_policy(step, &l, policy, summary).await?;
+        step.tombstone(&l, into, Side::Marketo);
+    }
+    Ok(())
+}
+
+/// The winner takes over the loser's live CRM record (its Marketo-id column re-pointed);
+/// returns true when it did. A loser's record gone from the CRM is only tombstoned.
+async fn take_over(
+    step: &mut Step<'_>,
+    winner: i64,
+    l: &Link,
+    summary: &mut CycleSummary,
+) -> Result<bool, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let into = TombstoneKind::Merged {
+        into: winner.to_string(),
+    };
+    // The loser's CRM record was deleted or merged away in the CRM since the last commit (its
+    // deletion is applied after the merges): the winner does not take a dead record over;
+    // pairing finds the winner's live partner, if any. Found by the convergence harness (seed
+    // 30127: a CRM merge into a contact never synced, killed at commit, then a Marketo merge of
+    // that lead left the winner linked to the soft-deleted contact).
+    let alive = !ctx
+        .crm
+        .get(&plan.crm_object, std::slice::from_ref(&l.crm_key))
+        .await?
+        .is_empty();
+    if !alive {
+        step.tombstone(l, into, Side::Marketo);
+        return Ok(false);
+    }
+    let pk = "id";
+    let mut rec = Fields::new();
+    rec.insert(pk.to_owned(), Value::Text(l.crm_key.clone()));
+    rec.insert(plan.crm_marketo_id.clone(), Value::Text(winner.to_string()));
+    if step.dry_run {
+        let before =
+            serde_json::Map::from_iter([(plan.crm_marketo_id.clone(), json!(l.marketo_key))]);
+        step.plan_out.push(
+            PlannedChange::new(
+                &plan.object,
+                Direction::MarketoToCrm,
+                PlannedAction::Repoint,
+            )
+            .source(winner.to_string())
+            .target(l.crm_key.clone())
+            .fields(&json_fields(&rec), Some(&before), &[pk])
+            .note(format!(
+                "lead {} was merged into lead {winner}, which takes over its CRM record",
+                l.marketo_key
+            )),
+        );
+    } else {
+        // Free the loser's key first: the Marketo-id column is unique.
+        let res = ctx.crm.upsert(&plan.crm_object, pk, &[rec]).await?;
+        if let Some(refusal) = res.first().and_then(WriteResult::refusal) {
+            step.error(
+                Direction::MarketoToCrm,
+                winner.to_string(),
+                Some(l.crm_key.clone()),
+                json!({ "merge": { "winner": winner, "loser": l.marketo_key } }),
+                Failure::from(refusal),
+            );
+            return Ok(false);
+        }
+    }
+    step.tombstone(l, into, Side::Marketo);
+    step.link(winner, &l.crm_key, l.base.clone());
+    summary
+        .counts_mut(&plan.object, Direction::MarketoToCrm)
+        .updated += 1;
+    Ok(true)
+}
+
+/// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
+/// holds one of these lead ids in its Marketo-id column was written by a cycle that died before
+/// its commit (the CRM write comes first). Records the store links elsewhere are left alone.
+pub(super) async fn recovered_links(
+    step: &Step<'_>,
+    leads: &[i64],
+) -> Result<Vec<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    if leads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = leads.iter().map(i64::to_string).collect();
+    let known: BTreeSet<String> = ctx
+        .store
+        .links_by_marketo_keys(LINK_OBJECT, &keys)
+        .await?
+        .into_iter()
+        .map(|l| l.marketo_key)
+        .collect();
+    let unknown: Vec<Value> = keys
+        .iter()
+        .filter(|k| !known.contains(*k))
+        .map(|k| Value::Text(k.clone()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = ctx
+        .crm
+        .find(&plan.crm_object, &plan.crm_marketo_id, &unknown)
+        .await?;
+    let row_keys: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let taken: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &row_keys).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    let now = step.now();
+    Ok(rows
+        .into_iter()
+        .filter(|r| !taken.contains(&r.id))
+        .filter_map(|r| {
+            let lead = value_text(r.fields.get(&plan.crm_marketo_id))?;
+            Some(link(LINK_OBJECT, &lead, &r.id, Fields::new(), now))
+        })
+        .collect())
+}
+
+/// Returns the link of the CRM record `key` rebuilt from its Marketo-id column, when the store
+/// has never linked that lead (see [`recovered_links`]).
+pub(super) async fn survivor_link_from_crm(
+    step: &Step<'_>,
+    key: &str,
+) -> Result<Option<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(record) = ctx
+        .crm
+        .get(&plan.crm_object, &[key.to_owned()])
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let Some(lead) =
+        value_text(record.fields.get(&plan.crm_marketo_id)).and_then(|m| m.parse::<i64>().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(recovered_links(step, &[lead])
+        .await?
+        .into_iter()
+        .find(|l| l.crm_key == key))
+}
+
+/// Returns whether an unlinked live CRM record matches the Marketo lead `id` (by its CRM-key
+/// field or its match values).
+async fn unlinked_partner(
+    step: &Step<'_>,
+    id: i64,
+    losers: &[Link],
+    summary: &mut CycleSummary,
+) -> Result<bool, EngineError> {
+    let mut candidates = partner_candidates(step, id, summary).await?;
+    // The losers' own records (the merged lead may carry a loser's CRM key) do not count.
+    candidates.retain(|c| !losers.iter().any(|l| l.crm_key == c.id));
+    if candidates.is_empty() {
+        return Ok(false);
+    }
+    let keys: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+    let taken: BTreeSet<String> = live(step.ctx.store.links_by_crm_keys(LINK_OBJECT, &keys).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    Ok(keys.iter().any(|k| !taken.contains(k)))
+}
+
+/// Returns the CRM records that could be lead `id`'s partner: the one its CRM-key field names
+/// and those with its match values.
+async fn partner_candidates(
+    step: &Step<'_>,
+    id: i64,
+    summary: &mut CycleSummary,
+) -> Result<Vec<CRec>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(lead) = fetch_leads(ctx, plan, &[id], summary)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(Vec::new());
+    };
+    let mut candidates: Vec<CRec> = Vec::new();
+    if let Some(key) = &lead.crm_key {
+        for r in ctx
+            .crm
+            .get(&plan.crm_object, std::slice::from_ref(key))
+            .await?
+        {
+            candidates.extend(c_rec(plan, &r.id, r.modified_at, &r.fields).ok());
+        }
+    }
+    let wanted = match_key(plan, &lead.canon);
+    if let (Some(first), Some(_)) = (plan.match_fields.first(), &wanted)
+        && let Some(crm_field) = plan.field(first).and_then(|f| f.crm.clone())
+        && let Some(value) = lead.canon.get(first).filter(|v| !v.is_null())
+    {
+        for r in ctx
+            .crm
+            .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
+            .await?
+        {
+            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
+                && match_key(plan, &c.canon) == wanted
+            {
+                candidates.push(c);
+            }
+        }
+    }
+    Ok(candidates)
+}

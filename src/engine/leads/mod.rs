@@ -1,0 +1,190 @@
+//! Leads both ways: Marketo leads <-> the CRM object of the lead mapping.
+//!
+//! Gather reads Marketo's New Lead / Change Data Value / Merge Leads activities from a persisted
+//! paging token and fetches the changed leads by id (300 a call), deleted leads from their own
+//! token, and the CRM's changes from its cursor. Identity links pairs by store link, then by
+//! the keys each side holds of the other, then by the match fields; reconcile is three-way
+//! against the link's base; apply writes Marketo first, then the CRM; one commit per step.
+//!
+//! Company-type fields of a lead mapping (`PlanField::routed_to_company`) of a lead linked to a
+//! company (`externalCompanyId`) are written to that company with Sync Companies, since Sync
+//! Leads refuses them (1021); leads without a company get them through Sync Leads.
+//!
+//! Lead conversion (`keys.crm_lead_object`, e.g. the CRM's `leads`): the step reads that object's
+//! changes from its own cursor (queue `conversions`) before the CRM changes of the mapping's
+//! object. A CRM lead holding a Marketo lead id that got a converted-contact id moves the Marketo
+//! lead to that contact (Marketo id into the contact, contact id and the contact's account as
+//! `externalCompanyId` into the lead; the pairing then links them), or, when the contact already
+//! has its own Marketo lead, merges the two leads (winner = the contact's) and tombstones the
+//! converted lead's link as merged. A Marketo lead held by an unconverted CRM lead gets no
+//! contact of its own. CRM leads themselves are not synced field by field.
+//!
+//! Where each part lives:
+//! - `mod.rs`: the step's flow ([`run`]) and the on-demand sync of one lead ([`sync_one`]);
+//! - `gather.rs`: the Marketo activity, deleted-lead and bulk-export reads, the CRM change
+//!   feeds, due ledger retries, and the watermarks the step commits;
+//! - `pairing.rs`: pairing by link and by the keys each side holds, reconcile;
+//! - `matching.rs`: the match-field (email) match and same-key groups (duplicates, ambiguous
+//!   matches held in the ledger);
+//! - `write.rs`: the Marketo and CRM writes (or a dry run's plan rows), the CRM-id write-back,
+//!   links and conflicts;
+//! - `merges.rs`: Marketo lead merges, links recovered from the CRM after a killed cycle;
+//! - `conversion.rs`: CRM lead conversion, leads held by unconverted CRM leads;
+//! - `deletes.rs`: deletions both ways, CRM merges carried to Marketo;
+//! - `step.rs`: the step's one commit, its ledger entries (through the pipeline's one retry
+//!   policy) and tombstones; `records.rs`: the lead and CRM records read.
+
+mod conversion;
+mod deletes;
+mod gather;
+mod matching;
+mod merges;
+mod pairing;
+mod records;
+mod step;
+mod write;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::cycle::Tunables;
+use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
+use crate::mapping::Plan;
+use crate::store::{Direction, StagedStore};
+
+use records::{lead_read_fields, m_lead};
+use step::Step;
+
+/// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
+pub const LEAD_ACTIVITY_TYPES: [i64; 3] = [12, 13, 32];
+const QUEUE_ACTIVITIES: &str = "activities";
+const QUEUE_DELETED: &str = "deleted";
+const QUEUE_CONVERSIONS: &str = "conversions";
+/// The store object name of lead links (the `sync.objects` name of the lead mapping).
+pub const LINK_OBJECT: &str = "leads";
+
+/// Runs the lead step of a cycle: gather, conversions, merges and deletions, then pairing,
+/// reconcile and writes ([`pairing::sync_pairs`]), then the one commit.
+///
+/// One store commit per step (DESIGN section 4, Commit). The stages (conversions, merges,
+/// deletions, pairing) stage their store writes; the staged store's link reads see them, so
+/// pairing never re-matches what a merge of this step linked; and the step's end commits links,
+/// ledger, conflicts and watermarks in one transaction. No stage needs a commit of its own for
+/// crash safety: every remote write of a stage is an idempotent upsert, merge or delete that a
+/// re-run finds done (a merge or delete of a lead already gone answers 1004, handled as done),
+/// and the CRM Marketo-id column a killed step wrote is read back by `recovered_links` /
+/// `survivor_link_from_crm`. A step killed anywhere before the commit therefore leaves the
+/// store as it found it and re-runs from the old watermarks.
+///
+/// # Errors
+///
+/// Returns an error when a whole call fails (Marketo, the CRM or the store), or on cancel.
+pub async fn run(
+    outer: &Context,
+    tunables: &Tunables,
+    plan: &Plan,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let staged = Arc::new(StagedStore::new(outer.store.clone()));
+    let ctx = &Context {
+        store: staged.clone(),
+        ..outer.clone()
+    };
+    let mut step = Step::start(ctx, plan, tunables, options.dry_run, cancel).await?;
+    let marks = gather::Marks::read(ctx, plan).await?;
+    let (mut changes, bulk_leads) =
+        gather::marketo(&step, tunables, marks.activities.as_ref(), summary).await?;
+    let (deleted, del_token) = gather::deleted(ctx, marks.deleted.as_ref(), cancel).await?;
+    // CRM lead conversions first: the contacts they touch are then read as changed below.
+    let (conversions_wm, converted_contacts) =
+        conversion::apply_conversions(&mut step, tunables, summary, cancel).await?;
+    let crm_wm = marks.crm.as_ref();
+    let mut crm = gather::crm(ctx, plan, crm_wm, tunables.crm_page, summary, cancel).await?;
+    // Contacts that took over a converted lead are paired this cycle (the change feed may show
+    // their new Marketo id only later).
+    gather::read_crm_into(ctx, plan, converted_contacts, &mut crm.records).await?;
+    gather::add_due(&step, &mut changes.changed, &mut crm.records).await?;
+
+    // Merges first, so that the winners' links are in place before pairing.
+    let merges = std::mem::take(&mut changes.merges);
+    let merged_losers: std::collections::BTreeSet<i64> =
+        merges.iter().flat_map(|(_, l)| l.clone()).collect();
+    merges::apply_merges(&mut step, &merges, summary).await?;
+    step.stage(&staged);
+    deletes::apply_marketo_deletes(&mut step, &deleted, &merged_losers, summary).await?;
+    let repointed = deletes::apply_crm_deletes(&mut step, &crm.tombstones, summary).await?;
+    // Both sides are written: the tombstones are staged before pairing reads the links.
+    step.stage(&staged);
+    // A merge survivor that took over the loser's lead is reconciled with it now.
+    gather::read_crm_into(ctx, plan, repointed, &mut crm.records).await?;
+
+    let gone = deleted.union(&merged_losers).copied().collect();
+    let leads =
+        gather::changed_leads(ctx, plan, &changes.changed, bulk_leads, &gone, summary).await?;
+    let cs = std::mem::take(&mut crm.records);
+    summary
+        .counts_mut(&plan.object, Direction::MarketoToCrm)
+        .read += leads.len() as u64;
+    summary
+        .counts_mut(&plan.object, Direction::CrmToMarketo)
+        .read += cs.len() as u64;
+    let ms: BTreeMap<i64, records::MLead> = leads.into_iter().map(|l| (l.id, l)).collect();
+    pairing::sync_pairs(&mut step, ms, cs, summary, cancel).await?;
+
+    // Watermarks move with the step's commit.
+    let at = ctx.clock.now();
+    let marks = gather::watermarks(plan, &marks, changes, del_token, crm.read, at);
+    step.commit.watermarks.extend(marks);
+    step.commit.watermarks.extend(conversions_wm);
+    if step.dry_run {
+        summary.plan.append(&mut step.plan_out);
+        info!(object = %plan.object, "lead step planned (dry run: nothing written or committed)");
+    } else {
+        staged.commit_staged(step.commit).await?;
+        info!(object = %plan.object, "lead step committed");
+    }
+    Ok(())
+}
+
+/// Syncs one lead to the CRM now (webhooks).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn sync_one(
+    ctx: &Context,
+    plan: &Plan,
+    lead_id: i64,
+    cancel: &CancellationToken,
+) -> Result<OnDemandOutcome, EngineError> {
+    let fields = lead_read_fields(plan);
+    let Some(raw) = ctx.marketo.get_lead(lead_id, &fields).await? else {
+        return Ok(OnDemandOutcome::NotFound);
+    };
+    let mut summary = CycleSummary::default();
+    let lead = match m_lead(plan, &raw) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return Err(EngineError::Mapping(e)),
+        None => return Ok(OnDemandOutcome::NotFound),
+    };
+    let mut step = Step::on_demand(ctx, plan, cancel).await?;
+    let ms = BTreeMap::from([(lead.id, lead)]);
+    pairing::sync_pairs(&mut step, ms, BTreeMap::new(), &mut summary, cancel).await?;
+    ctx.store.commit(step.commit).await?;
+    let c = summary
+        .objects
+        .get(&plan.object)
+        .and_then(|d| d.get(&Direction::MarketoToCrm))
+        .copied()
+        .unwrap_or_default();
+    Ok(if c.created + c.updated > 0 {
+        OnDemandOutcome::Synced
+    } else {
+        OnDemandOutcome::Unchanged
+    })
+}
