@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::custom_objects::custom_plans;
+use super::roles;
 use super::{
-    DELETES_QUEUE, ObjectFamily, delete_key, due_errors, error_key, gather_crm, ledger_entry,
-    links_by_crm, skip_reason,
+    DELETES_QUEUE, ObjectFamily, due_errors, error_key, gather_crm, ledger_entry, links_by_crm,
+    skip_reason,
 };
 use crate::crm::ChangeKind;
 use crate::engine::ledger::Subject;
+use crate::engine::pipeline::spec::{DeleteKeyFn, delete_by_crm_key};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
@@ -41,35 +43,65 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut ordered: Vec<(&Plan, ObjectFamily)> = Vec::new();
-    for (name, family) in [
-        (super::roles::OBJECT, ObjectFamily::Roles),
-        (super::opportunities::OBJECT, ObjectFamily::Opportunities),
-        (super::companies::OBJECT, ObjectFamily::Companies),
-        (super::salespersons::OBJECT, ObjectFamily::SalesPersons),
+    let by_crm_key: DeleteKeyFn = delete_by_crm_key;
+    let mut ordered: Vec<(&Plan, ObjectFamily, DeleteKeyFn)> = Vec::new();
+    for (name, family, delete) in [
+        (
+            super::roles::OBJECT,
+            ObjectFamily::Roles,
+            roles::delete_key as DeleteKeyFn,
+        ),
+        (
+            super::opportunities::OBJECT,
+            ObjectFamily::Opportunities,
+            by_crm_key,
+        ),
+        (
+            super::companies::OBJECT,
+            ObjectFamily::Companies,
+            by_crm_key,
+        ),
+        (
+            super::salespersons::OBJECT,
+            ObjectFamily::SalesPersons,
+            by_crm_key,
+        ),
     ] {
         if let Some(plan) = plans.objects.get(name) {
-            ordered.push((plan, family));
+            ordered.push((plan, family, delete));
         }
     }
     for plan in custom_plans(plans) {
-        ordered.push((plan, ObjectFamily::Custom(plan.marketo_object.clone())));
+        let family = ObjectFamily::Custom(plan.marketo_object.clone());
+        ordered.push((plan, family, by_crm_key));
     }
-    for (plan, family) in ordered {
-        let result = delete_object(ctx, plan, &family, summary, options, cancel).await;
+    for (plan, family, delete) in ordered {
+        let object = Deleted {
+            plan,
+            family: &family,
+            delete,
+        };
+        let result = delete_object(ctx, &object, summary, options, cancel).await;
         super::skip_when_native_sync(result, &plan.object, summary)?;
     }
     Ok(())
 }
 
+/// One object of the deletions step: its plan, Marketo family and delete-key hook.
+struct Deleted<'a> {
+    plan: &'a Plan,
+    family: &'a ObjectFamily,
+    delete: DeleteKeyFn,
+}
+
 async fn delete_object(
     ctx: &Context,
-    plan: &Plan,
-    family: &ObjectFamily,
+    target: &Deleted<'_>,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    let (plan, family) = (target.plan, target.family);
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
     let mut gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
@@ -112,7 +144,7 @@ async fn delete_object(
             );
             if !links.contains_key(id)
                 && keyed_by_id
-                && let Some(key) = delete_key(plan, family, id)
+                && let Some(key) = (target.delete)(plan, id)
             {
                 let base = crate::model::Fields::new();
                 let unlinked = Link {
@@ -130,7 +162,7 @@ async fn delete_object(
             }
             continue;
         };
-        match delete_key(plan, family, &l.marketo_key) {
+        match (target.delete)(plan, &l.marketo_key) {
             Some(key) => todo.push((l.clone(), *at, key)),
             None => summary.counts_mut(object, direction).skipped += 1,
         }

@@ -26,6 +26,7 @@ pub mod commit;
 pub mod gather;
 pub mod pair;
 pub mod spec;
+pub mod two_way;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -81,7 +82,7 @@ pub(crate) async fn run_push(
         ctx, object, family, writes, &previous, &mut step, summary, cancel,
     )
     .await?;
-    write::delete_replaced(ctx, plan, family, &rekeyed, &mut step, summary).await?;
+    write::delete_replaced(ctx, plan, spec, &rekeyed, &mut step, summary).await?;
     commit::finish(ctx, step).await
 }
 
