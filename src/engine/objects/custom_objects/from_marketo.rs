@@ -38,12 +38,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::super::{
-    CRM_ROW_BATCH, LEAD_LINK_OBJECT, ObjectFamily, due_errors, from_record, key_text, ledger_entry,
-    links_by_crm, read_activity_queue, record_invalid_value,
+    CRM_ROW_BATCH, ObjectFamily, due_errors, from_record, key_text, ledger_entry, links_by_crm,
+    read_activity_queue, record_invalid_value,
 };
 use super::{CONTACT_COLUMN, LEAD_FIELD, marketo_key_field};
 use crate::engine::ledger::{Failure, Subject};
 use crate::engine::pipeline::commit;
+use crate::engine::pipeline::pair::contacts_by_lead;
 use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay, unreadable};
 use crate::engine::summary::{PlannedAction, PlannedChange};
@@ -358,21 +359,11 @@ impl Gather<'_> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut contacts: BTreeMap<i64, String> = BTreeMap::new();
-        for chunk in lead_keys.chunks(crate::store::KEYS_PER_LOOKUP) {
-            let links = self
-                .ctx
-                .store
-                .links_by_marketo_keys(LEAD_LINK_OBJECT, chunk);
-            for l in links.await? {
-                if l.tombstone.is_none()
-                    && let Ok(lead) = l.marketo_key.parse::<i64>()
-                {
-                    contacts.insert(lead, l.crm_key);
-                }
-            }
-        }
-        Ok(contacts)
+        let contacts = contacts_by_lead(self.ctx, &lead_keys).await?;
+        Ok(contacts
+            .into_iter()
+            .filter_map(|(lead, contact)| lead.parse::<i64>().ok().map(|l| (l, contact)))
+            .collect())
     }
 
     /// Returns a pair for every readable record whose lead's contact is known (or not needed),
