@@ -168,9 +168,11 @@ impl PairWrite {
     }
 }
 
-/// What the write stage learned, by index of the pair's write.
+/// What the write stage learned, by index of the pair's write, and the step's commit.
 #[derive(Default)]
 struct Landed {
+    /// The step's commit (ledger entries of refused writes go here).
+    commit: StepCommit,
     /// A write of the pair landed.
     wrote: BTreeSet<usize>,
     /// A write of the pair failed (its ledger entry is in the commit).
@@ -244,7 +246,10 @@ impl TwoWay<'_> {
             self.plan_rows(&writes, summary);
             return Ok(());
         }
-        let mut landed = Landed::default();
+        let mut landed = Landed {
+            commit,
+            ..Landed::default()
+        };
         let second = match self.spec.first {
             Side::Marketo => Side::Crm,
             Side::Crm => Side::Marketo,
@@ -252,17 +257,17 @@ impl TwoWay<'_> {
         for side in [self.spec.first, second] {
             match side {
                 Side::Marketo => {
-                    self.write_marketo(&writes, &mut landed, &mut commit, summary, cancel)
+                    self.write_marketo(&writes, &mut landed, summary, cancel)
                         .await?;
                 }
                 Side::Crm => {
-                    self.write_crm(&writes, &mut landed, &mut commit, summary, cancel)
+                    self.write_crm(&writes, &mut landed, summary, cancel)
                         .await?;
                 }
             }
         }
-        self.link_landed(writes, &landed, &mut commit);
-        commit::finish(self.ctx, commit).await
+        self.link_landed(writes, &mut landed);
+        commit::finish(self.ctx, landed.commit).await
     }
 
     /// The reconcile and render stages: returns the writes of every pair, and settles the
@@ -338,7 +343,7 @@ impl TwoWay<'_> {
 
     /// The Marketo write of a pair: the changed fields (or, for a record Marketo lacks, all).
     fn marketo_write(&self, pair: &SidePair, record: Record, base: Fields) -> PlannedWrite {
-        let before = pair.marketo.raw().map(|raw| to_record(raw));
+        let before = pair.marketo.raw().map(to_record);
         let key_names = if before.is_some() {
             pair.key_fields.keys().cloned().collect()
         } else {
@@ -510,7 +515,6 @@ impl TwoWay<'_> {
         &self,
         writes: &[PairWrite],
         landed: &mut Landed,
-        commit: &mut StepCommit,
         summary: &mut CycleSummary,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
@@ -555,8 +559,8 @@ impl TwoWay<'_> {
         for e in &scratch.errors_upsert {
             landed.failed.extend(by_crm.get(&e.record_key).copied());
         }
-        commit.errors_upsert.extend(scratch.errors_upsert);
-        commit.errors_resolve.extend(scratch.errors_resolve);
+        landed.commit.errors_upsert.extend(scratch.errors_upsert);
+        landed.commit.errors_resolve.extend(scratch.errors_resolve);
         Ok(())
     }
 
@@ -566,7 +570,6 @@ impl TwoWay<'_> {
         &self,
         writes: &[PairWrite],
         landed: &mut Landed,
-        commit: &mut StepCommit,
         summary: &mut CycleSummary,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
@@ -585,7 +588,7 @@ impl TwoWay<'_> {
                     self.plan.crm_marketo_id
                 );
                 let failure = Failure::new("crm_key_missing", message, false);
-                self.refuse_crm(w, failure, commit, summary);
+                self.refuse_crm(w, failure, &mut landed.commit, summary);
                 landed.failed.insert(i);
                 continue;
             }
@@ -603,7 +606,7 @@ impl TwoWay<'_> {
                 let crm_object = &self.plan.crm_object;
                 let results = self.ctx.crm.upsert(crm_object, column, &rows).await?;
                 for (i, result) in chunk.iter().zip(results) {
-                    self.crm_outcome(*i, &writes[*i], result, landed, commit, summary);
+                    self.crm_outcome(*i, &writes[*i], result, landed, summary);
                 }
             }
         }
@@ -617,7 +620,6 @@ impl TwoWay<'_> {
         w: &PairWrite,
         result: WriteResult,
         landed: &mut Landed,
-        commit: &mut StepCommit,
         summary: &mut CycleSummary,
     ) {
         let counts = summary.counts_mut(self.object(), Direction::MarketoToCrm);
@@ -634,7 +636,7 @@ impl TwoWay<'_> {
             WriteResult::Deleted { .. } => {}
             WriteResult::Refused(refusal) => {
                 landed.failed.insert(i);
-                self.refuse_crm(w, Failure::from(&refusal), commit, summary);
+                self.refuse_crm(w, Failure::from(&refusal), &mut landed.commit, summary);
             }
         }
     }
@@ -701,7 +703,7 @@ impl TwoWay<'_> {
 
     /// The commit stage of the written pairs: a pair whose writes all landed (at least one) is
     /// linked at its agreed values, and its open ledger entry resolved.
-    fn link_landed(&self, writes: Vec<PairWrite>, landed: &Landed, commit: &mut StepCommit) {
+    fn link_landed(&self, writes: Vec<PairWrite>, landed: &mut Landed) {
         let (object, now) = (self.object(), self.ctx.clock.now());
         for (i, w) in writes.into_iter().enumerate() {
             if landed.failed.contains(&i) || !landed.wrote.contains(&i) {
@@ -712,10 +714,10 @@ impl TwoWay<'_> {
             };
             if self.previous_in(&w.ledger_key, self.spec.ledger).is_some() {
                 let key = error_key(object, self.spec.ledger, &w.ledger_key);
-                commit.errors_resolve.push(key);
+                landed.commit.errors_resolve.push(key);
             }
             let agreed = link(object, &w.marketo_key, &crm_key, w.agreed, now);
-            commit.links_upsert.push(agreed);
+            landed.commit.links_upsert.push(agreed);
         }
     }
 }
