@@ -8,12 +8,13 @@
 //! an overlapping token inserts no duplicate row. The CRM row is linked to the CRM record of the
 //! lead through the synthetic source field [`CRM_CONTACT_FIELD`] (the CRM key of the lead's link).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{LEAD_LINK_OBJECT, due_errors, from_record};
+use super::{due_errors, from_record};
+use crate::engine::pipeline::pair::contacts_by_lead;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
@@ -81,6 +82,14 @@ pub async fn run(
     Ok(())
 }
 
+/// One activity row to copy: `(marketoGUID, agreed values, CRM row)`.
+type Row = (String, Fields, Fields);
+
+/// Copies the new activities of one type to its CRM table (see the module documentation).
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
 async fn run_type(
     ctx: &Context,
     type_id: u32,
@@ -99,74 +108,15 @@ async fn run_type(
         watermarks: vec![watermark],
         ..StepCommit::default()
     };
-
-    // Skip what was copied already.
-    let keys: Vec<String> = activities.keys().cloned().collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
-        for l in ctx.store.links_by_marketo_keys(link_object, chunk).await? {
-            seen.insert(l.marketo_key);
-        }
-    }
+    let seen = copied(ctx, link_object, &activities).await?;
     let fresh: Vec<&Activity> = activities
         .iter()
         .filter(|(k, _)| !seen.contains(*k))
         .map(|(_, a)| a)
         .collect();
     summary.counts_mut(link_object, direction).skipped += (activities.len() - fresh.len()) as u64;
-
-    // The CRM keys of the activities' leads.
-    let lead_keys: Vec<String> = fresh.iter().map(|a| a.lead_id.to_string()).collect();
-    let mut contacts: BTreeMap<String, String> = BTreeMap::new();
-    for chunk in lead_keys.chunks(crate::store::KEYS_PER_LOOKUP) {
-        for l in ctx
-            .store
-            .links_by_marketo_keys(LEAD_LINK_OBJECT, chunk)
-            .await?
-        {
-            if l.tombstone.is_none() {
-                contacts.insert(l.marketo_key, l.crm_key);
-            }
-        }
-    }
-
-    let mut rows: Vec<(String, Fields, Fields)> = Vec::new();
-    for a in fresh {
-        let guid = a.key().unwrap_or_default();
-        let raw = raw_fields(a, contacts.get(&a.lead_id.to_string()).map(String::as_str));
-        match plan.to_canonical(Side::Marketo, &raw) {
-            Ok(canonical) => {
-                let mut row = plan.render(Side::Crm, &canonical);
-                row.insert(plan.crm_marketo_id.clone(), Value::Text(guid.clone()));
-                rows.push((guid, canonical, row));
-            }
-            Err(e) => {
-                super::record_invalid_value(
-                    ctx,
-                    &mut commit,
-                    summary,
-                    link_object,
-                    direction,
-                    &guid,
-                    &e,
-                    None,
-                );
-            }
-        }
-    }
-    // Rows the CRM refused earlier and now due for a retry: their payload is the rendered row.
-    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
-    for e in due_errors(ctx, link_object, direction).await? {
-        let fresh_again = rows.iter().any(|(g, _, _)| *g == e.record_key);
-        if let (false, Some(payload)) = (fresh_again, e.payload.as_object())
-            && !payload.is_empty()
-            && !seen.contains(&e.record_key)
-        {
-            let row = from_record(payload);
-            rows.push((e.record_key.clone(), row.clone(), row));
-        }
-        previous.insert(e.record_key.clone(), e);
-    }
+    let mut rows = rows_of(ctx, plan, &fresh, &mut commit, summary).await?;
+    let previous = add_retries(ctx, link_object, &seen, &mut rows).await?;
     if options.dry_run {
         for (guid, _, row) in &rows {
             summary.planned(
@@ -190,6 +140,89 @@ async fn run_type(
     );
     ctx.store.commit(commit).await?;
     Ok(())
+}
+
+/// Returns the GUIDs of the activities copied already (linked).
+///
+/// # Errors
+///
+/// A store failure.
+async fn copied(
+    ctx: &Context,
+    link_object: &str,
+    activities: &BTreeMap<String, Activity>,
+) -> Result<BTreeSet<String>, EngineError> {
+    let keys: Vec<String> = activities.keys().cloned().collect();
+    let mut seen = BTreeSet::new();
+    for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx.store.links_by_marketo_keys(link_object, chunk).await? {
+            seen.insert(l.marketo_key);
+        }
+    }
+    Ok(seen)
+}
+
+/// Returns the CRM row of each fresh activity, linked to its lead's CRM contact; an activity
+/// the mapping cannot read goes to the ledger.
+///
+/// # Errors
+///
+/// A store failure.
+async fn rows_of(
+    ctx: &Context,
+    plan: &Plan,
+    fresh: &[&Activity],
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+) -> Result<Vec<Row>, EngineError> {
+    let (object, direction) = (plan.object.as_str(), Direction::MarketoToCrm);
+    let lead_keys: Vec<String> = fresh.iter().map(|a| a.lead_id.to_string()).collect();
+    let contacts = contacts_by_lead(ctx, &lead_keys).await?;
+    let mut rows: Vec<Row> = Vec::new();
+    for a in fresh {
+        let guid = a.key().unwrap_or_default();
+        let raw = raw_fields(a, contacts.get(&a.lead_id.to_string()).map(String::as_str));
+        match plan.to_canonical(Side::Marketo, &raw) {
+            Ok(canonical) => {
+                let mut row = plan.render(Side::Crm, &canonical);
+                row.insert(plan.crm_marketo_id.clone(), Value::Text(guid.clone()));
+                rows.push((guid, canonical, row));
+            }
+            Err(e) => {
+                super::record_invalid_value(
+                    ctx, commit, summary, object, direction, &guid, &e, None,
+                );
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Adds the rows the CRM refused earlier and now due for a retry (their payload is the
+/// rendered row) and returns the due ledger entries by GUID.
+///
+/// # Errors
+///
+/// A store failure.
+async fn add_retries(
+    ctx: &Context,
+    link_object: &str,
+    seen: &BTreeSet<String>,
+    rows: &mut Vec<Row>,
+) -> Result<BTreeMap<String, SyncError>, EngineError> {
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, link_object, Direction::MarketoToCrm).await? {
+        let fresh_again = rows.iter().any(|(g, _, _)| *g == e.record_key);
+        if let (false, Some(payload)) = (fresh_again, e.payload.as_object())
+            && !payload.is_empty()
+            && !seen.contains(&e.record_key)
+        {
+            let row = from_record(payload);
+            rows.push((e.record_key.clone(), row.clone(), row));
+        }
+        previous.insert(e.record_key.clone(), e);
+    }
+    Ok(previous)
 }
 
 #[cfg(test)]

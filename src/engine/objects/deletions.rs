@@ -8,23 +8,27 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use serde_json::{Value as Json, json};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::custom_objects::custom_plans;
+use super::roles;
 use super::{
-    DELETES_QUEUE, ObjectFamily, delete_key, due_errors, error_key, gather_crm, ledger_entry,
-    links_by_crm, skip_reason,
+    DELETES_QUEUE, ObjectFamily, due_errors, error_key, gather_crm, ledger_entry, links_by_crm,
+    skip_reason,
 };
 use crate::crm::ChangeKind;
 use crate::engine::ledger::Subject;
+use crate::engine::pipeline::spec::{DeleteKeyFn, delete_by_crm_key};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
 use crate::marketo::{Record, RecordStatus, RefusalKind, SyncAction};
 use crate::model::Side;
-use crate::store::{Direction, Link, SyncError, Tombstone, TombstoneKind};
+use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind};
 
 /// The error-ledger key prefix of a refused delete (`delete:<crm id>`).
 pub const DELETE_PREFIX: &str = "delete:";
@@ -41,40 +45,88 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut ordered: Vec<(&Plan, ObjectFamily)> = Vec::new();
-    for (name, family) in [
+    let standard = [
         (super::roles::OBJECT, ObjectFamily::Roles),
         (super::opportunities::OBJECT, ObjectFamily::Opportunities),
         (super::companies::OBJECT, ObjectFamily::Companies),
         (super::salespersons::OBJECT, ObjectFamily::SalesPersons),
-    ] {
+    ];
+    let mut ordered: Vec<Deleted<'_>> = Vec::new();
+    for (name, family) in standard {
         if let Some(plan) = plans.objects.get(name) {
-            ordered.push((plan, family));
+            ordered.push(Deleted::of(plan, family));
         }
     }
     for plan in custom_plans(plans) {
-        ordered.push((plan, ObjectFamily::Custom(plan.marketo_object.clone())));
+        let family = ObjectFamily::Custom(plan.marketo_object.clone());
+        ordered.push(Deleted::of(plan, family));
     }
-    for (plan, family) in ordered {
-        let result = delete_object(ctx, plan, &family, summary, options, cancel).await;
-        super::skip_when_native_sync(result, &plan.object, summary)?;
+    for target in ordered {
+        let result = delete_object(ctx, &target, summary, options, cancel).await;
+        super::skip_when_native_sync(result, &target.plan.object, summary)?;
     }
     Ok(())
 }
 
+/// One object of the deletions step: its plan, Marketo family and hooks.
+struct Deleted<'a> {
+    plan: &'a Plan,
+    family: ObjectFamily,
+    /// Builds the dedupe record deleting a link key (roles parse their composite key).
+    delete: DeleteKeyFn,
+    /// True when a record's Marketo key is its CRM id, so a record never linked may still have
+    /// been created in Marketo (by a cycle killed before its commit) and is deleted by its id.
+    keyed_by_id: bool,
+    /// True when the Marketo leads owned by a deleted record are unlinked from it first
+    /// (salespersons).
+    unlinks_leads: bool,
+}
+
+/// A deleted CRM record with its link (or the link its CRM id gives it), when it was deleted,
+/// and the dedupe record deleting it in Marketo.
+type Delete = (Link, DateTime<Utc>, Record);
+
+impl<'a> Deleted<'a> {
+    /// Returns the deletions spec of an object on `family`.
+    fn of(plan: &'a Plan, family: ObjectFamily) -> Deleted<'a> {
+        let delete: DeleteKeyFn = match family {
+            ObjectFamily::Roles => roles::delete_key,
+            _ => delete_by_crm_key,
+        };
+        let keyed_by_id = matches!(
+            family,
+            ObjectFamily::Companies | ObjectFamily::Opportunities | ObjectFamily::SalesPersons
+        );
+        let unlinks_leads = family == ObjectFamily::SalesPersons;
+        Deleted {
+            plan,
+            family,
+            delete,
+            keyed_by_id,
+            unlinks_leads,
+        }
+    }
+}
+
+/// Deletes in Marketo the records of one object deleted in the CRM (and the refused deletes
+/// due for a retry), and commits their tombstones, ledger entries and watermark.
+///
+/// # Errors
+///
+/// A whole-call failure of the CRM, Marketo or the store, or cancellation.
 async fn delete_object(
     ctx: &Context,
-    plan: &Plan,
-    family: &ObjectFamily,
+    target: &Deleted<'_>,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    let plan = target.plan;
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
     let mut gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
     let mut commit = crate::engine::pipeline::commit::start(&mut gathered);
-    let mut deleted: Vec<(String, chrono::DateTime<chrono::Utc>)> = gathered
+    let mut deleted: Vec<(String, DateTime<Utc>)> = gathered
         .changes
         .iter()
         .filter_map(|c| match &c.kind {
@@ -96,23 +148,58 @@ async fn delete_object(
             previous.insert(id.to_owned(), e);
         }
     }
+    let todo = deletes(ctx, target, &deleted, summary).await?;
+    if options.dry_run {
+        for (l, _, _) in &todo {
+            summary.planned(
+                PlannedChange::new(object, direction, PlannedAction::Delete)
+                    .source(l.crm_key.clone())
+                    .target(l.marketo_key.clone())
+                    .note("deleted in the CRM"),
+            );
+        }
+        return Ok(());
+    }
+    if target.unlinks_leads && !todo.is_empty() {
+        let ids: Vec<String> = todo.iter().map(|(l, _, _)| l.marketo_key.clone()).collect();
+        unlink_leads(ctx, &ids, summary, cancel).await?;
+    }
+    apply_deletes(ctx, target, &todo, &previous, &mut commit, summary, cancel).await?;
+    if !commit.is_empty() {
+        ctx.store.commit(commit).await?;
+    }
+    info!(object, records = deleted.len(), "crm deletions applied");
+    Ok(())
+}
+
+/// Returns the Marketo deletes of the deleted CRM records: by their live link, or (for an
+/// object keyed by the CRM id) by the key a never-linked record would have; every other record
+/// is counted skipped.
+///
+/// # Errors
+///
+/// A store failure.
+async fn deletes(
+    ctx: &Context,
+    target: &Deleted<'_>,
+    deleted: &[(String, DateTime<Utc>)],
+    summary: &mut CycleSummary,
+) -> Result<Vec<Delete>, EngineError> {
+    let plan = target.plan;
+    let object = plan.object.as_str();
     let ids: Vec<String> = deleted.iter().map(|(id, _)| id.clone()).collect();
     let links = links_by_crm(ctx, object, &ids).await?;
-    let mut todo: Vec<(Link, chrono::DateTime<chrono::Utc>, Record)> = Vec::new();
-    for (id, at) in &deleted {
+    let mut todo: Vec<Delete> = Vec::new();
+    for (id, at) in deleted {
         let Some(l) = links.get(id).filter(|l| l.tombstone.is_none()) else {
             // Already deleted: nothing to do in Marketo. Never linked: a cycle killed between
             // its Marketo write and its store commit may have created the record all the same,
             // under the key its CRM id gives it (companies, opportunities, salespersons); it is
             // deleted by that key ("not found" when it never existed). Found by the convergence
             // harness (a CRM delete after a kill at commit left a live Marketo company).
-            let keyed_by_id = matches!(
-                family,
-                ObjectFamily::Companies | ObjectFamily::Opportunities | ObjectFamily::SalesPersons
-            );
             if !links.contains_key(id)
-                && keyed_by_id
-                && let Some(key) = delete_key(plan, family, id)
+                && target.keyed_by_id
+                && let Some(key) = (target.delete)(plan, id)
             {
                 let base = crate::model::Fields::new();
                 let unlinked = Link {
@@ -126,37 +213,43 @@ async fn delete_object(
                 };
                 todo.push((unlinked, *at, key));
             } else {
-                summary.counts_mut(object, direction).skipped += 1;
+                summary.counts_mut(object, Direction::CrmToMarketo).skipped += 1;
             }
             continue;
         };
-        match delete_key(plan, family, &l.marketo_key) {
+        match (target.delete)(plan, &l.marketo_key) {
             Some(key) => todo.push((l.clone(), *at, key)),
-            None => summary.counts_mut(object, direction).skipped += 1,
+            None => summary.counts_mut(object, Direction::CrmToMarketo).skipped += 1,
         }
     }
-    if options.dry_run {
-        for (l, _, _) in &todo {
-            summary.planned(
-                PlannedChange::new(object, direction, PlannedAction::Delete)
-                    .source(l.crm_key.clone())
-                    .target(l.marketo_key.clone())
-                    .note("deleted in the CRM"),
-            );
-        }
-        return Ok(());
-    }
-    if *family == ObjectFamily::SalesPersons && !todo.is_empty() {
-        let ids: Vec<String> = todo.iter().map(|(l, _, _)| l.marketo_key.clone()).collect();
-        unlink_leads(ctx, &ids, summary, cancel).await?;
-    }
+    Ok(todo)
+}
+
+/// Deletes the records in Marketo in batches: a record deleted (or that Marketo no longer has)
+/// is tombstoned and its refused delete resolved; a refused one goes to the ledger.
+///
+/// # Errors
+///
+/// A whole-call Marketo failure, or cancellation.
+async fn apply_deletes(
+    ctx: &Context,
+    target: &Deleted<'_>,
+    todo: &[Delete],
+    previous: &BTreeMap<String, SyncError>,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let object = target.plan.object.as_str();
+    let direction = Direction::CrmToMarketo;
     for batch in todo.chunks(300) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let input: Vec<Record> = batch.iter().map(|(_, _, k)| k.clone()).collect();
-        let results = family.delete(&ctx.marketo, &input).await?;
+        let results = target.family.delete(&ctx.marketo, &input).await?;
         for ((l, at, key), r) in batch.iter().zip(results) {
+            let ledger_key = format!("{DELETE_PREFIX}{}", l.crm_key);
             // A record Marketo does not have (any more) is deleted already.
             let gone = r.status == RecordStatus::Deleted || r.refused_as(RefusalKind::NotFound);
             let counts = summary.counts_mut(object, direction);
@@ -170,33 +263,24 @@ async fn delete_object(
                 });
                 commit.links_upsert.push(t);
                 if previous.contains_key(&l.crm_key) {
-                    commit.errors_resolve.push(error_key(
-                        object,
-                        direction,
-                        &format!("{DELETE_PREFIX}{}", l.crm_key),
-                    ));
+                    commit
+                        .errors_resolve
+                        .push(error_key(object, direction, &ledger_key));
                 }
-            } else {
-                counts.failed += 1;
-                commit.errors_upsert.push(ledger_entry(
-                    ctx,
-                    Subject {
-                        object,
-                        direction,
-                        record_key: &format!("{DELETE_PREFIX}{}", l.crm_key),
-                        other_key: Some(l.marketo_key.clone()),
-                        payload: Json::Object(key.clone()),
-                    },
-                    skip_reason(&r),
-                    previous.get(&l.crm_key),
-                ));
+                continue;
             }
+            counts.failed += 1;
+            let subject = Subject {
+                object,
+                direction,
+                record_key: &ledger_key,
+                other_key: Some(l.marketo_key.clone()),
+                payload: Json::Object(key.clone()),
+            };
+            let entry = ledger_entry(ctx, subject, skip_reason(&r), previous.get(&l.crm_key));
+            commit.errors_upsert.push(entry);
         }
     }
-    if !commit.is_empty() {
-        ctx.store.commit(commit).await?;
-    }
-    info!(object, records = deleted.len(), "crm deletions applied");
     Ok(())
 }
 

@@ -29,16 +29,13 @@ use crate::engine::Context;
 use crate::mapping::Plans;
 use crate::marketo::RefusalKind;
 
-pub(crate) use crate::engine::pipeline::commit::{
-    error_key, ledger_entry, link, record_invalid_value, sync_error,
-};
+pub(crate) use crate::engine::pipeline::commit::{error_key, ledger_entry, record_invalid_value};
 pub use crate::engine::pipeline::gather::{DELETES_QUEUE, UPSERTS_QUEUE};
 pub(crate) use crate::engine::pipeline::gather::{due_errors, gather_crm, read_activity_queue};
 pub(crate) use crate::engine::pipeline::pair::{links_by_crm, raw_key};
 pub(crate) use crate::engine::pipeline::spec::{KeyHook, KeysFn, ObjectSpec};
 pub(crate) use crate::engine::pipeline::write::{
-    CRM_ROW_BATCH, PlannedWrite, RowTarget, apply_marketo, create_linked_rows, delete_key,
-    skip_reason,
+    CRM_ROW_BATCH, RowTarget, create_linked_rows, skip_reason,
 };
 pub(crate) use crate::engine::pipeline::{from_record, key_text, run_push, to_record};
 pub(crate) use crate::marketo::endpoint::families::ObjectFamily;

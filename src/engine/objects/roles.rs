@@ -2,6 +2,7 @@
 //! (`externalOpportunityId`, `leadId`, `role`). `leadId` is the Marketo lead linked to the role's
 //! CRM contact; a role whose contact is not linked yet waits in the error ledger (retryable).
 
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -9,7 +10,8 @@ use super::{
 };
 use crate::engine::ledger::Failure;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
-use crate::mapping::Plans;
+use crate::mapping::{Plan, Plans};
+use crate::marketo::Record;
 use crate::model::{Fields, Value};
 
 /// The `sync.objects` name of this step's mapping.
@@ -31,6 +33,17 @@ pub fn parse_role_key(key: &str) -> Option<(String, i64, String)> {
     let lead = parts.next()?.parse().ok()?;
     let role = parts.next()?.to_owned();
     Some((opp, lead, role))
+}
+
+/// The roles' delete hook: the dedupe record (`externalOpportunityId`, `leadId`, `role`) of a
+/// role link key, or `None` for a key that is not one.
+pub(crate) fn delete_key(_plan: &Plan, marketo_key: &str) -> Option<Record> {
+    let (opp, lead, role) = parse_role_key(marketo_key)?;
+    let mut r = Record::new();
+    r.insert("externalOpportunityId".into(), json!(opp));
+    r.insert("leadId".into(), json!(lead));
+    r.insert("role".into(), json!(role));
+    Some(r)
 }
 
 /// Syncs created and updated CRM roles to Marketo opportunity roles (createOrUpdate, dedupeBy
@@ -80,7 +93,10 @@ pub async fn run(
     };
     let spec = ObjectSpec {
         family: ObjectFamily::Roles,
-        keys: KeyHook::Custom(keys),
+        keys: KeyHook::Composite {
+            keys,
+            delete: delete_key,
+        },
         contact_column: Some(CONTACT_COLUMN),
     };
     let result = run_push(ctx, plan, &spec, summary, options, cancel).await;

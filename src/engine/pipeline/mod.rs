@@ -8,8 +8,12 @@
 //! - [`write`]: the one place that writes through the endpoint seams or, on a dry run, plans;
 //!   it counts every record from its outcome.
 //! - [`commit`]: one [`crate::store::StepCommit`] per step.
+//! - [`two_way`]: the reconcile, render, write and commit stages of an object that flows both
+//!   ways or from Marketo to the CRM ([`two_way::TwoWay`], used by companies and by custom
+//!   objects read from Marketo): the object gathers its record pairs, the runner does the rest.
 //!
-//! An object contributes an [`spec::ObjectSpec`] (its Marketo family and hooks); the registry
+//! An object contributes an [`spec::ObjectSpec`] (CRM -> Marketo: its Marketo family and key
+//! hooks) or a [`spec::TwoWaySpec`] (both ways: ledger keying, write order, CRM key); the registry
 //! ([`crate::engine::objects::registry`]) lists the steps in the order they run.
 //!
 //! # Delivery guarantee
@@ -26,6 +30,7 @@ pub mod commit;
 pub mod gather;
 pub mod pair;
 pub mod spec;
+pub mod two_way;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -81,7 +86,7 @@ pub(crate) async fn run_push(
         ctx, object, family, writes, &previous, &mut step, summary, cancel,
     )
     .await?;
-    write::delete_replaced(ctx, plan, family, &rekeyed, &mut step, summary).await?;
+    write::delete_replaced(ctx, plan, spec, &rekeyed, &mut step, summary).await?;
     commit::finish(ctx, step).await
 }
 

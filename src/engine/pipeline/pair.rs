@@ -78,6 +78,31 @@ pub(crate) async fn lead_ids_by_contact(
         .collect())
 }
 
+/// Returns the CRM contact id linked to each of these Marketo lead ids, from the leads' live
+/// links (the Marketo -> CRM counterpart of [`lead_ids_by_contact`]).
+///
+/// # Errors
+///
+/// A store failure.
+pub(crate) async fn contacts_by_lead(
+    ctx: &Context,
+    lead_ids: &[String],
+) -> Result<BTreeMap<String, String>, EngineError> {
+    let mut out = BTreeMap::new();
+    for chunk in lead_ids.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx
+            .store
+            .links_by_marketo_keys(LEAD_LINK_OBJECT, chunk)
+            .await?
+        {
+            if l.tombstone.is_none() {
+                out.insert(l.marketo_key, l.crm_key);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Returns the raw CRM field of a change as key text.
 pub(crate) fn raw_key(change: &Change, column: &str) -> Option<String> {
     match &change.kind {

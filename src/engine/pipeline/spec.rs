@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use crate::crm::Change;
 use crate::engine::ledger::Failure;
 use crate::mapping::Plan;
+use crate::marketo::Record;
 use crate::marketo::endpoint::families::ObjectFamily;
-use crate::model::{Fields, Value};
+use crate::model::{Fields, Side, Value};
+use crate::store::Direction;
 
 /// Builds the Marketo key of one CRM change: (change, raw CRM fields, canonical fields, lead ids
 /// by CRM contact id) -> (link key, Marketo key fields), or the record's refusal (a code ending
@@ -15,12 +17,25 @@ use crate::model::{Fields, Value};
 pub(crate) type KeysFn = dyn Fn(&Change, &Fields, &Fields, &BTreeMap<String, i64>) -> Result<(String, Fields), Failure>
     + Sync;
 
+/// Returns the Marketo dedupe record that deletes the record with this link key (`None` when
+/// the key names no record).
+pub(crate) type DeleteKeyFn = fn(&Plan, &str) -> Option<Record>;
+
 /// How an object's records are keyed in Marketo.
 pub(crate) enum KeyHook<'a> {
     /// By the CRM id, in the plan's Marketo CRM-key field (salespersons, opportunities).
     CrmId,
-    /// By the object's own hook (roles' three dedupe fields, custom objects' key and lead).
+    /// By the object's own hook (custom objects' key and lead); its link key is the value of
+    /// the plan's Marketo CRM-key field.
     Custom(&'a KeysFn),
+    /// By several dedupe fields joined into the link key (roles): `keys` builds them, `delete`
+    /// parses a link key back into the dedupe record that deletes it.
+    Composite {
+        /// Builds the link key and the dedupe fields.
+        keys: &'a KeysFn,
+        /// Parses a link key into its dedupe record.
+        delete: DeleteKeyFn,
+    },
 }
 
 impl KeyHook<'_> {
@@ -43,9 +58,29 @@ impl KeyHook<'_> {
                 k.insert(plan.marketo_crm_key.clone(), Value::Text(change.id.clone()));
                 Ok((change.id.clone(), k))
             }
-            KeyHook::Custom(hook) => hook(change, raw, canonical, leads),
+            KeyHook::Custom(hook) | KeyHook::Composite { keys: hook, .. } => {
+                hook(change, raw, canonical, leads)
+            }
         }
     }
+
+    /// Returns the Marketo dedupe record that deletes the record with this link key.
+    pub(crate) fn delete_key(&self, plan: &Plan, marketo_key: &str) -> Option<Record> {
+        match self {
+            KeyHook::Composite { delete, .. } => delete(plan, marketo_key),
+            KeyHook::CrmId | KeyHook::Custom(_) => delete_by_crm_key(plan, marketo_key),
+        }
+    }
+}
+
+/// Returns the Marketo dedupe record of a record keyed by the plan's Marketo CRM-key field.
+pub(crate) fn delete_by_crm_key(plan: &Plan, marketo_key: &str) -> Option<Record> {
+    let mut r = Record::new();
+    r.insert(
+        plan.marketo_crm_key.clone(),
+        serde_json::Value::String(marketo_key.to_owned()),
+    );
+    Some(r)
 }
 
 /// The spec of an object synced CRM -> Marketo through [`super::run_push`].
@@ -56,4 +91,24 @@ pub(crate) struct ObjectSpec<'a> {
     pub keys: KeyHook<'a>,
     /// The raw CRM column holding a contact id whose linked Marketo lead the keys need.
     pub contact_column: Option<&'a str>,
+}
+
+/// The spec of an object synced both ways (or Marketo -> CRM) through
+/// [`super::two_way::TwoWay`]: where its records go in Marketo, how its pairs are named in the
+/// ledger, which side is written first, and how its CRM rows are keyed.
+pub(crate) struct TwoWaySpec {
+    /// The Marketo family written to.
+    pub family: ObjectFamily,
+    /// The direction whose ledger names a pair: [`Direction::CrmToMarketo`] by its CRM key
+    /// (companies), [`Direction::MarketoToCrm`] by its Marketo key (custom objects read from
+    /// Marketo).
+    pub ledger: Direction,
+    /// The side written first; the other side's write of a pair waits while the first fails.
+    pub first: Side,
+    /// The CRM column an update of a linked row is keyed by (the Marketo-id column, or the
+    /// table's primary key). A new row is always keyed by the Marketo-id column.
+    pub update_key: String,
+    /// True when the agreed values keep the Marketo key fields as `key:<field>` (the form the
+    /// CRM -> Marketo direction of the same object keeps, see [`super::pair`]).
+    pub keys_in_base: bool,
 }

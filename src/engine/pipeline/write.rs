@@ -13,10 +13,10 @@ use tracing::{info, warn};
 
 use super::commit::{error_key, ledger_entry, link, sync_error};
 use super::pair::Pairing;
+use super::spec::ObjectSpec;
 use super::to_record;
 use crate::crm::WriteResult;
 use crate::engine::ledger::{self, Failure, Subject};
-use crate::engine::objects::roles;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleSummary, EngineError};
 use crate::mapping::Plan;
@@ -150,23 +150,6 @@ pub(crate) async fn apply_marketo(
         info!(object, records = batch.len(), "marketo batch applied");
     }
     Ok(())
-}
-
-/// Returns the Marketo dedupe record that deletes the record with this link key.
-pub(crate) fn delete_key(plan: &Plan, family: &ObjectFamily, marketo_key: &str) -> Option<Record> {
-    let mut r = Record::new();
-    match family {
-        ObjectFamily::Roles => {
-            let (opp, lead, role) = roles::parse_role_key(marketo_key)?;
-            r.insert("externalOpportunityId".into(), json!(opp));
-            r.insert("leadId".into(), json!(lead));
-            r.insert("role".into(), json!(role));
-        }
-        _ => {
-            r.insert(plan.marketo_crm_key.clone(), json!(marketo_key));
-        }
-    }
-    Some(r)
 }
 
 /// One CRM row to create for a Marketo record: `(marketo key, agreed canonical values, row)`.
@@ -306,7 +289,11 @@ pub(crate) fn settle(
 }
 
 /// Returns the plan row of a write a dry run does not make.
-fn planned_change(object: &str, direction: Direction, w: &PlannedWrite) -> PlannedChange {
+pub(crate) fn planned_change(
+    object: &str,
+    direction: Direction,
+    w: &PlannedWrite,
+) -> PlannedChange {
     let action = if w.before.is_none() {
         PlannedAction::Create
     } else {
@@ -337,7 +324,7 @@ fn planned_change(object: &str, direction: Direction, w: &PlannedWrite) -> Plann
 pub(crate) async fn delete_replaced(
     ctx: &Context,
     plan: &Plan,
-    family: &ObjectFamily,
+    spec: &ObjectSpec<'_>,
     rekeyed: &BTreeMap<String, String>,
     commit: &mut StepCommit,
     summary: &mut CycleSummary,
@@ -350,7 +337,7 @@ pub(crate) async fn delete_replaced(
         .collect();
     let old: Vec<Record> = replaced
         .iter()
-        .filter_map(|old| delete_key(plan, family, old))
+        .filter_map(|old| spec.keys.delete_key(plan, old))
         .collect();
     commit
         .links_delete
@@ -359,7 +346,7 @@ pub(crate) async fn delete_replaced(
             marketo_key,
         }));
     for batch in old.chunks(MARKETO_BATCH) {
-        let results = family.delete(&ctx.marketo, batch).await?;
+        let results = spec.family.delete(&ctx.marketo, batch).await?;
         let gone = results
             .iter()
             .filter(|r| r.status == RecordStatus::Deleted)

@@ -38,12 +38,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::super::{
-    LEAD_LINK_OBJECT, ObjectFamily, PlannedWrite, apply_marketo, due_errors, error_key,
-    from_record, key_text, link, sync_error, to_record,
+    CRM_ROW_BATCH, ObjectFamily, due_errors, from_record, key_text, ledger_entry, links_by_crm,
+    read_activity_queue, record_invalid_value,
 };
 use super::{CONTACT_COLUMN, LEAD_FIELD, marketo_key_field};
-use crate::crm::WriteResult;
-use crate::engine::reconcile::{FieldRule, SideState, reconcile};
+use crate::engine::ledger::{Failure, Subject};
+use crate::engine::pipeline::commit;
+use crate::engine::pipeline::pair::contacts_by_lead;
+use crate::engine::pipeline::spec::TwoWaySpec;
+use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay, unreadable};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plan;
@@ -159,7 +162,7 @@ struct MarketoRecord {
     updated_at: Option<DateTime<Utc>>,
 }
 
-/// What to do with one record.
+/// One Marketo record on its way to a [`SidePair`].
 struct Pair {
     key: String,
     canonical: Fields,
@@ -172,6 +175,19 @@ struct Pair {
     linked: Option<(String, Fields)>,
     /// True when its CRM match is linked to another record (it waits in the error ledger).
     refused: bool,
+}
+
+/// Returns the spec of a custom object read from Marketo: its custom object family, ledger
+/// entries by the record's Marketo key, the CRM written first, linked rows updated by the
+/// table's primary key `pk`, and agreed values keyed like the CRM -> Marketo direction.
+fn spec(plan: &Plan, pk: &str) -> TwoWaySpec {
+    TwoWaySpec {
+        family: ObjectFamily::Custom(plan.marketo_object.clone()),
+        ledger: Direction::MarketoToCrm,
+        first: Side::Crm,
+        update_key: pk.to_owned(),
+        keys_in_base: true,
+    }
 }
 
 /// Copies the custom object records added in Marketo since the last cycle to the plan's CRM
@@ -192,418 +208,347 @@ pub async fn run(
         return Ok(());
     }
     let object = plan.object.as_str();
-    let direction = Direction::MarketoToCrm;
-    let added = added_type(ctx, plan).await?;
-    let Some(type_id) = added.type_id else {
-        let names: Vec<String> = added.names.iter().map(|n| format!("\"{n}\"")).collect();
-        summary.warnings.push(format!(
-            "{object}: Marketo has no activity type named {}, so records added to custom object \
-             `{}` in Marketo are not copied to the CRM (set `added_activity` in the mapping)",
-            names.join(" or "),
-            plan.marketo_object
-        ));
+    let Some(type_id) = activity_type(ctx, plan, summary).await? else {
         return Ok(());
     };
-
-    // 1. The new activities, from the stored paging token.
     let queue = format!("activity:{type_id}");
-    let (activities, watermark) =
-        super::super::read_activity_queue(ctx, object, &queue, type_id, cancel).await?;
+    let (activities, watermark) = read_activity_queue(ctx, object, &queue, type_id, cancel).await?;
     let mut commit = StepCommit {
         watermarks: vec![watermark],
         ..StepCommit::default()
     };
-
-    // 2. The records of the activities' leads, and those waiting for a retry.
     let leads: BTreeSet<String> = activities.values().map(|a| a.lead_id.to_string()).collect();
-    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
-    let mut retry_keys: Vec<String> = Vec::new();
-    for e in due_errors(ctx, object, direction).await? {
-        retry_keys.push(e.record_key.clone());
-        previous.insert(e.record_key.clone(), e);
-    }
-    let key_field = marketo_key_field(plan);
-    let mut records: BTreeMap<String, MarketoRecord> = BTreeMap::new();
-    let lead_list: Vec<String> = leads.into_iter().collect();
-    read_marketo(
-        ctx,
-        plan,
-        LEAD_FIELD,
-        &lead_list,
-        &key_field,
-        &mut records,
-        cancel,
-    )
-    .await?;
-    let missing: Vec<String> = retry_keys
-        .into_iter()
-        .filter(|k| !records.contains_key(k))
-        .collect();
-    read_marketo(
-        ctx,
-        plan,
-        &plan.marketo_crm_key,
-        &missing,
-        &key_field,
-        &mut records,
-        cancel,
-    )
-    .await?;
-    summary.counts_mut(object, direction).read += records.len() as u64;
+    let (records, previous) = gather_records(ctx, plan, leads, cancel).await?;
+    summary.counts_mut(object, Direction::MarketoToCrm).read += records.len() as u64;
     if records.is_empty() {
         if !options.dry_run {
-            ctx.store.commit(commit).await?;
+            commit::finish(ctx, commit).await?;
         }
         return Ok(());
-    }
-
-    // 3. Links, contacts, the CRM table's shape.
-    let keys: Vec<String> = records.keys().cloned().collect();
-    let mut links: BTreeMap<String, (String, Fields)> = BTreeMap::new();
-    for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
-        for l in ctx.store.links_by_marketo_keys(object, chunk).await? {
-            if l.tombstone.is_none() {
-                links.insert(l.marketo_key.clone(), (l.crm_key.clone(), l.base.clone()));
-            }
-        }
-    }
-    let lead_keys: Vec<String> = records
-        .values()
-        .filter_map(|r| r.lead.map(|l| l.to_string()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut contacts: BTreeMap<i64, String> = BTreeMap::new();
-    for chunk in lead_keys.chunks(crate::store::KEYS_PER_LOOKUP) {
-        for l in ctx
-            .store
-            .links_by_marketo_keys(LEAD_LINK_OBJECT, chunk)
-            .await?
-        {
-            if l.tombstone.is_none()
-                && let Ok(lead) = l.marketo_key.parse::<i64>()
-            {
-                contacts.insert(lead, l.crm_key);
-            }
-        }
     }
     let crm_schema = ctx.crm.describe(&plan.crm_object).await?;
     let pk = crm_schema.id_field.clone().unwrap_or_else(|| "id".into());
     let has_contact = crm_schema.field(CONTACT_COLUMN).is_some();
-
-    // 4. Pairs: linked, matched in the CRM, or new.
-    let mut pairs: Vec<Pair> = Vec::new();
-    for (key, record) in records {
-        let canonical = match plan.to_canonical(Side::Marketo, &record.raw) {
-            Ok(c) => c,
-            Err(e) => {
-                super::super::record_invalid_value(
-                    ctx,
-                    &mut commit,
-                    summary,
-                    object,
-                    direction,
-                    &key,
-                    &e,
-                    previous.get(&key),
-                );
-                continue;
-            }
-        };
-        let contact = match (has_contact, record.lead) {
-            (true, Some(lead)) => match contacts.get(&lead) {
-                Some(c) => Some(c.clone()),
-                None if options.dry_run => {
-                    summary.planned(
-                        PlannedChange::new(object, direction, PlannedAction::WaitsForParent)
-                            .source(key.clone())
-                            .note(format!("lead {lead} has no CRM contact yet")),
-                    );
-                    continue;
-                }
-                None => {
-                    summary.counts_mut(object, direction).failed += 1;
-                    commit.errors_upsert.push(sync_error(
-                        ctx,
-                        object,
-                        direction,
-                        &key,
-                        None,
-                        json!({ "leadId": lead }),
-                        "lead_not_linked",
-                        &format!("lead {lead} has no CRM contact yet"),
-                        true,
-                        previous.get(&key),
-                    ));
-                    continue;
-                }
-            },
-            _ => None,
-        };
-        let mut key_fields = Fields::new();
-        key_fields.insert(plan.marketo_crm_key.clone(), Value::Text(key.clone()));
-        if let (Some(lead), Some(_)) = (record.lead, &contact) {
-            key_fields.insert(LEAD_FIELD.into(), Value::Int(lead));
-        }
-        pairs.push(Pair {
-            linked: links.get(&key).cloned(),
-            key,
-            canonical,
-            record,
-            contact,
-            key_fields,
-            refused: false,
-        });
-    }
-    match_unlinked(ctx, plan, &mut pairs, &mut commit, summary, &previous).await?;
-    pairs.retain(|p| !p.refused);
-
-    // The CRM rows of the linked and matched pairs.
-    let crm_keys: Vec<String> = pairs
-        .iter()
-        .filter_map(|p| p.linked.as_ref().map(|(c, _)| c.clone()))
-        .collect();
-    let mut rows: BTreeMap<String, (Fields, DateTime<Utc>)> = BTreeMap::new();
-    for chunk in crm_keys.chunks(super::super::CRM_ROW_BATCH) {
-        for r in ctx.crm.get(&plan.crm_object, chunk).await? {
-            rows.insert(r.id, (r.fields, r.modified_at));
-        }
-    }
-
-    // 5. Reconcile.
-    let rules: Vec<FieldRule> = plan
-        .enabled_fields()
-        .filter(|f| f.constant.is_none())
-        .map(FieldRule::of)
-        .collect();
-    let now = ctx.clock.now();
-    let mut creates: Vec<(String, Fields, Fields)> = Vec::new();
-    let mut crm_updates: Vec<(String, String, Fields)> = Vec::new();
-    let mut to_marketo: Vec<PlannedWrite> = Vec::new();
-    let mut agreed: BTreeMap<String, (String, Fields)> = BTreeMap::new();
-    for pair in &pairs {
-        let Some((crm_key, base)) = &pair.linked else {
-            let mut row = plan.render(Side::Crm, &pair.canonical);
-            if let Some(c) = &pair.contact {
-                row.insert(CONTACT_COLUMN.into(), Value::Text(c.clone()));
-            }
-            let crm_id = pair.record.guid.clone().unwrap_or_else(|| pair.key.clone());
-            row.insert(plan.crm_marketo_id.clone(), Value::Text(crm_id));
-            creates.push((pair.key.clone(), with_keys(&pair.canonical, pair), row));
-            continue;
-        };
-        let Some((crm_raw, crm_at)) = rows.get(crm_key) else {
-            // Deleted in the CRM: the deletions step follows that.
-            summary.counts_mut(object, direction).skipped += 1;
-            continue;
-        };
-        let crm_canonical = match plan.to_canonical(Side::Crm, crm_raw) {
-            Ok(c) => c,
-            Err(e) => {
-                summary.counts_mut(object, direction).failed += 1;
-                warn!(object, crm_key = %crm_key, error = %e, "unreadable crm row");
-                continue;
-            }
-        };
-        let r = reconcile(
-            &rules,
-            base,
-            Some(SideState {
-                fields: &pair.canonical,
-                modified_at: pair.record.updated_at,
-            }),
-            Some(SideState {
-                fields: &crm_canonical,
-                modified_at: Some(*crm_at),
-            }),
-        );
-        for c in &r.conflicts {
-            let d = match c.winner {
-                Side::Crm => Direction::CrmToMarketo,
-                Side::Marketo => Direction::MarketoToCrm,
-            };
-            summary.counts_mut(object, d).conflicts += 1;
-            commit
-                .conflicts
-                .push(c.record(object, &pair.key, crm_key, now));
-        }
-        let mut crm_row = plan.render(Side::Crm, &r.to_crm);
-        if let Some(c) = &pair.contact
-            && key_text(crm_raw.get(CONTACT_COLUMN)).as_deref() != Some(c.as_str())
-        {
-            crm_row.insert(CONTACT_COLUMN.into(), Value::Text(c.clone()));
-        }
-        let new_base = with_keys(&r.agreed, pair);
-        if crm_row.is_empty() && r.to_marketo.is_empty() {
-            if &new_base == base {
-                summary.counts_mut(object, direction).skipped += 1;
-                if previous.contains_key(&pair.key) {
-                    commit
-                        .errors_resolve
-                        .push(error_key(object, direction, &pair.key));
-                }
-            } else {
-                commit
-                    .links_upsert
-                    .push(link(object, &pair.key, crm_key, new_base, now));
-            }
-            continue;
-        }
-        if !crm_row.is_empty() {
-            crm_row.insert(pk.clone(), Value::Text(crm_key.clone()));
-            crm_updates.push((pair.key.clone(), crm_key.clone(), crm_row));
-        }
-        if !r.to_marketo.is_empty() {
-            let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
-            for (k, v) in &pair.key_fields {
-                record.insert(k.clone(), v.to_json());
-            }
-            to_marketo.push(PlannedWrite {
-                crm_key: crm_key.clone(),
-                marketo_key: pair.key.clone(),
-                record,
-                base: new_base.clone(),
-                replaces: None,
-                before: None,
-                key_names: Vec::new(),
-            });
-        }
-        agreed.insert(pair.key.clone(), (crm_key.clone(), new_base));
-    }
-
-    if options.dry_run {
-        for (key, _, row) in &creates {
-            summary.planned(
-                PlannedChange::new(object, direction, PlannedAction::Create)
-                    .source(key.clone())
-                    .fields(&to_record(row), None, &[]),
-            );
-        }
-        for (key, crm_key, row) in &crm_updates {
-            let before = rows.get(crm_key).map(|(raw, _)| to_record(raw));
-            summary.planned(
-                PlannedChange::new(object, direction, PlannedAction::Update)
-                    .source(key.clone())
-                    .target(crm_key.clone())
-                    .fields(&to_record(row), before.as_ref(), &[pk.as_str()]),
-            );
-        }
-        for p in &to_marketo {
-            let before = pairs
-                .iter()
-                .find(|pair| pair.key == p.marketo_key)
-                .map(|pair| to_record(&pair.record.raw));
-            let keys: Vec<&str> = p.record.keys().map(String::as_str).collect();
-            let keys: Vec<&str> = keys
-                .into_iter()
-                .filter(|k| *k == plan.marketo_crm_key || *k == LEAD_FIELD)
-                .collect();
-            summary.planned(
-                PlannedChange::new(object, Direction::CrmToMarketo, PlannedAction::Update)
-                    .source(p.crm_key.clone())
-                    .target(p.marketo_key.clone())
-                    .fields(&p.record, before.as_ref(), &keys),
-            );
-        }
-        return Ok(());
-    }
-
-    // 6. Apply: new CRM rows, then updates of linked rows (CRM, then Marketo).
-    let target = super::super::RowTarget {
-        object,
-        direction,
+    let gather = Gather {
+        ctx,
+        plan,
+        previous: &previous,
+        dry_run: options.dry_run,
+    };
+    let pairs = gather
+        .pairs(records, has_contact, &mut commit, summary)
+        .await?;
+    let sides = gather.side_pairs(pairs, summary).await?;
+    let spec = spec(plan, &pk);
+    let runner = TwoWay {
+        ctx,
+        plan,
+        spec: &spec,
         previous: &previous,
     };
-    super::super::create_linked_rows(ctx, plan, &target, &creates, &mut commit, summary, cancel)
-        .await?;
-    let mut failed: BTreeSet<String> = BTreeSet::new();
-    for chunk in crm_updates.chunks(super::super::CRM_ROW_BATCH) {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let batch: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
-        let results = ctx.crm.upsert(&plan.crm_object, &pk, &batch).await?;
-        for ((key, crm_key, row), result) in chunk.iter().zip(results) {
-            let counts = summary.counts_mut(object, direction);
-            match result {
-                WriteResult::Created { .. } | WriteResult::Updated { .. } => counts.updated += 1,
-                WriteResult::Deleted { .. } => {}
-                WriteResult::Refused(refusal) => {
-                    counts.failed += 1;
-                    failed.insert(key.clone());
-                    commit.errors_upsert.push(sync_error(
-                        ctx,
-                        object,
-                        direction,
-                        key,
-                        Some(crm_key.clone()),
-                        serde_json::Value::Object(to_record(row)),
-                        refusal.code(),
-                        &refusal.ledger_message(),
-                        refusal.retryable,
-                        previous.get(key),
-                    ));
-                }
-            }
-        }
-    }
-    let mut marketo_commit = StepCommit::default();
-    let to_marketo: Vec<PlannedWrite> = to_marketo
-        .into_iter()
-        .filter(|p| !failed.contains(&p.marketo_key))
-        .collect();
-    apply_marketo(
-        ctx,
-        object,
-        &ObjectFamily::Custom(plan.marketo_object.clone()),
-        to_marketo,
-        &BTreeMap::new(),
-        &mut marketo_commit,
-        summary,
-        cancel,
-    )
-    .await?;
-    for e in &marketo_commit.errors_upsert {
-        if let Some(k) = &e.other_key {
-            failed.insert(k.clone());
-        }
-    }
-    commit.errors_upsert.extend(marketo_commit.errors_upsert);
-    for (key, (crm_key, base)) in agreed {
-        if failed.contains(&key) {
-            continue;
-        }
-        commit
-            .links_upsert
-            .push(link(object, &key, &crm_key, base, now));
-        if previous.contains_key(&key) {
-            commit
-                .errors_resolve
-                .push(error_key(object, direction, &key));
-        }
-    }
+    runner.run(sides, commit, summary, options, cancel).await?;
     info!(
         object,
         activity_type = type_id,
         activities = activities.len(),
         "custom object records copied from marketo"
     );
-    ctx.store.commit(commit).await?;
     Ok(())
 }
 
-/// Returns the agreed values of a pair as the CRM -> Marketo direction keeps them: the canonical
-/// fields plus `key:<field>` for each link field.
-fn with_keys(canonical: &Fields, pair: &Pair) -> Fields {
-    let mut base: Fields = canonical
-        .iter()
-        .filter(|(k, _)| !k.starts_with("key:"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in &pair.key_fields {
-        base.insert(format!("key:{k}"), v.clone());
+/// Returns the id of the object's added activity type, or warns and returns `None` when
+/// Marketo has none.
+///
+/// # Errors
+///
+/// A Marketo or store failure.
+async fn activity_type(
+    ctx: &Context,
+    plan: &Plan,
+    summary: &mut CycleSummary,
+) -> Result<Option<i64>, EngineError> {
+    let added = added_type(ctx, plan).await?;
+    if added.type_id.is_none() {
+        let names: Vec<String> = added.names.iter().map(|n| format!("\"{n}\"")).collect();
+        summary.warnings.push(format!(
+            "{}: Marketo has no activity type named {}, so records added to custom object \
+             `{}` in Marketo are not copied to the CRM (set `added_activity` in the mapping)",
+            plan.object,
+            names.join(" or "),
+            plan.marketo_object
+        ));
     }
-    base
+    Ok(added.type_id)
+}
+
+/// Returns the records of the activities' `leads` and those waiting for a retry (by the key
+/// field), by link key, and the due ledger entries by record key.
+///
+/// # Errors
+///
+/// A Marketo or store failure, or cancellation.
+async fn gather_records(
+    ctx: &Context,
+    plan: &Plan,
+    leads: BTreeSet<String>,
+    cancel: &CancellationToken,
+) -> Result<(BTreeMap<String, MarketoRecord>, BTreeMap<String, SyncError>), EngineError> {
+    let object = plan.object.as_str();
+    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
+    for e in due_errors(ctx, object, Direction::MarketoToCrm).await? {
+        previous.insert(e.record_key.clone(), e);
+    }
+    let key_field = marketo_key_field(plan);
+    let mut records: BTreeMap<String, MarketoRecord> = BTreeMap::new();
+    let lead_list: Vec<String> = leads.into_iter().collect();
+    let read = Query {
+        ctx,
+        plan,
+        key_field: &key_field,
+        cancel,
+    };
+    read.run(LEAD_FIELD, &lead_list, &mut records).await?;
+    let missing: Vec<String> = previous
+        .keys()
+        .filter(|k| !records.contains_key(*k))
+        .cloned()
+        .collect();
+    read.run(&plan.marketo_crm_key, &missing, &mut records)
+        .await?;
+    Ok((records, previous))
+}
+
+/// What turns the records read into the runner's pairs.
+struct Gather<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    previous: &'a BTreeMap<String, SyncError>,
+    dry_run: bool,
+}
+
+impl Gather<'_> {
+    /// Returns the live links of these Marketo keys: CRM key and agreed values.
+    async fn links(
+        &self,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, (String, Fields)>, EngineError> {
+        let mut links = BTreeMap::new();
+        for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+            for l in self
+                .ctx
+                .store
+                .links_by_marketo_keys(&self.plan.object, chunk)
+                .await?
+            {
+                if l.tombstone.is_none() {
+                    links.insert(l.marketo_key.clone(), (l.crm_key.clone(), l.base.clone()));
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Returns the CRM contact of each linked lead of `records`.
+    async fn contacts(
+        &self,
+        records: &BTreeMap<String, MarketoRecord>,
+    ) -> Result<BTreeMap<i64, String>, EngineError> {
+        let lead_keys: Vec<String> = records
+            .values()
+            .filter_map(|r| r.lead.map(|l| l.to_string()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let contacts = contacts_by_lead(self.ctx, &lead_keys).await?;
+        Ok(contacts
+            .into_iter()
+            .filter_map(|(lead, contact)| lead.parse::<i64>().ok().map(|l| (l, contact)))
+            .collect())
+    }
+
+    /// Returns a pair for every readable record whose lead's contact is known (or not needed),
+    /// linked, matched in the CRM by the mapping's match field, or new.
+    ///
+    /// # Errors
+    ///
+    /// A CRM or store failure.
+    async fn pairs(
+        &self,
+        records: BTreeMap<String, MarketoRecord>,
+        has_contact: bool,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+    ) -> Result<Vec<Pair>, EngineError> {
+        let keys: Vec<String> = records.keys().cloned().collect();
+        let links = self.links(&keys).await?;
+        let contacts = self.contacts(&records).await?;
+        let mut pairs: Vec<Pair> = Vec::new();
+        for (key, record) in records {
+            let canonical = match self.plan.to_canonical(Side::Marketo, &record.raw) {
+                Ok(c) => c,
+                Err(e) => {
+                    let (ctx, object) = (self.ctx, self.plan.object.as_str());
+                    let (direction, previous) = (Direction::MarketoToCrm, self.previous.get(&key));
+                    record_invalid_value(
+                        ctx, commit, summary, object, direction, &key, &e, previous,
+                    );
+                    continue;
+                }
+            };
+            let contact = match (has_contact, record.lead) {
+                (true, Some(lead)) => match contacts.get(&lead) {
+                    Some(c) => Some(c.clone()),
+                    None => {
+                        self.waits_for_contact(&key, lead, commit, summary);
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let mut key_fields = Fields::new();
+            key_fields.insert(self.plan.marketo_crm_key.clone(), Value::Text(key.clone()));
+            if let (Some(lead), Some(_)) = (record.lead, &contact) {
+                key_fields.insert(LEAD_FIELD.into(), Value::Int(lead));
+            }
+            pairs.push(Pair {
+                linked: links.get(&key).cloned(),
+                key,
+                canonical,
+                record,
+                contact,
+                key_fields,
+                refused: false,
+            });
+        }
+        match_unlinked(
+            self.ctx,
+            self.plan,
+            &mut pairs,
+            commit,
+            summary,
+            self.previous,
+        )
+        .await?;
+        pairs.retain(|p| !p.refused);
+        Ok(pairs)
+    }
+
+    /// A record whose lead has no CRM contact yet waits in the ledger (retryable); on a dry run
+    /// it is planned as waiting for its parent.
+    fn waits_for_contact(
+        &self,
+        key: &str,
+        lead: i64,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+    ) {
+        let (object, direction) = (self.plan.object.as_str(), Direction::MarketoToCrm);
+        let message = format!("lead {lead} has no CRM contact yet");
+        if self.dry_run {
+            summary.planned(
+                PlannedChange::new(object, direction, PlannedAction::WaitsForParent)
+                    .source(key.to_owned())
+                    .note(message),
+            );
+            return;
+        }
+        summary.counts_mut(object, direction).failed += 1;
+        let subject = Subject {
+            object,
+            direction,
+            record_key: key,
+            other_key: None,
+            payload: json!({ "leadId": lead }),
+        };
+        let failure = Failure::new("lead_not_linked", message, true);
+        let entry = ledger_entry(self.ctx, subject, failure, self.previous.get(key));
+        commit.errors_upsert.push(entry);
+    }
+
+    /// Reads the CRM rows of the linked and matched pairs and returns the runner's pairs.
+    ///
+    /// # Errors
+    ///
+    /// A CRM failure.
+    async fn side_pairs(
+        &self,
+        pairs: Vec<Pair>,
+        summary: &mut CycleSummary,
+    ) -> Result<Vec<SidePair>, EngineError> {
+        let crm_keys: Vec<String> = pairs
+            .iter()
+            .filter_map(|p| p.linked.as_ref().map(|(c, _)| c.clone()))
+            .collect();
+        let mut rows: BTreeMap<String, (Fields, DateTime<Utc>)> = BTreeMap::new();
+        for chunk in crm_keys.chunks(CRM_ROW_BATCH) {
+            for r in self.ctx.crm.get(&self.plan.crm_object, chunk).await? {
+                rows.insert(r.id, (r.fields, r.modified_at));
+            }
+        }
+        Ok(pairs
+            .into_iter()
+            .filter_map(|p| self.side_pair(p, &rows, summary))
+            .collect())
+    }
+
+    /// Returns one pair as the runner takes it: the Marketo record read, its CRM row (missing
+    /// when new or deleted), and the object's hook: the contact column, and a new row's
+    /// Marketo id (the record's `marketoGUID`).
+    fn side_pair(
+        &self,
+        pair: Pair,
+        rows: &BTreeMap<String, (Fields, DateTime<Utc>)>,
+        summary: &mut CycleSummary,
+    ) -> Option<SidePair> {
+        let plan = self.plan;
+        let mut crm_extra = Fields::new();
+        let (crm, crm_key, base) = match pair.linked {
+            Some((crm_key, base)) => {
+                let crm = match rows.get(&crm_key) {
+                    None => Seen::Missing,
+                    Some((raw, at)) => {
+                        match Observed::read(plan, Side::Crm, raw.clone(), Some(*at)) {
+                            Ok(o) => Seen::Read(o),
+                            Err(e) => {
+                                let direction = Direction::MarketoToCrm;
+                                unreadable(summary, &plan.object, direction, &crm_key, &e);
+                                return None;
+                            }
+                        }
+                    }
+                };
+                let held = crm.raw_field(CONTACT_COLUMN);
+                if let Some(c) = pair.contact.filter(|c| held.as_deref() != Some(c.as_str())) {
+                    crm_extra.insert(CONTACT_COLUMN.into(), Value::Text(c));
+                }
+                (crm, Some(crm_key), Some(base))
+            }
+            None => {
+                if let Some(c) = pair.contact {
+                    crm_extra.insert(CONTACT_COLUMN.into(), Value::Text(c));
+                }
+                let crm_id = pair.record.guid.clone().unwrap_or_else(|| pair.key.clone());
+                crm_extra.insert(plan.crm_marketo_id.clone(), Value::Text(crm_id));
+                (Seen::Missing, None, None)
+            }
+        };
+        let marketo = Seen::Read(Observed {
+            canonical: pair.canonical,
+            raw: pair.record.raw,
+            modified_at: pair.record.updated_at,
+        });
+        Some(SidePair {
+            marketo_key: pair.key.clone(),
+            crm_key,
+            ledger_key: pair.key,
+            read_from: Direction::MarketoToCrm,
+            base,
+            marketo,
+            crm,
+            key_fields: pair.key_fields,
+            crm_extra,
+        })
+    }
 }
 
 /// Links each unlinked pair whose first match field names exactly one live, unlinked CRM row to
@@ -647,7 +592,7 @@ async fn match_unlinked(
         return Ok(());
     }
     let mut found: Vec<(String, String)> = Vec::new();
-    for chunk in values.chunks(super::super::CRM_ROW_BATCH) {
+    for chunk in values.chunks(CRM_ROW_BATCH) {
         for r in ctx.crm.find(&plan.crm_object, &crm_field, chunk).await? {
             let canonical = plan.to_canonical(Side::Crm, &r.fields).unwrap_or_default();
             if let Some(text) = key_text(canonical.get(&name)) {
@@ -656,36 +601,26 @@ async fn match_unlinked(
         }
     }
     let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
-    let linked = super::super::links_by_crm(ctx, object, &ids).await?;
+    let linked = links_by_crm(ctx, object, &ids).await?;
     for (text, crm_id) in found {
-        let Some(indexes) = wanted.get(&text) else {
-            continue;
-        };
-        for i in indexes {
+        for i in wanted.get(&text).into_iter().flatten() {
             let pair = &mut pairs[*i];
             if pair.linked.is_some() {
                 continue;
             }
             match linked.get(&crm_id).filter(|l| l.tombstone.is_none()) {
                 Some(other) if other.marketo_key != pair.key => {
-                    summary.counts_mut(object, Direction::MarketoToCrm).failed += 1;
-                    commit.errors_upsert.push(sync_error(
-                        ctx,
-                        object,
-                        Direction::MarketoToCrm,
-                        &pair.key,
-                        Some(crm_id.clone()),
-                        json!({}),
+                    let failure = Failure::new(
                         "match_linked",
-                        &format!(
+                        format!(
                             "the matching CRM row {crm_id} is linked to Marketo record {}",
                             other.marketo_key
                         ),
                         false,
-                        previous.get(&pair.key),
-                    ));
-                    warn!(object, marketo_key = %pair.key, "marketo record matches a linked crm row");
-                    pair.refused = true;
+                    );
+                    refuse_match(
+                        ctx, object, pair, &crm_id, failure, commit, summary, previous,
+                    );
                 }
                 _ => pair.linked = Some((crm_id.clone(), Fields::new())),
             }
@@ -694,91 +629,133 @@ async fn match_unlinked(
     Ok(())
 }
 
-/// Reads the plan's custom object records whose `filter` field holds one of `values` (Get Custom
-/// Objects, paged) into `out`, by link key.
-///
-/// # Errors
-///
-/// A whole-call Marketo failure, or cancellation.
-async fn read_marketo(
+/// Puts an unlinked record whose CRM match is linked to another record in the ledger.
+#[allow(clippy::too_many_arguments)]
+fn refuse_match(
     ctx: &Context,
-    plan: &Plan,
-    filter: &str,
-    values: &[String],
-    key_field: &Option<String>,
-    out: &mut BTreeMap<String, MarketoRecord>,
-    cancel: &CancellationToken,
-) -> Result<(), EngineError> {
-    let mut fields = plan.read_fields(Side::Marketo);
-    for extra in [
-        plan.marketo_crm_key.as_str(),
-        LEAD_FIELD,
-        "marketoGUID",
-        "updatedAt",
-    ] {
-        if !fields.iter().any(|f| f == extra) {
-            fields.push(extra.to_owned());
-        }
-    }
-    for chunk in values.chunks(QUERY_BATCH) {
-        let mut token: Option<String> = None;
-        loop {
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
+    object: &str,
+    pair: &mut Pair,
+    crm_id: &str,
+    failure: Failure,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    previous: &BTreeMap<String, SyncError>,
+) {
+    let direction = Direction::MarketoToCrm;
+    summary.counts_mut(object, direction).failed += 1;
+    warn!(object, marketo_key = %pair.key, "marketo record matches a linked crm row");
+    let subject = Subject {
+        object,
+        direction,
+        record_key: &pair.key,
+        other_key: Some(crm_id.to_owned()),
+        payload: json!({}),
+    };
+    let entry = ledger_entry(ctx, subject, failure, previous.get(&pair.key));
+    commit.errors_upsert.push(entry);
+    pair.refused = true;
+}
+
+/// A Get Custom Objects read of the plan's custom object.
+struct Query<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    /// The canonical field holding the link key (else the raw Marketo key field).
+    key_field: &'a Option<String>,
+    cancel: &'a CancellationToken,
+}
+
+impl Query<'_> {
+    /// Returns the Marketo fields read: the mapped ones and what the step needs.
+    fn fields(&self) -> Vec<String> {
+        let mut fields = self.plan.read_fields(Side::Marketo);
+        let key = self.plan.marketo_crm_key.as_str();
+        for extra in [key, LEAD_FIELD, "marketoGUID", "updatedAt"] {
+            if !fields.iter().any(|f| f == extra) {
+                fields.push(extra.to_owned());
             }
-            let page = ctx
-                .marketo
-                .get_custom_objects(
-                    &plan.marketo_object,
-                    filter,
-                    chunk,
-                    &fields,
-                    token.as_deref(),
-                )
-                .await?;
-            for record in &page.records {
-                let mut raw = from_record(record);
-                // A requested field Marketo leaves out is null (custom-objects.md, Query).
-                for f in &fields {
-                    raw.entry(f.clone()).or_insert(Value::Null);
+        }
+        fields
+    }
+
+    /// Reads the records whose `filter` field holds one of `values` (paged) into `out`, by
+    /// link key.
+    ///
+    /// # Errors
+    ///
+    /// A whole-call Marketo failure, or cancellation.
+    async fn run(
+        &self,
+        filter: &str,
+        values: &[String],
+        out: &mut BTreeMap<String, MarketoRecord>,
+    ) -> Result<(), EngineError> {
+        let fields = self.fields();
+        let object = self.plan.marketo_object.as_str();
+        for chunk in values.chunks(QUERY_BATCH) {
+            let mut token: Option<String> = None;
+            loop {
+                if self.cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
                 }
-                let key = match key_field {
-                    Some(name) => plan
-                        .to_canonical(Side::Marketo, &raw)
-                        .ok()
-                        .and_then(|c| key_text(c.get(name))),
-                    None => key_text(raw.get(&plan.marketo_crm_key)),
-                };
-                let Some(key) = key else {
-                    warn!(object = %plan.object, "marketo record without a key value skipped");
-                    continue;
-                };
-                let lead = match raw.get(LEAD_FIELD) {
-                    Some(Value::Int(i)) => Some(*i),
-                    Some(Value::Text(t)) => t.parse().ok(),
-                    _ => None,
-                };
-                let updated_at = record
-                    .get("updatedAt")
-                    .and_then(|v| v.as_str())
-                    .and_then(crate::marketo::model::parse_marketo_datetime);
-                out.insert(
-                    key,
-                    MarketoRecord {
-                        guid: key_text(raw.get("marketoGUID")),
-                        raw,
-                        lead,
-                        updated_at,
-                    },
-                );
-            }
-            match page.next_page_token {
-                Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
-                _ => break,
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_custom_objects(object, filter, chunk, &fields, token.as_deref())
+                    .await?;
+                for record in &page.records {
+                    out.extend(self.record(record, &fields));
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result && !page.records.is_empty() => token = Some(t),
+                    _ => break,
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Returns one record read by its link key (`None`, logged, when it has no key value).
+    fn record(
+        &self,
+        record: &crate::marketo::Record,
+        fields: &[String],
+    ) -> Option<(String, MarketoRecord)> {
+        let plan = self.plan;
+        let mut raw = from_record(record);
+        // A requested field Marketo leaves out is null (custom-objects.md, Query).
+        for f in fields {
+            raw.entry(f.clone()).or_insert(Value::Null);
+        }
+        let key = match self.key_field {
+            Some(name) => plan
+                .to_canonical(Side::Marketo, &raw)
+                .ok()
+                .and_then(|c| key_text(c.get(name))),
+            None => key_text(raw.get(&plan.marketo_crm_key)),
+        };
+        let Some(key) = key else {
+            warn!(object = %plan.object, "marketo record without a key value skipped");
+            return None;
+        };
+        let lead = match raw.get(LEAD_FIELD) {
+            Some(Value::Int(i)) => Some(*i),
+            Some(Value::Text(t)) => t.parse().ok(),
+            _ => None,
+        };
+        let updated_at = record
+            .get("updatedAt")
+            .and_then(|v| v.as_str())
+            .and_then(crate::marketo::model::parse_marketo_datetime);
+        let guid = key_text(raw.get("marketoGUID"));
+        let found = MarketoRecord {
+            guid,
+            raw,
+            lead,
+            updated_at,
+        };
+        Some((key, found))
+    }
 }
 
 #[cfg(test)]
