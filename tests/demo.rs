@@ -278,3 +278,58 @@ async fn the_demo_keeps_narrating_past_fifty_cycles() {
     assert!(text.contains("demo stopped after 51 cycles"), "{text}");
     assert!(report.edits > 0);
 }
+
+#[test]
+fn the_hubspot_demo_shows_records_flowing_both_ways_and_never_logs_the_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let log = dir.path().join("demo.log");
+    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+        .args([
+            "demo",
+            "--crm",
+            "hubspot",
+            "--cycles",
+            "3",
+            "--interval",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("RUST_LOG")
+        .env_remove("HUBSPOT_ACCESS_TOKEN")
+        .current_dir(dir.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("crm:            the HubSpot simulator (http://127.0.0.1:"),
+        "{stdout}"
+    );
+    let cycles: Vec<&str> = stdout.lines().filter(|l| l.starts_with("cycle ")).collect();
+    assert_eq!(cycles.len(), 3, "{stdout}");
+    assert!(
+        cycles.iter().all(|l| l.contains(" succeeded: ")),
+        "{stdout}"
+    );
+    // The first cycle links the sample data both ways; the later ones carry the demo's edits.
+    assert!(written(cycles[0], "Marketo -> CRM") > 0, "{}", cycles[0]);
+    assert!(written(cycles[0], "CRM -> Marketo") > 0, "{}", cycles[0]);
+    for line in &cycles[1..] {
+        assert!(written(line, "Marketo -> CRM") >= 2, "{line}");
+        assert!(written(line, "CRM -> Marketo") >= 2, "{line}");
+    }
+    let token = std::fs::read_to_string(state.join("hubspot-token")).expect("the token file");
+    assert!(token.starts_with("pat-"), "{token}");
+    let logged = std::fs::read_to_string(&log).expect("the log file exists");
+    assert!(logged.contains("hubspot") || logged.contains("cycle"), "{logged}");
+    for (what, text) in [("stdout", &*stdout), ("stderr", &*stderr), ("log", &*logged)] {
+        assert!(!text.contains(token.trim()), "the token is in the {what}");
+    }
+}

@@ -25,6 +25,7 @@ pub(crate) mod client;
 pub mod config;
 mod feed;
 pub(crate) mod model;
+pub mod prepare;
 pub mod schema;
 mod write;
 
@@ -100,19 +101,8 @@ impl HubSpotCrm {
         options: HubSpotOptions,
         token: SecretString,
     ) -> Result<HubSpotCrm, CrmError> {
-        let base_url = url::Url::parse(&options.base_url).map_err(|e| CrmError::Config {
-            message: format!("hubspot adapter options: base_url is not a URL: {e}"),
-        })?;
-        let settings = ClientSettings {
-            base_url,
-            timeout: Duration::from_secs(options.timeout_seconds.max(1)),
-            max_retries: options.max_retries,
-            requests_per_10s: options.requests_per_10s(),
-            search_per_second: options.search_per_second,
-            daily_limit: options.daily_limit(),
-        };
         let crm = HubSpotCrm {
-            client: Client::new(settings, token)?,
+            client: client_for(&options, token)?,
             options,
             properties: RwLock::new(HashMap::new()),
         };
@@ -188,16 +178,9 @@ impl HubSpotCrm {
         name: &str,
         o: &ObjectOptions,
     ) -> Result<Arc<Vec<FieldDef>>, CrmError> {
-        let request = Request::get(
-            format!("/crm/v3/properties/{}", o.object_type),
-            format!("describe {name}"),
-        )
-        .q("archived", "false");
-        let answer: Collection<Property> = self.client.send(&request).await?;
-        let fields: Vec<FieldDef> = answer
-            .results
+        let fields: Vec<FieldDef> = property_listing(&self.client, name, &o.object_type)
+            .await?
             .iter()
-            .filter(|p| !p.archived)
             .map(schema::field_def)
             .collect();
         let fields = Arc::new(fields);
@@ -420,6 +403,40 @@ impl HubSpotCrm {
         }
         Ok(out)
     }
+}
+
+/// Returns a client for `options` authenticating with `token`.
+///
+/// # Errors
+/// [`CrmError::Config`] for a bad base URL.
+fn client_for(options: &HubSpotOptions, token: SecretString) -> Result<Client, CrmError> {
+    let base_url = url::Url::parse(&options.base_url).map_err(|e| CrmError::Config {
+        message: format!("hubspot adapter options: base_url is not a URL: {e}"),
+    })?;
+    let settings = ClientSettings {
+        base_url,
+        timeout: Duration::from_secs(options.timeout_seconds.max(1)),
+        max_retries: options.max_retries,
+        requests_per_10s: options.requests_per_10s(),
+        search_per_second: options.search_per_second,
+        daily_limit: options.daily_limit(),
+    };
+    Client::new(settings, token)
+}
+
+/// Returns the live (not archived) properties of `object_type` from the Properties API.
+async fn property_listing(
+    client: &Client,
+    name: &str,
+    object_type: &str,
+) -> Result<Vec<Property>, CrmError> {
+    let request = Request::get(
+        format!("/crm/v3/properties/{object_type}"),
+        format!("describe {name}"),
+    )
+    .q("archived", "false");
+    let answer: Collection<Property> = client.send(&request).await?;
+    Ok(answer.results.into_iter().filter(|p| !p.archived).collect())
 }
 
 /// The fields of an owner record.
