@@ -1939,7 +1939,8 @@ async fn apply_merges(
     let ctx = step.ctx;
     let plan = step.plan;
     let object = object_name(plan);
-    let pk = "id";
+    let pk = crm_pk(ctx, plan).await;
+    let pk = pk.as_str();
     // Winners given a CRM record by an earlier merge of this cycle (not in the store yet).
     let mut given: BTreeSet<i64> = BTreeSet::new();
     for (winner, losers) in merges {
