@@ -99,7 +99,8 @@ async fn describe_reads_the_properties_api_and_follows_deleted_properties() {
                  "fieldType": "text", "groupName": "contactinformation" }),
     )
     .unwrap();
-    let crm = adapter(&sim, json!({})).await;
+    // Schemas are read again on every describe (by default they are reused for a minute).
+    let crm = adapter(&sim, json!({ "schema_ttl_seconds": 0 })).await;
     let schema = crm.describe("contacts").await.unwrap();
     assert_eq!(schema.id_field.as_deref(), Some("hs_object_id"));
     assert_eq!(schema.dedupe_fields, vec!["marketo_id".to_owned()]);
@@ -535,7 +536,8 @@ fn the_example_config_loads_offline_with_valid_adapter_options() {
     let loaded =
         load(&SettingsSource::new(&dir, None).with_vars(vars)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.settings.crm.adapter, "hubspot");
-    assert_eq!(loaded.mappings.len(), 3);
+    // leads, companies, opportunities, and the one-way roles and salespersons.
+    assert_eq!(loaded.mappings.len(), 5);
     let options = HubSpotOptions::from_json(&loaded.settings.crm.options).unwrap();
     assert!(options.objects["contacts"].writable);
     assert_eq!(options.objects["deal_contacts"].object_type, "associations");

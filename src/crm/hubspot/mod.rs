@@ -59,8 +59,8 @@ const SEARCH_PAGE: usize = 200;
 pub struct HubSpotCrm {
     client: Client,
     options: HubSpotOptions,
-    /// The properties of each record object, as last described.
-    properties: RwLock<HashMap<String, Arc<Vec<FieldDef>>>>,
+    /// The properties of each record object, as last described, and when they were read.
+    properties: RwLock<HashMap<String, (tokio::time::Instant, Arc<Vec<FieldDef>>)>>,
 }
 
 impl std::fmt::Debug for HubSpotCrm {
@@ -188,18 +188,29 @@ impl HubSpotCrm {
             .properties
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.insert(name.to_owned(), fields.clone());
+        cache.insert(name.to_owned(), (tokio::time::Instant::now(), fields.clone()));
         Ok(fields)
     }
 
     /// Returns the cached properties of a record object (reading them when not cached yet).
     async fn props(&self, name: &str) -> Result<Arc<Vec<FieldDef>>, CrmError> {
+        self.props_within(name, Duration::MAX).await
+    }
+
+    /// Returns the properties of a record object, read again when the cached ones are older
+    /// than `max_age`.
+    async fn props_within(
+        &self,
+        name: &str,
+        max_age: Duration,
+    ) -> Result<Arc<Vec<FieldDef>>, CrmError> {
         let cached = self
             .properties
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned();
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, p)| p.clone());
         match cached {
             Some(p) => Ok(p),
             None => {
@@ -519,7 +530,8 @@ impl Crm for HubSpotCrm {
         let kind = o.kind();
         let (fields, id_field, dedupe) = match &kind {
             Kind::Records => {
-                let props = self.load_properties(object, o).await?;
+                let ttl = Duration::from_secs(self.options.schema_ttl_seconds);
+                let props = self.props_within(object, ttl).await?;
                 let mut fields = (*props).clone();
                 if !o.writable {
                     for f in &mut fields {
