@@ -468,6 +468,13 @@ async fn deal_contact_labels_are_roles_and_owners_are_listed() {
         Some(&Value::Text(contact.to_string()))
     );
     assert_eq!(labelled.get("is_primary"), Some(&Value::Bool(true)));
+    assert!(
+        roles
+            .iter()
+            .filter(|f| f.get("contact_id") == Some(&Value::Text(contact.to_string())))
+            .all(|f| f.get("role") == Some(&Value::from("Decision Maker"))),
+        "the plain association next to the label is no role of its own: {roles:?}"
+    );
 
     let (owners, _) = drain(&crm, "owners", None, 100).await;
     assert!(!owners.is_empty());

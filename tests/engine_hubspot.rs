@@ -464,6 +464,7 @@ async fn a_labelled_deal_contact_association_arrives_as_an_opportunity_role() {
         .filter(|r| r["role"] == json!("Decision Maker"))
         .collect();
     assert_eq!(decision.len(), 1, "{roles:?}");
+    assert_eq!(roles.len(), 1, "one role for one labelled pair: {roles:?}");
     assert_eq!(decision[0]["leadId"], json!(lead), "{roles:?}");
     assert_eq!(decision[0]["isPrimary"], json!(true), "{roles:?}");
     assert_eq!(written(&app.settle(3).await), 0);
