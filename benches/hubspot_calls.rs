@@ -166,6 +166,8 @@ async fn bootstrap_all(ctx: &Context, since: chrono::DateTime<chrono::Utc>) {
     .await
     .expect("bootstrap");
     assert!(report.complete, "bootstrap incomplete: {report:?}");
+    let text = format!("{report:?}");
+    println!("bootstrap report: {}", &text[..text.len().min(1500)]);
 }
 
 async fn changes_over_hubspot(n: usize) -> CallTally {
@@ -189,6 +191,11 @@ async fn changes_over_hubspot(n: usize) -> CallTally {
         t.elapsed(),
         app.hs_requests()
     );
+    if contacts != n {
+        for e in app.open_errors("leads").await.iter().take(3) {
+            println!("  refused: {} {}: {}", e.record_key, e.code, e.message);
+        }
+    }
     assert_eq!(contacts, n, "bootstrap did not link every lead");
     app.sim.advance_clock(FIVE_MINUTES);
     app.hs.advance_clock(FIVE_MINUTES);

@@ -95,20 +95,26 @@ async fn an_edit_propagates_and_does_not_come_back() {
 #[tokio::test]
 async fn the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded() {
     let app = HubSpotApp::start().await;
-    let lead = app.marketo_create(json!({"email": "bo@example.com", "leadStatus": "NEW"}));
+    let lead = app.marketo_create(json!({"email": "bo@example.com", "leadStatus": "New"}));
     app.run_cycle().await;
     let cid = app.crm_by_email("bo@example.com").await[0].id.clone();
+    let c = app.crm_contact(&cid).await.unwrap();
+    assert_eq!(
+        text(&c.fields, "hs_lead_status").as_deref(),
+        Some("NEW"),
+        "the example maps Marketo's statuses to HubSpot's options"
+    );
     app.settle(4).await;
 
     // leadStatus is crm_wins in the example leads.toml.
-    app.marketo_update(lead, json!({"leadStatus": "OPEN"}));
+    app.marketo_update(lead, json!({"leadStatus": "Open"}));
     app.hs_update("contacts", &cid, json!({"hs_lead_status": "IN_PROGRESS"}));
     let s = app.run_cycle().await;
     let conflicts: u64 = s.objects["leads"].values().map(|c| c.conflicts).sum();
     assert_eq!(conflicts, 1, "{s:?}");
     assert_eq!(
         app.marketo_lead(lead).unwrap()["leadStatus"],
-        json!("IN_PROGRESS")
+        json!("Working")
     );
     let c = app.crm_contact(&cid).await.unwrap();
     assert_eq!(
@@ -119,8 +125,8 @@ async fn the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded()
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0].field, "leadStatus");
     assert_eq!(logged[0].winner, Side::Crm);
-    assert_eq!(logged[0].marketo_value.to_text(), "OPEN");
-    assert_eq!(logged[0].crm_value.to_text(), "IN_PROGRESS");
+    assert_eq!(logged[0].marketo_value.to_text(), "Open");
+    assert_eq!(logged[0].crm_value.to_text(), "Working", "{logged:?}");
     assert_eq!(written(&app.settle(3).await), 0);
     app.cleanup().await;
 }
