@@ -361,7 +361,11 @@ async fn prepare_creates_the_unique_marketo_id_property_once() {
     use marketo_sync::crm::hubspot::prepare::{Prepared, prepare};
     let sim = sim(1).await;
     let mut options = options(&sim, json!({}));
-    options.objects.get_mut("deals").unwrap().marketo_id_property = Some("marketo_id".into());
+    options
+        .objects
+        .get_mut("deals")
+        .unwrap()
+        .marketo_id_property = Some("marketo_id".into());
     options.objects.get_mut("deals").unwrap().writable = true;
     sim.add_property(
         "deals",

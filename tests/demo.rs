@@ -328,8 +328,73 @@ fn the_hubspot_demo_shows_records_flowing_both_ways_and_never_logs_the_token() {
     let token = std::fs::read_to_string(state.join("hubspot-token")).expect("the token file");
     assert!(token.starts_with("pat-"), "{token}");
     let logged = std::fs::read_to_string(&log).expect("the log file exists");
-    assert!(logged.contains("hubspot") || logged.contains("cycle"), "{logged}");
-    for (what, text) in [("stdout", &*stdout), ("stderr", &*stderr), ("log", &*logged)] {
+    assert!(
+        logged.contains("hubspot") || logged.contains("cycle"),
+        "{logged}"
+    );
+    for (what, text) in [
+        ("stdout", &*stdout),
+        ("stderr", &*stderr),
+        ("log", &*logged),
+    ] {
         assert!(!text.contains(token.trim()), "the token is in the {what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubspot_token_is_not_on_the_status_page_or_api() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let captured = Captured::default();
+    let out: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(captured.clone()));
+    let options = DemoOptions {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        cycles: Some(4),
+        state_dir: Some(state.path().to_path_buf()),
+        leads: 5,
+        contacts: 5,
+        interval: Duration::from_millis(500),
+        crm: marketo_sync::app::demo::DemoCrm::HubSpot,
+        ..DemoOptions::default()
+    };
+    let stop = CancellationToken::new();
+    let demo = tokio::spawn(run_demo(options, out, stop.clone()));
+    let text = || String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let mut base = None;
+    for _ in 0..600 {
+        let now = text();
+        if now.contains("cycle 1 ") {
+            base = now.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("status page:")
+                    .map(|u| u.trim().trim_end_matches('/').to_owned())
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = base.unwrap_or_else(|| panic!("no cycle ran: {}", text()));
+    let token = std::fs::read_to_string(state.path().join("hubspot-token")).expect("token file");
+    let client = reqwest::Client::new();
+    for path in ["/", "/api/status", "/api/errors", "/metrics", "/readyz"] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let headers = format!("{:?}", response.headers());
+        let body = response.text().await.expect("body");
+        if path == "/" || path == "/api/status" {
+            assert!(!body.trim().is_empty(), "GET {path} answered nothing");
+        }
+        assert!(
+            !body.contains(token.trim()) && !headers.contains(token.trim()),
+            "the token is in GET {path}"
+        );
+    }
+    stop.cancel();
+    demo.await.expect("join").expect("the demo runs");
+    assert!(
+        !text().contains(token.trim()),
+        "the token is in the narration"
+    );
 }

@@ -41,7 +41,11 @@ async fn new_records_appear_once_with_keys_both_ways() {
         Some(lead.to_string().as_str())
     );
     let m = app.marketo_lead(lead).unwrap();
-    assert_eq!(m["crmContactId"], json!(contact.id), "hubspot id written back");
+    assert_eq!(
+        m["crmContactId"],
+        json!(contact.id),
+        "hubspot id written back"
+    );
 
     // HubSpot -> Marketo.
     let cid = app.hs_create(
@@ -79,7 +83,10 @@ async fn an_edit_propagates_and_does_not_come_back() {
     let s = app.run_cycle().await;
     assert_eq!(count(&s, "leads", Direction::MarketoToCrm).1, 1, "{s:?}");
     let c = app.crm_contact(&cid).await.unwrap();
-    assert_eq!(text(&c.fields, "jobtitle").as_deref(), Some("Mathematician"));
+    assert_eq!(
+        text(&c.fields, "jobtitle").as_deref(),
+        Some("Mathematician")
+    );
     let quiet = app.run_cycle().await;
     assert_eq!(written(&quiet), 0, "the echo must not come back: {quiet:?}");
 
@@ -170,7 +177,11 @@ async fn a_merge_in_marketo_repoints_the_hubspot_contact() {
         Some(winner.to_string().as_str()),
         "the contact now points at the winner"
     );
-    assert_eq!(app.hs_count("contacts"), 1, "no contact created for the winner");
+    assert_eq!(
+        app.hs_count("contacts"),
+        1,
+        "no contact created for the winner"
+    );
     app.cleanup().await;
 }
 
@@ -185,7 +196,10 @@ async fn a_marketo_merge_of_two_linked_leads_archives_only_the_losers_contact() 
     app.settle(4).await;
     assert!(app.marketo_lead(l).is_none());
     assert_eq!(app.marketo_lead(w).unwrap()["crmContactId"], json!(cw));
-    assert!(app.crm_contact(&cw).await.is_some(), "the winner's contact stays");
+    assert!(
+        app.crm_contact(&cw).await.is_some(),
+        "the winner's contact stays"
+    );
     assert!(app.crm_by_email("l@example.com").await.is_empty());
     assert_eq!(app.hs_count("contacts"), 1);
     app.cleanup().await;
@@ -202,10 +216,17 @@ async fn a_merge_in_hubspot_merges_the_marketo_leads() {
     // A HubSpot user merges contact B into contact A.
     app.hs_merge("contacts", &ca, &cb);
     app.run_cycle().await;
-    assert!(app.marketo_lead(b).is_none(), "the loser lead was merged away");
+    assert!(
+        app.marketo_lead(b).is_none(),
+        "the loser lead was merged away"
+    );
     assert!(app.marketo_lead(a).is_some());
     app.settle(3).await;
-    assert_eq!(app.hs_count("contacts"), 1, "no contact re-created for the merged lead");
+    assert_eq!(
+        app.hs_count("contacts"),
+        1,
+        "no contact re-created for the merged lead"
+    );
     assert_eq!(app.sim.counters().leads, 1);
     app.cleanup().await;
 }
@@ -276,7 +297,7 @@ async fn a_lead_hubspot_refuses_is_one_ledger_entry_and_the_others_sync() {
 }
 
 #[tokio::test]
-async fn an_idle_cycle_costs_at_most_three_hubspot_calls_per_object() {
+async fn an_idle_lead_cycle_costs_at_most_three_hubspot_calls() {
     let app = HubSpotApp::start().await;
     app.marketo_create(json!({"email": "idle@example.com", "firstName": "Idle"}));
     app.settle(4).await;
@@ -312,14 +333,21 @@ async fn companies_flow_both_ways_and_hubspot_wins_a_conflict() {
     );
     app.hs_update("companies", &id, json!({"marketo_id": id}));
     let s = app.run_cycle().await;
-    assert_eq!(count(&s, "companies", Direction::CrmToMarketo).0, 1, "{s:?}");
+    assert_eq!(
+        count(&s, "companies", Direction::CrmToMarketo).0,
+        1,
+        "{s:?}"
+    );
     assert_eq!(app.sim.company(&id).unwrap()["company"], json!("Acme"));
     assert_eq!(app.sim.company(&id).unwrap()["industry"], json!("RETAIL"));
 
     // Edited in HubSpot: Marketo follows.
     app.hs_update("companies", &id, json!({"industry": "MACHINERY"}));
     app.run_cycle().await;
-    assert_eq!(app.sim.company(&id).unwrap()["industry"], json!("MACHINERY"));
+    assert_eq!(
+        app.sim.company(&id).unwrap()["industry"],
+        json!("MACHINERY")
+    );
 
     // Edited in Marketo only: the daily drift read brings it to HubSpot.
     let mut edit = serde_json::Map::new();
@@ -328,7 +356,11 @@ async fn companies_flow_both_ways_and_hubspot_wins_a_conflict() {
     app.sim.upsert_company(edit).unwrap();
     app.clock.advance(std::time::Duration::from_secs(25 * 3600));
     let s = app.run_cycle().await;
-    assert_eq!(count(&s, "companies", Direction::MarketoToCrm).1, 1, "{s:?}");
+    assert_eq!(
+        count(&s, "companies", Direction::MarketoToCrm).1,
+        1,
+        "{s:?}"
+    );
     let c = app.crm_get("companies", &id).await.unwrap();
     assert_eq!(text(&c.fields, "city").as_deref(), Some("Lyon"));
     assert_eq!(text(&c.fields, "name").as_deref(), Some("Acme"));
@@ -342,7 +374,10 @@ async fn companies_flow_both_ways_and_hubspot_wins_a_conflict() {
     let s = app.run_cycle().await;
     let conflicts: u64 = s.objects["companies"].values().map(|c| c.conflicts).sum();
     assert_eq!(conflicts, 1, "{s:?}");
-    assert_eq!(app.sim.company(&id).unwrap()["company"], json!("Acme Sales"));
+    assert_eq!(
+        app.sim.company(&id).unwrap()["company"],
+        json!("Acme Sales")
+    );
     let c = app.crm_get("companies", &id).await.unwrap();
     assert_eq!(text(&c.fields, "name").as_deref(), Some("Acme Sales"));
     let logged = app.store.recent_conflicts(10).await.unwrap();
@@ -361,7 +396,11 @@ async fn a_deal_arrives_as_an_opportunity_and_its_edits_follow() {
         json!({"dealname": "Big deal", "amount": "1200.5", "dealstage": "appointmentscheduled"}),
     );
     let s = app.run_cycle().await;
-    assert_eq!(count(&s, "opportunities", Direction::CrmToMarketo).0, 1, "{s:?}");
+    assert_eq!(
+        count(&s, "opportunities", Direction::CrmToMarketo).0,
+        1,
+        "{s:?}"
+    );
     let find = || {
         app.sim
             .objects(marketo_sync::sim::schema::ObjKind::Opportunity)
@@ -374,7 +413,11 @@ async fn a_deal_arrives_as_an_opportunity_and_its_edits_follow() {
     assert_eq!(opps[0]["name"], json!("Big deal"));
     // As over the SQL adapter, a decimal reaches Marketo as its text.
     let amount = opps[0]["amount"].to_string();
-    assert_eq!(amount.trim_matches('"').parse::<f64>().ok(), Some(1200.5), "{opps:?}");
+    assert_eq!(
+        amount.trim_matches('"').parse::<f64>().ok(),
+        Some(1200.5),
+        "{opps:?}"
+    );
 
     app.hs_update("deals", &deal, json!({"dealname": "Bigger deal"}));
     app.settle(4).await;
@@ -411,7 +454,9 @@ async fn owners_arrive_as_salespersons() {
     );
     assert_eq!(people.len(), 5, "{people:?}");
     for p in &people {
-        let id = p["externalSalesPersonId"].as_str().expect("keyed by owner id");
+        let id = p["externalSalesPersonId"]
+            .as_str()
+            .expect("keyed by owner id");
         let owner = app.crm_get("owners", id).await.expect("an owner");
         assert_eq!(
             p["email"].as_str(),

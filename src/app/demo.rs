@@ -374,7 +374,9 @@ impl EmbeddedCrm {
     fn describe(&self) -> String {
         match self {
             EmbeddedCrm::Sql { url } => format!("the demo CRM ({url})"),
-            EmbeddedCrm::HubSpot { sim, .. } => format!("the HubSpot simulator ({})", sim.base_url()),
+            EmbeddedCrm::HubSpot { sim, .. } => {
+                format!("the HubSpot simulator ({})", sim.base_url())
+            }
         }
     }
 
@@ -837,13 +839,20 @@ mod tests {
             .map(|(n, _)| (*n).to_owned())
             .collect();
         embedded.sort();
-        assert_eq!(embedded, on_disk, "add new files to EMBEDDED_HUBSPOT_CONFIG");
+        assert_eq!(
+            embedded, on_disk,
+            "add new files to EMBEDDED_HUBSPOT_CONFIG"
+        );
         for (name, text) in EMBEDDED_HUBSPOT_CONFIG {
             let path = match name.strip_prefix("demo-secrets/") {
                 Some(secret) => example.join("../../demo-secrets").join(secret),
                 None => example.join(name),
             };
-            assert_eq!(*text, std::fs::read_to_string(path).expect("read"), "{name}");
+            assert_eq!(
+                *text,
+                std::fs::read_to_string(path).expect("read"),
+                "{name}"
+            );
         }
         let options = hubspot_example_options().expect("options");
         assert!(options["objects"]["contacts"].is_object(), "{options}");

@@ -242,10 +242,7 @@ impl HubSpotApp {
 
     /// Archives (deletes) a HubSpot record as a HubSpot user.
     pub fn hs_archive(&self, object_type: &str, id: &str) {
-        let live = self
-            .hs
-            .archive(object_type, parse_id(id))
-            .expect("archive");
+        let live = self.hs.archive(object_type, parse_id(id)).expect("archive");
         assert!(live, "{object_type} {id} was not live");
     }
 

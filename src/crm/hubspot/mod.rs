@@ -188,7 +188,10 @@ impl HubSpotCrm {
             .properties
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.insert(name.to_owned(), (tokio::time::Instant::now(), fields.clone()));
+        cache.insert(
+            name.to_owned(),
+            (tokio::time::Instant::now(), fields.clone()),
+        );
         Ok(fields)
     }
 

@@ -639,7 +639,12 @@ impl Portal {
             p("firstname", "First Name", PropType::String, "text"),
             p("lastname", "Last Name", PropType::String, "text"),
             p("phone", "Phone Number", PropType::String, "phonenumber"),
-            p("mobilephone", "Mobile Phone Number", PropType::String, "phonenumber"),
+            p(
+                "mobilephone",
+                "Mobile Phone Number",
+                PropType::String,
+                "phonenumber",
+            ),
             p("company", "Company Name", PropType::String, "text"),
             p("jobtitle", "Job Title", PropType::String, "text"),
             p(
