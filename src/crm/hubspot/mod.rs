@@ -55,12 +55,15 @@ pub const MAX_BATCH: usize = 100;
 /// The most results one search page returns.
 const SEARCH_PAGE: usize = 200;
 
+/// A record object's properties and when they were read.
+type ReadSchema = (tokio::time::Instant, Arc<Vec<FieldDef>>);
+
 /// The HubSpot adapter.
 pub struct HubSpotCrm {
     client: Client,
     options: HubSpotOptions,
     /// The properties of each record object, as last described, and when they were read.
-    properties: RwLock<HashMap<String, (tokio::time::Instant, Arc<Vec<FieldDef>>)>>,
+    properties: RwLock<HashMap<String, ReadSchema>>,
 }
 
 impl std::fmt::Debug for HubSpotCrm {
