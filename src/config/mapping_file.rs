@@ -723,4 +723,20 @@ mod tests {
             "{problems:?}"
         );
     }
+
+    #[test]
+    fn only_a_mapping_that_writes_nothing_to_the_crm_may_leave_out_crm_marketo_id() {
+        let one_way = "marketo_object = \"salesperson\"\ncrm_object = \"owners\"\n\
+            [keys]\nmarketo_crm_key = \"externalSalesPersonId\"\n\
+            [[fields]]\nmarketo = \"email\"\ncrm = \"email\"\ndirection = \"to_marketo\"\n";
+        assert!(check(one_way).is_empty(), "{:?}", check(one_way));
+        let both_ways = one_way.replace("direction = \"to_marketo\"\n", "");
+        assert!(
+            check(&both_ways)
+                .iter()
+                .any(|p| p.contains("`keys.crm_marketo_id` is missing")),
+            "{:?}",
+            check(&both_ways)
+        );
+    }
 }
