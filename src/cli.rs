@@ -224,6 +224,19 @@ pub struct DemoArgs {
     /// Print the logs on standard error (also when RUST_LOG is set).
     #[arg(long)]
     pub verbose: bool,
+    /// The CRM to embed: `sql` (the demo CRM in SQLite) or `hubspot` (the HubSpot simulator,
+    /// with the example configuration of config/examples/hubspot).
+    #[arg(long, value_enum, default_value_t = DemoCrmArg::Sql)]
+    pub crm: DemoCrmArg,
+}
+
+/// The CRM `demo` embeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoCrmArg {
+    /// The demo CRM in a SQLite file.
+    Sql,
+    /// The HubSpot simulator.
+    Hubspot,
 }
 
 impl DemoArgs {
@@ -534,6 +547,17 @@ pub enum CrmCommand {
         #[arg(long)]
         options: Option<std::path::PathBuf>,
     },
+    /// HubSpot: creates the unique Marketo-id property (`marketo_id_property`) of every
+    /// writable object that does not have it yet.
+    Prepare {
+        /// The configuration directory whose `[crm]` settings name the portal and objects
+        /// (default `config`).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// The environment name, selecting <env>.toml.
+        #[arg(long, env = "MKSYNC_ENV")]
+        env: Option<String>,
+    },
 }
 
 impl Command {
@@ -653,6 +677,10 @@ async fn dispatch(
                 state_dir: args.state_dir,
                 seed: args.seed,
                 interval: std::time::Duration::from_secs(args.interval.max(1)),
+                crm: match args.crm {
+                    DemoCrmArg::Sql => crate::app::demo::DemoCrm::Sql,
+                    DemoCrmArg::Hubspot => crate::app::demo::DemoCrm::HubSpot,
+                },
                 ..crate::app::demo::DemoOptions::default()
             };
             let shutdown = tokio_util::sync::CancellationToken::new();
@@ -1006,6 +1034,31 @@ async fn dispatch(
             )
             .await?;
             run_bootstrap(args, claim.token()).await
+        }
+        Command::Crm {
+            command: CrmCommand::Prepare { config, env },
+        } => {
+            let dir = config.unwrap_or_else(|| PathBuf::from("config"));
+            let source = crate::config::SettingsSource::new(dir, env.as_deref());
+            let loaded = crate::config::load(&source).map_err(config_error)?;
+            let crm = &loaded.settings.crm;
+            let done = crate::crm::hubspot::prepare::prepare_configured(
+                &crm.adapter,
+                crm.url.as_ref(),
+                &crm.options,
+            )
+            .await?;
+            for line in &done {
+                println!("{line}");
+            }
+            let refused = done
+                .iter()
+                .any(|p| matches!(p, crate::crm::hubspot::prepare::Prepared::NotUnique { .. }));
+            Ok(if refused {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Crm {
             command:

@@ -99,7 +99,8 @@ async fn describe_reads_the_properties_api_and_follows_deleted_properties() {
                  "fieldType": "text", "groupName": "contactinformation" }),
     )
     .unwrap();
-    let crm = adapter(&sim, json!({})).await;
+    // Schemas are read again on every describe (by default they are reused for a minute).
+    let crm = adapter(&sim, json!({ "schema_ttl_seconds": 0 })).await;
     let schema = crm.describe("contacts").await.unwrap();
     assert_eq!(schema.id_field.as_deref(), Some("hs_object_id"));
     assert_eq!(schema.dedupe_fields, vec!["marketo_id".to_owned()]);
@@ -324,6 +325,83 @@ async fn upserts_report_each_record_and_one_bad_record_never_fails_the_others() 
 }
 
 #[tokio::test]
+async fn an_upsert_batch_costs_one_call_and_reads_nothing_back() {
+    let sim = sim(0).await;
+    add_marketo_id(&sim, "contacts");
+    let crm = adapter(&sim, json!({})).await;
+    let batch: Vec<Fields> = (1..=100)
+        .map(|i| contact(i, &format!("p{i}@example.com"), "P"))
+        .collect();
+    let before = sim.request_log().len();
+    let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    let calls: Vec<String> = sim.request_log()[before..]
+        .iter()
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(
+        calls,
+        ["/crm/v3/objects/contacts/batch/upsert"],
+        "one call for 100 records"
+    );
+    for (i, r) in results.iter().enumerate() {
+        let WriteResult::Created { id } = r else {
+            panic!("{r:?}");
+        };
+        let stored = sim.record("contacts", id.parse().unwrap()).unwrap();
+        assert_eq!(
+            stored["properties"]["marketo_id"],
+            json!((i + 1).to_string()),
+            "result {i} is its own record's"
+        );
+    }
+}
+
+#[tokio::test]
+async fn prepare_creates_the_unique_marketo_id_property_once() {
+    use marketo_sync::crm::hubspot::prepare::{Prepared, prepare};
+    let sim = sim(1).await;
+    let mut options = options(&sim, json!({}));
+    options
+        .objects
+        .get_mut("deals")
+        .unwrap()
+        .marketo_id_property = Some("marketo_id".into());
+    options.objects.get_mut("deals").unwrap().writable = true;
+    sim.add_property(
+        "deals",
+        &json!({ "name": "marketo_id", "label": "Marketo id", "type": "string",
+                 "fieldType": "text", "groupName": "dealinformation" }),
+    )
+    .unwrap();
+    let done = prepare(&options, sim.token()).await.unwrap();
+    assert_eq!(
+        done,
+        vec![
+            Prepared::Created {
+                object: "contacts".into(),
+                object_type: "contacts".into(),
+                property: "marketo_id".into(),
+            },
+            Prepared::NotUnique {
+                object: "deals".into(),
+                property: "marketo_id".into(),
+            },
+        ]
+    );
+    assert!(done[1].to_string().contains("unique"), "{}", done[1]);
+    // The adapter now connects (it refuses a writable object without its unique property).
+    let crm = adapter(&sim, json!({})).await;
+    let mk = crm.describe("contacts").await.unwrap();
+    assert!(mk.field("marketo_id").is_some_and(|f| f.unique));
+    // Again: nothing to do.
+    let again = prepare(&options, sim.token()).await.unwrap();
+    assert!(
+        matches!(&again[0], Prepared::Present { object, .. } if object == "contacts"),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
 async fn read_only_objects_refuse_writes() {
     let sim = sim(2).await;
     add_marketo_id(&sim, "contacts");
@@ -394,6 +472,13 @@ async fn deal_contact_labels_are_roles_and_owners_are_listed() {
         Some(&Value::Text(contact.to_string()))
     );
     assert_eq!(labelled.get("is_primary"), Some(&Value::Bool(true)));
+    assert!(
+        roles
+            .iter()
+            .filter(|f| f.get("contact_id") == Some(&Value::Text(contact.to_string())))
+            .all(|f| f.get("role") == Some(&Value::from("Decision Maker"))),
+        "the plain association next to the label is no role of its own: {roles:?}"
+    );
 
     let (owners, _) = drain(&crm, "owners", None, 100).await;
     assert!(!owners.is_empty());
@@ -462,7 +547,8 @@ fn the_example_config_loads_offline_with_valid_adapter_options() {
     let loaded =
         load(&SettingsSource::new(&dir, None).with_vars(vars)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.settings.crm.adapter, "hubspot");
-    assert_eq!(loaded.mappings.len(), 3);
+    // leads, companies, opportunities, and the one-way roles and salespersons.
+    assert_eq!(loaded.mappings.len(), 5);
     let options = HubSpotOptions::from_json(&loaded.settings.crm.options).unwrap();
     assert!(options.objects["contacts"].writable);
     assert_eq!(options.objects["deal_contacts"].object_type, "associations");

@@ -278,3 +278,123 @@ async fn the_demo_keeps_narrating_past_fifty_cycles() {
     assert!(text.contains("demo stopped after 51 cycles"), "{text}");
     assert!(report.edits > 0);
 }
+
+#[test]
+fn the_hubspot_demo_shows_records_flowing_both_ways_and_never_logs_the_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let log = dir.path().join("demo.log");
+    let output = Command::new(env!("CARGO_BIN_EXE_marketo-sync"))
+        .args([
+            "demo",
+            "--crm",
+            "hubspot",
+            "--cycles",
+            "3",
+            "--interval",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("RUST_LOG")
+        .env_remove("HUBSPOT_ACCESS_TOKEN")
+        .current_dir(dir.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("crm:            the HubSpot simulator (http://127.0.0.1:"),
+        "{stdout}"
+    );
+    let cycles: Vec<&str> = stdout.lines().filter(|l| l.starts_with("cycle ")).collect();
+    assert_eq!(cycles.len(), 3, "{stdout}");
+    assert!(
+        cycles.iter().all(|l| l.contains(" succeeded: ")),
+        "{stdout}"
+    );
+    // The first cycle links the sample data both ways; the later ones carry the demo's edits.
+    assert!(written(cycles[0], "Marketo -> CRM") > 0, "{}", cycles[0]);
+    assert!(written(cycles[0], "CRM -> Marketo") > 0, "{}", cycles[0]);
+    for line in &cycles[1..] {
+        assert!(written(line, "Marketo -> CRM") >= 2, "{line}");
+        assert!(written(line, "CRM -> Marketo") >= 2, "{line}");
+    }
+    let token = std::fs::read_to_string(state.join("hubspot-token")).expect("the token file");
+    assert!(token.starts_with("pat-"), "{token}");
+    let logged = std::fs::read_to_string(&log).expect("the log file exists");
+    assert!(
+        logged.contains("hubspot") || logged.contains("cycle"),
+        "{logged}"
+    );
+    for (what, text) in [
+        ("stdout", &*stdout),
+        ("stderr", &*stderr),
+        ("log", &*logged),
+    ] {
+        assert!(!text.contains(token.trim()), "the token is in the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubspot_token_is_not_on_the_status_page_or_api() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let captured = Captured::default();
+    let out: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(captured.clone()));
+    let options = DemoOptions {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        cycles: Some(4),
+        state_dir: Some(state.path().to_path_buf()),
+        leads: 5,
+        contacts: 5,
+        interval: Duration::from_millis(500),
+        crm: marketo_sync::app::demo::DemoCrm::HubSpot,
+        ..DemoOptions::default()
+    };
+    let stop = CancellationToken::new();
+    let demo = tokio::spawn(run_demo(options, out, stop.clone()));
+    let text = || String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let mut base = None;
+    for _ in 0..600 {
+        let now = text();
+        if now.contains("cycle 1 ") {
+            base = now.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("status page:")
+                    .map(|u| u.trim().trim_end_matches('/').to_owned())
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = base.unwrap_or_else(|| panic!("no cycle ran: {}", text()));
+    let token = std::fs::read_to_string(state.path().join("hubspot-token")).expect("token file");
+    let client = reqwest::Client::new();
+    for path in ["/", "/api/status", "/api/errors", "/metrics", "/readyz"] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let headers = format!("{:?}", response.headers());
+        let body = response.text().await.expect("body");
+        if path == "/" || path == "/api/status" {
+            assert!(!body.trim().is_empty(), "GET {path} answered nothing");
+        }
+        assert!(
+            !body.contains(token.trim()) && !headers.contains(token.trim()),
+            "the token is in GET {path}"
+        );
+    }
+    stop.cancel();
+    demo.await.expect("join").expect("the demo runs");
+    assert!(
+        !text().contains(token.trim()),
+        "the token is in the narration"
+    );
+}

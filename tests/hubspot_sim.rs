@@ -512,6 +512,21 @@ async fn upsert_keys_on_a_unique_value_property() {
     assert_eq!(first.status, 200, "{}", first.body);
     let results = first.body["results"].as_array().unwrap();
     assert!(results.iter().all(|r| r["new"] == true));
+    // As HubSpot does, each result carries the properties its input set and the idProperty's
+    // value, so that a client maps results to inputs without reading them again.
+    let mut keys: Vec<&str> = results
+        .iter()
+        .map(|r| r["properties"]["marketo_lead_id"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["1001", "1002"], "{}", first.body);
+    assert!(
+        results
+            .iter()
+            .any(|r| r["properties"]["firstname"] == "Mo" && r["properties"]["email"] == "m1@x.io"),
+        "{}",
+        first.body
+    );
     let id_1001 = results
         .iter()
         .find(|r| {

@@ -17,12 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::AppError;
 use crate::config::{Loaded, SettingsSource};
+use crate::sim::hubspot::{HubSpotConfig, HubSpotHandle, HubSpotSim};
 use crate::sim::{SimConfig, SimHandle, Simulator};
 use crate::store::{CycleRecord, StateStore, StoreError};
 use crate::telemetry::DemoLogs;
@@ -71,6 +72,44 @@ pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
     ),
 ];
 
+/// The settings and mapping files `demo --crm hubspot` runs with when no `--config` is given:
+/// the repository's `config/examples/hubspot/` directory (default.toml, demo.toml,
+/// mappings/*.toml) and the demo's not-secret Marketo client secret.
+pub const EMBEDDED_HUBSPOT_CONFIG: &[(&str, &str)] = &[
+    (
+        "default.toml",
+        include_str!("../../config/examples/hubspot/default.toml"),
+    ),
+    (
+        "demo.toml",
+        include_str!("../../config/examples/hubspot/demo.toml"),
+    ),
+    (
+        "mappings/companies.toml",
+        include_str!("../../config/examples/hubspot/mappings/companies.toml"),
+    ),
+    (
+        "mappings/leads.toml",
+        include_str!("../../config/examples/hubspot/mappings/leads.toml"),
+    ),
+    (
+        "mappings/opportunities.toml",
+        include_str!("../../config/examples/hubspot/mappings/opportunities.toml"),
+    ),
+    (
+        "mappings/roles.toml",
+        include_str!("../../config/examples/hubspot/mappings/roles.toml"),
+    ),
+    (
+        "mappings/salespersons.toml",
+        include_str!("../../config/examples/hubspot/mappings/salespersons.toml"),
+    ),
+    (
+        "demo-secrets/marketo_client_secret",
+        include_str!("../../config/demo-secrets/marketo_client_secret"),
+    ),
+];
+
 /// Writes [`EMBEDDED_CONFIG`] under `dir` (created when missing), so that it loads like a
 /// config directory.
 ///
@@ -78,7 +117,12 @@ pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
 ///
 /// Returns the I/O error of a directory or file that cannot be written.
 pub fn write_embedded_config(dir: &Path) -> std::io::Result<()> {
-    for (name, text) in EMBEDDED_CONFIG {
+    write_files(dir, EMBEDDED_CONFIG)
+}
+
+/// Writes `files` (path relative to `dir`, contents) under `dir`.
+fn write_files(dir: &Path, files: &[(&str, &str)]) -> std::io::Result<()> {
+    for (name, text) in files {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -111,6 +155,18 @@ pub struct DemoOptions {
     /// Where the logs go (shown in the banner; the subscriber is installed by the caller with
     /// [`crate::telemetry::init_demo`]).
     pub logs: DemoLogs,
+    /// Which CRM the demo embeds.
+    pub crm: DemoCrm,
+}
+
+/// The CRM `marketo-sync demo` embeds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoCrm {
+    /// The demo CRM in a SQLite file, through the sql adapter.
+    #[default]
+    Sql,
+    /// The HubSpot simulator, through the hubspot adapter.
+    HubSpot,
 }
 
 impl Default for DemoOptions {
@@ -125,6 +181,7 @@ impl Default for DemoOptions {
             contacts: 30,
             interval: Duration::from_secs(10),
             logs: DemoLogs::Quiet,
+            crm: DemoCrm::Sql,
         }
     }
 }
@@ -168,7 +225,11 @@ pub async fn run_demo(
         Some(dir) => dir.clone(),
         None => {
             embedded = tempfile::tempdir()?;
-            write_embedded_config(embedded.path()).map_err(|error| AppError::InvalidArgument {
+            let files = match options.crm {
+                DemoCrm::Sql => EMBEDDED_CONFIG,
+                DemoCrm::HubSpot => EMBEDDED_HUBSPOT_CONFIG,
+            };
+            write_files(embedded.path(), files).map_err(|error| AppError::InvalidArgument {
                 what: "--config",
                 reason: format!(
                     "cannot write the built-in config to {}: {error}",
@@ -206,17 +267,14 @@ pub async fn run_demo(
         reason: e.to_string(),
     })?;
 
-    let crm_url = format!("sqlite://{}", state_dir.join("demo-crm.db").display());
-    crate::sim::demo_crm::install(&crm_url, options.seed, options.contacts)
-        .await
-        .map_err(|e| AppError::Engine(e.into()))?;
+    let crm = EmbeddedCrm::start(&options, &state_dir).await?;
     let store_url = format!("sqlite://{}", state_dir.join("demo-state.db").display());
     let webhook_secret = uuid::Uuid::new_v4().simple().to_string();
 
     point_at_demo(
         &mut loaded,
         &sim,
-        &crm_url,
+        &crm,
         &store_url,
         &webhook_secret,
         &options,
@@ -240,9 +298,10 @@ pub async fn run_demo(
     say(
         &out,
         &format!(
-            "marketo-sync demo\n  status page:    http://{listen}/\n  webhook:        POST http://{listen}/webhooks/marketo\n  webhook secret: {webhook_secret} (header {})\n  simulator:      {}\n  config:         {}\n  state:          {}\n  logs:           {}\n  stop with Ctrl-C{}",
+            "marketo-sync demo\n  status page:    http://{listen}/\n  webhook:        POST http://{listen}/webhooks/marketo\n  webhook secret: {webhook_secret} (header {})\n  simulator:      {}\n  crm:            {}\n  config:         {}\n  state:          {}\n  logs:           {}\n  stop with Ctrl-C{}",
             settings.http.webhook_header,
             sim.base_url(),
+            crm.describe(),
             options.config.as_ref().map_or_else(
                 || "built in (--config DIR to use your own)".to_owned(),
                 |dir| dir.display().to_string()
@@ -258,7 +317,7 @@ pub async fn run_demo(
 
     let daemon_token = shutdown.child_token();
     let daemon = tokio::spawn(daemon.run_until_stopped(daemon_token.clone()));
-    let report = play(&options, &sim, &crm_url, store, &out, &daemon_token).await;
+    let report = play(&options, &sim, &crm, store, &out, &daemon_token).await;
     daemon_token.cancel();
     match daemon.await {
         Ok(result) => result?,
@@ -277,14 +336,113 @@ pub async fn run_demo(
         ),
     );
     sim.shutdown().await;
+    crm.shutdown().await;
     Ok(report)
+}
+
+/// The CRM a demo embeds.
+enum EmbeddedCrm {
+    /// The demo CRM in a SQLite file.
+    Sql {
+        /// Its URL.
+        url: String,
+    },
+    /// The HubSpot simulator, and the file holding the token it accepts.
+    HubSpot {
+        /// The simulator.
+        sim: HubSpotHandle,
+        /// The token file the adapter reads.
+        token_file: PathBuf,
+    },
+}
+
+impl EmbeddedCrm {
+    /// Starts the CRM `options` name, with its sample data, in `state_dir`.
+    async fn start(options: &DemoOptions, state_dir: &Path) -> Result<EmbeddedCrm, AppError> {
+        match options.crm {
+            DemoCrm::Sql => {
+                let url = format!("sqlite://{}", state_dir.join("demo-crm.db").display());
+                crate::sim::demo_crm::install(&url, options.seed, options.contacts)
+                    .await
+                    .map_err(|e| AppError::Engine(e.into()))?;
+                Ok(EmbeddedCrm::Sql { url })
+            }
+            DemoCrm::HubSpot => start_hubspot(options, state_dir).await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            EmbeddedCrm::Sql { url } => format!("the demo CRM ({url})"),
+            EmbeddedCrm::HubSpot { sim, .. } => {
+                format!("the HubSpot simulator ({})", sim.base_url())
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        if let EmbeddedCrm::HubSpot { sim, .. } = self {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// Starts the HubSpot simulator with sample data, writes the token it accepts to a file of
+/// `state_dir` (the adapter reads it from there; it is never printed), and creates the unique
+/// `marketo_id` properties as `marketo-sync crm prepare` does.
+async fn start_hubspot(options: &DemoOptions, state_dir: &Path) -> Result<EmbeddedCrm, AppError> {
+    let token = SecretString::from(format!("pat-na1-demo-{}", uuid::Uuid::new_v4()));
+    let sim = HubSpotSim::start(HubSpotConfig {
+        seed: options.seed,
+        contacts: options.contacts,
+        token: token.clone(),
+        ..HubSpotConfig::default()
+    })
+    .await
+    .map_err(|e| AppError::InvalidArgument {
+        what: "hubspot simulator",
+        reason: e.to_string(),
+    })?;
+    let token_file = state_dir.join("hubspot-token");
+    std::fs::write(&token_file, token.expose_secret())?;
+    let mut crm_options =
+        hubspot_example_options().map_err(|reason| AppError::InvalidArgument {
+            what: "the built-in hubspot example",
+            reason,
+        })?;
+    crm_options["base_url"] = json!(sim.base_url());
+    let parsed = crate::crm::hubspot::HubSpotOptions::from_json(&crm_options)
+        .map_err(|e| AppError::Engine(e.into()))?;
+    crate::crm::hubspot::prepare::prepare(&parsed, token)
+        .await
+        .map_err(|e| AppError::Engine(e.into()))?;
+    Ok(EmbeddedCrm::HubSpot { sim, token_file })
+}
+
+/// Returns the `[crm.options]` table of the built-in HubSpot example
+/// (`config/examples/hubspot/default.toml`), as JSON.
+///
+/// # Errors
+///
+/// Returns why the embedded file does not parse or has no `[crm.options]`.
+pub fn hubspot_example_options() -> Result<serde_json::Value, String> {
+    let example = EMBEDDED_HUBSPOT_CONFIG
+        .iter()
+        .find(|(name, _)| *name == "default.toml")
+        .map_or("", |(_, text)| *text);
+    let doc: toml::Table = toml::from_str(example).map_err(|e| e.to_string())?;
+    let options = doc
+        .get("crm")
+        .and_then(|crm| crm.get("options"))
+        .ok_or("no [crm.options]")?;
+    serde_json::to_value(options).map_err(|e| e.to_string())
 }
 
 /// Points the loaded demo settings at the embedded simulator, CRM and store.
 fn point_at_demo(
     loaded: &mut Loaded,
     sim: &SimHandle,
-    crm_url: &str,
+    crm: &EmbeddedCrm,
     store_url: &str,
     webhook_secret: &str,
     options: &DemoOptions,
@@ -292,10 +450,24 @@ fn point_at_demo(
     let settings = &mut loaded.settings;
     settings.marketo.base_url = Some(sim.base_url().to_string());
     settings.marketo.munchkin_id = None;
-    settings.crm.adapter = "sql".to_owned();
-    settings.crm.url = Some(SecretString::from(crm_url.to_owned()));
-    if settings.crm.options.get("objects").is_none() {
-        settings.crm.options = crate::sim::demo_crm::adapter_options(true, false);
+    match crm {
+        EmbeddedCrm::Sql { url } => {
+            settings.crm.adapter = "sql".to_owned();
+            settings.crm.url = Some(SecretString::from(url.clone()));
+            if settings.crm.options.get("objects").is_none() {
+                settings.crm.options = crate::sim::demo_crm::adapter_options(true, false);
+            }
+        }
+        EmbeddedCrm::HubSpot { sim, token_file } => {
+            settings.crm.adapter = crate::crm::hubspot::ADAPTER_NAME.to_owned();
+            settings.crm.url = None;
+            let o = &mut settings.crm.options;
+            if let Some(map) = o.as_object_mut() {
+                map.remove("token_env");
+            }
+            o["base_url"] = json!(sim.base_url());
+            o["token_file"] = json!(token_file);
+        }
     }
     settings.store.url = SecretString::from(store_url.to_owned());
     settings.http.webhook_secret = Some(SecretString::from(webhook_secret.to_owned()));
@@ -310,14 +482,14 @@ fn point_at_demo(
 async fn play(
     options: &DemoOptions,
     sim: &SimHandle,
-    crm_url: &str,
+    embedded: &EmbeddedCrm,
     store: Arc<dyn StateStore>,
     out: &Arc<Mutex<dyn Write + Send>>,
     stop: &CancellationToken,
 ) -> DemoReport {
     let mut report = DemoReport::default();
-    let crm = match sqlx::sqlite::SqlitePool::connect(crm_url).await {
-        Ok(pool) => pool,
+    let crm = match CrmUser::open(embedded).await {
+        Ok(user) => user,
         Err(error) => {
             say(out, &format!("demo: cannot open the demo CRM: {error}"));
             stop.cancelled().await;
@@ -443,7 +615,7 @@ fn describe_cycle(n: u32, cycle: &CycleRecord) -> String {
 /// Makes one round of edits as people would: returns how many it made.
 async fn edit_both_sides(
     sim: &SimHandle,
-    crm: &sqlx::SqlitePool,
+    crm: &CrmUser<'_>,
     store: &Arc<dyn StateStore>,
     round: u32,
     out: &Arc<Mutex<dyn Write + Send>>,
@@ -481,14 +653,7 @@ async fn edit_both_sides(
     // A salesperson edits a contact's phone in the CRM.
     let contact = pick(1);
     let phone = format!("+1 555 01{:02}", round % 100);
-    let updated = sqlx::query(
-        "UPDATE contacts SET phone = ?1, updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = ?2",
-    )
-    .bind(&phone)
-    .bind(&contact.crm_key)
-    .execute(crm)
-    .await;
-    if updated.is_ok_and(|r| r.rows_affected() == 1) {
+    if crm.set_phone(&contact.crm_key, &phone).await {
         edits += 1;
         say(
             out,
@@ -512,14 +677,7 @@ async fn edit_both_sides(
         );
     }
     let email = format!("new.contact.{round}@demo.example");
-    let inserted = sqlx::query(
-        "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES (?1, 'Newly', ?2, strftime('%Y-%m-%d %H:%M:%f','now'))",
-    )
-    .bind(&email)
-    .bind(format!("Crm{round}"))
-    .execute(crm)
-    .await;
-    if inserted.is_ok() {
+    if crm.add_contact(&email, &format!("Crm{round}")).await {
         edits += 1;
         say(
             out,
@@ -527,6 +685,69 @@ async fn edit_both_sides(
         );
     }
     edits
+}
+
+/// A salesperson at work in the embedded CRM.
+enum CrmUser<'a> {
+    /// Editing the demo CRM's tables.
+    Sql(sqlx::SqlitePool),
+    /// Editing HubSpot records (through the simulator, as a HubSpot user).
+    HubSpot(&'a HubSpotHandle),
+}
+
+impl CrmUser<'_> {
+    async fn open(crm: &EmbeddedCrm) -> Result<CrmUser<'_>, sqlx::Error> {
+        Ok(match crm {
+            EmbeddedCrm::Sql { url } => CrmUser::Sql(sqlx::sqlite::SqlitePool::connect(url).await?),
+            EmbeddedCrm::HubSpot { sim, .. } => CrmUser::HubSpot(sim),
+        })
+    }
+
+    /// Sets a contact's phone; returns whether it was edited.
+    async fn set_phone(&self, contact: &str, phone: &str) -> bool {
+        match self {
+            CrmUser::Sql(pool) => sqlx::query(
+                "UPDATE contacts SET phone = ?1, updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = ?2",
+            )
+            .bind(phone)
+            .bind(contact)
+            .execute(pool)
+            .await
+            .is_ok_and(|r| r.rows_affected() == 1),
+            CrmUser::HubSpot(sim) => contact.parse().is_ok_and(|id| {
+                let values = json!({ "phone": phone });
+                values
+                    .as_object()
+                    .is_some_and(|v| sim.update("contacts", id, v.clone()).is_ok_and(|c| c))
+            }),
+        }
+    }
+
+    /// Adds a contact; returns whether it was added.
+    async fn add_contact(&self, email: &str, last_name: &str) -> bool {
+        match self {
+            CrmUser::Sql(pool) => sqlx::query(
+                "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES (?1, 'Newly', ?2, strftime('%Y-%m-%d %H:%M:%f','now'))",
+            )
+            .bind(email)
+            .bind(last_name)
+            .execute(pool)
+            .await
+            .is_ok(),
+            CrmUser::HubSpot(sim) => {
+                let values = json!({ "email": email, "firstname": "Newly", "lastname": last_name });
+                values
+                    .as_object()
+                    .is_some_and(|v| sim.create("contacts", v.clone()).is_ok())
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let CrmUser::Sql(pool) = self {
+            pool.close().await;
+        }
+    }
 }
 
 fn say(out: &Arc<Mutex<dyn Write + Send>>, line: &str) {
@@ -598,6 +819,43 @@ mod tests {
             let disk = std::fs::read_to_string(config.join(name)).expect("read");
             assert_eq!(*text, disk, "{name}");
         }
+    }
+
+    #[test]
+    fn every_hubspot_example_file_is_embedded_as_it_is_on_disk() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/hubspot");
+        let mut on_disk = vec![
+            "default.toml".to_owned(),
+            "demo.toml".to_owned(),
+            "demo-secrets/marketo_client_secret".to_owned(),
+        ];
+        for entry in std::fs::read_dir(example.join("mappings")).expect("read mappings") {
+            let name = entry.expect("entry").file_name();
+            on_disk.push(format!("mappings/{}", name.to_string_lossy()));
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = EMBEDDED_HUBSPOT_CONFIG
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        embedded.sort();
+        assert_eq!(
+            embedded, on_disk,
+            "add new files to EMBEDDED_HUBSPOT_CONFIG"
+        );
+        for (name, text) in EMBEDDED_HUBSPOT_CONFIG {
+            let path = match name.strip_prefix("demo-secrets/") {
+                Some(secret) => example.join("../../demo-secrets").join(secret),
+                None => example.join(name),
+            };
+            assert_eq!(
+                *text,
+                std::fs::read_to_string(path).expect("read"),
+                "{name}"
+            );
+        }
+        let options = hubspot_example_options().expect("options");
+        assert!(options["objects"]["contacts"].is_object(), "{options}");
     }
 
     #[test]

@@ -227,6 +227,18 @@ impl MappingFile {
         self.marketo_object == ACTIVITIES
     }
 
+    /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
+    /// sync then never writes the Marketo id into the CRM, so `keys.crm_marketo_id` may be left
+    /// out (read-only CRM objects such as HubSpot owners and associations have no field for it).
+    pub fn crm_read_only(&self) -> bool {
+        !self.is_activities()
+            && !self.fields.is_empty()
+            && self
+                .fields
+                .iter()
+                .all(|f| f.direction == Direction::ToMarketo)
+    }
+
     /// Returns the match fields: explicit, else `email` for leads, else none.
     pub fn effective_match_fields(&self) -> Vec<String> {
         match &self.match_fields {
@@ -459,11 +471,12 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
             "required key `keys.marketo_crm_key` is missing (the Marketo field that holds the CRM key)",
         ));
     }
-    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) {
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) && !f.crm_read_only() {
         out.push(m.problem(
             true,
             &key_path("keys"),
-            "required key `keys.crm_marketo_id` is missing (the CRM field that holds the Marketo id)",
+            "required key `keys.crm_marketo_id` is missing (the CRM field that holds the Marketo id; \
+             it may be left out only when every field is `direction = \"to_marketo\"`)",
         ));
     }
     check_fields(m, &f.fields, &[], &mut out);
@@ -713,6 +726,22 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("added_activity") && p.contains("standard object")),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_mapping_that_writes_nothing_to_the_crm_may_leave_out_crm_marketo_id() {
+        let one_way = "marketo_object = \"salesperson\"\ncrm_object = \"owners\"\n\
+            [keys]\nmarketo_crm_key = \"externalSalesPersonId\"\n\
+            [[fields]]\nmarketo = \"email\"\ncrm = \"email\"\ndirection = \"to_marketo\"\n";
+        assert!(check(one_way).is_empty(), "{:?}", check(one_way));
+        let both_ways = one_way.replace("direction = \"to_marketo\"\n", "");
+        assert!(
+            check(&both_ways)
+                .iter()
+                .any(|p| p.contains("`keys.crm_marketo_id` is missing")),
+            "{:?}",
+            check(&both_ways)
         );
     }
 }

@@ -234,6 +234,10 @@ pub fn compile(
         (Side::Crm, crm, &key_crm, "keys.crm_marketo_id"),
     ] {
         let path: Vec<Segment> = key.split('.').map(|s| Segment::Key(s.into())).collect();
+        if name.is_empty() && side == Side::Crm && f.crm_read_only() {
+            // Nothing is written to the CRM, so no CRM field holds the Marketo id.
+            continue;
+        }
         if name.is_empty() {
             problems.push(m.problem(true, &path, format!("required key `{key}` is missing")));
             fatal = true;

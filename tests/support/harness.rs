@@ -515,31 +515,40 @@ pub struct CallTally {
 impl TestApp {
     /// The last sequence number of the simulator's request log (0 when empty).
     pub fn log_mark(&self) -> u64 {
-        self.sim.request_log().last().map_or(0, |e| e.seq)
+        log_mark(&self.sim)
     }
 
     /// Tallies the simulator requests logged after `mark` (see [`TestApp::log_mark`]).
     pub fn calls_since(&self, mark: u64) -> CallTally {
-        let log: Vec<_> = self
-            .sim
-            .request_log()
-            .into_iter()
-            .filter(|e| e.seq > mark)
-            .collect();
-        let mut tally = CallTally {
-            logged: log.len(),
-            counted: 0,
-            by_family: std::collections::BTreeMap::new(),
-            by_path: std::collections::BTreeMap::new(),
-        };
-        for e in log.iter().filter(|e| e.counted) {
-            tally.counted += 1;
-            *tally.by_family.entry(e.family.clone()).or_default() += 1;
-            *tally
-                .by_path
-                .entry(format!("{} {}", e.method, e.path))
-                .or_default() += 1;
-        }
-        tally
+        calls_since(&self.sim, mark)
     }
+}
+
+/// The last sequence number of a Marketo simulator's request log (0 when empty).
+pub fn log_mark(sim: &SimHandle) -> u64 {
+    sim.request_log().last().map_or(0, |e| e.seq)
+}
+
+/// Tallies a Marketo simulator's requests logged after `mark` (see [`log_mark`]).
+pub fn calls_since(sim: &SimHandle, mark: u64) -> CallTally {
+    let log: Vec<_> = sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.seq > mark)
+        .collect();
+    let mut tally = CallTally {
+        logged: log.len(),
+        counted: 0,
+        by_family: std::collections::BTreeMap::new(),
+        by_path: std::collections::BTreeMap::new(),
+    };
+    for e in log.iter().filter(|e| e.counted) {
+        tally.counted += 1;
+        *tally.by_family.entry(e.family.clone()).or_default() += 1;
+        *tally
+            .by_path
+            .entry(format!("{} {}", e.method, e.path))
+            .or_default() += 1;
+    }
+    tally
 }

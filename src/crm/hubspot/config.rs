@@ -53,6 +53,11 @@ pub struct HubSpotOptions {
     /// (default and maximum 10,000, HubSpot's cap).
     #[serde(default = "default_search_cap")]
     pub search_result_cap: usize,
+    /// How long a schema read from the Properties API is reused by `describe`, in seconds
+    /// (default 60): the engine describes an object several times a cycle, and a property
+    /// deleted in HubSpot is seen within this time.
+    #[serde(default = "default_schema_ttl")]
+    pub schema_ttl_seconds: u64,
     /// The time-out of one request, in seconds (default 30).
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -186,6 +191,9 @@ fn default_overlap() -> u64 {
 }
 fn default_search_cap() -> usize {
     SEARCH_RESULT_CAP
+}
+fn default_schema_ttl() -> u64 {
+    60
 }
 fn default_timeout() -> u64 {
     30

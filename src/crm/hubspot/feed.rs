@@ -515,10 +515,18 @@ pub(crate) async fn association_records(
                 .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
             for target in &item.to {
                 let to_id = target.to_id();
+                // Unlabelled HubSpot-defined types are the plain association; a labelled one is
+                // a role. HubSpot keeps the plain association next to every label, so it is a
+                // record of its own only for a pair with no label.
+                let labelled = target
+                    .association_types
+                    .iter()
+                    .any(|t| t.label.as_deref().is_some_and(|l| !l.is_empty()));
                 for t in &target.association_types {
-                    // Unlabelled HubSpot-defined types are the plain association; a labelled one
-                    // is a role.
                     let label = t.label.clone().filter(|l| !l.is_empty());
+                    if labelled && label.is_none() {
+                        continue;
+                    }
                     let primary = match (&label, &primary_label) {
                         (Some(l), Some(p)) => l.eq_ignore_ascii_case(p),
                         _ => false,

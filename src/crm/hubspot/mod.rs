@@ -25,6 +25,7 @@ pub(crate) mod client;
 pub mod config;
 mod feed;
 pub(crate) mod model;
+pub mod prepare;
 pub mod schema;
 mod write;
 
@@ -54,12 +55,15 @@ pub const MAX_BATCH: usize = 100;
 /// The most results one search page returns.
 const SEARCH_PAGE: usize = 200;
 
+/// A record object's properties and when they were read.
+type ReadSchema = (tokio::time::Instant, Arc<Vec<FieldDef>>);
+
 /// The HubSpot adapter.
 pub struct HubSpotCrm {
     client: Client,
     options: HubSpotOptions,
-    /// The properties of each record object, as last described.
-    properties: RwLock<HashMap<String, Arc<Vec<FieldDef>>>>,
+    /// The properties of each record object, as last described, and when they were read.
+    properties: RwLock<HashMap<String, ReadSchema>>,
 }
 
 impl std::fmt::Debug for HubSpotCrm {
@@ -100,19 +104,8 @@ impl HubSpotCrm {
         options: HubSpotOptions,
         token: SecretString,
     ) -> Result<HubSpotCrm, CrmError> {
-        let base_url = url::Url::parse(&options.base_url).map_err(|e| CrmError::Config {
-            message: format!("hubspot adapter options: base_url is not a URL: {e}"),
-        })?;
-        let settings = ClientSettings {
-            base_url,
-            timeout: Duration::from_secs(options.timeout_seconds.max(1)),
-            max_retries: options.max_retries,
-            requests_per_10s: options.requests_per_10s(),
-            search_per_second: options.search_per_second,
-            daily_limit: options.daily_limit(),
-        };
         let crm = HubSpotCrm {
-            client: Client::new(settings, token)?,
+            client: client_for(&options, token)?,
             options,
             properties: RwLock::new(HashMap::new()),
         };
@@ -188,16 +181,9 @@ impl HubSpotCrm {
         name: &str,
         o: &ObjectOptions,
     ) -> Result<Arc<Vec<FieldDef>>, CrmError> {
-        let request = Request::get(
-            format!("/crm/v3/properties/{}", o.object_type),
-            format!("describe {name}"),
-        )
-        .q("archived", "false");
-        let answer: Collection<Property> = self.client.send(&request).await?;
-        let fields: Vec<FieldDef> = answer
-            .results
+        let fields: Vec<FieldDef> = property_listing(&self.client, name, &o.object_type)
+            .await?
             .iter()
-            .filter(|p| !p.archived)
             .map(schema::field_def)
             .collect();
         let fields = Arc::new(fields);
@@ -205,18 +191,32 @@ impl HubSpotCrm {
             .properties
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.insert(name.to_owned(), fields.clone());
+        cache.insert(
+            name.to_owned(),
+            (tokio::time::Instant::now(), fields.clone()),
+        );
         Ok(fields)
     }
 
     /// Returns the cached properties of a record object (reading them when not cached yet).
     async fn props(&self, name: &str) -> Result<Arc<Vec<FieldDef>>, CrmError> {
+        self.props_within(name, Duration::MAX).await
+    }
+
+    /// Returns the properties of a record object, read again when the cached ones are older
+    /// than `max_age`.
+    async fn props_within(
+        &self,
+        name: &str,
+        max_age: Duration,
+    ) -> Result<Arc<Vec<FieldDef>>, CrmError> {
         let cached = self
             .properties
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned();
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, p)| p.clone());
         match cached {
             Some(p) => Ok(p),
             None => {
@@ -422,6 +422,40 @@ impl HubSpotCrm {
     }
 }
 
+/// Returns a client for `options` authenticating with `token`.
+///
+/// # Errors
+/// [`CrmError::Config`] for a bad base URL.
+fn client_for(options: &HubSpotOptions, token: SecretString) -> Result<Client, CrmError> {
+    let base_url = url::Url::parse(&options.base_url).map_err(|e| CrmError::Config {
+        message: format!("hubspot adapter options: base_url is not a URL: {e}"),
+    })?;
+    let settings = ClientSettings {
+        base_url,
+        timeout: Duration::from_secs(options.timeout_seconds.max(1)),
+        max_retries: options.max_retries,
+        requests_per_10s: options.requests_per_10s(),
+        search_per_second: options.search_per_second,
+        daily_limit: options.daily_limit(),
+    };
+    Client::new(settings, token)
+}
+
+/// Returns the live (not archived) properties of `object_type` from the Properties API.
+async fn property_listing(
+    client: &Client,
+    name: &str,
+    object_type: &str,
+) -> Result<Vec<Property>, CrmError> {
+    let request = Request::get(
+        format!("/crm/v3/properties/{object_type}"),
+        format!("describe {name}"),
+    )
+    .q("archived", "false");
+    let answer: Collection<Property> = client.send(&request).await?;
+    Ok(answer.results.into_iter().filter(|p| !p.archived).collect())
+}
+
 /// The fields of an owner record.
 const OWNER_FIELDS: &[(&str, FieldType)] = &[
     ("email", FieldType::Email),
@@ -502,7 +536,8 @@ impl Crm for HubSpotCrm {
         let kind = o.kind();
         let (fields, id_field, dedupe) = match &kind {
             Kind::Records => {
-                let props = self.load_properties(object, o).await?;
+                let ttl = Duration::from_secs(self.options.schema_ttl_seconds);
+                let props = self.props_within(object, ttl).await?;
                 let mut fields = (*props).clone();
                 if !o.writable {
                     for f in &mut fields {

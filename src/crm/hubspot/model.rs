@@ -135,6 +135,9 @@ pub(crate) struct Property {
     pub(crate) options: Vec<PropertyOption>,
     #[serde(default)]
     pub(crate) has_unique_value: bool,
+    /// The property group it belongs to.
+    #[serde(default)]
+    pub(crate) group_name: Option<String>,
     #[serde(default)]
     pub(crate) calculated: bool,
     #[serde(default)]

@@ -54,14 +54,6 @@ pub(super) async fn upsert(
     batch: &[Fields],
 ) -> Result<Vec<WriteResult>, CrmError> {
     writable(name, o)?;
-    if batch.len() > MAX_BATCH {
-        return Err(CrmError::Config {
-            message: format!(
-                "batch of {} records is larger than HubSpot's {MAX_BATCH}",
-                batch.len()
-            ),
-        });
-    }
     let props = crm.props(name).await?;
     let mode = if key_field == ID_PROPERTY {
         Mode::Update
@@ -88,17 +80,20 @@ pub(super) async fn upsert(
             Err(refusal) => results[index] = Some(WriteResult::Refused(refusal)),
         }
     }
-    if !ready.is_empty() {
-        let ctx = WriteCtx {
-            crm,
-            name,
-            object_type: &o.object_type,
-            key_field,
-            mode,
-        };
+    let ctx = WriteCtx {
+        crm,
+        name,
+        object_type: &o.object_type,
+        key_field,
+        mode,
+    };
+    // HubSpot takes at most MAX_BATCH inputs a call: a larger batch is sent in calls of that size.
+    while !ready.is_empty() {
+        let rest = ready.split_off(ready.len().min(MAX_BATCH));
         for (index, result) in ctx.send(ready, true).await? {
             results[index] = Some(result);
         }
+        ready = rest;
     }
     Ok(results
         .into_iter()
@@ -463,14 +458,6 @@ pub(super) async fn archive(
     ids: &[String],
 ) -> Result<Vec<WriteResult>, CrmError> {
     writable(name, o)?;
-    if ids.len() > MAX_BATCH {
-        return Err(CrmError::Config {
-            message: format!(
-                "batch of {} ids is larger than HubSpot's {MAX_BATCH}",
-                ids.len()
-            ),
-        });
-    }
     let live = crm.read_by_ids(name, o, ids).await?;
     let mut results: Vec<Option<WriteResult>> = vec![None; ids.len()];
     let mut found: Vec<(usize, String)> = Vec::new();
@@ -484,8 +471,13 @@ pub(super) async fn archive(
             )));
         }
     }
-    for (i, result) in archive_split(crm, name, &o.object_type, found).await? {
-        results[i] = Some(result);
+    // At most MAX_BATCH ids a call.
+    while !found.is_empty() {
+        let rest = found.split_off(found.len().min(MAX_BATCH));
+        for (i, result) in archive_split(crm, name, &o.object_type, found).await? {
+            results[i] = Some(result);
+        }
+        found = rest;
     }
     Ok(results
         .into_iter()

@@ -106,7 +106,9 @@ async fn take_over(
         step.tombstone(l, into, Side::Marketo);
         return Ok(false);
     }
-    let pk = "id";
+    // The CRM's own primary key (HubSpot's is `hs_object_id`), as the CRM-id write-back uses.
+    let pk = super::records::crm_pk(step.ctx, step.plan).await;
+    let pk = pk.as_str();
     let mut rec = Fields::new();
     rec.insert(pk.to_owned(), Value::Text(l.crm_key.clone()));
     rec.insert(plan.crm_marketo_id.clone(), Value::Text(winner.to_string()));

@@ -325,6 +325,36 @@ impl HubSpotHandle {
         Ok(st.portal.associate(from, from_id, to, to_id, type_id)?)
     }
 
+    /// Defines a labelled association type from one object type to another, as an admin would
+    /// in Settings, and returns its type id (the existing one when the label is defined).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HubSpotSimError::Refused`] for an unknown object type.
+    pub fn define_label(
+        &self,
+        from_type: &str,
+        to_type: &str,
+        label: &str,
+    ) -> Result<u32, HubSpotSimError> {
+        let mut st = self.shared.lock();
+        let from = st.portal.type_or_err(from_type)?;
+        let to = st.portal.type_or_err(to_type)?;
+        let from = st.portal.types[from].type_id.clone();
+        let to = st.portal.types[to].type_id.clone();
+        let existing = st
+            .portal
+            .assoc_types
+            .iter()
+            .find(|t| t.from == from && t.to == to && t.label.as_deref() == Some(label));
+        if let Some(t) = existing {
+            return Ok(t.type_id);
+        }
+        Ok(st
+            .portal
+            .add_assoc_type(&from, &to, model::AssocCategory::UserDefined, Some(label)))
+    }
+
     /// Returns a live record (merged-away ids answer with the survivor) with every set property.
     pub fn record(&self, object_type: &str, id: u64) -> Option<Value> {
         let st = self.shared.lock();

@@ -390,11 +390,24 @@ fn batch_call(portal: &Portal, req: &Req) -> Result<(usize, Vec<Value>), ApiErro
     Ok((portal.type_or_err(req.p("objectType"))?, inputs(req)?))
 }
 
-/// Returns the JSON of a written record: its default properties, the input's
-/// `objectWriteTraceId`, and for an upsert whether it was `new`.
+/// Returns the JSON of a written record as HubSpot answers a batch write: its default
+/// properties plus every property the input set (and an upsert's `idProperty`, whose value the
+/// record now holds), so that a client maps each result back to its input without reading it
+/// again; the input's `objectWriteTraceId`, and for an upsert whether it was `new`.
 fn written(object: &ObjectType, id: u64, input: &Value, new: Option<bool>) -> Option<Value> {
     let rec = object.records.get(&id)?;
-    let mut json = object.record_json(rec, &[], &[]);
+    let mut names = object.default_props.clone();
+    let set = props_of(input).into_iter().map(|(name, _)| name);
+    let key = input
+        .get("idProperty")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    for name in set.chain(key) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut json = object.record_json(rec, &names, &[]);
     if let Some(new) = new {
         json["new"] = json!(new);
     }
