@@ -1939,7 +1939,18 @@ async fn apply_merges(
     let ctx = step.ctx;
     let plan = step.plan;
     let object = object_name(plan);
-    let pk = "id";
+    if merges.is_empty() {
+        return Ok(());
+    }
+    // The CRM's own primary key (HubSpot's is `hs_object_id`), as the CRM-id write-back uses.
+    let pk = ctx
+        .crm
+        .describe(&plan.crm_object)
+        .await
+        .ok()
+        .and_then(|s| s.id_field)
+        .unwrap_or_else(|| "id".to_owned());
+    let pk = pk.as_str();
     // Winners given a CRM record by an earlier merge of this cycle (not in the store yet).
     let mut given: BTreeSet<i64> = BTreeSet::new();
     for (winner, losers) in merges {
