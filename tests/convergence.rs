@@ -350,6 +350,18 @@ async fn full_schedules_copy_every_activity_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_contact_holding_a_lead_id_no_longer_blocks_it() {
     converges(31218, &no_activities(options(60))).await;
+    // The same class, found by the scale runs as a child process on the full schedule.
+    converges(220053, &in_child(options(60))).await;
+}
+
+/// Seeds of the HubSpot scale runs (in process 300016, as a child process 310010) whose
+/// cycles all failed once a Marketo merge winner took over its loser's contact: the engine
+/// keyed that write by a hard-coded `id`, which HubSpot's adapter refuses as a key (its primary
+/// key is `hs_object_id`). The takeover is keyed by the CRM's own primary key since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_winners_takeover_is_keyed_by_hubspots_primary_key() {
+    converges(300016, &on_hubspot(options(60))).await;
+    converges(310010, &in_child(on_hubspot(options(60)))).await;
 }
 
 /// `--crm hubspot`: the schedules play against the HubSpot simulator through the HubSpot
@@ -384,4 +396,19 @@ async fn hubspot_schedules_converge_through_faults_kills_and_merges() {
     let kills = by_kind(&reports, |r| &r.kills_by_kind);
     assert!(!kills.is_empty(), "{kills:?}");
     assert!(reports.iter().all(|r| r.records > 0), "nothing was synced");
+}
+
+/// Open (not fixed), found by the scale runs on HubSpot (in process, 60 steps): seed 300031 ends
+/// with the live lead 9 linked, without a tombstone, to contact 1009, which the HubSpot user
+/// merged into contact 1010 (step 41). The cycles after it failed twice with Marketo's 604 on
+/// `leads/10/merge.json` (the engine merging lead 9 into lead 10, 1010's lead), and meanwhile
+/// Marketo's user deleted lead 10 (step 47); the next cycle archived 1010 and left lead 9's
+/// link as it was. Not investigated further for lack of time (is the CRM merge into a record
+/// whose Marketo partner is gone dropped, or never read again once its survivor is archived?).
+/// Reproduce: `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm hubspot --seeds 1
+/// --first-seed 300031 --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: a lead left linked to a HubSpot contact merged into a survivor archived since (seed 300031)"]
+async fn open_a_merge_into_an_archived_hubspot_survivor() {
+    converges(300031, &on_hubspot(options(60))).await;
 }

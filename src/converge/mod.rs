@@ -1214,6 +1214,14 @@ fn check_invariants_of<'a>(
     Box::pin(check_invariants(rig, violations))
 }
 
+/// The invariant checks of a rig: the number of recorded conflicts and of linked pairs, with the
+/// violations pushed.
+type Check<R> =
+    for<'a> fn(
+        &'a R,
+        &'a mut Vec<String>,
+    ) -> futures::future::LocalBoxFuture<'a, Result<(usize, usize), ConvergeError>>;
+
 /// Runs the quiet period after a schedule's steps (faults cleared, cycles until two in a row
 /// write nothing, at most 10), checks the invariants with `check` and returns the report.
 async fn finish_schedule<R: Rigged>(
@@ -1221,11 +1229,7 @@ async fn finish_schedule<R: Rigged>(
     seed: u64,
     options: &ConvergeOptions,
     mut played: Played,
-    check: for<'a> fn(
-        &'a R,
-        &'a mut Vec<String>,
-    )
-        -> futures::future::LocalBoxFuture<'a, Result<(usize, usize), ConvergeError>>,
+    check: Check<R>,
 ) -> Result<ConvergenceReport, ConvergeError> {
     rig.run().sim.set_faults(FaultProfile::none());
     rig.run().disarm_commit_abort();
