@@ -1701,6 +1701,81 @@ async fn a_trigger_that_rolls_back_the_transaction_loses_no_other_row(engine: En
     env.cleanup().await;
 }
 
+/// An update by primary key that gives a row the Marketo id a soft-deleted row still holds
+/// clears it on the dead row first (the unique column would refuse it to every live row for
+/// good); a live row holding the id still gets the write refused.
+async fn a_deleted_row_gives_up_its_marketo_id(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(100).await;
+    let crm = env.adapter(false, 0).await;
+    let user = env.user().await;
+    exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
+    let live = user
+        .fetch(
+            "ids",
+            format!(
+                "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
+                env.truth(false)
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let id = |i: usize| live[i][0].clone().unwrap().trim().to_owned();
+    let (dead, taker, holder, refused) = (id(0), id(1), id(2), id(3));
+    let set = |id: &str, extra: &str| {
+        format!("UPDATE accounts SET marketo_id = 'M-{id}'{extra} WHERE id = {id}")
+    };
+    let deleted = format!(", deleted = {}", env.truth(true));
+    exec(&user, &set(&dead, &deleted)).await;
+    exec(&user, &set(&holder, "")).await;
+    let batch = vec![
+        fields(&[
+            ("id", taker.as_str().into()),
+            ("marketo_id", format!("M-{dead}").as_str().into()),
+        ]),
+        fields(&[
+            ("id", refused.as_str().into()),
+            ("marketo_id", format!("M-{holder}").as_str().into()),
+        ]),
+    ];
+    let results = crm.upsert("accounts", "id", &batch).await.unwrap();
+    assert!(
+        matches!(&results[0], WriteResult::Updated { id } if *id == taker),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "unique_violation"),
+        "{results:?}"
+    );
+    let marketo_id = |id: String| {
+        let user = &user;
+        async move {
+            user.fetch(
+                "marketo id",
+                format!("SELECT marketo_id FROM accounts WHERE id = {id}"),
+                &[],
+            )
+            .await
+            .unwrap()[0][0]
+                .clone()
+        }
+    };
+    assert_eq!(
+        marketo_id(dead.clone()).await,
+        None,
+        "the dead row kept the id"
+    );
+    assert_eq!(marketo_id(taker).await, Some(format!("M-{dead}")));
+    assert_eq!(
+        marketo_id(holder.clone()).await,
+        Some(format!("M-{holder}"))
+    );
+    assert_eq!(marketo_id(refused).await, None);
+    user.close().await;
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -1720,6 +1795,7 @@ on_engines!(sqlite, super::Engine::Sqlite;
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
     reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded,
@@ -1731,6 +1807,7 @@ on_engines!(postgres, super::Engine::Postgres;
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded);
@@ -1741,6 +1818,7 @@ on_engines!(mariadb, super::Engine::MariaDb;
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded);
