@@ -1060,6 +1060,23 @@ async fn reads_through_a_view(engine: Engine) {
     env.cleanup().await;
 }
 
+/// Returns the ids of the live accounts, ascending.
+async fn live_account_ids(env: &Env, user: &SqlPool) -> Vec<String> {
+    user.fetch(
+        "ids",
+        format!(
+            "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
+            env.truth(false)
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r[0].clone().unwrap().trim().to_owned())
+    .collect()
+}
+
 /// `upsert` keyed by the primary key updates existing rows only (their Marketo id may still be
 /// empty); a missing id fails that record and inserts nothing.
 async fn update_by_primary_key(engine: Engine) {
@@ -1068,21 +1085,8 @@ async fn update_by_primary_key(engine: Engine) {
     let crm = env.adapter(false, 0).await;
     let user = env.user().await;
     exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
-    let live = user
-        .fetch(
-            "ids",
-            format!(
-                "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
-                env.truth(false)
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (a, b) = (
-        live[0][0].clone().unwrap().trim().to_owned(),
-        live[1][0].clone().unwrap().trim().to_owned(),
-    );
+    let live = live_account_ids(&env, &user).await;
+    let (a, b) = (live[0].clone(), live[1].clone());
     let count = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap();
     let n_before = count(
         user.fetch(
@@ -1710,18 +1714,8 @@ async fn a_deleted_row_gives_up_its_marketo_id(engine: Engine) {
     let crm = env.adapter(false, 0).await;
     let user = env.user().await;
     exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
-    let live = user
-        .fetch(
-            "ids",
-            format!(
-                "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
-                env.truth(false)
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let id = |i: usize| live[i][0].clone().unwrap().trim().to_owned();
+    let live = live_account_ids(&env, &user).await;
+    let id = |i: usize| live[i].clone();
     let (dead, taker, holder, refused) = (id(0), id(1), id(2), id(3));
     let set = |id: &str, extra: &str| {
         format!("UPDATE accounts SET marketo_id = 'M-{id}'{extra} WHERE id = {id}")

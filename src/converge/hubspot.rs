@@ -474,19 +474,12 @@ async fn play(
 ) -> Result<ConvergenceReport, ConvergeError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut emails = Emails { seed, next: 0 };
-    let mut played = Played {
-        tally: Tally::default(),
-        cycle_errors: Vec::new(),
-        trace: Vec::new(),
-    };
+    let mut played = Played::new();
     let in_child = matches!(options.engine, EngineMode::Process { .. });
     for step in 0..options.steps {
         let roll = draw_roll(&mut rng, options);
-        let (n_leads, n_contacts) = (rig.run.sim.counters().leads, rig.contacts().len());
-        played.trace.push(format!(
-            "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
-            step_name(roll, in_child, &options.crm)
-        ));
+        let counts = (rig.run.sim.counters().leads, rig.contacts().len());
+        played.start_step(step, step_name(roll, in_child, &options.crm), counts);
         let Some(detail) = crm_step(rig, roll, &mut rng, &mut emails).await? else {
             continue;
         };

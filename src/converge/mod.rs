@@ -741,6 +741,23 @@ struct Played {
     trace: Vec<String>,
 }
 
+impl Played {
+    fn new() -> Played {
+        Played {
+            tally: Tally::default(),
+            cycle_errors: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// Starts the trace line of a step, with the records on each side before it.
+    fn start_step(&mut self, step: usize, name: &str, (leads, contacts): (usize, usize)) {
+        self.trace.push(format!(
+            "step {step}: {name} ({leads} leads, {contacts} contacts before)"
+        ));
+    }
+}
+
 /// A schedule's rig on one CRM: the engine side ([`Runner`]) and what the CRM adds to the steps
 /// every CRM shares.
 #[async_trait::async_trait(?Send)]
@@ -1006,11 +1023,7 @@ async fn play(
 ) -> Result<ConvergenceReport, ConvergeError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut emails = Emails { seed, next: 0 };
-    let mut played = Played {
-        tally: Tally::default(),
-        cycle_errors: Vec::new(),
-        trace: Vec::new(),
-    };
+    let mut played = Played::new();
     let in_child = matches!(options.engine, EngineMode::Process { .. });
     // The full schedule's extra steps come from generators of their own, so that the lead
     // steps drawn from `rng` are the same in both schedules.
@@ -1048,14 +1061,11 @@ async fn play(
                     .push(format!("activity before step {step}: {what}"));
             }
         }
-        let (n_leads, n_contacts) = (
+        let counts = (
             rig.run.sim.counters().leads,
             rig.live_contacts().await?.len(),
         );
-        played.trace.push(format!(
-            "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
-            step_name(roll, in_child, &options.crm)
-        ));
+        played.start_step(step, step_name(roll, in_child, &options.crm), counts);
         let now = rig.crm_now();
         let Some(detail) = crm_step(rig, roll, &mut rng, &mut emails, &now).await? else {
             continue;

@@ -22,7 +22,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value as Json;
 
-use super::{ConvergeError, Rig, WORDS, canonical, from_json, quote};
+use super::{ConvergeError, Rig, canonical, from_json, quote, word};
 use crate::model::Value;
 use crate::sim::schema::ObjKind;
 use crate::store::Link;
@@ -136,14 +136,6 @@ pub(super) fn activity_rng(seed: u64) -> ChaCha8Rng {
 pub(super) fn object_rng(seed: u64) -> ChaCha8Rng {
     use rand::SeedableRng;
     ChaCha8Rng::seed_from_u64(seed ^ 0x6f62_6a65_6374_7321)
-}
-
-fn word(rng: &mut ChaCha8Rng) -> String {
-    format!(
-        "{}{}",
-        WORDS[rng.random_range(0..WORDS.len())],
-        rng.random_range(0..100)
-    )
 }
 
 impl Rig {
