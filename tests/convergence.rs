@@ -405,7 +405,8 @@ async fn hubspot_schedules_converge_through_faults_kills_and_merges() {
 /// whose Marketo partner is gone dropped, or never read again once its survivor is archived?).
 /// The same class (a live lead linked to a HubSpot contact merged away, whose merge the engine
 /// never applied as a Marketo merge) ended seeds 300091 (lead 4 and lead 11 both linked to the
-/// survivor 1014: a merged-away id answers with its survivor) and 300094. Reproduce:
+/// survivor 1014: a merged-away id answers with its survivor) and 300094 in process, and 320036
+/// and 320049 as a child process. Reproduce:
 /// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm hubspot --seeds 1 --first-seed 300031
 /// --steps 60`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +436,9 @@ async fn open_roles_refused_beside_their_new_opportunity_on_postgres() {
 /// schedule) failed in the scale run with the unique Marketo-id class fixed above, converged
 /// when replayed after the fix, and failed once more under `cargo test` with two live Marketo
 /// leads of one email ("u19.s220053@example.com", leads 16 and 17, both linked to contact 17)
-/// after five SIGKILLs right after a CRM write. Not investigated for lack of time. Reproduce
+/// after five SIGKILLs right after a CRM write. Seed 220140 (same set-up, after the fixes) ended
+/// with a second CRM contact of one email created by the sync (contact 9 for lead 6 beside
+/// contact 6), its duplicate-match error in the ledger. Not investigated for lack of time. Reproduce
 /// (may need several runs): `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --engine process
 /// --seeds 1 --first-seed 220053 --steps 60`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
