@@ -419,12 +419,13 @@ async fn open_a_merge_into_an_archived_hubspot_survivor() {
 /// schedule): seed 210034 inserts opportunity 1 in the CRM and two roles on it before the same
 /// cycle (step 54, with the simulator's `unavailable` fault at a rate of 0.27); that cycle
 /// refuses both roles with Marketo's 1013 "Opportunity '1' not found" and they wait in the
-/// error ledger, while the two quiet cycles write nothing (in process the ledger's retries come due with the
-/// engine's clock, which two quiet cycles do not move far enough), so the roles never reach
-/// Marketo. Not investigated further for lack of time: why the roles were written while their
-/// opportunity was not in Marketo yet, and whether the quiet period should make due retries
-/// run in process as it does for a child process. Reproduce: `MKSYNC_CONVERGE_TRACE=1
-/// marketo-sync converge --crm postgres --seeds 1 --first-seed 210034 --steps 60`.
+/// error ledger, while the two quiet cycles write nothing (in process the ledger's retries come
+/// due with the engine's clock, which two quiet cycles do not move far enough), so the roles
+/// never reach Marketo. Not investigated further for lack of time: why the roles were written
+/// while their opportunity was not in Marketo yet, and whether the quiet period should make
+/// due retries run in process as it does for a child process. Reproduce:
+/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm postgres --seeds 1 --first-seed 210034
+/// --steps 60`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open: roles refused with 1013 beside their new opportunity, left in the ledger (seed 210034)"]
 async fn open_roles_refused_beside_their_new_opportunity_on_postgres() {
