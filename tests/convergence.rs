@@ -456,3 +456,14 @@ async fn open_roles_refused_beside_their_new_opportunity_on_postgres() {
 async fn open_two_leads_of_one_email_after_kills_after_crm_writes() {
     converges(220053, &in_child(options(60))).await;
 }
+
+/// Open (not fixed, not investigated for lack of time), found by the last scale run (in process,
+/// SQLite, 60 steps, the full schedule): seed 200481 never has two quiet cycles in a row, with a
+/// role and a car waiting in the error ledger for contacts 1 and 5, which have no Marketo lead
+/// ("contact_not_linked"). Reproduce: `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --seeds 1
+/// --first-seed 200481 --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: never quiet, dependents of contacts without a Marketo lead (seed 200481)"]
+async fn open_never_quiet_with_dependents_of_unlinked_contacts() {
+    converges(200481, &options(60)).await;
+}
