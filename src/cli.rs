@@ -193,6 +193,8 @@ pub enum ConvergeCrm {
     Sqlite,
     /// A scratch PostgreSQL database.
     Postgres,
+    /// The HubSpot simulator, through the HubSpot adapter (leads and contacts).
+    Hubspot,
 }
 
 /// Arguments of `demo`.
@@ -836,6 +838,7 @@ async fn dispatch(
                 ConvergeCrm::Postgres => CrmKind::Postgres {
                     server_url: secrecy::SecretString::from(postgres_url),
                 },
+                ConvergeCrm::Hubspot => CrmKind::HubSpot,
             };
             let options = ConvergeOptions {
                 steps,

@@ -3,7 +3,8 @@
 //!
 //! Three set-ups: the engine in this process on a SQLite CRM (kills are aborted commits and
 //! cancelled cycles), the engine as a child process `marketo-sync sync --once` SIGKILLed at
-//! random points, and a PostgreSQL CRM whose connections are terminated during cycles.
+//! random points, and a PostgreSQL CRM whose connections are terminated during cycles; and the
+//! HubSpot simulator through the HubSpot adapter (`--crm hubspot`), in both engine modes.
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,13 @@ fn on_postgres(options: ConvergeOptions) -> ConvergeOptions {
         crm: CrmKind::Postgres {
             server_url: SecretString::from(server),
         },
+        ..options
+    }
+}
+
+fn on_hubspot(options: ConvergeOptions) -> ConvergeOptions {
+    ConvergeOptions {
+        crm: CrmKind::HubSpot,
         ..options
     }
 }
@@ -284,15 +292,22 @@ async fn a_crm_merge_into_a_never_synced_contact_killed_at_commit_converges() {
     );
 }
 
-/// Open (not fixed): seed 41014 on a PostgreSQL CRM ends with lead 5 and contact 4 disagreeing
-/// on `title` (Marketo "Working30", CRM "CTO80") after a Marketo edit of lead 2, Marketo merges
-/// 3 into 2 and 2 into 5, CRM merges 3 into 4 and a CRM edit of contact 4's title, with kills in
-/// between. Reproduce: `marketo-sync converge --crm postgres --seeds 1 --first-seed 41014
-/// --steps 60` (the same seed converges on SQLite, whose schedule draws differ).
+/// Seed 41014 on a PostgreSQL CRM once ended with lead 5 and contact 4 disagreeing on `title`
+/// (Marketo "Working30", CRM "CTO80") after a Marketo edit of lead 2, Marketo merges 3 into 2
+/// and 2 into 5, CRM merges 3 into 4 and a CRM edit of contact 4's title, with kills in between.
+/// It converges on the same schedule since the fixes of the lead step landed (the single store
+/// commit per step and the CRM change stamped ahead of the database clock); kept as a
+/// regression seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open engine bug: a merge winner's inherited value against a CRM edit (seed 41014)"]
-async fn open_a_merge_winners_inherited_title_against_a_crm_edit_on_postgres() {
-    converges(41014, &on_postgres(no_activities(options(60)))).await;
+async fn a_merge_winners_inherited_title_against_a_crm_edit_converges_on_postgres() {
+    let report = converges(41014, &on_postgres(no_activities(options(60)))).await;
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("marketo merge") && l.ends_with("loser lead 2 into winner 5")),
+        "the seed no longer plays the merge it was kept for"
+    );
 }
 
 /// Seeds of the scale runs that left a live Marketo lead linked to a soft-deleted (merged-away)
@@ -326,13 +341,129 @@ async fn full_schedules_copy_every_activity_exactly_once() {
     assert!(visits > 0, "no schedule visited a web page");
 }
 
-/// Open (not fixed), found by the final scale runs (60 steps, full schedule without activities):
-/// a lead's Marketo id refused by the CRM's unique Marketo-id column, in the ledger for good
-/// (31218 in process: `leads marketo_to_crm 3 (4): unique_violation ... contacts.marketo_id`,
-/// another contact row still holds lead 3's id). Not investigated further for lack of time.
-/// Reproduce: `marketo-sync converge --no-activities --seeds 1 --first-seed 31218 --steps 60`.
+/// Seed 31218 (in process, 60 steps, the full schedule without activities): a lead's Marketo id
+/// refused for good by the CRM's unique Marketo-id column (`leads marketo_to_crm 3 (4):
+/// unique_violation ... contacts.marketo_id`): a merge winner taking over its loser's contact
+/// (or a lead written to the contact it now pairs with) wrote its id to that contact while a
+/// contact the CRM user had deleted still held it. The SQL adapter now clears the Marketo id of
+/// soft-deleted rows before an update by primary key gives that id to another row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open engine bug: a lead id refused by the unique Marketo-id column (seed 31218)"]
-async fn open_seeds_of_the_scale_runs() {
+async fn a_deleted_contact_holding_a_lead_id_no_longer_blocks_it() {
     converges(31218, &no_activities(options(60))).await;
+}
+
+/// Seeds of the HubSpot scale runs (in process 300016, as a child process 310010) whose
+/// cycles all failed once a Marketo merge winner took over its loser's contact: the engine
+/// keyed that write by a hard-coded `id`, which HubSpot's adapter refuses as a key (its primary
+/// key is `hs_object_id`). The takeover is keyed by the CRM's own primary key since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_winners_takeover_is_keyed_by_hubspots_primary_key() {
+    converges(300016, &on_hubspot(options(60))).await;
+    converges(310010, &in_child(on_hubspot(options(60)))).await;
+}
+
+/// `--crm hubspot`: the schedules play against the HubSpot simulator through the HubSpot
+/// adapter, with the HubSpot user creating, editing, archiving and merging contacts, conflicts,
+/// one email new on both sides, HubSpot answering 429 and 5xx, and the engine killed in process
+/// and as a child process; both sides agree afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_schedules_converge_through_faults_kills_and_merges() {
+    let mut reports = Vec::new();
+    for seed in [1, 2, 3] {
+        reports.push(converges(seed, &on_hubspot(options(40))).await);
+    }
+    reports.push(converges(4, &in_child(on_hubspot(options(30)))).await);
+    let trace: Vec<&String> = reports.iter().flat_map(|r| &r.trace).collect();
+    for step in [
+        "crm insert",
+        "crm edit",
+        "crm delete",
+        "crm merge",
+        "conflicting edits",
+    ] {
+        assert!(
+            trace.iter().any(|l| l.contains(step) && l.contains(": ")),
+            "no schedule played {step:?}"
+        );
+    }
+    let faults = by_kind(&reports, |r| &r.faults_by_kind);
+    assert!(
+        faults.keys().any(|k| k.starts_with("hubspot ")),
+        "{faults:?}"
+    );
+    let kills = by_kind(&reports, |r| &r.kills_by_kind);
+    assert!(!kills.is_empty(), "{kills:?}");
+    assert!(reports.iter().all(|r| r.records > 0), "nothing was synced");
+}
+
+/// Seeds of the HubSpot scale runs (in process, 60 steps) that left a live lead linked, without
+/// a tombstone, to a contact the HubSpot user had merged into another one which was then
+/// archived before a cycle read the merge: 300094 (contact 1007 merged into 1009, 1009 archived
+/// by the user at the next step), and 300031 (1009 merged into 1010, whose lead Marketo's user
+/// deleted, so the engine archived 1010). The feed reports a merge through the survivor's
+/// `hs_merged_object_ids`, and a merged-away record is neither a search result nor archived:
+/// the archived listing now reports an archived survivor's merged records as merged into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_into_an_archived_hubspot_survivor_is_read() {
+    for seed in [300094, 300031] {
+        converges(seed, &on_hubspot(options(60))).await;
+    }
+}
+
+/// Open (not fixed), found by the HubSpot scale runs (in process, 60 steps): seed 300091 ends
+/// with lead 4 and lead 11 both linked to contact 1014 after the HubSpot user merged contact
+/// 1010 into 1009 (step 48) and then 1009 into 1014 (step 52), a contact created at step 41
+/// and synced as lead 11. Not investigated for lack of time. (Seeds 320036 and 320049, which
+/// failed as a child process before the archived-survivor fix above, converge since.)
+/// Reproduce:
+/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm hubspot --seeds 1 --first-seed 300091
+/// --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: two leads linked to one HubSpot contact after chained merges (seed 300091)"]
+async fn open_chained_hubspot_merges_leave_two_leads_on_one_contact() {
+    converges(300091, &on_hubspot(options(60))).await;
+}
+
+/// Open (not fixed), found by the scale runs on PostgreSQL (in process, 60 steps, the full
+/// schedule): seed 210034 inserts opportunity 1 in the CRM and two roles on it before the same
+/// cycle (step 54, with the simulator's `unavailable` fault at a rate of 0.27); that cycle
+/// refuses both roles with Marketo's 1013 "Opportunity '1' not found" and they wait in the
+/// error ledger, while the two quiet cycles write nothing (in process the ledger's retries come
+/// due with the engine's clock, which two quiet cycles do not move far enough), so the roles
+/// never reach Marketo. Not investigated further for lack of time: why the roles were written
+/// while their opportunity was not in Marketo yet, and whether the quiet period should make
+/// due retries run in process as it does for a child process. Reproduce:
+/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm postgres --seeds 1 --first-seed 210034
+/// --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: roles refused with 1013 beside their new opportunity, left in the ledger (seed 210034)"]
+async fn open_roles_refused_beside_their_new_opportunity_on_postgres() {
+    converges(210034, &on_postgres(options(60))).await;
+}
+
+/// Open (not fixed; a child process's kills land at timing-dependent points, so the seed does
+/// not always replay the same way): seed 220053 as a child process (60 steps, the full
+/// schedule) failed in the scale run with the unique Marketo-id class fixed above, converged
+/// when replayed after the fix, and failed once more under `cargo test` with two live Marketo
+/// leads of one email ("u19.s220053@example.com", leads 16 and 17, both linked to contact 17)
+/// after five SIGKILLs right after a CRM write. Seed 220140 (same set-up, after the fixes) ended
+/// with a second CRM contact of one email created by the sync (contact 9 for lead 6 beside
+/// contact 6), its duplicate-match error in the ledger. Not investigated for lack of time.
+/// Reproduce (may need several runs): `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --engine
+/// process --seeds 1 --first-seed 220053 --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open, timing-dependent: two live leads of one email after kills after CRM writes (seed 220053)"]
+async fn open_two_leads_of_one_email_after_kills_after_crm_writes() {
+    converges(220053, &in_child(options(60))).await;
+}
+
+/// Open (not fixed, not investigated for lack of time), found by the last scale run (in process,
+/// SQLite, 60 steps, the full schedule): seed 200481 never has two quiet cycles in a row, with a
+/// role and a car waiting in the error ledger for contacts 1 and 5, which have no Marketo lead
+/// ("contact_not_linked"). Reproduce: `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --seeds 1
+/// --first-seed 200481 --steps 60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: never quiet, dependents of contacts without a Marketo lead (seed 200481)"]
+async fn open_never_quiet_with_dependents_of_unlinked_contacts() {
+    converges(200481, &options(60)).await;
 }

@@ -1060,6 +1060,23 @@ async fn reads_through_a_view(engine: Engine) {
     env.cleanup().await;
 }
 
+/// Returns the ids of the live accounts, ascending.
+async fn live_account_ids(env: &Env, user: &SqlPool) -> Vec<String> {
+    user.fetch(
+        "ids",
+        format!(
+            "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
+            env.truth(false)
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r[0].clone().unwrap().trim().to_owned())
+    .collect()
+}
+
 /// `upsert` keyed by the primary key updates existing rows only (their Marketo id may still be
 /// empty); a missing id fails that record and inserts nothing.
 async fn update_by_primary_key(engine: Engine) {
@@ -1068,21 +1085,8 @@ async fn update_by_primary_key(engine: Engine) {
     let crm = env.adapter(false, 0).await;
     let user = env.user().await;
     exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
-    let live = user
-        .fetch(
-            "ids",
-            format!(
-                "SELECT CAST(id AS CHAR(20)) FROM accounts WHERE deleted = {} ORDER BY id",
-                env.truth(false)
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (a, b) = (
-        live[0][0].clone().unwrap().trim().to_owned(),
-        live[1][0].clone().unwrap().trim().to_owned(),
-    );
+    let live = live_account_ids(&env, &user).await;
+    let (a, b) = (live[0].clone(), live[1].clone());
     let count = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap();
     let n_before = count(
         user.fetch(
@@ -1701,6 +1705,71 @@ async fn a_trigger_that_rolls_back_the_transaction_loses_no_other_row(engine: En
     env.cleanup().await;
 }
 
+/// An update by primary key that gives a row the Marketo id a soft-deleted row still holds
+/// clears it on the dead row first (the unique column would refuse it to every live row for
+/// good); a live row holding the id still gets the write refused.
+async fn a_deleted_row_gives_up_its_marketo_id(engine: Engine) {
+    let env = Env::new(engine).await;
+    env.demo(100).await;
+    let crm = env.adapter(false, 0).await;
+    let user = env.user().await;
+    exec(&user, "UPDATE accounts SET marketo_id = NULL").await;
+    let live = live_account_ids(&env, &user).await;
+    let id = |i: usize| live[i].clone();
+    let (dead, taker, holder, refused) = (id(0), id(1), id(2), id(3));
+    let set = |id: &str, extra: &str| {
+        format!("UPDATE accounts SET marketo_id = 'M-{id}'{extra} WHERE id = {id}")
+    };
+    let deleted = format!(", deleted = {}", env.truth(true));
+    exec(&user, &set(&dead, &deleted)).await;
+    exec(&user, &set(&holder, "")).await;
+    let batch = vec![
+        fields(&[
+            ("id", taker.as_str().into()),
+            ("marketo_id", format!("M-{dead}").as_str().into()),
+        ]),
+        fields(&[
+            ("id", refused.as_str().into()),
+            ("marketo_id", format!("M-{holder}").as_str().into()),
+        ]),
+    ];
+    let results = crm.upsert("accounts", "id", &batch).await.unwrap();
+    assert!(
+        matches!(&results[0], WriteResult::Updated { id } if *id == taker),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "unique_violation"),
+        "{results:?}"
+    );
+    let marketo_id = |id: String| {
+        let user = &user;
+        async move {
+            user.fetch(
+                "marketo id",
+                format!("SELECT marketo_id FROM accounts WHERE id = {id}"),
+                &[],
+            )
+            .await
+            .unwrap()[0][0]
+                .clone()
+        }
+    };
+    assert_eq!(
+        marketo_id(dead.clone()).await,
+        None,
+        "the dead row kept the id"
+    );
+    assert_eq!(marketo_id(taker).await, Some(format!("M-{dead}")));
+    assert_eq!(
+        marketo_id(holder.clone()).await,
+        Some(format!("M-{holder}"))
+    );
+    assert_eq!(marketo_id(refused).await, None);
+    user.close().await;
+    env.cleanup().await;
+}
+
 macro_rules! on_engines {
     ($engine_mod:ident, $engine:expr; $($name:ident),* $(,)?) => {
         mod $engine_mod {
@@ -1720,6 +1789,7 @@ on_engines!(sqlite, super::Engine::Sqlite;
     own_writes_are_not_read_back, per_record_results, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, locked_database_fails_the_whole_batch,
     reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded,
@@ -1731,6 +1801,7 @@ on_engines!(postgres, super::Engine::Postgres;
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded);
@@ -1741,6 +1812,7 @@ on_engines!(mariadb, super::Engine::MariaDb;
     rolled_back_transactions_leave_no_stuck_gaps,
     per_record_results, dropped_connection_mid_batch, unknown_names_fail_before_any_query,
     describe_and_capabilities, demo_data_is_deterministic, reads_through_a_view, homogeneous_batches, update_by_primary_key,
+    a_deleted_row_gives_up_its_marketo_id,
     identity_lookups_and_dead_keys, a_trigger_refuses_one_row_of_a_batch,
     a_check_constraint_refuses_one_row, a_too_long_value_is_refused_not_truncated,
     numbers_that_do_not_fit_are_refused_not_rounded);

@@ -76,12 +76,8 @@
 //! must not be paused.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -89,18 +85,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value as Json, json};
-use tokio_util::sync::CancellationToken;
 
+mod hubspot;
 mod objects;
+mod runner;
+
+use runner::{CrmProbe, Cycle, Ran, Runner, Watch};
 
 use crate::config::{LoadedMapping, Policy, SettingsSource};
 use crate::crm::sql::dialect::{Dialect, SqlPool};
-use crate::crm::{Crm, registry};
-use crate::engine::{Context, CycleOptions, CycleSummary, Engine, EngineError, Runner, Tunables};
-use crate::marketo::limiter::next_day_turn;
 use crate::model::{Side, Value};
 use crate::sim::{FaultKind, FaultProfile, FaultRule, SimConfig, SimHandle, Simulator, demo_crm};
-use crate::store::{self, Clock, CommitHook, ManualClock, OpenOptions, StateStore, StoreError};
+use crate::store::{self, StateStore, StoreError};
 
 /// A failure to set up or run a schedule (not a violated invariant: those are in the report).
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +162,9 @@ pub enum CrmKind {
         /// to connect to for that).
         server_url: SecretString,
     },
+    /// The HubSpot simulator through the HubSpot adapter (leads and contacts; see
+    /// `src/converge/hubspot.rs`); the fault is HubSpot answering `429` or `5xx`.
+    HubSpot,
 }
 
 impl CrmKind {
@@ -173,6 +172,7 @@ impl CrmKind {
         match self {
             CrmKind::Sqlite => "sqlite",
             CrmKind::Postgres { .. } => "postgres",
+            CrmKind::HubSpot => "hubspot",
         }
     }
 }
@@ -271,111 +271,37 @@ const WORDS: &[&str] = &[
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Radia", "Dennis", "Open", "Working",
     "Web", "Partner", "CTO", "Buyer",
 ];
-/// Sim time between two cycles.
-const TICK: Duration = Duration::from_secs(30);
-/// How often a running cycle's kill or fault point is checked.
-const POLL: Duration = Duration::from_millis(1);
-
-/// What to do to a cycle while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Watch {
-    Nothing,
-    /// In process: cancel the cycle once the simulator logged this many more requests.
-    CancelAfter(u64),
-    /// Child: SIGKILL it once the simulator logged this many more requests.
-    KillAfterRequests(u64),
-    /// Child: SIGKILL it once the CRM's contacts show a write.
-    KillAfterCrmWrite,
-    /// PostgreSQL: terminate the CRM connections from this many more simulator requests on
-    /// until the cycle ends.
-    DropCrmAfter(u64),
-}
-
-/// How a cycle ended.
-#[derive(Debug)]
-enum Ran {
-    Done {
-        written: u64,
-        failed: u64,
-    },
-    Paused {
-        until: Option<DateTime<Utc>>,
-        message: String,
-    },
-    Cancelled,
-    Killed,
-    Failed(String),
-}
-
-impl Ran {
-    fn is_ok(&self) -> bool {
-        matches!(self, Ran::Done { .. })
-    }
-}
-
-impl fmt::Display for Ran {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Ran::Done { written, failed } => {
-                write!(f, "finished ({written} written, {failed} failed)")
-            }
-            Ran::Paused { message, .. } => write!(f, "paused: {message}"),
-            Ran::Cancelled => f.write_str("cancelled"),
-            Ran::Killed => f.write_str("killed"),
-            Ran::Failed(message) => write!(f, "failed: {message}"),
-        }
-    }
-}
-
-/// A cycle's end and whether its watch acted (cancelled, killed, or terminated a connection).
-struct Cycle {
-    ran: Ran,
-    fired: bool,
-}
-
-/// The engine of in-process mode.
-struct InProcess {
-    loaded: crate::config::Loaded,
-    crm: Arc<dyn Crm>,
-    clock: Arc<ManualClock>,
-    engine: Engine,
-    engine_calls_at: u64,
-    abort_commits: Arc<AtomicU32>,
-    killed: Arc<AtomicBool>,
-    /// Store commits attempted (the commit hook runs once in each non-empty commit).
-    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests"))]
-    commits: Arc<AtomicU32>,
-}
-
-/// The engine of process mode: how to start a cycle.
-struct ChildEngine {
-    binary: PathBuf,
-    config_dir: PathBuf,
-    env: HashMap<String, String>,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-enum Driver {
-    InProcess(Box<InProcess>),
-    Process(ChildEngine),
-}
-
+/// A schedule on a SQL CRM (SQLite or PostgreSQL).
 struct Rig {
     seed: u64,
-    sim: SimHandle,
+    /// The simulator, the store and the engine.
+    run: Runner,
     dialect: Dialect,
     user: SqlPool,
     /// SQLite: holds the write lock; PostgreSQL: terminates the other connections.
     locker: SqlPool,
-    store: Arc<dyn StateStore>,
     mappings: Vec<LoadedMapping>,
     /// The non-lead Marketo records the simulator generated before the schedule (object, key).
     generated: std::collections::BTreeSet<(&'static str, String)>,
-    driver: Driver,
     /// The PostgreSQL server and scratch database to drop at the end.
     scratch: Option<(SecretString, String)>,
     dir: tempfile::TempDir,
+}
+
+/// Starts the Marketo simulator of a schedule: no leads, bulk jobs without delays.
+async fn start_simulator(seed: u64) -> Result<SimHandle, ConvergeError> {
+    Simulator::start(SimConfig {
+        seed,
+        leads: 0,
+        export_delay: Duration::ZERO,
+        import_delay: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| ConvergeError::Setup {
+        seed,
+        what: format!("simulator: {e}"),
+    })
 }
 
 /// Returns `base` with its path replaced by `/db`.
@@ -391,7 +317,7 @@ fn with_database(base: &str, db: &str) -> Result<String, String> {
 /// seconds each).
 fn settings_toml(
     sim: &SimHandle,
-    crm_options: &Json,
+    (adapter, crm_options): (&str, &Json),
     store_url: &str,
     low_watermark: DateTime<Utc>,
     objects: &[&str],
@@ -407,7 +333,7 @@ fn settings_toml(
             "retry_max_delay_ms": 5,
             "rate_limit_wait_ms": 5,
         },
-        "crm": { "adapter": "sql", "options": crm_options },
+        "crm": { "adapter": adapter, "options": crm_options },
         "store": { "url": store_url },
         "sync": {
             "objects": objects,
@@ -430,6 +356,9 @@ impl Rig {
         let setup = |what: String| ConvergeError::Setup { seed, what };
         let dir = tempfile::tempdir().map_err(|e| setup(format!("temp dir: {e}")))?;
         let (crm_url, scratch) = match &options.crm {
+            CrmKind::HubSpot => {
+                return Err(setup("a HubSpot schedule has no SQL CRM".to_owned()));
+            }
             CrmKind::Sqlite => (
                 format!("sqlite://{}", dir.path().join("crm.db").display()),
                 None,
@@ -468,15 +397,7 @@ impl Rig {
         scratch: Option<(SecretString, String)>,
     ) -> Result<Rig, ConvergeError> {
         let setup = |what: String| ConvergeError::Setup { seed, what };
-        let sim = Simulator::start(SimConfig {
-            seed,
-            leads: 0,
-            export_delay: Duration::ZERO,
-            import_delay: Duration::ZERO,
-            ..SimConfig::default()
-        })
-        .await
-        .map_err(|e| setup(format!("simulator: {e}")))?;
+        let sim = start_simulator(seed).await?;
         demo_crm::install(&crm_url, seed, 0)
             .await
             .map_err(|e| setup(format!("demo crm: {e}")))?;
@@ -520,7 +441,8 @@ impl Rig {
         }
         let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
         let low = sim.now() - chrono::Duration::minutes(1);
-        let text = settings_toml(&sim, &crm_options, &store_url, low, &synced).map_err(setup)?;
+        let text =
+            settings_toml(&sim, ("sql", &crm_options), &store_url, low, &synced).map_err(setup)?;
         std::fs::write(config_dir.join("default.toml"), text)
             .map_err(|e| setup(format!("settings file: {e}")))?;
         let env: HashMap<String, String> = [
@@ -540,448 +462,57 @@ impl Rig {
         }
         let mappings = loaded.mappings.clone();
 
-        let (store, driver) = match &options.engine {
-            EngineMode::InProcess => {
-                let clock = Arc::new(ManualClock::new(sim.now().max(Utc::now())));
-                let abort_commits = Arc::new(AtomicU32::new(0));
-                let killed = Arc::new(AtomicBool::new(false));
-                let commits = Arc::new(AtomicU32::new(0));
-                let store = store::open_with(
-                    &store_url,
-                    OpenOptions {
-                        clock: clock.clone(),
-                        commit_hook: Some(abort_hook(
-                            abort_commits.clone(),
-                            killed.clone(),
-                            commits.clone(),
-                        )),
-                        ..OpenOptions::default()
-                    },
-                )
-                .await
-                .map_err(|e| setup(format!("store: {e}")))?;
-                let crm = crm_adapter(&loaded).await.map_err(setup)?;
-                let engine = in_process_engine(&loaded, &crm, &store, &clock).map_err(setup)?;
-                let driver = Driver::InProcess(Box::new(InProcess {
-                    loaded,
-                    crm,
-                    clock,
-                    engine,
-                    engine_calls_at: 0,
-                    abort_commits,
-                    killed,
-                    commits,
-                }));
-                (store, driver)
-            }
-            EngineMode::Process { binary } => {
-                // Only read by the checks; the child opens the same file.
-                let store = store::open(&store_url)
-                    .await
-                    .map_err(|e| setup(format!("store: {e}")))?;
-                let driver = Driver::Process(ChildEngine {
-                    binary: binary.clone(),
-                    config_dir,
-                    env,
-                    out: dir.path().join("cycle.out"),
-                    err: dir.path().join("cycle.err"),
-                });
-                (store, driver)
-            }
-        };
         let generated = objects::generated(&sim);
+        let dialect = user.dialect();
+        let run = Runner::start(
+            seed,
+            options,
+            sim,
+            loaded,
+            &store_url,
+            (config_dir, env),
+            dir.path(),
+        )
+        .await?;
         Ok(Rig {
             seed,
-            sim,
-            dialect: user.dialect(),
+            run,
+            dialect,
             user,
             locker,
-            store,
             mappings,
             generated,
-            driver,
             scratch,
             dir,
         })
-    }
-
-    fn setup_error(&self, what: String) -> ConvergeError {
-        ConvergeError::Setup {
-            seed: self.seed,
-            what,
-        }
     }
 
     /// Closes the pools, stops the simulator and drops the scratch database.
     async fn finish(self) {
         self.user.close().await;
         self.locker.close().await;
-        drop(self.driver);
-        drop(self.store);
-        self.sim.shutdown().await;
+        drop(self.run.driver);
+        drop(self.run.store);
+        self.run.sim.shutdown().await;
         if let Some((server, name)) = &self.scratch {
             drop_database(server, name).await;
         }
         drop(self.dir);
     }
 
-    /// Replaces the in-process engine and CRM adapter (a process restart on the same store and
-    /// CRM: the adapter's memory of its own writes is lost, as it would be).
-    async fn restart(&mut self) -> Result<(), ConvergeError> {
-        let calls = self.sim.counters().calls_logged;
-        let seed = self.seed;
-        if let Driver::InProcess(p) = &mut self.driver {
-            p.crm = crm_adapter(&p.loaded)
-                .await
-                .map_err(|what| ConvergeError::Setup { seed, what })?;
-            p.engine = in_process_engine(&p.loaded, &p.crm, &self.store, &p.clock)
-                .map_err(|what| ConvergeError::Setup { seed, what })?;
-            p.engine_calls_at = calls;
-        }
-        Ok(())
-    }
-
-    /// Moves the simulator's clock forward by a cycle interval; in process the engine's clock
-    /// follows (never behind the simulator's).
-    fn tick(&self) {
-        self.sim.advance_clock(TICK);
-        if let Driver::InProcess(p) = &self.driver {
-            let sim = self.sim.now();
-            if sim > p.clock.now() {
-                p.clock.set(sim);
-            }
-        }
-    }
-
-    /// Moves the clocks past the Marketo day turn after `until` (the engine's pause end, when
-    /// known) and the simulator's.
-    ///
-    /// A `sync --once` child stopped by the quota stores a quota pause until the real Marketo
-    /// day turn; the harness ends it here, standing in for that wait as it does for the clocks.
-    async fn turn_day(&self, until: Option<DateTime<Utc>>) -> Result<(), ConvergeError> {
-        if matches!(self.driver, Driver::Process(_)) {
-            let stored = self
-                .store
-                .pause_state()
-                .await
-                .map_err(|e| self.setup_error(format!("reading the pause: {e}")))?;
-            if stored.is_some_and(|p| p.kind == store::PauseKind::Quota) {
-                self.store
-                    .resume()
-                    .await
-                    .map_err(|e| self.setup_error(format!("ending the quota pause: {e}")))?;
-            }
-        }
-        let now = self.sim.now();
-        let turn = next_day_turn(now);
-        let by = (turn - now).to_std().unwrap_or_default() + Duration::from_secs(5);
-        self.sim.advance_clock(by);
-        if let Driver::InProcess(p) = &self.driver {
-            let target = until.unwrap_or(turn).max(self.sim.now()) + chrono::Duration::seconds(5);
-            if target > p.clock.now() {
-                p.clock.set(target);
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes every open error-ledger entry due now (as `errors retry` does), in process mode:
-    /// the child's clock is the real one, where a retry comes due minutes later; the harness
-    /// stands in for that wait, as it does for leases and quota pauses. In process the manual
-    /// clock brings retries due.
-    async fn retry_now(&self) -> Result<(), ConvergeError> {
-        if !matches!(self.driver, Driver::Process(_)) {
-            return Ok(());
-        }
-        let store_error = |source| ConvergeError::Store {
-            seed: self.seed,
-            source,
-        };
-        let open = self
-            .store
-            .list_errors(&store::ErrorFilter {
-                status: Some(store::ErrorStatus::Open),
-                limit: 10_000,
-                ..store::ErrorFilter::default()
-            })
-            .await
-            .map_err(store_error)?;
-        let now = Utc::now();
-        for e in open {
-            if e.next_retry_at.is_some_and(|at| at > now) {
-                self.store
-                    .set_error_status(e.id, store::ErrorStatus::Open, Some(now))
-                    .await
-                    .map_err(store_error)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Returns the backend id of the user pool's connection (PostgreSQL), spared by the
-    /// connection fault.
-    async fn user_backend(&self) -> String {
-        if self.dialect != Dialect::Postgres {
-            return "0".into();
-        }
-        self.user
-            .fetch(
-                "backend id",
-                "SELECT CAST(pg_backend_pid() AS TEXT)".into(),
-                &[],
-            )
-            .await
-            .ok()
-            .and_then(|r| r.into_iter().next())
-            .and_then(|r| r.into_iter().next().flatten())
-            .unwrap_or_else(|| "0".into())
-    }
-
-    /// Returns a fingerprint of the contacts table that changes with any write.
-    async fn crm_mark(&self) -> Option<Vec<Option<String>>> {
-        let d = self.dialect;
-        let sql = format!(
-            "SELECT {}, {}, {} FROM contacts",
-            d.as_text("COUNT(*)"),
-            d.as_text("MAX(updated_at)"),
-            d.as_text("COUNT(marketo_id)")
-        );
-        self.user
-            .fetch("contacts fingerprint", sql, &[])
-            .await
-            .ok()
-            .and_then(|r| r.into_iter().next())
-    }
-
     /// Runs one cycle (after a tick), doing what `watch` says while it runs.
     async fn cycle(&mut self, watch: Watch) -> Result<Cycle, ConvergeError> {
-        if let Driver::InProcess(p) = &self.driver
-            && self.sim.counters().calls_logged - p.engine_calls_at > 60
-        {
-            // Keeps the client's 20-second window from making the run wait in real time.
-            self.restart().await?;
-        }
-        self.tick();
-        let spare = match watch {
-            Watch::DropCrmAfter(_) => self.user_backend().await,
-            _ => "0".to_owned(),
+        let probe = SqlProbe {
+            dialect: self.dialect,
+            user: &self.user,
+            locker: &self.locker,
         };
-        let mark = match watch {
-            Watch::KillAfterCrmWrite => self.crm_mark().await,
-            _ => None,
-        };
-        let start = self.sim.counters().calls_logged;
-        match &self.driver {
-            Driver::InProcess(p) => Ok(self.cycle_in_process(p, watch, start, &spare).await),
-            Driver::Process(c) => self.cycle_in_child(c, watch, start, &spare, mark).await,
-        }
+        self.run.cycle(watch, &probe).await
     }
 
-    async fn cycle_in_process(
-        &self,
-        p: &InProcess,
-        watch: Watch,
-        start: u64,
-        spare: &str,
-    ) -> Cycle {
-        let cancel = CancellationToken::new();
-        let options = CycleOptions::default();
-        let mut fired = false;
-        let result = {
-            let cycle = p.engine.run_one_cycle(&options, &cancel);
-            tokio::pin!(cycle);
-            loop {
-                tokio::select! {
-                    r = &mut cycle => break r,
-                    () = tokio::time::sleep(POLL) => {
-                        let calls = self.sim.counters().calls_logged;
-                        match watch {
-                            Watch::CancelAfter(n) if calls >= start + n => {
-                                cancel.cancel();
-                                fired = true;
-                            }
-                            Watch::DropCrmAfter(n) if calls >= start + n => {
-                                fired |= self.drop_crm_connections(spare).await > 0;
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        };
-        let ran = match result {
-            Ok(s) => Ran::Done {
-                written: written(&s),
-                failed: s.failed(),
-            },
-            Err(EngineError::Paused { until, reason }) => Ran::Paused {
-                until,
-                message: reason,
-            },
-            Err(EngineError::Cancelled) => Ran::Cancelled,
-            Err(e) => Ran::Failed(e.to_string()),
-        };
-        Cycle { ran, fired }
-    }
-
-    /// Ends the sync lease a SIGKILLed `sync --once` left behind. A real restart waits for the
-    /// lease's time to live (60 s of real time); the harness stands in for that wait, as it moves
-    /// the simulator's clock for the interval between cycles.
-    async fn expire_dead_lease(&self) -> Result<(), ConvergeError> {
-        let url = url::Url::parse(&self.sim.base_url())
-            .map_err(|e| self.setup_error(format!("the simulator's url: {e}")))?;
-        let instance = match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => return Ok(()),
-        };
-        let lease = self
-            .store
-            .lease(&instance)
-            .await
-            .map_err(|e| self.setup_error(format!("reading the lease: {e}")))?;
-        if let Some(lease) = lease {
-            self.store
-                .release_lease(&instance, &lease.holder)
-                .await
-                .map_err(|e| self.setup_error(format!("ending the dead lease: {e}")))?;
-        }
-        Ok(())
-    }
-
-    async fn cycle_in_child(
-        &self,
-        c: &ChildEngine,
-        watch: Watch,
-        start: u64,
-        spare: &str,
-        mark: Option<Vec<Option<String>>>,
-    ) -> Result<Cycle, ConvergeError> {
-        let file = |path: &Path| {
-            std::fs::File::create(path)
-                .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))
-        };
-        let mut child = tokio::process::Command::new(&c.binary)
-            .arg("sync")
-            .arg("--once")
-            .arg("--json")
-            .arg("--config")
-            .arg(&c.config_dir)
-            .env_clear()
-            .envs(&c.env)
-            .stdin(Stdio::null())
-            .stdout(file(&c.out)?)
-            .stderr(file(&c.err)?)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                self.setup_error(format!(
-                    "cannot start the engine process {}: {e}",
-                    c.binary.display()
-                ))
-            })?;
-        let mut fired = false;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(self.setup_error(format!("waiting for the engine: {e}"))),
-            }
-            tokio::time::sleep(POLL).await;
-            // A kill acts once; dropping connections goes on until the cycle ends.
-            if fired && !matches!(watch, Watch::DropCrmAfter(_)) {
-                continue;
-            }
-            let calls = self.sim.counters().calls_logged;
-            match watch {
-                Watch::KillAfterRequests(n) if calls >= start + n => {
-                    let _ = child.start_kill();
-                    fired = true;
-                }
-                Watch::KillAfterCrmWrite if self.crm_mark().await != mark => {
-                    let _ = child.start_kill();
-                    fired = true;
-                }
-                Watch::DropCrmAfter(n) if calls >= start + n => {
-                    fired |= self.drop_crm_connections(spare).await > 0;
-                }
-                _ => {}
-            }
-        };
-        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
-        if status.signal() == Some(9) {
-            self.expire_dead_lease().await?;
-        }
-        let ran = match (status.code(), status.signal()) {
-            (_, Some(9)) if fired => Ran::Killed,
-            // 0: done; 4: done with records refused one by one (in the error ledger).
-            (Some(0 | 4), _) => match serde_json::from_str::<Json>(&read(&c.out)) {
-                Ok(summary) => {
-                    let (written, failed) = counts_in(&summary);
-                    Ran::Done { written, failed }
-                }
-                Err(e) => Ran::Failed(format!("the summary does not parse: {e}")),
-            },
-            (code, signal) => {
-                let err = read(&c.err);
-                let message = err
-                    .lines()
-                    .rev()
-                    .find_map(|l| l.strip_prefix("error: "))
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| {
-                        format!("exit code {code:?}, signal {signal:?}, no error message")
-                    });
-                if message.starts_with("paused until") {
-                    Ran::Paused {
-                        until: None,
-                        message,
-                    }
-                } else {
-                    Ran::Failed(message)
-                }
-            }
-        };
-        Ok(Cycle { ran, fired })
-    }
-
-    /// Terminates every connection to the CRM database but the harness's own; returns how many.
-    async fn drop_crm_connections(&self, spare: &str) -> usize {
-        let sql = format!(
-            "SELECT CAST(pg_terminate_backend(pid) AS TEXT) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> {}",
-            spare.parse::<i64>().unwrap_or(0)
-        );
-        match self
-            .locker
-            .fetch("terminate crm connections", sql, &[])
-            .await
-        {
-            Ok(rows) => rows
-                .iter()
-                .filter(|r| matches!(r.first().and_then(|v| v.as_deref()), Some("true")))
-                .count(),
-            Err(_) => 0,
-        }
-    }
-
-    /// Aborts the n-th store commit from now (in process).
-    fn arm_commit_abort(&self, n: u32) {
-        if let Driver::InProcess(p) = &self.driver {
-            p.abort_commits.store(n, Ordering::SeqCst);
-            p.killed.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// Stops aborting commits; returns whether one was aborted since [`Rig::arm_commit_abort`].
-    fn disarm_commit_abort(&self) -> bool {
-        match &self.driver {
-            Driver::InProcess(p) => {
-                p.abort_commits.store(0, Ordering::SeqCst);
-                p.killed.swap(false, Ordering::SeqCst)
-            }
-            Driver::Process(_) => false,
-        }
+    /// Replaces the in-process engine and CRM adapter (see [`Runner::restart`]).
+    async fn restart(&mut self) -> Result<(), ConvergeError> {
+        self.run.restart().await
     }
 
     /// Returns the SQL for "now" in a CRM user's edit. CRM timestamps follow the engine's clock,
@@ -989,13 +520,9 @@ impl Rig {
     /// database's clock in process mode; in process, the engine's manual clock moved a second
     /// forward (the user's edit comes after the last cycle started).
     fn crm_now(&self) -> String {
-        match &self.driver {
-            Driver::Process(_) => self.dialect.now().to_owned(),
-            Driver::InProcess(p) => {
-                let at = p.clock.now() + chrono::Duration::seconds(1);
-                p.clock.set(at);
-                format!("'{}'", self.dialect.datetime_text(&at))
-            }
+        match self.run.user_edit_instant() {
+            None => self.dialect.now().to_owned(),
+            Some(at) => format!("'{}'", self.dialect.datetime_text(&at)),
         }
     }
 
@@ -1033,62 +560,87 @@ impl Rig {
     }
 }
 
-/// Returns the commit hook that aborts the N-th commit from now (N in `left`; a process killed
-/// between writing both sides and recording it), setting `killed` when it does, and counts
-/// every commit in `commits`. The hook runs inside the commit's transaction, after its first
-/// statements, so an aborted commit is a kill right after the first store write.
-fn abort_hook(
-    left: Arc<AtomicU32>,
-    killed: Arc<AtomicBool>,
-    commits: Arc<AtomicU32>,
-) -> CommitHook {
-    Arc::new(move || {
-        let (a, k) = (left.clone(), killed.clone());
-        commits.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            let left = a.load(Ordering::SeqCst);
-            if left == 0 {
-                return Ok(());
-            }
-            a.store(left - 1, Ordering::SeqCst);
-            if left == 1 {
-                k.store(true, Ordering::SeqCst);
-                return Err(StoreError::Aborted {
-                    reason: "killed by the convergence harness".into(),
-                });
-            }
-            Ok(())
-        })
-    })
+/// The SQL CRM's side of a cycle's watch.
+struct SqlProbe<'a> {
+    dialect: Dialect,
+    user: &'a SqlPool,
+    locker: &'a SqlPool,
 }
 
-async fn crm_adapter(loaded: &crate::config::Loaded) -> Result<Arc<dyn Crm>, String> {
-    registry::build(
-        &loaded.settings.crm.adapter,
-        loaded.settings.crm.url.as_ref(),
-        &loaded.settings.crm.options,
-    )
-    .await
-    .map_err(|e| format!("crm adapter: {e}"))
-}
+#[async_trait::async_trait(?Send)]
+impl CrmProbe for SqlProbe<'_> {
+    /// Returns a fingerprint of the contacts table that changes with any write.
+    async fn mark(&self) -> Option<Vec<Option<String>>> {
+        let d = self.dialect;
+        let sql = format!(
+            "SELECT {}, {}, {} FROM contacts",
+            d.as_text("COUNT(*)"),
+            d.as_text("MAX(updated_at)"),
+            d.as_text("COUNT(marketo_id)")
+        );
+        self.user
+            .fetch("contacts fingerprint", sql, &[])
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+    }
 
-fn in_process_engine(
-    loaded: &crate::config::Loaded,
-    crm: &Arc<dyn Crm>,
-    store: &Arc<dyn StateStore>,
-    clock: &Arc<ManualClock>,
-) -> Result<Engine, String> {
-    let client = crate::engine::context::marketo_client(&loaded.settings.marketo)
-        .map_err(|e| format!("marketo client: {e}"))?;
-    let ctx = Context::new(
-        loaded.settings.clone(),
-        loaded.mappings.clone(),
-        client,
-        crm.clone(),
-        store.clone(),
-        clock.clone(),
-    );
-    Ok(Engine::with_tunables(ctx, Tunables::default()))
+    /// Returns the backend id of the user pool's connection (PostgreSQL), spared by the
+    /// connection fault.
+    async fn spare(&self) -> String {
+        if self.dialect != Dialect::Postgres {
+            return "0".into();
+        }
+        self.user
+            .fetch(
+                "backend id",
+                "SELECT CAST(pg_backend_pid() AS TEXT)".into(),
+                &[],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .and_then(|r| r.into_iter().next().flatten())
+            .unwrap_or_else(|| "0".into())
+    }
+
+    /// Returns a contact row's email, deleted flag, survivor and Marketo id.
+    async fn describe_contact(&self, id: &str) -> String {
+        let row = match id.parse::<i64>() {
+            Ok(id) => self
+                .user
+                .fetch(
+                    "read contact",
+                    format!("SELECT email, CAST(deleted AS TEXT), CAST(merged_into AS TEXT), marketo_id FROM contacts WHERE id = {id}"),
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.into_iter().next()),
+            Err(_) => None,
+        };
+        format!("contact email, deleted, merged_into, marketo_id: {row:?}")
+    }
+
+    /// Terminates every connection to the CRM database but the harness's own; returns how many.
+    async fn drop_connections(&self, spare: &str) -> usize {
+        let sql = format!(
+            "SELECT CAST(pg_terminate_backend(pid) AS TEXT) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> {}",
+            spare.parse::<i64>().unwrap_or(0)
+        );
+        match self
+            .locker
+            .fetch("terminate crm connections", sql, &[])
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter(|r| matches!(r.first().and_then(|v| v.as_deref()), Some("true")))
+                .count(),
+            Err(_) => 0,
+        }
+    }
 }
 
 async fn drop_database(server: &SecretString, name: &str) {
@@ -1101,23 +653,6 @@ async fn drop_database(server: &SecretString, name: &str) {
             .await;
         admin.close().await;
     }
-}
-
-/// Returns the records written and failed in a summary printed by `sync --once`.
-fn counts_in(summary: &Json) -> (u64, u64) {
-    let (mut written, mut failed) = (0, 0);
-    for directions in summary["objects"]
-        .as_object()
-        .into_iter()
-        .flat_map(|o| o.values())
-    {
-        for c in directions.as_object().into_iter().flat_map(|d| d.values()) {
-            let n = |k: &str| c[k].as_u64().unwrap_or(0);
-            written += n("created") + n("updated") + n("deleted");
-            failed += n("failed");
-        }
-    }
-    (written, failed)
 }
 
 fn quote(text: &str) -> String {
@@ -1162,10 +697,323 @@ pub async fn run_schedule(
     seed: u64,
     options: &ConvergeOptions,
 ) -> Result<ConvergenceReport, ConvergeError> {
+    if matches!(options.crm, CrmKind::HubSpot) {
+        return hubspot::run_schedule(seed, options).await;
+    }
     let mut rig = Rig::start(seed, options).await?;
     let report = play(&mut rig, seed, options).await;
     rig.finish().await;
     report
+}
+
+/// The fresh emails of a schedule: `u1.s{seed}@example.com`, ..., a fifth of them in mixed case
+/// with padding (the email transform, trim and lowercase, must match them).
+struct Emails {
+    seed: u64,
+    next: u32,
+}
+
+impl Emails {
+    fn fresh(&mut self, rng: &mut ChaCha8Rng) -> String {
+        self.next += 1;
+        let (n, seed) = (self.next, self.seed);
+        if rng.random_bool(0.2) {
+            format!(" U{n}.S{seed}@Example.com")
+        } else {
+            format!("u{n}.s{seed}@example.com")
+        }
+    }
+}
+
+/// A random value of an edited field.
+fn word(rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "{}{}",
+        WORDS[rng.random_range(0..WORDS.len())],
+        rng.random_range(0..100)
+    )
+}
+
+/// What a schedule keeps while it plays: its counts, the cycle errors it survived and its trace.
+struct Played {
+    tally: Tally,
+    cycle_errors: Vec<String>,
+    trace: Vec<String>,
+}
+
+impl Played {
+    fn new() -> Played {
+        Played {
+            tally: Tally::default(),
+            cycle_errors: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// Starts the trace line of a step, with the records on each side before it.
+    fn start_step(&mut self, step: usize, name: &str, (leads, contacts): (usize, usize)) {
+        self.trace.push(format!(
+            "step {step}: {name} ({leads} leads, {contacts} contacts before)"
+        ));
+    }
+}
+
+/// A schedule's rig on one CRM: the engine side ([`Runner`]) and what the CRM adds to the steps
+/// every CRM shares.
+#[async_trait::async_trait(?Send)]
+trait Rigged {
+    /// The simulator, the store and the engine.
+    fn run(&self) -> &Runner;
+
+    /// Runs one cycle, doing what `watch` says while it runs.
+    async fn cycle(&mut self, watch: Watch) -> Result<Cycle, ConvergeError>;
+
+    /// Restarts the engine (in process; a child's next cycle is its restart).
+    async fn restart(&mut self) -> Result<(), ConvergeError>;
+
+    /// Makes the CRM fail during a cycle; returns the trace detail.
+    async fn crm_fault(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        tally: &mut Tally,
+    ) -> Result<String, ConvergeError>;
+
+    /// Returns whether the only records failing are orphans waiting for a parent that is gone.
+    async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
+        Ok(false)
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Rigged for Rig {
+    fn run(&self) -> &Runner {
+        &self.run
+    }
+
+    async fn cycle(&mut self, watch: Watch) -> Result<Cycle, ConvergeError> {
+        Rig::cycle(self, watch).await
+    }
+
+    async fn restart(&mut self) -> Result<(), ConvergeError> {
+        self.run.restart().await
+    }
+
+    /// SQLite: another connection holds the write lock during the cycle; PostgreSQL: the
+    /// adapter's connections are terminated from a random number of Marketo requests on.
+    async fn crm_fault(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        tally: &mut Tally,
+    ) -> Result<String, ConvergeError> {
+        if self.dialect != Dialect::Postgres {
+            tally.fault("crm write-locked");
+            let locked = self
+                .locker
+                .execute_raw("lock", "BEGIN IMMEDIATE".into())
+                .await
+                .is_ok();
+            let c = Rig::cycle(self, Watch::Nothing).await?;
+            tally.cycle(&c);
+            if locked {
+                let _ = self.locker.execute_raw("unlock", "ROLLBACK".into()).await;
+            }
+            return Ok(String::new());
+        }
+        tally.fault("crm connections terminated");
+        let after = rng.random_range(0..10);
+        let c = Rig::cycle(self, Watch::DropCrmAfter(after)).await?;
+        let mut detail = format!("from request {after} on: {}", c.ran);
+        if !c.fired {
+            detail.push_str(" (no connection was open)");
+        }
+        tally.cycle(&c);
+        Ok(detail)
+    }
+
+    async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
+        Rig::only_orphans_fail(self).await
+    }
+}
+
+/// Plays a step no CRM user takes part in: an edit by Marketo's user, a fault, a kill and
+/// restart, or a cycle (also for a CRM step whose records are missing). Returns the trace
+/// detail.
+async fn common_step(
+    rig: &mut dyn Rigged,
+    roll: u32,
+    rng: &mut ChaCha8Rng,
+    emails: &mut Emails,
+    played: &mut Played,
+    in_child: bool,
+) -> Result<String, ConvergeError> {
+    let leads = rig.run().sim.leads();
+    let sim = &rig.run().sim;
+    let tally = &mut played.tally;
+    let mut detail = String::new();
+    match roll {
+        // Marketo: create a lead.
+        0..=11 => {
+            let email = emails.fresh(rng);
+            let mut values = Map::new();
+            values.insert("email".into(), json!(email));
+            values.insert("firstName".into(), json!(word(rng)));
+            values.insert("lastName".into(), json!(word(rng)));
+            detail = format!("lead {} {email:?}", sim.create_lead(values));
+        }
+        // Marketo: edit a mapped field.
+        23..=32 if !leads.is_empty() => {
+            let lead = &leads[rng.random_range(0..leads.len())];
+            let (field, _) = EDITABLE[rng.random_range(0..EDITABLE.len())];
+            let mut values = Map::new();
+            if rng.random_bool(0.15) {
+                values.insert("unsubscribed".into(), json!(rng.random_bool(0.5)));
+            } else {
+                values.insert(field.into(), json!(word(rng)));
+            }
+            if let Some(id) = lead["id"].as_i64() {
+                detail = format!("lead {id} {values:?}");
+                let _ = sim.update_lead(id, values);
+            }
+        }
+        // Marketo: delete a lead.
+        51..=54 if !leads.is_empty() => {
+            if let Some(id) = leads[rng.random_range(0..leads.len())]["id"].as_i64() {
+                detail = format!("lead {id}");
+                sim.delete_lead(id);
+            }
+        }
+        // Marketo: merge two leads.
+        59..=61 if leads.len() >= 2 => {
+            let a = rng.random_range(0..leads.len());
+            let b = (a + 1 + rng.random_range(0..leads.len() - 1)) % leads.len();
+            if let (Some(w), Some(l)) = (leads[a]["id"].as_i64(), leads[b]["id"].as_i64()) {
+                detail = format!("loser lead {l} into winner {w}");
+                let _ = sim.merge_leads(w, &[l]);
+            }
+        }
+        // A simulator fault profile for the next cycle.
+        68..=75 => {
+            let kinds = [
+                ("*", FaultKind::Throttle),
+                ("*", FaultKind::Http5xx),
+                ("*", FaultKind::Timeout),
+                ("*", FaultKind::Unavailable),
+                ("*", FaultKind::Drop),
+                ("bulk_file", FaultKind::Truncate),
+                ("bulk_file", FaultKind::File404),
+            ];
+            let (route, kind) = kinds[rng.random_range(0..kinds.len())];
+            let rate = rng.random_range(0.05..0.3);
+            detail = format!("{} at {rate:.2}", kind.as_str());
+            sim.set_faults(FaultProfile {
+                rules: vec![FaultRule {
+                    route: route.into(),
+                    kind,
+                    rate,
+                    delay_ms: 0,
+                }],
+            });
+            tally.fault(format!("simulator {}", kind.as_str()));
+        }
+        // Expired tokens.
+        76..=78 => {
+            sim.expire_tokens();
+            tally.fault("expired tokens");
+        }
+        // The simulator's daily quota spent: a 607 pauses the cycle; after the day turns the
+        // next cycle runs.
+        79..=80 => detail = spent_quota(rig, played).await?,
+        // The CRM failing during a cycle.
+        81..=82 => detail = rig.crm_fault(rng, tally).await?,
+        83..=89 => detail = kill(rig, roll, rng, tally, in_child).await?,
+        // A cycle, after which the simulator faults are cleared.
+        _ => {
+            let c = rig.cycle(Watch::Nothing).await?;
+            tally.cycle(&c);
+            detail = c.ran.to_string();
+            rig.run().sim.set_faults(FaultProfile::none());
+        }
+    }
+    Ok(detail)
+}
+
+/// Spends the simulator's daily quota: the cycle must pause, and once the day turned the next
+/// one must not. Returns the trace detail.
+async fn spent_quota(rig: &mut dyn Rigged, played: &mut Played) -> Result<String, ConvergeError> {
+    rig.run().sim.spend_daily_quota();
+    played.tally.fault("daily quota (607)");
+    let c = rig.cycle(Watch::Nothing).await?;
+    played.tally.cycle(&c);
+    match c.ran {
+        Ran::Paused { until, message } => {
+            rig.run().turn_day(until).await?;
+            let next = rig.cycle(Watch::Nothing).await?;
+            played.tally.cycle(&next);
+            if let Ran::Paused { message, .. } = &next.ran {
+                played.cycle_errors.push(format!(
+                    "a spent daily quota: still paused after the day turned: {message}"
+                ));
+            }
+            Ok(format!("paused: {message}"))
+        }
+        other => {
+            played.cycle_errors.push(format!(
+                "a spent daily quota did not pause the cycle, which {other}"
+            ));
+            Ok(String::new())
+        }
+    }
+}
+
+/// A kill, then a restart: a child SIGKILLed after some simulator requests (83-86) or once it
+/// wrote the CRM (87-89); in process, the n-th commit of the cycle aborted (83-86) or the
+/// cycle cancelled after some simulator requests (87-89). Returns the trace detail.
+async fn kill(
+    rig: &mut dyn Rigged,
+    roll: u32,
+    rng: &mut ChaCha8Rng,
+    tally: &mut Tally,
+    in_child: bool,
+) -> Result<String, ConvergeError> {
+    let mut detail = String::new();
+    match (roll, in_child) {
+        (83..=86, true) => {
+            let after = rng.random_range(1..16);
+            let c = rig.cycle(Watch::KillAfterRequests(after)).await?;
+            tally.cycle(&c);
+            detail = format!("after {after} requests: {}", c.ran);
+            if matches!(c.ran, Ran::Killed) {
+                tally.kill("SIGKILL after Marketo requests");
+            }
+        }
+        (83..=86, false) => {
+            rig.run().arm_commit_abort(rng.random_range(1..4));
+            let c = rig.cycle(Watch::Nothing).await?;
+            tally.cycle(&c);
+            if rig.run().disarm_commit_abort() {
+                tally.kill("commit aborted");
+            }
+            rig.restart().await?;
+        }
+        (_, true) => {
+            let c = rig.cycle(Watch::KillAfterCrmWrite).await?;
+            tally.cycle(&c);
+            detail = c.ran.to_string();
+            if matches!(c.ran, Ran::Killed) {
+                tally.kill("SIGKILL after a CRM write");
+            }
+        }
+        (_, false) => {
+            let after = rng.random_range(1..12);
+            let c = rig.cycle(Watch::CancelAfter(after)).await?;
+            tally.cycle(&c);
+            if matches!(c.ran, Ran::Cancelled) {
+                tally.kill("cycle cancelled");
+            }
+            rig.restart().await?;
+        }
+    }
+    Ok(detail)
 }
 
 async fn play(
@@ -1174,20 +1022,9 @@ async fn play(
     options: &ConvergeOptions,
 ) -> Result<ConvergenceReport, ConvergeError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut tally = Tally::default();
-    let mut next_email = 0u32;
-    let mut fresh_email = |rng: &mut ChaCha8Rng| {
-        next_email += 1;
-        // Mixed case and padding: the email transform (trim, lowercase) must match them.
-        if rng.random_bool(0.2) {
-            format!(" U{next_email}.S{seed}@Example.com")
-        } else {
-            format!("u{next_email}.s{seed}@example.com")
-        }
-    };
+    let mut emails = Emails { seed, next: 0 };
+    let mut played = Played::new();
     let in_child = matches!(options.engine, EngineMode::Process { .. });
-    let mut cycle_errors: Vec<String> = Vec::new();
-    let mut trace: Vec<String> = Vec::new();
     // The full schedule's extra steps come from generators of their own, so that the lead
     // steps drawn from `rng` are the same in both schedules.
     let full = options.schedule != Schedule::LeadsOnly;
@@ -1196,337 +1033,222 @@ async fn play(
     let mut activity_rng = objects::activity_rng(seed);
     let mut serial = 0u32;
     for step in 0..options.steps {
-        let mut roll = rng.random_range(0..100u32);
-        if (!options.faults && (68..=82).contains(&roll))
-            || (!options.kills && (83..=89).contains(&roll))
-        {
-            roll = 99;
-        }
+        let roll = draw_roll(&mut rng, options);
         if full && merge_rng.random_bool(0.06) {
-            let email = fresh_email(&mut merge_rng);
+            let email = emails.fresh(&mut merge_rng);
             let what =
-                merge_into_new_contact(rig, &mut merge_rng, &email, options, &mut tally).await?;
-            trace.push(format!("extra before step {step}: {what}"));
+                merge_into_new_contact(rig, &mut merge_rng, &email, options, &mut played.tally)
+                    .await?;
+            played
+                .trace
+                .push(format!("extra before step {step}: {what}"));
         }
         if full && object_rng.random_bool(0.4) {
             serial += 1;
             let now = rig.crm_now();
             let what = rig.object_edit(&mut object_rng, serial, &now).await?;
             if !what.is_empty() {
-                trace.push(format!("object edit before step {step}: {what}"));
+                played
+                    .trace
+                    .push(format!("object edit before step {step}: {what}"));
             }
         }
         if options.schedule == Schedule::Full && activity_rng.random_bool(0.2) {
             let what = rig.visit_webpage(&mut activity_rng, serial + step as u32);
             if !what.is_empty() {
-                trace.push(format!("activity before step {step}: {what}"));
+                played
+                    .trace
+                    .push(format!("activity before step {step}: {what}"));
             }
         }
-        let (n_leads, n_contacts) = (rig.sim.counters().leads, rig.live_contacts().await?.len());
-        trace.push(format!(
-            "step {step}: {} ({n_leads} leads, {n_contacts} contacts before)",
-            step_name(roll, in_child, &options.crm)
-        ));
-        let mut detail = String::new();
+        let counts = (
+            rig.run.sim.counters().leads,
+            rig.live_contacts().await?.len(),
+        );
+        played.start_step(step, step_name(roll, in_child, &options.crm), counts);
         let now = rig.crm_now();
-        let leads = rig.sim.leads();
-        let contacts = rig.live_contacts().await?;
-        let word = |rng: &mut ChaCha8Rng| {
-            format!(
-                "{}{}",
-                WORDS[rng.random_range(0..WORDS.len())],
-                rng.random_range(0..100)
-            )
+        let Some(detail) = crm_step(rig, roll, &mut rng, &mut emails, &now).await? else {
+            continue;
         };
-        match roll {
-            // Marketo: create a lead.
-            0..=11 => {
-                let email = fresh_email(&mut rng);
-                let mut values = Map::new();
-                values.insert("email".into(), json!(email));
-                values.insert("firstName".into(), json!(word(&mut rng)));
-                values.insert("lastName".into(), json!(word(&mut rng)));
-                detail = format!("lead {} {email:?}", rig.sim.create_lead(values));
-            }
-            // CRM: insert a contact.
-            12..=22 => {
-                let email = fresh_email(&mut rng);
-                let (f, l) = (word(&mut rng), word(&mut rng));
-                detail = format!("{email:?}");
-                rig.sql(
-                    "insert contact",
-                    format!(
-                        "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES ('{}', '{}', '{}', {now})",
-                        quote(&email),
-                        quote(&f),
-                        quote(&l)
-                    ),
-                )
-                .await?;
-            }
-            // Marketo: edit a mapped field.
-            23..=32 if !leads.is_empty() => {
-                let lead = &leads[rng.random_range(0..leads.len())];
-                let (field, _) = EDITABLE[rng.random_range(0..EDITABLE.len())];
-                let mut values = Map::new();
-                if rng.random_bool(0.15) {
-                    values.insert("unsubscribed".into(), json!(rng.random_bool(0.5)));
-                } else {
-                    values.insert(field.into(), json!(word(&mut rng)));
-                }
-                if let Some(id) = lead["id"].as_i64() {
-                    detail = format!("lead {id} {values:?}");
-                    let _ = rig.sim.update_lead(id, values);
-                }
-            }
-            // CRM: update a mapped column.
-            33..=42 if !contacts.is_empty() => {
-                let c = &contacts[rng.random_range(0..contacts.len())];
-                let id = c[0].clone().unwrap_or_default();
-                let (_, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
-                detail = format!("contact {id} {column}");
-                rig.sql(
-                    "update contact",
-                    format!(
-                        "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
-                        quote(&word(&mut rng))
-                    ),
-                )
-                .await?;
-            }
-            // A conflict: the same field on both sides between two cycles.
-            43..=50 => {
-                let linked: Vec<&Vec<Option<String>>> =
-                    contacts.iter().filter(|c| c[2].is_some()).collect();
-                if linked.is_empty() {
-                    continue;
-                }
-                let c = linked[rng.random_range(0..linked.len())];
-                let (id, mid) = (c[0].clone().unwrap_or_default(), c[2].clone());
-                let Some(mid) = mid.and_then(|m| m.parse::<i64>().ok()) else {
-                    continue;
-                };
-                let (field, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
-                let mut values = Map::new();
-                values.insert(field.into(), json!(word(&mut rng)));
-                detail = format!("lead {mid} / contact {id} {field}");
-                let _ = rig.sim.update_lead(mid, values);
-                rig.sql(
-                    "conflicting update",
-                    format!(
-                        "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
-                        quote(&word(&mut rng))
-                    ),
-                )
-                .await?;
-            }
-            // Marketo: delete a lead.
-            51..=54 if !leads.is_empty() => {
-                if let Some(id) = leads[rng.random_range(0..leads.len())]["id"].as_i64() {
-                    detail = format!("lead {id}");
-                    rig.sim.delete_lead(id);
-                }
-            }
-            // CRM: soft-delete a contact.
-            55..=58 if !contacts.is_empty() => {
-                let id = contacts[rng.random_range(0..contacts.len())][0]
-                    .clone()
-                    .unwrap_or_default();
-                detail = format!("contact {id}");
-                rig.sql(
-                    "delete contact",
-                    format!(
-                        "UPDATE contacts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"
-                    ),
-                )
-                .await?;
-            }
-            // Marketo: merge two leads.
-            59..=61 if leads.len() >= 2 => {
-                let a = rng.random_range(0..leads.len());
-                let b = (a + 1 + rng.random_range(0..leads.len() - 1)) % leads.len();
-                if let (Some(w), Some(l)) = (leads[a]["id"].as_i64(), leads[b]["id"].as_i64()) {
-                    detail = format!("loser lead {l} into winner {w}");
-                    let _ = rig.sim.merge_leads(w, &[l]);
-                }
-            }
-            // CRM: merge two contacts.
-            62..=63 if contacts.len() >= 2 => {
-                let a = rng.random_range(0..contacts.len());
-                let b = (a + 1 + rng.random_range(0..contacts.len() - 1)) % contacts.len();
-                let (w, l) = (
-                    contacts[a][0].clone().unwrap_or_default(),
-                    contacts[b][0].clone().unwrap_or_default(),
-                );
-                detail = format!("loser contact {l} into winner {w}");
-                rig.sql(
-                    "merge contacts",
-                    format!(
-                        "UPDATE contacts SET merged_into = {w}, deleted = TRUE, updated_at = {now} WHERE id = {l}"
-                    ),
-                )
-                .await?;
-            }
-            // A conversion: a CRM lead becomes a contact whose email Marketo already holds
-            // (created there since the last cycle), so the two must be linked, not duplicated.
-            64..=67 => {
-                let email = fresh_email(&mut rng);
-                let mut values = Map::new();
-                values.insert("email".into(), json!(email.trim().to_lowercase()));
-                values.insert("firstName".into(), json!(word(&mut rng)));
-                detail = format!("lead {} {email:?}", rig.sim.create_lead(values));
-                let last = word(&mut rng);
-                rig.sql(
-                    "convert lead",
-                    format!(
-                        "INSERT INTO leads (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
-                         INSERT INTO contacts (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
-                         UPDATE leads SET converted_contact_id = (SELECT MAX(id) FROM contacts) WHERE id = (SELECT MAX(id) FROM leads)",
-                        e = quote(&email),
-                        l = quote(&last)
-                    ),
-                )
-                .await?;
-            }
-            // A simulator fault profile for the next cycle.
-            68..=75 => {
-                let kinds = [
-                    ("*", FaultKind::Throttle),
-                    ("*", FaultKind::Http5xx),
-                    ("*", FaultKind::Timeout),
-                    ("*", FaultKind::Unavailable),
-                    ("*", FaultKind::Drop),
-                    ("bulk_file", FaultKind::Truncate),
-                    ("bulk_file", FaultKind::File404),
-                ];
-                let (route, kind) = kinds[rng.random_range(0..kinds.len())];
-                let rate = rng.random_range(0.05..0.3);
-                detail = format!("{} at {rate:.2}", kind.as_str());
-                rig.sim.set_faults(FaultProfile {
-                    rules: vec![FaultRule {
-                        route: route.into(),
-                        kind,
-                        rate,
-                        delay_ms: 0,
-                    }],
-                });
-                tally.fault(format!("simulator {}", kind.as_str()));
-            }
-            // Expired tokens.
-            76..=78 => {
-                rig.sim.expire_tokens();
-                tally.fault("expired tokens");
-            }
-            // The simulator's daily quota spent: a 607 pauses the cycle; after the day turns
-            // the next cycle runs.
-            79..=80 => {
-                rig.sim.spend_daily_quota();
-                tally.fault("daily quota (607)");
-                let c = rig.cycle(Watch::Nothing).await?;
-                tally.cycle(&c);
-                match c.ran {
-                    Ran::Paused { until, message } => {
-                        detail = format!("paused: {message}");
-                        rig.turn_day(until).await?;
-                        let next = rig.cycle(Watch::Nothing).await?;
-                        tally.cycle(&next);
-                        if let Ran::Paused { message, .. } = &next.ran {
-                            cycle_errors.push(format!(
-                                "a spent daily quota: still paused after the day turned: {message}"
-                            ));
-                        }
-                    }
-                    other => cycle_errors.push(format!(
-                        "a spent daily quota did not pause the cycle, which {other}"
-                    )),
-                }
-            }
-            // The CRM database failing during a cycle.
-            81..=82 => match options.crm {
-                CrmKind::Sqlite => {
-                    tally.fault("crm write-locked");
-                    let locked = rig
-                        .locker
-                        .execute_raw("lock", "BEGIN IMMEDIATE".into())
-                        .await
-                        .is_ok();
-                    let c = rig.cycle(Watch::Nothing).await?;
-                    tally.cycle(&c);
-                    if locked {
-                        let _ = rig.locker.execute_raw("unlock", "ROLLBACK".into()).await;
-                    }
-                }
-                CrmKind::Postgres { .. } => {
-                    tally.fault("crm connections terminated");
-                    let after = rng.random_range(0..10);
-                    let c = rig.cycle(Watch::DropCrmAfter(after)).await?;
-                    detail = format!("from request {after} on: {}", c.ran);
-                    if !c.fired {
-                        detail.push_str(" (no connection was open)");
-                    }
-                    tally.cycle(&c);
-                }
-            },
-            // A kill, then a restart (the next cycle is a new process): a child SIGKILLed
-            // after some simulator requests.
-            83..=86 if in_child => {
-                let after = rng.random_range(1..16);
-                let c = rig.cycle(Watch::KillAfterRequests(after)).await?;
-                tally.cycle(&c);
-                detail = format!("after {after} requests: {}", c.ran);
-                if matches!(c.ran, Ran::Killed) {
-                    tally.kill("SIGKILL after Marketo requests");
-                }
-            }
-            // A kill, then a restart: the n-th commit of the cycle aborted.
-            83..=86 => {
-                rig.arm_commit_abort(rng.random_range(1..4));
-                let c = rig.cycle(Watch::Nothing).await?;
-                tally.cycle(&c);
-                if rig.disarm_commit_abort() {
-                    tally.kill("commit aborted");
-                }
-                rig.restart().await?;
-            }
-            // A kill, then a restart: a child SIGKILLed once it wrote the CRM.
-            87..=89 if in_child => {
-                let c = rig.cycle(Watch::KillAfterCrmWrite).await?;
-                tally.cycle(&c);
-                detail = c.ran.to_string();
-                if matches!(c.ran, Ran::Killed) {
-                    tally.kill("SIGKILL after a CRM write");
-                }
-            }
-            // A kill, then a restart: the cycle cancelled after some simulator requests.
-            87..=89 => {
-                let after = rng.random_range(1..12);
-                let c = rig.cycle(Watch::CancelAfter(after)).await?;
-                tally.cycle(&c);
-                if matches!(c.ran, Ran::Cancelled) {
-                    tally.kill("cycle cancelled");
-                }
-                rig.restart().await?;
-            }
-            // A cycle, after which the simulator faults are cleared.
-            _ => {
-                let c = rig.cycle(Watch::Nothing).await?;
-                tally.cycle(&c);
-                detail = c.ran.to_string();
-                rig.sim.set_faults(FaultProfile::none());
-            }
-        }
-        continue_trace(&mut trace, &detail);
+        let detail = match detail {
+            Some(d) => d,
+            None => common_step(rig, roll, &mut rng, &mut emails, &mut played, in_child).await?,
+        };
+        continue_trace(&mut played.trace, &detail);
     }
+    finish_schedule(rig, seed, options, played, check_invariants_of).await
+}
 
-    // The quiet period.
-    rig.sim.set_faults(FaultProfile::none());
-    rig.disarm_commit_abort();
+/// Draws a step's roll; without faults or kills, their rolls become a cycle.
+fn draw_roll(rng: &mut ChaCha8Rng, options: &ConvergeOptions) -> u32 {
+    let roll = rng.random_range(0..100u32);
+    if (!options.faults && (68..=82).contains(&roll))
+        || (!options.kills && (83..=89).contains(&roll))
+    {
+        99
+    } else {
+        roll
+    }
+}
+
+/// Plays a step of the CRM's user on the SQL CRM (`now` is the edit's timestamp): `Some(Some)`
+/// with the trace detail, `Some(None)` when the roll is no CRM step (or its records are
+/// missing), `None` when the step is skipped (a conflict without a linked contact).
+async fn crm_step(
+    rig: &mut Rig,
+    roll: u32,
+    rng: &mut ChaCha8Rng,
+    emails: &mut Emails,
+    now: &str,
+) -> Result<Option<Option<String>>, ConvergeError> {
+    let contacts = rig.live_contacts().await?;
+    let detail = match roll {
+        // CRM: insert a contact.
+        12..=22 => {
+            let email = emails.fresh(rng);
+            let (f, l) = (word(rng), word(rng));
+            rig.sql(
+                "insert contact",
+                format!(
+                    "INSERT INTO contacts (email, first_name, last_name, updated_at) VALUES ('{}', '{}', '{}', {now})",
+                    quote(&email),
+                    quote(&f),
+                    quote(&l)
+                ),
+            )
+            .await?;
+            format!("{email:?}")
+        }
+        // CRM: update a mapped column.
+        33..=42 if !contacts.is_empty() => {
+            let c = &contacts[rng.random_range(0..contacts.len())];
+            let id = c[0].clone().unwrap_or_default();
+            let (_, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
+            rig.sql(
+                "update contact",
+                format!(
+                    "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
+                    quote(&word(rng))
+                ),
+            )
+            .await?;
+            format!("contact {id} {column}")
+        }
+        // A conflict: the same field on both sides between two cycles.
+        43..=50 => {
+            let linked: Vec<&Vec<Option<String>>> =
+                contacts.iter().filter(|c| c[2].is_some()).collect();
+            if linked.is_empty() {
+                return Ok(None);
+            }
+            let c = linked[rng.random_range(0..linked.len())];
+            let (id, mid) = (c[0].clone().unwrap_or_default(), c[2].clone());
+            let Some(mid) = mid.and_then(|m| m.parse::<i64>().ok()) else {
+                return Ok(None);
+            };
+            let (field, column) = EDITABLE[rng.random_range(0..EDITABLE.len())];
+            let mut values = Map::new();
+            values.insert(field.into(), json!(word(rng)));
+            let _ = rig.run.sim.update_lead(mid, values);
+            rig.sql(
+                "conflicting update",
+                format!(
+                    "UPDATE contacts SET {column} = '{}', updated_at = {now} WHERE id = {id}",
+                    quote(&word(rng))
+                ),
+            )
+            .await?;
+            format!("lead {mid} / contact {id} {field}")
+        }
+        // CRM: soft-delete a contact.
+        55..=58 if !contacts.is_empty() => {
+            let id = contacts[rng.random_range(0..contacts.len())][0]
+                .clone()
+                .unwrap_or_default();
+            rig.sql(
+                "delete contact",
+                format!("UPDATE contacts SET deleted = TRUE, updated_at = {now} WHERE id = {id}"),
+            )
+            .await?;
+            format!("contact {id}")
+        }
+        // CRM: merge two contacts.
+        62..=63 if contacts.len() >= 2 => {
+            let a = rng.random_range(0..contacts.len());
+            let b = (a + 1 + rng.random_range(0..contacts.len() - 1)) % contacts.len();
+            let (w, l) = (
+                contacts[a][0].clone().unwrap_or_default(),
+                contacts[b][0].clone().unwrap_or_default(),
+            );
+            rig.sql(
+                "merge contacts",
+                format!(
+                    "UPDATE contacts SET merged_into = {w}, deleted = TRUE, updated_at = {now} WHERE id = {l}"
+                ),
+            )
+            .await?;
+            format!("loser contact {l} into winner {w}")
+        }
+        // A conversion: a CRM lead becomes a contact whose email Marketo already holds
+        // (created there since the last cycle), so the two must be linked, not duplicated.
+        64..=67 => {
+            let email = emails.fresh(rng);
+            let mut values = Map::new();
+            values.insert("email".into(), json!(email.trim().to_lowercase()));
+            values.insert("firstName".into(), json!(word(rng)));
+            let detail = format!("lead {} {email:?}", rig.run.sim.create_lead(values));
+            let last = word(rng);
+            rig.sql(
+                "convert lead",
+                format!(
+                    "INSERT INTO leads (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
+                     INSERT INTO contacts (email, last_name, updated_at) VALUES ('{e}', '{l}', {now}); \
+                     UPDATE leads SET converted_contact_id = (SELECT MAX(id) FROM contacts) WHERE id = (SELECT MAX(id) FROM leads)",
+                    e = quote(&email),
+                    l = quote(&last)
+                ),
+            )
+            .await?;
+            detail
+        }
+        _ => return Ok(Some(None)),
+    };
+    Ok(Some(Some(detail)))
+}
+
+/// Checks the invariants of a SQL schedule (a plain function for [`finish_schedule`]).
+fn check_invariants_of<'a>(
+    rig: &'a Rig,
+    violations: &'a mut Vec<String>,
+) -> futures::future::LocalBoxFuture<'a, Result<(usize, usize), ConvergeError>> {
+    Box::pin(check_invariants(rig, violations))
+}
+
+/// The invariant checks of a rig: the number of recorded conflicts and of linked pairs, with the
+/// violations pushed.
+type Check<R> =
+    for<'a> fn(
+        &'a R,
+        &'a mut Vec<String>,
+    ) -> futures::future::LocalBoxFuture<'a, Result<(usize, usize), ConvergeError>>;
+
+/// Runs the quiet period after a schedule's steps (faults cleared, cycles until two in a row
+/// write nothing, at most 10), checks the invariants with `check` and returns the report.
+async fn finish_schedule<R: Rigged>(
+    rig: &mut R,
+    seed: u64,
+    options: &ConvergeOptions,
+    mut played: Played,
+    check: Check<R>,
+) -> Result<ConvergenceReport, ConvergeError> {
+    rig.run().sim.set_faults(FaultProfile::none());
+    rig.run().disarm_commit_abort();
     let mut quiet = 0;
     for round in 0..10 {
-        rig.retry_now().await?;
+        rig.run().retry_now().await?;
         let c = rig.cycle(Watch::Nothing).await?;
-        tally.cycle(&c);
-        trace.push(format!("quiet cycle {round}: {}", c.ran));
+        played.tally.cycle(&c);
+        played.trace.push(format!("quiet cycle {round}: {}", c.ran));
         let orphans = match c.ran {
             Ran::Done { written: 0, failed } if failed > 0 => rig.only_orphans_fail().await?,
             _ => false,
@@ -1535,59 +1257,37 @@ async fn play(
             Ran::Done {
                 written: 0,
                 failed: 0,
-            } => {
-                quiet += 1;
-                if quiet == 2 {
-                    break;
-                }
-            }
-            Ran::Done { written: 0, .. } if orphans => {
-                quiet += 1;
-                if quiet == 2 {
-                    break;
-                }
-            }
+            } => quiet += 1,
+            Ran::Done { written: 0, .. } if orphans => quiet += 1,
             Ran::Done { .. } => quiet = 0,
             other => {
                 quiet = 0;
-                cycle_errors.push(format!("a quiet-period cycle {other}"));
+                played
+                    .cycle_errors
+                    .push(format!("a quiet-period cycle {other}"));
             }
+        }
+        if quiet == 2 {
+            break;
         }
     }
     let mut violations = Vec::new();
     if quiet < 2 {
         violations
             .push("no two consecutive quiet cycles after the schedule (at most 10 run)".to_owned());
-        violations.extend(cycle_errors.iter().rev().take(3).cloned());
-        let open = rig
-            .store
-            .list_errors(&store::ErrorFilter {
-                status: Some(store::ErrorStatus::Open),
-                limit: 5,
-                ..store::ErrorFilter::default()
-            })
-            .await
-            .unwrap_or_default();
-        for e in open {
-            violations.push(format!(
-                "open in the error ledger: {} {} {} ({}): {} {}",
-                e.object,
-                e.direction.as_str(),
-                e.record_key,
-                e.other_key.unwrap_or_default(),
-                e.code,
-                e.message
-            ));
-        }
+        violations.extend(played.cycle_errors.iter().rev().take(3).cloned());
+        violations.extend(open_errors(&rig.run().store).await);
     } else {
         violations.extend(
-            cycle_errors
+            played
+                .cycle_errors
                 .iter()
                 .filter(|e| e.starts_with("a spent daily quota"))
                 .cloned(),
         );
     }
-    let (conflicts, records) = check_invariants(rig, &mut violations).await?;
+    let (conflicts, records) = check(rig, &mut violations).await?;
+    let tally = played.tally;
     Ok(ConvergenceReport {
         seed,
         steps: options.steps,
@@ -1601,8 +1301,33 @@ async fn play(
         conflicts,
         ok: violations.is_empty(),
         violations,
-        trace,
+        trace: played.trace,
     })
+}
+
+/// Returns up to 5 open error-ledger entries, one line each.
+async fn open_errors(store: &Arc<dyn StateStore>) -> Vec<String> {
+    let open = store
+        .list_errors(&store::ErrorFilter {
+            status: Some(store::ErrorStatus::Open),
+            limit: 5,
+            ..store::ErrorFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    open.into_iter()
+        .map(|e| {
+            format!(
+                "open in the error ledger: {} {} {} ({}): {} {}",
+                e.object,
+                e.direction.as_str(),
+                e.record_key,
+                e.other_key.unwrap_or_default(),
+                e.code,
+                e.message
+            )
+        })
+        .collect()
 }
 
 /// Plays a CRM merge into a contact that was never synced: a new contact (and, half of the
@@ -1650,7 +1375,7 @@ async fn merge_into_new_contact(
     if rng.random_bool(0.5) {
         let mut values = Map::new();
         values.insert("email".into(), json!(email.trim().to_lowercase()));
-        let lead = rig.sim.create_lead(values);
+        let lead = rig.run.sim.create_lead(values);
         what.push_str(&format!(" (and a new Marketo lead {lead} of its email)"));
     }
     rig.sql(
@@ -1678,10 +1403,10 @@ async fn merge_into_new_contact(
             ))
         }
         EngineMode::InProcess => {
-            rig.arm_commit_abort(1);
+            rig.run.arm_commit_abort(1);
             let c = rig.cycle(Watch::Nothing).await?;
             tally.cycle(&c);
-            let killed = rig.disarm_commit_abort();
+            let killed = rig.run.disarm_commit_abort();
             if killed {
                 tally.kill("commit aborted");
             }
@@ -1723,6 +1448,7 @@ fn step_name(roll: u32, in_child: bool, crm: &CrmKind) -> &'static str {
         81..=82 => match crm {
             CrmKind::Sqlite => "crm locked",
             CrmKind::Postgres { .. } => "crm connections dropped",
+            CrmKind::HubSpot => "hubspot faults",
         },
         83..=86 if in_child => "kill the process mid-Marketo",
         83..=86 => "kill at commit",
@@ -1730,15 +1456,6 @@ fn step_name(roll: u32, in_child: bool, crm: &CrmKind) -> &'static str {
         87..=89 => "kill by cancel",
         _ => "cycle",
     }
-}
-
-/// Returns the records written (created, updated, deleted) in a summary.
-fn written(s: &CycleSummary) -> u64 {
-    s.objects
-        .values()
-        .flat_map(|d| d.values())
-        .map(|c| c.created + c.updated + c.deleted)
-        .sum()
 }
 
 fn canonical(steps: &[crate::config::Transform], v: Value) -> String {
@@ -1774,22 +1491,79 @@ fn policy_name(p: Policy) -> &'static str {
     }
 }
 
+/// A live CRM contact as the checks see it: its id, email, Marketo id and the values of the
+/// mapped CRM fields it holds (by CRM field name).
+struct LiveContact {
+    id: String,
+    email: String,
+    marketo_id: Option<String>,
+    values: BTreeMap<String, Value>,
+}
+
+impl Rig {
+    /// Returns the live contacts in the checks' form.
+    async fn checked_contacts(&self) -> Result<Vec<LiveContact>, ConvergeError> {
+        Ok(self
+            .live_contacts()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let mut values: BTreeMap<String, Value> = EDITABLE
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, col))| {
+                        let v = c[4 + i].clone().map(Value::Text).unwrap_or(Value::Null);
+                        ((*col).to_owned(), v)
+                    })
+                    .collect();
+                values.insert("do_not_email".into(), bool_text(c[3].as_deref()));
+                LiveContact {
+                    id: c[0].clone().unwrap_or_default(),
+                    email: c[1].clone().unwrap_or_default(),
+                    marketo_id: c[2].clone(),
+                    values,
+                }
+            })
+            .collect())
+    }
+}
+
 /// Checks the invariants after the quiet period and returns the number of recorded conflicts
-/// and of linked pairs.
-///
-/// - no two live leads, and no two live contacts, share an email (canonical form);
-/// - every live lead is linked to exactly one live contact with its email and vice versa, and
-///   the keys point at each other (`crmContactId`, `marketo_id`);
-/// - the linked pair agrees on every mapped field (compared in the mapping's canonical form);
-/// - no CRM record is linked to two live leads in the store;
-/// - every recorded conflict was settled by the policy the mapping gives its field.
+/// and of linked pairs (see [`check_leads`]; then every other synced object and activity).
 async fn check_invariants(
     rig: &Rig,
     violations: &mut Vec<String>,
 ) -> Result<(usize, usize), ConvergeError> {
-    use std::collections::BTreeMap;
-    let Some(mapping) = rig
-        .mappings
+    let contacts = rig.checked_contacts().await?;
+    let probe = SqlProbe {
+        dialect: rig.dialect,
+        user: &rig.user,
+        locker: &rig.locker,
+    };
+    let (conflicts, records) =
+        check_leads(&rig.run, &rig.mappings, &contacts, &probe, violations).await?;
+    let objects = rig.check_objects(violations).await?;
+    let activities = rig.check_activities(violations).await?;
+    Ok((conflicts, records + objects + activities))
+}
+
+/// Checks the lead invariants on any CRM and returns the number of recorded conflicts and of
+/// linked pairs:
+///
+/// - no two live leads, and no two live contacts, share an email (canonical form);
+/// - every live lead is linked to exactly one live contact with its email and vice versa, and
+///   the keys point at each other (`crmContactId`, the CRM's Marketo id);
+/// - the linked pair agrees on every mapped field (compared in the mapping's canonical form);
+/// - no CRM record is linked to two live leads in the store;
+/// - every recorded conflict was settled by the policy the mapping gives its field.
+async fn check_leads(
+    run: &Runner,
+    mappings: &[LoadedMapping],
+    contacts: &[LiveContact],
+    probe: &dyn CrmProbe,
+    violations: &mut Vec<String>,
+) -> Result<(usize, usize), ConvergeError> {
+    let Some(mapping) = mappings
         .iter()
         .find(|m| m.object == crate::engine::leads::LINK_OBJECT)
         .map(|m| &m.file)
@@ -1805,7 +1579,7 @@ async fn check_invariants(
         .unwrap_or_default();
     let canon_email = |t: &str| canonical(&email_steps, Value::Text(t.to_owned()));
 
-    let leads = rig.sim.leads();
+    let leads = run.sim.leads();
     let mut by_email: BTreeMap<String, Vec<&Json>> = BTreeMap::new();
     for lead in &leads {
         let email = lead["email"].as_str().unwrap_or_default();
@@ -1819,13 +1593,9 @@ async fn check_invariants(
             ));
         }
     }
-    let contacts = rig.live_contacts().await?;
-    let mut c_by_email: BTreeMap<String, Vec<&Vec<Option<String>>>> = BTreeMap::new();
-    for c in &contacts {
-        c_by_email
-            .entry(canon_email(c[1].as_deref().unwrap_or_default()))
-            .or_default()
-            .push(c);
+    let mut c_by_email: BTreeMap<String, Vec<&LiveContact>> = BTreeMap::new();
+    for c in contacts {
+        c_by_email.entry(canon_email(&c.email)).or_default().push(c);
     }
     for (email, cs) in &c_by_email {
         if cs.len() > 1 {
@@ -1839,7 +1609,7 @@ async fn check_invariants(
         let lead = ls[0];
         let lead_id = lead["id"].as_i64().unwrap_or_default().to_string();
         let Some(cs) = c_by_email.get(email) else {
-            let link = rig
+            let link = run
                 .store
                 .links_by_marketo_keys(
                     crate::engine::leads::LINK_OBJECT,
@@ -1849,26 +1619,12 @@ async fn check_invariants(
                 .ok()
                 .and_then(|l| l.into_iter().next());
             let link = match link {
-                Some(l) => {
-                    let row = match l.crm_key.parse::<i64>() {
-                        Ok(id) => rig
-                            .user
-                            .fetch(
-                                "read contact",
-                                format!("SELECT email, CAST(deleted AS TEXT), CAST(merged_into AS TEXT), marketo_id FROM contacts WHERE id = {id}"),
-                                &[],
-                            )
-                            .await
-                            .ok()
-                            .and_then(|r| r.into_iter().next()),
-                        Err(_) => None,
-                    };
-                    format!(
-                        "linked to contact {} (tombstone {:?}; contact email, deleted, merged_into, marketo_id: {row:?})",
-                        l.crm_key,
-                        l.tombstone.map(|t| (t.kind, t.side))
-                    )
-                }
+                Some(l) => format!(
+                    "linked to contact {} (tombstone {:?}; {})",
+                    l.crm_key,
+                    l.tombstone.map(|t| (t.kind, t.side)),
+                    probe.describe_contact(&l.crm_key).await
+                ),
                 None => "never linked".to_owned(),
             };
             violations.push(format!(
@@ -1876,66 +1632,95 @@ async fn check_invariants(
             ));
             continue;
         };
-        let c = cs[0];
-        let cid = c[0].clone().unwrap_or_default();
-        if c[2].as_deref() != Some(lead_id.as_str()) {
-            violations.push(format!(
-                "contact {cid} ({email}) has marketo_id {:?}, not lead {lead_id}",
-                c[2]
-            ));
-        }
-        if lead["crmContactId"].as_str() != Some(cid.as_str()) {
-            violations.push(format!(
-                "lead {lead_id} ({email}) has crmContactId {}, not contact {cid}",
-                lead["crmContactId"]
-            ));
-        }
-        for f in &mapping.fields {
-            let (Some(m), Some(col)) = (f.marketo.as_deref(), f.crm.as_deref()) else {
-                continue;
-            };
-            let crm_value = match col {
-                "email" => Value::Text(c[1].clone().unwrap_or_default()),
-                "do_not_email" => bool_text(c[3].as_deref()),
-                _ => match EDITABLE.iter().position(|(_, cc)| *cc == col) {
-                    Some(i) => c[4 + i].clone().map(Value::Text).unwrap_or(Value::Null),
-                    None => continue,
-                },
-            };
-            let marketo_value = if m == "unsubscribed" {
-                Value::Bool(lead[m].as_bool().unwrap_or(false))
-            } else {
-                from_json(&lead[m])
-            };
-            let (a, b) = (
-                canonical(&f.transform, marketo_value),
-                canonical(&f.transform, crm_value),
-            );
-            if a != b {
-                violations.push(format!(
-                    "lead {lead_id} and contact {cid} disagree on {m}: Marketo {a:?}, CRM {b:?}"
-                ));
-            }
-        }
+        check_pair(mapping, lead, &lead_id, cs[0], email, violations);
     }
     for (email, cs) in &c_by_email {
         if !by_email.contains_key(email) {
             violations.push(format!(
                 "CRM contact {} ({email}) has no live Marketo lead",
-                cs[0][0].clone().unwrap_or_default()
+                cs[0].id
             ));
         }
     }
-    // No CRM record is linked to two live Marketo leads.
+    check_lead_links(run, &leads, contacts, violations).await?;
+    let conflicts = check_conflicts(run, mappings, violations).await?;
+    let records = by_email
+        .keys()
+        .filter(|e| c_by_email.contains_key(*e))
+        .count();
+    Ok((conflicts, records))
+}
+
+/// Checks that a live lead and the live contact of its email point at each other and agree on
+/// every mapped field.
+fn check_pair(
+    mapping: &crate::config::MappingFile,
+    lead: &Json,
+    lead_id: &str,
+    c: &LiveContact,
+    email: &str,
+    violations: &mut Vec<String>,
+) {
+    let cid = &c.id;
+    if c.marketo_id.as_deref() != Some(lead_id) {
+        violations.push(format!(
+            "contact {cid} ({email}) has marketo_id {:?}, not lead {lead_id}",
+            c.marketo_id
+        ));
+    }
+    if lead["crmContactId"].as_str() != Some(cid.as_str()) {
+        violations.push(format!(
+            "lead {lead_id} ({email}) has crmContactId {}, not contact {cid}",
+            lead["crmContactId"]
+        ));
+    }
+    for f in &mapping.fields {
+        let (Some(m), Some(col)) = (f.marketo.as_deref(), f.crm.as_deref()) else {
+            continue;
+        };
+        let crm_value = if m == "email" {
+            Value::Text(c.email.clone())
+        } else {
+            match c.values.get(col) {
+                Some(v) => v.clone(),
+                None => continue,
+            }
+        };
+        let marketo_value = if m == "unsubscribed" {
+            Value::Bool(lead[m].as_bool().unwrap_or(false))
+        } else {
+            from_json(&lead[m])
+        };
+        let (a, b) = (
+            canonical(&f.transform, marketo_value),
+            canonical(&f.transform, crm_value),
+        );
+        if a != b {
+            violations.push(format!(
+                "lead {lead_id} and contact {cid} disagree on {m}: Marketo {a:?}, CRM {b:?}"
+            ));
+        }
+    }
+}
+
+/// Checks the store's lead links: every live link pairs a live lead and a live contact (a live
+/// lead linked to a soft-deleted contact loses the contact's partner: the reported class of
+/// seed 30127), and no contact is linked to two live leads.
+async fn check_lead_links(
+    run: &Runner,
+    leads: &[Json],
+    contacts: &[LiveContact],
+    violations: &mut Vec<String>,
+) -> Result<(), ConvergeError> {
     let mut crm_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
-        let page = rig
+        let page = run
             .store
             .links_page(crate::engine::leads::LINK_OBJECT, after.as_deref(), 500)
             .await
             .map_err(|source| ConvergeError::Store {
-                seed: rig.seed,
+                seed: run.seed,
                 source,
             })?;
         let Some(last) = page.last() else { break };
@@ -1944,15 +1729,13 @@ async fn check_invariants(
             crm_keys.entry(l.crm_key).or_default().push(l.marketo_key);
         }
     }
-    // Every live link pairs a live lead and a live contact (a live lead linked to a soft-deleted
-    // contact loses the contact's partner: the reported class of seed 30127).
     let live_leads: std::collections::BTreeSet<String> = leads
         .iter()
         .filter_map(|l| l["id"].as_i64())
         .map(|id| id.to_string())
         .collect();
-    let live_contacts: std::collections::BTreeSet<String> =
-        contacts.iter().filter_map(|c| c[0].clone()).collect();
+    let live_contacts: std::collections::BTreeSet<&String> =
+        contacts.iter().map(|c| &c.id).collect();
     for (crm_key, leads) in &crm_keys {
         for lead in leads {
             if !live_contacts.contains(crm_key) || !live_leads.contains(lead) {
@@ -1963,8 +1746,6 @@ async fn check_invariants(
                 ));
             }
         }
-    }
-    for (crm_key, leads) in &crm_keys {
         if leads.len() > 1 {
             violations.push(format!(
                 "contact {crm_key} is linked to {} live leads: {}",
@@ -1973,18 +1754,27 @@ async fn check_invariants(
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks that every recorded conflict was settled by its field's policy; returns how many
+/// were recorded.
+async fn check_conflicts(
+    run: &Runner,
+    mappings: &[LoadedMapping],
+    violations: &mut Vec<String>,
+) -> Result<usize, ConvergeError> {
     let conflicts =
-        rig.store
+        run.store
             .recent_conflicts(10_000)
             .await
             .map_err(|source| ConvergeError::Store {
-                seed: rig.seed,
+                seed: run.seed,
                 source,
             })?;
     for c in &conflicts {
         // Each object's conflicts are settled by its own mapping's policies.
-        let Some(mapping) = rig
-            .mappings
+        let Some(mapping) = mappings
             .iter()
             .find(|m| m.object == c.object)
             .map(|m| &m.file)
@@ -2012,13 +1802,7 @@ async fn check_invariants(
             ));
         }
     }
-    let records = by_email
-        .keys()
-        .filter(|e| c_by_email.contains_key(*e))
-        .count();
-    let objects = rig.check_objects(violations).await?;
-    let activities = rig.check_activities(violations).await?;
-    Ok((conflicts.len(), records + objects + activities))
+    Ok(conflicts.len())
 }
 
 /// Runs `seeds` schedules from `first_seed`, writing one line per seed (with its violations)
@@ -2108,6 +1892,11 @@ pub async fn run_many(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::marketo::limiter::next_day_turn;
+    use crate::store::Clock;
+    use runner::Driver;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
 
     fn options() -> ConvergeOptions {
         ConvergeOptions::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
@@ -2119,7 +1908,7 @@ mod tests {
         let now = rig.crm_now();
         let mut values = Map::new();
         values.insert("email".into(), json!("only@example.com"));
-        rig.sim.create_lead(values);
+        rig.run.sim.create_lead(values);
         for email in ["twice@example.com", "TWICE@example.com "] {
             rig.sql(
                 "insert",
@@ -2185,11 +1974,12 @@ mod tests {
         for o in objects::OBJECTS {
             links.extend(rig.all_links(o.name).await.unwrap());
         }
-        let mut watermarks = rig.store.watermarks().await.unwrap();
+        let mut watermarks = rig.run.store.watermarks().await.unwrap();
         watermarks.sort_by(|a, b| {
             (a.system.as_str(), &a.object, &a.queue).cmp(&(b.system.as_str(), &b.object, &b.queue))
         });
         let errors = rig
+            .run
             .store
             .list_errors(&crate::store::ErrorFilter {
                 limit: 10_000,
@@ -2202,7 +1992,7 @@ mod tests {
     }
 
     fn commits(rig: &Rig) -> u32 {
-        let Driver::InProcess(p) = &rig.driver else {
+        let Driver::InProcess(p) = &rig.run.driver else {
             unreachable!("in process");
         };
         p.commits.load(Ordering::SeqCst)
@@ -2222,7 +2012,7 @@ mod tests {
         let lead = |rig: &Rig, email: &str| {
             let mut values = Map::new();
             values.insert("email".into(), json!(email));
-            rig.sim.create_lead(values)
+            rig.run.sim.create_lead(values)
         };
         let (a, b, gone) = (
             lead(&rig, "a@example.com"),
@@ -2245,8 +2035,8 @@ mod tests {
         let synced = store_state(&rig).await;
         assert_eq!(synced.0.len(), 5, "{:?}", synced.0);
 
-        rig.sim.merge_leads(a, &[b]).unwrap();
-        rig.sim.delete_lead(gone);
+        rig.run.sim.merge_leads(a, &[b]).unwrap();
+        rig.run.sim.delete_lead(gone);
         lead(&rig, "new@example.com");
         let now = rig.crm_now();
         rig.sql(
@@ -2260,11 +2050,11 @@ mod tests {
         .await
         .unwrap();
 
-        rig.arm_commit_abort(1);
+        rig.run.arm_commit_abort(1);
         let at = commits(&rig);
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(
-            rig.disarm_commit_abort(),
+            rig.run.disarm_commit_abort(),
             "no commit was aborted: {}",
             c.ran
         );
@@ -2312,21 +2102,21 @@ mod tests {
         let mut rig = Rig::start(6, &options()).await.unwrap();
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
-        rig.sim.spend_daily_quota();
+        rig.run.sim.spend_daily_quota();
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         let Ran::Paused { until, message } = c.ran else {
             panic!("not paused: {}", c.ran);
         };
         assert!(message.contains("607"), "{message}");
         let until = until.expect("a pause until the day turns");
-        let Driver::InProcess(p) = &rig.driver else {
+        let Driver::InProcess(p) = &rig.run.driver else {
             unreachable!("in process");
         };
         assert_eq!(until, next_day_turn(p.clock.now()));
         // Still the same Marketo day: still paused.
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(matches!(c.ran, Ran::Paused { .. }), "{}", c.ran);
-        rig.turn_day(Some(until)).await.expect("turn the day");
+        rig.run.turn_day(Some(until)).await.expect("turn the day");
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
         rig.finish().await;
@@ -2348,7 +2138,8 @@ mod tests {
                 ..SimConfig::default()
             }))
             .unwrap();
-        let text = settings_toml(&sim, &doc, "sqlite:///tmp/x.db", start, &["leads"]).unwrap();
+        let text =
+            settings_toml(&sim, ("sql", &doc), "sqlite:///tmp/x.db", start, &["leads"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), text).unwrap();
         let vars: HashMap<String, String> = [

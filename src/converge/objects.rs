@@ -22,7 +22,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value as Json;
 
-use super::{ConvergeError, Rig, WORDS, canonical, from_json, quote};
+use super::{ConvergeError, Rig, canonical, from_json, quote, word};
 use crate::model::Value;
 use crate::sim::schema::ObjKind;
 use crate::store::Link;
@@ -136,14 +136,6 @@ pub(super) fn activity_rng(seed: u64) -> ChaCha8Rng {
 pub(super) fn object_rng(seed: u64) -> ChaCha8Rng {
     use rand::SeedableRng;
     ChaCha8Rng::seed_from_u64(seed ^ 0x6f62_6a65_6374_7321)
-}
-
-fn word(rng: &mut ChaCha8Rng) -> String {
-    format!(
-        "{}{}",
-        WORDS[rng.random_range(0..WORDS.len())],
-        rng.random_range(0..100)
-    )
 }
 
 impl Rig {
@@ -393,7 +385,7 @@ impl Rig {
 
     /// Logs a web page visit of a live Marketo lead drawn from `rng`; returns what it did.
     pub(super) fn visit_webpage(&self, rng: &mut ChaCha8Rng, serial: u32) -> String {
-        let leads = self.sim.leads();
+        let leads = self.run.sim.leads();
         if leads.is_empty() {
             return String::new();
         }
@@ -405,7 +397,7 @@ impl Rig {
             "https://www.example.com/{}/{serial}",
             word(rng).to_lowercase()
         );
-        match self.sim.visit_webpage(lead, page, &url) {
+        match self.run.sim.visit_webpage(lead, page, &url) {
             Some(id) => format!("marketo visit of lead {lead} to {url} (activity {id})"),
             None => String::new(),
         }
@@ -451,7 +443,7 @@ impl Rig {
         }
         let mut checked = 0;
         let mut logged = BTreeSet::new();
-        for a in self.sim.activities() {
+        for a in self.run.sim.activities() {
             let type_id = a["activityTypeId"].as_i64().unwrap_or_default();
             if !types.contains(&type_id) {
                 continue;
@@ -461,6 +453,7 @@ impl Rig {
             let lead = json_text(&a["leadId"]);
             let copies = crm.get(&guid).map_or(0, Vec::len);
             let links = self
+                .run
                 .store
                 .links_by_marketo_keys(&format!("activity:{type_id}"), std::slice::from_ref(&guid))
                 .await
@@ -489,7 +482,7 @@ impl Rig {
             let copied_lead = row.get(1).cloned().flatten().unwrap_or_default();
             let moved = copied_lead
                 .parse::<i64>()
-                .is_ok_and(|id| self.sim.lead(id).is_none());
+                .is_ok_and(|id| self.run.sim.lead(id).is_none());
             if (copied_lead != lead && !moved) || (type_id == 1 && detail != url) {
                 violations.push(format!(
                     "activity {guid} (type {type_id}, lead {lead}, url {url:?}) reached the CRM as {row:?}"
@@ -512,6 +505,7 @@ impl Rig {
     /// its parent exists, which no cycle can give it.
     pub(super) async fn only_orphans_fail(&self) -> Result<bool, ConvergeError> {
         let open = self
+            .run
             .store
             .list_errors(&crate::store::ErrorFilter {
                 status: Some(crate::store::ErrorStatus::Open),
@@ -535,7 +529,7 @@ impl Rig {
         let linked: BTreeSet<String> = lead_links.iter().map(|l| l.crm_key.clone()).collect();
         let linked_leads: BTreeSet<String> =
             lead_links.iter().map(|l| l.marketo_key.clone()).collect();
-        let cars = marketo_records(&self.sim, ObjKind::Car);
+        let cars = marketo_records(&self.run.sim, ObjKind::Car);
         for e in &open {
             // A car added in Marketo to a lead that has no contact cannot reach the CRM.
             if e.object == "cars" && e.direction == crate::store::Direction::MarketoToCrm {
@@ -589,6 +583,7 @@ impl Rig {
         let mut after: Option<String> = None;
         loop {
             let page = self
+                .run
                 .store
                 .links_page(object, after.as_deref(), 500)
                 .await
@@ -623,6 +618,7 @@ impl Rig {
     ) -> Result<usize, ConvergeError> {
         let mut records = 0;
         let open = self
+            .run
             .store
             .list_errors(&crate::store::ErrorFilter {
                 limit: 10_000,
@@ -688,7 +684,7 @@ impl Rig {
                 .iter()
                 .filter_map(|r| Some((r.first()?.clone()?, r)))
                 .collect();
-            let marketo = marketo_records(&self.sim, object.kind);
+            let marketo = marketo_records(&self.run.sim, object.kind);
             let links = self.all_links(object.name).await?;
             let mut live_by_crm: BTreeMap<&str, Vec<&Link>> = BTreeMap::new();
             let mut live_marketo: BTreeSet<&str> = BTreeSet::new();

@@ -10,8 +10,10 @@
 //! so a poll survives restarts between pages.
 //!
 //! After the search, a poll lists the archived records (`archived=true`) and reports those
-//! archived since the last poll (minus the overlap) as deletes. A changed record whose
-//! `hs_merged_object_ids` names other ids reports each of them as merged into it.
+//! archived since the last poll (minus the overlap) as deletes, and the records merged into
+//! them as merged (a survivor archived before a search read it would never report them). A
+//! changed record whose `hs_merged_object_ids` names other ids reports each of them as merged
+//! into it.
 //! Owners are listed (there is no owner search) and filtered on `updatedAt`; associations are
 //! read for the `from` records the search returns.
 
@@ -439,11 +441,13 @@ async fn archived_page(
     )
     .q("archived", true)
     .q("limit", MAX_BATCH)
-    .q("properties", ID_PROPERTY);
+    .q("properties", format!("{ID_PROPERTY},{MERGED_PROPERTY}"));
     if let Some(a) = &listing.after {
         request = request.q("after", a);
     }
     let page: Collection<PublicObject> = crm.client.send(&request).await?;
+    // An archived record's merged-away records are reported as merged into it: a survivor
+    // archived before the search read it never reports them otherwise.
     let changes = page
         .results
         .iter()
@@ -453,8 +457,13 @@ async fn archived_page(
                 .as_deref()
                 .or(r.updated_at.as_deref())
                 .and_then(schema::parse_instant)?;
-            (at.timestamp_millis() >= listing.since).then(|| tombstone(r.id.clone(), at))
+            (at.timestamp_millis() >= listing.since).then(|| {
+                let mut changes = merges_into(r, at);
+                changes.push(tombstone(r.id.clone(), at));
+                changes
+            })
         })
+        .flatten()
         .collect();
     let next = page.next_after().filter(|_| !page.results.is_empty());
     Ok((changes, next))

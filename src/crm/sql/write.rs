@@ -34,6 +34,9 @@ pub(super) struct Statement {
     /// `pre` returns the row's soft-delete column: a soft-deleted row is not written, and the
     /// record fails with `deleted` (its key belongs to a record the CRM deleted).
     refuse_deleted: bool,
+    /// An update by primary key that sets the Marketo id: the other rows holding that id,
+    /// `(pk, soft-delete column)`, read before the write (see [`release_plan`]).
+    release: Option<Sql>,
 }
 
 /// What a batch did.
@@ -179,6 +182,7 @@ pub(super) fn plan_upsert(
                 delete_id: None,
                 update_only: false,
                 refuse_deleted,
+                release: None,
             }
         }
         Dialect::MySql => {
@@ -208,6 +212,7 @@ pub(super) fn plan_upsert(
                 delete_id: None,
                 update_only: false,
                 refuse_deleted,
+                release: None,
             }
         }
     })
@@ -291,6 +296,7 @@ pub(super) fn plan_update_by_pk(
         d.as_text(&m),
         d.param(1, &info.pk.cast)
     );
+    let release = release_plan(d, info, fields, &id);
     Ok(Statement {
         pre: Some((pre, vec![id.clone()])),
         main: (main, params),
@@ -300,7 +306,64 @@ pub(super) fn plan_update_by_pk(
         delete_id: None,
         update_only: true,
         refuse_deleted: false,
+        release,
     })
+}
+
+/// Returns the lookup of the soft-deleted rows that hold the Marketo id an update by primary
+/// key sets, when the object has a soft-delete column: `(pk, soft-delete column)` of every other
+/// row holding it. A row the CRM deleted keeps its Marketo id, and the unique Marketo-id column
+/// would refuse the id to every live row for good (the engine gives a merge winner its loser's
+/// CRM record, or writes a lead's id to the contact it now pairs with); [`run_once`] clears
+/// the id on the dead rows first. A live row holding it still makes the write refused.
+fn release_plan(
+    d: Dialect,
+    info: &ObjectInfo,
+    fields: &Fields,
+    id: &Option<String>,
+) -> Option<Sql> {
+    let column = &info.options.marketo_id_column;
+    let soft = info.soft.as_ref()?;
+    let mk = info.table_columns.iter().find(|c| &c.name == column)?;
+    let value = match fields.get(column) {
+        None | Some(Value::Null) => return None,
+        Some(v) => d.value_text(v, &mk.ty),
+    };
+    let q = |c: &str| d.quote(c);
+    let sql = format!(
+        "SELECT {}, {} FROM {} WHERE {} = {} AND {} <> {}",
+        d.as_text(&q(&info.pk.name)),
+        d.as_text(&q(&soft.name)),
+        q(&info.options.table),
+        q(column),
+        d.param(1, &mk.cast),
+        q(&info.pk.name),
+        d.param(2, &info.pk.cast)
+    );
+    Some((sql, vec![value, id.clone()]))
+}
+
+/// Returns the statements that clear the Marketo id on the soft-deleted rows among `rows` (the
+/// answer of [`release_plan`]'s lookup), without moving their modified time: the CRM's change
+/// feed has nothing new to read there.
+fn dead_id_clears(d: Dialect, info: &ObjectInfo, rows: Vec<TextRow>) -> Vec<Sql> {
+    let q = |c: &str| d.quote(c);
+    let clear = format!(
+        "UPDATE {} SET {} = NULL WHERE {} = {}",
+        q(&info.options.table),
+        q(&info.options.marketo_id_column),
+        q(&info.pk.name),
+        d.param(1, &info.pk.cast)
+    );
+    rows.into_iter()
+        .filter_map(|row| {
+            let pk = row.first().cloned().flatten()?;
+            let raw = row.get(1).cloned().flatten();
+            let col = info.soft.as_ref()?;
+            is_soft_deleted(raw.as_deref(), col, info.options.soft_delete.as_ref())
+                .then(|| (clear.clone(), vec![Some(pk)]))
+        })
+        .collect()
 }
 
 /// Returns the statements that delete one record (soft where the object has a soft-delete
@@ -346,6 +409,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
                 delete_id: Some(id.to_owned()),
                 update_only: false,
                 refuse_deleted: false,
+                release: None,
             }
         }
         _ => Statement {
@@ -360,6 +424,7 @@ pub(super) fn plan_delete(d: Dialect, info: &ObjectInfo, id: &str) -> Statement 
             delete_id: Some(id.to_owned()),
             update_only: false,
             refuse_deleted: false,
+            release: None,
         },
     }
 }
@@ -478,6 +543,12 @@ async fn run_once(
                 }
                 results.push(refused(RefusalReason::NotFound, format!("no record has this {}", info.pk.name)));
                 continue;
+            }
+            if let Some((sql, params)) = st.release {
+                let rows = fetch_text!(&mut *tx, sql, params).map_err(err)?;
+                for (sql, params) in dead_id_clears(dialect, info, rows) {
+                    exec_text!(&mut *tx, sql, params).map_err(err)?;
+                }
             }
             let (sql, params) = match (existed, st.update_instead) {
                 (Some(true), Some(update)) => update,
