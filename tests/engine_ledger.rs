@@ -311,3 +311,94 @@ async fn a_retryable_refusal_follows_one_schedule_for_a_lead_a_company_and_a_cus
     }
     app.cleanup().await;
 }
+
+/// Roles reference their opportunity: when the opportunities step fails as a whole (Marketo
+/// unavailable on the opportunity routes), the roles step is skipped in that cycle rather than
+/// writing roles Marketo refuses as "Opportunity not found" (1013) into the ledger, and both
+/// arrive with the next cycle.
+#[tokio::test]
+async fn roles_wait_for_a_cycle_whose_opportunities_step_failed() {
+    let app = app(&["leads", "companies", "opportunities", "roles"]).await;
+    seed_good(&app).await;
+    app.sim.set_faults(
+        "route=opportunities,kind=unavailable,rate=1"
+            .parse()
+            .unwrap(),
+    );
+    let s = app
+        .try_cycle()
+        .await
+        .expect("the cycle goes on past the failed step");
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("step `roles` skipped") && w.contains("`opportunities`")),
+        "{:?}",
+        s.warnings
+    );
+    assert!(
+        !s.warnings.iter().any(|w| w.contains("has no object")),
+        "a failed describe is not reported as a missing object: {:?}",
+        s.warnings
+    );
+    assert!(linked(&app, "leads", "11").await, "the contact arrived");
+    assert!(!linked(&app, "opportunities", "21").await);
+    assert!(!linked(&app, "roles", "31").await);
+    assert!(
+        app.open_errors("roles").await.is_empty(),
+        "no role was written before its opportunity"
+    );
+
+    app.sim.set_faults(marketo_sync::sim::FaultProfile::none());
+    let (s, outcome) = cycle(&app).await;
+    assert_eq!(outcome, CycleOutcome::Succeeded, "{s:?}");
+    assert!(linked(&app, "opportunities", "21").await);
+    assert!(linked(&app, "roles", "31").await, "{s:?}");
+    assert!(app.open_errors("roles").await.is_empty());
+    app.cleanup().await;
+}
+
+/// A CRM that leaves a merged-away contact's roles and custom records pointing at it (found by
+/// the convergence harness, seed 200481): they belong to the survivor's lead, as Marketo moves a
+/// merged lead's roles to the winner, and never wait in the ledger for a contact that is gone.
+#[tokio::test]
+async fn dependents_of_a_contact_merged_away_in_the_crm_go_to_the_survivors_lead() {
+    let app = app(OBJECTS).await;
+    seed_good(&app).await;
+    app.crm_exec(
+        "INSERT INTO contacts (id, email, first_name, last_name) \
+         VALUES (12, 'keeper@example.com', 'Kim', 'Keeper')",
+    )
+    .await;
+    cycle(&app).await;
+    let survivor_lead: i64 = app.marketo_by_email("keeper@example.com")[0];
+    // Contact 11 is merged into 12; then roles and a vehicle still naming 11 are added.
+    app.crm_update_contact("11", "merged_into", "12").await;
+    app.crm_delete_contact("11").await;
+    app.crm_exec(
+        "INSERT INTO opportunity_contact_roles (id, opportunity_id, contact_id, role) \
+         VALUES (33, 21, 11, 'Evaluator')",
+    )
+    .await;
+    app.crm_exec(
+        "INSERT INTO vehicles (id, vin, contact_id, make) VALUES (43, 'VIN43', 11, 'Ford')",
+    )
+    .await;
+    app.settle(4).await;
+
+    for object in ["roles", "cars"] {
+        let open = app.open_errors(object).await;
+        assert!(open.is_empty(), "{object}: {open:?}");
+    }
+    assert!(linked(&app, "roles", "33").await);
+    assert!(linked(&app, "cars", "43").await);
+    let roles = app.sim.objects(marketo_sync::sim::schema::ObjKind::Role);
+    let evaluator: Vec<_> = roles.iter().filter(|r| r["role"] == "Evaluator").collect();
+    assert_eq!(evaluator.len(), 1, "{roles:?}");
+    assert_eq!(evaluator[0]["leadId"], survivor_lead, "{roles:?}");
+    let cars = app.sim.objects(marketo_sync::sim::schema::ObjKind::Car);
+    let ford: Vec<_> = cars.iter().filter(|c| c["vin"] == "VIN43").collect();
+    assert_eq!(ford.len(), 1, "{cars:?}");
+    assert_eq!(ford[0]["leadId"], survivor_lead, "{cars:?}");
+    app.cleanup().await;
+}

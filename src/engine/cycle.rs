@@ -160,6 +160,9 @@ impl Engine {
         let mut marketo_objects = Vec::new();
         let mut lead_crm = None;
         let mut activities = false;
+        // Objects whose describe failed: their mappings' "no such object" problems would only
+        // repeat the describe warning, wrongly.
+        let mut undescribed: BTreeSet<(Side, String)> = BTreeSet::new();
         for m in ctx.mappings.iter() {
             if !objects.contains(&m.object) {
                 continue;
@@ -220,6 +223,7 @@ impl Engine {
                     summary
                         .warnings
                         .push(format!("describe of marketo `{object}` failed: {e}"));
+                    undescribed.insert((Side::Marketo, object.clone()));
                     continue;
                 }
             };
@@ -247,6 +251,7 @@ impl Engine {
                     summary.warnings.push(format!("step `leads` failed: {e}"));
                 }
                 Err(e) => {
+                    undescribed.insert((Side::Crm, object.clone()));
                     // Name the steps that cannot run without it (their plans are missing).
                     let steps: Vec<String> = ctx
                         .mappings
@@ -277,7 +282,17 @@ impl Engine {
                     .push(format!("activity types could not be read: {e}")),
             }
         }
-        let (mut plans, problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
+        let (mut plans, mut problems) = compile_all(&ctx.settings, &ctx.mappings, &set);
+        let unread: BTreeSet<String> = ctx
+            .mappings
+            .iter()
+            .filter(|m| {
+                undescribed.contains(&(Side::Marketo, m.file.marketo_object.clone()))
+                    || undescribed.contains(&(Side::Crm, m.file.crm_object.clone()))
+            })
+            .map(|m| m.file_name())
+            .collect();
+        problems.retain(|p| !unread.contains(&p.file));
         let mut current: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
         for (column, reason) in self.disable_retyped(&mut plans) {
             // The field is off: its type-mismatch warning would only repeat the reason.
@@ -471,16 +486,33 @@ impl Engine {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
+        // The steps that failed, and the objects that got no plan (their describe failed):
+        // the steps whose records reference them wait for the next cycle.
+        let mut failed: BTreeSet<&str> = plans.missing.iter().map(String::as_str).collect();
         for registered in objects::STEPS {
-            self.run_registered(registered, &plans, summary, steps, options, cancel)
+            if let Some(parent) = registered.after.iter().find(|p| failed.contains(*p)) {
+                let step = registered.name;
+                warn!(step, parent, "step skipped: a step it depends on failed");
+                summary.warnings.push(format!(
+                    "step `{step}` skipped: `{parent}`, whose records it references, did not sync in this cycle"
+                ));
+                failed.insert(step);
+                continue;
+            }
+            let ok = self
+                .run_registered(registered, &plans, summary, steps, options, cancel)
                 .await?;
+            if !ok {
+                failed.insert(registered.name);
+            }
         }
         Ok(())
     }
 
-    /// Runs one registered step. A step that fails as a whole is, unless it is registered as
-    /// [`OnFailure::FailCycle`], reported as a warning and the cycle goes on with the next one
-    /// (its watermarks stay where they were); a cancellation or a quota pause stops the cycle.
+    /// Runs one registered step and returns whether it succeeded. A step that fails as a whole
+    /// is, unless it is registered as [`OnFailure::FailCycle`], reported as a warning and the
+    /// cycle goes on with the next one (its watermarks stay where they were); a cancellation or
+    /// a quota pause stops the cycle.
     async fn run_registered(
         &self,
         registered: &'static objects::Step,
@@ -489,7 +521,7 @@ impl Engine {
         steps: &mut Vec<StepTiming>,
         options: &CycleOptions,
         cancel: &CancellationToken,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
@@ -507,7 +539,7 @@ impl Engine {
             steps.push(t.stop());
         }
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(error) if registered.on_failure == OnFailure::FailCycle => Err(error),
             Err(error @ (EngineError::Cancelled | EngineError::Paused { .. })) => Err(error),
             Err(error) => {
@@ -517,7 +549,7 @@ impl Engine {
                 summary
                     .warnings
                     .push(format!("step `{step}` failed: {error}"));
-                Ok(())
+                Ok(false)
             }
         }
     }

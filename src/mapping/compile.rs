@@ -952,6 +952,9 @@ pub struct Plans {
     pub objects: BTreeMap<String, Plan>,
     /// One plan per synced activity type id.
     pub activities: BTreeMap<u32, Plan>,
+    /// The synced objects (activities excepted) that got no plan: a schema is missing (its
+    /// describe failed, or the object does not exist) or the keys are broken.
+    pub missing: BTreeSet<String>,
 }
 
 /// Returns the plans of every mapping file listed in `sync.objects`, compiled against `schemas`,
@@ -981,11 +984,19 @@ pub fn compile_all(
                 let (plan, p) = compile(m, marketo, crm);
                 problems.extend(p);
                 problems.extend(flag_policy_problem(settings, m));
-                if let Some(plan) = plan {
-                    plans.objects.insert(m.object.clone(), plan);
+                match plan {
+                    Some(plan) => {
+                        plans.objects.insert(m.object.clone(), plan);
+                    }
+                    None => {
+                        plans.missing.insert(m.object.clone());
+                    }
                 }
             }
-            _ => problems.extend(validate_against(settings, std::slice::from_ref(m), schemas)),
+            _ => {
+                plans.missing.insert(m.object.clone());
+                problems.extend(validate_against(settings, std::slice::from_ref(m), schemas));
+            }
         }
     }
     (plans, problems)

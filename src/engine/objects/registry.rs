@@ -52,11 +52,15 @@ pub struct Step {
     pub run: StepFn,
     /// What a whole-step failure does.
     pub on_failure: OnFailure,
+    /// The steps whose records this step's records reference (roles reference opportunities):
+    /// when one of them failed in this cycle, this step is skipped (its watermarks stay), rather
+    /// than writing records whose parents did not arrive.
+    pub after: &'static [&'static str],
 }
 
 /// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`].
 macro_rules! object_step {
-    ($name:expr, $run:path) => {{
+    ($name:expr, $run:path $(, after $after:expr)*) => {{
         fn run<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFuture<'a> {
             Box::pin($run(
                 input.ctx,
@@ -70,6 +74,7 @@ macro_rules! object_step {
             name: $name,
             run,
             on_failure: OnFailure::Warn,
+            after: &[$($after),*],
         }
     }};
 }
@@ -82,9 +87,10 @@ pub const STEPS: &[Step] = &[
         name: leads::LINK_OBJECT,
         run: run_leads,
         on_failure: OnFailure::FailCycle,
+        after: &[],
     },
     object_step!(opportunities::OBJECT, opportunities::run),
-    object_step!(roles::OBJECT, roles::run),
+    object_step!(roles::OBJECT, roles::run, after opportunities::OBJECT),
     object_step!("deletions", deletions::run),
     object_step!("custom_objects", custom_objects::run),
     object_step!(activities::OBJECT, activities::run),

@@ -13,7 +13,7 @@ use crate::engine::objects::LEAD_LINK_OBJECT;
 use crate::engine::{Context, EngineError};
 use crate::mapping::Plan;
 use crate::model::{Fields, Side};
-use crate::store::Link;
+use crate::store::{Link, Tombstone, TombstoneKind};
 
 /// What the pair stage decided for one gathered record.
 #[derive(Debug)]
@@ -61,7 +61,14 @@ pub(crate) async fn links_by_crm(
     Ok(out)
 }
 
-/// Returns the Marketo lead id linked to a CRM contact id, from the leads' links.
+/// How many CRM merges [`lead_ids_by_contact`] follows from a merged-away contact.
+const MERGE_HOPS: usize = 8;
+
+/// Returns the Marketo lead id linked to each CRM contact id, from the leads' live links.
+///
+/// A contact the CRM merged into another one resolves to its survivor's lead (following a chain
+/// of merges): a CRM that leaves a merged-away contact's roles and custom records pointing at
+/// it means them for the survivor, as Marketo moves a merged lead's roles to the winner.
 ///
 /// # Errors
 ///
@@ -70,12 +77,65 @@ pub(crate) async fn lead_ids_by_contact(
     ctx: &Context,
     contact_ids: &[String],
 ) -> Result<BTreeMap<String, i64>, EngineError> {
-    let links = links_by_crm(ctx, LEAD_LINK_OBJECT, contact_ids).await?;
-    Ok(links
-        .into_iter()
-        .filter(|(_, l)| l.tombstone.is_none())
-        .filter_map(|(k, l)| l.marketo_key.parse::<i64>().ok().map(|id| (k, id)))
-        .collect())
+    let mut out = BTreeMap::new();
+    // Each contact still to resolve, by the contact whose link is looked up next.
+    let mut pending: BTreeMap<String, Vec<String>> = contact_ids
+        .iter()
+        .map(|c| (c.clone(), vec![c.clone()]))
+        .collect();
+    for _ in 0..=MERGE_HOPS {
+        if pending.is_empty() {
+            break;
+        }
+        let keys: Vec<String> = pending.keys().cloned().collect();
+        let mut next: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (contact, link) in resolve_contacts(ctx, &keys).await? {
+            let Some(asked) = pending.remove(&contact) else {
+                continue;
+            };
+            match link {
+                Resolved::Lead(id) => out.extend(asked.into_iter().map(|a| (a, id))),
+                Resolved::MergedInto(into) => next.entry(into).or_default().extend(asked),
+            }
+        }
+        pending = next;
+    }
+    Ok(out)
+}
+
+/// What a contact's lead links say: its live lead, or the CRM contact it was merged into.
+enum Resolved {
+    Lead(i64),
+    MergedInto(String),
+}
+
+/// Returns, for each of these contacts that has one, its live lead or its CRM-side merge.
+async fn resolve_contacts(
+    ctx: &Context,
+    contacts: &[String],
+) -> Result<BTreeMap<String, Resolved>, EngineError> {
+    let mut out = BTreeMap::new();
+    for chunk in contacts.chunks(crate::store::KEYS_PER_LOOKUP) {
+        for l in ctx.store.links_by_crm_keys(LEAD_LINK_OBJECT, chunk).await? {
+            match &l.tombstone {
+                None => {
+                    if let Ok(id) = l.marketo_key.parse::<i64>() {
+                        out.insert(l.crm_key, Resolved::Lead(id));
+                    }
+                }
+                Some(Tombstone {
+                    kind: TombstoneKind::Merged { into },
+                    side: Side::Crm,
+                    ..
+                }) if *into != l.crm_key => {
+                    out.entry(l.crm_key)
+                        .or_insert_with(|| Resolved::MergedInto(into.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Returns the CRM contact id linked to each of these Marketo lead ids, from the leads' live
