@@ -410,17 +410,14 @@ async fn a_merge_into_an_archived_hubspot_survivor_is_read() {
     }
 }
 
-/// Open (not fixed), found by the HubSpot scale runs (in process, 60 steps): seed 300091 ends
-/// with lead 4 and lead 11 both linked to contact 1014 after the HubSpot user merged contact
-/// 1010 into 1009 (step 48) and then 1009 into 1014 (step 52), a contact created at step 41
-/// and synced as lead 11. Not investigated for lack of time. (Seeds 320036 and 320049, which
-/// failed as a child process before the archived-survivor fix above, converge since.)
-/// Reproduce:
-/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --crm hubspot --seeds 1 --first-seed 300091
-/// --steps 60`.
+/// Found by the HubSpot scale runs (in process, 60 steps): seed 300091 ended with lead 4 and
+/// lead 11 both linked to contact 1014 after the HubSpot user merged contact 1010 into 1009
+/// (step 48) and then 1009 into 1014 (step 52), a contact not linked yet. HubSpot reports both
+/// as merged into 1014: the survivor took over lead 11, and then, not seeing that link (staged,
+/// not committed), took over lead 4 too. The second merge now finds the staged link and merges
+/// lead 4 into 11.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: two leads linked to one HubSpot contact after chained merges (seed 300091)"]
-async fn open_chained_hubspot_merges_leave_two_leads_on_one_contact() {
+async fn chained_hubspot_merges_into_an_unlinked_contact_leave_one_lead() {
     converges(300091, &on_hubspot(options(60))).await;
 }
 

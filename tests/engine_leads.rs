@@ -862,6 +862,54 @@ async fn a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_recor
     app.cleanup().await;
 }
 
+/// Two linked contacts merged in the CRM into one new contact before a cycle (HubSpot reports
+/// a chain of merges so, found by its convergence seed 300091): the survivor takes over the
+/// first loser's lead and the second loser's lead is merged into it, so the survivor ends with
+/// one lead, not two.
+async fn two_crm_merges_into_one_new_contact_leave_it_one_lead(store: StoreKind) {
+    let app = TestApp::with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let a = app.marketo_create(json!({"email": "a@example.com", "firstName": "A"}));
+    let b = app.marketo_create(json!({"email": "b@example.com", "firstName": "B"}));
+    app.settle(4).await;
+    let ca = app.crm_by_email("a@example.com").await[0].id.clone();
+    let cb = app.crm_by_email("b@example.com").await[0].id.clone();
+    let cs = app
+        .crm_insert_contact("s@example.com", "S", "Survivor")
+        .await;
+    for loser in [&ca, &cb] {
+        app.crm_update_contact(loser, "merged_into", &cs).await;
+        app.crm_delete_contact(loser).await;
+    }
+    app.settle(6).await;
+    let live: Vec<i64> = [a, b]
+        .into_iter()
+        .filter(|id| app.marketo_lead(*id).is_some())
+        .collect();
+    assert_eq!(live.len(), 1, "the two leads were merged: {live:?}");
+    assert_eq!(
+        app.marketo_lead(live[0]).unwrap()["crmContactId"],
+        json!(cs)
+    );
+    let links = app
+        .store
+        .links_by_crm_keys("leads", std::slice::from_ref(&cs))
+        .await
+        .unwrap();
+    let live_links: Vec<_> = links.iter().filter(|l| l.tombstone.is_none()).collect();
+    assert_eq!(live_links.len(), 1, "{links:?}");
+    assert_eq!(live_links[0].marketo_key, live[0].to_string());
+    assert_eq!(
+        app.crm_count().await,
+        app.sim.counters().leads,
+        "no orphans"
+    );
+    app.cleanup().await;
+}
+
 async fn a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact(store: StoreKind) {
     let app = TestApp::with(Options {
         lead_merges: marketo_sync::config::DeletePolicy::Delete,
@@ -901,6 +949,6 @@ macro_rules! on_stores {
 }
 
 on_stores!(sqlite_store, StoreKind::Sqlite;
-    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact);
+    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact, two_crm_merges_into_one_new_contact_leave_it_one_lead);
 on_stores!(postgres_store, StoreKind::Postgres;
-    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact);
+    the_same_field_edited_on_both_sides_is_settled_by_policy_and_recorded, a_crm_contact_whose_email_exists_in_marketo_is_linked_not_duplicated, a_merge_in_marketo_repoints_the_crm_record, deletions_follow_their_policy_both_ways, deletions_are_ignored_when_the_policy_says_so, a_spent_daily_quota_pauses_until_the_day_turns, an_idle_cycle_costs_few_calls, a_dry_run_plans_without_writing, on_demand_sync_writes_one_lead_to_the_crm, a_mapped_field_removed_in_marketo_disables_only_that_field, a_crm_merge_into_a_contact_whose_lead_marketo_deleted_does_not_stall_the_sync, a_merge_in_the_crm_merges_the_marketo_leads, many_new_crm_records_go_to_marketo_by_bulk_import, many_crm_edits_of_linked_leads_go_to_marketo_by_bulk_import, an_unfinished_export_is_resumed_after_a_restart_not_created_again, activity_types_are_read_once_a_day_and_other_objects_do_not_stop_leads, a_crm_merge_into_a_new_contact_that_a_new_lead_matches_links_each_record_once, a_marketo_merge_of_two_linked_leads_deletes_only_the_losers_contact, two_crm_merges_into_one_new_contact_leave_it_one_lead);

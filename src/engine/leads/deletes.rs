@@ -198,13 +198,18 @@ async fn crm_merge(
 ) -> Result<(), EngineError> {
     let ctx = step.ctx;
     let store = &ctx.store;
-    let mut survivor = live(
-        store
-            .links_by_crm_keys(LINK_OBJECT, &[into.to_owned()])
-            .await?,
-    )
-    .into_iter()
-    .next();
+    // A survivor linked earlier in this step (it took over an earlier loser's lead: HubSpot
+    // reports a chain of merges as merges into the last survivor) is not in the store yet.
+    let mut survivor = match pending_link(step, into) {
+        Some(pending) => pending,
+        None => live(
+            store
+                .links_by_crm_keys(LINK_OBJECT, &[into.to_owned()])
+                .await?,
+        )
+        .into_iter()
+        .next(),
+    };
     if survivor.is_none() {
         survivor = survivor_link_from_crm(step, into).await?;
     }
@@ -228,6 +233,18 @@ async fn crm_merge(
         None => unlinked_survivor(step, key, into, l, loser, out, summary).await?,
     }
     Ok(())
+}
+
+/// Returns the link of CRM record `key` that this step has staged but not committed yet: `Some`
+/// of the live link, or `Some(None)` when the step tombstoned it; `None` when the step has not
+/// touched it.
+fn pending_link(step: &Step<'_>, key: &str) -> Option<Option<Link>> {
+    step.commit
+        .links_upsert
+        .iter()
+        .rev()
+        .find(|l| l.object == LINK_OBJECT && l.crm_key == key)
+        .map(|l| l.tombstone.is_none().then(|| l.clone()))
 }
 
 /// Merges the loser's lead into the survivor's (planned on a dry run). A lead already gone in
