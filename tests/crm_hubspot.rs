@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use marketo_sync::crm::hubspot::{HubSpotCrm, HubSpotOptions};
-use marketo_sync::crm::{ChangeKind, Crm, CrmError, Cursor, DeleteHow, RefusalReason, WriteResult};
+use marketo_sync::crm::{
+    ChangeKind, Crm, CrmError, Cursor, DeleteHow, FeedNeeds, RefusalReason, WriteResult,
+};
 use marketo_sync::model::{Fields, Value};
 use marketo_sync::sim::hubspot::model::parse_ts;
 use marketo_sync::sim::hubspot::{HubSpotConfig, HubSpotHandle, HubSpotSim, RateLimits};
@@ -580,4 +582,173 @@ async fn more_changes_than_hubspots_10k_search_cap_are_all_read() {
         sim.request_log().iter().all(|e| e.status < 400),
         "no query paged past the cap"
     );
+}
+
+/// Reads the feed for `needs` until it says no more; returns every change, the last cursor and
+/// the HubSpot requests it took, by `METHOD path`.
+async fn drain_for(
+    crm: &HubSpotCrm,
+    sim: &HubSpotHandle,
+    object: &str,
+    cursor: Option<Cursor>,
+    needs: FeedNeeds,
+) -> (Vec<marketo_sync::crm::Change>, Option<Cursor>, Vec<String>) {
+    let from = sim.request_log().len();
+    let mut cursor = cursor;
+    let mut all = Vec::new();
+    for _ in 0..1_000 {
+        let page = crm
+            .changes_for(object, cursor.as_ref(), 100, needs)
+            .await
+            .unwrap();
+        all.extend(page.changes);
+        cursor = Some(page.next);
+        if !page.more {
+            let calls = sim.request_log()[from..]
+                .iter()
+                .map(|e| format!("{} {}", e.method, e.path))
+                .collect();
+            return (all, cursor, calls);
+        }
+    }
+    panic!("the feed never ended");
+}
+
+#[tokio::test]
+async fn each_reader_reads_only_the_kinds_of_change_it_needs() {
+    let sim = sim(20).await;
+    add_marketo_id(&sim, "contacts");
+    let crm = adapter(
+        &sim,
+        json!({ "objects": {
+            "companies": { "object_type": "companies", "properties": ["name"] },
+        } }),
+    )
+    .await;
+    let (_, upserts, _) = drain_for(&crm, &sim, "companies", None, FeedNeeds::Upserts).await;
+    let (_, deletes, _) = drain_for(&crm, &sim, "companies", None, FeedNeeds::Deletes).await;
+    let ids = sim.ids("companies");
+    sim.advance_clock(Duration::from_secs(3600));
+    assert!(sim.archive("companies", ids[0]).unwrap());
+    let survivor = sim.merge("companies", ids[1], ids[2]).unwrap();
+    sim.update("companies", ids[3], props(&[("name", json!("Renamed"))]))
+        .unwrap();
+
+    // The create/update reader: one search, no archived listing; the edit and the survivor.
+    let (changes, _, calls) =
+        drain_for(&crm, &sim, "companies", upserts.clone(), FeedNeeds::Upserts).await;
+    assert_eq!(
+        calls,
+        vec!["POST /crm/v3/objects/companies/search"],
+        "{calls:?}"
+    );
+    let upserted: BTreeSet<String> = changes
+        .iter()
+        .filter(|c| matches!(c.kind, ChangeKind::Upserted { .. }))
+        .map(|c| c.id.clone())
+        .collect();
+    assert!(upserted.contains(&ids[3].to_string()), "{changes:?}");
+    assert!(upserted.contains(&survivor.to_string()), "{changes:?}");
+
+    // The deletions reader: the merge (from a search of merged survivors) and the archive,
+    // and no created or updated record.
+    let (changes, _, calls) =
+        drain_for(&crm, &sim, "companies", deletes.clone(), FeedNeeds::Deletes).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        changes
+            .iter()
+            .all(|c| matches!(c.kind, ChangeKind::Deleted(_))),
+        "{changes:?}"
+    );
+    assert!(changes.iter().any(|c| c.id == ids[0].to_string()
+        && matches!(&c.kind, ChangeKind::Deleted(t) if t.how == DeleteHow::Soft)));
+    assert!(changes.iter().any(|c| c.id == ids[2].to_string()
+        && matches!(&c.kind, ChangeKind::Deleted(t) if t.how == DeleteHow::Merged { into: survivor.to_string() })));
+
+    // Idle: one call for the create/update reader, two for the deletions reader.
+    sim.advance_clock(Duration::from_secs(600));
+    let (_, upserts, _) = drain_for(&crm, &sim, "companies", upserts, FeedNeeds::Upserts).await;
+    let (_, deletes, _) = drain_for(&crm, &sim, "companies", deletes, FeedNeeds::Deletes).await;
+    sim.advance_clock(Duration::from_secs(600));
+    let (_, _, calls) = drain_for(&crm, &sim, "companies", upserts, FeedNeeds::Upserts).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (_, _, calls) = drain_for(&crm, &sim, "companies", deletes, FeedNeeds::Deletes).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+
+    // A cursor written by a read of every kind (an older version) is taken by either reader.
+    let (_, all, _) = drain_for(&crm, &sim, "companies", None, FeedNeeds::All).await;
+    sim.advance_clock(Duration::from_secs(600));
+    assert!(sim.archive("companies", ids[4]).unwrap());
+    let (changes, _, _) = drain_for(&crm, &sim, "companies", all, FeedNeeds::Deletes).await;
+    assert!(
+        changes.iter().any(|c| c.id == ids[4].to_string()),
+        "{changes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_object_reads_and_writes_its_contact_through_associations() {
+    let sim = sim(30).await;
+    add_marketo_id(&sim, "contacts");
+    add_marketo_id(&sim, "cars");
+    let type_id = sim.type_id("cars").unwrap();
+    let crm = adapter(
+        &sim,
+        json!({ "objects": {
+            "contacts": { "object_type": "contacts", "marketo_id_property": "marketo_id",
+                          "properties": ["email", "marketo_id"], "writable": true },
+            "cars": { "object_type": type_id, "marketo_id_property": "marketo_id",
+                      "properties": ["vin", "make", "year", "marketo_id"],
+                      "contact_field": "contact_id", "writable": true },
+        } }),
+    )
+    .await;
+    let schema = crm.describe("cars").await.unwrap();
+    assert!(schema.field("contact_id").is_some() && schema.field("vin").is_some());
+
+    // Reads: every generated car carries its associated contact.
+    let (changes, _) = drain(&crm, "cars", None, 100).await;
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    for c in &changes {
+        let ChangeKind::Upserted { fields } = &c.kind else {
+            panic!("{c:?}")
+        };
+        let contact = fields["contact_id"].to_text();
+        assert!(
+            sim.record("contacts", contact.parse().unwrap()).is_some(),
+            "{c:?}"
+        );
+    }
+
+    // Writes: a new car is created and associated; an unknown contact is a retryable refusal.
+    let contact = sim.ids("contacts")[5].to_string();
+    let car = |vin: &str, marketo_id: &str, contact: &str| -> Fields {
+        let mut f = Fields::new();
+        f.insert("vin".into(), Value::from(vin));
+        f.insert("make".into(), Value::from("Saab"));
+        f.insert("marketo_id".into(), Value::from(marketo_id));
+        f.insert("contact_id".into(), Value::from(contact));
+        f
+    };
+    let results = crm
+        .upsert(
+            "cars",
+            "marketo_id",
+            &[
+                car("NEW1", "g-1", &contact),
+                car("NEW2", "g-2", "999999999"),
+            ],
+        )
+        .await
+        .unwrap();
+    let WriteResult::Created { id } = &results[0] else {
+        panic!("{results:?}")
+    };
+    let refusal = results[1].refusal().expect("unknown contact refused");
+    assert_eq!(refusal.reason, RefusalReason::ForeignKey, "{refusal:?}");
+    assert!(refusal.retryable);
+    let read = crm.get("cars", std::slice::from_ref(id)).await.unwrap();
+    assert_eq!(read[0].fields["contact_id"], Value::from(contact.as_str()));
+    assert_eq!(read[0].fields["vin"], Value::from("NEW1"));
 }

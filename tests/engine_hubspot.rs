@@ -11,7 +11,7 @@ mod hubspot;
 use harness::{text, written};
 use hubspot::{HsOptions, HubSpotApp};
 use marketo_sync::config::DeletePolicy;
-use marketo_sync::model::Side;
+use marketo_sync::model::{Side, Value};
 use marketo_sync::store::Direction;
 use serde_json::json;
 
@@ -519,5 +519,177 @@ async fn a_labelled_deal_contact_association_arrives_as_an_opportunity_role() {
     assert_eq!(decision[0]["leadId"], json!(lead), "{roles:?}");
     assert_eq!(decision[0]["isPrimary"], json!(true), "{roles:?}");
     assert_eq!(written(&app.settle(3).await), 0);
+    app.cleanup().await;
+}
+
+/// Adds the HubSpot custom object `cars` (the simulator's) to the adapter options, as
+/// `config/examples/hubspot/mappings/cars.toml` describes: its contact is a field filled from
+/// its contact associations.
+fn add_cars(options: &mut serde_json::Value) {
+    options["objects"]["cars"] = json!({
+        "object_type": "cars",
+        "marketo_id_property": "marketo_id",
+        "properties": ["vin", "make", "model", "year", "marketo_id"],
+        "contact_field": "contact_id",
+        "writable": true,
+    });
+}
+
+fn cars_options() -> HsOptions {
+    HsOptions {
+        objects: vec!["leads".into(), "cars".into()],
+        edit_options: Some(add_cars),
+        ..HsOptions::default()
+    }
+}
+
+/// Adds a car to a lead in Marketo through the API (as another integration would).
+async fn add_marketo_car(app: &HubSpotApp, car: serde_json::Value) {
+    let input = vec![car.as_object().unwrap().clone()];
+    let r = app
+        .engine
+        .context()
+        .marketo
+        .sync_custom_objects(
+            "car_c",
+            marketo_sync::marketo::SyncAction::CreateOrUpdate,
+            marketo_sync::marketo::DedupeBy::DedupeFields,
+            &input,
+        )
+        .await
+        .unwrap();
+    assert!(!r[0].is_skipped(), "{r:?}");
+}
+
+/// Returns the Marketo cars with this vin.
+async fn marketo_cars(
+    app: &HubSpotApp,
+    vin: &str,
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let fields: Vec<String> = ["vin", "make", "model", "year", "leadId", "marketoGUID"]
+        .iter()
+        .map(|f| (*f).to_owned())
+        .collect();
+    app.engine
+        .context()
+        .marketo
+        .get_custom_objects("car_c", "vin", &[vin.to_owned()], &fields, None)
+        .await
+        .unwrap()
+        .records
+}
+
+async fn hubspot_cars(app: &HubSpotApp, vin: &str) -> Vec<marketo_sync::crm::CrmRecord> {
+    app.crm
+        .find("cars", "vin", &[Value::Text(vin.to_owned())])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn custom_object_records_flow_both_ways_with_their_contact() {
+    let app = HubSpotApp::with(cars_options()).await;
+    let lead = app.marketo_create(json!({"email": "driver@example.com", "firstName": "Dee"}));
+    app.settle(4).await;
+    let contact = app.crm_by_email("driver@example.com").await[0].id.clone();
+
+    // Marketo -> HubSpot: the car is created in HubSpot and associated with the lead's contact.
+    add_marketo_car(
+        &app,
+        json!({"vin": "MKT00000000000001", "leadId": lead, "make": "Volvo", "model": "XC40", "year": 2022}),
+    )
+    .await;
+    let s = app.run_cycle().await;
+    assert_eq!(count(&s, "cars", Direction::MarketoToCrm).0, 1, "{s:?}");
+    let cars = hubspot_cars(&app, "MKT00000000000001").await;
+    assert_eq!(cars.len(), 1, "{cars:?}");
+    let car = &cars[0].fields;
+    assert_eq!(text(car, "make").as_deref(), Some("Volvo"));
+    assert_eq!(text(car, "model").as_deref(), Some("XC40"));
+    assert_eq!(text(car, "year").as_deref(), Some("2022"), "{car:?}");
+    assert_eq!(text(car, "contact_id").as_deref(), Some(contact.as_str()));
+    let guid = marketo_cars(&app, "MKT00000000000001").await[0]["marketoGUID"].clone();
+    assert_eq!(text(car, "marketo_id").as_deref(), guid.as_str());
+
+    // HubSpot -> Marketo: a car a HubSpot user creates and associates with the contact arrives
+    // on the contact's lead.
+    let id = app.hs_create(
+        "cars",
+        json!({"vin": "HUB00000000000042", "make": "Fiat", "model": "Panda", "year": "2019"}),
+    );
+    app.hs
+        .associate_default(
+            "cars",
+            id.parse().unwrap(),
+            "contacts",
+            contact.parse().unwrap(),
+        )
+        .unwrap();
+    let s = app.run_cycle().await;
+    assert_eq!(count(&s, "cars", Direction::CrmToMarketo).0, 1, "{s:?}");
+    let m = marketo_cars(&app, "HUB00000000000042").await;
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["leadId"], json!(lead));
+    assert_eq!(m[0]["make"], json!("Fiat"));
+    assert_eq!(m[0]["model"], json!("Panda"));
+
+    // Edited in HubSpot: Marketo follows; then everything is quiet, with no duplicate.
+    app.hs_update("cars", &id, json!({"model": "Panda Cross"}));
+    app.run_cycle().await;
+    assert_eq!(
+        marketo_cars(&app, "HUB00000000000042").await[0]["model"],
+        json!("Panda Cross")
+    );
+    app.settle(4).await;
+    assert_eq!(app.hs_count("cars"), 2, "no duplicate car in HubSpot");
+    assert_eq!(marketo_cars(&app, "MKT00000000000001").await.len(), 1);
+    assert!(app.open_errors("cars").await.is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_hubspot_car_marketo_refuses_is_one_ledger_entry_and_the_other_syncs() {
+    let app = HubSpotApp::with(cars_options()).await;
+    let lead = app.marketo_create(json!({"email": "known@example.com", "firstName": "Known"}));
+    app.settle(4).await;
+    let known = app.crm_by_email("known@example.com").await[0].id.clone();
+    // A Marketo validation rule refuses one car; the other car of the contact goes through.
+    app.sim.refuse_records(
+        "vin",
+        "REFUSED000000001",
+        "1003",
+        "Validation rule: vin is blocked",
+    );
+    let refused = app.hs_create("cars", json!({"vin": "REFUSED000000001", "make": "Kia"}));
+    let good = app.hs_create("cars", json!({"vin": "GOOD000000000002", "make": "Seat"}));
+    for car in [&refused, &good] {
+        app.hs
+            .associate_default(
+                "cars",
+                car.parse().unwrap(),
+                "contacts",
+                known.parse().unwrap(),
+            )
+            .unwrap();
+    }
+    let s = app.run_cycle().await;
+    let c = &s.objects["cars"][&Direction::CrmToMarketo];
+    assert_eq!((c.created, c.failed), (1, 1), "{s:?}");
+    let errors = app.open_errors("cars").await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].record_key, refused);
+    assert_eq!(errors[0].direction, Direction::CrmToMarketo);
+    assert!(errors[0].message.contains("vin is blocked"), "{errors:?}");
+    let synced = marketo_cars(&app, "GOOD000000000002").await;
+    assert_eq!(synced.len(), 1);
+    assert_eq!(synced[0]["leadId"], json!(lead));
+    assert!(marketo_cars(&app, "REFUSED000000001").await.is_empty());
+    // Still one entry after another cycle (not duplicated, and a validation rule's refusal
+    // is not retried by itself).
+    app.run_cycle().await;
+    let errors = app.open_errors("cars").await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, "1003");
+    assert_eq!(errors[0].attempts, 1, "{errors:?}");
     app.cleanup().await;
 }

@@ -96,6 +96,22 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
+/// The kinds of change a reader of a change feed acts on.
+///
+/// A feed read may say which kinds it needs, so that an adapter whose feed costs one remote call
+/// per kind (HubSpot: a search for changed records, a listing for archived ones) skips the calls
+/// whose results the reader would drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedNeeds {
+    /// Created, updated and deleted records (the lead step).
+    All,
+    /// Created and updated records (the create/update steps of the other objects).
+    Upserts,
+    /// Deleted and merged-away records (the deletions step).
+    Deletes,
+}
+
 /// One page of changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangePage {
@@ -495,6 +511,26 @@ pub trait Crm: Send + Sync {
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<ChangePage, CrmError>;
+
+    /// Like [`Crm::changes`], for a reader that acts only on the changes `needs` names.
+    ///
+    /// The page may still hold changes of the other kinds (callers filter); what it must hold is
+    /// every change of the kinds asked for. A cursor is only ever passed back to reads with the
+    /// same `needs` (each reader keeps its own). The default reads [`Crm::changes`] unchanged,
+    /// for adapters whose feed reads every kind in the same call.
+    ///
+    /// # Errors
+    /// As [`Crm::changes`].
+    async fn changes_for(
+        &self,
+        object: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        needs: FeedNeeds,
+    ) -> Result<ChangePage, CrmError> {
+        let _ = needs;
+        self.changes(object, cursor, limit).await
+    }
 
     /// Returns the live (not deleted) records whose `field` equals one of `values`.
     ///

@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::harness::written;
 
-/// The HubSpot object types that get the unique `marketo_id` property.
-pub const MARKETO_ID_TYPES: &[&str] = &["contacts", "companies", "deals"];
+/// The HubSpot object types that get the unique `marketo_id` property (`cars` is the
+/// simulator's custom object).
+pub const MARKETO_ID_TYPES: &[&str] = &["contacts", "companies", "deals", "cars"];
 
 /// How to build a [`HubSpotApp`].
 pub struct HsOptions {

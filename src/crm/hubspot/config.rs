@@ -123,6 +123,12 @@ pub struct ObjectOptions {
     /// Writes are allowed (default false).
     #[serde(default)]
     pub writable: bool,
+    /// Record objects only: a field (not a HubSpot property) holding the id of the contact the
+    /// record is associated with: reads fill it from the record's contact associations, writes
+    /// associate the record with the contact it names. A custom object mapped to a Marketo
+    /// custom object sets it to `contact_id`, the field the engine links records to leads by.
+    #[serde(default)]
+    pub contact_field: Option<String>,
     /// `associations` only: the object type associations are read from (default `deals`).
     #[serde(default)]
     pub from: Option<String>,
@@ -253,6 +259,11 @@ impl HubSpotOptions {
                              unique property holding the Marketo id)"
                         )));
                     }
+                }
+                Kind::Owners | Kind::Associations { .. } if o.contact_field.is_some() => {
+                    return Err(config(format!(
+                        "objects.{name}: contact_field only applies to record objects"
+                    )));
                 }
                 Kind::Owners => {
                     if o.writable || assoc_keys {

@@ -28,9 +28,9 @@ use super::model::{AssociationsOf, BatchResponse, Collection, Owner, PublicObjec
 use super::schema::{self, ID_PROPERTY, MERGED_PROPERTY};
 use super::{HubSpotCrm, MAX_BATCH, SEARCH_PAGE, owner_record};
 use crate::crm::{
-    Change, ChangeKind, ChangePage, CrmError, CrmRecord, Cursor, DeleteHow, Tombstone,
+    Change, ChangeKind, ChangePage, CrmError, CrmRecord, Cursor, DeleteHow, FeedNeeds, Tombstone,
 };
-use crate::model::{Fields, Value};
+use crate::model::{FieldDef, Fields, Value};
 
 /// The most ids one v4 association batch read takes.
 const ASSOCIATION_BATCH: usize = 1_000;
@@ -51,6 +51,9 @@ pub(crate) struct FeedState {
     /// The highest `archivedAt` delivered (epoch ms).
     #[serde(default)]
     archived_high: Option<i64>,
+    /// The kinds of change this cursor's reader needs (none: every kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    needs: Option<FeedNeeds>,
 }
 
 /// One search query: records modified at or after `from` (strictly after when `strict`).
@@ -89,39 +92,36 @@ fn parse_cursor(object: &str, cursor: Option<&Cursor>) -> Result<FeedState, CrmE
     }
 }
 
-/// Returns one page of changes of `object`.
+/// Returns one page of changes of `object`, reading only what `needs` asks for: `Upserts`
+/// skips the archived listing; `Deletes` searches only the records that absorbed a merge
+/// (`hs_merged_object_ids` set) and lists the archived ones; `All` does both in full.
 pub(super) async fn changes(
     crm: &HubSpotCrm,
     name: &str,
     o: &ObjectOptions,
     cursor: Option<&Cursor>,
     limit: usize,
+    needs: FeedNeeds,
 ) -> Result<ChangePage, CrmError> {
     let mut state = parse_cursor(name, cursor)?;
     let overlap = i64::try_from(crm.options.overlap().as_millis()).unwrap_or(i64::MAX);
-    if state.window.is_none() && state.archived.is_none() {
-        state.window = Some(SearchWindow {
-            from: state.high.map_or(0, |h| h.saturating_sub(overlap)),
-            ..SearchWindow::default()
-        });
-    }
     let kind = o.kind();
+    if state.needs.unwrap_or(FeedNeeds::All) != needs {
+        // A cursor written for other needs (an older version read everything): start a new
+        // poll from its high marks rather than follow paging tokens of another query.
+        state.window = None;
+        state.archived = None;
+    }
+    state.needs = (needs != FeedNeeds::All).then_some(needs);
+    if state.window.is_none() && state.archived.is_none() {
+        start_poll(&mut state, &kind, needs, overlap);
+    }
     let mut changes = Vec::new();
     if let Some(window) = state.window.take() {
+        let merges_only = needs == FeedNeeds::Deletes;
         let (mut page, next) = match &kind {
             Kind::Owners => owners_page(crm, window).await?,
-            _ => {
-                search_page(
-                    crm,
-                    name,
-                    o,
-                    &kind,
-                    window,
-                    limit,
-                    crm.options.search_result_cap,
-                )
-                .await?
-            }
+            _ => search_page(crm, name, o, &kind, window, limit, merges_only).await?,
         };
         for c in &page {
             let at = c.modified_at.timestamp_millis();
@@ -132,13 +132,8 @@ pub(super) async fn changes(
         changes.append(&mut page);
         match next {
             Some(w) => state.window = Some(w),
-            None if matches!(kind, Kind::Associations { .. }) => {}
-            None => {
-                state.archived = Some(ArchivedListing {
-                    since: state.archived_high.map_or(0, |h| h.saturating_sub(overlap)),
-                    after: None,
-                });
-            }
+            None if matches!(kind, Kind::Associations { .. }) || needs == FeedNeeds::Upserts => {}
+            None => state.archived = Some(archived_listing(&state, overlap)),
         }
     } else if let Some(listing) = state.archived.take() {
         let (mut page, next) = archived_page(crm, name, o, &kind, &listing).await?;
@@ -156,7 +151,7 @@ pub(super) async fn changes(
     }
     let more = state.window.is_some() || state.archived.is_some();
     changes.sort_by_key(|a| a.modified_at);
-    tracing::debug!(object = %name, changes = changes.len(), more, "hubspot changes read");
+    tracing::debug!(object = %name, changes = changes.len(), more, ?needs, "hubspot changes read");
     let next = Cursor(
         serde_json::to_value(&state).map_err(|e| CrmError::BadCursor {
             object: name.to_owned(),
@@ -168,6 +163,32 @@ pub(super) async fn changes(
         next,
         more,
     })
+}
+
+/// Starts a new poll: the search window from the high mark minus the overlap; for a deletes-only
+/// read of owners (never merged) the archived listing at once, and of associations (whose
+/// deletes the feed does not report) nothing.
+fn start_poll(state: &mut FeedState, kind: &Kind, needs: FeedNeeds, overlap: i64) {
+    match (needs, kind) {
+        (FeedNeeds::Deletes, Kind::Associations { .. }) => {}
+        (FeedNeeds::Deletes, Kind::Owners) => {
+            state.archived = Some(archived_listing(state, overlap));
+        }
+        _ => {
+            state.window = Some(SearchWindow {
+                from: state.high.map_or(0, |h| h.saturating_sub(overlap)),
+                ..SearchWindow::default()
+            });
+        }
+    }
+}
+
+/// Returns a new archived listing from the archived high mark minus the overlap.
+fn archived_listing(state: &FeedState, overlap: i64) -> ArchivedListing {
+    ArchivedListing {
+        since: state.archived_high.map_or(0, |h| h.saturating_sub(overlap)),
+        after: None,
+    }
 }
 
 /// Returns the search body of one window page.
@@ -272,8 +293,9 @@ async fn search_page(
     kind: &Kind,
     window: SearchWindow,
     limit: usize,
-    cap: usize,
+    merges_only: bool,
 ) -> Result<(Vec<Change>, Option<SearchWindow>), CrmError> {
+    let cap = crm.options.search_result_cap;
     let page = limit.clamp(1, SEARCH_PAGE).min(cap);
     let (object_type, props_object) = match kind {
         Kind::Associations { from, .. } => (from.clone(), None),
@@ -281,6 +303,14 @@ async fn search_page(
     };
     let modified = schema::modified_property(&object_type);
     let (props, properties) = match props_object {
+        Some(_) if merges_only => (
+            None,
+            vec![
+                ID_PROPERTY.to_owned(),
+                MERGED_PROPERTY.to_owned(),
+                modified.to_owned(),
+            ],
+        ),
         Some(n) => {
             let props = crm.props(n).await?;
             let list = HubSpotCrm::read_list(o, &props);
@@ -288,48 +318,23 @@ async fn search_page(
         }
         None => (None, vec![ID_PROPERTY.to_owned(), modified.to_owned()]),
     };
-    let body = search_body(modified, &window, &properties, page);
+    let mut body = search_body(modified, &window, &properties, page);
+    if merges_only {
+        merged_filter(&mut body);
+    }
     let request = Request::post(
         format!("/crm/v3/objects/{object_type}/search"),
         body,
         format!("read changes of {name}"),
     );
     let answer: Collection<PublicObject> = crm.client.send(&request).await?;
-    let mut last: Option<(i64, String)> = None;
-    let mut changes = Vec::new();
-    let mut modified_by_from = BTreeMap::new();
-    for object in &answer.results {
-        let at = schema::modified_at(object, modified);
-        last = Some((at.timestamp_millis(), object.id.clone()));
-        match &props {
-            Some(props) => {
-                changes.extend(merges_into(object, at));
-                let record = HubSpotCrm::to_record(o, props, object);
-                changes.push(Change {
-                    id: record.id,
-                    modified_at: record.modified_at,
-                    kind: ChangeKind::Upserted {
-                        fields: record.fields,
-                    },
-                });
-            }
-            None => {
-                modified_by_from.insert(object.id.clone(), at);
-            }
-        }
-    }
-    if props.is_none() && !modified_by_from.is_empty() {
-        let froms: Vec<String> = modified_by_from.keys().cloned().collect();
-        for record in association_records(crm, o, &froms, &modified_by_from).await? {
-            changes.push(Change {
-                id: record.id,
-                modified_at: record.modified_at,
-                kind: ChangeKind::Upserted {
-                    fields: record.fields,
-                },
-            });
-        }
-    }
+    let read = Read {
+        o,
+        props: props.as_deref().map(Vec::as_slice),
+        modified,
+        merges_only,
+    };
+    let (changes, last) = read.changes(crm, &answer.results).await?;
     let next = next_window(
         &window,
         answer.next_after(),
@@ -339,6 +344,68 @@ async fn search_page(
         cap,
     );
     Ok((changes, next))
+}
+
+/// How one search page is turned into changes.
+struct Read<'a> {
+    o: &'a ObjectOptions,
+    /// The object's properties (none for associations, and for a merges-only read).
+    props: Option<&'a [FieldDef]>,
+    modified: &'a str,
+    merges_only: bool,
+}
+
+impl Read<'_> {
+    /// Returns the changes of a search page (merge tombstones; records with their contact, or
+    /// the associations of the records read) and the last instant and id read.
+    async fn changes(
+        &self,
+        crm: &HubSpotCrm,
+        results: &[PublicObject],
+    ) -> Result<(Vec<Change>, Option<(i64, String)>), CrmError> {
+        let mut last: Option<(i64, String)> = None;
+        let mut changes = Vec::new();
+        let mut modified_by_from = BTreeMap::new();
+        let mut records: Vec<CrmRecord> = Vec::new();
+        for object in results {
+            let at = schema::modified_at(object, self.modified);
+            last = Some((at.timestamp_millis(), object.id.clone()));
+            match self.props {
+                _ if self.merges_only => changes.extend(merges_into(object, at)),
+                Some(props) => {
+                    changes.extend(merges_into(object, at));
+                    records.push(HubSpotCrm::to_record(self.o, props, object));
+                }
+                None => {
+                    modified_by_from.insert(object.id.clone(), at);
+                }
+            }
+        }
+        if !records.is_empty() {
+            super::contacts::fill(crm, self.o, &mut records).await?;
+        }
+        if !modified_by_from.is_empty() {
+            let froms: Vec<String> = modified_by_from.keys().cloned().collect();
+            records.extend(association_records(crm, self.o, &froms, &modified_by_from).await?);
+        }
+        changes.extend(records.into_iter().map(|record| Change {
+            id: record.id,
+            modified_at: record.modified_at,
+            kind: ChangeKind::Upserted {
+                fields: record.fields,
+            },
+        }));
+        Ok((changes, last))
+    }
+}
+
+/// Narrows a search body to the records that absorbed a merge (`hs_merged_object_ids` set).
+fn merged_filter(body: &mut serde_json::Value) {
+    if let Some(filters) = body["filterGroups"][0]["filters"].as_array_mut() {
+        filters.push(serde_json::json!({
+            "propertyName": MERGED_PROPERTY, "operator": "HAS_PROPERTY"
+        }));
+    }
 }
 
 /// Returns a merge tombstone for each id in the record's `hs_merged_object_ids`.

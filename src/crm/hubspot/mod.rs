@@ -23,6 +23,7 @@
 
 pub(crate) mod client;
 pub mod config;
+mod contacts;
 mod feed;
 pub(crate) mod model;
 pub mod prepare;
@@ -39,8 +40,8 @@ use secrecy::SecretString;
 use crate::model::{FieldDef, FieldType, Fields, ObjectSchema, Side, Value};
 
 use super::{
-    Capabilities, ChangeFeed, ChangePage, Crm, CrmError, CrmRecord, Cursor, DeleteFeed, Precision,
-    UpsertMode, WriteResult,
+    Capabilities, ChangeFeed, ChangePage, Crm, CrmError, CrmRecord, Cursor, DeleteFeed, FeedNeeds,
+    Precision, UpsertMode, WriteResult,
 };
 use client::{Client, ClientSettings, Request};
 pub use config::HubSpotOptions;
@@ -148,6 +149,16 @@ impl HubSpotCrm {
                     context: format!(" in HubSpot object type `{}`", o.object_type),
                 });
             }
+        }
+        if let Some(contact) = o.contact_field.as_deref().filter(|c| has(c)) {
+            return Err(CrmError::Schema {
+                object: name.to_owned(),
+                message: format!(
+                    "contact_field `{contact}` is a HubSpot property of `{}`; name a field that \
+                     is not one (it is filled from the contact associations)",
+                    o.object_type
+                ),
+            });
         }
         if let Some(key) = &o.marketo_id_property {
             let Some(field) = props.iter().find(|f| f.name == *key) else {
@@ -539,6 +550,9 @@ impl Crm for HubSpotCrm {
                 let ttl = Duration::from_secs(self.options.schema_ttl_seconds);
                 let props = self.props_within(object, ttl).await?;
                 let mut fields = (*props).clone();
+                if let Some(contact) = &o.contact_field {
+                    fields.push(contacts::field_def(contact));
+                }
                 if !o.writable {
                     for f in &mut fields {
                         f.read_only = true;
@@ -607,7 +621,18 @@ impl Crm for HubSpotCrm {
         limit: usize,
     ) -> Result<ChangePage, CrmError> {
         let o = self.object(object)?;
-        feed::changes(self, object, o, cursor, limit).await
+        feed::changes(self, object, o, cursor, limit, FeedNeeds::All).await
+    }
+
+    async fn changes_for(
+        &self,
+        object: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        needs: FeedNeeds,
+    ) -> Result<ChangePage, CrmError> {
+        let o = self.object(object)?;
+        feed::changes(self, object, o, cursor, limit, needs).await
     }
 
     async fn find(
@@ -631,7 +656,11 @@ impl Crm for HubSpotCrm {
     async fn get(&self, object: &str, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError> {
         let o = self.object(object)?;
         match o.kind() {
-            Kind::Records => self.read_by_ids(object, o, ids).await,
+            Kind::Records => {
+                let mut records = self.read_by_ids(object, o, ids).await?;
+                contacts::fill(self, o, &mut records).await?;
+                Ok(records)
+            }
             Kind::Owners => {
                 let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
                 let mut out: Vec<CrmRecord> = self
@@ -670,7 +699,10 @@ impl Crm for HubSpotCrm {
         batch: &[Fields],
     ) -> Result<Vec<WriteResult>, CrmError> {
         let o = self.object(object)?;
-        write::upsert(self, object, o, key_field, batch).await
+        let (batch, contact_ids) = contacts::split(o, batch);
+        let mut results = write::upsert(self, object, o, key_field, &batch).await?;
+        contacts::associate(self, object, o, &mut results, &contact_ids).await?;
+        Ok(results)
     }
 
     async fn delete(&self, object: &str, ids: &[String]) -> Result<Vec<WriteResult>, CrmError> {
@@ -696,7 +728,11 @@ impl HubSpotCrm {
     ) -> Result<Vec<CrmRecord>, CrmError> {
         let o = self.object(object)?;
         match o.kind() {
-            Kind::Records => self.search_in(object, o, field, values, folded).await,
+            Kind::Records => {
+                let mut records = self.search_in(object, o, field, values, folded).await?;
+                contacts::fill(self, o, &mut records).await?;
+                Ok(records)
+            }
             Kind::Owners => {
                 if !OWNER_FIELDS.iter().any(|(n, _)| *n == field) && field != "id" {
                     return Err(CrmError::UnknownName {

@@ -20,7 +20,7 @@ use super::{
     DELETES_QUEUE, ObjectFamily, due_errors, error_key, gather_crm, ledger_entry, links_by_crm,
     skip_reason,
 };
-use crate::crm::ChangeKind;
+use crate::crm::{ChangeKind, FeedNeeds};
 use crate::engine::ledger::Subject;
 use crate::engine::pipeline::spec::{DeleteKeyFn, delete_by_crm_key};
 use crate::engine::summary::{PlannedAction, PlannedChange};
@@ -124,7 +124,15 @@ async fn delete_object(
     let plan = target.plan;
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
-    let mut gathered = gather_crm(ctx, object, &plan.crm_object, DELETES_QUEUE, cancel).await?;
+    let mut gathered = gather_crm(
+        ctx,
+        object,
+        &plan.crm_object,
+        DELETES_QUEUE,
+        FeedNeeds::Deletes,
+        cancel,
+    )
+    .await?;
     let mut commit = crate::engine::pipeline::commit::start(&mut gathered);
     let mut deleted: Vec<(String, DateTime<Utc>)> = gathered
         .changes

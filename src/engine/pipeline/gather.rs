@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::crm::{Change, ChangeKind, Cursor};
+use crate::crm::{Change, ChangeKind, Cursor, FeedNeeds};
 use crate::engine::objects::deletions;
 use crate::engine::{Context, EngineError};
 use crate::mapping::Plan;
@@ -31,7 +31,8 @@ pub(crate) struct Gathered {
     pub watermark: Option<Watermark>,
 }
 
-/// Returns the changes of a CRM object after the stored cursor of `queue`.
+/// Returns the changes of a CRM object after the stored cursor of `queue`, read for a step that
+/// acts on the changes `needs` names (the adapter may skip reading the other kinds).
 ///
 /// # Errors
 ///
@@ -41,6 +42,7 @@ pub(crate) async fn gather_crm(
     object: &str,
     crm_object: &str,
     queue: &str,
+    needs: FeedNeeds,
     cancel: &CancellationToken,
 ) -> Result<Gathered, EngineError> {
     let stored = ctx.store.watermark(Side::Crm, object, queue).await?;
@@ -55,7 +57,7 @@ pub(crate) async fn gather_crm(
         }
         let page = ctx
             .crm
-            .changes(crm_object, cursor.as_ref(), CRM_PAGE)
+            .changes_for(crm_object, cursor.as_ref(), CRM_PAGE, needs)
             .await?;
         for change in page.changes {
             read_any = true;
@@ -239,7 +241,15 @@ pub(crate) async fn crm_with_retries(
     cancel: &CancellationToken,
 ) -> Result<(Gathered, BTreeMap<String, SyncError>), EngineError> {
     let (object, crm_object) = (plan.object.as_str(), plan.crm_object.as_str());
-    let mut gathered = gather_crm(ctx, object, crm_object, UPSERTS_QUEUE, cancel).await?;
+    let mut gathered = gather_crm(
+        ctx,
+        object,
+        crm_object,
+        UPSERTS_QUEUE,
+        FeedNeeds::Upserts,
+        cancel,
+    )
+    .await?;
     let mut previous = BTreeMap::new();
     add_retries(ctx, object, crm_object, &mut gathered, &mut previous).await?;
     Ok((gathered, previous))

@@ -325,6 +325,28 @@ impl HubSpotHandle {
         Ok(st.portal.associate(from, from_id, to, to_id, type_id)?)
     }
 
+    /// Associates two records with the default (unlabelled) association type of their object
+    /// types, as a HubSpot user linking a record to a contact would.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HubSpotSimError::Refused`] for an unknown object type or a missing record.
+    pub fn associate_default(
+        &self,
+        from_type: &str,
+        from_id: u64,
+        to_type: &str,
+        to_id: u64,
+    ) -> Result<(), HubSpotSimError> {
+        let mut st = self.shared.lock();
+        let from = st.portal.type_or_err(from_type)?;
+        let to = st.portal.type_or_err(to_type)?;
+        let from_id_text = st.portal.types[from].type_id.clone();
+        let to_id_text = st.portal.types[to].type_id.clone();
+        let type_id = st.portal.default_assoc_type(&from_id_text, &to_id_text);
+        Ok(st.portal.associate(from, from_id, to, to_id, type_id)?)
+    }
+
     /// Defines a labelled association type from one object type to another, as an admin would
     /// in Settings, and returns its type id (the existing one when the label is defined).
     ///
