@@ -147,7 +147,15 @@ async fn run(n: usize) {
     }
     let posted = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while app.crm_count().await < n && Instant::now() < deadline {
+    let batched = |t: &Timed| {
+        t.batches
+            .lock()
+            .expect("batches")
+            .iter()
+            .map(|b| b.0)
+            .sum::<usize>()
+    };
+    while (app.crm_count().await < n || batched(&timed) < n) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let done = t0.elapsed();
