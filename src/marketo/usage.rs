@@ -245,12 +245,14 @@ impl QuotaGovernor {
         state.allowance = Some(own_calls.saturating_add(share));
     }
 
-    /// Returns the day's budget: the service's own, or less after a usage read.
+    /// Returns the day's budget: the service's own (0 means none), or less after a usage read.
     pub fn budget(&self, now: chrono::DateTime<chrono::Utc>) -> u64 {
+        let own = match self.policy.daily_budget {
+            0 => u64::MAX,
+            b => b,
+        };
         let allowance = self.lock(now).allowance;
-        allowance.map_or(self.policy.daily_budget, |a| {
-            a.min(self.policy.daily_budget)
-        })
+        allowance.map_or(own, |a| a.min(own))
     }
 
     /// Returns the part of the day's budget on-demand work may spend.
@@ -344,6 +346,17 @@ mod tests {
         // A quiet instance leaves the service's own budget in force.
         g.record_usage(&[day(100)], 100, now);
         assert_eq!(g.budget(now), 10_000);
+        // No own budget (0): only the instance's share limits.
+        let unlimited = super::QuotaGovernor::new(super::QuotaPolicy {
+            daily_budget: 0,
+            ..policy()
+        });
+        assert_eq!(
+            unlimited.verdict(1_000_000, true, now),
+            super::QuotaVerdict::Allowed
+        );
+        unlimited.record_usage(&[day(46_000)], 1_000, now);
+        assert_eq!(unlimited.budget(now), 3_000);
     }
 
     #[test]
