@@ -159,6 +159,9 @@ pub struct DaemonParts {
     pub metrics: PrometheusHandle,
     /// How many webhook leads may wait.
     pub queue_capacity: usize,
+    /// How long the on-demand worker waits after a webhook for more to share its Get Leads
+    /// call (at most [`ON_DEMAND_BATCH`] leads a batch).
+    pub batch_window: Duration,
 }
 
 impl DaemonParts {
@@ -188,6 +191,7 @@ impl DaemonParts {
             clock: Arc::new(SystemClock),
             metrics: crate::telemetry::install_metrics_recorder(),
             queue_capacity: crate::http::queue::DEFAULT_CAPACITY,
+            batch_window: DEFAULT_BATCH_WINDOW,
         }
     }
 }
@@ -253,6 +257,7 @@ struct Ctx {
     live: SharedLive,
     daily_call_budget: u64,
     bulk_budget_bytes: u64,
+    batch_window: Duration,
 }
 
 impl Daemon {
@@ -279,10 +284,16 @@ impl Daemon {
             Arc::clone(&parts.clock),
             Some(Arc::clone(&live)),
         ));
-        let server = HttpServer::build(
+        let crm_sync = Arc::new(DaemonCrmSync {
+            runner: Arc::clone(&parts.runner),
+            store: Arc::clone(&parts.store),
+            live: Arc::clone(&live),
+        });
+        let server = HttpServer::build_with_crm_sync(
             parts.http,
             Arc::clone(&status) as Arc<dyn StatusSource>,
             Arc::clone(&queue) as Arc<dyn crate::http::WebhookSink>,
+            Some(crm_sync as Arc<dyn crate::http::crm_sync::CrmRecordSync>),
             parts.metrics.clone(),
         )
         .await?;
@@ -300,6 +311,7 @@ impl Daemon {
             live,
             daily_call_budget: parts.daily_call_budget,
             bulk_budget_bytes: parts.bulk_budget_bytes,
+            batch_window: parts.batch_window,
         });
         Ok(Daemon {
             ctx,
@@ -894,7 +906,38 @@ pub fn failure_backoff(interval: Duration, failures: u32) -> Duration {
     interval.saturating_mul(factor).min(cap)
 }
 
-/// Syncs webhook leads one by one while the lease is held and nothing is paused.
+/// The daemon's `POST /sync/crm/{object}/{id}`: syncs through the runner while this process
+/// holds the lease and nothing is paused; otherwise the record is deferred to the next poll.
+struct DaemonCrmSync {
+    runner: Arc<dyn Runner>,
+    store: Arc<dyn StateStore>,
+    live: SharedLive,
+}
+
+#[async_trait::async_trait]
+impl crate::http::crm_sync::CrmRecordSync for DaemonCrmSync {
+    async fn sync_crm_record(
+        &self,
+        object: &str,
+        id: &str,
+    ) -> Result<crate::engine::CrmRecordOutcome, EngineError> {
+        let held = live_update(&self.live, |l| l.lease == LeaseState::Held);
+        if !held || self.store.pause_state().await?.is_some() {
+            return Ok(crate::engine::CrmRecordOutcome::Deferred);
+        }
+        let cancel = CancellationToken::new();
+        self.runner.sync_crm_record_now(object, id, &cancel).await
+    }
+}
+
+/// The default [`DaemonParts::batch_window`].
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(500);
+
+/// The most webhook leads synced together: one Get Leads call reads 300 ids.
+pub const ON_DEMAND_BATCH: usize = 300;
+
+/// Syncs webhook leads in batches of up to [`ON_DEMAND_BATCH`] while the lease is held and
+/// nothing is paused: the leads that queued while a batch ran form the next one.
 async fn on_demand_loop(
     ctx: Arc<Ctx>,
     queue: Arc<OnDemandQueue>,
@@ -905,14 +948,14 @@ async fn on_demand_loop(
         let Some(hold) = wait_for_hold(&mut hold_rx, &shutdown).await else {
             break;
         };
-        let lead = tokio::select! {
-            lead = queue.next(&shutdown) => lead,
+        let batch = tokio::select! {
+            batch = queue.next_batch(ON_DEMAND_BATCH, ctx.batch_window, &shutdown) => batch,
             _ = hold.cancelled() => continue,
         };
-        let Some(lead) = lead else {
+        if batch.is_empty() {
             break;
-        };
-        // An operator's pause holds on-demand syncs too (the lead waits, it is not dropped).
+        }
+        // An operator's pause holds on-demand syncs too (the leads wait, they are not dropped).
         loop {
             match ctx.store.pause_state().await {
                 Ok(None) => break,
@@ -923,17 +966,30 @@ async fn on_demand_loop(
                 }
             }
         }
+        let ids: Vec<i64> = batch.iter().map(|l| l.lead_id).collect();
         let cancel = shutdown.child_token();
-        match ctx.runner.sync_lead_now(lead.lead_id, &cancel).await {
-            Ok(outcome) => {
-                tracing::info!(lead_id = lead.lead_id, outcome = ?outcome, "on-demand sync done");
-            }
+        match ctx.runner.sync_leads_now(&ids, &cancel).await {
+            Ok(outcomes) => log_on_demand(&outcomes),
             Err(error) => {
-                tracing::warn!(lead_id = lead.lead_id, error = %error, "on-demand sync failed");
+                tracing::warn!(leads = ids.len(), error = %error, "on-demand sync failed; the next poll carries the leads");
             }
         }
     }
     tracing::debug!("on-demand worker stopped");
+}
+
+/// Logs one line per lead of an on-demand batch.
+fn log_on_demand(outcomes: &[(i64, crate::engine::OnDemandOutcome)]) {
+    for (lead_id, outcome) in outcomes {
+        if *outcome == crate::engine::OnDemandOutcome::Deferred {
+            tracing::info!(
+                lead_id,
+                "on-demand budget spent; the next poll carries the lead"
+            );
+        } else {
+            tracing::info!(lead_id, outcome = ?outcome, "on-demand sync done");
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT (Ctrl-C).
@@ -1079,6 +1135,7 @@ pub async fn run_daemon_on(
     parts.interval = settings.sync.interval();
     parts.daily_call_budget = u64::from(settings.marketo.daily_call_budget);
     parts.bulk_budget_bytes = u64::from(settings.marketo.bulk_mb_budget) * 1024 * 1024;
+    parts.batch_window = Duration::from_millis(settings.http.webhook_batch_window_ms);
     let daemon = Daemon::build(parts).await?;
     tracing::info!(port = daemon.port(), "http listener bound");
     daemon.run_until_stopped(shutdown).await

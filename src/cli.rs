@@ -86,6 +86,12 @@ pub enum Command {
         /// Print the summary (and the plan) as JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Sync one CRM record to Marketo now instead of a cycle: `OBJECT:ID`, where OBJECT is
+        /// a `sync.objects` name or its CRM object (e.g. `leads:42` or `contacts:42`). Exits 0
+        /// when synced or unchanged, 4 when Marketo refused it (an error-ledger entry), 1 for an
+        /// unknown object or a record not found.
+        #[arg(long, value_name = "OBJECT:ID", conflicts_with_all = ["once", "dry_run"])]
+        record: Option<String>,
     },
     /// Runs the sync daemon: a cycle, then the interval, until SIGTERM or SIGINT.
     Run(ConfigArgs),
@@ -975,9 +981,15 @@ async fn dispatch(
             dry_run,
             force,
             json,
+            record,
         } => {
+            if let Some(record) = record {
+                return sync_record(&config, env.as_deref(), &record, force, json).await;
+            }
             if !once {
-                anyhow::bail!("only `sync --once` is available here; the daemon runs with `run`");
+                anyhow::bail!(
+                    "`sync` needs --once or --record OBJECT:ID; the daemon runs with `run`"
+                );
             }
             let claim = ops::claim_run(
                 &config,
@@ -1150,6 +1162,69 @@ async fn run_bootstrap(
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sync --record OBJECT:ID`: one CRM record to Marketo, holding the sync lease meanwhile.
+async fn sync_record(
+    config: &std::path::Path,
+    env: Option<&str>,
+    record: &str,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::engine::CrmRecordOutcome;
+    let (object, id) = crate::engine::once::parse_record_arg(record)?;
+    let claim = crate::app::ops::claim_run(
+        config,
+        env,
+        crate::app::ops::RunRequest::sync_once(false, force),
+    )
+    .await?;
+    let cancel = claim.token();
+    let source = crate::config::SettingsSource::new(config, env);
+    let outcome = crate::engine::once::run_record_with(&source, &object, &id, &cancel).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    }
+    match outcome {
+        CrmRecordOutcome::Synced | CrmRecordOutcome::Unchanged => {
+            if !json {
+                println!(
+                    "{object}:{id}: {}",
+                    if outcome == CrmRecordOutcome::Synced {
+                        "synced to Marketo"
+                    } else {
+                        "unchanged (Marketo already agrees)"
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CrmRecordOutcome::Deferred => {
+            if !json {
+                println!(
+                    "{object}:{id}: deferred: the on-demand share of today's Marketo budget is spent; the next poll carries it"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CrmRecordOutcome::Refused { code, message } => {
+            eprintln!(
+                "{object}:{id}: refused by Marketo ({code}): {message}; the error ledger holds it (`marketo-sync errors list`)"
+            );
+            Ok(ExitCode::from(4))
+        }
+        CrmRecordOutcome::NotFound => {
+            anyhow::bail!("{object}:{id}: no live {object} record with id `{id}` in the CRM")
+        }
+        CrmRecordOutcome::UnknownObject { known } => anyhow::bail!(
+            "{object}:{id}: unknown object `{object}`; synced objects: {}",
+            known.join(", ")
+        ),
+        CrmRecordOutcome::PollOnly => anyhow::bail!(
+            "{object}:{id}: `{object}` syncs on the poll only; on-demand sync covers the lead mapping's object"
+        ),
+    }
 }
 
 /// Returns the error with its causes, leaving out a cause whose text the message already holds

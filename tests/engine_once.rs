@@ -321,3 +321,57 @@ async fn the_binary_dry_run_prints_a_table_or_json_and_exits_0() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn sync_record_syncs_one_crm_record_and_names_what_is_wrong() {
+    let (sim, dir, _source) = setup().await;
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let base_url = sim.base_url();
+    let dir_path = dir.path().to_path_buf();
+    let run = move |record: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_marketo-sync"));
+        cmd.args(["sync", "--record", record, "--env", "demo", "--config"])
+            .arg(&config)
+            .env("MKSYNC__MARKETO__BASE_URL", &base_url)
+            .env(
+                "MKSYNC__CRM__URL",
+                format!("sqlite://{}", dir_path.join("crm.db").display()),
+            )
+            .env(
+                "MKSYNC__STORE__URL",
+                format!("sqlite://{}", dir_path.join("state.db").display()),
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("MKSYNC_ENV");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let leads_before = sim.counters().leads;
+    let (ok, unknown, missing, malformed) = tokio::task::spawn_blocking(move || {
+        (
+            run("contacts:1"),
+            run("widgets:1"),
+            run("contacts:987654"),
+            run("contacts"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(ok.0, Some(0), "{ok:?}");
+    assert!(ok.1.contains("contacts:1: synced to Marketo"), "{ok:?}");
+    assert_eq!(sim.counters().leads, leads_before + 1, "one lead created");
+    assert_eq!(unknown.0, Some(1), "{unknown:?}");
+    assert!(
+        unknown.2.contains("unknown object `widgets`") && unknown.2.contains("leads"),
+        "{unknown:?}"
+    );
+    assert_eq!(missing.0, Some(1), "{missing:?}");
+    assert!(missing.2.contains("no live contacts record"), "{missing:?}");
+    assert_ne!(malformed.0, Some(0), "{malformed:?}");
+    assert!(malformed.2.contains("OBJECT:ID"), "{malformed:?}");
+    sim.shutdown().await;
+}

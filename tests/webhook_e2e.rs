@@ -31,6 +31,144 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// Starts the daemon on `app` (one cycle at start, then none for an hour) and waits for the
+/// first cycle; returns the port, the queue, the shutdown token and the running task.
+async fn start_daemon(
+    app: &TestApp,
+    secret: &str,
+) -> (
+    u16,
+    Arc<marketo_sync::http::OnDemandQueue>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), marketo_sync::app::AppError>>,
+) {
+    let runner: Arc<dyn Runner> = Arc::new(Engine::new(app.engine.context().clone()));
+    let mut parts = DaemonParts::new(
+        runner,
+        app.store.clone(),
+        HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            webhook_secret: SecretString::from(secret),
+            body_limit: marketo_sync::http::DEFAULT_BODY_LIMIT,
+            auth_token: None,
+        },
+        "webhook-e2e",
+        "holder-1",
+    );
+    parts.interval = Duration::from_secs(3600);
+    let daemon = Daemon::build(parts).await.expect("daemon");
+    let port = daemon.port();
+    let queue = daemon.queue();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
+    let store = app.store.clone();
+    wait_for("the first cycle", || {
+        let store = store.clone();
+        async move {
+            store
+                .recent_cycles(5)
+                .await
+                .map(|c| c.iter().any(|c| c.ended_at.is_some()))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    (port, queue, shutdown, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_webhooks_shares_get_leads_calls_of_300() {
+    let app = TestApp::start().await;
+    let (_port, queue, shutdown, running) = start_daemon(&app, "burst-secret").await;
+    let ids: Vec<i64> = (0..700)
+        .map(|i| app.marketo_create(json!({"email": format!("burst{i}@example.com")})))
+        .collect();
+    let mark = app.log_mark();
+    for id in &ids {
+        queue
+            .push(marketo_sync::http::WebhookLead {
+                lead_id: *id,
+                email: None,
+                event: None,
+                delivery_id: None,
+                received_at: chrono::Utc::now(),
+            })
+            .expect("queued");
+    }
+    wait_for("the burst in the CRM", || async {
+        app.crm_count().await >= 700
+    })
+    .await;
+    let reads = app
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.seq > mark && e.counted)
+        .filter(|e| {
+            (e.path == "/rest/v1/leads.json"
+                && (e.method == "GET" || e.query.contains("_method=GET")))
+                || e.path.starts_with("/rest/v1/lead/")
+        })
+        .count();
+    assert!(reads <= 3, "700 webhook leads took {reads} Get Leads calls");
+    shutdown.cancel();
+    running.await.unwrap().expect("clean shutdown");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crm_sync_route_syncs_one_record_to_marketo_now() {
+    let app = TestApp::start().await;
+    let secret = "crm-route-secret";
+    let (port, _queue, shutdown, running) = start_daemon(&app, secret).await;
+    let id = app
+        .crm_insert_contact("route@example.com", "Route", "Now")
+        .await;
+    let http = reqwest::Client::new();
+    let post = |path: String, secret: &'static str| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .header("x-marketo-sync-secret", secret)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let (status, _) = post(format!("/sync/crm/leads/{id}"), "wrong").await;
+    assert_eq!(status, 401);
+    assert!(app.marketo_by_email("route@example.com").is_empty());
+    let (status, body) = post(format!("/sync/crm/leads/{id}"), "crm-route-secret").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("synced")),
+        "{body}"
+    );
+    assert_eq!(app.marketo_by_email("route@example.com").len(), 1);
+    let (status, body) = post("/sync/crm/leads/987654".into(), "crm-route-secret").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    let (status, body) = post(format!("/sync/crm/widgets/{id}"), "crm-route-secret").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (404, &json!("unknown_object")),
+        "{body}"
+    );
+    assert_eq!(body["known"], json!(["leads"]));
+    // Still the one cycle: the route did the work.
+    assert_eq!(app.store.recent_cycles(10).await.unwrap().len(), 1);
+    shutdown.cancel();
+    running.await.unwrap().expect("clean shutdown");
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
     let app = TestApp::start().await;

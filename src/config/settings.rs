@@ -63,6 +63,15 @@ pub struct MarketoSettings {
     pub daily_call_budget: u32,
     /// Bulk-extract megabytes the service may spend per Marketo day (Marketo's quota is 500).
     pub bulk_mb_budget: u32,
+    /// The instance's daily API quota shared by every integration (Marketo's default is
+    /// 50,000); 0 turns the shared-quota reads of `/rest/v1/stats/usage.json` off.
+    pub instance_daily_quota: u64,
+    /// The share (0 to 1] of what is left of the instance's daily quota the service may spend,
+    /// read from `/rest/v1/stats/usage.json` at most once an hour.
+    pub quota_share: f64,
+    /// The share (0 to 1] of the day's budget that on-demand work (webhooks, `/sync/crm`,
+    /// `sync --record`) may spend; past it, the next poll carries those records.
+    pub on_demand_share: f64,
     /// Timeout of one REST call, in seconds.
     pub request_timeout_secs: u64,
     /// Timeout of connecting to Marketo, in seconds.
@@ -89,6 +98,9 @@ impl Default for MarketoSettings {
             max_concurrency: 5,
             daily_call_budget: 10_000,
             bulk_mb_budget: 500,
+            instance_daily_quota: 50_000,
+            quota_share: 0.5,
+            on_demand_share: 0.2,
             request_timeout_secs: 30,
             connect_timeout_secs: 10,
             retry_min_delay_ms: 1_000,
@@ -290,6 +302,9 @@ pub struct HttpSettings {
     pub auth_token: Option<SecretString>,
     /// A file holding the access token.
     pub auth_token_file: Option<PathBuf>,
+    /// How long, in milliseconds, the on-demand worker waits after a webhook for more to
+    /// share one Get Leads call (at most 300 leads a batch); 0 syncs what is queued at once.
+    pub webhook_batch_window_ms: u64,
 }
 
 impl Default for HttpSettings {
@@ -301,6 +316,7 @@ impl Default for HttpSettings {
             webhook_header: "x-marketo-sync-secret".to_owned(),
             auth_token: None,
             auth_token_file: None,
+            webhook_batch_window_ms: 500,
         }
     }
 }
@@ -643,6 +659,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_concurrency",
             "daily_call_budget",
             "bulk_mb_budget",
+            "instance_daily_quota",
+            "quota_share",
+            "on_demand_share",
             "request_timeout_secs",
             "connect_timeout_secs",
             "retry_min_delay_ms",
@@ -672,6 +691,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "webhook_header",
             "auth_token",
             "auth_token_file",
+            "webhook_batch_window_ms",
         ],
     ),
     ("bootstrap", &["low_watermarks"]),
@@ -834,6 +854,19 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
             "marketo.daily_call_budget",
             "must be at least 1".to_owned(),
         );
+    }
+    for (name, share) in [
+        ("marketo.quota_share", m.quota_share),
+        ("marketo.on_demand_share", m.on_demand_share),
+    ] {
+        if !(share > 0.0 && share <= 1.0) {
+            push(
+                problems,
+                place,
+                name,
+                format!("must be a fraction above 0 and at most 1, got {share}"),
+            );
+        }
     }
     if m.bulk_mb_budget == 0 || m.bulk_mb_budget > 500 {
         push(
@@ -1036,6 +1069,17 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
                 format!("`{object}` is not a valid object name (letters, digits, `_` and `-`)"),
             );
         }
+    }
+    if s.http.webhook_batch_window_ms > 5_000 {
+        push(
+            problems,
+            place,
+            "http.webhook_batch_window_ms",
+            format!(
+                "must be at most 5000 (a webhook's lead should sync within seconds), got {}",
+                s.http.webhook_batch_window_ms
+            ),
+        );
     }
     if s.http.webhook_header.trim().is_empty() {
         push(

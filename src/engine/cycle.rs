@@ -12,10 +12,13 @@ use tracing::{info, warn};
 
 use super::leads;
 use super::objects::{self, OnFailure};
-use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner};
+use super::{
+    Context, CrmRecordOutcome, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner,
+};
 use crate::crm::CrmError;
 use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
 use crate::marketo::describe::StandardObject;
+use crate::marketo::usage::{QuotaGovernor, QuotaPolicy, QuotaVerdict};
 use crate::marketo::{Disposition, UsageSnapshot};
 use crate::model::{FieldType, ObjectSchema, Side};
 use crate::store::{CycleCount, CycleOutcome, CycleRecord, SchemaRecord, StepTiming, marketo_day};
@@ -61,6 +64,9 @@ pub struct Engine {
     /// Per (mapping object, field): whether it was disabled at the last schema refresh, so that
     /// a field switching off or on is reported (log line and gauge) once, when it switches.
     field_states: Mutex<HashMap<(String, String), bool>>,
+    /// The shared-quota governor: the day's budget after the last usage read, and the calls
+    /// on-demand work spent today.
+    quota: QuotaGovernor,
 }
 
 impl Engine {
@@ -72,12 +78,13 @@ impl Engine {
     /// Returns an engine with explicit thresholds.
     pub fn with_tunables(ctx: Context, tunables: Tunables) -> Engine {
         Engine {
-            ctx,
             tunables,
             plans: Mutex::new(None),
             logged_problems: Mutex::new(BTreeSet::new()),
             crm_types: Mutex::new(HashMap::new()),
             field_states: Mutex::new(HashMap::new()),
+            quota: QuotaGovernor::new(quota_policy(&ctx.settings.marketo)),
+            ctx,
         }
     }
 
@@ -91,21 +98,66 @@ impl Engine {
         &self.tunables
     }
 
-    /// Returns `Err(Paused)` when today's Marketo calls reached the daily budget.
-    async fn check_quota(&self) -> Result<(), EngineError> {
+    /// Returns the shared-quota governor.
+    pub fn quota(&self) -> &QuotaGovernor {
+        &self.quota
+    }
+
+    /// Reads the instance's usage when an hour has passed since the last read (the caller
+    /// persists that call with its own), then returns
+    /// `Err(Paused)` when today's calls reached the day's budget, and with `on_demand`, whether
+    /// the on-demand share is spent (`Ok(false)`).
+    async fn check_quota(&self, on_demand: bool) -> Result<bool, EngineError> {
         let now = self.ctx.clock.now();
-        let used = self.ctx.store.api_usage(marketo_day(now)).await?;
-        let budget = u64::from(self.ctx.settings.marketo.daily_call_budget);
-        if budget > 0 && used.calls >= budget {
-            return Err(EngineError::Paused {
-                reason: format!(
-                    "daily Marketo call budget spent ({} of {budget} calls)",
-                    used.calls
-                ),
-                until: Some(crate::marketo::limiter::next_day_turn(now)),
-            });
+        let mut used = self.ctx.store.api_usage(marketo_day(now)).await?.calls;
+        if self.quota.read_due(now) {
+            // The read's own call is persisted by the caller with the rest of its calls.
+            let before = self.ctx.marketo.usage();
+            if let Err(e) = self.quota.refresh(&self.ctx.marketo, used, now).await {
+                warn!(error = %e, "cannot read the instance's API usage; the own budget holds");
+            }
+            used += self.ctx.marketo.usage().calls.saturating_sub(before.calls);
         }
-        Ok(())
+        match self.quota.verdict(used, on_demand, now) {
+            QuotaVerdict::Allowed => Ok(true),
+            QuotaVerdict::OnDemandSpent { used, budget } => {
+                info!(
+                    used,
+                    budget,
+                    "on-demand share of the Marketo budget spent; the next poll carries the records"
+                );
+                Ok(false)
+            }
+            QuotaVerdict::Spent { used, budget } => Err(EngineError::Paused {
+                reason: format!("daily Marketo call budget spent ({used} of {budget} calls)"),
+                until: Some(crate::marketo::limiter::next_day_turn(now)),
+            }),
+        }
+    }
+
+    /// Syncs a batch of webhook leads through the lead mapping; `None` without one.
+    async fn sync_batch(
+        &self,
+        lead_ids: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<(i64, OnDemandOutcome)>>, EngineError> {
+        let plans = self.current_plans().await?;
+        let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") else {
+            return Ok(None);
+        };
+        leads::sync_batch(&self.ctx, plan, lead_ids, cancel)
+            .await
+            .map(Some)
+            .map_err(|e| as_pause(e, self.ctx.clock.now()))
+    }
+
+    /// Returns the plans of the last schema refresh, refreshing them when there was none.
+    async fn current_plans(&self) -> Result<Plans, EngineError> {
+        let cached = self.plans.lock().ok().and_then(|p| p.clone());
+        match cached {
+            Some(p) => Ok(p),
+            None => self.refresh_schemas(&mut CycleSummary::default()).await,
+        }
     }
 
     /// Loads the persisted usage of today into the client (counters never go down).
@@ -621,6 +673,16 @@ fn counts_of(summary: &CycleSummary) -> Vec<CycleCount> {
     out
 }
 
+/// Returns the shared-quota policy of the Marketo settings.
+pub fn quota_policy(m: &crate::config::MarketoSettings) -> QuotaPolicy {
+    QuotaPolicy {
+        daily_budget: u64::from(m.daily_call_budget),
+        instance_quota: m.instance_daily_quota,
+        share: m.quota_share,
+        on_demand_share: m.on_demand_share,
+    }
+}
+
 /// Returns the pause a Marketo error asks for, if it is a daily-quota error.
 fn as_pause(error: EngineError, now: DateTime<Utc>) -> EngineError {
     match &error {
@@ -641,9 +703,12 @@ impl Runner for Engine {
         options: &CycleOptions,
         cancel: &CancellationToken,
     ) -> Result<CycleSummary, EngineError> {
-        self.check_quota().await?;
         self.restore_usage().await?;
         let before = self.ctx.marketo.usage();
+        if let Err(e) = self.check_quota(false).await {
+            self.persist_usage(&before).await?;
+            return Err(e);
+        }
         let started = self.ctx.clock.now();
         let id = uuid::Uuid::new_v4();
         let mut summary = CycleSummary {
@@ -721,23 +786,63 @@ impl Runner for Engine {
         lead_id: i64,
         cancel: &CancellationToken,
     ) -> Result<OnDemandOutcome, EngineError> {
-        self.check_quota().await?;
+        let mut out = self.sync_leads_now(&[lead_id], cancel).await?;
+        Ok(out.pop().map_or(OnDemandOutcome::NotFound, |(_, o)| o))
+    }
+
+    async fn sync_leads_now(
+        &self,
+        lead_ids: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(i64, OnDemandOutcome)>, EngineError> {
+        let all = |o: OnDemandOutcome| lead_ids.iter().map(|id| (*id, o.clone())).collect();
+        self.restore_usage().await?;
         let before = self.ctx.marketo.usage();
-        let cached = self.plans.lock().ok().and_then(|p| p.clone());
-        let plans = match cached {
-            Some(p) => p,
-            None => {
-                let mut scratch = CycleSummary::default();
-                self.refresh_schemas(&mut scratch).await?
-            }
+        let result = match self.check_quota(true).await {
+            Ok(false) => Ok(all(OnDemandOutcome::Deferred)),
+            Ok(true) => self
+                .sync_batch(lead_ids, cancel)
+                .await
+                .map(|o| o.unwrap_or_else(|| all(OnDemandOutcome::NotSynced))),
+            Err(e) => Err(e),
         };
-        let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") else {
-            return Ok(OnDemandOutcome::NotSynced);
+        let calls = self.persist_usage(&before).await?;
+        self.quota.add_on_demand(calls, self.ctx.clock.now());
+        result
+    }
+
+    async fn sync_crm_record_now(
+        &self,
+        object: &str,
+        crm_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<CrmRecordOutcome, EngineError> {
+        let plans = self.current_plans().await?;
+        let Some(plan) = plans
+            .objects
+            .values()
+            .find(|p| p.object == object || p.crm_object == object)
+        else {
+            let known = plans.objects.values().map(|p| p.object.clone()).collect();
+            return Ok(CrmRecordOutcome::UnknownObject { known });
         };
-        let result = leads::sync_one(&self.ctx, plan, lead_id, cancel)
-            .await
-            .map_err(|e| as_pause(e, self.ctx.clock.now()));
-        self.persist_usage(&before).await?;
+        if plan.marketo_object != "lead" {
+            return Ok(CrmRecordOutcome::PollOnly);
+        }
+        self.restore_usage().await?;
+        let before = self.ctx.marketo.usage();
+        let result = match self.check_quota(true).await {
+            Ok(false) => Ok(CrmRecordOutcome::Deferred),
+            Ok(true) => leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)
+                .await
+                .map_err(|e| as_pause(e, self.ctx.clock.now())),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.ctx.crm.forget_own_writes();
+        }
+        let calls = self.persist_usage(&before).await?;
+        self.quota.add_on_demand(calls, self.ctx.clock.now());
         result
     }
 }

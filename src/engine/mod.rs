@@ -43,6 +43,38 @@ pub enum OnDemandOutcome {
     NotFound,
     /// The lead is not synced by the configuration (no lead mapping enabled).
     NotSynced,
+    /// The lead was refused (by the CRM or the pairing); the error ledger holds an entry.
+    Refused,
+    /// The on-demand share of the Marketo budget is spent: the next poll carries the lead.
+    Deferred,
+}
+
+/// What an on-demand sync of one CRM record to Marketo did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum CrmRecordOutcome {
+    /// The record was written to Marketo (created or updated).
+    Synced,
+    /// Marketo already agreed with the record.
+    Unchanged,
+    /// No live CRM record of the object has this id.
+    NotFound,
+    /// Marketo (or the pairing) refused the record; the error ledger holds an entry.
+    Refused {
+        /// The ledger entry's code.
+        code: String,
+        /// The reason.
+        message: String,
+    },
+    /// No synced object has this name (neither its `sync.objects` name nor its CRM object).
+    UnknownObject {
+        /// The names that would have been accepted.
+        known: Vec<String>,
+    },
+    /// The object syncs, but only on the poll (on-demand covers the lead mapping's object).
+    PollOnly,
+    /// The on-demand share of the Marketo budget is spent: the next poll carries the record.
+    Deferred,
 }
 
 /// What the daemon needs from the engine.
@@ -71,6 +103,40 @@ pub trait Runner: Send + Sync {
         lead_id: i64,
         cancel: &CancellationToken,
     ) -> Result<OnDemandOutcome, EngineError>;
+
+    /// Syncs a batch of Marketo leads to the CRM now (queued webhooks); returns each id with
+    /// its outcome. The default syncs them one by one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::run_one_cycle`].
+    async fn sync_leads_now(
+        &self,
+        lead_ids: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(i64, OnDemandOutcome)>, EngineError> {
+        let mut out = Vec::with_capacity(lead_ids.len());
+        for id in lead_ids {
+            out.push((*id, self.sync_lead_now(*id, cancel).await?));
+        }
+        Ok(out)
+    }
+
+    /// Syncs one CRM record of `object` (a `sync.objects` name or its CRM object) to Marketo
+    /// now. The default knows no object.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::run_one_cycle`].
+    async fn sync_crm_record_now(
+        &self,
+        object: &str,
+        crm_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<CrmRecordOutcome, EngineError> {
+        let _ = (object, crm_id, cancel);
+        Ok(CrmRecordOutcome::UnknownObject { known: Vec::new() })
+    }
 }
 
 /// Why a cycle (or an on-demand sync) could not run.

@@ -5,6 +5,7 @@
 //! | route                   | what                                                          |
 //! |-------------------------|---------------------------------------------------------------|
 //! | `POST /webhooks/marketo`| on-demand sync of one lead ([`webhook`]), 202 at once         |
+//! | `POST /sync/crm/{object}/{id}` | sync one CRM record to Marketo now ([`crm_sync`])      |
 //! | `GET /healthz`          | liveness: 200 `ok` while the process serves requests          |
 //! | `GET /readyz`           | readiness ([`Readiness::problems`] is the rule), 200 or 503   |
 //! | `GET /metrics`          | Prometheus text format                                        |
@@ -26,6 +27,7 @@
 //! in-flight requests, each capped by [`REQUEST_TIMEOUT`]. Request logs carry the method, the
 //! route pattern, the status and a request id; never headers, query strings or bodies.
 
+pub mod crm_sync;
 mod page;
 pub mod queue;
 pub mod status;
@@ -146,6 +148,7 @@ struct AppState {
     auth_digest: Option<Arc<[u8; 32]>>,
     status: Arc<dyn StatusSource>,
     sink: Arc<dyn WebhookSink>,
+    crm_sync: Option<Arc<dyn crm_sync::CrmRecordSync>>,
     metrics: PrometheusHandle,
 }
 
@@ -169,8 +172,24 @@ impl HttpServer {
         sink: Arc<dyn WebhookSink>,
         metrics: PrometheusHandle,
     ) -> Result<HttpServer, HttpError> {
+        Self::build_with_crm_sync(settings, status, sink, None, metrics).await
+    }
+
+    /// As [`HttpServer::build`], with `POST /sync/crm/{object}/{id}` served by `crm_sync`
+    /// (without it, the route answers 404).
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpServer::build`].
+    pub async fn build_with_crm_sync(
+        settings: HttpConfig,
+        status: Arc<dyn StatusSource>,
+        sink: Arc<dyn WebhookSink>,
+        crm_sync: Option<Arc<dyn crm_sync::CrmRecordSync>>,
+        metrics: PrometheusHandle,
+    ) -> Result<HttpServer, HttpError> {
         let addr = settings.listen;
-        let router = router(&settings, status, sink, metrics)?;
+        let router = router_with(&settings, status, sink, crm_sync, metrics)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HttpError::Bind { addr, source })?;
@@ -229,6 +248,21 @@ pub fn router(
     sink: Arc<dyn WebhookSink>,
     metrics: PrometheusHandle,
 ) -> Result<Router, HttpError> {
+    router_with(settings, status, sink, None, metrics)
+}
+
+/// As [`router`], with the on-demand CRM sync route served by `crm_sync`.
+///
+/// # Errors
+///
+/// As [`router`].
+pub fn router_with(
+    settings: &HttpConfig,
+    status: Arc<dyn StatusSource>,
+    sink: Arc<dyn WebhookSink>,
+    crm_sync: Option<Arc<dyn crm_sync::CrmRecordSync>>,
+    metrics: PrometheusHandle,
+) -> Result<Router, HttpError> {
     let secret = settings.webhook_secret.expose_secret();
     if secret.trim().is_empty() {
         return Err(HttpError::InvalidConfig {
@@ -256,6 +290,7 @@ pub fn router(
         auth_digest,
         status,
         sink,
+        crm_sync,
         metrics,
     };
 
@@ -302,6 +337,7 @@ pub fn router(
             "/webhooks/marketo",
             post(marketo_webhook).layer(DefaultBodyLimit::max(settings.body_limit)),
         )
+        .route("/sync/crm/{object}/{id}", post(sync_crm_record))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
@@ -405,6 +441,47 @@ fn rejected(outcome: WebhookOutcome, status: StatusCode, message: &str) -> Respo
     }
     .emit();
     json_error(status, message)
+}
+
+/// `POST /sync/crm/{object}/{id}`: authenticates like the webhook, then syncs the record now.
+async fn sync_crm_record(
+    State(app): State<AppState>,
+    Path((object, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let authorized = headers
+        .get(webhook::SECRET_HEADER)
+        .is_some_and(|value| secret_matches(value.as_bytes(), &app.secret_digest));
+    if !authorized {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Marketo-Sync-Secret header",
+        );
+    }
+    for (name, value) in [("object", &object), ("id", &id)] {
+        if let Some(reason) = crm_sync::check_segment(value) {
+            return json_error(StatusCode::BAD_REQUEST, &format!("`{name}` {reason}"));
+        }
+    }
+    let Some(sync) = &app.crm_sync else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "on-demand CRM sync is not served here",
+        );
+    };
+    let mut response = match sync.sync_crm_record(&object, &id).await {
+        Ok(outcome) => {
+            tracing::info!(object = %object, outcome = ?outcome, "on-demand CRM record sync");
+            crm_sync::outcome_response(&outcome)
+        }
+        Err(error) => {
+            tracing::warn!(object = %object, error = %error, "on-demand CRM record sync failed");
+            let status = crm_sync::error_status(&error);
+            return json_error(status, &error.to_string());
+        }
+    };
+    no_store(&mut response);
+    response
 }
 
 /// `POST /webhooks/marketo`: authenticates before reading the body, then validates and queues.

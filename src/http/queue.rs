@@ -127,6 +127,58 @@ impl OnDemandQueue {
         Some(lead)
     }
 
+    /// Takes up to `max` of the oldest waiting leads without waiting (empty when none wait).
+    pub fn take_batch(&self, max: usize) -> Vec<WebhookLead> {
+        let (batch, depth) = {
+            let mut state = self.lock();
+            let n = max.min(state.queue.len());
+            let batch: Vec<WebhookLead> = state.queue.drain(..n).collect();
+            for lead in &batch {
+                state.queued_leads.remove(&lead.lead_id);
+            }
+            (batch, state.queue.len())
+        };
+        if !batch.is_empty() {
+            WebhookQueueDepth { depth }.emit();
+        }
+        batch
+    }
+
+    /// Waits for at least one lead, then up to `window` more while fewer than `max` wait (so
+    /// that a burst of webhooks shares one Get Leads call of 300 ids), and takes up to `max`
+    /// leads; returns an empty batch when `cancel` fires, or when the queue is closed and empty.
+    pub async fn next_batch(
+        &self,
+        max: usize,
+        window: std::time::Duration,
+        cancel: &CancellationToken,
+    ) -> Vec<WebhookLead> {
+        let Some(first) = self.next(cancel).await else {
+            return Vec::new();
+        };
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let full = {
+                let state = self.lock();
+                state.closed || state.queue.len() + 1 >= max
+            };
+            if full {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut notified => {}
+            }
+        }
+        let mut batch = vec![first];
+        batch.extend(self.take_batch(max.saturating_sub(1)));
+        batch
+    }
+
     /// Waits for the next lead; returns `None` when `cancel` fires, or when the queue is closed
     /// and empty.
     pub async fn next(&self, cancel: &CancellationToken) -> Option<WebhookLead> {
@@ -268,6 +320,72 @@ mod tests {
         tokio::task::yield_now().await;
         cancel.cancel();
         assert_eq!(waiting.await.expect("join"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_its_window_for_more_leads() {
+        let queue = Arc::new(OnDemandQueue::new(1_000));
+        let cancel = CancellationToken::new();
+        let window = std::time::Duration::from_millis(500);
+        let t0 = tokio::time::Instant::now();
+        let pusher = {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                // One webhook every 10 ms: 100 arrive within the first batch's window.
+                for id in 1..=200 {
+                    queue.push(lead(id, None)).expect("queued");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let first = queue.next_batch(300, window, &cancel).await;
+        assert_eq!(tokio::time::Instant::now() - t0, window);
+        assert!((49..=51).contains(&first.len()), "{}", first.len());
+        pusher.await.expect("join");
+        // A full batch does not wait.
+        let t1 = tokio::time::Instant::now();
+        let rest = queue.next_batch(100, window, &cancel).await;
+        assert_eq!(rest.len(), 100);
+        assert_eq!(tokio::time::Instant::now(), t1);
+    }
+
+    #[tokio::test]
+    async fn batches_take_the_oldest_up_to_the_limit() {
+        let queue = OnDemandQueue::new(1_000);
+        let cancel = CancellationToken::new();
+        for id in 1..=700 {
+            queue.push(lead(id, None)).expect("queued");
+        }
+        let first = queue
+            .next_batch(300, std::time::Duration::ZERO, &cancel)
+            .await;
+        assert_eq!(first.len(), 300);
+        assert_eq!(first[0].lead_id, 1);
+        assert_eq!(first[299].lead_id, 300);
+        // Taken leads queue again on a new event.
+        assert_eq!(queue.push(lead(1, None)), Ok(Enqueued::New));
+        assert_eq!(
+            queue
+                .next_batch(300, std::time::Duration::ZERO, &cancel)
+                .await
+                .len(),
+            300
+        );
+        let last: Vec<i64> = queue
+            .next_batch(300, std::time::Duration::ZERO, &cancel)
+            .await
+            .iter()
+            .map(|l| l.lead_id)
+            .collect();
+        assert_eq!(last.len(), 101);
+        assert_eq!(last.last(), Some(&1));
+        queue.close();
+        assert!(
+            queue
+                .next_batch(300, std::time::Duration::ZERO, &cancel)
+                .await
+                .is_empty()
+        );
     }
 
     #[tokio::test]

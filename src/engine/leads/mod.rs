@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::cycle::Tunables;
-use super::{Context, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
+use super::{Context, CrmRecordOutcome, CycleOptions, CycleSummary, EngineError, OnDemandOutcome};
 use crate::mapping::Plan;
 use crate::store::{Direction, StagedStore};
 
@@ -186,5 +186,109 @@ pub async fn sync_one(
         OnDemandOutcome::Synced
     } else {
         OnDemandOutcome::Unchanged
+    })
+}
+
+/// Syncs a batch of leads to the CRM now (queued webhooks): one Get Leads call per 300 ids
+/// (`filterType=id`), one pairing and one store commit for the whole batch.
+///
+/// Returns each asked id with what happened to it.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn sync_batch(
+    ctx: &Context,
+    plan: &Plan,
+    lead_ids: &[i64],
+    cancel: &CancellationToken,
+) -> Result<Vec<(i64, OnDemandOutcome)>, EngineError> {
+    let asked: std::collections::BTreeSet<i64> = lead_ids.iter().copied().collect();
+    let mut summary = CycleSummary::default();
+    let none = std::collections::BTreeSet::new();
+    let leads = gather::changed_leads(ctx, plan, &asked, None, &none, &mut summary).await?;
+    let ms: BTreeMap<i64, records::MLead> = leads.into_iter().map(|l| (l.id, l)).collect();
+    let found: std::collections::BTreeSet<i64> = ms.keys().copied().collect();
+    let mut step = Step::on_demand(ctx, plan, cancel).await?;
+    pairing::sync_pairs(&mut step, ms, BTreeMap::new(), &mut summary, cancel).await?;
+    let refused: std::collections::BTreeSet<String> = step
+        .commit
+        .errors_upsert
+        .iter()
+        .map(|e| e.record_key.clone())
+        .collect();
+    let c = summary
+        .objects
+        .get(&plan.object)
+        .and_then(|d| d.get(&Direction::MarketoToCrm))
+        .copied()
+        .unwrap_or_default();
+    // Without any write in the batch, every lead found already agreed with the CRM.
+    let wrote = c.created + c.updated > 0;
+    let written = step
+        .commit
+        .links_upsert
+        .iter()
+        .map(|l| l.marketo_key.clone());
+    let written: std::collections::BTreeSet<String> = written.collect();
+    ctx.store.commit(step.commit).await?;
+    Ok(asked
+        .into_iter()
+        .map(|id| {
+            let key = id.to_string();
+            let outcome = if !found.contains(&id) {
+                OnDemandOutcome::NotFound
+            } else if refused.contains(&key) {
+                OnDemandOutcome::Refused
+            } else if wrote && written.contains(&key) {
+                OnDemandOutcome::Synced
+            } else {
+                OnDemandOutcome::Unchanged
+            };
+            (id, outcome)
+        })
+        .collect())
+}
+
+/// Syncs one CRM record of the lead mapping's object to Marketo now (`POST /sync/crm/...`,
+/// `sync --record`), through the same pairing, writes, ledger and store commit as the cycle.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn sync_crm_record(
+    ctx: &Context,
+    plan: &Plan,
+    crm_id: &str,
+    cancel: &CancellationToken,
+) -> Result<CrmRecordOutcome, EngineError> {
+    let mut cs = BTreeMap::new();
+    gather::read_crm_into(ctx, plan, vec![crm_id.to_owned()], &mut cs).await?;
+    if cs.is_empty() {
+        return Ok(CrmRecordOutcome::NotFound);
+    }
+    let mut summary = CycleSummary::default();
+    let mut step = Step::on_demand(ctx, plan, cancel).await?;
+    pairing::sync_pairs(&mut step, BTreeMap::new(), cs, &mut summary, cancel).await?;
+    let refusal = step
+        .commit
+        .errors_upsert
+        .iter()
+        .find(|e| e.direction == Direction::CrmToMarketo && e.record_key == crm_id)
+        .map(|e| (e.code.clone(), e.message.clone()));
+    ctx.store.commit(step.commit).await?;
+    if let Some((code, message)) = refusal {
+        return Ok(CrmRecordOutcome::Refused { code, message });
+    }
+    let c = summary
+        .objects
+        .get(&plan.object)
+        .and_then(|d| d.get(&Direction::CrmToMarketo))
+        .copied()
+        .unwrap_or_default();
+    Ok(if c.created + c.updated > 0 {
+        CrmRecordOutcome::Synced
+    } else {
+        CrmRecordOutcome::Unchanged
     })
 }
