@@ -370,3 +370,36 @@ async fn mariadb_dropped_column() {
 async fn mariadb_retyped_column() {
     a_mapped_column_retyped_into_what_the_mapping_cannot_carry(CrmKind::MariaDb).await;
 }
+
+/// A cycle describes the lead every time, but reuses a company's and an opportunity's Describe
+/// for `sync.marketo_schema_ttl_secs` (an hour by default): an idle day reads them 24 times, not
+/// 288.
+#[tokio::test]
+async fn marketo_company_and_opportunity_describes_are_reused_for_an_hour() {
+    let app = TestApp::with(Options {
+        objects: vec!["leads".into(), "companies".into(), "opportunities".into()],
+        ..Options::default()
+    })
+    .await;
+    app.settle(3).await;
+    let describes = |mark: u64| {
+        let t = app.calls_since(mark);
+        let n = |p: &str| t.by_path.get(p).copied().unwrap_or(0);
+        (
+            n("GET /rest/v1/leads/describe2.json"),
+            n("GET /rest/v1/companies/describe.json"),
+            n("GET /rest/v1/opportunities/describe.json"),
+        )
+    };
+    let mark = app.log_mark();
+    for _ in 0..3 {
+        app.clock.advance(std::time::Duration::from_secs(300));
+        app.run_cycle().await;
+    }
+    assert_eq!(describes(mark), (3, 0, 0), "within the hour");
+    let mark = app.log_mark();
+    app.clock.advance(std::time::Duration::from_secs(3600));
+    app.run_cycle().await;
+    assert_eq!(describes(mark), (1, 1, 1), "after the hour");
+    app.cleanup().await;
+}

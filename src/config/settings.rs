@@ -255,6 +255,10 @@ pub struct SyncSettings {
     pub lead_deletes: DeletePolicy,
     /// What to do with the CRM record of a lead merged away in Marketo.
     pub lead_merges: DeletePolicy,
+    /// How long, in seconds, a cycle reuses the Describe of a Marketo company, opportunity or
+    /// custom object (the lead is described every cycle; roles and salespersons once a day);
+    /// 0 describes them every cycle.
+    pub marketo_schema_ttl_secs: u64,
 }
 
 impl Default for SyncSettings {
@@ -266,6 +270,7 @@ impl Default for SyncSettings {
             mappings_dir: PathBuf::from("mappings"),
             lead_deletes: DeletePolicy::Flag,
             lead_merges: DeletePolicy::Flag,
+            marketo_schema_ttl_secs: 3600,
         }
     }
 }

@@ -240,13 +240,9 @@ impl Engine {
         marketo_objects.sort();
         marketo_objects.dedup();
         for object in &marketo_objects {
-            let daily = matches!(
-                object.as_str(),
-                "opportunityRole" | "opportunity_role" | "salesPerson" | "salesperson"
-            );
-            if daily
+            if let Some(ttl) = marketo_schema_ttl(&ctx.settings, object)
                 && let Some(stored) = ctx.store.schema(Side::Marketo, object).await?
-                && now - stored.fetched_at < chrono::Duration::hours(24)
+                && now - stored.fetched_at < ttl
                 && let Ok(schema) = serde_json::from_value::<ObjectSchema>(stored.schema.clone())
             {
                 set.insert(schema);
@@ -604,6 +600,28 @@ impl Engine {
                 Ok(false)
             }
         }
+    }
+}
+
+/// Returns how long a stored Describe of Marketo object `object` is reused, `None` to describe
+/// it every cycle: the lead every cycle (its fields drift most, and a field removed must stop
+/// its writes at once), roles and salespersons once a day, the others per
+/// `sync.marketo_schema_ttl_secs`.
+fn marketo_schema_ttl(
+    settings: &crate::config::Settings,
+    object: &str,
+) -> Option<chrono::Duration> {
+    match object {
+        "lead" => None,
+        "opportunityRole" | "opportunity_role" | "salesPerson" | "salesperson" => {
+            Some(chrono::Duration::hours(24))
+        }
+        _ => match settings.sync.marketo_schema_ttl_secs {
+            0 => None,
+            secs => Some(chrono::Duration::seconds(
+                i64::try_from(secs).unwrap_or(i64::MAX),
+            )),
+        },
     }
 }
 
