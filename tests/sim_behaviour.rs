@@ -597,7 +597,13 @@ async fn lead_export_lifecycle_file_and_ranges() {
         .unwrap();
     assert_eq!(early.status(), 404);
     let q = t.post(&format!("{base}/enqueue.json"), json!({})).await;
-    assert_eq!(q["result"][0]["status"], "Processing");
+    // Marketo answers an enqueue with `Queued`; the job moves on at the next tick.
+    assert_eq!(q["result"][0]["status"], "Queued");
+    assert!(q["result"][0]["queuedAt"].is_string());
+    assert_eq!(
+        t.get(&format!("{base}/status.json")).await["result"][0]["status"],
+        "Processing"
+    );
     assert_eq!(
         t.post(&format!("{base}/enqueue.json"), json!({})).await["errors"][0]["message"],
         "Job already queued"
@@ -710,8 +716,20 @@ async fn export_queue_limits_answer_1029() {
             .await;
         statuses.push(r["result"][0]["status"].as_str().unwrap().to_string());
     }
-    assert_eq!(statuses.iter().filter(|s| *s == "Processing").count(), 2);
-    assert_eq!(statuses.iter().filter(|s| *s == "Queued").count(), 8);
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "Queued").count(),
+        10,
+        "every enqueue answers Queued: {statuses:?}"
+    );
+    let mut now = vec![];
+    for id in &ids[..10] {
+        let r = t
+            .get(&format!("/bulk/v1/leads/export/{id}/status.json"))
+            .await;
+        now.push(r["result"][0]["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(now.iter().filter(|s| *s == "Processing").count(), 2);
+    assert_eq!(now.iter().filter(|s| *s == "Queued").count(), 8);
     let over = t
         .post(
             &format!("/bulk/v1/leads/export/{}/enqueue.json", ids[10]),

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bulk;
+pub mod catalog;
 pub mod clock;
 pub mod demo_crm;
 pub mod faults;
