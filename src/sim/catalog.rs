@@ -75,6 +75,9 @@ impl CustomType {
     }
 }
 
+/// A segmentation and its segments (Asset API shape).
+pub type Segmentation = (Map<String, Value>, Vec<Map<String, Value>>);
+
 /// The asset catalog.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -85,7 +88,7 @@ pub struct Catalog {
     /// Emails (Asset API shape).
     pub emails: Vec<Map<String, Value>>,
     /// Segmentations and their segments (Asset API shape).
-    pub segmentations: Vec<(Map<String, Value>, Vec<Map<String, Value>>)>,
+    pub segmentations: Vec<Segmentation>,
     /// My Tokens by (folder id, folder type).
     pub tokens: BTreeMap<(i64, &'static str), Vec<Value>>,
     /// Next id for a created static list.
@@ -174,7 +177,7 @@ fn seeded_emails(at: &str) -> Vec<Map<String, Value>> {
     .collect()
 }
 
-fn seeded_segmentations(at: &str) -> Vec<(Map<String, Value>, Vec<Map<String, Value>>)> {
+fn seeded_segmentations(at: &str) -> Vec<Segmentation> {
     use serde_json::json;
     let segmentation = obj(json!({
         "id": 1001, "name": "Region", "description": "", "createdAt": at, "updatedAt": at,

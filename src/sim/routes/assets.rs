@@ -50,12 +50,15 @@ pub fn window(req: &Req) -> Result<(usize, usize), Reply> {
     Ok((offset, max))
 }
 
+/// A date window, either end open.
+pub type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Returns the `earliestUpdatedAt`/`latestUpdatedAt` window (either end open).
 ///
 /// # Errors
 ///
 /// Returns 1003 naming an unreadable date.
-pub fn updated_window(req: &Req) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), Reply> {
+pub fn updated_window(req: &Req) -> Result<Window, Reply> {
     let read = |name: &str| match req.q(name) {
         None => Ok(None),
         Some(text) => parse_time(text)
@@ -67,11 +70,7 @@ pub fn updated_window(req: &Req) -> Result<(Option<DateTime<Utc>>, Option<DateTi
 
 /// Returns whether an asset created at `created` and last updated at `updated` was created or
 /// updated within the window.
-pub fn in_window(
-    (from, to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
-    created: DateTime<Utc>,
-    updated: DateTime<Utc>,
-) -> bool {
+pub fn in_window((from, to): Window, created: DateTime<Utc>, updated: DateTime<Utc>) -> bool {
     let inside = |at: DateTime<Utc>| from.is_none_or(|f| at >= f) && to.is_none_or(|t| at <= t);
     inside(created) || inside(updated)
 }

@@ -30,6 +30,9 @@ pub fn is_status(status: &str) -> bool {
     PROGRESSION.contains(&status)
 }
 
+/// Why one record is refused, with a built message: (code, message).
+type RecordError = (&'static str, String);
+
 /// Why a status change is refused: (code, message).
 type Refusal = (&'static str, &'static str);
 
@@ -198,7 +201,7 @@ fn member_data(
     ctx: &Ctx<'_>,
     program: i64,
     input: &Map<String, Value>,
-) -> Result<(i64, Map<String, Value>), (&'static str, String)> {
+) -> Result<(i64, Map<String, Value>), RecordError> {
     let lead_id = input
         .get("leadId")
         .and_then(Value::as_i64)
