@@ -125,7 +125,10 @@ impl SimState {
             let now = Utc::now();
             DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
         });
-        let db = Db::generate(config.seed, start, config.leads);
+        let mut db = Db::generate(config.seed, start, config.leads);
+        if !config.generated_new_lead_activities {
+            db.drop_generated_new_leads();
+        }
         Self {
             clock: SimClock::new(start),
             db,

@@ -643,6 +643,12 @@ impl Db {
         }
     }
 
+    /// Leaves the generated leads' New Lead activities out of the feed (see
+    /// `SimConfig::generated_new_lead_activities`).
+    pub fn drop_generated_new_leads(&mut self) {
+        self.gen_new_leads = Vec::new();
+    }
+
     /// Returns the whole activity feed after activity id `after`, in id order: the generated
     /// leads' New Lead activities (of leads not deleted since), then the logged ones.
     pub fn feed_after(&self, after: i64) -> impl Iterator<Item = Cow<'_, Activity>> + '_ {
