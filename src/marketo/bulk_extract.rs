@@ -689,6 +689,13 @@ impl Client {
                     });
                 }
                 ExportStatus::Created => match self.enqueue_export(kind, &id).await {
+                    // Marketo answers an enqueue with the job Queued. One status read at once
+                    // (one call per export) lets a job that started and finished straight away
+                    // go on without waiting a whole poll interval.
+                    Ok(j) if j.status == ExportStatus::Queued => {
+                        job = self.export_status(kind, &id).await?;
+                        continue;
+                    }
                     Ok(j) => {
                         job = j;
                         continue;

@@ -287,8 +287,7 @@ fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
     }
     if job.kind == ExportKind::Activities {
         let activities = db
-            .activities
-            .iter()
+            .feed_after(0)
             .filter(|a| a.type_id != 37)
             .filter(|a| in_range(a.date, job.filter.created))
             .filter(|a| job.filter.type_ids.is_empty() || job.filter.type_ids.contains(&a.type_id));
@@ -755,16 +754,9 @@ pub fn enqueue(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let job = &mut ctx.st.bulk.jobs[index];
     job.status = JobStatus::Queued;
     job.queued_at = Some(now);
-    let id = job.id.clone();
-    // A free slot starts the job at once.
-    let config = ctx.st.config.clone();
-    ctx.st
-        .bulk
-        .tick(now, &mut ctx.st.db, &mut ctx.st.limits, &config);
-    match ctx.st.bulk.jobs.iter().find(|j| j.id == id) {
-        Some(job) => Reply::result(vec![job_json(job)]),
-        None => Reply::err("1003", format!("Export id '{id}' not found")),
-    }
+    // Marketo answers the enqueue with the job `Queued`; it starts processing on a later tick of
+    // the simulator's clock (the next call), as a free slot allows.
+    Reply::result(vec![job_json(job)])
 }
 
 /// `GET .../export/{exportId}/status.json`.

@@ -485,6 +485,7 @@ pub static ACTIVITY_TYPES: &[ActivityType] = &[
         &[
             ("Created Date", "date"),
             ("Source Type", "string"),
+            ("List Name", "string"),
             ("API Method Name", "string"),
         ],
     ),
@@ -497,6 +498,7 @@ pub static ACTIVITY_TYPES: &[ActivityType] = &[
             ("Old Value", "string"),
             ("Reason", "string"),
             ("Source", "string"),
+            ("Modifying User", "string"),
         ],
     ),
     (

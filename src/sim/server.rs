@@ -125,7 +125,10 @@ impl SimState {
             let now = Utc::now();
             DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
         });
-        let db = Db::generate(config.seed, start, config.leads);
+        let mut db = Db::generate(config.seed, start, config.leads);
+        if !config.generated_new_lead_activities {
+            db.drop_generated_new_leads();
+        }
         Self {
             clock: SimClock::new(start),
             db,
@@ -464,15 +467,22 @@ async fn dispatch(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let says_get = |bytes: &[u8]| {
+    // `POST ?_method=DELETE` likewise runs the path's DELETE operation (where the spec has one).
+    let says = |bytes: &[u8], wanted: &str| {
         url::form_urlencoded::parse(bytes)
-            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case("GET"))
+            .any(|(k, v)| k == "_method" && v.eq_ignore_ascii_case(wanted))
     };
-    let tunnelled =
-        method == Method::POST && (says_get(raw_query.as_bytes()) || (is_form && says_get(&body)));
-    let found = match tunnelled {
-        true => routes::find("GET", &path).or_else(|_| routes::find(method.as_str(), &path)),
-        false => routes::find(method.as_str(), &path),
+    let tunnel_to = |wanted: &str| {
+        method == Method::POST
+            && (says(raw_query.as_bytes(), wanted) || (is_form && says(&body, wanted)))
+    };
+    let tunnelled = tunnel_to("GET");
+    let found = if tunnelled {
+        routes::find("GET", &path).or_else(|_| routes::find(method.as_str(), &path))
+    } else if tunnel_to("DELETE") {
+        routes::find("DELETE", &path).or_else(|_| routes::find(method.as_str(), &path))
+    } else {
+        routes::find(method.as_str(), &path)
     };
     let family = found.as_ref().map(|(r, _)| r.family).unwrap_or_default();
     let limit = if family == "bulk_import" {

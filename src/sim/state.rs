@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use super::catalog::Catalog;
 use super::clock::fmt_time;
 use super::generator;
 use super::schema::{CAR_ADDED_ACTIVITY, LEAD_FIELDS, ObjKind, lead_field, lead_field_at};
@@ -94,6 +95,12 @@ pub struct StaticList {
     pub name: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Last change of the list asset (name, description).
+    pub updated_at: DateTime<Utc>,
+    /// Description.
+    pub description: String,
+    /// The folder or program holding the list: (id, `Folder` or `Program`).
+    pub folder: (i64, &'static str),
     /// Member lead ids.
     pub members: BTreeSet<i64>,
 }
@@ -111,8 +118,12 @@ pub struct Program {
     pub channel: &'static str,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Last change of the program asset.
+    pub updated_at: DateTime<Utc>,
     /// Members: lead id -> (status name, reached success, membership date).
     pub members: BTreeMap<i64, (String, bool, DateTime<Utc>)>,
+    /// Program member custom field values by lead id.
+    pub member_fields: BTreeMap<i64, Map<String, Value>>,
 }
 
 /// A store of one non-lead kind.
@@ -255,12 +266,20 @@ pub struct Db {
     index: HashMap<(u16, String), BTreeSet<i64>>,
     /// Non-lead objects by kind.
     pub objects: HashMap<ObjKind, ObjStore>,
-    /// The activity log, in id (and date) order.
+    /// The activity log, in id (and date) order. The generated leads' New Lead activities are
+    /// not in it (see [`Db::feed_after`]).
     pub activities: Vec<Activity>,
+    /// The generated leads' creation (date, lead id) in date order: their New Lead activities,
+    /// numbered 1.. in this order, come before every logged activity.
+    gen_new_leads: Vec<(DateTime<Utc>, i64)>,
+    /// The id after which logged activities are numbered.
+    first_logged_id: i64,
     /// Static lists by id.
     pub lists: BTreeMap<i64, StaticList>,
     /// Programs by id.
     pub programs: BTreeMap<i64, Program>,
+    /// Campaigns, custom activity types and read-only assets.
+    pub catalog: Catalog,
 }
 
 const INDEXED: &[&str] = &["email", "crmContactId"];
@@ -308,12 +327,19 @@ impl Db {
             index: HashMap::new(),
             objects: HashMap::new(),
             activities: Vec::new(),
+            gen_new_leads: Vec::new(),
+            first_logged_id: (leads as i64).max(100_000),
             lists: BTreeMap::new(),
             programs: BTreeMap::new(),
+            catalog: Catalog::generate(start),
         };
         for kind in ObjKind::all() {
             db.objects.insert(kind, ObjStore::default());
         }
+        db.gen_new_leads = (1..=leads as i64)
+            .map(|id| (generator::lead_times(seed, start, id).0, id))
+            .collect();
+        db.gen_new_leads.sort_unstable();
         let (opps, roles) = generator::opportunities(seed, start, leads);
         let sets = [
             (ObjKind::Company, generator::companies(seed, start, leads)),
@@ -339,6 +365,9 @@ impl Db {
                 id: 1001,
                 name: "Newsletter".into(),
                 created_at: start,
+                updated_at: start,
+                description: String::new(),
+                folder: (19, "Folder"),
                 members: list_members,
             },
         );
@@ -348,6 +377,9 @@ impl Db {
                 id: 1002,
                 name: "Event Invitees".into(),
                 created_at: start,
+                updated_at: start,
+                description: String::new(),
+                folder: (1107, "Program"),
                 members: BTreeSet::new(),
             },
         );
@@ -362,8 +394,10 @@ impl Db {
                 name: "Spring Webinar".into(),
                 kind: "Event",
                 channel: "Webinar",
-                created_at: start,
+                created_at: start - chrono::Duration::days(60),
+                updated_at: start - chrono::Duration::days(20),
                 members,
+                member_fields: BTreeMap::new(),
             },
         );
         db.programs.insert(
@@ -373,8 +407,10 @@ impl Db {
                 name: "Nurture Track".into(),
                 kind: "Engagement",
                 channel: "Nurture",
-                created_at: start,
+                created_at: start - chrono::Duration::days(3),
+                updated_at: start - chrono::Duration::days(3),
                 members: BTreeMap::new(),
+                member_fields: BTreeMap::new(),
             },
         );
         db
@@ -583,6 +619,58 @@ impl Db {
         self.leads.insert(lead.id, lead);
     }
 
+    /// Returns the New Lead (12) activity of the generated lead at `index` of the creation
+    /// order (id `index + 1`), as the generator's list import left it.
+    fn generated_new_lead(&self, index: usize) -> Activity {
+        let (date, lead_id) = self.gen_new_leads[index];
+        let mut attrs = Map::new();
+        attrs.insert(
+            "Created Date".into(),
+            json!(date.format("%Y-%m-%d").to_string()),
+        );
+        attrs.insert("Source Type".into(), json!("List import"));
+        attrs.insert("List Name".into(), json!("Initial import"));
+        Activity {
+            id: index as i64 + 1,
+            lead_id,
+            date,
+            type_id: 12,
+            primary_id: Some(lead_id),
+            primary_value: None,
+            attributes: attrs,
+            change: None,
+            reason: None,
+        }
+    }
+
+    /// Leaves the generated leads' New Lead activities out of the feed (see
+    /// `SimConfig::generated_new_lead_activities`).
+    pub fn drop_generated_new_leads(&mut self) {
+        self.gen_new_leads = Vec::new();
+    }
+
+    /// Returns the whole activity feed after activity id `after`, in id order: the generated
+    /// leads' New Lead activities (of leads not deleted since), then the logged ones.
+    pub fn feed_after(&self, after: i64) -> impl Iterator<Item = Cow<'_, Activity>> + '_ {
+        let from = usize::try_from(after.max(0))
+            .unwrap_or(usize::MAX)
+            .min(self.gen_new_leads.len());
+        let generated = (from..self.gen_new_leads.len())
+            .filter(|i| !self.deleted.contains(&self.gen_new_leads[*i].1))
+            .map(|i| Cow::Owned(self.generated_new_lead(i)));
+        let start = self.activities.partition_point(|a| a.id <= after);
+        generated.chain(self.activities[start..].iter().map(Cow::Borrowed))
+    }
+
+    /// Returns the id of the last activity dated before `since` (0 when there is none).
+    pub fn last_id_before(&self, since: DateTime<Utc>) -> i64 {
+        if let Some(a) = self.activities.iter().take_while(|a| a.date < since).last() {
+            return a.id;
+        }
+        self.gen_new_leads
+            .partition_point(|(date, _)| *date < since) as i64
+    }
+
     /// Appends an activity and returns its id.
     pub fn log_activity(
         &mut self,
@@ -593,7 +681,11 @@ impl Db {
         attributes: Map<String, Value>,
         change: Option<(u32, &'static str, Value, Value)>,
     ) -> i64 {
-        let id = self.activities.last().map_or(100_000, |a| a.id) + 1;
+        let id = self
+            .activities
+            .last()
+            .map_or(self.first_logged_id, |a| a.id)
+            + 1;
         self.activities.push(Activity {
             id,
             lead_id,
@@ -618,7 +710,11 @@ impl Db {
         reason: &str,
     ) -> i64 {
         let field = lead_field_at(idx);
-        let id = self.activities.last().map_or(100_000, |a| a.id) + 1;
+        let id = self
+            .activities
+            .last()
+            .map_or(self.first_logged_id, |a| a.id)
+            + 1;
         self.activities.push(Activity {
             id,
             lead_id,

@@ -3,45 +3,46 @@
 use serde_json::{Map, Value, json};
 
 use super::{Ctx, Reply, Req, batch_size, input_objects};
+use crate::sim::catalog::{CUSTOM_TYPE_BASE, CustomType};
 use crate::sim::clock::{fmt_time, parse_time};
-use crate::sim::schema::{ACTIVITY_TYPES, activity_types};
+use crate::sim::schema::{activity_types, value_problem};
 use crate::sim::state::Activity;
 
 /// Days Delete Lead records stay visible through Get Deleted Leads.
 pub const DELETED_RETENTION_DAYS: i64 = 14;
 
-/// `GET /rest/v1/activities/types.json`.
-pub fn types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
-    Reply::result(activity_types())
+/// `GET /rest/v1/activities/types.json`: the standard types and the approved custom types.
+pub fn types(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    let mut out: Vec<Value> = activity_types()
+        .into_iter()
+        .filter(|t| t["id"].as_i64().is_some_and(|id| id < CUSTOM_TYPE_BASE))
+        .collect();
+    out.extend(
+        ctx.st
+            .db
+            .catalog
+            .custom_types
+            .values()
+            .filter(|t| t.approved)
+            .map(|t| {
+                json!({"id": t.id, "name": t.name, "description": t.description,
+                    "primaryAttribute": {"name": t.primary.1, "dataType": t.primary.2},
+                    "attributes": t.attributes.iter().map(|a| json!({"name": a.1, "dataType": a.2})).collect::<Vec<_>>()})
+            }),
+    );
+    Reply::result(out)
 }
 
 /// `GET /rest/v1/activities/external/types.json`: the custom activity types (ids from 100000),
 /// with their API names and approval status.
-pub fn external_types(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
-    let custom = activity_types()
-        .into_iter()
-        .filter(|t| t["id"].as_i64().is_some_and(|id| id >= 100_000))
-        .map(|mut t| {
-            let name = t["name"].as_str().unwrap_or_default().to_string();
-            let mut api: String = name
-                .split_whitespace()
-                .enumerate()
-                .map(|(i, w)| {
-                    let mut c = w.chars();
-                    match (i, c.next()) {
-                        (0, Some(f)) => f.to_lowercase().chain(c).collect::<String>(),
-                        (_, Some(f)) => f.to_uppercase().chain(c).collect::<String>(),
-                        _ => String::new(),
-                    }
-                })
-                .collect();
-            api.push_str("_c");
-            t["apiName"] = api.into();
-            t["status"] = "approved".into();
-            t["triggerName"] = format!("{name} is done").into();
-            t["filterName"] = format!("{name} was done").into();
-            t
-        })
+pub fn external_types(ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
+    let custom = ctx
+        .st
+        .db
+        .catalog
+        .custom_types
+        .values()
+        .map(|t| super::custom_types::type_json(t, false))
         .collect();
     Reply::result(custom)
 }
@@ -66,14 +67,7 @@ pub fn paging_token(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let Some(since) = parse_time(raw) else {
         return Reply::err("1003", format!("Invalid sinceDatetime '{raw}'"));
     };
-    let before = ctx
-        .st
-        .db
-        .activities
-        .iter()
-        .take_while(|a| a.date < since)
-        .last()
-        .map_or(100_000, |a| a.id);
+    let before = ctx.st.db.last_id_before(since);
     Reply::Ok(json!({"nextPageToken": token(&fmt_time(since), before)}))
 }
 
@@ -134,12 +128,11 @@ fn page(ctx: &Ctx<'_>, req: &Req, keep: impl Fn(&Activity) -> Option<Value>) -> 
         },
         Some(Err(_)) => return Reply::err("1003", "Invalid listId"),
     };
-    let start = ctx.st.db.activities.partition_point(|a| a.id <= after);
     let mut items = Vec::new();
     let mut last = after;
     let mut last_date = fmt_time(ctx.now);
     let mut more = false;
-    for a in &ctx.st.db.activities[start..] {
+    for a in ctx.st.db.feed_after(after) {
         if items.len() >= size {
             more = true;
             break;
@@ -152,7 +145,7 @@ fn page(ctx: &Ctx<'_>, req: &Req, keep: impl Fn(&Activity) -> Option<Value>) -> 
         if list.as_ref().is_some_and(|m| !m.contains(&a.lead_id)) {
             continue;
         }
-        if let Some(v) = keep(a) {
+        if let Some(v) = keep(a.as_ref()) {
             items.push(v);
         }
     }
@@ -236,10 +229,10 @@ pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             .get("activityTypeId")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        if type_id < 100_000 || !ACTIVITY_TYPES.iter().any(|t| t.0 as i64 == type_id) {
+        let Some(kind) = ctx.st.db.catalog.approved_type(type_id).cloned() else {
             results.push(skip("1003", format!("Invalid activityTypeId '{type_id}'")));
             continue;
-        }
+        };
         let lead_id = input.get("leadId").and_then(Value::as_i64).unwrap_or(0);
         if ctx.st.db.lead(lead_id).is_none() {
             results.push(skip("1004", "Lead not found".into()));
@@ -253,26 +246,26 @@ pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             results.push(skip("1003", "Invalid activityDate".into()));
             continue;
         };
-        let mut attrs = Map::new();
-        for attr in input
-            .get("attributes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = attr
-                .get("apiName")
-                .or_else(|| attr.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            attrs.insert(
-                name.to_string(),
-                attr.get("value").cloned().unwrap_or(Value::Null),
-            );
-        }
-        let primary = input
+        let attrs = match custom_attributes(&kind, &input) {
+            Ok(attrs) => attrs,
+            Err((code, message)) => {
+                results.push(skip(code, message));
+                continue;
+            }
+        };
+        let Some(primary) = input
             .get("primaryAttributeValue")
-            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+            .filter(|v| !crate::sim::state::is_empty(v))
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        else {
+            results.push(skip("1003", "primaryAttributeValue cannot be blank".into()));
+            continue;
+        };
+        if let Some(problem) = value_problem(&kind.primary.0, &kind.primary.2, &json!(primary)) {
+            results.push(skip("1003", problem));
+            continue;
+        }
+        let primary = Some(primary);
         // Activities are kept in id order; a custom activity is logged at call time and carries
         // its own activityDate.
         let id = ctx.st.db.log_activity(
@@ -289,4 +282,40 @@ pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         results.push(json!({"id": id, "marketoGUID": id.to_string(), "status": "added"}));
     }
     Reply::result(results)
+}
+
+/// Returns the attributes of one custom activity record keyed by display name, each checked
+/// against the type (by API name or display name) and its data type.
+fn custom_attributes(
+    kind: &CustomType,
+    input: &Map<String, Value>,
+) -> Result<Map<String, Value>, (&'static str, String)> {
+    let mut attrs = Map::new();
+    for attr in input
+        .get("attributes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = attr
+            .get("apiName")
+            .or_else(|| attr.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(def) = kind.attributes.iter().find(|a| a.0 == name || a.1 == name) else {
+            return Err((
+                "1006",
+                format!(
+                    "Attribute '{name}' not found in activity type '{}'",
+                    kind.api_name
+                ),
+            ));
+        };
+        let value = attr.get("value").cloned().unwrap_or(Value::Null);
+        if let Some(problem) = value_problem(&def.0, &def.2, &value) {
+            return Err(("1003", problem));
+        }
+        attrs.insert(def.1.clone(), value);
+    }
+    Ok(attrs)
 }

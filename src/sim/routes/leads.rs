@@ -79,7 +79,7 @@ fn check_value(name: &str, value: &Value) -> Option<String> {
 }
 
 /// Applies one Sync Leads record.
-fn sync_one(
+pub(super) fn sync_one(
     ctx: &mut Ctx<'_>,
     action: &str,
     lookup: &str,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::leads::requested_fields;
-use super::{Ctx, Reply, Req, batch_size, input_objects, offset_from, paged};
+use super::{Ctx, Reply, Req, assets, batch_size, input_objects, offset_from, paged};
 use crate::sim::clock::{fmt_time, quota_day};
 
 fn oauth_error(status: u16, error: &str, description: &str) -> Reply {
@@ -55,41 +55,38 @@ fn asset_time(at: chrono::DateTime<chrono::Utc>) -> String {
     format!("{}+0000", fmt_time(at))
 }
 
-fn program_json(p: &crate::sim::state::Program) -> Value {
+/// Returns a program as the Asset API shows it.
+pub fn program_json(p: &crate::sim::state::Program) -> Value {
     json!({
         "id": p.id, "name": p.name, "description": "", "createdAt": asset_time(p.created_at),
-        "updatedAt": asset_time(p.created_at), "url": format!("https://app-sim.marketo.com/#PG{}A1", p.id),
+        "updatedAt": asset_time(p.updated_at), "url": format!("https://app-sim.marketo.com/#PG{}A1", p.id),
         "type": p.kind, "channel": p.channel, "folder": {"type": "Folder", "value": 19, "folderName": "Marketing Activities"},
         "status": "", "workspace": "Default", "headStart": false,
     })
 }
 
-/// `GET /rest/asset/v1/programs.json` (browse; asset API paging with `offset`/`maxReturn`).
+/// `GET /rest/asset/v1/programs.json` (browse; asset API paging with `offset`/`maxReturn`;
+/// `earliestUpdatedAt`/`latestUpdatedAt` keep programs created or updated in the window).
 pub fn programs(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
-    let max = req
-        .q("maxReturn")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(20)
-        .clamp(1, 200);
-    let offset = req
-        .q("offset")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let (offset, max) = match assets::window(req) {
+        Ok(w) => w,
+        Err(reply) => return reply,
+    };
+    let dates = match assets::updated_window(req) {
+        Ok(d) => d,
+        Err(reply) => return reply,
+    };
     let items: Vec<Value> = ctx
         .st
         .db
         .programs
         .values()
+        .filter(|p| assets::in_window(dates, p.created_at, p.updated_at))
         .skip(offset)
         .take(max)
         .map(program_json)
         .collect();
-    if items.is_empty() {
-        return Reply::Ok(
-            json!({"errors": [], "warnings": ["No assets found for the given search criteria."]}),
-        );
-    }
-    Reply::Ok(json!({"errors": [], "warnings": [], "result": items}))
+    assets::asset_result(items)
 }
 
 /// `GET /rest/asset/v1/program/{id}.json`.
@@ -119,6 +116,9 @@ pub fn members_describe(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
             {"name": "statusName", "displayName": "Status Name", "dataType": "string", "length": 255, "updateable": true},
             {"name": "reachedSuccess", "displayName": "Success", "dataType": "boolean", "updateable": false},
             {"name": "membershipDate", "displayName": "Membership Date", "dataType": "datetime", "updateable": false},
+            {"name": "acquiredBy", "displayName": "Acquired By", "dataType": "boolean", "updateable": false},
+            {"name": "webinarUrl", "displayName": "Webinar URL", "dataType": "url", "length": 255, "updateable": true},
+            {"name": "registrationCode", "displayName": "Registration Code", "dataType": "string", "length": 255, "updateable": true},
         ],
     })])
 }
@@ -150,8 +150,12 @@ pub fn members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
             _ => return Reply::err("1003", format!("Invalid filterType '{filter}'")),
         };
         if keep {
-            items.push(json!({"seq": items.len(), "leadId": lead_id, "programId": program.id, "statusName": status,
-                "reachedSuccess": success, "membershipDate": fmt_time(*date)}));
+            let mut item = json!({"seq": items.len(), "leadId": lead_id, "programId": program.id, "statusName": status,
+                "reachedSuccess": success, "membershipDate": fmt_time(*date)});
+            for (name, value) in program.member_fields.get(lead_id).into_iter().flatten() {
+                item[name] = value.clone();
+            }
+            items.push(item);
         }
     }
     paged(items, offset, size)
@@ -165,96 +169,8 @@ pub fn partitions(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
     ])
 }
 
-/// Program statuses in progression order (the simulated channels share one progression).
-const PROGRESSION: &[&str] = &[
-    "Not in Program",
-    "Invited",
-    "Member",
-    "Registered",
-    "Attended",
-    "Influenced",
-];
-
-/// `POST /rest/v1/programs/{programId}/members/status.json`: sets the program status of up to
-/// 300 leads; a lead already at or past the status is skipped with 1037, an unknown status
-/// with 1025, a missing lead with 1004. Logs Change Status in Progression (104).
-pub fn members_status(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
-    let Some(program_id) = req
-        .p("programId")
-        .parse::<i64>()
-        .ok()
-        .filter(|id| ctx.st.db.programs.contains_key(id))
-    else {
-        return Reply::err(
-            "1013",
-            format!("Program '{}' not found", req.p("programId")),
-        );
-    };
-    let Some(status) = req.b("statusName").and_then(Value::as_str) else {
-        return Reply::err("1003", "statusName cannot be blank");
-    };
-    let inputs = input_objects(req);
-    if inputs.is_empty() {
-        return Reply::err("1003", "input cannot be blank");
-    }
-    if inputs.len() > 300 {
-        return Reply::err("1003", "Too many inputs, the maximum is 300");
-    }
-    let rank = PROGRESSION.iter().position(|p| *p == status);
-    let now = ctx.now;
-    let mut results = Vec::new();
-    for (seq, input) in inputs.iter().enumerate() {
-        let lead_id = input.get("leadId").and_then(Value::as_i64);
-        let skip = |code: &str, message: &str| {
-            json!({"seq": seq, "leadId": lead_id, "status": "skipped",
-                "reasons": [{"code": code, "message": message}]})
-        };
-        let Some(lead_id) = lead_id.filter(|id| ctx.st.db.lead(*id).is_some()) else {
-            results.push(skip("1004", "Lead not found"));
-            continue;
-        };
-        let Some(rank) = rank else {
-            results.push(skip("1025", "Program status not found"));
-            continue;
-        };
-        let Some(program) = ctx.st.db.programs.get_mut(&program_id) else {
-            break;
-        };
-        let old = program.members.get(&lead_id).map(|m| m.0.clone());
-        let old_rank = old
-            .as_deref()
-            .and_then(|o| PROGRESSION.iter().position(|p| *p == o))
-            .unwrap_or(0);
-        if old.is_some() && old_rank >= rank {
-            results.push(skip("1037", "Lead already in or past this program status"));
-            continue;
-        }
-        let date = program.members.get(&lead_id).map_or(now, |m| m.2);
-        program
-            .members
-            .insert(lead_id, (status.to_string(), rank >= 4, date));
-        let name = program.name.clone();
-        let mut attrs = serde_json::Map::new();
-        attrs.insert(
-            "Old Status".into(),
-            json!(old.unwrap_or_else(|| PROGRESSION[0].to_string())),
-        );
-        attrs.insert("New Status".into(), json!(status));
-        ctx.st.db.log_activity(
-            lead_id,
-            now,
-            104,
-            (Some(program_id), Some(name)),
-            attrs,
-            None,
-        );
-        results.push(json!({"seq": seq, "leadId": lead_id, "status": "updated"}));
-    }
-    Reply::result(results)
-}
-
 fn list_json(l: &crate::sim::state::StaticList) -> Value {
-    json!({"id": l.id, "name": l.name, "workspaceName": "Default", "createdAt": fmt_time(l.created_at), "updatedAt": fmt_time(l.created_at)})
+    json!({"id": l.id, "name": l.name, "workspaceName": "Default", "createdAt": fmt_time(l.created_at), "updatedAt": fmt_time(l.updated_at)})
 }
 
 /// `GET /rest/v1/lists.json`.
@@ -265,13 +181,21 @@ pub fn lists(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         (Ok(o), Ok(s)) => (o, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let items: Vec<Value> = ctx
-        .st
-        .db
+    let programs = req.q_list("programName");
+    let db = &ctx.st.db;
+    let items: Vec<Value> = db
         .lists
         .values()
         .filter(|l| ids.is_empty() || ids.contains(&l.id.to_string()))
         .filter(|l| names.is_empty() || names.contains(&l.name))
+        .filter(|l| {
+            programs.is_empty()
+                || (l.folder.1 == "Program"
+                    && db
+                        .programs
+                        .get(&l.folder.0)
+                        .is_some_and(|p| programs.contains(&p.name)))
+        })
         .map(list_json)
         .collect();
     paged(items, offset, size)
@@ -430,6 +354,9 @@ pub fn list_is_member(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         return Reply::err("1013", format!("List '{}' not found", req.p("listId")));
     };
     let ids = membership_ids(req);
+    if ids.len() > 300 {
+        return Reply::err("1003", "Too many ids, the maximum is 300");
+    }
     let db = &ctx.st.db;
     let results = ids
         .into_iter()
@@ -506,4 +433,63 @@ fn error_days(ctx: &Ctx<'_>, days: i64) -> Vec<Value> {
             json!({"date": day.to_string(), "total": total, "errors": errors})
         })
         .collect()
+}
+
+fn lead_id_param(ctx: &Ctx<'_>, req: &Req) -> Result<i64, Reply> {
+    req.p("leadId")
+        .parse::<i64>()
+        .ok()
+        .filter(|id| ctx.st.db.lead(*id).is_some())
+        .ok_or_else(|| Reply::err("1004", format!("Lead '{}' not found", req.p("leadId"))))
+}
+
+/// `GET /rest/v1/leads/{leadId}/listMembership.json`: the static lists holding the lead.
+pub fn lead_lists(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let lead = match lead_id_param(ctx, req) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
+    let (offset, size) = match (offset_from(req), batch_size(req)) {
+        (Ok(o), Ok(s)) => (o, s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let items = ctx
+        .st
+        .db
+        .lists
+        .values()
+        .filter(|l| l.members.contains(&lead))
+        .map(list_json)
+        .collect();
+    paged(items, offset, size)
+}
+
+/// `GET /rest/v1/leads/{leadId}/programMembership.json`: the programs the lead is a member of,
+/// with its progression status.
+pub fn lead_programs(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let lead = match lead_id_param(ctx, req) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
+    let (offset, size) = match (offset_from(req), batch_size(req)) {
+        (Ok(o), Ok(s)) => (o, s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let items = ctx
+        .st
+        .db
+        .programs
+        .values()
+        .filter_map(|p| Some((p, p.members.get(&lead)?)))
+        .map(|(p, (status, success, date))| {
+            let mut v = program_json(p);
+            v["progressionStatus"] = json!(status);
+            v["reachedSuccess"] = json!(success);
+            v["acquiredBy"] = json!(false);
+            v["isExhausted"] = json!(false);
+            v["membershipDate"] = json!(fmt_time(*date));
+            v
+        })
+        .collect();
+    paged(items, offset, size)
 }

@@ -2,7 +2,11 @@
 //! types its handlers share.
 
 pub mod activities;
+pub mod assets;
+pub mod campaigns;
+pub mod custom_types;
 pub mod leads;
+pub mod members;
 pub mod misc;
 pub mod objects;
 
@@ -243,17 +247,50 @@ pub static ROUTES: &[Route] = &[
     r("GET", "/rest/v1/activities/leadchanges.json", "activities", &["nextPageToken", "fields"], N, activities::lead_changes),
     r("GET", "/rest/v1/activities/deletedleads.json", "activities", &["nextPageToken"], N, activities::deleted_leads),
     r("POST", "/rest/v1/activities/external.json", "activities", &[], J, activities::add_custom),
+    r("POST", "/rest/v1/activities/external/type.json", "activities", &[], J, custom_types::create),
+    r("GET", "/rest/v1/activities/external/type/{apiName}/describe.json", "activities", &[], N, custom_types::describe),
+    r("POST", "/rest/v1/activities/external/type/{apiName}/attributes/create.json", "activities", &[], J, custom_types::add_attributes),
+    r("POST", "/rest/v1/activities/external/type/{apiName}/approve.json", "activities", &[], N, custom_types::approve),
+    r("POST", "/rest/v1/activities/external/type/{apiName}/discardDraft.json", "activities", &[], N, custom_types::discard_draft),
+    r("POST", "/rest/v1/activities/external/type/{apiName}/delete.json", "activities", &[], N, custom_types::delete),
+    // campaigns, push
+    r("GET", "/rest/v1/campaigns.json", "campaigns", &[], N, campaigns::list),
+    r("GET", "/rest/v1/campaigns/{campaignId}.json", "campaigns", &[], N, campaigns::by_id),
+    r("POST", "/rest/v1/campaigns/{campaignId}/trigger.json", "campaigns", &[], N, campaigns::trigger),
+    r("POST", "/rest/v1/campaigns/{campaignId}/schedule.json", "campaigns", &[], N, campaigns::schedule),
+    r("POST", "/rest/v1/leads/push.json", "leads", &[], J, campaigns::push_leads),
     // programs, members, lists
     r("GET", "/rest/asset/v1/programs.json", "programs", &[], N, misc::programs),
     r("GET", "/rest/asset/v1/program/{id}.json", "programs", &[], N, misc::program_by_id),
+    r("GET", "/rest/asset/v1/program/byName.json", "programs", &["name"], N, assets::program_by_name),
     r("GET", "/rest/v1/programs/members/describe.json", "programs", &[], N, misc::members_describe),
+    r("GET", "/rest/v1/program/members/describe.json", "programs", &[], N, misc::members_describe),
     r("GET", "/rest/v1/programs/{programId}/members.json", "programs", &["filterType", "filterValues"], N, misc::members),
-    r("POST", "/rest/v1/programs/{programId}/members/status.json", "programs", &[], J, misc::members_status),
+    r("POST", "/rest/v1/programs/{programId}/members.json", "programs", &[], J, members::members_data),
+    r("POST", "/rest/v1/programs/{programId}/members/status.json", "programs", &[], J, members::members_status),
+    r("POST", "/rest/v1/programs/{programId}/members/delete.json", "programs", &[], J, members::members_delete),
+    r("POST", "/rest/v1/leads/programs/{programId}/status.json", "programs", &[], J, members::change_lead_status),
+    // static lists (Asset API)
+    r("GET", "/rest/asset/v1/staticLists.json", "lists", &[], N, assets::static_lists),
+    r("POST", "/rest/asset/v1/staticLists.json", "lists", &[], N, assets::create_static_list),
+    r("GET", "/rest/asset/v1/staticList/{id}.json", "lists", &[], N, assets::static_list),
+    r("POST", "/rest/asset/v1/staticList/{id}.json", "lists", &[], N, assets::update_static_list),
+    r("POST", "/rest/asset/v1/staticList/{id}/delete.json", "lists", &[], N, assets::delete_static_list),
+    r("GET", "/rest/asset/v1/staticList/byName.json", "lists", &["name"], N, assets::static_list_by_name),
+    // read-only assets
+    r("GET", "/rest/asset/v1/segmentation.json", "assets", &[], N, assets::segmentations),
+    r("GET", "/rest/asset/v1/segmentation/{id}/segments.json", "assets", &[], N, assets::segments),
+    r("GET", "/rest/asset/v1/emails.json", "assets", &[], N, assets::emails),
+    r("GET", "/rest/asset/v1/email/{id}.json", "assets", &[], N, assets::email),
+    r("GET", "/rest/asset/v1/email/byName.json", "assets", &["name"], N, assets::email_by_name),
+    r("GET", "/rest/asset/v1/folder/{id}/tokens.json", "assets", &[], N, assets::folder_tokens),
     r("GET", "/rest/v1/lists.json", "lists", &[], N, misc::lists),
     r("GET", "/rest/v1/lists/{listId}.json", "lists", &[], N, misc::list_by_id),
     r("GET", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_members),
     r("GET", "/rest/v1/list/{listId}/leads.json", "lists", &[], N, misc::list_members),
     r("GET", "/rest/v1/leads/programs/{programId}.json", "programs", &[], N, misc::leads_by_program),
+    r("GET", "/rest/v1/leads/{leadId}/listMembership.json", "lists", &[], N, misc::lead_lists),
+    r("GET", "/rest/v1/leads/{leadId}/programMembership.json", "programs", &[], N, misc::lead_programs),
     r("POST", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_add),
     r("DELETE", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_remove),
     r("GET", "/rest/v1/lists/{listId}/leads/ismember.json", "lists", &[], N, misc::list_is_member),
