@@ -67,9 +67,9 @@ pub struct SimConfig {
     /// opportunity role call answer 1018 "CRM Enabled".
     pub native_crm_sync: bool,
     /// The generated leads' New Lead activities are in the activity feed and activity exports,
-    /// as on a real instance. Off by default for now: engine tests and the demo were written
-    /// against a feed without them (a first cycle from an early low watermark then sees every
-    /// generated lead as new).
+    /// as on a real instance (`marketo-sync simulate` turns it on). Off in the embedded
+    /// default: the engine tests and the demo start from a feed without them (a first cycle from
+    /// an early low watermark would see every generated lead as new).
     pub generated_new_lead_activities: bool,
 }
 
@@ -518,6 +518,9 @@ pub async fn run_simulate(
         bulk_daily_bytes: options.bulk_daily_bytes,
         faults,
         updated_at_filter: options.updated_at_filter,
+        // A standalone instance serves clients of every kind: as real Marketo, each generated
+        // lead carries its New Lead activity.
+        generated_new_lead_activities: true,
         ..SimConfig::default()
     };
     tracing::info!(addr = %local, leads = options.leads, "simulator started");
