@@ -18,7 +18,7 @@ use harness::{Options, TestApp, written};
 use marketo_sync::engine::Tunables;
 use marketo_sync::sim::SimConfig;
 
-const TARGET: u64 = 1_500;
+const TARGET: u64 = 1_000;
 
 fn main() {
     let cycles: u64 = std::env::args()
