@@ -468,6 +468,17 @@ async fn exercise_every_method(
     // Usage.
     client.usage_today().await.unwrap();
     called.push("usage_today");
+    // The shared-quota governor's hourly read goes through `usage_today` too.
+    let governor = marketo_sync::marketo::usage::QuotaGovernor::new(
+        marketo_sync::marketo::usage::QuotaPolicy {
+            daily_budget: 10_000,
+            instance_quota: 50_000,
+            share: 0.5,
+            on_demand_share: 0.2,
+        },
+    );
+    governor.refresh(client, 0, now).await.unwrap();
+    called.push("refresh");
     client.usage_last_7_days().await.unwrap();
     called.push("usage_last_7_days");
     client.errors_today().await.unwrap();
@@ -801,7 +812,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        64,
+        65,
         "the client gained or lost a method: {methods:?}"
     );
 

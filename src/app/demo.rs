@@ -85,6 +85,10 @@ pub const EMBEDDED_HUBSPOT_CONFIG: &[(&str, &str)] = &[
         include_str!("../../config/examples/hubspot/demo.toml"),
     ),
     (
+        "mappings/cars.toml",
+        include_str!("../../config/examples/hubspot/mappings/cars.toml"),
+    ),
+    (
         "mappings/companies.toml",
         include_str!("../../config/examples/hubspot/mappings/companies.toml"),
     ),

@@ -176,13 +176,7 @@ pub async fn sync_one(
     let ms = BTreeMap::from([(lead.id, lead)]);
     pairing::sync_pairs(&mut step, ms, BTreeMap::new(), &mut summary, cancel).await?;
     ctx.store.commit(step.commit).await?;
-    let c = summary
-        .objects
-        .get(&plan.object)
-        .and_then(|d| d.get(&Direction::MarketoToCrm))
-        .copied()
-        .unwrap_or_default();
-    Ok(if c.created + c.updated > 0 {
+    Ok(if wrote(&summary, &plan.object, Direction::MarketoToCrm) {
         OnDemandOutcome::Synced
     } else {
         OnDemandOutcome::Unchanged
@@ -217,14 +211,8 @@ pub async fn sync_batch(
         .iter()
         .map(|e| e.record_key.clone())
         .collect();
-    let c = summary
-        .objects
-        .get(&plan.object)
-        .and_then(|d| d.get(&Direction::MarketoToCrm))
-        .copied()
-        .unwrap_or_default();
+    let any_written = wrote(&summary, &plan.object, Direction::MarketoToCrm);
     // Without any write in the batch, every lead found already agreed with the CRM.
-    let wrote = c.created + c.updated > 0;
     let written = step
         .commit
         .links_upsert
@@ -240,7 +228,7 @@ pub async fn sync_batch(
                 OnDemandOutcome::NotFound
             } else if refused.contains(&key) {
                 OnDemandOutcome::Refused
-            } else if wrote && written.contains(&key) {
+            } else if any_written && written.contains(&key) {
                 OnDemandOutcome::Synced
             } else {
                 OnDemandOutcome::Unchanged
@@ -280,15 +268,18 @@ pub async fn sync_crm_record(
     if let Some((code, message)) = refusal {
         return Ok(CrmRecordOutcome::Refused { code, message });
     }
-    let c = summary
-        .objects
-        .get(&plan.object)
-        .and_then(|d| d.get(&Direction::CrmToMarketo))
-        .copied()
-        .unwrap_or_default();
-    Ok(if c.created + c.updated > 0 {
+    Ok(if wrote(&summary, &plan.object, Direction::CrmToMarketo) {
         CrmRecordOutcome::Synced
     } else {
         CrmRecordOutcome::Unchanged
     })
+}
+
+/// Returns true when the step created or updated a record of `object` in `direction`.
+fn wrote(summary: &CycleSummary, object: &str, direction: Direction) -> bool {
+    summary
+        .objects
+        .get(object)
+        .and_then(|d| d.get(&direction))
+        .is_some_and(|c| c.created + c.updated > 0)
 }
