@@ -4,7 +4,7 @@
 //!
 //! Idle: the Marketo simulator, the HubSpot simulator (200 generated contacts, their companies
 //! and deals) and the example mappings of `config/examples/hubspot/` (leads, companies,
-//! opportunities); cycles run until one writes nothing, then `CYCLES` idle cycles 5 minutes
+//! opportunities, and the custom object `cars` with its contact through associations); cycles run until one writes nothing, then `CYCLES` idle cycles 5 minutes
 //! apart. It prints the HubSpot requests the simulator served per idle cycle, by route.
 //!
 //! Changes: `N` generated Marketo leads are bootstrapped into an empty HubSpot portal (so `N`
@@ -106,9 +106,10 @@ fn print_routes<N: std::fmt::Display>(title: &str, by_path: &BTreeMap<String, N>
 }
 
 async fn idle(cycles: usize) {
-    let objects = ["leads", "companies", "opportunities"];
+    let objects = ["leads", "companies", "opportunities", "cars"];
     let app = HubSpotApp::with(HsOptions {
         objects: objects.iter().map(|o| (*o).to_owned()).collect(),
+        edit_options: Some(hubspot::add_cars),
         contacts: 200,
         sim: marketo_sim(0),
         tunables: tunables(),
@@ -141,7 +142,29 @@ async fn idle(cycles: usize) {
         total as f64 / cycles as f64,
         if worst <= budget { "met" } else { "missed" }
     );
-    print_routes("idle hubspot calls by route", &hubspot_routes(&app, from));
+    let routes = hubspot_routes(&app, from);
+    print_routes("idle hubspot calls by route", &routes);
+    // By HubSpot object type: the segment after `/objects/` or `/associations/`.
+    let mut by_object: BTreeMap<String, usize> = BTreeMap::new();
+    for (route, k) in &routes {
+        let segments: Vec<&str> = route.split('/').collect();
+        let at = segments
+            .iter()
+            .position(|s| *s == "objects" || *s == "associations");
+        if let Some(object) = at.and_then(|i| segments.get(i + 1)) {
+            *by_object.entry((*object).to_owned()).or_default() += k;
+        }
+    }
+    println!("idle hubspot calls per cycle by object (target <= {IDLE_TARGET_PER_OBJECT}):");
+    for (object, k) in &by_object {
+        let per_cycle = *k as f64 / cycles as f64;
+        let verdict = if per_cycle <= IDLE_TARGET_PER_OBJECT as f64 {
+            "met"
+        } else {
+            "missed"
+        };
+        println!("  {object:<20} {per_cycle:>5.1}  {verdict}");
+    }
     app.cleanup().await;
 }
 

@@ -687,6 +687,36 @@ async fn each_reader_reads_only_the_kinds_of_change_it_needs() {
     );
 }
 
+/// HubSpot cannot merge custom object records: their deletions reader lists the archived ones
+/// only (one call when idle), with no search for merged survivors.
+#[tokio::test]
+async fn a_custom_objects_deletions_reader_only_lists_the_archived() {
+    let sim = sim(10).await;
+    let crm = adapter(
+        &sim,
+        json!({ "objects": {
+            "cars": { "object_type": "cars", "properties": ["vin"] },
+        } }),
+    )
+    .await;
+    let (_, deletes, _) = drain_for(&crm, &sim, "cars", None, FeedNeeds::Deletes).await;
+    let ids = sim.ids("cars");
+    assert!(!ids.is_empty());
+    sim.advance_clock(Duration::from_secs(600));
+    assert!(sim.archive("cars", ids[0]).unwrap());
+    let (changes, deletes, calls) =
+        drain_for(&crm, &sim, "cars", deletes, FeedNeeds::Deletes).await;
+    assert_eq!(calls, vec!["GET /crm/v3/objects/cars"], "{calls:?}");
+    assert!(
+        changes.iter().any(|c| c.id == ids[0].to_string()
+            && matches!(&c.kind, ChangeKind::Deleted(t) if t.how == DeleteHow::Soft)),
+        "{changes:?}"
+    );
+    sim.advance_clock(Duration::from_secs(600));
+    let (_, _, calls) = drain_for(&crm, &sim, "cars", deletes, FeedNeeds::Deletes).await;
+    assert_eq!(calls.len(), 1, "idle: {calls:?}");
+}
+
 #[tokio::test]
 async fn a_custom_object_reads_and_writes_its_contact_through_associations() {
     let sim = sim(30).await;

@@ -9,7 +9,7 @@ mod harness;
 mod hubspot;
 
 use harness::{text, written};
-use hubspot::{HsOptions, HubSpotApp};
+use hubspot::{HsOptions, HubSpotApp, add_cars};
 use marketo_sync::config::DeletePolicy;
 use marketo_sync::model::{Side, Value};
 use marketo_sync::store::Direction;
@@ -520,19 +520,6 @@ async fn a_labelled_deal_contact_association_arrives_as_an_opportunity_role() {
     assert_eq!(decision[0]["isPrimary"], json!(true), "{roles:?}");
     assert_eq!(written(&app.settle(3).await), 0);
     app.cleanup().await;
-}
-
-/// Adds the HubSpot custom object `cars` (the simulator's) to the adapter options, as
-/// `config/examples/hubspot/mappings/cars.toml` describes: its contact is a field filled from
-/// its contact associations.
-fn add_cars(options: &mut serde_json::Value) {
-    options["objects"]["cars"] = json!({
-        "object_type": "cars",
-        "marketo_id_property": "marketo_id",
-        "properties": ["vin", "make", "model", "year", "marketo_id"],
-        "contact_field": "contact_id",
-        "writable": true,
-    });
 }
 
 fn cars_options() -> HsOptions {

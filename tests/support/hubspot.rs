@@ -350,3 +350,16 @@ fn as_map(v: serde_json::Value) -> Map<String, serde_json::Value> {
         _ => Map::new(),
     }
 }
+
+/// Adds the HubSpot custom object `cars` (the simulator's) to the adapter options, as
+/// `config/examples/hubspot/mappings/cars.toml` describes: its contact is a field filled from
+/// its contact associations.
+pub fn add_cars(options: &mut serde_json::Value) {
+    options["objects"]["cars"] = json!({
+        "object_type": "cars",
+        "marketo_id_property": "marketo_id",
+        "properties": ["vin", "make", "model", "year", "marketo_id"],
+        "contact_field": "contact_id",
+        "writable": true,
+    });
+}

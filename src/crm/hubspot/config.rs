@@ -165,6 +165,15 @@ pub(crate) enum Kind {
 }
 
 impl ObjectOptions {
+    /// Returns true for the object types HubSpot can merge (contacts, companies, deals and
+    /// tickets, by name or by type id); custom objects cannot be merged.
+    pub(crate) fn mergeable(&self) -> bool {
+        matches!(
+            self.object_type.as_str(),
+            "contacts" | "companies" | "deals" | "tickets" | "0-1" | "0-2" | "0-3" | "0-5"
+        )
+    }
+
     pub(crate) fn kind(&self) -> Kind {
         match self.object_type.as_str() {
             "owners" => Kind::Owners,

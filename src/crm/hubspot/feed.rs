@@ -114,7 +114,7 @@ pub(super) async fn changes(
     }
     state.needs = (needs != FeedNeeds::All).then_some(needs);
     if state.window.is_none() && state.archived.is_none() {
-        start_poll(&mut state, &kind, needs, overlap);
+        start_poll(&mut state, &kind, needs, overlap, o.mergeable());
     }
     let mut changes = Vec::new();
     if let Some(window) = state.window.take() {
@@ -166,12 +166,15 @@ pub(super) async fn changes(
 }
 
 /// Starts a new poll: the search window from the high mark minus the overlap; for a deletes-only
-/// read of owners (never merged) the archived listing at once, and of associations (whose
-/// deletes the feed does not report) nothing.
-fn start_poll(state: &mut FeedState, kind: &Kind, needs: FeedNeeds, overlap: i64) {
+/// read of owners and custom objects (never merged) the archived listing at once, and of
+/// associations (whose deletes the feed does not report) nothing.
+fn start_poll(state: &mut FeedState, kind: &Kind, needs: FeedNeeds, overlap: i64, mergeable: bool) {
     match (needs, kind) {
         (FeedNeeds::Deletes, Kind::Associations { .. }) => {}
         (FeedNeeds::Deletes, Kind::Owners) => {
+            state.archived = Some(archived_listing(state, overlap));
+        }
+        (FeedNeeds::Deletes, Kind::Records) if !mergeable => {
             state.archived = Some(archived_listing(state, overlap));
         }
         _ => {
