@@ -427,6 +427,59 @@ async fn a_deal_arrives_as_an_opportunity_and_its_edits_follow() {
     app.cleanup().await;
 }
 
+/// Archived in HubSpot, a deal and a company are deleted in Marketo by the deletions step, and
+/// a car (a custom object) too; nothing else is touched and nothing comes back.
+#[tokio::test]
+async fn archived_deals_companies_and_custom_records_are_deleted_in_marketo() {
+    let mut options = objects_options();
+    options.objects.push("cars".into());
+    options.edit_options = Some(add_cars);
+    let app = HubSpotApp::with(options).await;
+    let deal = app.hs_create("deals", json!({"dealname": "Gone deal", "amount": "10"}));
+    let kept = app.hs_create("deals", json!({"dealname": "Kept deal", "amount": "20"}));
+    let company = app.hs_create(
+        "companies",
+        json!({"name": "Gone Inc", "domain": "gone.example"}),
+    );
+    let car = app.hs_create("cars", json!({"vin": "VINGONE", "make": "Ford"}));
+    app.settle(4).await;
+    let opportunities = |id: &str| {
+        app.sim
+            .objects(marketo_sync::sim::schema::ObjKind::Opportunity)
+            .into_iter()
+            .filter(|o| o["externalOpportunityId"] == json!(id))
+            .count()
+    };
+    let cars = |vin: &str| {
+        app.sim
+            .objects(marketo_sync::sim::schema::ObjKind::Car)
+            .into_iter()
+            .filter(|c| c["vin"] == json!(vin))
+            .count()
+    };
+    assert_eq!((opportunities(&deal), opportunities(&kept)), (1, 1));
+    assert!(app.sim.company(&company).is_some());
+    assert_eq!(cars("VINGONE"), 1);
+
+    app.hs_archive("deals", &deal);
+    app.hs_archive("companies", &company);
+    app.hs_archive("cars", &car);
+    let s = app.run_cycle().await;
+    for object in ["opportunities", "companies", "cars"] {
+        assert_eq!(
+            s.objects[object][&Direction::CrmToMarketo].deleted,
+            1,
+            "{object}: {s:?}"
+        );
+    }
+    assert_eq!(opportunities(&deal), 0);
+    assert_eq!(opportunities(&kept), 1, "the other deal stays");
+    assert!(app.sim.company(&company).is_none());
+    assert_eq!(cars("VINGONE"), 0);
+    assert_eq!(written(&app.settle(3).await), 0, "nothing comes back");
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn owners_arrive_as_salespersons() {
     let app = HubSpotApp::with(HsOptions {
