@@ -12,14 +12,12 @@ use std::collections::BTreeMap;
 use super::HubSpotCrm;
 use super::client::Request;
 use super::config::ObjectOptions;
-use super::model::{AssociationsOf, BatchResponse, StandardError};
+use super::model::{BatchResponse, StandardError};
 use crate::crm::{CrmError, CrmRecord, Refusal, RefusalReason, WriteResult};
 use crate::model::{FieldDef, FieldType, Fields, Value};
 
 /// The HubSpot object type contacts are.
 const CONTACTS: &str = "contacts";
-/// The most ids one v4 association batch read takes.
-const READ_BATCH: usize = 1_000;
 /// The most inputs one v4 association batch write takes here.
 const WRITE_BATCH: usize = 100;
 
@@ -62,31 +60,14 @@ async fn read(
     ids: &[String],
 ) -> Result<BTreeMap<String, String>, CrmError> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for chunk in ids.chunks(READ_BATCH) {
-        let inputs: Vec<serde_json::Value> = chunk
+    for item in super::feed::read_associations(crm, object_type, CONTACTS, ids).await? {
+        let lowest = item
+            .to
             .iter()
-            .map(|id| serde_json::json!({ "id": id }))
-            .collect();
-        let request = Request::post(
-            format!("/crm/v4/associations/{object_type}/{CONTACTS}/batch/read"),
-            serde_json::json!({ "inputs": inputs }),
-            format!("read {object_type}-contact associations"),
-        );
-        // Records without associations answer errors in a 207 (or a 404 when none has any).
-        let answer: BatchResponse<AssociationsOf> = match crm.client.send(&request).await {
-            Ok(a) => a,
-            Err(e) if e.refused().is_some_and(|(status, _)| status == 404) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for item in &answer.results {
-            let lowest = item
-                .to
-                .iter()
-                .map(super::model::AssociatedTo::to_id)
-                .min_by_key(|id| (id.len(), id.clone()));
-            if let Some(id) = lowest {
-                out.insert(item.from.id.clone(), id);
-            }
+            .map(super::model::AssociatedTo::to_id)
+            .min_by_key(|id| (id.len(), id.clone()));
+        if let Some(id) = lowest {
+            out.insert(item.from.id.clone(), id);
         }
     }
     Ok(out)

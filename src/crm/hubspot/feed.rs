@@ -572,6 +572,59 @@ pub(crate) async fn association_records(
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
+    for item in &read_associations(crm, &from, &to, froms).await? {
+        let at = modified
+            .get(&item.from.id)
+            .copied()
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        for target in &item.to {
+            let to_id = target.to_id();
+            // Unlabelled HubSpot-defined types are the plain association; a labelled one is
+            // a role. HubSpot keeps the plain association next to every label, so it is a
+            // record of its own only for a pair with no label.
+            let labelled = target
+                .association_types
+                .iter()
+                .any(|t| t.label.as_deref().is_some_and(|l| !l.is_empty()));
+            for t in &target.association_types {
+                let label = t.label.clone().filter(|l| !l.is_empty());
+                if labelled && label.is_none() {
+                    continue;
+                }
+                let primary = match (&label, &primary_label) {
+                    (Some(l), Some(p)) => l.eq_ignore_ascii_case(p),
+                    _ => false,
+                };
+                let _ = &t.category;
+                let mut fields = Fields::new();
+                fields.insert(from_field.clone(), Value::Text(item.from.id.clone()));
+                fields.insert(to_field.clone(), Value::Text(to_id.clone()));
+                fields.insert("role".into(), label.map_or(Value::Null, Value::Text));
+                fields.insert("is_primary".into(), Value::Bool(primary));
+                out.push(CrmRecord {
+                    id: association_id(&item.from.id, &to_id, t.type_id),
+                    modified_at: at,
+                    fields,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the v4 associations from `froms` (records of type `from`) to records of type `to`,
+/// 1,000 ids a batch read. Records without any association answer errors in a 207 (or a 404
+/// when none of a batch has one): they are left out.
+///
+/// # Errors
+/// A remote failure of a batch read.
+pub(crate) async fn read_associations(
+    crm: &HubSpotCrm,
+    from: &str,
+    to: &str,
+    froms: &[String],
+) -> Result<Vec<AssociationsOf>, CrmError> {
+    let mut out = Vec::new();
     for chunk in froms.chunks(ASSOCIATION_BATCH) {
         let inputs: Vec<serde_json::Value> = chunk
             .iter()
@@ -582,47 +635,14 @@ pub(crate) async fn association_records(
             serde_json::json!({ "inputs": inputs }),
             format!("read {from}-{to} associations"),
         );
-        let answer: BatchResponse<AssociationsOf> = match crm.client.send(&request).await {
-            Ok(a) => a,
-            Err(e) if e.refused().is_some_and(|(status, _)| status == 404) => continue,
+        match crm
+            .client
+            .send::<BatchResponse<AssociationsOf>>(&request)
+            .await
+        {
+            Ok(answer) => out.extend(answer.results),
+            Err(e) if e.refused().is_some_and(|(status, _)| status == 404) => {}
             Err(e) => return Err(e.into()),
-        };
-        for item in &answer.results {
-            let at = modified
-                .get(&item.from.id)
-                .copied()
-                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-            for target in &item.to {
-                let to_id = target.to_id();
-                // Unlabelled HubSpot-defined types are the plain association; a labelled one is
-                // a role. HubSpot keeps the plain association next to every label, so it is a
-                // record of its own only for a pair with no label.
-                let labelled = target
-                    .association_types
-                    .iter()
-                    .any(|t| t.label.as_deref().is_some_and(|l| !l.is_empty()));
-                for t in &target.association_types {
-                    let label = t.label.clone().filter(|l| !l.is_empty());
-                    if labelled && label.is_none() {
-                        continue;
-                    }
-                    let primary = match (&label, &primary_label) {
-                        (Some(l), Some(p)) => l.eq_ignore_ascii_case(p),
-                        _ => false,
-                    };
-                    let _ = &t.category;
-                    let mut fields = Fields::new();
-                    fields.insert(from_field.clone(), Value::Text(item.from.id.clone()));
-                    fields.insert(to_field.clone(), Value::Text(to_id.clone()));
-                    fields.insert("role".into(), label.map_or(Value::Null, Value::Text));
-                    fields.insert("is_primary".into(), Value::Bool(primary));
-                    out.push(CrmRecord {
-                        id: association_id(&item.from.id, &to_id, t.type_id),
-                        modified_at: at,
-                        fields,
-                    });
-                }
-            }
         }
     }
     Ok(out)
