@@ -814,19 +814,12 @@ impl Runner for Engine {
         cancel: &CancellationToken,
     ) -> Result<Vec<(i64, OnDemandOutcome)>, EngineError> {
         let all = |o: OnDemandOutcome| lead_ids.iter().map(|id| (*id, o.clone())).collect();
-        self.restore_usage().await?;
-        let before = self.ctx.marketo.usage();
-        let result = match self.check_quota(true).await {
-            Ok(false) => Ok(all(OnDemandOutcome::Deferred)),
-            Ok(true) => self
-                .sync_batch(lead_ids, cancel)
+        self.on_demand(all(OnDemandOutcome::Deferred), async {
+            self.sync_batch(lead_ids, cancel)
                 .await
-                .map(|o| o.unwrap_or_else(|| all(OnDemandOutcome::NotSynced))),
-            Err(e) => Err(e),
-        };
-        let calls = self.persist_usage(&before).await?;
-        self.quota.add_on_demand(calls, self.ctx.clock.now());
-        result
+                .map(|o| o.unwrap_or_else(|| all(OnDemandOutcome::NotSynced)))
+        })
+        .await
     }
 
     async fn sync_crm_record_now(
@@ -847,18 +840,35 @@ impl Runner for Engine {
         if plan.marketo_object != "lead" {
             return Ok(CrmRecordOutcome::PollOnly);
         }
+        self.on_demand(CrmRecordOutcome::Deferred, async {
+            let result = leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)
+                .await
+                .map_err(|e| as_pause(e, self.ctx.clock.now()));
+            if result.is_err() {
+                self.ctx.crm.forget_own_writes();
+            }
+            result
+        })
+        .await
+    }
+}
+
+impl Engine {
+    /// Runs on-demand `work` within the on-demand share of the quota: `deferred` when the share
+    /// is spent (the next poll carries the records); the calls it made are counted to the day
+    /// and to the on-demand share.
+    async fn on_demand<T>(
+        &self,
+        deferred: T,
+        work: impl std::future::Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
         self.restore_usage().await?;
         let before = self.ctx.marketo.usage();
         let result = match self.check_quota(true).await {
-            Ok(false) => Ok(CrmRecordOutcome::Deferred),
-            Ok(true) => leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)
-                .await
-                .map_err(|e| as_pause(e, self.ctx.clock.now())),
+            Ok(false) => Ok(deferred),
+            Ok(true) => work.await,
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            self.ctx.crm.forget_own_writes();
-        }
         let calls = self.persist_usage(&before).await?;
         self.quota.add_on_demand(calls, self.ctx.clock.now());
         result
