@@ -16,7 +16,8 @@ use marketo_sync::marketo::activities::{ActivityFilter, NewCustomActivity};
 use marketo_sync::marketo::bulk_extract::{
     DateRange, ExportFilter, ExportKind, ExportOptions, ExportRequest, ExportStatus,
 };
-use marketo_sync::marketo::bulk_import::{ImportFormat, ImportTarget, LeadImportOptions};
+use marketo_sync::marketo::bulk_import::{ImportTarget, LeadImportOptions};
+use marketo_sync::marketo::csv::FileFormat;
 use marketo_sync::marketo::describe::StandardObject;
 use marketo_sync::marketo::programs::ProgramBrowse;
 use marketo_sync::marketo::{Client, ClientConfig, DedupeBy, Record, RecordStatus, SyncAction};
@@ -635,7 +636,7 @@ async fn exercise_every_method(
         .import_file(
             &ImportTarget::Leads,
             &csv,
-            ImportFormat::Csv,
+            FileFormat::Csv,
             &LeadImportOptions::default(),
         )
         .await
@@ -682,7 +683,7 @@ async fn exercise_every_method(
         .import_file(
             &target,
             &co_csv,
-            ImportFormat::Csv,
+            FileFormat::Csv,
             &LeadImportOptions::default(),
         )
         .await

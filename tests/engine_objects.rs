@@ -86,6 +86,7 @@ impl Env {
         let sim = Simulator::start(SimConfig {
             leads: 0,
             export_delay: Duration::ZERO,
+            import_delay: Duration::ZERO,
             native_crm_sync,
             ..SimConfig::default()
         })
@@ -174,6 +175,13 @@ impl Env {
             store,
             _dir: dir,
         }
+    }
+
+    /// Changes the Marketo settings the steps run with.
+    fn set_marketo(&mut self, change: impl FnOnce(&mut marketo_sync::config::MarketoSettings)) {
+        let mut settings = (*self.ctx.settings).clone();
+        change(&mut settings.marketo);
+        self.ctx.settings = Arc::new(settings);
     }
 
     async fn exec(&self, sql: &str) {
@@ -1168,4 +1176,73 @@ async fn a_marketo_car_of_a_lead_without_a_contact_waits_and_arrives_once_linked
         .await
         .unwrap();
     assert!(open.is_empty(), "{open:?}");
+}
+
+#[tokio::test]
+async fn a_large_car_set_is_bulk_imported_and_a_refused_row_is_one_ledger_entry() {
+    let mut env = Env::new().await;
+    env.set_marketo(|m| {
+        m.bulk_import_threshold = 3;
+        m.import_format = marketo_sync::marketo::csv::FileFormat::Ssv;
+    });
+    env.sim
+        .refuse_records("make", "Lemon", "1003", "Validation rule: no lemons");
+    for i in 0..5 {
+        env.linked_lead(11 + i, &format!("driver{i}@example.com"), json!({}))
+            .await;
+        let make = if i == 2 { "Lemon" } else { "Fiat; Abarth" };
+        env.exec(&format!(
+            "INSERT INTO vehicles (id, vin, contact_id, make, model, model_year) \
+             VALUES ({}, 'VIN{i}', {}, '{make}', 'Panda', {})",
+            41 + i,
+            11 + i,
+            2015 + i
+        ))
+        .await;
+    }
+    let from = env.log_len();
+    let s = env.step("custom_objects", false).await;
+    let writes = env.writes_since(from);
+    assert!(
+        writes
+            .iter()
+            .any(|e| e.path == "/bulk/v1/customobjects/car_c/import.json"
+                && e.query.contains("format=ssv")),
+        "{writes:?}"
+    );
+    assert!(
+        !writes
+            .iter()
+            .any(|e| e.path == "/rest/v1/customobjects/car_c.json"),
+        "{writes:?}"
+    );
+    let counts = &s.objects["cars"][&Direction::CrmToMarketo];
+    assert_eq!((counts.updated, counts.failed), (4, 1), "{s:?}");
+    let errors = env
+        .store
+        .list_errors(&ErrorFilter {
+            object: Some("cars".into()),
+            limit: 10,
+            ..ErrorFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, "import");
+    assert!(errors[0].message.contains("no lemons"), "{errors:?}");
+    let cars = env
+        .get("car_c", "vin", "VIN4", &["make", "year", "leadId"])
+        .await;
+    assert_eq!(cars[0]["make"], json!("Fiat; Abarth"));
+    assert_eq!(cars[0]["year"], json!(2019));
+    assert!(env.get("car_c", "vin", "VIN2", &["make"]).await.is_empty());
+
+    // Linked and agreed: the next run writes nothing.
+    let from = env.log_len();
+    env.step("custom_objects", false).await;
+    assert!(
+        env.writes_since(from).is_empty(),
+        "{:?}",
+        env.writes_since(from)
+    );
 }

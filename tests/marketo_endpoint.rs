@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Duration as ChronoDuration;
+use marketo_sync::marketo::csv::FileFormat;
+use marketo_sync::marketo::endpoint::families::ObjectFamily;
 use marketo_sync::marketo::endpoint::{
     CompanyLink, EndpointSettings, ExportSubject, JobEntry, JobJournal, JobStage, JournalError,
     LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob, WriteMode,
 };
-use marketo_sync::marketo::{Client, ClientConfig, Record, RefusalKind};
+use marketo_sync::marketo::{Client, ClientConfig, Record, RecordStatus, RefusalKind};
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -477,4 +479,140 @@ async fn key_write_backs_go_by_rest_or_journalled_import_and_name_refused_keys()
         !jobs[0].file.as_ref().unwrap().exists(),
         "the imported file is deleted"
     );
+}
+
+/// Returns the query strings of the POSTs to `path`.
+fn queries(sim: &SimHandle, path: &str) -> Vec<String> {
+    sim.request_log()
+        .into_iter()
+        .filter(|e| e.method == "POST" && e.path == path)
+        .map(|e| e.query)
+        .collect()
+}
+
+fn with_format(mut ep: RestBulkEndpoint, format: FileFormat) -> RestBulkEndpoint {
+    let settings = EndpointSettings {
+        import_format: format,
+        ..ep.settings().clone()
+    };
+    ep = RestBulkEndpoint::new(ep.client().clone(), settings);
+    ep
+}
+
+#[tokio::test(start_paused = true)]
+async fn lead_imports_use_the_configured_format_and_keep_delimiters_inside_values() {
+    for (format, name) in [(FileFormat::Tsv, "tsv"), (FileFormat::Ssv, "ssv")] {
+        let sim = sim().await;
+        let ep = with_format(endpoint(&sim, 2), format);
+        let cancel = CancellationToken::new();
+        // Every delimiter Marketo knows, and a quote, inside one value.
+        let tricky = "Doe, Jr.; \"the\"\tthird";
+        let mut writes = new_leads(name, 4);
+        writes[1].record.insert("lastName".into(), json!(tricky));
+        // Not an email: the import refuses this row alone.
+        writes[3]
+            .record
+            .insert("email".into(), json!("not-an-email"));
+
+        let out = ep
+            .write_leads(
+                &writes,
+                WriteMode::Upsert,
+                &LeadKey::Field("crmContactId".into()),
+                &cancel,
+            )
+            .await
+            .unwrap();
+        let imports = queries(&sim, "/bulk/v1/leads.json");
+        assert_eq!(imports.len(), 1, "{name}: {imports:?}");
+        assert!(
+            imports[0].contains(&format!("format={name}")),
+            "{name}: {imports:?}"
+        );
+        assert_eq!(calls(&sim, "/rest/v1/leads.json"), 0, "{name}");
+        let lead = sim.lead(created_id(&out[1])).unwrap();
+        assert_eq!(lead["lastName"], json!(tricky), "{name}");
+        assert_eq!(lead["crmContactId"], json!(format!("{name}-1")), "{name}");
+        let refusal = out[3].refusal().expect("the bad email is refused");
+        assert!(
+            refusal.message.contains("email"),
+            "{name}: {}",
+            refusal.message
+        );
+        for i in [0, 2] {
+            created_id(&out[i]);
+        }
+    }
+}
+
+fn car(vin: &str, lead: i64, year: serde_json::Value, make: &str) -> Record {
+    let mut r = Record::new();
+    r.insert("vin".into(), json!(vin));
+    r.insert("leadId".into(), json!(lead));
+    r.insert("year".into(), year);
+    r.insert("make".into(), json!(make));
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_custom_object_writes_go_by_bulk_import_with_results_in_input_order() {
+    let sim = sim().await;
+    sim.refuse_records("make", "Lemon", "1003", "Validation rule: no lemons");
+    let ep = with_format(endpoint(&sim, 3), FileFormat::Tsv);
+    let cancel = CancellationToken::new();
+    let family = ObjectFamily::Custom("car_c".into());
+    let lead = seed_lead(&sim, "owner@example.com", None);
+
+    // At the threshold: one REST call, no import.
+    let small: Vec<Record> = (0..3)
+        .map(|i| car(&format!("S{i}"), lead, json!(2000 + i), "Fiat"))
+        .collect();
+    assert_eq!(ep.object_batch(&family, small.len()), 300);
+    let out = ep.upsert_objects(&family, &small, &cancel).await.unwrap();
+    assert!(
+        out.iter().all(|r| r.status == RecordStatus::Created),
+        "{out:?}"
+    );
+    assert_eq!(calls(&sim, "/rest/v1/customobjects/car_c.json"), 1);
+
+    // Above it: one import file; a wrong type, a refused row, and a null (REST) among them.
+    let mut large: Vec<Record> = (0..6)
+        .map(|i| car(&format!("L{i}"), lead, json!(2010 + i), "Fiat"))
+        .collect();
+    large[1].insert("year".into(), json!("nineteen"));
+    large[3].insert("make".into(), json!("Lemon"));
+    large[4].insert("color".into(), serde_json::Value::Null);
+    assert_eq!(ep.object_batch(&family, large.len()), 6);
+    let out = ep.upsert_objects(&family, &large, &cancel).await.unwrap();
+    let imports = queries(&sim, "/bulk/v1/customobjects/car_c/import.json");
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    assert!(imports[0].contains("format=tsv"), "{imports:?}");
+    assert_eq!(
+        calls(&sim, "/rest/v1/customobjects/car_c.json"),
+        2,
+        "only the record with a null goes by REST"
+    );
+    assert_eq!(out.len(), 6);
+    for (i, r) in out.iter().enumerate() {
+        match i {
+            1 => {
+                assert_eq!(r.status, RecordStatus::Skipped);
+                assert_eq!(r.reasons[0].code, "import");
+                assert!(r.reasons[0].message.contains("year"), "{r:?}");
+            }
+            3 => {
+                assert_eq!(r.status, RecordStatus::Skipped);
+                assert!(r.reasons[0].message.contains("no lemons"), "{r:?}");
+            }
+            4 => assert_eq!(r.status, RecordStatus::Created, "{r:?}"),
+            _ => assert_eq!(r.status, RecordStatus::Updated, "{i}: {r:?}"),
+        }
+    }
+    let cars = sim.objects(marketo_sync::sim::schema::ObjKind::Car);
+    let by_vin = |vin: &str| cars.iter().find(|c| c["vin"] == json!(vin)).cloned();
+    assert_eq!(by_vin("L0").unwrap()["year"], json!(2010));
+    assert_eq!(by_vin("L5").unwrap()["leadId"], json!(lead));
+    assert!(by_vin("L1").is_none());
+    assert!(by_vin("L3").is_none());
+    assert!(by_vin("L4").is_some());
 }

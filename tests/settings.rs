@@ -398,3 +398,31 @@ fn status_reads_the_store_without_marketo_or_crm_credentials() {
     assert!(stdout.contains("lease"), "{stdout}");
     assert!(!stderr.contains("client_secret"), "{stderr}");
 }
+
+#[test]
+fn the_import_format_is_read_from_the_environment_and_a_bad_one_names_the_key() {
+    let dir = config_dir();
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "s"),
+        ("MKSYNC__MARKETO__IMPORT_FORMAT", "tsv"),
+        ("MKSYNC__MARKETO__BULK_IMPORT_THRESHOLD", "5000"),
+    ]));
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(
+        s.marketo.import_format,
+        marketo_sync::marketo::csv::FileFormat::Tsv
+    );
+    assert_eq!(s.marketo.bulk_import_threshold, 5000);
+
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "s"),
+        ("MKSYNC__MARKETO__IMPORT_FORMAT", "xlsx"),
+    ]));
+    let (s, p) = load_settings(&source);
+    assert!(s.is_none());
+    let text = format!("{p:?}");
+    assert!(text.contains("MKSYNC__MARKETO__IMPORT_FORMAT"), "{text}");
+    assert!(text.contains("unknown value `xlsx`"), "{text}");
+    assert!(text.contains("xlsx"), "{text}");
+}

@@ -13,6 +13,19 @@ use serde::{Deserialize, Deserializer};
 use super::problem::{Problem, Segment, did_you_mean, parse_lenient, span_of_path};
 use std::ops::Range;
 
+/// Returns the reason of a settings error from the environment, in the words the file errors
+/// use (the `config` crate says "enum X does not have variant constructor v").
+fn env_reason(error: &config::ConfigError) -> String {
+    let text = error.to_string();
+    match text.split_once(" does not have variant constructor ") {
+        Some((_, rest)) => {
+            let value = rest.split(" for key ").next().unwrap_or(rest);
+            format!("unknown value `{value}`")
+        }
+        None => text,
+    }
+}
+
 /// The environment-variable prefix; keys are `MKSYNC__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "MKSYNC";
 
@@ -84,6 +97,12 @@ pub struct MarketoSettings {
     /// How long every call holds off after a 606 (rate limit), in milliseconds; Marketo's window
     /// is 20 seconds. Lower it only against a simulator.
     pub rate_limit_wait_ms: u64,
+    /// Records of one write (leads, a custom object) above which the service writes through
+    /// Bulk Import files instead of REST batches of 300.
+    pub bulk_import_threshold: usize,
+    /// The format of the Bulk Import files the service uploads: `csv`, `tsv` or `ssv`
+    /// (semicolon-separated).
+    pub import_format: crate::marketo::csv::FileFormat,
 }
 
 impl Default for MarketoSettings {
@@ -106,6 +125,8 @@ impl Default for MarketoSettings {
             retry_min_delay_ms: 1_000,
             retry_max_delay_ms: 60_000,
             rate_limit_wait_ms: 20_000,
+            bulk_import_threshold: 3_000,
+            import_format: crate::marketo::csv::FileFormat::Csv,
         }
     }
 }
@@ -589,7 +610,7 @@ pub fn check_settings(source: &SettingsSource) -> (Option<Settings>, Vec<Problem
             } else {
                 key
             };
-            problems.push(Problem::error("environment", key, error.to_string()));
+            problems.push(Problem::error("environment", key, env_reason(&error)));
             return (None, problems);
         }
     };
@@ -672,6 +693,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "retry_min_delay_ms",
             "retry_max_delay_ms",
             "rate_limit_wait_ms",
+            "bulk_import_threshold",
+            "import_format",
         ],
     ),
     ("crm", &["adapter", "url", "url_file", "options"]),

@@ -92,8 +92,13 @@ pub fn marketo_client(m: &MarketoSettings) -> Result<Client, EngineError> {
 }
 
 impl Context {
-    /// Returns the Marketo endpoint over this context's client.
+    /// Returns the Marketo endpoint over this context's client, importing in the configured
+    /// `marketo.import_format`.
     pub fn endpoint(&self, settings: EndpointSettings) -> RestBulkEndpoint {
+        let settings = EndpointSettings {
+            import_format: self.settings.marketo.import_format,
+            ..settings
+        };
         RestBulkEndpoint::new(self.marketo.clone(), settings)
     }
 

@@ -70,9 +70,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Returns an engine with the default thresholds.
+    /// Returns an engine with the default thresholds and the configured
+    /// `marketo.bulk_import_threshold`.
     pub fn new(ctx: Context) -> Engine {
-        Engine::with_tunables(ctx, Tunables::default())
+        let tunables = Tunables {
+            bulk_import_threshold: ctx.settings.marketo.bulk_import_threshold,
+            ..Tunables::default()
+        };
+        Engine::with_tunables(ctx, tunables)
     }
 
     /// Returns an engine with explicit thresholds.

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Client;
+use super::csv::FileFormat;
 use super::describe::path_segment;
 use super::error::Error;
 use super::transport::{Body, Call, MultipartSpec};
@@ -26,35 +27,6 @@ pub enum ImportTarget {
     Leads,
     /// One custom object (`/bulk/v1/customobjects/{apiName}/import.json`).
     CustomObject(String),
-}
-
-/// The file format of an import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ImportFormat {
-    /// Comma-separated.
-    #[default]
-    Csv,
-    /// Tab-separated.
-    Tsv,
-    /// Semicolon-separated.
-    Ssv,
-}
-
-impl ImportFormat {
-    fn as_str(self) -> &'static str {
-        match self {
-            ImportFormat::Csv => "csv",
-            ImportFormat::Tsv => "tsv",
-            ImportFormat::Ssv => "ssv",
-        }
-    }
-
-    fn mime(self) -> &'static str {
-        match self {
-            ImportFormat::Csv => "text/csv",
-            _ => "text/plain",
-        }
-    }
 }
 
 /// Options of a lead import.
@@ -185,7 +157,7 @@ impl Client {
         &self,
         target: &ImportTarget,
         file: &Path,
-        format: ImportFormat,
+        format: FileFormat,
         options: &LeadImportOptions,
     ) -> Result<ImportJob, Error> {
         let ep = match target {
@@ -389,7 +361,7 @@ mod tests {
             ..Default::default()
         };
         let job = client
-            .import_file(&ImportTarget::Leads, &csv, ImportFormat::Csv, &opts)
+            .import_file(&ImportTarget::Leads, &csv, FileFormat::Csv, &opts)
             .await
             .unwrap();
         assert_eq!(job.batch_id, 3404);
@@ -468,7 +440,7 @@ mod tests {
                 .import_file(
                     &target,
                     &empty,
-                    ImportFormat::Csv,
+                    FileFormat::Csv,
                     &LeadImportOptions::default()
                 )
                 .await
@@ -480,7 +452,7 @@ mod tests {
             .import_file(
                 &target,
                 &csv,
-                ImportFormat::Csv,
+                FileFormat::Csv,
                 &LeadImportOptions::default(),
             )
             .await

@@ -21,6 +21,7 @@ use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleSummary, EngineError};
 use crate::mapping::Plan;
 use crate::marketo::endpoint::families::ObjectFamily;
+use crate::marketo::endpoint::{EndpointSettings, MarketoEndpoint};
 use crate::marketo::{Record, RecordResult, RecordStatus};
 use crate::model::Fields;
 use crate::store::{Direction, LinkKey, StepCommit, SyncError};
@@ -99,12 +100,17 @@ pub(crate) async fn apply_marketo(
         }
         sendable.push(p);
     }
-    for batch in sendable.chunks(MARKETO_BATCH) {
+    let endpoint = ctx.endpoint(EndpointSettings {
+        bulk_import_threshold: ctx.settings.marketo.bulk_import_threshold,
+        ..EndpointSettings::default()
+    });
+    let size = endpoint.object_batch(family, sendable.len()).max(1);
+    for batch in sendable.chunks(size) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let input: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
-        let results = family.upsert(&ctx.marketo, &input).await?;
+        let results = endpoint.upsert_objects(family, &input, cancel).await?;
         let now = ctx.clock.now();
         for (p, r) in batch.iter().zip(results) {
             let counts = summary.counts_mut(object, direction);

@@ -50,8 +50,10 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// The longest cell text quoted in an error message, in characters.
 const MAX_VALUE_IN_ERROR: usize = 64;
 
-/// The file format of a bulk export or import (the `format` parameter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// The file format of a bulk export or import (the `format` parameter; in settings `csv`,
+/// `tsv` or `ssv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     /// Comma-separated values.
     #[default]
@@ -80,6 +82,20 @@ impl FileFormat {
             FileFormat::Tsv => "tsv",
             FileFormat::Ssv => "ssv",
         }
+    }
+
+    /// Returns the MIME type of an uploaded import file.
+    pub fn mime(self) -> &'static str {
+        match self {
+            FileFormat::Csv => "text/csv",
+            FileFormat::Tsv => "text/tab-separated-values",
+            FileFormat::Ssv => "text/plain",
+        }
+    }
+
+    /// Returns the file extension of a file in this format.
+    pub fn extension(self) -> &'static str {
+        self.as_str()
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod export;
 pub mod families;
+mod objects;
 mod write_back;
 mod writes;
 
@@ -31,8 +32,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Client, Error, Record, RecordRefusal, RefusalKind};
+use super::csv::FileFormat;
+use super::{Client, Error, Record, RecordRefusal, RecordResult, RefusalKind};
 use crate::model::Fields;
+use families::ObjectFamily;
 
 pub use crate::marketo::bulk_extract::{ACTIVITY_FIELDS, ExportOptions};
 pub use export::{ActivityRow, ExportRow, ExportSubject, ExportedWindow, RowStream};
@@ -188,6 +191,8 @@ pub struct EndpointSettings {
     pub export_max_wait: Option<Duration>,
     /// Where export files are downloaded and import files written.
     pub work_dir: PathBuf,
+    /// The format of the files this endpoint imports (`marketo.import_format`).
+    pub import_format: FileFormat,
 }
 
 impl Default for EndpointSettings {
@@ -197,6 +202,7 @@ impl Default for EndpointSettings {
             poll: Duration::from_secs(30),
             export_max_wait: Some(Duration::from_secs(6 * 3600)),
             work_dir: std::env::temp_dir(),
+            import_format: FileFormat::Csv,
         }
     }
 }
@@ -317,6 +323,28 @@ pub trait MarketoEndpoint: Send + Sync {
         cancel: &CancellationToken,
     ) -> Result<Vec<LeadOutcome>, EndpointError>;
 
+    /// Creates or updates records of an object family and returns one result per record, in
+    /// input order: REST batches of 300, or, for a custom object with more than
+    /// `bulk_import_threshold` records, Bulk Import files (records with a null value, which an
+    /// import cannot clear, still go by REST). An imported record Marketo accepted is reported
+    /// `Updated` (an import does not say created or updated); a refused row is `Skipped` with
+    /// the failures file's reason under the code `import`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EndpointError`] when a call, a batch or a file fails as a whole.
+    async fn upsert_objects(
+        &self,
+        family: &ObjectFamily,
+        records: &[Record],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<RecordResult>, EndpointError>;
+
+    /// Returns how many records of `family` the caller should hand to one
+    /// [`MarketoEndpoint::upsert_objects`] call when it has `pending` to write: all of them when
+    /// they go by Bulk Import, otherwise one REST batch (300).
+    fn object_batch(&self, family: &ObjectFamily, pending: usize) -> usize;
+
     /// Returns what [`MarketoEndpoint::write_leads`] would send, without writing (dry runs).
     ///
     /// # Errors
@@ -426,6 +454,23 @@ impl MarketoEndpoint for RestBulkEndpoint {
         cancel: &CancellationToken,
     ) -> Result<Vec<LeadOutcome>, EndpointError> {
         self.write(writes, mode, key, cancel).await
+    }
+
+    async fn upsert_objects(
+        &self,
+        family: &ObjectFamily,
+        records: &[Record],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<RecordResult>, EndpointError> {
+        self.upsert(family, records, cancel).await
+    }
+
+    fn object_batch(&self, family: &ObjectFamily, pending: usize) -> usize {
+        if self.imports(family, pending) {
+            pending
+        } else {
+            super::leads::MAX_BATCH
+        }
     }
 
     async fn preview_leads(&self, writes: &[LeadWrite]) -> Result<Vec<LeadPreview>, EndpointError> {

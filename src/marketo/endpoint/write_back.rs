@@ -19,7 +19,7 @@ use super::{
     CompanyLink, EndpointError, JobEntry, JobJournal, JobStage, LeadKey, LeadOutcome, LeadWrite,
     Refusal, RestBulkEndpoint, WriteMode,
 };
-use crate::marketo::bulk_import::{ImportFormat, ImportTarget, LeadImportOptions};
+use crate::marketo::bulk_import::{ImportTarget, LeadImportOptions};
 use crate::marketo::csv::{
     CsvError, DEFAULT_IMPORT_LIMIT_BYTES, FileFormat, ImportFileWriter, WriteOutcome,
 };
@@ -373,7 +373,7 @@ impl RestBulkEndpoint {
             };
             let created = self
                 .client
-                .import_file(&ImportTarget::Leads, &path, ImportFormat::Csv, &options)
+                .import_file(&ImportTarget::Leads, &path, FileFormat::Csv, &options)
                 .await?;
             report.imports += 1;
             let entry = JobEntry {
@@ -414,7 +414,10 @@ impl RestBulkEndpoint {
                 entry.id
             ))
         })?;
-        let done = match self.wait_import(batch_id, cancel).await {
+        let done = match self
+            .wait_import(&ImportTarget::Leads, batch_id, cancel)
+            .await
+        {
             Ok(done) => done,
             Err(e @ EndpointError::Marketo(crate::marketo::Error::JobFailed { .. })) => {
                 entry.stage = JobStage::Failed;
@@ -465,7 +468,7 @@ fn key_record(id: &str, key_field: &str, key: &str) -> Record {
 /// Returns the refusals of a write-back import's failures file (`id`, the key column and
 /// Marketo's reason); logs the first few rows, then a count.
 fn refused_rows(path: &Path, key_field: &str, batch_id: i64) -> Vec<KeyRefusal> {
-    let rows = read_failure_rows(path);
+    let rows = read_failure_rows(path, FileFormat::Csv);
     for (fields, reason) in rows.iter().take(10) {
         warn!(batch_id, row = ?fields, %reason, "marketo refused a crm key write-back");
     }

@@ -10,7 +10,7 @@ use super::{
     COMPANY_FIELDS_ON_LEADS, CompanyLink, EndpointError, LeadKey, LeadOutcome, LeadPreview,
     LeadWrite, Refusal, RestBulkEndpoint, WriteMode,
 };
-use crate::marketo::bulk_import::{ImportFormat, ImportStatus, ImportTarget, LeadImportOptions};
+use crate::marketo::bulk_import::{ImportStatus, ImportTarget, LeadImportOptions};
 use crate::marketo::csv::{ExportReader, FileFormat, ImportFileWriter, WriteOutcome};
 use crate::marketo::leads::MAX_BATCH;
 use crate::marketo::{DedupeBy, Error, Record, RefusalKind, SyncAction};
@@ -351,9 +351,16 @@ impl RestBulkEndpoint {
         };
         let job = self
             .client
-            .import_file(&ImportTarget::Leads, path, ImportFormat::Csv, &options)
+            .import_file(
+                &ImportTarget::Leads,
+                path,
+                self.settings.import_format,
+                &options,
+            )
             .await?;
-        let done = self.wait_import(job.batch_id, cancel).await?;
+        let done = self
+            .wait_import(&ImportTarget::Leads, job.batch_id, cancel)
+            .await?;
         if done.num_of_rows_failed.unwrap_or(0) > 0 {
             let report = path.with_extension("failures.csv");
             if self
@@ -361,7 +368,7 @@ impl RestBulkEndpoint {
                 .import_failures(&ImportTarget::Leads, done.batch_id, &report)
                 .await?
             {
-                for (key, reason) in read_failures(&report, lookup) {
+                for (key, reason) in read_failures(&report, self.settings.import_format, lookup) {
                     failed.insert(key, reason);
                 }
                 let _ = std::fs::remove_file(&report);
@@ -380,12 +387,13 @@ impl RestBulkEndpoint {
     /// Waits for an import batch; a batch that failed as a whole is an error.
     pub(super) async fn wait_import(
         &self,
+        target: &ImportTarget,
         batch_id: i64,
         cancel: &CancellationToken,
     ) -> Result<crate::marketo::bulk_import::ImportJob, EndpointError> {
         let done = match self
             .client
-            .wait_for_import(&ImportTarget::Leads, batch_id, self.settings.poll, cancel)
+            .wait_for_import(target, batch_id, self.settings.poll, cancel)
             .await
         {
             Err(Error::Cancelled { .. }) if cancel.is_cancelled() => {
@@ -404,7 +412,7 @@ impl RestBulkEndpoint {
         Ok(done)
     }
 
-    /// Writes `records` into CSV import files, each below 10 MB.
+    /// Writes `records` into import files (in the endpoint's import format), each below 10 MB.
     fn import_files(&self, records: &[&Record]) -> Result<Vec<PathBuf>, EndpointError> {
         let mut columns: BTreeSet<String> = BTreeSet::new();
         for r in records {
@@ -414,10 +422,11 @@ impl RestBulkEndpoint {
         let mut files: Vec<PathBuf> = Vec::new();
         let mut i = 0;
         while i < records.len() {
-            let path = self
-                .settings
-                .work_dir
-                .join(format!("marketo-sync-import-{}.csv", uuid::Uuid::new_v4()));
+            let path = self.settings.work_dir.join(format!(
+                "marketo-sync-import-{}.{}",
+                uuid::Uuid::new_v4(),
+                self.settings.import_format.extension()
+            ));
             let fail = |e: &dyn std::fmt::Display| {
                 EndpointError::file(format!(
                     "cannot write the import file {}: {e}",
@@ -429,7 +438,7 @@ impl RestBulkEndpoint {
             let mut writer = ImportFileWriter::new(
                 std::io::BufWriter::new(file),
                 columns.clone(),
-                FileFormat::Csv,
+                self.settings.import_format,
             )
             .map_err(|e| fail(&e))?;
             let first = i;
@@ -474,19 +483,23 @@ fn update_groups(split: &[Split], send: &[usize], threshold: usize) -> Vec<Vec<u
 }
 
 /// Reads a bulk import failures file: the key column and `Import Failure Reason`.
-pub(super) fn read_failures(path: &Path, key_field: &str) -> Vec<(String, String)> {
-    read_failure_rows(path)
+pub(super) fn read_failures(
+    path: &Path,
+    format: FileFormat,
+    key_field: &str,
+) -> Vec<(String, String)> {
+    read_failure_rows(path, format)
         .into_iter()
         .map(|(row, reason)| (text(row.get(key_field)).unwrap_or_default(), reason))
         .collect()
 }
 
 /// Reads a bulk import failures file: each row's columns and its `Import Failure Reason`.
-pub(super) fn read_failure_rows(path: &Path) -> Vec<(Fields, String)> {
+pub(super) fn read_failure_rows(path: &Path, format: FileFormat) -> Vec<(Fields, String)> {
     let Ok(file) = std::fs::File::open(path) else {
         return Vec::new();
     };
-    let Ok(reader) = ExportReader::new(file, FileFormat::Csv) else {
+    let Ok(reader) = ExportReader::new(file, format) else {
         return Vec::new();
     };
     let mut out = Vec::new();
