@@ -332,9 +332,22 @@ impl Value {
     }
 }
 
+/// Two values are equal when their canonical JSON forms are ([`Value::to_json`]); values of one
+/// kind compare without building those forms (decimals numerically, which their normalised text
+/// agrees with; instants to the whole second).
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
-        self.to_json() == other.to_json()
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Text(a), Value::Text(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Decimal(a), Value::Decimal(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Date(a), Value::Date(b)) => a == b,
+            (Value::DateTime(a), Value::DateTime(b)) => a.timestamp() == b.timestamp(),
+            // Across kinds (text "2024-01-01" and that date are one canonical value).
+            _ => self.to_json() == other.to_json(),
+        }
     }
 }
 
@@ -424,5 +437,50 @@ mod tests {
         let v = Value::DateTime(t);
         let back: Value = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
+    }
+
+    mod equality {
+        use super::super::Value;
+        use chrono::{DateTime, NaiveDate};
+        use proptest::prelude::*;
+        use rust_decimal::Decimal;
+
+        /// Values of every kind, with the near-misses the fast comparison must get right:
+        /// decimals with trailing zeros, instants a fraction of a second apart, text that
+        /// reads as a date, an instant or a number.
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                (-3i64..3).prop_map(Value::Int),
+                any::<bool>().prop_map(Value::Bool),
+                (-300i64..300, 0u32..4).prop_map(|(m, s)| Value::Decimal(Decimal::new(m, s))),
+                (0i64..3).prop_map(|d| Value::Date(
+                    NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + chrono::Days::new(d as u64)
+                )),
+                (0i64..3, 0u32..3).prop_map(|(s, ms)| Value::DateTime(
+                    DateTime::from_timestamp(1_704_067_200 + s, ms * 400_000_000).unwrap()
+                )),
+                prop::sample::select(vec![
+                    "",
+                    "1",
+                    "1.0",
+                    "0",
+                    "true",
+                    "2024-01-01",
+                    "2024-01-02",
+                    "2024-01-01T00:00:00Z",
+                    "2024-01-01T00:00:01Z",
+                    "a",
+                ])
+                .prop_map(Value::from),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn equality_is_equality_of_the_canonical_json(a in value(), b in value()) {
+                prop_assert_eq!(a == b, a.to_json() == b.to_json(), "{:?} vs {:?}", a, b);
+            }
+        }
     }
 }

@@ -158,12 +158,13 @@ pub fn reconcile(
         agreed: base.clone(),
         ..Reconciled::default()
     };
+    let null = Value::Null;
     for rule in rules {
-        let base_value = base.get(&rule.name).cloned().unwrap_or(Value::Null);
+        let base_value = base.get(&rule.name).unwrap_or(&null);
         let m_value = marketo.and_then(|s| s.fields.get(&rule.name));
         let c_value = crm.and_then(|s| s.fields.get(&rule.name));
-        let m_changed = rule.changed(Side::Marketo, m_value, &base_value);
-        let c_changed = rule.changed(Side::Crm, c_value, &base_value);
+        let m_changed = rule.changed(Side::Marketo, m_value, base_value);
+        let c_changed = rule.changed(Side::Crm, c_value, base_value);
         match (m_changed, c_changed) {
             (None, None) => {}
             (Some(m), None) => {

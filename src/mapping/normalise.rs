@@ -14,6 +14,52 @@ use crate::model::{FieldType, Value};
 ///
 /// Returns a short reason when the value cannot be read as that type.
 pub fn normalise(ty: &FieldType, value: &Value) -> Result<Value, String> {
+    match (ty, value) {
+        (FieldType::Integer | FieldType::Decimal | FieldType::Boolean, _)
+        | (FieldType::Date | FieldType::DateTime, _)
+        | (_, Value::Null) => normalise_scalar(ty, value),
+        (_, Value::Text(s)) => Ok(trimmed_text(s.trim())),
+        (_, other) => Ok(trimmed_text(other.to_text().trim())),
+    }
+}
+
+/// Returns [`normalise`] of a value the caller gives up: text that needs no trimming is moved,
+/// not copied (the per-row path of exports and change feeds).
+///
+/// # Errors
+///
+/// As [`normalise`].
+pub fn normalise_owned(ty: &FieldType, value: Value) -> Result<Value, String> {
+    match (ty, value) {
+        (FieldType::Integer | FieldType::Decimal | FieldType::Boolean, v)
+        | (FieldType::Date | FieldType::DateTime, v) => normalise_scalar(ty, &v),
+        (_, Value::Text(s)) => {
+            let trimmed = s.trim();
+            if trimmed.len() == s.len() {
+                Ok(if s.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Text(s)
+                })
+            } else {
+                Ok(trimmed_text(trimmed))
+            }
+        }
+        (_, v) => normalise(ty, &v),
+    }
+}
+
+/// Returns trimmed text as a value: empty text is null.
+fn trimmed_text(trimmed: &str) -> Value {
+    if trimmed.is_empty() {
+        Value::Null
+    } else {
+        Value::Text(trimmed.to_owned())
+    }
+}
+
+/// [`normalise`] of the non-text types (and null).
+fn normalise_scalar(ty: &FieldType, value: &Value) -> Result<Value, String> {
     if let Value::Text(s) = value
         && s.trim().is_empty()
     {
@@ -28,7 +74,7 @@ pub fn normalise(ty: &FieldType, value: &Value) -> Result<Value, String> {
         FieldType::Boolean => to_bool(value).map(Value::Bool),
         FieldType::Date => to_date(value).map(Value::Date),
         FieldType::DateTime => to_datetime(value).map(Value::DateTime),
-        _ => Ok(Value::Text(text_of(value).trim().to_owned())),
+        _ => Ok(trimmed_text(text_of(value).trim())),
     }
 }
 
@@ -156,6 +202,14 @@ pub fn apply(steps: &[Transform], value: &Value) -> Value {
     match value {
         Value::Text(s) if !steps.is_empty() => Value::Text(apply_text(steps, s)),
         other => other.clone(),
+    }
+}
+
+/// Returns [`apply`] of a value the caller gives up (moved through when there is no step).
+pub fn apply_owned(steps: &[Transform], value: Value) -> Value {
+    match value {
+        Value::Text(s) if !steps.is_empty() => Value::Text(apply_text(steps, &s)),
+        other => other,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::normalise::{apply, convert_for, normalise};
+use super::normalise::{apply, apply_owned, convert_for, normalise_owned};
 use crate::config::{Direction, Policy, Transform};
 use crate::model::{FieldType, Fields, Side, Value, fields_hash};
 
@@ -118,17 +118,17 @@ impl PlanField {
     ///
     /// Why the value cannot be read as its type (never the value itself).
     fn read(&self, side: Side, value: &Value) -> Result<Value, String> {
-        let typed = normalise(self.side_ty(side), value)?;
+        let typed = normalise_owned(self.side_ty(side), value.clone())?;
         let mapped = match (&typed, side) {
             (Value::Text(t), Side::Crm) if !self.values.is_empty() => {
                 match self.values.iter().find(|(_, crm)| *crm == t) {
                     Some((canonical, _)) => Value::Text(canonical.clone()),
-                    None => typed.clone(),
+                    None => typed,
                 }
             }
             _ => typed,
         };
-        let canonical = normalise(&self.ty, &apply(&self.transform, &mapped))?;
+        let canonical = normalise_owned(&self.ty, apply_owned(&self.transform, mapped))?;
         Ok(match (&canonical, &self.default) {
             (Value::Null, Some(default)) => default.clone(),
             _ => canonical,

@@ -287,7 +287,9 @@ impl<R: Read> RecordParser<R> {
     pub(crate) fn next_record(&mut self) -> io::Result<Parsed> {
         let mut fields: Vec<Vec<u8>> = Vec::new();
         let mut cur: Vec<u8> = Vec::new();
-        let mut raw: Vec<u8> = Vec::new();
+        // The last record's raw bytes are not needed any more: reuse their buffer.
+        let mut raw: Vec<u8> = std::mem::take(&mut self.last_raw);
+        raw.clear();
         let mut blanks: Vec<u8> = Vec::new();
         let mut stray_quote = false;
         let mut state = State::StartField;
