@@ -393,6 +393,49 @@ impl SimHandle {
             .collect()
     }
 
+    /// Creates and approves a custom activity type as a Marketo admin does in the UI, and
+    /// returns its id. `primary` and each attribute are `(apiName, display name, dataType)`;
+    /// an existing type of that API name is returned unchanged.
+    pub fn add_custom_activity_type(
+        &self,
+        api_name: &str,
+        name: &str,
+        primary: (&str, &str, &str),
+        attributes: &[(&str, &str, &str)],
+    ) -> i64 {
+        let mut st = self.shared.lock();
+        let now = st.now();
+        let types = &mut st.db.catalog.custom_types;
+        if let Some(t) = types.get(api_name) {
+            return t.id;
+        }
+        let id = types
+            .values()
+            .map(|t| t.id)
+            .max()
+            .unwrap_or(catalog::CUSTOM_TYPE_BASE)
+            + 1;
+        let own = |(a, n, d): (&str, &str, &str)| (a.to_owned(), n.to_owned(), d.to_owned());
+        types.insert(
+            api_name.to_owned(),
+            catalog::CustomType {
+                id,
+                api_name: api_name.to_owned(),
+                name: name.to_owned(),
+                description: String::new(),
+                trigger_name: format!("{name} is logged"),
+                filter_name: format!("{name} was logged"),
+                primary: own(primary),
+                attributes: attributes.iter().copied().map(own).collect(),
+                draft: None,
+                approved: true,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+        id
+    }
+
     /// Returns the activities (all types, including Delete Lead) as REST activity JSON.
     pub fn activities(&self) -> Vec<Value> {
         let st = self.shared.lock();
