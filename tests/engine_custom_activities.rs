@@ -22,7 +22,7 @@ fn add_type(app: &TestApp) -> i64 {
         "Chat Conversation",
         ("topic", "Topic", "string"),
         &[
-            ("eventId", "Event ID", "string"),
+            ("eventId", "Event Id", "string"),
             ("transcript", "Transcript", "text"),
         ],
     )
@@ -57,7 +57,7 @@ fn activities(app: &TestApp, type_id: i64) -> Vec<(String, i64, String, Option<S
                     .and_then(|x| x["value"].as_str().map(str::to_owned))
             };
             (
-                attr("Event ID").unwrap_or_default(),
+                attr("Event Id").unwrap_or_default(),
                 a["leadId"].as_i64().unwrap_or_default(),
                 a["primaryAttributeValue"]
                     .as_str()
