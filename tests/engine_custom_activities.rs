@@ -86,7 +86,9 @@ fn transcript() -> String {
     let mut t = String::new();
     let mut i = 0;
     while t.len() < 63_900 {
-        t.push_str(&format!("{i:05} visitor: Grüße, ¿precio? — agent: ça marche ✓\n"));
+        t.push_str(&format!(
+            "{i:05} visitor: Grüße, ¿precio? — agent: ça marche ✓\n"
+        ));
         i += 1;
     }
     while t.len() < 64_000 {

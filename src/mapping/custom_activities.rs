@@ -5,9 +5,7 @@
 
 use super::compile::compile_field;
 use super::plan::Plan;
-use crate::config::{
-    CustomActivityMapping, LoadedMapping, Policy, Problem, Segment, did_you_mean,
-};
+use crate::config::{CustomActivityMapping, LoadedMapping, Policy, Problem, Segment, did_you_mean};
 use crate::model::{FieldType, ObjectSchema};
 
 /// The compiled mapping of a CRM event table onto one custom activity type.
@@ -33,7 +31,9 @@ pub struct CustomActivityPlan {
 }
 
 fn key(path: &str) -> Vec<Segment> {
-    path.split('.').map(|s| Segment::Key(s.to_owned())).collect()
+    path.split('.')
+        .map(|s| Segment::Key(s.to_owned()))
+        .collect()
 }
 
 /// Returns the plan of a custom-activity file compiled against the type's schema and the CRM
@@ -75,7 +75,8 @@ pub fn compile_custom_activity(
         ));
         return (None, problems);
     };
-    let ok = check_columns(m, c, crm, &mut problems) & check_attributes(m, c, marketo, &mut problems);
+    let ok =
+        check_columns(m, c, crm, &mut problems) & check_attributes(m, c, marketo, &mut problems);
     let mut fields = Vec::new();
     for (i, fm) in m.file.fields.iter().enumerate() {
         let (field, fp) = compile_field(m, &[], i, fm, marketo, crm, Policy::CrmWins);
@@ -180,8 +181,7 @@ fn check_attributes(
             ));
             false
         }
-        Some(def) if marketo.id_field.as_deref() == Some(name) => {
-            let _ = def;
+        Some(_) if marketo.id_field.as_deref() == Some(name) => {
             problems.push(m.problem(
                 true,
                 &path,
@@ -251,10 +251,17 @@ direction = "to_marketo"
             object: "events".into(),
             id_field: Some("id".into()),
             dedupe_fields: vec![],
-            fields: ["id", "topic", "transcript", "email", "contact_id", "occurred_at"]
-                .iter()
-                .map(|n| FieldDef::new(*n, text.clone()))
-                .collect(),
+            fields: [
+                "id",
+                "topic",
+                "transcript",
+                "email",
+                "contact_id",
+                "occurred_at",
+            ]
+            .iter()
+            .map(|n| FieldDef::new(*n, text.clone()))
+            .collect(),
         };
         (marketo, crm)
     }
@@ -316,17 +323,25 @@ direction = "to_marketo"
         let (plan, p) = compile_text(&FILE.replace("\"occurred_at\"", "\"when\""));
         assert!(plan.is_none());
         assert!(
-            p.iter().any(|p| p.contains("custom_activity.activity_date")),
+            p.iter()
+                .any(|p| p.contains("custom_activity.activity_date")),
             "{p:?}"
         );
-        let (plan, p) = compile_text(&FILE.replace("marketo = \"topic\"", "marketo = \"transcript\"\nname = \"t\""));
+        let (plan, p) = compile_text(&FILE.replace(
+            "marketo = \"topic\"",
+            "marketo = \"transcript\"\nname = \"t\"",
+        ));
         assert!(plan.is_none());
-        assert!(p.iter().any(|p| p.contains("primary attribute `topic`")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.contains("primary attribute `topic`")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn fields_must_flow_to_marketo_and_stay_within_the_attribute_limit() {
-        let (_, p) = compile_text(&FILE.replace("direction = \"to_marketo\"", "direction = \"both\""));
+        let (_, p) =
+            compile_text(&FILE.replace("direction = \"to_marketo\"", "direction = \"both\""));
         assert!(p.iter().any(|p| p.contains("to_marketo")), "{p:?}");
         let mut many = FILE.to_owned();
         for i in 0..20 {
@@ -335,6 +350,9 @@ direction = "to_marketo"
             ));
         }
         let (_, p) = compile_text(&many);
-        assert!(p.iter().any(|p| p.contains("at most 20 secondary")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.contains("at most 20 secondary")),
+            "{p:?}"
+        );
     }
 }

@@ -204,7 +204,12 @@ impl ActivityType {
     pub fn to_custom_schema(&self, object: &str) -> ObjectSchema {
         let def = |a: &ActivityAttribute| {
             let name = a.api_name.clone().unwrap_or_else(|| a.name.clone());
-            let ty = match a.data_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            let ty = match a
+                .data_type
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
                 Some("string") | None => FieldType::Text {
                     max_len: Some(CUSTOM_STRING_CHARS),
                 },

@@ -221,7 +221,9 @@ async fn outbox(ctx: &Context, object: &str) -> Result<Vec<Outgoing>, EngineErro
                     event_id: l.crm_key,
                     activity,
                 }),
-                None => warn!(object, event = %l.crm_key, "unreadable custom activity outbox entry"),
+                None => {
+                    warn!(object, event = %l.crm_key, "unreadable custom activity outbox entry")
+                }
             }
         }
     }
@@ -233,7 +235,10 @@ async fn outbox(ctx: &Context, object: &str) -> Result<Vec<Outgoing>, EngineErro
 /// # Errors
 ///
 /// A Marketo failure, or [`EngineError::Config`] when the type is gone.
-async fn resolve_type(ctx: &Context, cap: &CustomActivityPlan) -> Result<ActivityType, EngineError> {
+async fn resolve_type(
+    ctx: &Context,
+    cap: &CustomActivityPlan,
+) -> Result<ActivityType, EngineError> {
     let found = match (&cap.api_name, cap.type_id) {
         (Some(api), _) => ctx.marketo.describe_custom_activity_type(api).await?,
         (None, Some(id)) => ctx
@@ -266,13 +271,13 @@ async fn resolve_outbox(
         return Ok(pending);
     }
     let object = cap.plan.object.as_str();
-    let attribute_names: Vec<String> = kind
-        .attributes
-        .iter()
-        .filter(|a| a.api_name.as_deref() == Some(cap.event_id_attribute.as_str()))
-        .flat_map(|a| [a.name.clone(), cap.event_id_attribute.clone()])
-        .chain([cap.event_id_attribute.clone()])
-        .collect();
+    // The feed names attributes by display name; accept the API name too.
+    let mut attribute_names = vec![cap.event_id_attribute.clone()];
+    for a in &kind.attributes {
+        if a.api_name.as_deref() == Some(cap.event_id_attribute.as_str()) {
+            attribute_names.push(a.name.clone());
+        }
+    }
     let wanted: BTreeSet<&str> = pending.iter().map(|o| o.event_id.as_str()).collect();
     let since = pending
         .iter()
@@ -481,7 +486,12 @@ async fn leads_of(
             .iter()
             .filter_map(|c| Some((c.id.clone(), text_of(fields_of(c)?.get(column)?)?)))
             .collect();
-        let wanted: Vec<String> = keys.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let wanted: Vec<String> = keys
+            .values()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut lead_of_contact: BTreeMap<String, i64> = BTreeMap::new();
         for chunk in wanted.chunks(crate::store::KEYS_PER_LOOKUP) {
             for l in ctx.store.links_by_crm_keys(LEAD_LINK_OBJECT, chunk).await? {
@@ -504,9 +514,19 @@ async fn leads_of(
     let emails: BTreeMap<String, String> = events
         .iter()
         .filter(|c| !out.contains_key(&c.id))
-        .filter_map(|c| Some((c.id.clone(), text_of(fields_of(c)?.get(column)?)?.to_lowercase())))
+        .filter_map(|c| {
+            Some((
+                c.id.clone(),
+                text_of(fields_of(c)?.get(column)?)?.to_lowercase(),
+            ))
+        })
         .collect();
-    let wanted: Vec<String> = emails.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let wanted: Vec<String> = emails
+        .values()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut lead_of_email: BTreeMap<String, i64> = BTreeMap::new();
     let fields = ["id".to_owned(), "email".to_owned()];
     for chunk in wanted.chunks(BATCH) {
