@@ -126,12 +126,22 @@ async fn events_arrive_once_intact_and_refusals_go_to_the_ledger(crm: CrmKind, s
     demo_crm::insert_event(pool, None, Some("nobody@example.com"), "Lost", "x")
         .await
         .unwrap();
+    // Marketo itself refuses this one (a record-level skip).
+    app.sim.refuse_records(
+        "primaryAttributeValue",
+        "Blocked",
+        "1003",
+        "Blocked by a validation rule",
+    );
+    demo_crm::insert_event(pool, Some(&contact), None, "Blocked", "z")
+        .await
+        .unwrap();
     let s = app.run_cycle().await;
     let counts = &s.objects[OBJECT][&marketo_sync::store::Direction::CrmToMarketo];
-    assert_eq!((counts.created, counts.failed), (2, 2), "{s:?}");
+    assert_eq!((counts.created, counts.failed), (2, 3), "{s:?}");
 
     let ids = event_ids(&app).await;
-    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(ids.len(), 5, "{ids:?}");
     let mut got = activities(&app, type_id);
     got.sort();
     assert_eq!(got.len(), 2, "{got:?}");
@@ -146,7 +156,13 @@ async fn events_arrive_once_intact_and_refusals_go_to_the_ledger(crm: CrmKind, s
     assert_eq!((second.1, second.2.as_str()), (marketo_only, "Support"));
 
     let errors = app.open_errors(OBJECT).await;
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    let blocked = errors.iter().find(|e| e.record_key == ids[4]).unwrap();
+    assert_eq!(
+        (blocked.code.as_str(), blocked.message.as_str()),
+        ("1003", "Blocked by a validation rule"),
+        "Marketo's code and message: {blocked:?}"
+    );
     let long_error = errors
         .iter()
         .find(|e| e.record_key == ids[2])

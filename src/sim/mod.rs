@@ -250,7 +250,8 @@ impl SimHandle {
             .insert(name.to_owned());
     }
 
-    /// Makes Sync writes (Sync Leads and the Sync endpoints of every other object) skip any input
+    /// Makes Sync writes (Sync Leads, the Sync endpoints of every other object, and Add Custom
+    /// Activities, whose records are matched on their top-level keys) skip any input
     /// record whose `field` holds `value`, with `code` and `message` as its reason, until
     /// [`SimHandle::clear_record_refusals`]. Models the record-level refusals the simulator does
     /// not produce by itself (1022 object in use, 1014, partitions, validation rules).

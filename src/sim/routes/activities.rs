@@ -228,6 +228,10 @@ pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let mut results = Vec::new();
     for input in inputs {
         let skip = |code: &str, message: String| json!({"status": "skipped", "errors": [{"code": code, "message": message}]});
+        if let Some((code, message)) = ctx.st.refusal_for(&input) {
+            results.push(skip(&code, message));
+            continue;
+        }
         let type_id = input
             .get("activityTypeId")
             .and_then(Value::as_i64)
