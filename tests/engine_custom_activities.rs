@@ -296,3 +296,56 @@ async fn postgres_a_kill_between_write_and_commit_duplicates_no_custom_activity(
 async fn mariadb_a_kill_between_write_and_commit_duplicates_no_custom_activity() {
     killed_between_write_and_commit(CrmKind::MariaDb, StoreKind::Postgres).await;
 }
+
+/// An outbox entry whose call never reached Marketo (a process killed after the outbox commit,
+/// before the call) is found missing in Marketo on the next cycle and written once.
+#[tokio::test]
+async fn an_outbox_entry_never_written_is_written_once_on_the_next_cycle() {
+    use marketo_sync::model::{Fields, Value, fields_hash};
+    use marketo_sync::store::{Link, StepCommit};
+
+    let app = start(CrmKind::Sqlite, StoreKind::Sqlite, None).await;
+    let type_id = add_type(&app);
+    let contact = app.crm_insert_contact("o@example.com", "Oh", "Box").await;
+    app.settle(4).await;
+    let lead = app.marketo_by_email("o@example.com")[0];
+    // The state a kill leaves: the event's row and its outbox entry, nothing in Marketo.
+    demo_crm::insert_event(&app.user, Some(&contact), None, "Only", "once")
+        .await
+        .unwrap();
+    let event = event_ids(&app).await.pop().expect("the event");
+    let activity = json!({
+        "leadId": lead, "activityDate": "2030-01-01T00:00:00Z", "activityTypeId": type_id,
+        "primaryAttributeValue": "Only",
+        "attributes": [{"apiName": "eventId", "value": event}, {"apiName": "transcript", "value": "once"}],
+    });
+    let mut base = Fields::new();
+    base.insert("activity".into(), Value::Text(activity.to_string()));
+    app.store
+        .commit(StepCommit {
+            links_upsert: vec![Link {
+                object: format!("{OBJECT}:outbox"),
+                marketo_key: event.clone(),
+                crm_key: event.clone(),
+                base_hash: fields_hash(&base),
+                base,
+                agreed_at: app.sim.now(),
+                tombstone: None,
+            }],
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    app.run_cycle().await;
+    app.run_cycle().await;
+    let got = activities(&app, type_id);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0.as_str(), got[0].2.as_str()), (event.as_str(), "Only"));
+    let outbox = app
+        .store
+        .links_page(&format!("{OBJECT}:outbox"), None, 10)
+        .await
+        .unwrap();
+    assert!(outbox.is_empty(), "{outbox:?}");
+    app.cleanup().await;
+}

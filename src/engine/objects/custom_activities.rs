@@ -393,11 +393,13 @@ async fn send(
         });
         match Failure::of_marketo_result(result) {
             None => {
+                // Marketo answers each added activity's id and marketoGUID; the event id
+                // keeps two answers without either from sharing a link key.
                 let guid = result
                     .marketo_guid
                     .clone()
                     .or_else(|| result.id.clone())
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| format!("event:{}", o.event_id));
                 after
                     .links_upsert
                     .push(link(object, &guid, &o.event_id, Fields::new(), now));
