@@ -178,6 +178,25 @@ async fn events_arrive_once_intact_and_refusals_go_to_the_ledger(crm: CrmKind, s
     let lost = errors.iter().find(|e| e.record_key == ids[3]).unwrap();
     assert_eq!(lost.code, "lead_not_found", "{lost:?}");
 
+    // An event of a contact whose lead was deleted: a ledger entry not retried.
+    let gone = app
+        .crm_insert_contact("gone@example.com", "Gone", "Soon")
+        .await;
+    app.settle(4).await;
+    app.crm_delete_contact(&gone).await;
+    app.settle(4).await;
+    demo_crm::insert_event(pool, Some(&gone), None, "Late", "x")
+        .await
+        .unwrap();
+    app.run_cycle().await;
+    let late = app
+        .open_errors(OBJECT)
+        .await
+        .into_iter()
+        .find(|e| e.code == "lead_deleted")
+        .expect("a lead_deleted entry");
+    assert!(late.next_retry_at.is_none(), "{late:?}");
+
     // Later cycles write nothing again, and touching an event does not re-send it.
     app.crm_exec(&format!(
         "UPDATE events SET topic = 'Pricing v2' WHERE id = {}",
@@ -340,7 +359,10 @@ async fn an_outbox_entry_never_written_is_written_once_on_the_next_cycle() {
     app.run_cycle().await;
     let got = activities(&app, type_id);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].0.as_str(), got[0].2.as_str()), (event.as_str(), "Only"));
+    assert_eq!(
+        (got[0].0.as_str(), got[0].2.as_str()),
+        (event.as_str(), "Only")
+    );
     let outbox = app
         .store
         .links_page(&format!("{OBJECT}:outbox"), None, 10)

@@ -472,8 +472,18 @@ fn refusal_entry(
     )
 }
 
-/// The Marketo lead of each event id that has one.
-type LeadsByEvent = BTreeMap<String, i64>;
+/// What the lead lookup found for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeadOf {
+    /// The Marketo lead to write the activity to.
+    Lead(i64),
+    /// The event's contact was linked to a lead that is deleted or merged away (a tombstone),
+    /// and no lead has its email: retrying cannot help.
+    Gone,
+}
+
+/// The lead lookup's answer per event id (absent: nothing found yet, retried later).
+type LeadsByEvent = BTreeMap<String, LeadOf>;
 
 /// Finds the lead of each event: the lead linked to its CRM contact key, else the lead with its
 /// email (Get Leads by email, 300 a call; the lowest id when several match).
@@ -494,13 +504,17 @@ async fn leads_of(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut lead_of_contact: BTreeMap<String, i64> = BTreeMap::new();
+        let mut lead_of_contact: BTreeMap<String, LeadOf> = BTreeMap::new();
         for chunk in wanted.chunks(crate::store::KEYS_PER_LOOKUP) {
             for l in ctx.store.links_by_crm_keys(LEAD_LINK_OBJECT, chunk).await? {
-                if l.tombstone.is_none()
-                    && let Ok(id) = l.marketo_key.parse::<i64>()
-                {
-                    lead_of_contact.insert(l.crm_key, id);
+                match (l.tombstone.is_none(), l.marketo_key.parse::<i64>()) {
+                    (true, Ok(id)) => {
+                        lead_of_contact.insert(l.crm_key, LeadOf::Lead(id));
+                    }
+                    (false, _) => {
+                        lead_of_contact.entry(l.crm_key).or_insert(LeadOf::Gone);
+                    }
+                    (true, Err(_)) => {}
                 }
             }
         }
@@ -515,7 +529,7 @@ async fn leads_of(
     };
     let emails: BTreeMap<String, String> = events
         .iter()
-        .filter(|c| !out.contains_key(&c.id))
+        .filter(|c| !matches!(out.get(&c.id), Some(LeadOf::Lead(_))))
         .filter_map(|c| {
             Some((
                 c.id.clone(),
@@ -556,7 +570,7 @@ async fn leads_of(
     }
     for (event, email) in emails {
         if let Some(lead) = lead_of_email.get(&email) {
-            out.insert(event, *lead);
+            out.insert(event, LeadOf::Lead(*lead));
         }
     }
     Ok(out)
@@ -626,20 +640,33 @@ fn activity_of(
             ),
             retryable: false,
         })?;
-    let Some(lead_id) = leads.get(id).copied() else {
-        return Err(Refused {
-            code: "lead_not_found",
-            message: format!(
-                "event {id}: no Marketo lead found by {} (retried: the lead may sync later)",
-                match (&cap.lead_crm_key, &cap.lead_email) {
-                    (Some(k), Some(e)) => format!("CRM contact column `{k}` or email column `{e}`"),
-                    (Some(k), None) => format!("CRM contact column `{k}`"),
-                    (None, Some(e)) => format!("email column `{e}`"),
-                    (None, None) => "no column".to_owned(),
-                }
-            ),
-            retryable: true,
-        });
+    let lead_id = match leads.get(id).copied() {
+        Some(LeadOf::Lead(lead)) => lead,
+        Some(LeadOf::Gone) => {
+            return Err(Refused {
+                code: "lead_deleted",
+                message: format!(
+                    "event {id}: the lead of its CRM contact is deleted or merged away in Marketo"
+                ),
+                retryable: false,
+            });
+        }
+        None => {
+            return Err(Refused {
+                code: "lead_not_found",
+                message: format!(
+                    "event {id}: no Marketo lead found by {} (retried: the lead may sync later)",
+                    match (&cap.lead_crm_key, &cap.lead_email) {
+                        (Some(k), Some(e)) =>
+                            format!("CRM contact column `{k}` or email column `{e}`"),
+                        (Some(k), None) => format!("CRM contact column `{k}`"),
+                        (None, Some(e)) => format!("email column `{e}`"),
+                        (None, None) => "no column".to_owned(),
+                    }
+                ),
+                retryable: true,
+            });
+        }
     };
     let mut attributes: Vec<Json> = vec![json!({"apiName": cap.event_id_attribute, "value": id})];
     for (name, value) in rendered {
