@@ -422,7 +422,10 @@ impl Rig {
             let files = objects::MAPPING_FILES
                 .iter()
                 .zip(objects::OBJECTS.iter().map(|o| o.name))
-                .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")));
+                .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")))
+                .chain(
+                    with_activities.then_some((&objects::CHAT_MAPPING.0, objects::CHAT_MAPPING.1)),
+                );
             for (file, object) in files {
                 let from = options.config_dir.join("mappings").join(file);
                 std::fs::copy(&from, mappings_dir.join(file))
@@ -1031,6 +1034,7 @@ async fn play(
     let mut merge_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_7267_655f_6b69);
     let mut object_rng = objects::object_rng(seed);
     let mut activity_rng = objects::activity_rng(seed);
+    let mut chat_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6368_6174_5f65_7674);
     let mut serial = 0u32;
     for step in 0..options.steps {
         let roll = draw_roll(&mut rng, options);
@@ -1059,6 +1063,14 @@ async fn play(
                 played
                     .trace
                     .push(format!("activity before step {step}: {what}"));
+            }
+        }
+        if options.schedule == Schedule::Full && chat_rng.random_bool(0.2) {
+            let what = rig.log_chat(&mut chat_rng, serial + step as u32).await?;
+            if !what.is_empty() {
+                played
+                    .trace
+                    .push(format!("chat before step {step}: {what}"));
             }
         }
         let counts = (
@@ -1544,7 +1556,8 @@ async fn check_invariants(
         check_leads(&rig.run, &rig.mappings, &contacts, &probe, violations).await?;
     let objects = rig.check_objects(violations).await?;
     let activities = rig.check_activities(violations).await?;
-    Ok((conflicts, records + objects + activities))
+    let chats = rig.check_custom_activities(violations).await?;
+    Ok((conflicts, records + objects + activities + chats))
 }
 
 /// Checks the lead invariants on any CRM and returns the number of recorded conflicts and of

@@ -48,8 +48,8 @@ use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{CustomActivityPlan, Plans};
 use crate::marketo::activities::{ActivityFilter, MAX_LEAD_IDS, NewCustomActivity};
 use crate::marketo::describe::{ActivityType, CUSTOM_ATTRIBUTE_BYTES};
-use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, LinkKey, StepCommit, SyncError};
+use crate::model::{Fields, Side, Value, fields_hash};
+use crate::store::{Direction, ErrorStatus, LinkKey, StepCommit, SyncError};
 
 /// The name the registry gives this step.
 pub const OBJECT: &str = "custom_activities";
@@ -89,6 +89,9 @@ pub async fn run(
 struct Outgoing {
     event_id: String,
     activity: NewCustomActivity,
+    /// The fingerprint of the CRM row it came from ([`row_fingerprint`]; null for an outbox
+    /// entry).
+    row: Json,
 }
 
 /// Why an event cannot be sent: the ledger code, message and retry class.
@@ -128,13 +131,22 @@ async fn run_one(
         .filter(|c| !sent.contains(&c.id) && !pending_ids.contains(c.id.as_str()))
         .collect();
     summary.counts_mut(object, DIRECTION).skipped += (ids.len() - fresh.len()) as u64;
+    // A row refused before and unchanged since waits for its retry (the overlap window re-reads
+    // it every cycle).
+    let now = ctx.clock.now();
+    let (fresh, waiting): (Vec<&Change>, Vec<&Change>) = fresh
+        .into_iter()
+        .partition(|c| !waits(previous.get(&c.id), &row_fingerprint(c), now));
+    summary.counts_mut(object, DIRECTION).skipped += waiting.len() as u64;
     let leads = leads_of(ctx, cap, &fresh).await?;
     let mut outgoing = Vec::new();
     for change in fresh {
+        let row = row_fingerprint(change);
         match activity_of(cap, change, &leads) {
             Ok(activity) => outgoing.push(Outgoing {
                 event_id: change.id.clone(),
                 activity,
+                row,
             }),
             Err(refused) => {
                 summary.counts_mut(object, DIRECTION).failed += 1;
@@ -142,7 +154,7 @@ async fn run_one(
                     ctx,
                     object,
                     &change.id,
-                    None,
+                    row,
                     &refused,
                     previous.get(&change.id),
                 ));
@@ -220,6 +232,7 @@ async fn outbox(ctx: &Context, object: &str) -> Result<Vec<Outgoing>, EngineErro
                 Some(activity) => out.push(Outgoing {
                     event_id: l.crm_key,
                     activity,
+                    row: Json::Null,
                 }),
                 None => {
                     warn!(object, event = %l.crm_key, "unreadable custom activity outbox entry")
@@ -417,7 +430,7 @@ async fn send(
                         direction: DIRECTION,
                         record_key: &o.event_id,
                         other_key: Some(o.activity.lead_id.to_string()),
-                        payload: payload(&o.activity),
+                        payload: payload(&o.activity, &o.row),
                     },
                     failure,
                     previous.get(&o.event_id),
@@ -432,7 +445,7 @@ async fn send(
 
 /// Returns what the ledger keeps of an activity: its lead, date, type and attribute names with
 /// their sizes (never a whole transcript).
-fn payload(a: &NewCustomActivity) -> Json {
+fn payload(a: &NewCustomActivity, row: &Json) -> Json {
     let sizes: serde_json::Map<String, Json> = a
         .attributes
         .iter()
@@ -447,6 +460,25 @@ fn payload(a: &NewCustomActivity) -> Json {
         "activityDate": a.activity_date,
         "primaryAttributeValue": a.primary_attribute_value.chars().take(255).collect::<String>(),
         "attributeBytes": sizes,
+        "row": row,
+    })
+}
+
+/// Returns the fingerprint of an event row kept in its ledger entries (`payload.row`): a hash
+/// of the row's values, so that an unchanged row is known without keeping it.
+fn row_fingerprint(change: &Change) -> Json {
+    fields_of(change).map_or(Json::Null, |f| Json::String(fields_hash(f)))
+}
+
+/// Returns true when an event row must wait: its open ledger entry is not due at `now` (not
+/// retryable, or its retry still ahead) and the row is unchanged since it was refused (as
+/// [`crate::engine::ledger::waits`] decides for the other objects' payloads).
+fn waits(previous: Option<&SyncError>, row: &Json, now: chrono::DateTime<chrono::Utc>) -> bool {
+    previous.is_some_and(|p| {
+        p.status == ErrorStatus::Open
+            && p.next_retry_at.is_none_or(|t| t > now)
+            && !row.is_null()
+            && p.payload.get("row") == Some(row)
     })
 }
 
@@ -454,7 +486,7 @@ fn refusal_entry(
     ctx: &Context,
     object: &str,
     event_id: &str,
-    lead: Option<i64>,
+    row: Json,
     refused: &Refused,
     previous: Option<&SyncError>,
 ) -> SyncError {
@@ -464,8 +496,8 @@ fn refusal_entry(
             object,
             direction: DIRECTION,
             record_key: event_id,
-            other_key: lead.map(|l| l.to_string()),
-            payload: json!({}),
+            other_key: None,
+            payload: json!({ "row": row }),
         },
         Failure::new(refused.code, refused.message.clone(), refused.retryable),
         previous,
@@ -729,7 +761,7 @@ mod tests {
             primary_attribute_value: "Pricing".into(),
             attributes: vec![json!({"apiName": "transcript", "value": "x".repeat(70_000)})],
         };
-        let p = payload(&a);
+        let p = payload(&a, &json!("h"));
         assert_eq!(p["leadId"], json!(7));
         assert_eq!(p["attributeBytes"]["transcript"], json!(70_002));
         assert!(p.to_string().len() < 300);
