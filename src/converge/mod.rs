@@ -185,8 +185,9 @@ pub enum Schedule {
     LeadsOnly,
     /// The lead steps, plus CRM merges into a contact never synced followed by a kill at the
     /// store commit, plus edits of every synced object (companies, opportunities, roles,
-    /// salespersons, the custom object `car_c`) and web page visits (activities, with the New
-    /// Lead activities of created leads), each drawn from generators of their own.
+    /// salespersons, the custom object `car_c`), web page visits (activities, with the New
+    /// Lead activities of created leads) and CRM chat events (the custom activity
+    /// `chatConversation_c`), each drawn from generators of their own.
     Full,
     /// [`Schedule::Full`] without activities, as drawn before they were added (the regression
     /// seeds found then replay their schedules: the activity step's calls move the kills).
