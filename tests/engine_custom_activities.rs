@@ -206,6 +206,26 @@ async fn events_arrive_once_intact_and_refusals_go_to_the_ledger(crm: CrmKind, s
     app.run_cycle().await;
     app.run_cycle().await;
     assert_eq!(activities(&app, type_id).len(), 2);
+    // An idle cycle costs the custom activities no Marketo call (the type's describe is cached
+    // for the schema TTL): the lead step's three calls only (Describe Lead, its activity feed
+    // and deleted leads).
+    let mark = app.log_mark();
+    app.run_cycle().await;
+    let tally = app.calls_since(mark);
+    assert!(
+        !tally
+            .by_path
+            .keys()
+            .any(|p| p.contains("activities/external")),
+        "{:?}",
+        tally.by_path
+    );
+    assert_eq!(
+        tally.by_path.values().sum::<u64>(),
+        3,
+        "{:?}",
+        tally.by_path
+    );
     app.cleanup().await;
 }
 
