@@ -159,6 +159,36 @@ async fn exercise_every_method(
     let types = client.activity_types().await.unwrap();
     assert!(types.iter().any(|t| t.id == 100001));
     called.push("activity_types");
+    let custom = client.custom_activity_types().await.unwrap();
+    assert!(
+        custom
+            .iter()
+            .any(|t| t.api_name.as_deref() == Some("chatConversation_c"))
+    );
+    called.push("custom_activity_types");
+    let chat = client
+        .describe_custom_activity_type("chatConversation_c")
+        .await
+        .unwrap()
+        .expect("the seeded chat type");
+    assert_eq!(
+        chat.primary_attribute.and_then(|a| a.api_name).as_deref(),
+        Some("topic")
+    );
+    assert!(
+        client
+            .describe_custom_activity_type("noSuchType_c")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    called.push("describe_custom_activity_type");
+    let schema = client
+        .object_schema("custom_activity:chatConversation_c")
+        .await
+        .unwrap();
+    assert_eq!(schema.id_field.as_deref(), Some("topic"));
+    assert!(schema.field("eventId").is_some());
 
     // Leads.
     let synced = client
@@ -813,7 +843,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        65,
+        67,
         "the client gained or lost a method: {methods:?}"
     );
 

@@ -330,6 +330,7 @@ async fn a_crm_row_stamped_ahead_of_the_database_clock_is_not_lost_by_a_failed_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_schedules_copy_every_activity_exactly_once() {
     let mut visits = 0;
+    let mut chats = 0;
     for seed in [31591, 31406] {
         let report = converges(seed, &options(60)).await;
         visits += report
@@ -337,8 +338,15 @@ async fn full_schedules_copy_every_activity_exactly_once() {
             .iter()
             .filter(|l| l.contains("marketo visit of lead"))
             .count();
+        chats += report
+            .trace
+            .iter()
+            .filter(|l| l.contains("crm chat"))
+            .count();
     }
     assert!(visits > 0, "no schedule visited a web page");
+    // CRM chat events become Marketo custom activities, at most once each, through the kills.
+    assert!(chats > 0, "no schedule logged a chat event");
 }
 
 /// Seed 31218 (in process, 60 steps, the full schedule without activities): a lead's Marketo id

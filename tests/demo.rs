@@ -84,6 +84,29 @@ fn the_demo_shows_records_flowing_both_ways_and_stops_after_its_cycles() {
             .any(|(email, _)| email == "new.lead.1@demo.example"),
         "{crm:?}"
     );
+    // A chat conversation logged in the CRM between cycles became a Marketo custom activity:
+    // the event is linked to its activity's marketoGUID, and its outbox is empty.
+    assert!(stdout.contains("  chat: conversation"), "{stdout}");
+    let state_db = state.path().join("demo-state.db");
+    assert!(count_links(&state_db, "chat_events") >= 1, "{stdout}");
+    assert_eq!(count_links(&state_db, "chat_events:outbox"), 0);
+}
+
+/// Counts the state store's links of one object through sqlx, on a runtime of its own.
+fn count_links(path: &std::path::Path, object: &str) -> i64 {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", path.display());
+        let pool = sqlx::sqlite::SqlitePool::connect(&url)
+            .await
+            .expect("open state");
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM links WHERE object = ?1")
+            .bind(object)
+            .fetch_one(&pool)
+            .await
+            .expect("count links");
+        n
+    })
 }
 
 /// Reads (email, title) of every live contact through sqlx, on a runtime of its own.

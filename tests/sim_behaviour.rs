@@ -1,5 +1,6 @@
 //! Behaviour of the Marketo simulator over raw HTTP: identity, limits, leads, activities, bulk.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use marketo_sync::sim::{FaultProfile, SimConfig, SimHandle, Simulator};
@@ -1465,9 +1466,17 @@ async fn tunnelled_gets_run_the_get_operation_wherever_method_get_is_sent() {
     let legacy = t.get("/rest/v1/list/1001/leads.json?fields=email").await;
     assert_eq!(legacy["result"], members["result"]);
     let custom = t.get("/rest/v1/activities/external/types.json").await;
-    assert_eq!(custom["result"][0]["id"], 100001, "{custom}");
-    assert_eq!(custom["result"][0]["apiName"], "watchedDemo_c", "{custom}");
-    assert_eq!(custom["result"].as_array().unwrap().len(), 1, "{custom}");
+    let by_id: BTreeMap<i64, &str> = custom["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_i64().unwrap(), t["apiName"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        by_id,
+        BTreeMap::from([(100001, "watchedDemo_c"), (100002, "chatConversation_c")]),
+        "{custom}"
+    );
     let partitions = t.get("/rest/v1/leads/partitions.json").await;
     assert_eq!(partitions["result"][0]["name"], "Default", "{partitions}");
     // `/rest/../bulk/...` (node-marketo-rest) resolves like a front end would.

@@ -696,7 +696,7 @@ async fn custom_activity_types_are_created_approved_and_take_records() {
             .any(|ty| ty["id"] == type_id)
     );
     let external = t.get("/rest/v1/activities/external/types.json").await;
-    assert_eq!(external["result"].as_array().unwrap().len(), 2);
+    assert_eq!(external["result"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]

@@ -415,3 +415,50 @@ async fn one_live_pass_shows_settings_and_crm_problems_even_without_the_marketo_
     assert_eq!(errors.len(), 4, "{json:#}");
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unknown_custom_activity_type_or_attribute_names_the_mapping_file() {
+    let env = Env::new().await;
+    let path = env.config().join("mappings/chat_events.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The shipped file validates against the simulator's chatConversation_c type.
+    let (ok, out) = env.validate().await;
+    assert!(ok, "{out}");
+    // An unknown type.
+    std::fs::write(
+        &path,
+        text.replace("\"chatConversation_c\"", "\"chatConvo_c\""),
+    )
+    .unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("chat_events.toml")
+            && out.contains("custom_activity.api_name")
+            && out.contains("chatConvo_c"),
+        "{out}"
+    );
+    // An attribute the type does not have.
+    std::fs::write(
+        &path,
+        text.replace("marketo = \"transcript\"", "marketo = \"transcrpt\""),
+    )
+    .unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("chat_events.toml")
+            && out.contains("transcrpt")
+            && out.contains("did you mean `transcript`"),
+        "{out}"
+    );
+    // An event id attribute the type does not have.
+    std::fs::write(&path, text.replace("\"eventId\"", "\"conversationId\"")).unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("custom_activity.event_id_attribute") && out.contains("exactly-once"),
+        "{out}"
+    );
+    env.sim.shutdown().await;
+}

@@ -43,6 +43,10 @@ pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
         include_str!("../../config/mappings/cars.toml"),
     ),
     (
+        "mappings/chat_events.toml",
+        include_str!("../../config/mappings/chat_events.toml"),
+    ),
+    (
         "mappings/companies.toml",
         include_str!("../../config/mappings/companies.toml"),
     ),
@@ -668,6 +672,21 @@ async fn edit_both_sides(
         );
     }
 
+    // A visitor chats with the chat product, which logs the conversation in the CRM.
+    let chat = pick(2);
+    let topic = format!("Pricing question {round}");
+    if crm.log_chat(&chat.crm_key, &topic).await {
+        edits += 1;
+        say(
+            out,
+            &format!(
+                "  chat: conversation {topic:?} of contact {} in the CRM's events (a Marketo \
+                 Chat Conversation activity on lead {} next cycle)",
+                chat.crm_key, chat.marketo_key
+            ),
+        );
+    }
+
     // New people on both sides.
     let email = format!("new.lead.{round}@demo.example");
     let values =
@@ -744,6 +763,23 @@ impl CrmUser<'_> {
                     .as_object()
                     .is_some_and(|v| sim.create("contacts", v.clone()).is_ok())
             }
+        }
+    }
+
+    /// Logs a chat conversation of a contact in the `events` table (the SQL demo CRM only);
+    /// returns whether it was logged.
+    async fn log_chat(&self, contact: &str, topic: &str) -> bool {
+        match self {
+            CrmUser::Sql(pool) => sqlx::query(
+                "INSERT INTO events (contact_id, topic, transcript, occurred_at, updated_at) VALUES (?1, ?2, ?3, strftime('%Y-%m-%d %H:%M:%f','now'), strftime('%Y-%m-%d %H:%M:%f','now'))",
+            )
+            .bind(contact)
+            .bind(topic)
+            .bind(format!("visitor: {topic}?\nagent: Here is our pricing page."))
+            .execute(pool)
+            .await
+            .is_ok(),
+            CrmUser::HubSpot(_) => false,
         }
     }
 

@@ -46,7 +46,7 @@ pub fn named_objects(settings: &Settings, mappings: &[LoadedMapping]) -> NamedOb
                 }
             }
         } else if !f.marketo_object.is_empty() {
-            named.marketo.insert(f.marketo_object.clone());
+            named.marketo.insert(f.marketo_schema_object());
         }
     }
     named

@@ -186,6 +186,38 @@ pub struct ActivityMapping {
     pub fields: Vec<FieldMapping>,
 }
 
+/// A CRM table of events written to Marketo as one custom activity type (a file with
+/// `marketo_object = "custom_activity"`). The `[[fields]]` map CRM columns to the type's
+/// attributes by API name (`direction = "to_marketo"`); one of them must be the type's primary
+/// attribute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomActivityMapping {
+    /// The custom activity type's API name (e.g. `chatConversation_c`); or give `type_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_name: Option<String>,
+    /// The custom activity type's id (Marketo numbers them from 100000); or give `api_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_id: Option<i64>,
+    /// The CRM column holding when the event happened (the activity's `activityDate`).
+    pub activity_date: String,
+    /// The CRM column holding the CRM contact key: the activity goes to the Marketo lead linked
+    /// to that contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_crm_key: Option<String>,
+    /// The CRM column holding an email address: the activity goes to the Marketo lead with that
+    /// email when `lead_crm_key` is not set or names no linked contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_email: Option<String>,
+    /// The attribute (API name) of the type into which the CRM event id is written. It is what
+    /// makes the write exactly-once: after a crash between the write and its commit, the
+    /// activities Marketo holds are matched on it, and only the missing ones are written.
+    pub event_id_attribute: String,
+}
+
+/// The Marketo name of the custom-activity pseudo-object.
+pub const CUSTOM_ACTIVITY: &str = "custom_activity";
+
 /// One mapping file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +248,10 @@ pub struct MappingFile {
     /// name>", looked up in Marketo's activity types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_activity: Option<String>,
+    /// Custom activities only (`marketo_object = "custom_activity"`): the type, the event's
+    /// date, how its lead is found, and the attribute holding the event id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_activity: Option<CustomActivityMapping>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -227,11 +263,27 @@ impl MappingFile {
         self.marketo_object == ACTIVITIES
     }
 
+    /// Returns true for a custom-activity file (CRM events -> a Marketo custom activity type).
+    pub fn is_custom_activity(&self) -> bool {
+        self.marketo_object == CUSTOM_ACTIVITY
+    }
+
+    /// Returns the name of the Marketo schema a file compiles against: the object itself, or
+    /// `custom_activity:<apiName>` (`custom_activity:<type id>` when only the id is given) for
+    /// a custom-activity file.
+    pub fn marketo_schema_object(&self) -> String {
+        match (&self.custom_activity, self.is_custom_activity()) {
+            (Some(c), true) => custom_activity_schema_object(c),
+            _ => self.marketo_object.clone(),
+        }
+    }
+
     /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
     /// sync then never writes the Marketo id into the CRM, so `keys.crm_marketo_id` may be left
     /// out (read-only CRM objects such as HubSpot owners and associations have no field for it).
     pub fn crm_read_only(&self) -> bool {
         !self.is_activities()
+            && !self.is_custom_activity()
             && !self.fields.is_empty()
             && self
                 .fields
@@ -246,6 +298,16 @@ impl MappingFile {
             None if self.marketo_object == "lead" => vec!["email".to_owned()],
             None => Vec::new(),
         }
+    }
+}
+
+/// Returns the Marketo schema name of a custom activity type: `custom_activity:<apiName>`, or
+/// `custom_activity:<type id>` when only the id is given.
+pub fn custom_activity_schema_object(c: &CustomActivityMapping) -> String {
+    match (&c.api_name, c.type_id) {
+        (Some(api), _) => format!("{CUSTOM_ACTIVITY}:{api}"),
+        (None, Some(id)) => format!("{CUSTOM_ACTIVITY}:{id}"),
+        (None, None) => CUSTOM_ACTIVITY.to_owned(),
     }
 }
 
@@ -422,6 +484,7 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         "opportunity_role",
         "salesperson",
         ACTIVITIES,
+        CUSTOM_ACTIVITY,
     ];
     let name = f.marketo_object.as_str();
     if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
@@ -439,6 +502,17 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
     if f.is_activities() {
         check_activities(m, &mut out);
         return out;
+    }
+    if f.is_custom_activity() {
+        check_custom_activity(m, &mut out);
+        return out;
+    }
+    if f.custom_activity.is_some() {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity"),
+            "a [custom_activity] table belongs in a file with marketo_object = \"custom_activity\"",
+        ));
     }
     if !f.activities.is_empty() {
         out.push(m.problem(
@@ -548,6 +622,114 @@ fn check_activities(m: &LoadedMapping, out: &mut Vec<Problem>) {
     if m.file.activities.is_empty() {
         out.push(m.problem(true, &key_path("activities"), "lists no activity type"));
     }
+}
+
+/// Most secondary attributes of one custom activity type (Marketo's limit).
+pub const MAX_CUSTOM_ACTIVITY_ATTRIBUTES: usize = 20;
+
+fn check_custom_activity(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    let f = &m.file;
+    let Some(c) = &f.custom_activity else {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity"),
+            "a custom-activity file needs a [custom_activity] table (api_name or type_id, \
+             activity_date, lead_crm_key or lead_email, event_id_attribute)",
+        ));
+        return;
+    };
+    let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+    if blank(&c.api_name) && c.type_id.is_none() {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity"),
+            "names no activity type: set `api_name` (e.g. \"chatConversation_c\") or `type_id`",
+        ));
+    }
+    if c.type_id.is_some_and(|id| id <= 0) {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity.type_id"),
+            "must be a Marketo activity type id (1 or more)",
+        ));
+    }
+    if c.activity_date.trim().is_empty() {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity.activity_date"),
+            "must name the CRM column holding when the event happened",
+        ));
+    }
+    if blank(&c.lead_crm_key) && blank(&c.lead_email) {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity"),
+            "names no way to find the lead: set `lead_crm_key` (the CRM contact column) and/or \
+             `lead_email` (an email column)",
+        ));
+    }
+    if c.event_id_attribute.trim().is_empty() {
+        out.push(m.problem(
+            true,
+            &key_path("custom_activity.event_id_attribute"),
+            "must name the attribute holding the CRM event id (it makes the write exactly-once)",
+        ));
+    }
+    if f.keys != Keys::default() || f.match_fields.is_some() || f.added_activity.is_some() {
+        out.push(m.problem(
+            true,
+            &key_path("keys"),
+            "a custom-activity file has no keys, match or added_activity: events are keyed by \
+             their CRM id, written into `custom_activity.event_id_attribute`",
+        ));
+    }
+    if !f.activities.is_empty() {
+        out.push(m.problem(
+            true,
+            &key_path("activities"),
+            "activity types belong in a file with marketo_object = \"activities\"",
+        ));
+    }
+    for (i, field) in f.fields.iter().enumerate() {
+        if field.direction != Direction::ToMarketo {
+            out.push(m.problem(
+                true,
+                &field_path(i, "direction"),
+                "custom activities flow to Marketo only: use direction = \"to_marketo\"",
+            ));
+        }
+        if field.marketo.as_deref() == Some(c.event_id_attribute.as_str()) {
+            out.push(m.problem(
+                true,
+                &field_path(i, "marketo"),
+                format!(
+                    "`{}` is the event id attribute: the sync writes the CRM event id into it",
+                    c.event_id_attribute
+                ),
+            ));
+        }
+    }
+    if f.fields.is_empty() {
+        out.push(m.problem(
+            true,
+            &key_path("fields"),
+            "maps no attribute: map at least the type's primary attribute",
+        ));
+    }
+    // The primary attribute and up to 20 secondary ones, the event id among them.
+    if f.fields.len() > MAX_CUSTOM_ACTIVITY_ATTRIBUTES {
+        out.push(m.problem(
+            true,
+            &key_path("fields"),
+            format!(
+                "maps {} attributes; a custom activity has one primary and at most {} secondary \
+                 attributes (the event id attribute is one of them)",
+                f.fields.len(),
+                MAX_CUSTOM_ACTIVITY_ATTRIBUTES
+            ),
+        ));
+    }
+    check_fields(m, &f.fields, &[], out);
 }
 
 fn check_fields(
@@ -683,7 +865,7 @@ pub fn check_across(mappings: &[LoadedMapping]) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut marketo: BTreeMap<&str, &LoadedMapping> = BTreeMap::new();
     for m in mappings {
-        if m.file.is_activities() {
+        if m.file.is_activities() || m.file.is_custom_activity() {
             continue;
         }
         if let Some(first) = marketo.insert(m.file.marketo_object.as_str(), m) {

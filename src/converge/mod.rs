@@ -185,8 +185,9 @@ pub enum Schedule {
     LeadsOnly,
     /// The lead steps, plus CRM merges into a contact never synced followed by a kill at the
     /// store commit, plus edits of every synced object (companies, opportunities, roles,
-    /// salespersons, the custom object `car_c`) and web page visits (activities, with the New
-    /// Lead activities of created leads), each drawn from generators of their own.
+    /// salespersons, the custom object `car_c`), web page visits (activities, with the New
+    /// Lead activities of created leads) and CRM chat events (the custom activity
+    /// `chatConversation_c`), each drawn from generators of their own.
     Full,
     /// [`Schedule::Full`] without activities, as drawn before they were added (the regression
     /// seeds found then replay their schedules: the activity step's calls move the kills).
@@ -422,7 +423,10 @@ impl Rig {
             let files = objects::MAPPING_FILES
                 .iter()
                 .zip(objects::OBJECTS.iter().map(|o| o.name))
-                .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")));
+                .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")))
+                .chain(
+                    with_activities.then_some((&objects::CHAT_MAPPING.0, objects::CHAT_MAPPING.1)),
+                );
             for (file, object) in files {
                 let from = options.config_dir.join("mappings").join(file);
                 std::fs::copy(&from, mappings_dir.join(file))
@@ -1031,6 +1035,7 @@ async fn play(
     let mut merge_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_7267_655f_6b69);
     let mut object_rng = objects::object_rng(seed);
     let mut activity_rng = objects::activity_rng(seed);
+    let mut chat_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6368_6174_5f65_7674);
     let mut serial = 0u32;
     for step in 0..options.steps {
         let roll = draw_roll(&mut rng, options);
@@ -1059,6 +1064,14 @@ async fn play(
                 played
                     .trace
                     .push(format!("activity before step {step}: {what}"));
+            }
+        }
+        if options.schedule == Schedule::Full && chat_rng.random_bool(0.2) {
+            let what = rig.log_chat(&mut chat_rng, serial + step as u32).await?;
+            if !what.is_empty() {
+                played
+                    .trace
+                    .push(format!("chat before step {step}: {what}"));
             }
         }
         let counts = (
@@ -1544,7 +1557,8 @@ async fn check_invariants(
         check_leads(&rig.run, &rig.mappings, &contacts, &probe, violations).await?;
     let objects = rig.check_objects(violations).await?;
     let activities = rig.check_activities(violations).await?;
-    Ok((conflicts, records + objects + activities))
+    let chats = rig.check_custom_activities(violations).await?;
+    Ok((conflicts, records + objects + activities + chats))
 }
 
 /// Checks the lead invariants on any CRM and returns the number of recorded conflicts and of

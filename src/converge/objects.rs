@@ -75,6 +75,14 @@ pub(super) const MAPPING_FILES: &[&str] = &[
     "cars.toml",
 ];
 
+/// The custom-activity mapping file (the demo CRM's `events` -> `chatConversation_c`) and its
+/// `sync.objects` name, synced with the activities in the full schedule.
+pub(super) const CHAT_MAPPING: (&str, &str) = ("chat_events.toml", "chat_events");
+/// The display name of the chat type's event id attribute, as the activity feed shows it.
+const CHAT_EVENT_ID: &str = "Event Id";
+/// The chat type's id in the simulator.
+const CHAT_TYPE_ID: i64 = 100_002;
+
 /// The activities mapping file and its CRM table (created by the harness).
 pub(super) const ACTIVITY_MAPPING: &str = "activities.toml";
 const ACTIVITY_TABLE: &str = "marketing_activities";
@@ -403,6 +411,138 @@ impl Rig {
         }
     }
 
+    /// Logs a chat conversation in the CRM's `events` table for a contact linked to a live lead,
+    /// drawn from `rng`; returns what it did.
+    pub(super) async fn log_chat(
+        &self,
+        rng: &mut ChaCha8Rng,
+        serial: u32,
+    ) -> Result<String, ConvergeError> {
+        let links = self
+            .run
+            .store
+            .links_page(crate::engine::leads::LINK_OBJECT, None, 1000)
+            .await
+            .map_err(|source| ConvergeError::Store {
+                seed: self.seed,
+                source,
+            })?;
+        let live: Vec<&Link> = links.iter().filter(|l| l.tombstone.is_none()).collect();
+        if live.is_empty() {
+            return Ok(String::new());
+        }
+        let contact = &live[rng.random_range(0..live.len())].crm_key;
+        let topic = format!("chat {serial} {}", word(rng));
+        crate::sim::demo_crm::insert_event(&self.user, Some(contact), None, &topic, "hello")
+            .await
+            .map_err(|source| ConvergeError::CrmUser {
+                seed: self.seed,
+                operation: "log a chat event".into(),
+                source,
+            })?;
+        Ok(format!("crm chat {topic:?} of contact {contact}"))
+    }
+
+    /// Checks that every CRM chat event reached Marketo at most once: an event with a link is
+    /// the one activity with its event id (its `marketoGUID`), an event without one is in no
+    /// activity and has an open ledger entry, and the outbox is empty. Returns the number of
+    /// events checked.
+    pub(super) async fn check_custom_activities(
+        &self,
+        violations: &mut Vec<String>,
+    ) -> Result<usize, ConvergeError> {
+        let (_, object) = CHAT_MAPPING;
+        if !self.mappings.iter().any(|m| m.object == object) {
+            return Ok(0);
+        }
+        let store_err = |source| ConvergeError::Store {
+            seed: self.seed,
+            source,
+        };
+        let rows = self
+            .user
+            .fetch(
+                "read events",
+                "SELECT CAST(id AS TEXT) FROM events".to_owned(),
+                &[],
+            )
+            .await
+            .map_err(|source| ConvergeError::CrmUser {
+                seed: self.seed,
+                operation: "read events".into(),
+                source,
+            })?;
+        let mut in_marketo: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in self.run.sim.activities() {
+            if a["activityTypeId"].as_i64() != Some(CHAT_TYPE_ID) {
+                continue;
+            }
+            let event = a["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == CHAT_EVENT_ID)
+                .map(|x| json_text(&x["value"]))
+                .unwrap_or_default();
+            in_marketo
+                .entry(event)
+                .or_default()
+                .push(json_text(&a["marketoGUID"]));
+        }
+        let open: BTreeSet<String> = self
+            .run
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                status: Some(crate::store::ErrorStatus::Open),
+                object: Some(object.to_owned()),
+                limit: 10_000,
+            })
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|e| e.record_key)
+            .collect();
+        let mut checked = 0;
+        for row in rows {
+            let id = row.first().cloned().flatten().unwrap_or_default();
+            checked += 1;
+            let guids = in_marketo.remove(&id).unwrap_or_default();
+            let links = self
+                .run
+                .store
+                .links_by_crm_keys(object, std::slice::from_ref(&id))
+                .await
+                .map_err(store_err)?;
+            let linked: Vec<&str> = links.iter().map(|l| l.marketo_key.as_str()).collect();
+            let fine = match (linked.as_slice(), guids.as_slice()) {
+                ([link], [guid]) => link == guid,
+                ([], []) => open.contains(&id),
+                _ => false,
+            };
+            if !fine {
+                violations.push(format!(
+                    "chat event {id}: in Marketo as {guids:?}, linked to {linked:?},                      open in the ledger: {}",
+                    open.contains(&id)
+                ));
+            }
+        }
+        for (event, guids) in in_marketo {
+            violations.push(format!(
+                "Marketo holds chat activities {guids:?} of event {event:?}, which the CRM lacks"
+            ));
+        }
+        let outbox = self
+            .run
+            .store
+            .links_page(&format!("{object}:outbox"), None, 10)
+            .await
+            .map_err(store_err)?;
+        if !outbox.is_empty() {
+            violations.push(format!("{} chat events left in the outbox", outbox.len()));
+        }
+        Ok(checked)
+    }
+
     /// Checks that every Marketo activity of a type the activities mapping names reached the
     /// CRM exactly once (one row with its `marketoGUID`, and one link), with its lead, and for
     /// a web page visit its URL; and that the CRM holds no activity row Marketo never logged.
@@ -542,15 +682,17 @@ impl Rig {
                 }
                 continue;
             }
+            // A chat event of a contact with no live lead cannot reach Marketo either.
             let table = match e.object.as_str() {
                 "roles" => "opportunity_contact_roles",
                 "cars" => "vehicles",
+                o if o == CHAT_MAPPING.1 => "events",
                 _ => return Ok(false),
             };
             let Ok(id) = e.record_key.parse::<i64>() else {
                 return Ok(false);
             };
-            let parent = if table == "vehicles" {
+            let parent = if table != "opportunity_contact_roles" {
                 "NULL"
             } else {
                 "(SELECT CAST(o.id AS TEXT) FROM opportunities o WHERE o.id = t.opportunity_id AND o.deleted = FALSE)"
@@ -569,7 +711,8 @@ impl Rig {
                 .and_then(|r| r.into_iter().next())
                 .unwrap_or_default();
             let contact = row.first().cloned().flatten();
-            let parent_gone = table != "vehicles" && row.get(1).cloned().flatten().is_none();
+            let parent_gone =
+                table == "opportunity_contact_roles" && row.get(1).cloned().flatten().is_none();
             if contact.is_some_and(|c| linked.contains(&c)) && !parent_gone {
                 return Ok(false);
             }

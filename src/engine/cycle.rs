@@ -17,7 +17,7 @@ use super::{
 };
 use crate::crm::CrmError;
 use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
-use crate::marketo::describe::StandardObject;
+use crate::marketo::describe::{CUSTOM_ACTIVITY_PREFIX, StandardObject};
 use crate::marketo::usage::{QuotaGovernor, QuotaPolicy, QuotaVerdict};
 use crate::marketo::{Disposition, UsageSnapshot};
 use crate::model::{FieldType, ObjectSchema, Side};
@@ -238,7 +238,7 @@ impl Engine {
                 lead_crm = Some(m.file.crm_object.clone());
             }
             crm_objects.push(m.file.crm_object.clone());
-            marketo_objects.push(m.file.marketo_object.clone());
+            marketo_objects.push(m.file.marketo_schema_object());
         }
         crm_objects.sort();
         crm_objects.dedup();
@@ -262,6 +262,9 @@ impl Engine {
                 }
                 "salesPerson" | "salesperson" => {
                     describe_std(ctx, StandardObject::SalesPerson, object).await
+                }
+                activity if activity.starts_with(CUSTOM_ACTIVITY_PREFIX) => {
+                    ctx.marketo.object_schema(activity).await
                 }
                 custom => ctx
                     .marketo
@@ -340,7 +343,7 @@ impl Engine {
             .mappings
             .iter()
             .filter(|m| {
-                undescribed.contains(&(Side::Marketo, m.file.marketo_object.clone()))
+                undescribed.contains(&(Side::Marketo, m.file.marketo_schema_object()))
                     || undescribed.contains(&(Side::Crm, m.file.crm_object.clone()))
             })
             .map(|m| m.file_name())

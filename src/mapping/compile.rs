@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::custom_activities::{CustomActivityPlan, compile_custom_activity};
 use super::plan::{Plan, PlanField};
 use crate::config::{
     Direction, FieldMapping, LoadedMapping, Problem, Segment, Settings, did_you_mean, field_path,
@@ -449,7 +450,7 @@ fn fpath(base: &[Segment], i: usize, key: &str) -> Vec<Segment> {
     p
 }
 
-fn compile_field(
+pub(super) fn compile_field(
     m: &LoadedMapping,
     base: &[Segment],
     i: usize,
@@ -772,6 +773,15 @@ pub fn validate_against(
             problems.extend(p);
             continue;
         }
+        if m.file.is_custom_activity() {
+            let (_, p) = compile_custom_activity(
+                m,
+                schemas.get(Side::Marketo, &m.file.marketo_schema_object()),
+                schemas.get(Side::Crm, &m.file.crm_object),
+            );
+            problems.extend(p);
+            continue;
+        }
         problems.extend(flag_policy_problem(settings, m));
         let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);
         let crm = schemas.get(Side::Crm, &m.file.crm_object);
@@ -825,7 +835,8 @@ pub fn validate_one_side(
     };
     for m in mappings {
         let f = &m.file;
-        if !settings.sync.objects.contains(&m.object) || f.is_activities() {
+        if !settings.sync.objects.contains(&m.object) || f.is_activities() || f.is_custom_activity()
+        {
             continue;
         }
         let object = match side {
@@ -952,6 +963,8 @@ pub struct Plans {
     pub objects: BTreeMap<String, Plan>,
     /// One plan per synced activity type id.
     pub activities: BTreeMap<u32, Plan>,
+    /// One plan per synced custom-activity file (CRM events -> Marketo), by `sync.objects` name.
+    pub custom_activities: BTreeMap<String, CustomActivityPlan>,
     /// The synced objects (activities excepted) that got no plan: a schema is missing (its
     /// describe failed, or the object does not exist) or the keys are broken.
     pub missing: BTreeSet<String>,
@@ -975,6 +988,23 @@ pub fn compile_all(
             let (compiled, p) = compile_activities(m, schemas);
             problems.extend(p);
             plans.activities.extend(compiled);
+            continue;
+        }
+        if m.file.is_custom_activity() {
+            let (plan, p) = compile_custom_activity(
+                m,
+                schemas.get(Side::Marketo, &m.file.marketo_schema_object()),
+                schemas.get(Side::Crm, &m.file.crm_object),
+            );
+            problems.extend(p);
+            match plan {
+                Some(plan) => {
+                    plans.custom_activities.insert(m.object.clone(), plan);
+                }
+                None => {
+                    plans.missing.insert(m.object.clone());
+                }
+            }
             continue;
         }
         let marketo = schemas.get(Side::Marketo, &m.file.marketo_object);

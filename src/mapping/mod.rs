@@ -9,6 +9,7 @@
 
 pub mod activities;
 mod compile;
+pub mod custom_activities;
 mod normalise;
 mod plan;
 mod suggest;
@@ -17,6 +18,7 @@ pub use compile::{
     COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, carries, compile, compile_activities, compile_all,
     validate_against, validate_one_side,
 };
+pub use custom_activities::{CustomActivityPlan, compile_custom_activity};
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};

@@ -262,6 +262,7 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         fields,
         activities: Vec::new(),
         added_activity: None,
+        custom_activity: None,
     }
 }
 

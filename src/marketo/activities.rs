@@ -120,7 +120,7 @@ fn marketo_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D:
 }
 
 /// One custom activity to add (`POST /rest/v1/activities/external.json`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewCustomActivity {
     /// The lead.
@@ -132,7 +132,7 @@ pub struct NewCustomActivity {
     /// The primary attribute's value.
     pub primary_attribute_value: String,
     /// Secondary attributes (`apiName` and `value`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<Json>,
 }
 

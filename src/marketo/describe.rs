@@ -157,6 +157,9 @@ pub struct ObjectMetadata {
 pub struct ActivityAttribute {
     /// The attribute's display name.
     pub name: String,
+    /// The attribute's API name (custom activity types' describe).
+    #[serde(default)]
+    pub api_name: Option<String>,
     /// Its data type (casing varies).
     #[serde(default)]
     pub data_type: Option<String>,
@@ -182,6 +185,54 @@ pub struct ActivityType {
     /// The secondary attributes.
     #[serde(default)]
     pub attributes: Vec<ActivityAttribute>,
+}
+
+/// The most characters of a `string` attribute of a custom activity.
+pub const CUSTOM_STRING_CHARS: u32 = 255;
+/// The most characters of a `text` attribute of a custom activity (Marketo also caps an
+/// attribute at 65,536 bytes; see [`CUSTOM_ATTRIBUTE_BYTES`]).
+pub const CUSTOM_TEXT_CHARS: u32 = 65_535;
+/// The most bytes (UTF-8) of one custom activity attribute value.
+pub const CUSTOM_ATTRIBUTE_BYTES: usize = 65_536;
+/// The prefix of the schema name of a custom activity type (`custom_activity:<apiName>`).
+pub const CUSTOM_ACTIVITY_PREFIX: &str = "custom_activity:";
+
+impl ActivityType {
+    /// Returns the schema `object` of a custom activity type as the mapping compiler reads it:
+    /// its primary attribute (named by `id_field`) and secondary attributes by API name, all
+    /// writable, `string` ones at most 255 characters and `text` ones at most 65,535.
+    pub fn to_custom_schema(&self, object: &str) -> ObjectSchema {
+        let def = |a: &ActivityAttribute| {
+            let name = a.api_name.clone().unwrap_or_else(|| a.name.clone());
+            let ty = match a
+                .data_type
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("string") | None => FieldType::Text {
+                    max_len: Some(CUSTOM_STRING_CHARS),
+                },
+                Some("text") => FieldType::Text {
+                    max_len: Some(CUSTOM_TEXT_CHARS),
+                },
+                Some(other) => field_type(other, None),
+            };
+            let mut f = FieldDef::new(name, ty);
+            f.label = Some(a.name.clone());
+            f
+        };
+        let primary = self.primary_attribute.as_ref().map(def);
+        let mut fields: Vec<FieldDef> = primary.iter().cloned().collect();
+        fields.extend(self.attributes.iter().map(def));
+        ObjectSchema {
+            side: Side::Marketo,
+            object: object.to_owned(),
+            id_field: primary.map(|p| p.name),
+            dedupe_fields: Vec::new(),
+            fields,
+        }
+    }
 }
 
 /// Returns the shared field type of a Marketo data type.
@@ -381,10 +432,65 @@ impl Client {
         if object == "lead" {
             return Ok(self.describe_lead2().await?.to_schema());
         }
+        if let Some(name) = object.strip_prefix(CUSTOM_ACTIVITY_PREFIX) {
+            let found = match name.parse::<i64>() {
+                Ok(id) => self
+                    .custom_activity_types()
+                    .await?
+                    .into_iter()
+                    .find(|t| t.id == id),
+                Err(_) => self.describe_custom_activity_type(name).await?,
+            };
+            return found.map(|t| t.to_custom_schema(object)).ok_or_else(|| {
+                Error::invalid(
+                    "/rest/v1/activities/external/type/{apiName}/describe.json",
+                    format!("Marketo has no custom activity type `{name}`"),
+                )
+            });
+        }
         if let Some(s) = standard.into_iter().find(|s| s.name() == object) {
             return Ok(self.describe_object(s).await?.to_schema(object));
         }
         Ok(self.describe_custom_object(object).await?.to_schema(object))
+    }
+
+    /// Reads the custom activity types with their API names
+    /// (`GET /rest/v1/activities/external/types.json`).
+    ///
+    /// Returns the types, drafts included.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn custom_activity_types(&self) -> Result<Vec<ActivityType>, Error> {
+        let env = self
+            .call::<ActivityType>(&Call::get("/rest/v1/activities/external/types.json"))
+            .await?;
+        Ok(env.records())
+    }
+
+    /// Describes one custom activity type by API name
+    /// (`GET /rest/v1/activities/external/type/{apiName}/describe.json`).
+    ///
+    /// Returns `None` when Marketo has no such type (1013).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::InvalidInput`] for a name unsafe in a URL path, and any other
+    /// call-level error.
+    pub async fn describe_custom_activity_type(
+        &self,
+        api_name: &str,
+    ) -> Result<Option<ActivityType>, Error> {
+        let name = path_segment(api_name)?;
+        let call = Call::get(format!(
+            "/rest/v1/activities/external/type/{name}/describe.json"
+        ));
+        match self.call::<ActivityType>(&call).await {
+            Ok(env) => Ok(env.first()),
+            Err(e) if e.code() == Some("1013") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads every activity type (`GET /rest/v1/activities/types.json`).

@@ -1,7 +1,9 @@
 //! The demo CRM: a small CRM schema with sample data, on SQLite, PostgreSQL or MariaDB.
 //!
 //! Tables: `users` (salespersons), `accounts`, `contacts`, `leads`, `opportunities`,
-//! `opportunity_contact_roles` and one custom table, `vehicles` (Marketo custom object `car_c`).
+//! `opportunity_contact_roles`, one custom table, `vehicles` (Marketo custom object `car_c`), and
+//! `events` (chat conversations written to Marketo as the custom activity `chatConversation_c`;
+//! empty until something logs one, see [`insert_event`]).
 //! Every table has an auto-generated `id`, a unique nullable `marketo_id`, an `updated_at`
 //! maintained by the CRM and a `deleted` flag. The sample data is generated from a seed, so the
 //! same seed always gives the same rows. [`adapter_options`] returns the matching options of the
@@ -24,6 +26,7 @@ pub const OBJECTS: &[&str] = &[
     "opportunities",
     "opportunity_contact_roles",
     "vehicles",
+    "events",
 ];
 
 #[derive(Clone, Copy)]
@@ -36,6 +39,8 @@ enum Ty {
     Bool,
     Date,
     Ts,
+    /// Long text (a chat transcript).
+    Text,
 }
 
 struct Table {
@@ -153,6 +158,19 @@ const TABLES: &[Table] = &[
         index: &[],
     },
     Table {
+        name: "events",
+        columns: &[
+            ("id", Ty::Id),
+            ("contact_id", Ty::Ref),
+            ("email", Ty::Str(255)),
+            ("topic", Ty::Str(255)),
+            ("transcript", Ty::Text),
+            ("occurred_at", Ty::Ts),
+        ],
+        unique: &[],
+        index: &[],
+    },
+    Table {
         name: "vehicles",
         columns: &[
             ("id", Ty::Id),
@@ -180,6 +198,8 @@ fn sql_type(d: Dialect, ty: Ty) -> String {
         (Dialect::Sqlite, Ty::Bool) => "BOOLEAN NOT NULL DEFAULT 0".into(),
         (_, Ty::Bool) => "BOOLEAN NOT NULL DEFAULT FALSE".into(),
         (_, Ty::Date) => "DATE".into(),
+        (Dialect::MySql, Ty::Text) => "MEDIUMTEXT".into(),
+        (_, Ty::Text) => "TEXT".into(),
         (Dialect::Postgres, Ty::Ts) => "TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP".into(),
         (Dialect::MySql, Ty::Ts) => "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)".into(),
         (Dialect::Sqlite, Ty::Ts) => {
@@ -197,6 +217,7 @@ fn pg_cast(ty: Ty) -> &'static str {
         Ty::Bool => "boolean",
         Ty::Date => "date",
         Ty::Ts => "timestamptz",
+        Ty::Text => "text",
     }
 }
 
@@ -622,6 +643,48 @@ pub async fn install(url: &str, seed: u64, contacts: usize) -> Result<DemoSummar
     info!(contacts, seed, "demo crm installed");
     pool.close().await;
     Ok(DemoSummary { rows: summary })
+}
+
+/// Logs one chat conversation in the demo CRM's `events` table (as the CRM's chat product
+/// would): for the contact `contact_id` and/or the address `email`, now.
+///
+/// # Errors
+///
+/// Returns [`CrmError`] when the insert fails.
+pub async fn insert_event(
+    pool: &SqlPool,
+    contact_id: Option<&str>,
+    email: Option<&str>,
+    topic: &str,
+    transcript: &str,
+) -> Result<(), CrmError> {
+    let d = pool.dialect();
+    let columns = [
+        ("contact_id", "bigint"),
+        ("email", "varchar"),
+        ("topic", "varchar"),
+        ("transcript", "text"),
+    ];
+    let names: Vec<String> = columns.iter().map(|(c, _)| d.quote(c)).collect();
+    let params: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, cast))| d.param(i + 1, cast))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        d.quote("events"),
+        names.join(", "),
+        params.join(", ")
+    );
+    let values = vec![
+        contact_id.map(str::to_owned),
+        email.map(str::to_owned),
+        Some(topic.to_owned()),
+        Some(transcript.to_owned()),
+    ];
+    pool.fetch("log a demo chat event", sql, &values).await?;
+    Ok(())
 }
 
 /// Returns the SQL adapter options for the demo tables: every object soft-deletes through

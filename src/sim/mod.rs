@@ -250,8 +250,9 @@ impl SimHandle {
             .insert(name.to_owned());
     }
 
-    /// Makes Sync writes (Sync Leads and the Sync endpoints of every other object) and Bulk Import
-    /// rows (queued while the rule holds; their failures file gives `message`) skip any input
+    /// Makes Sync writes (Sync Leads, the Sync endpoints of every other object, and Add Custom
+    /// Activities, whose records are matched on their top-level keys) and Bulk Import rows
+    /// (queued while the rule holds; their failures file gives `message`) skip any input
     /// record whose `field` holds `value`, with `code` and `message` as its reason, until
     /// [`SimHandle::clear_record_refusals`]. Models the record-level refusals the simulator does
     /// not produce by itself (1022 object in use, 1014, partitions, validation rules).
@@ -392,6 +393,49 @@ impl SimHandle {
             .values()
             .map(|r| Value::Object(state::Db::obj_json(kind, r, &[])))
             .collect()
+    }
+
+    /// Creates and approves a custom activity type as a Marketo admin does in the UI, and
+    /// returns its id. `primary` and each attribute are `(apiName, display name, dataType)`;
+    /// an existing type of that API name is returned unchanged.
+    pub fn add_custom_activity_type(
+        &self,
+        api_name: &str,
+        name: &str,
+        primary: (&str, &str, &str),
+        attributes: &[(&str, &str, &str)],
+    ) -> i64 {
+        let mut st = self.shared.lock();
+        let now = st.now();
+        let types = &mut st.db.catalog.custom_types;
+        if let Some(t) = types.get(api_name) {
+            return t.id;
+        }
+        let id = types
+            .values()
+            .map(|t| t.id)
+            .max()
+            .unwrap_or(catalog::CUSTOM_TYPE_BASE)
+            + 1;
+        let own = |(a, n, d): (&str, &str, &str)| (a.to_owned(), n.to_owned(), d.to_owned());
+        types.insert(
+            api_name.to_owned(),
+            catalog::CustomType {
+                id,
+                api_name: api_name.to_owned(),
+                name: name.to_owned(),
+                description: String::new(),
+                trigger_name: format!("{name} is logged"),
+                filter_name: format!("{name} was logged"),
+                primary: own(primary),
+                attributes: attributes.iter().copied().map(own).collect(),
+                draft: None,
+                approved: true,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+        id
     }
 
     /// Returns the activities (all types, including Delete Lead) as REST activity JSON.

@@ -560,6 +560,14 @@ pub static ACTIVITY_TYPES: &[ActivityType] = &[
         Some(("Demo Name", "string")),
         &[("Minutes", "integer")],
     ),
+    // A chat product's conversations (API name `chatConversation_c`; attributes `topic`,
+    // `eventId`, `transcript`), which the demo CRM's `events` table writes.
+    (
+        100002,
+        "Chat Conversation",
+        Some(("Topic", "string")),
+        &[("Event Id", "string"), ("Transcript", "text")],
+    ),
 ];
 
 /// Returns the activity types result.

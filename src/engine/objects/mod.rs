@@ -1,5 +1,5 @@
 //! The cycle steps for every object other than leads: salespersons, companies, opportunities,
-//! opportunity roles, CRM deletions, custom objects and activities.
+//! opportunity roles, CRM deletions, custom objects, activities and custom activities.
 //!
 //! Each object is a small spec on the one [`crate::engine::pipeline`] (gather, pair, write,
 //! commit: ONE `StepCommit` per step), with hooks for what is truly its own; [`registry`] lists
@@ -14,6 +14,7 @@
 
 pub mod activities;
 pub mod companies;
+pub mod custom_activities;
 pub mod custom_objects;
 pub mod deletions;
 pub mod opportunities;

@@ -8,7 +8,10 @@ use std::pin::Pin;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{activities, companies, custom_objects, deletions, opportunities, roles, salespersons};
+use super::{
+    activities, companies, custom_activities, custom_objects, deletions, opportunities, roles,
+    salespersons,
+};
 use crate::engine::Context;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
 use crate::mapping::Plans;
@@ -94,6 +97,7 @@ pub const STEPS: &[Step] = &[
     object_step!("deletions", deletions::run),
     object_step!("custom_objects", custom_objects::run),
     object_step!(activities::OBJECT, activities::run),
+    object_step!(custom_activities::OBJECT, custom_activities::run),
 ];
 
 /// Returns the registered step named `name`.

@@ -8,6 +8,9 @@ use crate::sim::clock::{fmt_time, parse_time};
 use crate::sim::schema::{activity_types, value_problem};
 use crate::sim::state::Activity;
 
+/// The most bytes of one custom activity attribute value.
+pub const CUSTOM_ATTRIBUTE_BYTES: usize = 65_536;
+
 /// Days Delete Lead records stay visible through Get Deleted Leads.
 pub const DELETED_RETENTION_DAYS: i64 = 14;
 
@@ -225,6 +228,10 @@ pub fn add_custom(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let mut results = Vec::new();
     for input in inputs {
         let skip = |code: &str, message: String| json!({"status": "skipped", "errors": [{"code": code, "message": message}]});
+        if let Some((code, message)) = ctx.st.refusal_for(&input) {
+            results.push(skip(&code, message));
+            continue;
+        }
         let type_id = input
             .get("activityTypeId")
             .and_then(Value::as_i64)
@@ -314,6 +321,20 @@ fn custom_attributes(
         let value = attr.get("value").cloned().unwrap_or(Value::Null);
         if let Some(problem) = value_problem(&def.0, &def.2, &value) {
             return Err(("1003", problem));
+        }
+        // Marketo caps a custom activity attribute at 65,536 bytes besides the characters of
+        // its type, and never shortens a value.
+        if let Some(text) = value.as_str()
+            && text.len() > CUSTOM_ATTRIBUTE_BYTES
+        {
+            return Err((
+                "1003",
+                format!(
+                    "Invalid value for field '{}': {} bytes, the maximum is {CUSTOM_ATTRIBUTE_BYTES}",
+                    def.0,
+                    text.len()
+                ),
+            ));
         }
         attrs.insert(def.1.clone(), value);
     }
