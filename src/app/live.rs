@@ -175,7 +175,7 @@ async fn fetch_marketo(
     };
     for object in &named.marketo {
         match client.object_schema(object).await {
-            Ok(schema) => set.insert(schema),
+            Ok(schema) => set.insert(crate::mapping::programs::complete(schema)),
             Err(e) => {
                 if let Some(p) = fatal_marketo(m, &e) {
                     problems.push(p);

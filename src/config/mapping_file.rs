@@ -186,6 +186,46 @@ pub struct ActivityMapping {
     pub fields: Vec<FieldMapping>,
 }
 
+/// Which programs sync (programs mappings): a program syncs when it matches any listed name,
+/// tag or folder; with nothing listed, every program syncs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSelection {
+    /// Program names, exactly as in Marketo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Program tags as `"Type: Value"` (e.g. `"Region: EMEA"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Folders by name or id (the folder directly holding the program).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<String>,
+}
+
+impl ProgramSelection {
+    /// Returns true when nothing is listed (every program syncs).
+    pub fn is_all(&self) -> bool {
+        self.names.is_empty() && self.tags.is_empty() && self.folders.is_empty()
+    }
+}
+
+/// One entry of a program member status map: a CRM status and the Marketo status it stands
+/// for, for one program, for every program of one channel, or (neither) for every program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMapping {
+    /// The CRM status.
+    pub crm: String,
+    /// The Marketo progression status (a status of the program's channel).
+    pub marketo: String,
+    /// The channel the entry applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The program (by name) the entry applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+}
+
 /// One mapping file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +256,13 @@ pub struct MappingFile {
     /// name>", looked up in Marketo's activity types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_activity: Option<String>,
+    /// Programs only: which programs sync (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<ProgramSelection>,
+    /// Program members only: the status map (CRM status <-> Marketo status). Empty: statuses
+    /// pass unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusMapping>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -225,6 +272,12 @@ impl MappingFile {
     /// Returns true for the activities file.
     pub fn is_activities(&self) -> bool {
         self.marketo_object == ACTIVITIES
+    }
+
+    /// Returns true for a program or program member file.
+    pub fn is_program_kind(&self) -> bool {
+        self.marketo_object == crate::mapping::programs::PROGRAM
+            || self.marketo_object == crate::mapping::programs::PROGRAM_MEMBER
     }
 
     /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
@@ -422,6 +475,8 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         "opportunity_role",
         "salesperson",
         ACTIVITIES,
+        crate::mapping::programs::PROGRAM,
+        crate::mapping::programs::PROGRAM_MEMBER,
     ];
     let name = f.marketo_object.as_str();
     if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
@@ -464,14 +519,20 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
             ));
         }
     }
-    if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
+    check_program_parts(m, &mut out);
+    if f.is_program_kind() {
+        check_program_fields(m, &mut out);
+    } else if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
         out.push(m.problem(
             true,
             &key_path("keys"),
             "required key `keys.marketo_crm_key` is missing (the Marketo field that holds the CRM key)",
         ));
     }
-    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) && !f.crm_read_only() {
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty)
+        && !f.crm_read_only()
+        && !f.is_program_kind()
+    {
         out.push(m.problem(
             true,
             &key_path("keys"),
@@ -499,6 +560,82 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// `programs` belongs to program mappings, `statuses` to program member mappings.
+fn check_program_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::programs::{PROGRAM, PROGRAM_MEMBER};
+    let f = &m.file;
+    if f.programs.is_some() && f.marketo_object != PROGRAM {
+        out.push(m.problem(
+            true,
+            &key_path("programs"),
+            format!("the program selection belongs in a file with marketo_object = \"{PROGRAM}\""),
+        ));
+    }
+    if !f.statuses.is_empty() && f.marketo_object != PROGRAM_MEMBER {
+        out.push(m.problem(
+            true,
+            &key_path("statuses"),
+            format!("a status map belongs in a file with marketo_object = \"{PROGRAM_MEMBER}\""),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, e) in f.statuses.iter().enumerate() {
+        let path = vec![Segment::Key("statuses".into()), Segment::Index(i)];
+        if e.crm.trim().is_empty() || e.marketo.trim().is_empty() {
+            out.push(m.problem(true, &path, "needs both `crm` and `marketo` statuses"));
+        }
+        if e.channel.is_some() && e.program.is_some() {
+            out.push(m.problem(true, &path, "names a channel or a program, not both"));
+        }
+        let scope = (e.channel.clone(), e.program.clone());
+        if !seen.insert((scope.clone(), "crm", e.crm.clone()))
+            || !seen.insert((scope, "marketo", e.marketo.clone()))
+        {
+            out.push(m.problem(
+                true,
+                &path,
+                format!(
+                    "status `{}` / `{}` is mapped twice for the same programs (a status must map \
+                     one way back)",
+                    e.crm, e.marketo
+                ),
+            ));
+        }
+    }
+}
+
+/// Program and program member mappings: keyed by the Marketo id in the CRM
+/// (`keys.crm_marketo_id`); every field flows to the CRM, except a member's `statusName`,
+/// which may flow both ways.
+fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::programs::STATUS_FIELD;
+    let f = &m.file;
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) {
+        out.push(m.problem(
+            true,
+            &key_path("keys"),
+            "required key `keys.crm_marketo_id` is missing (the CRM column holding the Marketo \
+             key: the program id, or `programId:leadId` for members)",
+        ));
+    }
+    for (i, field) in f.fields.iter().enumerate() {
+        let status = field.marketo.as_deref() == Some(STATUS_FIELD);
+        if field.direction != Direction::ToCrm && !status {
+            let path = vec![
+                Segment::Key("fields".into()),
+                Segment::Index(i),
+                Segment::Key("direction".into()),
+            ];
+            out.push(m.problem(
+                true,
+                &path,
+                "program data flows to the CRM only: use direction = \"to_crm\" (only a \
+                 member's statusName can flow both ways)",
+            ));
+        }
+    }
 }
 
 fn check_activities(m: &LoadedMapping, out: &mut Vec<Problem>) {

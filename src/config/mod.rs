@@ -15,8 +15,8 @@ use std::path::Path;
 
 pub use mapping_file::{
     ACTIVITIES, ActivityMapping, Direction, FieldMapping, Keys, LoadedMapping, MappingFile, Policy,
-    Transform, check_across, check_mapping, field_path, load_mappings, parse_mapping,
-    parse_mapping_lenient,
+    ProgramSelection, StatusMapping, Transform, check_across, check_mapping, field_path,
+    load_mappings, parse_mapping, parse_mapping_lenient,
 };
 pub use problem::{
     Lenient, Problem, Segment, Severity, closest, column_of, did_you_mean, dotted, from_toml_error,

@@ -258,6 +258,7 @@ impl Engine {
                 "salesPerson" | "salesperson" => {
                     describe_std(ctx, StandardObject::SalesPerson, object).await
                 }
+                "program" | "program_member" => ctx.marketo.object_schema(object).await,
                 custom => ctx
                     .marketo
                     .describe_custom_object(custom)
@@ -275,7 +276,7 @@ impl Engine {
                     continue;
                 }
             };
-            let mut schema = schema;
+            let mut schema = crate::mapping::programs::complete(schema);
             schema.object = object.clone();
             self.store_schema(summary, &schema).await?;
             set.insert(schema);

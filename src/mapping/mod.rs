@@ -11,6 +11,7 @@ pub mod activities;
 mod compile;
 mod normalise;
 mod plan;
+pub mod programs;
 mod suggest;
 
 pub use compile::{

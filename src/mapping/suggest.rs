@@ -262,6 +262,8 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         fields,
         activities: Vec::new(),
         added_activity: None,
+        programs: None,
+        statuses: Vec::new(),
     }
 }
 

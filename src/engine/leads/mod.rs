@@ -136,8 +136,12 @@ pub async fn run(
     let ms: BTreeMap<i64, records::MLead> = leads.into_iter().map(|l| (l.id, l)).collect();
     pairing::sync_pairs(&mut step, ms, cs, summary, cancel).await?;
 
-    // Watermarks move with the step's commit.
+    // Watermarks move with the step's commit; the feed riders' activities are handed over in
+    // the same commit as the token that read them.
     let at = ctx.clock.now();
+    let riders = std::mem::take(&mut changes.riders);
+    let handed = crate::engine::objects::feed_riders::handed_over(ctx, &riders, at).await?;
+    step.commit.watermarks.extend(handed);
     let marks = gather::watermarks(plan, &marks, changes, del_token, crm.read, at);
     step.commit.watermarks.extend(marks);
     step.commit.watermarks.extend(conversions_wm);
