@@ -290,7 +290,7 @@ async fn a_program_is_read_whole_once_when_first_linked() {
 }
 
 #[tokio::test]
-async fn programs_and_membership_add_one_call_to_an_idle_cycle() {
+async fn an_idle_cycle_pays_nothing_for_membership_and_programs_are_browsed_hourly() {
     let plain = start(CrmKind::Sqlite, &["leads"]).await;
     plain.crm_insert_contact("a@example.com", "A", "A").await;
     plain.settle(3).await;
@@ -311,13 +311,24 @@ async fn programs_and_membership_add_one_call_to_an_idle_cycle() {
         "idle cycle: {} calls with leads only, {} with programs and membership ({:?} / {:?})",
         without.counted, with.counted, without.by_path, with.by_path
     );
-    // The browse; membership rides on the lead step's activity read.
+    // Membership rides on the lead step's activity read.
     assert_eq!(
-        with.counted,
-        without.counted + 1,
+        with.counted, without.counted,
         "{:?} vs {:?}",
-        with.by_path,
-        without.by_path
+        with.by_path, without.by_path
+    );
+    // An hour on, the programs are browsed (one call) and the member describe is read again.
+    app.sim.advance_clock(Duration::from_secs(3600));
+    let mark = log_mark(&app.sim);
+    app.run_cycle().await;
+    let hourly = calls_since(&app.sim, mark);
+    eprintln!(
+        "hourly cycle: {} calls ({:?})",
+        hourly.counted, hourly.by_path
+    );
+    assert_eq!(
+        hourly.by_path.get("GET /rest/asset/v1/programs.json"),
+        Some(&1)
     );
     app.cleanup().await;
 }

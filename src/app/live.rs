@@ -186,6 +186,21 @@ async fn fetch_marketo(
             }
         }
     }
+    if named
+        .marketo
+        .contains(crate::mapping::programs::PROGRAM_MEMBER)
+    {
+        match client.channels().await {
+            Ok(channels) => set.insert(crate::mapping::programs::channels_schema(&channels)),
+            Err(e) => problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {
+                Problem::warning(
+                    SETTINGS,
+                    "marketo",
+                    format!("cannot read Marketo's program channels, so the status map is not checked: {e}"),
+                )
+            })),
+        }
+    }
     if named.activity_types.is_empty() {
         return;
     }

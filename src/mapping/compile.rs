@@ -989,6 +989,7 @@ pub fn compile_all(
                 let (plan, p) = compile(m, marketo, crm);
                 problems.extend(p);
                 problems.extend(flag_policy_problem(settings, m));
+                problems.extend(super::programs::check_statuses(m, schemas));
                 match plan {
                     Some(plan) => {
                         plans.objects.insert(m.object.clone(), plan);

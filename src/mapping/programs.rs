@@ -9,8 +9,11 @@
 //!   [`PROGRAM_NAME_FIELD`].
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use crate::config::StatusMapping;
+use crate::config::{LoadedMapping, Problem, Segment, StatusMapping, did_you_mean};
+use crate::mapping::SchemaSet;
+use crate::marketo::programs::Channel;
 #[cfg(test)]
 use crate::marketo::programs::program_schema;
 use crate::model::{FieldDef, FieldType, ObjectSchema, Side};
@@ -27,6 +30,104 @@ pub const CRM_CAMPAIGN_FIELD: &str = "crmCampaignId";
 pub const PROGRAM_NAME_FIELD: &str = "programName";
 /// The member field holding the progression status.
 pub const STATUS_FIELD: &str = "statusName";
+
+/// The Marketo-side pseudo-object holding every program channel's statuses (read by
+/// `validate`, never by a cycle): one field per (channel, status), named
+/// `<channel>`[`CHANNEL_SEPARATOR`]`<status>`.
+pub const CHANNELS: &str = "program_channels";
+/// Separates the channel from the status in a field name of [`CHANNELS`].
+pub const CHANNEL_SEPARATOR: char = '\t';
+
+/// Returns the channels as the [`CHANNELS`] pseudo-schema.
+pub fn channels_schema(channels: &[Channel]) -> ObjectSchema {
+    let mut fields = Vec::new();
+    for c in channels {
+        for status in c.status_names() {
+            let mut f = FieldDef::new(
+                format!("{}{CHANNEL_SEPARATOR}{status}", c.name),
+                FieldType::Text { max_len: None },
+            );
+            f.read_only = true;
+            fields.push(f);
+        }
+    }
+    ObjectSchema {
+        side: Side::Marketo,
+        object: CHANNELS.into(),
+        id_field: None,
+        dedupe_fields: Vec::new(),
+        fields,
+    }
+}
+
+/// Returns the problems of a program member mapping's status map against the channels'
+/// real statuses (when `schemas` holds them, see [`CHANNELS`]): an entry for a channel names
+/// one of that channel's statuses and an existing channel; any other entry names a status of
+/// some channel. Marketo refuses a status its channel lacks, the native sync's most common
+/// setup error.
+pub fn check_statuses(m: &LoadedMapping, schemas: &SchemaSet) -> Vec<Problem> {
+    let Some(known) = schemas.get(Side::Marketo, CHANNELS) else {
+        return Vec::new();
+    };
+    let pairs: Vec<(&str, &str)> = known
+        .fields
+        .iter()
+        .filter_map(|f| f.name.split_once(CHANNEL_SEPARATOR))
+        .collect();
+    let mut out = Vec::new();
+    for (i, e) in m.file.statuses.iter().enumerate() {
+        let path = vec![
+            Segment::Key("statuses".into()),
+            Segment::Index(i),
+            Segment::Key("marketo".into()),
+        ];
+        match &e.channel {
+            Some(channel) if !pairs.iter().any(|(c, _)| c == channel) => {
+                let names: BTreeSet<&str> = pairs.iter().map(|(c, _)| *c).collect();
+                out.push(m.problem(
+                    true,
+                    &path,
+                    format!(
+                        "Marketo has no program channel `{channel}`{}",
+                        did_you_mean(channel, names.iter().copied())
+                    ),
+                ));
+            }
+            Some(channel) if !pairs.contains(&(channel.as_str(), e.marketo.as_str())) => {
+                let statuses: Vec<&str> = pairs
+                    .iter()
+                    .filter(|(c, _)| c == channel)
+                    .map(|(_, s)| *s)
+                    .collect();
+                out.push(m.problem(
+                    true,
+                    &path,
+                    format!(
+                        "channel `{channel}` has no status `{}` (its statuses: {}); Marketo would \
+                         refuse it",
+                        e.marketo,
+                        statuses.join(", ")
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None if !pairs.iter().any(|(_, s)| *s == e.marketo) => {
+                let all: BTreeSet<&str> = pairs.iter().map(|(_, s)| *s).collect();
+                out.push(m.problem(
+                    true,
+                    &path,
+                    format!(
+                        "no program channel has the status `{}`{}; Marketo would refuse it",
+                        e.marketo,
+                        did_you_mean(&e.marketo, all.iter().copied())
+                    ),
+                ));
+            }
+            None => {}
+        }
+    }
+    out
+}
 
 /// Returns `schema` as the mapping compiler reads it: a program member schema gets the
 /// synthetic fields ([`member_schema`]); any other is returned unchanged.
@@ -181,6 +282,44 @@ mod tests {
         assert_eq!(
             none.translate(Side::Crm, "Invited", "X").unwrap(),
             "Invited"
+        );
+    }
+
+    #[test]
+    fn the_status_map_is_checked_against_the_channels_statuses() {
+        let text = "marketo_object = \"program_member\"\ncrm_object = \"campaign_members\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n\
+            [[statuses]]\ncrm = \"Came\"\nmarketo = \"Attended\"\nchannel = \"Webinar\"\n\
+            [[statuses]]\ncrm = \"Opened\"\nmarketo = \"Opened\"\nchannel = \"Webinar\"\n\
+            [[statuses]]\ncrm = \"X\"\nmarketo = \"Member\"\nchannel = \"Webinr\"\n\
+            [[statuses]]\ncrm = \"Y\"\nmarketo = \"Atended\"\n";
+        let path = std::path::Path::new("program_members.toml");
+        let m = crate::config::parse_mapping("program_members", path, text).unwrap();
+        let channels: Vec<Channel> = serde_json::from_value(serde_json::json!([
+            {"name": "Webinar", "progressionStatuses": [{"name": "Member"}, {"name": "Attended"}]},
+            {"name": "Nurture", "progressionStatuses": [{"name": "Member"}]}
+        ]))
+        .unwrap();
+        let mut set = SchemaSet::default();
+        assert!(
+            check_statuses(&m, &set).is_empty(),
+            "no channels read, nothing checked"
+        );
+        set.insert(channels_schema(&channels));
+        let problems: Vec<String> = check_statuses(&m, &set)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].contains("channel `Webinar` has no status `Opened`"));
+        assert!(
+            problems[1].contains("no program channel `Webinr`") && problems[1].contains("Webinar")
+        );
+        assert!(problems[2].contains("`Atended`") && problems[2].contains("Attended"));
+        assert!(
+            problems[0].contains("statuses[1].marketo"),
+            "{}",
+            problems[0]
         );
     }
 

@@ -8,7 +8,8 @@
 //! one is created keyed by the CRM column holding the program id (`keys.crm_marketo_id`), so a
 //! re-run after a crash creates no second row. Programs are never written in Marketo.
 //!
-//! An idle cycle costs one browse call. A row the CRM refuses goes to the error ledger; its
+//! The browse runs at most every `sync.programs_browse_secs` (an hour by default; a due ledger
+//! entry brings it forward), so an idle day costs 24 calls. A row the CRM refuses goes to the error ledger; its
 //! program is read again by id when the entry is due.
 
 use std::collections::BTreeMap;
@@ -201,14 +202,20 @@ pub async fn run(
     let chosen = selection(ctx, object);
     let now = ctx.clock.now();
     let stored = ctx.store.watermark(Side::Marketo, object, QUEUE).await?;
-    let overlap = chrono::Duration::from_std(ctx.settings.sync.overlap())
-        .unwrap_or_else(|_| chrono::Duration::minutes(5));
-    let window = stored.map(|w| (w.at - overlap, now));
-    let mut programs = browse(ctx, window, cancel).await?;
     let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
     for e in due_errors(ctx, object, Direction::MarketoToCrm).await? {
         previous.insert(e.record_key.clone(), e);
     }
+    let every = chrono::Duration::seconds(
+        i64::try_from(ctx.settings.sync.programs_browse_secs).unwrap_or(i64::MAX),
+    );
+    if previous.is_empty() && stored.as_ref().is_some_and(|w| now - w.at < every) {
+        return Ok(());
+    }
+    let overlap = chrono::Duration::from_std(ctx.settings.sync.overlap())
+        .unwrap_or_else(|_| chrono::Duration::minutes(5));
+    let window = stored.map(|w| (w.at - overlap, now));
+    let mut programs = browse(ctx, window, cancel).await?;
     for key in previous.keys() {
         if let Ok(id) = key.parse::<i64>()
             && !programs.contains_key(&id)
