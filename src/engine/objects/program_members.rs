@@ -11,7 +11,9 @@
 //! ([`super::feed_riders`]); this step takes the pending (lead, program) pairs and reads those
 //! members, 300 leads a call per program (`filterType=leadId`), for their status, success and
 //! its date, membership date, acquiredBy, nurture fields and custom member fields. A program
-//! linked for the first time is read whole once (its members by every status of its channel);
+//! linked for the first time is read whole once (its members by every status of its channel;
+//! members whose lead is not in the CRM are left out, while a member changed since whose lead
+//! has no CRM contact yet waits in the error ledger);
 //! [`repair`] reads a program's members changed in a window by `updatedAt`, 7 days a call.
 //!
 //! CRM -> Marketo: a changed status on a CRM row (from the CRM change feed) is written by
@@ -257,9 +259,20 @@ impl Member<'_> {
         wanted.retain(|program, _| linked.contains_key(program));
         let fields = self.query_fields();
         let mut records = self.read_members(&wanted, &fields, cancel).await?;
+        let mut first_read = BTreeMap::new();
         let seeded = self
-            .seed(&linked, &fields, &mut records, now, cancel)
+            .seed(&linked, &fields, &mut first_read, now, cancel)
             .await?;
+        // Members found only by a program's first read whose lead is not in the CRM are people
+        // the CRM does not hold: they are left out, not refused.
+        let first_only: BTreeSet<String> = first_read
+            .keys()
+            .filter(|k| !records.contains_key(*k))
+            .cloned()
+            .collect();
+        for (k, r) in first_read {
+            records.entry(k).or_insert(r);
+        }
         commit.watermarks.extend(seeded);
         commit.watermarks.push(feed_riders::cleared(object, now));
         let upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
@@ -269,7 +282,7 @@ impl Member<'_> {
         let sides = self
             .pairs(
                 &linked,
-                records,
+                (records, &first_only),
                 upserts,
                 &crm_schema,
                 &previous,
@@ -557,7 +570,7 @@ impl Member<'_> {
     async fn pairs(
         &self,
         linked: &BTreeMap<i64, Linked>,
-        records: BTreeMap<String, Record>,
+        (records, first_only): (BTreeMap<String, Record>, &BTreeSet<String>),
         upserts: Vec<Change>,
         crm_schema: &ObjectSchema,
         previous: &BTreeMap<String, SyncError>,
@@ -605,6 +618,13 @@ impl Member<'_> {
                 None => None,
                 Some(record) => {
                     let contact = contacts.get(&lead.to_string()).cloned();
+                    if contact.is_none()
+                        && crm_column(plan, CRM_CONTACT_FIELD).is_some()
+                        && first_only.contains(&key)
+                    {
+                        summary.counts_mut(object, Direction::MarketoToCrm).skipped += 1;
+                        continue;
+                    }
                     if contact.is_none() && crm_column(plan, CRM_CONTACT_FIELD).is_some() {
                         let message = format!("lead {lead} has no CRM contact yet");
                         self.waits_for_contact(commit, summary, &key, message, previous);

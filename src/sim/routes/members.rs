@@ -80,7 +80,7 @@ pub fn is_status(status: &str) -> bool {
 type RecordError = (&'static str, String);
 
 /// Why a status change is refused: (code, message).
-type Refusal = (&'static str, &'static str);
+pub type Refusal = (&'static str, &'static str);
 
 /// Sets `lead_id`'s status in `program_id`; with `forward_only`, a lead already at or past it
 /// is refused (1037). Logs Change Status in Progression (104).
@@ -91,17 +91,40 @@ fn set_status(
     status: &str,
     forward_only: bool,
 ) -> Result<(), Refusal> {
+    let now = ctx.now;
+    change_status(
+        &mut ctx.st.db,
+        now,
+        program_id,
+        lead_id,
+        status,
+        forward_only,
+    )
+}
+
+/// Sets `lead_id`'s status in `program_id` at `now` (see [`set_status`]); what a marketer's
+/// change in the Marketo UI does too.
+///
+/// # Errors
+///
+/// The refusal's (code, message): 1025 unknown status, 1004 no such lead, 1013 no such
+/// program, 1037 already in (or, `forward_only`, past) the status.
+pub fn change_status(
+    db: &mut crate::sim::state::Db,
+    now: chrono::DateTime<chrono::Utc>,
+    program_id: i64,
+    lead_id: i64,
+    status: &str,
+    forward_only: bool,
+) -> Result<(), Refusal> {
     let rank = PROGRESSION
         .iter()
         .position(|p| *p == status)
         .ok_or(("1025", "Program status not found"))?;
-    if ctx.st.db.lead(lead_id).is_none() {
+    if db.lead(lead_id).is_none() {
         return Err(("1004", "Lead not found"));
     }
-    let now = ctx.now;
-    let program = ctx
-        .st
-        .db
+    let program = db
         .programs
         .get_mut(&program_id)
         .ok_or(("1013", "Program not found"))?;
@@ -127,7 +150,7 @@ fn set_status(
         json!(old.unwrap_or_else(|| PROGRESSION[0].to_string())),
     );
     attrs.insert("New Status".into(), json!(status));
-    ctx.st.db.log_activity(
+    db.log_activity(
         lead_id,
         now,
         104,
