@@ -13,8 +13,7 @@
 //! its date, membership date, acquiredBy, nurture fields and custom member fields. A program
 //! linked for the first time is read whole once (its members by every status of its channel;
 //! members whose lead is not in the CRM are left out, while a member changed since whose lead
-//! has no CRM contact yet waits in the error ledger);
-//! [`repair`] reads a program's members changed in a window by `updatedAt`, 7 days a call.
+//! has no CRM contact yet waits in the error ledger).
 //!
 //! CRM -> Marketo: a changed status on a CRM row (from the CRM change feed) is written by
 //! Change Lead Program Status, one call per (program, status) and 300 leads
@@ -57,8 +56,6 @@ use crate::store::{Direction, StepCommit, SyncError, Watermark};
 pub const OBJECT: &str = "program_members";
 /// Leads per members query (Marketo takes 300 filter values).
 const QUERY_BATCH: usize = 300;
-/// The longest `updatedAt` range of one members query.
-const UPDATED_SPAN: chrono::Duration = chrono::Duration::days(7);
 
 /// Returns the plan of the program members mapping, if one is synced.
 pub fn plan_of(plans: &Plans) -> Option<&Plan> {
@@ -149,52 +146,6 @@ pub async fn run(
         dry_run: options.dry_run,
     };
     step.run(programs_plan, summary, options, cancel).await
-}
-
-/// Reads the members of `program` changed between `from` and `to` (the members query by
-/// `updatedAt`, at most 7 days a call) and returns them by member key: the repair and bootstrap
-/// read of one program.
-///
-/// # Errors
-///
-/// A Marketo failure, or cancellation.
-pub async fn repair(
-    ctx: &Context,
-    program: i64,
-    fields: &[String],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    cancel: &CancellationToken,
-) -> Result<BTreeMap<String, Record>, EngineError> {
-    let mut out = BTreeMap::new();
-    let mut start = from;
-    while start < to {
-        let end = (start + UPDATED_SPAN).min(to);
-        let mut token: Option<String> = None;
-        loop {
-            if cancel.is_cancelled() {
-                return Err(EngineError::Cancelled);
-            }
-            let page = ctx
-                .marketo
-                .get_program_members(
-                    program,
-                    "updatedAt",
-                    &[],
-                    Some((start, end)),
-                    fields,
-                    token.as_deref(),
-                )
-                .await?;
-            collect(program, page.records, &mut out);
-            match page.next_page_token {
-                Some(t) if page.more_result => token = Some(t),
-                _ => break,
-            }
-        }
-        start = end;
-    }
-    Ok(out)
 }
 
 /// Adds the member records of `program` to `out` by member key.
