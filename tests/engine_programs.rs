@@ -170,6 +170,15 @@ async fn membership_flows_both_ways(crm: CrmKind) {
         marketo_status(&c, WEBINAR, lead).await.as_deref(),
         Some("Influenced")
     );
+    // Put back to the agreed status, the row is readable again and its entry resolved.
+    app.crm_exec(&format!(
+        "UPDATE campaign_members SET status = 'Influenced', updated_at = {} WHERE campaign_id = '{webinar}'",
+        now_sql(crm)
+    ))
+    .await;
+    tick(&app);
+    app.run_cycle().await;
+    assert!(app.open_errors("program_members").await.is_empty());
     app.cleanup().await;
 }
 
@@ -228,6 +237,14 @@ async fn an_unmapped_marketo_status_is_a_ledger_entry_and_the_rest_arrives() {
     let got = members(&app).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0][1].as_deref(), Some("Invited"));
+    // Once the member moves to a mapped status it arrives and its entry is resolved.
+    c.change_lead_program_status(WEBINAR, "Registered", &[a])
+        .await
+        .unwrap();
+    tick(&app);
+    app.run_cycle().await;
+    assert!(app.open_errors("program_members").await.is_empty());
+    assert_eq!(members(&app).await.len(), 2);
     app.cleanup().await;
 }
 

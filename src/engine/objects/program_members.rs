@@ -31,14 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    ObjectFamily, due_errors, feed_riders, from_record, ledger_entry, programs,
-    record_invalid_value,
+    ObjectFamily, error_key, feed_riders, from_record, ledger_entry, programs, record_invalid_value,
 };
 use crate::config::StatusMapping;
 use crate::crm::{Change, ChangeKind};
 use crate::engine::ledger::{Failure, Subject};
 use crate::engine::pipeline::commit;
-use crate::engine::pipeline::gather::crm_with_retries;
+use crate::engine::pipeline::gather::{crm_with_retries, open_errors};
 use crate::engine::pipeline::pair::{contacts_by_lead, lead_ids_by_contact, links_by_crm};
 use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
@@ -54,6 +53,8 @@ use crate::store::{Direction, StepCommit, SyncError, Watermark};
 
 /// The step's name (timings, warnings).
 pub const OBJECT: &str = "program_members";
+/// The ledger code of a status the status map does not know.
+pub const UNKNOWN_STATUS: &str = "unknown_status";
 /// Leads per members query (Marketo takes 300 filter values).
 const QUERY_BATCH: usize = 300;
 
@@ -191,8 +192,12 @@ impl Member<'_> {
         // CRM side: the change feed (with the due retries of CRM rows).
         let (mut gathered, mut previous) = crm_with_retries(ctx, self.plan, cancel).await?;
         let mut commit = commit::start(&mut gathered);
-        for e in due_errors(ctx, object, Direction::MarketoToCrm).await? {
-            previous.insert(e.record_key.clone(), e);
+        // Every open entry of a member read from Marketo (so that one that goes through now is
+        // resolved); the due ones are read again.
+        for e in open_errors(ctx, object).await? {
+            if e.direction == Direction::MarketoToCrm {
+                previous.insert(e.record_key.clone(), e);
+            }
         }
         // Marketo side: the feed riders' pending pairs, the due retries, the first read of
         // newly linked programs.
@@ -202,6 +207,7 @@ impl Member<'_> {
         }
         for e in previous.values() {
             if e.direction == Direction::MarketoToCrm
+                && e.next_retry_at.is_some_and(|t| t <= now)
                 && let Some((program, lead)) = parse_key(&e.record_key)
             {
                 wanted.entry(program).or_default().insert(lead);
@@ -452,7 +458,7 @@ impl Member<'_> {
             other_key: None,
             payload: json!({}),
         };
-        let failure = Failure::new("unknown_status", message, false);
+        let failure = Failure::new(UNKNOWN_STATUS, message, false);
         let prev = previous.get(key).filter(|e| e.direction == direction);
         commit
             .errors_upsert
@@ -749,6 +755,15 @@ impl Member<'_> {
                 {
                     Ok(s) => {
                         raw.insert(column.to_owned(), Value::Text(s));
+                        // A status refused before is readable now.
+                        let d = Direction::CrmToMarketo;
+                        if previous
+                            .get(&change.id)
+                            .is_some_and(|e| e.direction == d && e.code == UNKNOWN_STATUS)
+                        {
+                            let object = self.object();
+                            commit.errors_resolve.push(error_key(object, d, &change.id));
+                        }
                     }
                     Err(e) => {
                         let d = (Direction::CrmToMarketo, change.id.as_str());
