@@ -349,3 +349,27 @@ async fn an_idle_cycle_pays_nothing_for_membership_and_programs_are_browsed_hour
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_plans_the_membership_change_and_writes_nothing() {
+    let app = start(CrmKind::Sqlite, &["leads", "programs", "program_members"]).await;
+    let c = client(&app.sim);
+    app.crm_insert_contact("a@example.com", "A", "A").await;
+    app.run_cycle().await;
+    let a = app.marketo_by_email("a@example.com")[0];
+    c.change_lead_program_status(WEBINAR, "Registered", &[a])
+        .await
+        .unwrap();
+    tick(&app);
+    let dry = app.dry_cycle().await;
+    assert!(
+        dry.plan.iter().any(|p| p.object == "program_members"),
+        "{:?}",
+        dry.plan
+    );
+    assert!(members(&app).await.is_empty());
+    // The dry run left the hand-over in place: the real cycle carries the change.
+    app.run_cycle().await;
+    assert_eq!(members(&app).await.len(), 1);
+    app.cleanup().await;
+}

@@ -60,7 +60,9 @@ use step::Step;
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
 pub const LEAD_ACTIVITY_TYPES: [i64; 3] = [12, 13, 32];
-const QUEUE_ACTIVITIES: &str = "activities";
+/// The watermark queue of the lead step's activity read (its cursor holds the paging token as
+/// `{"token": ...}`).
+pub(crate) const QUEUE_ACTIVITIES: &str = "activities";
 const QUEUE_DELETED: &str = "deleted";
 const QUEUE_CONVERSIONS: &str = "conversions";
 /// The store object name of lead links (the `sync.objects` name of the lead mapping).

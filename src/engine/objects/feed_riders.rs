@@ -40,7 +40,7 @@ pub struct Rider {
 
 /// Every rider.
 pub const RIDERS: &[Rider] = &[Rider {
-    type_id: 104,
+    type_id: super::program_members::CHANGE_STATUS_IN_PROGRESSION,
     marketo_object: crate::mapping::programs::PROGRAM_MEMBER,
 }];
 
@@ -84,6 +84,57 @@ pub async fn pending(ctx: &Context, object: &str) -> Result<BTreeSet<Pending>, E
         .unwrap_or_default()
         .into_iter()
         .collect())
+}
+
+/// Returns the pending pairs of `object` as a dry run sees them: a dry run's lead step commits
+/// nothing, so the rider activities it read were not handed over; they are read here again from
+/// the lead step's stored paging token (the rider's type only, to the end of the queue), added to
+/// what is pending. Costs calls on a dry run only.
+///
+/// # Errors
+///
+/// A Marketo or store failure, or cancellation.
+pub async fn pending_dry_run(
+    ctx: &Context,
+    object: &str,
+    type_id: i64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<BTreeSet<Pending>, EngineError> {
+    let mut all = pending(ctx, object).await?;
+    let stored = ctx
+        .store
+        .watermark(
+            Side::Marketo,
+            crate::engine::leads::LINK_OBJECT,
+            crate::engine::leads::QUEUE_ACTIVITIES,
+        )
+        .await?;
+    let Some(mut token) = stored
+        .and_then(|w| w.cursor)
+        .and_then(|c| c.get("token").and_then(|t| t.as_str()).map(str::to_owned))
+    else {
+        return Ok(all);
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[type_id], &Default::default())
+            .await?;
+        all.extend(
+            page.records
+                .iter()
+                .filter_map(|a| a.primary_attribute_value_id.map(|p| (a.lead_id, p))),
+        );
+        if let Some(next) = page.next_page_token {
+            token = next;
+        }
+        if !page.more_result {
+            return Ok(all);
+        }
+    }
 }
 
 /// Returns the watermark holding `pending` for `object` at `at`.

@@ -53,6 +53,8 @@ use crate::store::{Direction, StepCommit, SyncError, Watermark};
 
 /// The step's name (timings, warnings).
 pub const OBJECT: &str = "program_members";
+/// Change Status in Progression, the activity type of a membership change (a feed rider).
+pub const CHANGE_STATUS_IN_PROGRESSION: i64 = 104;
 /// The ledger code of a status the status map does not know.
 pub const UNKNOWN_STATUS: &str = "unknown_status";
 /// Leads per members query (Marketo takes 300 filter values).
@@ -202,7 +204,13 @@ impl Member<'_> {
         // Marketo side: the feed riders' pending pairs, the due retries, the first read of
         // newly linked programs.
         let mut wanted: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
-        for (lead, program) in feed_riders::pending(ctx, object).await? {
+        let pending = if self.dry_run {
+            let rider = CHANGE_STATUS_IN_PROGRESSION;
+            feed_riders::pending_dry_run(ctx, object, rider, cancel).await?
+        } else {
+            feed_riders::pending(ctx, object).await?
+        };
+        for (lead, program) in pending {
             wanted.entry(program).or_default().insert(lead);
         }
         for e in previous.values() {
@@ -235,6 +243,13 @@ impl Member<'_> {
         let upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
         summary.counts_mut(object, Direction::MarketoToCrm).read += records.len() as u64;
         summary.counts_mut(object, Direction::CrmToMarketo).read += upserts.len() as u64;
+        if records.is_empty() && upserts.is_empty() {
+            // Nothing changed on either side: only the watermarks move.
+            if !options.dry_run {
+                commit::finish(ctx, commit).await?;
+            }
+            return Ok(());
+        }
         let crm_schema = ctx.crm.describe(&self.plan.crm_object).await?;
         let sides = self
             .pairs(
