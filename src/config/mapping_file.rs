@@ -848,6 +848,45 @@ mod tests {
     }
 
     #[test]
+    fn program_mappings_need_the_crm_key_flow_to_the_crm_and_keep_their_own_tables() {
+        let members = "marketo_object = \"program_member\"\ncrm_object = \"campaign_members\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n\
+            [[statuses]]\ncrm = \"Came\"\nmarketo = \"Attended\"\nchannel = \"Webinar\"\n\
+            [[fields]]\nmarketo = \"statusName\"\ncrm = \"status\"\n\
+            [[fields]]\nmarketo = \"membershipDate\"\ncrm = \"joined\"\ndirection = \"to_crm\"\n";
+        assert!(check(members).is_empty(), "{:?}", check(members));
+        let both = members.replace(
+            "crm = \"joined\"\ndirection = \"to_crm\"",
+            "crm = \"joined\"",
+        );
+        assert!(
+            check(&both)
+                .iter()
+                .any(|p| p.contains("fields[1].direction"))
+        );
+        let no_key = members.replace("crm_marketo_id = \"marketo_id\"", "");
+        assert!(check(&no_key).iter().any(|p| p.contains("crm_marketo_id")));
+        let twice = format!(
+            "{members}[[statuses]]\ncrm = \"Came\"\nmarketo = \"Member\"\nchannel = \"Webinar\"\n"
+        );
+        assert!(check(&twice).iter().any(|p| p.contains("mapped twice")));
+        let programs = "marketo_object = \"program\"\ncrm_object = \"campaigns\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n[programs]\ntags = [\"Region: EMEA\"]\n\
+            [[statuses]]\ncrm = \"A\"\nmarketo = \"B\"\n";
+        let problems = check(programs);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("status map belongs"));
+        let stray = "marketo_object = \"company\"\ncrm_object = \"accounts\"\n\
+            [keys]\nmarketo_crm_key = \"externalCompanyId\"\ncrm_marketo_id = \"marketo_id\"\n\
+            [programs]\nnames = [\"X\"]\n";
+        assert!(
+            check(stray)
+                .iter()
+                .any(|p| p.contains("program selection belongs"))
+        );
+    }
+
+    #[test]
     fn added_activity_is_for_custom_objects_and_names_a_type() {
         let keys = "[keys]\nmarketo_crm_key = \"vin\"\ncrm_marketo_id = \"marketo_id\"\n";
         let custom = format!(
