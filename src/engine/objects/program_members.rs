@@ -175,7 +175,7 @@ impl Member<'_> {
             .into_iter()
             .filter(|f| !synthetic.contains(&f.as_str()))
             .collect();
-        for f in ["leadId", "programId", STATUS_FIELD] {
+        for f in ["leadId", "programId", STATUS_FIELD, "updatedAt"] {
             fields.insert(f.to_owned());
         }
         fields.into_iter().collect()
@@ -603,7 +603,13 @@ impl Member<'_> {
                         continue;
                     }
                     let raw = member_raw(record, contact, program_row);
-                    match Observed::read(plan, Side::Marketo, raw, None) {
+                    // When Marketo last changed the member (newest_wins compares it).
+                    let at = record
+                        .get("updatedAt")
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc));
+                    match Observed::read(plan, Side::Marketo, raw, at) {
                         Ok(o) => Some(o),
                         Err(e) => {
                             let prev = previous.get(&key);
