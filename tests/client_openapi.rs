@@ -65,6 +65,18 @@ fn query_gap(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Documented reality gaps for required query parameters (marketo-api.md section 9).
+fn required_query_gap(operation_id: &str, name: &str, query: &str) -> Option<&'static str> {
+    match (operation_id, name) {
+        // The members query by `updatedAt` takes its range in `startAt`/`endAt`, not in
+        // `filterValues`, which the spec marks required for every filter type.
+        ("getProgramMembersUsingGET", "filterValues") if query.contains("filterType=updatedAt") => {
+            Some("updatedAt members query takes startAt/endAt (marketo-api.md section 9)")
+        }
+        _ => None,
+    }
+}
+
 /// Documented reality gaps for required body fields (marketo-api.md section 10).
 fn body_gap(operation_id: &str, field: &str) -> Option<&'static str> {
     match (operation_id, field) {
@@ -495,6 +507,34 @@ async fn exercise_every_method(
     assert_eq!(again[0].status, RecordStatus::Skipped, "{again:?}");
     assert_eq!(again[0].reasons[0].code, "1037", "{again:?}");
     called.push("set_program_member_status");
+    let changed = client
+        .get_program_members(1107, "updatedAt", &[], Some((now - day, now)), &[], None)
+        .await
+        .unwrap();
+    assert!(
+        changed.records.iter().any(|r| r["leadId"] == ids[0]),
+        "{changed:?}"
+    );
+    let back = client
+        .change_lead_program_status(1108, "Invited", &[ids[0]])
+        .await
+        .unwrap();
+    assert_eq!(back[0].status, RecordStatus::Updated, "{back:?}");
+    called.push("change_lead_program_status");
+    let channels = client.channels().await.unwrap();
+    assert!(
+        channels
+            .iter()
+            .any(|c| c.name == "Webinar" && c.status_names().contains(&"Attended")),
+        "{channels:?}"
+    );
+    called.push("channels");
+    let removed = client
+        .delete_program_members(1108, &[ids[0]])
+        .await
+        .unwrap();
+    assert_eq!(removed[0].status, RecordStatus::Deleted, "{removed:?}");
+    called.push("delete_program_members");
 
     // Usage.
     client.usage_today().await.unwrap();
@@ -774,6 +814,13 @@ fn check_log(ops: &[Operation], log: &[LogEntry]) -> Vec<String> {
         // A tunnelled GET carries its parameters in the body, which the log does not hold.
         if !tunnelled {
             for name in op.required_query.difference(&names) {
+                if let Some(reason) = required_query_gap(&op.operation_id, name, &entry.query) {
+                    eprintln!(
+                        "reality gap {} {} ?{name}: {reason}",
+                        entry.method, entry.path
+                    );
+                    continue;
+                }
                 problems.push(format!(
                     "{} {} ({}): required query parameter {name} missing",
                     entry.method, entry.path, op.operation_id
@@ -843,7 +890,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        67,
+        70,
         "the client gained or lost a method: {methods:?}"
     );
 

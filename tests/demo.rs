@@ -90,6 +90,15 @@ fn the_demo_shows_records_flowing_both_ways_and_stops_after_its_cycles() {
     let state_db = state.path().join("demo-state.db");
     assert!(count_links(&state_db, "chat_events") >= 1, "{stdout}");
     assert_eq!(count_links(&state_db, "chat_events:outbox"), 0);
+
+    // The simulator's programs are campaigns, and the marketer's program status change of round 1
+    // reached a campaign member.
+    let (campaigns, statuses) = campaigns_and_statuses(&state.path().join("demo-crm.db"));
+    assert_eq!(campaigns, 2, "{stdout}");
+    assert!(
+        statuses.iter().any(|s| s == "Registered"),
+        "{statuses:?}\n{stdout}"
+    );
 }
 
 /// Counts the state store's links of one object through sqlx, on a runtime of its own.
@@ -106,6 +115,29 @@ fn count_links(path: &std::path::Path, object: &str) -> i64 {
             .await
             .expect("count links");
         n
+    })
+}
+
+/// Reads the number of campaigns and the status of every campaign member, on a runtime of its
+/// own.
+fn campaigns_and_statuses(path: &std::path::Path) -> (i64, Vec<String>) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", path.display());
+        let pool = sqlx::sqlite::SqlitePool::connect(&url)
+            .await
+            .expect("open crm");
+        let (campaigns,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM campaigns")
+            .fetch_one(&pool)
+            .await
+            .expect("count campaigns");
+        let rows: Vec<(Option<String>,)> =
+            sqlx::query_as("SELECT status FROM campaign_members WHERE deleted = 0")
+                .fetch_all(&pool)
+                .await
+                .expect("read campaign members");
+        let statuses = rows.into_iter().filter_map(|(s,)| s).collect();
+        (campaigns, statuses)
     })
 }
 

@@ -135,6 +135,87 @@ async fn post_method_delete_removes_list_members() {
 }
 
 #[tokio::test]
+async fn program_members_are_queried_by_updated_at_within_seven_days_and_channels_are_served() {
+    let t = T::new().await;
+    // The generated members (leads 4, 8, ...) joined at the start; lead 1 joins later.
+    t.sim.advance_clock(Duration::from_secs(600));
+    let set = t
+        .post(
+            "/rest/v1/leads/programs/1107/status.json",
+            json!({"status": "Registered", "input": [{"id": 1}]}),
+        )
+        .await;
+    assert_eq!(set["result"][0]["status"], "updated", "{set}");
+    let window = "filterType=updatedAt&startAt=2024-03-05T12:05:00Z&endAt=2024-03-06T12:00:00Z";
+    let changed = t
+        .get(&format!("/rest/v1/programs/1107/members.json?{window}"))
+        .await;
+    let leads: Vec<i64> = changed["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["leadId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(leads, [1], "{changed}");
+    let m = &changed["result"][0];
+    assert_eq!(m["statusName"], "Registered");
+    assert_eq!(m["acquiredBy"], false);
+    assert!(
+        m["updatedAt"].is_string() && m["membershipDate"].is_string(),
+        "{m}"
+    );
+    let too_long = t
+        .get("/rest/v1/programs/1107/members.json?filterType=updatedAt&startAt=2024-03-01T00:00:00Z&endAt=2024-03-09T00:00:00Z")
+        .await;
+    assert_eq!(code(&too_long), "1003");
+    let no_range = t
+        .get("/rest/v1/programs/1107/members.json?filterType=updatedAt")
+        .await;
+    assert_eq!(code(&no_range), "1003");
+    // Engagement programs carry the nurture fields.
+    let nurture = t
+        .post(
+            "/rest/v1/leads/programs/1108/status.json",
+            json!({"status": "Member", "input": [{"id": 2}]}),
+        )
+        .await;
+    assert_eq!(nurture["result"][0]["status"], "updated", "{nurture}");
+    let member = t
+        .get("/rest/v1/programs/1108/members.json?filterType=leadId&filterValues=2")
+        .await;
+    assert_eq!(member["result"][0]["nurtureCadence"], "normal", "{member}");
+    assert_eq!(member["result"][0]["isExhausted"], false);
+    // Channels and their statuses; tags come with Get Program by id, not with the browse.
+    let channels = t.get("/rest/asset/v1/channels.json").await;
+    let webinar = channels["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "Webinar")
+        .cloned()
+        .unwrap();
+    assert!(
+        webinar["progressionStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "Attended" && s["success"] == true),
+        "{webinar}"
+    );
+    let by_name = t
+        .get("/rest/asset/v1/channel/byName.json?name=Nurture")
+        .await;
+    assert_eq!(by_name["result"][0]["name"], "Nurture");
+    let program = t.get("/rest/asset/v1/program/1107.json").await;
+    assert_eq!(
+        program["result"][0]["tags"][0]["tagType"], "Region",
+        "{program}"
+    );
+    let browse = t.get("/rest/asset/v1/programs.json").await;
+    assert!(browse["result"][0].get("tags").is_none(), "{browse}");
+}
+
+#[tokio::test]
 async fn browse_programs_honours_the_updated_window() {
     let t = T::new().await;
     let ids = |v: &Value| -> Vec<i64> {

@@ -46,6 +46,15 @@ fn gap(method: &str, path: &str) -> Option<&'static str> {
         // (docs:static-lists.md, reference/marketo-api.md section 9).
         ("POST", "/rest/asset/v1/staticLists.json")
         | ("POST", "/rest/asset/v1/staticList/{id}.json") => Some("a form-encoded body, not JSON"),
+        // The members query by `updatedAt` takes its range in `startAt`/`endAt` and no
+        // `filterValues`, which the spec marks required for every filter type
+        // (reference/marketo-api.md section 9).
+        ("GET", "/rest/v1/programs/{programId}/members.json") => {
+            Some("filterValues is not required with filterType=updatedAt")
+        }
+        // The spec spells the parameter `Name`; the API (and every other byName route) takes
+        // `name`.
+        ("GET", "/rest/asset/v1/channel/byName.json") => Some("the query parameter is `name`"),
         _ => None,
     }
 }

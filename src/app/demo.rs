@@ -59,6 +59,14 @@ pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
         include_str!("../../config/mappings/opportunities.toml"),
     ),
     (
+        "mappings/program_members.toml",
+        include_str!("../../config/mappings/program_members.toml"),
+    ),
+    (
+        "mappings/programs.toml",
+        include_str!("../../config/mappings/programs.toml"),
+    ),
+    (
         "mappings/roles.toml",
         include_str!("../../config/mappings/roles.toml"),
     ),
@@ -621,6 +629,9 @@ fn describe_cycle(n: u32, cycle: &CycleRecord) -> String {
 }
 
 /// Makes one round of edits as people would: returns how many it made.
+/// The simulator's webinar program, whose members the demo moves along.
+const DEMO_PROGRAM: i64 = 1107;
+
 async fn edit_both_sides(
     sim: &SimHandle,
     crm: &CrmUser<'_>,
@@ -685,6 +696,23 @@ async fn edit_both_sides(
                 chat.crm_key, chat.marketo_key
             ),
         );
+    }
+
+    // A marketer moves a lead through the webinar program (the demo CRM has campaigns).
+    if matches!(crm, CrmUser::Sql(_))
+        && let Ok(id) = pick(2).marketo_key.parse::<i64>()
+    {
+        const STEPS: &[&str] = &["Invited", "Registered", "Attended", "Influenced"];
+        let status = STEPS[round as usize % STEPS.len()];
+        if sim.set_program_status(DEMO_PROGRAM, id, status).is_ok() {
+            edits += 1;
+            say(
+                out,
+                &format!(
+                    "  marketer: lead {id} -> {status:?} in program {DEMO_PROGRAM} (its CRM campaign member follows next cycle)"
+                ),
+            );
+        }
     }
 
     // New people on both sides.

@@ -175,7 +175,7 @@ async fn fetch_marketo(
     };
     for object in &named.marketo {
         match client.object_schema(object).await {
-            Ok(schema) => set.insert(schema),
+            Ok(schema) => set.insert(crate::mapping::programs::complete(schema)),
             Err(e) => {
                 if let Some(p) = fatal_marketo(m, &e) {
                     problems.push(p);
@@ -184,6 +184,21 @@ async fn fetch_marketo(
                 // The schema checks report the object as unknown, with suggestions.
                 debug!(object = %object, error = %e, "marketo object not described");
             }
+        }
+    }
+    if named
+        .marketo
+        .contains(crate::mapping::programs::PROGRAM_MEMBER)
+    {
+        match client.channels().await {
+            Ok(channels) => set.insert(crate::mapping::programs::channels_schema(&channels)),
+            Err(e) => problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {
+                Problem::warning(
+                    SETTINGS,
+                    "marketo",
+                    format!("cannot read Marketo's program channels, so the status map is not checked: {e}"),
+                )
+            })),
         }
     }
     if named.activity_types.is_empty() {

@@ -218,6 +218,46 @@ pub struct CustomActivityMapping {
 /// The Marketo name of the custom-activity pseudo-object.
 pub const CUSTOM_ACTIVITY: &str = "custom_activity";
 
+/// Which programs sync (programs mappings): a program syncs when it matches any listed name,
+/// tag or folder; with nothing listed, every program syncs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSelection {
+    /// Program names, exactly as in Marketo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Program tags as `"Type: Value"` (e.g. `"Region: EMEA"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Folders by name or id (the folder directly holding the program).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<String>,
+}
+
+impl ProgramSelection {
+    /// Returns true when nothing is listed (every program syncs).
+    pub fn is_all(&self) -> bool {
+        self.names.is_empty() && self.tags.is_empty() && self.folders.is_empty()
+    }
+}
+
+/// One entry of a program member status map: a CRM status and the Marketo status it stands
+/// for, for one program, for every program of one channel, or (neither) for every program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMapping {
+    /// The CRM status.
+    pub crm: String,
+    /// The Marketo progression status (a status of the program's channel).
+    pub marketo: String,
+    /// The channel the entry applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The program (by name) the entry applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+}
+
 /// One mapping file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +292,13 @@ pub struct MappingFile {
     /// date, how its lead is found, and the attribute holding the event id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_activity: Option<CustomActivityMapping>,
+    /// Programs only: which programs sync (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<ProgramSelection>,
+    /// Program members only: the status map (CRM status <-> Marketo status). Empty: statuses
+    /// pass unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusMapping>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -276,6 +323,12 @@ impl MappingFile {
             (Some(c), true) => custom_activity_schema_object(c),
             _ => self.marketo_object.clone(),
         }
+    }
+
+    /// Returns true for a program or program member file.
+    pub fn is_program_kind(&self) -> bool {
+        self.marketo_object == crate::mapping::programs::PROGRAM
+            || self.marketo_object == crate::mapping::programs::PROGRAM_MEMBER
     }
 
     /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
@@ -485,6 +538,8 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         "salesperson",
         ACTIVITIES,
         CUSTOM_ACTIVITY,
+        crate::mapping::programs::PROGRAM,
+        crate::mapping::programs::PROGRAM_MEMBER,
     ];
     let name = f.marketo_object.as_str();
     if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
@@ -538,14 +593,20 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
             ));
         }
     }
-    if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
+    check_program_parts(m, &mut out);
+    if f.is_program_kind() {
+        check_program_fields(m, &mut out);
+    } else if f.keys.marketo_crm_key.as_deref().is_none_or(str::is_empty) {
         out.push(m.problem(
             true,
             &key_path("keys"),
             "required key `keys.marketo_crm_key` is missing (the Marketo field that holds the CRM key)",
         ));
     }
-    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) && !f.crm_read_only() {
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty)
+        && !f.crm_read_only()
+        && !f.is_program_kind()
+    {
         out.push(m.problem(
             true,
             &key_path("keys"),
@@ -573,6 +634,82 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// `programs` belongs to program mappings, `statuses` to program member mappings.
+fn check_program_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::programs::{PROGRAM, PROGRAM_MEMBER};
+    let f = &m.file;
+    if f.programs.is_some() && f.marketo_object != PROGRAM {
+        out.push(m.problem(
+            true,
+            &key_path("programs"),
+            format!("the program selection belongs in a file with marketo_object = \"{PROGRAM}\""),
+        ));
+    }
+    if !f.statuses.is_empty() && f.marketo_object != PROGRAM_MEMBER {
+        out.push(m.problem(
+            true,
+            &key_path("statuses"),
+            format!("a status map belongs in a file with marketo_object = \"{PROGRAM_MEMBER}\""),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, e) in f.statuses.iter().enumerate() {
+        let path = vec![Segment::Key("statuses".into()), Segment::Index(i)];
+        if e.crm.trim().is_empty() || e.marketo.trim().is_empty() {
+            out.push(m.problem(true, &path, "needs both `crm` and `marketo` statuses"));
+        }
+        if e.channel.is_some() && e.program.is_some() {
+            out.push(m.problem(true, &path, "names a channel or a program, not both"));
+        }
+        let scope = (e.channel.clone(), e.program.clone());
+        if !seen.insert((scope.clone(), "crm", e.crm.clone()))
+            || !seen.insert((scope, "marketo", e.marketo.clone()))
+        {
+            out.push(m.problem(
+                true,
+                &path,
+                format!(
+                    "status `{}` / `{}` is mapped twice for the same programs (a status must map \
+                     one way back)",
+                    e.crm, e.marketo
+                ),
+            ));
+        }
+    }
+}
+
+/// Program and program member mappings: keyed by the Marketo id in the CRM
+/// (`keys.crm_marketo_id`); every field flows to the CRM, except a member's `statusName`,
+/// which may flow both ways.
+fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::programs::STATUS_FIELD;
+    let f = &m.file;
+    if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) {
+        out.push(m.problem(
+            true,
+            &key_path("keys"),
+            "required key `keys.crm_marketo_id` is missing (the CRM column holding the Marketo \
+             key: the program id, or `programId:leadId` for members)",
+        ));
+    }
+    for (i, field) in f.fields.iter().enumerate() {
+        let status = field.marketo.as_deref() == Some(STATUS_FIELD);
+        if field.direction != Direction::ToCrm && !status {
+            let path = vec![
+                Segment::Key("fields".into()),
+                Segment::Index(i),
+                Segment::Key("direction".into()),
+            ];
+            out.push(m.problem(
+                true,
+                &path,
+                "program data flows to the CRM only: use direction = \"to_crm\" (only a \
+                 member's statusName can flow both ways)",
+            ));
+        }
+    }
 }
 
 fn check_activities(m: &LoadedMapping, out: &mut Vec<Problem>) {
@@ -890,6 +1027,45 @@ mod tests {
     fn check(text: &str) -> Vec<String> {
         let m = parse_mapping("x", Path::new("x.toml"), text).unwrap();
         check_mapping(&m).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn program_mappings_need_the_crm_key_flow_to_the_crm_and_keep_their_own_tables() {
+        let members = "marketo_object = \"program_member\"\ncrm_object = \"campaign_members\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n\
+            [[statuses]]\ncrm = \"Came\"\nmarketo = \"Attended\"\nchannel = \"Webinar\"\n\
+            [[fields]]\nmarketo = \"statusName\"\ncrm = \"status\"\n\
+            [[fields]]\nmarketo = \"membershipDate\"\ncrm = \"joined\"\ndirection = \"to_crm\"\n";
+        assert!(check(members).is_empty(), "{:?}", check(members));
+        let both = members.replace(
+            "crm = \"joined\"\ndirection = \"to_crm\"",
+            "crm = \"joined\"",
+        );
+        assert!(
+            check(&both)
+                .iter()
+                .any(|p| p.contains("fields[1].direction"))
+        );
+        let no_key = members.replace("crm_marketo_id = \"marketo_id\"", "");
+        assert!(check(&no_key).iter().any(|p| p.contains("crm_marketo_id")));
+        let twice = format!(
+            "{members}[[statuses]]\ncrm = \"Came\"\nmarketo = \"Member\"\nchannel = \"Webinar\"\n"
+        );
+        assert!(check(&twice).iter().any(|p| p.contains("mapped twice")));
+        let programs = "marketo_object = \"program\"\ncrm_object = \"campaigns\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n[programs]\ntags = [\"Region: EMEA\"]\n\
+            [[statuses]]\ncrm = \"A\"\nmarketo = \"B\"\n";
+        let problems = check(programs);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("status map belongs"));
+        let stray = "marketo_object = \"company\"\ncrm_object = \"accounts\"\n\
+            [keys]\nmarketo_crm_key = \"externalCompanyId\"\ncrm_marketo_id = \"marketo_id\"\n\
+            [programs]\nnames = [\"X\"]\n";
+        assert!(
+            check(stray)
+                .iter()
+                .any(|p| p.contains("program selection belongs"))
+        );
     }
 
     #[test]

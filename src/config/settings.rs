@@ -280,6 +280,10 @@ pub struct SyncSettings {
     /// custom object (the lead is described every cycle; roles and salespersons once a day);
     /// 0 describes them every cycle.
     pub marketo_schema_ttl_secs: u64,
+    /// How long, in seconds, the programs step waits between two browses of Marketo's programs
+    /// (a new or renamed program reaches the CRM within this time; membership changes of synced
+    /// programs do not wait for it); 0 browses every cycle.
+    pub programs_browse_secs: u64,
 }
 
 impl Default for SyncSettings {
@@ -292,6 +296,7 @@ impl Default for SyncSettings {
             lead_deletes: DeletePolicy::Flag,
             lead_merges: DeletePolicy::Flag,
             marketo_schema_ttl_secs: 3600,
+            programs_browse_secs: 3600,
         }
     }
 }

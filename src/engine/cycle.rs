@@ -266,6 +266,7 @@ impl Engine {
                 activity if activity.starts_with(CUSTOM_ACTIVITY_PREFIX) => {
                     ctx.marketo.object_schema(activity).await
                 }
+                "program" | "program_member" => ctx.marketo.object_schema(object).await,
                 custom => ctx
                     .marketo
                     .describe_custom_object(custom)
@@ -283,7 +284,7 @@ impl Engine {
                     continue;
                 }
             };
-            let mut schema = schema;
+            let mut schema = crate::mapping::programs::complete(schema);
             schema.object = object.clone();
             self.store_schema(summary, &schema).await?;
             set.insert(schema);

@@ -239,6 +239,11 @@ pub fn compile(
             // Nothing is written to the CRM, so no CRM field holds the Marketo id.
             continue;
         }
+        if name.is_empty() && side == Side::Marketo && f.is_program_kind() {
+            // Programs and members are keyed by Marketo's own ids; no Marketo field holds the
+            // CRM key.
+            continue;
+        }
         if name.is_empty() {
             problems.push(m.problem(true, &path, format!("required key `{key}` is missing")));
             fatal = true;
@@ -1014,6 +1019,7 @@ pub fn compile_all(
                 let (plan, p) = compile(m, marketo, crm);
                 problems.extend(p);
                 problems.extend(flag_policy_problem(settings, m));
+                problems.extend(super::programs::check_statuses(m, schemas));
                 match plan {
                     Some(plan) => {
                         plans.objects.insert(m.object.clone(), plan);

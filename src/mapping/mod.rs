@@ -12,6 +12,7 @@ mod compile;
 pub mod custom_activities;
 mod normalise;
 mod plan;
+pub mod programs;
 mod suggest;
 
 pub use compile::{

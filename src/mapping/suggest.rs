@@ -263,6 +263,8 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         activities: Vec::new(),
         added_activity: None,
         custom_activity: None,
+        programs: None,
+        statuses: Vec::new(),
     }
 }
 

@@ -451,6 +451,13 @@ impl Client {
         if let Some(s) = standard.into_iter().find(|s| s.name() == object) {
             return Ok(self.describe_object(s).await?.to_schema(object));
         }
+        match object {
+            "program" => return Ok(super::programs::program_schema()),
+            "program_member" => {
+                return Ok(self.describe_program_members().await?.to_schema(object));
+            }
+            _ => {}
+        }
         Ok(self.describe_custom_object(object).await?.to_schema(object))
     }
 

@@ -10,6 +10,7 @@ use super::error::Error;
 use super::leads::{MAX_BATCH, check_batch};
 use super::model::{Page, Record, RecordResult, match_results};
 use super::transport::Call;
+use crate::model::{FieldDef, FieldType, ObjectSchema, Side};
 
 /// Most programs per browse call.
 pub const MAX_BROWSE: u32 = 200;
@@ -49,6 +50,80 @@ pub struct Program {
     /// The workspace.
     #[serde(default)]
     pub workspace: Option<String>,
+    /// The program's tags (`tagType`/`tagValue`); only Get Program by id or name returns them,
+    /// the browse does not.
+    #[serde(default)]
+    pub tags: Vec<ProgramTag>,
+}
+
+impl Program {
+    /// Returns the id of the folder holding the program (`folder.value`, or `folder.id`).
+    pub fn folder_id(&self) -> Option<i64> {
+        let folder = self.folder.as_ref()?;
+        folder
+            .get("value")
+            .or_else(|| folder.get("id"))
+            .and_then(Json::as_i64)
+    }
+
+    /// Returns the name of the folder holding the program, when the Asset API sent it.
+    pub fn folder_name(&self) -> Option<&str> {
+        self.folder.as_ref()?.get("folderName")?.as_str()
+    }
+}
+
+/// One tag of a program.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramTag {
+    /// The tag type (e.g. `Region`).
+    pub tag_type: String,
+    /// The value.
+    pub tag_value: String,
+}
+
+/// A program channel and its progression statuses (`GET /rest/asset/v1/channels.json`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Channel {
+    /// The channel id.
+    #[serde(default)]
+    pub id: Option<i64>,
+    /// The channel name (a program's `channel`).
+    pub name: String,
+    /// The program type it applies to (`program`, `event`, `webinar`, `nurture`).
+    #[serde(default)]
+    pub applicable_program_type: Option<String>,
+    /// The statuses in progression order.
+    #[serde(default)]
+    pub progression_statuses: Vec<ChannelStatus>,
+}
+
+impl Channel {
+    /// Returns the names of the channel's statuses.
+    pub fn status_names(&self) -> Vec<&str> {
+        self.progression_statuses
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+/// One progression status of a channel.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    /// The status name.
+    pub name: String,
+    /// Its step in the progression.
+    #[serde(default)]
+    pub step: Option<i64>,
+    /// Whether reaching it is the program's success.
+    #[serde(default)]
+    pub success: bool,
+    /// Whether it is hidden in the UI.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 /// Narrows a program browse.
@@ -64,6 +139,44 @@ pub struct ProgramBrowse {
     pub earliest_updated_at: Option<DateTime<Utc>>,
     /// Created or updated before this instant.
     pub latest_updated_at: Option<DateTime<Utc>>,
+}
+
+/// The program fields: (name, Marketo data type). `folderId`/`folderName` flatten the
+/// Asset API's `folder`; `tags` is `type: value` pairs joined by `; `.
+pub const PROGRAM_FIELDS: &[(&str, FieldType)] = &[
+    ("id", FieldType::Integer),
+    ("name", FieldType::Text { max_len: Some(255) }),
+    ("description", FieldType::Text { max_len: None }),
+    ("type", FieldType::Text { max_len: Some(255) }),
+    ("channel", FieldType::Text { max_len: Some(255) }),
+    ("status", FieldType::Text { max_len: Some(255) }),
+    ("workspace", FieldType::Text { max_len: Some(255) }),
+    ("url", FieldType::Url),
+    ("createdAt", FieldType::DateTime),
+    ("updatedAt", FieldType::DateTime),
+    ("folderId", FieldType::Integer),
+    ("folderName", FieldType::Text { max_len: Some(255) }),
+    ("tags", FieldType::Text { max_len: None }),
+];
+
+/// Returns the fixed Marketo-side schema of programs.
+pub fn program_schema() -> ObjectSchema {
+    let fields = PROGRAM_FIELDS
+        .iter()
+        .map(|(name, ty)| {
+            let mut f = FieldDef::new(*name, ty.clone());
+            f.read_only = true;
+            f.unique = *name == "id";
+            f
+        })
+        .collect();
+    ObjectSchema {
+        side: Side::Marketo,
+        object: "program".into(),
+        id_field: Some("id".into()),
+        dedupe_fields: vec!["id".into()],
+        fields,
+    }
 }
 
 fn iso(t: DateTime<Utc>) -> String {
@@ -106,6 +219,83 @@ impl Client {
     pub async fn get_program(&self, id: i64) -> Result<Option<Program>, Error> {
         let call = Call::get(format!("/rest/asset/v1/program/{id}.json"));
         Ok(self.call::<Program>(&call).await?.first())
+    }
+
+    /// Reads every program channel with its statuses (`GET /rest/asset/v1/channels.json`,
+    /// paged 200 at a time).
+    ///
+    /// Returns the channels.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn channels(&self) -> Result<Vec<Channel>, Error> {
+        const EP: &str = "/rest/asset/v1/channels.json";
+        let mut out = Vec::new();
+        loop {
+            let call = Call::get(EP)
+                .q("maxReturn", MAX_BROWSE)
+                .q("offset", out.len());
+            let page = self.call::<Channel>(&call).await?.records();
+            let n = page.len();
+            out.extend(page);
+            if n < MAX_BROWSE as usize {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sets the program status of up to 300 leads, forward or back, adding the leads that are
+    /// not members yet (Change Lead Program Status,
+    /// `POST /rest/v1/leads/programs/{id}/status.json`).
+    ///
+    /// Returns one result per lead in input order (`skipped` with 1025 for a status the
+    /// program's channel lacks).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::InvalidInput`] for more than 300 leads, and any call-level error (1025
+    /// for an unknown status is call-level on this route).
+    pub async fn change_lead_program_status(
+        &self,
+        program_id: i64,
+        status: &str,
+        lead_ids: &[i64],
+    ) -> Result<Vec<RecordResult>, Error> {
+        let ep = format!("/rest/v1/leads/programs/{program_id}/status.json");
+        check_batch(&ep, "leads", lead_ids.len(), MAX_BATCH)?;
+        if lead_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input: Vec<_> = lead_ids.iter().map(|id| json!({ "id": id })).collect();
+        let body = json!({ "status": status, "input": input });
+        let env = self.call::<RecordResult>(&Call::post(&ep, body)).await?;
+        match_results(&ep, lead_ids.len(), env.records())
+    }
+
+    /// Removes up to 300 leads from a program
+    /// (`POST /rest/v1/programs/{id}/members/delete.json`).
+    ///
+    /// Returns one result per lead in input order.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::InvalidInput`] for more than 300 leads, and any call-level error.
+    pub async fn delete_program_members(
+        &self,
+        program_id: i64,
+        lead_ids: &[i64],
+    ) -> Result<Vec<RecordResult>, Error> {
+        let ep = format!("/rest/v1/programs/{program_id}/members/delete.json");
+        check_batch(&ep, "leads", lead_ids.len(), MAX_BATCH)?;
+        if lead_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input: Vec<_> = lead_ids.iter().map(|id| json!({ "leadId": id })).collect();
+        let env = self
+            .call::<RecordResult>(&Call::post(&ep, json!({ "input": input })))
+            .await?;
+        match_results(&ep, lead_ids.len(), env.records())
     }
 
     /// Describes program members (`GET /rest/v1/programs/members/describe.json`).

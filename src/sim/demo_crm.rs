@@ -1,9 +1,10 @@
 //! The demo CRM: a small CRM schema with sample data, on SQLite, PostgreSQL or MariaDB.
 //!
 //! Tables: `users` (salespersons), `accounts`, `contacts`, `leads`, `opportunities`,
-//! `opportunity_contact_roles`, one custom table, `vehicles` (Marketo custom object `car_c`), and
+//! `opportunity_contact_roles`, one custom table, `vehicles` (Marketo custom object `car_c`),
 //! `events` (chat conversations written to Marketo as the custom activity `chatConversation_c`;
-//! empty until something logs one, see [`insert_event`]).
+//! empty until something logs one, see [`insert_event`]), and `campaigns` / `campaign_members`
+//! (Marketo programs and their members, filled by the sync).
 //! Every table has an auto-generated `id`, a unique nullable `marketo_id`, an `updated_at`
 //! maintained by the CRM and a `deleted` flag. The sample data is generated from a seed, so the
 //! same seed always gives the same rows. [`adapter_options`] returns the matching options of the
@@ -27,6 +28,8 @@ pub const OBJECTS: &[&str] = &[
     "opportunity_contact_roles",
     "vehicles",
     "events",
+    "campaigns",
+    "campaign_members",
 ];
 
 #[derive(Clone, Copy)]
@@ -41,6 +44,8 @@ enum Ty {
     Ts,
     /// Long text (a chat transcript).
     Text,
+    /// A nullable instant.
+    At,
 }
 
 struct Table {
@@ -183,6 +188,42 @@ const TABLES: &[Table] = &[
         unique: &["vin"],
         index: &[],
     },
+    // Marketo programs (filled by the sync; `marketo_id` holds the program id).
+    Table {
+        name: "campaigns",
+        columns: &[
+            ("id", Ty::Id),
+            ("name", Ty::Str(255)),
+            ("channel", Ty::Str(100)),
+            ("program_type", Ty::Str(40)),
+            ("description", Ty::Str(2000)),
+            ("folder", Ty::Str(255)),
+            ("tags", Ty::Str(255)),
+            ("marketo_url", Ty::Str(255)),
+        ],
+        unique: &[],
+        index: &[],
+    },
+    // Program members (`marketo_id` holds `<programId>:<leadId>`).
+    Table {
+        name: "campaign_members",
+        columns: &[
+            ("id", Ty::Id),
+            // CRM keys as text, as the sync's synthetic key fields carry them.
+            ("campaign_id", Ty::Str(64)),
+            ("contact_id", Ty::Str(64)),
+            ("status", Ty::Str(64)),
+            ("reached_success", Ty::Bool),
+            ("success_date", Ty::At),
+            ("membership_date", Ty::At),
+            ("acquired_by", Ty::Bool),
+            ("nurture_cadence", Ty::Str(40)),
+            ("is_exhausted", Ty::Bool),
+            ("webinar_url", Ty::Str(255)),
+        ],
+        unique: &[],
+        index: &["campaign_id"],
+    },
 ];
 
 fn sql_type(d: Dialect, ty: Ty) -> String {
@@ -205,6 +246,9 @@ fn sql_type(d: Dialect, ty: Ty) -> String {
         (Dialect::Sqlite, Ty::Ts) => {
             "DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now'))".into()
         }
+        (Dialect::Postgres, Ty::At) => "TIMESTAMPTZ".into(),
+        (Dialect::MySql, Ty::At) => "DATETIME(6)".into(),
+        (Dialect::Sqlite, Ty::At) => "DATETIME".into(),
     }
 }
 
@@ -216,7 +260,7 @@ fn pg_cast(ty: Ty) -> &'static str {
         Ty::Dec => "numeric",
         Ty::Bool => "boolean",
         Ty::Date => "date",
-        Ty::Ts => "timestamptz",
+        Ty::Ts | Ty::At => "timestamptz",
         Ty::Text => "text",
     }
 }

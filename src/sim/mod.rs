@@ -291,6 +291,30 @@ impl SimHandle {
         })
     }
 
+    /// Sets a lead's status in a program as a marketer would in the Marketo UI (any status of
+    /// the channel, forward or back; a lead not yet a member becomes one), logging Change Status
+    /// in Progression (104).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`SimError::NotFound`] for an unknown program, lead or status, or a status the
+    /// lead already has.
+    pub fn set_program_status(
+        &self,
+        program: i64,
+        lead: i64,
+        status: &str,
+    ) -> Result<(), SimError> {
+        let mut st = self.shared.lock();
+        let now = st.now();
+        routes::members::change_status(&mut st.db, now, program, lead, status, false).map_err(
+            |(code, message)| SimError::NotFound {
+                object: "program member",
+                key: format!("{program}:{lead} ({code} {message})"),
+            },
+        )
+    }
+
     /// Logs a web page visit of a lead (Visit Webpage, type 1, as Munchkin tracking does) and
     /// returns the activity's id, or `None` when the lead does not exist.
     pub fn visit_webpage(&self, lead_id: i64, page_id: i64, url: &str) -> Option<i64> {

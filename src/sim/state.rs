@@ -124,6 +124,13 @@ pub struct Program {
     pub members: BTreeMap<i64, (String, bool, DateTime<Utc>)>,
     /// Program member custom field values by lead id.
     pub member_fields: BTreeMap<i64, Map<String, Value>>,
+    /// When each member last changed (status or data), by lead id: the members query's
+    /// `updatedAt` filter reads it.
+    pub member_updated: BTreeMap<i64, DateTime<Utc>>,
+    /// The folder holding the program: (id, name).
+    pub folder: (i64, &'static str),
+    /// Tags: (tag type, tag value).
+    pub tags: Vec<(&'static str, &'static str)>,
 }
 
 /// A store of one non-lead kind.
@@ -398,6 +405,9 @@ impl Db {
                 updated_at: start - chrono::Duration::days(20),
                 members,
                 member_fields: BTreeMap::new(),
+                member_updated: BTreeMap::new(),
+                folder: (19, "Marketing Activities"),
+                tags: vec![("Region", "EMEA")],
             },
         );
         db.programs.insert(
@@ -411,6 +421,9 @@ impl Db {
                 updated_at: start - chrono::Duration::days(3),
                 members: BTreeMap::new(),
                 member_fields: BTreeMap::new(),
+                member_updated: BTreeMap::new(),
+                folder: (20, "Nurture Programs"),
+                tags: vec![("Region", "AMER")],
             },
         );
         db

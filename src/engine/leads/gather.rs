@@ -14,6 +14,7 @@ use super::step::Step;
 use super::{LEAD_ACTIVITY_TYPES, LINK_OBJECT, QUEUE_ACTIVITIES, QUEUE_DELETED};
 use crate::crm::{Change, ChangeKind, Cursor, DeleteHow};
 use crate::engine::cycle::Tunables;
+use crate::engine::objects::feed_riders;
 use crate::engine::{Context, CycleSummary, EngineError};
 use crate::mapping::Plan;
 use crate::marketo::activities::Activity;
@@ -61,6 +62,9 @@ pub(super) struct MarketoChanges {
     pub token: Option<String>,
     pub last_at: Option<DateTime<Utc>>,
     pub bulk: bool,
+    /// The activities of the feed riders (types other steps consume, see
+    /// [`crate::engine::objects::feed_riders`]).
+    pub riders: Vec<Activity>,
 }
 
 /// Returns the paging token stored in `wm`, or a new one from the leads' low watermark (else
@@ -103,14 +107,22 @@ async fn gather_activities(
 ) -> Result<MarketoChanges, EngineError> {
     let mut out = MarketoChanges::default();
     let mut token = start_token(ctx, wm).await?;
+    let riders = feed_riders::type_ids(ctx);
+    let types: Vec<i64> = LEAD_ACTIVITY_TYPES.iter().chain(&riders).copied().collect();
     loop {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let page = ctx
             .marketo
-            .get_activities(&token, &LEAD_ACTIVITY_TYPES, &Default::default())
+            .get_activities(&token, &types, &Default::default())
             .await?;
+        out.riders.extend(
+            page.records
+                .iter()
+                .filter(|a| riders.contains(&a.activity_type_id))
+                .cloned(),
+        );
         for a in &page.records {
             out.last_at = Some(
                 out.last_at
@@ -135,7 +147,7 @@ async fn gather_activities(
         }
         if bulk_threshold.is_some_and(|t| out.changed.len() >= t) {
             out.bulk = true;
-            read_merges(ctx, &mut token, &mut out.merges, cancel).await?;
+            read_merges(ctx, &mut token, &mut out, &riders, cancel).await?;
             break;
         }
     }
@@ -143,22 +155,33 @@ async fn gather_activities(
     Ok(out)
 }
 
-/// Reads only the Merge Leads activities from `token` to the end of the queue.
+/// Reads only the Merge Leads activities (and the feed riders') from `token` to the end of the
+/// queue.
 async fn read_merges(
     ctx: &Context,
     token: &mut String,
-    merges: &mut Vec<(i64, Vec<i64>)>,
+    out: &mut MarketoChanges,
+    riders: &[i64],
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    let types: Vec<i64> = std::iter::once(MERGE_LEADS)
+        .chain(riders.iter().copied())
+        .collect();
     loop {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         let page = ctx
             .marketo
-            .get_activities(token, &[MERGE_LEADS], &Default::default())
+            .get_activities(token, &types, &Default::default())
             .await?;
-        merges.extend(page.records.iter().filter_map(merge_of));
+        out.merges.extend(page.records.iter().filter_map(merge_of));
+        out.riders.extend(
+            page.records
+                .iter()
+                .filter(|a| riders.contains(&a.activity_type_id))
+                .cloned(),
+        );
         if let Some(next) = page.next_page_token {
             *token = next;
         }

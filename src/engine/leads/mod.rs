@@ -60,7 +60,9 @@ use step::Step;
 
 /// The activity types the lead gather polls: New Lead, Change Data Value, Merge Leads.
 pub const LEAD_ACTIVITY_TYPES: [i64; 3] = [12, 13, 32];
-const QUEUE_ACTIVITIES: &str = "activities";
+/// The watermark queue of the lead step's activity read (its cursor holds the paging token as
+/// `{"token": ...}`).
+pub(crate) const QUEUE_ACTIVITIES: &str = "activities";
 const QUEUE_DELETED: &str = "deleted";
 const QUEUE_CONVERSIONS: &str = "conversions";
 /// The store object name of lead links (the `sync.objects` name of the lead mapping).
@@ -136,8 +138,12 @@ pub async fn run(
     let ms: BTreeMap<i64, records::MLead> = leads.into_iter().map(|l| (l.id, l)).collect();
     pairing::sync_pairs(&mut step, ms, cs, summary, cancel).await?;
 
-    // Watermarks move with the step's commit.
+    // Watermarks move with the step's commit; the feed riders' activities are handed over in
+    // the same commit as the token that read them.
     let at = ctx.clock.now();
+    let riders = std::mem::take(&mut changes.riders);
+    let handed = crate::engine::objects::feed_riders::handed_over(ctx, &riders, at).await?;
+    step.commit.watermarks.extend(handed);
     let marks = gather::watermarks(plan, &marks, changes, del_token, crm.read, at);
     step.commit.watermarks.extend(marks);
     step.commit.watermarks.extend(conversions_wm);

@@ -26,6 +26,8 @@ pub const LEAD_FIELD: &str = "leadId";
 
 /// The standard objects: every other plan is a custom object.
 const STANDARD: &[&str] = &[
+    crate::mapping::programs::PROGRAM,
+    crate::mapping::programs::PROGRAM_MEMBER,
     "company",
     "lead",
     "opportunity",

@@ -9,8 +9,8 @@ use std::pin::Pin;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    activities, companies, custom_activities, custom_objects, deletions, opportunities, roles,
-    salespersons,
+    activities, companies, custom_activities, custom_objects, deletions, opportunities,
+    program_members, programs, roles, salespersons,
 };
 use crate::engine::Context;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
@@ -96,6 +96,8 @@ pub const STEPS: &[Step] = &[
     object_step!(roles::OBJECT, roles::run, after opportunities::OBJECT),
     object_step!("deletions", deletions::run),
     object_step!("custom_objects", custom_objects::run),
+    object_step!(programs::OBJECT, programs::run),
+    object_step!(program_members::OBJECT, program_members::run, after programs::OBJECT),
     object_step!(activities::OBJECT, activities::run),
     object_step!(custom_activities::OBJECT, custom_activities::run),
 ];

@@ -92,7 +92,10 @@ pub(crate) async fn gather_crm(
 }
 
 /// Returns the open ledger entries of `object` (both directions).
-async fn open_errors(ctx: &Context, object: &str) -> Result<Vec<SyncError>, EngineError> {
+pub(crate) async fn open_errors(
+    ctx: &Context,
+    object: &str,
+) -> Result<Vec<SyncError>, EngineError> {
     let filter = ErrorFilter {
         status: Some(ErrorStatus::Open),
         object: Some(object.to_owned()),

@@ -17,6 +17,12 @@ pub enum ObjectFamily {
     Roles,
     /// A custom object by its API name, deduplicated on its dedupe fields.
     Custom(String),
+    /// Programs: read-only through the API (they are built in Marketo); writes are refused.
+    Programs,
+    /// Program members, keyed by (`programId`, `leadId`): a write sets the member's
+    /// `statusName` (Change Lead Program Status, any status of the channel, adding a lead that is
+    /// not a member yet); a delete removes the lead from the program.
+    ProgramMembers,
 }
 
 impl ObjectFamily {
@@ -28,6 +34,8 @@ impl ObjectFamily {
             ObjectFamily::Opportunities => "opportunities",
             ObjectFamily::Roles => "opportunity roles",
             ObjectFamily::Custom(name) => name,
+            ObjectFamily::Programs => "programs",
+            ObjectFamily::ProgramMembers => "program members",
         }
     }
 
@@ -49,6 +57,8 @@ impl ObjectFamily {
             ObjectFamily::Opportunities => client.sync_opportunities(a, d, records).await,
             ObjectFamily::Roles => client.sync_opportunity_roles(a, d, records).await,
             ObjectFamily::Custom(name) => client.sync_custom_objects(name, a, d, records).await,
+            ObjectFamily::Programs => Err(read_only_programs()),
+            ObjectFamily::ProgramMembers => member_statuses(client, records).await,
         }
     }
 
@@ -69,6 +79,121 @@ impl ObjectFamily {
             ObjectFamily::Opportunities => client.delete_opportunities(d, keys).await,
             ObjectFamily::Roles => client.delete_opportunity_roles(d, keys).await,
             ObjectFamily::Custom(name) => client.delete_custom_objects(name, d, keys).await,
+            ObjectFamily::Programs => Err(read_only_programs()),
+            ObjectFamily::ProgramMembers => remove_members(client, keys).await,
         }
     }
+}
+
+/// The refusal of a program write.
+fn read_only_programs() -> Error {
+    Error::invalid(
+        "/rest/asset/v1/programs.json",
+        "programs are read-only for the sync",
+    )
+}
+
+/// Returns a member record's (`programId`, `leadId`), or the skipped result of a record that
+/// lacks one.
+fn member_key(record: &Record) -> Result<(i64, i64), RecordResult> {
+    let int = |name: &str| {
+        record.get(name).and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+    };
+    match (int("programId"), int("leadId")) {
+        (Some(p), Some(l)) => Ok((p, l)),
+        _ => Err(skipped("1003", "programId and leadId are required")),
+    }
+}
+
+fn skipped(code: &str, message: &str) -> RecordResult {
+    RecordResult {
+        seq: None,
+        status: crate::marketo::RecordStatus::Skipped,
+        id: None,
+        marketo_guid: None,
+        reasons: vec![crate::marketo::model::WireError {
+            code: code.into(),
+            message: message.into(),
+        }],
+    }
+}
+
+/// Sets the members' statuses, one Change Lead Program Status call per (program, status) and
+/// 300 leads. A lead already in the status (1037) counts as updated; a status the program's
+/// channel lacks (1025, a call-level error on this route) or an unknown program (1013) is a
+/// skipped result for each record of that call, so one bad status never fails the others.
+async fn member_statuses(client: &Client, records: &[Record]) -> Result<Vec<RecordResult>, Error> {
+    use std::collections::BTreeMap;
+    let mut out: Vec<Option<RecordResult>> = vec![None; records.len()];
+    let mut groups: BTreeMap<(i64, String), Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        let status = record.get("statusName").and_then(|v| v.as_str());
+        match (member_key(record), status) {
+            (Ok((program, lead)), Some(status)) => groups
+                .entry((program, status.to_owned()))
+                .or_default()
+                .push((i, lead)),
+            (Err(r), _) => out[i] = Some(r),
+            (Ok(_), None) => out[i] = Some(skipped("1003", "statusName is required")),
+        }
+    }
+    for ((program, status), members) in groups {
+        for chunk in members.chunks(crate::marketo::leads::MAX_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|(_, l)| *l).collect();
+            let results = match client
+                .change_lead_program_status(program, &status, &ids)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if matches!(e.code(), Some("1025" | "1013")) => {
+                    let message = e.to_string();
+                    let code = e.code().unwrap_or_default().to_owned();
+                    ids.iter().map(|_| skipped(&code, &message)).collect()
+                }
+                Err(e) => return Err(e),
+            };
+            for ((i, _), mut r) in chunk.iter().zip(results) {
+                if r.reasons.iter().any(|w| w.code == "1037") {
+                    r.status = crate::marketo::RecordStatus::Updated;
+                    r.reasons.clear();
+                }
+                r.seq = Some(*i);
+                out[*i] = Some(r);
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| skipped("1003", "no result")))
+        .collect())
+}
+
+/// Removes the members from their programs, one call per program and 300 leads.
+async fn remove_members(client: &Client, keys: &[Record]) -> Result<Vec<RecordResult>, Error> {
+    use std::collections::BTreeMap;
+    let mut out: Vec<Option<RecordResult>> = vec![None; keys.len()];
+    let mut groups: BTreeMap<i64, Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        match member_key(key) {
+            Ok((program, lead)) => groups.entry(program).or_default().push((i, lead)),
+            Err(r) => out[i] = Some(r),
+        }
+    }
+    for (program, members) in groups {
+        for chunk in members.chunks(crate::marketo::leads::MAX_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|(_, l)| *l).collect();
+            let results = client.delete_program_members(program, &ids).await?;
+            for ((i, _), mut r) in chunk.iter().zip(results) {
+                r.seq = Some(*i);
+                out[*i] = Some(r);
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| skipped("1003", "no result")))
+        .collect())
 }

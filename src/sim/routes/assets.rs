@@ -238,11 +238,13 @@ pub fn delete_static_list(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn program_by_name(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let name = req.q("name").unwrap_or_default();
     let found = ctx.st.db.programs.values().find(|p| p.name == name);
-    let mut items: Vec<Value> = found.map(super::misc::program_json).into_iter().collect();
-    if req.q("includeTags") == Some("true") {
-        for item in &mut items {
-            item["tags"] = json!([]);
+    let mut items = Vec::new();
+    if let Some(p) = found {
+        let mut item = super::misc::program_json(p);
+        if req.q("includeTags") == Some("true") {
+            item["tags"] = super::misc::tags_json(p);
         }
+        items.push(item);
     }
     asset_result(items)
 }

@@ -25,6 +25,52 @@ pub const MEMBER_FIELDS: &[(&str, &str, &str)] = &[
     ("registrationCode", "Registration Code", "string"),
 ];
 
+/// The simulated channels: (id, name, applicable program type). Every channel shares
+/// [`PROGRESSION`].
+pub const CHANNELS: &[(i64, &str, &str)] = &[
+    (1, "Webinar", "event"),
+    (2, "Nurture", "nurture"),
+    (3, "Online Advertising", "program"),
+];
+
+/// Returns a channel as the Asset API shows it.
+fn channel_json(&(id, name, kind): &(i64, &str, &str)) -> Value {
+    let statuses: Vec<Value> = PROGRESSION
+        .iter()
+        .enumerate()
+        .map(|(step, status)| {
+            json!({"name": status, "step": step * 10, "success": step >= SUCCESS_RANK,
+                "hidden": false, "type": if step == 0 { "Not in Program" } else { "Standard" },
+                "description": ""})
+        })
+        .collect();
+    json!({"id": id, "name": name, "applicableProgramType": kind,
+        "createdAt": "2015-01-01T00:00:00Z+0000", "updatedAt": "2015-01-01T00:00:00Z+0000",
+        "progressionStatuses": statuses})
+}
+
+/// `GET /rest/asset/v1/channels.json?offset=&maxReturn=`.
+pub fn channels(_ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let (offset, max) = match super::assets::window(req) {
+        Ok(w) => w,
+        Err(reply) => return reply,
+    };
+    let items = CHANNELS
+        .iter()
+        .skip(offset)
+        .take(max)
+        .map(channel_json)
+        .collect();
+    super::assets::asset_result(items)
+}
+
+/// `GET /rest/asset/v1/channel/byName.json?name=`.
+pub fn channel_by_name(_ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let name = req.q("name").unwrap_or_default();
+    let found = CHANNELS.iter().find(|c| c.1 == name);
+    super::assets::asset_result(found.map(channel_json).into_iter().collect())
+}
+
 /// Returns whether `status` is a status of the simulated channels.
 pub fn is_status(status: &str) -> bool {
     PROGRESSION.contains(&status)
@@ -34,7 +80,7 @@ pub fn is_status(status: &str) -> bool {
 type RecordError = (&'static str, String);
 
 /// Why a status change is refused: (code, message).
-type Refusal = (&'static str, &'static str);
+pub type Refusal = (&'static str, &'static str);
 
 /// Sets `lead_id`'s status in `program_id`; with `forward_only`, a lead already at or past it
 /// is refused (1037). Logs Change Status in Progression (104).
@@ -45,17 +91,40 @@ fn set_status(
     status: &str,
     forward_only: bool,
 ) -> Result<(), Refusal> {
+    let now = ctx.now;
+    change_status(
+        &mut ctx.st.db,
+        now,
+        program_id,
+        lead_id,
+        status,
+        forward_only,
+    )
+}
+
+/// Sets `lead_id`'s status in `program_id` at `now` (see [`set_status`]); what a marketer's
+/// change in the Marketo UI does too.
+///
+/// # Errors
+///
+/// The refusal's (code, message): 1025 unknown status, 1004 no such lead, 1013 no such
+/// program, 1037 already in (or, `forward_only`, past) the status.
+pub fn change_status(
+    db: &mut crate::sim::state::Db,
+    now: chrono::DateTime<chrono::Utc>,
+    program_id: i64,
+    lead_id: i64,
+    status: &str,
+    forward_only: bool,
+) -> Result<(), Refusal> {
     let rank = PROGRESSION
         .iter()
         .position(|p| *p == status)
         .ok_or(("1025", "Program status not found"))?;
-    if ctx.st.db.lead(lead_id).is_none() {
+    if db.lead(lead_id).is_none() {
         return Err(("1004", "Lead not found"));
     }
-    let now = ctx.now;
-    let program = ctx
-        .st
-        .db
+    let program = db
         .programs
         .get_mut(&program_id)
         .ok_or(("1013", "Program not found"))?;
@@ -73,6 +142,7 @@ fn set_status(
         lead_id,
         (status.to_string(), success || rank >= SUCCESS_RANK, date),
     );
+    program.member_updated.insert(lead_id, now);
     let name = program.name.clone();
     let mut attrs = Map::new();
     attrs.insert(
@@ -80,7 +150,7 @@ fn set_status(
         json!(old.unwrap_or_else(|| PROGRESSION[0].to_string())),
     );
     attrs.insert("New Status".into(), json!(status));
-    ctx.st.db.log_activity(
+    db.log_activity(
         lead_id,
         now,
         104,
@@ -249,8 +319,10 @@ pub fn members_data(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         let lead_id = input.get("leadId").and_then(Value::as_i64);
         match member_data(ctx, program, input) {
             Ok((lead, values)) => {
+                let now = ctx.now;
                 if let Some(p) = ctx.st.db.programs.get_mut(&program) {
                     p.member_fields.entry(lead).or_default().extend(values);
+                    p.member_updated.insert(lead, now);
                 }
                 results.push(json!({"seq": seq, "leadId": lead, "status": "updated"}));
             }
@@ -276,6 +348,7 @@ pub fn members_delete(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         let lead_id = input.get("leadId").and_then(Value::as_i64);
         let removed = ctx.st.db.programs.get_mut(&program).is_some_and(|p| {
             p.member_fields.remove(&lead_id.unwrap_or(0));
+            p.member_updated.remove(&lead_id.unwrap_or(0));
             p.members.remove(&lead_id.unwrap_or(0)).is_some()
         });
         results.push(if removed {

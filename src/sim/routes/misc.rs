@@ -60,9 +60,17 @@ pub fn program_json(p: &crate::sim::state::Program) -> Value {
     json!({
         "id": p.id, "name": p.name, "description": "", "createdAt": asset_time(p.created_at),
         "updatedAt": asset_time(p.updated_at), "url": format!("https://app-sim.marketo.com/#PG{}A1", p.id),
-        "type": p.kind, "channel": p.channel, "folder": {"type": "Folder", "value": 19, "folderName": "Marketing Activities"},
+        "type": p.kind, "channel": p.channel, "folder": {"type": "Folder", "value": p.folder.0, "folderName": p.folder.1},
         "status": "", "workspace": "Default", "headStart": false,
     })
+}
+
+/// Returns a program's tags as Get Program by id or name shows them (browse leaves them out).
+pub fn tags_json(p: &crate::sim::state::Program) -> Value {
+    p.tags
+        .iter()
+        .map(|(t, v)| json!({"tagType": t, "tagValue": v}))
+        .collect()
 }
 
 /// `GET /rest/asset/v1/programs.json` (browse; asset API paging with `offset`/`maxReturn`;
@@ -97,7 +105,11 @@ pub fn program_by_id(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         .ok()
         .and_then(|id| ctx.st.db.programs.get(&id));
     match found {
-        Some(p) => Reply::Ok(json!({"errors": [], "warnings": [], "result": [program_json(p)]})),
+        Some(p) => {
+            let mut item = program_json(p);
+            item["tags"] = tags_json(p);
+            Reply::Ok(json!({"errors": [], "warnings": [], "result": [item]}))
+        }
         None => Reply::Ok(
             json!({"errors": [], "warnings": ["No assets found for the given search criteria."]}),
         ),
@@ -116,7 +128,12 @@ pub fn members_describe(_ctx: &mut Ctx<'_>, _req: &Req) -> Reply {
             {"name": "statusName", "displayName": "Status Name", "dataType": "string", "length": 255, "updateable": true},
             {"name": "reachedSuccess", "displayName": "Success", "dataType": "boolean", "updateable": false},
             {"name": "membershipDate", "displayName": "Membership Date", "dataType": "datetime", "updateable": false},
+            {"name": "reachedSuccessDate", "displayName": "Success Date", "dataType": "datetime", "updateable": false},
             {"name": "acquiredBy", "displayName": "Acquired By", "dataType": "boolean", "updateable": false},
+            {"name": "updatedAt", "displayName": "Updated At", "dataType": "datetime", "updateable": false},
+            {"name": "isExhausted", "displayName": "Is Exhausted", "dataType": "boolean", "updateable": false},
+            {"name": "nurtureCadence", "displayName": "Nurture Cadence", "dataType": "string", "length": 255, "updateable": false},
+            {"name": "trackName", "displayName": "Track Name", "dataType": "string", "length": 255, "updateable": false},
             {"name": "webinarUrl", "displayName": "Webinar URL", "dataType": "url", "length": 255, "updateable": true},
             {"name": "registrationCode", "displayName": "Registration Code", "dataType": "string", "length": 255, "updateable": true},
         ],
@@ -142,16 +159,37 @@ pub fn members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         (Ok(o), Ok(s)) => (o, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
+    let updated = match filter {
+        "updatedAt" => match updated_range(req) {
+            Ok(range) => Some(range),
+            Err(reply) => return reply,
+        },
+        "leadId" | "statusName" if values.is_empty() => {
+            return Reply::err("1003", "filterValues cannot be blank");
+        }
+        "leadId" | "statusName" => None,
+        _ => return Reply::err("1003", format!("Invalid filterType '{filter}'")),
+    };
+    let engagement = program.kind == "Engagement";
     let mut items = Vec::new();
     for (lead_id, (status, success, date)) in &program.members {
-        let keep = match filter {
-            "leadId" => values.contains(&lead_id.to_string()),
-            "statusName" => values.contains(status),
-            _ => return Reply::err("1003", format!("Invalid filterType '{filter}'")),
+        let changed = program
+            .member_updated
+            .get(lead_id)
+            .copied()
+            .unwrap_or(*date);
+        let keep = match (filter, updated) {
+            ("leadId", _) => values.contains(&lead_id.to_string()),
+            ("statusName", _) => values.contains(status),
+            (_, Some((from, to))) => changed >= from && changed <= to,
+            _ => false,
         };
         if keep {
             let mut item = json!({"seq": items.len(), "leadId": lead_id, "programId": program.id, "statusName": status,
-                "reachedSuccess": success, "membershipDate": fmt_time(*date)});
+                "reachedSuccess": success, "reachedSuccessDate": success.then(|| fmt_time(changed)),
+                "membershipDate": fmt_time(*date), "acquiredBy": false, "updatedAt": fmt_time(changed),
+                "isExhausted": false, "nurtureCadence": engagement.then_some("normal"),
+                "trackName": engagement.then_some("Default")});
             for (name, value) in program.member_fields.get(lead_id).into_iter().flatten() {
                 item[name] = value.clone();
             }
@@ -159,6 +197,31 @@ pub fn members(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
         }
     }
     paged(items, offset, size)
+}
+
+/// Returns the `startAt`/`endAt` range of a members query by `updatedAt` (both required, at most
+/// 7 days apart).
+fn updated_range(
+    req: &Req,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), Reply> {
+    let read = |name: &str| {
+        req.q(name)
+            .and_then(crate::sim::clock::parse_time)
+            .ok_or_else(|| {
+                Reply::err(
+                    "1003",
+                    format!("{name} is required for filterType updatedAt"),
+                )
+            })
+    };
+    let (from, to) = (read("startAt")?, read("endAt")?);
+    if to < from || to - from > chrono::Duration::days(7) {
+        return Err(Reply::err(
+            "1003",
+            "The updatedAt range must not exceed 7 days",
+        ));
+    }
+    Ok((from, to))
 }
 
 /// `GET /rest/v1/leads/partitions.json`: the one partition of a subscription without lead

@@ -262,10 +262,12 @@ pub static ROUTES: &[Route] = &[
     // programs, members, lists
     r("GET", "/rest/asset/v1/programs.json", "programs", &[], N, misc::programs),
     r("GET", "/rest/asset/v1/program/{id}.json", "programs", &[], N, misc::program_by_id),
+    r("GET", "/rest/asset/v1/channels.json", "programs", &[], N, members::channels),
+    r("GET", "/rest/asset/v1/channel/byName.json", "programs", &["name"], N, members::channel_by_name),
     r("GET", "/rest/asset/v1/program/byName.json", "programs", &["name"], N, assets::program_by_name),
     r("GET", "/rest/v1/programs/members/describe.json", "programs", &[], N, misc::members_describe),
     r("GET", "/rest/v1/program/members/describe.json", "programs", &[], N, misc::members_describe),
-    r("GET", "/rest/v1/programs/{programId}/members.json", "programs", &["filterType", "filterValues"], N, misc::members),
+    r("GET", "/rest/v1/programs/{programId}/members.json", "programs", &["filterType"], N, misc::members),
     r("POST", "/rest/v1/programs/{programId}/members.json", "programs", &[], J, members::members_data),
     r("POST", "/rest/v1/programs/{programId}/members/status.json", "programs", &[], J, members::members_status),
     r("POST", "/rest/v1/programs/{programId}/members/delete.json", "programs", &[], J, members::members_delete),

@@ -1,0 +1,184 @@
+//! Activity types that ride on the lead step's activity read.
+//!
+//! Some objects change in Marketo without a change feed of their own but with an activity:
+//! program membership logs Change Status in Progression (104, primary attribute = the program).
+//! Reading such a type on a queue of its own would cost one more call every cycle; instead the
+//! lead step asks for it in the same Get Lead Activities call as New Lead / Change Data Value /
+//! Merge Leads (Marketo takes up to 10 types a call), so an idle cycle pays nothing more.
+//!
+//! The lead step hands what it read to the object's step through the store: each rider's
+//! pending (lead, primary attribute id) pairs are the cursor of the watermark
+//! `(marketo, <object>, `[`PENDING_QUEUE`]`)`, committed in the lead step's one transaction
+//! together with its paging token, so a crash between the two steps loses nothing. The object's
+//! step reads them ([`pending`]) and clears them in its own commit ([`cleared`]); a record of
+//! that step that fails goes to the error ledger, never back to the pending list.
+//!
+//! A rider is one line in [`RIDERS`] (another object, e.g. static lists with types 24/25, adds
+//! its own).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::engine::{Context, EngineError};
+use crate::marketo::activities::Activity;
+use crate::model::Side;
+use crate::store::Watermark;
+
+/// The watermark queue whose cursor holds a rider's pending pairs.
+pub const PENDING_QUEUE: &str = "pending";
+
+/// One activity type read by the lead step for another object's step.
+#[derive(Debug, Clone, Copy)]
+pub struct Rider {
+    /// The activity type id.
+    pub type_id: i64,
+    /// The Marketo object of the mapping that consumes it (its `marketo_object`).
+    pub marketo_object: &'static str,
+}
+
+/// Every rider.
+pub const RIDERS: &[Rider] = &[Rider {
+    type_id: super::program_members::CHANGE_STATUS_IN_PROGRESSION,
+    marketo_object: crate::mapping::programs::PROGRAM_MEMBER,
+}];
+
+/// One pending change: (lead id, primary attribute value id).
+pub type Pending = (i64, i64);
+
+/// Returns the riders whose consuming object is synced, with the `sync.objects` name of its
+/// mapping (the watermark object).
+pub fn active(ctx: &Context) -> Vec<(Rider, String)> {
+    let mut out = Vec::new();
+    for rider in RIDERS {
+        let mapping = ctx.mappings.iter().find(|m| {
+            m.file.marketo_object == rider.marketo_object
+                && ctx.settings.sync.objects.contains(&m.object)
+        });
+        if let Some(m) = mapping {
+            out.push((*rider, m.object.clone()));
+        }
+    }
+    out
+}
+
+/// Returns the activity type ids of the active riders.
+pub fn type_ids(ctx: &Context) -> Vec<i64> {
+    active(ctx).iter().map(|(r, _)| r.type_id).collect()
+}
+
+/// Returns the pending pairs of `object` (none when nothing is pending).
+///
+/// # Errors
+///
+/// A store failure.
+pub async fn pending(ctx: &Context, object: &str) -> Result<BTreeSet<Pending>, EngineError> {
+    let stored = ctx
+        .store
+        .watermark(Side::Marketo, object, PENDING_QUEUE)
+        .await?;
+    Ok(stored
+        .and_then(|w| w.cursor)
+        .and_then(|c| serde_json::from_value::<Vec<Pending>>(c).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
+}
+
+/// Returns the pending pairs of `object` as a dry run sees them: a dry run's lead step commits
+/// nothing, so the rider activities it read were not handed over; they are read here again from
+/// the lead step's stored paging token (the rider's type only, to the end of the queue), added to
+/// what is pending. Costs calls on a dry run only.
+///
+/// # Errors
+///
+/// A Marketo or store failure, or cancellation.
+pub async fn pending_dry_run(
+    ctx: &Context,
+    object: &str,
+    type_id: i64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<BTreeSet<Pending>, EngineError> {
+    let mut all = pending(ctx, object).await?;
+    let stored = ctx
+        .store
+        .watermark(
+            Side::Marketo,
+            crate::engine::leads::LINK_OBJECT,
+            crate::engine::leads::QUEUE_ACTIVITIES,
+        )
+        .await?;
+    let Some(mut token) = stored
+        .and_then(|w| w.cursor)
+        .and_then(|c| c.get("token").and_then(|t| t.as_str()).map(str::to_owned))
+    else {
+        return Ok(all);
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[type_id], &Default::default())
+            .await?;
+        all.extend(
+            page.records
+                .iter()
+                .filter_map(|a| a.primary_attribute_value_id.map(|p| (a.lead_id, p))),
+        );
+        if let Some(next) = page.next_page_token {
+            token = next;
+        }
+        if !page.more_result {
+            return Ok(all);
+        }
+    }
+}
+
+/// Returns the watermark holding `pending` for `object` at `at`.
+fn mark(object: &str, pending: &BTreeSet<Pending>, at: DateTime<Utc>) -> Watermark {
+    let list: Vec<Pending> = pending.iter().copied().collect();
+    Watermark {
+        system: Side::Marketo,
+        object: object.to_owned(),
+        queue: PENDING_QUEUE.to_owned(),
+        at,
+        tie: None,
+        cursor: Some(json!(list)),
+    }
+}
+
+/// Returns the watermarks that add the riders among `activities` to each active rider's
+/// pending pairs (for the lead step's commit); none when no rider activity was read.
+///
+/// # Errors
+///
+/// A store failure.
+pub async fn handed_over(
+    ctx: &Context,
+    activities: &[Activity],
+    at: DateTime<Utc>,
+) -> Result<Vec<Watermark>, EngineError> {
+    let mut out = Vec::new();
+    for (rider, object) in active(ctx) {
+        let new: Vec<Pending> = activities
+            .iter()
+            .filter(|a| a.activity_type_id == rider.type_id)
+            .filter_map(|a| a.primary_attribute_value_id.map(|p| (a.lead_id, p)))
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        let mut all = pending(ctx, &object).await?;
+        all.extend(new);
+        out.push(mark(&object, &all, at));
+    }
+    Ok(out)
+}
+
+/// Returns the watermark that clears `object`'s pending pairs (for the consuming step's commit).
+pub fn cleared(object: &str, at: DateTime<Utc>) -> Watermark {
+    mark(object, &BTreeSet::new(), at)
+}

@@ -1,0 +1,844 @@
+//! Program membership <-> a CRM campaign member table.
+//!
+//! A pair is one lead in one program, keyed `<programId>:<leadId>` (the link's Marketo key and
+//! the value of the CRM's Marketo-id column); its CRM row points at the lead's contact and the
+//! program's campaign row through the synthetic source fields `crmContactId` and
+//! `crmCampaignId` (see [`crate::mapping::programs`]). Only members of programs the programs
+//! step linked are synced, so the programs mapping's selection applies to members too.
+//!
+//! Marketo -> CRM, incrementally at no extra call on an idle cycle: the lead step's activity read
+//! carries Change Status in Progression (104, primary attribute = the program) as a feed rider
+//! ([`super::feed_riders`]); this step takes the pending (lead, program) pairs and reads those
+//! members, 300 leads a call per program (`filterType=leadId`), for their status, success and
+//! its date, membership date, acquiredBy, nurture fields and custom member fields. A program
+//! linked for the first time is read whole once (its members by every status of its channel;
+//! members whose lead is not in the CRM are left out, while a member changed since whose lead
+//! has no CRM contact yet waits in the error ledger).
+//!
+//! CRM -> Marketo: a changed status on a CRM row (from the CRM change feed) is written by
+//! Change Lead Program Status, one call per (program, status) and 300 leads
+//! ([`ObjectFamily::ProgramMembers`]); a row for a lead that is not a member yet makes it one.
+//!
+//! Statuses are translated by the mapping's status map (the canonical value is the Marketo
+//! status); a status the map does not know, on either side, is one ledger entry (it waits for
+//! the record to change), never a failed cycle. Marketo refusing a status (1025) is one too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    ObjectFamily, error_key, feed_riders, from_record, ledger_entry, programs, record_invalid_value,
+};
+use crate::config::StatusMapping;
+use crate::crm::{Change, ChangeKind};
+use crate::engine::ledger::{Failure, Subject};
+use crate::engine::pipeline::commit;
+use crate::engine::pipeline::gather::{crm_with_retries, open_errors};
+use crate::engine::pipeline::pair::{contacts_by_lead, lead_ids_by_contact, links_by_crm};
+use crate::engine::pipeline::spec::TwoWaySpec;
+use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
+use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
+use crate::mapping::programs::{
+    CRM_CAMPAIGN_FIELD, CRM_CONTACT_FIELD, PROGRAM_MEMBER, PROGRAM_NAME_FIELD, STATUS_FIELD,
+    StatusMap,
+};
+use crate::mapping::{Plan, Plans};
+use crate::marketo::Record;
+use crate::model::{Fields, ObjectSchema, Side, Value};
+use crate::store::{Direction, StepCommit, SyncError, Watermark};
+
+/// The step's name (timings, warnings).
+pub const OBJECT: &str = "program_members";
+/// Change Status in Progression, the activity type of a membership change (a feed rider).
+pub const CHANGE_STATUS_IN_PROGRESSION: i64 = 104;
+/// The ledger code of a status the status map does not know.
+pub const UNKNOWN_STATUS: &str = "unknown_status";
+/// Leads per members query (Marketo takes 300 filter values).
+const QUERY_BATCH: usize = 300;
+
+/// Returns the plan of the program members mapping, if one is synced.
+pub fn plan_of(plans: &Plans) -> Option<&Plan> {
+    plans
+        .objects
+        .values()
+        .find(|p| p.marketo_object == PROGRAM_MEMBER)
+}
+
+/// Returns the Marketo key of a member.
+pub fn member_key(program: i64, lead: i64) -> String {
+    format!("{program}:{lead}")
+}
+
+/// Returns (program, lead) of a member key.
+pub fn parse_key(key: &str) -> Option<(i64, i64)> {
+    let (p, l) = key.split_once(':')?;
+    Some((p.parse().ok()?, l.parse().ok()?))
+}
+
+/// A program whose members sync: its CRM campaign row and what its status map needs.
+#[derive(Debug, Clone)]
+struct Linked {
+    crm_key: String,
+    name: String,
+    channel: Option<String>,
+}
+
+/// The step's view of the mapping: the plans, the status map entries and the CRM columns of
+/// the synthetic fields.
+struct Member<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    programs_object: &'a str,
+    statuses: Vec<StatusMapping>,
+    dry_run: bool,
+}
+
+/// Returns the CRM column mapped to the Marketo field `marketo` (enabled fields only).
+fn crm_column<'p>(plan: &'p Plan, marketo: &str) -> Option<&'p str> {
+    plan.enabled_fields()
+        .find(|f| f.marketo.as_deref() == Some(marketo))
+        .and_then(|f| f.crm.as_deref())
+}
+
+/// Returns the canonical name of the field mapped to the Marketo field `marketo`.
+fn canonical_of<'p>(plan: &'p Plan, marketo: &str) -> Option<&'p str> {
+    plan.enabled_fields()
+        .find(|f| f.marketo.as_deref() == Some(marketo))
+        .map(|f| f.name.as_str())
+}
+
+/// Syncs program membership both ways (see the module documentation). Does nothing when no
+/// program members mapping is synced; warns when the programs mapping is not synced with it.
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
+pub async fn run(
+    ctx: &Context,
+    plans: &Plans,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let Some(plan) = plan_of(plans) else {
+        return Ok(());
+    };
+    let Some(programs_plan) = programs::plan_of(plans) else {
+        summary.warnings.push(format!(
+            "{}: program members sync only with a programs mapping (marketo_object = \
+             \"program\") in sync.objects",
+            plan.object
+        ));
+        return Ok(());
+    };
+    let statuses = ctx
+        .mappings
+        .iter()
+        .find(|m| m.object == plan.object)
+        .map(|m| m.file.statuses.clone())
+        .unwrap_or_default();
+    let step = Member {
+        ctx,
+        plan,
+        programs_object: &programs_plan.object,
+        statuses,
+        dry_run: options.dry_run,
+    };
+    step.run(programs_plan, summary, options, cancel).await
+}
+
+/// Adds the member records of `program` to `out` by member key.
+fn collect(program: i64, records: Vec<Record>, out: &mut BTreeMap<String, Record>) {
+    for r in records {
+        if let Some(lead) = r.get("leadId").and_then(serde_json::Value::as_i64) {
+            out.insert(member_key(program, lead), r);
+        }
+    }
+}
+
+impl Member<'_> {
+    fn object(&self) -> &str {
+        self.plan.object.as_str()
+    }
+
+    /// The Marketo fields asked of the members query: the mapped ones Marketo has (the
+    /// synthetic ones are the engine's), with the keys and the status.
+    fn query_fields(&self) -> Vec<String> {
+        let synthetic = [CRM_CONTACT_FIELD, CRM_CAMPAIGN_FIELD, PROGRAM_NAME_FIELD];
+        let mut fields: BTreeSet<String> = self
+            .plan
+            .read_fields(Side::Marketo)
+            .into_iter()
+            .filter(|f| !synthetic.contains(&f.as_str()))
+            .collect();
+        for f in ["leadId", "programId", STATUS_FIELD, "updatedAt"] {
+            fields.insert(f.to_owned());
+        }
+        fields.into_iter().collect()
+    }
+
+    async fn run(
+        &self,
+        programs_plan: &Plan,
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let (ctx, object) = (self.ctx, self.object());
+        let now = ctx.clock.now();
+        let linked = self.linked_programs(programs_plan).await?;
+        // CRM side: the change feed (with the due retries of CRM rows).
+        let (mut gathered, mut previous) = crm_with_retries(ctx, self.plan, cancel).await?;
+        let mut commit = commit::start(&mut gathered);
+        // Every open entry of a member read from Marketo (so that one that goes through now is
+        // resolved); the due ones are read again.
+        for e in open_errors(ctx, object).await? {
+            if e.direction == Direction::MarketoToCrm {
+                previous.insert(e.record_key.clone(), e);
+            }
+        }
+        // Marketo side: the feed riders' pending pairs, the due retries, the first read of
+        // newly linked programs.
+        let mut wanted: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+        let pending = if self.dry_run {
+            let rider = CHANGE_STATUS_IN_PROGRESSION;
+            feed_riders::pending_dry_run(ctx, object, rider, cancel).await?
+        } else {
+            feed_riders::pending(ctx, object).await?
+        };
+        for (lead, program) in pending {
+            wanted.entry(program).or_default().insert(lead);
+        }
+        for e in previous.values() {
+            if e.direction == Direction::MarketoToCrm
+                && e.next_retry_at.is_some_and(|t| t <= now)
+                && let Some((program, lead)) = parse_key(&e.record_key)
+            {
+                wanted.entry(program).or_default().insert(lead);
+            }
+        }
+        wanted.retain(|program, _| linked.contains_key(program));
+        let fields = self.query_fields();
+        let mut records = self.read_members(&wanted, &fields, cancel).await?;
+        let mut first_read = BTreeMap::new();
+        let seeded = self
+            .seed(&linked, &fields, &mut first_read, now, cancel)
+            .await?;
+        // Members found only by a program's first read whose lead is not in the CRM are people
+        // the CRM does not hold: they are left out, not refused.
+        let first_only: BTreeSet<String> = first_read
+            .keys()
+            .filter(|k| !records.contains_key(*k))
+            .cloned()
+            .collect();
+        for (k, r) in first_read {
+            records.entry(k).or_insert(r);
+        }
+        commit.watermarks.extend(seeded);
+        commit.watermarks.push(feed_riders::cleared(object, now));
+        let upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
+        summary.counts_mut(object, Direction::MarketoToCrm).read += records.len() as u64;
+        summary.counts_mut(object, Direction::CrmToMarketo).read += upserts.len() as u64;
+        if records.is_empty() && upserts.is_empty() {
+            // Nothing changed on either side: only the watermarks move.
+            if !options.dry_run {
+                commit::finish(ctx, commit).await?;
+            }
+            return Ok(());
+        }
+        let crm_schema = ctx.crm.describe(&self.plan.crm_object).await?;
+        let sides = self
+            .pairs(
+                &linked,
+                (records, &first_only),
+                upserts,
+                &crm_schema,
+                &previous,
+                &mut commit,
+                summary,
+            )
+            .await?;
+        let pk = crm_schema.id_field.clone().unwrap_or_else(|| "id".into());
+        let spec = TwoWaySpec {
+            family: ObjectFamily::ProgramMembers,
+            ledger: Direction::MarketoToCrm,
+            first: Side::Crm,
+            update_key: pk,
+            keys_in_base: false,
+        };
+        let runner = TwoWay {
+            ctx,
+            plan: self.plan,
+            spec: &spec,
+            previous: &previous,
+        };
+        let n = sides.len();
+        runner.run(sides, commit, summary, options, cancel).await?;
+        info!(object, members = n, "program members synced");
+        Ok(())
+    }
+
+    /// Returns the programs the programs step linked, by program id.
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    async fn linked_programs(
+        &self,
+        programs_plan: &Plan,
+    ) -> Result<BTreeMap<i64, Linked>, EngineError> {
+        let name_field = canonical_of(programs_plan, "name");
+        let channel_field = canonical_of(programs_plan, "channel");
+        let text = |base: &Fields, name: Option<&str>| {
+            name.and_then(|n| base.get(n))
+                .map(Value::to_text)
+                .filter(|t| !t.is_empty())
+        };
+        let mut out = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .ctx
+                .store
+                .links_page(self.programs_object, after.as_deref(), 500)
+                .await?;
+            let n = page.len();
+            for l in page {
+                after = Some(l.marketo_key.clone());
+                let Ok(id) = l.marketo_key.parse::<i64>() else {
+                    continue;
+                };
+                if l.tombstone.is_some() {
+                    continue;
+                }
+                out.insert(
+                    id,
+                    Linked {
+                        name: text(&l.base, name_field).unwrap_or_else(|| id.to_string()),
+                        channel: text(&l.base, channel_field),
+                        crm_key: l.crm_key,
+                    },
+                );
+            }
+            if n < 500 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Reads the members `wanted` (lead ids by program), 300 leads a call.
+    ///
+    /// # Errors
+    ///
+    /// A Marketo failure, or cancellation.
+    async fn read_members(
+        &self,
+        wanted: &BTreeMap<i64, BTreeSet<i64>>,
+        fields: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<String, Record>, EngineError> {
+        let mut out = BTreeMap::new();
+        for (program, leads) in wanted {
+            let ids: Vec<String> = leads.iter().map(i64::to_string).collect();
+            for chunk in ids.chunks(QUERY_BATCH) {
+                self.query(*program, "leadId", chunk, fields, &mut out, cancel)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every page of one members query into `out`.
+    async fn query(
+        &self,
+        program: i64,
+        filter: &str,
+        values: &[String],
+        fields: &[String],
+        out: &mut BTreeMap<String, Record>,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let mut token: Option<String> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let page = self
+                .ctx
+                .marketo
+                .get_program_members(program, filter, values, None, fields, token.as_deref())
+                .await?;
+            collect(program, page.records, out);
+            match page.next_page_token {
+                Some(t) if page.more_result => token = Some(t),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads whole, once, each linked program not read before (its members by every status of
+    /// its channel), and returns the watermarks that mark them read.
+    ///
+    /// # Errors
+    ///
+    /// A Marketo or store failure, or cancellation.
+    async fn seed(
+        &self,
+        linked: &BTreeMap<i64, Linked>,
+        fields: &[String],
+        out: &mut BTreeMap<String, Record>,
+        now: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Watermark>, EngineError> {
+        let queue = |id: i64| format!("program:{id}");
+        let done: BTreeSet<String> = self
+            .ctx
+            .store
+            .watermarks()
+            .await?
+            .into_iter()
+            .filter(|w| w.system == Side::Marketo && w.object == self.object())
+            .map(|w| w.queue)
+            .collect();
+        let fresh: Vec<(&i64, &Linked)> = linked
+            .iter()
+            .filter(|(id, _)| !done.contains(&queue(**id)))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channels = self.ctx.marketo.channels().await?;
+        let mut marks = Vec::new();
+        for (id, program) in fresh {
+            let statuses: Vec<String> = channels
+                .iter()
+                .find(|c| Some(&c.name) == program.channel.as_ref())
+                .map_or_else(
+                    || {
+                        channels
+                            .iter()
+                            .flat_map(|c| c.status_names())
+                            .map(str::to_owned)
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect()
+                    },
+                    |c| c.status_names().into_iter().map(str::to_owned).collect(),
+                );
+            for chunk in statuses.chunks(QUERY_BATCH) {
+                self.query(*id, STATUS_FIELD, chunk, fields, out, cancel)
+                    .await?;
+            }
+            marks.push(Watermark {
+                system: Side::Marketo,
+                object: self.object().to_owned(),
+                queue: queue(*id),
+                at: now,
+                tie: None,
+                cursor: None,
+            });
+        }
+        Ok(marks)
+    }
+
+    /// Returns the status map of a program.
+    fn status_map(&self, program: &Linked) -> StatusMap {
+        StatusMap::of(&self.statuses, &program.name, program.channel.as_deref())
+    }
+
+    /// Records an unknown status of `key` (read in `direction`) in the ledger: it waits for the
+    /// record to change.
+    fn unknown_status(
+        &self,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+        (direction, key): (Direction, &str),
+        message: String,
+        previous: &BTreeMap<String, SyncError>,
+    ) {
+        let object = self.object();
+        warn!(object, key, "program member status not in the status map");
+        if self.dry_run {
+            return;
+        }
+        summary.counts_mut(object, direction).failed += 1;
+        let subject = Subject {
+            object,
+            direction,
+            record_key: key,
+            other_key: None,
+            payload: json!({}),
+        };
+        let failure = Failure::new(UNKNOWN_STATUS, message, false);
+        let prev = previous.get(key).filter(|e| e.direction == direction);
+        commit
+            .errors_upsert
+            .push(ledger_entry(self.ctx, subject, failure, prev));
+    }
+
+    /// Records a Marketo member whose lead has no CRM contact yet (retried).
+    fn waits_for_contact(
+        &self,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+        key: &str,
+        message: String,
+        previous: &BTreeMap<String, SyncError>,
+    ) {
+        let (object, direction) = (self.object(), Direction::MarketoToCrm);
+        if self.dry_run {
+            return;
+        }
+        summary.counts_mut(object, direction).failed += 1;
+        let subject = Subject {
+            object,
+            direction,
+            record_key: key,
+            other_key: None,
+            payload: json!({}),
+        };
+        let failure = Failure::new("lead_not_linked", message, true);
+        let prev = previous.get(key).filter(|e| e.direction == direction);
+        commit
+            .errors_upsert
+            .push(ledger_entry(self.ctx, subject, failure, prev));
+    }
+
+    /// Records a CRM row whose contact or campaign is not linked yet (retried).
+    fn not_linked(
+        &self,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+        crm_key: &str,
+        message: String,
+        previous: &BTreeMap<String, SyncError>,
+    ) {
+        let (object, direction) = (self.object(), Direction::CrmToMarketo);
+        if self.dry_run {
+            return;
+        }
+        summary.counts_mut(object, direction).failed += 1;
+        let subject = Subject {
+            object,
+            direction,
+            record_key: crm_key,
+            other_key: None,
+            payload: json!({}),
+        };
+        let failure = Failure::new("parent_not_linked", message, true);
+        let prev = previous.get(crm_key).filter(|e| e.direction == direction);
+        commit
+            .errors_upsert
+            .push(ledger_entry(self.ctx, subject, failure, prev));
+    }
+
+    /// Returns the runner's pairs: each member read from Marketo and each CRM row changed,
+    /// joined by member key, with statuses translated to Marketo's.
+    #[allow(clippy::too_many_arguments)]
+    async fn pairs(
+        &self,
+        linked: &BTreeMap<i64, Linked>,
+        (records, first_only): (BTreeMap<String, Record>, &BTreeSet<String>),
+        upserts: Vec<Change>,
+        crm_schema: &ObjectSchema,
+        previous: &BTreeMap<String, SyncError>,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+    ) -> Result<Vec<SidePair>, EngineError> {
+        let (ctx, plan, object) = (self.ctx, self.plan, self.object());
+        // Links of both sides' records.
+        let mut links: BTreeMap<String, (String, Fields)> = BTreeMap::new();
+        let keys: Vec<String> = records.keys().cloned().collect();
+        for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
+            for l in ctx.store.links_by_marketo_keys(object, chunk).await? {
+                if l.tombstone.is_none() {
+                    links.insert(l.marketo_key.clone(), (l.crm_key.clone(), l.base.clone()));
+                }
+            }
+        }
+        let crm_ids: Vec<String> = upserts.iter().map(|c| c.id.clone()).collect();
+        let crm_links = links_by_crm(ctx, object, &crm_ids).await?;
+        for l in crm_links.values().filter(|l| l.tombstone.is_none()) {
+            links.insert(l.marketo_key.clone(), (l.crm_key.clone(), l.base.clone()));
+        }
+        let crm_sides = self
+            .crm_sides(linked, upserts, &crm_links, previous, commit, summary)
+            .await?;
+        let leads: Vec<String> = records
+            .keys()
+            .filter_map(|k| parse_key(k).map(|(_, l)| l.to_string()))
+            .collect();
+        let contacts = contacts_by_lead(ctx, &leads).await?;
+        let status_canonical = canonical_of(plan, STATUS_FIELD).map(str::to_owned);
+        let status_column = crm_column(plan, STATUS_FIELD).map(str::to_owned);
+        let mut all: BTreeSet<String> = records.keys().cloned().collect();
+        all.extend(crm_sides.keys().cloned());
+        let mut out = Vec::new();
+        for key in all {
+            let Some((program, lead)) = parse_key(&key) else {
+                continue;
+            };
+            let Some(program_row) = linked.get(&program) else {
+                continue;
+            };
+            let map = self.status_map(program_row);
+            let marketo = match records.get(&key) {
+                None => None,
+                Some(record) => {
+                    let contact = contacts.get(&lead.to_string()).cloned();
+                    if contact.is_none()
+                        && crm_column(plan, CRM_CONTACT_FIELD).is_some()
+                        && first_only.contains(&key)
+                    {
+                        summary.counts_mut(object, Direction::MarketoToCrm).skipped += 1;
+                        continue;
+                    }
+                    if contact.is_none() && crm_column(plan, CRM_CONTACT_FIELD).is_some() {
+                        let message = format!("lead {lead} has no CRM contact yet");
+                        self.waits_for_contact(commit, summary, &key, message, previous);
+                        continue;
+                    }
+                    let raw = member_raw(record, contact, program_row);
+                    // When Marketo last changed the member (newest_wins compares it).
+                    let at = record
+                        .get("updatedAt")
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc));
+                    match Observed::read(plan, Side::Marketo, raw, at) {
+                        Ok(o) => Some(o),
+                        Err(e) => {
+                            let prev = previous.get(&key);
+                            let d = Direction::MarketoToCrm;
+                            record_invalid_value(ctx, commit, summary, object, d, &key, &e, prev);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (crm_row, crm) = match crm_sides.get(&key).cloned() {
+                Some((id, o)) => (Some(id), Some(o)),
+                None => (None, None),
+            };
+            let link = links.get(&key).cloned();
+            let base = link.as_ref().map(|(_, b)| b.clone());
+            let agreed_status = base
+                .as_ref()
+                .zip(status_canonical.as_deref())
+                .and_then(|(b, s)| b.get(s).cloned());
+            // The CRM status written for Marketo's, unless the CRM changed its own.
+            let mut crm_extra = Fields::new();
+            if let (Some(m), Some(canonical), Some(column)) = (
+                &marketo,
+                status_canonical.as_deref(),
+                status_column.as_deref(),
+            ) && let Some(status) = m.canonical.get(canonical).map(Value::to_text)
+                && !status.is_empty()
+            {
+                let crm_changed_it = crm
+                    .as_ref()
+                    .is_some_and(|c| c.canonical.get(canonical).cloned() != agreed_status);
+                if !crm_changed_it {
+                    match map.translate(Side::Crm, &status, &program_row.name) {
+                        Ok(s) => {
+                            crm_extra.insert(column.to_owned(), Value::Text(s));
+                        }
+                        Err(e) => {
+                            let d = (Direction::MarketoToCrm, key.as_str());
+                            self.unknown_status(commit, summary, d, e.to_string(), previous);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let crm_key = link.as_ref().map(|(c, _)| c.clone());
+            if crm_key.is_none() && crm.is_none() {
+                let column = plan.crm_marketo_id.clone();
+                crm_extra.insert(
+                    column.clone(),
+                    programs::id_value(crm_schema, &column, &key),
+                );
+            }
+            let mut key_fields = Fields::new();
+            key_fields.insert("programId".into(), Value::Int(program));
+            key_fields.insert("leadId".into(), Value::Int(lead));
+            let marketo_seen = match (marketo, &link) {
+                (Some(o), _) => Seen::Read(o),
+                (None, Some(_)) => Seen::Unchanged,
+                (None, None) => Seen::Missing,
+            };
+            let crm_seen = match (crm, &link) {
+                (Some(o), _) => Seen::Read(o),
+                (None, Some(_)) => Seen::Unchanged,
+                (None, None) => Seen::Missing,
+            };
+            let read_from = match marketo_seen {
+                Seen::Read(_) => Direction::MarketoToCrm,
+                _ => Direction::CrmToMarketo,
+            };
+            out.push(SidePair {
+                marketo_key: key.clone(),
+                crm_key: crm_key.or(crm_row),
+                ledger_key: key,
+                read_from,
+                base,
+                marketo: marketo_seen,
+                crm: crm_seen,
+                key_fields,
+                crm_extra,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Returns the CRM rows changed, read through the plan with their status translated to
+    /// Marketo's, by member key (from the row's link, else from its contact's lead and its
+    /// campaign's program). A row whose contact or campaign is not linked, or whose status the
+    /// map does not know, goes to the ledger.
+    async fn crm_sides(
+        &self,
+        linked: &BTreeMap<i64, Linked>,
+        upserts: Vec<Change>,
+        crm_links: &BTreeMap<String, crate::store::Link>,
+        previous: &BTreeMap<String, SyncError>,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+    ) -> Result<BTreeMap<String, (String, Observed)>, EngineError> {
+        let (ctx, plan) = (self.ctx, self.plan);
+        let contact_column = crm_column(plan, CRM_CONTACT_FIELD);
+        let campaign_column = crm_column(plan, CRM_CAMPAIGN_FIELD);
+        let status_column = crm_column(plan, STATUS_FIELD);
+        let raw_of = |c: &Change, column: Option<&str>| match &c.kind {
+            ChangeKind::Upserted { fields } => column
+                .and_then(|col| fields.get(col))
+                .map(Value::to_text)
+                .filter(|t| !t.is_empty()),
+            ChangeKind::Deleted(_) => None,
+        };
+        let contacts: Vec<String> = upserts
+            .iter()
+            .filter_map(|c| raw_of(c, contact_column))
+            .collect();
+        let leads = lead_ids_by_contact(ctx, &contacts).await?;
+        let campaigns: Vec<String> = upserts
+            .iter()
+            .filter_map(|c| raw_of(c, campaign_column))
+            .collect();
+        let programs_by_campaign: BTreeMap<String, i64> =
+            links_by_crm(ctx, self.programs_object, &campaigns)
+                .await?
+                .into_values()
+                .filter(|l| l.tombstone.is_none())
+                .filter_map(|l| l.marketo_key.parse().ok().map(|id| (l.crm_key, id)))
+                .collect();
+        let mut out = BTreeMap::new();
+        for change in upserts {
+            let ChangeKind::Upserted { fields } = &change.kind else {
+                continue;
+            };
+            let key = match crm_links.get(&change.id) {
+                Some(l) => l.marketo_key.clone(),
+                None => {
+                    let lead = raw_of(&change, contact_column).and_then(|c| leads.get(&c).copied());
+                    let program = raw_of(&change, campaign_column)
+                        .and_then(|c| programs_by_campaign.get(&c).copied());
+                    match (program, lead) {
+                        (Some(p), Some(l)) => member_key(p, l),
+                        _ => {
+                            let message = format!(
+                                "campaign member {}: its contact or campaign has no Marketo lead \
+                                 or program yet",
+                                change.id
+                            );
+                            self.not_linked(commit, summary, &change.id, message, previous);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(program) = parse_key(&key).and_then(|(p, _)| linked.get(&p)) else {
+                continue;
+            };
+            let mut raw = fields.clone();
+            if let Some(column) = status_column
+                && let Some(status) = raw
+                    .get(column)
+                    .map(Value::to_text)
+                    .filter(|s| !s.is_empty())
+            {
+                match self
+                    .status_map(program)
+                    .translate(Side::Marketo, &status, &program.name)
+                {
+                    Ok(s) => {
+                        raw.insert(column.to_owned(), Value::Text(s));
+                        // A status refused before is readable now.
+                        let d = Direction::CrmToMarketo;
+                        if previous
+                            .get(&change.id)
+                            .is_some_and(|e| e.direction == d && e.code == UNKNOWN_STATUS)
+                        {
+                            let object = self.object();
+                            commit.errors_resolve.push(error_key(object, d, &change.id));
+                        }
+                    }
+                    Err(e) => {
+                        let d = (Direction::CrmToMarketo, change.id.as_str());
+                        self.unknown_status(commit, summary, d, e.to_string(), previous);
+                        continue;
+                    }
+                }
+            }
+            match Observed::read(plan, Side::Crm, raw, Some(change.modified_at)) {
+                Ok(o) => {
+                    out.insert(key, (change.id.clone(), o));
+                }
+                Err(e) => {
+                    let prev = previous.get(&change.id);
+                    let d = Direction::CrmToMarketo;
+                    record_invalid_value(
+                        ctx,
+                        commit,
+                        summary,
+                        &plan.object,
+                        d,
+                        &change.id,
+                        &e,
+                        prev,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Returns the raw source fields of a member record, with the synthetic fields.
+fn member_raw(record: &Record, contact: Option<String>, program: &Linked) -> Fields {
+    let mut raw = from_record(record);
+    raw.insert(
+        CRM_CONTACT_FIELD.into(),
+        contact.map_or(Value::Null, Value::Text),
+    );
+    raw.insert(
+        CRM_CAMPAIGN_FIELD.into(),
+        Value::Text(program.crm_key.clone()),
+    );
+    raw.insert(PROGRAM_NAME_FIELD.into(), Value::Text(program.name.clone()));
+    raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_keys_round_trip() {
+        assert_eq!(parse_key(&member_key(1107, 42)), Some((1107, 42)));
+        assert_eq!(parse_key("x:1"), None);
+    }
+}
