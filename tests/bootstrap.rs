@@ -136,10 +136,15 @@ impl Env {
 
     /// As [`Env::new`] with `leads` generated leads.
     async fn sized(low_days: i64, leads: usize, sim: SimConfig) -> Env {
+        Env::build(low_days, leads, Duration::ZERO, sim).await
+    }
+
+    /// As [`Env::sized`] with exports processing for `export_delay` of sim time.
+    async fn build(low_days: i64, leads: usize, export_delay: Duration, sim: SimConfig) -> Env {
         let sim = Simulator::start(SimConfig {
             seed: 7,
             leads,
-            export_delay: Duration::ZERO,
+            export_delay,
             start: Some(start()),
             ..sim
         })
@@ -439,7 +444,9 @@ async fn an_interrupted_bootstrap_resumes_without_re_exporting_or_duplicating() 
         .unwrap();
     assert!(matches!(err, EngineError::Cancelled), "{err}");
     assert_eq!(windows_of(&progress.events(), PHASE_LEADS).len(), 1);
-    assert_eq!(env.export_creates("leads"), 1);
+    // The next windows' exports were started ahead of the cancel (and stay journalled).
+    let started = env.export_creates("leads");
+    assert!((1..=5).contains(&started), "{started}");
 
     let ctx = env.ctx().await;
     let progress = RecordingProgress::new();
@@ -454,7 +461,7 @@ async fn an_interrupted_bootstrap_resumes_without_re_exporting_or_duplicating() 
         .unwrap();
     assert_eq!(leads_phase.windows_skipped, 1);
     assert_eq!(leads_phase.windows_done, 4);
-    // Only the 4 missing lead windows were exported.
+    // Only the 4 missing lead windows were exported, re-attaching to those started ahead.
     assert_eq!(env.export_creates("leads"), 5);
     assert_eq!(windows_of(&progress.events(), PHASE_LEADS).len(), 4);
     check_all_leads_linked(&env, &ctx).await;
@@ -599,8 +606,19 @@ async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
     assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
     assert_eq!(pending.len(), 1);
     assert_eq!(env.calls("POST", IMPORT), 1);
+    // Stopped in the first lead window; the next windows' exports were started ahead.
     let exports_before = env.export_creates("leads");
-    assert_eq!(exports_before, 1, "stopped in the first lead window");
+    assert!((1..=5).contains(&exports_before), "{exports_before}");
+    assert!(
+        env.ctx()
+            .await
+            .store
+            .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
+            .await
+            .unwrap()
+            .is_none(),
+        "no window was committed"
+    );
     let batch = pending[0].id.clone();
     let spooled = pending[0].file_path.clone().unwrap();
     assert!(
@@ -818,7 +836,12 @@ async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
     let expected = marketo_sync::marketo::limiter::next_day_turn(env.clock.now());
     assert_eq!(until, expected);
     assert!(report.pause_reason.as_deref().unwrap().contains("budget"));
-    assert!(report.bulk_bytes <= total * 6 / 10);
+    assert!(
+        report.bulk_bytes <= total * 6 / 10,
+        "{} of {total}: {:?}",
+        report.bulk_bytes,
+        first.events()
+    );
     let first_creates = env.export_creates("leads") + env.export_creates("activities");
     assert!(
         first_creates < 10,
@@ -888,19 +911,21 @@ async fn the_bulk_budget_stops_the_run_until_the_day_turns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketo_s_daily_export_quota_pauses_the_run() {
-    // Marketo refuses new exports once 1 byte was exported today (1029 export daily quota).
+    // Marketo refuses new exports once 1 byte was exported today (1029 export daily quota, at
+    // create and at enqueue). 100 days: 4 windows.
     let env = Env::new(
-        60,
+        100,
         SimConfig {
             bulk_daily_bytes: 1,
             ..SimConfig::default()
         },
     )
     .await;
+    let progress = RecordingProgress::new();
     let report = bootstrap(
         &env.ctx().await,
         &env.options(),
-        &RecordingProgress::new(),
+        &progress,
         &CancellationToken::new(),
     )
     .await
@@ -911,40 +936,57 @@ async fn marketo_s_daily_export_quota_pauses_the_run() {
         report.pause_reason.as_deref().unwrap().contains("quota"),
         "{report:?}"
     );
+    // The first two windows' exports go to Marketo together (it processes two at once): the
+    // one enqueued after the other finished is refused. When that is the first window, none is
+    // applied today (the second waits, completed, for its turn).
     let phase = &report.phases[0];
-    assert_eq!(
-        phase.windows_done, 1,
-        "the first export ran, the second was refused"
+    assert!(phase.windows_done <= 2, "{phase:?}");
+    assert!(env.export_creates("leads") <= 2);
+    let mut applied = progress.events();
+    // After each turn of Marketo's day, the next run goes on right after the applied windows,
+    // re-attaching to the jobs already created (each day at least one job runs; a job of a
+    // later window may be the one, and it waits completed for its turn).
+    let mut until = report.paused_until.unwrap();
+    let mut days = 1;
+    for day in 1.. {
+        assert!(day < 8, "{applied:?}");
+        days += 1;
+        let next = until + ChronoDuration::minutes(1);
+        env.clock.set(next);
+        env.sim
+            .advance_clock((next - env.sim.now()).to_std().unwrap());
+        let progress = RecordingProgress::new();
+        let again = bootstrap(
+            &env.ctx().await,
+            &env.options(),
+            &progress,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        applied.extend(progress.events());
+        match again.paused_until {
+            Some(t) => until = t,
+            None => break,
+        }
+    }
+    let windows = windows_of(&applied, PHASE_LEADS);
+    assert_covering(&windows, env.low, env.clock.now());
+    let bulk: Vec<String> = env
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.path.starts_with("/bulk/"))
+        .map(|e| format!("{} {} {} {:?}", e.at, e.method, e.path, e.code))
+        .collect();
+    // One export per window; the last window ends at `now`, so when its export was started
+    // ahead on an earlier day, a later day's last window is a longer one with its own export
+    // (at most one more a day).
+    let creates = env.export_creates("leads");
+    assert!(
+        (windows.len()..=windows.len() + days).contains(&creates),
+        "one export per window: {bulk:#?}"
     );
-    assert_eq!(env.export_creates("leads"), 1);
-    // After Marketo's day turns, the next run goes on with the second window.
-    let until = report.paused_until.unwrap();
-    let next = until + ChronoDuration::minutes(1);
-    env.clock.set(next);
-    env.sim
-        .advance_clock((next - env.sim.now()).to_std().unwrap());
-    let progress = RecordingProgress::new();
-    let again = bootstrap(
-        &env.ctx().await,
-        &env.options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let phase = &again.phases[0];
-    assert_eq!(
-        (phase.windows_skipped, phase.windows_done),
-        (1, 1),
-        "{again:?}"
-    );
-    let first_windows = windows_of(&progress.events(), PHASE_LEADS);
-    assert_eq!(
-        first_windows[0].start,
-        env.low + ChronoDuration::days(31),
-        "continues right after the finished window"
-    );
-    assert_eq!(env.export_creates("leads"), 2);
     env.sim.shutdown().await;
 }
 
@@ -1812,4 +1854,118 @@ async fn the_crm_side_of_a_bootstrap_moves_thousands_of_rows_per_transaction() {
         small.len()
     );
     assert!(small.len() >= rows as usize / 200, "{small:?}");
+}
+
+/// Parses a Marketo job time.
+fn job_time(t: &Option<String>) -> DateTime<Utc> {
+    t.as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .expect("a job time")
+}
+
+/// The most intervals open at one instant.
+fn most_at_once(intervals: &[(DateTime<Utc>, DateTime<Utc>)]) -> usize {
+    intervals
+        .iter()
+        .map(|(at, _)| {
+            intervals
+                .iter()
+                .filter(|(s, e)| s <= at && at < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// With Marketo's export queue (2 jobs processing, 10 queued or processing) and exports that
+/// process for D, the 6 windows of a bootstrap take about 3·D of Marketo's time, not 6·D: the
+/// next windows' exports wait queued at Marketo while the first ones process and are applied.
+/// Sim time runs 1,000 times faster than the engine's (a second every millisecond); the
+/// figures are read from the simulator's job records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_pipelined_within_marketo_s_queue_limits() {
+    use marketo_sync::marketo::bulk_extract::{ExportKind, ExportOptions};
+    let d = ChronoDuration::seconds(1800);
+    let mut env = Env::build(180, LEADS, d.to_std().unwrap(), SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = env.ctx().await;
+    let options = BootstrapOptions {
+        // 200 s of sim time: the calls stay far below Marketo's 100 per 20 s, which the
+        // client keeps in the engine's (real) time.
+        export: Some(ExportOptions {
+            poll_interval: Duration::from_millis(200),
+            max_wait: None,
+        }),
+        ..env.options()
+    };
+    let fast_clock = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            env.sim.advance_clock(Duration::from_secs(1));
+        }
+    };
+    let (progress, cancel) = (RecordingProgress::new(), CancellationToken::new());
+    let report = tokio::select! {
+        r = bootstrap(&ctx, &options, &progress, &cancel) => r,
+        () = fast_clock => unreachable!(),
+    }
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads = &report.phases[0];
+    assert_eq!((leads.windows_done, leads.exports_created), (6, 6));
+    check_all_leads_linked(&env, &ctx).await;
+
+    let jobs = ctx
+        .marketo
+        .list_exports(&ExportKind::Leads, &[], None)
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(jobs.len(), 6);
+    let processing: Vec<_> = jobs
+        .iter()
+        .map(|j| (job_time(&j.started_at), job_time(&j.finished_at)))
+        .collect();
+    let queued: Vec<_> = jobs
+        .iter()
+        .map(|j| (job_time(&j.queued_at), job_time(&j.finished_at)))
+        .collect();
+    // 3 rounds of two exports at once; one after the other would be 6·D and more.
+    let first = queued.iter().map(|(q, _)| *q).min().unwrap();
+    let last = queued.iter().map(|(_, f)| *f).max().unwrap();
+    eprintln!(
+        "6 windows, exports of D = {d}: {} of Marketo time from the first enqueue to the last file",
+        last - first
+    );
+    assert!(
+        last - first >= d * 3 && last - first < d * 7 / 2,
+        "{}: {:#?}",
+        last - first,
+        jobs.iter()
+            .map(|j| (&j.queued_at, &j.started_at, &j.finished_at))
+            .collect::<Vec<_>>()
+    );
+    // Marketo's limits held: at most 2 processing and 10 queued or processing at once (the
+    // simulator refuses an 11th enqueue with 1029), and jobs waited queued behind the two.
+    assert_eq!(most_at_once(&processing), 2);
+    let waiting = most_at_once(&queued);
+    assert!((3..=10).contains(&waiting), "{waiting}");
+    let log = env.sim.request_log();
+    assert!(
+        log.iter().all(|e| e.code.as_deref() != Some("1029")),
+        "no enqueue was refused"
+    );
+    // A job waiting behind the two processing is not polled: before it starts, its status is
+    // read once after its create and once after its enqueue (and once when a slot frees).
+    for job in &jobs {
+        let start = job_time(&job.started_at);
+        let reads = log
+            .iter()
+            .filter(|e| e.path.contains(&job.export_id) && e.path.ends_with("/status.json"))
+            .filter(|e| job_time(&Some(e.at.clone())) < start)
+            .count();
+        assert!(reads <= 3, "{}: {reads} status reads while queued", job.export_id);
+    }
+    env.sim.shutdown().await;
 }

@@ -40,7 +40,7 @@
 //! would not fit, or Marketo answers the daily export quota (1029), the bootstrap stops cleanly
 //! and says when it can resume (the next Marketo day turn).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -85,6 +85,13 @@ pub const CRM_BATCH_ROWS: usize = 2_000;
 pub const MAX_EXPORT_ATTEMPTS: u32 = 3;
 /// Longest export window.
 pub const WINDOW_DAYS: i64 = 31;
+/// Export jobs a phase keeps queued or processing at Marketo, the window being applied
+/// included: Marketo holds 10 jobs queued or processing per instance (an enqueue beyond answers
+/// 1029 "Too many jobs in queue", which the client waits out) and processes 2 of them at once.
+pub const EXPORT_PIPELINE: usize = 10;
+/// Export jobs in flight before the size of a window is known: the two Marketo processes at
+/// once. The daily bulk budget admits more only once a window's bytes give an estimate.
+pub const EXPORT_PIPELINE_UNSIZED: usize = 2;
 
 /// The phase of leads (and the companies named on them).
 pub const PHASE_LEADS: &str = "leads";
@@ -547,6 +554,60 @@ struct Run<'a> {
     export: ExportOptions,
     run_bytes: u64,
     write_back_threshold: usize,
+    pipeline: Pipeline,
+}
+
+/// A started export of one window: (or re-attached to) created, enqueued, polled and downloaded
+/// on its own task.
+type ExportTask = tokio::task::JoinHandle<Result<ExportedWindow, EndpointError>>;
+
+/// The exports of one phase: the windows not started yet and those started, in window order.
+///
+/// A window's export is started when the window before it is being exported or applied, so
+/// Marketo's queue stays full (within [`EXPORT_PIPELINE`] and the daily bulk budget) while the
+/// CRM side applies the windows in order, one after the other: a window is still committed only
+/// once fully applied, and a later window's job stays journalled for a restart to re-attach to.
+/// Its tasks stop at their next safe point when it is stopped or dropped: a job Marketo
+/// created is journalled first, so a later run re-attaches to it instead of paying for another.
+#[derive(Default)]
+struct Pipeline {
+    ahead: VecDeque<Window>,
+    running: VecDeque<(Window, ExportTask)>,
+    /// Bytes of the phase's largest exported window (the estimate of the next); none yet.
+    estimate: Option<u64>,
+    /// The tasks' token: a child of the run's.
+    cancel: CancellationToken,
+}
+
+impl Pipeline {
+    fn new(todo: &[Window], estimate: Option<u64>, cancel: &CancellationToken) -> Pipeline {
+        Pipeline {
+            ahead: todo.iter().copied().collect(),
+            running: VecDeque::new(),
+            estimate,
+            cancel: cancel.child_token(),
+        }
+    }
+
+    /// Stops the exports started ahead and waits for their tasks.
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        for (_, task) in self.running.drain(..) {
+            let _ = task.await;
+        }
+        self.ahead.clear();
+    }
+
+    /// Whether the window's export was started ahead (its bytes were admitted then).
+    fn started(&self, window: Window) -> bool {
+        self.running.iter().any(|(w, _)| *w == window)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 struct PhaseSpec {
@@ -675,6 +736,7 @@ pub async fn bootstrap(
         write_back_threshold: options
             .write_back_import_threshold
             .unwrap_or_else(|| super::Tunables::default().bulk_import_threshold),
+        pipeline: Pipeline::default(),
     };
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
@@ -735,13 +797,18 @@ pub async fn bootstrap(
             .and_then(|c| c.get("last_window_bytes"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
+        run.pipeline = Pipeline::new(&todo, (last_bytes > 0).then_some(last_bytes), cancel);
         for window in todo {
             if cancel.is_cancelled() {
+                run.pipeline.stop().await;
                 report.phases.push(phase);
                 progress.finish(&report);
                 return Err(EngineError::Cancelled);
             }
-            if let Some(stop) = run.check_budget(last_bytes).await? {
+            // A window started ahead was admitted by the budget then.
+            if !run.pipeline.started(window)
+                && let Some(stop) = run.check_budget(last_bytes).await?
+            {
                 paused = Some(stop);
                 break;
             }
@@ -779,6 +846,7 @@ pub async fn bootstrap(
                     break;
                 }
                 Err(WindowError::Engine(e)) => {
+                    run.pipeline.stop().await;
                     report.phases.push(phase);
                     progress.finish(&report);
                     return Err(e);
@@ -786,6 +854,8 @@ pub async fn bootstrap(
             }
         }
         report.phases.push(phase);
+        // Exports started ahead of a pause stay journalled; the next run re-attaches to them.
+        run.pipeline.stop().await;
     }
     report.bulk_bytes = run.run_bytes;
     if options.dry_run {
@@ -1114,18 +1184,25 @@ impl Run<'_> {
         subject: &ExportSubject,
         phase: &mut PhaseReport,
     ) -> Result<ExportedWindow, WindowError> {
-        let exported = match self
-            .endpoint()
-            .export_window(
-                subject,
-                (window.start, window.end),
-                &queue(spec.name),
-                MAX_EXPORT_ATTEMPTS,
-                &self.ctx.journal(),
-                self.cancel,
-            )
-            .await
-        {
+        self.pipeline.ahead.retain(|w| w.start > window.start);
+        let task = match self.pipeline.running.front() {
+            Some((w, _)) if *w == window => self.pipeline.running.pop_front().map(|(_, t)| t),
+            _ => None,
+        };
+        let task = match task {
+            Some(task) => task,
+            None => self.start_export(spec, subject, window),
+        };
+        // The next windows' exports queue at Marketo while this one runs and is applied.
+        self.fill_pipeline(spec, subject, 1).await?;
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_cancelled() => Err(EndpointError::Cancelled),
+            Err(e) => Err(EndpointError::File {
+                what: format!("the export of {} to {} stopped: {e}", window.start, window.end),
+            }),
+        };
+        let exported = match result {
             Ok(e) => e,
             Err(EndpointError::Marketo(e)) => {
                 return Err(match pause_of(&e, self.ctx.clock.now()) {
@@ -1143,7 +1220,72 @@ impl Run<'_> {
             self.ctx.store.add_api_usage(day, 0, exported.bytes).await?;
             self.run_bytes += exported.bytes;
         }
+        // The largest window so far: windows differ in size, and a budget is a limit.
+        let largest = self.pipeline.estimate.unwrap_or(0).max(exported.bytes);
+        self.pipeline.estimate = Some(largest);
+        self.fill_pipeline(spec, subject, 0).await?;
         Ok(exported)
+    }
+
+    /// Starts the export of one window on its own task.
+    fn start_export(&self, spec: &PhaseSpec, subject: &ExportSubject, window: Window) -> ExportTask {
+        let endpoint = self.endpoint();
+        let journal = self.ctx.journal();
+        let subject = subject.clone();
+        let object = queue(spec.name);
+        let cancel = self.pipeline.cancel.clone();
+        tokio::spawn(async move {
+            endpoint
+                .export_window(
+                    &subject,
+                    (window.start, window.end),
+                    &object,
+                    MAX_EXPORT_ATTEMPTS,
+                    &journal,
+                    &cancel,
+                )
+                .await
+        })
+    }
+
+    /// Starts the exports of the next windows while fewer than [`EXPORT_PIPELINE`] are in flight
+    /// (the window being exported or applied counts as one; [`EXPORT_PIPELINE_UNSIZED`] before
+    /// a window's size is known) and today's bulk bytes plus the estimate of each started window
+    /// stay within the budget.
+    ///
+    /// `unsized_current` is 1 while the current window's bytes are not in today's usage yet.
+    async fn fill_pipeline(
+        &mut self,
+        spec: &PhaseSpec,
+        subject: &ExportSubject,
+        unsized_current: u64,
+    ) -> Result<(), EngineError> {
+        let depth = match self.pipeline.estimate {
+            Some(_) => EXPORT_PIPELINE,
+            None => EXPORT_PIPELINE_UNSIZED,
+        };
+        while self.pipeline.running.len() + 1 < depth && !self.cancel.is_cancelled() {
+            let Some(&next) = self.pipeline.ahead.front() else {
+                break;
+            };
+            let estimate = self.pipeline.estimate.unwrap_or(0);
+            // The stored usage counts a window's bytes once it is applied: every window
+            // started ahead counts with the estimate until then, and one more estimated window
+            // is kept free because windows differ in size (a window started ahead cannot be
+            // held back once its real size is known).
+            let in_flight = self.pipeline.running.len() as u64 + 2 + unsized_current;
+            if self
+                .check_budget(estimate.saturating_mul(in_flight))
+                .await?
+                .is_some()
+            {
+                break;
+            }
+            self.pipeline.ahead.pop_front();
+            let task = self.start_export(spec, subject, next);
+            self.pipeline.running.push_back((next, task));
+        }
+        Ok(())
     }
 
     /// Commits an exported window as done (see [`Run::finish_window`]) and returns its bytes.
