@@ -1845,7 +1845,10 @@ async fn the_crm_side_of_a_bootstrap_moves_thousands_of_rows_per_transaction() {
     // ~1,300 leads per 31-day window: one CRM transaction per window, not one per 200 or 300.
     assert!(rows > 2_000, "{rows}");
     assert!(calls.len() <= 3, "{calls:?}");
-    assert!(calls.iter().max().copied().unwrap_or(0) > 1_000, "{calls:?}");
+    assert!(
+        calls.iter().max().copied().unwrap_or(0) > 1_000,
+        "{calls:?}"
+    );
     // The SQL adapter's default batch (200): the engine splits, one transaction per 200 rows.
     let (small, _) = contact_transactions(Some(200)).await;
     eprintln!(
@@ -1868,12 +1871,7 @@ fn job_time(t: &Option<String>) -> DateTime<Utc> {
 fn most_at_once(intervals: &[(DateTime<Utc>, DateTime<Utc>)]) -> usize {
     intervals
         .iter()
-        .map(|(at, _)| {
-            intervals
-                .iter()
-                .filter(|(s, e)| s <= at && at < e)
-                .count()
-        })
+        .map(|(at, _)| intervals.iter().filter(|(s, e)| s <= at && at < e).count())
         .max()
         .unwrap_or(0)
 }
@@ -1965,7 +1963,11 @@ async fn exports_are_pipelined_within_marketo_s_queue_limits() {
             .filter(|e| e.path.contains(&job.export_id) && e.path.ends_with("/status.json"))
             .filter(|e| job_time(&Some(e.at.clone())) < start)
             .count();
-        assert!(reads <= 3, "{}: {reads} status reads while queued", job.export_id);
+        assert!(
+            reads <= 3,
+            "{}: {reads} status reads while queued",
+            job.export_id
+        );
     }
     env.sim.shutdown().await;
 }

@@ -1199,7 +1199,10 @@ impl Run<'_> {
             Ok(result) => result,
             Err(e) if e.is_cancelled() => Err(EndpointError::Cancelled),
             Err(e) => Err(EndpointError::File {
-                what: format!("the export of {} to {} stopped: {e}", window.start, window.end),
+                what: format!(
+                    "the export of {} to {} stopped: {e}",
+                    window.start, window.end
+                ),
             }),
         };
         let exported = match result {
@@ -1228,7 +1231,12 @@ impl Run<'_> {
     }
 
     /// Starts the export of one window on its own task.
-    fn start_export(&self, spec: &PhaseSpec, subject: &ExportSubject, window: Window) -> ExportTask {
+    fn start_export(
+        &self,
+        spec: &PhaseSpec,
+        subject: &ExportSubject,
+        window: Window,
+    ) -> ExportTask {
         let endpoint = self.endpoint();
         let journal = self.ctx.journal();
         let subject = subject.clone();

@@ -799,7 +799,6 @@ impl Client {
 }
 
 impl Client {
-
     /// Sends a call about one export job and returns the job it answers with.
     async fn job_call(&self, endpoint: &str, call: Call) -> Result<ExportJob, Error> {
         let env = self.call::<ExportJob>(&call).await?;
