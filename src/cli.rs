@@ -534,6 +534,10 @@ pub struct BootstrapArgs {
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Seconds between status reads of an export job (Marketo updates a job's status about
+    /// once a minute).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_poll_secs: u64,
 }
 
 /// The `crm` subcommands.
@@ -554,6 +558,20 @@ pub enum CrmCommand {
         /// The SQL adapter options, as a JSON or TOML file.
         #[arg(long)]
         options: Option<std::path::PathBuf>,
+    },
+    /// Creates the demo CRM's tables (users, accounts, contacts, leads, opportunities,
+    /// opportunity_contact_roles, vehicles; earlier demo tables are dropped) with sample rows,
+    /// as `demo` does; `scripts/bench-peers` bootstraps into an empty one.
+    InstallDemo {
+        /// The database URL (`sqlite://file`, `postgres://...`, `mysql://...`).
+        #[arg(long, env = "MKSYNC_CRM_URL", hide_env_values = true)]
+        url: String,
+        /// Sample contacts (the other tables in proportion; 0 for empty tables).
+        #[arg(long, default_value_t = 0)]
+        contacts: usize,
+        /// Seed of the sample rows.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// HubSpot: creates the unique Marketo-id property (`marketo_id_property`) of every
     /// writable object that does not have it yet.
@@ -1077,6 +1095,18 @@ async fn dispatch(
         }
         Command::Crm {
             command:
+                CrmCommand::InstallDemo {
+                    url,
+                    contacts,
+                    seed,
+                },
+        } => {
+            let summary = crate::sim::demo_crm::install(&url, seed, contacts).await?;
+            println!("demo crm installed: {:?}", summary.rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crm {
+            command:
                 CrmCommand::InstallChangelog {
                     config,
                     env,
@@ -1140,6 +1170,10 @@ async fn run_bootstrap(
         objects: args.objects,
         since,
         dry_run: args.dry_run,
+        export: Some(crate::marketo::bulk_extract::ExportOptions {
+            poll_interval: std::time::Duration::from_secs(args.export_poll_secs),
+            ..crate::marketo::bulk_extract::ExportOptions::default()
+        }),
         ..bootstrap::BootstrapOptions::default()
     };
     let on_signal = cancel.clone();

@@ -223,6 +223,10 @@ pub struct ExportJob {
     pub error_msg: Option<String>,
 }
 
+/// Export jobs Marketo processes at once per instance; more wait `Queued` (at most 10 queued or
+/// processing: an enqueue beyond answers 1029 "Too many jobs in queue").
+pub const EXPORT_PROCESSING_SLOTS: usize = 2;
+
 /// Settings of [`Client::run_export`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportOptions {
@@ -269,6 +273,18 @@ fn check_range(endpoint: &str, what: &str, r: &DateRange) -> Result<(), Error> {
 }
 
 impl Client {
+    /// Waits for one of the client's export poll slots (in the order asked).
+    async fn export_poll_slot(
+        &self,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        tokio::select! {
+            _ = cancel.cancelled() => Err(cancelled(id)),
+            p = self.inner.export_polls.acquire() => p.map_err(|_| cancelled(id)),
+        }
+    }
+
     /// Creates an export job (`POST /bulk/v1/<kind>/export/create.json`); persist its id
     /// before enqueueing so a restart can resume it.
     ///
@@ -677,6 +693,12 @@ impl Client {
         let completed_before = job.status == ExportStatus::Completed;
         let id = job.export_id.clone();
         tracing::info!(export_id = %id, status = %job.status, "export job");
+        // Several exports of this client may be queued at once (a pipelined bootstrap keeps the
+        // queue full), but Marketo processes only two: a job polls only while it holds one of
+        // the client's two poll slots, taken in queue order, so the jobs waiting behind cost
+        // no status calls. A job that got its slot after waiting reads its status at once.
+        let mut slot = None;
+        let mut poll_now = false;
         loop {
             match &job.status {
                 ExportStatus::Completed => break,
@@ -691,8 +713,12 @@ impl Client {
                 ExportStatus::Created => match self.enqueue_export(kind, &id).await {
                     // Marketo answers an enqueue with the job Queued. One status read at once
                     // (one call per export) lets a job that started and finished straight away
-                    // go on without waiting a whole poll interval.
+                    // go on without waiting a whole poll interval. The poll slot is taken first,
+                    // right after the enqueue, so that slots go in Marketo's queue order.
                     Ok(j) if j.status == ExportStatus::Queued => {
+                        if slot.is_none() {
+                            slot = Some(self.export_poll_slot(&id, cancel).await?);
+                        }
                         job = self.export_status(kind, &id).await?;
                         continue;
                     }
@@ -712,12 +738,27 @@ impl Client {
                     what: format!("export {id} still {} after the maximum wait", job.status),
                 });
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(cancelled(&id)),
-                _ = tokio::time::sleep(options.poll_interval) => {}
+            if slot.is_none()
+                && matches!(job.status, ExportStatus::Queued | ExportStatus::Processing)
+            {
+                slot = Some(match self.inner.export_polls.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        let permit = self.export_poll_slot(&id, cancel).await?;
+                        poll_now = true;
+                        permit
+                    }
+                });
+            }
+            if !std::mem::take(&mut poll_now) {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(cancelled(&id)),
+                    _ = tokio::time::sleep(options.poll_interval) => {}
+                }
             }
             job = self.export_status(kind, &id).await?;
         }
+        drop(slot);
         if !completed_before {
             self.inner
                 .limiter

@@ -73,6 +73,10 @@ struct Inner {
     download_http: reqwest::Client,
     auth: TokenCache,
     limiter: Limiter,
+    /// Export jobs of this client whose status is being polled: Marketo processes 2 export jobs
+    /// at once, so a job queued behind them cannot finish and is not polled until a slot frees
+    /// (see [`bulk_extract::EXPORT_PROCESSING_SLOTS`]).
+    export_polls: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Client {
@@ -126,6 +130,7 @@ impl Client {
                 download_http,
                 auth,
                 limiter,
+                export_polls: tokio::sync::Semaphore::new(bulk_extract::EXPORT_PROCESSING_SLOTS),
             }),
         })
     }

@@ -753,8 +753,14 @@ pub fn adapter_options(writable: bool, changelog: bool) -> serde_json::Value {
             ((*name).to_owned(), o)
         })
         .collect();
-    json!({ "objects": objects })
+    // Large write batches: bootstrap moves thousands of rows per CRM transaction (a SQLite
+    // multi-row upsert of 2,000 rows of the demo's ~10 mapped columns stays well under its
+    // 32,766 bound parameters).
+    json!({ "max_batch_write": DEMO_MAX_BATCH_WRITE, "objects": objects })
 }
+
+/// The demo CRM's `max_batch_write` (the SQL adapter's default is 200).
+pub const DEMO_MAX_BATCH_WRITE: usize = 2_000;
 
 #[cfg(test)]
 mod tests {

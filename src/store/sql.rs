@@ -475,6 +475,11 @@ impl SqliteStore {
                 source,
             })?
             .create_if_missing(true)
+            // WAL: a commit appends to the log instead of journalling and rewriting pages, and
+            // readers (status, the HTTP API) never block the writer. `synchronous = NORMAL` is
+            // WAL's usual pairing: fsync at checkpoints, not at every commit; a power cut may
+            // lose the last commits (the cycle then re-reads from the older watermark) but never
+            // corrupts the file.
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(options.sqlite_busy_timeout)
