@@ -1934,7 +1934,9 @@ async fn exports_are_pipelined_within_marketo_s_queue_limits() {
         last - first
     );
     assert!(
-        last - first >= d * 3 && last - first < d * 7 / 2,
+        // The simulator's clock runs 1,000 times faster than the engine's: the upper bound
+        // leaves 2·D (3.6 s of the engine's time) for applying windows on a loaded machine.
+        last - first >= d * 3 && last - first < d * 5,
         "{}: {:#?}",
         last - first,
         jobs.iter()

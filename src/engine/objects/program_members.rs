@@ -460,24 +460,12 @@ impl Member<'_> {
         message: String,
         previous: &BTreeMap<String, SyncError>,
     ) {
-        let object = self.object();
-        warn!(object, key, "program member status not in the status map");
-        if self.dry_run {
-            return;
-        }
-        summary.counts_mut(object, direction).failed += 1;
-        let subject = Subject {
-            object,
-            direction,
-            record_key: key,
-            other_key: None,
-            payload: json!({}),
-        };
+        warn!(
+            object = self.object(),
+            key, "program member status not in the status map"
+        );
         let failure = Failure::new(UNKNOWN_STATUS, message, false);
-        let prev = previous.get(key).filter(|e| e.direction == direction);
-        commit
-            .errors_upsert
-            .push(ledger_entry(self.ctx, subject, failure, prev));
+        self.refuse(commit, summary, (direction, key), failure, previous);
     }
 
     /// Records a Marketo member whose lead has no CRM contact yet (retried).
@@ -489,23 +477,14 @@ impl Member<'_> {
         message: String,
         previous: &BTreeMap<String, SyncError>,
     ) {
-        let (object, direction) = (self.object(), Direction::MarketoToCrm);
-        if self.dry_run {
-            return;
-        }
-        summary.counts_mut(object, direction).failed += 1;
-        let subject = Subject {
-            object,
-            direction,
-            record_key: key,
-            other_key: None,
-            payload: json!({}),
-        };
         let failure = Failure::new("lead_not_linked", message, true);
-        let prev = previous.get(key).filter(|e| e.direction == direction);
-        commit
-            .errors_upsert
-            .push(ledger_entry(self.ctx, subject, failure, prev));
+        self.refuse(
+            commit,
+            summary,
+            (Direction::MarketoToCrm, key),
+            failure,
+            previous,
+        );
     }
 
     /// Records a CRM row whose contact or campaign is not linked yet (retried).
@@ -517,7 +496,27 @@ impl Member<'_> {
         message: String,
         previous: &BTreeMap<String, SyncError>,
     ) {
-        let (object, direction) = (self.object(), Direction::CrmToMarketo);
+        let failure = Failure::new("parent_not_linked", message, true);
+        self.refuse(
+            commit,
+            summary,
+            (Direction::CrmToMarketo, crm_key),
+            failure,
+            previous,
+        );
+    }
+
+    /// Counts a refused record of `key` (read in `direction`) and records it in the ledger
+    /// (nothing in a dry run).
+    fn refuse(
+        &self,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+        (direction, key): (Direction, &str),
+        failure: Failure,
+        previous: &BTreeMap<String, SyncError>,
+    ) {
+        let object = self.object();
         if self.dry_run {
             return;
         }
@@ -525,12 +524,11 @@ impl Member<'_> {
         let subject = Subject {
             object,
             direction,
-            record_key: crm_key,
+            record_key: key,
             other_key: None,
             payload: json!({}),
         };
-        let failure = Failure::new("parent_not_linked", message, true);
-        let prev = previous.get(crm_key).filter(|e| e.direction == direction);
+        let prev = previous.get(key).filter(|e| e.direction == direction);
         commit
             .errors_upsert
             .push(ledger_entry(self.ctx, subject, failure, prev));
