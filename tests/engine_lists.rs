@@ -235,3 +235,58 @@ async fn an_idle_cycle_pays_nothing_for_lists() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_list_is_read_whole_once_when_first_selected() {
+    use marketo_sync::model::{Fields, fields_hash};
+    use marketo_sync::store;
+    // The simulator's generated leads 3 and 6 are in the Newsletter list with no activity:
+    // only the first read of the list can find them. Lead 6 has no CRM contact: left out.
+    let app = TestApp::with(Options {
+        objects: vec!["leads".into(), "static_lists".into()],
+        sim: marketo_sync::sim::SimConfig {
+            leads: 8,
+            export_delay: Duration::ZERO,
+            import_delay: Duration::ZERO,
+            ..marketo_sync::sim::SimConfig::default()
+        },
+        ..Options::on(CrmKind::Sqlite)
+    })
+    .await;
+    let contact = app.crm_insert_contact("m3@example.com", "M", "M").await;
+    app.store
+        .commit(store::StepCommit {
+            links_upsert: vec![store::Link {
+                object: "leads".into(),
+                marketo_key: "3".into(),
+                crm_key: contact.clone(),
+                base_hash: fields_hash(&Fields::new()),
+                base: Fields::new(),
+                agreed_at: chrono::Utc::now(),
+                tombstone: None,
+            }],
+            ..store::StepCommit::default()
+        })
+        .await
+        .unwrap();
+    app.run_cycle().await;
+    let got = rows(&app).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0][0].as_deref(), Some(contact.as_str()));
+    assert_eq!(got[0][3], Some(format!("{NEWSLETTER}:3")));
+    tick(&app);
+    let mark = log_mark(&app.sim);
+    let quiet = app.run_cycle().await;
+    let lists_written = quiet.objects.get("static_lists").map_or(0, |by| {
+        by.values().map(|c| c.created + c.updated + c.deleted).sum()
+    });
+    assert_eq!(lists_written, 0, "{quiet:?}");
+    let calls = calls_since(&app.sim, mark);
+    assert!(
+        !calls.by_path.keys().any(|p| p.contains("/lists/")),
+        "{:?}",
+        calls.by_path
+    );
+    assert_eq!(rows(&app).await.len(), 1);
+    app.cleanup().await;
+}

@@ -12,7 +12,9 @@
 //! ([`super::feed_riders`]). This step takes the pending (lead, list) pairs of the selected
 //! lists and asks Marketo whether each lead is a member now (`ismember`, 300 leads a call per
 //! list), so that an add and a remove in the same window end in Marketo's last state. A lead
-//! with no CRM contact is skipped (counted), not a ledger entry.
+//! with no CRM contact is skipped (counted), not a ledger entry. A list is read whole once, the
+//! first time it is selected (its members, 300 a page; those whose lead has a CRM contact get
+//! their row).
 //!
 //! CRM -> Marketo: a new membership row, or a row whose flag changed (CRM change feed), adds the
 //! lead to the list or removes it ([`ObjectFamily::ListMembers`], 300 leads a call). A row whose
@@ -57,6 +59,8 @@ pub const LIST_ACTIVITIES: &[i64] = &[ADD_TO_LIST, REMOVE_FROM_LIST];
 pub const CONTACT_NOT_LINKED: &str = "contact_not_linked";
 /// The watermark queue whose cursor remembers the resolved list ids by name.
 const LISTS_QUEUE: &str = "lists";
+/// The watermark queue whose cursor holds the ids of the lists read whole once.
+const SEEDED_QUEUE: &str = "seeded";
 /// Leads per ismember call.
 const CHECK_BATCH: usize = 300;
 
@@ -198,7 +202,10 @@ impl Lists<'_> {
             }
         }
         wanted.retain(|list, _| lists.contains_key(list));
-        let membership = self.check(&wanted, cancel).await?;
+        let mut membership = self.check(&wanted, cancel).await?;
+        commit
+            .watermarks
+            .extend(self.seed(&lists, &mut membership, cancel).await?);
         commit.watermarks.push(feed_riders::cleared(object, now));
         let upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
         summary.counts_mut(object, Direction::MarketoToCrm).read += membership.len() as u64;
@@ -271,6 +278,76 @@ impl Lists<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Reads whole, once, each selected list not read before: its members whose lead has a CRM
+    /// contact join `membership` (the others are people the CRM does not hold). Returns the
+    /// watermark that marks them read, if any list was read now.
+    ///
+    /// # Errors
+    ///
+    /// A Marketo or store failure, or cancellation.
+    async fn seed(
+        &self,
+        lists: &BTreeMap<i64, String>,
+        membership: &mut BTreeMap<String, bool>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Watermark>, EngineError> {
+        let (ctx, object) = (self.ctx, self.object());
+        let stored = ctx
+            .store
+            .watermark(Side::Marketo, object, SEEDED_QUEUE)
+            .await?;
+        let mut seeded: BTreeSet<i64> = stored
+            .and_then(|w| w.cursor)
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        let fresh: Vec<i64> = lists
+            .keys()
+            .filter(|id| !seeded.contains(id))
+            .copied()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        let fields = vec!["id".to_owned()];
+        for list in fresh {
+            let mut token: Option<String> = None;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let page = ctx
+                    .marketo
+                    .list_members(list, &fields, token.as_deref())
+                    .await?;
+                let leads: Vec<String> = page
+                    .records
+                    .iter()
+                    .filter_map(|r| r.get("id").and_then(serde_json::Value::as_i64))
+                    .map(|id| id.to_string())
+                    .collect();
+                // Only the members the CRM holds are kept (a page at a time).
+                for lead in contacts_by_lead(ctx, &leads).await?.into_keys() {
+                    if let Ok(lead) = lead.parse::<i64>() {
+                        membership.entry(member_key(list, lead)).or_insert(true);
+                    }
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result => token = Some(t),
+                    _ => break,
+                }
+            }
+            seeded.insert(list);
+        }
+        Ok(Some(Watermark {
+            system: Side::Marketo,
+            object: object.to_owned(),
+            queue: SEEDED_QUEUE.to_owned(),
+            at: ctx.clock.now(),
+            tie: None,
+            cursor: Some(json!(seeded)),
+        }))
     }
 
     /// Records a CRM row whose contact has no Marketo lead yet (retried).
