@@ -7,6 +7,10 @@
 //! - synthetic, read-only, filled in by the engine: [`CRM_CONTACT_FIELD`] (the CRM key of the
 //!   lead's contact) and [`LIST_NAME_FIELD`] (the list's name, as in `[lists] names`).
 
+use std::collections::BTreeSet;
+
+use crate::config::{LoadedMapping, Problem, Segment, did_you_mean};
+use crate::mapping::SchemaSet;
 use crate::model::{FieldDef, FieldType, ObjectSchema, Side};
 
 pub use crate::mapping::activities::CRM_CONTACT_FIELD;
@@ -17,6 +21,57 @@ pub const STATIC_LIST: &str = "static_list";
 pub const LIST_NAME_FIELD: &str = "listName";
 /// The field that is true while the lead is a member.
 pub const MEMBER_FIELD: &str = "member";
+
+/// The Marketo-side pseudo-object holding the names of Marketo's static lists (read by
+/// `validate`, never by a cycle): one field per list, named after it.
+pub const LIST_NAMES: &str = "static_list_names";
+
+/// Returns the names of Marketo's static lists as the [`LIST_NAMES`] pseudo-schema.
+pub fn list_names_schema<'a>(names: impl IntoIterator<Item = &'a str>) -> ObjectSchema {
+    let fields = names
+        .into_iter()
+        .map(|n| {
+            let mut f = FieldDef::new(n, FieldType::Text { max_len: None });
+            f.read_only = true;
+            f
+        })
+        .collect();
+    ObjectSchema {
+        side: Side::Marketo,
+        object: LIST_NAMES.into(),
+        id_field: None,
+        dedupe_fields: Vec::new(),
+        fields,
+    }
+}
+
+/// Returns the problems of a static list mapping's list names against Marketo's lists (when
+/// `schemas` holds them, see [`LIST_NAMES`]): each name must be a list's exact name.
+pub fn check_list_names(m: &LoadedMapping, schemas: &SchemaSet) -> Vec<Problem> {
+    let (Some(known), Some(lists)) = (schemas.get(Side::Marketo, LIST_NAMES), &m.file.lists) else {
+        return Vec::new();
+    };
+    let names: BTreeSet<&str> = known.fields.iter().map(|f| f.name.as_str()).collect();
+    let mut out = Vec::new();
+    for (i, name) in lists.names.iter().enumerate() {
+        if !names.contains(name.as_str()) {
+            let path = vec![
+                Segment::Key("lists".into()),
+                Segment::Key("names".into()),
+                Segment::Index(i),
+            ];
+            out.push(m.problem(
+                true,
+                &path,
+                format!(
+                    "Marketo has no static list named `{name}`{}",
+                    did_you_mean(name, names.iter().copied())
+                ),
+            ));
+        }
+    }
+    out
+}
 
 /// Returns the fixed schema of static list membership.
 pub fn list_member_schema() -> ObjectSchema {
@@ -58,5 +113,44 @@ mod tests {
         let s = list_member_schema();
         assert!(!s.field(MEMBER_FIELD).unwrap().read_only);
         assert!(s.field(LIST_NAME_FIELD).unwrap().read_only);
+    }
+
+    #[test]
+    fn list_names_are_checked_against_marketo() {
+        let text = "marketo_object = \"static_list\"\ncrm_object = \"list_members\"\n\
+            [lists]\nnames = [\"Newsletter\", \"Newsleter\"]\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n";
+        let path = std::path::Path::new("static_lists.toml");
+        let m = crate::config::parse_mapping("static_lists", path, text).unwrap();
+        let mut set = SchemaSet::default();
+        assert!(
+            check_list_names(&m, &set).is_empty(),
+            "nothing read, nothing checked"
+        );
+        set.insert(list_names_schema(["Newsletter", "Event Invitees"]));
+        let problems: Vec<String> = check_list_names(&m, &set)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("`Newsleter`"), "{}", problems[0]);
+        assert!(problems[0].contains("static_lists.toml"), "{}", problems[0]);
+        assert!(problems[0].contains("lists.names[1]"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn a_static_list_file_names_its_lists() {
+        let text = "marketo_object = \"static_list\"\ncrm_object = \"list_members\"\n\
+            [keys]\ncrm_marketo_id = \"marketo_id\"\n";
+        let path = std::path::Path::new("static_lists.toml");
+        let m = crate::config::parse_mapping("static_lists", path, text).unwrap();
+        let problems: Vec<String> = crate::config::check_mapping(&m)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.contains("names its lists")),
+            "{problems:#?}"
+        );
     }
 }
