@@ -290,3 +290,25 @@ async fn a_list_is_read_whole_once_when_first_selected() {
     assert_eq!(rows(&app).await.len(), 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_plans_the_membership_change_and_writes_nothing() {
+    let app = start(CrmKind::Sqlite, &["leads", "static_lists"]).await;
+    let c = client(&app.sim);
+    app.crm_insert_contact("a@example.com", "A", "A").await;
+    app.run_cycle().await;
+    let a = app.marketo_by_email("a@example.com")[0];
+    c.add_to_list(NEWSLETTER, &[a]).await.unwrap();
+    tick(&app);
+    let dry = app.dry_cycle().await;
+    assert!(
+        dry.plan.iter().any(|p| p.object == "static_lists"),
+        "{:?}",
+        dry.plan
+    );
+    assert!(rows(&app).await.is_empty());
+    // The dry run left the hand-over in place: the real cycle carries the change.
+    app.run_cycle().await;
+    assert_eq!(rows(&app).await.len(), 1);
+    app.cleanup().await;
+}
