@@ -450,6 +450,16 @@ async fn exercise_every_method(
     called.push("get_lists");
     assert!(client.get_list(1001).await.unwrap().is_some());
     called.push("get_list");
+    let found = client.static_list_by_name("Newsletter").await.unwrap();
+    assert_eq!(found.map(|l| l.id), Some(1001));
+    assert!(
+        client
+            .static_list_by_name("No Such List")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    called.push("static_list_by_name");
     client
         .list_members(1001, &s(&["email"]), None)
         .await

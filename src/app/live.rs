@@ -307,6 +307,22 @@ async fn fetch_crm(
     }
 }
 
+/// Returns the names of every static list (`GET /rest/v1/lists.json`, 300 a page).
+async fn all_list_names(
+    client: &crate::marketo::Client,
+) -> Result<Vec<String>, crate::marketo::Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.get_lists(&[], &[], token.as_deref()).await?;
+        out.extend(page.records.into_iter().map(|l| l.name));
+        match page.next_page_token {
+            Some(t) if page.more_result => token = Some(t),
+            _ => return Ok(out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,21 +341,5 @@ mod tests {
         let (_, problems) = fetch_schemas(&settings, &[m]).await;
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["marketo.base_url", "crm.url"], "{problems:?}");
-    }
-}
-
-/// Returns the names of every static list (`GET /rest/v1/lists.json`, 300 a page).
-async fn all_list_names(
-    client: &crate::marketo::Client,
-) -> Result<Vec<String>, crate::marketo::Error> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client.get_lists(&[], &[], token.as_deref()).await?;
-        out.extend(page.records.into_iter().map(|l| l.name));
-        match page.next_page_token {
-            Some(t) if page.more_result => token = Some(t),
-            _ => return Ok(out),
-        }
     }
 }
