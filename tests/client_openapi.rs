@@ -900,7 +900,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        70,
+        71,
         "the client gained or lost a method: {methods:?}"
     );
 
