@@ -312,3 +312,30 @@ async fn a_dry_run_plans_the_membership_change_and_writes_nothing() {
     assert_eq!(rows(&app).await.len(), 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_deleted_crm_row_removes_the_lead_from_the_list() {
+    let app = start(CrmKind::Sqlite, &["leads", "static_lists"]).await;
+    let c = client(&app.sim);
+    let contact = app.crm_insert_contact("a@example.com", "A", "A").await;
+    app.run_cycle().await;
+    let a = app.marketo_by_email("a@example.com")[0];
+    c.add_to_list(NEWSLETTER, &[a]).await.unwrap();
+    tick(&app);
+    app.run_cycle().await;
+    assert_eq!(rows(&app).await.len(), 1);
+    // The adapter's own soft delete (the `deleted` column).
+    app.crm_exec(&format!(
+        "UPDATE list_members SET deleted = 1, updated_at = {} WHERE contact_id = '{contact}'",
+        now_sql(CrmKind::Sqlite)
+    ))
+    .await;
+    tick(&app);
+    app.run_cycle().await;
+    assert!(!in_list(&c, NEWSLETTER, a).await);
+    tick(&app);
+    let quiet = app.settle(3).await;
+    assert_eq!(written(&quiet), 0, "{quiet:?}");
+    assert!(app.open_errors("static_lists").await.is_empty());
+    app.cleanup().await;
+}

@@ -17,7 +17,8 @@
 //! their row).
 //!
 //! CRM -> Marketo: a new membership row, or a row whose flag changed (CRM change feed), adds the
-//! lead to the list or removes it ([`ObjectFamily::ListMembers`], 300 leads a call). A row whose
+//! lead to the list or removes it ([`ObjectFamily::ListMembers`], 300 leads a call); a row
+//! deleted in the CRM removes it too (the deletions step, [`delete_key`]). A row whose
 //! contact has no Marketo lead yet waits in the ledger (`contact_not_linked`, retried); a lead
 //! Marketo refuses is one ledger entry.
 //!
@@ -70,6 +71,16 @@ pub fn plan_of(plans: &Plans) -> Option<&Plan> {
         .objects
         .values()
         .find(|p| p.marketo_object == STATIC_LIST)
+}
+
+/// Returns the record removing the membership `marketo_key` (`<listId>:<leadId>`) from its list
+/// (the deletions step: a membership row deleted in the CRM).
+pub(crate) fn delete_key(_plan: &Plan, marketo_key: &str) -> Option<crate::marketo::Record> {
+    let (list, lead) = parse_key(marketo_key)?;
+    let mut r = crate::marketo::Record::new();
+    r.insert("listId".into(), json!(list));
+    r.insert("leadId".into(), json!(lead));
+    Some(r)
 }
 
 /// Returns the CRM column mapped to the Marketo field `marketo` (enabled fields only).

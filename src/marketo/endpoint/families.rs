@@ -246,9 +246,11 @@ async fn list_membership(
                     r.status = RecordStatus::Removed;
                     r.reasons.clear();
                 }
-                // The write stage counts a membership added as created, removed as updated.
+                // The write stage counts a membership added as created, removed as updated; the
+                // deletions step a removal as deleted.
                 r.status = match r.status {
                     RecordStatus::Added => RecordStatus::Created,
+                    RecordStatus::Removed if remove_all => RecordStatus::Deleted,
                     RecordStatus::Removed => RecordStatus::Updated,
                     other => other,
                 };
