@@ -738,7 +738,7 @@ fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
             true,
             &key_path("keys"),
             "required key `keys.crm_marketo_id` is missing (the CRM column holding the Marketo \
-             key: the program id, or `programId:leadId` for members)",
+             key: the program id, `programId:leadId` for members, `listId:leadId` for list members)",
         ));
     }
     for (i, field) in f.fields.iter().enumerate() {
@@ -750,12 +750,14 @@ fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
                 Segment::Index(i),
                 Segment::Key("direction".into()),
             ];
-            out.push(m.problem(
-                true,
-                &path,
+            let message = if f.is_static_list() {
+                "list member data flows to the CRM only: use direction = \"to_crm\" (only \
+                 `member` can flow both ways)"
+            } else {
                 "program data flows to the CRM only: use direction = \"to_crm\" (only a \
-                 member's statusName can flow both ways)",
-            ));
+                 member's statusName can flow both ways)"
+            };
+            out.push(m.problem(true, &path, message));
         }
     }
 }

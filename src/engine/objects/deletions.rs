@@ -1,6 +1,7 @@
 //! CRM deletions -> Marketo deletes, in the whitepaper's order: roles, then opportunities, then
 //! companies, then salespersons (leads owned by a salesperson are unlinked from it first: their
-//! `externalSalesPersonId` is set to null), then custom objects, then static list membership rows (the lead leaves the list).
+//! `externalSalesPersonId` is set to null), then custom objects, then static list membership
+//! rows (the lead leaves the list).
 //!
 //! Each object's change feed is read with its own cursor (queue [`DELETES_QUEUE`]), so the
 //! create/update steps never swallow a tombstone. A deleted record is deleted in Marketo by its
