@@ -738,7 +738,8 @@ fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
             true,
             &key_path("keys"),
             "required key `keys.crm_marketo_id` is missing (the CRM column holding the Marketo \
-             key: the program id, `programId:leadId` for members, `listId:leadId` for list members)",
+             key: the program id, `programId:leadId` for members, `listId:leadId` for list \
+             members)",
         ));
     }
     for (i, field) in f.fields.iter().enumerate() {
