@@ -8,7 +8,7 @@
 //! printed per day, per idle cycle and per route family.
 //!
 //! `cargo bench --bench engine_idle_day [-- CYCLES]` (default 288). With `MKS_BENCH_PROGRAMS=1`
-//! the programs and program members mappings are enabled too (issue 12: the idle day with
+//! the programs, program members and static lists mappings are enabled too (issue 12: the idle day with
 //! programs and lists stays within 1,600 calls).
 
 #[path = "../tests/support/harness.rs"]
@@ -41,7 +41,11 @@ async fn run(cycles: u64) {
     let programs = std::env::var_os("MKS_BENCH_PROGRAMS").is_some();
     let mut objects: Vec<String> = vec!["leads".into(), "companies".into(), "opportunities".into()];
     if programs {
-        objects.extend(["programs".into(), "program_members".into()]);
+        objects.extend([
+            "programs".into(),
+            "program_members".into(),
+            "static_lists".into(),
+        ]);
     }
     let target = if programs {
         TARGET_WITH_PROGRAMS

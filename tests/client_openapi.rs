@@ -450,6 +450,16 @@ async fn exercise_every_method(
     called.push("get_lists");
     assert!(client.get_list(1001).await.unwrap().is_some());
     called.push("get_list");
+    let found = client.static_list_by_name("Newsletter").await.unwrap();
+    assert_eq!(found.map(|l| l.id), Some(1001));
+    assert!(
+        client
+            .static_list_by_name("No Such List")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    called.push("static_list_by_name");
     client
         .list_members(1001, &s(&["email"]), None)
         .await
@@ -890,7 +900,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        70,
+        71,
         "the client gained or lost a method: {methods:?}"
     );
 

@@ -462,3 +462,31 @@ async fn an_unknown_custom_activity_type_or_attribute_names_the_mapping_file() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unknown_static_list_name_names_the_mapping_file() {
+    let env = Env::new().await;
+    let demo = env.config().join("demo.toml");
+    let text = std::fs::read_to_string(&demo).unwrap();
+    std::fs::write(
+        &demo,
+        text.replace("\"chat_events\"]", "\"chat_events\", \"static_lists\"]"),
+    )
+    .unwrap();
+    // The shipped file names the simulator's lists.
+    let (ok, out) = env.validate().await;
+    assert!(ok, "{out}");
+    let path = env.config().join("mappings/static_lists.toml");
+    let lists = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, lists.replace("\"Newsletter\"", "\"Newsleter\"")).unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("static_lists.toml")
+            && out.contains("lists.names[0]")
+            && out.contains("Newsleter")
+            && out.contains("did you mean `Newsletter`"),
+        "{out}"
+    );
+    env.sim.shutdown().await;
+}

@@ -75,6 +75,10 @@ pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
         include_str!("../../config/mappings/salespersons.toml"),
     ),
     (
+        "mappings/static_lists.toml",
+        include_str!("../../config/mappings/static_lists.toml"),
+    ),
+    (
         "demo-secrets/marketo_client_secret",
         include_str!("../../config/demo-secrets/marketo_client_secret"),
     ),

@@ -201,6 +201,22 @@ async fn fetch_marketo(
             })),
         }
     }
+    if named.marketo.contains(crate::mapping::lists::STATIC_LIST) {
+        match all_list_names(&client).await {
+            Ok(names) => set.insert(crate::mapping::lists::list_names_schema(
+                names.iter().map(String::as_str),
+            )),
+            Err(e) => problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {
+                Problem::warning(
+                    SETTINGS,
+                    "marketo",
+                    format!(
+                        "cannot read Marketo's static lists, so the list names are not checked: {e}"
+                    ),
+                )
+            })),
+        }
+    }
     if named.activity_types.is_empty() {
         return;
     }
@@ -287,6 +303,22 @@ async fn fetch_crm(
                 }
                 debug!(object = %object, error = %e, "crm object not described");
             }
+        }
+    }
+}
+
+/// Returns the names of every static list (`GET /rest/v1/lists.json`, 300 a page).
+async fn all_list_names(
+    client: &crate::marketo::Client,
+) -> Result<Vec<String>, crate::marketo::Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.get_lists(&[], &[], token.as_deref()).await?;
+        out.extend(page.records.into_iter().map(|l| l.name));
+        match page.next_page_token {
+            Some(t) if page.more_result => token = Some(t),
+            _ => return Ok(out),
         }
     }
 }

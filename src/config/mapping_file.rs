@@ -299,6 +299,19 @@ pub struct MappingFile {
     /// pass unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<StatusMapping>,
+    /// Static list membership only (`marketo_object = "static_list"`): which lists sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<ListSelection>,
+}
+
+/// Which static lists sync (static list mappings), by name exactly as in Marketo; each name is
+/// resolved to its list id once (`staticList/byName.json`) and remembered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSelection {
+    /// List names.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -325,10 +338,17 @@ impl MappingFile {
         }
     }
 
-    /// Returns true for a program or program member file.
+    /// Returns true for a program, program member or static list file (a fixed Marketo
+    /// schema keyed by the engine, with no `keys.marketo_crm_key`).
     pub fn is_program_kind(&self) -> bool {
         self.marketo_object == crate::mapping::programs::PROGRAM
             || self.marketo_object == crate::mapping::programs::PROGRAM_MEMBER
+            || self.is_static_list()
+    }
+
+    /// Returns true for a static list membership file.
+    pub fn is_static_list(&self) -> bool {
+        self.marketo_object == crate::mapping::lists::STATIC_LIST
     }
 
     /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
@@ -540,6 +560,7 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
         CUSTOM_ACTIVITY,
         crate::mapping::programs::PROGRAM,
         crate::mapping::programs::PROGRAM_MEMBER,
+        crate::mapping::lists::STATIC_LIST,
     ];
     let name = f.marketo_object.as_str();
     if !name.is_empty() && !standard.contains(&name) && !name.ends_with("_c") {
@@ -654,6 +675,7 @@ fn check_program_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
             format!("a status map belongs in a file with marketo_object = \"{PROGRAM_MEMBER}\""),
         ));
     }
+    check_list_parts(m, out);
     let mut seen = BTreeSet::new();
     for (i, e) in f.statuses.iter().enumerate() {
         let path = vec![Segment::Key("statuses".into()), Segment::Index(i)];
@@ -683,7 +705,32 @@ fn check_program_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
 /// Program and program member mappings: keyed by the Marketo id in the CRM
 /// (`keys.crm_marketo_id`); every field flows to the CRM, except a member's `statusName`,
 /// which may flow both ways.
+/// `lists` belongs to static list mappings, which need at least one list name.
+fn check_list_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::lists::STATIC_LIST;
+    let f = &m.file;
+    if f.lists.is_some() && !f.is_static_list() {
+        out.push(m.problem(
+            true,
+            &key_path("lists"),
+            format!("the list selection belongs in a file with marketo_object = \"{STATIC_LIST}\""),
+        ));
+    }
+    if f.is_static_list()
+        && f.lists
+            .as_ref()
+            .is_none_or(|l| l.names.iter().all(|n| n.trim().is_empty()))
+    {
+        out.push(m.problem(
+            true,
+            &key_path("lists"),
+            "a static list mapping names its lists: `[lists] names = [\"Newsletter\"]`",
+        ));
+    }
+}
+
 fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
+    use crate::mapping::lists::MEMBER_FIELD;
     use crate::mapping::programs::STATUS_FIELD;
     let f = &m.file;
     if f.keys.crm_marketo_id.as_deref().is_none_or(str::is_empty) {
@@ -691,23 +738,27 @@ fn check_program_fields(m: &LoadedMapping, out: &mut Vec<Problem>) {
             true,
             &key_path("keys"),
             "required key `keys.crm_marketo_id` is missing (the CRM column holding the Marketo \
-             key: the program id, or `programId:leadId` for members)",
+             key: the program id, `programId:leadId` for members, `listId:leadId` for list \
+             members)",
         ));
     }
     for (i, field) in f.fields.iter().enumerate() {
-        let status = field.marketo.as_deref() == Some(STATUS_FIELD);
+        let status = field.marketo.as_deref() == Some(STATUS_FIELD)
+            || (f.is_static_list() && field.marketo.as_deref() == Some(MEMBER_FIELD));
         if field.direction != Direction::ToCrm && !status {
             let path = vec![
                 Segment::Key("fields".into()),
                 Segment::Index(i),
                 Segment::Key("direction".into()),
             ];
-            out.push(m.problem(
-                true,
-                &path,
+            let message = if f.is_static_list() {
+                "list member data flows to the CRM only: use direction = \"to_crm\" (only \
+                 `member` can flow both ways)"
+            } else {
                 "program data flows to the CRM only: use direction = \"to_crm\" (only a \
-                 member's statusName can flow both ways)",
-            ));
+                 member's statusName can flow both ways)"
+            };
+            out.push(m.problem(true, &path, message));
         }
     }
 }

@@ -15,9 +15,9 @@ use std::path::Path;
 
 pub use mapping_file::{
     ACTIVITIES, ActivityMapping, CUSTOM_ACTIVITY, CustomActivityMapping, Direction, FieldMapping,
-    Keys, LoadedMapping, MAX_CUSTOM_ACTIVITY_ATTRIBUTES, MappingFile, Policy, ProgramSelection,
-    StatusMapping, Transform, check_across, check_mapping, custom_activity_schema_object,
-    field_path, load_mappings, parse_mapping, parse_mapping_lenient,
+    Keys, ListSelection, LoadedMapping, MAX_CUSTOM_ACTIVITY_ATTRIBUTES, MappingFile, Policy,
+    ProgramSelection, StatusMapping, Transform, check_across, check_mapping,
+    custom_activity_schema_object, field_path, load_mappings, parse_mapping, parse_mapping_lenient,
 };
 pub use problem::{
     Lenient, Problem, Segment, Severity, closest, column_of, did_you_mean, dotted, from_toml_error,

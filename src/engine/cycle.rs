@@ -266,7 +266,9 @@ impl Engine {
                 activity if activity.starts_with(CUSTOM_ACTIVITY_PREFIX) => {
                     ctx.marketo.object_schema(activity).await
                 }
-                "program" | "program_member" => ctx.marketo.object_schema(object).await,
+                "program" | "program_member" | "static_list" => {
+                    ctx.marketo.object_schema(object).await
+                }
                 custom => ctx
                     .marketo
                     .describe_custom_object(custom)

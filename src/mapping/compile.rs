@@ -819,6 +819,7 @@ pub fn validate_against(
             let (_, p) = compile(m, marketo, crm);
             problems.extend(p);
         }
+        problems.extend(super::lists::check_list_names(m, schemas));
     }
     problems
 }
@@ -1020,6 +1021,7 @@ pub fn compile_all(
                 problems.extend(p);
                 problems.extend(flag_policy_problem(settings, m));
                 problems.extend(super::programs::check_statuses(m, schemas));
+                problems.extend(super::lists::check_list_names(m, schemas));
                 match plan {
                     Some(plan) => {
                         plans.objects.insert(m.object.clone(), plan);

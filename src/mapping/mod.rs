@@ -10,6 +10,7 @@
 pub mod activities;
 mod compile;
 pub mod custom_activities;
+pub mod lists;
 mod normalise;
 mod plan;
 pub mod programs;

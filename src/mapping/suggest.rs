@@ -265,6 +265,7 @@ pub fn suggest(marketo: &ObjectSchema, crm: &ObjectSchema) -> MappingFile {
         custom_activity: None,
         programs: None,
         statuses: Vec::new(),
+        lists: None,
     }
 }
 

@@ -453,6 +453,7 @@ impl Client {
         }
         match object {
             "program" => return Ok(super::programs::program_schema()),
+            "static_list" => return Ok(crate::mapping::lists::list_member_schema()),
             "program_member" => {
                 return Ok(self.describe_program_members().await?.to_schema(object));
             }

@@ -65,6 +65,18 @@ impl Client {
         Ok(Page::from_envelope(self.call::<StaticList>(&call).await?))
     }
 
+    /// Finds a static list by its exact name (`GET /rest/asset/v1/staticList/byName.json`).
+    ///
+    /// Returns `None` when Marketo has no list of that name.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn static_list_by_name(&self, name: &str) -> Result<Option<StaticList>, Error> {
+        let call = Call::get("/rest/asset/v1/staticList/byName.json").q("name", name);
+        Ok(self.call::<StaticList>(&call).await?.first())
+    }
+
     /// Reads one static list (`GET /rest/v1/lists/{id}.json`).
     ///
     /// Returns `None` when there is no such list.

@@ -4,7 +4,8 @@
 //! `opportunity_contact_roles`, one custom table, `vehicles` (Marketo custom object `car_c`),
 //! `events` (chat conversations written to Marketo as the custom activity `chatConversation_c`;
 //! empty until something logs one, see [`insert_event`]), and `campaigns` / `campaign_members`
-//! (Marketo programs and their members, filled by the sync).
+//! (Marketo programs and their members, filled by the sync), and `list_members` (static list
+//! membership, filled by the sync and by hand).
 //! Every table has an auto-generated `id`, a unique nullable `marketo_id`, an `updated_at`
 //! maintained by the CRM and a `deleted` flag. The sample data is generated from a seed, so the
 //! same seed always gives the same rows. [`adapter_options`] returns the matching options of the
@@ -30,6 +31,7 @@ pub const OBJECTS: &[&str] = &[
     "events",
     "campaigns",
     "campaign_members",
+    "list_members",
 ];
 
 #[derive(Clone, Copy)]
@@ -223,6 +225,19 @@ const TABLES: &[Table] = &[
         ],
         unique: &[],
         index: &["campaign_id"],
+    },
+    // Static list members (`marketo_id` holds `<listId>:<leadId>`); `is_member` false is a
+    // removal (the row's soft delete, written both ways).
+    Table {
+        name: "list_members",
+        columns: &[
+            ("id", Ty::Id),
+            ("contact_id", Ty::Str(64)),
+            ("list_name", Ty::Str(255)),
+            ("is_member", Ty::Bool),
+        ],
+        unique: &[],
+        index: &["contact_id"],
     },
 ];
 

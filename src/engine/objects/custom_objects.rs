@@ -28,6 +28,7 @@ pub const LEAD_FIELD: &str = "leadId";
 const STANDARD: &[&str] = &[
     crate::mapping::programs::PROGRAM,
     crate::mapping::programs::PROGRAM_MEMBER,
+    crate::mapping::lists::STATIC_LIST,
     "company",
     "lead",
     "opportunity",

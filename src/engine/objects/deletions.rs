@@ -1,6 +1,7 @@
 //! CRM deletions -> Marketo deletes, in the whitepaper's order: roles, then opportunities, then
 //! companies, then salespersons (leads owned by a salesperson are unlinked from it first: their
-//! `externalSalesPersonId` is set to null), then custom objects.
+//! `externalSalesPersonId` is set to null), then custom objects, then static list membership
+//! rows (the lead leaves the list).
 //!
 //! Each object's change feed is read with its own cursor (queue [`DELETES_QUEUE`]), so the
 //! create/update steps never swallow a tombstone. A deleted record is deleted in Marketo by its
@@ -61,6 +62,10 @@ pub async fn run(
         let family = ObjectFamily::Custom(plan.marketo_object.clone());
         ordered.push(Deleted::of(plan, family));
     }
+    // A deleted (or soft-deleted) CRM list membership row removes the lead from the list.
+    if let Some(plan) = super::static_lists::plan_of(plans) {
+        ordered.push(Deleted::of(plan, ObjectFamily::ListMembers));
+    }
     for target in ordered {
         let result = delete_object(ctx, &target, summary, options, cancel).await;
         super::skip_when_native_sync(result, &target.plan.object, summary)?;
@@ -91,6 +96,7 @@ impl<'a> Deleted<'a> {
     fn of(plan: &'a Plan, family: ObjectFamily) -> Deleted<'a> {
         let delete: DeleteKeyFn = match family {
             ObjectFamily::Roles => roles::delete_key,
+            ObjectFamily::ListMembers => super::static_lists::delete_key,
             _ => delete_by_crm_key,
         };
         let keyed_by_id = matches!(

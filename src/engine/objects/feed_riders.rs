@@ -13,8 +13,8 @@
 //! step reads them ([`pending`]) and clears them in its own commit ([`cleared`]); a record of
 //! that step that fails goes to the error ledger, never back to the pending list.
 //!
-//! A rider is one line in [`RIDERS`] (another object, e.g. static lists with types 24/25, adds
-//! its own).
+//! A rider is one line in [`RIDERS`] (another object, e.g. static lists with types 24/25, is
+//! one more).
 
 use std::collections::BTreeSet;
 
@@ -32,17 +32,23 @@ pub const PENDING_QUEUE: &str = "pending";
 /// One activity type read by the lead step for another object's step.
 #[derive(Debug, Clone, Copy)]
 pub struct Rider {
-    /// The activity type id.
-    pub type_id: i64,
+    /// The activity type ids (their pending pairs are one set: the step re-reads the state).
+    pub type_ids: &'static [i64],
     /// The Marketo object of the mapping that consumes it (its `marketo_object`).
     pub marketo_object: &'static str,
 }
 
 /// Every rider.
-pub const RIDERS: &[Rider] = &[Rider {
-    type_id: super::program_members::CHANGE_STATUS_IN_PROGRESSION,
-    marketo_object: crate::mapping::programs::PROGRAM_MEMBER,
-}];
+pub const RIDERS: &[Rider] = &[
+    Rider {
+        type_ids: &[super::program_members::CHANGE_STATUS_IN_PROGRESSION],
+        marketo_object: crate::mapping::programs::PROGRAM_MEMBER,
+    },
+    Rider {
+        type_ids: super::static_lists::LIST_ACTIVITIES,
+        marketo_object: crate::mapping::lists::STATIC_LIST,
+    },
+];
 
 /// One pending change: (lead id, primary attribute value id).
 pub type Pending = (i64, i64);
@@ -65,7 +71,10 @@ pub fn active(ctx: &Context) -> Vec<(Rider, String)> {
 
 /// Returns the activity type ids of the active riders.
 pub fn type_ids(ctx: &Context) -> Vec<i64> {
-    active(ctx).iter().map(|(r, _)| r.type_id).collect()
+    active(ctx)
+        .iter()
+        .flat_map(|(r, _)| r.type_ids.iter().copied())
+        .collect()
 }
 
 /// Returns the pending pairs of `object` (none when nothing is pending).
@@ -97,7 +106,7 @@ pub async fn pending(ctx: &Context, object: &str) -> Result<BTreeSet<Pending>, E
 pub async fn pending_dry_run(
     ctx: &Context,
     object: &str,
-    type_id: i64,
+    type_ids: &[i64],
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<BTreeSet<Pending>, EngineError> {
     let mut all = pending(ctx, object).await?;
@@ -121,7 +130,7 @@ pub async fn pending_dry_run(
         }
         let page = ctx
             .marketo
-            .get_activities(&token, &[type_id], &Default::default())
+            .get_activities(&token, type_ids, &Default::default())
             .await?;
         all.extend(
             page.records
@@ -165,7 +174,7 @@ pub async fn handed_over(
     for (rider, object) in active(ctx) {
         let new: Vec<Pending> = activities
             .iter()
-            .filter(|a| a.activity_type_id == rider.type_id)
+            .filter(|a| rider.type_ids.contains(&a.activity_type_id))
             .filter_map(|a| a.primary_attribute_value_id.map(|p| (a.lead_id, p)))
             .collect();
         if new.is_empty() {

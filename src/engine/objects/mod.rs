@@ -24,6 +24,7 @@ pub mod programs;
 pub mod registry;
 pub mod roles;
 pub mod salespersons;
+pub mod static_lists;
 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;

@@ -205,8 +205,8 @@ impl Member<'_> {
         // newly linked programs.
         let mut wanted: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
         let pending = if self.dry_run {
-            let rider = CHANGE_STATUS_IN_PROGRESSION;
-            feed_riders::pending_dry_run(ctx, object, rider, cancel).await?
+            let rider = [CHANGE_STATUS_IN_PROGRESSION];
+            feed_riders::pending_dry_run(ctx, object, &rider, cancel).await?
         } else {
             feed_riders::pending(ctx, object).await?
         };

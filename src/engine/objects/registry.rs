@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     activities, companies, custom_activities, custom_objects, deletions, opportunities,
-    program_members, programs, roles, salespersons,
+    program_members, programs, roles, salespersons, static_lists,
 };
 use crate::engine::Context;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
@@ -98,6 +98,7 @@ pub const STEPS: &[Step] = &[
     object_step!("custom_objects", custom_objects::run),
     object_step!(programs::OBJECT, programs::run),
     object_step!(program_members::OBJECT, program_members::run, after programs::OBJECT),
+    object_step!(static_lists::OBJECT, static_lists::run),
     object_step!(activities::OBJECT, activities::run),
     object_step!(custom_activities::OBJECT, custom_activities::run),
 ];

@@ -23,6 +23,9 @@ pub enum ObjectFamily {
     /// `statusName` (Change Lead Program Status, any status of the channel, adding a lead that is
     /// not a member yet); a delete removes the lead from the program.
     ProgramMembers,
+    /// Static list membership, keyed by (`listId`, `leadId`): a write with `member` true (or
+    /// absent) adds the lead to the list, with `member` false removes it; a delete removes it.
+    ListMembers,
 }
 
 impl ObjectFamily {
@@ -36,6 +39,7 @@ impl ObjectFamily {
             ObjectFamily::Custom(name) => name,
             ObjectFamily::Programs => "programs",
             ObjectFamily::ProgramMembers => "program members",
+            ObjectFamily::ListMembers => "static list members",
         }
     }
 
@@ -59,6 +63,7 @@ impl ObjectFamily {
             ObjectFamily::Custom(name) => client.sync_custom_objects(name, a, d, records).await,
             ObjectFamily::Programs => Err(read_only_programs()),
             ObjectFamily::ProgramMembers => member_statuses(client, records).await,
+            ObjectFamily::ListMembers => list_membership(client, records, false).await,
         }
     }
 
@@ -81,6 +86,7 @@ impl ObjectFamily {
             ObjectFamily::Custom(name) => client.delete_custom_objects(name, d, keys).await,
             ObjectFamily::Programs => Err(read_only_programs()),
             ObjectFamily::ProgramMembers => remove_members(client, keys).await,
+            ObjectFamily::ListMembers => list_membership(client, keys, true).await,
         }
     }
 }
@@ -187,6 +193,67 @@ async fn remove_members(client: &Client, keys: &[Record]) -> Result<Vec<RecordRe
             let ids: Vec<i64> = chunk.iter().map(|(_, l)| *l).collect();
             let results = client.delete_program_members(program, &ids).await?;
             for ((i, _), mut r) in chunk.iter().zip(results) {
+                r.seq = Some(*i);
+                out[*i] = Some(r);
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| skipped("1003", "no result")))
+        .collect())
+}
+
+/// Adds leads to or removes them from static lists (`member` false, or `remove_all`), one call
+/// per (list, add or remove) and 300 leads. Removing a lead that is not in the list (1015)
+/// counts as done: the wanted state holds.
+async fn list_membership(
+    client: &Client,
+    records: &[Record],
+    remove_all: bool,
+) -> Result<Vec<RecordResult>, Error> {
+    use std::collections::BTreeMap;
+    let int = |record: &Record, name: &str| {
+        record.get(name).and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+    };
+    let mut out: Vec<Option<RecordResult>> = vec![None; records.len()];
+    let mut groups: BTreeMap<(i64, bool), Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        let add = !remove_all
+            && record
+                .get("member")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
+        match (int(record, "listId"), int(record, "leadId")) {
+            (Some(list), Some(lead)) => groups.entry((list, add)).or_default().push((i, lead)),
+            _ => out[i] = Some(skipped("1003", "listId and leadId are required")),
+        }
+    }
+    for ((list, add), members) in groups {
+        for chunk in members.chunks(crate::marketo::leads::MAX_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|(_, l)| *l).collect();
+            let results = if add {
+                client.add_to_list(list, &ids).await?
+            } else {
+                client.remove_from_list(list, &ids).await?
+            };
+            for ((i, _), mut r) in chunk.iter().zip(results) {
+                use crate::marketo::RecordStatus;
+                if !add && r.reasons.iter().any(|w| w.code == "1015") {
+                    r.status = RecordStatus::Removed;
+                    r.reasons.clear();
+                }
+                // The write stage counts a membership added as created, removed as updated; the
+                // deletions step a removal as deleted.
+                r.status = match r.status {
+                    RecordStatus::Added => RecordStatus::Created,
+                    RecordStatus::Removed if remove_all => RecordStatus::Deleted,
+                    RecordStatus::Removed => RecordStatus::Updated,
+                    other => other,
+                };
                 r.seq = Some(*i);
                 out[*i] = Some(r);
             }
