@@ -490,3 +490,26 @@ async fn an_unknown_static_list_name_names_the_mapping_file() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_status_map_entry_the_channel_does_not_have_names_the_mapping_file() {
+    let env = Env::new().await;
+    // The shipped program members file maps statuses the simulator's channels have.
+    let (ok, out) = env.validate().await;
+    assert!(ok, "{out}");
+    let path = env.config().join("mappings/program_members.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("marketo = \"Registered\""));
+    std::fs::write(
+        &path,
+        text.replace("marketo = \"Registered\"", "marketo = \"Registred\""),
+    )
+    .unwrap();
+    let (ok, out) = env.validate().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("program_members.toml") && out.contains("Registred"),
+        "{out}"
+    );
+    env.sim.shutdown().await;
+}

@@ -819,6 +819,7 @@ pub fn validate_against(
             let (_, p) = compile(m, marketo, crm);
             problems.extend(p);
         }
+        problems.extend(super::programs::check_statuses(m, schemas));
         problems.extend(super::lists::check_list_names(m, schemas));
     }
     problems
