@@ -222,6 +222,13 @@ impl Plan {
             .collect()
     }
 
+    /// Returns the CRM column mapped to the Marketo field `marketo` (enabled fields only).
+    pub fn crm_column_of(&self, marketo: &str) -> Option<&str> {
+        self.enabled_fields()
+            .find(|f| f.marketo.as_deref() == Some(marketo))
+            .and_then(|f| f.crm.as_deref())
+    }
+
     /// Returns the enabled fields.
     pub fn enabled_fields(&self) -> impl Iterator<Item = &PlanField> {
         self.fields.iter().filter(|f| f.disabled.is_none())

@@ -97,13 +97,6 @@ struct Member<'a> {
     dry_run: bool,
 }
 
-/// Returns the CRM column mapped to the Marketo field `marketo` (enabled fields only).
-fn crm_column<'p>(plan: &'p Plan, marketo: &str) -> Option<&'p str> {
-    plan.enabled_fields()
-        .find(|f| f.marketo.as_deref() == Some(marketo))
-        .and_then(|f| f.crm.as_deref())
-}
-
 /// Returns the canonical name of the field mapped to the Marketo field `marketo`.
 fn canonical_of<'p>(plan: &'p Plan, marketo: &str) -> Option<&'p str> {
     plan.enabled_fields()
@@ -572,7 +565,7 @@ impl Member<'_> {
             .collect();
         let contacts = contacts_by_lead(ctx, &leads).await?;
         let status_canonical = canonical_of(plan, STATUS_FIELD).map(str::to_owned);
-        let status_column = crm_column(plan, STATUS_FIELD).map(str::to_owned);
+        let status_column = plan.crm_column_of(STATUS_FIELD).map(str::to_owned);
         let mut all: BTreeSet<String> = records.keys().cloned().collect();
         all.extend(crm_sides.keys().cloned());
         let mut out = Vec::new();
@@ -589,13 +582,13 @@ impl Member<'_> {
                 Some(record) => {
                     let contact = contacts.get(&lead.to_string()).cloned();
                     if contact.is_none()
-                        && crm_column(plan, CRM_CONTACT_FIELD).is_some()
+                        && plan.crm_column_of(CRM_CONTACT_FIELD).is_some()
                         && first_only.contains(&key)
                     {
                         summary.counts_mut(object, Direction::MarketoToCrm).skipped += 1;
                         continue;
                     }
-                    if contact.is_none() && crm_column(plan, CRM_CONTACT_FIELD).is_some() {
+                    if contact.is_none() && plan.crm_column_of(CRM_CONTACT_FIELD).is_some() {
                         let message = format!("lead {lead} has no CRM contact yet");
                         self.waits_for_contact(commit, summary, &key, message, previous);
                         continue;
@@ -664,16 +657,8 @@ impl Member<'_> {
             let mut key_fields = Fields::new();
             key_fields.insert("programId".into(), Value::Int(program));
             key_fields.insert("leadId".into(), Value::Int(lead));
-            let marketo_seen = match (marketo, &link) {
-                (Some(o), _) => Seen::Read(o),
-                (None, Some(_)) => Seen::Unchanged,
-                (None, None) => Seen::Missing,
-            };
-            let crm_seen = match (crm, &link) {
-                (Some(o), _) => Seen::Read(o),
-                (None, Some(_)) => Seen::Unchanged,
-                (None, None) => Seen::Missing,
-            };
+            let marketo_seen = Seen::of(marketo, link.is_some());
+            let crm_seen = Seen::of(crm, link.is_some());
             let read_from = match marketo_seen {
                 Seen::Read(_) => Direction::MarketoToCrm,
                 _ => Direction::CrmToMarketo,
@@ -707,9 +692,9 @@ impl Member<'_> {
         summary: &mut CycleSummary,
     ) -> Result<BTreeMap<String, (String, Observed)>, EngineError> {
         let (ctx, plan) = (self.ctx, self.plan);
-        let contact_column = crm_column(plan, CRM_CONTACT_FIELD);
-        let campaign_column = crm_column(plan, CRM_CAMPAIGN_FIELD);
-        let status_column = crm_column(plan, STATUS_FIELD);
+        let contact_column = plan.crm_column_of(CRM_CONTACT_FIELD);
+        let campaign_column = plan.crm_column_of(CRM_CAMPAIGN_FIELD);
+        let status_column = plan.crm_column_of(STATUS_FIELD);
         let raw_of = |c: &Change, column: Option<&str>| match &c.kind {
             ChangeKind::Upserted { fields } => column
                 .and_then(|col| fields.get(col))

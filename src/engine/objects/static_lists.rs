@@ -83,13 +83,6 @@ pub(crate) fn delete_key(_plan: &Plan, marketo_key: &str) -> Option<crate::marke
     Some(r)
 }
 
-/// Returns the CRM column mapped to the Marketo field `marketo` (enabled fields only).
-fn crm_column<'p>(plan: &'p Plan, marketo: &str) -> Option<&'p str> {
-    plan.enabled_fields()
-        .find(|f| f.marketo.as_deref() == Some(marketo))
-        .and_then(|f| f.crm.as_deref())
-}
-
 /// Syncs static list membership both ways (see the module documentation). Does nothing when no
 /// static list mapping is synced.
 ///
@@ -481,16 +474,8 @@ impl Lists<'_> {
             key_fields.insert("listId".into(), Value::Int(list));
             key_fields.insert("leadId".into(), Value::Int(lead));
             let base = link.as_ref().map(|(_, b)| b.clone());
-            let marketo_seen = match (marketo, &link) {
-                (Some(o), _) => Seen::Read(o),
-                (None, Some(_)) => Seen::Unchanged,
-                (None, None) => Seen::Missing,
-            };
-            let crm_seen = match (crm, &link) {
-                (Some(o), _) => Seen::Read(o),
-                (None, Some(_)) => Seen::Unchanged,
-                (None, None) => Seen::Missing,
-            };
+            let marketo_seen = Seen::of(marketo, link.is_some());
+            let crm_seen = Seen::of(crm, link.is_some());
             let read_from = match marketo_seen {
                 Seen::Read(_) => Direction::MarketoToCrm,
                 _ => Direction::CrmToMarketo,
@@ -523,8 +508,8 @@ impl Lists<'_> {
         summary: &mut CycleSummary,
     ) -> Result<BTreeMap<String, (String, Observed)>, EngineError> {
         let (ctx, plan) = (self.ctx, self.plan);
-        let contact_column = crm_column(plan, CRM_CONTACT_FIELD);
-        let list_column = crm_column(plan, LIST_NAME_FIELD);
+        let contact_column = plan.crm_column_of(CRM_CONTACT_FIELD);
+        let list_column = plan.crm_column_of(LIST_NAME_FIELD);
         let raw_of = |c: &Change, column: Option<&str>| match &c.kind {
             ChangeKind::Upserted { fields } => column
                 .and_then(|col| fields.get(col))

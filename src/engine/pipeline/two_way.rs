@@ -85,6 +85,16 @@ pub(crate) enum Seen {
 }
 
 impl Seen {
+    /// Returns a side as an object's gather found it: read this cycle, else unchanged when the
+    /// pair is linked, else missing.
+    pub(crate) fn of(read: Option<Observed>, linked: bool) -> Seen {
+        match (read, linked) {
+            (Some(o), _) => Seen::Read(o),
+            (None, true) => Seen::Unchanged,
+            (None, false) => Seen::Missing,
+        }
+    }
+
     fn state(&self) -> Option<SideState<'_>> {
         match self {
             Seen::Read(o) => Some(o.state()),
