@@ -20,7 +20,7 @@ fn config() -> SimConfig {
         client_secret: SecretString::from("csecret"),
         export_delay: Duration::from_secs(60),
         start: Some("2024-03-05T12:00:00Z".parse().unwrap()),
-        generated_new_lead_activities: true,
+        // The default: generated leads carry their New Lead activities, as on Marketo.
         ..SimConfig::default()
     }
 }

@@ -67,9 +67,9 @@ pub struct SimConfig {
     /// opportunity role call answer 1018 "CRM Enabled".
     pub native_crm_sync: bool,
     /// The generated leads' New Lead activities are in the activity feed and activity exports,
-    /// as on a real instance (`marketo-sync simulate` turns it on). Off in the embedded
-    /// default: the engine tests and the demo start from a feed without them (a first cycle from
-    /// an early low watermark would see every generated lead as new).
+    /// as on a real instance (default on). A test that wants the generated leads to predate
+    /// every watermark can turn it off: a first cycle from an early low watermark sees every
+    /// lead generated after it as new, as it would on Marketo.
     pub generated_new_lead_activities: bool,
 }
 
@@ -88,7 +88,7 @@ impl Default for SimConfig {
             updated_at_filter: true,
             start: None,
             native_crm_sync: false,
-            generated_new_lead_activities: false,
+            generated_new_lead_activities: true,
         }
     }
 }
