@@ -448,17 +448,40 @@ impl Runner {
             std::fs::File::create(path)
                 .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))
         };
-        let mut child = tokio::process::Command::new(&c.binary)
+        // `MKSYNC_CONVERGE_LOGS=DIR` keeps every child's log (`RUST_LOG` passed on, default
+        // debug) appended to `DIR/seed-N.log`, one header per cycle: to see why a seed failed.
+        let stderr = match std::env::var_os("MKSYNC_CONVERGE_LOGS") {
+            Some(dir) => {
+                let path = Path::new(&dir).join(format!("seed-{}.log", self.seed));
+                let mut log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))?;
+                use std::io::Write as _;
+                writeln!(log, "=== cycle (schedule step {start})")
+                    .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))?;
+                log
+            }
+            None => file(&c.err)?,
+        };
+        let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "marketo_sync=debug".into());
+        let mut command = tokio::process::Command::new(&c.binary);
+        command
             .arg("sync")
             .arg("--once")
             .arg("--json")
             .arg("--config")
             .arg(&c.config_dir)
             .env_clear()
-            .envs(&c.env)
+            .envs(&c.env);
+        if std::env::var_os("MKSYNC_CONVERGE_LOGS").is_some() {
+            command.env("RUST_LOG", log_filter);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(file(&c.out)?)
-            .stderr(file(&c.err)?)
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
