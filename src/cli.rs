@@ -519,9 +519,13 @@ pub struct BootstrapArgs {
     #[arg(long, env = "MKSYNC_ENV")]
     pub env: Option<String>,
     /// Only these objects (repeatable); every object in sync.objects when absent.
+    /// `--object program_members` alone reads every selected program's members again and
+    /// removes the CRM rows of members Marketo no longer has (the repair).
     #[arg(long = "object")]
     pub objects: Vec<String>,
-    /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks.
+    /// Start here (a date or RFC 3339 instant) instead of the configured low watermarks. For
+    /// program members: read only the members changed since (by `updatedAt`, 7 days a call)
+    /// instead of every member, and remove nothing.
     #[arg(long)]
     pub since: Option<String>,
     /// Create no export and write nothing; print an estimate of the exports, megabytes,

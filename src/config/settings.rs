@@ -284,6 +284,11 @@ pub struct SyncSettings {
     /// (a new or renamed program reaches the CRM within this time; membership changes of synced
     /// programs do not wait for it); 0 browses every cycle.
     pub programs_browse_secs: u64,
+    /// Hours between two full reads of the synced programs' members (one members query per
+    /// 300 members and program), which remove from the CRM the members a program no longer has
+    /// in Marketo (no activity reports a removal); 0 never repairs (`marketo-sync bootstrap
+    /// --object program_members` still does).
+    pub program_members_repair_hours: u64,
 }
 
 impl Default for SyncSettings {
@@ -297,6 +302,7 @@ impl Default for SyncSettings {
             lead_merges: DeletePolicy::Flag,
             marketo_schema_ttl_secs: 3600,
             programs_browse_secs: 3600,
+            program_members_repair_hours: 24,
         }
     }
 }
@@ -713,6 +719,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "mappings_dir",
             "lead_deletes",
             "lead_merges",
+            "program_members_repair_hours",
         ],
     ),
     (

@@ -24,6 +24,16 @@
 //!    activities; the opportunities they name are read from Marketo and upserted into the CRM,
 //!    and the roles they carry are written best effort.
 //!
+//! 3. `program_members` (after programs, after leads): the programs step links the programs
+//!    the programs mapping selects (by name, tag or folder), then a pass of
+//!    [`super::objects::program_members::read_pass`] reads each one's members with the members
+//!    query and writes them to the CRM campaign member rows with the cycle's plan, status map
+//!    and links (so the next cycle writes nothing either way). Without `--since` it reads every
+//!    member (by `statusName`, 300 a call: the fewest calls for a full read) and removes the
+//!    CRM rows of members Marketo no longer has (the repair); with `--since` it reads only the
+//!    members changed since, by `updatedAt` ranges of at most 7 days (Marketo's limit), and
+//!    removes nothing. It is journalled per program and its progress is one step per program.
+//!
 //! The whitepaper's order starts with a Bulk Activity Extract of New Lead (12) activities; it
 //! is not run: its rows are the lead id and created date of exactly the leads the `createdAt`
 //! lead export of the same window returns (a lead deleted since has nothing to load), so it
@@ -52,9 +62,11 @@ use tracing::{info, warn};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::ledger::{self, Failure, RetryPolicy, Subject};
-use super::{Context, EngineError};
+use super::objects::program_members;
+use super::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
+use crate::mapping::programs::PROGRAM_MEMBER;
 use crate::mapping::{Plan, SchemaSet};
 use crate::marketo::Disposition;
 use crate::marketo::endpoint::{
@@ -97,6 +109,8 @@ pub const EXPORT_PIPELINE_UNSIZED: usize = 2;
 pub const PHASE_LEADS: &str = "leads";
 /// The phase of opportunities and roles from Add to Opportunity activities.
 pub const PHASE_OPPORTUNITIES: &str = "opportunities_from_activities";
+/// The phase of program members (per-program reads; its "windows" are programs).
+pub const PHASE_PROGRAM_MEMBERS: &str = "program_members";
 
 /// Options of one bootstrap run.
 #[derive(Debug, Clone, Default)]
@@ -177,6 +191,9 @@ pub struct PhaseReport {
     pub links: u64,
     /// Export bytes downloaded.
     pub bytes: u64,
+    /// Records removed from the CRM because Marketo no longer has them (program members a
+    /// program lost; on a dry run, those it would remove).
+    pub removed: u64,
     /// The windows still to run (dry run only).
     pub planned: Vec<Window>,
 }
@@ -241,6 +258,15 @@ impl BootstrapReport {
                     "Bootstrap not complete"
                 },
                 HumanBytes(self.bulk_bytes)
+            );
+        }
+        if let Some(p) = self.phases.iter().find(|p| p.name == PHASE_PROGRAM_MEMBERS) {
+            let verb = if self.dry_run { "would be " } else { "" };
+            let _ = writeln!(
+                out,
+                "Program members: {} of {} programs read, {} members; {} rows {verb}created, {} \
+                 {verb}updated, {} {verb}removed (gone from their program in Marketo), {} refused.",
+                p.windows_done, p.windows_total, p.rows, p.created, p.updated, p.removed, p.failed
             );
         }
         for w in &self.warnings {
@@ -857,6 +883,33 @@ pub async fn bootstrap(
         // Exports started ahead of a pause stay journalled; the next run re-attaches to them.
         run.pipeline.stop().await;
     }
+    let member_object = ctx
+        .mappings
+        .iter()
+        .find(|m| m.file.marketo_object == PROGRAM_MEMBER && wanted(&m.object))
+        .map(|m| m.object.clone());
+    if let Some(object) = member_object {
+        let mut phase = PhaseReport {
+            name: PHASE_PROGRAM_MEMBERS.to_owned(),
+            object,
+            low_watermark: options.since,
+            ..PhaseReport::default()
+        };
+        // The members of leads still to load would be left out: the phase waits for them.
+        if paused.is_none() {
+            let result =
+                program_members_phase(ctx, options, now, &mut phase, progress, cancel).await;
+            match result {
+                Ok(warnings) => report.warnings.extend(warnings),
+                Err(e) => {
+                    report.phases.push(phase);
+                    progress.finish(&report);
+                    return Err(e);
+                }
+            }
+        }
+        report.phases.push(phase);
+    }
     report.bulk_bytes = run.run_bytes;
     if options.dry_run {
         let sample = match (&lead_plan, leads_from) {
@@ -884,6 +937,116 @@ pub async fn bootstrap(
     }
     progress.finish(&report);
     Ok(report)
+}
+
+/// The progress of the program members phase: one step per program.
+struct MembersProgress<'a> {
+    progress: &'a dyn Progress,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+impl program_members::PassProgress for MembersProgress<'_> {
+    fn start(&self, programs: u64) {
+        self.progress.phase(PHASE_PROGRAM_MEMBERS, programs);
+    }
+
+    fn program(&self, done: &program_members::ProgramPass) {
+        let from = done.from.unwrap_or(self.from);
+        self.progress
+            .window(PHASE_PROGRAM_MEMBERS, from, self.to, done.members, 0);
+    }
+}
+
+/// Runs the program members phase (see the module documentation) into `phase`.
+///
+/// Returns the warnings for the operator.
+///
+/// # Errors
+///
+/// The plans' schema reads, and Marketo, CRM or store failures of the pass; cancellation.
+async fn program_members_phase(
+    ctx: &Context,
+    options: &BootstrapOptions,
+    now: DateTime<Utc>,
+    phase: &mut PhaseReport,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<Vec<String>, EngineError> {
+    let mut summary = CycleSummary {
+        dry_run: options.dry_run,
+        ..CycleSummary::default()
+    };
+    let cycle_options = CycleOptions {
+        dry_run: options.dry_run,
+    };
+    // The cycle's plans (every synced object described: the mappings compile as a cycle's).
+    let plans = super::Engine::new(ctx.clone())
+        .refresh_schemas(&mut summary)
+        .await?;
+    if !options.dry_run {
+        // Links the selected programs (new or renamed ones since the last browse).
+        super::objects::programs::run(ctx, &plans, &mut summary, &cycle_options, cancel).await?;
+    }
+    let read = options.since.map_or(
+        program_members::MemberRead::Full,
+        program_members::MemberRead::ChangedSince,
+    );
+    let watch = MembersProgress {
+        progress,
+        from: options.since.unwrap_or_else(earliest_watermark),
+        to: now,
+    };
+    let pass = program_members::read_pass(
+        ctx,
+        &plans,
+        read,
+        &mut summary,
+        &cycle_options,
+        &watch,
+        cancel,
+    )
+    .await?;
+    let mut warnings = std::mem::take(&mut summary.warnings);
+    let Some(pass) = pass else {
+        if plans.objects.values().all(|p| p.object != phase.object) {
+            warnings.push(format!(
+                "object `{}`: its mapping did not compile; nothing to bootstrap for it",
+                phase.object
+            ));
+        }
+        return Ok(warnings);
+    };
+    if options.dry_run {
+        summary.count_plan();
+        if pass.programs_total == 0 {
+            warnings.push(
+                "program members: no program is linked yet, so a dry run reads none (a run \
+                 without --dry-run, or a cycle, links the selected programs first)"
+                    .to_owned(),
+            );
+        }
+    }
+    phase.windows_total = pass.programs_total;
+    phase.windows_skipped = pass.programs_resumed;
+    phase.windows_done = pass.programs.len() as u64;
+    phase.rows = pass.programs.iter().map(|p| p.members).sum();
+    phase.removed = pass.programs.iter().map(|p| p.removed).sum();
+    if let Some(counts) = summary
+        .objects
+        .get(&phase.object)
+        .and_then(|d| d.get(&Direction::MarketoToCrm))
+    {
+        phase.created = counts.created;
+        phase.updated = counts.updated;
+        phase.failed = counts.failed;
+        phase.links = if options.dry_run {
+            0
+        } else {
+            counts.created + counts.updated
+        };
+    }
+    Ok(warnings)
 }
 
 /// Returns the watermark queue of a phase.

@@ -14,6 +14,30 @@ use crate::model::{FieldDef, FieldType, ObjectSchema, Side};
 
 /// Most programs per browse call.
 pub const MAX_BROWSE: u32 = 200;
+/// Longest `updatedAt` range of one program members query (Marketo refuses a longer one).
+pub const MAX_MEMBERS_UPDATED_DAYS: i64 = 7;
+
+/// Returns the ranges of at most [`MAX_MEMBERS_UPDATED_DAYS`] that cover `from..=to`, for the
+/// members query by `updatedAt`. Marketo's range includes both ends and its times may carry
+/// fractions of a second, so consecutive ranges share their boundary instant (no gap; a member
+/// changed exactly then is read twice and must be kept once). None when `from` is after `to`.
+pub fn members_updated_ranges(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let span = chrono::Duration::days(MAX_MEMBERS_UPDATED_DAYS);
+    let mut out = Vec::new();
+    let mut start = from;
+    while start <= to {
+        let end = (start + span).min(to);
+        out.push((start, end));
+        if end == to {
+            break;
+        }
+        start = end;
+    }
+    out
+}
 
 /// A program as the Asset API returns it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -319,7 +343,9 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// Returns [`Error::InvalidInput`] for no or more than 300 values, and any call-level error.
+    /// Returns [`Error::InvalidInput`] for no or more than 300 values, for `updatedAt` without
+    /// a range or with one longer than 7 days (Marketo refuses it: the check saves the call),
+    /// and any call-level error.
     pub async fn get_program_members(
         &self,
         program_id: i64,
@@ -334,6 +360,29 @@ impl Client {
             return Err(Error::invalid(&ep, "no filterValues"));
         }
         check_batch(&ep, "filterValues", filter_values.len(), MAX_BATCH)?;
+        match updated_between {
+            None if filter_type == "updatedAt" => {
+                return Err(Error::invalid(
+                    &ep,
+                    "filterType updatedAt needs startAt and endAt",
+                ));
+            }
+            Some((start, end))
+                if end < start
+                    || end - start > chrono::Duration::days(MAX_MEMBERS_UPDATED_DAYS) =>
+            {
+                return Err(Error::invalid(
+                    &ep,
+                    format!(
+                        "the updatedAt range {} .. {} is not a range of at most \
+                         {MAX_MEMBERS_UPDATED_DAYS} days",
+                        iso(start),
+                        iso(end)
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let mut call = Call::get(&ep)
             .q("filterType", filter_type)
             .q_list("filterValues", filter_values);
@@ -413,6 +462,49 @@ mod tests {
             .await
             .unwrap();
         assert!(next.is_empty());
+    }
+
+    #[test]
+    fn updated_ranges_are_at_most_seven_days_and_leave_no_gap() {
+        let from = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = chrono::Duration::days(1);
+        let ranges = members_updated_ranges(from, from + day * 20);
+        assert_eq!(
+            ranges,
+            vec![
+                (from, from + day * 7),
+                (from + day * 7, from + day * 14),
+                (from + day * 14, from + day * 20),
+            ]
+        );
+        assert_eq!(
+            members_updated_ranges(from, from + day * 7),
+            vec![(from, from + day * 7)]
+        );
+        assert_eq!(members_updated_ranges(from, from), vec![(from, from)]);
+        assert!(members_updated_ranges(from + day, from).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_members_range_over_seven_days_is_refused_before_the_call() {
+        let (_server, client) = server_with_identity().await;
+        let from = Utc::now();
+        let long = Some((
+            from,
+            from + chrono::Duration::days(7) + chrono::Duration::seconds(1),
+        ));
+        let err = client
+            .get_program_members(1107, "updatedAt", &[], long, &[], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        let none = client
+            .get_program_members(1107, "updatedAt", &[], None, &[], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(none, Error::InvalidInput { .. }), "{none}");
     }
 
     #[tokio::test]

@@ -19,6 +19,22 @@
 //! Change Lead Program Status, one call per (program, status) and 300 leads
 //! ([`ObjectFamily::ProgramMembers`]); a row for a lead that is not a member yet makes it one.
 //!
+//! Bootstrap and repair ([`read_pass`]): the activity feed carries no event for a member removed
+//! from a program in Marketo, so a *pass* reads every linked program's members with the
+//! members query and applies them like the cycle does (same plan, pairs and two-way runner, so
+//! the links hold the agreed state and the next cycle finds nothing to do). A full pass reads by
+//! `statusName` with every status of every channel, 300 members a call: the fewest
+//! calls for a full read (one per 300 members and at least one per program, where `updatedAt`
+//! ranges cost one call per 7 days of history, about 52 a year per program, empty or not, and
+//! cannot see a member that is gone). A full pass removes the CRM row of every linked member
+//! the program no longer has (the CRM adapter's delete: the object's soft delete where it has
+//! one, e.g. `deleted = true`) and tombstones its link. A pass that reads only the members
+//! changed since an instant (`bootstrap --since`) uses `updatedAt` ranges of at most 7 days
+//! (Marketo refuses longer ones) and removes nothing. A pass is journalled per program
+//! (watermark queue [`PASS_QUEUE`]): a restarted one skips the programs it finished.
+//! Full passes run from `marketo-sync bootstrap` and, every `sync.program_members_repair_hours`
+//! (default 24, 0 = never), from the cycle's step.
+//!
 //! Statuses are translated by the mapping's status map (the canonical value is the Marketo
 //! status); a status the map does not know, on either side, is one ledger entry (it waits for
 //! the record to change), never a failed cycle. Marketo refusing a status (1025) is one too.
@@ -31,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    ObjectFamily, error_key, feed_riders, from_record, ledger_entry, programs, record_invalid_value,
+    CRM_ROW_BATCH, ObjectFamily, error_key, feed_riders, from_record, ledger_entry, programs,
+    record_invalid_value,
 };
 use crate::config::StatusMapping;
 use crate::crm::{Change, ChangeKind};
@@ -41,6 +58,7 @@ use crate::engine::pipeline::gather::{crm_with_retries, open_errors};
 use crate::engine::pipeline::pair::{contacts_by_lead, lead_ids_by_contact, links_by_crm};
 use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
+use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::programs::{
     CRM_CAMPAIGN_FIELD, CRM_CONTACT_FIELD, PROGRAM_MEMBER, PROGRAM_NAME_FIELD, STATUS_FIELD,
@@ -48,8 +66,9 @@ use crate::mapping::programs::{
 };
 use crate::mapping::{Plan, Plans};
 use crate::marketo::Record;
+use crate::marketo::programs::{Channel, members_updated_ranges};
 use crate::model::{Fields, ObjectSchema, Side, Value};
-use crate::store::{Direction, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, Link, StepCommit, SyncError, Tombstone, TombstoneKind, Watermark};
 
 /// The step's name (timings, warnings).
 pub const OBJECT: &str = "program_members";
@@ -59,6 +78,15 @@ pub const CHANGE_STATUS_IN_PROGRESSION: i64 = 104;
 pub const UNKNOWN_STATUS: &str = "unknown_status";
 /// Leads per members query (Marketo takes 300 filter values).
 const QUERY_BATCH: usize = 300;
+/// The watermark queue journalling a pass: `at` is when it started, the cursor holds what it
+/// reads and the programs it finished.
+pub const PASS_QUEUE: &str = "pass";
+/// The watermark queue of the last full pass (the repair interval counts from it).
+pub const REPAIR_QUEUE: &str = "repair";
+/// The ledger code of a CRM row a repair could not remove.
+pub const REMOVE_REFUSED: &str = "remove_refused";
+/// Links read per store page while looking for members that are gone.
+const LINKS_PAGE: u32 = 500;
 
 /// Returns the plan of the program members mapping, if one is synced.
 pub fn plan_of(plans: &Plans) -> Option<&Plan> {
@@ -117,31 +145,109 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let Some(plan) = plan_of(plans) else {
+    let Some((step, programs_plan)) = Member::of(ctx, plans, summary, options) else {
         return Ok(());
     };
-    let Some(programs_plan) = programs::plan_of(plans) else {
-        summary.warnings.push(format!(
-            "{}: program members sync only with a programs mapping (marketo_object = \
-             \"program\") in sync.objects",
-            plan.object
-        ));
-        return Ok(());
+    step.run(programs_plan, summary, options, cancel).await?;
+    step.repair_if_due(programs_plan, summary, options, cancel)
+        .await
+}
+
+/// What a pass reads of each program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRead {
+    /// Every member (by `statusName`, every status of every channel); members linked before
+    /// that Marketo no longer has are removed from the CRM.
+    Full,
+    /// The members changed since this instant (by `updatedAt`, ranges of at most 7 days);
+    /// nothing is removed.
+    ChangedSince(DateTime<Utc>),
+}
+
+impl MemberRead {
+    /// The journal's name of the read (a restarted pass resumes only the same read).
+    fn tag(self) -> String {
+        match self {
+            MemberRead::Full => "full".to_owned(),
+            MemberRead::ChangedSince(t) => format!("since {}", t.to_rfc3339()),
+        }
+    }
+}
+
+/// What a pass did for one program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramPass {
+    /// The program id.
+    pub program: i64,
+    /// Its name.
+    pub name: String,
+    /// The start of the range read (`updatedAt` ranges only).
+    pub from: Option<DateTime<Utc>>,
+    /// Members read (each once).
+    pub members: u64,
+    /// Members queries made (pages included).
+    pub calls: u64,
+    /// CRM rows removed because Marketo no longer has the member (or, on a dry run, that
+    /// would be).
+    pub removed: u64,
+    /// CRM rows the CRM refused to remove (each one ledger entry).
+    pub remove_failed: u64,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// The linked programs.
+    pub programs_total: u64,
+    /// Programs an earlier, interrupted run of the same pass finished (skipped).
+    pub programs_resumed: u64,
+    /// The programs read by this run, in order.
+    pub programs: Vec<ProgramPass>,
+}
+
+/// Receives the progress of a pass.
+pub trait PassProgress: Send + Sync {
+    /// The pass starts, with the programs it still has to read.
+    fn start(&self, programs: u64);
+    /// A program was read and applied.
+    fn program(&self, done: &ProgramPass);
+}
+
+/// Progress nobody watches.
+pub struct NoPassProgress;
+
+impl PassProgress for NoPassProgress {
+    fn start(&self, _programs: u64) {}
+    fn program(&self, _done: &ProgramPass) {}
+}
+
+/// Runs a pass over every program the programs step linked (see the module documentation):
+/// each program's members are read, mapped and written to the CRM, committed per page of 300,
+/// and the program is journalled as done. On a dry run nothing is written: the planned writes
+/// and removals go to `summary`.
+///
+/// Returns `None` when no program members mapping is synced (a warning says why when the
+/// programs mapping is missing).
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation (finished programs
+/// stay committed).
+pub async fn read_pass(
+    ctx: &Context,
+    plans: &Plans,
+    read: MemberRead,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    progress: &dyn PassProgress,
+    cancel: &CancellationToken,
+) -> Result<Option<PassReport>, EngineError> {
+    let Some((step, programs_plan)) = Member::of(ctx, plans, summary, options) else {
+        return Ok(None);
     };
-    let statuses = ctx
-        .mappings
-        .iter()
-        .find(|m| m.object == plan.object)
-        .map(|m| m.file.statuses.clone())
-        .unwrap_or_default();
-    let step = Member {
-        ctx,
-        plan,
-        programs_object: &programs_plan.object,
-        statuses,
-        dry_run: options.dry_run,
-    };
-    step.run(programs_plan, summary, options, cancel).await
+    step.pass(programs_plan, read, summary, options, progress, cancel)
+        .await
+        .map(Some)
 }
 
 /// Adds the member records of `program` to `out` by member key.
@@ -153,9 +259,487 @@ fn collect(program: i64, records: Vec<Record>, out: &mut BTreeMap<String, Record
     }
 }
 
+impl<'a> Member<'a> {
+    /// Returns the step for `plans` with the programs plan, or `None` when no program members
+    /// mapping is synced (with a warning when the programs mapping is missing).
+    fn of(
+        ctx: &'a Context,
+        plans: &'a Plans,
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+    ) -> Option<(Member<'a>, &'a Plan)> {
+        let plan = plan_of(plans)?;
+        let Some(programs_plan) = programs::plan_of(plans) else {
+            summary.warnings.push(format!(
+                "{}: program members sync only with a programs mapping (marketo_object = \
+                 \"program\") in sync.objects",
+                plan.object
+            ));
+            return None;
+        };
+        let statuses = ctx
+            .mappings
+            .iter()
+            .find(|m| m.object == plan.object)
+            .map(|m| m.file.statuses.clone())
+            .unwrap_or_default();
+        let step = Member {
+            ctx,
+            plan,
+            programs_object: &programs_plan.object,
+            statuses,
+            dry_run: options.dry_run,
+        };
+        Some((step, programs_plan))
+    }
+}
+
 impl Member<'_> {
     fn object(&self) -> &str {
         self.plan.object.as_str()
+    }
+
+    /// The runner's spec for the CRM object `crm_schema`.
+    fn spec(crm_schema: &ObjectSchema) -> TwoWaySpec {
+        TwoWaySpec {
+            family: ObjectFamily::ProgramMembers,
+            ledger: Direction::MarketoToCrm,
+            first: Side::Crm,
+            update_key: crm_schema.id_field.clone().unwrap_or_else(|| "id".into()),
+            keys_in_base: false,
+        }
+    }
+
+    /// Runs a full pass when `sync.program_members_repair_hours` have gone by since the last
+    /// one (never on a dry run, never when the setting is 0). The first cycle only starts the
+    /// clock: a program is read whole when it is first linked anyway.
+    async fn repair_if_due(
+        &self,
+        programs_plan: &Plan,
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let hours = self.ctx.settings.sync.program_members_repair_hours;
+        if hours == 0 || self.dry_run {
+            return Ok(());
+        }
+        let now = self.ctx.clock.now();
+        let last = self
+            .ctx
+            .store
+            .watermark(Side::Marketo, self.object(), REPAIR_QUEUE)
+            .await?;
+        let Some(last) = last else {
+            let mut commit = StepCommit::default();
+            commit.watermarks.push(self.mark(REPAIR_QUEUE, now, None));
+            return commit::finish(self.ctx, commit).await;
+        };
+        // A pass interrupted (cancelled, failed) is resumed by the next cycle.
+        let unfinished = self
+            .ctx
+            .store
+            .watermark(Side::Marketo, self.object(), PASS_QUEUE)
+            .await?
+            .and_then(|w| w.cursor)
+            .is_some_and(|c| c.get("complete") == Some(&json!(false)));
+        let hours = i64::try_from(hours).unwrap_or(i64::MAX / 3600);
+        if !unfinished && now - last.at < chrono::Duration::hours(hours) {
+            return Ok(());
+        }
+        let result = self
+            .pass(
+                programs_plan,
+                MemberRead::Full,
+                summary,
+                options,
+                &NoPassProgress,
+                cancel,
+            )
+            .await;
+        // The cycle's own work is committed: a failed repair is a warning, and the next
+        // cycle resumes it after the programs it finished.
+        let report = match result {
+            Ok(report) => report,
+            Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
+            Err(e) => {
+                warn!(object = self.object(), error = %e, "program members repair failed");
+                summary.warnings.push(format!(
+                    "{}: the repair read of program members failed (resumed next cycle): {e}",
+                    self.object()
+                ));
+                return Ok(());
+            }
+        };
+        let removed: u64 = report.programs.iter().map(|p| p.removed).sum();
+        info!(
+            object = self.object(),
+            programs = report.programs.len(),
+            removed,
+            "program members repaired"
+        );
+        Ok(())
+    }
+
+    /// Returns a watermark of this object.
+    fn mark(&self, queue: &str, at: DateTime<Utc>, cursor: Option<serde_json::Value>) -> Watermark {
+        Watermark {
+            system: Side::Marketo,
+            object: self.object().to_owned(),
+            queue: queue.to_owned(),
+            at,
+            tie: None,
+            cursor,
+        }
+    }
+
+    /// Runs a pass (see [`read_pass`]).
+    async fn pass(
+        &self,
+        programs_plan: &Plan,
+        read: MemberRead,
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+        progress: &dyn PassProgress,
+        cancel: &CancellationToken,
+    ) -> Result<PassReport, EngineError> {
+        let (ctx, object) = (self.ctx, self.object());
+        let now = ctx.clock.now();
+        let linked = self.linked_programs(programs_plan).await?;
+        let tag = read.tag();
+        // Resume an unfinished pass of the same read: its finished programs are skipped.
+        let stored = ctx
+            .store
+            .watermark(Side::Marketo, object, PASS_QUEUE)
+            .await?;
+        let resumed = stored.as_ref().and_then(|w| {
+            let c = w.cursor.as_ref()?;
+            let same = c.get("read").and_then(serde_json::Value::as_str) == Some(tag.as_str())
+                && c.get("complete") == Some(&json!(false));
+            let done: BTreeSet<i64> = c
+                .get("done")?
+                .as_array()?
+                .iter()
+                .filter_map(serde_json::Value::as_i64)
+                .collect();
+            same.then_some((w.at, done))
+        });
+        let (started, mut done) = resumed.unwrap_or((now, BTreeSet::new()));
+        let mut report = PassReport {
+            programs_total: linked.len() as u64,
+            programs_resumed: linked.keys().filter(|id| done.contains(id)).count() as u64,
+            programs: Vec::new(),
+        };
+        progress.start(report.programs_total - report.programs_resumed);
+        let journal = |done: &BTreeSet<i64>, complete: bool| {
+            self.mark(
+                PASS_QUEUE,
+                started,
+                Some(json!({"read": tag, "done": done, "complete": complete})),
+            )
+        };
+        if !self.dry_run {
+            let mut commit = StepCommit::default();
+            commit.watermarks.push(journal(&done, false));
+            commit::finish(ctx, commit).await?;
+        }
+        let fields = self.query_fields();
+        let channels = match read {
+            MemberRead::Full if report.programs_total > report.programs_resumed => {
+                ctx.marketo.channels().await?
+            }
+            _ => Vec::new(),
+        };
+        // Every channel's statuses, not only the program's: a member keeps its status when its
+        // program changes channel after the programs step last read it, and a member missing
+        // from a full read is removed. Channels have far fewer than 300 statuses together, so
+        // this costs no call more.
+        let statuses: Vec<String> = channels
+            .iter()
+            .flat_map(|c| c.status_names())
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let crm_schema = ctx.crm.describe(&self.plan.crm_object).await?;
+        let previous: BTreeMap<String, SyncError> = open_errors(ctx, object)
+            .await?
+            .into_iter()
+            .filter(|e| e.direction == Direction::MarketoToCrm)
+            .map(|e| (e.record_key.clone(), e))
+            .collect();
+        let env = PassEnv {
+            linked: &linked,
+            fields: &fields,
+            crm_schema: &crm_schema,
+            previous: &previous,
+            now,
+        };
+        for (id, program) in &linked {
+            if done.contains(id) {
+                continue;
+            }
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let p = self
+                .pass_program(
+                    &env,
+                    (*id, program),
+                    read,
+                    &statuses,
+                    summary,
+                    options,
+                    cancel,
+                )
+                .await?;
+            done.insert(*id);
+            if !self.dry_run {
+                let mut commit = StepCommit::default();
+                commit.watermarks.push(journal(&done, false));
+                // A program read whole needs no first read by the cycle.
+                if read == MemberRead::Full {
+                    commit
+                        .watermarks
+                        .push(self.mark(&format!("program:{id}"), now, None));
+                }
+                commit::finish(ctx, commit).await?;
+            }
+            progress.program(&p);
+            report.programs.push(p);
+        }
+        if !self.dry_run {
+            let mut commit = StepCommit::default();
+            commit.watermarks.push(journal(&done, true));
+            if read == MemberRead::Full {
+                commit
+                    .watermarks
+                    .push(self.mark(REPAIR_QUEUE, ctx.clock.now(), None));
+            }
+            commit::finish(ctx, commit).await?;
+        }
+        Ok(report)
+    }
+
+    /// Reads one program for a pass, applies its members page by page, and (full read)
+    /// removes the linked members it no longer has.
+    #[allow(clippy::too_many_arguments)]
+    async fn pass_program(
+        &self,
+        env: &PassEnv<'_>,
+        (id, program): (i64, &Linked),
+        read: MemberRead,
+        statuses: &[String],
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<ProgramPass, EngineError> {
+        type Query = (
+            &'static str,
+            Vec<String>,
+            Option<(DateTime<Utc>, DateTime<Utc>)>,
+        );
+        let mut p = ProgramPass {
+            program: id,
+            name: program.name.clone(),
+            ..ProgramPass::default()
+        };
+        let queries: Vec<Query> = match read {
+            MemberRead::Full => statuses
+                .chunks(QUERY_BATCH)
+                .map(|c| (STATUS_FIELD, c.to_vec(), None))
+                .collect(),
+            MemberRead::ChangedSince(from) => {
+                p.from = Some(from);
+                members_updated_ranges(from, env.now)
+                    .into_iter()
+                    .map(|r| ("updatedAt", Vec::new(), Some(r)))
+                    .collect()
+            }
+        };
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for (filter, values, range) in queries {
+            let mut token: Option<String> = None;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let page = self
+                    .ctx
+                    .marketo
+                    .get_program_members(id, filter, &values, range, env.fields, token.as_deref())
+                    .await?;
+                p.calls += 1;
+                let mut records = BTreeMap::new();
+                collect(id, page.records, &mut records);
+                // Ranges share their boundary instant: a member read twice is applied once.
+                records.retain(|k, _| seen.insert(k.clone()));
+                p.members += records.len() as u64;
+                summary
+                    .counts_mut(self.object(), Direction::MarketoToCrm)
+                    .read += records.len() as u64;
+                if !records.is_empty() {
+                    self.apply(env, records, summary, options, cancel).await?;
+                }
+                match page.next_page_token {
+                    Some(t) if page.more_result => token = Some(t),
+                    _ => break,
+                }
+            }
+        }
+        if read == MemberRead::Full {
+            let (removed, failed) = self.remove_gone(env, id, &seen, summary).await?;
+            p.removed = removed;
+            p.remove_failed = failed;
+        }
+        Ok(p)
+    }
+
+    /// Applies one page of members read by a pass, as the cycle applies its reads: a member
+    /// whose lead has no CRM contact is left out (counted skipped), any other is created,
+    /// updated or left as it is, and its link holds the agreed values.
+    async fn apply(
+        &self,
+        env: &PassEnv<'_>,
+        records: BTreeMap<String, Record>,
+        summary: &mut CycleSummary,
+        options: &CycleOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let mut commit = StepCommit::default();
+        let all: BTreeSet<String> = records.keys().cloned().collect();
+        let sides = self
+            .pairs(
+                env.linked,
+                (records, &all),
+                Vec::new(),
+                env.crm_schema,
+                env.previous,
+                &mut commit,
+                summary,
+            )
+            .await?;
+        let spec = Self::spec(env.crm_schema);
+        let runner = TwoWay {
+            ctx: self.ctx,
+            plan: self.plan,
+            spec: &spec,
+            previous: env.previous,
+        };
+        runner.run(sides, commit, summary, options, cancel).await
+    }
+
+    /// Removes from the CRM the linked members of `program` a full read did not return
+    /// (Marketo no longer has them: no activity says so), tombstoning their links; a row the
+    /// CRM refuses to remove is one ledger entry. Returns (removed, refused); on a dry run the
+    /// removals are planned, not made.
+    async fn remove_gone(
+        &self,
+        env: &PassEnv<'_>,
+        program: i64,
+        seen: &BTreeSet<String>,
+        summary: &mut CycleSummary,
+    ) -> Result<(u64, u64), EngineError> {
+        let (ctx, object) = (self.ctx, self.object());
+        // Keys `<program>:<lead>` sort together, right after `<program>:`.
+        let prefix = format!("{program}:");
+        let mut gone: Vec<Link> = Vec::new();
+        let mut after = prefix.clone();
+        'pages: loop {
+            let page = ctx
+                .store
+                .links_page(object, Some(&after), LINKS_PAGE)
+                .await?;
+            let n = page.len();
+            for l in page {
+                if !l.marketo_key.starts_with(&prefix) {
+                    break 'pages;
+                }
+                after.clone_from(&l.marketo_key);
+                if l.tombstone.is_none() && !seen.contains(&l.marketo_key) {
+                    gone.push(l);
+                }
+            }
+            if n < LINKS_PAGE as usize {
+                break;
+            }
+        }
+        if gone.is_empty() {
+            return Ok((0, 0));
+        }
+        let direction = Direction::MarketoToCrm;
+        if self.dry_run {
+            for l in &gone {
+                summary.planned(
+                    PlannedChange::new(object, direction, PlannedAction::Delete)
+                        .target(l.crm_key.clone())
+                        .source(l.marketo_key.clone()),
+                );
+            }
+            return Ok((gone.len() as u64, 0));
+        }
+        let (mut removed, mut failed) = (0, 0);
+        for chunk in gone.chunks(CRM_ROW_BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|l| l.crm_key.clone()).collect();
+            let results = ctx.crm.delete(&self.plan.crm_object, &ids).await?;
+            let mut commit = StepCommit::default();
+            let at = ctx.clock.now();
+            for (l, result) in chunk.iter().zip(results) {
+                let refusal = result.refusal().cloned();
+                match refusal {
+                    // A row already gone from the CRM is as good as removed.
+                    None => {}
+                    Some(r) if r.reason == crate::crm::RefusalReason::NotFound => {}
+                    Some(r) => {
+                        failed += 1;
+                        summary.counts_mut(object, direction).failed += 1;
+                        let subject = Subject {
+                            object,
+                            direction,
+                            record_key: &l.marketo_key,
+                            other_key: Some(l.crm_key.clone()),
+                            payload: json!({}),
+                        };
+                        let failure = Failure::new(
+                            REMOVE_REFUSED,
+                            format!(
+                                "member {} left program {program} in Marketo; the CRM refused \
+                                 to remove row {}: {}",
+                                l.marketo_key,
+                                l.crm_key,
+                                r.ledger_message()
+                            ),
+                            r.retryable,
+                        );
+                        let prev = env.previous.get(&l.marketo_key);
+                        commit
+                            .errors_upsert
+                            .push(ledger_entry(ctx, subject, failure, prev));
+                        continue;
+                    }
+                }
+                removed += 1;
+                summary.counts_mut(object, direction).deleted += 1;
+                let mut t = l.clone();
+                t.tombstone = Some(Tombstone {
+                    kind: TombstoneKind::Deleted,
+                    side: Side::Marketo,
+                    at,
+                });
+                commit.links_upsert.push(t);
+                if env.previous.contains_key(&l.marketo_key) {
+                    commit
+                        .errors_resolve
+                        .push(error_key(object, direction, &l.marketo_key));
+                }
+            }
+            commit::finish(ctx, commit).await?;
+        }
+        info!(
+            object,
+            program, removed, failed, "members gone from the program removed"
+        );
+        Ok((removed, failed))
     }
 
     /// The Marketo fields asked of the members query: the mapped ones Marketo has (the
@@ -255,14 +839,7 @@ impl Member<'_> {
                 summary,
             )
             .await?;
-        let pk = crm_schema.id_field.clone().unwrap_or_else(|| "id".into());
-        let spec = TwoWaySpec {
-            family: ObjectFamily::ProgramMembers,
-            ledger: Direction::MarketoToCrm,
-            first: Side::Crm,
-            update_key: pk,
-            keys_in_base: false,
-        };
+        let spec = Self::spec(&crm_schema);
         let runner = TwoWay {
             ctx,
             plan: self.plan,
@@ -407,21 +984,7 @@ impl Member<'_> {
         let channels = self.ctx.marketo.channels().await?;
         let mut marks = Vec::new();
         for (id, program) in fresh {
-            let statuses: Vec<String> = channels
-                .iter()
-                .find(|c| Some(&c.name) == program.channel.as_ref())
-                .map_or_else(
-                    || {
-                        channels
-                            .iter()
-                            .flat_map(|c| c.status_names())
-                            .map(str::to_owned)
-                            .collect::<BTreeSet<_>>()
-                            .into_iter()
-                            .collect()
-                    },
-                    |c| c.status_names().into_iter().map(str::to_owned).collect(),
-                );
+            let statuses = statuses_of(&channels, program);
             for chunk in statuses.chunks(QUERY_BATCH) {
                 self.query(*id, STATUS_FIELD, chunk, fields, out, cancel)
                     .await?;
@@ -621,7 +1184,9 @@ impl Member<'_> {
                 .as_ref()
                 .zip(status_canonical.as_deref())
                 .and_then(|(b, s)| b.get(s).cloned());
-            // The CRM status written for Marketo's, unless the CRM changed its own.
+            // The CRM status written for Marketo's, when Marketo changed it (or the row is new)
+            // and the CRM did not change its own: a member read again with its agreed status
+            // writes nothing (a pass, or a status change the cycle reads after a bootstrap).
             let mut crm_extra = Fields::new();
             if let (Some(m), Some(canonical), Some(column)) = (
                 &marketo,
@@ -633,7 +1198,9 @@ impl Member<'_> {
                 let crm_changed_it = crm
                     .as_ref()
                     .is_some_and(|c| c.canonical.get(canonical).cloned() != agreed_status);
-                if !crm_changed_it {
+                let marketo_changed_it =
+                    link.is_none() || m.canonical.get(canonical).cloned() != agreed_status;
+                if !crm_changed_it && marketo_changed_it {
                     match map.translate(Side::Crm, &status, &program_row.name) {
                         Ok(s) => {
                             crm_extra.insert(column.to_owned(), Value::Text(s));
@@ -798,6 +1365,35 @@ impl Member<'_> {
         }
         Ok(out)
     }
+}
+
+/// What every program of a pass shares.
+struct PassEnv<'e> {
+    linked: &'e BTreeMap<i64, Linked>,
+    fields: &'e [String],
+    crm_schema: &'e ObjectSchema,
+    previous: &'e BTreeMap<String, SyncError>,
+    now: DateTime<Utc>,
+}
+
+/// Returns the statuses a full read of `program` asks for: those of its channel, or every
+/// channel's when its channel is unknown (a member's status is always one of its channel's).
+fn statuses_of(channels: &[Channel], program: &Linked) -> Vec<String> {
+    channels
+        .iter()
+        .find(|c| Some(&c.name) == program.channel.as_ref())
+        .map_or_else(
+            || {
+                channels
+                    .iter()
+                    .flat_map(|c| c.status_names())
+                    .map(str::to_owned)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            },
+            |c| c.status_names().into_iter().map(str::to_owned).collect(),
+        )
 }
 
 /// Returns the raw source fields of a member record, with the synthetic fields.
