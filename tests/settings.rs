@@ -426,3 +426,51 @@ fn the_import_format_is_read_from_the_environment_and_a_bad_one_names_the_key() 
     assert!(text.contains("unknown value `xlsx`"), "{text}");
     assert!(text.contains("xlsx"), "{text}");
 }
+
+/// Every setting `config/default.toml` sets (the documented defaults) can also come from its
+/// `MKSYNC__SECTION__KEY` variable: the environment's list of known names cannot fall behind a
+/// new setting (it had, for `sync.programs_browse_secs` and `sync.marketo_schema_ttl_secs`).
+#[test]
+fn every_documented_setting_is_accepted_from_the_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documented: toml::Table = text.parse().unwrap();
+    let mut checked = 0;
+    for (section, table) in &documented {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        for (key, value) in table {
+            // Nested tables (bootstrap.low_watermarks) are free-form.
+            let raw = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    value.to_string()
+                }
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => continue,
+            };
+            let name = format!("MKSYNC__{}__{}", section.to_uppercase(), key.to_uppercase());
+            let dir = config_dir();
+            let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+                ("MKSYNC__MARKETO__CLIENT_SECRET", "x"),
+                (name.as_str(), raw.as_str()),
+            ]));
+            let (settings, problems) = load_settings(&source);
+            assert!(
+                problems.is_empty() && settings.is_some(),
+                "{name}={raw}: {problems:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} settings in {}",
+        path.display()
+    );
+}

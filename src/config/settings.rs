@@ -719,6 +719,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "mappings_dir",
             "lead_deletes",
             "lead_merges",
+            "marketo_schema_ttl_secs",
+            "programs_browse_secs",
             "program_members_repair_hours",
         ],
     ),
