@@ -685,11 +685,29 @@ impl Client {
         options: &ExportOptions,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, Error> {
-        let started = tokio::time::Instant::now();
-        let mut job = match existing {
+        let job = match existing {
             Some(id) => self.export_status(kind, id).await?,
             None => self.create_export(kind, request).await?,
         };
+        self.finish_export(kind, job, dest, options, cancel).await
+    }
+
+    /// As [`Client::run_export`], from a job whose state the caller knows: the one
+    /// [`Client::create_export`] just answered (`Created`) needs no status read before its
+    /// enqueue.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::run_export`].
+    pub async fn finish_export(
+        &self,
+        kind: &ExportKind,
+        mut job: ExportJob,
+        dest: &Path,
+        options: &ExportOptions,
+        cancel: &CancellationToken,
+    ) -> Result<ExportOutcome, Error> {
+        let started = tokio::time::Instant::now();
         let completed_before = job.status == ExportStatus::Completed;
         let id = job.export_id.clone();
         tracing::info!(export_id = %id, status = %job.status, "export job");

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EndpointError, JobEntry, JobJournal, JobStage, RestBulkEndpoint};
 use crate::marketo::bulk_extract::{
-    DateRange, ExportFilter, ExportKind, ExportOptions, ExportOutcome, ExportRequest,
+    DateRange, ExportFilter, ExportJob, ExportKind, ExportOptions, ExportOutcome, ExportRequest,
 };
 use crate::marketo::csv::{
     ActivityReader, CsvError, ExportReader, FileFormat, ReaderTask, spawn_file_reader,
@@ -209,7 +209,7 @@ impl RestBulkEndpoint {
         window: (DateTime<Utc>, DateTime<Utc>),
         file: Option<PathBuf>,
         journal: &dyn JobJournal,
-    ) -> Result<JobEntry, EndpointError> {
+    ) -> Result<(JobEntry, ExportJob), EndpointError> {
         let created = self.client.create_export(kind, request).await?;
         let job = JobEntry {
             import: false,
@@ -223,29 +223,33 @@ impl RestBulkEndpoint {
         };
         // Recorded before it is enqueued, so a restart resumes it.
         journal.record(&job).await?;
-        Ok(job)
+        Ok((job, created))
     }
 
+    /// Runs a job to its file: `fresh` is the job as its create answered it (no status read
+    /// is needed before the enqueue); without it (a journalled job) its status is read first.
     async fn run_job(
         &self,
         kind: &ExportKind,
         request: &ExportRequest,
-        job: &JobEntry,
+        (job, fresh): (&JobEntry, Option<ExportJob>),
         dest: &std::path::Path,
         cancel: &CancellationToken,
     ) -> Result<ExportOutcome, EndpointError> {
-        match self
-            .client
-            .run_export(
-                kind,
-                request,
-                Some(&job.id),
-                dest,
-                &self.export_options(),
-                cancel,
-            )
-            .await
-        {
+        let options = self.export_options();
+        let run = match fresh {
+            Some(created) => {
+                self.client
+                    .finish_export(kind, created, dest, &options, cancel)
+                    .await
+            }
+            None => {
+                self.client
+                    .run_export(kind, request, Some(&job.id), dest, &options, cancel)
+                    .await
+            }
+        };
+        match run {
             Err(Error::Cancelled { .. }) if cancel.is_cancelled() => Err(EndpointError::Cancelled),
             other => Ok(other?),
         }
@@ -285,18 +289,20 @@ impl RestBulkEndpoint {
                     ..ExportFilter::default()
                 },
             };
-            let job = match resumed.take() {
-                Some(job) => job,
+            let (job, fresh) = match resumed.take() {
+                Some(job) => (job, None),
                 None => {
-                    self.create_job(
-                        &ExportKind::Leads,
-                        &request,
-                        object,
-                        (start, end),
-                        None,
-                        journal,
-                    )
-                    .await?
+                    let (job, created) = self
+                        .create_job(
+                            &ExportKind::Leads,
+                            &request,
+                            object,
+                            (start, end),
+                            None,
+                            journal,
+                        )
+                        .await?;
+                    (job, Some(created))
                 }
             };
             let dest = self
@@ -304,7 +310,7 @@ impl RestBulkEndpoint {
                 .work_dir
                 .join(format!("marketo-sync-leads-{}.csv", job.id));
             let outcome = self
-                .run_job(&ExportKind::Leads, &request, &job, &dest, cancel)
+                .run_job(&ExportKind::Leads, &request, (&job, fresh), &dest, cancel)
                 .await?;
             bytes += outcome.bytes;
             if let Some(path) = outcome.path.clone() {
@@ -364,14 +370,14 @@ impl RestBulkEndpoint {
                 .into_iter()
                 .find(|j| in_window(j, start, end));
             let resumed = existing.is_some();
-            let mut job = match existing {
+            let (mut job, fresh) = match existing {
                 Some(job) => {
                     resumed_count += 1;
                     tracing::info!(export_id = %job.id, object, "re-attaching to an unfinished export");
-                    job
+                    (job, None)
                 }
                 None => {
-                    let job = self
+                    let (job, created_job) = self
                         .create_job(
                             &kind,
                             &request,
@@ -382,14 +388,17 @@ impl RestBulkEndpoint {
                         )
                         .await?;
                     created += 1;
-                    job
+                    (job, Some(created_job))
                 }
             };
             let dest = job
                 .file
                 .clone()
                 .unwrap_or_else(|| self.settings.work_dir.join(format!("{}.csv", job.id)));
-            let outcome = match self.run_job(&kind, &request, &job, &dest, cancel).await {
+            let outcome = match self
+                .run_job(&kind, &request, (&job, fresh), &dest, cancel)
+                .await
+            {
                 Ok(o) => o,
                 Err(EndpointError::Marketo(e))
                     if attempt < max_attempts
