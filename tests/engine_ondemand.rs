@@ -276,7 +276,12 @@ async fn marketo_company(app: &TestApp, key: &str) -> Vec<(String, String)> {
     page.records
         .iter()
         .map(|r| {
-            let text = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let text = |f: &str| {
+                r.get(f)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             (text("company"), text("industry"))
         })
         .collect()
@@ -313,7 +318,12 @@ async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_
         .unwrap();
     assert_eq!(out, CrmRecordOutcome::Synced);
     assert_eq!(calls_to(&app, mark, COMPANY_WRITES), 1);
-    assert_eq!(app.calls_since(mark).counted, 1, "{:?}", app.calls_since(mark).by_path);
+    assert_eq!(
+        app.calls_since(mark).counted,
+        1,
+        "{:?}",
+        app.calls_since(mark).by_path
+    );
     assert_eq!(
         marketo_company(&app, "900").await,
         vec![("Ondemand Co".to_owned(), "Retail".to_owned())]
@@ -331,7 +341,7 @@ async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_
     app.crm_exec(&format!(
         "UPDATE accounts SET industry = 'Media', updated_at = {NOW} WHERE id = 900"
     ))
-        .await;
+    .await;
     let out = app
         .engine
         .sync_crm_record_now("companies", "900", &cancel)
@@ -412,8 +422,7 @@ async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_
 }
 
 #[tokio::test]
-async fn a_record_marketo_refuses_on_demand_is_one_ledger_entry_and_the_poll_does_not_resend_it()
-{
+async fn a_record_marketo_refuses_on_demand_is_one_ledger_entry_and_the_poll_does_not_resend_it() {
     let app = TestApp::with(objects_app()).await;
     app.run_cycle().await;
     let cancel = CancellationToken::new();
@@ -422,7 +431,7 @@ async fn a_record_marketo_refuses_on_demand_is_one_ledger_entry_and_the_poll_doe
     app.crm_exec(&format!(
         "INSERT INTO accounts (id, name, updated_at) VALUES (901, 'Refused Co', {NOW})"
     ))
-        .await;
+    .await;
     let mark = app.log_mark();
     for _ in 0..2 {
         match app

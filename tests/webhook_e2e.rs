@@ -204,7 +204,11 @@ async fn the_crm_sync_route_writes_a_company_in_one_call_and_then_answers_unchan
     };
     let mark = app.log_mark();
     let (status, body) = post("/sync/crm/companies/900").await;
-    assert_eq!((status, &body["outcome"]), (200, &json!("synced")), "{body}");
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("synced")),
+        "{body}"
+    );
     assert_eq!(writes(mark), 1);
     assert_eq!(app.calls_since(mark).counted, 1, "one call: the write");
     let mark = app.log_mark();

@@ -232,13 +232,17 @@ async fn fetch_marketo(
         let mut found = Some(Vec::new());
         for folder in &named.list_folders {
             match client.folder_by_name(folder).await {
-                Ok(f) => found.iter_mut().for_each(|v| v.extend(f.clone().map(|f| f.name))),
+                Ok(f) => found
+                    .iter_mut()
+                    .for_each(|v| v.extend(f.clone().map(|f| f.name))),
                 Err(e) => {
                     problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {
                         Problem::warning(
                             SETTINGS,
                             "marketo",
-                            format!("cannot read Marketo folder `{folder}`, so it is not checked: {e}"),
+                            format!(
+                                "cannot read Marketo folder `{folder}`, so it is not checked: {e}"
+                            ),
                         )
                     }));
                     found = None;

@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(!problems[0].is_error());
         let text = problems[0].to_string();
-        assert!(text.contains("`VIP`") && text.contains("created in folder `Lists`"), "{text}");
+        assert!(
+            text.contains("`VIP`") && text.contains("created in folder `Lists`"),
+            "{text}"
+        );
 
         let mut set = SchemaSet::default();
         set.insert(list_names_schema(["Newsletter", "VIP"]));
@@ -207,7 +210,10 @@ mod tests {
         assert!(problems[0].is_error());
         let text = problems[0].to_string();
         assert!(text.contains("no marketing folder named `Lists`"), "{text}");
-        assert!(text.contains("static_lists.toml") && text.contains("lists.folder"), "{text}");
+        assert!(
+            text.contains("static_lists.toml") && text.contains("lists.folder"),
+            "{text}"
+        );
     }
 
     #[test]

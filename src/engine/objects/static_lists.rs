@@ -118,6 +118,14 @@ pub async fn run(
     step.run(summary, options, cancel).await
 }
 
+/// Returns the canonical name of the field mapped to the Marketo field `marketo`, if mapped.
+fn canonical_name(plan: &Plan, marketo: &str) -> Option<String> {
+    plan.fields
+        .iter()
+        .find(|f| f.marketo.as_deref() == Some(marketo))
+        .map(|f| f.name.clone())
+}
+
 /// The selected lists of a cycle (see [`Lists::resolve`]).
 #[derive(Default)]
 struct Resolved {
@@ -258,7 +266,12 @@ impl Lists<'_> {
         let marketo = &self.ctx.marketo;
         match marketo.create_static_list(name, folder, DESCRIPTION).await {
             Ok(list) => {
-                info!(object = self.object(), list = list.id, name, "static list created");
+                info!(
+                    object = self.object(),
+                    list = list.id,
+                    name,
+                    "static list created"
+                );
                 Ok(list.id)
             }
             Err(e) if e.code() == Some("709") => match marketo.static_list_by_name(name).await? {
@@ -704,7 +717,19 @@ impl Lists<'_> {
                 }
             };
             match Observed::read(plan, Side::Crm, fields.clone(), Some(change.modified_at)) {
-                Ok(o) => {
+                Ok(mut o) => {
+                    // The row's contact and list name are what Marketo's side of the pair
+                    // reports: agreed as written, so the echo of the write changes nothing.
+                    for (field, column) in [
+                        (CRM_CONTACT_FIELD, contact_column),
+                        (LIST_NAME_FIELD, list_column),
+                    ] {
+                        if let (Some(name), Some(value)) =
+                            (canonical_name(plan, field), raw_of(&change, column))
+                        {
+                            o.canonical.insert(name, Value::Text(value));
+                        }
+                    }
                     if previous
                         .get(&change.id)
                         .is_some_and(|e| e.direction == Direction::CrmToMarketo)
