@@ -261,6 +261,7 @@ fn calls_to(app: &TestApp, mark: u64, route: &str) -> u64 {
 const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f','now')";
 const COMPANY_WRITES: &str = "POST /rest/v1/companies.json";
 const OPPORTUNITY_WRITES: &str = "POST /rest/v1/opportunities.json";
+const SALESPERSON_WRITES: &str = "POST /rest/v1/salespersons.json";
 const CAR_WRITES: &str = "POST /rest/v1/customobjects/car_c.json";
 
 /// The Marketo companies with this `externalCompanyId`: (company name, industry).
@@ -289,15 +290,22 @@ async fn marketo_company(app: &TestApp, key: &str) -> Vec<(String, String)> {
 
 fn objects_app() -> Options {
     Options {
-        objects: ["leads", "companies", "opportunities", "cars"]
-            .map(String::from)
-            .to_vec(),
+        objects: [
+            "salespersons",
+            "leads",
+            "companies",
+            "opportunities",
+            "cars",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Options::default()
     }
 }
 
 #[tokio::test]
-async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_each() {
+async fn companies_opportunities_salespersons_and_custom_objects_sync_on_demand_in_one_write_each()
+{
     let app = TestApp::with(objects_app()).await;
     let contact = app
         .crm_insert_contact("driver@example.com", "Dee", "Driver")
@@ -398,6 +406,22 @@ async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_
         .unwrap();
     assert_eq!(out, CrmRecordOutcome::Unchanged);
 
+    // A salesperson, by the CRM object's name.
+    app.crm_exec(&format!(
+        "INSERT INTO users (id, email, first_name, last_name, updated_at) \
+         VALUES (77, 'owner@example.com', 'Olga', 'Owner', {NOW})"
+    ))
+    .await;
+    let mark = app.log_mark();
+    let out = app
+        .engine
+        .sync_crm_record_now("users", "77", &cancel)
+        .await
+        .unwrap();
+    assert_eq!(out, CrmRecordOutcome::Synced);
+    assert_eq!(calls_to(&app, mark, SALESPERSON_WRITES), 1);
+    assert_eq!(app.calls_since(mark).counted, 1);
+
     assert_eq!(
         app.engine
             .sync_crm_record_now("companies", "987654", &cancel)
@@ -409,10 +433,15 @@ async fn companies_opportunities_and_custom_objects_sync_on_demand_in_one_write_
     // The next cycle reads the same rows from the feed and writes none of them again.
     let mark = app.log_mark();
     let s = app.run_cycle().await;
-    for route in [COMPANY_WRITES, OPPORTUNITY_WRITES, CAR_WRITES] {
+    for route in [
+        COMPANY_WRITES,
+        OPPORTUNITY_WRITES,
+        CAR_WRITES,
+        SALESPERSON_WRITES,
+    ] {
         assert_eq!(calls_to(&app, mark, route), 0, "{route}: {:?}", s.objects);
     }
-    for object in ["companies", "opportunities", "cars"] {
+    for object in ["companies", "opportunities", "cars", "salespersons"] {
         let c = s.objects[object][&marketo_sync::store::Direction::CrmToMarketo];
         assert!(c.read >= 1, "the feed carried the {object} record: {c:?}");
         assert_eq!(c.created + c.updated + c.failed, 0, "{object}: {c:?}");
