@@ -131,6 +131,17 @@ async fn a_crm_segment_becomes_a_static_list_once_across_a_kill() {
     assert_eq!(calls_since(&app.sim, mark).by_path.get(CREATE), Some(&1));
     let created = lists_named(&c, SEGMENT).await;
     assert_eq!(created.len(), 1);
+    let create = app
+        .sim
+        .request_log()
+        .into_iter()
+        .find(|e| e.seq > mark && e.method == "POST" && e.path == "/rest/asset/v1/staticLists.json")
+        .unwrap();
+    assert!(
+        !create.query.contains("name="),
+        "the Asset API takes its writes form-encoded: {}",
+        create.query
+    );
 
     // The next cycle finds it by name: no second list; every member is in it.
     let s = app.run_cycle().await;

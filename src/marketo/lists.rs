@@ -147,11 +147,12 @@ impl Client {
     ) -> Result<StaticList, Error> {
         const EP: &str = "/rest/asset/v1/staticLists.json";
         let folder_json = serde_json::to_string(folder).unwrap_or_default();
-        let call = Call::post_empty(EP)
-            .q("folder", folder_json)
-            .q("name", name)
-            .q("description", description)
-            .not_idempotent();
+        let form = vec![
+            ("folder".to_owned(), folder_json),
+            ("name".to_owned(), name.to_owned()),
+            ("description".to_owned(), description.to_owned()),
+        ];
+        let call = Call::post_form(EP, form).not_idempotent();
         self.call::<StaticList>(&call)
             .await?
             .one(EP, "the list created")
