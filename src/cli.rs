@@ -1260,7 +1260,7 @@ async fn sync_record(
             known.join(", ")
         ),
         CrmRecordOutcome::PollOnly => anyhow::bail!(
-            "{object}:{id}: `{object}` syncs on the poll only; on-demand sync covers the lead mapping's object"
+            "{object}:{id}: `{object}` syncs on the poll only (activities, programs, program members and static list membership); on-demand sync covers the objects the CRM writes to Marketo"
         ),
     }
 }

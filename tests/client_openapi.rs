@@ -460,6 +460,25 @@ async fn exercise_every_method(
             .is_none()
     );
     called.push("static_list_by_name");
+    let folder = client
+        .folder_by_name("Lists")
+        .await
+        .unwrap()
+        .expect("the sim's Lists folder");
+    assert!(
+        client
+            .folder_by_name("No Such Folder")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    called.push("folder_by_name");
+    let created = client
+        .create_static_list("Spec Segment", &folder.reference(), "from a CRM segment")
+        .await
+        .unwrap();
+    assert_eq!(created.name, "Spec Segment");
+    called.push("create_static_list");
     client
         .list_members(1001, &s(&["email"]), None)
         .await
@@ -900,7 +919,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        71,
+        73,
         "the client gained or lost a method: {methods:?}"
     );
 

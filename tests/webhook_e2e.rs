@@ -170,6 +170,67 @@ async fn the_crm_sync_route_syncs_one_record_to_marketo_now() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crm_sync_route_writes_a_company_in_one_call_and_then_answers_unchanged() {
+    let app = TestApp::with(harness::Options {
+        objects: vec!["leads".into(), "companies".into()],
+        ..harness::Options::default()
+    })
+    .await;
+    let secret = "company-route-secret";
+    let (port, _queue, shutdown, running) = start_daemon(&app, secret).await;
+    app.crm_exec("INSERT INTO accounts (id, name, industry) VALUES (900, 'Route Co', 'Retail')")
+        .await;
+    let http = reqwest::Client::new();
+    let post = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .header("x-marketo-sync-secret", secret)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let writes = |mark: u64| {
+        app.calls_since(mark)
+            .by_path
+            .get("POST /rest/v1/companies.json")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mark = app.log_mark();
+    let (status, body) = post("/sync/crm/companies/900").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("synced")),
+        "{body}"
+    );
+    assert_eq!(writes(mark), 1);
+    assert_eq!(app.calls_since(mark).counted, 1, "one call: the write");
+    let mark = app.log_mark();
+    let (status, body) = post("/sync/crm/accounts/900").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("unchanged")),
+        "{body}"
+    );
+    assert_eq!(writes(mark), 0);
+    let (status, body) = post("/sync/crm/companies/987654").await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    shutdown.cancel();
+    running.await.unwrap().expect("clean shutdown");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_syncs_its_lead_to_the_crm_between_cycles() {
     let app = TestApp::start().await;
     // Something for the first cycle to carry, so that it has records to count.

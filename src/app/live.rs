@@ -25,6 +25,8 @@ pub struct NamedObjects {
     pub activity_types: BTreeSet<i64>,
     /// CRM objects.
     pub crm: BTreeSet<String>,
+    /// The Marketo folders static list mappings create missing lists in (`[lists] folder`).
+    pub list_folders: BTreeSet<String>,
 }
 
 /// Returns the objects the mappings of `settings.sync.objects` name on both sides.
@@ -47,6 +49,15 @@ pub fn named_objects(settings: &Settings, mappings: &[LoadedMapping]) -> NamedOb
             }
         } else if !f.marketo_object.is_empty() {
             named.marketo.insert(f.marketo_schema_object());
+        }
+        if let Some(folder) = f
+            .lists
+            .as_ref()
+            .filter(|l| l.create_missing)
+            .and_then(|l| l.folder.as_deref())
+            .filter(|f| !f.trim().is_empty())
+        {
+            named.list_folders.insert(folder.trim().to_owned());
         }
     }
     named
@@ -215,6 +226,34 @@ async fn fetch_marketo(
                     ),
                 )
             })),
+        }
+    }
+    if !named.list_folders.is_empty() {
+        let mut found = Some(Vec::new());
+        for folder in &named.list_folders {
+            match client.folder_by_name(folder).await {
+                Ok(f) => found
+                    .iter_mut()
+                    .for_each(|v| v.extend(f.clone().map(|f| f.name))),
+                Err(e) => {
+                    problems.push(fatal_marketo(m, &e).unwrap_or_else(|| {
+                        Problem::warning(
+                            SETTINGS,
+                            "marketo",
+                            format!(
+                                "cannot read Marketo folder `{folder}`, so it is not checked: {e}"
+                            ),
+                        )
+                    }));
+                    found = None;
+                    break;
+                }
+            }
+        }
+        if let Some(found) = found {
+            set.insert(crate::mapping::lists::list_folders_schema(
+                found.iter().map(String::as_str),
+            ));
         }
     }
     if named.activity_types.is_empty() {

@@ -312,6 +312,15 @@ pub struct ListSelection {
     /// List names.
     #[serde(default)]
     pub names: Vec<String>,
+    /// Creates a list Marketo does not have (instead of failing the step): the CRM rows of that
+    /// list name (a CRM segment) become a new static list in [`ListSelection::folder`], and
+    /// their contacts' leads its members. Created once: looked up by name before it is created,
+    /// and its id remembered in the store.
+    #[serde(default)]
+    pub create_missing: bool,
+    /// The name of the Marketo marketing folder new lists are created in (`create_missing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 /// The Marketo name of the activities pseudo-object.
@@ -726,6 +735,24 @@ fn check_list_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
             &key_path("lists"),
             "a static list mapping names its lists: `[lists] names = [\"Newsletter\"]`",
         ));
+    }
+    let Some(lists) = f.lists.as_ref() else {
+        return;
+    };
+    let folder_path = [Segment::Key("lists".into()), Segment::Key("folder".into())];
+    match (lists.create_missing, lists.folder.as_deref().map(str::trim)) {
+        (true, None | Some("")) => out.push(m.problem(
+            true,
+            &folder_path,
+            "`lists.create_missing = true` needs the Marketo folder new lists are created in: \
+             `folder = \"Marketing Activities\"`",
+        )),
+        (false, Some(_)) => out.push(m.problem(
+            false,
+            &folder_path,
+            "`lists.folder` is only used with `create_missing = true`; no list is created",
+        )),
+        _ => {}
     }
 }
 

@@ -16,12 +16,15 @@ use super::{
     Context, CrmRecordOutcome, CycleOptions, CycleSummary, EngineError, OnDemandOutcome, Runner,
 };
 use crate::crm::CrmError;
+use crate::engine::pipeline::Scope;
 use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
 use crate::marketo::describe::{CUSTOM_ACTIVITY_PREFIX, StandardObject};
 use crate::marketo::usage::{QuotaGovernor, QuotaPolicy, QuotaVerdict};
 use crate::marketo::{Disposition, UsageSnapshot};
 use crate::model::{FieldType, ObjectSchema, Side};
-use crate::store::{CycleCount, CycleOutcome, CycleRecord, SchemaRecord, StepTiming, marketo_day};
+use crate::store::{
+    CycleCount, CycleOutcome, CycleRecord, Direction, SchemaRecord, StepTiming, marketo_day,
+};
 use crate::telemetry::events::FieldAvailability;
 
 /// Tunable thresholds of a cycle.
@@ -845,22 +848,124 @@ impl Runner for Engine {
             .values()
             .find(|p| p.object == object || p.crm_object == object)
         else {
+            if poll_only_object(&plans, object) {
+                return Ok(CrmRecordOutcome::PollOnly);
+            }
             let known = plans.objects.values().map(|p| p.object.clone()).collect();
             return Ok(CrmRecordOutcome::UnknownObject { known });
         };
-        if plan.marketo_object != "lead" {
-            return Ok(CrmRecordOutcome::PollOnly);
+        if plan.marketo_object == "lead" {
+            return self
+                .on_demand(CrmRecordOutcome::Deferred, async {
+                    let result = leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)
+                        .await
+                        .map_err(|e| as_pause(e, self.ctx.clock.now()));
+                    if result.is_err() {
+                        self.ctx.crm.forget_own_writes();
+                    }
+                    result
+                })
+                .await;
         }
+        let Some(record) = objects::step_of(&plans, plan).and_then(|s| s.record) else {
+            return Ok(CrmRecordOutcome::PollOnly);
+        };
         self.on_demand(CrmRecordOutcome::Deferred, async {
-            let result = leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)
-                .await
-                .map_err(|e| as_pause(e, self.ctx.clock.now()));
+            let result = self.sync_one(&plans, plan, record, crm_id, cancel).await;
             if result.is_err() {
                 self.ctx.crm.forget_own_writes();
             }
-            result
+            result.map_err(|e| as_pause(e, self.ctx.clock.now()))
         })
         .await
+    }
+}
+
+/// Returns true when `object` names a synced object that has no plan in `plans.objects`
+/// because it syncs activities (Marketo activity types, CRM events sent as custom activities):
+/// those sync on the poll only.
+fn poll_only_object(plans: &Plans, object: &str) -> bool {
+    let activity = plans
+        .activities
+        .values()
+        .any(|p| p.object == object || p.crm_object == object);
+    let custom_activity = plans
+        .custom_activities
+        .iter()
+        .any(|(name, c)| name == object || c.plan.crm_object == object);
+    activity || custom_activity
+}
+
+/// Returns what an on-demand step did to the record `crm_id` of `object`, from its counts and
+/// the record's open ledger entry (`open`): not read (no live record), refused (written or
+/// waiting in the ledger), written, or already agreed.
+fn record_outcome(
+    summary: &CycleSummary,
+    object: &str,
+    open: Option<&crate::store::SyncError>,
+) -> CrmRecordOutcome {
+    let counts = |d: Direction| summary.objects.get(object).and_then(|c| c.get(&d)).cloned();
+    let push = counts(Direction::CrmToMarketo).unwrap_or_default();
+    let pull = counts(Direction::MarketoToCrm).unwrap_or_default();
+    if push.read == 0 {
+        return CrmRecordOutcome::NotFound;
+    }
+    if let Some(e) = open {
+        return CrmRecordOutcome::Refused {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        };
+    }
+    if push.created + push.updated + pull.created + pull.updated > 0 {
+        CrmRecordOutcome::Synced
+    } else {
+        CrmRecordOutcome::Unchanged
+    }
+}
+
+impl Engine {
+    /// Syncs the CRM record `crm_id` of `plan` through its step's [`objects::RecordFn`] (the
+    /// cycle's pipeline over one record: gather by id, pair with its link and Marketo record,
+    /// reconcile, write, commit) and returns what happened to it.
+    async fn sync_one(
+        &self,
+        plans: &Plans,
+        plan: &crate::mapping::Plan,
+        record: objects::RecordFn,
+        crm_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<CrmRecordOutcome, EngineError> {
+        let options = CycleOptions::default();
+        let input = objects::StepInput {
+            ctx: &self.ctx,
+            tunables: &self.tunables,
+            plans,
+            options: &options,
+            cancel,
+        };
+        let scope = Scope::Record {
+            object: &plan.object,
+            id: crm_id,
+        };
+        let mut summary = CycleSummary::default();
+        record(input, scope, &mut summary).await?;
+        if let Some(w) = summary.warnings.first() {
+            // A step that skipped itself (native CRM sync owns the object in Marketo).
+            return Err(EngineError::Config(w.clone()));
+        }
+        let open = self
+            .ctx
+            .store
+            .list_errors(&crate::store::ErrorFilter {
+                status: Some(crate::store::ErrorStatus::Open),
+                object: Some(plan.object.clone()),
+                limit: 1000,
+            })
+            .await?
+            .into_iter()
+            .filter(|e| e.record_key == crm_id)
+            .min_by_key(|e| e.direction != Direction::CrmToMarketo);
+        Ok(record_outcome(&summary, &plan.object, open.as_ref()))
     }
 }
 

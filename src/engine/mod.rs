@@ -71,7 +71,8 @@ pub enum CrmRecordOutcome {
         /// The names that would have been accepted.
         known: Vec<String>,
     },
-    /// The object syncs, but only on the poll (on-demand covers the lead mapping's object).
+    /// The object syncs, but only on the poll (activities, programs and memberships; see
+    /// `http::crm_sync` for which and why).
     PollOnly,
     /// The on-demand share of the Marketo budget is spent: the next poll carries the record.
     Deferred,

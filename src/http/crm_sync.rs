@@ -13,6 +13,23 @@
 //! | 422 `{"outcome":"poll_only"}` | the object syncs on the poll only |
 //! | 400 / 401 | a bad id / a missing or wrong secret |
 //! | 503 (retryable) / 500 | the sync could not run |
+//!
+//! `{object}` is a `sync.objects` name or its CRM object. Every object whose records the CRM
+//! writes to Marketo syncs on demand through the cycle's own pipeline over one record: read by
+//! id, paired with its link (and, for companies, its Marketo company: one read), reconciled
+//! against the store's agreed values, written, committed; no watermark moves, so the next poll
+//! finds the record agreed and writes nothing.
+//!
+//! | object | on demand | why |
+//! |---|---|---|
+//! | leads (the lead mapping) | yes | its own path: matching by email, merges |
+//! | companies, opportunities, roles, salespersons | yes | the pipeline's record scope |
+//! | custom objects | yes | CRM -> Marketo; the Marketo -> CRM read is the poll's |
+//! | programs | `poll_only` | programs flow from Marketo to the CRM only |
+//! | program members | `poll_only` | a member row is keyed by its Marketo program and lead, which the poll's program read resolves; its status write is batched per (program, status) |
+//! | static list membership | `poll_only` | a row's list is resolved (or created) by name once per cycle, and its Marketo side is read through the activity riders |
+//! | activities, custom activities | `poll_only` | appended, not upserted: only the feed's watermark and outbox keep an event from being sent twice |
+//! | deletions | `poll_only` | a deleted record has no row to read by id; the poll's delete feed carries it |
 
 use async_trait::async_trait;
 use axum::http::StatusCode;

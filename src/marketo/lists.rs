@@ -35,6 +35,39 @@ pub struct StaticList {
     pub updated_at: Option<String>,
 }
 
+/// A folder of the Asset API (`GET /rest/asset/v1/folder/byName.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Folder {
+    /// The id.
+    pub id: i64,
+    /// The name.
+    pub name: String,
+    /// The reference to use as a parent (`{"id":..,"type":"Folder"|"Program"}`).
+    #[serde(default)]
+    pub folder_id: Option<FolderRef>,
+}
+
+/// A folder reference as the Asset API takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct FolderRef {
+    /// The folder's (or program's) id.
+    pub id: i64,
+    /// `Folder` or `Program`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Folder {
+    /// Returns the reference to the folder as a parent.
+    pub fn reference(&self) -> FolderRef {
+        self.folder_id.clone().unwrap_or(FolderRef {
+            id: self.id,
+            kind: "Folder".into(),
+        })
+    }
+}
+
 fn id_call(mut call: Call, ids: &[i64]) -> Call {
     // Swagger: `id` is a multi-valued query parameter (`id=1&id=2`).
     for id in ids {
@@ -75,6 +108,54 @@ impl Client {
     pub async fn static_list_by_name(&self, name: &str) -> Result<Option<StaticList>, Error> {
         let call = Call::get("/rest/asset/v1/staticList/byName.json").q("name", name);
         Ok(self.call::<StaticList>(&call).await?.first())
+    }
+
+    /// Finds a marketing folder by its exact name (`GET /rest/asset/v1/folder/byName.json`,
+    /// `type=Folder`).
+    ///
+    /// Returns `None` when Marketo has no folder of that name.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error.
+    pub async fn folder_by_name(&self, name: &str) -> Result<Option<Folder>, Error> {
+        let call = Call::get("/rest/asset/v1/folder/byName.json")
+            .q("name", name)
+            .q("type", "Folder");
+        Ok(self
+            .call::<Folder>(&call)
+            .await?
+            .records()
+            .into_iter()
+            .find(|f| f.name == name))
+    }
+
+    /// Creates an empty static list in `folder` (`POST /rest/asset/v1/staticLists.json`).
+    /// Not idempotent: a caller that may repeat it looks the name up first (names are unique:
+    /// Marketo answers 709 for a taken one).
+    ///
+    /// Returns the list created.
+    ///
+    /// # Errors
+    ///
+    /// Returns any call-level error (709 for a name taken, 702/710 for a folder not found).
+    pub async fn create_static_list(
+        &self,
+        name: &str,
+        folder: &FolderRef,
+        description: &str,
+    ) -> Result<StaticList, Error> {
+        const EP: &str = "/rest/asset/v1/staticLists.json";
+        let folder_json = serde_json::to_string(folder).unwrap_or_default();
+        let form = vec![
+            ("folder".to_owned(), folder_json),
+            ("name".to_owned(), name.to_owned()),
+            ("description".to_owned(), description.to_owned()),
+        ];
+        let call = Call::post_form(EP, form).not_idempotent();
+        self.call::<StaticList>(&call)
+            .await?
+            .one(EP, "the list created")
     }
 
     /// Reads one static list (`GET /rest/v1/lists/{id}.json`).

@@ -32,6 +32,8 @@ const UNCOUNTED: &[&str] = &["601", "602", "604", "605", "608", "611"];
 pub(crate) enum Body {
     None,
     Json(Json),
+    /// `application/x-www-form-urlencoded` pairs (the Asset API's writes).
+    Form(Vec<(String, String)>),
     Multipart(MultipartSpec),
 }
 
@@ -81,6 +83,17 @@ impl Call {
             path: path.into(),
             query: Vec::new(),
             body: Body::None,
+            idempotent: true,
+        }
+    }
+
+    /// A POST whose parameters travel as a form-encoded body (the Asset API's writes).
+    pub(crate) fn post_form(path: impl Into<String>, pairs: Vec<(String, String)>) -> Self {
+        Call {
+            method: Method::POST,
+            path: path.into(),
+            query: Vec::new(),
+            body: Body::Form(pairs),
             idempotent: true,
         }
     }
@@ -226,6 +239,15 @@ impl Client {
                         .map_err(|e| Error::decode(endpoint, e.to_string()))?;
                     size = bytes.len() as u64;
                     rb = rb.header(CONTENT_TYPE, "application/json").body(bytes);
+                }
+                Body::Form(pairs) => {
+                    let encoded = url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(pairs.iter())
+                        .finish();
+                    size = encoded.len() as u64;
+                    rb = rb
+                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(encoded);
                 }
                 Body::Multipart(spec) => {
                     let (form, len) = multipart_form(spec).await?;

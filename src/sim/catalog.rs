@@ -95,6 +95,15 @@ pub struct Catalog {
     pub next_list_id: i64,
 }
 
+/// The marketing folders of the instance: (id, name). Static lists and programs live in them
+/// (the seeded programs' folders); `folder/byName.json` finds them, and a static list is created
+/// only in one of them (or in a program).
+pub const FOLDERS: &[(i64, &str)] = &[
+    (19, "Marketing Activities"),
+    (20, "Nurture Programs"),
+    (21, "Lists"),
+];
+
 /// Returns `Watched Demo` as `watchedDemo_c`: the first word lower-cased, the rest capitalised.
 pub fn api_name_of(name: &str) -> String {
     let mut api: String = name

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ObjectFamily, from_record, key_text, links_by_crm, record_invalid_value};
 use crate::crm::ChangeKind;
-use crate::engine::pipeline::gather::{Gathered, crm_with_retries};
+use crate::engine::pipeline::gather::{Gathered, Scope, crm_in_scope};
 use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay, unreadable};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
@@ -70,10 +70,27 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
+}
+
+/// [`run`] over the accounts of `scope`: on demand, one CRM account (read by id) and its linked
+/// Marketo company (one Get Companies call), reconciled like a cycle's; no drift read.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_in(
+    ctx: &Context,
+    plans: &Plans,
+    scope: Scope<'_>,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let Some(plan) = plans.objects.get(OBJECT) else {
         return Ok(());
     };
-    let result = run_plan(ctx, plan, summary, options, cancel).await;
+    let result = run_plan(ctx, plan, scope, summary, options, cancel).await;
     super::skip_when_native_sync(result, OBJECT, summary)
 }
 
@@ -82,16 +99,19 @@ pub async fn run(
 async fn run_plan(
     ctx: &Context,
     plan: &Plan,
+    scope: Scope<'_>,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let object = plan.object.as_str();
-    let (mut gathered, previous) = crm_with_retries(ctx, plan, cancel).await?;
+    let (mut gathered, previous) = crm_in_scope(ctx, plan, scope, cancel).await?;
     let mut commit = crate::engine::pipeline::commit::start(&mut gathered);
     let mut pairs = crm_pairs(ctx, object, &gathered).await?;
     summary.counts_mut(object, Direction::CrmToMarketo).read += pairs.len() as u64;
-    add_drift_pairs(ctx, object, ctx.clock.now(), &mut pairs, &mut commit).await?;
+    if scope.is_feed() {
+        add_drift_pairs(ctx, object, ctx.clock.now(), &mut pairs, &mut commit).await?;
+    }
     let wanted: Vec<String> = pairs
         .values()
         .filter_map(|p| p.link.as_ref().map(|l| l.marketo_key.clone()))

@@ -13,7 +13,7 @@ pub mod from_marketo;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{KeyHook, KeysFn, ObjectFamily, ObjectSpec, key_text, raw_key, run_push};
+use super::{KeyHook, KeysFn, ObjectFamily, ObjectSpec, Scope, key_text, raw_key, run_push};
 use crate::engine::ledger::Failure;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
@@ -69,7 +69,27 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    for plan in custom_plans(plans) {
+    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
+}
+
+/// [`run`] over the records of `scope`: on demand, one CRM record of the custom object the
+/// scope names, CRM -> Marketo only (the Marketo -> CRM read is the poll's).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_in(
+    ctx: &Context,
+    plans: &Plans,
+    scope: Scope<'_>,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    for plan in custom_plans(plans)
+        .into_iter()
+        .filter(|p| scope.covers(&p.object))
+    {
         let key_name = plan.marketo_crm_key.clone();
         let canonical_key = marketo_key_field(plan);
         let keys: &KeysFn = &move |change, _raw, canonical, leads| {
@@ -103,8 +123,10 @@ pub async fn run(
             keys: KeyHook::Custom(keys),
             contact_column: Some(CONTACT_COLUMN),
         };
-        run_push(ctx, plan, &spec, summary, options, cancel).await?;
-        from_marketo::run(ctx, plan, summary, options, cancel).await?;
+        run_push(ctx, plan, &spec, scope, summary, options, cancel).await?;
+        if scope.is_feed() {
+            from_marketo::run(ctx, plan, summary, options, cancel).await?;
+        }
     }
     Ok(())
 }

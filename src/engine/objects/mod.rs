@@ -42,10 +42,10 @@ pub(crate) use crate::engine::pipeline::spec::{KeyHook, KeysFn, ObjectSpec};
 pub(crate) use crate::engine::pipeline::write::{
     CRM_ROW_BATCH, RowTarget, create_linked_rows, skip_reason,
 };
-pub(crate) use crate::engine::pipeline::{from_record, key_text, run_push, to_record};
+pub(crate) use crate::engine::pipeline::{Scope, from_record, key_text, run_push, to_record};
 pub(crate) use crate::marketo::endpoint::families::ObjectFamily;
 
-pub use registry::{OnFailure, STEPS, Step, StepInput, step};
+pub use registry::{CUSTOM_OBJECTS, OnFailure, RecordFn, STEPS, Step, StepInput, step, step_of};
 
 /// The object name whose links map Marketo lead ids to CRM contact ids (the leads mapping).
 pub const LEAD_LINK_OBJECT: &str = super::leads::LINK_OBJECT;

@@ -13,6 +13,7 @@ use super::{
     program_members, programs, roles, salespersons, static_lists,
 };
 use crate::engine::Context;
+use crate::engine::pipeline::Scope;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
 use crate::mapping::Plans;
 
@@ -37,6 +38,10 @@ pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EngineError>> +
 /// The body of a step.
 pub type StepFn = for<'a> fn(StepInput<'a>, &'a mut CycleSummary) -> StepFuture<'a>;
 
+/// The body of a step over the records of a [`Scope`]: one CRM record on demand
+/// (`sync --record`, `POST /sync/crm/{object}/{id}`), through the same pipeline as the cycle.
+pub type RecordFn = for<'a> fn(StepInput<'a>, Scope<'a>, &'a mut CycleSummary) -> StepFuture<'a>;
+
 /// What a failure of the whole step (not of one record) does to the cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -59,10 +64,34 @@ pub struct Step {
     /// when one of them failed in this cycle, this step is skipped (its watermarks stay), rather
     /// than writing records whose parents did not arrive.
     pub after: &'static [&'static str],
+    /// Syncs one CRM record of the step's objects now; `None` when the step syncs on the poll
+    /// only (see the table of `http::crm_sync` for which and why).
+    pub record: Option<RecordFn>,
 }
 
-/// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`].
+/// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`], and
+/// with `record`, its `run_in(ctx, plans, scope, summary, options, cancel)` into a [`RecordFn`].
 macro_rules! object_step {
+    ($name:expr, $run:path, record $run_in:path $(, after $after:expr)*) => {{
+        fn record<'a>(
+            input: StepInput<'a>,
+            scope: Scope<'a>,
+            summary: &'a mut CycleSummary,
+        ) -> StepFuture<'a> {
+            Box::pin($run_in(
+                input.ctx,
+                input.plans,
+                scope,
+                summary,
+                input.options,
+                input.cancel,
+            ))
+        }
+        Step {
+            record: Some(record as RecordFn),
+            ..object_step!($name, $run $(, after $after)*)
+        }
+    }};
     ($name:expr, $run:path $(, after $after:expr)*) => {{
         fn run<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFuture<'a> {
             Box::pin($run(
@@ -78,24 +107,31 @@ macro_rules! object_step {
             run,
             on_failure: OnFailure::Warn,
             after: &[$($after),*],
+            record: None,
         }
     }};
 }
 
 /// Every step of a cycle, in the order it runs.
 pub const STEPS: &[Step] = &[
-    object_step!(salespersons::OBJECT, salespersons::run),
-    object_step!(companies::OBJECT, companies::run),
+    object_step!(salespersons::OBJECT, salespersons::run, record salespersons::run_in),
+    object_step!(companies::OBJECT, companies::run, record companies::run_in),
     Step {
         name: leads::LINK_OBJECT,
         run: run_leads,
         on_failure: OnFailure::FailCycle,
         after: &[],
+        // The lead's own on-demand path (`leads::sync_crm_record`): matching and merges.
+        record: None,
     },
-    object_step!(opportunities::OBJECT, opportunities::run),
-    object_step!(roles::OBJECT, roles::run, after opportunities::OBJECT),
+    object_step!(opportunities::OBJECT, opportunities::run, record opportunities::run_in),
+    object_step!(roles::OBJECT, roles::run, record roles::run_in, after opportunities::OBJECT),
     object_step!("deletions", deletions::run),
-    object_step!("custom_objects", custom_objects::run),
+    object_step!(
+        CUSTOM_OBJECTS,
+        custom_objects::run,
+        record custom_objects::run_in
+    ),
     object_step!(programs::OBJECT, programs::run),
     object_step!(program_members::OBJECT, program_members::run, after programs::OBJECT),
     object_step!(static_lists::OBJECT, static_lists::run),
@@ -103,9 +139,27 @@ pub const STEPS: &[Step] = &[
     object_step!(custom_activities::OBJECT, custom_activities::run),
 ];
 
+/// The step of every custom object.
+pub const CUSTOM_OBJECTS: &str = "custom_objects";
+
 /// Returns the registered step named `name`.
 pub fn step(name: &str) -> Option<&'static Step> {
     STEPS.iter().find(|s| s.name == name)
+}
+
+/// Returns the registered step that syncs `plan`'s records: the step of its name, or the custom
+/// objects' step for a custom object.
+pub fn step_of(plans: &Plans, plan: &crate::mapping::Plan) -> Option<&'static Step> {
+    if plan.marketo_object == "lead" {
+        return step(leads::LINK_OBJECT);
+    }
+    step(&plan.object).or_else(|| {
+        custom_objects::custom_plans(plans)
+            .iter()
+            .any(|p| p.object == plan.object)
+            .then(|| step(CUSTOM_OBJECTS))
+            .flatten()
+    })
 }
 
 /// The leads step: [`leads::run`] with the plan whose Marketo object is the lead.

@@ -6,7 +6,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    KeyHook, KeysFn, ObjectFamily, ObjectSpec, key_text, raw_key, run_push, skip_when_native_sync,
+    KeyHook, KeysFn, ObjectFamily, ObjectSpec, Scope, key_text, raw_key, run_push,
+    skip_when_native_sync,
 };
 use crate::engine::ledger::Failure;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
@@ -59,6 +60,22 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
+}
+
+/// [`run`] over the records of `scope` (the feed, or one CRM role on demand).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_in(
+    ctx: &Context,
+    plans: &Plans,
+    scope: Scope<'_>,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let Some(plan) = plans.objects.get(OBJECT) else {
         return Ok(());
     };
@@ -99,7 +116,7 @@ pub async fn run(
         },
         contact_column: Some(CONTACT_COLUMN),
     };
-    let result = run_push(ctx, plan, &spec, summary, options, cancel).await;
+    let result = run_push(ctx, plan, &spec, scope, summary, options, cancel).await;
     skip_when_native_sync(result, OBJECT, summary)
 }
 

@@ -2,7 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{KeyHook, ObjectFamily, ObjectSpec, run_push, skip_when_native_sync};
+use super::{KeyHook, ObjectFamily, ObjectSpec, Scope, run_push, skip_when_native_sync};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plans;
 
@@ -23,6 +23,22 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
+}
+
+/// [`run`] over the records of `scope` (the feed, or one CRM record on demand).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_in(
+    ctx: &Context,
+    plans: &Plans,
+    scope: Scope<'_>,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let Some(plan) = plans.objects.get(OBJECT) else {
         return Ok(());
     };
@@ -31,6 +47,6 @@ pub async fn run(
         keys: KeyHook::CrmId,
         contact_column: None,
     };
-    let result = run_push(ctx, plan, &spec, summary, options, cancel).await;
+    let result = run_push(ctx, plan, &spec, scope, summary, options, cancel).await;
     skip_when_native_sync(result, OBJECT, summary)
 }

@@ -5,7 +5,15 @@
 //! and a membership flag (the row's soft delete: false once the lead left the list); see
 //! [`crate::mapping::lists`]. Lists are chosen by name (`[lists] names`), each resolved to its id
 //! once by `staticList/byName.json` and remembered in the store (an unknown name fails the step
-//! with an error naming the mapping file).
+//! with an error naming the mapping file, unless `[lists] create_missing` creates it: see
+//! [`Lists::resolve`]).
+//!
+//! Lists from a CRM segment (`create_missing = true`, `folder = "..."`): a name Marketo has no
+//! list of is created in that marketing folder (`folder/byName.json`, then
+//! `POST staticLists.json`), and every CRM row of that list name is read (not only the feed's)
+//! so its contacts' leads become members in the same cycle. Created once: the name is looked up
+//! before it is created, so a run stopped between the create and its commit finds the list on
+//! the next cycle, and the id is committed with the step.
 //!
 //! Marketo -> CRM, at no extra call on an idle cycle: the lead step's activity read carries Add
 //! to List (24) and Remove from List (25), primary attribute = the list, as a feed rider
@@ -39,12 +47,14 @@ use crate::engine::pipeline::gather::{crm_with_retries, open_errors};
 use crate::engine::pipeline::pair::{contacts_by_lead, lead_ids_by_contact, links_by_crm};
 use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
+use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::lists::{
     CRM_CONTACT_FIELD, LIST_NAME_FIELD, MEMBER_FIELD, STATIC_LIST, member_key, parse_key,
 };
 use crate::mapping::{Plan, Plans};
 use crate::marketo::RecordStatus;
+use crate::marketo::lists::FolderRef;
 use crate::model::{Fields, ObjectSchema, Side, Value};
 use crate::store::{Direction, StepCommit, SyncError, Watermark};
 
@@ -108,6 +118,27 @@ pub async fn run(
     step.run(summary, options, cancel).await
 }
 
+/// Returns the canonical name of the field mapped to the Marketo field `marketo`, if mapped.
+fn canonical_name(plan: &Plan, marketo: &str) -> Option<String> {
+    plan.fields
+        .iter()
+        .find(|f| f.marketo.as_deref() == Some(marketo))
+        .map(|f| f.name.clone())
+}
+
+/// The selected lists of a cycle (see [`Lists::resolve`]).
+#[derive(Default)]
+struct Resolved {
+    /// The lists by id (id -> name).
+    lists: BTreeMap<i64, String>,
+    /// The watermark remembering the ids by name, when a name was resolved now.
+    mark: Option<Watermark>,
+    /// The lists created now (empty: nothing to read in Marketo).
+    created: BTreeSet<i64>,
+    /// The lists whose CRM rows are read whole now (`create_missing`, first resolved now).
+    crm_seed: BTreeSet<i64>,
+}
+
 struct Lists<'a> {
     ctx: &'a Context,
     plan: &'a Plan,
@@ -119,18 +150,21 @@ impl Lists<'_> {
         self.plan.object.as_str()
     }
 
-    /// Returns the selected lists by id (id -> name) and the watermark remembering them when a
-    /// name was resolved now.
+    /// Returns the selected lists by id (id -> name), the watermark remembering them when a
+    /// name was resolved now, and the lists whose CRM rows are read whole now: with
+    /// `create_missing`, each list resolved for the first time (created now, or found by name:
+    /// created by an earlier run that stopped before its commit), so that the CRM segment's rows
+    /// become members whatever the change feed carried before.
     ///
     /// # Errors
     ///
-    /// A name Marketo has no list of, a Marketo or store failure.
-    async fn resolve(&self) -> Result<(BTreeMap<i64, String>, Option<Watermark>), EngineError> {
+    /// A name Marketo has no list of (without `create_missing`), a folder Marketo does not have,
+    /// a Marketo or store failure.
+    async fn resolve(&self, summary: &mut CycleSummary) -> Result<Resolved, EngineError> {
         let (ctx, object) = (self.ctx, self.object());
         let mapping = ctx.mappings.iter().find(|m| m.object == object);
-        let names: Vec<String> = mapping
-            .and_then(|m| m.file.lists.as_ref())
-            .map(|l| l.names.clone())
+        let selection = mapping
+            .and_then(|m| m.file.lists.clone())
             .unwrap_or_default();
         let file = mapping.map_or_else(|| object.to_owned(), |m| m.path.display().to_string());
         let stored = ctx
@@ -142,24 +176,59 @@ impl Lists<'_> {
             .and_then(|c| serde_json::from_value(c).ok())
             .unwrap_or_default();
         let mut resolved_now = false;
-        let mut out = BTreeMap::new();
-        for name in names.iter().filter(|n| !n.trim().is_empty()) {
+        let mut out = Resolved::default();
+        let mut folder: Option<FolderRef> = None;
+        for name in selection.names.iter().filter(|n| !n.trim().is_empty()) {
             let id = match known.get(name) {
                 Some(id) => *id,
                 None => {
-                    let Some(list) = ctx.marketo.static_list_by_name(name).await? else {
-                        return Err(EngineError::Mapping(format!(
-                            "{file}: Marketo has no static list named `{name}` (lists.names)"
-                        )));
+                    let found = ctx.marketo.static_list_by_name(name).await?;
+                    let id = match found {
+                        Some(list) => list.id,
+                        None if !selection.create_missing => {
+                            return Err(EngineError::Mapping(format!(
+                                "{file}: Marketo has no static list named `{name}` (lists.names)"
+                            )));
+                        }
+                        None => {
+                            let folder_name = selection.folder.as_deref().unwrap_or_default();
+                            if folder.is_none() {
+                                folder = Some(self.folder(&file, folder_name).await?);
+                            }
+                            if self.dry_run {
+                                summary.planned(
+                                    PlannedChange::new(
+                                        object,
+                                        Direction::CrmToMarketo,
+                                        PlannedAction::Create,
+                                    )
+                                    .source(name.clone())
+                                    .note(format!(
+                                        "creates static list `{name}` in folder `{folder_name}`; \
+                                         its members are added by the next cycle"
+                                    )),
+                                );
+                                continue;
+                            }
+                            let Some(folder) = folder.as_ref() else {
+                                continue;
+                            };
+                            let id = self.create(name, folder).await?;
+                            out.created.insert(id);
+                            id
+                        }
                     };
-                    known.insert(name.clone(), list.id);
+                    known.insert(name.clone(), id);
                     resolved_now = true;
-                    list.id
+                    if selection.create_missing {
+                        out.crm_seed.insert(id);
+                    }
+                    id
                 }
             };
-            out.insert(id, name.clone());
+            out.lists.insert(id, name.clone());
         }
-        let mark = resolved_now.then(|| Watermark {
+        out.mark = resolved_now.then(|| Watermark {
             system: Side::Marketo,
             object: object.to_owned(),
             queue: LISTS_QUEUE.to_owned(),
@@ -167,7 +236,89 @@ impl Lists<'_> {
             tie: None,
             cursor: Some(json!(known)),
         });
-        Ok((out, mark))
+        Ok(out)
+    }
+
+    /// Returns the marketing folder named `name` (`[lists] folder`), new lists' parent.
+    ///
+    /// # Errors
+    ///
+    /// A folder Marketo does not have ([`EngineError::Mapping`], naming the file), a Marketo
+    /// failure.
+    async fn folder(&self, file: &str, name: &str) -> Result<FolderRef, EngineError> {
+        match self.ctx.marketo.folder_by_name(name).await? {
+            Some(f) => Ok(f.reference()),
+            None => Err(EngineError::Mapping(format!(
+                "{file}: Marketo has no marketing folder named `{name}` to create lists in \
+                 (lists.folder)"
+            ))),
+        }
+    }
+
+    /// Creates the static list `name` in `folder` and returns its id; a name taken meanwhile
+    /// (709: names are unique) is the list of that name.
+    ///
+    /// # Errors
+    ///
+    /// A Marketo failure.
+    async fn create(&self, name: &str, folder: &FolderRef) -> Result<i64, EngineError> {
+        const DESCRIPTION: &str = "Created by marketo-sync from a CRM segment";
+        let marketo = &self.ctx.marketo;
+        match marketo.create_static_list(name, folder, DESCRIPTION).await {
+            Ok(list) => {
+                info!(
+                    object = self.object(),
+                    list = list.id,
+                    name,
+                    "static list created"
+                );
+                Ok(list.id)
+            }
+            Err(e) if e.code() == Some("709") => match marketo.static_list_by_name(name).await? {
+                Some(list) => Ok(list.id),
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds to `upserts` every live CRM row of the lists in `seed` (by list name), so that a
+    /// CRM segment's rows become the new list's members.
+    ///
+    /// # Errors
+    ///
+    /// A CRM failure.
+    async fn crm_segment(
+        &self,
+        lists: &BTreeMap<i64, String>,
+        seed: &BTreeSet<i64>,
+        upserts: &mut Vec<Change>,
+    ) -> Result<(), EngineError> {
+        let Some(column) = self.plan.crm_column_of(LIST_NAME_FIELD) else {
+            return Ok(());
+        };
+        let names: Vec<Value> = seed
+            .iter()
+            .filter_map(|id| lists.get(id))
+            .map(|n| Value::Text(n.clone()))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let have: BTreeSet<String> = upserts.iter().map(|c| c.id.clone()).collect();
+        let rows = self
+            .ctx
+            .crm
+            .find(&self.plan.crm_object, column, &names)
+            .await?;
+        for row in rows.into_iter().filter(|r| !have.contains(&r.id)) {
+            upserts.push(Change {
+                id: row.id,
+                modified_at: row.modified_at,
+                kind: ChangeKind::Upserted { fields: row.fields },
+            });
+        }
+        Ok(())
     }
 
     async fn run(
@@ -178,10 +329,15 @@ impl Lists<'_> {
     ) -> Result<(), EngineError> {
         let (ctx, object) = (self.ctx, self.object());
         let now = ctx.clock.now();
-        let (lists, resolved) = self.resolve().await?;
+        let Resolved {
+            lists,
+            mark,
+            created,
+            crm_seed,
+        } = self.resolve(summary).await?;
         let (mut gathered, mut previous) = crm_with_retries(ctx, self.plan, cancel).await?;
         let mut commit = commit::start(&mut gathered);
-        commit.watermarks.extend(resolved);
+        commit.watermarks.extend(mark);
         for e in open_errors(ctx, object).await? {
             if e.direction == Direction::MarketoToCrm {
                 previous.insert(e.record_key.clone(), e);
@@ -209,9 +365,10 @@ impl Lists<'_> {
         let mut membership = self.check(&wanted, cancel).await?;
         commit
             .watermarks
-            .extend(self.seed(&lists, &mut membership, cancel).await?);
+            .extend(self.seed(&lists, &created, &mut membership, cancel).await?);
         commit.watermarks.push(feed_riders::cleared(object, now));
-        let upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
+        let mut upserts: Vec<Change> = gathered.upserts().into_iter().cloned().collect();
+        self.crm_segment(&lists, &crm_seed, &mut upserts).await?;
         summary.counts_mut(object, Direction::MarketoToCrm).read += membership.len() as u64;
         summary.counts_mut(object, Direction::CrmToMarketo).read += upserts.len() as u64;
         if membership.is_empty() && upserts.is_empty() {
@@ -285,7 +442,8 @@ impl Lists<'_> {
     }
 
     /// Reads whole, once, each selected list not read before: its members whose lead has a CRM
-    /// contact join `membership` (the others are people the CRM does not hold). Returns the
+    /// contact join `membership` (the others are people the CRM does not hold); a list in
+    /// `created` (created empty by this step) is marked read without a call. Returns the
     /// watermark that marks them read, if any list was read now.
     ///
     /// # Errors
@@ -294,6 +452,7 @@ impl Lists<'_> {
     async fn seed(
         &self,
         lists: &BTreeMap<i64, String>,
+        created: &BTreeSet<i64>,
         membership: &mut BTreeMap<String, bool>,
         cancel: &CancellationToken,
     ) -> Result<Option<Watermark>, EngineError> {
@@ -316,6 +475,10 @@ impl Lists<'_> {
         }
         let fields = vec!["id".to_owned()];
         for list in fresh {
+            if created.contains(&list) {
+                seeded.insert(list);
+                continue;
+            }
             let mut token: Option<String> = None;
             loop {
                 if cancel.is_cancelled() {
@@ -554,7 +717,19 @@ impl Lists<'_> {
                 }
             };
             match Observed::read(plan, Side::Crm, fields.clone(), Some(change.modified_at)) {
-                Ok(o) => {
+                Ok(mut o) => {
+                    // The row's contact and list name are what Marketo's side of the pair
+                    // reports: agreed as written, so the echo of the write changes nothing.
+                    for (field, column) in [
+                        (CRM_CONTACT_FIELD, contact_column),
+                        (LIST_NAME_FIELD, list_column),
+                    ] {
+                        if let (Some(name), Some(value)) =
+                            (canonical_name(plan, field), raw_of(&change, column))
+                        {
+                            o.canonical.insert(name, Value::Text(value));
+                        }
+                    }
                     if previous
                         .get(&change.id)
                         .is_some_and(|e| e.direction == Direction::CrmToMarketo)

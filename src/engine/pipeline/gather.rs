@@ -232,6 +232,81 @@ impl Gathered {
     }
 }
 
+/// What a step reads from the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// The object's change feed from its stored cursor, with the due ledger retries (a cycle).
+    Feed,
+    /// One record by its CRM id (`sync --record`, `POST /sync/crm/{object}/{id}`): read by id,
+    /// alone (no due retry, no drift read joins it), and no watermark moves, so the next cycle
+    /// still reads the feed's copy of it (and finds it agreed).
+    Record {
+        /// The `sync.objects` name of the record's mapping.
+        object: &'a str,
+        /// The record's CRM id.
+        id: &'a str,
+    },
+}
+
+impl Scope<'_> {
+    /// Returns true for a cycle's scope (the feed and everything a cycle also reads).
+    pub fn is_feed(&self) -> bool {
+        matches!(self, Scope::Feed)
+    }
+
+    /// Returns true when the scope covers the object `object` (every object for the feed).
+    pub fn covers(&self, object: &str) -> bool {
+        match self {
+            Scope::Feed => true,
+            Scope::Record { object: o, .. } => *o == object,
+        }
+    }
+}
+
+/// Returns the changes of `plan`'s CRM object in `scope` (see [`crm_with_retries`] for the
+/// feed; one record read by id otherwise, or nothing when the CRM has no live record of that
+/// id), and its open ledger entries of the push direction by record key.
+///
+/// # Errors
+///
+/// A CRM or store failure, or cancellation.
+pub(crate) async fn crm_in_scope(
+    ctx: &Context,
+    plan: &Plan,
+    scope: Scope<'_>,
+    cancel: &CancellationToken,
+) -> Result<(Gathered, BTreeMap<String, SyncError>), EngineError> {
+    let Scope::Record { id, .. } = scope else {
+        return crm_with_retries(ctx, plan, cancel).await;
+    };
+    let mut previous = BTreeMap::new();
+    for e in open_errors(ctx, &plan.object).await? {
+        if e.direction == Direction::CrmToMarketo
+            && !e.record_key.starts_with(deletions::DELETE_PREFIX)
+        {
+            previous.insert(e.record_key.clone(), e);
+        }
+    }
+    let changes = ctx
+        .crm
+        .get(&plan.crm_object, &[id.to_owned()])
+        .await?
+        .into_iter()
+        .map(|record| Change {
+            id: record.id,
+            modified_at: record.modified_at,
+            kind: ChangeKind::Upserted {
+                fields: record.fields,
+            },
+        })
+        .collect();
+    let gathered = Gathered {
+        changes,
+        watermark: None,
+    };
+    Ok((gathered, previous))
+}
+
 /// Returns the changes of `plan`'s CRM object on the create/update queue, with the records of
 /// its due ledger retries added, and its open ledger entries by record key.
 ///

@@ -1,7 +1,10 @@
 //! The sync pipeline: one runner for every object other than leads, in stages named as
 //! DESIGN section 2 says: gather -> canonical -> pair -> reconcile -> render -> write -> commit.
 //!
-//! - [`gather`]: the CRM change feed from its stored cursor, due ledger retries, Marketo reads.
+//! - [`gather`]: the CRM change feed from its stored cursor, due ledger retries, Marketo reads;
+//!   or, on demand ([`Scope::Record`]: `sync --record`, `POST /sync/crm/{object}/{id}`), one CRM
+//!   record read by id, which then runs through the same pair, write and commit stages (no
+//!   watermark moves, so the next cycle finds the record agreed).
 //! - [`pair`]: canonical values (the mapping), the spec's key hook, the record's link, and what
 //!   changed since the agreed values (`base`); two-way objects settle both sides' changes with
 //!   [`crate::engine::reconcile`].
@@ -43,12 +46,14 @@ use crate::marketo::Record;
 use crate::model::{Fields, Value};
 use crate::store::Direction;
 
+pub use gather::Scope;
 use spec::ObjectSpec;
 use write::RowTarget;
 
-/// Runs a one-way CRM -> Marketo step: gather the changes (and due retries), pair them with
-/// their links, write only changed records in batches (or plan them on a dry run), delete the
-/// old Marketo record of each record whose dedupe fields changed, and commit.
+/// Runs a one-way CRM -> Marketo step over the records of `scope`: gather the changes (and due
+/// retries) of the feed, or one CRM record read by id (on demand, no watermark moves), pair them
+/// with their links, write only changed records in batches (or plan them on a dry run), delete
+/// the old Marketo record of each record whose dedupe fields changed, and commit.
 ///
 /// # Errors
 ///
@@ -57,13 +62,14 @@ pub(crate) async fn run_push(
     ctx: &Context,
     plan: &Plan,
     spec: &ObjectSpec<'_>,
+    scope: Scope<'_>,
     summary: &mut CycleSummary,
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let object = plan.object.as_str();
     let direction = Direction::CrmToMarketo;
-    let (mut gathered, previous) = gather::crm_with_retries(ctx, plan, cancel).await?;
+    let (mut gathered, previous) = gather::crm_in_scope(ctx, plan, scope, cancel).await?;
     let mut step = commit::start(&mut gathered);
     let upserts = gathered.upserts();
     summary.counts_mut(object, direction).read += upserts.len() as u64;

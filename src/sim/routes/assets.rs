@@ -1,5 +1,5 @@
 //! Asset API routes beyond programs: static lists (browse, create, get, update, delete, by
-//! name), program by name, segmentations and segments, emails, folder tokens.
+//! name), program by name, folder by name, segmentations and segments, emails, folder tokens.
 //!
 //! Asset routes answer `success:true` with a warning and no `result` when nothing matches, take
 //! `offset`/`maxReturn` (default 20, at most 200) paging, and form-encoded writes.
@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{Ctx, Reply, Req};
+use crate::sim::catalog::FOLDERS;
 use crate::sim::clock::{fmt_time, parse_time};
 use crate::sim::state::StaticList;
 
@@ -103,6 +104,35 @@ fn folder_of(text: &str) -> Option<(i64, &'static str)> {
     Some((id, kind))
 }
 
+/// `GET /rest/asset/v1/folder/byName.json?name=&type=`: the marketing folder of that exact name
+/// (`type=Program` finds none: "Not applicable for Programs").
+pub fn folder_by_name(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let name = req.q("name").unwrap_or_default();
+    let kind = req.q("type").unwrap_or("Folder");
+    if !matches!(kind, "Folder" | "Program") {
+        return Reply::err("1003", format!("Invalid folder type '{kind}'"));
+    }
+    let at = asset_time(ctx.now - chrono::Duration::days(90));
+    let items = FOLDERS
+        .iter()
+        .filter(|(_, n)| kind == "Folder" && *n == name)
+        .map(|(id, n)| {
+            json!({
+                "id": id, "name": n, "description": "",
+                "createdAt": at, "updatedAt": at,
+                "folderId": {"id": id, "type": "Folder"},
+                "folderType": "Marketing Folder",
+                "parent": {"id": 15, "type": "Folder"},
+                "path": format!("/Marketing Activities/{n}"),
+                "isArchive": false, "isSystem": false,
+                "url": format!("https://app-sim.marketo.com/#MF{id}A1"),
+                "workspace": "Default",
+            })
+        })
+        .collect();
+    asset_result(items)
+}
+
 /// `GET /rest/asset/v1/staticLists.json?folder=&offset=&maxReturn=&earliestUpdatedAt=&latestUpdatedAt=`.
 pub fn static_lists(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let (offset, max) = match window(req) {
@@ -171,7 +201,7 @@ pub fn create_static_list(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     };
     let folder_ok = match folder.1 {
         "Program" => ctx.st.db.programs.contains_key(&folder.0),
-        _ => true,
+        _ => FOLDERS.iter().any(|(id, _)| *id == folder.0),
     };
     if !folder_ok {
         return Reply::err("702", format!("Folder {} not found", folder.0));

@@ -286,6 +286,7 @@ pub static ROUTES: &[Route] = &[
     r("GET", "/rest/asset/v1/email/{id}.json", "assets", &[], N, assets::email),
     r("GET", "/rest/asset/v1/email/byName.json", "assets", &["name"], N, assets::email_by_name),
     r("GET", "/rest/asset/v1/folder/{id}/tokens.json", "assets", &[], N, assets::folder_tokens),
+    r("GET", "/rest/asset/v1/folder/byName.json", "assets", &["name"], N, assets::folder_by_name),
     r("GET", "/rest/v1/lists.json", "lists", &[], N, misc::lists),
     r("GET", "/rest/v1/lists/{listId}.json", "lists", &[], N, misc::list_by_id),
     r("GET", "/rest/v1/lists/{listId}/leads.json", "lists", &[], N, misc::list_members),
