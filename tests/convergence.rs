@@ -40,6 +40,14 @@ fn no_activities(options: ConvergeOptions) -> ConvergeOptions {
     }
 }
 
+/// The full schedule plus programs, program members and static lists.
+fn marketing(options: ConvergeOptions) -> ConvergeOptions {
+    ConvergeOptions {
+        schedule: Schedule::Marketing,
+        ..options
+    }
+}
+
 fn in_child(options: ConvergeOptions) -> ConvergeOptions {
     ConvergeOptions {
         engine: EngineMode::Process {
@@ -464,4 +472,55 @@ async fn open_two_leads_of_one_email_after_kills_after_crm_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_of_merged_away_contacts_follow_the_survivor() {
     converges(200481, &options(60)).await;
+}
+
+/// The marketing edits every marketing schedule below must have played between them.
+const MARKETING_EDITS: &[&str] = &[
+    "marketo status of lead",
+    "marketo adds lead",
+    "marketo removes lead",
+    "marketo creates program",
+    "crm campaign member",
+    "crm adds contact",
+    "crm list row",
+];
+
+fn assert_marketing_played(reports: &[ConvergenceReport]) {
+    let trace: Vec<&String> = reports.iter().flat_map(|r| &r.trace).collect();
+    for edit in MARKETING_EDITS {
+        assert!(
+            trace
+                .iter()
+                .any(|l| l.starts_with("marketing before") && l.contains(edit)),
+            "no schedule played {edit:?}"
+        );
+    }
+}
+
+/// Issue 12: programs, program members and static lists in the convergence harness. Marketo's
+/// user sets program statuses, adds and removes list members and creates programs; the CRM's
+/// user changes campaign member statuses, adds campaign members and adds or flips list rows;
+/// with the faults and kills of the full schedule. Afterwards every program is one campaign
+/// row, every membership agrees through the status map, and no membership has two CRM rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_on_programs_members_and_lists() {
+    let mut reports = Vec::new();
+    for seed in [1, 2, 3] {
+        reports.push(converges(seed, &marketing(options(40))).await);
+    }
+    assert_marketing_played(&reports);
+    let kills = by_kind(&reports, |r| &r.kills_by_kind);
+    assert!(!kills.is_empty(), "{kills:?}");
+}
+
+/// The marketing schedule on a PostgreSQL CRM (connections terminated mid-cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_on_postgres() {
+    converges(4, &on_postgres(marketing(options(40)))).await;
+}
+
+/// The marketing schedule with the engine as a child process, SIGKILLed mid-cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_in_a_killed_child_process() {
+    converges(5, &in_child(marketing(options(30)))).await;
 }
