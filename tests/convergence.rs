@@ -502,10 +502,17 @@ fn assert_marketing_played(reports: &[ConvergenceReport]) {
 /// user changes campaign member statuses, adds campaign members and adds or flips list rows;
 /// with the faults and kills of the full schedule. Afterwards every program is one campaign
 /// row, every membership agrees through the status map, and no membership has two CRM rows.
+///
+/// Seeds 1, 2 and 6 failed when the schedule was added: a lead merged in Marketo (by its user,
+/// or by the sync carrying a CRM merge) took its losers' program and list memberships with no
+/// membership activity, and a CRM merge survivor that took over a lead left the membership rows
+/// on the merged-away contact; seed 1 ended with lead 9 "Invited" in program 1107 and no
+/// campaign member row for its contact 10. The lead step now hands each merge winner, and the
+/// lead of each contact merged away in the CRM, to the membership steps (`feed_riders`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketing_schedules_converge_on_programs_members_and_lists() {
     let mut reports = Vec::new();
-    for seed in [1, 2, 3] {
+    for seed in [1, 2, 6] {
         reports.push(converges(seed, &marketing(options(40))).await);
     }
     assert_marketing_played(&reports);
@@ -519,7 +526,8 @@ async fn marketing_schedules_converge_on_postgres() {
     converges(4, &on_postgres(marketing(options(40)))).await;
 }
 
-/// The marketing schedule with the engine as a child process, SIGKILLed mid-cycle.
+/// The marketing schedule with the engine as a child process, SIGKILLed mid-cycle (no program
+/// is created there: the child's clock is behind the simulator's, see `marketing.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketing_schedules_converge_in_a_killed_child_process() {
     converges(5, &in_child(marketing(options(30)))).await;

@@ -671,10 +671,7 @@ impl Rig {
             lead_links.iter().map(|l| l.marketo_key.clone()).collect();
         let cars = marketo_records(&self.run.sim, ObjKind::Car);
         for e in &open {
-            if let Some(orphan) = self
-                .marketing_orphan(e, &linked, &linked_leads)
-                .await
-            {
+            if let Some(orphan) = self.marketing_orphan(e, &linked, &linked_leads).await {
                 if !orphan {
                     return Ok(false);
                 }

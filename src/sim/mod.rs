@@ -380,9 +380,7 @@ impl SimHandle {
     /// one, any other a Default one) and returns its id; `None` for a channel the simulator
     /// does not have.
     pub fn create_program(&self, name: &str, channel: &str) -> Option<i64> {
-        let &(_, channel, _) = routes::members::CHANNELS
-            .iter()
-            .find(|c| c.1 == channel)?;
+        let &(_, channel, _) = routes::members::CHANNELS.iter().find(|c| c.1 == channel)?;
         let kind = match channel {
             "Webinar" => "Event",
             "Nurture" => "Engagement",
