@@ -49,6 +49,8 @@ pub(super) fn marketing_rng(seed: u64) -> ChaCha8Rng {
 
 /// A CRM campaign member row: (id, campaign row id, contact id, status).
 type MemberRow = (String, String, String, String);
+/// A CRM list membership row: (id, contact id, list name, is member).
+type ListRow = (String, String, String, bool);
 
 impl Rig {
     async fn user_rows(
@@ -140,7 +142,7 @@ impl Rig {
     }
 
     /// Returns the live list membership rows: (id, contact id, list name, is member).
-    async fn list_rows(&self) -> Result<Vec<(String, String, String, bool)>, ConvergeError> {
+    async fn list_rows(&self) -> Result<Vec<ListRow>, ConvergeError> {
         let rows = self
             .user_rows(
                 "read list members",
@@ -515,8 +517,7 @@ impl Rig {
 
         // Static lists.
         let list_rows = self.list_rows().await?;
-        let mut list_rows_of: BTreeMap<(&str, &str), Vec<&(String, String, String, bool)>> =
-            BTreeMap::new();
+        let mut list_rows_of: BTreeMap<(&str, &str), Vec<&ListRow>> = BTreeMap::new();
         for r in &list_rows {
             list_rows_of
                 .entry((r.1.as_str(), r.2.as_str()))

@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{FaultKind, FaultProfile, FaultRule, FaultSpecError};
 pub use server::LogEntry;
 
+/// A program as [`SimHandle::programs`] returns it: (id, name, channel, members as (lead id,
+/// status name)).
+pub type ProgramMembers = (i64, String, String, Vec<(i64, String)>);
+
 /// The simulator's configuration.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -409,7 +413,7 @@ impl SimHandle {
     }
 
     /// Returns the programs: (id, name, channel, members as lead id -> status name).
-    pub fn programs(&self) -> Vec<(i64, String, String, Vec<(i64, String)>)> {
+    pub fn programs(&self) -> Vec<ProgramMembers> {
         let st = self.shared.lock();
         st.db
             .programs

@@ -127,17 +127,18 @@ pub async fn run(
         .filter(|(_, how)| matches!(how, crate::crm::DeleteHow::Merged { .. }))
         .map(|(k, _)| k.clone())
         .collect();
-    let rehomed: Vec<i64> = if merged_away.is_empty() {
-        Vec::new()
-    } else {
-        ctx.store
-            .links_by_crm_keys(LINK_OBJECT, &merged_away)
-            .await?
-            .into_iter()
-            .filter(|l| l.tombstone.is_none())
-            .filter_map(|l| l.marketo_key.parse().ok())
-            .collect()
-    };
+    let rehomed: Vec<i64> =
+        if merged_away.is_empty() || crate::engine::objects::feed_riders::active(ctx).is_empty() {
+            Vec::new()
+        } else {
+            ctx.store
+                .links_by_crm_keys(LINK_OBJECT, &merged_away)
+                .await?
+                .into_iter()
+                .filter(|l| l.tombstone.is_none())
+                .filter_map(|l| l.marketo_key.parse().ok())
+                .collect()
+        };
     let repointed = deletes::apply_crm_deletes(&mut step, &crm.tombstones, summary).await?;
     // Both sides are written: the tombstones are staged before pairing reads the links.
     step.stage(&staged);
