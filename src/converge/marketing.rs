@@ -603,3 +603,95 @@ impl Rig {
         Some(contact.is_none_or(|c| !linked_contacts.contains(&c)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::runner::Watch;
+    use super::super::{ConvergeOptions, Schedule, check_invariants};
+    use super::*;
+    use std::path::Path;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checks_catch_unsynced_and_duplicated_memberships() {
+        let options = ConvergeOptions {
+            schedule: Schedule::Marketing,
+            ..ConvergeOptions::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+        };
+        let mut rig = Rig::start(9, &options).await.unwrap();
+        let now = rig.crm_now();
+        rig.sql(
+            "insert",
+            format!(
+                "INSERT INTO contacts (email, first_name, updated_at) VALUES ('m@example.com', 'M', {now})"
+            ),
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let c = rig.cycle(Watch::Nothing).await.unwrap();
+            assert!(c.ran.is_ok(), "{}", c.ran);
+        }
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+        let (lead, contact) = rig.linked_pairs().await.unwrap()[0].clone();
+
+        // Marketo changes no cycle has carried yet.
+        rig.run
+            .sim
+            .set_program_status(1107, lead, "Attended")
+            .unwrap();
+        assert!(rig.run.sim.set_list_membership(1001, lead, true));
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        let all = violations.join("\n");
+        assert!(
+            all.contains(&format!(
+                "lead {lead} is \"Attended\" in program 1107 (Spring Webinar), but contact {contact} has no campaign member row"
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!("lead {lead} is in list 1001 (Newsletter) in Marketo, but contact {contact} has no row")),
+            "{all}"
+        );
+
+        // Carried: Attended is the CRM's Responded on a Webinar program, which agrees.
+        for _ in 0..2 {
+            let c = rig.cycle(Watch::Nothing).await.unwrap();
+            assert!(c.ran.is_ok(), "{}", c.ran);
+        }
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+
+        // A second CRM row of one membership, and a status the other side does not have.
+        let now = rig.crm_now();
+        rig.sql(
+            "duplicate",
+            format!(
+                "INSERT INTO list_members (contact_id, list_name, is_member, updated_at) \
+                 VALUES ('{contact}', 'Newsletter', TRUE, {now}); \
+                 UPDATE campaign_members SET status = 'Invited', updated_at = {now}"
+            ),
+        )
+        .await
+        .unwrap();
+        let mut violations = Vec::new();
+        check_invariants(&rig, &mut violations).await.unwrap();
+        let all = violations.join("\n");
+        assert!(
+            all.contains(&format!(
+                "contact {contact} has 2 live rows of list Newsletter"
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!(
+                "lead {lead} and contact {contact} disagree on their status in program 1107"
+            )) && all.contains("Marketo \"Attended\""),
+            "{all}"
+        );
+        rig.finish().await;
+    }
+}
