@@ -158,6 +158,11 @@ pub enum Command {
         /// replay a seed found then).
         #[arg(long, conflicts_with = "leads_only")]
         no_activities: bool,
+        /// Play the full schedule plus programs, program members and static lists (Marketo
+        /// program statuses, list adds and removes and new programs; CRM campaign member
+        /// statuses and list membership rows).
+        #[arg(long, conflicts_with_all = ["leads_only", "no_activities"])]
+        marketing: bool,
         /// Inject no faults (to tell a fault-related failure from another).
         #[arg(long)]
         no_faults: bool,
@@ -848,6 +853,7 @@ async fn dispatch(
             config,
             leads_only,
             no_activities,
+            marketing,
             no_faults,
             no_kills,
             engine,
@@ -874,10 +880,11 @@ async fn dispatch(
                 kills: !no_kills,
                 engine,
                 crm,
-                schedule: match (leads_only, no_activities) {
-                    (true, _) => Schedule::LeadsOnly,
-                    (false, true) => Schedule::NoActivities,
-                    (false, false) => Schedule::Full,
+                schedule: match (leads_only, no_activities, marketing) {
+                    (true, _, _) => Schedule::LeadsOnly,
+                    (false, true, _) => Schedule::NoActivities,
+                    (false, false, true) => Schedule::Marketing,
+                    (false, false, false) => Schedule::Full,
                 },
                 ..ConvergeOptions::new(config)
             };

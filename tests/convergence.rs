@@ -40,6 +40,14 @@ fn no_activities(options: ConvergeOptions) -> ConvergeOptions {
     }
 }
 
+/// The full schedule plus programs, program members and static lists.
+fn marketing(options: ConvergeOptions) -> ConvergeOptions {
+    ConvergeOptions {
+        schedule: Schedule::Marketing,
+        ..options
+    }
+}
+
 fn in_child(options: ConvergeOptions) -> ConvergeOptions {
     ConvergeOptions {
         engine: EngineMode::Process {
@@ -470,4 +478,79 @@ async fn open_two_leads_of_one_email_after_kills_after_crm_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_of_merged_away_contacts_follow_the_survivor() {
     converges(200481, &options(60)).await;
+}
+
+/// The marketing edits every marketing schedule below must have played between them.
+const MARKETING_EDITS: &[&str] = &[
+    "marketo status of lead",
+    "marketo adds lead",
+    "marketo removes lead",
+    "marketo creates program",
+    "crm campaign member",
+    "crm adds contact",
+    "crm list row",
+];
+
+fn assert_marketing_played(reports: &[ConvergenceReport]) {
+    let trace: Vec<&String> = reports.iter().flat_map(|r| &r.trace).collect();
+    for edit in MARKETING_EDITS {
+        assert!(
+            trace
+                .iter()
+                .any(|l| l.starts_with("marketing before") && l.contains(edit)),
+            "no schedule played {edit:?}"
+        );
+    }
+}
+
+/// Issue 12: programs, program members and static lists in the convergence harness. Marketo's
+/// user sets program statuses, adds and removes list members and creates programs; the CRM's
+/// user changes campaign member statuses, adds campaign members and adds or flips list rows;
+/// with the faults and kills of the full schedule. Afterwards every program is one campaign
+/// row, every membership agrees through the status map, and no membership has two CRM rows.
+///
+/// Seeds 1, 2 and 6 failed when the schedule was added: a lead merged in Marketo (by its user,
+/// or by the sync carrying a CRM merge) took its losers' program and list memberships with no
+/// membership activity, and a CRM merge survivor that took over a lead left the membership rows
+/// on the merged-away contact; seed 1 ended with lead 9 "Invited" in program 1107 and no
+/// campaign member row for its contact 10. The lead step now hands each merge winner, and the
+/// lead of each contact merged away in the CRM, to the membership steps (`feed_riders`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_on_programs_members_and_lists() {
+    let mut reports = Vec::new();
+    for seed in [1, 2, 6] {
+        reports.push(converges(seed, &marketing(options(40))).await);
+    }
+    assert_marketing_played(&reports);
+    let kills = by_kind(&reports, |r| &r.kills_by_kind);
+    assert!(!kills.is_empty(), "{kills:?}");
+}
+
+/// The marketing schedule on a PostgreSQL CRM (connections terminated mid-cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_on_postgres() {
+    converges(4, &on_postgres(marketing(options(40)))).await;
+}
+
+/// The marketing schedule with the engine as a child process, SIGKILLed mid-cycle (no program
+/// is created there: the child's clock is behind the simulator's, see `marketing.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_schedules_converge_in_a_killed_child_process() {
+    converges(5, &in_child(marketing(options(30)))).await;
+}
+
+/// Open (not fixed): seed 202 of the marketing schedule on PostgreSQL (in process, 60 steps).
+/// Lead 3 (linked to contact 3, "Influenced" in program 1110 and in the Newsletter list) is
+/// merged in Marketo into the new lead 7, which takes over contact 3. The membership links stay
+/// keyed by the loser (`1110:3`, `1001:3`, CRM rows 2 and 3): the membership steps read the
+/// winner's memberships (handed over on the merge) as new and create second rows for contact 3
+/// (rows 5 and 6), and a CRM status change of row 2 is written for lead 3, which Marketo
+/// refuses for good (1004 Lead not found), so the schedule never quiets. Before the merge
+/// hand-over the same schedule ended with that 1004 and row 2 disagreeing with lead 7's status.
+/// The fix belongs in the membership steps: a membership link of a merged-away lead is re-keyed
+/// to the winner (`<id>:<winner>`) when the winner took over the loser's contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: membership links keyed by a lead merged away in Marketo are not re-keyed to the winner (seed 202)"]
+async fn open_memberships_of_a_merged_away_lead_are_rekeyed_to_the_winner() {
+    converges(202, &on_postgres(marketing(options(60)))).await;
 }

@@ -339,3 +339,79 @@ async fn a_deleted_crm_row_removes_the_lead_from_the_list() {
     assert!(app.open_errors("static_lists").await.is_empty());
     app.cleanup().await;
 }
+
+/// Marketo refuses one lead of an add-to-list call (its per-lead status `skipped`, 1022 "Object
+/// in use", which clears up by itself): that membership is one error-ledger entry, the other
+/// leads of the same call are added, and the cycle succeeds. Once the refusal is gone the entry
+/// is retried when due, the lead is added and the entry resolved, with no second CRM row.
+#[tokio::test]
+async fn a_lead_refused_in_an_add_to_list_call_is_one_ledger_entry() {
+    let app = start(CrmKind::Sqlite, &["leads", "static_lists"]).await;
+    let c = client(&app.sim);
+    let names = ["a", "b", "c"];
+    let mut contacts = Vec::new();
+    for n in names {
+        let email = format!("{n}@example.com");
+        contacts.push(app.crm_insert_contact(&email, "N", "N").await);
+    }
+    app.run_cycle().await;
+    let leads: Vec<i64> = names
+        .iter()
+        .map(|n| app.marketo_by_email(&format!("{n}@example.com"))[0])
+        .collect();
+    let refused = leads[1];
+    app.sim
+        .refuse_records("id", &refused.to_string(), "1022", "Object in use");
+    tick(&app);
+    for contact in &contacts {
+        app.crm_exec(&format!(
+            "INSERT INTO list_members (contact_id, list_name, is_member, updated_at) \
+             VALUES ('{contact}', 'Newsletter', 1, {})",
+            now_sql(CrmKind::Sqlite)
+        ))
+        .await;
+    }
+    tick(&app);
+    let mark = log_mark(&app.sim);
+    let s = app.try_cycle().await.expect("the cycle goes on");
+    let calls = calls_since(&app.sim, mark);
+    let adds: u64 = calls
+        .by_path
+        .iter()
+        .filter(|(p, _)| p.starts_with("POST /rest/v1/lists/"))
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(adds, 1, "one add-to-list call: {:?}", calls.by_path);
+    assert!(in_list(&c, NEWSLETTER, leads[0]).await);
+    assert!(!in_list(&c, NEWSLETTER, refused).await);
+    assert!(in_list(&c, NEWSLETTER, leads[2]).await);
+    let failed: u64 = s
+        .objects
+        .get("static_lists")
+        .map_or(0, |by| by.values().map(|c| c.failed).sum());
+    assert_eq!(failed, 1, "{s:?}");
+    let open = app.open_errors("static_lists").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].code, "1022", "{open:?}");
+    let key = format!("{NEWSLETTER}:{refused}");
+    assert!(
+        open[0].record_key == key
+            || open[0].record_key == contacts[1]
+            || open[0].other_key.as_deref() == Some(key.as_str()),
+        "the entry names the refused membership: {open:?}"
+    );
+    assert!(open[0].next_retry_at.is_some(), "retryable: {open:?}");
+
+    // The refusal clears; once the entry is due, the lead is added and the entry resolved.
+    app.sim.clear_record_refusals();
+    app.sim.advance_clock(Duration::from_secs(30 * 60));
+    app.run_cycle().await;
+    assert!(in_list(&c, NEWSLETTER, refused).await);
+    assert!(app.open_errors("static_lists").await.is_empty());
+    tick(&app);
+    assert_eq!(written(&app.settle(3).await), 0);
+    let got = rows(&app).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|r| r[2].as_deref() == Some("1")), "{got:?}");
+    app.cleanup().await;
+}

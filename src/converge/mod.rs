@@ -87,6 +87,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value as Json, json};
 
 mod hubspot;
+mod marketing;
 mod objects;
 mod runner;
 
@@ -192,6 +193,19 @@ pub enum Schedule {
     /// [`Schedule::Full`] without activities, as drawn before they were added (the regression
     /// seeds found then replay their schedules: the activity step's calls move the kills).
     NoActivities,
+    /// [`Schedule::Full`] plus programs, program members and static lists (see
+    /// `src/converge/marketing.rs`): Marketo's user sets program statuses, adds leads to and
+    /// removes them from the configured lists and creates programs; the CRM's user changes
+    /// campaign member statuses, adds campaign members and adds or flips list membership rows;
+    /// drawn from a generator of their own (the other steps of a seed are those of `Full`).
+    Marketing,
+}
+
+impl Schedule {
+    /// Returns true when the schedule syncs activities and custom activities.
+    fn with_activities(self) -> bool {
+        matches!(self, Schedule::Full | Schedule::Marketing)
+    }
 }
 
 /// How to run schedules.
@@ -345,6 +359,10 @@ fn settings_toml(
         "bootstrap": { "low_watermarks": { "leads": low_watermark.to_rfc3339() } },
     });
     let mut doc = doc;
+    if objects.contains(&"programs") {
+        // A program created in Marketo reaches the CRM at the next cycle, not an hour later.
+        doc["sync"]["programs_browse_secs"] = json!(0);
+    }
     if objects.contains(&"activities") {
         doc["bootstrap"]["low_watermarks"]["activities"] = json!(low_watermark.to_rfc3339());
     }
@@ -419,14 +437,20 @@ impl Rig {
         let mut synced = vec!["leads"];
         let mut crm_options = demo_crm::adapter_options(true, false);
         if options.schedule != Schedule::LeadsOnly {
-            let with_activities = options.schedule == Schedule::Full;
+            let with_activities = options.schedule.with_activities();
+            let marketing: &[(&str, &str)] = if options.schedule == Schedule::Marketing {
+                marketing::MAPPING_FILES
+            } else {
+                &[]
+            };
             let files = objects::MAPPING_FILES
                 .iter()
                 .zip(objects::OBJECTS.iter().map(|o| o.name))
                 .chain(with_activities.then_some((&objects::ACTIVITY_MAPPING, "activities")))
                 .chain(
                     with_activities.then_some((&objects::CHAT_MAPPING.0, objects::CHAT_MAPPING.1)),
-                );
+                )
+                .chain(marketing.iter().map(|(f, o)| (f, *o)));
             for (file, object) in files {
                 let from = options.config_dir.join("mappings").join(file);
                 std::fs::copy(&from, mappings_dir.join(file))
@@ -1036,6 +1060,7 @@ async fn play(
     let mut object_rng = objects::object_rng(seed);
     let mut activity_rng = objects::activity_rng(seed);
     let mut chat_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6368_6174_5f65_7674);
+    let mut marketing_rng = marketing::marketing_rng(seed);
     let mut serial = 0u32;
     for step in 0..options.steps {
         let roll = draw_roll(&mut rng, options);
@@ -1058,7 +1083,7 @@ async fn play(
                     .push(format!("object edit before step {step}: {what}"));
             }
         }
-        if options.schedule == Schedule::Full && activity_rng.random_bool(0.2) {
+        if options.schedule.with_activities() && activity_rng.random_bool(0.2) {
             let what = rig.visit_webpage(&mut activity_rng, serial + step as u32);
             if !what.is_empty() {
                 played
@@ -1066,12 +1091,23 @@ async fn play(
                     .push(format!("activity before step {step}: {what}"));
             }
         }
-        if options.schedule == Schedule::Full && chat_rng.random_bool(0.2) {
+        if options.schedule.with_activities() && chat_rng.random_bool(0.2) {
             let what = rig.log_chat(&mut chat_rng, serial + step as u32).await?;
             if !what.is_empty() {
                 played
                     .trace
                     .push(format!("chat before step {step}: {what}"));
+            }
+        }
+        if options.schedule == Schedule::Marketing && marketing_rng.random_bool(0.4) {
+            let now = rig.crm_now();
+            let what = rig
+                .marketing_edit(&mut marketing_rng, serial + step as u32, &now)
+                .await?;
+            if !what.is_empty() {
+                played
+                    .trace
+                    .push(format!("marketing before step {step}: {what}"));
             }
         }
         let counts = (
@@ -1558,7 +1594,11 @@ async fn check_invariants(
     let objects = rig.check_objects(violations).await?;
     let activities = rig.check_activities(violations).await?;
     let chats = rig.check_custom_activities(violations).await?;
-    Ok((conflicts, records + objects + activities + chats))
+    let marketing = rig.check_marketing(violations).await?;
+    Ok((
+        conflicts,
+        records + objects + activities + chats + marketing,
+    ))
 }
 
 /// Checks the lead invariants on any CRM and returns the number of recorded conflicts and of

@@ -671,6 +671,12 @@ impl Rig {
             lead_links.iter().map(|l| l.marketo_key.clone()).collect();
         let cars = marketo_records(&self.run.sim, ObjKind::Car);
         for e in &open {
+            if let Some(orphan) = self.marketing_orphan(e, &linked, &linked_leads).await {
+                if !orphan {
+                    return Ok(false);
+                }
+                continue;
+            }
             // A car added in Marketo to a lead that has no contact cannot reach the CRM.
             if e.object == "cars" && e.direction == crate::store::Direction::MarketoToCrm {
                 let lead = cars

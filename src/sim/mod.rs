@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{FaultKind, FaultProfile, FaultRule, FaultSpecError};
 pub use server::LogEntry;
 
+/// A program as [`SimHandle::programs`] returns it: (id, name, channel, members as (lead id,
+/// status name)).
+pub type ProgramMembers = (i64, String, String, Vec<(i64, String)>);
+
 /// The simulator's configuration.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -251,7 +255,8 @@ impl SimHandle {
     }
 
     /// Makes Sync writes (Sync Leads, the Sync endpoints of every other object, and Add Custom
-    /// Activities, whose records are matched on their top-level keys) and Bulk Import rows
+    /// Activities, whose records are matched on their top-level keys), Add to List (the lead's
+    /// `id`) and Bulk Import rows
     /// (queued while the rule holds; their failures file gives `message`) skip any input
     /// record whose `field` holds `value`, with `code` and `message` as its reason, until
     /// [`SimHandle::clear_record_refusals`]. Models the record-level refusals the simulator does
@@ -332,6 +337,92 @@ impl SimHandle {
             attrs,
             None,
         ))
+    }
+
+    /// Adds a lead to a static list (`add`) or removes it, as a marketer does in the Marketo UI,
+    /// logging Add to List (24) or Remove from List (25) with the list as primary attribute.
+    /// Returns false (and logs nothing) when the list or lead does not exist or the membership
+    /// is already so.
+    pub fn set_list_membership(&self, list: i64, lead: i64, add: bool) -> bool {
+        let mut st = self.shared.lock();
+        if st.db.lead(lead).is_none() {
+            return false;
+        }
+        let now = st.now();
+        let Some(l) = st.db.lists.get_mut(&list) else {
+            return false;
+        };
+        let changed = if add {
+            l.members.insert(lead)
+        } else {
+            l.members.remove(&lead)
+        };
+        if !changed {
+            return false;
+        }
+        let name = l.name.clone();
+        let mut attrs = Map::new();
+        attrs.insert("Source".into(), Value::from("Marketo UI"));
+        let type_id = if add { 24 } else { 25 };
+        st.db
+            .log_activity(lead, now, type_id, (Some(list), Some(name)), attrs, None);
+        true
+    }
+
+    /// Returns the static lists: (id, name, member lead ids).
+    pub fn static_lists(&self) -> Vec<(i64, String, Vec<i64>)> {
+        let st = self.shared.lock();
+        st.db
+            .lists
+            .values()
+            .map(|l| (l.id, l.name.clone(), l.members.iter().copied().collect()))
+            .collect()
+    }
+
+    /// Creates a program as a marketer does in the Marketo UI (no members, in folder 19, no
+    /// tags) of a simulated channel (`Webinar` makes an Event program, `Nurture` an Engagement
+    /// one, any other a Default one) and returns its id; `None` for a channel the simulator
+    /// does not have.
+    pub fn create_program(&self, name: &str, channel: &str) -> Option<i64> {
+        let &(_, channel, _) = routes::members::CHANNELS.iter().find(|c| c.1 == channel)?;
+        let kind = match channel {
+            "Webinar" => "Event",
+            "Nurture" => "Engagement",
+            _ => "Default",
+        };
+        let mut st = self.shared.lock();
+        let now = st.now();
+        let id = st.db.programs.keys().max().copied().unwrap_or(1000) + 1;
+        st.db.programs.insert(
+            id,
+            state::Program {
+                id,
+                name: name.to_owned(),
+                kind,
+                channel,
+                created_at: now,
+                updated_at: now,
+                members: std::collections::BTreeMap::new(),
+                member_fields: std::collections::BTreeMap::new(),
+                member_updated: std::collections::BTreeMap::new(),
+                folder: (19, "Marketing Activities"),
+                tags: Vec::new(),
+            },
+        );
+        Some(id)
+    }
+
+    /// Returns the programs: (id, name, channel, members as lead id -> status name).
+    pub fn programs(&self) -> Vec<ProgramMembers> {
+        let st = self.shared.lock();
+        st.db
+            .programs
+            .values()
+            .map(|p| {
+                let members = p.members.iter().map(|(l, m)| (*l, m.0.clone())).collect();
+                (p.id, p.name.clone(), p.channel.to_owned(), members)
+            })
+            .collect()
     }
 
     /// Deletes a lead (Delete Lead activity). Returns false when it did not exist.

@@ -119,6 +119,26 @@ pub async fn run(
     merges::apply_merges(&mut step, &merges, summary).await?;
     step.stage(&staged);
     deletes::apply_marketo_deletes(&mut step, &deleted, &merged_losers, summary).await?;
+    // The leads of contacts merged away in the CRM: their lead moves to the survivor (taken over
+    // or merged into its lead), so their memberships are read again (feed riders, below).
+    let merged_away: Vec<String> = crm
+        .tombstones
+        .iter()
+        .filter(|(_, how)| matches!(how, crate::crm::DeleteHow::Merged { .. }))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let rehomed: Vec<i64> =
+        if merged_away.is_empty() || crate::engine::objects::feed_riders::active(ctx).is_empty() {
+            Vec::new()
+        } else {
+            ctx.store
+                .links_by_crm_keys(LINK_OBJECT, &merged_away)
+                .await?
+                .into_iter()
+                .filter(|l| l.tombstone.is_none())
+                .filter_map(|l| l.marketo_key.parse().ok())
+                .collect()
+        };
     let repointed = deletes::apply_crm_deletes(&mut step, &crm.tombstones, summary).await?;
     // Both sides are written: the tombstones are staged before pairing reads the links.
     step.stage(&staged);
@@ -142,7 +162,9 @@ pub async fn run(
     // the same commit as the token that read them.
     let at = ctx.clock.now();
     let riders = std::mem::take(&mut changes.riders);
-    let handed = crate::engine::objects::feed_riders::handed_over(ctx, &riders, at).await?;
+    let winners: Vec<i64> = merges.iter().map(|(w, _)| *w).chain(rehomed).collect();
+    let handed =
+        crate::engine::objects::feed_riders::handed_over(ctx, &riders, &winners, at).await?;
     step.commit.watermarks.extend(handed);
     let marks = gather::watermarks(plan, &marks, changes, del_token, crm.read, at);
     step.commit.watermarks.extend(marks);

@@ -15,6 +15,11 @@
 //!
 //! A rider is one line in [`RIDERS`] (another object, e.g. static lists with types 24/25, is
 //! one more).
+//!
+//! Merge Leads moves the losers' program and list memberships to the winner, and Marketo logs
+//! no activity of a rider's types for that: every merge winner the lead step read is handed
+//! over with each program (linked by the programs step) or list (resolved by the lists step)
+//! the rider's step syncs, so that the step reads the winner's membership in each.
 
 use std::collections::BTreeSet;
 
@@ -159,8 +164,51 @@ fn mark(object: &str, pending: &BTreeSet<Pending>, at: DateTime<Utc>) -> Waterma
     }
 }
 
-/// Returns the watermarks that add the riders among `activities` to each active rider's
-/// pending pairs (for the lead step's commit); none when no rider activity was read.
+/// Returns the ids a rider's step syncs: the programs linked by the programs step (program
+/// members) or the lists the lists step resolved (static lists).
+///
+/// # Errors
+///
+/// A store failure.
+async fn synced_ids(ctx: &Context, rider: &Rider, object: &str) -> Result<Vec<i64>, EngineError> {
+    if rider.marketo_object == crate::mapping::lists::STATIC_LIST {
+        let stored = ctx
+            .store
+            .watermark(Side::Marketo, object, super::static_lists::LISTS_QUEUE)
+            .await?;
+        let known: std::collections::BTreeMap<String, i64> = stored
+            .and_then(|w| w.cursor)
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        return Ok(known.into_values().collect());
+    }
+    let Some(programs) = ctx.mappings.iter().find(|m| {
+        m.file.marketo_object == crate::mapping::programs::PROGRAM
+            && ctx.settings.sync.objects.contains(&m.object)
+    }) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx
+            .store
+            .links_page(&programs.object, after.as_deref(), 500)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.marketo_key.clone());
+        out.extend(
+            page.iter()
+                .filter(|l| l.tombstone.is_none())
+                .filter_map(|l| l.marketo_key.parse::<i64>().ok()),
+        );
+    }
+    Ok(out)
+}
+
+/// Returns the watermarks that add the riders among `activities`, and each of `merge_winners`
+/// with every program or list the rider's step syncs, to each active rider's pending pairs (for
+/// the lead step's commit); none when neither was read.
 ///
 /// # Errors
 ///
@@ -168,15 +216,22 @@ fn mark(object: &str, pending: &BTreeSet<Pending>, at: DateTime<Utc>) -> Waterma
 pub async fn handed_over(
     ctx: &Context,
     activities: &[Activity],
+    merge_winners: &[i64],
     at: DateTime<Utc>,
 ) -> Result<Vec<Watermark>, EngineError> {
     let mut out = Vec::new();
     for (rider, object) in active(ctx) {
-        let new: Vec<Pending> = activities
+        let mut new: Vec<Pending> = activities
             .iter()
             .filter(|a| rider.type_ids.contains(&a.activity_type_id))
             .filter_map(|a| a.primary_attribute_value_id.map(|p| (a.lead_id, p)))
             .collect();
+        if !merge_winners.is_empty() {
+            let ids = synced_ids(ctx, &rider, &object).await?;
+            for winner in merge_winners {
+                new.extend(ids.iter().map(|id| (*winner, *id)));
+            }
+        }
         if new.is_empty() {
             continue;
         }

@@ -69,7 +69,7 @@ pub const LIST_ACTIVITIES: &[i64] = &[ADD_TO_LIST, REMOVE_FROM_LIST];
 /// The ledger code of a CRM row whose contact has no Marketo lead yet.
 pub const CONTACT_NOT_LINKED: &str = "contact_not_linked";
 /// The watermark queue whose cursor remembers the resolved list ids by name.
-const LISTS_QUEUE: &str = "lists";
+pub(crate) const LISTS_QUEUE: &str = "lists";
 /// The watermark queue whose cursor holds the ids of the lists read whole once.
 const SEEDED_QUEUE: &str = "seeded";
 /// Leads per ismember call.

@@ -375,6 +375,14 @@ fn change_membership(ctx: &mut Ctx<'_>, req: &Req, add: bool) -> Reply {
             results.push(json!({"id": lead_id, "status": "skipped", "reasons": [{"code": "1004", "message": "Lead not found"}]}));
             continue;
         }
+        // A refusal rule on `id` (`SimHandle::refuse_records`): this lead is skipped, the
+        // others of the call go on, as Marketo answers per lead.
+        let mut input = serde_json::Map::new();
+        input.insert("id".into(), json!(lead_id));
+        if let Some((code, message)) = ctx.st.refusal_for(&input) {
+            results.push(json!({"id": lead_id, "status": "skipped", "reasons": [{"code": code, "message": message}]}));
+            continue;
+        }
         let Some(list) = ctx.st.db.lists.get_mut(&id) else {
             break;
         };
