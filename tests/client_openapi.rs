@@ -723,6 +723,48 @@ async fn exercise_every_method(
         }
     }
     called.push("run_export");
+    // A job its create just answered goes straight to its enqueue: no status read before it.
+    let request = ExportRequest {
+        fields: vec!["id".into(), "email".into()],
+        format: None,
+        column_header_names: None,
+        filter: ExportFilter {
+            created_at: Some(DateRange {
+                start_at: "2024-01-01T00:00:00Z".parse().unwrap(),
+                end_at: "2024-01-31T00:00:00Z".parse().unwrap(),
+            }),
+            ..ExportFilter::default()
+        },
+    };
+    let created = client
+        .create_export(&ExportKind::Leads, &request)
+        .await
+        .unwrap();
+    let id = created.export_id.clone();
+    let logged = sim.request_log().last().map_or(0, |r| r.seq);
+    let outcome = client
+        .finish_export(
+            &ExportKind::Leads,
+            created,
+            &tmp.join("finished.csv"),
+            &options,
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.job.status, ExportStatus::Completed);
+    let after: Vec<String> = sim
+        .request_log()
+        .into_iter()
+        .filter(|r| r.seq > logged)
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        after.first().map(String::as_str),
+        Some(format!("/bulk/v1/leads/export/{id}/enqueue.json").as_str()),
+        "{after:?}"
+    );
+    called.push("finish_export");
 
     // Bulk import.
     let csv = tmp.join("import.csv");
@@ -919,7 +961,7 @@ async fn every_client_request_matches_the_spec() {
     );
     assert_eq!(
         methods.len(),
-        73,
+        74,
         "the client gained or lost a method: {methods:?}"
     );
 
