@@ -284,6 +284,14 @@ pub struct SyncSettings {
     /// (a new or renamed program reaches the CRM within this time; membership changes of synced
     /// programs do not wait for it); 0 browses every cycle.
     pub programs_browse_secs: u64,
+    /// Activities expected since an activity queue's watermark at which the queue is read by
+    /// Bulk Activity Extract (one export job) instead of the activities feed (one call per 300);
+    /// 0 never exports.
+    pub activity_bulk_threshold: u64,
+    /// The least time, in seconds, between two bulk exports of one activity queue. A queue
+    /// expected to reach `activity_bulk_threshold` by its next export waits for it rather than
+    /// reading the feed, so its activities arrive up to this late.
+    pub activity_bulk_every_secs: u64,
 }
 
 impl Default for SyncSettings {
@@ -297,6 +305,8 @@ impl Default for SyncSettings {
             lead_merges: DeletePolicy::Flag,
             marketo_schema_ttl_secs: 3600,
             programs_browse_secs: 3600,
+            activity_bulk_threshold: 30_000,
+            activity_bulk_every_secs: 3600,
         }
     }
 }
@@ -713,6 +723,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "mappings_dir",
             "lead_deletes",
             "lead_merges",
+            "marketo_schema_ttl_secs",
+            "programs_browse_secs",
+            "activity_bulk_threshold",
+            "activity_bulk_every_secs",
         ],
     ),
     (
@@ -1069,6 +1083,17 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
             format!(
                 "must be at most 86400 (one day), got {}",
                 s.sync.overlap_secs
+            ),
+        );
+    }
+    if s.sync.activity_bulk_every_secs > 30 * 86_400 {
+        push(
+            problems,
+            place,
+            "sync.activity_bulk_every_secs",
+            format!(
+                "must be at most 2592000 (30 days: Marketo prunes most activities after 90 days), got {}",
+                s.sync.activity_bulk_every_secs
             ),
         );
     }
