@@ -68,6 +68,10 @@ use crate::store::{Direction, JobState, StepCommit, Watermark, marketo_day};
 /// The suffix of a queue's bulk state watermark (see [`bulk_queue`]).
 pub const BULK_QUEUE_SUFFIX: &str = ":bulk";
 
+/// The directory (in the system's temporary directory) export files are downloaded to, named by
+/// their export id; a file is removed once its window is applied.
+pub const WORK_DIR: &str = "marketo-sync-activities";
+
 /// The journal's kind of an activity export job.
 const KIND: &str = "activities";
 
@@ -378,18 +382,23 @@ impl Run<'_> {
         {
             return Ok(Outcome::Fallback(reason));
         }
-        // The journalled window first (as it was), then the rest up to now.
-        let mut todo: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-        let mut start = from;
-        if let Some((s, e)) = resumed {
-            todo.push((s, e));
-            start = e + ChronoDuration::seconds(1);
-        }
-        todo.extend(windows(start, now).into_iter().map(|w| (w.start, w.end)));
+        // A journalled window alone, as it was (what came after it is decided next cycle, not
+        // paid for with a second job now); else the windows up to now.
+        let todo: Vec<(DateTime<Utc>, DateTime<Utc>)> = match resumed {
+            Some(window) => vec![window],
+            None => windows(from, now)
+                .into_iter()
+                .map(|w| (w.start, w.end))
+                .collect(),
+        };
+        let work_dir = std::env::temp_dir().join(WORK_DIR);
+        tokio::fs::create_dir_all(&work_dir)
+            .await
+            .map_err(|e| EngineError::Marketo(crate::marketo::Error::io(&work_dir, e)))?;
         let endpoint = ctx.endpoint(EndpointSettings {
             poll: Duration::from_secs(60),
             export_max_wait: Some(Duration::from_secs(6 * 3600)),
-            work_dir: std::env::temp_dir(),
+            work_dir,
             ..EndpointSettings::default()
         });
         let subject = ExportSubject::Activities {
