@@ -391,3 +391,45 @@ async fn an_export_that_does_not_fit_the_bulk_budget_reads_the_feed_and_warns() 
     assert_eq!(created(&s), 5_000);
     assert_eq!(env.visit_rows().await, (5_000, 5_000));
 }
+
+#[test]
+fn the_bulk_settings_come_from_the_environment_and_a_too_long_schedule_names_the_key() {
+    use marketo_sync::config::{SettingsSource, load_settings};
+    use std::collections::HashMap;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[marketo]\nmunchkin_id = \"123-ABC-456\"\nclient_id = \"c\"\n\
+         [crm]\nadapter = \"sql\"\nurl = \"sqlite://crm.db\"\n[sync]\nobjects = [\"activities\"]\n",
+    )
+    .unwrap();
+    let vars = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let defaults = Settings::default();
+    assert_eq!(defaults.sync.activity_bulk_threshold, 30_000);
+    assert_eq!(defaults.sync.activity_bulk_every_secs, 3_600);
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "s"),
+        ("MKSYNC__SYNC__ACTIVITY_BULK_THRESHOLD", "5000"),
+        ("MKSYNC__SYNC__ACTIVITY_BULK_EVERY_SECS", "86400"),
+    ]));
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(s.sync.activity_bulk_threshold, 5_000);
+    assert_eq!(s.sync.activity_bulk_every_secs, 86_400);
+
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "s"),
+        ("MKSYNC__SYNC__ACTIVITY_BULK_EVERY_SECS", "7776000"),
+    ]));
+    let (s, p) = load_settings(&source);
+    assert!(s.is_none());
+    let text = format!("{p:?}");
+    assert!(text.contains("sync.activity_bulk_every_secs"), "{text}");
+    assert!(text.contains("7776000"), "{text}");
+}
