@@ -1255,6 +1255,40 @@ mod tests {
     }
 
     #[test]
+    fn visits_at_volume_interleave_with_logged_activities_by_id_and_date() {
+        let (mut db, start) = db();
+        let at = |s: i64| start + chrono::Duration::seconds(s);
+        let mut input = Map::new();
+        input.insert("title".into(), json!("Before"));
+        db.update_lead(5, &input, at(10), "test");
+        let (first, last) = db
+            .log_visits(vec![1, 2], 1_000_000, at(100), 86_400)
+            .unwrap();
+        assert_eq!(last - first + 1, 1_000_000);
+        input.insert("title".into(), json!("After"));
+        let after = db.update_lead(5, &input, at(100 + 86_400), "test");
+        assert_eq!(after, Some(1));
+        let after_id = db.activities.last().unwrap().id;
+        assert_eq!(after_id, last + 1);
+        // Ids ascend across the logged activities and the block; dates never go back.
+        let feed: Vec<_> = db.feed_after(first - 2).take(4).collect();
+        let ids: Vec<i64> = feed.iter().map(|a| a.id).collect();
+        assert_eq!(ids, [first - 1, first, first + 1, first + 2]);
+        assert_eq!(feed[1].type_id, 1);
+        assert_eq!(feed[1].lead_id, 1);
+        assert_eq!(feed[2].lead_id, 2);
+        assert_eq!(feed[1].attributes()["Webpage URL"], json!("/page/0"));
+        let tail: Vec<i64> = db.feed_after(last - 1).map(|a| a.id).collect();
+        assert_eq!(tail, [last, after_id]);
+        // Half the day in, half the visits are before.
+        let mid = db.last_id_before(at(100 + 43_200));
+        assert_eq!(mid, first + 499_999);
+        assert!(db.feed_after(mid).next().unwrap().date >= at(100 + 43_200));
+        assert_eq!(db.last_id_before(at(100)), first - 1);
+        assert_eq!(db.last_id_before(at(200_000)), after_id);
+    }
+
+    #[test]
     fn update_logs_change_data_value_per_field() {
         let (mut db, now) = db();
         let mut input = Map::new();
