@@ -154,9 +154,13 @@ impl Env {
 
     /// Runs the activities step at the simulator's time.
     async fn try_step(&self) -> Result<CycleSummary, EngineError> {
+        self.run(false).await
+    }
+
+    async fn run(&self, dry_run: bool) -> Result<CycleSummary, EngineError> {
         self.clock.set(self.sim.now());
         let mut summary = CycleSummary::default();
-        let options = CycleOptions { dry_run: false };
+        let options = CycleOptions { dry_run };
         objects::run_step(
             "activities",
             &self.ctx,
@@ -390,6 +394,25 @@ async fn an_export_that_does_not_fit_the_bulk_budget_reads_the_feed_and_warns() 
     );
     assert_eq!(created(&s), 5_000);
     assert_eq!(env.visit_rows().await, (5_000, 5_000));
+}
+
+#[tokio::test]
+async fn a_dry_run_says_it_would_export_and_exports_nothing() {
+    let env = Env::new(15, 1_000, 0, 500).await;
+    env.visits(5_000, 3_600);
+    let mark = env.log_len();
+    let s = env.run(true).await.unwrap();
+    let calls = env.calls_since(mark);
+    assert_eq!(calls.export(), (0, 0, 0, 0));
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("activity:1") && w.contains("would be read by Bulk")),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(env.visit_rows().await, (0, 0));
+    assert!(env.store.watermarks().await.unwrap().is_empty());
 }
 
 #[test]

@@ -330,6 +330,11 @@ async fn feed(
     )
     .await?;
     if options.dry_run {
+        if let Some(expected) = read.stopped {
+            summary.warnings.push(format!(
+                "{q}: about {expected} activities would be read by Bulk Activity Extract (a dry run exports nothing)"
+            ));
+        }
         return Ok(None);
     }
     info!(

@@ -60,7 +60,7 @@ use crate::marketo::activities::{Activity, AttributeValue};
 use crate::marketo::bulk_extract::ACTIVITY_FIELDS;
 use crate::marketo::endpoint::{
     ActivityRow, EndpointError, EndpointSettings, ExportSubject, ExportedWindow, JobJournal,
-    MarketoEndpoint,
+    JobStage, MarketoEndpoint,
 };
 use crate::model::Side;
 use crate::store::{Direction, JobState, StepCommit, Watermark, marketo_day};
@@ -364,11 +364,12 @@ impl Run<'_> {
         let q = queue(self.type_id);
         let now = now_secs(ctx);
         let journal = ctx.journal();
-        let resumed = journal
+        let unfinished = journal
             .unfinished(false, KIND, &q)
             .await
-            .map_err(EndpointError::from)?
-            .into_iter()
+            .map_err(EndpointError::from)?;
+        let resumed = unfinished
+            .iter()
             .filter_map(|j| j.window)
             .find(|(start, _)| *start == from);
         if self.options.dry_run {
@@ -381,6 +382,15 @@ impl Run<'_> {
             && let Some(reason) = self.over_budget(expected, now).await?
         {
             return Ok(Outcome::Fallback(reason));
+        }
+        // A job of an earlier start (the feed has moved the watermark past it since) is not
+        // re-attached to any more: it is closed rather than left unfinished.
+        for mut stale in unfinished {
+            if stale.window.is_some_and(|(start, _)| start != from) {
+                info!(export_id = %stale.id, "closing an activity export the watermark has passed");
+                stale.stage = JobStage::Failed;
+                journal.record(&stale).await.map_err(EndpointError::from)?;
+            }
         }
         // A journalled window alone, as it was (what came after it is decided next cycle, not
         // paid for with a second job now); else the windows up to now.
