@@ -292,6 +292,8 @@ struct Figures {
     cpu: f64,
     wall: f64,
     peak_kb: u64,
+    /// RSS when the step started (the peak's floor).
+    start_kb: u64,
 }
 
 async fn measure(
@@ -306,6 +308,7 @@ async fn measure(
     let bytes_before = store.api_usage(day).await.expect("usage").bulk_bytes;
     let mark = sim.mark().await;
     reset_peak();
+    let start_kb = status_kb("self", "VmRSS:");
     let cpu = cpu_seconds("self");
     let t = Instant::now();
     let summary = engine.step(now, threshold).await;
@@ -321,6 +324,7 @@ async fn measure(
         cpu,
         wall,
         peak_kb,
+        start_kb,
     }
 }
 
@@ -432,7 +436,7 @@ async fn run(n: u64, sample: u64) {
 
     println!("activities at volume: {n} Visit Webpage activities of one configured type in a day");
     println!(
-        "feed (measured on {sample} rows over {sample_secs} s, scaled x{scale:.1}): REST calls {} (measured {}), bulk calls 0, CPU {:.1} s (measured {:.2} s), wall {:.1} s (measured {:.2} s), peak RSS {} kB (measured)",
+        "feed (measured on {sample} rows over {sample_secs} s, scaled x{scale:.1}): REST calls {} (measured {}), bulk calls 0, CPU {:.1} s (measured {:.2} s), wall {:.1} s (measured {:.2} s), peak RSS {} kB (measured; {} kB at its start)",
         (feed.calls.rest as f64 * scale).ceil(),
         feed.calls.rest,
         feed.cpu * scale,
@@ -440,9 +444,10 @@ async fn run(n: u64, sample: u64) {
         feed.wall * scale,
         feed.wall,
         feed.peak_kb,
+        feed.start_kb,
     );
     println!(
-        "bulk: REST calls {}, bulk calls {} ({:?}), total {}, bulk bytes {} ({:.1} MB, {:.0}% of the 500 MB daily budget), CPU {:.1} s, wall {:.1} s, engine peak RSS {} kB; simulator peak RSS {} kB",
+        "bulk: REST calls {}, bulk calls {} ({:?}), total {}, bulk bytes {} ({:.1} MB, {:.0}% of the 500 MB daily budget), CPU {:.1} s, wall {:.1} s, engine peak RSS {} kB ({} kB at its start); simulator peak RSS {} kB",
         bulk.calls.rest,
         bulk.calls.bulk_total(),
         bulk.calls.bulk,
@@ -453,6 +458,7 @@ async fn run(n: u64, sample: u64) {
         bulk.cpu,
         bulk.wall,
         bulk.peak_kb,
+        bulk.start_kb,
         sim.peak(),
     );
     println!("watermark after: {w:?}");
