@@ -36,6 +36,8 @@ struct Env {
     clock: ManualClock,
     store: Arc<dyn StateStore>,
     leads: Vec<i64>,
+    /// The PostgreSQL database of the CRM table, if not SQLite.
+    crm_db: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,20 +45,58 @@ impl Env {
     /// An environment whose queues switch to exports at `threshold` activities, at most every
     /// `every_secs`, with a daily bulk budget of `budget_mb`.
     async fn new(seed: u64, threshold: u64, every_secs: u64, budget_mb: u32) -> Env {
+        Env::with_crm(seed, threshold, every_secs, budget_mb, None).await
+    }
+
+    /// As [`Env::new`], the CRM table in a fresh database of the PostgreSQL server at `pg` (a
+    /// base URL) instead of SQLite.
+    async fn with_crm(
+        seed: u64,
+        threshold: u64,
+        every_secs: u64,
+        budget_mb: u32,
+        pg: Option<&str>,
+    ) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        let mut crm_db = None;
+        let (crm_url, ddl) = match pg {
+            None => (
+                format!("sqlite://{}", dir.path().join("crm.db").display()),
+                "CREATE TABLE marketing_activities (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 marketo_guid VARCHAR(64), kind VARCHAR(40), occurred_at DATETIME, \
+                 marketo_lead_id INTEGER, contact_id VARCHAR(64), detail VARCHAR(255), \
+                 marketo_id VARCHAR(64), \
+                 updated_at DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')), \
+                 deleted BOOLEAN NOT NULL DEFAULT 0); ",
+            ),
+            Some(base) => {
+                let name = format!("mks_bulkact_{}", uuid::Uuid::new_v4().simple());
+                let admin = SqlPool::connect(base, 1, false).await.unwrap();
+                admin
+                    .execute_raw("create db", format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                admin.close().await;
+                crm_db = Some(name.clone());
+                let mut url = url::Url::parse(base).unwrap();
+                url.set_path(&format!("/{name}"));
+                (
+                    url.to_string(),
+                    "CREATE TABLE marketing_activities (id BIGSERIAL PRIMARY KEY, \
+                     marketo_guid VARCHAR(64), kind VARCHAR(40), occurred_at TIMESTAMPTZ, \
+                     marketo_lead_id BIGINT, contact_id VARCHAR(64), detail VARCHAR(255), \
+                     marketo_id VARCHAR(64), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                     deleted BOOLEAN NOT NULL DEFAULT FALSE); ",
+                )
+            }
+        };
         let db = SqlPool::connect(&crm_url, 1, false).await.unwrap();
         db.execute_raw(
             "activities table",
-            "CREATE TABLE marketing_activities (id INTEGER PRIMARY KEY AUTOINCREMENT, \
-             marketo_guid VARCHAR(64), kind VARCHAR(40), occurred_at DATETIME, \
-             marketo_lead_id INTEGER, contact_id VARCHAR(64), detail VARCHAR(255), \
-             marketo_id VARCHAR(64), \
-             updated_at DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')), \
-             deleted BOOLEAN NOT NULL DEFAULT 0); \
-             CREATE UNIQUE INDEX ux_ma_guid ON marketing_activities (marketo_guid); \
-             CREATE UNIQUE INDEX ux_ma_mid ON marketing_activities (marketo_id)"
-                .to_owned(),
+            format!(
+                "{ddl}CREATE UNIQUE INDEX ux_ma_guid ON marketing_activities (marketo_guid); \
+                 CREATE UNIQUE INDEX ux_ma_mid ON marketing_activities (marketo_id)"
+            ),
         )
         .await
         .unwrap();
@@ -141,6 +181,7 @@ impl Env {
             clock,
             store,
             leads,
+            crm_db,
             _dir: dir,
         }
     }
@@ -257,7 +298,30 @@ fn created(s: &CycleSummary) -> u64 {
 
 #[tokio::test]
 async fn above_the_threshold_one_export_job_copies_each_activity_once_then_the_feed_resumes() {
-    let env = Env::new(11, 1_000, 0, 500).await;
+    one_export_then_the_feed(&Env::new(11, 1_000, 0, 500).await).await;
+}
+
+/// The same on a PostgreSQL CRM (`PG_TEST_URL`; skipped with a notice when none answers).
+#[tokio::test]
+async fn on_postgres_one_export_job_copies_each_activity_once_then_the_feed_resumes() {
+    let base = std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if SqlPool::connect(&base, 1, false).await.is_err() {
+        eprintln!("skipped: no PostgreSQL at PG_TEST_URL");
+        return;
+    }
+    let env = Env::with_crm(16, 1_000, 0, 500, Some(&base)).await;
+    one_export_then_the_feed(&env).await;
+    let name = env.crm_db.clone().unwrap();
+    drop(env);
+    let admin = SqlPool::connect(&base, 1, false).await.unwrap();
+    let _ = admin
+        .execute_raw("drop db", format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await;
+    admin.close().await;
+}
+
+async fn one_export_then_the_feed(env: &Env) {
     let (first, last) = env.visits(5_000, 3_600);
     assert_eq!(last - first + 1, 5_000);
 
