@@ -289,6 +289,14 @@ pub struct SyncSettings {
     /// in Marketo (no activity reports a removal); 0 never repairs (`marketo-sync bootstrap
     /// --object program_members` still does).
     pub program_members_repair_hours: u64,
+    /// Activities expected since an activity queue's watermark at which the queue is read by
+    /// Bulk Activity Extract (one export job) instead of the activities feed (one call per 300);
+    /// 0 never exports.
+    pub activity_bulk_threshold: u64,
+    /// The least time, in seconds, between two bulk exports of one activity queue. A queue
+    /// expected to reach `activity_bulk_threshold` by its next export waits for it rather than
+    /// reading the feed, so its activities arrive up to this late.
+    pub activity_bulk_every_secs: u64,
 }
 
 impl Default for SyncSettings {
@@ -303,6 +311,8 @@ impl Default for SyncSettings {
             marketo_schema_ttl_secs: 3600,
             programs_browse_secs: 3600,
             program_members_repair_hours: 24,
+            activity_bulk_threshold: 30_000,
+            activity_bulk_every_secs: 3600,
         }
     }
 }
@@ -722,6 +732,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "marketo_schema_ttl_secs",
             "programs_browse_secs",
             "program_members_repair_hours",
+            "activity_bulk_threshold",
+            "activity_bulk_every_secs",
         ],
     ),
     (
@@ -1078,6 +1090,17 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
             format!(
                 "must be at most 86400 (one day), got {}",
                 s.sync.overlap_secs
+            ),
+        );
+    }
+    if s.sync.activity_bulk_every_secs > 30 * 86_400 {
+        push(
+            problems,
+            place,
+            "sync.activity_bulk_every_secs",
+            format!(
+                "must be at most 2592000 (30 days: Marketo prunes most activities after 90 days), got {}",
+                s.sync.activity_bulk_every_secs
             ),
         );
     }

@@ -17,6 +17,7 @@
 //! | `POST /__sim/leads/{id}/merge` | `{"losers": [ids]}` | `{}` |
 //! | `POST /__sim/companies` | `{externalCompanyId, ...}` | `{id}` |
 //! | `DELETE /__sim/companies/{externalCompanyId}` | | `{deleted}` |
+//! | `POST /__sim/visits` | `{"leads": [ids], "count": n, "overSecs": s}` | `{firstId, lastId, now}` |
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -55,6 +56,22 @@ pub fn op_create_lead(st: &mut SimState, values: &Map<String, Value>) -> i64 {
 pub fn op_update_lead(st: &mut SimState, id: i64, values: &Map<String, Value>) -> Option<usize> {
     let now = st.now();
     st.db.update_lead(id, values, now, "Manual edit")
+}
+
+/// Logs `count` Visit Webpage activities of `leads` (in turn) dated evenly over the next
+/// `over_secs` seconds of sim time and moves the clock past them (see [`Db::log_visits`]);
+/// returns their first and last ids, none when `count` is 0 or `leads` is empty.
+pub fn op_log_visits(
+    st: &mut SimState,
+    leads: Vec<i64>,
+    count: u64,
+    over_secs: u64,
+) -> Option<(i64, i64)> {
+    let now = st.now();
+    let ids = st.db.log_visits(leads, count, now, over_secs);
+    st.clock
+        .advance(std::time::Duration::from_secs(over_secs.max(1)));
+    ids
 }
 
 /// Creates or updates a company by `externalCompanyId`; returns its id.
@@ -251,4 +268,32 @@ pub fn upsert_company(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
 pub fn delete_company(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
     let key = req.p("externalCompanyId").to_string();
     Reply::Ok(json!({"deleted": op_delete_company(ctx.st, &key)}))
+}
+
+/// `POST /__sim/visits` `{"leads": [ids], "count": n, "overSecs": s}`: Visit Webpage activities
+/// at volume (see [`op_log_visits`]).
+pub fn log_visits(ctx: &mut Ctx<'_>, req: &Req) -> Reply {
+    let body = body_object(req);
+    let leads: Option<Vec<i64>> = body
+        .get("leads")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_i64).collect());
+    let count = body.get("count").and_then(Value::as_u64);
+    let over = body.get("overSecs").and_then(Value::as_u64).unwrap_or(0);
+    let (Some(leads), Some(count)) = (leads.filter(|l| !l.is_empty()), count) else {
+        return bad(
+            400,
+            "body must be {\"leads\": [lead ids], \"count\": n, \"overSecs\": seconds}".into(),
+        );
+    };
+    if let Some(missing) = leads.iter().find(|id| ctx.st.db.lead(**id).is_none()) {
+        return bad(404, format!("no lead {missing}"));
+    }
+    let ids = op_log_visits(ctx.st, leads, count, over);
+    let now = ctx.st.now();
+    Reply::Ok(json!({
+        "firstId": ids.map(|i| i.0),
+        "lastId": ids.map(|i| i.1),
+        "now": super::clock::fmt_time(now),
+    }))
 }

@@ -300,8 +300,13 @@ fn build_file(job: &ExportJob, db: &Db) -> (bytes::Bytes, u64) {
         return out.finish();
     }
     if job.kind == ExportKind::Activities {
+        // The feed is in date order: start after the last activity before the range.
+        let after = job
+            .filter
+            .created
+            .map_or(0, |(start, _)| db.last_id_before(start));
         let activities = db
-            .feed_after(0)
+            .feed_after(after)
             .filter(|a| a.type_id != 37)
             .filter(|a| in_range(a.date, job.filter.created))
             .filter(|a| job.filter.type_ids.is_empty() || job.filter.type_ids.contains(&a.type_id));

@@ -425,6 +425,18 @@ impl SimHandle {
             .collect()
     }
 
+    /// Logs `count` Visit Webpage activities of `leads` (in turn) dated evenly over the next
+    /// `over` of sim time, and moves the clock past them; returns their first and last ids.
+    /// Stored as one lazily read block, so a million cost a few bytes (benchmarks).
+    pub fn visit_webpages_at_volume(
+        &self,
+        leads: Vec<i64>,
+        count: u64,
+        over: Duration,
+    ) -> Option<(i64, i64)> {
+        admin::op_log_visits(&mut self.shared.lock(), leads, count, over.as_secs())
+    }
+
     /// Deletes a lead (Delete Lead activity). Returns false when it did not exist.
     pub fn delete_lead(&self, id: i64) -> bool {
         let mut st = self.shared.lock();

@@ -86,6 +86,80 @@ impl Activity {
     }
 }
 
+/// A block of Visit Webpage (type 1) activities logged at volume (see [`Db::log_visits`]):
+/// ids `first_id..first_id + count`, dates spread evenly (whole seconds) over `span_secs` from
+/// `start`, leads taken in turn from `leads`. Read lazily: a million of them cost a few bytes,
+/// not a million stored records.
+#[derive(Debug, Clone)]
+pub struct VisitBlock {
+    first_id: i64,
+    count: u64,
+    start: DateTime<Utc>,
+    span_secs: u64,
+    leads: Vec<i64>,
+}
+
+/// Web pages a block's visits go to in turn (`/page/<n>`, page id `1000 + n`).
+const VISIT_PAGES: u64 = 50;
+
+impl VisitBlock {
+    fn last_id(&self) -> i64 {
+        self.first_id + self.count as i64 - 1
+    }
+
+    /// Returns the date of the block's `i`th visit.
+    fn date(&self, i: u64) -> DateTime<Utc> {
+        let offset =
+            (u128::from(i) * u128::from(self.span_secs) / u128::from(self.count.max(1))) as i64;
+        self.start + chrono::Duration::seconds(offset)
+    }
+
+    /// Returns the number of the block's visits dated before `since`.
+    fn count_before(&self, since: DateTime<Utc>) -> u64 {
+        let (mut lo, mut hi) = (0u64, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.date(mid) < since {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Returns the block's `i`th visit.
+    fn activity(&self, i: u64) -> Activity {
+        let page = i % VISIT_PAGES;
+        let url = format!("/page/{page}");
+        let lead_id = self
+            .leads
+            .get((i % self.leads.len().max(1) as u64) as usize)
+            .copied()
+            .unwrap_or(0);
+        let mut attrs = Map::new();
+        attrs.insert("Client IP Address".into(), json!("192.0.2.1"));
+        attrs.insert("Webpage URL".into(), json!(url));
+        Activity {
+            id: self.first_id + i as i64,
+            lead_id,
+            date: self.date(i),
+            type_id: 1,
+            primary_id: Some(1000 + page as i64),
+            primary_value: Some(url),
+            attributes: attrs,
+            change: None,
+            reason: None,
+        }
+    }
+
+    /// Returns the block's visits with an id above `after`, in id order.
+    fn after(&self, after: i64) -> impl Iterator<Item = Activity> + '_ {
+        let from = u64::try_from((after + 1 - self.first_id).max(0)).unwrap_or(0);
+        (from.min(self.count)..self.count).map(move |i| self.activity(i))
+    }
+}
+
 /// A static list.
 #[derive(Debug, Clone)]
 pub struct StaticList {
@@ -281,6 +355,9 @@ pub struct Db {
     gen_new_leads: Vec<(DateTime<Utc>, i64)>,
     /// The id after which logged activities are numbered.
     first_logged_id: i64,
+    /// Visit Webpage activities logged at volume, read lazily, interleaved with `activities`
+    /// by id (see [`Db::log_visits`]).
+    visit_blocks: Vec<VisitBlock>,
     /// Static lists by id.
     pub lists: BTreeMap<i64, StaticList>,
     /// Programs by id.
@@ -336,6 +413,7 @@ impl Db {
             activities: Vec::new(),
             gen_new_leads: Vec::new(),
             first_logged_id: (leads as i64).max(100_000),
+            visit_blocks: Vec::new(),
             lists: BTreeMap::new(),
             programs: BTreeMap::new(),
             catalog: Catalog::generate(start),
@@ -663,7 +741,8 @@ impl Db {
     }
 
     /// Returns the whole activity feed after activity id `after`, in id order: the generated
-    /// leads' New Lead activities (of leads not deleted since), then the logged ones.
+    /// leads' New Lead activities (of leads not deleted since), then the logged ones (and the
+    /// visits logged at volume among them).
     pub fn feed_after(&self, after: i64) -> impl Iterator<Item = Cow<'_, Activity>> + '_ {
         let from = usize::try_from(after.max(0))
             .unwrap_or(usize::MAX)
@@ -672,16 +751,93 @@ impl Db {
             .filter(|i| !self.deleted.contains(&self.gen_new_leads[*i].1))
             .map(|i| Cow::Owned(self.generated_new_lead(i)));
         let start = self.activities.partition_point(|a| a.id <= after);
-        generated.chain(self.activities[start..].iter().map(Cow::Borrowed))
+        let mut logged = self.activities[start..].iter().peekable();
+        let mut visits = self
+            .visit_blocks
+            .iter()
+            .filter(move |b| b.last_id() > after)
+            .flat_map(move |b| b.after(after))
+            .peekable();
+        let merged = std::iter::from_fn(move || match (logged.peek(), visits.peek()) {
+            (Some(a), Some(v)) if v.id < a.id => visits.next().map(Cow::Owned),
+            (Some(_), _) => logged.next().map(Cow::Borrowed),
+            (None, _) => visits.next().map(Cow::Owned),
+        });
+        generated.chain(merged)
     }
 
-    /// Returns the id of the last activity dated before `since` (0 when there is none).
+    /// Returns the id of the last activity dated before `since` (0 when there is none): the
+    /// feed after it holds every activity dated `since` or later.
     pub fn last_id_before(&self, since: DateTime<Utc>) -> i64 {
-        if let Some(a) = self.activities.iter().take_while(|a| a.date < since).last() {
-            return a.id;
+        // The first logged activity and the first visit dated `since` or later.
+        let logged = self
+            .activities
+            .iter()
+            .find(|a| a.date >= since)
+            .map(|a| a.id);
+        let visits = self.visit_blocks.iter().find_map(|b| {
+            let n = b.count_before(since);
+            (n < b.count).then_some(b.first_id + n as i64)
+        });
+        let bound = match (logged, visits) {
+            (Some(a), Some(v)) => Some(a.min(v) - 1),
+            (Some(a), None) | (None, Some(a)) => Some(a - 1),
+            (None, None) => {
+                let last = self.activities.last().map(|a| a.id);
+                let last_visit = self.visit_blocks.last().map(VisitBlock::last_id);
+                last.max(last_visit)
+            }
+        };
+        let first = [
+            self.activities.first().map(|a| a.id),
+            self.visit_blocks.first().map(|b| b.first_id),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match (bound, first) {
+            (Some(bound), Some(first)) if bound >= first => bound,
+            _ => self
+                .gen_new_leads
+                .partition_point(|(date, _)| *date < since) as i64,
         }
-        self.gen_new_leads
-            .partition_point(|(date, _)| *date < since) as i64
+    }
+
+    /// Returns the id the next logged activity gets.
+    fn next_logged_id(&self) -> i64 {
+        let logged = self
+            .activities
+            .last()
+            .map_or(self.first_logged_id, |a| a.id);
+        let visits = self.visit_blocks.last().map_or(0, VisitBlock::last_id);
+        logged.max(visits) + 1
+    }
+
+    /// Logs `count` Visit Webpage (1) activities of `leads` (in turn) dated evenly over
+    /// `span_secs` seconds from `start`, stored as one lazily read block, and returns their first
+    /// and last ids. `start` must not be before the last logged activity (the log stays in date
+    /// order); the caller moves its clock past the span. A merge moves these visits to the
+    /// winner like the others.
+    pub fn log_visits(
+        &mut self,
+        leads: Vec<i64>,
+        count: u64,
+        start: DateTime<Utc>,
+        span_secs: u64,
+    ) -> Option<(i64, i64)> {
+        if count == 0 || leads.is_empty() {
+            return None;
+        }
+        let block = VisitBlock {
+            first_id: self.next_logged_id(),
+            count,
+            start,
+            span_secs,
+            leads,
+        };
+        let ids = (block.first_id, block.last_id());
+        self.visit_blocks.push(block);
+        Some(ids)
     }
 
     /// Appends an activity and returns its id.
@@ -694,11 +850,7 @@ impl Db {
         attributes: Map<String, Value>,
         change: Option<(u32, &'static str, Value, Value)>,
     ) -> i64 {
-        let id = self
-            .activities
-            .last()
-            .map_or(self.first_logged_id, |a| a.id)
-            + 1;
+        let id = self.next_logged_id();
         self.activities.push(Activity {
             id,
             lead_id,
@@ -723,11 +875,7 @@ impl Db {
         reason: &str,
     ) -> i64 {
         let field = lead_field_at(idx);
-        let id = self
-            .activities
-            .last()
-            .map_or(self.first_logged_id, |a| a.id)
-            + 1;
+        let id = self.next_logged_id();
         self.activities.push(Activity {
             id,
             lead_id,
@@ -929,6 +1077,13 @@ impl Db {
                 activity.lead_id = winner;
             }
         }
+        for block in &mut self.visit_blocks {
+            for lead in &mut block.leads {
+                if loser_ids.contains(lead) {
+                    *lead = winner;
+                }
+            }
+        }
         let mut attrs = Map::new();
         attrs.insert("Merge IDs".into(), json!(loser_ids));
         attrs.insert("Merged in Sales".into(), json!(false));
@@ -1097,6 +1252,40 @@ mod tests {
     fn db() -> (Db, DateTime<Utc>) {
         let start = parse_time("2024-03-01T00:00:00Z").unwrap();
         (Db::generate(3, start, 50), start)
+    }
+
+    #[test]
+    fn visits_at_volume_interleave_with_logged_activities_by_id_and_date() {
+        let (mut db, start) = db();
+        let at = |s: i64| start + chrono::Duration::seconds(s);
+        let mut input = Map::new();
+        input.insert("title".into(), json!("Before"));
+        db.update_lead(5, &input, at(10), "test");
+        let (first, last) = db
+            .log_visits(vec![1, 2], 1_000_000, at(100), 86_400)
+            .unwrap();
+        assert_eq!(last - first + 1, 1_000_000);
+        input.insert("title".into(), json!("After"));
+        let after = db.update_lead(5, &input, at(100 + 86_400), "test");
+        assert_eq!(after, Some(1));
+        let after_id = db.activities.last().unwrap().id;
+        assert_eq!(after_id, last + 1);
+        // Ids ascend across the logged activities and the block; dates never go back.
+        let feed: Vec<_> = db.feed_after(first - 2).take(4).collect();
+        let ids: Vec<i64> = feed.iter().map(|a| a.id).collect();
+        assert_eq!(ids, [first - 1, first, first + 1, first + 2]);
+        assert_eq!(feed[1].type_id, 1);
+        assert_eq!(feed[1].lead_id, 1);
+        assert_eq!(feed[2].lead_id, 2);
+        assert_eq!(feed[1].attributes()["Webpage URL"], json!("/page/0"));
+        let tail: Vec<i64> = db.feed_after(last - 1).map(|a| a.id).collect();
+        assert_eq!(tail, [last, after_id]);
+        // Half the day in, half the visits are before.
+        let mid = db.last_id_before(at(100 + 43_200));
+        assert_eq!(mid, first + 499_999);
+        assert!(db.feed_after(mid).next().unwrap().date >= at(100 + 43_200));
+        assert_eq!(db.last_id_before(at(100)), first - 1);
+        assert_eq!(db.last_id_before(at(200_000)), after_id);
     }
 
     #[test]

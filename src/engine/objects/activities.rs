@@ -2,14 +2,24 @@
 //!
 //! Each configured type (`[[activities]]` in the activities mapping, `Plans::activities`) has its
 //! own queue `activity:<type id>`: a Get Lead Activities paging token kept as the watermark's
-//! cursor. Activities are de-duplicated by `marketoGUID` twice: a copied activity has a link
-//! (object `activity:<type id>`, Marketo key = GUID) and is not written again, and the CRM write
-//! is an upsert keyed by the GUID column (`keys.crm_marketo_id`), so a re-read after a crash or
-//! an overlapping token inserts no duplicate row. The CRM row is linked to the CRM record of the
-//! lead through the synthetic source field [`CRM_CONTACT_FIELD`] (the CRM key of the lead's link).
+//! cursor, the watermark's time the date of the last activity read. Activities are de-duplicated
+//! by `marketoGUID` twice: a copied activity has a link (object `activity:<type id>`, Marketo
+//! key = GUID) and is not written again, and the CRM write is an upsert keyed by the GUID column
+//! (`keys.crm_marketo_id`), so a re-read after a crash or an overlapping token inserts no
+//! duplicate row. The CRM row is linked to the CRM record of the lead through the synthetic
+//! source field [`CRM_CONTACT_FIELD`] (the CRM key of the lead's link).
+//!
+//! At volume a queue is read by Bulk Activity Extract instead of the feed (one export job
+//! instead of one call per 300 activities): see [`bulk`] for when and how. Both paths hand the
+//! same [`Activity`] values to one copy ([`copy`]): the feed's pages, or the export file's rows
+//! in batches.
+
+mod bulk;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -18,9 +28,11 @@ use crate::engine::pipeline::pair::contacts_by_lead;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
-use crate::marketo::activities::Activity;
+use crate::marketo::activities::{Activity, ActivityFilter};
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, StepCommit, SyncError};
+use crate::store::{Direction, StepCommit, SyncError, Watermark};
+
+pub use bulk::{BULK_QUEUE_SUFFIX, bulk_queue};
 
 /// The watermark object of every activity queue.
 pub const OBJECT: &str = "activities";
@@ -85,7 +97,14 @@ pub async fn run(
 /// One activity row to copy: `(marketoGUID, agreed values, CRM row)`.
 type Row = (String, Fields, Fields);
 
-/// Copies the new activities of one type to its CRM table (see the module documentation).
+/// Returns the engine's time in whole seconds (Marketo's filters and dates take whole seconds).
+fn now_secs(ctx: &Context) -> DateTime<Utc> {
+    let now = ctx.clock.now();
+    now.with_nanosecond(0).unwrap_or(now)
+}
+
+/// Copies the new activities of one type to its CRM table: by the feed, by Bulk Activity
+/// Extract, or not this cycle (the queue waits for its next scheduled export); see [`bulk`].
 ///
 /// # Errors
 ///
@@ -99,15 +118,279 @@ async fn run_type(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let q = queue(type_id);
-    let link_object = plan.object.as_str();
-    let direction = Direction::MarketoToCrm;
-    let (activities, watermark) =
-        super::read_activity_queue(ctx, OBJECT, &q, i64::from(type_id), cancel).await?;
-    summary.counts_mut(link_object, direction).read += activities.len() as u64;
+    let policy = bulk::Policy::of(&ctx.settings);
+    let state = bulk::State::load(ctx, type_id).await?;
+    let stored = ctx.store.watermark(Side::Marketo, OBJECT, &q).await?;
+    let now = now_secs(ctx);
+    let from = stored
+        .as_ref()
+        .map_or_else(|| ctx.settings.bootstrap.low_watermark(OBJECT), |w| w.at);
+    match policy.decide(&state, from, now) {
+        bulk::Decision::Wait { due, expected } => {
+            info!(activity_type = type_id, %due, expected, "activity queue waits for its scheduled bulk export");
+            return Ok(());
+        }
+        bulk::Decision::Bulk { expected } => {
+            let run = bulk::Run {
+                ctx,
+                type_id,
+                plan,
+                policy: &policy,
+                state: &state,
+                options,
+                cancel,
+            };
+            match run.export(from, expected, summary).await? {
+                bulk::Outcome::Done => return Ok(()),
+                bulk::Outcome::Fallback(reason) => {
+                    summary.warnings.push(format!("{q}: {reason}"));
+                    // Read by the feed this cycle, to the end (no switch back to bulk).
+                    feed(ctx, type_id, plan, None, summary, options, cancel).await?;
+                    return Ok(());
+                }
+            }
+        }
+        bulk::Decision::Feed => {}
+    }
+    let stop = feed(ctx, type_id, plan, Some(&policy), summary, options, cancel).await?;
+    let Some(expected) = stop else {
+        return Ok(());
+    };
+    // The feed stopped early: more activities wait than the threshold.
+    let state = bulk::State::load(ctx, type_id).await?;
+    let from = ctx
+        .store
+        .watermark(Side::Marketo, OBJECT, &q)
+        .await?
+        .map_or(from, |w| w.at);
+    let now = now_secs(ctx);
+    if !policy.is_due(&state, now) {
+        info!(
+            activity_type = type_id,
+            expected, "activity backlog waits for its scheduled bulk export"
+        );
+        return Ok(());
+    }
+    let run = bulk::Run {
+        ctx,
+        type_id,
+        plan,
+        policy: &policy,
+        state: &state,
+        options,
+        cancel,
+    };
+    if let bulk::Outcome::Fallback(reason) = run.export(from, expected, summary).await? {
+        summary.warnings.push(format!("{q}: {reason}"));
+        feed(ctx, type_id, plan, None, summary, options, cancel).await?;
+    }
+    Ok(())
+}
+
+/// What one feed read found.
+struct FeedRead {
+    /// The activities by key.
+    activities: BTreeMap<String, Activity>,
+    /// The queue's watermark after them (the paging token and the last activity date).
+    watermark: Watermark,
+    /// The number of activities expected since the watermark when the read stopped early
+    /// (more than the bulk threshold); none when it read to the end.
+    stopped: Option<u64>,
+    /// The date of the first activity read.
+    first: Option<DateTime<Utc>>,
+}
+
+/// Reads the queue's feed from its paging token (created from the watermark's time when the
+/// queue has none, e.g. after a bulk export; from the low watermark on its first read) to the
+/// end, or, with a bulk `policy`, until the activities expected since the watermark reach the
+/// threshold (see [`bulk::Policy::switch_estimate`]).
+///
+/// # Errors
+///
+/// A Marketo or store failure, or cancellation.
+async fn read_feed(
+    ctx: &Context,
+    q: &str,
+    type_id: i64,
+    policy: Option<&bulk::Policy>,
+    cancel: &CancellationToken,
+) -> Result<FeedRead, EngineError> {
+    let stored = ctx.store.watermark(Side::Marketo, OBJECT, q).await?;
+    let since = stored
+        .as_ref()
+        .map_or_else(|| ctx.settings.bootstrap.low_watermark(OBJECT), |w| w.at);
+    let mut token = match stored
+        .as_ref()
+        .and_then(|w| w.cursor.as_ref())
+        .and_then(|c| c.as_str())
+    {
+        Some(t) => t.to_owned(),
+        None => ctx.marketo.paging_token(since).await?,
+    };
+    let now = now_secs(ctx);
+    let mut high = since;
+    let mut first: Option<DateTime<Utc>> = None;
+    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
+    let mut read = 0u64;
+    let mut stopped = None;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let page = ctx
+            .marketo
+            .get_activities(&token, &[type_id], &ActivityFilter::default())
+            .await?;
+        let n = page.records.len();
+        for a in page.records {
+            high = high.max(a.activity_date);
+            first = Some(first.map_or(a.activity_date, |f| f.min(a.activity_date)));
+            read += 1;
+            if let Some(k) = a.key() {
+                activities.insert(k, a);
+            }
+        }
+        if let Some(t) = page.next_page_token {
+            token = t;
+        }
+        if !page.more_result || n == 0 {
+            break;
+        }
+        if let (Some(p), Some(f)) = (policy, first)
+            && let Some(expected) = p.switch_estimate(read, f, high, now)
+        {
+            stopped = Some(expected);
+            break;
+        }
+    }
+    Ok(FeedRead {
+        activities,
+        watermark: Watermark {
+            system: Side::Marketo,
+            object: OBJECT.to_owned(),
+            queue: q.to_owned(),
+            at: high,
+            tie: None,
+            cursor: Some(json!(token)),
+        },
+        stopped,
+        first,
+    })
+}
+
+/// Copies the queue's new activities read from the feed and commits them with the queue's
+/// watermark (and its rate, for the bulk decision). Returns the activities expected since the
+/// watermark when the read stopped early for the bulk path (`policy` given).
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
+async fn feed(
+    ctx: &Context,
+    type_id: u32,
+    plan: &Plan,
+    policy: Option<&bulk::Policy>,
+    summary: &mut CycleSummary,
+    options: &CycleOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>, EngineError> {
+    let q = queue(type_id);
+    let since = ctx
+        .store
+        .watermark(Side::Marketo, OBJECT, &q)
+        .await?
+        .map_or_else(|| ctx.settings.bootstrap.low_watermark(OBJECT), |w| w.at);
+    let read = read_feed(ctx, &q, i64::from(type_id), policy, cancel).await?;
+    let now = now_secs(ctx);
+    let count = read.activities.len() as u64;
+    let state = bulk::State::load(ctx, type_id).await?.after_feed(
+        count,
+        since,
+        (read.first, read.watermark.at),
+        read.stopped.is_some(),
+        now,
+    );
     let mut commit = StepCommit {
-        watermarks: vec![watermark],
+        watermarks: vec![read.watermark, state.watermark(type_id, now)],
         ..StepCommit::default()
     };
+    let previous = due(ctx, plan).await?;
+    copy(
+        ctx,
+        plan,
+        read.activities,
+        &Copy {
+            previous: &previous,
+            retries: true,
+            options,
+            cancel,
+        },
+        &mut commit,
+        summary,
+    )
+    .await?;
+    if options.dry_run {
+        if let Some(expected) = read.stopped {
+            summary.warnings.push(format!(
+                "{q}: about {expected} activities would be read by Bulk Activity Extract (a dry run exports nothing)"
+            ));
+        }
+        return Ok(None);
+    }
+    info!(
+        activity_type = type_id,
+        read = count,
+        "activities copied from the feed"
+    );
+    ctx.store.commit(commit).await?;
+    Ok(read.stopped)
+}
+
+/// The open ledger entries of the queue's link object due for a retry, by GUID.
+///
+/// # Errors
+///
+/// A store failure.
+async fn due(ctx: &Context, plan: &Plan) -> Result<BTreeMap<String, SyncError>, EngineError> {
+    Ok(
+        due_errors(ctx, plan.object.as_str(), Direction::MarketoToCrm)
+            .await?
+            .into_iter()
+            .map(|e| (e.record_key.clone(), e))
+            .collect(),
+    )
+}
+
+/// How [`copy`] runs.
+struct Copy<'a> {
+    /// The due ledger entries by GUID (see [`due`]).
+    previous: &'a BTreeMap<String, SyncError>,
+    /// Whether the rows of due entries not read again are retried with these activities (once
+    /// per cycle).
+    retries: bool,
+    options: &'a CycleOptions,
+    cancel: &'a CancellationToken,
+}
+
+/// Copies activities read from the feed or an export to the CRM: skips those linked already,
+/// maps the others (an activity the mapping cannot read goes to the ledger), writes them keyed
+/// by the GUID column and puts their links and ledger entries into `commit`. On a dry run the
+/// writes become plan rows.
+///
+/// # Errors
+///
+/// A whole-call failure of the CRM or the store, or cancellation.
+async fn copy(
+    ctx: &Context,
+    plan: &Plan,
+    activities: BTreeMap<String, Activity>,
+    how: &Copy<'_>,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
+    let link_object = plan.object.as_str();
+    let direction = Direction::MarketoToCrm;
+    summary.counts_mut(link_object, direction).read += activities.len() as u64;
     let seen = copied(ctx, link_object, &activities).await?;
     let fresh: Vec<&Activity> = activities
         .iter()
@@ -115,9 +398,11 @@ async fn run_type(
         .map(|(_, a)| a)
         .collect();
     summary.counts_mut(link_object, direction).skipped += (activities.len() - fresh.len()) as u64;
-    let mut rows = rows_of(ctx, plan, &fresh, &mut commit, summary).await?;
-    let previous = add_retries(ctx, link_object, &seen, &mut rows).await?;
-    if options.dry_run {
+    let mut rows = rows_of(ctx, plan, &fresh, commit, summary).await?;
+    if how.retries {
+        add_retries(how.previous, &seen, &mut rows);
+    }
+    if how.options.dry_run {
         for (guid, _, row) in &rows {
             summary.planned(
                 PlannedChange::new(link_object, direction, PlannedAction::Create)
@@ -130,16 +415,9 @@ async fn run_type(
     let target = super::RowTarget {
         object: link_object,
         direction,
-        previous: &previous,
+        previous: how.previous,
     };
-    super::create_linked_rows(ctx, plan, &target, &rows, &mut commit, summary, cancel).await?;
-    info!(
-        activity_type = type_id,
-        records = rows.len(),
-        "activities copied"
-    );
-    ctx.store.commit(commit).await?;
-    Ok(())
+    super::create_linked_rows(ctx, plan, &target, &rows, commit, summary, how.cancel).await
 }
 
 /// Returns the GUIDs of the activities copied already (linked).
@@ -176,7 +454,12 @@ async fn rows_of(
     summary: &mut CycleSummary,
 ) -> Result<Vec<Row>, EngineError> {
     let (object, direction) = (plan.object.as_str(), Direction::MarketoToCrm);
-    let lead_keys: Vec<String> = fresh.iter().map(|a| a.lead_id.to_string()).collect();
+    let lead_keys: Vec<String> = fresh
+        .iter()
+        .map(|a| a.lead_id.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let contacts = contacts_by_lead(ctx, &lead_keys).await?;
     let mut rows: Vec<Row> = Vec::new();
     for a in fresh {
@@ -199,19 +482,13 @@ async fn rows_of(
 }
 
 /// Adds the rows the CRM refused earlier and now due for a retry (their payload is the
-/// rendered row) and returns the due ledger entries by GUID.
-///
-/// # Errors
-///
-/// A store failure.
-async fn add_retries(
-    ctx: &Context,
-    link_object: &str,
+/// rendered row), unless read again now or linked since.
+fn add_retries(
+    previous: &BTreeMap<String, SyncError>,
     seen: &BTreeSet<String>,
     rows: &mut Vec<Row>,
-) -> Result<BTreeMap<String, SyncError>, EngineError> {
-    let mut previous: BTreeMap<String, SyncError> = BTreeMap::new();
-    for e in due_errors(ctx, link_object, Direction::MarketoToCrm).await? {
+) {
+    for e in previous.values() {
         let fresh_again = rows.iter().any(|(g, _, _)| *g == e.record_key);
         if let (false, Some(payload)) = (fresh_again, e.payload.as_object())
             && !payload.is_empty()
@@ -220,9 +497,15 @@ async fn add_retries(
             let row = from_record(payload);
             rows.push((e.record_key.clone(), row.clone(), row));
         }
-        previous.insert(e.record_key.clone(), e);
     }
-    Ok(previous)
+}
+
+/// Returns `at` moved back by `secs`, never before `floor`.
+fn back(at: DateTime<Utc>, secs: u64, floor: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    at.checked_sub_signed(ChronoDuration::seconds(secs))
+        .unwrap_or(floor)
+        .max(floor)
 }
 
 #[cfg(test)]

@@ -351,6 +351,7 @@ pub static ROUTES: &[Route] = &[
     r("POST", "/__sim/leads/{id}/merge", "admin", &[], J, admin::merge_leads),
     r("POST", "/__sim/companies", "admin", &[], J, admin::upsert_company),
     r("DELETE", "/__sim/companies/{externalCompanyId}", "admin", &[], N, admin::delete_company),
+    r("POST", "/__sim/visits", "admin", &[], J, admin::log_visits),
 ];
 
 /// Why no route matched.
