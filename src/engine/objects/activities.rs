@@ -19,18 +19,18 @@ mod bulk;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{due_errors, from_record};
+use super::{due_errors, from_record, read_activity_queue};
+use crate::engine::pipeline::gather::QueueRead;
 use crate::engine::pipeline::pair::contacts_by_lead;
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{Plan, Plans};
-use crate::marketo::activities::{Activity, ActivityFilter};
+use crate::marketo::activities::Activity;
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, StepCommit, SyncError, Watermark};
+use crate::store::{Direction, StepCommit, SyncError};
 
 pub use bulk::{BULK_QUEUE_SUFFIX, bulk_queue};
 
@@ -187,23 +187,9 @@ async fn run_type(
     Ok(())
 }
 
-/// What one feed read found.
-struct FeedRead {
-    /// The activities by key.
-    activities: BTreeMap<String, Activity>,
-    /// The queue's watermark after them (the paging token and the last activity date).
-    watermark: Watermark,
-    /// The number of activities expected since the watermark when the read stopped early
-    /// (more than the bulk threshold); none when it read to the end.
-    stopped: Option<u64>,
-    /// The date of the first activity read.
-    first: Option<DateTime<Utc>>,
-}
-
-/// Reads the queue's feed from its paging token (created from the watermark's time when the
-/// queue has none, e.g. after a bulk export; from the low watermark on its first read) to the
-/// end, or, with a bulk `policy`, until the activities expected since the watermark reach the
-/// threshold (see [`bulk::Policy::switch_estimate`]).
+/// Reads the queue's feed (see [`read_activity_queue`]) to the end, or, with a bulk `policy`,
+/// until the activities expected since the watermark reach the threshold (see
+/// [`bulk::Policy::switch_estimate`]); `stopped` is then that number.
 ///
 /// # Errors
 ///
@@ -214,68 +200,12 @@ async fn read_feed(
     type_id: i64,
     policy: Option<&bulk::Policy>,
     cancel: &CancellationToken,
-) -> Result<FeedRead, EngineError> {
-    let stored = ctx.store.watermark(Side::Marketo, OBJECT, q).await?;
-    let since = stored
-        .as_ref()
-        .map_or_else(|| ctx.settings.bootstrap.low_watermark(OBJECT), |w| w.at);
-    let mut token = match stored
-        .as_ref()
-        .and_then(|w| w.cursor.as_ref())
-        .and_then(|c| c.as_str())
-    {
-        Some(t) => t.to_owned(),
-        None => ctx.marketo.paging_token(since).await?,
-    };
+) -> Result<QueueRead, EngineError> {
     let now = now_secs(ctx);
-    let mut high = since;
-    let mut first: Option<DateTime<Utc>> = None;
-    let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
-    let mut read = 0u64;
-    let mut stopped = None;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        let page = ctx
-            .marketo
-            .get_activities(&token, &[type_id], &ActivityFilter::default())
-            .await?;
-        let n = page.records.len();
-        for a in page.records {
-            high = high.max(a.activity_date);
-            first = Some(first.map_or(a.activity_date, |f| f.min(a.activity_date)));
-            read += 1;
-            if let Some(k) = a.key() {
-                activities.insert(k, a);
-            }
-        }
-        if let Some(t) = page.next_page_token {
-            token = t;
-        }
-        if !page.more_result || n == 0 {
-            break;
-        }
-        if let (Some(p), Some(f)) = (policy, first)
-            && let Some(expected) = p.switch_estimate(read, f, high, now)
-        {
-            stopped = Some(expected);
-            break;
-        }
-    }
-    Ok(FeedRead {
-        activities,
-        watermark: Watermark {
-            system: Side::Marketo,
-            object: OBJECT.to_owned(),
-            queue: q.to_owned(),
-            at: high,
-            tie: None,
-            cursor: Some(json!(token)),
-        },
-        stopped,
-        first,
-    })
+    let mut stop = |read: u64, first: DateTime<Utc>, high: DateTime<Utc>| {
+        policy.and_then(|p| p.switch_estimate(read, first, high, now))
+    };
+    read_activity_queue(ctx, OBJECT, q, type_id, &mut stop, cancel).await
 }
 
 /// Copies the queue's new activities read from the feed and commits them with the queue's

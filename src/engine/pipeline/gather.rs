@@ -166,19 +166,35 @@ pub(crate) async fn add_retries(
     Ok(())
 }
 
-/// Reads one activity queue (activities of `type_id`) from its stored paging token (or from the
-/// object's low watermark the first time) to the end, keyed by `marketoGUID` so that a re-read
-/// page adds nothing twice. Returns the activities and the queue's next watermark, which the
-/// caller commits with what it wrote.
+/// One read of an activity queue.
+pub(crate) struct QueueRead {
+    /// The activities read, by `marketoGUID` (a re-read page adds nothing twice).
+    pub activities: BTreeMap<String, Activity>,
+    /// The queue's next watermark (the paging token where the read ended), which the caller
+    /// commits with what it wrote.
+    pub watermark: Watermark,
+    /// What `stop` answered when it ended the read before the end of the feed.
+    pub stopped: Option<u64>,
+    /// The date of the first activity read.
+    pub first: Option<DateTime<Utc>>,
+}
+
+/// Reads one activity queue (activities of `type_id`) from its stored paging token (created
+/// from the watermark's time when the queue has none, e.g. after a bulk export; from the
+/// object's low watermark on its first read) to the end of the feed, or until `stop`, asked
+/// after each page with (activities read, first date, latest date), answers something.
 pub(crate) async fn read_activity_queue(
     ctx: &Context,
     object: &str,
     queue: &str,
     type_id: i64,
+    stop: &mut (dyn FnMut(u64, DateTime<Utc>, DateTime<Utc>) -> Option<u64> + Send),
     cancel: &CancellationToken,
-) -> Result<(BTreeMap<String, Activity>, Watermark), EngineError> {
+) -> Result<QueueRead, EngineError> {
     let stored = ctx.store.watermark(Side::Marketo, object, queue).await?;
-    let since = ctx.settings.bootstrap.low_watermark(object);
+    let since = stored
+        .as_ref()
+        .map_or_else(|| ctx.settings.bootstrap.low_watermark(object), |w| w.at);
     let mut token = match stored
         .as_ref()
         .and_then(|w| w.cursor.as_ref())
@@ -187,8 +203,11 @@ pub(crate) async fn read_activity_queue(
         Some(t) => t.to_owned(),
         None => ctx.marketo.paging_token(since).await?,
     };
-    let mut high: DateTime<Utc> = stored.as_ref().map_or(since, |w| w.at);
+    let mut high = since;
+    let mut first: Option<DateTime<Utc>> = None;
     let mut activities: BTreeMap<String, Activity> = BTreeMap::new();
+    let mut read = 0u64;
+    let mut stopped = None;
     loop {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
@@ -200,6 +219,8 @@ pub(crate) async fn read_activity_queue(
         let n = page.records.len();
         for a in page.records {
             high = high.max(a.activity_date);
+            first = Some(first.map_or(a.activity_date, |f| f.min(a.activity_date)));
+            read += 1;
             if let Some(k) = a.key() {
                 activities.insert(k, a);
             }
@@ -210,16 +231,26 @@ pub(crate) async fn read_activity_queue(
         if !page.more_result || n == 0 {
             break;
         }
+        if let Some(f) = first
+            && let Some(answer) = stop(read, f, high)
+        {
+            stopped = Some(answer);
+            break;
+        }
     }
-    let watermark = Watermark {
-        system: Side::Marketo,
-        object: object.to_owned(),
-        queue: queue.to_owned(),
-        at: high,
-        tie: None,
-        cursor: Some(json!(token)),
-    };
-    Ok((activities, watermark))
+    Ok(QueueRead {
+        activities,
+        watermark: Watermark {
+            system: Side::Marketo,
+            object: object.to_owned(),
+            queue: queue.to_owned(),
+            at: high,
+            tie: None,
+            cursor: Some(json!(token)),
+        },
+        stopped,
+        first,
+    })
 }
 
 impl Gathered {

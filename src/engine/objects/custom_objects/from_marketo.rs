@@ -212,7 +212,9 @@ pub async fn run(
         return Ok(());
     };
     let queue = format!("activity:{type_id}");
-    let (activities, watermark) = read_activity_queue(ctx, object, &queue, type_id, cancel).await?;
+    let read =
+        read_activity_queue(ctx, object, &queue, type_id, &mut |_, _, _| None, cancel).await?;
+    let (activities, watermark) = (read.activities, read.watermark);
     let mut commit = StepCommit {
         watermarks: vec![watermark],
         ..StepCommit::default()
