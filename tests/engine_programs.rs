@@ -219,7 +219,8 @@ async fn a_merged_away_members_row_follows_the_winner(crm: CrmKind) {
     assert_eq!(before[0][3], Some(format!("{WEBINAR}:{loser}")));
 
     // A lead new to the sync wins the merge: it takes over the loser's contact.
-    let winner = app.marketo_create(serde_json::json!({"email": "ada.l@example.com", "firstName": "Ada"}));
+    let winner =
+        app.marketo_create(serde_json::json!({"email": "ada.l@example.com", "firstName": "Ada"}));
     app.sim.merge_leads(winner, &[loser]).unwrap();
     assert_eq!(
         marketo_status(&c, WEBINAR, winner).await.as_deref(),
