@@ -539,18 +539,16 @@ async fn marketing_schedules_converge_in_a_killed_child_process() {
     converges(5, &in_child(marketing(options(30)))).await;
 }
 
-/// Open (not fixed): seed 202 of the marketing schedule on PostgreSQL (in process, 60 steps).
-/// Lead 3 (linked to contact 3, "Influenced" in program 1110 and in the Newsletter list) is
-/// merged in Marketo into the new lead 7, which takes over contact 3. The membership links stay
-/// keyed by the loser (`1110:3`, `1001:3`, CRM rows 2 and 3): the membership steps read the
-/// winner's memberships (handed over on the merge) as new and create second rows for contact 3
-/// (rows 5 and 6), and a CRM status change of row 2 is written for lead 3, which Marketo
-/// refuses for good (1004 Lead not found), so the schedule never quiets. Before the merge
-/// hand-over the same schedule ended with that 1004 and row 2 disagreeing with lead 7's status.
-/// The fix belongs in the membership steps: a membership link of a merged-away lead is re-keyed
-/// to the winner (`<id>:<winner>`) when the winner took over the loser's contact.
+/// Found on seed 202 of the marketing schedule on PostgreSQL (in process, 60 steps). Lead 3
+/// (linked to contact 3, "Influenced" in program 1110 and in the Newsletter list) is merged in
+/// Marketo into the new lead 7, which takes over contact 3. The membership links stayed keyed by
+/// the loser (`1110:3`, `1001:3`, CRM rows 2 and 3): the membership steps read the winner's
+/// memberships (handed over on the merge) as new and created second rows for contact 3, and a
+/// CRM status change of row 2 was written for lead 3, which Marketo refuses for good (1004 Lead
+/// not found), so the schedule never quieted. The membership steps now re-key a merged-away
+/// lead's membership links (and the rows' Marketo-id column) to the winner that took over its
+/// contact (`feed_riders::rekey_merged`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: membership links keyed by a lead merged away in Marketo are not re-keyed to the winner (seed 202)"]
-async fn open_memberships_of_a_merged_away_lead_are_rekeyed_to_the_winner() {
+async fn marketing_memberships_of_a_merged_away_lead_follow_the_winner_on_postgres() {
     converges(202, &on_postgres(marketing(options(60)))).await;
 }

@@ -72,6 +72,73 @@ fn truth(crm: CrmKind, b: bool) -> &'static str {
     }
 }
 
+/// Marketo merges a list member into a new lead, which takes over the loser's contact (seed 202
+/// of the marketing convergence schedule): the winner inherits the membership and pairs with
+/// the loser's CRM row (re-keyed to it), not a second row; a CRM removal of that row removes
+/// the winner from the list, and nothing is refused.
+async fn a_merged_away_members_row_follows_the_winner(crm: CrmKind) {
+    let app = start(crm, &["leads", "static_lists"]).await;
+    let c = client(&app.sim);
+    let contact = app
+        .crm_insert_contact("ada@example.com", "Ada", "Lovelace")
+        .await;
+    app.run_cycle().await;
+    let loser = app.marketo_by_email("ada@example.com")[0];
+    c.add_to_list(NEWSLETTER, &[loser]).await.unwrap();
+    tick(&app);
+    app.run_cycle().await;
+    assert_eq!(rows(&app).await.len(), 1);
+
+    // A lead new to the sync wins the merge: it takes over the loser's contact.
+    let winner =
+        app.marketo_create(serde_json::json!({"email": "ada.l@example.com", "firstName": "Ada"}));
+    app.sim.merge_leads(winner, &[loser]).unwrap();
+    assert!(
+        in_list(&c, NEWSLETTER, winner).await,
+        "the simulator moves it"
+    );
+    tick(&app);
+    app.run_cycle().await;
+    tick(&app);
+    app.settle(3).await;
+    let got = rows(&app).await;
+    assert_eq!(got.len(), 1, "one row for the contact: {got:?}");
+    assert_eq!(got[0][0].as_deref(), Some(contact.as_str()));
+    assert_eq!(got[0][2].as_deref(), Some("1"));
+    assert_eq!(
+        got[0][3],
+        Some(format!("{NEWSLETTER}:{winner}")),
+        "re-keyed"
+    );
+
+    // Removed from the CRM: Marketo removes the winner, and the schedule goes quiet.
+    app.crm_exec(&format!(
+        "UPDATE list_members SET is_member = {}, updated_at = {} WHERE contact_id = '{contact}'",
+        truth(crm, false),
+        now_sql(crm)
+    ))
+    .await;
+    tick(&app);
+    app.run_cycle().await;
+    assert!(!in_list(&c, NEWSLETTER, winner).await);
+    tick(&app);
+    assert_eq!(written(&app.settle(3).await), 0);
+    assert_eq!(rows(&app).await.len(), 1);
+    let open = app.open_errors("static_lists").await;
+    assert!(open.is_empty(), "nothing refused: {open:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_merged_away_members_row_follows_the_winner() {
+    a_merged_away_members_row_follows_the_winner(CrmKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_merged_away_members_row_follows_the_winner() {
+    a_merged_away_members_row_follows_the_winner(CrmKind::Postgres).await;
+}
+
 async fn membership_flows_both_ways(crm: CrmKind) {
     let app = start(crm, &["leads", "static_lists"]).await;
     let c = client(&app.sim);

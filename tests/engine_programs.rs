@@ -197,6 +197,85 @@ fn now_sql(crm: CrmKind) -> &'static str {
     }
 }
 
+/// Marketo merges a member lead into a new lead, which takes over the loser's contact (seed 202
+/// of the marketing convergence schedule): the winner inherits the membership, and pairs with
+/// the loser's CRM row (re-keyed to it) rather than creating a second row for the contact; a
+/// later CRM status change of that row goes to the winner, and nothing is refused.
+async fn a_merged_away_members_row_follows_the_winner(crm: CrmKind) {
+    let app = start(crm, &["leads", "programs", "program_members"]).await;
+    let c = client(&app.sim);
+    let contact = app
+        .crm_insert_contact("ada@example.com", "Ada", "Lovelace")
+        .await;
+    app.run_cycle().await;
+    let loser = app.marketo_by_email("ada@example.com")[0];
+    c.change_lead_program_status(WEBINAR, "Registered", &[loser])
+        .await
+        .unwrap();
+    tick(&app);
+    app.run_cycle().await;
+    let before = members(&app).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0][3], Some(format!("{WEBINAR}:{loser}")));
+
+    // A lead new to the sync wins the merge: it takes over the loser's contact.
+    let winner =
+        app.marketo_create(serde_json::json!({"email": "ada.l@example.com", "firstName": "Ada"}));
+    app.sim.merge_leads(winner, &[loser]).unwrap();
+    assert_eq!(
+        marketo_status(&c, WEBINAR, winner).await.as_deref(),
+        Some("Registered"),
+        "the simulator moves the membership to the winner"
+    );
+    tick(&app);
+    app.run_cycle().await;
+    tick(&app);
+    app.settle(3).await;
+    let got = members(&app).await;
+    assert_eq!(got.len(), 1, "one row for the contact: {got:?}");
+    assert_eq!(got[0][1].as_deref(), Some("Registered"));
+    assert_eq!(got[0][2].as_deref(), Some(contact.as_str()));
+    assert_eq!(got[0][3], Some(format!("{WEBINAR}:{winner}")), "re-keyed");
+    let link = app
+        .store
+        .links_by_marketo_keys("program_members", &[format!("{WEBINAR}:{loser}")])
+        .await
+        .unwrap();
+    assert!(link.is_empty(), "the loser's link is gone: {link:?}");
+
+    // A CRM status change of the row is written for the winner, and the schedule goes quiet.
+    app.crm_exec(&format!(
+        "UPDATE campaign_members SET status = 'Influenced', updated_at = {} WHERE contact_id = '{contact}'",
+        now_sql(crm)
+    ))
+    .await;
+    tick(&app);
+    app.run_cycle().await;
+    assert_eq!(
+        marketo_status(&c, WEBINAR, winner).await.as_deref(),
+        Some("Influenced")
+    );
+    tick(&app);
+    let quiet = app.settle(3).await;
+    assert_eq!(written(&quiet), 0, "{quiet:?}");
+    let got = members(&app).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0][1].as_deref(), Some("Influenced"));
+    let open = app.open_errors("program_members").await;
+    assert!(open.is_empty(), "nothing refused: {open:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_merged_away_members_row_follows_the_winner() {
+    a_merged_away_members_row_follows_the_winner(CrmKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_merged_away_members_row_follows_the_winner() {
+    a_merged_away_members_row_follows_the_winner(CrmKind::Postgres).await;
+}
+
 #[tokio::test]
 async fn sqlite_membership_arrives_once_and_statuses_map_both_ways() {
     membership_flows_both_ways(CrmKind::Sqlite).await;

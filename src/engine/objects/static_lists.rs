@@ -568,8 +568,31 @@ impl Lists<'_> {
                 }
             }
         }
+        // A membership of a lead that won a Marketo merge and took over the loser's contact
+        // pairs with the loser's row: its link is re-keyed to the winner.
+        let unlinked: Vec<(i64, i64)> = membership
+            .iter()
+            .filter(|(k, member)| **member && !links.contains_key(*k))
+            .filter_map(|(k, _)| parse_key(k))
+            .collect();
+        let rekeyed = feed_riders::rekey_merged(
+            ctx,
+            plan,
+            crm_schema,
+            &unlinked,
+            member_key,
+            self.dry_run,
+            commit,
+            summary,
+            previous,
+        )
+        .await?;
+        for r in &rekeyed {
+            links.insert(r.to.clone(), (r.crm_key.clone(), r.base.clone()));
+        }
         let crm_ids: Vec<String> = upserts.iter().map(|c| c.id.clone()).collect();
-        let crm_links = links_by_crm(ctx, object, &crm_ids).await?;
+        let mut crm_links = links_by_crm(ctx, object, &crm_ids).await?;
+        feed_riders::apply_rekeyed(&mut crm_links, &rekeyed);
         for l in crm_links.values().filter(|l| l.tombstone.is_none()) {
             links.insert(l.marketo_key.clone(), (l.crm_key.clone(), l.base.clone()));
         }
