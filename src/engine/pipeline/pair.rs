@@ -42,7 +42,8 @@ pub(crate) enum Pairing {
     Write(PlannedWrite),
 }
 
-/// Returns the links of `object` by CRM key.
+/// Returns the links of `object` by CRM key: for a key with several links (a record re-keyed
+/// or re-linked after a merge keeps its old, tombstoned link beside the new one), the live one.
 ///
 /// # Errors
 ///
@@ -55,10 +56,20 @@ pub(crate) async fn links_by_crm(
     let mut out = BTreeMap::new();
     for chunk in keys.chunks(crate::store::KEYS_PER_LOOKUP) {
         for l in ctx.store.links_by_crm_keys(object, chunk).await? {
-            out.insert(l.crm_key.clone(), l);
+            keep_live(&mut out, l);
         }
     }
     Ok(out)
+}
+
+/// Adds `link` under its CRM key unless a live link already holds the key.
+fn keep_live(out: &mut BTreeMap<String, Link>, link: Link) {
+    match out.get(&link.crm_key) {
+        Some(held) if held.tombstone.is_none() => {}
+        _ => {
+            out.insert(link.crm_key.clone(), link);
+        }
+    }
 }
 
 /// How many CRM merges [`lead_ids_by_contact`] follows from a merged-away contact.
@@ -267,4 +278,43 @@ fn pair_one(
         before,
         key_names: key_fields.into_keys().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Fields, Side};
+    use crate::store::{Tombstone, TombstoneKind};
+
+    fn link(marketo: &str, dead: bool) -> Link {
+        Link {
+            object: "program_members".into(),
+            marketo_key: marketo.into(),
+            crm_key: "row-2".into(),
+            base: Fields::new(),
+            base_hash: String::new(),
+            agreed_at: chrono::DateTime::UNIX_EPOCH,
+            tombstone: dead.then_some(Tombstone {
+                kind: TombstoneKind::Deleted,
+                side: Side::Marketo,
+                at: chrono::DateTime::UNIX_EPOCH,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_crm_key_with_a_dead_and_a_live_link_keeps_the_live_one_in_either_order() {
+        for order in [[true, false], [false, true]] {
+            let mut out = BTreeMap::new();
+            for dead in order {
+                keep_live(&mut out, link(if dead { "1107:3" } else { "1107:7" }, dead));
+            }
+            assert_eq!(out["row-2"].marketo_key, "1107:7", "{order:?}");
+        }
+        // Two dead links: the last read stands (either says the record is gone).
+        let mut out = BTreeMap::new();
+        keep_live(&mut out, link("1107:3", true));
+        keep_live(&mut out, link("1107:5", true));
+        assert!(out["row-2"].tombstone.is_some());
+    }
 }
