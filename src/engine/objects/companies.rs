@@ -60,26 +60,13 @@ fn spec(plan: &Plan) -> TwoWaySpec {
 /// Syncs companies both ways (see the module documentation). Does nothing when the object is not
 /// enabled.
 ///
-/// # Errors
-///
-/// A whole-call failure of the CRM, Marketo or the store, or cancellation.
-pub async fn run(
-    ctx: &Context,
-    plans: &Plans,
-    summary: &mut CycleSummary,
-    options: &CycleOptions,
-    cancel: &CancellationToken,
-) -> Result<(), EngineError> {
-    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
-}
-
-/// [`run`] over the accounts of `scope`: on demand, one CRM account (read by id) and its linked
+/// Runs over the accounts of `scope`: on demand, one CRM account (read by id) and its linked
 /// Marketo company (one Get Companies call), reconciled like a cycle's; no drift read.
 ///
 /// # Errors
 ///
-/// As [`run`].
-pub async fn run_in(
+/// A whole-call failure of the CRM, Marketo or the store, or cancellation.
+pub async fn run(
     ctx: &Context,
     plans: &Plans,
     scope: Scope<'_>,

@@ -59,26 +59,13 @@ pub fn marketo_key_field(plan: &Plan) -> Option<String> {
 /// CRM row has one (a contact not linked yet waits in the error ledger, retryable); then copies
 /// the records added in Marketo to the CRM ([`from_marketo::run`]).
 ///
+/// Runs over the records of `scope`: on demand, one CRM record of the custom object the scope
+/// names, CRM -> Marketo only (the Marketo -> CRM read is the poll's).
+///
 /// # Errors
 ///
 /// A whole-call failure of the CRM, Marketo or the store, or cancellation.
 pub async fn run(
-    ctx: &Context,
-    plans: &Plans,
-    summary: &mut CycleSummary,
-    options: &CycleOptions,
-    cancel: &CancellationToken,
-) -> Result<(), EngineError> {
-    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
-}
-
-/// [`run`] over the records of `scope`: on demand, one CRM record of the custom object the
-/// scope names, CRM -> Marketo only (the Marketo -> CRM read is the poll's).
-///
-/// # Errors
-///
-/// As [`run`].
-pub async fn run_in(
     ctx: &Context,
     plans: &Plans,
     scope: Scope<'_>,

@@ -69,16 +69,17 @@ pub struct Step {
     pub record: Option<RecordFn>,
 }
 
-/// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`], and
-/// with `record`, its `run_in(ctx, plans, scope, summary, options, cancel)` into a [`RecordFn`].
+/// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`]; with
+/// `scoped`, its `run(ctx, plans, scope, summary, options, cancel)` is both the cycle's step (over
+/// [`Scope::Feed`]) and the [`RecordFn`] of one record.
 macro_rules! object_step {
-    ($name:expr, $run:path, record $run_in:path $(, after $after:expr)*) => {{
+    ($name:expr, scoped $run:path $(, after $after:expr)*) => {{
         fn record<'a>(
             input: StepInput<'a>,
             scope: Scope<'a>,
             summary: &'a mut CycleSummary,
         ) -> StepFuture<'a> {
-            Box::pin($run_in(
+            Box::pin($run(
                 input.ctx,
                 input.plans,
                 scope,
@@ -87,9 +88,15 @@ macro_rules! object_step {
                 input.cancel,
             ))
         }
+        fn run<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFuture<'a> {
+            record(input, Scope::Feed, summary)
+        }
         Step {
+            name: $name,
+            run,
+            on_failure: OnFailure::Warn,
+            after: &[$($after),*],
             record: Some(record as RecordFn),
-            ..object_step!($name, $run $(, after $after)*)
         }
     }};
     ($name:expr, $run:path $(, after $after:expr)*) => {{
@@ -114,8 +121,8 @@ macro_rules! object_step {
 
 /// Every step of a cycle, in the order it runs.
 pub const STEPS: &[Step] = &[
-    object_step!(salespersons::OBJECT, salespersons::run, record salespersons::run_in),
-    object_step!(companies::OBJECT, companies::run, record companies::run_in),
+    object_step!(salespersons::OBJECT, scoped salespersons::run),
+    object_step!(companies::OBJECT, scoped companies::run),
     Step {
         name: leads::LINK_OBJECT,
         run: run_leads,
@@ -124,14 +131,10 @@ pub const STEPS: &[Step] = &[
         // The lead's own on-demand path (`leads::sync_crm_record`): matching and merges.
         record: None,
     },
-    object_step!(opportunities::OBJECT, opportunities::run, record opportunities::run_in),
-    object_step!(roles::OBJECT, roles::run, record roles::run_in, after opportunities::OBJECT),
+    object_step!(opportunities::OBJECT, scoped opportunities::run),
+    object_step!(roles::OBJECT, scoped roles::run, after opportunities::OBJECT),
     object_step!("deletions", deletions::run),
-    object_step!(
-        CUSTOM_OBJECTS,
-        custom_objects::run,
-        record custom_objects::run_in
-    ),
+    object_step!(CUSTOM_OBJECTS, scoped custom_objects::run),
     object_step!(programs::OBJECT, programs::run),
     object_step!(program_members::OBJECT, program_members::run, after programs::OBJECT),
     object_step!(static_lists::OBJECT, static_lists::run),

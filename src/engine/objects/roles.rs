@@ -50,25 +50,12 @@ pub(crate) fn delete_key(_plan: &Plan, marketo_key: &str) -> Option<Record> {
 /// Syncs created and updated CRM roles to Marketo opportunity roles (createOrUpdate, dedupeBy
 /// dedupeFields). Does nothing when the object is not enabled.
 ///
+/// Runs over the records of `scope` (the feed, or one CRM role on demand).
+///
 /// # Errors
 ///
 /// A whole-call failure of the CRM, Marketo or the store, or cancellation.
 pub async fn run(
-    ctx: &Context,
-    plans: &Plans,
-    summary: &mut CycleSummary,
-    options: &CycleOptions,
-    cancel: &CancellationToken,
-) -> Result<(), EngineError> {
-    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
-}
-
-/// [`run`] over the records of `scope` (the feed, or one CRM role on demand).
-///
-/// # Errors
-///
-/// As [`run`].
-pub async fn run_in(
     ctx: &Context,
     plans: &Plans,
     scope: Scope<'_>,

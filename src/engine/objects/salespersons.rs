@@ -13,25 +13,12 @@ pub const OBJECT: &str = "salespersons";
 /// dedupeFields on `externalSalesPersonId`); links are keyed by that id. Does nothing when the
 /// object is not enabled.
 ///
+/// Runs over the records of `scope` (the feed, or one CRM record on demand).
+///
 /// # Errors
 ///
 /// A whole-call failure of the CRM, Marketo or the store, or cancellation.
 pub async fn run(
-    ctx: &Context,
-    plans: &Plans,
-    summary: &mut CycleSummary,
-    options: &CycleOptions,
-    cancel: &CancellationToken,
-) -> Result<(), EngineError> {
-    run_in(ctx, plans, Scope::Feed, summary, options, cancel).await
-}
-
-/// [`run`] over the records of `scope` (the feed, or one CRM record on demand).
-///
-/// # Errors
-///
-/// As [`run`].
-pub async fn run_in(
     ctx: &Context,
     plans: &Plans,
     scope: Scope<'_>,
