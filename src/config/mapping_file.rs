@@ -10,6 +10,7 @@ use super::problem::{
     Problem, Segment, did_you_mean, dotted, line_of_path, parse_all, parse_lenient, span_of_path,
 };
 use super::settings::Settings;
+use crate::mapping::MarketoKind;
 use crate::model::Value;
 
 /// How a conflict (a field changed on both sides since the last agreement) is settled.
@@ -329,12 +330,17 @@ pub const ACTIVITIES: &str = "activities";
 impl MappingFile {
     /// Returns true for the activities file.
     pub fn is_activities(&self) -> bool {
-        self.marketo_object == ACTIVITIES
+        self.kind() == MarketoKind::Activities
+    }
+
+    /// Returns the kind of Marketo object the file maps ([`MarketoKind::of`]).
+    pub fn kind(&self) -> MarketoKind {
+        MarketoKind::of(&self.marketo_object)
     }
 
     /// Returns true for a custom-activity file (CRM events -> a Marketo custom activity type).
     pub fn is_custom_activity(&self) -> bool {
-        self.marketo_object == CUSTOM_ACTIVITY
+        self.kind() == MarketoKind::CustomActivity
     }
 
     /// Returns the name of the Marketo schema a file compiles against: the object itself, or
@@ -350,14 +356,12 @@ impl MappingFile {
     /// Returns true for a program, program member or static list file (a fixed Marketo
     /// schema keyed by the engine, with no `keys.marketo_crm_key`).
     pub fn is_program_kind(&self) -> bool {
-        self.marketo_object == crate::mapping::programs::PROGRAM
-            || self.marketo_object == crate::mapping::programs::PROGRAM_MEMBER
-            || self.is_static_list()
+        self.kind().keyed_by_marketo()
     }
 
     /// Returns true for a static list membership file.
     pub fn is_static_list(&self) -> bool {
-        self.marketo_object == crate::mapping::lists::STATIC_LIST
+        self.kind() == MarketoKind::StaticList
     }
 
     /// Returns true when the mapping writes nothing to the CRM (every field is `to_marketo`): the
@@ -377,8 +381,12 @@ impl MappingFile {
     pub fn effective_match_fields(&self) -> Vec<String> {
         match &self.match_fields {
             Some(m) => m.clone(),
-            None if self.marketo_object == "lead" => vec!["email".to_owned()],
-            None => Vec::new(),
+            None => self
+                .kind()
+                .default_match_fields()
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
         }
     }
 }
@@ -670,14 +678,14 @@ pub fn check_mapping(m: &LoadedMapping) -> Vec<Problem> {
 fn check_program_parts(m: &LoadedMapping, out: &mut Vec<Problem>) {
     use crate::mapping::programs::{PROGRAM, PROGRAM_MEMBER};
     let f = &m.file;
-    if f.programs.is_some() && f.marketo_object != PROGRAM {
+    if f.programs.is_some() && f.kind() != MarketoKind::Program {
         out.push(m.problem(
             true,
             &key_path("programs"),
             format!("the program selection belongs in a file with marketo_object = \"{PROGRAM}\""),
         ));
     }
-    if !f.statuses.is_empty() && f.marketo_object != PROGRAM_MEMBER {
+    if !f.statuses.is_empty() && f.kind() != MarketoKind::ProgramMember {
         out.push(m.problem(
             true,
             &key_path("statuses"),

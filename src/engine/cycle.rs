@@ -17,8 +17,10 @@ use super::{
 };
 use crate::crm::CrmError;
 use crate::engine::pipeline::Scope;
-use crate::mapping::{PlanField, Plans, SchemaSet, carries, compile_all};
-use crate::marketo::describe::{CUSTOM_ACTIVITY_PREFIX, StandardObject};
+use crate::mapping::{
+    MarketoKind, PlanField, Plans, SchemaSet, SchemaSource, SchemaTtl, carries, compile_all,
+};
+use crate::marketo::describe::StandardObject;
 use crate::marketo::usage::{QuotaGovernor, QuotaPolicy, QuotaVerdict};
 use crate::marketo::{Disposition, UsageSnapshot};
 use crate::model::{FieldType, ObjectSchema, Side};
@@ -150,7 +152,11 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<Option<Vec<(i64, OnDemandOutcome)>>, EngineError> {
         let plans = self.current_plans().await?;
-        let Some(plan) = plans.objects.values().find(|p| p.marketo_object == "lead") else {
+        let Some(plan) = plans
+            .objects
+            .values()
+            .find(|p| p.kind() == MarketoKind::Lead)
+        else {
             return Ok(None);
         };
         leads::sync_batch(&self.ctx, plan, lead_ids, cancel)
@@ -237,7 +243,7 @@ impl Engine {
                 }
                 continue;
             }
-            if m.file.marketo_object == "lead" {
+            if m.file.kind() == MarketoKind::Lead {
                 lead_crm = Some(m.file.crm_object.clone());
             }
             crm_objects.push(m.file.crm_object.clone());
@@ -256,27 +262,15 @@ impl Engine {
                 set.insert(schema);
                 continue;
             }
-            let fetched = match object.as_str() {
-                "lead" => ctx.marketo.describe_lead2().await.map(|d| d.to_schema()),
-                "company" => describe_std(ctx, StandardObject::Company, object).await,
-                "opportunity" => describe_std(ctx, StandardObject::Opportunity, object).await,
-                "opportunityRole" | "opportunity_role" => {
-                    describe_std(ctx, StandardObject::OpportunityRole, object).await
-                }
-                "salesPerson" | "salesperson" => {
-                    describe_std(ctx, StandardObject::SalesPerson, object).await
-                }
-                activity if activity.starts_with(CUSTOM_ACTIVITY_PREFIX) => {
-                    ctx.marketo.object_schema(activity).await
-                }
-                "program" | "program_member" | "static_list" => {
-                    ctx.marketo.object_schema(object).await
-                }
-                custom => ctx
+            let fetched = match MarketoKind::of(object).schema_source() {
+                SchemaSource::Lead => ctx.marketo.describe_lead2().await.map(|d| d.to_schema()),
+                SchemaSource::Standard(o) => describe_std(ctx, o, object).await,
+                SchemaSource::Fixed => ctx.marketo.object_schema(object).await,
+                SchemaSource::CustomObject => ctx
                     .marketo
-                    .describe_custom_object(custom)
+                    .describe_custom_object(object)
                     .await
-                    .map(|m| m.to_schema(custom)),
+                    .map(|m| m.to_schema(object)),
             };
             let schema = match fetched {
                 Ok(s) => s,
@@ -625,12 +619,10 @@ fn marketo_schema_ttl(
     settings: &crate::config::Settings,
     object: &str,
 ) -> Option<chrono::Duration> {
-    match object {
-        "lead" => None,
-        "opportunityRole" | "opportunity_role" | "salesPerson" | "salesperson" => {
-            Some(chrono::Duration::hours(24))
-        }
-        _ => match settings.sync.marketo_schema_ttl_secs {
+    match MarketoKind::of(object).schema_ttl() {
+        SchemaTtl::EveryCycle => None,
+        SchemaTtl::Daily => Some(chrono::Duration::hours(24)),
+        SchemaTtl::Setting => match settings.sync.marketo_schema_ttl_secs {
             0 => None,
             secs => Some(chrono::Duration::seconds(
                 i64::try_from(secs).unwrap_or(i64::MAX),
@@ -854,7 +846,7 @@ impl Runner for Engine {
             let known = plans.objects.values().map(|p| p.object.clone()).collect();
             return Ok(CrmRecordOutcome::UnknownObject { known });
         };
-        if plan.marketo_object == "lead" {
+        if plan.kind() == MarketoKind::Lead {
             return self
                 .on_demand(CrmRecordOutcome::Deferred, async {
                     let result = leads::sync_crm_record(&self.ctx, plan, crm_id, cancel)

@@ -267,7 +267,7 @@ pub fn compile(
                     Side::Crm => (marketo, "the Marketo record's id"),
                 };
                 let natural_key = side == Side::Marketo
-                    && f.marketo_object != "lead"
+                    && f.kind().may_have_natural_key()
                     && schema.dedupe_fields.iter().any(|d| d == name);
                 if !natural_key && let Some(why) = key_type_problem(&def.ty, &id_type(other)) {
                     problems.push(m.problem(
@@ -300,7 +300,7 @@ pub fn compile(
             // A natural key (a custom object keyed by one of its dedupe fields, e.g. a VIN) is
             // supplied by the mapped value itself, so mapping it is how the key gets written.
             let natural_key = side == Side::Marketo
-                && f.marketo_object != "lead"
+                && f.kind().may_have_natural_key()
                 && marketo.dedupe_fields.iter().any(|d| d == key);
             if !key.is_empty()
                 && !natural_key
@@ -727,7 +727,7 @@ pub fn compile_activities(
 /// or `sync.lead_merges` is `flag`: the policy then has no column to set.
 fn flag_policy_problem(settings: &Settings, m: &LoadedMapping) -> Option<Problem> {
     use crate::config::DeletePolicy;
-    if m.file.marketo_object != "lead"
+    if m.file.kind() != super::MarketoKind::Lead
         || m.file
             .keys
             .crm_deleted_flag

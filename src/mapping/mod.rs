@@ -6,10 +6,14 @@
 //! into mapped, normalised fields under their canonical names; [`Plan::render`] turns canonical
 //! fields into a write for one side; [`Plan::diff`] compares canonical records with the agreed
 //! base; [`Plan::disable_field`] takes one field out when its schema drifts.
+//!
+//! What depends only on the kind of Marketo object a mapping file names (`lead`, `company`,
+//! `program_member`, a custom object, ...) is answered by the one registry in [`kinds`].
 
 pub mod activities;
 mod compile;
 pub mod custom_activities;
+pub mod kinds;
 pub mod lists;
 mod normalise;
 mod plan;
@@ -21,6 +25,7 @@ pub use compile::{
     validate_against, validate_one_side,
 };
 pub use custom_activities::{CustomActivityPlan, compile_custom_activity};
+pub use kinds::{MarketoKind, SchemaSource, SchemaTtl};
 pub use normalise::{apply, apply_text, convert_for, normalise};
 pub use plan::{Conversion, FieldChange, MappingError, Plan, PlanField, diff};
 pub use suggest::{render_toml, suggest};

@@ -423,43 +423,41 @@ impl Client {
     /// Returns [`Error::InvalidInput`] for a name that cannot be a custom object, and any
     /// call-level error.
     pub async fn object_schema(&self, object: &str) -> Result<ObjectSchema, Error> {
-        let standard = [
-            StandardObject::Company,
-            StandardObject::Opportunity,
-            StandardObject::OpportunityRole,
-            StandardObject::SalesPerson,
-        ];
-        if object == "lead" {
-            return Ok(self.describe_lead2().await?.to_schema());
-        }
-        if let Some(name) = object.strip_prefix(CUSTOM_ACTIVITY_PREFIX) {
-            let found = match name.parse::<i64>() {
-                Ok(id) => self
-                    .custom_activity_types()
-                    .await?
-                    .into_iter()
-                    .find(|t| t.id == id),
-                Err(_) => self.describe_custom_activity_type(name).await?,
-            };
-            return found.map(|t| t.to_custom_schema(object)).ok_or_else(|| {
-                Error::invalid(
-                    "/rest/v1/activities/external/type/{apiName}/describe.json",
-                    format!("Marketo has no custom activity type `{name}`"),
-                )
-            });
-        }
-        if let Some(s) = standard.into_iter().find(|s| s.name() == object) {
-            return Ok(self.describe_object(s).await?.to_schema(object));
-        }
-        match object {
-            "program" => return Ok(super::programs::program_schema()),
-            "static_list" => return Ok(crate::mapping::lists::list_member_schema()),
-            "program_member" => {
-                return Ok(self.describe_program_members().await?.to_schema(object));
+        use crate::mapping::MarketoKind;
+        match MarketoKind::of(object) {
+            MarketoKind::Lead => Ok(self.describe_lead2().await?.to_schema()),
+            MarketoKind::CustomActivity => self.custom_activity_schema(object).await,
+            MarketoKind::Standard(s) => Ok(self.describe_object(s).await?.to_schema(object)),
+            MarketoKind::Program => Ok(super::programs::program_schema()),
+            MarketoKind::StaticList => Ok(crate::mapping::lists::list_member_schema()),
+            MarketoKind::ProgramMember => {
+                Ok(self.describe_program_members().await?.to_schema(object))
             }
-            _ => {}
+            MarketoKind::Activities | MarketoKind::CustomObject => {
+                Ok(self.describe_custom_object(object).await?.to_schema(object))
+            }
         }
-        Ok(self.describe_custom_object(object).await?.to_schema(object))
+    }
+
+    /// Reads the schema of custom activity type `custom_activity:<apiName or type id>`.
+    async fn custom_activity_schema(&self, object: &str) -> Result<ObjectSchema, Error> {
+        let name = object
+            .strip_prefix(CUSTOM_ACTIVITY_PREFIX)
+            .unwrap_or_default();
+        let found = match name.parse::<i64>() {
+            Ok(id) => self
+                .custom_activity_types()
+                .await?
+                .into_iter()
+                .find(|t| t.id == id),
+            Err(_) => self.describe_custom_activity_type(name).await?,
+        };
+        found.map(|t| t.to_custom_schema(object)).ok_or_else(|| {
+            Error::invalid(
+                "/rest/v1/activities/external/type/{apiName}/describe.json",
+                format!("Marketo has no custom activity type `{name}`"),
+            )
+        })
     }
 
     /// Reads the custom activity types with their API names

@@ -61,8 +61,7 @@ use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::programs::{
-    CRM_CAMPAIGN_FIELD, CRM_CONTACT_FIELD, PROGRAM_MEMBER, PROGRAM_NAME_FIELD, STATUS_FIELD,
-    StatusMap,
+    CRM_CAMPAIGN_FIELD, CRM_CONTACT_FIELD, PROGRAM_NAME_FIELD, STATUS_FIELD, StatusMap,
 };
 use crate::mapping::{Plan, Plans};
 use crate::marketo::Record;
@@ -93,7 +92,7 @@ pub fn plan_of(plans: &Plans) -> Option<&Plan> {
     plans
         .objects
         .values()
-        .find(|p| p.marketo_object == PROGRAM_MEMBER)
+        .find(|p| p.kind() == crate::mapping::MarketoKind::ProgramMember)
 }
 
 /// Returns the Marketo key of a member.

@@ -25,7 +25,6 @@ use crate::engine::pipeline::spec::TwoWaySpec;
 use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay, unreadable};
 use crate::engine::pipeline::write::CRM_ROW_BATCH;
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
-use crate::mapping::programs::PROGRAM;
 use crate::mapping::{Plan, Plans};
 use crate::marketo::programs::{MAX_BROWSE, Program, ProgramBrowse};
 use crate::model::{FieldType, Fields, Side, Value};
@@ -38,7 +37,10 @@ const QUEUE: &str = "browse";
 
 /// Returns the plan of the programs mapping, if one is synced.
 pub fn plan_of(plans: &Plans) -> Option<&Plan> {
-    plans.objects.values().find(|p| p.marketo_object == PROGRAM)
+    plans
+        .objects
+        .values()
+        .find(|p| p.kind() == crate::mapping::MarketoKind::Program)
 }
 
 /// Returns the mapping's program selection (every program when it lists none).

@@ -1,7 +1,9 @@
 //! The one list of cycle steps, in the whitepaper's order (DESIGN section 4, Apply).
 //!
 //! The cycle, `sync --once` and the tests iterate [`STEPS`]; nothing else names a step by a
-//! string. Adding an object on an existing Marketo family is its spec file plus one line here.
+//! string. Adding an object on an existing Marketo family is its spec file plus one line here;
+//! an object whose mapping files name a new kind of Marketo object also adds that kind to
+//! [`crate::mapping::kinds::KINDS`] (its spellings, how its schema is read, how long it is kept).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +17,7 @@ use super::{
 use crate::engine::Context;
 use crate::engine::pipeline::Scope;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
-use crate::mapping::Plans;
+use crate::mapping::{MarketoKind, Plans};
 
 /// What every step receives.
 #[derive(Clone, Copy)]
@@ -153,7 +155,7 @@ pub fn step(name: &str) -> Option<&'static Step> {
 /// Returns the registered step that syncs `plan`'s records: the step of its name, or the custom
 /// objects' step for a custom object.
 pub fn step_of(plans: &Plans, plan: &crate::mapping::Plan) -> Option<&'static Step> {
-    if plan.marketo_object == "lead" {
+    if plan.kind() == MarketoKind::Lead {
         return step(leads::LINK_OBJECT);
     }
     step(&plan.object).or_else(|| {
@@ -172,7 +174,7 @@ fn run_leads<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFut
             .plans
             .objects
             .values()
-            .find(|p| p.marketo_object == "lead")
+            .find(|p| p.kind() == MarketoKind::Lead)
         else {
             return Ok(());
         };

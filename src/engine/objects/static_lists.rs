@@ -50,7 +50,7 @@ use crate::engine::pipeline::two_way::{Observed, Seen, SidePair, TwoWay};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::lists::{
-    CRM_CONTACT_FIELD, LIST_NAME_FIELD, MEMBER_FIELD, STATIC_LIST, member_key, parse_key,
+    CRM_CONTACT_FIELD, LIST_NAME_FIELD, MEMBER_FIELD, member_key, parse_key,
 };
 use crate::mapping::{Plan, Plans};
 use crate::marketo::RecordStatus;
@@ -80,7 +80,7 @@ pub fn plan_of(plans: &Plans) -> Option<&Plan> {
     plans
         .objects
         .values()
-        .find(|p| p.marketo_object == STATIC_LIST)
+        .find(|p| p.kind() == crate::mapping::MarketoKind::StaticList)
 }
 
 /// Returns the record removing the membership `marketo_key` (`<listId>:<leadId>`) from its list
