@@ -140,15 +140,7 @@ async fn run_type(
                 options,
                 cancel,
             };
-            match run.export(from, expected, summary).await? {
-                bulk::Outcome::Done => return Ok(()),
-                bulk::Outcome::Fallback(reason) => {
-                    summary.warnings.push(format!("{q}: {reason}"));
-                    // Read by the feed this cycle, to the end (no switch back to bulk).
-                    feed(ctx, type_id, plan, None, summary, options, cancel).await?;
-                    return Ok(());
-                }
-            }
+            return export_or_feed(&run, from, expected, summary).await;
         }
         bulk::Decision::Feed => {}
     }
@@ -180,9 +172,35 @@ async fn run_type(
         options,
         cancel,
     };
+    export_or_feed(&run, from, expected, summary).await
+}
+
+/// Runs the queue's Bulk Activity Extract from `from`; where it cannot run (see
+/// [`bulk::Outcome::Fallback`]) the feed reads the queue this cycle, to the end (no switch back
+/// to bulk), with the reason as a warning.
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
+async fn export_or_feed(
+    run: &bulk::Run<'_>,
+    from: DateTime<Utc>,
+    expected: u64,
+    summary: &mut CycleSummary,
+) -> Result<(), EngineError> {
     if let bulk::Outcome::Fallback(reason) = run.export(from, expected, summary).await? {
+        let q = queue(run.type_id);
         summary.warnings.push(format!("{q}: {reason}"));
-        feed(ctx, type_id, plan, None, summary, options, cancel).await?;
+        feed(
+            run.ctx,
+            run.type_id,
+            run.plan,
+            None,
+            summary,
+            run.options,
+            run.cancel,
+        )
+        .await?;
     }
     Ok(())
 }
