@@ -55,6 +55,9 @@ pub struct Options {
     pub commit_hook: Option<CommitHook>,
     pub edit_mapping: Option<fn(&mut LoadedMapping)>,
     pub objects: Vec<String>,
+    /// Runs the simulator on this runtime instead of the test's (a benchmark keeps its CPU
+    /// apart from the engine's).
+    pub sim_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             commit_hook: None,
             edit_mapping: None,
             objects: vec!["leads".into()],
+            sim_runtime: None,
         }
     }
 }
@@ -151,7 +155,14 @@ impl TestApp {
     pub async fn with(options: Options) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut dbs = Vec::new();
-        let sim = Simulator::start(options.sim).await.expect("simulator");
+        let sim = match &options.sim_runtime {
+            None => Simulator::start(options.sim).await,
+            Some(rt) => rt
+                .spawn(Simulator::start(options.sim))
+                .await
+                .expect("simulator start task"),
+        }
+        .expect("simulator");
         let crm_url = match options.crm {
             CrmKind::Sqlite => format!("sqlite://{}", dir.path().join("crm.db").display()),
             CrmKind::Postgres => {
