@@ -12,8 +12,8 @@ use marketo_sync::marketo::csv::FileFormat;
 use marketo_sync::marketo::endpoint::families::ObjectFamily;
 use marketo_sync::marketo::endpoint::{
     CompanyLink, EndpointSettings, ExportSubject, JobEntry, JobJournal, JobStage, JournalError,
-    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob, WriteBackScope,
-    WriteMode,
+    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob,
+    WriteBackScope, WriteMode,
 };
 use marketo_sync::marketo::{Client, ClientConfig, Record, RecordStatus, RefusalKind};
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};

@@ -830,9 +830,9 @@ pub async fn bootstrap(
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         if spec.name == PHASE_LEADS {
-            let plans = lead_plan.as_ref().ok_or_else(|| {
-                EngineError::Mapping("the lead mapping did not compile".into())
-            })?;
+            let plans = lead_plan
+                .as_ref()
+                .ok_or_else(|| EngineError::Mapping("the lead mapping did not compile".into()))?;
             run.spool_since = from;
             run.open_spool(spec, &plans.lead, stored.as_ref(), &mut phase)
                 .await?;

@@ -156,7 +156,11 @@ impl KeySpool {
     /// # Errors
     ///
     /// Returns [`EndpointError::File`] when the open file cannot be cut back.
-    pub fn reopen(dir: &Path, mark: &SpoolMark, key_field: &str) -> Result<KeySpool, EndpointError> {
+    pub fn reopen(
+        dir: &Path,
+        mark: &SpoolMark,
+        key_field: &str,
+    ) -> Result<KeySpool, EndpointError> {
         Self::reopen_with_limit(dir, mark, key_field, DEFAULT_IMPORT_LIMIT_BYTES)
     }
 
@@ -193,10 +197,7 @@ impl KeySpool {
                 if len < mark.bytes {
                     return Err(io_error(
                         &path,
-                        format!(
-                            "holds {len} bytes, fewer than the {} committed",
-                            mark.bytes
-                        ),
+                        format!("holds {len} bytes, fewer than the {} committed", mark.bytes),
                     ));
                 }
                 file.set_len(mark.bytes).map_err(|e| io_error(&path, e))?;
@@ -778,7 +779,10 @@ mod tests {
             let len = std::fs::metadata(&f.path).unwrap().len();
             assert!(len < 1_000, "{len}");
         }
-        assert_eq!(numbers(dir.path(), "7.writeback"), (0..12).collect::<Vec<_>>());
+        assert_eq!(
+            numbers(dir.path(), "7.writeback"),
+            (0..12).collect::<Vec<_>>()
+        );
         let rows: Vec<(String, String)> = files.iter().flat_map(|f| read_all(&f.path)).collect();
         assert_eq!(rows.len() as u64, n);
         assert_eq!(
@@ -797,7 +801,9 @@ mod tests {
         let mut spool = KeySpool::with_limit(dir.path(), stem, "crmContactId", 1_000);
         // A first window of 3 keys, committed.
         for i in 0..3 {
-            spool.push(&(100 + i).to_string(), &format!("c-{i}")).unwrap();
+            spool
+                .push(&(100 + i).to_string(), &format!("c-{i}"))
+                .unwrap();
         }
         let mark = spool.checkpoint().unwrap();
         assert_eq!((mark.file, mark.rows), (0, 3));
@@ -810,7 +816,9 @@ mod tests {
         // A second window appends to the same file, fills it and rolls over to file 1, then
         // the process dies before its commit.
         for i in 3..250 {
-            spool.push(&(100 + i).to_string(), &format!("c-{i}")).unwrap();
+            spool
+                .push(&(100 + i).to_string(), &format!("c-{i}"))
+                .unwrap();
         }
         assert!(spool.has_full());
         drop(spool);
@@ -842,8 +850,7 @@ mod tests {
         // Written back and deleted before the emptied spool's mark was committed: a restart
         // from mark2 goes on with the next file instead of sending the keys again.
         std::fs::remove_file(&files[0].path).unwrap();
-        let spool =
-            KeySpool::reopen_with_limit(dir.path(), &mark2, "crmContactId", 1_000).unwrap();
+        let spool = KeySpool::reopen_with_limit(dir.path(), &mark2, "crmContactId", 1_000).unwrap();
         assert!(spool.is_empty());
         assert_eq!(spool.mark().file, 1);
     }
@@ -854,7 +861,9 @@ mod tests {
         let stem = "leads.writeback";
         let mut spool = KeySpool::with_limit(dir.path(), stem, "crmContactId", 1_000);
         for i in 0..100 {
-            spool.push(&(100 + i).to_string(), &format!("c-{i}")).unwrap();
+            spool
+                .push(&(100 + i).to_string(), &format!("c-{i}"))
+                .unwrap();
         }
         let mark = spool.checkpoint().unwrap();
         assert_eq!(mark.file, 1);
