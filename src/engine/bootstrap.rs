@@ -11,12 +11,21 @@
 //!    link per lead committed per batch; a lead the CRM refuses is one entry in the error
 //!    ledger with the CRM's code and message ([`super::ledger`], the continuous sync's one retry
 //!    policy). The CRM keys Marketo does not hold yet are spooled to
-//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory)
-//!    and written back once the window is applied: by REST (`updateOnly` by `id`, 300 a call)
-//!    up to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
-//!    above it; a key Marketo refuses to write back is one ledger entry. Each import batch is stored (direction import, the window's bounds) when
-//!    Marketo accepts it and marked consumed with the window, so a restart during the import
-//!    re-attaches to it without applying the window again. The companies named on the
+//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory),
+//!    one spool for all the phase's windows, and written back once for the phase instead of
+//!    once per window (issue 15: 24 windows cost 2 calls of write-back, not about 48): a file
+//!    that reaches 10 MB is imported right after the commit of the window that filled it; the
+//!    rest goes when the phase ends (or pauses): by REST (`updateOnly` by `id`, 300 a call) up
+//!    to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
+//!    above it; a key Marketo refuses to write back is one ledger entry. The spool is flushed
+//!    and synced at each window commit and its mark (stem, open file, length in bytes and rows;
+//!    [`SpoolMark`]) is stored in that commit, in the phase watermark's cursor (`write_back`):
+//!    a run that starts again re-opens the spool cut back to that mark (the keys of committed
+//!    windows kept, those of a window that was not committed dropped, that window being applied
+//!    again) and writes them back with the windows still to do. Each import batch is stored
+//!    (direction import) when Marketo accepts it and marked consumed once complete, so a
+//!    restart re-attaches to it (before re-opening the spool) instead of importing its file
+//!    again. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
 //!    into the CRM users, when those objects are synced.
@@ -128,9 +137,9 @@ pub struct BootstrapOptions {
     /// How the export jobs are polled (default: [`ExportOptions::default`]); write-back import
     /// batches are polled at the same interval.
     pub export: Option<ExportOptions>,
-    /// CRM keys of one window above which they are written back to Marketo by Bulk Import
-    /// (`lookupField=id`) instead of REST batches of 300 (default: the cycle's
-    /// `bulk_import_threshold`, 3,000).
+    /// CRM keys waiting at the end of the lead phase above which they are written back to
+    /// Marketo by Bulk Import (`lookupField=id`) instead of REST batches of 300 (default: the
+    /// cycle's `bulk_import_threshold`, 3,000).
     pub write_back_import_threshold: Option<usize>,
 }
 
@@ -177,7 +186,8 @@ pub struct PhaseReport {
     /// CRM keys Marketo refused to write back (logged; the link is committed all the same, and
     /// the next cycle that touches the lead writes the key again).
     pub write_back_failed: u64,
-    /// Bulk Import batches created to write CRM keys back (windows above the threshold).
+    /// Bulk Import batches created to write CRM keys back (a full spool file, or the phase's
+    /// keys above the threshold).
     pub write_back_imports: u64,
     /// Write-back import batches of earlier runs re-attached.
     pub write_back_imports_resumed: u64,
