@@ -2063,3 +2063,41 @@ async fn exports_are_pipelined_within_marketo_s_queue_limits() {
     // Marketo's queue, and one loaded CI run saw 18 status reads of a job while it was queued.
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_file_gone_from_the_work_directory_stops_the_run_instead_of_losing_its_keys() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let progress = RecordingProgress::with_window_hook(move |phase, _| {
+        if phase == PHASE_LEADS {
+            stop.cancel();
+        }
+    });
+    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    // The work directory is cleaned (a reboot emptying /tmp) before the keys went back.
+    for path in work_files(&env) {
+        if path.to_string_lossy().ends_with(".csv") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let err = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&err, EngineError::Config(m) if m.contains("is missing")),
+        "{err}"
+    );
+    assert_eq!(env.calls("POST", REST_LEADS), 0);
+    env.sim.shutdown().await;
+}

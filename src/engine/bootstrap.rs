@@ -1635,6 +1635,11 @@ impl Run<'_> {
         let resumed = endpoint
             .resume_write_back(&job, &self.ctx.journal(), self.cancel)
             .await?;
+        let imported: Vec<PathBuf> = resumed
+            .batches
+            .iter()
+            .filter_map(|b| b.file.clone())
+            .collect();
         self.settle_write_back(plan, resumed, phase, None).await?;
         let mark = match stored
             .and_then(|w| w.cursor.as_ref())
@@ -1647,6 +1652,19 @@ impl Run<'_> {
             })?),
             None => None,
         };
+        // The marked file holds keys of committed windows: it is gone only when an import
+        // wrote it back (files sent by REST go after the next mark is committed). Gone without
+        // one (the work directory changed or was cleaned), its keys would be lost unsaid.
+        if let Some(mark) = &mark {
+            let path = mark.path(&self.work_dir);
+            if mark.rows > 0 && !path.exists() && !imported.contains(&path) {
+                return Err(EngineError::Config(format!(
+                    "the write-back spool file {} holding {} CRM keys of committed windows is missing (was the work directory changed or cleaned?); the keys cannot be written back to Marketo",
+                    path.display(),
+                    mark.rows
+                )));
+            }
+        }
         let stem = format!(
             "{}-{}.writeback",
             object.replace(':', "-"),
@@ -1708,7 +1726,13 @@ impl Run<'_> {
             }
         };
         self.lead_spool = Some(spool);
-        self.settle_write_back(plan, report, phase, watermark).await
+        let sent = report.sent.clone();
+        self.settle_write_back(plan, report, phase, watermark)
+            .await?;
+        for path in sent {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     /// Returns the endpoint as bootstrap configures it (its poll interval, waits, work directory).

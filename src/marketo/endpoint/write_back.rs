@@ -15,7 +15,9 @@
 //! go, and that window is applied again), later files are removed, and earlier files (full
 //! ones, committed) are still to import. A file is only deleted once its keys are written back
 //! (its import batch complete, or its REST calls made); a marked file that is missing was
-//! therefore written back, and the spool goes on with the next file. Each import batch is
+//! therefore written back (the caller checks that a journalled import batch names it: files sent
+//! by REST are deleted only after the emptied spool's mark is committed), and the spool goes on
+//! with the next file. Each import batch is
 //! journalled as soon as Marketo returns its id, so that a restart re-attaches to it instead of
 //! importing its file again. A crash between the write-back and the deletion of its file sends
 //! the same keys again: the same CRM key written to the same lead, which changes nothing.
@@ -98,6 +100,13 @@ fn csv_error(path: &Path, e: CsvError) -> EndpointError {
     match e {
         CsvError::Write { source } => io_error(path, source),
         other => io_error(path, other),
+    }
+}
+
+impl SpoolMark {
+    /// Returns the path of the marked (open) file in `dir`.
+    pub fn path(&self, dir: &Path) -> PathBuf {
+        KeySpool::path(dir, &self.stem, self.file)
     }
 }
 
@@ -434,6 +443,9 @@ pub struct WriteBackReport {
     pub refused: Vec<KeyRefusal>,
     /// The import batches, completed, for the caller to mark consumed.
     pub batches: Vec<JobEntry>,
+    /// The files sent by REST, for the caller to delete once it committed the spool's new mark
+    /// (until then a restart sends them again rather than losing them).
+    pub sent: Vec<PathBuf>,
 }
 
 impl RestBulkEndpoint {
@@ -473,10 +485,10 @@ impl RestBulkEndpoint {
         }
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         if !any_full && rows <= job.rest_threshold as u64 {
-            for file in &files {
+            for file in files {
                 self.rest_write_back(&file.path, job.key_field, &mut report, cancel)
                     .await?;
-                let _ = std::fs::remove_file(&file.path);
+                report.sent.push(file.path);
             }
         } else {
             info!(
