@@ -11,12 +11,21 @@
 //!    link per lead committed per batch; a lead the CRM refuses is one entry in the error
 //!    ledger with the CRM's code and message ([`super::ledger`], the continuous sync's one retry
 //!    policy). The CRM keys Marketo does not hold yet are spooled to
-//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory)
-//!    and written back once the window is applied: by REST (`updateOnly` by `id`, 300 a call)
-//!    up to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
-//!    above it; a key Marketo refuses to write back is one ledger entry. Each import batch is stored (direction import, the window's bounds) when
-//!    Marketo accepts it and marked consumed with the window, so a restart during the import
-//!    re-attaches to it without applying the window again. The companies named on the
+//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory),
+//!    one spool for all the phase's windows, and written back once for the phase instead of
+//!    once per window (issue 15: 24 windows cost 2 calls of write-back, not about 48): a file
+//!    that reaches 10 MB is imported right after the commit of the window that filled it; the
+//!    rest goes when the phase ends (or pauses): by REST (`updateOnly` by `id`, 300 a call) up
+//!    to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
+//!    above it; a key Marketo refuses to write back is one ledger entry. The spool is flushed
+//!    and synced at each window commit and its mark (stem, open file, length in bytes and rows;
+//!    [`SpoolMark`]) is stored in that commit, in the phase watermark's cursor (`write_back`):
+//!    a run that starts again re-opens the spool cut back to that mark (the keys of committed
+//!    windows kept, those of a window that was not committed dropped, that window being applied
+//!    again) and writes them back with the windows still to do. Each import batch is stored
+//!    (direction import) when Marketo accepts it and marked consumed once complete, so a
+//!    restart re-attaches to it (before re-opening the spool) instead of importing its file
+//!    again. The companies named on the
 //!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
 //!    into the CRM users, when those objects are synced.
@@ -71,13 +80,13 @@ use crate::mapping::{Plan, SchemaSet};
 use crate::marketo::Disposition;
 use crate::marketo::endpoint::{
     ACTIVITY_FIELDS, EndpointError, EndpointSettings, ExportOptions, ExportRow, ExportSubject,
-    ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, WriteBackJob,
-    WriteBackReport,
+    ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, SpoolMark, WriteBackJob,
+    WriteBackReport, WriteBackScope,
 };
 use crate::marketo::limiter::next_day_turn;
 use crate::model::{Fields, Side, Value};
 use crate::store::{
-    BulkJob, Direction, JobDirection, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
+    BulkJob, Direction, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
 };
 
 /// The Add to Opportunity activity type.
@@ -128,9 +137,9 @@ pub struct BootstrapOptions {
     /// How the export jobs are polled (default: [`ExportOptions::default`]); write-back import
     /// batches are polled at the same interval.
     pub export: Option<ExportOptions>,
-    /// CRM keys of one window above which they are written back to Marketo by Bulk Import
-    /// (`lookupField=id`) instead of REST batches of 300 (default: the cycle's
-    /// `bulk_import_threshold`, 3,000).
+    /// CRM keys waiting at the end of the lead phase above which they are written back to
+    /// Marketo by Bulk Import (`lookupField=id`) instead of REST batches of 300 (default: the
+    /// cycle's `bulk_import_threshold`, 3,000).
     pub write_back_import_threshold: Option<usize>,
 }
 
@@ -177,7 +186,8 @@ pub struct PhaseReport {
     /// CRM keys Marketo refused to write back (logged; the link is committed all the same, and
     /// the next cycle that touches the lead writes the key again).
     pub write_back_failed: u64,
-    /// Bulk Import batches created to write CRM keys back (windows above the threshold).
+    /// Bulk Import batches created to write CRM keys back (a full spool file, or the phase's
+    /// keys above the threshold).
     pub write_back_imports: u64,
     /// Write-back import batches of earlier runs re-attached.
     pub write_back_imports_resumed: u64,
@@ -581,6 +591,10 @@ struct Run<'a> {
     run_bytes: u64,
     write_back_threshold: usize,
     pipeline: Pipeline,
+    /// The lead phase's spool of CRM keys to write back, across its windows.
+    lead_spool: Option<KeySpool>,
+    /// The start of the lead phase's range (journalled with the write-back imports).
+    spool_since: DateTime<Utc>,
 }
 
 /// A started export of one window: (or re-attached to) created, enqueued, polled and downloaded
@@ -763,6 +777,8 @@ pub async fn bootstrap(
             .write_back_import_threshold
             .unwrap_or_else(|| super::Tunables::default().bulk_import_threshold),
         pipeline: Pipeline::default(),
+        lead_spool: None,
+        spool_since: now,
     };
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
@@ -823,6 +839,14 @@ pub async fn bootstrap(
             .and_then(|c| c.get("last_window_bytes"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
+        if spec.name == PHASE_LEADS {
+            let plans = lead_plan
+                .as_ref()
+                .ok_or_else(|| EngineError::Mapping("the lead mapping did not compile".into()))?;
+            run.spool_since = from;
+            run.open_spool(spec, &plans.lead, stored.as_ref(), &mut phase)
+                .await?;
+        }
         run.pipeline = Pipeline::new(&todo, (last_bytes > 0).then_some(last_bytes), cancel);
         for window in todo {
             if cancel.is_cancelled() {
@@ -879,9 +903,20 @@ pub async fn bootstrap(
                 }
             }
         }
-        report.phases.push(phase);
         // Exports started ahead of a pause stay journalled; the next run re-attaches to them.
         run.pipeline.stop().await;
+        // The keys of the committed windows go back once for the phase (also at a pause).
+        if spec.name == PHASE_LEADS
+            && let Some(plans) = &lead_plan
+            && let Err(e) = run
+                .write_back_spool(spec, &plans.lead, WriteBackScope::All, now, &mut phase)
+                .await
+        {
+            report.phases.push(phase);
+            progress.finish(&report);
+            return Err(e);
+        }
+        report.phases.push(phase);
     }
     let member_object = ctx
         .mappings
@@ -1465,32 +1500,32 @@ impl Run<'_> {
         spec: &PhaseSpec,
         window: Window,
         exported: ExportedWindow,
-        imports: Vec<BulkJob>,
+        spool: Option<SpoolMark>,
     ) -> Result<u64, WindowError> {
         let job = self.ctx.journal().bulk_job(&exported.job);
-        self.finish_window(spec, window, Some(job), exported.path, imports)
+        self.finish_window(spec, window, job, exported.path, spool)
             .await?;
         Ok(exported.bytes)
     }
 
-    /// Commits a window as done: its export job and write-back imports consumed and the phase
-    /// watermark after its end, in one commit.
+    /// Commits a window as done: its export job consumed and the phase watermark after its end
+    /// (its cursor holding the write-back spool's mark, when the phase has one), in one commit.
     async fn finish_window(
         &self,
         spec: &PhaseSpec,
         window: Window,
-        job: Option<BulkJob>,
+        mut job: BulkJob,
         path: Option<PathBuf>,
-        imports: Vec<BulkJob>,
+        spool: Option<SpoolMark>,
     ) -> Result<(), EngineError> {
         let now = self.ctx.clock.now();
-        let bytes = job.as_ref().map_or(0, |j| j.bytes);
-        let mut jobs = Vec::new();
-        for mut j in job.into_iter().chain(imports) {
-            j.state = JobState::Consumed;
-            j.updated_at = now;
-            j.file_offset = j.bytes;
-            jobs.push(j);
+        let bytes = job.bytes;
+        job.state = JobState::Consumed;
+        job.updated_at = now;
+        job.file_offset = job.bytes;
+        let mut cursor = serde_json::json!({ "last_window_bytes": bytes });
+        if let (Some(mark), Some(c)) = (spool, cursor.as_object_mut()) {
+            c.insert(SPOOL_CURSOR.into(), spool_json(&mark)?);
         }
         self.ctx
             .store
@@ -1501,9 +1536,9 @@ impl Run<'_> {
                     queue: queue(spec.name),
                     at: window.end + ChronoDuration::seconds(1),
                     tie: None,
-                    cursor: Some(serde_json::json!({ "last_window_bytes": bytes })),
+                    cursor: Some(cursor),
                 }],
-                jobs,
+                jobs: vec![job],
                 ..StepCommit::default()
             })
             .await?;
@@ -1521,43 +1556,14 @@ impl Run<'_> {
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
         let plan = &plans.lead;
-        // An earlier run applied this window to the CRM and stopped while it was writing the CRM
-        // keys back by Bulk Import: finish those imports, not the whole window again.
-        let export = self
-            .window_jobs(JobDirection::Export, spec, window)
-            .await?
-            .into_iter()
-            .next();
-        let stem = export
-            .as_ref()
-            .map(|j| write_back_stem(&j.id))
-            .unwrap_or_default();
-        let object = queue(spec.name);
-        let job = self.write_back_job(&object, window, plan, &stem);
-        let resumed = self
-            .endpoint()
-            .resume_write_back(&job, &self.ctx.journal(), self.cancel)
-            .await
-            .map_err(EngineError::from)?;
-        if let Some(report) = resumed {
-            let imports = self.settle_write_back(plan, report, phase).await?;
-            let bytes = export.as_ref().map_or(0, |j| j.bytes);
-            let path = export
-                .as_ref()
-                .and_then(|j| j.file_path.as_ref())
-                .map(PathBuf::from);
-            self.finish_window(spec, window, export, path, imports)
-                .await?;
-            return Ok(bytes);
-        }
         let subject = ExportSubject::CreatedLeads {
             fields: lead_export_fields(plans),
         };
         let exported = self.export(spec, window, &subject, phase).await?;
-        // The CRM keys to write back go to files on disk, not memory.
-        let stem = write_back_stem(&exported.job.id);
-        let endpoint = self.endpoint();
-        let mut spool = endpoint.key_spool(&stem, &plan.marketo_crm_key);
+        // The CRM keys to write back go to the phase's spool on disk, not memory.
+        let mut spool = self.lead_spool.take().ok_or_else(|| {
+            EngineError::Config("the lead phase's write-back spool is not open".into())
+        })?;
         let schema = plans.lead_schema.clone();
         if let Some(mut rx) = exported.rows(Some(schema), CRM_BATCH_ROWS, self.cancel) {
             let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
@@ -1601,36 +1607,132 @@ impl Run<'_> {
                     .await?;
             }
         }
-        let job = self.write_back_job(&object, window, plan, &stem);
-        let report = endpoint
-            .write_back_keys(&job, spool, &self.ctx.journal(), self.cancel)
-            .await
-            .map_err(EngineError::from)?;
-        let imports = self.settle_write_back(plan, report, phase).await?;
-        self.finish_exported(spec, window, exported, imports).await
+        // The window's keys are on disk before the commit that counts them as the window's.
+        let mark = spool.checkpoint().map_err(EngineError::from)?;
+        self.lead_spool = Some(spool);
+        let bytes = self
+            .finish_exported(spec, window, exported, Some(mark))
+            .await?;
+        // A file that reached the size limit goes now; the rest at the end of the phase.
+        self.write_back_spool(spec, plan, WriteBackScope::Full, window.end, phase)
+            .await?;
+        Ok(bytes)
     }
 
-    /// Returns this phase's unfinished jobs of `direction` for exactly this window.
-    async fn window_jobs(
-        &self,
-        direction: JobDirection,
+    /// Finishes the write-back imports an earlier run left, then opens the phase's spool: the
+    /// one the stored watermark's cursor marks (cut back to what was committed), or a new one.
+    async fn open_spool(
+        &mut self,
         spec: &PhaseSpec,
-        window: Window,
-    ) -> Result<Vec<BulkJob>, EngineError> {
+        plan: &Plan,
+        stored: Option<&Watermark>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
         let object = queue(spec.name);
-        Ok(self
-            .ctx
-            .store
-            .unfinished_jobs(direction)
-            .await?
-            .into_iter()
-            .filter(|j| {
-                j.object == object
-                    && j.kind == "leads"
-                    && j.window_start == Some(window.start)
-                    && j.window_end == Some(window.end)
-            })
-            .collect())
+        let now = self.ctx.clock.now();
+        let job = self.write_back_job(&object, (self.spool_since, now), plan);
+        let endpoint = self.endpoint();
+        let resumed = endpoint
+            .resume_write_back(&job, &self.ctx.journal(), self.cancel)
+            .await?;
+        let imported: Vec<PathBuf> = resumed
+            .batches
+            .iter()
+            .filter_map(|b| b.file.clone())
+            .collect();
+        self.settle_write_back(plan, resumed, phase, None).await?;
+        let mark = match stored
+            .and_then(|w| w.cursor.as_ref())
+            .and_then(|c| c.get(SPOOL_CURSOR))
+        {
+            Some(v) => Some(serde_json::from_value::<SpoolMark>(v.clone()).map_err(|e| {
+                EngineError::Config(format!(
+                    "the stored write-back spool mark of {object} cannot be read ({e}): {v}"
+                ))
+            })?),
+            None => None,
+        };
+        // The marked file holds keys of committed windows: it is gone only when an import
+        // wrote it back (files sent by REST go after the next mark is committed). Gone without
+        // one (the work directory changed or was cleaned), its keys would be lost unsaid.
+        if let Some(mark) = &mark {
+            let path = mark.path(&self.work_dir);
+            if mark.rows > 0 && !path.exists() && !imported.contains(&path) {
+                return Err(EngineError::Config(format!(
+                    "the write-back spool file {} holding {} CRM keys of committed windows is missing (was the work directory changed or cleaned?); the keys cannot be written back to Marketo",
+                    path.display(),
+                    mark.rows
+                )));
+            }
+        }
+        let stem = format!(
+            "{}-{}.writeback",
+            object.replace(':', "-"),
+            now.format("%Y%m%dT%H%M%S%3f")
+        );
+        self.lead_spool = Some(endpoint.key_spool(&stem, &plan.marketo_crm_key, mark.as_ref())?);
+        Ok(())
+    }
+
+    /// Writes the spooled keys of `scope` back (nothing when none is due), puts each refused
+    /// key into the error ledger and marks the import batches consumed; after
+    /// [`WriteBackScope::All`] the phase watermark's cursor gets the emptied spool's mark, in
+    /// the same commit.
+    async fn write_back_spool(
+        &mut self,
+        spec: &PhaseSpec,
+        plan: &Plan,
+        scope: WriteBackScope,
+        until: DateTime<Utc>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let Some(mut spool) = self.lead_spool.take() else {
+            return Ok(());
+        };
+        let due = match scope {
+            WriteBackScope::Full => spool.has_full(),
+            WriteBackScope::All => !spool.is_empty(),
+        };
+        if !due {
+            self.lead_spool = Some(spool);
+            return Ok(());
+        }
+        let object = queue(spec.name);
+        let job = self.write_back_job(&object, (self.spool_since, until), plan);
+        let report = self
+            .endpoint()
+            .write_back_keys(&job, &mut spool, scope, &self.ctx.journal(), self.cancel)
+            .await?;
+        let watermark = match scope {
+            WriteBackScope::Full => None,
+            WriteBackScope::All => {
+                let mark = spool.checkpoint()?;
+                let stored = self
+                    .ctx
+                    .store
+                    .watermark(Side::Marketo, &spec.object, &object)
+                    .await?;
+                match stored {
+                    Some(mut w) => {
+                        let mut cursor = w.cursor.take().unwrap_or_else(|| serde_json::json!({}));
+                        if let Some(c) = cursor.as_object_mut() {
+                            c.insert(SPOOL_CURSOR.into(), spool_json(&mark)?);
+                        }
+                        w.cursor = Some(cursor);
+                        Some(w)
+                    }
+                    None => None,
+                }
+            }
+        };
+        self.lead_spool = Some(spool);
+        let sent = report.sent.clone();
+        self.settle_write_back(plan, report, phase, watermark)
+            .await?;
+        for path in sent {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     /// Returns the endpoint as bootstrap configures it (its poll interval, waits, work directory).
@@ -1643,31 +1745,30 @@ impl Run<'_> {
         })
     }
 
-    /// Returns the write-back of one lead window, named for the endpoint.
+    /// Returns the write-back of the lead phase's windows in `range`, named for the endpoint.
     fn write_back_job<'a>(
         &self,
         object: &'a str,
-        window: Window,
+        range: (DateTime<Utc>, DateTime<Utc>),
         plan: &'a Plan,
-        stem: &'a str,
     ) -> WriteBackJob<'a> {
         WriteBackJob {
             object,
-            window: (window.start, window.end),
+            window: range,
             key_field: &plan.marketo_crm_key,
-            stem,
             rest_threshold: self.write_back_threshold,
         }
     }
 
-    /// Counts a write-back into the phase, puts each refused key into the error ledger, and
-    /// returns its import batches (to be marked consumed with the window) as stored jobs.
+    /// Counts a write-back into the phase and commits, in one commit, each refused key as an
+    /// error-ledger entry, its import batches consumed and `watermark` (when given).
     async fn settle_write_back(
         &self,
         plan: &Plan,
         report: WriteBackReport,
         phase: &mut PhaseReport,
-    ) -> Result<Vec<BulkJob>, EngineError> {
+        watermark: Option<Watermark>,
+    ) -> Result<(), EngineError> {
         phase.written_back += report.written;
         phase.write_back_failed += report.failed;
         phase.write_back_imports += report.imports;
@@ -1678,9 +1779,27 @@ impl Run<'_> {
             .into_iter()
             .map(|r| write_back_error(plan, now, r))
             .collect();
-        self.commit_errors(errors).await?;
         let journal = self.ctx.journal();
-        Ok(report.batches.iter().map(|b| journal.bulk_job(b)).collect())
+        let jobs = report
+            .batches
+            .iter()
+            .map(|b| {
+                let mut j = journal.bulk_job(b);
+                j.state = JobState::Consumed;
+                j.file_offset = j.bytes;
+                j
+            })
+            .collect();
+        let commit = StepCommit {
+            watermarks: watermark.into_iter().collect(),
+            errors_upsert: errors,
+            jobs,
+            ..StepCommit::default()
+        };
+        if !commit.is_empty() {
+            self.ctx.store.commit(commit).await?;
+        }
+        Ok(())
     }
 
     /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
@@ -1948,8 +2067,7 @@ impl Run<'_> {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
         }
-        self.finish_exported(spec, window, exported, Vec::new())
-            .await
+        self.finish_exported(spec, window, exported, None).await
     }
 
     /// Reads the Marketo records named by `keys` (opportunities named by Add to Opportunity
@@ -2203,9 +2321,12 @@ fn crm_payload(row: Option<&Fields>) -> serde_json::Value {
     )
 }
 
-/// Returns the file name stem of the write-back spool of the lead window exported by `export_id`.
-fn write_back_stem(export_id: &str) -> String {
-    format!("{export_id}.writeback")
+/// The key of the write-back spool's mark in the lead phase watermark's cursor.
+const SPOOL_CURSOR: &str = "write_back";
+
+fn spool_json(mark: &SpoolMark) -> Result<serde_json::Value, EngineError> {
+    serde_json::to_value(mark)
+        .map_err(|e| EngineError::Config(format!("the write-back spool mark: {e}")))
 }
 
 fn collect_companies(
