@@ -1334,9 +1334,9 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_adopted_not_duplicated() {
 }
 
 /// Runs one more bootstrap over a later window: sim time moves `hours` hours and a minute on,
-/// `leads` (JSON objects) are created in Marketo then, and the engine's clock moves to `hours`
-/// + 1 hours after the start, so the next run's windows (from the end of the last run's, an
-/// hour earlier) hold exactly those leads.
+/// `leads` (JSON objects) are created in Marketo then, and the engine's clock moves to one hour
+/// more than `hours` after the start, so the next run's windows (from the end of the last
+/// run's, an hour earlier) hold exactly those leads.
 async fn bootstrap_later_leads(
     env: &Env,
     ctx: &Context,
