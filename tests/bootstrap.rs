@@ -1454,6 +1454,246 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_adopted_not_duplicated() {
     env.sim.shutdown().await;
 }
 
+/// Runs one more bootstrap over a later window: sim time moves `hours` hours and a minute on,
+/// `leads` (JSON objects) are created in Marketo then, and the engine's clock moves to one hour
+/// more than `hours` after the start, so the next run's windows (from the end of the last
+/// run's, an hour earlier) hold exactly those leads.
+async fn bootstrap_later_leads(
+    env: &Env,
+    ctx: &Context,
+    hours: i64,
+    leads: &[serde_json::Value],
+) -> BootstrapReport {
+    let hour = u64::try_from(hours).unwrap() * 3_600;
+    env.sim.advance_clock(Duration::from_secs(hour + 60));
+    let input: Vec<marketo_sync::marketo::Record> = leads
+        .iter()
+        .map(|l| l.as_object().unwrap().clone())
+        .collect();
+    let results = ctx
+        .marketo
+        .sync_leads(
+            marketo_sync::marketo::SyncAction::CreateOnly,
+            None,
+            None,
+            &input,
+        )
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| r.status == marketo_sync::marketo::RecordStatus::Created),
+        "{results:?}"
+    );
+    env.clock.set(start() + ChronoDuration::hours(1 + hours));
+    let report = bootstrap(
+        ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    report
+}
+
+/// Returns the CRM account holding `marketo_key` in its Marketo-id column (exactly one).
+async fn account(ctx: &Context, marketo_key: &str) -> marketo_sync::crm::CrmRecord {
+    let rows = ctx
+        .crm
+        .find(
+            "accounts",
+            "marketo_id",
+            &[Value::Text(marketo_key.to_owned())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one account, no duplicate: {rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+/// A later window naming a company an earlier window linked goes through the pipeline: the
+/// pair is reconciled against the link's agreed values, not overwritten. The industry Marketo
+/// changed since arrives; the name the CRM changed since stays (a blind overwrite would put
+/// Marketo's name back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_run_over_a_linked_company_reconciles_instead_of_overwriting_crm_edits() {
+    let env = Env::new(60, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let links = ctx.store.links_page("companies", None, 1000).await.unwrap();
+    let link = links
+        .iter()
+        .find(|l| env.sim.company(&l.marketo_key).is_some())
+        .expect("a company linked by externalCompanyId")
+        .clone();
+    let key = link.marketo_key.clone();
+    let before = account(&ctx, &key).await;
+    assert_eq!(before.id, link.crm_key);
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    sqlx::query("UPDATE accounts SET name = 'Renamed in the CRM' WHERE marketo_id = ?")
+        .bind(&key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut company = serde_json::Map::new();
+    company.insert("externalCompanyId".into(), serde_json::json!(key));
+    company.insert("industry".into(), serde_json::json!("Changed in Marketo"));
+    env.sim.upsert_company(company).unwrap();
+
+    let late = serde_json::json!({
+        "email": "late@example.com", "lastName": "Late", "externalCompanyId": key
+    });
+    let second = bootstrap_later_leads(&env, &ctx, 0, &[late]).await;
+    let leads = &second.phases[0];
+    assert_eq!((leads.created, leads.failed), (1, 0), "{leads:?}");
+
+    let after = account(&ctx, &key).await;
+    assert_eq!(after.id, link.crm_key);
+    assert_eq!(
+        after.fields.get("name").map(Value::to_text).as_deref(),
+        Some("Renamed in the CRM"),
+        "the CRM's edit stays"
+    );
+    assert_eq!(
+        after.fields.get("industry").map(Value::to_text).as_deref(),
+        Some("Changed in Marketo"),
+        "Marketo's change arrives"
+    );
+    let relinked = ctx
+        .store
+        .links_by_marketo_keys("companies", std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        relinked[0].base.get("industry"),
+        Some(&Value::Text("Changed in Marketo".into()))
+    );
+    env.sim.shutdown().await;
+}
+
+/// A company and a lead the CRM refuses during a bootstrap are one ledger entry each, keyed by
+/// their Marketo key, with the CRM's code, under the one retry policy: refused again by a
+/// later window, the same entry counts a second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_and_a_lead_the_crm_refuses_in_a_bootstrap_are_one_ledger_entry_each() {
+    use marketo_sync::engine::ledger::RetryPolicy;
+    use marketo_sync::store::{Direction, ErrorFilter, ErrorStatus};
+    let env = Env::new(60, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    for trigger in [
+        "CREATE TRIGGER refuse_accounts_insert BEFORE INSERT ON accounts \
+         WHEN NEW.industry = 'Blocked' BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_accounts_update BEFORE UPDATE ON accounts \
+         WHEN NEW.industry = 'Blocked' BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_contacts_insert BEFORE INSERT ON contacts \
+         WHEN NEW.email LIKE '%@blocked.example' \
+         BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_contacts_update BEFORE UPDATE ON contacts \
+         WHEN NEW.email LIKE '%@blocked.example' \
+         BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+    ] {
+        sqlx::query(trigger).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    // A new company named on a new lead, whose industry the CRM refuses, and a lead whose
+    // email it refuses.
+    let mut company = serde_json::Map::new();
+    company.insert("externalCompanyId".into(), serde_json::json!("CO-BLOCKED"));
+    company.insert("company".into(), serde_json::json!("Blocked Inc"));
+    company.insert("industry".into(), serde_json::json!("Blocked"));
+    env.sim.upsert_company(company).unwrap();
+    let named = serde_json::json!({
+        "email": "buyer@example.com", "lastName": "Buyer", "externalCompanyId": "CO-BLOCKED"
+    });
+    let eve = serde_json::json!({"email": "eve@blocked.example", "lastName": "Eve"});
+    let second = bootstrap_later_leads(&env, &ctx, 0, &[named, eve]).await;
+    let leads = &second.phases[0];
+    // The refused lead and the refused company.
+    assert_eq!((leads.created, leads.failed), (1, 2), "{leads:?}");
+
+    let entries = |errors: Vec<marketo_sync::store::SyncError>, object: &str| {
+        errors
+            .into_iter()
+            .filter(|e| e.object == object)
+            .collect::<Vec<_>>()
+    };
+    let open = ErrorFilter {
+        status: Some(ErrorStatus::Open),
+        object: None,
+        limit: 100,
+    };
+    let errors = ctx.store.list_errors(&open).await.unwrap();
+    let companies = entries(errors.clone(), "companies");
+    let leads_refused = entries(errors, "leads");
+    assert_eq!(companies.len(), 1, "{companies:?}");
+    assert_eq!(leads_refused.len(), 1, "{leads_refused:?}");
+    let eve_id = env.sim.find_leads("email", "eve@blocked.example")[0];
+    for (e, key) in [
+        (&companies[0], "CO-BLOCKED".to_owned()),
+        (&leads_refused[0], eve_id.to_string()),
+    ] {
+        assert_eq!(e.direction, Direction::MarketoToCrm);
+        assert_eq!(e.record_key, key);
+        // The CRM's refusal, classified (a trigger), with SQLite's code and message.
+        assert_eq!(e.code, "trigger", "{e:?}");
+        assert!(e.message.contains("(1811): blocked by policy"), "{e:?}");
+        assert_eq!(e.attempts, 1);
+        let policy = RetryPolicy::default();
+        assert!(
+            e.next_retry_at.is_none() || e.next_retry_at == policy.next_retry_at(e.last_seen_at, 1),
+            "{e:?}"
+        );
+    }
+    let company = account_count(&env, "CO-BLOCKED").await;
+    assert_eq!(company, 0, "the refused company is not in the CRM");
+
+    // A later window names the company again: the same entry, a second attempt.
+    let again = serde_json::json!({
+        "email": "buyer2@example.com", "lastName": "Buyer", "externalCompanyId": "CO-BLOCKED"
+    });
+    bootstrap_later_leads(&env, &ctx, 1, &[again]).await;
+    let errors = ctx.store.list_errors(&open).await.unwrap();
+    let retried = entries(errors, "companies");
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].id, companies[0].id);
+    assert_eq!(retried[0].attempts, 2);
+    env.sim.shutdown().await;
+}
+
+/// Returns how many CRM accounts hold `marketo_key` in their Marketo-id column.
+async fn account_count(env: &Env, marketo_key: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE marketo_id = ?")
+        .bind(marketo_key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 /// The CRM side of a first load: a CRM that already holds a salesperson, an account, contacts,
 /// an opportunity and its contact roles, and a Marketo that holds none of them. The first cycle
 /// brings them all across in the whitepaper's order, each role after its opportunity and its
