@@ -495,9 +495,25 @@ impl Env {
 const IMPORT: &str = "/bulk/v1/leads.json";
 const REST_LEADS: &str = "/rest/v1/leads.json";
 
+fn leads_phase(report: &BootstrapReport) -> &marketo_sync::engine::bootstrap::PhaseReport {
+    report
+        .phases
+        .iter()
+        .find(|p| p.name == PHASE_LEADS)
+        .unwrap()
+}
+
+/// Files left in the work directory.
+fn work_files(env: &Env) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(env.dir.path().join("exports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crm_keys_go_back_by_bulk_import_above_the_threshold_and_by_rest_below_it() {
-    // Above the threshold (0): one import per window with leads, no REST lead writes.
+async fn the_crm_keys_of_all_windows_go_back_once_by_import_above_the_threshold_or_by_rest() {
+    // Above the threshold (0): one import for the five windows, no REST lead writes.
     let env = Env::new(
         150,
         SimConfig {
@@ -516,15 +532,13 @@ async fn crm_keys_go_back_by_bulk_import_above_the_threshold_and_by_rest_below_i
     .await
     .unwrap();
     assert!(report.complete, "{report:?}");
-    let leads = report
-        .phases
-        .iter()
-        .find(|p| p.name == PHASE_LEADS)
-        .unwrap();
-    assert!(leads.write_back_imports >= 4, "{leads:?}");
-    assert_eq!(env.calls("POST", IMPORT) as u64, leads.write_back_imports);
+    let leads = leads_phase(&report);
+    assert_eq!(leads.windows_done, 5, "{leads:?}");
+    assert_eq!(leads.write_back_imports, 1, "{leads:?}");
+    assert_eq!(env.calls("POST", IMPORT), 1, "one import for every window");
     assert_eq!(env.calls("POST", REST_LEADS), 0);
     assert_eq!(leads.written_back, leads.created, "{leads:?}");
+    assert!(leads.created > 20, "{leads:?}");
     assert_eq!(leads.write_back_failed, 0);
     check_all_leads_linked(&env, &ctx).await;
     assert!(
@@ -533,18 +547,17 @@ async fn crm_keys_go_back_by_bulk_import_above_the_threshold_and_by_rest_below_i
             .await
             .unwrap()
             .is_empty(),
-        "every import batch ends consumed with its window"
+        "the import batch ends consumed"
     );
-    let left: Vec<_> = std::fs::read_dir(env.dir.path().join("exports"))
-        .unwrap()
-        .collect();
+    let left = work_files(&env);
     assert!(
         left.is_empty(),
         "no export or write-back file is left: {left:?}"
     );
     env.sim.shutdown().await;
 
-    // Below the threshold (the default, 3,000 a window): REST, no import.
+    // Below the threshold (the default, 3,000): REST, 300 keys a call over all the windows
+    // (not a call per window), no import.
     let env = Env::new(150, SimConfig::default()).await;
     let ctx = env.ctx().await;
     let report = bootstrap(
@@ -555,23 +568,25 @@ async fn crm_keys_go_back_by_bulk_import_above_the_threshold_and_by_rest_below_i
     )
     .await
     .unwrap();
-    let leads = report
-        .phases
-        .iter()
-        .find(|p| p.name == PHASE_LEADS)
-        .unwrap();
+    let leads = leads_phase(&report);
+    assert_eq!(leads.windows_done, 5, "{leads:?}");
     assert_eq!(leads.write_back_imports, 0);
     assert_eq!(env.calls("POST", IMPORT), 0);
-    assert!(env.calls("POST", REST_LEADS) >= 4);
+    assert_eq!(
+        env.calls("POST", REST_LEADS) as u64,
+        leads.created.div_ceil(300),
+        "{leads:?}"
+    );
     assert_eq!(leads.written_back, leads.created, "{leads:?}");
     check_all_leads_linked(&env, &ctx).await;
+    assert!(work_files(&env).is_empty());
     env.sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
     // Imports stay queued for an hour of sim time: the first run stops while it waits for the
-    // first window's write-back import.
+    // phase's write-back import, after every window was committed.
     let env = Env::new(
         150,
         SimConfig {
@@ -606,9 +621,7 @@ async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
     assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
     assert_eq!(pending.len(), 1);
     assert_eq!(env.calls("POST", IMPORT), 1);
-    // Stopped in the first lead window; the next windows' exports were started ahead.
-    let exports_before = env.export_creates("leads");
-    assert!((1..=5).contains(&exports_before), "{exports_before}");
+    assert_eq!(env.export_creates("leads"), 5);
     assert!(
         env.ctx()
             .await
@@ -616,8 +629,8 @@ async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
             .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
             .await
             .unwrap()
-            .is_none(),
-        "no window was committed"
+            .is_some(),
+        "the windows were committed before the write-back"
     );
     let batch = pending[0].id.clone();
     let spooled = pending[0].file_path.clone().unwrap();
@@ -627,49 +640,29 @@ async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
     );
 
     // The import finishes while nothing runs; the next run re-attaches to it instead of
-    // importing the window's keys again or re-exporting the window, and writes the other
-    // windows' keys by REST.
+    // importing the keys again, and applies no window again.
     env.sim.advance_clock(Duration::from_secs(7200));
     let ctx = env.ctx().await;
-    let options = BootstrapOptions {
-        write_back_import_threshold: Some(usize::MAX),
-        ..env.import_options()
-    };
     let report = bootstrap(
         &ctx,
-        &options,
+        &env.import_options(),
         &RecordingProgress::new(),
         &CancellationToken::new(),
     )
     .await
     .unwrap();
     assert!(report.complete, "{report:?}");
-    let leads = report
-        .phases
-        .iter()
-        .find(|p| p.name == PHASE_LEADS)
-        .unwrap();
+    let leads = leads_phase(&report);
     assert_eq!(leads.write_back_imports_resumed, 1, "{leads:?}");
     assert_eq!(leads.write_back_imports, 0, "{leads:?}");
-    assert_eq!(leads.windows_done, 5);
+    assert_eq!(leads.windows_done, 0, "{leads:?}");
+    assert_eq!(leads.created, 0, "{leads:?}");
     assert_eq!(env.calls("POST", IMPORT), 1, "the keys were imported once");
-    assert_eq!(
-        env.calls("POST", REST_LEADS),
-        4,
-        "windows 2 to 5 by REST (one call each); window 1's keys were not sent again"
-    );
-    assert!(
-        ctx.store
-            .unfinished_jobs(JobDirection::Export)
-            .await
-            .unwrap()
-            .is_empty(),
-        "the first window's export ends consumed"
-    );
+    assert_eq!(env.calls("POST", REST_LEADS), 0);
     assert_eq!(
         env.export_creates("leads"),
         5,
-        "the first window was not exported again"
+        "no window was exported again"
     );
     let stored = ctx
         .store
@@ -680,7 +673,135 @@ async fn a_restart_re_attaches_to_a_write_back_import_left_unfinished() {
     assert_eq!(stored.state, marketo_sync::store::JobState::Consumed);
     assert!(!Path::new(&spooled).exists());
     check_all_leads_linked(&env, &ctx).await;
+    assert!(work_files(&env).is_empty());
     env.sim.shutdown().await;
+}
+
+/// Rows of the lead windows a run reported.
+fn lead_rows(events: &[ProgressEvent]) -> u64 {
+    events
+        .iter()
+        .map(|e| match e {
+            ProgressEvent::Window { phase, rows, .. } if phase == PHASE_LEADS => *rows,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_windows_committed_before_a_stop_are_written_back_by_the_next_run() {
+    for threshold in [Some(0), None] {
+        let env = Env::new(
+            150,
+            SimConfig {
+                import_delay: Duration::ZERO,
+                ..SimConfig::default()
+            },
+        )
+        .await;
+        let options = BootstrapOptions {
+            write_back_import_threshold: threshold,
+            ..env.import_options()
+        };
+        // Stop after the second lead window: its keys and the first's are spooled and
+        // committed, not written back yet.
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let progress = RecordingProgress::with_window_hook(move |phase, _| {
+            if phase == PHASE_LEADS && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                stop.cancel();
+            }
+        });
+        let err = bootstrap(&env.ctx().await, &options, &progress, &cancel)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, EngineError::Cancelled), "{err}");
+        let first_rows = lead_rows(&progress.events());
+        assert_eq!(windows_of(&progress.events(), PHASE_LEADS).len(), 2);
+        assert!(first_rows > 0);
+        assert_eq!(env.calls("POST", IMPORT), 0, "nothing written back yet");
+        assert_eq!(env.calls("POST", REST_LEADS), 0, "nothing written back yet");
+
+        // A kill while the third window was applied would have left its keys in the spool
+        // past the committed length: they must not be written back (this lead id does not
+        // exist; writing it would be refused and land in the ledger).
+        let spool: Vec<_> = work_files(&env)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".writeback.0.csv"))
+            .collect();
+        assert_eq!(spool.len(), 1, "{:?}", work_files(&env));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&spool[0])
+                .unwrap();
+            f.write_all(b"987654321,uncommitted\r\n").unwrap();
+        }
+        // A lead of the first window is deleted in Marketo before its key goes back: its key
+        // is refused, once.
+        let first = windows_of(&progress.events(), PHASE_LEADS)[0];
+        let gone = env
+            .sim
+            .leads()
+            .into_iter()
+            .find(|l| {
+                let created: DateTime<Utc> = l["createdAt"].as_str().unwrap().parse().unwrap();
+                created >= first.start && created <= first.end
+            })
+            .map(|l| l["id"].as_i64().unwrap())
+            .expect("a lead in the first window");
+        assert!(env.sim.delete_lead(gone));
+
+        let ctx = env.ctx().await;
+        let progress = RecordingProgress::new();
+        let report = bootstrap(&ctx, &options, &progress, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(report.complete, "{report:?}");
+        let leads = leads_phase(&report);
+        assert_eq!(leads.windows_skipped, 2, "{leads:?}");
+        assert_eq!(leads.windows_done, 3, "{leads:?}");
+        // No committed window was applied again: the two runs read each lead once.
+        assert_eq!(
+            first_rows + lead_rows(&progress.events()),
+            env.leads_in_range().len() as u64 + 1,
+            "{leads:?}"
+        );
+        assert_eq!(leads.write_back_failed, 1, "{leads:?}");
+        match threshold {
+            Some(_) => {
+                assert_eq!(env.calls("POST", IMPORT), 1, "one import for five windows");
+                assert_eq!(env.calls("POST", REST_LEADS), 0);
+            }
+            None => {
+                assert_eq!(env.calls("POST", IMPORT), 0);
+                let keys = env.leads_in_range().len() as u64 + 1;
+                assert_eq!(env.calls("POST", REST_LEADS) as u64, keys.div_ceil(300));
+            }
+        }
+        let errors = ctx
+            .store
+            .list_errors(&marketo_sync::store::ErrorFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            errors.len(),
+            1,
+            "one ledger entry for the refused key: {errors:?}"
+        );
+        assert_eq!(errors[0].other_key, Some(gone.to_string()));
+        assert_eq!(
+            errors[0].direction,
+            marketo_sync::store::Direction::CrmToMarketo
+        );
+        // Every lead Marketo still has holds its CRM id.
+        check_all_leads_linked(&env, &ctx).await;
+        assert!(work_files(&env).is_empty(), "{:?}", work_files(&env));
+        env.sim.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1333,6 +1454,246 @@ async fn a_lead_matching_an_unlinked_crm_contact_is_adopted_not_duplicated() {
     env.sim.shutdown().await;
 }
 
+/// Runs one more bootstrap over a later window: sim time moves `hours` hours and a minute on,
+/// `leads` (JSON objects) are created in Marketo then, and the engine's clock moves to one hour
+/// more than `hours` after the start, so the next run's windows (from the end of the last
+/// run's, an hour earlier) hold exactly those leads.
+async fn bootstrap_later_leads(
+    env: &Env,
+    ctx: &Context,
+    hours: i64,
+    leads: &[serde_json::Value],
+) -> BootstrapReport {
+    let hour = u64::try_from(hours).unwrap() * 3_600;
+    env.sim.advance_clock(Duration::from_secs(hour + 60));
+    let input: Vec<marketo_sync::marketo::Record> = leads
+        .iter()
+        .map(|l| l.as_object().unwrap().clone())
+        .collect();
+    let results = ctx
+        .marketo
+        .sync_leads(
+            marketo_sync::marketo::SyncAction::CreateOnly,
+            None,
+            None,
+            &input,
+        )
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| r.status == marketo_sync::marketo::RecordStatus::Created),
+        "{results:?}"
+    );
+    env.clock.set(start() + ChronoDuration::hours(1 + hours));
+    let report = bootstrap(
+        ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    report
+}
+
+/// Returns the CRM account holding `marketo_key` in its Marketo-id column (exactly one).
+async fn account(ctx: &Context, marketo_key: &str) -> marketo_sync::crm::CrmRecord {
+    let rows = ctx
+        .crm
+        .find(
+            "accounts",
+            "marketo_id",
+            &[Value::Text(marketo_key.to_owned())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one account, no duplicate: {rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+/// A later window naming a company an earlier window linked goes through the pipeline: the
+/// pair is reconciled against the link's agreed values, not overwritten. The industry Marketo
+/// changed since arrives; the name the CRM changed since stays (a blind overwrite would put
+/// Marketo's name back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_run_over_a_linked_company_reconciles_instead_of_overwriting_crm_edits() {
+    let env = Env::new(60, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let links = ctx.store.links_page("companies", None, 1000).await.unwrap();
+    let link = links
+        .iter()
+        .find(|l| env.sim.company(&l.marketo_key).is_some())
+        .expect("a company linked by externalCompanyId")
+        .clone();
+    let key = link.marketo_key.clone();
+    let before = account(&ctx, &key).await;
+    assert_eq!(before.id, link.crm_key);
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    sqlx::query("UPDATE accounts SET name = 'Renamed in the CRM' WHERE marketo_id = ?")
+        .bind(&key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut company = serde_json::Map::new();
+    company.insert("externalCompanyId".into(), serde_json::json!(key));
+    company.insert("industry".into(), serde_json::json!("Changed in Marketo"));
+    env.sim.upsert_company(company).unwrap();
+
+    let late = serde_json::json!({
+        "email": "late@example.com", "lastName": "Late", "externalCompanyId": key
+    });
+    let second = bootstrap_later_leads(&env, &ctx, 0, &[late]).await;
+    let leads = &second.phases[0];
+    assert_eq!((leads.created, leads.failed), (1, 0), "{leads:?}");
+
+    let after = account(&ctx, &key).await;
+    assert_eq!(after.id, link.crm_key);
+    assert_eq!(
+        after.fields.get("name").map(Value::to_text).as_deref(),
+        Some("Renamed in the CRM"),
+        "the CRM's edit stays"
+    );
+    assert_eq!(
+        after.fields.get("industry").map(Value::to_text).as_deref(),
+        Some("Changed in Marketo"),
+        "Marketo's change arrives"
+    );
+    let relinked = ctx
+        .store
+        .links_by_marketo_keys("companies", std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        relinked[0].base.get("industry"),
+        Some(&Value::Text("Changed in Marketo".into()))
+    );
+    env.sim.shutdown().await;
+}
+
+/// A company and a lead the CRM refuses during a bootstrap are one ledger entry each, keyed by
+/// their Marketo key, with the CRM's code, under the one retry policy: refused again by a
+/// later window, the same entry counts a second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_and_a_lead_the_crm_refuses_in_a_bootstrap_are_one_ledger_entry_each() {
+    use marketo_sync::engine::ledger::RetryPolicy;
+    use marketo_sync::store::{Direction, ErrorFilter, ErrorStatus};
+    let env = Env::new(60, SimConfig::default()).await;
+    let ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    for trigger in [
+        "CREATE TRIGGER refuse_accounts_insert BEFORE INSERT ON accounts \
+         WHEN NEW.industry = 'Blocked' BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_accounts_update BEFORE UPDATE ON accounts \
+         WHEN NEW.industry = 'Blocked' BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_contacts_insert BEFORE INSERT ON contacts \
+         WHEN NEW.email LIKE '%@blocked.example' \
+         BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+        "CREATE TRIGGER refuse_contacts_update BEFORE UPDATE ON contacts \
+         WHEN NEW.email LIKE '%@blocked.example' \
+         BEGIN SELECT RAISE(ABORT, 'blocked by policy'); END",
+    ] {
+        sqlx::query(trigger).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    // A new company named on a new lead, whose industry the CRM refuses, and a lead whose
+    // email it refuses.
+    let mut company = serde_json::Map::new();
+    company.insert("externalCompanyId".into(), serde_json::json!("CO-BLOCKED"));
+    company.insert("company".into(), serde_json::json!("Blocked Inc"));
+    company.insert("industry".into(), serde_json::json!("Blocked"));
+    env.sim.upsert_company(company).unwrap();
+    let named = serde_json::json!({
+        "email": "buyer@example.com", "lastName": "Buyer", "externalCompanyId": "CO-BLOCKED"
+    });
+    let eve = serde_json::json!({"email": "eve@blocked.example", "lastName": "Eve"});
+    let second = bootstrap_later_leads(&env, &ctx, 0, &[named, eve]).await;
+    let leads = &second.phases[0];
+    // The refused lead and the refused company.
+    assert_eq!((leads.created, leads.failed), (1, 2), "{leads:?}");
+
+    let entries = |errors: Vec<marketo_sync::store::SyncError>, object: &str| {
+        errors
+            .into_iter()
+            .filter(|e| e.object == object)
+            .collect::<Vec<_>>()
+    };
+    let open = ErrorFilter {
+        status: Some(ErrorStatus::Open),
+        object: None,
+        limit: 100,
+    };
+    let errors = ctx.store.list_errors(&open).await.unwrap();
+    let companies = entries(errors.clone(), "companies");
+    let leads_refused = entries(errors, "leads");
+    assert_eq!(companies.len(), 1, "{companies:?}");
+    assert_eq!(leads_refused.len(), 1, "{leads_refused:?}");
+    let eve_id = env.sim.find_leads("email", "eve@blocked.example")[0];
+    for (e, key) in [
+        (&companies[0], "CO-BLOCKED".to_owned()),
+        (&leads_refused[0], eve_id.to_string()),
+    ] {
+        assert_eq!(e.direction, Direction::MarketoToCrm);
+        assert_eq!(e.record_key, key);
+        // The CRM's refusal, classified (a trigger), with SQLite's code and message.
+        assert_eq!(e.code, "trigger", "{e:?}");
+        assert!(e.message.contains("(1811): blocked by policy"), "{e:?}");
+        assert_eq!(e.attempts, 1);
+        let policy = RetryPolicy::default();
+        assert!(
+            e.next_retry_at.is_none() || e.next_retry_at == policy.next_retry_at(e.last_seen_at, 1),
+            "{e:?}"
+        );
+    }
+    let company = account_count(&env, "CO-BLOCKED").await;
+    assert_eq!(company, 0, "the refused company is not in the CRM");
+
+    // A later window names the company again: the same entry, a second attempt.
+    let again = serde_json::json!({
+        "email": "buyer2@example.com", "lastName": "Buyer", "externalCompanyId": "CO-BLOCKED"
+    });
+    bootstrap_later_leads(&env, &ctx, 1, &[again]).await;
+    let errors = ctx.store.list_errors(&open).await.unwrap();
+    let retried = entries(errors, "companies");
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].id, companies[0].id);
+    assert_eq!(retried[0].attempts, 2);
+    env.sim.shutdown().await;
+}
+
+/// Returns how many CRM accounts hold `marketo_key` in their Marketo-id column.
+async fn account_count(env: &Env, marketo_key: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE marketo_id = ?")
+        .bind(marketo_key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 /// The CRM side of a first load: a CRM that already holds a salesperson, an account, contacts,
 /// an opportunity and its contact roles, and a Marketo that holds none of them. The first cycle
 /// brings them all across in the whitepaper's order, each role after its opportunity and its
@@ -1940,5 +2301,43 @@ async fn exports_are_pipelined_within_marketo_s_queue_limits() {
     // Not asserted: how often a job waiting behind the two processing is polled. The client
     // polls at most two jobs at once, in its own order; under load that order can differ from
     // Marketo's queue, and one loaded CI run saw 18 status reads of a job while it was queued.
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_file_gone_from_the_work_directory_stops_the_run_instead_of_losing_its_keys() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let progress = RecordingProgress::with_window_hook(move |phase, _| {
+        if phase == PHASE_LEADS {
+            stop.cancel();
+        }
+    });
+    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    // The work directory is cleaned (a reboot emptying /tmp) before the keys went back.
+    for path in work_files(&env) {
+        if path.to_string_lossy().ends_with(".csv") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let err = bootstrap(
+        &env.ctx().await,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&err, EngineError::Config(m) if m.contains("is missing")),
+        "{err}"
+    );
+    assert_eq!(env.calls("POST", REST_LEADS), 0);
     env.sim.shutdown().await;
 }

@@ -12,7 +12,8 @@ use marketo_sync::marketo::csv::FileFormat;
 use marketo_sync::marketo::endpoint::families::ObjectFamily;
 use marketo_sync::marketo::endpoint::{
     CompanyLink, EndpointSettings, ExportSubject, JobEntry, JobJournal, JobStage, JournalError,
-    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob, WriteMode,
+    LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint, RestBulkEndpoint, WriteBackJob,
+    WriteBackScope, WriteMode,
 };
 use marketo_sync::marketo::{Client, ClientConfig, Record, RecordStatus, RefusalKind};
 use marketo_sync::sim::{SimConfig, SimHandle, Simulator};
@@ -414,16 +415,21 @@ async fn write_back(
         object: "bootstrap:leads",
         window: (now - ChronoDuration::days(1), now),
         key_field: "crmContactId",
-        stem: "77.writeback",
         rest_threshold,
     };
-    let mut spool = ep.key_spool(job.stem, job.key_field);
+    let mut spool = ep.key_spool("77.writeback", job.key_field, None).unwrap();
     for (i, id) in ids.iter().enumerate() {
         spool.push(&id.to_string(), &format!("K-{i}")).unwrap();
     }
-    ep.write_back_keys(&job, spool, journal, &CancellationToken::new())
-        .await
-        .unwrap()
+    ep.write_back_keys(
+        &job,
+        &mut spool,
+        WriteBackScope::All,
+        journal,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

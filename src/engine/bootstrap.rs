@@ -11,18 +11,37 @@
 //!    link per lead committed per batch; a lead the CRM refuses is one entry in the error
 //!    ledger with the CRM's code and message ([`super::ledger`], the continuous sync's one retry
 //!    policy). The CRM keys Marketo does not hold yet are spooled to
-//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory)
-//!    and written back once the window is applied: by REST (`updateOnly` by `id`, 300 a call)
-//!    up to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
-//!    above it; a key Marketo refuses to write back is one ledger entry. Each import batch is stored (direction import, the window's bounds) when
-//!    Marketo accepts it and marked consumed with the window, so a restart during the import
-//!    re-attaches to it without applying the window again. The companies named on the
-//!    window's leads (externalCompanyId, or the company name) are then upserted into the CRM
+//!    files on disk (`id,<crm key field>`, each below 10 MB; nothing per lead stays in memory),
+//!    one spool for all the phase's windows, and written back once for the phase instead of
+//!    once per window (issue 15: 24 windows cost 2 calls of write-back, not about 48): a file
+//!    that reaches 10 MB is imported right after the commit of the window that filled it; the
+//!    rest goes when the phase ends (or pauses): by REST (`updateOnly` by `id`, 300 a call) up
+//!    to `write_back_import_threshold` keys (default 3,000), by Bulk Import (`lookupField=id`)
+//!    above it; a key Marketo refuses to write back is one ledger entry. The spool is flushed
+//!    and synced at each window commit and its mark (stem, open file, length in bytes and rows;
+//!    [`SpoolMark`]) is stored in that commit, in the phase watermark's cursor (`write_back`):
+//!    a run that starts again re-opens the spool cut back to that mark (the keys of committed
+//!    windows kept, those of a window that was not committed dropped, that window being applied
+//!    again) and writes them back with the windows still to do. Each import batch is stored
+//!    (direction import) when Marketo accepts it and marked consumed once complete, so a
+//!    restart re-attaches to it (before re-opening the spool) instead of importing its file
+//!    again. The companies named on the
+//!    window's leads (externalCompanyId, or the company name) are then copied into the CRM
 //!    accounts, and the salespersons named on them (externalSalesPersonId, read from Marketo)
 //!    into the CRM users, when those objects are synced.
 //! 2. `opportunities_from_activities`: Bulk Activity Extract of Add to Opportunity (34)
-//!    activities; the opportunities they name are read from Marketo and upserted into the CRM,
+//!    activities; the opportunities they name are read from Marketo and copied into the CRM,
 //!    and the roles they carry are written best effort.
+//!
+//! Bootstrap writes through the sync pipeline ([`super::pipeline`]), with its one ledger and
+//! retry policy and one store commit per batch. Companies, salespersons, opportunities and
+//! roles go through its two-way runner with the object's spec, like a cycle's: a record not
+//! linked yet becomes a CRM row keyed by the Marketo-id column (a re-run finds it instead of
+//! creating a second one); a linked one is reconciled against its link's agreed values, so only
+//! what Marketo changed since is written and an edit made in the CRM since stays. Leads are
+//! written by the pipeline's keyed-row write (created and updated counted from each row's
+//! outcome) and linked in its commit; their own hooks are the adoption of unlinked CRM matches
+//! and the CRM-key spool.
 //!
 //! 3. `program_members` (after programs, after leads): the programs step links the programs
 //!    the programs mapping selects (by name, tag or folder), then a pass of
@@ -62,7 +81,12 @@ use tracing::{info, warn};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::ledger::{self, Failure, RetryPolicy, Subject};
-use super::objects::program_members;
+use super::objects::{companies, program_members};
+use super::pipeline::commit::{self, ledger_entry};
+use super::pipeline::gather::open_errors;
+use super::pipeline::spec::TwoWaySpec;
+use super::pipeline::two_way::{CrmBatch, Observed, Seen, SidePair, TwoWay};
+use super::pipeline::write::{NewRow, RowTarget, write_linked_rows};
 use super::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
@@ -71,13 +95,13 @@ use crate::mapping::{Plan, SchemaSet};
 use crate::marketo::Disposition;
 use crate::marketo::endpoint::{
     ACTIVITY_FIELDS, EndpointError, EndpointSettings, ExportOptions, ExportRow, ExportSubject,
-    ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, WriteBackJob,
-    WriteBackReport,
+    ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, SpoolMark, WriteBackJob,
+    WriteBackReport, WriteBackScope, families::ObjectFamily,
 };
 use crate::marketo::limiter::next_day_turn;
 use crate::model::{Fields, Side, Value};
 use crate::store::{
-    BulkJob, Direction, JobDirection, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
+    BulkJob, Direction, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
 };
 
 /// The Add to Opportunity activity type.
@@ -128,9 +152,9 @@ pub struct BootstrapOptions {
     /// How the export jobs are polled (default: [`ExportOptions::default`]); write-back import
     /// batches are polled at the same interval.
     pub export: Option<ExportOptions>,
-    /// CRM keys of one window above which they are written back to Marketo by Bulk Import
-    /// (`lookupField=id`) instead of REST batches of 300 (default: the cycle's
-    /// `bulk_import_threshold`, 3,000).
+    /// CRM keys waiting at the end of the lead phase above which they are written back to
+    /// Marketo by Bulk Import (`lookupField=id`) instead of REST batches of 300 (default: the
+    /// cycle's `bulk_import_threshold`, 3,000).
     pub write_back_import_threshold: Option<usize>,
 }
 
@@ -177,7 +201,8 @@ pub struct PhaseReport {
     /// CRM keys Marketo refused to write back (logged; the link is committed all the same, and
     /// the next cycle that touches the lead writes the key again).
     pub write_back_failed: u64,
-    /// Bulk Import batches created to write CRM keys back (windows above the threshold).
+    /// Bulk Import batches created to write CRM keys back (a full spool file, or the phase's
+    /// keys above the threshold).
     pub write_back_imports: u64,
     /// Write-back import batches of earlier runs re-attached.
     pub write_back_imports_resumed: u64,
@@ -581,6 +606,10 @@ struct Run<'a> {
     run_bytes: u64,
     write_back_threshold: usize,
     pipeline: Pipeline,
+    /// The lead phase's spool of CRM keys to write back, across its windows.
+    lead_spool: Option<KeySpool>,
+    /// The start of the lead phase's range (journalled with the write-back imports).
+    spool_since: DateTime<Utc>,
 }
 
 /// A started export of one window: (or re-attached to) created, enqueued, polled and downloaded
@@ -763,6 +792,8 @@ pub async fn bootstrap(
             .write_back_import_threshold
             .unwrap_or_else(|| super::Tunables::default().bulk_import_threshold),
         pipeline: Pipeline::default(),
+        lead_spool: None,
+        spool_since: now,
     };
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
@@ -823,6 +854,14 @@ pub async fn bootstrap(
             .and_then(|c| c.get("last_window_bytes"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
+        if spec.name == PHASE_LEADS {
+            let plans = lead_plan
+                .as_ref()
+                .ok_or_else(|| EngineError::Mapping("the lead mapping did not compile".into()))?;
+            run.spool_since = from;
+            run.open_spool(spec, &plans.lead, stored.as_ref(), &mut phase)
+                .await?;
+        }
         run.pipeline = Pipeline::new(&todo, (last_bytes > 0).then_some(last_bytes), cancel);
         for window in todo {
             if cancel.is_cancelled() {
@@ -879,9 +918,20 @@ pub async fn bootstrap(
                 }
             }
         }
-        report.phases.push(phase);
         // Exports started ahead of a pause stay journalled; the next run re-attaches to them.
         run.pipeline.stop().await;
+        // The keys of the committed windows go back once for the phase (also at a pause).
+        if spec.name == PHASE_LEADS
+            && let Some(plans) = &lead_plan
+            && let Err(e) = run
+                .write_back_spool(spec, &plans.lead, WriteBackScope::All, now, &mut phase)
+                .await
+        {
+            report.phases.push(phase);
+            progress.finish(&report);
+            return Err(e);
+        }
+        report.phases.push(phase);
     }
     let member_object = ctx
         .mappings
@@ -1276,42 +1326,15 @@ fn text(fields: &Fields, name: &str) -> Option<String> {
 }
 
 impl Run<'_> {
-    /// Stores ledger entries on their own (nothing when there are none).
-    async fn commit_errors(&self, errors: Vec<SyncError>) -> Result<(), EngineError> {
-        if errors.is_empty() {
-            return Ok(());
-        }
+    /// Returns the CRM rows per write call of `object`: the adapter's `max_batch_write` (a
+    /// window's batch of [`CRM_BATCH_ROWS`] can be larger and is split).
+    fn crm_batch_rows(&self, object: &str) -> usize {
         self.ctx
-            .store
-            .commit(StepCommit {
-                errors_upsert: errors,
-                ..StepCommit::default()
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Upserts `rows` into the CRM in batches no larger than the adapter's `max_batch_write`
-    /// (a window's batch of [`CRM_BATCH_ROWS`] can be larger), returning one result per row in
-    /// order.
-    async fn crm_upsert(
-        &self,
-        object: &str,
-        key_field: &str,
-        rows: &[Fields],
-    ) -> Result<Vec<WriteResult>, crate::crm::CrmError> {
-        let max = self
-            .ctx
             .crm
             .capabilities(object)
             .map(|c| c.max_batch_write)
             .unwrap_or(BATCH_ROWS)
-            .max(1);
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(max) {
-            out.extend(self.ctx.crm.upsert(object, key_field, chunk).await?);
-        }
-        Ok(out)
+            .max(1)
     }
 
     /// Returns the pause when today's bulk bytes plus the estimate of the next window do not fit.
@@ -1465,32 +1488,32 @@ impl Run<'_> {
         spec: &PhaseSpec,
         window: Window,
         exported: ExportedWindow,
-        imports: Vec<BulkJob>,
+        spool: Option<SpoolMark>,
     ) -> Result<u64, WindowError> {
         let job = self.ctx.journal().bulk_job(&exported.job);
-        self.finish_window(spec, window, Some(job), exported.path, imports)
+        self.finish_window(spec, window, job, exported.path, spool)
             .await?;
         Ok(exported.bytes)
     }
 
-    /// Commits a window as done: its export job and write-back imports consumed and the phase
-    /// watermark after its end, in one commit.
+    /// Commits a window as done: its export job consumed and the phase watermark after its end
+    /// (its cursor holding the write-back spool's mark, when the phase has one), in one commit.
     async fn finish_window(
         &self,
         spec: &PhaseSpec,
         window: Window,
-        job: Option<BulkJob>,
+        mut job: BulkJob,
         path: Option<PathBuf>,
-        imports: Vec<BulkJob>,
+        spool: Option<SpoolMark>,
     ) -> Result<(), EngineError> {
         let now = self.ctx.clock.now();
-        let bytes = job.as_ref().map_or(0, |j| j.bytes);
-        let mut jobs = Vec::new();
-        for mut j in job.into_iter().chain(imports) {
-            j.state = JobState::Consumed;
-            j.updated_at = now;
-            j.file_offset = j.bytes;
-            jobs.push(j);
+        let bytes = job.bytes;
+        job.state = JobState::Consumed;
+        job.updated_at = now;
+        job.file_offset = job.bytes;
+        let mut cursor = serde_json::json!({ "last_window_bytes": bytes });
+        if let (Some(mark), Some(c)) = (spool, cursor.as_object_mut()) {
+            c.insert(SPOOL_CURSOR.into(), spool_json(&mark)?);
         }
         self.ctx
             .store
@@ -1501,9 +1524,9 @@ impl Run<'_> {
                     queue: queue(spec.name),
                     at: window.end + ChronoDuration::seconds(1),
                     tie: None,
-                    cursor: Some(serde_json::json!({ "last_window_bytes": bytes })),
+                    cursor: Some(cursor),
                 }],
-                jobs,
+                jobs: vec![job],
                 ..StepCommit::default()
             })
             .await?;
@@ -1521,46 +1544,17 @@ impl Run<'_> {
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
         let plan = &plans.lead;
-        // An earlier run applied this window to the CRM and stopped while it was writing the CRM
-        // keys back by Bulk Import: finish those imports, not the whole window again.
-        let export = self
-            .window_jobs(JobDirection::Export, spec, window)
-            .await?
-            .into_iter()
-            .next();
-        let stem = export
-            .as_ref()
-            .map(|j| write_back_stem(&j.id))
-            .unwrap_or_default();
-        let object = queue(spec.name);
-        let job = self.write_back_job(&object, window, plan, &stem);
-        let resumed = self
-            .endpoint()
-            .resume_write_back(&job, &self.ctx.journal(), self.cancel)
-            .await
-            .map_err(EngineError::from)?;
-        if let Some(report) = resumed {
-            let imports = self.settle_write_back(plan, report, phase).await?;
-            let bytes = export.as_ref().map_or(0, |j| j.bytes);
-            let path = export
-                .as_ref()
-                .and_then(|j| j.file_path.as_ref())
-                .map(PathBuf::from);
-            self.finish_window(spec, window, export, path, imports)
-                .await?;
-            return Ok(bytes);
-        }
         let subject = ExportSubject::CreatedLeads {
             fields: lead_export_fields(plans),
         };
         let exported = self.export(spec, window, &subject, phase).await?;
-        // The CRM keys to write back go to files on disk, not memory.
-        let stem = write_back_stem(&exported.job.id);
-        let endpoint = self.endpoint();
-        let mut spool = endpoint.key_spool(&stem, &plan.marketo_crm_key);
+        // The CRM keys to write back go to the phase's spool on disk, not memory.
+        let mut spool = self.lead_spool.take().ok_or_else(|| {
+            EngineError::Config("the lead phase's write-back spool is not open".into())
+        })?;
         let schema = plans.lead_schema.clone();
         if let Some(mut rx) = exported.rows(Some(schema), CRM_BATCH_ROWS, self.cancel) {
-            let mut companies: BTreeMap<String, Fields> = BTreeMap::new();
+            let mut companies: BTreeMap<String, Observed> = BTreeMap::new();
             let mut sales: BTreeSet<String> = BTreeSet::new();
             while let Some(batch) = rx.next_batch().await {
                 if self.cancel.is_cancelled() {
@@ -1594,43 +1588,146 @@ impl Run<'_> {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
             if let Some(company) = &plans.company {
-                self.apply_mapped(company, companies, phase).await?;
+                let spec = TwoWaySpec {
+                    // Keyed as this copy keys them (by Marketo key), see `inbound_pair`.
+                    ledger: Direction::MarketoToCrm,
+                    ..companies::spec(company)
+                };
+                let named = companies.into_iter().collect();
+                self.apply_pairs(company, &spec, named, phase, false)
+                    .await?;
             }
             if let Some(plan) = &plans.salesperson {
-                self.apply_named(plan, Named::Salespersons, sales, phase)
+                self.apply_named(plan, Named::Salespersons, sales, phase, false)
                     .await?;
             }
         }
-        let job = self.write_back_job(&object, window, plan, &stem);
-        let report = endpoint
-            .write_back_keys(&job, spool, &self.ctx.journal(), self.cancel)
-            .await
-            .map_err(EngineError::from)?;
-        let imports = self.settle_write_back(plan, report, phase).await?;
-        self.finish_exported(spec, window, exported, imports).await
+        // The window's keys are on disk before the commit that counts them as the window's.
+        let mark = spool.checkpoint().map_err(EngineError::from)?;
+        self.lead_spool = Some(spool);
+        let bytes = self
+            .finish_exported(spec, window, exported, Some(mark))
+            .await?;
+        // A file that reached the size limit goes now; the rest at the end of the phase.
+        self.write_back_spool(spec, plan, WriteBackScope::Full, window.end, phase)
+            .await?;
+        Ok(bytes)
     }
 
-    /// Returns this phase's unfinished jobs of `direction` for exactly this window.
-    async fn window_jobs(
-        &self,
-        direction: JobDirection,
+    /// Finishes the write-back imports an earlier run left, then opens the phase's spool: the
+    /// one the stored watermark's cursor marks (cut back to what was committed), or a new one.
+    async fn open_spool(
+        &mut self,
         spec: &PhaseSpec,
-        window: Window,
-    ) -> Result<Vec<BulkJob>, EngineError> {
+        plan: &Plan,
+        stored: Option<&Watermark>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
         let object = queue(spec.name);
-        Ok(self
-            .ctx
-            .store
-            .unfinished_jobs(direction)
-            .await?
-            .into_iter()
-            .filter(|j| {
-                j.object == object
-                    && j.kind == "leads"
-                    && j.window_start == Some(window.start)
-                    && j.window_end == Some(window.end)
-            })
-            .collect())
+        let now = self.ctx.clock.now();
+        let job = self.write_back_job(&object, (self.spool_since, now), plan);
+        let endpoint = self.endpoint();
+        let resumed = endpoint
+            .resume_write_back(&job, &self.ctx.journal(), self.cancel)
+            .await?;
+        let imported: Vec<PathBuf> = resumed
+            .batches
+            .iter()
+            .filter_map(|b| b.file.clone())
+            .collect();
+        self.settle_write_back(plan, resumed, phase, None).await?;
+        let mark = match stored
+            .and_then(|w| w.cursor.as_ref())
+            .and_then(|c| c.get(SPOOL_CURSOR))
+        {
+            Some(v) => Some(serde_json::from_value::<SpoolMark>(v.clone()).map_err(|e| {
+                EngineError::Config(format!(
+                    "the stored write-back spool mark of {object} cannot be read ({e}): {v}"
+                ))
+            })?),
+            None => None,
+        };
+        // The marked file holds keys of committed windows: it is gone only when an import
+        // wrote it back (files sent by REST go after the next mark is committed). Gone without
+        // one (the work directory changed or was cleaned), its keys would be lost unsaid.
+        if let Some(mark) = &mark {
+            let path = mark.path(&self.work_dir);
+            if mark.rows > 0 && !path.exists() && !imported.contains(&path) {
+                return Err(EngineError::Config(format!(
+                    "the write-back spool file {} holding {} CRM keys of committed windows is missing (was the work directory changed or cleaned?); the keys cannot be written back to Marketo",
+                    path.display(),
+                    mark.rows
+                )));
+            }
+        }
+        let stem = format!(
+            "{}-{}.writeback",
+            object.replace(':', "-"),
+            now.format("%Y%m%dT%H%M%S%3f")
+        );
+        self.lead_spool = Some(endpoint.key_spool(&stem, &plan.marketo_crm_key, mark.as_ref())?);
+        Ok(())
+    }
+
+    /// Writes the spooled keys of `scope` back (nothing when none is due), puts each refused
+    /// key into the error ledger and marks the import batches consumed; after
+    /// [`WriteBackScope::All`] the phase watermark's cursor gets the emptied spool's mark, in
+    /// the same commit.
+    async fn write_back_spool(
+        &mut self,
+        spec: &PhaseSpec,
+        plan: &Plan,
+        scope: WriteBackScope,
+        until: DateTime<Utc>,
+        phase: &mut PhaseReport,
+    ) -> Result<(), EngineError> {
+        let Some(mut spool) = self.lead_spool.take() else {
+            return Ok(());
+        };
+        let due = match scope {
+            WriteBackScope::Full => spool.has_full(),
+            WriteBackScope::All => !spool.is_empty(),
+        };
+        if !due {
+            self.lead_spool = Some(spool);
+            return Ok(());
+        }
+        let object = queue(spec.name);
+        let job = self.write_back_job(&object, (self.spool_since, until), plan);
+        let report = self
+            .endpoint()
+            .write_back_keys(&job, &mut spool, scope, &self.ctx.journal(), self.cancel)
+            .await?;
+        let watermark = match scope {
+            WriteBackScope::Full => None,
+            WriteBackScope::All => {
+                let mark = spool.checkpoint()?;
+                let stored = self
+                    .ctx
+                    .store
+                    .watermark(Side::Marketo, &spec.object, &object)
+                    .await?;
+                match stored {
+                    Some(mut w) => {
+                        let mut cursor = w.cursor.take().unwrap_or_else(|| serde_json::json!({}));
+                        if let Some(c) = cursor.as_object_mut() {
+                            c.insert(SPOOL_CURSOR.into(), spool_json(&mark)?);
+                        }
+                        w.cursor = Some(cursor);
+                        Some(w)
+                    }
+                    None => None,
+                }
+            }
+        };
+        self.lead_spool = Some(spool);
+        let sent = report.sent.clone();
+        self.settle_write_back(plan, report, phase, watermark)
+            .await?;
+        for path in sent {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     /// Returns the endpoint as bootstrap configures it (its poll interval, waits, work directory).
@@ -1643,31 +1740,30 @@ impl Run<'_> {
         })
     }
 
-    /// Returns the write-back of one lead window, named for the endpoint.
+    /// Returns the write-back of the lead phase's windows in `range`, named for the endpoint.
     fn write_back_job<'a>(
         &self,
         object: &'a str,
-        window: Window,
+        range: (DateTime<Utc>, DateTime<Utc>),
         plan: &'a Plan,
-        stem: &'a str,
     ) -> WriteBackJob<'a> {
         WriteBackJob {
             object,
-            window: (window.start, window.end),
+            window: range,
             key_field: &plan.marketo_crm_key,
-            stem,
             rest_threshold: self.write_back_threshold,
         }
     }
 
-    /// Counts a write-back into the phase, puts each refused key into the error ledger, and
-    /// returns its import batches (to be marked consumed with the window) as stored jobs.
+    /// Counts a write-back into the phase and commits, in one commit, each refused key as an
+    /// error-ledger entry, its import batches consumed and `watermark` (when given).
     async fn settle_write_back(
         &self,
         plan: &Plan,
         report: WriteBackReport,
         phase: &mut PhaseReport,
-    ) -> Result<Vec<BulkJob>, EngineError> {
+        watermark: Option<Watermark>,
+    ) -> Result<(), EngineError> {
         phase.written_back += report.written;
         phase.write_back_failed += report.failed;
         phase.write_back_imports += report.imports;
@@ -1678,9 +1774,27 @@ impl Run<'_> {
             .into_iter()
             .map(|r| write_back_error(plan, now, r))
             .collect();
-        self.commit_errors(errors).await?;
         let journal = self.ctx.journal();
-        Ok(report.batches.iter().map(|b| journal.bulk_job(b)).collect())
+        let jobs = report
+            .batches
+            .iter()
+            .map(|b| {
+                let mut j = journal.bulk_job(b);
+                j.state = JobState::Consumed;
+                j.file_offset = j.bytes;
+                j
+            })
+            .collect();
+        let commit = StepCommit {
+            watermarks: watermark.into_iter().collect(),
+            errors_upsert: errors,
+            jobs,
+            ..StepCommit::default()
+        };
+        if !commit.is_empty() {
+            self.ctx.store.commit(commit).await?;
+        }
+        Ok(())
     }
 
     /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
@@ -1767,117 +1881,73 @@ impl Run<'_> {
                 }
             }
         }
-        let mut errors = Vec::new();
-        if !held.is_empty() {
-            let now = self.ctx.clock.now();
-            let mut keep = Vec::new();
-            let rows = ids.into_iter().zip(canon).zip(crm_rows).zip(known_keys);
-            for (i, (((id, canonical), record), known)) in rows.enumerate() {
-                match held.get(&i) {
-                    Some((field, crm_id)) => {
-                        phase.held += 1;
-                        // Retryable: the continuous sync pairs it once identity resolution (or
-                        // an operator) links the two records.
-                        errors.push(ledger::entry(
-                            &RetryPolicy::default(),
-                            now,
-                            Subject {
-                                object: &plan.object,
-                                direction: Direction::MarketoToCrm,
-                                record_key: &id,
-                                other_key: Some(crm_id.clone()),
-                                payload: serde_json::to_value(&canonical).unwrap_or_default(),
-                            },
-                            Failure::new(
-                                "bootstrap_match",
-                                format!(
-                                    "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
-                                ),
-                                true,
-                            ),
-                            None,
-                        ));
-                    }
-                    None => keep.push((id, canonical, record, known)),
-                }
-            }
-            (ids, canon, crm_rows, known_keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (id, c, r, k) in keep {
-                ids.push(id);
-                canon.push(c);
-                crm_rows.push(r);
-                known_keys.push(k);
-            }
-            self.commit_errors(errors).await?;
-            if crm_rows.is_empty() {
-                return Ok(());
+        let object = plan.object.as_str();
+        let direction = Direction::MarketoToCrm;
+        let keys: Vec<String> = ids.clone();
+        let previous = self.open_entries(object, &keys).await?;
+        let mut step = StepCommit::default();
+        let mut rows: Vec<NewRow> = Vec::with_capacity(crm_rows.len());
+        let mut kept_keys = Vec::with_capacity(crm_rows.len());
+        let batch = ids.into_iter().zip(canon).zip(crm_rows).zip(known_keys);
+        for (i, (((id, canonical), record), known)) in batch.enumerate() {
+            let Some((field, crm_id)) = held.get(&i) else {
+                rows.push((id, canonical, record));
+                kept_keys.push(known);
+                continue;
+            };
+            phase.held += 1;
+            // Retryable: the continuous sync pairs it once identity resolution (or an
+            // operator) links the two records.
+            let failure = Failure::new(
+                "bootstrap_match",
+                format!(
+                    "CRM record {crm_id} has the same `{field}` and no Marketo id; the lead was not created to avoid a duplicate (link them by identity resolution)"
+                ),
+                true,
+            );
+            let subject = Subject {
+                object,
+                direction,
+                record_key: &id,
+                other_key: Some(crm_id.clone()),
+                payload: serde_json::to_value(&canonical).unwrap_or_default(),
+            };
+            step.errors_upsert
+                .push(ledger_entry(self.ctx, subject, failure, previous.get(&id)));
+        }
+        let target = RowTarget {
+            object,
+            direction,
+            previous: &previous,
+        };
+        let mut summary = CycleSummary::default();
+        let size = self.crm_batch_rows(&plan.crm_object);
+        let (ctx, cancel) = (self.ctx, self.cancel);
+        let written = write_linked_rows(
+            ctx,
+            plan,
+            &target,
+            &rows,
+            size,
+            &mut step,
+            &mut summary,
+            cancel,
+        )
+        .await?;
+        // The CRM keys Marketo does not hold yet go to the write-back spool.
+        for (((id, _, _), known), crm_id) in rows.iter().zip(&kept_keys).zip(&written) {
+            if let Some(crm_id) = crm_id
+                && known.as_deref() != Some(crm_id.as_str())
+            {
+                spool.push(id, crm_id)?;
             }
         }
-        let results = self
-            .crm_upsert(&plan.crm_object, &plan.crm_marketo_id, &crm_rows)
-            .await?;
-        let now = self.ctx.clock.now();
-        let mut links = Vec::new();
-        let mut errors = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
-            let (Some(id), Some(canonical)) = (ids.get(i), canon.get(i)) else {
-                break;
-            };
-            // One refused lead is one ledger entry; the others are linked.
-            if let Some(failure) = Failure::of_crm_result(&result) {
-                errors.push(ledger::entry(
-                    &RetryPolicy::default(),
-                    now,
-                    Subject {
-                        object: &plan.object,
-                        direction: Direction::MarketoToCrm,
-                        record_key: id,
-                        other_key: None,
-                        payload: crm_payload(crm_rows.get(i)),
-                    },
-                    failure,
-                    None,
-                ));
-            }
-            let crm_id = match result {
-                WriteResult::Created { id } => {
-                    phase.created += 1;
-                    id
-                }
-                WriteResult::Updated { id } => {
-                    phase.updated += 1;
-                    id
-                }
-                WriteResult::Deleted { .. } => continue,
-                WriteResult::Refused(refusal) => {
-                    warn!(lead = %id, code = %refusal.code(), message = %refusal.ledger_message(), "crm refused a lead");
-                    phase.failed += 1;
-                    continue;
-                }
-            };
-            if known_keys.get(i).cloned().flatten().as_deref() != Some(crm_id.as_str()) {
-                spool.push(id, &crm_id)?;
-            }
-            links.push(Link {
-                object: plan.object.clone(),
-                marketo_key: id.clone(),
-                crm_key: crm_id,
-                base: canonical.clone(),
-                base_hash: plan.hash(canonical),
-                agreed_at: now,
-                tombstone: None,
-            });
-        }
-        phase.links += links.len() as u64;
-        self.ctx
-            .store
-            .commit(StepCommit {
-                links_upsert: links,
-                errors_upsert: errors,
-                ..StepCommit::default()
-            })
-            .await?;
-        Ok(())
+        let counts = summary.counts_mut(object, direction);
+        phase.created += counts.created;
+        phase.updated += counts.updated;
+        phase.failed += counts.failed;
+        phase.links += step.links_upsert.len() as u64;
+        commit::finish(self.ctx, step).await
     }
 
     async fn opportunity_window(
@@ -1936,11 +2006,12 @@ impl Run<'_> {
                     roles.insert(format!("{key}:{}:{role}", row.lead_id), raw);
                 }
                 if let Some(plan) = &plans.opportunity {
-                    self.apply_named(plan, Named::Opportunities, keys, phase)
+                    self.apply_named(plan, Named::Opportunities, keys, phase, true)
                         .await?;
                 }
                 if let Some(plan) = &plans.role {
-                    self.apply_keyed(plan, roles, phase, Side::Marketo).await?;
+                    let spec = TwoWaySpec::marketo_to_crm(ObjectFamily::Roles, plan);
+                    self.apply_raw(plan, &spec, roles, phase, false).await?;
                 }
             }
             join_reader(rx).await?;
@@ -1948,8 +2019,7 @@ impl Run<'_> {
                 return Err(WindowError::Engine(EngineError::Cancelled));
             }
         }
-        self.finish_exported(spec, window, exported, Vec::new())
-            .await
+        self.finish_exported(spec, window, exported, None).await
     }
 
     /// Reads the Marketo records named by `keys` (opportunities named by Add to Opportunity
@@ -1961,6 +2031,7 @@ impl Run<'_> {
         object: Named,
         keys: BTreeSet<String>,
         phase: &mut PhaseReport,
+        primary: bool,
     ) -> Result<(), EngineError> {
         let key_field = object.key_field();
         let keys: Vec<String> = keys.into_iter().collect();
@@ -1999,34 +2070,34 @@ impl Run<'_> {
                     _ => break,
                 }
             }
-            self.apply_keyed(plan, found, phase, Side::Marketo).await?;
+            let spec = TwoWaySpec::marketo_to_crm(object.family(), plan);
+            self.apply_raw(plan, &spec, found, phase, primary).await?;
         }
         Ok(())
     }
 
-    /// Maps raw Marketo records keyed by their Marketo key, upserts them into the CRM keyed by
-    /// the plan's Marketo-id column and commits their links. A CRM error for the whole batch is
-    /// counted as failed records, not fatal (best effort).
-    async fn apply_keyed(
+    /// Reads raw Marketo records (by their Marketo key) through the plan and copies them into
+    /// the CRM through the pipeline (see [`Run::apply_pairs`]); a record the mapping cannot
+    /// read is counted rejected.
+    async fn apply_raw(
         &mut self,
         plan: &Plan,
+        spec: &TwoWaySpec,
         raw: BTreeMap<String, Fields>,
         phase: &mut PhaseReport,
-        side: Side,
+        primary: bool,
     ) -> Result<(), EngineError> {
-        let mut mapped = BTreeMap::new();
+        let mut read = Vec::with_capacity(raw.len());
         for (key, fields) in raw {
-            match plan.to_canonical(side, &fields) {
-                Ok(c) => {
-                    mapped.insert(key, c);
-                }
+            match Observed::read(plan, Side::Marketo, fields, None) {
+                Ok(o) => read.push((key, o)),
                 Err(e) => {
                     warn!(object = %plan.object, key = %key, error = %e, "record cannot be mapped");
                     phase.rejected += 1;
                 }
             }
         }
-        self.apply_mapped(plan, mapped, phase).await
+        self.apply_pairs(plan, spec, read, phase, primary).await
     }
 
     /// Returns, by batch position, the leads not yet in the CRM (no record holds their Marketo
@@ -2085,86 +2156,118 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// Upserts the companies named on a window's leads into the CRM, keyed by the Marketo key
-    /// (externalCompanyId, or the company name when a lead has none), and commits their links.
-    async fn apply_mapped(
+    /// Copies Marketo records (by their Marketo key) into the CRM through the pipeline's
+    /// two-way runner with the object's `spec`, in batches of [`BATCH_ROWS`]: a record not
+    /// linked yet is a new CRM row keyed by the Marketo-id column (a re-run finds it instead of
+    /// creating a second one); a linked one is reconciled against its link's agreed values
+    /// with its CRM side unchanged, so only the fields Marketo changed since are written and a
+    /// CRM-side edit of another field stays. Each record is counted from its outcome (the
+    /// phase's own object, `primary`, in created and updated; every object in failed and
+    /// links), a refused one is one ledger entry under the one retry policy, and each batch is
+    /// one store commit. A CRM error for a whole batch that retrying cannot fix is counted as
+    /// failed records, not fatal (best effort).
+    async fn apply_pairs(
         &mut self,
         plan: &Plan,
-        companies: BTreeMap<String, Fields>,
+        spec: &TwoWaySpec,
+        records: Vec<(String, Observed)>,
         phase: &mut PhaseReport,
+        primary: bool,
     ) -> Result<(), EngineError> {
-        let all: Vec<(String, Fields)> = companies.into_iter().collect();
-        for chunk in all.chunks(BATCH_ROWS) {
-            let records: Vec<Fields> = chunk
-                .iter()
-                .map(|(key, canonical)| {
-                    let mut r = plan.render(Side::Crm, canonical);
-                    r.insert(plan.crm_marketo_id.clone(), Value::Text(key.clone()));
-                    r
+        let object = plan.object.as_str();
+        let rows = self.crm_batch_rows(&plan.crm_object);
+        let options = CycleOptions::default();
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<(String, Observed)> = records.by_ref().take(BATCH_ROWS).collect();
+            let keys: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let mut links: BTreeMap<String, Link> = BTreeMap::new();
+            for l in self.ctx.store.links_by_marketo_keys(object, &keys).await? {
+                if l.tombstone.is_none() {
+                    links.insert(l.marketo_key.clone(), l);
+                }
+            }
+            let previous = self.open_entries(object, &keys).await?;
+            let pairs: Vec<SidePair> = chunk
+                .into_iter()
+                .map(|(key, read)| {
+                    let link = links.remove(&key);
+                    inbound_pair(plan, key, read, link)
                 })
                 .collect();
-            let results = match self
-                .crm_upsert(&plan.crm_object, &plan.crm_marketo_id, &records)
+            let runner = TwoWay {
+                ctx: self.ctx,
+                plan,
+                spec,
+                previous: &previous,
+            };
+            let batch = CrmBatch {
+                rows,
+                options: &options,
+                cancel: self.cancel,
+            };
+            let mut summary = CycleSummary::default();
+            let commit = StepCommit::default();
+            let linked = match runner
+                .run_batched(pairs, commit, &mut summary, &batch)
                 .await
             {
-                Ok(r) => r,
-                Err(e) if !e.is_retryable() => {
-                    warn!(object = %plan.object, error = %e, "crm refused a batch");
-                    phase.failed += records.len() as u64;
+                Ok(linked) => linked,
+                Err(EngineError::Crm(e)) if !e.is_retryable() => {
+                    warn!(object, error = %e, "crm refused a batch");
+                    phase.failed += keys.len() as u64;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
-            let now = self.ctx.clock.now();
-            let mut links = Vec::new();
-            let mut errors = Vec::new();
-            for (((key, canonical), result), record) in chunk.iter().zip(results).zip(&records) {
-                // One refused company is one ledger entry; the others are linked.
-                if let Some(failure) = Failure::of_crm_result(&result) {
-                    errors.push(ledger::entry(
-                        &RetryPolicy::default(),
-                        now,
-                        Subject {
-                            object: &plan.object,
-                            direction: Direction::MarketoToCrm,
-                            record_key: key,
-                            other_key: None,
-                            payload: crm_payload(Some(record)),
-                        },
-                        failure,
-                        None,
-                    ));
-                }
-                let crm_id = match result {
-                    WriteResult::Created { id } | WriteResult::Updated { id } => id,
-                    WriteResult::Deleted { .. } => continue,
-                    WriteResult::Refused(refusal) => {
-                        warn!(company = %key, code = %refusal.code(), message = %refusal.ledger_message(), "crm refused a company");
-                        phase.failed += 1;
-                        continue;
-                    }
-                };
-                links.push(Link {
-                    object: plan.object.clone(),
-                    marketo_key: key.clone(),
-                    crm_key: crm_id,
-                    base: canonical.clone(),
-                    base_hash: plan.hash(canonical),
-                    agreed_at: now,
-                    tombstone: None,
-                });
+            let counts = summary.counts_mut(object, Direction::MarketoToCrm);
+            if primary {
+                phase.created += counts.created;
+                phase.updated += counts.updated;
             }
-            phase.links += links.len() as u64;
-            self.ctx
-                .store
-                .commit(StepCommit {
-                    links_upsert: links,
-                    errors_upsert: errors,
-                    ..StepCommit::default()
-                })
-                .await?;
+            phase.failed += counts.failed;
+            phase.links += linked.len() as u64;
         }
         Ok(())
+    }
+
+    /// Returns the open ledger entries of `object` in the Marketo -> CRM direction for these
+    /// record keys (a refusal again counts its attempts on, under the one retry policy).
+    async fn open_entries(
+        &self,
+        object: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, SyncError>, EngineError> {
+        let wanted: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut out = BTreeMap::new();
+        for e in open_errors(self.ctx, object).await? {
+            if e.direction == Direction::MarketoToCrm && wanted.contains(e.record_key.as_str()) {
+                out.insert(e.record_key.clone(), e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Returns the pair of a Marketo record bootstrap copies into the CRM: its CRM side unchanged
+/// at the link's agreed values when linked (so a re-run reconciles), else missing (a new row,
+/// carrying its Marketo key in the Marketo-id column).
+fn inbound_pair(plan: &Plan, key: String, read: Observed, link: Option<Link>) -> SidePair {
+    let mut crm_extra = Fields::new();
+    if link.is_none() {
+        crm_extra.insert(plan.crm_marketo_id.clone(), Value::Text(key.clone()));
+    }
+    SidePair {
+        crm_key: link.as_ref().map(|l| l.crm_key.clone()),
+        ledger_key: key.clone(),
+        read_from: Direction::MarketoToCrm,
+        crm: Seen::of(None, link.is_some()),
+        base: link.map(|l| l.base),
+        marketo: Seen::Read(read),
+        // Nothing is written to Marketo: its side is the one read.
+        key_fields: Fields::new(),
+        crm_extra,
+        marketo_key: key,
     }
 }
 
@@ -2193,25 +2296,20 @@ fn write_back_error(plan: &Plan, now: DateTime<Utc>, refused: KeyRefusal) -> Syn
     )
 }
 
-/// Returns a CRM row as the JSON payload of a ledger entry.
-fn crm_payload(row: Option<&Fields>) -> serde_json::Value {
-    serde_json::Value::Object(
-        row.into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect(),
-    )
+/// The key of the write-back spool's mark in the lead phase watermark's cursor.
+const SPOOL_CURSOR: &str = "write_back";
+
+fn spool_json(mark: &SpoolMark) -> Result<serde_json::Value, EngineError> {
+    serde_json::to_value(mark)
+        .map_err(|e| EngineError::Config(format!("the write-back spool mark: {e}")))
 }
 
-/// Returns the file name stem of the write-back spool of the lead window exported by `export_id`.
-fn write_back_stem(export_id: &str) -> String {
-    format!("{export_id}.writeback")
-}
-
+/// Collects the companies named on a window's lead rows (by externalCompanyId, else the
+/// company name), each read through the company plan from the first row naming it.
 fn collect_companies(
     plan: &Plan,
     rows: &[ExportRow],
-    out: &mut BTreeMap<String, Fields>,
+    out: &mut BTreeMap<String, Observed>,
     phase: &mut PhaseReport,
 ) {
     for row in rows {
@@ -2220,9 +2318,9 @@ fn collect_companies(
         if out.contains_key(&key) {
             continue;
         }
-        match plan.to_canonical(Side::Marketo, &row.fields) {
-            Ok(c) if !c.is_empty() => {
-                out.insert(key, c);
+        match Observed::read(plan, Side::Marketo, row.fields.clone(), None) {
+            Ok(o) if !o.canonical.is_empty() => {
+                out.insert(key, o);
             }
             Ok(_) => {}
             Err(e) => {
@@ -2252,6 +2350,14 @@ enum Named {
 }
 
 impl Named {
+    /// Returns the Marketo family the object's records belong to.
+    fn family(self) -> ObjectFamily {
+        match self {
+            Named::Opportunities => ObjectFamily::Opportunities,
+            Named::Salespersons => ObjectFamily::SalesPersons,
+        }
+    }
+
     fn key_field(self) -> &'static str {
         match self {
             Named::Opportunities => "externalOpportunityId",

@@ -46,8 +46,9 @@ struct Pair {
 
 /// Returns the companies spec: Marketo's company family, ledger entries by CRM account id,
 /// Marketo written first, CRM rows updated by the column holding their Marketo key (the adapter
-/// upserts by a unique column and refuses the generated primary key).
-fn spec(plan: &Plan) -> TwoWaySpec {
+/// upserts by a unique column and refuses the generated primary key). Bootstrap copies
+/// Marketo companies into the CRM with it too.
+pub(crate) fn spec(plan: &Plan) -> TwoWaySpec {
     TwoWaySpec {
         family: ObjectFamily::Companies,
         ledger: Direction::CrmToMarketo,

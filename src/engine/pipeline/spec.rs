@@ -112,3 +112,18 @@ pub(crate) struct TwoWaySpec {
     /// CRM -> Marketo direction of the same object keeps, see [`super::pair`]).
     pub keys_in_base: bool,
 }
+
+impl TwoWaySpec {
+    /// Returns the spec of records copied from Marketo into the CRM (bootstrap's opportunities,
+    /// roles and salespersons): ledger entries by Marketo key, the CRM written first, linked
+    /// rows updated by the Marketo-id column that created them.
+    pub(crate) fn marketo_to_crm(family: ObjectFamily, plan: &Plan) -> TwoWaySpec {
+        TwoWaySpec {
+            family,
+            ledger: Direction::MarketoToCrm,
+            first: Side::Crm,
+            update_key: plan.crm_marketo_id.clone(),
+            keys_in_base: false,
+        }
+    }
+}

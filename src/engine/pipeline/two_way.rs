@@ -32,7 +32,7 @@ use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{MappingError, Plan};
 use crate::marketo::Record;
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, StepCommit, SyncError};
+use crate::store::{Direction, Link, StepCommit, SyncError};
 
 /// One side's record as read this cycle.
 #[derive(Debug, Clone)]
@@ -191,6 +191,17 @@ struct Landed {
     created: BTreeMap<usize, String>,
 }
 
+/// How [`TwoWay::run_batched`] writes: CRM rows per write call, the step's options and its
+/// cancellation.
+pub(crate) struct CrmBatch<'a> {
+    /// CRM rows per write call.
+    pub rows: usize,
+    /// The step's options (a dry run plans instead of writing).
+    pub options: &'a CycleOptions,
+    /// Cancels the step between write calls.
+    pub cancel: &'a CancellationToken,
+}
+
 /// The two-way runner of one object's step.
 pub(crate) struct TwoWay<'a> {
     /// The engine's context.
@@ -242,15 +253,40 @@ impl TwoWay<'_> {
     pub(crate) async fn run(
         &self,
         pairs: Vec<SidePair>,
-        mut commit: StepCommit,
+        commit: StepCommit,
         summary: &mut CycleSummary,
         options: &CycleOptions,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
+        let batch = CrmBatch {
+            rows: CRM_ROW_BATCH,
+            options,
+            cancel,
+        };
+        self.run_batched(pairs, commit, summary, &batch)
+            .await
+            .map(drop)
+    }
+
+    /// [`TwoWay::run`] with CRM write calls of up to `batch.rows` rows (bootstrap writes as
+    /// many as the adapter takes in one transaction); returns the links the step committed (a
+    /// created row's link holds its new CRM id).
+    ///
+    /// # Errors
+    ///
+    /// A whole-call failure of the CRM, Marketo or the store, or cancellation.
+    pub(crate) async fn run_batched(
+        &self,
+        pairs: Vec<SidePair>,
+        mut commit: StepCommit,
+        summary: &mut CycleSummary,
+        batch: &CrmBatch<'_>,
+    ) -> Result<Vec<Link>, EngineError> {
+        let (options, cancel) = (batch.options, batch.cancel);
         let writes = self.reconcile_pairs(pairs, &mut commit, summary);
         if options.dry_run {
             self.plan_rows(&writes, summary);
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut landed = Landed {
             commit,
@@ -267,13 +303,14 @@ impl TwoWay<'_> {
                         .await?;
                 }
                 Side::Crm => {
-                    self.write_crm(&writes, &mut landed, summary, cancel)
-                        .await?;
+                    self.write_crm(&writes, &mut landed, summary, batch).await?;
                 }
             }
         }
         self.link_landed(writes, &mut landed);
-        commit::finish(self.ctx, landed.commit).await
+        let links = landed.commit.links_upsert.clone();
+        commit::finish(self.ctx, landed.commit).await?;
+        Ok(links)
     }
 
     /// The reconcile and render stages: returns the writes of every pair, and settles the
@@ -577,8 +614,9 @@ impl TwoWay<'_> {
         writes: &[PairWrite],
         landed: &mut Landed,
         summary: &mut CycleSummary,
-        cancel: &CancellationToken,
+        batch: &CrmBatch<'_>,
     ) -> Result<(), EngineError> {
+        let cancel = batch.cancel;
         let wanted: Vec<usize> = (0..writes.len())
             .filter(|i| writes[*i].to_crm.is_some() && !landed.failed.contains(i))
             .collect();
@@ -601,7 +639,7 @@ impl TwoWay<'_> {
             by_column.entry(c.key_column.as_str()).or_default().push(i);
         }
         for (column, indexes) in by_column {
-            for chunk in indexes.chunks(CRM_ROW_BATCH) {
+            for chunk in indexes.chunks(batch.rows.max(1)) {
                 if cancel.is_cancelled() {
                     return Err(EngineError::Cancelled);
                 }

@@ -173,7 +173,7 @@ pub(crate) struct RowTarget<'a> {
 
 /// Creates (or, keyed by the Marketo-id column, finds and updates) CRM rows in batches of
 /// `CRM_ROW_BATCH`, linking each written row to its Marketo key and recording each refused one
-/// in the error ledger.
+/// in the error ledger. Every written row is counted created.
 pub(crate) async fn create_linked_rows(
     ctx: &Context,
     plan: &Plan,
@@ -183,34 +183,76 @@ pub(crate) async fn create_linked_rows(
     summary: &mut CycleSummary,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
+    let updated_before = summary.counts_mut(target.object, target.direction).updated;
+    write_linked_rows(
+        ctx,
+        plan,
+        target,
+        rows,
+        CRM_ROW_BATCH,
+        commit,
+        summary,
+        cancel,
+    )
+    .await?;
+    let counts = summary.counts_mut(target.object, target.direction);
+    counts.created += counts.updated - updated_before;
+    counts.updated = updated_before;
+    Ok(())
+}
+
+/// Upserts CRM rows keyed by the plan's Marketo-id column in calls of up to `batch` rows
+/// (re-running it finds the rows it created instead of creating them again): counts each row
+/// from its typed outcome (created, updated, refused), links each written row to its Marketo
+/// key at its agreed values, resolves its open ledger entry, and puts each refused row in the
+/// error ledger with the CRM's code under the one retry policy. Returns the CRM id of each
+/// row, by position (`None` for a refused one).
+///
+/// # Errors
+///
+/// A whole-call CRM failure, or cancellation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_linked_rows(
+    ctx: &Context,
+    plan: &Plan,
+    target: &RowTarget<'_>,
+    rows: &[NewRow],
+    batch: usize,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<Vec<Option<String>>, EngineError> {
     let now = ctx.clock.now();
     let (object, direction, previous) = (target.object, target.direction, target.previous);
-    for chunk in rows.chunks(CRM_ROW_BATCH) {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch.max(1)) {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let batch: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
+        let calls: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
         let results = ctx
             .crm
-            .upsert(&plan.crm_object, &plan.crm_marketo_id, &batch)
+            .upsert(&plan.crm_object, &plan.crm_marketo_id, &calls)
             .await?;
-        for ((key, base, row), result) in chunk.iter().zip(results) {
+        let mut results = results.into_iter();
+        for (key, base, row) in chunk {
             let counts = summary.counts_mut(object, direction);
-            match result {
-                WriteResult::Created { id } | WriteResult::Updated { id } => {
+            let id = match results.next() {
+                Some(WriteResult::Created { id }) => {
                     counts.created += 1;
-                    commit
-                        .links_upsert
-                        .push(link(object, key, &id, base.clone(), now));
-                    if previous.contains_key(key) {
-                        commit
-                            .errors_resolve
-                            .push(error_key(object, direction, key));
-                    }
+                    id
                 }
-                WriteResult::Deleted { .. } => {}
-                WriteResult::Refused(refusal) => {
+                Some(WriteResult::Updated { id }) => {
+                    counts.updated += 1;
+                    id
+                }
+                Some(WriteResult::Deleted { .. }) | None => {
+                    out.push(None);
+                    continue;
+                }
+                Some(WriteResult::Refused(refusal)) => {
                     counts.failed += 1;
+                    warn!(object, key = %key, code = %refusal.code(), "crm refused a record");
                     commit.errors_upsert.push(sync_error(
                         ctx,
                         object,
@@ -223,11 +265,22 @@ pub(crate) async fn create_linked_rows(
                         refusal.retryable,
                         previous.get(key),
                     ));
+                    out.push(None);
+                    continue;
                 }
+            };
+            commit
+                .links_upsert
+                .push(link(object, key, &id, base.clone(), now));
+            if previous.contains_key(key) {
+                commit
+                    .errors_resolve
+                    .push(error_key(object, direction, key));
             }
+            out.push(Some(id));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// CRM rows per write batch of [`create_linked_rows`].

@@ -59,36 +59,7 @@ impl<W: Write> ImportFileWriter<W> {
         format: FileFormat,
         limit: u64,
     ) -> Result<Self, CsvError> {
-        if columns.is_empty() {
-            return Err(CsvError::BadImportHeader {
-                reason: "no columns".to_owned(),
-            });
-        }
-        for (i, name) in columns.iter().enumerate() {
-            if name.trim().is_empty() || name.trim() != name {
-                return Err(CsvError::BadImportHeader {
-                    reason: format!(
-                        "column {} name {name:?} is empty or has blanks around it",
-                        i + 1
-                    ),
-                });
-            }
-            if columns[..i].contains(name) {
-                return Err(CsvError::BadImportHeader {
-                    reason: format!("column {name:?} appears twice"),
-                });
-            }
-        }
-        let mut writer = ImportFileWriter {
-            inner,
-            columns,
-            delimiter: format.delimiter(),
-            limit,
-            bytes: 0,
-            rows: 0,
-            null_text: String::new(),
-            buf: Vec::new(),
-        };
+        let mut writer = Self::unstarted(inner, columns, format, limit)?;
         let mut header = Vec::new();
         for (i, name) in writer.columns.iter().enumerate() {
             if i > 0 {
@@ -111,6 +82,71 @@ impl<W: Write> ImportFileWriter<W> {
             .map_err(|source| CsvError::Write { source })?;
         writer.bytes = header.len() as u64;
         Ok(writer)
+    }
+
+    /// Returns a writer that continues a file already holding the header of `columns` and
+    /// `rows` data rows in `bytes` bytes (`inner` writes after them: a file re-opened for
+    /// appending); it writes nothing itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`ImportFileWriter::new`], and [`CsvError::BadImportHeader`] when `bytes` already
+    /// reaches the limit.
+    pub fn continuing(
+        inner: W,
+        columns: Vec<String>,
+        format: FileFormat,
+        limit: u64,
+        (bytes, rows): (u64, u64),
+    ) -> Result<Self, CsvError> {
+        if bytes >= limit {
+            return Err(CsvError::BadImportHeader {
+                reason: format!("a file of {bytes} bytes reaches the {limit} byte limit"),
+            });
+        }
+        let mut writer = Self::unstarted(inner, columns, format, limit)?;
+        writer.bytes = bytes;
+        writer.rows = rows;
+        Ok(writer)
+    }
+
+    /// Returns a writer that has written nothing, after checking the columns.
+    fn unstarted(
+        inner: W,
+        columns: Vec<String>,
+        format: FileFormat,
+        limit: u64,
+    ) -> Result<Self, CsvError> {
+        if columns.is_empty() {
+            return Err(CsvError::BadImportHeader {
+                reason: "no columns".to_owned(),
+            });
+        }
+        for (i, name) in columns.iter().enumerate() {
+            if name.trim().is_empty() || name.trim() != name {
+                return Err(CsvError::BadImportHeader {
+                    reason: format!(
+                        "column {} name {name:?} is empty or has blanks around it",
+                        i + 1
+                    ),
+                });
+            }
+            if columns[..i].contains(name) {
+                return Err(CsvError::BadImportHeader {
+                    reason: format!("column {name:?} appears twice"),
+                });
+            }
+        }
+        Ok(ImportFileWriter {
+            inner,
+            columns,
+            delimiter: format.delimiter(),
+            limit,
+            bytes: 0,
+            rows: 0,
+            null_text: String::new(),
+            buf: Vec::new(),
+        })
     }
 
     /// Sets the text written for null values (empty by default).

@@ -39,7 +39,9 @@ use families::ObjectFamily;
 
 pub use crate::marketo::bulk_extract::{ACTIVITY_FIELDS, ExportOptions};
 pub use export::{ActivityRow, ExportRow, ExportSubject, ExportedWindow, RowStream};
-pub use write_back::{KeyRefusal, KeySpool, WriteBackJob, WriteBackReport};
+pub use write_back::{
+    KeyRefusal, KeySpool, SpoolMark, WriteBackJob, WriteBackReport, WriteBackScope,
+};
 
 /// Lead fields that belong to the company: Sync Leads refuses them (1021) for a lead linked to a
 /// company, so they are written to that company (by `externalCompanyId`) instead.
@@ -387,13 +389,24 @@ pub trait MarketoEndpoint: Send + Sync {
         cancel: &CancellationToken,
     ) -> Result<ExportedWindow, EndpointError>;
 
-    /// Returns an empty spool for a window's CRM keys (files on disk named by `stem`), after
-    /// removing what an earlier run of the same window left.
-    fn key_spool(&self, stem: &str, key_field: &str) -> KeySpool;
+    /// Returns the spool of CRM keys `mark` names, as it was committed (see
+    /// [`KeySpool::reopen`]), or, without a mark, a new empty spool named `stem` (files on
+    /// disk) after removing what an earlier, uncommitted spool of that name left.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EndpointError::File`] when the marked spool cannot be cut back.
+    fn key_spool(
+        &self,
+        stem: &str,
+        key_field: &str,
+        mark: Option<&SpoolMark>,
+    ) -> Result<KeySpool, EndpointError>;
 
-    /// Writes the spooled CRM keys into their leads' key field: by REST (`updateOnly` by `id`)
-    /// up to the job's threshold, by Bulk Import (`lookupField=id`) above it, each batch
-    /// journalled with its window. Refused keys are in the report.
+    /// Writes spooled CRM keys into their leads' key field: the files that reached the size
+    /// limit by Bulk Import (`lookupField=id`), or with [`WriteBackScope::All`] every key: by
+    /// REST (`updateOnly` by `id`) up to the job's threshold, by Bulk Import above it. Each
+    /// batch is journalled with the job's window; refused keys are in the report.
     ///
     /// # Errors
     ///
@@ -401,13 +414,14 @@ pub trait MarketoEndpoint: Send + Sync {
     async fn write_back_keys(
         &self,
         job: &WriteBackJob<'_>,
-        spool: KeySpool,
+        spool: &mut KeySpool,
+        scope: WriteBackScope,
         journal: &dyn JobJournal,
         cancel: &CancellationToken,
     ) -> Result<WriteBackReport, EndpointError>;
 
-    /// Finishes a write-back an earlier run left importing (its journalled batches, then the
-    /// spool files no batch names); `None` when no batch of the window is journalled.
+    /// Finishes the write-back imports an earlier run left unfinished (every journalled batch
+    /// of `job.object`): re-attaches to each and deletes its file once complete.
     ///
     /// # Errors
     ///
@@ -417,7 +431,7 @@ pub trait MarketoEndpoint: Send + Sync {
         job: &WriteBackJob<'_>,
         journal: &dyn JobJournal,
         cancel: &CancellationToken,
-    ) -> Result<Option<WriteBackReport>, EndpointError>;
+    ) -> Result<WriteBackReport, EndpointError>;
 }
 
 /// The endpoint over the REST and Bulk APIs of one [`Client`].
@@ -503,18 +517,24 @@ impl MarketoEndpoint for RestBulkEndpoint {
             .await
     }
 
-    fn key_spool(&self, stem: &str, key_field: &str) -> KeySpool {
-        self.spool(stem, key_field)
+    fn key_spool(
+        &self,
+        stem: &str,
+        key_field: &str,
+        mark: Option<&SpoolMark>,
+    ) -> Result<KeySpool, EndpointError> {
+        self.spool(stem, key_field, mark)
     }
 
     async fn write_back_keys(
         &self,
         job: &WriteBackJob<'_>,
-        spool: KeySpool,
+        spool: &mut KeySpool,
+        scope: WriteBackScope,
         journal: &dyn JobJournal,
         cancel: &CancellationToken,
     ) -> Result<WriteBackReport, EndpointError> {
-        self.write_back(job, spool, journal, cancel).await
+        self.write_back(job, spool, scope, journal, cancel).await
     }
 
     async fn resume_write_back(
@@ -522,7 +542,7 @@ impl MarketoEndpoint for RestBulkEndpoint {
         job: &WriteBackJob<'_>,
         journal: &dyn JobJournal,
         cancel: &CancellationToken,
-    ) -> Result<Option<WriteBackReport>, EndpointError> {
+    ) -> Result<WriteBackReport, EndpointError> {
         self.resume(job, journal, cancel).await
     }
 }
