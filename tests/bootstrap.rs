@@ -329,6 +329,23 @@ async fn check_all_leads_linked(env: &Env, ctx: &Context) {
 
 /// A window holds more leads than the CRM adapter takes in one write: the bootstrap splits its
 /// writes instead of failing the window ("batch of 300 records is larger than max_batch_write").
+/// Runs a bootstrap cancelled once its first leads window is done; returns its progress.
+async fn cancelled_after_first_lead_window(env: &Env) -> RecordingProgress {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let progress = RecordingProgress::with_window_hook(move |phase, _| {
+        if phase == PHASE_LEADS {
+            stop.cancel();
+        }
+    });
+    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    progress
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_larger_than_the_crm_batch_limit_are_written_in_several_batches() {
     let env = Env::new(150, SimConfig::default()).await;
@@ -430,19 +447,7 @@ async fn all_leads_arrive_once_linked_in_31_day_windows_without_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_bootstrap_resumes_without_re_exporting_or_duplicating() {
     let env = Env::new(150, SimConfig::default()).await;
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    // Cancel after the first leads window.
-    let progress = RecordingProgress::with_window_hook(move |phase, _| {
-        if phase == PHASE_LEADS {
-            stop.cancel();
-        }
-    });
-    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    let progress = cancelled_after_first_lead_window(&env).await;
     assert_eq!(windows_of(&progress.events(), PHASE_LEADS).len(), 1);
     // The next windows' exports were started ahead of the cancel (and stay journalled).
     let started = env.export_creates("leads");
@@ -2307,18 +2312,7 @@ async fn exports_are_pipelined_within_marketo_s_queue_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_file_gone_from_the_work_directory_stops_the_run_instead_of_losing_its_keys() {
     let env = Env::new(150, SimConfig::default()).await;
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let progress = RecordingProgress::with_window_hook(move |phase, _| {
-        if phase == PHASE_LEADS {
-            stop.cancel();
-        }
-    });
-    let err = bootstrap(&env.ctx().await, &env.options(), &progress, &cancel)
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    cancelled_after_first_lead_window(&env).await;
     // The work directory is cleaned (a reboot emptying /tmp) before the keys went back.
     for path in work_files(&env) {
         if path.to_string_lossy().ends_with(".csv") {
