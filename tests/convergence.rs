@@ -467,6 +467,19 @@ async fn a_merge_winner_naming_a_merged_away_contact_keeps_the_contact_holding_i
     converges(220053, &in_child(options(60))).await;
 }
 
+/// Found by the scale runs of 2026-12-04 on PostgreSQL (in process, 60 steps, the full
+/// schedule): seed 610006 ended with a ledger entry for lead 2 refused by the CRM's unique
+/// Marketo-id column, retried every quiet cycle, and a role waiting for its contact. A cycle
+/// created contact 3 for lead 2 and was killed at its commit; Marketo merged lead 3 (linked to
+/// contact 2) into lead 2, then deleted lead 2. The next cycle found no link for the winner and,
+/// with lead 2 gone, no record matching it, so it had lead 2 take contact 2 over: setting its
+/// Marketo id to 2, which contact 3 held. A merge winner's own record, rebuilt from the CRM's
+/// Marketo-id column, now counts as its link (`merges::apply_merge`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_winner_keeps_its_record_from_a_cycle_killed_at_commit_on_postgres() {
+    converges(610006, &on_postgres(options(60))).await;
+}
+
 /// Found by the last scale run (in process, SQLite, 60 steps, the full schedule): seed 200481
 /// never had two quiet cycles in a row, with a role and a car waiting in the ledger for
 /// contacts 1 and 5 ("contact_not_linked"), both merged away in the CRM (contact 1 into 2, then
