@@ -467,6 +467,20 @@ async fn a_merge_winner_naming_a_merged_away_contact_keeps_the_contact_holding_i
     converges(220053, &in_child(options(60))).await;
 }
 
+/// Open (not fixed; timing-dependent as a child process): seed 220140 (60 steps, the full
+/// schedule) ends with two live CRM contacts of "u8.s220140@example.com": lead 6 linked to
+/// contact 9, which the sync created, beside contact 6 (Marketo id empty), and the matching's
+/// `duplicate` ledger entry for contact 6 open through the quiet cycles (plus four chat events
+/// waiting for a deleted lead). Reported on 2026-12-03; on 2026-12-04 it failed 7 runs of 7
+/// with both fixes above (`b71101e`) and 1 of 2 without them, so neither caused it. Reproduce:
+/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --engine process --seeds 1 --first-seed
+/// 220140 --steps 60`. Not investigated for lack of time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open, timing-dependent: a second CRM contact of one email created by the sync (seed 220140)"]
+async fn open_a_second_contact_of_one_email_as_a_child_process() {
+    converges(220140, &in_child(options(60))).await;
+}
+
 /// Found by the scale runs of 2026-12-04 on PostgreSQL (in process, 60 steps, the full
 /// schedule): seed 610006 ended with a ledger entry for lead 2 refused by the CRM's unique
 /// Marketo-id column, retried every quiet cycle, and a role waiting for its contact. A cycle
