@@ -450,7 +450,9 @@ impl Runner {
         };
         // `MKSYNC_CONVERGE_LOGS=DIR` keeps every child's log (`RUST_LOG` passed on, default
         // debug) appended to `DIR/seed-N.log`, one header per cycle: to see why a seed failed.
-        let stderr = match std::env::var_os("MKSYNC_CONVERGE_LOGS") {
+        // The child's stderr, and where this cycle's part of it starts (the error message of a
+        // failed or paused cycle is read from there, whether it went to a kept log or not).
+        let (stderr, err_path, err_from) = match std::env::var_os("MKSYNC_CONVERGE_LOGS") {
             Some(dir) => {
                 let path = Path::new(&dir).join(format!("seed-{}.log", self.seed));
                 let mut log = std::fs::OpenOptions::new()
@@ -461,9 +463,13 @@ impl Runner {
                 use std::io::Write as _;
                 writeln!(log, "=== cycle (schedule step {start})")
                     .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))?;
-                log
+                let from = log
+                    .metadata()
+                    .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))?
+                    .len();
+                (log, path, from)
             }
-            None => file(&c.err)?,
+            None => (file(&c.err)?, c.err.clone(), 0),
         };
         let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "marketo_sync=debug".into());
         let mut command = tokio::process::Command::new(&c.binary);
@@ -533,7 +539,10 @@ impl Runner {
                 Err(e) => Ran::Failed(format!("the summary does not parse: {e}")),
             },
             (code, signal) => {
-                let err = read(&c.err);
+                let err = read(&err_path);
+                let err = err
+                    .get(usize::try_from(err_from).unwrap_or(0)..)
+                    .unwrap_or("");
                 let message = err
                     .lines()
                     .rev()

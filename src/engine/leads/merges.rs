@@ -44,13 +44,24 @@ async fn apply_merge(
 ) -> Result<(), EngineError> {
     let ctx = step.ctx;
     let store = &ctx.store;
-    let winner_link = live(
+    let mut winner_link = live(
         store
             .links_by_marketo_keys(LINK_OBJECT, &[winner.to_string()])
             .await?,
     )
     .into_iter()
     .next();
+    // The winner's own CRM record, written by a cycle killed before its commit, holds the
+    // winner's id: the winner keeps it (the Marketo-id column is unique, so taking the loser's
+    // record over would be refused). Found by the scale runs on PostgreSQL (seed 610006: a
+    // kill at commit after lead 2 got contact 3, then lead 3 merged into lead 2, which Marketo
+    // deleted before the next cycle, so no lead of the winner was there to match by).
+    if winner_link.is_none() {
+        winner_link = recovered_links(step, &[winner]).await?.into_iter().next();
+        if let Some(l) = &winner_link {
+            tracing::debug!(lead = winner, crm = %l.crm_key, "a merge winner's own crm record recovered");
+        }
+    }
     let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
     let mut loser_links = live(store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
     loser_links.extend(recovered_links(step, losers).await?);

@@ -279,10 +279,78 @@ async fn read_crm_partners(step: &Step<'_>, pairs: &mut Pairs) -> Result<(), Eng
             }
         }
     }
-    for p in pairs.list.iter_mut().filter(|p| unread(p)) {
-        p.c_id = None;
-    }
+    drop_unread_keys(pairs);
     Ok(())
+}
+
+/// Drops the CRM key of each unlinked pair whose record was not read (gone, or claiming
+/// another lead), then joins the leads left alone with the records claiming them
+/// ([`join_claimants`]).
+fn drop_unread_keys(pairs: &mut Pairs) {
+    let unread = |p: &Pair| p.link.is_none() && p.c.is_none();
+    for p in pairs.list.iter_mut().filter(|p| unread(p)) {
+        if let Some(key) = p.c_id.take() {
+            tracing::debug!(lead = ?p.m_id, crm = %key, "a lead's crm key names no record that is its partner");
+        }
+    }
+    join_claimants(pairs);
+}
+
+/// Joins each unlinked lead left without a CRM record (its CRM-key field named a record gone
+/// or claiming another lead) with the lone CRM record read this cycle that holds its id.
+///
+/// Such a record was placed alone by [`Pairs::add_crm_records`], since the lead's pair held
+/// the key it named then. Left apart, the lead would get a "new" CRM record through the upsert
+/// keyed by the Marketo-id column, which lands on that very record, while the record got a new
+/// lead of its own: two leads linked to one record. Found by the convergence harness (seed
+/// 220053, engine as a child process): a cycle killed after taking over contact 17 for the
+/// merge winner lead 16, whose CRM key named contact 16, merged away in the CRM since.
+fn join_claimants(pairs: &mut Pairs) {
+    let lone_c = |p: &Pair| p.link.is_none() && p.m_id.is_none() && p.c.is_some();
+    let mut claimants: HashMap<i64, usize> = HashMap::new();
+    for (i, p) in pairs.list.iter().enumerate().filter(|(_, p)| lone_c(p)) {
+        let claim = p.c.as_ref().and_then(|c| c.marketo_key.as_deref());
+        if let Some(m) = claim.and_then(|k| k.trim().parse::<i64>().ok()) {
+            // Two records claiming one lead: neither is joined here (matching holds them).
+            if claimants.insert(m, i).is_some() {
+                claimants.insert(m, usize::MAX);
+            }
+        }
+    }
+    let mut joined: Vec<usize> = Vec::new();
+    for i in 0..pairs.list.len() {
+        let p = &pairs.list[i];
+        if p.link.is_some() || p.c_id.is_some() || p.m.is_none() {
+            continue;
+        }
+        let Some(&j) = p.m_id.and_then(|m| claimants.get(&m)) else {
+            continue;
+        };
+        if j == usize::MAX {
+            continue;
+        }
+        let c = pairs.list[j].c.take();
+        let c_id = pairs.list[j].c_id.take();
+        tracing::debug!(lead = ?pairs.list[i].m_id, crm = ?c_id, "a lone crm record holding the lead's id joins it");
+        pairs.list[i].c = c;
+        pairs.list[i].c_id = c_id;
+        joined.push(j);
+    }
+    if joined.is_empty() {
+        return;
+    }
+    // The emptied pairs go; the indexes are rebuilt.
+    let mut list = std::mem::take(&mut pairs.list);
+    let mut i = 0;
+    list.retain(|_| {
+        let keep = !joined.contains(&i);
+        i += 1;
+        keep
+    });
+    *pairs = Pairs::default();
+    for p in list {
+        pairs.push(p);
+    }
 }
 
 /// Reads the lead of each unlinked pair whose lead id is known but not read; an id pointing at
@@ -338,4 +406,89 @@ fn reconcile_pairs(step: &Step<'_>, pairs: &[Pair]) -> Vec<(usize, Reconciled)> 
             (i, r)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lead(id: i64, crm_key: Option<&str>) -> MLead {
+        MLead {
+            id,
+            canon: Fields::new(),
+            at: None,
+            crm_key: crm_key.map(str::to_owned),
+            external_company_id: None,
+        }
+    }
+
+    fn contact(id: &str, marketo_key: Option<&str>) -> CRec {
+        CRec {
+            id: id.to_owned(),
+            canon: Fields::new(),
+            at: chrono::DateTime::UNIX_EPOCH,
+            marketo_key: marketo_key.map(str::to_owned),
+        }
+    }
+
+    /// Seed 220053's cycle after the kill: merge winner lead 16 still names contact 16 (merged
+    /// away in the CRM, so not read), and contact 17, taken over for lead 16 by the killed
+    /// cycle, holds lead 16's id. They end in one pair, not two lone ones.
+    #[test]
+    fn a_lead_whose_crm_key_names_a_gone_record_joins_the_record_holding_its_id() {
+        let mut pairs = Pairs::default();
+        pairs.add_leads(BTreeMap::from([(16, lead(16, Some("16")))]));
+        pairs.add_crm_records(BTreeMap::from([(
+            "17".to_owned(),
+            contact("17", Some("16")),
+        )]));
+        assert_eq!(pairs.list.len(), 2, "the record is placed alone first");
+        drop_unread_keys(&mut pairs);
+        assert_eq!(pairs.list.len(), 1);
+        let p = &pairs.list[0];
+        assert_eq!((p.m_id, p.c_id.as_deref()), (Some(16), Some("17")));
+        assert!(p.m.is_some() && p.c.is_some());
+        assert_eq!(pairs.by_m[&16], 0);
+        assert_eq!(pairs.by_c["17"], 0);
+    }
+
+    /// Two lone records holding one lead's id: neither is joined (matching decides).
+    #[test]
+    fn two_records_holding_one_lead_id_are_not_joined() {
+        let mut pairs = Pairs::default();
+        pairs.add_leads(BTreeMap::from([(16, lead(16, Some("16")))]));
+        pairs.add_crm_records(BTreeMap::from([
+            ("17".to_owned(), contact("17", Some("16"))),
+            ("18".to_owned(), contact("18", Some("16"))),
+        ]));
+        drop_unread_keys(&mut pairs);
+        assert_eq!(pairs.list.len(), 3);
+        assert!(
+            pairs
+                .list
+                .iter()
+                .all(|p| p.m_id.is_none() || p.c_id.is_none())
+        );
+    }
+
+    /// A linked lead keeps its link's record; a lone record claiming it stays alone.
+    #[test]
+    fn a_linked_lead_is_not_joined() {
+        let link = crate::engine::pipeline::commit::link(
+            LINK_OBJECT,
+            "16",
+            "20",
+            Fields::new(),
+            chrono::DateTime::UNIX_EPOCH,
+        );
+        let mut pairs = Pairs::from_links(vec![link]);
+        pairs.add_leads(BTreeMap::from([(16, lead(16, Some("20")))]));
+        pairs.add_crm_records(BTreeMap::from([(
+            "17".to_owned(),
+            contact("17", Some("16")),
+        )]));
+        drop_unread_keys(&mut pairs);
+        assert_eq!(pairs.list.len(), 2);
+        assert_eq!(pairs.list[0].c_id.as_deref(), Some("20"));
+    }
 }
