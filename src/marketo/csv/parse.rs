@@ -607,6 +607,55 @@ mod tests {
         );
     }
 
+    /// A reader that hands out one byte per read, so the parser never has a run to copy whole.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((&b, rest)), false) => {
+                    buf[0] = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    fn records_from<R: Read>(src: R, max: usize) -> Vec<Outcome> {
+        let mut p = RecordParser::new(src, b',', max).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match p.next_record().unwrap() {
+                Parsed::Record(r) => out.push(Ok((
+                    r.line,
+                    (0..r.fields)
+                        .map(|i| String::from_utf8_lossy(p.cell(i)).into_owned())
+                        .collect(),
+                ))),
+                Parsed::Bad { line, kind } => out.push(Err((line, kind))),
+                Parsed::Eof => return out,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Copying runs of plain bytes whole reads every input, record limit included, as
+        /// reading it byte by byte does.
+        #[test]
+        fn runs_read_as_single_bytes_do(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"ab,\"\n\r\0 x".to_vec()), 0..80),
+            max in 1usize..40,
+        ) {
+            proptest::prop_assert_eq!(
+                records_from(&input[..], max),
+                records_from(OneByte(&input), max)
+            );
+        }
+    }
+
     #[test]
     fn other_delimiters() {
         assert_eq!(records(b"a\tb,c\n", b'\t', 100), vec![ok(1, &["a", "b,c"])]);
