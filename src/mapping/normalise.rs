@@ -205,12 +205,59 @@ pub fn apply(steps: &[Transform], value: &Value) -> Value {
     }
 }
 
-/// Returns [`apply`] of a value the caller gives up (moved through when there is no step).
+/// Returns [`apply`] of a value the caller gives up: text is moved through the steps that do
+/// not change it, and ASCII text is lower- or uppercased in place (the per-row path).
 pub fn apply_owned(steps: &[Transform], value: Value) -> Value {
     match value {
-        Value::Text(s) if !steps.is_empty() => Value::Text(apply_text(steps, &s)),
+        Value::Text(mut s) => {
+            for step in steps {
+                s = apply_one_owned(*step, s);
+            }
+            Value::Text(s)
+        }
         other => other,
     }
+}
+
+/// Returns [`apply_one`] of text the caller gives up, without copying it when the step leaves
+/// it as it is.
+fn apply_one_owned(step: Transform, mut s: String) -> String {
+    match step {
+        Transform::Trim => {
+            if s.trim().len() == s.len() {
+                s
+            } else {
+                s.trim().to_owned()
+            }
+        }
+        Transform::Lowercase if s.is_ascii() => {
+            s.make_ascii_lowercase();
+            s
+        }
+        Transform::Uppercase if s.is_ascii() => {
+            s.make_ascii_uppercase();
+            s
+        }
+        Transform::CollapseWhitespace if is_collapsed(&s) => s,
+        _ => apply_one(step, &s),
+    }
+}
+
+/// Returns true when collapsing the whitespace of `s` would leave it as it is: no whitespace
+/// at either end, and only single spaces between words.
+fn is_collapsed(s: &str) -> bool {
+    let mut previous_blank = true;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            if c != ' ' || previous_blank {
+                return false;
+            }
+            previous_blank = true;
+        } else {
+            previous_blank = false;
+        }
+    }
+    !previous_blank || s.is_empty()
 }
 
 fn apply_one(step: Transform, s: &str) -> String {
@@ -354,6 +401,18 @@ mod tests {
             let s: String = parts.iter().map(|(w, sep)| format!("{w}{sep}")).collect();
             let once = apply_text(&[step], &s);
             prop_assert_eq!(apply_text(&[step], &once), once);
+        }
+
+        /// The in-place path gives what the copying path gives, on text with every kind of
+        /// blank, case and non-ASCII letter (where it falls back to the copying path).
+        #[test]
+        fn owned_transforms_give_what_copying_ones_give(
+            steps in proptest::collection::vec(transform_strategy(), 0..4),
+            s in "[ \t\n\u{a0}\u{2028}aZé_ǅİß-]{0,12}",
+        ) {
+            let value = Value::Text(s.clone());
+            prop_assert_eq!(apply_owned(&steps, value.clone()), apply(&steps, &value));
+            prop_assert_eq!(apply_owned(&steps, value), Value::Text(apply_text(&steps, &s)));
         }
 
         #[test]

@@ -353,9 +353,9 @@ impl<R: Read> ExportReader<R> {
             }
             Err(source) => return Err(CsvError::Read { line: 1, source }),
         };
-        let mut headers = Vec::with_capacity(header.fields.len());
-        for (i, raw) in header.fields.into_iter().enumerate() {
-            let name = String::from_utf8_lossy(&raw).trim().to_owned();
+        let mut headers: Vec<String> = Vec::with_capacity(header.fields);
+        for i in 0..header.fields {
+            let name = String::from_utf8_lossy(parser.cell(i)).trim().to_owned();
             if name.is_empty() {
                 return Err(CsvError::BadHeader {
                     reason: format!("column {} has no name", i + 1),
@@ -447,7 +447,7 @@ impl<R: Read> ExportReader<R> {
         };
         self.stats.records += 1;
         let expected = self.headers.len();
-        let wrong_count = record.fields.len() != expected;
+        let wrong_count = record.fields != expected;
         // A quote that swallowed whole lines shows as a multi-line record with the wrong
         // number of columns or with a stray quote; give the swallowed lines back when they
         // look like rows.
@@ -462,28 +462,29 @@ impl<R: Read> ExportReader<R> {
         if wrong_count {
             let reason = RowErrorReason::WrongColumnCount {
                 expected,
-                found: record.fields.len(),
+                found: record.fields,
             };
             return Some(Err(self.row_error(record.line, reason)));
         }
         let mut fields = Fields::new();
         let mut warnings = Vec::new();
-        for (i, raw) in record.fields.into_iter().enumerate() {
+        for i in 0..expected {
             let name = &self.headers[i];
-            let text = match String::from_utf8(raw) {
-                Ok(s) => s,
-                Err(e) => {
+            let raw = self.parser.cell(i);
+            let text = match std::str::from_utf8(raw) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => {
                     warnings.push(RowWarning::InvalidUtf8 {
                         field: name.clone(),
                     });
-                    String::from_utf8_lossy(e.as_bytes()).into_owned()
+                    String::from_utf8_lossy(raw)
                 }
             };
             let value = if text.is_empty() || text == "null" {
                 Value::Null
             } else {
                 match self.types.as_ref().and_then(|t| t[i].as_ref()) {
-                    None => Value::Text(text),
+                    None => Value::Text(text.into_owned()),
                     Some(ty) => match value::convert(&text, ty) {
                         Some(v) => v,
                         None => {

@@ -9,22 +9,26 @@
 //! bytes here.
 //!
 //! Memory is bounded by `max_record_bytes`: one record (plus a copy of its raw bytes, kept to
-//! recover from an unterminated quote) is held at a time.
+//! recover from an unterminated quote) is held at a time. The cells of a record are kept in one
+//! buffer the parser reuses, so reading a record allocates nothing once the buffers have grown
+//! to the longest record; runs of bytes that need no decision (no delimiter, quote, line end,
+//! carriage return or NUL) are copied out of the read buffer whole.
 
 use std::io::{self, Read};
 
 /// Size of the read buffer.
 const BUF_SIZE: usize = 64 * 1024;
 
-/// One record as a list of raw field bytes.
-#[derive(Debug)]
+/// Where one record is; its cells are read with [`RecordParser::cell`] until the next call to
+/// [`RecordParser::next_record`].
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RawRecord {
     /// The physical line (1-based) the record starts on.
     pub line: u64,
     /// The physical line the record ends on (later than `line` for multi-line values).
     pub end_line: u64,
-    /// The field values, unescaped, still as bytes.
-    pub fields: Vec<Vec<u8>>,
+    /// The number of cells.
+    pub fields: usize,
     /// A quote was read that neither opened nor closed a quoted field.
     pub stray_quote: bool,
 }
@@ -82,6 +86,27 @@ pub(crate) struct RecordParser<R> {
     last_raw: Vec<u8>,
     /// A byte read ahead by [`RecordParser::lone_cr`], returned before anything else.
     peeked: Option<u8>,
+    /// The cells of the current record, unescaped, one after the other.
+    cells: Vec<u8>,
+    /// Where each finished cell of the current record ends in `cells`.
+    ends: Vec<usize>,
+    /// [`special_bytes`] of an unquoted cell.
+    unquoted_special: [bool; 256],
+    /// [`special_bytes`] of a quoted cell.
+    quoted_special: [bool; 256],
+}
+
+/// Bytes that end a run the parser copies whole: in an unquoted cell the delimiter, a quote, a
+/// line end, a carriage return or NUL; in a quoted cell the same but the delimiter.
+fn special_bytes(delimiter: u8, quoted: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    for b in [b'"', b'\n', b'\r', 0] {
+        table[usize::from(b)] = true;
+    }
+    if !quoted {
+        table[usize::from(delimiter)] = true;
+    }
+    table
 }
 
 impl<R: Read> RecordParser<R> {
@@ -101,6 +126,10 @@ impl<R: Read> RecordParser<R> {
             src_eof: false,
             last_raw: Vec::new(),
             peeked: None,
+            cells: Vec::new(),
+            ends: Vec::new(),
+            unquoted_special: special_bytes(delimiter, false),
+            quoted_special: special_bytes(delimiter, true),
         };
         parser.skip_bom()?;
         Ok(parser)
@@ -109,6 +138,49 @@ impl<R: Read> RecordParser<R> {
     /// Returns the physical line (1-based) of the next byte.
     pub(crate) fn line(&self) -> u64 {
         self.line
+    }
+
+    /// Returns cell `i` (0-based) of the record last returned, unescaped.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not below that record's [`RawRecord::fields`].
+    pub(crate) fn cell(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.cells[start..self.ends[i]]
+    }
+
+    /// Ends the cell being read.
+    fn end_cell(&mut self) {
+        self.ends.push(self.cells.len());
+    }
+
+    /// Copies the longest run of bytes that need no decision (see [`special_bytes`]) from the
+    /// read buffer into the cell being read and `raw`, never taking `raw` past the record limit
+    /// (the byte-by-byte path reports that). Does nothing while bytes read ahead or pushed
+    /// back are pending, which the byte-by-byte path returns first.
+    fn take_run(&mut self, quoted: bool, raw: &mut Vec<u8>) {
+        if self.peeked.is_some() || self.pb_pos < self.pushback.len() {
+            return;
+        }
+        let room = self.max_record_bytes.saturating_sub(raw.len());
+        let avail = &self.buf[self.pos..self.len];
+        let avail = &avail[..avail.len().min(room)];
+        let special = if quoted {
+            &self.quoted_special
+        } else {
+            &self.unquoted_special
+        };
+        let run = avail
+            .iter()
+            .position(|&b| special[usize::from(b)])
+            .unwrap_or(avail.len());
+        if run > 0 {
+            let bytes = &avail[..run];
+            self.cells.extend_from_slice(bytes);
+            raw.extend_from_slice(bytes);
+            self.pos += run;
+        }
     }
 
     /// Drops a leading UTF-8 byte order mark.
@@ -211,20 +283,15 @@ impl<R: Read> RecordParser<R> {
         }
     }
 
-    fn finish_record(
-        &mut self,
-        start_line: u64,
-        fields: Vec<Vec<u8>>,
-        raw: Vec<u8>,
-        stray_quote: bool,
-    ) -> Parsed {
+    fn finish_record(&mut self, start_line: u64, raw: Vec<u8>, stray_quote: bool) -> Parsed {
+        self.end_cell();
         let newlines = raw.iter().filter(|&&b| b == b'\n').count() as u64;
         let trailing = u64::from(raw.last() == Some(&b'\n'));
         self.last_raw = raw;
         Parsed::Record(RawRecord {
             line: start_line,
             end_line: start_line + newlines - trailing,
-            fields,
+            fields: self.ends.len(),
             stray_quote,
         })
     }
@@ -252,7 +319,7 @@ impl<R: Read> RecordParser<R> {
         let mut open_at_end = false;
         loop {
             match trial.next_record() {
-                Ok(Parsed::Record(r)) if r.fields.len() == expected => {
+                Ok(Parsed::Record(r)) if r.fields == expected => {
                     if r.stray_quote {
                         // It would be accepted, but it looks like the inside of a value.
                         return false;
@@ -285,8 +352,8 @@ impl<R: Read> RecordParser<R> {
     /// Returns the next record, a record that could not be read, or the end of the input.
     /// Blank lines are skipped.
     pub(crate) fn next_record(&mut self) -> io::Result<Parsed> {
-        let mut fields: Vec<Vec<u8>> = Vec::new();
-        let mut cur: Vec<u8> = Vec::new();
+        self.cells.clear();
+        self.ends.clear();
         // The last record's raw bytes are not needed any more: reuse their buffer.
         let mut raw: Vec<u8> = std::mem::take(&mut self.last_raw);
         raw.clear();
@@ -305,11 +372,10 @@ impl<R: Read> RecordParser<R> {
                         kind: BadRecord::UnterminatedQuote,
                     });
                 }
-                if fields.is_empty() && cur.is_empty() && state == State::StartField {
+                if self.ends.is_empty() && self.cells.is_empty() && state == State::StartField {
                     return Ok(Parsed::Eof);
                 }
-                fields.push(cur);
-                return Ok(self.finish_record(start_line, fields, raw, stray_quote));
+                return Ok(self.finish_record(start_line, raw, stray_quote));
             };
             if b == b'\r' && state != State::Quoted && self.lone_cr()? {
                 b = b'\n';
@@ -338,33 +404,33 @@ impl<R: Read> RecordParser<R> {
                     if b == b'"' {
                         state = State::Quoted;
                     } else if b == delim {
-                        fields.push(std::mem::take(&mut cur));
+                        self.end_cell();
                     } else if b == b'\n' {
                         self.line += 1;
-                        if fields.is_empty() {
+                        if self.ends.is_empty() {
                             // A blank line (or one holding only stray bytes we drop).
                             raw.clear();
                             start_line = self.line;
                             continue;
                         }
-                        fields.push(cur);
-                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
+                        return Ok(self.finish_record(start_line, raw, stray_quote));
                     } else if b != b'\r' {
-                        cur.push(b);
+                        self.cells.push(b);
                         state = State::Unquoted;
+                        self.take_run(false, &mut raw);
                     }
                 }
                 State::Unquoted => {
                     if b == delim {
-                        fields.push(std::mem::take(&mut cur));
+                        self.end_cell();
                         state = State::StartField;
                     } else if b == b'\n' {
                         self.line += 1;
-                        fields.push(cur);
-                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
+                        return Ok(self.finish_record(start_line, raw, stray_quote));
                     } else if b != b'\r' {
                         stray_quote |= b == b'"';
-                        cur.push(b);
+                        self.cells.push(b);
+                        self.take_run(false, &mut raw);
                     }
                 }
                 State::Quoted => {
@@ -372,29 +438,31 @@ impl<R: Read> RecordParser<R> {
                         state = State::QuoteInQuoted;
                     } else if b == b'\n' {
                         self.line += 1;
-                        cur.push(b);
+                        self.cells.push(b);
                     } else if b != b'\r' {
-                        cur.push(b);
+                        self.cells.push(b);
+                    }
+                    if state == State::Quoted {
+                        self.take_run(true, &mut raw);
                     }
                 }
                 State::QuoteInQuoted => {
                     if b == b'"' {
-                        cur.push(b'"');
+                        self.cells.push(b'"');
                         state = State::Quoted;
                     } else if b == delim {
-                        fields.push(std::mem::take(&mut cur));
+                        self.end_cell();
                         state = State::StartField;
                     } else if b == b'\n' {
                         self.line += 1;
-                        fields.push(cur);
-                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
+                        return Ok(self.finish_record(start_line, raw, stray_quote));
                     } else if b == b' ' || b == b'\t' {
                         blanks.push(b);
                         state = State::BlanksAfterQuote;
                     } else if b != b'\r' {
                         // A bare quote inside a quoted field: keep it, as embulk does.
-                        cur.push(b'"');
-                        cur.push(b);
+                        self.cells.push(b'"');
+                        self.cells.push(b);
                         stray_quote = true;
                         state = State::Quoted;
                     }
@@ -402,22 +470,21 @@ impl<R: Read> RecordParser<R> {
                 State::BlanksAfterQuote => {
                     if b == delim {
                         blanks.clear();
-                        fields.push(std::mem::take(&mut cur));
+                        self.end_cell();
                         state = State::StartField;
                     } else if b == b'\n' {
                         self.line += 1;
-                        fields.push(cur);
-                        return Ok(self.finish_record(start_line, fields, raw, stray_quote));
+                        return Ok(self.finish_record(start_line, raw, stray_quote));
                     } else if b == b' ' || b == b'\t' {
                         blanks.push(b);
                     } else if b != b'\r' {
-                        cur.push(b'"');
-                        cur.append(&mut blanks);
+                        self.cells.push(b'"');
+                        self.cells.append(&mut blanks);
                         stray_quote = true;
                         if b == b'"' {
                             state = State::QuoteInQuoted;
                         } else {
-                            cur.push(b);
+                            self.cells.push(b);
                             state = State::Quoted;
                         }
                     }
@@ -440,9 +507,8 @@ mod tests {
             match p.next_record().unwrap() {
                 Parsed::Record(r) => out.push(Ok((
                     r.line,
-                    r.fields
-                        .into_iter()
-                        .map(|f| String::from_utf8(f).unwrap())
+                    (0..r.fields)
+                        .map(|i| String::from_utf8(p.cell(i).to_vec()).unwrap())
                         .collect(),
                 ))),
                 Parsed::Bad { line, kind } => out.push(Err((line, kind))),
@@ -539,6 +605,55 @@ mod tests {
             records(b"\"abcdefghij\n1,2\n", b',', 8),
             vec![Err((1, BadRecord::TooLong)), ok(2, &["1", "2"])]
         );
+    }
+
+    /// A reader that hands out one byte per read, so the parser never has a run to copy whole.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((&b, rest)), false) => {
+                    buf[0] = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    fn records_from<R: Read>(src: R, max: usize) -> Vec<Outcome> {
+        let mut p = RecordParser::new(src, b',', max).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match p.next_record().unwrap() {
+                Parsed::Record(r) => out.push(Ok((
+                    r.line,
+                    (0..r.fields)
+                        .map(|i| String::from_utf8_lossy(p.cell(i)).into_owned())
+                        .collect(),
+                ))),
+                Parsed::Bad { line, kind } => out.push(Err((line, kind))),
+                Parsed::Eof => return out,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Copying runs of plain bytes whole reads every input, record limit included, as
+        /// reading it byte by byte does.
+        #[test]
+        fn runs_read_as_single_bytes_do(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"ab,\"\n\r\0 x".to_vec()), 0..80),
+            max in 1usize..40,
+        ) {
+            proptest::prop_assert_eq!(
+                records_from(&input[..], max),
+                records_from(OneByte(&input), max)
+            );
+        }
     }
 
     #[test]

@@ -40,10 +40,29 @@ pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
 /// Returns the date in a Marketo date cell (`YYYY-MM-DD`, or the date part of a datetime).
 pub fn parse_date(text: &str) -> Option<NaiveDate> {
     let s = text.trim();
+    if let Some(d) = plain_date(s) {
+        return Some(d);
+    }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Some(d);
     }
     parse_datetime(s).map(|t| t.date_naive())
+}
+
+/// Returns the date of exactly `YYYY-MM-DD` (what exports hold) without chrono's format parser,
+/// or None for anything else (which the general path then reads).
+fn plain_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let year = i32::try_from(num(0..4)?).ok()?;
+    NaiveDate::from_ymd_opt(year, num(5..7)?, num(8..10)?)
 }
 
 /// Returns the boolean in a cell: `true`/`false` (lead exports) or `1`/`0` (program member
@@ -133,6 +152,9 @@ mod tests {
         assert_eq!(parse_date("2017-09-08"), Some(d));
         assert_eq!(parse_date("2017-09-08T16:38:14Z"), Some(d));
         assert_eq!(parse_date("08/09/2017"), None);
+        assert_eq!(parse_date("2017-02-30"), None);
+        // Not the plain form: chrono's format parser reads it.
+        assert_eq!(parse_date("2017-9-08"), Some(d));
         assert_eq!(parse_bool("true"), Some(true));
         assert_eq!(parse_bool("FALSE"), Some(false));
         assert_eq!(parse_bool("1"), Some(true));
@@ -151,5 +173,16 @@ mod tests {
             convert("007", &FieldType::Text { max_len: None }),
             Some(Value::Text("007".into()))
         );
+    }
+
+    proptest::proptest! {
+        /// The `YYYY-MM-DD` fast path reads exactly what chrono's format parser reads.
+        #[test]
+        fn plain_dates_read_as_chrono_reads_them(y in 0u32..10_000, m in 0u32..14, d in 0u32..33) {
+            let s = format!("{y:04}-{m:02}-{d:02}");
+            let chrono = NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok();
+            proptest::prop_assert_eq!(plain_date(&s), chrono);
+            proptest::prop_assert_eq!(parse_date(&s), chrono);
+        }
     }
 }
