@@ -216,7 +216,11 @@ async fn run(n: usize, m: usize, c: usize, sim_runtime: tokio::runtime::Handle) 
     println!(
         "engine cpu in the cycle: {engine_cpu:.2} s (process {process_cpu:.2} s, simulator threads {sim_cpu:.2} s; tick {:.0} ms) target <= {CPU_TARGET_SECS} s: {}",
         1000.0 / hz,
-        if engine_cpu <= CPU_TARGET_SECS { "met" } else { "missed" }
+        if engine_cpu <= CPU_TARGET_SECS {
+            "met"
+        } else {
+            "missed"
+        }
     );
     for (object, dirs) in &summary.objects {
         for (dir, c) in dirs {
