@@ -329,6 +329,14 @@ async fn check_all_leads_linked(env: &Env, ctx: &Context) {
 
 /// A window holds more leads than the CRM adapter takes in one write: the bootstrap splits its
 /// writes instead of failing the window ("batch of 300 records is larger than max_batch_write").
+/// The simulator with bulk imports finished at once.
+fn instant_imports() -> SimConfig {
+    SimConfig {
+        import_delay: Duration::ZERO,
+        ..SimConfig::default()
+    }
+}
+
 /// Runs a bootstrap cancelled once its first leads window is done; returns its progress.
 async fn cancelled_after_first_lead_window(env: &Env) -> RecordingProgress {
     let cancel = CancellationToken::new();
@@ -519,14 +527,7 @@ fn work_files(env: &Env) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crm_keys_of_all_windows_go_back_once_by_import_above_the_threshold_or_by_rest() {
     // Above the threshold (0): one import for the five windows, no REST lead writes.
-    let env = Env::new(
-        150,
-        SimConfig {
-            import_delay: Duration::ZERO,
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let env = Env::new(150, instant_imports()).await;
     let ctx = env.ctx().await;
     let report = bootstrap(
         &ctx,
@@ -696,14 +697,7 @@ fn lead_rows(events: &[ProgressEvent]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_windows_committed_before_a_stop_are_written_back_by_the_next_run() {
     for threshold in [Some(0), None] {
-        let env = Env::new(
-            150,
-            SimConfig {
-                import_delay: Duration::ZERO,
-                ..SimConfig::default()
-            },
-        )
-        .await;
+        let env = Env::new(150, instant_imports()).await;
         let options = BootstrapOptions {
             write_back_import_threshold: threshold,
             ..env.import_options()

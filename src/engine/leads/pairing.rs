@@ -317,7 +317,7 @@ fn join_claimants(pairs: &mut Pairs) {
             }
         }
     }
-    let mut joined: Vec<usize> = Vec::new();
+    let mut joined: BTreeSet<usize> = BTreeSet::new();
     for i in 0..pairs.list.len() {
         let p = &pairs.list[i];
         if p.link.is_some() || p.c_id.is_some() || p.m.is_none() {
@@ -334,7 +334,7 @@ fn join_claimants(pairs: &mut Pairs) {
         tracing::debug!(lead = ?pairs.list[i].m_id, crm = ?c_id, "a lone crm record holding the lead's id joins it");
         pairs.list[i].c = c;
         pairs.list[i].c_id = c_id;
-        joined.push(j);
+        joined.insert(j);
     }
     if joined.is_empty() {
         return;

@@ -501,20 +501,7 @@ mod tests {
     type Outcome = Result<(u64, Vec<String>), (u64, BadRecord)>;
 
     fn records(input: &[u8], delimiter: u8, max: usize) -> Vec<Outcome> {
-        let mut p = RecordParser::new(input, delimiter, max).unwrap();
-        let mut out = Vec::new();
-        loop {
-            match p.next_record().unwrap() {
-                Parsed::Record(r) => out.push(Ok((
-                    r.line,
-                    (0..r.fields)
-                        .map(|i| String::from_utf8(p.cell(i).to_vec()).unwrap())
-                        .collect(),
-                ))),
-                Parsed::Bad { line, kind } => out.push(Err((line, kind))),
-                Parsed::Eof => return out,
-            }
-        }
+        parse_all(input, delimiter, max)
     }
 
     fn ok(line: u64, fields: &[&str]) -> Outcome {
@@ -624,7 +611,12 @@ mod tests {
     }
 
     fn records_from<R: Read>(src: R, max: usize) -> Vec<Outcome> {
-        let mut p = RecordParser::new(src, b',', max).unwrap();
+        parse_all(src, b',', max)
+    }
+
+    /// Every record of `src` (cells as text, invalid UTF-8 replaced), each bad one by its line.
+    fn parse_all<R: Read>(src: R, delimiter: u8, max: usize) -> Vec<Outcome> {
+        let mut p = RecordParser::new(src, delimiter, max).unwrap();
         let mut out = Vec::new();
         loop {
             match p.next_record().unwrap() {

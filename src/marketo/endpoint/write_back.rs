@@ -724,6 +724,15 @@ mod tests {
         }
     }
 
+    /// Spools key `c-<i>` for lead `100 + i`, for each `i` of `range`.
+    fn push_keys(spool: &mut KeySpool, range: std::ops::Range<u32>) {
+        for i in range {
+            spool
+                .push(&(100 + i).to_string(), &format!("c-{i}"))
+                .unwrap();
+        }
+    }
+
     fn numbers(dir: &Path, stem: &str) -> Vec<u64> {
         KeySpool::existing(dir, stem)
             .into_iter()
@@ -812,11 +821,7 @@ mod tests {
         let stem = "leads.writeback";
         let mut spool = KeySpool::with_limit(dir.path(), stem, "crmContactId", 1_000);
         // A first window of 3 keys, committed.
-        for i in 0..3 {
-            spool
-                .push(&(100 + i).to_string(), &format!("c-{i}"))
-                .unwrap();
-        }
+        push_keys(&mut spool, 0..3);
         let mark = spool.checkpoint().unwrap();
         assert_eq!((mark.file, mark.rows), (0, 3));
         assert_eq!(
@@ -827,11 +832,7 @@ mod tests {
         );
         // A second window appends to the same file, fills it and rolls over to file 1, then
         // the process dies before its commit.
-        for i in 3..250 {
-            spool
-                .push(&(100 + i).to_string(), &format!("c-{i}"))
-                .unwrap();
-        }
+        push_keys(&mut spool, 3..250);
         assert!(spool.has_full());
         drop(spool);
         assert_eq!(numbers(dir.path(), stem), vec![0, 1, 2]);
@@ -872,11 +873,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stem = "leads.writeback";
         let mut spool = KeySpool::with_limit(dir.path(), stem, "crmContactId", 1_000);
-        for i in 0..100 {
-            spool
-                .push(&(100 + i).to_string(), &format!("c-{i}"))
-                .unwrap();
-        }
+        push_keys(&mut spool, 0..100);
         let mark = spool.checkpoint().unwrap();
         assert_eq!(mark.file, 1);
         drop(spool);
