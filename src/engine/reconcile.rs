@@ -131,8 +131,9 @@ pub struct Reconciled {
     pub to_marketo: Fields,
     /// Fields to write to the CRM.
     pub to_crm: Fields,
-    /// The new agreed values once both writes succeed.
-    pub agreed: Fields,
+    /// The agreed values that move once both writes succeed (the rest stay as in `base`): the
+    /// base is not copied for a pair that changes nothing, most pairs of a large read.
+    pub agreed_changes: Fields,
     /// Conflicts settled on the way.
     pub conflicts: Vec<FieldConflict>,
 }
@@ -141,6 +142,24 @@ impl Reconciled {
     /// Returns true when nothing needs writing on either side.
     pub fn is_noop(&self) -> bool {
         self.to_marketo.is_empty() && self.to_crm.is_empty()
+    }
+
+    /// Returns the new agreed values: `base` (the one reconciled against) with the changes.
+    pub fn agreed(&self, base: &Fields) -> Fields {
+        let mut agreed = base.clone();
+        agreed.extend(
+            self.agreed_changes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        agreed
+    }
+
+    /// Returns true when the new agreed values equal `base`.
+    pub fn agrees_with(&self, base: &Fields) -> bool {
+        self.agreed_changes
+            .iter()
+            .all(|(k, v)| base.get(k) == Some(v))
     }
 }
 
@@ -154,10 +173,7 @@ pub fn reconcile(
     marketo: Option<SideState<'_>>,
     crm: Option<SideState<'_>>,
 ) -> Reconciled {
-    let mut out = Reconciled {
-        agreed: base.clone(),
-        ..Reconciled::default()
-    };
+    let mut out = Reconciled::default();
     let null = Value::Null;
     for rule in rules {
         let base_value = base.get(&rule.name).unwrap_or(&null);
@@ -175,7 +191,7 @@ pub fn reconcile(
             }
             (Some(m), Some(c)) if m == c => {
                 // Both sides made the same edit: nothing to write, just agree on it.
-                out.agreed.insert(rule.name.clone(), m.clone());
+                out.agreed_changes.insert(rule.name.clone(), m.clone());
             }
             (Some(m), Some(c)) => {
                 let winner = settle(rule, marketo, crm);
@@ -193,7 +209,7 @@ pub fn reconcile(
                 });
                 if rule.direction.reads_from(winner) {
                     target_mut(&mut out, lost_side_needs).insert(rule.name.clone(), kept.clone());
-                    out.agreed.insert(rule.name.clone(), kept.clone());
+                    out.agreed_changes.insert(rule.name.clone(), kept.clone());
                 } else {
                     // The winner may not write to the other side: each side keeps its value
                     // and the agreed state follows the side the field flows from.
@@ -201,7 +217,7 @@ pub fn reconcile(
                         Side::Marketo => c,
                         Side::Crm => m,
                     };
-                    out.agreed.insert(rule.name.clone(), source_value.clone());
+                    out.agreed_changes.insert(rule.name.clone(), source_value.clone());
                 }
             }
         }
@@ -212,7 +228,7 @@ pub fn reconcile(
 fn flow(out: &mut Reconciled, rule: &FieldRule, source: Side, value: &Value) {
     if rule.direction.reads_from(source) {
         target_mut(out, source.other()).insert(rule.name.clone(), value.clone());
-        out.agreed.insert(rule.name.clone(), value.clone());
+        out.agreed_changes.insert(rule.name.clone(), value.clone());
     }
     // A change that may not flow leaves `agreed` alone, so the field stays "changed" on that
     // side and is written back the next time the other side changes it.
@@ -276,7 +292,8 @@ mod tests {
         let out = reconcile(&rules, &base, side(&m), None);
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
         assert!(out.to_marketo.is_empty());
-        assert_eq!(out.agreed, fields(&[("title", "CEO")]));
+        assert_eq!(out.agreed(&base), fields(&[("title", "CEO")]));
+        assert!(!out.agrees_with(&base));
         assert!(out.conflicts.is_empty());
     }
 
@@ -288,7 +305,8 @@ mod tests {
         let c = fields(&[("title", "CEO")]);
         let out = reconcile(&rules, &base, side(&m), side(&c));
         assert!(out.is_noop());
-        assert_eq!(out.agreed, base);
+        assert_eq!(out.agreed(&base), base);
+        assert!(out.agrees_with(&base));
     }
 
     #[test]
@@ -308,7 +326,7 @@ mod tests {
         let marketo_wins = [rule("title", Direction::Both, Policy::MarketoWins)];
         let out = reconcile(&marketo_wins, &base, side(&m), side(&c));
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
-        assert_eq!(out.agreed, fields(&[("title", "CEO")]));
+        assert_eq!(out.agreed(&base), fields(&[("title", "CEO")]));
     }
 
     #[test]
@@ -343,7 +361,7 @@ mod tests {
         let out = reconcile(&rules, &base, side(&m), side(&m));
         assert!(out.is_noop());
         assert!(out.conflicts.is_empty());
-        assert_eq!(out.agreed, m);
+        assert_eq!(out.agreed(&base), m);
     }
 
     #[test]
@@ -353,7 +371,7 @@ mod tests {
         let c = fields(&[("score", "99")]);
         let out = reconcile(&rules, &base, None, side(&c));
         assert!(out.is_noop());
-        assert_eq!(out.agreed, base);
+        assert_eq!(out.agreed(&base), base);
     }
 
     #[test]

@@ -520,6 +520,7 @@ pub(super) fn record_agreed(
 ) {
     let now = step.now();
     let object = step.plan.object.clone();
+    let no_base = Fields::new();
     for (i, r) in decided {
         let p = &pairs[*i];
         if p.failed {
@@ -536,12 +537,13 @@ pub(super) fn record_agreed(
             let conflict = c.record(LINK_OBJECT, &m_key, &c_id, now);
             step.commit.conflicts.push(conflict);
         }
-        let unchanged = p
-            .link
-            .as_ref()
-            .is_some_and(|l| l.base == r.agreed && l.marketo_key == m_key && l.crm_key == c_id);
+        // Reconciled against the link's base, or none (`pairing::reconcile_pairs`).
+        let base = p.link.as_ref().map_or(&no_base, |l| &l.base);
+        let unchanged = p.link.as_ref().is_some_and(|l| {
+            r.agrees_with(&l.base) && l.marketo_key == m_key && l.crm_key == c_id
+        });
         if !unchanged {
-            step.link(m_id, &c_id, r.agreed.clone());
+            step.link(m_id, &c_id, r.agreed(base));
         }
         step.resolve(Direction::MarketoToCrm, &m_key);
         step.resolve(Direction::CrmToMarketo, &c_id);

@@ -322,6 +322,7 @@ impl TwoWay<'_> {
         summary: &mut CycleSummary,
     ) -> Vec<PairWrite> {
         let rules = field_rules(self.plan);
+        let no_base = Fields::new();
         let mut out = Vec::new();
         for pair in pairs {
             let write = match (&pair.marketo, &pair.crm, &pair.base) {
@@ -335,9 +336,9 @@ impl TwoWay<'_> {
                     None
                 }
                 (_, _, base) => {
-                    let base = base.clone().unwrap_or_default();
-                    let r = reconcile(&rules, &base, pair.marketo.state(), pair.crm.state());
-                    self.settle(&pair, &base, r, commit, summary)
+                    let base = base.as_ref().unwrap_or(&no_base);
+                    let r = reconcile(&rules, base, pair.marketo.state(), pair.crm.state());
+                    self.settle(&pair, base, r, commit, summary)
                 }
             };
             out.extend(write);
@@ -470,7 +471,7 @@ impl TwoWay<'_> {
         }
         let mut crm_row = self.plan.render(Side::Crm, &r.to_crm);
         crm_row.extend(pair.crm_extra.clone());
-        let agreed = self.with_keys(&r.agreed, pair);
+        let agreed = self.with_keys(&r.agreed(base), pair);
         if crm_row.is_empty() && r.to_marketo.is_empty() {
             if agreed == *base {
                 summary.counts_mut(object, pair.read_from).skipped += 1;
