@@ -23,6 +23,12 @@
 //! - [`app`]: the daemon (lease, cycle loop, on-demand worker, shutdown) and operator commands.
 //! - [`cli`]: the command-line commands.
 
+/// mimalloc instead of the system allocator, for every binary built on this crate (the
+/// service, its tests and its benchmarks measure the same allocator): the per-record maps and
+/// strings of a sync are many, small and short-lived.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod app;
 pub mod cli;
 pub mod config;
