@@ -1582,6 +1582,214 @@ async fn a_re_run_over_a_linked_company_reconciles_instead_of_overwriting_crm_ed
     env.sim.shutdown().await;
 }
 
+/// Sets the lead phase's window watermark back to the low watermark, as an operator starting
+/// the lead phase over does: the next bootstrap exports every window again, over leads it (or
+/// the cycle) linked.
+async fn start_leads_over(env: &Env, ctx: &Context) {
+    let mut wm = ctx
+        .store
+        .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
+        .await
+        .unwrap()
+        .unwrap();
+    wm.at = env.low;
+    ctx.store.reset_watermark(&wm).await.unwrap();
+}
+
+/// Returns the CRM contact with this id (exactly one).
+async fn contact(ctx: &Context, id: &str) -> marketo_sync::crm::CrmRecord {
+    let rows = ctx.crm.get("contacts", &[id.to_owned()]).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+/// A re-run over a lead an earlier run linked goes through the cycle's reconcile, not a blind
+/// upsert: the title Marketo changed since arrives, the first name the CRM changed since stays
+/// (an overwrite would put Marketo's back) and is not written to Marketo by the bootstrap (one
+/// way; the agreed value stays, so the next cycle carries it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_run_over_a_linked_lead_reconciles_instead_of_overwriting_crm_edits() {
+    use marketo_sync::engine::{CycleOptions, Engine, Runner};
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let links = ctx.store.links_page("leads", None, 1000).await.unwrap();
+    let (link, first_name) = links
+        .iter()
+        .find_map(|l| {
+            let lead = env.sim.lead(l.marketo_key.parse().unwrap())?;
+            let name = lead["firstName"].as_str().filter(|n| !n.is_empty())?;
+            Some((l.clone(), name.to_owned()))
+        })
+        .expect("a linked lead with a first name");
+    let id: i64 = link.marketo_key.parse().unwrap();
+    let pool = sqlx::SqlitePool::connect(&env.crm_url).await.unwrap();
+    sqlx::query(
+        "UPDATE contacts SET first_name = 'Edited in the CRM', updated_at = CURRENT_TIMESTAMP \
+         WHERE id = ?",
+    )
+    .bind(&link.crm_key)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut change = marketo_sync::marketo::Record::new();
+    change.insert("id".into(), serde_json::json!(id));
+    change.insert("title".into(), serde_json::json!("Changed in Marketo"));
+    let results = ctx
+        .marketo
+        .sync_leads(
+            marketo_sync::marketo::SyncAction::UpdateOnly,
+            Some("id"),
+            None,
+            &[change],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0].status,
+        marketo_sync::marketo::RecordStatus::Updated
+    );
+
+    start_leads_over(&env, &ctx).await;
+    let second = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(second.complete, "{second:?}");
+    let leads = leads_phase(&second);
+    assert_eq!(
+        (leads.created, leads.updated, leads.failed),
+        (0, 1, 0),
+        "only the lead Marketo changed is written: {leads:?}"
+    );
+
+    let after = contact(&ctx, &link.crm_key).await;
+    let field = |name: &str| after.fields.get(name).map(Value::to_text);
+    assert_eq!(
+        field("first_name").as_deref(),
+        Some("Edited in the CRM"),
+        "the CRM's edit stays"
+    );
+    assert_eq!(
+        field("title").as_deref(),
+        Some("Changed in Marketo"),
+        "Marketo's change arrives"
+    );
+    assert_eq!(field("marketo_id"), Some(link.marketo_key.clone()));
+    let lead = env.sim.lead(id).unwrap();
+    assert_eq!(
+        lead["firstName"].as_str(),
+        Some(first_name.as_str()),
+        "the bootstrap writes nothing to Marketo"
+    );
+    let relinked = ctx
+        .store
+        .links_by_marketo_keys("leads", std::slice::from_ref(&link.marketo_key))
+        .await
+        .unwrap();
+    assert_eq!(relinked.len(), 1);
+    assert_eq!(relinked[0].crm_key, link.crm_key);
+    assert_eq!(
+        relinked[0].base.get("title"),
+        Some(&Value::Text("Changed in Marketo".into())),
+        "the agreed values follow what was written"
+    );
+    assert_eq!(
+        relinked[0].base.get("firstName"),
+        link.base.get("firstName"),
+        "the CRM's edit is not agreed yet"
+    );
+
+    // The next cycle (the daemon: another process, whose CRM adapter did not make the
+    // bootstrap's writes) carries the CRM's edit to Marketo.
+    let summary = Engine::new(env.ctx().await)
+        .run_one_cycle(&CycleOptions::default(), &CancellationToken::new())
+        .await
+        .unwrap();
+    let lead = env.sim.lead(id).unwrap();
+    assert_eq!(
+        lead["firstName"].as_str(),
+        Some("Edited in the CRM"),
+        "{summary:?}"
+    );
+    assert_eq!(lead["title"].as_str(), Some("Changed in Marketo"));
+    env.sim.shutdown().await;
+}
+
+/// A re-run over linked leads nobody changed writes no CRM row, and no key back to Marketo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_run_over_unchanged_linked_leads_writes_no_crm_row() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let mut ctx = env.ctx().await;
+    let first = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(first.complete, "{first:?}");
+    let linked = leads_phase(&first).links;
+    assert!(linked > 20, "{first:?}");
+    let links_before = ctx.store.links_page("leads", None, 1000).await.unwrap();
+
+    let counting = Arc::new(CountingCrm {
+        inner: ctx.crm.clone(),
+        upserts: std::sync::Mutex::new(Vec::new()),
+    });
+    ctx.crm = counting.clone();
+    start_leads_over(&env, &ctx).await;
+    let second = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(second.complete, "{second:?}");
+    let leads = leads_phase(&second);
+    assert_eq!(
+        leads.rows,
+        leads_phase(&first).rows,
+        "every lead read again"
+    );
+    assert_eq!(
+        (leads.created, leads.updated, leads.failed, leads.links),
+        (0, 0, 0, 0),
+        "{leads:?}"
+    );
+    assert_eq!(leads.written_back, 0, "{leads:?}");
+    let rows: usize = counting
+        .upserts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(o, _)| o == "contacts")
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(rows, 0, "no contact row written");
+    let links_after = ctx.store.links_page("leads", None, 1000).await.unwrap();
+    assert_eq!(links_after, links_before, "no link moved");
+    env.sim.shutdown().await;
+}
+
 /// A company and a lead the CRM refuses during a bootstrap are one ledger entry each, keyed by
 /// their Marketo key, with the CRM's code, under the one retry policy: refused again by a
 /// later window, the same entry counts a second attempt.

@@ -4,7 +4,8 @@
 //!
 //! 1. `leads`: Bulk Lead Extract by `createdAt` with the mapped fields, `id` and the CRM-key
 //!    field, streamed in batches of 300, mapped with the lead plan, upserted into the CRM keyed by
-//!    its Marketo-id column (re-runs do not duplicate; a lead whose first match field names a CRM
+//!    its Marketo-id column when not linked yet and reconciled with its CRM record when linked
+//!    (see below; re-runs do not duplicate; a lead whose first match field names a CRM
 //!    record without a Marketo id is adopted by that record instead of being created: the
 //!    record gets the Marketo id and the lead's values; a second lead matching the same record,
 //!    or one the CRM refuses, is held in the error ledger with code `bootstrap_match`) and a
@@ -39,9 +40,18 @@
 //! linked yet becomes a CRM row keyed by the Marketo-id column (a re-run finds it instead of
 //! creating a second one); a linked one is reconciled against its link's agreed values, so only
 //! what Marketo changed since is written and an edit made in the CRM since stays. Leads are
-//! written by the pipeline's keyed-row write (created and updated counted from each row's
-//! outcome) and linked in its commit; their own hooks are the adoption of unlinked CRM matches
-//! and the CRM-key spool.
+//! split per batch by their link. A lead not linked yet is written by the pipeline's keyed-row
+//! write (created and updated counted from each row's outcome) and linked in the batch's
+//! commit; its own hooks are the adoption of unlinked CRM matches and the CRM-key spool. A lead
+//! already linked (by an earlier run, or by the continuous sync, when the lead phase runs over
+//! it again) is reconciled like a cycle's ([`super::leads::inbound`]): its CRM record is
+//! read, the cycle's reconcile compares both sides with the link's agreed values under the lead
+//! plan's field rules, and only the fields Marketo changed since (or that Marketo wins by their
+//! policy) are written, to the linked record keyed by its primary key; the link's agreed values
+//! move in the same commit. An edit made in the CRM since stays and is not written to Marketo
+//! (bootstrap writes one way): its field keeps its agreed value, so the next cycle carries it.
+//! A linked lead with nothing to write is neither created nor updated; one whose CRM record is
+//! gone is left to the cycle's deletion handling.
 //!
 //! 3. `program_members` (after programs, after leads): the programs step links the programs
 //!    the programs mapping selects (by name, tag or folder), then a pass of
@@ -80,13 +90,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use super::leads::inbound::{self, Inbound, LinkedLead};
 use super::ledger::{self, Failure, RetryPolicy, Subject};
 use super::objects::{companies, program_members};
 use super::pipeline::commit::{self, ledger_entry};
 use super::pipeline::gather::open_errors;
 use super::pipeline::spec::TwoWaySpec;
 use super::pipeline::two_way::{CrmBatch, Observed, Seen, SidePair, TwoWay};
-use super::pipeline::write::{NewRow, RowTarget, write_linked_rows};
+use super::pipeline::write::{NewRow, RowTarget, write_keyed_rows, write_linked_rows};
+use super::reconcile::FieldConflict;
 use super::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
@@ -1797,8 +1809,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Maps one batch of lead rows, upserts them into the CRM keyed by the Marketo id, writes
-    /// the CRM keys back to Marketo and commits the links.
+    /// Maps one batch of lead rows and applies it in one store commit: the leads not linked yet
+    /// are upserted into the CRM keyed by the Marketo id ([`Run::apply_new_leads`]), those
+    /// linked already are reconciled ([`Run::apply_linked_leads`]); the CRM keys Marketo lacks
+    /// go to the write-back spool.
     async fn apply_leads(
         &mut self,
         plan: &Plan,
@@ -1806,33 +1820,66 @@ impl Run<'_> {
         phase: &mut PhaseReport,
         spool: &mut KeySpool,
     ) -> Result<(), EngineError> {
-        let mut ids = Vec::new();
-        let mut canon = Vec::new();
-        let mut crm_rows = Vec::new();
-        let mut known_keys = Vec::new();
-        for row in rows {
-            let Some(id) = text(&row.fields, "id") else {
-                phase.rejected += 1;
-                continue;
-            };
-            let canonical = match plan.to_canonical(Side::Marketo, &row.fields) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(lead = %id, error = %e, "lead cannot be mapped");
-                    phase.rejected += 1;
-                    continue;
-                }
-            };
-            let mut record = plan.render(Side::Crm, &canonical);
-            record.insert(plan.crm_marketo_id.clone(), Value::Text(id.clone()));
-            known_keys.push(text(&row.fields, &plan.marketo_crm_key));
-            ids.push(id);
-            canon.push(canonical);
-            crm_rows.push(record);
-        }
-        if crm_rows.is_empty() {
+        let leads = map_leads(plan, rows, phase);
+        if leads.is_empty() {
             return Ok(());
         }
+        let object = plan.object.as_str();
+        let direction = Direction::MarketoToCrm;
+        let keys: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+        let previous = self.open_entries(object, &keys).await?;
+        let mut links: BTreeMap<String, Link> = BTreeMap::new();
+        for l in self.ctx.store.links_by_marketo_keys(object, &keys).await? {
+            if l.tombstone.is_none() {
+                links.insert(l.marketo_key.clone(), l);
+            }
+        }
+        let (mut linked, mut fresh) = (Vec::new(), Vec::new());
+        for lead in leads {
+            match links.remove(&lead.id) {
+                Some(link) => linked.push((lead, link)),
+                None => fresh.push(lead),
+            }
+        }
+        let mut batch = LeadBatch {
+            target: RowTarget {
+                object,
+                direction,
+                previous: &previous,
+            },
+            step: StepCommit::default(),
+            summary: CycleSummary::default(),
+        };
+        self.apply_new_leads(plan, fresh, &mut batch, phase, spool)
+            .await?;
+        self.apply_linked_leads(plan, linked, &mut batch, spool)
+            .await?;
+        let LeadBatch {
+            step, mut summary, ..
+        } = batch;
+        let counts = summary.counts_mut(object, direction);
+        phase.created += counts.created;
+        phase.updated += counts.updated;
+        phase.failed += counts.failed;
+        phase.links += step.links_upsert.len() as u64;
+        commit::finish(self.ctx, step).await
+    }
+
+    /// Upserts the leads not linked yet into the CRM keyed by the Marketo id (a re-run finds
+    /// the rows instead of creating them again) and spools the CRM keys Marketo lacks.
+    async fn apply_new_leads(
+        &mut self,
+        plan: &Plan,
+        leads: Vec<MappedLead>,
+        batch: &mut LeadBatch<'_>,
+        phase: &mut PhaseReport,
+        spool: &mut KeySpool,
+    ) -> Result<(), EngineError> {
+        if leads.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+        let mut crm_rows: Vec<Fields> = leads.iter().map(|l| l.row.clone()).collect();
         // A lead whose match value already names a CRM record not linked to Marketo is not
         // created (that would duplicate it): the record adopts it. Its Marketo-id column is
         // written first (an upsert keyed by the CRM primary key, which only updates that row),
@@ -1881,18 +1928,14 @@ impl Run<'_> {
                 }
             }
         }
-        let object = plan.object.as_str();
-        let direction = Direction::MarketoToCrm;
-        let keys: Vec<String> = ids.clone();
-        let previous = self.open_entries(object, &keys).await?;
-        let mut step = StepCommit::default();
+        let target = &batch.target;
+        let (object, direction) = (target.object, target.direction);
         let mut rows: Vec<NewRow> = Vec::with_capacity(crm_rows.len());
         let mut kept_keys = Vec::with_capacity(crm_rows.len());
-        let batch = ids.into_iter().zip(canon).zip(crm_rows).zip(known_keys);
-        for (i, (((id, canonical), record), known)) in batch.enumerate() {
+        for (i, (lead, record)) in leads.into_iter().zip(crm_rows).enumerate() {
             let Some((field, crm_id)) = held.get(&i) else {
-                rows.push((id, canonical, record));
-                kept_keys.push(known);
+                rows.push((lead.id, lead.canonical, record));
+                kept_keys.push(lead.known);
                 continue;
             };
             phase.held += 1;
@@ -1908,29 +1951,23 @@ impl Run<'_> {
             let subject = Subject {
                 object,
                 direction,
-                record_key: &id,
+                record_key: &lead.id,
                 other_key: Some(crm_id.clone()),
-                payload: serde_json::to_value(&canonical).unwrap_or_default(),
+                payload: serde_json::to_value(&lead.canonical).unwrap_or_default(),
             };
-            step.errors_upsert
-                .push(ledger_entry(self.ctx, subject, failure, previous.get(&id)));
+            let entry = ledger_entry(self.ctx, subject, failure, target.previous.get(&lead.id));
+            batch.step.errors_upsert.push(entry);
         }
-        let target = RowTarget {
-            object,
-            direction,
-            previous: &previous,
-        };
-        let mut summary = CycleSummary::default();
         let size = self.crm_batch_rows(&plan.crm_object);
         let (ctx, cancel) = (self.ctx, self.cancel);
         let written = write_linked_rows(
             ctx,
             plan,
-            &target,
+            target,
             &rows,
             size,
-            &mut step,
-            &mut summary,
+            &mut batch.step,
+            &mut batch.summary,
             cancel,
         )
         .await?;
@@ -1942,12 +1979,88 @@ impl Run<'_> {
                 spool.push(id, crm_id)?;
             }
         }
-        let counts = summary.counts_mut(object, direction);
-        phase.created += counts.created;
-        phase.updated += counts.updated;
-        phase.failed += counts.failed;
-        phase.links += step.links_upsert.len() as u64;
-        commit::finish(self.ctx, step).await
+        Ok(())
+    }
+
+    /// Reconciles the leads an earlier run (or the cycle) linked with their CRM records against
+    /// the links' agreed values ([`leads::inbound`]): only what Marketo changed since is written
+    /// (keyed by the CRM primary key), a CRM edit since stays and is not written to Marketo
+    /// (the next cycle carries it), and the links' agreed values move in the batch's commit. A
+    /// lead with nothing to write is neither created nor updated. Their CRM keys Marketo lacks
+    /// go to the write-back spool.
+    async fn apply_linked_leads(
+        &mut self,
+        plan: &Plan,
+        leads: Vec<(MappedLead, Link)>,
+        batch: &mut LeadBatch<'_>,
+        spool: &mut KeySpool,
+    ) -> Result<(), EngineError> {
+        if leads.is_empty() {
+            return Ok(());
+        }
+        let input: Vec<LinkedLead<'_>> = leads
+            .iter()
+            .map(|(lead, link)| LinkedLead {
+                link,
+                canonical: &lead.canonical,
+            })
+            .collect();
+        let reconciled = inbound::reconcile_inbound(self.ctx, plan, &input).await?;
+        let target = &batch.target;
+        let (object, direction) = (target.object, target.direction);
+        let now = self.ctx.clock.now();
+        let mut rows: Vec<NewRow> = Vec::new();
+        let mut settled: Vec<(&Link, Vec<FieldConflict>)> = Vec::new();
+        for ((lead, link), outcome) in leads.iter().zip(reconciled.leads) {
+            let (row, agreed, conflicts) = match outcome {
+                Inbound::Gone => {
+                    warn!(lead = %lead.id, crm = %link.crm_key, "the linked crm record is gone; left to the sync's deletion handling");
+                    continue;
+                }
+                Inbound::Reconciled {
+                    row,
+                    agreed,
+                    conflicts,
+                } => (row, agreed, conflicts),
+            };
+            if lead.known.as_deref() != Some(link.crm_key.as_str()) {
+                spool.push(&lead.id, &link.crm_key)?;
+            }
+            if let Some(row) = row {
+                rows.push((lead.id.clone(), agreed, row));
+                settled.push((link, conflicts));
+                continue;
+            }
+            record_conflicts(&mut batch.step, object, link, &conflicts, now);
+            if agreed != link.base {
+                let moved = commit::link(object, &lead.id, &link.crm_key, agreed, now);
+                batch.step.links_upsert.push(moved);
+            }
+            if target.previous.contains_key(&lead.id) {
+                let key = commit::error_key(object, direction, &lead.id);
+                batch.step.errors_resolve.push(key);
+            }
+        }
+        let size = self.crm_batch_rows(&plan.crm_object);
+        let (ctx, cancel) = (self.ctx, self.cancel);
+        let written = write_keyed_rows(
+            ctx,
+            plan,
+            target,
+            &reconciled.key_column,
+            &rows,
+            size,
+            &mut batch.step,
+            &mut batch.summary,
+            cancel,
+        )
+        .await?;
+        for ((link, conflicts), crm_id) in settled.into_iter().zip(&written) {
+            if crm_id.is_some() {
+                record_conflicts(&mut batch.step, object, link, &conflicts, now);
+            }
+        }
+        Ok(())
     }
 
     async fn opportunity_window(
@@ -2246,6 +2359,68 @@ impl Run<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// One lead row of an export batch, mapped.
+struct MappedLead {
+    /// The Marketo lead id.
+    id: String,
+    /// Its canonical values.
+    canonical: Fields,
+    /// Its CRM row (with the Marketo id), for a lead not linked yet.
+    row: Fields,
+    /// The CRM key Marketo holds for it (the CRM-key field).
+    known: Option<String>,
+}
+
+/// One batch of leads being applied: its ledger context, its one store commit and its counts.
+struct LeadBatch<'a> {
+    target: RowTarget<'a>,
+    step: StepCommit,
+    summary: CycleSummary,
+}
+
+/// Maps a batch of lead rows through the lead plan; a row without an id, or one the mapping
+/// cannot read, is counted rejected.
+fn map_leads(plan: &Plan, rows: Vec<ExportRow>, phase: &mut PhaseReport) -> Vec<MappedLead> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = text(&row.fields, "id") else {
+            phase.rejected += 1;
+            continue;
+        };
+        let canonical = match plan.to_canonical(Side::Marketo, &row.fields) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(lead = %id, error = %e, "lead cannot be mapped");
+                phase.rejected += 1;
+                continue;
+            }
+        };
+        let mut record = plan.render(Side::Crm, &canonical);
+        record.insert(plan.crm_marketo_id.clone(), Value::Text(id.clone()));
+        out.push(MappedLead {
+            known: text(&row.fields, &plan.marketo_crm_key),
+            id,
+            canonical,
+            row: record,
+        });
+    }
+    out
+}
+
+/// Records the conflicts a linked lead's reconcile settled (for Marketo's value) in `step`.
+fn record_conflicts(
+    step: &mut StepCommit,
+    object: &str,
+    link: &Link,
+    conflicts: &[FieldConflict],
+    now: DateTime<Utc>,
+) {
+    for c in conflicts {
+        let conflict = c.record(object, &link.marketo_key, &link.crm_key, now);
+        step.conflicts.push(conflict);
     }
 }
 

@@ -31,12 +31,15 @@
 //! - `merges.rs`: Marketo lead merges, links recovered from the CRM after a killed cycle;
 //! - `conversion.rs`: CRM lead conversion, leads held by unconverted CRM leads;
 //! - `deletes.rs`: deletions both ways, CRM merges carried to Marketo;
+//! - `inbound.rs`: leads one way into the CRM over linked pairs (bootstrap re-runs), by the
+//!   same reconcile and CRM rows as the cycle, nothing written to Marketo;
 //! - `step.rs`: the step's one commit, its ledger entries (through the pipeline's one retry
 //!   policy) and tombstones; `records.rs`: the lead and CRM records read.
 
 mod conversion;
 mod deletes;
 mod gather;
+pub(crate) mod inbound;
 mod matching;
 mod merges;
 mod pairing;

@@ -15,7 +15,7 @@ use super::records::{CRec, MLead, Pair, c_rec, live};
 use super::step::Step;
 use super::write;
 use crate::config::{DeletePolicy, SyncSettings};
-use crate::engine::reconcile::{self, Reconciled, SideState, reconcile};
+use crate::engine::reconcile::{self, FieldRule, Reconciled, SideState, reconcile};
 use crate::engine::{CycleSummary, EngineError};
 use crate::model::{Fields, Side};
 use crate::store::{Link, TombstoneKind};
@@ -384,28 +384,42 @@ async fn read_lead_partners(
 /// Reconciles every pair with a record read against its link's base.
 fn reconcile_pairs(step: &Step<'_>, pairs: &[Pair]) -> Vec<(usize, Reconciled)> {
     let rules = reconcile::rules(step.plan);
-    let empty = Fields::new();
     pairs
         .iter()
         .enumerate()
         .filter(|(_, p)| p.m.is_some() || p.c.is_some())
         .map(|(i, p)| {
-            let base = p.link.as_ref().map_or(&empty, |l| &l.base);
-            let r = reconcile(
-                &rules,
-                base,
-                p.m.as_ref().map(|m| SideState {
-                    fields: &m.canon,
-                    modified_at: m.at,
-                }),
-                p.c.as_ref().map(|c| SideState {
-                    fields: &c.canon,
-                    modified_at: Some(c.at),
-                }),
-            );
-            (i, r)
+            (
+                i,
+                reconcile_pair(&rules, p.link.as_ref(), p.m.as_ref(), p.c.as_ref()),
+            )
         })
         .collect()
+}
+
+/// Reconciles one pair three-way against its link's agreed values (none when not linked: every
+/// value read is new) with the lead plan's `rules`; a side not read is unchanged. The cycle's
+/// pairs and bootstrap's linked leads ([`super::inbound`]) are reconciled by this one function.
+pub(super) fn reconcile_pair(
+    rules: &[FieldRule],
+    link: Option<&Link>,
+    m: Option<&MLead>,
+    c: Option<&CRec>,
+) -> Reconciled {
+    let empty = Fields::new();
+    let base = link.map_or(&empty, |l| &l.base);
+    reconcile(
+        rules,
+        base,
+        m.map(|m| SideState {
+            fields: &m.canon,
+            modified_at: m.at,
+        }),
+        c.map(|c| SideState {
+            fields: &c.canon,
+            modified_at: Some(c.at),
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::LINK_OBJECT;
 use super::deletes::apply_policy;
-use super::records::{Pair, crm_pk, direction_to, text_of};
+use super::records::{CRec, Pair, crm_pk, direction_to, text_of};
 use super::step::Step;
 use crate::config::DeletePolicy;
 use crate::crm::{Refusal, RefusalReason, WriteResult};
@@ -17,6 +17,7 @@ use crate::engine::pipeline::to_record;
 use crate::engine::reconcile::Reconciled;
 use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
 use crate::engine::{CycleSummary, EngineError};
+use crate::mapping::Plan;
 use crate::marketo::endpoint::{
     CompanyLink, EndpointSettings, LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint,
     RestBulkEndpoint, WriteMode,
@@ -321,24 +322,23 @@ fn crm_writes(
             continue;
         }
         let Some(m_id) = p.m_id else { continue };
-        let mut record = plan.render(Side::Crm, &r.to_crm);
-        let needs_key = match &p.c {
-            Some(c) => c.marketo_key.as_deref() != Some(m_id.to_string().as_str()),
-            None => p.link.is_none(),
+        let m_key = m_id.to_string();
+        let Some(c_id) = &p.c_id else {
+            let mut record = plan.render(Side::Crm, &r.to_crm);
+            record.insert(plan.crm_marketo_id.clone(), Value::Text(m_key));
+            creates.push((*i, record));
+            continue;
         };
-        match &p.c_id {
+        let update = CrmUpdate {
+            pk,
+            m_key: &m_key,
+            c_id,
+            c: p.c.as_ref(),
+            linked: p.link.is_some(),
+        };
+        match update.row(plan, &r.to_crm) {
+            Some(record) => updates.push((*i, record)),
             None => {
-                record.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
-                creates.push((*i, record));
-            }
-            Some(c_id) if !record.is_empty() || needs_key => {
-                if needs_key {
-                    record.insert(plan.crm_marketo_id.clone(), Value::Text(m_id.to_string()));
-                }
-                record.insert(pk.to_owned(), Value::Text(c_id.clone()));
-                updates.push((*i, record));
-            }
-            Some(_) => {
                 summary
                     .counts_mut(&plan.object, Direction::MarketoToCrm)
                     .skipped += 1;
@@ -346,6 +346,44 @@ fn crm_writes(
         }
     }
     (creates, updates)
+}
+
+/// The CRM record of a pair that has one (linked, or found by its keys or match fields), as an
+/// update keyed by the CRM primary key.
+pub(super) struct CrmUpdate<'a> {
+    /// The CRM object's primary-key field.
+    pub pk: &'a str,
+    /// The pair's Marketo lead id.
+    pub m_key: &'a str,
+    /// The CRM record's id.
+    pub c_id: &'a str,
+    /// The CRM record as read this cycle, if read.
+    pub c: Option<&'a CRec>,
+    /// True when the pair is linked.
+    pub linked: bool,
+}
+
+impl CrmUpdate<'_> {
+    /// Returns the row that writes the reconciled changes `to_crm` (canonical) to the record,
+    /// with the Marketo id when the record does not hold it (not read: when not linked), keyed
+    /// by the primary key; `None` when there is nothing to write. The cycle's CRM updates and
+    /// bootstrap's ([`super::inbound`]) are rendered by this one function.
+    pub(super) fn row(&self, plan: &Plan, to_crm: &Fields) -> Option<Fields> {
+        let mut record = plan.render(Side::Crm, to_crm);
+        let needs_key = match self.c {
+            Some(c) => c.marketo_key.as_deref() != Some(self.m_key),
+            None => !self.linked,
+        };
+        if record.is_empty() && !needs_key {
+            return None;
+        }
+        if needs_key {
+            let m_key = Value::Text(self.m_key.to_owned());
+            record.insert(plan.crm_marketo_id.clone(), m_key);
+        }
+        record.insert(self.pk.to_owned(), Value::Text(self.c_id.to_owned()));
+        Some(record)
+    }
 }
 
 /// Plans the CRM row writes of a dry run.

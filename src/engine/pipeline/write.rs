@@ -222,6 +222,29 @@ pub(crate) async fn write_linked_rows(
     summary: &mut CycleSummary,
     cancel: &CancellationToken,
 ) -> Result<Vec<Option<String>>, EngineError> {
+    let key = plan.crm_marketo_id.as_str();
+    write_keyed_rows(ctx, plan, target, key, rows, batch, commit, summary, cancel).await
+}
+
+/// [`write_linked_rows`] with the rows keyed by `key_column` (each row holds it): the primary
+/// key updates the linked records themselves, whatever their Marketo-id column holds (a record
+/// gone meanwhile is refused, not inserted).
+///
+/// # Errors
+///
+/// A whole-call CRM failure, or cancellation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_keyed_rows(
+    ctx: &Context,
+    plan: &Plan,
+    target: &RowTarget<'_>,
+    key_column: &str,
+    rows: &[NewRow],
+    batch: usize,
+    commit: &mut StepCommit,
+    summary: &mut CycleSummary,
+    cancel: &CancellationToken,
+) -> Result<Vec<Option<String>>, EngineError> {
     let now = ctx.clock.now();
     let (object, direction, previous) = (target.object, target.direction, target.previous);
     let mut out = Vec::with_capacity(rows.len());
@@ -230,10 +253,7 @@ pub(crate) async fn write_linked_rows(
             return Err(EngineError::Cancelled);
         }
         let calls: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
-        let results = ctx
-            .crm
-            .upsert(&plan.crm_object, &plan.crm_marketo_id, &calls)
-            .await?;
+        let results = ctx.crm.upsert(&plan.crm_object, key_column, &calls).await?;
         let mut results = results.into_iter();
         for (key, base, row) in chunk {
             let counts = summary.counts_mut(object, direction);
