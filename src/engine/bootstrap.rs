@@ -1879,7 +1879,13 @@ impl Run<'_> {
             return Ok(());
         }
         let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
-        let mut crm_rows: Vec<Fields> = leads.iter().map(|l| l.row.clone()).collect();
+        let (leads, mut crm_rows): (Vec<MappedLead>, Vec<Fields>) = leads
+            .into_iter()
+            .map(|mut l| {
+                let row = std::mem::take(&mut l.row);
+                (l, row)
+            })
+            .unzip();
         // A lead whose match value already names a CRM record not linked to Marketo is not
         // created (that would duplicate it): the record adopts it. Its Marketo-id column is
         // written first (an upsert keyed by the CRM primary key, which only updates that row),

@@ -88,7 +88,7 @@ pub(crate) async fn reconcile_inbound(
                     external_company_id: None,
                 };
                 let r = reconcile_pair(&rules, Some(lead.link), Some(&m), Some(c));
-                let r = toward_crm(r, &lead.link.base);
+                let r = toward_crm(r);
                 let update = CrmUpdate {
                     pk: &key_column,
                     m_key: &lead.link.marketo_key,
@@ -98,7 +98,7 @@ pub(crate) async fn reconcile_inbound(
                 };
                 Inbound::Reconciled {
                     row: update.row(plan, &r.to_crm),
-                    agreed: r.agreed,
+                    agreed: r.agreed(&lead.link.base),
                     conflicts: r.conflicts,
                 }
             }
@@ -108,14 +108,11 @@ pub(crate) async fn reconcile_inbound(
 }
 
 /// Keeps what a reconcile sends from Marketo to the CRM: its writes to Marketo are dropped and
-/// their fields keep their agreed value in `base` (so they stay changed on the CRM side for the
-/// next cycle), and so are the conflicts those writes settled.
-fn toward_crm(mut r: Reconciled, base: &Fields) -> Reconciled {
+/// their fields keep their agreed value in the base (so they stay changed on the CRM side for
+/// the next cycle), and so are the conflicts those writes settled.
+fn toward_crm(mut r: Reconciled) -> Reconciled {
     for name in r.to_marketo.keys() {
-        match base.get(name) {
-            Some(v) => r.agreed.insert(name.clone(), v.clone()),
-            None => r.agreed.remove(name),
-        };
+        r.agreed_changes.remove(name);
     }
     let deferred = std::mem::take(&mut r.to_marketo);
     r.conflicts.retain(|c| !deferred.contains_key(&c.field));
@@ -152,7 +149,7 @@ mod tests {
                 modified_at: None,
             })
         };
-        toward_crm(reconcile(rules, base, side(m), side(c)), base)
+        toward_crm(reconcile(rules, base, side(m), side(c)))
     }
 
     /// Marketo's change is written and agreed; the CRM's stays unagreed for the next cycle.
@@ -168,7 +165,7 @@ mod tests {
         let out = one_way(&rules, &base, &m, &c);
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
         assert!(out.to_marketo.is_empty());
-        assert_eq!(out.agreed, fields(&[("title", "CEO"), ("first", "Ada")]));
+        assert_eq!(out.agreed(&base), fields(&[("title", "CEO"), ("first", "Ada")]));
     }
 
     /// A conflict the CRM wins is left to the cycle (not recorded here); one Marketo wins is
@@ -180,12 +177,12 @@ mod tests {
         let c = fields(&[("title", "VP")]);
         let out = one_way(&[rule("title", Policy::CrmWins)], &base, &m, &c);
         assert!(out.is_noop(), "{out:?}");
-        assert_eq!(out.agreed, base);
+        assert_eq!(out.agreed(&base), base);
         assert!(out.conflicts.is_empty());
 
         let out = one_way(&[rule("title", Policy::MarketoWins)], &base, &m, &c);
         assert_eq!(out.to_crm, m);
-        assert_eq!(out.agreed, m);
+        assert_eq!(out.agreed(&base), m);
         assert_eq!(out.conflicts.len(), 1);
     }
 
@@ -200,6 +197,7 @@ mod tests {
             &fields(&[("phone", "1")]),
         );
         assert!(out.is_noop());
-        assert!(out.agreed.is_empty(), "{:?}", out.agreed);
+        let agreed = out.agreed(&Fields::new());
+        assert!(agreed.is_empty(), "{agreed:?}");
     }
 }
