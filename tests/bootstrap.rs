@@ -2742,3 +2742,40 @@ fn the_cli_names_one_list_for_the_lead_phase() {
     assert!(parse(&["--static-list-id", "0"]).is_err());
     assert!(parse(&["--static-list-name", ""]).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_with_a_list_plans_one_export_and_says_the_estimate_counts_every_lead() {
+    let mut env = Env::new(150, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = ctx_with(&env, |b| b.static_list_id = Some(1001)).await;
+    let options = BootstrapOptions {
+        dry_run: true,
+        ..env.options()
+    };
+    let report = bootstrap(
+        &ctx,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.estimated_exports, 1);
+    assert_eq!(
+        leads_phase(&report).planned,
+        vec![Window {
+            start: env.low,
+            end: env.clock.now()
+        }]
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("static list 1001") && w.contains("upper bound")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(env.export_creates("leads"), 0);
+    env.sim.shutdown().await;
+}
