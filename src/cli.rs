@@ -547,6 +547,53 @@ pub struct BootstrapArgs {
     /// once a minute).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub export_poll_secs: u64,
+    /// Load the members of this static list (by id) in one lead export instead of the leads
+    /// created since the low watermark in 31-day windows (replaces the list the `bootstrap`
+    /// settings name). One list flag at most.
+    #[arg(
+        long,
+        value_name = "ID",
+        value_parser = clap::value_parser!(i64).range(1..),
+        conflicts_with_all = ["static_list_name", "smart_list_id", "smart_list_name"]
+    )]
+    pub static_list_id: Option<i64>,
+    /// As --static-list-id, the static list by its exact name.
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
+        conflicts_with_all = ["smart_list_id", "smart_list_name"]
+    )]
+    pub static_list_name: Option<String>,
+    /// As --static-list-id, a smart list by id. Where the subscription lacks the smart list
+    /// filter (Marketo answers 1035) the run warns and loads by windows instead.
+    #[arg(
+        long,
+        value_name = "ID",
+        value_parser = clap::value_parser!(i64).range(1..),
+        conflicts_with = "smart_list_name"
+    )]
+    pub smart_list_id: Option<i64>,
+    /// As --smart-list-id, the smart list by its exact name.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub smart_list_name: Option<String>,
+}
+
+impl BootstrapArgs {
+    /// Returns the list the flags name for the lead phase (none: the settings decide).
+    pub fn lead_list(&self) -> Option<crate::marketo::bulk_extract::LeadList> {
+        use crate::marketo::bulk_extract::LeadList;
+        if let Some(id) = self.static_list_id {
+            return Some(LeadList::StaticId(id));
+        }
+        if let Some(name) = &self.static_list_name {
+            return Some(LeadList::StaticName(name.clone()));
+        }
+        if let Some(id) = self.smart_list_id {
+            return Some(LeadList::SmartId(id));
+        }
+        self.smart_list_name.clone().map(LeadList::SmartName)
+    }
 }
 
 /// The `crm` subcommands.
@@ -1177,7 +1224,9 @@ async fn run_bootstrap(
         None => None,
     };
     let ctx = crate::engine::Context::from_settings(&loaded).await?;
+    let lead_list = args.lead_list();
     let options = bootstrap::BootstrapOptions {
+        lead_list,
         objects: args.objects,
         since,
         dry_run: args.dry_run,

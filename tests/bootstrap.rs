@@ -2537,3 +2537,453 @@ async fn a_spool_file_gone_from_the_work_directory_stops_the_run_instead_of_losi
     assert_eq!(env.calls("POST", REST_LEADS), 0);
     env.sim.shutdown().await;
 }
+
+/// A context (a "new process") whose `bootstrap` settings `set` changes.
+async fn ctx_with(
+    env: &Env,
+    set: impl FnOnce(&mut marketo_sync::config::BootstrapSettings),
+) -> Context {
+    let mut ctx = env.ctx().await;
+    let mut settings = (*ctx.settings).clone();
+    set(&mut settings.bootstrap);
+    ctx.settings = Arc::new(settings);
+    ctx
+}
+
+/// The leads of the simulator's "Newsletter" static list (id 1001) that exist.
+fn newsletter(env: &Env) -> Vec<i64> {
+    let (id, _, members) = env
+        .sim
+        .static_lists()
+        .into_iter()
+        .find(|(_, name, _)| name == "Newsletter")
+        .unwrap();
+    assert_eq!(id, 1001);
+    members
+        .into_iter()
+        .filter(|m| env.sim.lead(*m).is_some())
+        .collect()
+}
+
+/// The CRM holds a linked contact, its key written back to Marketo, for exactly the `members`.
+async fn check_only_members_linked(env: &Env, ctx: &Context, members: &[i64]) {
+    let rows = contacts(&ctx.crm, members).await;
+    assert_eq!(rows.len(), members.len(), "every member once in the CRM");
+    let others: Vec<i64> = env
+        .sim
+        .leads()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .filter(|id| !members.contains(id))
+        .collect();
+    assert!(!others.is_empty());
+    assert!(
+        contacts(&ctx.crm, &others).await.is_empty(),
+        "no lead outside the list reached the CRM"
+    );
+    let keys: Vec<String> = members.iter().map(i64::to_string).collect();
+    let links = ctx
+        .store
+        .links_by_marketo_keys("leads", &keys)
+        .await
+        .unwrap();
+    assert_eq!(links.len(), members.len(), "a link per member");
+    for link in &links {
+        let lead = env.sim.lead(link.marketo_key.parse().unwrap()).unwrap();
+        assert_eq!(
+            lead["crmContactId"].as_str(),
+            Some(link.crm_key.as_str()),
+            "the CRM key is written back to Marketo"
+        );
+    }
+}
+
+async fn lead_phase_watermark(ctx: &Context) -> Option<DateTime<Utc>> {
+    ctx.store
+        .watermark(Side::Marketo, "leads", &queue(PHASE_LEADS))
+        .await
+        .unwrap()
+        .map(|w| w.at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_list_by_name_loads_only_its_members_in_one_export() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let ctx = ctx_with(&env, |b| b.static_list_name = Some("Newsletter".into())).await;
+    let progress = RecordingProgress::new();
+    let report = bootstrap(&ctx, &env.options(), &progress, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let members = newsletter(&env);
+    assert!(members.len() > 20, "{}", members.len());
+    // The list, not the low watermark, chooses: it holds leads created before it too.
+    let in_range = env.leads_in_range();
+    assert!(
+        members.iter().any(|m| !in_range.contains_key(m)),
+        "the list should hold leads created before the low watermark"
+    );
+    let leads = leads_phase(&report);
+    assert_eq!(
+        (
+            leads.windows_total,
+            leads.windows_done,
+            leads.exports_created
+        ),
+        (1, 1, 1),
+        "{leads:?}"
+    );
+    assert_eq!(leads.rows as usize, members.len(), "{leads:?}");
+    assert_eq!(
+        (leads.created + leads.adopted) as usize,
+        members.len(),
+        "{leads:?}"
+    );
+    // One lead export for 150 days (windows would have cost 5).
+    assert_eq!(env.export_creates("leads"), 1);
+    check_only_members_linked(&env, &ctx, &members).await;
+    // One window, from the low watermark to the instant the export was planned; the phase
+    // watermark follows it, so a later run by windows loads the leads created after the list
+    // was read.
+    let now = env.clock.now();
+    assert_eq!(
+        windows_of(&progress.events(), PHASE_LEADS),
+        vec![Window {
+            start: env.low,
+            end: now
+        }]
+    );
+    assert_eq!(
+        lead_phase_watermark(&ctx).await,
+        Some(now + ChronoDuration::seconds(1))
+    );
+    assert!(
+        ctx.store
+            .unfinished_jobs(JobDirection::Export)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the list export is consumed"
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_re_attaches_to_the_list_export_left_unfinished() {
+    use marketo_sync::engine::bootstrap::list_object;
+    use marketo_sync::marketo::bulk_extract::{ExportOptions, LeadList};
+    // The export processes for an hour of sim time: the first run stops while it waits.
+    let env = Env::build(150, LEADS, Duration::from_secs(3600), SimConfig::default()).await;
+    let list = LeadList::StaticId(1001);
+    let options = BootstrapOptions {
+        lead_list: Some(list.clone()),
+        export: Some(ExportOptions {
+            poll_interval: Duration::from_millis(20),
+            max_wait: None,
+        }),
+        ..env.options()
+    };
+    let planned = env.clock.now();
+    let first_ctx = env.ctx().await;
+    let cancel = CancellationToken::new();
+    let run = {
+        let (cancel, options) = (cancel.clone(), options.clone());
+        async move { bootstrap(&first_ctx, &options, &RecordingProgress::new(), &cancel).await }
+    };
+    // Stops the run once its job is journalled and enqueued (processing at Marketo).
+    let watcher = async {
+        let ctx = env.ctx().await;
+        loop {
+            let enqueued = env
+                .sim
+                .request_log()
+                .iter()
+                .any(|e| e.path.ends_with("/enqueue.json") && e.http_status == 200);
+            let jobs = ctx
+                .store
+                .unfinished_jobs(JobDirection::Export)
+                .await
+                .unwrap();
+            if enqueued && let Some(job) = jobs.into_iter().next() {
+                cancel.cancel();
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (result, job) = tokio::join!(run, watcher);
+    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+    assert_eq!(job.object, list_object(PHASE_LEADS, &list));
+    assert_eq!(
+        (job.window_start, job.window_end),
+        (Some(env.low), Some(planned))
+    );
+    assert_eq!(env.export_creates("leads"), 1);
+    assert_eq!(lead_phase_watermark(&env.ctx().await).await, None);
+
+    // Later, in the engine's time too (a new plan would end elsewhere); the job has finished
+    // meanwhile. A new job would process for an hour: the run would stop at the maximum wait.
+    env.clock.advance(Duration::from_secs(600));
+    env.sim.advance_clock(Duration::from_secs(7200));
+    let ctx = env.ctx().await;
+    let again = BootstrapOptions {
+        export: Some(ExportOptions {
+            poll_interval: Duration::from_millis(500),
+            max_wait: Some(Duration::from_secs(3)),
+        }),
+        ..options
+    };
+    let report = bootstrap(
+        &ctx,
+        &again,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{report:?}");
+    let leads = leads_phase(&report);
+    assert_eq!(
+        (
+            leads.exports_resumed,
+            leads.exports_created,
+            leads.windows_done
+        ),
+        (1, 0, 1),
+        "{leads:?}"
+    );
+    assert_eq!(
+        env.export_creates("leads"),
+        1,
+        "the journalled job is used, not paid for again"
+    );
+    let stored = ctx
+        .store
+        .job(JobDirection::Export, &job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, marketo_sync::store::JobState::Consumed);
+    check_only_members_linked(&env, &ctx, &newsletter(&env)).await;
+    // The watermark is the first run's plan: the list was read after it.
+    assert_eq!(
+        lead_phase_watermark(&ctx).await,
+        Some(planned + ChronoDuration::seconds(1))
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smart_list_this_subscription_lacks_falls_back_to_windows_with_one_warning() {
+    let env = Env::new(150, SimConfig::default()).await;
+    let ctx = ctx_with(&env, |b| b.smart_list_name = Some("Hot Leads".into())).await;
+    let progress = RecordingProgress::new();
+    let report = bootstrap(&ctx, &env.options(), &progress, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    let warned: Vec<&String> = report
+        .warnings
+        .iter()
+        .filter(|w| w.contains("smart list \"Hot Leads\""))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", report.warnings);
+    assert!(
+        warned[0].contains("1035") && warned[0].contains("31-day windows"),
+        "{}",
+        warned[0]
+    );
+    // Marketo refused the one list export; the 5 windows were exported instead.
+    let refused = env
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.path == "/bulk/v1/leads/export/create.json")
+        .filter(|e| e.code.as_deref() == Some("1035"))
+        .count();
+    assert_eq!(refused, 1);
+    assert_eq!(env.export_creates("leads"), 5);
+    let leads = leads_phase(&report);
+    assert_eq!(
+        (
+            leads.windows_total,
+            leads.windows_done,
+            leads.exports_created
+        ),
+        (5, 5, 5),
+        "{leads:?}"
+    );
+    assert_covering(
+        &windows_of(&progress.events(), PHASE_LEADS),
+        env.low,
+        env.clock.now(),
+    );
+    check_all_leads_linked(&env, &ctx).await;
+    assert_eq!(
+        lead_phase_watermark(&ctx).await,
+        Some(env.clock.now() + ChronoDuration::seconds(1))
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_list_stops_the_run_with_an_error_naming_it() {
+    use marketo_sync::marketo::bulk_extract::LeadList;
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = ctx_with(&env, |b| b.static_list_name = Some("No Such List".into())).await;
+    let err = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, EngineError::Config(_)), "{err:?}");
+    assert!(
+        text.contains("static list \"No Such List\"") && text.contains("staticListName"),
+        "{text}"
+    );
+    // The same by id, from the options (the CLI flags).
+    let by_id = BootstrapOptions {
+        lead_list: Some(LeadList::StaticId(424_242)),
+        ..env.options()
+    };
+    let err = bootstrap(
+        &env.ctx().await,
+        &by_id,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("static list 424242"), "{err}");
+    // Nothing was exported or loaded.
+    assert_eq!(env.export_creates("leads"), 0);
+    assert_eq!(lead_phase_watermark(&ctx).await, None);
+    assert!(
+        ctx.store
+            .links_page("leads", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lists_in_the_settings_are_an_error_naming_both_keys() {
+    let mut env = Env::new(60, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = ctx_with(&env, |b| {
+        b.static_list_name = Some("Newsletter".into());
+        b.smart_list_id = Some(7);
+    })
+    .await;
+    let err = bootstrap(
+        &ctx,
+        &env.options(),
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, EngineError::Config(_)), "{err:?}");
+    assert!(
+        text.contains("bootstrap.static_list_name") && text.contains("bootstrap.smart_list_id"),
+        "{text}"
+    );
+    assert!(
+        env.sim
+            .request_log()
+            .iter()
+            .all(|e| !e.path.starts_with("/bulk/")),
+        "no export was created"
+    );
+    env.sim.shutdown().await;
+}
+
+#[test]
+fn the_cli_names_one_list_for_the_lead_phase() {
+    use clap::Parser;
+    use marketo_sync::marketo::bulk_extract::LeadList;
+    let parse = |flags: &[&str]| {
+        let mut argv = vec!["marketo-sync", "bootstrap"];
+        argv.extend_from_slice(flags);
+        marketo_sync::cli::Cli::try_parse_from(argv).map(|cli| match cli.command {
+            marketo_sync::cli::Command::Bootstrap(args) => args.lead_list(),
+            other => panic!("parsed as {other:?}"),
+        })
+    };
+    assert_eq!(parse(&[]).unwrap(), None);
+    assert_eq!(
+        parse(&["--static-list-name", "Newsletter"]).unwrap(),
+        Some(LeadList::StaticName("Newsletter".into()))
+    );
+    assert_eq!(
+        parse(&["--static-list-id", "1001"]).unwrap(),
+        Some(LeadList::StaticId(1001))
+    );
+    assert_eq!(
+        parse(&["--smart-list-id", "7"]).unwrap(),
+        Some(LeadList::SmartId(7))
+    );
+    assert_eq!(
+        parse(&["--smart-list-name", "Hot Leads"]).unwrap(),
+        Some(LeadList::SmartName("Hot Leads".into()))
+    );
+    let two = parse(&["--static-list-id", "1001", "--smart-list-name", "Hot Leads"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        two.contains("--static-list-id") && two.contains("--smart-list-name"),
+        "{two}"
+    );
+    assert!(parse(&["--static-list-id", "0"]).is_err());
+    assert!(parse(&["--static-list-name", ""]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_with_a_list_plans_one_export_and_says_the_estimate_counts_every_lead() {
+    let mut env = Env::new(150, SimConfig::default()).await;
+    env.objects = vec!["leads".into()];
+    let ctx = ctx_with(&env, |b| b.static_list_id = Some(1001)).await;
+    let options = BootstrapOptions {
+        dry_run: true,
+        ..env.options()
+    };
+    let report = bootstrap(
+        &ctx,
+        &options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.estimated_exports, 1);
+    assert_eq!(
+        leads_phase(&report).planned,
+        vec![Window {
+            start: env.low,
+            end: env.clock.now()
+        }]
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("static list 1001") && w.contains("upper bound")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(env.export_creates("leads"), 0);
+    env.sim.shutdown().await;
+}

@@ -212,6 +212,54 @@ fn load_reports_every_error_at_once() {
 }
 
 #[test]
+fn the_lead_list_comes_from_a_file_or_the_environment_and_two_lists_name_both_keys() {
+    use marketo_sync::marketo::bulk_extract::LeadList;
+    let dir = config_dir();
+    write(
+        dir.path(),
+        "production.toml",
+        "[bootstrap]\nstatic_list_name = \"Newsletter\"\n",
+    );
+    let source = SettingsSource::new(dir.path(), Some("production"))
+        .with_vars(vars(&[("MKSYNC__MARKETO__CLIENT_SECRET", "x")]));
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(
+        s.bootstrap.lead_list(),
+        Ok(Some(LeadList::StaticName("Newsletter".into())))
+    );
+
+    let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "x"),
+        ("MKSYNC__BOOTSTRAP__SMART_LIST_ID", "7"),
+    ]));
+    let (s, p) = load_settings(&source);
+    let s = s.unwrap_or_else(|| panic!("{p:#?}"));
+    assert_eq!(s.bootstrap.lead_list(), Ok(Some(LeadList::SmartId(7))));
+
+    // The file names a static list, the environment a smart list: one error naming both.
+    let source = SettingsSource::new(dir.path(), Some("production")).with_vars(vars(&[
+        ("MKSYNC__MARKETO__CLIENT_SECRET", "x"),
+        ("MKSYNC__BOOTSTRAP__SMART_LIST_ID", "7"),
+    ]));
+    let error = load(&source).unwrap_err();
+    let ConfigError::Invalid(problems) = &error;
+    let lists: Vec<_> = problems
+        .iter()
+        .filter(|p| p.key.starts_with("bootstrap."))
+        .collect();
+    assert_eq!(lists.len(), 1, "{problems:#?}");
+    assert_eq!(lists[0].key, "bootstrap.static_list_name");
+    assert!(lists[0].file.ends_with("production.toml"), "{:?}", lists[0]);
+    assert!(
+        lists[0].reason.contains("bootstrap.static_list_name")
+            && lists[0].reason.contains("bootstrap.smart_list_id"),
+        "{}",
+        lists[0].reason
+    );
+}
+
+#[test]
 fn retry_delays_come_from_the_settings_and_are_checked() {
     let dir = config_dir();
     let source = SettingsSource::new(dir.path(), None).with_vars(vars(&[

@@ -699,6 +699,49 @@ async fn export_filters_and_1035_switch() {
     );
 }
 
+/// A lead export takes exactly one filter; a static list Marketo does not hold is refused at
+/// create (1003), not exported empty; smart lists answer 1035 (a subscription without them).
+#[tokio::test]
+async fn export_list_filters_name_a_known_list_and_only_one_filter() {
+    let t = T::new(config()).await;
+    for filter in [
+        json!({"staticListId": 1001}),
+        json!({"staticListName": "Newsletter"}),
+    ] {
+        let created = create_export(&t, json!({"fields": ["id"], "filter": filter})).await;
+        assert_eq!(
+            created["result"][0]["status"], "Created",
+            "{filter}: {created}"
+        );
+    }
+    for filter in [
+        json!({"staticListId": 999_999}),
+        json!({"staticListName": "No Such List"}),
+    ] {
+        let refused = create_export(&t, json!({"fields": ["id"], "filter": filter})).await;
+        assert_eq!(code(&refused), "1003", "{filter}: {refused}");
+        assert!(
+            refused["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not found"),
+            "{refused}"
+        );
+    }
+    let two = json!({"staticListId": 1001, "createdAt": {"startAt": "2024-01-01T00:00:00Z",
+                     "endAt": "2024-01-02T00:00:00Z"}});
+    assert_eq!(
+        code(&create_export(&t, json!({"fields": ["id"], "filter": two})).await),
+        "1003"
+    );
+    for filter in [json!({"smartListId": 1}), json!({"smartListName": "Hot"})] {
+        assert_eq!(
+            code(&create_export(&t, json!({"fields": ["id"], "filter": filter})).await),
+            "1035"
+        );
+    }
+}
+
 #[tokio::test]
 async fn export_queue_limits_answer_1029() {
     let t = T::new(config()).await;

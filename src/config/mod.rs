@@ -25,9 +25,9 @@ pub use problem::{
 };
 pub use render::{auto_color, render_problems, stderr_color};
 pub use settings::{
-    BootstrapSettings, CrmSettings, DeletePolicy, ENV_PREFIX, HttpSettings, MarketoSettings,
-    Settings, SettingsSource, StoreSettings, SyncSettings, check_settings, earliest_watermark,
-    load_for_store, load_settings, parse_instant,
+    BootstrapSettings, CrmSettings, DeletePolicy, ENV_PREFIX, HttpSettings, LEAD_LIST_KEYS,
+    MarketoSettings, Settings, SettingsSource, StoreSettings, SyncSettings, check_settings,
+    earliest_watermark, load_for_store, load_settings, parse_instant,
 };
 
 /// Errors of loading settings and mapping files.

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 use super::problem::{Problem, Segment, did_you_mean, parse_lenient, span_of_path};
+use crate::marketo::bulk_extract::LeadList;
 use std::ops::Range;
 
 /// Returns the reason of a settings error from the environment, in the words the file errors
@@ -376,9 +377,74 @@ pub struct BootstrapSettings {
     /// instant.
     #[serde(deserialize_with = "de_watermarks")]
     pub low_watermarks: BTreeMap<String, DateTime<Utc>>,
+    /// The lead phase reads the members of this static list (by id) in one export instead of
+    /// the leads created since the low watermark in 31-day windows. At most one of the four
+    /// list settings.
+    pub static_list_id: Option<i64>,
+    /// As `static_list_id`, the static list by its exact name.
+    pub static_list_name: Option<String>,
+    /// As `static_list_id`, a smart list by id. Marketo lacks this filter on some
+    /// subscriptions (1035): the lead phase then warns and falls back to the windows.
+    pub smart_list_id: Option<i64>,
+    /// As `smart_list_id`, the smart list by its exact name.
+    pub smart_list_name: Option<String>,
 }
 
+/// The settings that name the lead phase's list, in the order [`BootstrapSettings::lead_list`]
+/// reports them.
+pub const LEAD_LIST_KEYS: [&str; 4] = [
+    "bootstrap.static_list_id",
+    "bootstrap.static_list_name",
+    "bootstrap.smart_list_id",
+    "bootstrap.smart_list_name",
+];
+
 impl BootstrapSettings {
+    /// Returns the list the lead phase reads instead of its `createdAt` windows, if one is set.
+    ///
+    /// # Errors
+    ///
+    /// Returns the problem, naming its setting: two lists set at once (Marketo takes one lead
+    /// filter per export), an empty name, or an id below 1.
+    pub fn lead_list(&self) -> Result<Option<LeadList>, (&'static str, String)> {
+        let [static_id, static_name, smart_id, smart_name] = LEAD_LIST_KEYS;
+        let mut set: Vec<(&'static str, LeadList)> = Vec::new();
+        if let Some(id) = self.static_list_id {
+            set.push((static_id, LeadList::StaticId(id)));
+        }
+        if let Some(name) = &self.static_list_name {
+            set.push((static_name, LeadList::StaticName(name.clone())));
+        }
+        if let Some(id) = self.smart_list_id {
+            set.push((smart_id, LeadList::SmartId(id)));
+        }
+        if let Some(name) = &self.smart_list_name {
+            set.push((smart_name, LeadList::SmartName(name.clone())));
+        }
+        let Some((key, list)) = set.first().cloned() else {
+            return Ok(None);
+        };
+        if let Some((other, _)) = set.get(1) {
+            return Err((
+                key,
+                format!(
+                    "{key} and {other} are both set: the lead phase reads one list (Marketo \
+                     takes one lead filter per export); keep one of them"
+                ),
+            ));
+        }
+        match &list {
+            LeadList::StaticId(id) | LeadList::SmartId(id) if *id < 1 => Err((
+                key,
+                format!("{key} must be a list id (1 or more), got {id}"),
+            )),
+            LeadList::StaticName(name) | LeadList::SmartName(name) if name.trim().is_empty() => {
+                Err((key, format!("{key} must not be empty")))
+            }
+            _ => Ok(Some(list)),
+        }
+    }
+
     /// Returns the low watermark of an object (2007-01-01 when unset).
     pub fn low_watermark(&self, object: &str) -> DateTime<Utc> {
         self.low_watermarks
@@ -748,7 +814,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "webhook_batch_window_ms",
         ],
     ),
-    ("bootstrap", &["low_watermarks"]),
+    (
+        "bootstrap",
+        &[
+            "low_watermarks",
+            "static_list_id",
+            "static_list_name",
+            "smart_list_id",
+            "smart_list_name",
+        ],
+    ),
 ];
 
 /// Unknown `MKSYNC__*` variables are reported with the closest valid name.
@@ -1154,6 +1229,9 @@ fn check_semantics(s: &Settings, place: &Place<'_>, problems: &mut Vec<Problem>)
             "must not be empty".to_owned(),
         );
     }
+    if let Err((key, reason)) = s.bootstrap.lead_list() {
+        push(problems, place, key, reason);
+    }
     for (object, mark) in &s.bootstrap.low_watermarks {
         let key = format!("bootstrap.low_watermarks.{object}");
         if *mark < earliest_watermark() {
@@ -1254,5 +1332,56 @@ fn resolve_secret_files(
     resolve(&mut store, &s.store.url_file, "store.url", "store.url_file");
     if let Some(url) = store {
         s.store.url = url;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrap(text: &str) -> BootstrapSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_lead_list_is_read_from_any_one_of_its_four_keys() {
+        assert_eq!(bootstrap("").lead_list(), Ok(None));
+        assert_eq!(
+            bootstrap("static_list_id = 1001").lead_list(),
+            Ok(Some(LeadList::StaticId(1001)))
+        );
+        assert_eq!(
+            bootstrap("static_list_name = \"Newsletter\"").lead_list(),
+            Ok(Some(LeadList::StaticName("Newsletter".into())))
+        );
+        assert_eq!(
+            bootstrap("smart_list_id = 7").lead_list(),
+            Ok(Some(LeadList::SmartId(7)))
+        );
+        assert_eq!(
+            bootstrap("smart_list_name = \"Hot Leads\"").lead_list(),
+            Ok(Some(LeadList::SmartName("Hot Leads".into())))
+        );
+    }
+
+    #[test]
+    fn two_lists_an_empty_name_or_a_bad_id_name_their_keys() {
+        let (key, reason) = bootstrap("static_list_name = \"Newsletter\"\nsmart_list_id = 7")
+            .lead_list()
+            .unwrap_err();
+        assert_eq!(key, "bootstrap.static_list_name");
+        assert!(
+            reason.contains("bootstrap.static_list_name")
+                && reason.contains("bootstrap.smart_list_id"),
+            "{reason}"
+        );
+        let (key, reason) = bootstrap("smart_list_name = \" \"")
+            .lead_list()
+            .unwrap_err();
+        assert_eq!(key, "bootstrap.smart_list_name");
+        assert!(reason.contains("must not be empty"), "{reason}");
+        let (key, reason) = bootstrap("static_list_id = 0").lead_list().unwrap_err();
+        assert_eq!(key, "bootstrap.static_list_id");
+        assert!(reason.contains("got 0"), "{reason}");
     }
 }

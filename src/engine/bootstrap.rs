@@ -78,6 +78,23 @@
 //! Before each export the day's bulk bytes are compared with the budget; when the next window
 //! would not fit, or Marketo answers the daily export quota (1029), the bootstrap stops cleanly
 //! and says when it can resume (the next Marketo day turn).
+//!
+//! A list named for the lead phase (`bootstrap.static_list_id`, `static_list_name`,
+//! `smart_list_id` or `smart_list_name`, or the matching `bootstrap` flags) replaces its
+//! `createdAt` windows with one export filtered by the list: the members the list has when
+//! Marketo starts processing the job, whatever their age. It is one window from the phase's
+//! resume point to the instant it is planned, with a window's journal, budget check, spool and
+//! commit; its job is journalled under the list ([`list_object`]), and a restart re-attaches to
+//! it by taking that job's window. After it the phase watermark is that planned instant + 1 s:
+//! before the job read the list, so a later run without the list loads by `createdAt` every lead
+//! created since (a member created meanwhile is loaded twice, idempotently). A later run with
+//! the list exports the list again. Continuous sync does not start from this watermark: its
+//! lead step reads the activity feed from its own watermark, as after a windowed bootstrap, so
+//! a member changed after the list was read reaches the CRM by the cycle. The other phases keep
+//! their windows. A smart list filter the subscription lacks (1035) is one warning
+//! naming the list, and the phase falls back to its `createdAt` windows from the same point; a
+//! list Marketo does not hold (the export's create refused) stops the run with an error naming
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -104,16 +121,17 @@ use crate::config::earliest_watermark;
 use crate::crm::WriteResult;
 use crate::mapping::programs::PROGRAM_MEMBER;
 use crate::mapping::{Plan, SchemaSet};
-use crate::marketo::Disposition;
+use crate::marketo::bulk_extract::LeadList;
 use crate::marketo::endpoint::{
     ACTIVITY_FIELDS, EndpointError, EndpointSettings, ExportOptions, ExportRow, ExportSubject,
     ExportedWindow, KeyRefusal, KeySpool, MarketoEndpoint, RowStream, SpoolMark, WriteBackJob,
     WriteBackReport, WriteBackScope, families::ObjectFamily,
 };
 use crate::marketo::limiter::next_day_turn;
+use crate::marketo::{Disposition, Error as MarketoError};
 use crate::model::{Fields, Side, Value};
 use crate::store::{
-    BulkJob, Direction, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
+    BulkJob, Direction, JobDirection, JobState, Link, StepCommit, SyncError, Watermark, marketo_day,
 };
 
 /// The Add to Opportunity activity type.
@@ -168,6 +186,9 @@ pub struct BootstrapOptions {
     /// Marketo by Bulk Import (`lookupField=id`) instead of REST batches of 300 (default: the
     /// cycle's `bulk_import_threshold`, 3,000).
     pub write_back_import_threshold: Option<usize>,
+    /// The list whose members the lead phase reads in one export instead of its `createdAt`
+    /// windows (default: the one the `bootstrap` settings name, if any).
+    pub lead_list: Option<LeadList>,
 }
 
 /// One export window.
@@ -622,6 +643,9 @@ struct Run<'a> {
     lead_spool: Option<KeySpool>,
     /// The start of the lead phase's range (journalled with the write-back imports).
     spool_since: DateTime<Utc>,
+    /// The list the lead phase reads instead of its windows (none: the windows, also after
+    /// Marketo refused a smart list filter with 1035).
+    lead_list: Option<LeadList>,
 }
 
 /// A started export of one window: (or re-attached to) created, enqueued, polled and downloaded
@@ -788,6 +812,15 @@ pub async fn bootstrap(
         None
     };
 
+    let lead_list = match (&options.lead_list, wanted("leads")) {
+        (_, false) => None,
+        (Some(list), true) => Some(list.clone()),
+        (None, true) => ctx
+            .settings
+            .bootstrap
+            .lead_list()
+            .map_err(|(_, reason)| EngineError::Config(reason))?,
+    };
     let mut run = Run {
         ctx,
         cancel,
@@ -806,6 +839,7 @@ pub async fn bootstrap(
         pipeline: Pipeline::default(),
         lead_spool: None,
         spool_since: now,
+        lead_list,
     };
     if !options.dry_run {
         tokio::fs::create_dir_all(&run.work_dir)
@@ -824,16 +858,24 @@ pub async fn bootstrap(
             low_watermark: Some(from),
             ..PhaseReport::default()
         };
-        let all = windows(from, now);
-        phase.windows_total = all.len() as u64;
         let stored = ctx
             .store
             .watermark(Side::Marketo, &spec.object, &queue(spec.name))
             .await?;
         // Resume right after the last finished window (a later run only adds the time since).
         let resume = stored.as_ref().map_or(from, |w| w.at.max(from));
-        let todo = windows(resume, now);
-        phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
+        let listed = match spec.name {
+            PHASE_LEADS => run.lead_list.clone(),
+            _ => None,
+        };
+        let todo = match &listed {
+            Some(list) => {
+                let todo = list_window(ctx, &list_object(spec.name, list), resume, now).await?;
+                phase.windows_total = todo.len() as u64;
+                todo
+            }
+            None => plan_windows(&mut phase, from, resume, now),
+        };
         if options.dry_run {
             info!(
                 phase = spec.name,
@@ -848,6 +890,15 @@ pub async fn bootstrap(
             };
             if spec.name == PHASE_LEADS {
                 leads_from = Some(resume);
+            }
+            if let Some(list) = &listed {
+                // A list may hold leads of any age: the estimate counts them all.
+                leads_from = Some(earliest_watermark());
+                report.warnings.push(format!(
+                    "the lead phase reads the members of the {list} in one export; Marketo \
+                     has no cheap count of a list's members, so the estimate counts every lead \
+                     (an upper bound)"
+                ));
             }
             to_estimate.push((spec.name.to_owned(), todo.len() as u64, rows));
             phase.planned = todo;
@@ -875,7 +926,8 @@ pub async fn bootstrap(
                 .await?;
         }
         run.pipeline = Pipeline::new(&todo, (last_bytes > 0).then_some(last_bytes), cancel);
-        for window in todo {
+        let mut remaining: VecDeque<Window> = todo.into();
+        while let Some(window) = remaining.pop_front() {
             if cancel.is_cancelled() {
                 run.pipeline.stop().await;
                 report.phases.push(phase);
@@ -921,6 +973,38 @@ pub async fn bootstrap(
                 Err(WindowError::Stop(stop)) => {
                     paused = Some(stop);
                     break;
+                }
+                Err(WindowError::Engine(EngineError::Marketo(e)))
+                    if listed.is_some() && run.lead_list.is_some() && list_refusal(&e) =>
+                {
+                    run.pipeline.stop().await;
+                    match (run.lead_list.take(), &e) {
+                        // A smart list filter this subscription lacks: once per run, the
+                        // createdAt windows from where the list export would have started.
+                        (Some(list), MarketoError::UnsupportedFilter { .. }) => {
+                            warn!(list = %list, error = %e, "lead list filter unsupported; loading by createdAt windows");
+                            report.warnings.push(format!(
+                                "the {list} cannot be exported on this Marketo subscription \
+                                 (1035: no {} filter on lead exports); the lead phase loads the \
+                                 leads created since {} in 31-day windows instead",
+                                list.filter_key(),
+                                window.start.format("%Y-%m-%d %H:%M:%S UTC")
+                            ));
+                            let windowed = plan_windows(&mut phase, from, window.start, now);
+                            progress.phase(spec.name, windowed.len() as u64);
+                            run.pipeline = Pipeline::new(
+                                &windowed,
+                                (last_bytes > 0).then_some(last_bytes),
+                                cancel,
+                            );
+                            remaining = windowed.into();
+                        }
+                        (list, _) => {
+                            report.phases.push(phase);
+                            progress.finish(&report);
+                            return Err(list_refused(list, e));
+                        }
+                    }
                 }
                 Err(WindowError::Engine(e)) => {
                     run.pipeline.stop().await;
@@ -1114,6 +1198,99 @@ async fn program_members_phase(
 /// Returns the watermark queue of a phase.
 pub fn queue(phase: &str) -> String {
     format!("bootstrap:{phase}")
+}
+
+/// Returns the journal object of a phase's list export: the phase's queue and the list, so a
+/// restart re-attaches only to an export of the same list (never to a window's).
+pub fn list_object(phase: &str, list: &LeadList) -> String {
+    format!("{}:{list}", queue(phase))
+}
+
+/// Returns the journal object of a phase's export of `subject`.
+fn export_object(phase: &str, subject: &ExportSubject) -> String {
+    match subject {
+        ExportSubject::ListedLeads { list, .. } => list_object(phase, list),
+        _ => queue(phase),
+    }
+}
+
+/// Returns the windows still to run from `resume` to `now` and sets the phase's windows from
+/// `from` (all) and those before `resume` (skipped).
+fn plan_windows(
+    phase: &mut PhaseReport,
+    from: DateTime<Utc>,
+    resume: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<Window> {
+    let all = windows(from, now);
+    phase.windows_total = all.len() as u64;
+    phase.windows_skipped = all.iter().filter(|w| w.end < resume).count() as u64;
+    windows(resume, now)
+}
+
+/// Returns the lead phase's one window when it reads a list (none when `resume` is after
+/// `now`): from `resume` to `now`, or to the end of the export of this list an earlier run
+/// journalled from `resume` and did not finish, so that a restart re-attaches to that job
+/// instead of paying for another.
+///
+/// The window's end becomes the phase watermark (+1 s) once the export is applied. It is the
+/// instant the export was planned, before Marketo starts processing the job (when the job reads
+/// the list's members), so a later run by windows loads every lead created after the list was
+/// read.
+///
+/// # Errors
+///
+/// Returns [`EngineError::Store`] when the journal cannot be read.
+async fn list_window(
+    ctx: &Context,
+    object: &str,
+    resume: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Window>, EngineError> {
+    if resume > now {
+        return Ok(Vec::new());
+    }
+    let journalled = ctx
+        .store
+        .unfinished_jobs(JobDirection::Export)
+        .await?
+        .into_iter()
+        .filter(|j| j.object == object && j.window_start == Some(resume))
+        .filter_map(|j| j.window_end)
+        .find(|end| *end >= resume);
+    Ok(vec![Window {
+        start: resume,
+        end: journalled.unwrap_or(now),
+    }])
+}
+
+/// Returns the error of a list export Marketo refused, naming the list (the error as it is
+/// without one).
+fn list_refused(list: Option<LeadList>, e: MarketoError) -> EngineError {
+    let Some(list) = list else {
+        return EngineError::Marketo(e);
+    };
+    let what = match list {
+        LeadList::StaticId(_) | LeadList::SmartId(_) => "id",
+        LeadList::StaticName(_) | LeadList::SmartName(_) => "name",
+    };
+    EngineError::Config(format!(
+        "the lead phase cannot export the members of the {list} (filter {}): {e}; check that \
+         Marketo holds a list of exactly this {what} and that the API user's workspace can see it",
+        list.filter_key()
+    ))
+}
+
+/// Whether Marketo refused a list export's filter: 1035 (a smart list filter the subscription
+/// lacks) or a 1xxx refusal that no wait cures (a list it does not hold: 1003 in the
+/// simulator; marketo-api.md names no code of its own for it, so 1013 "not found" counts too).
+fn list_refusal(e: &MarketoError) -> bool {
+    matches!(e, MarketoError::UnsupportedFilter { .. })
+        || (e.refusal_kind().is_some()
+            && matches!(
+                e.disposition(),
+                Disposition::FailCall | Disposition::FailRecord
+            ))
 }
 
 /// Returns the fields of a lead export: `id`, the mapped fields, the CRM-key field, and the
@@ -1437,8 +1614,8 @@ impl Run<'_> {
     ) -> ExportTask {
         let endpoint = self.endpoint();
         let journal = self.ctx.journal();
+        let object = export_object(spec.name, subject);
         let subject = subject.clone();
-        let object = queue(spec.name);
         let cancel = self.pipeline.cancel.clone();
         tokio::spawn(async move {
             endpoint
@@ -1548,6 +1725,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Returns what the lead phase exports: the members of its list, or the leads created in
+    /// the window.
+    fn lead_subject(&self, plans: &LeadPlans) -> ExportSubject {
+        let fields = lead_export_fields(plans);
+        match &self.lead_list {
+            Some(list) => ExportSubject::ListedLeads {
+                fields,
+                list: list.clone(),
+            },
+            None => ExportSubject::CreatedLeads { fields },
+        }
+    }
+
     async fn lead_window(
         &mut self,
         spec: &PhaseSpec,
@@ -1556,9 +1746,7 @@ impl Run<'_> {
         phase: &mut PhaseReport,
     ) -> Result<u64, WindowError> {
         let plan = &plans.lead;
-        let subject = ExportSubject::CreatedLeads {
-            fields: lead_export_fields(plans),
-        };
+        let subject = self.lead_subject(plans);
         let exported = self.export(spec, window, &subject, phase).await?;
         // The CRM keys to write back go to the phase's spool on disk, not memory.
         let mut spool = self.lead_spool.take().ok_or_else(|| {

@@ -78,6 +78,63 @@ fn secs<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
+/// One list whose members a lead export reads: the export's one lead filter. A static list
+/// filter works on every subscription; a smart list filter may answer 1035
+/// ([`Error::UnsupportedFilter`]). The job reads the members the list has when Marketo starts
+/// processing it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LeadList {
+    /// A static list, by id (`staticListId`).
+    StaticId(i64),
+    /// A static list, by its exact name (`staticListName`).
+    StaticName(String),
+    /// A smart list, by id (`smartListId`).
+    SmartId(i64),
+    /// A smart list, by its exact name (`smartListName`).
+    SmartName(String),
+}
+
+impl LeadList {
+    /// Returns the name of the lead export filter this list is sent as (`staticListId`, ...).
+    pub fn filter_key(&self) -> &'static str {
+        match self {
+            LeadList::StaticId(_) => "staticListId",
+            LeadList::StaticName(_) => "staticListName",
+            LeadList::SmartId(_) => "smartListId",
+            LeadList::SmartName(_) => "smartListName",
+        }
+    }
+
+    /// Returns true for a smart list (a filter some subscriptions lack).
+    pub fn is_smart(&self) -> bool {
+        matches!(self, LeadList::SmartId(_) | LeadList::SmartName(_))
+    }
+
+    /// Returns the export filter of the list's members (this list and nothing else).
+    pub fn filter(&self) -> ExportFilter {
+        let mut filter = ExportFilter::default();
+        match self {
+            LeadList::StaticId(id) => filter.static_list_id = Some(*id),
+            LeadList::StaticName(name) => filter.static_list_name = Some(name.clone()),
+            LeadList::SmartId(id) => filter.smart_list_id = Some(*id),
+            LeadList::SmartName(name) => filter.smart_list_name = Some(name.clone()),
+        }
+        filter
+    }
+}
+
+impl fmt::Display for LeadList {
+    /// Writes the list as an operator names it: `static list "Newsletter"`, `smart list 1234`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeadList::StaticId(id) => write!(f, "static list {id}"),
+            LeadList::StaticName(name) => write!(f, "static list \"{name}\""),
+            LeadList::SmartId(id) => write!(f, "smart list {id}"),
+            LeadList::SmartName(name) => write!(f, "smart list \"{name}\""),
+        }
+    }
+}
+
 /// The export filter; leads take exactly one of the list/date filters, activities require
 /// `created_at`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -904,6 +961,33 @@ mod tests {
             j["fileChecksum"] = json!(checksum(FILE));
         }
         j
+    }
+
+    #[test]
+    fn a_lead_list_is_the_export_s_one_filter_under_marketo_s_name() {
+        let cases = [
+            (LeadList::StaticId(1001), json!({"staticListId": 1001})),
+            (
+                LeadList::StaticName("Newsletter".into()),
+                json!({"staticListName": "Newsletter"}),
+            ),
+            (LeadList::SmartId(7), json!({"smartListId": 7})),
+            (
+                LeadList::SmartName("Hot".into()),
+                json!({"smartListName": "Hot"}),
+            ),
+        ];
+        for (list, expected) in cases {
+            let sent = serde_json::to_value(list.filter()).unwrap();
+            assert_eq!(sent, expected, "{list}");
+            assert!(sent.get(list.filter_key()).is_some(), "{list}");
+            assert_eq!(list.is_smart(), list.filter_key().starts_with("smart"));
+        }
+        assert_eq!(
+            LeadList::StaticName("Newsletter".into()).to_string(),
+            "static list \"Newsletter\""
+        );
+        assert_eq!(LeadList::SmartId(7).to_string(), "smart list 7");
     }
 
     fn request() -> ExportRequest {

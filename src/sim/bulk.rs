@@ -617,6 +617,29 @@ fn common_create(ctx: &mut Ctx<'_>, req: &Req, kind: ExportKind) -> Result<Expor
                 "filter must contain one of createdAt, updatedAt, staticListId, staticListName",
             ));
         }
+        // Marketo: "Only one filter type may be specified per export job".
+        if count > 1 {
+            return Err(Reply::err(
+                "1003",
+                "only one filter type may be specified per export job",
+            ));
+        }
+        // A list Marketo does not hold is refused when the job is created, not exported empty.
+        // The code is 1003 (invalid data), as for an unknown program or custom object here;
+        // marketo-api.md names no code of its own for it (UNCONFIRMED against a live instance).
+        if let Some(id) = parsed.list
+            && !ctx.st.db.lists.contains_key(&id)
+        {
+            return Err(Reply::err("1003", format!("Static list '{id}' not found")));
+        }
+        if let Some(name) = &parsed.list_name
+            && !ctx.st.db.lists.values().any(|l| &l.name == name)
+        {
+            return Err(Reply::err(
+                "1003",
+                format!("Static list '{name}' not found"),
+            ));
+        }
         if fields.is_empty() {
             return Err(Reply::err("1003", "fields cannot be blank"));
         }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{EndpointError, JobEntry, JobJournal, JobStage, RestBulkEndpoint};
 use crate::marketo::bulk_extract::{
     DateRange, ExportFilter, ExportJob, ExportKind, ExportOptions, ExportOutcome, ExportRequest,
+    LeadList,
 };
 use crate::marketo::csv::{
     ActivityReader, CsvError, ExportReader, FileFormat, ReaderTask, spawn_file_reader,
@@ -30,6 +31,14 @@ pub enum ExportSubject {
         /// REST field names.
         fields: Vec<String>,
     },
+    /// The members of one list, with these fields, whatever the window: the list is the
+    /// export's one lead filter (the window only names the job in the journal).
+    ListedLeads {
+        /// REST field names.
+        fields: Vec<String>,
+        /// The list.
+        list: LeadList,
+    },
     /// The activities of these types created in the window, with these fields.
     Activities {
         /// Activity type ids.
@@ -42,7 +51,9 @@ pub enum ExportSubject {
 impl ExportSubject {
     fn kind(&self) -> ExportKind {
         match self {
-            ExportSubject::CreatedLeads { .. } => ExportKind::Leads,
+            ExportSubject::CreatedLeads { .. } | ExportSubject::ListedLeads { .. } => {
+                ExportKind::Leads
+            }
             ExportSubject::Activities { .. } => ExportKind::Activities,
         }
     }
@@ -64,6 +75,7 @@ impl ExportSubject {
                     ..ExportFilter::default()
                 },
             ),
+            ExportSubject::ListedLeads { fields, list } => (fields.clone(), list.filter()),
             ExportSubject::Activities { type_ids, fields } => (
                 fields.clone(),
                 ExportFilter {
