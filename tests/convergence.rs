@@ -467,17 +467,25 @@ async fn a_merge_winner_naming_a_merged_away_contact_keeps_the_contact_holding_i
     converges(220053, &in_child(options(60))).await;
 }
 
-/// Open (not fixed; timing-dependent as a child process): seed 220140 (60 steps, the full
-/// schedule) ends with two live CRM contacts of "u8.s220140@example.com": lead 6 linked to
-/// contact 9, which the sync created, beside contact 6 (Marketo id empty), and the matching's
-/// `duplicate` ledger entry for contact 6 open through the quiet cycles (plus four chat events
-/// waiting for a deleted lead). Reported on 2026-12-03; on 2026-12-04 it failed 7 runs of 7
-/// with both fixes above (`b71101e`) and 1 of 2 without them, so neither caused it. Reproduce:
-/// `MKSYNC_CONVERGE_TRACE=1 marketo-sync converge --engine process --seeds 1 --first-seed
-/// 220140 --steps 60`. Not investigated for lack of time.
+/// Found by the scale runs (engine as a child process, 60 steps, the full schedule): seed
+/// 220140 ended with two live CRM contacts of "u8.s220140@example.com": lead 6 linked to contact
+/// 9, beside contact 6 (Marketo id empty) held by a `duplicate` ledger entry. One cycle created
+/// lead 8 for the CRM user's contact 6 and contact 9 for the new lead 6, and was killed after the
+/// CRM creates, before contact 6 got lead 8's id and lead 6 got contact 9's id; Marketo then
+/// merged lead 8 into lead 6, which inherited lead 8's CRM key (contact 6). The next cycle
+/// recovered lead 6's own record (contact 9 holds its id) only to decide the merge, not as a
+/// link, and found no record of lead 8; pairing then paired lead 6 with contact 6 by that
+/// inherited key: the Marketo write (contact 6's email into lead 6) went through, the CRM write
+/// was refused (contact 9 held lead 6's id), and the cycle after linked lead 6 to contact 9,
+/// which took that email. The recovered winner's record is now staged as its link, and the
+/// record its inherited key names (live, unlinked, holding no lead id) counts as the loser's and
+/// follows the merge policy (`merges::inherited_loser_link`; replayed in process by
+/// `engine_identity` `a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own`).
+/// Timing-dependent (the kill lands after a CRM write): before the fix it failed 3 runs of 3 of
+/// `converge --engine process --seeds 1 --first-seed 220140 --steps 60` (7 of 7 on 2026-12-04);
+/// after it, 20 of 20 converged (a run with `MKSYNC_CONVERGE_LOGS` logs both recoveries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open, timing-dependent: a second CRM contact of one email created by the sync (seed 220140)"]
-async fn open_a_second_contact_of_one_email_as_a_child_process() {
+async fn a_merge_winner_keeps_the_contact_a_killed_cycle_gave_it_as_a_child_process() {
     converges(220140, &in_child(options(60))).await;
 }
 

@@ -1,7 +1,8 @@
 //! Marketo lead merges (Merge Leads activities): the CRM record linked to a merged-away lead is
 //! re-pointed to the winner, or, when the winner already has a CRM record, follows the merge
 //! policy. Also the links rebuilt from the CRM's Marketo-id column for leads a killed cycle
-//! wrote but never committed.
+//! wrote but never committed, and the loser's record named by the CRM key a winner inherited
+//! from it ([`inherited_loser_link`]).
 
 use std::collections::BTreeSet;
 
@@ -56,15 +57,24 @@ async fn apply_merge(
     // record over would be refused). Found by the scale runs on PostgreSQL (seed 610006: a
     // kill at commit after lead 2 got contact 3, then lead 3 merged into lead 2, which Marketo
     // deleted before the next cycle, so no lead of the winner was there to match by).
+    let mut recovered_own = None;
     if winner_link.is_none() {
         winner_link = recovered_links(step, &[winner]).await?.into_iter().next();
         if let Some(l) = &winner_link {
             tracing::debug!(lead = winner, crm = %l.crm_key, "a merge winner's own crm record recovered");
+            // Staged as the winner's link, so that pairing keeps the winner with its own
+            // record rather than pairing it by a CRM key it inherited from a loser.
+            step.link(winner, &l.crm_key, l.base.clone());
+            recovered_own = Some(l.crm_key.clone());
         }
     }
     let keys: Vec<String> = losers.iter().map(i64::to_string).collect();
     let mut loser_links = live(store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
     loser_links.extend(recovered_links(step, losers).await?);
+    if let Some(own) = recovered_own {
+        let inherited = inherited_loser_link(step, winner, &own, losers, &loser_links, summary);
+        loser_links.extend(inherited.await?);
+    }
     // An unlinked winner with a CRM record of its own (one that matches it, not yet
     // paired) keeps that record: pairing links the two below, and the loser's record
     // follows the merge policy instead of taking the winner over.
@@ -160,6 +170,73 @@ async fn take_over(
         .counts_mut(&plan.object, Direction::MarketoToCrm)
         .updated += 1;
     Ok(true)
+}
+
+/// Returns the link of the record a merge loser got from a cycle killed before its commit, found
+/// by the CRM key the winner inherited: Marketo fills a winner's empty fields from the loser,
+/// so a winner whose own record (`own`, rebuilt from the CRM's Marketo-id column) the killed
+/// cycle had not written back yet carries the loser's CRM key. That record counts as the
+/// loser's when it is live, linked to no lead, and holds no lead id (the kill came before the
+/// CRM update that writes the new lead's id into it), and exactly one loser has no link.
+///
+/// Found by the convergence harness (seed 220140, engine as a child process): one cycle created
+/// lead 8 for contact 6 and contact 9 for lead 6 and was killed after the CRM creates; Marketo
+/// merged lead 8 into lead 6. Pairing lead 6 with contact 6 by that inherited key wrote contact
+/// 6's email into lead 6 and was refused in the CRM (contact 9 held lead 6's id); the next
+/// cycle linked lead 6 to contact 9, which took that email: two contacts of one email.
+async fn inherited_loser_link(
+    step: &Step<'_>,
+    winner: i64,
+    own: &str,
+    losers: &[i64],
+    known: &[Link],
+    summary: &mut CycleSummary,
+) -> Result<Option<Link>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let unlinked: Vec<i64> = losers
+        .iter()
+        .copied()
+        .filter(|l| !known.iter().any(|k| k.marketo_key == l.to_string()))
+        .collect();
+    let &[loser] = unlinked.as_slice() else {
+        return Ok(None);
+    };
+    let lead = fetch_leads(ctx, plan, &[winner], summary).await?;
+    let Some(key) = lead.into_iter().next().and_then(|m| m.crm_key) else {
+        return Ok(None);
+    };
+    if key == own || known.iter().any(|k| k.crm_key == key) {
+        return Ok(None);
+    }
+    let Some(record) = ctx
+        .crm
+        .get(&plan.crm_object, std::slice::from_ref(&key))
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    if value_text(record.fields.get(&plan.crm_marketo_id)).is_some() {
+        return Ok(None);
+    }
+    let linked = live(
+        ctx.store
+            .links_by_crm_keys(LINK_OBJECT, std::slice::from_ref(&key))
+            .await?,
+    );
+    if !linked.is_empty() {
+        return Ok(None);
+    }
+    tracing::debug!(lead = loser, crm = %key, winner, "a merge loser's crm record recovered from the key the winner inherited");
+    let now = step.now();
+    Ok(Some(link(
+        LINK_OBJECT,
+        &loser.to_string(),
+        &key,
+        Fields::new(),
+        now,
+    )))
 }
 
 /// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
