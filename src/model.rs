@@ -353,15 +353,89 @@ impl PartialEq for Value {
 
 impl Eq for Value {}
 
+/// Writes the canonical JSON form ([`Value::to_json`]) without building it first (links' agreed
+/// values are written and read by the thousand per cycle).
 impl Serialize for Value {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(serializer)
+        match self {
+            Value::Null => serializer.serialize_unit(),
+            Value::Text(s) => serializer.serialize_str(s),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            Value::Decimal(d) => serializer.collect_str(&d.normalize()),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Date(d) => serializer.collect_str(&d.format("%Y-%m-%d")),
+            Value::DateTime(t) => {
+                serializer.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            }
+        }
     }
 }
 
+/// Reads what [`Value::from_json`] reads, without building the JSON value first (arrays and
+/// objects, which only a foreign writer puts there, still go through it).
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let json = serde_json::Value::deserialize(deserializer)?;
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(match i64::try_from(u) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::from_json(&serde_json::Value::from(u)),
+        })
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::from_json(&serde_json::Value::from(f)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::Text(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::Text(s))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+        let json =
+            serde_json::Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Value::from_json(&json))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        let json =
+            serde_json::Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
         Ok(Value::from_json(&json))
     }
 }
@@ -395,11 +469,7 @@ pub type Fields = BTreeMap<String, Value>;
 
 /// Returns a stable SHA-256 (hex) of a set of fields, from their canonical JSON.
 pub fn fields_hash(fields: &Fields) -> String {
-    let json: BTreeMap<&str, serde_json::Value> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.to_json()))
-        .collect();
-    let bytes = serde_json::to_vec(&json).expect("fields always serialise");
+    let bytes = serde_json::to_vec(fields).expect("fields always serialise");
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -429,6 +499,45 @@ mod tests {
         assert_eq!(fields_hash(&a), fields_hash(&b));
         b.insert("b".into(), Value::Int(3));
         assert_ne!(fields_hash(&a), fields_hash(&b));
+    }
+
+    /// The direct (de)serialisation writes and reads exactly the canonical JSON form.
+    #[test]
+    fn serde_agrees_with_the_canonical_json_form() {
+        let date = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        let t = "2024-05-06T07:08:09.5Z".parse::<DateTime<Utc>>().unwrap();
+        for v in [
+            Value::Null,
+            Value::Text("a \"quoted\" \u{2028} text".into()),
+            Value::Int(-42),
+            Value::Int(i64::MAX),
+            Value::Decimal("12.500".parse().unwrap()),
+            Value::Bool(true),
+            Value::Date(date),
+            Value::DateTime(t),
+        ] {
+            let direct = serde_json::to_string(&v).unwrap();
+            assert_eq!(direct, v.to_json().to_string(), "{v:?}");
+            assert_eq!(serde_json::to_value(&v).unwrap(), v.to_json(), "{v:?}");
+        }
+        for text in [
+            "null",
+            "true",
+            "-7",
+            "18446744073709551615",
+            "1.5",
+            "1e3",
+            "\"x\"",
+            "[1,\"a\",null]",
+            "{\"k\":[true]}",
+        ] {
+            let json: serde_json::Value = serde_json::from_str(text).unwrap();
+            let direct: Value = serde_json::from_str(text).unwrap();
+            let via_value: Value = serde_json::from_value(json.clone()).unwrap();
+            let expected = Value::from_json(&json);
+            assert_eq!(format!("{direct:?}"), format!("{expected:?}"), "{text}");
+            assert_eq!(format!("{via_value:?}"), format!("{expected:?}"), "{text}");
+        }
     }
 
     #[test]
