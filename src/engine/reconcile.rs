@@ -217,7 +217,8 @@ pub fn reconcile(
                         Side::Marketo => c,
                         Side::Crm => m,
                     };
-                    out.agreed_changes.insert(rule.name.clone(), source_value.clone());
+                    out.agreed_changes
+                        .insert(rule.name.clone(), source_value.clone());
                 }
             }
         }

@@ -165,7 +165,10 @@ mod tests {
         let out = one_way(&rules, &base, &m, &c);
         assert_eq!(out.to_crm, fields(&[("title", "CEO")]));
         assert!(out.to_marketo.is_empty());
-        assert_eq!(out.agreed(&base), fields(&[("title", "CEO"), ("first", "Ada")]));
+        assert_eq!(
+            out.agreed(&base),
+            fields(&[("title", "CEO"), ("first", "Ada")])
+        );
     }
 
     /// A conflict the CRM wins is left to the cycle (not recorded here); one Marketo wins is

@@ -577,9 +577,10 @@ pub(super) fn record_agreed(
         }
         // Reconciled against the link's base, or none (`pairing::reconcile_pairs`).
         let base = p.link.as_ref().map_or(&no_base, |l| &l.base);
-        let unchanged = p.link.as_ref().is_some_and(|l| {
-            r.agrees_with(&l.base) && l.marketo_key == m_key && l.crm_key == c_id
-        });
+        let unchanged = p
+            .link
+            .as_ref()
+            .is_some_and(|l| r.agrees_with(&l.base) && l.marketo_key == m_key && l.crm_key == c_id);
         if !unchanged {
             step.link(m_id, &c_id, r.agreed(base));
         }
