@@ -354,6 +354,19 @@ async fn cancelled_after_first_lead_window(env: &Env) -> RecordingProgress {
     progress
 }
 
+/// Runs a bootstrap that must fail, and returns its error.
+async fn bootstrap_error(ctx: &Context, options: &BootstrapOptions) -> EngineError {
+    bootstrap(
+        ctx,
+        options,
+        &RecordingProgress::new(),
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("the bootstrap must fail")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_larger_than_the_crm_batch_limit_are_written_in_several_batches() {
     let env = Env::new(150, SimConfig::default()).await;
@@ -2521,15 +2534,7 @@ async fn a_spool_file_gone_from_the_work_directory_stops_the_run_instead_of_losi
             std::fs::remove_file(path).unwrap();
         }
     }
-    let err = bootstrap(
-        &env.ctx().await,
-        &env.options(),
-        &RecordingProgress::new(),
-        &CancellationToken::new(),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = bootstrap_error(&env.ctx().await, &env.options()).await;
     assert!(
         matches!(&err, EngineError::Config(m) if m.contains("is missing")),
         "{err}"
@@ -2833,15 +2838,7 @@ async fn an_unknown_list_stops_the_run_with_an_error_naming_it() {
     let mut env = Env::new(60, SimConfig::default()).await;
     env.objects = vec!["leads".into()];
     let ctx = ctx_with(&env, |b| b.static_list_name = Some("No Such List".into())).await;
-    let err = bootstrap(
-        &ctx,
-        &env.options(),
-        &RecordingProgress::new(),
-        &CancellationToken::new(),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = bootstrap_error(&ctx, &env.options()).await;
     let text = err.to_string();
     assert!(matches!(err, EngineError::Config(_)), "{err:?}");
     assert!(
@@ -2853,15 +2850,7 @@ async fn an_unknown_list_stops_the_run_with_an_error_naming_it() {
         lead_list: Some(LeadList::StaticId(424_242)),
         ..env.options()
     };
-    let err = bootstrap(
-        &env.ctx().await,
-        &by_id,
-        &RecordingProgress::new(),
-        &CancellationToken::new(),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = bootstrap_error(&env.ctx().await, &by_id).await;
     assert!(err.to_string().contains("static list 424242"), "{err}");
     // Nothing was exported or loaded.
     assert_eq!(env.export_creates("leads"), 0);
@@ -2885,15 +2874,7 @@ async fn two_lists_in_the_settings_are_an_error_naming_both_keys() {
         b.smart_list_id = Some(7);
     })
     .await;
-    let err = bootstrap(
-        &ctx,
-        &env.options(),
-        &RecordingProgress::new(),
-        &CancellationToken::new(),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = bootstrap_error(&ctx, &env.options()).await;
     let text = err.to_string();
     assert!(matches!(err, EngineError::Config(_)), "{err:?}");
     assert!(
