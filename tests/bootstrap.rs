@@ -363,8 +363,7 @@ async fn bootstrap_error(ctx: &Context, options: &BootstrapOptions) -> EngineErr
         &CancellationToken::new(),
     )
     .await
-    .err()
-    .expect("the bootstrap must fail")
+    .expect_err("the bootstrap must fail")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
