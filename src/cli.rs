@@ -582,17 +582,15 @@ pub struct BootstrapArgs {
 impl BootstrapArgs {
     /// Returns the list the flags name for the lead phase (none: the settings decide).
     pub fn lead_list(&self) -> Option<crate::marketo::bulk_extract::LeadList> {
-        use crate::marketo::bulk_extract::LeadList;
-        if let Some(id) = self.static_list_id {
-            return Some(LeadList::StaticId(id));
-        }
-        if let Some(name) = &self.static_list_name {
-            return Some(LeadList::StaticName(name.clone()));
-        }
-        if let Some(id) = self.smart_list_id {
-            return Some(LeadList::SmartId(id));
-        }
-        self.smart_list_name.clone().map(LeadList::SmartName)
+        crate::marketo::bulk_extract::LeadList::by_kind(
+            self.static_list_id,
+            self.static_list_name.as_deref(),
+            self.smart_list_id,
+            self.smart_list_name.as_deref(),
+        )
+        .into_iter()
+        .flatten()
+        .next()
     }
 }
 

@@ -407,20 +407,17 @@ impl BootstrapSettings {
     /// Returns the problem, naming its setting: two lists set at once (Marketo takes one lead
     /// filter per export), an empty name, or an id below 1.
     pub fn lead_list(&self) -> Result<Option<LeadList>, (&'static str, String)> {
-        let [static_id, static_name, smart_id, smart_name] = LEAD_LIST_KEYS;
-        let mut set: Vec<(&'static str, LeadList)> = Vec::new();
-        if let Some(id) = self.static_list_id {
-            set.push((static_id, LeadList::StaticId(id)));
-        }
-        if let Some(name) = &self.static_list_name {
-            set.push((static_name, LeadList::StaticName(name.clone())));
-        }
-        if let Some(id) = self.smart_list_id {
-            set.push((smart_id, LeadList::SmartId(id)));
-        }
-        if let Some(name) = &self.smart_list_name {
-            set.push((smart_name, LeadList::SmartName(name.clone())));
-        }
+        let lists = LeadList::by_kind(
+            self.static_list_id,
+            self.static_list_name.as_deref(),
+            self.smart_list_id,
+            self.smart_list_name.as_deref(),
+        );
+        let set: Vec<(&'static str, LeadList)> = LEAD_LIST_KEYS
+            .into_iter()
+            .zip(lists)
+            .filter_map(|(key, list)| Some((key, list?)))
+            .collect();
         let Some((key, list)) = set.first().cloned() else {
             return Ok(None);
         };

@@ -114,7 +114,7 @@ use super::pipeline::commit::{self, ledger_entry};
 use super::pipeline::gather::open_errors;
 use super::pipeline::spec::TwoWaySpec;
 use super::pipeline::two_way::{CrmBatch, Observed, Seen, SidePair, TwoWay};
-use super::pipeline::write::{NewRow, RowTarget, write_keyed_rows, write_linked_rows};
+use super::pipeline::write::{NewRow, RowTarget, write_linked_rows};
 use super::reconcile::FieldConflict;
 use super::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::config::earliest_watermark;
@@ -2158,6 +2158,7 @@ impl Run<'_> {
             ctx,
             plan,
             target,
+            &plan.crm_marketo_id,
             &rows,
             size,
             &mut batch.step,
@@ -2237,7 +2238,7 @@ impl Run<'_> {
         }
         let size = self.crm_batch_rows(&plan.crm_object);
         let (ctx, cancel) = (self.ctx, self.cancel);
-        let written = write_keyed_rows(
+        let written = write_linked_rows(
             ctx,
             plan,
             target,

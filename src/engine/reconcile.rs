@@ -258,11 +258,13 @@ fn settle(rule: &FieldRule, marketo: Option<SideState<'_>>, crm: Option<SideStat
     }
 }
 
+/// Rules, records and side states for the tests of reconciling modules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn rule(name: &str, direction: Direction, policy: Policy) -> FieldRule {
+    /// A rule without shortening.
+    pub(crate) fn rule(name: &str, direction: Direction, policy: Policy) -> FieldRule {
         FieldRule {
             name: name.to_owned(),
             direction,
@@ -271,19 +273,27 @@ mod tests {
         }
     }
 
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
+    /// Text fields.
+    pub(crate) fn fields(pairs: &[(&str, &str)]) -> Fields {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
             .collect()
     }
 
-    fn side(f: &Fields) -> Option<SideState<'_>> {
+    /// A side that read `f`, with no modification time.
+    pub(crate) fn side(f: &Fields) -> Option<SideState<'_>> {
         Some(SideState {
             fields: f,
             modified_at: None,
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{fields, rule, side};
+    use super::*;
 
     #[test]
     fn a_change_on_one_side_flows_to_the_other() {

@@ -95,6 +95,23 @@ pub enum LeadList {
 }
 
 impl LeadList {
+    /// Returns the list each of the four ways to name one gives, by position: static list id,
+    /// static list name, smart list id, smart list name (the settings and the `bootstrap`
+    /// flags name a list these four ways).
+    pub fn by_kind(
+        static_id: Option<i64>,
+        static_name: Option<&str>,
+        smart_id: Option<i64>,
+        smart_name: Option<&str>,
+    ) -> [Option<LeadList>; 4] {
+        [
+            static_id.map(LeadList::StaticId),
+            static_name.map(|n| LeadList::StaticName(n.to_owned())),
+            smart_id.map(LeadList::SmartId),
+            smart_name.map(|n| LeadList::SmartName(n.to_owned())),
+        ]
+    }
+
     /// Returns the name of the lead export filter this list is sent as (`staticListId`, ...).
     pub fn filter_key(&self) -> &'static str {
         match self {

@@ -122,33 +122,20 @@ fn toward_crm(mut r: Reconciled) -> Reconciled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::reconcile::{FieldRule, SideState, reconcile};
+    use crate::engine::reconcile::reconcile;
+    use crate::engine::reconcile::test_support::{fields, rule as rule_of, side};
     use crate::mapping::{Direction, Policy};
-    use crate::model::Value;
 
-    fn rule(name: &str, policy: Policy) -> FieldRule {
-        FieldRule {
-            name: name.to_owned(),
-            direction: Direction::Both,
-            policy,
-            shortened: None,
-        }
+    fn rule(name: &str, policy: Policy) -> reconcile::FieldRule {
+        rule_of(name, Direction::Both, policy)
     }
 
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
-            .collect()
-    }
-
-    fn one_way(rules: &[FieldRule], base: &Fields, m: &Fields, c: &Fields) -> Reconciled {
-        let side = |f| {
-            Some(SideState {
-                fields: f,
-                modified_at: None,
-            })
-        };
+    fn one_way(
+        rules: &[reconcile::FieldRule],
+        base: &Fields,
+        m: &Fields,
+        c: &Fields,
+    ) -> Reconciled {
         toward_crm(reconcile(rules, base, side(m), side(c)))
     }
 

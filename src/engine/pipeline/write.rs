@@ -188,6 +188,7 @@ pub(crate) async fn create_linked_rows(
         ctx,
         plan,
         target,
+        &plan.crm_marketo_id,
         rows,
         CRM_ROW_BATCH,
         commit,
@@ -201,8 +202,10 @@ pub(crate) async fn create_linked_rows(
     Ok(())
 }
 
-/// Upserts CRM rows keyed by the plan's Marketo-id column in calls of up to `batch` rows
-/// (re-running it finds the rows it created instead of creating them again): counts each row
+/// Upserts CRM rows keyed by `key_column` (each row holds it) in calls of up to `batch` rows:
+/// by the plan's Marketo-id column, a re-run finds the rows it created instead of creating them
+/// again; by the primary key, the linked records themselves are updated whatever their
+/// Marketo-id column holds (a record gone meanwhile is refused, not inserted). Counts each row
 /// from its typed outcome (created, updated, refused), links each written row to its Marketo
 /// key at its agreed values, resolves its open ledger entry, and puts each refused row in the
 /// error ledger with the CRM's code under the one retry policy. Returns the CRM id of each
@@ -213,28 +216,6 @@ pub(crate) async fn create_linked_rows(
 /// A whole-call CRM failure, or cancellation.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_linked_rows(
-    ctx: &Context,
-    plan: &Plan,
-    target: &RowTarget<'_>,
-    rows: &[NewRow],
-    batch: usize,
-    commit: &mut StepCommit,
-    summary: &mut CycleSummary,
-    cancel: &CancellationToken,
-) -> Result<Vec<Option<String>>, EngineError> {
-    let key = plan.crm_marketo_id.as_str();
-    write_keyed_rows(ctx, plan, target, key, rows, batch, commit, summary, cancel).await
-}
-
-/// [`write_linked_rows`] with the rows keyed by `key_column` (each row holds it): the primary
-/// key updates the linked records themselves, whatever their Marketo-id column holds (a record
-/// gone meanwhile is refused, not inserted).
-///
-/// # Errors
-///
-/// A whole-call CRM failure, or cancellation.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn write_keyed_rows(
     ctx: &Context,
     plan: &Plan,
     target: &RowTarget<'_>,
