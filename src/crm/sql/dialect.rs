@@ -154,12 +154,12 @@ impl SqlPool {
                         message: "the crm url is not a valid sqlite url".into(),
                     })?
                     .create_if_missing(true);
-                // Not WAL (issue 15 asked for it on the demo CRM; tried and taken back): in WAL
-                // a pooled connection whose read transaction is still open keeps reading its
-                // old snapshot after another connection (the CRM's own application) commits,
-                // and `engine_objects::companies_flow_both_ways_and_the_crm_wins_a_conflict`
-                // then missed a CRM edit in one CI run. The rollback journal makes such a
-                // writer wait instead.
+                // The journal mode is the file's own: the adapter does not switch a CRM's
+                // file to another mode behind its application's back (the demo CRM is made in
+                // WAL mode by `sim::demo_crm::install`). Every commit is synced (SQLite's
+                // default `synchronous = FULL`, also in WAL): the state store records a write
+                // only after the CRM committed it, so a power cut must not take a committed
+                // CRM write back.
                 SqlPool::Lite(
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
