@@ -224,8 +224,11 @@ struct CursorState {
     gaps: Vec<(i64, DateTime<Utc>)>,
 }
 
-/// Most own-write echoes remembered per adapter.
-const ECHO_CAPACITY: usize = 1_000_000;
+/// Most own-write echoes remembered per adapter: well above what one cycle writes, so that the
+/// next cycle's feed skips them all. A larger run (a bootstrap of a million rows) keeps its last
+/// 100,000; the feed reads the older ones back, and the engine finds them agreed and writes
+/// nothing (issue 15: a million echoes held about 50 MB of a bootstrap's peak memory).
+const ECHO_CAPACITY: usize = 100_000;
 /// Most change-log gaps remembered per cursor.
 const MAX_GAPS: usize = 10_000;
 
@@ -245,9 +248,9 @@ pub struct SqlCrm {
 
 /// The adapter's own writes, so that the change feed skips them. Each entry is two 64-bit
 /// hashes (of the object and primary key, and of the modified value written), about 40 bytes
-/// with the eviction order, instead of three strings: a bootstrap writing a million rows holds
-/// about 40 MB here, not 300 MB. A hash collision can only hide a change whose key collides
-/// with a row the adapter wrote AND whose modified value hashes like the one it wrote.
+/// with the eviction order, instead of three strings: about 4 MB at [`ECHO_CAPACITY`]. A hash
+/// collision can only hide a change whose key collides with a row the adapter wrote AND whose
+/// modified value hashes like the one it wrote.
 #[derive(Default)]
 struct Echoes {
     map: HashMap<u64, u64>,
