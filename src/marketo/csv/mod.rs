@@ -495,9 +495,18 @@ impl<R: Read> ExportReader<R> {
         }
         let row = &mut self.row;
         row.warnings.clear();
+        // One UTF-8 check for the whole record: a cell of a valid record is valid when it starts
+        // and ends on character boundaries (`str::get`); other cells, and the cells of a record
+        // with invalid bytes, are checked alone.
+        let whole = std::str::from_utf8(self.parser.cells()).ok();
         for (i, slot) in row.values.iter_mut().enumerate() {
-            let raw = self.parser.cell(i);
-            let text = match std::str::from_utf8(raw) {
+            let range = self.parser.cell_range(i);
+            let raw = &self.parser.cells()[range.clone()];
+            let checked = match whole.and_then(|w| w.get(range)) {
+                Some(s) => Ok(s),
+                None => std::str::from_utf8(raw),
+            };
+            let text = match checked {
                 Ok(s) => std::borrow::Cow::Borrowed(s),
                 Err(_) => {
                     row.warnings.push(RowWarning::InvalidUtf8 {
