@@ -130,11 +130,6 @@ impl ColumnMapping<'_> {
             }),
         }
     }
-
-    /// Returns the canonical names a row maps to (the same for every row).
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.record.keys().map(String::as_str)
-    }
 }
 
 /// Stores a copy of `value` in `slot`, reusing the slot's text allocation.
@@ -206,7 +201,7 @@ constant = "marketo"
 
     fn schema(side: Side, fields: &[(&str, FieldType)]) -> ObjectSchema {
         let mut defs: Vec<FieldDef> = vec![FieldDef::new("id", FieldType::Integer)];
-        defs.extend(fields.iter().map(|(n, t)| FieldDef::new(n, t.clone())));
+        defs.extend(fields.iter().map(|(n, t)| FieldDef::new(*n, t.clone())));
         ObjectSchema {
             side,
             object: if side == Side::Marketo {
