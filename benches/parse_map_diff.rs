@@ -8,11 +8,16 @@
 //! values with commas, doubled quotes, line breaks and U+2028) is written to a temporary file
 //! first and is not timed, as in the service (download to disk, then parse).
 //!
-//! Each row is read by `ExportReader` typed with the lead schema, turned into a canonical record
-//! by `Plan::to_canonical(Side::Marketo, ..)` of a compiled lead ↔ CRM contacts plan, and
+//! Each row is read by `ExportReader::next_row` typed with the lead schema (a reused row of
+//! values in header order), turned into a canonical record by the `ColumnMapping` of a compiled
+//! lead ↔ CRM contacts plan for the file's header (`Plan::for_columns(Side::Marketo, ..)`), and
 //! reconciled against a base (the last agreed values) by `engine::reconcile::reconcile`. The base
 //! of about 10% of the rows differs from the export (Marketo changed them) and about 1% also have
 //! a CRM-side edit (conflicts). Only counters are kept: memory must not grow with the file.
+//!
+//! `-- --by-name 100000` measures the by-name path instead: the reader's iterator (an
+//! `ExportRow` with a map of every column per row) and `Plan::to_canonical`, as the bootstrap
+//! still reads exports.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -384,7 +389,48 @@ struct Counters {
     conflicts: u64,
 }
 
-fn run(rows: u64) {
+/// The counts one row adds, given its canonical record.
+fn diff_row(
+    c: &mut Counters,
+    rules: &[FieldRule],
+    crm_edit: &Fields,
+    record: u64,
+    canonical: &Fields,
+) {
+    let base = base_for(record, canonical);
+    let crm = (record % 100 == 3).then_some(SideState {
+        fields: crm_edit,
+        modified_at: None,
+    });
+    let marketo = SideState {
+        fields: canonical,
+        modified_at: None,
+    };
+    let out = reconcile(rules, &base, Some(marketo), crm);
+    if !out.is_noop() {
+        c.changed += 1;
+        c.field_writes += (out.to_crm.len() + out.to_marketo.len()) as u64;
+    }
+    c.conflicts += out.conflicts.len() as u64;
+}
+
+impl Counters {
+    fn bad_row(&mut self, e: &dyn std::fmt::Display) {
+        if self.row_errors == 0 {
+            eprintln!("parse_map_diff: first bad row: {e}");
+        }
+        self.row_errors += 1;
+    }
+
+    fn bad_mapping(&mut self, e: &dyn std::fmt::Display) {
+        if self.map_errors == 0 {
+            eprintln!("parse_map_diff: first mapping error: {e}");
+        }
+        self.map_errors += 1;
+    }
+}
+
+fn run(rows: u64, by_name: bool) {
     let plan = lead_plan();
     let rules: Vec<FieldRule> = reconcile::rules(&plan);
     let schema = marketo_lead();
@@ -400,46 +446,40 @@ fn run(rows: u64) {
     let cpu_before = thread_cpu_secs();
     let started = Instant::now();
     let file = BufReader::with_capacity(1 << 16, File::open(&path).expect("open export"));
-    let reader = ExportReader::new(file, FileFormat::Csv)
+    let mut reader = ExportReader::new(file, FileFormat::Csv)
         .expect("export header")
         .typed(&schema);
-    for item in reader {
-        let row = match item {
-            Ok(row) => row,
-            Err(e) => {
-                if c.row_errors == 0 {
-                    eprintln!("parse_map_diff: first bad row: {e}");
+    if by_name {
+        for item in reader {
+            let row = match item {
+                Ok(row) => row,
+                Err(e) => {
+                    c.bad_row(&e);
+                    continue;
                 }
-                c.row_errors += 1;
-                continue;
+            };
+            c.rows += 1;
+            match plan.to_canonical(Side::Marketo, &row.fields) {
+                Ok(canonical) => diff_row(&mut c, &rules, &crm_edit, row.record, &canonical),
+                Err(e) => c.bad_mapping(&e),
             }
-        };
-        c.rows += 1;
-        let canonical = match plan.to_canonical(Side::Marketo, &row.fields) {
-            Ok(f) => f,
-            Err(e) => {
-                if c.map_errors == 0 {
-                    eprintln!("parse_map_diff: first mapping error: {e}");
-                }
-                c.map_errors += 1;
-                continue;
-            }
-        };
-        let base = base_for(row.record, &canonical);
-        let crm = (row.record % 100 == 3).then_some(SideState {
-            fields: &crm_edit,
-            modified_at: None,
-        });
-        let marketo = SideState {
-            fields: &canonical,
-            modified_at: None,
-        };
-        let out = reconcile(&rules, &base, Some(marketo), crm);
-        if !out.is_noop() {
-            c.changed += 1;
-            c.field_writes += (out.to_crm.len() + out.to_marketo.len()) as u64;
         }
-        c.conflicts += out.conflicts.len() as u64;
+    } else {
+        let mut mapping = plan.for_columns(Side::Marketo, reader.headers());
+        while let Some(item) = reader.next_row() {
+            let row = match item {
+                Ok(row) => row,
+                Err(e) => {
+                    c.bad_row(&e);
+                    continue;
+                }
+            };
+            c.rows += 1;
+            match mapping.to_canonical(row.values()) {
+                Ok(canonical) => diff_row(&mut c, &rules, &crm_edit, row.record(), canonical),
+                Err(e) => c.bad_mapping(&e),
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_secs = cpu_before.and_then(|b| Some(thread_cpu_secs()? - b));
@@ -449,10 +489,11 @@ fn run(rows: u64) {
     assert_eq!(c.map_errors, 0, "no generated row may fail mapping");
     assert_eq!(c.changed, (rows + 7) / 10, "10% of rows differ");
     println!(
-        "parse_map_diff: {rows} rows x {} columns ({} mapped fields), {:.1} MB file",
+        "parse_map_diff: {rows} rows x {} columns ({} mapped fields), {:.1} MB file, {} path",
         lead_columns().len(),
         rules.len(),
-        size as f64 / 1e6
+        size as f64 / 1e6,
+        if by_name { "by-name" } else { "by-column" }
     );
     println!(
         "parse_map_diff: {rows} rows: {secs:.2} s, {:.0} rows/s on one thread, {:.1} MB/s; \
@@ -482,17 +523,22 @@ fn run(rows: u64) {
 }
 
 fn main() {
+    let by_name = std::env::args().any(|a| a == "--by-name");
     let sizes: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.replace(['_', ','], "").parse::<u64>().ok())
         .collect();
     match sizes.as_slice() {
-        [] => run(DEFAULT_ROWS),
-        [one] => run(*one),
+        [] => run(DEFAULT_ROWS, by_name),
+        [one] => run(*one, by_name),
         many => {
             let exe = std::env::current_exe().expect("own executable");
             for n in many {
-                let status = Command::new(&exe)
+                let mut child = Command::new(&exe);
+                if by_name {
+                    child.arg("--by-name");
+                }
+                let status = child
                     .arg(n.to_string())
                     .status()
                     .expect("run one size in a child process");

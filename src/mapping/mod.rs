@@ -11,6 +11,7 @@
 //! `program_member`, a custom object, ...) is answered by the one registry in [`kinds`].
 
 pub mod activities;
+mod columns;
 mod compile;
 pub mod custom_activities;
 pub mod kinds;
@@ -20,6 +21,7 @@ mod plan;
 pub mod programs;
 mod suggest;
 
+pub use columns::ColumnMapping;
 pub use compile::{
     COMPANY_FIELDS_ON_LEADS, Plans, SchemaSet, carries, compile, compile_activities, compile_all,
     validate_against, validate_one_side,

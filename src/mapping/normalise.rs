@@ -243,6 +243,44 @@ fn apply_one_owned(step: Transform, mut s: String) -> String {
     }
 }
 
+/// Applies [`apply_owned`]'s steps to text in place: ASCII text is lower- or uppercased and
+/// trimmed where it is, steps that would leave it as it is do nothing, and only the other steps
+/// build new text (the per-row path of [`super::ColumnMapping`], whose buffers are reused).
+pub(super) fn apply_in_place(steps: &[Transform], s: &mut String) {
+    for step in steps {
+        match step {
+            Transform::Trim => trim_in_place(s),
+            Transform::Lowercase if s.is_ascii() => s.make_ascii_lowercase(),
+            Transform::Uppercase if s.is_ascii() => s.make_ascii_uppercase(),
+            Transform::CollapseWhitespace if is_collapsed(s) => {}
+            _ => *s = apply_one(*step, s),
+        }
+    }
+}
+
+/// Trims the text where it is, without a new allocation.
+pub(super) fn trim_in_place(s: &mut String) {
+    let end = s.trim_end().len();
+    s.truncate(end);
+    let start = s.len() - s.trim_start().len();
+    if start > 0 {
+        s.drain(..start);
+    }
+}
+
+/// Returns true for the types whose values are not text ([`normalise`] parses them); every
+/// other type is normalised as trimmed text.
+pub(super) fn is_scalar(ty: &FieldType) -> bool {
+    matches!(
+        ty,
+        FieldType::Integer
+            | FieldType::Decimal
+            | FieldType::Boolean
+            | FieldType::Date
+            | FieldType::DateTime
+    )
+}
+
 /// Returns true when collapsing the whitespace of `s` would leave it as it is: no whitespace
 /// at either end, and only single spaces between words.
 fn is_collapsed(s: &str) -> bool {

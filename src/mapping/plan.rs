@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::normalise::{apply, apply_owned, convert_for, normalise_owned};
+use super::normalise::{
+    apply, apply_in_place, apply_owned, convert_for, is_scalar, normalise_owned, trim_in_place,
+};
 use crate::config::{Direction, Policy, Transform};
 use crate::model::{FieldType, Fields, Side, Value, fields_hash};
 
@@ -89,7 +91,7 @@ pub struct PlanField {
 }
 
 impl PlanField {
-    fn side_name(&self, side: Side) -> Option<&str> {
+    pub(super) fn side_name(&self, side: Side) -> Option<&str> {
         match side {
             Side::Marketo => self.marketo.as_deref(),
             Side::Crm => self.crm.as_deref(),
@@ -117,7 +119,7 @@ impl PlanField {
     /// # Errors
     ///
     /// Why the value cannot be read as its type (never the value itself).
-    fn read(&self, side: Side, value: &Value) -> Result<Value, String> {
+    pub(super) fn read(&self, side: Side, value: &Value) -> Result<Value, String> {
         let typed = normalise_owned(self.side_ty(side), value.clone())?;
         let mapped = match (&typed, side) {
             (Value::Text(t), Side::Crm) if !self.values.is_empty() => {
@@ -133,6 +135,55 @@ impl PlanField {
             (Value::Null, Some(default)) => default.clone(),
             _ => canonical,
         })
+    }
+
+    /// Returns true when [`PlanField::read_into`] reads text from `side` in place: text read
+    /// as text on both that side and the canonical record, with no value map in between.
+    pub(super) fn reads_text_in_place(&self, side: Side) -> bool {
+        !is_scalar(self.side_ty(side))
+            && !is_scalar(&self.ty)
+            && (side == Side::Marketo || self.values.is_empty())
+    }
+
+    /// Stores [`PlanField::read`] of `value` in `slot`. When `in_place` (see
+    /// [`PlanField::reads_text_in_place`]) and the value is text, the text is trimmed and
+    /// transformed in the slot's own allocation: no copy of the value is made.
+    ///
+    /// # Errors
+    ///
+    /// As [`PlanField::read`]; `slot` may then hold anything.
+    pub(super) fn read_into(
+        &self,
+        side: Side,
+        value: &Value,
+        in_place: bool,
+        slot: &mut Value,
+    ) -> Result<(), String> {
+        let Value::Text(text) = value else {
+            *slot = self.read(side, value)?;
+            return Ok(());
+        };
+        if !in_place {
+            *slot = self.read(side, value)?;
+            return Ok(());
+        }
+        let trimmed = text.trim();
+        if !trimmed.is_empty() {
+            if !matches!(slot, Value::Text(_)) {
+                *slot = Value::Text(String::with_capacity(trimmed.len()));
+            }
+            if let Value::Text(buf) = slot {
+                buf.clear();
+                buf.push_str(trimmed);
+                apply_in_place(&self.transform, buf);
+                trim_in_place(buf);
+                if !buf.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        *slot = self.default.clone().unwrap_or(Value::Null);
+        Ok(())
     }
 
     /// Returns the value written to `target` for the canonical `value`: value-mapped (CRM),

@@ -28,18 +28,21 @@
 
 mod blocking;
 mod parse;
+mod row;
 mod rows;
 mod value;
 mod write;
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::model::{FieldType, Fields, ObjectSchema, Value};
 
 use parse::{BadRecord, Parsed, RecordParser};
 
 pub use blocking::{ReaderTask, RowSource, spawn_file_reader};
+pub use row::{Header, Row};
 pub use rows::{ActivityReader, ActivityRow, ProgramMemberReader, ProgramMemberRow};
 pub use value::{parse_bool, parse_date, parse_datetime, parse_decimal, parse_int};
 pub use write::{DEFAULT_IMPORT_LIMIT_BYTES, ImportFileWriter, WriteOutcome};
@@ -311,9 +314,14 @@ pub struct ExportRow {
 ///
 /// Items are `Ok(row)`, `Err(CsvError::Row(_))` for a row that could not be read (iteration
 /// goes on), or `Err(CsvError::Read { .. })` once, after which the iterator ends.
+///
+/// [`ExportReader::next_row`] reads the same items without building a map per row: it lends
+/// one reused [`Row`] of values in header order.
 pub struct ExportReader<R> {
     parser: RecordParser<R>,
-    headers: Vec<String>,
+    header: Arc<Header>,
+    /// The buffer rows are read into.
+    row: Row,
     types: Option<Vec<Option<FieldType>>>,
     max_record_bytes: usize,
     pub(super) stats: ReadStats,
@@ -368,9 +376,11 @@ impl<R: Read> ExportReader<R> {
             }
             headers.push(name);
         }
+        let header = Arc::new(Header::new(headers));
         Ok(ExportReader {
             parser,
-            headers,
+            row: Row::new(Arc::clone(&header)),
+            header,
             types: None,
             max_record_bytes: options.max_record_bytes,
             stats: ReadStats::default(),
@@ -384,7 +394,8 @@ impl<R: Read> ExportReader<R> {
     /// type makes the row a [`RowErrorReason::BadValue`] error.
     pub fn typed(mut self, schema: &ObjectSchema) -> Self {
         let types = self
-            .headers
+            .header
+            .names()
             .iter()
             .map(|h| schema.field(h).map(|f| f.ty.clone()))
             .collect();
@@ -394,7 +405,22 @@ impl<R: Read> ExportReader<R> {
 
     /// Returns the column names from the header, in file order.
     pub fn headers(&self) -> &[String] {
-        &self.headers
+        self.header.names()
+    }
+
+    /// Returns the header, shared with the rows of [`ExportReader::next_row`].
+    pub fn header(&self) -> &Arc<Header> {
+        &self.header
+    }
+
+    /// Returns the next item as the iterator does, but lends an accepted row as a [`Row`] in
+    /// a buffer reused from row to row (no map, no column names copied), valid until the next
+    /// call. Errors and counters are the iterator's.
+    pub fn next_row(&mut self) -> Option<Result<&Row, CsvError>> {
+        match self.read_next()? {
+            Ok(()) => Some(Ok(&self.row)),
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Returns the counters so far (bytes read include the read-ahead buffer).
@@ -414,7 +440,8 @@ impl<R: Read> ExportReader<R> {
         })
     }
 
-    fn read_next(&mut self) -> Option<Result<ExportRow, CsvError>> {
+    /// Reads the next accepted row into `self.row`, or returns the next error.
+    fn read_next(&mut self) -> Option<Result<(), CsvError>> {
         if self.done {
             return None;
         }
@@ -446,7 +473,7 @@ impl<R: Read> ExportReader<R> {
             Parsed::Record(r) => r,
         };
         self.stats.records += 1;
-        let expected = self.headers.len();
+        let expected = self.header.len();
         let wrong_count = record.fields != expected;
         // A quote that swallowed whole lines shows as a multi-line record with the wrong
         // number of columns or with a stray quote; give the swallowed lines back when they
@@ -466,48 +493,57 @@ impl<R: Read> ExportReader<R> {
             };
             return Some(Err(self.row_error(record.line, reason)));
         }
-        let mut fields = Fields::new();
-        let mut warnings = Vec::new();
-        for i in 0..expected {
-            let name = &self.headers[i];
-            let raw = self.parser.cell(i);
-            let text = match std::str::from_utf8(raw) {
+        let row = &mut self.row;
+        row.warnings.clear();
+        // One UTF-8 check for the whole record: a cell of a valid record is valid when it starts
+        // and ends on character boundaries (`str::get`); other cells, and the cells of a record
+        // with invalid bytes, are checked alone.
+        let whole = std::str::from_utf8(self.parser.cells()).ok();
+        for (i, slot) in row.values.iter_mut().enumerate() {
+            let range = self.parser.cell_range(i);
+            let raw = &self.parser.cells()[range.clone()];
+            let checked = match whole.and_then(|w| w.get(range)) {
+                Some(s) => Ok(s),
+                None => std::str::from_utf8(raw),
+            };
+            let text = match checked {
                 Ok(s) => std::borrow::Cow::Borrowed(s),
                 Err(_) => {
-                    warnings.push(RowWarning::InvalidUtf8 {
-                        field: name.clone(),
+                    row.warnings.push(RowWarning::InvalidUtf8 {
+                        field: self.header.names()[i].clone(),
                     });
                     String::from_utf8_lossy(raw)
                 }
             };
-            let value = if text.is_empty() || text == "null" {
-                Value::Null
-            } else {
-                match self.types.as_ref().and_then(|t| t[i].as_ref()) {
-                    None => Value::Text(text.into_owned()),
-                    Some(ty) => match value::convert(&text, ty) {
-                        Some(v) => v,
-                        None => {
-                            let reason = RowErrorReason::BadValue {
-                                field: name.clone(),
-                                expected: ty.describe(),
-                                value: clip(&text),
-                            };
-                            return Some(Err(self.row_error(record.line, reason)));
-                        }
-                    },
+            if text.is_empty() || text == "null" {
+                *slot = Value::Null;
+                continue;
+            }
+            match self.types.as_ref().and_then(|t| t[i].as_ref()) {
+                None => row::set_text(slot, &text),
+                Some(ty) => {
+                    if !value::convert_into(&text, ty, slot) {
+                        let reason = RowErrorReason::BadValue {
+                            field: self.header.names()[i].clone(),
+                            expected: ty.describe(),
+                            value: clip(&text),
+                        };
+                        // Not `row_error`: `row` is still borrowed.
+                        self.stats.errors += 1;
+                        return Some(Err(CsvError::Row(RowError {
+                            line: record.line,
+                            record: self.stats.records,
+                            reason,
+                        })));
+                    }
                 }
-            };
-            fields.insert(name.clone(), value);
+            }
         }
+        row.line = record.line;
+        row.record = self.stats.records;
         self.stats.rows += 1;
-        self.stats.warnings += warnings.len() as u64;
-        Some(Ok(ExportRow {
-            line: record.line,
-            record: self.stats.records,
-            fields,
-            warnings,
-        }))
+        self.stats.warnings += row.warnings.len() as u64;
+        Some(Ok(()))
     }
 
     fn parser_line(&self) -> u64 {
@@ -519,7 +555,16 @@ impl<R: Read> Iterator for ExportReader<R> {
     type Item = Result<ExportRow, CsvError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.read_next()
+        if let Err(e) = self.read_next()? {
+            return Some(Err(e));
+        }
+        let row = &mut self.row;
+        Some(Ok(ExportRow {
+            line: row.line,
+            record: row.record,
+            fields: row.take_fields(),
+            warnings: std::mem::take(&mut row.warnings),
+        }))
     }
 }
 

@@ -146,8 +146,22 @@ impl<R: Read> RecordParser<R> {
     ///
     /// When `i` is not below that record's [`RawRecord::fields`].
     pub(crate) fn cell(&self, i: usize) -> &[u8] {
+        &self.cells[self.cell_range(i)]
+    }
+
+    /// Returns where cell `i` (0-based) of the record last returned is in [`RecordParser::cells`].
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not below that record's [`RawRecord::fields`].
+    pub(crate) fn cell_range(&self, i: usize) -> std::ops::Range<usize> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.cells[start..self.ends[i]]
+        start..self.ends[i]
+    }
+
+    /// Returns the cells of the record last returned, one after the other.
+    pub(crate) fn cells(&self) -> &[u8] {
+        &self.cells
     }
 
     /// Ends the cell being read.

@@ -365,3 +365,134 @@ fn a_stray_quote_before_a_multi_line_value_gives_the_value_back() {
     assert_eq!(second.line, 5);
     assert_eq!(second.fields["name"], Value::from("c\nd"));
 }
+
+/// The schema of the row-buffer tests: typed columns among text ones.
+fn small_schema() -> ObjectSchema {
+    ObjectSchema {
+        side: Side::Marketo,
+        object: "lead".into(),
+        id_field: Some("id".into()),
+        dedupe_fields: vec![],
+        fields: vec![
+            FieldDef::new("id", FieldType::Integer),
+            FieldDef::new("at", FieldType::DateTime),
+            FieldDef::new("name", FieldType::Text { max_len: None }),
+        ],
+    }
+}
+
+/// Each item as comparable data: an accepted row as its line, record, fields and warnings.
+type Item = Result<(u64, u64, Fields, Vec<RowWarning>), String>;
+
+fn by_iterator(input: &[u8], typed: bool) -> (Vec<Item>, ReadStats) {
+    let mut reader = ExportReader::new(input, FileFormat::Csv).unwrap();
+    if typed {
+        reader = reader.typed(&small_schema());
+    }
+    let items = reader
+        .by_ref()
+        .map(|r| {
+            r.map(|row| (row.line, row.record, row.fields, row.warnings))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    (items, reader.stats())
+}
+
+fn by_next_row(input: &[u8], typed: bool) -> (Vec<Item>, ReadStats) {
+    let mut reader = ExportReader::new(input, FileFormat::Csv).unwrap();
+    if typed {
+        reader = reader.typed(&small_schema());
+    }
+    let mut items = Vec::new();
+    while let Some(r) = reader.next_row() {
+        items.push(
+            r.map(|row| {
+                (
+                    row.line(),
+                    row.record(),
+                    row.to_fields(),
+                    row.warnings().to_vec(),
+                )
+            })
+            .map_err(|e| e.to_string()),
+        );
+    }
+    (items, reader.stats())
+}
+
+#[test]
+fn next_row_reads_what_the_iterator_reads() {
+    // Long text then short, text then null, a typed cell that fails half-way through a row,
+    // invalid UTF-8, a multi-line value, a row with a column missing.
+    let input = b"id,name,at,other\n\
+                  1,a long name here,2017-09-08T16:38:14Z,x\n\
+                  2,short,null,\n\
+                  3,\"two\nlines\",bad date,y\n\
+                  4,\xFFbad utf8,2017-09-08 16:38:14,z\n\
+                  5,only three,null\n\
+                  6,,,last\n";
+    for typed in [false, true] {
+        let (expected, expected_stats) = by_iterator(input, typed);
+        let (got, stats) = by_next_row(input, typed);
+        assert_eq!(got, expected, "typed: {typed}");
+        assert_eq!(stats, expected_stats, "typed: {typed}");
+    }
+    let (items, _) = by_next_row(input, true);
+    assert_eq!(items.len(), 6);
+    let (line, record, fields, _) = items[1].as_ref().unwrap();
+    assert_eq!((*line, *record), (3, 2));
+    assert_eq!(fields["name"], Value::from("short"));
+    assert!(fields["at"].is_null() && fields["other"].is_null());
+    assert_eq!(
+        items[2].as_ref().unwrap_err(),
+        "bad row in export file: line 4, record 3: field \"at\": \"bad date\" is not a valid datetime"
+    );
+    let (_, _, fields, warnings) = items[5].as_ref().unwrap();
+    assert!(fields["id"] == Value::Int(6) && fields["name"].is_null());
+    assert!(
+        warnings.is_empty(),
+        "warnings of an earlier row are not kept"
+    );
+}
+
+#[test]
+fn a_row_is_read_by_name_through_the_shared_header() {
+    let input = b"a,b\n1,null\n";
+    let mut reader = ExportReader::new(&input[..], FileFormat::Csv).unwrap();
+    let header = std::sync::Arc::clone(reader.header());
+    assert_eq!(header.names(), ["a", "b"]);
+    assert_eq!(
+        (header.index_of("b"), header.index_of("c")),
+        (Some(1), None)
+    );
+    let row = reader.next_row().unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(row.header(), &header));
+    assert_eq!(row.get("a"), Some(&Value::from("1")));
+    assert_eq!(row.get("b"), Some(&Value::Null));
+    assert_eq!(row.get("c"), None);
+    assert_eq!(row.values(), [Value::from("1"), Value::Null]);
+    assert!(reader.next_row().is_none());
+}
+
+proptest::proptest! {
+    /// Whatever the cells, the reused row buffer holds what the iterator's maps hold.
+    #[test]
+    fn next_row_matches_the_iterator_on_any_cells(
+        cells in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "", "null", "7", "x", "a much longer cell", "\"q,\"\"d\"\"\"", "2017-09-08",
+                "\"a\nb\"", "é", "\"open",
+            ]),
+            0..40,
+        ),
+        typed in proptest::bool::ANY,
+    ) {
+        let mut input = b"id,name,at\n".to_vec();
+        for (i, cell) in cells.iter().enumerate() {
+            input.extend_from_slice(cell.as_bytes());
+            input.push(if i % 3 == 2 { b'\n' } else { b',' });
+        }
+        proptest::prop_assert_eq!(by_next_row(&input, typed), by_iterator(&input, typed));
+    }
+}
