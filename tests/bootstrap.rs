@@ -2265,27 +2265,11 @@ async fn journal_mode(url: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_crm_and_the_state_store_are_sqlite_files_in_wal_mode() {
+async fn the_state_store_is_a_sqlite_file_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}", dir.path().join("state.db").display());
     let _store = store::open(&store_url).await.unwrap();
     assert_eq!(journal_mode(&store_url).await, "wal");
-    let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
-    demo_crm::install(&crm_url, 42, 10).await.unwrap();
-    // The adapter opens it as it is (it does not switch a CRM file's mode itself).
-    let _crm = registry::build(
-        "sql",
-        Some(&SecretString::from(crm_url.clone())),
-        &demo_crm::adapter_options(true, false),
-    )
-    .await
-    .unwrap();
-    assert_eq!(journal_mode(&crm_url).await, "wal");
-    let other = format!("sqlite://{}", dir.path().join("other.db").display());
-    let _pool = marketo_sync::crm::sql::dialect::SqlPool::connect(&other, 1, true)
-        .await
-        .unwrap();
-    assert_eq!(journal_mode(&other).await, "delete");
 }
 
 /// A CRM that counts the rows of every upsert call (one call is one transaction of the SQL

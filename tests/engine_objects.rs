@@ -287,7 +287,7 @@ impl NowUtc for ManualClock {
 
 /// A CRM user's edit time: a second from now. An edit in the same millisecond as the sync's
 /// own write of that row would carry the very modified time the adapter remembers of that
-/// write, and be read as its echo (the demo CRM's WAL commits make that millisecond reachable).
+/// write, and be read as its echo.
 fn now_sql() -> String {
     let at = Utc::now() + chrono::Duration::seconds(1);
     format!("'{}'", at.format("%Y-%m-%d %H:%M:%S%.3f"))

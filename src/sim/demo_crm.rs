@@ -651,16 +651,6 @@ pub async fn install(url: &str, seed: u64, contacts: usize) -> Result<DemoSummar
     }
     let pool = SqlPool::connect(url, 1, false).await?;
     let d = pool.dialect();
-    if d == Dialect::Sqlite {
-        // WAL (issue 15): a commit appends its pages to the log once instead of journalling
-        // and rewriting them, and the demo's CRM user never waits on the sync's reads. The
-        // mode is stored in the file: every later connection opens it in WAL.
-        pool.execute_raw(
-            "switch the demo crm to WAL",
-            "PRAGMA journal_mode = WAL".into(),
-        )
-        .await?;
-    }
     for sql in ddl(d) {
         pool.execute_raw("create the demo crm tables", sql).await?;
     }

@@ -155,11 +155,11 @@ impl SqlPool {
                     })?
                     .create_if_missing(true);
                 // The journal mode is the file's own: the adapter does not switch a CRM's
-                // file to another mode behind its application's back (the demo CRM is made in
-                // WAL mode by `sim::demo_crm::install`). Every commit is synced (SQLite's
-                // default `synchronous = FULL`, also in WAL): the state store records a write
-                // only after the CRM committed it, so a power cut must not take a committed
-                // CRM write back.
+                // file to another mode behind its application's back. The demo CRM keeps the
+                // rollback journal (issue 15 asked for WAL; measured against it: a 300,000-lead
+                // bootstrap took about 15% more engine CPU in WAL, see BENCHMARKS.md, and WAL's
+                // cheaper `synchronous = NORMAL` may lose a committed CRM write in a power cut
+                // after the state store recorded it).
                 SqlPool::Lite(
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
