@@ -168,6 +168,19 @@ impl FieldType {
         )
     }
 
+    /// Returns true for the types whose values are parsed from their text (numbers, booleans,
+    /// dates and times); every other type's values are read as text.
+    pub fn is_scalar(&self) -> bool {
+        matches!(
+            self,
+            FieldType::Integer
+                | FieldType::Decimal
+                | FieldType::Boolean
+                | FieldType::Date
+                | FieldType::DateTime
+        )
+    }
+
     /// Returns the maximum length of a textual value, if the remote declares one.
     pub fn max_len(&self) -> Option<u32> {
         match self {

@@ -268,19 +268,6 @@ pub(super) fn trim_in_place(s: &mut String) {
     }
 }
 
-/// Returns true for the types whose values are not text ([`normalise`] parses them); every
-/// other type is normalised as trimmed text.
-pub(super) fn is_scalar(ty: &FieldType) -> bool {
-    matches!(
-        ty,
-        FieldType::Integer
-            | FieldType::Decimal
-            | FieldType::Boolean
-            | FieldType::Date
-            | FieldType::DateTime
-    )
-}
-
 /// Returns true when collapsing the whitespace of `s` would leave it as it is: no whitespace
 /// at either end, and only single spaces between words.
 fn is_collapsed(s: &str) -> bool {

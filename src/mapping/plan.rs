@@ -7,7 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::normalise::{
-    apply, apply_in_place, apply_owned, convert_for, is_scalar, normalise_owned, trim_in_place,
+    apply, apply_in_place, apply_owned, convert_for, normalise_owned, trim_in_place,
 };
 use crate::config::{Direction, Policy, Transform};
 use crate::model::{FieldType, Fields, Side, Value, fields_hash};
@@ -140,8 +140,8 @@ impl PlanField {
     /// Returns true when [`PlanField::read_into`] reads text from `side` in place: text read
     /// as text on both that side and the canonical record, with no value map in between.
     pub(super) fn reads_text_in_place(&self, side: Side) -> bool {
-        !is_scalar(self.side_ty(side))
-            && !is_scalar(&self.ty)
+        !self.side_ty(side).is_scalar()
+            && !self.ty.is_scalar()
             && (side == Side::Marketo || self.values.is_empty())
     }
 
@@ -159,14 +159,10 @@ impl PlanField {
         in_place: bool,
         slot: &mut Value,
     ) -> Result<(), String> {
-        let Value::Text(text) = value else {
+        let (Value::Text(text), true) = (value, in_place) else {
             *slot = self.read(side, value)?;
             return Ok(());
         };
-        if !in_place {
-            *slot = self.read(side, value)?;
-            return Ok(());
-        }
         let trimmed = text.trim();
         if !trimmed.is_empty() {
             if !matches!(slot, Value::Text(_)) {

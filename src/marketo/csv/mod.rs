@@ -499,6 +499,7 @@ impl<R: Read> ExportReader<R> {
         // and ends on character boundaries (`str::get`); other cells, and the cells of a record
         // with invalid bytes, are checked alone.
         let whole = std::str::from_utf8(self.parser.cells()).ok();
+        let mut bad = None;
         for (i, slot) in row.values.iter_mut().enumerate() {
             let range = self.parser.cell_range(i);
             let raw = &self.parser.cells()[range.clone()];
@@ -523,22 +524,20 @@ impl<R: Read> ExportReader<R> {
                 None => row::set_text(slot, &text),
                 Some(ty) => {
                     if !value::convert_into(&text, ty, slot) {
-                        let reason = RowErrorReason::BadValue {
+                        bad = Some(RowErrorReason::BadValue {
                             field: self.header.names()[i].clone(),
                             expected: ty.describe(),
                             value: clip(&text),
-                        };
-                        // Not `row_error`: `row` is still borrowed.
-                        self.stats.errors += 1;
-                        return Some(Err(CsvError::Row(RowError {
-                            line: record.line,
-                            record: self.stats.records,
-                            reason,
-                        })));
+                        });
+                        break;
                     }
                 }
             }
         }
+        if let Some(reason) = bad {
+            return Some(Err(self.row_error(record.line, reason)));
+        }
+        let row = &mut self.row;
         row.line = record.line;
         row.record = self.stats.records;
         self.stats.rows += 1;

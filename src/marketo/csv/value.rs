@@ -124,22 +124,16 @@ pub(crate) fn convert(text: &str, ty: &FieldType) -> Option<Value> {
 /// Stores [`convert`] of the cell text in `slot`, reusing the slot's allocation for text;
 /// returns false (and leaves `slot` as it may be) when the text does not fit the type.
 pub(crate) fn convert_into(text: &str, ty: &FieldType, slot: &mut Value) -> bool {
-    match ty {
-        FieldType::Integer
-        | FieldType::Decimal
-        | FieldType::Boolean
-        | FieldType::Date
-        | FieldType::DateTime => match convert(text, ty) {
-            Some(v) => {
-                *slot = v;
-                true
-            }
-            None => false,
-        },
-        _ => {
-            super::row::set_text(slot, text);
+    if !ty.is_scalar() {
+        super::row::set_text(slot, text);
+        return true;
+    }
+    match convert(text, ty) {
+        Some(v) => {
+            *slot = v;
             true
         }
+        None => false,
     }
 }
 
