@@ -1426,6 +1426,30 @@ async fn a_trigger_refuses_one_row_of_a_batch(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(stored[0].fields["email"], Value::from("one@x.example"));
+    // A refusal in a later multi-row statement of the batch (7 rows go as 4, 2 and 1): the rows
+    // of the statements before it are not left half-written or written twice.
+    let keys: Vec<String> = (10..17).map(|i| format!("M{i}")).collect();
+    let batch: Vec<Fields> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let domain = if i == 6 { "blocked" } else { "x" };
+            contact(k, &format!("{k}@{domain}.example"))
+        })
+        .collect();
+    let results = crm.upsert("contacts", "marketo_id", &batch).await.unwrap();
+    assert_eq!(refusal_at(&results, 6).reason, RefusalReason::Trigger);
+    assert!(
+        results[..6]
+            .iter()
+            .all(|r| matches!(r, WriteResult::Created { .. })),
+        "{results:?}"
+    );
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(
+        marketo_ids(crm.as_ref(), "contacts", &key_refs).await,
+        keys[..6].to_vec()
+    );
     env.cleanup().await;
 }
 

@@ -631,10 +631,23 @@ async fn run_once(
     Ok(Attempt::Done(Outcome { results, written }))
 }
 
-/// Upserts a whole batch with one multi-row statement (PostgreSQL and SQLite), when every
-/// record writes the same columns, keys are distinct text and no record is refused. Returns
-/// `None`, having written nothing, when the batch does not qualify or the database refuses a
-/// record: the caller then writes record by record to get per-record results.
+/// Returns the row counts of the multi-row statements a batch of `n` rows is written in: the
+/// largest power of two that fits, repeatedly (200 rows: 128, 64, 8). Each count is one
+/// statement text per column set, so a connection compiles and caches at most one per power of
+/// two, whatever the batch sizes. One text per batch size filled the statement cache of every
+/// connection with large compiled statements (a 1M-lead bootstrap's memory, issue 15).
+fn pieces(n: usize) -> impl Iterator<Item = usize> {
+    (0..usize::BITS)
+        .rev()
+        .map(|bit| 1usize << bit)
+        .filter(move |size| n & size != 0)
+}
+
+/// Upserts a whole batch with multi-row statements (see [`pieces`]) in one transaction
+/// (PostgreSQL and SQLite), when every record writes the same columns, keys are distinct text
+/// and no record is refused. Returns `None`, having written nothing, when the batch does not
+/// qualify or the database refuses a record: the caller then writes record by record to get
+/// per-record results.
 ///
 /// # Errors
 /// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
@@ -698,23 +711,18 @@ pub(super) async fn bulk_upsert(
     if !sets_modified {
         names.push(m.clone());
     }
-    let mut n = 0;
-    let tuples: Vec<String> = batch
-        .iter()
-        .map(|_| {
-            let mut cells: Vec<String> = columns
-                .iter()
-                .map(|c| {
-                    n += 1;
-                    d.param(n, &c.cast)
-                })
-                .collect();
-            if !sets_modified {
-                cells.push(d.now().to_owned());
-            }
-            format!("({})", cells.join(", "))
-        })
-        .collect();
+    let casts: Vec<&str> = columns.iter().map(|c| c.cast.as_str()).collect();
+    let row_sql = |first: usize| {
+        let mut row: Vec<String> = casts
+            .iter()
+            .enumerate()
+            .map(|(i, cast)| d.param(first + i, cast))
+            .collect();
+        if !sets_modified {
+            row.push(d.now().to_owned());
+        }
+        format!("({})", row.join(", "))
+    };
     let sets: Vec<String> = names
         .iter()
         .map(|c| match (sets_modified, *c == m) {
@@ -727,27 +735,32 @@ pub(super) async fn bulk_upsert(
     } else {
         ""
     };
-    let sql = format!(
-        "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
-        names.join(", "),
-        tuples.join(", "),
-        sets.join(", "),
-        d.as_text(&keyq),
-        d.as_text(&q(&info.pk.name)),
-        d.as_text(&m),
-    );
-    let op = format!("write {}", info.name);
-    let err = |e: sqlx::Error| classify(&op, &e);
-    let key_list: Vec<String> = (1..=keys.len()).map(|i| d.param(i, &key.cast)).collect();
+    let insert_sql = |rows: usize| {
+        let tuples: Vec<String> = (0..rows).map(|r| row_sql(r * casts.len() + 1)).collect();
+        format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
+            names.join(", "),
+            tuples.join(", "),
+            sets.join(", "),
+            d.as_text(&keyq),
+            d.as_text(&q(&info.pk.name)),
+            d.as_text(&m),
+        )
+    };
     let soft_probe = match &info.soft {
         Some(col) => format!(", {}", d.as_text(&q(&col.name))),
         None => String::new(),
     };
-    let existing_sql = format!(
-        "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({})",
-        d.as_text(&keyq),
-        key_list.join(", ")
-    );
+    let existing_sql = |rows: usize| {
+        let key_list: Vec<String> = (1..=rows).map(|i| d.param(i, &key.cast)).collect();
+        format!(
+            "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({})",
+            d.as_text(&keyq),
+            key_list.join(", ")
+        )
+    };
+    let op = format!("write {}", info.name);
+    let err = |e: sqlx::Error| classify(&op, &e);
     let is_dead = |row: &TextRow| match &info.soft {
         Some(col) => is_soft_deleted(
             row.get(1).cloned().flatten().as_deref(),
@@ -756,6 +769,7 @@ pub(super) async fn bulk_upsert(
         ),
         None => false,
     };
+    let probe = d == Dialect::Sqlite || info.soft.is_some();
     let key_params: Vec<Option<String>> = keys.iter().cloned().map(Some).collect();
     let rows: Option<(Vec<TextRow>, Vec<TextRow>)> = on_pool!(pool, p => {
         let mut tx = p.begin().await.map_err(err)?;
@@ -763,45 +777,52 @@ pub(super) async fn bulk_upsert(
             let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
             exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
         }
-        let existing = if d == Dialect::Sqlite || info.soft.is_some() {
-            fetch_text!(&mut *tx, existing_sql, key_params).map_err(err)?
-        } else {
-            Vec::new()
-        };
-        // A key held by a deleted row: record by record, so that it alone is refused.
-        if existing.iter().any(is_dead) {
-            tx.rollback().await.map_err(err)?;
-            return Ok(None);
+        let (mut existing, mut returned) = (Vec::new(), Vec::with_capacity(keys.len()));
+        let mut at = 0;
+        let mut refused = false;
+        for rows in pieces(keys.len()) {
+            let piece_keys = &key_params[at..at + rows];
+            let piece_params = &params[at * casts.len()..(at + rows) * casts.len()];
+            at += rows;
+            if probe {
+                let found = fetch_text!(&mut *tx, existing_sql(rows), piece_keys).map_err(err)?;
+                // A key held by a deleted row: record by record, so that it alone is refused.
+                if found.iter().any(is_dead) {
+                    refused = true;
+                    break;
+                }
+                existing.extend(found);
+            }
+            match fetch_text!(&mut *tx, insert_sql(rows), piece_params) {
+                Ok(r) => returned.extend(r),
+                // A refused record: nothing is written here, and the caller writes record by
+                // record (a refusal that ended the transaction leaves a new empty one to roll
+                // back). The rollback is explicit: a transaction merely dropped is rolled back
+                // only when its connection is next used, and until then it holds SQLite's
+                // write lock against the record-by-record retry on another connection
+                // ("database is locked").
+                Err(e) if record_error(&e).is_some() => {
+                    let _ = reopen_if_lost!(tx, d);
+                    refused = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = reopen_if_lost!(tx, d);
+                    let _ = tx.rollback().await;
+                    return Err(err(e));
+                }
+            }
         }
-        match fetch_text!(&mut *tx, sql, params) {
-            Ok(returned) => {
-                if sqlite_writer_flag {
-                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
-                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
-                }
-                if returned.len() == keys.len() {
-                    tx.commit().await.map_err(err)?;
-                    Some((existing, returned))
-                } else {
-                    tx.rollback().await.map_err(err)?;
-                    None
-                }
+        if refused || returned.len() != keys.len() {
+            tx.rollback().await.map_err(err)?;
+            None
+        } else {
+            if sqlite_writer_flag {
+                let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
+                exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
             }
-            // A refused record: nothing is written here, and the caller writes record by record
-            // (a refusal that ended the transaction leaves a new empty one to roll back).
-            // The rollback is explicit: a transaction merely dropped is rolled back only when
-            // its connection is next used, and until then it holds SQLite's write lock against
-            // the record-by-record retry on another connection ("database is locked").
-            Err(e) if record_error(&e).is_some() => {
-                let _ = reopen_if_lost!(tx, d);
-                tx.rollback().await.map_err(err)?;
-                None
-            }
-            Err(e) => {
-                let _ = reopen_if_lost!(tx, d);
-                let _ = tx.rollback().await;
-                return Err(err(e));
-            }
+            tx.commit().await.map_err(err)?;
+            Some((existing, returned))
         }
     });
     let Some((existing, returned)) = rows else {
@@ -843,4 +864,22 @@ pub(super) async fn bulk_upsert(
         }
     }
     Ok(Some(Outcome { results, written }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn a_batch_is_written_in_power_of_two_pieces_that_add_up_to_it() {
+        assert_eq!(pieces(200).collect::<Vec<_>>(), [128, 64, 8]);
+        assert_eq!(pieces(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(pieces(0).count(), 0);
+        for n in 0..2_000 {
+            let p: Vec<usize> = pieces(n).collect();
+            assert_eq!(p.iter().sum::<usize>(), n, "{n}");
+            assert!(p.windows(2).all(|w| w[0] > w[1]), "{n}: {p:?}");
+            assert!(p.iter().all(|s| s.is_power_of_two()), "{n}: {p:?}");
+        }
+    }
 }
