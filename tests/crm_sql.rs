@@ -1426,8 +1426,8 @@ async fn a_trigger_refuses_one_row_of_a_batch(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(stored[0].fields["email"], Value::from("one@x.example"));
-    // A refusal in a later multi-row statement of the batch (7 rows go as 4, 2 and 1): the rows
-    // of the statements before it are not left half-written or written twice.
+    // A refusal of the last row of a batch: the rows before it are not left written by the
+    // multi-row statement and then written again (they are created, once).
     let keys: Vec<String> = (10..17).map(|i| format!("M{i}")).collect();
     let batch: Vec<Fields> = keys
         .iter()

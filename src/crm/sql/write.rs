@@ -1,5 +1,7 @@
 //! Writes: upserts and deletes, one transaction per batch, one result per record.
 
+use serde_json::Value as Json;
+
 use crate::crm::{CrmError, Refusal, RefusalReason, WriteResult};
 use crate::model::{Fields, Value};
 
@@ -7,6 +9,7 @@ use super::catalog::Column;
 use super::changelog::WRITER_TABLE;
 use super::dialect::{
     Dialect, SqlPool, TextRow, classify, exec_text, fetch_text, on_pool, record_error,
+    unconstrained,
 };
 use super::{ObjectInfo, is_soft_deleted};
 
@@ -631,23 +634,17 @@ async fn run_once(
     Ok(Attempt::Done(Outcome { results, written }))
 }
 
-/// Returns the row counts of the multi-row statements a batch of `n` rows is written in: the
-/// largest power of two that fits, repeatedly (200 rows: 128, 64, 8). Each count is one
-/// statement text per column set, so a connection compiles and caches at most one per power of
-/// two, whatever the batch sizes. One text per batch size filled the statement cache of every
-/// connection with large compiled statements (a 1M-lead bootstrap's memory, issue 15).
-fn pieces(n: usize) -> impl Iterator<Item = usize> {
-    (0..usize::BITS)
-        .rev()
-        .map(|bit| 1usize << bit)
-        .filter(move |size| n & size != 0)
-}
-
-/// Upserts a whole batch with multi-row statements (see [`pieces`]) in one transaction
-/// (PostgreSQL and SQLite), when every record writes the same columns, keys are distinct text
-/// and no record is refused. Returns `None`, having written nothing, when the batch does not
-/// qualify or the database refuses a record: the caller then writes record by record to get
-/// per-record results.
+/// Upserts a whole batch with one statement in one transaction (PostgreSQL and SQLite), when
+/// every record writes the same columns, keys are distinct text and no record is refused. Returns `None`, having
+/// written nothing, when the batch does not qualify or the database refuses a record: the
+/// caller then writes record by record to get per-record results.
+///
+/// The rows travel as one JSON array parameter (an array of cell texts per row), read back by
+/// the statement with `json_each` / `jsonb_array_elements`, and cast to the column types as a
+/// single row's parameters are. The statement text is therefore the same for every batch size
+/// of a column set: one text per batch size (up to `max_batch_write` rows, with one placeholder
+/// per cell) filled the statement cache of every pooled connection with large compiled
+/// statements, a 1M-lead bootstrap's memory (issue 15), and bound thousands of parameters.
 ///
 /// # Errors
 /// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
@@ -672,25 +669,24 @@ pub(super) async fn bulk_upsert(
             _ => return Ok(None),
         }
     }
-    if columns.len() * batch.len() > 30_000 {
-        return Ok(None);
-    }
     let mut keys: Vec<String> = Vec::with_capacity(batch.len());
-    let mut params: Vec<Option<String>> = Vec::with_capacity(columns.len() * batch.len());
+    let mut rows: Vec<Json> = Vec::with_capacity(batch.len());
     for record in batch {
         if record.len() != columns.len() {
             return Ok(None);
         }
+        let mut cells = Vec::with_capacity(columns.len());
         for c in &columns {
             let Some(value) = record.get(&c.name) else {
                 return Ok(None);
             };
             // A value that does not fit: record by record, so that it alone is refused.
             match fitted(d, c, value) {
-                Ok(text) => params.push(text),
+                Ok(text) => cells.push(text.map_or(Json::Null, Json::String)),
                 Err(_) => return Ok(None),
             }
         }
+        rows.push(Json::Array(cells));
         match record.get(&key.name).and_then(|v| d.value_text(v, &key.ty)) {
             Some(k) => keys.push(k),
             None => return Ok(None),
@@ -711,18 +707,27 @@ pub(super) async fn bulk_upsert(
     if !sets_modified {
         names.push(m.clone());
     }
-    let casts: Vec<&str> = columns.iter().map(|c| c.cast.as_str()).collect();
-    let row_sql = |first: usize| {
-        let mut row: Vec<String> = casts
-            .iter()
-            .enumerate()
-            .map(|(i, cast)| d.param(first + i, cast))
-            .collect();
-        if !sets_modified {
-            row.push(d.now().to_owned());
-        }
-        format!("({})", row.join(", "))
+    // The rows' cells and the keys, each list as one JSON array parameter.
+    let (list, cell) = match d {
+        Dialect::Postgres => (
+            "jsonb_array_elements(CAST($1 AS jsonb)) AS r(v)",
+            "r.v ->> ",
+        ),
+        _ => ("json_each(?) AS r", "r.value ->> "),
     };
+    let mut cells: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match (d, c.cast.as_str()) {
+            (Dialect::Postgres, cast) if !cast.is_empty() => {
+                format!("CAST({cell}{i} AS {})", unconstrained(cast))
+            }
+            _ => format!("{cell}{i}"),
+        })
+        .collect();
+    if !sets_modified {
+        cells.push(d.now().to_owned());
+    }
     let sets: Vec<String> = names
         .iter()
         .map(|c| match (sets_modified, *c == m) {
@@ -735,30 +740,32 @@ pub(super) async fn bulk_upsert(
     } else {
         ""
     };
-    let insert_sql = |rows: usize| {
-        let tuples: Vec<String> = (0..rows).map(|r| row_sql(r * casts.len() + 1)).collect();
-        format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
-            names.join(", "),
-            tuples.join(", "),
-            sets.join(", "),
-            d.as_text(&keyq),
-            d.as_text(&q(&info.pk.name)),
-            d.as_text(&m),
-        )
-    };
+    // `WHERE true`: SQLite reads `ON CONFLICT` after `INSERT ... SELECT` as a join's `ON`
+    // without it.
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM {list} WHERE true ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
+        names.join(", "),
+        cells.join(", "),
+        sets.join(", "),
+        d.as_text(&keyq),
+        d.as_text(&q(&info.pk.name)),
+        d.as_text(&m),
+    );
     let soft_probe = match &info.soft {
         Some(col) => format!(", {}", d.as_text(&q(&col.name))),
         None => String::new(),
     };
-    let existing_sql = |rows: usize| {
-        let key_list: Vec<String> = (1..=rows).map(|i| d.param(i, &key.cast)).collect();
-        format!(
-            "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({})",
-            d.as_text(&keyq),
-            key_list.join(", ")
-        )
+    let key_list = match d {
+        Dialect::Postgres => format!(
+            "SELECT CAST(value AS {}) FROM jsonb_array_elements_text(CAST($1 AS jsonb))",
+            unconstrained(&key.cast)
+        ),
+        _ => "SELECT value FROM json_each(?)".to_owned(),
     };
+    let existing_sql = format!(
+        "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({key_list})",
+        d.as_text(&keyq),
+    );
     let op = format!("write {}", info.name);
     let err = |e: sqlx::Error| classify(&op, &e);
     let is_dead = |row: &TextRow| match &info.soft {
@@ -769,60 +776,55 @@ pub(super) async fn bulk_upsert(
         ),
         None => false,
     };
-    let probe = d == Dialect::Sqlite || info.soft.is_some();
-    let key_params: Vec<Option<String>> = keys.iter().cloned().map(Some).collect();
+    let rows_param = [Some(Json::Array(rows).to_string())];
+    let keys_param = [Some(
+        Json::Array(keys.iter().cloned().map(Json::String).collect()).to_string(),
+    )];
     let rows: Option<(Vec<TextRow>, Vec<TextRow>)> = on_pool!(pool, p => {
         let mut tx = p.begin().await.map_err(err)?;
         if sqlite_writer_flag {
             let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
             exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
         }
-        let (mut existing, mut returned) = (Vec::new(), Vec::with_capacity(keys.len()));
-        let mut at = 0;
-        let mut refused = false;
-        for rows in pieces(keys.len()) {
-            let piece_keys = &key_params[at..at + rows];
-            let piece_params = &params[at * casts.len()..(at + rows) * casts.len()];
-            at += rows;
-            if probe {
-                let found = fetch_text!(&mut *tx, existing_sql(rows), piece_keys).map_err(err)?;
-                // A key held by a deleted row: record by record, so that it alone is refused.
-                if found.iter().any(is_dead) {
-                    refused = true;
-                    break;
-                }
-                existing.extend(found);
-            }
-            match fetch_text!(&mut *tx, insert_sql(rows), piece_params) {
-                Ok(r) => returned.extend(r),
-                // A refused record: nothing is written here, and the caller writes record by
-                // record (a refusal that ended the transaction leaves a new empty one to roll
-                // back). The rollback is explicit: a transaction merely dropped is rolled back
-                // only when its connection is next used, and until then it holds SQLite's
-                // write lock against the record-by-record retry on another connection
-                // ("database is locked").
-                Err(e) if record_error(&e).is_some() => {
-                    let _ = reopen_if_lost!(tx, d);
-                    refused = true;
-                    break;
-                }
-                Err(e) => {
-                    let _ = reopen_if_lost!(tx, d);
-                    let _ = tx.rollback().await;
-                    return Err(err(e));
-                }
-            }
-        }
-        if refused || returned.len() != keys.len() {
-            tx.rollback().await.map_err(err)?;
-            None
+        let existing = if d == Dialect::Sqlite || info.soft.is_some() {
+            fetch_text!(&mut *tx, existing_sql, keys_param).map_err(err)?
         } else {
-            if sqlite_writer_flag {
-                let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
-                exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+            Vec::new()
+        };
+        // A key held by a deleted row: record by record, so that it alone is refused.
+        if existing.iter().any(is_dead) {
+            tx.rollback().await.map_err(err)?;
+            return Ok(None);
+        }
+        match fetch_text!(&mut *tx, sql, rows_param) {
+            Ok(returned) => {
+                if sqlite_writer_flag {
+                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
+                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+                }
+                if returned.len() == keys.len() {
+                    tx.commit().await.map_err(err)?;
+                    Some((existing, returned))
+                } else {
+                    tx.rollback().await.map_err(err)?;
+                    None
+                }
             }
-            tx.commit().await.map_err(err)?;
-            Some((existing, returned))
+            // A refused record: nothing is written here, and the caller writes record by record
+            // (a refusal that ended the transaction leaves a new empty one to roll back).
+            // The rollback is explicit: a transaction merely dropped is rolled back only when
+            // its connection is next used, and until then it holds SQLite's write lock against
+            // the record-by-record retry on another connection ("database is locked").
+            Err(e) if record_error(&e).is_some() => {
+                let _ = reopen_if_lost!(tx, d);
+                tx.rollback().await.map_err(err)?;
+                None
+            }
+            Err(e) => {
+                let _ = reopen_if_lost!(tx, d);
+                let _ = tx.rollback().await;
+                return Err(err(e));
+            }
         }
     });
     let Some((existing, returned)) = rows else {
@@ -864,22 +866,4 @@ pub(super) async fn bulk_upsert(
         }
     }
     Ok(Some(Outcome { results, written }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pieces;
-
-    #[test]
-    fn a_batch_is_written_in_power_of_two_pieces_that_add_up_to_it() {
-        assert_eq!(pieces(200).collect::<Vec<_>>(), [128, 64, 8]);
-        assert_eq!(pieces(1).collect::<Vec<_>>(), [1]);
-        assert_eq!(pieces(0).count(), 0);
-        for n in 0..2_000 {
-            let p: Vec<usize> = pieces(n).collect();
-            assert_eq!(p.iter().sum::<usize>(), n, "{n}");
-            assert!(p.windows(2).all(|w| w[0] > w[1]), "{n}: {p:?}");
-            assert!(p.iter().all(|s| s.is_power_of_two()), "{n}: {p:?}");
-        }
-    }
 }
