@@ -37,6 +37,15 @@ use crate::model::{Fields, Side, Value};
 /// How often opening and migrating a SQLite file are attempted when concurrent openers race.
 const MIGRATION_ATTEMPTS: u32 = 5;
 
+/// True when a multi-row statement of `rows` rows (or keys) goes in the connection's statement
+/// cache: only when it is `full`, the size every chunk but the last has. The text of a statement
+/// varies with its row count, and each pooled connection caches up to 100 compiled statements:
+/// caching the odd sizes too filled every connection's cache with large statements used once
+/// (a 1M-lead bootstrap's memory, issue 15).
+fn cached(rows: usize, full: usize) -> bool {
+    rows == full
+}
+
 /// Rows per multi-row statement for sync errors (13 binds each) and conflicts (10 binds each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -465,6 +474,7 @@ impl SqliteStore {
     ///
     /// [`StoreError::BadUrl`], [`StoreError::Connect`] or [`StoreError::Migrate`].
     pub async fn open(url: &str, options: OpenOptions) -> Result<Self, StoreError> {
+        crate::limit_c_malloc_arenas();
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|source| StoreError::BadUrl {
                 backend: "sqlite",
@@ -751,7 +761,9 @@ macro_rules! impl_store {
                         qb.push(" AND marketo_key");
                         Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
-                        qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                        qb.build()
+.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+.execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
                 }
 
@@ -775,7 +787,9 @@ macro_rules! impl_store {
                          tombstone = excluded.tombstone",
                     );
                     self.tick();
-                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                    qb.build()
+.persistent(cached(chunk.len(), LINK_ROWS_PER_STATEMENT))
+.execute(&mut **tx).await.map_err(query_error(OP))?;
                 }
 
                 if !p.watermarks.is_empty() {
@@ -830,7 +844,9 @@ macro_rules! impl_store {
                          next_retry_at = excluded.next_retry_at, status = excluded.status",
                     );
                     self.tick();
-                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                    qb.build()
+.persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
+.execute(&mut **tx).await.map_err(query_error(OP))?;
                 }
 
                 for ((object, direction), keys) in &p.resolve {
@@ -846,7 +862,9 @@ macro_rules! impl_store {
                         qb.push(" AND record_key");
                         Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
-                        qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                        qb.build()
+.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+.execute(&mut **tx).await.map_err(query_error(OP))?;
                     }
                 }
 
@@ -868,7 +886,9 @@ macro_rules! impl_store {
                             .push_bind(c.at);
                     });
                     self.tick();
-                    qb.build().execute(&mut **tx).await.map_err(query_error(OP))?;
+                    qb.build()
+.persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
+.execute(&mut **tx).await.map_err(query_error(OP))?;
                 }
 
                 for job in &p.jobs {
@@ -927,7 +947,9 @@ macro_rules! impl_store {
                     qb.push(key_column);
                     Self::push_in_list(&mut qb, chunk.iter().map(String::as_str));
                     self.tick();
-                    let rows = qb.build().fetch_all(&self.pool).await.map_err(query_error(op))?;
+                    let rows = qb.build()
+.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+.fetch_all(&self.pool).await.map_err(query_error(op))?;
                     for row in &rows {
                         links.push(Self::link_from_row(row)?);
                     }
