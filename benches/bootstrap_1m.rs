@@ -8,7 +8,8 @@
 //!
 //! `cargo bench --bench bootstrap_1m [-- N]`. `MKS_BENCH_WRITE_BACK_THRESHOLD=N` sets the number
 //! of CRM ids per window above which they go back to Marketo by Bulk Import instead of REST
-//! (default: the engine's).
+//! (default: the engine's). `MKS_BENCH_CRM_CONNECTIONS` and `MKS_BENCH_STORE_CONNECTIONS` set the
+//! pool sizes of the SQLite CRM (default 5) and state store (default 8).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -72,6 +73,11 @@ fn cpu_seconds(pid: &str) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Returns a positive number from the environment variable `name`, if set.
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name).ok()?.parse().ok().filter(|n| *n > 0)
 }
 
 /// Returns the 1-minute load average.
@@ -202,7 +208,10 @@ async fn run(n: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
     demo_crm::install(&crm_url, 7, 0).await.expect("demo crm");
-    let crm_options = demo_crm::adapter_options(true, false);
+    let mut crm_options = demo_crm::adapter_options(true, false);
+    if let Some(n) = env_number("MKS_BENCH_CRM_CONNECTIONS") {
+        crm_options["max_connections"] = serde_json::json!(n);
+    }
     let crm = registry::build(
         "sql",
         Some(&SecretString::from(crm_url.clone())),
@@ -217,6 +226,7 @@ async fn run(n: usize) {
         &store_url,
         OpenOptions {
             clock: clock.clone(),
+            max_connections: env_number("MKS_BENCH_STORE_CONNECTIONS").unwrap_or(8),
             ..OpenOptions::default()
         },
     )

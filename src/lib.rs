@@ -29,6 +29,28 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Gives the C allocator one arena, once per process; called where a SQLite database is
+/// opened (the state store, a SQLite CRM).
+///
+/// SQLite allocates with the C allocator (not [`ALLOCATOR`]), on the worker thread of each
+/// pooled connection, and glibc gives every such thread an arena of its own that keeps what it
+/// freed. With the store's 8 and the CRM's 5 connections, that was most of what a bootstrap's
+/// peak memory held above the 150 MB target (issue 15): a 300,000-lead bootstrap peaked at
+/// 142–147 MB with two arenas and 130 MB with one, at the same engine CPU; 1,000,000 leads at
+/// 142 MB. Elsewhere than glibc this does
+/// nothing.
+pub(crate) fn limit_c_malloc_arenas() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `mallopt` only sets an allocator parameter; glibc takes it at any time, from
+        // any thread, and applies it to arenas created afterwards.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    });
+}
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -149,6 +149,7 @@ impl SqlPool {
                 SqlPool::My(pool.connect_with(opts).await.map_err(conn_err)?)
             }
             Dialect::Sqlite => {
+                crate::limit_c_malloc_arenas();
                 let opts = SqliteConnectOptions::from_str(url)
                     .map_err(|_| CrmError::Config {
                         message: "the crm url is not a valid sqlite url".into(),
