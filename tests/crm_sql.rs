@@ -749,6 +749,74 @@ async fn homogeneous_batches(engine: Engine) {
         .len(),
         2
     );
+
+    // Updates by primary key of the same columns: one statement, the same per-record results,
+    // and the adapter's own writes are not read back.
+    let (_, cursor) = drain(crm.as_ref(), "contacts", None, 100).await;
+    let by_pk = |id: &str, title: &str| {
+        fields(&[
+            ("id", id.into()),
+            ("title", title.into()),
+            ("marketo_id", format!("P{id}").as_str().into()),
+        ])
+    };
+    let results = crm
+        .upsert(
+            "contacts",
+            "id",
+            &[by_pk("2", "Two"), by_pk("3", "Three"), by_pk("4", "Four")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        ["2", "3", "4"].map(|id| WriteResult::Updated { id: id.into() })
+    );
+    let stored = crm
+        .get("contacts", &["2".into(), "3".into(), "4".into()])
+        .await
+        .unwrap();
+    for r in &stored {
+        let want = match r.id.as_str() {
+            "2" => "Two",
+            "3" => "Three",
+            _ => "Four",
+        };
+        assert_eq!(r.fields["title"], Value::from(want), "{r:?}");
+        assert_eq!(r.fields["marketo_id"], Value::from(format!("P{}", r.id)));
+    }
+    let (changes, cursor) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    assert!(changes.is_empty(), "own writes read back: {changes:?}");
+    // A missing row in such a batch: it alone is refused, the others are written.
+    let results = crm
+        .upsert(
+            "contacts",
+            "id",
+            &[
+                by_pk("5", "Five"),
+                by_pk("999999", "None"),
+                by_pk("6", "Six"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0], WriteResult::Updated { id: "5".into() });
+    assert!(
+        matches!(&results[1], WriteResult::Refused(r) if r.code() == "not_found"),
+        "{results:?}"
+    );
+    assert_eq!(results[2], WriteResult::Updated { id: "6".into() });
+    // A user's edit after them is read.
+    exec(
+        &user,
+        &format!(
+            "UPDATE contacts SET title = 'User', updated_at = {} WHERE id = 3",
+            env.ts(9)
+        ),
+    )
+    .await;
+    let (changes, _) = drain(crm.as_ref(), "contacts", Some(cursor), 100).await;
+    assert!(ids(&changes).contains(&"3".to_owned()), "{changes:?}");
     env.cleanup().await;
 }
 

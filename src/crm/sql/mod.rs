@@ -1168,11 +1168,18 @@ impl Crm for SqlCrm {
         }
         // Keyed by the primary key: update-only, a missing row is a per-record failure.
         if key.name == info.pk.name {
-            let plans: Vec<Result<write::Statement, WriteResult>> = batch
-                .iter()
-                .map(|fields| write::plan_update_by_pk(self.dialect(), &info, fields))
-                .collect();
-            let outcome = write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?;
+            let bulk =
+                write::bulk_update_by_pk(&self.pool, &info, batch, self.sqlite_writer_flag).await?;
+            let outcome = match bulk {
+                Some(outcome) => outcome,
+                None => {
+                    let plans: Vec<Result<write::Statement, WriteResult>> = batch
+                        .iter()
+                        .map(|fields| write::plan_update_by_pk(self.dialect(), &info, fields))
+                        .collect();
+                    write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?
+                }
+            };
             if let Ok(mut echoes) = self.echoes.lock() {
                 for (pk, m) in &outcome.written {
                     echoes.remember(object, pk.clone(), m.clone());
