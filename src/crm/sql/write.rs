@@ -634,17 +634,176 @@ async fn run_once(
     Ok(Attempt::Done(Outcome { results, written }))
 }
 
-/// Upserts a whole batch with one statement in one transaction (PostgreSQL and SQLite), when
-/// every record writes the same columns, keys are distinct text and no record is refused. Returns `None`, having
-/// written nothing, when the batch does not qualify or the database refuses a record: the
-/// caller then writes record by record to get per-record results.
+/// The JSON form of a uniform batch for [`bulk_upsert`] and [`bulk_update_by_pk`]: one array of
+/// cell texts per record, in the order of `columns`.
+struct JsonRows {
+    /// The records' cells.
+    rows: Vec<Json>,
+}
+
+impl JsonRows {
+    /// Returns the batch as JSON rows, or `None` when a record writes other columns than
+    /// `columns` or a value does not fit its column (record by record, it alone is refused).
+    fn of(d: Dialect, columns: &[&Column], batch: &[Fields]) -> Option<JsonRows> {
+        let mut rows = Vec::with_capacity(batch.len());
+        for record in batch {
+            if record.len() != columns.len() {
+                return None;
+            }
+            let mut cells = Vec::with_capacity(columns.len());
+            for c in columns {
+                let text = fitted(d, c, record.get(&c.name)?).ok()?;
+                cells.push(text.map_or(Json::Null, Json::String));
+            }
+            rows.push(Json::Array(cells));
+        }
+        Some(JsonRows { rows })
+    }
+
+    /// Returns the text of cell `column` of every row (`None` for a null).
+    fn column(&self, column: usize) -> impl Iterator<Item = Option<&str>> {
+        self.rows
+            .iter()
+            .map(move |row| row.get(column).and_then(Json::as_str))
+    }
+
+    /// Returns the rows as the statement's one parameter.
+    fn param(self) -> [Option<String>; 1] {
+        [Some(Json::Array(self.rows).to_string())]
+    }
+
+    /// Returns the `FROM` item that reads the rows parameter (`$n` / `?`), as `r`.
+    fn source(d: Dialect, n: usize) -> String {
+        match d {
+            Dialect::Postgres => format!("jsonb_array_elements(CAST(${n} AS jsonb)) AS r(v)"),
+            _ => "json_each(?) AS r".to_owned(),
+        }
+    }
+
+    /// Returns the expression reading cell `i` of a row of [`JsonRows::source`] as a value of
+    /// `column` (cast as a single record's parameter is).
+    fn cell(d: Dialect, i: usize, column: &Column) -> String {
+        match (d, column.cast.as_str()) {
+            (Dialect::Postgres, "") => format!("r.v ->> {i}"),
+            (Dialect::Postgres, cast) => format!("CAST(r.v ->> {i} AS {})", unconstrained(cast)),
+            _ => format!("r.value ->> {i}"),
+        }
+    }
+
+    /// Returns a subquery of the texts of a JSON array parameter (`$n` / `?`), cast as `column`
+    /// (as text when `None`).
+    fn texts(d: Dialect, n: usize, column: Option<&Column>) -> String {
+        let list = format!("jsonb_array_elements_text(CAST(${n} AS jsonb))");
+        match (d, column) {
+            (Dialect::Postgres, Some(c)) => {
+                format!(
+                    "SELECT CAST(value AS {}) FROM {list}",
+                    unconstrained(&c.cast)
+                )
+            }
+            (Dialect::Postgres, None) => format!("SELECT value FROM {list}"),
+            _ => "SELECT value FROM json_each(?)".to_owned(),
+        }
+    }
+}
+
+/// Returns texts as one JSON array parameter (for [`JsonRows::texts`]).
+fn json_texts<'a>(texts: impl Iterator<Item = &'a str>) -> Option<String> {
+    Some(Json::Array(texts.map(|t| Json::String(t.to_owned())).collect()).to_string())
+}
+
+/// True when no text appears twice.
+fn distinct(texts: &[String]) -> bool {
+    let mut sorted: Vec<&String> = texts.iter().collect();
+    sorted.sort();
+    sorted.windows(2).all(|w| w[0] != w[1])
+}
+
+/// Judges a bulk write's probe: true when the batch goes record by record instead.
+type GivesUp<'a> = &'a (dyn Fn(&[TextRow]) -> bool + Sync);
+
+/// One statement of a bulk write (see [`bulk_transaction`]).
+struct BulkStatement {
+    sql: String,
+    params: Vec<Option<String>>,
+}
+
+/// Runs a bulk write in one transaction, marked as the sync's own write: first `probe`, when
+/// given, whose rows `gives_up` may judge (the batch then goes record by record), then `main`,
+/// which must return `expected` rows. Returns the probe's and the main statement's rows, or
+/// `None`, having written nothing, when the probe gave up, the main statement returned another
+/// number of rows, or the database refused a record.
 ///
-/// The rows travel as one JSON array parameter (an array of cell texts per row), read back by
-/// the statement with `json_each` / `jsonb_array_elements`, and cast to the column types as a
-/// single row's parameters are. The statement text is therefore the same for every batch size
-/// of a column set: one text per batch size (up to `max_batch_write` rows, with one placeholder
-/// per cell) filled the statement cache of every pooled connection with large compiled
-/// statements, a 1M-lead bootstrap's memory (issue 15), and bound thousands of parameters.
+/// # Errors
+/// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
+async fn bulk_transaction(
+    pool: &SqlPool,
+    op: &str,
+    sqlite_writer_flag: bool,
+    probe: Option<(BulkStatement, GivesUp<'_>)>,
+    main: BulkStatement,
+    expected: usize,
+) -> Result<Option<(Vec<TextRow>, Vec<TextRow>)>, CrmError> {
+    let d = pool.dialect();
+    let err = |e: sqlx::Error| classify(op, &e);
+    on_pool!(pool, p => {
+        let mut tx = p.begin().await.map_err(err)?;
+        if sqlite_writer_flag {
+            let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
+            exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+        }
+        let mut probed = Vec::new();
+        if let Some((statement, gives_up)) = probe {
+            probed = fetch_text!(&mut *tx, statement.sql, statement.params).map_err(err)?;
+            if gives_up(&probed) {
+                tx.rollback().await.map_err(err)?;
+                return Ok(None);
+            }
+        }
+        match fetch_text!(&mut *tx, main.sql, main.params) {
+            Ok(returned) if returned.len() == expected => {
+                if sqlite_writer_flag {
+                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
+                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
+                }
+                tx.commit().await.map_err(err)?;
+                Ok(Some((probed, returned)))
+            }
+            // A record missing or not written: record by record, so that it alone is refused.
+            Ok(_) => {
+                tx.rollback().await.map_err(err)?;
+                Ok(None)
+            }
+            // A refused record: nothing is written here, and the caller writes record by record
+            // (a refusal that ended the transaction leaves a new empty one to roll back).
+            // The rollback is explicit: a transaction merely dropped is rolled back only when
+            // its connection is next used, and until then it holds SQLite's write lock against
+            // the record-by-record retry on another connection ("database is locked").
+            Err(e) if record_error(&e).is_some() => {
+                let _ = reopen_if_lost!(tx, d);
+                tx.rollback().await.map_err(err)?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = reopen_if_lost!(tx, d);
+                let _ = tx.rollback().await;
+                Err(err(e))
+            }
+        }
+    })
+}
+
+/// Upserts a whole batch with one statement in one transaction (PostgreSQL and SQLite), when
+/// every record writes the same columns, keys are distinct text and no record is refused.
+/// Returns `None`, having written nothing, when the batch does not qualify or the database
+/// refuses a record: the caller then writes record by record to get per-record results.
+///
+/// The rows travel as one JSON array parameter ([`JsonRows`]), read back by the statement with
+/// `json_each` / `jsonb_array_elements` and cast to the column types as a single record's
+/// parameters are. The statement text is therefore the same for every batch size of a column
+/// set: one text per batch size (up to `max_batch_write` rows, one placeholder per cell) filled
+/// the statement cache of every pooled connection with large compiled statements, a 1M-lead
+/// bootstrap's memory (issue 15).
 ///
 /// # Errors
 /// A batch-level failure (connection lost, deadlock, ...): nothing is committed.
@@ -669,33 +828,20 @@ pub(super) async fn bulk_upsert(
             _ => return Ok(None),
         }
     }
-    let mut keys: Vec<String> = Vec::with_capacity(batch.len());
-    let mut rows: Vec<Json> = Vec::with_capacity(batch.len());
-    for record in batch {
-        if record.len() != columns.len() {
-            return Ok(None);
-        }
-        let mut cells = Vec::with_capacity(columns.len());
-        for c in &columns {
-            let Some(value) = record.get(&c.name) else {
-                return Ok(None);
-            };
-            // A value that does not fit: record by record, so that it alone is refused.
-            match fitted(d, c, value) {
-                Ok(text) => cells.push(text.map_or(Json::Null, Json::String)),
-                Err(_) => return Ok(None),
-            }
-        }
-        rows.push(Json::Array(cells));
-        match record.get(&key.name).and_then(|v| d.value_text(v, &key.ty)) {
-            Some(k) => keys.push(k),
-            None => return Ok(None),
-        }
-    }
-    let mut distinct = keys.clone();
-    distinct.sort();
-    distinct.dedup();
-    if distinct.len() != keys.len() {
+    let Some(key_at) = columns.iter().position(|c| c.name == key.name) else {
+        return Ok(None);
+    };
+    let Some(rows) = JsonRows::of(d, &columns, batch) else {
+        return Ok(None);
+    };
+    let Some(keys) = rows
+        .column(key_at)
+        .map(|k| k.map(str::to_owned))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok(None);
+    };
+    if !distinct(&keys) {
         return Ok(None);
     }
     let q = |c: &str| d.quote(c);
@@ -704,28 +850,13 @@ pub(super) async fn bulk_upsert(
     let keyq = q(&key.name);
     let mut names: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
     let sets_modified = columns.iter().any(|c| c.name == info.modified.name);
-    if !sets_modified {
-        names.push(m.clone());
-    }
-    // The rows' cells and the keys, each list as one JSON array parameter.
-    let (list, cell) = match d {
-        Dialect::Postgres => (
-            "jsonb_array_elements(CAST($1 AS jsonb)) AS r(v)",
-            "r.v ->> ",
-        ),
-        _ => ("json_each(?) AS r", "r.value ->> "),
-    };
     let mut cells: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| match (d, c.cast.as_str()) {
-            (Dialect::Postgres, cast) if !cast.is_empty() => {
-                format!("CAST({cell}{i} AS {})", unconstrained(cast))
-            }
-            _ => format!("{cell}{i}"),
-        })
+        .map(|(i, c)| JsonRows::cell(d, i, c))
         .collect();
     if !sets_modified {
+        names.push(m.clone());
         cells.push(d.now().to_owned());
     }
     let sets: Vec<String> = names
@@ -740,34 +871,35 @@ pub(super) async fn bulk_upsert(
     } else {
         ""
     };
-    // `WHERE true`: SQLite reads `ON CONFLICT` after `INSERT ... SELECT` as a join's `ON`
-    // without it.
-    let sql = format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM {list} WHERE true ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
-        names.join(", "),
-        cells.join(", "),
-        sets.join(", "),
-        d.as_text(&keyq),
-        d.as_text(&q(&info.pk.name)),
-        d.as_text(&m),
-    );
+    // `WHERE true`: without it SQLite reads `ON CONFLICT` after `INSERT ... SELECT` as a join's
+    // `ON`.
+    let main = BulkStatement {
+        sql: format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ON CONFLICT ({keyq}) DO UPDATE SET {} RETURNING {}, {}, {}{inserted}",
+            names.join(", "),
+            cells.join(", "),
+            JsonRows::source(d, 1),
+            sets.join(", "),
+            d.as_text(&keyq),
+            d.as_text(&q(&info.pk.name)),
+            d.as_text(&m),
+        ),
+        params: rows.param().into(),
+    };
+    // The keys that exist (SQLite: to tell created from updated) and whether their row is
+    // deleted (a key held by a deleted row: record by record, so that it alone is refused).
     let soft_probe = match &info.soft {
         Some(col) => format!(", {}", d.as_text(&q(&col.name))),
         None => String::new(),
     };
-    let key_list = match d {
-        Dialect::Postgres => format!(
-            "SELECT CAST(value AS {}) FROM jsonb_array_elements_text(CAST($1 AS jsonb))",
-            unconstrained(&key.cast)
+    let probe = BulkStatement {
+        sql: format!(
+            "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({})",
+            d.as_text(&keyq),
+            JsonRows::texts(d, 1, Some(key)),
         ),
-        _ => "SELECT value FROM json_each(?)".to_owned(),
+        params: vec![json_texts(keys.iter().map(String::as_str))],
     };
-    let existing_sql = format!(
-        "SELECT {}{soft_probe} FROM {table} WHERE {keyq} IN ({key_list})",
-        d.as_text(&keyq),
-    );
-    let op = format!("write {}", info.name);
-    let err = |e: sqlx::Error| classify(&op, &e);
     let is_dead = |row: &TextRow| match &info.soft {
         Some(col) => is_soft_deleted(
             row.get(1).cloned().flatten().as_deref(),
@@ -776,58 +908,11 @@ pub(super) async fn bulk_upsert(
         ),
         None => false,
     };
-    let rows_param = [Some(Json::Array(rows).to_string())];
-    let keys_param = [Some(
-        Json::Array(keys.iter().cloned().map(Json::String).collect()).to_string(),
-    )];
-    let rows: Option<(Vec<TextRow>, Vec<TextRow>)> = on_pool!(pool, p => {
-        let mut tx = p.begin().await.map_err(err)?;
-        if sqlite_writer_flag {
-            let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
-            exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
-        }
-        let existing = if d == Dialect::Sqlite || info.soft.is_some() {
-            fetch_text!(&mut *tx, existing_sql, keys_param).map_err(err)?
-        } else {
-            Vec::new()
-        };
-        // A key held by a deleted row: record by record, so that it alone is refused.
-        if existing.iter().any(is_dead) {
-            tx.rollback().await.map_err(err)?;
-            return Ok(None);
-        }
-        match fetch_text!(&mut *tx, sql, rows_param) {
-            Ok(returned) => {
-                if sqlite_writer_flag {
-                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
-                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
-                }
-                if returned.len() == keys.len() {
-                    tx.commit().await.map_err(err)?;
-                    Some((existing, returned))
-                } else {
-                    tx.rollback().await.map_err(err)?;
-                    None
-                }
-            }
-            // A refused record: nothing is written here, and the caller writes record by record
-            // (a refusal that ended the transaction leaves a new empty one to roll back).
-            // The rollback is explicit: a transaction merely dropped is rolled back only when
-            // its connection is next used, and until then it holds SQLite's write lock against
-            // the record-by-record retry on another connection ("database is locked").
-            Err(e) if record_error(&e).is_some() => {
-                let _ = reopen_if_lost!(tx, d);
-                tx.rollback().await.map_err(err)?;
-                None
-            }
-            Err(e) => {
-                let _ = reopen_if_lost!(tx, d);
-                let _ = tx.rollback().await;
-                return Err(err(e));
-            }
-        }
-    });
-    let Some((existing, returned)) = rows else {
+    let gives_up = |rows: &[TextRow]| rows.iter().any(is_dead);
+    let probe = (d == Dialect::Sqlite || info.soft.is_some()).then_some((probe, &gives_up as _));
+    let op = format!("write {}", info.name);
+    let done = bulk_transaction(pool, &op, sqlite_writer_flag, probe, main, keys.len()).await?;
+    let Some((existing, returned)) = done else {
         return Ok(None);
     };
     let existing: std::collections::HashSet<String> = existing
@@ -859,13 +944,18 @@ pub(super) async fn bulk_upsert(
                     WriteResult::Updated { id: pk }
                 });
             }
-            _ => results.push(refused(
-                RefusalReason::NotWritten,
-                "the database returned no row for this record".to_owned(),
-            )),
+            _ => results.push(not_written()),
         }
     }
     Ok(Some(Outcome { results, written }))
+}
+
+/// The refusal of a record the database returned no row for.
+fn not_written() -> WriteResult {
+    refused(
+        RefusalReason::NotWritten,
+        "the database returned no row for this record".to_owned(),
+    )
 }
 
 /// Updates a whole batch by primary key with one statement in one transaction (PostgreSQL and
@@ -905,57 +995,23 @@ pub(super) async fn bulk_update_by_pk(
     if columns.len() < 2 {
         return Ok(None);
     }
-    let mid = &info.options.marketo_id_column;
-    let mid_at = columns.iter().position(|c| &c.name == mid);
-    let mut keys: Vec<String> = Vec::with_capacity(batch.len());
-    let mut ids: Vec<Json> = Vec::new();
-    let mut rows: Vec<Json> = Vec::with_capacity(batch.len());
-    for record in batch {
-        if record.len() != columns.len() {
-            return Ok(None);
-        }
-        let mut cells = Vec::with_capacity(columns.len());
-        for c in &columns {
-            let Some(value) = record.get(&c.name) else {
-                return Ok(None);
-            };
-            match fitted(d, c, value) {
-                Ok(text) => cells.push(text.map_or(Json::Null, Json::String)),
-                Err(_) => return Ok(None),
-            }
-        }
-        match cells.first() {
-            Some(Json::String(k)) => keys.push(k.clone()),
-            _ => return Ok(None),
-        }
-        if let Some(Json::String(id)) = mid_at.and_then(|i| cells.get(i)) {
-            ids.push(Json::String(id.clone()));
-        }
-        rows.push(Json::Array(cells));
-    }
-    let mut distinct = keys.clone();
-    distinct.sort();
-    distinct.dedup();
-    if distinct.len() != keys.len() {
+    let Some(rows) = JsonRows::of(d, &columns, batch) else {
+        return Ok(None);
+    };
+    let Some(keys) = rows
+        .column(0)
+        .map(|k| k.map(str::to_owned))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok(None);
+    };
+    if !distinct(&keys) {
         return Ok(None);
     }
     let q = |c: &str| d.quote(c);
     let table = q(&info.options.table);
     let m = q(&info.modified.name);
     let pkq = q(&pk.name);
-    let (list, cell) = match d {
-        Dialect::Postgres => (
-            "jsonb_array_elements(CAST($1 AS jsonb)) AS r(v)",
-            "r.v ->> ",
-        ),
-        _ => ("json_each(?) AS r", "r.value ->> "),
-    };
-    let read = |i: usize, c: &Column| match (d, c.cast.as_str()) {
-        (Dialect::Postgres, cast) if !cast.is_empty() => {
-            format!("CAST({cell}{i} AS {})", unconstrained(cast))
-        }
-        _ => format!("{cell}{i}"),
-    };
     let mut sets: Vec<String> = columns
         .iter()
         .enumerate()
@@ -971,77 +1027,42 @@ pub(super) async fn bulk_update_by_pk(
     let reads: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} AS c{i}", read(i, c)))
+        .map(|(i, c)| format!("{} AS c{i}", JsonRows::cell(d, i, c)))
         .collect();
-    let sql = format!(
-        "UPDATE {table} SET {} FROM (SELECT {} FROM {list}) AS v WHERE {table}.{pkq} = v.c0 RETURNING {}, {}",
-        sets.join(", "),
-        reads.join(", "),
-        d.as_text(&format!("{table}.{pkq}")),
-        d.as_text(&format!("{table}.{m}")),
-    );
     // Another row holding a Marketo id the batch writes: record by record (which releases it
     // from a dead row, or refuses the record).
-    let holders = match d {
-        Dialect::Postgres => format!(
-            "SELECT CAST({pkq} AS TEXT) FROM {table} WHERE {} IN (SELECT CAST(value AS {}) FROM jsonb_array_elements_text(CAST($1 AS jsonb))) AND CAST({pkq} AS TEXT) NOT IN (SELECT value FROM jsonb_array_elements_text(CAST($2 AS jsonb))) LIMIT 1",
-            q(mid),
-            unconstrained(&columns[mid_at.unwrap_or(0)].cast),
+    let mid = &info.options.marketo_id_column;
+    let probe = columns
+        .iter()
+        .position(|c| &c.name == mid)
+        .map(|at| BulkStatement {
+            sql: format!(
+                "SELECT CAST({pkq} AS TEXT) FROM {table} WHERE {} IN ({}) AND CAST({pkq} AS TEXT) NOT IN ({}) LIMIT 1",
+                q(mid),
+                JsonRows::texts(d, 1, Some(columns[at])),
+                JsonRows::texts(d, 2, None),
+            ),
+            params: vec![
+                json_texts(rows.column(at).flatten()),
+                json_texts(keys.iter().map(String::as_str)),
+            ],
+        });
+    let main = BulkStatement {
+        sql: format!(
+            "UPDATE {table} SET {} FROM (SELECT {} FROM {}) AS v WHERE {table}.{pkq} = v.c0 RETURNING {}, {}",
+            sets.join(", "),
+            reads.join(", "),
+            JsonRows::source(d, 1),
+            d.as_text(&format!("{table}.{pkq}")),
+            d.as_text(&format!("{table}.{m}")),
         ),
-        _ => format!(
-            "SELECT CAST({pkq} AS TEXT) FROM {table} WHERE {} IN (SELECT value FROM json_each(?)) AND CAST({pkq} AS TEXT) NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
-            q(mid)
-        ),
+        params: rows.param().into(),
     };
+    let held = |rows: &[TextRow]| !rows.is_empty();
+    let probe = probe.map(|p| (p, &held as _));
     let op = format!("write {}", info.name);
-    let err = |e: sqlx::Error| classify(&op, &e);
-    let keys_json = Json::Array(keys.iter().cloned().map(Json::String).collect()).to_string();
-    let holders_params = [Some(Json::Array(ids).to_string()), Some(keys_json)];
-    let check_holders = mid_at.is_some();
-    let rows_param = [Some(Json::Array(rows).to_string())];
-    let returned: Option<Vec<TextRow>> = on_pool!(pool, p => {
-        let mut tx = p.begin().await.map_err(err)?;
-        if sqlite_writer_flag {
-            let flag = format!("UPDATE {WRITER_TABLE} SET active = 1");
-            exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
-        }
-        let held = if check_holders {
-            !fetch_text!(&mut *tx, holders, holders_params).map_err(err)?.is_empty()
-        } else {
-            false
-        };
-        if held {
-            tx.rollback().await.map_err(err)?;
-            return Ok(None);
-        }
-        match fetch_text!(&mut *tx, sql, rows_param) {
-            Ok(returned) if returned.len() == keys.len() => {
-                if sqlite_writer_flag {
-                    let flag = format!("UPDATE {WRITER_TABLE} SET active = 0");
-                    exec_text!(&mut *tx, flag, Vec::<Option<String>>::new()).map_err(err)?;
-                }
-                tx.commit().await.map_err(err)?;
-                Some(returned)
-            }
-            // A missing row: record by record, so that it alone is refused.
-            Ok(_) => {
-                tx.rollback().await.map_err(err)?;
-                None
-            }
-            // A refused record: as in `bulk_upsert`.
-            Err(e) if record_error(&e).is_some() => {
-                let _ = reopen_if_lost!(tx, d);
-                tx.rollback().await.map_err(err)?;
-                None
-            }
-            Err(e) => {
-                let _ = reopen_if_lost!(tx, d);
-                let _ = tx.rollback().await;
-                return Err(err(e));
-            }
-        }
-    });
-    let Some(returned) = returned else {
+    let done = bulk_transaction(pool, &op, sqlite_writer_flag, probe, main, keys.len()).await?;
+    let Some((_, returned)) = done else {
         return Ok(None);
     };
     let by_key: std::collections::HashMap<String, Option<String>> = returned
@@ -1056,15 +1077,10 @@ pub(super) async fn bulk_update_by_pk(
     for k in keys {
         match by_key.get(&k) {
             Some(m) => {
-                if let Some(m) = m {
-                    written.push((k.clone(), m.clone()));
-                }
+                written.extend(m.clone().map(|m| (k.clone(), m)));
                 results.push(WriteResult::Updated { id: k });
             }
-            None => results.push(refused(
-                RefusalReason::NotWritten,
-                "the database returned no row for this record".to_owned(),
-            )),
+            None => results.push(not_written()),
         }
     }
     Ok(Some(Outcome { results, written }))
