@@ -667,6 +667,18 @@ impl JsonRows {
             .map(move |row| row.get(column).and_then(Json::as_str))
     }
 
+    /// Returns the texts of cell `column` of every row as the batch's keys, or `None` when one
+    /// is null or two are the same.
+    fn keys(&self, column: usize) -> Option<Vec<String>> {
+        let keys: Vec<String> = self
+            .column(column)
+            .map(|k| k.map(str::to_owned))
+            .collect::<Option<_>>()?;
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        sorted.windows(2).all(|w| w[0] != w[1]).then_some(keys)
+    }
+
     /// Returns the rows as the statement's one parameter.
     fn param(self) -> [Option<String>; 1] {
         [Some(Json::Array(self.rows).to_string())]
@@ -710,13 +722,6 @@ impl JsonRows {
 /// Returns texts as one JSON array parameter (for [`JsonRows::texts`]).
 fn json_texts<'a>(texts: impl Iterator<Item = &'a str>) -> Option<String> {
     Some(Json::Array(texts.map(|t| Json::String(t.to_owned())).collect()).to_string())
-}
-
-/// True when no text appears twice.
-fn distinct(texts: &[String]) -> bool {
-    let mut sorted: Vec<&String> = texts.iter().collect();
-    sorted.sort();
-    sorted.windows(2).all(|w| w[0] != w[1])
 }
 
 /// Judges a bulk write's probe: true when the batch goes record by record instead.
@@ -834,16 +839,9 @@ pub(super) async fn bulk_upsert(
     let Some(rows) = JsonRows::of(d, &columns, batch) else {
         return Ok(None);
     };
-    let Some(keys) = rows
-        .column(key_at)
-        .map(|k| k.map(str::to_owned))
-        .collect::<Option<Vec<String>>>()
-    else {
+    let Some(keys) = rows.keys(key_at) else {
         return Ok(None);
     };
-    if !distinct(&keys) {
-        return Ok(None);
-    }
     let q = |c: &str| d.quote(c);
     let table = q(&info.options.table);
     let m = q(&info.modified.name);
@@ -998,16 +996,9 @@ pub(super) async fn bulk_update_by_pk(
     let Some(rows) = JsonRows::of(d, &columns, batch) else {
         return Ok(None);
     };
-    let Some(keys) = rows
-        .column(0)
-        .map(|k| k.map(str::to_owned))
-        .collect::<Option<Vec<String>>>()
-    else {
+    let Some(keys) = rows.keys(0) else {
         return Ok(None);
     };
-    if !distinct(&keys) {
-        return Ok(None);
-    }
     let q = |c: &str| d.quote(c);
     let table = q(&info.options.table);
     let m = q(&info.modified.name);
