@@ -768,9 +768,8 @@ pub fn adapter_options(writable: bool, changelog: bool) -> serde_json::Value {
             ((*name).to_owned(), o)
         })
         .collect();
-    // Large write batches: bootstrap moves thousands of rows per CRM transaction (a SQLite
-    // multi-row upsert of 2,000 rows of the demo's ~10 mapped columns stays well under its
-    // 32,766 bound parameters).
+    // Large write batches: bootstrap moves thousands of rows per CRM transaction (a uniform
+    // batch is one statement whose rows are one JSON parameter, whatever its size).
     json!({ "max_batch_write": DEMO_MAX_BATCH_WRITE, "objects": objects })
 }
 

@@ -762,8 +762,10 @@ macro_rules! impl_store {
                         Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build()
-.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
-.execute(&mut **tx).await.map_err(query_error(OP))?;
+                            .persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(query_error(OP))?;
                     }
                 }
 
@@ -788,8 +790,10 @@ macro_rules! impl_store {
                     );
                     self.tick();
                     qb.build()
-.persistent(cached(chunk.len(), LINK_ROWS_PER_STATEMENT))
-.execute(&mut **tx).await.map_err(query_error(OP))?;
+                        .persistent(cached(chunk.len(), LINK_ROWS_PER_STATEMENT))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(query_error(OP))?;
                 }
 
                 if !p.watermarks.is_empty() {
@@ -845,8 +849,10 @@ macro_rules! impl_store {
                     );
                     self.tick();
                     qb.build()
-.persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
-.execute(&mut **tx).await.map_err(query_error(OP))?;
+                        .persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(query_error(OP))?;
                 }
 
                 for ((object, direction), keys) in &p.resolve {
@@ -863,8 +869,10 @@ macro_rules! impl_store {
                         Self::push_in_list(&mut qb, chunk.iter().map(|k| k.as_str()));
                         self.tick();
                         qb.build()
-.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
-.execute(&mut **tx).await.map_err(query_error(OP))?;
+                            .persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(query_error(OP))?;
                     }
                 }
 
@@ -887,8 +895,10 @@ macro_rules! impl_store {
                     });
                     self.tick();
                     qb.build()
-.persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
-.execute(&mut **tx).await.map_err(query_error(OP))?;
+                        .persistent(cached(chunk.len(), ROWS_PER_STATEMENT))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(query_error(OP))?;
                 }
 
                 for job in &p.jobs {
@@ -947,9 +957,12 @@ macro_rules! impl_store {
                     qb.push(key_column);
                     Self::push_in_list(&mut qb, chunk.iter().map(String::as_str));
                     self.tick();
-                    let rows = qb.build()
-.persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
-.fetch_all(&self.pool).await.map_err(query_error(op))?;
+                    let rows = qb
+                        .build()
+                        .persistent(cached(chunk.len(), KEYS_PER_LOOKUP))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(query_error(op))?;
                     for row in &rows {
                         links.push(Self::link_from_row(row)?);
                     }

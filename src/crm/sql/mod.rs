@@ -1166,42 +1166,30 @@ impl Crm for SqlCrm {
                 ),
             });
         }
-        // Keyed by the primary key: update-only, a missing row is a per-record failure.
-        if key.name == info.pk.name {
-            let bulk =
-                write::bulk_update_by_pk(&self.pool, &info, batch, self.sqlite_writer_flag).await?;
-            let outcome = match bulk {
-                Some(outcome) => outcome,
-                None => {
-                    let plans: Vec<Result<write::Statement, WriteResult>> = batch
-                        .iter()
-                        .map(|fields| write::plan_update_by_pk(self.dialect(), &info, fields))
-                        .collect();
-                    write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?
-                }
-            };
-            if let Ok(mut echoes) = self.echoes.lock() {
-                for (pk, m) in &outcome.written {
-                    echoes.remember(object, pk.clone(), m.clone());
-                }
+        // Keyed by the primary key: update-only, a missing row is a per-record failure. A
+        // uniform batch goes as one statement; any other, or one the database refuses a record
+        // of, record by record.
+        let by_pk = key.name == info.pk.name;
+        let flag = self.sqlite_writer_flag;
+        let bulk = if by_pk {
+            write::bulk_update_by_pk(&self.pool, &info, batch, flag).await?
+        } else {
+            write::bulk_upsert(&self.pool, &info, key, batch, flag).await?
+        };
+        let outcome = match bulk {
+            Some(outcome) => outcome,
+            None => {
+                let d = self.dialect();
+                let plans: Vec<Result<write::Statement, WriteResult>> = batch
+                    .iter()
+                    .map(|fields| match by_pk {
+                        true => write::plan_update_by_pk(d, &info, fields),
+                        false => write::plan_upsert(d, &info, key, fields),
+                    })
+                    .collect();
+                write::run(&self.pool, &info, flag, plans).await?
             }
-            return Ok(outcome.results);
-        }
-        if let Some(outcome) =
-            write::bulk_upsert(&self.pool, &info, key, batch, self.sqlite_writer_flag).await?
-        {
-            if let Ok(mut echoes) = self.echoes.lock() {
-                for (pk, m) in &outcome.written {
-                    echoes.remember(object, pk.clone(), m.clone());
-                }
-            }
-            return Ok(outcome.results);
-        }
-        let plans: Vec<Result<write::Statement, WriteResult>> = batch
-            .iter()
-            .map(|fields| write::plan_upsert(self.dialect(), &info, key, fields))
-            .collect();
-        let outcome = write::run(&self.pool, &info, self.sqlite_writer_flag, plans).await?;
+        };
         if let Ok(mut echoes) = self.echoes.lock() {
             for (pk, m) in &outcome.written {
                 echoes.remember(object, pk.clone(), m.clone());

@@ -719,6 +719,21 @@ impl JsonRows {
     }
 }
 
+/// Returns the table's columns of `names`, or `None` when one is not a column the adapter
+/// writes (unknown or computed: record by record, that record alone is refused).
+fn written_columns<'a, 'n>(
+    info: &'a ObjectInfo,
+    names: impl Iterator<Item = &'n String>,
+) -> Option<Vec<&'a Column>> {
+    names
+        .map(|name| {
+            info.table_columns
+                .iter()
+                .find(|c| &c.name == name && !c.generated)
+        })
+        .collect()
+}
+
 /// Returns texts as one JSON array parameter (for [`JsonRows::texts`]).
 fn json_texts<'a>(texts: impl Iterator<Item = &'a str>) -> Option<String> {
     Some(Json::Array(texts.map(|t| Json::String(t.to_owned())).collect()).to_string())
@@ -826,13 +841,9 @@ pub(super) async fn bulk_upsert(
     if d == Dialect::MySql || batch.len() < 2 || !key.ty.is_textual() {
         return Ok(None);
     }
-    let mut columns: Vec<&Column> = Vec::new();
-    for name in first.keys() {
-        match info.table_columns.iter().find(|c| &c.name == name) {
-            Some(c) if !c.generated => columns.push(c),
-            _ => return Ok(None),
-        }
-    }
+    let Some(columns) = written_columns(info, first.keys()) else {
+        return Ok(None);
+    };
     let Some(key_at) = columns.iter().position(|c| c.name == key.name) else {
         return Ok(None);
     };
@@ -983,16 +994,10 @@ pub(super) async fn bulk_update_by_pk(
         return Ok(None);
     }
     // The key first, then the columns set.
-    let mut columns: Vec<&Column> = vec![pk];
-    for name in first.keys().filter(|n| **n != pk.name) {
-        match info.table_columns.iter().find(|c| &c.name == name) {
-            Some(c) if !c.generated => columns.push(c),
-            _ => return Ok(None),
-        }
-    }
-    if columns.len() < 2 {
+    let names = std::iter::once(&pk.name).chain(first.keys().filter(|n| **n != pk.name));
+    let Some(columns) = written_columns(info, names).filter(|c| c.len() >= 2) else {
         return Ok(None);
-    }
+    };
     let Some(rows) = JsonRows::of(d, &columns, batch) else {
         return Ok(None);
     };
