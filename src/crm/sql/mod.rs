@@ -61,9 +61,10 @@ pub struct SqlOptions {
     /// The largest write batch (default 200).
     #[serde(default = "default_batch")]
     pub max_batch_write: usize,
-    /// The connection pool size (default 5).
-    #[serde(default = "default_connections")]
-    pub max_connections: u32,
+    /// The connection pool size (default: 1 on SQLite, 5 on the others; see
+    /// [`SqlOptions::connections`]).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// How deleted rows are recognised when they stay in the table.
@@ -119,9 +120,6 @@ fn default_gap_timeout() -> u64 {
 fn default_batch() -> usize {
     200
 }
-fn default_connections() -> u32 {
-    5
-}
 
 impl SqlOptions {
     /// Returns the options read from their JSON form.
@@ -133,7 +131,7 @@ impl SqlOptions {
             serde_json::from_value(json.clone()).map_err(|e| CrmError::Config {
                 message: format!("sql adapter options: {e}"),
             })?;
-        if options.max_batch_write == 0 || options.max_connections == 0 {
+        if options.max_batch_write == 0 || options.max_connections == Some(0) {
             return Err(CrmError::Config {
                 message:
                     "sql adapter options: max_batch_write and max_connections must be at least 1"
@@ -302,7 +300,12 @@ impl SqlCrm {
     /// A connection failure, or [`CrmError::UnknownName`] / [`CrmError::Schema`] for a
     /// configured name that does not exist or does not fit (before any other query is built).
     pub async fn connect(url: &SecretString, options: SqlOptions) -> Result<SqlCrm, CrmError> {
-        let pool = SqlPool::connect(url.expose_secret(), options.max_connections, true).await?;
+        let url = url.expose_secret();
+        let size = match options.max_connections {
+            Some(size) => size,
+            None => Dialect::from_url(url)?.default_pool_size(),
+        };
+        let pool = SqlPool::connect(url, size, true).await?;
         let mut objects = HashMap::new();
         for (name, object) in &options.objects {
             let info = check_object(&pool, name, object, Check::Strict).await?;
@@ -1250,6 +1253,35 @@ mod tests {
             searchable: false,
             precision: None,
         }
+    }
+
+    /// The pool size of an adapter connected with `options` (JSON) to a new SQLite file.
+    async fn sqlite_pool_size(options: serde_json::Value) -> u32 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        let options = SqlOptions::from_json(&options).unwrap();
+        let crm = SqlCrm::connect(&SecretString::from(url), options)
+            .await
+            .unwrap();
+        match &crm.pool {
+            SqlPool::Lite(pool) => pool.options().get_max_connections(),
+            _ => unreachable!("a sqlite url gives a sqlite pool"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_crm_gets_one_connection_unless_the_options_set_a_size() {
+        // One writer at a time is all a SQLite file takes, and a lone connection keeps its
+        // page cache from one transaction to the next.
+        assert_eq!(
+            sqlite_pool_size(serde_json::json!({ "objects": {} })).await,
+            1
+        );
+        let three = serde_json::json!({ "objects": {}, "max_connections": 3 });
+        assert_eq!(sqlite_pool_size(three).await, 3);
+        let zero = serde_json::json!({ "objects": {}, "max_connections": 0 });
+        let err = SqlOptions::from_json(&zero).unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
     }
 
     #[test]
