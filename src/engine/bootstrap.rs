@@ -2154,12 +2154,13 @@ impl Run<'_> {
         }
         let size = self.crm_batch_rows(&plan.crm_object);
         let (ctx, cancel) = (self.ctx, self.cancel);
+        let row_ids: Vec<String> = rows.iter().map(|(id, _, _)| id.clone()).collect();
         let written = write_linked_rows(
             ctx,
             plan,
             target,
             &plan.crm_marketo_id,
-            &rows,
+            rows,
             size,
             &mut batch.step,
             &mut batch.summary,
@@ -2167,7 +2168,7 @@ impl Run<'_> {
         )
         .await?;
         // The CRM keys Marketo does not hold yet go to the write-back spool.
-        for (((id, _, _), known), crm_id) in rows.iter().zip(&kept_keys).zip(&written) {
+        for ((id, known), crm_id) in row_ids.iter().zip(&kept_keys).zip(&written) {
             if let Some(crm_id) = crm_id
                 && known.as_deref() != Some(crm_id.as_str())
             {
@@ -2243,7 +2244,7 @@ impl Run<'_> {
             plan,
             target,
             &reconciled.key_column,
-            &rows,
+            rows,
             size,
             &mut batch.step,
             &mut batch.summary,

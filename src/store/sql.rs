@@ -125,17 +125,6 @@ fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
 
-/// A link ready to be bound: JSON serialised, deduplicated.
-struct LinkRow {
-    object: String,
-    marketo_key: String,
-    crm_key: String,
-    base: serde_json::Value,
-    base_hash: String,
-    agreed_at: DateTime<Utc>,
-    tombstone: Option<serde_json::Value>,
-}
-
 struct ErrorRow {
     id: Uuid,
     object: String,
@@ -203,22 +192,12 @@ impl JobRow {
 /// serialised before the transaction begins, so that bad input fails before anything is written.
 struct Prepared {
     links_delete: BTreeMap<String, BTreeSet<String>>,
-    links: Vec<LinkRow>,
+    links: Vec<Link>,
     watermarks: Vec<Watermark>,
     errors: Vec<ErrorRow>,
     resolve: BTreeMap<(String, &'static str), BTreeSet<String>>,
     conflicts: Vec<ConflictRow>,
     jobs: Vec<JobRow>,
-}
-
-fn to_json<T: serde::Serialize>(
-    what: &'static str,
-    value: &T,
-) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(value).map_err(|e| StoreError::Invalid {
-        what,
-        reason: e.to_string(),
-    })
 }
 
 impl Prepared {
@@ -231,22 +210,14 @@ impl Prepared {
                 .insert(key.marketo_key);
         }
 
-        let mut links_by_key: BTreeMap<(String, String), LinkRow> = BTreeMap::new();
-        for link in commit.links_upsert {
-            let row = LinkRow {
-                base: to_json("link base", &link.base)?,
-                tombstone: match &link.tombstone {
-                    Some(t) => Some(to_json("link tombstone", t)?),
-                    None => None,
-                },
-                object: link.object,
-                marketo_key: link.marketo_key,
-                crm_key: link.crm_key,
-                base_hash: link.base_hash,
-                agreed_at: link.agreed_at,
-            };
-            links_by_key.insert((row.object.clone(), row.marketo_key.clone()), row);
-        }
+        // One row per link key, the last given winning, in key order. The base and tombstone
+        // are serialised when bound, straight from their fields.
+        let mut links = commit.links_upsert;
+        links.reverse();
+        links.sort_by(|a, b| (&a.object, &a.marketo_key).cmp(&(&b.object, &b.marketo_key)));
+        links.dedup_by(|later, kept| {
+            later.object == kept.object && later.marketo_key == kept.marketo_key
+        });
 
         let mut watermarks_by_key: BTreeMap<(&'static str, String, String), Watermark> =
             BTreeMap::new();
@@ -314,7 +285,7 @@ impl Prepared {
 
         Ok(Prepared {
             links_delete,
-            links: links_by_key.into_values().collect(),
+            links,
             watermarks: watermarks_by_key.into_values().collect(),
             errors: errors_by_key.into_values().collect(),
             resolve,

@@ -365,7 +365,7 @@ async fn copy(
         direction,
         previous: how.previous,
     };
-    super::create_linked_rows(ctx, plan, &target, &rows, commit, summary, how.cancel).await
+    super::create_linked_rows(ctx, plan, &target, rows, commit, summary, how.cancel).await
 }
 
 /// Returns the GUIDs of the activities copied already (linked).

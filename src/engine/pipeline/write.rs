@@ -178,7 +178,7 @@ pub(crate) async fn create_linked_rows(
     ctx: &Context,
     plan: &Plan,
     target: &RowTarget<'_>,
-    rows: &[NewRow],
+    rows: Vec<NewRow>,
     commit: &mut StepCommit,
     summary: &mut CycleSummary,
     cancel: &CancellationToken,
@@ -220,7 +220,7 @@ pub(crate) async fn write_linked_rows(
     plan: &Plan,
     target: &RowTarget<'_>,
     key_column: &str,
-    rows: &[NewRow],
+    rows: Vec<NewRow>,
     batch: usize,
     commit: &mut StepCommit,
     summary: &mut CycleSummary,
@@ -229,14 +229,20 @@ pub(crate) async fn write_linked_rows(
     let now = ctx.clock.now();
     let (object, direction, previous) = (target.object, target.direction, target.previous);
     let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(batch.max(1)) {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let calls: Vec<Fields> = chunk.iter().map(|(_, _, row)| row.clone()).collect();
+        // The rows go to the CRM as they are; their keys and agreed values wait for the outcome.
+        let (agreed, calls): (Vec<(String, Fields)>, Vec<Fields>) = rows
+            .by_ref()
+            .take(batch.max(1))
+            .map(|(key, base, row)| ((key, base), row))
+            .unzip();
         let results = ctx.crm.upsert(&plan.crm_object, key_column, &calls).await?;
         let mut results = results.into_iter();
-        for (key, base, row) in chunk {
+        for ((key, base), row) in agreed.into_iter().zip(&calls) {
             let counts = summary.counts_mut(object, direction);
             let id = match results.next() {
                 Some(WriteResult::Created { id }) => {
@@ -258,26 +264,24 @@ pub(crate) async fn write_linked_rows(
                         ctx,
                         object,
                         direction,
-                        key,
+                        &key,
                         None,
                         Json::Object(to_record(row)),
                         refusal.code(),
                         &refusal.ledger_message(),
                         refusal.retryable,
-                        previous.get(key),
+                        previous.get(&key),
                     ));
                     out.push(None);
                     continue;
                 }
             };
-            commit
-                .links_upsert
-                .push(link(object, key, &id, base.clone(), now));
-            if previous.contains_key(key) {
+            if previous.contains_key(&key) {
                 commit
                     .errors_resolve
-                    .push(error_key(object, direction, key));
+                    .push(error_key(object, direction, &key));
             }
+            commit.links_upsert.push(link(object, &key, &id, base, now));
             out.push(Some(id));
         }
     }
