@@ -1284,6 +1284,46 @@ mod tests {
         assert!(err.to_string().contains("max_connections"), "{err}");
     }
 
+    #[tokio::test]
+    async fn the_adapter_leaves_a_sqlite_files_journal_mode_as_it_is() {
+        // The page cache is the adapter connection's own setting; the journal mode belongs to
+        // the file and to the CRM application that chose it (WAL is the mode a file keeps).
+        for mode in ["wal", "delete"] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+            let app = SqlPool::connect(&url, 1, false).await.unwrap();
+            let set = format!("PRAGMA journal_mode = {mode}");
+            app.fetch("set", set, &[]).await.unwrap();
+            let options = SqlOptions::from_json(&serde_json::json!({ "objects": {} })).unwrap();
+            let crm = SqlCrm::connect(&SecretString::from(url), options)
+                .await
+                .unwrap();
+            for pool in [&crm.pool, &app] {
+                let rows = pool
+                    .fetch("read", "PRAGMA journal_mode".into(), &[])
+                    .await
+                    .unwrap();
+                let got = rows.first().and_then(|r| r.first().cloned().flatten());
+                assert_eq!(got.as_deref(), Some(mode));
+            }
+            let cache = crm
+                .pool
+                .fetch(
+                    "read",
+                    "SELECT CAST(cache_size AS TEXT) FROM pragma_cache_size()".into(),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let got = cache.first().and_then(|r| r.first().cloned().flatten());
+            assert_eq!(
+                got.as_deref(),
+                Some("-8192"),
+                "the adapter's own page cache"
+            );
+        }
+    }
+
     #[test]
     fn the_overlap_start_keeps_sqlite_text_shape() {
         let five = Duration::from_secs(300);
