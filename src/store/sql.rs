@@ -190,6 +190,8 @@ impl JobRow {
 
 /// A [`StepCommit`] checked, deduplicated, sorted (a stable lock order on PostgreSQL) and
 /// serialised before the transaction begins, so that bad input fails before anything is written.
+/// Links are the exception: their fields (which always serialise) are written as JSON when
+/// bound, and a failure there still rolls the whole transaction back.
 struct Prepared {
     links_delete: BTreeMap<String, BTreeSet<String>>,
     links: Vec<Link>,
