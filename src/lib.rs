@@ -36,9 +36,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// pooled connection, and glibc gives every such thread an arena of its own that keeps what it
 /// freed. With the store's 8 and the CRM's 5 connections (a SQLite CRM now has one), that was
 /// most of what a bootstrap's peak memory held above the 150 MB target (issue 15): a
-/// 300,000-lead bootstrap peaked at
-/// 142–147 MB with two arenas and 130 MB with one, at the same engine CPU; 1,000,000 leads at
-/// 142–144 MB. Elsewhere than glibc this does nothing.
+/// 300,000-lead bootstrap peaked at 142–147 MB with two arenas and 130 MB with one, at the
+/// same engine CPU; 1,000,000 leads at 142–144 MB. Elsewhere than glibc this does nothing.
 pub(crate) fn limit_c_malloc_arenas() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -2156,6 +2156,10 @@ mod tests {
         let mut rig = Rig::start(6, &options()).await.unwrap();
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
+        // Start just after a day turn, so that the harness's 30 s per cycle cannot carry the
+        // simulator into the next Marketo day (and a fresh quota) before the paused cycle;
+        // the sim clock follows the wall clock, and this once failed when run near 06:00 UTC.
+        rig.run.turn_day(None).await.expect("turn the day");
         rig.run.sim.spend_daily_quota();
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         let Ran::Paused { until, message } = c.ran else {

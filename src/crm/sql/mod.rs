@@ -61,8 +61,8 @@ pub struct SqlOptions {
     /// The largest write batch (default 200).
     #[serde(default = "default_batch")]
     pub max_batch_write: usize,
-    /// The connection pool size (default: 1 on SQLite, 5 on the others; see
-    /// [`SqlOptions::connections`]).
+    /// The connection pool size (default: [`Dialect::default_pool_size`], 1 on SQLite and 5
+    /// on the others).
     #[serde(default)]
     pub max_connections: Option<u32>,
 }
