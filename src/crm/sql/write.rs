@@ -685,10 +685,15 @@ impl JsonRows {
     }
 
     /// Returns the `FROM` item that reads the rows parameter (`$n` / `?`), as `r`.
+    ///
+    /// On SQLite, `jsonb_each` rather than `json_each`: its `value` of a row (an array) is the
+    /// binary JSONB form, which each cell's `->>` reads in place; `json_each` renders every row
+    /// as JSON text that each of its cells parsed again (issue 15: a fifth of the CRM thread's
+    /// SQLite work in a bootstrap).
     fn source(d: Dialect, n: usize) -> String {
         match d {
             Dialect::Postgres => format!("jsonb_array_elements(CAST(${n} AS jsonb)) AS r(v)"),
-            _ => "json_each(?) AS r".to_owned(),
+            _ => "jsonb_each(?) AS r".to_owned(),
         }
     }
 
