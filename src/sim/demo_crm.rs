@@ -651,6 +651,16 @@ pub async fn install(url: &str, seed: u64, contacts: usize) -> Result<DemoSummar
     }
     let pool = SqlPool::connect(url, 1, false).await?;
     let d = pool.dialect();
+    if d == Dialect::Sqlite {
+        // The demo CRM's file is in WAL mode, as its application would choose (issue 15): a
+        // reader never waits for the sync's writes, nor they for it. The mode is the file's
+        // own and stays; the SQL adapter leaves a CRM's journal mode as it finds it.
+        pool.execute_raw(
+            "set the demo crm's journal mode",
+            "PRAGMA journal_mode = WAL".into(),
+        )
+        .await?;
+    }
     for sql in ddl(d) {
         pool.execute_raw("create the demo crm tables", sql).await?;
     }
@@ -800,5 +810,30 @@ mod tests {
         let opts = crate::crm::sql::SqlOptions::from_json(&adapter_options(true, false)).unwrap();
         assert_eq!(opts.objects.len(), OBJECTS.len());
         assert!(opts.objects["contacts"].writable);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_demo_crm_is_created_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        install(&url, 1, 3).await.unwrap();
+        // A new connection reads the file's own mode, which outlives the installer's.
+        let pool = SqlPool::connect(&url, 1, false).await.unwrap();
+        let rows = pool
+            .fetch("read", "PRAGMA journal_mode".into(), &[])
+            .await
+            .unwrap();
+        let mode = rows.first().and_then(|r| r.first().cloned().flatten());
+        assert_eq!(mode.as_deref(), Some("wal"));
+        let rows = pool
+            .fetch(
+                "count",
+                "SELECT CAST(COUNT(*) AS TEXT) FROM contacts".into(),
+                &[],
+            )
+            .await
+            .unwrap();
+        let count = rows.first().and_then(|r| r.first().cloned().flatten());
+        assert_eq!(count.as_deref(), Some("3"));
     }
 }

@@ -161,11 +161,10 @@ impl SqlPool {
                     // setting is the connection's own, not the file's.
                     .pragma("cache_size", "-8192");
                 // The journal mode is the file's own: the adapter does not switch a CRM's
-                // file to another mode behind its application's back. The demo CRM keeps the
-                // rollback journal (issue 15 asked for WAL; measured against it: a 300,000-lead
-                // bootstrap took about 15% more engine CPU in WAL, see BENCHMARKS.md, and WAL's
-                // cheaper `synchronous = NORMAL` may lose a committed CRM write in a power cut
-                // after the state store recorded it).
+                // file to another mode behind its application's back. The demo CRM's file is
+                // created in WAL mode (`sim::demo_crm::install`), with the default
+                // `synchronous = FULL`: `NORMAL` may lose a committed CRM write in a power cut
+                // after the state store recorded it.
                 SqlPool::Lite(
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
