@@ -489,6 +489,24 @@ async fn a_merge_winner_keeps_the_contact_a_killed_cycle_gave_it_as_a_child_proc
     converges(220140, &in_child(options(60))).await;
 }
 
+/// Found by the scale runs of 2026-12-05 (engine as a child process, 60 steps, the full
+/// schedule): seed 691001 ended with two live CRM contacts of "u10.s691001@example.com" and
+/// contact 7 held by a `duplicate` ledger entry. A cycle created lead 6 for the CRM user's
+/// contact 2 and was killed before contact 2 got lead 6's id or the link was committed; a CRM
+/// lead conversion then made contact 7, whose email Marketo's new lead 8 held, and Marketo
+/// merged lead 6 into lead 8, which inherited lead 6's CRM key (contact 2). With no record
+/// holding lead 8's id, pairing paired lead 8 with contact 2 by that key and wrote lead 8's
+/// email into it. The unlinked winner's own record is now the one its match values name, and
+/// the record its inherited key names counts as the loser's (`merges::match_partner`; replayed
+/// in process by `engine_identity`
+/// `a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_its_email`). Before
+/// the fix it failed 6 runs of 6 of `converge --engine process --seeds 1 --first-seed 691001
+/// --steps 60`; after it, 3 of 3 converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_merge_winner_keeps_the_contact_of_its_email_as_a_child_process() {
+    converges(691001, &in_child(options(60))).await;
+}
+
 /// Found by the scale runs of 2026-12-04 on PostgreSQL (in process, 60 steps, the full
 /// schedule): seed 610006 ended with a ledger entry for lead 2 refused by the CRM's unique
 /// Marketo-id column, retried every quiet cycle, and a role waiting for its contact. A cycle

@@ -354,6 +354,64 @@ async fn a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own(on
     app.cleanup().await;
 }
 
+async fn a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_its_email(on: On) {
+    // Seed 691001 (engine as a child process): a cycle created lead L for the CRM user's
+    // contact C and was killed before writing L's id into C or committing. The CRM user then
+    // converted a lead into contact W, and Marketo got lead N of W's email; Marketo merged L
+    // into N, so N inherited L's CRM key (C). The next cycle must pair N with W, the record of
+    // its email, and apply the merge policy to C, the loser's contact, rather than pair N with
+    // C by that inherited key: that wrote N's email into C, two contacts of one email, and W
+    // was held as a duplicate.
+    let (kill, options) = killable(on);
+    let app = TestApp::with(options).await;
+    app.run_cycle().await;
+    let c_loser = app
+        .crm_insert_contact("loser@example.com", "Lo", "Ser")
+        .await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let loser = app.marketo_by_email("loser@example.com");
+    assert_eq!(loser.len(), 1, "the dead cycle created the contact's lead");
+    assert_eq!(
+        app.marketo_lead(loser[0]).unwrap()["crmContactId"],
+        json!(c_loser)
+    );
+    // The kill came before the CRM update that writes the new lead's id into the contact.
+    app.crm_exec(&format!(
+        "UPDATE contacts SET marketo_id = NULL WHERE id = {c_loser}"
+    ))
+    .await;
+    let c_own = app
+        .crm_insert_contact("winner@example.com", "Win", "Ner")
+        .await;
+    let winner = app.marketo_create(json!({"email": "winner@example.com", "firstName": "Win"}));
+    app.sim.merge_leads(winner, &[loser[0]]).unwrap();
+    assert_eq!(
+        app.marketo_lead(winner).unwrap()["crmContactId"],
+        json!(c_loser),
+        "the winner inherits the loser's CRM key"
+    );
+    app.settle(6).await;
+    assert_eq!(written(&app.settle(3).await), 0);
+    let errors = app.open_errors("leads").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_linked(&app, winner, "winner@example.com").await;
+    let mine = app.crm_by_email("winner@example.com").await;
+    assert_eq!(mine.len(), 1, "one contact of the winner's email: {mine:?}");
+    assert_eq!(
+        mine[0].id, c_own,
+        "the winner keeps the contact of its email"
+    );
+    assert!(
+        app.crm_contact(&c_loser).await.is_none(),
+        "the loser's contact follows the merge policy (delete)"
+    );
+    assert_eq!(app.sim.counters().leads, 1);
+    assert_eq!(app.crm_count().await, 1);
+    app.cleanup().await;
+}
+
 async fn two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record(on: On) {
     // Seed 253: two synced leads were merged, one after the other, into a lead new to the sync.
     // The first merge hands the winner the first loser's contact; the second must see that
@@ -404,8 +462,10 @@ macro_rules! on {
 on!(sqlite, (CrmKind::Sqlite, StoreKind::Sqlite);
     a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record,
     a_crm_merge_into_a_contact_whose_lead_a_dead_cycle_created_merges_the_leads,
-    a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own);
+    a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own,
+    a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_its_email);
 on!(postgres, (CrmKind::Postgres, StoreKind::Postgres);
     a_marketo_merge_and_an_edit_of_the_losers_contact_in_one_cycle_create_nothing, a_marketo_merge_into_a_new_winner_keeps_the_winners_own_crm_record, a_crm_merge_into_a_contact_that_left_with_its_lead_deletes_the_losers_lead, a_crm_merge_into_a_new_contact_hands_it_the_losers_lead, a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along, a_lead_created_by_a_cycle_that_died_and_then_merged_away_follows_the_merge_policy, the_crm_writes_of_a_cycle_that_died_are_read_again, two_merges_into_one_new_winner_in_one_cycle_give_it_one_crm_record,
     a_crm_merge_into_a_contact_whose_lead_a_dead_cycle_created_merges_the_leads,
-    a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own);
+    a_merge_of_two_leads_a_dead_cycle_gave_records_keeps_the_winners_own,
+    a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_its_email);

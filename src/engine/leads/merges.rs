@@ -72,8 +72,32 @@ async fn apply_merge(
     let mut loser_links = live(store.links_by_marketo_keys(LINK_OBJECT, &keys).await?);
     loser_links.extend(recovered_links(step, losers).await?);
     if let Some(own) = recovered_own {
-        let inherited = inherited_loser_link(step, winner, &own, losers, &loser_links, summary);
+        let lead = fetch_leads(ctx, step.plan, &[winner], summary).await?;
+        let key = lead.into_iter().next().and_then(|m| m.crm_key);
+        let inherited = inherited_loser_link(step, winner, &own, key, losers, &loser_links);
         loser_links.extend(inherited.await?);
+    } else if winner_link.is_none()
+        && let Some((own, key)) = match_partner(step, winner, summary).await?
+        && let Some(inherited) =
+            inherited_loser_link(step, winner, &own, Some(key), losers, &loser_links).await?
+    {
+        // The unlinked winner's own record is the one its match values name, not the one its
+        // CRM key names: that key came from the loser. Found by the convergence harness (seed
+        // 691001, engine as a child process): a cycle created lead 6 for contact 2 and was
+        // killed before writing the lead's id into the contact or committing; Marketo merged
+        // lead 6 into lead 8, whose CRM lead had just been converted into contact 7 of its
+        // email. Pairing lead 8 with contact 2 by the inherited key wrote lead 8's email into
+        // contact 2: two live contacts of one email, and contact 7 held as a duplicate.
+        tracing::debug!(lead = winner, crm = %own, "a merge winner's own crm record found by its match values");
+        step.link(winner, &own, Fields::new());
+        winner_link = Some(link(
+            LINK_OBJECT,
+            &winner.to_string(),
+            &own,
+            Fields::new(),
+            step.now(),
+        ));
+        loser_links.push(inherited);
     }
     // An unlinked winner with a CRM record of its own (one that matches it, not yet
     // paired) keeps that record: pairing links the two below, and the loser's record
@@ -173,9 +197,10 @@ async fn take_over(
 }
 
 /// Returns the link of the record a merge loser got from a cycle killed before its commit, found
-/// by the CRM key the winner inherited: Marketo fills a winner's empty fields from the loser,
-/// so a winner whose own record (`own`, rebuilt from the CRM's Marketo-id column) the killed
-/// cycle had not written back yet carries the loser's CRM key. That record counts as the
+/// by the CRM key the winner inherited (`key`, the winner's CRM-key field): Marketo fills a
+/// winner's empty fields from the loser, so a winner whose own record (`own`, rebuilt from the
+/// CRM's Marketo-id column, or the one its match values name) the killed cycle had not written
+/// back yet carries the loser's CRM key. That record counts as the
 /// loser's when it is live, linked to no lead, and holds no lead id (the kill came before the
 /// CRM update that writes the new lead's id into it), and exactly one loser has no link.
 ///
@@ -188,9 +213,9 @@ async fn inherited_loser_link(
     step: &Step<'_>,
     winner: i64,
     own: &str,
+    key: Option<String>,
     losers: &[i64],
     known: &[Link],
-    summary: &mut CycleSummary,
 ) -> Result<Option<Link>, EngineError> {
     let (ctx, plan) = (step.ctx, step.plan);
     let unlinked: Vec<i64> = losers
@@ -201,8 +226,7 @@ async fn inherited_loser_link(
     let &[loser] = unlinked.as_slice() else {
         return Ok(None);
     };
-    let lead = fetch_leads(ctx, plan, &[winner], summary).await?;
-    let Some(key) = lead.into_iter().next().and_then(|m| m.crm_key) else {
+    let Some(key) = key else {
         return Ok(None);
     };
     if key == own || known.iter().any(|k| k.crm_key == key) {
@@ -237,6 +261,59 @@ async fn inherited_loser_link(
         Fields::new(),
         now,
     )))
+}
+
+/// Returns the record an unlinked merge winner's match values name, with the CRM key the
+/// winner holds (which it may have inherited from a loser): the one live CRM record with the
+/// winner's match key that is not the record that key names, holds no lead id and is linked to
+/// no lead. `None` when the winner holds no CRM key, or there is no such record or more than
+/// one.
+async fn match_partner(
+    step: &Step<'_>,
+    winner: i64,
+    summary: &mut CycleSummary,
+) -> Result<Option<(String, String)>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let Some(lead) = fetch_leads(ctx, plan, &[winner], summary)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (Some(key), Some(wanted), Some(first)) = (
+        lead.crm_key.clone(),
+        match_key(plan, &lead.canon),
+        plan.match_fields.first(),
+    ) else {
+        return Ok(None);
+    };
+    let (Some(crm_field), Some(value)) = (
+        plan.field(first).and_then(|f| f.crm.clone()),
+        lead.canon.get(first).filter(|v| !v.is_null()),
+    ) else {
+        return Ok(None);
+    };
+    let found = ctx
+        .crm
+        .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
+        .await?;
+    let ids: Vec<String> = found
+        .iter()
+        .filter(|r| r.id != key && value_text(r.fields.get(&plan.crm_marketo_id)).is_none())
+        .filter_map(|r| c_rec(plan, &r.id, r.modified_at, &r.fields).ok())
+        .filter(|c| match_key(plan, &c.canon).as_ref() == Some(&wanted))
+        .map(|c| c.id)
+        .collect();
+    let linked: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &ids).await?)
+        .into_iter()
+        .map(|l| l.crm_key)
+        .collect();
+    let free: Vec<String> = ids.into_iter().filter(|id| !linked.contains(id)).collect();
+    Ok(match free.as_slice() {
+        [own] => Some((own.clone(), key)),
+        _ => None,
+    })
 }
 
 /// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
