@@ -1270,6 +1270,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_uniform_batch_of_updates_by_an_auto_increment_key_is_one_statement() {
+        // The demo contacts' `id` is an auto-increment key (a column the database computes):
+        // the bulk update must still take it as its key, not send the batch record by record.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("crm.db").display());
+        crate::sim::demo_crm::install(&url, 1, 3).await.unwrap();
+        let options =
+            SqlOptions::from_json(&crate::sim::demo_crm::adapter_options(true, false)).unwrap();
+        let crm = SqlCrm::connect(&SecretString::from(url), options)
+            .await
+            .unwrap();
+        let info = crm.writable("contacts").unwrap();
+        assert!(info.pk.generated, "the demo key is auto-increment");
+        let batch: Vec<Fields> = ["1", "2"]
+            .iter()
+            .map(|id| {
+                Fields::from([
+                    ("id".to_owned(), Value::Text((*id).to_owned())),
+                    ("title".to_owned(), Value::Text(format!("T{id}"))),
+                ])
+            })
+            .collect();
+        let outcome = write::bulk_update_by_pk(&crm.pool, &info, &batch, false)
+            .await
+            .unwrap()
+            .expect("one statement for the batch");
+        assert_eq!(
+            outcome.results,
+            ["1", "2"].map(|id| WriteResult::Updated { id: id.into() })
+        );
+        let stored = crm.get("contacts", &["2".into()]).await.unwrap();
+        assert_eq!(stored[0].fields["title"], Value::from("T2"));
+    }
+
+    #[tokio::test]
     async fn a_sqlite_crm_gets_one_connection_unless_the_options_set_a_size() {
         // One writer at a time is all a SQLite file takes, and a lone connection keeps its
         // page cache from one transaction to the next.

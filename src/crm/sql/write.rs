@@ -998,9 +998,15 @@ pub(super) async fn bulk_update_by_pk(
     if d == Dialect::MySql || batch.len() < 2 {
         return Ok(None);
     }
-    // The key first, then the columns set.
-    let names = std::iter::once(&pk.name).chain(first.keys().filter(|n| **n != pk.name));
-    let Some(columns) = written_columns(info, names).filter(|c| c.len() >= 2) else {
+    // The key first, then the columns set. The key is the primary key as it is, not looked up
+    // among the columns written: an auto-increment key counts as generated there, which sent
+    // every batch record by record (a review in session 14 did; the 10k-change cycle's engine
+    // CPU went from 0.7 s to 2.2 s).
+    let set = first.keys().filter(|n| **n != pk.name);
+    let Some(columns) = written_columns(info, set)
+        .filter(|c| !c.is_empty())
+        .map(|set| std::iter::once(pk).chain(set).collect::<Vec<&Column>>())
+    else {
         return Ok(None);
     };
     let Some(rows) = JsonRows::of(d, &columns, batch) else {
