@@ -195,6 +195,23 @@ fn killable(on: On) -> (Arc<AtomicBool>, Options) {
     )
 }
 
+/// Inserts a contact of `email` and runs a cycle whose commit dies (`kill`): the cycle creates
+/// the contact's lead in Marketo, which the store never links. Returns the contact and the lead.
+async fn contact_with_a_dead_cycles_lead(
+    app: &TestApp,
+    kill: &AtomicBool,
+    email: &str,
+    (first, last): (&str, &str),
+) -> (String, i64) {
+    let cid = app.crm_insert_contact(email, first, last).await;
+    kill.store(true, Ordering::SeqCst);
+    assert!(app.try_cycle().await.is_err(), "the commit dies");
+    kill.store(false, Ordering::SeqCst);
+    let leads = app.marketo_by_email(email);
+    assert_eq!(leads.len(), 1, "the dead cycle created the contact's lead");
+    (cid, leads[0])
+}
+
 async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_along(on: On) {
     // Seed 87: a cycle created the lead for a new contact and wrote the lead's id into the
     // contact, then died before its commit, so the store never linked them. Marketo then
@@ -203,15 +220,9 @@ async fn a_lead_created_by_a_cycle_that_died_and_then_deleted_takes_its_contact_
     let (kill, options) = killable(on);
     let app = TestApp::with(options).await;
     app.run_cycle().await;
-    let cid = app
-        .crm_insert_contact("gone@example.com", "Gone", "Soon")
-        .await;
-    kill.store(true, Ordering::SeqCst);
-    assert!(app.try_cycle().await.is_err(), "the commit dies");
-    kill.store(false, Ordering::SeqCst);
-    let first = app.marketo_by_email("gone@example.com");
-    assert_eq!(first.len(), 1, "the dead cycle created the lead");
-    assert!(app.sim.delete_lead(first[0]));
+    let (cid, first) =
+        contact_with_a_dead_cycles_lead(&app, &kill, "gone@example.com", ("Gone", "Soon")).await;
+    assert!(app.sim.delete_lead(first));
     app.settle(5).await;
     assert_eq!(written(&app.settle(3).await), 0);
     assert!(
@@ -365,16 +376,10 @@ async fn a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_i
     let (kill, options) = killable(on);
     let app = TestApp::with(options).await;
     app.run_cycle().await;
-    let c_loser = app
-        .crm_insert_contact("loser@example.com", "Lo", "Ser")
-        .await;
-    kill.store(true, Ordering::SeqCst);
-    assert!(app.try_cycle().await.is_err(), "the commit dies");
-    kill.store(false, Ordering::SeqCst);
-    let loser = app.marketo_by_email("loser@example.com");
-    assert_eq!(loser.len(), 1, "the dead cycle created the contact's lead");
+    let (c_loser, loser) =
+        contact_with_a_dead_cycles_lead(&app, &kill, "loser@example.com", ("Lo", "Ser")).await;
     assert_eq!(
-        app.marketo_lead(loser[0]).unwrap()["crmContactId"],
+        app.marketo_lead(loser).unwrap()["crmContactId"],
         json!(c_loser)
     );
     // The kill came before the CRM update that writes the new lead's id into the contact.
@@ -386,7 +391,7 @@ async fn a_new_winner_that_inherits_a_dead_cycles_contact_keeps_the_contact_of_i
         .crm_insert_contact("winner@example.com", "Win", "Ner")
         .await;
     let winner = app.marketo_create(json!({"email": "winner@example.com", "firstName": "Win"}));
-    app.sim.merge_leads(winner, &[loser[0]]).unwrap();
+    app.sim.merge_leads(winner, &[loser]).unwrap();
     assert_eq!(
         app.marketo_lead(winner).unwrap()["crmContactId"],
         json!(c_loser),
