@@ -11,7 +11,7 @@ use serde_json::json;
 use super::LINK_OBJECT;
 use super::deletes::apply_policy;
 use super::gather::fetch_leads;
-use super::records::{CRec, c_rec, live, match_key, value_text};
+use super::records::{CRec, MLead, c_rec, live, match_key, value_text};
 use super::step::Step;
 use crate::crm::WriteResult;
 use crate::engine::ledger::Failure;
@@ -281,28 +281,13 @@ async fn match_partner(
     else {
         return Ok(None);
     };
-    let (Some(key), Some(wanted), Some(first)) = (
-        lead.crm_key.clone(),
-        match_key(plan, &lead.canon),
-        plan.match_fields.first(),
-    ) else {
+    let Some(key) = lead.crm_key.clone() else {
         return Ok(None);
     };
-    let (Some(crm_field), Some(value)) = (
-        plan.field(first).and_then(|f| f.crm.clone()),
-        lead.canon.get(first).filter(|v| !v.is_null()),
-    ) else {
-        return Ok(None);
-    };
-    let found = ctx
-        .crm
-        .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
-        .await?;
-    let ids: Vec<String> = found
-        .iter()
-        .filter(|r| r.id != key && value_text(r.fields.get(&plan.crm_marketo_id)).is_none())
-        .filter_map(|r| c_rec(plan, &r.id, r.modified_at, &r.fields).ok())
-        .filter(|c| match_key(plan, &c.canon).as_ref() == Some(&wanted))
+    let ids: Vec<String> = by_match_values(step, &lead)
+        .await?
+        .into_iter()
+        .filter(|c| c.id != key && c.marketo_key.is_none())
         .map(|c| c.id)
         .collect();
     let linked: BTreeSet<String> = live(ctx.store.links_by_crm_keys(LINK_OBJECT, &ids).await?)
@@ -314,6 +299,31 @@ async fn match_partner(
         [own] => Some((own.clone(), key)),
         _ => None,
     })
+}
+
+/// Returns the CRM records whose match values are `lead`'s (looked up by the first match
+/// field, folded).
+async fn by_match_values(step: &Step<'_>, lead: &MLead) -> Result<Vec<CRec>, EngineError> {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let wanted = match_key(plan, &lead.canon);
+    let (Some(first), Some(_)) = (plan.match_fields.first(), &wanted) else {
+        return Ok(Vec::new());
+    };
+    let (Some(crm_field), Some(value)) = (
+        plan.field(first).and_then(|f| f.crm.clone()),
+        lead.canon.get(first).filter(|v| !v.is_null()),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let found = ctx
+        .crm
+        .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
+        .await?;
+    Ok(found
+        .iter()
+        .filter_map(|r| c_rec(plan, &r.id, r.modified_at, &r.fields).ok())
+        .filter(|c| match_key(plan, &c.canon) == wanted)
+        .collect())
 }
 
 /// Returns links rebuilt from the CRM for leads the store has never linked: a CRM record that
@@ -437,22 +447,6 @@ async fn partner_candidates(
             candidates.extend(c_rec(plan, &r.id, r.modified_at, &r.fields).ok());
         }
     }
-    let wanted = match_key(plan, &lead.canon);
-    if let (Some(first), Some(_)) = (plan.match_fields.first(), &wanted)
-        && let Some(crm_field) = plan.field(first).and_then(|f| f.crm.clone())
-        && let Some(value) = lead.canon.get(first).filter(|v| !v.is_null())
-    {
-        for r in ctx
-            .crm
-            .find_folded(&plan.crm_object, &crm_field, std::slice::from_ref(value))
-            .await?
-        {
-            if let Ok(c) = c_rec(plan, &r.id, r.modified_at, &r.fields)
-                && match_key(plan, &c.canon) == wanted
-            {
-                candidates.push(c);
-            }
-        }
-    }
+    candidates.extend(by_match_values(step, &lead).await?);
     Ok(candidates)
 }
