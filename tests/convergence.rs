@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use marketo_sync::converge::{
-    ConvergeOptions, ConvergenceReport, CrmKind, EngineMode, Schedule, run_schedule,
+    ConvergeError, ConvergeOptions, ConvergenceReport, CrmKind, EngineMode, Schedule, run_schedule,
 };
 use secrecy::SecretString;
 
@@ -505,6 +505,28 @@ async fn a_merge_winner_keeps_the_contact_a_killed_cycle_gave_it_as_a_child_proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_merge_winner_keeps_the_contact_of_its_email_as_a_child_process() {
     converges(691001, &in_child(options(60))).await;
+}
+
+/// A `sync --once` child that does not end in time is stopped and its seed fails with an error
+/// naming the cycle, rather than the run waiting for it for ever (CI once timed out on a child
+/// cycle of seed 691001 that never ended). No cycle ends within no time at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_cycle_past_its_deadline_is_stopped_and_fails_the_seed() {
+    let options = ConvergeOptions {
+        cycle_deadline: std::time::Duration::ZERO,
+        ..in_child(options(5))
+    };
+    let error = run_schedule(691001, &options).await.unwrap_err();
+    assert!(
+        matches!(error, ConvergeError::Stuck { seed: 691001, .. }),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("did not end within 0 s and was stopped"),
+        "{error}"
+    );
 }
 
 /// Found by the scale runs of 2026-12-04 on PostgreSQL (in process, 60 steps, the full

@@ -91,6 +91,7 @@ mod marketing;
 mod objects;
 mod runner;
 
+pub use runner::CYCLE_DEADLINE;
 use runner::{CrmProbe, Cycle, Ran, Runner, Watch};
 
 use crate::config::{LoadedMapping, Policy, SettingsSource};
@@ -119,6 +120,23 @@ pub enum ConvergeError {
         operation: String,
         /// The cause.
         source: crate::crm::CrmError,
+    },
+    /// A cycle did not end within [`ConvergeOptions::cycle_deadline`] of real time (the engine,
+    /// or the harness around it, is stuck); the engine was stopped.
+    #[error(
+        "seed {seed}: the cycle from simulator request {from_request} on did not end within {} s and was stopped{}",
+        deadline.as_secs_f64(),
+        if log_tail.is_empty() { String::new() } else { format!("; the end of its log:\n{log_tail}") }
+    )]
+    Stuck {
+        /// The seed.
+        seed: u64,
+        /// The simulator's request count when the cycle started.
+        from_request: u64,
+        /// How long it was given.
+        deadline: Duration,
+        /// The last lines the engine process logged (empty in process).
+        log_tail: String,
     },
     /// A store read needed by the checks failed.
     #[error("seed {seed}: reading the state store failed: {source}")]
@@ -225,6 +243,9 @@ pub struct ConvergeOptions {
     pub crm: CrmKind,
     /// What the steps touch.
     pub schedule: Schedule,
+    /// The longest one cycle may run in real time before the harness stops it and fails the
+    /// seed with [`ConvergeError::Stuck`] (default [`CYCLE_DEADLINE`], 300 s).
+    pub cycle_deadline: Duration,
 }
 
 impl ConvergeOptions {
@@ -238,6 +259,7 @@ impl ConvergeOptions {
             engine: EngineMode::InProcess,
             crm: CrmKind::Sqlite,
             schedule: Schedule::Full,
+            cycle_deadline: CYCLE_DEADLINE,
         }
     }
 }
@@ -2177,6 +2199,30 @@ mod tests {
         rig.run.turn_day(Some(until)).await.expect("turn the day");
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
+        rig.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cycle_that_outlives_its_deadline_fails_the_seed_instead_of_hanging() {
+        // No cycle ends within no time at all: the first check of the deadline stops it.
+        let options = ConvergeOptions {
+            cycle_deadline: Duration::ZERO,
+            ..options()
+        };
+        let mut rig = Rig::start(7, &options).await.unwrap();
+        let Err(error) = rig.cycle(Watch::Nothing).await else {
+            panic!("the cycle ended within no time");
+        };
+        let ConvergeError::Stuck { seed, deadline, .. } = &error else {
+            panic!("not stuck: {error}");
+        };
+        assert_eq!((*seed, *deadline), (7, Duration::ZERO));
+        assert!(
+            error.to_string().starts_with(
+                "seed 7: the cycle from simulator request 0 on did not end within 0 s"
+            ),
+            "{error}"
+        );
         rig.finish().await;
     }
 

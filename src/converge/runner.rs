@@ -49,6 +49,13 @@ pub(super) trait CrmProbe {
 
 /// Sim time between two cycles.
 pub(super) const TICK: Duration = Duration::from_secs(30);
+/// The longest a cycle may run in real time, by default, before the harness stops it and fails
+/// the seed ([`ConvergeError::Stuck`]). A cycle takes well under a second; the limit turns an engine
+/// waiting on something that never comes into an error naming the cycle, with the end of its
+/// log, rather than a test run that never ends.
+pub const CYCLE_DEADLINE: Duration = Duration::from_secs(300);
+/// How many of a stuck engine process's last log lines the error quotes.
+const STUCK_LOG_LINES: usize = 40;
 /// How often a running cycle's kill or fault point is checked.
 pub(super) const POLL: Duration = Duration::from_millis(1);
 
@@ -144,6 +151,8 @@ pub(super) struct Runner {
     pub(super) sim: SimHandle,
     pub(super) store: Arc<dyn StateStore>,
     pub(super) driver: Driver,
+    /// [`ConvergeOptions::cycle_deadline`].
+    deadline: Duration,
 }
 
 impl Runner {
@@ -213,6 +222,7 @@ impl Runner {
             sim,
             store,
             driver,
+            deadline: options.cycle_deadline,
         })
     }
 
@@ -240,7 +250,7 @@ impl Runner {
         };
         let start = self.sim.counters().calls_logged;
         match &self.driver {
-            Driver::InProcess(p) => Ok(self.cycle_in_process(p, watch, start, &spare, probe).await),
+            Driver::InProcess(p) => self.cycle_in_process(p, watch, start, &spare, probe).await,
             Driver::Process(c) => {
                 self.cycle_in_child(c, watch, start, &spare, mark, probe)
                     .await
@@ -369,16 +379,25 @@ impl Runner {
         start: u64,
         spare: &str,
         probe: &dyn CrmProbe,
-    ) -> Cycle {
+    ) -> Result<Cycle, ConvergeError> {
         let cancel = CancellationToken::new();
         let options = CycleOptions::default();
         let mut fired = false;
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let result = {
             let cycle = p.engine.run_one_cycle(&options, &cancel);
             tokio::pin!(cycle);
             loop {
                 tokio::select! {
                     r = &mut cycle => break r,
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err(ConvergeError::Stuck {
+                            seed: self.seed,
+                            from_request: start,
+                            deadline: self.deadline,
+                            log_tail: String::new(),
+                        });
+                    }
                     () = tokio::time::sleep(POLL) => {
                         let calls = self.sim.counters().calls_logged;
                         match watch {
@@ -407,7 +426,7 @@ impl Runner {
             Err(EngineError::Cancelled) => Ran::Cancelled,
             Err(e) => Ran::Failed(e.to_string()),
         };
-        Cycle { ran, fired }
+        Ok(Cycle { ran, fired })
     }
 
     /// Ends the sync lease a SIGKILLed `sync --once` left behind. A real restart waits for the
@@ -497,11 +516,27 @@ impl Runner {
                 ))
             })?;
         let mut fired = false;
+        let started = std::time::Instant::now();
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) => {}
                 Err(e) => return Err(self.setup_error(format!("waiting for the engine: {e}"))),
+            }
+            if started.elapsed() >= self.deadline {
+                let _ = child.kill().await;
+                let log = std::fs::read_to_string(&err_path).unwrap_or_default();
+                let log = log
+                    .get(usize::try_from(err_from).unwrap_or(0)..)
+                    .unwrap_or("");
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(STUCK_LOG_LINES)..].join("\n");
+                return Err(ConvergeError::Stuck {
+                    seed: self.seed,
+                    from_request: start,
+                    deadline: self.deadline,
+                    log_tail: tail,
+                });
             }
             tokio::time::sleep(POLL).await;
             // A kill acts once; dropping connections goes on until the cycle ends.
