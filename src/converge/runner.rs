@@ -50,9 +50,9 @@ pub(super) trait CrmProbe {
 /// Sim time between two cycles.
 pub(super) const TICK: Duration = Duration::from_secs(30);
 /// The longest a cycle may run in real time, by default, before the harness stops it and fails
-/// the seed ([`ConvergeError::Stuck`]). A cycle takes well under a second; the limit turns an engine
-/// waiting on something that never comes into an error naming the cycle, with the end of its
-/// log, rather than a test run that never ends.
+/// the seed ([`ConvergeError::Stuck`]). A cycle takes well under a second; the limit turns an
+/// engine waiting on something that never comes into an error naming the cycle, with the end of
+/// its log, rather than a test run that never ends.
 pub const CYCLE_DEADLINE: Duration = Duration::from_secs(300);
 /// How many of a stuck engine process's last log lines the error quotes.
 const STUCK_LOG_LINES: usize = 40;
@@ -525,10 +525,7 @@ impl Runner {
             }
             if started.elapsed() >= self.deadline {
                 let _ = child.kill().await;
-                let log = std::fs::read_to_string(&err_path).unwrap_or_default();
-                let log = log
-                    .get(usize::try_from(err_from).unwrap_or(0)..)
-                    .unwrap_or("");
+                let log = cycle_log(&err_path, err_from);
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(STUCK_LOG_LINES)..].join("\n");
                 return Err(ConvergeError::Stuck {
@@ -574,11 +571,7 @@ impl Runner {
                 Err(e) => Ran::Failed(format!("the summary does not parse: {e}")),
             },
             (code, signal) => {
-                let err = read(&err_path);
-                let err = err
-                    .get(usize::try_from(err_from).unwrap_or(0)..)
-                    .unwrap_or("");
-                let message = err
+                let message = cycle_log(&err_path, err_from)
                     .lines()
                     .rev()
                     .find_map(|l| l.strip_prefix("error: "))
@@ -617,6 +610,15 @@ impl Runner {
             Driver::Process(_) => false,
         }
     }
+}
+
+/// Returns this cycle's part of a child's stderr log: from byte `from` on (a kept log holds
+/// every earlier cycle's too), empty when it cannot be read.
+fn cycle_log(path: &Path, from: u64) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    log.get(usize::try_from(from).unwrap_or(0)..)
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// Returns the commit hook that aborts the N-th commit from now (N in `left`; a process killed
