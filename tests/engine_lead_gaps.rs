@@ -30,20 +30,24 @@ fn failed(s: &marketo_sync::engine::CycleSummary) -> u64 {
         .sum()
 }
 
-#[tokio::test]
-async fn company_fields_of_a_linked_lead_go_to_the_company() {
+/// A test app whose lead mapping syncs `company`, with two synced contacts: `linked`, whose lead is linked to Marketo company
+/// `acct-1` ("Acme"), and `solo`, whose lead has no company ("Solo Ltd").
+struct Contacts {
+    linked: String,
+    solo: String,
+    lead: i64,
+    solo_lead: i64,
+}
+
+async fn linked_and_solo() -> (TestApp, Contacts) {
     let app = TestApp::with(Options {
         edit_mapping: Some(map_company),
         ..Options::default()
     })
     .await;
+    let acme = json!({"externalCompanyId": "acct-1", "company": "Acme"});
     app.sim
-        .upsert_company(
-            json!({"externalCompanyId": "acct-1", "company": "Acme"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )
+        .upsert_company(acme.as_object().unwrap().clone())
         .unwrap();
     let linked = app
         .crm_insert_contact("linked@example.com", "Lin", "Ked")
@@ -62,6 +66,24 @@ async fn company_fields_of_a_linked_lead_go_to_the_company() {
     app.marketo_update(lead, json!({"externalCompanyId": "acct-1"}));
     app.settle(4).await;
     assert_eq!(app.marketo_lead(lead).unwrap()["company"], json!("Acme"));
+    let contacts = Contacts {
+        linked,
+        solo,
+        lead,
+        solo_lead,
+    };
+    (app, contacts)
+}
+
+#[tokio::test]
+async fn company_fields_of_a_linked_lead_go_to_the_company() {
+    let (app, contacts) = linked_and_solo().await;
+    let Contacts {
+        linked,
+        solo,
+        lead,
+        solo_lead,
+    } = contacts;
 
     let from = app.sim.request_log().len();
     app.crm_update_contact(&linked, "company", "Acme Corp")
@@ -112,6 +134,109 @@ async fn company_fields_of_a_linked_lead_go_to_the_company() {
     let c = app.crm_contact(&linked).await.unwrap();
     assert_eq!(text(&c.fields, "company").as_deref(), Some("Acme Corp"));
     app.cleanup().await;
+}
+
+/// A dry run plans the lead writes as the cycle makes them: a linked lead's company-type field
+/// as an update of the lead whose values go to its company (said in the plan row), an unlinked
+/// lead's through the lead, and a Marketo-only lead's new CRM row, followed by its new CRM id
+/// written back into the lead. Nothing is written.
+#[tokio::test]
+async fn a_dry_run_plans_lead_writes_with_their_company_and_the_crm_id_write_back() {
+    use marketo_sync::engine::summary::PlannedAction;
+    let (app, contacts) = linked_and_solo().await;
+    let Contacts {
+        linked,
+        solo,
+        lead,
+        solo_lead,
+    } = contacts;
+
+    app.crm_update_contact(&linked, "company", "Acme Corp")
+        .await;
+    app.crm_update_contact(&solo, "company", "Solo Two").await;
+    let new_lead = app.marketo_create(json!({"email": "new@example.com", "firstName": "Nu"}));
+    let from = app.sim.request_log().len();
+    let s = app.dry_cycle().await;
+    let to_marketo = |source: &str| {
+        s.plan
+            .iter()
+            .find(|c| {
+                c.object == "leads"
+                    && c.direction == Direction::CrmToMarketo
+                    && c.source_key.as_deref() == Some(source)
+            })
+            .unwrap_or_else(|| panic!("no plan row from contact {source}: {:?}", s.plan))
+    };
+    let company_value = |c: &marketo_sync::engine::summary::PlannedChange| {
+        c.changes
+            .iter()
+            .find(|f| f.field == "company")
+            .map(|f| f.after.clone())
+    };
+    let row = to_marketo(&linked);
+    assert_eq!(row.action, PlannedAction::Update);
+    assert_eq!(row.target_key.as_deref(), Some(lead.to_string().as_str()));
+    assert_eq!(
+        row.note.as_deref(),
+        Some("company fields go to company acct-1")
+    );
+    assert_eq!(company_value(row), Some(json!("Acme Corp")));
+    let row = to_marketo(&solo);
+    assert_eq!(
+        row.target_key.as_deref(),
+        Some(solo_lead.to_string().as_str())
+    );
+    assert_eq!(
+        row.note, None,
+        "an unlinked lead's company field goes through the lead"
+    );
+    assert_eq!(company_value(row), Some(json!("Solo Two")));
+    let created = s
+        .plan
+        .iter()
+        .find(|c| {
+            c.direction == Direction::MarketoToCrm
+                && c.source_key.as_deref() == Some(new_lead.to_string().as_str())
+        })
+        .unwrap_or_else(|| panic!("no plan row of lead {new_lead}: {:?}", s.plan));
+    assert_eq!(created.action, PlannedAction::Create);
+    let note = created.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("then the new CRM id goes into the lead's "),
+        "{note}"
+    );
+    // Nothing was written: no write call, the company and the CRM as they were.
+    let writes: Vec<_> = app.sim.request_log()[from..]
+        .iter()
+        .filter(|e| e.method == "POST" && !e.path.contains("/oauth/"))
+        .map(|e| e.path.clone())
+        .collect();
+    assert!(
+        writes
+            .iter()
+            .all(|p| !p.ends_with("/leads.json") && !p.ends_with("/companies.json")),
+        "{writes:?}"
+    );
+    assert_eq!(app.sim.company("acct-1").unwrap()["company"], json!("Acme"));
+    assert!(app.marketo_by_email("new@example.com").len() == 1);
+    assert_eq!(find_count(&app, "new@example.com").await, 0);
+
+    // The real cycle makes the writes the dry run planned.
+    let s = app.run_cycle().await;
+    assert_eq!(failed(&s), 0, "{s:?}");
+    assert_eq!(
+        app.sim.company("acct-1").unwrap()["company"],
+        json!("Acme Corp")
+    );
+    assert_eq!(find_count(&app, "new@example.com").await, 1);
+    app.cleanup().await;
+}
+
+/// Returns how many CRM contacts hold this email.
+async fn find_count(app: &TestApp, email: &str) -> usize {
+    let email = [Value::Text(email.into())];
+    let found = app.crm.find("contacts", "email", &email).await;
+    found.expect("find").len()
 }
 
 #[tokio::test]

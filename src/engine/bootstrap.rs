@@ -2509,6 +2509,7 @@ impl Run<'_> {
                 plan,
                 spec,
                 previous: &previous,
+                marketo: None,
             };
             let batch = CrmBatch {
                 rows,
@@ -2637,6 +2638,7 @@ fn inbound_pair(plan: &Plan, key: String, read: Observed, link: Option<Link>) ->
         marketo: Seen::Read(read),
         // Nothing is written to Marketo: its side is the one read.
         key_fields: Fields::new(),
+        marketo_extra: Fields::new(),
         crm_extra,
         marketo_key: key,
     }

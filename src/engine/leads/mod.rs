@@ -23,11 +23,13 @@
 //! - `mod.rs`: the step's flow ([`run`]) and the on-demand sync of one lead ([`sync_one`]);
 //! - `gather.rs`: the Marketo activity, deleted-lead and bulk-export reads, the CRM change
 //!   feeds, due ledger retries, and the watermarks the step commits;
-//! - `pairing.rs`: pairing by link and by the keys each side holds, reconcile;
+//! - `pairing.rs`: pairing by link and by the keys each side holds;
 //! - `matching.rs`: the match-field (email) match and same-key groups (duplicates, ambiguous
 //!   matches held in the ledger);
-//! - `write.rs`: the Marketo and CRM writes (or a dry run's plan rows), the CRM-id write-back,
-//!   links and conflicts;
+//! - `write.rs`: the pairs through the pipeline's two-way runner (reconcile, writes or a dry
+//!   run's plan rows, ledger, links), with leads' Marketo side (creates by the CRM-key field,
+//!   updates by id, company routing), then the CRM-id write-back and the delete policy of
+//!   leads gone from either side;
 //! - `merges.rs`: Marketo lead merges, links recovered from the CRM after a killed cycle;
 //! - `conversion.rs`: CRM lead conversion, leads held by unconverted CRM leads;
 //! - `deletes.rs`: deletions both ways, CRM merges carried to Marketo;

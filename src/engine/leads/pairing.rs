@@ -15,7 +15,7 @@ use super::records::{CRec, MLead, Pair, c_rec, live};
 use super::step::Step;
 use super::write;
 use crate::config::{DeletePolicy, SyncSettings};
-use crate::engine::reconcile::{self, FieldRule, Reconciled, SideState, reconcile};
+use crate::engine::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use crate::engine::{CycleSummary, EngineError};
 use crate::model::{Fields, Side};
 use crate::store::{Link, TombstoneKind};
@@ -58,14 +58,7 @@ pub(super) async fn sync_pairs(
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-    let decided = reconcile_pairs(step, &pairs);
-    write::apply_marketo(step, &mut pairs, &decided, summary).await?;
-    if cancel.is_cancelled() {
-        return Err(EngineError::Cancelled);
-    }
-    let created = write::apply_crm(step, &mut pairs, &decided, summary).await?;
-    write::write_back_crm_ids(step, &pairs, &created).await?;
-    write::record_agreed(step, &pairs, &decided, summary);
+    write::write_pairs(step, &pairs, summary, cancel).await?;
     Ok(())
 }
 
@@ -379,22 +372,6 @@ async fn read_lead_partners(
         p.m_id = None;
     }
     Ok(())
-}
-
-/// Reconciles every pair with a record read against its link's base.
-fn reconcile_pairs(step: &Step<'_>, pairs: &[Pair]) -> Vec<(usize, Reconciled)> {
-    let rules = reconcile::rules(step.plan);
-    pairs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.m.is_some() || p.c.is_some())
-        .map(|(i, p)| {
-            (
-                i,
-                reconcile_pair(&rules, p.link.as_ref(), p.m.as_ref(), p.c.as_ref()),
-            )
-        })
-        .collect()
 }
 
 /// Reconciles one pair three-way against its link's agreed values (none when not linked: every

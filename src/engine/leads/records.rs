@@ -8,7 +8,7 @@ use crate::mapping::Plan;
 use crate::marketo::Record;
 use crate::marketo::model::parse_marketo_datetime;
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, Link};
+use crate::store::Link;
 
 /// A Marketo lead as read this cycle.
 #[derive(Debug, Clone)]
@@ -37,7 +37,6 @@ pub(super) struct Pair {
     pub link: Option<Link>,
     pub m: Option<MLead>,
     pub c: Option<CRec>,
-    pub failed: bool,
 }
 
 impl Pair {
@@ -143,14 +142,6 @@ pub(super) fn live(links: Vec<Link>) -> Vec<Link> {
         .into_iter()
         .filter(|l| l.tombstone.is_none())
         .collect()
-}
-
-/// Returns the direction that writes to `target`.
-pub(super) fn direction_to(target: Side) -> Direction {
-    match target {
-        Side::Crm => Direction::MarketoToCrm,
-        Side::Marketo => Direction::CrmToMarketo,
-    }
 }
 
 /// Returns a record's match key: its match-field values, lowercased (none when one is empty).

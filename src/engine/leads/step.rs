@@ -122,14 +122,6 @@ impl<'a> Step<'a> {
         self.commit.errors_upsert.push(entry);
     }
 
-    /// Resolves the open entry of `record_key`, if there is one.
-    pub(super) fn resolve(&mut self, direction: Direction, record_key: &str) {
-        let key = error_key(LINK_OBJECT, direction, record_key);
-        if self.open.contains_key(&key) {
-            self.commit.errors_resolve.push(key);
-        }
-    }
-
     /// Links lead `m_id` and CRM record `c_id`, agreeing on `base` now.
     pub(super) fn link(&mut self, m_id: i64, c_id: &str, base: Fields) {
         let l = link(LINK_OBJECT, &m_id.to_string(), c_id, base, self.now());

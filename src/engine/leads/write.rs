@@ -1,69 +1,108 @@
-//! The lead writes: reconciled changes go to Marketo first (through the endpoint seam, which
-//! routes company-type fields of a lead linked to a company to that company), then to the CRM;
-//! the new CRM ids go back into the leads' CRM-key field (the CRM-id write-back); and the links,
-//! conflicts and resolved ledger entries of every settled pair go into the step's commit. On a
-//! dry run each write is a plan row instead.
+//! The lead writes, through the pipeline's two-way runner ([`TwoWay`]): each lead pair becomes
+//! a [`SidePair`] (the lead id or, for a lead to create, the CRM key as its Marketo key fields;
+//! the key a side lacks of the other as extra values), and [`LeadSide`] is the runner's Marketo
+//! side: creates upserted by the CRM-key field, updates by id, company-type fields of a lead
+//! linked to a company routed to that company by the endpoint (a dry run's plan row says so).
+//! The runner reconciles, writes Marketo first and then the CRM, counts, keeps the ledger per
+//! side and stages links in the step's one commit; what only leads settle follows the run: a
+//! linked lead gone from Marketo and a lead whose CRM record was deleted there follow the
+//! delete policy, and each new CRM id goes back into its lead (the CRM-id write-back).
 
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::LINK_OBJECT;
 use super::deletes::apply_policy;
-use super::records::{CRec, Pair, crm_pk, direction_to, text_of};
+use super::records::{CRec, MLead, Pair, crm_pk, text_of};
 use super::step::Step;
 use crate::config::DeletePolicy;
-use crate::crm::{Refusal, RefusalReason, WriteResult};
-use crate::engine::ledger::{self, Failure};
-use crate::engine::pipeline::to_record;
-use crate::engine::reconcile::Reconciled;
-use crate::engine::summary::{PlannedAction, PlannedChange, json_fields};
-use crate::engine::{CycleSummary, EngineError};
+use crate::engine::ledger::Failure;
+use crate::engine::pipeline::commit::error_key;
+use crate::engine::pipeline::spec::TwoWaySpec;
+use crate::engine::pipeline::two_way::{
+    CrmBatch, MarketoOutcome, MarketoSide, MarketoWrite, Observed, Seen, SidePair, TwoWay,
+};
+use crate::engine::{CycleOptions, CycleSummary, EngineError};
 use crate::mapping::Plan;
 use crate::marketo::endpoint::{
     CompanyLink, EndpointSettings, LeadKey, LeadOutcome, LeadWrite, MarketoEndpoint,
     RestBulkEndpoint, WriteMode,
 };
 use crate::marketo::leads::MAX_BATCH;
-use crate::marketo::{Record, SyncAction};
+use crate::marketo::{Record, RefusalKind, SyncAction};
 use crate::model::{Fields, Side, Value};
-use crate::store::{Direction, Link, TombstoneKind};
+use crate::store::{Direction, ErrorKey, SyncError, TombstoneKind};
 
-/// One lead write of a pair.
-struct MWrite {
-    pair: usize,
-    create: bool,
-    lead: LeadWrite,
-}
-
-/// One CRM row write of a pair.
-type CWrite = (usize, Fields);
-
-/// Writes the Marketo side of every reconciled pair (or plans it on a dry run). A linked lead
-/// Marketo no longer has is treated as deleted there: its CRM record follows the delete policy.
-pub(super) async fn apply_marketo(
+/// Reconciles and writes the step's lead pairs through the two-way runner, into the step's
+/// commit, then settles what the runner hands back.
+///
+/// # Errors
+///
+/// A whole-call failure of Marketo, the CRM or the store, or cancellation.
+pub(super) async fn write_pairs(
     step: &mut Step<'_>,
-    pairs: &mut [Pair],
-    decided: &[(usize, Reconciled)],
+    pairs: &[Pair],
     summary: &mut CycleSummary,
+    cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let writes = marketo_writes(step, pairs, decided);
-    let writes = drop_waiting(step, pairs, writes, summary);
-    let endpoint = step.ctx.endpoint(EndpointSettings {
-        bulk_import_threshold: step.bulk_import_threshold,
-        poll: step.poll,
-        ..EndpointSettings::default()
-    });
-    if step.dry_run {
-        return preview_marketo(step, &endpoint, pairs, &writes).await;
-    }
-    let mut gone: Vec<Link> = Vec::new();
-    for create in [true, false] {
-        let batch: Vec<&MWrite> = writes.iter().filter(|w| w.create == create).collect();
-        if !batch.is_empty() {
-            send_marketo(step, &endpoint, pairs, &batch, &mut gone, summary).await?;
-        }
-    }
-    let policy = step.ctx.settings.sync.lead_deletes;
-    for link in gone {
+    let (ctx, plan) = (step.ctx, step.plan);
+    let spec = TwoWaySpec {
+        family: None,
+        ledger: Direction::CrmToMarketo,
+        first: Side::Marketo,
+        update_key: crm_pk(ctx, plan).await,
+        keys_in_base: false,
+    };
+    let side = LeadSide {
+        plan,
+        endpoint: ctx.endpoint(EndpointSettings {
+            bulk_import_threshold: step.bulk_import_threshold,
+            poll: step.poll,
+            ..EndpointSettings::default()
+        }),
+        companies: pairs
+            .iter()
+            .filter_map(|p| p.m.as_ref())
+            .map(|m| (m.id.to_string(), m.external_company_id.clone()))
+            .collect(),
+        open: &step.open,
+    };
+    let no_family_entries = BTreeMap::new();
+    let runner = TwoWay {
+        ctx,
+        plan,
+        spec: &spec,
+        previous: &no_family_entries,
+        marketo: Some(&side),
+    };
+    let rows = ctx
+        .crm
+        .capabilities(&plan.crm_object)
+        .map_or(500, |c| c.max_batch_write)
+        .max(1);
+    let options = CycleOptions {
+        dry_run: step.dry_run,
+    };
+    let batch = CrmBatch {
+        rows,
+        options: &options,
+        cancel,
+    };
+    let settled = runner
+        .run_into(side_pairs(plan, pairs), &mut step.commit, summary, &batch)
+        .await?;
+    let policy = ctx.settings.sync.lead_deletes;
+    for key in &settled.gone_marketo {
+        let Some(link) = pairs
+            .iter()
+            .find(|p| p.m_id.is_some_and(|m| m.to_string() == *key))
+            .and_then(|p| p.link.clone())
+        else {
+            continue;
+        };
         tracing::warn!(
             lead = %link.marketo_key,
             crm = %link.crm_key,
@@ -72,280 +111,207 @@ pub(super) async fn apply_marketo(
         apply_policy(step, &link, policy, summary).await?;
         step.tombstone(&link, TombstoneKind::Deleted, Side::Marketo);
     }
-    Ok(())
-}
-
-/// Returns the lead writes of the reconciled pairs: a create for a CRM-only pair (keyed by the
-/// CRM key field), an update by id where values changed or the lead lacks its CRM key.
-fn marketo_writes(step: &Step<'_>, pairs: &[Pair], decided: &[(usize, Reconciled)]) -> Vec<MWrite> {
-    let plan = step.plan;
-    let mut writes = Vec::new();
-    for (i, r) in decided {
-        let p = &pairs[*i];
-        let mut record = to_record(&plan.render(Side::Marketo, &r.to_marketo));
-        let needs_key = match (&p.c_id, &p.m) {
-            (Some(c), Some(m)) => m.crm_key.as_deref() != Some(c.as_str()),
-            (Some(_), None) => p.link.is_none(),
-            _ => false,
-        };
-        match (p.m_id, &p.c_id) {
-            (None, Some(c_id)) => {
-                record.insert(plan.marketo_crm_key.clone(), json!(c_id));
-                let company = CompanyLink::Known(None);
-                let lead = LeadWrite { record, company };
-                writes.push(MWrite {
-                    pair: *i,
-                    create: true,
-                    lead,
-                });
-            }
-            (Some(m_id), _) if !record.is_empty() || needs_key => {
-                if needs_key && let Some(c_id) = &p.c_id {
-                    record.insert(plan.marketo_crm_key.clone(), json!(c_id));
-                }
-                record.insert("id".into(), json!(m_id));
-                // Company-type fields of a lead linked to a company go to the company.
-                let company = match &p.m {
-                    Some(m) => CompanyLink::Known(m.external_company_id.clone()),
-                    None => CompanyLink::Unknown,
-                };
-                let lead = LeadWrite { record, company };
-                writes.push(MWrite {
-                    pair: *i,
-                    create: false,
-                    lead,
-                });
-            }
-            _ => {}
-        }
-    }
-    writes
-}
-
-/// Leaves out the leads refused before and unchanged since: they wait for their retry (or an
-/// operator), counted as skipped.
-fn drop_waiting(
-    step: &Step<'_>,
-    pairs: &mut [Pair],
-    writes: Vec<MWrite>,
-    summary: &mut CycleSummary,
-) -> Vec<MWrite> {
-    let now = step.now();
-    let object = step.plan.object.as_str();
-    let mut sendable = Vec::with_capacity(writes.len());
-    for w in writes {
-        let p = &mut pairs[w.pair];
-        let key = crate::engine::pipeline::commit::error_key(
-            LINK_OBJECT,
-            Direction::CrmToMarketo,
-            &p.record_key(),
-        );
-        let payload = serde_json::Value::Object(w.lead.record.clone());
-        if ledger::waits(step.open.get(&key), &payload, now) {
-            p.failed = true;
-            summary.counts_mut(object, Direction::CrmToMarketo).skipped += 1;
-            continue;
-        }
-        sendable.push(w);
-    }
-    sendable
-}
-
-/// Plans the lead writes of a dry run (with the company the endpoint would route fields to).
-async fn preview_marketo(
-    step: &mut Step<'_>,
-    endpoint: &RestBulkEndpoint,
-    pairs: &[Pair],
-    writes: &[MWrite],
-) -> Result<(), EngineError> {
-    let plan = step.plan;
-    let leads: Vec<LeadWrite> = writes.iter().map(|w| w.lead.clone()).collect();
-    let previews = endpoint.preview_leads(&leads).await?;
-    for (w, preview) in writes.iter().zip(previews) {
-        let p = &pairs[w.pair];
-        // The lead's values now: as read this cycle, else the link's agreed base (a lead
-        // not read this cycle has not changed since).
-        let before =
-            p.m.as_ref()
-                .map(|m| (&m.canon, m.crm_key.clone()))
-                .or_else(|| p.link.as_ref().map(|l| (&l.base, Some(l.crm_key.clone()))))
-                .map(|(canon, crm_key)| {
-                    let mut b = to_record(&plan.render(Side::Marketo, canon));
-                    b.insert(plan.marketo_crm_key.clone(), json!(crm_key));
-                    b
-                });
-        let action = if w.create {
-            PlannedAction::Create
-        } else {
-            PlannedAction::Update
-        };
-        let mut change = PlannedChange::new(&plan.object, Direction::CrmToMarketo, action).fields(
-            &w.lead.record,
-            before.as_ref(),
-            &["id"],
-        );
-        if let Some(c) = &p.c_id {
-            change = change.source(c.clone());
-        }
-        if let (Some(m), false) = (p.m_id, w.create) {
-            change = change.target(m.to_string());
-        }
-        if let Some((company, _)) = &preview.company {
-            change = change.note(format!("company fields go to company {company}"));
-        }
-        step.plan_out.push(change);
-    }
-    Ok(())
-}
-
-/// Sends one batch of lead writes (all creates, upserted by the CRM key field, or all updates
-/// by id) and records each outcome; a linked lead not found goes to `gone`.
-async fn send_marketo(
-    step: &mut Step<'_>,
-    endpoint: &RestBulkEndpoint,
-    pairs: &mut [Pair],
-    batch: &[&MWrite],
-    gone: &mut Vec<Link>,
-    summary: &mut CycleSummary,
-) -> Result<(), EngineError> {
-    let create = batch.first().is_some_and(|w| w.create);
-    let (mode, key) = if create {
-        let field = step.plan.marketo_crm_key.clone();
-        (WriteMode::Upsert, LeadKey::Field(field))
-    } else {
-        (WriteMode::UpdateOnly, LeadKey::Id)
-    };
-    let object = step.plan.object.clone();
-    let leads: Vec<LeadWrite> = batch.iter().map(|w| w.lead.clone()).collect();
-    let outcomes = endpoint
-        .write_leads(&leads, mode, &key, &step.cancel)
-        .await?;
-    for (w, outcome) in batch.iter().zip(outcomes) {
-        let p = &mut pairs[w.pair];
-        let counts = summary.counts_mut(&object, Direction::CrmToMarketo);
-        let refusal = match outcome {
-            LeadOutcome::Created { id } => {
-                counts.created += 1;
-                p.m_id = Some(id);
-                continue;
-            }
-            LeadOutcome::Updated { .. } => {
-                counts.updated += 1;
-                continue;
-            }
-            LeadOutcome::Refused(r) => r,
-        };
-        p.failed = true;
-        if !create
-            && refusal.kind == crate::marketo::RefusalKind::NotFound
-            && refusal.company.is_none()
-            && let Some(link) = &p.link
-        {
-            // The linked lead is gone from Marketo without a deletion or merge this
-            // sync has seen: it is treated as deleted there.
-            gone.push(link.clone());
-            continue;
-        }
-        counts.failed += 1;
-        // The base does not move, so the change is tried again on later cycles.
-        let payload = match &refusal.company {
-            Some(company) => json!({ "company": company }),
-            None => serde_json::Value::Object(w.lead.record.clone()),
-        };
-        step.error(
-            Direction::CrmToMarketo,
-            p.record_key(),
-            p.m_id.map(|m| m.to_string()),
-            payload,
-            Failure::new(refusal.code, refusal.message, refusal.retryable),
-        );
-    }
-    Ok(())
-}
-
-/// Writes the CRM side of every reconciled pair whose Marketo side went through (or plans it
-/// on a dry run); returns the pairs whose CRM record was created.
-pub(super) async fn apply_crm(
-    step: &mut Step<'_>,
-    pairs: &mut [Pair],
-    decided: &[(usize, Reconciled)],
-    summary: &mut CycleSummary,
-) -> Result<Vec<usize>, EngineError> {
-    let (ctx, plan) = (step.ctx, step.plan);
-    let pk = crm_pk(ctx, plan).await;
-    let (creates, updates) = crm_writes(step, pairs, decided, &pk, summary);
-    if step.dry_run {
-        preview_crm(step, pairs, &creates, true, &pk);
-        preview_crm(step, pairs, &updates, false, &pk);
-        return Ok(Vec::new());
-    }
-    let max = ctx
-        .crm
-        .capabilities(&plan.crm_object)
-        .map(|c| c.max_batch_write)
-        .unwrap_or(500)
-        .max(1);
-    let mut created = Vec::new();
-    let mut orphans: Vec<i64> = Vec::new();
-    for (create, list, key) in [
-        (true, creates, plan.crm_marketo_id.clone()),
-        (false, updates, pk.clone()),
-    ] {
-        for chunk in list.chunks(max) {
-            let batch: Vec<Fields> = chunk.iter().map(|(_, f)| f.clone()).collect();
-            let results = ctx.crm.upsert(&plan.crm_object, &key, &batch).await?;
-            for ((i, f), res) in chunk.iter().zip(results) {
-                if crm_outcome(step, &mut pairs[*i], f, res, create, &mut orphans, summary) {
-                    created.push(*i);
-                }
-            }
-        }
-    }
+    let orphans: Vec<i64> = settled
+        .gone_crm
+        .iter()
+        .filter_map(|k| k.parse().ok())
+        .collect();
     settle_orphans(step, &orphans, summary).await?;
-    Ok(created)
+    write_back_crm_ids(step, &settled.created).await
 }
 
-/// Returns the CRM row creates and updates of the reconciled pairs (a linked pair with nothing
-/// to write is counted as skipped).
-fn crm_writes(
-    step: &Step<'_>,
-    pairs: &[Pair],
-    decided: &[(usize, Reconciled)],
-    pk: &str,
-    summary: &mut CycleSummary,
-) -> (Vec<CWrite>, Vec<CWrite>) {
-    let plan = step.plan;
-    let (mut creates, mut updates) = (Vec::new(), Vec::new());
-    for (i, r) in decided {
-        let p = &pairs[*i];
-        if p.failed {
-            continue;
+/// Returns the runner's pairs of the lead pairs with a record read this cycle.
+fn side_pairs(plan: &Plan, pairs: &[Pair]) -> Vec<SidePair> {
+    let mut out = Vec::new();
+    for p in pairs.iter().filter(|p| p.m.is_some() || p.c.is_some()) {
+        let marketo_key = p.m_id.map(|m| m.to_string()).unwrap_or_default();
+        let mut key_fields = Fields::new();
+        match (p.m_id, &p.c_id) {
+            (Some(m_id), _) => {
+                key_fields.insert("id".into(), Value::Int(m_id));
+            }
+            (None, Some(c_id)) => {
+                let key = Value::Text(c_id.clone());
+                key_fields.insert(plan.marketo_crm_key.clone(), key);
+            }
+            (None, None) => continue,
         }
-        let Some(m_id) = p.m_id else { continue };
-        let m_key = m_id.to_string();
-        let Some(c_id) = &p.c_id else {
-            let mut record = plan.render(Side::Crm, &r.to_crm);
-            record.insert(plan.crm_marketo_id.clone(), Value::Text(m_key));
-            creates.push((*i, record));
-            continue;
-        };
-        let update = CrmUpdate {
-            pk,
-            m_key: &m_key,
-            c_id,
-            c: p.c.as_ref(),
-            linked: p.link.is_some(),
-        };
-        match update.row(plan, &r.to_crm) {
-            Some(record) => updates.push((*i, record)),
-            None => {
-                summary
-                    .counts_mut(&plan.object, Direction::MarketoToCrm)
-                    .skipped += 1;
+        // The keys each side lacks of the other: written with the pair's values, or alone.
+        let mut marketo_extra = Fields::new();
+        if let (Some(_), Some(c_id)) = (p.m_id, &p.c_id) {
+            let lacks = match &p.m {
+                Some(m) => m.crm_key.as_deref() != Some(c_id.as_str()),
+                None => p.link.is_none(),
+            };
+            if lacks {
+                let key = Value::Text(c_id.clone());
+                marketo_extra.insert(plan.marketo_crm_key.clone(), key);
             }
         }
+        let mut crm_extra = Fields::new();
+        if p.m_id.is_some() {
+            let lacks = match (&p.c_id, &p.c) {
+                (None, _) => true,
+                (Some(_), Some(c)) => c.marketo_key.as_deref() != Some(marketo_key.as_str()),
+                (Some(_), None) => p.link.is_none(),
+            };
+            if lacks {
+                let key = Value::Text(marketo_key.clone());
+                crm_extra.insert(plan.crm_marketo_id.clone(), key);
+            }
+        }
+        out.push(SidePair {
+            crm_key: p.c_id.clone(),
+            ledger_key: p.record_key(),
+            read_from: if p.m.is_some() {
+                Direction::MarketoToCrm
+            } else {
+                Direction::CrmToMarketo
+            },
+            base: p.link.as_ref().map(|l| l.base.clone()),
+            marketo: Seen::of(p.m.as_ref().map(|m| lead_read(plan, m)), p.m_id.is_some()),
+            crm: Seen::of(p.c.as_ref().map(|c| crm_read(plan, c)), p.c_id.is_some()),
+            marketo_key,
+            key_fields,
+            marketo_extra,
+            crm_extra,
+        });
     }
-    (creates, updates)
+    out
+}
+
+/// A lead as the runner sees it: its values, and as "before" its Marketo fields with its CRM
+/// key.
+fn lead_read(plan: &Plan, m: &MLead) -> Observed {
+    let mut raw = plan.render(Side::Marketo, &m.canon);
+    let key = m.crm_key.clone().map_or(Value::Null, Value::Text);
+    raw.insert(plan.marketo_crm_key.clone(), key);
+    Observed {
+        canonical: m.canon.clone(),
+        raw,
+        modified_at: m.at,
+    }
+}
+
+/// A CRM record as the runner sees it: its values, and as "before" its columns with the
+/// Marketo id it holds.
+fn crm_read(plan: &Plan, c: &CRec) -> Observed {
+    let mut raw = plan.render(Side::Crm, &c.canon);
+    let key = c.marketo_key.clone().map_or(Value::Null, Value::Text);
+    raw.insert(plan.crm_marketo_id.clone(), key);
+    Observed {
+        canonical: c.canon.clone(),
+        raw,
+        modified_at: Some(c.at),
+    }
+}
+
+/// The runner's Marketo side for leads.
+struct LeadSide<'a> {
+    plan: &'a Plan,
+    endpoint: RestBulkEndpoint,
+    /// The `externalCompanyId` of each lead read this cycle, by lead id.
+    companies: HashMap<String, Option<String>>,
+    /// The step's open lead entries.
+    open: &'a HashMap<ErrorKey, SyncError>,
+}
+
+impl LeadSide<'_> {
+    /// Returns the endpoint's lead write of a pair's write.
+    fn lead_write(&self, w: &MarketoWrite<'_>) -> LeadWrite {
+        // Company-type fields of a lead linked to a company go to the company.
+        let company = match self.companies.get(w.marketo_key) {
+            _ if w.create => CompanyLink::Known(None),
+            Some(company) => CompanyLink::Known(company.clone()),
+            None => CompanyLink::Unknown,
+        };
+        LeadWrite {
+            record: w.record.clone(),
+            company,
+        }
+    }
+}
+
+#[async_trait]
+impl MarketoSide for LeadSide<'_> {
+    /// Creates go first, upserted by the CRM-key field; then updates, by id.
+    async fn write(
+        &self,
+        writes: &[MarketoWrite<'_>],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<MarketoOutcome>, EngineError> {
+        let mut out = vec![MarketoOutcome::Updated; writes.len()];
+        for create in [true, false] {
+            let indexes: Vec<usize> = (0..writes.len())
+                .filter(|i| writes[*i].create == create)
+                .collect();
+            if indexes.is_empty() {
+                continue;
+            }
+            let (mode, key) = if create {
+                let field = self.plan.marketo_crm_key.clone();
+                (WriteMode::Upsert, LeadKey::Field(field))
+            } else {
+                (WriteMode::UpdateOnly, LeadKey::Id)
+            };
+            let leads: Vec<LeadWrite> = indexes
+                .iter()
+                .map(|i| self.lead_write(&writes[*i]))
+                .collect();
+            let outcomes = self
+                .endpoint
+                .write_leads(&leads, mode, &key, cancel)
+                .await?;
+            for (i, outcome) in indexes.into_iter().zip(outcomes) {
+                out[i] = lead_outcome(&writes[i], outcome);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn notes(&self, writes: &[MarketoWrite<'_>]) -> Result<Vec<Option<String>>, EngineError> {
+        let leads: Vec<LeadWrite> = writes.iter().map(|w| self.lead_write(w)).collect();
+        let previews = self.endpoint.preview_leads(&leads).await?;
+        Ok(previews
+            .into_iter()
+            .map(|p| {
+                let (company, _) = p.company?;
+                Some(format!("company fields go to company {company}"))
+            })
+            .collect())
+    }
+
+    fn open(&self, direction: Direction, key: &str) -> Option<&SyncError> {
+        self.open.get(&error_key(LINK_OBJECT, direction, key))
+    }
+
+    fn crm_create_note(&self) -> Option<String> {
+        Some(format!(
+            "then the new CRM id goes into the lead's {}",
+            self.plan.marketo_crm_key
+        ))
+    }
+}
+
+/// Returns the runner's outcome of one lead write. A linked lead Marketo no longer has (an
+/// update by id refused as not found) is gone there, without a deletion or merge this sync
+/// has seen.
+fn lead_outcome(w: &MarketoWrite<'_>, outcome: LeadOutcome) -> MarketoOutcome {
+    match outcome {
+        LeadOutcome::Created { id } => MarketoOutcome::Created {
+            key: id.to_string(),
+        },
+        LeadOutcome::Updated { .. } => MarketoOutcome::Updated,
+        LeadOutcome::Refused(r)
+            if !w.create && w.linked && r.kind == RefusalKind::NotFound && r.company.is_none() =>
+        {
+            MarketoOutcome::Gone
+        }
+        LeadOutcome::Refused(r) => MarketoOutcome::Refused {
+            payload: r.company.map(|company| json!({ "company": company })),
+            failure: Failure::new(r.code, r.message, r.retryable),
+        },
+    }
 }
 
 /// The CRM record of a pair that has one (linked, or found by its keys or match fields), as an
@@ -386,98 +352,6 @@ impl CrmUpdate<'_> {
     }
 }
 
-/// Plans the CRM row writes of a dry run.
-fn preview_crm(step: &mut Step<'_>, pairs: &[Pair], list: &[CWrite], create: bool, pk: &str) {
-    let plan = step.plan;
-    for (i, f) in list {
-        let p = &pairs[*i];
-        let before =
-            p.c.as_ref()
-                .map(|c| (&c.canon, c.marketo_key.clone()))
-                .or_else(|| {
-                    p.link
-                        .as_ref()
-                        .map(|l| (&l.base, Some(l.marketo_key.clone())))
-                })
-                .map(|(canon, m_key)| {
-                    let mut b = json_fields(&plan.render(Side::Crm, canon));
-                    b.insert(plan.crm_marketo_id.clone(), json!(m_key));
-                    b
-                });
-        let action = if create {
-            PlannedAction::Create
-        } else {
-            PlannedAction::Update
-        };
-        let mut change = PlannedChange::new(&plan.object, Direction::MarketoToCrm, action).fields(
-            &json_fields(f),
-            before.as_ref(),
-            &[pk],
-        );
-        if let Some(m) = p.m_id {
-            change = change.source(m.to_string());
-        }
-        if let (Some(c), false) = (&p.c_id, create) {
-            change = change.target(c.clone());
-        }
-        if create {
-            change = change.note(format!(
-                "then the new CRM id goes into the lead's {}",
-                plan.marketo_crm_key
-            ));
-        }
-        step.plan_out.push(change);
-    }
-}
-
-/// Records the outcome of one CRM row write; returns true when the pair got its CRM record
-/// now (its id goes back into the lead).
-fn crm_outcome(
-    step: &mut Step<'_>,
-    p: &mut Pair,
-    row: &Fields,
-    res: WriteResult,
-    create: bool,
-    orphans: &mut Vec<i64>,
-    summary: &mut CycleSummary,
-) -> bool {
-    let counts = summary.counts_mut(&step.plan.object, Direction::MarketoToCrm);
-    match res {
-        WriteResult::Created { id } | WriteResult::Updated { id } if create || p.c_id.is_none() => {
-            counts.created += u64::from(create);
-            counts.updated += u64::from(!create);
-            p.c_id = Some(id);
-            return true;
-        }
-        WriteResult::Created { .. } | WriteResult::Updated { .. } => {
-            counts.updated += 1;
-        }
-        WriteResult::Deleted { .. } => {}
-        // The CRM record holding this lead's id was deleted there (the link to it was lost,
-        // say by a crash before the commit): the lead follows the CRM delete policy instead
-        // of being written into a dead record.
-        WriteResult::Refused(Refusal {
-            reason: RefusalReason::Deleted,
-            ..
-        }) if create => {
-            p.failed = true;
-            orphans.extend(p.m_id);
-        }
-        WriteResult::Refused(refusal) => {
-            counts.failed += 1;
-            p.failed = true;
-            step.error(
-                Direction::MarketoToCrm,
-                p.m_id.map(|m| m.to_string()).unwrap_or_default(),
-                p.c_id.clone(),
-                serde_json::Value::Object(to_record(row)),
-                Failure::from(&refusal),
-            );
-        }
-    }
-    false
-}
-
 /// The leads whose CRM record was deleted there follow the CRM delete policy: deleted from
 /// Marketo under `delete`, else left there with a warning.
 async fn settle_orphans(
@@ -506,12 +380,11 @@ async fn settle_orphans(
     Ok(())
 }
 
-/// The CRM-id write-back: the new CRM ids of `created` pairs go into their leads' CRM-key
-/// field (a refusal is one ledger entry).
-pub(super) async fn write_back_crm_ids(
+/// The CRM-id write-back: the new CRM id of each `(lead id, CRM id)` created goes into its
+/// lead's CRM-key field (a refusal is one ledger entry).
+async fn write_back_crm_ids(
     step: &mut Step<'_>,
-    pairs: &[Pair],
-    created: &[usize],
+    created: &[(String, String)],
 ) -> Result<(), EngineError> {
     if created.is_empty() || step.dry_run {
         return Ok(());
@@ -519,11 +392,10 @@ pub(super) async fn write_back_crm_ids(
     let key_field = step.plan.marketo_crm_key.clone();
     let input: Vec<Record> = created
         .iter()
-        .filter_map(|i| {
-            let p = &pairs[*i];
+        .filter_map(|(m_key, c_id)| {
             let mut r = Record::new();
-            r.insert("id".into(), json!(p.m_id?));
-            r.insert(key_field.clone(), json!(p.c_id.clone()?));
+            r.insert("id".into(), json!(m_key.parse::<i64>().ok()?));
+            r.insert(key_field.clone(), json!(c_id));
             Some(r)
         })
         .collect();
@@ -546,45 +418,4 @@ pub(super) async fn write_back_crm_ids(
         }
     }
     Ok(())
-}
-
-/// Records every pair settled on both sides: its conflicts, its link (when its agreed values
-/// or keys moved) and the resolution of its open ledger entries.
-pub(super) fn record_agreed(
-    step: &mut Step<'_>,
-    pairs: &[Pair],
-    decided: &[(usize, Reconciled)],
-    summary: &mut CycleSummary,
-) {
-    let now = step.now();
-    let object = step.plan.object.clone();
-    let no_base = Fields::new();
-    for (i, r) in decided {
-        let p = &pairs[*i];
-        if p.failed {
-            continue;
-        }
-        let (Some(m_id), Some(c_id)) = (p.m_id, p.c_id.clone()) else {
-            continue;
-        };
-        let m_key = m_id.to_string();
-        for c in &r.conflicts {
-            summary
-                .counts_mut(&object, direction_to(c.winner.other()))
-                .conflicts += 1;
-            let conflict = c.record(LINK_OBJECT, &m_key, &c_id, now);
-            step.commit.conflicts.push(conflict);
-        }
-        // Reconciled against the link's base, or none (`pairing::reconcile_pairs`).
-        let base = p.link.as_ref().map_or(&no_base, |l| &l.base);
-        let unchanged = p
-            .link
-            .as_ref()
-            .is_some_and(|l| r.agrees_with(&l.base) && l.marketo_key == m_key && l.crm_key == c_id);
-        if !unchanged {
-            step.link(m_id, &c_id, r.agreed(base));
-        }
-        step.resolve(Direction::MarketoToCrm, &m_key);
-        step.resolve(Direction::CrmToMarketo, &c_id);
-    }
 }

@@ -50,7 +50,7 @@ struct Pair {
 /// Marketo companies into the CRM with it too.
 pub(crate) fn spec(plan: &Plan) -> TwoWaySpec {
     TwoWaySpec {
-        family: ObjectFamily::Companies,
+        family: Some(ObjectFamily::Companies),
         ledger: Direction::CrmToMarketo,
         first: Side::Marketo,
         update_key: plan.crm_marketo_id.clone(),
@@ -122,6 +122,7 @@ async fn run_plan(
         plan,
         spec: &spec,
         previous: &previous,
+        marketo: None,
     };
     runner.run(sides, commit, summary, options, cancel).await
 }
@@ -226,6 +227,7 @@ impl Read<'_> {
             marketo,
             crm,
             key_fields,
+            marketo_extra: Fields::new(),
             crm_extra: Fields::new(),
         })
     }

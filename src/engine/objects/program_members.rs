@@ -301,7 +301,7 @@ impl Member<'_> {
     /// The runner's spec for the CRM object `crm_schema`.
     fn spec(crm_schema: &ObjectSchema) -> TwoWaySpec {
         TwoWaySpec {
-            family: ObjectFamily::ProgramMembers,
+            family: Some(ObjectFamily::ProgramMembers),
             ledger: Direction::MarketoToCrm,
             first: Side::Crm,
             update_key: crm_schema.id_field.clone().unwrap_or_else(|| "id".into()),
@@ -624,6 +624,7 @@ impl Member<'_> {
             plan: self.plan,
             spec: &spec,
             previous: env.previous,
+            marketo: None,
         };
         runner.run(sides, commit, summary, options, cancel).await
     }
@@ -844,6 +845,7 @@ impl Member<'_> {
             plan: self.plan,
             spec: &spec,
             previous: &previous,
+            marketo: None,
         };
         let n = sides.len();
         runner.run(sides, commit, summary, options, cancel).await?;
@@ -1261,6 +1263,7 @@ impl Member<'_> {
                 marketo: marketo_seen,
                 crm: crm_seen,
                 key_fields,
+                marketo_extra: Fields::new(),
                 crm_extra,
             });
         }

@@ -176,7 +176,7 @@ async fn browse(
 /// id; linked rows updated by the table's primary key `pk`.
 fn spec(pk: &str) -> TwoWaySpec {
     TwoWaySpec {
-        family: ObjectFamily::Programs,
+        family: Some(ObjectFamily::Programs),
         ledger: Direction::MarketoToCrm,
         first: Side::Crm,
         update_key: pk.to_owned(),
@@ -270,6 +270,7 @@ pub async fn run(
         plan,
         spec: &spec,
         previous: &previous,
+        marketo: None,
     };
     let n = sides.len();
     runner.run(sides, commit, summary, options, cancel).await?;
@@ -355,6 +356,7 @@ async fn side_pairs(
             marketo: Seen::Read(marketo),
             crm,
             key_fields: Fields::new(),
+            marketo_extra: Fields::new(),
             crm_extra,
         });
     }

@@ -391,7 +391,7 @@ impl Lists<'_> {
             .await?;
         let pk = crm_schema.id_field.clone().unwrap_or_else(|| "id".into());
         let spec = TwoWaySpec {
-            family: ObjectFamily::ListMembers,
+            family: Some(ObjectFamily::ListMembers),
             ledger: Direction::MarketoToCrm,
             first: Side::Crm,
             update_key: pk,
@@ -402,6 +402,7 @@ impl Lists<'_> {
             plan: self.plan,
             spec: &spec,
             previous: &previous,
+            marketo: None,
         };
         let n = sides.len();
         runner.run(sides, commit, summary, options, cancel).await?;
@@ -675,6 +676,7 @@ impl Lists<'_> {
                 marketo: marketo_seen,
                 crm: crm_seen,
                 key_fields,
+                marketo_extra: Fields::new(),
                 crm_extra,
             });
         }

@@ -1,5 +1,5 @@
-//! The sync pipeline: one runner for every object other than leads, in stages named as
-//! DESIGN section 2 says: gather -> canonical -> pair -> reconcile -> render -> write -> commit.
+//! The sync pipeline: one runner for every object, in stages named as DESIGN section 2 says:
+//! gather -> canonical -> pair -> reconcile -> render -> write -> commit.
 //!
 //! - [`gather`]: the CRM change feed from its stored cursor, due ledger retries, Marketo reads;
 //!   or, on demand ([`Scope::Record`]: `sync --record`, `POST /sync/crm/{object}/{id}`), one CRM
@@ -12,8 +12,10 @@
 //!   it counts every record from its outcome.
 //! - [`commit`]: one [`crate::store::StepCommit`] per step.
 //! - [`two_way`]: the reconcile, render, write and commit stages of an object that flows both
-//!   ways or from Marketo to the CRM ([`two_way::TwoWay`], used by companies and by custom
-//!   objects read from Marketo): the object gathers its record pairs, the runner does the rest.
+//!   ways or from Marketo to the CRM ([`two_way::TwoWay`], used by leads, companies, programs,
+//!   list and program members, and custom objects read from Marketo): the object gathers its
+//!   record pairs, the runner does the rest. Leads, which are no object family, bring their own
+//!   Marketo side ([`two_way::MarketoSide`]: lead writes with company routing).
 //!
 //! An object contributes an [`spec::ObjectSpec`] (CRM -> Marketo: its Marketo family and key
 //! hooks) or a [`spec::TwoWaySpec`] (both ways: ledger keying, write order, CRM key); the registry

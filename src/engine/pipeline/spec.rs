@@ -97,8 +97,9 @@ pub(crate) struct ObjectSpec<'a> {
 /// [`super::two_way::TwoWay`]: where its records go in Marketo, how its pairs are named in the
 /// ledger, which side is written first, and how its CRM rows are keyed.
 pub(crate) struct TwoWaySpec {
-    /// The Marketo family written to.
-    pub family: ObjectFamily,
+    /// The Marketo family written to; `None` for an object whose runner writes Marketo through
+    /// its own [`super::two_way::MarketoSide`] hook (leads).
+    pub family: Option<ObjectFamily>,
     /// The direction whose ledger names a pair: [`Direction::CrmToMarketo`] by its CRM key
     /// (companies), [`Direction::MarketoToCrm`] by its Marketo key (custom objects read from
     /// Marketo).
@@ -119,7 +120,7 @@ impl TwoWaySpec {
     /// rows updated by the Marketo-id column that created them.
     pub(crate) fn marketo_to_crm(family: ObjectFamily, plan: &Plan) -> TwoWaySpec {
         TwoWaySpec {
-            family,
+            family: Some(family),
             ledger: Direction::MarketoToCrm,
             first: Side::Crm,
             update_key: plan.crm_marketo_id.clone(),

@@ -12,9 +12,16 @@
 //!   counted from its typed outcome, and a refused one is one ledger entry;
 //! - **commit**: a pair's link moves only when a write landed and none failed, in the step's one
 //!   [`StepCommit`].
+//!
+//! An object whose Marketo records are not an object family (leads) writes them through a
+//! [`MarketoSide`] hook instead: the hook owns the wire (creates by the CRM-key field, updates by
+//! id, company routing), and the runner carries a key Marketo made on a create into the CRM row
+//! of the pair, keeps the pair's ledger entries per side, and hands back what only the object
+//! can settle ([`Settled`]: records gone from either side, the CRM rows created).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +31,7 @@ use super::commit::{self, error_key, ledger_entry, link};
 use super::spec::TwoWaySpec;
 use super::write::{CRM_ROW_BATCH, PlannedWrite, apply_marketo, planned_change};
 use super::{key_text, to_record};
-use crate::crm::WriteResult;
+use crate::crm::{RefusalReason, WriteResult};
 use crate::engine::ledger::{self, Failure, Subject};
 use crate::engine::reconcile::{FieldRule, Reconciled, SideState, reconcile};
 use crate::engine::summary::{PlannedAction, PlannedChange};
@@ -134,6 +141,9 @@ pub(crate) struct SidePair {
     pub crm: Seen,
     /// The Marketo fields that identify the record, sent with every Marketo write.
     pub key_fields: Fields,
+    /// Marketo fields the record lacks (a lead's CRM key): sent with its Marketo write, and a
+    /// write is made for them alone when nothing else changed.
+    pub marketo_extra: Fields,
     /// CRM columns sent with every CRM write of the pair (the object's hook: a custom record's
     /// contact, a new row's Marketo id).
     pub crm_extra: Fields,
@@ -161,6 +171,10 @@ pub(crate) struct PairWrite {
     pub ledger_key: String,
     /// The Marketo write, if any.
     pub to_marketo: Option<PlannedWrite>,
+    /// True when the Marketo write creates the record (Marketo has none yet).
+    pub marketo_create: bool,
+    /// True when the pair is linked.
+    pub linked: bool,
     /// The CRM write, if any.
     pub to_crm: Option<CrmWrite>,
     /// The agreed values once every write landed.
@@ -178,6 +192,104 @@ impl PairWrite {
     }
 }
 
+/// One Marketo write of a pair, as a [`MarketoSide`] hook sends it.
+pub(crate) struct MarketoWrite<'a> {
+    /// The Marketo key of the pair (empty for a record the write creates).
+    pub marketo_key: &'a str,
+    /// The record to send, with the pair's key fields.
+    pub record: &'a Record,
+    /// True when the write creates the record.
+    pub create: bool,
+    /// True when the pair is linked (a linked record Marketo no longer has is gone, not refused).
+    pub linked: bool,
+}
+
+/// What became of one [`MarketoWrite`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum MarketoOutcome {
+    /// Created, with the key Marketo gave it.
+    Created {
+        /// The new record's Marketo key.
+        key: String,
+    },
+    /// Updated (or, for a create, found by its key and updated: its Marketo key stays unknown
+    /// this cycle and the pair is settled by a later one).
+    Updated,
+    /// A linked record Marketo no longer has: gone there (the object applies its policy).
+    Gone,
+    /// Refused: one ledger entry, with the payload the hook names (else the record).
+    Refused {
+        /// Marketo's code and message, retryable or not.
+        failure: Failure,
+        /// What the entry shows instead of the record (a company write's record).
+        payload: Option<Json>,
+    },
+}
+
+/// The Marketo side of an object whose records are not an object family (leads): the hook
+/// writes them and previews them, and holds the object's open ledger entries of both
+/// directions. With a hook, each direction's ledger entry of a pair is keyed by the key of the
+/// side it was read from (CRM -> Marketo by the CRM key, Marketo -> CRM by the Marketo key),
+/// and a pair that settles resolves both.
+#[async_trait]
+pub(crate) trait MarketoSide: Sync {
+    /// Writes the records and returns one outcome per write, in input order.
+    ///
+    /// # Errors
+    ///
+    /// A whole-call Marketo failure, or cancellation.
+    async fn write(
+        &self,
+        writes: &[MarketoWrite<'_>],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<MarketoOutcome>, EngineError>;
+
+    /// Returns a dry run's note of each write (where its values would go), in input order.
+    ///
+    /// # Errors
+    ///
+    /// A whole-call Marketo failure.
+    async fn notes(&self, writes: &[MarketoWrite<'_>]) -> Result<Vec<Option<String>>, EngineError>;
+
+    /// Returns the open ledger entry of `key` in `direction`.
+    fn open(&self, direction: Direction, key: &str) -> Option<&SyncError>;
+
+    /// The note of a dry run's CRM row create (what follows it on the Marketo side).
+    fn crm_create_note(&self) -> Option<String>;
+}
+
+/// What a run hands back for its object to settle (with a [`MarketoSide`] hook).
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    /// The links the step staged (a created row's link holds its new CRM id).
+    pub links: Vec<Link>,
+    /// `(Marketo key, new CRM id)` of each CRM row created.
+    pub created: Vec<(String, String)>,
+    /// The Marketo keys of linked records Marketo no longer has.
+    pub gone_marketo: Vec<String>,
+    /// The Marketo keys whose new CRM row the CRM refused as deleted there (the row holding
+    /// that key was deleted in the CRM).
+    pub gone_crm: Vec<String>,
+}
+
+/// Returns the key of a pair's ledger entry in `direction`: the pair's ledger key, or, kept
+/// per side, the key of the side the direction reads from.
+fn key_in(
+    per_side: bool,
+    direction: Direction,
+    ledger_key: &str,
+    marketo_key: &str,
+    crm_key: Option<&str>,
+) -> String {
+    match direction {
+        _ if !per_side => ledger_key,
+        Direction::CrmToMarketo => crm_key.unwrap_or(ledger_key),
+        Direction::MarketoToCrm if marketo_key.is_empty() => ledger_key,
+        Direction::MarketoToCrm => marketo_key,
+    }
+    .to_owned()
+}
+
 /// What the write stage learned, by index of the pair's write, and the step's commit.
 #[derive(Default)]
 struct Landed {
@@ -189,6 +301,10 @@ struct Landed {
     failed: BTreeSet<usize>,
     /// The ids of CRM rows created.
     created: BTreeMap<usize, String>,
+    /// The keys Marketo gave records it created (through a [`MarketoSide`]).
+    marketo_keys: BTreeMap<usize, String>,
+    /// What the object settles.
+    settled: Settled,
 }
 
 /// How [`TwoWay::run_batched`] writes: CRM rows per write call, the step's options and its
@@ -212,6 +328,8 @@ pub(crate) struct TwoWay<'a> {
     pub spec: &'a TwoWaySpec,
     /// The object's open ledger entries by record key.
     pub previous: &'a BTreeMap<String, SyncError>,
+    /// The object's own Marketo side, when its records are not an object family (leads).
+    pub marketo: Option<&'a dyn MarketoSide>,
 }
 
 /// Returns the reconcile rules of a plan's enabled, non-constant fields.
@@ -235,6 +353,46 @@ pub(crate) fn unreadable(
     warn!(object, key, error = %error, "unreadable record skipped");
 }
 
+/// Returns the hook's view of a pair's Marketo write.
+fn marketo_write_of<'a>(w: &'a PairWrite, m: &'a PlannedWrite) -> MarketoWrite<'a> {
+    MarketoWrite {
+        marketo_key: &w.marketo_key,
+        record: &m.record,
+        create: w.marketo_create,
+        linked: w.linked,
+    }
+}
+
+/// Returns the plan row of a Marketo write through a [`MarketoSide`] hook.
+fn side_change(
+    object: &str,
+    w: &PairWrite,
+    m: &PlannedWrite,
+    note: Option<String>,
+) -> PlannedChange {
+    let action = if w.marketo_create {
+        PlannedAction::Create
+    } else {
+        PlannedAction::Update
+    };
+    let key_names: Vec<&str> = m.key_names.iter().map(String::as_str).collect();
+    let mut change = PlannedChange::new(object, Direction::CrmToMarketo, action).fields(
+        &m.record,
+        m.before.as_ref(),
+        &key_names,
+    );
+    if let Some(crm_key) = &w.crm_key {
+        change = change.source(crm_key.clone());
+    }
+    if !w.marketo_create {
+        change = change.target(w.marketo_key.clone());
+    }
+    match note {
+        Some(note) => change.note(note),
+        None => change,
+    }
+}
+
 impl TwoWay<'_> {
     fn object(&self) -> &str {
         self.plan.object.as_str()
@@ -242,7 +400,61 @@ impl TwoWay<'_> {
 
     /// Returns the open ledger entry of `key` in `direction`.
     fn previous_in(&self, key: &str, direction: Direction) -> Option<&SyncError> {
-        self.previous.get(key).filter(|e| e.direction == direction)
+        match self.marketo {
+            Some(side) => side.open(direction, key),
+            None => self.previous.get(key).filter(|e| e.direction == direction),
+        }
+    }
+
+    /// True when the pair's ledger entries are kept per side (see [`MarketoSide`]).
+    fn per_side(&self) -> bool {
+        self.marketo.is_some()
+    }
+
+    /// Returns the key of a pair's ledger entry in `direction`.
+    fn pair_key(&self, pair: &SidePair, direction: Direction) -> String {
+        let crm_key = pair.crm_key.as_deref();
+        key_in(
+            self.per_side(),
+            direction,
+            &pair.ledger_key,
+            &pair.marketo_key,
+            crm_key,
+        )
+    }
+
+    /// Returns the key of a write's ledger entry in `direction`.
+    fn write_key(&self, w: &PairWrite, direction: Direction) -> String {
+        let crm_key = w.crm_key.as_deref();
+        key_in(
+            self.per_side(),
+            direction,
+            &w.ledger_key,
+            &w.marketo_key,
+            crm_key,
+        )
+    }
+
+    /// Resolves the open entries of a settled pair: the ledger direction's, or, kept per side,
+    /// both.
+    fn resolve(&self, keys: [String; 2], commit: &mut StepCommit) {
+        let object = self.object();
+        let directions = if self.per_side() {
+            vec![Direction::CrmToMarketo, Direction::MarketoToCrm]
+        } else {
+            vec![self.spec.ledger]
+        };
+        for direction in directions {
+            let key = match direction {
+                Direction::CrmToMarketo => &keys[0],
+                Direction::MarketoToCrm => &keys[1],
+            };
+            if self.previous_in(key, direction).is_some() {
+                commit
+                    .errors_resolve
+                    .push(error_key(object, direction, key));
+            }
+        }
     }
 
     /// Reconciles, writes (or plans, on a dry run) and commits the step's pairs.
@@ -282,14 +494,36 @@ impl TwoWay<'_> {
         summary: &mut CycleSummary,
         batch: &CrmBatch<'_>,
     ) -> Result<Vec<Link>, EngineError> {
+        let settled = self.run_into(pairs, &mut commit, summary, batch).await?;
+        // A dry run commits nothing (its watermarks included).
+        if !batch.options.dry_run {
+            commit::finish(self.ctx, commit).await?;
+        }
+        Ok(settled.links)
+    }
+
+    /// The stages of [`TwoWay::run_batched`] without the commit: the step's store writes go into
+    /// `commit` (the object commits them with its own, in one transaction), and what only the
+    /// object can settle comes back.
+    ///
+    /// # Errors
+    ///
+    /// A whole-call failure of the CRM, Marketo or the store, or cancellation.
+    pub(crate) async fn run_into(
+        &self,
+        pairs: Vec<SidePair>,
+        commit: &mut StepCommit,
+        summary: &mut CycleSummary,
+        batch: &CrmBatch<'_>,
+    ) -> Result<Settled, EngineError> {
         let (options, cancel) = (batch.options, batch.cancel);
-        let writes = self.reconcile_pairs(pairs, &mut commit, summary);
+        let mut writes = self.reconcile_pairs(pairs, commit, summary);
         if options.dry_run {
-            self.plan_rows(&writes, summary);
-            return Ok(Vec::new());
+            self.plan_rows(&writes, summary).await?;
+            return Ok(Settled::default());
         }
         let mut landed = Landed {
-            commit,
+            commit: std::mem::take(commit),
             ..Landed::default()
         };
         let second = match self.spec.first {
@@ -301,6 +535,7 @@ impl TwoWay<'_> {
                 Side::Marketo => {
                     self.write_marketo(&writes, &mut landed, summary, cancel)
                         .await?;
+                    self.stamp_new_keys(&mut writes, &landed);
                 }
                 Side::Crm => {
                     self.write_crm(&writes, &mut landed, summary, batch).await?;
@@ -308,9 +543,35 @@ impl TwoWay<'_> {
             }
         }
         self.link_landed(writes, &mut landed);
-        let links = landed.commit.links_upsert.clone();
-        commit::finish(self.ctx, landed.commit).await?;
-        Ok(links)
+        landed.settled.links = landed.commit.links_upsert.clone();
+        *commit = landed.commit;
+        Ok(landed.settled)
+    }
+
+    /// Carries each key Marketo gave a record it created into the pair's write: the link's
+    /// Marketo key, and the CRM row's Marketo-id column (a row updated by its own key; one
+    /// keyed by the Marketo-id column gets it from its key).
+    fn stamp_new_keys(&self, writes: &mut [PairWrite], landed: &Landed) {
+        let column = &self.plan.crm_marketo_id;
+        for (i, key) in &landed.marketo_keys {
+            let w = &mut writes[*i];
+            w.marketo_key.clone_from(key);
+            let Some(crm_key) = &w.crm_key else { continue };
+            if self.spec.update_key == *column {
+                continue;
+            }
+            let update_key = &self.spec.update_key;
+            let write = w.to_crm.get_or_insert_with(|| {
+                let mut row = Fields::new();
+                row.insert(update_key.clone(), Value::Text(crm_key.clone()));
+                CrmWrite {
+                    row,
+                    key_column: update_key.clone(),
+                    before: Some(Fields::new()),
+                }
+            });
+            write.row.insert(column.clone(), Value::Text(key.clone()));
+        }
     }
 
     /// The reconcile and render stages: returns the writes of every pair, and settles the
@@ -326,9 +587,15 @@ impl TwoWay<'_> {
         let mut out = Vec::new();
         for pair in pairs {
             let write = match (&pair.marketo, &pair.crm, &pair.base) {
-                (Seen::Missing, Seen::Read(c), _) => self.create_in_marketo(&pair, c, summary),
+                (Seen::Missing, Seen::Read(c), _) => {
+                    let (values, agreed) = self.created(&rules, Side::Crm, c);
+                    self.create_in_marketo(&pair, &values, agreed, summary)
+                }
                 (Seen::Missing, _, _) => None,
-                (Seen::Read(m), Seen::Missing, None) => Some(self.create_in_crm(&pair, m)),
+                (Seen::Read(m), Seen::Missing, None) => {
+                    let (values, agreed) = self.created(&rules, Side::Marketo, m);
+                    Some(self.create_in_crm(&pair, &values, agreed))
+                }
                 (_, Seen::Missing, None) => None,
                 (_, Seen::Missing, Some(_)) => {
                     // Gone from the CRM: the deletions step follows that.
@@ -346,10 +613,30 @@ impl TwoWay<'_> {
         out
     }
 
+    /// Returns what a create writes of a record read on side `from` and the values agreed once
+    /// it landed: every value (an object family's record is whole), or, through a
+    /// [`MarketoSide`] (leads), what reconciling it against no agreed values writes (a null is
+    /// not written: the new record keeps its own default).
+    fn created(&self, rules: &[FieldRule], from: Side, read: &Observed) -> (Fields, Fields) {
+        if !self.per_side() {
+            return (read.canonical.clone(), read.canonical.clone());
+        }
+        let none = Fields::new();
+        let r = match from {
+            Side::Marketo => reconcile(rules, &none, Some(read.state()), None),
+            Side::Crm => reconcile(rules, &none, None, Some(read.state())),
+        };
+        let agreed = r.agreed(&none);
+        match from {
+            Side::Marketo => (r.to_crm, agreed),
+            Side::Crm => (r.to_marketo, agreed),
+        }
+    }
+
     /// Returns the Marketo record of `fields` with the pair's key fields.
     fn marketo_record(&self, fields: &Fields, pair: &SidePair) -> Record {
         let mut record = to_record(&self.plan.render(Side::Marketo, fields));
-        for (k, v) in &pair.key_fields {
+        for (k, v) in pair.marketo_extra.iter().chain(&pair.key_fields) {
             record.insert(k.clone(), v.to_json());
         }
         record
@@ -374,7 +661,8 @@ impl TwoWay<'_> {
     /// True when the pair's Marketo write was refused before, unchanged since and is not due:
     /// it waits for its retry (or an operator), counted skipped.
     fn waits(&self, pair: &SidePair, record: &Record, summary: &mut CycleSummary) -> bool {
-        let previous = self.previous_in(&pair.ledger_key, Direction::CrmToMarketo);
+        let key = self.pair_key(pair, Direction::CrmToMarketo);
+        let previous = self.previous_in(&key, Direction::CrmToMarketo);
         let payload = Json::Object(record.clone());
         let waits = ledger::waits(previous, &payload, self.ctx.clock.now());
         if waits {
@@ -387,7 +675,14 @@ impl TwoWay<'_> {
 
     /// The Marketo write of a pair: the changed fields (or, for a record Marketo lacks, all).
     fn marketo_write(&self, pair: &SidePair, record: Record, base: Fields) -> PlannedWrite {
-        let before = pair.marketo.raw().map(to_record);
+        let mut before = pair.marketo.raw().map(to_record);
+        if self.per_side()
+            && before.is_none()
+            && let (Seen::Unchanged, Some(agreed)) = (&pair.marketo, &pair.base)
+        {
+            // Not read: it holds the agreed values.
+            before = Some(to_record(&self.plan.render(Side::Marketo, agreed)));
+        }
         let key_names = if before.is_some() {
             pair.key_fields.keys().cloned().collect()
         } else {
@@ -411,19 +706,22 @@ impl TwoWay<'_> {
     fn create_in_marketo(
         &self,
         pair: &SidePair,
-        crm: &Observed,
+        values: &Fields,
+        agreed: Fields,
         summary: &mut CycleSummary,
     ) -> Option<PairWrite> {
-        let record = self.marketo_record(&crm.canonical, pair);
+        let record = self.marketo_record(values, pair);
         if self.waits(pair, &record, summary) {
             return None;
         }
-        let agreed = self.with_keys(&crm.canonical, pair);
+        let agreed = self.with_keys(&agreed, pair);
         Some(PairWrite {
             marketo_key: pair.marketo_key.clone(),
             crm_key: pair.crm_key.clone(),
             ledger_key: pair.ledger_key.clone(),
             to_marketo: Some(self.marketo_write(pair, record, agreed.clone())),
+            marketo_create: true,
+            linked: pair.base.is_some(),
             to_crm: None,
             agreed,
         })
@@ -431,20 +729,22 @@ impl TwoWay<'_> {
 
     /// A Marketo record with no CRM row: a new row, keyed by the Marketo-id column (so a re-run
     /// after a crash finds it instead of creating a second one).
-    fn create_in_crm(&self, pair: &SidePair, marketo: &Observed) -> PairWrite {
-        let mut row = self.plan.render(Side::Crm, &marketo.canonical);
+    fn create_in_crm(&self, pair: &SidePair, values: &Fields, agreed: Fields) -> PairWrite {
+        let mut row = self.plan.render(Side::Crm, values);
         row.extend(pair.crm_extra.clone());
         PairWrite {
             marketo_key: pair.marketo_key.clone(),
             crm_key: None,
             ledger_key: pair.ledger_key.clone(),
             to_marketo: None,
+            marketo_create: false,
+            linked: false,
             to_crm: Some(CrmWrite {
                 row,
                 key_column: self.plan.crm_marketo_id.clone(),
                 before: None,
             }),
-            agreed: self.with_keys(&marketo.canonical, pair),
+            agreed: self.with_keys(&agreed, pair),
         }
     }
 
@@ -472,24 +772,24 @@ impl TwoWay<'_> {
         let mut crm_row = self.plan.render(Side::Crm, &r.to_crm);
         crm_row.extend(pair.crm_extra.clone());
         let agreed = self.with_keys(&r.agreed(base), pair);
-        if crm_row.is_empty() && r.to_marketo.is_empty() {
-            if agreed == *base {
+        let marketo_writes = !r.to_marketo.is_empty() || !pair.marketo_extra.is_empty();
+        if crm_row.is_empty() && !marketo_writes {
+            let same = agreed == *base;
+            if same {
                 summary.counts_mut(object, pair.read_from).skipped += 1;
-                if self
-                    .previous_in(&pair.ledger_key, self.spec.ledger)
-                    .is_some()
-                {
-                    let key = error_key(object, self.spec.ledger, &pair.ledger_key);
-                    commit.errors_resolve.push(key);
-                }
             } else {
                 let moved = link(object, &pair.marketo_key, &crm_key, agreed, now);
                 commit.links_upsert.push(moved);
             }
+            if same || self.per_side() {
+                let keys = [Direction::CrmToMarketo, Direction::MarketoToCrm]
+                    .map(|d| self.pair_key(pair, d));
+                self.resolve(keys, commit);
+            }
             return None;
         }
         let mut to_marketo = None;
-        if !r.to_marketo.is_empty() {
+        if marketo_writes {
             let record = self.marketo_record(&r.to_marketo, pair);
             if self.waits(pair, &record, summary) {
                 return None;
@@ -502,6 +802,8 @@ impl TwoWay<'_> {
             crm_key: pair.crm_key.clone(),
             ledger_key: pair.ledger_key.clone(),
             to_marketo,
+            marketo_create: false,
+            linked: pair.base.is_some(),
             to_crm,
             agreed,
         })
@@ -528,12 +830,21 @@ impl TwoWay<'_> {
     }
 
     /// The dry run's write stage: one plan row per write, nothing written.
-    fn plan_rows(&self, writes: &[PairWrite], summary: &mut CycleSummary) {
+    async fn plan_rows(
+        &self,
+        writes: &[PairWrite],
+        summary: &mut CycleSummary,
+    ) -> Result<(), EngineError> {
         let object = self.object();
         let direction = Direction::MarketoToCrm;
+        let mut notes = self.marketo_notes(writes).await?.into_iter();
         for w in writes {
             if let Some(m) = &w.to_marketo {
-                summary.planned(planned_change(object, Direction::CrmToMarketo, m));
+                let change = match self.marketo {
+                    None => planned_change(object, Direction::CrmToMarketo, m),
+                    Some(_) => side_change(object, w, m, notes.next().flatten()),
+                };
+                summary.planned(change);
             }
             let Some(c) = &w.to_crm else { continue };
             let row = to_record(&c.row);
@@ -543,14 +854,37 @@ impl TwoWay<'_> {
                         .target(crm_key.clone())
                         .fields(&row, Some(&to_record(before)), &[c.key_column.as_str()])
                 }
-                _ => PlannedChange::new(object, direction, PlannedAction::Create).fields(
-                    &row,
-                    None,
-                    &[],
-                ),
+                _ => {
+                    let change = PlannedChange::new(object, direction, PlannedAction::Create)
+                        .fields(&row, None, &[]);
+                    match self.marketo.and_then(|side| side.crm_create_note()) {
+                        Some(note) => change.note(note),
+                        None => change,
+                    }
+                }
             };
             summary.planned(change.source(w.marketo_key.clone()));
         }
+        Ok(())
+    }
+
+    /// Returns a dry run's note of each Marketo write, from the [`MarketoSide`] hook (none
+    /// without one).
+    async fn marketo_notes(
+        &self,
+        writes: &[PairWrite],
+    ) -> Result<Vec<Option<String>>, EngineError> {
+        let Some(side) = self.marketo else {
+            return Ok(Vec::new());
+        };
+        let sent: Vec<MarketoWrite<'_>> = writes
+            .iter()
+            .filter_map(|w| Some(marketo_write_of(w, w.to_marketo.as_ref()?)))
+            .collect();
+        if sent.is_empty() {
+            return Ok(Vec::new());
+        }
+        side.notes(&sent).await
     }
 
     /// Writes the pairs' Marketo records (those whose CRM write did not fail) and notes which
@@ -562,6 +896,9 @@ impl TwoWay<'_> {
         summary: &mut CycleSummary,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
+        if let Some(side) = self.marketo {
+            return self.write_side(side, writes, landed, summary, cancel).await;
+        }
         let mut by_crm: BTreeMap<String, usize> = BTreeMap::new();
         let mut planned = Vec::new();
         for (i, w) in writes.iter().enumerate() {
@@ -585,7 +922,13 @@ impl TwoWay<'_> {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         let mut scratch = StepCommit::default();
-        let (ctx, family) = (self.ctx, &self.spec.family);
+        let Some(family) = &self.spec.family else {
+            let object = self.object();
+            return Err(EngineError::Config(format!(
+                "`{object}` has neither a marketo object family nor a marketo side to write to"
+            )));
+        };
+        let ctx = self.ctx;
         apply_marketo(
             ctx,
             self.object(),
@@ -605,6 +948,80 @@ impl TwoWay<'_> {
         }
         landed.commit.errors_upsert.extend(scratch.errors_upsert);
         landed.commit.errors_resolve.extend(scratch.errors_resolve);
+        Ok(())
+    }
+
+    /// [`TwoWay::write_marketo`] through the object's [`MarketoSide`]: every record is counted
+    /// from its typed outcome, a refused one is one ledger entry, a created one's key is kept
+    /// for its link and CRM row, and a linked one gone from Marketo is handed to the object.
+    async fn write_side(
+        &self,
+        side: &dyn MarketoSide,
+        writes: &[PairWrite],
+        landed: &mut Landed,
+        summary: &mut CycleSummary,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let (object, direction) = (self.object(), Direction::CrmToMarketo);
+        let mut sent = Vec::new();
+        let mut indexes = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            if let Some(m) = w
+                .to_marketo
+                .as_ref()
+                .filter(|_| !landed.failed.contains(&i))
+            {
+                sent.push(marketo_write_of(w, m));
+                indexes.push(i);
+            }
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let outcomes = side.write(&sent, cancel).await?;
+        for (i, outcome) in indexes.into_iter().zip(outcomes) {
+            let (w, counts) = (&writes[i], summary.counts_mut(object, direction));
+            match outcome {
+                MarketoOutcome::Created { key } => {
+                    counts.created += 1;
+                    landed.wrote.insert(i);
+                    landed.marketo_keys.insert(i, key);
+                }
+                MarketoOutcome::Updated if w.marketo_create => {
+                    // Found by its key: which record it is shows on a later cycle.
+                    counts.updated += 1;
+                    landed.failed.insert(i);
+                }
+                MarketoOutcome::Updated => {
+                    counts.updated += 1;
+                    landed.wrote.insert(i);
+                }
+                MarketoOutcome::Gone => {
+                    landed.failed.insert(i);
+                    landed.settled.gone_marketo.push(w.marketo_key.clone());
+                }
+                MarketoOutcome::Refused { failure, payload } => {
+                    counts.failed += 1;
+                    landed.failed.insert(i);
+                    let key = self.write_key(w, direction);
+                    warn!(object, key = %key, code = %failure.code, "marketo refused a record");
+                    let record = w.to_marketo.as_ref().map(|m| m.record.clone());
+                    let subject = Subject {
+                        object,
+                        direction,
+                        record_key: &key,
+                        other_key: (!w.marketo_key.is_empty()).then(|| w.marketo_key.clone()),
+                        payload: payload.unwrap_or(Json::Object(record.unwrap_or_default())),
+                    };
+                    let previous = self.previous_in(&key, direction);
+                    let entry = ledger_entry(self.ctx, subject, failure, previous);
+                    landed.commit.errors_upsert.push(entry);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -679,6 +1096,17 @@ impl TwoWay<'_> {
                 landed.wrote.insert(i);
             }
             WriteResult::Deleted { .. } => {}
+            // The row holding this Marketo key was deleted in the CRM (its link was lost, say
+            // by a crash before the commit): the object follows its delete policy instead of
+            // writing into a dead row.
+            WriteResult::Refused(refusal)
+                if self.per_side()
+                    && w.crm_key.is_none()
+                    && refusal.reason == RefusalReason::Deleted =>
+            {
+                landed.failed.insert(i);
+                landed.settled.gone_crm.push(w.marketo_key.clone());
+            }
             WriteResult::Refused(refusal) => {
                 landed.failed.insert(i);
                 self.refuse_crm(w, Failure::from(&refusal), &mut landed.commit, summary);
@@ -697,16 +1125,22 @@ impl TwoWay<'_> {
         let object = self.object();
         let direction = Direction::MarketoToCrm;
         summary.counts_mut(object, direction).failed += 1;
-        warn!(object, key = %w.ledger_key, code = %failure.code, "crm refused a record");
+        let key = self.write_key(w, direction);
+        warn!(object, key = %key, code = %failure.code, "crm refused a record");
         let payload = w.to_crm.as_ref().map(|c| to_record(&c.row));
+        let other_key = if self.per_side() {
+            w.crm_key.clone()
+        } else {
+            w.other_key()
+        };
         let subject = Subject {
             object,
             direction,
-            record_key: &w.ledger_key,
-            other_key: w.other_key(),
+            record_key: &key,
+            other_key,
             payload: Json::Object(payload.unwrap_or_default()),
         };
-        let previous = self.previous_in(&w.ledger_key, direction);
+        let previous = self.previous_in(&key, direction);
         let entry = ledger_entry(self.ctx, subject, failure, previous);
         commit.errors_upsert.push(entry);
     }
@@ -754,13 +1188,19 @@ impl TwoWay<'_> {
             if landed.failed.contains(&i) || !landed.wrote.contains(&i) {
                 continue;
             }
-            let Some(crm_key) = landed.created.get(&i).cloned().or(w.crm_key) else {
+            let created = landed.created.get(&i).cloned();
+            let Some(crm_key) = created.clone().or_else(|| w.crm_key.clone()) else {
                 continue;
             };
-            if self.previous_in(&w.ledger_key, self.spec.ledger).is_some() {
-                let key = error_key(object, self.spec.ledger, &w.ledger_key);
-                landed.commit.errors_resolve.push(key);
+            if let Some(id) = created {
+                let made = (w.marketo_key.clone(), id);
+                landed.settled.created.push(made);
             }
+            let keys = [Direction::CrmToMarketo, Direction::MarketoToCrm].map(|d| {
+                let crm_key = w.crm_key.as_deref().or(Some(crm_key.as_str()));
+                key_in(self.per_side(), d, &w.ledger_key, &w.marketo_key, crm_key)
+            });
+            self.resolve(keys, &mut landed.commit);
             let agreed = link(object, &w.marketo_key, &crm_key, w.agreed, now);
             landed.commit.links_upsert.push(agreed);
         }

@@ -182,7 +182,7 @@ struct Pair {
 /// table's primary key `pk`, and agreed values keyed like the CRM -> Marketo direction.
 fn spec(plan: &Plan, pk: &str) -> TwoWaySpec {
     TwoWaySpec {
-        family: ObjectFamily::Custom(plan.marketo_object.clone()),
+        family: Some(ObjectFamily::Custom(plan.marketo_object.clone())),
         ledger: Direction::MarketoToCrm,
         first: Side::Crm,
         update_key: pk.to_owned(),
@@ -247,6 +247,7 @@ pub async fn run(
         plan,
         spec: &spec,
         previous: &previous,
+        marketo: None,
     };
     runner.run(sides, commit, summary, options, cancel).await?;
     info!(
@@ -548,6 +549,7 @@ impl Gather<'_> {
             marketo,
             crm,
             key_fields: pair.key_fields,
+            marketo_extra: Fields::new(),
             crm_extra,
         })
     }
