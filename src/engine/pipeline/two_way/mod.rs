@@ -19,13 +19,18 @@
 //! of the pair, keeps the pair's ledger entries per side, and hands back what only the object
 //! can settle ([`Settled`]: records gone from either side, the CRM rows created).
 
+mod pairs;
+mod side;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+pub(crate) use pairs::{CrmWrite, Observed, PairWrite, Seen, SidePair};
+pub(crate) use side::{MarketoOutcome, MarketoSide, MarketoWrite, Settled};
+use side::{key_in, marketo_write_of, side_change};
 
 use super::commit::{self, error_key, ledger_entry, link};
 use super::spec::TwoWaySpec;
@@ -33,262 +38,13 @@ use super::write::{CRM_ROW_BATCH, PlannedWrite, apply_marketo, planned_change};
 use super::{key_text, to_record};
 use crate::crm::{RefusalReason, WriteResult};
 use crate::engine::ledger::{self, Failure, Subject};
-use crate::engine::reconcile::{FieldRule, Reconciled, SideState, reconcile};
+use crate::engine::reconcile::{FieldRule, Reconciled, reconcile};
 use crate::engine::summary::{PlannedAction, PlannedChange};
 use crate::engine::{Context, CycleOptions, CycleSummary, EngineError};
 use crate::mapping::{MappingError, Plan};
 use crate::marketo::Record;
 use crate::model::{Fields, Side, Value};
 use crate::store::{Direction, Link, StepCommit, SyncError};
-
-/// One side's record as read this cycle.
-#[derive(Debug, Clone)]
-pub(crate) struct Observed {
-    /// Its canonical values.
-    pub canonical: Fields,
-    /// Its raw values (a dry run's "before").
-    pub raw: Fields,
-    /// When that side last modified it, if known.
-    pub modified_at: Option<DateTime<Utc>>,
-}
-
-impl Observed {
-    /// Returns the record `raw` of `side` read through the plan.
-    ///
-    /// # Errors
-    ///
-    /// A value the mapping cannot read.
-    pub(crate) fn read(
-        plan: &Plan,
-        side: Side,
-        raw: Fields,
-        modified_at: Option<DateTime<Utc>>,
-    ) -> Result<Observed, MappingError> {
-        let canonical = plan.to_canonical(side, &raw)?;
-        Ok(Observed {
-            canonical,
-            raw,
-            modified_at,
-        })
-    }
-
-    fn state(&self) -> SideState<'_> {
-        SideState {
-            fields: &self.canonical,
-            modified_at: self.modified_at,
-        }
-    }
-}
-
-/// What one side holds of a pair this cycle.
-#[derive(Debug, Clone)]
-pub(crate) enum Seen {
-    /// Read this cycle.
-    Read(Observed),
-    /// Not read: it did not change (it holds the agreed values).
-    Unchanged,
-    /// The side has no such record (new on the other side, or gone).
-    Missing,
-}
-
-impl Seen {
-    /// Returns a side as an object's gather found it: read this cycle, else unchanged when the
-    /// pair is linked, else missing.
-    pub(crate) fn of(read: Option<Observed>, linked: bool) -> Seen {
-        match (read, linked) {
-            (Some(o), _) => Seen::Read(o),
-            (None, true) => Seen::Unchanged,
-            (None, false) => Seen::Missing,
-        }
-    }
-
-    fn state(&self) -> Option<SideState<'_>> {
-        match self {
-            Seen::Read(o) => Some(o.state()),
-            Seen::Unchanged | Seen::Missing => None,
-        }
-    }
-
-    fn raw(&self) -> Option<&Fields> {
-        match self {
-            Seen::Read(o) => Some(&o.raw),
-            Seen::Unchanged | Seen::Missing => None,
-        }
-    }
-
-    /// Returns a raw field of the record read, as key text.
-    pub(crate) fn raw_field(&self, name: &str) -> Option<String> {
-        key_text(self.raw()?.get(name))
-    }
-}
-
-/// One record pair gathered by an object for [`TwoWay::run`].
-#[derive(Debug, Clone)]
-pub(crate) struct SidePair {
-    /// The Marketo key of the pair's link.
-    pub marketo_key: String,
-    /// The CRM key of the pair's link; `None` for a Marketo record with no CRM row yet.
-    pub crm_key: Option<String>,
-    /// The key its ledger entries have (see [`TwoWaySpec::ledger`]).
-    pub ledger_key: String,
-    /// The direction the pair was read in (its skip is counted there).
-    pub read_from: Direction,
-    /// The agreed values of its link; `None` when not linked.
-    pub base: Option<Fields>,
-    /// The Marketo side.
-    pub marketo: Seen,
-    /// The CRM side.
-    pub crm: Seen,
-    /// The Marketo fields that identify the record, sent with every Marketo write.
-    pub key_fields: Fields,
-    /// Marketo fields the record lacks (a lead's CRM key): sent with its Marketo write, and a
-    /// write is made for them alone when nothing else changed.
-    pub marketo_extra: Fields,
-    /// CRM columns sent with every CRM write of the pair (the object's hook: a custom record's
-    /// contact, a new row's Marketo id).
-    pub crm_extra: Fields,
-}
-
-/// One write to the CRM.
-#[derive(Debug, Clone)]
-pub(crate) struct CrmWrite {
-    /// The row, with its key column.
-    pub row: Fields,
-    /// The column the upsert is keyed by.
-    pub key_column: String,
-    /// The row's values now (a dry run's "before"); `None` for a row the write creates.
-    pub before: Option<Fields>,
-}
-
-/// What one reconciled pair writes.
-#[derive(Debug, Clone)]
-pub(crate) struct PairWrite {
-    /// The Marketo key of the link.
-    pub marketo_key: String,
-    /// The CRM key of the link; `None` for a row the write creates.
-    pub crm_key: Option<String>,
-    /// The key of the pair's ledger entries.
-    pub ledger_key: String,
-    /// The Marketo write, if any.
-    pub to_marketo: Option<PlannedWrite>,
-    /// True when the Marketo write creates the record (Marketo has none yet).
-    pub marketo_create: bool,
-    /// True when the pair is linked.
-    pub linked: bool,
-    /// The CRM write, if any.
-    pub to_crm: Option<CrmWrite>,
-    /// The agreed values once every write landed.
-    pub agreed: Fields,
-}
-
-impl PairWrite {
-    /// The pair's key on the side other than its ledger key's.
-    fn other_key(&self) -> Option<String> {
-        if self.ledger_key == self.marketo_key {
-            self.crm_key.clone()
-        } else {
-            Some(self.marketo_key.clone())
-        }
-    }
-}
-
-/// One Marketo write of a pair, as a [`MarketoSide`] hook sends it.
-pub(crate) struct MarketoWrite<'a> {
-    /// The Marketo key of the pair (empty for a record the write creates).
-    pub marketo_key: &'a str,
-    /// The record to send, with the pair's key fields.
-    pub record: &'a Record,
-    /// True when the write creates the record.
-    pub create: bool,
-    /// True when the pair is linked (a linked record Marketo no longer has is gone, not refused).
-    pub linked: bool,
-}
-
-/// What became of one [`MarketoWrite`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum MarketoOutcome {
-    /// Created, with the key Marketo gave it.
-    Created {
-        /// The new record's Marketo key.
-        key: String,
-    },
-    /// Updated (or, for a create, found by its key and updated: its Marketo key stays unknown
-    /// this cycle and the pair is settled by a later one).
-    Updated,
-    /// A linked record Marketo no longer has: gone there (the object applies its policy).
-    Gone,
-    /// Refused: one ledger entry, with the payload the hook names (else the record).
-    Refused {
-        /// Marketo's code and message, retryable or not.
-        failure: Failure,
-        /// What the entry shows instead of the record (a company write's record).
-        payload: Option<Json>,
-    },
-}
-
-/// The Marketo side of an object whose records are not an object family (leads): the hook
-/// writes them and previews them, and holds the object's open ledger entries of both
-/// directions. With a hook, each direction's ledger entry of a pair is keyed by the key of the
-/// side it was read from (CRM -> Marketo by the CRM key, Marketo -> CRM by the Marketo key),
-/// and a pair that settles resolves both.
-#[async_trait]
-pub(crate) trait MarketoSide: Sync {
-    /// Writes the records and returns one outcome per write, in input order.
-    ///
-    /// # Errors
-    ///
-    /// A whole-call Marketo failure, or cancellation.
-    async fn write(
-        &self,
-        writes: &[MarketoWrite<'_>],
-        cancel: &CancellationToken,
-    ) -> Result<Vec<MarketoOutcome>, EngineError>;
-
-    /// Returns a dry run's note of each write (where its values would go), in input order.
-    ///
-    /// # Errors
-    ///
-    /// A whole-call Marketo failure.
-    async fn notes(&self, writes: &[MarketoWrite<'_>]) -> Result<Vec<Option<String>>, EngineError>;
-
-    /// Returns the open ledger entry of `key` in `direction`.
-    fn open(&self, direction: Direction, key: &str) -> Option<&SyncError>;
-
-    /// The note of a dry run's CRM row create (what follows it on the Marketo side).
-    fn crm_create_note(&self) -> Option<String>;
-}
-
-/// What a run hands back for its object to settle (with a [`MarketoSide`] hook).
-#[derive(Debug, Default)]
-pub(crate) struct Settled {
-    /// The links the step staged (a created row's link holds its new CRM id).
-    pub links: Vec<Link>,
-    /// `(Marketo key, new CRM id)` of each CRM row created.
-    pub created: Vec<(String, String)>,
-    /// The Marketo keys of linked records Marketo no longer has.
-    pub gone_marketo: Vec<String>,
-    /// The Marketo keys whose new CRM row the CRM refused as deleted there (the row holding
-    /// that key was deleted in the CRM).
-    pub gone_crm: Vec<String>,
-}
-
-/// Returns the key of a pair's ledger entry in `direction`: the pair's ledger key, or, kept
-/// per side, the key of the side the direction reads from.
-fn key_in(
-    per_side: bool,
-    direction: Direction,
-    ledger_key: &str,
-    marketo_key: &str,
-    crm_key: Option<&str>,
-) -> String {
-    match direction {
-        _ if !per_side => ledger_key,
-        Direction::CrmToMarketo => crm_key.unwrap_or(ledger_key),
-        Direction::MarketoToCrm if marketo_key.is_empty() => ledger_key,
-        Direction::MarketoToCrm => marketo_key,
-    }
-    .to_owned()
-}
 
 /// What the write stage learned, by index of the pair's write, and the step's commit.
 #[derive(Default)]
@@ -351,46 +107,6 @@ pub(crate) fn unreadable(
 ) {
     summary.counts_mut(object, direction).failed += 1;
     warn!(object, key, error = %error, "unreadable record skipped");
-}
-
-/// Returns the hook's view of a pair's Marketo write.
-fn marketo_write_of<'a>(w: &'a PairWrite, m: &'a PlannedWrite) -> MarketoWrite<'a> {
-    MarketoWrite {
-        marketo_key: &w.marketo_key,
-        record: &m.record,
-        create: w.marketo_create,
-        linked: w.linked,
-    }
-}
-
-/// Returns the plan row of a Marketo write through a [`MarketoSide`] hook.
-fn side_change(
-    object: &str,
-    w: &PairWrite,
-    m: &PlannedWrite,
-    note: Option<String>,
-) -> PlannedChange {
-    let action = if w.marketo_create {
-        PlannedAction::Create
-    } else {
-        PlannedAction::Update
-    };
-    let key_names: Vec<&str> = m.key_names.iter().map(String::as_str).collect();
-    let mut change = PlannedChange::new(object, Direction::CrmToMarketo, action).fields(
-        &m.record,
-        m.before.as_ref(),
-        &key_names,
-    );
-    if let Some(crm_key) = &w.crm_key {
-        change = change.source(crm_key.clone());
-    }
-    if !w.marketo_create {
-        change = change.target(w.marketo_key.clone());
-    }
-    match note {
-        Some(note) => change.note(note),
-        None => change,
-    }
 }
 
 impl TwoWay<'_> {
