@@ -46,12 +46,11 @@ pub async fn run(
     options: &CycleOptions,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let standard = [
-        (super::roles::OBJECT, ObjectFamily::Roles),
-        (super::opportunities::OBJECT, ObjectFamily::Opportunities),
-        (super::companies::OBJECT, ObjectFamily::Companies),
-        (super::salespersons::OBJECT, ObjectFamily::SalesPersons),
-    ];
+    // The registered objects' families, children before their parents.
+    let standard = super::registry::STEPS
+        .iter()
+        .rev()
+        .filter_map(|s| Some((s.name, s.deletes.clone()?)));
     let mut ordered: Vec<Deleted<'_>> = Vec::new();
     for (name, family) in standard {
         if let Some(plan) = plans.objects.get(name) {

@@ -18,6 +18,7 @@ use crate::engine::Context;
 use crate::engine::pipeline::Scope;
 use crate::engine::{CycleOptions, CycleSummary, EngineError, Tunables, leads};
 use crate::mapping::{MarketoKind, Plans};
+use crate::marketo::endpoint::families::ObjectFamily;
 
 /// What every step receives.
 #[derive(Clone, Copy)]
@@ -69,13 +70,18 @@ pub struct Step {
     /// Syncs one CRM record of the step's objects now; `None` when the step syncs on the poll
     /// only (see the table of `http::crm_sync` for which and why).
     pub record: Option<RecordFn>,
+    /// The Marketo family whose records the deletions step deletes when their CRM records are
+    /// deleted ([`deletions::run`], in the reverse of this list's order: children first).
+    pub deletes: Option<ObjectFamily>,
 }
 
 /// Adapts an object module's `run(ctx, plans, summary, options, cancel)` into a [`StepFn`]; with
 /// `scoped`, its `run(ctx, plans, scope, summary, options, cancel)` is both the cycle's step (over
 /// [`Scope::Feed`]) and the [`RecordFn`] of one record.
 macro_rules! object_step {
-    ($name:expr, scoped $run:path $(, after $after:expr)*) => {{
+    (@deletes) => { None };
+    (@deletes $family:expr) => { Some($family) };
+    ($name:expr, scoped $run:path $(, after $after:expr)* $(, deletes $family:expr)?) => {{
         fn record<'a>(
             input: StepInput<'a>,
             scope: Scope<'a>,
@@ -99,6 +105,7 @@ macro_rules! object_step {
             on_failure: OnFailure::Warn,
             after: &[$($after),*],
             record: Some(record as RecordFn),
+            deletes: object_step!(@deletes $($family)?),
         }
     }};
     ($name:expr, $run:path $(, after $after:expr)*) => {{
@@ -117,14 +124,15 @@ macro_rules! object_step {
             on_failure: OnFailure::Warn,
             after: &[$($after),*],
             record: None,
+            deletes: None,
         }
     }};
 }
 
 /// Every step of a cycle, in the order it runs.
 pub const STEPS: &[Step] = &[
-    object_step!(salespersons::OBJECT, scoped salespersons::run),
-    object_step!(companies::OBJECT, scoped companies::run),
+    object_step!(salespersons::OBJECT, scoped salespersons::run, deletes ObjectFamily::SalesPersons),
+    object_step!(companies::OBJECT, scoped companies::run, deletes ObjectFamily::Companies),
     Step {
         name: leads::LINK_OBJECT,
         run: run_leads,
@@ -132,9 +140,20 @@ pub const STEPS: &[Step] = &[
         after: &[],
         // The lead's own on-demand path (`leads::sync_crm_record`): matching and merges.
         record: None,
+        // Leads follow their own delete policy (`sync.lead_deletes`) in their step.
+        deletes: None,
     },
-    object_step!(opportunities::OBJECT, scoped opportunities::run),
-    object_step!(roles::OBJECT, scoped roles::run, after opportunities::OBJECT),
+    object_step!(
+        opportunities::OBJECT,
+        scoped opportunities::run,
+        deletes ObjectFamily::Opportunities
+    ),
+    object_step!(
+        roles::OBJECT,
+        scoped roles::run,
+        after opportunities::OBJECT,
+        deletes ObjectFamily::Roles
+    ),
     object_step!("deletions", deletions::run),
     object_step!(CUSTOM_OBJECTS, scoped custom_objects::run),
     object_step!(programs::OBJECT, programs::run),
@@ -181,4 +200,38 @@ fn run_leads<'a>(input: StepInput<'a>, summary: &'a mut CycleSummary) -> StepFut
         let (ctx, options, cancel) = (input.ctx, input.options, input.cancel);
         leads::run(ctx, input.tunables, plan, summary, options, cancel).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deletions step deletes the registered families children first (a role before its
+    /// opportunity, an opportunity before its company), the reverse of the whitepaper's write
+    /// order.
+    #[test]
+    fn deletions_run_children_before_their_parents() {
+        let order: Vec<&str> = STEPS
+            .iter()
+            .rev()
+            .filter(|s| s.deletes.is_some())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                roles::OBJECT,
+                opportunities::OBJECT,
+                companies::OBJECT,
+                salespersons::OBJECT
+            ]
+        );
+        let family = |name: &str| step(name).and_then(|s| s.deletes.clone());
+        assert_eq!(family(roles::OBJECT), Some(ObjectFamily::Roles));
+        assert_eq!(
+            family(leads::LINK_OBJECT),
+            None,
+            "leads follow their own policy"
+        );
+    }
 }
