@@ -58,7 +58,7 @@ pub(super) async fn sync_pairs(
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-    write::write_pairs(step, &pairs, summary, cancel).await?;
+    write::write_pairs(step, pairs, summary, cancel).await?;
     Ok(())
 }
 

@@ -44,7 +44,7 @@ use crate::store::{Direction, ErrorKey, SyncError, TombstoneKind};
 /// A whole-call failure of Marketo, the CRM or the store, or cancellation.
 pub(super) async fn write_pairs(
     step: &mut Step<'_>,
-    pairs: &[Pair],
+    mut pairs: Vec<Pair>,
     summary: &mut CycleSummary,
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
@@ -91,8 +91,9 @@ pub(super) async fn write_pairs(
         options: &options,
         cancel,
     };
+    let side_pairs = side_pairs(plan, &mut pairs, step.dry_run);
     let settled = runner
-        .run_into(side_pairs(plan, pairs), &mut step.commit, summary, &batch)
+        .run_into(side_pairs, &mut step.commit, summary, &batch)
         .await?;
     let policy = ctx.settings.sync.lead_deletes;
     for key in &settled.gone_marketo {
@@ -120,10 +121,11 @@ pub(super) async fn write_pairs(
     write_back_crm_ids(step, &settled.created).await
 }
 
-/// Returns the runner's pairs of the lead pairs with a record read this cycle.
-fn side_pairs(plan: &Plan, pairs: &[Pair]) -> Vec<SidePair> {
+/// Returns the runner's pairs of the lead pairs with a record read this cycle (their values
+/// move there; a dry run's "before" values are rendered only on a dry run).
+fn side_pairs(plan: &Plan, pairs: &mut [Pair], dry_run: bool) -> Vec<SidePair> {
     let mut out = Vec::new();
-    for p in pairs.iter().filter(|p| p.m.is_some() || p.c.is_some()) {
+    for p in pairs.iter_mut().filter(|p| p.m.is_some() || p.c.is_some()) {
         let marketo_key = p.m_id.map(|m| m.to_string()).unwrap_or_default();
         let mut key_fields = Fields::new();
         match (p.m_id, &p.c_id) {
@@ -169,8 +171,14 @@ fn side_pairs(plan: &Plan, pairs: &[Pair]) -> Vec<SidePair> {
                 Direction::CrmToMarketo
             },
             base: p.link.as_ref().map(|l| l.base.clone()),
-            marketo: Seen::of(p.m.as_ref().map(|m| lead_read(plan, m)), p.m_id.is_some()),
-            crm: Seen::of(p.c.as_ref().map(|c| crm_read(plan, c)), p.c_id.is_some()),
+            marketo: Seen::of(
+                p.m.as_mut().map(|m| lead_read(plan, m, dry_run)),
+                p.m_id.is_some(),
+            ),
+            crm: Seen::of(
+                p.c.as_mut().map(|c| crm_read(plan, c, dry_run)),
+                p.c_id.is_some(),
+            ),
             marketo_key,
             key_fields,
             marketo_extra,
@@ -180,30 +188,42 @@ fn side_pairs(plan: &Plan, pairs: &[Pair]) -> Vec<SidePair> {
     out
 }
 
-/// A lead as the runner sees it: its values, and as "before" its Marketo fields with its CRM
-/// key.
-fn lead_read(plan: &Plan, m: &MLead) -> Observed {
-    let mut raw = plan.render(Side::Marketo, &m.canon);
-    let key = m.crm_key.clone().map_or(Value::Null, Value::Text);
-    raw.insert(plan.marketo_crm_key.clone(), key);
+/// A lead as the runner sees it: its values, and on a dry run as "before" its Marketo fields
+/// with its CRM key.
+fn lead_read(plan: &Plan, m: &mut MLead, dry_run: bool) -> Observed {
+    let raw = before(plan, Side::Marketo, &m.canon, m.crm_key.as_deref(), dry_run);
     Observed {
-        canonical: m.canon.clone(),
+        canonical: std::mem::take(&mut m.canon),
         raw,
         modified_at: m.at,
     }
 }
 
-/// A CRM record as the runner sees it: its values, and as "before" its columns with the
-/// Marketo id it holds.
-fn crm_read(plan: &Plan, c: &CRec) -> Observed {
-    let mut raw = plan.render(Side::Crm, &c.canon);
-    let key = c.marketo_key.clone().map_or(Value::Null, Value::Text);
-    raw.insert(plan.crm_marketo_id.clone(), key);
+/// A CRM record as the runner sees it: its values, and on a dry run as "before" its columns
+/// with the Marketo id it holds.
+fn crm_read(plan: &Plan, c: &mut CRec, dry_run: bool) -> Observed {
+    let raw = before(plan, Side::Crm, &c.canon, c.marketo_key.as_deref(), dry_run);
     Observed {
-        canonical: c.canon.clone(),
+        canonical: std::mem::take(&mut c.canon),
         raw,
         modified_at: Some(c.at),
     }
+}
+
+/// Returns a record's values on `side` with the key it holds of the other side, as a dry run
+/// shows them before a write (nothing outside a dry run).
+fn before(plan: &Plan, side: Side, canon: &Fields, key: Option<&str>, dry_run: bool) -> Fields {
+    if !dry_run {
+        return Fields::new();
+    }
+    let mut raw = plan.render(side, canon);
+    let column = match side {
+        Side::Marketo => &plan.marketo_crm_key,
+        Side::Crm => &plan.crm_marketo_id,
+    };
+    let key = key.map_or(Value::Null, |k| Value::Text(k.to_owned()));
+    raw.insert(column.clone(), key);
+    raw
 }
 
 /// The runner's Marketo side for leads.

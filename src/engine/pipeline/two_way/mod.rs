@@ -233,7 +233,7 @@ impl TwoWay<'_> {
         batch: &CrmBatch<'_>,
     ) -> Result<Settled, EngineError> {
         let (options, cancel) = (batch.options, batch.cancel);
-        let mut writes = self.reconcile_pairs(pairs, commit, summary);
+        let mut writes = self.reconcile_pairs(pairs, commit, summary, options.dry_run);
         if options.dry_run {
             self.plan_rows(&writes, summary).await?;
             return Ok(Settled::default());
@@ -297,6 +297,7 @@ impl TwoWay<'_> {
         pairs: Vec<SidePair>,
         commit: &mut StepCommit,
         summary: &mut CycleSummary,
+        dry_run: bool,
     ) -> Vec<PairWrite> {
         let rules = field_rules(self.plan);
         let no_base = Fields::new();
@@ -305,7 +306,7 @@ impl TwoWay<'_> {
             let write = match (&pair.marketo, &pair.crm, &pair.base) {
                 (Seen::Missing, Seen::Read(c), _) => {
                     let (values, agreed) = self.created(&rules, Side::Crm, c);
-                    self.create_in_marketo(&pair, &values, agreed, summary)
+                    self.create_in_marketo(&pair, &values, agreed, summary, dry_run)
                 }
                 (Seen::Missing, _, _) => None,
                 (Seen::Read(m), Seen::Missing, None) => {
@@ -321,7 +322,7 @@ impl TwoWay<'_> {
                 (_, _, base) => {
                     let base = base.as_ref().unwrap_or(&no_base);
                     let r = reconcile(&rules, base, pair.marketo.state(), pair.crm.state());
-                    self.settle(&pair, base, r, commit, summary)
+                    self.settle(&pair, base, r, commit, summary, dry_run)
                 }
             };
             out.extend(write);
@@ -389,10 +390,18 @@ impl TwoWay<'_> {
         waits
     }
 
-    /// The Marketo write of a pair: the changed fields (or, for a record Marketo lacks, all).
-    fn marketo_write(&self, pair: &SidePair, record: Record, base: Fields) -> PlannedWrite {
-        let mut before = pair.marketo.raw().map(to_record);
-        if self.per_side()
+    /// The Marketo write of a pair: the changed fields (or, for a record Marketo lacks, all);
+    /// on a dry run, with the record's values now.
+    fn marketo_write(
+        &self,
+        pair: &SidePair,
+        record: Record,
+        base: Fields,
+        dry_run: bool,
+    ) -> PlannedWrite {
+        let mut before = pair.marketo.raw().filter(|_| dry_run).map(to_record);
+        if dry_run
+            && self.per_side()
             && before.is_none()
             && let (Seen::Unchanged, Some(agreed)) = (&pair.marketo, &pair.base)
         {
@@ -425,6 +434,7 @@ impl TwoWay<'_> {
         values: &Fields,
         agreed: Fields,
         summary: &mut CycleSummary,
+        dry_run: bool,
     ) -> Option<PairWrite> {
         let record = self.marketo_record(values, pair);
         if self.waits(pair, &record, summary) {
@@ -435,7 +445,7 @@ impl TwoWay<'_> {
             marketo_key: pair.marketo_key.clone(),
             crm_key: pair.crm_key.clone(),
             ledger_key: pair.ledger_key.clone(),
-            to_marketo: Some(self.marketo_write(pair, record, agreed.clone())),
+            to_marketo: Some(self.marketo_write(pair, record, agreed.clone(), dry_run)),
             marketo_create: true,
             linked: pair.base.is_some(),
             to_crm: None,
@@ -473,6 +483,7 @@ impl TwoWay<'_> {
         r: Reconciled,
         commit: &mut StepCommit,
         summary: &mut CycleSummary,
+        dry_run: bool,
     ) -> Option<PairWrite> {
         let (object, now) = (self.object(), self.ctx.clock.now());
         let crm_key = pair.crm_key.clone().unwrap_or_default();
@@ -510,9 +521,9 @@ impl TwoWay<'_> {
             if self.waits(pair, &record, summary) {
                 return None;
             }
-            to_marketo = Some(self.marketo_write(pair, record, agreed.clone()));
+            to_marketo = Some(self.marketo_write(pair, record, agreed.clone(), dry_run));
         }
-        let to_crm = (!crm_row.is_empty()).then(|| self.crm_update(pair, base, crm_row));
+        let to_crm = (!crm_row.is_empty()).then(|| self.crm_update(pair, base, crm_row, dry_run));
         Some(PairWrite {
             marketo_key: pair.marketo_key.clone(),
             crm_key: pair.crm_key.clone(),
@@ -525,8 +536,15 @@ impl TwoWay<'_> {
         })
     }
 
-    /// The CRM update of a linked row, keyed by the spec's update column.
-    fn crm_update(&self, pair: &SidePair, base: &Fields, mut row: Fields) -> CrmWrite {
+    /// The CRM update of a linked row, keyed by the spec's update column; on a dry run, with the
+    /// row's values now.
+    fn crm_update(
+        &self,
+        pair: &SidePair,
+        base: &Fields,
+        mut row: Fields,
+        dry_run: bool,
+    ) -> CrmWrite {
         let column = self.spec.update_key.clone();
         let key = if column == self.plan.crm_marketo_id {
             pair.marketo_key.clone()
@@ -535,6 +553,7 @@ impl TwoWay<'_> {
         };
         row.insert(column.clone(), Value::Text(key));
         let before = match pair.crm.raw() {
+            _ if !dry_run => Fields::new(),
             Some(raw) => raw.clone(),
             None => self.plan.render(Side::Crm, base),
         };

@@ -125,7 +125,8 @@ pub(crate) struct CrmWrite {
     pub row: Fields,
     /// The column the upsert is keyed by.
     pub key_column: String,
-    /// The row's values now (a dry run's "before"); `None` for a row the write creates.
+    /// The row's values now (a dry run's "before", empty outside a dry run); `None` for a row
+    /// the write creates.
     pub before: Option<Fields>,
 }
 
