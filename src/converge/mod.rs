@@ -987,9 +987,19 @@ async fn common_step(
     Ok(detail)
 }
 
+/// The least time left in the Marketo day when the harness spends the daily quota.
+const QUOTA_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Spends the simulator's daily quota: the cycle must pause, and once the day turned the next
 /// one must not. Returns the trace detail.
 async fn spent_quota(rig: &mut dyn Rigged, played: &mut Played) -> Result<String, ConvergeError> {
+    // The sim clock follows the wall clock: too close to Marketo's midnight (America/Chicago),
+    // the day would turn between spending the quota and the cycle that meets it (the harness
+    // moves time 30 s per cycle), and that cycle would rightly not pause. The day turns first.
+    let now = rig.run().sim.now();
+    if crate::marketo::limiter::next_day_turn(now) - now < QUOTA_MARGIN {
+        rig.run().turn_day(None).await?;
+    }
     rig.run().sim.spend_daily_quota();
     played.tally.fault("daily quota (607)");
     let c = rig.cycle(Watch::Nothing).await?;
@@ -2199,6 +2209,24 @@ mod tests {
         rig.run.turn_day(Some(until)).await.expect("turn the day");
         let c = rig.cycle(Watch::Nothing).await.unwrap();
         assert!(c.ran.is_ok(), "{}", c.ran);
+        rig.finish().await;
+    }
+
+    /// CI failed three convergence tests run at 05:57-05:59 UTC: the sim clock follows the wall
+    /// clock, and Marketo's day (America/Chicago) turned at 06:00 between the spent quota and
+    /// the cycle that should have paused on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quota_spent_just_before_the_day_turns_still_pauses_the_cycle() {
+        let mut rig = Rig::start(8, &options()).await.unwrap();
+        let c = rig.cycle(Watch::Nothing).await.unwrap();
+        assert!(c.ran.is_ok(), "{}", c.ran);
+        let now = rig.run.sim.now();
+        let left = next_day_turn(now) - now - chrono::TimeDelta::seconds(20);
+        rig.run.sim.advance_clock(left.to_std().unwrap());
+        let mut played = Played::new();
+        let detail = spent_quota(&mut rig, &mut played).await.unwrap();
+        assert!(played.cycle_errors.is_empty(), "{:?}", played.cycle_errors);
+        assert!(detail.starts_with("paused:"), "{detail}");
         rig.finish().await;
     }
 
