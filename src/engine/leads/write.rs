@@ -152,11 +152,8 @@ fn side_pairs(plan: &Plan, pairs: &mut [Pair], dry_run: bool) -> Vec<SidePair> {
         }
         let mut crm_extra = Fields::new();
         if p.m_id.is_some() {
-            let lacks = match (&p.c_id, &p.c) {
-                (None, _) => true,
-                (Some(_), Some(c)) => c.marketo_key.as_deref() != Some(marketo_key.as_str()),
-                (Some(_), None) => p.link.is_none(),
-            };
+            let linked = p.link.is_some();
+            let lacks = p.c_id.is_none() || crm_lacks_id(p.c.as_ref(), &marketo_key, linked);
             if lacks {
                 let key = Value::Text(marketo_key.clone());
                 crm_extra.insert(plan.crm_marketo_id.clone(), key);
@@ -260,7 +257,7 @@ impl MarketoSide for LeadSide<'_> {
         writes: &[MarketoWrite<'_>],
         cancel: &CancellationToken,
     ) -> Result<Vec<MarketoOutcome>, EngineError> {
-        let mut out = vec![MarketoOutcome::Updated; writes.len()];
+        let mut out: Vec<Option<MarketoOutcome>> = vec![None; writes.len()];
         for create in [true, false] {
             let indexes: Vec<usize> = (0..writes.len())
                 .filter(|i| writes[*i].create == create)
@@ -283,10 +280,18 @@ impl MarketoSide for LeadSide<'_> {
                 .write_leads(&leads, mode, &key, cancel)
                 .await?;
             for (i, outcome) in indexes.into_iter().zip(outcomes) {
-                out[i] = lead_outcome(&writes[i], outcome);
+                out[i] = Some(lead_outcome(&writes[i], outcome));
             }
         }
-        Ok(out)
+        // Every write has its outcome; one the endpoint did not answer is not counted written.
+        let unanswered = || MarketoOutcome::Refused {
+            failure: Failure::new("no_result", "marketo returned no result for the lead", true),
+            payload: None,
+        };
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(unanswered))
+            .collect())
     }
 
     async fn notes(&self, writes: &[MarketoWrite<'_>]) -> Result<Vec<Option<String>>, EngineError> {
@@ -356,10 +361,7 @@ impl CrmUpdate<'_> {
     /// bootstrap's ([`super::inbound`]) are rendered by this one function.
     pub(super) fn row(&self, plan: &Plan, to_crm: &Fields) -> Option<Fields> {
         let mut record = plan.render(Side::Crm, to_crm);
-        let needs_key = match self.c {
-            Some(c) => c.marketo_key.as_deref() != Some(self.m_key),
-            None => !self.linked,
-        };
+        let needs_key = crm_lacks_id(self.c, self.m_key, self.linked);
         if record.is_empty() && !needs_key {
             return None;
         }
@@ -369,6 +371,15 @@ impl CrmUpdate<'_> {
         }
         record.insert(self.pk.to_owned(), Value::Text(self.c_id.to_owned()));
         Some(record)
+    }
+}
+
+/// True when a CRM record does not hold its lead's id `m_key`: as read this cycle, or, not read,
+/// when it is not linked (a linked record not read holds what it held when linked).
+fn crm_lacks_id(c: Option<&CRec>, m_key: &str, linked: bool) -> bool {
+    match c {
+        Some(c) => c.marketo_key.as_deref() != Some(m_key),
+        None => !linked,
     }
 }
 

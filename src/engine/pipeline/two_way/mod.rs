@@ -1,6 +1,6 @@
 //! The two-way runner: the reconcile, render, write and commit stages of an object whose
-//! records flow both ways or from Marketo to the CRM (companies, custom objects read from
-//! Marketo). The object gathers its record pairs (each side's values read this cycle, the link
+//! records flow both ways or from Marketo to the CRM (leads, companies, programs, list and
+//! program members, custom objects read from Marketo). The object gathers its record pairs (each side's values read this cycle, the link
 //! and its agreed values) into [`SidePair`]s; [`TwoWay::run`] does the rest:
 //!
 //! - **reconcile**: each pair's three values (agreed, Marketo, CRM) with
@@ -30,7 +30,7 @@ use tracing::warn;
 
 pub(crate) use pairs::{CrmWrite, Observed, PairWrite, Seen, SidePair};
 pub(crate) use side::{MarketoOutcome, MarketoSide, MarketoWrite, Settled};
-use side::{key_in, marketo_write_of, side_change};
+use side::{PairKeys, marketo_write_of, side_change};
 
 use super::commit::{self, error_key, ledger_entry, link};
 use super::spec::TwoWaySpec;
@@ -127,48 +127,24 @@ impl TwoWay<'_> {
         self.marketo.is_some()
     }
 
-    /// Returns the key of a pair's ledger entry in `direction`.
-    fn pair_key(&self, pair: &SidePair, direction: Direction) -> String {
-        let crm_key = pair.crm_key.as_deref();
-        key_in(
-            self.per_side(),
-            direction,
-            &pair.ledger_key,
-            &pair.marketo_key,
-            crm_key,
-        )
-    }
-
-    /// Returns the key of a write's ledger entry in `direction`.
-    fn write_key(&self, w: &PairWrite, direction: Direction) -> String {
-        let crm_key = w.crm_key.as_deref();
-        key_in(
-            self.per_side(),
-            direction,
-            &w.ledger_key,
-            &w.marketo_key,
-            crm_key,
-        )
+    /// Returns the key of a ledger entry in `direction` of the pair with these keys.
+    fn key(&self, keys: &PairKeys<'_>, direction: Direction) -> String {
+        keys.key_in(self.per_side(), direction)
     }
 
     /// Resolves the open entries of a settled pair: the ledger direction's, or, kept per side,
     /// both.
-    fn resolve(&self, keys: [String; 2], commit: &mut StepCommit) {
-        let object = self.object();
+    fn resolve(&self, keys: &PairKeys<'_>, commit: &mut StepCommit) {
         let directions = if self.per_side() {
             vec![Direction::CrmToMarketo, Direction::MarketoToCrm]
         } else {
             vec![self.spec.ledger]
         };
         for direction in directions {
-            let key = match direction {
-                Direction::CrmToMarketo => &keys[0],
-                Direction::MarketoToCrm => &keys[1],
-            };
-            if self.previous_in(key, direction).is_some() {
-                commit
-                    .errors_resolve
-                    .push(error_key(object, direction, key));
+            let key = self.key(keys, direction);
+            if self.previous_in(&key, direction).is_some() {
+                let resolved = error_key(self.object(), direction, &key);
+                commit.errors_resolve.push(resolved);
             }
         }
     }
@@ -378,7 +354,7 @@ impl TwoWay<'_> {
     /// True when the pair's Marketo write was refused before, unchanged since and is not due:
     /// it waits for its retry (or an operator), counted skipped.
     fn waits(&self, pair: &SidePair, record: &Record, summary: &mut CycleSummary) -> bool {
-        let key = self.pair_key(pair, Direction::CrmToMarketo);
+        let key = self.key(&pair.keys(), Direction::CrmToMarketo);
         let previous = self.previous_in(&key, Direction::CrmToMarketo);
         let payload = Json::Object(record.clone());
         let waits = ledger::waits(previous, &payload, self.ctx.clock.now());
@@ -509,9 +485,7 @@ impl TwoWay<'_> {
                 commit.links_upsert.push(moved);
             }
             if same || self.per_side() {
-                let keys = [Direction::CrmToMarketo, Direction::MarketoToCrm]
-                    .map(|d| self.pair_key(pair, d));
-                self.resolve(keys, commit);
+                self.resolve(&pair.keys(), commit);
             }
             return None;
         }
@@ -649,6 +623,12 @@ impl TwoWay<'_> {
         if planned.is_empty() {
             return Ok(());
         }
+        let Some(family) = &self.spec.family else {
+            let object = self.object();
+            return Err(EngineError::Config(format!(
+                "`{object}` has neither a marketo object family nor a marketo side to write to"
+            )));
+        };
         // The push direction's open entries only (a Marketo write is keyed by its CRM key).
         let previous: BTreeMap<String, SyncError> = self
             .previous
@@ -657,12 +637,6 @@ impl TwoWay<'_> {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         let mut scratch = StepCommit::default();
-        let Some(family) = &self.spec.family else {
-            let object = self.object();
-            return Err(EngineError::Config(format!(
-                "`{object}` has neither a marketo object family nor a marketo side to write to"
-            )));
-        };
         let ctx = self.ctx;
         apply_marketo(
             ctx,
@@ -741,7 +715,7 @@ impl TwoWay<'_> {
                 MarketoOutcome::Refused { failure, payload } => {
                     counts.failed += 1;
                     landed.failed.insert(i);
-                    let key = self.write_key(w, direction);
+                    let key = self.key(&w.keys(), direction);
                     warn!(object, key = %key, code = %failure.code, "marketo refused a record");
                     let record = w.to_marketo.as_ref().map(|m| m.record.clone());
                     let subject = Subject {
@@ -860,7 +834,7 @@ impl TwoWay<'_> {
         let object = self.object();
         let direction = Direction::MarketoToCrm;
         summary.counts_mut(object, direction).failed += 1;
-        let key = self.write_key(w, direction);
+        let key = self.key(&w.keys(), direction);
         warn!(object, key = %key, code = %failure.code, "crm refused a record");
         let payload = w.to_crm.as_ref().map(|c| to_record(&c.row));
         let other_key = if self.per_side() {
@@ -931,11 +905,11 @@ impl TwoWay<'_> {
                 let made = (w.marketo_key.clone(), id);
                 landed.settled.created.push(made);
             }
-            let keys = [Direction::CrmToMarketo, Direction::MarketoToCrm].map(|d| {
-                let crm_key = w.crm_key.as_deref().or(Some(crm_key.as_str()));
-                key_in(self.per_side(), d, &w.ledger_key, &w.marketo_key, crm_key)
-            });
-            self.resolve(keys, &mut landed.commit);
+            let keys = PairKeys {
+                crm: Some(&crm_key),
+                ..w.keys()
+            };
+            self.resolve(&keys, &mut landed.commit);
             let agreed = link(object, &w.marketo_key, &crm_key, w.agreed, now);
             landed.commit.links_upsert.push(agreed);
         }

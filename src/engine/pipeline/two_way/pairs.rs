@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::key_text;
 use super::super::write::PlannedWrite;
+use super::PairKeys;
 use crate::engine::reconcile::SideState;
 use crate::mapping::{MappingError, Plan};
 use crate::model::{Fields, Side};
@@ -151,7 +152,27 @@ pub(crate) struct PairWrite {
     pub agreed: Fields,
 }
 
+impl SidePair {
+    /// Returns the keys its ledger entries are named by.
+    pub(super) fn keys(&self) -> PairKeys<'_> {
+        PairKeys {
+            ledger: &self.ledger_key,
+            marketo: &self.marketo_key,
+            crm: self.crm_key.as_deref(),
+        }
+    }
+}
+
 impl PairWrite {
+    /// Returns the keys its ledger entries are named by.
+    pub(super) fn keys(&self) -> PairKeys<'_> {
+        PairKeys {
+            ledger: &self.ledger_key,
+            marketo: &self.marketo_key,
+            crm: self.crm_key.as_deref(),
+        }
+    }
+
     /// The pair's key on the side other than its ledger key's.
     pub(super) fn other_key(&self) -> Option<String> {
         if self.ledger_key == self.marketo_key {

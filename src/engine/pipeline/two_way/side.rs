@@ -94,22 +94,28 @@ pub(crate) struct Settled {
     pub gone_crm: Vec<String>,
 }
 
-/// Returns the key of a pair's ledger entry in `direction`: the pair's ledger key, or, kept
-/// per side, the key of the side the direction reads from.
-pub(super) fn key_in(
-    per_side: bool,
-    direction: Direction,
-    ledger_key: &str,
-    marketo_key: &str,
-    crm_key: Option<&str>,
-) -> String {
-    match direction {
-        _ if !per_side => ledger_key,
-        Direction::CrmToMarketo => crm_key.unwrap_or(ledger_key),
-        Direction::MarketoToCrm if marketo_key.is_empty() => ledger_key,
-        Direction::MarketoToCrm => marketo_key,
+/// The keys a pair's ledger entries are named by.
+pub(super) struct PairKeys<'a> {
+    /// The pair's ledger key.
+    pub ledger: &'a str,
+    /// Its Marketo key (empty while Marketo has no record).
+    pub marketo: &'a str,
+    /// Its CRM key, when the CRM has a row.
+    pub crm: Option<&'a str>,
+}
+
+impl PairKeys<'_> {
+    /// Returns the key of the pair's ledger entry in `direction`: the ledger key, or, kept per
+    /// side, the key of the side the direction reads from.
+    pub(super) fn key_in(&self, per_side: bool, direction: Direction) -> String {
+        match direction {
+            _ if !per_side => self.ledger,
+            Direction::CrmToMarketo => self.crm.unwrap_or(self.ledger),
+            Direction::MarketoToCrm if self.marketo.is_empty() => self.ledger,
+            Direction::MarketoToCrm => self.marketo,
+        }
+        .to_owned()
     }
-    .to_owned()
 }
 
 /// Returns the hook's view of a pair's Marketo write.
