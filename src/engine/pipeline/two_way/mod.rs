@@ -109,6 +109,17 @@ pub(crate) fn unreadable(
     warn!(object, key, error = %error, "unreadable record skipped");
 }
 
+/// Returns the Marketo writes still due, by index: those of pairs none of whose writes failed.
+fn marketo_due<'a>(
+    writes: &'a [PairWrite],
+    landed: &'a Landed,
+) -> impl Iterator<Item = (usize, &'a PairWrite, &'a PlannedWrite)> + 'a {
+    writes.iter().enumerate().filter_map(|(i, w)| {
+        let m = w.to_marketo.as_ref()?;
+        (!landed.failed.contains(&i)).then_some((i, w, m))
+    })
+}
+
 impl TwoWay<'_> {
     fn object(&self) -> &str {
         self.plan.object.as_str()
@@ -610,15 +621,9 @@ impl TwoWay<'_> {
         }
         let mut by_crm: BTreeMap<String, usize> = BTreeMap::new();
         let mut planned = Vec::new();
-        for (i, w) in writes.iter().enumerate() {
-            if let Some(m) = w
-                .to_marketo
-                .as_ref()
-                .filter(|_| !landed.failed.contains(&i))
-            {
-                by_crm.insert(m.crm_key.clone(), i);
-                planned.push(m.clone());
-            }
+        for (i, _, m) in marketo_due(writes, landed) {
+            by_crm.insert(m.crm_key.clone(), i);
+            planned.push(m.clone());
         }
         if planned.is_empty() {
             return Ok(());
@@ -674,15 +679,9 @@ impl TwoWay<'_> {
         let (object, direction) = (self.object(), Direction::CrmToMarketo);
         let mut sent = Vec::new();
         let mut indexes = Vec::new();
-        for (i, w) in writes.iter().enumerate() {
-            if let Some(m) = w
-                .to_marketo
-                .as_ref()
-                .filter(|_| !landed.failed.contains(&i))
-            {
-                sent.push(marketo_write_of(w, m));
-                indexes.push(i);
-            }
+        for (i, w, m) in marketo_due(writes, landed) {
+            sent.push(marketo_write_of(w, m));
+            indexes.push(i);
         }
         if sent.is_empty() {
             return Ok(());
