@@ -230,6 +230,31 @@ async fn seeds_that_found_engine_bugs_converge() {
     }
 }
 
+/// A cycle that outlives its deadline in a child process fails its seed, saying where the
+/// process waited: its simulator requests and its threads (with their stacks when gdb can
+/// attach), read before it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_engine_process_is_stopped_and_described() {
+    let options = ConvergeOptions {
+        cycle_deadline: std::time::Duration::ZERO,
+        faults: false,
+        kills: false,
+        ..in_child(leads_only(options(4)))
+    };
+    let error = run_schedule(3, &options)
+        .await
+        .expect_err("no cycle ends within no time");
+    let ConvergeError::Stuck { seed, state, .. } = &error else {
+        panic!("not stuck: {error}");
+    };
+    assert_eq!(*seed, 3);
+    assert!(
+        state.starts_with("it made no simulator request; its threads:\n  "),
+        "{state}"
+    );
+    eprintln!("{error}");
+}
+
 /// A seed that found a half-committed lead step (the lead step committed up to three times: after
 /// the merges, after the deletions, at its end): CRM merges, a Marketo merge into a new lead, and
 /// a kill at a commit after the first left a contact's CRM edit never reaching its lead. It

@@ -124,7 +124,7 @@ pub enum ConvergeError {
     /// A cycle did not end within [`ConvergeOptions::cycle_deadline`] of real time (the engine,
     /// or the harness around it, is stuck); the engine was stopped.
     #[error(
-        "seed {seed}: the cycle from simulator request {from_request} on did not end within {} s and was stopped{}",
+        "seed {seed}: the cycle from simulator request {from_request} on did not end within {} s and was stopped{}; {state}",
         deadline.as_secs_f64(),
         if log_tail.is_empty() { String::new() } else { format!("; the end of its log:\n{log_tail}") }
     )]
@@ -137,6 +137,10 @@ pub enum ConvergeError {
         deadline: Duration,
         /// The last lines the engine process logged (empty in process).
         log_tail: String,
+        /// What the engine was doing when it was stopped: the simulator requests it made since
+        /// the cycle started, and an engine process's threads (what each waited in, and its
+        /// stack when `gdb` is installed).
+        state: String,
     },
     /// A store read needed by the checks failed.
     #[error("seed {seed}: reading the state store failed: {source}")]
@@ -2241,10 +2245,17 @@ mod tests {
         let Err(error) = rig.cycle(Watch::Nothing).await else {
             panic!("the cycle ended within no time");
         };
-        let ConvergeError::Stuck { seed, deadline, .. } = &error else {
+        let ConvergeError::Stuck {
+            seed,
+            deadline,
+            state,
+            ..
+        } = &error
+        else {
             panic!("not stuck: {error}");
         };
         assert_eq!((*seed, *deadline), (7, Duration::ZERO));
+        assert_eq!(state, "it made no simulator request");
         assert!(
             error.to_string().starts_with(
                 "seed 7: the cycle from simulator request 0 on did not end within 0 s"

@@ -396,6 +396,7 @@ impl Runner {
                             from_request: start,
                             deadline: self.deadline,
                             log_tail: String::new(),
+                            state: self.requests_since(start),
                         });
                     }
                     () = tokio::time::sleep(POLL) => {
@@ -427,6 +428,27 @@ impl Runner {
             Err(e) => Ran::Failed(e.to_string()),
         };
         Ok(Cycle { ran, fired })
+    }
+
+    /// Describes the simulator requests the cycle that started at request `start` made: how
+    /// many, and the last few.
+    fn requests_since(&self, start: u64) -> String {
+        let log = self.sim.request_log();
+        let made = usize::try_from(start).map_or(0, |start| log.len().saturating_sub(start));
+        if made == 0 {
+            return "it made no simulator request".to_owned();
+        }
+        let last: Vec<String> = log[log.len() - made.min(5)..]
+            .iter()
+            .map(|e| match &e.code {
+                Some(code) => format!("{} {} ({code})", e.method, e.path),
+                None => format!("{} {} (HTTP {})", e.method, e.path, e.http_status),
+            })
+            .collect();
+        format!(
+            "it made {made} simulator requests, the last: {}",
+            last.join(", ")
+        )
     }
 
     /// Ends the sync lease a SIGKILLed `sync --once` left behind. A real restart waits for the
@@ -467,8 +489,9 @@ impl Runner {
             std::fs::File::create(path)
                 .map_err(|e| self.setup_error(format!("{}: {e}", path.display())))
         };
-        // `MKSYNC_CONVERGE_LOGS=DIR` keeps every child's log (`RUST_LOG` passed on, default
-        // debug) appended to `DIR/seed-N.log`, one header per cycle: to see why a seed failed.
+        // The child logs at `RUST_LOG` (default debug), so that a stuck cycle's log tail shows
+        // its last steps. `MKSYNC_CONVERGE_LOGS=DIR` keeps every child's log appended to
+        // `DIR/seed-N.log`, one header per cycle: to see why a seed failed.
         // The child's stderr, and where this cycle's part of it starts (the error message of a
         // failed or paused cycle is read from there, whether it went to a kept log or not).
         let (stderr, err_path, err_from) = match std::env::var_os("MKSYNC_CONVERGE_LOGS") {
@@ -500,9 +523,7 @@ impl Runner {
             .arg(&c.config_dir)
             .env_clear()
             .envs(&c.env);
-        if std::env::var_os("MKSYNC_CONVERGE_LOGS").is_some() {
-            command.env("RUST_LOG", log_filter);
-        }
+        command.env("RUST_LOG", log_filter);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(file(&c.out)?)
@@ -524,6 +545,20 @@ impl Runner {
                 Err(e) => return Err(self.setup_error(format!("waiting for the engine: {e}"))),
             }
             if started.elapsed() >= self.deadline {
+                // Where it waits is read before the kill ends it, stopped (SIGSTOP) so that
+                // its threads and its requests tell of one moment.
+                let threads = match child.id() {
+                    Some(pid) => {
+                        if let Ok(pid) = i32::try_from(pid) {
+                            // SAFETY: `kill` only sends a signal, to our own child, which is
+                            // not reaped yet (so its pid is not reused).
+                            unsafe { libc::kill(pid, libc::SIGSTOP) };
+                        }
+                        stuck_process_threads(pid).await
+                    }
+                    None => "the process had ended".to_owned(),
+                };
+                let requests = self.requests_since(start);
                 let _ = child.kill().await;
                 let log = cycle_log(&err_path, err_from);
                 let lines: Vec<&str> = log.lines().collect();
@@ -533,6 +568,7 @@ impl Runner {
                     from_request: start,
                     deadline: self.deadline,
                     log_tail: tail,
+                    state: format!("{requests}; its threads:\n{threads}"),
                 });
             }
             tokio::time::sleep(POLL).await;
@@ -615,10 +651,113 @@ impl Runner {
 /// Returns this cycle's part of a child's stderr log: from byte `from` on (a kept log holds
 /// every earlier cycle's too), empty when it cannot be read.
 fn cycle_log(path: &Path, from: u64) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    log.get(usize::try_from(from).unwrap_or(0)..)
-        .unwrap_or("")
-        .to_owned()
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
+            String::from_utf8_lossy(&bytes[from..]).into_owned()
+        }
+        Err(e) => format!("(the log {} cannot be read: {e})", path.display()),
+    }
+}
+
+/// Describes where each thread of a stuck engine process waits: its name, the kernel function
+/// it sleeps in and its system call (from `/proc`), then, when `gdb` is installed, the
+/// innermost frames of each thread's stack.
+async fn stuck_process_threads(pid: u32) -> String {
+    let mut out = Vec::new();
+    let tasks = format!("/proc/{pid}/task");
+    match std::fs::read_dir(&tasks) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let read = |name: &str| {
+                    std::fs::read_to_string(dir.join(name))
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|_| "?".to_owned())
+                };
+                let syscall = read("syscall");
+                let number = syscall.split_whitespace().next().unwrap_or("?").to_owned();
+                out.push(format!(
+                    "  {} {}: waits in {}, system call {number}",
+                    entry.file_name().to_string_lossy(),
+                    read("comm"),
+                    read("wchan"),
+                ));
+            }
+        }
+        Err(e) => out.push(format!("  {tasks}: {e}")),
+    }
+    let gdb = tokio::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(60), gdb).await {
+        Ok(Ok(output)) => {
+            let stacks = String::from_utf8_lossy(&output.stdout);
+            // Each thread's two innermost frames (where it waits), then only the frames of
+            // this crate and of the libraries it waits on.
+            let frames: Vec<String> = stacks
+                .lines()
+                .filter(|l| {
+                    l.starts_with("Thread ")
+                        || l.starts_with("#0 ")
+                        || l.starts_with("#1 ")
+                        || (l.starts_with('#') && TELLING_FRAMES.iter().any(|t| l.contains(t)))
+                })
+                .map(|l| format!("  {}", gdb_frame(l)))
+                .collect();
+            if frames.is_empty() {
+                let said = String::from_utf8_lossy(&output.stderr);
+                let why = said.lines().find(|l| !l.trim().is_empty());
+                out.push(format!(
+                    "  (no stacks: gdb printed none{})",
+                    why.map(|l| format!(": {l}")).unwrap_or_default()
+                ));
+            }
+            out.extend(frames);
+        }
+        Ok(Err(e)) => out.push(format!("  (no stacks: gdb: {e})")),
+        Err(_) => out.push("  (no stacks: gdb did not answer within 60 s)".to_owned()),
+    }
+    out.join("\n")
+}
+
+/// The frames of a stuck process's stacks worth quoting beyond the innermost two.
+const TELLING_FRAMES: [&str; 6] = [
+    "marketo_sync",
+    "sqlx",
+    "sqlite3",
+    "hyper",
+    "reqwest",
+    "flume",
+];
+
+/// Shortens one line of gdb's backtrace to the frame's function and place, without the
+/// address and the argument values.
+fn gdb_frame(line: &str) -> String {
+    let Some(rest) = line.strip_prefix('#') else {
+        return line.to_owned();
+    };
+    let (number, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let rest = rest.trim_start();
+    let rest = match rest.split_once(" in ") {
+        Some((address, f)) if address.starts_with("0x") => f,
+        _ => rest,
+    };
+    let function = rest.split(" (").next().unwrap_or(rest);
+    let place = rest
+        .rsplit_once(" at ")
+        .or_else(|| rest.rsplit_once(" from "))
+        .map(|(_, p)| p)
+        .unwrap_or("");
+    format!("#{number} {function} {place}")
 }
 
 /// Returns the commit hook that aborts the N-th commit from now (N in `left`; a process killed
@@ -703,4 +842,61 @@ fn written(s: &CycleSummary) -> u64 {
         .flat_map(|d| d.values())
         .map(|c| c.created + c.updated + c.deleted)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gdb_frame_keeps_its_function_and_place() {
+        let cases = [
+            (
+                "#0  0x00007f1c2b0d2e2e in __futex_abstimed_wait_common64 (private=128, \
+                 futex_word=0x55d3) at ./nptl/futex-internal.c:57",
+                "#0 __futex_abstimed_wait_common64 ./nptl/futex-internal.c:57",
+            ),
+            (
+                "#3  std::thread::Thread::join (self=...) at library/std/src/thread.rs:199",
+                "#3 std::thread::Thread::join library/std/src/thread.rs:199",
+            ),
+            (
+                "#1  0x00007f3a in poll () from /lib/x86_64-linux-gnu/libc.so.6",
+                "#1 poll /lib/x86_64-linux-gnu/libc.so.6",
+            ),
+            (
+                "Thread 2 (Thread 0x7f (LWP 12) \"tokio-runtime-w\"):",
+                "Thread 2 (Thread 0x7f (LWP 12) \"tokio-runtime-w\"):",
+            ),
+        ];
+        for (line, short) in cases {
+            assert_eq!(gdb_frame(line), short);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_process_is_described_by_where_its_threads_wait() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("600")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep starts");
+        let pid = child.id().expect("running");
+        // Until it has become `sleep` (the name before is the parent's).
+        let comm = format!("/proc/{pid}/comm");
+        while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+            tokio::task::yield_now().await;
+        }
+        let threads = stuck_process_threads(pid).await;
+        child.kill().await.expect("killed");
+        assert!(
+            threads.starts_with(&format!("  {pid} sleep: waits in ")),
+            "{threads}"
+        );
+        // Its stack, or why there is none (no gdb, or not allowed to attach).
+        assert!(
+            threads.contains("\n  #0 ") || threads.contains("(no stacks: "),
+            "{threads}"
+        );
+    }
 }
