@@ -388,8 +388,9 @@ impl Runner {
             let cycle = p.engine.run_one_cycle(&options, &cancel);
             tokio::pin!(cycle);
             loop {
+                // The deadline first: a cycle past it is not polled again.
                 tokio::select! {
-                    r = &mut cycle => break r,
+                    biased;
                     () = tokio::time::sleep_until(deadline) => {
                         return Err(ConvergeError::Stuck {
                             seed: self.seed,
@@ -399,6 +400,7 @@ impl Runner {
                             state: self.requests_since(start),
                         });
                     }
+                    r = &mut cycle => break r,
                     () = tokio::time::sleep(POLL) => {
                         let calls = self.sim.counters().calls_logged;
                         match watch {
