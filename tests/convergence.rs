@@ -538,6 +538,73 @@ async fn a_child_cycle_past_its_deadline_is_stopped_and_fails_the_seed() {
     );
 }
 
+/// Writes an "engine" that runs the real binary, except at the starts listed, where it sleeps
+/// instead, as an engine process stuck before its first step would (`sh` builtins only: the
+/// harness clears the child's environment, PATH included).
+fn engine_stuck_at(dir: &Path, starts: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = dir.join("engine.sh");
+    let count = dir.join("starts");
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sleep is installed");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=0\n[ -e '{c}' ] && read n < '{c}'\nn=$((n + 1))\necho $n > '{c}'\n\
+             case $n in {starts}) exec {sleep} 600 ;; esac\nexec '{bin}' \"$@\"\n",
+            c = count.display(),
+            bin = env!("CARGO_BIN_EXE_marketo-sync"),
+        ),
+    )
+    .expect("script written");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+/// An engine process stuck at start-up, before it took the sync lease or asked Marketo
+/// anything (CI saw one hang there once), had no sync work under way: the harness kills it,
+/// runs the cycle again and reports the stop with the process's threads. Once per schedule: a
+/// second such stop fails the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_process_stuck_at_start_up_is_restarted_once_and_reported() {
+    let stuck = |dir: &Path, starts: &str| ConvergeOptions {
+        cycle_deadline: std::time::Duration::from_secs(15),
+        faults: false,
+        kills: false,
+        engine: EngineMode::Process {
+            binary: engine_stuck_at(dir, starts),
+        },
+        ..leads_only(options(12))
+    };
+    let once = tempfile::tempdir().expect("temp dir");
+    let report = converges(5, &stuck(once.path(), "3")).await;
+    assert_eq!(report.stuck_restarts.len(), 1, "{report:?}");
+    let stop = &report.stuck_restarts[0];
+    assert!(
+        stop.starts_with("seed 5: the engine process of the cycle from simulator request "),
+        "{stop}"
+    );
+    assert!(
+        stop.contains(
+            "was stuck at start-up and restarted; it made no simulator request; its threads:\n  "
+        ),
+        "{stop}"
+    );
+    assert!(stop.contains(" sleep: waits in "), "{stop}");
+    assert_eq!((report.faults, report.kills), (0, 0), "{report:?}");
+
+    let twice = tempfile::tempdir().expect("temp dir");
+    let error = run_schedule(5, &stuck(twice.path(), "3|5"))
+        .await
+        .expect_err("a second stop fails the seed");
+    assert!(
+        matches!(error, ConvergeError::Stuck { seed: 5, .. }),
+        "{error}"
+    );
+}
+
 /// Found by the scale runs of 2026-12-04 on PostgreSQL (in process, 60 steps, the full
 /// schedule): seed 610006 ended with a ledger entry for lead 2 refused by the CRM's unique
 /// Marketo-id column, retried every quiet cycle, and a role waiting for its contact. A cycle

@@ -298,6 +298,11 @@ pub struct ConvergenceReport {
     pub violations: Vec<String>,
     /// The steps played, one line each (to reproduce a failure).
     pub trace: Vec<String>,
+    /// Engine processes found stuck at start-up (before they took the sync lease or made a
+    /// request) and restarted, one description each: the process's threads and log. The
+    /// harness restarts one per schedule; a second fails the seed with
+    /// [`ConvergeError::Stuck`].
+    pub stuck_restarts: Vec<String>,
 }
 
 const EDITABLE: &[(&str, &str)] = &[
@@ -1387,6 +1392,7 @@ async fn finish_schedule<R: Rigged>(
         ok: violations.is_empty(),
         violations,
         trace: played.trace,
+        stuck_restarts: rig.run().stuck_restarts.clone(),
     })
 }
 
@@ -1911,12 +1917,21 @@ pub async fn run_many(
 ) -> Result<bool, ConvergeError> {
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
     let mut kills: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut violations, mut converged, mut cycles) = (0, 0, 0);
+    let (mut violations, mut converged, mut cycles, mut stuck, mut restarted) = (0, 0, 0, 0, 0);
     for seed in first_seed..first_seed.saturating_add(seeds) {
-        let r = run_schedule(seed, options).await?;
         let w = |e: std::io::Error| ConvergeError::Setup {
             seed,
             what: format!("cannot write the report: {e}"),
+        };
+        // A stuck cycle fails its seed, not the run: the next seeds still play.
+        let r = match run_schedule(seed, options).await {
+            Ok(r) => r,
+            Err(e @ ConvergeError::Stuck { .. }) => {
+                writeln!(out, "seed {seed}: STUCK: {e}").map_err(w)?;
+                stuck += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         writeln!(
             out,
@@ -1934,6 +1949,10 @@ pub async fn run_many(
         for v in &r.violations {
             writeln!(out, "  violation: {v}").map_err(w)?;
         }
+        for stop in &r.stuck_restarts {
+            writeln!(out, "  {stop}").map_err(w)?;
+        }
+        restarted += r.stuck_restarts.len();
         let trace = std::env::var("MKSYNC_CONVERGE_TRACE").ok();
         if (!r.ok && trace.is_some()) || trace.as_deref() == Some("all") {
             for line in &r.trace {
@@ -1967,6 +1986,8 @@ pub async fn run_many(
         "{seeds} schedules ({engine}, {} crm), {cycles} cycles: {converged} converged\n\
          faults survived: {}\n\
          kills survived: {}\n\
+         engine processes stuck at start-up and restarted: {restarted}\n\
+         stuck cycles: {stuck}\n\
          violations: {violations}",
         options.crm.name(),
         by_kind(&faults),
@@ -2263,6 +2284,30 @@ mod tests {
             "{error}"
         );
         rig.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_seed_fails_alone_and_the_next_seeds_still_play() {
+        let options = ConvergeOptions {
+            cycle_deadline: Duration::ZERO,
+            steps: 2,
+            ..options()
+        };
+        let mut out = Vec::new();
+        let all_converged = run_many(7, 2, &options, &mut out).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!all_converged, "{out}");
+        for seed in [7, 8] {
+            assert!(
+                out.contains(&format!("seed {seed}: STUCK: seed {seed}: the cycle from")),
+                "{out}"
+            );
+        }
+        assert!(
+            out.contains("2 schedules (engine in process, sqlite crm), 0 cycles: 0 converged"),
+            "{out}"
+        );
+        assert!(out.contains("\nstuck cycles: 2\n"), "{out}");
     }
 
     #[test]

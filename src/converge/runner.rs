@@ -153,6 +153,9 @@ pub(super) struct Runner {
     pub(super) driver: Driver,
     /// [`ConvergeOptions::cycle_deadline`].
     deadline: Duration,
+    /// Engine processes stopped stuck at start-up and restarted, one description each
+    /// ([`ConvergenceReport::stuck_restarts`](super::ConvergenceReport::stuck_restarts)).
+    pub(super) stuck_restarts: Vec<String>,
 }
 
 impl Runner {
@@ -223,6 +226,7 @@ impl Runner {
             store,
             driver,
             deadline: options.cycle_deadline,
+            stuck_restarts: Vec::new(),
         })
     }
 
@@ -252,8 +256,40 @@ impl Runner {
         match &self.driver {
             Driver::InProcess(p) => self.cycle_in_process(p, watch, start, &spare, probe).await,
             Driver::Process(c) => {
-                self.cycle_in_child(c, watch, start, &spare, mark, probe)
-                    .await
+                let first = self
+                    .cycle_in_child(c, watch, start, &spare, mark.clone(), probe)
+                    .await;
+                match first {
+                    Err(ConvergeError::Stuck {
+                        from_request,
+                        log_tail,
+                        state,
+                        ..
+                    }) if self.stuck_restarts.is_empty() && stuck_at_start(&log_tail, &state) => {
+                        // Stuck before it took the lease or asked Marketo anything: no sync
+                        // work was under way, so the cycle is run again, once per schedule,
+                        // and the stop is reported (a second one fails the seed).
+                        let log = if log_tail.is_empty() {
+                            "(empty)"
+                        } else {
+                            log_tail.as_str()
+                        };
+                        let stop = format!(
+                            "seed {}: the engine process of the cycle from simulator request \
+                             {from_request} on was stuck at start-up and restarted; {state}\n\
+                             the end of its log: {log}",
+                            self.seed
+                        );
+                        tracing::warn!(seed = self.seed, "{stop}");
+                        record_stuck_restart(&stop);
+                        self.stuck_restarts.push(stop);
+                        self.expire_dead_lease().await?;
+                        let start = self.sim.counters().calls_logged;
+                        self.cycle_in_child(c, watch, start, &spare, mark, probe)
+                            .await
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -547,17 +583,10 @@ impl Runner {
                 Err(e) => return Err(self.setup_error(format!("waiting for the engine: {e}"))),
             }
             if started.elapsed() >= self.deadline {
-                // Where it waits is read before the kill ends it, stopped (SIGSTOP) so that
-                // its threads and its requests tell of one moment.
+                // Where it waits is read before the kill ends it (the process is stopped
+                // meanwhile, so that its stacks and its requests tell of one moment).
                 let threads = match child.id() {
-                    Some(pid) => {
-                        if let Ok(pid) = i32::try_from(pid) {
-                            // SAFETY: `kill` only sends a signal, to our own child, which is
-                            // not reaped yet (so its pid is not reused).
-                            unsafe { libc::kill(pid, libc::SIGSTOP) };
-                        }
-                        stuck_process_threads(pid).await
-                    }
+                    Some(pid) => stuck_process_threads(pid).await,
                     None => "the process had ended".to_owned(),
                 };
                 let requests = self.requests_since(start);
@@ -662,9 +691,36 @@ fn cycle_log(path: &Path, from: u64) -> String {
     }
 }
 
+/// Whether a stuck engine process had done nothing of its cycle yet: it made no simulator
+/// request and did not log taking the sync lease (its first step).
+fn stuck_at_start(log_tail: &str, state: &str) -> bool {
+    state.starts_with("it made no simulator request;") && !log_tail.contains("sync lease taken")
+}
+
+/// Appends a stuck engine process's description to the file `MKSYNC_CONVERGE_STUCK_LOG`
+/// names, when set (`scripts/test` sets it and prints the file after the suite, so that a stop
+/// the harness recovered from is seen in a passing run too).
+fn record_stuck_restart(stop: &str) {
+    let Some(path) = std::env::var_os("MKSYNC_CONVERGE_STUCK_LOG") else {
+        return;
+    };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| {
+            use std::io::Write as _;
+            writeln!(file, "{stop}\n")
+        });
+    if let Err(e) = written {
+        tracing::warn!(path = %Path::new(&path).display(), error = %e, "cannot record a stuck engine process");
+    }
+}
+
 /// Describes where each thread of a stuck engine process waits: its name, the kernel function
 /// it sleeps in and its system call (from `/proc`), then, when `gdb` is installed, the
-/// innermost frames of each thread's stack.
+/// innermost frames of each thread's stack. Stops the process (SIGSTOP) after reading `/proc`
+/// (a stopped thread waits in the kernel's signal stop) and leaves it stopped.
 async fn stuck_process_threads(pid: u32) -> String {
     let mut out = Vec::new();
     let tasks = format!("/proc/{pid}/task");
@@ -688,6 +744,11 @@ async fn stuck_process_threads(pid: u32) -> String {
             }
         }
         Err(e) => out.push(format!("  {tasks}: {e}")),
+    }
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: `kill` only sends a signal, to our own child, which is not reaped yet (so
+        // its pid is not reused).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
     }
     let gdb = tokio::process::Command::new("gdb")
         .args([
@@ -895,6 +956,8 @@ mod tests {
             threads.starts_with(&format!("  {pid} sleep: waits in ")),
             "{threads}"
         );
+        // Read before the process is stopped for gdb, not the stop's own wait.
+        assert!(!threads.contains("waits in do_signal_stop"), "{threads}");
         // Its stack, or why there is none (no gdb, or not allowed to attach).
         assert!(
             threads.contains("\n  #0 ") || threads.contains("(no stacks: "),
