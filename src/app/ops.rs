@@ -1091,6 +1091,10 @@ impl RunRequest {
     }
 }
 
+/// What a `sync --once` or `bootstrap` logs (at info) once it holds the sync lease, its first
+/// step (the convergence harness reads it in an engine process's log).
+pub const LEASE_TAKEN: &str = "sync lease taken for a one-off run";
+
 /// The right to run one `sync --once` or `bootstrap`: the instance's sync lease, held (and
 /// renewed in the background) until [`RunClaim::release`] or drop, so a daemon starting
 /// meanwhile waits in standby. A dry run's claim holds no lease.
@@ -1275,12 +1279,7 @@ pub async fn claim_run_on(
             ),
         });
     }
-    tracing::info!(
-        instance,
-        holder,
-        command,
-        "sync lease taken for a one-off run"
-    );
+    tracing::info!(instance, holder, command, "{LEASE_TAKEN}");
     let keeper = tokio::spawn(keep_lease(
         Arc::clone(&store),
         instance.to_owned(),

@@ -17,6 +17,7 @@ use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConvergeError, ConvergeOptions, EngineMode};
+use crate::app::ops::LEASE_TAKEN;
 use crate::crm::{Crm, registry};
 use crate::engine::{
     Context, CycleOptions, CycleSummary, Engine, EngineError, Runner as _, Tunables,
@@ -265,10 +266,14 @@ impl Runner {
                         log_tail,
                         state,
                         ..
-                    }) if self.stuck_restarts.is_empty() && stuck_at_start(&log_tail, &state) => {
-                        // Stuck before it took the lease or asked Marketo anything: no sync
-                        // work was under way, so the cycle is run again, once per schedule,
-                        // and the stop is reported (a second one fails the seed).
+                    }) if self.stuck_restarts.is_empty()
+                        && self.sim.counters().calls_logged == from_request
+                        && !log_tail.contains(LEASE_TAKEN) =>
+                    {
+                        // Stuck at start-up, before it took the lease or asked Marketo
+                        // anything: no sync work was under way, so the cycle is run again,
+                        // once per schedule, and the stop is reported (a second one fails the
+                        // seed).
                         let log = if log_tail.is_empty() {
                             "(empty)"
                         } else {
@@ -689,12 +694,6 @@ fn cycle_log(path: &Path, from: u64) -> String {
         }
         Err(e) => format!("(the log {} cannot be read: {e})", path.display()),
     }
-}
-
-/// Whether a stuck engine process had done nothing of its cycle yet: it made no simulator
-/// request and did not log taking the sync lease (its first step).
-fn stuck_at_start(log_tail: &str, state: &str) -> bool {
-    state.starts_with("it made no simulator request;") && !log_tail.contains("sync lease taken")
 }
 
 /// Appends a stuck engine process's description to the file `MKSYNC_CONVERGE_STUCK_LOG`
