@@ -576,6 +576,8 @@ async fn an_engine_process_stuck_at_start_up_is_restarted_once_and_reported() {
         engine: EngineMode::Process {
             binary: engine_stuck_at(dir, starts),
         },
+        // Its own log, so that scripts/test does not print these stops as found ones.
+        stuck_log: Some(dir.join("stuck.log")),
         ..leads_only(options(12))
     };
     let once = tempfile::tempdir().expect("temp dir");
@@ -594,6 +596,10 @@ async fn an_engine_process_stuck_at_start_up_is_restarted_once_and_reported() {
     );
     assert!(stop.contains(" sleep: waits in "), "{stop}");
     assert_eq!((report.faults, report.kills), (0, 0), "{report:?}");
+    let logged = std::fs::read_to_string(once.path().join("stuck.log")).expect("stop logged");
+    assert_eq!(logged, format!("{stop}\n\n"));
+    let logged = std::fs::read_to_string(once.path().join("stuck.log")).expect("stop logged");
+    assert_eq!(logged, format!("{stop}\n\n"));
 
     let twice = tempfile::tempdir().expect("temp dir");
     let error = run_schedule(5, &stuck(twice.path(), "3|5"))

@@ -154,6 +154,8 @@ pub(super) struct Runner {
     pub(super) driver: Driver,
     /// [`ConvergeOptions::cycle_deadline`].
     deadline: Duration,
+    /// [`ConvergeOptions::stuck_log`].
+    stuck_log: Option<PathBuf>,
     /// Engine processes stopped stuck at start-up and restarted, one description each
     /// ([`ConvergenceReport::stuck_restarts`](super::ConvergenceReport::stuck_restarts)).
     pub(super) stuck_restarts: Vec<String>,
@@ -227,6 +229,7 @@ impl Runner {
             store,
             driver,
             deadline: options.cycle_deadline,
+            stuck_log: options.stuck_log.clone(),
             stuck_restarts: Vec::new(),
         })
     }
@@ -286,7 +289,9 @@ impl Runner {
                             self.seed
                         );
                         tracing::warn!(seed = self.seed, "{stop}");
-                        record_stuck_restart(&stop);
+                        if let Some(path) = &self.stuck_log {
+                            record_stuck_restart(path, &stop);
+                        }
                         self.stuck_restarts.push(stop);
                         self.expire_dead_lease().await?;
                         let start = self.sim.counters().calls_logged;
@@ -696,23 +701,19 @@ fn cycle_log(path: &Path, from: u64) -> String {
     }
 }
 
-/// Appends a stuck engine process's description to the file `MKSYNC_CONVERGE_STUCK_LOG`
-/// names, when set (`scripts/test` sets it and prints the file after the suite, so that a stop
-/// the harness recovered from is seen in a passing run too).
-fn record_stuck_restart(stop: &str) {
-    let Some(path) = std::env::var_os("MKSYNC_CONVERGE_STUCK_LOG") else {
-        return;
-    };
+/// Appends a stuck engine process's description to the file at `path`
+/// ([`ConvergeOptions::stuck_log`]).
+fn record_stuck_restart(path: &Path, stop: &str) {
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
         .and_then(|mut file| {
             use std::io::Write as _;
             writeln!(file, "{stop}\n")
         });
     if let Err(e) = written {
-        tracing::warn!(path = %Path::new(&path).display(), error = %e, "cannot record a stuck engine process");
+        tracing::warn!(path = %path.display(), error = %e, "cannot record a stuck engine process");
     }
 }
 
