@@ -43,10 +43,12 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        Env::start(false).await
+        Env::start(false, false).await
     }
 
-    async fn start(native_crm_sync: bool) -> Env {
+    /// With `car_color`, the CRM's vehicles have a `color` column that is `NOT NULL` with a
+    /// default, and the cars mapping syncs Marketo's `color` into it.
+    async fn start(native_crm_sync: bool, car_color: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let crm_url = format!("sqlite://{}", dir.path().join("crm.db").display());
         demo_crm::install(&crm_url, 1, 0).await.unwrap();
@@ -55,6 +57,15 @@ impl Env {
             db.execute_raw("empty", format!("DELETE FROM {table}"))
                 .await
                 .unwrap();
+        }
+        if car_color {
+            db.execute_raw(
+                "color column",
+                "ALTER TABLE vehicles ADD COLUMN color VARCHAR(20) NOT NULL DEFAULT 'unpainted'"
+                    .to_owned(),
+            )
+            .await
+            .unwrap();
         }
         // The demo CRM has no activities table: the CRM side of the activities mapping.
         db.execute_raw(
@@ -117,7 +128,10 @@ impl Env {
             .iter()
             .map(|o| {
                 let path = mappings_dir.join(format!("{o}.toml"));
-                let text = std::fs::read_to_string(&path).unwrap();
+                let mut text = std::fs::read_to_string(&path).unwrap();
+                if car_color && *o == "cars" {
+                    text.push_str("\n[[fields]]\nmarketo = \"color\"\ncrm = \"color\"\n");
+                }
                 parse_mapping(o, &path, &text).unwrap_or_else(|p| panic!("{o}: {p:?}"))
             })
             .collect();
@@ -776,7 +790,7 @@ async fn a_marketo_edit_of_an_account_without_its_marketo_key_is_refused_not_ins
 
 #[tokio::test]
 async fn native_crm_sync_skips_the_crm_objects_with_a_warning_and_keeps_their_watermarks() {
-    let env = Env::start(true).await;
+    let env = Env::start(true, false).await;
     seed_opportunity(&env).await;
     let s = env.step("all", false).await;
     for object in ["salespersons", "companies", "opportunities", "roles"] {
@@ -973,6 +987,62 @@ async fn add_marketo_car(env: &Env, car: Json) {
         .unwrap();
     assert_eq!(r.len(), 1);
     assert!(!r[0].is_skipped(), "{r:?}");
+}
+
+/// A record created in the CRM is written without its null values: a Marketo car with no
+/// colour becomes a row holding the column's default, where an explicit NULL would break the
+/// column's `NOT NULL` and the car would never arrive.
+#[tokio::test]
+async fn a_created_record_keeps_the_crm_columns_default_for_a_value_marketo_lacks() {
+    let env = Env::start(false, true).await;
+    let lead = env.linked_lead(11, "driver@example.com", json!({})).await;
+    add_marketo_car(
+        &env,
+        json!({"vin": "MKT00000000000003", "leadId": lead, "make": "Kia", "color": "Red"}),
+    )
+    .await;
+    add_marketo_car(
+        &env,
+        json!({"vin": "MKT00000000000004", "leadId": lead, "make": "Seat"}),
+    )
+    .await;
+    let s = env.step("custom_objects", false).await;
+    let pulled = car_counts(&s, Direction::MarketoToCrm);
+    assert_eq!((pulled.created, pulled.failed), (2, 0), "{s:?}");
+    let colors = env
+        .rows("SELECT vin, color, model FROM vehicles WHERE deleted = 0 ORDER BY vin")
+        .await;
+    assert_eq!(
+        colors,
+        vec![
+            vec![Some("MKT00000000000003".into()), Some("Red".into()), None],
+            vec![
+                Some("MKT00000000000004".into()),
+                Some("unpainted".into()),
+                None
+            ],
+        ]
+    );
+    let open = env
+        .store
+        .list_errors(&ErrorFilter::default())
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+
+    // The rows are the step's own writes: the next cycle sends nothing back and writes nothing.
+    env.clock.advance(Duration::from_secs(60));
+    let from = env.log_len();
+    let s = env.step("custom_objects", false).await;
+    assert!(
+        env.writes_since(from).is_empty(),
+        "{:?}",
+        env.writes_since(from)
+    );
+    for d in [Direction::CrmToMarketo, Direction::MarketoToCrm] {
+        let c = car_counts(&s, d);
+        assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
+    }
 }
 
 async fn vehicle_rows(env: &Env, vin: &str) -> Vec<Vec<Option<String>>> {

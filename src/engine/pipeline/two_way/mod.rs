@@ -318,12 +318,19 @@ impl TwoWay<'_> {
     }
 
     /// Returns what a create writes of a record read on side `from` and the values agreed once
-    /// it landed: every value (an object family's record is whole), or, through a
-    /// [`MarketoSide`] (leads), what reconciling it against no agreed values writes (a null is
-    /// not written: the new record keeps its own default).
+    /// it landed: every value but the nulls (an object family's record is whole), or, through
+    /// a [`MarketoSide`] (leads), what reconciling it against no agreed values writes. Either
+    /// way a null is not written: the new record keeps its own default (an explicit null
+    /// would override a CRM column's `DEFAULT`, and be refused by a `NOT NULL` one).
     fn created(&self, rules: &[FieldRule], from: Side, read: &Observed) -> (Fields, Fields) {
         if !self.per_side() {
-            return (read.canonical.clone(), read.canonical.clone());
+            let values = read
+                .canonical
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return (values, read.canonical.clone());
         }
         let none = Fields::new();
         let r = match from {
