@@ -1031,6 +1031,20 @@ async fn a_created_record_keeps_the_crm_columns_default_for_a_value_marketo_lack
     assert!(open.is_empty(), "{open:?}");
 
     // The rows are the step's own writes: the next cycle sends nothing back and writes nothing.
+    a_minute_later_the_car_step_writes_nothing(&env).await;
+}
+
+async fn vehicle_rows(env: &Env, vin: &str) -> Vec<Vec<Option<String>>> {
+    env.rows(&format!(
+        "SELECT CAST(id AS TEXT), CAST(contact_id AS TEXT), make, model, \
+         CAST(model_year AS TEXT), marketo_id, CAST(updated_at AS TEXT) \
+         FROM vehicles WHERE vin = '{vin}' AND deleted = 0"
+    ))
+    .await
+}
+
+/// Runs the custom-object step a minute later and checks that it wrote nothing on either side.
+async fn a_minute_later_the_car_step_writes_nothing(env: &Env) {
     env.clock.advance(Duration::from_secs(60));
     let from = env.log_len();
     let s = env.step("custom_objects", false).await;
@@ -1043,15 +1057,6 @@ async fn a_created_record_keeps_the_crm_columns_default_for_a_value_marketo_lack
         let c = car_counts(&s, d);
         assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
     }
-}
-
-async fn vehicle_rows(env: &Env, vin: &str) -> Vec<Vec<Option<String>>> {
-    env.rows(&format!(
-        "SELECT CAST(id AS TEXT), CAST(contact_id AS TEXT), make, model, \
-         CAST(model_year AS TEXT), marketo_id, CAST(updated_at AS TEXT) \
-         FROM vehicles WHERE vin = '{vin}' AND deleted = 0"
-    ))
-    .await
 }
 
 fn car_counts(s: &CycleSummary, direction: Direction) -> marketo_sync::engine::ObjectCounts {
@@ -1114,18 +1119,7 @@ async fn a_car_added_in_marketo_arrives_once_and_a_crm_car_does_not_come_back() 
 
     // The new CRM row is in the CRM's change feed now: it is our own write, nothing goes back,
     // and re-reading the activity (a crash before the commit) creates no second row.
-    env.clock.advance(Duration::from_secs(60));
-    let from = env.log_len();
-    let s = env.step("custom_objects", false).await;
-    assert!(
-        env.writes_since(from).is_empty(),
-        "{:?}",
-        env.writes_since(from)
-    );
-    for d in [Direction::CrmToMarketo, Direction::MarketoToCrm] {
-        let c = car_counts(&s, d);
-        assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
-    }
+    a_minute_later_the_car_step_writes_nothing(&env).await;
     assert_eq!(vehicle_rows(&env, "MKT00000000000001").await, rows);
 
     // CRM -> Marketo: a car created in the CRM arrives in Marketo; Marketo logs "Add to Car" for
@@ -1167,18 +1161,7 @@ async fn a_car_added_in_marketo_arrives_once_and_a_crm_car_does_not_come_back() 
     assert!(vehicle_rows(&env, "CRM00000000000042").await.is_empty());
 
     // And nothing moves on the next run.
-    env.clock.advance(Duration::from_secs(60));
-    let from = env.log_len();
-    let s = env.step("custom_objects", false).await;
-    assert!(
-        env.writes_since(from).is_empty(),
-        "{:?}",
-        env.writes_since(from)
-    );
-    for d in [Direction::CrmToMarketo, Direction::MarketoToCrm] {
-        let c = car_counts(&s, d);
-        assert_eq!(c.created + c.updated + c.failed, 0, "{d:?}: {s:?}");
-    }
+    a_minute_later_the_car_step_writes_nothing(&env).await;
     let total = env
         .rows("SELECT CAST(id AS TEXT) FROM vehicles WHERE deleted = 0")
         .await;
