@@ -601,8 +601,6 @@ async fn an_engine_process_stuck_at_start_up_is_restarted_once_and_reported() {
     assert_eq!((report.faults, report.kills), (0, 0), "{report:?}");
     let logged = std::fs::read_to_string(once.path().join("stuck.log")).expect("stop logged");
     assert_eq!(logged, format!("{stop}\n\n"));
-    let logged = std::fs::read_to_string(once.path().join("stuck.log")).expect("stop logged");
-    assert_eq!(logged, format!("{stop}\n\n"));
 
     let twice = tempfile::tempdir().expect("temp dir");
     let error = run_schedule(5, &stuck(twice.path(), "3|5"))

@@ -1,7 +1,8 @@
 //! The two-way runner: the reconcile, render, write and commit stages of an object whose
 //! records flow both ways or from Marketo to the CRM (leads, companies, programs, list and
-//! program members, custom objects read from Marketo). The object gathers its record pairs (each side's values read this cycle, the link
-//! and its agreed values) into [`SidePair`]s; [`TwoWay::run`] does the rest:
+//! program members, custom objects read from Marketo). The object gathers its record pairs
+//! (each side's values read this cycle, the link and its agreed values) into [`SidePair`]s;
+//! [`TwoWay::run`] does the rest:
 //!
 //! - **reconcile**: each pair's three values (agreed, Marketo, CRM) with
 //!   [`crate::engine::reconcile`]; conflicts go to the store and the metric; a pair that writes
